@@ -1,0 +1,20 @@
+"""rmeeto: faster Vision Mamba through merged-token re-training (R-MeeTo), in pure PyTorch.
+
+    import rmeeto
+    model = rmeeto.create_model("vim_small_patch16_224", checkpoint_path="vim_s_midclstok_80p5acc.pth")
+"""
+
+__version__ = "0.1.0"
+
+from rmeeto.models import ModelConfig, create_model, get_config, list_models  # noqa: E402
+from rmeeto.models.vim import TokenState, VisionMamba  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "ModelConfig",
+    "TokenState",
+    "VisionMamba",
+    "create_model",
+    "get_config",
+    "list_models",
+]

@@ -1,0 +1,3 @@
+from rmeeto.cli import entry
+
+entry()

@@ -1,0 +1,63 @@
+"""Command-line interface: ``rmeeto <command> ...`` (also ``python -m rmeeto``).
+
+The CLI is thin: each command lives in its own module ``rmeeto.cli.<name>`` exposing
+``HELP`` (one line), ``DESCRIPTION`` (the ``--help`` text, with examples), ``add_arguments(parser)``
+and ``run(args) -> int``. Everything a command does is available from Python too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# Order here is the order shown by ``rmeeto --help``.
+COMMANDS: tuple[str, ...] = ("models", "info")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line ``rmeeto: error: ...`` and exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rmeeto",
+        description="Faster Vision Mamba: token merging + short re-training (R-MeeTo).",
+        epilog="Run 'rmeeto <command> --help' for the options and examples of each command.",
+    )
+    from rmeeto import __version__
+
+    parser.add_argument("--version", action="version", version=f"rmeeto {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in COMMANDS:
+        module = importlib.import_module(f"rmeeto.cli.{name.replace('-', '_')}")
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except CLIError as exc:
+        print(f"rmeeto {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rmeeto {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:  # console-script entry point
+    sys.exit(main())

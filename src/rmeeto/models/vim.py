@@ -1,0 +1,383 @@
+"""Vision Mamba (Vim), the official "midclstok" ImageNet models, in pure PyTorch.
+
+Paper: "Vision Mamba: Efficient Visual Representation Learning with Bidirectional State Space Model"
+(Zhu et al., 2024, https://arxiv.org/abs/2401.09417). Parameter names and shapes are those of the official
+checkpoints (``vim_t_midclstok_76p1acc.pth`` etc.), so they load untouched.
+
+Structure of the forward (see ``shared/SPEC.md`` section 1 of this project for the full description):
+
+    tokens = patch_embed(image)                    [batch, M, E]
+    insert cls at position M // 2, add pos_embed   [batch, M + 1, E]
+    24 x Block: residual += drop_path(hidden); hidden = Mixer(RMSNorm(residual))   (residual in float32)
+    logits = head(RMSNorm(residual + hidden)[:, cls_index])
+
+Token merging (``rmeeto.merge``) swaps in a block subclass; it never renames a parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rmeeto.ops.selective_scan import selective_scan
+
+Tensor = torch.Tensor
+
+__all__ = ["RMSNorm", "BiMambaMixer", "Block", "VisionMamba", "TokenState"]
+
+
+class TokenState(NamedTuple):
+    """What travels between blocks besides the two activation streams.
+
+    cls_index: position of the class token in the current sequence (a Python int: shapes are static, so it
+        is known without reading any tensor).
+    size: [batch, tokens, 1] number of original patches each token stands for (None until the first merge).
+    metric: [batch, tokens, c] the matching metric the *previous* block exported for the next merge, if any.
+    source: [batch, tokens, original_tokens] 0/1 map to original tokens, only when tracking is on.
+    """
+
+    cls_index: int
+    size: Optional[Tensor] = None
+    metric: Optional[Tensor] = None
+    source: Optional[Tensor] = None
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32, returned in ``out_dtype`` (default x's)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        return y.to(out_dtype or x.dtype)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity when ``p == 0`` or in eval mode)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def causal_depthwise_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse: bool = False) -> Tensor:
+    """Depthwise conv of kernel K along the last axis, zero padded so that out[t] depends on x[t-K+1..t]
+    (``reverse=False``) or on x[t..t+K-1] with the kernel mirrored (``reverse=True``: the backward-direction conv
+    expressed in original token order). x: [batch, dim, length]; weight: [dim, 1, K]; bias: [dim]."""
+    k = weight.shape[-1]
+    if reverse:
+        return F.conv1d(F.pad(x, (0, k - 1)), weight.flip(-1), bias, groups=x.shape[1])
+    return F.conv1d(F.pad(x, (k - 1, 0)), weight, bias, groups=x.shape[1])
+
+
+class BiMambaMixer(nn.Module):
+    """Bidirectional Mamba mixer ("bimamba v2"): two selective-scan branches with separate parameters over the
+    same input, one reading the sequence forwards and one backwards, averaged, then projected out.
+
+    Both branches run in original token order: the backward branch uses a mirrored (anti-causal) conv and a
+    reversed scan, which is exactly the official flip -> causal branch -> flip computation without copies.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: Optional[int] = None,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        divide_out: bool = True,
+        scan_backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
+        self.divide_out = divide_out
+        self.scan_backend = scan_backend
+        di, r, n = self.d_inner, self.dt_rank, d_state
+
+        self.in_proj = nn.Linear(d_model, 2 * di, bias=False, **kw)
+        # parameter registration order follows the official state dict
+        A = torch.arange(1, n + 1, dtype=torch.float32, device=device).repeat(di, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(di, device=device))
+        self.A_b_log = nn.Parameter(torch.log(A.clone()))
+        self.D_b = nn.Parameter(torch.ones(di, device=device))
+        self.conv1d = nn.Conv1d(di, di, d_conv, groups=di, bias=True, **kw)
+        self.x_proj = nn.Linear(di, r + 2 * n, bias=False, **kw)
+        self.dt_proj = nn.Linear(r, di, bias=True, **kw)
+        self.conv1d_b = nn.Conv1d(di, di, d_conv, groups=di, bias=True, **kw)
+        self.x_proj_b = nn.Linear(di, r + 2 * n, bias=False, **kw)
+        self.dt_proj_b = nn.Linear(r, di, bias=True, **kw)
+        self.out_proj = nn.Linear(di, d_model, bias=False, **kw)
+        for p in (self.A_log, self.D, self.A_b_log, self.D_b):
+            p._no_weight_decay = True
+
+        # official init of the forward dt projection (the backward one keeps the default init; see SPEC quirks)
+        std = r**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(di, device=device) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True
+
+    def branch(self, x: Tensor, z: Tensor, reverse: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        """One scan direction. x, z: [batch, d_inner, length] -> y [batch, d_inner, length] (gated), plus the
+        input-dependent B, C ([batch, length, d_state]) and pre-bias delta ([batch, length, d_inner])."""
+        suffix = "_b" if reverse else ""
+        conv: nn.Conv1d = getattr(self, "conv1d" + suffix)
+        x_proj: nn.Linear = getattr(self, "x_proj" + suffix)
+        dt_proj: nn.Linear = getattr(self, "dt_proj" + suffix)
+        A = -torch.exp(getattr(self, "A_b_log" if reverse else "A_log").float())
+        D = getattr(self, "D" + suffix)
+
+        u = F.silu(causal_depthwise_conv1d(x, conv.weight, conv.bias, reverse=reverse))
+        x_dbl = x_proj(u.transpose(1, 2))  # [batch, length, r + 2n]
+        dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt_low, dt_proj.weight)  # [batch, length, d_inner], bias is added inside the scan
+        y = selective_scan(
+            u, delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D.float(), z,
+            delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse, backend=self.scan_backend,
+        )
+        return y, {"B": Bm, "C": Cm, "delta": delta}
+
+    def forward(self, hidden: Tensor, export: Optional[str] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """hidden: [batch, length, d_model] -> (out [batch, length, d_model], metric or None).
+
+        ``export`` in {None, "B", "C", "delta"} asks for that scan input, averaged over the two directions
+        token by token ([batch, length, d_state or d_inner]); used as the next merge's matching metric.
+        """
+        xz = self.in_proj(hidden).transpose(1, 2)  # [batch, 2*d_inner, length]
+        x, z = xz.chunk(2, dim=1)
+        y_f, aux_f = self.branch(x, z, reverse=False)
+        y_b, aux_b = self.branch(x, z, reverse=True)
+        y = y_f + y_b
+        if self.divide_out:
+            y = y / 2
+        out = self.out_proj(y.transpose(1, 2))
+        metric = None
+        if export is not None:
+            metric = (aux_f[export] + aux_b[export]) / 2
+        return out, metric
+
+
+class Block(nn.Module):
+    """Add -> RMSNorm -> Mixer with the residual stream kept in float32.
+
+    Input/output: (hidden, residual, state) where ``hidden`` is the previous mixer's raw output
+    [batch, tokens, E], ``residual`` the float32 token representation (None before the first block), and
+    ``state`` a :class:`TokenState`. ``export_metric`` (set by the merge patch, never changed in forward)
+    makes the block hand the next merging block a B/C/delta metric.
+    """
+
+    export_metric: Optional[str] = None
+
+    def __init__(self, dim: int, mixer: BiMambaMixer, drop_path: float = 0.0, norm_eps: float = 1e-5,
+                 residual_in_fp32: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.mixer = mixer
+        self.norm = RMSNorm(dim, eps=norm_eps, device=device, dtype=dtype)
+        self.drop_path = DropPath(drop_path)
+        self.residual_in_fp32 = residual_in_fp32
+
+    def add_norm_mix(self, hidden: Tensor, residual: Optional[Tensor], state: TokenState):
+        residual = hidden if residual is None else residual + self.drop_path(hidden)
+        if self.residual_in_fp32:
+            residual = residual.float()
+        normed = self.norm(residual, out_dtype=hidden.dtype)
+        hidden, metric = self.mixer(normed, export=self.export_metric)
+        return hidden, residual, state._replace(metric=metric)
+
+    def forward(self, hidden: Tensor, residual: Optional[Tensor], state: TokenState):
+        return self.add_norm_mix(hidden, residual, state)
+
+
+class PatchEmbed(nn.Module):
+    """Conv2d(in_chans, E, kernel=patch, stride=patch) -> [batch, num_patches, E] in row-major patch order."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 192,
+                 device=None, dtype=None):
+        super().__init__()
+        self.img_size, self.patch_size = img_size, patch_size
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(
+                f"input is {tuple(x.shape[-2:])} pixels but the model was built for {self.img_size}x{self.img_size}"
+            )
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class VisionMamba(nn.Module):
+    """Vim with a middle class token. Constructor arguments use the official names.
+
+    Surface (as timm models): ``forward_features(x) -> [batch, E]`` (the normalised class token),
+    ``forward_head(features) -> logits``, ``forward(x) -> logits``, ``reset_classifier(num_classes)``,
+    plus ``forward_tokens(x) -> (normalised tokens [batch, tokens, E], TokenState)``.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 192,
+        depth: int = 24,
+        d_state: int = 16,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        norm_epsilon: float = 1e-5,
+        residual_in_fp32: bool = True,
+        if_divide_out: bool = True,
+        scan_backend: str = "auto",
+        device=None,
+        dtype=None,
+        **kwargs,
+    ):
+        super().__init__()
+        # official constructor flags that select this exact architecture; anything else is a different model
+        fixed = {
+            "rms_norm": True, "fused_add_norm": True, "if_abs_pos_embed": True, "if_rope": False,
+            "if_rope_residual": False, "bimamba_type": "v2", "if_cls_token": True, "use_middle_cls_token": True,
+            "use_double_cls_token": False, "final_pool_type": "mean", "if_bidirectional": False, "stride": None,
+            "if_devide_out": True,  # misspelled official alias of if_divide_out
+        }
+        for key, value in kwargs.items():
+            if key not in fixed:
+                raise TypeError(f"VisionMamba got an unexpected argument {key!r}")
+            if key == "stride" and value in (None, patch_size):
+                continue
+            if key != "final_pool_type" and value != fixed[key]:
+                raise ValueError(f"{key}={value!r} selects a Vim variant rmeeto does not implement")
+        kw = {"device": device, "dtype": dtype}
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = embed_dim
+        self.depth = depth
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, **kw)
+        self.num_patches = self.patch_embed.num_patches
+        self.num_tokens = self.num_patches + 1
+        self.cls_position = self.num_patches // 2
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **kw))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, embed_dim, **kw))
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes, **kw) if num_classes > 0 else nn.Identity()
+
+        # layers 0 and 1 get no drop path: layer i >= 1 uses dpr[i - 1] (official quirk)
+        dpr = [0.0] + torch.linspace(0, drop_path_rate, depth).tolist()
+        self.layers = nn.ModuleList(
+            Block(
+                embed_dim,
+                BiMambaMixer(embed_dim, d_state=d_state, divide_out=if_divide_out, scan_backend=scan_backend, **kw),
+                drop_path=dpr[i] if i > 0 else 0.0,
+                norm_eps=norm_epsilon,
+                residual_in_fp32=residual_in_fp32,
+                **kw,
+            )
+            for i in range(depth)
+        )
+        self.norm_f = RMSNorm(embed_dim, eps=norm_epsilon, **kw)
+        self.drop_path = DropPath(drop_path_rate)  # the final add uses the full rate (official quirk)
+        for p in (self.cls_token, self.pos_embed):
+            p._no_weight_decay = True
+        self._init_weights()
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def _init_weights(self):
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        w = self.patch_embed.proj.weight
+        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+        nn.init.trunc_normal_(w, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)  # lecun normal
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        if isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+        for layer in self.layers:
+            m = layer.mixer
+            for lin in (m.in_proj, m.x_proj, m.x_proj_b, m.out_proj):
+                nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5))
+            m.out_proj.weight /= math.sqrt(self.depth)
+            nn.init.zeros_(m.dt_proj_b.bias)  # zeroed by the official global bias reset
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters conventionally exempt from weight decay (A_log, D, cls, pos_embed)."""
+        return {name for name, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, x: Tensor) -> Tensor:
+        """[batch, C, H, W] -> [batch, num_patches + 1, E] with the class token in the middle."""
+        tokens = self.patch_embed(x)
+        p = self.cls_position
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+        tokens = torch.cat([tokens[:, :p], cls, tokens[:, p:]], dim=1)
+        return self.pos_drop(tokens + self.pos_embed.to(tokens.dtype))
+
+    def forward_tokens(self, x: Tensor, track_source: bool = False) -> tuple[Tensor, TokenState]:
+        hidden = self.embed(x)
+        source = None
+        if track_source:
+            source = torch.eye(hidden.shape[1], device=hidden.device, dtype=hidden.dtype).expand(
+                hidden.shape[0], -1, -1
+            )
+        residual: Optional[Tensor] = None
+        state = TokenState(cls_index=self.cls_position, source=source)
+        for layer in self.layers:
+            hidden, residual, state = layer(hidden, residual, state)
+        out = self.norm_f(residual + self.drop_path(hidden), out_dtype=hidden.dtype)
+        return out, state
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        tokens, state = self.forward_tokens(x)
+        return tokens[:, state.cls_index]
+
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        return features if pre_logits else self.head(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        w = self.head.weight if isinstance(self.head, nn.Linear) else self.cls_token
+        self.head = nn.Linear(self.embed_dim, num_classes, device=w.device, dtype=w.dtype) if num_classes > 0 else nn.Identity()
+        if isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def set_scan_backend(self, backend: str) -> None:
+        """Force the selective-scan backend of every mixer (``"auto"`` restores automatic choice)."""
+        for layer in self.layers:
+            layer.mixer.scan_backend = backend
