@@ -8,12 +8,17 @@ __version__ = "0.1.0"
 
 from rmeeto.models import ModelConfig, create_model, get_config, list_models  # noqa: E402
 from rmeeto.models.vim import TokenState, VisionMamba  # noqa: E402
+from rmeeto.merge import MergeConfig, apply_merge, remove_merge, trace_tokens  # noqa: E402
 
 __all__ = [
     "__version__",
+    "MergeConfig",
     "ModelConfig",
     "TokenState",
     "VisionMamba",
+    "apply_merge",
+    "remove_merge",
+    "trace_tokens",
     "create_model",
     "get_config",
     "list_models",

@@ -1,0 +1,420 @@
+"""R-MeeTo token merging for Vim: pure tensor functions, a validated config, and a model patch.
+
+Three layers, as in ToMe:
+
+1. Pure functions on ``[batch, tokens, channels]`` tensors. :func:`bipartite_match` turns a metric into a
+   :class:`MergePlan` (index tensors only); :func:`merge_tokens` applies a plan to any tensor;
+   :func:`merge_streams` does the size-weighted average of several streams at once (one gather and one
+   scatter for all of them); :func:`plan_cls_index` gives the class token's new position.
+2. :class:`MergeConfig`, a frozen validated dataclass, and :meth:`MergeConfig.schedule`, which works out every
+   merging layer's token count and class index *statically* from the model's token count, so the forward
+   never reads a tensor on the host and shapes are fixed for a given config (CUDA-graph and compile friendly).
+3. :func:`apply_merge` swaps the class of the merging blocks to :class:`MergingBlock` (a subclass of
+   :class:`~rmeeto.models.vim.Block`): no parameter is renamed, so a checkpoint loads the same before and after.
+
+Differences from the official release (documented in the README):
+* metrics ``B``/``C``/``delta`` average the two scan directions token by token (the release flips the wrong
+  axis and mixes token t with token L-1-t);
+* merging more tokens than a layer has is clamped to ``(L - 1) // 2`` (as the release does) and we warn once
+  at :func:`apply_merge`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from rmeeto.models.vim import Block, TokenState, VisionMamba
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "MergeConfig",
+    "MergePlan",
+    "LayerSchedule",
+    "MergingBlock",
+    "apply_merge",
+    "remove_merge",
+    "bipartite_match",
+    "merge_tokens",
+    "merge_streams",
+    "plan_cls_index",
+    "trace_tokens",
+    "merge_schedule",
+]
+
+METRICS = ("x", "B", "C", "delta")
+DISTANCES = ("cosine", "l1", "l2")
+REDUCES = ("sum", "mean", "amax", "amin")
+MODES = ("merge", "prune")
+
+
+def _choice(name: str, value: str, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; choose from {', '.join(map(repr, valid))}")
+
+
+# ============================================================================================ config
+@dataclass(frozen=True)
+class MergeConfig:
+    """How a Vim merges tokens.
+
+    num_merged: tokens removed at each merging layer: one int for all, or a sequence with one entry per
+        merging layer (its length must equal the number of merging layers).
+    interval: merge every ``interval``-th layer. Even rule (default): layer i merges iff i > 0 and
+        i % interval == 0 (2 -> layers 2, 4, ..., 22). ``odd=True``: i > 0 and (i + 1) % interval == 0.
+    ordered: keep surviving tokens in their original spatial order (the paper's main setting); else the
+        official unordered layout [kept tokens by score, cls, destination tokens].
+    mode: "merge" (size-weighted average into the partner) or "prune" (drop the same tokens).
+    metric: similarity source: "x" (the previous mixer output) or the previous mixer's "B", "C" or "delta"
+        (both scan directions averaged token by token).
+    distance: "cosine", "l1" or "l2" on L2-normalised metric rows.
+    choose: partner rank: 1 = most similar (default), k = k-th most similar (the paper's "kc" ablation).
+    reduce: how merged values combine: "sum" (size-weighted mean, default), "mean", "amax", "amin".
+    final_tokens: if set, the last merging layer instead removes whatever leaves exactly this many tokens
+        (the official ``compare`` rule; 76 for 224px models). No-op at that layer if already at or below it.
+    """
+
+    num_merged: Union[int, tuple[int, ...]] = 0
+    interval: int = 2
+    odd: bool = False
+    ordered: bool = True
+    mode: str = "merge"
+    metric: str = "x"
+    distance: str = "cosine"
+    choose: int = 1
+    reduce: str = "sum"
+    final_tokens: Optional[int] = None
+
+    def __post_init__(self):
+        if isinstance(self.num_merged, (list, tuple)):
+            object.__setattr__(self, "num_merged", tuple(int(r) for r in self.num_merged))
+            if any(r < 0 for r in self.num_merged):
+                raise ValueError(f"num_merged entries must be >= 0, got {self.num_merged}")
+        elif isinstance(self.num_merged, bool) or not isinstance(self.num_merged, int) or self.num_merged < 0:
+            raise ValueError(f"num_merged must be a non-negative int or a list of them, got {self.num_merged!r}")
+        if not isinstance(self.interval, int) or self.interval < 1:
+            raise ValueError(f"interval must be an int >= 1, got {self.interval!r}")
+        if not isinstance(self.choose, int) or self.choose < 1:
+            raise ValueError(f"choose must be an int >= 1 (1 = best partner), got {self.choose!r}")
+        if self.final_tokens is not None and self.final_tokens < 2:
+            raise ValueError(f"final_tokens must be >= 2 (the class token and one patch), got {self.final_tokens}")
+        _choice("mode", self.mode, MODES)
+        _choice("metric", self.metric, METRICS)
+        _choice("distance", self.distance, DISTANCES)
+        _choice("reduce", self.reduce, REDUCES)
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def paper(cls, model_name: str, **overrides) -> "MergeConfig":
+        """The official R-MeeTo defaults for a registered model: ordered cosine merge of the previous mixer
+        output at even layers, r = 5 (Ti) / 11 (S, B), and the ``compare`` rule that forces 76 tokens after
+        the last merging layer of a 197-token model (so Vim-Ti merges 71 tokens at layer 22)."""
+        from rmeeto.models import get_config
+
+        cfg = get_config(model_name)
+        arch = cfg.arch
+        num_tokens = (arch.get("img_size", 224) // arch.get("patch_size", 16)) ** 2 + 1
+        settings = dict(num_merged=cfg.paper_merge.get("num_merged", 0), interval=2, ordered=True)
+        if num_tokens == 197:  # the release hard-codes 197 - 11 * compare with compare = 11
+            settings["final_tokens"] = 197 - 11 * 11
+        settings.update(overrides)
+        return cls(**settings)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if isinstance(d["num_merged"], tuple):
+            d["num_merged"] = list(d["num_merged"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MergeConfig":
+        return cls(**d)
+
+    # ------------------------------------------------------------------ schedule
+    def merging_layers(self, depth: int) -> list[int]:
+        if self.odd:
+            return [i for i in range(1, depth) if (i + 1) % self.interval == 0]
+        return [i for i in range(1, depth) if i % self.interval == 0]
+
+    def schedule(self, num_tokens: int, depth: int, cls_index: Optional[int] = None) -> list["LayerSchedule"]:
+        """Static plan: one :class:`LayerSchedule` per layer (merging or not), from the token count entering
+        layer 0 (class token included) and the class token's starting index (default: the middle)."""
+        return merge_schedule(self, num_tokens, depth, cls_index)
+
+    @property
+    def is_noop(self) -> bool:
+        r = self.num_merged
+        return (r == 0 if isinstance(r, int) else not any(r)) and self.final_tokens is None
+
+
+class LayerSchedule(NamedTuple):
+    """What happens at one layer. ``tokens_in``/``cls_in`` enter the layer (before its merge);
+    ``num_merged`` is the number actually removed there (after clamping and the final-count rule)."""
+
+    layer: int
+    merging: bool
+    tokens_in: int
+    cls_in: int
+    num_merged: int
+    requested: int
+    tokens_out: int
+    cls_out: int
+
+
+def plan_cls_index(cls_index: int, num_tokens: int, num_merged: int, ordered: bool) -> int:
+    """New class-token index after removing ``num_merged`` of ``num_tokens`` tokens (class token included).
+
+    Ordered: floor(cls * (L - r) / L). Unordered: the class token is re-inserted inside the block of kept
+    tokens at floor(cls * (t1 - r) / t1), t1 = ceil((L - 1) / 2) the size of the source set (official formulas).
+    """
+    if num_merged <= 0:
+        return cls_index
+    if ordered:
+        return (cls_index * (num_tokens - num_merged)) // num_tokens
+    t1 = math.ceil((num_tokens - 1) / 2)
+    return (cls_index * (t1 - num_merged)) // t1
+
+
+def merge_schedule(config: MergeConfig, num_tokens: int, depth: int, cls_index: Optional[int] = None):
+    cls_index = (num_tokens - 1) // 2 if cls_index is None else cls_index
+    layers = config.merging_layers(depth)
+    if isinstance(config.num_merged, tuple) and len(config.num_merged) != len(layers):
+        raise ValueError(
+            f"num_merged has {len(config.num_merged)} entries but this model merges at {len(layers)} layers "
+            f"({layers})"
+        )
+    last = layers[-1] if layers else None
+    out, n, cls = [], num_tokens, cls_index
+    for i in range(depth):
+        if i not in layers:
+            out.append(LayerSchedule(i, False, n, cls, 0, 0, n, cls))
+            continue
+        k = layers.index(i)
+        requested = config.num_merged[k] if isinstance(config.num_merged, tuple) else config.num_merged
+        if config.final_tokens is not None and i == last:
+            requested = n - config.final_tokens
+        r = max(0, min(requested, (n - 1) // 2))
+        new_cls = plan_cls_index(cls, n, r, config.ordered)
+        out.append(LayerSchedule(i, True, n, cls, r, requested, n - r, new_cls))
+        n, cls = n - r, new_cls
+    return out
+
+
+# ============================================================================================ pure ops
+class MergePlan(NamedTuple):
+    """Index plan of one bipartite merge (no gradients; all int64).
+
+    cls_index: class-token index in the input sequence. The class-free sequence (length T = L - 1) is split by
+    parity into sources (even, t1 = ceil(T/2)) and destinations (odd, T - t1).
+    unm_idx: [batch, t1 - r, 1] kept sources, by decreasing score.  src_idx: [batch, r, 1] merged sources.
+    dst_idx: [batch, r, 1] destination of each merged source.
+    order: [batch, L - 1 - r] permutation putting [kept sources, destinations] back in original order
+        (only for ordered merges).
+    new_cls_index: where the class token goes in the output.
+    """
+
+    cls_index: int
+    unm_idx: Tensor
+    src_idx: Tensor
+    dst_idx: Tensor
+    order: Optional[Tensor]
+    new_cls_index: int
+
+
+def _drop_cls(x: Tensor, cls_index: int) -> Tensor:
+    return torch.cat([x[:, :cls_index], x[:, cls_index + 1 :]], dim=1)
+
+
+def _insert(x: Tensor, token: Tensor, index: int) -> Tensor:
+    return torch.cat([x[:, :index], token, x[:, index:]], dim=1)
+
+
+@torch.no_grad()
+def bipartite_match(
+    metric: Tensor,
+    cls_index: int,
+    num_merged: int,
+    *,
+    distance: str = "cosine",
+    choose: int = 1,
+    ordered: bool = True,
+) -> MergePlan:
+    """Match tokens of ``metric`` [batch, L, c] (class token at ``cls_index``) and pick ``num_merged`` to merge.
+
+    Sources are the even class-free indices, destinations the odd ones; each source's partner is its best
+    (or ``choose``-th best) destination; the ``num_merged`` sources with the highest partner scores merge.
+    """
+    L = metric.shape[1]
+    r = max(0, min(num_merged, (L - 1) // 2))
+    m = _drop_cls(metric, cls_index).float()
+    m = m / m.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    a, b = m[:, ::2], m[:, 1::2]
+    if distance == "cosine":
+        scores = a @ b.transpose(1, 2)
+    elif distance in ("l1", "l2"):
+        scores = -torch.cdist(a, b, p=1.0 if distance == "l1" else 2.0)
+    else:
+        raise ValueError(f"distance={distance!r} is not valid; choose from {', '.join(map(repr, DISTANCES))}")
+    k = min(choose, scores.shape[-1])
+    if k == 1:
+        node_max, node_idx = scores.max(dim=-1)
+    else:
+        top_val, top_idx = scores.topk(k, dim=-1)
+        node_max, node_idx = top_val[..., k - 1], top_idx[..., k - 1]
+    edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
+    unm_idx, src_idx = edge_idx[:, r:], edge_idx[:, :r]
+    dst_idx = node_idx[..., None].gather(dim=1, index=src_idx)
+    order = None
+    if ordered:
+        # original class-free positions: source j sits at 2j, destination j at 2j + 1
+        n_dst = b.shape[1]
+        dst_pos = torch.arange(n_dst, device=metric.device).mul_(2).add_(1).expand(metric.shape[0], -1)
+        pos = torch.cat([unm_idx[..., 0] * 2, dst_pos], dim=1)
+        order = pos.argsort(dim=1)
+    new_cls = plan_cls_index(cls_index, L, r, ordered)
+    return MergePlan(cls_index, unm_idx, src_idx, dst_idx, order, new_cls)
+
+
+def merge_tokens(x: Tensor, plan: MergePlan, reduce: str = "sum", prune: bool = False) -> Tensor:
+    """Apply ``plan`` to ``x`` [batch, L, c] -> [batch, L - r, c]. With ``prune`` the merged sources are
+    dropped and destinations keep their values; otherwise sources are reduced into their destinations
+    (``scatter_reduce`` with ``include_self``). No weighting here: see :func:`merge_streams`."""
+    c = x.shape[-1]
+    cls = x[:, plan.cls_index : plan.cls_index + 1]
+    rest = _drop_cls(x, plan.cls_index)
+    a, b = rest[:, ::2], rest[:, 1::2]
+    unm = a.gather(1, plan.unm_idx.expand(-1, -1, c))
+    if not prune and plan.src_idx.shape[1] > 0:
+        src = a.gather(1, plan.src_idx.expand(-1, -1, c))
+        b = b.scatter_reduce(1, plan.dst_idx.expand(-1, -1, c), src, reduce=reduce)
+    if plan.order is not None:
+        out = torch.cat([unm, b], dim=1).gather(1, plan.order[..., None].expand(-1, -1, c))
+        return _insert(out, cls, plan.new_cls_index)
+    return torch.cat([_insert(unm, cls, plan.new_cls_index), b], dim=1)
+
+
+def merge_streams(
+    streams: Sequence[Tensor], size: Optional[Tensor], plan: MergePlan, reduce: str = "sum", prune: bool = False
+) -> tuple[list[Tensor], Tensor]:
+    """Size-weighted merge of several [batch, L, c_i] streams with one plan.
+
+    new_x = merge(x * s) / merge(s) for every stream (all with the *old* sizes s [batch, L, 1], ones if None),
+    new_s = merge(s). With ``prune`` values and sizes are just gathered. The streams are concatenated along
+    channels so the whole merge is one gather/scatter chain; each comes back in its own dtype.
+    """
+    x0 = streams[0]
+    if size is None:
+        size = torch.ones(x0.shape[0], x0.shape[1], 1, device=x0.device, dtype=torch.float32)
+    widths = [s.shape[-1] for s in streams]
+    if prune:
+        packed = torch.cat([s.float() for s in streams] + [size], dim=-1)
+        merged = merge_tokens(packed, plan, reduce, prune=True)
+        *outs, new_size = merged.split(widths + [1], dim=-1)
+    else:
+        packed = torch.cat([s.float() * size for s in streams] + [size], dim=-1)
+        merged = merge_tokens(packed, plan, reduce)
+        *outs, new_size = merged.split(widths + [1], dim=-1)
+        outs = [o / new_size for o in outs]
+    return [o.to(s.dtype) for o, s in zip(outs, streams)], new_size
+
+
+# ============================================================================================ model patch
+@dataclass(frozen=True)
+class _LayerMerge:
+    num_merged: int
+    metric: str
+    distance: str
+    choose: int
+    ordered: bool
+    reduce: str
+    prune: bool
+
+
+class MergingBlock(Block):
+    """A :class:`Block` that first merges ``merge.num_merged`` tokens of both streams with one plan.
+
+    The metric is the incoming ``hidden`` (the previous mixer output) or the B/C/delta metric the previous
+    block exported in ``state.metric``. Class-token index and sizes travel in the returned ``TokenState``.
+    """
+
+    merge: _LayerMerge
+
+    def forward(self, hidden: Tensor, residual: Optional[Tensor], state: TokenState):
+        cfg = self.merge
+        if cfg.num_merged > 0 and residual is not None:
+            metric = hidden if cfg.metric == "x" else state.metric
+            plan = bipartite_match(
+                metric, state.cls_index, cfg.num_merged, distance=cfg.distance, choose=cfg.choose, ordered=cfg.ordered
+            )
+            (hidden, residual), size = merge_streams([hidden, residual], state.size, plan, cfg.reduce, cfg.prune)
+            source = state.source
+            if source is not None:
+                source = merge_tokens(source, plan, "amax", prune=cfg.prune)
+            state = TokenState(plan.new_cls_index, size, None, source)
+        return self.add_norm_mix(hidden, residual, state)
+
+
+def apply_merge(model: VisionMamba, config: MergeConfig) -> VisionMamba:
+    """Turn ``model`` into a merging Vim in place (and return it). Parameters and their names are untouched;
+    calling again replaces the previous config; ``MergeConfig()`` (0 tokens) makes it an exact no-op."""
+    remove_merge(model)
+    depth = len(model.layers)
+    sched = config.schedule(model.num_tokens, depth, model.cls_position)
+    clamped = [s for s in sched if s.merging and s.requested > s.num_merged and s.requested > 0]
+    if clamped and config.final_tokens is None:
+        s = clamped[0]
+        warnings.warn(
+            f"merging {s.requested} tokens at layer {s.layer} is more than its {s.tokens_in} tokens allow; "
+            f"clamped to {s.num_merged} ((tokens - 1) // 2) there and at {len(clamped) - 1} later layer(s)",
+            stacklevel=2,
+        )
+    for s in sched:
+        if s.merging:
+            layer = model.layers[s.layer]
+            layer.__class__ = MergingBlock
+            layer.merge = _LayerMerge(
+                s.num_merged, config.metric, config.distance, config.choose, config.ordered, config.reduce,
+                config.mode == "prune",
+            )
+            if config.metric != "x":
+                model.layers[s.layer - 1].export_metric = config.metric
+    model.merge_config = config
+    return model
+
+
+def remove_merge(model: VisionMamba) -> VisionMamba:
+    """Undo :func:`apply_merge` (in place)."""
+    for layer in model.layers:
+        if isinstance(layer, MergingBlock):
+            layer.__class__ = Block
+            del layer.merge
+        if "export_metric" in layer.__dict__:
+            del layer.export_metric
+    model.merge_config = None
+    return model
+
+
+@torch.no_grad()
+def trace_tokens(model: VisionMamba, images: Tensor) -> list[dict]:
+    """Run ``model`` on ``images`` and return, per layer, the token count and class index *entering* it
+    (before that layer's merge), plus the final count and index the head reads (``layer = depth``)."""
+    records: list[dict] = []
+
+    def hook(module, args):
+        hidden, _, state = args
+        records.append({"layer": len(records), "tokens": hidden.shape[1], "cls_index": state.cls_index})
+
+    handles = [layer.register_forward_pre_hook(hook) for layer in model.layers]
+    try:
+        tokens, state = model.forward_tokens(images)
+    finally:
+        for h in handles:
+            h.remove()
+    records.append({"layer": len(model.layers), "tokens": tokens.shape[1], "cls_index": state.cls_index})
+    return records
