@@ -1,0 +1,119 @@
+"""The bidirectional mixer and the whole Vim equal a direct, loop-by-loop recomputation of the official function."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+import rmeeto
+from rmeeto.models.vim import BiMambaMixer
+
+
+def naive_branch(x, z, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, dt_rank, d_state):
+    """Official causal branch, one token and one channel at a time. x, z: [L, Di] (already flipped if backward)."""
+    L, Di = x.shape
+    K = conv_w.shape[-1]
+    u = torch.zeros(L, Di, dtype=torch.float64)
+    for t in range(L):
+        acc = conv_b.double().clone()
+        for k in range(K):
+            src = t - (K - 1) + k
+            if src >= 0:
+                acc += conv_w[:, 0, k].double() * x[src].double()
+        u[t] = acc * torch.sigmoid(acc)
+    A = -torch.exp(A_log.double())
+    h = torch.zeros(Di, d_state, dtype=torch.float64)
+    out = torch.zeros(L, Di, dtype=torch.float64)
+    for t in range(L):
+        dbl = x_proj_w.double() @ u[t]
+        dt_low, Bt, Ct = dbl[:dt_rank], dbl[dt_rank:dt_rank + d_state], dbl[dt_rank + d_state:]
+        delta = F.softplus(dt_w.double() @ dt_low + dt_b.double())
+        for d in range(Di):
+            h[d] = torch.exp(delta[d] * A[d]) * h[d] + delta[d] * Bt * u[t, d]
+            y = (h[d] * Ct).sum() + D[d].double() * u[t, d]
+            out[t, d] = y * (z[t, d].double() * torch.sigmoid(z[t, d].double()))
+    return out
+
+
+def naive_mixer(m: BiMambaMixer, hidden):
+    """[L, E] -> [L, E], flips done explicitly as in the official code."""
+    xz = hidden.double() @ m.in_proj.weight.double().T
+    x, z = xz[:, : m.d_inner], xz[:, m.d_inner:]
+    f = naive_branch(x, z, m.conv1d.weight, m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias,
+                     m.A_log, m.D, m.dt_rank, m.d_state)
+    b = naive_branch(x.flip(0), z.flip(0), m.conv1d_b.weight, m.conv1d_b.bias, m.x_proj_b.weight,
+                     m.dt_proj_b.weight, m.dt_proj_b.bias, m.A_b_log, m.D_b, m.dt_rank, m.d_state)
+    y = (f + b.flip(0)) / 2
+    return y @ m.out_proj.weight.double().T
+
+
+def randomize(module, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / math.sqrt(max(1, p.shape[-1]))))
+
+
+def test_mixer_equals_per_step_recomputation():
+    torch.manual_seed(0)
+    m = BiMambaMixer(8, d_state=4)
+    randomize(m, 1)
+    with torch.no_grad():
+        m.A_log.copy_(torch.log(torch.arange(1, 5).float()).repeat(16, 1) + 0.1 * torch.randn(16, 4))
+        m.A_b_log.copy_(m.A_log.flip(-1))
+    hidden = torch.randn(2, 9, 8)
+    out, _ = m(hidden)
+    for b in range(2):
+        ref = naive_mixer(m, hidden[b])
+        assert torch.allclose(out[b].double(), ref, rtol=1e-4, atol=1e-5)
+    # both directions matter: dropping the backward branch (the official slow-path bug) changes the result
+    m2 = BiMambaMixer(8, d_state=4)
+    m2.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        m2.out_proj.weight.zero_()
+    assert not torch.allclose(out, m2(hidden)[0])
+
+
+def naive_vim(model, image):
+    """Whole Vim forward for one image with the naive mixer: patchify, middle cls, residual stream, head."""
+    E = model.embed_dim
+    p = model.patch_embed.patch_size
+    w = model.patch_embed.proj.weight.double()
+    patches = image.double().unfold(1, p, p).unfold(2, p, p)  # [C, gh, gw, p, p]
+    patches = patches.permute(1, 2, 0, 3, 4).reshape(-1, w[0].numel())
+    tok = patches @ w.reshape(E, -1).T + model.patch_embed.proj.bias.double()
+    mid = tok.shape[0] // 2
+    seq = torch.cat([tok[:mid], model.cls_token[0].double(), tok[mid:]]) + model.pos_embed[0].double()
+
+    def rms(x, weight):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * weight.double()
+
+    residual, hidden = None, seq
+    for layer in model.layers:
+        residual = hidden if residual is None else residual + hidden
+        hidden = naive_mixer(layer.mixer, rms(residual, layer.norm.weight))
+    out = rms(residual + hidden, model.norm_f.weight)
+    return out[mid] @ model.head.weight.double().T + model.head.bias.double()
+
+
+def test_vim_equals_naive_forward():
+    torch.manual_seed(0)
+    model = rmeeto.create_model("vim_test_patch4_16", depth=2, embed_dim=8).eval()
+    randomize(model, 3)
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        logits = model(images)
+    for i in range(2):
+        ref = naive_vim(model, images[i])
+        assert torch.allclose(logits[i].double(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_backends_agree_on_whole_model():
+    torch.manual_seed(0)
+    model = rmeeto.create_model("vim_test_patch4_16").eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        a = model(x)
+        model.set_scan_backend("reference")
+        b = model(x)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
