@@ -1,0 +1,227 @@
+"""FLOPs of (merging) Vim models, counted as multiply-adds and reported in GFLOPs (MACs / 1e9).
+
+Two counts:
+
+* :func:`paper_flops` reproduces the official R-MeeTo ``calculate_flop_inference`` formula, which is what the
+  paper and its checkpoints report (Vim-Ti/S/B 1.45/5.08/18.87 G unmerged, 1.28/3.58/13.21 G merged). It
+  counts ONE scan direction, charges the conv for ``n + K - 1`` positions, adds the matching cost at every
+  merging layer even when nothing is merged, and follows the *requested* tokens per layer (no clamping, no
+  ``final_tokens``/``compare`` rule), so it overstates Vim-Ti's merged cost.
+* :func:`true_flops` counts what :mod:`rmeeto`'s forward actually computes on the token counts of
+  :meth:`MergeConfig.schedule` (clamping and ``final_tokens`` included): both scan directions, in/out
+  projections once, norms and element-wise work, the matching and weighted-average work of each real merge,
+  the patch embedding of the ``num_patches`` patches and the head.
+
+Both accept a registered model name, a :class:`~rmeeto.models.vim.VisionMamba` or a dict of architecture
+arguments (``embed_dim``, ``depth``, ``img_size``, ``patch_size``, ``num_classes``, ``d_state``, ...).
+``merge_config=None`` means the unmerged model (for a patched model pass ``model.merge_config``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Optional, Union
+
+from rmeeto.merge import MergeConfig
+from rmeeto.models.vim import VisionMamba
+
+__all__ = ["Arch", "arch_of", "paper_flops", "true_flops", "flops_table"]
+
+ArchLike = Union[str, VisionMamba, dict]
+
+
+class Arch(NamedTuple):
+    """The architecture numbers FLOPs depend on."""
+
+    embed_dim: int = 192
+    depth: int = 24
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: Optional[int] = None  # None -> ceil(embed_dim / 16)
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.embed_dim
+
+    @property
+    def rank(self) -> int:
+        return math.ceil(self.embed_dim / 16) if self.dt_rank is None else self.dt_rank
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + 1
+
+    @property
+    def cls_position(self) -> int:
+        return self.num_patches // 2
+
+
+def arch_of(arch_or_model: ArchLike) -> Arch:
+    """Normalise a registered model name, a :class:`VisionMamba` or a dict of architecture arguments."""
+    if isinstance(arch_or_model, Arch):
+        return arch_or_model
+    if isinstance(arch_or_model, str):
+        from rmeeto.models import get_config
+
+        arch_or_model = get_config(arch_or_model).arch
+    if isinstance(arch_or_model, VisionMamba):
+        m = arch_or_model
+        mixer = m.layers[0].mixer
+        return Arch(
+            embed_dim=m.embed_dim, depth=len(m.layers), img_size=m.patch_embed.img_size,
+            patch_size=m.patch_embed.patch_size, in_chans=m.patch_embed.proj.in_channels,
+            num_classes=m.num_classes, d_state=mixer.d_state, d_conv=mixer.d_conv,
+            expand=mixer.d_inner // m.embed_dim, dt_rank=mixer.dt_rank,
+        )
+    if isinstance(arch_or_model, dict):
+        known = {k: v for k, v in arch_or_model.items() if k in Arch._fields}
+        return Arch(**known)
+    raise TypeError(
+        f"expected a registered model name, a VisionMamba or a dict of architecture arguments, "
+        f"got {type(arch_or_model).__name__}"
+    )
+
+
+def _requested(config: MergeConfig, layers: list[int]) -> dict[int, int]:
+    """Requested tokens per merging layer (ignoring clamping and final_tokens)."""
+    r = config.num_merged
+    if isinstance(r, tuple):
+        if len(r) != len(layers):
+            raise ValueError(f"num_merged has {len(r)} entries but this model merges at {len(layers)} layers ({layers})")
+        return dict(zip(layers, r))
+    return {i: r for i in layers}
+
+
+def _metric_dim(metric: str, a: Arch) -> int:
+    return {"x": a.embed_dim, "B": a.d_state, "C": a.d_state, "delta": a.d_inner}[metric]
+
+
+# ============================================================================================ paper formula
+def _paper_layer(n: float, a: Arch) -> float:
+    c, di, r, N, k = a.embed_dim, a.d_inner, a.rank, a.d_state, a.d_conv
+    proj = n * c * 4 * c + n * c * 2 * c
+    conv = (n + k - 1) * di * k
+    x_proj = n * di * (r + 2 * N)
+    dt_proj = n * r * di
+    scan = 9 * n * di * N + 2 * n * di
+    return proj + conv + x_proj + dt_proj + scan
+
+
+def paper_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = None) -> float:
+    """GFLOPs by the official ``calculate_flop_inference`` formula (see the module docstring for its quirks).
+
+    Per layer with n tokens: 6nC^2 (in/out proj) + (n+K-1)*Di*K (conv) + n*Di*(R+2N) (x_proj) + n*R*Di (dt_proj)
+    + 9nDiN + 2nDi (scan), one direction. At each merging layer, before it, the matching cost with the count n
+    entering it: 6nc + 2c(n/2)^2 + rC (c = C for metric x, N for B/C, 2C for delta; n/2 is a true division),
+    then n -= r with r the requested count. Plus patch embed num_tokens*C*in_chans*patch^2 and head C*classes.
+    """
+    a = arch_of(arch_or_model)
+    c = a.embed_dim
+    n: float = a.num_tokens
+    layers = merge_config.merging_layers(a.depth) if merge_config is not None else []
+    requested = _requested(merge_config, layers) if merge_config is not None else {}
+    total = _paper_layer(n, a)
+    for i in range(1, a.depth):
+        if i in requested:
+            r = requested[i]
+            m = _metric_dim(merge_config.metric, a)  # C, N (=16) for B/C, 2C for delta, as the release
+            total += 6 * n * m + 2 * m * (n / 2) ** 2 + r * c
+            n = n - r
+        total += _paper_layer(n, a)
+    total += a.num_tokens * c * a.in_chans * a.patch_size**2 + c * a.num_classes
+    return total / 1e9
+
+
+# ============================================================================================ true count
+def _true_layer(n: int, a: Arch) -> dict[str, int]:
+    c, di, r, N, k = a.embed_dim, a.d_inner, a.rank, a.d_state, a.d_conv
+    per_branch = n * di * k + n * di * (r + 2 * N) + n * r * di  # conv + x_proj + dt_proj
+    return {
+        "mixer_proj": n * c * 2 * di + n * di * c,  # in_proj + out_proj
+        "branches": 2 * per_branch,
+        "scan": 2 * (9 * n * di * N + 2 * n * di),  # the usual selective-scan count (with D and z), per direction
+        # residual add, RMSNorm (sum of squares + scale) and averaging the two directions
+        "norm": n * c + 2 * n * c + n * di,
+    }
+
+
+def _true_matching(n: int, r: int, config: MergeConfig, a: Arch) -> int:
+    """Work of one merge of r of n tokens: exporting the metric, normalising it, the score matrix, and the
+    size-weighted average of both streams (multiply by size, scatter-add, divide)."""
+    if r <= 0:
+        return 0
+    c = a.embed_dim
+    m = _metric_dim(config.metric, a)
+    t = n - 1
+    t_src, t_dst = (t + 1) // 2, t // 2
+    cost = 2 * n * m + t_src * t_dst * m  # L2-normalise rows, then all source-destination scores
+    if config.metric != "x":
+        cost += n * m  # average of the two directions' B / C / delta
+    if config.mode == "merge":
+        width = 2 * c + 1  # hidden, residual and size go through one gather/scatter
+        cost += n * width + r * width + (n - r) * 2 * c
+    return cost
+
+
+def true_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = None) -> dict[str, Any]:
+    """Multiply-adds :mod:`rmeeto`'s forward really does, on the token counts of ``merge_config.schedule``.
+
+    Returns ``{"total": GFLOPs, "breakdown": {embed, mixer_proj, branches, scan, norm, matching, head} in
+    GFLOPs, "tokens_per_layer": [tokens each layer's mixer processes (after that layer's merge)],
+    "per_layer": [GFLOPs of each layer, its merge included]}``. Branch and scan terms cover both directions.
+    """
+    a = arch_of(arch_or_model)
+    c = a.embed_dim
+    config = merge_config if merge_config is not None else MergeConfig()
+    sched = config.schedule(a.num_tokens, a.depth, a.cls_position)
+    parts = dict.fromkeys(("embed", "mixer_proj", "branches", "scan", "norm", "matching", "head"), 0)
+    parts["embed"] = a.num_patches * c * a.in_chans * a.patch_size**2 + a.num_tokens * c  # conv + pos_embed add
+    per_layer, tokens = [], []
+    for s in sched:
+        layer = _true_layer(s.tokens_out, a)
+        layer["matching"] = _true_matching(s.tokens_in, s.num_merged, config, a) if s.merging else 0
+        for key, value in layer.items():
+            parts[key] += value
+        per_layer.append(sum(layer.values()) / 1e9)
+        tokens.append(s.tokens_out)
+    parts["norm"] += 3 * tokens[-1] * c if tokens else 0  # final add + RMSNorm over every token
+    parts["head"] = c * a.num_classes
+    breakdown = {k: v / 1e9 for k, v in parts.items()}
+    return {
+        "total": sum(parts.values()) / 1e9,
+        "breakdown": breakdown,
+        "tokens_per_layer": tokens,
+        "per_layer": per_layer,
+    }
+
+
+def flops_table(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = None) -> list[dict[str, Any]]:
+    """Rows for printing: the unmerged model, then (if ``merge_config`` is given) the merged one, each with
+    ``setting``, ``paper_gflops``, ``true_gflops``, ``final_tokens`` and the reductions relative to unmerged
+    (``paper_reduction`` / ``true_reduction`` = 1 - merged / unmerged)."""
+    a = arch_of(arch_or_model)
+    rows = []
+    base_paper, base_true = paper_flops(a), true_flops(a)
+    configs = [("unmerged", None)] + ([("merged", merge_config)] if merge_config is not None else [])
+    for setting, cfg in configs:
+        p = base_paper if cfg is None else paper_flops(a, cfg)
+        t = base_true if cfg is None else true_flops(a, cfg)
+        rows.append({
+            "setting": setting,
+            "paper_gflops": p,
+            "true_gflops": t["total"],
+            "final_tokens": t["tokens_per_layer"][-1] if t["tokens_per_layer"] else a.num_tokens,
+            "paper_reduction": 1 - p / base_paper,
+            "true_reduction": 1 - t["total"] / base_true["total"],
+            "tokens_per_layer": t["tokens_per_layer"],
+        })
+    return rows
