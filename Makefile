@@ -1,0 +1,33 @@
+# One command sets everything up and runs the main job; one sets everything up and runs the tests.
+#   make demo   -> venv + install + `rmeeto demo` on the embedded digits (report in out/demo/)
+#   make test   -> venv + install + the test suite (GPU tests skip without CUDA)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# torch/torchvision pinned to the builds this workplace serves from disk; any torch >= 2.1 works.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup demo test bench-cpu clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/rmeeto demo --out out/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench-cpu: setup
+	$(BIN)/python benchmarks/bench_cpu_forward.py --batch 1 --repeats 5
+
+clean:
+	rm -rf $(VENV) out build *.egg-info src/*.egg-info
