@@ -1,0 +1,198 @@
+"""Throughput and latency of unmerged vs merged Vims, in one run on one device.
+
+Inference follows the official protocol (random batch, eval, no_grad, fp16 weights and inputs by default) with
+proper timing: warm-up, then many timed repeats with CUDA events (host clock on CPU); we report the median,
+the 10th-90th percentile spread, images/s from the median, and peak memory. Inputs rotate among several
+buffers so the timing does not measure a cache-resident image batch.
+
+The training step is the re-training setup: merged student forward + backward under bf16 autocast, the
+unmerged teacher's forward under no_grad, classification + KL distillation loss, one AdamW step.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+import rmeeto
+from rmeeto.fast import accelerate
+from rmeeto.merge import MergeConfig
+
+__all__ = ["bench_inference", "bench_train_step", "DTYPES"]
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass
+class Timing:
+    times_ms: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times_ms)
+
+    def pct(self, q: float) -> float:
+        s = sorted(self.times_ms)
+        return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
+
+
+def _time(fn, inputs, warmup: int, repeats: int, device: torch.device) -> Timing:
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+        for i, (start, end) in enumerate(events):
+            start.record()
+            fn(inputs[i % len(inputs)])
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [s.elapsed_time(e) for s, e in events]
+    else:
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            fn(inputs[i % len(inputs)])
+            times.append((time.perf_counter() - t0) * 1e3)
+    return Timing(times)
+
+
+def _build(model_name: str, merge_config: Optional[MergeConfig], device, img_size=None, **overrides):
+    kw = dict(overrides)
+    if img_size is not None:
+        kw["img_size"] = img_size
+    model = rmeeto.create_model(model_name, **kw).to(device)
+    if merge_config is not None:
+        rmeeto.apply_merge(model, merge_config)
+    return model
+
+
+def bench_inference(
+    model_name: str,
+    merge_config: Optional[MergeConfig] = None,
+    *,
+    batch_size: int = 128,
+    img_size: Optional[int] = None,
+    dtype: str = "fp16",
+    mode: str = "auto",
+    backend: str = "auto",
+    warmup: int = 10,
+    repeats: int = 50,
+    device: str = "cuda",
+    num_input_buffers: int = 3,
+    seed: int = 0,
+) -> dict:
+    """Time ``model(images)`` for one model/config. Returns a dict (images_per_s, ms median/p10/p90, peak MB)."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = _build(model_name, merge_config, device, img_size).eval()
+    model.set_scan_backend(backend)
+    tdtype = DTYPES[dtype]
+    if tdtype != torch.float32:
+        model = model.to(tdtype)  # official protocol: model.half() and half inputs
+    c, h, w = model.pretrained_cfg.input_size if img_size is None else (3, img_size, img_size)
+    inputs = [torch.randn(batch_size, c, h, w, device=device).to(tdtype) for _ in range(num_input_buffers)]
+    fn = accelerate(model, mode)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    timing = _time(fn, inputs, warmup, repeats, device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    from rmeeto.ops.selective_scan import resolve_backend
+
+    result = {
+        "model": model_name,
+        "merge": None if merge_config is None else merge_config.to_dict(),
+        "batch_size": batch_size,
+        "img_size": h,
+        "dtype": dtype,
+        "mode": mode if mode != "auto" else ("cudagraph" if device.type == "cuda" else "eager"),
+        "backend": resolve_backend(backend, device),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "repeats": repeats,
+        "ms_median": timing.median,
+        "ms_p10": timing.pct(0.1),
+        "ms_p90": timing.pct(0.9),
+        "images_per_s": batch_size / timing.median * 1e3,
+        "peak_mem_mb": peak,
+    }
+    return result
+
+
+def bench_train_step(
+    model_name: str,
+    merge_config: Optional[MergeConfig] = None,
+    *,
+    batch_size: int = 128,
+    img_size: Optional[int] = None,
+    dtype: str = "bf16",
+    backend: str = "auto",
+    teacher: bool = True,
+    alpha: float = 0.5,
+    drop_path_rate: float = 0.1,
+    warmup: int = 3,
+    repeats: int = 10,
+    device: str = "cuda",
+    seed: int = 0,
+) -> dict:
+    """Time one re-training step (student fwd+bwd, teacher fwd, AdamW step) per batch."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    student = _build(model_name, merge_config, device, img_size, drop_path_rate=drop_path_rate).train()
+    student.set_scan_backend(backend)
+    teacher_model = None
+    if teacher:
+        teacher_model = _build(model_name, None, device, img_size).eval().requires_grad_(False)
+        teacher_model.set_scan_backend(backend)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.05, fused=device.type == "cuda")
+    c, h, w = student.pretrained_cfg.input_size if img_size is None else (3, img_size, img_size)
+    num_classes = student.num_classes
+    batches = [
+        (torch.randn(batch_size, c, h, w, device=device), torch.randint(0, num_classes, (batch_size,), device=device))
+        for _ in range(2)
+    ]
+    tdtype = DTYPES[dtype]
+    amp = tdtype != torch.float32
+
+    def step(batch):
+        x, y = batch
+        with torch.autocast(device.type, dtype=tdtype, enabled=amp):
+            logits = student(x)
+            loss = F.cross_entropy(logits.float(), y)
+            if teacher_model is not None:
+                with torch.no_grad():
+                    t_logits = teacher_model(x)
+                kd = F.kl_div(F.log_softmax(logits.float(), -1), F.log_softmax(t_logits.float(), -1),
+                              reduction="batchmean", log_target=True)
+                loss = loss + alpha * kd
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    timing = _time(step, batches, warmup, repeats, device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    from rmeeto.ops.selective_scan import resolve_backend
+
+    return {
+        "model": model_name,
+        "merge": None if merge_config is None else merge_config.to_dict(),
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "teacher": teacher,
+        "backend": resolve_backend(backend, device),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "repeats": repeats,
+        "ms_median": timing.median,
+        "ms_p10": timing.pct(0.1),
+        "ms_p90": timing.pct(0.9),
+        "images_per_s": batch_size / timing.median * 1e3,
+        "peak_mem_mb": peak,
+    }

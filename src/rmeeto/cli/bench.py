@@ -1,0 +1,122 @@
+"""``rmeeto bench``: inference (and training-step) throughput of unmerged vs merged models, one run, one card."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from rmeeto.cli import CLIError
+from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
+
+HELP = "throughput/latency of unmerged vs merged models (inference, training step), one run on one device"
+DESCRIPTION = """\
+Measure images/s of each MODEL unmerged and merged in one run on one device: warm-up, then many timed repeats
+(CUDA events on GPU), median and 10-90% spread, peak memory. Inference follows the official protocol (random
+batch of 128 at 224px, fp16 weights and inputs, eval, no_grad) and uses the fast path (CUDA graphs) unless
+--mode says otherwise. --train also times a re-training step (merged student forward+backward with the
+unmerged teacher's forward, bf16 autocast, AdamW). --compare repeats everything for every scan backend
+available on the device. Without merge flags, --preset paper is used for the merged row.
+
+examples:
+  rmeeto bench vim_small_patch16_224                              # unmerged vs paper-merged, fp16, batch 128
+  rmeeto bench vim_tiny_patch16_224 vim_small_patch16_224 vim_base_patch16_224 --json bench.json
+  rmeeto bench vim_small_patch16_224 -r 11 --train --batch-size 128
+  rmeeto bench vim_small_patch16_224 --compare --mode eager
+  rmeeto bench vim_test_patch4_16 --device cpu --batch-size 8 --repeats 5 --dtype fp32
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="registered model names")
+    add_merge_arguments(parser)
+    g = parser.add_argument_group("measurement")
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--img-size", type=int, default=None, help="input resolution (default: the model's)")
+    g.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="inference dtype (default fp16)")
+    g.add_argument("--mode", choices=("auto", "eager", "cudagraph", "compile", "compile+cudagraph"), default="auto",
+                   help="inference path: auto = CUDA graphs on GPU, eager on CPU")
+    g.add_argument("--backend", default="auto", help="scan backend (auto, chunked, reference, triton, mamba_ssm)")
+    g.add_argument("--compare", action="store_true", help="run every scan backend available on the device")
+    g.add_argument("--warmup", type=int, default=10)
+    g.add_argument("--repeats", type=int, default=50)
+    g.add_argument("--train", action="store_true", help="also time a re-training step (bf16, teacher)")
+    g.add_argument("--train-repeats", type=int, default=10)
+    g.add_argument("--no-inference", action="store_true", help="only the training step")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
+    parser.add_argument("--json", metavar="FILE", help="also write all results as JSON")
+
+
+def _fmt(r: dict, base: float | None) -> str:
+    speed = f"{r['images_per_s'] / base:.2f}x" if base else "1.00x"
+    merge = "unmerged" if r["merge"] is None else f"r={r['merge']['num_merged']}"
+    peak = "-" if math.isnan(r["peak_mem_mb"]) else f"{r['peak_mem_mb']:.0f}"
+    return (f"{r['model']:<24} {merge:<10} {r['backend']:<10} {r['images_per_s']:>10.1f} {speed:>7} "
+            f"{r['ms_median']:>9.2f} {r['ms_p10']:>8.2f}-{r['ms_p90']:<8.2f} {peak:>8}")
+
+
+HEADER = (f"{'model':<24} {'merge':<10} {'backend':<10} {'images/s':>10} {'speedup':>7} "
+          f"{'ms/batch':>9} {'p10-p90 ms':>17} {'peak MB':>8}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rmeeto.bench import bench_inference, bench_train_step
+    from rmeeto.models import get_config
+    from rmeeto.ops.selective_scan import available_backends
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError("--device cuda requested but no CUDA device is available")
+    if args.batch_size < 1 or args.repeats < 1:
+        raise CLIError("--batch-size and --repeats must be >= 1")
+    for name in args.models:
+        try:
+            get_config(name)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    backends = available_backends(device) if args.compare else [args.backend]
+    if args.compare:
+        backends = [b for b in backends if b != "reference" or device == "cpu"]  # the reference is per-step slow
+    dev_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+    print(f"# device: {dev_name}; batch {args.batch_size}; torch {torch.__version__}")
+
+    results = []
+    for section in (["inference"] if not args.no_inference else []) + (["train"] if args.train else []):
+        print(f"\n## {section} ({args.dtype if section == 'inference' else 'bf16' if device != 'cpu' else 'fp32'})")
+        print(HEADER)
+        for name in args.models:
+            merged_cfg = merge_config_from_args(args, name)
+            if merged_cfg is None:
+                from rmeeto.merge import MergeConfig
+
+                merged_cfg = MergeConfig.paper(name)
+            for backend in backends:
+                base = None
+                for cfg in (None, merged_cfg):
+                    if section == "inference":
+                        r = bench_inference(
+                            name, cfg, batch_size=args.batch_size, img_size=args.img_size, dtype=args.dtype,
+                            mode=args.mode, backend=backend, warmup=args.warmup, repeats=args.repeats, device=device,
+                        )
+                    else:
+                        r = bench_train_step(
+                            name, cfg, batch_size=args.batch_size, img_size=args.img_size,
+                            dtype="bf16" if device != "cpu" else "fp32", backend=backend,
+                            warmup=min(3, args.warmup), repeats=args.train_repeats, device=device,
+                        )
+                    r["section"] = section
+                    r["speedup_vs_unmerged"] = r["images_per_s"] / base if base else 1.0
+                    print(_fmt(r, base), flush=True)
+                    base = base or r["images_per_s"]
+                    results.append(r)
+                    if device.startswith("cuda"):
+                        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": dev_name, "torch": torch.__version__, "results": results}, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
