@@ -68,7 +68,7 @@ class Arch(NamedTuple):
 def arch_of(arch_or_model: ArchLike) -> Arch:
     """Normalise a registered model name, a :class:`VisionMamba` or a dict of architecture arguments."""
     if isinstance(arch_or_model, Arch):
-        return arch_or_model
+        return arch_or_model._replace(dt_rank=arch_or_model.rank)
     if isinstance(arch_or_model, str):
         from rmeeto.models import get_config
 
@@ -84,7 +84,8 @@ def arch_of(arch_or_model: ArchLike) -> Arch:
         )
     if isinstance(arch_or_model, dict):
         known = {k: v for k, v in arch_or_model.items() if k in Arch._fields}
-        return Arch(**known)
+        a = Arch(**known)
+        return a._replace(dt_rank=a.rank)
     raise TypeError(
         f"expected a registered model name, a VisionMamba or a dict of architecture arguments, "
         f"got {type(arch_or_model).__name__}"
