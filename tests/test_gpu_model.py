@@ -78,3 +78,24 @@ def test_merged_training_step_gradients_match_reference():
         grads[backend] = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
     for name, g in grads["chunked"].items():
         assert rel(grads["auto"][name], g) < 1e-2, name
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_conv_silu_matches_torch(reverse, dtype):
+    from rmeeto.ops.conv import conv_silu
+
+    torch.manual_seed(0)
+    for length in (1, 3, 4, 76, 197, 300):
+        xz = torch.randn(3, length, 2 * 200, device="cuda", dtype=dtype)
+        x = xz[..., :200]  # a strided slice, as in the mixer
+        w = torch.randn(200, 1, 4, device="cuda", dtype=dtype, requires_grad=True)
+        b = torch.randn(200, device="cuda", dtype=dtype, requires_grad=True)
+        ref = conv_silu(x.float(), w.float(), b.float(), reverse, backend="torch")
+        out = conv_silu(x, w, b, reverse, backend="triton")
+        assert out.shape == (3, length, 200) and out.dtype == dtype
+        assert rel(out.float(), ref) < (1e-6 if dtype == torch.float32 else 2e-3)
+        g = torch.randn_like(out)
+        gw, gb = torch.autograd.grad(out, (w, b), g)
+        gw_ref, gb_ref = torch.autograd.grad(conv_silu(x, w, b, reverse, backend="torch"), (w, b), g)
+        assert rel(gw, gw_ref) < 1e-3 and rel(gb, gb_ref) < 1e-3

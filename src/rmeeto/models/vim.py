@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rmeeto.ops.conv import conv_silu
 from rmeeto.ops.selective_scan import selective_scan
 
 Tensor = torch.Tensor
@@ -76,16 +77,6 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
-
-
-def causal_depthwise_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse: bool = False) -> Tensor:
-    """Depthwise conv of kernel K along the last axis, zero padded so that out[t] depends on x[t-K+1..t]
-    (``reverse=False``) or on x[t..t+K-1] with the kernel mirrored (``reverse=True``: the backward-direction conv
-    expressed in original token order). x: [batch, dim, length]; weight: [dim, 1, K]; bias: [dim]."""
-    k = weight.shape[-1]
-    if reverse:
-        return F.conv1d(F.pad(x, (0, k - 1)), weight.flip(-1), bias, groups=x.shape[1])
-    return F.conv1d(F.pad(x, (k - 1, 0)), weight, bias, groups=x.shape[1])
 
 
 class BiMambaMixer(nn.Module):
@@ -147,24 +138,28 @@ class BiMambaMixer(nn.Module):
         self.dt_proj.bias._no_reinit = True
 
     def branch(self, x: Tensor, z: Tensor, reverse: bool) -> tuple[Tensor, dict[str, Tensor]]:
-        """One scan direction. x, z: [batch, d_inner, length] -> y [batch, d_inner, length] (gated), plus the
-        input-dependent B, C ([batch, length, d_state]) and pre-bias delta ([batch, length, d_inner])."""
+        """One scan direction. x, z: [batch, length, d_inner] (channels-last views of in_proj's output) ->
+        y [batch, length, d_inner] (gated), plus the input-dependent B, C ([batch, length, d_state]) and the
+        pre-bias delta ([batch, length, d_inner]). Everything stays channels-last: no transposed copies."""
         suffix = "_b" if reverse else ""
         conv: nn.Conv1d = getattr(self, "conv1d" + suffix)
         x_proj: nn.Linear = getattr(self, "x_proj" + suffix)
         dt_proj: nn.Linear = getattr(self, "dt_proj" + suffix)
         A = -torch.exp(getattr(self, "A_b_log" if reverse else "A_log").float())
         D = getattr(self, "D" + suffix)
+        # the pure-PyTorch scan backends pair with the pure-PyTorch conv, so forcing them gives a reference path
+        conv_backend = "torch" if self.scan_backend in ("reference", "chunked") else "auto"
 
-        u = F.silu(causal_depthwise_conv1d(x, conv.weight, conv.bias, reverse=reverse))
-        x_dbl = x_proj(u.transpose(1, 2))  # [batch, length, r + 2n]
+        u = conv_silu(x, conv.weight, conv.bias, reverse=reverse, backend=conv_backend)
+        x_dbl = x_proj(u)  # [batch, length, r + 2n]
         dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt_low, dt_proj.weight)  # [batch, length, d_inner], bias is added inside the scan
         y = selective_scan(
-            u, delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D.float(), z,
-            delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse, backend=self.scan_backend,
+            u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D.float(),
+            z.transpose(1, 2), delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
+            backend=self.scan_backend,
         )
-        return y, {"B": Bm, "C": Cm, "delta": delta}
+        return y.transpose(1, 2), {"B": Bm, "C": Cm, "delta": delta}
 
     def forward(self, hidden: Tensor, export: Optional[str] = None) -> tuple[Tensor, Optional[Tensor]]:
         """hidden: [batch, length, d_model] -> (out [batch, length, d_model], metric or None).
@@ -172,14 +167,13 @@ class BiMambaMixer(nn.Module):
         ``export`` in {None, "B", "C", "delta"} asks for that scan input, averaged over the two directions
         token by token ([batch, length, d_state or d_inner]); used as the next merge's matching metric.
         """
-        xz = self.in_proj(hidden).transpose(1, 2)  # [batch, 2*d_inner, length]
-        x, z = xz.chunk(2, dim=1)
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # [batch, length, d_inner] each
         y_f, aux_f = self.branch(x, z, reverse=False)
         y_b, aux_b = self.branch(x, z, reverse=True)
         y = y_f + y_b
         if self.divide_out:
             y = y / 2
-        out = self.out_proj(y.transpose(1, 2))
+        out = self.out_proj(y)
         metric = None
         if export is not None:
             metric = (aux_f[export] + aux_b[export]) / 2
