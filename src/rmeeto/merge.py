@@ -312,12 +312,15 @@ def merge_streams(
     if size is None:
         size = torch.ones(x0.shape[0], x0.shape[1], 1, device=x0.device, dtype=torch.float32)
     widths = [s.shape[-1] for s in streams]
+    # work in at least float32 (fp16 hidden * sizes up to dozens would lose bits), float64 stays float64
+    work = torch.promote_types(torch.promote_types(x0.dtype, size.dtype), torch.float32)
+    size = size.to(work)
     if prune:
-        packed = torch.cat([s.float() for s in streams] + [size], dim=-1)
+        packed = torch.cat([s.to(work) for s in streams] + [size], dim=-1)
         merged = merge_tokens(packed, plan, reduce, prune=True)
         *outs, new_size = merged.split(widths + [1], dim=-1)
     else:
-        packed = torch.cat([s.float() * size for s in streams] + [size], dim=-1)
+        packed = torch.cat([s.to(work) * size for s in streams] + [size], dim=-1)
         merged = merge_tokens(packed, plan, reduce)
         *outs, new_size = merged.split(widths + [1], dim=-1)
         outs = [o / new_size for o in outs]
