@@ -1,0 +1,640 @@
+"""Reading, writing and checking Vim checkpoints, safely.
+
+Loading never runs code from the file: ``.pth`` files go through ``torch.load(weights_only=True)``, which refuses
+any pickled object other than tensors and plain containers. The one exception allowed is ``argparse.Namespace``
+(the official Vim trainer stores its ``args`` as one; it is a plain attribute holder and building it runs no
+code). ``.safetensors`` files hold tensors only and need no such care.
+
+Layout (official Vim trainer, kept by :func:`save_checkpoint`)::
+
+    {"model": state_dict, "model_ema": state_dict, "optimizer": ..., "lr_scheduler": ..., "epoch": int,
+     "scaler": ..., "args": argparse.Namespace}
+
+Only ``model`` is required. :func:`checkpoint_filter_fn` maps any such file onto a model: it unwraps the
+container, strips ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes, resizes ``pos_embed`` to
+another token grid (class token kept at the middle position) and drops a classifier with another class count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import pickletools
+import tempfile
+import warnings
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "CheckpointError",
+    "LoadResult",
+    "checkpoint_filter_fn",
+    "inspect_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "resample_pos_embed",
+    "save_checkpoint",
+]
+
+_logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+# containers the weights may sit in, in order of preference
+_WEIGHT_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema")
+_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile (any nesting order)
+_SAFETENSORS_SUFFIX = ".safetensors"
+_SAFETENSORS_EMA_PREFIX = "model_ema."  # EMA tensors share the flat safetensors namespace under this prefix
+_SAFETENSORS_META_KEY = "rmeeto"  # JSON of the non-tensor top-level entries (epoch, args, ...)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model. The message is one line naming the file."""
+
+
+@dataclass
+class LoadResult:
+    """What :func:`load_checkpoint` did.
+
+    source: the top-level entry the weights came from ("model", "model_ema", "state_dict", ... or "(root)" for a
+        bare state dict). missing_keys / unexpected_keys: only non-empty with ``strict=False``.
+    pos_embed_resized: (checkpoint tokens, model tokens) when ``pos_embed`` was interpolated, else None.
+    head_reset: the classifier was left out (other class count) and re-initialised.
+    """
+
+    path: str
+    source: str
+    num_tensors: int
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    pos_embed_resized: Optional[tuple[int, int]] = None
+    head_reset: bool = False
+    epoch: Optional[int] = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception message, for one-line errors."""
+    text = str(exc).strip().splitlines()
+    line = (text[0] if text else "").split(". ")[0].rstrip(".") or type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+
+
+def _pickle_globals(path: Path) -> Optional[set[str]]:
+    """Names of the globals (classes/functions) a pickled file refers to, found by reading the opcodes without
+    executing them; None if the file is not a parseable pickle (corrupt, truncated or not a checkpoint).
+
+    Only used to word the error message: what gets loaded is decided by the weights-only unpickler alone."""
+    if zipfile.is_zipfile(path):
+        try:
+            return set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        except Exception:
+            return None
+    names: set[str] = set()
+    try:
+        with open(path, "rb") as f:
+            # a legacy (pre-zip) torch file is several pickles in a row: magic number, protocol, sys info, data
+            for n in range(4):
+                strings: list[str] = []
+                try:
+                    for op, arg, _ in pickletools.genops(f):
+                        if op.name in ("GLOBAL", "INST"):
+                            names.add(str(arg).replace(" ", "."))
+                        elif op.name == "STACK_GLOBAL":
+                            names.add(".".join(strings[-2:]) if len(strings) >= 2 else "<dynamic global>")
+                        elif isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name):
+                            strings.append(arg)
+                except Exception:
+                    if n == 0:
+                        return None
+                    break
+                if not f.peek(1):
+                    break
+    except OSError:
+        return None
+    # torch's own tensor-rebuilding globals are allowed; report the others
+    return {name for name in names if not name.startswith(("torch.", "collections.OrderedDict"))}
+
+
+def _torch_load(path: Path) -> Any:
+    def load() -> Any:
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols other than 2 before deciding; the decision is what matters here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+    try:
+        return load()
+    except Exception as first_error:
+        error: BaseException = first_error
+    # The official trainer pickles its args as argparse.Namespace, which the weights-only unpickler refuses by
+    # default. Allow exactly that class (a plain attribute holder) and try again; everything else stays refused.
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is not None:
+        try:
+            with safe_globals([argparse.Namespace]):
+                return load()
+        except Exception as second_error:
+            error = second_error
+    names = _pickle_globals(path)
+    if names is None:
+        detail = _first_line(error)
+        detail = "" if detail.startswith("Weights only load failed") else f" ({type(error).__name__}: {detail})"
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt, truncated or not a PyTorch file{detail}") from None
+    names.discard("argparse.Namespace")
+    what = f" ({', '.join(sorted(names))})" if names else ""
+    raise CheckpointError(
+        f"refusing to load {path}: it holds non-tensor objects{what} and unpickling them could run code; "
+        "rmeeto only loads weights-only checkpoints"
+    ) from None
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: not a valid safetensors file ({_first_line(exc)})") from None
+    ckpt: dict[str, Any] = {}
+    if _SAFETENSORS_META_KEY in metadata:
+        try:
+            ckpt.update(json.loads(metadata[_SAFETENSORS_META_KEY]))
+        except json.JSONDecodeError:
+            pass
+    model = {k: v for k, v in tensors.items() if not k.startswith(_SAFETENSORS_EMA_PREFIX)}
+    ema = {k[len(_SAFETENSORS_EMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(_SAFETENSORS_EMA_PREFIX)}
+    ckpt["model"] = model
+    if ema:
+        ckpt["model_ema"] = ema
+    return ckpt
+
+
+def read_checkpoint(path: PathLike) -> dict[str, Any]:
+    """The raw top-level dict of a ``.pth`` (weights-only unpickling) or ``.safetensors`` file, on CPU.
+
+    A safetensors file comes back in the ``.pth`` layout: ``{"model": ..., "model_ema": ... (if stored), plus
+    the JSON metadata entries such as "epoch"}``. Raises :class:`CheckpointError` for a missing, corrupt,
+    truncated or code-carrying file."""
+    path = Path(path)
+    _check_file(path)
+    if path.suffix == _SAFETENSORS_SUFFIX:
+        return _read_safetensors(path)
+    obj = _torch_load(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of weights")
+    return dict(obj)
+
+
+# ----------------------------------------------------------------------------------------------- mapping
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _unwrap(checkpoint: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """(state dict, name of the entry it came from)."""
+    for key in _WEIGHT_KEYS:
+        if isinstance(checkpoint.get(key), Mapping):
+            return checkpoint[key], key
+    if _is_state_dict(checkpoint):
+        return checkpoint, "(root)"
+    keys = ", ".join(map(str, list(checkpoint)[:10])) or "none"
+    raise CheckpointError(f"no weights found: expected a 'model' or 'state_dict' entry, top-level keys are {keys}")
+
+
+def _strip_prefixes(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def _unwrap_module(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """Resize a middle-class-token position embedding to another patch grid.
+
+    pos_embed: [1, N + 1, E] with the class token's row at index N // 2 and N = g * g patches in row-major
+    order -> [1, h * w + 1, E] with the class row (copied exactly) at (h * w) // 2 and the patch rows resized
+    bicubically (computed in float32, returned in the input dtype)."""
+    _, length, dim = pos_embed.shape
+    num_patches = length - 1
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise CheckpointError(f"pos_embed has {num_patches} patch rows, not a square grid: cannot resize it")
+    old_cls = num_patches // 2
+    cls_row = pos_embed[:, old_cls : old_cls + 1]
+    patches = torch.cat([pos_embed[:, :old_cls], pos_embed[:, old_cls + 1 :]], dim=1)
+    patches = patches.reshape(1, side, side, dim).permute(0, 3, 1, 2).float()
+    patches = F.interpolate(patches, size=tuple(grid_size), mode="bicubic", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    new_cls = patches.shape[1] // 2
+    return torch.cat([patches[:, :new_cls], cls_row, patches[:, new_cls:]], dim=1)
+
+
+def _filter(state_dict: Mapping[str, Any], model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The work of :func:`checkpoint_filter_fn`, plus a record of what was changed."""
+    if any(k in state_dict for k in _WEIGHT_KEYS) and not _is_state_dict(state_dict):
+        state_dict, _ = _unwrap(state_dict)
+    model = _unwrap_module(model)
+    out = {_strip_prefixes(k): v for k, v in state_dict.items()}
+    report: dict[str, Any] = {"notes": [], "pos_embed_resized": None, "head_reset": False}
+    own = model.state_dict()
+
+    pos = out.get("pos_embed")
+    if isinstance(pos, torch.Tensor) and "pos_embed" in own and pos.shape != own["pos_embed"].shape:
+        want = own["pos_embed"].shape
+        if pos.dim() == 3 and pos.shape[-1] == want[-1] and hasattr(model, "patch_embed"):
+            out["pos_embed"] = resample_pos_embed(pos, model.patch_embed.grid_size)
+            report["pos_embed_resized"] = (pos.shape[1], want[1])
+            report["notes"].append(f"pos_embed interpolated from {pos.shape[1]} to {want[1]} tokens")
+
+    head_keys = [k for k in out if k.startswith("head.")]
+    if head_keys:
+        head = getattr(model, "head", None)
+        if not isinstance(head, nn.Linear):
+            for k in head_keys:
+                del out[k]
+            report["notes"].append("classifier weights dropped: the model has no classifier head")
+        elif "head.weight" in out and out["head.weight"].shape != head.weight.shape:
+            ckpt_classes = out["head.weight"].shape[0]
+            for k in head_keys:
+                del out[k]
+            report["head_reset"] = True
+            report["notes"].append(
+                f"classifier not loaded: checkpoint has {ckpt_classes} classes, model has {head.out_features}; "
+                "head re-initialised"
+            )
+    return out, report
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a checkpoint onto ``model`` (timm's ``pretrained_filter_fn`` contract; the input is not modified).
+
+    Unwraps ``model`` / ``state_dict`` / ``model_ema`` containers, strips ``module.`` and ``_orig_mod.``
+    prefixes, resizes ``pos_embed`` [1, N + 1, E] to the model's grid (see :func:`resample_pos_embed`) and drops
+    ``head.*`` when the class count differs (the model keeps its own, freshly initialised head). Each change is
+    announced with a ``UserWarning``."""
+    out, report = _filter(state_dict, model)
+    for note in report["notes"]:
+        warnings.warn(note, stacklevel=2)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _key_list(keys: list[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _epoch(checkpoint: Mapping[str, Any]) -> Optional[int]:
+    epoch = checkpoint.get("epoch")
+    if isinstance(epoch, torch.Tensor) and epoch.numel() == 1:
+        epoch = epoch.item()
+    return int(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
+
+
+def load_checkpoint(
+    model: nn.Module, path: PathLike, *, use_ema: bool = False, strict: bool = True, verbose: bool = True
+) -> LoadResult:
+    """Load weights from a ``.pth`` or ``.safetensors`` file into ``model`` (in place; DDP/compiled wrappers are
+    looked through).
+
+    ``use_ema`` takes the ``model_ema`` entry (error if absent). With ``strict`` every model parameter must be
+    present and every checkpoint tensor used, apart from the adaptations of :func:`checkpoint_filter_fn`
+    (resized ``pos_embed``, re-initialised head), which are warned about. A shape mismatch is always an error.
+    ``verbose`` logs one summary line (logger ``rmeeto.checkpoint``, level INFO)."""
+    path = Path(path)
+    raw = read_checkpoint(path)
+    if use_ema:
+        if not isinstance(raw.get("model_ema"), Mapping):
+            keys = ", ".join(map(str, raw)) or "none"
+            raise CheckpointError(f"checkpoint {path} has no 'model_ema' weights (top-level keys: {keys})")
+        weights, source = raw["model_ema"], "model_ema"
+    else:
+        try:
+            weights, source = _unwrap(raw)
+        except CheckpointError as exc:
+            raise CheckpointError(f"checkpoint {path}: {exc}") from None
+    target = _unwrap_module(model)
+    state_dict, report = _filter(weights, target)
+    own = target.state_dict()
+
+    missing = [k for k in own if k not in state_dict and not (report["head_reset"] and k.startswith("head."))]
+    unexpected = [k for k in state_dict if k not in own]
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key{'s' * (len(missing) != 1)} ({_key_list(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) != 1)} ({_key_list(unexpected)})")
+        raise CheckpointError(
+            f"checkpoint {path} does not match {type(target).__name__}: {'; '.join(parts)}{_fit_hint(weights)}"
+        )
+    for key, value in state_dict.items():
+        if key in own and tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(
+                f"checkpoint {path}: {key} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(own[key].shape)}{_fit_hint(weights)}"
+            )
+    target.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+    if report["head_reset"]:
+        with torch.no_grad():
+            nn.init.trunc_normal_(target.head.weight, std=0.02)
+            nn.init.zeros_(target.head.bias)
+    for note in report["notes"]:
+        warnings.warn(f"{path.name}: {note}", stacklevel=2)
+
+    result = LoadResult(
+        path=str(path), source=source, num_tensors=len(state_dict), missing_keys=missing,
+        unexpected_keys=unexpected, pos_embed_resized=report["pos_embed_resized"],
+        head_reset=report["head_reset"], epoch=_epoch(raw), notes=list(report["notes"]),
+    )
+    if verbose:
+        epoch = f", epoch {result.epoch}" if result.epoch is not None else ""
+        _logger.info("loaded %s ('%s', %d tensors%s)", path, source, result.num_tensors, epoch)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- saving
+
+
+def _check_weights_only(obj: Any, where: str) -> None:
+    """Refuse, at save time, anything ``torch.load(weights_only=True)`` would refuse at load time."""
+    if isinstance(obj, (torch.Tensor, str, int, float, bool, type(None), torch.dtype, torch.device, torch.Size)):
+        return
+    if type(obj) in (dict, OrderedDict):
+        for k, v in obj.items():
+            _check_weights_only(k, f"{where} key")
+            _check_weights_only(v, f"{where}[{k!r}]")
+        return
+    if type(obj) in (list, tuple, set):
+        for i, v in enumerate(obj):
+            _check_weights_only(v, f"{where}[{i}]")
+        return
+    if type(obj) is argparse.Namespace:
+        _check_weights_only(vars(obj), where)
+        return
+    raise TypeError(
+        f"cannot save {where}: a {type(obj).__module__}.{type(obj).__qualname__} would not load with "
+        "weights_only=True; store plain data instead (e.g. dataclasses.asdict, float(x), tensor.tolist())"
+    )
+
+
+def _as_checkpoint(obj: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(obj, nn.Module):
+        ckpt = {"model": _unwrap_module(obj).state_dict()}
+    elif isinstance(obj, Mapping) and "model" in obj:
+        ckpt = dict(obj)
+    elif _is_state_dict(obj):
+        ckpt = {"model": dict(obj)}
+    else:
+        raise TypeError("save_checkpoint expects a module, a state dict, or a dict with a 'model' entry")
+    clash = set(ckpt) & set(extra)
+    if clash:
+        raise ValueError(f"save_checkpoint: {', '.join(sorted(clash))} given twice")
+    ckpt.update(extra)
+    return ckpt
+
+
+def _safetensors_bytes(ckpt: dict[str, Any]) -> bytes:
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+
+    def put(key: str, t: torch.Tensor) -> None:
+        t = t.detach().to("cpu").contiguous()
+        if t.untyped_storage().data_ptr() in seen and t.numel():  # safetensors refuses shared memory
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        tensors[key] = t
+
+    meta: dict[str, Any] = {}
+    for name, value in ckpt.items():
+        if name in ("model", "model_ema"):
+            if not _is_state_dict(value):
+                raise TypeError(f"save_checkpoint: '{name}' must be a dict of tensors for safetensors")
+            prefix = "" if name == "model" else _SAFETENSORS_EMA_PREFIX
+            for k, v in value.items():
+                put(prefix + _strip_prefixes(k), v)
+            continue
+        if isinstance(value, argparse.Namespace):
+            value = vars(value)
+        try:
+            json.dumps(value)
+        except TypeError:
+            raise TypeError(
+                f"save_checkpoint: '{name}' cannot go in a safetensors file (tensors and JSON metadata only); "
+                "save training state to a .pth file"
+            ) from None
+        meta[name] = value
+    return save(tensors, metadata={"format": "pt", _SAFETENSORS_META_KEY: json.dumps(meta)})
+
+
+def _umask() -> int:
+    try:  # read without changing it (os.umask would, briefly, for every thread)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def save_checkpoint(obj_or_state: Any, path: PathLike, **extra: Any) -> Path:
+    """Write ``{"model": state_dict, **extra}`` atomically; returns the path.
+
+    ``obj_or_state``: a module (wrappers are looked through), a state dict, or a full checkpoint dict with a
+    ``model`` entry. ``extra`` adds top-level entries (``epoch=...``, ``optimizer=...``, ``model_ema=...``).
+    Everything must be loadable with ``weights_only=True`` (tensors, numbers, strings, lists, dicts,
+    ``argparse.Namespace``): anything else raises ``TypeError`` now rather than failing at load time.
+    A ``.safetensors`` suffix stores ``model`` (and ``model_ema``) tensors plus JSON metadata.
+
+    The file is written to a temporary file in the same folder, fsynced, then renamed over ``path``, so an
+    interrupted save leaves any previous checkpoint intact."""
+    path = Path(path)
+    ckpt = _as_checkpoint(obj_or_state, extra)
+    if path.suffix != _SAFETENSORS_SUFFIX:
+        _check_weights_only(ckpt, "checkpoint")
+    data = _safetensors_bytes(ckpt) if path.suffix == _SAFETENSORS_SUFFIX else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if data is not None:
+                f.write(data)
+            else:
+                torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- inspection
+
+
+def _architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Optional[int]]:
+    """Vim architecture numbers read off tensor shapes (None where the key is absent)."""
+    arch: dict[str, Optional[int]] = dict.fromkeys(
+        ("embed_dim", "depth", "patch_size", "in_chans", "img_size", "num_classes", "num_tokens", "d_state")
+    )
+    proj = state_dict.get("patch_embed.proj.weight")
+    if isinstance(proj, torch.Tensor) and proj.dim() == 4:
+        arch["embed_dim"], arch["in_chans"], arch["patch_size"] = proj.shape[0], proj.shape[1], proj.shape[-1]
+    layers = {int(k.split(".")[1]) for k in state_dict if k.startswith("layers.") and k.split(".")[1].isdigit()}
+    arch["depth"] = max(layers) + 1 if layers else None
+    a_log = state_dict.get("layers.0.mixer.A_log")
+    if isinstance(a_log, torch.Tensor) and a_log.dim() == 2:
+        arch["d_state"] = a_log.shape[1]
+    head = state_dict.get("head.weight")
+    arch["num_classes"] = head.shape[0] if isinstance(head, torch.Tensor) else 0
+    pos = state_dict.get("pos_embed")
+    if isinstance(pos, torch.Tensor) and pos.dim() == 3:
+        arch["num_tokens"] = pos.shape[1]
+        side = math.isqrt(pos.shape[1] - 1)
+        if side * side == pos.shape[1] - 1 and arch["patch_size"]:
+            arch["img_size"] = side * arch["patch_size"]
+    return arch
+
+
+def _match_model(arch: Mapping[str, Optional[int]]) -> tuple[Optional[str], dict[str, int]]:
+    """(registered model with the same structure, create_model overrides for img_size / num_classes)."""
+    import inspect
+
+    from rmeeto.models import get_config, list_models
+    from rmeeto.models.vim import VisionMamba
+
+    if arch.get("embed_dim") is None:
+        return None, {}
+    defaults = {
+        k: p.default for k, p in inspect.signature(VisionMamba.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    best: Optional[tuple[int, str, dict[str, int]]] = None
+    for name in list_models():
+        full = {**defaults, **get_config(name).arch}
+        if any(arch.get(k) is not None and full.get(k) != arch[k]
+               for k in ("embed_dim", "depth", "patch_size", "in_chans", "d_state")):
+            continue
+        overrides = {k: arch[k] for k in ("img_size", "num_classes") if arch.get(k) is not None and full[k] != arch[k]}
+        if best is None or len(overrides) < best[0]:
+            best = (len(overrides), name, overrides)
+    return (best[1], best[2]) if best else (None, {})
+
+
+def _fit_hint(state_dict: Mapping[str, Any]) -> str:
+    """' (the checkpoint looks like <registered model>)' for error messages, or ''."""
+    try:
+        name, overrides = _match_model(_architecture({_strip_prefixes(k): v for k, v in state_dict.items()}))
+    except Exception:
+        return ""
+    if name is None:
+        return ""
+    extra = "".join(f", {k}={v}" for k, v in overrides.items())
+    return f" (the checkpoint looks like {name}{extra})"
+
+
+def inspect_checkpoint(path: PathLike) -> dict[str, Any]:
+    """Describe a checkpoint without building a model.
+
+    Keys: path, format ("torch" / "safetensors"), size_bytes, top_level_keys, weights_key, prefix (stripped
+    ``module.`` / ``_orig_mod.``, or ""), num_tensors, num_params, dtype (most common) and dtypes (counts),
+    arch (embed_dim, depth, patch_size, in_chans, img_size, num_classes, num_tokens, d_state), model (the
+    registered name of that structure, or None) and model_overrides (create_model arguments for another
+    img_size / num_classes), has_ema, epoch, trained_as (``args.model`` of the official trainer, if stored)."""
+    path = Path(path)
+    raw = read_checkpoint(path)
+    try:
+        weights, source = _unwrap(raw)
+    except CheckpointError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
+    tensors = {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    stripped = {_strip_prefixes(k): v for k, v in tensors.items()}
+    prefix = ""
+    if tensors:
+        first = next(iter(tensors))
+        prefix = first[: len(first) - len(_strip_prefixes(first))]
+    dtypes: dict[str, int] = {}
+    for t in tensors.values():
+        name = str(t.dtype).removeprefix("torch.")
+        dtypes[name] = dtypes.get(name, 0) + 1
+    arch = _architecture(stripped)
+    model, overrides = _match_model(arch)
+    args = raw.get("args")
+    args = vars(args) if isinstance(args, argparse.Namespace) else args
+    trained_as = args.get("model") if isinstance(args, Mapping) else None
+    return {
+        "path": str(path),
+        "format": "safetensors" if path.suffix == _SAFETENSORS_SUFFIX else "torch",
+        "size_bytes": path.stat().st_size,
+        "top_level_keys": [str(k) for k in raw],
+        "weights_key": source,
+        "prefix": prefix,
+        "num_tensors": len(tensors),
+        "num_params": int(sum(t.numel() for t in tensors.values())),
+        "dtype": max(dtypes, key=dtypes.get) if dtypes else None,
+        "dtypes": dtypes,
+        "arch": arch,
+        "model": model,
+        "model_overrides": overrides,
+        "has_ema": isinstance(raw.get("model_ema"), Mapping) and len(raw["model_ema"]) > 0,
+        "epoch": _epoch(raw),
+        "trained_as": trained_as if isinstance(trained_as, str) else None,
+    }
