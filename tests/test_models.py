@@ -1,0 +1,86 @@
+"""Registry models: official parameter counts and the exact official state-dict layout (SPEC section 2)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import rmeeto
+from rmeeto.models import create_model, get_config, list_models
+
+OFFICIAL = {  # name: (embed_dim, parameters)
+    "vim_tiny_patch16_224": (192, 7_148_008),
+    "vim_small_patch16_224": (384, 25_796_584),
+    "vim_base_patch16_224": (768, 97_598_440),
+}
+
+
+def official_layout(embed_dim: int, depth: int = 24, num_classes: int = 1000, d_state: int = 16,
+                     patch: int = 16, tokens: int = 197) -> list[tuple[str, tuple[int, ...]]]:
+    """(key, shape) in the official state-dict order, as listed in SPEC section 2."""
+    e, di, r = embed_dim, 2 * embed_dim, math.ceil(embed_dim / 16)
+    layout = [
+        ("cls_token", (1, 1, e)), ("pos_embed", (1, tokens, e)),
+        ("patch_embed.proj.weight", (e, 3, patch, patch)), ("patch_embed.proj.bias", (e,)),
+        ("head.weight", (num_classes, e)), ("head.bias", (num_classes,)),
+    ]
+    per_layer = [
+        ("mixer.A_log", (di, d_state)), ("mixer.D", (di,)), ("mixer.A_b_log", (di, d_state)), ("mixer.D_b", (di,)),
+        ("mixer.in_proj.weight", (2 * di, e)),
+        ("mixer.conv1d.weight", (di, 1, 4)), ("mixer.conv1d.bias", (di,)),
+        ("mixer.x_proj.weight", (r + 2 * d_state, di)),
+        ("mixer.dt_proj.weight", (di, r)), ("mixer.dt_proj.bias", (di,)),
+        ("mixer.conv1d_b.weight", (di, 1, 4)), ("mixer.conv1d_b.bias", (di,)),
+        ("mixer.x_proj_b.weight", (r + 2 * d_state, di)),
+        ("mixer.dt_proj_b.weight", (di, r)), ("mixer.dt_proj_b.bias", (di,)),
+        ("mixer.out_proj.weight", (e, di)),
+        ("norm.weight", (e,)),
+    ]
+    for i in range(depth):
+        layout += [(f"layers.{i}.{key}", shape) for key, shape in per_layer]
+    return layout + [("norm_f.weight", (e,))]
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL))
+def test_official_parameter_count(name):
+    model = create_model(name, device="meta")
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL[name][1]
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL))
+def test_official_state_dict_keys_order_and_shapes(name):
+    state = create_model(name, device="meta").state_dict()
+    expected = official_layout(OFFICIAL[name][0])
+    assert len(expected) == 415
+    assert list(state) == [key for key, _ in expected]
+    assert [tuple(t.shape) for t in state.values()] == [shape for _, shape in expected]
+    assert not list(create_model(name, device="meta").buffers())  # no buffers in the official files
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_registry_models_follow_the_same_layout(name):
+    cfg = get_config(name)
+    model = create_model(name, device="meta")
+    arch = {"img_size": 224, "patch_size": 16, "num_classes": 1000, "depth": 24, **cfg.arch}
+    tokens = (arch["img_size"] // arch["patch_size"]) ** 2 + 1
+    assert model.num_tokens == tokens and cfg.input_size == (3, arch["img_size"], arch["img_size"])
+    expected = official_layout(arch["embed_dim"], arch["depth"], arch["num_classes"], patch=arch["patch_size"],
+                               tokens=tokens)
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == expected
+
+
+def test_create_model_passes_overrides_through():
+    model = create_model("vim_test_patch4_16", img_size=24, num_classes=3, device="meta")
+    assert model.pos_embed.is_meta and model.num_tokens == 37 and model.head.out_features == 3
+
+
+def test_timm_create_model_after_importing_rmeeto():
+    import timm
+
+    assert rmeeto.__version__
+    model = timm.create_model("vim_test_patch4_16", num_classes=4).eval()
+    assert isinstance(model, rmeeto.VisionMamba)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 16, 16)).shape == (1, 4)
