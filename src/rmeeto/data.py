@@ -1,0 +1,373 @@
+"""Datasets and transforms: the embedded digits set (no download) and ImageNet-style image folders.
+
+    train = build_dataset("digits", "train", img_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, train_aug=True)
+    val = build_dataset("/data/imagenet", "val", img_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    loader = DataLoader(val, batch_size=128, num_workers=8, collate_fn=collate_skip_none)
+
+Unreadable images (corrupt or truncated files) in a folder dataset do not stop a run: the dataset returns a
+:class:`SkippedSample` in their place and logs one warning line per file, and :func:`collate_skip_none` drops
+those samples. The batches it returns unpack as ``images, labels`` and carry the dropped samples in
+``batch.skipped`` (a :class:`SkipLog` counts them over a run); a batch with no readable image at all comes
+back as ``None``. Nothing is counted in global state, so this works the same in DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset, default_collate
+
+from rmeeto.models import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "DataError",
+    "DigitsDataset",
+    "ImageFolderDataset",
+    "SkippedSample",
+    "Batch",
+    "SkipLog",
+    "collate_skip_none",
+    "digits_pil_images",
+    "eval_transform",
+    "train_transform",
+    "build_dataset",
+    "IMG_EXTENSIONS",
+    "SPLITS",
+]
+
+_logger = logging.getLogger(__name__)
+
+Tensor = torch.Tensor
+PathLike = Union[str, os.PathLike]
+
+DIGITS_NORM = (0.5, 0.5, 0.5)  # mean = std, as the vim_digits_patch4_32 config
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # as torchvision
+SPLITS = ("train", "val")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as given. The message is one line naming the path."""
+
+
+# --------------------------------------------------------------------------------------------- digits
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[Tensor, Tensor]:
+    """scikit-learn's bundled 8x8 digits: images [1797, 8, 8] float32 in [0, 1], labels [1797] int64."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float() / 16.0  # pixel values are 0..16
+    return images, torch.from_numpy(digits.target).long()
+
+
+def _digits_split(split: str, val_fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified train/val split (the same for every call with the same arguments)."""
+    from sklearn.model_selection import train_test_split
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    _, labels = _digits_arrays()
+    train, val = train_test_split(
+        np.arange(len(labels)), test_size=val_fraction, stratify=labels.numpy(), random_state=seed
+    )
+    return np.sort(train if split == "train" else val)
+
+
+def _upscale(images: Tensor, img_size: int) -> Tensor:
+    """[n, h, w] in [0, 1] -> [n, 1, img_size, img_size] by bilinear interpolation."""
+    return F.interpolate(images[:, None], size=(img_size, img_size), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+class DigitsDataset(Dataset):
+    """The embedded digits set: 1797 8x8 grey images of 10 classes, upscaled to ``img_size`` (bilinear), grey
+    replicated to 3 channels, normalised with ``mean`` / ``std``. Items: (image [3, img_size, img_size]
+    float32, label int).
+
+    The split is stratified and fixed by ``seed`` (default 80 % train / 20 % val). ``augment`` shifts each image
+    by up to ``max_shift`` pixels in each direction (filling with background), a light augmentation for
+    training."""
+
+    classes = [str(d) for d in range(10)]
+
+    def __init__(
+        self,
+        split: str = "train",
+        img_size: int = 32,
+        mean: Sequence[float] = DIGITS_NORM,
+        std: Sequence[float] = DIGITS_NORM,
+        augment: bool = False,
+        max_shift: int = 2,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+    ):
+        images, labels = _digits_arrays()
+        self.split = split
+        self.indices = _digits_split(split, val_fraction, seed)
+        self.images = _upscale(images[self.indices], img_size)  # [n, 1, S, S] in [0, 1]
+        self.labels = labels[self.indices]
+        self.targets = self.labels.tolist()
+        self.img_size = img_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.augment = augment
+        self.max_shift = max_shift
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _shift(self, x: Tensor) -> Tensor:
+        s = self.max_shift
+        dy, dx = torch.randint(-s, s + 1, (2,)).tolist()
+        padded = F.pad(x, (s, s, s, s))  # background is 0
+        return padded[:, s + dy : s + dy + self.img_size, s + dx : s + dx + self.img_size]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        x = self.images[i]
+        if self.augment and self.max_shift > 0:
+            x = self._shift(x)
+        x = (x.expand(3, -1, -1) - self.mean) / self.std
+        return x, int(self.labels[i])
+
+    def pil_image(self, i: int) -> Image.Image:
+        """Item ``i`` as an RGB image (upscaled, not normalised, not augmented), for display."""
+        pixels = (self.images[i, 0] * 255).round().to(torch.uint8).numpy()
+        return Image.fromarray(pixels).convert("RGB")
+
+
+def digits_pil_images(
+    split: str = "val", img_size: int = 32, indices: Optional[Sequence[int]] = None
+) -> list[tuple[Image.Image, int]]:
+    """(RGB image, label) pairs of the digits ``split`` at ``img_size`` for visualisation; ``indices`` index
+    into the split (default: all of it). Same pixels as :class:`DigitsDataset` before normalisation."""
+    ds = DigitsDataset(split, img_size)
+    return [(ds.pil_image(i), int(ds.labels[i])) for i in (range(len(ds)) if indices is None else indices)]
+
+
+# --------------------------------------------------------------------------------------------- image folders
+
+
+class SkippedSample(NamedTuple):
+    """Returned by :class:`ImageFolderDataset` instead of (image, label) when a file cannot be decoded."""
+
+    path: str
+    reason: str
+
+
+class Batch(tuple):
+    """``(images [batch, C, H, W], labels [batch])`` that also carries, in ``skipped``, the
+    :class:`SkippedSample` s dropped while building it. Unpacks, indexes and pins memory like a plain pair."""
+
+    def __new__(cls, images: Tensor, labels: Tensor, skipped: Sequence[SkippedSample] = ()):
+        batch = super().__new__(cls, (images, labels))
+        batch.skipped = tuple(skipped)
+        return batch
+
+    @property
+    def images(self) -> Tensor:
+        return self[0]
+
+    @property
+    def labels(self) -> Tensor:
+        return self[1]
+
+    def __reduce__(self):  # keep ``skipped`` across DataLoader worker queues
+        return type(self), (self[0], self[1], self.skipped)
+
+    def pin_memory(self, device=None) -> "Batch":  # DataLoader(pin_memory=True) calls this
+        return type(self)(self[0].pin_memory(), self[1].pin_memory(), self.skipped)
+
+
+def collate_skip_none(samples: Sequence[Any]) -> Optional[Batch]:
+    """Collate (image, label) samples, dropping ``None`` and :class:`SkippedSample` entries.
+
+    Returns a :class:`Batch` (``images, labels = batch``; dropped samples in ``batch.skipped``), or ``None``
+    when no sample of the batch was readable (loops skip ``None`` batches)."""
+    good = [s for s in samples if s is not None and not isinstance(s, SkippedSample)]
+    skipped = [s for s in samples if isinstance(s, SkippedSample)]
+    if not good:
+        return None
+    images, labels = default_collate(good)
+    return Batch(images, labels, skipped)
+
+
+class SkipLog:
+    """Counts the distinct unreadable files seen over a run, from the batches themselves:
+    ``log.update(batch)`` for each batch (``None`` and plain batches are fine), then ``log.count``."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, str] = {}  # path -> reason
+
+    def update(self, batch: Any) -> None:
+        for s in getattr(batch, "skipped", ()):
+            self.paths.setdefault(s.path, s.reason)
+
+    @property
+    def count(self) -> int:
+        return len(self.paths)
+
+    def summary(self) -> str:
+        if not self.paths:
+            return "no unreadable images"
+        shown = ", ".join(list(self.paths)[:5]) + (", ..." if self.count > 5 else "")
+        return f"skipped {self.count} unreadable image{'s' * (self.count != 1)} ({shown})"
+
+
+def _find_images(folder: Path, extensions: tuple[str, ...]) -> list[str]:
+    """Image files under ``folder`` (recursively, following links), in torchvision's order."""
+    found = []
+    for root, _, names in sorted(os.walk(folder, followlinks=True)):
+        found.extend(os.path.join(root, n) for n in sorted(names) if n.lower().endswith(extensions))
+    return found
+
+
+class ImageFolderDataset(Dataset):
+    """Images in ``root/<class>/<image>`` (class indices in sorted folder-name order, as torchvision's
+    ImageFolder). Items: ``(transform(PIL RGB image), label)``, or a :class:`SkippedSample` for a file that cannot
+    be decoded (corrupt, truncated, not an image): use :func:`collate_skip_none` as the loader's collate_fn.
+
+    Each unreadable file is logged once per process (one warning line) and the skipped samples travel with
+    the batches; the dataset keeps no count of its own, so it behaves the same in DataLoader workers (which
+    hold copies of it)."""
+
+    def __init__(self, root: PathLike, transform: Optional[Callable] = None, extensions: Sequence[str] = IMG_EXTENSIONS):
+        root = Path(root)
+        if not root.exists():
+            raise DataError(f"dataset folder {root} does not exist")
+        if not root.is_dir():
+            raise DataError(f"dataset path {root} is not a folder")
+        self.root = root
+        self.transform = transform
+        self.extensions = tuple(e.lower() for e in extensions)
+        self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if not self.classes:
+            raise DataError(f"dataset folder {root} holds no class folders (expected {root}/<class>/<image>)")
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples: list[tuple[str, int]] = []
+        empty = []
+        for index, name in enumerate(self.classes):
+            files = _find_images(root / name, self.extensions)
+            if not files:
+                empty.append(name)
+            self.samples.extend((f, index) for f in files)
+        if empty:
+            shown = ", ".join(empty[:5]) + (f", ... ({len(empty) - 5} more)" if len(empty) > 5 else "")
+            raise DataError(
+                f"class folder{'s' * (len(empty) != 1)} with no images in {root}: {shown} "
+                f"(looked for {' '.join(self.extensions)})"
+            )
+        self.targets = [label for _, label in self.samples]
+        self._reported: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Union[tuple[Any, int], SkippedSample]:
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")  # decodes the whole file: corrupt or truncated data fails here
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            if path not in self._reported:
+                self._reported.add(path)
+                _logger.warning("skipping unreadable image %s (%s)", path, reason)
+            return SkippedSample(path, reason)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, label
+
+
+# --------------------------------------------------------------------------------------------- transforms
+
+
+def eval_transform(
+    img_size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    crop_pct: float = 0.875,
+) -> Callable:
+    """Official evaluation protocol: resize the short side to int(img_size / crop_pct) (bicubic; 256 for 224),
+    center-crop img_size, to tensor, normalise. PIL image -> [3, img_size, img_size] float32."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize(int(img_size / crop_pct), interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(img_size),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def train_transform(
+    img_size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    auto_augment: str = "rand-m9-mstd0.5-inc1",
+    re_prob: float = 0.25,
+    color_jitter: float = 0.3,
+) -> Callable:
+    """Official (DeiT / Vim) training augmentation: RandomResizedCrop (bicubic), horizontal flip, RandAugment
+    ``rand-m9-mstd0.5-inc1``, normalise, RandomErasing (p 0.25, per-pixel noise). As there, inputs of 32 px or
+    less use RandomCrop(padding=4) instead of RandomResizedCrop (after resizing the short side to img_size, so
+    that larger images work too). PIL image -> [3, img_size, img_size]."""
+    from timm.data import create_transform
+    from torchvision import transforms as T
+
+    transform = create_transform(
+        input_size=img_size, is_training=True, color_jitter=color_jitter, auto_augment=auto_augment,
+        interpolation="bicubic", re_prob=re_prob, re_mode="pixel", re_count=1, mean=mean, std=std,
+    )
+    if img_size <= 32:  # the resize is a no-op for images already at img_size (CIFAR-style data)
+        transform.transforms[0] = T.Compose([
+            T.Resize(img_size, interpolation=T.InterpolationMode.BICUBIC), T.RandomCrop(img_size, padding=4)
+        ])
+    return transform
+
+
+# --------------------------------------------------------------------------------------------- entry point
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    if not root.exists():
+        raise DataError(f"dataset {str(root)!r} not found: neither 'digits' nor an existing folder")
+    if not root.is_dir():
+        raise DataError(f"dataset path {root} is not a folder")
+    if (root / split).is_dir():
+        return root / split
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    if present:
+        raise DataError(f"dataset folder {root} has no '{split}' subfolder (found: {', '.join(present)})")
+    return root  # class folders directly under root
+
+
+def build_dataset(
+    name_or_path: PathLike,
+    split: str = "train",
+    img_size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    train_aug: bool = False,
+    crop_pct: float = 0.875,
+) -> Dataset:
+    """The dataset ``name_or_path`` at ``split`` ("train" or "val").
+
+    "digits" is the embedded set (:class:`DigitsDataset`; ``train_aug`` adds random shifts). A path is an image
+    folder: ``<path>/<split>/<class>/<image>``, or ``<path>/<class>/<image>`` when it has no train/val
+    subfolders; ``train_aug`` selects :func:`train_transform`, otherwise :func:`eval_transform`."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if str(name_or_path) == "digits":
+        return DigitsDataset(split, img_size, mean, std, augment=train_aug)
+    folder = _split_folder(Path(name_or_path), split)
+    transform = train_transform(img_size, mean, std) if train_aug else eval_transform(img_size, mean, std, crop_pct)
+    return ImageFolderDataset(folder, transform)
