@@ -1,0 +1,85 @@
+"""`rmeeto models` and `rmeeto info`, run in-process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from rmeeto import create_model
+from rmeeto.cli import main
+
+
+def test_models_table(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "params", "tokens", "input", "description"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert "25,796,584" in rows["vim_small_patch16_224"] and " 197 " in rows["vim_small_patch16_224"]
+    assert "3x224x224" in rows["vim_small_patch16_224"] and "Vim-S" in rows["vim_small_patch16_224"]
+    assert "7,148,008" in rows["vim_tiny_patch16_224"] and "97,598,440" in rows["vim_base_patch16_224"]
+
+
+def test_models_json_and_pattern(capsys):
+    assert main(["models", "tiny", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["vim_tiny_patch16_224"]
+    assert rows[0]["params"] == 7_148_008 and rows[0]["tokens"] == 197 and rows[0]["input"] == [3, 224, 224]
+
+
+def test_models_unknown_pattern_is_an_error(capsys):
+    assert main(["models", "resnet*"]) == 2
+    assert "no model matches 'resnet*'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("vim_test_patch4_16")
+    path = tmp_path / "ckpt.pth"
+    sd = {"module." + k: v for k, v in model.state_dict().items()}
+    torch.save({"model": sd, "model_ema": model.state_dict(), "epoch": 12,
+                "args": argparse.Namespace(model="vim_test_patch4_16")}, path)
+    return path
+
+
+def test_info_text(capsys, checkpoint):
+    assert main(["info", str(checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "vim_test_patch4_16" in out and "57,418 parameters" in out and "75 tensors" in out
+    assert re.search(r"^EMA weights +yes", out, re.M) and re.search(r"^epoch +12$", out, re.M) and "'module.'" in out
+    assert "input 16x16 (17 tokens)" in out and "10 classes" in out
+
+
+def test_info_json(capsys, checkpoint):
+    assert main(["info", str(checkpoint), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"] == "vim_test_patch4_16" and info["has_ema"] and info["epoch"] == 12
+    assert info["arch"]["depth"] == 4 and info["arch"]["patch_size"] == 4
+
+
+class MarkerWriter:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_info_refuses_malicious_checkpoint(capsys, tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"x": torch.zeros(1)}, "payload": MarkerWriter(marker)}, path)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rmeeto info: error: refusing to load") and str(path) in err
+    assert not marker.exists()
+
+
+def test_info_missing_file(capsys, tmp_path):
+    assert main(["info", os.fspath(tmp_path / "nope.pth")]) == 2
+    assert "does not exist" in capsys.readouterr().err
