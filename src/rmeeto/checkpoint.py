@@ -116,7 +116,8 @@ def _pickle_globals(path: Path) -> Optional[set[str]]:
             return None
     names: set[str] = set()
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickletools complains about odd string escapes in garbage input
             # a legacy (pre-zip) torch file is several pickles in a row: magic number, protocol, sys info, data
             for n in range(4):
                 strings: list[str] = []
@@ -278,8 +279,10 @@ def _filter(state_dict: Mapping[str, Any], model: nn.Module) -> tuple[dict[str, 
     if any(k in state_dict for k in _WEIGHT_KEYS) and not _is_state_dict(state_dict):
         state_dict, _ = _unwrap(state_dict)
     model = _unwrap_module(model)
-    out = {_strip_prefixes(k): v for k, v in state_dict.items()}
+    out = {_strip_prefixes(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     report: dict[str, Any] = {"notes": [], "pos_embed_resized": None, "head_reset": False}
+    if len(out) < len(state_dict):
+        report["notes"].append(f"{len(state_dict) - len(out)} non-tensor entries of the state dict ignored")
     own = model.state_dict()
 
     pos = out.get("pos_embed")
