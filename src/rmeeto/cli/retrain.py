@@ -1,0 +1,232 @@
+"""``rmeeto retrain``: re-train a merging Vim with distillation from the unmerged checkpoint (or train from scratch)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from rmeeto.cli import CLIError
+from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
+
+HELP = "re-train a merging model with distillation from the unmerged one (R-MeeTo), or train from scratch"
+DESCRIPTION = """\
+Initialise a merging student from --checkpoint, distil it from the same checkpoint unmerged (frozen, eval mode)
+and write last.pth (every epoch, and every --save-every-steps steps), best.pth (by val top-1) and log.jsonl
+(one JSON line per epoch) into --out. The same command runs in one process or under torchrun (DDP; NCCL on
+GPU, gloo on CPU); only rank 0 writes. Ctrl-C / SIGTERM save last.pth and exit; --resume auto continues from
+it with the stored settings, reproducing the uninterrupted run.
+
+--preset paper sets the merge config AND the official training recipe (lr 2e-5 per 512 images, min lr 1e-6,
+batch 128, wd 0.05 on all params, no warmup, drop path 0.1, mixup 0.8 / cutmix 1.0, smoothing 0.1,
+rand-m9-mstd0.5-inc1, random erasing 0.25, repeated augmentation x3, epochs per model, EMA for Vim-B,
+alpha 0.5); any flag given explicitly overrides it. Deliberate differences from the release are listed by
+'rmeeto retrain --paper-differences'.
+
+examples:
+  rmeeto retrain --model vim_small_patch16_224 --checkpoint vim_s_midclstok_80p5acc.pth \\
+      --data /data/imagenet --preset paper --epochs 3 --out runs/vim_s_r11
+  torchrun --nproc_per_node 8 -m rmeeto retrain ...same flags...
+  rmeeto retrain --out runs/vim_s_r11 --resume auto ...same flags...
+  rmeeto retrain --model vim_digits_patch4_32 --from-scratch --alpha 0 --epochs 10 --out runs/digits_teacher
+"""
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _pos_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = _nonneg_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _optional_str(text: str):
+    return None if text.strip().lower() in ("", "none", "off") else text
+
+
+# flag dest -> TrainConfig field; a value of None means "not given" (keep the preset's or the default)
+TRAIN_FLAGS = (
+    "data", "checkpoint", "teacher", "use_ema_weights", "epochs", "batch_size", "accum_steps", "lr", "min_lr",
+    "warmup_epochs", "warmup_lr", "weight_decay", "wd_exempt", "clip_grad", "drop_path", "alpha", "smoothing",
+    "train_aug", "auto_augment", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode",
+    "repeated_aug", "ema", "ema_decay", "amp", "device", "seed", "workers", "eval_batch_size", "out",
+    "save_every_steps", "tensorboard", "progress",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from rmeeto.train import AMP_CHOICES, MIXUP_MODES
+
+    parser.set_defaults(_parser=parser)  # so run() can reject bad combinations with parser.error
+    parser.add_argument("--paper-differences", action="store_true",
+                        help="list where --preset paper deliberately differs from the release, and exit")
+    g = parser.add_argument_group("model and data")
+    g.add_argument("--model", help="registered model name (see 'rmeeto models')")
+    g.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="initial weights of the student and the teacher (.pth or .safetensors; read weights-only)")
+    g.add_argument("--from-scratch", action="store_true",
+                   help="no --checkpoint: random initial weights (needs --alpha 0: there is no teacher)")
+    g.add_argument("--teacher", default=None, metavar="PATH", help="teacher weights (default: --checkpoint)")
+    g.add_argument("--use-ema-weights", action="store_const", const=True, default=None,
+                   help="load the checkpoint's model_ema entry (the official Vim-B file)")
+    g.add_argument("--data", default=None, metavar="DIR",
+                   help="'digits' (embedded, default) or an image folder with train/ and val/ class folders")
+    add_merge_arguments(parser)
+
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=_pos_int, default=None)
+    g.add_argument("-b", "--batch-size", type=_pos_int, default=None, help="per process (default 128)")
+    g.add_argument("--accum-steps", type=_pos_int, default=None,
+                   help="micro-batches per optimizer step (real gradient accumulation; default 1)")
+    g.add_argument("--lr", type=_nonneg_float, default=None,
+                   help="base lr per 512 images, scaled by the global batch (default 2e-5)")
+    g.add_argument("--min-lr", type=_nonneg_float, default=None, help="cosine floor, not scaled (default 1e-6)")
+    g.add_argument("--warmup-epochs", type=_nonneg_float, default=None, help="linear warmup (default 0)")
+    g.add_argument("--warmup-lr", type=_nonneg_float, default=None)
+    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=_nonneg_float, default=None,
+                   help="AdamW weight decay (default 0.05)")
+    g.add_argument("--wd-exempt", dest="wd_exempt", action=argparse.BooleanOptionalAction, default=None,
+                   help="exempt norms, biases, A_log, D, pos_embed and cls_token from weight decay "
+                        "(default on; off under --preset paper, as in the release)")
+    g.add_argument("--no-decay-exempt", dest="wd_exempt", action="store_const", const=False,
+                   help="alias of --no-wd-exempt")
+    g.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="max grad norm (default off)")
+    g.add_argument("--drop-path", type=_unit_float, default=None, help="student stochastic depth (default 0.1)")
+    g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep an EMA of the weights, evaluated and used for best.pth")
+    g.add_argument("--ema-decay", type=float, default=None)
+
+    g = parser.add_argument_group("loss and augmentation")
+    g.add_argument("--alpha", type=float, default=None,
+                   help="weight of KL(teacher || student) (default 0.5; 0 = no teacher)")
+    g.add_argument("--smoothing", type=_unit_float, default=None, help="label smoothing (default 0.1)")
+    g.add_argument("--train-aug", action=argparse.BooleanOptionalAction, default=None,
+                   help="random resized crop + flip for training images (default on)")
+    g.add_argument("--auto-augment", "--aa", dest="auto_augment", type=_optional_str, default=None,
+                   help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 ('none' = off)")
+    g.add_argument("--reprob", type=_unit_float, default=None, help="random erasing probability")
+    g.add_argument("--mixup", type=_nonneg_float, default=None, help="mixup alpha (0 = off)")
+    g.add_argument("--cutmix", type=_nonneg_float, default=None, help="cutmix alpha (0 = off)")
+    g.add_argument("--mixup-prob", type=_unit_float, default=None)
+    g.add_argument("--mixup-switch-prob", type=_unit_float, default=None)
+    g.add_argument("--mixup-mode", choices=MIXUP_MODES, default=None)
+    g.add_argument("--repeated-aug", type=_pos_int, default=None,
+                   help="repeats of each image per epoch (repeated augmentation; 1 = off, paper 3)")
+
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--amp", choices=AMP_CHOICES, default=None,
+                   help="precision: auto = bf16 on CUDA, fp32 on CPU; fp16 uses a GradScaler (CUDA only)")
+    g.add_argument("--device", default=None, help="auto (default), cpu, cuda")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("-j", "--workers", type=_nonneg_int, default=None, help="data loader workers per process")
+    g.add_argument("--eval-batch-size", type=_pos_int, default=None)
+    g.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder for last.pth, best.pth, log.jsonl (default: write nothing)")
+    g.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="continue a run: 'auto' = DIR/last.pth of --out if it exists, or a checkpoint path")
+    g.add_argument("--save-every-steps", type=_nonneg_int, default=None, metavar="N",
+                   help="also write last.pth every N optimizer steps (default 0 = only at epoch ends)")
+    g.add_argument("--tensorboard", action="store_const", const=True, default=None,
+                   help="write TensorBoard scalars to DIR/tensorboard (needs the tensorboard package)")
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+                   help="no progress bars (epoch lines are still printed)")
+
+
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None):
+    """Build the :class:`~rmeeto.train.TrainConfig` the flags describe. Invalid combinations end in
+    ``parser.error`` (exit 2) when a parser is given, else :class:`CLIError`."""
+    from rmeeto.train import TrainConfig
+
+    def fail(msg: str):
+        if parser is not None:
+            parser.error(msg)
+        raise CLIError(msg)
+
+    if not args.model:
+        fail("--model is required")
+    if args.resume == "auto" and not args.out:
+        fail("--resume auto looks for last.pth in --out: give --out")
+    if args.checkpoint and args.from_scratch:
+        fail("--checkpoint and --from-scratch are exclusive")
+    if not args.checkpoint and not args.from_scratch and args.resume is None:
+        fail("give --checkpoint PATH (weights to re-train) or --from-scratch")
+    if args.alpha is not None and not args.alpha >= 0:
+        fail(f"--alpha must be >= 0, got {args.alpha}")
+    if args.from_scratch and (args.alpha or 0) > 0 and not args.teacher:
+        fail("--from-scratch has no teacher to distil from: add --alpha 0 (or --teacher PATH)")
+    if args.from_scratch and args.alpha is None and not args.teacher:
+        args.alpha = 0.0  # training from scratch: nothing to distil from
+    if args.amp == "fp16":
+        import torch
+
+        device = args.device or "auto"
+        if device.startswith("cpu") or (device == "auto" and not torch.cuda.is_available()):
+            fail("--amp fp16 needs CUDA; use --amp bf16 or fp32 on CPU")
+    if args.clip_grad is not None and args.clip_grad <= 0:
+        fail(f"--clip-grad must be > 0, got {args.clip_grad}")
+
+    try:
+        from rmeeto.models import get_config
+
+        get_config(args.model)
+    except ValueError as exc:
+        fail(str(exc))
+    merge = merge_config_from_args(args, args.model)
+    given = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name, None) is not None}
+    if merge is not None:
+        given["merge"] = merge
+    try:
+        if args.preset == "paper":
+            return TrainConfig.paper(args.model, **given)
+        return TrainConfig(model=args.model, **given)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def run(args: argparse.Namespace) -> int:
+    from rmeeto.train import PAPER_DEVIATIONS, NonFiniteLossError, TrainError, train
+
+    if args.paper_differences:
+        for what, why in PAPER_DEVIATIONS.items():
+            print(f"{what}: {why}")
+        return 0
+    config = config_from_args(args, getattr(args, "_parser", None))
+    try:
+        result = train(config, resume=args.resume)
+    except TrainError as exc:
+        raise CLIError(str(exc)) from None
+    except NonFiniteLossError as exc:
+        print(f"rmeeto retrain: error: {exc}", file=sys.stderr)
+        return 1
+    if result["status"] == "interrupted":
+        return 130
+    return 0
