@@ -193,3 +193,14 @@ def test_train_augmentation_produces_normalised_crops(folder):
     assert ds[0][0].shape == (3, 32, 32)
     big = build_dataset(folder, "val", img_size=48, train_aug=True)
     assert type(big.transform.transforms[0]).__name__ == "RandomResizedCropAndInterpolation"
+
+
+def test_synthetic_dataset_is_deterministic_and_split_disjoint():
+    from rmeeto.data import build_dataset
+
+    train, val = build_dataset("synthetic", "train", 8), build_dataset("synthetic", "val", 8)
+    x, y = train[3]
+    assert x.shape == (3, 8, 8) and y == 3
+    assert torch.equal(train[3][0], x)  # same index, same image
+    assert not torch.equal(val[3][0], x)  # val draws other images
+    assert len(train.classes) == 1000

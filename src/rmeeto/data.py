@@ -30,6 +30,7 @@ from rmeeto.models import IMAGENET_MEAN, IMAGENET_STD
 __all__ = [
     "DataError",
     "DigitsDataset",
+    "SyntheticDataset",
     "ImageFolderDataset",
     "SkippedSample",
     "Batch",
@@ -350,6 +351,25 @@ def _split_folder(root: Path, split: str) -> Path:
     return root  # class folders directly under root
 
 
+class SyntheticDataset(Dataset):
+    """Random images for benchmarks and smoke tests (``--data synthetic``): sample i is a fixed pseudo-random
+    [3, img_size, img_size] normal tensor with label i % num_classes, generated on the fly (no decoding, no
+    disk), so a training benchmark measures the model rather than the input pipeline."""
+
+    def __init__(self, split: str = "train", img_size: int = 224, num_classes: int = 1000, length: Optional[int] = None):
+        self.img_size, self.num_classes = img_size, num_classes
+        self.length = length if length is not None else (25_600 if split == "train" else 2_560)
+        self.offset = 0 if split == "train" else 10**9
+        self.classes = [str(i) for i in range(num_classes)]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        g = torch.Generator().manual_seed(self.offset + index)
+        return torch.randn(3, self.img_size, self.img_size, generator=g), index % self.num_classes
+
+
 def build_dataset(
     name_or_path: PathLike,
     split: str = "train",
@@ -361,13 +381,15 @@ def build_dataset(
 ) -> Dataset:
     """The dataset ``name_or_path`` at ``split`` ("train" or "val").
 
-    "digits" is the embedded set (:class:`DigitsDataset`; ``train_aug`` adds random shifts). A path is an image
+    "synthetic" is :class:`SyntheticDataset` (random tensors, 1000 classes, for benchmarks). "digits" is the embedded set (:class:`DigitsDataset`; ``train_aug`` adds random shifts). A path is an image
     folder: ``<path>/<split>/<class>/<image>``, or ``<path>/<class>/<image>`` when it has no train/val
     subfolders; ``train_aug`` selects :func:`train_transform`, otherwise :func:`eval_transform`."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if str(name_or_path) == "digits":
         return DigitsDataset(split, img_size, mean, std, augment=train_aug)
+    if str(name_or_path) == "synthetic":
+        return SyntheticDataset(split, img_size)
     folder = _split_folder(Path(name_or_path), split)
     transform = train_transform(img_size, mean, std) if train_aug else eval_transform(img_size, mean, std, crop_pct)
     return ImageFolderDataset(folder, transform)
