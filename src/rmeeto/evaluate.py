@@ -1,0 +1,218 @@
+"""Training-free evaluation: accuracy over a loader, the official throughput protocol, and a model loader.
+
+    from rmeeto.evaluate import evaluate, load_model_for_eval, measure_throughput
+    model = load_model_for_eval("vim_small_patch16_224", "vim_s_midclstok_80p5acc.pth",
+                                merge_config=MergeConfig.paper("vim_small_patch16_224"))
+    stats = evaluate(model, loader)                    # {'top1': 80.1, 'top5': ..., 'loss': ..., 'n': 50000, ...}
+    speed = measure_throughput(model, batch_size=128, img_size=224, device="cuda", dtype=torch.float16)
+
+:func:`evaluate` is also the validation step of the re-training loop, so it works under ``torch.distributed``
+(counts are summed over ranks; sharding the data is the caller's business).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from typing import Iterable, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["evaluate", "measure_throughput", "load_model_for_eval", "resolve_device"]
+
+
+def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _dist_rank() -> int:
+    d = torch.distributed
+    return d.get_rank() if d.is_available() and d.is_initialized() else 0
+
+
+def _progress_enabled(progress: bool) -> bool:
+    return bool(progress) and _dist_rank() == 0 and sys.stderr.isatty()
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None or dtype == torch.float32:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: Union[str, torch.device] = "cpu",
+    amp_dtype: Optional[torch.dtype] = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict:
+    """Classification accuracy of ``model`` over ``loader``.
+
+    loader yields ``(images [batch, C, H, W], targets [batch])`` or ``None`` (a batch whose images were all
+    unreadable; skipped). ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the forward under autocast; logits are
+    scored in float32. Under an initialised ``torch.distributed`` process group the counts of all ranks are
+    summed, so every rank returns the global result.
+
+    Returns ``top1``/``top5`` (percent; top-5 is top-min(5, classes)), ``loss`` (mean cross-entropy), ``n``
+    (images scored), ``seconds`` (wall time of the loop on this rank) and ``images_per_s`` (``n / seconds``,
+    data loading included). The model's train/eval mode is restored afterwards.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    # float64 so that sums over a 50k-image set stay exact
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, n
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, unit="batch", disable=not _progress_enabled(progress), leave=False)
+    try:
+        for batch in bar:
+            if batch is None:
+                continue
+            images, targets = batch[0], batch[1]
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            with _autocast(device, amp_dtype):
+                logits = model(images)
+            logits = logits.float()
+            k = min(5, logits.shape[-1])
+            topk = logits.topk(k, dim=-1).indices  # [batch, k]
+            hits = topk.eq(targets[:, None])
+            totals[0] += hits[:, 0].sum()
+            totals[1] += hits.any(dim=-1).sum()
+            totals[2] += F.cross_entropy(logits, targets, reduction="sum").double()
+            totals[3] += targets.numel()
+            if not bar.disable and bar.n % 10 == 0:  # .item() syncs: only now and then, only when shown
+                bar.set_postfix(top1=f"{100 * totals[0].item() / max(totals[3].item(), 1):.2f}")
+    finally:
+        bar.close()
+        model.train(was_training)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+    correct1, correct5, loss_sum, n = totals.tolist()
+    n = int(n)
+    denom = max(n, 1)
+    return {
+        "top1": 100.0 * correct1 / denom,
+        "top5": 100.0 * correct5 / denom,
+        "loss": loss_sum / denom,
+        "n": n,
+        "images_per_s": n / seconds if seconds > 0 else float("nan"),
+        "seconds": seconds,
+    }
+
+
+@torch.no_grad()
+def measure_throughput(
+    model: nn.Module,
+    *,
+    batch_size: int = 128,
+    img_size: int = 224,
+    device: Union[str, torch.device] = "cuda",
+    dtype: torch.dtype = torch.float32,
+    warmup: Optional[int] = None,
+    repeats: Optional[int] = None,
+    in_chans: int = 3,
+) -> dict:
+    """Inference speed on random input, following the official protocol.
+
+    Official (``main.py --throughput``): random [128, 3, 224, 224] input, model and input in half precision
+    under autocast, eval mode, no_grad; 100 warm-up forwards, sync, 30 timed forwards, sync. Those are the
+    defaults on CUDA (timed with CUDA events); on CPU the defaults are 1 warm-up and 3 timed forwards
+    (perf_counter), which is enough to compare settings but not a benchmark. Unlike the release nothing else
+    (e.g. a FLOPs formula) runs inside the timed region.
+
+    A non-float32 ``dtype`` is applied to a *copy* of the model (the caller's model is left as it is).
+    Returns ``images_per_s``, ``ms_per_image`` and ``peak_mem_mb`` (CUDA peak allocated memory; None on CPU).
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    warmup = (100 if cuda else 1) if warmup is None else warmup
+    repeats = (30 if cuda else 3) if repeats is None else repeats
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if not cuda and dtype == torch.float16:
+        raise ValueError("float16 throughput is only meaningful on CUDA; use torch.bfloat16 or float32 on CPU")
+
+    was_training = model.training
+    net = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    net.eval()
+    x = torch.randn(batch_size, in_chans, img_size, img_size, device=device, dtype=dtype)
+    try:
+        with _autocast(device, None if dtype == torch.float32 else dtype):
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            for _ in range(warmup):
+                net(x)
+            if cuda:
+                torch.cuda.synchronize(device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(repeats):
+                    net(x)
+                end.record()
+                torch.cuda.synchronize(device)
+                seconds = start.elapsed_time(end) / 1000.0
+                peak = torch.cuda.max_memory_allocated(device) / 2**20
+            else:
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    net(x)
+                seconds = time.perf_counter() - t0
+                peak = None
+    finally:
+        model.train(was_training)
+    images = repeats * batch_size
+    return {
+        "images_per_s": images / seconds,
+        "ms_per_image": 1000.0 * seconds / images,
+        "peak_mem_mb": peak,
+    }
+
+
+def load_model_for_eval(
+    model_name: str,
+    checkpoint: Optional[str] = None,
+    merge_config=None,
+    num_classes: Optional[int] = None,
+    device: Union[str, torch.device] = "cpu",
+    use_ema: bool = False,
+) -> nn.Module:
+    """Build a registered model, load ``checkpoint`` (weights only, no pickled code), apply ``merge_config``
+    (a :class:`~rmeeto.merge.MergeConfig`; None or a no-op config leaves the model unmerged) and return it in
+    eval mode on ``device``. ``num_classes`` overrides the registry's head size (e.g. for a checkpoint
+    fine-tuned on another label set); a checkpoint whose classifier does not fit raises
+    :class:`~rmeeto.checkpoint.CheckpointError` (loading would otherwise re-initialise the head)."""
+    from rmeeto.merge import apply_merge
+    from rmeeto.models import create_model
+
+    overrides = {} if num_classes is None else {"num_classes": num_classes}
+    model = create_model(model_name, **overrides)
+    if checkpoint is not None:
+        from rmeeto.checkpoint import CheckpointError, load_checkpoint
+
+        result = load_checkpoint(model, checkpoint, use_ema=use_ema)
+        if result.head_reset:  # a freshly initialised classifier would score at chance: refuse
+            raise CheckpointError(
+                f"checkpoint {checkpoint} has a classifier for another number of classes than the model's "
+                f"{model.num_classes}; pass num_classes to match it"
+            )
+    if merge_config is not None:
+        apply_merge(model, merge_config)
+    return model.to(resolve_device(device)).eval()
