@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import statistics
 import sys
 import time
 from typing import Iterable, Optional, Union
@@ -134,7 +135,7 @@ def measure_throughput(
     Official (``main.py --throughput``): random [128, 3, 224, 224] input, model and input in half precision
     under autocast, eval mode, no_grad; 100 warm-up forwards, sync, 30 timed forwards, sync. Those are the
     defaults on CUDA (timed with CUDA events); on CPU the defaults are 1 warm-up and 3 timed forwards
-    (perf_counter), which is enough to compare settings but not a benchmark. Unlike the release nothing else
+    (perf_counter, median forward time), which is enough to compare settings but not a benchmark. Unlike the release nothing else
     (e.g. a FLOPs formula) runs inside the timed region.
 
     A non-float32 ``dtype`` is applied to a *copy* of the model (the caller's model is left as it is).
@@ -171,10 +172,13 @@ def measure_throughput(
                 seconds = start.elapsed_time(end) / 1000.0
                 peak = torch.cuda.max_memory_allocated(device) / 2**20
             else:
-                t0 = time.perf_counter()
+                times = []
                 for _ in range(repeats):
+                    t0 = time.perf_counter()
                     net(x)
-                seconds = time.perf_counter() - t0
+                    times.append(time.perf_counter() - t0)
+                # median forward: a CPU shared with other work gives a few very slow repeats
+                seconds = statistics.median(times) * repeats
                 peak = None
     finally:
         model.train(was_training)

@@ -154,7 +154,8 @@ def draw_token_groups(image: np.ndarray, groups: np.ndarray, title: str = "", al
     ax = axes[1]
     ax.imshow(group_colors(groups), alpha=alpha, interpolation="nearest", extent=(0, w, h, 0))
     # faint patch grid so single patches are still visible as cells
-    grid = [[(x * patch, 0), (x * patch, h)] for x in range(1, gw)] + [[(0, y * patch), (w, y * patch)] for y in range(1, gh)]
+    grid = [[(x * patch, 0), (x * patch, h)] for x in range(1, gw)]
+    grid += [[(0, y * patch), (w, y * patch)] for y in range(1, gh)]
     ax.add_collection(LineCollection(grid, colors=(0, 0, 0, 0.15), linewidths=0.5))
     ax.add_collection(LineCollection(_boundaries(groups, patch), colors="black", linewidths=1.5))
     for i, j in zip(*np.nonzero(groups == DROPPED)):

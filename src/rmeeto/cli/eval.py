@@ -1,0 +1,344 @@
+"""``rmeeto eval``: training-free accuracy of a (merged) model, with tokens per layer, GFLOPs and speed.
+
+The helpers here (input checks, device/AMP parsing, loader and model building) are shared with
+``rmeeto sweep`` and ``rmeeto visualize``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import warnings
+from pathlib import Path
+from typing import Optional
+
+from rmeeto.cli import CLIError
+from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
+
+HELP = "top-1/top-5 of a model (merged or not) on digits or an image folder, with GFLOPs and speed"
+DESCRIPTION = """\
+Evaluate MODEL (a registered name, see 'rmeeto models') without any training: build it, load --checkpoint
+(weights only), apply the merge flags, and score it on --data. Without merge flags, a checkpoint written by
+'rmeeto retrain' is merged as it was trained (its stored merge config; '-r 0' evaluates it unmerged) and any
+other model is evaluated unmerged. Prints top-1/top-5, the token count each layer
+processes (measured on one image), GFLOPs by the paper's formula and by a true count, and images/s of the
+evaluation loop (data loading included). --throughput adds the official speed protocol (random input, timed
+forwards only). Without --checkpoint the model has random weights (useful to check a setup).
+
+--data is 'digits' (the embedded 8x8 digits set, upscaled to the model's input size; its val split) or an
+image folder: DIR/val/<class>/<image> (or DIR/<class>/<image>), e.g. ImageNet's validation set. Unreadable
+images are skipped with a warning.
+
+examples:
+  rmeeto eval vim_digits_patch4_32 --checkpoint runs/digits/checkpoint.pth
+  rmeeto eval vim_digits_patch4_32 --checkpoint runs/digits/checkpoint.pth -r 4 --json out/eval.json
+  rmeeto eval vim_small_patch16_224 --checkpoint vim_s_midclstok_80p5acc.pth --data /data/imagenet \\
+      --preset paper --amp bf16 --batch-size 256 --workers 8 --throughput
+  rmeeto eval vim_tiny_patch16_224 --checkpoint vim_t_midclstok_76p1acc.pth --data /data/imagenet \\
+      -r 5 --final-tokens none --limit 5000
+"""
+
+AMP_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+# ============================================================================================ shared helpers
+def add_model_data_arguments(parser: argparse.ArgumentParser, data: bool = True) -> None:
+    """MODEL, --checkpoint, --data and the run options shared by eval and sweep."""
+    parser.add_argument("model", metavar="MODEL", help="registered model name (see 'rmeeto models')")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="weights (.pth or .safetensors; loaded weights-only); default: random init")
+    parser.add_argument("--ema", action="store_true", help="use the checkpoint's 'model_ema' weights")
+    if data:
+        parser.add_argument("--data", default="digits", metavar="digits|PATH",
+                            help="'digits' (embedded, default) or an image folder DIR[/val]/<class>/<image>")
+        parser.add_argument("--limit", type=int, default=None, metavar="N",
+                            help="score only N images, spread evenly over the set")
+        parser.add_argument("--batch-size", type=int, default=64, metavar="N",
+                            help="evaluation batch size (default 64)")
+        parser.add_argument("--workers", type=int, default=2, metavar="N", help="data-loading processes (default 2)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, default), cpu, cuda or cuda:N")
+    parser.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none",
+                        help="autocast dtype for the forward (default none = float32)")
+
+
+def check_model(name: str):
+    """The registered :class:`~rmeeto.models.ModelConfig` of ``name``, or CLIError."""
+    from rmeeto.models import get_config
+
+    try:
+        return get_config(name)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def check_paths(checkpoint: Optional[str], data: Optional[str] = None) -> None:
+    """Fail early (before anything slow) on a missing checkpoint file or data folder."""
+    if checkpoint is not None:
+        p = Path(checkpoint)
+        if not p.exists():
+            raise CLIError(f"checkpoint {checkpoint} does not exist")
+        if not p.is_file():
+            raise CLIError(f"checkpoint {checkpoint} is not a file")
+    if data is not None and data != "digits" and not Path(data).exists():
+        raise CLIError(f"data {data!r} not found: give 'digits' or an existing image folder")
+
+
+def _inspect(checkpoint: str) -> dict:
+    """:func:`rmeeto.checkpoint.inspect_checkpoint`, read once per file version (official files are large)."""
+    st = Path(checkpoint).stat()
+    return _inspect_version(str(checkpoint), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _inspect_version(checkpoint: str, mtime_ns: int, size: int) -> dict:
+    from rmeeto.checkpoint import CheckpointError, inspect_checkpoint
+
+    try:
+        return inspect_checkpoint(checkpoint)
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def checkpoint_classes(checkpoint: str, use_ema: bool = False) -> int:
+    """Number of classes of the checkpoint's classifier (reads the file, weights only)."""
+    info = _inspect(checkpoint)
+    if use_ema and not info["has_ema"]:
+        raise CLIError(f"checkpoint {checkpoint} has no 'model_ema' weights (drop --ema)")
+    n = info["arch"]["num_classes"]
+    if not n:
+        raise CLIError(f"checkpoint {checkpoint} has no classifier (head.weight); it cannot be evaluated")
+    return int(n)
+
+
+def checkpoint_merge_config(checkpoint: Optional[str]):
+    """The :class:`MergeConfig` a ``rmeeto retrain`` checkpoint was trained with (its ``merge_config`` entry),
+    or None (no checkpoint, an official file, or an unmerged run)."""
+    if checkpoint is None or "merge_config" not in _inspect(checkpoint)["top_level_keys"]:
+        return None
+    from rmeeto.checkpoint import CheckpointError, read_checkpoint
+    from rmeeto.merge import MergeConfig
+
+    try:
+        stored = read_checkpoint(checkpoint).get("merge_config")
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from None
+    if not isinstance(stored, dict):
+        return None
+    try:
+        config = MergeConfig.from_dict(stored)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"checkpoint {checkpoint} has an unusable merge_config ({exc}); give merge flags") from None
+    return None if config.is_noop else config
+
+
+def merge_config_for(args: argparse.Namespace, model_name: str):
+    """(config, where it came from): the merge flags if any were given, else the config stored in a
+    re-trained checkpoint (so a merged re-training is evaluated as it was trained), else None (unmerged)."""
+    config = merge_config_from_args(args, model_name)
+    if config is not None:
+        return config, "flags"
+    stored = checkpoint_merge_config(getattr(args, "checkpoint", None))
+    if stored is not None:
+        return stored, "checkpoint"
+    return None, "none"
+
+
+def resolve_device(text: str):
+    import torch
+
+    from rmeeto.evaluate import resolve_device as _resolve
+
+    try:
+        device = _resolve(text)
+    except RuntimeError as exc:
+        raise CLIError(f"--device {text}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {text} requested but no CUDA device is available")
+    return device
+
+
+def resolve_amp(text: str, device):
+    import torch
+
+    name = AMP_DTYPES[text]
+    if name is None:
+        return None
+    if name == "float16" and device.type != "cuda":
+        raise CLIError("--amp fp16 needs a CUDA device; use --amp bf16 or none on CPU")
+    return getattr(torch, name)
+
+
+def build_eval_dataset(data: str, model_cfg, limit: Optional[int] = None):
+    """The evaluation split of ``data`` preprocessed for ``model_cfg``; ``limit`` keeps N evenly spread images
+    (an image folder is sorted by class, so the first N would cover only the first classes).
+    Returns (dataset, class names)."""
+    from torch.utils.data import Subset
+
+    from rmeeto.data import build_dataset
+
+    if limit is not None and limit < 1:
+        raise CLIError(f"--limit must be >= 1, got {limit}")
+    _, size, _ = model_cfg.input_size
+    try:
+        dataset = build_dataset(data, "val", img_size=size, mean=model_cfg.mean, std=model_cfg.std,
+                                crop_pct=model_cfg.crop_pct)
+    except ValueError as exc:  # DataError included
+        raise CLIError(str(exc)) from None
+    classes = list(dataset.classes)
+    if limit is not None and limit < len(dataset):
+        step = len(dataset) / limit
+        dataset = Subset(dataset, [int(i * step) for i in range(limit)])
+    return dataset, classes
+
+
+def build_loader(dataset, batch_size: int, workers: int, device):
+    from torch.utils.data import DataLoader
+
+    from rmeeto.data import collate_skip_none
+
+    if batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise CLIError(f"--workers must be >= 0, got {workers}")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=collate_skip_none, pin_memory=device.type == "cuda",
+                      persistent_workers=False)
+
+
+def num_classes_for(model_name: str, model_cfg, checkpoint: Optional[str], data_classes: Optional[int],
+                    data_name: str = "", use_ema: bool = False) -> int:
+    """Head size to build: the checkpoint's (which must match the data's class count), else the data's, else
+    the registry's."""
+    if checkpoint is not None:
+        n = checkpoint_classes(checkpoint, use_ema)
+        if data_classes is not None and n != data_classes:
+            raise CLIError(
+                f"checkpoint {checkpoint} has a {n}-class classifier but data {data_name!r} has {data_classes} "
+                f"classes; evaluate it on the data it was trained for"
+            )
+        return n
+    if data_classes is not None:
+        return data_classes
+    return int(model_cfg.arch.get("num_classes", 1000))
+
+
+def load_model(model_name: str, checkpoint: Optional[str], merge_config, num_classes: int, device,
+               use_ema: bool = False):
+    from rmeeto.checkpoint import CheckpointError
+    from rmeeto.evaluate import load_model_for_eval
+
+    try:
+        with warnings.catch_warnings():
+            # apply_merge warns when a count is clamped; the printed token counts show it
+            warnings.filterwarnings("ignore", message="merging .* is more than", category=UserWarning)
+            return load_model_for_eval(model_name, checkpoint, merge_config, num_classes=num_classes,
+                                       device=device, use_ema=use_ema)
+    except (CheckpointError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def first_image(dataset):
+    """[1, C, H, W] of the first readable item, for tracing token counts."""
+    for i in range(min(len(dataset), 64)):
+        item = dataset[i]
+        if isinstance(item, tuple) and len(item) == 2 and hasattr(item[0], "unsqueeze"):
+            return item[0].unsqueeze(0)
+    raise CLIError("no readable image among the first 64 of the dataset")
+
+
+def tokens_per_layer(model, image) -> list[int]:
+    """Tokens each layer's mixer processes (after that layer's merge), measured with trace_tokens.
+    trace_tokens records the count *entering* every layer and the count the head reads, so layer i's mixer
+    sees the count entering layer i + 1."""
+    from rmeeto.merge import trace_tokens
+
+    records = trace_tokens(model, image)
+    return [rec["tokens"] for rec in records[1:]]
+
+
+def describe_merge(config) -> str:
+    if config is None:
+        return "none (unmerged)"
+    return " ".join(f"{k}={v}" for k, v in config.to_dict().items())
+
+
+# ============================================================================================ command
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_data_arguments(parser)
+    add_merge_arguments(parser)
+    g = parser.add_argument_group("output")
+    g.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
+    g.add_argument("--throughput", action="store_true",
+                   help="also measure images/s by the official protocol (random input of --batch-size, "
+                        "timed forwards only; 100 warm-up + 30 timed on CUDA, 1 + 3 on CPU)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from rmeeto.evaluate import evaluate, measure_throughput
+    from rmeeto.flops import paper_flops, true_flops
+
+    model_cfg = check_model(args.model)
+    check_paths(args.checkpoint, args.data)
+    merge_config, merge_source = merge_config_for(args, args.model)
+    device = resolve_device(args.device)
+    amp = resolve_amp(args.amp, device)
+    dataset, classes = build_eval_dataset(args.data, model_cfg, args.limit)
+    num_classes = num_classes_for(args.model, model_cfg, args.checkpoint, len(classes), args.data, args.ema)
+    loader = build_loader(dataset, args.batch_size, args.workers, device)
+    model = load_model(args.model, args.checkpoint, merge_config, num_classes, device, args.ema)
+
+    with torch.no_grad():
+        tokens = tokens_per_layer(model, first_image(dataset).to(device))
+    gflops_paper = paper_flops(model, merge_config)
+    gflops_true = true_flops(model, merge_config)["total"]
+
+    print(f"model       {args.model}" + (f"  ({args.checkpoint})" if args.checkpoint else "  (random weights)"))
+    print(f"data        {args.data}: {len(dataset)} images, {len(classes)} classes")
+    stored = "  (stored in the checkpoint)" if merge_source == "checkpoint" else ""
+    print(f"merge       {describe_merge(merge_config)}{stored}")
+    print(f"tokens      {' '.join(map(str, tokens))}  (per layer, after its merge; {model.num_tokens} at input)")
+    print(f"GFLOPs      paper {gflops_paper:.4g}   true {gflops_true:.4g}", flush=True)
+
+    stats = evaluate(model, loader, device=device, amp_dtype=amp, progress=not args.no_progress,
+                     desc=f"eval {args.model}")
+    if stats["n"] == 0:
+        raise CLIError(f"no readable image in {args.data}")
+    skipped = len(dataset) - stats["n"]
+    print(f"top-1       {stats['top1']:.2f} %   top-5 {stats['top5']:.2f} %   loss {stats['loss']:.4f}"
+          f"   ({stats['n']} images" + (f", {skipped} unreadable skipped)" if skipped else ")"))
+    print(f"speed       {stats['images_per_s']:.1f} images/s (evaluation loop, data loading included)")
+
+    speed = None
+    if args.throughput:
+        dtype = amp if amp is not None else torch.float32
+        speed = measure_throughput(model, batch_size=args.batch_size, img_size=model_cfg.input_size[1],
+                                   device=device, dtype=dtype)
+        mem = f", peak {speed['peak_mem_mb']:.0f} MB" if speed["peak_mem_mb"] is not None else ""
+        print(f"throughput  {speed['images_per_s']:.1f} images/s, {speed['ms_per_image']:.3f} ms/image "
+              f"(random batch of {args.batch_size}, {str(dtype).removeprefix('torch.')}{mem})")
+
+    if args.json:
+        result = {
+            "model": args.model,
+            "checkpoint": args.checkpoint,
+            "data": args.data,
+            "merge": merge_config.to_dict() if merge_config is not None else None,
+            **stats,
+            "skipped": skipped,
+            "num_classes": num_classes,
+            "tokens_per_layer": tokens,
+            "gflops_paper": gflops_paper,
+            "gflops_true": gflops_true,
+            "throughput": speed,
+            "device": str(device),
+            "amp": args.amp,
+        }
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0

@@ -1,0 +1,252 @@
+"""Training-free evaluation: evaluate()/measure_throughput(), token groups, and the eval/sweep/visualize commands
+end to end on the tiny 16px model with a few digits images."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from rmeeto.checkpoint import save_checkpoint
+from rmeeto.cli import main
+from rmeeto.data import DigitsDataset
+from rmeeto.evaluate import evaluate, measure_throughput
+from rmeeto.merge import MergeConfig, apply_merge
+from rmeeto.models import create_model
+from rmeeto.visualize import DROPPED, token_groups
+
+MODEL = "vim_test_patch4_16"  # 16x16 input, 4x4 patches: 17 tokens, 4 layers, 10 classes
+RUN = ["--device", "cpu", "--workers", "0"]
+
+# class scores of the biased checkpoint: predicts 3, then 1, 4, 0, 9 (top-5), then the rest
+BIAS_ORDER = [3, 1, 4, 0, 9, 2, 6, 5, 8, 7]
+
+
+class LookupLogits(nn.Module):
+    """'Images' are [batch, 1] sample indices; returns the fixed logits of each sample."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.register_buffer("table", logits)
+
+    def forward(self, x):
+        return self.table[x[:, 0].long()]
+
+
+@pytest.fixture(scope="module")
+def biased_checkpoint(tmp_path_factory):
+    """A vim_test_patch4_16 checkpoint whose head ignores the features and ranks classes by BIAS_ORDER, so
+    its accuracy on any image set is known exactly from the labels."""
+    torch.manual_seed(0)
+    model = create_model(MODEL)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        for rank, cls in enumerate(BIAS_ORDER):
+            model.head.bias[cls] = 10.0 - rank
+    return str(save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "biased.pth"))
+
+
+def _labels_of_limit(limit: int) -> torch.Tensor:
+    """Labels of the evenly spread --limit subset of the digits val split, as the CLI picks it."""
+    ds = DigitsDataset("val", 16)
+    step = len(ds) / limit
+    return ds.labels[[int(i * step) for i in range(limit)]]
+
+
+# ============================================================================================ library
+def test_evaluate_counts_top1_top5_and_loss_exactly():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 8, generator=g)
+    order = logits.argsort(dim=-1, descending=True)
+    # labels at rank 0 (top-1 hit), rank 3 (top-5 only) and rank 6 (miss), mixed over the samples
+    ranks = [0, 3, 6, 0, 4, 5, 1]
+    targets = torch.tensor([order[i, r].item() for i, r in enumerate(ranks)])
+    idx = torch.arange(7)[:, None].float()
+    loader = [(idx[:4], targets[:4]), None, (idx[4:], targets[4:])]  # a None batch (all images unreadable)
+    out = evaluate(LookupLogits(logits), loader, progress=False)
+    assert out["n"] == 7
+    assert out["top1"] == pytest.approx(100 * 2 / 7)
+    assert out["top5"] == pytest.approx(100 * 5 / 7)
+    assert out["loss"] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-6)
+    assert out["seconds"] > 0 and out["images_per_s"] > 0
+
+
+def test_evaluate_top5_is_capped_at_the_class_count_and_restores_train_mode():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    model = LookupLogits(logits).train()
+    out = evaluate(model, [(torch.tensor([[0.0], [1.0]]), torch.tensor([0, 1]))], progress=False)
+    assert out["top1"] == 0.0 and out["top5"] == 100.0  # top-3 of 3 classes always hits
+    assert model.training
+
+
+def test_measure_throughput_cpu_leaves_model_alone():
+    model = create_model(MODEL).train()
+    out = measure_throughput(model, batch_size=2, img_size=16, device="cpu", warmup=0, repeats=1)
+    assert out["images_per_s"] > 0
+    assert out["ms_per_image"] == pytest.approx(1000 / out["images_per_s"])
+    assert out["peak_mem_mb"] is None
+    assert model.training
+    with pytest.raises(ValueError, match="CUDA"):
+        measure_throughput(model, batch_size=2, img_size=16, device="cpu", dtype=torch.float16)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("mode", ["merge", "prune"])
+def test_token_groups_cover_the_patch_grid_without_the_class_token(ordered, mode):
+    torch.manual_seed(0)
+    model = create_model(MODEL)
+    apply_merge(model, MergeConfig(num_merged=3, ordered=ordered, mode=mode))  # layer 2: 17 -> 14 tokens
+    images = torch.randn(3, 3, 16, 16)
+    groups, info = token_groups(model, images)
+    assert groups.shape == (3, 4, 4)
+    assert info["tokens"] == 14 and info["layer"] == 3
+    torch.testing.assert_close(info["logits"], model(images))
+    for g in groups:
+        kept = g[g != DROPPED]
+        assert len(kept.unique()) == 13  # every patch token but none for the class token
+        assert int((g == DROPPED).sum()) == (3 if mode == "prune" else 0)
+        assert kept.max() < 13
+    # the class token was never merged: its source row is itself (original middle position) only
+    _, state = model.forward_tokens(images, track_source=True)
+    row = state.source[:, state.cls_index]
+    assert torch.equal(row, F.one_hot(torch.tensor(model.cls_position), 17).float().expand(3, -1))
+    # before the merge (layer 1) every patch is its own token
+    early, _ = token_groups(model, images, layer=1)
+    assert all(len(g.unique()) == 16 for g in early)
+
+
+# ============================================================================================ eval command
+@pytest.mark.slow
+def test_eval_command_json(tmp_path, biased_checkpoint):
+    out = tmp_path / "eval.json"
+    rc = main(["eval", MODEL, "--checkpoint", biased_checkpoint, "-r", "2", "--limit", "24", "--batch-size", "10",
+               "--json", str(out), "--no-progress", *RUN])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    labels = _labels_of_limit(24)
+    assert result["n"] == 24
+    assert 0 <= result["top1"] <= 100
+    assert result["top1"] == pytest.approx(100 * (labels == 3).float().mean().item())
+    assert result["top5"] == pytest.approx(100 * torch.isin(labels, torch.tensor(BIAS_ORDER[:5])).float().mean().item())
+    # 17 tokens; interval 2 on 4 layers merges at layer 2 only
+    assert result["tokens_per_layer"] == [17, 17, 15, 15]
+    assert result["merge"] == MergeConfig(num_merged=2).to_dict()
+    assert result["model"] == MODEL and result["checkpoint"] == biased_checkpoint and result["data"] == "digits"
+    assert 0 < result["gflops_paper"] and 0 < result["gflops_true"]
+
+
+@pytest.mark.slow
+def test_eval_command_unmerged_costs_more(tmp_path, biased_checkpoint):
+    out = tmp_path / "eval.json"
+    assert main(["eval", MODEL, "--checkpoint", biased_checkpoint, "--limit", "4", "--json", str(out),
+                 "--no-progress", *RUN]) == 0
+    result = json.loads(out.read_text())
+    assert result["merge"] is None
+    assert result["tokens_per_layer"] == [17, 17, 17, 17]
+    from rmeeto.flops import true_flops
+
+    assert result["gflops_true"] > true_flops(MODEL, MergeConfig(num_merged=2))["total"]
+
+
+def test_eval_uses_the_merge_config_stored_by_retrain_unless_flags_say_otherwise(tmp_path):
+    stored = MergeConfig(num_merged=3, mode="prune")
+    ckpt = save_checkpoint(create_model(MODEL), tmp_path / "retrained.pth", model_name=MODEL,
+                           merge_config=stored.to_dict())
+    out = tmp_path / "eval.json"
+    assert main(["eval", MODEL, "--checkpoint", str(ckpt), "--limit", "4", "--json", str(out),
+                 "--no-progress", *RUN]) == 0
+    result = json.loads(out.read_text())
+    assert result["merge"] == stored.to_dict() and result["tokens_per_layer"] == [17, 17, 14, 14]
+    assert main(["eval", MODEL, "--checkpoint", str(ckpt), "-r", "0", "--limit", "4", "--json", str(out),
+                 "--no-progress", *RUN]) == 0
+    assert json.loads(out.read_text())["tokens_per_layer"] == [17, 17, 17, 17]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # load_checkpoint announces the head it left out
+def test_load_model_for_eval_refuses_a_mismatched_classifier(tmp_path):
+    from rmeeto.checkpoint import CheckpointError
+    from rmeeto.evaluate import load_model_for_eval
+
+    ckpt = save_checkpoint(create_model(MODEL, num_classes=7), tmp_path / "seven.pth")
+    with pytest.raises(CheckpointError, match="classifier"):
+        load_model_for_eval(MODEL, str(ckpt))
+    model = load_model_for_eval(MODEL, str(ckpt), MergeConfig(num_merged=2), num_classes=7)
+    assert model.num_classes == 7 and not model.training and model.merge_config.num_merged == 2
+
+
+def test_eval_errors_are_one_line_exit_2(tmp_path, capsys):
+    assert main(["eval", MODEL, "--checkpoint", str(tmp_path / "missing.pth"), *RUN]) == 2
+    err = capsys.readouterr().err
+    assert "missing.pth does not exist" in err and len(err.strip().splitlines()) == 1
+
+    assert main(["eval", MODEL, "--data", str(tmp_path / "nowhere"), *RUN]) == 2
+    assert "not found" in capsys.readouterr().err
+
+    assert main(["eval", "vim_nonexistent", *RUN]) == 2
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_eval_rejects_a_checkpoint_for_other_classes(tmp_path, capsys):
+    ckpt = save_checkpoint(create_model(MODEL, num_classes=7), tmp_path / "seven.pth")
+    assert main(["eval", MODEL, "--checkpoint", str(ckpt), "--limit", "4", *RUN]) == 2
+    err = capsys.readouterr().err
+    assert "7-class" in err and "10 classes" in err
+
+
+# ============================================================================================ sweep command
+@pytest.mark.slow
+def test_sweep_command_writes_csv_and_plot(tmp_path, biased_checkpoint):
+    rc = main(["sweep", MODEL, "--checkpoint", biased_checkpoint, "--num-merged", "0,2", "--modes", "merge,prune",
+               "--layouts", "ordered", "--limit", "12", "--batch-size", "12", "--throughput-batch", "2",
+               "--out", str(tmp_path), "--no-progress", *RUN])
+    assert rc == 0
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [(r["mode"], r["layout"], int(r["num_merged"]), int(r["tokens"])) for r in rows] == [
+        ("merge", "ordered", 0, 17), ("merge", "ordered", 2, 15),
+        ("prune", "ordered", 0, 17), ("prune", "ordered", 2, 15),
+    ]
+    labels = _labels_of_limit(12)
+    for r in rows:  # the biased head ignores the tokens: same accuracy everywhere
+        assert float(r["top1"]) == pytest.approx(100 * (labels == 3).float().mean().item())
+        assert int(r["n"]) == 12 and float(r["images_per_s"]) > 0
+    true = [float(r["true_gflops"]) for r in rows]
+    assert true[1] < true[0] and true[3] < true[2] and true[0] == true[2]
+    with Image.open(tmp_path / "sweep.png") as img:
+        img.verify()
+    with Image.open(tmp_path / "sweep.png") as img:
+        assert img.width >= 800 and img.height >= 300
+
+
+# ============================================================================================ visualize command
+@pytest.mark.slow
+def test_visualize_command_digits_and_files(tmp_path, biased_checkpoint, capsys):
+    rc = main(["visualize", MODEL, "--checkpoint", biased_checkpoint, "--digits", "2", "-r", "3",
+               "--out", str(tmp_path / "digits"), "--device", "cpu"])
+    assert rc == 0
+    pngs = sorted((tmp_path / "digits").glob("*.png"))
+    assert [p.name for p in pngs] == ["digits_000_layer3.png", "digits_001_layer3.png"]
+    assert "pred 3" in capsys.readouterr().out  # the biased head's prediction is in the title
+    for p in pngs:
+        with Image.open(p) as img:
+            img.verify()
+        with Image.open(p) as img:
+            assert img.width >= 500 and img.height >= 300
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(photo)
+    rc = main(["visualize", MODEL, "--images", str(photo), "--layer", "2", "--prune", "-r", "2",
+               "--out", str(tmp_path / "files"), "--device", "cpu"])
+    assert rc == 0
+    assert (tmp_path / "files" / "photo_layer2.png").is_file()
+
+
+def test_visualize_errors(tmp_path, capsys):
+    assert main(["visualize", MODEL, "--images", str(tmp_path / "no.png"), "--device", "cpu"]) == 2
+    assert "no.png does not exist" in capsys.readouterr().err
+    assert main(["visualize", MODEL, "--digits", "1", "--layer", "4", "--device", "cpu"]) == 2
+    assert "--layer must be in" in capsys.readouterr().err
