@@ -76,6 +76,38 @@ def test_evaluate_counts_top1_top5_and_loss_exactly():
     assert out["seconds"] > 0 and out["images_per_s"] > 0
 
 
+def _evaluate_shard(rank: int, world: int, port: int, logits: torch.Tensor, targets: torch.Tensor, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        shard = torch.arange(rank, len(targets), world)  # as a DistributedSampler would, without padding
+        loader = [(shard[:, None].float(), targets[shard])]
+        results[rank] = evaluate(LookupLogits(logits), loader, progress=True)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_evaluate_sums_counts_over_distributed_ranks():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(1)
+    logits, targets = torch.randn(9, 6, generator=g), torch.randint(0, 6, (9,), generator=g)
+    full = evaluate(LookupLogits(logits), [(torch.arange(9)[:, None].float(), targets)], progress=False)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_evaluate_shard, args=(2, port, logits, targets, results), nprocs=2)
+    for rank in (0, 1):  # every rank gets the global numbers
+        assert results[rank]["n"] == 9
+        for key in ("top1", "top5", "loss"):
+            assert results[rank][key] == pytest.approx(full[key])
+
+
 def test_evaluate_top5_is_capped_at_the_class_count_and_restores_train_mode():
     logits = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
     model = LookupLogits(logits).train()
