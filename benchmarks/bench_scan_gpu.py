@@ -20,8 +20,6 @@ import triton.testing
 from rmeeto.ops import triton_scan
 from rmeeto.ops.selective_scan import selective_scan_chunked, selective_scan_ref
 
-FWD_SWEEP = [(8, 16, 4), (16, 16, 4), (16, 16, 8), (4, 32, 4), (8, 32, 4), (32, 16, 8)]
-BWD_SWEEP = [(8, 16, 8), (8, 16, 4), (16, 16, 8), (4, 16, 4), (4, 32, 4), (8, 8, 4)]
 
 
 def make(batch, dim, length, n, dtype, layout):
@@ -95,33 +93,33 @@ def main():
     # ---- config sweep
     if not args.no_sweep:
         best = None
-        for bd, ch, nw in FWD_SWEEP:
-            triton_scan.FWD_CONFIG.update(BLOCK_D=bd, CHUNK=ch, num_warps=nw)
+        for cfg in triton_scan.CANDIDATE_FWD:
+            triton_scan.FWD_CONFIG = dict(cfg)
             try:
                 t = bench(fwd_fn(triton_scan.selective_scan_triton, inputs))
             except Exception as e:  # e.g. out of resources
-                print(f"  fwd config {bd}x{ch} w{nw}: failed ({type(e).__name__}: {str(e)[:100]})")
+                print(f"  fwd config {cfg}: failed ({type(e).__name__}: {str(e)[:100]})")
                 continue
-            print(f"  fwd config BLOCK_D={bd:3d} CHUNK={ch:3d} warps={nw}: {t:.3f} ms")
+            print(f"  fwd config {cfg}: {t:.3f} ms")
             if best is None or t < best[0]:
-                best = (t, bd, ch, nw)
-        triton_scan.FWD_CONFIG.update(BLOCK_D=best[1], CHUNK=best[2], num_warps=best[3])
+                best = (t, cfg)
+        triton_scan.FWD_CONFIG = dict(best[1])
         results["fwd_best_config"] = best
 
         gout = torch.randn(b, d, L, device="cuda").to(dtype)
         best = None
-        for bd, ch, nw in BWD_SWEEP:
-            triton_scan.BWD_CONFIG.update(BLOCK_D=bd, CHUNK=ch, num_warps=nw)
+        for cfg in triton_scan.CANDIDATE_BWD:
+            triton_scan.BWD_CONFIG = dict(cfg)
             f = lambda: torch.ops.rmeeto.selective_scan_bwd(gout, *inputs, True, False)  # noqa: E731
             try:
                 t = bench(f)
             except Exception as e:
-                print(f"  bwd config {bd}x{ch} w{nw}: failed ({type(e).__name__}: {str(e)[:100]})")
+                print(f"  bwd config {cfg}: failed ({type(e).__name__}: {str(e)[:100]})")
                 continue
-            print(f"  bwd config BLOCK_D={bd:3d} CHUNK={ch:3d} warps={nw}: {t:.3f} ms (backward op alone)")
+            print(f"  bwd config {cfg}: {t:.3f} ms (backward op alone)")
             if best is None or t < best[0]:
-                best = (t, bd, ch, nw)
-        triton_scan.BWD_CONFIG.update(BLOCK_D=best[1], CHUNK=best[2], num_warps=best[3])
+                best = (t, cfg)
+        triton_scan.BWD_CONFIG = dict(best[1])
         results["bwd_best_config"] = best
     print(f"  using FWD_CONFIG={triton_scan.FWD_CONFIG} BWD_CONFIG={triton_scan.BWD_CONFIG}")
 

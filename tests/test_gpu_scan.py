@@ -208,3 +208,16 @@ def test_opcheck():
     inputs, sp = make_inputs(1, 16, 20, 16, torch.float32, "Dzbs", seed=9)
     leaves = [t.clone().requires_grad_() for t in inputs]
     torch.library.opcheck(torch.ops.rmeeto.selective_scan.default, (*leaves, True, False))
+
+
+@pytest.mark.parametrize("which", range(max(len(triton_scan.CANDIDATE_FWD), len(triton_scan.CANDIDATE_BWD))))
+def test_tile_configs(which, monkeypatch):
+    """Every candidate tile configuration the benchmark may pick computes the same thing."""
+    fwd = triton_scan.CANDIDATE_FWD[which % len(triton_scan.CANDIDATE_FWD)]
+    bwd = triton_scan.CANDIDATE_BWD[which % len(triton_scan.CANDIDATE_BWD)]
+    monkeypatch.setattr(triton_scan, "FWD_CONFIG", dict(fwd))
+    monkeypatch.setattr(triton_scan, "BWD_CONFIG", dict(bwd))
+    inputs, sp = make_inputs(2, 40, 197, 16, torch.bfloat16, "Dzbs", seed=100 + which)
+    check(inputs, sp, which % 2 == 1, TOL[torch.bfloat16])
+    inputs, sp = make_inputs(1, 24, 33, 16, torch.float32, "Dzbs", seed=200 + which)
+    check(inputs, sp, which % 2 == 0, TOL[torch.float32])

@@ -13,10 +13,12 @@ flipped copies).
 
 Kernel layout. One program per (batch element, block of BLOCK_D channels) holds the state
 h[BLOCK_D, dstate] and walks over time in chunks of CHUNK tokens. Inside a chunk the recurrence
-h_t = a_t * h_{t-1} + b_t is evaluated as a parallel associative scan over a [BLOCK_D, CHUNK, dstate]
-register tile (the carried-in state is folded into the first element), so every token's state of the
-chunk is available at once: the outputs y_t = C_t . h_t are one reduction over dstate and the tile loads
-and stores are whole [BLOCK_D, CHUNK] blocks.
+h_t = a_t * h_{t-1} + b_t is evaluated as an associative scan over a (CHUNK x BLOCK_D x dstate) register
+tile (the carried-in state is folded into the first element), so every token's state of the chunk is
+available at once: the outputs y_t = C_t . h_t are one reduction over dstate and the tile loads and stores
+are whole blocks. With the default axis order (ORDER=1, time first) Triton keeps the chunk's time steps
+inside each thread, so the scan is a sequential in-register loop (no shuffles, no shared memory); ORDER=0
+spreads time over lanes and warps and is about 2x slower on an H200.
 
 Backward (nothing but the inputs is saved by the forward):
   1. recompute the forward scan, storing h at every chunk start (a [batch, nchunks, dim, dstate] float32
@@ -53,12 +55,23 @@ except Exception:  # ImportError, or a broken install
     tl = None
     _HAS_TRITON = False
 
-__all__ = ["is_available", "selective_scan_triton", "FWD_CONFIG", "BWD_CONFIG"]
+__all__ = ["is_available", "selective_scan_triton", "FWD_CONFIG", "BWD_CONFIG", "CANDIDATE_FWD", "CANDIDATE_BWD"]
 
-# Tile configuration: the best of a small sweep on an H200 for Vim-S shapes (benchmarks/bench_scan_gpu.py
-# sweeps and overrides these).
-FWD_CONFIG = {"BLOCK_D": 4, "CHUNK": 32, "num_warps": 4}
-BWD_CONFIG = {"BLOCK_D": 4, "CHUNK": 32, "num_warps": 4}
+# Tile configuration (ORDER: see the kernels section). benchmarks/bench_scan_gpu.py sweeps CANDIDATE_*
+# and overrides these; tests/test_gpu_scan.py checks every candidate for correctness. Defaults: the sweep's
+# best on an H200 for Vim-S shapes (batch 128, dim 768, dstate 16, length 197, bf16): forward 0.77 ms;
+# backward 4.60 ms (BLOCK_D 4 / 1 warp measured 4.49 ms but doubles the dB/dC partial buffers).
+FWD_CONFIG = {"ORDER": 1, "BLOCK_D": 16, "CHUNK": 8, "num_warps": 4}
+BWD_CONFIG = {"ORDER": 1, "BLOCK_D": 8, "CHUNK": 8, "num_warps": 2}
+_KEYS = ("ORDER", "BLOCK_D", "CHUNK", "num_warps")
+CANDIDATE_FWD = [dict(zip(_KEYS, c)) for c in [
+    (0, 4, 32, 4), (1, 8, 16, 4), (1, 16, 16, 4), (1, 8, 16, 2), (1, 8, 8, 2), (1, 16, 8, 4), (1, 32, 8, 8),
+    (1, 8, 32, 4), (1, 4, 16, 1),
+]]
+CANDIDATE_BWD = [dict(zip(_KEYS, c)) for c in [
+    (0, 4, 32, 4), (1, 8, 16, 4), (1, 4, 16, 2), (1, 8, 8, 2), (1, 16, 8, 4), (1, 8, 8, 4), (1, 16, 16, 8),
+    (1, 4, 8, 1), (1, 16, 8, 8),
+]]
 
 # Tests set this to fill every buffer the op allocates with NaN, so an element the kernels forget to write
 # shows up in the result instead of silently holding stale memory.
@@ -85,6 +98,11 @@ def _device_guard(t: Tensor):
 
 
 # ------------------------------------------------------------------------------------------- kernels
+# ORDER picks the axis order of the [.., .., dstate] register tile, which decides how Triton spreads it over
+# threads (lanes fill the last axis first, then the middle one; warps follow):
+#   ORDER 0: [BLOCK_D, CHUNK, NP]   ORDER 1: [CHUNK, BLOCK_D, NP] (time mostly inside each thread)
+# "DT" tiles (u, delta, z, outputs) are [BLOCK_D, CHUNK] for ORDER 0 and [CHUNK, BLOCK_D] for ORDER 1;
+# "TN" tiles (B, C, dB, dC) are [CHUNK, NP] and "DN" tensors (A, h, dA) [BLOCK_D, NP] in both.
 if _HAS_TRITON:
     @triton.jit
     def _lin_combine(a1, b1, a2, b2):
@@ -99,39 +117,141 @@ if _HAS_TRITON:
         lp = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
         return tl.where(x > 20.0, x, lp)
 
+    # ---- layout helpers (ORDER is a constexpr: every branch is resolved at compile time)
     @triton.jit
-    def _load_step_inputs(
-        u_base, dt_base, B_base, C_base, t, mask_t, mask_d, mask_n, bias, offs_n,
-        s_u_l, s_dt_l, s_B_n, s_B_l, s_C_n, s_C_l,
-        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    ):
-        """Loads one chunk: u, delta (+bias, pre-softplus), dt [BLOCK_D, CHUNK]; B, C [CHUNK, NP] in fp32.
-        Invalid positions get dt = 0 (so exp(dt A) = 1 and dt B u = 0: the identity step)."""
-        m2 = mask_d[:, None] & mask_t[None, :]
-        u = tl.load(u_base + t[None, :] * s_u_l, mask=m2, other=0.0).to(tl.float32)
-        xd = tl.load(dt_base + t[None, :] * s_dt_l, mask=m2, other=0.0).to(tl.float32)
+    def _dt2(d_vec, t_vec, ORDER: tl.constexpr):
+        """Combine a [BLOCK_D] and a [CHUNK] vector into a DT tile by broadcasting (offsets, masks)."""
+        if ORDER == 0:
+            r = d_vec[:, None] + t_vec[None, :]
+        else:
+            r = t_vec[:, None] + d_vec[None, :]
+        return r
+
+    @triton.jit
+    def _dt2_and(d_mask, t_mask, ORDER: tl.constexpr):
+        if ORDER == 0:
+            r = d_mask[:, None] & t_mask[None, :]
+        else:
+            r = t_mask[:, None] & d_mask[None, :]
+        return r
+
+    @triton.jit
+    def _d_col(x, ORDER: tl.constexpr):
+        """[BLOCK_D] vector -> broadcastable against a DT tile."""
+        if ORDER == 0:
+            r = x[:, None]
+        else:
+            r = x[None, :]
+        return r
+
+    @triton.jit
+    def _t_row(x, ORDER: tl.constexpr):
+        """[CHUNK] vector -> broadcastable against a DT tile."""
+        if ORDER == 0:
+            r = x[None, :]
+        else:
+            r = x[:, None]
+        return r
+
+    @triton.jit
+    def _tn3(x, ORDER: tl.constexpr):
+        """[CHUNK, NP] -> broadcastable 3D."""
+        if ORDER == 0:
+            r = x[None, :, :]
+        else:
+            r = x[:, None, :]
+        return r
+
+    @triton.jit
+    def _dn3(x, ORDER: tl.constexpr):
+        """[BLOCK_D, NP] -> broadcastable 3D."""
+        if ORDER == 0:
+            r = x[:, None, :]
+        else:
+            r = x[None, :, :]
+        return r
+
+    @triton.jit
+    def _j3(offs_j, ORDER: tl.constexpr):
+        """[CHUNK] position-in-chunk -> broadcastable 3D."""
+        if ORDER == 0:
+            r = offs_j[None, :, None]
+        else:
+            r = offs_j[:, None, None]
+        return r
+
+    @triton.jit
+    def _sum_t3(x, ORDER: tl.constexpr):
+        """3D -> [BLOCK_D, NP] (sum over time)."""
+        if ORDER == 0:
+            r = tl.sum(x, axis=1)
+        else:
+            r = tl.sum(x, axis=0)
+        return r
+
+    @triton.jit
+    def _sum_d3(x, ORDER: tl.constexpr):
+        """3D -> [CHUNK, NP] (sum over channels)."""
+        if ORDER == 0:
+            r = tl.sum(x, axis=0)
+        else:
+            r = tl.sum(x, axis=1)
+        return r
+
+    @triton.jit
+    def _sum_t2(x, ORDER: tl.constexpr):
+        """DT tile -> [BLOCK_D] (sum over time)."""
+        if ORDER == 0:
+            r = tl.sum(x, axis=1)
+        else:
+            r = tl.sum(x, axis=0)
+        return r
+
+    @triton.jit
+    def _scan_t(a, b, ORDER: tl.constexpr, REV: tl.constexpr):
+        """Inclusive scan of the affine maps (a, b) along time (reverse: from the end of the chunk)."""
+        if ORDER == 0:
+            _, r = tl.associative_scan((a, b), axis=1, combine_fn=_lin_combine, reverse=REV)
+        else:
+            _, r = tl.associative_scan((a, b), axis=0, combine_fn=_lin_combine, reverse=REV)
+        return r
+
+    @triton.jit
+    def _load_dt_tile(base, offs_d, t, s_d, s_l, m2, ORDER: tl.constexpr):
+        return tl.load(base + _dt2(offs_d * s_d, t * s_l, ORDER), mask=m2, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _store_dt_tile(base, offs_d, t, s_d, s_l, x, m2, ORDER: tl.constexpr):
+        tl.store(base + _dt2(offs_d * s_d, t * s_l, ORDER), x.to(base.dtype.element_ty), mask=m2)
+
+    @triton.jit
+    def _dt_from_delta(xd, m2, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, bias, ORDER: tl.constexpr):
+        """delta -> (delta + bias, dt); dt = 0 on invalid positions (the identity step)."""
         if HAS_BIAS:
-            xd = xd + bias[:, None]
+            xd = xd + _d_col(bias, ORDER)
         if SOFTPLUS:
             dt = _softplus(xd)
         else:
             dt = xd
-        dt = tl.where(m2, dt, 0.0)
-        mtn = mask_t[:, None] & mask_n[None, :]
-        Bt = tl.load(B_base + t[:, None] * s_B_l + offs_n[None, :] * s_B_n, mask=mtn, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + t[:, None] * s_C_l + offs_n[None, :] * s_C_n, mask=mtn, other=0.0).to(tl.float32)
-        return u, xd, dt, Bt, Ct
+        return xd, tl.where(m2, dt, 0.0)
 
     @triton.jit
-    def _chunk_states(dt, u, Bt, A2, h, offs_j):
-        """All states of one chunk, [BLOCK_D, CHUNK, NP], starting from state h [BLOCK_D, NP].
-        Returns (a, bx, hs): the per-step decay exp(dt A), input dt B u, and the states."""
-        a = tl.exp2(dt[:, :, None] * A2[:, None, :])
-        bx = (dt * u)[:, :, None] * Bt[None, :, :]
-        first = offs_j[None, :, None] == 0
-        bxc = tl.where(first, bx + a * h[:, None, :], bx)
-        _, hs = tl.associative_scan((a, bxc), axis=1, combine_fn=_lin_combine)
-        return a, bx, hs
+    def _load_tn(base, t, offs_n, s_n, s_l, mtn):
+        return tl.load(base + t[:, None] * s_l + offs_n[None, :] * s_n, mask=mtn, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _chunk_states(dt, u, Bt, A2, h, offs_j, ORDER: tl.constexpr):
+        """All states of one chunk (3D tile) starting from state h [BLOCK_D, NP].
+        Returns (bx, hs): the per-step input dt B u and the states."""
+        a = tl.exp2(dt[:, :, None] * _dn3(A2, ORDER))
+        bx = (dt * u)[:, :, None] * _tn3(Bt, ORDER)
+        bxc = tl.where(_j3(offs_j, ORDER) == 0, bx + a * _dn3(h, ORDER), bx)
+        hs = _scan_t(a, bxc, ORDER, False)
+        return bx, hs
+
+    @triton.jit
+    def _last_state(hs, offs_j, CHUNK: tl.constexpr, ORDER: tl.constexpr):
+        return _sum_t3(tl.where(_j3(offs_j, ORDER) == CHUNK - 1, hs, 0.0), ORDER)
 
     @triton.jit(do_not_specialize=["dim", "L", "dstate"])
     def _scan_fwd_kernel(
@@ -146,7 +266,7 @@ if _HAS_TRITON:
         s_o_b, s_o_d, s_o_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
         SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
-        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
+        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr, ORDER: tl.constexpr,
     ):
         pid_b = tl.program_id(0).to(tl.int64)
         pid_d = tl.program_id(1)
@@ -166,10 +286,10 @@ if _HAS_TRITON:
         else:
             bias = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-        u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d
-        dt_base = delta_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
-        z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
-        o_base = out_ptr + pid_b * s_o_b + offs_d[:, None] * s_o_d
+        u_base = u_ptr + pid_b * s_u_b
+        dt_base = delta_ptr + pid_b * s_dt_b
+        z_base = z_ptr + pid_b * s_z_b
+        o_base = out_ptr + pid_b * s_o_b
         B_base = B_ptr + pid_b * s_B_b
         C_base = C_ptr + pid_b * s_C_b
 
@@ -181,20 +301,22 @@ if _HAS_TRITON:
                 t = L - 1 - s
             else:
                 t = s
-            u, xd, dt, Bt, Ct = _load_step_inputs(
-                u_base, dt_base, B_base, C_base, t, mask_t, mask_d, mask_n, bias, offs_n,
-                s_u_l, s_dt_l, s_B_n, s_B_l, s_C_n, s_C_l, HAS_BIAS, SOFTPLUS,
-            )
-            a, bx, hs = _chunk_states(dt, u, Bt, A2, h, offs_j)
-            y = tl.sum(hs * Ct[None, :, :], axis=2)
+            m2 = _dt2_and(mask_d, mask_t, ORDER)
+            mtn = mask_t[:, None] & mask_n[None, :]
+            u = _load_dt_tile(u_base, offs_d, t, s_u_d, s_u_l, m2, ORDER)
+            xd = _load_dt_tile(dt_base, offs_d, t, s_dt_d, s_dt_l, m2, ORDER)
+            xd, dt = _dt_from_delta(xd, m2, HAS_BIAS, SOFTPLUS, bias, ORDER)
+            Bt = _load_tn(B_base, t, offs_n, s_B_n, s_B_l, mtn)
+            Ct = _load_tn(C_base, t, offs_n, s_C_n, s_C_l, mtn)
+            bx, hs = _chunk_states(dt, u, Bt, A2, h, offs_j, ORDER)
+            y = tl.sum(hs * _tn3(Ct, ORDER), axis=2)
             if HAS_D:
-                y += Dv[:, None] * u
-            m2 = mask_d[:, None] & mask_t[None, :]
+                y += _d_col(Dv, ORDER) * u
             if HAS_Z:
-                zz = tl.load(z_base + t[None, :] * s_z_l, mask=m2, other=0.0).to(tl.float32)
+                zz = _load_dt_tile(z_base, offs_d, t, s_z_d, s_z_l, m2, ORDER)
                 y = y * (zz * tl.sigmoid(zz))
-            tl.store(o_base + t[None, :] * s_o_l, y.to(out_ptr.dtype.element_ty), mask=m2)
-            h = tl.sum(tl.where(offs_j[None, :, None] == CHUNK - 1, hs, 0.0), axis=1)
+            _store_dt_tile(o_base, offs_d, t, s_o_d, s_o_l, y, m2, ORDER)
+            h = _last_state(hs, offs_j, CHUNK, ORDER)
 
     @triton.jit(do_not_specialize=["dim", "L", "dstate", "nchunks", "batch"])
     def _scan_bwd_kernel(
@@ -210,7 +332,7 @@ if _HAS_TRITON:
         s_g_b, s_g_d, s_g_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
         SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
-        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
+        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr, ORDER: tl.constexpr,
     ):
         """Gradients. Output buffers (all contiguous):
         du, ddelta, dz [batch, dim, L] (input dtypes); dA [batch, dim, dstate], dD, dbias [batch, dim] and
@@ -233,14 +355,17 @@ if _HAS_TRITON:
         else:
             bias = tl.zeros([BLOCK_D], dtype=tl.float32)
 
-        u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d
-        dt_base = delta_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
-        z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
-        g_base = dout_ptr + pid_b * s_g_b + offs_d[:, None] * s_g_d
+        u_base = u_ptr + pid_b * s_u_b
+        dt_base = delta_ptr + pid_b * s_dt_b
+        z_base = z_ptr + pid_b * s_z_b
+        g_base = dout_ptr + pid_b * s_g_b
         B_base = B_ptr + pid_b * s_B_b
         C_base = C_ptr + pid_b * s_C_b
         # contiguous [batch, dim, L] gradient outputs
-        io_base = pid_b * dim * L + offs_d[:, None] * L
+        io = pid_b * dim * L
+        du_base = du_ptr + io
+        ddelta_base = ddelta_ptr + io
+        dz_base = dz_ptr + io
         ck_base = ckpt_ptr + pid_b * nchunks * dim * NP + offs_d[:, None] * NP + offs_n[None, :]
         # partial dB / dC of this channel block: [n_dblocks, batch, dstate, L]
         part_off = (pid_d * batch + pid_b) * dstate * L
@@ -255,12 +380,14 @@ if _HAS_TRITON:
                 t = L - 1 - s
             else:
                 t = s
-            u, xd, dt, Bt, Ct = _load_step_inputs(
-                u_base, dt_base, B_base, C_base, t, mask_t, mask_d, mask_n, bias, offs_n,
-                s_u_l, s_dt_l, s_B_n, s_B_l, s_C_n, s_C_l, HAS_BIAS, SOFTPLUS,
-            )
-            a, bx, hs = _chunk_states(dt, u, Bt, A2, h, offs_j)
-            h = tl.sum(tl.where(offs_j[None, :, None] == CHUNK - 1, hs, 0.0), axis=1)
+            m2 = _dt2_and(mask_d, mask_t, ORDER)
+            mtn = mask_t[:, None] & mask_n[None, :]
+            u = _load_dt_tile(u_base, offs_d, t, s_u_d, s_u_l, m2, ORDER)
+            xd = _load_dt_tile(dt_base, offs_d, t, s_dt_d, s_dt_l, m2, ORDER)
+            xd, dt = _dt_from_delta(xd, m2, HAS_BIAS, SOFTPLUS, bias, ORDER)
+            Bt = _load_tn(B_base, t, offs_n, s_B_n, s_B_l, mtn)
+            bx, hs = _chunk_states(dt, u, Bt, A2, h, offs_j, ORDER)
+            h = _last_state(hs, offs_j, CHUNK, ORDER)
         tl.store(ck_base + (nchunks - 1) * dim * NP, h, mask=mask_dn)
         tl.debug_barrier()  # the checkpoints written above are read back by other threads of this program
 
@@ -281,69 +408,63 @@ if _HAS_TRITON:
             else:
                 t = s
                 t1 = s1
-            m2 = mask_d[:, None] & mask_t[None, :]
-            u, xd, dt, Bt, Ct = _load_step_inputs(
-                u_base, dt_base, B_base, C_base, t, mask_t, mask_d, mask_n, bias, offs_n,
-                s_u_l, s_dt_l, s_B_n, s_B_l, s_C_n, s_C_l, HAS_BIAS, SOFTPLUS,
-            )
+            m2 = _dt2_and(mask_d, mask_t, ORDER)
+            mtn = mask_t[:, None] & mask_n[None, :]
+            u = _load_dt_tile(u_base, offs_d, t, s_u_d, s_u_l, m2, ORDER)
+            xd = _load_dt_tile(dt_base, offs_d, t, s_dt_d, s_dt_l, m2, ORDER)
+            xd, dt = _dt_from_delta(xd, m2, HAS_BIAS, SOFTPLUS, bias, ORDER)
+            Bt = _load_tn(B_base, t, offs_n, s_B_n, s_B_l, mtn)
+            Ct = _load_tn(C_base, t, offs_n, s_C_n, s_C_l, mtn)
             # decay of the following token (a_{t+1}), for the adjoint recurrence
-            m21 = mask_d[:, None] & mask_t1[None, :]
-            xd1 = tl.load(dt_base + t1[None, :] * s_dt_l, mask=m21, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                xd1 = xd1 + bias[:, None]
-            if SOFTPLUS:
-                dt1 = _softplus(xd1)
-            else:
-                dt1 = xd1
-            dt1 = tl.where(m21, dt1, 0.0)
-            a1 = tl.exp2(dt1[:, :, None] * A2[:, None, :])
+            m21 = _dt2_and(mask_d, mask_t1, ORDER)
+            xd1 = _load_dt_tile(dt_base, offs_d, t1, s_dt_d, s_dt_l, m21, ORDER)
+            xd1, dt1 = _dt_from_delta(xd1, m21, HAS_BIAS, SOFTPLUS, bias, ORDER)
+            a1 = tl.exp2(dt1[:, :, None] * _dn3(A2, ORDER))
 
             h0 = tl.load(ck_base + c * dim * NP, mask=mask_dn, other=0.0, cache_modifier=".cg")
-            a, bx, hs = _chunk_states(dt, u, Bt, A2, h0, offs_j)
+            bx, hs = _chunk_states(dt, u, Bt, A2, h0, offs_j, ORDER)
 
-            dout = tl.load(g_base + t[None, :] * s_g_l, mask=m2, other=0.0).to(tl.float32)
-            y = tl.sum(hs * Ct[None, :, :], axis=2)
+            dout = _load_dt_tile(g_base, offs_d, t, s_g_d, s_g_l, m2, ORDER)
+            y = tl.sum(hs * _tn3(Ct, ORDER), axis=2)
             if HAS_D:
-                y += Dv[:, None] * u
+                y += _d_col(Dv, ORDER) * u
             if HAS_Z:
-                zz = tl.load(z_base + t[None, :] * s_z_l, mask=m2, other=0.0).to(tl.float32)
+                zz = _load_dt_tile(z_base, offs_d, t, s_z_d, s_z_l, m2, ORDER)
                 sz = tl.sigmoid(zz)
                 dy = dout * zz * sz
                 dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                tl.store(dz_ptr + io_base + t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=m2)
+                _store_dt_tile(dz_base, offs_d, t, L, 1, dz, m2, ORDER)
             else:
                 dy = dout
 
             # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, reverse scan with the next chunk's g carried in
-            cg = dy[:, :, None] * Ct[None, :, :]
-            last = offs_j[None, :, None] == CHUNK - 1
-            cg = tl.where(last, cg + a1 * G[:, None, :], cg)
-            _, g = tl.associative_scan((a1, cg), axis=1, combine_fn=_lin_combine, reverse=True)
+            cg = dy[:, :, None] * _tn3(Ct, ORDER)
+            cg = tl.where(_j3(offs_j, ORDER) == CHUNK - 1, cg + a1 * _dn3(G, ORDER), cg)
+            g = _scan_t(a1, cg, ORDER, True)
 
             dtu = dt * u
             w = g * (hs - bx)  # g_t * a_t * h_{t-1}
-            gB = tl.sum(g * Bt[None, :, :], axis=2)
-            ddt = u * gB + tl.sum(w * A[:, None, :], axis=2)
-            dA_acc += tl.sum(w * dt[:, :, None], axis=1)
+            gB = tl.sum(g * _tn3(Bt, ORDER), axis=2)
+            ddt = u * gB + tl.sum(w * _dn3(A, ORDER), axis=2)
+            dA_acc += _sum_t3(w * dt[:, :, None], ORDER)
             du = dt * gB
             if HAS_D:
-                du += Dv[:, None] * dy
-                dD_acc += tl.sum(dy * u, axis=1)
+                du += _d_col(Dv, ORDER) * dy
+                dD_acc += _sum_t2(dy * u, ORDER)
             if SOFTPLUS:
                 ddt = ddt * tl.sigmoid(xd)
             ddt = tl.where(m2, ddt, 0.0)
-            db_acc += tl.sum(ddt, axis=1)
-            tl.store(du_ptr + io_base + t[None, :], du.to(du_ptr.dtype.element_ty), mask=m2)
-            tl.store(ddelta_ptr + io_base + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
+            db_acc += _sum_t2(ddt, ORDER)
+            _store_dt_tile(du_base, offs_d, t, L, 1, du, m2, ORDER)
+            _store_dt_tile(ddelta_base, offs_d, t, L, 1, ddt, m2, ORDER)
 
-            dC_part = tl.sum(dy[:, :, None] * hs, axis=0)  # [CHUNK, NP]
-            dB_part = tl.sum(g * dtu[:, :, None], axis=0)
-            mtn = mask_t[:, None] & mask_n[None, :]
+            dC_part = _sum_d3(dy[:, :, None] * hs, ORDER)  # [CHUNK, NP]
+            dB_part = _sum_d3(g * dtu[:, :, None], ORDER)
             p_off = part_off + offs_n[None, :] * L + t[:, None]
             tl.store(dB_ptr + p_off, dB_part, mask=mtn)
             tl.store(dC_ptr + p_off, dC_part, mask=mtn)
 
-            G = tl.sum(tl.where(offs_j[None, :, None] == 0, g, 0.0), axis=1)
+            G = _sum_t3(tl.where(_j3(offs_j, ORDER) == 0, g, 0.0), ORDER)
 
         tl.store(dA_ptr + pid_b * dim * dstate + offs_d[:, None] * dstate + offs_n[None, :], dA_acc, mask=mask_dn)
         tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
@@ -381,7 +502,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse) -> Tensor
             *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *out.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse),
-            BLOCK_D=bd, CHUNK=chunk, NP=_np(dstate), num_warps=cfg["num_warps"], num_stages=1,
+            BLOCK_D=bd, CHUNK=chunk, NP=_np(dstate), ORDER=cfg.get("ORDER", 0), num_warps=cfg["num_warps"],
+            num_stages=1,
         )
     return out
 
@@ -421,7 +543,7 @@ def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
             *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *dout.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse),
-            BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=cfg["num_warps"], num_stages=1,
+            BLOCK_D=bd, CHUNK=chunk, NP=NP, ORDER=cfg.get("ORDER", 0), num_warps=cfg["num_warps"], num_stages=1,
         )
     dA = dA_p.sum(0).to(A.dtype)
     dB = dB_p.sum(0).to(B.dtype)
