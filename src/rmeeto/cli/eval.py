@@ -19,20 +19,21 @@ from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
 HELP = "top-1/top-5 of a model (merged or not) on digits or an image folder, with GFLOPs and speed"
 DESCRIPTION = """\
 Evaluate MODEL (a registered name, see 'rmeeto models') without any training: build it, load --checkpoint
-(weights only), apply the merge flags, and score it on --data. Without merge flags, a checkpoint written by
-'rmeeto retrain' is merged as it was trained (its stored merge config; '-r 0' evaluates it unmerged) and any
-other model is evaluated unmerged. Prints top-1/top-5, the token count each layer
+(weights only), apply the merge flags, and score it on --data. Prints top-1/top-5, the token count each layer
 processes (measured on one image), GFLOPs by the paper's formula and by a true count, and images/s of the
 evaluation loop (data loading included). --throughput adds the official speed protocol (random input, timed
 forwards only). Without --checkpoint the model has random weights (useful to check a setup).
+
+Without merge flags, a checkpoint written by 'rmeeto retrain' (or 'rmeeto demo') is merged as it was trained
+(its stored merge config; '-r 0' evaluates it unmerged); any other model is evaluated unmerged.
 
 --data is 'digits' (the embedded 8x8 digits set, upscaled to the model's input size; its val split) or an
 image folder: DIR/val/<class>/<image> (or DIR/<class>/<image>), e.g. ImageNet's validation set. Unreadable
 images are skipped with a warning.
 
 examples:
-  rmeeto eval vim_digits_patch4_32 --checkpoint runs/digits/checkpoint.pth
-  rmeeto eval vim_digits_patch4_32 --checkpoint runs/digits/checkpoint.pth -r 4 --json out/eval.json
+  rmeeto eval vim_digits_patch4_32 --checkpoint out/demo/retrain/best.pth          # as re-trained
+  rmeeto eval vim_digits_patch4_32 --checkpoint out/demo/teacher/best.pth -r 4 --json out/eval.json
   rmeeto eval vim_small_patch16_224 --checkpoint vim_s_midclstok_80p5acc.pth --data /data/imagenet \\
       --preset paper --amp bf16 --batch-size 256 --workers 8 --throughput
   rmeeto eval vim_tiny_patch16_224 --checkpoint vim_t_midclstok_76p1acc.pth --data /data/imagenet \\

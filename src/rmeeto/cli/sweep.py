@@ -33,7 +33,7 @@ line per mode and layout) and prints a table. The model is loaded once; counts l
 are clamped to (tokens - 1) // 2 (see the 'tokens' column).
 
 examples:
-  rmeeto sweep vim_digits_patch4_32 --checkpoint runs/digits/checkpoint.pth --num-merged 0,1,2,4,6,8
+  rmeeto sweep vim_digits_patch4_32 --checkpoint out/demo/teacher/best.pth --num-merged 0,1,2,4,6,8
   rmeeto sweep vim_small_patch16_224 --checkpoint vim_s_midclstok_80p5acc.pth --data /data/imagenet \\
       --num-merged 0,3,5,7,9,11 --modes merge --limit 10000 --amp bf16 --out out/sweep_s
 """

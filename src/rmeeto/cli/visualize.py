@@ -22,7 +22,7 @@ Without merge flags the merge config stored in a 'rmeeto retrain' checkpoint is 
 of the model (e.g. r=4 for vim_digits_patch4_32).
 
 examples:
-  rmeeto visualize vim_digits_patch4_32 --checkpoint runs/digits/checkpoint.pth --digits 8
+  rmeeto visualize vim_digits_patch4_32 --checkpoint out/demo/retrain/best.pth --digits 8
   rmeeto visualize vim_digits_patch4_32 --digits 4 -r 6 --layer 6 --out out/vis_r6
   rmeeto visualize vim_small_patch16_224 --checkpoint vim_s_midclstok_80p5acc.pth --preset paper \\
       --images cat.jpg dog.jpg --out out/vis
