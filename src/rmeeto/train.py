@@ -922,6 +922,7 @@ def _train(config: TrainConfig, resume: Optional[str], rank: int, world: int, lo
         log("\n" + _format_table(history))
     return {
         "status": status,
+        "signal": int(catcher.signum) if catcher.signum is not None else None,
         "history": history,
         "final": history[-1] if history else None,
         "best_top1": best_top1 if best_epoch >= 0 else None,

@@ -228,5 +228,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"rmeeto retrain: error: {exc}", file=sys.stderr)
         return 1
     if result["status"] == "interrupted":
-        return 130
+        return 128 + (result["signal"] or 2)  # the shell's convention for "killed by this signal"
     return 0
