@@ -27,6 +27,12 @@ are written atomically and hold the :class:`TrainConfig`, the merge config and t
 rebuilds everything; they also hold the optimizer, scheduler, scaler, EMA, the position inside the epoch and
 every rank's RNG states, so a resumed run reproduces the uninterrupted one exactly (same data order, same
 augmentations: each sample's augmentation is seeded by (seed, epoch, position), independent of workers).
+A non-finite loss (or non-finite weights at save time) stops the run before anything is written over the last
+good checkpoint.
+
+Test hooks (environment variables, for the fault-tolerance tests): ``RMEETO_DEBUG_STEP_SLEEP=seconds`` sleeps
+after every optimizer step (so a test can kill the run mid-epoch); ``RMEETO_DEBUG_NAN_AT_STEP=k`` makes the
+loss NaN at optimizer step k.
 """
 
 from __future__ import annotations
@@ -750,9 +756,19 @@ def _train(config: TrainConfig, resume: Optional[str], rank: int, world: int, lo
             "merge_config": config.merge.to_dict(),
         }
 
+    def check_weights(epoch: int, step_in_epoch: int) -> None:
+        # a finite loss can still come with an inf/NaN gradient; never let such weights replace a good file
+        norms = torch._foreach_norm([p.detach() for p in model.parameters()])
+        if not bool(torch.isfinite(torch.stack(norms)).all()):
+            raise NonFiniteLossError(
+                f"non-finite weights after epoch {epoch} step {step_in_epoch}; stopped without saving"
+                + (f", {out / 'last.pth'} is the last good checkpoint" if (out / "last.pth").exists() else "")
+            )
+
     def save_last(epoch: int, step_in_epoch: int) -> None:
         if out is None:
             return
+        check_weights(epoch, step_in_epoch)
         state = checkpoint_state(epoch, step_in_epoch)  # collective under DDP: every rank calls it
         if master:
             from rmeeto.checkpoint import save_checkpoint
@@ -761,10 +777,12 @@ def _train(config: TrainConfig, resume: Optional[str], rank: int, world: int, lo
             save_checkpoint(state, out / "last.pth")
 
     # ---------------------------------------------------------------- loop
-    show = config.progress and master
+    show = config.progress and master and sys.stderr.isatty()  # as evaluate(): no \r-spam in log files
     bar = tqdm(total=total_steps, initial=global_step, desc="train", unit="step", disable=not show,
                dynamic_ncols=True, file=sys.stderr)
-    debug_sleep = float(os.environ.get("RMEETO_DEBUG_STEP_SLEEP", "0") or 0)  # test hook: slow each step down
+    # test hooks (see the module docstring): slow every step down / poison the loss at one optimizer step
+    debug_sleep = float(os.environ.get("RMEETO_DEBUG_STEP_SLEEP", "0") or 0)
+    debug_nan_step = int(os.environ.get("RMEETO_DEBUG_NAN_AT_STEP", "-1") or -1)
     status = "finished"
     catcher = _SignalCatcher()
     with catcher:
@@ -808,6 +826,8 @@ def _train(config: TrainConfig, resume: Optional[str], rank: int, world: int, lo
                                 with torch.no_grad():
                                     teacher_logits = teacher(images)
                             loss, parts = criterion(logits, targets, teacher_logits)
+                    if global_step == debug_nan_step:
+                        loss = loss * float("nan")
                 # agree across ranks on the loss, on skipping an empty batch and on a stop signal (one all-reduce)
                 flags = torch.tensor(
                     [loss.detach().float().item() if valid else 0.0, 0.0 if valid else 1.0,
