@@ -274,3 +274,17 @@ def test_config_round_trip_and_validation():
         TrainConfig(model=MODEL, amp="fp8", alpha=0)
     with pytest.raises(ValueError, match="unknown model"):
         TrainConfig(model="vim_huge", alpha=0)
+
+
+def test_demo_findings_follow_the_numbers():
+    from rmeeto.demo import findings
+
+    def stages(teacher, merged, pruned, retrained):
+        names = ("teacher", "merged (training-free)", "pruned (training-free)", "merged + re-trained")
+        return {n: {"top1": v} for n, v in zip(names, (teacher, merged, pruned, retrained))}
+
+    history = [{"top1": 0.0}, {"top1": 0.0}]
+    assert [f["holds"] for f in findings(stages(90, 70, 60, 88), history)] == [True, True, True]
+    assert [f["holds"] for f in findings(stages(90, 70, 75, 72), history)] == [True, False, False]
+    no_loss = findings(stages(90, 91, 85, 91), history)
+    assert not no_loss[0]["holds"] and "no loss to recover" in no_loss[2]["text"]

@@ -690,13 +690,17 @@ def _train(config: TrainConfig, resume: Optional[str], rank: int, world: int, lo
     partial = {"loss_sum": 0.0, "loss_count": 0, "images": 0, "seconds": 0.0}
     _seed_all(config.seed + rank)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None:
-            ema.module.load_state_dict(ckpt["model_ema"])
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["lr_scheduler"])
+            if ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            if ema is not None:
+                ema.module.load_state_dict(ckpt["model_ema"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TrainError(f"cannot resume from {resume_path}: {first}") from None
         start_epoch, start_batch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
         global_step = int(ckpt["global_step"])
         best_top1, best_epoch = float(ckpt["best_top1"]), int(ckpt["best_epoch"])

@@ -9,7 +9,7 @@ DESCRIPTION = """\
 Train a small Vim (vim_digits_patch4_32) from scratch on the embedded digits, evaluate it, merge tokens
 without training (and prune the same tokens for contrast), re-train the merged model for a few epochs with
 distillation from the unmerged teacher, and write report.md, report.json, demo.png and the checkpoints into
---out. About 5 minutes on 2 CPU cores; --quick is a smoke test (numbers meaningless).
+--out. About 5 minutes on 2 CPU cores; --quick (one epoch each, ~2 minutes) is a smoke test.
 
 examples:
   rmeeto demo
