@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
+import torch.nn as nn
 
 import rmeeto
 from rmeeto.fast import accelerate
 from rmeeto.merge import MergeConfig
+from rmeeto.train import DistillationLoss
 
 __all__ = ["bench_inference", "bench_train_step", "DTYPES"]
 
@@ -62,6 +63,27 @@ def _time(fn, inputs, warmup: int, repeats: int, device: torch.device) -> Timing
     return Timing(times)
 
 
+def _measure(fn, inputs, warmup: int, repeats: int, device: torch.device, **fields) -> dict:
+    """Time ``fn`` over ``inputs`` and return the common result fields (plus ``fields``)."""
+    from rmeeto.ops.selective_scan import resolve_backend
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    timing = _time(fn, inputs, warmup, repeats, device)
+    fields["backend"] = resolve_backend(fields.get("backend", "auto"), device)
+    return {
+        **fields,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "repeats": repeats,
+        "ms_median": timing.median,
+        "ms_p10": timing.pct(0.1),
+        "ms_p90": timing.pct(0.9),
+        "images_per_s": fields["batch_size"] / timing.median * 1e3,
+        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan"),
+    }
+
+
 def _build(model_name: str, merge_config: Optional[MergeConfig], device, img_size=None, **overrides):
     kw = dict(overrides)
     if img_size is not None:
@@ -98,30 +120,12 @@ def bench_inference(
     c, h, w = model.pretrained_cfg.input_size if img_size is None else (3, img_size, img_size)
     inputs = [torch.randn(batch_size, c, h, w, device=device).to(tdtype) for _ in range(num_input_buffers)]
     fn = accelerate(model, mode)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    timing = _time(fn, inputs, warmup, repeats, device)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    from rmeeto.ops.selective_scan import resolve_backend
-
-    result = {
-        "model": model_name,
-        "merge": None if merge_config is None else merge_config.to_dict(),
-        "batch_size": batch_size,
-        "img_size": h,
-        "dtype": dtype,
-        "mode": mode if mode != "auto" else ("cudagraph" if device.type == "cuda" else "eager"),
-        "backend": resolve_backend(backend, device),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "repeats": repeats,
-        "ms_median": timing.median,
-        "ms_p10": timing.pct(0.1),
-        "ms_p90": timing.pct(0.9),
-        "images_per_s": batch_size / timing.median * 1e3,
-        "peak_mem_mb": peak,
-    }
-    return result
+    return _measure(
+        fn, inputs, warmup, repeats, device, model=model_name,
+        merge=None if merge_config is None else merge_config.to_dict(), batch_size=batch_size, img_size=h,
+        dtype=dtype, mode=mode if mode != "auto" else ("cudagraph" if device.type == "cuda" else "eager"),
+        backend=backend,
+    )
 
 
 def bench_train_step(
@@ -158,41 +162,23 @@ def bench_train_step(
     ]
     tdtype = DTYPES[dtype]
     amp = tdtype != torch.float32
+    criterion = DistillationLoss(nn.CrossEntropyLoss(), alpha)  # the re-training loss (CE + alpha * KL)
 
     def step(batch):
         x, y = batch
         with torch.autocast(device.type, dtype=tdtype, enabled=amp):
             logits = student(x)
-            loss = F.cross_entropy(logits.float(), y)
+            t_logits = None
             if teacher_model is not None:
                 with torch.no_grad():
                     t_logits = teacher_model(x)
-                kd = F.kl_div(F.log_softmax(logits.float(), -1), F.log_softmax(t_logits.float(), -1),
-                              reduction="batchmean", log_target=True)
-                loss = loss + alpha * kd
+            loss, _ = criterion(logits, y, t_logits)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    timing = _time(step, batches, warmup, repeats, device)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    from rmeeto.ops.selective_scan import resolve_backend
-
-    return {
-        "model": model_name,
-        "merge": None if merge_config is None else merge_config.to_dict(),
-        "batch_size": batch_size,
-        "dtype": dtype,
-        "teacher": teacher,
-        "backend": resolve_backend(backend, device),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "repeats": repeats,
-        "ms_median": timing.median,
-        "ms_p10": timing.pct(0.1),
-        "ms_p90": timing.pct(0.9),
-        "images_per_s": batch_size / timing.median * 1e3,
-        "peak_mem_mb": peak,
-    }
+    return _measure(
+        step, batches, warmup, repeats, device, model=model_name,
+        merge=None if merge_config is None else merge_config.to_dict(), batch_size=batch_size, dtype=dtype,
+        teacher=teacher, backend=backend,
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
+from rmeeto.cli._types import positive_int
 from rmeeto.merge import DISTANCES, METRICS, REDUCES, MergeConfig
 
 __all__ = ["add_merge_arguments", "merge_config_from_args", "parse_num_merged", "MERGE_FLAG_DESTS"]
@@ -49,16 +50,6 @@ def parse_num_merged(text: str):
     if any(v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"token counts must be >= 0, got {text!r}")
     return values[0] if len(values) == 1 and "," not in text else tuple(values)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
 
 
 def _choose(text: str) -> int:
@@ -101,7 +92,7 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     g.add_argument("-r", "--num-merged", dest="num_merged", type=parse_num_merged, default=None, metavar="N",
                    help="tokens merged at each merging layer: one integer, or a comma-separated list with one "
                         "entry per merging layer")
-    g.add_argument("--interval", type=_positive_int, default=None, metavar="K",
+    g.add_argument("--interval", type=positive_int, default=None, metavar="K",
                    help="merge every K-th layer (default 2: layers 2, 4, ..., 22)")
     g.add_argument("--odd", action="store_const", const=True, default=None,
                    help="merge at layers i with (i + 1) %% K == 0 (1, 3, ..., 23) instead of i %% K == 0")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rmeeto.cli._types import positive_int
+
 HELP = "end-to-end demo on the embedded digits: train, merge, prune, re-train, report"
 DESCRIPTION = """\
 Train a small Vim (vim_digits_patch4_32) from scratch on the embedded digits, evaluate it, merge tokens
@@ -18,23 +20,13 @@ examples:
 """
 
 
-def _pos_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out/demo", metavar="DIR", help="output folder (default out/demo)")
     parser.add_argument("--quick", action="store_true", help="1 epoch each: a smoke test, not a result")
-    parser.add_argument("-r", "--num-merged", type=_pos_int, default=None, metavar="N",
+    parser.add_argument("-r", "--num-merged", type=positive_int, default=None, metavar="N",
                         help="tokens merged at each even layer (default 8: 65 -> 25 tokens)")
-    parser.add_argument("--teacher-epochs", type=_pos_int, default=None)
-    parser.add_argument("--retrain-epochs", type=_pos_int, default=None)
+    parser.add_argument("--teacher-epochs", type=positive_int, default=None)
+    parser.add_argument("--retrain-epochs", type=positive_int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 

@@ -7,6 +7,7 @@ import dataclasses
 import sys
 
 from rmeeto.cli import CLIError
+from rmeeto.cli._types import nonneg_float, nonneg_int, positive_int, unit_float
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
 
 HELP = "re-train a merging model with distillation from the unmerged one (R-MeeTo), or train from scratch"
@@ -30,43 +31,6 @@ examples:
   rmeeto retrain --out runs/vim_s_r11 --resume auto ...same flags...
   rmeeto retrain --model vim_digits_patch4_32 --from-scratch --alpha 0 --epochs 10 --out runs/digits_teacher
 """
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _pos_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    value = _nonneg_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
 
 
 def _optional_str(text: str):
@@ -103,16 +67,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_merge_arguments(parser)
 
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=_pos_int, default=None)
-    g.add_argument("-b", "--batch-size", type=_pos_int, default=None, help="per process (default 128)")
-    g.add_argument("--accum-steps", type=_pos_int, default=None,
+    g.add_argument("--epochs", type=positive_int, default=None)
+    g.add_argument("-b", "--batch-size", type=positive_int, default=None, help="per process (default 128)")
+    g.add_argument("--accum-steps", type=positive_int, default=None,
                    help="micro-batches per optimizer step (real gradient accumulation; default 1)")
-    g.add_argument("--lr", type=_nonneg_float, default=None,
+    g.add_argument("--lr", type=nonneg_float, default=None,
                    help="base lr per 512 images, scaled by the global batch (default 2e-5)")
-    g.add_argument("--min-lr", type=_nonneg_float, default=None, help="cosine floor, not scaled (default 1e-6)")
-    g.add_argument("--warmup-epochs", type=_nonneg_float, default=None, help="linear warmup (default 0)")
-    g.add_argument("--warmup-lr", type=_nonneg_float, default=None)
-    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=_nonneg_float, default=None,
+    g.add_argument("--min-lr", type=nonneg_float, default=None, help="cosine floor, not scaled (default 1e-6)")
+    g.add_argument("--warmup-epochs", type=nonneg_float, default=None, help="linear warmup (default 0)")
+    g.add_argument("--warmup-lr", type=nonneg_float, default=None)
+    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=nonneg_float, default=None,
                    help="AdamW weight decay (default 0.05)")
     g.add_argument("--wd-exempt", dest="wd_exempt", action=argparse.BooleanOptionalAction, default=None,
                    help="exempt norms, biases, A_log, D, pos_embed and cls_token from weight decay "
@@ -120,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-decay-exempt", dest="wd_exempt", action="store_const", const=False,
                    help="alias of --no-wd-exempt")
     g.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="max grad norm (default off)")
-    g.add_argument("--drop-path", type=_unit_float, default=None, help="student stochastic depth (default 0.1)")
+    g.add_argument("--drop-path", type=unit_float, default=None, help="student stochastic depth (default 0.1)")
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                    help="keep an EMA of the weights, evaluated and used for best.pth")
     g.add_argument("--ema-decay", type=float, default=None)
@@ -128,18 +92,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("loss and augmentation")
     g.add_argument("--alpha", type=float, default=None,
                    help="weight of KL(teacher || student) (default 0.5; 0 = no teacher)")
-    g.add_argument("--smoothing", type=_unit_float, default=None, help="label smoothing (default 0.1)")
+    g.add_argument("--smoothing", type=unit_float, default=None, help="label smoothing (default 0.1)")
     g.add_argument("--train-aug", action=argparse.BooleanOptionalAction, default=None,
                    help="random resized crop + flip for training images (default on)")
     g.add_argument("--auto-augment", "--aa", dest="auto_augment", type=_optional_str, default=None,
                    help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 ('none' = off)")
-    g.add_argument("--reprob", type=_unit_float, default=None, help="random erasing probability")
-    g.add_argument("--mixup", type=_nonneg_float, default=None, help="mixup alpha (0 = off)")
-    g.add_argument("--cutmix", type=_nonneg_float, default=None, help="cutmix alpha (0 = off)")
-    g.add_argument("--mixup-prob", type=_unit_float, default=None)
-    g.add_argument("--mixup-switch-prob", type=_unit_float, default=None)
+    g.add_argument("--reprob", type=unit_float, default=None, help="random erasing probability")
+    g.add_argument("--mixup", type=nonneg_float, default=None, help="mixup alpha (0 = off)")
+    g.add_argument("--cutmix", type=nonneg_float, default=None, help="cutmix alpha (0 = off)")
+    g.add_argument("--mixup-prob", type=unit_float, default=None)
+    g.add_argument("--mixup-switch-prob", type=unit_float, default=None)
     g.add_argument("--mixup-mode", choices=MIXUP_MODES, default=None)
-    g.add_argument("--repeated-aug", type=_pos_int, default=None,
+    g.add_argument("--repeated-aug", type=positive_int, default=None,
                    help="repeats of each image per epoch (repeated augmentation; 1 = off, paper 3)")
 
     g = parser.add_argument_group("runtime")
@@ -147,13 +111,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="precision: auto = bf16 on CUDA, fp32 on CPU; fp16 uses a GradScaler (CUDA only)")
     g.add_argument("--device", default=None, help="auto (default), cpu, cuda")
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("-j", "--workers", type=_nonneg_int, default=None, help="data loader workers per process")
-    g.add_argument("--eval-batch-size", type=_pos_int, default=None)
+    g.add_argument("-j", "--workers", type=nonneg_int, default=None, help="data loader workers per process")
+    g.add_argument("--eval-batch-size", type=positive_int, default=None)
     g.add_argument("--out", default=None, metavar="DIR",
                    help="output folder for last.pth, best.pth, log.jsonl (default: write nothing)")
     g.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue a run: 'auto' = DIR/last.pth of --out if it exists, or a checkpoint path")
-    g.add_argument("--save-every-steps", type=_nonneg_int, default=None, metavar="N",
+    g.add_argument("--save-every-steps", type=nonneg_int, default=None, metavar="N",
                    help="also write last.pth every N optimizer steps (default 0 = only at epoch ends)")
     g.add_argument("--tensorboard", action="store_const", const=True, default=None,
                    help="write TensorBoard scalars to DIR/tensorboard (needs the tensorboard package)")
