@@ -17,11 +17,14 @@ from rmeeto.cli import main
 def test_models_table(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["name", "params", "tokens", "input", "description"]
+    assert lines[0].split() == ["name", "params", "tokens", "input", "GFLOPs", "GFLOPs_paper_merge", "description"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert "25,796,584" in rows["vim_small_patch16_224"] and " 197 " in rows["vim_small_patch16_224"]
     assert "3x224x224" in rows["vim_small_patch16_224"] and "Vim-S" in rows["vim_small_patch16_224"]
     assert "7,148,008" in rows["vim_tiny_patch16_224"] and "97,598,440" in rows["vim_base_patch16_224"]
+    # paper-formula GFLOPs, unmerged then with the paper merge preset
+    assert " 5.077 " in rows["vim_small_patch16_224"] and " 3.585 " in rows["vim_small_patch16_224"]
+    assert " 1.449 " in rows["vim_tiny_patch16_224"] and " 1.285 " in rows["vim_tiny_patch16_224"]
 
 
 def test_models_json_and_pattern(capsys):

@@ -11,7 +11,8 @@ from rmeeto.cli import CLIError
 HELP = "list the registered models (parameters, tokens, input size)"
 DESCRIPTION = """\
 List the registered models with their exact parameter count, the number of tokens the first layer sees
-(patches + class token), the input size (channels x height x width) and a description. PATTERN selects
+(patches + class token), the input size (channels x height x width), GFLOPs by the paper's formula unmerged
+and with the paper's merge preset (GFLOPs_paper_merge; 'rmeeto flops' adds the true count) and a description. PATTERN selects
 models by shell-style wildcard (a plain word matches as a substring).
 
 examples:
@@ -38,8 +39,18 @@ COLUMNS: tuple[Column, ...] = (
     Column("params", lambda model, cfg: sum(p.numel() for p in model.parameters()), "{:,}".format, ">"),
     Column("tokens", lambda model, cfg: model.num_tokens, str, ">"),
     Column("input", lambda model, cfg: list(cfg.input_size), lambda v: "x".join(map(str, v)), ">"),
+    Column("GFLOPs", lambda model, cfg: round(_paper_gflops(cfg.name, False), 3), "{:.3f}".format, ">"),
+    Column("GFLOPs_paper_merge", lambda model, cfg: round(_paper_gflops(cfg.name, True), 3), "{:.3f}".format, ">"),
     Column("description", lambda model, cfg: cfg.description),
 )
+
+
+def _paper_gflops(name: str, merged: bool) -> float:
+    """Paper-formula GFLOPs, unmerged or with the paper merge preset (see ``rmeeto flops`` for the true count)."""
+    from rmeeto.flops import paper_flops
+    from rmeeto.merge import MergeConfig
+
+    return paper_flops(name, MergeConfig.paper(name) if merged else None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
