@@ -74,7 +74,7 @@ def test_chunked_gradients_match_reference(length, reverse, dtype):
         return [t.grad for t in leaves]
 
     g_ref = grads(selective_scan_ref)
-    g_chk = grads(lambda *a, **k: selective_scan_chunked(*a, **k, chunk_size=8))
+    g_chk = grads(lambda *a, **k: selective_scan_chunked(*a, **k, chunk_size=8))  # chunk boundaries inside
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     for name, a, b in zip(["u", "delta", "A", "B", "C", "D", "z", "delta_bias"], g_chk, g_ref):
         assert a is not None and b is not None, name

@@ -124,37 +124,115 @@ def _auto_chunk(batch: int, dim: int, dstate: int) -> int:
     return chunk
 
 
+def _discretise(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, sl: slice) -> tuple[Tensor, Tensor]:
+    """dA = exp(dt * A) and dBu = dt * u * B for the time steps ``sl``, time-major: [T, batch, dim, dstate]."""
+    dt_t = dt[..., sl].permute(2, 0, 1).unsqueeze(-1)
+    dA = torch.exp(dt_t * A)
+    dBu = (dt_t * u[..., sl].permute(2, 0, 1).unsqueeze(-1)) * B[..., sl].permute(2, 0, 1).unsqueeze(2)
+    return dA, dBu
+
+
+def _scan_steps(dA: Tensor, dBu: Tensor, h: Tensor, out: Tensor) -> Tensor:
+    """h[t] = dA[t] * h[t-1] + dBu[t], written into ``out`` [T, b, d, n]: one fused op per step. Returns h[T-1]."""
+    for t in range(dA.shape[0]):
+        h = torch.addcmul(dBu[t], dA[t], h, out=out[t])
+    return h
+
+
+def _contract_C(H: Tensor, C: Tensor) -> Tensor:
+    """y[b, d, t] = sum_n H[t, b, d, n] C[b, n, t]; H time-major [T, b, d, n], C [b, n, T]."""
+    return (H * C.permute(2, 0, 1).unsqueeze(2)).sum(-1).permute(1, 2, 0)
+
+
+class _ScanCore(torch.autograd.Function):
+    """y[b, d, t] = sum_n C[b, n, t] h[t, b, d, n] with the recurrence of :func:`_scan_steps`, float32.
+
+    Inputs u, dt [batch, dim, L] (dt already discretised), A [dim, n], B, C [batch, n, L]. The backward runs the
+    adjoint recurrence dh[t] = C[t] dy[t] + dA[t+1] * dh[t+1] (again one fused op per step). Both directions
+    work in cache-sized time chunks (the full-length tensors are memory-bound on a CPU); only dA and the
+    states are kept between them (2 * L * batch * dim * dstate floats).
+    """
+
+    @staticmethod
+    def forward(ctx, u, dt, A, B, C, chunk):
+        batch, dim, length = u.shape
+        dA_all = u.new_empty(length, batch, dim, A.shape[1])
+        H = torch.empty_like(dA_all)
+        h = u.new_zeros(batch, dim, A.shape[1])
+        for start in range(0, length, chunk):
+            sl = slice(start, start + chunk)
+            dA, dBu = _discretise(u, dt, A, B, sl)
+            dA_all[sl] = dA
+            h = _scan_steps(dA, dBu, h, H[sl])
+        ctx.save_for_backward(u, dt, A, B, C, dA_all, H)
+        ctx.chunk = chunk
+        return _contract_C(H, C)
+
+    @staticmethod
+    def backward(ctx, dy):
+        u, dt, A, B, C, dA_all, H = ctx.saved_tensors
+        length = u.shape[-1]
+        chunk = ctx.chunk
+        du, ddt, dB, dC = torch.empty_like(u), torch.empty_like(dt), torch.empty_like(B), torch.empty_like(C)
+        dA_param = torch.zeros_like(A)
+        g = torch.zeros_like(H[0])  # adjoint state dL/dh entering from the future
+        dA_next = torch.zeros_like(H[0])  # dA of the step after the chunk (none after the last)
+        starts = list(range(0, length, chunk))
+        for start in reversed(starts):
+            sl = slice(start, min(start + chunk, length))
+            T = sl.stop - start
+            dy_t = dy[..., sl].permute(2, 0, 1).unsqueeze(-1)  # [T, b, d, 1]
+            G = dy_t * C[..., sl].permute(2, 0, 1).unsqueeze(2)  # [T, b, d, n]
+            dA = dA_all[sl]
+            for t in range(T - 1, -1, -1):
+                g = torch.addcmul(G[t], dA[t + 1] if t + 1 < T else dA_next, g, out=G[t])  # G becomes dH
+            dA_next = dA[0]
+            dH = G
+            H_prev = H[start - 1 : sl.stop - 1] if start > 0 else torch.cat([torch.zeros_like(H[:1]), H[: T - 1]])
+            dlog = dH * H_prev * dA  # gradient w.r.t. dt * A
+            dt_t, u_t = dt[..., sl].permute(2, 0, 1).unsqueeze(-1), u[..., sl].permute(2, 0, 1).unsqueeze(-1)
+            dHB = (dH * B[..., sl].permute(2, 0, 1).unsqueeze(2)).sum(-1, keepdim=True)  # [T, b, d, 1]
+            ddt[..., sl] = ((dlog * A).sum(-1, keepdim=True) + dHB * u_t).squeeze(-1).permute(1, 2, 0)
+            du[..., sl] = (dHB * dt_t).squeeze(-1).permute(1, 2, 0)
+            dA_param += (dlog * dt_t).sum((0, 1))
+            dB[..., sl] = (dH * (dt_t * u_t)).sum(2).permute(1, 2, 0)
+            dC[..., sl] = (H[sl] * dy_t).sum(2).permute(1, 2, 0)
+        return du, ddt, dA_param, dB, dC, None
+
+
+def _scan_core_nograd(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> Tensor:
+    """Inference version of :class:`_ScanCore`: time chunks sized for the cache, nothing kept."""
+    batch, dim, length = u.shape
+    h = u.new_zeros(batch, dim, A.shape[1])
+    buf = u.new_empty(min(chunk_size, max(length, 1)), batch, dim, A.shape[1])
+    ys = []
+    for start in range(0, length, chunk_size):
+        sl = slice(start, start + chunk_size)
+        dA, dBu = _discretise(u, dt, A, B, sl)
+        H = buf[: dA.shape[0]]
+        h = _scan_steps(dA, dBu, h, H)
+        ys.append(_contract_C(H, C[..., sl]))
+    return torch.cat(ys, dim=-1) if ys else u.new_zeros(batch, dim, 0)
+
+
 def selective_scan_chunked(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False, chunk_size=None
 ):
-    """Chunked scan: the elementwise work of ``chunk_size`` steps is done in a few large ops, leaving one fused
-    multiply-add (``h = dA[t] * h + dBu[t]``) and one small matmul (``C[t] . h``) per step.
-
-    Time-major layout ``[length, batch, dim, dstate]`` makes each step's slice contiguous, and ``unbind``
-    gives autograd one node per chunk instead of one slice-gradient per step. Chunking bounds the memory of
-    the discretised ``dA``/``dBu`` to ``chunk_size * batch * dim * dstate`` floats. Exact (same arithmetic as
-    the reference, different op order), differentiable, and the default on CPU.
+    """Vectorised scan (the default off-GPU): all elementwise work is done in a few large time-major ops
+    ([length, batch, dim, dstate]), leaving ONE fused multiply-add per step (``h = dA[t] * h + dBu[t]``) and
+    one per step of the hand-written backward. Without gradients, time is processed in cache-sized chunks and
+    nothing is kept; with gradients the states are kept for the backward (L * batch * dim * dstate floats).
+    Exact (the reference's arithmetic in another order), differentiable in every input.
     """
     if reverse:
         u, delta, B, C, z = _flip_time(u, delta, B, C, z)
     out_dtype = u.dtype
     uf, dt, Af, Bf, Cf = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    batch, dim, length = uf.shape
-    dt_t = dt.permute(2, 0, 1).unsqueeze(-1)  # [L, b, d, 1]
-    dtu_t = dt_t * uf.permute(2, 0, 1).unsqueeze(-1)  # [L, b, d, 1]
-    B_t = Bf.permute(2, 0, 1).unsqueeze(2)  # [L, b, 1, n]
-    C_t = Cf.permute(2, 0, 1).unsqueeze(-1)  # [L, b, n, 1]
-    h = uf.new_zeros(batch, dim, Af.shape[1])
-    chunk_size = chunk_size or _auto_chunk(batch, dim, Af.shape[1])
-    ys = []
-    for start in range(0, length, chunk_size):
-        sl = slice(start, start + chunk_size)
-        dA = torch.exp(dt_t[sl] * Af)  # [T, b, d, n]
-        dBu = dtu_t[sl] * B_t[sl]  # [T, b, d, n]
-        for a_t, b_t, c_t in zip(dA.unbind(0), dBu.unbind(0), C_t[sl].unbind(0)):
-            h = torch.addcmul(b_t, a_t, h)
-            ys.append(torch.bmm(h, c_t))  # [b, d, 1]
-    y = torch.cat(ys, dim=-1) if ys else uf.new_zeros(batch, dim, 0)
+    chunk_size = chunk_size or _auto_chunk(uf.shape[0], uf.shape[1], Af.shape[1])
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (uf, dt, Af, Bf, Cf)):
+        y = _ScanCore.apply(uf, dt, Af, Bf, Cf, chunk_size)
+    else:
+        y = _scan_core_nograd(uf, dt, Af, Bf, Cf, chunk_size)
     out = _finish(y, u, D, z, out_dtype)
     return out.flip(-1) if reverse else out
 
