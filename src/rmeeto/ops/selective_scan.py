@@ -141,7 +141,7 @@ def _scan_steps(dA: Tensor, dBu: Tensor, h: Tensor, out: Tensor) -> Tensor:
 
 def _contract_C(H: Tensor, C: Tensor) -> Tensor:
     """y[b, d, t] = sum_n H[t, b, d, n] C[b, n, t]; H time-major [T, b, d, n], C [b, n, T]."""
-    return (H * C.permute(2, 0, 1).unsqueeze(2)).sum(-1).permute(1, 2, 0)
+    return torch.matmul(H, C.permute(2, 0, 1).unsqueeze(-1)).squeeze(-1).permute(1, 2, 0)  # batched mat-vec
 
 
 class _ScanCore(torch.autograd.Function):
