@@ -34,11 +34,12 @@ def make(batch, dim, length, n, dtype, layout):
         B, C = Bm.transpose(1, 2), Cm.transpose(1, 2)
         delta = (rn(batch, length, dim) * 0.5 - 2).to(dtype).transpose(1, 2)
         z = rn(batch, length, 2 * dim).to(dtype).transpose(1, 2).chunk(2, dim=1)[1]
+        u = rn(batch, length, dim).to(dtype).transpose(1, 2)  # the conv's channels-last output
     else:
         B, C = rn(batch, n, length).to(dtype), rn(batch, n, length).to(dtype)
         delta = (rn(batch, dim, length) * 0.5 - 2).to(dtype)
         z = rn(batch, dim, length).to(dtype)
-    u = rn(batch, dim, length).to(dtype)
+        u = rn(batch, dim, length).to(dtype)
     return [u, delta, A, B, C, D, z, bias]
 
 
@@ -90,13 +91,15 @@ def main():
     print(f"  full-size check: ||triton - chunked|| / ||chunked|| = {err:.2e}")
     del o_t, o_c
 
-    # ---- config sweep
+    # ---- config sweep, on the layout the model hands the kernels (channels-last views)
+    inputs_vim = make(b, d, L, n, dtype, "vim")
+    gout_vim = torch.randn(b, L, d, device="cuda").to(dtype).transpose(1, 2)
     if not args.no_sweep:
         best = None
         for cfg in triton_scan.CANDIDATE_FWD:
             triton_scan.FWD_CONFIG = dict(cfg)
             try:
-                t = bench(fwd_fn(triton_scan.selective_scan_triton, inputs))
+                t = bench(fwd_fn(triton_scan.selective_scan_triton, inputs_vim))
             except Exception as e:  # e.g. out of resources
                 print(f"  fwd config {cfg}: failed ({type(e).__name__}: {str(e)[:100]})")
                 continue
@@ -106,11 +109,10 @@ def main():
         triton_scan.FWD_CONFIG = dict(best[1])
         results["fwd_best_config"] = best
 
-        gout = torch.randn(b, d, L, device="cuda").to(dtype)
         best = None
         for cfg in triton_scan.CANDIDATE_BWD:
             triton_scan.BWD_CONFIG = dict(cfg)
-            f = lambda: torch.ops.rmeeto.selective_scan_bwd(gout, *inputs, True, False)  # noqa: E731
+            f = lambda: torch.ops.rmeeto.selective_scan_bwd(gout_vim, *inputs_vim, True, False)  # noqa: E731
             try:
                 t = bench(f)
             except Exception as e:
@@ -130,13 +132,14 @@ def main():
     if not args.skip_slow:
         backends.append(("reference", selective_scan_ref, True))
     for layout in ("contig", "vim"):
-        ins = inputs if layout == "contig" else make(b, d, L, n, dtype, "vim")
+        ins = inputs if layout == "contig" else inputs_vim
+        go = gout if layout == "contig" else gout_vim
         for name, scan, slow in backends:
             if layout == "vim" and name != "triton":
                 continue
             leaves = [t.detach().requires_grad_() for t in ins]  # keeps the (strided) layout
             t_f = bench(fwd_fn(scan, ins), slow=slow)
-            t_fb = bench(fwdbwd_fn(scan, leaves, gout), slow=slow, grad_to_none=leaves)
+            t_fb = bench(fwdbwd_fn(scan, leaves, go), slow=slow, grad_to_none=leaves)
             rows.append((f"{name} ({layout})", t_f, t_fb))
             torch.cuda.empty_cache()
     tr = rows[0]

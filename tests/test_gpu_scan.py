@@ -129,25 +129,32 @@ def test_dstate_not_power_of_two(dstate):
     check(inputs, sp, dstate % 2 == 1, TOL[torch.float32])
 
 
+@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_vim_layout_strided_views(reverse):
-    """The layout Vim's mixer hands the scan: delta and z channel-last views, B and C from a split of one
-    [batch, length, r + 2n] projection, transposed (non-contiguous); nothing is copied."""
+def test_vim_layout_strided_views(reverse, dtype, pack, monkeypatch):
+    """The layout Vim's mixer hands the scan: u, delta and z channel-last views, B and C from a split of one
+    [batch, length, r + 2n] projection, transposed (non-contiguous); nothing is copied. B and C are read as
+    32-bit pairs (pack) or one element at a time; outputs and gradients come back channels-last."""
+    monkeypatch.setattr(triton_scan, "_PACK_BC", pack)
     batch, dim, length, n, r = 2, 48, 197, 16, 24
     g = torch.Generator(device=DEV).manual_seed(3)
-    dtype = torch.bfloat16
     x_dbl = torch.randn(batch, length, r + 2 * n, generator=g, device=DEV).to(dtype)
     _, Bm, Cm = x_dbl.split([r, n, n], dim=-1)
     xz = torch.randn(batch, length, 2 * dim, generator=g, device=DEV).to(dtype).transpose(1, 2)
     z = xz.chunk(2, dim=1)[1]
     delta = (torch.randn(batch, length, dim, generator=g, device=DEV) * 0.5 - 2).to(dtype).transpose(1, 2)
-    u = torch.randn(batch, dim, length, generator=g, device=DEV).to(dtype)
+    u = torch.randn(batch, length, dim, generator=g, device=DEV).to(dtype).transpose(1, 2)
     A = -torch.arange(1, n + 1, device=DEV, dtype=torch.float32).repeat(dim, 1)
     D = torch.randn(dim, generator=g, device=DEV)
     bias = torch.randn(dim, generator=g, device=DEV) * 0.5 - 0.5
     B, C = Bm.transpose(1, 2), Cm.transpose(1, 2)
     assert not B.is_contiguous() and not delta.is_contiguous() and not z.is_contiguous()
+    assert triton_scan._packable(B, C) == pack
     check([u, delta, A, B, C, D, z, bias], True, reverse, TOL[dtype])
+    with torch.no_grad():
+        out = triton_scan.selective_scan_triton(u, delta, A, B, C, D, z, bias, delta_softplus=True)
+    assert out.transpose(1, 2).is_contiguous()  # channels-last, like u
 
 
 def test_noncontiguous_grad_output():

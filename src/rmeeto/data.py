@@ -378,10 +378,11 @@ def build_dataset(
     std: Sequence[float] = IMAGENET_STD,
     train_aug: bool = False,
     crop_pct: float = 0.875,
+    num_classes: int = 1000,
 ) -> Dataset:
     """The dataset ``name_or_path`` at ``split`` ("train" or "val").
 
-    "synthetic" is :class:`SyntheticDataset` (random tensors, 1000 classes, for benchmarks). "digits" is the embedded set (:class:`DigitsDataset`; ``train_aug`` adds random shifts). A path is an image
+    "synthetic" is :class:`SyntheticDataset` (random tensors, ``num_classes`` classes, for benchmarks). "digits" is the embedded set (:class:`DigitsDataset`; ``train_aug`` adds random shifts). A path is an image
     folder: ``<path>/<split>/<class>/<image>``, or ``<path>/<class>/<image>`` when it has no train/val
     subfolders; ``train_aug`` selects :func:`train_transform`, otherwise :func:`eval_transform`."""
     if split not in SPLITS:
@@ -389,7 +390,7 @@ def build_dataset(
     if str(name_or_path) == "digits":
         return DigitsDataset(split, img_size, mean, std, augment=train_aug)
     if str(name_or_path) == "synthetic":
-        return SyntheticDataset(split, img_size)
+        return SyntheticDataset(split, img_size, num_classes=num_classes)
     folder = _split_folder(Path(name_or_path), split)
     transform = train_transform(img_size, mean, std) if train_aug else eval_transform(img_size, mean, std, crop_pct)
     return ImageFolderDataset(folder, transform)

@@ -22,6 +22,7 @@ Differences from the official release (documented in the README):
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple, Optional, Sequence, Union
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from rmeeto.models.vim import Block, TokenState, VisionMamba
+from rmeeto.ops import merge_triton
 
 Tensor = torch.Tensor
 
@@ -171,14 +173,17 @@ def plan_cls_index(cls_index: int, num_tokens: int, num_merged: int, ordered: bo
     """New class-token index after removing ``num_merged`` of ``num_tokens`` tokens (class token included).
 
     Ordered: floor(cls * (L - r) / L). Unordered: the class token is re-inserted inside the block of kept
-    tokens at floor(cls * (t1 - r) / t1), t1 = ceil((L - 1) / 2) the size of the source set (official formulas).
+    tokens at floor(cls * (t1 - r) / t1), t1 = ceil((L - 1) / 2) the size of the source set (official formulas),
+    at most t1 - r (the end of that block).
     """
     if num_merged <= 0:
         return cls_index
     if ordered:
         return (cls_index * (num_tokens - num_merged)) // num_tokens
     t1 = math.ceil((num_tokens - 1) / 2)
-    return (cls_index * (t1 - num_merged)) // t1
+    # clamped to the kept-source block: inserting past its end puts the token at its end (the official
+    # concatenation does the same), so a class token late in the sequence would otherwise be mis-tracked
+    return min((cls_index * (t1 - num_merged)) // t1, t1 - num_merged)
 
 
 def merge_schedule(config: MergeConfig, num_tokens: int, depth: int, cls_index: Optional[int] = None):
@@ -244,19 +249,27 @@ def bipartite_match(
     distance: str = "cosine",
     choose: int = 1,
     ordered: bool = True,
+    with_order: bool = True,
 ) -> MergePlan:
     """Match tokens of ``metric`` [batch, L, c] (class token at ``cls_index``) and pick ``num_merged`` to merge.
 
     Sources are the even class-free indices, destinations the odd ones; each source's partner is its best
     (or ``choose``-th best) destination; the ``num_merged`` sources with the highest partner scores merge.
+    ``with_order=False`` skips the permutation only :func:`merge_tokens` needs (the fused merge does not).
     """
     L = metric.shape[1]
     r = max(0, min(num_merged, (L - 1) // 2))
-    m = _drop_cls(metric, cls_index).float()
-    m = m / m.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    a, b = m[:, ::2], m[:, 1::2]
+    # sources / destinations straight from the metric (no class-free copy): class-free position q is token
+    # q + (q >= cls_index)
+    q = torch.arange(L - 1, device=metric.device)
+    tok = q + (q >= cls_index).long()
+    a, b = metric.index_select(1, tok[0::2]), metric.index_select(1, tok[1::2])
+    a = a.float() / torch.linalg.vector_norm(a, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
+    b = b.float() / torch.linalg.vector_norm(b, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
     if distance == "cosine":
-        scores = a @ b.transpose(1, 2)
+        # normalised in float32, multiplied in the metric's dtype (the official code runs this matmul under
+        # autocast, i.e. in fp16 / bf16 on GPU); float32 metrics stay float32
+        scores = (a.to(metric.dtype) @ b.to(metric.dtype).transpose(1, 2)).float()
     elif distance in ("l1", "l2"):
         scores = -torch.cdist(a, b, p=1.0 if distance == "l1" else 2.0)
     else:
@@ -271,7 +284,7 @@ def bipartite_match(
     unm_idx, src_idx = edge_idx[:, r:], edge_idx[:, :r]
     dst_idx = node_idx[..., None].gather(dim=1, index=src_idx)
     order = None
-    if ordered:
+    if ordered and with_order:
         # original class-free positions: source j sits at 2j, destination j at 2j + 1
         n_dst = b.shape[1]
         dst_pos = torch.arange(n_dst, device=metric.device).mul_(2).add_(1).expand(metric.shape[0], -1)
@@ -339,6 +352,15 @@ class _LayerMerge:
     prune: bool
 
 
+def _use_fused(hidden: Tensor, cfg: "_LayerMerge") -> bool:
+    """The fused CUDA merge (rmeeto.ops.merge_triton) serves the default merge on CUDA tensors;
+    RMEETO_FUSED_MERGE=0 turns it off (the PyTorch path is then used everywhere)."""
+    return (
+        hidden.is_cuda and cfg.reduce == "sum" and not cfg.prune and merge_triton.is_available()
+        and os.environ.get("RMEETO_FUSED_MERGE", "1") != "0"
+    )
+
+
 class MergingBlock(Block):
     """A :class:`Block` that first merges ``merge.num_merged`` tokens of both streams with one plan.
 
@@ -352,10 +374,17 @@ class MergingBlock(Block):
         cfg = self.merge
         if cfg.num_merged > 0 and residual is not None:
             metric = hidden if cfg.metric == "x" else state.metric
+            fused = _use_fused(hidden, cfg)
             plan = bipartite_match(
-                metric, state.cls_index, cfg.num_merged, distance=cfg.distance, choose=cfg.choose, ordered=cfg.ordered
+                metric, state.cls_index, cfg.num_merged, distance=cfg.distance, choose=cfg.choose,
+                ordered=cfg.ordered, with_order=not fused or state.source is not None,
             )
-            (hidden, residual), size = merge_streams([hidden, residual], state.size, plan, cfg.reduce, cfg.prune)
+            if fused:
+                (hidden, residual), size = merge_triton.merge_streams_fused(
+                    hidden, residual, state.size, plan, cfg.ordered
+                )
+            else:
+                (hidden, residual), size = merge_streams([hidden, residual], state.size, plan, cfg.reduce, cfg.prune)
             source = state.source
             if source is not None:
                 source = merge_tokens(source, plan, "amax", prune=cfg.prune)

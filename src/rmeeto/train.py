@@ -376,10 +376,11 @@ def _build_data(config: TrainConfig, rank: int, world: int, device: torch.device
     mcfg = get_config(config.model)
     img_size = mcfg.arch.get("img_size", 224)
     try:
+        n_cls = mcfg.arch.get("num_classes", 1000)
         train_set = rdata.build_dataset(config.data, "train", img_size=img_size, mean=mcfg.mean, std=mcfg.std,
-                                        train_aug=config.train_aug)
+                                        train_aug=config.train_aug, num_classes=n_cls)
         val_set = rdata.build_dataset(config.data, "val", img_size=img_size, mean=mcfg.mean, std=mcfg.std,
-                                      train_aug=False, crop_pct=mcfg.crop_pct)
+                                      train_aug=False, crop_pct=mcfg.crop_pct, num_classes=n_cls)
     except (OSError, ValueError) as exc:
         raise TrainError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
     if config.train_aug and isinstance(train_set, rdata.ImageFolderDataset):

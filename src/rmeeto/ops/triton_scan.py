@@ -4,33 +4,35 @@ Semantics and shapes are those of :mod:`rmeeto.ops.selective_scan` (see its docs
 
     u, delta, z : [batch, dim, length]  (fp32 / bf16 / fp16, any strides)
     A           : [dim, dstate]         B, C : [batch, dstate, length] (any strides)
-    D, delta_bias : [dim]               out  : [batch, dim, length] in u's dtype, contiguous
+    D, delta_bias : [dim]               out  : [batch, dim, length] in u's dtype, laid out like u
 
 Everything is computed in float32: softplus(delta + delta_bias), the discretisation exp(dt * A) and
 dt * B * u, the recurrence, the C contraction, the D skip term and the SiLU(z) gate are fused in one pass.
 ``reverse=True`` runs the recurrence from the last token to the first by reading memory backwards (no
 flipped copies).
 
-Kernel layout. One program per (batch element, block of BLOCK_D channels) holds the state
-h[BLOCK_D, dstate] and walks over time in chunks of CHUNK tokens. Inside a chunk the recurrence
-h_t = a_t * h_{t-1} + b_t is evaluated as an associative scan over a (CHUNK x BLOCK_D x dstate) register
-tile (the carried-in state is folded into the first element), so every token's state of the chunk is
-available at once: the outputs y_t = C_t . h_t are one reduction over dstate and the tile loads and stores
-are whole blocks. With the default axis order (ORDER=1, time first) Triton keeps the chunk's time steps
-inside each thread, so the scan is a sequential in-register loop (no shuffles, no shared memory); ORDER=0
-spreads time over lanes and warps and is about 2x slower on an H200.
+Kernel layout. One program per (batch element, block of BLOCK_D channels); each thread owns its channel(s)
+and the channel's whole state h[dstate] in registers (as even / odd halves), so the contraction with C and
+every other sum over dstate is a chain of in-thread adds: no shuffles and no shared memory in the forward.
+Time advances in chunks of CHUNK tokens: u, delta and z of a chunk are loaded as one [CHUNK, BLOCK_D] tile
+(the chunk axis also inside each thread), then the chunk's tokens are stepped through one by one in an
+unrolled loop (h = exp2(dt A log2e) h + dt u B; y = C . h). B and C, shared by all channels, are read per
+token as 32-bit pairs when their layout allows (PACK). With Vim's channels-last views every tile load and
+store is coalesced across the warp, and the output (and the gradients) come back channels-last.
 
 Backward (nothing but the inputs is saved by the forward):
-  1. recompute the forward scan, storing h at every chunk start (a [batch, nchunks, dim, dstate] float32
-     scratch buffer; the only temporary that scales with length / CHUNK);
-  2. walk the chunks backwards: recompute the chunk's states h_t from its checkpoint (forward scan), then
-     the adjoint g_t = dL/dh_t = C_t * dy_t + a_{t+1} * g_{t+1} with a reverse scan (carrying g of the
-     next chunk's first token), and from (h_t, g_t) every gradient:
-        w_t    = g_t * (h_t - b_t)            (= g_t * a_t * h_{t-1}, no division, no shifted states)
-        ddt_t  = u_t * sum_n g_t B_t + sum_n w_t A        dA += sum_t dt_t w_t
-        du_t   = dt_t * sum_n g_t B_t + D dy_t           dB_t = sum_d g_t dt_t u_t   dC_t = sum_d dy_t h_t
-     dB and dC (shared by all channels) are written per channel block into a partial buffer and summed
-     afterwards (deterministic, no atomics); dA, dD and d(delta_bias) likewise per batch element.
+  1. recompute the forward, storing h at every chunk start (a [batch, nchunks, dstate, dim] float32 scratch);
+  2. walk the chunks backwards: recompute the chunk's states from its checkpoint (kept in registers), then
+     step back through the chunk with the adjoint g_t = dL/dh_t = C_t dy_t + a_{t+1} g_{t+1}, and from
+     (h_t, g_t) every gradient:
+        w_t    = g_t * (h_t - dt_t u_t B_t)          (= g_t * a_t * h_{t-1}, no division, no shifted states)
+        ddt_t  = u_t * sum_n g_t B_t + sum_n w_t A   dA += sum_t dt_t w_t
+        du_t   = dt_t * sum_n g_t B_t + D dy_t       dB_t = sum_d g_t dt_t u_t   dC_t = sum_d dy_t h_t
+     dB and dC (shared by all channels) are sums across the channel lanes (warp shuffles), written per channel
+     block into a partial buffer and summed afterwards (deterministic, no atomics); dA, dD and d(delta_bias)
+     likewise per batch element.
+benchmarks/compile_scan.py compiles both kernels for sm_90 without a GPU and reports registers, spills and
+instruction counts, which is how the tile configurations below were narrowed down.
 """
 
 from __future__ import annotations
@@ -57,21 +59,22 @@ except Exception:  # ImportError, or a broken install
 
 __all__ = ["is_available", "selective_scan_triton", "FWD_CONFIG", "BWD_CONFIG", "CANDIDATE_FWD", "CANDIDATE_BWD"]
 
-# Tile configuration (ORDER: see the kernels section). benchmarks/bench_scan_gpu.py sweeps CANDIDATE_*
-# and overrides these; tests/test_gpu_scan.py checks every candidate for correctness. Defaults: the sweep's
-# best on an H200 for Vim-S shapes (batch 128, dim 768, dstate 16, length 197, bf16): forward 0.77 ms;
-# backward 4.60 ms (BLOCK_D 4 / 1 warp measured 4.49 ms but doubles the dB/dC partial buffers).
-FWD_CONFIG = {"ORDER": 1, "BLOCK_D": 16, "CHUNK": 8, "num_warps": 4}
-BWD_CONFIG = {"ORDER": 1, "BLOCK_D": 8, "CHUNK": 8, "num_warps": 2}
-_KEYS = ("ORDER", "BLOCK_D", "CHUNK", "num_warps")
+# Tile configuration: BLOCK_D channels per program (one or more per thread: BLOCK_D / (32 * num_warps)),
+# CHUNK tokens loaded per step of the time loop. benchmarks/bench_scan_gpu.py sweeps CANDIDATE_* and
+# overrides these; tests/test_gpu_scan.py checks every candidate for correctness.
+FWD_CONFIG = {"BLOCK_D": 64, "CHUNK": 2, "num_warps": 1}
+BWD_CONFIG = {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1}
+_KEYS = ("BLOCK_D", "CHUNK", "num_warps")
 CANDIDATE_FWD = [dict(zip(_KEYS, c)) for c in [
-    (0, 4, 32, 4), (1, 8, 16, 4), (1, 16, 16, 4), (1, 8, 16, 2), (1, 8, 8, 2), (1, 16, 8, 4), (1, 32, 8, 8),
-    (1, 8, 32, 4), (1, 4, 16, 1),
+    (32, 4, 1), (32, 2, 1), (32, 8, 1), (64, 4, 2), (64, 2, 1), (64, 4, 1), (128, 4, 4),
 ]]
 CANDIDATE_BWD = [dict(zip(_KEYS, c)) for c in [
-    (0, 4, 32, 4), (1, 8, 16, 4), (1, 4, 16, 2), (1, 8, 8, 2), (1, 16, 8, 4), (1, 8, 8, 4), (1, 16, 16, 8),
-    (1, 4, 8, 1), (1, 16, 8, 8),
+    (32, 4, 1), (32, 2, 1), (64, 4, 2), (64, 2, 2), (64, 2, 1),
 ]]
+
+# Read B and C as 32-bit words when their layout allows (see _packable); tests turn it off to cover the
+# one-element path on the same inputs.
+_PACK_BC = True
 
 # Tests set this to fill every buffer the op allocates with NaN, so an element the kernels forget to write
 # shows up in the result instead of silently holding stale memory.
@@ -98,17 +101,20 @@ def _device_guard(t: Tensor):
 
 
 # ------------------------------------------------------------------------------------------- kernels
-# ORDER picks the axis order of the [.., .., dstate] register tile, which decides how Triton spreads it over
-# threads (lanes fill the last axis first, then the middle one; warps follow):
-#   ORDER 0: [BLOCK_D, CHUNK, NP]   ORDER 1: [CHUNK, BLOCK_D, NP] (time mostly inside each thread)
-# "DT" tiles (u, delta, z, outputs) are [BLOCK_D, CHUNK] for ORDER 0 and [CHUNK, BLOCK_D] for ORDER 1;
-# "TN" tiles (B, C, dB, dC) are [CHUNK, NP] and "DN" tensors (A, h, dA) [BLOCK_D, NP] in both.
-if _HAS_TRITON:
-    @triton.jit
-    def _lin_combine(a1, b1, a2, b2):
-        # composition of affine maps x -> a1 x + b1 followed by x -> a2 x + b2
-        return a1 * a2, b1 * a2 + b2
+# Layout. State tiles are [NP, BLOCK_D] (dstate x channels) with the channel axis last, so Triton spreads the
+# channels over lanes and warps and keeps all dstate entries of a channel inside one thread: the sums over
+# dstate (y = C . h, gB, ...) are in-thread adds. Token tiles are [CHUNK, BLOCK_D] with the CHUNK axis inside
+# each thread too; _pick / _put read and write one token's row of such a tile with selects whose condition is
+# a compile-time constant per register, so they cost nothing after LLVM folds them (x + -0.0 == x exactly).
+# Strides of the [batch, dim, L] tensors are not specialised on purpose: a known unit stride would make
+# Triton vectorise the loads along channels and move the chunk axis across lanes.
+_SCAN_NOSPEC = [
+    "dim", "L", "s_u_b", "s_u_d", "s_u_l", "s_dt_b", "s_dt_d", "s_dt_l", "s_z_b", "s_z_d", "s_z_l",
+    "s_o_b", "s_o_d", "s_o_l", "s_g_b", "s_g_d", "s_g_l", "s_B_b", "s_B_l", "s_C_b", "s_C_l",
+    "s_A_d", "s_A_n", "nchunks", "batch",
+]
 
+if _HAS_TRITON:
     @triton.jit
     def _softplus(x):
         # log1p(exp(x)) accurate for negative x (Kahan's log1p trick), identity above 20
@@ -117,118 +123,72 @@ if _HAS_TRITON:
         lp = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
         return tl.where(x > 20.0, x, lp)
 
-    # ---- layout helpers (ORDER is a constexpr: every branch is resolved at compile time)
     @triton.jit
-    def _dt2(d_vec, t_vec, ORDER: tl.constexpr):
-        """Combine a [BLOCK_D] and a [CHUNK] vector into a DT tile by broadcasting (offsets, masks)."""
-        if ORDER == 0:
-            r = d_vec[:, None] + t_vec[None, :]
+    def _pick(tile, offs_j, j):
+        """Row j of a [CHUNK, BLOCK_D] tile -> [BLOCK_D]."""
+        return tl.sum(tl.where(offs_j[:, None] == j, tile, -0.0), axis=0)
+
+    @triton.jit
+    def _put(tile, offs_j, j, row):
+        """Tile with row j replaced by row ([BLOCK_D])."""
+        return tl.where(offs_j[:, None] == j, row[None, :], tile)
+
+    @triton.jit
+    def _pick3(tile, offs_j, j):
+        """[CHUNK, NP, BLOCK_D] -> [NP, BLOCK_D] at position j."""
+        return tl.sum(tl.where(offs_j[:, None, None] == j, tile, -0.0), axis=0)
+
+    @triton.jit
+    def _load_pair(base, tj, s_l, s_n, offs_h, dstate, vj, PACK: tl.constexpr):
+        """Entries 2k and 2k+1 (k < NP/2) of token tj's dstate vector of B or C as two float32 [NP/2] vectors.
+        PACK (16-bit inputs, even offsets and strides, checked by the launcher) reads both halves of a pair
+        with one 32-bit load: B and C are broadcast to every thread, so halving their loads matters."""
+        if PACK:
+            w = tl.load((base + tj * s_l).to(tl.pointer_type(tl.int32)) + offs_h, mask=(2 * offs_h < dstate) & vj, other=0)
+            if base.dtype.element_ty == tl.bfloat16:
+                lo = (w << 16).to(tl.float32, bitcast=True)
+                hi = (w & -65536).to(tl.float32, bitcast=True)
+            else:
+                lo = (w & 65535).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+                hi = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         else:
-            r = t_vec[:, None] + d_vec[None, :]
-        return r
+            ptr = base + tj * s_l + 2 * offs_h * s_n
+            lo = tl.load(ptr, mask=(2 * offs_h < dstate) & vj, other=0.0).to(tl.float32)
+            hi = tl.load(ptr + s_n, mask=(2 * offs_h + 1 < dstate) & vj, other=0.0).to(tl.float32)
+        return lo, hi
 
     @triton.jit
-    def _dt2_and(d_mask, t_mask, ORDER: tl.constexpr):
-        if ORDER == 0:
-            r = d_mask[:, None] & t_mask[None, :]
+    def _token(c, j, L, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
+        """Memory position of the j-th token of chunk c (processing order), and whether it exists."""
+        s = c * CHUNK + j
+        if REVERSE:
+            t = L - 1 - s
         else:
-            r = t_mask[:, None] & d_mask[None, :]
-        return r
+            t = s
+        return t, s < L
 
     @triton.jit
-    def _d_col(x, ORDER: tl.constexpr):
-        """[BLOCK_D] vector -> broadcastable against a DT tile."""
-        if ORDER == 0:
-            r = x[:, None]
+    def _chunk_pos(c, offs_j, L, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
+        s = c * CHUNK + offs_j
+        if REVERSE:
+            t = L - 1 - s
         else:
-            r = x[None, :]
-        return r
+            t = s
+        return t, s < L
 
     @triton.jit
-    def _t_row(x, ORDER: tl.constexpr):
-        """[CHUNK] vector -> broadcastable against a DT tile."""
-        if ORDER == 0:
-            r = x[None, :]
-        else:
-            r = x[:, None]
-        return r
+    def _load_tile(base, t, offs_d, s_l, s_d, m2):
+        return tl.load(base + t[:, None] * s_l + offs_d[None, :] * s_d, mask=m2, other=0.0).to(tl.float32)
 
     @triton.jit
-    def _tn3(x, ORDER: tl.constexpr):
-        """[CHUNK, NP] -> broadcastable 3D."""
-        if ORDER == 0:
-            r = x[None, :, :]
-        else:
-            r = x[:, None, :]
-        return r
+    def _store_tile(base, t, offs_d, s_l, s_d, x, m2):
+        tl.store(base + t[:, None] * s_l + offs_d[None, :] * s_d, x.to(base.dtype.element_ty), mask=m2)
 
     @triton.jit
-    def _dn3(x, ORDER: tl.constexpr):
-        """[BLOCK_D, NP] -> broadcastable 3D."""
-        if ORDER == 0:
-            r = x[:, None, :]
-        else:
-            r = x[None, :, :]
-        return r
-
-    @triton.jit
-    def _j3(offs_j, ORDER: tl.constexpr):
-        """[CHUNK] position-in-chunk -> broadcastable 3D."""
-        if ORDER == 0:
-            r = offs_j[None, :, None]
-        else:
-            r = offs_j[:, None, None]
-        return r
-
-    @triton.jit
-    def _sum_t3(x, ORDER: tl.constexpr):
-        """3D -> [BLOCK_D, NP] (sum over time)."""
-        if ORDER == 0:
-            r = tl.sum(x, axis=1)
-        else:
-            r = tl.sum(x, axis=0)
-        return r
-
-    @triton.jit
-    def _sum_d3(x, ORDER: tl.constexpr):
-        """3D -> [CHUNK, NP] (sum over channels)."""
-        if ORDER == 0:
-            r = tl.sum(x, axis=0)
-        else:
-            r = tl.sum(x, axis=1)
-        return r
-
-    @triton.jit
-    def _sum_t2(x, ORDER: tl.constexpr):
-        """DT tile -> [BLOCK_D] (sum over time)."""
-        if ORDER == 0:
-            r = tl.sum(x, axis=1)
-        else:
-            r = tl.sum(x, axis=0)
-        return r
-
-    @triton.jit
-    def _scan_t(a, b, ORDER: tl.constexpr, REV: tl.constexpr):
-        """Inclusive scan of the affine maps (a, b) along time (reverse: from the end of the chunk)."""
-        if ORDER == 0:
-            _, r = tl.associative_scan((a, b), axis=1, combine_fn=_lin_combine, reverse=REV)
-        else:
-            _, r = tl.associative_scan((a, b), axis=0, combine_fn=_lin_combine, reverse=REV)
-        return r
-
-    @triton.jit
-    def _load_dt_tile(base, offs_d, t, s_d, s_l, m2, ORDER: tl.constexpr):
-        return tl.load(base + _dt2(offs_d * s_d, t * s_l, ORDER), mask=m2, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _store_dt_tile(base, offs_d, t, s_d, s_l, x, m2, ORDER: tl.constexpr):
-        tl.store(base + _dt2(offs_d * s_d, t * s_l, ORDER), x.to(base.dtype.element_ty), mask=m2)
-
-    @triton.jit
-    def _dt_from_delta(xd, m2, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, bias, ORDER: tl.constexpr):
-        """delta -> (delta + bias, dt); dt = 0 on invalid positions (the identity step)."""
+    def _step_dt(xd, m2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        """Raw delta tile -> (pre-activation delta + bias, step size dt); dt = 0 on missing tokens."""
         if HAS_BIAS:
-            xd = xd + _d_col(bias, ORDER)
+            xd = xd + bias[None, :]
         if SOFTPLUS:
             dt = _softplus(xd)
         else:
@@ -236,24 +196,14 @@ if _HAS_TRITON:
         return xd, tl.where(m2, dt, 0.0)
 
     @triton.jit
-    def _load_tn(base, t, offs_n, s_n, s_l, mtn):
-        return tl.load(base + t[:, None] * s_l + offs_n[None, :] * s_n, mask=mtn, other=0.0).to(tl.float32)
+    def _load_a2(A_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d):
+        """exp(dt A) = exp2(dt A log2 e): A scaled by log2 e, as even / odd dstate halves [NP/2, BLOCK_D]."""
+        ptr = A_ptr + (2 * offs_h[:, None]) * s_A_n + offs_d[None, :] * s_A_d
+        ae = tl.load(ptr, mask=(2 * offs_h[:, None] < dstate) & mask_d[None, :], other=0.0).to(tl.float32)
+        ao = tl.load(ptr + s_A_n, mask=(2 * offs_h[:, None] + 1 < dstate) & mask_d[None, :], other=0.0).to(tl.float32)
+        return ae * 1.4426950408889634, ao * 1.4426950408889634
 
-    @triton.jit
-    def _chunk_states(dt, u, Bt, A2, h, offs_j, ORDER: tl.constexpr):
-        """All states of one chunk (3D tile) starting from state h [BLOCK_D, NP].
-        Returns (bx, hs): the per-step input dt B u and the states."""
-        a = tl.exp2(dt[:, :, None] * _dn3(A2, ORDER))
-        bx = (dt * u)[:, :, None] * _tn3(Bt, ORDER)
-        bxc = tl.where(_j3(offs_j, ORDER) == 0, bx + a * _dn3(h, ORDER), bx)
-        hs = _scan_t(a, bxc, ORDER, False)
-        return bx, hs
-
-    @triton.jit
-    def _last_state(hs, offs_j, CHUNK: tl.constexpr, ORDER: tl.constexpr):
-        return _sum_t3(tl.where(_j3(offs_j, ORDER) == CHUNK - 1, hs, 0.0), ORDER)
-
-    @triton.jit(do_not_specialize=["dim", "L", "dstate"])
+    @triton.jit(do_not_specialize=_SCAN_NOSPEC)
     def _scan_fwd_kernel(
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
         dim, L, dstate,
@@ -265,20 +215,17 @@ if _HAS_TRITON:
         s_z_b, s_z_d, s_z_l,
         s_o_b, s_o_d, s_o_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
-        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr, ORDER: tl.constexpr,
+        SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr,
+        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
     ):
         pid_b = tl.program_id(0).to(tl.int64)
         pid_d = tl.program_id(1)
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        offs_n = tl.arange(0, NP)
+        offs_h = tl.arange(0, NP // 2)
         offs_j = tl.arange(0, CHUNK)
         mask_d = offs_d < dim
-        mask_n = offs_n < dstate
 
-        A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n,
-                    mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        A2 = A * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e)
+        A2e, A2o = _load_a2(A_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d)
         if HAS_D:
             Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         if HAS_BIAS:
@@ -293,32 +240,34 @@ if _HAS_TRITON:
         B_base = B_ptr + pid_b * s_B_b
         C_base = C_ptr + pid_b * s_C_b
 
-        h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+        he = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)  # state, even / odd dstate entries
+        ho = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
         for c in range(0, tl.cdiv(L, CHUNK)):
-            s = c * CHUNK + offs_j  # position in processing order
-            mask_t = s < L
-            if REVERSE:
-                t = L - 1 - s
-            else:
-                t = s
-            m2 = _dt2_and(mask_d, mask_t, ORDER)
-            mtn = mask_t[:, None] & mask_n[None, :]
-            u = _load_dt_tile(u_base, offs_d, t, s_u_d, s_u_l, m2, ORDER)
-            xd = _load_dt_tile(dt_base, offs_d, t, s_dt_d, s_dt_l, m2, ORDER)
-            xd, dt = _dt_from_delta(xd, m2, HAS_BIAS, SOFTPLUS, bias, ORDER)
-            Bt = _load_tn(B_base, t, offs_n, s_B_n, s_B_l, mtn)
-            Ct = _load_tn(C_base, t, offs_n, s_C_n, s_C_l, mtn)
-            bx, hs = _chunk_states(dt, u, Bt, A2, h, offs_j, ORDER)
-            y = tl.sum(hs * _tn3(Ct, ORDER), axis=2)
-            if HAS_D:
-                y += _d_col(Dv, ORDER) * u
+            t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, REVERSE)
+            m2 = mask_t[:, None] & mask_d[None, :]
+            u = _load_tile(u_base, t, offs_d, s_u_l, s_u_d, m2)
+            xd = _load_tile(dt_base, t, offs_d, s_dt_l, s_dt_d, m2)
             if HAS_Z:
-                zz = _load_dt_tile(z_base, offs_d, t, s_z_d, s_z_l, m2, ORDER)
+                zz = _load_tile(z_base, t, offs_d, s_z_l, s_z_d, m2)
+            xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
+            dtu = dt * u
+            y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+            for j in tl.static_range(CHUNK):
+                tj, vj = _token(c, j, L, CHUNK, REVERSE)
+                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
+                Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK)
+                dt_j = _pick(dt, offs_j, j)[None, :]
+                dtu_j = _pick(dtu, offs_j, j)[None, :]
+                he = tl.exp2(dt_j * A2e) * he + Be[:, None] * dtu_j
+                ho = tl.exp2(dt_j * A2o) * ho + Bo[:, None] * dtu_j
+                y = _put(y, offs_j, j, tl.sum(he * Ce[:, None], axis=0) + tl.sum(ho * Co[:, None], axis=0))
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_Z:
                 y = y * (zz * tl.sigmoid(zz))
-            _store_dt_tile(o_base, offs_d, t, s_o_d, s_o_l, y, m2, ORDER)
-            h = _last_state(hs, offs_j, CHUNK, ORDER)
+            _store_tile(o_base, t, offs_d, s_o_l, s_o_d, y, m2)
 
-    @triton.jit(do_not_specialize=["dim", "L", "dstate", "nchunks", "batch"])
+    @triton.jit(do_not_specialize=_SCAN_NOSPEC)
     def _scan_bwd_kernel(
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
         ckpt_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
@@ -330,24 +279,24 @@ if _HAS_TRITON:
         s_C_b, s_C_n, s_C_l,
         s_z_b, s_z_d, s_z_l,
         s_g_b, s_g_d, s_g_l,
+        s_o_b, s_o_d, s_o_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
-        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr, ORDER: tl.constexpr,
+        SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr,
+        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
     ):
-        """Gradients. Output buffers (all contiguous):
-        du, ddelta, dz [batch, dim, L] (input dtypes); dA [batch, dim, dstate], dD, dbias [batch, dim] and
-        dB, dC [n_dblocks, batch, dstate, L] float32 partial sums; ckpt [batch, nchunks, dim, NP] scratch."""
+        """Gradients. Outputs: du, ddelta, dz [batch, dim, L] in the input dtypes (strides s_o_*); float32
+        partial sums dA [batch, dim, dstate], dD, dbias [batch, dim], dB, dC [n_dblocks, batch, L, dstate];
+        scratch ckpt [batch, nchunks, 2, NP/2, dim] (the state at every chunk start, even / odd halves)."""
         pid_b = tl.program_id(0).to(tl.int64)
         pid_d = tl.program_id(1)
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        offs_n = tl.arange(0, NP)
+        offs_h = tl.arange(0, NP // 2)
         offs_j = tl.arange(0, CHUNK)
         mask_d = offs_d < dim
-        mask_n = offs_n < dstate
-        mask_dn = mask_d[:, None] & mask_n[None, :]
+        mask_e = (2 * offs_h[:, None] < dstate) & mask_d[None, :]
+        mask_o = (2 * offs_h[:, None] + 1 < dstate) & mask_d[None, :]
 
-        A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
-        A2 = A * 1.4426950408889634
+        A2e, A2o = _load_a2(A_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d)
         if HAS_D:
             Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         if HAS_BIAS:
@@ -361,112 +310,129 @@ if _HAS_TRITON:
         g_base = dout_ptr + pid_b * s_g_b
         B_base = B_ptr + pid_b * s_B_b
         C_base = C_ptr + pid_b * s_C_b
-        # contiguous [batch, dim, L] gradient outputs
-        io = pid_b * dim * L
+        io = pid_b * s_o_b  # du, ddelta, dz share one layout (strides s_o_*)
         du_base = du_ptr + io
         ddelta_base = ddelta_ptr + io
         dz_base = dz_ptr + io
-        ck_base = ckpt_ptr + pid_b * nchunks * dim * NP + offs_d[:, None] * NP + offs_n[None, :]
-        # partial dB / dC of this channel block: [n_dblocks, batch, dstate, L]
-        part_off = (pid_d * batch + pid_b) * dstate * L
+        ck_base = ckpt_ptr + pid_b * nchunks * NP * dim + offs_h[:, None] * dim + offs_d[None, :]
+        ck_odd = (NP // 2) * dim
+        part_base = (pid_d * batch + pid_b) * L * dstate  # into dB / dC partials [n_dblocks, batch, L, dstate]
 
-        # ---- pass 1: states at chunk starts
-        h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+        # ---- pass 1: the state at the start of every chunk
+        he = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        ho = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
         for c in range(0, nchunks - 1):
-            tl.store(ck_base + c * dim * NP, h, mask=mask_dn)
-            s = c * CHUNK + offs_j
-            mask_t = s < L
-            if REVERSE:
-                t = L - 1 - s
-            else:
-                t = s
-            m2 = _dt2_and(mask_d, mask_t, ORDER)
-            mtn = mask_t[:, None] & mask_n[None, :]
-            u = _load_dt_tile(u_base, offs_d, t, s_u_d, s_u_l, m2, ORDER)
-            xd = _load_dt_tile(dt_base, offs_d, t, s_dt_d, s_dt_l, m2, ORDER)
-            xd, dt = _dt_from_delta(xd, m2, HAS_BIAS, SOFTPLUS, bias, ORDER)
-            Bt = _load_tn(B_base, t, offs_n, s_B_n, s_B_l, mtn)
-            bx, hs = _chunk_states(dt, u, Bt, A2, h, offs_j, ORDER)
-            h = _last_state(hs, offs_j, CHUNK, ORDER)
-        tl.store(ck_base + (nchunks - 1) * dim * NP, h, mask=mask_dn)
-        tl.debug_barrier()  # the checkpoints written above are read back by other threads of this program
+            tl.store(ck_base + c * NP * dim, he, mask=mask_e)
+            tl.store(ck_base + c * NP * dim + ck_odd, ho, mask=mask_o)
+            t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, REVERSE)
+            m2 = mask_t[:, None] & mask_d[None, :]
+            u = _load_tile(u_base, t, offs_d, s_u_l, s_u_d, m2)
+            xd = _load_tile(dt_base, t, offs_d, s_dt_l, s_dt_d, m2)
+            xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
+            dtu = dt * u
+            for j in tl.static_range(CHUNK):
+                tj, vj = _token(c, j, L, CHUNK, REVERSE)
+                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
+                dt_j = _pick(dt, offs_j, j)[None, :]
+                dtu_j = _pick(dtu, offs_j, j)[None, :]
+                he = tl.exp2(dt_j * A2e) * he + Be[:, None] * dtu_j
+                ho = tl.exp2(dt_j * A2o) * ho + Bo[:, None] * dtu_j
+        tl.store(ck_base + (nchunks - 1) * NP * dim, he, mask=mask_e)
+        tl.store(ck_base + (nchunks - 1) * NP * dim + ck_odd, ho, mask=mask_o)
+        tl.debug_barrier()
 
         # ---- pass 2: chunks in reverse processing order
-        G = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # adjoint g at the first token of the next chunk
-        dA_acc = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+        ge = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)  # adjoint dL/dh of the token after the current one
+        go = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        ane = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)  # its decay
+        ano = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        dAe = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        dAo = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
         dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         db_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         for ci in range(0, nchunks):
             c = nchunks - 1 - ci
-            s = c * CHUNK + offs_j
-            mask_t = s < L
-            s1 = s + 1
-            mask_t1 = s1 < L
-            if REVERSE:
-                t = L - 1 - s
-                t1 = L - 1 - s1
-            else:
-                t = s
-                t1 = s1
-            m2 = _dt2_and(mask_d, mask_t, ORDER)
-            mtn = mask_t[:, None] & mask_n[None, :]
-            u = _load_dt_tile(u_base, offs_d, t, s_u_d, s_u_l, m2, ORDER)
-            xd = _load_dt_tile(dt_base, offs_d, t, s_dt_d, s_dt_l, m2, ORDER)
-            xd, dt = _dt_from_delta(xd, m2, HAS_BIAS, SOFTPLUS, bias, ORDER)
-            Bt = _load_tn(B_base, t, offs_n, s_B_n, s_B_l, mtn)
-            Ct = _load_tn(C_base, t, offs_n, s_C_n, s_C_l, mtn)
-            # decay of the following token (a_{t+1}), for the adjoint recurrence
-            m21 = _dt2_and(mask_d, mask_t1, ORDER)
-            xd1 = _load_dt_tile(dt_base, offs_d, t1, s_dt_d, s_dt_l, m21, ORDER)
-            xd1, dt1 = _dt_from_delta(xd1, m21, HAS_BIAS, SOFTPLUS, bias, ORDER)
-            a1 = tl.exp2(dt1[:, :, None] * _dn3(A2, ORDER))
-
-            h0 = tl.load(ck_base + c * dim * NP, mask=mask_dn, other=0.0, cache_modifier=".cg")
-            bx, hs = _chunk_states(dt, u, Bt, A2, h0, offs_j, ORDER)
-
-            dout = _load_dt_tile(g_base, offs_d, t, s_g_d, s_g_l, m2, ORDER)
-            y = tl.sum(hs * _tn3(Ct, ORDER), axis=2)
-            if HAS_D:
-                y += _d_col(Dv, ORDER) * u
+            t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, REVERSE)
+            m2 = mask_t[:, None] & mask_d[None, :]
+            u = _load_tile(u_base, t, offs_d, s_u_l, s_u_d, m2)
+            xd = _load_tile(dt_base, t, offs_d, s_dt_l, s_dt_d, m2)
+            dout = _load_tile(g_base, t, offs_d, s_g_l, s_g_d, m2)
             if HAS_Z:
-                zz = _load_dt_tile(z_base, offs_d, t, s_z_d, s_z_l, m2, ORDER)
+                zz = _load_tile(z_base, t, offs_d, s_z_l, s_z_d, m2)
+            xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
+            dtu = dt * u
+
+            # recompute the chunk's states (kept in registers) and outputs
+            he = tl.load(ck_base + c * NP * dim, mask=mask_e, other=0.0)
+            ho = tl.load(ck_base + c * NP * dim + ck_odd, mask=mask_o, other=0.0)
+            hse = tl.zeros([CHUNK, NP // 2, BLOCK_D], dtype=tl.float32)
+            hso = tl.zeros([CHUNK, NP // 2, BLOCK_D], dtype=tl.float32)
+            y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+            for j in tl.static_range(CHUNK):
+                tj, vj = _token(c, j, L, CHUNK, REVERSE)
+                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
+                Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK)
+                dt_j = _pick(dt, offs_j, j)[None, :]
+                dtu_j = _pick(dtu, offs_j, j)[None, :]
+                he = tl.exp2(dt_j * A2e) * he + Be[:, None] * dtu_j
+                ho = tl.exp2(dt_j * A2o) * ho + Bo[:, None] * dtu_j
+                hse = tl.where(offs_j[:, None, None] == j, he[None, :, :], hse)
+                hso = tl.where(offs_j[:, None, None] == j, ho[None, :, :], hso)
+                y = _put(y, offs_j, j, tl.sum(he * Ce[:, None], axis=0) + tl.sum(ho * Co[:, None], axis=0))
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_Z:
                 sz = tl.sigmoid(zz)
                 dy = dout * zz * sz
                 dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                _store_dt_tile(dz_base, offs_d, t, L, 1, dz, m2, ORDER)
+                _store_tile(dz_base, t, offs_d, s_o_l, s_o_d, dz, m2)
             else:
                 dy = dout
 
-            # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, reverse scan with the next chunk's g carried in
-            cg = dy[:, :, None] * _tn3(Ct, ORDER)
-            cg = tl.where(_j3(offs_j, ORDER) == CHUNK - 1, cg + a1 * _dn3(G, ORDER), cg)
-            g = _scan_t(a1, cg, ORDER, True)
-
-            dtu = dt * u
-            w = g * (hs - bx)  # g_t * a_t * h_{t-1}
-            gB = tl.sum(g * _tn3(Bt, ORDER), axis=2)
-            ddt = u * gB + tl.sum(w * _dn3(A, ORDER), axis=2)
-            dA_acc += _sum_t3(w * dt[:, :, None], ORDER)
-            du = dt * gB
+            # adjoint sweep from the chunk's last token to its first
+            du = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+            ddt = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+            for jj in tl.static_range(CHUNK):
+                j = CHUNK - 1 - jj
+                tj, vj = _token(c, j, L, CHUNK, REVERSE)
+                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
+                Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK)
+                dt_j = _pick(dt, offs_j, j)
+                dtu_j = _pick(dtu, offs_j, j)
+                dy_j = _pick(dy, offs_j, j)
+                ge = ane * ge + Ce[:, None] * dy_j[None, :]
+                go = ano * go + Co[:, None] * dy_j[None, :]
+                hje = _pick3(hse, offs_j, j)
+                hjo = _pick3(hso, offs_j, j)
+                we = ge * (hje - Be[:, None] * dtu_j[None, :])  # g_t * a_t * h_{t-1}
+                wo = go * (hjo - Bo[:, None] * dtu_j[None, :])
+                gB = tl.sum(ge * Be[:, None], axis=0) + tl.sum(go * Bo[:, None], axis=0)
+                wA = tl.sum(we * A2e, axis=0) + tl.sum(wo * A2o, axis=0)
+                du = _put(du, offs_j, j, dt_j * gB)
+                ddt = _put(ddt, offs_j, j, _pick(u, offs_j, j) * gB + wA * 0.6931471805599453)
+                dAe += we * dt_j[None, :]
+                dAo += wo * dt_j[None, :]
+                p = dB_ptr + part_base + tj * dstate + 2 * offs_h
+                tl.store(p, tl.sum(ge * dtu_j[None, :], axis=1), mask=(2 * offs_h < dstate) & vj)
+                tl.store(p + 1, tl.sum(go * dtu_j[None, :], axis=1), mask=(2 * offs_h + 1 < dstate) & vj)
+                p = dC_ptr + part_base + tj * dstate + 2 * offs_h
+                tl.store(p, tl.sum(hje * dy_j[None, :], axis=1), mask=(2 * offs_h < dstate) & vj)
+                tl.store(p + 1, tl.sum(hjo * dy_j[None, :], axis=1), mask=(2 * offs_h + 1 < dstate) & vj)
+                ane = tl.exp2(dt_j[None, :] * A2e)
+                ano = tl.exp2(dt_j[None, :] * A2o)
             if HAS_D:
-                du += _d_col(Dv, ORDER) * dy
-                dD_acc += _sum_t2(dy * u, ORDER)
+                du += Dv[None, :] * dy
+                dD_acc += tl.sum(dy * u, axis=0)
             if SOFTPLUS:
                 ddt = ddt * tl.sigmoid(xd)
             ddt = tl.where(m2, ddt, 0.0)
-            db_acc += _sum_t2(ddt, ORDER)
-            _store_dt_tile(du_base, offs_d, t, L, 1, du, m2, ORDER)
-            _store_dt_tile(ddelta_base, offs_d, t, L, 1, ddt, m2, ORDER)
+            db_acc += tl.sum(ddt, axis=0)
+            _store_tile(du_base, t, offs_d, s_o_l, s_o_d, du, m2)
+            _store_tile(ddelta_base, t, offs_d, s_o_l, s_o_d, ddt, m2)
 
-            dC_part = _sum_d3(dy[:, :, None] * hs, ORDER)  # [CHUNK, NP]
-            dB_part = _sum_d3(g * dtu[:, :, None], ORDER)
-            p_off = part_off + offs_n[None, :] * L + t[:, None]
-            tl.store(dB_ptr + p_off, dB_part, mask=mtn)
-            tl.store(dC_ptr + p_off, dC_part, mask=mtn)
-
-            G = _sum_t3(tl.where(_j3(offs_j, ORDER) == 0, g, 0.0), ORDER)
-
-        tl.store(dA_ptr + pid_b * dim * dstate + offs_d[:, None] * dstate + offs_n[None, :], dA_acc, mask=mask_dn)
+        dA_base = dA_ptr + pid_b * dim * dstate + offs_d[None, :] * dstate + 2 * offs_h[:, None]
+        tl.store(dA_base, dAe, mask=mask_e)
+        tl.store(dA_base + 1, dAo, mask=mask_o)
         tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
         tl.store(dbias_ptr + pid_b * dim + offs_d, db_acc, mask=mask_d)
 
@@ -483,11 +449,34 @@ def _require_runnable(u: Tensor) -> None:
         raise RuntimeError("selective_scan_triton needs CUDA tensors (or TRITON_INTERPRET=1)")
 
 
+def _packable(B: Tensor, C: Tensor) -> bool:
+    """Whether B and C can be read as pairs of 16-bit values per 32-bit word: 16-bit dtype, unit stride along
+    dstate, even dstate, and every (batch, token) row starting at an even element of a 4-byte aligned base."""
+    if not _PACK_BC:
+        return False
+    for X in (B, C):
+        if X.element_size() != 2 or X.shape[1] % 2 or (X.shape[1] > 1 and X.stride(1) != 1):
+            return False
+        if X.data_ptr() % 4 or X.stride(0) % 2 or X.stride(2) % 2:
+            return False
+    return True
+
+
+def _like_layout(u: Tensor, dtype) -> Tensor:
+    """A [batch, dim, L] buffer laid out like u: channels-last (a transposed [batch, L, dim] tensor) when u's
+    channel stride is 1, contiguous otherwise. Vim hands the scan channels-last views, so its outputs and
+    gradients come back in the layout the surrounding layers read without copies."""
+    batch, dim, L = u.shape
+    if u.stride(1) == 1 and dim > 1:
+        return _alloc((batch, L, dim), dtype, u.device).transpose(1, 2)
+    return _alloc((batch, dim, L), dtype, u.device)
+
+
 def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse) -> Tensor:
     _require_runnable(u)
     batch, dim, L = u.shape
     dstate = A.shape[1]
-    out = _alloc((batch, dim, L), u.dtype, u.device)
+    out = _like_layout(u, u.dtype)
     if out.numel() == 0:
         return out
     cfg = FWD_CONFIG
@@ -501,9 +490,8 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse) -> Tensor
             dim, L, dstate,
             *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *out.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse),
-            BLOCK_D=bd, CHUNK=chunk, NP=_np(dstate), ORDER=cfg.get("ORDER", 0), num_warps=cfg["num_warps"],
-            num_stages=1,
+            SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_packable(B, C),
+            BLOCK_D=bd, CHUNK=chunk, NP=_np(dstate), num_warps=cfg["num_warps"], num_stages=1,
         )
     return out
 
@@ -518,18 +506,18 @@ def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     NP = _np(dstate)
     n_dblk = triton.cdiv(dim, bd)
     nchunks = triton.cdiv(L, chunk)
-    du = _alloc((batch, dim, L), u.dtype, dev)
-    ddelta = _alloc((batch, dim, L), delta.dtype, dev)
-    dz = _alloc((batch, dim, L), z.dtype, dev) if z is not None else torch.empty(0, dtype=u.dtype, device=dev)
+    du = _like_layout(u, u.dtype)
+    ddelta = _like_layout(u, delta.dtype)
+    dz = _like_layout(u, z.dtype) if z is not None else torch.empty(0, dtype=u.dtype, device=dev)
     if batch * dim * L == 0:
         du.zero_(), ddelta.zero_(), dz.zero_()
         return (du, ddelta, torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C),
                 torch.zeros(dim, dtype=D.dtype if D is not None else torch.float32, device=dev), dz,
                 torch.zeros(dim, dtype=delta_bias.dtype if delta_bias is not None else torch.float32, device=dev))
-    ckpt = _alloc((batch, nchunks, dim, NP), torch.float32, dev)
+    ckpt = _alloc((batch, nchunks, NP, dim), torch.float32, dev)  # [.., 2, NP/2, dim]: even / odd halves
     dA_p = _alloc((batch, dim, dstate), torch.float32, dev)
-    dB_p = _alloc((n_dblk, batch, dstate, L), torch.float32, dev)
-    dC_p = _alloc((n_dblk, batch, dstate, L), torch.float32, dev)
+    dB_p = _alloc((n_dblk, batch, L, dstate), torch.float32, dev)
+    dC_p = _alloc((n_dblk, batch, L, dstate), torch.float32, dev)
     dD_p = _alloc((batch, dim), torch.float32, dev)
     dbias_p = _alloc((batch, dim), torch.float32, dev)
     zz = z if z is not None else u
@@ -541,13 +529,14 @@ def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
             ckpt, du, ddelta, dz if z is not None else du, dA_p, dB_p, dC_p, dD_p, dbias_p,
             batch, dim, L, dstate, nchunks,
             *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *dout.stride(),
+            *du.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse),
-            BLOCK_D=bd, CHUNK=chunk, NP=NP, ORDER=cfg.get("ORDER", 0), num_warps=cfg["num_warps"], num_stages=1,
+            SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_packable(B, C),
+            BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=cfg["num_warps"], num_stages=1,
         )
     dA = dA_p.sum(0).to(A.dtype)
-    dB = dB_p.sum(0).to(B.dtype)
-    dC = dC_p.sum(0).to(C.dtype)
+    dB = dB_p.sum(0).transpose(1, 2).to(B.dtype)  # [batch, dstate, L] view of [batch, L, dstate]
+    dC = dC_p.sum(0).transpose(1, 2).to(C.dtype)
     dD = dD_p.sum(0).to(D.dtype if D is not None else torch.float32)
     dbias = dbias_p.sum(0).to(delta_bias.dtype if delta_bias is not None else torch.float32)
     return du, ddelta, dA, dB, dC, dD, dz, dbias
@@ -564,7 +553,7 @@ def _selective_scan_op(
 
 @_selective_scan_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    return torch.empty(u.shape, dtype=u.dtype, device=u.device)
+    return _like_layout(u, u.dtype)
 
 
 @torch.library.custom_op("rmeeto::selective_scan_bwd", mutates_args=())
@@ -581,14 +570,15 @@ def _selective_scan_bwd_op(
 def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
     batch, dim, L = u.shape
     dev = u.device
+    dstate = B.shape[1]
     return (
-        torch.empty(u.shape, dtype=u.dtype, device=dev),
-        torch.empty(u.shape, dtype=delta.dtype, device=dev),
+        _like_layout(u, u.dtype),
+        _like_layout(u, delta.dtype),
         torch.empty(A.shape, dtype=A.dtype, device=dev),
-        torch.empty(B.shape, dtype=B.dtype, device=dev),
-        torch.empty(C.shape, dtype=C.dtype, device=dev),
+        torch.empty((batch, L, dstate), dtype=B.dtype, device=dev).transpose(1, 2),
+        torch.empty((batch, L, dstate), dtype=C.dtype, device=dev).transpose(1, 2),
         torch.empty((dim,), dtype=D.dtype if D is not None else torch.float32, device=dev),
-        torch.empty(u.shape, dtype=z.dtype, device=dev) if z is not None else torch.empty(0, dtype=u.dtype, device=dev),
+        _like_layout(u, z.dtype) if z is not None else torch.empty(0, dtype=u.dtype, device=dev),
         torch.empty((dim,), dtype=delta_bias.dtype if delta_bias is not None else torch.float32, device=dev),
     )
 

@@ -1,0 +1,110 @@
+"""Compile the Triton scan kernels for an NVIDIA target without a GPU and print what decides their speed:
+registers, spills, shared memory and counts of the telling PTX instructions (exp2, shuffles, barriers,
+shared/local memory traffic). Lets tile configurations be judged before spending device time.
+
+    python benchmarks/compile_scan.py [--arch 90] [--dtype fp16] [--fwd BLOCK_D,CHUNK,WARPS] [--bwd ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from rmeeto.ops import triton_scan as ts
+
+PTX_OPS = {
+    "ex2": r"\bex2\.", "lg2": r"\blg2\.", "shfl": r"\bshfl\.", "bar": r"\bbar\.sync|\bbarrier\.",
+    "ld.shared": r"\bld\.shared", "st.shared": r"\bst\.shared", "ld.global": r"\bld\.global",
+    "st.global": r"\bst\.global", "local": r"\b(ld|st)\.local", "fma": r"\bfma\.rn\.f32",
+}
+
+
+def _signature(kernel, dtype: str) -> dict:
+    sig = {}
+    for param in kernel.params:
+        name = param.name
+        if param.is_constexpr:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*fp32" if name in {"A_ptr", "D_ptr", "bias_ptr", "ckpt_ptr", "dA_ptr", "dB_ptr", "dC_ptr",
+                                            "dD_ptr", "dbias_ptr"} else f"*{dtype}"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def compile_kernel(kernel, consts: dict, dtype: str, arch: int, num_warps: int):
+    sig = _signature(kernel, dtype)
+    # pointers 16-byte aligned, the unit strides the launcher would see specialised where allowed
+    attrs = {}
+    for i, name in enumerate(kernel.arg_names):
+        if name.endswith("_ptr"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    # unit strides of B / C / A along dstate are specialised by the launcher (value 1), as on a real launch
+    consts = dict(consts)
+    for name in ("s_B_n", "s_C_n"):
+        if name in kernel.arg_names:
+            sig[name] = "constexpr"
+            consts[name] = 1
+    src = ASTSource(kernel, sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": 1})
+
+
+def _ptxas_usage(ptx: str, arch) -> str:
+    """Registers / spill bytes as ptxas reports them (ptxas ships with Triton)."""
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    try:
+        res = subprocess.run([ptxas, f"-arch=sm_{arch}a" if arch == 90 else f"-arch=sm_{arch}", "-v", f.name,
+                              "-o", os.devnull], capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    info = res.stderr
+    regs = re.search(r"Used (\d+) registers", info)
+    spill = re.search(r"(\d+) bytes spill stores", info)
+    return f"regs={regs.group(1) if regs else '?'} spill_bytes={spill.group(1) if spill else '?'}"
+
+
+def report(name, ck):
+    ptx = ck.asm["ptx"]
+    counts = {k: len(re.findall(v, ptx)) for k, v in PTX_OPS.items()}
+    md = ck.metadata
+    print(f"{name}: shared={md.shared} B {_ptxas_usage(ptx, md.target.arch)} "
+          + " ".join(f"{k}={v}" for k, v in counts.items()))
+    return ck
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=int, default=90)
+    p.add_argument("--dtype", default="fp16")
+    p.add_argument("--fwd", default=None, help="BLOCK_D,CHUNK,num_warps (default FWD_CONFIG)")
+    p.add_argument("--bwd", default=None, help="BLOCK_D,CHUNK,num_warps (default BWD_CONFIG)")
+    p.add_argument("--no-pack", dest="pack", action="store_false", help="compile the one-element B/C load path")
+    p.add_argument("--dump", default=None, help="write ttgir/ptx of both kernels with this path prefix")
+    a = p.parse_args()
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, PACK=a.pack, NP=16)
+    for which, kernel, cfg, arg in (("fwd", ts._scan_fwd_kernel, ts.FWD_CONFIG, a.fwd),
+                                    ("bwd", ts._scan_bwd_kernel, ts.BWD_CONFIG, a.bwd)):
+        if arg:
+            bd, ch, nw = (int(x) for x in arg.split(","))
+        else:
+            bd, ch, nw = cfg["BLOCK_D"], cfg["CHUNK"], cfg["num_warps"]
+        ck = compile_kernel(kernel, dict(flags, BLOCK_D=bd, CHUNK=ch), a.dtype, a.arch, nw)
+        report(f"{which} BLOCK_D={bd} CHUNK={ch} warps={nw}", ck)
+        if a.dump:
+            for ext in ("ttgir", "ptx"):
+                with open(f"{a.dump}.{which}.{ext}", "w") as f:
+                    f.write(ck.asm[ext])
+
+
+if __name__ == "__main__":
+    main()

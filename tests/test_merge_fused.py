@@ -1,0 +1,76 @@
+"""The destination-map formulation of the merge (what the fused CUDA kernel computes) against the PyTorch
+merge_streams, on CPU for every layout; the Triton kernel itself against both on CUDA."""
+
+import pytest
+import torch
+
+from rmeeto.merge import bipartite_match, merge_streams
+from rmeeto.ops import merge_triton
+
+
+def _case(batch, L, C, cls_index, r, ordered, with_size, seed, device="cpu", dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(batch, L, C, generator=g).to(device, dtype)
+    residual = torch.randn(batch, L, C, generator=g).to(device)
+    size = torch.randint(1, 5, (batch, L, 1), generator=g).float().to(device) if with_size else None
+    plan = bipartite_match(hidden, cls_index, r, ordered=ordered)
+    return hidden, residual, size, plan
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("L,cls_index,r", [(17, 8, 4), (17, 0, 8), (16, 15, 3), (197, 98, 11), (9, 4, 0), (76, 37, 37)])
+@pytest.mark.parametrize("with_size", [False, True])
+def test_destination_map_reproduces_merge_streams(L, cls_index, r, ordered, with_size):
+    hidden, residual, size, plan = _case(3, L, 6, cls_index, r, ordered, with_size, seed=L + r)
+    (h_ref, r_ref), s_ref = merge_streams([hidden, residual], size, plan, "sum")
+    dest = merge_triton.destination_map(plan, L, ordered)
+    n_out = L - plan.src_idx.shape[1]
+    assert dest.shape == (3, L) and int(dest.min()) >= 0 and int(dest.max()) == n_out - 1
+    # every output slot receives at least one token; the class token lands where the plan says
+    assert torch.all(torch.zeros(3, n_out, dtype=torch.long).scatter_add_(1, dest, torch.ones_like(dest)) >= 1)
+    assert torch.all(dest[:, cls_index] == plan.new_cls_index)
+    (h, r_), s = merge_triton.merge_streams_by_map([hidden, residual], size, dest, n_out)
+    torch.testing.assert_close(s, s_ref)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(r_, r_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not merge_triton.is_available(), reason="needs CUDA and Triton")
+@pytest.mark.gpu
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("L,cls_index,r,C", [(197, 98, 11, 384), (186, 92, 11, 768), (87, 43, 11, 192), (17, 8, 8, 40)])
+def test_fused_kernel_matches_merge_streams(L, cls_index, r, C, ordered, dtype):
+    for with_size in (False, True):
+        hidden, residual, size, plan = _case(4, L, C, cls_index, r, ordered, with_size, seed=C, device="cuda", dtype=dtype)
+        hidden.requires_grad_(True)
+        residual.requires_grad_(True)
+        (h_ref, r_ref), s_ref = merge_streams([hidden, residual], size, plan, "sum")
+        (h, r_), s = merge_triton.merge_streams_fused(hidden, residual, size, plan, ordered)
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(s, s_ref)
+        torch.testing.assert_close(h, h_ref, **tol)
+        torch.testing.assert_close(r_, r_ref, rtol=1e-5, atol=1e-6)
+        gh, gr = torch.randn_like(h), torch.randn_like(r_)
+        ref_grads = torch.autograd.grad((h_ref * gh).sum() + (r_ref * gr).sum(), [hidden, residual])
+        grads = torch.autograd.grad((h * gh).sum() + (r_ * gr).sum(), [hidden, residual])
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a.float(), b.float(), **tol)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("L,cls_index,r", [(17, 8, 4), (16, 15, 3), (197, 98, 11), (9, 4, 0)])
+def test_token_lists_emulated_kernel(L, cls_index, r, ordered):
+    """What the fused kernel reads (base token per slot, sources and their slots), emulated in Python."""
+    hidden, residual, size, plan = _case(2, L, 5, cls_index, r, ordered, True, seed=7)
+    (h_ref, r_ref), s_ref = merge_streams([hidden, residual], size, plan, "sum")
+    dest = merge_triton.destination_map(plan, L, ordered)
+    n_out = L - plan.src_idx.shape[1]
+    base, src, sdst = merge_triton._token_lists(dest, merge_triton._source_tokens(plan), n_out)
+    for b in range(2):
+        for p in range(n_out):
+            toks = [int(base[b, p])] + [int(src[b, k]) for k in range(src.shape[1]) if int(sdst[b, k]) == p]
+            w = size[b, toks, 0]
+            torch.testing.assert_close(w.sum(), s_ref[b, p, 0])
+            torch.testing.assert_close((hidden[b, toks] * w[:, None]).sum(0) / w.sum(), h_ref[b, p])
+            torch.testing.assert_close((residual[b, toks] * w[:, None]).sum(0) / w.sum(), r_ref[b, p])
