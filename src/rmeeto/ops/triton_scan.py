@@ -158,18 +158,10 @@ if _HAS_TRITON:
         return lo, hi
 
     @triton.jit
-    def _token(c, j, L, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
-        """Memory position of the j-th token of chunk c (processing order), and whether it exists."""
+    def _chunk_pos(c, j, L, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
+        """Memory position of token(s) j (an index or a [CHUNK] range) of chunk c in processing order, and
+        whether they exist."""
         s = c * CHUNK + j
-        if REVERSE:
-            t = L - 1 - s
-        else:
-            t = s
-        return t, s < L
-
-    @triton.jit
-    def _chunk_pos(c, offs_j, L, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
-        s = c * CHUNK + offs_j
         if REVERSE:
             t = L - 1 - s
         else:
@@ -203,6 +195,28 @@ if _HAS_TRITON:
         ao = tl.load(ptr + s_A_n, mask=(2 * offs_h[:, None] + 1 < dstate) & mask_d[None, :], other=0.0).to(tl.float32)
         return ae * 1.4426950408889634, ao * 1.4426950408889634
 
+    @triton.jit
+    def _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
+                        HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+        """A log2 e (even / odd halves), D and delta_bias of the program's channels (zeros when absent)."""
+        A2e, A2o = _load_a2(A_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d)
+        if HAS_D:
+            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            Dv = tl.zeros_like(offs_d.to(tl.float32))
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            bias = tl.zeros_like(offs_d.to(tl.float32))
+        return A2e, A2o, Dv, bias
+
+    @triton.jit
+    def _advance(he, ho, A2e, A2o, dt_j, dtu_j, Be, Bo):
+        """One token of the recurrence h = exp(dt A) h + dt u B on both state halves (dt_j, dtu_j: [1, BLOCK_D])."""
+        he = tl.exp2(dt_j * A2e) * he + Be[:, None] * dtu_j
+        ho = tl.exp2(dt_j * A2o) * ho + Bo[:, None] * dtu_j
+        return he, ho
+
     @triton.jit(do_not_specialize=_SCAN_NOSPEC)
     def _scan_fwd_kernel(
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
@@ -225,13 +239,8 @@ if _HAS_TRITON:
         offs_j = tl.arange(0, CHUNK)
         mask_d = offs_d < dim
 
-        A2e, A2o = _load_a2(A_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d)
-        if HAS_D:
-            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        else:
-            bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+        A2e, A2o, Dv, bias = _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
+                                             HAS_D, HAS_BIAS)
 
         u_base = u_ptr + pid_b * s_u_b
         dt_base = delta_ptr + pid_b * s_dt_b
@@ -253,13 +262,12 @@ if _HAS_TRITON:
             dtu = dt * u
             y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
             for j in tl.static_range(CHUNK):
-                tj, vj = _token(c, j, L, CHUNK, REVERSE)
+                tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
                 Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
                 Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK)
                 dt_j = _pick(dt, offs_j, j)[None, :]
                 dtu_j = _pick(dtu, offs_j, j)[None, :]
-                he = tl.exp2(dt_j * A2e) * he + Be[:, None] * dtu_j
-                ho = tl.exp2(dt_j * A2o) * ho + Bo[:, None] * dtu_j
+                he, ho = _advance(he, ho, A2e, A2o, dt_j, dtu_j, Be, Bo)
                 y = _put(y, offs_j, j, tl.sum(he * Ce[:, None], axis=0) + tl.sum(ho * Co[:, None], axis=0))
             if HAS_D:
                 y += Dv[None, :] * u
@@ -296,13 +304,8 @@ if _HAS_TRITON:
         mask_e = (2 * offs_h[:, None] < dstate) & mask_d[None, :]
         mask_o = (2 * offs_h[:, None] + 1 < dstate) & mask_d[None, :]
 
-        A2e, A2o = _load_a2(A_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d)
-        if HAS_D:
-            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        else:
-            bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+        A2e, A2o, Dv, bias = _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
+                                             HAS_D, HAS_BIAS)
 
         u_base = u_ptr + pid_b * s_u_b
         dt_base = delta_ptr + pid_b * s_dt_b
@@ -331,12 +334,11 @@ if _HAS_TRITON:
             xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
             dtu = dt * u
             for j in tl.static_range(CHUNK):
-                tj, vj = _token(c, j, L, CHUNK, REVERSE)
+                tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
                 Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
                 dt_j = _pick(dt, offs_j, j)[None, :]
                 dtu_j = _pick(dtu, offs_j, j)[None, :]
-                he = tl.exp2(dt_j * A2e) * he + Be[:, None] * dtu_j
-                ho = tl.exp2(dt_j * A2o) * ho + Bo[:, None] * dtu_j
+                he, ho = _advance(he, ho, A2e, A2o, dt_j, dtu_j, Be, Bo)
         tl.store(ck_base + (nchunks - 1) * NP * dim, he, mask=mask_e)
         tl.store(ck_base + (nchunks - 1) * NP * dim + ck_odd, ho, mask=mask_o)
         tl.debug_barrier()
@@ -369,13 +371,12 @@ if _HAS_TRITON:
             hso = tl.zeros([CHUNK, NP // 2, BLOCK_D], dtype=tl.float32)
             y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
             for j in tl.static_range(CHUNK):
-                tj, vj = _token(c, j, L, CHUNK, REVERSE)
+                tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
                 Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
                 Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK)
                 dt_j = _pick(dt, offs_j, j)[None, :]
                 dtu_j = _pick(dtu, offs_j, j)[None, :]
-                he = tl.exp2(dt_j * A2e) * he + Be[:, None] * dtu_j
-                ho = tl.exp2(dt_j * A2o) * ho + Bo[:, None] * dtu_j
+                he, ho = _advance(he, ho, A2e, A2o, dt_j, dtu_j, Be, Bo)
                 hse = tl.where(offs_j[:, None, None] == j, he[None, :, :], hse)
                 hso = tl.where(offs_j[:, None, None] == j, ho[None, :, :], hso)
                 y = _put(y, offs_j, j, tl.sum(he * Ce[:, None], axis=0) + tl.sum(ho * Co[:, None], axis=0))
@@ -394,7 +395,7 @@ if _HAS_TRITON:
             ddt = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
             for jj in tl.static_range(CHUNK):
                 j = CHUNK - 1 - jj
-                tj, vj = _token(c, j, L, CHUNK, REVERSE)
+                tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
                 Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
                 Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK)
                 dt_j = _pick(dt, offs_j, j)
