@@ -22,7 +22,7 @@ import torch.nn as nn
 import rmeeto
 from rmeeto.fast import accelerate
 from rmeeto.merge import MergeConfig
-from rmeeto.train import DistillationLoss
+from rmeeto.train import DistillationLoss, distillation_forward
 
 __all__ = ["bench_inference", "bench_train_step", "DTYPES"]
 
@@ -161,18 +161,11 @@ def bench_train_step(
         for _ in range(2)
     ]
     tdtype = DTYPES[dtype]
-    amp = tdtype != torch.float32
     criterion = DistillationLoss(nn.CrossEntropyLoss(), alpha)  # the re-training loss (CE + alpha * KL)
 
     def step(batch):
         x, y = batch
-        with torch.autocast(device.type, dtype=tdtype, enabled=amp):
-            logits = student(x)
-            t_logits = None
-            if teacher_model is not None:
-                with torch.no_grad():
-                    t_logits = teacher_model(x)
-            loss, _ = criterion(logits, y, t_logits)
+        loss, _ = distillation_forward(student, teacher_model, criterion, x, y, tdtype)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -280,6 +280,20 @@ class DistillationLoss(nn.Module):
         return cls_loss + self.alpha * kd, {"cls": cls_loss.detach(), "kd": kd.detach()}
 
 
+def distillation_forward(student: nn.Module, teacher: Optional[nn.Module], criterion: DistillationLoss,
+                         images: torch.Tensor, targets: torch.Tensor, amp_dtype: torch.dtype):
+    """The forward half of one re-training step: student logits under autocast (off for float32), the
+    teacher's under no_grad, and the distillation loss -> (loss, parts). The training loop and the
+    training-step benchmark both call this, so the benchmark times what the loop runs."""
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+        logits = student(images)
+        teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+        return criterion(logits, targets, teacher_logits)
+
+
 def build_criterion(config: TrainConfig) -> DistillationLoss:
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
@@ -824,13 +838,7 @@ def _train(config: TrainConfig, resume: Optional[str], rank: int, world: int, lo
                     if distributed and not last_micro:
                         sync = train_model.no_sync()
                     with sync:
-                        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
-                            logits = train_model(images)
-                            teacher_logits = None
-                            if teacher is not None:
-                                with torch.no_grad():
-                                    teacher_logits = teacher(images)
-                            loss, parts = criterion(logits, targets, teacher_logits)
+                        loss, parts = distillation_forward(train_model, teacher, criterion, images, targets, amp_dtype)
                     if global_step == debug_nan_step:
                         loss = loss * float("nan")
                 # agree across ranks on the loss, on skipping an empty batch and on a stop signal (one all-reduce)
