@@ -61,6 +61,24 @@ def fwdbwd_fn(scan, leaves, gout):
     return f
 
 
+def sweep(label, attr, candidates, fn, note=""):
+    """Time fn under every tile config in candidates (set as triton_scan.<attr>), keep the fastest there and
+    return (ms, config)."""
+    best = None
+    for cfg in candidates:
+        setattr(triton_scan, attr, dict(cfg))
+        try:
+            t = bench(fn)
+        except Exception as e:  # e.g. out of resources
+            print(f"  {label} config {cfg}: failed ({type(e).__name__}: {str(e)[:100]})")
+            continue
+        print(f"  {label} config {cfg}: {t:.3f} ms{note}")
+        if best is None or t < best[0]:
+            best = (t, cfg)
+    setattr(triton_scan, attr, dict(best[1]))
+    return best
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=128)
@@ -95,34 +113,11 @@ def main():
     inputs_vim = make(b, d, L, n, dtype, "vim")
     gout_vim = torch.randn(b, L, d, device="cuda").to(dtype).transpose(1, 2)
     if not args.no_sweep:
-        best = None
-        for cfg in triton_scan.CANDIDATE_FWD:
-            triton_scan.FWD_CONFIG = dict(cfg)
-            try:
-                t = bench(fwd_fn(triton_scan.selective_scan_triton, inputs_vim))
-            except Exception as e:  # e.g. out of resources
-                print(f"  fwd config {cfg}: failed ({type(e).__name__}: {str(e)[:100]})")
-                continue
-            print(f"  fwd config {cfg}: {t:.3f} ms")
-            if best is None or t < best[0]:
-                best = (t, cfg)
-        triton_scan.FWD_CONFIG = dict(best[1])
-        results["fwd_best_config"] = best
-
-        best = None
-        for cfg in triton_scan.CANDIDATE_BWD:
-            triton_scan.BWD_CONFIG = dict(cfg)
-            f = lambda: torch.ops.rmeeto.selective_scan_bwd(gout_vim, *inputs_vim, True, False)  # noqa: E731
-            try:
-                t = bench(f)
-            except Exception as e:
-                print(f"  bwd config {cfg}: failed ({type(e).__name__}: {str(e)[:100]})")
-                continue
-            print(f"  bwd config {cfg}: {t:.3f} ms (backward op alone)")
-            if best is None or t < best[0]:
-                best = (t, cfg)
-        triton_scan.BWD_CONFIG = dict(best[1])
-        results["bwd_best_config"] = best
+        results["fwd_best_config"] = sweep(
+            "fwd", "FWD_CONFIG", triton_scan.CANDIDATE_FWD, fwd_fn(triton_scan.selective_scan_triton, inputs_vim))
+        results["bwd_best_config"] = sweep(
+            "bwd", "BWD_CONFIG", triton_scan.CANDIDATE_BWD,
+            lambda: torch.ops.rmeeto.selective_scan_bwd(gout_vim, *inputs_vim, True, False), " (backward op alone)")
     print(f"  using FWD_CONFIG={triton_scan.FWD_CONFIG} BWD_CONFIG={triton_scan.BWD_CONFIG}")
 
     # ---- table
