@@ -33,7 +33,7 @@ except Exception:
     tl = None
     _HAS_TRITON = False
 
-__all__ = ["destination_map", "merge_streams_fused", "merge_streams_by_map", "is_available"]
+__all__ = ["destination_map", "merge_streams_fused", "is_available"]
 
 
 def is_available() -> bool:
@@ -74,21 +74,6 @@ def destination_map(plan, num_tokens: int, ordered: bool) -> Tensor:
     c = plan.cls_index
     cls_col = torch.full((batch, 1), new_cls, dtype=torch.int64, device=dev)
     return torch.cat([pos_cf[:, :c], cls_col, pos_cf[:, c:]], dim=1)
-
-
-def merge_streams_by_map(streams, size: Optional[Tensor], dest: Tensor, num_out: int):
-    """Reference of the fused kernel in PyTorch (index_add over the destination map); any device."""
-    x0 = streams[0]
-    batch, L = dest.shape
-    s = size if size is not None else torch.ones(batch, L, 1, device=x0.device, dtype=torch.float32)
-    s = s.float()
-    new_s = torch.zeros(batch, num_out, 1, device=x0.device, dtype=torch.float32).scatter_add_(1, dest[..., None], s)
-    outs = []
-    for x in streams:
-        acc = torch.zeros(batch, num_out, x.shape[-1], device=x.device, dtype=torch.float32)
-        acc.scatter_add_(1, dest[..., None].expand(-1, -1, x.shape[-1]), x.float() * s)
-        outs.append((acc / new_s).to(x.dtype))
-    return outs, new_s
 
 
 if _HAS_TRITON:
