@@ -1,4 +1,5 @@
-"""Time the selective-scan backends on Vim-S shapes (one scan direction of one mixer).
+"""Time the selective-scan backends on Vim-S shapes (one scan direction of one mixer); the official
+mamba_ssm kernel too when it is importable (contiguous layout, its own).
 
     PYTHONPATH=src python benchmarks/bench_scan_gpu.py [--batch 128] [--dim 768] [--length 197] [--no-sweep]
 
@@ -126,6 +127,12 @@ def main():
     backends = [("triton", triton_scan.selective_scan_triton, False), ("chunked", selective_scan_chunked, True)]
     if not args.skip_slow:
         backends.append(("reference", selective_scan_ref, True))
+    try:  # the official CUDA kernel, when mamba_ssm is importable (benchmarks/build_mamba_ssm.sh)
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        backends.insert(1, ("mamba_ssm", selective_scan_fn, False))
+    except ImportError:
+        print("  mamba_ssm not importable: no official-kernel row")
     for layout in ("contig", "vim"):
         ins = inputs if layout == "contig" else inputs_vim
         go = gout if layout == "contig" else gout_vim

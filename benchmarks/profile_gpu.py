@@ -1,36 +1,87 @@
-"""Where a Vim forward spends its GPU time: top kernels by CUDA time (torch.profiler), one eager forward.
+"""Where a Vim spends its GPU time: top kernels by CUDA time (torch.profiler), unmerged and merged.
 
-    PYTHONPATH=src python benchmarks/profile_gpu.py [--model vim_small_patch16_224] [--merged] [--batch 128]
+    PYTHONPATH=src python benchmarks/profile_gpu.py [--model vim_small_patch16_224] [--batch 128]
+        [--what inference,train] [--variants unmerged,merged] [--rows 18]
+
+``inference``: one eager fp16 forward (official protocol). ``train``: one re-training step (student fwd + bwd
+under bf16 autocast, teacher fwd, AdamW), as ``rmeeto bench --train`` times it. For each, it prints the wall
+time of the profiled call, the sum of GPU kernel time (their difference is GPU idle time: launch gaps, host
+work) and the kernels that take the most time.
 """
 
 import argparse
+import time
 
 import torch
+import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
 import rmeeto
+from rmeeto.train import DistillationLoss, distillation_forward
+
+
+def inference_step(name: str, merged: bool, batch: int):
+    model = rmeeto.create_model(name).cuda().half().eval()
+    if merged:
+        rmeeto.apply_merge(model, rmeeto.MergeConfig.paper(name))
+    x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=torch.half)
+
+    @torch.no_grad()
+    def step():
+        model(x)
+
+    return step
+
+
+def train_step(name: str, merged: bool, batch: int):
+    student = rmeeto.create_model(name, drop_path_rate=0.1).cuda().train()
+    if merged:
+        rmeeto.apply_merge(student, rmeeto.MergeConfig.paper(name))
+    teacher = rmeeto.create_model(name).cuda().eval().requires_grad_(False)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.05, fused=True)
+    criterion = DistillationLoss(nn.CrossEntropyLoss(), 0.5)
+    x = torch.randn(batch, 3, 224, 224, device="cuda")
+    y = torch.randint(0, student.num_classes, (batch,), device="cuda")
+
+    def step():
+        loss, _ = distillation_forward(student, teacher, criterion, x, y, torch.bfloat16)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="vim_small_patch16_224")
-    ap.add_argument("--merged", action="store_true")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--what", default="inference,train")
+    ap.add_argument("--variants", default="unmerged,merged")
     ap.add_argument("--rows", type=int, default=18)
     args = ap.parse_args()
-    model = rmeeto.create_model(args.model).cuda().half().eval()
-    if args.merged:
-        rmeeto.apply_merge(model, rmeeto.MergeConfig.paper(args.model))
-    x = torch.randn(args.batch, 3, 224, 224, device="cuda", dtype=torch.half)
-    with torch.no_grad():
-        for _ in range(3):
-            model(x)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            model(x)
+    for what in args.what.split(","):
+        for variant in args.variants.split(","):
+            make = {"inference": inference_step, "train": train_step}[what]
+            step = make(args.model, variant == "merged", args.batch)
+            for _ in range(3):
+                step()
             torch.cuda.synchronize()
-    print(f"# {args.model} merged={args.merged} batch {args.batch} fp16 eager, {torch.cuda.get_device_name()}")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=60))
+            t0 = time.perf_counter()
+            step()
+            torch.cuda.synchronize()
+            wall_plain = (time.perf_counter() - t0) * 1e3
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                step()
+                torch.cuda.synchronize()
+            events = prof.key_averages()
+            gpu_ms = sum(e.self_device_time_total for e in events) / 1e3
+            n_kernels = sum(e.count for e in events if e.self_device_time_total > 0)
+            print(f"\n# {args.model} {variant} {what}, batch {args.batch}, {torch.cuda.get_device_name()}: "
+                  f"wall {wall_plain:.2f} ms (unprofiled), GPU kernels {gpu_ms:.2f} ms in {n_kernels} launches")
+            print(events.table(sort_by="self_device_time_total", row_limit=args.rows, max_name_column_width=70))
+            del step
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
