@@ -1,5 +1,12 @@
-"""The destination-map formulation of the merge (what the fused CUDA kernel computes) against the PyTorch
-merge_streams, on CPU for every layout; the Triton kernel itself against both on CUDA."""
+"""The fused CUDA merge (rmeeto.ops.merge_triton) against the PyTorch matching and merge.
+
+On CPU: the destination-map formulation for every layout, and the Triton kernels themselves through Triton's
+interpreter (TRITON_INTERPRET=1, in a subprocess). On CUDA: the compiled kernels, values and gradients."""
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -55,13 +62,23 @@ def test_destination_map_reproduces_merge_streams(L, cls_index, r, ordered, with
 @pytest.mark.parametrize("ordered", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("L,cls_index,r,C", [(197, 98, 11, 384), (186, 92, 11, 768), (87, 43, 11, 192), (17, 8, 8, 40)])
-def test_fused_kernel_matches_merge_streams(L, cls_index, r, C, ordered, dtype):
+@pytest.mark.parametrize("use_matcher", [False, True])
+def test_fused_kernel_matches_merge_streams(L, cls_index, r, C, ordered, dtype, use_matcher):
+    """Both fused entry points (plan from PyTorch; plan from the matching kernel) against merge_streams. The
+    matching kernel sums scores in another order than cuBLAS; on random data no near-tie is that close."""
+    if use_matcher and dtype != torch.float32:
+        pytest.skip("half-precision plans are checked by test_match_plan_half_is_a_valid_plan")
     for with_size in (False, True):
         hidden, residual, size, plan = _case(4, L, C, cls_index, r, ordered, with_size, seed=C, device="cuda", dtype=dtype)
         hidden.requires_grad_(True)
         residual.requires_grad_(True)
         (h_ref, r_ref), s_ref = merge_streams([hidden, residual], size, plan, "sum")
-        (h, r_), s = merge_triton.merge_streams_fused(hidden, residual, size, plan, ordered)
+        if use_matcher:
+            r = plan.src_idx.shape[1]
+            (h, r_), s = merge_triton.match_merge_fused(
+                hidden, residual, size, hidden, cls_index, r, plan.new_cls_index, ordered)
+        else:
+            (h, r_), s = merge_triton.merge_streams_fused(hidden, residual, size, plan, ordered)
         tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
         torch.testing.assert_close(s, s_ref)
         torch.testing.assert_close(h, h_ref, **tol)
@@ -89,3 +106,113 @@ def test_token_lists_emulated_kernel(L, cls_index, r, ordered):
             torch.testing.assert_close(w.sum(), s_ref[b, p, 0])
             torch.testing.assert_close((hidden[b, toks] * w[:, None]).sum(0) / w.sum(), h_ref[b, p])
             torch.testing.assert_close((residual[b, toks] * w[:, None]).sum(0) / w.sum(), r_ref[b, p])
+
+
+# ---------------------------------------------------------------------------------- the matching kernel
+_INTERPRETED = textwrap.dedent("""
+    import sys, torch
+    from rmeeto.merge import bipartite_match, merge_streams
+    from rmeeto.ops import merge_triton as mt
+    torch.manual_seed(0)
+    failures = []
+    cases = [(2, 17, 24, 8, 4), (2, 17, 24, 0, 8), (2, 16, 20, 15, 3), (2, 197, 40, 98, 11), (2, 76, 33, 37, 37),
+             (1, 150, 16, 149, 30), (1, 3, 16, 1, 1), (2, 130, 70, 64, 20)]
+    for dtype in (torch.float32, torch.float16):
+        for B, L, C, cls, r in cases:
+            for ordered in (True, False):
+                for ties in (False, True):
+                    # ties: metric rows from {0, 1, 2}^C, so many scores and best scores are exactly equal
+                    m = (torch.randint(0, 3, (B, L, C)) if ties else torch.randn(B, L, C)).to(dtype)
+                    plan = bipartite_match(m, cls, r, ordered=ordered)
+                    n = plan.src_idx.shape[1]
+                    dest = mt.destination_map(plan, L, ordered)
+                    ref = (dest,) + mt._token_lists(dest, mt._source_tokens(plan), L - n)
+                    got = mt.match_plan(m, cls, n, plan.new_cls_index, ordered)
+                    if not all(torch.equal(x.long(), y.long()) for x, y in zip(ref, got)):
+                        failures.append(("plan", dtype, B, L, C, cls, r, ordered, ties))
+    # the whole fused merge with sizes, and its backward
+    B, L, C, cls, r = 2, 33, 24, 16, 6
+    for ordered in (True, False):
+        h = torch.randn(B, L, C, requires_grad=True)
+        res = torch.randn(B, L, C, requires_grad=True)
+        size = torch.randint(1, 4, (B, L, 1)).float()
+        plan = bipartite_match(h, cls, r, ordered=ordered)
+        (h1, r1), s1 = merge_streams([h, res], size, plan, "sum")
+        (h2, r2), s2 = mt.match_merge_fused(h, res, size, h, cls, r, plan.new_cls_index, ordered)
+        g1 = torch.autograd.grad((h1 * 1.5).sum() + (r1 ** 2).sum(), [h, res])
+        g2 = torch.autograd.grad((h2 * 1.5).sum() + (r2 ** 2).sum(), [h, res])
+        for a, b in zip((h1, r1, s1) + g1, (h2, r2, s2) + g2):
+            if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
+                failures.append(("merge", ordered))
+    print("FAILURES", failures)
+    sys.exit(1 if failures else 0)
+""")
+
+
+@pytest.mark.skipif(not merge_triton._HAS_TRITON, reason="needs Triton (its interpreter runs on CPU)")
+def test_match_plan_interpreted_equals_pytorch_plan():
+    """The matching kernel, run by Triton's CPU interpreter, makes exactly bipartite_match's plan (fp32 and
+    fp16 metrics, both layouts, tie-heavy metrics included); the fused merge matches merge_streams with
+    gradients. (bf16 is left to the GPU test: the interpreter truncates float32 -> bf16 instead of rounding.)"""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    src = os.path.join(os.path.dirname(__file__), "..", "src")
+    env["PYTHONPATH"] = os.pathsep.join([src] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    proc = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not merge_triton.is_available(), reason="needs CUDA and Triton")
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("ties", [False, True])
+def test_match_plan_half_is_a_valid_plan(dtype, ordered, ties):
+    """In fp16/bf16 the scores are rounded to the metric's dtype, so the kernel and cuBLAS (other summation
+    order) may break near-ties differently. Check the kernel's plan against the definition instead, with
+    scores recomputed in float64 from the same rounded rows: every merged source's partner is a best
+    destination and every merged source scores at least as high as every kept one (both within one rounding
+    step); the lists are a consistent permutation; and where no near-tie exists the plan is PyTorch's."""
+    from rmeeto.merge import plan_cls_index
+
+    torch.manual_seed(3)
+    B, L, C, cls, r = 8, 197, 384, 98, 11
+    m = (torch.randint(0, 3, (B, L, C), device="cuda") if ties else torch.randn(B, L, C, device="cuda")).to(dtype)
+    new_cls = plan_cls_index(cls, L, r, ordered)
+    dest, base, src, sdst = merge_triton.match_plan(m, cls, r, new_cls, ordered)
+    q = torch.arange(L - 1, device="cuda")
+    tok = q + (q >= cls).long()
+    ta, tb = tok[0::2], tok[1::2]
+    mf = m.float()
+    a = (mf / mf.norm(dim=-1, keepdim=True)).to(dtype).double()
+    scores = a[:, ta] @ a[:, tb].transpose(1, 2)  # [B, na, nb]
+    best = scores.max(-1).values
+    eps = 2 * torch.finfo(dtype).eps
+    n_out = L - r
+    for b in range(B):
+        merged_tok = src[b].long()
+        j = (merged_tok - (merged_tok > cls).long()) // 2  # source index of each merged token
+        # each merged source goes to a best destination (the slot of that destination token)
+        dst_tok = tb[(scores[b, j] >= best[b, j, None] - eps).nonzero()[:, 1]]
+        assert set(sdst[b].tolist()) <= set(dest[b, tb].tolist())
+        for k in range(r):
+            slot = int(sdst[b, k])
+            cands = tb[(scores[b, j[k]] >= best[b, j[k]] - eps)]
+            assert slot in dest[b, cands].tolist()
+        # merged sources score at least as high as kept ones, and come in descending order
+        kept = torch.ones(len(ta), dtype=torch.bool, device="cuda")
+        kept[j] = False
+        assert best[b, j].min() >= best[b, kept].max() - eps
+        assert torch.all(best[b, j][1:] <= best[b, j][:-1] + eps)
+        # every slot has exactly one kept token; the destination map agrees with the lists
+        assert sorted(base[b].tolist()) == sorted(set(range(L)) - set(merged_tok.tolist()))
+        assert torch.equal(dest[b, base[b].long()], torch.arange(n_out, device="cuda"))
+        assert int(dest[b, cls]) == new_cls and int(base[b, new_cls]) == cls
+        assert torch.equal(dest[b, merged_tok], sdst[b].long())
+        del dst_tok
+    if not ties:  # random rows: compare with the PyTorch plan where it is unambiguous
+        from rmeeto.merge import bipartite_match
+
+        plan = bipartite_match(m, cls, r, ordered=ordered)
+        ref = merge_triton.destination_map(plan, L, ordered)
+        same = (ref == dest).all(-1).float().mean().item()
+        assert same >= 0.75, f"only {same:.0%} of the batch has PyTorch's plan"

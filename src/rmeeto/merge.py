@@ -280,7 +280,7 @@ def bipartite_match(
     else:
         top_val, top_idx = scores.topk(k, dim=-1)
         node_max, node_idx = top_val[..., k - 1], top_idx[..., k - 1]
-    edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
+    edge_idx = node_max.argsort(dim=-1, descending=True, stable=True)[..., None]  # ties: lower index first
     unm_idx, src_idx = edge_idx[:, r:], edge_idx[:, :r]
     dst_idx = node_idx[..., None].gather(dim=1, index=src_idx)
     order = None
@@ -375,6 +375,16 @@ class MergingBlock(Block):
         if cfg.num_merged > 0 and residual is not None:
             metric = hidden if cfg.metric == "x" else state.metric
             fused = _use_fused(hidden, cfg)
+            L = hidden.shape[1]
+            r = max(0, min(cfg.num_merged, (L - 1) // 2))
+            if fused and r > 0 and cfg.distance == "cosine" and cfg.choose == 1 and state.source is None:
+                # matching and merge in two kernels (rmeeto.ops.merge_triton)
+                new_cls = plan_cls_index(state.cls_index, L, r, cfg.ordered)
+                (hidden, residual), size = merge_triton.match_merge_fused(
+                    hidden, residual, state.size, metric, state.cls_index, r, new_cls, cfg.ordered
+                )
+                state = TokenState(new_cls, size, None, None)
+                return self.add_norm_mix(hidden, residual, state)
             plan = bipartite_match(
                 metric, state.cls_index, cfg.num_merged, distance=cfg.distance, choose=cfg.choose,
                 ordered=cfg.ordered, with_order=not fused or state.source is not None,

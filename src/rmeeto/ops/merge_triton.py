@@ -1,22 +1,30 @@
-"""Fused size-weighted token merge for CUDA: one Triton pass over the hidden and residual streams.
+"""Fused token merging for CUDA: the matching and the size-weighted merge of both streams in two kernels.
 
-:func:`rmeeto.merge.merge_streams` in PyTorch packs both streams with their sizes into one float32 tensor and
-runs a chain of cat / gather / scatter_reduce / gather / cat / divide / cast over it: about ten passes over a
-[batch, L, 2C + 1] float32 tensor per merging layer, which on a GPU cost as much time as the merge saves.
-Here the plan becomes a destination map (the output position of every input token, computed with a few
-small integer ops on [batch, L] tensors, no sort and no host sync; the sum order is fixed and the result
-deterministic: each output slot adds its kept token, then the sources
-routed to it in plan order), and one kernel reads every token of both streams once and writes each output
-token once:
+:func:`rmeeto.merge.bipartite_match` plus :func:`rmeeto.merge.merge_streams` in PyTorch are some forty small
+kernels per merging layer (gathers, norms, a matmul, max, argsort, index arithmetic, then a chain of cat /
+gather / scatter_reduce / divide / cast over a packed float32 tensor); on a GPU they cost as much time as the
+merge saves. Here:
 
-    out[p] = sum_{t -> p} x[t] * s[t] / sum_{t -> p} s[t]      (s = sizes, 1 before the first merge)
+1. :func:`match_plan` (one program per batch element) normalises the metric rows, scores sources against
+   destinations with ``tl.dot`` (rounded to the metric's dtype, as the PyTorch matmul returns them), takes
+   each source's best partner, ranks the sources with a stable descending order, and writes the plan as
+   token lists: the output slot of every input token (the destination map), the kept token of every slot,
+   and the merged sources with their slots. No sort call, no host sync, static shapes.
+2. The merge kernel reads every token of both streams once and writes each output token once:
+
+       out[p] = sum_{t -> p} x[t] * s[t] / sum_{t -> p} s[t]      (s = sizes, 1 before the first merge)
+
+   each slot adding its kept token, then the sources routed to it in plan order (fixed order: deterministic).
 
 The backward is a gather: dx[t] = dout[p(t)] * s[t] / s_out[p(t)] (sizes carry no gradient). Only the
-default merge (reduce "sum", not pruning) takes this path; everything else stays in PyTorch.
+default merge (reduce "sum", not pruning) takes this path; plans for other distances or partner ranks are
+made in PyTorch and turned into the same token lists (:func:`destination_map`), everything else stays in
+PyTorch.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -33,7 +41,12 @@ except Exception:
     tl = None
     _HAS_TRITON = False
 
-__all__ = ["destination_map", "merge_streams_fused", "is_available"]
+__all__ = ["destination_map", "match_plan", "match_merge_fused", "merge_streams_fused", "is_available"]
+
+
+def _on(device: torch.device):
+    """Launch context: the tensor's CUDA device (CPU tensors only occur under TRITON_INTERPRET=1)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def is_available() -> bool:
@@ -77,6 +90,145 @@ def destination_map(plan, num_tokens: int, ordered: bool) -> Tensor:
 
 
 if _HAS_TRITON:
+    @triton.jit
+    def _match_kernel(
+        m_ptr, s_mb, s_ml,
+        norm_ptr, vmax_ptr, vidx_ptr, rank_ptr,
+        dest_ptr, base_ptr, src_ptr, sdst_ptr,
+        L, C, cls, new_cls, R, L_out,
+        ORDERED: tl.constexpr, IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        """Bipartite cosine matching and the merge plan of one batch element (one program per element).
+
+        Phases, separated by block barriers (scratch lives in global memory, read back by the same block):
+        0. L2 norm of every token's metric row;
+        1. scores of sources (even class-free positions) against destinations (odd), rounded to the metric's
+           dtype as the matmul of the PyTorch path returns them; best destination per source (first on ties);
+        2. rank of every source by its best score (descending, ties by index: a stable sort);
+        3. the R best sources merge: output slot of every token, the kept token of every slot, the merged
+           sources in rank order and their slots.
+        """
+        b = tl.program_id(0).to(tl.int64)
+        T = L - 1
+        NA = (T + 1) // 2
+        NB = T // 2
+        m_row = m_ptr + b * s_mb
+        offs = tl.arange(0, BLOCK_T)
+        offs_c = tl.arange(0, BLOCK_C)
+
+        # ---- 0: norms
+        for t0 in range(0, L, BLOCK_T):
+            t = t0 + offs
+            acc = tl.zeros([BLOCK_T], tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                c = c0 + offs_c
+                x = tl.load(m_row + t[:, None] * s_ml + c[None, :], mask=(t[:, None] < L) & (c[None, :] < C), other=0.0)
+                x = x.to(tl.float32)
+                acc += tl.sum(x * x, axis=1)
+            tl.store(norm_ptr + b * L + t, tl.maximum(tl.sqrt_rn(acc), 1e-12), mask=t < L)
+        tl.debug_barrier()
+
+        # ---- 1: best destination of every source
+        for i0 in range(0, NA, BLOCK_T):
+            i = i0 + offs
+            qa = 2 * i
+            ta = qa + (qa >= cls).to(tl.int32)
+            ma = i < NA
+            na = tl.load(norm_ptr + b * L + ta, mask=ma, other=1.0)
+            best = tl.full([BLOCK_T], float("-inf"), tl.float32)
+            best_j = tl.zeros([BLOCK_T], tl.int32)
+            for j0 in range(0, NB, BLOCK_T):
+                j = j0 + offs
+                qb = 2 * j + 1
+                tb = qb + (qb >= cls).to(tl.int32)
+                mb = j < NB
+                nb = tl.load(norm_ptr + b * L + tb, mask=mb, other=1.0)
+                s = tl.zeros([BLOCK_T, BLOCK_T], tl.float32)
+                for c0 in range(0, C, BLOCK_C):
+                    c = c0 + offs_c
+                    mc = c[None, :] < C
+                    xa = tl.load(m_row + ta[:, None] * s_ml + c[None, :], mask=ma[:, None] & mc, other=0.0)
+                    xb = tl.load(m_row + tb[:, None] * s_ml + c[None, :], mask=mb[:, None] & mc, other=0.0)
+                    xa = tl.div_rn(xa.to(tl.float32), na[:, None]).to(m_ptr.dtype.element_ty)
+                    xb = tl.div_rn(xb.to(tl.float32), nb[:, None]).to(m_ptr.dtype.element_ty)
+                    if IEEE:
+                        s = tl.dot(xa, tl.trans(xb), s, input_precision="ieee")
+                    else:
+                        s = tl.dot(xa, tl.trans(xb), s)
+                s = s.to(m_ptr.dtype.element_ty).to(tl.float32)
+                s = tl.where(mb[None, :], s, float("-inf"))
+                tile_best = tl.max(s, axis=1)
+                # first column reaching the row's maximum
+                tile_j = tl.min(tl.where(s == tile_best[:, None], j[None, :], 2147483647), axis=1)
+                better = tile_best > best
+                best = tl.where(better, tile_best, best)
+                best_j = tl.where(better, tile_j, best_j)
+            tl.store(vmax_ptr + b * NA + i, best, mask=ma)
+            tl.store(vidx_ptr + b * NA + i, best_j, mask=ma)
+        tl.debug_barrier()
+
+        # ---- 2: ranks (stable descending order of the best scores)
+        for i0 in range(0, NA, BLOCK_T):
+            i = i0 + offs
+            ma = i < NA
+            vi = tl.load(vmax_ptr + b * NA + i, mask=ma, other=float("-inf"))
+            rank = tl.zeros([BLOCK_T], tl.int32)
+            for j0 in range(0, NA, BLOCK_T):
+                j = j0 + offs
+                vj = tl.load(vmax_ptr + b * NA + j, mask=j < NA, other=float("-inf"))
+                ahead = (vj[None, :] > vi[:, None]) | ((vj[None, :] == vi[:, None]) & (j[None, :] < i[:, None]))
+                ahead = ahead & (j[None, :] < NA)
+                rank += tl.sum(ahead.to(tl.int32), axis=1)
+            tl.store(rank_ptr + b * NA + i, rank, mask=ma)
+        tl.debug_barrier()
+
+        # ---- 3: slots. Index i of a tile is source i and destination i (there are never more destinations).
+        n_unm = NA - R
+        for i0 in range(0, NA, BLOCK_T):
+            i = i0 + offs
+            ma = i < NA
+            mb = i < NB
+            rank = tl.load(rank_ptr + b * NA + i, mask=ma, other=0)
+            merged = (rank < R) & ma
+            dj = tl.load(vidx_ptr + b * NA + i, mask=ma, other=0)
+            qa = 2 * i
+            ta = qa + (qa >= cls).to(tl.int32)
+            qb = 2 * i + 1
+            tb = qb + (qb >= cls).to(tl.int32)
+            if ORDERED:
+                # merged sources before source i, up to destination i, up to source i's destination
+                n_lt = tl.zeros([BLOCK_T], tl.int32)
+                n_le = tl.zeros([BLOCK_T], tl.int32)
+                n_at = tl.zeros([BLOCK_T], tl.int32)
+                for j0 in range(0, NA, BLOCK_T):
+                    j = j0 + offs
+                    rj = tl.load(rank_ptr + b * NA + j, mask=j < NA, other=0)
+                    mj = ((rj < R) & (j < NA))[None, :]
+                    n_lt += tl.sum((mj & (j[None, :] < i[:, None])).to(tl.int32), axis=1)
+                    n_le += tl.sum((mj & (j[None, :] <= i[:, None])).to(tl.int32), axis=1)
+                    n_at += tl.sum((mj & (j[None, :] <= dj[:, None])).to(tl.int32), axis=1)
+                ra = 2 * i - n_lt
+                rb = 2 * i + 1 - n_le
+                rd = 2 * dj + 1 - n_at
+                slot_a = ra + (ra >= new_cls).to(tl.int32)
+                slot_b = rb + (rb >= new_cls).to(tl.int32)
+                slot_d = rd + (rd >= new_cls).to(tl.int32)
+            else:
+                k = rank - R
+                slot_a = k + (k >= new_cls).to(tl.int32)
+                slot_b = n_unm + 1 + i
+                slot_d = n_unm + 1 + dj
+            tok_slot = tl.where(merged, slot_d, slot_a)
+            tl.store(dest_ptr + b * L + ta, tok_slot.to(tl.int64), mask=ma)
+            tl.store(dest_ptr + b * L + tb, slot_b.to(tl.int64), mask=mb)
+            tl.store(base_ptr + b * L_out + slot_a, ta, mask=ma & (rank >= R))
+            tl.store(base_ptr + b * L_out + slot_b, tb, mask=mb)
+            tl.store(src_ptr + b * R + rank, ta, mask=merged)
+            tl.store(sdst_ptr + b * R + rank, slot_d, mask=merged)
+        first = offs == 0
+        tl.store(dest_ptr + b * L + cls + offs, tl.full([BLOCK_T], new_cls, tl.int64), mask=first)
+        tl.store(base_ptr + b * L_out + new_cls + offs, tl.full([BLOCK_T], cls, tl.int32), mask=first)
+
     @triton.jit
     def _merge_fwd_kernel(
         h_ptr, r_ptr, s_ptr, base_ptr, src_ptr, sdst_ptr, ho_ptr, ro_ptr, so_ptr,
@@ -138,10 +290,12 @@ def _source_tokens(plan) -> Tensor:
 
 
 class _FusedMerge(torch.autograd.Function):
+    """Forward: the merge kernel over the token lists of a plan. Backward: a gather over the destination map."""
+
     @staticmethod
-    def forward(ctx, hidden, residual, size, dest, src_tok, num_out):
+    def forward(ctx, hidden, residual, size, dest, base, src, sdst):
         batch, L, C = hidden.shape
-        base, src, sdst = _token_lists(dest, src_tok, num_out)
+        num_out = base.shape[1]
         if hidden.stride(2) != 1:
             hidden = hidden.contiguous()
         if residual.stride(2) != 1:
@@ -151,7 +305,7 @@ class _FusedMerge(torch.autograd.Function):
         r_out = torch.empty(batch, num_out, C, device=residual.device, dtype=residual.dtype)
         s_out = torch.empty(batch, num_out, 1, device=hidden.device, dtype=torch.float32)
         block_c = triton.next_power_of_2(C)
-        with torch.cuda.device(hidden.device):
+        with _on(hidden.device):
             _merge_fwd_kernel[(batch, num_out)](
                 hidden, residual, s, base, src, sdst, h_out, r_out, s_out,
                 L, num_out, C, src.shape[1], hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1),
@@ -165,7 +319,6 @@ class _FusedMerge(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_h, d_r, _d_s):
         size, dest, s_out = ctx.saved_tensors
-        batch, L = dest.shape
         idx = dest[..., None]
         w = s_out.gather(1, idx).reciprocal()  # [batch, L, 1]
         if size is not None:
@@ -176,14 +329,59 @@ class _FusedMerge(torch.autograd.Function):
                 grads.append(None)
                 continue
             grads.append((g.float().gather(1, idx.expand(-1, -1, g.shape[-1])) * w).to(dtype))
-        return grads[0], grads[1], None, None, None, None
+        return grads[0], grads[1], None, None, None, None, None
 
 
 def merge_streams_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], plan, ordered: bool):
-    """Size-weighted merge of the two streams with one fused kernel -> ((hidden, residual), new_size).
+    """Size-weighted merge of the two streams with one fused kernel, for a plan made in PyTorch
+    (:func:`rmeeto.merge.bipartite_match`, any distance / partner rank) -> ((hidden, residual), new_size).
     Same result as ``merge_streams([hidden, residual], size, plan, "sum")`` up to float rounding."""
     L = hidden.shape[1]
     num_out = L - plan.src_idx.shape[1]
     dest = destination_map(plan, L, ordered)
-    h, r, s = _FusedMerge.apply(hidden, residual, size, dest, _source_tokens(plan), num_out)
+    base, src, sdst = _token_lists(dest, _source_tokens(plan), num_out)
+    h, r, s = _FusedMerge.apply(hidden, residual, size, dest, base, src, sdst)
+    return (h, r), s
+
+
+def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
+    """Cosine bipartite matching (best partner) and the merge plan of every batch element in one kernel.
+
+    metric [batch, L, c] -> (dest [batch, L] int64, base [batch, L - r] int32, src [batch, r] int32,
+    sdst [batch, r] int32): the output slot of every token, the kept token of every slot, the merged sources
+    in plan order and their slots. ``num_merged`` must already be clamped to ``(L - 1) // 2`` and
+    ``new_cls_index`` come from :func:`rmeeto.merge.plan_cls_index`. The plan is the one
+    :func:`rmeeto.merge.bipartite_match` makes (scores rounded to the metric's dtype, first partner on ties,
+    sources ranked by a stable sort) up to the summation order of the scores.
+    """
+    batch, L, C = metric.shape
+    if metric.stride(2) != 1:
+        metric = metric.contiguous()
+    R = num_merged
+    dev = metric.device
+    na = L // 2
+    norm = torch.empty(batch, L, device=dev, dtype=torch.float32)
+    vmax = torch.empty(batch, na, device=dev, dtype=torch.float32)
+    vidx = torch.empty(batch, na, device=dev, dtype=torch.int32)
+    rank = torch.empty(batch, na, device=dev, dtype=torch.int32)
+    dest = torch.empty(batch, L, device=dev, dtype=torch.int64)
+    base = torch.empty(batch, L - R, device=dev, dtype=torch.int32)
+    src = torch.empty(batch, R, device=dev, dtype=torch.int32)
+    sdst = torch.empty(batch, R, device=dev, dtype=torch.int32)
+    with _on(dev):
+        _match_kernel[(batch,)](
+            metric, metric.stride(0), metric.stride(1), norm, vmax, vidx, rank, dest, base, src, sdst,
+            L, C, cls_index, new_cls_index, R, L - R,
+            ORDERED=ordered, IEEE=metric.dtype == torch.float32, BLOCK_T=64,
+            BLOCK_C=max(16, min(64, triton.next_power_of_2(C))), num_warps=4,
+        )
+    return dest, base, src, sdst
+
+
+def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
+                      num_merged: int, new_cls_index: int, ordered: bool):
+    """The whole default merging step in two kernels: :func:`match_plan` on ``metric`` (cosine, best
+    partner), then the size-weighted merge of both streams -> ((hidden, residual), new_size)."""
+    dest, base, src, sdst = match_plan(metric, cls_index, num_merged, new_cls_index, ordered)
+    h, r, s = _FusedMerge.apply(hidden, residual, size, dest, base, src, sdst)
     return (h, r), s
