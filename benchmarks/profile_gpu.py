@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
 import rmeeto
-from rmeeto.train import DistillationLoss, distillation_forward
+from rmeeto.train import DistillationLoss, TeacherForward, distillation_forward
 
 
 def inference_step(name: str, merged: bool, batch: int):
@@ -37,7 +37,7 @@ def train_step(name: str, merged: bool, batch: int):
     student = rmeeto.create_model(name, drop_path_rate=0.1).cuda().train()
     if merged:
         rmeeto.apply_merge(student, rmeeto.MergeConfig.paper(name))
-    teacher = rmeeto.create_model(name).cuda().eval().requires_grad_(False)
+    teacher = TeacherForward(rmeeto.create_model(name).cuda(), torch.bfloat16)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.05, fused=True)
     criterion = DistillationLoss(nn.CrossEntropyLoss(), 0.5)
     x = torch.randn(batch, 3, 224, 224, device="cuda")

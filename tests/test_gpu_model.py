@@ -82,6 +82,26 @@ def test_merged_training_step_gradients_match_reference():
         assert rel(grads["auto"][name], g) < 1e-2, name
 
 
+def test_graphed_teacher_equals_eager_autocast(monkeypatch):
+    """The training loop's teacher replays a CUDA graph: same logits as the eager autocast forward, fresh
+    inputs are read on every call, and returned logits are not overwritten by the next call."""
+    from rmeeto.train import TeacherForward
+
+    model = _model("vim_tiny_patch16_224", False, depth=4)
+    graphed = TeacherForward(model, torch.bfloat16)
+    monkeypatch.setenv("RMEETO_TEACHER_GRAPH", "0")
+    eager = TeacherForward(model, torch.bfloat16)
+    assert graphed.graphed is not None and eager.graphed is None
+    xs = [torch.randn(4, 3, 224, 224, device="cuda") for _ in range(3)]
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # as inside the training step
+        outs = [graphed(x) for x in xs]
+    refs = [eager(x) for x in xs]
+    for out, ref in zip(outs, refs):
+        assert out.dtype == ref.dtype and not out.requires_grad
+        assert rel(out.float(), ref.float()) < 1e-3
+    assert rel(outs[0].float(), outs[1].float()) > 1e-2  # different images, different logits, both kept
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_triton_conv_silu_matches_torch(reverse, dtype):

@@ -22,7 +22,7 @@ import torch.nn as nn
 import rmeeto
 from rmeeto.fast import accelerate
 from rmeeto.merge import MergeConfig
-from rmeeto.train import DistillationLoss, distillation_forward
+from rmeeto.train import DistillationLoss, TeacherForward, distillation_forward
 
 __all__ = ["bench_inference", "bench_train_step", "DTYPES"]
 
@@ -149,10 +149,12 @@ def bench_train_step(
     torch.manual_seed(seed)
     student = _build(model_name, merge_config, device, img_size, drop_path_rate=drop_path_rate).train()
     student.set_scan_backend(backend)
-    teacher_model = None
+    tdtype = DTYPES[dtype]
+    teacher_fn = None
     if teacher:
-        teacher_model = _build(model_name, None, device, img_size).eval().requires_grad_(False)
+        teacher_model = _build(model_name, None, device, img_size)
         teacher_model.set_scan_backend(backend)
+        teacher_fn = TeacherForward(teacher_model, tdtype)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.05, fused=device.type == "cuda")
     c, h, w = student.pretrained_cfg.input_size if img_size is None else (3, img_size, img_size)
     num_classes = student.num_classes
@@ -160,12 +162,11 @@ def bench_train_step(
         (torch.randn(batch_size, c, h, w, device=device), torch.randint(0, num_classes, (batch_size,), device=device))
         for _ in range(2)
     ]
-    tdtype = DTYPES[dtype]
     criterion = DistillationLoss(nn.CrossEntropyLoss(), alpha)  # the re-training loss (CE + alpha * KL)
 
     def step(batch):
         x, y = batch
-        loss, _ = distillation_forward(student, teacher_model, criterion, x, y, tdtype)
+        loss, _ = distillation_forward(student, teacher_fn, criterion, x, y, tdtype)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

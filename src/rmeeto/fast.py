@@ -41,7 +41,9 @@ class GraphedForward:
     def _ctx(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.autocast_dtype)
+        # no autocast weight cache: casts cached during warm-up (or by an enclosing autocast region) would be
+        # captured by address and freed when that region ends
+        return torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +59,8 @@ class GraphedForward:
                         self.fn(static_in)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: a DataLoader's pin-memory thread may call CUDA while this thread captures
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 with self._ctx():
                     static_out = self.fn(static_in)
             entry = self._graphs[key] = (graph, static_in, static_out)
