@@ -150,6 +150,7 @@ _INTERPRETED = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not merge_triton._HAS_TRITON, reason="needs Triton (its interpreter runs on CPU)")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA machines test the compiled kernels (below) instead")
 def test_match_plan_interpreted_equals_pytorch_plan():
     """The matching kernel, run by Triton's CPU interpreter, makes exactly bipartite_match's plan (fp32 and
     fp16 metrics, both layouts, tie-heavy metrics included); the fused merge matches merge_streams with

@@ -3,11 +3,12 @@
 :func:`rmeeto.merge.bipartite_match` plus :func:`rmeeto.merge.merge_streams` in PyTorch are some forty small
 kernels per merging layer (gathers, norms, a matmul, max, argsort, index arithmetic, then a chain of cat /
 gather / scatter_reduce / divide / cast over a packed float32 tensor); on a GPU they cost as much time as the
-merge saves. Here:
+merge saves. Here it is four:
 
-1. :func:`match_plan` (one program per batch element) normalises the metric rows, scores sources against
-   destinations with ``tl.dot`` (rounded to the metric's dtype, as the PyTorch matmul returns them), takes
-   each source's best partner, ranks the sources with a stable descending order, and writes the plan as
+1. :func:`match_plan` (three small kernels) normalises the metric rows, scores sources against destinations
+   with ``tl.dot`` (rounded to the metric's dtype, as the PyTorch matmul returns them), takes each source's
+   best partner, ranks the sources with a stable descending order (one program per batch element), and writes
+   the plan as
    token lists: the output slot of every input token (the destination map), the kept token of every slot,
    and the merged sources with their slots. No sort call, no host sync, static shapes.
 2. The merge kernel reads every token of both streams once and writes each output token once:
@@ -91,83 +92,85 @@ def destination_map(plan, num_tokens: int, ordered: bool) -> Tensor:
 
 if _HAS_TRITON:
     @triton.jit
-    def _match_kernel(
-        m_ptr, s_mb, s_ml,
-        norm_ptr, vmax_ptr, vidx_ptr, rank_ptr,
-        dest_ptr, base_ptr, src_ptr, sdst_ptr,
-        L, C, cls, new_cls, R, L_out,
-        ORDERED: tl.constexpr, IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-    ):
-        """Bipartite cosine matching and the merge plan of one batch element (one program per element).
+    def _normalize_kernel(m_ptr, s_mb, s_ml, xn_ptr, L, C, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+        """xn[b, t] = metric[b, t] / max(||metric[b, t]||, 1e-12), computed in float32 (IEEE sqrt and division,
+        as PyTorch's), stored in the metric's dtype: the rows the PyTorch path multiplies."""
+        b = tl.program_id(0).to(tl.int64)
+        t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_c = tl.arange(0, BLOCK_C)
+        mt = t[:, None] < L
+        row = m_ptr + b * s_mb + t[:, None] * s_ml
+        acc = tl.zeros([BLOCK_T], tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + offs_c[None, :]
+            x = tl.load(row + c, mask=mt & (c < C), other=0.0).to(tl.float32)
+            acc += tl.sum(x * x, axis=1)
+        norm = tl.maximum(tl.sqrt_rn(acc), 1e-12)[:, None]
+        out = xn_ptr + (b * L + t[:, None]) * C
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + offs_c[None, :]
+            x = tl.load(row + c, mask=mt & (c < C), other=0.0).to(tl.float32)
+            tl.store(out + c, tl.div_rn(x, norm).to(xn_ptr.dtype.element_ty), mask=mt & (c < C))
 
-        Phases, separated by block barriers (scratch lives in global memory, read back by the same block):
-        0. L2 norm of every token's metric row;
-        1. scores of sources (even class-free positions) against destinations (odd), rounded to the metric's
-           dtype as the matmul of the PyTorch path returns them; best destination per source (first on ties);
-        2. rank of every source by its best score (descending, ties by index: a stable sort);
-        3. the R best sources merge: output slot of every token, the kept token of every slot, the merged
-           sources in rank order and their slots.
-        """
+    @triton.jit
+    def _best_partner_kernel(xn_ptr, vmax_ptr, vidx_ptr, L, C, cls,
+                             IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+        """For a tile of sources (even class-free positions): scores against every destination (odd positions),
+        rounded to the rows' dtype as the PyTorch matmul returns them, and the best one (first on ties)."""
         b = tl.program_id(0).to(tl.int64)
         T = L - 1
         NA = (T + 1) // 2
         NB = T // 2
-        m_row = m_ptr + b * s_mb
         offs = tl.arange(0, BLOCK_T)
         offs_c = tl.arange(0, BLOCK_C)
-
-        # ---- 0: norms
-        for t0 in range(0, L, BLOCK_T):
-            t = t0 + offs
-            acc = tl.zeros([BLOCK_T], tl.float32)
+        i = tl.program_id(1) * BLOCK_T + offs
+        qa = 2 * i
+        ta = qa + (qa >= cls).to(tl.int32)
+        ma = i < NA
+        rows = xn_ptr + b * L * C
+        best = tl.full([BLOCK_T], float("-inf"), tl.float32)
+        best_j = tl.zeros([BLOCK_T], tl.int32)
+        for j0 in range(0, NB, BLOCK_T):
+            j = j0 + offs
+            qb = 2 * j + 1
+            tb = qb + (qb >= cls).to(tl.int32)
+            mb = j < NB
+            s = tl.zeros([BLOCK_T, BLOCK_T], tl.float32)
             for c0 in range(0, C, BLOCK_C):
-                c = c0 + offs_c
-                x = tl.load(m_row + t[:, None] * s_ml + c[None, :], mask=(t[:, None] < L) & (c[None, :] < C), other=0.0)
-                x = x.to(tl.float32)
-                acc += tl.sum(x * x, axis=1)
-            tl.store(norm_ptr + b * L + t, tl.maximum(tl.sqrt_rn(acc), 1e-12), mask=t < L)
-        tl.debug_barrier()
+                c = c0 + offs_c[None, :]
+                xa = tl.load(rows + ta[:, None] * C + c, mask=ma[:, None] & (c < C), other=0.0)
+                xb = tl.load(rows + tb[:, None] * C + c, mask=mb[:, None] & (c < C), other=0.0)
+                if IEEE:
+                    s = tl.dot(xa, tl.trans(xb), s, input_precision="ieee")
+                else:
+                    s = tl.dot(xa, tl.trans(xb), s)
+            s = s.to(xn_ptr.dtype.element_ty).to(tl.float32)
+            s = tl.where(mb[None, :], s, float("-inf"))
+            tile_best = tl.max(s, axis=1)
+            tile_j = tl.min(tl.where(s == tile_best[:, None], j[None, :], 2147483647), axis=1)
+            better = tile_best > best
+            best = tl.where(better, tile_best, best)
+            best_j = tl.where(better, tile_j, best_j)
+        tl.store(vmax_ptr + b * NA + i, best, mask=ma)
+        tl.store(vidx_ptr + b * NA + i, best_j, mask=ma)
 
-        # ---- 1: best destination of every source
-        for i0 in range(0, NA, BLOCK_T):
-            i = i0 + offs
-            qa = 2 * i
-            ta = qa + (qa >= cls).to(tl.int32)
-            ma = i < NA
-            na = tl.load(norm_ptr + b * L + ta, mask=ma, other=1.0)
-            best = tl.full([BLOCK_T], float("-inf"), tl.float32)
-            best_j = tl.zeros([BLOCK_T], tl.int32)
-            for j0 in range(0, NB, BLOCK_T):
-                j = j0 + offs
-                qb = 2 * j + 1
-                tb = qb + (qb >= cls).to(tl.int32)
-                mb = j < NB
-                nb = tl.load(norm_ptr + b * L + tb, mask=mb, other=1.0)
-                s = tl.zeros([BLOCK_T, BLOCK_T], tl.float32)
-                for c0 in range(0, C, BLOCK_C):
-                    c = c0 + offs_c
-                    mc = c[None, :] < C
-                    xa = tl.load(m_row + ta[:, None] * s_ml + c[None, :], mask=ma[:, None] & mc, other=0.0)
-                    xb = tl.load(m_row + tb[:, None] * s_ml + c[None, :], mask=mb[:, None] & mc, other=0.0)
-                    xa = tl.div_rn(xa.to(tl.float32), na[:, None]).to(m_ptr.dtype.element_ty)
-                    xb = tl.div_rn(xb.to(tl.float32), nb[:, None]).to(m_ptr.dtype.element_ty)
-                    if IEEE:
-                        s = tl.dot(xa, tl.trans(xb), s, input_precision="ieee")
-                    else:
-                        s = tl.dot(xa, tl.trans(xb), s)
-                s = s.to(m_ptr.dtype.element_ty).to(tl.float32)
-                s = tl.where(mb[None, :], s, float("-inf"))
-                tile_best = tl.max(s, axis=1)
-                # first column reaching the row's maximum
-                tile_j = tl.min(tl.where(s == tile_best[:, None], j[None, :], 2147483647), axis=1)
-                better = tile_best > best
-                best = tl.where(better, tile_best, best)
-                best_j = tl.where(better, tile_j, best_j)
-            tl.store(vmax_ptr + b * NA + i, best, mask=ma)
-            tl.store(vidx_ptr + b * NA + i, best_j, mask=ma)
-        tl.debug_barrier()
+    @triton.jit
+    def _plan_kernel(
+        vmax_ptr, vidx_ptr, rank_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr,
+        L, cls, new_cls, R, L_out,
+        ORDERED: tl.constexpr, BLOCK_T: tl.constexpr,
+    ):
+        """The plan of one batch element from every source's best score and partner (one program per element):
+        rank the sources (descending, ties by index: a stable sort; the rank is scratch in global memory,
+        read back after a block barrier), then the R best merge: output slot of every token, the kept token
+        of every slot, the merged sources in rank order and their slots."""
+        b = tl.program_id(0).to(tl.int64)
+        T = L - 1
+        NA = (T + 1) // 2
+        NB = T // 2
+        offs = tl.arange(0, BLOCK_T)
 
-        # ---- 2: ranks (stable descending order of the best scores)
+        # ranks (stable descending order of the best scores)
         for i0 in range(0, NA, BLOCK_T):
             i = i0 + offs
             ma = i < NA
@@ -182,7 +185,7 @@ if _HAS_TRITON:
             tl.store(rank_ptr + b * NA + i, rank, mask=ma)
         tl.debug_barrier()
 
-        # ---- 3: slots. Index i of a tile is source i and destination i (there are never more destinations).
+        # slots. Index i of a tile is source i and destination i (there are never more destinations).
         n_unm = NA - R
         for i0 in range(0, NA, BLOCK_T):
             i = i0 + offs
@@ -345,14 +348,16 @@ def merge_streams_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor]
 
 
 def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
-    """Cosine bipartite matching (best partner) and the merge plan of every batch element in one kernel.
+    """Cosine bipartite matching (best partner) and the merge plan of every batch element, in three kernels
+    (normalise rows; best partner per tile of sources; ranks and slots per batch element).
 
     metric [batch, L, c] -> (dest [batch, L] int64, base [batch, L - r] int32, src [batch, r] int32,
     sdst [batch, r] int32): the output slot of every token, the kept token of every slot, the merged sources
     in plan order and their slots. ``num_merged`` must already be clamped to ``(L - 1) // 2`` and
     ``new_cls_index`` come from :func:`rmeeto.merge.plan_cls_index`. The plan is the one
-    :func:`rmeeto.merge.bipartite_match` makes (scores rounded to the metric's dtype, first partner on ties,
-    sources ranked by a stable sort) up to the summation order of the scores.
+    :func:`rmeeto.merge.bipartite_match` makes (rows normalised in float32 and rounded to the metric's dtype,
+    scores rounded to it, first partner on ties, sources ranked by a stable sort) up to the summation order
+    of the scores.
     """
     batch, L, C = metric.shape
     if metric.stride(2) != 1:
@@ -360,7 +365,7 @@ def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     R = num_merged
     dev = metric.device
     na = L // 2
-    norm = torch.empty(batch, L, device=dev, dtype=torch.float32)
+    xn = torch.empty(batch, L, C, device=dev, dtype=metric.dtype)
     vmax = torch.empty(batch, na, device=dev, dtype=torch.float32)
     vidx = torch.empty(batch, na, device=dev, dtype=torch.int32)
     rank = torch.empty(batch, na, device=dev, dtype=torch.int32)
@@ -368,13 +373,17 @@ def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     base = torch.empty(batch, L - R, device=dev, dtype=torch.int32)
     src = torch.empty(batch, R, device=dev, dtype=torch.int32)
     sdst = torch.empty(batch, R, device=dev, dtype=torch.int32)
+    block_c = max(16, min(64, triton.next_power_of_2(C)))
+    tile = 64
     with _on(dev):
-        _match_kernel[(batch,)](
-            metric, metric.stride(0), metric.stride(1), norm, vmax, vidx, rank, dest, base, src, sdst,
-            L, C, cls_index, new_cls_index, R, L - R,
-            ORDERED=ordered, IEEE=metric.dtype == torch.float32, BLOCK_T=64,
-            BLOCK_C=max(16, min(64, triton.next_power_of_2(C))), num_warps=4,
-        )
+        _normalize_kernel[(batch, triton.cdiv(L, 32))](
+            metric, metric.stride(0), metric.stride(1), xn, L, C, BLOCK_T=32, BLOCK_C=block_c, num_warps=4)
+        _best_partner_kernel[(batch, triton.cdiv(na, tile))](
+            xn, vmax, vidx, L, C, cls_index, IEEE=metric.dtype == torch.float32, BLOCK_T=tile, BLOCK_C=block_c,
+            num_warps=4)
+        _plan_kernel[(batch,)](
+            vmax, vidx, rank, dest, base, src, sdst, L, cls_index, new_cls_index, R, L - R,
+            ORDERED=ordered, BLOCK_T=tile, num_warps=4)
     return dest, base, src, sdst
 
 
