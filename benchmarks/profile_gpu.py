@@ -10,6 +10,7 @@ work) and the kernels that take the most time.
 """
 
 import argparse
+import os
 import time
 
 import torch
@@ -17,7 +18,7 @@ import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
 import rmeeto
-from rmeeto.train import DistillationLoss, TeacherForward, distillation_forward
+from rmeeto.train import DistillationLoss, StudentGraph, TeacherForward, distillation_forward
 
 
 def inference_step(name: str, merged: bool, batch: int):
@@ -43,8 +44,10 @@ def train_step(name: str, merged: bool, batch: int):
     x = torch.randn(batch, 3, 224, 224, device="cuda")
     y = torch.randint(0, student.num_classes, (batch,), device="cuda")
 
+    student_fn = StudentGraph(student, torch.bfloat16) if os.environ.get("RMEETO_TRAIN_GRAPH", "1") != "0" else student
+
     def step():
-        loss, _ = distillation_forward(student, teacher, criterion, x, y, torch.bfloat16)
+        loss, _ = distillation_forward(student_fn, teacher, criterion, x, y, torch.bfloat16)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

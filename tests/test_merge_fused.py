@@ -1,12 +1,7 @@
 """The fused CUDA merge (rmeeto.ops.merge_triton) against the PyTorch matching and merge.
 
-On CPU: the destination-map formulation for every layout, and the Triton kernels themselves through Triton's
-interpreter (TRITON_INTERPRET=1, in a subprocess). On CUDA: the compiled kernels, values and gradients."""
-
-import os
-import subprocess
-import sys
-import textwrap
+On CPU: the destination-map formulation for every layout (the kernels themselves run through Triton's
+interpreter in tests/test_interpreted.py). On CUDA: the compiled kernels, values and gradients."""
 
 import pytest
 import torch
@@ -109,59 +104,7 @@ def test_token_lists_emulated_kernel(L, cls_index, r, ordered):
 
 
 # ---------------------------------------------------------------------------------- the matching kernel
-_INTERPRETED = textwrap.dedent("""
-    import sys, torch
-    from rmeeto.merge import bipartite_match, merge_streams
-    from rmeeto.ops import merge_triton as mt
-    torch.manual_seed(0)
-    failures = []
-    cases = [(2, 17, 24, 8, 4), (2, 17, 24, 0, 8), (2, 16, 20, 15, 3), (2, 197, 40, 98, 11), (2, 76, 33, 37, 37),
-             (1, 150, 16, 149, 30), (1, 3, 16, 1, 1), (2, 130, 70, 64, 20)]
-    for dtype in (torch.float32, torch.float16):
-        for B, L, C, cls, r in cases:
-            for ordered in (True, False):
-                for ties in (False, True):
-                    # ties: metric rows from {0, 1, 2}^C, so many scores and best scores are exactly equal
-                    m = (torch.randint(0, 3, (B, L, C)) if ties else torch.randn(B, L, C)).to(dtype)
-                    plan = bipartite_match(m, cls, r, ordered=ordered)
-                    n = plan.src_idx.shape[1]
-                    dest = mt.destination_map(plan, L, ordered)
-                    ref = (dest,) + mt._token_lists(dest, mt._source_tokens(plan), L - n)
-                    got = mt.match_plan(m, cls, n, plan.new_cls_index, ordered)
-                    if not all(torch.equal(x.long(), y.long()) for x, y in zip(ref, got)):
-                        failures.append(("plan", dtype, B, L, C, cls, r, ordered, ties))
-    # the whole fused merge with sizes, and its backward
-    B, L, C, cls, r = 2, 33, 24, 16, 6
-    for ordered in (True, False):
-        h = torch.randn(B, L, C, requires_grad=True)
-        res = torch.randn(B, L, C, requires_grad=True)
-        size = torch.randint(1, 4, (B, L, 1)).float()
-        plan = bipartite_match(h, cls, r, ordered=ordered)
-        (h1, r1), s1 = merge_streams([h, res], size, plan, "sum")
-        (h2, r2), s2 = mt.match_merge_fused(h, res, size, h, cls, r, plan.new_cls_index, ordered)
-        g1 = torch.autograd.grad((h1 * 1.5).sum() + (r1 ** 2).sum(), [h, res])
-        g2 = torch.autograd.grad((h2 * 1.5).sum() + (r2 ** 2).sum(), [h, res])
-        for a, b in zip((h1, r1, s1) + g1, (h2, r2, s2) + g2):
-            if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
-                failures.append(("merge", ordered))
-    print("FAILURES", failures)
-    sys.exit(1 if failures else 0)
-""")
-
-
-@pytest.mark.skipif(not merge_triton._HAS_TRITON, reason="needs Triton (its interpreter runs on CPU)")
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA machines test the compiled kernels (below) instead")
-def test_match_plan_interpreted_equals_pytorch_plan():
-    """The matching kernel, run by Triton's CPU interpreter, makes exactly bipartite_match's plan (fp32 and
-    fp16 metrics, both layouts, tie-heavy metrics included); the fused merge matches merge_streams with
-    gradients. (bf16 is left to the GPU test: the interpreter truncates float32 -> bf16 instead of rounding.)"""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    src = os.path.join(os.path.dirname(__file__), "..", "src")
-    env["PYTHONPATH"] = os.pathsep.join([src] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    proc = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
+# (on CPU through Triton's interpreter: tests/test_interpreted.py)
 @pytest.mark.skipif(not merge_triton.is_available(), reason="needs CUDA and Triton")
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

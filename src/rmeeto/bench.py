@@ -22,7 +22,7 @@ import torch.nn as nn
 import rmeeto
 from rmeeto.fast import accelerate
 from rmeeto.merge import MergeConfig
-from rmeeto.train import DistillationLoss, TeacherForward, distillation_forward
+from rmeeto.train import DistillationLoss, StudentGraph, TeacherForward, distillation_forward
 
 __all__ = ["bench_inference", "bench_train_step", "DTYPES"]
 
@@ -139,12 +139,15 @@ def bench_train_step(
     teacher: bool = True,
     alpha: float = 0.5,
     drop_path_rate: float = 0.1,
+    graphs: bool = True,
     warmup: int = 3,
     repeats: int = 10,
     device: str = "cuda",
     seed: int = 0,
 ) -> dict:
-    """Time one re-training step (student fwd+bwd, teacher fwd, AdamW step) per batch."""
+    """Time one re-training step (student fwd+bwd, teacher fwd, AdamW step) per batch. ``graphs``: on CUDA,
+    replay the student's forward/backward and the teacher's forward from CUDA graphs, as ``rmeeto retrain``
+    does on one GPU."""
     device = torch.device(device)
     torch.manual_seed(seed)
     student = _build(model_name, merge_config, device, img_size, drop_path_rate=drop_path_rate).train()
@@ -154,7 +157,7 @@ def bench_train_step(
     if teacher:
         teacher_model = _build(model_name, None, device, img_size)
         teacher_model.set_scan_backend(backend)
-        teacher_fn = TeacherForward(teacher_model, tdtype)
+        teacher_fn = TeacherForward(teacher_model, tdtype, graph=graphs)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.05, fused=device.type == "cuda")
     c, h, w = student.pretrained_cfg.input_size if img_size is None else (3, img_size, img_size)
     num_classes = student.num_classes
@@ -164,9 +167,11 @@ def bench_train_step(
     ]
     criterion = DistillationLoss(nn.CrossEntropyLoss(), alpha)  # the re-training loss (CE + alpha * KL)
 
+    student_fn = StudentGraph(student, tdtype) if graphs and device.type == "cuda" else student
+
     def step(batch):
         x, y = batch
-        loss, _ = distillation_forward(student, teacher_fn, criterion, x, y, tdtype)
+        loss, _ = distillation_forward(student_fn, teacher_fn, criterion, x, y, tdtype)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -174,5 +179,5 @@ def bench_train_step(
     return _measure(
         step, batches, warmup, repeats, device, model=model_name,
         merge=None if merge_config is None else merge_config.to_dict(), batch_size=batch_size, dtype=dtype,
-        teacher=teacher, backend=backend,
+        teacher=teacher, backend=backend, mode="cudagraph" if graphs and device.type == "cuda" else "eager",
     )

@@ -101,7 +101,7 @@ PAPER_DEVIATIONS: dict[str, str] = {
 AMP_CHOICES = ("auto", "bf16", "fp16", "fp32")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MIXUP_MODES = ("batch", "pair", "elem")
-RUNTIME_FIELDS = ("out", "device", "workers", "progress", "tensorboard", "save_every_steps")  # free on resume
+RUNTIME_FIELDS = ("out", "device", "workers", "progress", "tensorboard", "save_every_steps", "cuda_graphs")  # free on resume
 
 
 class TrainError(RuntimeError):
@@ -142,7 +142,8 @@ class TrainConfig:
     Runtime
         ema, ema_decay; amp ("auto" = bf16 on CUDA, fp32 on CPU); device ("auto"); seed; workers;
         eval_batch_size (default 2 * batch_size); out (None = write nothing); save_every_steps (0 = only at
-        epoch ends); tensorboard; progress.
+        epoch ends); tensorboard; progress; cuda_graphs (single-process CUDA runs replay the student's forward
+        and backward and the teacher's forward from CUDA graphs: same arithmetic, no per-op host work).
     """
 
     model: str
@@ -184,6 +185,7 @@ class TrainConfig:
     save_every_steps: int = 0
     tensorboard: bool = False
     progress: bool = True
+    cuda_graphs: bool = True
 
     def __post_init__(self):
         get_config(self.model)  # raises ValueError naming the registered models
@@ -282,17 +284,18 @@ class DistillationLoss(nn.Module):
 
 class TeacherForward:
     """The frozen teacher's forward for distillation: no_grad, autocast at the training dtype (off for
-    float32), and on CUDA replayed from one CUDA graph per input shape (the teacher never changes, so its ~800
-    kernels become one launch with no per-op host work). ``RMEETO_TEACHER_GRAPH=0`` runs it eagerly.
+    float32), and on CUDA (unless ``graph=False``) replayed from one CUDA graph per input shape (the teacher
+    never changes, so its ~800 kernels become one launch with no per-op host work). ``RMEETO_TEACHER_GRAPH=0``
+    runs it eagerly.
     Returns logits the caller owns (a copy of the graph's output buffer)."""
 
-    def __init__(self, model: nn.Module, amp_dtype: torch.dtype):
+    def __init__(self, model: nn.Module, amp_dtype: torch.dtype, graph: bool = True):
         from rmeeto.fast import GraphedForward
 
         self.model = model.eval().requires_grad_(False)
         self.amp_dtype = amp_dtype
         self.graphed = None
-        if next(model.parameters()).is_cuda and os.environ.get("RMEETO_TEACHER_GRAPH", "1") != "0":
+        if graph and next(model.parameters()).is_cuda and os.environ.get("RMEETO_TEACHER_GRAPH", "1") != "0":
             self.graphed = GraphedForward(model, autocast_dtype=None if amp_dtype == torch.float32 else amp_dtype)
 
     @torch.no_grad()
@@ -301,6 +304,42 @@ class TeacherForward:
             return self.graphed(images).clone()
         with torch.autocast(images.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
             return self.model(images)
+
+
+class StudentGraph:
+    """The student's forward and backward replayed from CUDA graphs (``torch.cuda.make_graphed_callables``),
+    captured at the first training-mode call for that batch shape; other shapes (a short last batch) and
+    eval mode run eagerly. Same kernels as the eager step, including drop path's random draws (graph-safe
+    RNG); what goes is the host work of ~3,000 launches per step, which leaves an H200 idle for a quarter of
+    a Vim-S step. Single process only (DDP's gradient hooks stay eager)."""
+
+    def __init__(self, model: nn.Module, amp_dtype: torch.dtype):
+        self.model = model
+        self.amp_dtype = amp_dtype
+        self.eager_forward = model.forward  # bound before graphing replaces ``model.forward``
+        self.shape: Optional[torch.Size] = None
+
+    def _capture(self, images: torch.Tensor) -> None:
+        import inspect
+
+        kw = {}
+        if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters:
+            kw["capture_error_mode"] = "thread_local"  # a DataLoader's pin-memory thread may call CUDA meanwhile
+        enabled = self.amp_dtype != torch.float32
+        with torch.autocast("cuda", dtype=self.amp_dtype, enabled=enabled, cache_enabled=False):
+            torch.cuda.make_graphed_callables(self.model, (images.detach().clone(),), num_warmup_iters=3,
+                                              allow_unused_input=True, **kw)
+        self.shape = images.shape
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.model.training and self.shape is None:
+            self._capture(images)
+        if self.model.training and images.shape == self.shape:
+            return self.model(images)
+        return self.eager_forward(images)
+
+    def __getattr__(self, name):  # train(), eval(), parameters() ... of the wrapped model
+        return getattr(self.model, name)
 
 
 def distillation_forward(student: nn.Module, teacher: Optional[TeacherForward], criterion: DistillationLoss,
@@ -682,7 +721,8 @@ def _train(config: TrainConfig, resume: Optional[str], rank: int, world: int, lo
         teacher = create_model(config.model)
         _load_weights(teacher, config.teacher or config.checkpoint, config.use_ema_weights and not config.teacher,
                       "teacher")
-        teacher = TeacherForward(teacher.eval().requires_grad_(False).to(device), amp_dtype)
+        teacher = TeacherForward(teacher.eval().requires_grad_(False).to(device), amp_dtype,
+                                 graph=config.cuda_graphs)
     model.to(device)
     ema = None
     if config.ema:
@@ -699,7 +739,7 @@ def _train(config: TrainConfig, resume: Optional[str], rank: int, world: int, lo
     else:
         params = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": config.weight_decay}]
     optimizer = torch.optim.AdamW(params, lr=scaled_lr, betas=(0.9, 0.999), eps=1e-8,
-                                  weight_decay=config.weight_decay)
+                                  weight_decay=config.weight_decay, fused=device.type == "cuda")
     from timm.scheduler import CosineLRScheduler
 
     total_steps = config.epochs * steps_per_epoch
@@ -750,6 +790,8 @@ def _train(config: TrainConfig, resume: Optional[str], rank: int, world: int, lo
         log(f"resumed from {resume_path} at epoch {start_epoch} batch {start_batch} (step {global_step})")
 
     train_model: nn.Module = model
+    if config.cuda_graphs and device.type == "cuda" and not distributed and os.environ.get("RMEETO_TRAIN_GRAPH", "1") != "0":
+        train_model = StudentGraph(model, amp_dtype)
     if distributed:
         # merging chooses indices without gradients, but every parameter is still used: no unused-param search
         train_model = nn.parallel.DistributedDataParallel(

@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--img-size", type=int, default=None, help="input resolution (default: the model's)")
     g.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="inference dtype (default fp16)")
     g.add_argument("--mode", choices=("auto", "eager", "cudagraph", "compile", "compile+cudagraph"), default="auto",
-                   help="inference path: auto = CUDA graphs on GPU, eager on CPU")
+                   help="inference path: auto = CUDA graphs on GPU, eager on CPU; the training step uses CUDA "
+                        "graphs with auto/cudagraph, else runs eagerly")
     g.add_argument("--backend", default="auto", help="scan backend (auto, chunked, reference, triton, mamba_ssm)")
     g.add_argument("--compare", action="store_true", help="run every scan backend available on the device")
     g.add_argument("--warmup", type=int, default=10)
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
                             name, cfg, batch_size=args.batch_size, img_size=args.img_size,
                             dtype="bf16" if device != "cpu" else "fp32", backend=backend,
                             warmup=min(3, args.warmup), repeats=args.train_repeats, device=device,
+                            graphs=args.mode in ("auto", "cudagraph"),
                         )
                     r["section"] = section
                     r["speedup_vs_unmerged"] = r["images_per_s"] / base if base else 1.0

@@ -43,7 +43,7 @@ TRAIN_FLAGS = (
     "warmup_epochs", "warmup_lr", "weight_decay", "wd_exempt", "clip_grad", "drop_path", "alpha", "smoothing",
     "train_aug", "auto_augment", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode",
     "repeated_aug", "ema", "ema_decay", "amp", "device", "seed", "workers", "eval_batch_size", "out",
-    "save_every_steps", "tensorboard", "progress",
+    "save_every_steps", "tensorboard", "progress", "cuda_graphs",
 )
 
 
@@ -121,6 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="also write last.pth every N optimizer steps (default 0 = only at epoch ends)")
     g.add_argument("--tensorboard", action="store_const", const=True, default=None,
                    help="write TensorBoard scalars to DIR/tensorboard (needs the tensorboard package)")
+    g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
+                   help="run the student and teacher eagerly (default on one CUDA GPU: replay them from CUDA graphs)")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                    help="no progress bars (epoch lines are still printed)")
 
