@@ -13,4 +13,5 @@ for mode in auto eager; do
     --train-repeats 10 2>&1 | tee -a $OUT/train.log
 done
 timeout 150 python3 benchmarks/profile_gpu.py --what train --rows 25 > $OUT/profile.txt 2>&1; echo "profile rc $?"
-OUT=$OUT/retrain timeout 240 bash benchmarks/retrain_gpu.sh 1 > $OUT/retrain.log 2>&1; echo "retrain rc $?"; tail -n 8 $OUT/retrain.log
+OUT=/tmp/retrain timeout 240 bash benchmarks/retrain_gpu.sh 1 > $OUT/retrain.log 2>&1; echo "retrain rc $?"; tail -n 8 $OUT/retrain.log
+cp /tmp/retrain/gpu1/log.jsonl $OUT/retrain_log.jsonl
