@@ -71,16 +71,16 @@ def test_match_plan_equals_pytorch_plan():
 
 def test_conv_silu_backward_kernel():
     """The conv+SiLU backward kernel against autograd through the PyTorch reference: dx, dw, db, both
-    directions, lengths shorter than the kernel and longer than one tile."""
+    directions, lengths shorter than the kernel and longer than one tile, 4-tap kernels and shorter ones."""
     run_interpreted("""
         import sys, torch
         from rmeeto.ops import conv
         torch.manual_seed(0)
         bad = []
         for reverse in (False, True):
-            for L in (1, 3, 70, 130):
+            for L, K in ((1, 4), (3, 4), (70, 4), (130, 4), (33, 2), (5, 3)):
                 x = torch.randn(2, L, 80, requires_grad=True)
-                w = torch.randn(80, 1, 4, requires_grad=True)
+                w = torch.randn(80, 1, K, requires_grad=True)
                 b = torch.randn(80, requires_grad=True)
                 g = torch.randn(2, L, 80)
                 ref = torch.autograd.grad(conv.conv_silu_torch(x, w, b, reverse), [x, w, b], g)

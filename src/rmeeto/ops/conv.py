@@ -10,9 +10,10 @@
 
 Channels-last keeps the whole mixer free of transposes: x comes straight from ``in_proj``, u goes straight
 into ``x_proj`` and the scan. ``"torch"`` is the reference (F.conv1d); ``"triton"`` is one fused kernel for the
-forward (one read of x, one write of u) and one for the backward (recomputes the pre-activation; dx, and
-per-tile partial sums of the weight and bias gradients that one ``sum`` reduces; PyTorch's depthwise conv
-backward took ~20 ms of a merged Vim-S training step on an H200).
+forward (one read of x, one write of u) and, for kernels of up to 4 taps (Vim's), one for the backward
+(recomputes the pre-activation from seven shifted rows of x loaded once; dx, and per-tile partial sums of the
+weight and bias gradients that one ``sum`` reduces; PyTorch's depthwise conv backward took ~20 ms of a merged
+Vim-S training step on an H200).
 """
 
 from __future__ import annotations
@@ -72,72 +73,83 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
                  out.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _preact(x_base, w_ptr, bias, t, offs_d, mask_d, L, stride_xl,
-                K: tl.constexpr, REVERSE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-        """Pre-activation a[t] = bias + sum_k w[k] x[src_k(t)] for a tile of tokens t (float32)."""
-        acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32) + bias[None, :]
-        for k in tl.static_range(K):
-            wk = tl.load(w_ptr + offs_d * K + k, mask=mask_d, other=0.0).to(tl.float32)
-            if REVERSE:
-                src = t + (K - 1 - k)
-            else:
-                src = t - (K - 1) + k
-            m = (src >= 0) & (src < L)
-            xv = tl.load(x_base + src[:, None] * stride_xl + offs_d[None, :], mask=m[:, None] & mask_d[None, :],
-                         other=0.0).to(tl.float32)
-            acc += xv * wk[None, :]
-        return acc
+    def _row_shift(base, s, m: tl.constexpr, offs_d, mask_d, L, stride_l, REVERSE: tl.constexpr):
+        """Rows p = s + m (s - m with REVERSE) of a [length, channels] tensor, zero outside [0, L); float32."""
+        if REVERSE:
+            p = s - m
+        else:
+            p = s + m
+        ok = (p >= 0) & (p < L)
+        return tl.load(base + p[:, None] * stride_l + offs_d[None, :], mask=ok[:, None] & mask_d[None, :],
+                       other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _silu_grad(a, g):
+        sig = tl.sigmoid(a)
+        return g * sig * (1.0 + a * (1.0 - sig))
 
     @triton.jit
     def _conv_silu_bwd(
         x_ptr, w_ptr, b_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr,
         L, D,
         stride_xb, stride_xl, stride_gb, stride_gl, stride_dxb, stride_dxl,
-        K: tl.constexpr, REVERSE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+        REVERSE: tl.constexpr, SPAN: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        """Backward of u = silu(conv(x)) for a tile of tokens x channels, recomputing the pre-activation:
-        ga[t] = g[t] * silu'(a[t]); dx[s] = sum_k w[k] ga[t_k(s)] (the K tokens whose window holds s);
-        dw[k] / db partial sums of this tile written to [tile, D, K] / [tile, D] (summed by the caller:
-        deterministic, no atomics)."""
+        """Backward of u = silu(conv(x)) for a 4-tap kernel (shorter ones come zero-padded in front), on a tile
+        of tokens s x channels. With a_e the pre-activation at token s + e (mirrored with REVERSE) and
+        ga_e = g[s + e] * silu'(a_e):  dx[s] = sum_e w[3 - e] ga_e,  dw[k] += sum_s ga_0 x[s - 3 + k],
+        db += sum_s ga_0. A program covers SPAN tokens in tiles of BLOCK_L; the seven shifted rows of x every
+        a_e of a tile needs are loaded once; its dw / db partial sums go to [program, D, 4] / [program, D]
+        (summed by the caller: deterministic, no atomics)."""
         pid_b = tl.program_id(0)
         pid_l = tl.program_id(1)
-        pid_d = tl.program_id(2)
         tile = pid_b * tl.num_programs(1) + pid_l
-        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
-        bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        x_base = x_ptr + pid_b * stride_xb
-        g_base = g_ptr + pid_b * stride_gb
-        dx = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        # j = K - 1 is the tile's own tokens (t = s): its ga also feeds dw and db
-        for j in tl.static_range(K):
-            if REVERSE:
-                t = offs_l - (K - 1 - j)
-            else:
-                t = offs_l + (K - 1 - j)
-            mt = (t >= 0) & (t < L)
-            a = _preact(x_base, w_ptr, bias, t, offs_d, mask_d, L, stride_xl, K, REVERSE, BLOCK_L, BLOCK_D)
-            sig = tl.sigmoid(a)
-            g = tl.load(g_base + t[:, None] * stride_gl + offs_d[None, :], mask=mt[:, None] & mask_d[None, :],
-                        other=0.0).to(tl.float32)
-            ga = g * sig * (1.0 + a * (1.0 - sig))
-            wj = tl.load(w_ptr + offs_d * K + j, mask=mask_d, other=0.0).to(tl.float32)
-            dx += ga * wj[None, :]
-            if j == K - 1:
-                tl.store(db_ptr + tile * D + offs_d, tl.sum(ga, axis=0), mask=mask_d)
-                for k in tl.static_range(K):
-                    if REVERSE:
-                        src = offs_l + (K - 1 - k)
-                    else:
-                        src = offs_l - (K - 1) + k
-                    m = (src >= 0) & (src < L)
-                    xv = tl.load(x_base + src[:, None] * stride_xl + offs_d[None, :],
-                                 mask=m[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-                    tl.store(dw_ptr + (tile * D + offs_d) * K + k, tl.sum(ga * xv, axis=0), mask=mask_d)
-        mask = (offs_l < L)[:, None] & mask_d[None, :]
-        tl.store(dx_ptr + pid_b * stride_dxb + offs_l[:, None] * stride_dxl + offs_d[None, :],
-                 dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        w0 = tl.load(w_ptr + offs_d * 4 + 0, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        w1 = tl.load(w_ptr + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        w2 = tl.load(w_ptr + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        w3 = tl.load(w_ptr + offs_d * 4 + 3, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        xb = x_ptr + pid_b * stride_xb
+        gb = g_ptr + pid_b * stride_gb
+        db = tl.zeros([BLOCK_D], tl.float32)
+        dw0 = tl.zeros([BLOCK_D], tl.float32)
+        dw1 = tl.zeros([BLOCK_D], tl.float32)
+        dw2 = tl.zeros([BLOCK_D], tl.float32)
+        dw3 = tl.zeros([BLOCK_D], tl.float32)
+        for l0 in range(pid_l * SPAN, pid_l * SPAN + SPAN, BLOCK_L):
+            s = l0 + tl.arange(0, BLOCK_L)
+            xm3 = _row_shift(xb, s, -3, offs_d, mask_d, L, stride_xl, REVERSE)
+            xm2 = _row_shift(xb, s, -2, offs_d, mask_d, L, stride_xl, REVERSE)
+            xm1 = _row_shift(xb, s, -1, offs_d, mask_d, L, stride_xl, REVERSE)
+            x0 = _row_shift(xb, s, 0, offs_d, mask_d, L, stride_xl, REVERSE)
+            xp1 = _row_shift(xb, s, 1, offs_d, mask_d, L, stride_xl, REVERSE)
+            xp2 = _row_shift(xb, s, 2, offs_d, mask_d, L, stride_xl, REVERSE)
+            xp3 = _row_shift(xb, s, 3, offs_d, mask_d, L, stride_xl, REVERSE)
+            ga = _silu_grad(bias + w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0,
+                            _row_shift(gb, s, 0, offs_d, mask_d, L, stride_gl, REVERSE))
+            db += tl.sum(ga, axis=0)
+            dw0 += tl.sum(ga * xm3, axis=0)
+            dw1 += tl.sum(ga * xm2, axis=0)
+            dw2 += tl.sum(ga * xm1, axis=0)
+            dw3 += tl.sum(ga * x0, axis=0)
+            dx = w3 * ga
+            dx += w2 * _silu_grad(bias + w0 * xm2 + w1 * xm1 + w2 * x0 + w3 * xp1,
+                                  _row_shift(gb, s, 1, offs_d, mask_d, L, stride_gl, REVERSE))
+            dx += w1 * _silu_grad(bias + w0 * xm1 + w1 * x0 + w2 * xp1 + w3 * xp2,
+                                  _row_shift(gb, s, 2, offs_d, mask_d, L, stride_gl, REVERSE))
+            dx += w0 * _silu_grad(bias + w0 * x0 + w1 * xp1 + w2 * xp2 + w3 * xp3,
+                                  _row_shift(gb, s, 3, offs_d, mask_d, L, stride_gl, REVERSE))
+            mask = (s < L)[:, None] & mask_d[None, :]
+            tl.store(dx_ptr + pid_b * stride_dxb + s[:, None] * stride_dxl + offs_d[None, :],
+                     dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(db_ptr + tile * D + offs_d, db, mask=mask_d)
+        dw = dw_ptr + (tile * D + offs_d) * 4
+        tl.store(dw + 0, dw0, mask=mask_d)
+        tl.store(dw + 1, dw1, mask=mask_d)
+        tl.store(dw + 2, dw2, mask=mask_d)
+        tl.store(dw + 3, dw3, mask=mask_d)
 
     _HAS_TRITON = True
 except Exception:  # pragma: no cover - depends on the install
@@ -169,7 +181,14 @@ class _ConvSiluTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, bias = ctx.saved_tensors
-        return _conv_silu_triton_bwd(x, weight, bias, grad, ctx.reverse) + (None,)
+        if weight.shape[-1] <= 4:
+            return _conv_silu_triton_bwd(x, weight, bias, grad, ctx.reverse) + (None,)
+        with torch.enable_grad():  # longer kernels (not used by Vim): autograd through the reference
+            xs, ws, bs = (t.detach().requires_grad_(t.requires_grad) for t in (x, weight, bias))
+            out = conv_silu_torch(xs, ws, bs, ctx.reverse)
+            inputs = [t for t in (xs, ws, bs) if t.requires_grad]
+            grads = iter(torch.autograd.grad(out, inputs, grad) if inputs else ())
+        return tuple(next(grads) if t.requires_grad else None for t in (xs, ws, bs)) + (None,)
 
 
 def _conv_silu_triton_bwd(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor, reverse: bool):
@@ -179,17 +198,19 @@ def _conv_silu_triton_bwd(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor,
         x = x.contiguous()
     if grad.stride(2) != 1:
         grad = grad.contiguous()
-    block_l, block_d = 64, 64
-    n_l = triton.cdiv(length, block_l)
+    w4 = F.pad(weight.reshape(dim, K), (4 - K, 0)).contiguous()  # shorter kernels: zero taps in front
+    block_l, block_d, span = 16, 64, 64  # ~115 registers at 8 warps on sm_90, no spills
+    n_l = triton.cdiv(length, span)
     dx = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
-    dw = torch.empty(batch * n_l, dim, K, device=x.device, dtype=torch.float32)
+    dw = torch.empty(batch * n_l, dim, 4, device=x.device, dtype=torch.float32)
     db = torch.empty(batch * n_l, dim, device=x.device, dtype=torch.float32)
     _conv_silu_bwd[(batch, n_l, triton.cdiv(dim, block_d))](
-        x, weight.reshape(dim, -1).contiguous(), bias.contiguous(), grad, dx, dw, db, length, dim,
+        x, w4, bias.contiguous(), grad, dx, dw, db, length, dim,
         x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), dx.stride(0), dx.stride(1),
-        K=K, REVERSE=reverse, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
+        REVERSE=reverse, SPAN=span, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=8,
     )
-    return dx, dw.sum(0).reshape(weight.shape).to(weight.dtype), db.sum(0).to(bias.dtype)
+    dw = dw.sum(0)[:, 4 - K:].reshape(weight.shape)
+    return dx, dw.to(weight.dtype), db.sum(0).to(bias.dtype)
 
 
 def conv_silu(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool = False, backend: str = "auto") -> Tensor:
