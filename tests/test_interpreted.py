@@ -91,3 +91,34 @@ def test_conv_silu_backward_kernel():
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """)
+
+
+def test_add_rms_norm_kernels():
+    """The fused residual add + RMSNorm, forward and backward, against the PyTorch reference: with and
+    without a residual, with and without drop path's per-sample scale, fp32 and fp16 hidden states."""
+    run_interpreted("""
+        import sys, torch
+        from rmeeto.ops import norm
+        torch.manual_seed(0)
+        bad = []
+        for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
+            for has_res in (False, True):
+                for has_scale in (False, True):
+                    for C in (48, 384):
+                        h = torch.randn(3, 7, C).to(dtype).requires_grad_()
+                        r = torch.randn(3, 7, C, requires_grad=True) if has_res else None
+                        w = (torch.rand(C) + 0.5).requires_grad_()
+                        scale = torch.tensor([0.0, 1.25, 1.25]) if has_scale else None
+                        g_ro, g_y = torch.randn(3, 7, C), torch.randn(3, 7, C).to(dtype)
+                        results = []
+                        for backend in ("torch", "triton"):
+                            ro, y = norm.add_rms_norm(h, r, w, 1e-5, scale, backend=backend)
+                            leaves = [t for t in (h, r, w) if t is not None]
+                            results.append([ro, y, *torch.autograd.grad([ro, y], leaves, [g_ro, g_y])])
+                        for i, (a, b) in enumerate(zip(results[1], results[0])):
+                            a, b = a.float(), b.float()
+                            if a.shape != b.shape or (a - b).abs().max() > tol * b.abs().max():
+                                bad.append((dtype, has_res, has_scale, C, i))
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """)

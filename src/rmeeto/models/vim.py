@@ -17,6 +17,7 @@ Token merging (``rmeeto.merge``) swaps in a block subclass; it never renames a p
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -24,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rmeeto.ops.conv import conv_silu
+from rmeeto.ops.norm import add_rms_norm
 from rmeeto.ops.selective_scan import selective_scan
 
 Tensor = torch.Tensor
@@ -45,6 +47,13 @@ class TokenState(NamedTuple):
     size: Optional[Tensor] = None
     metric: Optional[Tensor] = None
     source: Optional[Tensor] = None
+
+
+def _fused_norm(hidden: Tensor, scan_backend: str) -> bool:
+    """Residual add + RMSNorm as one Triton kernel each way (rmeeto.ops.norm) on CUDA; the PyTorch modules
+    when a pure-PyTorch scan backend is forced (the reference path) or RMEETO_FUSED_NORM=0."""
+    return (hidden.is_cuda and scan_backend not in ("reference", "chunked")
+            and os.environ.get("RMEETO_FUSED_NORM", "1") != "0")
 
 
 class RMSNorm(nn.Module):
@@ -74,6 +83,14 @@ class DropPath(nn.Module):
         keep = 1.0 - self.p
         mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
         return x * mask / keep
+
+    def scale(self, x: Tensor) -> Optional[Tensor]:
+        """The per-sample factor (mask / keep, float32 [batch]) this layer would multiply ``x`` by, or None
+        when it is the identity; for the fused add + norm."""
+        if self.p == 0.0 or not self.training:
+            return None
+        keep = 1.0 - self.p
+        return torch.empty(x.shape[0], device=x.device, dtype=torch.float32).bernoulli_(keep).div_(keep)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -200,10 +217,14 @@ class Block(nn.Module):
         self.residual_in_fp32 = residual_in_fp32
 
     def add_norm_mix(self, hidden: Tensor, residual: Optional[Tensor], state: TokenState):
-        residual = hidden if residual is None else residual + self.drop_path(hidden)
-        if self.residual_in_fp32:
-            residual = residual.float()
-        normed = self.norm(residual, out_dtype=hidden.dtype)
+        if _fused_norm(hidden, self.mixer.scan_backend) and self.residual_in_fp32:
+            scale = self.drop_path.scale(hidden) if residual is not None else None
+            residual, normed = add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, scale)
+        else:
+            residual = hidden if residual is None else residual + self.drop_path(hidden)
+            if self.residual_in_fp32:
+                residual = residual.float()
+            normed = self.norm(residual, out_dtype=hidden.dtype)
         hidden, metric = self.mixer(normed, export=self.export_metric)
         return hidden, residual, state._replace(metric=metric)
 
@@ -354,7 +375,10 @@ class VisionMamba(nn.Module):
         state = TokenState(cls_index=self.cls_position, source=source)
         for layer in self.layers:
             hidden, residual, state = layer(hidden, residual, state)
-        out = self.norm_f(residual + self.drop_path(hidden), out_dtype=hidden.dtype)
+        if _fused_norm(hidden, self.layers[0].mixer.scan_backend):
+            _, out = add_rms_norm(hidden, residual, self.norm_f.weight, self.norm_f.eps, self.drop_path.scale(hidden))
+        else:
+            out = self.norm_f(residual + self.drop_path(hidden), out_dtype=hidden.dtype)
         return out, state
 
     def forward_features(self, x: Tensor) -> Tensor:

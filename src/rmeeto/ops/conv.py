@@ -191,6 +191,20 @@ class _ConvSiluTriton(torch.autograd.Function):
         return tuple(next(grads) if t.requires_grad else None for t in (xs, ws, bs)) + (None,)
 
 
+# Tiles of the backward kernel: a program covers SPAN tokens in steps of BLOCK_L, BLOCK_D channels.
+# benchmarks/bench_conv_gpu.py times the candidates.
+BWD_CONFIG = {"SPAN": 16, "BLOCK_L": 16, "BLOCK_D": 64, "num_warps": 8, "num_stages": 1}
+CANDIDATE_BWD = [
+    BWD_CONFIG,
+    {"SPAN": 64, "BLOCK_L": 16, "BLOCK_D": 64, "num_warps": 8, "num_stages": 1},
+    {"SPAN": 64, "BLOCK_L": 16, "BLOCK_D": 64, "num_warps": 8, "num_stages": 3},
+    {"SPAN": 32, "BLOCK_L": 32, "BLOCK_D": 64, "num_warps": 8, "num_stages": 1},
+    {"SPAN": 16, "BLOCK_L": 16, "BLOCK_D": 128, "num_warps": 8, "num_stages": 1},
+    {"SPAN": 16, "BLOCK_L": 16, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},
+    {"SPAN": 8, "BLOCK_L": 8, "BLOCK_D": 128, "num_warps": 4, "num_stages": 1},
+]
+
+
 def _conv_silu_triton_bwd(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor, reverse: bool):
     batch, length, dim = x.shape
     K = weight.shape[-1]
@@ -199,7 +213,8 @@ def _conv_silu_triton_bwd(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor,
     if grad.stride(2) != 1:
         grad = grad.contiguous()
     w4 = F.pad(weight.reshape(dim, K), (4 - K, 0)).contiguous()  # shorter kernels: zero taps in front
-    block_l, block_d, span = 16, 64, 64  # ~115 registers at 8 warps on sm_90, no spills
+    cfg = BWD_CONFIG
+    block_l, block_d, span = cfg["BLOCK_L"], cfg["BLOCK_D"], cfg["SPAN"]
     n_l = triton.cdiv(length, span)
     dx = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
     dw = torch.empty(batch * n_l, dim, 4, device=x.device, dtype=torch.float32)
@@ -207,7 +222,8 @@ def _conv_silu_triton_bwd(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor,
     _conv_silu_bwd[(batch, n_l, triton.cdiv(dim, block_d))](
         x, w4, bias.contiguous(), grad, dx, dw, db, length, dim,
         x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), dx.stride(0), dx.stride(1),
-        REVERSE=reverse, SPAN=span, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=8,
+        REVERSE=reverse, SPAN=span, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     dw = dw.sum(0)[:, 4 - K:].reshape(weight.shape)
     return dx, dw.to(weight.dtype), db.sum(0).to(bias.dtype)
