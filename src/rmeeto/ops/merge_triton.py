@@ -15,7 +15,7 @@ merge saves. Here it is four:
 
        out[p] = sum_{t -> p} x[t] * s[t] / sum_{t -> p} s[t]      (s = sizes, 1 before the first merge)
 
-   each slot adding its kept token, then the sources routed to it in plan order (fixed order: deterministic).
+   each slot adding its kept token, then the sources routed to it (fixed order: deterministic).
 
 The backward is a gather: dx[t] = dout[p(t)] * s[t] / s_out[p(t)] (sizes carry no gradient). Only the
 default merge (reduce "sum", not pruning) takes this path; plans for other distances or partner ranks are
@@ -237,10 +237,11 @@ if _HAS_TRITON:
         h_ptr, r_ptr, s_ptr, base_ptr, src_ptr, sdst_ptr, ho_ptr, ro_ptr, so_ptr,
         L, L_out, C, R,
         s_h_b, s_h_l, s_r_b, s_r_l,
-        HAS_SIZE: tl.constexpr, BLOCK_C: tl.constexpr,
+        HAS_SIZE: tl.constexpr, BLOCK_C: tl.constexpr, R_CHUNK: tl.constexpr,
     ):
-        """Output token p of batch b: its kept input token plus every merged source whose destination is p
-        (sources visited in plan order, so the sum order is fixed)."""
+        """Output token p of batch b: its kept input token plus every merged source whose destination is p.
+        The sources' slots are scanned R_CHUNK at a time as one vector (no chain of scalar loads); the rows of
+        a chunk's hits are loaded as one masked tile, and a chunk without hits costs one small load."""
         b = tl.program_id(0).to(tl.int64)
         p = tl.program_id(1)
         offs_c = tl.arange(0, BLOCK_C)
@@ -249,20 +250,25 @@ if _HAS_TRITON:
         if HAS_SIZE:
             w = tl.load(s_ptr + b * L + t)
         else:
-            w = 1.0
+            w = tl.full([], 1.0, tl.float32)
         acc_h = tl.load(h_ptr + b * s_h_b + t * s_h_l + offs_c, mask=mc, other=0.0).to(tl.float32) * w
         acc_r = tl.load(r_ptr + b * s_r_b + t * s_r_l + offs_c, mask=mc, other=0.0).to(tl.float32) * w
         wsum = w
-        for k in range(0, R):
-            if tl.load(sdst_ptr + b * R + k) == p:
-                t = tl.load(src_ptr + b * R + k)
+        for k0 in range(0, R, R_CHUNK):
+            ks = k0 + tl.arange(0, R_CHUNK)
+            hit = tl.load(sdst_ptr + b * R + ks, mask=ks < R, other=-1) == p
+            if tl.max(hit.to(tl.int32), axis=0) > 0:
+                ts = tl.load(src_ptr + b * R + ks, mask=hit, other=0)
                 if HAS_SIZE:
-                    w = tl.load(s_ptr + b * L + t)
+                    ws = tl.load(s_ptr + b * L + ts, mask=hit, other=0.0)
                 else:
-                    w = 1.0
-                acc_h += tl.load(h_ptr + b * s_h_b + t * s_h_l + offs_c, mask=mc, other=0.0).to(tl.float32) * w
-                acc_r += tl.load(r_ptr + b * s_r_b + t * s_r_l + offs_c, mask=mc, other=0.0).to(tl.float32) * w
-                wsum += w
+                    ws = hit.to(tl.float32)
+                m2 = hit[:, None] & mc[None, :]
+                xh = tl.load(h_ptr + b * s_h_b + ts[:, None] * s_h_l + offs_c[None, :], mask=m2, other=0.0)
+                xr = tl.load(r_ptr + b * s_r_b + ts[:, None] * s_r_l + offs_c[None, :], mask=m2, other=0.0)
+                acc_h += tl.sum(xh.to(tl.float32) * ws[:, None], axis=0)
+                acc_r += tl.sum(xr.to(tl.float32) * ws[:, None], axis=0)
+                wsum += tl.sum(ws, axis=0)
         o = (b * L_out + p) * C + offs_c
         tl.store(ho_ptr + o, (acc_h / wsum).to(ho_ptr.dtype.element_ty), mask=mc)
         tl.store(ro_ptr + o, (acc_r / wsum).to(ro_ptr.dtype.element_ty), mask=mc)
@@ -312,7 +318,8 @@ class _FusedMerge(torch.autograd.Function):
             _merge_fwd_kernel[(batch, num_out)](
                 hidden, residual, s, base, src, sdst, h_out, r_out, s_out,
                 L, num_out, C, src.shape[1], hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1),
-                HAS_SIZE=size is not None, BLOCK_C=block_c, num_warps=4 if block_c >= 512 else 2,
+                HAS_SIZE=size is not None, BLOCK_C=block_c, R_CHUNK=max(1, min(16, 4096 // block_c)),
+                num_warps=4 if block_c >= 512 else 2,
             )
         ctx.save_for_backward(size, dest, s_out)
         ctx.dtypes = (hidden.dtype, residual.dtype)
