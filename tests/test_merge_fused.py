@@ -127,7 +127,7 @@ def test_match_plan_half_is_a_valid_plan(dtype, ordered, ties):
     tok = q + (q >= cls).long()
     ta, tb = tok[0::2], tok[1::2]
     mf = m.float()
-    a = (mf / mf.norm(dim=-1, keepdim=True)).to(dtype).double()
+    a = (mf * (1.0 / mf.norm(dim=-1, keepdim=True))).to(dtype).double()
     scores = a[:, ta] @ a[:, tb].transpose(1, 2)  # [B, na, nb]
     best = scores.max(-1).values
     eps = 2 * torch.finfo(dtype).eps

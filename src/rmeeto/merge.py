@@ -264,8 +264,10 @@ def bipartite_match(
     q = torch.arange(L - 1, device=metric.device)
     tok = q + (q >= cls_index).long()
     a, b = metric.index_select(1, tok[0::2]), metric.index_select(1, tok[1::2])
-    a = a.float() / torch.linalg.vector_norm(a, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
-    b = b.float() / torch.linalg.vector_norm(b, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
+    # rows times their inverse norm (the official code divides: the same up to one float32 rounding, before the
+    # metric-dtype rounding below); the fused CUDA matcher computes exactly this
+    a = a.float() * (1.0 / torch.linalg.vector_norm(a, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(1e-12))
+    b = b.float() * (1.0 / torch.linalg.vector_norm(b, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(1e-12))
     if distance == "cosine":
         # normalised in float32, multiplied in the metric's dtype (the official code runs this matmul under
         # autocast, i.e. in fp16 / bf16 on GPU); float32 metrics stay float32

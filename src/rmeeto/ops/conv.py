@@ -193,14 +193,13 @@ class _ConvSiluTriton(torch.autograd.Function):
 
 # Tiles of the backward kernel: a program covers SPAN tokens in steps of BLOCK_L, BLOCK_D channels.
 # benchmarks/bench_conv_gpu.py times the candidates.
-BWD_CONFIG = {"SPAN": 16, "BLOCK_L": 16, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1}
-CANDIDATE_BWD = [
-    BWD_CONFIG,  # 0.370 ms at Vim-S shapes on an H100 (session 3 run 5), the best of its sweep
-    {"SPAN": 32, "BLOCK_L": 32, "BLOCK_D": 64, "num_warps": 8, "num_stages": 1},
-    {"SPAN": 64, "BLOCK_L": 8, "BLOCK_D": 128, "num_warps": 4, "num_stages": 1},
-    {"SPAN": 32, "BLOCK_L": 8, "BLOCK_D": 128, "num_warps": 4, "num_stages": 1},
-    {"SPAN": 64, "BLOCK_L": 4, "BLOCK_D": 256, "num_warps": 4, "num_stages": 1},
-    {"SPAN": 32, "BLOCK_L": 8, "BLOCK_D": 64, "num_warps": 2, "num_stages": 1},
+BWD_CONFIG = {"SPAN": 32, "BLOCK_L": 8, "BLOCK_D": 64, "num_warps": 2, "num_stages": 1}
+CANDIDATE_BWD = [  # ms at Vim-S shapes on an H100 (session 3, runs 5 and 6)
+    BWD_CONFIG,  # 0.350
+    {"SPAN": 16, "BLOCK_L": 16, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},  # 0.369
+    {"SPAN": 32, "BLOCK_L": 32, "BLOCK_D": 64, "num_warps": 8, "num_stages": 1},  # 0.458
+    {"SPAN": 16, "BLOCK_L": 16, "BLOCK_D": 64, "num_warps": 8, "num_stages": 1},  # 0.581
+    {"SPAN": 32, "BLOCK_L": 8, "BLOCK_D": 128, "num_warps": 4, "num_stages": 1},  # 0.665
 ]
 
 
