@@ -172,8 +172,8 @@ class BiMambaMixer(nn.Module):
         dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt_low, dt_proj.weight)  # [batch, length, d_inner], bias is added inside the scan
         y = selective_scan(
-            u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D.float(),
-            z.transpose(1, 2), delta_bias=dt_proj.bias.float(), delta_softplus=True, reverse=reverse,
+            u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D,
+            z.transpose(1, 2), delta_bias=dt_proj.bias, delta_softplus=True, reverse=reverse,
             backend=self.scan_backend,
         )
         return y.transpose(1, 2), {"B": Bm, "C": Cm, "delta": delta}

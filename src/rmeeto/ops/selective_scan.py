@@ -332,5 +332,9 @@ def selective_scan(
 ):
     """Run the selective scan with the chosen backend. Shapes: see the module docstring."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    fn = _get(resolve_backend(backend, u.device))
+    name = resolve_backend(backend, u.device)
+    fn = _get(name)
+    if name != "triton":  # the Triton kernels read D / delta_bias in any float dtype (no cast kernels)
+        D = D.float() if D is not None else None
+        delta_bias = delta_bias.float() if delta_bias is not None else None
     return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, reverse=reverse)
