@@ -118,7 +118,7 @@ def main():
             "fwd", "FWD_CONFIG", triton_scan.CANDIDATE_FWD, fwd_fn(triton_scan.selective_scan_triton, inputs_vim))
         results["bwd_best_config"] = sweep(
             "bwd", "BWD_CONFIG", triton_scan.CANDIDATE_BWD,
-            lambda: torch.ops.rmeeto.selective_scan_bwd(gout_vim, *inputs_vim, True, False), " (backward op alone)")
+            lambda: torch.ops.rmeeto.selective_scan_bwd(gout_vim, *inputs_vim, True, False, False), " (backward op alone)")
     print(f"  using FWD_CONFIG={triton_scan.FWD_CONFIG} BWD_CONFIG={triton_scan.BWD_CONFIG}")
 
     # ---- table

@@ -91,7 +91,7 @@ def main():
     p.add_argument("--no-pack", dest="pack", action="store_false", help="compile the one-element B/C load path")
     p.add_argument("--dump", default=None, help="write ttgir/ptx of both kernels with this path prefix")
     a = p.parse_args()
-    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, PACK=a.pack, NP=16)
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, PACK=a.pack, A_IS_LOG=False, NP=16)
     for which, kernel, cfg, arg in (("fwd", ts._scan_fwd_kernel, ts.FWD_CONFIG, a.fwd),
                                     ("bwd", ts._scan_bwd_kernel, ts.BWD_CONFIG, a.bwd)):
         if arg:

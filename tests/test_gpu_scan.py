@@ -111,6 +111,29 @@ def test_matrix(dtype, opts, reverse):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_is_log(dtype, reverse):
+    """A given as A_log (the model's parameter, ``a_is_log=True``): same output as A = -exp(A_log) and
+    dA_log = dA * A, against the float64 reference."""
+    inputs, sp = make_inputs(2, 40, 197, 16, dtype, "Dzbs", seed=11 + reverse)
+    A_log = torch.log(-inputs[2])
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    leaves[2] = A_log.clone().requires_grad_()
+    ref_leaves = [t.detach().double().requires_grad_() for t in inputs]
+    ref_leaves[2] = A_log.detach().double().requires_grad_()
+    out = triton_scan.selective_scan_triton(*leaves, delta_softplus=sp, reverse=reverse, a_is_log=True)
+    ref = selective_scan_ref(*ref_leaves[:2], -torch.exp(ref_leaves[2]), *ref_leaves[3:], delta_softplus=sp,
+                             reverse=reverse)
+    gout = torch.randn(ref.shape, device=DEV, dtype=torch.float64)
+    out.backward(gout.to(out.dtype))
+    ref.backward(gout)
+    tol = TOL[dtype]
+    assert rel_err(out, ref) < tol
+    for name, x, xr in zip(NAMES, leaves, ref_leaves):
+        assert rel_err(x.grad, xr.grad) < tol, name
+
+
+@pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("length", [1, 2, 7, 33, 64, 65, 197, 300] + MERGE_SCHEDULE)
 def test_lengths_fp32(length, reverse):
     inputs, sp = make_inputs(2, 24, length, 16, torch.float32, "Dzbs", seed=length)

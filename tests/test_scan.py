@@ -115,3 +115,21 @@ def test_dispatch_and_forcing():
     assert rel(a, b) < 1e-6
     with pytest.raises(ValueError, match="delta shape"):
         selective_scan(u, delta[..., :-1], A, B, C)
+
+
+def test_dispatch_a_is_log_means_minus_exp():
+    """selective_scan(..., A_log, a_is_log=True) is selective_scan(..., -exp(A_log)) on every CPU backend."""
+    from rmeeto.ops.selective_scan import selective_scan
+
+    torch.manual_seed(0)
+    b, d, L, n = 2, 6, 9, 4
+    u, delta, z = torch.randn(b, d, L), torch.randn(b, d, L) - 1, torch.randn(b, d, L)
+    A_log = torch.randn(d, n) * 0.5
+    B, C, D, bias = torch.randn(b, n, L), torch.randn(b, n, L), torch.randn(d), torch.randn(d)
+    for backend in ("reference", "chunked"):
+        for reverse in (False, True):
+            got = selective_scan(u, delta, A_log, B, C, D, z, bias, True, reverse, backend=backend, a_is_log=True)
+            want = selective_scan(u, delta, -torch.exp(A_log), B, C, D, z, bias, True, reverse, backend=backend)
+            torch.testing.assert_close(got, want)
+            assert not torch.allclose(got, selective_scan(u, delta, A_log, B, C, D, z, bias, True, reverse,
+                                                          backend=backend))

@@ -162,7 +162,7 @@ class BiMambaMixer(nn.Module):
         conv: nn.Conv1d = getattr(self, "conv1d" + suffix)
         x_proj: nn.Linear = getattr(self, "x_proj" + suffix)
         dt_proj: nn.Linear = getattr(self, "dt_proj" + suffix)
-        A = -torch.exp(getattr(self, "A_b_log" if reverse else "A_log").float())
+        A_log = getattr(self, "A_b_log" if reverse else "A_log")  # A = -exp(A_log), formed by the scan
         D = getattr(self, "D" + suffix)
         # the pure-PyTorch scan backends pair with the pure-PyTorch conv, so forcing them gives a reference path
         conv_backend = "torch" if self.scan_backend in ("reference", "chunked") else "auto"
@@ -172,9 +172,9 @@ class BiMambaMixer(nn.Module):
         dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt_low, dt_proj.weight)  # [batch, length, d_inner], bias is added inside the scan
         y = selective_scan(
-            u.transpose(1, 2), delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D,
+            u.transpose(1, 2), delta.transpose(1, 2), A_log, Bm.transpose(1, 2), Cm.transpose(1, 2), D,
             z.transpose(1, 2), delta_bias=dt_proj.bias, delta_softplus=True, reverse=reverse,
-            backend=self.scan_backend,
+            backend=self.scan_backend, a_is_log=True,
         )
         return y.transpose(1, 2), {"B": Bm, "C": Cm, "delta": delta}
 

@@ -328,13 +328,21 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def selective_scan(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False, backend="auto"
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False, backend="auto",
+    a_is_log=False,
 ):
-    """Run the selective scan with the chosen backend. Shapes: see the module docstring."""
+    """Run the selective scan with the chosen backend. Shapes: see the module docstring. ``a_is_log=True``:
+    ``A`` holds A_log and A = -exp(A_log) (float32) is meant; the Triton kernels form it themselves, the other
+    backends get it computed here. Likewise the Triton kernels read D / delta_bias in any float dtype, the
+    other backends get float32 copies. (Both save small cast / exp kernels per call on the GPU path.)"""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u.device)
     fn = _get(name)
-    if name != "triton":  # the Triton kernels read D / delta_bias in any float dtype (no cast kernels)
-        D = D.float() if D is not None else None
-        delta_bias = delta_bias.float() if delta_bias is not None else None
+    if name == "triton":
+        return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                  reverse=reverse, a_is_log=a_is_log)
+    if a_is_log:
+        A = -torch.exp(A.float())
+    D = D.float() if D is not None else None
+    delta_bias = delta_bias.float() if delta_bias is not None else None
     return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, reverse=reverse)

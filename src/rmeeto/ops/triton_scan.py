@@ -188,18 +188,22 @@ if _HAS_TRITON:
         return xd, tl.where(m2, dt, 0.0)
 
     @triton.jit
-    def _load_a2(A_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d):
-        """exp(dt A) = exp2(dt A log2 e): A scaled by log2 e, as even / odd dstate halves [NP/2, BLOCK_D]."""
+    def _load_a2(A_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d, A_IS_LOG: tl.constexpr):
+        """exp(dt A) = exp2(dt A log2 e): A scaled by log2 e, as even / odd dstate halves [NP/2, BLOCK_D].
+        With A_IS_LOG the tensor holds A_log (the parameter) and A = -exp(A_log) is formed here."""
         ptr = A_ptr + (2 * offs_h[:, None]) * s_A_n + offs_d[None, :] * s_A_d
         ae = tl.load(ptr, mask=(2 * offs_h[:, None] < dstate) & mask_d[None, :], other=0.0).to(tl.float32)
         ao = tl.load(ptr + s_A_n, mask=(2 * offs_h[:, None] + 1 < dstate) & mask_d[None, :], other=0.0).to(tl.float32)
+        if A_IS_LOG:
+            ae = -tl.exp(ae)
+            ao = -tl.exp(ao)
         return ae * 1.4426950408889634, ao * 1.4426950408889634
 
     @triton.jit
     def _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
-                        HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+                        HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, A_IS_LOG: tl.constexpr):
         """A log2 e (even / odd halves), D and delta_bias of the program's channels (zeros when absent)."""
-        A2e, A2o = _load_a2(A_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d)
+        A2e, A2o = _load_a2(A_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d, A_IS_LOG)
         if HAS_D:
             Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         else:
@@ -229,7 +233,7 @@ if _HAS_TRITON:
         s_z_b, s_z_d, s_z_l,
         s_o_b, s_o_d, s_o_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr,
+        SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
         BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
     ):
         pid_b = tl.program_id(0).to(tl.int64)
@@ -240,7 +244,7 @@ if _HAS_TRITON:
         mask_d = offs_d < dim
 
         A2e, A2o, Dv, bias = _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
-                                             HAS_D, HAS_BIAS)
+                                             HAS_D, HAS_BIAS, A_IS_LOG)
 
         u_base = u_ptr + pid_b * s_u_b
         dt_base = delta_ptr + pid_b * s_dt_b
@@ -289,7 +293,7 @@ if _HAS_TRITON:
         s_g_b, s_g_d, s_g_l,
         s_o_b, s_o_d, s_o_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr,
+        SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
         BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
     ):
         """Gradients. Outputs: du, ddelta, dz [batch, dim, L] in the input dtypes (strides s_o_*); float32
@@ -305,7 +309,7 @@ if _HAS_TRITON:
         mask_o = (2 * offs_h[:, None] + 1 < dstate) & mask_d[None, :]
 
         A2e, A2o, Dv, bias = _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
-                                             HAS_D, HAS_BIAS)
+                                             HAS_D, HAS_BIAS, A_IS_LOG)
 
         u_base = u_ptr + pid_b * s_u_b
         dt_base = delta_ptr + pid_b * s_dt_b
@@ -473,7 +477,7 @@ def _like_layout(u: Tensor, dtype) -> Tensor:
     return _alloc((batch, dim, L), dtype, u.device)
 
 
-def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse) -> Tensor:
+def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=False) -> Tensor:
     _require_runnable(u)
     batch, dim, L = u.shape
     dstate = A.shape[1]
@@ -491,13 +495,13 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse) -> Tensor
             dim, L, dstate,
             *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *out.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_packable(B, C),
+            SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_packable(B, C), A_IS_LOG=bool(a_is_log),
             BLOCK_D=bd, CHUNK=chunk, NP=_np(dstate), num_warps=cfg["num_warps"], num_stages=1,
         )
     return out
 
 
-def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=False):
     _require_runnable(u)
     batch, dim, L = u.shape
     dstate = A.shape[1]
@@ -532,10 +536,13 @@ def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
             *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *dout.stride(),
             *du.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_packable(B, C),
+            SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_packable(B, C), A_IS_LOG=bool(a_is_log),
             BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=cfg["num_warps"], num_stages=1,
         )
-    dA = dA_p.sum(0).to(A.dtype)
+    dA = dA_p.sum(0)
+    if a_is_log:  # dL/dA_log = dL/dA * dA/dA_log = dL/dA * A
+        dA = dA * -torch.exp(A.float())
+    dA = dA.to(A.dtype)
     dB = dB_p.sum(0).transpose(1, 2).to(B.dtype)  # [batch, dstate, L] view of [batch, L, dstate]
     dC = dC_p.sum(0).transpose(1, 2).to(C.dtype)
     dD = dD_p.sum(0).to(D.dtype if D is not None else torch.float32)
@@ -547,28 +554,28 @@ def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
 @torch.library.custom_op("rmeeto::selective_scan", mutates_args=())
 def _selective_scan_op(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
-    delta_bias: Optional[Tensor], delta_softplus: bool, reverse: bool,
+    delta_bias: Optional[Tensor], delta_softplus: bool, reverse: bool, a_is_log: bool,
 ) -> Tensor:
-    return _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    return _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
 
 
 @_selective_scan_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log):
     return _like_layout(u, u.dtype)
 
 
 @torch.library.custom_op("rmeeto::selective_scan_bwd", mutates_args=())
 def _selective_scan_bwd_op(
     dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-    z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool, reverse: bool,
+    z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool, reverse: bool, a_is_log: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias); dD / ddelta_bias are [dim] even when D /
     delta_bias are absent, dz is an empty tensor when z is absent."""
-    return _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    return _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
 
 
 @_selective_scan_bwd_op.register_fake
-def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log):
     batch, dim, L = u.shape
     dev = u.device
     dstate = B.shape[1]
@@ -585,23 +592,24 @@ def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse = inputs
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
     ctx.delta_softplus = delta_softplus
     ctx.reverse = reverse
+    ctx.a_is_log = a_is_log
 
 
 def _backward(ctx, dout):
     u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
     du, ddelta, dA, dB, dC, dD, dz, dbias = _selective_scan_bwd_op(
-        dout, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.reverse
+        dout, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.reverse, ctx.a_is_log
     )
     return (
         du, ddelta, dA, dB, dC,
         dD if D is not None else None,
         dz if z is not None else None,
         dbias if delta_bias is not None else None,
-        None, None,
+        None, None, None,
     )
 
 
@@ -609,9 +617,11 @@ _selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def selective_scan_triton(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False, a_is_log=False
 ) -> Tensor:
     """Fused Triton selective scan (forward and backward). Same signature and semantics as
-    :func:`rmeeto.ops.selective_scan.selective_scan_ref`."""
+    :func:`rmeeto.ops.selective_scan.selective_scan_ref`; ``a_is_log=True``: ``A`` holds A_log (the Mamba
+    parameter) and the kernels form A = -exp(A_log) themselves (no exp / neg / cast kernels per call)."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    return _selective_scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse))
+    return _selective_scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse),
+                              bool(a_is_log))
