@@ -14,6 +14,7 @@ case ${1:-bench} in
     timeout 560 python3 -m pytest -q tests/test_gpu_scan.py tests/test_merge_fused.py tests/test_gpu_model.py 2>&1 \
       | tee "$OUT/tests.log" | tail -n 4 ;;
   bench)
+    [ -n "${TESTS:-}" ] && timeout 200 python3 -m pytest -q $TESTS 2>&1 | tee "$OUT/tests_extra.log" | tail -n 3
     timeout 200 python3 -m rmeeto bench vim_tiny_patch16_224 vim_small_patch16_224 vim_base_patch16_224 --batch-size 128 \
       --dtype fp16 --warmup 10 --repeats 50 --json "$OUT/bench_inference.json" 2>&1 | tee "$OUT/bench.log"
     timeout 150 python3 -m rmeeto bench vim_small_patch16_224 --train --no-inference --batch-size 128 --train-repeats 10 \

@@ -234,10 +234,13 @@ def test_torch_compile_fullgraph():
         assert rel_err(b, a) < 1e-5
 
 
-def test_opcheck():
+@pytest.mark.parametrize("a_is_log", [False, True])
+def test_opcheck(a_is_log):
     inputs, sp = make_inputs(1, 16, 20, 16, torch.float32, "Dzbs", seed=9)
+    if a_is_log:
+        inputs[2] = torch.log(-inputs[2])
     leaves = [t.clone().requires_grad_() for t in inputs]
-    torch.library.opcheck(torch.ops.rmeeto.selective_scan.default, (*leaves, True, False))
+    torch.library.opcheck(torch.ops.rmeeto.selective_scan.default, (*leaves, True, False, a_is_log))
 
 
 @pytest.mark.parametrize("which", range(max(len(triton_scan.CANDIDATE_FWD), len(triton_scan.CANDIDATE_BWD))))
