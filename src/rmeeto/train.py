@@ -143,7 +143,9 @@ class TrainConfig:
         ema, ema_decay; amp ("auto" = bf16 on CUDA, fp32 on CPU); device ("auto"); seed; workers;
         eval_batch_size (default 2 * batch_size); out (None = write nothing); save_every_steps (0 = only at
         epoch ends); tensorboard; progress; cuda_graphs (single-process CUDA runs replay the student's forward
-        and backward and the teacher's forward from CUDA graphs: same arithmetic, no per-op host work).
+        and backward and the teacher's forward from CUDA graphs: same arithmetic, no per-op host work; the
+        capture's warm-up draws drop-path randomness, so a resumed run is not bit-identical to an uninterrupted
+        one unless cuda_graphs is off).
     """
 
     model: str
