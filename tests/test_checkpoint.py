@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import warnings
 from pathlib import Path
 
 import pytest

@@ -24,11 +24,10 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 
 from rmeeto.models.vim import Block, TokenState, VisionMamba
 from rmeeto.ops import merge_triton

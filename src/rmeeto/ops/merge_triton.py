@@ -1,4 +1,4 @@
-"""Fused token merging for CUDA: the matching and the size-weighted merge of both streams in two kernels.
+"""Fused token merging for CUDA: the matching and the size-weighted merge of both streams in four kernels.
 
 :func:`rmeeto.merge.bipartite_match` plus :func:`rmeeto.merge.merge_streams` in PyTorch are some forty small
 kernels per merging layer (gathers, norms, a matmul, max, argsort, index arithmetic, then a chain of cat /
@@ -8,9 +8,8 @@ merge saves. Here it is four:
 1. :func:`match_plan` (three small kernels) takes inverse row norms, scores sources against destinations
    with ``tl.dot`` (rounded to the metric's dtype, as the PyTorch matmul returns them), takes each source's
    best partner, ranks the sources with a stable descending order (one program per batch element), and writes
-   the plan as
-   token lists: the output slot of every input token (the destination map), the kept token of every slot,
-   and the merged sources with their slots. No sort call, no host sync, static shapes.
+   the plan as token lists: the output slot of every input token (the destination map), the kept token of
+   every slot, and the merged sources with their slots. No sort call, no host sync, static shapes.
 2. The merge kernel reads every token of both streams once and writes each output token once:
 
        out[p] = sum_{t -> p} x[t] * s[t] / sum_{t -> p} s[t]      (s = sizes, 1 before the first merge)
