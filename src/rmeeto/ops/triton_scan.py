@@ -221,6 +221,17 @@ if _HAS_TRITON:
         ho = tl.exp2(dt_j * A2o) * ho + Bo[:, None] * dtu_j
         return he, ho
 
+    @triton.jit
+    def _token_out(he, ho, A2e, A2o, dt, dtu, c, j, L, B_base, C_base, s_B_l, s_B_n, s_C_l, s_C_n, offs_h, offs_j,
+                   dstate, CHUNK: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr):
+        """Token j of chunk c (forward, and the backward's recompute): advance the state with its B, dt and
+        dt u, and return the new state halves with the token's output C . h (before D and the gate)."""
+        tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
+        Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
+        Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK)
+        he, ho = _advance(he, ho, A2e, A2o, _pick(dt, offs_j, j)[None, :], _pick(dtu, offs_j, j)[None, :], Be, Bo)
+        return he, ho, tl.sum(he * Ce[:, None], axis=0) + tl.sum(ho * Co[:, None], axis=0)
+
     @triton.jit(do_not_specialize=_SCAN_NOSPEC)
     def _scan_fwd_kernel(
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
@@ -266,13 +277,9 @@ if _HAS_TRITON:
             dtu = dt * u
             y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
             for j in tl.static_range(CHUNK):
-                tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
-                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
-                Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK)
-                dt_j = _pick(dt, offs_j, j)[None, :]
-                dtu_j = _pick(dtu, offs_j, j)[None, :]
-                he, ho = _advance(he, ho, A2e, A2o, dt_j, dtu_j, Be, Bo)
-                y = _put(y, offs_j, j, tl.sum(he * Ce[:, None], axis=0) + tl.sum(ho * Co[:, None], axis=0))
+                he, ho, yj = _token_out(he, ho, A2e, A2o, dt, dtu, c, j, L, B_base, C_base, s_B_l, s_B_n, s_C_l,
+                                        s_C_n, offs_h, offs_j, dstate, CHUNK, REVERSE, PACK)
+                y = _put(y, offs_j, j, yj)
             if HAS_D:
                 y += Dv[None, :] * u
             if HAS_Z:
@@ -375,15 +382,11 @@ if _HAS_TRITON:
             hso = tl.zeros([CHUNK, NP // 2, BLOCK_D], dtype=tl.float32)
             y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
             for j in tl.static_range(CHUNK):
-                tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
-                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
-                Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK)
-                dt_j = _pick(dt, offs_j, j)[None, :]
-                dtu_j = _pick(dtu, offs_j, j)[None, :]
-                he, ho = _advance(he, ho, A2e, A2o, dt_j, dtu_j, Be, Bo)
+                he, ho, yj = _token_out(he, ho, A2e, A2o, dt, dtu, c, j, L, B_base, C_base, s_B_l, s_B_n, s_C_l,
+                                        s_C_n, offs_h, offs_j, dstate, CHUNK, REVERSE, PACK)
                 hse = tl.where(offs_j[:, None, None] == j, he[None, :, :], hse)
                 hso = tl.where(offs_j[:, None, None] == j, ho[None, :, :], hso)
-                y = _put(y, offs_j, j, tl.sum(he * Ce[:, None], axis=0) + tl.sum(ho * Co[:, None], axis=0))
+                y = _put(y, offs_j, j, yj)
             if HAS_D:
                 y += Dv[None, :] * u
             if HAS_Z:
