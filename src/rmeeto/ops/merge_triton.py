@@ -24,10 +24,11 @@ PyTorch.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
+
+from rmeeto.ops._launch import on_device
 
 Tensor = torch.Tensor
 
@@ -42,11 +43,6 @@ except Exception:
     _HAS_TRITON = False
 
 __all__ = ["destination_map", "match_plan", "match_merge_fused", "merge_streams_fused", "is_available"]
-
-
-def _on(device: torch.device):
-    """Launch context: the tensor's CUDA device (CPU tensors only occur under TRITON_INTERPRET=1)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def is_available() -> bool:
@@ -307,7 +303,7 @@ class _FusedMerge(torch.autograd.Function):
         r_out = torch.empty(batch, num_out, C, device=residual.device, dtype=residual.dtype)
         s_out = torch.empty(batch, num_out, 1, device=hidden.device, dtype=torch.float32)
         block_c = triton.next_power_of_2(C)
-        with _on(hidden.device):
+        with on_device(hidden.device):
             _merge_fwd_kernel[(batch, num_out)](
                 hidden, residual, s, base, src, sdst, h_out, r_out, s_out,
                 L, num_out, C, src.shape[1], hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1),
@@ -374,7 +370,7 @@ def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     sdst = torch.empty(batch, R, device=dev, dtype=torch.int32)
     block_c = max(16, min(64, triton.next_power_of_2(C)))
     tile = 64
-    with _on(dev):
+    with on_device(dev):
         _inv_norm_kernel[(batch, triton.cdiv(L, 32))](
             metric, metric.stride(0), metric.stride(1), inv, L, C, BLOCK_T=32, BLOCK_C=block_c, num_warps=4)
         _best_partner_kernel[(batch, triton.cdiv(na, tile))](

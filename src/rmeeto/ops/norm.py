@@ -12,10 +12,11 @@ one sum for the weight gradient). ``add_rms_norm_torch`` is the reference and th
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
+
+from rmeeto.ops._launch import on_device
 
 Tensor = torch.Tensor
 
@@ -109,7 +110,7 @@ class _AddRMSNorm(torch.autograd.Function):
         rstd = torch.empty(N, device=h.device, dtype=torch.float32)
         block_n, block_c, warps = _launch_shape(C)
         s = scale.float().contiguous() if scale is not None else rstd
-        with _on(h.device):
+        with on_device(h.device):
             _add_norm_fwd[(triton.cdiv(N, block_n),)](
                 h, r, s, weight, ro, y, rstd, N, C, L, eps,
                 HAS_RES=residual is not None, HAS_SCALE=scale is not None, BLOCK_N=block_n, BLOCK_C=block_c,
@@ -131,16 +132,12 @@ class _AddRMSNorm(torch.autograd.Function):
         dw = torch.empty(n_prog, C, device=ro.device, dtype=torch.float32)
         dro = d_ro.contiguous().view(N, C) if d_ro is not None else ro
         s = scale.float().contiguous() if scale is not None else rstd
-        with _on(ro.device):
+        with on_device(ro.device):
             _add_norm_bwd[(n_prog,)](
                 dy, dro, ro, rstd, s, weight, dh, dr, dw, N, C, L,
                 HAS_DRO=d_ro is not None, HAS_RES=has_res, HAS_SCALE=scale is not None,
                 BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps)
         return dh.view(shape), (dr.view(shape) if has_res else None), dw.sum(0).to(weight.dtype), None, None
-
-
-def _on(device: torch.device):
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def add_rms_norm(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float,

@@ -37,12 +37,12 @@ instruction counts, which is how the tile configurations below were narrowed dow
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Optional
 
 import torch
 
+from rmeeto.ops._launch import on_device
 from rmeeto.ops.selective_scan import _check_shapes
 
 Tensor = torch.Tensor
@@ -94,10 +94,6 @@ def _alloc(shape, dtype, device) -> Tensor:
     if _POISON:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _device_guard(t: Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------------------------------- kernels
@@ -491,7 +487,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=
     bd, chunk = cfg["BLOCK_D"], cfg["CHUNK"]
     zz = z if z is not None else u
     grid = (batch, triton.cdiv(dim, bd))
-    with _device_guard(u):
+    with on_device(u.device):
         _scan_fwd_kernel[grid](
             u, delta, A, B, C,
             D if D is not None else A, zz, delta_bias if delta_bias is not None else A, out,
@@ -530,7 +526,7 @@ def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_i
     dbias_p = _alloc((batch, dim), torch.float32, dev)
     zz = z if z is not None else u
     grid = (batch, n_dblk)
-    with _device_guard(u):
+    with on_device(u.device):
         _scan_bwd_kernel[grid](
             u, delta, A, B, C,
             D if D is not None else A, zz, delta_bias if delta_bias is not None else A, dout,
