@@ -14,11 +14,10 @@ import os
 import time
 
 import torch
-import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
 import rmeeto
-from rmeeto.train import DistillationLoss, StudentGraph, TeacherForward, distillation_forward
+from rmeeto.bench import make_train_step
 
 
 def inference_step(name: str, merged: bool, batch: int):
@@ -35,24 +34,10 @@ def inference_step(name: str, merged: bool, batch: int):
 
 
 def train_step(name: str, merged: bool, batch: int):
-    student = rmeeto.create_model(name, drop_path_rate=0.1).cuda().train()
-    if merged:
-        rmeeto.apply_merge(student, rmeeto.MergeConfig.paper(name))
-    teacher = TeacherForward(rmeeto.create_model(name).cuda(), torch.bfloat16)
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.05, fused=True)
-    criterion = DistillationLoss(nn.CrossEntropyLoss(), 0.5)
-    x = torch.randn(batch, 3, 224, 224, device="cuda")
-    y = torch.randint(0, student.num_classes, (batch,), device="cuda")
-
-    student_fn = StudentGraph(student, torch.bfloat16) if os.environ.get("RMEETO_TRAIN_GRAPH", "1") != "0" else student
-
-    def step():
-        loss, _ = distillation_forward(student_fn, teacher, criterion, x, y, torch.bfloat16)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+    graphs = os.environ.get("RMEETO_TRAIN_GRAPH", "1") != "0"
+    step, batches = make_train_step(name, rmeeto.MergeConfig.paper(name) if merged else None, batch_size=batch,
+                                    graphs=graphs)
+    return lambda: step(batches[0])
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from rmeeto.fast import accelerate
 from rmeeto.merge import MergeConfig
 from rmeeto.train import DistillationLoss, StudentGraph, TeacherForward, distillation_forward
 
-__all__ = ["bench_inference", "bench_train_step", "DTYPES"]
+__all__ = ["bench_inference", "bench_train_step", "make_train_step", "DTYPES"]
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -128,6 +128,53 @@ def bench_inference(
     )
 
 
+def make_train_step(
+    model_name: str,
+    merge_config: Optional[MergeConfig] = None,
+    *,
+    batch_size: int = 128,
+    img_size: Optional[int] = None,
+    dtype: str = "bf16",
+    backend: str = "auto",
+    teacher: bool = True,
+    alpha: float = 0.5,
+    drop_path_rate: float = 0.1,
+    graphs: bool = True,
+    device: str = "cuda",
+):
+    """Build one re-training step (student fwd+bwd, teacher fwd, AdamW step) on random batches -> (step,
+    batches): ``step(batch)`` runs it. ``graphs``: on CUDA, replay the student's forward/backward and the
+    teacher's forward from CUDA graphs, as ``rmeeto retrain`` does on one GPU. Timed by :func:`bench_train_step`,
+    profiled by benchmarks/profile_gpu.py."""
+    device = torch.device(device)
+    student = _build(model_name, merge_config, device, img_size, drop_path_rate=drop_path_rate).train()
+    student.set_scan_backend(backend)
+    tdtype = DTYPES[dtype]
+    teacher_fn = None
+    if teacher:
+        teacher_model = _build(model_name, None, device, img_size)
+        teacher_model.set_scan_backend(backend)
+        teacher_fn = TeacherForward(teacher_model, tdtype, graph=graphs)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.05, fused=device.type == "cuda")
+    c, h, w = student.pretrained_cfg.input_size if img_size is None else (3, img_size, img_size)
+    num_classes = student.num_classes
+    batches = [
+        (torch.randn(batch_size, c, h, w, device=device), torch.randint(0, num_classes, (batch_size,), device=device))
+        for _ in range(2)
+    ]
+    criterion = DistillationLoss(nn.CrossEntropyLoss(), alpha)  # the re-training loss (CE + alpha * KL)
+    student_fn = StudentGraph(student, tdtype) if graphs and device.type == "cuda" else student
+
+    def step(batch):
+        x, y = batch
+        loss, _ = distillation_forward(student_fn, teacher_fn, criterion, x, y, tdtype)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, batches
+
+
 def bench_train_step(
     model_name: str,
     merge_config: Optional[MergeConfig] = None,
@@ -145,37 +192,13 @@ def bench_train_step(
     device: str = "cuda",
     seed: int = 0,
 ) -> dict:
-    """Time one re-training step (student fwd+bwd, teacher fwd, AdamW step) per batch. ``graphs``: on CUDA,
-    replay the student's forward/backward and the teacher's forward from CUDA graphs, as ``rmeeto retrain``
-    does on one GPU."""
-    device = torch.device(device)
+    """Time one re-training step (:func:`make_train_step`) per batch."""
     torch.manual_seed(seed)
-    student = _build(model_name, merge_config, device, img_size, drop_path_rate=drop_path_rate).train()
-    student.set_scan_backend(backend)
-    tdtype = DTYPES[dtype]
-    teacher_fn = None
-    if teacher:
-        teacher_model = _build(model_name, None, device, img_size)
-        teacher_model.set_scan_backend(backend)
-        teacher_fn = TeacherForward(teacher_model, tdtype, graph=graphs)
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.05, fused=device.type == "cuda")
-    c, h, w = student.pretrained_cfg.input_size if img_size is None else (3, img_size, img_size)
-    num_classes = student.num_classes
-    batches = [
-        (torch.randn(batch_size, c, h, w, device=device), torch.randint(0, num_classes, (batch_size,), device=device))
-        for _ in range(2)
-    ]
-    criterion = DistillationLoss(nn.CrossEntropyLoss(), alpha)  # the re-training loss (CE + alpha * KL)
-
-    student_fn = StudentGraph(student, tdtype) if graphs and device.type == "cuda" else student
-
-    def step(batch):
-        x, y = batch
-        loss, _ = distillation_forward(student_fn, teacher_fn, criterion, x, y, tdtype)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step, batches = make_train_step(
+        model_name, merge_config, batch_size=batch_size, img_size=img_size, dtype=dtype, backend=backend,
+        teacher=teacher, alpha=alpha, drop_path_rate=drop_path_rate, graphs=graphs, device=device,
+    )
+    device = torch.device(device)
     return _measure(
         step, batches, warmup, repeats, device, model=model_name,
         merge=None if merge_config is None else merge_config.to_dict(), batch_size=batch_size, dtype=dtype,
