@@ -22,11 +22,11 @@ import torch.nn as nn
 import rmeeto
 from rmeeto.fast import accelerate
 from rmeeto.merge import MergeConfig
+from rmeeto.runtime import DTYPES
 from rmeeto.train import DistillationLoss, StudentGraph, TeacherForward, distillation_forward
 
 __all__ = ["bench_inference", "bench_train_step", "make_train_step", "DTYPES"]
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @dataclass

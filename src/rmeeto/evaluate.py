@@ -22,14 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rmeeto.runtime import autocast, resolve_device
+
 __all__ = ["evaluate", "measure_throughput", "load_model_for_eval", "resolve_device"]
-
-
-def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _dist_rank() -> int:
@@ -39,12 +34,6 @@ def _dist_rank() -> int:
 
 def _progress_enabled(progress: bool) -> bool:
     return bool(progress) and _dist_rank() == 0 and sys.stderr.isatty()
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None or dtype == torch.float32:
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -84,7 +73,7 @@ def evaluate(
             images, targets = batch[0], batch[1]
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
-            with _autocast(device, amp_dtype):
+            with autocast(device, amp_dtype):
                 logits = model(images)
             logits = logits.float()
             k = min(5, logits.shape[-1])
@@ -155,7 +144,7 @@ def measure_throughput(
     net.eval()
     x = torch.randn(batch_size, in_chans, img_size, img_size, device=device, dtype=dtype)
     try:
-        with _autocast(device, None if dtype == torch.float32 else dtype):
+        with autocast(device, None if dtype == torch.float32 else dtype):
             if cuda:
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)

@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rmeeto.merge import MergeConfig, apply_merge
 from rmeeto.models import create_model, get_config
+from rmeeto.runtime import resolve_device, resolve_dtype
 
 __all__ = [
     "TrainConfig",
@@ -98,8 +99,7 @@ PAPER_DEVIATIONS: dict[str, str] = {
     "EMA": "updated after every optimizer step (the release updates it every 2nd iteration)",
 }
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "fp32")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+AMP_CHOICES = ("auto", "bf16", "fp16", "fp32")  # rmeeto.runtime's dtype names
 MIXUP_MODES = ("batch", "pair", "elem")
 RUNTIME_FIELDS = ("out", "device", "workers", "progress", "tensorboard", "save_every_steps", "cuda_graphs")  # free on resume
 
@@ -519,23 +519,6 @@ def _init_distributed(device_arg: str) -> tuple[int, int, int, bool]:
     return dist.get_rank(), dist.get_world_size(), local_rank, True
 
 
-def _resolve_device(device_arg: str, local_rank: int, world: int) -> torch.device:
-    if device_arg == "auto":
-        device_arg = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_arg)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
-    return device
-
-
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype:
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if amp == "fp16" and device.type != "cuda":
-        raise TrainError("--amp fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
-    return AMP_DTYPES[amp]
-
-
 def _rng_state(device: torch.device) -> dict:
     np_state = np.random.get_state()
     state = {
@@ -691,8 +674,11 @@ def _train(config: TrainConfig, resume: Optional[str], rank: int, world: int, lo
             log(f"resume: using the settings stored in {resume_path} (ignoring new values of {', '.join(changed)})")
         config = dataclasses.replace(saved, **{k: getattr(config, k) for k in RUNTIME_FIELDS})
 
-    device = _resolve_device(config.device, local_rank, world)
-    amp_dtype = _amp_dtype(config.amp, device)
+    try:
+        device = resolve_device(config.device, local_rank if world > 1 else None)
+        amp_dtype = resolve_dtype(config.amp, device)
+    except ValueError as exc:
+        raise TrainError(f"--device {config.device} / --amp {config.amp}: {exc}") from None
     out = Path(config.out) if config.out is not None else None
     if out is not None:
         inputs = {Path(p).resolve() for p in (config.checkpoint, config.teacher) if p}

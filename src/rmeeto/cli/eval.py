@@ -40,7 +40,7 @@ examples:
       -r 5 --final-tokens none --limit 5000
 """
 
-AMP_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}
+AMP_CHOICES = ("none", "bf16", "fp16")  # rmeeto.runtime dtype names; "none" = no autocast
 
 
 # ============================================================================================ shared helpers
@@ -59,7 +59,7 @@ def add_model_data_arguments(parser: argparse.ArgumentParser, data: bool = True)
                             help="evaluation batch size (default 64)")
         parser.add_argument("--workers", type=int, default=2, metavar="N", help="data-loading processes (default 2)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, default), cpu, cuda or cuda:N")
-    parser.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none",
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="none",
                         help="autocast dtype for the forward (default none = float32)")
 
 
@@ -146,28 +146,23 @@ def merge_config_for(args: argparse.Namespace, model_name: str):
 
 
 def resolve_device(text: str):
-    import torch
-
-    from rmeeto.evaluate import resolve_device as _resolve
+    from rmeeto.runtime import resolve_device as _resolve
 
     try:
-        device = _resolve(text)
-    except RuntimeError as exc:
+        return _resolve(text)
+    except ValueError as exc:
         raise CLIError(f"--device {text}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {text} requested but no CUDA device is available")
-    return device
 
 
 def resolve_amp(text: str, device):
-    import torch
+    from rmeeto.runtime import resolve_dtype
 
-    name = AMP_DTYPES[text]
-    if name is None:
+    if text == "none":
         return None
-    if name == "float16" and device.type != "cuda":
-        raise CLIError("--amp fp16 needs a CUDA device; use --amp bf16 or none on CPU")
-    return getattr(torch, name)
+    try:
+        return resolve_dtype(text, device)
+    except ValueError:
+        raise CLIError(f"--amp {text} needs a CUDA device; use --amp bf16 or none on CPU") from None
 
 
 def build_eval_dataset(data: str, model_cfg, limit: Optional[int] = None):
