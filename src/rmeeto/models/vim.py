@@ -568,6 +568,8 @@ def arch_from_state_dict(state_dict: Mapping[str, Any], cls_position: str = "mid
     absent = [k for k in fields if facts[k] is None]
     if absent:
         raise ValueError(f"not a Vim state dict: cannot read {', '.join(absent)} from its tensors")
+    if facts["dt_rank"] == math.ceil(facts["embed_dim"] / 16):
+        facts["dt_rank"] = None  # the default rank, written as the registry writes it
     return VimArch(**{k: facts[k] for k in fields}, cls_position=cls_position, divide_out=divide_out)
 
 
