@@ -19,7 +19,6 @@ Both accept a registered model name, a :class:`~rmeeto.models.vim.VisionMamba`, 
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Union
 
 from rmeeto.merge import MergeConfig
