@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from rmeeto import CheckpointError, create_model, inspect_checkpoint, load_checkpoint, save_checkpoint
-from rmeeto.checkpoint import checkpoint_filter_fn, read_checkpoint, resample_pos_embed
+from rmeeto.checkpoint import read_checkpoint
+from rmeeto.models.vim import checkpoint_filter_fn, resample_pos_embed
 
 NAME = "vim_test_patch4_16"  # 16x16 input, patch 4: 16 patches + cls = 17 tokens, cls at index 8
 

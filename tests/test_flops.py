@@ -10,7 +10,8 @@ from rmeeto import MergeConfig, apply_merge, create_model, trace_tokens
 from rmeeto.cli import CLIError
 from rmeeto.cli import flops as flops_cli
 from rmeeto.cli._merge_args import merge_config_from_args
-from rmeeto.flops import arch_of, flops_table, paper_flops, true_flops
+from rmeeto.flops import flops_table, paper_flops, true_flops
+from rmeeto.models import arch_of
 
 TI, S, B = "vim_tiny_patch16_224", "vim_small_patch16_224", "vim_base_patch16_224"
 

@@ -63,7 +63,7 @@ def test_official_state_dict_keys_order_and_shapes(name):
 def test_registry_models_follow_the_same_layout(name):
     cfg = get_config(name)
     model = create_model(name, device="meta")
-    arch = {"img_size": 224, "patch_size": 16, "num_classes": 1000, "depth": 24, **cfg.arch}
+    arch = {"img_size": 224, "patch_size": 16, "num_classes": 1000, "depth": 24, **cfg.arch.to_dict()}
     tokens = (arch["img_size"] // arch["patch_size"]) ** 2 + 1
     assert model.num_tokens == tokens and cfg.input_size == (3, arch["img_size"], arch["img_size"])
     expected = official_layout(arch["embed_dim"], arch["depth"], arch["num_classes"], patch=arch["patch_size"],

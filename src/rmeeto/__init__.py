@@ -6,16 +6,17 @@
 
 __version__ = "0.1.0"
 
-from rmeeto.models import ModelConfig, create_model, get_config, list_models  # noqa: E402
+from rmeeto.models import ModelConfig, VimArch, create_model, get_config, inspect_checkpoint, list_models  # noqa: E402
 from rmeeto.models.vim import TokenState, VisionMamba  # noqa: E402
 from rmeeto.merge import MergeConfig, apply_merge, remove_merge, trace_tokens  # noqa: E402
-from rmeeto.checkpoint import CheckpointError, inspect_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from rmeeto.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 
 __all__ = [
     "__version__",
     "MergeConfig",
     "ModelConfig",
     "TokenState",
+    "VimArch",
     "VisionMamba",
     "CheckpointError",
     "inspect_checkpoint",

@@ -10,9 +10,11 @@ Layout (official Vim trainer, kept by :func:`save_checkpoint`)::
     {"model": state_dict, "model_ema": state_dict, "optimizer": ..., "lr_scheduler": ..., "epoch": int,
      "scaler": ..., "args": argparse.Namespace}
 
-Only ``model`` is required. :func:`checkpoint_filter_fn` maps any such file onto a model: it unwraps the
-container, strips ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes, resizes ``pos_embed`` to
-another token grid (class token kept at the middle position) and drops a classifier with another class count.
+Only ``model`` is required. This module is generic: it knows containers, key prefixes and safe I/O, not any
+architecture. What a particular model needs to fit another checkpoint (resizing ``pos_embed``, dropping a
+classifier for another class count) is that model's *checkpoint filter*: :func:`load_checkpoint` takes it from
+``filter_fn=`` or from the model class's ``checkpoint_filter`` attribute (for Vim see
+:func:`rmeeto.models.vim.checkpoint_filter_fn`); a model without one gets :func:`plain_filter`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import pickletools
 import tempfile
@@ -31,21 +32,25 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = [
     "CheckpointError",
+    "FilterResult",
     "LoadResult",
-    "checkpoint_filter_fn",
-    "inspect_checkpoint",
+    "checkpoint_epoch",
+    "describe_checkpoint",
+    "is_state_dict",
     "load_checkpoint",
+    "plain_filter",
     "read_checkpoint",
-    "resample_pos_embed",
     "save_checkpoint",
+    "strip_prefixes",
+    "unwrap_module",
+    "unwrap_state_dict",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -83,6 +88,28 @@ class LoadResult:
     head_reset: bool = False
     epoch: Optional[int] = None
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FilterResult:
+    """What a checkpoint filter made of a state dict, for :func:`load_checkpoint`.
+
+    state_dict: the tensors to load, under the model's key names. notes: one line per adaptation (each is
+    warned about). skipped: model keys deliberately left out (kept as the model has them, not "missing").
+    pos_embed_resized / head_reset: as in :class:`LoadResult` (a reset classifier is re-initialised after
+    loading). hint: text appended to a does-not-fit error, e.g. " (the checkpoint looks like <model>)".
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    notes: list[str] = field(default_factory=list)
+    skipped: tuple[str, ...] = ()
+    pos_embed_resized: Optional[tuple[int, int]] = None
+    head_reset: bool = False
+    hint: str = ""
+
+
+# (state dict or checkpoint, target model) -> FilterResult
+FilterFn = Callable[[Mapping[str, Any], nn.Module], FilterResult]
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -217,22 +244,24 @@ def read_checkpoint(path: PathLike) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- mapping
 
 
-def _is_state_dict(obj: Any) -> bool:
+def is_state_dict(obj: Any) -> bool:
+    """A non-empty mapping whose values are all tensors."""
     return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _unwrap(checkpoint: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
     """(state dict, name of the entry it came from)."""
     for key in _WEIGHT_KEYS:
         if isinstance(checkpoint.get(key), Mapping):
             return checkpoint[key], key
-    if _is_state_dict(checkpoint):
+    if is_state_dict(checkpoint):
         return checkpoint, "(root)"
     keys = ", ".join(map(str, list(checkpoint)[:10])) or "none"
     raise CheckpointError(f"no weights found: expected a 'model' or 'state_dict' entry, top-level keys are {keys}")
 
 
-def _strip_prefixes(key: str) -> str:
+def strip_prefixes(key: str) -> str:
+    """``key`` without leading ``module.`` (DDP) / ``_orig_mod.`` (torch.compile) prefixes, in any nesting."""
     stripped = True
     while stripped:
         stripped = False
@@ -242,7 +271,7 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
-def _unwrap_module(model: nn.Module) -> nn.Module:
+def unwrap_module(model: nn.Module) -> nn.Module:
     """The plain model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
@@ -253,76 +282,16 @@ def _unwrap_module(model: nn.Module) -> nn.Module:
             return model
 
 
-def resample_pos_embed(pos_embed: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-    """Resize a middle-class-token position embedding to another patch grid.
-
-    pos_embed: [1, N + 1, E] with the class token's row at index N // 2 and N = g * g patches in row-major
-    order -> [1, h * w + 1, E] with the class row (copied exactly) at (h * w) // 2 and the patch rows resized
-    bicubically (computed in float32, returned in the input dtype)."""
-    _, length, dim = pos_embed.shape
-    num_patches = length - 1
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise CheckpointError(f"pos_embed has {num_patches} patch rows, not a square grid: cannot resize it")
-    old_cls = num_patches // 2
-    cls_row = pos_embed[:, old_cls : old_cls + 1]
-    patches = torch.cat([pos_embed[:, :old_cls], pos_embed[:, old_cls + 1 :]], dim=1)
-    patches = patches.reshape(1, side, side, dim).permute(0, 3, 1, 2).float()
-    patches = F.interpolate(patches, size=tuple(grid_size), mode="bicubic", align_corners=False)
-    patches = patches.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
-    new_cls = patches.shape[1] // 2
-    return torch.cat([patches[:, :new_cls], cls_row, patches[:, new_cls:]], dim=1)
-
-
-def _filter(state_dict: Mapping[str, Any], model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The work of :func:`checkpoint_filter_fn`, plus a record of what was changed."""
-    if any(k in state_dict for k in _WEIGHT_KEYS) and not _is_state_dict(state_dict):
-        state_dict, _ = _unwrap(state_dict)
-    model = _unwrap_module(model)
-    out = {_strip_prefixes(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-    report: dict[str, Any] = {"notes": [], "pos_embed_resized": None, "head_reset": False}
+def plain_filter(state_dict: Mapping[str, Any], model: nn.Module) -> FilterResult:
+    """The filter every model gets: unwrap a ``model`` / ``state_dict`` / EMA container, strip ``module.`` and
+    ``_orig_mod.`` prefixes, keep tensors only. Model-specific filters build on it (the input is not modified)."""
+    if any(k in state_dict for k in _WEIGHT_KEYS) and not is_state_dict(state_dict):
+        state_dict, _ = unwrap_state_dict(state_dict)
+    out = {strip_prefixes(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    notes = []
     if len(out) < len(state_dict):
-        report["notes"].append(f"{len(state_dict) - len(out)} non-tensor entries of the state dict ignored")
-    own = model.state_dict()
-
-    pos = out.get("pos_embed")
-    if isinstance(pos, torch.Tensor) and "pos_embed" in own and pos.shape != own["pos_embed"].shape:
-        want = own["pos_embed"].shape
-        if pos.dim() == 3 and pos.shape[-1] == want[-1] and hasattr(model, "patch_embed"):
-            out["pos_embed"] = resample_pos_embed(pos, model.patch_embed.grid_size)
-            report["pos_embed_resized"] = (pos.shape[1], want[1])
-            report["notes"].append(f"pos_embed interpolated from {pos.shape[1]} to {want[1]} tokens")
-
-    head_keys = [k for k in out if k.startswith("head.")]
-    if head_keys:
-        head = getattr(model, "head", None)
-        if not isinstance(head, nn.Linear):
-            for k in head_keys:
-                del out[k]
-            report["notes"].append("classifier weights dropped: the model has no classifier head")
-        elif "head.weight" in out and out["head.weight"].shape != head.weight.shape:
-            ckpt_classes = out["head.weight"].shape[0]
-            for k in head_keys:
-                del out[k]
-            report["head_reset"] = True
-            report["notes"].append(
-                f"classifier not loaded: checkpoint has {ckpt_classes} classes, model has {head.out_features}; "
-                "head re-initialised"
-            )
-    return out, report
-
-
-def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a checkpoint onto ``model`` (timm's ``pretrained_filter_fn`` contract; the input is not modified).
-
-    Unwraps ``model`` / ``state_dict`` / ``model_ema`` containers, strips ``module.`` and ``_orig_mod.``
-    prefixes, resizes ``pos_embed`` [1, N + 1, E] to the model's grid (see :func:`resample_pos_embed`) and drops
-    ``head.*`` when the class count differs (the model keeps its own, freshly initialised head). Each change is
-    announced with a ``UserWarning``."""
-    out, report = _filter(state_dict, model)
-    for note in report["notes"]:
-        warnings.warn(note, stacklevel=2)
-    return out
+        notes.append(f"{len(state_dict) - len(out)} non-tensor entries of the state dict ignored")
+    return FilterResult(out, notes)
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -333,7 +302,8 @@ def _key_list(keys: list[str], limit: int = 10) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def _epoch(checkpoint: Mapping[str, Any]) -> Optional[int]:
+def checkpoint_epoch(checkpoint: Mapping[str, Any]) -> Optional[int]:
+    """The ``epoch`` entry of a checkpoint as an int, or None."""
     epoch = checkpoint.get("epoch")
     if isinstance(epoch, torch.Tensor) and epoch.numel() == 1:
         epoch = epoch.item()
@@ -341,15 +311,18 @@ def _epoch(checkpoint: Mapping[str, Any]) -> Optional[int]:
 
 
 def load_checkpoint(
-    model: nn.Module, path: PathLike, *, use_ema: bool = False, strict: bool = True, verbose: bool = True
+    model: nn.Module, path: PathLike, *, use_ema: bool = False, strict: bool = True, verbose: bool = True,
+    filter_fn: Optional[FilterFn] = None,
 ) -> LoadResult:
     """Load weights from a ``.pth`` or ``.safetensors`` file into ``model`` (in place; DDP/compiled wrappers are
     looked through).
 
     ``use_ema`` takes the ``model_ema`` entry (error if absent). With ``strict`` every model parameter must be
-    present and every checkpoint tensor used, apart from the adaptations of :func:`checkpoint_filter_fn`
-    (resized ``pos_embed``, re-initialised head), which are warned about. A shape mismatch is always an error.
-    ``verbose`` logs one summary line (logger ``rmeeto.checkpoint``, level INFO)."""
+    present and every checkpoint tensor used, apart from the adaptations of the model's checkpoint filter (for
+    Vim: resized ``pos_embed``, re-initialised head), which are warned about. A shape mismatch is always an
+    error. ``filter_fn(state_dict, model) -> FilterResult`` overrides the filter of the model class
+    (``type(model).checkpoint_filter``, else :func:`plain_filter`). ``verbose`` logs one summary line (logger
+    ``rmeeto.checkpoint``, level INFO)."""
     path = Path(path)
     raw = read_checkpoint(path)
     if use_ema:
@@ -359,14 +332,17 @@ def load_checkpoint(
         weights, source = raw["model_ema"], "model_ema"
     else:
         try:
-            weights, source = _unwrap(raw)
+            weights, source = unwrap_state_dict(raw)
         except CheckpointError as exc:
             raise CheckpointError(f"checkpoint {path}: {exc}") from None
-    target = _unwrap_module(model)
-    state_dict, report = _filter(weights, target)
+    target = unwrap_module(model)
+    if filter_fn is None:
+        filter_fn = getattr(type(target), "checkpoint_filter", plain_filter)
+    report = filter_fn(weights, target)
+    state_dict = report.state_dict
     own = target.state_dict()
 
-    missing = [k for k in own if k not in state_dict and not (report["head_reset"] and k.startswith("head."))]
+    missing = [k for k in own if k not in state_dict and k not in report.skipped]
     unexpected = [k for k in state_dict if k not in own]
     if strict and (missing or unexpected):
         parts = []
@@ -375,26 +351,27 @@ def load_checkpoint(
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) != 1)} ({_key_list(unexpected)})")
         raise CheckpointError(
-            f"checkpoint {path} does not match {type(target).__name__}: {'; '.join(parts)}{_fit_hint(weights)}"
+            f"checkpoint {path} does not match {type(target).__name__}: {'; '.join(parts)}{report.hint}"
         )
     for key, value in state_dict.items():
         if key in own and tuple(value.shape) != tuple(own[key].shape):
             raise CheckpointError(
                 f"checkpoint {path}: {key} has shape {tuple(value.shape)}, the model expects "
-                f"{tuple(own[key].shape)}{_fit_hint(weights)}"
+                f"{tuple(own[key].shape)}{report.hint}"
             )
     target.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
-    if report["head_reset"]:
+    if report.head_reset:  # re-initialised the timm way, so the result does not depend on the model's history
+        head = target.get_classifier()
         with torch.no_grad():
-            nn.init.trunc_normal_(target.head.weight, std=0.02)
-            nn.init.zeros_(target.head.bias)
-    for note in report["notes"]:
+            nn.init.trunc_normal_(head.weight, std=0.02)
+            nn.init.zeros_(head.bias)
+    for note in report.notes:
         warnings.warn(f"{path.name}: {note}", stacklevel=2)
 
     result = LoadResult(
         path=str(path), source=source, num_tensors=len(state_dict), missing_keys=missing,
-        unexpected_keys=unexpected, pos_embed_resized=report["pos_embed_resized"],
-        head_reset=report["head_reset"], epoch=_epoch(raw), notes=list(report["notes"]),
+        unexpected_keys=unexpected, pos_embed_resized=report.pos_embed_resized,
+        head_reset=report.head_reset, epoch=checkpoint_epoch(raw), notes=list(report.notes),
     )
     if verbose:
         epoch = f", epoch {result.epoch}" if result.epoch is not None else ""
@@ -429,10 +406,10 @@ def _check_weights_only(obj: Any, where: str) -> None:
 
 def _as_checkpoint(obj: Any, extra: dict[str, Any]) -> dict[str, Any]:
     if isinstance(obj, nn.Module):
-        ckpt = {"model": _unwrap_module(obj).state_dict()}
+        ckpt = {"model": unwrap_module(obj).state_dict()}
     elif isinstance(obj, Mapping) and "model" in obj:
         ckpt = dict(obj)
-    elif _is_state_dict(obj):
+    elif is_state_dict(obj):
         ckpt = {"model": dict(obj)}
     else:
         raise TypeError("save_checkpoint expects a module, a state dict, or a dict with a 'model' entry")
@@ -459,11 +436,11 @@ def _safetensors_bytes(ckpt: dict[str, Any]) -> bytes:
     meta: dict[str, Any] = {}
     for name, value in ckpt.items():
         if name in ("model", "model_ema"):
-            if not _is_state_dict(value):
+            if not is_state_dict(value):
                 raise TypeError(f"save_checkpoint: '{name}' must be a dict of tensors for safetensors")
             prefix = "" if name == "model" else _SAFETENSORS_EMA_PREFIX
             for k, v in value.items():
-                put(prefix + _strip_prefixes(k), v)
+                put(prefix + strip_prefixes(k), v)
             continue
         if isinstance(value, argparse.Namespace):
             value = vars(value)
@@ -533,93 +510,28 @@ def save_checkpoint(obj_or_state: Any, path: PathLike, **extra: Any) -> Path:
 # ----------------------------------------------------------------------------------------------- inspection
 
 
-def _architecture(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Optional[int]]:
-    """Vim architecture numbers read off tensor shapes (None where the key is absent)."""
-    arch: dict[str, Optional[int]] = dict.fromkeys(
-        ("embed_dim", "depth", "patch_size", "in_chans", "img_size", "num_classes", "num_tokens", "d_state")
-    )
-    proj = state_dict.get("patch_embed.proj.weight")
-    if isinstance(proj, torch.Tensor) and proj.dim() == 4:
-        arch["embed_dim"], arch["in_chans"], arch["patch_size"] = proj.shape[0], proj.shape[1], proj.shape[-1]
-    layers = {int(k.split(".")[1]) for k in state_dict if k.startswith("layers.") and k.split(".")[1].isdigit()}
-    arch["depth"] = max(layers) + 1 if layers else None
-    a_log = state_dict.get("layers.0.mixer.A_log")
-    if isinstance(a_log, torch.Tensor) and a_log.dim() == 2:
-        arch["d_state"] = a_log.shape[1]
-    head = state_dict.get("head.weight")
-    arch["num_classes"] = head.shape[0] if isinstance(head, torch.Tensor) else 0
-    pos = state_dict.get("pos_embed")
-    if isinstance(pos, torch.Tensor) and pos.dim() == 3:
-        arch["num_tokens"] = pos.shape[1]
-        side = math.isqrt(pos.shape[1] - 1)
-        if side * side == pos.shape[1] - 1 and arch["patch_size"]:
-            arch["img_size"] = side * arch["patch_size"]
-    return arch
-
-
-def _match_model(arch: Mapping[str, Optional[int]]) -> tuple[Optional[str], dict[str, int]]:
-    """(registered model with the same structure, create_model overrides for img_size / num_classes)."""
-    import inspect
-
-    from rmeeto.models import get_config, list_models
-    from rmeeto.models.vim import VisionMamba
-
-    if arch.get("embed_dim") is None:
-        return None, {}
-    defaults = {
-        k: p.default for k, p in inspect.signature(VisionMamba.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-    best: Optional[tuple[int, str, dict[str, int]]] = None
-    for name in list_models():
-        full = {**defaults, **get_config(name).arch}
-        if any(arch.get(k) is not None and full.get(k) != arch[k]
-               for k in ("embed_dim", "depth", "patch_size", "in_chans", "d_state")):
-            continue
-        overrides = {k: arch[k] for k in ("img_size", "num_classes") if arch.get(k) is not None and full[k] != arch[k]}
-        if best is None or len(overrides) < best[0]:
-            best = (len(overrides), name, overrides)
-    return (best[1], best[2]) if best else (None, {})
-
-
-def _fit_hint(state_dict: Mapping[str, Any]) -> str:
-    """' (the checkpoint looks like <registered model>)' for error messages, or ''."""
-    try:
-        name, overrides = _match_model(_architecture({_strip_prefixes(k): v for k, v in state_dict.items()}))
-    except Exception:
-        return ""
-    if name is None:
-        return ""
-    extra = "".join(f", {k}={v}" for k, v in overrides.items())
-    return f" (the checkpoint looks like {name}{extra})"
-
-
-def inspect_checkpoint(path: PathLike) -> dict[str, Any]:
-    """Describe a checkpoint without building a model.
+def describe_checkpoint(path: PathLike, raw: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """What any checkpoint holds, without knowing its architecture (``raw``: the already read file, to avoid
+    reading it twice; see :func:`rmeeto.models.inspect_checkpoint` for the architecture and matching model).
 
     Keys: path, format ("torch" / "safetensors"), size_bytes, top_level_keys, weights_key, prefix (stripped
     ``module.`` / ``_orig_mod.``, or ""), num_tensors, num_params, dtype (most common) and dtypes (counts),
-    arch (embed_dim, depth, patch_size, in_chans, img_size, num_classes, num_tokens, d_state), model (the
-    registered name of that structure, or None) and model_overrides (create_model arguments for another
-    img_size / num_classes), has_ema, epoch, trained_as (``args.model`` of the official trainer, if stored)."""
+    has_ema, epoch, trained_as (``args.model`` of the official trainer, if stored)."""
     path = Path(path)
-    raw = read_checkpoint(path)
+    raw = read_checkpoint(path) if raw is None else raw
     try:
-        weights, source = _unwrap(raw)
+        weights, source = unwrap_state_dict(raw)
     except CheckpointError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from None
     tensors = {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
-    stripped = {_strip_prefixes(k): v for k, v in tensors.items()}
     prefix = ""
     if tensors:
         first = next(iter(tensors))
-        prefix = first[: len(first) - len(_strip_prefixes(first))]
+        prefix = first[: len(first) - len(strip_prefixes(first))]
     dtypes: dict[str, int] = {}
     for t in tensors.values():
         name = str(t.dtype).removeprefix("torch.")
         dtypes[name] = dtypes.get(name, 0) + 1
-    arch = _architecture(stripped)
-    model, overrides = _match_model(arch)
     args = raw.get("args")
     args = vars(args) if isinstance(args, argparse.Namespace) else args
     trained_as = args.get("model") if isinstance(args, Mapping) else None
@@ -634,10 +546,7 @@ def inspect_checkpoint(path: PathLike) -> dict[str, Any]:
         "num_params": int(sum(t.numel() for t in tensors.values())),
         "dtype": max(dtypes, key=dtypes.get) if dtypes else None,
         "dtypes": dtypes,
-        "arch": arch,
-        "model": model,
-        "model_overrides": overrides,
         "has_ema": isinstance(raw.get("model_ema"), Mapping) and len(raw["model_ema"]) > 0,
-        "epoch": _epoch(raw),
+        "epoch": checkpoint_epoch(raw),
         "trained_as": trained_as if isinstance(trained_as, str) else None,
     }

@@ -30,6 +30,7 @@ from typing import Any, Optional
 import torch
 
 from rmeeto.merge import MergeConfig
+from rmeeto.models import get_config
 
 __all__ = ["DemoSettings", "run_demo", "findings"]
 
@@ -83,8 +84,8 @@ def _measure(model, val_loader, merge_config, settings: DemoSettings, progress: 
 
     model.eval()
     stats = evaluate(model, val_loader, device="cpu", progress=progress, desc=desc)
-    speed = measure_throughput(model, batch_size=settings.throughput_batch, img_size=32, device="cpu",
-                               warmup=1, repeats=3)
+    speed = measure_throughput(model, batch_size=settings.throughput_batch, img_size=get_config(MODEL).arch.img_size,
+                               device="cpu", warmup=1, repeats=3)
     tf = true_flops(MODEL, merge_config)
     return {
         "top1": stats["top1"],
@@ -176,10 +177,12 @@ def _plot(path: Path, stages: dict[str, dict], history: list[dict], teacher_hist
 
 def _report_md(report: dict) -> str:
     s = report["settings"]
+    arch = get_config(MODEL).arch
     lines = [
         "# R-MeeTo on the digits demo",
         "",
-        f"Model `{MODEL}` (65 tokens: 64 patches + middle class token), digits val split "
+        f"Model `{MODEL}` ({arch.num_tokens} tokens: {arch.num_patches} patches + {arch.cls_position} class token), "
+        f"digits val split "
         f"({report['val_images']} images). Merging: {s['num_merged']} tokens at each of layers "
         f"{', '.join(map(str, report['merging_layers']))} ({report['tokens_per_layer_merged'][0]} -> "
         f"{report['stages']['merged (training-free)']['final_tokens']} tokens). Teacher trained from scratch "
@@ -227,7 +230,6 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
 
     from rmeeto import data as rdata
     from rmeeto.evaluate import load_model_for_eval
-    from rmeeto.models import get_config
     from rmeeto.train import TrainConfig, train
 
     settings = settings or DemoSettings()
@@ -235,7 +237,7 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     cfg = get_config(MODEL)
-    val_set = rdata.build_dataset("digits", "val", img_size=32, mean=cfg.mean, std=cfg.std)
+    val_set = rdata.build_dataset("digits", "val", img_size=cfg.arch.img_size, mean=cfg.mean, std=cfg.std)
     val_loader = DataLoader(val_set, batch_size=256, collate_fn=rdata.collate_skip_none)
     common = dict(model=MODEL, data="digits", batch_size=settings.batch_size, seed=settings.seed, workers=0,
                   device="cpu", amp="fp32", progress=progress, warmup_lr=1e-5)
@@ -279,7 +281,7 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
 
     # 5. report
     _stage("[5/5] writing the report")
-    sched = settings.merge.schedule(65, cfg.arch["depth"])
+    sched = settings.merge.schedule(cfg.arch.num_tokens, cfg.arch.depth, cfg.arch.cls_index)
     report: dict[str, Any] = {
         "model": MODEL,
         "settings": dataclasses.asdict(settings),

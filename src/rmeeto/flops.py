@@ -12,84 +12,22 @@ Two counts:
   projections once, norms and element-wise work, the matching and weighted-average work of each real merge,
   the patch embedding of the ``num_patches`` patches and the head.
 
-Both accept a registered model name, a :class:`~rmeeto.models.vim.VisionMamba` or a dict of architecture
-arguments (``embed_dim``, ``depth``, ``img_size``, ``patch_size``, ``num_classes``, ``d_state``, ...).
+Both accept a registered model name, a :class:`~rmeeto.models.vim.VisionMamba`, a
+:class:`~rmeeto.models.VimArch` or a dict of constructor arguments (resolved by :func:`rmeeto.models.arch_of`).
 ``merge_config=None`` means the unmerged model (for a patched model pass ``model.merge_config``).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Optional, Union
 
 from rmeeto.merge import MergeConfig
+from rmeeto.models import VimArch, arch_of
 from rmeeto.models.vim import VisionMamba
 
-__all__ = ["Arch", "arch_of", "paper_flops", "true_flops", "flops_table"]
+__all__ = ["paper_flops", "true_flops", "flops_table"]
 
-ArchLike = Union[str, VisionMamba, dict]
-
-
-class Arch(NamedTuple):
-    """The architecture numbers FLOPs depend on."""
-
-    embed_dim: int = 192
-    depth: int = 24
-    img_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    num_classes: int = 1000
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    dt_rank: Optional[int] = None  # None -> ceil(embed_dim / 16)
-
-    @property
-    def d_inner(self) -> int:
-        return self.expand * self.embed_dim
-
-    @property
-    def rank(self) -> int:
-        return math.ceil(self.embed_dim / 16) if self.dt_rank is None else self.dt_rank
-
-    @property
-    def num_patches(self) -> int:
-        return (self.img_size // self.patch_size) ** 2
-
-    @property
-    def num_tokens(self) -> int:
-        return self.num_patches + 1
-
-    @property
-    def cls_position(self) -> int:
-        return self.num_patches // 2
-
-
-def arch_of(arch_or_model: ArchLike) -> Arch:
-    """Normalise a registered model name, a :class:`VisionMamba` or a dict of architecture arguments."""
-    if isinstance(arch_or_model, Arch):
-        return arch_or_model._replace(dt_rank=arch_or_model.rank)
-    if isinstance(arch_or_model, str):
-        from rmeeto.models import get_config
-
-        arch_or_model = get_config(arch_or_model).arch
-    if isinstance(arch_or_model, VisionMamba):
-        m = arch_or_model
-        mixer = m.layers[0].mixer
-        return Arch(
-            embed_dim=m.embed_dim, depth=len(m.layers), img_size=m.patch_embed.img_size,
-            patch_size=m.patch_embed.patch_size, in_chans=m.patch_embed.proj.in_channels,
-            num_classes=m.num_classes, d_state=mixer.d_state, d_conv=mixer.d_conv,
-            expand=mixer.d_inner // m.embed_dim, dt_rank=mixer.dt_rank,
-        )
-    if isinstance(arch_or_model, dict):
-        known = {k: v for k, v in arch_or_model.items() if k in Arch._fields}
-        a = Arch(**known)
-        return a._replace(dt_rank=a.rank)
-    raise TypeError(
-        f"expected a registered model name, a VisionMamba or a dict of architecture arguments, "
-        f"got {type(arch_or_model).__name__}"
-    )
+ArchLike = Union[str, VisionMamba, VimArch, dict]
 
 
 def _requested(config: MergeConfig, layers: list[int]) -> dict[int, int]:
@@ -102,13 +40,13 @@ def _requested(config: MergeConfig, layers: list[int]) -> dict[int, int]:
     return {i: r for i in layers}
 
 
-def _metric_dim(metric: str, a: Arch) -> int:
+def _metric_dim(metric: str, a: VimArch) -> int:
     return {"x": a.embed_dim, "B": a.d_state, "C": a.d_state, "delta": a.d_inner}[metric]
 
 
 # ============================================================================================ paper formula
-def _paper_layer(n: float, a: Arch) -> float:
-    c, di, r, N, k = a.embed_dim, a.d_inner, a.rank, a.d_state, a.d_conv
+def _paper_layer(n: float, a: VimArch) -> float:
+    c, di, r, N, k = a.embed_dim, a.d_inner, a.dt_proj_rank, a.d_state, a.d_conv
     proj = n * c * 4 * c + n * c * 2 * c
     conv = (n + k - 1) * di * k
     x_proj = n * di * (r + 2 * N)
@@ -143,8 +81,8 @@ def paper_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = N
 
 
 # ============================================================================================ true count
-def _true_layer(n: int, a: Arch) -> dict[str, int]:
-    c, di, r, N, k = a.embed_dim, a.d_inner, a.rank, a.d_state, a.d_conv
+def _true_layer(n: int, a: VimArch) -> dict[str, int]:
+    c, di, r, N, k = a.embed_dim, a.d_inner, a.dt_proj_rank, a.d_state, a.d_conv
     per_branch = n * di * k + n * di * (r + 2 * N) + n * r * di  # conv + x_proj + dt_proj
     return {
         "mixer_proj": n * c * 2 * di + n * di * c,  # in_proj + out_proj
@@ -155,7 +93,7 @@ def _true_layer(n: int, a: Arch) -> dict[str, int]:
     }
 
 
-def _true_matching(n: int, r: int, config: MergeConfig, a: Arch) -> int:
+def _true_matching(n: int, r: int, config: MergeConfig, a: VimArch) -> int:
     """Work of one merge of r of n tokens: exporting the metric, normalising it, the score matrix, and the
     size-weighted average of both streams (multiply by size, scatter-add, divide)."""
     if r <= 0:
@@ -183,7 +121,7 @@ def true_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = No
     a = arch_of(arch_or_model)
     c = a.embed_dim
     config = merge_config if merge_config is not None else MergeConfig()
-    sched = config.schedule(a.num_tokens, a.depth, a.cls_position)
+    sched = config.schedule(a.num_tokens, a.depth, a.cls_index)
     parts = dict.fromkeys(("embed", "mixer_proj", "branches", "scan", "norm", "matching", "head"), 0)
     parts["embed"] = a.num_patches * c * a.in_chans * a.patch_size**2 + a.num_tokens * c  # conv + pos_embed add
     per_layer, tokens = [], []

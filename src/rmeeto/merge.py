@@ -29,6 +29,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
+from rmeeto.models import get_config
 from rmeeto.models.vim import Block, TokenState, VisionMamba
 from rmeeto.ops import merge_triton
 
@@ -114,16 +115,15 @@ class MergeConfig:
     @classmethod
     def paper(cls, model_name: str, **overrides) -> "MergeConfig":
         """The official R-MeeTo defaults for a registered model: ordered cosine merge of the previous mixer
-        output at even layers, r = 5 (Ti) / 11 (S, B), and the ``compare`` rule that forces 76 tokens after
-        the last merging layer of a 197-token model (so Vim-Ti merges 71 tokens at layer 22)."""
-        from rmeeto.models import get_config
-
+        output at even layers, r = 5 (Ti) / 11 (S, B), and, for the models the release ran (those registered
+        with a ``compare`` count), its rule that keeps ``num_tokens - merging layers * compare`` tokens after the
+        last merging layer: 197 - 11 * 11 = 76 for the ImageNet models (so Vim-Ti merges 71 at layer 22)."""
         cfg = get_config(model_name)
-        arch = cfg.arch
-        num_tokens = (arch.get("img_size", 224) // arch.get("patch_size", 16)) ** 2 + 1
         settings = dict(num_merged=cfg.paper_merge.get("num_merged", 0), interval=2, ordered=True)
-        if num_tokens == 197:  # the release hard-codes 197 - 11 * compare with compare = 11
-            settings["final_tokens"] = 197 - 11 * 11
+        compare = cfg.paper_merge.get("compare")
+        if compare is not None:  # the release writes this as 197 - 11 * compare
+            merging = cls(**settings).merging_layers(cfg.arch.depth)
+            settings["final_tokens"] = cfg.arch.num_tokens - len(merging) * compare
         settings.update(overrides)
         return cls(**settings)
 

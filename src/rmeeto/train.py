@@ -449,9 +449,9 @@ def _build_data(config: TrainConfig, rank: int, world: int, device: torch.device
     from rmeeto import data as rdata
 
     mcfg = get_config(config.model)
-    img_size = mcfg.arch.get("img_size", 224)
+    img_size = mcfg.arch.img_size
     try:
-        n_cls = mcfg.arch.get("num_classes", 1000)
+        n_cls = mcfg.arch.num_classes
         train_set = rdata.build_dataset(config.data, "train", img_size=img_size, mean=mcfg.mean, std=mcfg.std,
                                         train_aug=config.train_aug, num_classes=n_cls)
         val_set = rdata.build_dataset(config.data, "val", img_size=img_size, mean=mcfg.mean, std=mcfg.std,

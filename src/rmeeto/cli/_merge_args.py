@@ -157,5 +157,4 @@ def _check_against_model(config: MergeConfig, model_name: str) -> None:
     from rmeeto.models import get_config
 
     arch = get_config(model_name).arch
-    num_tokens = (arch.get("img_size", 224) // arch.get("patch_size", 16)) ** 2 + 1
-    config.schedule(num_tokens, arch.get("depth", 24))
+    config.schedule(arch.num_tokens, arch.depth, arch.cls_index)

@@ -86,14 +86,15 @@ def check_paths(checkpoint: Optional[str], data: Optional[str] = None) -> None:
 
 
 def _inspect(checkpoint: str) -> dict:
-    """:func:`rmeeto.checkpoint.inspect_checkpoint`, read once per file version (official files are large)."""
+    """:func:`rmeeto.models.inspect_checkpoint`, read once per file version (official files are large)."""
     st = Path(checkpoint).stat()
     return _inspect_version(str(checkpoint), st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=4)
 def _inspect_version(checkpoint: str, mtime_ns: int, size: int) -> dict:
-    from rmeeto.checkpoint import CheckpointError, inspect_checkpoint
+    from rmeeto.checkpoint import CheckpointError
+    from rmeeto.models import inspect_checkpoint
 
     try:
         return inspect_checkpoint(checkpoint)
@@ -216,7 +217,7 @@ def num_classes_for(model_name: str, model_cfg, checkpoint: Optional[str], data_
         return n
     if data_classes is not None:
         return data_classes
-    return int(model_cfg.arch.get("num_classes", 1000))
+    return model_cfg.arch.num_classes
 
 
 def load_model(model_name: str, checkpoint: Optional[str], merge_config, num_classes: int, device,

@@ -70,7 +70,8 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rmeeto.checkpoint import CheckpointError, inspect_checkpoint
+    from rmeeto.checkpoint import CheckpointError
+    from rmeeto.models import inspect_checkpoint
 
     try:
         info = inspect_checkpoint(args.checkpoint)

@@ -1,113 +1,114 @@
 """Model registry: named Vim configurations, ``create_model`` and ``list_models``.
 
-Architecture arguments live in the registry functions; weight and preprocessing metadata (official file
-name, mean/std, input size, crop) live in :class:`ModelConfig`. Every model is also registered with timm
+Each entry's architecture is a :class:`VimArch`; weight and preprocessing metadata (official file name,
+mean/std, input size, crop) live in :class:`ModelConfig`. Checkpoint inspection (which registered model a file
+fits) is here too; the generic, safe file I/O is :mod:`rmeeto.checkpoint`. Every model is also registered with timm
 (``timm.create_model("vim_small_patch16_224")`` works once ``rmeeto`` is imported).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
-from rmeeto.models.vim import VisionMamba
+from rmeeto.checkpoint import (
+    PathLike, describe_checkpoint, load_checkpoint, read_checkpoint, strip_prefixes, unwrap_state_dict,
+)
+from rmeeto.models._arch import CLS_POSITIONS, VimArch
+from rmeeto.models._registry import (
+    IMAGENET_MEAN, IMAGENET_STD, ModelConfig, get_config, list_models, match_model, register_model,
+)
+from rmeeto.models.vim import VisionMamba, arch_facts
 
-__all__ = ["ModelConfig", "create_model", "list_models", "get_config", "register_model", "VisionMamba"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything about a named model that is not architecture."""
-
-    name: str
-    arch: dict[str, Any]
-    description: str = ""
-    checkpoint: Optional[str] = None  # official file name, for users who hold it
-    top1: Optional[float] = None  # published ImageNet-1k top-1 of that file
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
-    paper_merge: dict[str, Any] = field(default_factory=dict)  # R-MeeTo defaults, read by MergeConfig.paper
-
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        s = self.arch.get("img_size", 224)
-        return (self.arch.get("in_chans", 3), s, s)
-
-
-_REGISTRY: dict[str, ModelConfig] = {}
-
-
-def register_model(cfg: ModelConfig) -> ModelConfig:
-    _REGISTRY[cfg.name] = cfg
-    return cfg
-
+__all__ = [
+    "ModelConfig", "VimArch", "CLS_POSITIONS", "create_model", "list_models", "get_config", "register_model",
+    "VisionMamba", "arch_of", "inspect_checkpoint", "match_model", "IMAGENET_MEAN", "IMAGENET_STD",
+]
 
 # --------------------------------------------------------------------------------- official models
 register_model(ModelConfig(
-    "vim_tiny_patch16_224", dict(embed_dim=192, depth=24),
+    "vim_tiny_patch16_224", VimArch(embed_dim=192, depth=24),
     description="Vim-Ti (official midclstok)", checkpoint="vim_t_midclstok_76p1acc.pth", top1=76.1,
-    paper_merge=dict(num_merged=5, epochs=30),
+    paper_merge=dict(num_merged=5, epochs=30, compare=11),
 ))
 register_model(ModelConfig(
-    "vim_small_patch16_224", dict(embed_dim=384, depth=24),
+    "vim_small_patch16_224", VimArch(embed_dim=384, depth=24),
     description="Vim-S (official midclstok)", checkpoint="vim_s_midclstok_80p5acc.pth", top1=80.5,
-    paper_merge=dict(num_merged=11, epochs=15),
+    paper_merge=dict(num_merged=11, epochs=15, compare=11),
 ))
 register_model(ModelConfig(
-    "vim_base_patch16_224", dict(embed_dim=768, depth=24),
+    "vim_base_patch16_224", VimArch(embed_dim=768, depth=24),
     description="Vim-B (official midclstok; the file holds EMA weights)", checkpoint="vim_b_midclstok_81p9acc.pth",
-    top1=81.9, paper_merge=dict(num_merged=11, epochs=15, model_ema=True),
+    top1=81.9, paper_merge=dict(num_merged=11, epochs=15, model_ema=True, compare=11),
 ))
 # --------------------------------------------------------------------------------- small models
 # Same architecture at toy scale: for tests and for the embedded digits demo (no download needed).
 _DIGITS_NORM = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0)
 register_model(ModelConfig(
-    "vim_test_patch4_16", dict(img_size=16, patch_size=4, embed_dim=32, depth=4, num_classes=10),
+    "vim_test_patch4_16", VimArch(img_size=16, patch_size=4, embed_dim=32, depth=4, num_classes=10),
     description="tiny Vim for unit tests (16x16 input, 17 tokens)", **_DIGITS_NORM,
     paper_merge=dict(num_merged=2),
 ))
 register_model(ModelConfig(
-    "vim_digits_patch4_32", dict(img_size=32, patch_size=4, embed_dim=64, depth=12, num_classes=10),
+    "vim_digits_patch4_32", VimArch(img_size=32, patch_size=4, embed_dim=64, depth=12, num_classes=10),
     description="small Vim for the embedded digits demo (32x32 input, 65 tokens)", **_DIGITS_NORM,
     paper_merge=dict(num_merged=4),
 ))
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern``."""
-    import fnmatch
-
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
-
-
-def get_config(name: str) -> ModelConfig:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
 
 
 def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[str] = None, **overrides) -> VisionMamba:
     """Build a registered model. ``overrides`` use the official constructor names (``img_size``, ``patch_size``,
     ``embed_dim``, ``depth``, ``num_classes``, ``drop_path_rate``, ...). ``checkpoint_path`` loads weights
     (strict, weights-only; see :func:`rmeeto.load_checkpoint`). ``pretrained=True`` needs ``checkpoint_path``:
-    rmeeto never downloads weights."""
+    rmeeto never downloads weights. ``model.arch`` describes what was built, overrides included."""
     cfg = get_config(name)
     if pretrained and checkpoint_path is None:
         hint = f" (the official file is {cfg.checkpoint})" if cfg.checkpoint else ""
         raise ValueError(f"pretrained=True needs checkpoint_path: rmeeto does not download weights{hint}")
-    model = VisionMamba(**{**cfg.arch, **overrides})
+    model = VisionMamba(**{**cfg.arch.constructor_kwargs(), **overrides})
     model.pretrained_cfg = cfg
     if checkpoint_path is not None:
-        from rmeeto.checkpoint import load_checkpoint
-
         load_checkpoint(model, checkpoint_path)
     return model
+
+
+def arch_of(model: Union[str, VisionMamba, VimArch, Mapping[str, Any]]) -> VimArch:
+    """The :class:`VimArch` of a registered model name, a built model, a VimArch (returned as is) or a dict of
+    constructor arguments (defaults: Vim-Ti's; settings that are not architecture are ignored)."""
+    if isinstance(model, VimArch):
+        return model
+    if isinstance(model, str):
+        return get_config(model).arch
+    if isinstance(getattr(model, "arch", None), VimArch):
+        return model.arch
+    if isinstance(model, Mapping):
+        return VimArch.from_kwargs(model)
+    raise TypeError(
+        f"expected a registered model name, a VisionMamba, a VimArch or a dict of architecture arguments, "
+        f"got {type(model).__name__}"
+    )
+
+
+def inspect_checkpoint(path: PathLike) -> dict[str, Any]:
+    """Describe a checkpoint without building a model: :func:`rmeeto.checkpoint.describe_checkpoint` plus
+    arch (embed_dim, depth, patch_size, in_chans, img_size, num_classes, num_tokens, d_state read off the
+    shapes, None where absent), model (the registered name of that structure, or None) and model_overrides
+    (create_model arguments for another img_size / num_classes)."""
+    path = Path(path)
+    raw = read_checkpoint(path)
+    info = describe_checkpoint(path, raw)
+    weights, _ = unwrap_state_dict(raw)  # describe_checkpoint has already refused a file without weights
+    facts = arch_facts({strip_prefixes(k): v for k, v in weights.items()})
+    model, overrides = match_model(facts)
+    report = {k: facts[k] for k in ("embed_dim", "depth", "patch_size", "in_chans", "img_size", "num_classes",
+                                    "num_tokens", "d_state")}
+    out = {}
+    for key, value in info.items():  # same key order as before the split: arch and model after the dtypes
+        out[key] = value
+        if key == "dtypes":
+            out.update(arch=report, model=model, model_overrides=overrides)
+    return out
 
 
 def _register_with_timm() -> None:
@@ -132,7 +133,7 @@ def _register_with_timm() -> None:
 
     from timm.models import _registry
 
-    for name in _REGISTRY:
+    for name in list_models():
         if name not in _registry._model_entrypoints:
             timm_register(make(name))
 

@@ -18,19 +18,27 @@ from __future__ import annotations
 
 import math
 import os
-from typing import NamedTuple, Optional
+import warnings
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rmeeto.checkpoint import CheckpointError, FilterResult, plain_filter, strip_prefixes, unwrap_module
+from rmeeto.models._arch import VimArch
+from rmeeto.models._registry import match_model
 from rmeeto.ops.conv import conv_silu
 from rmeeto.ops.norm import add_rms_norm
 from rmeeto.ops.selective_scan import selective_scan
 
 Tensor = torch.Tensor
 
-__all__ = ["RMSNorm", "BiMambaMixer", "Block", "VisionMamba", "TokenState"]
+__all__ = [
+    "RMSNorm", "BiMambaMixer", "Block", "VisionMamba", "TokenState", "checkpoint_filter_fn", "filter_state_dict",
+    "resample_pos_embed", "arch_facts", "arch_from_state_dict",
+]
 
 
 class TokenState(NamedTuple):
@@ -259,7 +267,8 @@ class PatchEmbed(nn.Module):
 
 
 class VisionMamba(nn.Module):
-    """Vim with a middle class token. Constructor arguments use the official names.
+    """Vim with a class token (middle, as the official models, or first). Constructor arguments use the official
+    names; what was built is described by ``model.arch`` (a :class:`~rmeeto.models.VimArch`).
 
     Surface (as timm models): ``forward_features(x) -> [batch, E]`` (the normalised class token),
     ``forward_head(features) -> logits``, ``forward(x) -> logits``, ``reset_classifier(num_classes)``,
@@ -283,6 +292,10 @@ class VisionMamba(nn.Module):
         scan_backend: str = "auto",
         device=None,
         dtype=None,
+        expand: int = 2,
+        d_conv: int = 4,
+        dt_rank: Optional[int] = None,
+        cls_position: str = "middle",
         **kwargs,
     ):
         super().__init__()
@@ -298,16 +311,28 @@ class VisionMamba(nn.Module):
                 raise TypeError(f"VisionMamba got an unexpected argument {key!r}")
             if key == "stride" and value in (None, patch_size):
                 continue
+            if key == "use_middle_cls_token":  # False: the class token goes first (read into arch below)
+                continue
             if key != "final_pool_type" and value != fixed[key]:
                 raise ValueError(f"{key}={value!r} selects a Vim variant rmeeto does not implement")
+        if "use_middle_cls_token" in kwargs and cls_position == "middle":
+            cls_position = "middle" if kwargs["use_middle_cls_token"] else "first"
+        self.arch = VimArch(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            embed_dim=embed_dim, depth=depth, d_state=d_state, expand=expand, d_conv=d_conv, dt_rank=dt_rank,
+            cls_position=cls_position, divide_out=if_divide_out,
+        )
+        arch = self.arch
+        if arch.cls_index is None:
+            raise NotImplementedError("cls_position='none' (no class token, pooled head) is not implemented yet")
         kw = {"device": device, "dtype": dtype}
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
         self.depth = depth
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, **kw)
-        self.num_patches = self.patch_embed.num_patches
-        self.num_tokens = self.num_patches + 1
-        self.cls_position = self.num_patches // 2
+        self.num_patches = arch.num_patches
+        self.num_tokens = arch.num_tokens
+        self.cls_position = arch.cls_index  # int index, for callers that predate VimArch
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim, **kw))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, embed_dim, **kw))
         self.pos_drop = nn.Dropout(drop_rate)
@@ -315,10 +340,12 @@ class VisionMamba(nn.Module):
 
         # layers 0 and 1 get no drop path: layer i >= 1 uses dpr[i - 1] (official quirk)
         dpr = [0.0] + torch.linspace(0, drop_path_rate, depth).tolist()
+        mixer_kw = dict(d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, divide_out=if_divide_out,
+                        scan_backend=scan_backend, **kw)
         self.layers = nn.ModuleList(
             Block(
                 embed_dim,
-                BiMambaMixer(embed_dim, d_state=d_state, divide_out=if_divide_out, scan_backend=scan_backend, **kw),
+                BiMambaMixer(embed_dim, **mixer_kw),
                 drop_path=dpr[i] if i > 0 else 0.0,
                 norm_eps=norm_epsilon,
                 residual_in_fp32=residual_in_fp32,
@@ -350,6 +377,11 @@ class VisionMamba(nn.Module):
                 nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5))
             m.out_proj.weight /= math.sqrt(self.depth)
             nn.init.zeros_(m.dt_proj_b.bias)  # zeroed by the official global bias reset
+
+    @staticmethod
+    def checkpoint_filter(state_dict, model: "VisionMamba") -> FilterResult:
+        """The filter :func:`rmeeto.checkpoint.load_checkpoint` applies (see :func:`filter_state_dict`)."""
+        return filter_state_dict(state_dict, model)
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters conventionally exempt from weight decay (A_log, D, cls, pos_embed)."""
@@ -406,3 +438,148 @@ class VisionMamba(nn.Module):
         """Force the selective-scan backend of every mixer (``"auto"`` restores automatic choice)."""
         for layer in self.layers:
             layer.mixer.scan_backend = backend
+
+
+# ============================================================================================ checkpoints
+def resample_pos_embed(pos_embed: Tensor, grid_size: tuple[int, int], cls_position: str = "middle") -> Tensor:
+    """Resize a position embedding with one class-token row to another patch grid.
+
+    pos_embed: [1, N + 1, E] with N = g * g patches in row-major order and the class row at N // 2
+    (``cls_position="middle"``) or 0 (``"first"``) -> [1, h * w + 1, E] with the class row (copied exactly) at
+    the same kind of position and the patch rows resized bicubically (computed in float32, returned in the
+    input dtype)."""
+    if cls_position not in ("middle", "first"):
+        raise ValueError(f"cls_position must be 'middle' or 'first' to resize a pos_embed, got {cls_position!r}")
+    _, length, dim = pos_embed.shape
+    num_patches = length - 1
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise CheckpointError(f"pos_embed has {num_patches} patch rows, not a square grid: cannot resize it")
+    old_cls = num_patches // 2 if cls_position == "middle" else 0
+    cls_row = pos_embed[:, old_cls : old_cls + 1]
+    patches = torch.cat([pos_embed[:, :old_cls], pos_embed[:, old_cls + 1 :]], dim=1)
+    patches = patches.reshape(1, side, side, dim).permute(0, 3, 1, 2).float()
+    patches = F.interpolate(patches, size=tuple(grid_size), mode="bicubic", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    new_cls = patches.shape[1] // 2 if cls_position == "middle" else 0
+    return torch.cat([patches[:, :new_cls], cls_row, patches[:, new_cls:]], dim=1)
+
+
+def filter_state_dict(state_dict: Mapping[str, Any], model: nn.Module) -> FilterResult:
+    """:func:`rmeeto.checkpoint.plain_filter` (containers, prefixes), then the Vim adaptations: ``pos_embed``
+    resized to the model's grid around its class token, ``head.*`` dropped when the class count differs or the
+    model has no classifier. Returns what was loaded and changed, for :func:`rmeeto.checkpoint.load_checkpoint`."""
+    model = unwrap_module(model)
+    result = plain_filter(state_dict, model)
+    out, notes = result.state_dict, result.notes
+    own = model.state_dict()
+
+    pos = out.get("pos_embed")
+    if isinstance(pos, torch.Tensor) and "pos_embed" in own and pos.shape != own["pos_embed"].shape:
+        want = own["pos_embed"].shape
+        if pos.dim() == 3 and pos.shape[-1] == want[-1] and hasattr(model, "patch_embed"):
+            arch = getattr(model, "arch", None)
+            cls_position = arch.cls_position if isinstance(arch, VimArch) else "middle"
+            out["pos_embed"] = resample_pos_embed(pos, model.patch_embed.grid_size, cls_position)
+            result.pos_embed_resized = (pos.shape[1], want[1])
+            notes.append(f"pos_embed interpolated from {pos.shape[1]} to {want[1]} tokens")
+
+    head_keys = [k for k in out if k.startswith("head.")]
+    if head_keys:
+        head = getattr(model, "head", None)
+        if not isinstance(head, nn.Linear):
+            for k in head_keys:
+                del out[k]
+            notes.append("classifier weights dropped: the model has no classifier head")
+        elif "head.weight" in out and out["head.weight"].shape != head.weight.shape:
+            ckpt_classes = out["head.weight"].shape[0]
+            for k in head_keys:
+                del out[k]
+            result.head_reset = True
+            result.skipped = tuple(k for k in own if k.startswith("head."))
+            notes.append(
+                f"classifier not loaded: checkpoint has {ckpt_classes} classes, model has {head.out_features}; "
+                "head re-initialised"
+            )
+    result.hint = _fit_hint(state_dict)
+    return result
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, Tensor]:
+    """Map a checkpoint onto ``model`` (timm's ``pretrained_filter_fn`` contract; the input is not modified).
+
+    Unwraps ``model`` / ``state_dict`` / ``model_ema`` containers, strips ``module.`` and ``_orig_mod.``
+    prefixes, resizes ``pos_embed`` [1, N + 1, E] to the model's grid (see :func:`resample_pos_embed`) and drops
+    ``head.*`` when the class count differs (the model keeps its own, freshly initialised head). Each change is
+    announced with a ``UserWarning``."""
+    result = filter_state_dict(state_dict, model)
+    for note in result.notes:
+        warnings.warn(note, stacklevel=2)
+    return result.state_dict
+
+
+# the facts a state dict shows, in the order ``rmeeto info`` reports them
+_FACTS = ("embed_dim", "depth", "patch_size", "in_chans", "img_size", "num_classes", "num_tokens", "d_state")
+
+
+def arch_facts(state_dict: Mapping[str, Any]) -> dict[str, Optional[int]]:
+    """Architecture numbers read off a Vim state dict's tensor shapes (None where the key is absent).
+
+    Keys: embed_dim, depth, patch_size, in_chans, img_size, num_classes (0 without ``head.weight``),
+    num_tokens, d_state, then expand, d_conv, dt_rank. Prefixes (``module.`` ...) are looked through.
+    img_size assumes a square grid and one class token."""
+    sd = {strip_prefixes(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    facts: dict[str, Optional[int]] = dict.fromkeys(_FACTS + ("expand", "d_conv", "dt_rank"))
+    proj = sd.get("patch_embed.proj.weight")
+    if proj is not None and proj.dim() == 4:
+        facts["embed_dim"], facts["in_chans"], facts["patch_size"] = proj.shape[0], proj.shape[1], proj.shape[-1]
+    layers = {int(k.split(".")[1]) for k in sd if k.startswith("layers.") and k.split(".")[1].isdigit()}
+    facts["depth"] = max(layers) + 1 if layers else None
+    a_log = sd.get("layers.0.mixer.A_log")
+    if a_log is not None and a_log.dim() == 2:
+        facts["d_state"] = a_log.shape[1]
+        if facts["embed_dim"]:
+            facts["expand"] = a_log.shape[0] // facts["embed_dim"]
+    conv = sd.get("layers.0.mixer.conv1d.weight")
+    if conv is not None and conv.dim() == 3:
+        facts["d_conv"] = conv.shape[-1]
+    dt_proj = sd.get("layers.0.mixer.dt_proj.weight")
+    if dt_proj is not None and dt_proj.dim() == 2:
+        facts["dt_rank"] = dt_proj.shape[1]
+    head = sd.get("head.weight")
+    facts["num_classes"] = head.shape[0] if head is not None else 0
+    pos = sd.get("pos_embed")
+    if pos is not None and pos.dim() == 3:
+        facts["num_tokens"] = pos.shape[1]
+        side = math.isqrt(pos.shape[1] - 1)
+        if side * side == pos.shape[1] - 1 and facts["patch_size"]:
+            facts["img_size"] = side * facts["patch_size"]
+    return facts
+
+
+def arch_from_state_dict(state_dict: Mapping[str, Any], cls_position: str = "middle",
+                         divide_out: bool = True) -> VimArch:
+    """The :class:`VimArch` of a Vim state dict. The class-token position and the halving of the two
+    directions leave no trace in the weights, so they are arguments (default: Vim's). ValueError if a fact
+    the shapes must show is missing."""
+    facts = arch_facts(state_dict)
+    fields = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "d_state", "expand",
+              "d_conv", "dt_rank")
+    absent = [k for k in fields if facts[k] is None]
+    if absent:
+        raise ValueError(f"not a Vim state dict: cannot read {', '.join(absent)} from its tensors")
+    if facts["dt_rank"] == math.ceil(facts["embed_dim"] / 16):
+        facts["dt_rank"] = None  # the default rank, written as the registry writes it
+    return VimArch(**{k: facts[k] for k in fields}, cls_position=cls_position, divide_out=divide_out)
+
+
+def _fit_hint(state_dict: Mapping[str, Any]) -> str:
+    """' (the checkpoint looks like <registered model>)' for error messages, or ''."""
+    try:
+        name, overrides = match_model(arch_facts(state_dict))
+    except Exception:
+        return ""
+    if name is None:
+        return ""
+    extra = "".join(f", {k}={v}" for k, v in overrides.items())
+    return f" (the checkpoint looks like {name}{extra})"

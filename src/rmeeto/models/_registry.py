@@ -1,0 +1,88 @@
+"""The registry of named models: :class:`ModelConfig` entries, and matching a checkpoint to one of them.
+
+Architecture lives in :class:`~rmeeto.models.VimArch`; weight and preprocessing metadata (official file name,
+mean/std, input size, crop) live in :class:`ModelConfig`. The entries themselves are registered in
+:mod:`rmeeto.models`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from rmeeto.models._arch import VimArch
+
+__all__ = ["ModelConfig", "register_model", "get_config", "list_models", "match_model",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A named model: its architecture (:class:`VimArch`) and everything about it that is not architecture."""
+
+    name: str
+    arch: VimArch
+    description: str = ""
+    checkpoint: Optional[str] = None  # official file name, for users who hold it
+    top1: Optional[float] = None  # published ImageNet-1k top-1 of that file
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    paper_merge: dict[str, Any] = field(default_factory=dict)  # R-MeeTo defaults, read by MergeConfig.paper
+
+    def __post_init__(self):
+        if not isinstance(self.arch, VimArch):
+            raise TypeError(f"ModelConfig.arch must be a VimArch, got {type(self.arch).__name__}")
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return self.arch.input_size
+
+
+_REGISTRY: dict[str, ModelConfig] = {}
+
+
+def register_model(cfg: ModelConfig) -> ModelConfig:
+    _REGISTRY[cfg.name] = cfg
+    return cfg
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def get_config(name: str) -> ModelConfig:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+
+
+# facts that must agree for a checkpoint to be a registered model; img_size and num_classes may be overridden
+_STRUCTURE = ("embed_dim", "depth", "patch_size", "in_chans", "d_state", "expand", "d_conv", "dt_proj_rank")
+
+
+def match_model(facts: Mapping[str, Optional[int]]) -> tuple[Optional[str], dict[str, int]]:
+    """(registered model with the same structure, create_model overrides for img_size / num_classes), or
+    (None, {}). ``facts``: architecture numbers read off a checkpoint (None = unknown, not compared), as
+    :func:`rmeeto.models.vim.arch_facts` returns them; its ``dt_rank`` is compared with the resolved rank."""
+    if facts.get("embed_dim") is None:
+        return None, {}
+    facts = {**facts, "dt_proj_rank": facts.get("dt_rank")}
+    best: Optional[tuple[int, str, dict[str, int]]] = None
+    for name in list_models():
+        arch = get_config(name).arch
+        if any(facts.get(k) is not None and getattr(arch, k) != facts[k] for k in _STRUCTURE):
+            continue
+        overrides = {k: facts[k] for k in ("img_size", "num_classes")
+                     if facts.get(k) is not None and getattr(arch, k) != facts[k]}
+        if best is None or len(overrides) < best[0]:
+            best = (len(overrides), name, overrides)
+    return (best[1], best[2]) if best else (None, {})
