@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import copy
-import statistics
 import sys
 import time
 from typing import Iterable, Optional, Union
@@ -23,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rmeeto.runtime import autocast, resolve_device
+from rmeeto.timing import OFFICIAL, measure
 
 __all__ = ["evaluate", "measure_throughput", "load_model_for_eval", "resolve_device"]
 
@@ -59,7 +59,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    device = torch.device(device)
+    device = resolve_device(device)
     was_training = model.training
     model.eval()
     # float64 so that sums over a 50k-image set stay exact
@@ -122,21 +122,18 @@ def measure_throughput(
     """Inference speed on random input, following the official protocol.
 
     Official (``main.py --throughput``): random [128, 3, 224, 224] input, model and input in half precision
-    under autocast, eval mode, no_grad; 100 warm-up forwards, sync, 30 timed forwards, sync. Those are the
-    defaults on CUDA (timed with CUDA events); on CPU the defaults are 1 warm-up and 3 timed forwards
-    (perf_counter, median forward time), which is enough to compare settings but not a benchmark. Unlike the release nothing else
-    (e.g. a FLOPs formula) runs inside the timed region.
+    under autocast, eval mode, no_grad; 100 warm-up forwards, sync, 30 timed forwards, sync. Timed by the
+    :data:`rmeeto.timing.OFFICIAL` protocol: those counts on CUDA (one CUDA event pair around the 30); on CPU
+    1 warm-up and 3 timed forwards (perf_counter, median forward time), which is enough to compare settings
+    but not a benchmark. ``warmup`` / ``repeats`` override the counts on every device. Unlike the release
+    nothing else (e.g. a FLOPs formula) runs inside the timed region.
 
     A non-float32 ``dtype`` is applied to a *copy* of the model (the caller's model is left as it is).
     Returns ``images_per_s``, ``ms_per_image`` and ``peak_mem_mb`` (CUDA peak allocated memory; None on CPU).
     """
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    warmup = (100 if cuda else 1) if warmup is None else warmup
-    repeats = (30 if cuda else 3) if repeats is None else repeats
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if not cuda and dtype == torch.float16:
+    device = resolve_device(device)
+    protocol = OFFICIAL.with_counts(warmup, repeats)  # ValueError for repeats < 1
+    if device.type != "cuda" and dtype == torch.float16:
         raise ValueError("float16 throughput is only meaningful on CUDA; use torch.bfloat16 or float32 on CPU")
 
     was_training = model.training
@@ -145,37 +142,13 @@ def measure_throughput(
     x = torch.randn(batch_size, in_chans, img_size, img_size, device=device, dtype=dtype)
     try:
         with autocast(device, None if dtype == torch.float32 else dtype):
-            if cuda:
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-            for _ in range(warmup):
-                net(x)
-            if cuda:
-                torch.cuda.synchronize(device)
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(repeats):
-                    net(x)
-                end.record()
-                torch.cuda.synchronize(device)
-                seconds = start.elapsed_time(end) / 1000.0
-                peak = torch.cuda.max_memory_allocated(device) / 2**20
-            else:
-                times = []
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    net(x)
-                    times.append(time.perf_counter() - t0)
-                # median forward: a CPU shared with other work gives a few very slow repeats
-                seconds = statistics.median(times) * repeats
-                peak = None
+            timing = measure(net, [x], batch_size=batch_size, device=device, protocol=protocol)
     finally:
         model.train(was_training)
-    images = repeats * batch_size
     return {
-        "images_per_s": images / seconds,
-        "ms_per_image": 1000.0 * seconds / images,
-        "peak_mem_mb": peak,
+        "images_per_s": timing.images_per_s,
+        "ms_per_image": timing.ms_per_image,
+        "peak_mem_mb": timing.peak_mem_mb,
     }
 
 
