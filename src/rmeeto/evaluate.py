@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rmeeto.merge import MergeConfig
-from rmeeto.runtime import autocast, resolve_device
+from rmeeto.runtime import autocast, resolve_device, resolve_dtype
 from rmeeto.timing import OFFICIAL, measure
 
 __all__ = [
@@ -122,7 +122,7 @@ def measure_throughput(
     batch_size: int = 128,
     img_size: int = 224,
     device: Union[str, torch.device] = "cuda",
-    dtype: torch.dtype = torch.float32,
+    dtype: Union[str, torch.dtype] = torch.float32,
     warmup: Optional[int] = None,
     repeats: Optional[int] = None,
     in_chans: int = 3,
@@ -136,13 +136,13 @@ def measure_throughput(
     but not a benchmark. ``warmup`` / ``repeats`` override the counts on every device. Unlike the release
     nothing else (e.g. a FLOPs formula) runs inside the timed region.
 
+    ``dtype``: a torch.dtype or a :mod:`rmeeto.runtime` name (``"fp16"``, ``"bf16"``; fp16 needs CUDA).
     A non-float32 ``dtype`` is applied to a *copy* of the model (the caller's model is left as it is).
     Returns ``images_per_s``, ``ms_per_image`` and ``peak_mem_mb`` (CUDA peak allocated memory; None on CPU).
     """
     device = resolve_device(device)
     protocol = OFFICIAL.with_counts(warmup, repeats)  # ValueError for repeats < 1
-    if device.type != "cuda" and dtype == torch.float16:
-        raise ValueError("float16 throughput is only meaningful on CUDA; use torch.bfloat16 or float32 on CPU")
+    dtype = resolve_dtype(dtype, device)  # fp16 on CPU is refused there
 
     was_training = model.training
     net = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)

@@ -26,6 +26,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from rmeeto.runtime import resolve_device
+
 __all__ = ["Protocol", "Timing", "OFFICIAL", "BENCH", "measure"]
 
 
@@ -132,7 +134,7 @@ def measure(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not inputs:
         raise ValueError("inputs is empty: give at least one input for fn")
-    device = torch.device(device)
+    device = resolve_device(device)
     cuda = device.type == "cuda"
     warmup, repeats = protocol.counts(device)
     if cuda:
