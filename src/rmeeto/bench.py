@@ -11,9 +11,6 @@ unmerged teacher's forward under no_grad, classification + KL distillation loss,
 
 from __future__ import annotations
 
-import statistics
-import time
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -22,65 +19,30 @@ import torch.nn as nn
 import rmeeto
 from rmeeto.fast import accelerate
 from rmeeto.merge import MergeConfig
-from rmeeto.runtime import DTYPES
+from rmeeto.runtime import DTYPES, resolve_device, resolve_dtype
+from rmeeto.timing import BENCH, measure
 from rmeeto.train import DistillationLoss, StudentGraph, TeacherForward, distillation_forward
 
 __all__ = ["bench_inference", "bench_train_step", "make_train_step", "DTYPES"]
 
 
-
-@dataclass
-class Timing:
-    times_ms: list[float]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times_ms)
-
-    def pct(self, q: float) -> float:
-        s = sorted(self.times_ms)
-        return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
-
-
-def _time(fn, inputs, warmup: int, repeats: int, device: torch.device) -> Timing:
-    for i in range(warmup):
-        fn(inputs[i % len(inputs)])
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-        for i, (start, end) in enumerate(events):
-            start.record()
-            fn(inputs[i % len(inputs)])
-            end.record()
-        torch.cuda.synchronize(device)
-        times = [s.elapsed_time(e) for s, e in events]
-    else:
-        for i in range(repeats):
-            t0 = time.perf_counter()
-            fn(inputs[i % len(inputs)])
-            times.append((time.perf_counter() - t0) * 1e3)
-    return Timing(times)
-
-
 def _measure(fn, inputs, warmup: int, repeats: int, device: torch.device, **fields) -> dict:
-    """Time ``fn`` over ``inputs`` and return the common result fields (plus ``fields``)."""
+    """Time ``fn`` over ``inputs`` by the :data:`~rmeeto.timing.BENCH` protocol (one CUDA event pair per
+    repeat) and return the common result fields (plus ``fields``)."""
     from rmeeto.ops.selective_scan import resolve_backend
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    timing = _time(fn, inputs, warmup, repeats, device)
+    timing = measure(fn, inputs, batch_size=fields["batch_size"], device=device,
+                     protocol=BENCH.with_counts(warmup, repeats))
     fields["backend"] = resolve_backend(fields.get("backend", "auto"), device)
     return {
         **fields,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "repeats": repeats,
-        "ms_median": timing.median,
-        "ms_p10": timing.pct(0.1),
-        "ms_p90": timing.pct(0.9),
-        "images_per_s": fields["batch_size"] / timing.median * 1e3,
-        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan"),
+        "device": timing.device,
+        "repeats": timing.repeats,
+        "ms_median": timing.median_ms,
+        "ms_p10": timing.p10_ms,
+        "ms_p90": timing.p90_ms,
+        "images_per_s": timing.images_per_s,
+        "peak_mem_mb": float("nan") if timing.peak_mem_mb is None else timing.peak_mem_mb,
     }
 
 
@@ -110,11 +72,11 @@ def bench_inference(
     seed: int = 0,
 ) -> dict:
     """Time ``model(images)`` for one model/config. Returns a dict (images_per_s, ms median/p10/p90, peak MB)."""
-    device = torch.device(device)
+    device = resolve_device(device)
+    tdtype = resolve_dtype(dtype, device)
     torch.manual_seed(seed)
     model = _build(model_name, merge_config, device, img_size).eval()
     model.set_scan_backend(backend)
-    tdtype = DTYPES[dtype]
     if tdtype != torch.float32:
         model = model.to(tdtype)  # official protocol: model.half() and half inputs
     c, h, w = model.pretrained_cfg.input_size if img_size is None else (3, img_size, img_size)
@@ -146,10 +108,10 @@ def make_train_step(
     batches): ``step(batch)`` runs it. ``graphs``: on CUDA, replay the student's forward/backward and the
     teacher's forward from CUDA graphs, as ``rmeeto retrain`` does on one GPU. Timed by :func:`bench_train_step`,
     profiled by benchmarks/profile_gpu.py."""
-    device = torch.device(device)
+    device = resolve_device(device)
+    tdtype = resolve_dtype(dtype, device)
     student = _build(model_name, merge_config, device, img_size, drop_path_rate=drop_path_rate).train()
     student.set_scan_backend(backend)
-    tdtype = DTYPES[dtype]
     teacher_fn = None
     if teacher:
         teacher_model = _build(model_name, None, device, img_size)
@@ -198,7 +160,7 @@ def bench_train_step(
         model_name, merge_config, batch_size=batch_size, img_size=img_size, dtype=dtype, backend=backend,
         teacher=teacher, alpha=alpha, drop_path_rate=drop_path_rate, graphs=graphs, device=device,
     )
-    device = torch.device(device)
+    device = resolve_device(device)
     return _measure(
         step, batches, warmup, repeats, device, model=model_name,
         merge=None if merge_config is None else merge_config.to_dict(), batch_size=batch_size, dtype=dtype,

@@ -1,8 +1,10 @@
-"""Training-free evaluation: accuracy over a loader, the official throughput protocol, and a model loader.
+"""Training-free evaluation: accuracy over a loader, the official throughput protocol, and the model loader
+(checkpoint, head size and merge config, including the config a re-trained checkpoint stores).
 
     from rmeeto.evaluate import evaluate, load_model_for_eval, measure_throughput
     model = load_model_for_eval("vim_small_patch16_224", "vim_s_midclstok_80p5acc.pth",
                                 merge_config=MergeConfig.paper("vim_small_patch16_224"))
+    retrained = load_model_for_eval("vim_small_patch16_224", "runs/vim_s_r11/best.pth")  # merged as trained
     stats = evaluate(model, loader)                    # {'top1': 80.1, 'top5': ..., 'loss': ..., 'n': 50000, ...}
     speed = measure_throughput(model, batch_size=128, img_size=224, device="cuda", dtype=torch.float16)
 
@@ -13,18 +15,24 @@
 from __future__ import annotations
 
 import copy
-import statistics
+import functools
 import sys
 import time
+from pathlib import Path
 from typing import Iterable, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rmeeto.runtime import autocast, resolve_device
+from rmeeto.merge import MergeConfig
+from rmeeto.runtime import autocast, resolve_device, resolve_dtype
+from rmeeto.timing import OFFICIAL, measure
 
-__all__ = ["evaluate", "measure_throughput", "load_model_for_eval", "resolve_device"]
+__all__ = [
+    "evaluate", "measure_throughput", "load_model_for_eval", "stored_merge_config", "resolve_merge_config",
+    "checkpoint_num_classes", "build_eval_dataset", "resolve_device",
+]
 
 
 def _dist_rank() -> int:
@@ -59,7 +67,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    device = torch.device(device)
+    device = resolve_device(device)
     was_training = model.training
     model.eval()
     # float64 so that sums over a 50k-image set stay exact
@@ -114,7 +122,7 @@ def measure_throughput(
     batch_size: int = 128,
     img_size: int = 224,
     device: Union[str, torch.device] = "cuda",
-    dtype: torch.dtype = torch.float32,
+    dtype: Union[str, torch.dtype] = torch.float32,
     warmup: Optional[int] = None,
     repeats: Optional[int] = None,
     in_chans: int = 3,
@@ -122,22 +130,19 @@ def measure_throughput(
     """Inference speed on random input, following the official protocol.
 
     Official (``main.py --throughput``): random [128, 3, 224, 224] input, model and input in half precision
-    under autocast, eval mode, no_grad; 100 warm-up forwards, sync, 30 timed forwards, sync. Those are the
-    defaults on CUDA (timed with CUDA events); on CPU the defaults are 1 warm-up and 3 timed forwards
-    (perf_counter, median forward time), which is enough to compare settings but not a benchmark. Unlike the release nothing else
-    (e.g. a FLOPs formula) runs inside the timed region.
+    under autocast, eval mode, no_grad; 100 warm-up forwards, sync, 30 timed forwards, sync. Timed by the
+    :data:`rmeeto.timing.OFFICIAL` protocol: those counts on CUDA (one CUDA event pair around the 30); on CPU
+    1 warm-up and 3 timed forwards (perf_counter, median forward time), which is enough to compare settings
+    but not a benchmark. ``warmup`` / ``repeats`` override the counts on every device. Unlike the release
+    nothing else (e.g. a FLOPs formula) runs inside the timed region.
 
+    ``dtype``: a torch.dtype or a :mod:`rmeeto.runtime` name (``"fp16"``, ``"bf16"``; fp16 needs CUDA).
     A non-float32 ``dtype`` is applied to a *copy* of the model (the caller's model is left as it is).
     Returns ``images_per_s``, ``ms_per_image`` and ``peak_mem_mb`` (CUDA peak allocated memory; None on CPU).
     """
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    warmup = (100 if cuda else 1) if warmup is None else warmup
-    repeats = (30 if cuda else 3) if repeats is None else repeats
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    if not cuda and dtype == torch.float16:
-        raise ValueError("float16 throughput is only meaningful on CUDA; use torch.bfloat16 or float32 on CPU")
+    device = resolve_device(device)
+    protocol = OFFICIAL.with_counts(warmup, repeats)  # ValueError for repeats < 1
+    dtype = resolve_dtype(dtype, device)  # fp16 on CPU is refused there
 
     was_training = model.training
     net = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
@@ -145,56 +150,103 @@ def measure_throughput(
     x = torch.randn(batch_size, in_chans, img_size, img_size, device=device, dtype=dtype)
     try:
         with autocast(device, None if dtype == torch.float32 else dtype):
-            if cuda:
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-            for _ in range(warmup):
-                net(x)
-            if cuda:
-                torch.cuda.synchronize(device)
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(repeats):
-                    net(x)
-                end.record()
-                torch.cuda.synchronize(device)
-                seconds = start.elapsed_time(end) / 1000.0
-                peak = torch.cuda.max_memory_allocated(device) / 2**20
-            else:
-                times = []
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    net(x)
-                    times.append(time.perf_counter() - t0)
-                # median forward: a CPU shared with other work gives a few very slow repeats
-                seconds = statistics.median(times) * repeats
-                peak = None
+            timing = measure(net, [x], batch_size=batch_size, device=device, protocol=protocol)
     finally:
         model.train(was_training)
-    images = repeats * batch_size
     return {
-        "images_per_s": images / seconds,
-        "ms_per_image": 1000.0 * seconds / images,
-        "peak_mem_mb": peak,
+        "images_per_s": timing.images_per_s,
+        "ms_per_image": timing.ms_per_image,
+        "peak_mem_mb": timing.peak_mem_mb,
     }
+
+
+# ============================================================================================ loading
+def _inspect(checkpoint) -> dict:
+    """:func:`rmeeto.models.inspect_checkpoint`, read once per file version (official files are large and a
+    command asks about one file several times)."""
+    st = Path(checkpoint).stat()
+    return _inspect_version(str(checkpoint), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _inspect_version(checkpoint: str, mtime_ns: int, size: int) -> dict:
+    from rmeeto.models import inspect_checkpoint
+
+    return inspect_checkpoint(checkpoint)
+
+
+def checkpoint_num_classes(checkpoint, use_ema: bool = False) -> int:
+    """Number of classes of the checkpoint's classifier (reads the file weights-only, builds no model).
+    Raises :class:`~rmeeto.checkpoint.CheckpointError` for a file without a classifier, or without
+    ``model_ema`` weights when ``use_ema``."""
+    from rmeeto.checkpoint import CheckpointError
+
+    info = _inspect(checkpoint)
+    if use_ema and not info["has_ema"]:
+        raise CheckpointError(f"checkpoint {checkpoint} has no 'model_ema' weights (drop use_ema / --ema)")
+    n = info["arch"]["num_classes"]
+    if not n:
+        raise CheckpointError(f"checkpoint {checkpoint} has no classifier (head.weight); it cannot be evaluated")
+    return int(n)
+
+
+def stored_merge_config(checkpoint) -> Optional[MergeConfig]:
+    """The :class:`MergeConfig` a ``rmeeto retrain`` checkpoint was trained with (its top-level
+    ``merge_config`` entry), or None (no checkpoint, an official file, or an unmerged run). Raises
+    :class:`~rmeeto.checkpoint.CheckpointError` if the stored entry is not a valid MergeConfig."""
+    if checkpoint is None or "merge_config" not in _inspect(checkpoint)["top_level_keys"]:
+        return None
+    from rmeeto.checkpoint import CheckpointError, read_checkpoint
+
+    stored = read_checkpoint(checkpoint).get("merge_config")
+    if not isinstance(stored, dict):
+        return None
+    try:
+        config = MergeConfig.from_dict(stored)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {checkpoint} has an unusable merge_config ({exc}); "
+                              "give a merge config explicitly") from None
+    return None if config.is_noop else config
+
+
+def resolve_merge_config(merge_config: Union[str, MergeConfig, None], checkpoint=None) -> Optional[MergeConfig]:
+    """``"auto"`` -> the config stored in ``checkpoint`` (:func:`stored_merge_config`; None when there is none);
+    None or a no-op MergeConfig -> None (unmerged); a MergeConfig (or its dict) -> itself."""
+    if isinstance(merge_config, str):
+        if merge_config != "auto":
+            raise ValueError(f"merge_config must be 'auto', None or a MergeConfig, got {merge_config!r}")
+        return stored_merge_config(checkpoint)
+    if isinstance(merge_config, dict):
+        merge_config = MergeConfig.from_dict(merge_config)
+    if merge_config is None or merge_config.is_noop:
+        return None
+    if not isinstance(merge_config, MergeConfig):
+        raise ValueError(f"merge_config must be 'auto', None or a MergeConfig, got {type(merge_config).__name__}")
+    return merge_config
 
 
 def load_model_for_eval(
     model_name: str,
     checkpoint: Optional[str] = None,
-    merge_config=None,
+    merge_config: Union[str, MergeConfig, None] = "auto",
     num_classes: Optional[int] = None,
     device: Union[str, torch.device] = "cpu",
     use_ema: bool = False,
 ) -> nn.Module:
-    """Build a registered model, load ``checkpoint`` (weights only, no pickled code), apply ``merge_config``
-    (a :class:`~rmeeto.merge.MergeConfig`; None or a no-op config leaves the model unmerged) and return it in
-    eval mode on ``device``. ``num_classes`` overrides the registry's head size (e.g. for a checkpoint
-    fine-tuned on another label set); a checkpoint whose classifier does not fit raises
-    :class:`~rmeeto.checkpoint.CheckpointError` (loading would otherwise re-initialise the head)."""
+    """Build a registered model, load ``checkpoint`` (weights only, no pickled code), apply the merge config
+    and return the model in eval mode on ``device``.
+
+    merge_config: ``"auto"`` (default) merges as the checkpoint was re-trained (the ``merge_config`` that
+    ``rmeeto retrain`` stores; unmerged for an official file or no checkpoint); a
+    :class:`~rmeeto.merge.MergeConfig` applies that one; None or a no-op config leaves the model unmerged.
+    The config applied is ``model.merge_config`` afterwards (None when unmerged).
+    ``num_classes`` overrides the registry's head size (e.g. for a checkpoint fine-tuned on another label set);
+    a checkpoint whose classifier does not fit raises :class:`~rmeeto.checkpoint.CheckpointError` (loading
+    would otherwise re-initialise the head)."""
     from rmeeto.merge import apply_merge
     from rmeeto.models import create_model
 
+    config = resolve_merge_config(merge_config, checkpoint)
     overrides = {} if num_classes is None else {"num_classes": num_classes}
     model = create_model(model_name, **overrides)
     if checkpoint is not None:
@@ -206,6 +258,28 @@ def load_model_for_eval(
                 f"checkpoint {checkpoint} has a classifier for another number of classes than the model's "
                 f"{model.num_classes}; pass num_classes to match it"
             )
-    if merge_config is not None:
-        apply_merge(model, merge_config)
+    if config is not None:
+        apply_merge(model, config)
     return model.to(resolve_device(device)).eval()
+
+
+def build_eval_dataset(data: str, model_name: str, limit: Optional[int] = None):
+    """The evaluation split of ``data`` (``"digits"`` or an image folder) preprocessed for the registered model
+    ``model_name`` (its input size, mean/std, crop). ``limit`` keeps N evenly spread images (an image folder is
+    sorted by class, so the first N would cover only the first classes). Returns (dataset, class names);
+    ValueError for bad input."""
+    from torch.utils.data import Subset
+
+    from rmeeto.data import build_dataset
+    from rmeeto.models import get_config
+
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    cfg = get_config(model_name)
+    _, size, _ = cfg.input_size
+    dataset = build_dataset(data, "val", img_size=size, mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct)
+    classes = list(dataset.classes)
+    if limit is not None and limit < len(dataset):
+        step = len(dataset) / limit
+        dataset = Subset(dataset, [int(i * step) for i in range(limit)])
+    return dataset, classes

@@ -12,6 +12,7 @@ flags fill a :class:`MergeConfig` whose other fields keep their defaults.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Optional
 
 from rmeeto.cli._types import positive_int
@@ -21,18 +22,20 @@ __all__ = ["add_merge_arguments", "merge_config_from_args", "parse_num_merged", 
 
 PRESETS = ("none", "paper")
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MergeConfig)}
+
+# Flags that do not carry their field's value as is: dest -> (field, flag value -> field value). Every other
+# MergeConfig field has a flag of its own name (tests/test_cli_args.py checks that the parser defines them all).
+_RENAMED_FLAGS = {
+    "unordered": ("ordered", lambda unordered: not unordered),
+    "prune": ("mode", lambda prune: "prune" if prune else "merge"),
+}
+
 # argparse dest -> MergeConfig field, for every flag whose default None means "not given"
 MERGE_FLAG_DESTS = {
-    "num_merged": "num_merged",
-    "interval": "interval",
-    "odd": "odd",
-    "unordered": "ordered",
-    "prune": "mode",
-    "metric": "metric",
-    "distance": "distance",
-    "choose": "choose",
-    "reduce": "reduce",
-    "final_tokens": "final_tokens",
+    **{f.name: f.name for f in dataclasses.fields(MergeConfig)
+       if f.name not in {field for field, _ in _RENAMED_FLAGS.values()}},
+    **{dest: field for dest, (field, _) in _RENAMED_FLAGS.items()},
 }
 
 _NO_FINAL = "none"  # parsed value of ``--final-tokens none``: explicitly switch the final-count rule off
@@ -93,7 +96,7 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
                    help="tokens merged at each merging layer: one integer, or a comma-separated list with one "
                         "entry per merging layer")
     g.add_argument("--interval", type=positive_int, default=None, metavar="K",
-                   help="merge every K-th layer (default 2: layers 2, 4, ..., 22)")
+                   help=f"merge every K-th layer (default {_DEFAULTS['interval']}: layers 2, 4, ..., 22)")
     g.add_argument("--odd", action="store_const", const=True, default=None,
                    help="merge at layers i with (i + 1) %% K == 0 (1, 3, ..., 23) instead of i %% K == 0")
     g.add_argument("--unordered", action="store_const", const=True, default=None,
@@ -102,12 +105,13 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     g.add_argument("--prune", action="store_const", const=True, default=None,
                    help="drop the matched tokens instead of averaging them into their partners")
     g.add_argument("--metric", choices=METRICS, default=None,
-                   help="similarity source: previous mixer output 'x' (default) or its B, C or delta")
-    g.add_argument("--distance", choices=DISTANCES, default=None, help="similarity (default cosine)")
+                   help=f"similarity source: previous mixer output 'x' or its B, C or delta (default "
+                        f"{_DEFAULTS['metric']})")
+    g.add_argument("--distance", choices=DISTANCES, default=None, help=f"similarity (default {_DEFAULTS['distance']})")
     g.add_argument("--choose", type=_choose, default=None, metavar="K",
                    help="partner rank: 1/max = most similar (default), K or Kc = K-th most similar")
     g.add_argument("--reduce", choices=REDUCES, default=None,
-                   help="how merged tokens combine (default sum = size-weighted mean)")
+                   help=f"how merged tokens combine (default {_DEFAULTS['reduce']}; sum = size-weighted mean)")
     g.add_argument("--final-tokens", dest="final_tokens", type=_final_tokens, default=None, metavar="N",
                    help="the last merging layer leaves exactly N tokens (the official 'compare' rule; the paper "
                         "preset uses 76 at 224px); 'none' switches it off")
@@ -125,10 +129,8 @@ def merge_config_from_args(args: argparse.Namespace, model_name: Optional[str] =
         value = getattr(args, dest, None)
         if value is None:
             continue
-        if dest == "unordered":
-            value = not value
-        elif dest == "prune":
-            value = "prune" if value else "merge"
+        if dest in _RENAMED_FLAGS:
+            value = _RENAMED_FLAGS[dest][1](value)
         elif dest == "final_tokens" and value == _NO_FINAL:
             value = None
         given[field] = value

@@ -8,6 +8,7 @@ import math
 
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
+from rmeeto.runtime import DTYPES
 
 HELP = "throughput/latency of unmerged vs merged models (inference, training step), one run on one device"
 DESCRIPTION = """\
@@ -33,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("measurement")
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--img-size", type=int, default=None, help="input resolution (default: the model's)")
-    g.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="inference dtype (default fp16)")
+    g.add_argument("--dtype", choices=tuple(DTYPES), default="fp16",
+                   help="inference dtype (default fp16; fp16 needs a CUDA device)")
     g.add_argument("--mode", choices=("auto", "eager", "cudagraph", "compile", "compile+cudagraph"), default="auto",
                    help="inference path: auto = CUDA graphs on GPU, eager on CPU; the training step uses CUDA "
                         "graphs with auto/cudagraph, else runs eagerly")
@@ -64,30 +66,30 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from rmeeto.bench import bench_inference, bench_train_step
-    from rmeeto.models import get_config
+    from rmeeto.cli.eval import check_model, resolve_device, user_errors
     from rmeeto.ops.selective_scan import available_backends
+    from rmeeto.runtime import resolve_dtype
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError("--device cuda requested but no CUDA device is available")
+    device = resolve_device(args.device)
+    cpu = device.type == "cpu"
     if args.batch_size < 1 or args.repeats < 1:
         raise CLIError("--batch-size and --repeats must be >= 1")
+    if args.warmup < 0 or args.train_repeats < 1:
+        raise CLIError("--warmup must be >= 0 and --train-repeats >= 1")
+    with user_errors("--dtype: "):
+        resolve_dtype(args.dtype, device)
     for name in args.models:
-        try:
-            get_config(name)
-        except ValueError as exc:
-            raise CLIError(str(exc)) from None
+        check_model(name)
+    train_dtype = "fp32" if cpu else "bf16"
     backends = available_backends(device) if args.compare else [args.backend]
     if args.compare:
-        backends = [b for b in backends if b != "reference" or device == "cpu"]  # the reference is per-step slow
-    dev_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+        backends = [b for b in backends if b != "reference" or cpu]  # the reference is per-step slow
+    dev_name = "cpu" if cpu else torch.cuda.get_device_name(device)
     print(f"# device: {dev_name}; batch {args.batch_size}; torch {torch.__version__}")
 
     results = []
     for section in (["inference"] if not args.no_inference else []) + (["train"] if args.train else []):
-        print(f"\n## {section} ({args.dtype if section == 'inference' else 'bf16' if device != 'cpu' else 'fp32'})")
+        print(f"\n## {section} ({args.dtype if section == 'inference' else train_dtype})")
         print(HEADER)
         for name in args.models:
             merged_cfg = merge_config_from_args(args, name)
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                     else:
                         r = bench_train_step(
                             name, cfg, batch_size=args.batch_size, img_size=args.img_size,
-                            dtype="bf16" if device != "cpu" else "fp32", backend=backend,
+                            dtype=train_dtype, backend=backend,
                             warmup=min(3, args.warmup), repeats=args.train_repeats, device=device,
                             graphs=args.mode in ("auto", "cudagraph"),
                         )
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                     print(_fmt(r, base), flush=True)
                     base = base or r["images_per_s"]
                     results.append(r)
-                    if device.startswith("cuda"):
+                    if not cpu:
                         torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:

@@ -1,13 +1,14 @@
 """``rmeeto eval``: training-free accuracy of a (merged) model, with tokens per layer, GFLOPs and speed.
 
 The helpers here (input checks, device/AMP parsing, loader and model building) are shared with
-``rmeeto sweep`` and ``rmeeto visualize``.
+``rmeeto sweep`` and ``rmeeto visualize``; each is a thin wrapper that turns the library's errors
+(:mod:`rmeeto.evaluate`, :mod:`rmeeto.runtime`) into one-line CLI errors.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Optional
 
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
+from rmeeto.runtime import DTYPES
 
 HELP = "top-1/top-5 of a model (merged or not) on digits or an image folder, with GFLOPs and speed"
 DESCRIPTION = """\
@@ -40,7 +42,7 @@ examples:
       -r 5 --final-tokens none --limit 5000
 """
 
-AMP_CHOICES = ("none", "bf16", "fp16")  # rmeeto.runtime dtype names; "none" = no autocast
+AMP_CHOICES = ("none", *(name for name in DTYPES if name != "fp32"))  # rmeeto.runtime names; none = fp32
 
 
 # ============================================================================================ shared helpers
@@ -63,14 +65,21 @@ def add_model_data_arguments(parser: argparse.ArgumentParser, data: bool = True)
                         help="autocast dtype for the forward (default none = float32)")
 
 
+@contextlib.contextmanager
+def user_errors(prefix: str = ""):
+    """Turn the library's ValueErrors (CheckpointError and DataError included) into one-line CLIErrors."""
+    try:
+        yield
+    except ValueError as exc:
+        raise CLIError(f"{prefix}{exc}") from None
+
+
 def check_model(name: str):
     """The registered :class:`~rmeeto.models.ModelConfig` of ``name``, or CLIError."""
     from rmeeto.models import get_config
 
-    try:
+    with user_errors():
         return get_config(name)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
 
 
 def check_paths(checkpoint: Optional[str], data: Optional[str] = None) -> None:
@@ -85,62 +94,16 @@ def check_paths(checkpoint: Optional[str], data: Optional[str] = None) -> None:
         raise CLIError(f"data {data!r} not found: give 'digits' or an existing image folder")
 
 
-def _inspect(checkpoint: str) -> dict:
-    """:func:`rmeeto.models.inspect_checkpoint`, read once per file version (official files are large)."""
-    st = Path(checkpoint).stat()
-    return _inspect_version(str(checkpoint), st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=4)
-def _inspect_version(checkpoint: str, mtime_ns: int, size: int) -> dict:
-    from rmeeto.checkpoint import CheckpointError
-    from rmeeto.models import inspect_checkpoint
-
-    try:
-        return inspect_checkpoint(checkpoint)
-    except CheckpointError as exc:
-        raise CLIError(str(exc)) from None
-
-
-def checkpoint_classes(checkpoint: str, use_ema: bool = False) -> int:
-    """Number of classes of the checkpoint's classifier (reads the file, weights only)."""
-    info = _inspect(checkpoint)
-    if use_ema and not info["has_ema"]:
-        raise CLIError(f"checkpoint {checkpoint} has no 'model_ema' weights (drop --ema)")
-    n = info["arch"]["num_classes"]
-    if not n:
-        raise CLIError(f"checkpoint {checkpoint} has no classifier (head.weight); it cannot be evaluated")
-    return int(n)
-
-
-def checkpoint_merge_config(checkpoint: Optional[str]):
-    """The :class:`MergeConfig` a ``rmeeto retrain`` checkpoint was trained with (its ``merge_config`` entry),
-    or None (no checkpoint, an official file, or an unmerged run)."""
-    if checkpoint is None or "merge_config" not in _inspect(checkpoint)["top_level_keys"]:
-        return None
-    from rmeeto.checkpoint import CheckpointError, read_checkpoint
-    from rmeeto.merge import MergeConfig
-
-    try:
-        stored = read_checkpoint(checkpoint).get("merge_config")
-    except CheckpointError as exc:
-        raise CLIError(str(exc)) from None
-    if not isinstance(stored, dict):
-        return None
-    try:
-        config = MergeConfig.from_dict(stored)
-    except (TypeError, ValueError) as exc:
-        raise CLIError(f"checkpoint {checkpoint} has an unusable merge_config ({exc}); give merge flags") from None
-    return None if config.is_noop else config
-
-
 def merge_config_for(args: argparse.Namespace, model_name: str):
     """(config, where it came from): the merge flags if any were given, else the config stored in a
     re-trained checkpoint (so a merged re-training is evaluated as it was trained), else None (unmerged)."""
+    from rmeeto.evaluate import stored_merge_config
+
     config = merge_config_from_args(args, model_name)
     if config is not None:
         return config, "flags"
-    stored = checkpoint_merge_config(getattr(args, "checkpoint", None))
+    with user_errors():
+        stored = stored_merge_config(getattr(args, "checkpoint", None))
     if stored is not None:
         return stored, "checkpoint"
     return None, "none"
@@ -149,10 +112,8 @@ def merge_config_for(args: argparse.Namespace, model_name: str):
 def resolve_device(text: str):
     from rmeeto.runtime import resolve_device as _resolve
 
-    try:
+    with user_errors(f"--device {text}: "):
         return _resolve(text)
-    except ValueError as exc:
-        raise CLIError(f"--device {text}: {exc}") from None
 
 
 def resolve_amp(text: str, device):
@@ -166,27 +127,14 @@ def resolve_amp(text: str, device):
         raise CLIError(f"--amp {text} needs a CUDA device; use --amp bf16 or none on CPU") from None
 
 
-def build_eval_dataset(data: str, model_cfg, limit: Optional[int] = None):
-    """The evaluation split of ``data`` preprocessed for ``model_cfg``; ``limit`` keeps N evenly spread images
-    (an image folder is sorted by class, so the first N would cover only the first classes).
-    Returns (dataset, class names)."""
-    from torch.utils.data import Subset
-
-    from rmeeto.data import build_dataset
+def build_eval_dataset(data: str, model_name: str, limit: Optional[int] = None):
+    """:func:`rmeeto.evaluate.build_eval_dataset` -> (dataset, class names), errors as CLIError."""
+    from rmeeto.evaluate import build_eval_dataset as _build
 
     if limit is not None and limit < 1:
         raise CLIError(f"--limit must be >= 1, got {limit}")
-    _, size, _ = model_cfg.input_size
-    try:
-        dataset = build_dataset(data, "val", img_size=size, mean=model_cfg.mean, std=model_cfg.std,
-                                crop_pct=model_cfg.crop_pct)
-    except ValueError as exc:  # DataError included
-        raise CLIError(str(exc)) from None
-    classes = list(dataset.classes)
-    if limit is not None and limit < len(dataset):
-        step = len(dataset) / limit
-        dataset = Subset(dataset, [int(i * step) for i in range(limit)])
-    return dataset, classes
+    with user_errors():
+        return _build(data, model_name, limit)
 
 
 def build_loader(dataset, batch_size: int, workers: int, device):
@@ -207,8 +155,11 @@ def num_classes_for(model_name: str, model_cfg, checkpoint: Optional[str], data_
                     data_name: str = "", use_ema: bool = False) -> int:
     """Head size to build: the checkpoint's (which must match the data's class count), else the data's, else
     the registry's."""
+    from rmeeto.evaluate import checkpoint_num_classes
+
     if checkpoint is not None:
-        n = checkpoint_classes(checkpoint, use_ema)
+        with user_errors():
+            n = checkpoint_num_classes(checkpoint, use_ema)
         if data_classes is not None and n != data_classes:
             raise CLIError(
                 f"checkpoint {checkpoint} has a {n}-class classifier but data {data_name!r} has {data_classes} "
@@ -222,17 +173,15 @@ def num_classes_for(model_name: str, model_cfg, checkpoint: Optional[str], data_
 
 def load_model(model_name: str, checkpoint: Optional[str], merge_config, num_classes: int, device,
                use_ema: bool = False):
-    from rmeeto.checkpoint import CheckpointError
+    """:func:`rmeeto.evaluate.load_model_for_eval` with ``merge_config`` as resolved by the caller (None =
+    unmerged), errors as CLIError."""
     from rmeeto.evaluate import load_model_for_eval
 
-    try:
-        with warnings.catch_warnings():
-            # apply_merge warns when a count is clamped; the printed token counts show it
-            warnings.filterwarnings("ignore", message="merging .* is more than", category=UserWarning)
-            return load_model_for_eval(model_name, checkpoint, merge_config, num_classes=num_classes,
-                                       device=device, use_ema=use_ema)
-    except (CheckpointError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
+    with user_errors(), warnings.catch_warnings():
+        # apply_merge warns when a count is clamped; the printed token counts show it
+        warnings.filterwarnings("ignore", message="merging .* is more than", category=UserWarning)
+        return load_model_for_eval(model_name, checkpoint, merge_config, num_classes=num_classes,
+                                   device=device, use_ema=use_ema)
 
 
 def first_image(dataset):
@@ -277,13 +226,14 @@ def run(args: argparse.Namespace) -> int:
 
     from rmeeto.evaluate import evaluate, measure_throughput
     from rmeeto.flops import paper_flops, true_flops
+    from rmeeto.runtime import dtype_name
 
     model_cfg = check_model(args.model)
     check_paths(args.checkpoint, args.data)
     merge_config, merge_source = merge_config_for(args, args.model)
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)
-    dataset, classes = build_eval_dataset(args.data, model_cfg, args.limit)
+    dataset, classes = build_eval_dataset(args.data, args.model, args.limit)
     num_classes = num_classes_for(args.model, model_cfg, args.checkpoint, len(classes), args.data, args.ema)
     loader = build_loader(dataset, args.batch_size, args.workers, device)
     model = load_model(args.model, args.checkpoint, merge_config, num_classes, device, args.ema)
@@ -316,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
                                    device=device, dtype=dtype)
         mem = f", peak {speed['peak_mem_mb']:.0f} MB" if speed["peak_mem_mb"] is not None else ""
         print(f"throughput  {speed['images_per_s']:.1f} images/s, {speed['ms_per_image']:.3f} ms/image "
-              f"(random batch of {args.batch_size}, {str(dtype).removeprefix('torch.')}{mem})")
+              f"(random batch of {args.batch_size}, {dtype_name(dtype)}{mem})")
 
     if args.json:
         result = {

@@ -10,6 +10,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from rmeeto.cli._types import positive_int
 from rmeeto.cli.eval import (
     add_model_data_arguments,
     build_eval_dataset,
@@ -21,6 +22,7 @@ from rmeeto.cli.eval import (
     resolve_amp,
     resolve_device,
 )
+from rmeeto.merge import METRICS
 
 HELP = "accuracy vs GFLOPs and images/s over merged-token counts (merge vs prune, ordered vs unordered)"
 DESCRIPTION = """\
@@ -65,16 +67,6 @@ def _choices(valid: tuple[str, ...]):
     return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_data_arguments(parser)
     g = parser.add_argument_group("sweep")
@@ -84,10 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="merge, prune or both (default both)")
     g.add_argument("--layouts", type=_choices(LAYOUTS), default=list(LAYOUTS), metavar="ordered,unordered",
                    help="token layouts after a merge (default both)")
-    g.add_argument("--interval", type=_positive, default=2, metavar="K", help="merge every K-th layer (default 2)")
+    g.add_argument("--interval", type=positive_int, default=2, metavar="K", help="merge every K-th layer (default 2)")
     g.add_argument("--odd", action="store_true", help="merge at layers i with (i + 1) %% K == 0")
-    g.add_argument("--metric", choices=("x", "B", "C", "delta"), default="x", help="similarity source (default x)")
-    g.add_argument("--throughput-batch", type=_positive, default=None, metavar="N",
+    g.add_argument("--metric", choices=METRICS, default="x", help="similarity source (default x)")
+    g.add_argument("--throughput-batch", type=positive_int, default=None, metavar="N",
                    help="batch size of the speed measurement (default: --batch-size)")
     g.add_argument("--no-throughput", action="store_true", help="skip the speed measurement")
     g.add_argument("--out", default="out/sweep", metavar="DIR", help="output folder (default out/sweep)")
@@ -168,13 +160,14 @@ def run(args: argparse.Namespace) -> int:
     from rmeeto.evaluate import evaluate, measure_throughput
     from rmeeto.flops import paper_flops, true_flops
     from rmeeto.merge import apply_merge
+    from rmeeto.runtime import dtype_name
 
     model_cfg = check_model(args.model)
     check_paths(args.checkpoint, args.data)
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)
     configs = sweep_configs(args.num_merged, args.modes, args.layouts, args.interval, args.odd, args.metric)
-    dataset, classes = build_eval_dataset(args.data, model_cfg, args.limit)
+    dataset, classes = build_eval_dataset(args.data, args.model, args.limit)
     num_classes = num_classes_for(args.model, model_cfg, args.checkpoint, len(classes), args.data, args.ema)
     loader = build_loader(dataset, args.batch_size, args.workers, device)
     model = load_model(args.model, args.checkpoint, None, num_classes, device, args.ema)
@@ -219,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    dtype = str(amp or torch.float32).removeprefix("torch.")
+    dtype = dtype_name(amp)
     plot_sweep(rows, png_path, f"{args.model} on {args.data} ({rows[0]['n']} images), training-free",
                speed_label=f"images / s ({device.type}, random batch of {tp_batch}, {dtype})")
 
