@@ -586,7 +586,8 @@ def collate_clips(samples: Sequence[Any]) -> Optional[Batch]:
     flattened first (the two samples of a video end up next to each other), then unreadable videos dropped.
 
     Returns a :class:`rmeeto.data.Batch` ``(clips, labels)`` with the dropped videos in ``batch.skipped``
-    (clips [batch, 3, T, S, S] or test views [batch, views, 3, T, S, S]), or None when none was readable."""
+    (clips [batch, 3, T, S, S] or test views [batch, views, 3, T, S, S]), or None when none was readable (as
+    ``collate_skip_none``, such a batch's skipped videos then go uncounted)."""
     flat: list[Any] = []
     for s in samples:
         flat.extend(s if isinstance(s, list) else [s])
