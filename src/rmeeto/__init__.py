@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from rmeeto.models import ModelConfig, create_model, get_config, list_models  # noqa: E402
 from rmeeto.models.vim import TokenState, VisionMamba  # noqa: E402
 from rmeeto.merge import MergeConfig, apply_merge, remove_merge, trace_tokens  # noqa: E402
+from rmeeto import merge_vit as _merge_vit  # noqa: E402,F401  (registers the timm ViT patch with apply_merge)
 from rmeeto.checkpoint import CheckpointError, inspect_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 
 __all__ = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from rmeeto.models import vit as _vit
 from rmeeto.models.vim import VisionMamba
 
 __all__ = ["ModelConfig", "create_model", "list_models", "get_config", "register_model", "VisionMamba"]
@@ -82,10 +83,12 @@ def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style ``pattern``."""
     import fnmatch
 
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n in [*_REGISTRY, *_vit.VIT_MODELS] if fnmatch.fnmatch(n, pattern))
 
 
 def get_config(name: str) -> ModelConfig:
+    if name in _vit.VIT_MODELS:  # ViT/DeiT rows (rmeeto.models.vit)
+        return _vit.VIT_MODELS[name]
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -97,6 +100,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[
     ``embed_dim``, ``depth``, ``num_classes``, ``drop_path_rate``, ...). ``checkpoint_path`` loads weights
     (strict, weights-only; see :func:`rmeeto.load_checkpoint`). ``pretrained=True`` needs ``checkpoint_path``:
     rmeeto never downloads weights."""
+    if name in _vit.VIT_MODELS:  # timm's VisionTransformer (rmeeto.models.vit)
+        return _vit.create_vit(name, pretrained, checkpoint_path, **overrides)
     cfg = get_config(name)
     if pretrained and checkpoint_path is None:
         hint = f" (the official file is {cfg.checkpoint})" if cfg.checkpoint else ""
