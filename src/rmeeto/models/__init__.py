@@ -79,11 +79,15 @@ register_model(ModelConfig(
 ))
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern``."""
+def list_models(pattern: str = "*", backbone: Optional[str] = "vim") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``; ``backbone`` "vim", "vit" (the timm ViT/DeiT
+    rows of rmeeto.models.vit) or None for both. The default stays "vim" until every caller handles ViTs."""
     import fnmatch
 
-    return sorted(n for n in [*_REGISTRY, *_vit.VIT_MODELS] if fnmatch.fnmatch(n, pattern))
+    tables = {"vim": list(_REGISTRY), "vit": list(_vit.VIT_MODELS), None: [*_REGISTRY, *_vit.VIT_MODELS]}
+    if backbone not in tables:
+        raise ValueError(f"backbone={backbone!r} is not valid; choose from 'vim', 'vit', None")
+    return sorted(n for n in tables[backbone] if fnmatch.fnmatch(n, pattern))
 
 
 def get_config(name: str) -> ModelConfig:
@@ -92,7 +96,7 @@ def get_config(name: str) -> ModelConfig:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models(backbone=None))}") from None
 
 
 def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[str] = None, **overrides) -> VisionMamba:
