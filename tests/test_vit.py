@@ -10,7 +10,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 import rmeeto
 from rmeeto import MergeConfig, apply_merge, remove_merge, trace_tokens
-from rmeeto.merge_vit import MergingViTBlock, forward_tokens, vit_schedule
+from rmeeto.merge_vit import MergingViTBlock, forward_tokens, vit_flops, vit_schedule
 from rmeeto.models import get_config, list_models
 from rmeeto.models.vim import TokenState
 from rmeeto.models.vit import VIT_MODELS, ViTConfig
@@ -292,3 +292,18 @@ def test_merged_vit_trains():
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
     assert math.isfinite(loss.item())
+
+
+def test_flops_match_the_published_deit_figures_and_drop_with_merging():
+    # DeiT paper: 1.3 / 4.6 / 17.6 GFLOPs (multiply-adds) for Ti / S / B at 224px
+    for name, published in (("deit_tiny_patch16_224", 1.3), ("deit_small_patch16_224", 4.6),
+                            ("deit_base_patch16_224", 17.6)):
+        arch = get_config(name).arch
+        plain = vit_flops(arch)
+        assert abs(plain["gflops"] - published) < 0.05 * published
+        merged = vit_flops(arch, MergeConfig.paper(name))
+        assert merged["gflops"] < plain["gflops"]
+        assert merged["tokens_per_layer"] == [s.tokens_out for s in vit_schedule(MergeConfig.paper(name), 197, 12)]
+    # r = 0 costs exactly the unmerged count (no matching is done)
+    arch = get_config(TINY).arch
+    assert vit_flops(arch, MergeConfig(num_merged=0, interval=1))["total"] == vit_flops(arch)["total"]

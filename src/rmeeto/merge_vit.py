@@ -30,6 +30,7 @@ order-free once position embeddings are added.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -42,7 +43,7 @@ from rmeeto.merge import (
     BackbonePatch, LayerSchedule, MergeConfig, bipartite_match, merge_streams, merge_tokens, register_backbone_patch,
 )
 from rmeeto.models.vim import TokenState
-from rmeeto.models.vit import is_vit
+from rmeeto.models.vit import ViTArch, is_vit
 from rmeeto.shuffle import TokenShuffler
 
 Tensor = torch.Tensor
@@ -56,6 +57,7 @@ __all__ = [
     "forward_tokens",
     "vit_merging_layers",
     "vit_schedule",
+    "vit_flops",
 ]
 
 CLS_INDEX = 0  # timm puts the class token first; ordered and unordered merges both keep it there
@@ -265,6 +267,26 @@ def trace_tokens(model: VisionTransformer, images: Tensor) -> list[dict]:
             h.remove()
     records.append({"layer": len(model.blocks), "tokens": tokens.shape[1], "cls_index": CLS_INDEX})
     return records
+
+
+def vit_flops(arch: ViTArch, config: Optional[MergeConfig] = None) -> dict:
+    """Multiply-adds of a (merged) ViT forward on the static schedule of ``config`` (None = unmerged).
+
+    Per block with n tokens entering, C channels, hidden H = mlp_ratio * C: qkv 3nC^2, logits and weighted sum
+    2n^2C, projection nC^2, MLP 2nCH on the n - r tokens left after the merge; a merging block adds its
+    cosine matching (n_src * n_dst * C with n_src = ceil((n - 1) / 2), n_dst = (n - 1) // 2). Plus the patch
+    embedding and the head. Returns ``total`` and ``gflops`` (multiply-adds / 1e9) and ``tokens_per_layer``
+    (after each block's merge). Norms, softmax, GELU and the merge's gathers are not counted (as the paper).
+    """
+    c, h = arch.embed_dim, int(arch.embed_dim * arch.mlp_ratio)
+    sched = vit_schedule(config if config is not None else MergeConfig(), arch.num_tokens, arch.depth)
+    total = arch.num_patches * c * arch.in_chans * arch.patch_size**2 + c * arch.num_classes
+    for s in sched:
+        n = s.tokens_in
+        total += 4 * n * c * c + 2 * n * n * c + 2 * s.tokens_out * c * h
+        if s.merging and s.num_merged > 0:
+            total += math.ceil((n - 1) / 2) * ((n - 1) // 2) * c
+    return {"total": total, "gflops": total / 1e9, "tokens_per_layer": [s.tokens_out for s in sched]}
 
 
 register_backbone_patch(BackbonePatch(is_vit, apply_merge, remove_merge, trace_tokens))
