@@ -10,6 +10,7 @@ from rmeeto.models import ModelConfig, VimArch, create_model, get_config, inspec
 from rmeeto.models.vim import TokenState, VisionMamba  # noqa: E402
 from rmeeto.merge import MergeConfig, apply_merge, remove_merge, trace_tokens  # noqa: E402
 from rmeeto.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from rmeeto import merge_vit as _merge_vit  # noqa: E402,F401  (registers the timm ViT patch with apply_merge)
 
 __all__ = [
     "__version__",

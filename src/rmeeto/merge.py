@@ -25,13 +25,15 @@ import math
 import os
 import warnings
 from dataclasses import asdict, dataclass
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 
 from rmeeto.models import get_config
 from rmeeto.models.vim import Block, TokenState, VisionMamba
+from rmeeto.models.vit import ViTConfig
 from rmeeto.ops import merge_triton
+from rmeeto.shuffle import TokenShuffler
 
 Tensor = torch.Tensor
 
@@ -80,6 +82,11 @@ class MergeConfig:
     reduce: how merged values combine: "sum" (size-weighted mean, default), "mean", "amax", "amin".
     final_tokens: if set, the last merging layer instead removes whatever leaves exactly this many tokens
         (the official ``compare`` rule; 76 for 224px models). No-op at that layer if already at or below it.
+    shuffle_rate: fraction (0..1) of the non-class tokens randomly permuted at each merging layer before the
+        metric (the paper's shuffle model, :mod:`rmeeto.shuffle`); 0 = off.
+    shuffle_per_sample: one permutation per image instead of one per batch (the official behaviour).
+    shuffle_in_eval: shuffle in eval mode too (the official code does); by default only in training.
+    shuffle_seed: seed of the model's own generator (never the global RNG).
     """
 
     num_merged: Union[int, tuple[int, ...]] = 0
@@ -92,6 +99,10 @@ class MergeConfig:
     choose: int = 1
     reduce: str = "sum"
     final_tokens: Optional[int] = None
+    shuffle_rate: float = 0.0
+    shuffle_per_sample: bool = False
+    shuffle_in_eval: bool = False
+    shuffle_seed: int = 0
 
     def __post_init__(self):
         if isinstance(self.num_merged, (list, tuple)):
@@ -110,6 +121,13 @@ class MergeConfig:
         _choice("metric", self.metric, METRICS)
         _choice("distance", self.distance, DISTANCES)
         _choice("reduce", self.reduce, REDUCES)
+        if isinstance(self.shuffle_rate, bool) or not isinstance(self.shuffle_rate, (int, float)) or not (
+            0.0 <= self.shuffle_rate <= 1.0
+        ):
+            raise ValueError(f"shuffle_rate must be a number in [0, 1], got {self.shuffle_rate!r}")
+        object.__setattr__(self, "shuffle_rate", float(self.shuffle_rate))
+        if isinstance(self.shuffle_seed, bool) or not isinstance(self.shuffle_seed, int):
+            raise ValueError(f"shuffle_seed must be an int, got {self.shuffle_seed!r}")
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -119,6 +137,8 @@ class MergeConfig:
         with a ``compare`` count), its rule that keeps ``num_tokens - merging layers * compare`` tokens after the
         last merging layer: 197 - 11 * 11 = 76 for the ImageNet models (so Vim-Ti merges 71 at layer 22)."""
         cfg = get_config(model_name)
+        if isinstance(cfg, ViTConfig):  # ToMe placement in every block (rmeeto.merge_vit)
+            return cls(**{**cfg.paper_merge_settings(), **overrides})
         settings = dict(num_merged=cfg.paper_merge.get("num_merged", 0), interval=2, ordered=True)
         compare = cfg.paper_merge.get("compare")
         if compare is not None:  # the release writes this as 197 - 11 * compare
@@ -151,7 +171,13 @@ class MergeConfig:
     @property
     def is_noop(self) -> bool:
         r = self.num_merged
-        return (r == 0 if isinstance(r, int) else not any(r)) and self.final_tokens is None
+        return (r == 0 if isinstance(r, int) else not any(r)) and self.final_tokens is None and not self.shuffle_rate
+
+    def make_shuffler(self) -> Optional[TokenShuffler]:
+        """The :class:`~rmeeto.shuffle.TokenShuffler` a patched model shares between its layers (None if off)."""
+        if not self.shuffle_rate:
+            return None
+        return TokenShuffler(self.shuffle_rate, self.shuffle_per_sample, self.shuffle_in_eval, self.shuffle_seed)
 
 
 class LayerSchedule(NamedTuple):
@@ -351,6 +377,7 @@ class _LayerMerge:
     ordered: bool
     reduce: str
     prune: bool
+    shuffle: Optional[TokenShuffler] = None  # one object per model, shared by its layers
 
 
 def _use_fused(hidden: Tensor, cfg: "_LayerMerge") -> bool:
@@ -373,6 +400,10 @@ class MergingBlock(Block):
 
     def forward(self, hidden: Tensor, residual: Optional[Tensor], state: TokenState):
         cfg = self.merge
+        if cfg.shuffle is not None and residual is not None and cfg.shuffle.active(self.training):
+            # shuffled tensors are plain inputs to the merge below: the fused path stays correct on them
+            hidden, residual, *rest = cfg.shuffle.permute([hidden, residual, *state[1:]], state.cls_index)
+            state = TokenState(state.cls_index, *rest)
         if cfg.num_merged > 0 and residual is not None:
             metric = hidden if cfg.metric == "x" else state.metric
             fused = _use_fused(hidden, cfg)
@@ -405,7 +436,11 @@ class MergingBlock(Block):
 
 def apply_merge(model: VisionMamba, config: MergeConfig) -> VisionMamba:
     """Turn ``model`` into a merging Vim in place (and return it). Parameters and their names are untouched;
-    calling again replaces the previous config; ``MergeConfig()`` (0 tokens) makes it an exact no-op."""
+    calling again replaces the previous config; ``MergeConfig()`` (0 tokens) makes it an exact no-op.
+    Other backbones (timm ViTs: :mod:`rmeeto.merge_vit`) are dispatched to their registered patch."""
+    patch = _backbone_patch(model)
+    if patch is not None:
+        return patch.apply_merge(model, config)
     remove_merge(model)
     depth = len(model.layers)
     sched = config.schedule(model.num_tokens, depth, model.cls_position)
@@ -417,22 +452,27 @@ def apply_merge(model: VisionMamba, config: MergeConfig) -> VisionMamba:
             f"clamped to {s.num_merged} ((tokens - 1) // 2) there and at {len(clamped) - 1} later layer(s)",
             stacklevel=2,
         )
+    shuffler = config.make_shuffler()
     for s in sched:
         if s.merging:
             layer = model.layers[s.layer]
             layer.__class__ = MergingBlock
             layer.merge = _LayerMerge(
                 s.num_merged, config.metric, config.distance, config.choose, config.ordered, config.reduce,
-                config.mode == "prune",
+                config.mode == "prune", shuffler,
             )
             if config.metric != "x":
                 model.layers[s.layer - 1].export_metric = config.metric
     model.merge_config = config
+    model.merge_shuffler = shuffler  # its generator state is what a resume would need to save
     return model
 
 
 def remove_merge(model: VisionMamba) -> VisionMamba:
     """Undo :func:`apply_merge` (in place)."""
+    patch = _backbone_patch(model)
+    if patch is not None:
+        return patch.remove_merge(model)
     for layer in model.layers:
         if isinstance(layer, MergingBlock):
             layer.__class__ = Block
@@ -440,6 +480,7 @@ def remove_merge(model: VisionMamba) -> VisionMamba:
         if "export_metric" in layer.__dict__:
             del layer.export_metric
     model.merge_config = None
+    model.merge_shuffler = None
     return model
 
 
@@ -447,6 +488,9 @@ def remove_merge(model: VisionMamba) -> VisionMamba:
 def trace_tokens(model: VisionMamba, images: Tensor) -> list[dict]:
     """Run ``model`` on ``images`` and return, per layer, the token count and class index *entering* it
     (before that layer's merge), plus the final count and index the head reads (``layer = depth``)."""
+    patch = _backbone_patch(model)
+    if patch is not None:
+        return patch.trace_tokens(model, images)
     records: list[dict] = []
 
     def hook(module, args):
@@ -461,3 +505,26 @@ def trace_tokens(model: VisionMamba, images: Tensor) -> list[dict]:
             h.remove()
     records.append({"layer": len(model.layers), "tokens": tokens.shape[1], "cls_index": state.cls_index})
     return records
+
+
+# ============================================================================================ other backbones
+class BackbonePatch(NamedTuple):
+    """How :func:`apply_merge`, :func:`remove_merge` and :func:`trace_tokens` handle a non-Vim backbone."""
+
+    accepts: Callable[[torch.nn.Module], bool]
+    apply_merge: Callable[[torch.nn.Module, MergeConfig], torch.nn.Module]
+    remove_merge: Callable[[torch.nn.Module], torch.nn.Module]
+    trace_tokens: Callable[[torch.nn.Module, Tensor], list]
+
+
+# filled by the backbone modules at import (rmeeto.merge_vit registers timm ViTs), so this module needs no
+# knowledge of them and they can build on its pure ops without an import cycle
+_BACKBONE_PATCHES: list[BackbonePatch] = []
+
+
+def register_backbone_patch(patch: BackbonePatch) -> None:
+    _BACKBONE_PATCHES.append(patch)
+
+
+def _backbone_patch(model: torch.nn.Module) -> Optional[BackbonePatch]:
+    return next((p for p in _BACKBONE_PATCHES if p.accepts(model)), None)

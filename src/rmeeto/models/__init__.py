@@ -20,6 +20,7 @@ from rmeeto.models._registry import (
     IMAGENET_MEAN, IMAGENET_STD, ModelConfig, get_config, list_models, match_model, register_model,
 )
 from rmeeto.models.vim import VisionMamba, arch_facts
+from rmeeto.models import vit as _vit
 
 __all__ = [
     "ModelConfig", "VimArch", "CLS_POSITIONS", "create_model", "list_models", "get_config", "register_model",
@@ -61,7 +62,10 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[
     """Build a registered model. ``overrides`` use the official constructor names (``img_size``, ``patch_size``,
     ``embed_dim``, ``depth``, ``num_classes``, ``drop_path_rate``, ...). ``checkpoint_path`` loads weights
     (strict, weights-only; see :func:`rmeeto.load_checkpoint`). ``pretrained=True`` needs ``checkpoint_path``:
-    rmeeto never downloads weights. ``model.arch`` describes what was built, overrides included."""
+    rmeeto never downloads weights. ``model.arch`` describes what was built, overrides included.
+    ViT/DeiT names (:mod:`rmeeto.models.vit`) build timm's VisionTransformer."""
+    if name in _vit.VIT_MODELS:  # timm's VisionTransformer (rmeeto.models.vit)
+        return _vit.create_vit(name, pretrained, checkpoint_path, **overrides)
     cfg = get_config(name)
     if pretrained and checkpoint_path is None:
         hint = f" (the official file is {cfg.checkpoint})" if cfg.checkpoint else ""

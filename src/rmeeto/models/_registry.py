@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from rmeeto.models import vit as _vit
 from rmeeto.models._arch import VimArch
 
 __all__ = ["ModelConfig", "register_model", "get_config", "list_models", "match_model",
@@ -53,16 +54,23 @@ def register_model(cfg: ModelConfig) -> ModelConfig:
     return cfg
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern``."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", backbone: Optional[str] = "vim") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``; ``backbone`` "vim", "vit" (the timm ViT/DeiT
+    rows of :mod:`rmeeto.models.vit`) or None for both."""
+    tables = {"vim": list(_REGISTRY), "vit": list(_vit.VIT_MODELS), None: [*_REGISTRY, *_vit.VIT_MODELS]}
+    if backbone not in tables:
+        raise ValueError(f"backbone={backbone!r} is not valid; choose from 'vim', 'vit', None")
+    return sorted(n for n in tables[backbone] if fnmatch.fnmatch(n, pattern))
 
 
-def get_config(name: str) -> ModelConfig:
+def get_config(name: str):
+    """The :class:`ModelConfig` of a registered Vim, or the ``ViTConfig`` of a ViT/DeiT row."""
+    if name in _vit.VIT_MODELS:
+        return _vit.VIT_MODELS[name]
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models(backbone=None))}") from None
 
 
 # facts that must agree for a checkpoint to be a registered model; img_size and num_classes may be overridden

@@ -1,0 +1,158 @@
+"""ViT / DeiT backbones, taken from timm as they are, for the paper's "why order matters" comparison.
+
+Paper: "Training data-efficient image transformers & distillation through attention" (Touvron et al., 2021,
+https://arxiv.org/abs/2012.12877). The models are timm's own ``VisionTransformer`` with timm's parameter names,
+so the DeiT checkpoints (``deit_{tiny,small,base}_patch16_224-*.pth``) load as they are. The class token is at
+index 0 and the head reads it (``global_pool="token"``).
+
+This module only describes and builds them: a registry of named :class:`ViTConfig` rows (the DeiT names, plus
+two tiny ViTs for tests and the digits demo) consulted by :func:`rmeeto.create_model` / ``get_config`` /
+``list_models``. Token merging for any timm ViT with a class token lives in :mod:`rmeeto.merge_vit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+__all__ = ["ViTArch", "ViTConfig", "VIT_MODELS", "is_vit", "create_vit", "register_vit"]
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def is_vit(model: nn.Module) -> bool:
+    """Whether ``model`` is a timm ``VisionTransformer`` (DDP / compiled wrappers are not looked through)."""
+    return isinstance(model, VisionTransformer)
+
+
+@dataclass(frozen=True)
+class ViTArch:
+    """Architecture of a plain ViT with one class token (timm ``VisionTransformer`` argument names)."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    in_chans: int = 3
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens entering block 0: the patches and the class token (at index 0)."""
+        return self.num_patches + 1
+
+    def timm_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Everything about a named ViT that is not architecture (mirrors :class:`rmeeto.models.ModelConfig`).
+
+    timm_name: build through ``timm.create_model(timm_name)`` (the DeiT rows); None = build
+        ``VisionTransformer(**arch.timm_kwargs())`` directly (the tiny rows).
+    paper_merge: the R-MeeTo Table 4 defaults read by :meth:`rmeeto.MergeConfig.paper`: ``num_merged`` in every
+        block (5 / 11 / 11 for Ti / S / B; the release's registry default for B is 17).
+    """
+
+    name: str
+    arch: ViTArch
+    timm_name: Optional[str] = None
+    description: str = ""
+    checkpoint: Optional[str] = None  # official file name, for users who hold it
+    top1: Optional[float] = None  # published ImageNet-1k top-1 of that file
+    mean: tuple[float, float, float] = _IMAGENET_MEAN
+    std: tuple[float, float, float] = _IMAGENET_STD
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    paper_merge: dict[str, Any] = field(default_factory=dict)
+    backbone: str = "vit"
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return (self.arch.in_chans, self.arch.img_size, self.arch.img_size)
+
+    def paper_merge_settings(self) -> dict[str, Any]:
+        """MergeConfig fields of the paper preset: ``num_merged`` tokens in every block (interval 1, block 0
+        included: the metric is the block's own post-attention state), ordered, no final-count rule."""
+        return dict(num_merged=self.paper_merge.get("num_merged", 0), interval=1, ordered=True)
+
+
+VIT_MODELS: dict[str, ViTConfig] = {}
+
+
+def register_vit(cfg: ViTConfig) -> ViTConfig:
+    VIT_MODELS[cfg.name] = cfg
+    return cfg
+
+
+# --------------------------------------------------------------------------------- DeiT (timm's models)
+register_vit(ViTConfig(
+    "deit_tiny_patch16_224", ViTArch(embed_dim=192, num_heads=3), timm_name="deit_tiny_patch16_224",
+    description="DeiT-Ti (timm)", checkpoint="deit_tiny_patch16_224-a1311bcf.pth", top1=72.2,
+    paper_merge=dict(num_merged=5, epochs=3),
+))
+register_vit(ViTConfig(
+    "deit_small_patch16_224", ViTArch(embed_dim=384, num_heads=6), timm_name="deit_small_patch16_224",
+    description="DeiT-S (timm)", checkpoint="deit_small_patch16_224-cd65a155.pth", top1=79.8,
+    paper_merge=dict(num_merged=11, epochs=3),
+))
+register_vit(ViTConfig(
+    "deit_base_patch16_224", ViTArch(embed_dim=768, num_heads=12), timm_name="deit_base_patch16_224",
+    description="DeiT-B (timm)", checkpoint="deit_base_patch16_224-b5f2ef4d.pth", top1=81.8,
+    paper_merge=dict(num_merged=11, epochs=3),
+))
+# --------------------------------------------------------------------------------- small models
+_DIGITS_NORM = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0)
+register_vit(ViTConfig(
+    "vit_test_patch4_16",
+    ViTArch(img_size=16, patch_size=4, embed_dim=32, depth=4, num_heads=2, num_classes=10),
+    description="tiny ViT for unit tests (16x16 input, 17 tokens)", **_DIGITS_NORM,
+    paper_merge=dict(num_merged=2),
+))
+register_vit(ViTConfig(
+    # 0.51M parameters as vim_digits_patch4_32 (0.50M); r = 2 in each of 10 blocks ends at 45 tokens, as the
+    # Vim's r = 4 at its 5 merging layers
+    "vit_digits_patch4_32",
+    ViTArch(img_size=32, patch_size=4, embed_dim=64, depth=10, num_heads=4, num_classes=10),
+    description="small ViT for the digits demo, sized like vim_digits_patch4_32 (32x32 input, 65 tokens)",
+    **_DIGITS_NORM, paper_merge=dict(num_merged=2),
+))
+
+
+def create_vit(name: str, pretrained: bool = False, checkpoint_path: Optional[str] = None, **overrides) -> VisionTransformer:
+    """Build a registered ViT as timm's ``VisionTransformer`` (timm's parameter names). ``overrides`` are timm
+    constructor arguments (``num_classes``, ``drop_path_rate``, ``img_size``, ...). ``checkpoint_path`` loads
+    weights strictly and weights-only (:func:`rmeeto.load_checkpoint`); rmeeto never downloads weights, so
+    ``pretrained=True`` needs it."""
+    cfg = VIT_MODELS.get(name)
+    if cfg is None:
+        raise ValueError(f"unknown ViT model {name!r}; available: {', '.join(sorted(VIT_MODELS))}")
+    if pretrained and checkpoint_path is None:
+        hint = f" (the official file is {cfg.checkpoint})" if cfg.checkpoint else ""
+        raise ValueError(f"pretrained=True needs checkpoint_path: rmeeto does not download weights{hint}")
+    if cfg.timm_name is not None:
+        import timm
+
+        model = timm.create_model(cfg.timm_name, pretrained=False, **overrides)
+    else:
+        model = VisionTransformer(**{**cfg.arch.timm_kwargs(), **overrides})
+    # the rmeeto surface shared with VisionMamba (timm's own dict is replaced: rmeeto reads input_size etc. here)
+    model.pretrained_cfg = cfg
+    model.num_tokens = model.patch_embed.num_patches + model.num_prefix_tokens
+    model.cls_position = 0
+    if checkpoint_path is not None:
+        from rmeeto.checkpoint import load_checkpoint
+
+        load_checkpoint(model, checkpoint_path)
+    return model
