@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 from typing import Optional
 
-from rmeeto.cli._types import positive_int
+from rmeeto.cli._types import nonneg_int, positive_int, unit_float
 from rmeeto.merge import DISTANCES, METRICS, REDUCES, MergeConfig
 
 __all__ = ["add_merge_arguments", "merge_config_from_args", "parse_num_merged", "MERGE_FLAG_DESTS"]
@@ -115,6 +115,15 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     g.add_argument("--final-tokens", dest="final_tokens", type=_final_tokens, default=None, metavar="N",
                    help="the last merging layer leaves exactly N tokens (the official 'compare' rule; the paper "
                         "preset uses 76 at 224px); 'none' switches it off")
+    g.add_argument("--shuffle-rate", dest="shuffle_rate", type=unit_float, default=None, metavar="F",
+                   help="at each merging layer, randomly permute this fraction of the non-class tokens before "
+                        "matching (the paper's order ablation; default 0 = off)")
+    g.add_argument("--shuffle-per-sample", dest="shuffle_per_sample", action="store_const", const=True,
+                   default=None, help="draw one permutation per image instead of one per batch (the release's)")
+    g.add_argument("--shuffle-in-eval", dest="shuffle_in_eval", action="store_const", const=True, default=None,
+                   help="shuffle in evaluation too (the release does; needed for training-free shuffle numbers)")
+    g.add_argument("--shuffle-seed", dest="shuffle_seed", type=nonneg_int, default=None, metavar="S",
+                   help=f"seed of the shuffling generator (default {_DEFAULTS['shuffle_seed']})")
     return g
 
 
