@@ -1,0 +1,328 @@
+"""The batched device input pipeline (rmeeto.gpu_data) run on CPU tensors: parity with the PIL path (eval
+protocol, each RandAugment op against timm's PIL op), odd and broken files handled as the CPU path handles them,
+determinism from per-sample seeds, and the data benchmark's JPEG generator. The CUDA decode is compared in
+test_gpu_data_cuda.py."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from rmeeto.data import ImageFolderDataset, SkipLog, SkippedSample, eval_transform
+from rmeeto.gpu_data import (
+    _OPS,
+    DeviceLoader,
+    EncodedBatch,
+    EncodedImageFolder,
+    GpuEvalTransform,
+    GpuTrainTransform,
+    RandAugmentPolicy,
+    _rrc_box,
+    build_gpu_pipeline,
+    collate_encoded,
+    decode_images,
+    resolve_pipeline,
+)
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _photo(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A smooth colour field plus texture: uint8 [h, w, 3], JPEG-friendly like a photo."""
+    grid = Image.fromarray((rng.random((5, 7, 3)) * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+    return np.clip(np.asarray(grid, dtype=np.float32) + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Six RGB JPEGs (two classes, various sizes) and one PNG."""
+    root = tmp_path_factory.mktemp("jpegs")
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir()
+        for i in range(3):
+            h, w = int(rng.integers(70, 130)), int(rng.integers(70, 150))
+            Image.fromarray(_photo(rng, h, w)).save(root / c / f"{i}.jpg", quality=90)
+    Image.fromarray(_photo(rng, 90, 80)).save(root / "dog" / "3.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def odd_folder(tmp_path_factory):
+    """One good JPEG and every odd kind of file: grey/CMYK JPEG, 16-bit/RGBA PNG (converted); truncated JPEG,
+    a text file, an empty file (skipped)."""
+    root = tmp_path_factory.mktemp("odd")
+    (root / "a").mkdir()
+    rng = np.random.default_rng(1)
+    rgb = _photo(rng, 60, 80)
+    Image.fromarray(rgb).save(root / "a" / "good.jpg", quality=90)
+    Image.fromarray(rgb[..., 0]).save(root / "a" / "grey.jpg")
+    Image.fromarray(rgb).convert("CMYK").save(root / "a" / "cmyk.jpg")
+    Image.fromarray((rgb[..., 1].astype(np.uint16) * 257)).save(root / "a" / "deep16.png")
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(root / "a" / "rgba.png")
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=90)
+    (root / "a" / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (root / "a" / "notes.jpg").write_bytes(b"this is not an image at all")
+    (root / "a" / "empty.jpg").write_bytes(b"")
+    return root
+
+
+def _batch(dataset, keys):
+    return collate_encoded([dataset[k] for k in keys])
+
+
+# --------------------------------------------------------------------------------------------- selection
+
+
+def test_resolve_pipeline():
+    assert resolve_pipeline("auto", "cpu", "/data") == "cpu"
+    assert resolve_pipeline("gpu", "cpu", "/data") == "gpu"  # the batched code on the CPU (tests)
+    assert resolve_pipeline("cpu", "cpu", "/data") == "cpu"
+    assert resolve_pipeline("auto", "cpu", "digits") == "cpu"
+    with pytest.raises(ValueError, match="pipeline must be one of auto, cpu, gpu"):
+        resolve_pipeline("dali", "cpu")
+    with pytest.raises(ValueError, match="built-in tensor dataset"):
+        resolve_pipeline("gpu", "cpu", "synthetic")
+
+
+# --------------------------------------------------------------------------------------------- eval parity
+
+
+def test_eval_matches_cpu_eval_transform(folder):
+    """Same images as data.eval_transform (PIL): decoding is bit-exact (same libjpeg), the antialiased bicubic
+    resize is torch's float version of PIL's fixed-point one: at most a few levels of 255 apart, ~0.2 on
+    average. Tolerance: max 6 levels, mean 0.5 level (in 0..255 pixel units)."""
+    pipe = build_gpu_pipeline(folder, train=False, img_size=64, crop_pct=0.875, device="cpu")
+    batch = pipe.transform(_batch(pipe.dataset, range(len(pipe.dataset))))
+    reference = ImageFolderDataset(folder, eval_transform(64, MEAN, STD, 0.875))
+    expected = torch.stack([reference[i][0] for i in range(len(reference))])
+    assert batch.images.shape == expected.shape == (7, 3, 64, 64) and batch.images.dtype == torch.float32
+    assert batch.labels.tolist() == reference.targets
+    levels = (batch.images - expected).abs() * torch.tensor(STD).view(1, 3, 1, 1) * 255
+    assert levels.max() <= 6 and levels.mean() <= 0.5, (levels.max(), levels.mean())
+
+
+def test_eval_transform_rejects_bad_settings():
+    with pytest.raises(ValueError, match="crop_pct must be in"):
+        GpuEvalTransform(224, crop_pct=1.5)
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        GpuEvalTransform(224, interpolation="lanczos")
+
+
+# --------------------------------------------------------------------------------------------- train path
+
+
+def test_train_output_shapes_ranges_and_labels(folder):
+    pipe = build_gpu_pipeline(folder, train=True, img_size=48, re_prob=0.0, device="cpu")
+    batch = pipe.transform(_batch(pipe.dataset, [(i, 100 + i) for i in range(len(pipe.dataset))]))
+    images, labels = batch
+    assert images.shape == (7, 3, 48, 48) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64 and labels.tolist() == pipe.dataset.targets
+    # without erasing every pixel is a normalised 0..255 value
+    lo = (0 - torch.tensor(MEAN)) / torch.tensor(STD)
+    hi = (1 - torch.tensor(MEAN)) / torch.tensor(STD)
+    assert (images >= lo.view(1, 3, 1, 1) - 1e-5).all() and (images <= hi.view(1, 3, 1, 1) + 1e-5).all()
+    pixels = images * torch.tensor(STD).view(1, 3, 1, 1) * 255 + torch.tensor(MEAN).view(1, 3, 1, 1) * 255
+    assert torch.allclose(pixels, pixels.round(), atol=1e-3)  # whole levels, as PIL's uint8 images
+
+
+def test_same_seeds_same_batch_other_step_differs_and_samples_independent(folder):
+    pipe = build_gpu_pipeline(folder, train=True, img_size=48, re_prob=0.5, device="cpu")
+    keys = [(i, 7_000 + i) for i in range(6)]
+    a = pipe.transform(_batch(pipe.dataset, keys))
+    b = pipe.transform(_batch(pipe.dataset, keys))
+    assert torch.equal(a.images, b.images)
+    other = pipe.transform(_batch(pipe.dataset, [(i, 9_000 + i) for i in range(6)]))  # next epoch/step's seeds
+    assert not torch.equal(a.images, other.images)
+    # without erasing noise (seeded per batch) a sample does not depend on its batch mates: resume / workers /
+    # world size cannot change it
+    pipe0 = build_gpu_pipeline(folder, train=True, img_size=48, re_prob=0.0, device="cpu")
+    full = pipe0.transform(_batch(pipe0.dataset, keys))
+    alone = pipe0.transform(_batch(pipe0.dataset, keys[3:4]))
+    assert torch.equal(full.images[3], alone.images[0])
+
+
+def test_random_erasing_boxes(folder):
+    """re_prob 1: each image differs from its un-erased self in exactly one rectangle of 2-34 % of the area."""
+    keys = [(i, 50 + i) for i in range(6)]
+    base = build_gpu_pipeline(folder, train=True, img_size=48, re_prob=0.0, device="cpu")
+    erased = build_gpu_pipeline(folder, train=True, img_size=48, re_prob=1.0, device="cpu")
+    x0 = base.transform(_batch(base.dataset, keys)).images
+    x1 = erased.transform(_batch(erased.dataset, keys)).images
+    for a, b in zip(x0, x1):
+        changed = (a != b).any(0)
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        assert len(rows) and len(cols)
+        box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.float().mean() > 0.95  # a filled rectangle (noise equal to a pixel is vanishingly rare)
+        assert 0.015 <= box.numel() / changed.numel() <= 0.34
+
+
+def test_color_jitter_without_auto_augment(folder):
+    keys = [(i, 11 + i) for i in range(6)]
+    plain = GpuTrainTransform(48, auto_augment=None, re_prob=0.0, color_jitter=0.0)
+    jitter = GpuTrainTransform(48, auto_augment=None, re_prob=0.0, color_jitter=0.3)
+    ds = EncodedImageFolder(folder)
+    a, b = plain(_batch(ds, keys)).images, jitter(_batch(ds, keys)).images
+    assert a.shape == b.shape and not torch.equal(a, b)
+
+
+def test_small_images_use_pad_crop(folder):
+    out = GpuTrainTransform(32, auto_augment=None, re_prob=0.0, color_jitter=0.0)(
+        _batch(EncodedImageFolder(folder), [(i, i) for i in range(7)]))
+    assert out.images.shape == (7, 3, 32, 32)
+
+
+def test_rrc_boxes_follow_scale_and_ratio():
+    rng = random.Random(0)
+    fallback = 0
+    for _ in range(500):
+        top, left, h, w = _rrc_box(rng, 300, 400, (0.08, 1.0), (3 / 4, 4 / 3))
+        assert 0 <= top and top + h <= 300 and 0 <= left and left + w <= 400
+        if (h, w) == (300, 400):
+            fallback += 1
+            continue
+        assert 0.07 <= h * w / 120_000 <= 1.0 and 0.72 <= w / h <= 1.36
+    assert fallback < 100
+    # a very wide image falls back to the widest allowed centre crop
+    assert _rrc_box(random.Random(0), 10, 1000, (0.99, 1.0), (3 / 4, 4 / 3)) == (0, 493, 10, 13)
+
+
+# --------------------------------------------------------------------------------------------- RandAugment
+
+
+def test_policy_parse_and_sampling():
+    p = RandAugmentPolicy.parse("rand-m9-mstd0.5-inc1")
+    assert (p.magnitude, p.num_layers, p.magnitude_std, p.increasing, p.prob) == (9, 2, 0.5, True, 0.5)
+    assert "PosterizeIncreasing" in p.ops and "Posterize" not in p.ops
+    with pytest.raises(ValueError, match="unknown RandAugment section"):
+        RandAugmentPolicy.parse("rand-m9-zz3")
+    with pytest.raises(ValueError, match="RandAugment"):
+        RandAugmentPolicy.parse("original-mstd0.5")
+    rng = random.Random(0)
+    plans = [p.sample(rng) for _ in range(4000)]
+    applied = sum(len(x) for x in plans) / (2 * len(plans))
+    assert 0.47 < applied < 0.53  # each of the 2 layers applied with probability 0.5
+    names = {n for plan in plans for n, _ in plan}
+    assert names == set(p.ops)  # uniform choice over all 15 ops
+    rotations = [a for plan in plans for n, a in plan if n == "Rotate"]
+    degrees = np.abs(rotations)  # magnitude 9 +- 0.5, clipped to 10 -> 27 +- 1.5 degrees, at most 30
+    assert degrees.max() <= 30 and abs(degrees.mean() - 27) < 0.5 and 1.0 < degrees.std() < 2.0
+    assert min(rotations) < 0 < max(rotations)
+
+
+_OP_ARGS = {"AutoContrast": None, "Equalize": None, "Invert": None, "PosterizeIncreasing": 2,
+            "SolarizeIncreasing": 40, "SolarizeAdd": 99, "ColorIncreasing": 1.7, "ContrastIncreasing": 0.3,
+            "BrightnessIncreasing": 1.6, "SharpnessIncreasing": 1.8,
+            "Rotate": 17.0, "ShearX": -0.25, "ShearY": 0.2, "TranslateXRel": 0.3, "TranslateYRel": -0.2}
+
+
+@pytest.mark.parametrize("name", list(_OP_ARGS))
+def test_ops_match_timm_pil_ops(name):
+    """Each tensor op against timm's PIL op on the same image: the colour ops are bit-exact; the geometric ones
+    (grid_sample, bilinear here) agree on the median pixel and within 1.5 levels on average (the border fill
+    is where they differ)."""
+    import timm.data.auto_augment as taa
+
+    rgb = _photo(np.random.default_rng(3), 48, 64)
+    arg = _OP_ARGS[name]
+    ref = taa.NAME_TO_OP[name](Image.fromarray(rgb), *(() if arg is None else (arg,)),
+                               fillcolor=(124, 116, 104), resample=Image.BILINEAR)
+    fn, geometric = _OPS[name]
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    a = torch.tensor([0.0 if arg is None else float(arg)])
+    out = fn(x, a, torch.tensor([124.0, 116.0, 104.0]), "bilinear") if geometric else fn(x, a)
+    diff = (out[0].permute(1, 2, 0) - torch.from_numpy(np.asarray(ref)).float()).abs()
+    if geometric:
+        assert diff.median() == 0 and diff.mean() < 1.5, (diff.median(), diff.mean())
+    else:
+        assert diff.max() == 0, diff.max()
+
+
+# --------------------------------------------------------------------------------------------- odd files
+
+
+def test_odd_files_converted_or_skipped_like_the_cpu_path(odd_folder):
+    ds = EncodedImageFolder(odd_folder)
+    cpu = ImageFolderDataset(odd_folder)
+    names = [p.split("/")[-1] for p, _ in ds.samples]
+    cpu_skipped = {cpu.samples[i][0] for i in range(len(cpu)) if isinstance(cpu[i], SkippedSample)}
+    transform = GpuEvalTransform(32, crop_pct=1.0)
+    batch = _batch(ds, range(len(ds)))
+    images, skipped = decode_images(batch, "cpu")
+    assert {s.path for s in skipped} == cpu_skipped == {str(odd_folder / "a" / n) for n in
+                                                         ("truncated.jpg", "notes.jpg", "empty.jpg")}
+    decoded = dict(zip([p.split("/")[-1] for p in batch.paths], images))
+    assert set(decoded) == {"good.jpg", "grey.jpg", "cmyk.jpg", "deep16.png", "rgba.png"}
+    for name, img in decoded.items():
+        assert img.dtype == torch.uint8 and img.shape == (3, 60, 80), name
+        expected = np.asarray(Image.open(odd_folder / "a" / name).convert("RGB"))
+        assert torch.equal(img.permute(1, 2, 0), torch.from_numpy(expected)), name  # PIL's own RGB
+    grey = decoded["grey.jpg"]
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+    # through a DataLoader and the device loader: 5 images out, the 3 bad files counted once each
+    loader = DataLoader(ds, batch_size=4, collate_fn=collate_encoded)
+    log, seen = SkipLog(), 0
+    for out in DeviceLoader(loader, transform):
+        log.update(out)
+        seen += 0 if out is None else len(out.labels)
+    assert seen == 5 and log.count == 3 and set(log.paths) == cpu_skipped
+    assert names.count("truncated.jpg") == 1
+
+
+def test_device_decode_failure_falls_back_then_skips(folder):
+    """A file that looks like a complete JPEG to the worker but does not decode: the batched call fails, the
+    other images are decoded one by one, PIL gets the bad one and it is skipped (never a crash)."""
+    ds = EncodedImageFolder(folder)
+    good = _batch(ds, [0, 1])
+    bogus = torch.frombuffer(bytearray(b"\xff\xd8\xff\xe0" + b"\x00" * 40 + b"\xff\xd9"), dtype=torch.uint8)
+    batch = EncodedBatch([good.data[0], bogus, good.data[1]], torch.tensor([0, 1, 0]), [1, 2, 3],
+                         [good.paths[0], "/x/bogus.jpg", good.paths[1]], ())
+    out = GpuEvalTransform(32, crop_pct=1.0)(batch)
+    assert len(out.labels) == 2 and [s.path for s in out.skipped] == ["/x/bogus.jpg"]
+    assert out.labels.tolist() == [0, 0]
+
+
+def test_all_unreadable_batch_is_none(odd_folder):
+    ds = EncodedImageFolder(odd_folder)
+    bad = [i for i, (p, _) in enumerate(ds.samples) if p.endswith(("notes.jpg", "empty.jpg"))]
+    assert collate_encoded([ds[i] for i in bad]) is None
+    assert GpuTrainTransform(48)(None) is None
+
+
+def test_plain_index_keys_use_the_dataset_seed(folder):
+    a, b = EncodedImageFolder(folder, seed=1), EncodedImageFolder(folder, seed=2)
+    assert a[3].seed != b[3].seed and a[3].seed == EncodedImageFolder(folder, seed=1)[3].seed
+    assert a[(3, 42)].seed == 42
+
+
+# --------------------------------------------------------------------------------------------- benchmark
+
+
+def test_make_jpegs_and_bench_rows(tmp_path):
+    from rmeeto.bench_data import bench_data, make_jpegs, main
+
+    info = make_jpegs(tmp_path / "j", images=9, classes=3, workers=1)
+    files = sorted((tmp_path / "j").rglob("*.jpg"))
+    assert info["images"] == len(files) == 9 and len({f.parent.name for f in files}) == 3
+    assert 60 < info["mean_kb"] < 170  # tuned to ImageNet's ~110 KB
+    for f in files:
+        with Image.open(f) as img:
+            img.load()
+            assert img.format == "JPEG" and img.mode == "RGB" and max(img.size) >= 333
+    ds = ImageFolderDataset(tmp_path / "j")
+    assert len(ds) == 9 and len(ds.classes) == 3
+    rows = bench_data(tmp_path / "j", workers=(0,), device="cpu-gpu-path", batch_size=3, batches=1, warmup=0,
+                      img_size=32)
+    assert [r["pipeline"] for r in rows] == ["cpu", "gpu"]
+    assert all(r["images"] == 3 and r["images_per_s"] > 0 and r["skipped"] == 0 for r in rows)
+    with pytest.raises(ValueError, match="need images >= classes"):
+        make_jpegs(tmp_path / "k", images=2, classes=3)
+    assert main(["run", str(tmp_path / "missing")]) == 2
