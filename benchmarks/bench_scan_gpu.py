@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.testing
 
-from rmeeto.ops import triton_scan
+from rmeeto.ops.triton import scan as triton_scan
 from rmeeto.ops.selective_scan import selective_scan_chunked, selective_scan_ref
 
 

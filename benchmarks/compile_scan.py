@@ -17,7 +17,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from rmeeto.ops import triton_scan as ts
+from rmeeto.ops.triton import scan as ts
 
 PTX_OPS = {
     "ex2": r"\bex2\.", "lg2": r"\blg2\.", "shfl": r"\bshfl\.", "bar": r"\bbar\.sync|\bbarrier\.",

@@ -15,7 +15,7 @@ pytestmark = [
 ]
 triton = pytest.importorskip("triton")
 
-from rmeeto.ops import triton_scan  # noqa: E402
+from rmeeto.ops.triton import scan as triton_scan  # noqa: E402
 from rmeeto.ops.selective_scan import resolve_backend, selective_scan, selective_scan_ref  # noqa: E402
 
 DEV = "cuda"

@@ -34,7 +34,7 @@ def test_match_plan_equals_pytorch_plan():
     run_interpreted("""
     import sys, torch
     from rmeeto.merge import bipartite_match, merge_streams
-    from rmeeto.ops import merge_triton as mt
+    from rmeeto.ops.triton import merge as mt
     torch.manual_seed(0)
     failures = []
     cases = [(2, 17, 24, 8, 4), (2, 17, 24, 0, 8), (2, 16, 20, 15, 3), (2, 197, 40, 98, 11), (2, 76, 33, 37, 37),
@@ -82,6 +82,7 @@ def test_conv_silu_backward_kernel():
     run_interpreted("""
         import sys, torch
         from rmeeto.ops import conv
+        from rmeeto.ops.triton import conv as tconv
         torch.manual_seed(0)
         bad = []
         for reverse in (False, True):
@@ -91,7 +92,7 @@ def test_conv_silu_backward_kernel():
                 b = torch.randn(80, requires_grad=True)
                 g = torch.randn(2, L, 80)
                 ref = torch.autograd.grad(conv.conv_silu_torch(x, w, b, reverse), [x, w, b], g)
-                got = conv._conv_silu_triton_bwd(x.detach(), w.detach(), b.detach(), g, reverse)
+                got = tconv._conv_silu_triton_bwd(x.detach(), w.detach(), b.detach(), g, reverse)
                 for name, a, r in zip("dx dw db".split(), got, ref):
                     if a.shape != r.shape or not torch.allclose(a, r, rtol=1e-5, atol=1e-5):
                         bad.append((reverse, L, name))
@@ -137,7 +138,7 @@ def test_triton_scan_kernels():
     directly and as A_log (``a_is_log``, formed in the kernel)."""
     run_interpreted("""
         import sys, torch
-        from rmeeto.ops import triton_scan as ts
+        from rmeeto.ops.triton import scan as ts
         from rmeeto.ops.selective_scan import selective_scan_ref
         torch.manual_seed(0)
         bad = []

@@ -1,4 +1,4 @@
-"""The fused CUDA merge (rmeeto.ops.merge_triton) against the PyTorch matching and merge.
+"""The fused CUDA merge (rmeeto.ops.triton.merge) against the PyTorch matching and merge.
 
 On CPU: the destination-map formulation for every layout (the kernels themselves run through Triton's
 interpreter in tests/test_interpreted.py). On CUDA: the compiled kernels, values and gradients."""
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rmeeto.merge import bipartite_match, merge_streams
-from rmeeto.ops import merge_triton
+from rmeeto.ops.triton import merge as merge_triton
 
 
 def merge_streams_by_map(streams, size, dest, num_out):

@@ -22,7 +22,6 @@ Differences from the official release (documented in the README):
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, NamedTuple, Optional, Sequence, Union
@@ -32,7 +31,8 @@ import torch
 from rmeeto.models import get_config
 from rmeeto.models.vim import Block, TokenState, VisionMamba
 from rmeeto.models.vit import ViTConfig
-from rmeeto.ops import merge_triton
+from rmeeto.ops import policy
+from rmeeto.ops.triton import merge as merge_triton
 from rmeeto.shuffle import TokenShuffler
 
 Tensor = torch.Tensor
@@ -380,12 +380,12 @@ class _LayerMerge:
     shuffle: Optional[TokenShuffler] = None  # one object per model, shared by its layers
 
 
-def _use_fused(hidden: Tensor, cfg: "_LayerMerge") -> bool:
-    """The fused CUDA merge (rmeeto.ops.merge_triton) serves the default merge on CUDA tensors;
-    RMEETO_FUSED_MERGE=0 turns it off (the PyTorch path is then used everywhere)."""
+def _use_fused(hidden: Tensor, cfg: "_LayerMerge", backend: str = "auto") -> bool:
+    """The fused CUDA merge (rmeeto.ops.triton.merge) serves the default merge (reduce "sum", no pruning)
+    where the kernel policy allows it (rmeeto.ops.policy: CUDA tensors, RMEETO_FUSED_MERGE=0 turns it off)."""
     return (
-        hidden.is_cuda and cfg.reduce == "sum" and not cfg.prune and merge_triton.is_available()
-        and os.environ.get("RMEETO_FUSED_MERGE", "1") != "0"
+        cfg.reduce == "sum" and not cfg.prune and merge_triton.is_available()
+        and policy.use_fused("merge", hidden, backend)
     )
 
 
@@ -406,11 +406,11 @@ class MergingBlock(Block):
             state = TokenState(state.cls_index, *rest)
         if cfg.num_merged > 0 and residual is not None:
             metric = hidden if cfg.metric == "x" else state.metric
-            fused = _use_fused(hidden, cfg)
+            fused = _use_fused(hidden, cfg, policy.op_backend(self.mixer.scan_backend))
             L = hidden.shape[1]
             r = max(0, min(cfg.num_merged, (L - 1) // 2))
             if fused and r > 0 and cfg.distance == "cosine" and cfg.choose == 1 and state.source is None:
-                # matching and merge in two kernels (rmeeto.ops.merge_triton)
+                # matching and merge in two kernels (rmeeto.ops.triton.merge)
                 new_cls = plan_cls_index(state.cls_index, L, r, cfg.ordered)
                 (hidden, residual), size = merge_triton.match_merge_fused(
                     hidden, residual, state.size, metric, state.cls_index, r, new_cls, cfg.ordered

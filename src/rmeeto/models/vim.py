@@ -17,7 +17,6 @@ Token merging (``rmeeto.merge``) swaps in a block subclass; it never renames a p
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
@@ -29,8 +28,9 @@ import torch.nn.functional as F
 from rmeeto.checkpoint import CheckpointError, FilterResult, plain_filter, strip_prefixes, unwrap_module
 from rmeeto.models._arch import VimArch
 from rmeeto.models._registry import match_model
+from rmeeto.ops import policy
 from rmeeto.ops.conv import conv_silu
-from rmeeto.ops.norm import add_rms_norm
+from rmeeto.ops.norm import drop_add_rms_norm, drop_path, rms_norm
 from rmeeto.ops.selective_scan import selective_scan
 
 Tensor = torch.Tensor
@@ -57,13 +57,6 @@ class TokenState(NamedTuple):
     source: Optional[Tensor] = None
 
 
-def _fused_norm(hidden: Tensor, scan_backend: str) -> bool:
-    """Residual add + RMSNorm as one Triton kernel each way (rmeeto.ops.norm) on CUDA; the PyTorch modules
-    when a pure-PyTorch scan backend is forced (the reference path) or RMEETO_FUSED_NORM=0."""
-    return (hidden.is_cuda and scan_backend not in ("reference", "chunked")
-            and os.environ.get("RMEETO_FUSED_NORM", "1") != "0")
-
-
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32, returned in ``out_dtype`` (default x's)."""
 
@@ -73,9 +66,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: Tensor, out_dtype: Optional[torch.dtype] = None) -> Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
-        return y.to(out_dtype or x.dtype)
+        return rms_norm(x, self.weight, self.eps, out_dtype)
 
 
 class DropPath(nn.Module):
@@ -85,20 +76,13 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = float(p)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
+    @property
+    def drop_prob(self) -> float:
+        """The probability in effect now: ``p`` in training mode, 0 in eval mode."""
+        return self.p if self.training else 0.0
 
-    def scale(self, x: Tensor) -> Optional[Tensor]:
-        """The per-sample factor (mask / keep, float32 [batch]) this layer would multiply ``x`` by, or None
-        when it is the identity; for the fused add + norm."""
-        if self.p == 0.0 or not self.training:
-            return None
-        keep = 1.0 - self.p
-        return torch.empty(x.shape[0], device=x.device, dtype=torch.float32).bernoulli_(keep).div_(keep)
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(x, self.drop_prob)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -172,10 +156,8 @@ class BiMambaMixer(nn.Module):
         dt_proj: nn.Linear = getattr(self, "dt_proj" + suffix)
         A_log = getattr(self, "A_b_log" if reverse else "A_log")  # A = -exp(A_log), formed by the scan
         D = getattr(self, "D" + suffix)
-        # the pure-PyTorch scan backends pair with the pure-PyTorch conv, so forcing them gives a reference path
-        conv_backend = "torch" if self.scan_backend in ("reference", "chunked") else "auto"
 
-        u = conv_silu(x, conv.weight, conv.bias, reverse=reverse, backend=conv_backend)
+        u = conv_silu(x, conv.weight, conv.bias, reverse=reverse, backend=policy.op_backend(self.scan_backend))
         x_dbl = x_proj(u)  # [batch, length, r + 2n]
         dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt_low, dt_proj.weight)  # [batch, length, d_inner], bias is added inside the scan
@@ -225,14 +207,10 @@ class Block(nn.Module):
         self.residual_in_fp32 = residual_in_fp32
 
     def add_norm_mix(self, hidden: Tensor, residual: Optional[Tensor], state: TokenState):
-        if _fused_norm(hidden, self.mixer.scan_backend) and self.residual_in_fp32:
-            scale = self.drop_path.scale(hidden) if residual is not None else None
-            residual, normed = add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, scale)
-        else:
-            residual = hidden if residual is None else residual + self.drop_path(hidden)
-            if self.residual_in_fp32:
-                residual = residual.float()
-            normed = self.norm(residual, out_dtype=hidden.dtype)
+        residual, normed = drop_add_rms_norm(
+            hidden, residual, self.norm.weight, self.norm.eps, self.drop_path.drop_prob, self.residual_in_fp32,
+            backend=policy.op_backend(self.mixer.scan_backend),
+        )
         hidden, metric = self.mixer(normed, export=self.export_metric)
         return hidden, residual, state._replace(metric=metric)
 
@@ -407,10 +385,11 @@ class VisionMamba(nn.Module):
         state = TokenState(cls_index=self.cls_position, source=source)
         for layer in self.layers:
             hidden, residual, state = layer(hidden, residual, state)
-        if _fused_norm(hidden, self.layers[0].mixer.scan_backend):
-            _, out = add_rms_norm(hidden, residual, self.norm_f.weight, self.norm_f.eps, self.drop_path.scale(hidden))
-        else:
-            out = self.norm_f(residual + self.drop_path(hidden), out_dtype=hidden.dtype)
+        # residual_in_fp32=True whatever the blocks use: the norm computes in float32 either way
+        _, out = drop_add_rms_norm(
+            hidden, residual, self.norm_f.weight, self.norm_f.eps, self.drop_path.drop_prob, residual_in_fp32=True,
+            backend=policy.op_backend(self.layers[0].mixer.scan_backend),
+        )
         return out, state
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -435,7 +414,9 @@ class VisionMamba(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def set_scan_backend(self, backend: str) -> None:
-        """Force the selective-scan backend of every mixer (``"auto"`` restores automatic choice)."""
+        """Force the selective-scan backend of every mixer (``"auto"`` restores automatic choice). A pure-PyTorch
+        backend ("reference", "chunked") also puts this model's conv, norm and merge on their PyTorch paths
+        (see :mod:`rmeeto.ops.policy`)."""
         for layer in self.layers:
             layer.mixer.scan_backend = backend
 

@@ -1,13 +1,21 @@
-"""Residual add + RMSNorm in one pass, forward and backward (the "fused add norm" of Vim's blocks).
+"""Residual add (+ drop path) + RMSNorm: the step between Vim's blocks, with its PyTorch reference and dispatch.
 
-    residual_out, normed = add_rms_norm(hidden, residual, weight, eps, scale=None)
+    residual_out, normed = add_rms_norm(hidden, residual, weight, eps, scale=None, backend="auto")
 
     residual_out = residual + hidden * scale[sample]      (float32; ``residual=None``: hidden alone)
     normed       = residual_out * rsqrt(mean(residual_out^2) + eps) * weight     (in hidden's dtype)
 
-``scale`` [batch] is drop path's per-sample keep/scale factor (None: 1). In PyTorch this is ~8 kernels forward
-and ~12 backward over float32 [tokens, channels] tensors per block; the Triton path is one kernel each way (plus
-one sum for the weight gradient). ``add_rms_norm_torch`` is the reference and the CPU path.
+    hidden, residual: [batch, tokens, channels]; weight: [channels]; scale: [batch] float32 or None (1).
+
+``scale`` is drop path's per-sample keep/scale factor. In PyTorch this is ~8 kernels forward and ~12 backward
+over float32 [tokens, channels] tensors per block; the Triton path (:mod:`rmeeto.ops.triton.norm`) is one kernel
+each way (plus one sum for the weight gradient). ``add_rms_norm_torch`` is the reference and the CPU path.
+
+The model calls :func:`drop_add_rms_norm`, which also draws drop path: it is one call whichever path runs, and
+the PyTorch path is exactly the unfused modules' arithmetic (:func:`drop_path` then :func:`rms_norm`), so CPU
+results are bit-identical to them. The fused path draws the per-sample factor as float32 [batch] and multiplies
+once (x * (mask / keep)), where the unfused path computes x * mask / keep in x's dtype; the two round
+differently, which is why they stay two paths instead of one.
 """
 
 from __future__ import annotations
@@ -16,141 +24,77 @@ from typing import Optional
 
 import torch
 
-from rmeeto.ops._launch import on_device
+from rmeeto.ops import policy
+
+try:  # optional: the fused kernels need Triton
+    from rmeeto.ops.triton import norm as _triton_norm
+except Exception:  # pragma: no cover - depends on the install
+    _triton_norm = None
 
 Tensor = torch.Tensor
 
-__all__ = ["add_rms_norm", "add_rms_norm_torch"]
+__all__ = ["rms_norm", "drop_path", "add_rms_norm", "add_rms_norm_torch", "drop_add_rms_norm"]
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight over the last dim, in float32, returned in ``out_dtype`` (default x's).
+    x: [..., channels]; weight: [channels]."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    return y.to(out_dtype or x.dtype)
+
+
+def drop_path(x: Tensor, p: float) -> Tensor:
+    """Stochastic depth: each sample of x [batch, ...] is zeroed with probability ``p``, the rest scaled by
+    1 / (1 - p); ``p == 0``: x itself. The mask is drawn in x's dtype on x's device."""
+    if p == 0.0:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+def _drop_path_scale(x: Tensor, p: float) -> Optional[Tensor]:
+    """The fused kernel's form of :func:`drop_path`: the per-sample factor mask / keep, float32 [batch]."""
+    if p == 0.0:
+        return None
+    keep = 1.0 - p
+    return torch.empty(x.shape[0], device=x.device, dtype=torch.float32).bernoulli_(keep).div_(keep)
 
 
 def add_rms_norm_torch(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float,
                        scale: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Reference of :func:`add_rms_norm` (see the module docstring)."""
     h = hidden if scale is None else hidden * scale.view(-1, *([1] * (hidden.dim() - 1))).to(hidden.dtype)
     r = h.float() if residual is None else (residual + h).float()
-    y = r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
-    return r, y.to(hidden.dtype)
-
-
-try:
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _add_norm_fwd(h_ptr, r_ptr, s_ptr, w_ptr, ro_ptr, y_ptr, rstd_ptr, N, C, L, eps,
-                      HAS_RES: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        cols = tl.arange(0, BLOCK_C)
-        mr = rows < N
-        m = mr[:, None] & (cols[None, :] < C)
-        off = rows[:, None].to(tl.int64) * C + cols[None, :]
-        h = tl.load(h_ptr + off, mask=m, other=0.0)
-        if HAS_SCALE:  # drop path: hidden * (mask / keep) in hidden's dtype, as the reference
-            sc = tl.load(s_ptr + rows // L, mask=mr, other=0.0)
-            h = (h * sc.to(h.dtype)[:, None]).to(h.dtype)
-        if HAS_RES:
-            r = tl.load(r_ptr + off, mask=m, other=0.0).to(tl.float32) + h.to(tl.float32)
-        else:
-            r = h.to(tl.float32)
-        rstd = 1.0 / tl.sqrt_rn(tl.sum(r * r, axis=1) / C + eps)
-        w = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
-        tl.store(ro_ptr + off, r, mask=m)
-        tl.store(y_ptr + off, (r * rstd[:, None] * w[None, :]).to(y_ptr.dtype.element_ty), mask=m)
-        tl.store(rstd_ptr + rows, rstd, mask=mr)
-
-    @triton.jit
-    def _add_norm_bwd(dy_ptr, dro_ptr, ro_ptr, rstd_ptr, s_ptr, w_ptr, dh_ptr, dr_ptr, dw_ptr, N, C, L,
-                      HAS_DRO: tl.constexpr, HAS_RES: tl.constexpr, HAS_SCALE: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-        """dr = d_residual_out + rstd * (w dy) - r rstd^3 / C * sum(w dy r); d_hidden = dr * scale;
-        the weight gradient's partial sum over this program's rows goes to dw[program]."""
-        pid = tl.program_id(0)
-        rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-        cols = tl.arange(0, BLOCK_C)
-        mr = rows < N
-        mc = cols < C
-        m = mr[:, None] & mc[None, :]
-        off = rows[:, None].to(tl.int64) * C + cols[None, :]
-        r = tl.load(ro_ptr + off, mask=m, other=0.0)
-        rstd = tl.load(rstd_ptr + rows, mask=mr, other=0.0)[:, None]
-        dy = tl.load(dy_ptr + off, mask=m, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + cols, mask=mc, other=0.0).to(tl.float32)[None, :]
-        g = dy * w
-        dr = rstd * g - r * (rstd * rstd * rstd) * (tl.sum(g * r, axis=1)[:, None] / C)
-        if HAS_DRO:
-            dr += tl.load(dro_ptr + off, mask=m, other=0.0)
-        tl.store(dw_ptr + pid * C + cols, tl.sum(dy * r * rstd, axis=0), mask=mc)
-        if HAS_RES:
-            tl.store(dr_ptr + off, dr, mask=m)
-        if HAS_SCALE:
-            dr = dr * tl.load(s_ptr + rows // L, mask=mr, other=0.0)[:, None]
-        tl.store(dh_ptr + off, dr.to(dh_ptr.dtype.element_ty), mask=m)
-
-    _HAS_TRITON = True
-except Exception:  # pragma: no cover - depends on the install
-    _HAS_TRITON = False
-
-
-def _launch_shape(C: int) -> tuple[int, int, int]:
-    block_c = triton.next_power_of_2(C)
-    block_n = max(1, min(16, 2048 // block_c))  # <= 16 values per thread: ~110 registers in the backward
-    return block_n, block_c, 4 if block_c <= 512 else 8
-
-
-class _AddRMSNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, residual, weight, scale, eps):
-        shape = hidden.shape
-        C = shape[-1]
-        L = shape[1] if hidden.dim() == 3 else 1
-        h = hidden.contiguous().view(-1, C)
-        r = residual.contiguous().view(-1, C) if residual is not None else h
-        N = h.shape[0]
-        ro = torch.empty(N, C, device=h.device, dtype=torch.float32)
-        y = torch.empty(N, C, device=h.device, dtype=hidden.dtype)
-        rstd = torch.empty(N, device=h.device, dtype=torch.float32)
-        block_n, block_c, warps = _launch_shape(C)
-        s = scale.float().contiguous() if scale is not None else rstd
-        with on_device(h.device):
-            _add_norm_fwd[(triton.cdiv(N, block_n),)](
-                h, r, s, weight, ro, y, rstd, N, C, L, eps,
-                HAS_RES=residual is not None, HAS_SCALE=scale is not None, BLOCK_N=block_n, BLOCK_C=block_c,
-                num_warps=warps)
-        ctx.save_for_backward(ro, rstd, weight, scale)
-        ctx.meta = (shape, L, hidden.dtype, residual is not None)
-        return ro.view(shape), y.view(shape)
-
-    @staticmethod
-    def backward(ctx, d_ro, d_y):
-        ro, rstd, weight, scale = ctx.saved_tensors
-        shape, L, h_dtype, has_res = ctx.meta
-        N, C = ro.shape
-        dy = d_y.contiguous().view(N, C) if d_y is not None else torch.zeros(N, C, device=ro.device, dtype=h_dtype)
-        block_n, block_c, warps = _launch_shape(C)
-        n_prog = triton.cdiv(N, block_n)
-        dh = torch.empty(N, C, device=ro.device, dtype=h_dtype)
-        dr = torch.empty(N, C, device=ro.device, dtype=torch.float32) if has_res else dh
-        dw = torch.empty(n_prog, C, device=ro.device, dtype=torch.float32)
-        dro = d_ro.contiguous().view(N, C) if d_ro is not None else ro
-        s = scale.float().contiguous() if scale is not None else rstd
-        with on_device(ro.device):
-            _add_norm_bwd[(n_prog,)](
-                dy, dro, ro, rstd, s, weight, dh, dr, dw, N, C, L,
-                HAS_DRO=d_ro is not None, HAS_RES=has_res, HAS_SCALE=scale is not None,
-                BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps)
-        return dh.view(shape), (dr.view(shape) if has_res else None), dw.sum(0).to(weight.dtype), None, None
+    return r, rms_norm(r, weight, eps, hidden.dtype)
 
 
 def add_rms_norm(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float,
                  scale: Optional[Tensor] = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
-    """See the module docstring. ``backend``: "auto" (Triton for CUDA tensors), "torch" or "triton"."""
-    if backend == "auto":
-        backend = "triton" if hidden.is_cuda and _HAS_TRITON else "torch"
-    if backend == "torch":
+    """See the module docstring. ``backend``: "auto" (the kernel policy decides: Triton for CUDA tensors),
+    "torch" or "triton" (also CPU tensors, under TRITON_INTERPRET=1)."""
+    if not policy.use_fused("norm", hidden, backend):
         return add_rms_norm_torch(hidden, residual, weight, eps, scale)
-    if backend != "triton":
-        raise ValueError(f"norm backend {backend!r} is not valid; choose from 'auto', 'torch', 'triton'")
-    if not _HAS_TRITON:
+    if _triton_norm is None or not _triton_norm.is_available():
         raise RuntimeError("the triton norm backend needs triton")
-    if residual is not None and residual.dtype != torch.float32:
+    return _triton_norm.add_rms_norm_triton(hidden, residual, weight, eps, scale)
+
+
+def drop_add_rms_norm(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float,
+                      drop_prob: float = 0.0, residual_in_fp32: bool = True,
+                      backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """One block step: residual_out = residual + drop_path(hidden, drop_prob) (hidden alone when ``residual`` is
+    None, no drop path then), cast to float32 if ``residual_in_fp32``; normed = rms_norm(residual_out) in
+    hidden's dtype. hidden, residual: [batch, tokens, channels] -> (residual_out, normed), same shapes.
+
+    ``drop_prob``: drop path's probability in effect (0 in eval mode). The fused kernel serves it when the
+    policy allows (``backend`` as :func:`add_rms_norm`) and the residual is float32; otherwise the PyTorch
+    path, bit-identical to residual + DropPath(hidden) followed by RMSNorm."""
+    if residual_in_fp32 and policy.use_fused("norm", hidden, backend):
+        scale = _drop_path_scale(hidden, drop_prob) if residual is not None else None
+        return add_rms_norm(hidden, residual, weight, eps, scale, backend="triton")
+    residual = hidden if residual is None else residual + drop_path(hidden, drop_prob)
+    if residual_in_fp32:
         residual = residual.float()
-    return _AddRMSNorm.apply(hidden, residual, weight, scale, eps)
+    return residual, rms_norm(residual, weight, eps, hidden.dtype)

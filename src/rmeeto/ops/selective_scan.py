@@ -29,16 +29,24 @@ Backends are chosen in one place, :func:`resolve_backend`:
 * ``"triton"``: the fused GPU kernel (forward and backward), when Triton and CUDA are available.
 * ``"mamba_ssm"``: the official CUDA kernel, only if the ``mamba_ssm`` package is installed.
 
-``"auto"`` picks ``triton`` for CUDA tensors when it is importable, else ``chunked``.
+``"auto"`` picks ``triton`` where the kernel policy (:mod:`rmeeto.ops.policy`) allows the fused scan (CUDA
+tensors, Triton importable), else ``chunked``. The process default and ``RMEETO_SCAN_BACKEND`` live there too.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+
+from rmeeto.ops import policy
+from rmeeto.ops._checks import check_scan_shapes
+
+try:  # optional: the kernel module imports without Triton too, but a broken install must not break the rest
+    from rmeeto.ops.triton import scan as _triton_scan
+except Exception:  # pragma: no cover - depends on the install
+    _triton_scan = None
 
 Tensor = torch.Tensor
 
@@ -70,25 +78,6 @@ def _finish(y: Tensor, u: Tensor, D: Optional[Tensor], z: Optional[Tensor], out_
     if z is not None:
         y = y * F.silu(z.float())
     return y.to(out_dtype)
-
-
-def _check_shapes(u, delta, A, B, C, D, z, delta_bias):
-    if u.dim() != 3:
-        raise ValueError(f"u must be [batch, dim, length], got shape {tuple(u.shape)}")
-    batch, dim, length = u.shape
-    if delta.shape != u.shape:
-        raise ValueError(f"delta shape {tuple(delta.shape)} != u shape {tuple(u.shape)}")
-    if A.dim() != 2 or A.shape[0] != dim:
-        raise ValueError(f"A must be [dim={dim}, dstate], got {tuple(A.shape)}")
-    dstate = A.shape[1]
-    for name, t in (("B", B), ("C", C)):
-        if t.shape != (batch, dstate, length):
-            raise ValueError(f"{name} must be [batch, dstate, length] = {(batch, dstate, length)}, got {tuple(t.shape)}")
-    if z is not None and z.shape != u.shape:
-        raise ValueError(f"z shape {tuple(z.shape)} != u shape {tuple(u.shape)}")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and t.shape != (dim,):
-            raise ValueError(f"{name} must be [dim={dim}], got {tuple(t.shape)}")
 
 
 def _flip_time(*tensors):
@@ -240,7 +229,6 @@ def selective_scan_chunked(
 # ----------------------------------------------------------------------------------------- dispatch
 ScanFn = Callable[..., Tensor]
 BACKENDS: dict[str, Callable[[], Optional[ScanFn]]] = {}
-_default_backend = os.environ.get("RMEETO_SCAN_BACKEND", "auto")
 
 
 def register_backend(name: str, loader: Callable[[], Optional[ScanFn]]) -> None:
@@ -249,11 +237,9 @@ def register_backend(name: str, loader: Callable[[], Optional[ScanFn]]) -> None:
 
 
 def _load_triton() -> Optional[ScanFn]:
-    try:
-        from rmeeto.ops import triton_scan  # noqa: F401  (optional module; needs triton + CUDA)
-    except Exception:  # ImportError, or Triton present but broken
+    if _triton_scan is None or not _triton_scan.is_available():
         return None
-    return triton_scan.selective_scan_triton if triton_scan.is_available() else None
+    return _triton_scan.selective_scan_triton
 
 
 def _load_mamba_ssm() -> Optional[ScanFn]:
@@ -301,19 +287,18 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
 
 
 def set_default_backend(name: str) -> None:
-    """Force a backend globally (``"auto"`` restores automatic choice). Also settable by RMEETO_SCAN_BACKEND."""
-    global _default_backend
+    """Force a backend globally (``"auto"`` restores automatic choice); the process default of the kernel
+    policy (:func:`rmeeto.ops.policy.set_scan_backend`, also set by RMEETO_SCAN_BACKEND)."""
     if name != "auto" and name not in BACKENDS:
         raise ValueError(f"unknown scan backend {name!r}; choose from {['auto', *BACKENDS]}")
-    _default_backend = name
+    policy.set_scan_backend(name)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The single decision point: map ``backend`` (maybe ``"auto"``) to a concrete backend name for ``device``."""
+    backend = policy.scan_backend(backend)
     if backend == "auto":
-        backend = _default_backend
-    if backend == "auto":
-        if device.type == "cuda" and _get("triton") is not None:
+        if policy.use_fused("scan", device) and _get("triton") is not None:
             return "triton"
         return "chunked"
     if backend not in BACKENDS:
@@ -335,7 +320,7 @@ def selective_scan(
     ``A`` holds A_log and A = -exp(A_log) (float32) is meant; the Triton kernels form it themselves, the other
     backends get it computed here. Likewise the Triton kernels read D / delta_bias in any float dtype, the
     other backends get float32 copies. (Both save small cast / exp kernels per call on the GPU path.)"""
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u.device)
     fn = _get(name)
     if name == "triton":

@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from rmeeto.ops._launch import on_device
+from rmeeto.ops.triton._launch import on_device
 
 Tensor = torch.Tensor
 

@@ -42,8 +42,8 @@ from typing import Optional
 
 import torch
 
-from rmeeto.ops._launch import on_device
-from rmeeto.ops.selective_scan import _check_shapes
+from rmeeto.ops.triton._launch import on_device
+from rmeeto.ops._checks import check_scan_shapes
 
 Tensor = torch.Tensor
 
@@ -621,6 +621,6 @@ def selective_scan_triton(
     """Fused Triton selective scan (forward and backward). Same signature and semantics as
     :func:`rmeeto.ops.selective_scan.selective_scan_ref`; ``a_is_log=True``: ``A`` holds A_log (the Mamba
     parameter) and the kernels form A = -exp(A_log) themselves (no exp / neg / cast kernels per call)."""
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     return _selective_scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse),
                               bool(a_is_log))

@@ -1,0 +1,138 @@
+"""Kernel policy: the one place that decides between the fused Triton kernels and the PyTorch references.
+
+Ops ask :func:`use_fused` ("use the fused kernel of ``op`` for this tensor?") and the scan asks
+:func:`scan_backend` for its default backend; nothing else reads the environment for kernel choices.
+
+Environment switches, read ONCE when this module is imported:
+
+==========================  ===========================================================================
+``RMEETO_SCAN_BACKEND=x``   default selective-scan backend (``auto``, ``reference``, ``chunked``, ``triton``,
+                            ``mamba_ssm``; default ``auto``: the Triton kernel for CUDA tensors, else chunked)
+``RMEETO_FUSED_CONV=0``     depthwise conv + SiLU in PyTorch (``rmeeto.ops.conv``)
+``RMEETO_FUSED_NORM=0``     residual add + drop path + RMSNorm in PyTorch (``rmeeto.ops.norm``)
+``RMEETO_FUSED_MERGE=0``    token matching and merging in PyTorch (``rmeeto.merge``)
+==========================  ===========================================================================
+
+From Python: :func:`set_fused` / :func:`set_scan_backend` change the same switches, and
+``with force_reference(): ...`` runs everything on the pure-PyTorch path (scan ``chunked`` unless
+``reference`` is asked for, no fused conv / norm / merge) and restores the previous choice on exit.
+
+A fused kernel is used only for CUDA tensors, with Triton importable and its switch on. One model can also
+be put on the pure-PyTorch path alone: ``model.set_scan_backend("reference" | "chunked")`` gives its mixers a
+pure-PyTorch scan, and the model passes :func:`op_backend` of that name (``"torch"``) to its conv, norm and
+merge ops, so that model runs no Triton kernel at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Union
+
+import torch
+
+try:  # optional: without Triton every op takes its PyTorch path
+    import triton  # noqa: F401
+
+    _HAS_TRITON = True
+except Exception:  # ImportError, or Triton present but broken
+    _HAS_TRITON = False
+
+__all__ = [
+    "OPS",
+    "PURE_SCAN_BACKENDS",
+    "use_fused",
+    "set_fused",
+    "scan_backend",
+    "set_scan_backend",
+    "force_reference",
+    "op_backend",
+    "triton_available",
+]
+
+OPS = ("scan", "conv", "norm", "merge")
+# scan backends written in PyTorch alone; forcing one of them on a model forces the PyTorch conv / norm / merge
+PURE_SCAN_BACKENDS = ("reference", "chunked")
+
+
+def _switch(name: str) -> bool:
+    return os.environ.get(name, "1") != "0"
+
+
+_fused: dict[str, bool] = {
+    "scan": True,  # the scan's switch is its backend name (RMEETO_SCAN_BACKEND)
+    "conv": _switch("RMEETO_FUSED_CONV"),
+    "norm": _switch("RMEETO_FUSED_NORM"),
+    "merge": _switch("RMEETO_FUSED_MERGE"),
+}
+_scan_backend: str = os.environ.get("RMEETO_SCAN_BACKEND", "auto")
+_reference_forced = False
+
+
+def _check_op(op: str) -> None:
+    if op not in _fused:
+        raise ValueError(f"unknown op {op!r}; choose from {list(OPS)}")
+
+
+def triton_available() -> bool:
+    """True when Triton imports here (a CUDA tensor is still needed for a fused kernel to run)."""
+    return _HAS_TRITON
+
+
+def use_fused(op: str, x: Union[torch.Tensor, torch.device], backend: str = "auto") -> bool:
+    """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge") for tensor (or device) ``x``?
+
+    ``backend``: "auto" asks the switches (True only for CUDA, with Triton, the switch on and no
+    :func:`force_reference` active); "torch" answers False; "triton" answers True (the caller asked for it)."""
+    _check_op(op)
+    if backend == "torch":
+        return False
+    if backend == "triton":
+        return True
+    if backend != "auto":
+        raise ValueError(f"{op} backend {backend!r} is not valid; choose from 'auto', 'torch', 'triton'")
+    device = x.device if isinstance(x, torch.Tensor) else torch.device(x)
+    return device.type == "cuda" and _HAS_TRITON and _fused[op] and not _reference_forced
+
+
+def set_fused(op: str, enabled: bool) -> None:
+    """Turn the fused kernel of ``op`` on or off for the whole process (as its RMEETO_FUSED_* variable)."""
+    _check_op(op)
+    _fused[op] = bool(enabled)
+
+
+def scan_backend(requested: str = "auto") -> str:
+    """The scan backend to use when ``requested`` was asked for: "auto" becomes the process default
+    (:func:`set_scan_backend`, RMEETO_SCAN_BACKEND); under :func:`force_reference` a non-PyTorch backend
+    becomes "chunked". May still be "auto" (then the fused kernel is used where :func:`use_fused` says so)."""
+    name = _scan_backend if requested == "auto" else requested
+    if _reference_forced and name not in PURE_SCAN_BACKENDS:
+        return "chunked"
+    return name
+
+
+def set_scan_backend(name: str) -> None:
+    """Set the process-wide default scan backend ("auto" restores automatic choice). Names are checked
+    against the registered backends by :func:`rmeeto.ops.selective_scan.set_default_backend`, which calls this."""
+    global _scan_backend
+    if not isinstance(name, str):
+        raise TypeError(f"scan backend must be a string, got {type(name).__name__}")
+    _scan_backend = name
+
+
+def op_backend(scan_backend_name: str) -> str:
+    """Backend a model passes to its conv / norm / merge ops when its mixers use ``scan_backend_name``:
+    "torch" for a pure-PyTorch scan (that model's reference path), otherwise "auto"."""
+    return "torch" if scan_backend_name in PURE_SCAN_BACKENDS else "auto"
+
+
+@contextlib.contextmanager
+def force_reference() -> Iterator[None]:
+    """Within the block, every op takes its pure-PyTorch path (for tests and debugging); restored on exit."""
+    global _reference_forced
+    previous = _reference_forced
+    _reference_forced = True
+    try:
+        yield
+    finally:
+        _reference_forced = previous
