@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from rmeeto.merge import MergeConfig
 from rmeeto.models import get_config
+from rmeeto.runtime import DTYPES
 
 __all__ = ["TrainConfig", "TrainError", "NonFiniteLossError", "PAPER_SETTINGS", "PAPER_DEVIATIONS", "AMP_CHOICES",
            "MIXUP_MODES", "RUNTIME_FIELDS"]
@@ -41,7 +42,7 @@ PAPER_DEVIATIONS: dict[str, str] = {
     "EMA": "updated after every optimizer step (the release updates it every 2nd iteration)",
 }
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "fp32")  # rmeeto.runtime's dtype names
+AMP_CHOICES = ("auto", *sorted(DTYPES))  # rmeeto.runtime's dtype names: auto, bf16, fp16, fp32
 MIXUP_MODES = ("batch", "pair", "elem")
 RUNTIME_FIELDS = ("out", "device", "workers", "progress", "tensorboard", "save_every_steps", "cuda_graphs")  # free on resume
 
