@@ -249,7 +249,7 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
                               drop_path=0.0, alpha=0.0, smoothing=0.1, out=str(out / "teacher"))
     t = time.perf_counter()
     teacher_run = train(teacher_cfg)
-    if teacher_run["status"] != "finished":
+    if teacher_run.status != "finished":
         raise KeyboardInterrupt  # stopped by a signal: train() saved teacher/last.pth; nothing more to do
     teacher_seconds = time.perf_counter() - t
     teacher_ckpt = str(out / "teacher" / "best.pth")
@@ -273,10 +273,10 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
                               out=str(out / "retrain"))
     t = time.perf_counter()
     retrain_run = train(retrain_cfg)
-    if retrain_run["status"] != "finished":
+    if retrain_run.status != "finished":
         raise KeyboardInterrupt
     retrain_seconds = time.perf_counter() - t
-    stages["merged + re-trained"] = _measure(retrain_run["model"], val_loader, settings.merge, settings, progress,
+    stages["merged + re-trained"] = _measure(retrain_run.model, val_loader, settings.merge, settings, progress,
                                              "re-trained")
 
     # 5. report
@@ -290,15 +290,15 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
         "tokens_per_layer_merged": [s.tokens_in for s in sched],
         "val_images": len(val_set),
         "stages": stages,
-        "teacher_history": teacher_run["history"],
-        "retrain_history": retrain_run["history"],
+        "teacher_history": teacher_run.history,
+        "retrain_history": retrain_run.history,
         "seconds": {"teacher": teacher_seconds, "retrain": retrain_seconds},
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                         "cpu_count": os.cpu_count(), "platform": platform.platform()},
     }
-    report["findings"] = findings(stages, retrain_run["history"], teacher_run["history"], len(val_set))
+    report["findings"] = findings(stages, retrain_run.history, teacher_run.history, len(val_set))
     report["wall_seconds"] = time.perf_counter() - t0
-    _plot(out / "demo.png", stages, retrain_run["history"], teacher_run["history"])
+    _plot(out / "demo.png", stages, retrain_run.history, teacher_run.history)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(_report_md(report))
     return report

@@ -192,6 +192,6 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"rmeeto retrain: error: {exc}", file=sys.stderr)
         return 1
-    if result["status"] == "interrupted":
-        return 128 + (result["signal"] or 2)  # the shell's convention for "killed by this signal"
+    if result.status == "interrupted":
+        return 128 + (result.signal or 2)  # the shell's convention for "killed by this signal"
     return 0

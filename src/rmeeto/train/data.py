@@ -1,0 +1,190 @@
+"""Training data: the resumable, per-sample-seeded sampler and the loaders built on it.
+
+The data sets themselves (the embedded digits, image folders, transforms, skipping unreadable files) live in
+:mod:`rmeeto.data`; this module only decides *which* sample each rank sees at each position of an epoch and
+with which random seed, so an epoch can be resumed mid-way and reproduce the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from rmeeto import data as rdata
+from rmeeto.models import get_config
+from rmeeto.train.config import TrainConfig, TrainError
+from rmeeto.train.distributed import Ranks
+
+__all__ = ["ResumableSampler", "TrainData", "build_data", "build_mixup", "CountSkips"]
+
+
+class ResumableSampler(Sampler):
+    """Wraps a distributed sampler (``DistributedSampler`` or timm's ``RepeatAugSampler``, both deterministic
+    given the epoch) so an epoch can start after its first ``start`` samples, and tags every index with a seed.
+
+    Yields ``(dataset_index, sample_seed)``: the seed is a function of (seed, epoch, global position in the
+    epoch), where the global position of this rank's j-th sample is ``rank + j * world`` (how both wrapped
+    samplers interleave ranks). Augmentation seeded by it is the same whether the epoch is run in one go, resumed
+    after a kill, run by any number of loader workers, or (for the same global batch) by 1 or N processes.
+    """
+
+    def __init__(self, inner: Sampler, *, seed: int, rank: int = 0, world: int = 1):
+        self.inner, self.seed, self.rank, self.world = inner, int(seed), rank, world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = int(epoch), int(start)
+        self.inner.set_epoch(epoch)
+
+    def _sample_seed(self, position: int) -> int:
+        return (self.seed * 1_000_003 + self.epoch) * 100_000_007 + position
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for j, index in enumerate(self.inner):
+            if j >= self.start:
+                yield int(index), self._sample_seed(self.rank + j * self.world)
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.start)
+
+
+class _SeededDataset(Dataset):
+    """Calls ``dataset[index]`` with python/numpy/torch RNGs seeded by the sampler's per-sample seed, and puts
+    the caller's RNG states back afterwards (with ``workers=0`` this runs in the training process)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        if torch.utils.data.get_worker_info() is not None:  # a loader worker: its RNG state is nobody else's
+            self._seed(seed)
+            return self.dataset[index]
+        py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
+            self._seed(seed)
+            return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            torch.set_rng_state(torch_state)
+
+    @staticmethod
+    def _seed(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would also touch CUDA
+
+
+class _ShardSampler(Sampler):
+    """Evaluation sharding without padding: rank r takes indices r, r + world, ... (every image scored once)."""
+
+    def __init__(self, length: int, rank: int, world: int):
+        self.indices = list(range(rank, length, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+@dataclass
+class TrainData:
+    """The loaders of one run. An epoch is ``batches_per_epoch`` micro-batches of ``batch_size`` per rank
+    (``steps_per_epoch`` optimizer steps of ``accum_steps`` micro-batches; a short last batch is dropped)."""
+
+    train_set: Dataset
+    val_set: Dataset
+    sampler: ResumableSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    steps_per_epoch: int
+    batches_per_epoch: int
+
+
+def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
+    """The train and val splits of ``config.data`` with the model's preprocessing. Raises TrainError."""
+    mcfg = get_config(config.model)
+    img_size = mcfg.arch.img_size
+    try:
+        n_cls = mcfg.arch.num_classes
+        train_set = rdata.build_dataset(config.data, "train", img_size=img_size, mean=mcfg.mean, std=mcfg.std,
+                                        train_aug=config.train_aug, num_classes=n_cls)
+        val_set = rdata.build_dataset(config.data, "val", img_size=img_size, mean=mcfg.mean, std=mcfg.std,
+                                      train_aug=False, crop_pct=mcfg.crop_pct, num_classes=n_cls)
+    except (OSError, ValueError) as exc:
+        raise TrainError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+    if config.train_aug and isinstance(train_set, rdata.ImageFolderDataset):
+        # the folder's default training transform with this run's RandAugment policy and erasing probability
+        train_set.transform = rdata.train_transform(img_size, mcfg.mean, mcfg.std, auto_augment=config.auto_augment,
+                                                    re_prob=config.reprob)
+    return train_set, val_set
+
+
+def _train_sampler(config: TrainConfig, train_set: Dataset, ranks: Ranks) -> ResumableSampler:
+    """Shuffled, sharded over ranks (with ``repeated_aug`` > 1: timm's repeated-augmentation sampler)."""
+    if config.repeated_aug > 1:
+        from timm.data.distributed_sampler import RepeatAugSampler  # timm is imported only to train
+
+        inner: Sampler = RepeatAugSampler(train_set, num_replicas=ranks.world, rank=ranks.rank, shuffle=True,
+                                          num_repeats=config.repeated_aug)
+    else:
+        inner = DistributedSampler(train_set, num_replicas=ranks.world, rank=ranks.rank, shuffle=True,
+                                   seed=config.seed)
+    return ResumableSampler(inner, seed=config.seed, rank=ranks.rank, world=ranks.world)
+
+
+def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> TrainData:
+    """Datasets, loaders and the resumable train sampler. Raises TrainError for unusable data."""
+    train_set, val_set = _datasets(config)
+    if len(train_set) < config.batch_size * ranks.world * config.accum_steps:
+        raise TrainError(f"the training set has {len(train_set)} images, fewer than one optimizer step "
+                         f"({config.batch_size} x {ranks.world} process(es) x {config.accum_steps} accumulation)")
+    if len(val_set) == 0:
+        raise TrainError(f"the validation split of {config.data} is empty")
+    sampler = _train_sampler(config, train_set, ranks)
+    common = dict(num_workers=config.workers, collate_fn=rdata.collate_skip_none, pin_memory=device.type == "cuda",
+                  persistent_workers=config.workers > 0)
+    train_loader = DataLoader(
+        _SeededDataset(train_set), batch_size=config.batch_size, sampler=sampler, drop_last=True,
+        # a private generator: creating the loader iterator must not consume the global RNG (resume exactness)
+        generator=torch.Generator().manual_seed(config.seed), **common,
+    )
+    val_loader = DataLoader(val_set, batch_size=config.eval_batch_size or 2 * config.batch_size,
+                            sampler=_ShardSampler(len(val_set), ranks.rank, ranks.world), **common)
+    steps_per_epoch = len(sampler.inner) // config.batch_size // config.accum_steps
+    return TrainData(train_set, val_set, sampler, train_loader, val_loader, steps_per_epoch,
+                     batches_per_epoch=steps_per_epoch * config.accum_steps)
+
+
+def build_mixup(config: TrainConfig, num_classes: int):
+    """timm's batch mixup/cutmix (with label smoothing folded into the soft targets), or None when off."""
+    if not config.mixup_active:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+                 switch_prob=config.mixup_switch_prob, mode=config.mixup_mode, label_smoothing=config.smoothing,
+                 num_classes=num_classes)
+
+
+class CountSkips:
+    """Iterate ``loader`` while recording the unreadable images its batches dropped in ``log`` (a
+    :class:`rmeeto.data.SkipLog`)."""
+
+    def __init__(self, loader, log: rdata.SkipLog):
+        self.loader, self.log = loader, log
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.log.update(batch)
+            yield batch

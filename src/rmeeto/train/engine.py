@@ -1,0 +1,205 @@
+"""One epoch of training, its validation, and saving: what :func:`rmeeto.train.train` repeats.
+
+A step is: ``scheduler.step_update`` at the first micro-batch, forward (teacher, student under autocast, loss),
+one cross-rank agreement (mean loss, skip an empty batch, stop for a signal), backward scaled by the
+accumulation, and at the last micro-batch the optimizer step (optional gradient clipping), the EMA update and
+the progress report. A non-finite loss stops the run before anything is written over the last good checkpoint.
+
+Test hooks (environment variables, for the fault-tolerance tests): ``RMEETO_DEBUG_STEP_SLEEP=seconds`` sleeps
+after every optimizer step (so a test can kill the run mid-epoch); ``RMEETO_DEBUG_NAN_AT_STEP=k`` makes the
+loss NaN at optimizer step k.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+import torch
+
+from rmeeto import data as rdata
+from rmeeto.checkpoint import save_checkpoint
+from rmeeto.evaluate import evaluate
+from rmeeto.train.config import NonFiniteLossError
+from rmeeto.train.data import CountSkips, TrainData
+from rmeeto.train.distributed import agree_on_step, gather_from_ranks, sum_over_ranks
+from rmeeto.train.loss import distillation_forward
+from rmeeto.train.report import RunLog
+from rmeeto.train.setup import Run, Training
+from rmeeto.train.state import RunState, SignalCatcher, best_checkpoint, last_checkpoint, new_partial, rng_state
+
+__all__ = ["DebugHooks", "EpochEnd", "train_one_epoch", "validate", "save_last", "save_best"]
+
+
+@dataclass(frozen=True)
+class DebugHooks:
+    """The test hooks of the module docstring, read from the environment when a run starts."""
+
+    step_sleep: float = 0.0
+    nan_at_step: int = -1
+
+    @classmethod
+    def from_env(cls) -> "DebugHooks":
+        return cls(step_sleep=float(os.environ.get("RMEETO_DEBUG_STEP_SLEEP", "0") or 0),
+                   nan_at_step=int(os.environ.get("RMEETO_DEBUG_NAN_AT_STEP", "-1") or -1))
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """How :func:`train_one_epoch` ended: ``stopped`` by a signal (on any rank) or at the epoch's end;
+    ``skips``: the unreadable training images of this epoch so far."""
+
+    stopped: bool
+    skips: rdata.SkipLog
+
+
+# ------------------------------------------------------------------------------------------------ training
+def _forward(run: Run, parts: Training, batch, last_micro: bool, poison: bool):
+    """One micro-batch's forward -> (loss, images in it), or (None, 0) when the batch had no readable image.
+    ``batch``: ([batch, 3, H, W] images, [batch] labels), as the loader's collate leaves them."""
+    if batch is None:
+        return None, 0
+    images, targets = batch[0].to(run.device, non_blocking=True), batch[1].to(run.device, non_blocking=True)
+    if parts.mixup is not None and images.shape[0] % 2:  # a corrupt image left the batch odd
+        images, targets = images[:-1], targets[:-1]
+    if parts.mixup is not None:
+        images, targets = parts.mixup(images, targets)
+    sync = contextlib.nullcontext()
+    if run.ranks.distributed and not last_micro:
+        sync = parts.step_model.no_sync()  # DDP: all-reduce the gradients once, at the last micro-batch
+    with sync:
+        loss, _ = distillation_forward(parts.step_model, parts.teacher, parts.criterion, images, targets,
+                                       run.amp_dtype)
+    if poison:
+        loss = loss * float("nan")
+    return loss, images.shape[0]
+
+
+def _optimizer_step(run: Run, parts: Training, state: RunState) -> None:
+    config = run.config
+    if config.clip_grad is not None:
+        parts.scaler.unscale_(parts.optimizer)
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), config.clip_grad)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.optimizer.zero_grad(set_to_none=True)
+    state.global_step += 1
+    if parts.ema is not None:
+        parts.ema.update(parts.model, step=state.global_step)
+
+
+def _non_finite_loss(run: Run, state: RunState, loss: float) -> NonFiniteLossError:
+    last = run.out / "last.pth" if run.out is not None else None
+    where = f"{last}" if last is not None and last.exists() else None
+    return NonFiniteLossError(
+        f"non-finite loss at epoch {state.epoch} step {state.step_in_epoch} (loss={loss}); stopped "
+        + (f"with the last good checkpoint {where} left intact" if where else "before writing any checkpoint"))
+
+
+def train_one_epoch(run: Run, parts: Training, data: TrainData, state: RunState, *, catcher: SignalCatcher,
+                    log: RunLog, hooks: DebugHooks) -> EpochEnd:
+    """Train epoch ``state.epoch`` from micro-batch ``state.step_in_epoch`` to its end, or until a stop signal
+    (on any rank) after an optimizer step. Advances ``state`` as it goes and writes ``last.pth`` every
+    ``save_every_steps`` optimizer steps. Raises NonFiniteLossError when the loss stops being finite."""
+    config = run.config
+    if state.step_in_epoch == 0:
+        state.partial = new_partial()
+    data.sampler.set_epoch(state.epoch, state.step_in_epoch * config.batch_size)
+    parts.step_model.train()
+    t_epoch, seconds_before = time.perf_counter(), state.partial["seconds"]
+    skips = rdata.SkipLog()
+    skips.paths.update(state.partial.get("skipped", {}))  # files already skipped earlier in a resumed epoch
+    log.epoch_start(state.epoch)
+    for batch in data.train_loader:
+        if state.step_in_epoch >= data.batches_per_epoch:
+            break
+        micro = state.step_in_epoch % config.accum_steps
+        last_micro = micro == config.accum_steps - 1
+        if micro == 0:
+            parts.scheduler.step_update(num_updates=state.global_step)  # the lr is a function of the step
+        skips.update(batch)
+        loss, n_images = _forward(run, parts, batch, last_micro, poison=state.global_step == hooks.nan_at_step)
+        agreed = agree_on_step(loss, catcher.requested, run.ranks, run.device)
+        if not agreed.skip:  # else: some rank's batch had no readable image; every rank skips it together
+            if not agreed.finite:
+                log.close()
+                raise _non_finite_loss(run, state, agreed.loss)
+            parts.scaler.scale(loss / config.accum_steps).backward()
+            state.partial["loss_sum"] += agreed.loss
+            state.partial["loss_count"] += 1
+            state.partial["images"] += n_images * run.ranks.world
+        state.step_in_epoch += 1
+        if not last_micro:
+            continue
+        _optimizer_step(run, parts, state)
+        if hooks.step_sleep:
+            time.sleep(hooks.step_sleep)
+        elapsed = seconds_before + time.perf_counter() - t_epoch
+        state.partial["seconds"] = elapsed
+        state.partial["skipped"] = dict(skips.paths)
+        log.step(state.global_step, agreed.loss, parts.optimizer.param_groups[0]["lr"],
+                 state.partial["images"] / max(elapsed, 1e-9))
+        if agreed.stop:
+            return EpochEnd(stopped=True, skips=skips)
+        if config.save_every_steps and state.global_step % config.save_every_steps == 0 \
+                and state.step_in_epoch < data.batches_per_epoch:
+            save_last(run, parts, state)
+    return EpochEnd(stopped=False, skips=skips)
+
+
+# ------------------------------------------------------------------------------------------------ validation
+def validate(run: Run, parts: Training, data: TrainData, state: RunState, skips: rdata.SkipLog) -> tuple[dict, float]:
+    """Score the student (and its EMA) on the validation split -> (the epoch's record for the history and
+    ``log.jsonl``, the score that picks ``best.pth``: EMA top-1 when there is an EMA, as in the release)."""
+    config, partial = run.config, state.partial
+    train_seconds = partial["seconds"]
+    val = evaluate(parts.model, CountSkips(data.val_loader, skips), device=run.device, amp_dtype=run.amp_dtype,
+                   progress=config.progress, desc="val")
+    record = {
+        "epoch": state.epoch,
+        "train_loss": partial["loss_sum"] / max(partial["loss_count"], 1),
+        "top1": val["top1"], "top5": val["top5"], "val_loss": val["loss"],
+        "lr": parts.optimizer.param_groups[0]["lr"],
+        "images_per_s": partial["images"] / max(train_seconds, 1e-9),
+        "seconds": train_seconds + val["seconds"],
+        "skipped_images": sum_over_ranks(skips.count, run.ranks, run.device),
+    }
+    score = val["top1"]
+    if parts.ema is not None:
+        val_ema = evaluate(parts.ema.module, data.val_loader, device=run.device, amp_dtype=run.amp_dtype,
+                           progress=config.progress, desc="val (ema)")
+        record.update(top1_ema=val_ema["top1"], top5_ema=val_ema["top5"])
+        score = val_ema["top1"]
+    return record, score
+
+
+# ------------------------------------------------------------------------------------------------ saving
+def _check_weights(run: Run, parts: Training, state: RunState) -> None:
+    # a finite loss can still come with an inf/NaN gradient; never let such weights replace a good file
+    norms = torch._foreach_norm([p.detach() for p in parts.model.parameters()])
+    if not bool(torch.isfinite(torch.stack(norms)).all()):
+        last = run.out / "last.pth"
+        raise NonFiniteLossError(
+            f"non-finite weights after epoch {state.epoch} step {state.step_in_epoch}; stopped without saving"
+            + (f", {last} is the last good checkpoint" if last.exists() else ""))
+
+
+def save_last(run: Run, parts: Training, state: RunState) -> None:
+    """Write ``out/last.pth`` at ``state``'s position (atomically; rank 0 writes, but every rank must call
+    it: the RNG states are gathered from all). Raises NonFiniteLossError instead of saving bad weights."""
+    if run.out is None:
+        return
+    _check_weights(run, parts, state)
+    rng_all = gather_from_ranks(rng_state(run.device), run.ranks)
+    if run.ranks.master:
+        ckpt = last_checkpoint(state, state.epoch, state.step_in_epoch, config=run.config, model=parts.model,
+                               optimizer=parts.optimizer, scheduler=parts.scheduler, scaler=parts.scaler,
+                               ema=parts.ema, rng_all=rng_all)
+        save_checkpoint({k: v for k, v in ckpt.items() if v is not None}, run.out / "last.pth")
+
+
+def save_best(run: Run, parts: Training, epoch: int, score: float) -> None:
+    """Write ``out/best.pth``: the weights of ``epoch``, which scored ``score`` (rank 0 only)."""
+    if run.out is not None and run.ranks.master:
+        save_checkpoint(best_checkpoint(parts.model, parts.ema, epoch, score, run.config), run.out / "best.pth")

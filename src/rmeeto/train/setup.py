@@ -1,0 +1,146 @@
+"""Building a run: its settings (fresh or from the resume checkpoint), device and precision, the student,
+teacher and EMA, the optimizer and learning-rate schedule, and what the step calls. Each builder is called
+once by :func:`rmeeto.train.train`, in the order that function reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from rmeeto.merge import apply_merge
+from rmeeto.models import create_model
+from rmeeto.runtime import resolve_device, resolve_dtype
+from rmeeto.train.config import TrainConfig, TrainError
+from rmeeto.train.data import build_mixup
+from rmeeto.train.distributed import Ranks
+from rmeeto.train.graphs import StudentGraph, TeacherForward, train_graph_enabled
+from rmeeto.train.loss import DistillationLoss, build_criterion
+from rmeeto.train.state import find_resume_checkpoint, load_weights, read_resume, resumed_config
+
+__all__ = ["Run", "Training", "prepare_run", "build_models", "build_training", "step_model"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """The fixed context of a run: its settings (a resumed run's stored ones), processes, device and the
+    autocast dtype (float32 = autocast off), and the output folder (None = write nothing)."""
+
+    config: TrainConfig
+    ranks: Ranks
+    device: torch.device
+    amp_dtype: torch.dtype
+    out: Optional[Path]
+
+
+@dataclass
+class Training:
+    """The objects one training step uses. ``model`` is the bare student (its weights are what is saved,
+    evaluated and averaged into ``ema``); ``step_model`` is what the step calls: the student itself, its
+    :class:`StudentGraph` or its DDP wrapper (set by :func:`step_model` after a resume has loaded weights)."""
+
+    model: nn.Module
+    teacher: Optional[TeacherForward]
+    ema: Any  # timm ModelEmaV3 or None
+    criterion: DistillationLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # timm CosineLRScheduler, stepped per optimizer step
+    scaler: torch.amp.GradScaler
+    mixup: Optional[Callable]
+    step_model: Optional[nn.Module] = None
+
+
+def prepare_run(config: TrainConfig, resume: Optional[str], ranks: Ranks,
+                log: Callable[[str], None]) -> tuple[Run, Optional[dict], Optional[Path]]:
+    """Settings, device and output folder of the run -> (run, resume checkpoint or None, its path). A resumed
+    run takes its settings from the checkpoint. Raises TrainError for bad input, before any work."""
+    resume_path = find_resume_checkpoint(resume, config.out)
+    ckpt = read_resume(resume_path) if resume_path is not None else None
+    if ckpt is not None:
+        config = resumed_config(config, ckpt, resume_path, log)
+    try:
+        device = resolve_device(config.device, ranks.local_rank if ranks.distributed else None)
+        amp_dtype = resolve_dtype(config.amp, device)
+    except ValueError as exc:
+        raise TrainError(f"--device {config.device} / --amp {config.amp}: {exc}") from None
+    out = Path(config.out) if config.out is not None else None
+    if out is not None:
+        inputs = {Path(p).resolve() for p in (config.checkpoint, config.teacher) if p}
+        for name in ("last.pth", "best.pth"):
+            if (out / name).resolve() in inputs:
+                raise TrainError(f"--out would overwrite the input checkpoint {out / name}; choose another folder")
+    return Run(config, ranks, device, amp_dtype, out), ckpt, resume_path
+
+
+def build_models(run: Run, resuming: bool) -> tuple[nn.Module, Optional[TeacherForward], Any]:
+    """(student, teacher, ema). The student starts from ``config.checkpoint`` (unless ``resuming``: the resume
+    checkpoint's weights come later) and merges as ``config.merge`` says; the teacher is the unmerged model,
+    frozen, in eval mode (None when ``alpha`` is 0)."""
+    config = run.config
+    model = create_model(config.model, drop_path_rate=config.drop_path)
+    if config.checkpoint is not None and not resuming:
+        load_weights(model, config.checkpoint, config.use_ema_weights, "--checkpoint")
+    apply_merge(model, config.merge)
+    teacher = None
+    if config.alpha > 0:
+        teacher = create_model(config.model)
+        load_weights(teacher, config.teacher or config.checkpoint, config.use_ema_weights and not config.teacher,
+                     "teacher")
+        teacher = TeacherForward(teacher.eval().requires_grad_(False).to(run.device), run.amp_dtype,
+                                 graph=config.cuda_graphs)
+    model.to(run.device)
+    ema = None
+    if config.ema:
+        from timm.utils import ModelEmaV3  # timm is imported only to train
+
+        ema = ModelEmaV3(model, decay=config.ema_decay)
+    return model, teacher, ema
+
+
+def _optimizer(run: Run, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW at the base lr scaled by the global batch (per 512 images), decay exempting 1-D params,
+    biases and ``model.no_weight_decay()`` when ``wd_exempt``."""
+    config = run.config
+    scaled_lr = config.lr * config.batch_size * config.accum_steps * run.ranks.world / 512.0
+    if config.wd_exempt:
+        from timm.optim import param_groups_weight_decay
+
+        params = param_groups_weight_decay(model, config.weight_decay, no_weight_decay_list=model.no_weight_decay())
+    else:
+        params = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": config.weight_decay}]
+    return torch.optim.AdamW(params, lr=scaled_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay,
+                             fused=run.device.type == "cuda")
+
+
+def build_training(run: Run, model: nn.Module, teacher: Optional[TeacherForward], ema: Any,
+                   steps_per_epoch: int) -> Training:
+    """Optimizer, per-step cosine schedule (linear warmup from ``warmup_lr``), GradScaler (enabled for fp16
+    only), loss and mixup around the built models."""
+    from timm.scheduler import CosineLRScheduler
+
+    config = run.config
+    optimizer = _optimizer(run, model)
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps - 1)
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=config.min_lr, warmup_t=warmup_steps,
+        warmup_lr_init=config.warmup_lr, warmup_prefix=True, t_in_epochs=False,
+    )
+    scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
+    return Training(model=model, teacher=teacher, ema=ema, criterion=build_criterion(config), optimizer=optimizer,
+                    scheduler=scheduler, scaler=scaler, mixup=build_mixup(config, model.num_classes))
+
+
+def step_model(run: Run, model: nn.Module) -> nn.Module:
+    """What the step calls: CUDA-graph replay on one GPU, DDP across processes, else the student itself."""
+    if train_graph_enabled(run.config.cuda_graphs, run.device, run.ranks.distributed):
+        return StudentGraph(model, run.amp_dtype)
+    if run.ranks.distributed:
+        # merging chooses indices without gradients, but every parameter is still used: no unused-param search
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[run.device.index] if run.device.type == "cuda" else None, find_unused_parameters=False
+        )
+    return model
