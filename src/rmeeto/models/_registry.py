@@ -77,8 +77,12 @@ def match_model(facts: Mapping[str, Optional[int]]) -> tuple[Optional[str], dict
         return None, {}
     facts = {**facts, "dt_proj_rank": facts.get("dt_rank")}
     best: Optional[tuple[int, str, dict[str, int]]] = None
-    for name in list_models():
-        arch = get_config(name).arch
+    # registration order: on a tie the earlier entry wins (Vim before the image VideoMamba models, which have
+    # the same shapes); a video model only matches facts that show frames
+    for name, cfg in _REGISTRY.items():
+        arch = cfg.arch
+        if arch.is_video != (facts.get("num_frames") is not None):
+            continue
         if any(facts.get(k) is not None and getattr(arch, k) != facts[k] for k in _STRUCTURE):
             continue
         overrides = {k: facts[k] for k in ("img_size", "num_classes")

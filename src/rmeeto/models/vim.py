@@ -296,6 +296,7 @@ class VisionMamba(nn.Module):
         d_conv: int = 4,
         dt_rank: Optional[int] = None,
         cls_position: str = "middle",
+        init: str = "vim",
         **kwargs,
     ):
         super().__init__()
@@ -320,7 +321,7 @@ class VisionMamba(nn.Module):
         self.arch = VimArch(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, d_state=d_state, expand=expand, d_conv=d_conv, dt_rank=dt_rank,
-            cls_position=cls_position, divide_out=if_divide_out,
+            cls_position=cls_position, divide_out=if_divide_out, init=init,
         )
         arch = self.arch
         if arch.cls_index is None:
@@ -362,10 +363,12 @@ class VisionMamba(nn.Module):
     # ------------------------------------------------------------------ init
     @torch.no_grad()
     def _init_weights(self):
+        if self.arch.init == "videomamba":
+            return self._init_weights_videomamba()
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         w = self.patch_embed.proj.weight
-        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+        fan_in = w[0].numel()  # in_chans * patch area (* tubelet for a 3-D patch embedding)
         nn.init.trunc_normal_(w, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)  # lecun normal
         nn.init.zeros_(self.patch_embed.proj.bias)
         if isinstance(self.head, nn.Linear):
@@ -377,6 +380,22 @@ class VisionMamba(nn.Module):
                 nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5))
             m.out_proj.weight /= math.sqrt(self.depth)
             nn.init.zeros_(m.dt_proj_b.bias)  # zeroed by the official global bias reset
+
+    @torch.no_grad()
+    def _init_weights_videomamba(self):
+        """VideoMamba's init: every Linear (mixer projections, dt projections and head alike) trunc-normal 0.02
+        with zero bias, so both dt biases start at 0; then out_proj kaiming-uniform / sqrt(depth); pos_embed
+        trunc-normal 0.02; class token zero; patch embedding and convs keep PyTorch's default init."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.zeros_(self.cls_token)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for layer in self.layers:
+            nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
+            layer.mixer.out_proj.weight /= math.sqrt(self.depth)
 
     @staticmethod
     def checkpoint_filter(state_dict, model: "VisionMamba") -> FilterResult:
