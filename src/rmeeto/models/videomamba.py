@@ -35,7 +35,7 @@ from rmeeto.models.vim import VisionMamba, filter_state_dict
 
 Tensor = torch.Tensor
 
-__all__ = ["PatchEmbed3d", "VideoMamba", "checkpoint_filter_fn", "filter_state_dict_video",
+__all__ = ["PatchEmbed3d", "VideoMamba", "tubelet_linear", "checkpoint_filter_fn", "filter_state_dict_video",
            "resample_temporal_embed"]
 
 
@@ -55,14 +55,21 @@ class PatchEmbed3d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.is_cuda:
             # the strided conv as one GEMM over cut-out tubelets (see vim.PatchEmbed: far faster than cuDNN's
-            # choice on Hopper in fp16); the weight's (C, k, p, p) flattening order matches the cut
-            b, c, t, h, w = x.shape
-            k, p = self.tubelet_size, self.patch_size
-            cubes = x.reshape(b, c, t // k, k, h // p, p, w // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
-            cubes = cubes.reshape(b, t // k, (h // p) * (w // p), c * k * p * p)
-            return F.linear(cubes, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
+            # choice on Hopper in fp16)
+            return tubelet_linear(x, self.proj.weight, self.proj.bias)
         y = self.proj(x)  # [batch, E, T', rows, cols]
         return y.flatten(3).permute(0, 2, 3, 1)
+
+
+def tubelet_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """The strided Conv3d of :class:`PatchEmbed3d` as one matrix product: x [batch, C, T, H, W], weight
+    [E, C, k, p, p] (kernel = stride) -> [batch, T / k, (H / p) * (W / p), E]. Each tubelet is cut out and
+    flattened in the weight's (C, k, p, p) order."""
+    b, c, t, h, w = x.shape
+    k, p = weight.shape[2], weight.shape[-1]
+    cubes = x.reshape(b, c, t // k, k, h // p, p, w // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    cubes = cubes.reshape(b, t // k, (h // p) * (w // p), c * k * p * p)
+    return F.linear(cubes, weight.reshape(weight.shape[0], -1), bias)
 
 
 class VideoMamba(VisionMamba):
