@@ -416,3 +416,28 @@ def test_true_flops_of_the_video_model():
     assert halved["tokens_per_layer"][0] == 785
     assert halved["breakdown"]["embed"] * 1e9 == 784 * 384 * 2 * 768 + 785 * 384 + 784 * 384
     assert a.num_tokens == 1569
+
+
+# ============================================================================================ visualisation
+def test_clip_token_groups_span_frames_and_draw(tmp_path):
+    from rmeeto.visualize import DROPPED, draw_clip_token_groups, token_groups
+
+    torch.manual_seed(0)
+    model = create_model(TINY, num_frames=2)
+    apply_merge(model, MergeConfig(num_merged=12))  # layer 2: 33 -> 21 tokens
+    clip = torch.rand(1, 3, 2, 16, 16)
+    clip[:, :, 1] = clip[:, :, 0]  # two identical frames: a patch's best partner is often itself one frame later
+    groups, info = token_groups(model, clip)
+    assert groups.shape == (1, 2, 4, 4) and info["tokens"] == 21 and info["cls_index"] == 0
+    torch.testing.assert_close(info["logits"], model(clip))
+    g = groups[0]
+    assert int((g == DROPPED).sum()) == 0 and len(g.unique()) == 20  # every patch token, no class token
+    spanning = [t for t in g.unique() if len(set((g == t).nonzero()[:, 0].tolist())) > 1]
+    assert spanning  # merging runs over space-time: some tokens hold patches of both frames
+    frames = clip[0].permute(1, 2, 3, 0).numpy()  # [T, H, W, 3]
+    fig = draw_clip_token_groups(frames, g.numpy(), title="clip 0")
+    fig.savefig(tmp_path / "clip.png")
+    assert (tmp_path / "clip.png").stat().st_size > 1000
+    assert len(fig.axes) == 4 and "across frames" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="one clip"):
+        draw_clip_token_groups(frames, groups.numpy())
