@@ -441,3 +441,17 @@ def test_clip_token_groups_span_frames_and_draw(tmp_path):
     assert len(fig.axes) == 4 and "across frames" in fig._suptitle.get_text()
     with pytest.raises(ValueError, match="one clip"):
         draw_clip_token_groups(frames, groups.numpy())
+
+
+def test_inspect_checkpoint_recognises_video_and_image_files(tmp_path):
+    from rmeeto.models import inspect_checkpoint, match_model
+
+    torch.save({"model": create_model(TINY, num_frames=8).state_dict()}, tmp_path / "f8.pth")
+    info = inspect_checkpoint(tmp_path / "f8.pth")
+    assert info["model"] == TINY and info["model_overrides"] == {"num_frames": 8}
+    assert info["arch"]["num_tokens"] == 1 + 8 * 16
+    # image VideoMamba and Vim files have the same shapes: the earlier registered (Vim) is named
+    facts = arch_facts(create_model("videomamba_small_patch16_224", device="meta").state_dict())
+    assert match_model(facts) == ("vim_small_patch16_224", {})
+    # a tubelet of 2 is not the registered tubelet-1 structure
+    assert match_model(arch_facts(create_model(TINY, kernel_size=2, device="meta").state_dict()))[0] is None

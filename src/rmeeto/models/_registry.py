@@ -65,12 +65,15 @@ def get_config(name: str) -> ModelConfig:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
 
 
-# facts that must agree for a checkpoint to be a registered model; img_size and num_classes may be overridden
-_STRUCTURE = ("embed_dim", "depth", "patch_size", "in_chans", "d_state", "expand", "d_conv", "dt_proj_rank")
+# facts that must agree for a checkpoint to be a registered model; img_size, num_classes and num_frames may be
+# overridden
+_STRUCTURE = ("embed_dim", "depth", "patch_size", "in_chans", "d_state", "expand", "d_conv", "dt_proj_rank",
+              "tubelet_size")
 
 
 def match_model(facts: Mapping[str, Optional[int]]) -> tuple[Optional[str], dict[str, int]]:
-    """(registered model with the same structure, create_model overrides for img_size / num_classes), or
+    """(registered model with the same structure, create_model overrides for img_size / num_classes /
+    num_frames), or
     (None, {}). ``facts``: architecture numbers read off a checkpoint (None = unknown, not compared), as
     :func:`rmeeto.models.vim.arch_facts` returns them; its ``dt_rank`` is compared with the resolved rank."""
     if facts.get("embed_dim") is None:
@@ -85,7 +88,7 @@ def match_model(facts: Mapping[str, Optional[int]]) -> tuple[Optional[str], dict
             continue
         if any(facts.get(k) is not None and getattr(arch, k) != facts[k] for k in _STRUCTURE):
             continue
-        overrides = {k: facts[k] for k in ("img_size", "num_classes")
+        overrides = {k: facts[k] for k in ("img_size", "num_classes", "num_frames")
                      if facts.get(k) is not None and getattr(arch, k) != facts[k]}
         if best is None or len(overrides) < best[0]:
             best = (len(overrides), name, overrides)
