@@ -107,8 +107,10 @@ class VideoMamba(VisionMamba):
         # official VideoMamba flags: accepted at the values that select this architecture
         video_fixed = {"bimamba": True, "ssm_cfg": None, "initializer_cfg": None, "use_checkpoint": False}
         for key, value in video_fixed.items():
-            if key in kwargs and kwargs.pop(key) != value:
-                raise ValueError(f"{key}={value!r} is the only value rmeeto's VideoMamba implements")
+            given = kwargs.pop(key, value)
+            if given != value:
+                raise ValueError(f"{key}={given!r} selects a VideoMamba variant rmeeto does not implement "
+                                 f"(only {key}={value!r})")
         kwargs.pop("checkpoint_num", None)  # only meaningful with use_checkpoint=True
         if channels is not None:
             in_chans = channels
