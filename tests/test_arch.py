@@ -95,7 +95,12 @@ def test_divide_out_halves_the_mixer_output():
     torch.testing.assert_close(b, 2 * a)  # out_proj is linear without bias
 
 
-@pytest.mark.parametrize("name", list_models())
+# image VideoMamba weights are Vim's (class position, halving and init leave no trace): tests/test_videomamba.py
+# reads them back with explicit arguments
+READABLE = [n for n in list_models() if get_config(n).arch.is_video or get_config(n).arch.cls_position == "middle"]
+
+
+@pytest.mark.parametrize("name", READABLE)
 def test_arch_read_back_from_a_state_dict(name):
     arch = get_config(name).arch
     state = create_model(name, device="meta").state_dict()

@@ -40,6 +40,11 @@ def _requested(config: MergeConfig, layers: list[int]) -> dict[int, int]:
     return {i: r for i in layers}
 
 
+def _patch_volume(a: VimArch) -> int:
+    """Input values per patch: in_chans * tubelet * patch^2."""
+    return a.in_chans * a.tubelet_size * a.patch_size**2
+
+
 def _metric_dim(metric: str, a: VimArch) -> int:
     return {"x": a.embed_dim, "B": a.d_state, "C": a.d_state, "delta": a.d_inner}[metric]
 
@@ -61,7 +66,8 @@ def paper_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = N
     Per layer with n tokens: 6nC^2 (in/out proj) + (n+K-1)*Di*K (conv) + n*Di*(R+2N) (x_proj) + n*R*Di (dt_proj)
     + 9nDiN + 2nDi (scan), one direction. At each merging layer, before it, the matching cost with the count n
     entering it: 6nc + 2c(n/2)^2 + rC (c = C for metric x, N for B/C, 2C for delta; n/2 is a true division),
-    then n -= r with r the requested count. Plus patch embed num_tokens*C*in_chans*patch^2 and head C*classes.
+    then n -= r with r the requested count. Plus patch embed num_tokens*C*in_chans*tubelet*patch^2 (the
+    release charges the class token too) and head C*classes. Video models (1569 tokens) follow the same formula.
     """
     a = arch_of(arch_or_model)
     c = a.embed_dim
@@ -76,7 +82,7 @@ def paper_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = N
             total += 6 * n * m + 2 * m * (n / 2) ** 2 + r * c
             n = n - r
         total += _paper_layer(n, a)
-    total += a.num_tokens * c * a.in_chans * a.patch_size**2 + c * a.num_classes
+    total += a.num_tokens * c * _patch_volume(a) + c * a.num_classes
     return total / 1e9
 
 
@@ -123,7 +129,8 @@ def true_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = No
     config = merge_config if merge_config is not None else MergeConfig()
     sched = config.schedule(a.num_tokens, a.depth, a.cls_index)
     parts = dict.fromkeys(("embed", "mixer_proj", "branches", "scan", "norm", "matching", "head"), 0)
-    parts["embed"] = a.num_patches * c * a.in_chans * a.patch_size**2 + a.num_tokens * c  # conv + pos_embed add
+    # conv + pos_embed add (+ the temporal embedding add of a video model)
+    parts["embed"] = a.num_patches * c * _patch_volume(a) + a.num_tokens * c + (a.num_patches * c if a.is_video else 0)
     per_layer, tokens = [], []
     for s in sched:
         layer = _true_layer(s.tokens_out, a)

@@ -11,7 +11,8 @@ from rmeeto.cli import CLIError
 HELP = "list the registered models (parameters, tokens, input size)"
 DESCRIPTION = """\
 List the registered models with their exact parameter count, the number of tokens the first layer sees
-(patches + class token), the input size (channels x height x width), GFLOPs by the paper's formula unmerged
+(patches + class token), the input size (channels x height x width; channels x frames x height x width for
+video models), GFLOPs by the paper's formula unmerged
 and with the paper's merge preset (GFLOPs_paper_merge; 'rmeeto flops' adds the true count) and a description. PATTERN selects
 models by shell-style wildcard (a plain word matches as a substring).
 

@@ -19,12 +19,13 @@ from rmeeto.models._arch import CLS_POSITIONS, VimArch
 from rmeeto.models._registry import (
     IMAGENET_MEAN, IMAGENET_STD, ModelConfig, get_config, list_models, match_model, register_model,
 )
+from rmeeto.models.videomamba import VideoMamba
 from rmeeto.models.vim import VisionMamba, arch_facts
 from rmeeto.models import vit as _vit
 
 __all__ = [
     "ModelConfig", "VimArch", "CLS_POSITIONS", "create_model", "list_models", "get_config", "register_model",
-    "VisionMamba", "arch_of", "inspect_checkpoint", "match_model", "IMAGENET_MEAN", "IMAGENET_STD",
+    "VisionMamba", "VideoMamba", "arch_of", "inspect_checkpoint", "match_model", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 # --------------------------------------------------------------------------------- official models
@@ -57,10 +58,61 @@ register_model(ModelConfig(
     paper_merge=dict(num_merged=4),
 ))
 
+# --------------------------------------------------------------------------------- VideoMamba
+# Class token first, the two scan directions summed (no /2), VideoMamba's from-scratch init; same parameter
+# names as Vim. Merge presets have no final-token (compare) rule: the release's VideoMamba merge lacks it.
+_VIDEOMAMBA = dict(cls_position="first", divide_out=False, init="videomamba")
+register_model(ModelConfig(
+    "videomamba_tiny_patch16_224", VimArch(embed_dim=192, depth=24, **_VIDEOMAMBA),
+    description="VideoMamba-Ti on ImageNet-1k", checkpoint="videomamba_t16_in1k_res224.pth", top1=76.9,
+    paper_merge=dict(num_merged=5, epochs=30),
+))
+register_model(ModelConfig(
+    "videomamba_small_patch16_224", VimArch(embed_dim=384, depth=24, **_VIDEOMAMBA),
+    description="VideoMamba-S on ImageNet-1k", checkpoint="videomamba_s16_in1k_res224.pth", top1=81.2,
+    paper_merge=dict(num_merged=11, epochs=15),
+))
+register_model(ModelConfig(
+    "videomamba_middle_patch16_224", VimArch(embed_dim=576, depth=32, **_VIDEOMAMBA),
+    description="VideoMamba-M on ImageNet-1k (576 wide, depth 32)", checkpoint="videomamba_m16_in1k_res224.pth",
+    paper_merge=dict(num_merged=11, epochs=15),
+))
+register_model(ModelConfig(
+    "videomamba_base_patch16_224", VimArch(embed_dim=768, depth=24, **_VIDEOMAMBA),
+    description="VideoMamba-B on ImageNet-1k (R-MeeTo's table 2)", checkpoint="videomamba_b16_in1k_res224.pth",
+    top1=82.7, paper_merge=dict(num_merged=11, epochs=15),
+))
+# Kinetics-400 video models: 8 frames, tubelet 1, 1 + 8 x 196 = 1569 tokens. top1 is the K400 top-1 (one clip
+# of 12 views averaged). Test views: short side resized to 224, full-frame crops (crop_pct 1), bilinear.
+_K400 = dict(crop_pct=1.0, interpolation="bilinear")
+register_model(ModelConfig(
+    "videomamba_tiny_patch16_224_f8", VimArch(embed_dim=192, depth=24, num_classes=400, num_frames=8, **_VIDEOMAMBA),
+    description="VideoMamba-Ti on Kinetics-400 (8 frames)", checkpoint="videomamba_t16_k400_f8_res224.pth",
+    top1=76.9, paper_merge=dict(num_merged=88, epochs=30), **_K400,
+))
+register_model(ModelConfig(
+    "videomamba_small_patch16_224_f8", VimArch(embed_dim=384, depth=24, num_classes=400, num_frames=8, **_VIDEOMAMBA),
+    description="VideoMamba-S on Kinetics-400 (8 frames)", checkpoint="videomamba_s16_k400_f8_res224.pth",
+    top1=79.3, paper_merge=dict(num_merged=88, epochs=15), **_K400,
+))
+register_model(ModelConfig(
+    "videomamba_middle_patch16_224_f8", VimArch(embed_dim=576, depth=32, num_classes=400, num_frames=8, **_VIDEOMAMBA),
+    description="VideoMamba-M on Kinetics-400 (8 frames)", checkpoint="videomamba_m16_k400_f8_res224.pth",
+    top1=80.5, paper_merge=dict(num_merged=88, epochs=15), **_K400,
+))
+register_model(ModelConfig(
+    "videomamba_test_patch4_16_f4",
+    VimArch(img_size=16, patch_size=4, embed_dim=32, depth=4, num_classes=10, num_frames=4, **_VIDEOMAMBA),
+    description="tiny VideoMamba for unit tests (4 frames of 16x16, 65 tokens)", **_DIGITS_NORM,
+    paper_merge=dict(num_merged=8),
+))
+
 
 def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[str] = None, **overrides) -> VisionMamba:
     """Build a registered model. ``overrides`` use the official constructor names (``img_size``, ``patch_size``,
-    ``embed_dim``, ``depth``, ``num_classes``, ``drop_path_rate``, ...). ``checkpoint_path`` loads weights
+    ``embed_dim``, ``depth``, ``num_classes``, ``drop_path_rate``, ...; video models also ``num_frames``,
+    ``kernel_size`` (the tubelet), ``fc_drop_rate``; ``channels`` is VideoMamba's name for ``in_chans``). Video
+    models (``arch.num_frames`` set) are :class:`VideoMamba`, the others :class:`VisionMamba`. ``checkpoint_path`` loads weights
     (strict, weights-only; see :func:`rmeeto.load_checkpoint`). ``pretrained=True`` needs ``checkpoint_path``:
     rmeeto never downloads weights. ``model.arch`` describes what was built, overrides included.
     ViT/DeiT names (:mod:`rmeeto.models.vit`) build timm's VisionTransformer."""
@@ -70,7 +122,10 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[
     if pretrained and checkpoint_path is None:
         hint = f" (the official file is {cfg.checkpoint})" if cfg.checkpoint else ""
         raise ValueError(f"pretrained=True needs checkpoint_path: rmeeto does not download weights{hint}")
-    model = VisionMamba(**{**cfg.arch.constructor_kwargs(), **overrides})
+    if "channels" in overrides:  # the official VideoMamba constructors' name for in_chans
+        overrides["in_chans"] = overrides.pop("channels")
+    model_cls = VideoMamba if cfg.arch.is_video else VisionMamba
+    model = model_cls(**{**cfg.arch.constructor_kwargs(), **overrides})
     model.pretrained_cfg = cfg
     if checkpoint_path is not None:
         load_checkpoint(model, checkpoint_path)

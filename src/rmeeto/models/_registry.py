@@ -73,23 +73,30 @@ def get_config(name: str):
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models(backbone=None))}") from None
 
 
-# facts that must agree for a checkpoint to be a registered model; img_size and num_classes may be overridden
-_STRUCTURE = ("embed_dim", "depth", "patch_size", "in_chans", "d_state", "expand", "d_conv", "dt_proj_rank")
+# facts that must agree for a checkpoint to be a registered model; img_size, num_classes and num_frames may be
+# overridden
+_STRUCTURE = ("embed_dim", "depth", "patch_size", "in_chans", "d_state", "expand", "d_conv", "dt_proj_rank",
+              "tubelet_size")
 
 
 def match_model(facts: Mapping[str, Optional[int]]) -> tuple[Optional[str], dict[str, int]]:
-    """(registered model with the same structure, create_model overrides for img_size / num_classes), or
+    """(registered model with the same structure, create_model overrides for img_size / num_classes /
+    num_frames), or
     (None, {}). ``facts``: architecture numbers read off a checkpoint (None = unknown, not compared), as
     :func:`rmeeto.models.vim.arch_facts` returns them; its ``dt_rank`` is compared with the resolved rank."""
     if facts.get("embed_dim") is None:
         return None, {}
     facts = {**facts, "dt_proj_rank": facts.get("dt_rank")}
     best: Optional[tuple[int, str, dict[str, int]]] = None
-    for name in list_models():
-        arch = get_config(name).arch
+    # registration order: on a tie the earlier entry wins (Vim before the image VideoMamba models, which have
+    # the same shapes); a video model only matches facts that show frames
+    for name, cfg in _REGISTRY.items():
+        arch = cfg.arch
+        if arch.is_video != (facts.get("num_frames") is not None):
+            continue
         if any(facts.get(k) is not None and getattr(arch, k) != facts[k] for k in _STRUCTURE):
             continue
-        overrides = {k: facts[k] for k in ("img_size", "num_classes")
+        overrides = {k: facts[k] for k in ("img_size", "num_classes", "num_frames")
                      if facts.get(k) is not None and getattr(arch, k) != facts[k]}
         if best is None or len(overrides) < best[0]:
             best = (len(overrides), name, overrides)

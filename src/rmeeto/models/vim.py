@@ -274,6 +274,7 @@ class VisionMamba(nn.Module):
         d_conv: int = 4,
         dt_rank: Optional[int] = None,
         cls_position: str = "middle",
+        init: str = "vim",
         **kwargs,
     ):
         super().__init__()
@@ -298,7 +299,7 @@ class VisionMamba(nn.Module):
         self.arch = VimArch(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, d_state=d_state, expand=expand, d_conv=d_conv, dt_rank=dt_rank,
-            cls_position=cls_position, divide_out=if_divide_out,
+            cls_position=cls_position, divide_out=if_divide_out, init=init,
         )
         arch = self.arch
         if arch.cls_index is None:
@@ -340,10 +341,12 @@ class VisionMamba(nn.Module):
     # ------------------------------------------------------------------ init
     @torch.no_grad()
     def _init_weights(self):
+        if self.arch.init == "videomamba":
+            return self._init_weights_videomamba()
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         w = self.patch_embed.proj.weight
-        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+        fan_in = w[0].numel()  # in_chans * patch area (* tubelet for a 3-D patch embedding)
         nn.init.trunc_normal_(w, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)  # lecun normal
         nn.init.zeros_(self.patch_embed.proj.bias)
         if isinstance(self.head, nn.Linear):
@@ -355,6 +358,22 @@ class VisionMamba(nn.Module):
                 nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5))
             m.out_proj.weight /= math.sqrt(self.depth)
             nn.init.zeros_(m.dt_proj_b.bias)  # zeroed by the official global bias reset
+
+    @torch.no_grad()
+    def _init_weights_videomamba(self):
+        """VideoMamba's init: every Linear (mixer projections, dt projections and head alike) trunc-normal 0.02
+        with zero bias, so both dt biases start at 0; then out_proj kaiming-uniform / sqrt(depth); pos_embed
+        trunc-normal 0.02; class token zero; patch embedding and convs keep PyTorch's default init."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.zeros_(self.cls_token)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for layer in self.layers:
+            nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
+            layer.mixer.out_proj.weight /= math.sqrt(self.depth)
 
     @staticmethod
     def checkpoint_filter(state_dict, model: "VisionMamba") -> FilterResult:
@@ -507,13 +526,19 @@ def arch_facts(state_dict: Mapping[str, Any]) -> dict[str, Optional[int]]:
     """Architecture numbers read off a Vim state dict's tensor shapes (None where the key is absent).
 
     Keys: embed_dim, depth, patch_size, in_chans, img_size, num_classes (0 without ``head.weight``),
-    num_tokens, d_state, then expand, d_conv, dt_rank. Prefixes (``module.`` ...) are looked through.
-    img_size assumes a square grid and one class token."""
+    num_tokens, d_state, then expand, d_conv, dt_rank, and num_frames / tubelet_size (None for an image model;
+    read off VideoMamba's ``temporal_pos_embedding`` and 3-D patch kernel). Prefixes (``module.`` ...) are looked
+    through. img_size assumes a square grid and one class token."""
     sd = {strip_prefixes(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-    facts: dict[str, Optional[int]] = dict.fromkeys(_FACTS + ("expand", "d_conv", "dt_rank"))
+    facts: dict[str, Optional[int]] = dict.fromkeys(_FACTS + ("expand", "d_conv", "dt_rank", "num_frames",
+                                                               "tubelet_size"))
     proj = sd.get("patch_embed.proj.weight")
-    if proj is not None and proj.dim() == 4:
+    if proj is not None and proj.dim() in (4, 5):
         facts["embed_dim"], facts["in_chans"], facts["patch_size"] = proj.shape[0], proj.shape[1], proj.shape[-1]
+    temporal = sd.get("temporal_pos_embedding")
+    if temporal is not None and temporal.dim() == 3:
+        facts["tubelet_size"] = proj.shape[2] if proj is not None and proj.dim() == 5 else 1
+        facts["num_frames"] = temporal.shape[1] * facts["tubelet_size"]
     layers = {int(k.split(".")[1]) for k in sd if k.startswith("layers.") and k.split(".")[1].isdigit()}
     facts["depth"] = max(layers) + 1 if layers else None
     a_log = sd.get("layers.0.mixer.A_log")
@@ -531,19 +556,25 @@ def arch_facts(state_dict: Mapping[str, Any]) -> dict[str, Optional[int]]:
     facts["num_classes"] = head.shape[0] if head is not None else 0
     pos = sd.get("pos_embed")
     if pos is not None and pos.dim() == 3:
-        facts["num_tokens"] = pos.shape[1]
+        # a video model's pos_embed is per frame: class row + one frame's patches
+        facts["num_tokens"] = 1 + (pos.shape[1] - 1) * (temporal.shape[1] if facts["num_frames"] else 1)
         side = math.isqrt(pos.shape[1] - 1)
         if side * side == pos.shape[1] - 1 and facts["patch_size"]:
             facts["img_size"] = side * facts["patch_size"]
     return facts
 
 
-def arch_from_state_dict(state_dict: Mapping[str, Any], cls_position: str = "middle",
-                         divide_out: bool = True) -> VimArch:
-    """The :class:`VimArch` of a Vim state dict. The class-token position and the halving of the two
-    directions leave no trace in the weights, so they are arguments (default: Vim's). ValueError if a fact
-    the shapes must show is missing."""
+def arch_from_state_dict(state_dict: Mapping[str, Any], cls_position: Optional[str] = None,
+                         divide_out: Optional[bool] = None, init: Optional[str] = None) -> VimArch:
+    """The :class:`VimArch` of a Vim or VideoMamba state dict. The class-token position, the halving of the two
+    directions and the init scheme leave no trace in the weights, so they are arguments; None means Vim's
+    ("middle", True, "vim") for an image state dict and VideoMamba's ("first", False, "videomamba") for a video
+    one. ValueError if a fact the shapes must show is missing."""
     facts = arch_facts(state_dict)
+    video = facts["num_frames"] is not None
+    family = ("first", False, "videomamba") if video else ("middle", True, "vim")
+    cls_position, divide_out, init = (given if given is not None else default
+                                      for given, default in zip((cls_position, divide_out, init), family))
     fields = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "d_state", "expand",
               "d_conv", "dt_rank")
     absent = [k for k in fields if facts[k] is None]
@@ -551,7 +582,9 @@ def arch_from_state_dict(state_dict: Mapping[str, Any], cls_position: str = "mid
         raise ValueError(f"not a Vim state dict: cannot read {', '.join(absent)} from its tensors")
     if facts["dt_rank"] == math.ceil(facts["embed_dim"] / 16):
         facts["dt_rank"] = None  # the default rank, written as the registry writes it
-    return VimArch(**{k: facts[k] for k in fields}, cls_position=cls_position, divide_out=divide_out)
+    extra = {k: facts[k] for k in ("num_frames", "tubelet_size")} if video else {}
+    return VimArch(**{k: facts[k] for k in fields}, **extra, cls_position=cls_position, divide_out=divide_out,
+                   init=init)
 
 
 def _fit_hint(state_dict: Mapping[str, Any]) -> str:
