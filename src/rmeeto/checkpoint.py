@@ -95,6 +95,14 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+def _local(path: PathLike) -> Path:
+    """``path`` as a local file; ``hf-hub:OWNER/REPO/FILE[@REV]`` is downloaded (or read from the hub cache).
+    Imported here because rmeeto.hub builds on this module (its HubError is a CheckpointError)."""
+    from rmeeto.hub import resolve
+
+    return resolve(path)
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -204,7 +212,7 @@ def read_checkpoint(path: PathLike) -> dict[str, Any]:
     A safetensors file comes back in the ``.pth`` layout: ``{"model": ..., "model_ema": ... (if stored), plus
     the JSON metadata entries such as "epoch"}``. Raises :class:`CheckpointError` for a missing, corrupt,
     truncated or code-carrying file."""
-    path = Path(path)
+    path = _local(path)
     _check_file(path)
     if path.suffix == _SAFETENSORS_SUFFIX:
         return _read_safetensors(path)
@@ -350,7 +358,7 @@ def load_checkpoint(
     present and every checkpoint tensor used, apart from the adaptations of :func:`checkpoint_filter_fn`
     (resized ``pos_embed``, re-initialised head), which are warned about. A shape mismatch is always an error.
     ``verbose`` logs one summary line (logger ``rmeeto.checkpoint``, level INFO)."""
-    path = Path(path)
+    path = _local(path)
     raw = read_checkpoint(path)
     if use_ema:
         if not isinstance(raw.get("model_ema"), Mapping):
@@ -602,7 +610,7 @@ def inspect_checkpoint(path: PathLike) -> dict[str, Any]:
     arch (embed_dim, depth, patch_size, in_chans, img_size, num_classes, num_tokens, d_state), model (the
     registered name of that structure, or None) and model_overrides (create_model arguments for another
     img_size / num_classes), has_ema, epoch, trained_as (``args.model`` of the official trainer, if stored)."""
-    path = Path(path)
+    path = _local(path)
     raw = read_checkpoint(path)
     try:
         weights, source = _unwrap(raw)

@@ -95,14 +95,21 @@ def get_config(name: str) -> ModelConfig:
 def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[str] = None, **overrides) -> VisionMamba:
     """Build a registered model. ``overrides`` use the official constructor names (``img_size``, ``patch_size``,
     ``embed_dim``, ``depth``, ``num_classes``, ``drop_path_rate``, ...). ``checkpoint_path`` loads weights
-    (strict, weights-only; see :func:`rmeeto.load_checkpoint`). ``pretrained=True`` needs ``checkpoint_path``:
-    rmeeto never downloads weights."""
-    cfg = get_config(name)
-    if pretrained and checkpoint_path is None:
-        hint = f" (the official file is {cfg.checkpoint})" if cfg.checkpoint else ""
-        raise ValueError(f"pretrained=True needs checkpoint_path: rmeeto does not download weights{hint}")
+    (strict, weights-only; a local file or ``hf-hub:OWNER/REPO/FILE[@REV]``; see :func:`rmeeto.load_checkpoint`).
+    ``pretrained=True`` loads the published weights of ``name`` or ``name.tag`` from the hub (see
+    :mod:`rmeeto.hub`); an R-MeeTo tag also applies the merge config it was re-trained with, and
+    ``checkpoint_path`` then replaces the table's file."""
+    base, _, tag = name.partition(".")  # "model.tag": the tag names published weights
+    cfg = get_config(base)
     model = VisionMamba(**{**cfg.arch, **overrides})
     model.pretrained_cfg = cfg
+    if pretrained or tag:
+        from rmeeto.hub import get_pretrained, load_pretrained
+
+        get_pretrained(name)  # an unknown tag is an error even without pretrained=True
+        if pretrained:
+            load_pretrained(model, name, checkpoint_path)
+            return model
     if checkpoint_path is not None:
         from rmeeto.checkpoint import load_checkpoint
 
@@ -120,10 +127,12 @@ def _register_with_timm() -> None:
 
     def make(name: str) -> Callable[..., VisionMamba]:
         def fn(pretrained: bool = False, **kwargs):
-            for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only"):
+            tag = kwargs.pop("pretrained_cfg", None)  # timm passes the ".tag" of "model.tag" here
+            for key in ("pretrained_cfg_overlay", "cache_dir", "features_only"):
                 kwargs.pop(key, None)  # timm bookkeeping, not architecture
             checkpoint_path = kwargs.pop("checkpoint_path", None) or None
-            return create_model(name, pretrained=pretrained, checkpoint_path=checkpoint_path, **kwargs)
+            full = f"{name}.{tag}" if isinstance(tag, str) and tag else name
+            return create_model(full, pretrained=pretrained, checkpoint_path=checkpoint_path, **kwargs)
 
         fn.__name__ = name
         fn.__module__ = "rmeeto.models"
