@@ -65,6 +65,18 @@ def _export_program(model: nn.Module, x: torch.Tensor, dynamic_batch: bool, out:
     torch.export.save(program, str(out))
 
 
+def _onnx_sort_stable():
+    """ONNX translation of ``aten.sort.stable`` (the merge ranks its edges with a stable sort; the ONNX exporter
+    has none): TopK over the whole axis, which the ONNX spec orders by lower index on ties, i.e. stably."""
+    from onnxscript import opset18 as op
+
+    def sort_stable(self, stable=None, dim=-1, descending=False):
+        length = op.Reshape(op.Gather(op.Shape(self), op.Constant(value_int=dim)), op.Constant(value_ints=[1]))
+        return op.TopK(self, length, axis=dim, largest=1 if descending else 0, sorted=1)
+
+    return sort_stable
+
+
 def _export_onnx(model: nn.Module, x: torch.Tensor, dynamic_batch: bool, out: Path) -> None:
     try:
         import onnx  # noqa: F401
@@ -75,6 +87,7 @@ def _export_onnx(model: nn.Module, x: torch.Tensor, dynamic_batch: bool, out: Pa
         torch.onnx.export(
             model, (x,), str(out), input_names=["images"], output_names=["logits"], dynamo=True,
             dynamic_shapes=_batch_dim(dynamic_batch, x.shape[0]), external_data=False, verbose=False,
+            custom_translation_table={torch.ops.aten.sort.stable: _onnx_sort_stable()},
         )
 
 
