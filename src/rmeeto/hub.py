@@ -62,8 +62,7 @@ class HubError(CheckpointError):
 class Pretrained:
     """One published weight file.
 
-    model: the registered architecture it loads into.  tag: "" never; the part after the dot in
-    ``model.tag``.  repo / filename / revision: where it lives on the hub (``revision`` None = main).
+    model: the registered architecture it loads into.  tag: the part after the dot in ``model.tag``.  repo / filename / revision: where it lives on the hub (``revision`` None = main).
     merge: :class:`~rmeeto.merge.MergeConfig` arguments the weights were re-trained with (R-MeeTo rows);
     None = an unmerged model.  use_ema: take the file's ``model_ema`` entry.  top1: the published ImageNet-1k
     (or K400) top-1 of the file.  checked: the file name is confirmed by the source (False: assumed, see the
