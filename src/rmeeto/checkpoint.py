@@ -37,6 +37,9 @@ from typing import Any, Callable, Optional, Union
 import torch
 import torch.nn as nn
 
+from rmeeto._hubpath import resolve as resolve_hub_path
+from rmeeto.errors import CheckpointError
+
 __all__ = [
     "CheckpointError",
     "FilterResult",
@@ -65,8 +68,6 @@ _SAFETENSORS_EMA_PREFIX = "model_ema."  # EMA tensors share the flat safetensors
 _SAFETENSORS_META_KEY = "rmeeto"  # JSON of the non-tensor top-level entries (epoch, args, ...)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model. The message is one line naming the file."""
 
 
 @dataclass
@@ -120,6 +121,11 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
     text = str(exc).strip().splitlines()
     line = (text[0] if text else "").split(". ")[0].rstrip(".") or type(exc).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _local(path: PathLike) -> Path:
+    """``path`` as a local file; ``hf-hub:OWNER/REPO/FILE[@REV]`` is downloaded (or read from the hub cache)."""
+    return resolve_hub_path(path)
 
 
 def _check_file(path: Path) -> None:
@@ -231,7 +237,7 @@ def read_checkpoint(path: PathLike) -> dict[str, Any]:
     A safetensors file comes back in the ``.pth`` layout: ``{"model": ..., "model_ema": ... (if stored), plus
     the JSON metadata entries such as "epoch"}``. Raises :class:`CheckpointError` for a missing, corrupt,
     truncated or code-carrying file."""
-    path = Path(path)
+    path = _local(path)
     _check_file(path)
     if path.suffix == _SAFETENSORS_SUFFIX:
         return _read_safetensors(path)
@@ -323,7 +329,7 @@ def load_checkpoint(
     error. ``filter_fn(state_dict, model) -> FilterResult`` overrides the filter of the model class
     (``type(model).checkpoint_filter``, else :func:`plain_filter`). ``verbose`` logs one summary line (logger
     ``rmeeto.checkpoint``, level INFO)."""
-    path = Path(path)
+    path = _local(path)
     raw = read_checkpoint(path)
     if use_ema:
         if not isinstance(raw.get("model_ema"), Mapping):
@@ -517,7 +523,7 @@ def describe_checkpoint(path: PathLike, raw: Optional[Mapping[str, Any]] = None)
     Keys: path, format ("torch" / "safetensors"), size_bytes, top_level_keys, weights_key, prefix (stripped
     ``module.`` / ``_orig_mod.``, or ""), num_tensors, num_params, dtype (most common) and dtypes (counts),
     has_ema, epoch, trained_as (``args.model`` of the official trainer, if stored)."""
-    path = Path(path)
+    path = _local(path)
     raw = read_checkpoint(path) if raw is None else raw
     try:
         weights, source = unwrap_state_dict(raw)

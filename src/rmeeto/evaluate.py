@@ -164,7 +164,9 @@ def measure_throughput(
 def _inspect(checkpoint) -> dict:
     """:func:`rmeeto.models.inspect_checkpoint`, read once per file version (official files are large and a
     command asks about one file several times)."""
-    st = Path(checkpoint).stat()
+    from rmeeto._hubpath import resolve
+
+    st = resolve(checkpoint).stat()
     return _inspect_version(str(checkpoint), st.st_mtime_ns, st.st_size)
 
 

@@ -85,13 +85,23 @@ def check_model(name: str):
 def check_paths(checkpoint: Optional[str], data: Optional[str] = None) -> None:
     """Fail early (before anything slow) on a missing checkpoint file or data folder."""
     if checkpoint is not None:
-        p = Path(checkpoint)
+        p = _local_checkpoint(checkpoint)
         if not p.exists():
             raise CLIError(f"checkpoint {checkpoint} does not exist")
         if not p.is_file():
             raise CLIError(f"checkpoint {checkpoint} is not a file")
     if data is not None and data != "digits" and not Path(data).exists():
         raise CLIError(f"data {data!r} not found: give 'digits' or an existing image folder")
+
+
+def _local_checkpoint(checkpoint: str) -> Path:
+    """The local file of a checkpoint path; ``hf-hub:`` paths are fetched (see :func:`rmeeto.hub.resolve`)."""
+    from rmeeto.hub import HubError, resolve
+
+    try:
+        return resolve(checkpoint)
+    except HubError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def merge_config_for(args: argparse.Namespace, model_name: str):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 from rmeeto.checkpoint import (
     PathLike, describe_checkpoint, load_checkpoint, read_checkpoint, strip_prefixes, unwrap_state_dict,
@@ -113,15 +113,17 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[
     ``embed_dim``, ``depth``, ``num_classes``, ``drop_path_rate``, ...; video models also ``num_frames``,
     ``kernel_size`` (the tubelet), ``fc_drop_rate``; ``channels`` is VideoMamba's name for ``in_chans``). Video
     models (``arch.num_frames`` set) are :class:`VideoMamba`, the others :class:`VisionMamba`. ``checkpoint_path`` loads weights
-    (strict, weights-only; see :func:`rmeeto.load_checkpoint`). ``pretrained=True`` needs ``checkpoint_path``:
-    rmeeto never downloads weights. ``model.arch`` describes what was built, overrides included.
-    ViT/DeiT names (:mod:`rmeeto.models.vit`) build timm's VisionTransformer."""
+    (strict, weights-only, a local file or ``hf-hub:...``; see :func:`rmeeto.load_checkpoint`). This is the
+    builder: published weights by name (``pretrained=True``, ``model.tag``) are :func:`rmeeto.create_model`
+    (:func:`rmeeto.hub.create_model`), which builds through here. ``model.arch`` describes what was built,
+    overrides included. ViT/DeiT names (:mod:`rmeeto.models.vit`) build timm's VisionTransformer."""
     if name in _vit.VIT_MODELS:  # timm's VisionTransformer (rmeeto.models.vit)
         return _vit.create_vit(name, pretrained, checkpoint_path, **overrides)
     cfg = get_config(name)
     if pretrained and checkpoint_path is None:
         hint = f" (the official file is {cfg.checkpoint})" if cfg.checkpoint else ""
-        raise ValueError(f"pretrained=True needs checkpoint_path: rmeeto does not download weights{hint}")
+        raise ValueError(f"rmeeto.models.create_model(pretrained=True) needs checkpoint_path{hint}; "
+                         "rmeeto.create_model downloads published weights")
     if "channels" in overrides:  # the official VideoMamba constructors' name for in_chans
         overrides["in_chans"] = overrides.pop("channels")
     model_cls = VideoMamba if cfg.arch.is_video else VisionMamba
@@ -168,33 +170,3 @@ def inspect_checkpoint(path: PathLike) -> dict[str, Any]:
         if key == "dtypes":
             out.update(arch=report, model=model, model_overrides=overrides)
     return out
-
-
-def _register_with_timm() -> None:
-    """Expose every model to ``timm.create_model``. Silently skipped if timm is missing or incompatible."""
-    try:
-        from timm.models import register_model as timm_register
-        from timm.models._registry import _model_entrypoints  # noqa: F401
-    except Exception:
-        return
-
-    def make(name: str) -> Callable[..., VisionMamba]:
-        def fn(pretrained: bool = False, **kwargs):
-            for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only"):
-                kwargs.pop(key, None)  # timm bookkeeping, not architecture
-            checkpoint_path = kwargs.pop("checkpoint_path", None) or None
-            return create_model(name, pretrained=pretrained, checkpoint_path=checkpoint_path, **kwargs)
-
-        fn.__name__ = name
-        fn.__module__ = "rmeeto.models"
-        fn.__doc__ = f"{get_config(name).description} (rmeeto)"
-        return fn
-
-    from timm.models import _registry
-
-    for name in list_models():
-        if name not in _registry._model_entrypoints:
-            timm_register(make(name))
-
-
-_register_with_timm()
