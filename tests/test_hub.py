@@ -15,7 +15,8 @@ import torch
 
 import rmeeto
 from rmeeto import hub
-from rmeeto.checkpoint import CheckpointError, inspect_checkpoint, load_checkpoint
+from rmeeto.checkpoint import CheckpointError, load_checkpoint
+from rmeeto.models import inspect_checkpoint
 from rmeeto.cli import main
 from rmeeto.merge import MergeConfig, apply_merge, trace_tokens
 from rmeeto.models import get_config

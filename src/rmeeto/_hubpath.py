@@ -27,7 +27,7 @@ _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def is_hub_path(path: Union[str, os.PathLike, None]) -> bool:
-    return isinstance(path, str) and path.startswith(HF_HUB_PREFIX)
+    return path is not None and os.fspath(path).startswith(HF_HUB_PREFIX)
 
 
 def parse_hub_path(path: str) -> tuple[str, str, Optional[str]]:
