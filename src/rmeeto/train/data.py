@@ -8,6 +8,7 @@ with which random seed, so an epoch can be resumed mid-way and reproduce the uni
 from __future__ import annotations
 
 import random
+import signal
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -20,7 +21,18 @@ from rmeeto.models import get_config
 from rmeeto.train.config import TrainConfig, TrainError
 from rmeeto.train.distributed import Ranks
 
-__all__ = ["ResumableSampler", "TrainData", "build_data", "build_mixup", "CountSkips"]
+__all__ = ["ignore_stop_signals", "ResumableSampler", "TrainData", "build_data", "build_mixup", "CountSkips"]
+
+
+def ignore_stop_signals(worker_id: int = 0, then=None) -> None:
+    """A DataLoader ``worker_init_fn``: workers ignore SIGINT/SIGTERM. Preemption (Slurm, Kubernetes) and Ctrl-C
+    signal the whole process group; a worker killed by it takes the main process down with a traceback before
+    it can save, while the main process alone deciding when to stop saves at the current step. ``then``: a
+    further worker_init_fn to call (compose with ``functools.partial(ignore_stop_signals, then=fn)``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if then is not None:
+        then(worker_id)
 
 
 class ResumableSampler(Sampler):
@@ -150,7 +162,7 @@ def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> Train
         raise TrainError(f"the validation split of {config.data} is empty")
     sampler = _train_sampler(config, train_set, ranks)
     common = dict(num_workers=config.workers, collate_fn=rdata.collate_skip_none, pin_memory=device.type == "cuda",
-                  persistent_workers=config.workers > 0)
+                  persistent_workers=config.workers > 0, worker_init_fn=ignore_stop_signals)
     train_loader = DataLoader(
         _SeededDataset(train_set), batch_size=config.batch_size, sampler=sampler, drop_last=True,
         # a private generator: creating the loader iterator must not consume the global RNG (resume exactness)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from rmeeto import data as rdata
-from rmeeto.checkpoint import save_checkpoint
+from rmeeto.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from rmeeto.evaluate import evaluate
-from rmeeto.train.config import NonFiniteLossError
+from rmeeto.train.config import NonFiniteLossError, TrainError
 from rmeeto.train.data import CountSkips, TrainData
 from rmeeto.train.distributed import agree_on_step, gather_from_ranks, sum_over_ranks
 from rmeeto.train.loss import distillation_forward
@@ -29,7 +29,7 @@ from rmeeto.train.report import RunLog
 from rmeeto.train.setup import Run, Training
 from rmeeto.train.state import RunState, SignalCatcher, best_checkpoint, last_checkpoint, new_partial, rng_state
 
-__all__ = ["DebugHooks", "EpochEnd", "train_one_epoch", "validate", "save_last", "save_best"]
+__all__ = ["DebugHooks", "EpochEnd", "train_one_epoch", "validate", "save_last", "save_best", "repair_best"]
 
 
 @dataclass(frozen=True)
@@ -196,10 +196,46 @@ def save_last(run: Run, parts: Training, state: RunState) -> None:
         ckpt = last_checkpoint(state, state.epoch, state.step_in_epoch, config=run.config, model=parts.model,
                                optimizer=parts.optimizer, scheduler=parts.scheduler, scaler=parts.scaler,
                                ema=parts.ema, rng_all=rng_all)
-        save_checkpoint({k: v for k, v in ckpt.items() if v is not None}, run.out / "last.pth")
+        _save(ckpt, run.out / "last.pth")
 
 
 def save_best(run: Run, parts: Training, epoch: int, score: float) -> None:
     """Write ``out/best.pth``: the weights of ``epoch``, which scored ``score`` (rank 0 only)."""
     if run.out is not None and run.ranks.master:
-        save_checkpoint(best_checkpoint(parts.model, parts.ema, epoch, score, run.config), run.out / "best.pth")
+        _save(best_checkpoint(parts.model, parts.ema, epoch, score, run.config), run.out / "best.pth")
+
+
+def _save(ckpt: dict, path) -> None:
+    """save_checkpoint (atomic: a failed write leaves the previous file as it was), with a one-line TrainError
+    for a full disk or a folder that stopped being writable."""
+    try:
+        save_checkpoint({k: v for k, v in ckpt.items() if v is not None}, path)
+    except OSError as exc:
+        raise TrainError(f"disk full / not writable: {path} ({exc.strerror or exc}); the previous checkpoint "
+                         "is intact") from None
+
+
+def repair_best(run: Run, parts: Training, state: RunState, log) -> None:
+    """After a resume: make ``best.pth`` what ``last.pth`` says it is. A run stopped between the two saves at
+    an epoch end left a ``last.pth`` at the start of the next epoch whose weights *are* the best epoch's, so
+    best.pth is rewritten from them exactly. Any other mismatch cannot be rebuilt: the best score is reset so
+    the next validated epoch writes a best.pth that matches."""
+    if run.out is None or state.best_epoch < 0:
+        return
+    path = run.out / "best.pth"
+    stored = None
+    if path.is_file():
+        try:
+            stored = read_checkpoint(path).get("epoch")
+        except CheckpointError:
+            stored = None
+    if stored == state.best_epoch:
+        return
+    if state.best_epoch == state.epoch - 1 and state.step_in_epoch == 0:
+        log(f"resume: {path} is missing or not from epoch {state.best_epoch} (the run stopped before saving it); "
+            "rewriting it from last.pth, which holds that epoch's weights")
+        save_best(run, parts, state.best_epoch, state.best_top1)
+        return
+    log(f"resume: warning: {path} is missing or not from epoch {state.best_epoch} and cannot be rebuilt; "
+        "the next validated epoch writes a new best.pth")
+    state.best_top1, state.best_epoch = -1.0, -1
