@@ -223,3 +223,21 @@ def test_bad_out_leaves_no_folder_behind(tmp_path):
     with pytest.raises(TrainError):
         train(_quick(out, data=str(tmp_path / "missing")))
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ 8. flags
+@pytest.mark.parametrize("flags", [
+    ["--lr", "inf"], ["--warmup-epochs", "inf"], ["--alpha", "inf"], ["--alpha", "nan"], ["--clip-grad", "nan"],
+    ["--clip-grad", "0"], ["--ema-decay", "1.5"], ["--min-lr", "nan"], ["--auto-augment", "bogus-policy"],
+    pytest.param(["--device", "cuda"], marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
+])
+def test_every_numeric_and_choice_flag_is_checked_by_argparse(flags, capsys, tmp_path):
+    from rmeeto.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["retrain", "--model", MODEL, "--from-scratch", "--alpha", "0", "--out", str(tmp_path / "r"), *flags])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("usage:") or "error:" in err[-1]
+    assert flags[0] in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "r").exists()
