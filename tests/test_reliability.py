@@ -241,3 +241,54 @@ def test_every_numeric_and_choice_flag_is_checked_by_argparse(flags, capsys, tmp
     assert err[-1].startswith("usage:") or "error:" in err[-1]
     assert flags[0] in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------------------------ 3. classes
+def _folders(root: Path, layout: dict, per_class: int = 2, corrupt: int = 0) -> Path:
+    from PIL import Image
+
+    for split, classes in layout.items():
+        for label in classes:
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (16, 16), (i * 40, 80, 120)).save(folder / f"{i}.png")
+            for i in range(corrupt):
+                (folder / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    return root
+
+
+def test_val_labels_use_the_training_class_numbering(tmp_path):
+    from rmeeto.data import build_dataset
+
+    root = _folders(tmp_path / "d", {"train": ["a", "b", "c"], "val": ["b", "c"]})
+    train_set = build_dataset(root, "train", img_size=16)
+    val = build_dataset(root, "val", img_size=16, classes=train_set.classes)
+    assert sorted(set(val.targets)) == [1, 2]  # b and c keep their training labels (were 0 and 1)
+
+
+def test_a_val_class_unknown_to_train_is_an_error_naming_it(tmp_path):
+    root = _folders(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "zebra"]}, per_class=4)
+    with pytest.raises(TrainError, match="zebra"):
+        train(_quick(None, data=str(root), batch_size=2, train_aug=False))
+
+
+def test_more_data_classes_than_the_head_is_an_error_before_any_work(tmp_path):
+    names = [f"c{i:02d}" for i in range(11)]  # the test model's head has 10
+    root = _folders(tmp_path / "d", {"train": names, "val": names}, per_class=1)
+    with pytest.raises(TrainError, match="11 classes.*head has 10"):
+        train(_quick(tmp_path / "out", data=str(root), batch_size=2, train_aug=False))
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ 5. teacher head
+def test_a_teacher_whose_head_does_not_fit_is_refused(tmp_path):
+    from rmeeto import create_model
+    from rmeeto.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(create_model(MODEL, num_classes=5), tmp_path / "five.pth")
+    with pytest.raises(TrainError, match=r"teacher .*five\.pth.*does not fit"):
+        train(_quick(None, checkpoint=str(ckpt), alpha=0.5))
+    fits = save_checkpoint(create_model(MODEL), tmp_path / "ten.pth")  # a separate teacher that fits is fine
+    result = train(_quick(None, checkpoint=str(ckpt), teacher=str(fits), alpha=0.5))
+    assert result.status == "finished"

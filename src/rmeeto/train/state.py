@@ -133,10 +133,11 @@ def resumed_config(config: TrainConfig, ckpt: dict, path: Path, log: Callable[[s
     return dataclasses.replace(saved, **{k: getattr(config, k) for k in RUNTIME_FIELDS})
 
 
-def load_weights(model: nn.Module, path: str, use_ema: bool, what: str) -> None:
-    """Initial weights from a checkpoint file; ``what`` names the flag in the one-line TrainError."""
+def load_weights(model: nn.Module, path: str, use_ema: bool, what: str):
+    """Initial weights from a checkpoint file; ``what`` names the flag in the one-line TrainError. Returns
+    :func:`rmeeto.checkpoint.load_checkpoint`'s result (``head_reset``: the file's classifier did not fit)."""
     try:
-        load_checkpoint(model, path, use_ema=use_ema, verbose=False)
+        return load_checkpoint(model, path, use_ema=use_ema, verbose=False)
     except CheckpointError as exc:
         raise TrainError(f"{what}: {exc}") from None
 
