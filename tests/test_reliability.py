@@ -292,3 +292,25 @@ def test_a_teacher_whose_head_does_not_fit_is_refused(tmp_path):
     fits = save_checkpoint(create_model(MODEL), tmp_path / "ten.pth")  # a separate teacher that fits is fine
     result = train(_quick(None, checkpoint=str(ckpt), teacher=str(fits), alpha=0.5))
     assert result.status == "finished"
+
+
+# ------------------------------------------------------------------------------------------------ 6. unreadable
+def test_a_dataset_of_unreadable_images_is_an_error_not_a_success(tmp_path):
+    root = _folders(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "b"]}, per_class=0, corrupt=4)
+    for f in (root / "val").rglob("broken*.png"):  # val readable: only training data is broken
+        from PIL import Image
+        Image.new("RGB", (16, 16)).save(f)
+    with pytest.raises(TrainError, match=r"no readable training image.*8 file\(s\) skipped"):
+        train(_quick(tmp_path / "out", data=str(root), batch_size=2, train_aug=False))
+    assert not (tmp_path / "out" / "best.pth").exists()
+
+
+def test_more_unreadable_images_than_the_limit_is_an_error(tmp_path):
+    root = _folders(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "b"]}, per_class=4, corrupt=1)
+    for f in (root / "val").rglob("broken*.png"):
+        f.unlink()
+    cfg = _quick(None, data=str(root), batch_size=2, train_aug=False, max_bad_fraction=0.1)
+    with pytest.raises(TrainError, match=r"2 of 10 training images are unreadable.*--max-bad-fraction 0.1"):
+        train(cfg)
+    result = train(_quick(None, data=str(root), batch_size=2, train_aug=False, max_bad_fraction=0.25))
+    assert result.final["skipped_images"] == 2  # every skipped file counted, also in all-unreadable batches

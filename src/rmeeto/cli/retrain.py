@@ -39,7 +39,7 @@ TRAIN_FLAGS = (
     "warmup_epochs", "warmup_lr", "weight_decay", "wd_exempt", "clip_grad", "drop_path", "alpha", "smoothing",
     "train_aug", "auto_augment", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode",
     "repeated_aug", "ema", "ema_decay", "amp", "device", "seed", "workers", "eval_batch_size", "out",
-    "save_every_steps", "tensorboard", "progress", "cuda_graphs",
+    "save_every_steps", "tensorboard", "progress", "cuda_graphs", "max_bad_fraction",
 )
 
 
@@ -99,6 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mixup-prob", type=unit_float, default=None)
     g.add_argument("--mixup-switch-prob", type=unit_float, default=None)
     g.add_argument("--mixup-mode", choices=MIXUP_MODES, default=None)
+    g.add_argument("--max-bad-fraction", type=unit_float, default=None, metavar="F",
+                   help="stop with an error when more than this fraction of the training images is unreadable "
+                        "(default 0.2; an epoch with no readable image always stops)")
     g.add_argument("--repeated-aug", type=positive_int, default=None,
                    help="repeats of each image per epoch (repeated augmentation; 1 = off, paper 3)")
 

@@ -21,7 +21,7 @@ from rmeeto.models import get_config
 from rmeeto.train.config import TrainConfig, TrainError
 from rmeeto.train.distributed import Ranks
 
-__all__ = ["ignore_stop_signals", "ResumableSampler", "TrainData", "build_data", "build_mixup", "CountSkips"]
+__all__ = ["ignore_stop_signals", "NoReadableImage", "collate_counting_skips", "ResumableSampler", "TrainData", "build_data", "build_mixup", "CountSkips"]
 
 
 def ignore_stop_signals(worker_id: int = 0, then=None) -> None:
@@ -33,6 +33,25 @@ def ignore_stop_signals(worker_id: int = 0, then=None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if then is not None:
         then(worker_id)
+
+
+class NoReadableImage:
+    """What the training loader yields for a batch whose every image was unreadable: no tensors, but the
+    dropped files in ``skipped`` (``collate_skip_none`` returns None and would lose them from the count)."""
+
+    def __init__(self, skipped=()):
+        self.skipped = tuple(skipped)
+
+    def __reduce__(self):  # crosses DataLoader worker queues
+        return type(self), (self.skipped,)
+
+
+def collate_counting_skips(samples):
+    """``rmeeto.data.collate_skip_none``, but an all-unreadable batch is a :class:`NoReadableImage`."""
+    batch = rdata.collate_skip_none(samples)
+    if batch is None:
+        return NoReadableImage(s for s in samples if isinstance(s, rdata.SkippedSample))
+    return batch
 
 
 class ResumableSampler(Sampler):
@@ -170,8 +189,9 @@ def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> Train
                   persistent_workers=config.workers > 0, worker_init_fn=ignore_stop_signals)
     train_loader = DataLoader(
         _SeededDataset(train_set), batch_size=config.batch_size, sampler=sampler, drop_last=True,
+        **dict(common, collate_fn=collate_counting_skips),
         # a private generator: creating the loader iterator must not consume the global RNG (resume exactness)
-        generator=torch.Generator().manual_seed(config.seed), **common,
+        generator=torch.Generator().manual_seed(config.seed),
     )
     val_loader = DataLoader(val_set, batch_size=config.eval_batch_size or 2 * config.batch_size,
                             sampler=_ShardSampler(len(val_set), ranks.rank, ranks.world), **common)

@@ -22,7 +22,7 @@ from rmeeto import data as rdata
 from rmeeto.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from rmeeto.evaluate import evaluate
 from rmeeto.train.config import NonFiniteLossError, TrainError
-from rmeeto.train.data import CountSkips, TrainData
+from rmeeto.train.data import CountSkips, NoReadableImage, TrainData
 from rmeeto.train.distributed import agree_on_step, gather_from_ranks, sum_over_ranks
 from rmeeto.train.loss import distillation_forward
 from rmeeto.train.report import RunLog
@@ -58,7 +58,7 @@ class EpochEnd:
 def _forward(run: Run, parts: Training, batch, last_micro: bool, poison: bool):
     """One micro-batch's forward -> (loss, images in it), or (None, 0) when the batch had no readable image.
     ``batch``: ([batch, 3, H, W] images, [batch] labels), as the loader's collate leaves them."""
-    if batch is None:
+    if batch is None or isinstance(batch, NoReadableImage):
         return None, 0
     images, targets = batch[0].to(run.device, non_blocking=True), batch[1].to(run.device, non_blocking=True)
     if parts.mixup is not None and images.shape[0] % 2:  # a corrupt image left the batch odd
@@ -165,6 +165,7 @@ def validate(run: Run, parts: Training, data: TrainData, state: RunState, skips:
         "seconds": train_seconds + val["seconds"],
         "skipped_images": sum_over_ranks(skips.count, run.ranks, run.device),
     }
+    _check_readable(run, data, state, record, skips)
     score = val["top1"]
     if parts.ema is not None:
         val_ema = evaluate(parts.ema.module, data.val_loader, device=run.device, amp_dtype=run.amp_dtype,
@@ -172,6 +173,20 @@ def validate(run: Run, parts: Training, data: TrainData, state: RunState, skips:
         record.update(top1_ema=val_ema["top1"], top5_ema=val_ema["top5"])
         score = val_ema["top1"]
     return record, score
+
+
+def _check_readable(run: Run, data: TrainData, state: RunState, record: dict, skips: rdata.SkipLog) -> None:
+    """Stop (before anything is saved for this epoch) when the epoch trained on no image at all, or when more
+    than ``max_bad_fraction`` of the training files were unreadable: a model trained on what is left would be
+    reported as a success. Every rank reaches the same decision (the counts are summed over ranks)."""
+    skipped, total = record["skipped_images"], len(data.train_set)
+    example = f" (e.g. {next(iter(skips.paths))})" if skips.paths else ""
+    if state.partial["images"] == 0:
+        raise TrainError(f"epoch {state.epoch}: no readable training image in {run.config.data}; "
+                         f"{skipped} file(s) skipped as unreadable{example}")
+    if skipped > run.config.max_bad_fraction * total:
+        raise TrainError(f"{skipped} of {total} training images are unreadable, more than --max-bad-fraction "
+                         f"{run.config.max_bad_fraction:g}{example}; fix or remove them, or raise the limit")
 
 
 # ------------------------------------------------------------------------------------------------ saving
