@@ -314,3 +314,20 @@ def test_more_unreadable_images_than_the_limit_is_an_error(tmp_path):
         train(cfg)
     result = train(_quick(None, data=str(root), batch_size=2, train_aug=False, max_bad_fraction=0.25))
     assert result.final["skipped_images"] == 2  # every skipped file counted, also in all-unreadable batches
+
+
+# ------------------------------------------------------------------------------------------------ 9. torch floor
+def test_pth_files_are_refused_on_a_torch_too_old_to_load_them_safely(tmp_path, monkeypatch):
+    import rmeeto.checkpoint as ckpt_mod
+    from rmeeto.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+
+    path = save_checkpoint({"w": torch.zeros(2)}, tmp_path / "a.pth")
+    assert torch.equal(read_checkpoint(path)["model"]["w"], torch.zeros(2))
+    monkeypatch.setattr(ckpt_mod, "_torch_version", lambda: (2, 5))
+    with pytest.raises(CheckpointError, match=r"PyTorch .* cannot load untrusted .pth files safely.*2\.10"):
+        read_checkpoint(path)
+
+
+def test_pyproject_requires_a_safe_torch():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"torch>=2.10"' in text
