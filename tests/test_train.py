@@ -122,7 +122,12 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
         _retrain_cmd(out, "--from-scratch", "--alpha", "0", "--epochs", "1", "-b", "32"),
         env=_env(RMEETO_DEBUG_STEP_SLEEP="0.3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(6.0)  # imports, data, model, a few steps
+    # log.jsonl appears once everything is built, right before the first step (a fixed sleep was flaky on a
+    # loaded machine: the signal could arrive before Python had installed any handler)
+    deadline = time.monotonic() + 120
+    while not (out / "log.jsonl").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never started"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err

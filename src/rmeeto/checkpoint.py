@@ -174,7 +174,26 @@ def _pickle_globals(path: Path) -> Optional[set[str]]:
     return {name for name in names if not name.startswith(("torch.", "collections.OrderedDict"))}
 
 
+# weights-only loading is a security boundary only on recent PyTorch: before 2.6 a crafted file runs code
+# (CVE-2025-32434), before 2.10 it can corrupt memory (CVE-2026-24747)
+SAFE_TORCH = (2, 10)
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def _check_torch_version(path: Path) -> None:
+    if _torch_version() < SAFE_TORCH:
+        raise CheckpointError(
+            f"refusing to read {path}: PyTorch {torch.__version__} cannot load untrusted .pth files safely "
+            f"(CVE-2025-32434, CVE-2026-24747); upgrade to torch>={SAFE_TORCH[0]}.{SAFE_TORCH[1]} or use .safetensors")
+
+
 def _torch_load(path: Path) -> Any:
+    _check_torch_version(path)
+
     def load() -> Any:
         with warnings.catch_warnings():
             # torch warns about pickle protocols other than 2 before deciding; the decision is what matters here

@@ -240,7 +240,8 @@ class ImageFolderDataset(Dataset):
     the batches; the dataset keeps no count of its own, so it behaves the same in DataLoader workers (which
     hold copies of it)."""
 
-    def __init__(self, root: PathLike, transform: Optional[Callable] = None, extensions: Sequence[str] = IMG_EXTENSIONS):
+    def __init__(self, root: PathLike, transform: Optional[Callable] = None, extensions: Sequence[str] = IMG_EXTENSIONS,
+                 classes: Optional[Sequence[str]] = None):
         root = Path(root)
         if not root.exists():
             raise DataError(f"dataset folder {root} does not exist")
@@ -249,13 +250,22 @@ class ImageFolderDataset(Dataset):
         self.root = root
         self.transform = transform
         self.extensions = tuple(e.lower() for e in extensions)
-        self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-        if not self.classes:
+        present = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if not present:
             raise DataError(f"dataset folder {root} holds no class folders (expected {root}/<class>/<image>)")
+        # one numbering for every split: a val folder scored with its own numbering would compare labels of
+        # different classes whenever the two splits' class sets differ
+        self.classes = list(classes) if classes is not None else present
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        unknown = [c for c in present if c not in self.class_to_idx]
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (f", ... ({len(unknown) - 5} more)" if len(unknown) > 5 else "")
+            raise DataError(f"class folder{'s' * (len(unknown) != 1)} in {root} not among the "
+                            f"{len(self.classes)} training classes: {shown}")
         self.samples: list[tuple[str, int]] = []
         empty = []
-        for index, name in enumerate(self.classes):
+        for name in present:
+            index = self.class_to_idx[name]
             files = _find_images(root / name, self.extensions)
             if not files:
                 empty.append(name)
@@ -379,12 +389,15 @@ def build_dataset(
     train_aug: bool = False,
     crop_pct: float = 0.875,
     num_classes: int = 1000,
+    classes: Optional[Sequence[str]] = None,
 ) -> Dataset:
     """The dataset ``name_or_path`` at ``split`` ("train" or "val").
 
     "synthetic" is :class:`SyntheticDataset` (random tensors, ``num_classes`` classes, for benchmarks). "digits" is the embedded set (:class:`DigitsDataset`; ``train_aug`` adds random shifts). A path is an image
     folder: ``<path>/<split>/<class>/<image>``, or ``<path>/<class>/<image>`` when it has no train/val
-    subfolders; ``train_aug`` selects :func:`train_transform`, otherwise :func:`eval_transform`."""
+    subfolders; ``train_aug`` selects :func:`train_transform`, otherwise :func:`eval_transform`. ``classes``:
+    the class list that numbers the labels (pass the train split's ``classes`` when building val; a folder of
+    another class is a DataError); default: the split's own folders, sorted."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if str(name_or_path) == "digits":
@@ -393,4 +406,4 @@ def build_dataset(
         return SyntheticDataset(split, img_size, num_classes=num_classes)
     folder = _split_folder(Path(name_or_path), split)
     transform = train_transform(img_size, mean, std) if train_aug else eval_transform(img_size, mean, std, crop_pct)
-    return ImageFolderDataset(folder, transform)
+    return ImageFolderDataset(folder, transform, classes=classes)

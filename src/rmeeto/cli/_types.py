@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def int_at_least(minimum: int):
@@ -26,11 +27,8 @@ nonneg_int = int_at_least(0)
 
 
 def nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:  # also rejects nan
+    value = _number(text, ">= 0")
+    if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
 
@@ -40,3 +38,60 @@ def unit_float(text: str) -> float:
     if value > 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return value
+
+
+def _number(text: str, bound: str) -> float:
+    """``text`` as a finite float; inf and nan are never meaningful for a command's numeric settings."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, "> 0")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def open_unit_float(text: str) -> float:
+    value = _number(text, "in (0, 1)")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """A device flag (auto, cpu, cuda, cuda:N) that exists on this machine; the name itself is returned."""
+    from rmeeto.runtime import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def auto_augment_policy(text: str):
+    """A timm auto-augment policy string (``rand-m9-mstd0.5-inc1``, ``augmix-m5``, ``original``...), checked by
+    building it now rather than at the first training image; 'none'/'off'/'' -> None."""
+    if text.strip().lower() in ("", "none", "off"):
+        return None
+    from timm.data import auto_augment as aa
+
+    try:
+        if text.startswith("rand"):
+            aa.rand_augment_transform(text, {})
+        elif text.startswith("augmix"):
+            aa.augment_and_mix_transform(text, {})
+        else:
+            aa.auto_augment_transform(text, {})
+    except (AssertionError, ValueError, KeyError, IndexError, TypeError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise argparse.ArgumentTypeError(f"not a timm auto-augment policy: {text!r} ({detail}); "
+                                         "e.g. rand-m9-mstd0.5-inc1, augmix-m5, original, v0") from None
+    return text

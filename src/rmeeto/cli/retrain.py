@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from rmeeto.cli import CLIError
-from rmeeto.cli._types import nonneg_float, nonneg_int, positive_int, unit_float
+from rmeeto.cli._types import (auto_augment_policy, device_name, nonneg_float, nonneg_int, open_unit_float,
+                              positive_float, positive_int, unit_float)
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
 
 HELP = "re-train a merging model with distillation from the unmerged one (R-MeeTo), or train from scratch"
@@ -32,17 +33,13 @@ examples:
 """
 
 
-def _optional_str(text: str):
-    return None if text.strip().lower() in ("", "none", "off") else text
-
-
 # flag dest -> TrainConfig field; a value of None means "not given" (keep the preset's or the default)
 TRAIN_FLAGS = (
     "data", "checkpoint", "teacher", "use_ema_weights", "epochs", "batch_size", "accum_steps", "lr", "min_lr",
     "warmup_epochs", "warmup_lr", "weight_decay", "wd_exempt", "clip_grad", "drop_path", "alpha", "smoothing",
     "train_aug", "auto_augment", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode",
     "repeated_aug", "ema", "ema_decay", "amp", "device", "seed", "workers", "eval_batch_size", "out",
-    "save_every_steps", "tensorboard", "progress", "cuda_graphs",
+    "save_every_steps", "tensorboard", "progress", "cuda_graphs", "max_bad_fraction",
 )
 
 
@@ -82,19 +79,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default on; off under --preset paper, as in the release)")
     g.add_argument("--no-decay-exempt", dest="wd_exempt", action="store_const", const=False,
                    help="alias of --no-wd-exempt")
-    g.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="max grad norm (default off)")
+    g.add_argument("--clip-grad", type=positive_float, default=None, metavar="NORM", help="max grad norm (default off)")
     g.add_argument("--drop-path", type=unit_float, default=None, help="student stochastic depth (default 0.1)")
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                    help="keep an EMA of the weights, evaluated and used for best.pth")
-    g.add_argument("--ema-decay", type=float, default=None)
+    g.add_argument("--ema-decay", type=open_unit_float, default=None)
 
     g = parser.add_argument_group("loss and augmentation")
-    g.add_argument("--alpha", type=float, default=None,
+    g.add_argument("--alpha", type=nonneg_float, default=None,
                    help="weight of KL(teacher || student) (default 0.5; 0 = no teacher)")
     g.add_argument("--smoothing", type=unit_float, default=None, help="label smoothing (default 0.1)")
     g.add_argument("--train-aug", action=argparse.BooleanOptionalAction, default=None,
                    help="random resized crop + flip for training images (default on)")
-    g.add_argument("--auto-augment", "--aa", dest="auto_augment", type=_optional_str, default=None,
+    g.add_argument("--auto-augment", "--aa", dest="auto_augment", type=auto_augment_policy, default=None,
                    help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 ('none' = off)")
     g.add_argument("--reprob", type=unit_float, default=None, help="random erasing probability")
     g.add_argument("--mixup", type=nonneg_float, default=None, help="mixup alpha (0 = off)")
@@ -102,13 +99,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mixup-prob", type=unit_float, default=None)
     g.add_argument("--mixup-switch-prob", type=unit_float, default=None)
     g.add_argument("--mixup-mode", choices=MIXUP_MODES, default=None)
+    g.add_argument("--max-bad-fraction", type=unit_float, default=None, metavar="F",
+                   help="stop with an error when more than this fraction of the training images is unreadable "
+                        "(default 0.2; an epoch with no readable image always stops)")
     g.add_argument("--repeated-aug", type=positive_int, default=None,
                    help="repeats of each image per epoch (repeated augmentation; 1 = off, paper 3)")
 
     g = parser.add_argument_group("runtime")
     g.add_argument("--amp", choices=AMP_CHOICES, default=None,
                    help="precision: auto = bf16 on CUDA, fp32 on CPU; fp16 uses a GradScaler (CUDA only)")
-    g.add_argument("--device", default=None, help="auto (default), cpu, cuda")
+    g.add_argument("--device", type=device_name, default=None, help="auto (default), cpu, cuda")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("-j", "--workers", type=nonneg_int, default=None, help="data loader workers per process")
     g.add_argument("--eval-batch-size", type=positive_int, default=None)
@@ -116,6 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="output folder for last.pth, best.pth, log.jsonl (default: write nothing)")
     g.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue a run: 'auto' = DIR/last.pth of --out if it exists, or a checkpoint path")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out folder that holds a run (its last.pth, best.pth and log.jsonl are "
+                        "replaced); without it such a folder is refused unless resuming")
     g.add_argument("--save-every-steps", type=nonneg_int, default=None, metavar="N",
                    help="also write last.pth every N optimizer steps (default 0 = only at epoch ends)")
     g.add_argument("--tensorboard", action="store_const", const=True, default=None,
@@ -186,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = config_from_args(args, getattr(args, "_parser", None))
     try:
-        result = train(config, resume=args.resume)
+        result = train(config, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     except TrainError as exc:
         raise CLIError(str(exc)) from None
     except NonFiniteLossError as exc:

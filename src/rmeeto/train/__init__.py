@@ -53,9 +53,10 @@ from rmeeto.train.config import (AMP_CHOICES, MIXUP_MODES, PAPER_DEVIATIONS, PAP
                                  NonFiniteLossError, TrainConfig, TrainError)
 from rmeeto.train.data import ResumableSampler, build_data
 from rmeeto.train.distributed import Ranks, init_distributed
-from rmeeto.train.engine import DebugHooks, save_best, save_last, train_one_epoch, validate
+from rmeeto.train.engine import DebugHooks, repair_best, save_best, save_last, train_one_epoch, validate
 from rmeeto.train.graphs import StudentGraph, TeacherForward
 from rmeeto.train.loss import DistillationLoss, build_criterion, distillation_forward
+from rmeeto.train.rundir import RunFolder
 from rmeeto.train.report import RunLog, check_tensorboard, format_table
 from rmeeto.train.setup import build_models, build_training, prepare_run, step_model
 from rmeeto.train.state import RunState, SignalCatcher, find_resume_checkpoint, restore, seed_all
@@ -137,20 +138,30 @@ _RESULT_KEYS = frozenset(("status", "signal", "history", "best_top1", "best_epoc
                           "model", "ema", "final"))
 
 
-def train(config: TrainConfig, *, resume: Optional[str] = None) -> TrainResult:
+def train(config: TrainConfig, *, resume: Optional[str] = None, overwrite: bool = False) -> TrainResult:
     """Train ``config`` (see the module docstring) and return a :class:`TrainResult`. ``resume``: None,
     ``"auto"`` (``out/last.pth`` if present) or a checkpoint path; a resumed run takes its settings from the
     checkpoint (only the runtime fields of :data:`RUNTIME_FIELDS`, e.g. ``out``, ``device``, ``workers``, may
-    change). Raises :class:`TrainError` for bad input (before any work) and :class:`NonFiniteLossError` when
-    the loss (or the weights) stop being finite."""
+    change). An ``out`` folder that already holds a run is refused unless resuming or ``overwrite`` (which
+    replaces its files); a folder another run is writing is always refused. Raises :class:`TrainError` for bad
+    input (before any work) and :class:`NonFiniteLossError` when the loss (or the weights) stop being finite."""
     ranks = init_distributed(config.device)
+    # installed before the slow setup, so a SIGTERM that arrives while models and data are built still ends in
+    # a clean stop (after the first step) instead of a traceback or no checkpoint
+    catcher = SignalCatcher()
+    folder = None
     try:
-        return _train(config, resume, ranks)
+        with catcher:
+            if config.out is not None and ranks.master:
+                folder = RunFolder(Path(config.out), resuming=resume is not None, overwrite=overwrite)
+            return _train(config, resume, ranks, catcher)
     finally:
+        if folder is not None:
+            folder.release()
         ranks.close()
 
 
-def _train(config: TrainConfig, resume: Optional[str], ranks: Ranks) -> TrainResult:
+def _train(config: TrainConfig, resume: Optional[str], ranks: Ranks, catcher: SignalCatcher) -> TrainResult:
     t_start = time.perf_counter()
     log = RunLog(ranks)
     # setup: a resumed run's settings come from its checkpoint; bad input fails here, before any work
@@ -170,24 +181,26 @@ def _train(config: TrainConfig, resume: Optional[str], ranks: Ranks) -> TrainRes
     if ckpt is not None:
         state = restore(ckpt, resume_path, model=model, optimizer=parts.optimizer, scheduler=parts.scheduler,
                         scaler=parts.scaler, ema=ema, ranks=ranks, device=run.device, log=log.log)
+        repair_best(run, parts, state, log.log)
     parts.step_model = step_model(run, model)
 
     log.start(config, state.history, config.epochs * data.steps_per_epoch, state.global_step)
-    hooks, catcher, status = DebugHooks.from_env(), SignalCatcher(), "finished"
-    with catcher:
-        while state.epoch < config.epochs:
-            ended = train_one_epoch(run, parts, data, state, catcher=catcher, log=log, hooks=hooks)
-            if ended.stopped:
-                save_last(run, parts, state)
-                _log_stop(log, catcher, state, run.out)
-                status = "interrupted"
-                break
-            record, score = validate(run, parts, data, state, ended.skips)
-            is_best = state.finish_epoch(record, score)
-            log.epoch_end(record)
+    hooks, status = DebugHooks.from_env(), "finished"
+    while state.epoch < config.epochs:
+        ended = train_one_epoch(run, parts, data, state, catcher=catcher, log=log, hooks=hooks)
+        if ended.stopped:
             save_last(run, parts, state)
-            if is_best:
-                save_best(run, parts, state.best_epoch, state.best_top1)
+            _log_stop(log, catcher, state, run.out)
+            status = "interrupted"
+            break
+        record, score = validate(run, parts, data, state, ended.skips)
+        is_best = state.finish_epoch(record, score)
+        log.epoch_end(record)
+        # last.pth first: a kill between the two saves leaves a last.pth (at this epoch's end, holding exactly
+        # the best weights) from which a resumed run rewrites best.pth (repair_best)
+        save_last(run, parts, state)
+        if is_best:
+            save_best(run, parts, state.best_epoch, state.best_top1)
     log.close()
     if ranks.master and state.history and status == "finished":
         log.log("\n" + format_table(state.history))

@@ -87,7 +87,8 @@ class TrainConfig:
         epoch ends); tensorboard; progress; cuda_graphs (single-process CUDA runs replay the student's forward
         and backward and the teacher's forward from CUDA graphs: same arithmetic, no per-op host work; the
         capture's warm-up draws drop-path randomness, so a resumed run is not bit-identical to an uninterrupted
-        one unless cuda_graphs is off).
+        one unless cuda_graphs is off); max_bad_fraction: the run stops with an error when more than this
+        fraction of the training images is unreadable (default 0.2), and always when an epoch had none readable.
     """
 
     model: str
@@ -130,6 +131,7 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     cuda_graphs: bool = True
+    max_bad_fraction: float = 0.2
 
     def __post_init__(self):
         get_config(self.model)  # raises ValueError naming the registered models
@@ -150,7 +152,7 @@ class TrainConfig:
                      "workers", "save_every_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("drop_path", "smoothing", "reprob", "mixup_prob", "mixup_switch_prob"):
+        for name in ("drop_path", "smoothing", "reprob", "mixup_prob", "mixup_switch_prob", "max_bad_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not 0.0 < self.ema_decay < 1.0:

@@ -8,6 +8,7 @@ with which random seed, so an epoch can be resumed mid-way and reproduce the uni
 from __future__ import annotations
 
 import random
+import signal
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -20,7 +21,37 @@ from rmeeto.models import get_config
 from rmeeto.train.config import TrainConfig, TrainError
 from rmeeto.train.distributed import Ranks
 
-__all__ = ["ResumableSampler", "TrainData", "build_data", "build_mixup", "CountSkips"]
+__all__ = ["ignore_stop_signals", "NoReadableImage", "collate_counting_skips", "ResumableSampler", "TrainData", "build_data", "build_mixup", "CountSkips"]
+
+
+def ignore_stop_signals(worker_id: int = 0, then=None) -> None:
+    """A DataLoader ``worker_init_fn``: workers ignore SIGINT/SIGTERM. Preemption (Slurm, Kubernetes) and Ctrl-C
+    signal the whole process group; a worker killed by it takes the main process down with a traceback before
+    it can save, while the main process alone deciding when to stop saves at the current step. ``then``: a
+    further worker_init_fn to call (compose with ``functools.partial(ignore_stop_signals, then=fn)``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if then is not None:
+        then(worker_id)
+
+
+class NoReadableImage:
+    """What the training loader yields for a batch whose every image was unreadable: no tensors, but the
+    dropped files in ``skipped`` (``collate_skip_none`` returns None and would lose them from the count)."""
+
+    def __init__(self, skipped=()):
+        self.skipped = tuple(skipped)
+
+    def __reduce__(self):  # crosses DataLoader worker queues
+        return type(self), (self.skipped,)
+
+
+def collate_counting_skips(samples):
+    """``rmeeto.data.collate_skip_none``, but an all-unreadable batch is a :class:`NoReadableImage`."""
+    batch = rdata.collate_skip_none(samples)
+    if batch is None:
+        return NoReadableImage(s for s in samples if isinstance(s, rdata.SkippedSample))
+    return batch
 
 
 class ResumableSampler(Sampler):
@@ -117,9 +148,14 @@ def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
         train_set = rdata.build_dataset(config.data, "train", img_size=img_size, mean=mcfg.mean, std=mcfg.std,
                                         train_aug=config.train_aug, num_classes=n_cls)
         val_set = rdata.build_dataset(config.data, "val", img_size=img_size, mean=mcfg.mean, std=mcfg.std,
-                                      train_aug=False, crop_pct=mcfg.crop_pct, num_classes=n_cls)
+                                      train_aug=False, crop_pct=mcfg.crop_pct, num_classes=n_cls,
+                                      classes=getattr(train_set, "classes", None))
     except (OSError, ValueError) as exc:
         raise TrainError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+    n_data = len(getattr(train_set, "classes", ()))
+    if n_data > n_cls:  # labels >= the head's width: a device-side assert or silently wrong scores later
+        raise TrainError(f"{config.data} has {n_data} classes but {config.model}'s head has {n_cls}; "
+                         "use data with at most that many classes or a model with a wider head")
     if config.train_aug and isinstance(train_set, rdata.ImageFolderDataset):
         # the folder's default training transform with this run's RandAugment policy and erasing probability
         train_set.transform = rdata.train_transform(img_size, mcfg.mean, mcfg.std, auto_augment=config.auto_augment,
@@ -150,11 +186,12 @@ def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> Train
         raise TrainError(f"the validation split of {config.data} is empty")
     sampler = _train_sampler(config, train_set, ranks)
     common = dict(num_workers=config.workers, collate_fn=rdata.collate_skip_none, pin_memory=device.type == "cuda",
-                  persistent_workers=config.workers > 0)
+                  persistent_workers=config.workers > 0, worker_init_fn=ignore_stop_signals)
     train_loader = DataLoader(
         _SeededDataset(train_set), batch_size=config.batch_size, sampler=sampler, drop_last=True,
+        **dict(common, collate_fn=collate_counting_skips),
         # a private generator: creating the loader iterator must not consume the global RNG (resume exactness)
-        generator=torch.Generator().manual_seed(config.seed), **common,
+        generator=torch.Generator().manual_seed(config.seed),
     )
     val_loader = DataLoader(val_set, batch_size=config.eval_batch_size or 2 * config.batch_size,
                             sampler=_ShardSampler(len(val_set), ranks.rank, ranks.world), **common)

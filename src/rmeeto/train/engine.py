@@ -19,17 +19,17 @@ from dataclasses import dataclass
 import torch
 
 from rmeeto import data as rdata
-from rmeeto.checkpoint import save_checkpoint
+from rmeeto.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from rmeeto.evaluate import evaluate
-from rmeeto.train.config import NonFiniteLossError
-from rmeeto.train.data import CountSkips, TrainData
+from rmeeto.train.config import NonFiniteLossError, TrainError
+from rmeeto.train.data import CountSkips, NoReadableImage, TrainData
 from rmeeto.train.distributed import agree_on_step, gather_from_ranks, sum_over_ranks
 from rmeeto.train.loss import distillation_forward
 from rmeeto.train.report import RunLog
 from rmeeto.train.setup import Run, Training
 from rmeeto.train.state import RunState, SignalCatcher, best_checkpoint, last_checkpoint, new_partial, rng_state
 
-__all__ = ["DebugHooks", "EpochEnd", "train_one_epoch", "validate", "save_last", "save_best"]
+__all__ = ["DebugHooks", "EpochEnd", "train_one_epoch", "validate", "save_last", "save_best", "repair_best"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class EpochEnd:
 def _forward(run: Run, parts: Training, batch, last_micro: bool, poison: bool):
     """One micro-batch's forward -> (loss, images in it), or (None, 0) when the batch had no readable image.
     ``batch``: ([batch, 3, H, W] images, [batch] labels), as the loader's collate leaves them."""
-    if batch is None:
+    if batch is None or isinstance(batch, NoReadableImage):
         return None, 0
     images, targets = batch[0].to(run.device, non_blocking=True), batch[1].to(run.device, non_blocking=True)
     if parts.mixup is not None and images.shape[0] % 2:  # a corrupt image left the batch odd
@@ -165,6 +165,7 @@ def validate(run: Run, parts: Training, data: TrainData, state: RunState, skips:
         "seconds": train_seconds + val["seconds"],
         "skipped_images": sum_over_ranks(skips.count, run.ranks, run.device),
     }
+    _check_readable(run, data, state, record, skips)
     score = val["top1"]
     if parts.ema is not None:
         val_ema = evaluate(parts.ema.module, data.val_loader, device=run.device, amp_dtype=run.amp_dtype,
@@ -172,6 +173,20 @@ def validate(run: Run, parts: Training, data: TrainData, state: RunState, skips:
         record.update(top1_ema=val_ema["top1"], top5_ema=val_ema["top5"])
         score = val_ema["top1"]
     return record, score
+
+
+def _check_readable(run: Run, data: TrainData, state: RunState, record: dict, skips: rdata.SkipLog) -> None:
+    """Stop (before anything is saved for this epoch) when the epoch trained on no image at all, or when more
+    than ``max_bad_fraction`` of the training files were unreadable: a model trained on what is left would be
+    reported as a success. Every rank reaches the same decision (the counts are summed over ranks)."""
+    skipped, total = record["skipped_images"], len(data.train_set)
+    example = f" (e.g. {next(iter(skips.paths))})" if skips.paths else ""
+    if state.partial["images"] == 0:
+        raise TrainError(f"epoch {state.epoch}: no readable training image in {run.config.data}; "
+                         f"{skipped} file(s) skipped as unreadable{example}")
+    if skipped > run.config.max_bad_fraction * total:
+        raise TrainError(f"{skipped} of {total} training images are unreadable, more than --max-bad-fraction "
+                         f"{run.config.max_bad_fraction:g}{example}; fix or remove them, or raise the limit")
 
 
 # ------------------------------------------------------------------------------------------------ saving
@@ -196,10 +211,46 @@ def save_last(run: Run, parts: Training, state: RunState) -> None:
         ckpt = last_checkpoint(state, state.epoch, state.step_in_epoch, config=run.config, model=parts.model,
                                optimizer=parts.optimizer, scheduler=parts.scheduler, scaler=parts.scaler,
                                ema=parts.ema, rng_all=rng_all)
-        save_checkpoint({k: v for k, v in ckpt.items() if v is not None}, run.out / "last.pth")
+        _save(ckpt, run.out / "last.pth")
 
 
 def save_best(run: Run, parts: Training, epoch: int, score: float) -> None:
     """Write ``out/best.pth``: the weights of ``epoch``, which scored ``score`` (rank 0 only)."""
     if run.out is not None and run.ranks.master:
-        save_checkpoint(best_checkpoint(parts.model, parts.ema, epoch, score, run.config), run.out / "best.pth")
+        _save(best_checkpoint(parts.model, parts.ema, epoch, score, run.config), run.out / "best.pth")
+
+
+def _save(ckpt: dict, path) -> None:
+    """save_checkpoint (atomic: a failed write leaves the previous file as it was), with a one-line TrainError
+    for a full disk or a folder that stopped being writable."""
+    try:
+        save_checkpoint({k: v for k, v in ckpt.items() if v is not None}, path)
+    except OSError as exc:
+        raise TrainError(f"disk full / not writable: {path} ({exc.strerror or exc}); the previous checkpoint "
+                         "is intact") from None
+
+
+def repair_best(run: Run, parts: Training, state: RunState, log) -> None:
+    """After a resume: make ``best.pth`` what ``last.pth`` says it is. A run stopped between the two saves at
+    an epoch end left a ``last.pth`` at the start of the next epoch whose weights *are* the best epoch's, so
+    best.pth is rewritten from them exactly. Any other mismatch cannot be rebuilt: the best score is reset so
+    the next validated epoch writes a best.pth that matches."""
+    if run.out is None or state.best_epoch < 0:
+        return
+    path = run.out / "best.pth"
+    stored = None
+    if path.is_file():
+        try:
+            stored = read_checkpoint(path).get("epoch")
+        except CheckpointError:
+            stored = None
+    if stored == state.best_epoch:
+        return
+    if state.best_epoch == state.epoch - 1 and state.step_in_epoch == 0:
+        log(f"resume: {path} is missing or not from epoch {state.best_epoch} (the run stopped before saving it); "
+            "rewriting it from last.pth, which holds that epoch's weights")
+        save_best(run, parts, state.best_epoch, state.best_top1)
+        return
+    log(f"resume: warning: {path} is missing or not from epoch {state.best_epoch} and cannot be rebuilt; "
+        "the next validated epoch writes a new best.pth")
+    state.best_top1, state.best_epoch = -1.0, -1

@@ -87,8 +87,12 @@ def build_models(run: Run, resuming: bool) -> tuple[nn.Module, Optional[TeacherF
     teacher = None
     if config.alpha > 0:
         teacher = create_model(config.model)
-        load_weights(teacher, config.teacher or config.checkpoint, config.use_ema_weights and not config.teacher,
-                     "teacher")
+        source = config.teacher or config.checkpoint
+        loaded = load_weights(teacher, source, config.use_ema_weights and not config.teacher, "teacher")
+        if loaded.head_reset:  # a re-initialised head would distil random targets into the student
+            raise TrainError(f"teacher {source}: its classifier does not fit {config.model}'s "
+                             f"{teacher.num_classes} classes; give a --teacher trained on this data, or --alpha 0 "
+                             "to train without distillation")
         teacher = TeacherForward(teacher.eval().requires_grad_(False).to(run.device), run.amp_dtype,
                                  graph=config.cuda_graphs)
     model.to(run.device)

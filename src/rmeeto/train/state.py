@@ -14,6 +14,7 @@ import dataclasses
 import random
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -132,10 +133,11 @@ def resumed_config(config: TrainConfig, ckpt: dict, path: Path, log: Callable[[s
     return dataclasses.replace(saved, **{k: getattr(config, k) for k in RUNTIME_FIELDS})
 
 
-def load_weights(model: nn.Module, path: str, use_ema: bool, what: str) -> None:
-    """Initial weights from a checkpoint file; ``what`` names the flag in the one-line TrainError."""
+def load_weights(model: nn.Module, path: str, use_ema: bool, what: str):
+    """Initial weights from a checkpoint file; ``what`` names the flag in the one-line TrainError. Returns
+    :func:`rmeeto.checkpoint.load_checkpoint`'s result (``head_reset``: the file's classifier did not fit)."""
     try:
-        load_checkpoint(model, path, use_ema=use_ema, verbose=False)
+        return load_checkpoint(model, path, use_ema=use_ema, verbose=False)
     except CheckpointError as exc:
         raise TrainError(f"{what}: {exc}") from None
 
@@ -207,10 +209,14 @@ def best_checkpoint(model: nn.Module, ema, epoch: int, top1: float, config: Trai
 # ------------------------------------------------------------------------------------------------ signals
 class SignalCatcher:
     """Turns SIGINT/SIGTERM into a flag checked between optimizer steps (so the loop can save and exit).
-    A second Ctrl-C stops at once. Handlers are installed only in the main thread and restored on exit."""
+    A second Ctrl-C stops at once, unless it comes within ``repeat_window`` seconds of the first: wrappers that
+    forward signals (torchrun, srun, some shells) deliver one Ctrl-C twice, which must not count as two.
+    Handlers are installed only in the main thread and restored on exit."""
 
-    def __init__(self):
+    def __init__(self, repeat_window: float = 1.0):
         self.signum: Optional[int] = None
+        self.repeat_window = repeat_window
+        self._first_at = 0.0
         self._previous: dict[int, Any] = {}
 
     @property
@@ -224,9 +230,12 @@ class SignalCatcher:
         return self
 
     def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:  # second Ctrl-C: stop right now
-            raise KeyboardInterrupt
-        self.signum = signum
+        now = time.monotonic()
+        if self.signum is not None:
+            if signum == signal.SIGINT and now - self._first_at > self.repeat_window:
+                raise KeyboardInterrupt  # a second, deliberate Ctrl-C: stop right now
+            return
+        self.signum, self._first_at = signum, now
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():

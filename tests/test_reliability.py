@@ -1,0 +1,333 @@
+"""Failure behaviour (issue 15): run-folder safety, preemption, best/last consistency, class checks, unreadable
+data, output errors, flag validation, the torch security floor and smaller defects.
+
+Each test reproduces one defect on the code before its fix. Training runs use the tiny ``vim_test_patch4_16``
+model on CPU with one thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rmeeto.train import TrainConfig, TrainError, train
+
+MODEL = "vim_test_patch4_16"
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TRAIN_PKG = sys.modules["rmeeto.train"]  # the package (the name rmeeto.train may also be the function)
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def _retrain_cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "rmeeto", "retrain", "--model", MODEL, "--out", str(out), "--no-progress",
+            "--device", "cpu", *extra]
+
+
+def _quick(out, **kw) -> TrainConfig:
+    """One short epoch from scratch (the digits split: ~1400 training images, 11 steps of 128)."""
+    settings = dict(model=MODEL, epochs=1, batch_size=128, lr=1e-3, alpha=0.0, workers=0, progress=False,
+                    out=str(out) if out is not None else None)
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------ 1. run folder
+def test_a_used_run_folder_is_refused_without_resume_or_overwrite(tmp_path):
+    out = tmp_path / "run"
+    train(_quick(out))
+    log_before = (out / "log.jsonl").read_text()
+    last_before = (out / "last.pth").read_bytes()
+    with pytest.raises(TrainError, match=r"already holds a run.*--resume auto.*--overwrite"):
+        train(_quick(out))
+    assert (out / "log.jsonl").read_text() == log_before  # nothing truncated
+    assert (out / "last.pth").read_bytes() == last_before
+    # starting afresh on purpose works, and continuing does too
+    assert train(_quick(out), overwrite=True).status == "finished"
+    assert train(_quick(out), resume="auto").status == "finished"
+
+
+def test_a_second_run_on_a_locked_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:  # another run holds the lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(TrainError, match=r"in use by another run \(pid 4242\)"):
+            train(_quick(out))
+    # the kernel drops a lock with its holder: no stale lock after the holder is gone
+    assert train(_quick(out)).status == "finished"
+
+
+def test_cli_refuses_a_used_folder_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"epoch": 0}\n')
+    done = subprocess.run(_retrain_cmd(out, "--from-scratch", "--alpha", "0", "-j", "0"), env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--resume auto" in done.stderr and "--overwrite" in done.stderr and "Traceback" not in done.stderr
+    assert (out / "log.jsonl").read_text() == '{"epoch": 0}\n'
+
+
+# ------------------------------------------------------------------------------------------------ 2. preemption
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_with_workers_saves_and_exits_143(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_retrain_cmd(out, "--from-scratch", "--alpha", "0", "--epochs", "1", "-b", "32",
+                                         "-j", "2"),
+                            env=_env(RMEETO_DEBUG_STEP_SLEEP="0.3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own process group, as under Slurm
+    try:
+        _wait_for(out / "log.jsonl", proc)
+        time.sleep(1.0)  # loader workers up and a step or two done
+        os.killpg(proc.pid, signal.SIGTERM)  # the main process AND its loader workers, as scancel does
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["epoch"] == 0 and state["step_in_epoch"] > 0
+
+
+def test_a_doubled_sigint_from_a_forwarding_wrapper_counts_as_one():
+    from rmeeto.train.state import SignalCatcher
+
+    with SignalCatcher() as catcher:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the same Ctrl-C, forwarded again by a wrapper
+        assert catcher.signum == signal.SIGINT
+    with SignalCatcher(repeat_window=0.0) as catcher:  # a deliberate second Ctrl-C still stops at once
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+
+
+def test_loader_workers_ignore_stop_signals():
+    from rmeeto.train.data import ignore_stop_signals
+
+    calls = []
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ignore_stop_signals(3, then=calls.append)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert calls == [3]  # an existing worker_init_fn still runs
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+# ------------------------------------------------------------------------------------------------ 4. best/last
+def test_a_kill_between_the_last_and_best_saves_is_repaired_on_resume(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after last.pth, before best.pth
+
+    real = TRAIN_PKG.save_best
+    monkeypatch.setattr(TRAIN_PKG, "save_best", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(_quick(out))
+    assert (out / "last.pth").exists() and not (out / "best.pth").exists()
+    monkeypatch.setattr(TRAIN_PKG, "save_best", real)
+
+    result = train(_quick(out), resume="auto")
+    assert result.status == "finished" and result.best_path is not None
+    last = torch.load(out / "last.pth", weights_only=True)
+    best = torch.load(out / "best.pth", weights_only=True)
+    assert best["epoch"] == last["best_epoch"] == 0
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+
+
+# ------------------------------------------------------------------------------------------------ 7. output
+def test_out_that_is_a_file_or_below_a_file_fails_before_any_work(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(TrainError, match="is a file"):
+        train(_quick(afile))
+    with pytest.raises(TrainError, match="below the file"):
+        train(_quick(afile / "run"))
+
+
+def test_a_failed_save_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import rmeeto.checkpoint as ckpt_mod
+
+    out = tmp_path / "run"
+    real, calls = ckpt_mod.torch.save, []
+
+    def full_after_the_first_save(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) == 1:  # last.pth at the end of epoch 0 is written; best.pth then finds the disk full
+            return real(obj, f, *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", full_after_the_first_save)
+    with pytest.raises(TrainError) as info:
+        train(_quick(out))
+    monkeypatch.setattr(ckpt_mod.torch, "save", real)
+    msg = str(info.value)
+    assert "disk full / not writable" in msg and str(out / "best.pth") in msg
+    assert "previous checkpoint is intact" in msg and "\n" not in msg
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1
+    assert not list(out.glob(".*.tmp"))  # the interrupted save's temp file is gone
+
+
+def test_stale_temp_files_are_removed_when_a_run_starts(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".last.pth.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    train(_quick(out))
+    assert not stale.exists()
+
+
+def test_bad_out_leaves_no_folder_behind(tmp_path):
+    out = tmp_path / "new"
+    with pytest.raises(TrainError):
+        train(_quick(out, data=str(tmp_path / "missing")))
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ 8. flags
+@pytest.mark.parametrize("flags", [
+    ["--lr", "inf"], ["--warmup-epochs", "inf"], ["--alpha", "inf"], ["--alpha", "nan"], ["--clip-grad", "nan"],
+    ["--clip-grad", "0"], ["--ema-decay", "1.5"], ["--min-lr", "nan"], ["--auto-augment", "bogus-policy"],
+    pytest.param(["--device", "cuda"], marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
+])
+def test_every_numeric_and_choice_flag_is_checked_by_argparse(flags, capsys, tmp_path):
+    from rmeeto.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["retrain", "--model", MODEL, "--from-scratch", "--alpha", "0", "--out", str(tmp_path / "r"), *flags])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("usage:") or "error:" in err[-1]
+    assert flags[0] in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------------------------ 3. classes
+def _folders(root: Path, layout: dict, per_class: int = 2, corrupt: int = 0) -> Path:
+    from PIL import Image
+
+    for split, classes in layout.items():
+        for label in classes:
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (16, 16), (i * 40, 80, 120)).save(folder / f"{i}.png")
+            for i in range(corrupt):
+                (folder / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    return root
+
+
+def test_val_labels_use_the_training_class_numbering(tmp_path):
+    from rmeeto.data import build_dataset
+
+    root = _folders(tmp_path / "d", {"train": ["a", "b", "c"], "val": ["b", "c"]})
+    train_set = build_dataset(root, "train", img_size=16)
+    val = build_dataset(root, "val", img_size=16, classes=train_set.classes)
+    assert sorted(set(val.targets)) == [1, 2]  # b and c keep their training labels (were 0 and 1)
+
+
+def test_a_val_class_unknown_to_train_is_an_error_naming_it(tmp_path):
+    root = _folders(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "zebra"]}, per_class=4)
+    with pytest.raises(TrainError, match="zebra"):
+        train(_quick(None, data=str(root), batch_size=2, train_aug=False))
+
+
+def test_more_data_classes_than_the_head_is_an_error_before_any_work(tmp_path):
+    names = [f"c{i:02d}" for i in range(11)]  # the test model's head has 10
+    root = _folders(tmp_path / "d", {"train": names, "val": names}, per_class=1)
+    with pytest.raises(TrainError, match="11 classes.*head has 10"):
+        train(_quick(tmp_path / "out", data=str(root), batch_size=2, train_aug=False))
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ 5. teacher head
+def test_a_teacher_whose_head_does_not_fit_is_refused(tmp_path):
+    from rmeeto import create_model
+    from rmeeto.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(create_model(MODEL, num_classes=5), tmp_path / "five.pth")
+    with pytest.raises(TrainError, match=r"teacher .*five\.pth.*does not fit"):
+        train(_quick(None, checkpoint=str(ckpt), alpha=0.5))
+    fits = save_checkpoint(create_model(MODEL), tmp_path / "ten.pth")  # a separate teacher that fits is fine
+    result = train(_quick(None, checkpoint=str(ckpt), teacher=str(fits), alpha=0.5))
+    assert result.status == "finished"
+
+
+# ------------------------------------------------------------------------------------------------ 6. unreadable
+def test_a_dataset_of_unreadable_images_is_an_error_not_a_success(tmp_path):
+    root = _folders(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "b"]}, per_class=0, corrupt=4)
+    for f in (root / "val").rglob("broken*.png"):  # val readable: only training data is broken
+        from PIL import Image
+        Image.new("RGB", (16, 16)).save(f)
+    with pytest.raises(TrainError, match=r"no readable training image.*8 file\(s\) skipped"):
+        train(_quick(tmp_path / "out", data=str(root), batch_size=2, train_aug=False))
+    assert not (tmp_path / "out" / "best.pth").exists()
+
+
+def test_more_unreadable_images_than_the_limit_is_an_error(tmp_path):
+    root = _folders(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "b"]}, per_class=4, corrupt=1)
+    for f in (root / "val").rglob("broken*.png"):
+        f.unlink()
+    cfg = _quick(None, data=str(root), batch_size=2, train_aug=False, max_bad_fraction=0.1)
+    with pytest.raises(TrainError, match=r"2 of 10 training images are unreadable.*--max-bad-fraction 0.1"):
+        train(cfg)
+    result = train(_quick(None, data=str(root), batch_size=2, train_aug=False, max_bad_fraction=0.25))
+    assert result.final["skipped_images"] == 2  # every skipped file counted, also in all-unreadable batches
+
+
+# ------------------------------------------------------------------------------------------------ 9. torch floor
+def test_pth_files_are_refused_on_a_torch_too_old_to_load_them_safely(tmp_path, monkeypatch):
+    import rmeeto.checkpoint as ckpt_mod
+    from rmeeto.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+
+    path = save_checkpoint({"w": torch.zeros(2)}, tmp_path / "a.pth")
+    assert torch.equal(read_checkpoint(path)["model"]["w"], torch.zeros(2))
+    monkeypatch.setattr(ckpt_mod, "_torch_version", lambda: (2, 5))
+    with pytest.raises(CheckpointError, match=r"PyTorch .* cannot load untrusted .pth files safely.*2\.10"):
+        read_checkpoint(path)
+
+
+def test_pyproject_requires_a_safe_torch():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"torch>=2.10"' in text
