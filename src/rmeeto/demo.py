@@ -248,7 +248,7 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
                               warmup_epochs=min(settings.teacher_warmup_epochs, settings.teacher_epochs / 2), weight_decay=0.05,
                               drop_path=0.0, alpha=0.0, smoothing=0.1, out=str(out / "teacher"))
     t = time.perf_counter()
-    teacher_run = train(teacher_cfg)
+    teacher_run = train(teacher_cfg, overwrite=True)  # the demo owns its output folder: a re-run replaces it
     if teacher_run.status != "finished":
         raise KeyboardInterrupt  # stopped by a signal: train() saved teacher/last.pth; nothing more to do
     teacher_seconds = time.perf_counter() - t
@@ -272,7 +272,7 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
                               weight_decay=0.05, drop_path=0.0, alpha=settings.alpha, smoothing=0.1,
                               out=str(out / "retrain"))
     t = time.perf_counter()
-    retrain_run = train(retrain_cfg)
+    retrain_run = train(retrain_cfg, overwrite=True)
     if retrain_run.status != "finished":
         raise KeyboardInterrupt
     retrain_seconds = time.perf_counter() - t
