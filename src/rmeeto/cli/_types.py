@@ -26,6 +26,11 @@ positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
 
 
+def finite_float(text: str) -> float:
+    """Any finite number (inf and nan refused); range checks are the caller's."""
+    return _number(text, "")
+
+
 def nonneg_float(text: str) -> float:
     value = _number(text, ">= 0")
     if not value >= 0:
@@ -42,12 +47,13 @@ def unit_float(text: str) -> float:
 
 def _number(text: str, bound: str) -> float:
     """``text`` as a finite float; inf and nan are never meaningful for a command's numeric settings."""
+    bound = f" {bound}" if bound else ""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number{bound}, got {text!r}") from None
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a finite number{bound}, got {text!r}")
     return value
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from rmeeto.cli import CLIError
-from rmeeto.cli._types import (auto_augment_policy, device_name, nonneg_float, nonneg_int, open_unit_float,
+from rmeeto.cli._types import (auto_augment_policy, device_name, finite_float, nonneg_float, nonneg_int, open_unit_float,
                               positive_float, positive_int, unit_float)
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
 
@@ -86,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ema-decay", type=open_unit_float, default=None)
 
     g = parser.add_argument_group("loss and augmentation")
-    g.add_argument("--alpha", type=nonneg_float, default=None,
+    g.add_argument("--alpha", type=finite_float, default=None,
                    help="weight of KL(teacher || student) (default 0.5; 0 = no teacher)")
     g.add_argument("--smoothing", type=unit_float, default=None, help="label smoothing (default 0.1)")
     g.add_argument("--train-aug", action=argparse.BooleanOptionalAction, default=None,
