@@ -53,7 +53,8 @@ def test_deit_rows_are_timms_deit_with_the_published_sizes():
         ]
         assert len(ours.state_dict()) == 152 and ours.norm.eps == 1e-6  # timm's eps, not the release's 1e-5
     assert set(VIT_MODELS) <= set(list_models(backbone=None))
-    assert not set(VIT_MODELS) & set(list_models())  # the default listing is still Vim-only
+    assert set(list_models()) == set(list_models(backbone=None))  # the default lists both backbones
+    assert not set(VIT_MODELS) & set(list_models(backbone="vim"))
 
 
 def test_vit_digits_is_sized_like_the_vim_digits_model():

@@ -137,7 +137,7 @@ def _register_with_timm() -> None:
 
     from timm.models import _registry
 
-    for name in list_models():
+    for name in list_models(backbone="vim"):  # timm registers its own DeiTs
         if name not in _registry._model_entrypoints:
             timm_register(make(name))
 
