@@ -99,3 +99,23 @@ def test_ablate_rejects_bad_input(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["ablate", MODELS[0], "--retrain-epochs", "1", "--out", str(tmp_path)]) != 0
     assert "checkpoint" in capsys.readouterr().err
+
+
+def test_ablate_retraining_cell_distils_through_the_training_loop(tmp_path, checkpoints):
+    """One re-trained cell of the ViT: trained by rmeeto.train.train (its checkpoint stores the cell's merge
+    config) and recorded beside the training-free one; a re-run reuses both."""
+    from rmeeto.evaluate import stored_merge_config
+
+    args = ["ablate", MODELS[1], "--checkpoint", checkpoints[1], "--limit", "20", "--workers", "0", "--device", "cpu",
+            "--only", "merge unordered", "--retrain-epochs", "1", "--retrain-batch-size", "128",
+            "--out", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    rows = read_rows(tmp_path / "ablate.csv")
+    assert [(r["setting"], r["training"]) for r in rows] == [
+        ("unmerged", "free"), ("merge unordered", "free"), ("merge unordered", "retrained 1 ep")]
+    ckpt = tmp_path / "retrain" / f"{MODELS[1]}_merge_unordered" / "last.pth"
+    stored = stored_merge_config(str(ckpt))
+    assert stored is not None and not stored.ordered and stored.interval == 1
+    mtime = ckpt.stat().st_mtime
+    assert main(args) == 0 and ckpt.stat().st_mtime == mtime  # nothing re-trained
+    assert main([*args[:-3], "--only", "no such", "--out", str(tmp_path)]) != 0

@@ -48,7 +48,8 @@ KEY_FIELDS = ("model", "setting", "training", "checkpoint", "data", "limit")
 class AblationSettings:
     """What to run. num_merged: tokens per merging layer (None = each model's paper preset); shuffle_rates:
     fractions for the shuffle cells; retrain_epochs: 0 = training-free only; retrain_lr / retrain_batch_size:
-    the re-training's base lr (per 512 images) and batch; batch_size / workers / device / amp: evaluation."""
+    the re-training's base lr (per 512 images) and batch; batch_size / workers / device / amp: evaluation;
+    only: setting names to run (None = all; "unmerged" is always run, every drop is measured against it)."""
 
     num_merged: Optional[int] = None
     shuffle_rates: tuple[float, ...] = SHUFFLE_RATES
@@ -61,6 +62,7 @@ class AblationSettings:
     device: str = "auto"
     amp: Optional[str] = None
     limit: Optional[int] = None
+    only: Optional[tuple[str, ...]] = None  # run just these settings (names as in the CSV); the baseline always
 
     def __post_init__(self):
         object.__setattr__(self, "shuffle_rates", tuple(float(s) for s in self.shuffle_rates))
@@ -189,6 +191,12 @@ def run_ablation(models: Sequence[str], data: str = "digits", checkpoints: Optio
     trainings = ["free"] + ([f"retrained {settings.retrain_epochs} ep"] if settings.retrain_epochs else [])
     for i, name in enumerate(models):
         cells = ablation_cells(name, settings.num_merged, settings.shuffle_rates, settings.shuffle_seed)
+        if settings.only is not None:
+            unknown = set(settings.only) - {c.setting for c in cells}
+            if unknown:
+                raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}; the settings are: "
+                                 f"{', '.join(c.setting for c in cells)}")
+            cells = [c for c in cells if c.config is None or c.setting in settings.only]
         for training in trainings:
             plan += [(i, cell, training) for cell in cells if not (training != "free" and cell.config is None)]
 

@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shuffle-rates", type=_rates, default=(0.0, 0.1, 0.3, 0.5, 0.7), metavar="F,F,...",
                         help="shuffle fractions (default 0,0.1,0.3,0.5,0.7)")
     parser.add_argument("--shuffle-seed", type=nonneg_int, default=0, metavar="S", help="shuffle seed (default 0)")
+    parser.add_argument("--only", type=lambda t: tuple(s.strip() for s in t.split(",") if s.strip()), default=None,
+                        metavar="NAME,NAME,...",
+                        help="run just these settings, e.g. 'merge ordered,shuffle 0.5' (unmerged always runs)")
     parser.add_argument("--retrain-epochs", type=nonneg_int, default=0, metavar="N",
                         help="also re-train every merged setting N epochs with distillation (default 0: off)")
     parser.add_argument("--retrain-lr", type=float, default=2e-5, metavar="LR",
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             num_merged=args.num_merged, shuffle_rates=args.shuffle_rates, shuffle_seed=args.shuffle_seed,
             retrain_epochs=args.retrain_epochs, retrain_lr=args.retrain_lr,
             retrain_batch_size=args.retrain_batch_size, batch_size=args.batch_size, workers=args.workers,
-            device=str(device), amp=None if args.amp == "none" else args.amp, limit=args.limit,
+            device=str(device), amp=None if args.amp == "none" else args.amp, limit=args.limit, only=args.only,
         )
     num_classes = [num_classes_for(name, cfg, ckpt, n, args.data)
                    for name, cfg, ckpt, n in zip(args.models, cfgs, checkpoints, classes)]
