@@ -216,38 +216,50 @@ def order_findings(rows: list[dict], val_images: int = 360) -> list[dict]:
     return out
 
 
-def run_order_section(out: Path, settings: DemoSettings, vim_checkpoint: str, progress: bool = True) -> dict:
-    """Step 6: train :data:`VIT_MODEL` from scratch like the Vim teacher (same loop, data and batch), then run the
-    training-free order ablation of both models into ``out / "order"``. Returns ``rows``, ``findings``,
+def run_order_section(out: Path, settings: DemoSettings, vim_checkpoint: str, progress: bool = True,
+                      vit_checkpoint: Optional[str] = None, limit: Optional[int] = None) -> dict:
+    """Step 6: train :data:`VIT_MODEL` from scratch like the Vim teacher (same loop, data and batch; skipped when
+    ``vit_checkpoint`` is given), then run the training-free order ablation of both models into
+    ``out / "order"`` (``limit``: score only that many validation images). Returns ``rows``, ``findings``,
     ``vit_history``, ``vit_seconds``, ``ablate_seconds`` and ``reference`` (:data:`PAPER_ORDER_REFERENCE`)."""
     from rmeeto.ablate import AblationSettings, run_ablation
-    from rmeeto.train import TrainConfig, train
 
     order_dir = Path(out) / "order"
-    vit_cfg = TrainConfig(model=VIT_MODEL, data="digits", batch_size=settings.batch_size, seed=settings.seed,
-                          workers=0, device="cpu", amp="fp32", progress=progress, warmup_lr=1e-5,
-                          epochs=settings.vit_epochs, lr=settings.vit_lr, min_lr=1e-5,
-                          warmup_epochs=min(settings.teacher_warmup_epochs, settings.vit_epochs / 2),
-                          weight_decay=0.05, drop_path=0.0, alpha=0.0, smoothing=0.1, out=str(order_dir / "vit"))
     t = time.perf_counter()
-    vit_run = train(vit_cfg)
-    if vit_run["status"] != "finished":
-        raise KeyboardInterrupt
+    vit_history: list[dict] = []
+    if vit_checkpoint is None:
+        vit_history = _train_vit(order_dir / "vit", settings, progress)
+        vit_checkpoint = str(order_dir / "vit" / "best.pth")
     vit_seconds = time.perf_counter() - t
     t = time.perf_counter()
     ablation = AblationSettings(shuffle_rates=settings.order_shuffle_rates, shuffle_seed=settings.seed,
-                                batch_size=256, workers=0, device="cpu")
-    rows = run_ablation([MODEL, VIT_MODEL], "digits", [vim_checkpoint, str(order_dir / "vit" / "best.pth")],
-                        order_dir, ablation, progress=progress)
+                                batch_size=256, workers=0, device="cpu", limit=limit)
+    rows = run_ablation([MODEL, VIT_MODEL], "digits", [vim_checkpoint, vit_checkpoint], order_dir, ablation,
+                        progress=progress)
     val_images = rows[0]["n"]
     return {
         "rows": rows,
         "findings": order_findings(rows, val_images),
-        "vit_history": vit_run["history"],
+        "vit_history": vit_history,
         "vit_seconds": vit_seconds,
         "ablate_seconds": time.perf_counter() - t,
         "reference": PAPER_ORDER_REFERENCE,
     }
+
+
+def _train_vit(out: Path, settings: DemoSettings, progress: bool) -> list[dict]:
+    """The ViT from scratch, through the loop and with the settings the Vim teacher uses (its own lr/epochs)."""
+    from rmeeto.train import TrainConfig, train
+
+    vit_cfg = TrainConfig(model=VIT_MODEL, data="digits", batch_size=settings.batch_size, seed=settings.seed,
+                          workers=0, device="cpu", amp="fp32", progress=progress, warmup_lr=1e-5,
+                          epochs=settings.vit_epochs, lr=settings.vit_lr, min_lr=1e-5,
+                          warmup_epochs=min(settings.teacher_warmup_epochs, settings.vit_epochs / 2),
+                          weight_decay=0.05, drop_path=0.0, alpha=0.0, smoothing=0.1, out=str(out))
+    vit_run = train(vit_cfg)
+    if vit_run["status"] != "finished":
+        raise KeyboardInterrupt  # stopped by a signal: train() saved last.pth
+    return vit_run["history"]
 
 
 def _order_md(order: dict) -> list[str]:
