@@ -56,8 +56,10 @@ PAPER_ORDER_REFERENCE = {
 @dataclass(frozen=True)
 class DemoSettings:
     """Knobs of the demo. The defaults finish in about 5 minutes on 2 CPU cores (4 min 50 s measured: teacher
-    3 x ~55 s, re-training 2 x ~51 s, evaluations and report ~20 s). :meth:`quick` (one epoch each, about
-    2 minutes) is a smoke test whose numbers mean nothing."""
+    3 x ~55 s, re-training 2 x ~51 s, evaluations and report ~20 s), plus about 3 minutes for the order section
+    (estimated from its parts on an idle machine: the ViT ~7 s per epoch x 15, then 20 evaluations of the
+    360 validation images); ``order=False`` skips it. :meth:`quick` (one epoch each) is a smoke test whose
+    numbers mean nothing."""
 
     teacher_epochs: int = 5  # 3 left the teacher still improving, confounding "re-training recovers"
     retrain_epochs: int = 2
