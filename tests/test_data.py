@@ -204,3 +204,52 @@ def test_synthetic_dataset_is_deterministic_and_split_disjoint():
     assert torch.equal(train[3][0], x)  # same index, same image
     assert not torch.equal(val[3][0], x)  # val draws other images
     assert len(train.classes) == 1000
+
+
+# ---------------------------------------------------------------------------------------------- subsets
+def test_subset_indices_balanced_is_deterministic_per_class_and_in_bounds():
+    from rmeeto.data import subset_indices
+
+    labels = [0] * 100 + [1] * 40 + [2] * 3 + [3] * 1  # imbalanced, with a class of one sample
+    a = subset_indices(labels, 0.1, seed=5)
+    assert a == subset_indices(labels, 0.1, seed=5) and a == sorted(set(a))
+    assert a != subset_indices(labels, 0.1, seed=6)
+    counts = {c: sum(labels[i] == c for i in a) for c in range(4)}
+    assert counts == {0: 10, 1: 4, 2: 1, 3: 1}  # same fraction per class, at least one each
+    assert all(0 <= i < len(labels) for i in a)
+    # a class's sample does not depend on the other classes being present
+    only0 = subset_indices([0] * 100, 0.1, seed=5)
+    assert only0 == [i for i in a if labels[i] == 0]
+    assert subset_indices(labels, 1.0, seed=5) == list(range(len(labels)))
+
+
+def test_subset_indices_uniform_and_bad_input():
+    from rmeeto.data import subset_indices
+
+    labels = [i % 7 for i in range(500)]
+    u = subset_indices(labels, 0.2, seed=1, mode="uniform")
+    assert len(u) == 100 and u == subset_indices(labels, 0.2, seed=1, mode="uniform") and len(set(u)) == 100
+    assert u != subset_indices(labels, 0.2, seed=2, mode="uniform")
+    for bad in (0, 1.5, -0.1, True):
+        with pytest.raises(ValueError, match="fraction"):
+            subset_indices(labels, bad)
+    with pytest.raises(ValueError, match="mode='stratified' is not valid"):
+        subset_indices(labels, 0.5, mode="stratified")
+    with pytest.raises(ValueError, match="empty"):
+        subset_indices([], 0.5)
+
+
+def test_subset_dataset_touches_only_the_training_split():
+    from rmeeto.data import build_dataset, dataset_labels, subset_dataset
+
+    train = build_dataset("digits", "train", img_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    val = build_dataset("digits", "val", img_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    val_before = list(val.targets)
+    sub = subset_dataset(train, 0.05, seed=0)
+    assert len(val) == len(val_before) and list(val.targets) == val_before  # validation untouched
+    assert sub.classes == train.classes and sorted(set(sub.targets)) == sorted(set(train.targets))
+    assert sub.targets == dataset_labels(sub)
+    x, y = sub[0]
+    assert y == train[sub.indices[0]][1] and torch.equal(x, train[sub.indices[0]][0])
+    assert subset_dataset(train, 1.0) is train
+    assert not set(sub.indices) - set(range(len(train)))

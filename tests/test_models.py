@@ -60,7 +60,7 @@ def test_official_state_dict_keys_order_and_shapes(name):
 
 
 # the video models have their own layout (temporal_pos_embedding, a 3-D patch kernel): tests/test_videomamba.py
-IMAGE_MODELS = [n for n in list_models() if not get_config(n).arch.is_video]
+IMAGE_MODELS = [n for n in list_models(backbone="vim") if not get_config(n).arch.is_video]
 
 
 @pytest.mark.parametrize("name", IMAGE_MODELS)

@@ -53,7 +53,8 @@ def test_deit_rows_are_timms_deit_with_the_published_sizes():
         ]
         assert len(ours.state_dict()) == 152 and ours.norm.eps == 1e-6  # timm's eps, not the release's 1e-5
     assert set(VIT_MODELS) <= set(list_models(backbone=None))
-    assert not set(VIT_MODELS) & set(list_models())  # the default listing is still Vim-only
+    assert set(list_models()) == set(list_models(backbone=None))  # the default lists both backbones
+    assert not set(VIT_MODELS) & set(list_models(backbone="vim"))
 
 
 def test_vit_digits_is_sized_like_the_vim_digits_model():
@@ -307,3 +308,26 @@ def test_flops_match_the_published_deit_figures_and_drop_with_merging():
     # r = 0 costs exactly the unmerged count (no matching is done)
     arch = get_config(TINY).arch
     assert vit_flops(arch, MergeConfig(num_merged=0, interval=1))["total"] == vit_flops(arch)["total"]
+
+
+def test_checkpoint_for_another_image_size_resamples_pos_embed(tmp_path):
+    """A ViT checkpoint made at 16px loads into the same ViT at 24px: pos_embed is resampled on the patch grid
+    (4x4 -> 6x6) with the class token's row kept as is; at the same size it loads exactly."""
+    from rmeeto.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    create_model = rmeeto.create_model
+    src = create_model("vit_test_patch4_16")
+    path = save_checkpoint(src, tmp_path / "vit.pth")
+    same = create_model("vit_test_patch4_16")
+    assert load_checkpoint(same, path).pos_embed_resized is None
+    torch.testing.assert_close(same.pos_embed, src.pos_embed, rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="pos_embed resampled from 4x4 to 6x6"):
+        result = load_checkpoint(big := create_model("vit_test_patch4_16", img_size=24), path)
+    assert result.pos_embed_resized == (17, 37) and big.pos_embed.shape == (1, 37, 32)
+    torch.testing.assert_close(big.pos_embed[:, 0], src.pos_embed[:, 0], rtol=0, atol=0)  # class token row untouched
+    torch.testing.assert_close(big.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight, rtol=0, atol=0)
+    assert not torch.allclose(big.pos_embed[:, 1:7], big.pos_embed[:, 0:1].expand(-1, 6, -1))
+    with pytest.warns(UserWarning, match="classifier for 10 classes left out"):
+        three = create_model("vit_test_patch4_16", num_classes=3)
+        assert load_checkpoint(three, path).head_reset

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 import rmeeto
+from rmeeto.backbones import is_vit, is_vit_name, set_scan_backend
 from rmeeto.fast import accelerate
 from rmeeto.merge import MergeConfig
 from rmeeto.runtime import DTYPES, resolve_device, resolve_dtype
@@ -33,7 +34,9 @@ def _measure(fn, inputs, warmup: int, repeats: int, device: torch.device, **fiel
 
     timing = measure(fn, inputs, batch_size=fields["batch_size"], device=device,
                      protocol=BENCH.with_counts(warmup, repeats))
-    fields["backend"] = resolve_backend(fields.get("backend", "auto"), device)
+    # a ViT has no scan kernel: its rows say "-" rather than the kernel a Vim would have used
+    scan = fields.pop("scan", True)
+    fields["backend"] = resolve_backend(fields.get("backend", "auto"), device) if scan else "-"
     return {
         **fields,
         "device": timing.device,
@@ -76,7 +79,7 @@ def bench_inference(
     tdtype = resolve_dtype(dtype, device)
     torch.manual_seed(seed)
     model = _build(model_name, merge_config, device, img_size).eval()
-    model.set_scan_backend(backend)
+    set_scan_backend(model, backend)
     if tdtype != torch.float32:
         model = model.to(tdtype)  # official protocol: model.half() and half inputs
     c, h, w = model.pretrained_cfg.input_size if img_size is None else (3, img_size, img_size)
@@ -86,7 +89,7 @@ def bench_inference(
         fn, inputs, warmup, repeats, device, model=model_name,
         merge=None if merge_config is None else merge_config.to_dict(), batch_size=batch_size, img_size=h,
         dtype=dtype, mode=mode if mode != "auto" else ("cudagraph" if device.type == "cuda" else "eager"),
-        backend=backend,
+        backend=backend, scan=not is_vit(model),
     )
 
 
@@ -111,11 +114,11 @@ def make_train_step(
     device = resolve_device(device)
     tdtype = resolve_dtype(dtype, device)
     student = _build(model_name, merge_config, device, img_size, drop_path_rate=drop_path_rate).train()
-    student.set_scan_backend(backend)
+    set_scan_backend(student, backend)
     teacher_fn = None
     if teacher:
         teacher_model = _build(model_name, None, device, img_size)
-        teacher_model.set_scan_backend(backend)
+        set_scan_backend(teacher_model, backend)
         teacher_fn = TeacherForward(teacher_model, tdtype, graph=graphs)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.05, fused=device.type == "cuda")
     c, h, w = student.pretrained_cfg.input_size if img_size is None else (3, img_size, img_size)
@@ -165,4 +168,5 @@ def bench_train_step(
         step, batches, warmup, repeats, device, model=model_name,
         merge=None if merge_config is None else merge_config.to_dict(), batch_size=batch_size, dtype=dtype,
         teacher=teacher, backend=backend, mode="cudagraph" if graphs and device.type == "cuda" else "eager",
+        scan=not is_vit_name(model_name),
     )

@@ -112,6 +112,23 @@ class FilterResult:
 # (state dict or checkpoint, target model) -> FilterResult
 FilterFn = Callable[[Mapping[str, Any], nn.Module], FilterResult]
 
+# filters for model classes rmeeto does not own (timm's VisionTransformer: rmeeto.models.vit registers one), found
+# along the class's MRO, so a merging subclass uses its base's filter
+_CLASS_FILTERS: dict[type, FilterFn] = {}
+
+
+def register_checkpoint_filter(cls: type, fn: FilterFn) -> None:
+    """Make :func:`load_checkpoint` use ``fn`` for ``cls`` and its subclasses (unless they define their own
+    ``checkpoint_filter``)."""
+    _CLASS_FILTERS[cls] = fn
+
+
+def _default_filter(model: nn.Module) -> FilterFn:
+    own = getattr(type(model), "checkpoint_filter", None)
+    if own is not None:
+        return own
+    return next((_CLASS_FILTERS[c] for c in type(model).__mro__ if c in _CLASS_FILTERS), plain_filter)
+
 
 # ----------------------------------------------------------------------------------------------- reading
 
@@ -362,7 +379,7 @@ def load_checkpoint(
             raise CheckpointError(f"checkpoint {path}: {exc}") from None
     target = unwrap_module(model)
     if filter_fn is None:
-        filter_fn = getattr(type(target), "checkpoint_filter", plain_filter)
+        filter_fn = _default_filter(target)
     report = filter_fn(weights, target)
     state_dict = report.state_dict
     own = target.state_dict()

@@ -40,6 +40,10 @@ __all__ = [
     "eval_transform",
     "train_transform",
     "build_dataset",
+    "dataset_labels",
+    "subset_indices",
+    "subset_dataset",
+    "SUBSET_MODES",
     "IMG_EXTENSIONS",
     "SPLITS",
 ]
@@ -375,6 +379,10 @@ class SyntheticDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    @property
+    def targets(self) -> list[int]:
+        return [i % self.num_classes for i in range(self.length)]
+
     def __getitem__(self, index: int):
         g = torch.Generator().manual_seed(self.offset + index)
         return torch.randn(3, self.img_size, self.img_size, generator=g), index % self.num_classes
@@ -407,3 +415,72 @@ def build_dataset(
     folder = _split_folder(Path(name_or_path), split)
     transform = train_transform(img_size, mean, std) if train_aug else eval_transform(img_size, mean, std, crop_pct)
     return ImageFolderDataset(folder, transform, classes=classes)
+
+
+# ============================================================================================ subsets
+SUBSET_MODES = ("balanced", "uniform")
+
+
+def dataset_labels(dataset) -> list[int]:
+    """The label of every sample of ``dataset`` without loading an image: its ``targets`` (every dataset here
+    has them), looked through ``torch.utils.data.Subset``. ValueError for a dataset without labels."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        parent = dataset_labels(dataset.dataset)
+        return [parent[i] for i in dataset.indices]
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise ValueError(f"{type(dataset).__name__} has no 'targets' (one label per sample): cannot take a subset")
+    return [int(t) for t in targets]
+
+
+def subset_indices(labels_or_dataset, fraction: float, seed: int = 0, mode: str = "balanced") -> list[int]:
+    """A deterministic sample of ``fraction`` (0 < fraction <= 1) of a training set, as sorted indices.
+
+    ``labels_or_dataset``: a sequence of integer labels (one per sample) or a dataset (:func:`dataset_labels`).
+    mode "balanced": the same fraction of every class, round(fraction * class size), at least one per class,
+        so no class disappears (what a re-training on 1% of ImageNet needs); each class is drawn from its own
+        generator seeded by (seed, class), so the sample of one class does not depend on the others.
+    mode "uniform": round(fraction * N) samples (at least one) drawn uniformly without regard to class (the
+        official release's ``random.sample``; a rare class may vanish).
+    The same (labels, fraction, seed, mode) always gives the same indices; fraction 1 gives every index.
+    """
+    if mode not in SUBSET_MODES:
+        raise ValueError(f"mode={mode!r} is not valid; choose from {', '.join(map(repr, SUBSET_MODES))}")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if isinstance(labels_or_dataset, Dataset):
+        labels = np.asarray(dataset_labels(labels_or_dataset), dtype=np.int64)
+    else:
+        labels = np.asarray(list(labels_or_dataset), dtype=np.int64)
+    n = len(labels)
+    if n == 0:
+        raise ValueError("cannot take a subset of an empty dataset")
+    if fraction == 1:
+        return list(range(n))
+    if mode == "uniform":
+        k = max(1, round(fraction * n))
+        picked = np.random.default_rng(seed).choice(n, size=k, replace=False)
+        return sorted(int(i) for i in picked)
+    picked = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        k = max(1, round(fraction * len(members)))
+        rng = np.random.default_rng([seed, int(c) & 0xFFFFFFFF])  # per-class stream: classes are independent
+        picked.extend(int(i) for i in rng.choice(members, size=k, replace=False))
+    return sorted(picked)
+
+
+def subset_dataset(dataset, fraction: float, seed: int = 0, mode: str = "balanced"):
+    """``dataset`` restricted to :func:`subset_indices` (a ``torch.utils.data.Subset`` that keeps ``classes``
+    and ``targets``); ``fraction == 1`` returns ``dataset`` itself. Apply it to the training split only: the
+    validation set stays whole unless a run asks otherwise (the release also subsets validation)."""
+    if fraction == 1:
+        return dataset
+    indices = subset_indices(dataset, fraction, seed, mode)
+    labels = dataset_labels(dataset)
+    subset = torch.utils.data.Subset(dataset, indices)
+    subset.classes = getattr(dataset, "classes", None)  # callers read the class names off the dataset
+    subset.targets = [labels[i] for i in indices]
+    return subset

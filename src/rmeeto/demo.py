@@ -7,7 +7,13 @@
 3. merge tokens training-free (r tokens at every even layer) and, for contrast, prune the same tokens;
 4. re-train the merged model for a few epochs with distillation from the unmerged teacher;
 5. write ``report.md``, ``report.json`` and ``demo.png`` into the output folder (checkpoints in
-   ``teacher/`` and ``retrain/``).
+   ``teacher/`` and ``retrain/``);
+6. "order" section (on by default, ``DemoSettings(order=False)`` skips it): train a ViT of the same size
+   (``vit_digits_patch4_32``: 65 tokens, 0.51M parameters) through the same loop, then score both models
+   training-free with the ordered and the unordered merge, pruning, and token shuffling
+   (:func:`rmeeto.ablate.run_ablation`; ``order/ablate.csv``, ``order/ablate.png``), and state from those
+   numbers whether "order matters more for Mamba than for ViT" holds at this scale, beside the paper's
+   ImageNet figures (reference, not reproduced here).
 
 Both trainings go through :func:`rmeeto.train.train`, the loop used for ImageNet re-training. The findings
 printed at the end (does merging lose accuracy, does pruning lose more, does re-training recover it) are
@@ -32,16 +38,28 @@ import torch
 from rmeeto.merge import MergeConfig
 from rmeeto.models import get_config
 
-__all__ = ["DemoSettings", "run_demo", "findings"]
+__all__ = ["DemoSettings", "run_demo", "findings", "order_findings", "run_order_section", "PAPER_ORDER_REFERENCE"]
 
 MODEL = "vim_digits_patch4_32"
+VIT_MODEL = "vit_digits_patch4_32"  # the ViT of the order section: same tokens, about the same parameters
+
+# The paper's ImageNet figures (README plot / shared/SPEC.md section 10), shown beside the digits numbers as
+# reference only: change of top-1 in points.
+PAPER_ORDER_REFERENCE = {
+    "ordered -> unordered, after 3-epoch re-training": {
+        "DeiT-Ti/S/B": (+0.1, +0.1, -0.1), "Vim-Ti/S/B": (-9.4, -6.6, -3.5)},
+    "training-free pruning at 14 / 28 / 42% token reduction": {
+        "DeiT-S": (-0.5, -1.2, -2.8), "Vim-S": (-2.2, -2.2, -6.2)},
+}
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     """Knobs of the demo. The defaults finish in about 5 minutes on 2 CPU cores (4 min 50 s measured: teacher
-    3 x ~55 s, re-training 2 x ~51 s, evaluations and report ~20 s). :meth:`quick` (one epoch each, about
-    2 minutes) is a smoke test whose numbers mean nothing."""
+    3 x ~55 s, re-training 2 x ~51 s, evaluations and report ~20 s), plus about 3 minutes for the order section
+    (estimated from its parts on an idle machine: the ViT ~7 s per epoch x 15, then 20 evaluations of the
+    360 validation images); ``order=False`` skips it. :meth:`quick` (one epoch each) is a smoke test whose
+    numbers mean nothing."""
 
     teacher_epochs: int = 5  # 3 left the teacher still improving, confounding "re-training recovers"
     retrain_epochs: int = 2
@@ -53,9 +71,13 @@ class DemoSettings:
     alpha: float = 0.5
     seed: int = 0
     throughput_batch: int = 64
+    order: bool = True  # step 6, the order section (a ViT trained and both models ablated)
+    vit_epochs: int = 15
+    vit_lr: float = 1.6e-2  # per 512 images: 1e-3 at batch 32
+    order_shuffle_rates: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7)
 
     def __post_init__(self):
-        for name in ("teacher_epochs", "retrain_epochs", "batch_size", "throughput_batch"):
+        for name in ("teacher_epochs", "retrain_epochs", "batch_size", "throughput_batch", "vit_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_merged < 1:
@@ -63,7 +85,7 @@ class DemoSettings:
 
     @classmethod
     def quick(cls, **overrides) -> "DemoSettings":
-        return cls(**{**dict(teacher_epochs=1, retrain_epochs=1, throughput_batch=32), **overrides})
+        return cls(**{**dict(teacher_epochs=1, retrain_epochs=1, throughput_batch=32, vit_epochs=1), **overrides})
 
     @property
     def merge(self) -> MergeConfig:
@@ -141,6 +163,138 @@ def findings(stages: dict[str, dict], history: list[dict], teacher_history: list
     return out
 
 
+def order_findings(rows: list[dict], val_images: int = 360) -> list[dict]:
+    """Whether order matters more for the Vim than for the ViT, from the training-free ablation ``rows``
+    (:func:`rmeeto.ablate.run_ablation` rows of :data:`MODEL` and :data:`VIT_MODEL`). Each entry has ``claim``,
+    ``holds``, ``text`` and ``note`` (as :func:`findings`); the last entry is the overall statement, which holds
+    when both the unordered layout and shuffling cost the Vim more than the ViT."""
+    top1 = {(r["model"], r["setting"]): float(r["top1"]) for r in rows if r["training"] == "free"}
+    unit = 100 / val_images
+
+    def change(model: str, setting: str) -> float:  # vs the ordered merge of the same model
+        return top1[(model, setting)] - top1[(model, "merge ordered")]
+
+    def note(gap: float) -> str:
+        if abs(gap) < 2 * unit:
+            return (f"the two changes differ by {abs(gap):.2f} points, less than two validation images "
+                    f"({2 * unit:.2f} points): not a clear difference")
+        return ""
+
+    rates = sorted({float(s.split()[1]) for m, s in top1 if m == MODEL and s.startswith("shuffle ")} - {0.0})
+    out = []
+    u = {m: change(m, "merge unordered") for m in (MODEL, VIT_MODEL)}
+    out.append({
+        "claim": "the unordered merge costs the Vim more than the ViT",
+        "holds": u[MODEL] < u[VIT_MODEL],
+        "text": (f"ordered -> unordered merge changed top-1 by {u[MODEL]:+.2f} points for the Vim and "
+                 f"{u[VIT_MODEL]:+.2f} for the ViT"),
+        "note": note(u[MODEL] - u[VIT_MODEL]),
+    })
+    s = {m: sum(change(m, f"shuffle {r:g}") for r in rates) / max(1, len(rates)) for m in (MODEL, VIT_MODEL)}
+    out.append({
+        "claim": "shuffling tokens costs the Vim more than the ViT",
+        "holds": s[MODEL] < s[VIT_MODEL],
+        "text": (f"shuffling {', '.join(f'{r:g}' for r in rates)} of the tokens changed top-1 by "
+                 f"{s[MODEL]:+.2f} points on average for the Vim and {s[VIT_MODEL]:+.2f} for the ViT"),
+        "note": note(s[MODEL] - s[VIT_MODEL]),
+    })
+    p = {m: change(m, "prune ordered") for m in (MODEL, VIT_MODEL)}
+    out.append({
+        "claim": "pruning instead of merging costs the Vim more than the ViT",
+        "holds": p[MODEL] < p[VIT_MODEL],
+        "text": (f"pruning the same tokens changed top-1 by {p[MODEL]:+.2f} points for the Vim and "
+                 f"{p[VIT_MODEL]:+.2f} for the ViT (vs the ordered merge)"),
+        "note": note(p[MODEL] - p[VIT_MODEL]),
+    })
+    both = out[0]["holds"] and out[1]["holds"]
+    out.append({
+        "claim": "order matters more for Mamba than for ViT",
+        "holds": both,
+        "text": ("both the unordered layout and shuffling cost the Vim more than the ViT" if both else
+                 "the unordered layout and shuffling do not both cost the Vim more than the ViT"),
+        "note": (f"unmerged top-1: Vim {top1[(MODEL, 'unmerged')]:.2f}%, ViT {top1[(VIT_MODEL, 'unmerged')]:.2f}%; "
+                 f"one validation image is {unit:.2f} points"),
+    })
+    return out
+
+
+def run_order_section(out: Path, settings: DemoSettings, vim_checkpoint: str, progress: bool = True,
+                      vit_checkpoint: Optional[str] = None, limit: Optional[int] = None) -> dict:
+    """Step 6: train :data:`VIT_MODEL` from scratch like the Vim teacher (same loop, data and batch; skipped when
+    ``vit_checkpoint`` is given), then run the training-free order ablation of both models into
+    ``out / "order"`` (``limit``: score only that many validation images). Returns ``rows``, ``findings``,
+    ``vit_history``, ``vit_seconds``, ``ablate_seconds`` and ``reference`` (:data:`PAPER_ORDER_REFERENCE`)."""
+    from rmeeto.ablate import AblationSettings, run_ablation
+
+    order_dir = Path(out) / "order"
+    t = time.perf_counter()
+    vit_history: list[dict] = []
+    if vit_checkpoint is None:
+        vit_history = _train_vit(order_dir / "vit", settings, progress)
+        vit_checkpoint = str(order_dir / "vit" / "best.pth")
+    vit_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    ablation = AblationSettings(shuffle_rates=settings.order_shuffle_rates, shuffle_seed=settings.seed,
+                                batch_size=256, workers=0, device="cpu", limit=limit)
+    rows = run_ablation([MODEL, VIT_MODEL], "digits", [vim_checkpoint, vit_checkpoint], order_dir, ablation,
+                        progress=progress)
+    val_images = rows[0]["n"]
+    return {
+        "rows": rows,
+        "findings": order_findings(rows, val_images),
+        "vit_history": vit_history,
+        "vit_seconds": vit_seconds,
+        "ablate_seconds": time.perf_counter() - t,
+        "reference": PAPER_ORDER_REFERENCE,
+    }
+
+
+def _train_vit(out: Path, settings: DemoSettings, progress: bool) -> list[dict]:
+    """The ViT from scratch, through the loop and with the settings the Vim teacher uses (its own lr/epochs)."""
+    from rmeeto.train import TrainConfig, train
+
+    vit_cfg = TrainConfig(model=VIT_MODEL, data="digits", batch_size=settings.batch_size, seed=settings.seed,
+                          workers=0, device="cpu", amp="fp32", progress=progress, warmup_lr=1e-5,
+                          epochs=settings.vit_epochs, lr=settings.vit_lr, min_lr=1e-5,
+                          warmup_epochs=min(settings.teacher_warmup_epochs, settings.vit_epochs / 2),
+                          weight_decay=0.05, drop_path=0.0, alpha=0.0, smoothing=0.1, out=str(out))
+    vit_run = train(vit_cfg)
+    if vit_run["status"] != "finished":
+        raise KeyboardInterrupt  # stopped by a signal: train() saved last.pth
+    return vit_run["history"]
+
+
+def _order_md(order: dict) -> list[str]:
+    rows = order["rows"]
+    settings = [r["setting"] for r in rows if r["model"] == MODEL]
+    by = {(r["model"], r["setting"]): r for r in rows}
+    lines = [
+        "", "## Order: Vim vs ViT", "",
+        f"`{MODEL}` (the teacher above) and `{VIT_MODEL}` (same 65 tokens, about the same parameter count, "
+        f"trained from scratch by the same loop for {len(order['vit_history'])} epochs), each merged with its "
+        "preset training-free (Vim: at layers 2, 4, ..., 10; ViT: in every block; both end at "
+        f"{by[(MODEL, 'merge ordered')]['tokens']} / {by[(VIT_MODEL, 'merge ordered')]['tokens']} tokens). "
+        "Shuffle rows shuffle that fraction of the tokens at every merging layer, in evaluation too. "
+        "Change = top-1 minus the unmerged model's.", "",
+        f"| setting | Vim top-1 (%) | Vim change | ViT top-1 (%) | ViT change |", "|---|---:|---:|---:|---:|",
+    ]
+    for s in settings:
+        a, b = by[(MODEL, s)], by[(VIT_MODEL, s)]
+        lines.append(f"| {s} | {a['top1']:.2f} | {a['top1_drop']:+.2f} | {b['top1']:.2f} | {b['top1_drop']:+.2f} |")
+    lines += ["", "Findings (computed from the numbers above):", ""]
+    for f in order["findings"]:
+        lines.append(f"- **{f['claim']}**: {'holds' if f['holds'] else 'does NOT hold here'} — {f['text']}."
+                     + (f" Note: {f['note']}." if f.get("note") else ""))
+    lines += ["", "Paper's ImageNet figures, for reference only (not reproduced by this demo; change of top-1 in "
+                  "points):", ""]
+    for what, values in order["reference"].items():
+        parts = "; ".join(f"{k} {' / '.join(f'{v:+.1f}' for v in vs)}" for k, vs in values.items())
+        lines.append(f"- {what}: {parts}")
+    lines += ["", f"ViT training {order['vit_seconds']:.0f} s, ablation {order['ablate_seconds']:.0f} s. Table: "
+                  "`order/ablate.csv`, figure: `order/ablate.png`."]
+    return lines
+
+
 def _plot(path: Path, stages: dict[str, dict], history: list[dict], teacher_history: list[dict]) -> None:
     import matplotlib
 
@@ -208,6 +362,8 @@ def _report_md(report: dict) -> str:
     if not all(f["holds"] for f in report["findings"]):
         lines += ["", "At this toy scale (1.4k training images, a 12-layer width-64 model, a few CPU minutes) not "
                       "every claim of the paper reproduces; the numbers are reported as measured."]
+    if report.get("order"):
+        lines += _order_md(report["order"])
     lines += [
         "",
         "GFLOPs are multiply-adds per image: *paper* is the official formula (one scan direction, requested "
@@ -279,6 +435,12 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
     stages["merged + re-trained"] = _measure(retrain_run.model, val_loader, settings.merge, settings, progress,
                                              "re-trained")
 
+    # 6. order section: a ViT of the same size beside the Vim teacher (before the report, which includes it)
+    order = None
+    if settings.order:
+        _stage(f"[order] training {VIT_MODEL} ({settings.vit_epochs} epochs), then ablating both models")
+        order = run_order_section(out, settings, teacher_ckpt, progress)
+
     # 5. report
     _stage("[5/5] writing the report")
     sched = settings.merge.schedule(cfg.arch.num_tokens, cfg.arch.depth, cfg.arch.cls_index)
@@ -297,6 +459,8 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
                         "cpu_count": os.cpu_count(), "platform": platform.platform()},
     }
     report["findings"] = findings(stages, retrain_run.history, teacher_run.history, len(val_set))
+    if order is not None:
+        report["order"] = order
     report["wall_seconds"] = time.perf_counter() - t0
     _plot(out / "demo.png", stages, retrain_run.history, teacher_run.history)
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -316,6 +480,6 @@ def format_table(report: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     epochs = ", ".join(f"{h['top1']:.2f}" for h in report["retrain_history"])
     lines.append(f"re-training top-1 per epoch: {epochs}")
-    for f in report["findings"]:
+    for f in report["findings"] + (report["order"]["findings"] if report.get("order") else []):
         lines.append(f"{'[holds]' if f['holds'] else '[does not hold]'} {f['claim']}: {f['text']}")
     return "\n".join(lines)

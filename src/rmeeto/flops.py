@@ -15,13 +15,19 @@ Two counts:
 Both accept a registered model name, a :class:`~rmeeto.models.vim.VisionMamba`, a
 :class:`~rmeeto.models.VimArch` or a dict of constructor arguments (resolved by :func:`rmeeto.models.arch_of`).
 ``merge_config=None`` means the unmerged model (for a patched model pass ``model.merge_config``).
+
+A ViT/DeiT (registered name, timm model or :class:`~rmeeto.models.vit.ViTArch`) has one count,
+:func:`rmeeto.merge_vit.vit_flops` (attention, MLP and ToMe matching on the static schedule): both functions
+return it, so every command reports the same number for "paper" and "true" there.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+from rmeeto.backbones import vit_arch
 from rmeeto.merge import MergeConfig
+from rmeeto.merge_vit import vit_flops
 from rmeeto.models import VimArch, arch_of
 from rmeeto.models.vim import VisionMamba
 
@@ -69,6 +75,8 @@ def paper_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = N
     then n -= r with r the requested count. Plus patch embed num_tokens*C*in_chans*tubelet*patch^2 (the
     release charges the class token too) and head C*classes. Video models (1569 tokens) follow the same formula.
     """
+    if vit_arch(arch_or_model) is not None:
+        return vit_flops(vit_arch(arch_or_model), merge_config)["gflops"]
     a = arch_of(arch_or_model)
     c = a.embed_dim
     n: float = a.num_tokens
@@ -124,6 +132,9 @@ def true_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = No
     GFLOPs, "tokens_per_layer": [tokens each layer's mixer processes (after that layer's merge)],
     "per_layer": [GFLOPs of each layer, its merge included]}``. Branch and scan terms cover both directions.
     """
+    if vit_arch(arch_or_model) is not None:
+        v = vit_flops(vit_arch(arch_or_model), merge_config)
+        return {"total": v["gflops"], "breakdown": {}, "tokens_per_layer": v["tokens_per_layer"], "per_layer": []}
     a = arch_of(arch_or_model)
     c = a.embed_dim
     config = merge_config if merge_config is not None else MergeConfig()
@@ -154,7 +165,7 @@ def flops_table(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = N
     """Rows for printing: the unmerged model, then (if ``merge_config`` is given) the merged one, each with
     ``setting``, ``paper_gflops``, ``true_gflops``, ``final_tokens`` and the reductions relative to unmerged
     (``paper_reduction`` / ``true_reduction`` = 1 - merged / unmerged)."""
-    a = arch_of(arch_or_model)
+    a = vit_arch(arch_or_model) or arch_of(arch_or_model)
     rows = []
     base_paper, base_true = paper_flops(a), true_flops(a)
     configs = [("unmerged", None)] + ([("merged", merge_config)] if merge_config is not None else [])

@@ -215,7 +215,7 @@ def _register_with_timm() -> None:
         fn.__doc__ = f"{models.get_config(name).description} (rmeeto)"
         return fn
 
-    for name in models.list_models():
+    for name in models.list_models(backbone="vim"):  # timm registers its own DeiTs
         if name not in _registry._model_entrypoints:
             timm_register(make(name))
 

@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from rmeeto.backbones import block_state, blocks_of, cls_position_of, depth_of, forward_tokens, head_logits
 from rmeeto.models.vim import VisionMamba
 
 Tensor = torch.Tensor
@@ -47,7 +48,7 @@ def token_groups(model: VisionMamba, images: Tensor, layer: Optional[int] = None
     dict with ``logits`` [batch, classes], ``tokens`` (count at that layer, class token included),
     ``cls_index`` (class-token index at that layer) and ``layer``.
     """
-    depth = len(model.layers)
+    depth = depth_of(model)
     k = depth - 1 if layer is None else layer
     if k < 0:
         k += depth
@@ -57,23 +58,23 @@ def token_groups(model: VisionMamba, images: Tensor, layer: Optional[int] = None
     captured = {}
 
     def hook(module, args, output):
-        # output = (hidden, residual, state); state.source is the map after this block's merge
-        captured["state"] = output[2]
+        # Vim (hidden, residual, state) / ViT (x, state); state.source is the map after this block's merge
+        captured["state"] = block_state(output)
         captured["tokens"] = output[0].shape[1]
 
     was_training = model.training
     model.eval()
-    handle = model.layers[k].register_forward_hook(hook)
+    handle = blocks_of(model)[k].register_forward_hook(hook)
     try:
-        tokens, final = model.forward_tokens(images, track_source=True)
-        logits = model.forward_head(tokens[:, final.cls_index])
+        tokens, final = forward_tokens(model, images, track_source=True)
+        logits = head_logits(model, tokens, final)
     finally:
         handle.remove()
         model.train(was_training)
 
     state = captured["state"]
     source = state.source  # [batch, tokens, original_tokens], 0/1
-    cls_now, cls_orig = state.cls_index, model.cls_position
+    cls_now, cls_orig = state.cls_index, cls_position_of(model)
     # the class token is never merged: its row is itself only, and no patch row contains it
     keep_rows = [i for i in range(source.shape[1]) if i != cls_now]
     keep_cols = [j for j in range(source.shape[2]) if j != cls_orig]

@@ -16,6 +16,7 @@ import dataclasses
 from typing import Optional
 
 from rmeeto.cli._types import nonneg_int, positive_int, unit_float
+from rmeeto.backbones import default_interval, schedule_for
 from rmeeto.merge import DISTANCES, METRICS, REDUCES, MergeConfig
 
 __all__ = ["add_merge_arguments", "merge_config_from_args", "parse_num_merged", "MERGE_FLAG_DESTS"]
@@ -96,7 +97,8 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
                    help="tokens merged at each merging layer: one integer, or a comma-separated list with one "
                         "entry per merging layer")
     g.add_argument("--interval", type=positive_int, default=None, metavar="K",
-                   help=f"merge every K-th layer (default {_DEFAULTS['interval']}: layers 2, 4, ..., 22)")
+                   help=f"merge every K-th layer (default {_DEFAULTS['interval']} for a Vim: layers 2, 4, ..., 22; "
+                        "1 for a ViT/DeiT: every block, as ToMe)")
     g.add_argument("--odd", action="store_const", const=True, default=None,
                    help="merge at layers i with (i + 1) %% K == 0 (1, 3, ..., 23) instead of i %% K == 0")
     g.add_argument("--unordered", action="store_const", const=True, default=None,
@@ -153,6 +155,8 @@ def merge_config_from_args(args: argparse.Namespace, model_name: Optional[str] =
         elif preset == "none":
             if not given:
                 return None
+            if model_name is not None and "interval" not in given:
+                given["interval"] = default_interval(model_name)  # a ViT merges in every block (ToMe)
             config = MergeConfig(**given)
         else:
             raise CLIError(f"--preset {preset!r} is not valid; choose from {', '.join(PRESETS)}")
@@ -165,7 +169,4 @@ def merge_config_from_args(args: argparse.Namespace, model_name: Optional[str] =
 
 def _check_against_model(config: MergeConfig, model_name: str) -> None:
     """Raise ValueError if ``config`` does not fit the model (e.g. a per-layer list of the wrong length)."""
-    from rmeeto.models import get_config
-
-    arch = get_config(model_name).arch
-    config.schedule(arch.num_tokens, arch.depth, arch.cls_index)
+    schedule_for(model_name, config)

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 
+from rmeeto.backbones import is_vit_name
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
 from rmeeto.runtime import DTYPES
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
                 from rmeeto.merge import MergeConfig
 
                 merged_cfg = MergeConfig.paper(name)
-            for backend in backends:
+            # a ViT has no scan kernel to compare: one pass with "auto"
+            for backend in (["auto"] if is_vit_name(name) else backends):
                 base = None
                 for cfg in (None, merged_cfg):
                     if section == "inference":

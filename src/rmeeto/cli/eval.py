@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from rmeeto.backbones import num_tokens_of
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
 from rmeeto.runtime import DTYPES
@@ -257,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"data        {args.data}: {len(dataset)} images, {len(classes)} classes")
     stored = "  (stored in the checkpoint)" if merge_source == "checkpoint" else ""
     print(f"merge       {describe_merge(merge_config)}{stored}")
-    print(f"tokens      {' '.join(map(str, tokens))}  (per layer, after its merge; {model.num_tokens} at input)")
+    print(f"tokens      {' '.join(map(str, tokens))}  (per layer, after its merge; {num_tokens_of(model)} at input)")
     print(f"GFLOPs      paper {gflops_paper:.4g}   true {gflops_true:.4g}", flush=True)
 
     stats = evaluate(model, loader, device=device, amp_dtype=amp, progress=not args.no_progress,

@@ -10,6 +10,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from rmeeto.backbones import default_interval, num_tokens_of, schedule_for
 from rmeeto.cli._types import positive_int
 from rmeeto.cli.eval import (
     add_model_data_arguments,
@@ -76,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="merge, prune or both (default both)")
     g.add_argument("--layouts", type=_choices(LAYOUTS), default=list(LAYOUTS), metavar="ordered,unordered",
                    help="token layouts after a merge (default both)")
-    g.add_argument("--interval", type=positive_int, default=2, metavar="K", help="merge every K-th layer (default 2)")
+    g.add_argument("--interval", type=positive_int, default=None, metavar="K",
+                   help="merge every K-th layer (default 2 for a Vim, 1 for a ViT/DeiT: every block, as ToMe)")
     g.add_argument("--odd", action="store_true", help="merge at layers i with (i + 1) %% K == 0")
     g.add_argument("--metric", choices=METRICS, default="x", help="similarity source (default x)")
     g.add_argument("--throughput-batch", type=positive_int, default=None, metavar="N",
@@ -166,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     check_paths(args.checkpoint, args.data)
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)
-    configs = sweep_configs(args.num_merged, args.modes, args.layouts, args.interval, args.odd, args.metric)
+    interval = args.interval if args.interval is not None else default_interval(args.model)
+    configs = sweep_configs(args.num_merged, args.modes, args.layouts, interval, args.odd, args.metric)
     dataset, classes = build_eval_dataset(args.data, args.model, args.limit)
     num_classes = num_classes_for(args.model, model_cfg, args.checkpoint, len(classes), args.data, args.ema)
     loader = build_loader(dataset, args.batch_size, args.workers, device)
@@ -185,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="merging .* is more than", category=UserWarning)
             apply_merge(model, config)
-        schedule = config.schedule(model.num_tokens, len(model.layers), model.cls_position)
+        schedule = schedule_for(model, config)
         # every r = 0 setting (and any that clamps to nothing) is the same model: evaluate it once
         key = ("noop",) if not any(s.num_merged for s in schedule) else (mode, layout, r)
         if key not in cache:
@@ -198,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         stats, speed = cache[key]
         rows.append({
             "mode": mode, "layout": layout, "num_merged": r,
-            "tokens": schedule[-1].tokens_out if schedule else model.num_tokens,
+            "tokens": schedule[-1].tokens_out if schedule else num_tokens_of(model),
             "top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"], "n": stats["n"],
             "paper_gflops": paper_flops(model, config), "true_gflops": true_flops(model, config)["total"],
             "images_per_s": speed["images_per_s"], "ms_per_image": speed["ms_per_image"],

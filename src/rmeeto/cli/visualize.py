@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rmeeto.backbones import depth_of
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments
 from rmeeto.cli.eval import check_model, check_paths, load_model, merge_config_for, num_classes_for, resolve_device
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     num_classes = num_classes_for(args.model, model_cfg, args.checkpoint, len(classes) if classes else None,
                                   "digits", args.ema)
     model = load_model(args.model, args.checkpoint, merge_config, num_classes, device, args.ema)
-    depth = len(model.layers)
+    depth = depth_of(model)
     if args.layer is not None and not -depth <= args.layer < depth:
         raise CLIError(
             f"--layer must be in [{-depth}, {depth - 1}] for {args.model} ({depth} layers), got {args.layer}"

@@ -54,9 +54,9 @@ def register_model(cfg: ModelConfig) -> ModelConfig:
     return cfg
 
 
-def list_models(pattern: str = "*", backbone: Optional[str] = "vim") -> list[str]:
+def list_models(pattern: str = "*", backbone: Optional[str] = None) -> list[str]:
     """Registered model names matching a shell-style ``pattern``; ``backbone`` "vim", "vit" (the timm ViT/DeiT
-    rows of :mod:`rmeeto.models.vit`) or None for both."""
+    rows of :mod:`rmeeto.models.vit`) or None (default) for both."""
     tables = {"vim": list(_REGISTRY), "vit": list(_vit.VIT_MODELS), None: [*_REGISTRY, *_vit.VIT_MODELS]}
     if backbone not in tables:
         raise ValueError(f"backbone={backbone!r} is not valid; choose from 'vim', 'vit', None")
@@ -70,7 +70,7 @@ def get_config(name: str):
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models(backbone=None))}") from None
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
 
 
 # facts that must agree for a checkpoint to be a registered model; img_size, num_classes and num_frames may be

@@ -12,13 +12,17 @@ two tiny ViTs for tests and the digits demo) consulted by :func:`rmeeto.create_m
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import torch.nn as nn
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
-__all__ = ["ViTArch", "ViTConfig", "VIT_MODELS", "is_vit", "create_vit", "register_vit"]
+from rmeeto.checkpoint import FilterResult, plain_filter, register_checkpoint_filter
+
+__all__ = ["ViTArch", "ViTConfig", "VIT_MODELS", "is_vit", "create_vit", "register_vit", "checkpoint_filter_fn"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -130,6 +134,32 @@ register_vit(ViTConfig(
 ))
 
 
+def checkpoint_filter_fn(state_dict, model: VisionTransformer):
+    """Checkpoint filter for a timm ViT (:func:`rmeeto.load_checkpoint` uses it for every ``VisionTransformer``):
+    :func:`~rmeeto.checkpoint.plain_filter`, then a ``pos_embed`` [1, 1 + h*w, E] made for another grid is
+    resampled to the model's (class token first, kept as is; bicubic on the patch part, timm's
+    ``resample_abs_pos_embed``), and a classifier for another number of classes is left out (re-initialised)."""
+    result = plain_filter(state_dict, model)
+    weights, notes = dict(result.state_dict), list(result.notes)
+    resized, head_reset, skipped = None, False, ()
+    pos = weights.get("pos_embed")
+    if pos is not None and pos.shape != model.pos_embed.shape and pos.ndim == 3 and pos.shape[-1] == model.embed_dim:
+        prefix = model.num_prefix_tokens
+        old_side = math.isqrt(pos.shape[1] - prefix)
+        if old_side * old_side == pos.shape[1] - prefix:
+            new_grid = list(model.patch_embed.grid_size)
+            weights["pos_embed"] = resample_abs_pos_embed(pos, new_grid, [old_side, old_side], num_prefix_tokens=prefix)
+            resized = (pos.shape[1], model.pos_embed.shape[1])
+            notes.append(f"pos_embed resampled from {old_side}x{old_side} to {new_grid[0]}x{new_grid[1]} patches")
+    head = weights.get("head.weight")
+    if head is not None and model.num_classes and head.shape[0] != model.num_classes:
+        weights.pop("head.weight"), weights.pop("head.bias", None)
+        head_reset, skipped = True, ("head.weight", "head.bias")
+        notes.append(f"classifier for {head.shape[0]} classes left out; the model's {model.num_classes}-class head "
+                     "is re-initialised")
+    return FilterResult(weights, notes, skipped, resized, head_reset)
+
+
 def create_vit(name: str, pretrained: bool = False, checkpoint_path: Optional[str] = None, **overrides) -> VisionTransformer:
     """Build a registered ViT as timm's ``VisionTransformer`` (timm's parameter names). ``overrides`` are timm
     constructor arguments (``num_classes``, ``drop_path_rate``, ``img_size``, ...). ``checkpoint_path`` loads
@@ -156,3 +186,6 @@ def create_vit(name: str, pretrained: bool = False, checkpoint_path: Optional[st
 
         load_checkpoint(model, checkpoint_path)
     return model
+
+
+register_checkpoint_filter(VisionTransformer, checkpoint_filter_fn)

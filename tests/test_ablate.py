@@ -1,0 +1,121 @@
+"""``rmeeto ablate`` end to end on the tiny models and the digits, resume per cell included."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+import rmeeto.evaluate as revaluate
+from rmeeto import create_model
+from rmeeto.ablate import ablation_cells, read_rows
+from rmeeto.checkpoint import save_checkpoint
+from rmeeto.cli import main
+
+MODELS = ("vim_test_patch4_16", "vit_test_patch4_16")
+
+
+def test_cells_cover_order_prune_and_shuffle_with_each_backbones_preset():
+    vim = ablation_cells("vim_test_patch4_16")
+    vit = ablation_cells("vit_test_patch4_16", shuffle_rates=(0.0, 0.5))
+    assert [c.setting for c in vim] == [
+        "unmerged", "merge ordered", "merge unordered", "prune ordered", "prune unordered",
+        "shuffle 0", "shuffle 0.1", "shuffle 0.3", "shuffle 0.5", "shuffle 0.7",
+    ]
+    assert vim[0].config is None and vim[1].config.interval == 2 and vit[1].config.interval == 1
+    assert vim[4].config.mode == "prune" and not vim[4].config.ordered
+    shuffled = vit[-1].config
+    assert shuffled.shuffle_rate == 0.5 and shuffled.shuffle_in_eval and shuffled.ordered and shuffled.mode == "merge"
+    assert ablation_cells("vit_test_patch4_16", num_merged=3)[1].config.num_merged == 3
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    out = []
+    for name in MODELS:
+        torch.manual_seed(1)
+        out.append(str(save_checkpoint(create_model(name), tmp_path_factory.mktemp(name) / "w.pth")))
+    return out
+
+
+def test_ablate_two_models_writes_csv_png_and_resumes_per_cell(tmp_path, checkpoints, monkeypatch):
+    def cmd(limit):
+        return ["ablate", *MODELS, "--checkpoint", *checkpoints, "--limit", str(limit), "--batch-size", "16",
+                "--workers", "0", "--device", "cpu", "--shuffle-rates", "0,0.7", "--out", str(tmp_path),
+                "--no-progress"]
+
+    args = cmd(30)
+    assert main(args) == 0
+    rows = read_rows(tmp_path / "ablate.csv")
+    assert len(rows) == 2 * 7 and (tmp_path / "ablate.png").stat().st_size > 10_000
+    for name in MODELS:
+        mine = {r["setting"]: r for r in rows if r["model"] == name}
+        assert mine["unmerged"]["top1_drop"] == 0 and mine["unmerged"]["n"] == 30
+        # the shuffle-0 cell is the plain ordered merge: same numbers
+        assert mine["shuffle 0"]["top1"] == mine["merge ordered"]["top1"]
+        assert mine["shuffle 0"]["loss"] == pytest.approx(mine["merge ordered"]["loss"], rel=1e-6)
+        for r in mine.values():
+            assert r["top1_drop"] == pytest.approx(r["top1"] - mine["unmerged"]["top1"])
+        assert mine["merge ordered"]["tokens"] < mine["unmerged"]["tokens"]
+        assert mine["merge ordered"]["gflops"] < mine["unmerged"]["gflops"]
+    assert {r["backbone"] for r in rows} == {"vim", "vit"}
+
+    # drop two cells from the table: a re-run evaluates exactly those two, and the table is whole again
+    with (tmp_path / "ablate.csv").open(newline="") as f:
+        table = list(csv.DictReader(f))
+    kept = [r for r in table if not (r["model"] == MODELS[1] and r["setting"] in ("prune ordered", "shuffle 0.7"))]
+    with (tmp_path / "ablate.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    calls = []
+    real = revaluate.evaluate
+
+    def counting(model, loader, **kw):
+        calls.append(kw.get("desc"))
+        return real(model, loader, **kw)
+
+    monkeypatch.setattr(revaluate, "evaluate", counting)
+    assert main(args) == 0
+    assert sorted(calls) == [f"{MODELS[1]} prune ordered", f"{MODELS[1]} shuffle 0.7"]
+    again = read_rows(tmp_path / "ablate.csv")
+    assert len(again) == len(rows)
+    before = {(r["model"], r["setting"]): r["top1"] for r in rows}
+    assert {(r["model"], r["setting"]): r["top1"] for r in again} == before  # same seed, same numbers
+
+    # another --limit is another experiment: nothing is reused
+    calls.clear()
+    assert main(cmd(20)) == 0
+    assert len(calls) == 14 and len(read_rows(tmp_path / "ablate.csv")) == 28
+
+
+def test_ablate_rejects_bad_input(tmp_path, capsys):
+    assert main(["ablate", *MODELS, "vim_test_patch4_16", "--out", str(tmp_path)]) != 0
+    assert "one or two models" in capsys.readouterr().err
+    assert main(["ablate", MODELS[0], "--checkpoint", "a.pth", "b.pth", "--out", str(tmp_path)]) != 0
+    assert "one path per model (1), got 2" in capsys.readouterr().err
+    assert main(["ablate", MODELS[0], "--checkpoint", str(tmp_path / "a.pth"), "--out", str(tmp_path)]) != 0
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["ablate", MODELS[0], "--retrain-epochs", "1", "--out", str(tmp_path)]) != 0
+    assert "checkpoint" in capsys.readouterr().err
+
+
+def test_ablate_retraining_cell_distils_through_the_training_loop(tmp_path, checkpoints):
+    """One re-trained cell of the ViT: trained by rmeeto.train.train (its checkpoint stores the cell's merge
+    config) and recorded beside the training-free one; a re-run reuses both."""
+    from rmeeto.evaluate import stored_merge_config
+
+    args = ["ablate", MODELS[1], "--checkpoint", checkpoints[1], "--limit", "20", "--workers", "0", "--device", "cpu",
+            "--only", "merge unordered", "--retrain-epochs", "1", "--retrain-batch-size", "128",
+            "--out", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    rows = read_rows(tmp_path / "ablate.csv")
+    assert [(r["setting"], r["training"]) for r in rows] == [
+        ("unmerged", "free"), ("merge unordered", "free"), ("merge unordered", "retrained 1 ep")]
+    ckpt = tmp_path / "retrain" / f"{MODELS[1]}_merge_unordered" / "last.pth"
+    stored = stored_merge_config(str(ckpt))
+    assert stored is not None and not stored.ordered and stored.interval == 1
+    mtime = ckpt.stat().st_mtime
+    assert main(args) == 0 and ckpt.stat().st_mtime == mtime  # nothing re-trained
+    assert main([*args[:-3], "--only", "no such", "--out", str(tmp_path)]) != 0

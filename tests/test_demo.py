@@ -1,0 +1,70 @@
+"""The digits demo's order section (Vim vs ViT): findings follow the numbers; the section runs end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rmeeto import create_model
+from rmeeto.checkpoint import save_checkpoint
+from rmeeto.demo import MODEL, VIT_MODEL, DemoSettings, _order_md, order_findings, run_order_section
+
+
+def _rows(vim: dict, vit: dict) -> list[dict]:
+    return [{"model": m, "setting": s, "training": "free", "top1": v}
+            for m, table in ((MODEL, vim), (VIT_MODEL, vit)) for s, v in table.items()]
+
+
+def _table(ordered, unordered, pruned, shuffled):
+    return {"unmerged": 90.0, "merge ordered": ordered, "merge unordered": unordered, "prune ordered": pruned,
+            "shuffle 0": ordered, "shuffle 0.5": shuffled[0], "shuffle 0.7": shuffled[1]}
+
+
+def test_order_findings_follow_the_numbers():
+    vim_hurt = _table(88, 70, 80, (75, 65))
+    vit_calm = _table(87, 87, 85, (86.5, 86))
+    f = order_findings(_rows(vim_hurt, vit_calm), val_images=360)
+    assert [x["holds"] for x in f] == [True, True, True, True]
+    assert "-18.00 points for the Vim and +0.00 for the ViT" in f[0]["text"]
+    assert "-18.00 points on average for the Vim and -0.75 for the ViT" in f[1]["text"]
+    assert f[-1]["claim"] == "order matters more for Mamba than for ViT"
+    # swap the roles: the claim fails, and it says so
+    g = order_findings(_rows(vit_calm, vim_hurt), val_images=360)
+    assert [x["holds"] for x in g] == [False, False, False, False]
+    # a gap smaller than two validation images is called out as no clear difference
+    close = order_findings(_rows(_table(88, 87.5, 88, (88, 88)), _table(88, 88, 88, (88, 88))), val_images=360)
+    assert close[0]["holds"] and "not a clear difference" in close[0]["note"]
+
+
+def test_order_section_quick_runs_both_models_and_reports(tmp_path):
+    """The section on given weights (the ViT's training is the loop every training uses; tests/test_ablate.py
+    re-trains a ViT through it) and 48 validation images, to stay cheap on a CPU."""
+    torch.manual_seed(0)
+    vim_ckpt = save_checkpoint(create_model(MODEL), tmp_path / "vim.pth")
+    vit_ckpt = save_checkpoint(create_model(VIT_MODEL), tmp_path / "vit.pth")
+    settings = DemoSettings.quick(order_shuffle_rates=(0.0, 0.7))
+    order = run_order_section(tmp_path, settings, str(vim_ckpt), progress=False, vit_checkpoint=str(vit_ckpt),
+                              limit=48)
+    assert order["vit_history"] == [] and not (tmp_path / "order" / "vit").exists()
+    rows = order["rows"]
+    assert {r["model"] for r in rows} == {MODEL, VIT_MODEL} and len(rows) == 2 * 7
+    assert all(r["n"] == 48 and r["training"] == "free" for r in rows)
+    by = {(r["model"], r["setting"]): r for r in rows}
+    assert by[(MODEL, "merge ordered")]["tokens"] == by[(VIT_MODEL, "merge ordered")]["tokens"] == 45
+    f = order["findings"]
+    assert [x["claim"] for x in f][-1] == "order matters more for Mamba than for ViT"
+    assert f[-1]["holds"] == (f[0]["holds"] and f[1]["holds"])
+    assert (tmp_path / "order" / "ablate.csv").exists() and (tmp_path / "order" / "ablate.png").exists()
+    md = "\n".join(_order_md(order))
+    assert "## Order: Vim vs ViT" in md and "| shuffle 0.7 |" in md
+    assert "for reference only" in md and "Vim-Ti/S/B -9.4 / -6.6 / -3.5" in md and "DeiT-S -0.5 / -1.2 / -2.8" in md
+    json.dumps(order)  # goes into report.json as is
+
+
+def test_demo_settings_order_switch():
+    assert DemoSettings().order and DemoSettings.quick().vit_epochs == 1
+    assert not DemoSettings(order=False).order
+    with pytest.raises(ValueError, match="vit_epochs"):
+        DemoSettings(vit_epochs=0)
