@@ -58,7 +58,7 @@ from rmeeto.train.graphs import StudentGraph, TeacherForward
 from rmeeto.train.loss import DistillationLoss, build_criterion, distillation_forward
 from rmeeto.train.rundir import RunFolder
 from rmeeto.train.report import RunLog, check_tensorboard, format_table
-from rmeeto.train.setup import build_models, build_training, prepare_run, step_model
+from rmeeto.train.setup import build_models, build_training, check_out_spares_inputs, prepare_run, step_model
 from rmeeto.train.state import RunState, SignalCatcher, find_resume_checkpoint, restore, seed_all
 
 __all__ = [
@@ -152,6 +152,7 @@ def train(config: TrainConfig, *, resume: Optional[str] = None, overwrite: bool 
     folder = None
     try:
         with catcher:
+            check_out_spares_inputs(config)
             if config.out is not None and ranks.master:
                 folder = RunFolder(Path(config.out), resuming=resume is not None, overwrite=overwrite)
             return _train(config, resume, ranks, catcher)

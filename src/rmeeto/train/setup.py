@@ -53,6 +53,18 @@ class Training:
     step_model: Optional[nn.Module] = None
 
 
+def check_out_spares_inputs(config: TrainConfig) -> None:
+    """TrainError if the run's ``last.pth`` / ``best.pth`` would overwrite its input checkpoint or teacher (checked
+    first, before the run folder is claimed, so this is the message a user sees)."""
+    if config.out is None:
+        return
+    out = Path(config.out)
+    inputs = {Path(p).resolve() for p in (config.checkpoint, config.teacher) if p}
+    for name in ("last.pth", "best.pth"):
+        if (out / name).resolve() in inputs:
+            raise TrainError(f"--out would overwrite the input checkpoint {out / name}; choose another folder")
+
+
 def prepare_run(config: TrainConfig, resume: Optional[str], ranks: Ranks,
                 log: Callable[[str], None]) -> tuple[Run, Optional[dict], Optional[Path]]:
     """Settings, device and output folder of the run -> (run, resume checkpoint or None, its path). A resumed
@@ -66,12 +78,8 @@ def prepare_run(config: TrainConfig, resume: Optional[str], ranks: Ranks,
         amp_dtype = resolve_dtype(config.amp, device)
     except ValueError as exc:
         raise TrainError(f"--device {config.device} / --amp {config.amp}: {exc}") from None
+    check_out_spares_inputs(config)
     out = Path(config.out) if config.out is not None else None
-    if out is not None:
-        inputs = {Path(p).resolve() for p in (config.checkpoint, config.teacher) if p}
-        for name in ("last.pth", "best.pth"):
-            if (out / name).resolve() in inputs:
-                raise TrainError(f"--out would overwrite the input checkpoint {out / name}; choose another folder")
     return Run(config, ranks, device, amp_dtype, out), ckpt, resume_path
 
 
