@@ -105,3 +105,27 @@ def test_bad_pipeline_choices_fail_clearly():
         TrainConfig(model=MODEL, alpha=0.0, pipeline="tpu")
     with pytest.raises(TrainError, match="built-in tensor dataset"):
         build_data(TrainConfig(model=MODEL, alpha=0.0, pipeline="gpu", workers=0), Ranks(), torch.device("cpu"))
+
+
+def test_bench_data_command_and_bench_data_flag(tmp_path, capsys, monkeypatch):
+    from rmeeto import bench_data
+    from rmeeto.cli import main
+
+    data = _jpeg_folder(tmp_path / "data", per_class=4) / "train"
+    out = tmp_path / "rows.json"
+    code = main(["bench-data", str(data), "--device", "cpu-gpu-path", "--batch-size", "4", "--batches", "1",
+                 "--warmup", "0", "--workers", "0", "--img-size", "16", "--json", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert [r["pipeline"] for r in rows] == ["cpu", "gpu"]  # CPU workers row(s), then the batched path
+    assert all(r["images"] == 4 and r["images_per_s"] > 0 for r in rows)
+
+    seen = {}
+    monkeypatch.setattr(bench_data, "run_from_args", lambda args: seen.update(vars(args)) or rows)
+    assert main(["bench", "--data", str(data), "--batch-size", "8", "--device", "cpu"]) == 0
+    assert (seen["folder"], seen["batch_size"], seen["device"]) == (str(data), 8, "cpu")
+    assert "images/s" in capsys.readouterr().out
+    assert main(["bench", "vim_test_patch4_16", "--data", str(data)]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["bench"]) == 2
+    assert "--data DIR" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 # Order here is the order shown by ``rmeeto --help``.
-COMMANDS: tuple[str, ...] = ("models", "info", "flops", "bench", "eval", "sweep", "visualize", "retrain", "export", "demo")
+COMMANDS: tuple[str, ...] = ("models", "info", "flops", "bench", "bench-data", "eval", "sweep", "visualize", "retrain", "export", "demo")
 
 
 class CLIError(Exception):
