@@ -129,3 +129,36 @@ def test_bench_data_command_and_bench_data_flag(tmp_path, capsys, monkeypatch):
     assert "not both" in capsys.readouterr().err
     assert main(["bench"]) == 2
     assert "--data DIR" in capsys.readouterr().err
+
+
+def test_pipeline_is_a_runtime_field_free_on_resume_and_old_checkpoints_load():
+    from pathlib import Path as _Path
+
+    from rmeeto.train.state import resumed_config
+
+    saved = TrainConfig(model=MODEL, alpha=0.0, lr=1e-3, pipeline="cpu")
+    messages = []
+    resumed = resumed_config(TrainConfig(model=MODEL, alpha=0.0, lr=5e-3, pipeline="gpu", ddp_graphs=True),
+                             {"config": saved.to_dict()}, _Path("last.pth"), messages.append)
+    assert (resumed.pipeline, resumed.ddp_graphs, resumed.lr) == ("gpu", True, 1e-3)  # lr is not runtime
+    assert messages and "lr" in messages[0] and "pipeline" not in messages[0]
+    old = {k: v for k, v in saved.to_dict().items() if k not in ("pipeline", "ddp_graphs")}  # written before them
+    assert TrainConfig.from_dict(old).pipeline == "auto"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_picks_the_gpu_pipeline_on_cuda_and_trains(tmp_path):
+    from rmeeto.train import train
+
+    data = _jpeg_folder(tmp_path / "data")
+    cfg = TrainConfig(model=MODEL, data=str(data), device="cuda", epochs=1, batch_size=8, alpha=0.0, lr=1e-3,
+                      mixup=0.8, cutmix=1.0, auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, workers=2,
+                      progress=False)
+    built = build_data(cfg, Ranks(), torch.device("cuda"))
+    assert built.pipeline == "gpu"
+    images, labels = next(iter(built.train_loader))
+    assert images.is_cuda and labels.is_cuda and images.shape[1:] == (3, 16, 16)
+    result = train(cfg)
+    assert result.final["skipped_images"] == 1
+    assert torch.isfinite(torch.tensor(result.final["train_loss"]))
