@@ -1,8 +1,9 @@
 """CUDA-graph replay of the frozen teacher's forward and of the student's forward + backward.
 
 Both remove per-op host work (thousands of kernel launches per step) without changing the arithmetic. The
-switches: ``TrainConfig.cuda_graphs`` / ``--no-cuda-graphs``, and the environment variables
-``RMEETO_TEACHER_GRAPH=0`` / ``RMEETO_TRAIN_GRAPH=0``.
+switches: ``TrainConfig.cuda_graphs`` / ``--no-cuda-graphs``, ``TrainConfig.ddp_graphs`` / ``--ddp-graphs`` (the
+student's graphs under DDP too; the teacher's forward is graphed under DDP whenever ``cuda_graphs`` is on), and
+the environment variables ``RMEETO_TEACHER_GRAPH=0`` / ``RMEETO_TRAIN_GRAPH=0``.
 """
 
 from __future__ import annotations
