@@ -14,7 +14,8 @@ from typing import Sequence
 
 # Order here is the order shown by ``rmeeto --help``.
 COMMANDS: tuple[str, ...] = (
-    "models", "info", "flops", "bench", "eval", "sweep", "ablate", "visualize", "retrain", "export", "demo",
+    "models", "info", "flops", "bench", "bench-data", "eval", "sweep", "ablate", "visualize", "retrain", "export",
+    "demo",
 )
 
 

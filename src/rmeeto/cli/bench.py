@@ -26,11 +26,16 @@ examples:
   rmeeto bench vim_small_patch16_224 -r 11 --train --batch-size 128
   rmeeto bench vim_small_patch16_224 --compare --mode eager
   rmeeto bench vim_test_patch4_16 --device cpu --batch-size 8 --repeats 5 --dtype fp32
+  rmeeto bench --data /data/imagenet/train                         # the input pipeline alone (= bench-data)
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("models", nargs="+", metavar="MODEL", help="registered model names")
+    parser.add_argument("models", nargs="*", metavar="MODEL", help="registered model names")
+    parser.add_argument("--data", metavar="DIR", default=None,
+                        help="instead of models, time the input pipeline alone over the image folder DIR (CPU "
+                             "workers at 1..N and the GPU path, with --batch-size and --device): the same as "
+                             "'rmeeto bench-data DIR', whose help lists the other options")
     add_merge_arguments(parser)
     g = parser.add_argument_group("measurement")
     g.add_argument("--batch-size", type=int, default=128)
@@ -63,8 +68,27 @@ HEADER = (f"{'model':<24} {'merge':<10} {'backend':<10} {'images/s':>10} {'speed
           f"{'ms/batch':>9} {'p10-p90 ms':>17} {'peak MB':>8}")
 
 
+def _run_data(args: argparse.Namespace) -> int:
+    """``rmeeto bench --data DIR``: 'rmeeto bench-data DIR' with this command's batch size and device."""
+    from rmeeto.cli import bench_data
+
+    parser = argparse.ArgumentParser(prog="rmeeto bench --data")
+    bench_data.add_arguments(parser)
+    argv = [args.data, "--batch-size", str(args.batch_size), "--device", args.device]
+    if args.json:
+        argv += ["--json", args.json]
+    return bench_data.run(parser.parse_args(argv))
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.data is not None:
+        if args.models:
+            raise CLIError("give MODEL names (model throughput) or --data DIR (input pipeline), not both")
+        return _run_data(args)
+    if not args.models:
+        raise CLIError("give at least one MODEL (see 'rmeeto models'), or --data DIR to time the input pipeline")
 
     from rmeeto.bench import bench_inference, bench_train_step
     from rmeeto.cli.eval import check_model, resolve_device, user_errors

@@ -1,4 +1,4 @@
-"""``rmeeto bench-data DIR`` (to be reached as ``rmeeto bench --data DIR``): images/s of the input pipeline alone."""
+"""``rmeeto bench-data DIR`` (also ``rmeeto bench --data DIR``): images/s of the input pipeline alone."""
 
 from __future__ import annotations
 

@@ -39,11 +39,12 @@ TRAIN_FLAGS = (
     "warmup_epochs", "warmup_lr", "weight_decay", "wd_exempt", "clip_grad", "drop_path", "alpha", "smoothing",
     "train_aug", "auto_augment", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode",
     "repeated_aug", "ema", "ema_decay", "amp", "device", "seed", "workers", "eval_batch_size", "out",
-    "save_every_steps", "tensorboard", "progress", "cuda_graphs", "max_bad_fraction",
+    "save_every_steps", "tensorboard", "progress", "cuda_graphs", "max_bad_fraction", "ddp_graphs", "pipeline",
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from rmeeto.gpu_data import PIPELINES
     from rmeeto.train import AMP_CHOICES, MIXUP_MODES
 
     parser.set_defaults(_parser=parser)  # so run() can reject bad combinations with parser.error
@@ -125,6 +126,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="write TensorBoard scalars to DIR/tensorboard (needs the tensorboard package)")
     g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
                    help="run the student and teacher eagerly (default on one CUDA GPU: replay them from CUDA graphs)")
+    g.add_argument("--ddp-graphs", dest="ddp_graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="under DDP on CUDA, also replay the student's forward+backward from CUDA graphs (the "
+                        "gradient all-reduce runs after the graphed backward); default off: eager DDP")
+    g.add_argument("--pipeline", choices=PIPELINES, default=None,
+                   help="input pipeline: auto (default) = gpu for an image folder on a CUDA device (nvJPEG decode "
+                        "and batched augmentation on the GPU; workers only read files), cpu elsewhere; cpu = PIL "
+                        "in the loader workers; gpu on a CPU device runs the batched pipeline on the CPU")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                    help="no progress bars (epoch lines are still printed)")
 

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from rmeeto.gpu_data import PIPELINES
 from rmeeto.merge import MergeConfig
 from rmeeto.models import get_config
 from rmeeto.runtime import DTYPES
@@ -44,7 +45,8 @@ PAPER_DEVIATIONS: dict[str, str] = {
 
 AMP_CHOICES = ("auto", *sorted(DTYPES))  # rmeeto.runtime's dtype names: auto, bf16, fp16, fp32
 MIXUP_MODES = ("batch", "pair", "elem")
-RUNTIME_FIELDS = ("out", "device", "workers", "progress", "tensorboard", "save_every_steps", "cuda_graphs")  # free on resume
+RUNTIME_FIELDS = ("out", "device", "workers", "progress", "tensorboard", "save_every_steps", "cuda_graphs",
+                  "pipeline", "ddp_graphs")  # free on resume
 
 
 class TrainError(RuntimeError):
@@ -88,7 +90,15 @@ class TrainConfig:
         and backward and the teacher's forward from CUDA graphs: same arithmetic, no per-op host work; the
         capture's warm-up draws drop-path randomness, so a resumed run is not bit-identical to an uninterrupted
         one unless cuda_graphs is off); max_bad_fraction: the run stops with an error when more than this
-        fraction of the training images is unreadable (default 0.2), and always when an epoch had none readable.
+        fraction of the training images is unreadable (default 0.2), and always when an epoch had none readable;
+        ddp_graphs: under DDP on CUDA (with cuda_graphs on), also replay the
+        student's forward and backward from CUDA graphs, the gradient all-reduce running after the graphed
+        backward (off by default: the eager DDP step); pipeline: the input pipeline, ``"auto"`` (the GPU pipeline
+        of :mod:`rmeeto.gpu_data` for an image folder on a CUDA device with nvJPEG, else the CPU one), ``"cpu"``
+        or ``"gpu"`` (on a CPU device the batched pipeline runs on CPU tensors, for tests). ``pipeline`` may
+        change on resume (it is a runtime field, as ``device`` which ``auto`` follows); the two pipelines draw
+        different random streams from the same per-sample seeds, so a resume that switches pipelines continues
+        with the same distributions but is not bit-identical to an uninterrupted run.
     """
 
     model: str
@@ -132,6 +142,8 @@ class TrainConfig:
     progress: bool = True
     cuda_graphs: bool = True
     max_bad_fraction: float = 0.2
+    ddp_graphs: bool = False
+    pipeline: str = "auto"
 
     def __post_init__(self):
         get_config(self.model)  # raises ValueError naming the registered models
@@ -143,6 +155,7 @@ class TrainConfig:
             raise ValueError(f"merge must be a MergeConfig or its dict, got {type(self.merge).__name__}")
         _choice("amp", self.amp, AMP_CHOICES)
         _choice("mixup_mode", self.mixup_mode, MIXUP_MODES)
+        _choice("pipeline", self.pipeline, PIPELINES)
         positive = dict(epochs=self.epochs, batch_size=self.batch_size, accum_steps=self.accum_steps,
                         repeated_aug=self.repeated_aug)
         for name, value in positive.items():

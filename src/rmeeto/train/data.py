@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from rmeeto import data as rdata
+from rmeeto import gpu_data
 from rmeeto.models import get_config
 from rmeeto.train.config import TrainConfig, TrainError
 from rmeeto.train.distributed import Ranks
@@ -128,7 +130,9 @@ class _ShardSampler(Sampler):
 @dataclass
 class TrainData:
     """The loaders of one run. An epoch is ``batches_per_epoch`` micro-batches of ``batch_size`` per rank
-    (``steps_per_epoch`` optimizer steps of ``accum_steps`` micro-batches; a short last batch is dropped)."""
+    (``steps_per_epoch`` optimizer steps of ``accum_steps`` micro-batches; a short last batch is dropped).
+    ``pipeline``: ``"cpu"`` (PIL in the loader workers) or ``"gpu"`` (the loaders are
+    :class:`~rmeeto.gpu_data.DeviceLoader` s yielding batches already on the device)."""
 
     train_set: Dataset
     val_set: Dataset
@@ -137,6 +141,7 @@ class TrainData:
     val_loader: DataLoader
     steps_per_epoch: int
     batches_per_epoch: int
+    pipeline: str = "cpu"
 
 
 def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
@@ -176,28 +181,64 @@ def _train_sampler(config: TrainConfig, train_set: Dataset, ranks: Ranks) -> Res
     return ResumableSampler(inner, seed=config.seed, rank=ranks.rank, world=ranks.world)
 
 
+def _gpu_datasets(config: TrainConfig, device: torch.device):
+    """The train and val :class:`~rmeeto.gpu_data.GpuPipeline` s of the image folder ``config.data``."""
+    mcfg = get_config(config.model)
+    common = dict(img_size=mcfg.arch.img_size, mean=mcfg.mean, std=mcfg.std, device=device, seed=config.seed)
+    try:
+        root = Path(config.data)
+        folders = [rdata._split_folder(root, split) for split in ("train", "val")]
+        if not config.train_aug:  # as the CPU path: training images get the evaluation transform
+            train = gpu_data.build_gpu_pipeline(folders[0], train=False, crop_pct=mcfg.crop_pct, **common)
+        else:
+            train = gpu_data.build_gpu_pipeline(folders[0], train=True, auto_augment=config.auto_augment,
+                                                re_prob=config.reprob, **common)
+        val = gpu_data.build_gpu_pipeline(folders[1], train=False, crop_pct=mcfg.crop_pct, **common)
+    except (OSError, ValueError) as exc:
+        raise TrainError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+    return train, val
+
+
 def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> TrainData:
-    """Datasets, loaders and the resumable train sampler. Raises TrainError for unusable data."""
-    train_set, val_set = _datasets(config)
+    """Datasets, loaders and the resumable train sampler. Raises TrainError for unusable data.
+
+    With the GPU pipeline (``config.pipeline`` resolving to ``"gpu"``) the workers only read files: the
+    dataset takes the sampler's ``(index, seed)`` keys itself (no :class:`_SeededDataset`: nothing in the
+    workers is random) and the device decodes and augments each batch as the loop asks for it."""
+    try:
+        pipeline = gpu_data.resolve_pipeline(config.pipeline, device, config.data)
+    except ValueError as exc:
+        raise TrainError(f"--pipeline {config.pipeline}: {exc}") from None
+    if pipeline == "gpu":
+        train_pipe, val_pipe = _gpu_datasets(config, device)
+        train_set, val_set = train_pipe.dataset, val_pipe.dataset
+    else:
+        train_set, val_set = _datasets(config)
     if len(train_set) < config.batch_size * ranks.world * config.accum_steps:
         raise TrainError(f"the training set has {len(train_set)} images, fewer than one optimizer step "
                          f"({config.batch_size} x {ranks.world} process(es) x {config.accum_steps} accumulation)")
     if len(val_set) == 0:
         raise TrainError(f"the validation split of {config.data} is empty")
     sampler = _train_sampler(config, train_set, ranks)
-    common = dict(num_workers=config.workers, collate_fn=rdata.collate_skip_none, pin_memory=device.type == "cuda",
-                  persistent_workers=config.workers > 0, worker_init_fn=ignore_stop_signals)
+    gpu = pipeline == "gpu"
+    common = dict(num_workers=config.workers, collate_fn=gpu_data.collate_encoded if gpu else rdata.collate_skip_none,
+                  # the GPU pipeline's batches are lists of variable-size byte tensors: nothing worth pinning
+                  pin_memory=device.type == "cuda" and not gpu, persistent_workers=config.workers > 0,
+                  worker_init_fn=ignore_stop_signals)
     train_loader = DataLoader(
-        _SeededDataset(train_set), batch_size=config.batch_size, sampler=sampler, drop_last=True,
-        **dict(common, collate_fn=collate_counting_skips),
+        train_set if gpu else _SeededDataset(train_set), batch_size=config.batch_size, sampler=sampler,
+        drop_last=True, **dict(common, collate_fn=common["collate_fn"] if gpu else collate_counting_skips),
         # a private generator: creating the loader iterator must not consume the global RNG (resume exactness)
         generator=torch.Generator().manual_seed(config.seed),
     )
     val_loader = DataLoader(val_set, batch_size=config.eval_batch_size or 2 * config.batch_size,
                             sampler=_ShardSampler(len(val_set), ranks.rank, ranks.world), **common)
+    if gpu:
+        train_loader = gpu_data.DeviceLoader(train_loader, train_pipe.transform)
+        val_loader = gpu_data.DeviceLoader(val_loader, val_pipe.transform)
     steps_per_epoch = len(sampler.inner) // config.batch_size // config.accum_steps
     return TrainData(train_set, val_set, sampler, train_loader, val_loader, steps_per_epoch,
-                     batches_per_epoch=steps_per_epoch * config.accum_steps)
+                     batches_per_epoch=steps_per_epoch * config.accum_steps, pipeline=pipeline)
 
 
 def build_mixup(config: TrainConfig, num_classes: int):

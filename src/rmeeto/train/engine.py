@@ -7,13 +7,16 @@ the progress report. A non-finite loss stops the run before anything is written 
 
 Test hooks (environment variables, for the fault-tolerance tests): ``RMEETO_DEBUG_STEP_SLEEP=seconds`` sleeps
 after every optimizer step (so a test can kill the run mid-epoch); ``RMEETO_DEBUG_NAN_AT_STEP=k`` makes the
-loss NaN at optimizer step k.
+loss NaN at optimizer step k; ``RMEETO_DEBUG_KILL_AT_STEP=k`` SIGKILLs the process right after optimizer
+step k (and any checkpoint written at it), only in the first attempt of a torchrun job (TORCHELASTIC_RESTART_COUNT
+unset or 0), so an elastic restart that resumes runs on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from dataclasses import dataclass
 import torch
@@ -38,11 +41,14 @@ class DebugHooks:
 
     step_sleep: float = 0.0
     nan_at_step: int = -1
+    kill_at_step: int = -1
 
     @classmethod
     def from_env(cls) -> "DebugHooks":
+        first_attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) == 0
         return cls(step_sleep=float(os.environ.get("RMEETO_DEBUG_STEP_SLEEP", "0") or 0),
-                   nan_at_step=int(os.environ.get("RMEETO_DEBUG_NAN_AT_STEP", "-1") or -1))
+                   nan_at_step=int(os.environ.get("RMEETO_DEBUG_NAN_AT_STEP", "-1") or -1),
+                   kill_at_step=int(os.environ.get("RMEETO_DEBUG_KILL_AT_STEP", "-1") or -1) if first_attempt else -1)
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,8 @@ def train_one_epoch(run: Run, parts: Training, data: TrainData, state: RunState,
         if config.save_every_steps and state.global_step % config.save_every_steps == 0 \
                 and state.step_in_epoch < data.batches_per_epoch:
             save_last(run, parts, state)
+        if state.global_step == hooks.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
     return EpochEnd(stopped=False, skips=skips)
 
 

@@ -1,8 +1,9 @@
 """CUDA-graph replay of the frozen teacher's forward and of the student's forward + backward.
 
 Both remove per-op host work (thousands of kernel launches per step) without changing the arithmetic. The
-switches: ``TrainConfig.cuda_graphs`` / ``--no-cuda-graphs``, and the environment variables
-``RMEETO_TEACHER_GRAPH=0`` / ``RMEETO_TRAIN_GRAPH=0``.
+switches: ``TrainConfig.cuda_graphs`` / ``--no-cuda-graphs``, ``TrainConfig.ddp_graphs`` / ``--ddp-graphs`` (the
+student's graphs under DDP too; the teacher's forward is graphed under DDP whenever ``cuda_graphs`` is on), and
+the environment variables ``RMEETO_TEACHER_GRAPH=0`` / ``RMEETO_TRAIN_GRAPH=0``.
 """
 
 from __future__ import annotations
@@ -46,13 +47,39 @@ class StudentGraph:
     captured at the first training-mode call for that batch shape; other shapes (a short last batch) and
     eval mode run eagerly. Same kernels as the eager step, including drop path's random draws (graph-safe
     RNG); what goes is the host work of ~3,000 launches per step, which leaves an H200 idle for a quarter of
-    a Vim-S step. Single process only (DDP's gradient hooks stay eager)."""
+    a Vim-S step.
+
+    Under DDP (:meth:`for_ddp`) the capture happens *before* the student is wrapped, as PyTorch's CUDA-graph
+    notes prescribe for partial-network capture with DistributedDataParallel: the graphed backward is one
+    autograd node whose outputs are the parameter gradients, so DDP's per-parameter hooks fire after it and
+    its bucketed all-reduce runs outside the graph (NCCL collectives are never captured)."""
 
     def __init__(self, model: nn.Module, amp_dtype: torch.dtype):
         self.model = model
         self.amp_dtype = amp_dtype
         self.eager_forward = model.forward  # bound before graphing replaces ``model.forward``
         self.shape: Optional[torch.Size] = None
+
+    @classmethod
+    def for_ddp(cls, model: nn.Module, amp_dtype: torch.dtype, sample_shape: tuple) -> "StudentGraph":
+        """Capture now, for batches of ``sample_shape`` ([batch, 3, H, W]), and make ``model``'s own forward
+        dispatch (graph replay in training mode at that shape, eager otherwise), so that a DDP wrapper built
+        afterwards around ``model`` replays the graphs through ``module(images)``. Draws from the CUDA RNG
+        (drop path in the capture's warm-up) exactly as the single-process capture does; every rank captures."""
+        graph = cls(model, amp_dtype)
+        was_training = model.training
+        model.train()
+        graph._capture(torch.zeros(sample_shape, device=next(model.parameters()).device))
+        model.train(was_training)
+        graphed_forward = model.forward  # make_graphed_callables' replacement
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            if model.training and images.shape == graph.shape:
+                return graphed_forward(images)
+            return graph.eager_forward(images)
+
+        model.forward = forward
+        return graph
 
     def _capture(self, images: torch.Tensor) -> None:
         kw = {}
@@ -75,8 +102,8 @@ class StudentGraph:
         return getattr(self.model, name)
 
 
-def train_graph_enabled(cuda_graphs: bool, device: torch.device, distributed: bool) -> bool:
-    """Whether the student's step replays from CUDA graphs: one CUDA process (DDP's gradient hooks stay eager),
-    ``cuda_graphs`` on and ``RMEETO_TRAIN_GRAPH`` not ``0``."""
-    return (cuda_graphs and device.type == "cuda" and not distributed
+def train_graph_enabled(cuda_graphs: bool, device: torch.device, distributed: bool, ddp_graphs: bool = False) -> bool:
+    """Whether the student's step replays from CUDA graphs: a CUDA device, ``cuda_graphs`` on,
+    ``RMEETO_TRAIN_GRAPH`` not ``0``, and one process, or several with ``ddp_graphs``."""
+    return (cuda_graphs and device.type == "cuda" and (ddp_graphs or not distributed)
             and os.environ.get("RMEETO_TRAIN_GRAPH", "1") != "0")

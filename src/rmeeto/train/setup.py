@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from rmeeto.merge import apply_merge
-from rmeeto.models import create_model
+from rmeeto.models import create_model, get_config
 from rmeeto.runtime import resolve_device, resolve_dtype
 from rmeeto.train.config import TrainConfig, TrainError
 from rmeeto.train.data import build_mixup
@@ -147,9 +147,15 @@ def build_training(run: Run, model: nn.Module, teacher: Optional[TeacherForward]
 
 
 def step_model(run: Run, model: nn.Module) -> nn.Module:
-    """What the step calls: CUDA-graph replay on one GPU, DDP across processes, else the student itself."""
-    if train_graph_enabled(run.config.cuda_graphs, run.device, run.ranks.distributed):
+    """What the step calls: CUDA-graph replay on one GPU, DDP across processes (around the graphed student
+    with ``ddp_graphs``), else the student itself."""
+    config = run.config
+    graphs = train_graph_enabled(config.cuda_graphs, run.device, run.ranks.distributed, config.ddp_graphs)
+    if graphs and not run.ranks.distributed:
         return StudentGraph(model, run.amp_dtype)
+    if graphs:  # graph first, then wrap (PyTorch's rule for partial-network capture under DDP)
+        img_size = get_config(config.model).arch.img_size
+        StudentGraph.for_ddp(model, run.amp_dtype, (config.batch_size, 3, img_size, img_size))
     if run.ranks.distributed:
         # merging chooses indices without gradients, but every parameter is still used: no unused-param search
         return nn.parallel.DistributedDataParallel(
