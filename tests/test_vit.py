@@ -63,9 +63,18 @@ def test_vit_digits_is_sized_like_the_vim_digits_model():
     assert abs(vit - vim) / vim < 0.05
 
 
-def test_pretrained_without_a_file_is_refused():
-    with pytest.raises(ValueError, match="deit_small_patch16_224-cd65a155.pth"):
+def test_deit_pretrained_offline_and_not_cached_is_one_line(tmp_path, monkeypatch):
+    # offline with an empty cache: timm's pretrained download path fails, and the error is one line naming the
+    # official file to give instead
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="deit_small_patch16_224-cd65a155.pth") as info:
         rmeeto.create_model("deit_small_patch16_224", pretrained=True)
+    assert "\n" not in str(info.value)
 
 
 def test_deit_checkpoint_from_timm_loads_strictly(tmp_path):

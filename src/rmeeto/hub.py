@@ -187,6 +187,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: Union[str
         get_pretrained(name)  # an unknown tag is an error even without pretrained=True
     if not pretrained:
         return models.create_model(base, checkpoint_path=checkpoint_path, **overrides)
+    if not tag and base in models.list_models(backbone="vit"):  # DeiT: timm's own pretrained configs
+        return models.create_model(base, pretrained=True, checkpoint_path=checkpoint_path, **overrides)
     model = models.create_model(base, **overrides)
     load_pretrained(model, name, checkpoint_path)
     return model

@@ -163,18 +163,27 @@ def checkpoint_filter_fn(state_dict, model: VisionTransformer):
 def create_vit(name: str, pretrained: bool = False, checkpoint_path: Optional[str] = None, **overrides) -> VisionTransformer:
     """Build a registered ViT as timm's ``VisionTransformer`` (timm's parameter names). ``overrides`` are timm
     constructor arguments (``num_classes``, ``drop_path_rate``, ``img_size``, ...). ``checkpoint_path`` loads
-    weights strictly and weights-only (:func:`rmeeto.load_checkpoint`); rmeeto never downloads weights, so
-    ``pretrained=True`` needs it."""
+    weights strictly and weights-only (:func:`rmeeto.load_checkpoint`). ``pretrained=True`` without it takes
+    timm's own pretrained weights of the DeiT (timm's configs and download through the Hugging Face hub cache;
+    ``HF_HUB_OFFLINE=1`` reads only the cache), with a one-line ValueError when they cannot be had."""
     cfg = VIT_MODELS.get(name)
     if cfg is None:
         raise ValueError(f"unknown ViT model {name!r}; available: {', '.join(sorted(VIT_MODELS))}")
-    if pretrained and checkpoint_path is None:
-        hint = f" (the official file is {cfg.checkpoint})" if cfg.checkpoint else ""
-        raise ValueError(f"pretrained=True needs checkpoint_path: rmeeto does not download weights{hint}")
+    from_timm = pretrained and checkpoint_path is None
+    if from_timm and cfg.timm_name is None:
+        raise ValueError(f"{name} has no published weights: give checkpoint_path")
     if cfg.timm_name is not None:
         import timm
 
-        model = timm.create_model(cfg.timm_name, pretrained=False, **overrides)
+        try:
+            model = timm.create_model(cfg.timm_name, pretrained=from_timm, **overrides)
+        except Exception as exc:  # hub/network/cache errors of many types: one line naming the way out
+            if not from_timm:
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            hint = f" (the official file is {cfg.checkpoint})" if cfg.checkpoint else ""
+            raise ValueError(f"cannot get timm's pretrained weights of {cfg.timm_name}: {type(exc).__name__}: "
+                             f"{first}; give checkpoint_path{hint}") from None
     else:
         model = VisionTransformer(**{**cfg.arch.timm_kwargs(), **overrides})
     # the rmeeto surface shared with VisionMamba (timm's own dict is replaced: rmeeto reads input_size etc. here)
