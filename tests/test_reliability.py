@@ -331,3 +331,163 @@ def test_pth_files_are_refused_on_a_torch_too_old_to_load_them_safely(tmp_path, 
 def test_pyproject_requires_a_safe_torch():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert '"torch>=2.10"' in text
+
+
+# ------------------------------------------------------------------------------------------------ 10. smaller
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    from rmeeto.cli import main
+
+    rc = main(list(argv))
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_eval_of_nan_weights_reports_non_finite_outputs_not_an_accuracy(tmp_path, capsys):
+    from rmeeto import create_model
+    from rmeeto.checkpoint import save_checkpoint
+
+    model = create_model(MODEL)
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    ckpt = save_checkpoint(model, tmp_path / "nan.pth")
+    rc, out, err = _cli(capsys, "eval", MODEL, "--checkpoint", str(ckpt), "--limit", "8", "--device", "cpu",
+                        "--workers", "0", "--no-progress", "--json", str(tmp_path / "r.json"))
+    assert rc != 0
+    assert "top-1" not in out and not (tmp_path / "r.json").exists()
+    assert len(err.strip().splitlines()) == 1 and "not finite" in err
+
+
+def test_flops_clamps_an_absurd_merge_count_as_the_forward_does(capsys):
+    from rmeeto.flops import flops_table, paper_flops
+    from rmeeto.merge import MergeConfig
+
+    rows = flops_table(MODEL, MergeConfig(num_merged=1000))
+    assert rows[1]["paper_gflops"] > 0 and rows[1]["true_gflops"] > 0
+    # (L - 1) // 2 per merging layer, exactly what the schedule (and the forward) removes
+    assert paper_flops(MODEL, MergeConfig(num_merged=1000)) == paper_flops(MODEL, MergeConfig(num_merged=8))
+    rc, out, _ = _cli(capsys, "flops", MODEL, "-r", "1000")
+    assert rc == 0 and "-" not in "".join(line.split()[1] for line in out.splitlines() if line.startswith("r="))
+
+
+def test_a_merge_that_merges_at_no_layer_warns(capsys):
+    from rmeeto import create_model
+    from rmeeto.merge import MergeConfig, apply_merge
+
+    with pytest.warns(UserWarning, match=r"--interval 100.*no layer.*4 layers"):
+        apply_merge(create_model(MODEL), MergeConfig(num_merged=2, interval=100))
+    with pytest.warns(UserWarning, match="no layer"):
+        rc, _, _ = _cli(capsys, "flops", MODEL, "-r", "2", "--interval", "100")
+    assert rc == 0
+
+
+def test_a_head_of_the_wrong_width_names_the_real_mismatch(tmp_path):
+    from rmeeto.models.vim import filter_state_dict
+    from rmeeto import create_model
+
+    model = create_model(MODEL)
+    sd = dict(model.state_dict())
+    sd["head.weight"] = torch.zeros(10, sd["head.weight"].shape[1] + 8)
+    notes = " ".join(filter_state_dict(sd, model).notes)
+    assert "10 classes, model has 10" not in notes
+    assert f"{sd['head.weight'].shape[1]}" in notes and "width" in notes
+
+
+def test_a_pos_embed_with_a_leading_dimension_of_two_is_one_line(tmp_path):
+    from rmeeto import create_model
+    from rmeeto.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    model = create_model(MODEL)
+    sd = dict(model.state_dict())
+    pos = sd["pos_embed"]
+    sd["pos_embed"] = torch.zeros(2, 26, pos.shape[-1])  # batch of two, 25 patches: would be resized
+    path = save_checkpoint({"model": sd}, tmp_path / "pos.pth")
+    with pytest.raises(CheckpointError, match=r"pos_embed .*\(2, 26,"):
+        load_checkpoint(create_model(MODEL), path)
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '"text"', "{not json", '{"epoch": "x"}', "x" * 5_000_000])
+def test_crafted_safetensors_metadata_is_a_one_line_error_or_ignored(tmp_path, meta):
+    from safetensors.torch import save_file
+
+    from rmeeto import create_model
+    from rmeeto.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+
+    path = tmp_path / "m.safetensors"
+    save_file(dict(create_model(MODEL).state_dict()), str(path), metadata={"format": "pt", "rmeeto": meta})
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError as exc:
+        assert "\n" not in str(exc) and "metadata" in str(exc)
+        return
+    assert isinstance(ckpt["model"], dict)
+    load_checkpoint(create_model(MODEL), path)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: c.pop("best_epoch"),
+    lambda c: c.update(epoch="three"),
+    lambda c: c.update(optimizer=[1, 2]),
+    lambda c: c.update(best_top1=None),
+    lambda c: c.update(config={"model": MODEL, "no_such_field": 1}),
+    lambda c: c.update(history={"a": 1}),
+    lambda c: c.pop("lr_scheduler"),
+])
+def test_a_hand_edited_last_pth_is_a_one_line_train_error(tmp_path, edit):
+    from rmeeto.checkpoint import read_checkpoint, save_checkpoint
+
+    out = tmp_path / "run"
+    train(_quick(out, epochs=2), )
+    ckpt = read_checkpoint(out / "last.pth")
+    edit(ckpt)
+    save_checkpoint(ckpt, out / "last.pth")
+    with pytest.raises(TrainError) as info:
+        train(_quick(out, epochs=3), resume="auto")
+    assert "\n" not in str(info.value) and "last.pth" in str(info.value)
+
+
+def test_a_decompression_bomb_png_is_skipped_with_a_warning(tmp_path, caplog):
+    from PIL import Image
+
+    from rmeeto.data import MAX_IMAGE_PIXELS, ImageFolderDataset, SkippedSample
+    from rmeeto.gpu_data import EncodedImageFolder
+
+    (tmp_path / "a").mkdir()
+    side = int(MAX_IMAGE_PIXELS ** 0.5) + 16  # just over the limit, below PIL's own bomb limits
+    Image.new("1", (side, side)).save(tmp_path / "a" / "bomb.png")
+    assert (tmp_path / "a" / "bomb.png").stat().st_size < 2_000_000
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "ok.png")
+    for ds in (ImageFolderDataset(tmp_path), EncodedImageFolder(tmp_path)):
+        items = [ds[i] for i in range(len(ds))]
+        assert isinstance(items[0], SkippedSample) and "pixels" in items[0].reason
+        assert not isinstance(items[1], SkippedSample)
+    assert "bomb.png" in caplog.text
+
+
+def test_16_bit_pngs_are_scaled_to_8_bit_not_clipped_white(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from rmeeto.data import ImageFolderDataset
+    from rmeeto.gpu_data import EncodedImageFolder
+
+    (tmp_path / "a").mkdir()
+    grey16 = np.full((8, 8), 32768, dtype=np.uint16)  # mid-grey in 16 bits
+    Image.fromarray(grey16).save(tmp_path / "a" / "g16.png")
+    img, _ = ImageFolderDataset(tmp_path)[0]
+    assert img.mode == "RGB" and set(np.asarray(img).ravel().tolist()) == {128}
+    sample = EncodedImageFolder(tmp_path)[0]
+    assert set(sample.data.ravel().tolist()) == {128}
+
+
+def test_a_symlink_loop_does_not_duplicate_a_class(tmp_path):
+    from PIL import Image
+
+    from rmeeto.data import ImageFolderDataset
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "x.png")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path / "a")  # a folder that contains itself
+    (tmp_path / "a" / "other").symlink_to(tmp_path / "b")  # b's images would be labelled a too
+    ds = ImageFolderDataset(tmp_path)
+    assert sorted(ds.targets) == [0, 1]

@@ -5,8 +5,10 @@ Two counts:
 * :func:`paper_flops` reproduces the official R-MeeTo ``calculate_flop_inference`` formula, which is what the
   paper and its checkpoints report (Vim-Ti/S/B 1.45/5.08/18.87 G unmerged, 1.28/3.58/13.21 G merged). It
   counts ONE scan direction, charges the conv for ``n + K - 1`` positions, adds the matching cost at every
-  merging layer even when nothing is merged, and follows the *requested* tokens per layer (no clamping, no
-  ``final_tokens``/``compare`` rule), so it overstates Vim-Ti's merged cost.
+  merging layer even when nothing is merged, and follows the *requested* tokens per layer (no
+  ``final_tokens``/``compare`` rule), so it overstates Vim-Ti's merged cost. A request above what a layer
+  allows is clamped to ``(n - 1) // 2`` as the forward does (the release never asks for more; without the
+  clamp an absurd ``-r`` gives negative GFLOPs).
 * :func:`true_flops` counts what :mod:`rmeeto`'s forward actually computes on the token counts of
   :meth:`MergeConfig.schedule` (clamping and ``final_tokens`` included): both scan directions, in/out
   projections once, norms and element-wise work, the matching and weighted-average work of each real merge,
@@ -77,7 +79,9 @@ def paper_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = N
     total = _paper_layer(n, a)
     for i in range(1, a.depth):
         if i in requested:
-            r = requested[i]
+            # clamped to (n - 1) // 2 as the forward does (merge_schedule): an absurd -r never gives
+            # negative token counts or GFLOPs
+            r = max(0, min(requested[i], (int(n) - 1) // 2))
             m = _metric_dim(merge_config.metric, a)  # C, N (=16) for B/C, 2C for delta, as the release
             total += 6 * n * m + 2 * m * (n / 2) ** 2 + r * c
             n = n - r

@@ -167,5 +167,8 @@ def _check_against_model(config: MergeConfig, model_name: str) -> None:
     """Raise ValueError if ``config`` does not fit the model (e.g. a per-layer list of the wrong length)."""
     from rmeeto.models import get_config
 
+    from rmeeto.merge import warn_if_merging_nowhere
+
     arch = get_config(model_name).arch
     config.schedule(arch.num_tokens, arch.depth, arch.cls_index)
+    warn_if_merging_nowhere(config, arch.depth)

@@ -190,6 +190,7 @@ def load_model(model_name: str, checkpoint: Optional[str], merge_config, num_cla
     with user_errors(), warnings.catch_warnings():
         # apply_merge warns when a count is clamped; the printed token counts show it
         warnings.filterwarnings("ignore", message="merging .* is more than", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*merges at no layer", category=UserWarning)  # flags warned
         return load_model_for_eval(model_name, checkpoint, merge_config, num_classes=num_classes,
                                    device=device, use_ema=use_ema)
 
@@ -211,6 +212,14 @@ def tokens_per_layer(model, image) -> list[int]:
 
     records = trace_tokens(model, image)
     return [rec["tokens"] for rec in records[1:]]
+
+
+def check_finite(stats: dict, checkpoint: Optional[str]) -> None:
+    """CLIError when some logits were NaN/inf: an accuracy computed from them would be a meaningless number."""
+    if stats.get("nonfinite"):
+        source = f"checkpoint {checkpoint}" if checkpoint else "the random weights"
+        raise CLIError(f"the model's outputs are not finite (NaN or inf) for {stats['nonfinite']} of {stats['n']} "
+                       f"images: {source} holds diverged or corrupt weights; no accuracy reported")
 
 
 def describe_merge(config) -> str:
@@ -264,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
                      desc=f"eval {args.model}")
     if stats["n"] == 0:
         raise CLIError(f"no readable image in {args.data}")
+    check_finite(stats, args.checkpoint)
     skipped = len(dataset) - stats["n"]
     print(f"top-1       {stats['top1']:.2f} %   top-5 {stats['top5']:.2f} %   loss {stats['loss']:.4f}"
           f"   ({stats['n']} images" + (f", {skipped} unreadable skipped)" if skipped else ")"))
