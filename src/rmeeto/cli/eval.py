@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
 
     with torch.no_grad():
         tokens = tokens_per_layer(model, first_image(dataset).to(device))
-    gflops_paper = paper_flops(model, merge_config)
+    gflops_paper = paper_flops(model, merge_config, clamp=True)
     gflops_true = true_flops(model, merge_config)["total"]
 
     print(f"model       {args.model}" + (f"  ({args.checkpoint})" if args.checkpoint else "  (random weights)"))
