@@ -424,6 +424,15 @@ def test_crafted_safetensors_metadata_is_a_one_line_error_or_ignored(tmp_path, m
     load_checkpoint(create_model(MODEL), path)
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A one-epoch run folder (last.pth, best.pth, log.jsonl)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    torch.set_num_threads(1)
+    train(_quick(out))
+    return out
+
+
 @pytest.mark.parametrize("edit", [
     lambda c: c.pop("best_epoch"),
     lambda c: c.update(epoch="three"),
@@ -433,16 +442,18 @@ def test_crafted_safetensors_metadata_is_a_one_line_error_or_ignored(tmp_path, m
     lambda c: c.update(history={"a": 1}),
     lambda c: c.pop("lr_scheduler"),
 ])
-def test_a_hand_edited_last_pth_is_a_one_line_train_error(tmp_path, edit):
+def test_a_hand_edited_last_pth_is_a_one_line_train_error(tmp_path, edit, finished_run):
+    import shutil
+
     from rmeeto.checkpoint import read_checkpoint, save_checkpoint
 
     out = tmp_path / "run"
-    train(_quick(out, epochs=2), )
+    shutil.copytree(finished_run, out)
     ckpt = read_checkpoint(out / "last.pth")
     edit(ckpt)
     save_checkpoint(ckpt, out / "last.pth")
     with pytest.raises(TrainError) as info:
-        train(_quick(out, epochs=3), resume="auto")
+        train(_quick(out, epochs=2), resume="auto")
     assert "\n" not in str(info.value) and "last.pth" in str(info.value)
 
 
