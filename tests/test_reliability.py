@@ -503,3 +503,15 @@ def test_a_symlink_loop_does_not_duplicate_a_class(tmp_path):
     (tmp_path / "a" / "other").symlink_to(tmp_path / "b")  # b's images would be labelled a too
     ds = ImageFolderDataset(tmp_path)
     assert sorted(ds.targets) == [0, 1]
+
+
+def test_a_class_folder_linking_to_the_dataset_itself_is_an_error(tmp_path):
+    from PIL import Image
+
+    from rmeeto.data import DataError, ImageFolderDataset
+
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.png")
+    (tmp_path / "everything").symlink_to(tmp_path)
+    with pytest.raises(DataError, match="everything.*contains the dataset"):
+        ImageFolderDataset(tmp_path)
