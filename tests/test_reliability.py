@@ -515,3 +515,54 @@ def test_a_class_folder_linking_to_the_dataset_itself_is_an_error(tmp_path):
     (tmp_path / "everything").symlink_to(tmp_path)
     with pytest.raises(DataError, match="everything.*contains the dataset"):
         ImageFolderDataset(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ 7. eval --json
+_EVAL = ["eval", MODEL, "--limit", "8", "--device", "cpu", "--workers", "0", "--no-progress"]
+
+
+def test_eval_json_below_a_file_or_unwritable_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    import rmeeto.evaluate as ev
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking --json"))
+    for target, why in [(afile / "r.json", "below the file"), (tmp_path, "is a folder")]:
+        rc, out, err = _cli(capsys, *_EVAL, "--json", str(target))
+        assert rc == 2 and why in err and len(err.strip().splitlines()) == 1 and "top-1" not in out
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_open = os.open
+
+    def read_only(path, flags, *a, **k):  # root ignores permission bits: refuse creation in ro/ by hand
+        if str(path).startswith(str(ro)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", read_only)
+    rc, out, err = _cli(capsys, *_EVAL, "--json", str(ro / "r.json"))
+    assert rc == 2 and "not writable" in err and "top-1" not in out
+    assert list(ro.iterdir()) == []
+
+
+def test_eval_json_is_written_atomically(tmp_path, capsys, monkeypatch):
+    import rmeeto.cli.eval as cli_eval
+
+    target = tmp_path / "r.json"
+    target.write_text('{"previous": true}\n')
+    real_write = os.write
+
+    def full_disk(fd, data):  # a full disk surfaces when the bytes are written
+        if b'"top1"' in bytes(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(cli_eval.os, "write", full_disk)
+    rc, _, err = _cli(capsys, *_EVAL, "--json", str(target))
+    assert rc == 2 and "disk full" in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == '{"previous": true}\n'  # not truncated
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left
+    monkeypatch.setattr(cli_eval.os, "write", real_write)
+    rc, _, _ = _cli(capsys, *_EVAL, "--json", str(target))
+    assert rc == 0 and json.loads(target.read_text())["n"] == 8

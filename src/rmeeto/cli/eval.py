@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -72,6 +74,57 @@ def user_errors(prefix: str = ""):
         yield
     except ValueError as exc:
         raise CLIError(f"{prefix}{exc}") from None
+
+
+def check_output_file(path: str, flag: str) -> Path:
+    """Fail early (before anything slow) when ``path`` cannot be written: it is a folder, lies below a file,
+    or its nearest existing folder refuses a new file (read-only, full). Creates nothing."""
+    from rmeeto.train.rundir import describe_os_error
+
+    out = Path(path)
+    if out.is_dir():
+        raise CLIError(f"{flag} {out} is a folder; give a file path")
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CLIError(f"{flag} {out} is below the file {existing}; choose another path")
+    try:  # a real probe: permission bits say nothing for root, and a full disk only shows on writing
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CLIError(f"{flag} {describe_os_error(exc, existing)}") from None
+    return out
+
+
+def write_file_atomic(out: Path, text: str, flag: str) -> None:
+    """Write ``text`` to ``out`` through a temporary file and a rename: a failure (disk full, read-only)
+    leaves an existing file untouched and no partial or 0-byte file behind; CLIError in one line."""
+    from rmeeto.train.rundir import describe_os_error
+
+    tmp = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; a normal file's permissions after the rename
+            data = memoryview(text.encode())
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, out)
+        tmp = None
+    except OSError as exc:
+        kept = "; the existing file is unchanged" if out.exists() else ""
+        raise CLIError(f"{flag} {describe_os_error(exc, out)}{kept}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def check_model(name: str):
@@ -249,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
 
     model_cfg = check_model(args.model)
     check_paths(args.checkpoint, args.data)
+    json_out = check_output_file(args.json, "--json") if args.json else None
     merge_config, merge_source = merge_config_for(args, args.model)
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)
@@ -304,8 +358,6 @@ def run(args: argparse.Namespace) -> int:
             "device": str(device),
             "amp": args.amp,
         }
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+        write_file_atomic(json_out, json.dumps(result, indent=2) + "\n", "--json")
+        print(f"wrote {json_out}")
     return 0
