@@ -566,3 +566,49 @@ def test_eval_json_is_written_atomically(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli_eval.os, "write", real_write)
     rc, _, _ = _cli(capsys, *_EVAL, "--json", str(target))
     assert rc == 0 and json.loads(target.read_text())["n"] == 8
+
+
+# ------------------------------------------------------------------------------------------------ 3. class list
+def test_an_explicit_class_list_numbers_every_split(tmp_path):
+    from rmeeto.train.data import _datasets
+
+    root = _folders(tmp_path / "d", {"train": ["a", "b"], "val": ["b"]})
+    train_set, val = _datasets(_quick(None, data=str(root), classes=("b", "a", "c"), train_aug=False))
+    assert train_set.classes == val.classes == ["b", "a", "c"]
+    assert sorted(set(train_set.targets)) == [0, 1] and set(val.targets) == {0}  # b is 0 in both splits
+    with pytest.raises(TrainError, match="not among the 1 training classes: b"):
+        _datasets(_quick(None, data=str(root), classes=("a",), train_aug=False))
+
+
+def test_retrain_reads_a_class_file_one_name_per_line(tmp_path, capsys):
+    from rmeeto.cli import build_parser
+    from rmeeto.cli.retrain import config_from_args
+
+    names = tmp_path / "classes.txt"
+    names.write_text("zebra\n  ant \n\n# a comment\ncat\n")
+    argv = ["retrain", "--model", MODEL, "--from-scratch", "--classes", str(names), "--num-classes", "12"]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert config.classes == ("zebra", "ant", "cat") and config.num_classes == 12
+    names.write_text("a\nb\na\n")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert "repeats a" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv[:-3] + [str(tmp_path / "missing.txt")])
+    assert "missing.txt" in capsys.readouterr().err
+
+
+def test_num_classes_builds_a_new_head_for_more_data_classes(tmp_path):
+    from rmeeto import create_model
+    from rmeeto.checkpoint import save_checkpoint
+
+    names = [f"c{i:02d}" for i in range(11)]  # the test model's head has 10
+    root = _folders(tmp_path / "d", {"train": names, "val": names}, per_class=1)
+    ckpt = save_checkpoint(create_model(MODEL), tmp_path / "ten.pth")
+    with pytest.raises(TrainError, match="--num-classes"):
+        train(_quick(None, data=str(root), batch_size=2, train_aug=False, checkpoint=str(ckpt)))
+    result = train(_quick(None, data=str(root), batch_size=2, train_aug=False, checkpoint=str(ckpt),
+                          num_classes=11))
+    assert result.status == "finished" and result.model.head.out_features == 11
+    with pytest.raises(ValueError, match="num_classes"):
+        _quick(None, num_classes=0)
