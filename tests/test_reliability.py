@@ -612,3 +612,25 @@ def test_num_classes_builds_a_new_head_for_more_data_classes(tmp_path):
     assert result.status == "finished" and result.model.head.out_features == 11
     with pytest.raises(ValueError, match="num_classes"):
         _quick(None, num_classes=0)
+
+
+# ------------------------------------------------------------------------------------------------ 8. eval/sweep/bench
+_NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", MODEL, "--limit", "0"], ["eval", MODEL, "--batch-size", "0"], ["eval", MODEL, "--workers", "-1"],
+    ["eval", MODEL, "--device", "tpu"], pytest.param(["eval", MODEL, "--device", "cuda"], marks=_NO_GPU),
+    ["sweep", MODEL, "-r", "1", "--batch-size", "-3"], ["sweep", MODEL, "-r", "1", "--device", "tpu"],
+    ["sweep", MODEL, "-r", "1", "--limit", "x"],
+    ["bench", MODEL, "--batch-size", "0"], ["bench", MODEL, "--img-size", "-16"], ["bench", MODEL, "--warmup", "-1"],
+    ["bench", MODEL, "--repeats", "0"], ["bench", MODEL, "--train-repeats", "0"],
+])  # bench's --device is checked when it runs (rc 2, one line: tests/test_bench.py)
+def test_eval_sweep_and_bench_check_their_numbers_and_device_in_argparse(argv, capsys):
+    from rmeeto.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "error:" in err[-1] and argv[-2] in err[-1]

@@ -18,6 +18,7 @@ from typing import Optional
 
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
+from rmeeto.cli._types import device_name, nonneg_int, positive_int
 from rmeeto.runtime import DTYPES
 
 HELP = "top-1/top-5 of a model (merged or not) on digits or an image folder, with GFLOPs and speed"
@@ -57,12 +58,13 @@ def add_model_data_arguments(parser: argparse.ArgumentParser, data: bool = True)
     if data:
         parser.add_argument("--data", default="digits", metavar="digits|PATH",
                             help="'digits' (embedded, default) or an image folder DIR[/val]/<class>/<image>")
-        parser.add_argument("--limit", type=int, default=None, metavar="N",
+        parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
                             help="score only N images, spread evenly over the set")
-        parser.add_argument("--batch-size", type=int, default=64, metavar="N",
+        parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                             help="evaluation batch size (default 64)")
-        parser.add_argument("--workers", type=int, default=2, metavar="N", help="data-loading processes (default 2)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available, default), cpu, cuda or cuda:N")
+        parser.add_argument("--workers", type=nonneg_int, default=2, metavar="N", help="data-loading processes (default 2)")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto (cuda if available, default), cpu, cuda or cuda:N")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="none",
                         help="autocast dtype for the forward (default none = float32)")
 
