@@ -440,6 +440,7 @@ def finished_run(tmp_path_factory):
     lambda c: c.update(best_top1=None),
     lambda c: c.update(config={"model": MODEL, "no_such_field": 1}),
     lambda c: c.update(history={"a": 1}),
+    lambda c: c.update(partial={"loss_sum": "x"}),
     lambda c: c.pop("lr_scheduler"),
 ])
 def test_a_hand_edited_last_pth_is_a_one_line_train_error(tmp_path, edit, finished_run):
@@ -634,3 +635,71 @@ def test_eval_sweep_and_bench_check_their_numbers_and_device_in_argparse(argv, c
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "error:" in err[-1] and argv[-2] in err[-1]
+
+
+# ------------------------------------------------------------------------------------------------ 2. several ranks
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sigterm_group_when_training(procs: list, out: Path, group: int) -> list[str]:
+    """Wait for the run to be stepping, SIGTERM the whole process group, return every process's stderr."""
+    try:
+        _wait_for(out / "log.jsonl", procs[0], seconds=240)
+        time.sleep(1.5)  # loader workers up and a step or two done on every rank
+        os.killpg(group, signal.SIGTERM)  # every rank AND its loader workers (and a launcher), as scancel does
+        return [p.communicate(timeout=150)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def _check_saved_mid_epoch(out: Path) -> None:
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["epoch"] == 0 and state["step_in_epoch"] > 0 and len(state["rng"]) == 2
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_group_of_two_ranks_saves_and_every_rank_exits_143(tmp_path):
+    """Ranks started directly (as srun does, gloo on CPU), workers on: every rank stops at the same step, rank 0
+    saves, each exits 128 + SIGTERM without a traceback."""
+    out = tmp_path / "run"
+    cmd = _retrain_cmd(out, "--from-scratch", "--alpha", "0", "--epochs", "1", "-b", "32", "-j", "2")
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = _env(RMEETO_DEBUG_STEP_SLEEP="0.3", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        group = {"process_group": 0 if rank == 0 else procs[0].pid}  # one process group, as srun's job step
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      **group))
+    errs = _sigterm_group_when_training(procs, out, procs[0].pid)
+    for p, err in zip(procs, errs):
+        assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+        assert "Traceback" not in err
+    assert "stopped by SIGTERM" in errs[0]
+    _check_saved_mid_epoch(out)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_torchrun_group_saves_on_every_rank_and_resumes(tmp_path):
+    """Under torchrun the launcher gets the signal too (and reports it in its own way: exit 1 and its
+    SignalException); the ranks must still stop together and save, with no traceback of ours."""
+    out = tmp_path / "run"
+    cmd = _retrain_cmd(out, "--from-scratch", "--alpha", "0", "--epochs", "1", "-b", "32", "-j", "2")
+    cmd[1:3] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rmeeto"]
+    proc = subprocess.Popen(cmd, env=_env(RMEETO_DEBUG_STEP_SLEEP="0.3"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    (err,) = _sigterm_group_when_training([proc], out, proc.pid)
+    assert "stopped by SIGTERM" in err, err[-3000:]
+    ours = err.split("Traceback")[1:]  # torchrun's own SignalException traceback is not ours
+    assert all("rmeeto" not in t.split("SignalException")[0] for t in ours), err[-3000:]
+    _check_saved_mid_epoch(out)
+    done = subprocess.run(cmd + ["--resume", "auto"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1

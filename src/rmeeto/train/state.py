@@ -141,8 +141,8 @@ def _check_resume_entries(ckpt: dict, path: Path) -> None:
     if not all(isinstance(h, dict) for h in ckpt.get("history") or []):
         raise TrainError(f"cannot resume from {path}: its 'history' entry is not a list of per-epoch records")
     partial = ckpt.get("partial")
-    if partial is not None and (set(partial) != set(new_partial())
-                                or not all(isinstance(v, _NUMBER) for v in partial.values())):
+    if partial is not None and (not all(isinstance(partial.get(k), _NUMBER) for k in new_partial())
+                                or not isinstance(partial.get("skipped", {}), dict)):
         raise TrainError(f"cannot resume from {path}: its 'partial' entry is not the running sums of an epoch "
                          f"({', '.join(new_partial())})")
 
