@@ -68,8 +68,9 @@ def paper_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = N
     Per layer with n tokens: 6nC^2 (in/out proj) + (n+K-1)*Di*K (conv) + n*Di*(R+2N) (x_proj) + n*R*Di (dt_proj)
     + 9nDiN + 2nDi (scan), one direction. At each merging layer, before it, the matching cost with the count n
     entering it: 6nc + 2c(n/2)^2 + rC (c = C for metric x, N for B/C, 2C for delta; n/2 is a true division),
-    then n -= r with r the requested count (``clamp``: at most (n - 1) // 2, the count the forward removes). Plus patch embed num_tokens*C*in_chans*tubelet*patch^2 (the
-    release charges the class token too) and head C*classes. Video models (1569 tokens) follow the same formula.
+    then n -= r with r the requested count (``clamp``: at most (n - 1) // 2, the count the forward removes).
+    Plus patch embed num_tokens*C*in_chans*tubelet*patch^2 (the release charges the class token too) and head
+    C*classes. Video models (1569 tokens) follow the same formula.
     """
     a = arch_of(arch_or_model)
     c = a.embed_dim

@@ -62,7 +62,8 @@ def add_model_data_arguments(parser: argparse.ArgumentParser, data: bool = True)
                             help="score only N images, spread evenly over the set")
         parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                             help="evaluation batch size (default 64)")
-        parser.add_argument("--workers", type=nonneg_int, default=2, metavar="N", help="data-loading processes (default 2)")
+        parser.add_argument("--workers", type=nonneg_int, default=2, metavar="N",
+                            help="data-loading processes (default 2)")
     parser.add_argument("--device", type=device_name, default="auto",
                         help="auto (cuda if available, default), cpu, cuda or cuda:N")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="none",

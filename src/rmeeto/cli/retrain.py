@@ -35,7 +35,8 @@ examples:
 
 # flag dest -> TrainConfig field; a value of None means "not given" (keep the preset's or the default)
 TRAIN_FLAGS = (
-    "data", "classes", "num_classes", "checkpoint", "teacher", "use_ema_weights", "epochs", "batch_size", "accum_steps", "lr", "min_lr",
+    "data", "classes", "num_classes",
+    "checkpoint", "teacher", "use_ema_weights", "epochs", "batch_size", "accum_steps", "lr", "min_lr",
     "warmup_epochs", "warmup_lr", "weight_decay", "wd_exempt", "clip_grad", "drop_path", "alpha", "smoothing",
     "train_aug", "auto_augment", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode",
     "repeated_aug", "ema", "ema_decay", "amp", "device", "seed", "workers", "eval_batch_size", "out",
