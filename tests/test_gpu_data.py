@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from rmeeto.data import ImageFolderDataset, SkipLog, SkippedSample, eval_transform
+from rmeeto.data import ImageFolderDataset, SkipLog, SkippedSample, eval_transform, read_rgb
 from rmeeto.gpu_data import (
     _OPS,
     DeviceLoader,
@@ -263,8 +263,8 @@ def test_odd_files_converted_or_skipped_like_the_cpu_path(odd_folder):
     assert set(decoded) == {"good.jpg", "grey.jpg", "cmyk.jpg", "deep16.png", "rgba.png"}
     for name, img in decoded.items():
         assert img.dtype == torch.uint8 and img.shape == (3, 60, 80), name
-        expected = np.asarray(Image.open(odd_folder / "a" / name).convert("RGB"))
-        assert torch.equal(img.permute(1, 2, 0), torch.from_numpy(expected)), name  # PIL's own RGB
+        expected = np.asarray(read_rgb(odd_folder / "a" / name))
+        assert torch.equal(img.permute(1, 2, 0), torch.from_numpy(expected)), name  # the CPU path's RGB
     grey = decoded["grey.jpg"]
     assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
     # through a DataLoader and the device loader: 5 images out, the 3 bad files counted once each

@@ -331,3 +331,375 @@ def test_pth_files_are_refused_on_a_torch_too_old_to_load_them_safely(tmp_path, 
 def test_pyproject_requires_a_safe_torch():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert '"torch>=2.10"' in text
+
+
+# ------------------------------------------------------------------------------------------------ 10. smaller
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    from rmeeto.cli import main
+
+    rc = main(list(argv))
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_eval_of_nan_weights_reports_non_finite_outputs_not_an_accuracy(tmp_path, capsys):
+    from rmeeto import create_model
+    from rmeeto.checkpoint import save_checkpoint
+
+    model = create_model(MODEL)
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    ckpt = save_checkpoint(model, tmp_path / "nan.pth")
+    rc, out, err = _cli(capsys, "eval", MODEL, "--checkpoint", str(ckpt), "--limit", "8", "--device", "cpu",
+                        "--workers", "0", "--no-progress", "--json", str(tmp_path / "r.json"))
+    assert rc != 0
+    assert "top-1" not in out and not (tmp_path / "r.json").exists()
+    assert len(err.strip().splitlines()) == 1 and "not finite" in err
+
+
+def test_flops_clamps_an_absurd_merge_count_as_the_forward_does(capsys):
+    from rmeeto.flops import flops_table, paper_flops
+    from rmeeto.merge import MergeConfig
+
+    rows = flops_table(MODEL, MergeConfig(num_merged=1000))
+    assert rows[1]["paper_gflops"] > 0 and rows[1]["true_gflops"] > 0
+    # (L - 1) // 2 per merging layer, exactly what the schedule (and the forward) removes
+    clamped = paper_flops(MODEL, MergeConfig(num_merged=1000), clamp=True)
+    assert clamped == paper_flops(MODEL, MergeConfig(num_merged=8)) == rows[1]["paper_gflops"]
+    rc, out, _ = _cli(capsys, "flops", MODEL, "-r", "1000")
+    assert rc == 0 and "-" not in "".join(line.split()[1] for line in out.splitlines() if line.startswith("r="))
+
+
+def test_a_merge_that_merges_at_no_layer_warns(capsys):
+    from rmeeto import create_model
+    from rmeeto.merge import MergeConfig, apply_merge
+
+    with pytest.warns(UserWarning, match=r"--interval 100.*no layer.*4 layers"):
+        apply_merge(create_model(MODEL), MergeConfig(num_merged=2, interval=100))
+    with pytest.warns(UserWarning, match="no layer"):
+        rc, _, _ = _cli(capsys, "flops", MODEL, "-r", "2", "--interval", "100")
+    assert rc == 0
+
+
+def test_a_head_of_the_wrong_width_names_the_real_mismatch(tmp_path):
+    from rmeeto.models.vim import filter_state_dict
+    from rmeeto import create_model
+
+    model = create_model(MODEL)
+    sd = dict(model.state_dict())
+    sd["head.weight"] = torch.zeros(10, sd["head.weight"].shape[1] + 8)
+    notes = " ".join(filter_state_dict(sd, model).notes)
+    assert "10 classes, model has 10" not in notes
+    assert f"{sd['head.weight'].shape[1]}" in notes and "width" in notes
+
+
+def test_a_pos_embed_with_a_leading_dimension_of_two_is_one_line(tmp_path):
+    from rmeeto import create_model
+    from rmeeto.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    model = create_model(MODEL)
+    sd = dict(model.state_dict())
+    pos = sd["pos_embed"]
+    sd["pos_embed"] = torch.zeros(2, 26, pos.shape[-1])  # batch of two, 25 patches: would be resized
+    path = save_checkpoint({"model": sd}, tmp_path / "pos.pth")
+    with pytest.raises(CheckpointError, match=r"pos_embed .*\(2, 26,"):
+        load_checkpoint(create_model(MODEL), path)
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '"text"', "{not json", '{"epoch": "x"}', "x" * 5_000_000])
+def test_crafted_safetensors_metadata_is_a_one_line_error_or_ignored(tmp_path, meta):
+    from safetensors.torch import save_file
+
+    from rmeeto import create_model
+    from rmeeto.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+
+    path = tmp_path / "m.safetensors"
+    save_file(dict(create_model(MODEL).state_dict()), str(path), metadata={"format": "pt", "rmeeto": meta})
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError as exc:
+        assert "\n" not in str(exc) and "metadata" in str(exc)
+        return
+    assert isinstance(ckpt["model"], dict)
+    load_checkpoint(create_model(MODEL), path)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A one-epoch run folder (last.pth, best.pth, log.jsonl)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    torch.set_num_threads(1)
+    train(_quick(out))
+    return out
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: c.pop("best_epoch"),
+    lambda c: c.update(epoch="three"),
+    lambda c: c.update(optimizer=[1, 2]),
+    lambda c: c.update(best_top1=None),
+    lambda c: c.update(config={"model": MODEL, "no_such_field": 1}),
+    lambda c: c.update(history={"a": 1}),
+    lambda c: c.update(partial={"loss_sum": "x"}),
+    lambda c: c.pop("lr_scheduler"),
+])
+def test_a_hand_edited_last_pth_is_a_one_line_train_error(tmp_path, edit, finished_run):
+    import shutil
+
+    from rmeeto.checkpoint import read_checkpoint, save_checkpoint
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    ckpt = read_checkpoint(out / "last.pth")
+    edit(ckpt)
+    save_checkpoint(ckpt, out / "last.pth")
+    with pytest.raises(TrainError) as info:
+        train(_quick(out, epochs=2), resume="auto")
+    assert "\n" not in str(info.value) and "last.pth" in str(info.value)
+
+
+def test_a_decompression_bomb_png_is_skipped_with_a_warning(tmp_path, caplog):
+    from PIL import Image
+
+    from rmeeto.data import MAX_IMAGE_PIXELS, ImageFolderDataset, SkippedSample
+    from rmeeto.gpu_data import EncodedImageFolder
+
+    (tmp_path / "a").mkdir()
+    side = int(MAX_IMAGE_PIXELS ** 0.5) + 16  # just over the limit, below PIL's own bomb limits
+    Image.new("1", (side, side)).save(tmp_path / "a" / "bomb.png")
+    assert (tmp_path / "a" / "bomb.png").stat().st_size < 2_000_000
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "ok.png")
+    for ds in (ImageFolderDataset(tmp_path), EncodedImageFolder(tmp_path)):
+        items = [ds[i] for i in range(len(ds))]
+        assert isinstance(items[0], SkippedSample) and "pixels" in items[0].reason
+        assert not isinstance(items[1], SkippedSample)
+    assert "bomb.png" in caplog.text
+
+
+def test_16_bit_pngs_are_scaled_to_8_bit_not_clipped_white(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from rmeeto.data import ImageFolderDataset
+    from rmeeto.gpu_data import EncodedImageFolder
+
+    (tmp_path / "a").mkdir()
+    grey16 = np.full((8, 8), 32768, dtype=np.uint16)  # mid-grey in 16 bits
+    Image.fromarray(grey16).save(tmp_path / "a" / "g16.png")
+    img, _ = ImageFolderDataset(tmp_path)[0]
+    assert img.mode == "RGB" and set(np.asarray(img).ravel().tolist()) == {128}
+    sample = EncodedImageFolder(tmp_path)[0]
+    assert set(sample.data.ravel().tolist()) == {128}
+
+
+def test_a_symlink_loop_does_not_duplicate_a_class(tmp_path):
+    from PIL import Image
+
+    from rmeeto.data import ImageFolderDataset
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "x.png")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path / "a")  # a folder that contains itself
+    (tmp_path / "a" / "other").symlink_to(tmp_path / "b")  # b's images would be labelled a too
+    ds = ImageFolderDataset(tmp_path)
+    assert sorted(ds.targets) == [0, 1]
+
+
+def test_a_class_folder_linking_to_the_dataset_itself_is_an_error(tmp_path):
+    from PIL import Image
+
+    from rmeeto.data import DataError, ImageFolderDataset
+
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.png")
+    (tmp_path / "everything").symlink_to(tmp_path)
+    with pytest.raises(DataError, match="everything.*contains the dataset"):
+        ImageFolderDataset(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ 7. eval --json
+_EVAL = ["eval", MODEL, "--limit", "8", "--device", "cpu", "--workers", "0", "--no-progress"]
+
+
+def test_eval_json_below_a_file_or_unwritable_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    import rmeeto.evaluate as ev
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking --json"))
+    for target, why in [(afile / "r.json", "below the file"), (tmp_path, "is a folder")]:
+        rc, out, err = _cli(capsys, *_EVAL, "--json", str(target))
+        assert rc == 2 and why in err and len(err.strip().splitlines()) == 1 and "top-1" not in out
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_open = os.open
+
+    def read_only(path, flags, *a, **k):  # root ignores permission bits: refuse creation in ro/ by hand
+        if str(path).startswith(str(ro)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", read_only)
+    rc, out, err = _cli(capsys, *_EVAL, "--json", str(ro / "r.json"))
+    assert rc == 2 and "not writable" in err and "top-1" not in out
+    assert list(ro.iterdir()) == []
+
+
+def test_eval_json_is_written_atomically(tmp_path, capsys, monkeypatch):
+    import rmeeto.cli.eval as cli_eval
+
+    target = tmp_path / "r.json"
+    target.write_text('{"previous": true}\n')
+    real_write = os.write
+
+    def full_disk(fd, data):  # a full disk surfaces when the bytes are written
+        if b'"top1"' in bytes(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(cli_eval.os, "write", full_disk)
+    rc, _, err = _cli(capsys, *_EVAL, "--json", str(target))
+    assert rc == 2 and "disk full" in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == '{"previous": true}\n'  # not truncated
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left
+    monkeypatch.setattr(cli_eval.os, "write", real_write)
+    rc, _, _ = _cli(capsys, *_EVAL, "--json", str(target))
+    assert rc == 0 and json.loads(target.read_text())["n"] == 8
+
+
+# ------------------------------------------------------------------------------------------------ 3. class list
+def test_an_explicit_class_list_numbers_every_split(tmp_path):
+    from rmeeto.train.data import _datasets
+
+    root = _folders(tmp_path / "d", {"train": ["a", "b"], "val": ["b"]})
+    train_set, val = _datasets(_quick(None, data=str(root), classes=("b", "a", "c"), train_aug=False))
+    assert train_set.classes == val.classes == ["b", "a", "c"]
+    assert sorted(set(train_set.targets)) == [0, 1] and set(val.targets) == {0}  # b is 0 in both splits
+    with pytest.raises(TrainError, match="not among the 1 training classes: b"):
+        _datasets(_quick(None, data=str(root), classes=("a",), train_aug=False))
+
+
+def test_retrain_reads_a_class_file_one_name_per_line(tmp_path, capsys):
+    from rmeeto.cli import build_parser
+    from rmeeto.cli.retrain import config_from_args
+
+    names = tmp_path / "classes.txt"
+    names.write_text("zebra\n  ant \n\n# a comment\ncat\n")
+    argv = ["retrain", "--model", MODEL, "--from-scratch", "--classes", str(names), "--num-classes", "12"]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert config.classes == ("zebra", "ant", "cat") and config.num_classes == 12
+    names.write_text("a\nb\na\n")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert "repeats a" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv[:-3] + [str(tmp_path / "missing.txt")])
+    assert "missing.txt" in capsys.readouterr().err
+
+
+def test_num_classes_builds_a_new_head_for_more_data_classes(tmp_path):
+    from rmeeto import create_model
+    from rmeeto.checkpoint import save_checkpoint
+
+    names = [f"c{i:02d}" for i in range(11)]  # the test model's head has 10
+    root = _folders(tmp_path / "d", {"train": names, "val": names}, per_class=1)
+    ckpt = save_checkpoint(create_model(MODEL), tmp_path / "ten.pth")
+    with pytest.raises(TrainError, match="--num-classes"):
+        train(_quick(None, data=str(root), batch_size=2, train_aug=False, checkpoint=str(ckpt)))
+    result = train(_quick(None, data=str(root), batch_size=2, train_aug=False, checkpoint=str(ckpt),
+                          num_classes=11))
+    assert result.status == "finished" and result.model.head.out_features == 11
+    with pytest.raises(ValueError, match="num_classes"):
+        _quick(None, num_classes=0)
+
+
+# ------------------------------------------------------------------------------------------------ 8. eval/sweep/bench
+_NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", MODEL, "--limit", "0"], ["eval", MODEL, "--batch-size", "0"], ["eval", MODEL, "--workers", "-1"],
+    ["eval", MODEL, "--device", "tpu"], pytest.param(["eval", MODEL, "--device", "cuda"], marks=_NO_GPU),
+    ["sweep", MODEL, "-r", "1", "--batch-size", "-3"], ["sweep", MODEL, "-r", "1", "--device", "tpu"],
+    ["sweep", MODEL, "-r", "1", "--limit", "x"],
+    ["bench", MODEL, "--batch-size", "0"], ["bench", MODEL, "--img-size", "-16"], ["bench", MODEL, "--warmup", "-1"],
+    ["bench", MODEL, "--repeats", "0"], ["bench", MODEL, "--train-repeats", "0"],
+])  # bench's --device is checked when it runs (rc 2, one line: tests/test_bench.py)
+def test_eval_sweep_and_bench_check_their_numbers_and_device_in_argparse(argv, capsys):
+    from rmeeto.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "error:" in err[-1] and argv[-2] in err[-1]
+
+
+# ------------------------------------------------------------------------------------------------ 2. several ranks
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sigterm_group_when_training(procs: list, out: Path, group: int) -> list[str]:
+    """Wait for the run to be stepping, SIGTERM the whole process group, return every process's stderr."""
+    try:
+        _wait_for(out / "log.jsonl", procs[0], seconds=240)
+        time.sleep(1.5)  # loader workers up and a step or two done on every rank
+        os.killpg(group, signal.SIGTERM)  # every rank AND its loader workers (and a launcher), as scancel does
+        return [p.communicate(timeout=150)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def _check_saved_mid_epoch(out: Path) -> None:
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["epoch"] == 0 and state["step_in_epoch"] > 0 and len(state["rng"]) == 2
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_group_of_two_ranks_saves_and_every_rank_exits_143(tmp_path):
+    """Ranks started directly (as srun does, gloo on CPU), workers on: every rank stops at the same step, rank 0
+    saves, each exits 128 + SIGTERM without a traceback."""
+    out = tmp_path / "run"
+    cmd = _retrain_cmd(out, "--from-scratch", "--alpha", "0", "--epochs", "1", "-b", "32", "-j", "2")
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = _env(RMEETO_DEBUG_STEP_SLEEP="0.3", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        group = {"process_group": 0 if rank == 0 else procs[0].pid}  # one process group, as srun's job step
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      **group))
+    errs = _sigterm_group_when_training(procs, out, procs[0].pid)
+    for p, err in zip(procs, errs):
+        assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+        assert "Traceback" not in err
+    assert "stopped by SIGTERM" in errs[0]
+    _check_saved_mid_epoch(out)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_torchrun_group_saves_on_every_rank_and_resumes(tmp_path):
+    """Under torchrun the launcher gets the signal too (and reports it in its own way: exit 1 and its
+    SignalException); the ranks must still stop together and save, with no traceback of ours."""
+    out = tmp_path / "run"
+    cmd = _retrain_cmd(out, "--from-scratch", "--alpha", "0", "--epochs", "1", "-b", "32", "-j", "2")
+    cmd[1:3] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rmeeto"]
+    proc = subprocess.Popen(cmd, env=_env(RMEETO_DEBUG_STEP_SLEEP="0.3"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    (err,) = _sigterm_group_when_training([proc], out, proc.pid)
+    assert "stopped by SIGTERM" in err, err[-3000:]
+    ours = err.split("Traceback")[1:]  # torchrun's own SignalException traceback is not ours
+    assert all("rmeeto" not in t.split("SignalException")[0] for t in ours), err[-3000:]
+    _check_saved_mid_epoch(out)
+    done = subprocess.run(cmd + ["--resume", "auto"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1

@@ -256,9 +256,14 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     ckpt: dict[str, Any] = {}
     if _SAFETENSORS_META_KEY in metadata:
         try:
-            ckpt.update(json.loads(metadata[_SAFETENSORS_META_KEY]))
-        except json.JSONDecodeError:
-            pass
+            meta = json.loads(metadata[_SAFETENSORS_META_KEY])
+        except (json.JSONDecodeError, RecursionError):
+            meta = {}  # not ours (another tool's free text): the tensors are still usable
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"checkpoint {path}: its '{_SAFETENSORS_META_KEY}' metadata holds a "
+                                  f"{type(meta).__name__}, not a JSON object of entries")
+        # the tensors are authoritative: metadata may not replace the weights with other values
+        ckpt.update({k: v for k, v in meta.items() if k not in ("model", "model_ema")})
     model = {k: v for k, v in tensors.items() if not k.startswith(_SAFETENSORS_EMA_PREFIX)}
     ema = {k[len(_SAFETENSORS_EMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(_SAFETENSORS_EMA_PREFIX)}
     ckpt["model"] = model

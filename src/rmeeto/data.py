@@ -45,7 +45,10 @@ __all__ = [
     "subset_dataset",
     "SUBSET_MODES",
     "IMG_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "SPLITS",
+    "check_image_size",
+    "read_rgb",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -56,6 +59,11 @@ PathLike = Union[str, os.PathLike]
 DIGITS_NORM = (0.5, 0.5, 0.5)  # mean = std, as the vim_digits_patch4_32 config
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # as torchvision
 SPLITS = ("train", "val")
+# Decoding limit, well below PIL's own (Image.MAX_IMAGE_PIXELS, ~89 MP, only warns; twice that raises): a PNG
+# of a few KB can declare a canvas that decodes to gigabytes, in every loader worker at once. 40 MP (e.g.
+# 8000 x 5000) is above any photo of an ImageNet-style set; larger files are skipped as unreadable.
+MAX_IMAGE_PIXELS = 40_000_000
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # how PIL opens 16-bit grey PNG/TIFF files
 
 
 class DataError(ValueError):
@@ -227,10 +235,35 @@ class SkipLog:
         return f"skipped {self.count} unreadable image{'s' * (self.count != 1)} ({shown})"
 
 
+def check_image_size(img: Image.Image) -> None:
+    """ValueError if an opened (not yet decoded) image has more than :data:`MAX_IMAGE_PIXELS` pixels."""
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{width} x {height} pixels is over the decoding limit of {MAX_IMAGE_PIXELS} pixels "
+                         "(rmeeto.data.MAX_IMAGE_PIXELS; a decompression bomb or a huge scan)")
+
+
+def read_rgb(source: Any) -> Image.Image:
+    """Decode ``source`` (a path or binary file object) to an RGB PIL image, as both data pipelines do.
+
+    The size is checked on the header, before decoding (:func:`check_image_size`). 16-bit grey is scaled to
+    8 bits (value >> 8): PIL's own conversion clips every value above 255, turning such images white. Raises
+    what the loaders count as unreadable (OSError, ValueError, SyntaxError, DecompressionBombError)."""
+    with Image.open(source) as img:
+        check_image_size(img)
+        if img.mode in _WIDE_GREY_MODES:
+            wide = np.asarray(img).astype(np.int64)  # [H, W]; decodes the whole file
+            grey = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
+            return Image.fromarray(grey, "L").convert("RGB")
+        return img.convert("RGB")  # decodes the whole file: corrupt or truncated data fails here
+
+
 def _find_images(folder: Path, extensions: tuple[str, ...]) -> list[str]:
-    """Image files under ``folder`` (recursively, following links), in torchvision's order."""
+    """Image files under ``folder`` (recursively), in torchvision's order. Links to folders inside it are not
+    followed: a link back to an ancestor would loop, and one to another class folder would label that class's
+    images twice (the class folder itself may be a link)."""
     found = []
-    for root, _, names in sorted(os.walk(folder, followlinks=True)):
+    for root, _, names in sorted(os.walk(folder, followlinks=False)):
         found.extend(os.path.join(root, n) for n in sorted(names) if n.lower().endswith(extensions))
     return found
 
@@ -266,6 +299,12 @@ class ImageFolderDataset(Dataset):
             shown = ", ".join(unknown[:5]) + (f", ... ({len(unknown) - 5} more)" if len(unknown) > 5 else "")
             raise DataError(f"class folder{'s' * (len(unknown) != 1)} in {root} not among the "
                             f"{len(self.classes)} training classes: {shown}")
+        real_root = os.path.realpath(root)
+        for name in present:  # a class folder that links to the dataset or above would hold every class
+            real = os.path.realpath(root / name)
+            if real_root == real or real_root.startswith(real.rstrip(os.sep) + os.sep):
+                raise DataError(f"class folder {root / name} links to {real}, which contains the dataset "
+                                "itself: remove the link")
         self.samples: list[tuple[str, int]] = []
         empty = []
         for name in present:
@@ -289,8 +328,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, i: int) -> Union[tuple[Any, int], SkippedSample]:
         path, label = self.samples[i]
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")  # decodes the whole file: corrupt or truncated data fails here
+            img = read_rgb(path)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
             if path not in self._reported:

@@ -62,8 +62,9 @@ def evaluate(
     summed, so every rank returns the global result.
 
     Returns ``top1``/``top5`` (percent; top-5 is top-min(5, classes)), ``loss`` (mean cross-entropy), ``n``
-    (images scored), ``seconds`` (wall time of the loop on this rank) and ``images_per_s`` (``n / seconds``,
-    data loading included). The model's train/eval mode is restored afterwards.
+    (images scored), ``nonfinite`` (images whose logits hold a NaN or inf: their scores mean nothing),
+    ``seconds`` (wall time of the loop on this rank) and ``images_per_s`` (``n / seconds``, data loading
+    included). The model's train/eval mode is restored afterwards.
     """
     from tqdm.auto import tqdm
 
@@ -71,7 +72,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     # float64 so that sums over a 50k-image set stay exact
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, n
+    totals = torch.zeros(5, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, n, nonfinite
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, unit="batch", disable=not _progress_enabled(progress), leave=False)
     try:
@@ -91,6 +92,7 @@ def evaluate(
             totals[1] += hits.any(dim=-1).sum()
             totals[2] += F.cross_entropy(logits, targets, reduction="sum").double()
             totals[3] += targets.numel()
+            totals[4] += (~torch.isfinite(logits)).any(dim=-1).sum()  # counted on device: no sync per batch
             if not bar.disable and bar.n % 10 == 0:  # .item() syncs: only now and then, only when shown
                 bar.set_postfix(top1=f"{100 * totals[0].item() / max(totals[3].item(), 1):.2f}")
     finally:
@@ -102,7 +104,7 @@ def evaluate(
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-    correct1, correct5, loss_sum, n = totals.tolist()
+    correct1, correct5, loss_sum, n, nonfinite = totals.tolist()
     n = int(n)
     denom = max(n, 1)
     return {
@@ -110,6 +112,7 @@ def evaluate(
         "top5": 100.0 * correct5 / denom,
         "loss": loss_sum / denom,
         "n": n,
+        "nonfinite": int(nonfinite),
         "images_per_s": n / seconds if seconds > 0 else float("nan"),
         "seconds": seconds,
     }

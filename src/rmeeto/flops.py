@@ -5,8 +5,10 @@ Two counts:
 * :func:`paper_flops` reproduces the official R-MeeTo ``calculate_flop_inference`` formula, which is what the
   paper and its checkpoints report (Vim-Ti/S/B 1.45/5.08/18.87 G unmerged, 1.28/3.58/13.21 G merged). It
   counts ONE scan direction, charges the conv for ``n + K - 1`` positions, adds the matching cost at every
-  merging layer even when nothing is merged, and follows the *requested* tokens per layer (no clamping, no
-  ``final_tokens``/``compare`` rule), so it overstates Vim-Ti's merged cost.
+  merging layer even when nothing is merged, and follows the *requested* tokens per layer (no
+  ``final_tokens``/``compare`` rule), so it overstates Vim-Ti's merged cost. With ``clamp=True`` (what the
+  commands print) a request above what a layer allows is clamped to ``(n - 1) // 2`` as the forward does
+  (the release never asks for more; unclamped, an absurd ``-r`` gives negative GFLOPs).
 * :func:`true_flops` counts what :mod:`rmeeto`'s forward actually computes on the token counts of
   :meth:`MergeConfig.schedule` (clamping and ``final_tokens`` included): both scan directions, in/out
   projections once, norms and element-wise work, the matching and weighted-average work of each real merge,
@@ -66,14 +68,15 @@ def _paper_layer(n: float, a: VimArch) -> float:
     return proj + conv + x_proj + dt_proj + scan
 
 
-def paper_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = None) -> float:
+def paper_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = None, *, clamp: bool = False) -> float:
     """GFLOPs by the official ``calculate_flop_inference`` formula (see the module docstring for its quirks).
 
     Per layer with n tokens: 6nC^2 (in/out proj) + (n+K-1)*Di*K (conv) + n*Di*(R+2N) (x_proj) + n*R*Di (dt_proj)
     + 9nDiN + 2nDi (scan), one direction. At each merging layer, before it, the matching cost with the count n
     entering it: 6nc + 2c(n/2)^2 + rC (c = C for metric x, N for B/C, 2C for delta; n/2 is a true division),
-    then n -= r with r the requested count. Plus patch embed num_tokens*C*in_chans*tubelet*patch^2 (the
-    release charges the class token too) and head C*classes. Video models (1569 tokens) follow the same formula.
+    then n -= r with r the requested count (``clamp``: at most (n - 1) // 2, the count the forward removes).
+    Plus patch embed num_tokens*C*in_chans*tubelet*patch^2 (the release charges the class token too) and head
+    C*classes. Video models (1569 tokens) follow the same formula.
     """
     if vit_arch(arch_or_model) is not None:
         return vit_flops(vit_arch(arch_or_model), merge_config)["gflops"]
@@ -86,6 +89,8 @@ def paper_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = N
     for i in range(1, a.depth):
         if i in requested:
             r = requested[i]
+            if clamp:  # as the forward (merge_schedule) does: an absurd -r never gives negative GFLOPs
+                r = max(0, min(r, (int(n) - 1) // 2))
             m = _metric_dim(merge_config.metric, a)  # C, N (=16) for B/C, 2C for delta, as the release
             total += 6 * n * m + 2 * m * (n / 2) ** 2 + r * c
             n = n - r
@@ -170,7 +175,7 @@ def flops_table(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = N
     base_paper, base_true = paper_flops(a), true_flops(a)
     configs = [("unmerged", None)] + ([("merged", merge_config)] if merge_config is not None else [])
     for setting, cfg in configs:
-        p = base_paper if cfg is None else paper_flops(a, cfg)
+        p = base_paper if cfg is None else paper_flops(a, cfg, clamp=True)
         t = base_true if cfg is None else true_flops(a, cfg)
         rows.append({
             "setting": setting,

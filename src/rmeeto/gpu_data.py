@@ -74,7 +74,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from rmeeto.data import Batch, DataError, ImageFolderDataset, IMG_EXTENSIONS, SkippedSample
+from rmeeto.data import (Batch, DataError, ImageFolderDataset, IMG_EXTENSIONS, SkippedSample, check_image_size,
+                         read_rgb)
 from rmeeto.models import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -179,6 +180,7 @@ def _device_decodable(raw: bytes) -> bool:
         return False
     try:
         with Image.open(io.BytesIO(raw)) as img:
+            check_image_size(img)  # an oversized one goes to PIL below, which skips it with the CPU path's reason
             return img.format == "JPEG" and img.mode in ("RGB", "L")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return False  # PIL decides below, with the error the CPU path would report
@@ -186,8 +188,7 @@ def _device_decodable(raw: bytes) -> bool:
 
 def _pil_decode(raw: bytes) -> Tensor:
     """Decode any image PIL reads to RGB uint8 [3, H, W] (raises what ImageFolderDataset would catch)."""
-    with Image.open(io.BytesIO(raw)) as img:
-        img = img.convert("RGB")  # grey, 16-bit, RGBA, palette, CMYK -> RGB, as the CPU path
+    img = read_rgb(io.BytesIO(raw))  # grey, 16-bit, RGBA, palette, CMYK -> RGB; size limit; as the CPU path
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
 
 

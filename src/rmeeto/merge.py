@@ -434,6 +434,21 @@ class MergingBlock(Block):
         return self.add_norm_mix(hidden, residual, state)
 
 
+def warn_if_merging_nowhere(config: MergeConfig, depth: int) -> bool:
+    """Warn (and return True) when ``config`` asks for merging but its interval leaves no merging layer in a
+    ``depth``-layer model, e.g. ``-r 2 --interval 100``: the model would silently run unmerged."""
+    r = config.num_merged
+    wants = (r != 0 if isinstance(r, int) else any(r)) or config.final_tokens is not None
+    if not wants or config.merging_layers(depth):
+        return False
+    warnings.warn(
+        f"--interval {config.interval}{' --odd' if config.odd else ''} merges at no layer of this model's "
+        f"{depth} layers (layers 1..{depth - 1} are eligible): nothing is merged; use an interval below {depth}",
+        stacklevel=3,
+    )
+    return True
+
+
 def apply_merge(model: VisionMamba, config: MergeConfig) -> VisionMamba:
     """Turn ``model`` into a merging Vim in place (and return it). Parameters and their names are untouched;
     calling again replaces the previous config; ``MergeConfig()`` (0 tokens) makes it an exact no-op.
@@ -452,6 +467,7 @@ def apply_merge(model: VisionMamba, config: MergeConfig) -> VisionMamba:
             f"clamped to {s.num_merged} ((tokens - 1) // 2) there and at {len(clamped) - 1} later layer(s)",
             stacklevel=2,
         )
+    warn_if_merging_nowhere(config, depth)
     shuffler = config.make_shuffler()
     for s in sched:
         if s.merging:

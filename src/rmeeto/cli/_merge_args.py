@@ -16,8 +16,9 @@ import dataclasses
 from typing import Optional
 
 from rmeeto.cli._types import nonneg_int, positive_int, unit_float
-from rmeeto.backbones import default_interval, schedule_for
-from rmeeto.merge import DISTANCES, METRICS, REDUCES, MergeConfig
+from rmeeto.backbones import default_interval, is_vit_name, schedule_for
+from rmeeto.merge import DISTANCES, METRICS, REDUCES, MergeConfig, warn_if_merging_nowhere
+from rmeeto.models import get_config
 
 __all__ = ["add_merge_arguments", "merge_config_from_args", "parse_num_merged", "MERGE_FLAG_DESTS"]
 
@@ -170,3 +171,5 @@ def merge_config_from_args(args: argparse.Namespace, model_name: Optional[str] =
 def _check_against_model(config: MergeConfig, model_name: str) -> None:
     """Raise ValueError if ``config`` does not fit the model (e.g. a per-layer list of the wrong length)."""
     schedule_for(model_name, config)
+    if not is_vit_name(model_name):  # a ViT merges in every block its interval names, block 0 included
+        warn_if_merging_nowhere(config, get_config(model_name).arch.depth)

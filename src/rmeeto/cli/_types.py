@@ -101,3 +101,23 @@ def auto_augment_policy(text: str):
         raise argparse.ArgumentTypeError(f"not a timm auto-augment policy: {text!r} ({detail}); "
                                          "e.g. rand-m9-mstd0.5-inc1, augmix-m5, original, v0") from None
     return text
+
+
+def class_list_file(text: str) -> tuple[str, ...]:
+    """A file of class names, one a line (blank lines and lines starting with '#' ignored), read now so a
+    missing, empty or repeating list fails before any work."""
+    from pathlib import Path
+
+    try:
+        lines = Path(text).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read class list {text}: {exc.strerror or exc}") from None
+    names = tuple(n.strip() for n in lines if n.strip() and not n.strip().startswith("#"))
+    if not names:
+        raise argparse.ArgumentTypeError(f"class list {text} names no class (one name per line)")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise argparse.ArgumentTypeError(f"class list {text} repeats {name}")
+        seen.add(name)
+    return names

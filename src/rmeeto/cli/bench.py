@@ -9,6 +9,7 @@ import math
 from rmeeto.backbones import is_vit_name
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
+from rmeeto.cli._types import nonneg_int, positive_int
 from rmeeto.runtime import DTYPES
 
 HELP = "throughput/latency of unmerged vs merged models (inference, training step), one run on one device"
@@ -38,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'rmeeto bench-data DIR', whose help lists the other options")
     add_merge_arguments(parser)
     g = parser.add_argument_group("measurement")
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--img-size", type=int, default=None, help="input resolution (default: the model's)")
+    g.add_argument("--batch-size", type=positive_int, default=128)
+    g.add_argument("--img-size", type=positive_int, default=None, help="input resolution (default: the model's)")
     g.add_argument("--dtype", choices=tuple(DTYPES), default="fp16",
                    help="inference dtype (default fp16; fp16 needs a CUDA device)")
     g.add_argument("--mode", choices=("auto", "eager", "cudagraph", "compile", "compile+cudagraph"), default="auto",
@@ -47,10 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "graphs with auto/cudagraph, else runs eagerly")
     g.add_argument("--backend", default="auto", help="scan backend (auto, chunked, reference, triton, mamba_ssm)")
     g.add_argument("--compare", action="store_true", help="run every scan backend available on the device")
-    g.add_argument("--warmup", type=int, default=10)
-    g.add_argument("--repeats", type=int, default=50)
+    g.add_argument("--warmup", type=nonneg_int, default=10)
+    g.add_argument("--repeats", type=positive_int, default=50)
     g.add_argument("--train", action="store_true", help="also time a re-training step (bf16, teacher)")
-    g.add_argument("--train-repeats", type=int, default=10)
+    g.add_argument("--train-repeats", type=positive_int, default=10)
     g.add_argument("--no-inference", action="store_true", help="only the training step")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
     parser.add_argument("--json", metavar="FILE", help="also write all results as JSON")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -17,6 +19,7 @@ from typing import Optional
 from rmeeto.backbones import num_tokens_of
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
+from rmeeto.cli._types import device_name, nonneg_int, positive_int
 from rmeeto.runtime import DTYPES
 
 HELP = "top-1/top-5 of a model (merged or not) on digits or an image folder, with GFLOPs and speed"
@@ -56,12 +59,14 @@ def add_model_data_arguments(parser: argparse.ArgumentParser, data: bool = True)
     if data:
         parser.add_argument("--data", default="digits", metavar="digits|PATH",
                             help="'digits' (embedded, default) or an image folder DIR[/val]/<class>/<image>")
-        parser.add_argument("--limit", type=int, default=None, metavar="N",
+        parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
                             help="score only N images, spread evenly over the set")
-        parser.add_argument("--batch-size", type=int, default=64, metavar="N",
+        parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                             help="evaluation batch size (default 64)")
-        parser.add_argument("--workers", type=int, default=2, metavar="N", help="data-loading processes (default 2)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available, default), cpu, cuda or cuda:N")
+        parser.add_argument("--workers", type=nonneg_int, default=2, metavar="N",
+                            help="data-loading processes (default 2)")
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto (cuda if available, default), cpu, cuda or cuda:N")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="none",
                         help="autocast dtype for the forward (default none = float32)")
 
@@ -73,6 +78,57 @@ def user_errors(prefix: str = ""):
         yield
     except ValueError as exc:
         raise CLIError(f"{prefix}{exc}") from None
+
+
+def check_output_file(path: str, flag: str) -> Path:
+    """Fail early (before anything slow) when ``path`` cannot be written: it is a folder, lies below a file,
+    or its nearest existing folder refuses a new file (read-only, full). Creates nothing."""
+    from rmeeto.train.rundir import describe_os_error
+
+    out = Path(path)
+    if out.is_dir():
+        raise CLIError(f"{flag} {out} is a folder; give a file path")
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CLIError(f"{flag} {out} is below the file {existing}; choose another path")
+    try:  # a real probe: permission bits say nothing for root, and a full disk only shows on writing
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CLIError(f"{flag} {describe_os_error(exc, existing)}") from None
+    return out
+
+
+def write_file_atomic(out: Path, text: str, flag: str) -> None:
+    """Write ``text`` to ``out`` through a temporary file and a rename: a failure (disk full, read-only)
+    leaves an existing file untouched and no partial or 0-byte file behind; CLIError in one line."""
+    from rmeeto.train.rundir import describe_os_error
+
+    tmp = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; a normal file's permissions after the rename
+            data = memoryview(text.encode())
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, out)
+        tmp = None
+    except OSError as exc:
+        kept = "; the existing file is unchanged" if out.exists() else ""
+        raise CLIError(f"{flag} {describe_os_error(exc, out)}{kept}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def check_model(name: str):
@@ -191,6 +247,7 @@ def load_model(model_name: str, checkpoint: Optional[str], merge_config, num_cla
     with user_errors(), warnings.catch_warnings():
         # apply_merge warns when a count is clamped; the printed token counts show it
         warnings.filterwarnings("ignore", message="merging .* is more than", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*merges at no layer", category=UserWarning)  # flags warned
         return load_model_for_eval(model_name, checkpoint, merge_config, num_classes=num_classes,
                                    device=device, use_ema=use_ema)
 
@@ -212,6 +269,14 @@ def tokens_per_layer(model, image) -> list[int]:
 
     records = trace_tokens(model, image)
     return [rec["tokens"] for rec in records[1:]]
+
+
+def check_finite(stats: dict, checkpoint: Optional[str]) -> None:
+    """CLIError when some logits were NaN/inf: an accuracy computed from them would be a meaningless number."""
+    if stats.get("nonfinite"):
+        source = f"checkpoint {checkpoint}" if checkpoint else "the random weights"
+        raise CLIError(f"the model's outputs are not finite (NaN or inf) for {stats['nonfinite']} of {stats['n']} "
+                       f"images: {source} holds diverged or corrupt weights; no accuracy reported")
 
 
 def describe_merge(config) -> str:
@@ -241,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
 
     model_cfg = check_model(args.model)
     check_paths(args.checkpoint, args.data)
+    json_out = check_output_file(args.json, "--json") if args.json else None
     merge_config, merge_source = merge_config_for(args, args.model)
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)
@@ -251,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
 
     with torch.no_grad():
         tokens = tokens_per_layer(model, first_image(dataset).to(device))
-    gflops_paper = paper_flops(model, merge_config)
+    gflops_paper = paper_flops(model, merge_config, clamp=True)
     gflops_true = true_flops(model, merge_config)["total"]
 
     print(f"model       {args.model}" + (f"  ({args.checkpoint})" if args.checkpoint else "  (random weights)"))
@@ -265,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
                      desc=f"eval {args.model}")
     if stats["n"] == 0:
         raise CLIError(f"no readable image in {args.data}")
+    check_finite(stats, args.checkpoint)
     skipped = len(dataset) - stats["n"]
     print(f"top-1       {stats['top1']:.2f} %   top-5 {stats['top5']:.2f} %   loss {stats['loss']:.4f}"
           f"   ({stats['n']} images" + (f", {skipped} unreadable skipped)" if skipped else ")"))
@@ -295,8 +362,6 @@ def run(args: argparse.Namespace) -> int:
             "device": str(device),
             "amp": args.amp,
         }
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+        write_file_atomic(json_out, json.dumps(result, indent=2) + "\n", "--json")
+        print(f"wrote {json_out}")
     return 0

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if len(rows) > 1:
         m = rows[1]
         print(f"{'reduction':10s} {m['paper_reduction']:12.1%} {m['true_reduction']:12.1%}")
-        print("(paper formula: requested tokens per merging layer, no clamping, no final-token rule)")
+        print("(paper formula: requested tokens per merging layer (clamped to (n - 1) // 2), no final-token rule)")
     print()
     for row in rows:
         print(f"tokens per layer ({row['setting']}): {' '.join(map(str, row['tokens_per_layer']))}")

@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from rmeeto.cli import CLIError
-from rmeeto.cli._types import (auto_augment_policy, device_name, finite_float, nonneg_float, nonneg_int, open_unit_float,
-                              positive_float, positive_int, unit_float)
+from rmeeto.cli._types import (auto_augment_policy, class_list_file, device_name, finite_float, nonneg_float,
+                              nonneg_int, open_unit_float, positive_float, positive_int, unit_float)
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
 
 HELP = "re-train a merging model with distillation from the unmerged one (R-MeeTo), or train from scratch"
@@ -35,7 +35,8 @@ examples:
 
 # flag dest -> TrainConfig field; a value of None means "not given" (keep the preset's or the default)
 TRAIN_FLAGS = (
-    "data", "checkpoint", "teacher", "use_ema_weights", "epochs", "batch_size", "accum_steps", "lr", "min_lr",
+    "data", "classes", "num_classes",
+    "checkpoint", "teacher", "use_ema_weights", "epochs", "batch_size", "accum_steps", "lr", "min_lr",
     "warmup_epochs", "warmup_lr", "weight_decay", "wd_exempt", "clip_grad", "drop_path", "alpha", "smoothing",
     "train_aug", "auto_augment", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode",
     "repeated_aug", "ema", "ema_decay", "amp", "device", "seed", "workers", "eval_batch_size", "out",
@@ -61,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="load the checkpoint's model_ema entry (the official Vim-B file)")
     g.add_argument("--data", default=None, metavar="DIR",
                    help="'digits' (embedded, default) or an image folder with train/ and val/ class folders")
+    g.add_argument("--classes", type=class_list_file, default=None, metavar="FILE",
+                   help="class names, one a line, that number the labels of every split (default: the train "
+                        "folder's class folders, sorted); a class folder not listed is an error")
+    g.add_argument("--num-classes", type=positive_int, default=None, metavar="N",
+                   help="build a new N-way head (e.g. more data classes than the checkpoint's head; the "
+                        "checkpoint's head is then not loaded)")
     add_merge_arguments(parser)
 
     g = parser.add_argument_group("optimisation")

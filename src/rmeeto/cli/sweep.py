@@ -16,6 +16,7 @@ from rmeeto.cli.eval import (
     add_model_data_arguments,
     build_eval_dataset,
     build_loader,
+    check_finite,
     check_model,
     check_paths,
     load_model,
@@ -193,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         key = ("noop",) if not any(s.num_merged for s in schedule) else (mode, layout, r)
         if key not in cache:
             stats = evaluate(model, loader, device=device, amp_dtype=amp, progress=show, desc=f"{mode} {layout} r={r}")
+            check_finite(stats, args.checkpoint)
             speed = {"images_per_s": math.nan, "ms_per_image": math.nan, "peak_mem_mb": None}
             if not args.no_throughput:
                 speed = measure_throughput(model, batch_size=tp_batch, img_size=img_size, device=device,
@@ -203,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
             "mode": mode, "layout": layout, "num_merged": r,
             "tokens": schedule[-1].tokens_out if schedule else num_tokens_of(model),
             "top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"], "n": stats["n"],
-            "paper_gflops": paper_flops(model, config), "true_gflops": true_flops(model, config)["total"],
+            "paper_gflops": paper_flops(model, config, clamp=True), "true_gflops": true_flops(model, config)["total"],
             "images_per_s": speed["images_per_s"], "ms_per_image": speed["ms_per_image"],
             "peak_mem_mb": speed["peak_mem_mb"],
         })

@@ -477,7 +477,10 @@ def filter_state_dict(state_dict: Mapping[str, Any], model: nn.Module) -> Filter
     pos = out.get("pos_embed")
     if isinstance(pos, torch.Tensor) and "pos_embed" in own and pos.shape != own["pos_embed"].shape:
         want = own["pos_embed"].shape
-        if pos.dim() == 3 and pos.shape[-1] == want[-1] and hasattr(model, "patch_embed"):
+        if pos.dim() != 3 or pos.shape[0] != 1:  # resizing assumes one [1, tokens, width] table
+            raise CheckpointError(f"pos_embed has shape {tuple(pos.shape)}, the model expects {tuple(want)}: "
+                                  "not a [1, tokens, width] position table")
+        if pos.shape[-1] == want[-1] and hasattr(model, "patch_embed"):
             arch = getattr(model, "arch", None)
             cls_position = arch.cls_position if isinstance(arch, VimArch) else "middle"
             out["pos_embed"] = resample_pos_embed(pos, model.patch_embed.grid_size, cls_position)
@@ -492,15 +495,17 @@ def filter_state_dict(state_dict: Mapping[str, Any], model: nn.Module) -> Filter
                 del out[k]
             notes.append("classifier weights dropped: the model has no classifier head")
         elif "head.weight" in out and out["head.weight"].shape != head.weight.shape:
-            ckpt_classes = out["head.weight"].shape[0]
+            ckpt_shape = tuple(out["head.weight"].shape)
             for k in head_keys:
                 del out[k]
             result.head_reset = True
             result.skipped = tuple(k for k in own if k.startswith("head."))
-            notes.append(
-                f"classifier not loaded: checkpoint has {ckpt_classes} classes, model has {head.out_features}; "
-                "head re-initialised"
-            )
+            if len(ckpt_shape) == 2 and ckpt_shape[0] != head.out_features:
+                why = f"checkpoint has {ckpt_shape[0]} classes, model has {head.out_features}"
+            else:  # same class count: the input width (or the tensor's rank) is what differs
+                why = (f"checkpoint head.weight has shape {ckpt_shape} (input width {ckpt_shape[-1]}), the "
+                       f"model's is {tuple(head.weight.shape)} (width {head.in_features})")
+            notes.append(f"classifier not loaded: {why}; head re-initialised")
     result.hint = _fit_hint(state_dict)
     return result
 

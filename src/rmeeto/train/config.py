@@ -71,6 +71,9 @@ class TrainConfig:
         checkpoint: initial weights of the student and, unless ``teacher`` is given, of the teacher; None trains
         from scratch.  use_ema_weights: take the checkpoint's ``model_ema`` entry (the Vim-B file).
         merge: the student's :class:`MergeConfig` (the default merges nothing).
+        classes: the class names that number the labels of every split (None = the training folders, sorted);
+        a folder not in the list is an error.  num_classes: width of the classifier to build (None = the
+        registered model's); a checkpoint whose head has another width gets a new, freshly initialised head.
     Optimisation
         epochs; batch_size (per process); accum_steps (micro-batches per optimizer step);
         lr: base learning rate per 512 images, scaled by the global batch (batch_size * accum_steps * world / 512);
@@ -103,6 +106,8 @@ class TrainConfig:
 
     model: str
     data: str = "digits"
+    classes: Optional[tuple[str, ...]] = None
+    num_classes: Optional[int] = None
     checkpoint: Optional[str] = None
     teacher: Optional[str] = None
     use_ema_weights: bool = False
@@ -153,6 +158,15 @@ class TrainConfig:
             object.__setattr__(self, "merge", MergeConfig())
         if not isinstance(self.merge, MergeConfig):
             raise ValueError(f"merge must be a MergeConfig or its dict, got {type(self.merge).__name__}")
+        if self.classes is not None:  # a list after a round trip through a checkpoint's JSON/pickle
+            object.__setattr__(self, "classes", tuple(self.classes))
+            if not self.classes or not all(isinstance(c, str) and c for c in self.classes):
+                raise ValueError("classes must be a non-empty list of class names")
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError("classes lists a class twice")
+        if self.num_classes is not None and (isinstance(self.num_classes, bool)
+                                             or not isinstance(self.num_classes, int) or self.num_classes < 1):
+            raise ValueError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
         _choice("amp", self.amp, AMP_CHOICES)
         _choice("mixup_mode", self.mixup_mode, MIXUP_MODES)
         _choice("pipeline", self.pipeline, PIPELINES)

@@ -149,9 +149,9 @@ def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     mcfg = get_config(config.model)
     img_size = mcfg.arch.img_size
     try:
-        n_cls = mcfg.arch.num_classes
+        n_cls = config.num_classes or mcfg.arch.num_classes
         train_set = rdata.build_dataset(config.data, "train", img_size=img_size, mean=mcfg.mean, std=mcfg.std,
-                                        train_aug=config.train_aug, num_classes=n_cls)
+                                        train_aug=config.train_aug, num_classes=n_cls, classes=config.classes)
         val_set = rdata.build_dataset(config.data, "val", img_size=img_size, mean=mcfg.mean, std=mcfg.std,
                                       train_aug=False, crop_pct=mcfg.crop_pct, num_classes=n_cls,
                                       classes=getattr(train_set, "classes", None))
@@ -160,7 +160,8 @@ def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     n_data = len(getattr(train_set, "classes", ()))
     if n_data > n_cls:  # labels >= the head's width: a device-side assert or silently wrong scores later
         raise TrainError(f"{config.data} has {n_data} classes but {config.model}'s head has {n_cls}; "
-                         "use data with at most that many classes or a model with a wider head")
+                         f"give --num-classes {n_data} to train a new head of that width, or use data with at "
+                         "most that many classes")
     if config.train_aug and isinstance(train_set, rdata.ImageFolderDataset):
         # the folder's default training transform with this run's RandAugment policy and erasing probability
         train_set.transform = rdata.train_transform(img_size, mcfg.mean, mcfg.std, auto_augment=config.auto_augment,

@@ -88,13 +88,14 @@ def build_models(run: Run, resuming: bool) -> tuple[nn.Module, Optional[TeacherF
     checkpoint's weights come later) and merges as ``config.merge`` says; the teacher is the unmerged model,
     frozen, in eval mode (None when ``alpha`` is 0)."""
     config = run.config
-    model = create_model(config.model, drop_path_rate=config.drop_path)
+    width = {} if config.num_classes is None else {"num_classes": config.num_classes}
+    model = create_model(config.model, drop_path_rate=config.drop_path, **width)
     if config.checkpoint is not None and not resuming:
         load_weights(model, config.checkpoint, config.use_ema_weights, "--checkpoint")
     apply_merge(model, config.merge)
     teacher = None
     if config.alpha > 0:
-        teacher = create_model(config.model)
+        teacher = create_model(config.model, **width)
         source = config.teacher or config.checkpoint
         loaded = load_weights(teacher, source, config.use_ema_weights and not config.teacher, "teacher")
         if loaded.head_reset:  # a re-initialised head would distil random targets into the student

@@ -110,6 +110,43 @@ def find_resume_checkpoint(resume: Optional[str], out: Optional[str]) -> Optiona
     return path
 
 
+_NUMBER = (int, float)
+# what every entry of a last.pth must be (a hand-edited or foreign file fails here in one line, not with a
+# KeyError/TypeError deep inside restore); None in a tuple: the entry may be absent or None
+_RESUME_ENTRIES: dict[str, tuple] = {
+    "model": (dict,), "optimizer": (dict,), "lr_scheduler": (dict,), "epoch": (int,), "step_in_epoch": (int,),
+    "global_step": (int,), "best_top1": _NUMBER, "best_epoch": (int,), "config": (dict,),
+    "history": (list, None), "partial": (dict, None), "rng": (list, None), "scaler": (dict, None),
+    "model_ema": (dict, None),
+}
+
+
+def _check_resume_entries(ckpt: dict, path: Path) -> None:
+    """TrainError naming the first entry of a training checkpoint that is missing or of the wrong type."""
+    for key, kinds in _RESUME_ENTRIES.items():
+        value = ckpt.get(key)
+        if value is None:
+            if None in kinds:
+                continue
+            raise TrainError(f"cannot resume from {path}: its {key!r} entry is missing (a damaged or hand-edited "
+                             "last.pth); start afresh with --overwrite or resume from another checkpoint")
+        types = tuple(k for k in kinds if k is not None)
+        if isinstance(value, bool) or not isinstance(value, types):
+            want = " or ".join(t.__name__ for t in types)
+            raise TrainError(f"cannot resume from {path}: its {key!r} entry is a {type(value).__name__}, not "
+                             f"a {want} (a damaged or hand-edited last.pth)")
+    if ckpt["epoch"] < 0 or ckpt["step_in_epoch"] < 0 or ckpt["global_step"] < 0 or ckpt["best_epoch"] < -1:
+        raise TrainError(f"cannot resume from {path}: negative epoch or step counts (a damaged or hand-edited "
+                         "last.pth)")
+    if not all(isinstance(h, dict) for h in ckpt.get("history") or []):
+        raise TrainError(f"cannot resume from {path}: its 'history' entry is not a list of per-epoch records")
+    partial = ckpt.get("partial")
+    if partial is not None and (not all(isinstance(partial.get(k), _NUMBER) for k in new_partial())
+                                or not isinstance(partial.get("skipped", {}), dict)):
+        raise TrainError(f"cannot resume from {path}: its 'partial' entry is not the running sums of an epoch "
+                         f"({', '.join(new_partial())})")
+
+
 def read_resume(path: Path) -> dict:
     """The training checkpoint at ``path`` (read weights-only). Raises TrainError for anything else."""
     try:
@@ -120,12 +157,17 @@ def read_resume(path: Path) -> dict:
         if key not in ckpt:
             raise TrainError(f"{path} is not an rmeeto training checkpoint (no {key!r} entry); use it as "
                              "--checkpoint to start a new run from its weights")
+    _check_resume_entries(ckpt, path)
     return ckpt
 
 
 def resumed_config(config: TrainConfig, ckpt: dict, path: Path, log: Callable[[str], None]) -> TrainConfig:
     """The stored settings of a resumed run, with this call's runtime fields (:data:`RUNTIME_FIELDS`)."""
-    saved = TrainConfig.from_dict(ckpt["config"])
+    try:
+        saved = TrainConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TrainError(f"cannot resume from {path}: its stored config is not valid ({first})") from None
     changed = [f.name for f in dataclasses.fields(TrainConfig)
                if f.name not in RUNTIME_FIELDS and getattr(saved, f.name) != getattr(config, f.name)]
     if changed:
@@ -153,7 +195,7 @@ def restore(ckpt: dict, path: Path, *, model: nn.Module, optimizer, scheduler, s
             scaler.load_state_dict(ckpt["scaler"])
         if ema is not None:
             ema.module.load_state_dict(ckpt["model_ema"])
-    except (RuntimeError, KeyError, ValueError) as exc:
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TrainError(f"cannot resume from {path}: {first}") from None
     state = RunState(epoch=int(ckpt["epoch"]), step_in_epoch=int(ckpt["step_in_epoch"]),
