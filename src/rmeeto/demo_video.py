@@ -44,8 +44,8 @@ class VideoDemoSettings:
     """Knobs of the video demo (defaults: a few minutes on 2 CPU cores; :meth:`quick` is a smoke test whose
     numbers mean nothing). Clips are ``clip_frames`` frames of ``clip_size`` px (the model samples 4)."""
 
-    num_train: int = 256
-    num_val: int = 96
+    num_train: int = 192
+    num_val: int = 64
     clip_frames: int = 8
     clip_size: int = 16
     square: int = 4
