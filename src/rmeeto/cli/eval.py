@@ -101,7 +101,7 @@ def check_paths(checkpoint: Optional[str], data: Optional[str] = None) -> None:
         if not p.is_file():
             raise CLIError(f"checkpoint {checkpoint} is not a file")
     if data is not None and data != "digits" and not Path(data).exists():
-        raise CLIError(f"data {data!r} not found: give 'digits' or an existing image folder")
+        raise CLIError(f"data {data!r} not found: give 'digits', an existing image folder or a clip folder")
 
 
 def _local_checkpoint(checkpoint: str) -> Path:
