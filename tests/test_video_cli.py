@@ -197,3 +197,37 @@ def test_video_demo_quick(tmp_path):
         assert (tmp_path / name).is_file()
     assert "synthetic video demo" in (tmp_path / "report.md").read_text()
     assert "re-training top-1 per epoch" in format_table(report)
+
+
+class _FixedViews(torch.nn.Module):
+    """'Clips' [n, 3, T, H, W] whose first value is a class index: logits one-hot at that class."""
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(x[:, 0, 0, 0, 0].long(), 4).float()
+
+
+def _views_rank(rank: int, init_file: str, results: str):
+    import torch.distributed as dist
+
+    from rmeeto.video import evaluate_views
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        labels = torch.tensor([0, 1, 2, 3, 0, 1])
+        views = torch.zeros(6, 2, 3, 1, 1, 1)
+        views[:, :, 0, 0, 0, 0] = torch.tensor([0, 1, 2, 0, 3, 3]).view(6, 1).float()  # videos 0, 1, 2 right
+        mine = slice(rank, None, 2)  # rank 0: videos 0, 2, 4 (2 right); rank 1: 1, 3, 5 (1 right)
+        stats = evaluate_views(_FixedViews(), [(views[mine], labels[mine])])
+        with open(f"{results}.{rank}", "w") as f:
+            json.dump(stats, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluate_views_sums_over_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_views_rank, args=(str(tmp_path / "init"), str(tmp_path / "stats")), nprocs=2)
+    for rank in range(2):
+        stats = json.loads((tmp_path / f"stats.{rank}").read_text())
+        assert stats["n"] == 6 and stats["top1"] == pytest.approx(50.0)  # 3 of 6 over both ranks
