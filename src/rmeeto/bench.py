@@ -59,6 +59,13 @@ def _build(model_name: str, merge_config: Optional[MergeConfig], device, img_siz
     return model
 
 
+def _input_size(model, img_size: Optional[int] = None) -> tuple[int, ...]:
+    """One input of the built model: (C, H, W), or (C, T, H, W) for a video model, with H = W = ``img_size``
+    when given (the model was built for it)."""
+    shape = tuple(model.pretrained_cfg.input_size)
+    return shape if img_size is None else (*shape[:-2], img_size, img_size)
+
+
 def bench_inference(
     model_name: str,
     merge_config: Optional[MergeConfig] = None,
@@ -82,12 +89,12 @@ def bench_inference(
     set_scan_backend(model, backend)
     if tdtype != torch.float32:
         model = model.to(tdtype)  # official protocol: model.half() and half inputs
-    c, h, w = model.pretrained_cfg.input_size if img_size is None else (3, img_size, img_size)
-    inputs = [torch.randn(batch_size, c, h, w, device=device).to(tdtype) for _ in range(num_input_buffers)]
+    shape = _input_size(model, img_size)
+    inputs = [torch.randn(batch_size, *shape, device=device).to(tdtype) for _ in range(num_input_buffers)]
     fn = accelerate(model, mode)
     return _measure(
         fn, inputs, warmup, repeats, device, model=model_name,
-        merge=None if merge_config is None else merge_config.to_dict(), batch_size=batch_size, img_size=h,
+        merge=None if merge_config is None else merge_config.to_dict(), batch_size=batch_size, img_size=shape[-1],
         dtype=dtype, mode=mode if mode != "auto" else ("cudagraph" if device.type == "cuda" else "eager"),
         backend=backend, scan=not is_vit(model),
     )
@@ -121,10 +128,10 @@ def make_train_step(
         set_scan_backend(teacher_model, backend)
         teacher_fn = TeacherForward(teacher_model, tdtype, graph=graphs)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.05, fused=device.type == "cuda")
-    c, h, w = student.pretrained_cfg.input_size if img_size is None else (3, img_size, img_size)
+    shape = _input_size(student, img_size)
     num_classes = student.num_classes
     batches = [
-        (torch.randn(batch_size, c, h, w, device=device), torch.randint(0, num_classes, (batch_size,), device=device))
+        (torch.randn(batch_size, *shape, device=device), torch.randint(0, num_classes, (batch_size,), device=device))
         for _ in range(2)
     ]
     criterion = DistillationLoss(nn.CrossEntropyLoss(), alpha)  # the re-training loss (CE + alpha * KL)

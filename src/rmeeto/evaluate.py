@@ -56,7 +56,8 @@ def evaluate(
 ) -> dict:
     """Classification accuracy of ``model`` over ``loader``.
 
-    loader yields ``(images [batch, C, H, W], targets [batch])`` or ``None`` (a batch whose images were all
+    loader yields ``(images [batch, C, H, W], targets [batch])`` (clips [batch, C, T, H, W] for a video model)
+    or ``None`` (a batch whose images were all
     unreadable; skipped). ``amp_dtype`` (e.g. ``torch.bfloat16``) runs the forward under autocast; logits are
     scored in float32. Under an initialised ``torch.distributed`` process group the counts of all ranks are
     summed, so every rank returns the global result.
@@ -129,8 +130,12 @@ def measure_throughput(
     warmup: Optional[int] = None,
     repeats: Optional[int] = None,
     in_chans: int = 3,
+    input_size: Optional[tuple[int, ...]] = None,
 ) -> dict:
     """Inference speed on random input, following the official protocol.
+
+    The input is ``[batch_size, in_chans, img_size, img_size]``, or ``[batch_size, *input_size]`` when
+    ``input_size`` is given (a video model's ``(C, T, H, W)``; throughput then counts clips).
 
     Official (``main.py --throughput``): random [128, 3, 224, 224] input, model and input in half precision
     under autocast, eval mode, no_grad; 100 warm-up forwards, sync, 30 timed forwards, sync. Timed by the
@@ -150,7 +155,8 @@ def measure_throughput(
     was_training = model.training
     net = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
     net.eval()
-    x = torch.randn(batch_size, in_chans, img_size, img_size, device=device, dtype=dtype)
+    shape = (in_chans, img_size, img_size) if input_size is None else tuple(input_size)
+    x = torch.randn(batch_size, *shape, device=device, dtype=dtype)
     try:
         with autocast(device, None if dtype == torch.float32 else dtype):
             timing = measure(net, [x], batch_size=batch_size, device=device, protocol=protocol)
@@ -268,11 +274,15 @@ def load_model_for_eval(
     return model.to(resolve_device(device)).eval()
 
 
-def build_eval_dataset(data: str, model_name: str, limit: Optional[int] = None):
-    """The evaluation split of ``data`` (``"digits"`` or an image folder) preprocessed for the registered model
-    ``model_name`` (its input size, mean/std, crop). ``limit`` keeps N evenly spread images (an image folder is
-    sorted by class, so the first N would cover only the first classes). Returns (dataset, class names);
-    ValueError for bad input."""
+def build_eval_dataset(data: str, model_name: str, limit: Optional[int] = None, *, test_views: bool = False,
+                       list_sep: str = "auto"):
+    """The evaluation split of ``data`` preprocessed for the registered model ``model_name`` (its input size,
+    mean/std, crop). An image model reads ``"digits"`` or an image folder; a video model a clip data folder
+    (:func:`rmeeto.video.build_clip_dataset`: ``data/val.csv`` or ``.txt``, ``list_sep`` its separator), one
+    centre clip per video, or with ``test_views`` the 12 views of the official test (items [12, C, T, H, W],
+    from ``data/test.*`` if present, else the val list). ``limit`` keeps N evenly spread items (an image folder
+    is sorted by class, so the first N would cover only the first classes). Returns (dataset, class names; for
+    clips the labels ``"0" .. str(max label)``); ValueError for bad input."""
     from torch.utils.data import Subset
 
     from rmeeto.data import build_dataset
@@ -281,9 +291,18 @@ def build_eval_dataset(data: str, model_name: str, limit: Optional[int] = None):
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     cfg = get_config(model_name)
-    _, size, _ = cfg.input_size
-    dataset = build_dataset(data, "val", img_size=size, mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct)
-    classes = list(dataset.classes)
+    if getattr(cfg.arch, "num_frames", None) is not None:
+        from rmeeto.video import build_clip_dataset
+
+        dataset = build_clip_dataset(data, "test" if test_views else "val", cfg.arch, sep=list_sep, mean=cfg.mean,
+                                     std=cfg.std)
+        classes = [str(i) for i in range(max(dataset.targets) + 1)]
+    else:
+        if test_views:
+            raise ValueError(f"multi-view testing is for video models; {model_name} takes images")
+        size = cfg.input_size[-1]
+        dataset = build_dataset(data, "val", img_size=size, mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct)
+        classes = list(dataset.classes)
     if limit is not None and limit < len(dataset):
         step = len(dataset) / limit
         dataset = Subset(dataset, [int(i * step) for i in range(limit)])

@@ -66,11 +66,16 @@ __all__ = [
     "ClipEvalTransform",
     "VideoClipDataset",
     "collate_clips",
+    "find_clip_list",
+    "detect_list_sep",
+    "build_clip_dataset",
+    "is_clip_folder",
     "predict_views",
     "evaluate_views",
     "moving_square_frames",
     "encode_video",
     "write_synthetic_clips",
+    "write_synthetic_clip_folder",
     "DIRECTIONS",
     "MODES",
 ]
@@ -599,6 +604,77 @@ def collate_clips(samples: Sequence[Any]) -> Optional[Batch]:
     return Batch(clips, labels, skipped)
 
 
+# --------------------------------------------------------------------------------------------- data folders
+
+CLIP_LIST_SUFFIXES = (".csv", ".txt")
+LIST_SEPS = ("auto", " ", ",", "\t")
+
+
+def find_clip_list(folder: PathLike, split: str) -> Path:
+    """The list file of ``split`` in a clip data folder: ``folder/<split>.csv`` or ``folder/<split>.txt``; a
+    ``test`` split falls back to the ``val`` list (Kinetics tests on its validation videos). Raises DataError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"clip data folder {folder} does not exist or is not a folder")
+    for name in ((split, "val") if split == "test" else (split,)):
+        for suffix in CLIP_LIST_SUFFIXES:
+            if (folder / f"{name}{suffix}").is_file():
+                return folder / f"{name}{suffix}"
+    wanted = " or ".join(f"{split}{x}" for x in CLIP_LIST_SUFFIXES)
+    raise DataError(f"clip data folder {folder} has no {wanted} list file ('path label' lines, paths relative "
+                    f"to the folder)")
+
+
+def detect_list_sep(list_file: PathLike) -> str:
+    """The separator of a list file, read off its first entry: ``" "`` if ``path label`` splits there on a
+    space (the official Kinetics ``.csv`` files), else ``","`` or a tab. Raises DataError when none fits."""
+    with open(list_file, encoding="utf-8") as f:
+        for line in f:
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            for sep in (" ", ",", "\t"):
+                fields = text.rsplit(sep, 1)
+                if len(fields) == 2 and fields[0].strip() and fields[1].strip().isdigit():
+                    return sep
+            raise DataError(f"{list_file}: cannot tell the separator of {text!r} (expected 'path label', "
+                            "'path,label' or tab-separated); pass the separator explicitly")
+    raise DataError(f"clip list {list_file} lists no videos")
+
+
+def build_clip_dataset(
+    folder: PathLike,
+    split: str,
+    arch,
+    *,
+    mode: Optional[str] = None,
+    sep: str = "auto",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    **kwargs,
+) -> VideoClipDataset:
+    """The :class:`VideoClipDataset` of ``split`` ("train", "val" or "test") of a clip data folder (see
+    :func:`find_clip_list`; video paths relative to ``folder``), sized for a video model's ``arch``
+    (:class:`~rmeeto.models.VimArch`: ``num_frames`` frames, ``img_size`` crops, also the val/test short
+    side). ``mode`` defaults to ``split``; ``sep`` "auto" uses :func:`detect_list_sep`; ``kwargs`` go to the
+    dataset (``num_sample``, ``train_transform``, ``backend``, ...)."""
+    if getattr(arch, "num_frames", None) is None:
+        raise ValueError("clip data needs a video model (e.g. videomamba_tiny_patch16_224_f8); this one takes images")
+    if sep not in LIST_SEPS:
+        raise ValueError(f"list separator {sep!r} is not valid; choose from {', '.join(map(repr, LIST_SEPS))}")
+    list_file = find_clip_list(folder, split)
+    sep = detect_list_sep(list_file) if sep == "auto" else sep
+    return VideoClipDataset(list_file, folder, mode or split, num_frames=arch.num_frames, crop_size=arch.img_size,
+                            sep=sep, mean=mean, std=std, **kwargs)
+
+
+def is_clip_folder(data: Union[str, PathLike, None]) -> bool:
+    """Whether ``data`` is a clip data folder (holds a train or val list file, see :func:`find_clip_list`)."""
+    if data is None or not Path(data).is_dir():
+        return False
+    return any((Path(data) / f"{split}{x}").is_file() for split in ("train", "val") for x in CLIP_LIST_SUFFIXES)
+
+
 # --------------------------------------------------------------------------------------------- multi-view test
 
 
@@ -634,7 +710,9 @@ def evaluate_views(
     :func:`collate_clips`: ``(views [batch, V, 3, T, H, W], labels)``, or ``None``; single clips also work).
 
     Returns ``top1``, ``top5`` (top-min(5, classes)), ``n`` (videos scored) and ``skipped`` (distinct unreadable
-    videos seen, a :class:`rmeeto.data.SkipLog` count). The model's train/eval mode is restored."""
+    videos seen on this rank, a :class:`rmeeto.data.SkipLog` count). Under an initialised ``torch.distributed``
+    process group the hit counts and ``n`` of all ranks are summed (sharding is the caller's business). The
+    model's train/eval mode is restored."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -655,6 +733,11 @@ def evaluate_views(
             n += labels.numel()
     finally:
         model.train(was_training)
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():  # each rank scored its shard: sum, as rmeeto.evaluate
+        totals = torch.tensor([correct1, correct5, n], dtype=torch.float64, device=device)
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+        correct1, correct5, n = (int(v) for v in totals.tolist())
     denom = max(n, 1)
     return {"top1": 100.0 * correct1 / denom, "top5": 100.0 * correct5 / denom, "n": n, "skipped": skips.count}
 
@@ -761,3 +844,24 @@ def write_synthetic_clips(
     list_file = folder / list_name
     list_file.write_text("".join(lines))
     return list_file
+
+
+def write_synthetic_clip_folder(
+    folder: PathLike,
+    num_train: int = 64,
+    num_val: int = 32,
+    num_frames: int = 16,
+    size: int = 32,
+    square: int = 8,
+    seed: int = 0,
+) -> Path:
+    """A clip data folder of :func:`write_synthetic_clips` videos, as :func:`build_clip_dataset` reads it:
+    ``folder/train.csv`` and ``folder/val.csv`` (``train/video_XXXX.mp4 label`` lines, space-separated, paths
+    relative to ``folder``), the videos in ``folder/train`` and ``folder/val`` (different draws: seeds ``seed``
+    and ``seed + 1``). Returns ``folder``."""
+    folder = Path(folder)
+    for split, count, split_seed in (("train", num_train, seed), ("val", num_val, seed + 1)):
+        listed = write_synthetic_clips(folder / split, count, num_frames, size, square, split_seed)
+        lines = [f"{split}/{line}\n" for line in listed.read_text().splitlines() if line.strip()]
+        (folder / f"{split}.csv").write_text("".join(lines))
+    return folder

@@ -20,6 +20,7 @@ batch of 128 at 224px, fp16 weights and inputs, eval, no_grad) and uses the fast
 --mode says otherwise. --train also times a re-training step (merged student forward+backward with the
 unmerged teacher's forward, bf16 autocast, AdamW). --compare repeats everything for every scan backend
 available on the device. Without merge flags, --preset paper is used for the merged row.
+Video models (videomamba_*_f8) get random clips [batch, 3, frames, H, W]; their images/s are clips/s.
 
 examples:
   rmeeto bench vim_small_patch16_224                              # unmerged vs paper-merged, fp16, batch 128
@@ -28,6 +29,7 @@ examples:
   rmeeto bench vim_small_patch16_224 --compare --mode eager
   rmeeto bench vim_test_patch4_16 --device cpu --batch-size 8 --repeats 5 --dtype fp32
   rmeeto bench --data /data/imagenet/train                         # the input pipeline alone (= bench-data)
+  rmeeto bench videomamba_small_patch16_224_f8 --batch-size 32          # unmerged vs r=88, clips/s
 """
 
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -22,7 +23,7 @@ from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
 from rmeeto.cli._types import device_name, nonneg_int, positive_int
 from rmeeto.runtime import DTYPES
 
-HELP = "top-1/top-5 of a model (merged or not) on digits or an image folder, with GFLOPs and speed"
+HELP = "top-1/top-5 of a model (merged or not) on digits, an image folder or video clips, with GFLOPs and speed"
 DESCRIPTION = """\
 Evaluate MODEL (a registered name, see 'rmeeto models') without any training: build it, load --checkpoint
 (weights only), apply the merge flags, and score it on --data. Prints top-1/top-5, the token count each layer
@@ -37,6 +38,12 @@ Without merge flags, a checkpoint written by 'rmeeto retrain' (or 'rmeeto demo')
 image folder: DIR/val/<class>/<image> (or DIR/<class>/<image>), e.g. ImageNet's validation set. Unreadable
 images are skipped with a warning.
 
+Video models (videomamba_*_f8, see 'rmeeto models') read a clip folder: --data DIR holding DIR/val.csv (or
+val.txt), one 'path label' line per video, paths relative to DIR, separator ' ', ',' or tab (found from the
+first line; the official Kinetics lists work as they are). One centre clip of segment-middle frames per video;
+--test-views scores the official 12 views instead (4 clips x 3 crops, softmax averaged; DIR/test.csv if present,
+else the val list). Unreadable or too-short videos are skipped and counted.
+
 examples:
   rmeeto eval vim_digits_patch4_32 --checkpoint out/demo/retrain/best.pth          # as re-trained
   rmeeto eval vim_digits_patch4_32 --checkpoint out/demo/teacher/best.pth -r 4 --json out/eval.json
@@ -44,6 +51,8 @@ examples:
       --preset paper --amp bf16 --batch-size 256 --workers 8 --throughput
   rmeeto eval vim_tiny_patch16_224 --checkpoint vim_t_midclstok_76p1acc.pth --data /data/imagenet \\
       -r 5 --final-tokens none --limit 5000
+  rmeeto eval videomamba_small_patch16_224_f8 --checkpoint videomamba_s16_k400_f8_res224.pth \\
+      --data /data/k400 --preset paper --test-views --batch-size 4 --amp bf16
 """
 
 AMP_CHOICES = ("none", *(name for name in DTYPES if name != "fp32"))  # rmeeto.runtime names; none = fp32
@@ -58,9 +67,10 @@ def add_model_data_arguments(parser: argparse.ArgumentParser, data: bool = True)
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's 'model_ema' weights")
     if data:
         parser.add_argument("--data", default="digits", metavar="digits|PATH",
-                            help="'digits' (embedded, default) or an image folder DIR[/val]/<class>/<image>")
+                            help="'digits' (embedded, default) or an image folder DIR[/val]/<class>/<image>; "
+                                 "for a video model a clip folder DIR with val.csv ('path label' lines)")
         parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
-                            help="score only N images, spread evenly over the set")
+                            help="score only N images (videos), spread evenly over the set")
         parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                             help="evaluation batch size (default 64)")
         parser.add_argument("--workers", type=nonneg_int, default=2, metavar="N",
@@ -148,7 +158,7 @@ def check_paths(checkpoint: Optional[str], data: Optional[str] = None) -> None:
         if not p.is_file():
             raise CLIError(f"checkpoint {checkpoint} is not a file")
     if data is not None and data != "digits" and not Path(data).exists():
-        raise CLIError(f"data {data!r} not found: give 'digits' or an existing image folder")
+        raise CLIError(f"data {data!r} not found: give 'digits', an existing image folder or a clip folder")
 
 
 def _local_checkpoint(checkpoint: str) -> Path:
@@ -194,27 +204,46 @@ def resolve_amp(text: str, device):
         raise CLIError(f"--amp {text} needs a CUDA device; use --amp bf16 or none on CPU") from None
 
 
-def build_eval_dataset(data: str, model_name: str, limit: Optional[int] = None):
+def build_eval_dataset(data: str, model_name: str, limit: Optional[int] = None, test_views: bool = False):
     """:func:`rmeeto.evaluate.build_eval_dataset` -> (dataset, class names), errors as CLIError."""
     from rmeeto.evaluate import build_eval_dataset as _build
 
     if limit is not None and limit < 1:
         raise CLIError(f"--limit must be >= 1, got {limit}")
     with user_errors():
-        return _build(data, model_name, limit)
+        return _build(data, model_name, limit, test_views=test_views)
+
+
+def is_video_model(model_cfg) -> bool:
+    return getattr(model_cfg.arch, "num_frames", None) is not None
+
+
+def data_classes_for(model_cfg, classes) -> Optional[int]:
+    """The class count the data dictates: an image set's; None for clips, whose list only shows the labels
+    used (the head comes from the checkpoint or the registry; :func:`check_clip_labels` checks it fits)."""
+    return None if is_video_model(model_cfg) else len(classes)
+
+
+def check_clip_labels(model_cfg, classes, num_classes: int, data: str) -> None:
+    if is_video_model(model_cfg) and len(classes) > num_classes:
+        raise CLIError(f"clip list of {data} has label {len(classes) - 1}, but the model has {num_classes} classes")
 
 
 def build_loader(dataset, batch_size: int, workers: int, device):
     from torch.utils.data import DataLoader
 
     from rmeeto.data import collate_skip_none
+    from rmeeto.video import VideoClipDataset, collate_clips
+
+    inner = getattr(dataset, "dataset", dataset)  # through a --limit Subset
+    collate = collate_clips if isinstance(inner, VideoClipDataset) else collate_skip_none
 
     if batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {batch_size}")
     if workers < 0:
         raise CLIError(f"--workers must be >= 0, got {workers}")
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=collate_skip_none, pin_memory=device.type == "cuda",
+                      collate_fn=collate, pin_memory=device.type == "cuda",
                       persistent_workers=False)
 
 
@@ -252,12 +281,16 @@ def load_model(model_name: str, checkpoint: Optional[str], merge_config, num_cla
                                    device=device, use_ema=use_ema)
 
 
-def first_image(dataset):
-    """[1, C, H, W] of the first readable item, for tracing token counts."""
+def first_image(dataset, input_dims: int = 3):
+    """[1, C, H, W] of the first readable item, for tracing token counts (``input_dims`` 4: a clip
+    [1, C, T, H, W]; of a multi-view item the first view)."""
     for i in range(min(len(dataset), 64)):
         item = dataset[i]
         if isinstance(item, tuple) and len(item) == 2 and hasattr(item[0], "unsqueeze"):
-            return item[0].unsqueeze(0)
+            x = item[0]
+            while x.dim() > input_dims:
+                x = x[0]
+            return x.unsqueeze(0)
     raise CLIError("no readable image among the first 64 of the dataset")
 
 
@@ -290,6 +323,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_data_arguments(parser)
     add_merge_arguments(parser)
     g = parser.add_argument_group("output")
+    g.add_argument("--test-views", action="store_true",
+                   help="video models: the official 12-view test (4 clips x 3 crops per video, softmax "
+                        "averaged; default one centre clip)")
     g.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
     g.add_argument("--throughput", action="store_true",
                    help="also measure images/s by the official protocol (random input of --batch-size, "
@@ -303,47 +339,63 @@ def run(args: argparse.Namespace) -> int:
     from rmeeto.evaluate import evaluate, measure_throughput
     from rmeeto.flops import paper_flops, true_flops
     from rmeeto.runtime import dtype_name
+    from rmeeto.video import evaluate_views
 
     model_cfg = check_model(args.model)
+    video = is_video_model(model_cfg)
+    if args.test_views and not video:
+        raise CLIError(f"--test-views is the 12-view video test; {args.model} takes images")
     check_paths(args.checkpoint, args.data)
     json_out = check_output_file(args.json, "--json") if args.json else None
     merge_config, merge_source = merge_config_for(args, args.model)
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)
-    dataset, classes = build_eval_dataset(args.data, args.model, args.limit)
-    num_classes = num_classes_for(args.model, model_cfg, args.checkpoint, len(classes), args.data, args.ema)
+    dataset, classes = build_eval_dataset(args.data, args.model, args.limit, args.test_views)
+    num_classes = num_classes_for(args.model, model_cfg, args.checkpoint, data_classes_for(model_cfg, classes),
+                                  args.data, args.ema)
+    check_clip_labels(model_cfg, classes, num_classes, args.data)
     loader = build_loader(dataset, args.batch_size, args.workers, device)
     model = load_model(args.model, args.checkpoint, merge_config, num_classes, device, args.ema)
+    unit = "videos" if video else "images"
 
     with torch.no_grad():
-        tokens = tokens_per_layer(model, first_image(dataset).to(device))
+        tokens = tokens_per_layer(model, first_image(dataset, len(model_cfg.input_size)).to(device))
     gflops_paper = paper_flops(model, merge_config, clamp=True)
     gflops_true = true_flops(model, merge_config)["total"]
 
     print(f"model       {args.model}" + (f"  ({args.checkpoint})" if args.checkpoint else "  (random weights)"))
-    print(f"data        {args.data}: {len(dataset)} images, {len(classes)} classes")
+    views = " x 12 views" if args.test_views else ""
+    print(f"data        {args.data}: {len(dataset)} {unit}{views}, {len(classes)} classes")
     stored = "  (stored in the checkpoint)" if merge_source == "checkpoint" else ""
     print(f"merge       {describe_merge(merge_config)}{stored}")
     print(f"tokens      {' '.join(map(str, tokens))}  (per layer, after its merge; {num_tokens_of(model)} at input)")
     print(f"GFLOPs      paper {gflops_paper:.4g}   true {gflops_true:.4g}", flush=True)
 
-    stats = evaluate(model, loader, device=device, amp_dtype=amp, progress=not args.no_progress,
-                     desc=f"eval {args.model}")
+    if args.test_views:
+        start = time.perf_counter()
+        stats = evaluate_views(model, loader, device=device, amp_dtype=amp)
+        seconds = time.perf_counter() - start
+        stats = {"top1": stats["top1"], "top5": stats["top5"], "loss": None, "n": stats["n"],
+                 "images_per_s": stats["n"] / seconds if seconds > 0 else float("nan"), "seconds": seconds}
+    else:
+        stats = evaluate(model, loader, device=device, amp_dtype=amp, progress=not args.no_progress,
+                         desc=f"eval {args.model}")
     if stats["n"] == 0:
-        raise CLIError(f"no readable image in {args.data}")
+        raise CLIError(f"no readable {unit[:-1]} in {args.data}")
     check_finite(stats, args.checkpoint)
     skipped = len(dataset) - stats["n"]
-    print(f"top-1       {stats['top1']:.2f} %   top-5 {stats['top5']:.2f} %   loss {stats['loss']:.4f}"
-          f"   ({stats['n']} images" + (f", {skipped} unreadable skipped)" if skipped else ")"))
-    print(f"speed       {stats['images_per_s']:.1f} images/s (evaluation loop, data loading included)")
+    loss = "" if stats["loss"] is None else f"   loss {stats['loss']:.4f}"
+    print(f"top-1       {stats['top1']:.2f} %   top-5 {stats['top5']:.2f} %{loss}"
+          f"   ({stats['n']} {unit}" + (f", {skipped} unreadable skipped)" if skipped else ")"))
+    print(f"speed       {stats['images_per_s']:.1f} {unit}/s (evaluation loop, data loading included)")
 
     speed = None
     if args.throughput:
         dtype = amp if amp is not None else torch.float32
-        speed = measure_throughput(model, batch_size=args.batch_size, img_size=model_cfg.input_size[1],
+        speed = measure_throughput(model, batch_size=args.batch_size, input_size=model_cfg.input_size,
                                    device=device, dtype=dtype)
         mem = f", peak {speed['peak_mem_mb']:.0f} MB" if speed["peak_mem_mb"] is not None else ""
-        print(f"throughput  {speed['images_per_s']:.1f} images/s, {speed['ms_per_image']:.3f} ms/image "
+        print(f"throughput  {speed['images_per_s']:.1f} {unit}/s, {speed['ms_per_image']:.3f} ms/{unit[:-1]} "
               f"(random batch of {args.batch_size}, {dtype_name(dtype)}{mem})")
 
     if args.json:
@@ -355,6 +407,7 @@ def run(args: argparse.Namespace) -> int:
             **stats,
             "skipped": skipped,
             "num_classes": num_classes,
+            "test_views": bool(args.test_views),
             "tokens_per_layer": tokens,
             "gflops_paper": gflops_paper,
             "gflops_true": gflops_true,

@@ -18,12 +18,14 @@ Print the GFLOPs (multiply-adds / 1e9) of a registered model, unmerged and merge
          final-token rule, matching and averaging of real merges only)
 
 plus the reduction relative to the unmerged model and the token count each layer processes.
+A video model (videomamba_*_f8) is counted per clip (all frames' tokens, e.g. 1569 for 8 x 224 px).
 
 examples:
   rmeeto flops vim_small_patch16_224 --preset paper      # 5.077 -> 3.585 G (paper formula)
   rmeeto flops vim_tiny_patch16_224 --preset paper --final-tokens none
   rmeeto flops vim_small_patch16_224 -r 15 --odd --metric B
   rmeeto flops vim_base_patch16_224 --preset paper --json
+  rmeeto flops videomamba_small_patch16_224_f8 --preset paper   # 40.43 -> 30.99 G, r=88
 """
 
 

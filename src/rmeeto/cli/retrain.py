@@ -24,12 +24,25 @@ rand-m9-mstd0.5-inc1, random erasing 0.25, repeated augmentation x3, epochs per 
 alpha 0.5); any flag given explicitly overrides it. Deliberate differences from the release are listed by
 'rmeeto retrain --paper-differences'.
 
+Video models (videomamba_*_f8) train on a clip folder: --data DIR with DIR/train.csv and DIR/val.csv (or .txt),
+one 'path label' line per video, paths relative to DIR, separator ' ', ',' or tab (found from the first line).
+-b counts videos; each yields --repeated-aug clips (2 under the preset: the official repeated sampling) into
+the same batch, so a batch holds b x repeated-aug clips and the lr scaling counts clips. Their --preset paper
+is the official Kinetics recipe: lr 4e-5 per 512 clips (= 2e-5 per 256), batch 32 x accumulation 2 x 2 clips,
+5 warm-up epochs from 2e-6, cosine to 2e-6, AdamW wd 0.1 (1-D params, biases and the cls/pos/temporal
+embeddings exempt; A_log decayed), layer decay 0.75 (only cls/pos/patch embeddings scaled), mixup 0.8 /
+cutmix 1.0 (one box through all frames), smoothing 0.1, drop path 0.1, rand-m5-n2-mstd0.25-inc1, erasing 0.25
+as one cube, bf16 on CUDA, Ti 30 / S 15 / M 15 epochs, and NO distillation (--alpha 0.5 distils from the
+unmerged checkpoint). Image VideoMamba models (videomamba_*_patch16_224) use the Vim recipe.
+
 examples:
   rmeeto retrain --model vim_small_patch16_224 --checkpoint vim_s_midclstok_80p5acc.pth \\
       --data /data/imagenet --preset paper --epochs 3 --out runs/vim_s_r11
   torchrun --nproc_per_node 8 -m rmeeto retrain ...same flags...
   rmeeto retrain --out runs/vim_s_r11 --resume auto ...same flags...
   rmeeto retrain --model vim_digits_patch4_32 --from-scratch --alpha 0 --epochs 10 --out runs/digits_teacher
+  torchrun --nproc_per_node 4 -m rmeeto retrain --model videomamba_small_patch16_224_f8 \
+      --checkpoint videomamba_s16_k400_f8_res224.pth --data /data/k400 --preset paper --out runs/vm_s_r88
 """
 
 
@@ -37,7 +50,8 @@ examples:
 TRAIN_FLAGS = (
     "data", "classes", "num_classes",
     "checkpoint", "teacher", "use_ema_weights", "epochs", "batch_size", "accum_steps", "lr", "min_lr",
-    "warmup_epochs", "warmup_lr", "weight_decay", "wd_exempt", "clip_grad", "drop_path", "alpha", "smoothing",
+    "warmup_epochs", "warmup_lr", "weight_decay", "wd_exempt", "clip_grad", "layer_decay", "drop_path", "alpha",
+    "smoothing",
     "train_aug", "auto_augment", "reprob", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode",
     "repeated_aug", "ema", "ema_decay", "amp", "device", "seed", "workers", "eval_batch_size", "out",
     "save_every_steps", "tensorboard", "progress", "cuda_graphs", "max_bad_fraction", "ddp_graphs", "pipeline",
@@ -61,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--use-ema-weights", action="store_const", const=True, default=None,
                    help="load the checkpoint's model_ema entry (the official Vim-B file)")
     g.add_argument("--data", default=None, metavar="DIR",
-                   help="'digits' (embedded, default) or an image folder with train/ and val/ class folders")
+                   help="'digits' (embedded, default) or an image folder with train/ and val/ class folders; "
+                        "video models: a clip folder with train.csv and val.csv")
     g.add_argument("--classes", type=class_list_file, default=None, metavar="FILE",
                    help="class names, one a line, that number the labels of every split (default: the train "
                         "folder's class folders, sorted); a class folder not listed is an error")
@@ -88,6 +103,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-decay-exempt", dest="wd_exempt", action="store_const", const=False,
                    help="alias of --no-wd-exempt")
     g.add_argument("--clip-grad", type=positive_float, default=None, metavar="NORM", help="max grad norm (default off)")
+    g.add_argument("--layer-decay", type=unit_float, default=None, metavar="D",
+                   help="scale the lr of cls_token, pos_embed and patch_embed by D ** (depth + 1), as the "
+                        "official video recipe in effect does (default off; 0.75 under the video --preset "
+                        "paper; 1 = no scaling)")
     g.add_argument("--drop-path", type=unit_float, default=None, help="student stochastic depth (default 0.1)")
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                    help="keep an EMA of the weights, evaluated and used for best.pth")
@@ -111,7 +130,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="stop with an error when more than this fraction of the training images is unreadable "
                         "(default 0.2; an epoch with no readable image always stops)")
     g.add_argument("--repeated-aug", type=positive_int, default=None,
-                   help="repeats of each image per epoch (repeated augmentation; 1 = off, paper 3)")
+                   help="repeats of each image per epoch (repeated augmentation; 1 = off, paper 3); video "
+                        "models: clips per video in the same batch (video paper 2)")
 
     g = parser.add_argument_group("runtime")
     g.add_argument("--amp", choices=AMP_CHOICES, default=None,

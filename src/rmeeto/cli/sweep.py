@@ -16,9 +16,12 @@ from rmeeto.cli.eval import (
     add_model_data_arguments,
     build_eval_dataset,
     build_loader,
+    check_clip_labels,
     check_finite,
     check_model,
     check_paths,
+    data_classes_for,
+    is_video_model,
     load_model,
     num_classes_for,
     resolve_amp,
@@ -36,10 +39,15 @@ input, timed forwards). Writes DIR/sweep.csv and DIR/sweep.png (top-1 vs true GF
 line per mode and layout) and prints a table. The model is loaded once; counts larger than a layer allows
 are clamped to (tokens - 1) // 2 (see the 'tokens' column).
 
+Video models (videomamba_*_f8) read a clip folder, --data DIR with DIR/val.csv ('path label' lines, paths
+relative to DIR; see 'rmeeto eval --help'), one centre clip per video; speeds are then clips/s.
+
 examples:
   rmeeto sweep vim_digits_patch4_32 --checkpoint out/demo/teacher/best.pth --num-merged 0,1,2,4,6,8
   rmeeto sweep vim_small_patch16_224 --checkpoint vim_s_midclstok_80p5acc.pth --data /data/imagenet \\
       --num-merged 0,3,5,7,9,11 --modes merge --limit 10000 --amp bf16 --out out/sweep_s
+  rmeeto sweep videomamba_tiny_patch16_224_f8 --checkpoint videomamba_t16_k400_f8_res224.pth --data /data/k400 \
+      --num-merged 0,40,88 --modes merge --layouts ordered --batch-size 8 --amp bf16
 """
 
 FIELDS = ("mode", "layout", "num_merged", "tokens", "top1", "top5", "loss", "n", "paper_gflops", "true_gflops",
@@ -172,15 +180,17 @@ def run(args: argparse.Namespace) -> int:
     interval = args.interval if args.interval is not None else default_interval(args.model)
     configs = sweep_configs(args.num_merged, args.modes, args.layouts, interval, args.odd, args.metric)
     dataset, classes = build_eval_dataset(args.data, args.model, args.limit)
-    num_classes = num_classes_for(args.model, model_cfg, args.checkpoint, len(classes), args.data, args.ema)
+    num_classes = num_classes_for(args.model, model_cfg, args.checkpoint, data_classes_for(model_cfg, classes),
+                                  args.data, args.ema)
+    check_clip_labels(model_cfg, classes, num_classes, args.data)
     loader = build_loader(dataset, args.batch_size, args.workers, device)
     model = load_model(args.model, args.checkpoint, None, num_classes, device, args.ema)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    img_size = model_cfg.input_size[1]
     tp_batch = args.throughput_batch or args.batch_size
 
-    print(f"sweep {args.model} on {args.data} ({len(dataset)} images): {len(configs)} settings", flush=True)
+    unit = "videos" if is_video_model(model_cfg) else "images"
+    print(f"sweep {args.model} on {args.data} ({len(dataset)} {unit}): {len(configs)} settings", flush=True)
     print(HEADER, flush=True)
     rows, cache = [], {}
     show = not args.no_progress
@@ -197,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             check_finite(stats, args.checkpoint)
             speed = {"images_per_s": math.nan, "ms_per_image": math.nan, "peak_mem_mb": None}
             if not args.no_throughput:
-                speed = measure_throughput(model, batch_size=tp_batch, img_size=img_size, device=device,
+                speed = measure_throughput(model, batch_size=tp_batch, input_size=model_cfg.input_size, device=device,
                                            dtype=amp or torch.float32)
             cache[key] = (stats, speed)
         stats, speed = cache[key]
@@ -218,8 +228,8 @@ def run(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows(rows)
     dtype = dtype_name(amp)
-    plot_sweep(rows, png_path, f"{args.model} on {args.data} ({rows[0]['n']} images), training-free",
-               speed_label=f"images / s ({device.type}, random batch of {tp_batch}, {dtype})")
+    plot_sweep(rows, png_path, f"{args.model} on {args.data} ({rows[0]['n']} {unit}), training-free",
+               speed_label=f"{unit} / s ({device.type}, random batch of {tp_batch}, {dtype})")
 
     print("(paper GF: official formula, requested counts, no clamping; true GF: actual counts)")
     print(f"wrote {csv_path}")

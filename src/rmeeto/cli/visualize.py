@@ -10,7 +10,7 @@ from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments
 from rmeeto.cli.eval import check_model, check_paths, load_model, merge_config_for, num_classes_for, resolve_device
 
-HELP = "show which patches end up in the same token at a layer (one PNG per image)"
+HELP = "show which patches end up in the same token at a layer (one PNG per image or video clip)"
 DESCRIPTION = """\
 Run MODEL with token merging on some images and draw, for each, which original patches have been merged
 into the same token at --layer K: each multi-patch token gets a colour and an outline over the image; single
@@ -22,11 +22,18 @@ is the last layer, i.e. what the head reads. The class token is never merged and
 Without merge flags the merge config stored in a 'rmeeto retrain' checkpoint is used, else the paper preset
 of the model (e.g. r=4 for vim_digits_patch4_32).
 
+Video models (videomamba_*_f8) take --clips N --data DIR: the first N videos of the clip folder's val list
+(DIR/val.csv, 'path label' lines, paths relative to DIR; see 'rmeeto eval --help'), one centre clip each, drawn
+as a grid with one column per frame (the frames on top, their token groups below; a token merged across frames
+has the same colour in each).
+
 examples:
   rmeeto visualize vim_digits_patch4_32 --checkpoint out/demo/retrain/best.pth --digits 8
   rmeeto visualize vim_digits_patch4_32 --digits 4 -r 6 --layer 6 --out out/vis_r6
   rmeeto visualize vim_small_patch16_224 --checkpoint vim_s_midclstok_80p5acc.pth --preset paper \\
       --images cat.jpg dog.jpg --out out/vis
+  rmeeto visualize videomamba_tiny_patch16_224_f8 --checkpoint videomamba_t16_k400_f8_res224.pth \
+      --preset paper --clips 2 --data /data/k400 --out out/vis_video
 """
 
 
@@ -37,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", nargs="+", metavar="FILE", help="image files (resized and center-cropped)")
     src.add_argument("--digits", type=int, metavar="N", help="the first N images of the embedded digits val split")
+    src.add_argument("--clips", type=int, metavar="N",
+                     help="video models: the first N videos of --data's val list (one centre clip each)")
+    parser.add_argument("--data", metavar="DIR", help="with --clips: a clip folder with val.csv ('path label' lines)")
     parser.add_argument("--layer", type=int, default=None, metavar="K",
                         help="show the tokens layer K processes (default: the last layer; negative K counts "
                              "from the end)")
@@ -45,11 +55,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
 
 
+def _load_clips(args, model_cfg):
+    """[(name, normalised clip [C, T, H, W], true label)] of the first --clips videos of --data's val list
+    that can be read, plus None for the class names (a clip list has label numbers only)."""
+    from rmeeto.cli.eval import build_eval_dataset
+    from rmeeto.data import SkippedSample
+
+    if args.clips < 1:
+        raise CLIError(f"--clips must be >= 1, got {args.clips}")
+    if not args.data:
+        raise CLIError("--clips needs --data DIR (a clip folder with val.csv)")
+    dataset, _ = build_eval_dataset(args.data, args.model)
+    items = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if isinstance(item, SkippedSample):
+            continue
+        items.append((Path(dataset.samples[i][0]).stem, *item))
+        if len(items) == args.clips:
+            break
+    if not items:
+        raise CLIError(f"no readable video in {args.data}")
+    return items, None
+
+
 def _load_images(args, model_cfg):
     """[(name, normalised tensor [C, H, W], true label or None)] plus the class names (or None)."""
     from rmeeto.data import build_dataset, eval_transform
 
-    _, size, _ = model_cfg.input_size
+    video = getattr(model_cfg.arch, "num_frames", None) is not None
+    if video != (args.clips is not None):
+        raise CLIError(f"{args.model} is a video model: give --clips N --data DIR" if video
+                       else f"--clips is for video models; {args.model} takes images (--images or --digits)")
+    if video:
+        return _load_clips(args, model_cfg)
+    size = model_cfg.input_size[-1]
     if args.digits is not None:
         if args.digits < 1:
             raise CLIError(f"--digits must be >= 1, got {args.digits}")
@@ -81,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from rmeeto.merge import MergeConfig
-    from rmeeto.visualize import draw_token_groups, token_groups
+    from rmeeto.visualize import draw_clip_token_groups, draw_token_groups, token_groups
 
     model_cfg = check_model(args.model)
     check_paths(args.checkpoint)
@@ -93,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     items, classes = _load_images(args, model_cfg)
     num_classes = num_classes_for(args.model, model_cfg, args.checkpoint, len(classes) if classes else None,
                                   "digits", args.ema)
+    if args.clips is not None and max(label for _, _, label in items) >= num_classes:
+        raise CLIError(f"clip list of {args.data} has labels beyond the model's {num_classes} classes")
     model = load_model(args.model, args.checkpoint, merge_config, num_classes, device, args.ema)
     depth = depth_of(model)
     if args.layer is not None and not -depth <= args.layer < depth:
@@ -103,21 +145,24 @@ def run(args: argparse.Namespace) -> int:
     images = torch.stack([x for _, x, _ in items]).to(device)
     groups, info = token_groups(model, images, args.layer)
     probs = info["logits"].float().softmax(-1)
-    mean = torch.tensor(model_cfg.mean).view(3, 1, 1)
-    std = torch.tensor(model_cfg.std).view(3, 1, 1)
+    # [3, 1, 1] for images [C, H, W], [3, 1, 1, 1] for clips [C, T, H, W]
+    mean = torch.tensor(model_cfg.mean).view(3, *[1] * (images.dim() - 2))
+    std = torch.tensor(model_cfg.std).view(3, *[1] * (images.dim() - 2))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name_of = (lambda i: classes[i]) if classes and len(classes) == num_classes else str
 
     weights = args.checkpoint if args.checkpoint else "random weights"
     for b, (stem, x, label) in enumerate(items):
-        pixels = (x.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+        pixels = (x.cpu() * std + mean).clamp(0, 1)
+        pixels = pixels.permute(*range(1, pixels.dim()), 0).numpy()  # [H, W, 3] or [T, H, W, 3]
         p, pred = probs[b].max(-1)
         title = f"pred {name_of(int(pred))} ({p.item():.0%})"
         if label is not None:
             title += f", true {name_of(int(label))}"
         title += f"\n{args.model} ({Path(weights).name}), layer {info['layer']}: {info['tokens']} tokens"
-        fig = draw_token_groups(pixels, groups[b].cpu().numpy(), title=title)
+        draw = draw_clip_token_groups if pixels.ndim == 4 else draw_token_groups
+        fig = draw(pixels, groups[b].cpu().numpy(), title=title)
         path = out / f"{stem}_layer{info['layer']}.png"
         fig.savefig(path)
         plt.close(fig)

@@ -138,6 +138,12 @@ class VideoMamba(VisionMamba):
         if hasattr(self, "temporal_pos_embedding"):
             nn.init.zeros_(self.temporal_pos_embedding)  # official: left at zero
 
+    def no_weight_decay(self) -> set[str]:
+        """The official video recipe's exemptions (besides 1-D parameters and biases, which every rmeeto
+        optimizer exempts): the embeddings only. Unlike Vim's list, ``A_log`` [d_inner, d_state] is decayed,
+        as in the official Kinetics fine-tuning."""
+        return {"cls_token", "pos_embed", "temporal_pos_embedding"}
+
     @staticmethod
     def checkpoint_filter(state_dict, model: "VideoMamba") -> FilterResult:
         """The filter :func:`rmeeto.checkpoint.load_checkpoint` applies (see :func:`filter_state_dict_video`)."""

@@ -19,11 +19,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from rmeeto import data as rdata
 from rmeeto import gpu_data
+from rmeeto import video as rvideo
 from rmeeto.models import get_config
 from rmeeto.train.config import TrainConfig, TrainError
 from rmeeto.train.distributed import Ranks
 
-__all__ = ["ignore_stop_signals", "NoReadableImage", "collate_counting_skips", "ResumableSampler", "TrainData", "build_data", "build_mixup", "CountSkips"]
+__all__ = ["ignore_stop_signals", "NoReadableImage", "collate_counting_skips", "ResumableSampler", "TrainData", "build_data",
+           "build_mixup", "ClipMixup", "CountSkips", "is_video", "clips_per_video"]
 
 
 def ignore_stop_signals(worker_id: int = 0, then=None) -> None:
@@ -144,8 +146,50 @@ class TrainData:
     pipeline: str = "cpu"
 
 
+def is_video(model: str) -> bool:
+    """Whether the registered ``model`` takes clips (its data is a clip folder, see :mod:`rmeeto.video`)."""
+    return getattr(get_config(model).arch, "num_frames", None) is not None
+
+
+def clips_per_video(config: TrainConfig) -> int:
+    """Training samples one dataset item yields: ``repeated_aug`` for a video model (the official repeated
+    sampling: that many independently augmented clips of one decoded video, side by side in the same batch, so
+    a batch of ``batch_size`` videos holds ``batch_size * repeated_aug`` clips), else 1 (images repeat across
+    ranks through timm's RepeatAugSampler and a batch holds ``batch_size`` images)."""
+    return config.repeated_aug if is_video(config.model) else 1
+
+
+def _clip_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
+    """Train and val clips of the clip folder ``config.data`` (``train.csv``/``val.csv`` or ``.txt``): train
+    items are ``repeated_aug`` clips augmented as the official recipe (RandAugment ``auto_augment`` with one
+    draw per clip, a random resized crop and flip shared by all frames, erasing ``reprob`` as one cube); with
+    ``train_aug`` off only the crop stays random (full area), no RandAugment, flip or erasing."""
+    ClipTrainTransform, build_clip_dataset = rvideo.ClipTrainTransform, rvideo.build_clip_dataset
+
+    mcfg = get_config(config.model)
+    size = mcfg.arch.img_size
+    if config.train_aug:
+        transform = ClipTrainTransform(size, auto_augment=config.auto_augment, erase_prob=config.reprob,
+                                       mean=mcfg.mean, std=mcfg.std)
+    else:
+        transform = ClipTrainTransform(size, auto_augment=None, scale=(1.0, 1.0), flip=False, erase_prob=0.0,
+                                       mean=mcfg.mean, std=mcfg.std)
+    try:
+        train_set = build_clip_dataset(config.data, "train", mcfg.arch, num_sample=config.repeated_aug,
+                                       train_transform=transform, mean=mcfg.mean, std=mcfg.std)
+        val_set = build_clip_dataset(config.data, "val", mcfg.arch, mean=mcfg.mean, std=mcfg.std)
+    except (OSError, ValueError) as exc:
+        raise TrainError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+    too_big = max(train_set.targets + val_set.targets)
+    if too_big >= mcfg.arch.num_classes:
+        raise TrainError(f"{config.data} has label {too_big}, but {config.model} has {mcfg.arch.num_classes} classes")
+    return train_set, val_set
+
+
 def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     """The train and val splits of ``config.data`` with the model's preprocessing. Raises TrainError."""
+    if is_video(config.model):
+        return _clip_datasets(config)
     mcfg = get_config(config.model)
     img_size = mcfg.arch.img_size
     try:
@@ -170,8 +214,9 @@ def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
 
 
 def _train_sampler(config: TrainConfig, train_set: Dataset, ranks: Ranks) -> ResumableSampler:
-    """Shuffled, sharded over ranks (with ``repeated_aug`` > 1: timm's repeated-augmentation sampler)."""
-    if config.repeated_aug > 1:
+    """Shuffled, sharded over ranks (with ``repeated_aug`` > 1 on images: timm's repeated-augmentation sampler;
+    clips repeat inside the dataset instead)."""
+    if config.repeated_aug > 1 and not is_video(config.model):
         from timm.data.distributed_sampler import RepeatAugSampler  # timm is imported only to train
 
         inner: Sampler = RepeatAugSampler(train_set, num_replicas=ranks.world, rank=ranks.rank, shuffle=True,
@@ -206,10 +251,15 @@ def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> Train
     With the GPU pipeline (``config.pipeline`` resolving to ``"gpu"``) the workers only read files: the
     dataset takes the sampler's ``(index, seed)`` keys itself (no :class:`_SeededDataset`: nothing in the
     workers is random) and the device decodes and augments each batch as the loop asks for it."""
-    try:
-        pipeline = gpu_data.resolve_pipeline(config.pipeline, device, config.data)
-    except ValueError as exc:
-        raise TrainError(f"--pipeline {config.pipeline}: {exc}") from None
+    if is_video(config.model):  # clips are decoded by PyAV in the workers: the JPEG GPU pipeline does not apply
+        if config.pipeline == "gpu":
+            raise TrainError("--pipeline gpu decodes JPEG images; video clips use the CPU (PyAV) pipeline")
+        pipeline = "cpu"
+    else:
+        try:
+            pipeline = gpu_data.resolve_pipeline(config.pipeline, device, config.data)
+        except ValueError as exc:
+            raise TrainError(f"--pipeline {config.pipeline}: {exc}") from None
     if pipeline == "gpu":
         train_pipe, val_pipe = _gpu_datasets(config, device)
         train_set, val_set = train_pipe.dataset, val_pipe.dataset
@@ -222,13 +272,19 @@ def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> Train
         raise TrainError(f"the validation split of {config.data} is empty")
     sampler = _train_sampler(config, train_set, ranks)
     gpu = pipeline == "gpu"
-    common = dict(num_workers=config.workers, collate_fn=gpu_data.collate_encoded if gpu else rdata.collate_skip_none,
+    if gpu:
+        collate = train_collate = gpu_data.collate_encoded
+    elif is_video(config.model):
+        collate = train_collate = rvideo.collate_clips  # flattens the repeated clips of a video
+    else:
+        collate, train_collate = rdata.collate_skip_none, collate_counting_skips
+    common = dict(num_workers=config.workers, collate_fn=collate,
                   # the GPU pipeline's batches are lists of variable-size byte tensors: nothing worth pinning
                   pin_memory=device.type == "cuda" and not gpu, persistent_workers=config.workers > 0,
                   worker_init_fn=ignore_stop_signals)
     train_loader = DataLoader(
         train_set if gpu else _SeededDataset(train_set), batch_size=config.batch_size, sampler=sampler,
-        drop_last=True, **dict(common, collate_fn=common["collate_fn"] if gpu else collate_counting_skips),
+        drop_last=True, **dict(common, collate_fn=train_collate),
         # a private generator: creating the loader iterator must not consume the global RNG (resume exactness)
         generator=torch.Generator().manual_seed(config.seed),
     )
@@ -243,14 +299,33 @@ def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> Train
 
 
 def build_mixup(config: TrainConfig, num_classes: int):
-    """timm's batch mixup/cutmix (with label smoothing folded into the soft targets), or None when off."""
+    """timm's batch mixup/cutmix (with label smoothing folded into the soft targets), or None when off; for a
+    video model wrapped in :class:`ClipMixup`."""
     if not config.mixup_active:
         return None
     from timm.data import Mixup
 
-    return Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+    wrap = ClipMixup if is_video(config.model) else (lambda mixup: mixup)
+    return wrap(Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
                  switch_prob=config.mixup_switch_prob, mode=config.mixup_mode, label_smoothing=config.smoothing,
-                 num_classes=num_classes)
+                 num_classes=num_classes))
+
+
+class ClipMixup:
+    """timm's Mixup for clips: its cutmix cuts the box out of dims 2 and 3 (``x[:, :, y0:y1, x0:x1]``), which
+    on ``[batch, C, T, H, W]`` would be time and height. Clips are viewed as ``[batch, C * T, H, W]``, so one
+    box is cut through every frame (a tube) and mixup blends whole clips; returns ([batch, C, T, H, W], soft
+    targets)."""
+
+    def __init__(self, mixup):
+        self.mixup = mixup
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor):
+        if x.dim() != 5:
+            return self.mixup(x, target)
+        b, c, t, h, w = x.shape
+        mixed, target = self.mixup(x.reshape(b, c * t, h, w), target)
+        return mixed.reshape(b, c, t, h, w), target
 
 
 class CountSkips:

@@ -15,7 +15,7 @@ from rmeeto.merge import apply_merge
 from rmeeto.models import create_model, get_config
 from rmeeto.runtime import resolve_device, resolve_dtype
 from rmeeto.train.config import TrainConfig, TrainError
-from rmeeto.train.data import build_mixup
+from rmeeto.train.data import build_mixup, clips_per_video
 from rmeeto.train.distributed import Ranks
 from rmeeto.train.graphs import StudentGraph, TeacherForward, train_graph_enabled
 from rmeeto.train.loss import DistillationLoss, build_criterion
@@ -113,12 +113,37 @@ def build_models(run: Run, resuming: bool) -> tuple[nn.Module, Optional[TeacherF
     return model, teacher, ema
 
 
+def _layer_decay_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """Parameter groups for ``layer_decay``, as the official VideoMamba fine-tuning runs it: the per-block
+    branch of its layer assignment is commented out, so only ``cls_token``, ``pos_embed`` and ``patch_embed.*``
+    (layer 0) get ``lr_scale = layer_decay ** (depth + 1)``; everything else keeps 1. Weight-decay exemption
+    as :func:`timm.optim.param_groups_weight_decay` (1-D, biases, ``model.no_weight_decay()``) when
+    ``wd_exempt``. timm's scheduler multiplies each group's lr by its ``lr_scale``."""
+    skip = model.no_weight_decay() if config.wd_exempt else set()
+    embed_scale = config.layer_decay ** (len(model.layers) + 1)
+    groups: dict[tuple[bool, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = config.wd_exempt and (p.ndim <= 1 or name.endswith(".bias") or name in skip)
+        embed = name in ("cls_token", "pos_embed") or name.startswith("patch_embed.")
+        group = groups.setdefault((no_decay, embed), {
+            "params": [], "weight_decay": 0.0 if no_decay else config.weight_decay,
+            "lr_scale": embed_scale if embed else 1.0})
+        group["params"].append(p)
+    return [groups[key] for key in sorted(groups)]
+
+
 def _optimizer(run: Run, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW at the base lr scaled by the global batch (per 512 images), decay exempting 1-D params,
-    biases and ``model.no_weight_decay()`` when ``wd_exempt``."""
+    """AdamW at the base lr scaled by the global batch (per 512 samples: images, or clips counting each of a
+    video's ``repeated_aug`` clips), decay exempting 1-D params, biases and ``model.no_weight_decay()`` when
+    ``wd_exempt``; with ``layer_decay`` see :func:`_layer_decay_groups`."""
     config = run.config
-    scaled_lr = config.lr * config.batch_size * config.accum_steps * run.ranks.world / 512.0
-    if config.wd_exempt:
+    samples = config.batch_size * clips_per_video(config) * config.accum_steps * run.ranks.world
+    scaled_lr = config.lr * samples / 512.0
+    if config.layer_decay is not None:
+        params = _layer_decay_groups(model, config)
+    elif config.wd_exempt:
         from timm.optim import param_groups_weight_decay
 
         params = param_groups_weight_decay(model, config.weight_decay, no_weight_decay_list=model.no_weight_decay())
