@@ -43,9 +43,10 @@ def folder(tmp_path_factory):
     return root / "train"
 
 
-def test_auto_selects_gpu_on_cuda():
+def test_nvjpeg_available_and_auto_stays_on_the_cpu_pipeline():
     assert gpu_decode_available("cuda")
-    assert resolve_pipeline("auto", "cuda", "/data") == "gpu"
+    assert resolve_pipeline("auto", "cuda", "/data") == "cpu"  # opt-in until it is faster (see resolve_pipeline)
+    assert resolve_pipeline("gpu", "cuda", "/data") == "gpu"
 
 
 def test_cuda_decode_matches_cpu_decode(folder):

@@ -148,13 +148,13 @@ def test_pipeline_is_a_runtime_field_free_on_resume_and_old_checkpoints_load():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_auto_picks_the_gpu_pipeline_on_cuda_and_trains(tmp_path):
+def test_forced_gpu_pipeline_on_cuda_trains(tmp_path):
     from rmeeto.train import train
 
     data = _jpeg_folder(tmp_path / "data")
     cfg = TrainConfig(model=MODEL, data=str(data), device="cuda", epochs=1, batch_size=8, alpha=0.0, lr=1e-3,
                       mixup=0.8, cutmix=1.0, auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, workers=2,
-                      progress=False)
+                      progress=False, pipeline="gpu")
     built = build_data(cfg, Ranks(), torch.device("cuda"))
     assert built.pipeline == "gpu"
     images, labels = next(iter(built.train_loader))
