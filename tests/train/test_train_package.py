@@ -19,7 +19,7 @@ from rmeeto.train.distributed import Ranks, agree_on_step, gather_from_ranks, su
 from rmeeto.train.state import RunState, new_partial
 
 MODEL = "vim_test_patch4_16"
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 # what last.pth holds: a file format, so checkpoints written by earlier versions stay resumable
 LAST_KEYS = {"model", "optimizer", "lr_scheduler", "epoch", "step_in_epoch", "global_step", "best_top1",

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 MODEL = "vim_test_patch4_16"
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 pytestmark = pytest.mark.slow
 

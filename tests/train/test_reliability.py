@@ -23,7 +23,7 @@ import torch
 from rmeeto.train import TrainConfig, TrainError, train
 
 MODEL = "vim_test_patch4_16"
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 TRAIN_PKG = sys.modules["rmeeto.train"]  # the package (the name rmeeto.train may also be the function)
 
 
@@ -329,7 +329,7 @@ def test_pth_files_are_refused_on_a_torch_too_old_to_load_them_safely(tmp_path, 
 
 
 def test_pyproject_requires_a_safe_torch():
-    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert '"torch>=2.10"' in text
 
 

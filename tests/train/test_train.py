@@ -22,7 +22,7 @@ from rmeeto import MergeConfig, apply_merge, create_model
 from rmeeto.train import DistillationLoss, NonFiniteLossError, TrainConfig, TrainError, train
 
 MODEL = "vim_test_patch4_16"
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 pytestmark = pytest.mark.slow
 
