@@ -71,6 +71,13 @@ def open_unit_float(text: str) -> float:
     return value
 
 
+def positive_unit_float(text: str) -> float:
+    value = _number(text, "in (0, 1]")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
 def device_name(text: str) -> str:
     """A device flag (auto, cpu, cuda, cuda:N) that exists on this machine; the name itself is returned."""
     from rmeeto.runtime import resolve_device

@@ -7,8 +7,10 @@ import sys
 
 from rmeeto.cli import CLIError
 from rmeeto.cli._types import (auto_augment_policy, class_list_file, device_name, finite_float, nonneg_float,
-                              nonneg_int, open_unit_float, positive_float, positive_int, unit_float)
+                              nonneg_int, open_unit_float, positive_float, positive_int, positive_unit_float,
+                              unit_float)
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
+from rmeeto.data import SUBSET_MODES
 
 HELP = "re-train a merging model with distillation from the unmerged one (R-MeeTo), or train from scratch"
 DESCRIPTION = """\
@@ -48,7 +50,7 @@ examples:
 
 # flag dest -> TrainConfig field; a value of None means "not given" (keep the preset's or the default)
 TRAIN_FLAGS = (
-    "data", "classes", "num_classes",
+    "data", "classes", "num_classes", "data_fraction", "data_seed", "data_subset", "subset_val",
     "checkpoint", "teacher", "use_ema_weights", "epochs", "batch_size", "accum_steps", "lr", "min_lr",
     "warmup_epochs", "warmup_lr", "weight_decay", "wd_exempt", "clip_grad", "layer_decay", "drop_path", "alpha",
     "smoothing",
@@ -83,6 +85,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-classes", type=positive_int, default=None, metavar="N",
                    help="build a new N-way head (e.g. more data classes than the checkpoint's head; the "
                         "checkpoint's head is then not loaded)")
+    g.add_argument("--data-fraction", type=positive_unit_float, default=None, metavar="F",
+                   help="re-train on a deterministic fraction F of the training split (default 1 = all of it)")
+    g.add_argument("--data-seed", type=nonneg_int, default=None, metavar="S", help="seed of that subset (default 0)")
+    g.add_argument("--data-subset", choices=SUBSET_MODES, default=None,
+                   help="balanced (default: the same fraction of every class, at least one image each) or "
+                        "uniform (a plain random sample, as the release)")
+    g.add_argument("--subset-val", action="store_const", const=True, default=None,
+                   help="also subset the validation split (the release does; off by default)")
     add_merge_arguments(parser)
 
     g = parser.add_argument_group("optimisation")

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from rmeeto.data import SUBSET_MODES
 from rmeeto.gpu_data import PIPELINES
 from rmeeto.merge import MergeConfig
 from rmeeto.models import get_config
@@ -87,6 +88,10 @@ class TrainConfig:
         classes: the class names that number the labels of every split (None = the training folders, sorted);
         a folder not in the list is an error.  num_classes: width of the classifier to build (None = the
         registered model's); a checkpoint whose head has another width gets a new, freshly initialised head.
+        data_fraction / data_seed / data_subset: train on a deterministic subset of the training split
+        (:func:`rmeeto.data.subset_indices`: "balanced" = the same fraction of every class, at least one each;
+        "uniform" = a plain random sample, as the release's ``random.sample``); subset_val: subset the
+        validation split the same way (the release does; off by default, so scores stay comparable).
     Optimisation
         epochs; batch_size (per process); accum_steps (micro-batches per optimizer step);
         lr: base learning rate per 512 images, scaled by the global batch (batch_size * accum_steps * world / 512);
@@ -125,6 +130,10 @@ class TrainConfig:
     data: str = "digits"
     classes: Optional[tuple[str, ...]] = None
     num_classes: Optional[int] = None
+    data_fraction: float = 1.0
+    data_seed: int = 0
+    data_subset: str = "balanced"
+    subset_val: bool = False
     checkpoint: Optional[str] = None
     teacher: Optional[str] = None
     use_ema_weights: bool = False
@@ -204,6 +213,11 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"clip_grad must be > 0 (or None to disable), got {self.clip_grad!r}")
+        if not 0.0 < self.data_fraction <= 1.0:
+            raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction!r}")
+        _choice("data_subset", self.data_subset, SUBSET_MODES)
+        if self.data_seed < 0:
+            raise ValueError(f"data_seed must be >= 0, got {self.data_seed!r}")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"layer_decay must be in (0, 1] (or None to disable), got {self.layer_decay!r}")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:

@@ -213,6 +213,20 @@ def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
     return train_set, val_set
 
 
+def _subsets(config: TrainConfig, train_set: Dataset, val_set: Dataset) -> tuple[Dataset, Dataset]:
+    """``config.data_fraction`` of the training split (and of the validation split with ``subset_val``), a
+    deterministic sample of :func:`rmeeto.data.subset_dataset`; the datasets unchanged at fraction 1."""
+    if config.data_fraction >= 1.0:
+        return train_set, val_set
+    try:
+        train_set = rdata.subset_dataset(train_set, config.data_fraction, config.data_seed, config.data_subset)
+        if config.subset_val:
+            val_set = rdata.subset_dataset(val_set, config.data_fraction, config.data_seed, config.data_subset)
+    except ValueError as exc:
+        raise TrainError(f"--data-fraction {config.data_fraction}: {exc}") from None
+    return train_set, val_set
+
+
 def _train_sampler(config: TrainConfig, train_set: Dataset, ranks: Ranks) -> ResumableSampler:
     """Shuffled, sharded over ranks (with ``repeated_aug`` > 1 on images: timm's repeated-augmentation sampler;
     clips repeat inside the dataset instead)."""
@@ -265,6 +279,7 @@ def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> Train
         train_set, val_set = train_pipe.dataset, val_pipe.dataset
     else:
         train_set, val_set = _datasets(config)
+    train_set, val_set = _subsets(config, train_set, val_set)
     if len(train_set) < config.batch_size * ranks.world * config.accum_steps:
         raise TrainError(f"the training set has {len(train_set)} images, fewer than one optimizer step "
                          f"({config.batch_size} x {ranks.world} process(es) x {config.accum_steps} accumulation)")
