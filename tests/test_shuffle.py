@@ -145,3 +145,22 @@ def test_vit_shuffle_then_ordered_merge_keeps_the_shuffled_order():
     for state in runs.values():
         assert state.source[:, 0, 0].eq(1).all() and state.source.sum(1).eq(1).all()
         assert state.size.sum(1).eq(17).all()
+
+
+def test_resume_state_carries_the_shuffle_generator():
+    """A re-training run's saved random state includes the shuffler's generator (found through a DDP-style
+    ``.module``), so a resumed shuffling run draws the permutations the uninterrupted one would have."""
+    import rmeeto
+    from rmeeto.merge import MergeConfig, apply_merge
+    from rmeeto.train.state import merge_shuffler_of, rng_state, set_rng_state
+
+    model = apply_merge(rmeeto.create_model("vim_test_patch4_16"), MergeConfig(num_merged=2, shuffle_rate=0.5))
+    wrapped = torch.nn.Module()
+    wrapped.module = model  # as DistributedDataParallel holds it
+    shuffler = merge_shuffler_of(wrapped)
+    assert shuffler is model.merge_shuffler and merge_shuffler_of(rmeeto.create_model("vim_test_patch4_16")) is None
+    saved = rng_state(torch.device("cpu"), shuffler)
+    expected = torch.rand(4, generator=shuffler.generator)
+    torch.rand(7, generator=shuffler.generator)  # the run goes on, then is killed
+    set_rng_state(saved, torch.device("cpu"), shuffler)
+    assert torch.equal(torch.rand(4, generator=shuffler.generator), expected)

@@ -30,7 +30,8 @@ from rmeeto.train.distributed import agree_on_step, gather_from_ranks, sum_over_
 from rmeeto.train.loss import distillation_forward
 from rmeeto.train.report import RunLog
 from rmeeto.train.setup import Run, Training
-from rmeeto.train.state import RunState, SignalCatcher, best_checkpoint, last_checkpoint, new_partial, rng_state
+from rmeeto.train.state import (RunState, SignalCatcher, best_checkpoint, last_checkpoint, merge_shuffler_of, new_partial,
+                                 rng_state)
 
 __all__ = ["DebugHooks", "EpochEnd", "train_one_epoch", "validate", "save_last", "save_best", "repair_best"]
 
@@ -214,7 +215,7 @@ def save_last(run: Run, parts: Training, state: RunState) -> None:
     if run.out is None:
         return
     _check_weights(run, parts, state)
-    rng_all = gather_from_ranks(rng_state(run.device), run.ranks)
+    rng_all = gather_from_ranks(rng_state(run.device, merge_shuffler_of(parts.model)), run.ranks)
     if run.ranks.master:
         ckpt = last_checkpoint(state, state.epoch, state.step_in_epoch, config=run.config, model=parts.model,
                                optimizer=parts.optimizer, scheduler=parts.scheduler, scaler=parts.scaler,

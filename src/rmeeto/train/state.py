@@ -69,9 +69,20 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state(device: torch.device) -> dict:
+def merge_shuffler_of(model: Optional[nn.Module]):
+    """The token shuffler of a merged model (``model.merge_shuffler``, looked for through DDP's ``.module``),
+    or None: its generator is part of the run's random state when ``MergeConfig.shuffle_rate`` > 0."""
+    while model is not None:
+        shuffler = getattr(model, "merge_shuffler", None)
+        if shuffler is not None:
+            return shuffler
+        model = getattr(model, "module", None)
+    return None
+
+
+def rng_state(device: torch.device, shuffler=None) -> dict:
     """This process's python, numpy, torch (and CUDA) RNG states, as tensors and plain values (weights-only
-    loadable)."""
+    loadable), plus the token shuffler's generator when the model shuffles."""
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -81,10 +92,12 @@ def rng_state(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
+    if shuffler is not None:
+        state["shuffle"] = shuffler.generator.get_state()
     return state
 
 
-def set_rng_state(state: dict, device: torch.device) -> None:
+def set_rng_state(state: dict, device: torch.device, shuffler=None) -> None:
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
@@ -92,6 +105,8 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate((version, tuple(internal), gauss))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+    if shuffler is not None and "shuffle" in state:
+        shuffler.generator.set_state(state["shuffle"])
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -204,7 +219,7 @@ def restore(ckpt: dict, path: Path, *, model: nn.Module, optimizer, scheduler, s
                      partial=dict(ckpt.get("partial", new_partial())))
     states = ckpt.get("rng", [])
     if len(states) == ranks.world:
-        set_rng_state(states[ranks.rank], device)
+        set_rng_state(states[ranks.rank], device, merge_shuffler_of(model))
     else:
         log(f"resume: the checkpoint was written by {len(states)} process(es), this run has {ranks.world}; "
             "the data order is kept but random augmentation streams differ")
