@@ -83,7 +83,8 @@ def token_groups(model: VisionMamba, images: Tensor, layer: Optional[int] = None
     groups = patch_source.argmax(dim=1)
     groups = torch.where(covered, groups, torch.full_like(groups, DROPPED))
     gh, gw = model.patch_embed.grid_size
-    frames = (model.arch.temporal_size,) if model.arch.is_video else ()
+    arch = getattr(model, "arch", None)  # a VimArch; timm ViTs have none (and no frames)
+    frames = (arch.temporal_size,) if getattr(arch, "is_video", False) else ()
     info = {"logits": logits, "tokens": captured["tokens"], "cls_index": cls_now, "layer": k}
     return groups.view(-1, *frames, gh, gw), info
 
