@@ -100,24 +100,103 @@ def _stage(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _measure(model, val_loader, merge_config, settings: DemoSettings, progress: bool, desc: str) -> dict:
+def _measure(model, val_loader, merge_config, settings, progress: bool, desc: str, model_name: str = MODEL) -> dict:
+    """Accuracy, paper / true GFLOPs, final token count and throughput of ``model`` (a ``model_name`` model,
+    image or video) with ``merge_config`` applied. ``settings`` needs ``throughput_batch``."""
     from rmeeto.evaluate import evaluate, measure_throughput
     from rmeeto.flops import paper_flops, true_flops
 
     model.eval()
     stats = evaluate(model, val_loader, device="cpu", progress=progress, desc=desc)
-    speed = measure_throughput(model, batch_size=settings.throughput_batch, img_size=get_config(MODEL).arch.img_size,
-                               device="cpu", warmup=1, repeats=3)
-    tf = true_flops(MODEL, merge_config)
+    speed = measure_throughput(model, batch_size=settings.throughput_batch,
+                               input_size=get_config(model_name).input_size, device="cpu", warmup=1, repeats=3)
+    tf = true_flops(model_name, merge_config)
     return {
         "top1": stats["top1"],
         "top5": stats["top5"],
         "val_loss": stats["loss"],
-        "paper_gflops": paper_flops(MODEL, merge_config),
+        "paper_gflops": paper_flops(model_name, merge_config),
         "true_gflops": tf["total"],
         "final_tokens": tf["tokens_per_layer"][-1],
         "images_per_s": speed["images_per_s"],
     }
+
+
+def _training_free_stages(model_name: str, checkpoint: str, val_loader, settings, progress: bool) -> dict[str, dict]:
+    """The teacher, merged and pruned rows of the stage table: ``checkpoint`` evaluated as it is, then with
+    ``settings.merge`` and ``settings.prune`` applied without training."""
+    from rmeeto.evaluate import load_model_for_eval
+
+    stages = {"teacher": _measure(load_model_for_eval(model_name, checkpoint), val_loader, None, settings, progress,
+                                  "teacher", model_name)}
+    for name, desc, merge in (("merged (training-free)", "merged", settings.merge),
+                              ("pruned (training-free)", "pruned", settings.prune)):
+        stages[name] = _measure(load_model_for_eval(model_name, checkpoint, merge), val_loader, merge, settings,
+                                progress, desc, model_name)
+    return stages
+
+
+def _report(model_name: str, settings, val_images: int, stages: dict, teacher_run, retrain_run,
+            seconds: dict) -> dict[str, Any]:
+    """The report dict both demos write (``report.json``), up to ``findings``."""
+    cfg = get_config(model_name)
+    sched = settings.merge.schedule(cfg.arch.num_tokens, cfg.arch.depth, cfg.arch.cls_index)
+    report: dict[str, Any] = {
+        "model": model_name,
+        "settings": dataclasses.asdict(settings),
+        "merge_config": settings.merge.to_dict(),
+        "merging_layers": [s.layer for s in sched if s.merging],
+        "tokens_per_layer_merged": [s.tokens_in for s in sched],
+        "val_images": val_images,
+        "stages": stages,
+        "teacher_history": teacher_run.history,
+        "retrain_history": retrain_run.history,
+        "seconds": seconds,
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "cpu_count": os.cpu_count(), "platform": platform.platform()},
+    }
+    report["findings"] = findings(stages, retrain_run.history, teacher_run.history, val_images)
+    return report
+
+
+def _write_report(out: Path, report: dict, report_md) -> None:
+    """``demo.png``, ``report.json`` and ``report.md`` (``report_md(report) -> str``) into ``out``."""
+    _plot(out / "demo.png", report["stages"], report["retrain_history"], report["teacher_history"])
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(report_md(report))
+
+
+def _stage_table_md(report: dict, unit: str, digits: int) -> list[str]:
+    """The stage table (``unit``: images or clips per second; ``digits``: GFLOPs decimals)."""
+    lines = [f"| stage | top-1 (%) | top-5 (%) | paper GFLOPs | true GFLOPs | final tokens | {unit}/s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, st in report["stages"].items():
+        lines.append(f"| {name} | {st['top1']:.2f} | {st['top5']:.2f} | {st['paper_gflops']:.{digits}f} | "
+                     f"{st['true_gflops']:.{digits}f} | {st['final_tokens']} | {st['images_per_s']:.0f} |")
+    return lines
+
+
+def _retrain_findings_md(report: dict, toy_scale: str) -> list[str]:
+    """The re-training table and the findings list; ``toy_scale`` names the scale in the caveat printed when a
+    claim does not hold."""
+    merged = report["stages"]["merged (training-free)"]
+    lines = ["", "Re-training (merged student, distilled from the teacher):", "",
+             "| epoch | train loss | val top-1 (%) | val top-5 (%) | lr |", "|---:|---:|---:|---:|---:|",
+             f"| 0 (training-free) | - | {merged['top1']:.2f} | {merged['top5']:.2f} | - |"]
+    for h in report["retrain_history"]:
+        lines.append(f"| {h['epoch'] + 1} | {h['train_loss']:.4f} | {h['top1']:.2f} | {h['top5']:.2f} | "
+                     f"{h['lr']:.2e} |")
+    lines += ["", "## Findings (computed from the numbers above)", ""]
+    lines += _findings_md(report["findings"])
+    if not all(f["holds"] for f in report["findings"]):
+        lines += ["", f"At this toy scale ({toy_scale}) not every claim of the paper reproduces; the numbers are "
+                      "reported as measured."]
+    return lines
+
+
+def _findings_md(found: list[dict]) -> list[str]:
+    return [f"- **{f['claim']}**: {'holds' if f['holds'] else 'does NOT hold here'} — {f['text']}."
+            + (f" Note: {f['note']}." if f.get("note") else "") for f in found]
 
 
 def findings(stages: dict[str, dict], history: list[dict], teacher_history: list[dict] = (),
@@ -282,9 +361,7 @@ def _order_md(order: dict) -> list[str]:
         a, b = by[(MODEL, s)], by[(VIT_MODEL, s)]
         lines.append(f"| {s} | {a['top1']:.2f} | {a['top1_drop']:+.2f} | {b['top1']:.2f} | {b['top1_drop']:+.2f} |")
     lines += ["", "Findings (computed from the numbers above):", ""]
-    for f in order["findings"]:
-        lines.append(f"- **{f['claim']}**: {'holds' if f['holds'] else 'does NOT hold here'} — {f['text']}."
-                     + (f" Note: {f['note']}." if f.get("note") else ""))
+    lines += _findings_md(order["findings"])
     lines += ["", "Paper's ImageNet figures, for reference only (not reproduced by this demo; change of top-1 in "
                   "points):", ""]
     for what, values in order["reference"].items():
@@ -342,26 +419,9 @@ def _report_md(report: dict) -> str:
         f"{report['stages']['merged (training-free)']['final_tokens']} tokens). Teacher trained from scratch "
         f"for {s['teacher_epochs']} epochs; re-training {s['retrain_epochs']} epochs with alpha={s['alpha']}.",
         "",
-        "| stage | top-1 (%) | top-5 (%) | paper GFLOPs | true GFLOPs | final tokens | images/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, st in report["stages"].items():
-        lines.append(f"| {name} | {st['top1']:.2f} | {st['top5']:.2f} | {st['paper_gflops']:.4f} | "
-                     f"{st['true_gflops']:.4f} | {st['final_tokens']} | {st['images_per_s']:.0f} |")
-    lines += ["", "Re-training (merged student, distilled from the teacher):", "",
-              "| epoch | train loss | val top-1 (%) | val top-5 (%) | lr |", "|---:|---:|---:|---:|---:|"]
-    lines.append(f"| 0 (training-free) | - | {report['stages']['merged (training-free)']['top1']:.2f} | "
-                 f"{report['stages']['merged (training-free)']['top5']:.2f} | - |")
-    for h in report["retrain_history"]:
-        lines.append(f"| {h['epoch'] + 1} | {h['train_loss']:.4f} | {h['top1']:.2f} | {h['top5']:.2f} | "
-                     f"{h['lr']:.2e} |")
-    lines += ["", "## Findings (computed from the numbers above)", ""]
-    for f in report["findings"]:
-        lines.append(f"- **{f['claim']}**: {'holds' if f['holds'] else 'does NOT hold here'} — {f['text']}."
-                     + (f" Note: {f['note']}." if f.get("note") else ""))
-    if not all(f["holds"] for f in report["findings"]):
-        lines += ["", "At this toy scale (1.4k training images, a 12-layer width-64 model, a few CPU minutes) not "
-                      "every claim of the paper reproduces; the numbers are reported as measured."]
+    lines += _stage_table_md(report, "images", 4)
+    lines += _retrain_findings_md(report, "1.4k training images, a 12-layer width-64 model, a few CPU minutes")
     if report.get("order"):
         lines += _order_md(report["order"])
     lines += [
@@ -385,7 +445,6 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
     from torch.utils.data import DataLoader
 
     from rmeeto import data as rdata
-    from rmeeto.evaluate import load_model_for_eval
     from rmeeto.train import TrainConfig, train
 
     settings = settings or DemoSettings()
@@ -411,15 +470,9 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
     teacher_ckpt = str(out / "teacher" / "best.pth")
 
     # 2-3. evaluate the teacher, then merge / prune it without training
-    stages: dict[str, dict] = {}
     _stage("[2/5] evaluating the teacher")
-    stages["teacher"] = _measure(load_model_for_eval(MODEL, teacher_ckpt), val_loader, None, settings, progress,
-                                 "teacher")
     _stage(f"[3/5] training-free: merging / pruning {settings.num_merged} tokens at every even layer")
-    stages["merged (training-free)"] = _measure(load_model_for_eval(MODEL, teacher_ckpt, settings.merge),
-                                                val_loader, settings.merge, settings, progress, "merged")
-    stages["pruned (training-free)"] = _measure(load_model_for_eval(MODEL, teacher_ckpt, settings.prune),
-                                                val_loader, settings.prune, settings, progress, "pruned")
+    stages = _training_free_stages(MODEL, teacher_ckpt, val_loader, settings, progress)
 
     # 4. re-train the merged model with distillation from the unmerged teacher
     _stage(f"[4/5] re-training the merged model with distillation ({settings.retrain_epochs} epochs)")
@@ -443,28 +496,12 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
 
     # 5. report
     _stage("[5/5] writing the report")
-    sched = settings.merge.schedule(cfg.arch.num_tokens, cfg.arch.depth, cfg.arch.cls_index)
-    report: dict[str, Any] = {
-        "model": MODEL,
-        "settings": dataclasses.asdict(settings),
-        "merge_config": settings.merge.to_dict(),
-        "merging_layers": [s.layer for s in sched if s.merging],
-        "tokens_per_layer_merged": [s.tokens_in for s in sched],
-        "val_images": len(val_set),
-        "stages": stages,
-        "teacher_history": teacher_run.history,
-        "retrain_history": retrain_run.history,
-        "seconds": {"teacher": teacher_seconds, "retrain": retrain_seconds},
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "cpu_count": os.cpu_count(), "platform": platform.platform()},
-    }
-    report["findings"] = findings(stages, retrain_run.history, teacher_run.history, len(val_set))
+    report = _report(MODEL, settings, len(val_set), stages, teacher_run, retrain_run,
+                     {"teacher": teacher_seconds, "retrain": retrain_seconds})
     if order is not None:
         report["order"] = order
     report["wall_seconds"] = time.perf_counter() - t0
-    _plot(out / "demo.png", stages, retrain_run.history, teacher_run.history)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(_report_md(report))
+    _write_report(out, report, _report_md)
     return report
 
 
