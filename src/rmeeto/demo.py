@@ -53,8 +53,21 @@ PAPER_ORDER_REFERENCE = {
 }
 
 
+class _MergePruneSettings:
+    """The merge and prune configs of a demo's settings (``num_merged`` tokens at every merging layer)."""
+
+    num_merged: int
+
+    @property
+    def merge(self) -> MergeConfig:
+        return MergeConfig(num_merged=self.num_merged)
+
+    @property
+    def prune(self) -> MergeConfig:
+        return MergeConfig(num_merged=self.num_merged, mode="prune")
+
 @dataclass(frozen=True)
-class DemoSettings:
+class DemoSettings(_MergePruneSettings):
     """Knobs of the demo. The defaults finish in about 5 minutes on 2 CPU cores (4 min 50 s measured: teacher
     3 x ~55 s, re-training 2 x ~51 s, evaluations and report ~20 s), plus about 3 minutes for the order section
     (estimated from its parts on an idle machine: the ViT ~7 s per epoch x 15, then 20 evaluations of the
@@ -86,14 +99,6 @@ class DemoSettings:
     @classmethod
     def quick(cls, **overrides) -> "DemoSettings":
         return cls(**{**dict(teacher_epochs=1, retrain_epochs=1, throughput_batch=32, vit_epochs=1), **overrides})
-
-    @property
-    def merge(self) -> MergeConfig:
-        return MergeConfig(num_merged=self.num_merged)
-
-    @property
-    def prune(self) -> MergeConfig:
-        return MergeConfig(num_merged=self.num_merged, mode="prune")
 
 
 def _stage(msg: str) -> None:
@@ -194,6 +199,15 @@ def _retrain_findings_md(report: dict, toy_scale: str) -> list[str]:
     return lines
 
 
+def _footer_md(report: dict, item: str, wall: str) -> list[str]:
+    """What the GFLOPs and throughput columns mean (``item``: image or clip), then the ``wall`` time line."""
+    return ["", (f"GFLOPs are multiply-adds per {item}: *paper* is the official formula (one scan direction, requested "
+            "token counts), *true* counts both scan directions on the real schedule. "
+            f"{item.capitalize()}s/s: CPU, batch {report['settings']['throughput_batch']}, "
+            f"{report['environment']['threads']} thread(s), fp32, 3 timed forwards — a rough indication, noisy on "
+            "a shared machine."), "", wall, ""]
+
+
 def _findings_md(found: list[dict]) -> list[str]:
     return [f"- **{f['claim']}**: {'holds' if f['holds'] else 'does NOT hold here'} — {f['text']}."
             + (f" Note: {f['note']}." if f.get("note") else "") for f in found]
@@ -260,31 +274,26 @@ def order_findings(rows: list[dict], val_images: int = 360) -> list[dict]:
         return ""
 
     rates = sorted({float(s.split()[1]) for m, s in top1 if m == MODEL and s.startswith("shuffle ")} - {0.0})
-    out = []
-    u = {m: change(m, "merge unordered") for m in (MODEL, VIT_MODEL)}
-    out.append({
-        "claim": "the unordered merge costs the Vim more than the ViT",
-        "holds": u[MODEL] < u[VIT_MODEL],
-        "text": (f"ordered -> unordered merge changed top-1 by {u[MODEL]:+.2f} points for the Vim and "
-                 f"{u[VIT_MODEL]:+.2f} for the ViT"),
-        "note": note(u[MODEL] - u[VIT_MODEL]),
-    })
-    s = {m: sum(change(m, f"shuffle {r:g}") for r in rates) / max(1, len(rates)) for m in (MODEL, VIT_MODEL)}
-    out.append({
-        "claim": "shuffling tokens costs the Vim more than the ViT",
-        "holds": s[MODEL] < s[VIT_MODEL],
-        "text": (f"shuffling {', '.join(f'{r:g}' for r in rates)} of the tokens changed top-1 by "
-                 f"{s[MODEL]:+.2f} points on average for the Vim and {s[VIT_MODEL]:+.2f} for the ViT"),
-        "note": note(s[MODEL] - s[VIT_MODEL]),
-    })
-    p = {m: change(m, "prune ordered") for m in (MODEL, VIT_MODEL)}
-    out.append({
-        "claim": "pruning instead of merging costs the Vim more than the ViT",
-        "holds": p[MODEL] < p[VIT_MODEL],
-        "text": (f"pruning the same tokens changed top-1 by {p[MODEL]:+.2f} points for the Vim and "
-                 f"{p[VIT_MODEL]:+.2f} for the ViT (vs the ordered merge)"),
-        "note": note(p[MODEL] - p[VIT_MODEL]),
-    })
+    def compare(claim: str, changes: dict[str, float], text: str) -> dict:
+        # text: a format string of the Vim's and the ViT's change, {vim} and {vit}
+        vim, vit = changes[MODEL], changes[VIT_MODEL]
+        return {"claim": claim, "holds": vim < vit, "text": text.format(vim=vim, vit=vit), "note": note(vim - vit)}
+
+    models = (MODEL, VIT_MODEL)
+    shuffled = ", ".join(f"{r:g}" for r in rates)
+    out = [
+        compare("the unordered merge costs the Vim more than the ViT",
+                {m: change(m, "merge unordered") for m in models},
+                "ordered -> unordered merge changed top-1 by {vim:+.2f} points for the Vim and {vit:+.2f} for the ViT"),
+        compare("shuffling tokens costs the Vim more than the ViT",
+                {m: sum(change(m, f"shuffle {r:g}") for r in rates) / max(1, len(rates)) for m in models},
+                f"shuffling {shuffled} of the tokens changed top-1 by {{vim:+.2f}} points on average for the Vim "
+                "and {vit:+.2f} for the ViT"),
+        compare("pruning instead of merging costs the Vim more than the ViT",
+                {m: change(m, "prune ordered") for m in models},
+                "pruning the same tokens changed top-1 by {vim:+.2f} points for the Vim and {vit:+.2f} for the ViT "
+                "(vs the ordered merge)"),
+    ]
     both = out[0]["holds"] and out[1]["holds"]
     out.append({
         "claim": "order matters more for Mamba than for ViT",
@@ -424,19 +433,11 @@ def _report_md(report: dict) -> str:
     lines += _retrain_findings_md(report, "1.4k training images, a 12-layer width-64 model, a few CPU minutes")
     if report.get("order"):
         lines += _order_md(report["order"])
-    lines += [
-        "",
-        "GFLOPs are multiply-adds per image: *paper* is the official formula (one scan direction, requested "
-        "token counts), *true* counts both scan directions on the real schedule. Images/s: CPU, batch "
-        f"{s['throughput_batch']}, {report['environment']['threads']} thread(s), fp32, 3 timed forwards — "
-        "a rough indication, noisy on a shared machine.",
-        "",
-        f"Wall time: {report['wall_seconds']:.0f} s (teacher {report['seconds']['teacher']:.0f} s, re-training "
-        f"{report['seconds']['retrain']:.0f} s). Plot: `demo.png`. Checkpoints: `teacher/best.pth`, "
-        "`retrain/best.pth` (with `last.pth` and `log.jsonl` beside them).",
-        "",
-    ]
-    return "\n".join(lines)
+    seconds = report["seconds"]
+    wall = (f"Wall time: {report['wall_seconds']:.0f} s (teacher {seconds['teacher']:.0f} s, re-training "
+            f"{seconds['retrain']:.0f} s). Plot: `demo.png`. Checkpoints: `teacher/best.pth`, "
+            "`retrain/best.pth` (with `last.pth` and `log.jsonl` beside them).")
+    return "\n".join(lines + _footer_md(report, "image", wall))
 
 
 def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSettings] = None,

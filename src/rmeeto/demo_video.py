@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from rmeeto.demo import (_measure, _report, _retrain_findings_md, _stage, _stage_table_md, _training_free_stages,
-                         _write_report)
-from rmeeto.merge import MergeConfig
+from rmeeto.demo import (_footer_md, _measure, _MergePruneSettings, _report, _retrain_findings_md, _stage,
+                         _stage_table_md, _training_free_stages, _write_report)
 from rmeeto.models import get_config
 
 __all__ = ["VideoDemoSettings", "run_video_demo", "VIDEO_MODEL"]
@@ -35,7 +34,7 @@ VIDEO_MODEL = "videomamba_test_patch4_16_f4"
 
 
 @dataclass(frozen=True)
-class VideoDemoSettings:
+class VideoDemoSettings(_MergePruneSettings):
     """Knobs of the video demo (defaults: a few minutes on 2 CPU cores; :meth:`quick` is a smoke test whose
     numbers mean nothing). Clips are ``clip_frames`` frames of ``clip_size`` px (the model samples 4)."""
 
@@ -65,14 +64,6 @@ class VideoDemoSettings:
         return cls(**{**dict(num_train=32, num_val=16, teacher_epochs=1, retrain_epochs=1, batch_size=8,
                              throughput_batch=8), **overrides})
 
-    @property
-    def merge(self) -> MergeConfig:
-        return MergeConfig(num_merged=self.num_merged)
-
-    @property
-    def prune(self) -> MergeConfig:
-        return MergeConfig(num_merged=self.num_merged, mode="prune")
-
 
 def _report_md(report: dict) -> str:
     s = report["settings"]
@@ -93,19 +84,11 @@ def _report_md(report: dict) -> str:
     ]
     lines += _stage_table_md(report, "clips", 5)
     lines += _retrain_findings_md(report, "a few hundred synthetic clips, a 4-layer width-32 model, a few CPU minutes")
-    lines += [
-        "",
-        "GFLOPs are multiply-adds per clip: *paper* is the official formula (one scan direction, requested token "
-        "counts), *true* counts both scan directions on the real schedule. Clips/s: CPU, batch "
-        f"{s['throughput_batch']}, {report['environment']['threads']} thread(s), fp32, 3 timed forwards — a rough "
-        "indication, noisy on a shared machine.",
-        "",
-        f"Wall time: {report['wall_seconds']:.0f} s (data {report['seconds']['data']:.0f} s, teacher "
-        f"{report['seconds']['teacher']:.0f} s, re-training {report['seconds']['retrain']:.0f} s). Plot: "
-        "`demo.png`. Clips: `data/`. Checkpoints: `teacher/best.pth`, `retrain/best.pth`.",
-        "",
-    ]
-    return "\n".join(lines)
+    seconds = report["seconds"]
+    wall = (f"Wall time: {report['wall_seconds']:.0f} s (data {seconds['data']:.0f} s, teacher "
+            f"{seconds['teacher']:.0f} s, re-training {seconds['retrain']:.0f} s). Plot: `demo.png`. Clips: "
+            "`data/`. Checkpoints: `teacher/best.pth`, `retrain/best.pth`.")
+    return "\n".join(lines + _footer_md(report, "clip", wall))
 
 
 def run_video_demo(out: str | os.PathLike = "out/demo_video", settings: Optional[VideoDemoSettings] = None,
