@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from rmeeto._hubpath import resolve as resolve_hub_path
+from rmeeto._typing import PathLike
 from rmeeto.errors import CheckpointError
 
 __all__ = [
@@ -58,7 +59,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 
 # containers the weights may sit in, in order of preference
 _WEIGHT_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema")

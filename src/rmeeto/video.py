@@ -49,9 +49,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
-from rmeeto.data import Batch, DataError, SkipLog, SkippedSample
+from rmeeto._typing import PathLike, Tensor
+from rmeeto.data import Batch, DataError, SkipLog, SkippedSample, collate_skip_none
 from rmeeto.models import IMAGENET_MEAN, IMAGENET_STD
 from rmeeto.runtime import autocast
 
@@ -81,9 +82,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-Tensor = torch.Tensor
-PathLike = Union[str, os.PathLike]
 
 MODES = ("train", "val", "test")
 RAND_AUGMENT = "rand-m5-n2-mstd0.25-inc1"  # the VideoMamba Kinetics fine-tuning recipe
@@ -596,12 +594,7 @@ def collate_clips(samples: Sequence[Any]) -> Optional[Batch]:
     flat: list[Any] = []
     for s in samples:
         flat.extend(s if isinstance(s, list) else [s])
-    good = [s for s in flat if s is not None and not isinstance(s, SkippedSample)]
-    skipped = [s for s in flat if isinstance(s, SkippedSample)]
-    if not good:
-        return None
-    clips, labels = default_collate(good)
-    return Batch(clips, labels, skipped)
+    return collate_skip_none(flat)  # views were flattened: the image collate applies unchanged
 
 
 # --------------------------------------------------------------------------------------------- data folders
