@@ -171,6 +171,16 @@ def _write_report(out: Path, report: dict, report_md) -> None:
     (out / "report.md").write_text(report_md(report))
 
 
+def _layout_md(report: dict, title: str, intro: str, item: str, digits: int, toy_scale: str, files: str,
+               extra: list[str]) -> str:
+    """``report.md`` of either demo: ``title``, the ``intro`` paragraph, the stage table (per-``item`` units,
+    GFLOPs to ``digits`` decimals), the re-training table and findings (``toy_scale``: :func:`_retrain_findings_md`),
+    the ``extra`` lines, then :func:`_footer_md` with ``files``."""
+    lines = [f"# {title}", "", intro, ""] + _stage_table_md(report, f"{item}s", digits)
+    lines += _retrain_findings_md(report, toy_scale) + extra
+    return "\n".join(lines + _footer_md(report, item, files))
+
+
 def _stage_table_md(report: dict, unit: str, digits: int) -> list[str]:
     """The stage table (``unit``: images or clips per second; ``digits``: GFLOPs decimals)."""
     lines = [f"| stage | top-1 (%) | top-5 (%) | paper GFLOPs | true GFLOPs | final tokens | {unit}/s |",
@@ -199,8 +209,14 @@ def _retrain_findings_md(report: dict, toy_scale: str) -> list[str]:
     return lines
 
 
-def _footer_md(report: dict, item: str, wall: str) -> list[str]:
-    """What the GFLOPs and throughput columns mean (``item``: image or clip), then the ``wall`` time line."""
+_SECONDS_NAMES = {"data": "data", "teacher": "teacher", "retrain": "re-training"}  # report["seconds"] keys
+
+
+def _footer_md(report: dict, item: str, files: str) -> list[str]:
+    """What the GFLOPs and throughput columns mean (``item``: image or clip), then the wall time of the run and
+    of its parts (``report["seconds"]``), then ``files`` (where the outputs are)."""
+    parts = ", ".join(f"{_SECONDS_NAMES[k]} {v:.0f} s" for k, v in report["seconds"].items())
+    wall = f"Wall time: {report['wall_seconds']:.0f} s ({parts}). Plot: `demo.png`. {files}"
     return ["", (f"GFLOPs are multiply-adds per {item}: *paper* is the official formula (one scan direction, requested "
             "token counts), *true* counts both scan directions on the real schedule. "
             f"{item.capitalize()}s/s: CPU, batch {report['settings']['throughput_batch']}, "
@@ -418,26 +434,17 @@ def _plot(path: Path, stages: dict[str, dict], history: list[dict], teacher_hist
 def _report_md(report: dict) -> str:
     s = report["settings"]
     arch = get_config(MODEL).arch
-    lines = [
-        "# R-MeeTo on the digits demo",
-        "",
+    intro = (
         f"Model `{MODEL}` ({arch.num_tokens} tokens: {arch.num_patches} patches + {arch.cls_position} class token), "
         f"digits val split "
         f"({report['val_images']} images). Merging: {s['num_merged']} tokens at each of layers "
         f"{', '.join(map(str, report['merging_layers']))} ({report['tokens_per_layer_merged'][0]} -> "
         f"{report['stages']['merged (training-free)']['final_tokens']} tokens). Teacher trained from scratch "
-        f"for {s['teacher_epochs']} epochs; re-training {s['retrain_epochs']} epochs with alpha={s['alpha']}.",
-        "",
-    ]
-    lines += _stage_table_md(report, "images", 4)
-    lines += _retrain_findings_md(report, "1.4k training images, a 12-layer width-64 model, a few CPU minutes")
-    if report.get("order"):
-        lines += _order_md(report["order"])
-    seconds = report["seconds"]
-    wall = (f"Wall time: {report['wall_seconds']:.0f} s (teacher {seconds['teacher']:.0f} s, re-training "
-            f"{seconds['retrain']:.0f} s). Plot: `demo.png`. Checkpoints: `teacher/best.pth`, "
-            "`retrain/best.pth` (with `last.pth` and `log.jsonl` beside them).")
-    return "\n".join(lines + _footer_md(report, "image", wall))
+        f"for {s['teacher_epochs']} epochs; re-training {s['retrain_epochs']} epochs with alpha={s['alpha']}.")
+    return _layout_md(report, "R-MeeTo on the digits demo", intro, "image", 4,
+                      "1.4k training images, a 12-layer width-64 model, a few CPU minutes",
+                      "Checkpoints: `teacher/best.pth`, `retrain/best.pth` (with `last.pth` and `log.jsonl` beside "
+                      "them).", _order_md(report["order"]) if report.get("order") else [])
 
 
 def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSettings] = None,

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from rmeeto.demo import (_footer_md, _measure, _MergePruneSettings, _report, _retrain_findings_md, _stage,
-                         _stage_table_md, _training_free_stages, _write_report)
+from rmeeto.demo import _layout_md, _measure, _MergePruneSettings, _report, _stage, _training_free_stages, _write_report
 from rmeeto.models import get_config
 
 __all__ = ["VideoDemoSettings", "run_video_demo", "VIDEO_MODEL"]
@@ -69,9 +68,7 @@ def _report_md(report: dict) -> str:
     s = report["settings"]
     arch = get_config(VIDEO_MODEL).arch
     merged = report["stages"]["merged (training-free)"]
-    lines = [
-        "# R-MeeTo on the synthetic video demo",
-        "",
+    intro = (
         f"Model `{VIDEO_MODEL}` ({arch.num_frames} frames of {arch.img_size} px, {arch.num_tokens} tokens: "
         f"{arch.num_patches} space-time patches + the class token first). Data: synthetic PyAV-encoded clips of a "
         f"square moving right/left/down/up (the label; time order matters), {s['num_train']} training and "
@@ -79,16 +76,10 @@ def _report_md(report: dict) -> str:
         f"{s['num_merged']} tokens at each of layers {', '.join(map(str, report['merging_layers']))} over the "
         f"flattened space-time tokens ({report['tokens_per_layer_merged'][0]} -> {merged['final_tokens']} "
         f"tokens). Teacher trained from scratch for {s['teacher_epochs']} epochs; re-training "
-        f"{s['retrain_epochs']} epochs with alpha={s['alpha']}.",
-        "",
-    ]
-    lines += _stage_table_md(report, "clips", 5)
-    lines += _retrain_findings_md(report, "a few hundred synthetic clips, a 4-layer width-32 model, a few CPU minutes")
-    seconds = report["seconds"]
-    wall = (f"Wall time: {report['wall_seconds']:.0f} s (data {seconds['data']:.0f} s, teacher "
-            f"{seconds['teacher']:.0f} s, re-training {seconds['retrain']:.0f} s). Plot: `demo.png`. Clips: "
-            "`data/`. Checkpoints: `teacher/best.pth`, `retrain/best.pth`.")
-    return "\n".join(lines + _footer_md(report, "clip", wall))
+        f"{s['retrain_epochs']} epochs with alpha={s['alpha']}.")
+    return _layout_md(report, "R-MeeTo on the synthetic video demo", intro, "clip", 5,
+                      "a few hundred synthetic clips, a 4-layer width-32 model, a few CPU minutes",
+                      "Clips: `data/`. Checkpoints: `teacher/best.pth`, `retrain/best.pth`.", [])
 
 
 def run_video_demo(out: str | os.PathLike = "out/demo_video", settings: Optional[VideoDemoSettings] = None,
