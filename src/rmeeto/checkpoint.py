@@ -38,7 +38,6 @@ import torch
 import torch.nn as nn
 
 from rmeeto._hubpath import resolve as resolve_hub_path
-from rmeeto._typing import PathLike
 from rmeeto.errors import CheckpointError
 
 __all__ = [
@@ -59,6 +58,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
+PathLike = Union[str, os.PathLike]  # as rmeeto._typing: this module imports no other rmeeto module
 
 # containers the weights may sit in, in order of preference
 _WEIGHT_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema")
