@@ -58,7 +58,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
+PathLike = Union[str, os.PathLike]  # as rmeeto._typing: this module imports no other rmeeto module
 
 # containers the weights may sit in, in order of preference
 _WEIGHT_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema")

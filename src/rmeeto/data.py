@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
+from rmeeto._typing import PathLike, Tensor
 from rmeeto.models import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -52,9 +53,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-Tensor = torch.Tensor
-PathLike = Union[str, os.PathLike]
 
 DIGITS_NORM = (0.5, 0.5, 0.5)  # mean = std, as the vim_digits_patch4_32 config
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # as torchvision

@@ -53,8 +53,21 @@ PAPER_ORDER_REFERENCE = {
 }
 
 
+class _MergePruneSettings:
+    """The merge and prune configs of a demo's settings (``num_merged`` tokens at every merging layer)."""
+
+    num_merged: int
+
+    @property
+    def merge(self) -> MergeConfig:
+        return MergeConfig(num_merged=self.num_merged)
+
+    @property
+    def prune(self) -> MergeConfig:
+        return MergeConfig(num_merged=self.num_merged, mode="prune")
+
 @dataclass(frozen=True)
-class DemoSettings:
+class DemoSettings(_MergePruneSettings):
     """Knobs of the demo. The defaults finish in about 5 minutes on 2 CPU cores (4 min 50 s measured: teacher
     3 x ~55 s, re-training 2 x ~51 s, evaluations and report ~20 s), plus about 3 minutes for the order section
     (estimated from its parts on an idle machine: the ViT ~7 s per epoch x 15, then 20 evaluations of the
@@ -87,37 +100,133 @@ class DemoSettings:
     def quick(cls, **overrides) -> "DemoSettings":
         return cls(**{**dict(teacher_epochs=1, retrain_epochs=1, throughput_batch=32, vit_epochs=1), **overrides})
 
-    @property
-    def merge(self) -> MergeConfig:
-        return MergeConfig(num_merged=self.num_merged)
-
-    @property
-    def prune(self) -> MergeConfig:
-        return MergeConfig(num_merged=self.num_merged, mode="prune")
-
 
 def _stage(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _measure(model, val_loader, merge_config, settings: DemoSettings, progress: bool, desc: str) -> dict:
+def _measure(model, val_loader, merge_config, settings, progress: bool, desc: str, model_name: str = MODEL) -> dict:
+    """Accuracy, paper / true GFLOPs, final token count and throughput of ``model`` (a ``model_name`` model,
+    image or video) with ``merge_config`` applied. ``settings`` needs ``throughput_batch``."""
     from rmeeto.evaluate import evaluate, measure_throughput
     from rmeeto.flops import paper_flops, true_flops
 
     model.eval()
     stats = evaluate(model, val_loader, device="cpu", progress=progress, desc=desc)
-    speed = measure_throughput(model, batch_size=settings.throughput_batch, img_size=get_config(MODEL).arch.img_size,
-                               device="cpu", warmup=1, repeats=3)
-    tf = true_flops(MODEL, merge_config)
+    speed = measure_throughput(model, batch_size=settings.throughput_batch,
+                               input_size=get_config(model_name).input_size, device="cpu", warmup=1, repeats=3)
+    tf = true_flops(model_name, merge_config)
     return {
         "top1": stats["top1"],
         "top5": stats["top5"],
         "val_loss": stats["loss"],
-        "paper_gflops": paper_flops(MODEL, merge_config),
+        "paper_gflops": paper_flops(model_name, merge_config),
         "true_gflops": tf["total"],
         "final_tokens": tf["tokens_per_layer"][-1],
         "images_per_s": speed["images_per_s"],
     }
+
+
+def _training_free_stages(model_name: str, checkpoint: str, val_loader, settings, progress: bool) -> dict[str, dict]:
+    """The teacher, merged and pruned rows of the stage table: ``checkpoint`` evaluated as it is, then with
+    ``settings.merge`` and ``settings.prune`` applied without training."""
+    from rmeeto.evaluate import load_model_for_eval
+
+    stages = {"teacher": _measure(load_model_for_eval(model_name, checkpoint), val_loader, None, settings, progress,
+                                  "teacher", model_name)}
+    for name, desc, merge in (("merged (training-free)", "merged", settings.merge),
+                              ("pruned (training-free)", "pruned", settings.prune)):
+        stages[name] = _measure(load_model_for_eval(model_name, checkpoint, merge), val_loader, merge, settings,
+                                progress, desc, model_name)
+    return stages
+
+
+def _report(model_name: str, settings, val_images: int, stages: dict, teacher_run, retrain_run,
+            seconds: dict) -> dict[str, Any]:
+    """The report dict both demos write (``report.json``), up to ``findings``."""
+    cfg = get_config(model_name)
+    sched = settings.merge.schedule(cfg.arch.num_tokens, cfg.arch.depth, cfg.arch.cls_index)
+    report: dict[str, Any] = {
+        "model": model_name,
+        "settings": dataclasses.asdict(settings),
+        "merge_config": settings.merge.to_dict(),
+        "merging_layers": [s.layer for s in sched if s.merging],
+        "tokens_per_layer_merged": [s.tokens_in for s in sched],
+        "val_images": val_images,
+        "stages": stages,
+        "teacher_history": teacher_run.history,
+        "retrain_history": retrain_run.history,
+        "seconds": seconds,
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "cpu_count": os.cpu_count(), "platform": platform.platform()},
+    }
+    report["findings"] = findings(stages, retrain_run.history, teacher_run.history, val_images)
+    return report
+
+
+def _write_report(out: Path, report: dict, report_md) -> None:
+    """``demo.png``, ``report.json`` and ``report.md`` (``report_md(report) -> str``) into ``out``."""
+    _plot(out / "demo.png", report["stages"], report["retrain_history"], report["teacher_history"])
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(report_md(report))
+
+
+def _layout_md(report: dict, title: str, intro: str, item: str, digits: int, toy_scale: str, files: str,
+               extra: list[str]) -> str:
+    """``report.md`` of either demo: ``title``, the ``intro`` paragraph, the stage table (per-``item`` units,
+    GFLOPs to ``digits`` decimals), the re-training table and findings (``toy_scale``: :func:`_retrain_findings_md`),
+    the ``extra`` lines, then :func:`_footer_md` with ``files``."""
+    lines = [f"# {title}", "", intro, ""] + _stage_table_md(report, f"{item}s", digits)
+    lines += _retrain_findings_md(report, toy_scale) + extra
+    return "\n".join(lines + _footer_md(report, item, files))
+
+
+def _stage_table_md(report: dict, unit: str, digits: int) -> list[str]:
+    """The stage table (``unit``: images or clips per second; ``digits``: GFLOPs decimals)."""
+    lines = [f"| stage | top-1 (%) | top-5 (%) | paper GFLOPs | true GFLOPs | final tokens | {unit}/s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, st in report["stages"].items():
+        lines.append(f"| {name} | {st['top1']:.2f} | {st['top5']:.2f} | {st['paper_gflops']:.{digits}f} | "
+                     f"{st['true_gflops']:.{digits}f} | {st['final_tokens']} | {st['images_per_s']:.0f} |")
+    return lines
+
+
+def _retrain_findings_md(report: dict, toy_scale: str) -> list[str]:
+    """The re-training table and the findings list; ``toy_scale`` names the scale in the caveat printed when a
+    claim does not hold."""
+    merged = report["stages"]["merged (training-free)"]
+    lines = ["", "Re-training (merged student, distilled from the teacher):", "",
+             "| epoch | train loss | val top-1 (%) | val top-5 (%) | lr |", "|---:|---:|---:|---:|---:|",
+             f"| 0 (training-free) | - | {merged['top1']:.2f} | {merged['top5']:.2f} | - |"]
+    for h in report["retrain_history"]:
+        lines.append(f"| {h['epoch'] + 1} | {h['train_loss']:.4f} | {h['top1']:.2f} | {h['top5']:.2f} | "
+                     f"{h['lr']:.2e} |")
+    lines += ["", "## Findings (computed from the numbers above)", ""]
+    lines += _findings_md(report["findings"])
+    if not all(f["holds"] for f in report["findings"]):
+        lines += ["", f"At this toy scale ({toy_scale}) not every claim of the paper reproduces; the numbers are "
+                      "reported as measured."]
+    return lines
+
+
+_SECONDS_NAMES = {"data": "data", "teacher": "teacher", "retrain": "re-training"}  # report["seconds"] keys
+
+
+def _footer_md(report: dict, item: str, files: str) -> list[str]:
+    """What the GFLOPs and throughput columns mean (``item``: image or clip), then the wall time of the run and
+    of its parts (``report["seconds"]``), then ``files`` (where the outputs are)."""
+    parts = ", ".join(f"{_SECONDS_NAMES[k]} {v:.0f} s" for k, v in report["seconds"].items())
+    wall = f"Wall time: {report['wall_seconds']:.0f} s ({parts}). Plot: `demo.png`. {files}"
+    return ["", (f"GFLOPs are multiply-adds per {item}: *paper* is the official formula (one scan direction, requested "
+            "token counts), *true* counts both scan directions on the real schedule. "
+            f"{item.capitalize()}s/s: CPU, batch {report['settings']['throughput_batch']}, "
+            f"{report['environment']['threads']} thread(s), fp32, 3 timed forwards — a rough indication, noisy on "
+            "a shared machine."), "", wall, ""]
+
+
+def _findings_md(found: list[dict]) -> list[str]:
+    return [f"- **{f['claim']}**: {'holds' if f['holds'] else 'does NOT hold here'} — {f['text']}."
+            + (f" Note: {f['note']}." if f.get("note") else "") for f in found]
 
 
 def findings(stages: dict[str, dict], history: list[dict], teacher_history: list[dict] = (),
@@ -181,31 +290,26 @@ def order_findings(rows: list[dict], val_images: int = 360) -> list[dict]:
         return ""
 
     rates = sorted({float(s.split()[1]) for m, s in top1 if m == MODEL and s.startswith("shuffle ")} - {0.0})
-    out = []
-    u = {m: change(m, "merge unordered") for m in (MODEL, VIT_MODEL)}
-    out.append({
-        "claim": "the unordered merge costs the Vim more than the ViT",
-        "holds": u[MODEL] < u[VIT_MODEL],
-        "text": (f"ordered -> unordered merge changed top-1 by {u[MODEL]:+.2f} points for the Vim and "
-                 f"{u[VIT_MODEL]:+.2f} for the ViT"),
-        "note": note(u[MODEL] - u[VIT_MODEL]),
-    })
-    s = {m: sum(change(m, f"shuffle {r:g}") for r in rates) / max(1, len(rates)) for m in (MODEL, VIT_MODEL)}
-    out.append({
-        "claim": "shuffling tokens costs the Vim more than the ViT",
-        "holds": s[MODEL] < s[VIT_MODEL],
-        "text": (f"shuffling {', '.join(f'{r:g}' for r in rates)} of the tokens changed top-1 by "
-                 f"{s[MODEL]:+.2f} points on average for the Vim and {s[VIT_MODEL]:+.2f} for the ViT"),
-        "note": note(s[MODEL] - s[VIT_MODEL]),
-    })
-    p = {m: change(m, "prune ordered") for m in (MODEL, VIT_MODEL)}
-    out.append({
-        "claim": "pruning instead of merging costs the Vim more than the ViT",
-        "holds": p[MODEL] < p[VIT_MODEL],
-        "text": (f"pruning the same tokens changed top-1 by {p[MODEL]:+.2f} points for the Vim and "
-                 f"{p[VIT_MODEL]:+.2f} for the ViT (vs the ordered merge)"),
-        "note": note(p[MODEL] - p[VIT_MODEL]),
-    })
+    def compare(claim: str, changes: dict[str, float], text: str) -> dict:
+        # text: a format string of the Vim's and the ViT's change, {vim} and {vit}
+        vim, vit = changes[MODEL], changes[VIT_MODEL]
+        return {"claim": claim, "holds": vim < vit, "text": text.format(vim=vim, vit=vit), "note": note(vim - vit)}
+
+    models = (MODEL, VIT_MODEL)
+    shuffled = ", ".join(f"{r:g}" for r in rates)
+    out = [
+        compare("the unordered merge costs the Vim more than the ViT",
+                {m: change(m, "merge unordered") for m in models},
+                "ordered -> unordered merge changed top-1 by {vim:+.2f} points for the Vim and {vit:+.2f} for the ViT"),
+        compare("shuffling tokens costs the Vim more than the ViT",
+                {m: sum(change(m, f"shuffle {r:g}") for r in rates) / max(1, len(rates)) for m in models},
+                f"shuffling {shuffled} of the tokens changed top-1 by {{vim:+.2f}} points on average for the Vim "
+                "and {vit:+.2f} for the ViT"),
+        compare("pruning instead of merging costs the Vim more than the ViT",
+                {m: change(m, "prune ordered") for m in models},
+                "pruning the same tokens changed top-1 by {vim:+.2f} points for the Vim and {vit:+.2f} for the ViT "
+                "(vs the ordered merge)"),
+    ]
     both = out[0]["holds"] and out[1]["holds"]
     out.append({
         "claim": "order matters more for Mamba than for ViT",
@@ -282,9 +386,7 @@ def _order_md(order: dict) -> list[str]:
         a, b = by[(MODEL, s)], by[(VIT_MODEL, s)]
         lines.append(f"| {s} | {a['top1']:.2f} | {a['top1_drop']:+.2f} | {b['top1']:.2f} | {b['top1_drop']:+.2f} |")
     lines += ["", "Findings (computed from the numbers above):", ""]
-    for f in order["findings"]:
-        lines.append(f"- **{f['claim']}**: {'holds' if f['holds'] else 'does NOT hold here'} — {f['text']}."
-                     + (f" Note: {f['note']}." if f.get("note") else ""))
+    lines += _findings_md(order["findings"])
     lines += ["", "Paper's ImageNet figures, for reference only (not reproduced by this demo; change of top-1 in "
                   "points):", ""]
     for what, values in order["reference"].items():
@@ -332,51 +434,17 @@ def _plot(path: Path, stages: dict[str, dict], history: list[dict], teacher_hist
 def _report_md(report: dict) -> str:
     s = report["settings"]
     arch = get_config(MODEL).arch
-    lines = [
-        "# R-MeeTo on the digits demo",
-        "",
+    intro = (
         f"Model `{MODEL}` ({arch.num_tokens} tokens: {arch.num_patches} patches + {arch.cls_position} class token), "
         f"digits val split "
         f"({report['val_images']} images). Merging: {s['num_merged']} tokens at each of layers "
         f"{', '.join(map(str, report['merging_layers']))} ({report['tokens_per_layer_merged'][0]} -> "
         f"{report['stages']['merged (training-free)']['final_tokens']} tokens). Teacher trained from scratch "
-        f"for {s['teacher_epochs']} epochs; re-training {s['retrain_epochs']} epochs with alpha={s['alpha']}.",
-        "",
-        "| stage | top-1 (%) | top-5 (%) | paper GFLOPs | true GFLOPs | final tokens | images/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, st in report["stages"].items():
-        lines.append(f"| {name} | {st['top1']:.2f} | {st['top5']:.2f} | {st['paper_gflops']:.4f} | "
-                     f"{st['true_gflops']:.4f} | {st['final_tokens']} | {st['images_per_s']:.0f} |")
-    lines += ["", "Re-training (merged student, distilled from the teacher):", "",
-              "| epoch | train loss | val top-1 (%) | val top-5 (%) | lr |", "|---:|---:|---:|---:|---:|"]
-    lines.append(f"| 0 (training-free) | - | {report['stages']['merged (training-free)']['top1']:.2f} | "
-                 f"{report['stages']['merged (training-free)']['top5']:.2f} | - |")
-    for h in report["retrain_history"]:
-        lines.append(f"| {h['epoch'] + 1} | {h['train_loss']:.4f} | {h['top1']:.2f} | {h['top5']:.2f} | "
-                     f"{h['lr']:.2e} |")
-    lines += ["", "## Findings (computed from the numbers above)", ""]
-    for f in report["findings"]:
-        lines.append(f"- **{f['claim']}**: {'holds' if f['holds'] else 'does NOT hold here'} — {f['text']}."
-                     + (f" Note: {f['note']}." if f.get("note") else ""))
-    if not all(f["holds"] for f in report["findings"]):
-        lines += ["", "At this toy scale (1.4k training images, a 12-layer width-64 model, a few CPU minutes) not "
-                      "every claim of the paper reproduces; the numbers are reported as measured."]
-    if report.get("order"):
-        lines += _order_md(report["order"])
-    lines += [
-        "",
-        "GFLOPs are multiply-adds per image: *paper* is the official formula (one scan direction, requested "
-        "token counts), *true* counts both scan directions on the real schedule. Images/s: CPU, batch "
-        f"{s['throughput_batch']}, {report['environment']['threads']} thread(s), fp32, 3 timed forwards — "
-        "a rough indication, noisy on a shared machine.",
-        "",
-        f"Wall time: {report['wall_seconds']:.0f} s (teacher {report['seconds']['teacher']:.0f} s, re-training "
-        f"{report['seconds']['retrain']:.0f} s). Plot: `demo.png`. Checkpoints: `teacher/best.pth`, "
-        "`retrain/best.pth` (with `last.pth` and `log.jsonl` beside them).",
-        "",
-    ]
-    return "\n".join(lines)
+        f"for {s['teacher_epochs']} epochs; re-training {s['retrain_epochs']} epochs with alpha={s['alpha']}.")
+    return _layout_md(report, "R-MeeTo on the digits demo", intro, "image", 4,
+                      "1.4k training images, a 12-layer width-64 model, a few CPU minutes",
+                      "Checkpoints: `teacher/best.pth`, `retrain/best.pth` (with `last.pth` and `log.jsonl` beside "
+                      "them).", _order_md(report["order"]) if report.get("order") else [])
 
 
 def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSettings] = None,
@@ -385,7 +453,6 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
     from torch.utils.data import DataLoader
 
     from rmeeto import data as rdata
-    from rmeeto.evaluate import load_model_for_eval
     from rmeeto.train import TrainConfig, train
 
     settings = settings or DemoSettings()
@@ -411,15 +478,9 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
     teacher_ckpt = str(out / "teacher" / "best.pth")
 
     # 2-3. evaluate the teacher, then merge / prune it without training
-    stages: dict[str, dict] = {}
     _stage("[2/5] evaluating the teacher")
-    stages["teacher"] = _measure(load_model_for_eval(MODEL, teacher_ckpt), val_loader, None, settings, progress,
-                                 "teacher")
     _stage(f"[3/5] training-free: merging / pruning {settings.num_merged} tokens at every even layer")
-    stages["merged (training-free)"] = _measure(load_model_for_eval(MODEL, teacher_ckpt, settings.merge),
-                                                val_loader, settings.merge, settings, progress, "merged")
-    stages["pruned (training-free)"] = _measure(load_model_for_eval(MODEL, teacher_ckpt, settings.prune),
-                                                val_loader, settings.prune, settings, progress, "pruned")
+    stages = _training_free_stages(MODEL, teacher_ckpt, val_loader, settings, progress)
 
     # 4. re-train the merged model with distillation from the unmerged teacher
     _stage(f"[4/5] re-training the merged model with distillation ({settings.retrain_epochs} epochs)")
@@ -443,28 +504,12 @@ def run_demo(out: str | os.PathLike = "out/demo", settings: Optional[DemoSetting
 
     # 5. report
     _stage("[5/5] writing the report")
-    sched = settings.merge.schedule(cfg.arch.num_tokens, cfg.arch.depth, cfg.arch.cls_index)
-    report: dict[str, Any] = {
-        "model": MODEL,
-        "settings": dataclasses.asdict(settings),
-        "merge_config": settings.merge.to_dict(),
-        "merging_layers": [s.layer for s in sched if s.merging],
-        "tokens_per_layer_merged": [s.tokens_in for s in sched],
-        "val_images": len(val_set),
-        "stages": stages,
-        "teacher_history": teacher_run.history,
-        "retrain_history": retrain_run.history,
-        "seconds": {"teacher": teacher_seconds, "retrain": retrain_seconds},
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "cpu_count": os.cpu_count(), "platform": platform.platform()},
-    }
-    report["findings"] = findings(stages, retrain_run.history, teacher_run.history, len(val_set))
+    report = _report(MODEL, settings, len(val_set), stages, teacher_run, retrain_run,
+                     {"teacher": teacher_seconds, "retrain": retrain_seconds})
     if order is not None:
         report["order"] = order
     report["wall_seconds"] = time.perf_counter() - t0
-    _plot(out / "demo.png", stages, retrain_run.history, teacher_run.history)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(_report_md(report))
+    _write_report(out, report, _report_md)
     return report
 
 

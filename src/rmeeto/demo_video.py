@@ -18,20 +18,13 @@ horizontal flip would turn "right" into "left" without changing the label.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
-from rmeeto.demo import _plot, findings
-from rmeeto.merge import MergeConfig
+from rmeeto.demo import _layout_md, _measure, _MergePruneSettings, _report, _stage, _training_free_stages, _write_report
 from rmeeto.models import get_config
 
 __all__ = ["VideoDemoSettings", "run_video_demo", "VIDEO_MODEL"]
@@ -40,7 +33,7 @@ VIDEO_MODEL = "videomamba_test_patch4_16_f4"
 
 
 @dataclass(frozen=True)
-class VideoDemoSettings:
+class VideoDemoSettings(_MergePruneSettings):
     """Knobs of the video demo (defaults: a few minutes on 2 CPU cores; :meth:`quick` is a smoke test whose
     numbers mean nothing). Clips are ``clip_frames`` frames of ``clip_size`` px (the model samples 4)."""
 
@@ -70,42 +63,12 @@ class VideoDemoSettings:
         return cls(**{**dict(num_train=32, num_val=16, teacher_epochs=1, retrain_epochs=1, batch_size=8,
                              throughput_batch=8), **overrides})
 
-    @property
-    def merge(self) -> MergeConfig:
-        return MergeConfig(num_merged=self.num_merged)
-
-    @property
-    def prune(self) -> MergeConfig:
-        return MergeConfig(num_merged=self.num_merged, mode="prune")
-
-
-def _stage(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _measure(model, val_loader, merge_config, settings: VideoDemoSettings, progress: bool, desc: str) -> dict:
-    from rmeeto.evaluate import evaluate, measure_throughput
-    from rmeeto.flops import paper_flops, true_flops
-
-    model.eval()
-    stats = evaluate(model, val_loader, device="cpu", progress=progress, desc=desc)
-    speed = measure_throughput(model, batch_size=settings.throughput_batch,
-                               input_size=get_config(VIDEO_MODEL).input_size, device="cpu", warmup=1, repeats=3)
-    tf = true_flops(VIDEO_MODEL, merge_config)
-    return {
-        "top1": stats["top1"], "top5": stats["top5"], "val_loss": stats["loss"],
-        "paper_gflops": paper_flops(VIDEO_MODEL, merge_config), "true_gflops": tf["total"],
-        "final_tokens": tf["tokens_per_layer"][-1], "images_per_s": speed["images_per_s"],
-    }
-
 
 def _report_md(report: dict) -> str:
     s = report["settings"]
     arch = get_config(VIDEO_MODEL).arch
     merged = report["stages"]["merged (training-free)"]
-    lines = [
-        "# R-MeeTo on the synthetic video demo",
-        "",
+    intro = (
         f"Model `{VIDEO_MODEL}` ({arch.num_frames} frames of {arch.img_size} px, {arch.num_tokens} tokens: "
         f"{arch.num_patches} space-time patches + the class token first). Data: synthetic PyAV-encoded clips of a "
         f"square moving right/left/down/up (the label; time order matters), {s['num_train']} training and "
@@ -113,40 +76,10 @@ def _report_md(report: dict) -> str:
         f"{s['num_merged']} tokens at each of layers {', '.join(map(str, report['merging_layers']))} over the "
         f"flattened space-time tokens ({report['tokens_per_layer_merged'][0]} -> {merged['final_tokens']} "
         f"tokens). Teacher trained from scratch for {s['teacher_epochs']} epochs; re-training "
-        f"{s['retrain_epochs']} epochs with alpha={s['alpha']}.",
-        "",
-        "| stage | top-1 (%) | top-5 (%) | paper GFLOPs | true GFLOPs | final tokens | clips/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, st in report["stages"].items():
-        lines.append(f"| {name} | {st['top1']:.2f} | {st['top5']:.2f} | {st['paper_gflops']:.5f} | "
-                     f"{st['true_gflops']:.5f} | {st['final_tokens']} | {st['images_per_s']:.0f} |")
-    lines += ["", "Re-training (merged student, distilled from the teacher):", "",
-              "| epoch | train loss | val top-1 (%) | val top-5 (%) | lr |", "|---:|---:|---:|---:|---:|",
-              f"| 0 (training-free) | - | {merged['top1']:.2f} | {merged['top5']:.2f} | - |"]
-    for h in report["retrain_history"]:
-        lines.append(f"| {h['epoch'] + 1} | {h['train_loss']:.4f} | {h['top1']:.2f} | {h['top5']:.2f} | "
-                     f"{h['lr']:.2e} |")
-    lines += ["", "## Findings (computed from the numbers above)", ""]
-    for f in report["findings"]:
-        lines.append(f"- **{f['claim']}**: {'holds' if f['holds'] else 'does NOT hold here'} — {f['text']}."
-                     + (f" Note: {f['note']}." if f.get("note") else ""))
-    if not all(f["holds"] for f in report["findings"]):
-        lines += ["", "At this toy scale (a few hundred synthetic clips, a 4-layer width-32 model, a few CPU "
-                      "minutes) not every claim of the paper reproduces; the numbers are reported as measured."]
-    lines += [
-        "",
-        "GFLOPs are multiply-adds per clip: *paper* is the official formula (one scan direction, requested token "
-        "counts), *true* counts both scan directions on the real schedule. Clips/s: CPU, batch "
-        f"{s['throughput_batch']}, {report['environment']['threads']} thread(s), fp32, 3 timed forwards — a rough "
-        "indication, noisy on a shared machine.",
-        "",
-        f"Wall time: {report['wall_seconds']:.0f} s (data {report['seconds']['data']:.0f} s, teacher "
-        f"{report['seconds']['teacher']:.0f} s, re-training {report['seconds']['retrain']:.0f} s). Plot: "
-        "`demo.png`. Clips: `data/`. Checkpoints: `teacher/best.pth`, `retrain/best.pth`.",
-        "",
-    ]
-    return "\n".join(lines)
+        f"{s['retrain_epochs']} epochs with alpha={s['alpha']}.")
+    return _layout_md(report, "R-MeeTo on the synthetic video demo", intro, "clip", 5,
+                      "a few hundred synthetic clips, a 4-layer width-32 model, a few CPU minutes",
+                      "Clips: `data/`. Checkpoints: `teacher/best.pth`, `retrain/best.pth`.", [])
 
 
 def run_video_demo(out: str | os.PathLike = "out/demo_video", settings: Optional[VideoDemoSettings] = None,
@@ -155,7 +88,6 @@ def run_video_demo(out: str | os.PathLike = "out/demo_video", settings: Optional
     keys of :func:`rmeeto.demo.run_demo`'s, so :func:`rmeeto.demo.format_table` prints it)."""
     from torch.utils.data import DataLoader
 
-    from rmeeto.evaluate import load_model_for_eval
     from rmeeto.train import TrainConfig, train
     from rmeeto.video import build_clip_dataset, collate_clips, write_synthetic_clip_folder
 
@@ -185,14 +117,8 @@ def run_video_demo(out: str | os.PathLike = "out/demo_video", settings: Optional
     teacher_seconds = time.perf_counter() - t
     teacher_ckpt = str(out / "teacher" / "best.pth")
 
-    stages: dict[str, dict] = {}
     _stage(f"[3/5] evaluating the teacher; training-free merging / pruning {settings.num_merged} tokens")
-    stages["teacher"] = _measure(load_model_for_eval(VIDEO_MODEL, teacher_ckpt), val_loader, None, settings,
-                                 progress, "teacher")
-    stages["merged (training-free)"] = _measure(load_model_for_eval(VIDEO_MODEL, teacher_ckpt, settings.merge),
-                                                val_loader, settings.merge, settings, progress, "merged")
-    stages["pruned (training-free)"] = _measure(load_model_for_eval(VIDEO_MODEL, teacher_ckpt, settings.prune),
-                                                val_loader, settings.prune, settings, progress, "pruned")
+    stages = _training_free_stages(VIDEO_MODEL, teacher_ckpt, val_loader, settings, progress)
 
     _stage(f"[4/5] re-training the merged model with distillation ({settings.retrain_epochs} epochs)")
     t = time.perf_counter()
@@ -203,28 +129,12 @@ def run_video_demo(out: str | os.PathLike = "out/demo_video", settings: Optional
         raise KeyboardInterrupt
     retrain_seconds = time.perf_counter() - t
     stages["merged + re-trained"] = _measure(retrain_run.model, val_loader, settings.merge, settings, progress,
-                                             "re-trained")
+                                             "re-trained", VIDEO_MODEL)
 
     _stage("[5/5] writing the report")
-    sched = settings.merge.schedule(cfg.arch.num_tokens, cfg.arch.depth, cfg.arch.cls_index)
-    report: dict[str, Any] = {
-        "task": "video",
-        "model": VIDEO_MODEL,
-        "settings": dataclasses.asdict(settings),
-        "merge_config": settings.merge.to_dict(),
-        "merging_layers": [s.layer for s in sched if s.merging],
-        "tokens_per_layer_merged": [s.tokens_in for s in sched],
-        "val_images": len(val_set),
-        "stages": stages,
-        "teacher_history": teacher_run.history,
-        "retrain_history": retrain_run.history,
-        "seconds": {"data": data_seconds, "teacher": teacher_seconds, "retrain": retrain_seconds},
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "cpu_count": os.cpu_count(), "platform": platform.platform()},
-    }
-    report["findings"] = findings(stages, retrain_run.history, teacher_run.history, len(val_set))
+    report: dict[str, Any] = {"task": "video", **_report(
+        VIDEO_MODEL, settings, len(val_set), stages, teacher_run, retrain_run,
+        {"data": data_seconds, "teacher": teacher_seconds, "retrain": retrain_seconds})}
     report["wall_seconds"] = time.perf_counter() - t0
-    _plot(out / "demo.png", stages, retrain_run.history, teacher_run.history)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(_report_md(report))
+    _write_report(out, report, _report_md)
     return report

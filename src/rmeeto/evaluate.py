@@ -44,6 +44,22 @@ def _progress_enabled(progress: bool) -> bool:
     return bool(progress) and _dist_rank() == 0 and sys.stderr.isatty()
 
 
+def topk_hits(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Whether each of the top-min(5, classes) predictions is the target: ``scores [batch, classes]``,
+    ``targets [batch]`` -> bool [batch, k], best first (column 0: top-1 hit; any along a row: top-5 hit)."""
+    topk = scores.topk(min(5, scores.shape[-1]), dim=-1).indices  # [batch, k]
+    return topk.eq(targets[:, None])
+
+
+def sum_over_ranks(totals: torch.Tensor) -> torch.Tensor:
+    """``totals`` summed in place over the ranks of an initialised ``torch.distributed`` process group (each
+    rank scored its own shard); unchanged without one. Returns ``totals``."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+    return totals
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -86,9 +102,7 @@ def evaluate(
             with autocast(device, amp_dtype):
                 logits = model(images)
             logits = logits.float()
-            k = min(5, logits.shape[-1])
-            topk = logits.topk(k, dim=-1).indices  # [batch, k]
-            hits = topk.eq(targets[:, None])
+            hits = topk_hits(logits, targets)
             totals[0] += hits[:, 0].sum()
             totals[1] += hits.any(dim=-1).sum()
             totals[2] += F.cross_entropy(logits, targets, reduction="sum").double()
@@ -102,10 +116,7 @@ def evaluate(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-    correct1, correct5, loss_sum, n, nonfinite = totals.tolist()
+    correct1, correct5, loss_sum, n, nonfinite = sum_over_ranks(totals).tolist()
     n = int(n)
     denom = max(n, 1)
     return {

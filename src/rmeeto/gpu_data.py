@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from rmeeto._typing import PathLike, Tensor
 from rmeeto.data import (Batch, DataError, ImageFolderDataset, IMG_EXTENSIONS, SkippedSample, check_image_size,
                          read_rgb)
 from rmeeto.models import IMAGENET_MEAN, IMAGENET_STD
@@ -95,9 +96,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-Tensor = torch.Tensor
-PathLike = Union[str, os.PathLike]
 
 PIPELINES = ("auto", "cpu", "gpu")
 INTERPOLATIONS = ("bicubic", "bilinear")
@@ -616,6 +614,17 @@ def _check_common(img_size: int, mean, std, interpolation: str) -> None:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
 
 
+def _decode_kept(batch: Optional[EncodedBatch],
+                 device: Union[str, torch.device]) -> Optional[tuple[list, list, list]]:
+    """:func:`decode_images` of ``batch``, plus ``keep``: the indices of the images that decoded. ``None`` when
+    there is no batch or no image of it decoded (the transforms then return ``None``: loops skip such batches)."""
+    if batch is None:
+        return None
+    images, skipped = decode_images(batch, device)
+    keep = [i for i, img in enumerate(images) if img is not None]
+    return (images, keep, skipped) if keep else None
+
+
 @dataclass
 class GpuEvalTransform:
     """Evaluation on the device: :class:`EncodedBatch` -> :class:`~rmeeto.data.Batch` (images float32
@@ -644,12 +653,10 @@ class GpuEvalTransform:
         return TF.center_crop(_resize(img, size, self.interpolation), [self.img_size, self.img_size])
 
     def __call__(self, batch: Optional[EncodedBatch]) -> Optional[Batch]:
-        if batch is None:
+        decoded = _decode_kept(batch, self.device)
+        if decoded is None:
             return None
-        images, skipped = decode_images(batch, self.device)
-        keep = [i for i, img in enumerate(images) if img is not None]
-        if not keep:
-            return None
+        images, keep, skipped = decoded
         x = torch.stack([self.crop(images[i]) for i in keep])
         labels = batch.labels[keep].to(self.device, non_blocking=True)
         return Batch((x - self._mean) / self._std, labels, skipped)
@@ -708,12 +715,10 @@ class GpuTrainTransform:
         return x.flip(-1) if rng.random() < self.hflip else x
 
     def __call__(self, batch: Optional[EncodedBatch]) -> Optional[Batch]:
-        if batch is None:
+        decoded = _decode_kept(batch, self.device)
+        if decoded is None:
             return None
-        images, skipped = decode_images(batch, self.device)
-        keep = [i for i, img in enumerate(images) if img is not None]
-        if not keep:
-            return None
+        images, keep, skipped = decoded
         rngs = [random.Random(batch.seeds[i]) for i in keep]
         x = torch.stack([self._crop(images[i], rng) for i, rng in zip(keep, rngs)])
         if self.policy is not None:

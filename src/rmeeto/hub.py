@@ -116,24 +116,23 @@ PRETRAINED: tuple[Pretrained, ...] = (
     Pretrained("videomamba_small_patch16_224_f8", "k400", "OpenGVLab/VideoMamba", "videomamba_s16_k400_f8_res224.pth"),
     Pretrained("videomamba_middle_patch16_224_f8", "k400", "OpenGVLab/VideoMamba", "videomamba_m16_k400_f8_res224.pth"),
     # -------------------------------------------------------------------- R-MeeTo re-trained (merged) weights
-    Pretrained("vim_tiny_patch16_224", "rmeeto_r5_in1k", _RMEETO, f"Vim-Ti_30epoch_75.3/{_RMEETO_FILE}",
-               merge=_RMEETO_TI, top1=75.3, checked=False),
-    Pretrained("vim_small_patch16_224", "rmeeto_r11_in1k", _RMEETO, f"Vim-S_15epoch_80.0/{_RMEETO_FILE}",
-               merge=_RMEETO_SB, top1=79.9, checked=False),
-    Pretrained("vim_base_patch16_224", "rmeeto_r11_in1k", _RMEETO, f"Vim-B_15epochs_81.3/{_RMEETO_FILE}",
-               merge=_RMEETO_SB, use_ema=True, top1=81.3, checked=False),
-    Pretrained("videomamba_tiny_patch16_224", "rmeeto_r5_in1k", _RMEETO,
-               f"VideoMamba-Ti_30epoch_75.9/{_RMEETO_FILE}", merge=_RMEETO_TI, top1=75.9, checked=False),
-    Pretrained("videomamba_small_patch16_224", "rmeeto_r11_in1k", _RMEETO,
-               f"VideoMamba-S_15epochs_80.1/{_RMEETO_FILE}", merge=_RMEETO_SB, top1=80.1, checked=False),
-    Pretrained("videomamba_base_patch16_224", "rmeeto_r11_in1k", _RMEETO,
-               f"VideoMamba-B_15epochs_81.9/{_RMEETO_FILE}", merge=_RMEETO_SB, top1=81.9, checked=False),
-    Pretrained("videomamba_tiny_patch16_224_f8", "rmeeto_r88_k400", _RMEETO,
-               f"K400_VideoMamba-Ti_30epochs_76.5/{_RMEETO_FILE}", merge=_RMEETO_K400, top1=76.5, checked=False),
-    Pretrained("videomamba_small_patch16_224_f8", "rmeeto_r88_k400", _RMEETO,
-               f"K400_VideoMamba-S_15epochs_78.5/{_RMEETO_FILE}", merge=_RMEETO_K400, top1=78.5, checked=False),
-    Pretrained("videomamba_middle_patch16_224_f8", "rmeeto_r88_k400", _RMEETO,
-               f"K400_VideoMamba-M_15epochs_78.9/{_RMEETO_FILE}", merge=_RMEETO_K400, top1=78.9, checked=False),
+    *(Pretrained(model, tag, _RMEETO, f"{folder}/{_RMEETO_FILE}", merge=merge, use_ema=use_ema, top1=top1,
+                 checked=False)
+      for model, tag, folder, merge, use_ema, top1 in (
+          # model, tag, folder of the release, merge preset, use_ema, published top-1
+          ("vim_tiny_patch16_224", "rmeeto_r5_in1k", "Vim-Ti_30epoch_75.3", _RMEETO_TI, False, 75.3),
+          ("vim_small_patch16_224", "rmeeto_r11_in1k", "Vim-S_15epoch_80.0", _RMEETO_SB, False, 79.9),
+          ("vim_base_patch16_224", "rmeeto_r11_in1k", "Vim-B_15epochs_81.3", _RMEETO_SB, True, 81.3),
+          ("videomamba_tiny_patch16_224", "rmeeto_r5_in1k", "VideoMamba-Ti_30epoch_75.9", _RMEETO_TI, False, 75.9),
+          ("videomamba_small_patch16_224", "rmeeto_r11_in1k", "VideoMamba-S_15epochs_80.1", _RMEETO_SB, False, 80.1),
+          ("videomamba_base_patch16_224", "rmeeto_r11_in1k", "VideoMamba-B_15epochs_81.9", _RMEETO_SB, False, 81.9),
+          ("videomamba_tiny_patch16_224_f8", "rmeeto_r88_k400", "K400_VideoMamba-Ti_30epochs_76.5", _RMEETO_K400,
+           False, 76.5),
+          ("videomamba_small_patch16_224_f8", "rmeeto_r88_k400", "K400_VideoMamba-S_15epochs_78.5", _RMEETO_K400,
+           False, 78.5),
+          ("videomamba_middle_patch16_224_f8", "rmeeto_r88_k400", "K400_VideoMamba-M_15epochs_78.9", _RMEETO_K400,
+           False, 78.9),
+      )),
 )
 
 

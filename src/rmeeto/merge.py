@@ -211,22 +211,29 @@ def plan_cls_index(cls_index: int, num_tokens: int, num_merged: int, ordered: bo
     return min((cls_index * (t1 - num_merged)) // t1, t1 - num_merged)
 
 
+def requested_merges(config: MergeConfig, layers: list[int], host: str, unit: str) -> dict[int, int]:
+    """``{layer: num_merged requested there}`` for the merging ``layers`` (a tuple ``num_merged`` gives one count
+    per merging layer, an int the same count at each). ``host``/``unit`` name the model and its layers in the
+    error raised when a tuple's length does not match."""
+    if not isinstance(config.num_merged, tuple):
+        return {layer: config.num_merged for layer in layers}
+    if len(config.num_merged) != len(layers):
+        raise ValueError(f"num_merged has {len(config.num_merged)} entries but this {host} merges at {len(layers)} "
+                         f"{unit} ({layers})")
+    return dict(zip(layers, config.num_merged))
+
+
 def merge_schedule(config: MergeConfig, num_tokens: int, depth: int, cls_index: Optional[int] = None):
     cls_index = (num_tokens - 1) // 2 if cls_index is None else cls_index
     layers = config.merging_layers(depth)
-    if isinstance(config.num_merged, tuple) and len(config.num_merged) != len(layers):
-        raise ValueError(
-            f"num_merged has {len(config.num_merged)} entries but this model merges at {len(layers)} layers "
-            f"({layers})"
-        )
+    requested_at = requested_merges(config, layers, "model", "layers")
     last = layers[-1] if layers else None
     out, n, cls = [], num_tokens, cls_index
     for i in range(depth):
-        if i not in layers:
+        if i not in requested_at:
             out.append(LayerSchedule(i, False, n, cls, 0, 0, n, cls))
             continue
-        k = layers.index(i)
-        requested = config.num_merged[k] if isinstance(config.num_merged, tuple) else config.num_merged
+        requested = requested_at[i]
         if config.final_tokens is not None and i == last:
             requested = n - config.final_tokens
         r = max(0, min(requested, (n - 1) // 2))

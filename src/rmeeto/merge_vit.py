@@ -41,6 +41,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from rmeeto.merge import (
     BackbonePatch, LayerSchedule, MergeConfig, bipartite_match, merge_streams, merge_tokens, register_backbone_patch,
+    requested_merges,
 )
 from rmeeto.models.vim import TokenState
 from rmeeto.models.vit import ViTArch, is_vit
@@ -87,18 +88,13 @@ def vit_schedule(config: MergeConfig, num_tokens: int, depth: int) -> list[Layer
     """Static plan per block (tokens entering it, tokens after its merge; class index always 0). ``num_merged``
     is clamped to (tokens - 1) // 2 as in the Vim schedule."""
     _check_config(config)
-    layers = vit_merging_layers(config, depth)
-    if isinstance(config.num_merged, tuple) and len(config.num_merged) != len(layers):
-        raise ValueError(
-            f"num_merged has {len(config.num_merged)} entries but this ViT merges at {len(layers)} blocks ({layers})"
-        )
+    requested_at = requested_merges(config, vit_merging_layers(config, depth), "ViT", "blocks")
     out, n = [], num_tokens
     for i in range(depth):
-        if i not in layers:
+        if i not in requested_at:
             out.append(LayerSchedule(i, False, n, CLS_INDEX, 0, 0, n, CLS_INDEX))
             continue
-        k = layers.index(i)
-        requested = config.num_merged[k] if isinstance(config.num_merged, tuple) else config.num_merged
+        requested = requested_at[i]
         r = max(0, min(requested, (n - 1) // 2))
         out.append(LayerSchedule(i, True, n, CLS_INDEX, r, requested, n - r, CLS_INDEX))
         n -= r

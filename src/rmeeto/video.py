@@ -49,9 +49,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
-from rmeeto.data import Batch, DataError, SkipLog, SkippedSample
+from rmeeto._typing import PathLike, Tensor
+from rmeeto.data import Batch, DataError, SkipLog, SkippedSample, collate_skip_none
+from rmeeto.evaluate import sum_over_ranks, topk_hits
 from rmeeto.models import IMAGENET_MEAN, IMAGENET_STD
 from rmeeto.runtime import autocast
 
@@ -81,9 +83,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-Tensor = torch.Tensor
-PathLike = Union[str, os.PathLike]
 
 MODES = ("train", "val", "test")
 RAND_AUGMENT = "rand-m5-n2-mstd0.25-inc1"  # the VideoMamba Kinetics fine-tuning recipe
@@ -596,12 +595,7 @@ def collate_clips(samples: Sequence[Any]) -> Optional[Batch]:
     flat: list[Any] = []
     for s in samples:
         flat.extend(s if isinstance(s, list) else [s])
-    good = [s for s in flat if s is not None and not isinstance(s, SkippedSample)]
-    skipped = [s for s in flat if isinstance(s, SkippedSample)]
-    if not good:
-        return None
-    clips, labels = default_collate(good)
-    return Batch(clips, labels, skipped)
+    return collate_skip_none(flat)  # views were flattened: the image collate applies unchanged
 
 
 # --------------------------------------------------------------------------------------------- data folders
@@ -698,14 +692,8 @@ def predict_views(model: nn.Module, views: Tensor, view_chunk: Optional[int] = N
 
 
 @torch.no_grad()
-def evaluate_views(
-    model: nn.Module,
-    loader: Iterable,
-    *,
-    device: Union[str, torch.device] = "cpu",
-    amp_dtype: Optional[torch.dtype] = None,
-    view_chunk: Optional[int] = None,
-) -> dict:
+def evaluate_views(model: nn.Module, loader: Iterable, *, device: Union[str, torch.device] = "cpu",
+                   amp_dtype: Optional[torch.dtype] = None, view_chunk: Optional[int] = None) -> dict:
     """Top-1 / top-5 (percent) of view-averaged softmax predictions over ``loader`` (batches of
     :func:`collate_clips`: ``(views [batch, V, 3, T, H, W], labels)``, or ``None``; single clips also work).
 
@@ -726,18 +714,15 @@ def evaluate_views(
             views, labels = batch[0].to(device), batch[1].to(device)
             with autocast(device, amp_dtype):
                 probs = predict_views(model, views, view_chunk)
-            top = probs.topk(min(5, probs.shape[-1]), dim=-1).indices
-            hits = top.eq(labels[:, None])
+            hits = topk_hits(probs, labels)
             correct1 += int(hits[:, 0].sum())
             correct5 += int(hits.any(-1).sum())
             n += labels.numel()
     finally:
         model.train(was_training)
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():  # each rank scored its shard: sum, as rmeeto.evaluate
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # each rank scored its shard
         totals = torch.tensor([correct1, correct5, n], dtype=torch.float64, device=device)
-        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-        correct1, correct5, n = (int(v) for v in totals.tolist())
+        correct1, correct5, n = (int(v) for v in sum_over_ranks(totals).tolist())
     denom = max(n, 1)
     return {"top1": 100.0 * correct1 / denom, "top5": 100.0 * correct5 / denom, "n": n, "skipped": skips.count}
 

@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 from typing import Optional
 
-from rmeeto.cli._types import nonneg_int, positive_int, unit_float
+from rmeeto.cli._types import nonneg_int, parse_int_at_least, positive_int, unit_float
 from rmeeto.backbones import default_interval, is_vit_name, schedule_for
 from rmeeto.merge import DISTANCES, METRICS, REDUCES, MergeConfig, warn_if_merging_nowhere
 from rmeeto.models import get_config
@@ -64,25 +64,14 @@ def _choose(text: str) -> int:
         return 1
     if t.endswith("c"):
         t = t[:-1]
-    try:
-        value = int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'max', an integer k >= 1 or 'kc' (e.g. 3c), got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected k >= 1, got {text!r}")
-    return value
+    return parse_int_at_least(t, 1, text, "expected 'max', an integer k >= 1 or 'kc' (e.g. 3c)", "expected k >= 1")
 
 
 def _final_tokens(text: str):
     if text.strip().lower() in (_NO_FINAL, "0"):
         return _NO_FINAL
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2 or 'none', got {text!r}") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (class token + one patch) or 'none', got {text!r}")
-    return value
+    return parse_int_at_least(text, 2, text, "expected an integer >= 2 or 'none'",
+                              "expected an integer >= 2 (class token + one patch) or 'none'")
 
 
 def add_merge_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:

@@ -10,16 +10,23 @@ def int_at_least(minimum: int):
     """An argparse type accepting integers >= ``minimum``."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
+        expected = f"expected an integer >= {minimum}"
+        return parse_int_at_least(text, minimum, text, expected, expected)
 
     parse.__name__ = f"int>={minimum}"
     return parse
+
+
+def parse_int_at_least(digits: str, minimum: int, text: str, not_int: str, too_small: str) -> int:
+    """``int(digits)``, refused with ``not_int`` / ``too_small`` (each followed by the user's ``text``) when it
+    is not an integer / is below ``minimum``."""
+    try:
+        value = int(digits)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{not_int}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{too_small}, got {text!r}")
+    return value
 
 
 positive_int = int_at_least(1)

@@ -9,33 +9,24 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 from rmeeto.models import vit as _vit
 from rmeeto.models._arch import VimArch
+from rmeeto.models._meta import IMAGENET_MEAN, IMAGENET_STD, NamedModelConfig
 
 __all__ = ["ModelConfig", "register_model", "get_config", "list_models", "match_model",
            "IMAGENET_MEAN", "IMAGENET_STD"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """A named model: its architecture (:class:`VimArch`) and everything about it that is not architecture."""
+class ModelConfig(NamedModelConfig):
+    """A named model: its architecture (:class:`VimArch`) and everything about it that is not architecture
+    (the fields of :class:`~rmeeto.models._meta.NamedModelConfig`)."""
 
-    name: str
     arch: VimArch
-    description: str = ""
-    checkpoint: Optional[str] = None  # official file name, for users who hold it
-    top1: Optional[float] = None  # published ImageNet-1k top-1 of that file
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
-    paper_merge: dict[str, Any] = field(default_factory=dict)  # R-MeeTo defaults, read by MergeConfig.paper
 
     def __post_init__(self):
         if not isinstance(self.arch, VimArch):

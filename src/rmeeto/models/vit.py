@@ -13,7 +13,7 @@ two tiny ViTs for tests and the digits demo) consulted by :func:`rmeeto.create_m
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import torch.nn as nn
@@ -21,11 +21,9 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
 from rmeeto.checkpoint import FilterResult, plain_filter, register_checkpoint_filter
+from rmeeto.models._meta import NamedModelConfig
 
 __all__ = ["ViTArch", "ViTConfig", "VIT_MODELS", "is_vit", "create_vit", "register_vit", "checkpoint_filter_fn"]
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def is_vit(model: nn.Module) -> bool:
@@ -60,7 +58,7 @@ class ViTArch:
 
 
 @dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(NamedModelConfig):
     """Everything about a named ViT that is not architecture (mirrors :class:`rmeeto.models.ModelConfig`).
 
     timm_name: build through ``timm.create_model(timm_name)`` (the DeiT rows); None = build
@@ -69,17 +67,8 @@ class ViTConfig:
         block (5 / 11 / 11 for Ti / S / B; the release's registry default for B is 17).
     """
 
-    name: str
     arch: ViTArch
     timm_name: Optional[str] = None
-    description: str = ""
-    checkpoint: Optional[str] = None  # official file name, for users who hold it
-    top1: Optional[float] = None  # published ImageNet-1k top-1 of that file
-    mean: tuple[float, float, float] = _IMAGENET_MEAN
-    std: tuple[float, float, float] = _IMAGENET_STD
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
-    paper_merge: dict[str, Any] = field(default_factory=dict)
     backbone: str = "vit"
 
     @property
