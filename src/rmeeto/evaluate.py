@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rmeeto.merge import MergeConfig
+from rmeeto.metrics import sum_over_ranks, topk_hits
 from rmeeto.runtime import autocast, resolve_device, resolve_dtype
 from rmeeto.timing import OFFICIAL, measure
 
@@ -42,22 +43,6 @@ def _dist_rank() -> int:
 
 def _progress_enabled(progress: bool) -> bool:
     return bool(progress) and _dist_rank() == 0 and sys.stderr.isatty()
-
-
-def topk_hits(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Whether each of the top-min(5, classes) predictions is the target: ``scores [batch, classes]``,
-    ``targets [batch]`` -> bool [batch, k], best first (column 0: top-1 hit; any along a row: top-5 hit)."""
-    topk = scores.topk(min(5, scores.shape[-1]), dim=-1).indices  # [batch, k]
-    return topk.eq(targets[:, None])
-
-
-def sum_over_ranks(totals: torch.Tensor) -> torch.Tensor:
-    """``totals`` summed in place over the ranks of an initialised ``torch.distributed`` process group (each
-    rank scored its own shard); unchanged without one. Returns ``totals``."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-    return totals
 
 
 @torch.no_grad()

@@ -53,7 +53,7 @@ from torch.utils.data import Dataset
 
 from rmeeto._typing import PathLike, Tensor
 from rmeeto.data import Batch, DataError, SkipLog, SkippedSample, collate_skip_none
-from rmeeto.evaluate import sum_over_ranks, topk_hits
+from rmeeto.metrics import sum_over_ranks, topk_hits
 from rmeeto.models import IMAGENET_MEAN, IMAGENET_STD
 from rmeeto.runtime import autocast
 
