@@ -254,6 +254,30 @@ def test_sweep_command_writes_csv_and_plot(tmp_path, biased_checkpoint):
         assert img.width >= 800 and img.height >= 300
 
 
+@pytest.mark.slow
+def test_sweep_csv_write_failure_keeps_previous_table(tmp_path, biased_checkpoint, monkeypatch, capsys):
+    """sweep.csv goes through a temporary file and a rename: a disk-full rename leaves the previous table as it was
+    and no temporary file behind, and the command fails with one line naming the file."""
+    import errno
+    import os
+
+    previous = "mode,layout\nmerge,ordered\n"
+    (tmp_path / "sweep.csv").write_text(previous)
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    rc = main(["sweep", MODEL, "--checkpoint", biased_checkpoint, "--num-merged", "0", "--modes", "merge",
+               "--layouts", "ordered", "--limit", "4", "--batch-size", "4", "--no-throughput",
+               "--out", str(tmp_path), "--no-progress", *RUN])
+    assert rc != 0
+    assert (tmp_path / "sweep.csv").read_text() == previous
+    assert not list(tmp_path.glob(".sweep.csv.*"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "sweep.csv" in err[-1] and "unchanged" in err[-1]
+
+
 # ============================================================================================ visualize command
 @pytest.mark.slow
 def test_visualize_command_digits_and_files(tmp_path, biased_checkpoint, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import sys
 import warnings
@@ -26,6 +27,7 @@ from rmeeto.cli.eval import (
     num_classes_for,
     resolve_amp,
     resolve_device,
+    write_file_atomic,
 )
 from rmeeto.merge import METRICS
 
@@ -223,10 +225,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     csv_path, png_path = out / "sweep.csv", out / "sweep.png"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    # through a temporary file and a rename: a full disk or a kill mid-write leaves any previous sweep.csv intact
+    write_file_atomic(csv_path, table.getvalue(), "--out")
     dtype = dtype_name(amp)
     plot_sweep(rows, png_path, f"{args.model} on {args.data} ({rows[0]['n']} {unit}), training-free",
                speed_label=f"{unit} / s ({device.type}, random batch of {tp_batch}, {dtype})")
