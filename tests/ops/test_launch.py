@@ -1,0 +1,103 @@
+"""The key of the cached Triton launcher (rmeeto.ops.triton._launch): two calls may share a compiled kernel only
+if Triton would have compiled them the same. Pure functions, checked on CPU against Triton's own specialisation."""
+
+import itertools
+
+import pytest
+import torch
+
+from rmeeto.ops import policy
+from rmeeto.ops.triton import _launch
+from rmeeto.ops.triton._launch import CONSTEXPR, NO_ALIGN, NO_SPECIALIZE, SPECIALIZE, arg_key, specialization_key
+
+MODES = (SPECIALIZE, NO_ALIGN, NO_SPECIALIZE)
+
+
+def _key(args, modes, meta=None):
+    return specialization_key(0, tuple(args), tuple(modes), meta or {})
+
+
+def test_pointer_alignment_is_in_the_key_unless_not_specialised():
+    buf = torch.zeros(64, dtype=torch.float16)
+    aligned, offset = buf, buf[1:]  # 2-byte offset: not a multiple of 16
+    assert aligned.data_ptr() % 16 == 0 and offset.data_ptr() % 16 != 0
+    assert _key([aligned], [SPECIALIZE]) != _key([offset], [SPECIALIZE])
+    assert _key([aligned], [NO_ALIGN]) == _key([offset], [NO_ALIGN])
+    assert _key([aligned], [NO_SPECIALIZE]) == _key([offset], [NO_SPECIALIZE])
+    assert _key([buf[8:]], [SPECIALIZE]) == _key([aligned], [SPECIALIZE])  # 16 bytes further: aligned again
+    assert _key([aligned], [SPECIALIZE]) != _key([aligned.float()], [SPECIALIZE])  # dtype
+
+
+def test_integer_divisibility_one_and_width():
+    assert _key([16], [SPECIALIZE]) != _key([17], [SPECIALIZE])
+    assert _key([16], [NO_ALIGN]) == _key([17], [NO_ALIGN])
+    assert _key([16], [NO_SPECIALIZE]) == _key([17], [NO_SPECIALIZE])
+    for mode in (SPECIALIZE, NO_ALIGN):  # a specialised 1 becomes a constant
+        assert _key([1], [mode]) != _key([17], [mode])
+    assert _key([1], [NO_SPECIALIZE]) == _key([17], [NO_SPECIALIZE])
+    for mode in MODES:  # i32 / i64 / u64 are different signatures
+        assert len({_key([v], [mode]) for v in (3, 2**31 + 3, 2**63 + 3)}) == 3
+
+
+def test_constexprs_options_and_device_are_in_the_key():
+    assert _key([True], [CONSTEXPR]) != _key([1], [CONSTEXPR])  # equal as Python values
+    assert _key([], [], {"BLOCK": 32}) != _key([], [], {"BLOCK": 64})
+    assert _key([], [], {"BLOCK": True}) != _key([], [], {"BLOCK": 1})
+    assert _key([], [], {"num_warps": 4}) != _key([], [], {"num_warps": 8})
+    assert specialization_key(0, (), (), {}) != specialization_key(1, (), (), {})
+    assert _key([None], [SPECIALIZE]) != _key([0], [SPECIALIZE])
+    assert _key([2.0], [SPECIALIZE]) == _key([3.5], [SPECIALIZE])  # floats are never specialised
+
+
+def test_unsupported_arguments_raise():
+    with pytest.raises(_launch._Unsupported):
+        arg_key(torch.tensor(1).numpy(), SPECIALIZE)  # a numpy scalar: the plain launch handles it
+
+
+def test_equal_keys_imply_equal_triton_specialisation():
+    """On the Triton installed here: for every pair of sample arguments and every mode, the keys are equal exactly
+    when Triton's native specialisations are (a coarser key would launch wrong kernels, a finer one recompile)."""
+    pytest.importorskip("triton")
+    try:
+        from triton._C.libtriton import native_specialize_impl
+        from triton.backends.compiler import BaseBackend
+    except ImportError:
+        pytest.skip("this Triton has no native_specialize_impl")
+    buf = torch.zeros(256, dtype=torch.float16)
+    samples = [buf, buf[1:], buf[8:], buf[4:], buf.float(), buf.bfloat16()[3:], torch.zeros(5, dtype=torch.int64),
+               torch.zeros(3, dtype=torch.bool), 0, 1, 2, 16, 17, 32, -16, -1, 2**31 - 1, 2**31, 2**31 + 16,
+               -2**31, -2**31 - 1, 2**40, 2**63, 2**63 + 16, True, False, 0.5, 1.0, None]
+    flags = {SPECIALIZE: (True, True), NO_ALIGN: (True, False), NO_SPECIALIZE: (False, False)}
+    for mode in MODES:
+        spec, align = flags[mode]
+        native = [native_specialize_impl(BaseBackend, v, False, spec, align) for v in samples]
+        keys = [arg_key(v, mode) for v in samples]
+        for (k1, n1), (k2, n2) in itertools.combinations(zip(keys, native), 2):
+            assert (k1 == k2) == (n1 == n2), (mode, k1, k2, n1, n2)
+
+
+def test_param_modes_follow_the_kernel_declaration():
+    pytest.importorskip("triton")
+    from rmeeto.ops.triton import scan
+
+    kernel = scan._scan_fwd_kernel
+    if not hasattr(kernel, "params"):
+        pytest.skip("interpreted kernels carry no parameter list")
+    modes = dict(zip((p.name for p in kernel.params), _launch.param_modes(kernel)))
+    assert modes["u_ptr"] == SPECIALIZE
+    assert modes["s_u_l"] == NO_SPECIALIZE  # listed in the kernel's do_not_specialize
+    assert modes["dstate"] == SPECIALIZE
+    assert modes["BLOCK_D"] == CONSTEXPR
+
+
+def test_cpu_tensors_and_switch_take_the_plain_launch(monkeypatch):
+    calls = []
+
+    class FakeKernel:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: calls.append((grid, args, meta)) or "compiled"
+
+    assert _launch.launch(FakeKernel(), (2,), torch.device("cpu"), 1, 2, BLOCK=4) == "compiled"
+    monkeypatch.setattr(policy, "_fast_launch", False)
+    assert not policy.fast_launch()
+    assert calls == [((2,), (1, 2), {"BLOCK": 4})]
