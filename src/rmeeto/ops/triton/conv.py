@@ -211,18 +211,20 @@ def _conv_silu_triton_bwd(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor,
 
 
 def _conv_silu_bwd_torch(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor, reverse: bool):
-    """The backward in PyTorch for any number of taps K (float32). With xp = x zero-padded by K - 1 tokens
+    """The backward in PyTorch for any number of taps K. With xp = x zero-padded by K - 1 tokens
     (in front; behind with ``reverse``) the pre-activation is a[t] = bias + sum_k w'[k] xp[t + k], w' the taps
-    (mirrored with ``reverse``), so dw'[k] = sum ga[t] xp[t + k] and dxp[t + k] += w'[k] ga[t]."""
+    (mirrored with ``reverse``), so dw'[k] = sum ga[t] xp[t + k] and dxp[t + k] += w'[k] ga[t]. Computed in float32
+    (float64 inputs in float64)."""
     batch, length, dim = x.shape
     K = weight.shape[-1]
-    w = weight.reshape(dim, K).float()
+    ct = torch.promote_types(x.dtype, torch.float32)  # at least float32
+    w = weight.reshape(dim, K).to(ct)
     if reverse:
         w = w.flip(-1)
-    xp = F.pad(x.float(), (0, 0, 0, K - 1) if reverse else (0, 0, K - 1, 0))
-    a = bias.float() + sum(w[:, k] * xp[:, k:k + length] for k in range(K))
+    xp = F.pad(x.to(ct), (0, 0, 0, K - 1) if reverse else (0, 0, K - 1, 0))
+    a = bias.to(ct) + sum(w[:, k] * xp[:, k:k + length] for k in range(K))
     sig = torch.sigmoid(a)
-    ga = grad.float() * sig * (1 + a * (1 - sig))
+    ga = grad.to(ct) * sig * (1 + a * (1 - sig))
     dw = torch.stack([(ga * xp[:, k:k + length]).sum((0, 1)) for k in range(K)], dim=-1)
     dxp = torch.zeros_like(xp)
     for k in range(K):
