@@ -229,7 +229,7 @@ def _conv_silu_bwd_torch(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor, 
     dxp = torch.zeros_like(xp)
     for k in range(K):
         dxp[:, k:k + length] += w[:, k] * ga
-    dx = dxp[:, :length] if reverse else dxp[:, K - 1:]
+    dx = (dxp[:, :length] if reverse else dxp[:, K - 1:]).contiguous()  # a fresh tensor, as the kernel's
     if reverse:
         dw = dw.flip(-1)
     return dx.to(x.dtype), dw.reshape(weight.shape).to(weight.dtype), ga.sum((0, 1)).to(bias.dtype)

@@ -366,6 +366,7 @@ def _merge_setup_context(ctx, inputs, output):
     hidden, residual, size, dest, base, src, sdst = inputs
     ctx.save_for_backward(size, dest, output[2])
     ctx.dtypes = (hidden.dtype, residual.dtype)
+    ctx.mark_non_differentiable(output[2])  # sizes carry no gradient (as in _FusedMerge)
 
 
 def _merge_backward(ctx, d_h, d_r, _d_s):

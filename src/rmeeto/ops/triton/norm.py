@@ -186,6 +186,7 @@ def _setup_context(ctx, inputs, output):
     hidden, residual, weight, scale, eps = inputs
     ro, _, rstd = output
     _save(ctx, ro, rstd, weight, scale, residual is not None, hidden.dtype)
+    ctx.mark_non_differentiable(rstd)
 
 
 def _backward(ctx, d_ro, d_y, _d_rstd):
