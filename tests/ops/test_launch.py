@@ -101,3 +101,23 @@ def test_cpu_tensors_and_switch_take_the_plain_launch(monkeypatch):
     monkeypatch.setattr(policy, "_fast_launch", False)
     assert not policy.fast_launch()
     assert calls == [((2,), (1, 2), {"BLOCK": 4})]
+
+
+def test_compiled_key_function_equals_the_reference_key():
+    """The generated per-kernel key (straight-line code, fast paths for tensors and int32) gives exactly
+    specialization_key's tuple, for every mode and every kind of argument, positional constexprs included."""
+    buf = torch.zeros(64, dtype=torch.float16)
+    samples = [buf, buf[1:], buf[8:], torch.nn.Parameter(torch.zeros(4)), 0, 1, 16, 17, -16, 2**31, 2**63 + 16,
+               True, 0.5, None]
+    modes = (SPECIALIZE, NO_ALIGN, NO_SPECIALIZE, CONSTEXPR)
+    for mode in modes:
+        fn = _launch.compile_key_function((mode,))
+        for v in samples:
+            assert fn(3, {"X": 1}, v) == specialization_key(3, (v,), (mode,), {"X": 1}), (mode, v)
+    all_modes = modes * 2
+    fn = _launch.compile_key_function(all_modes)
+    args = (buf[1:], 17, 2**40, 8, buf, None, 1, 2.5)
+    meta = {"BLOCK": 64, "FLAG": True, "num_warps": 4}
+    assert fn(0, meta, *args) == specialization_key(0, args, all_modes, meta)
+    with pytest.raises(_launch._Unsupported):
+        fn(0, meta, torch.tensor(1).numpy(), *args[1:])  # a numpy scalar for a specialised parameter

@@ -34,7 +34,7 @@ import torch
 
 from rmeeto.ops import policy
 
-__all__ = ["on_device", "launch", "arg_key", "specialization_key", "param_modes",
+__all__ = ["on_device", "launch", "arg_key", "specialization_key", "compile_key_function", "param_modes",
            "CONSTEXPR", "SPECIALIZE", "NO_ALIGN", "NO_SPECIALIZE"]
 
 # How Triton treats one kernel parameter (see param_modes)
@@ -107,6 +107,37 @@ def param_modes(kernel) -> Optional[tuple]:
     return tuple(modes)
 
 
+def compile_key_function(modes: tuple):
+    """A function ``key(device_index, meta, *args)`` equal to ``specialization_key(device_index, args, modes,
+    meta)`` for ``len(modes)`` positional arguments, generated as straight-line code (one expression per
+    parameter, the common cases inline: a tensor, an int32) so the per-call key costs no Python call per
+    argument; anything else goes through :func:`arg_key` itself."""
+    exprs = []
+    for i, mode in enumerate(modes):
+        a = f"a{i}"
+        if mode == CONSTEXPR:
+            exprs.append(f"(type({a}), {a})")
+            continue
+        ptr = f"{a}.data_ptr() & 15 == 0" if mode == SPECIALIZE else "False"
+        if mode == NO_SPECIALIZE:
+            small = "'i32'"
+        elif mode == NO_ALIGN:
+            small = f"('one' if {a} == 1 else ('i32', False))"
+        else:
+            small = f"('one' if {a} == 1 else ('i32', {a} & 15 == 0))"
+        tensor = f"({a}.dtype, {ptr}) if type({a}) is _Tensor or type({a}) is _Parameter"
+        int32 = f"{small} if type({a}) is int and -_I32 <= {a} < _I32"
+        first, second = (int32, tensor) if mode == NO_SPECIALIZE else (tensor, int32)  # the likelier first
+        exprs.append(f"({first} else {second} else _arg_key({a}, {mode}))")
+    names = "".join(f", a{i}" for i in range(len(modes)))
+    src = (f"def key(device_index, meta{names}):\n"
+           f"    return (device_index, ({''.join(e + ', ' for e in exprs)}), tuple(meta.items()),"
+           f" tuple(map(type, meta.values())))\n")
+    namespace = {"_Tensor": torch.Tensor, "_Parameter": torch.nn.Parameter, "_I32": _I32, "_arg_key": arg_key}
+    exec(src, namespace)  # noqa: S102 - source built above from integers only
+    return namespace["key"]
+
+
 # ----------------------------------------------------------------------------------------------- fast path
 class _Kernel:
     """Per-kernel state: parameter names and modes, defaults, and the compiled launchers by key."""
@@ -117,7 +148,16 @@ class _Kernel:
         self.defaults = {p.name: p.default for p in kernel.params if p.has_default}
         self.pre_run_hooks = getattr(kernel, "pre_run_hooks", [])
         self.launchers: dict[tuple, tuple] = {}
-        self.tails: dict[tuple, Optional[tuple]] = {}
+        self.key_functions: dict[int, Any] = {}
+
+    def key_function(self, n_args: int):
+        """The compiled key of calls with ``n_args`` positional arguments (None: more than the kernel has)."""
+        fn = self.key_functions.get(n_args)
+        if fn is None:
+            if n_args > len(self.modes):
+                return None
+            fn = self.key_functions[n_args] = compile_key_function(self.modes[:n_args])
+        return fn
 
     def tail(self, n_args: int, meta: dict) -> Optional[tuple]:
         """Names of the parameters after the ``n_args`` positional ones, all present in ``meta`` or defaulted
@@ -209,8 +249,11 @@ def launch(kernel, grid, device: torch.device, *args, **meta):
         return _plain(kernel, grid, device, args, meta)
     current = rt.get_device()
     index = current if device.index is None else device.index
+    key_function = state.key_function(len(args))
+    if key_function is None:
+        return _plain(kernel, grid, device, args, meta)
     try:
-        key = specialization_key(index, args, state.modes, meta)
+        key = key_function(index, meta, *args)
     except _Unsupported:
         return _plain(kernel, grid, device, args, meta)
     entry = state.launchers.get(key)
@@ -219,7 +262,8 @@ def launch(kernel, grid, device: torch.device, *args, **meta):
         _remember(state, key, compiled, len(args), meta)
         return compiled
     run, function, packed, tail, compiled = entry
-    full = args + tuple(meta[n] if n in meta else state.defaults[n] for n in tail) if tail else args
+    # the launcher takes every parameter, constexprs included (it skips them), in signature order
+    full = args + tuple(map(meta.__getitem__, tail)) if tail else args
     n = len(grid)
     if index == current:
         run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, rt.get_stream(index), function, packed,
@@ -235,8 +279,8 @@ def _remember(state: _Kernel, key: tuple, compiled, n_args: int, meta: dict) -> 
     """Keep the launcher of the kernel Triton just compiled (or found) for ``key``, if it has the parts the fast
     path calls (a CompiledKernel of Triton 3.x: ``run``, ``function``, ``packed_metadata``)."""
     tail = state.tail(n_args, meta)
-    if tail is None:
-        return
+    if tail is None or not all(n in meta for n in tail):
+        return  # a parameter left to its default: rare, stays on the plain path
     try:
         run, function, packed = compiled.run, compiled.function, compiled.packed_metadata
     except Exception:
