@@ -21,7 +21,10 @@ TRITON_INTERPRET=1), ``RMEETO_FAST_LAUNCH=0`` (:func:`rmeeto.ops.policy.fast_lau
 internal (checked once), a kernel that is not a plain ``JITFunction`` or has typed parameters, a callable grid,
 an argument of a kind the key does not describe, and any call while a Triton launch hook, pre-run hook or
 stage-inspection hook is installed (those hooks must see every launch). ``TRITON_DEBUG`` and
-``TRITON_INSTRUMENTATION_MODE`` are read once: if either is set the fast path is off for the process.
+``TRITON_INSTRUMENTATION_MODE`` are read once: if either is set the fast path is off for the process. Not
+re-checked on cached calls (as Triton does on every call): that the module globals a kernel reads have not
+changed since it was compiled (ours read none that change) and ``knobs.runtime.debug`` set after the first launch.
+The fast path launches on the current stream of the device, so it is captured by CUDA graphs like any launch.
 """
 
 from __future__ import annotations

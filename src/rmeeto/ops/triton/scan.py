@@ -542,8 +542,8 @@ def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_i
         BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=cfg["num_warps"], num_stages=1,
     )
     dA = dA_p.sum(0)
-    if a_is_log:  # dL/dA_log = dL/dA * dA/dA_log = dL/dA * A
-        dA = dA * -torch.exp(A.float())
+    if a_is_log:  # dL/dA_log = dL/dA * dA/dA_log = dL/dA * A = -(dL/dA * exp(A_log)) (negation is exact)
+        dA = dA.mul_(torch.exp(A.float())).neg_()
     dA = dA.to(A.dtype)
     dB = dB_p.sum(0).transpose(1, 2).to(B.dtype)  # [batch, dstate, L] view of [batch, L, dstate]
     dC = dC_p.sum(0).transpose(1, 2).to(C.dtype)
