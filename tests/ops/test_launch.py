@@ -1,6 +1,7 @@
 """The key of the cached Triton launcher (rmeeto.ops.triton._launch): two calls may share a compiled kernel only
 if Triton would have compiled them the same. Pure functions, checked on CPU against Triton's own specialisation."""
 
+import contextlib
 import itertools
 
 import pytest
@@ -121,3 +122,93 @@ def test_compiled_key_function_equals_the_reference_key():
     assert fn(0, meta, *args) == specialization_key(0, args, all_modes, meta)
     with pytest.raises(_launch._Unsupported):
         fn(0, meta, torch.tensor(1).numpy(), *args[1:])  # a numpy scalar for a specialised parameter
+
+
+# ------------------------------------------------------------------ the fast path's logic, with a fake Triton
+class _Param:
+    def __init__(self, name, constexpr=False, nospec=False, default=None):
+        self.name, self.is_constexpr, self.do_not_specialize = name, constexpr, nospec
+        self.do_not_specialize_on_alignment = False
+        self.annotation_type, self.is_const = "", False
+        self.has_default, self.default = default is not None, default
+
+
+class _FakeCompiled:
+    def __init__(self, log):
+        self.function, self.packed_metadata = "function-handle", "packed"
+        self.run = lambda *a: log.append(("fast", a))
+
+
+class _FakeJIT:
+    """Stands in for a JITFunction: kernel(x_ptr, n, stride, BLOCK: constexpr, FLAG: constexpr)."""
+
+    def __init__(self):
+        self.params = [_Param("x_ptr"), _Param("n"), _Param("stride", nospec=True), _Param("BLOCK", True),
+                       _Param("FLAG", True)]
+        self.pre_run_hooks = []
+        self.log = []
+        self.compiled = _FakeCompiled(self.log)
+
+    def __getitem__(self, grid):
+        def run(*args, **meta):
+            self.log.append(("plain", grid, args, meta))
+            return self.compiled
+        return run
+
+
+class _FakeRuntime:
+    def __init__(self, jit_type):
+        class Runtime:
+            launch_enter_hook = None
+            launch_exit_hook = None
+            debug = False
+
+        class Knobs:
+            runtime = Runtime
+
+        self.knobs, self.jit_function = Knobs, jit_type
+        self.get_device = lambda: 0
+        self.get_stream = lambda index: 1234 + index
+
+
+def test_fast_path_serves_a_repeated_specialization_and_only_that(monkeypatch):
+    kernel = _FakeJIT()
+    rt = _FakeRuntime(_FakeJIT)
+    monkeypatch.setattr(_launch, "_get_runtime", lambda: rt)
+    monkeypatch.setattr(policy, "_fast_launch", True)
+    monkeypatch.setattr(_launch, "on_device", lambda device: contextlib.nullcontext())  # no CUDA here
+    _launch.clear_cache()
+    dev = torch.device("cuda", 0)  # only compared and passed along: no GPU needed
+    buf = torch.zeros(64)
+
+    def call(x, n=32, stride=7, grid=(3, 2), **meta):
+        kernel.log.clear()
+        out = _launch.launch(kernel, grid, dev, x, n, stride, BLOCK=64, FLAG=True, num_warps=4, **meta)
+        assert out is kernel.compiled
+        return kernel.log[0][0], kernel.log[0]
+
+    assert call(buf)[0] == "plain"  # first of its specialization: Triton's own path
+    kind, (_, fast_args) = call(buf, stride=9)  # only a do_not_specialize argument changed: cached
+    assert kind == "fast"
+    # grid padded to 3-D, the device's current stream, the compiled function, no launch metadata, the hooks,
+    # then every parameter in signature order, constexprs included
+    assert fast_args == (3, 2, 1, 1234, "function-handle", "packed", None, None, None, buf, 32, 9, 64, True)
+    assert call(buf[1:])[0] == "plain"  # another alignment
+    assert call(buf[1:])[0] == "fast"
+    assert call(buf, n=48)[0] == "fast"  # 48 % 16 == 0 like 32
+    assert call(buf, n=33)[0] == "plain"  # divisibility changed
+    assert call(buf, n=1)[0] == "plain"  # == 1 is a constant to Triton
+    assert call(buf.double())[0] == "plain"  # dtype
+    assert call(buf, num_stages=2)[0] == "plain"  # a launch option
+    assert call(buf, grid=lambda meta: (1,))[0] == "plain"  # callable grids are left to Triton
+    rt.knobs.runtime.launch_enter_hook = lambda *a: None  # a hook must see every launch
+    assert call(buf)[0] == "plain"
+    rt.knobs.runtime.launch_enter_hook = None
+    kernel.pre_run_hooks.append(lambda *a, **k: None)
+    _launch.clear_cache()
+    monkeypatch.setattr(_launch, "_get_runtime", lambda: rt)
+    assert call(buf)[0] == "plain" and call(buf)[0] == "plain"
+    kernel.pre_run_hooks.clear()
+    _launch.clear_cache()
+    monkeypatch.setattr(policy, "_fast_launch", False)
+    assert call(buf)[0] == "plain" and call(buf)[0] == "plain"

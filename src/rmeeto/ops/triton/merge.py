@@ -45,8 +45,15 @@ except Exception:
 __all__ = ["destination_map", "match_plan", "match_merge_fused", "merge_streams_fused", "is_available"]
 
 
+_available: Optional[bool] = None
+
+
 def is_available() -> bool:
-    return _HAS_TRITON and torch.cuda.is_available()
+    """True when Triton imports and a CUDA device is present (asked once: the merge asks on every forward)."""
+    global _available
+    if _available is None:
+        _available = _HAS_TRITON and torch.cuda.is_available()
+    return _available
 
 
 def destination_map(plan, num_tokens: int, ordered: bool) -> Tensor:
