@@ -15,10 +15,14 @@ fused kernels of :mod:`rmeeto.ops.triton.conv`; ``"auto"`` asks the kernel polic
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from rmeeto.ops import policy
+
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"  # kernels may run on CPU tensors (tests)
 
 try:  # optional: the fused kernels need Triton
     from rmeeto.ops.triton import conv as _triton_conv
@@ -45,6 +49,6 @@ def conv_silu(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool = False, ba
     "torch" or "triton"."""
     if not policy.use_fused("conv", x, backend):
         return conv_silu_torch(x, weight, bias, reverse)
-    if _triton_conv is None or not _triton_conv.is_available() or not x.is_cuda:
-        raise RuntimeError("the triton conv backend needs triton and a CUDA tensor")
-    return _triton_conv.conv_silu_triton(x, weight, bias, reverse, conv_silu_torch)
+    if _triton_conv is None or not _triton_conv.is_available() or not (x.is_cuda or _INTERPRETING):
+        raise RuntimeError("the triton conv backend needs triton and a CUDA tensor (or TRITON_INTERPRET=1)")
+    return _triton_conv.conv_silu_triton(x, weight, bias, reverse)

@@ -93,7 +93,9 @@ def drop_add_rms_norm(hidden: Tensor, residual: Optional[Tensor], weight: Tensor
     path, bit-identical to residual + DropPath(hidden) followed by RMSNorm."""
     if residual_in_fp32 and policy.use_fused("norm", hidden, backend):
         scale = _drop_path_scale(hidden, drop_prob) if residual is not None else None
-        return add_rms_norm(hidden, residual, weight, eps, scale, backend="triton")
+        if _triton_norm is None or not _triton_norm.is_available():
+            raise RuntimeError("the triton norm backend needs triton")
+        return _triton_norm.add_rms_norm_triton(hidden, residual, weight, eps, scale)
     residual = hidden if residual is None else residual + drop_path(hidden, drop_prob)
     if residual_in_fp32:
         residual = residual.float()

@@ -11,6 +11,8 @@ Environment switches, read ONCE when this module is imported:
 ``RMEETO_FUSED_CONV=0``     depthwise conv + SiLU in PyTorch (``rmeeto.ops.conv``)
 ``RMEETO_FUSED_NORM=0``     residual add + drop path + RMSNorm in PyTorch (``rmeeto.ops.norm``)
 ``RMEETO_FUSED_MERGE=0``    token matching and merging in PyTorch (``rmeeto.merge``)
+``RMEETO_FAST_LAUNCH=0``    launch every Triton kernel through ``kernel[grid](...)`` instead of the cached
+                            launcher of :mod:`rmeeto.ops.triton._launch` (for A/B timing; same results)
 ==========================  ===========================================================================
 
 From Python: :func:`set_fused` / :func:`set_scan_backend` change the same switches, and
@@ -48,6 +50,8 @@ __all__ = [
     "force_reference",
     "op_backend",
     "triton_available",
+    "fast_launch",
+    "set_fast_launch",
 ]
 
 OPS = ("scan", "conv", "norm", "merge")
@@ -65,6 +69,7 @@ _fused: dict[str, bool] = {
     "norm": _switch("RMEETO_FUSED_NORM"),
     "merge": _switch("RMEETO_FUSED_MERGE"),
 }
+_fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
 _scan_backend: str = os.environ.get("RMEETO_SCAN_BACKEND", "auto")
 _reference_forced = False
 
@@ -99,6 +104,17 @@ def set_fused(op: str, enabled: bool) -> None:
     """Turn the fused kernel of ``op`` on or off for the whole process (as its RMEETO_FUSED_* variable)."""
     _check_op(op)
     _fused[op] = bool(enabled)
+
+
+def fast_launch() -> bool:
+    """Launch Triton kernels through the cached launcher (:func:`rmeeto.ops.triton._launch.launch`)?"""
+    return _fast_launch
+
+
+def set_fast_launch(enabled: bool) -> None:
+    """Turn the cached Triton launcher on or off for the whole process (as RMEETO_FAST_LAUNCH)."""
+    global _fast_launch
+    _fast_launch = bool(enabled)
 
 
 def scan_backend(requested: str = "auto") -> str:

@@ -323,9 +323,9 @@ def selective_scan(
     check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u.device)
     fn = _get(name)
-    if name == "triton":
-        return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                  reverse=reverse, a_is_log=a_is_log)
+    if name == "triton":  # shapes are checked: the kernel's unchecked entry (host time matters per call)
+        return _triton_scan._selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                            bool(reverse), bool(a_is_log))
     if a_is_log:
         A = -torch.exp(A.float())
     D = D.float() if D is not None else None

@@ -1,10 +1,57 @@
-"""Shared launch helpers of the Triton kernels."""
+"""The one place the Triton kernels are launched from, and a cheaper launch path for CUDA.
+
+``kernel[grid](*args, **meta)`` spends most of its ~40 us of host time re-deriving, on every call, what it derived
+the call before: binding the arguments to the signature, specialising each one (dtype, 16-byte alignment,
+``== 1`` / ``% 16 == 0`` for integers), building and hashing a cache key, then looking the compiled kernel up.
+:func:`launch` does that once per *specialization*: the first call of each one goes through Triton as usual and
+keeps the ``CompiledKernel`` it returns; later calls with the same :func:`specialization_key` call that kernel's
+launcher directly (what ``JITFunction.run`` itself ends with).
+
+The key must separate every pair of calls Triton would compile differently, or a kernel compiled for other
+assumptions (an aligned pointer, a stride of 1) would silently run. :func:`arg_key` mirrors Triton's
+specialisation of one argument (``native_specialize_impl``): tensors by dtype and, unless the parameter is in
+``do_not_specialize`` / ``do_not_specialize_on_alignment``, whether the address is a multiple of 16; integers by
+width (i32 / i64 / u64) and, unless not specialised, whether they equal 1 and (unless not specialised on
+alignment) are multiples of 16; floats, bools and None by kind; constexpr parameters by type and value. The key
+adds the device and every launch option (``num_warps``, ``num_stages``, ...). tests/ops/test_launch.py checks that
+equal keys imply equal Triton specialisations on the Triton installed here.
+
+Fallbacks to the plain ``kernel[grid](...)`` (always correct, just slower): CPU tensors (the interpreter,
+TRITON_INTERPRET=1), ``RMEETO_FAST_LAUNCH=0`` (:func:`rmeeto.ops.policy.fast_launch`), a missing Triton or torch
+internal (checked once), a kernel that is not a plain ``JITFunction`` or has typed parameters, a callable grid,
+an argument of a kind the key does not describe, and any call while a Triton launch hook, pre-run hook or
+stage-inspection hook is installed (those hooks must see every launch). ``TRITON_DEBUG`` and
+``TRITON_INSTRUMENTATION_MODE`` are read once: if either is set the fast path is off for the process. Not
+re-checked on cached calls (as Triton does on every call): that the module globals a kernel reads have not
+changed since it was compiled (ours read none that change) and ``knobs.runtime.debug`` set after the first launch.
+The fast path launches on the current stream of the device, so it is captured by CUDA graphs like any launch.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
+from typing import Any, Optional
 
 import torch
+
+from rmeeto.ops import policy
+
+__all__ = ["on_device", "launch", "arg_key", "specialization_key", "compile_key_function", "param_modes",
+           "CONSTEXPR", "SPECIALIZE", "NO_ALIGN", "NO_SPECIALIZE"]
+
+# How Triton treats one kernel parameter (see param_modes)
+CONSTEXPR = 0  # tl.constexpr: compiled in, the key holds its type and value
+SPECIALIZE = 1  # specialised on dtype / width, == 1 and 16-byte alignment (pointers, ints)
+NO_ALIGN = 2  # in do_not_specialize_on_alignment: dtype / width and == 1 only
+NO_SPECIALIZE = 3  # in do_not_specialize: dtype / width only
+
+_I32 = 1 << 31
+_I64 = 1 << 63
+
+
+class _Unsupported(Exception):
+    """An argument the key cannot describe: launch the plain way."""
 
 
 def on_device(device: torch.device):
@@ -13,9 +60,242 @@ def on_device(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def launch(kernel, grid, device: torch.device, *args, **meta):
-    """Launch the ``@triton.jit`` ``kernel`` on ``grid`` over tensors on ``device``: positional ``args`` in the
-    kernel's parameter order, ``meta`` the constexpr parameters and launch options (num_warps, num_stages).
-    The one place kernels are launched from, so the launch path can be made cheaper in one place."""
+def arg_key(value: Any, mode: int):
+    """What Triton compiles into a kernel about one argument ``value`` of a parameter of ``mode`` (one of
+    CONSTEXPR, SPECIALIZE, NO_ALIGN, NO_SPECIALIZE): two arguments with equal keys get the same compiled kernel.
+    Raises _Unsupported for a kind of value the key does not describe."""
+    if mode == CONSTEXPR:
+        return (type(value), value)  # True == 1 == 1.0 as values, but Triton compiles them differently
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return (value.dtype, mode == SPECIALIZE and value.data_ptr() % 16 == 0)
+    kind = type(value)
+    if kind is bool:
+        return "u1"
+    if kind is int:
+        width = "i32" if -_I32 <= value < _I32 else "i64" if -_I64 <= value < _I64 else "u64"
+        if mode == NO_SPECIALIZE:
+            return width
+        if value == 1:
+            return "one"  # Triton turns a specialised 1 into a constexpr
+        return (width, mode == SPECIALIZE and value % 16 == 0)
+    if kind is float:
+        return "fp32"
+    raise _Unsupported(kind.__name__)
+
+
+def specialization_key(device_index: int, args: tuple, modes: tuple, meta: dict) -> tuple:
+    """The launch cache's key of one call: the device, :func:`arg_key` of every positional argument (``modes``
+    the modes of the leading parameters), and every keyword (constexpr parameters and launch options) with
+    its type. Raises _Unsupported as :func:`arg_key`."""
+    return (device_index, tuple(map(arg_key, args, modes)), tuple(meta.items()), tuple(map(type, meta.values())))
+
+
+def param_modes(kernel) -> Optional[tuple]:
+    """Modes (CONSTEXPR, ...) of a JITFunction's parameters in signature order, or None when the kernel is not
+    one the fast path understands (a typed parameter: Triton specialises those by their annotation)."""
+    modes = []
+    for p in kernel.params:
+        if p.is_constexpr:
+            modes.append(CONSTEXPR)
+        elif getattr(p, "annotation_type", "") or getattr(p, "is_const", False):
+            return None
+        elif p.do_not_specialize:
+            modes.append(NO_SPECIALIZE)
+        elif p.do_not_specialize_on_alignment:
+            modes.append(NO_ALIGN)
+        else:
+            modes.append(SPECIALIZE)
+    return tuple(modes)
+
+
+def compile_key_function(modes: tuple):
+    """A function ``key(device_index, meta, *args)`` equal to ``specialization_key(device_index, args, modes,
+    meta)`` for ``len(modes)`` positional arguments, generated as straight-line code (one expression per
+    parameter, the common cases inline: a tensor, an int32) so the per-call key costs no Python call per
+    argument; anything else goes through :func:`arg_key` itself."""
+    exprs = []
+    for i, mode in enumerate(modes):
+        a = f"a{i}"
+        if mode == CONSTEXPR:
+            exprs.append(f"(type({a}), {a})")
+            continue
+        ptr = f"{a}.data_ptr() & 15 == 0" if mode == SPECIALIZE else "False"
+        if mode == NO_SPECIALIZE:
+            small = "'i32'"
+        elif mode == NO_ALIGN:
+            small = f"('one' if {a} == 1 else ('i32', False))"
+        else:
+            small = f"('one' if {a} == 1 else ('i32', {a} & 15 == 0))"
+        tensor = f"({a}.dtype, {ptr}) if type({a}) is _Tensor or type({a}) is _Parameter"
+        int32 = f"{small} if type({a}) is int and -_I32 <= {a} < _I32"
+        first, second = (int32, tensor) if mode == NO_SPECIALIZE else (tensor, int32)  # the likelier first
+        exprs.append(f"({first} else {second} else _arg_key({a}, {mode}))")
+    names = "".join(f", a{i}" for i in range(len(modes)))
+    src = (f"def key(device_index, meta{names}):\n"
+           f"    return (device_index, ({''.join(e + ', ' for e in exprs)}), tuple(meta.items()),"
+           f" tuple(map(type, meta.values())))\n")
+    namespace = {"_Tensor": torch.Tensor, "_Parameter": torch.nn.Parameter, "_I32": _I32, "_arg_key": arg_key}
+    exec(src, namespace)  # noqa: S102 - source built above from integers only
+    return namespace["key"]
+
+
+# ----------------------------------------------------------------------------------------------- fast path
+class _Kernel:
+    """Per-kernel state: parameter names and modes, defaults, and the compiled launchers by key."""
+
+    def __init__(self, kernel, modes):
+        self.names = tuple(p.name for p in kernel.params)
+        self.modes = modes
+        self.defaults = {p.name: p.default for p in kernel.params if p.has_default}
+        self.pre_run_hooks = getattr(kernel, "pre_run_hooks", [])
+        self.launchers: dict[tuple, tuple] = {}
+        self.key_functions: dict[int, Any] = {}
+
+    def key_function(self, n_args: int):
+        """The compiled key of calls with ``n_args`` positional arguments (None: more than the kernel has)."""
+        fn = self.key_functions.get(n_args)
+        if fn is None:
+            if n_args > len(self.modes):
+                return None
+            fn = self.key_functions[n_args] = compile_key_function(self.modes[:n_args])
+        return fn
+
+    def tail(self, n_args: int, meta: dict) -> Optional[tuple]:
+        """Names of the parameters after the ``n_args`` positional ones, all present in ``meta`` or defaulted
+        (None otherwise: Triton will raise, the plain path shows the error)."""
+        names = self.names[n_args:]
+        if all(n in meta or n in self.defaults for n in names):
+            return names
+        return None
+
+
+class _Runtime:
+    """Triton / torch internals the fast path calls, found once (None: not all there, plain launches only)."""
+
+    def __init__(self):
+        import triton  # noqa: F401
+        from triton import knobs
+        from triton.runtime.jit import JITFunction
+
+        self.knobs = knobs
+        self.jit_function = JITFunction
+        self.get_device = torch._C._cuda_getDevice
+        self.get_stream = torch._C._cuda_getCurrentRawStream
+        for name in ("launch_enter_hook", "launch_exit_hook"):
+            getattr(knobs.runtime, name)
+        if knobs.runtime.debug or getattr(knobs.compilation, "instrumentation_mode", ""):
+            raise RuntimeError("TRITON_DEBUG / TRITON_INSTRUMENTATION_MODE: launches stay on Triton's path")
+
+
+_runtime: Optional[_Runtime] = None
+_runtime_checked = False
+_kernels: dict[int, Optional[_Kernel]] = {}
+_keep_alive: list = []  # the kernels whose id() keys _kernels
+
+
+def _get_runtime() -> Optional[_Runtime]:
+    global _runtime, _runtime_checked
+    if not _runtime_checked:
+        _runtime_checked = True
+        if os.environ.get("TRITON_INTERPRET", "0") != "1":
+            try:
+                _runtime = _Runtime()
+            except Exception:  # an internal moved or is missing: plain launches
+                _runtime = None
+    return _runtime
+
+
+def _hook_set(hook) -> bool:
+    """A launch hook is installed: a callable (Triton <= 3.6) or a non-empty HookChain (later)."""
+    if hook is None:
+        return False
+    calls = getattr(hook, "calls", None)
+    return bool(calls) if calls is not None else True
+
+
+def _kernel_state(rt: _Runtime, kernel) -> Optional[_Kernel]:
+    state = _kernels.get(id(kernel), False)
+    if state is False:
+        state = None
+        if type(kernel) is rt.jit_function:
+            try:
+                modes = param_modes(kernel)
+                state = _Kernel(kernel, modes) if modes is not None else None
+            except Exception:
+                state = None
+        _kernels[id(kernel)] = state
+        _keep_alive.append(kernel)
+    return state
+
+
+def _plain(kernel, grid, device, args, meta):
     with on_device(device):
         return kernel[grid](*args, **meta)
+
+
+def launch(kernel, grid, device: torch.device, *args, **meta):
+    """Launch the ``@triton.jit`` ``kernel`` on ``grid`` (a tuple of 1-3 ints) over tensors on ``device``:
+    positional ``args`` in the kernel's parameter order, ``meta`` the constexpr parameters and launch options
+    (num_warps, num_stages). See the module docstring for the cached fast path and when it is not taken."""
+    if device.type != "cuda" or not policy.fast_launch() or not isinstance(grid, tuple):
+        return _plain(kernel, grid, device, args, meta)
+    rt = _get_runtime()
+    if rt is None:
+        return _plain(kernel, grid, device, args, meta)
+    state = _kernel_state(rt, kernel)
+    runtime_knobs = rt.knobs.runtime
+    enter, exit_ = runtime_knobs.launch_enter_hook, runtime_knobs.launch_exit_hook
+    if (state is None or state.pre_run_hooks or _hook_set(enter) or _hook_set(exit_)
+            or getattr(runtime_knobs, "add_stages_inspection_hook", None) is not None):
+        return _plain(kernel, grid, device, args, meta)
+    current = rt.get_device()
+    index = current if device.index is None else device.index
+    key_function = state.key_function(len(args))
+    if key_function is None:
+        return _plain(kernel, grid, device, args, meta)
+    try:
+        key = key_function(index, meta, *args)
+    except _Unsupported:
+        return _plain(kernel, grid, device, args, meta)
+    entry = state.launchers.get(key)
+    if entry is None:
+        compiled = _plain(kernel, grid, device, args, meta)
+        _remember(state, key, compiled, len(args), meta)
+        return compiled
+    run, function, packed, tail, compiled = entry
+    # the launcher takes every parameter, constexprs included (it skips them), in signature order
+    full = args + tuple(map(meta.__getitem__, tail)) if tail else args
+    n = len(grid)
+    if index == current:
+        run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, rt.get_stream(index), function, packed,
+            None, enter, exit_, *full)
+    else:
+        with torch.cuda.device(index):
+            run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, rt.get_stream(index), function, packed,
+                None, enter, exit_, *full)
+    return compiled
+
+
+def _remember(state: _Kernel, key: tuple, compiled, n_args: int, meta: dict) -> None:
+    """Keep the launcher of the kernel Triton just compiled (or found) for ``key``, if it has the parts the fast
+    path calls (a CompiledKernel of Triton 3.x: ``run``, ``function``, ``packed_metadata``)."""
+    tail = state.tail(n_args, meta)
+    if tail is None or not all(n in meta for n in tail):
+        return  # a parameter left to its default: rare, stays on the plain path
+    try:
+        run, function, packed = compiled.run, compiled.function, compiled.packed_metadata
+    except Exception:
+        return
+    if callable(run) and function is not None:
+        state.launchers[key] = (run, function, packed, tail, compiled)
+
+
+def clear_cache() -> None:
+    """Forget every cached launcher (tests; a changed Triton setting)."""
+    global _runtime_checked, _runtime
+    _kernels.clear()
+    _keep_alive.clear()
+    _runtime_checked = False
+    _runtime = None

@@ -10,9 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rmeeto.ops.triton._launch import launch
+
 Tensor = torch.Tensor
 
-__all__ = ["conv_silu_triton", "is_available", "BWD_CONFIG", "CANDIDATE_BWD"]
+__all__ = ["conv_silu_triton", "is_available", "FWD_CONFIG", "BWD_CONFIG", "CANDIDATE_BWD"]
 
 
 try:  # optional: Triton is only needed for the fused CUDA kernel
@@ -135,46 +137,8 @@ except Exception:  # pragma: no cover - depends on the install
     _HAS_TRITON = False
 
 
-def _conv_silu_triton_fwd(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool) -> Tensor:
-    batch, length, dim = x.shape
-    if x.stride(2) != 1:
-        x = x.contiguous()
-    out = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
-    block_l, block_d = 32, 128
-    grid = (batch, triton.cdiv(length, block_l), triton.cdiv(dim, block_d))
-    _conv_silu_fwd[grid](
-        x, weight.reshape(dim, -1).contiguous(), bias.contiguous(), out, length, dim,
-        x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-        K=weight.shape[-1], REVERSE=reverse, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
-    )
-    return out
-
-
-def is_available() -> bool:
-    """True when Triton imports (the kernels then run on CUDA tensors, or on CPU under TRITON_INTERPRET=1)."""
-    return _HAS_TRITON
-
-
-class _ConvSiluTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, reverse, reference):
-        ctx.save_for_backward(x, weight, bias)
-        ctx.reverse, ctx.reference = reverse, reference
-        return _conv_silu_triton_fwd(x, weight, bias, reverse)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, bias = ctx.saved_tensors
-        if weight.shape[-1] <= 4:
-            return _conv_silu_triton_bwd(x, weight, bias, grad, ctx.reverse) + (None, None)
-        with torch.enable_grad():  # longer kernels (not used by Vim): autograd through the reference
-            xs, ws, bs = (t.detach().requires_grad_(t.requires_grad) for t in (x, weight, bias))
-            out = ctx.reference(xs, ws, bs, ctx.reverse)
-            inputs = [t for t in (xs, ws, bs) if t.requires_grad]
-            grads = iter(torch.autograd.grad(out, inputs, grad) if inputs else ())
-        return tuple(next(grads) if t.requires_grad else None for t in (xs, ws, bs)) + (None, None)
-
-
+# Tiles of the forward kernel.
+FWD_CONFIG = {"BLOCK_L": 32, "BLOCK_D": 128, "num_warps": 4}
 # Tiles of the backward kernel: a program covers SPAN tokens in steps of BLOCK_L, BLOCK_D channels.
 # benchmarks/bench_conv_gpu.py times the candidates.
 BWD_CONFIG = {"SPAN": 32, "BLOCK_L": 8, "BLOCK_D": 64, "num_warps": 2, "num_stages": 1}
@@ -187,33 +151,148 @@ CANDIDATE_BWD = [  # ms at Vim-S shapes on an H100 (session 3, runs 5 and 6)
 ]
 
 
-def _conv_silu_triton_bwd(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor, reverse: bool):
+def _dense(t: Tensor) -> Tensor:
+    """t itself when contiguous (the kernels index weight [dim, 1, K] as [dim, K] and bias [dim] flat)."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _conv_silu_triton_fwd(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool) -> Tensor:
+    """Forward launcher: x [batch, length, dim] (unit channel stride) -> u [batch, length, dim] contiguous."""
     batch, length, dim = x.shape
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    out = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
+    cfg = FWD_CONFIG
+    block_l, block_d = cfg["BLOCK_L"], cfg["BLOCK_D"]
+    grid = (batch, (length + block_l - 1) // block_l, (dim + block_d - 1) // block_d)
+    launch(
+        _conv_silu_fwd, grid, x.device,
+        x, _dense(weight), _dense(bias), out, length, dim, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
+        K=weight.shape[-1], REVERSE=bool(reverse), BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg["num_warps"],
+    )
+    return out
+
+
+def is_available() -> bool:
+    """True when Triton imports (the kernels then run on CUDA tensors, or on CPU under TRITON_INTERPRET=1)."""
+    return _HAS_TRITON
+
+
+def _conv_silu_triton_bwd(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor, reverse: bool):
+    """Backward launcher: (dx [batch, length, dim], dweight like weight, dbias like bias); kernels of up to 4
+    taps on the fused kernel, longer ones (not used by Vim) in PyTorch."""
     K = weight.shape[-1]
+    if K > 4:
+        return _conv_silu_bwd_torch(x, weight, bias, grad, reverse)
+    batch, length, dim = x.shape
     if x.stride(2) != 1:
         x = x.contiguous()
     if grad.stride(2) != 1:
         grad = grad.contiguous()
-    w4 = F.pad(weight.reshape(dim, K), (4 - K, 0)).contiguous()  # shorter kernels: zero taps in front
+    # the kernel reads 4 taps per channel: shorter kernels get zero taps in front
+    w4 = _dense(weight) if K == 4 else F.pad(weight.reshape(dim, K), (4 - K, 0)).contiguous()
     cfg = BWD_CONFIG
     block_l, block_d, span = cfg["BLOCK_L"], cfg["BLOCK_D"], cfg["SPAN"]
-    n_l = triton.cdiv(length, span)
+    n_l = (length + span - 1) // span
     dx = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
     dw = torch.empty(batch * n_l, dim, 4, device=x.device, dtype=torch.float32)
     db = torch.empty(batch * n_l, dim, device=x.device, dtype=torch.float32)
-    _conv_silu_bwd[(batch, n_l, triton.cdiv(dim, block_d))](
-        x, w4, bias.contiguous(), grad, dx, dw, db, length, dim,
+    launch(
+        _conv_silu_bwd, (batch, n_l, (dim + block_d - 1) // block_d), x.device,
+        x, w4, _dense(bias), grad, dx, dw, db, length, dim,
         x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), dx.stride(0), dx.stride(1),
-        REVERSE=reverse, SPAN=span, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg["num_warps"],
+        REVERSE=bool(reverse), SPAN=span, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
-    dw = dw.sum(0)[:, 4 - K:].reshape(weight.shape)
-    return dx, dw.to(weight.dtype), db.sum(0).to(bias.dtype)
+    dw = dw.sum(0)
+    if K < 4:
+        dw = dw[:, 4 - K:]
+    return dx, dw.reshape(weight.shape).to(weight.dtype), db.sum(0).to(bias.dtype)
 
 
-def conv_silu_triton(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool, reference) -> Tensor:
-    """u = silu(conv(x)) by the kernels; shapes as :func:`rmeeto.ops.conv.conv_silu`. ``reference`` (the PyTorch
-    function of the same signature, passed in by the dispatcher) computes the backward of kernels over 4 taps."""
+def _conv_silu_bwd_torch(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor, reverse: bool):
+    """The backward in PyTorch for any number of taps K. With xp = x zero-padded by K - 1 tokens
+    (in front; behind with ``reverse``) the pre-activation is a[t] = bias + sum_k w'[k] xp[t + k], w' the taps
+    (mirrored with ``reverse``), so dw'[k] = sum ga[t] xp[t + k] and dxp[t + k] += w'[k] ga[t]. Computed in float32
+    (float64 inputs in float64)."""
+    batch, length, dim = x.shape
+    K = weight.shape[-1]
+    ct = torch.promote_types(x.dtype, torch.float32)  # at least float32
+    w = weight.reshape(dim, K).to(ct)
+    if reverse:
+        w = w.flip(-1)
+    xp = F.pad(x.to(ct), (0, 0, 0, K - 1) if reverse else (0, 0, K - 1, 0))
+    a = bias.to(ct) + sum(w[:, k] * xp[:, k:k + length] for k in range(K))
+    sig = torch.sigmoid(a)
+    ga = grad.to(ct) * sig * (1 + a * (1 - sig))
+    dw = torch.stack([(ga * xp[:, k:k + length]).sum((0, 1)) for k in range(K)], dim=-1)
+    dxp = torch.zeros_like(xp)
+    for k in range(K):
+        dxp[:, k:k + length] += w[:, k] * ga
+    dx = (dxp[:, :length] if reverse else dxp[:, K - 1:]).contiguous()  # a fresh tensor, as the kernel's
+    if reverse:
+        dw = dw.flip(-1)
+    return dx.to(x.dtype), dw.reshape(weight.shape).to(weight.dtype), ga.sum((0, 1)).to(bias.dtype)
+
+
+# --------------------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("rmeeto::conv_silu", mutates_args=())
+def _conv_silu_op(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool) -> Tensor:
+    return _conv_silu_triton_fwd(x, weight, bias, reverse)
+
+
+@_conv_silu_op.register_fake
+def _(x, weight, bias, reverse):
+    return torch.empty(x.shape, device=x.device, dtype=x.dtype)
+
+
+@torch.library.custom_op("rmeeto::conv_silu_bwd", mutates_args=())
+def _conv_silu_bwd_op(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor,
+                      reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _conv_silu_triton_bwd(x, weight, bias, grad, reverse)
+
+
+@_conv_silu_bwd_op.register_fake
+def _(x, weight, bias, grad, reverse):
+    return (torch.empty(x.shape, device=x.device, dtype=x.dtype), torch.empty_like(weight),
+            torch.empty_like(bias))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, reverse = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.reverse = reverse
+
+
+def _backward(ctx, grad):
+    return _conv_silu_bwd_op(*ctx.saved_tensors, grad, ctx.reverse) + (None,)
+
+
+_conv_silu_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _ConvSilu(torch.autograd.Function):
+    """Eager twin of the custom op: the same launchers, without torch.library's dispatch."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, reverse):
+        ctx.save_for_backward(x, weight, bias)
+        ctx.reverse = reverse
+        return _conv_silu_triton_fwd(x, weight, bias, reverse)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _conv_silu_triton_bwd(*ctx.saved_tensors, grad, ctx.reverse) + (None,)
+
+
+def conv_silu_triton(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool) -> Tensor:
+    """u = silu(conv(x)) by the kernels; shapes as :func:`rmeeto.ops.conv.conv_silu`. The custom op while
+    torch.compile traces, else the autograd function, else (no gradient needed) the launcher."""
     if weight.dtype != x.dtype:  # autocast: the conv runs in the activation dtype
         weight, bias = weight.to(x.dtype), bias.to(x.dtype)
-    return _ConvSiluTriton.apply(x, weight, bias, reverse, reference)
+    reverse = bool(reverse)
+    if torch.compiler.is_compiling():
+        return _conv_silu_op(x, weight, bias, reverse)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
+        return _ConvSilu.apply(x, weight, bias, reverse)
+    return _conv_silu_triton_fwd(x, weight, bias, reverse)

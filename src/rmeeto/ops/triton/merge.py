@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from rmeeto.ops.triton._launch import on_device
+from rmeeto.ops.triton._launch import launch
 
 Tensor = torch.Tensor
 
@@ -45,8 +45,15 @@ except Exception:
 __all__ = ["destination_map", "match_plan", "match_merge_fused", "merge_streams_fused", "is_available"]
 
 
+_available: Optional[bool] = None
+
+
 def is_available() -> bool:
-    return _HAS_TRITON and torch.cuda.is_available()
+    """True when Triton imports and a CUDA device is present (asked once: the merge asks on every forward)."""
+    global _available
+    if _available is None:
+        _available = _HAS_TRITON and torch.cuda.is_available()
+    return _available
 
 
 def destination_map(plan, num_tokens: int, ordered: bool) -> Tensor:
@@ -287,28 +294,56 @@ def _source_tokens(plan) -> Tensor:
     return q + (q >= plan.cls_index).long()
 
 
+def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: Tensor, src: Tensor,
+               sdst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge launcher: hidden, residual [batch, L, C] (unit channel stride), size [batch, L, 1] or None, the plan's
+    token lists -> (hidden [batch, L - r, C], residual [batch, L - r, C], size [batch, L - r, 1] float32)."""
+    batch, L, C = hidden.shape
+    num_out = base.shape[1]
+    if hidden.stride(2) != 1:
+        hidden = hidden.contiguous()
+    if residual.stride(2) != 1:
+        residual = residual.contiguous()
+    if size is None:
+        s = hidden  # dummy, never read (HAS_SIZE is off)
+    elif size.dtype == torch.float32 and size.is_contiguous():
+        s = size  # [batch, L, 1] is [batch, L] in memory
+    else:
+        s = size.reshape(batch, L).float().contiguous()
+    dev = hidden.device
+    h_out = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)
+    r_out = torch.empty(batch, num_out, C, device=dev, dtype=residual.dtype)
+    s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
+    block_c = triton.next_power_of_2(C)
+    launch(
+        _merge_fwd_kernel, (batch, num_out), dev,
+        hidden, residual, s, base, src, sdst, h_out, r_out, s_out,
+        L, num_out, C, src.shape[1], hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1),
+        HAS_SIZE=size is not None, BLOCK_C=block_c, num_warps=4 if block_c >= 512 else 2,
+    )
+    return h_out, r_out, s_out
+
+
+def _merge_bwd(d_h: Optional[Tensor], d_r: Optional[Tensor], size: Optional[Tensor], dest: Tensor, s_out: Tensor,
+               h_dtype: torch.dtype, r_dtype: torch.dtype) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """Backward of the merge (a gather, in PyTorch): dx[t] = dout[dest[t]] * size[t] / s_out[dest[t]]."""
+    idx = dest[..., None]
+    w = s_out.gather(1, idx).reciprocal()  # [batch, L, 1]
+    if size is not None:
+        w = w * size.float()
+    grads = []
+    for g, dtype in ((d_h, h_dtype), (d_r, r_dtype)):
+        grads.append(None if g is None else (g.float().gather(1, idx.expand(-1, -1, g.shape[-1])) * w).to(dtype))
+    return grads[0], grads[1]
+
+
 class _FusedMerge(torch.autograd.Function):
-    """Forward: the merge kernel over the token lists of a plan. Backward: a gather over the destination map."""
+    """Forward: the merge kernel over the token lists of a plan. Backward: a gather over the destination map.
+    The eager twin of the custom op ``rmeeto::merge_fused`` (same launcher and backward)."""
 
     @staticmethod
     def forward(ctx, hidden, residual, size, dest, base, src, sdst):
-        batch, L, C = hidden.shape
-        num_out = base.shape[1]
-        if hidden.stride(2) != 1:
-            hidden = hidden.contiguous()
-        if residual.stride(2) != 1:
-            residual = residual.contiguous()
-        s = size.reshape(batch, L).float().contiguous() if size is not None else hidden  # dummy when absent
-        h_out = torch.empty(batch, num_out, C, device=hidden.device, dtype=hidden.dtype)
-        r_out = torch.empty(batch, num_out, C, device=residual.device, dtype=residual.dtype)
-        s_out = torch.empty(batch, num_out, 1, device=hidden.device, dtype=torch.float32)
-        block_c = triton.next_power_of_2(C)
-        with on_device(hidden.device):
-            _merge_fwd_kernel[(batch, num_out)](
-                hidden, residual, s, base, src, sdst, h_out, r_out, s_out,
-                L, num_out, C, src.shape[1], hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1),
-                HAS_SIZE=size is not None, BLOCK_C=block_c, num_warps=4 if block_c >= 512 else 2,
-            )
+        h_out, r_out, s_out = _merge_fwd(hidden, residual, size, base, src, sdst)
         ctx.save_for_backward(size, dest, s_out)
         ctx.dtypes = (hidden.dtype, residual.dtype)
         ctx.mark_non_differentiable(s_out)
@@ -317,17 +352,46 @@ class _FusedMerge(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_h, d_r, _d_s):
         size, dest, s_out = ctx.saved_tensors
-        idx = dest[..., None]
-        w = s_out.gather(1, idx).reciprocal()  # [batch, L, 1]
-        if size is not None:
-            w = w * size.float()
-        grads = []
-        for g, dtype in zip((d_h, d_r), ctx.dtypes):
-            if g is None:
-                grads.append(None)
-                continue
-            grads.append((g.float().gather(1, idx.expand(-1, -1, g.shape[-1])) * w).to(dtype))
-        return grads[0], grads[1], None, None, None, None, None
+        return _merge_bwd(d_h, d_r, size, dest, s_out, *ctx.dtypes) + (None, None, None, None, None)
+
+
+@torch.library.custom_op("rmeeto::merge_fused", mutates_args=())
+def _merge_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], dest: Tensor, base: Tensor, src: Tensor,
+              sdst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return _merge_fwd(hidden, residual, size, base, src, sdst)
+
+
+@_merge_op.register_fake
+def _(hidden, residual, size, dest, base, src, sdst):
+    batch, _, C = hidden.shape
+    num_out = base.shape[1]
+    return (hidden.new_empty(batch, num_out, C), residual.new_empty(batch, num_out, C),
+            hidden.new_empty(batch, num_out, 1, dtype=torch.float32))
+
+
+def _merge_setup_context(ctx, inputs, output):
+    hidden, residual, size, dest, base, src, sdst = inputs
+    ctx.save_for_backward(size, dest, output[2])
+    ctx.dtypes = (hidden.dtype, residual.dtype)
+    ctx.mark_non_differentiable(output[2])  # sizes carry no gradient (as in _FusedMerge)
+
+
+def _merge_backward(ctx, d_h, d_r, _d_s):
+    size, dest, s_out = ctx.saved_tensors
+    return _merge_bwd(d_h, d_r, size, dest, s_out, *ctx.dtypes) + (None, None, None, None, None)
+
+
+_merge_op.register_autograd(_merge_backward, setup_context=_merge_setup_context)
+
+
+def _merge(hidden, residual, size, dest, base, src, sdst) -> tuple[Tensor, Tensor, Tensor]:
+    """The custom op while torch.compile traces, else the autograd function, else (no gradient needed) the
+    launcher."""
+    if torch.compiler.is_compiling():
+        return _merge_op(hidden, residual, size, dest, base, src, sdst)
+    if torch.is_grad_enabled() and (hidden.requires_grad or residual.requires_grad):
+        return _FusedMerge.apply(hidden, residual, size, dest, base, src, sdst)
+    return _merge_fwd(hidden, residual, size, base, src, sdst)
 
 
 def merge_streams_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], plan, ordered: bool):
@@ -338,22 +402,13 @@ def merge_streams_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor]
     num_out = L - plan.src_idx.shape[1]
     dest = destination_map(plan, L, ordered)
     base, src, sdst = _token_lists(dest, _source_tokens(plan), num_out)
-    h, r, s = _FusedMerge.apply(hidden, residual, size, dest, base, src, sdst)
+    h, r, s = _merge(hidden, residual, size, dest, base, src, sdst)
     return (h, r), s
 
 
-def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
-    """Cosine bipartite matching (best partner) and the merge plan of every batch element, in three kernels
-    (inverse row norms; best partner per tile of sources; ranks and slots per batch element).
-
-    metric [batch, L, c] -> (dest [batch, L] int64, base [batch, L - r] int32, src [batch, r] int32,
-    sdst [batch, r] int32): the output slot of every token, the kept token of every slot, the merged sources
-    in plan order and their slots. ``num_merged`` must already be clamped to ``(L - 1) // 2`` and
-    ``new_cls_index`` come from :func:`rmeeto.merge.plan_cls_index`. The plan is the one
-    :func:`rmeeto.merge.bipartite_match` makes (rows times their float32 inverse norm, rounded to the metric's dtype,
-    scores rounded to it, first partner on ties, sources ranked by a stable sort) up to the summation order
-    of the scores.
-    """
+def _match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int,
+                ordered: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Launcher of the three matching kernels (see :func:`match_plan`)."""
     batch, L, C = metric.shape
     if metric.stride(2) != 1:
         metric = metric.contiguous()
@@ -368,19 +423,52 @@ def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     base = torch.empty(batch, L - R, device=dev, dtype=torch.int32)
     src = torch.empty(batch, R, device=dev, dtype=torch.int32)
     sdst = torch.empty(batch, R, device=dev, dtype=torch.int32)
-    block_c = max(16, min(64, triton.next_power_of_2(C)))
+    c_pow2 = triton.next_power_of_2(C)
     tile = 64
-    with on_device(dev):
-        _inv_norm_kernel[(batch, triton.cdiv(L, 32))](
-            metric, metric.stride(0), metric.stride(1), inv, L, C, BLOCK_T=32, BLOCK_C=block_c, num_warps=4)
-        _best_partner_kernel[(batch, triton.cdiv(na, tile))](
-            metric, metric.stride(0), metric.stride(1), inv, vmax, vidx, L, C, cls_index,
-            IEEE=metric.dtype == torch.float32, BLOCK_T=tile, BLOCK_C=max(16, min(32, triton.next_power_of_2(C))),
-            num_warps=8, num_stages=2)  # 122 registers on sm_90 (64-channel steps at 4 warps spill)
-        _plan_kernel[(batch,)](
-            vmax, vidx, rank, dest, base, src, sdst, L, cls_index, new_cls_index, R, L - R,
-            ORDERED=ordered, BLOCK_T=tile, num_warps=4)
+    s_b, s_l = metric.stride(0), metric.stride(1)
+    launch(_inv_norm_kernel, (batch, (L + 31) // 32), dev,
+           metric, s_b, s_l, inv, L, C, BLOCK_T=32, BLOCK_C=max(16, min(64, c_pow2)), num_warps=4)
+    launch(_best_partner_kernel, (batch, (na + tile - 1) // tile), dev,
+           metric, s_b, s_l, inv, vmax, vidx, L, C, cls_index,
+           IEEE=metric.dtype == torch.float32, BLOCK_T=tile, BLOCK_C=max(16, min(32, c_pow2)),
+           num_warps=8, num_stages=2)  # 122 registers on sm_90 (64-channel steps at 4 warps spill)
+    launch(_plan_kernel, (batch,), dev,
+           vmax, vidx, rank, dest, base, src, sdst, L, cls_index, new_cls_index, R, L - R,
+           ORDERED=ordered, BLOCK_T=tile, num_warps=4)
     return dest, base, src, sdst
+
+
+@torch.library.custom_op("rmeeto::match_plan", mutates_args=())
+def _match_plan_op(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int,
+                   ordered: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _match_plan(metric, cls_index, num_merged, new_cls_index, ordered)
+
+
+@_match_plan_op.register_fake
+def _(metric, cls_index, num_merged, new_cls_index, ordered):
+    batch, L, _ = metric.shape
+    return (metric.new_empty(batch, L, dtype=torch.int64), metric.new_empty(batch, L - num_merged, dtype=torch.int32),
+            metric.new_empty(batch, num_merged, dtype=torch.int32),
+            metric.new_empty(batch, num_merged, dtype=torch.int32))
+
+
+def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
+    """Cosine bipartite matching (best partner) and the merge plan of every batch element, in three kernels
+    (inverse row norms; best partner per tile of sources; ranks and slots per batch element).
+
+    metric [batch, L, c] -> (dest [batch, L] int64, base [batch, L - r] int32, src [batch, r] int32,
+    sdst [batch, r] int32): the output slot of every token, the kept token of every slot, the merged sources
+    in plan order and their slots. ``num_merged`` must already be clamped to ``(L - 1) // 2`` and
+    ``new_cls_index`` come from :func:`rmeeto.merge.plan_cls_index`. The plan is the one
+    :func:`rmeeto.merge.bipartite_match` makes (rows times their float32 inverse norm, rounded to the metric's dtype,
+    scores rounded to it, first partner on ties, sources ranked by a stable sort) up to the summation order
+    of the scores. No gradient flows through a plan; under torch.compile it is the opaque op
+    ``rmeeto::match_plan``.
+    """
+    args = (int(cls_index), int(num_merged), int(new_cls_index), bool(ordered))
+    if torch.compiler.is_compiling():
+        return _match_plan_op(metric.detach(), *args)  # integer outputs: nothing to differentiate
+    return _match_plan(metric, *args)
 
 
 def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
@@ -388,5 +476,5 @@ def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], 
     """The whole default merging step in two kernels: :func:`match_plan` on ``metric`` (cosine, best
     partner), then the size-weighted merge of both streams -> ((hidden, residual), new_size)."""
     dest, base, src, sdst = match_plan(metric, cls_index, num_merged, new_cls_index, ordered)
-    h, r, s = _FusedMerge.apply(hidden, residual, size, dest, base, src, sdst)
+    h, r, s = _merge(hidden, residual, size, dest, base, src, sdst)
     return (h, r), s

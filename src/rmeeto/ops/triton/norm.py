@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from rmeeto.ops.triton._launch import on_device
+from rmeeto.ops.triton._launch import launch
 
 Tensor = torch.Tensor
 
@@ -85,53 +85,143 @@ def _launch_shape(C: int) -> tuple[int, int, int]:
     return block_n, block_c, 4 if block_c <= 512 else 8
 
 
+def _flat(t: Tensor, C: int) -> Tensor:
+    """[..., C] -> [N, C] rows, without a copy when already contiguous."""
+    return (t if t.is_contiguous() else t.contiguous()).view(-1, C)
+
+
+def _norm_fwd(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, scale: Optional[Tensor],
+              eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Forward launcher: (residual_out float32, normed in hidden's dtype, both hidden's shape; rstd [N] float32,
+    N = all tokens) for hidden, residual [batch, tokens, C] (or [..., C]), residual float32 or None."""
+    shape = hidden.shape
+    C = shape[-1]
+    L = shape[1] if hidden.dim() == 3 else 1
+    h = _flat(hidden, C)
+    r = _flat(residual, C) if residual is not None else h
+    N = h.shape[0]
+    ro = torch.empty(shape, device=h.device, dtype=torch.float32)
+    y = torch.empty(shape, device=h.device, dtype=hidden.dtype)
+    rstd = torch.empty(N, device=h.device, dtype=torch.float32)
+    block_n, block_c, warps = _launch_shape(C)
+    s = _scale(scale) if scale is not None else rstd
+    launch(_add_norm_fwd, ((N + block_n - 1) // block_n,), h.device,
+           h, r, s, weight, ro, y, rstd, N, C, L, eps,
+           HAS_RES=residual is not None, HAS_SCALE=scale is not None, BLOCK_N=block_n, BLOCK_C=block_c,
+           num_warps=warps)
+    return ro, y, rstd
+
+
+def _scale(scale: Tensor) -> Tensor:
+    return scale if scale.dtype == torch.float32 and scale.is_contiguous() else scale.float().contiguous()
+
+
+def _norm_bwd(d_ro: Optional[Tensor], d_y: Optional[Tensor], ro: Tensor, rstd: Tensor, weight: Tensor,
+              scale: Optional[Tensor], has_res: bool, hidden_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward launcher: (d_hidden in ``hidden_dtype``, d_residual float32 (an empty tensor without a
+    residual), d_weight like weight); shapes as ro's."""
+    shape = ro.shape
+    C = shape[-1]
+    L = shape[1] if ro.dim() == 3 else 1
+    ro2 = ro.view(-1, C)
+    N = ro2.shape[0]
+    dev = ro.device
+    dy = _flat(d_y, C) if d_y is not None else torch.zeros(N, C, device=dev, dtype=hidden_dtype)
+    block_n, block_c, warps = _launch_shape(C)
+    n_prog = (N + block_n - 1) // block_n
+    dh = torch.empty(shape, device=dev, dtype=hidden_dtype)
+    dr = torch.empty(shape, device=dev, dtype=torch.float32) if has_res else torch.empty(0, device=dev)
+    dw = torch.empty(n_prog, C, device=dev, dtype=torch.float32)
+    dro = _flat(d_ro, C) if d_ro is not None else ro2
+    s = _scale(scale) if scale is not None else rstd
+    launch(_add_norm_bwd, (n_prog,), dev,
+           dy, dro, ro2, rstd, s, weight, dh, dr if has_res else dh, dw, N, C, L,
+           HAS_DRO=d_ro is not None, HAS_RES=has_res, HAS_SCALE=scale is not None,
+           BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps)
+    return dh, dr, dw.sum(0).to(weight.dtype)
+
+
+# --------------------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("rmeeto::add_rms_norm", mutates_args=())
+def _add_rms_norm_op(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, scale: Optional[Tensor],
+                     eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(residual_out, normed, rstd): rstd is returned only so the backward can save it."""
+    return _norm_fwd(hidden, residual, weight, scale, eps)
+
+
+@_add_rms_norm_op.register_fake
+def _(hidden, residual, weight, scale, eps):
+    n = hidden.numel() // hidden.shape[-1] if hidden.shape[-1] else 0
+    return (torch.empty(hidden.shape, device=hidden.device, dtype=torch.float32),
+            torch.empty(hidden.shape, device=hidden.device, dtype=hidden.dtype),
+            hidden.new_empty(n, dtype=torch.float32))
+
+
+@torch.library.custom_op("rmeeto::add_rms_norm_bwd", mutates_args=())
+def _add_rms_norm_bwd_op(d_ro: Optional[Tensor], d_y: Optional[Tensor], ro: Tensor, rstd: Tensor, weight: Tensor,
+                         scale: Optional[Tensor], has_res: bool,
+                         hidden_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    return _norm_bwd(d_ro, d_y, ro, rstd, weight, scale, has_res, hidden_dtype)
+
+
+@_add_rms_norm_bwd_op.register_fake
+def _(d_ro, d_y, ro, rstd, weight, scale, has_res, hidden_dtype):
+    return (torch.empty(ro.shape, device=ro.device, dtype=hidden_dtype),
+            torch.empty(ro.shape if has_res else (0,), device=ro.device, dtype=torch.float32),
+            torch.empty_like(weight))
+
+
+def _save(ctx, ro, rstd, weight, scale, has_res, hidden_dtype):
+    ctx.save_for_backward(ro, rstd, weight, scale)
+    ctx.meta = (has_res, hidden_dtype)
+
+
+def _input_grads(ctx, grads):
+    """(d_hidden, d_residual, d_weight) as gradients of (hidden, residual, weight, scale, eps)."""
+    dh, dr, dw = grads
+    return dh, (dr if ctx.meta[0] else None), dw, None, None
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, residual, weight, scale, eps = inputs
+    ro, _, rstd = output
+    _save(ctx, ro, rstd, weight, scale, residual is not None, hidden.dtype)
+    ctx.mark_non_differentiable(rstd)
+
+
+def _backward(ctx, d_ro, d_y, _d_rstd):
+    return _input_grads(ctx, _add_rms_norm_bwd_op(d_ro, d_y, *ctx.saved_tensors, *ctx.meta))
+
+
+_add_rms_norm_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 class _AddRMSNorm(torch.autograd.Function):
+    """Eager twin of the custom op: the same launchers, without torch.library's dispatch."""
+
     @staticmethod
     def forward(ctx, hidden, residual, weight, scale, eps):
-        shape = hidden.shape
-        C = shape[-1]
-        L = shape[1] if hidden.dim() == 3 else 1
-        h = hidden.contiguous().view(-1, C)
-        r = residual.contiguous().view(-1, C) if residual is not None else h
-        N = h.shape[0]
-        ro = torch.empty(N, C, device=h.device, dtype=torch.float32)
-        y = torch.empty(N, C, device=h.device, dtype=hidden.dtype)
-        rstd = torch.empty(N, device=h.device, dtype=torch.float32)
-        block_n, block_c, warps = _launch_shape(C)
-        s = scale.float().contiguous() if scale is not None else rstd
-        with on_device(h.device):
-            _add_norm_fwd[(triton.cdiv(N, block_n),)](
-                h, r, s, weight, ro, y, rstd, N, C, L, eps,
-                HAS_RES=residual is not None, HAS_SCALE=scale is not None, BLOCK_N=block_n, BLOCK_C=block_c,
-                num_warps=warps)
-        ctx.save_for_backward(ro, rstd, weight, scale)
-        ctx.meta = (shape, L, hidden.dtype, residual is not None)
-        return ro.view(shape), y.view(shape)
+        ro, y, rstd = _norm_fwd(hidden, residual, weight, scale, eps)
+        _save(ctx, ro, rstd, weight, scale, residual is not None, hidden.dtype)
+        return ro, y
 
     @staticmethod
     def backward(ctx, d_ro, d_y):
-        ro, rstd, weight, scale = ctx.saved_tensors
-        shape, L, h_dtype, has_res = ctx.meta
-        N, C = ro.shape
-        dy = d_y.contiguous().view(N, C) if d_y is not None else torch.zeros(N, C, device=ro.device, dtype=h_dtype)
-        block_n, block_c, warps = _launch_shape(C)
-        n_prog = triton.cdiv(N, block_n)
-        dh = torch.empty(N, C, device=ro.device, dtype=h_dtype)
-        dr = torch.empty(N, C, device=ro.device, dtype=torch.float32) if has_res else dh
-        dw = torch.empty(n_prog, C, device=ro.device, dtype=torch.float32)
-        dro = d_ro.contiguous().view(N, C) if d_ro is not None else ro
-        s = scale.float().contiguous() if scale is not None else rstd
-        with on_device(ro.device):
-            _add_norm_bwd[(n_prog,)](
-                dy, dro, ro, rstd, s, weight, dh, dr, dw, N, C, L,
-                HAS_DRO=d_ro is not None, HAS_RES=has_res, HAS_SCALE=scale is not None,
-                BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps)
-        return dh.view(shape), (dr.view(shape) if has_res else None), dw.sum(0).to(weight.dtype), None, None
+        return _input_grads(ctx, _norm_bwd(d_ro, d_y, *ctx.saved_tensors, *ctx.meta))
 
 
 def add_rms_norm_triton(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float,
                         scale: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """:func:`rmeeto.ops.norm.add_rms_norm` by the kernels (same shapes and results up to rounding)."""
+    """:func:`rmeeto.ops.norm.add_rms_norm` by the kernels (same shapes and results up to rounding). The custom
+    op while torch.compile traces, else the autograd function, else (no gradient needed) the launcher."""
     if residual is not None and residual.dtype != torch.float32:
         residual = residual.float()
-    return _AddRMSNorm.apply(hidden, residual, weight, scale, eps)
+    eps = float(eps)
+    if torch.compiler.is_compiling():
+        ro, y, _ = _add_rms_norm_op(hidden, residual, weight, scale, eps)
+        return ro, y
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad
+                                    or (residual is not None and residual.requires_grad)):
+        return _AddRMSNorm.apply(hidden, residual, weight, scale, eps)
+    ro, y, _ = _norm_fwd(hidden, residual, weight, scale, eps)
+    return ro, y

@@ -42,7 +42,7 @@ from typing import Optional
 
 import torch
 
-from rmeeto.ops.triton._launch import on_device
+from rmeeto.ops.triton._launch import launch
 from rmeeto.ops._checks import check_scan_shapes
 
 Tensor = torch.Tensor
@@ -86,8 +86,12 @@ def is_available() -> bool:
     return _HAS_TRITON and torch.cuda.is_available()
 
 
+# read once: Triton itself reads it only when imported, so it cannot change meaningfully later
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _INTERPRETING
 
 
 def _alloc(shape, dtype, device) -> Tensor:
@@ -477,6 +481,7 @@ def _like_layout(u: Tensor, dtype) -> Tensor:
 
 
 def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=False) -> Tensor:
+    """Forward launcher: out [batch, dim, L] laid out like u (see :func:`_like_layout`)."""
     _require_runnable(u)
     batch, dim, L = u.shape
     dstate = A.shape[1]
@@ -484,19 +489,18 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=
     if out.numel() == 0:
         return out
     cfg = FWD_CONFIG
-    bd, chunk = cfg["BLOCK_D"], cfg["CHUNK"]
+    bd = cfg["BLOCK_D"]
     zz = z if z is not None else u
-    grid = (batch, triton.cdiv(dim, bd))
-    with on_device(u.device):
-        _scan_fwd_kernel[grid](
-            u, delta, A, B, C,
-            D if D is not None else A, zz, delta_bias if delta_bias is not None else A, out,
-            dim, L, dstate,
-            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *out.stride(),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_packable(B, C), A_IS_LOG=bool(a_is_log),
-            BLOCK_D=bd, CHUNK=chunk, NP=_np(dstate), num_warps=cfg["num_warps"], num_stages=1,
-        )
+    launch(
+        _scan_fwd_kernel, (batch, (dim + bd - 1) // bd), u.device,
+        u, delta, A, B, C,
+        D if D is not None else A, zz, delta_bias if delta_bias is not None else A, out,
+        dim, L, dstate,
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *out.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_packable(B, C), A_IS_LOG=bool(a_is_log),
+        BLOCK_D=bd, CHUNK=cfg["CHUNK"], NP=_np(dstate), num_warps=cfg["num_warps"], num_stages=1,
+    )
     return out
 
 
@@ -508,8 +512,8 @@ def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_i
     cfg = BWD_CONFIG
     bd, chunk = cfg["BLOCK_D"], cfg["CHUNK"]
     NP = _np(dstate)
-    n_dblk = triton.cdiv(dim, bd)
-    nchunks = triton.cdiv(L, chunk)
+    n_dblk = (dim + bd - 1) // bd
+    nchunks = (L + chunk - 1) // chunk
     du = _like_layout(u, u.dtype)
     ddelta = _like_layout(u, delta.dtype)
     dz = _like_layout(u, z.dtype) if z is not None else torch.empty(0, dtype=u.dtype, device=dev)
@@ -525,22 +529,21 @@ def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_i
     dD_p = _alloc((batch, dim), torch.float32, dev)
     dbias_p = _alloc((batch, dim), torch.float32, dev)
     zz = z if z is not None else u
-    grid = (batch, n_dblk)
-    with on_device(u.device):
-        _scan_bwd_kernel[grid](
-            u, delta, A, B, C,
-            D if D is not None else A, zz, delta_bias if delta_bias is not None else A, dout,
-            ckpt, du, ddelta, dz if z is not None else du, dA_p, dB_p, dC_p, dD_p, dbias_p,
-            batch, dim, L, dstate, nchunks,
-            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *dout.stride(),
-            *du.stride(),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_packable(B, C), A_IS_LOG=bool(a_is_log),
-            BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=cfg["num_warps"], num_stages=1,
-        )
+    launch(
+        _scan_bwd_kernel, (batch, n_dblk), dev,
+        u, delta, A, B, C,
+        D if D is not None else A, zz, delta_bias if delta_bias is not None else A, dout,
+        ckpt, du, ddelta, dz if z is not None else du, dA_p, dB_p, dC_p, dD_p, dbias_p,
+        batch, dim, L, dstate, nchunks,
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *dout.stride(),
+        *du.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_packable(B, C), A_IS_LOG=bool(a_is_log),
+        BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=cfg["num_warps"], num_stages=1,
+    )
     dA = dA_p.sum(0)
-    if a_is_log:  # dL/dA_log = dL/dA * dA/dA_log = dL/dA * A
-        dA = dA * -torch.exp(A.float())
+    if a_is_log:  # dL/dA_log = dL/dA * dA/dA_log = dL/dA * A = -(dL/dA * exp(A_log)) (negation is exact)
+        dA = dA.mul_(torch.exp(A.float())).neg_()
     dA = dA.to(A.dtype)
     dB = dB_p.sum(0).transpose(1, 2).to(B.dtype)  # [batch, dstate, L] view of [batch, L, dstate]
     dC = dC_p.sum(0).transpose(1, 2).to(C.dtype)
@@ -593,16 +596,13 @@ def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_l
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
-    ctx.delta_softplus = delta_softplus
-    ctx.reverse = reverse
-    ctx.a_is_log = a_is_log
+    ctx.flags = (delta_softplus, reverse, a_is_log)
 
 
-def _backward(ctx, dout):
-    u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-    du, ddelta, dA, dB, dC, dD, dz, dbias = _selective_scan_bwd_op(
-        dout, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ctx.reverse, ctx.a_is_log
-    )
+def _input_grads(ctx, grads):
+    """The backward's (du, ddelta, dA, dB, dC, dD, dz, dbias) as gradients of the op's eleven inputs."""
+    du, ddelta, dA, dB, dC, dD, dz, dbias = grads
+    _, _, _, _, _, D, z, delta_bias = ctx.saved_tensors
     return (
         du, ddelta, dA, dB, dC,
         dD if D is not None else None,
@@ -612,7 +612,39 @@ def _backward(ctx, dout):
     )
 
 
+def _backward(ctx, dout):
+    return _input_grads(ctx, _selective_scan_bwd_op(dout, *ctx.saved_tensors, *ctx.flags))
+
+
 _selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """Eager twin of the custom op: the same launchers, without torch.library's dispatch (~25 us a call)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log):
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.flags = (delta_softplus, reverse, a_is_log)
+        return _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
+
+    @staticmethod
+    def backward(ctx, dout):
+        return _input_grads(ctx, _bwd(dout, *ctx.saved_tensors, *ctx.flags))
+
+
+def _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log) -> Tensor:
+    """Unchecked entry (the dispatcher has checked the shapes): the custom op while torch.compile traces (an
+    opaque node, no graph break), else the autograd function, else (no input needs a gradient) the launcher."""
+    if torch.compiler.is_compiling():
+        return _selective_scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
+    if torch.is_grad_enabled() and (
+        u.requires_grad or delta.requires_grad or A.requires_grad or B.requires_grad or C.requires_grad
+        or (D is not None and D.requires_grad) or (z is not None and z.requires_grad)
+        or (delta_bias is not None and delta_bias.requires_grad)
+    ):
+        return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
+    return _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
 
 
 def selective_scan_triton(
@@ -622,5 +654,4 @@ def selective_scan_triton(
     :func:`rmeeto.ops.selective_scan.selective_scan_ref`; ``a_is_log=True``: ``A`` holds A_log (the Mamba
     parameter) and the kernels form A = -exp(A_log) themselves (no exp / neg / cast kernels per call)."""
     check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
-    return _selective_scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse),
-                              bool(a_is_log))
+    return _selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse), bool(a_is_log))

@@ -1,0 +1,199 @@
+"""The op layer of the Triton kernels on CPU: every kernel is a torch.library custom op whose fake (meta) and real
+implementations agree and whose autograd registration is sound (torch.library.opcheck, kernels run by Triton's
+interpreter); the eager path (an autograd.Function over the same launchers) gives bitwise the custom op's
+results; and torch.compile's tracer sees no graph break in a merged or unmerged Vim, on the PyTorch path and on
+the fused path."""
+
+import pytest
+import torch
+
+from rmeeto import MergeConfig, apply_merge, create_model
+from rmeeto.ops import conv
+
+from test_interpreted import run_interpreted
+
+TEST_MODEL = "vim_test_patch4_16"  # 17 tokens, depth 4
+
+
+def _needs_interpreter():
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA machines test the compiled kernels instead (tests/ops/test_gpu_launch.py)")
+
+
+# ------------------------------------------------------------------------------------------------ conv
+@pytest.mark.parametrize("K", [2, 4, 5, 7])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_conv_backward_in_pytorch_matches_autograd(K, reverse):
+    """The PyTorch backward the conv op uses for kernels of more than 4 taps (any K) equals autograd through
+    the reference."""
+    from rmeeto.ops.triton import conv as tconv
+
+    torch.manual_seed(K)
+    x = torch.randn(2, 9, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 1, K, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 9, 6, dtype=torch.float64)
+    want = torch.autograd.grad(conv.conv_silu_torch(x, w, b, reverse), [x, w, b], g)
+    got = tconv._conv_silu_bwd_torch(x.detach(), w.detach(), b.detach(), g, reverse)
+    for a, e in zip(got, want):
+        assert a.shape == e.shape and a.dtype == e.dtype
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------- opcheck
+def test_custom_ops_pass_opcheck_under_the_interpreter():
+    """torch.library.opcheck on every custom op (schema, fake tensors against the real kernels, autograd
+    registration, AOT dispatch), and the eager autograd path bitwise equal to the custom op, gradients too."""
+    _needs_interpreter()
+    run_interpreted("""
+        import sys, torch
+        from torch.library import opcheck
+        from rmeeto.ops.triton import scan as ts, conv as tc, norm as tn, merge as tm
+        from rmeeto.merge import bipartite_match, plan_cls_index
+        torch.manual_seed(0)
+        bad = []
+
+        def check(name, op, args):
+            try:
+                result = opcheck(op, args)
+            except Exception as e:
+                bad.append((name, repr(e)[:1500]))
+                return
+            for test, verdict in result.items():
+                if verdict != "SUCCESS":
+                    bad.append((name, test, verdict))
+
+        def same(name, eager, compiled_op, leaves):
+            # eager autograd function vs custom op: same launchers, so bitwise equal values and gradients
+            outs = []
+            for fn in (eager, compiled_op):
+                out = fn()
+                out = out if isinstance(out, tuple) else (out,)
+                out = [o for o in out if o.is_floating_point() and o.requires_grad]
+                gs = torch.autograd.grad(out, leaves, [torch.ones_like(o) * 0.7 for o in out], allow_unused=True)
+                outs.append(list(out) + [g for g in gs if g is not None])
+            if len(outs[0]) != len(outs[1]) or not all(torch.equal(a, b) for a, b in zip(*outs)):
+                bad.append((name, "eager != custom op"))
+
+        # scan: channels-last views as in Vim, with and without the optional inputs
+        b, d, n, L = 2, 8, 4, 5
+        for full in (True, False):
+            u = torch.randn(b, L, d).transpose(1, 2).requires_grad_()
+            delta = (torch.randn(b, L, d) * 0.5).transpose(1, 2).requires_grad_()
+            A = (torch.randn(d, n) * 0.5).requires_grad_()
+            B, C = torch.randn(b, n, L, requires_grad=True), torch.randn(b, n, L, requires_grad=True)
+            D = torch.randn(d, requires_grad=True) if full else None
+            z = torch.randn(b, d, L, requires_grad=True) if full else None
+            bias = torch.randn(d, requires_grad=True) if full else None
+            args = (u, delta, A, B, C, D, z, bias, True, full, True)
+            check("scan", ts._selective_scan_op, args)
+            g = torch.randn(b, d, L)
+            check("scan_bwd", ts._selective_scan_bwd_op, (g,) + tuple(t.detach() if t is not None else None for t in args[:8]) + args[8:])
+            leaves = [t for t in args[:8] if t is not None]
+            same("scan", lambda: ts._SelectiveScan.apply(*args), lambda: ts._selective_scan_op(*args), leaves)
+
+        # conv: 4 taps (the kernel's backward) and 5 (the PyTorch backward), both directions
+        for K in (4, 5):
+            for reverse in (False, True):
+                x = torch.randn(2, 7, 12, requires_grad=True)
+                w = torch.randn(12, 1, K, requires_grad=True)
+                bb = torch.randn(12, requires_grad=True)
+                check("conv", tc._conv_silu_op, (x, w, bb, reverse))
+                check("conv_bwd", tc._conv_silu_bwd_op, (x.detach(), w.detach(), bb.detach(), torch.randn(2, 7, 12), reverse))
+                same("conv", lambda: tc._ConvSilu.apply(x, w, bb, reverse), lambda: tc._conv_silu_op(x, w, bb, reverse), [x, w, bb])
+
+        # add + RMSNorm: with / without residual and drop-path scale
+        for has_res in (True, False):
+            for has_scale in (True, False):
+                h = torch.randn(2, 5, 24, requires_grad=True)
+                r = torch.randn(2, 5, 24, requires_grad=True) if has_res else None
+                w = (torch.rand(24) + 0.5).requires_grad_()
+                s = torch.tensor([0.0, 2.0]) if has_scale else None
+                check("norm", tn._add_rms_norm_op, (h, r, w, s, 1e-5))
+                ro, y, rstd = tn._norm_fwd(h.detach(), None if r is None else r.detach(), w.detach(), s, 1e-5)
+                check("norm_bwd", tn._add_rms_norm_bwd_op, (torch.randn_like(ro), torch.randn_like(y), ro, rstd, w.detach(), s, has_res, torch.float32))
+                leaves = [t for t in (h, r, w) if t is not None]
+                same("norm", lambda: tn._AddRMSNorm.apply(h, r, w, s, 1e-5), lambda: tn._add_rms_norm_op(h, r, w, s, 1e-5)[:2], leaves)
+
+        # merge: the matching kernels, then the merge with and without sizes
+        Bm, Lm, Cm, cls, R = 2, 17, 16, 8, 4
+        for ordered in (True, False):
+            new_cls = plan_cls_index(cls, Lm, R, ordered)
+            metric = torch.randn(Bm, Lm, Cm)
+            check("match_plan", tm._match_plan_op, (metric, cls, R, new_cls, ordered))
+            dest, base, src, sdst = tm._match_plan(metric, cls, R, new_cls, ordered)
+            for size in (None, torch.randint(1, 4, (Bm, Lm, 1)).float()):
+                h = torch.randn(Bm, Lm, Cm, requires_grad=True)
+                res = torch.randn(Bm, Lm, Cm, requires_grad=True)
+                check("merge", tm._merge_op, (h, res, size, dest, base, src, sdst))
+                same("merge", lambda: tm._FusedMerge.apply(h, res, size, dest, base, src, sdst),
+                     lambda: tm._merge_op(h, res, size, dest, base, src, sdst), [h, res])
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """)
+
+
+# ----------------------------------------------------------------------------------------- graph breaks
+def _tiny_vim(merged: bool):
+    model = create_model(TEST_MODEL).eval()
+    if merged:
+        apply_merge(model, MergeConfig(num_merged=2))
+    return model
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_no_graph_break_on_the_pytorch_path(merged):
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(_tiny_vim(merged))(torch.randn(2, 3, 16, 16))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_no_graph_break_on_the_fused_path_under_the_interpreter():
+    """Every fused op forced on for CPU tensors (kernels run by the interpreter): dynamo must see each Triton
+    kernel as one opaque custom op (never trace into the autograd functions or the launchers), merged and
+    unmerged, and the traced model must give the eager model's output."""
+    _needs_interpreter()
+    run_interpreted("""
+        import sys, torch, torch._dynamo
+        from rmeeto import MergeConfig, apply_merge, create_model
+        from rmeeto.ops import policy, selective_scan
+        from rmeeto.ops.triton import scan as ts, merge as tm
+        from rmeeto import merge as rmerge
+        # force the fused kernels onto CPU tensors (they only run there under the interpreter)
+        policy.use_fused = lambda op, x, backend="auto": backend != "torch"
+        ts.is_available = lambda: True
+        tm.is_available = lambda: True
+        selective_scan.set_default_backend("triton")
+        selective_scan._loaded.clear()
+        bad = []
+        for merged in (False, True):
+            torch.manual_seed(0)
+            model = create_model("vim_test_patch4_16").eval()
+            if merged:
+                apply_merge(model, MergeConfig(num_merged=2))
+            x = torch.randn(2, 3, 16, 16)
+            ops_seen = []
+            def backend(gm, example_inputs):
+                ops_seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+                return gm
+            torch._dynamo.reset()
+            explanation = torch._dynamo.explain(model)(x)
+            if explanation.graph_break_count != 0:
+                bad.append((merged, "breaks", explanation.break_reasons))
+            torch._dynamo.reset()
+            with torch.no_grad():
+                got = torch.compile(model, backend=backend, fullgraph=True)(x)
+                want = model(x)
+            need = {"rmeeto.selective_scan", "rmeeto.conv_silu", "rmeeto.add_rms_norm"}
+            if merged:
+                need |= {"rmeeto.match_plan", "rmeeto.merge_fused"}
+            missing = [op for op in need if not any(op in s for s in ops_seen)]
+            if missing:
+                bad.append((merged, "ops missing from the graph", missing))
+            if not torch.equal(got, want):
+                bad.append((merged, "compiled != eager", (got - want).abs().max().item()))
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """)
