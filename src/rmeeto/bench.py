@@ -35,7 +35,8 @@ from rmeeto.timing import BENCH, measure
 from rmeeto.train import DistillationLoss, StudentGraph, TeacherForward, distillation_forward
 
 __all__ = ["bench_inference", "bench_train_step", "bench_modes", "compare_modes", "make_train_step",
-           "count_launches", "Launches", "default_modes", "INFERENCE_MODES", "TRAIN_MODES", "DTYPES"]
+           "count_launches", "Launches", "describe_failure", "default_modes", "INFERENCE_MODES", "TRAIN_MODES",
+           "DTYPES"]
 
 INFERENCE_MODES = tuple(m for m in MODES if m != "auto")
 # Inductor's own CUDA graphs around a training step would fight StudentGraph's capture: not offered
@@ -293,7 +294,7 @@ def bench_train_step(
 
 
 # ============================================================================================ modes side by side
-def _one_line(exc: BaseException, limit: int = 160) -> str:
+def describe_failure(exc: BaseException, limit: int = 160) -> str:
     """``exc`` as "failed: <Type>: <first informative line>". Dynamo wraps a backend's error under a line such
     as "backend='inductor' raised:", so a first line ending in ':' gives way to the next one."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -334,7 +335,7 @@ def bench_modes(
                 r = {"model": model_name, "merge": None if cfg is None else cfg.to_dict(), "mode": mode,
                      "batch_size": kwargs.get("batch_size"), "dtype": kwargs.get("dtype"),
                      "backend": _scan_backend(kwargs.get("backend", "auto"), device, not is_vit_name(model_name)),
-                     **dict.fromkeys(_MEASURED), "error": _one_line(exc)}
+                     **dict.fromkeys(_MEASURED), "error": describe_failure(exc)}
             finally:
                 if "compile" in mode:
                     torch._dynamo.reset()
