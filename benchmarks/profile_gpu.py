@@ -17,9 +17,9 @@ It prints one summary line per case (starting "# MODEL", for grep):
   time the GPU was busy (the rest is launch gaps and host work the GPU waited for);
 * launches of one call: GPU work items (kernels, copies, fills; a CUDA graph's nodes included) and the host's
   launch calls (a graph replay is one);
-* inference only: host ms per forward at batch 1 (the GPU then idles, so this is the Python + launch cost
-  of one forward), and for ``compile`` the first call's seconds and the graphs / graph breaks
-  ``torch._dynamo.explain`` finds;
+* inference only: the first call's seconds (compilation, capture); for eager and cudagraph the host ms per
+  forward at batch 1 (the GPU then idles, so this is the Python + launch cost of one forward); for
+  ``compile`` the graphs / graph breaks ``torch._dynamo.explain`` finds;
 followed by the top kernels by GPU time. ``--ops`` first prints the host microseconds per call of each op a
 Vim-S block runs, at batch 1 (each row is skipped with its reason when an op's entry point is not there).
 """
@@ -90,21 +90,24 @@ def inference_case(name: str, merged: bool, batch: int, mode: str):
     extra = ""
     if "compile" in mode:
         torch._dynamo.reset()
-        with torch.no_grad():
-            ex = torch._dynamo.explain(model)(x)
-        extra = f", dynamo graphs {ex.graph_count} breaks {ex.graph_break_count}"
-        for reason in ex.break_reasons[:4]:
-            extra += f"\n#     break: {str(reason.reason).splitlines()[0][:160]}"
+        try:
+            with torch.no_grad():
+                ex = torch._dynamo.explain(model)(x)
+            extra = f", dynamo graphs {ex.graph_count} breaks {ex.graph_break_count}"
+            for reason in ex.break_reasons[:4]:
+                extra += f"\n#     break: {(str(reason.reason).strip().splitlines() or [''])[0][:160]}"
+        except Exception as exc:  # the timing below still says whether compile works
+            extra = f", dynamo explain {describe_failure(exc)}"
         torch._dynamo.reset()
     fn = accelerate(model, mode)
     t0 = time.perf_counter()
     fn(x)
     torch.cuda.synchronize()
     first_s = time.perf_counter() - t0
-    if mode == "eager":
+    if "compile" not in mode:  # (a compiled forward would recompile for batch 1)
         # batch 1: the GPU finishes each kernel before the host issues the next, so this is the host's cost
         x1 = x[:1].clone()
-        extra = f", host per forward at batch 1 {host_us(lambda: fn(x1), reps=20, warm=3) / 1e3:.2f} ms" + extra
+        extra = f", host per forward at batch 1 {host_us(lambda: fn(x1), reps=20, warm=3) / 1e3:.3f} ms" + extra
     return fn, x, f", first call {first_s:.1f} s" + extra
 
 
