@@ -19,6 +19,7 @@ with an ``error`` instead of stopping; :func:`compare_modes` pairs them into one
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence, Union
@@ -97,14 +98,15 @@ class Launches:
         return cls(gpu, host)
 
 
-def count_launches(fn: Callable, arg) -> Launches:
-    """Launches of one call ``fn(arg)`` on CUDA (call it warm: a first call also compiles or captures)."""
+def count_launches(fn: Callable, arg, device: Optional[torch.device] = None) -> Launches:
+    """Launches of one call ``fn(arg)`` on CUDA ``device`` (call it warm: a first call also compiles or
+    captures)."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.cuda.synchronize()
+    torch.cuda.synchronize(device)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn(arg)
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     return Launches.from_events(prof.key_averages())
 
 
@@ -120,7 +122,7 @@ def _measure(fn, inputs, warmup: int, repeats: int, device: torch.device, **fiel
     first_call_s = time.perf_counter() - t0
     timing = measure(fn, inputs, batch_size=fields["batch_size"], device=device,
                      protocol=BENCH.with_counts(warmup, repeats))
-    launches = count_launches(fn, inputs[0]) if device.type == "cuda" else None
+    launches = count_launches(fn, inputs[0], device) if device.type == "cuda" else None
     return {
         **fields,
         "device": timing.device,
@@ -340,6 +342,7 @@ def bench_modes(
                 if "compile" in mode:
                     torch._dynamo.reset()
                 if device.type == "cuda":
+                    gc.collect()  # a failed run's frames (its model, its graphs) sit in reference cycles
                     torch.cuda.empty_cache()
             r["section"] = section
             ips = r["images_per_s"]
