@@ -310,12 +310,14 @@ def bench_modes(
     *,
     modes: Sequence[str],
     train: bool = False,
+    on_result: Optional[Callable[[dict], None]] = None,
     **kwargs,
 ) -> list[dict]:
     """Each of ``modes`` for the unmerged model and then the merged one (``merge_config``): one result per run as
     :func:`bench_inference` (with ``train``: :func:`bench_train_step`, modes from :data:`TRAIN_MODES`) returns
     it, given ``kwargs``, plus ``section`` ("inference" or "train") and ``speedup_vs_unmerged`` (images/s over
-    the unmerged run of the same mode; None where either failed).
+    the unmerged run of the same mode; None where either failed). ``on_result(result)`` is called as each run
+    ends (to show progress).
 
     A run that raises (torch.compile failing in Inductor, a graph capture refused) gives a result whose
     ``error`` is "failed: <one line>" and whose measured fields are None; the other runs go on. Modes are
@@ -352,6 +354,8 @@ def bench_modes(
             else:
                 r["speedup_vs_unmerged"] = None if ips is None or base is None else ips / base
             results.append(r)
+            if on_result is not None:
+                on_result(r)
     return results
 
 

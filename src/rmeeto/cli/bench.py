@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("give at least one MODEL (see 'rmeeto models'), or --data DIR to time the input pipeline")
 
     from rmeeto.bench import bench_modes, compare_modes
-    from rmeeto.cli.eval import check_model, resolve_device, user_errors
+    from rmeeto.cli.eval import check_model, check_output_file, resolve_device, user_errors
     from rmeeto.ops.selective_scan import available_backends
     from rmeeto.runtime import resolve_dtype
 
@@ -160,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
     for name in args.models:
         check_model(name)
     modes = _modes(args, device)
+    if args.json:
+        check_output_file(args.json, "--json")
     train_dtype = "fp32" if cpu else "bf16"
     backends = available_backends(device) if args.compare else [args.backend]
     if args.compare:
@@ -168,6 +170,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"# device: {dev_name}; batch {args.batch_size}; torch {torch.__version__}; modes {','.join(modes)}")
 
     results = []
+
+    def show(result: dict) -> None:
+        """Print a mode's row as soon as its merged run ends, and keep the JSON file current (a run cut short
+        by a time limit still leaves every finished row)."""
+        results.append(result)
+        if result["merge"] is not None:
+            print(_fmt(compare_modes(results[-2:])[0]), flush=True)
+            if args.json:
+                _write_json(args, dev_name, modes, results)
+
     for section in (["inference"] if not args.no_inference else []) + (["train"] if args.train else []):
         print(f"\n## {section} ({args.dtype if section == 'inference' else train_dtype}); launches and first call: "
               f"unmerged/merged")
@@ -185,22 +197,27 @@ def run(args: argparse.Namespace) -> int:
                                 repeats=args.train_repeats)
             # a ViT has no scan kernel to compare: one pass with "auto"
             for backend in (["auto"] if is_vit_name(name) else backends):
-                rows = bench_modes(name, merged_cfg, modes=modes, train=section == "train", device=device,
-                                   batch_size=args.batch_size, backend=backend, compile_backend=args.compile_backend,
-                                   **settings)
-                for row in compare_modes(rows):
-                    print(_fmt(row), flush=True)
-                results += rows
+                bench_modes(name, merged_cfg, modes=modes, train=section == "train", on_result=show, device=device,
+                            batch_size=args.batch_size, backend=backend, compile_backend=args.compile_backend,
+                            **settings)
     failed = sum(1 for r in results if r["error"])
     if failed:
         print(f"\n# {failed} of {len(results)} runs failed (see their rows)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": dev_name, "torch": torch.__version__, "modes": modes,
-                       "compile_backend": args.compile_backend, "results": results,
-                       "table": compare_modes(results)}, f, indent=2)
+        _write_json(args, dev_name, modes, results)
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _write_json(args: argparse.Namespace, dev_name: str, modes: list[str], results: list[dict]) -> None:
+    import torch
+
+    from rmeeto.bench import compare_modes
+
+    with open(args.json, "w") as f:
+        json.dump({"device": dev_name, "torch": torch.__version__, "modes": modes,
+                   "compile_backend": args.compile_backend, "results": results, "table": compare_modes(results)},
+                  f, indent=2)
 
 
 def _modes(args: argparse.Namespace, device) -> list[str]:
