@@ -97,9 +97,11 @@ def test_bench_cli_modes_table_and_json(tmp_path, capsys):
 def test_failing_compile_is_reported_per_row_and_the_other_modes_run(tmp_path, capsys):
     from rmeeto.bench import bench_modes, compare_modes
 
+    seen = []
     results = bench_modes("vim_test_patch4_16", rmeeto.MergeConfig(num_merged=2), modes=["compile", "eager"],
                           device="cpu", batch_size=2, dtype="fp32", warmup=0, repeats=1,
-                          compile_backend=_failing_backend)
+                          compile_backend=_failing_backend, on_result=seen.append)
+    assert seen == results  # each run reported as it ends, in order
     assert [(r["mode"], r["merge"] is None) for r in results] == [
         ("compile", True), ("compile", False), ("eager", True), ("eager", False)]
     for r in results[:2]:
