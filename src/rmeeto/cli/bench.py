@@ -31,7 +31,7 @@ modes (--modes, comma-separated; default eager,compile,cudagraph on CUDA, eager 
   cudagraph          the forward replayed from a CUDA graph; for --train the student's forward+backward and
                      the teacher's forward, as 'rmeeto retrain' does on one GPU
   compile+cudagraph  torch.compile(model, mode="reduce-overhead") (inference only)
---mode M runs the single mode M (auto = cudagraph on GPU, eager on CPU), as before --modes existed.
+--mode M runs the single mode M (auto = cudagraph on GPU, eager on CPU).
 
 --compare repeats everything for every scan backend available on the device. Without merge flags, --preset
 paper is used for the merged row. Video models (videomamba_*_f8) get random clips [batch, 3, frames, H, W];
