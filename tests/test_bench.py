@@ -47,3 +47,152 @@ def test_accelerate_eager_matches_model_and_rejects_graphs_on_cpu():
         accelerate(model, "cudagraph")
     with pytest.raises(ValueError, match="choose from"):
         accelerate(model, "turbo")
+
+
+# ============================================================================================ modes side by side
+def _counting_backend(graphs: list, inner: str = "eager"):
+    """A torch.compile backend that records each graph it is handed and compiles it with ``inner``."""
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend(inner)(gm, example_inputs)
+
+    return backend
+
+
+def _failing_backend(gm, example_inputs):
+    raise RuntimeError("Inductor could not lower rmeeto::selective_scan\nsecond line of the report")
+
+
+def test_bench_cli_modes_table_and_json(tmp_path, capsys):
+    from rmeeto.bench import INFERENCE_MODES
+    from rmeeto.cli.bench import MODES
+
+    assert set(MODES) == set(INFERENCE_MODES)  # the CLI spells them out so that building the parser needs no torch
+    out = tmp_path / "bench.json"
+    assert main(["bench", "vim_test_patch4_16", "--device", "cpu", "--batch-size", "2", "--warmup", "0",
+                 "--repeats", "2", "--dtype", "fp32", "-r", "2", "--modes", "eager,compile",
+                 "--compile-backend", "eager", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["modes"] == ["eager", "compile"] and data["compile_backend"] == "eager"
+    assert [(r["mode"], r["merge"] is None) for r in data["results"]] == [
+        ("eager", True), ("eager", False), ("compile", True), ("compile", False)]
+    assert [row["mode"] for row in data["table"]] == ["eager", "compile"]
+    for row in data["table"]:
+        assert row["merge"]["num_merged"] == 2 and row["section"] == "inference"
+        assert row["merged_over_unmerged"] == pytest.approx(
+            row["merged_images_per_s"] / row["unmerged_images_per_s"])
+        for side in ("unmerged", "merged"):
+            assert row[f"{side}_error"] is None and row[f"{side}_images_per_s"] > 0
+            assert row[f"{side}_ms_p10"] <= row[f"{side}_ms_median"] <= row[f"{side}_ms_p90"]
+            assert row[f"{side}_first_call_s"] > 0
+            assert row[f"{side}_launches"] is None and row[f"{side}_host_launches"] is None  # CPU: not counted
+    lines = {line.split()[3]: line.split() for line in printed.splitlines() if line.startswith("vim_test")}
+    assert set(lines) == {"eager", "compile"}
+    for cells in lines.values():
+        assert cells[1] == "r=2" and cells[-2] == "-/-"  # the launches column on CPU
+    assert "images/s" in printed and "failed" not in printed
+
+
+def test_failing_compile_is_reported_per_row_and_the_other_modes_run(tmp_path, capsys):
+    from rmeeto.bench import bench_modes, compare_modes
+
+    seen = []
+    results = bench_modes("vim_test_patch4_16", rmeeto.MergeConfig(num_merged=2), modes=["compile", "eager"],
+                          device="cpu", batch_size=2, dtype="fp32", warmup=0, repeats=1,
+                          compile_backend=_failing_backend, on_result=seen.append)
+    assert seen == results  # each run reported as it ends, in order
+    assert [(r["mode"], r["merge"] is None) for r in results] == [
+        ("compile", True), ("compile", False), ("eager", True), ("eager", False)]
+    for r in results[:2]:
+        assert r["error"].startswith("failed: ") and "Inductor could not lower" in r["error"]
+        assert "\n" not in r["error"] and "second line" not in r["error"]
+        assert r["images_per_s"] is None and r["speedup_vs_unmerged"] is None and r["backend"] == "chunked"
+    for r in results[2:]:
+        assert r["error"] is None and r["images_per_s"] > 0
+    failed, eager = compare_modes(results)
+    assert failed["merged_over_unmerged"] is None and failed["unmerged_error"] == failed["merged_error"]
+    assert eager["merged_over_unmerged"] > 0
+
+    # through the CLI: a registered backend that fails; the row says so, the command still succeeds
+    torch._dynamo.register_backend(_failing_backend, name="rmeeto_test_failing")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "vim_test_patch4_16", "--device", "cpu", "--batch-size", "2", "--warmup", "0",
+                 "--repeats", "1", "--dtype", "fp32", "-r", "2", "--modes", "compile",
+                 "--compile-backend", "rmeeto_test_failing", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    (compile_line,) = [line for line in printed.splitlines() if line.startswith("vim_test")]
+    assert " compile " in compile_line and compile_line.count("failed: BackendCompilerFailed") == 1
+    assert "Inductor could not lower" in compile_line and "2 of 2 runs failed" in printed
+    (row,) = json.loads(out.read_text())["table"]
+    assert row["unmerged_error"].startswith("failed: ") and row["merged_images_per_s"] is None
+
+
+@pytest.mark.slow
+def test_train_step_runs_eager_and_compiled_on_cpu():
+    from rmeeto.bench import bench_modes
+
+    graphs = []
+    results = bench_modes("vim_test_patch4_16", rmeeto.MergeConfig(num_merged=2), modes=["eager", "compile"],
+                          train=True, device="cpu", batch_size=2, dtype="fp32", warmup=0, repeats=1,
+                          compile_backend=_counting_backend(graphs))
+    assert [(r["section"], r["mode"], r["error"]) for r in results] == [("train", m, None) for m in
+                                                                          ("eager", "eager", "compile", "compile")]
+    assert all(r["images_per_s"] > 0 for r in results)
+    # compile mode compiled both the student's and the teacher's forward, for the unmerged and merged student
+    assert len(graphs) >= 4
+
+
+def test_train_step_modes_are_checked():
+    from rmeeto.bench import make_train_step
+
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        make_train_step("vim_test_patch4_16", None, device="cpu", mode="cudagraph")
+    with pytest.raises(ValueError, match="not valid"):
+        make_train_step("vim_test_patch4_16", None, device="cpu", mode="compile+cudagraph")
+
+
+def test_launch_counts_from_profiler_events():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from rmeeto.bench import Launches
+
+    def ev(key, count, device):
+        return SimpleNamespace(key=key, count=count, device_type=device)
+
+    cpu, cuda = DeviceType.CPU, DeviceType.CUDA
+    events = [ev("cudaLaunchKernel", 40, cpu), ev("cuLaunchKernelEx", 12, cpu), ev("cudaGraphLaunch", 1, cpu),
+              ev("cudaMemcpyAsync", 2, cpu), ev("cudaDeviceSynchronize", 1, cpu), ev("cudaEventRecord", 3, cpu),
+              ev("ampere_sgemm_128x64_tn", 30, cuda), ev("_selective_scan_fwd_kernel", 22, cuda),
+              ev("Memcpy DtoD (Device -> Device)", 2, cuda), ev("Activity Buffer Request", 1, cuda)]
+    assert Launches.from_events(events) == Launches(gpu=54, host=55)
+
+
+def test_bench_cli_mode_flags_are_checked(capsys):
+    base = ["bench", "vim_test_patch4_16", "--device", "cpu", "--dtype", "fp32"]
+    assert main(base + ["--mode", "eager", "--modes", "eager"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(base + ["--modes", "eager,cudagraph"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+    assert main(base + ["--modes", "eager,compile", "--compile-backend", "nope"]) == 2
+    assert "'nope' is not a torch.compile backend" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["--modes", "eager,turbo"])
+    assert "comma-separated subset" in capsys.readouterr().err
+
+
+def test_compile_modes_of_accelerate():
+    from rmeeto.fast import compile_model
+
+    model = rmeeto.create_model("vim_test_patch4_16").eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+    torch._dynamo.reset()
+    graphs = []
+    out = accelerate(model, "compile", compile_backend=_counting_backend(graphs))(x)
+    assert graphs and torch.allclose(out, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="needs the 'inductor' compile backend"):
+        compile_model(model, "eager", cudagraphs=True)

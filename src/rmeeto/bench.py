@@ -1,4 +1,4 @@
-"""Throughput and latency of unmerged vs merged Vims, in one run on one device.
+"""Throughput and latency of unmerged vs merged Vims, in one run on one device, in each execution mode.
 
 Inference follows the official protocol (random batch, eval, no_grad, fp16 weights and inputs by default) with
 proper timing: warm-up, then many timed repeats with CUDA events (host clock on CPU); we report the median,
@@ -7,36 +7,122 @@ buffers so the timing does not measure a cache-resident image batch.
 
 The training step is the re-training setup: merged student forward + backward under bf16 autocast, the
 unmerged teacher's forward under no_grad, classification + KL distillation loss, one AdamW step.
+
+Modes (how the model is called; see :mod:`rmeeto.fast`): ``eager`` (``model(x)``), ``compile``
+(``torch.compile(model)``), ``cudagraph`` (the forward replayed from a CUDA graph; for the training step the
+student's forward+backward and the teacher's forward, as ``rmeeto retrain`` does on one GPU), and for inference
+``compile+cudagraph``. Each result also carries the time of the first call (compilation, graph capture) and,
+on CUDA, the launches of one call (:func:`count_launches`). :func:`bench_modes` runs several modes for the
+unmerged and the merged model and reports a mode that fails (Inductor refusing a kernel, say) as a result
+with an ``error`` instead of stopping; :func:`compare_modes` pairs them into one row per mode.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import gc
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 import rmeeto
 from rmeeto.backbones import is_vit, is_vit_name, set_scan_backend
-from rmeeto.fast import accelerate
+from rmeeto.fast import MODES, accelerate, compile_model
 from rmeeto.merge import MergeConfig
 from rmeeto.runtime import DTYPES, resolve_device, resolve_dtype
 from rmeeto.timing import BENCH, measure
 from rmeeto.train import DistillationLoss, StudentGraph, TeacherForward, distillation_forward
 
-__all__ = ["bench_inference", "bench_train_step", "make_train_step", "DTYPES"]
+__all__ = ["bench_inference", "bench_train_step", "bench_modes", "compare_modes", "make_train_step",
+           "count_launches", "Launches", "describe_failure", "default_modes", "INFERENCE_MODES", "TRAIN_MODES",
+           "DTYPES"]
+
+INFERENCE_MODES = tuple(m for m in MODES if m != "auto")
+# Inductor's own CUDA graphs around a training step would fight StudentGraph's capture: not offered
+TRAIN_MODES = ("eager", "compile", "cudagraph")
+# the measured fields a failed run leaves empty (None)
+_MEASURED = ("device", "repeats", "ms_median", "ms_p10", "ms_p90", "images_per_s", "peak_mem_mb", "first_call_s",
+             "launches", "host_launches")
 
 
+def default_modes(device) -> tuple[str, ...]:
+    """The modes ``rmeeto bench`` runs unless told: eager, compile and cudagraph on CUDA; eager on CPU (where
+    Inductor compiles C++ for minutes and there are no CUDA graphs)."""
+    return ("eager", "compile", "cudagraph") if resolve_device(device).type == "cuda" else ("eager",)
+
+
+def resolve_mode(mode: str, device: torch.device, choices: Sequence[str] = INFERENCE_MODES) -> str:
+    """``mode`` checked against ``choices`` and ``device``; ``"auto"`` is cudagraph on CUDA, else eager."""
+    if mode == "auto":
+        return "cudagraph" if device.type == "cuda" else "eager"
+    if mode not in choices:
+        raise ValueError(f"mode={mode!r} is not valid here; choose from {', '.join(map(repr, ('auto', *choices)))}")
+    if "cudagraph" in mode and device.type != "cuda":
+        raise ValueError(f"mode={mode!r} needs a CUDA device")
+    return mode
+
+
+# ============================================================================================ launches
+# host calls that put work on the GPU: kernel launches through the runtime and the driver API (Triton launches
+# with cuLaunchKernelEx), graph launches, asynchronous copies and fills
+_HOST_LAUNCH_PREFIXES = ("cudaLaunch", "cuLaunch", "cudaGraphLaunch", "cuGraphLaunch", "cudaMemcpy", "cuMemcpy",
+                         "cudaMemset", "cuMemset")
+# the profiler's own bookkeeping, listed among the device events but no work of the profiled call
+_PROFILER_OVERHEAD = ("Activity Buffer Request",)
+
+
+@dataclass(frozen=True)
+class Launches:
+    """The GPU work of one call, counted by torch.profiler (CUPTI), exact rather than sampled.
+
+    gpu: kernels, copies and fills the GPU ran, a CUDA graph's nodes included (in eager mode each was one host
+    launch; within a graph each still costs the GPU a launch gap). host: the launch calls the host made for
+    them (a graph replay is one), as far as the profiler traces the launch API (the driver API included)."""
+
+    gpu: int
+    host: int
+
+    @classmethod
+    def from_events(cls, events: Iterable) -> "Launches":
+        """Count ``prof.key_averages()`` (items with ``key``, ``count``, ``device_type``)."""
+        from torch.autograd import DeviceType
+
+        gpu = host = 0
+        for e in events:
+            if e.device_type == DeviceType.CPU:
+                host += e.count if e.key.startswith(_HOST_LAUNCH_PREFIXES) else 0
+            elif e.key not in _PROFILER_OVERHEAD:
+                gpu += e.count
+        return cls(gpu, host)
+
+
+def count_launches(fn: Callable, arg, device: Optional[torch.device] = None) -> Launches:
+    """Launches of one call ``fn(arg)`` on CUDA ``device`` (call it warm: a first call also compiles or
+    captures)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn(arg)
+        torch.cuda.synchronize(device)
+    return Launches.from_events(prof.key_averages())
+
+
+# ============================================================================================ one measurement
 def _measure(fn, inputs, warmup: int, repeats: int, device: torch.device, **fields) -> dict:
-    """Time ``fn`` over ``inputs`` by the :data:`~rmeeto.timing.BENCH` protocol (one CUDA event pair per
-    repeat) and return the common result fields (plus ``fields``)."""
-    from rmeeto.ops.selective_scan import resolve_backend
-
+    """Time ``fn`` over ``inputs``: its first call on its own (compilation, graph capture), then the
+    :data:`~rmeeto.timing.BENCH` protocol (one CUDA event pair per repeat), then one profiled call for the
+    launches (CUDA only). Returns the common result fields (plus ``fields``)."""
+    t0 = time.perf_counter()
+    fn(inputs[0])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    first_call_s = time.perf_counter() - t0
     timing = measure(fn, inputs, batch_size=fields["batch_size"], device=device,
                      protocol=BENCH.with_counts(warmup, repeats))
-    # a ViT has no scan kernel: its rows say "-" rather than the kernel a Vim would have used
-    scan = fields.pop("scan", True)
-    fields["backend"] = resolve_backend(fields.get("backend", "auto"), device) if scan else "-"
+    launches = count_launches(fn, inputs[0], device) if device.type == "cuda" else None
     return {
         **fields,
         "device": timing.device,
@@ -46,7 +132,18 @@ def _measure(fn, inputs, warmup: int, repeats: int, device: torch.device, **fiel
         "ms_p90": timing.p90_ms,
         "images_per_s": timing.images_per_s,
         "peak_mem_mb": float("nan") if timing.peak_mem_mb is None else timing.peak_mem_mb,
+        "first_call_s": first_call_s,
+        "launches": None if launches is None else launches.gpu,
+        "host_launches": None if launches is None else launches.host,
     }
+
+
+def _scan_backend(backend: str, device: torch.device, scan: bool) -> str:
+    """The scan kernel a row ran; a ViT has no scan kernel: its rows say "-" rather than the one a Vim would
+    have used."""
+    from rmeeto.ops.selective_scan import resolve_backend
+
+    return resolve_backend(backend, device) if scan else "-"
 
 
 def _build(model_name: str, merge_config: Optional[MergeConfig], device, img_size=None, **overrides):
@@ -80,9 +177,13 @@ def bench_inference(
     device: str = "cuda",
     num_input_buffers: int = 3,
     seed: int = 0,
+    compile_backend: Union[str, Callable] = "inductor",
 ) -> dict:
-    """Time ``model(images)`` for one model/config. Returns a dict (images_per_s, ms median/p10/p90, peak MB)."""
+    """Time ``model(images)`` for one model/config in one mode (:data:`INFERENCE_MODES`, or ``"auto"``).
+    Returns a dict: images_per_s, ms median/p10/p90, peak MB, first_call_s (s), launches / host_launches of
+    one call (None on CPU), and the settings."""
     device = resolve_device(device)
+    mode = resolve_mode(mode, device)
     tdtype = resolve_dtype(dtype, device)
     torch.manual_seed(seed)
     model = _build(model_name, merge_config, device, img_size).eval()
@@ -91,12 +192,13 @@ def bench_inference(
         model = model.to(tdtype)  # official protocol: model.half() and half inputs
     shape = _input_size(model, img_size)
     inputs = [torch.randn(batch_size, *shape, device=device).to(tdtype) for _ in range(num_input_buffers)]
-    fn = accelerate(model, mode)
+    if "compile" in mode:
+        torch._dynamo.reset()  # a fresh cache: earlier models' graphs neither count against its limit nor linger
+    fn = accelerate(model, mode, compile_backend=compile_backend)
     return _measure(
         fn, inputs, warmup, repeats, device, model=model_name,
         merge=None if merge_config is None else merge_config.to_dict(), batch_size=batch_size, img_size=shape[-1],
-        dtype=dtype, mode=mode if mode != "auto" else ("cudagraph" if device.type == "cuda" else "eager"),
-        backend=backend, scan=not is_vit(model),
+        dtype=dtype, mode=mode, backend=_scan_backend(backend, device, not is_vit(model)),
     )
 
 
@@ -111,22 +213,33 @@ def make_train_step(
     teacher: bool = True,
     alpha: float = 0.5,
     drop_path_rate: float = 0.1,
-    graphs: bool = True,
+    mode: str = "auto",
     device: str = "cuda",
+    compile_backend: Union[str, Callable] = "inductor",
 ):
     """Build one re-training step (student fwd+bwd, teacher fwd, AdamW step) on random batches -> (step,
-    batches): ``step(batch)`` runs it. ``graphs``: on CUDA, replay the student's forward/backward and the
-    teacher's forward from CUDA graphs, as ``rmeeto retrain`` does on one GPU. Timed by :func:`bench_train_step`,
-    profiled by benchmarks/profile_gpu.py."""
+    batches): ``step(batch)`` runs it. ``mode`` (:data:`TRAIN_MODES`; ``"auto"``: cudagraph on CUDA, else
+    eager): ``eager`` calls the student and the teacher as they are; ``compile`` calls ``torch.compile`` of each
+    (their forwards, and the student's backward through AOTAutograd; loss and optimizer stay eager);
+    ``cudagraph`` replays the student's forward/backward and the teacher's forward from CUDA graphs, as
+    ``rmeeto retrain`` does on one GPU. Timed by :func:`bench_train_step`, profiled by
+    benchmarks/profile_gpu.py."""
     device = resolve_device(device)
+    mode = resolve_mode(mode, device, TRAIN_MODES)
     tdtype = resolve_dtype(dtype, device)
+    if mode == "compile":
+        torch._dynamo.reset()
+
+    def wrap(model: nn.Module) -> nn.Module:
+        return compile_model(model, compile_backend) if mode == "compile" else model
+
     student = _build(model_name, merge_config, device, img_size, drop_path_rate=drop_path_rate).train()
     set_scan_backend(student, backend)
     teacher_fn = None
     if teacher:
         teacher_model = _build(model_name, None, device, img_size)
         set_scan_backend(teacher_model, backend)
-        teacher_fn = TeacherForward(teacher_model, tdtype, graph=graphs)
+        teacher_fn = TeacherForward(wrap(teacher_model), tdtype, graph=mode == "cudagraph")
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.05, fused=device.type == "cuda")
     shape = _input_size(student, img_size)
     num_classes = student.num_classes
@@ -135,7 +248,7 @@ def make_train_step(
         for _ in range(2)
     ]
     criterion = DistillationLoss(nn.CrossEntropyLoss(), alpha)  # the re-training loss (CE + alpha * KL)
-    student_fn = StudentGraph(student, tdtype) if graphs and device.type == "cuda" else student
+    student_fn = StudentGraph(student, tdtype) if mode == "cudagraph" else wrap(student)
 
     def step(batch):
         x, y = batch
@@ -158,22 +271,113 @@ def bench_train_step(
     teacher: bool = True,
     alpha: float = 0.5,
     drop_path_rate: float = 0.1,
-    graphs: bool = True,
+    mode: str = "auto",
     warmup: int = 3,
     repeats: int = 10,
     device: str = "cuda",
     seed: int = 0,
+    compile_backend: Union[str, Callable] = "inductor",
 ) -> dict:
-    """Time one re-training step (:func:`make_train_step`) per batch."""
+    """Time one re-training step (:func:`make_train_step`) per batch; the fields of :func:`bench_inference`
+    (launches: of one whole step)."""
     torch.manual_seed(seed)
+    device = resolve_device(device)
+    mode = resolve_mode(mode, device, TRAIN_MODES)
     step, batches = make_train_step(
         model_name, merge_config, batch_size=batch_size, img_size=img_size, dtype=dtype, backend=backend,
-        teacher=teacher, alpha=alpha, drop_path_rate=drop_path_rate, graphs=graphs, device=device,
+        teacher=teacher, alpha=alpha, drop_path_rate=drop_path_rate, mode=mode, device=device,
+        compile_backend=compile_backend,
     )
-    device = resolve_device(device)
     return _measure(
         step, batches, warmup, repeats, device, model=model_name,
         merge=None if merge_config is None else merge_config.to_dict(), batch_size=batch_size, dtype=dtype,
-        teacher=teacher, backend=backend, mode="cudagraph" if graphs and device.type == "cuda" else "eager",
-        scan=not is_vit_name(model_name),
+        teacher=teacher, backend=_scan_backend(backend, device, not is_vit_name(model_name)), mode=mode,
     )
+
+
+# ============================================================================================ modes side by side
+def describe_failure(exc: BaseException, limit: int = 160) -> str:
+    """``exc`` as "failed: <Type>: <first informative line>". Dynamo wraps a backend's error under a line such
+    as "backend='inductor' raised:", so a first line ending in ':' gives way to the next one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = next((line for line in lines if not line.endswith(":")), lines[0] if lines else "")
+    return f"failed: {type(exc).__name__}: {text}"[:limit]
+
+
+def bench_modes(
+    model_name: str,
+    merge_config: Optional[MergeConfig],
+    *,
+    modes: Sequence[str],
+    train: bool = False,
+    on_result: Optional[Callable[[dict], None]] = None,
+    **kwargs,
+) -> list[dict]:
+    """Each of ``modes`` for the unmerged model and then the merged one (``merge_config``): one result per run as
+    :func:`bench_inference` (with ``train``: :func:`bench_train_step`, modes from :data:`TRAIN_MODES`) returns
+    it, given ``kwargs``, plus ``section`` ("inference" or "train") and ``speedup_vs_unmerged`` (images/s over
+    the unmerged run of the same mode; None where either failed). ``on_result(result)`` is called as each run
+    ends (to show progress).
+
+    A run that raises (torch.compile failing in Inductor, a graph capture refused) gives a result whose
+    ``error`` is "failed: <one line>" and whose measured fields are None; the other runs go on. Modes are
+    checked first: an unknown mode, or one the device cannot run, raises ValueError before anything runs."""
+    device = resolve_device(kwargs.pop("device", "cuda"))
+    modes = [resolve_mode(m, device, TRAIN_MODES if train else INFERENCE_MODES) for m in modes]
+    if not modes:
+        raise ValueError("modes is empty: give at least one mode")
+    bench = bench_train_step if train else bench_inference
+    section = "train" if train else "inference"
+    results = []
+    for mode in modes:
+        base = None
+        for cfg in (None, merge_config):
+            try:
+                r = bench(model_name, cfg, mode=mode, device=device, **kwargs)
+                r["error"] = None
+            except Exception as exc:  # reported in the row: one mode failing must not cost the others
+                r = {"model": model_name, "merge": None if cfg is None else cfg.to_dict(), "mode": mode,
+                     "batch_size": kwargs.get("batch_size"), "dtype": kwargs.get("dtype"),
+                     "backend": _scan_backend(kwargs.get("backend", "auto"), device, not is_vit_name(model_name)),
+                     **dict.fromkeys(_MEASURED), "error": describe_failure(exc)}
+            finally:
+                if "compile" in mode:
+                    torch._dynamo.reset()
+                if device.type == "cuda":
+                    gc.collect()  # a failed run's frames (its model, its graphs) sit in reference cycles
+                    torch.cuda.empty_cache()
+            r["section"] = section
+            ips = r["images_per_s"]
+            if cfg is None:
+                base = ips
+                r["speedup_vs_unmerged"] = None if ips is None else 1.0
+            else:
+                r["speedup_vs_unmerged"] = None if ips is None or base is None else ips / base
+            results.append(r)
+            if on_result is not None:
+                on_result(r)
+    return results
+
+
+_COMPARED = ("images_per_s", "ms_median", "ms_p10", "ms_p90", "launches", "host_launches", "first_call_s",
+             "peak_mem_mb", "error")
+
+
+def compare_modes(results: Sequence[dict]) -> list[dict]:
+    """Pair :func:`bench_modes` results into one row per (section, model, backend, mode): ``unmerged_<field>``
+    and ``merged_<field>`` for images_per_s, ms_median/p10/p90, launches, host_launches, first_call_s,
+    peak_mem_mb and error, the merged config (``merge``) and ``merged_over_unmerged`` (images/s ratio, None
+    where either run failed)."""
+    rows: dict[tuple, dict] = {}
+    for r in results:
+        key = (r["section"], r["model"], r["backend"], r["mode"])
+        row = rows.setdefault(key, dict(zip(("section", "model", "backend", "mode"), key), merge=None))
+        side = "unmerged" if r["merge"] is None else "merged"
+        if r["merge"] is not None:
+            row["merge"] = r["merge"]
+        for field in _COMPARED:
+            row[f"{side}_{field}"] = r.get(field)
+    for row in rows.values():
+        unmerged, merged = row.get("unmerged_images_per_s"), row.get("merged_images_per_s")
+        row["merged_over_unmerged"] = merged / unmerged if unmerged and merged else None
+    return list(rows.values())

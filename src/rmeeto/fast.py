@@ -6,9 +6,12 @@ Modes:
   graph and replayed, which removes the per-kernel launch cost that dominates a 24-layer Vim at moderate batch
   sizes. Possible because the merged forward never synchronises with the host and its shapes are static
   for a given config (``MergeConfig.schedule``).
-* ``"compile"``: ``torch.compile`` (Inductor fuses the elementwise work around the scan; the Triton scan is a
-  custom op it keeps whole). Compilation takes a while on first call.
-* ``"compile+cudagraph"``: both (``torch.compile(mode="reduce-overhead")``).
+* ``"compile"``: ``torch.compile(model)`` in its default mode (Inductor fuses the elementwise work around the
+  scan; the Triton kernels are custom ops it keeps whole). Compilation takes a while on first call.
+* ``"compile+cudagraph"``: both (``torch.compile(model, mode="reduce-overhead")``).
+
+``compile_backend`` picks the ``torch.compile`` backend of the compile modes (default ``"inductor"``; e.g.
+``"aot_eager"`` to tell a Dynamo/AOTAutograd problem from an Inductor one).
 
 The returned object is callable like the model (``fast(images) -> logits``) and is inference-only
 (``torch.no_grad``). Outputs of ``cudagraph`` replays live in a static buffer that the next call overwrites:
@@ -18,12 +21,12 @@ The returned object is callable like the model (``fast(images) -> logits``) and 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ["accelerate", "MODES", "GraphedForward"]
+__all__ = ["accelerate", "compile_model", "MODES", "GraphedForward"]
 
 MODES = ("auto", "eager", "cudagraph", "compile", "compile+cudagraph")
 
@@ -70,11 +73,23 @@ class GraphedForward:
         return static_out
 
 
-def accelerate(model: nn.Module, mode: str = "auto", autocast_dtype: Optional[torch.dtype] = None) -> Callable:
+def compile_model(model: nn.Module, backend: Union[str, Callable] = "inductor", cudagraphs: bool = False):
+    """``torch.compile(model)``: the default mode, or ``"reduce-overhead"`` (Inductor's CUDA graphs) with
+    ``cudagraphs``. A mode is an Inductor setting: another ``backend`` cannot add CUDA graphs."""
+    if backend == "inductor":
+        return torch.compile(model, mode="reduce-overhead" if cudagraphs else None)
+    if cudagraphs:
+        raise ValueError(f"compile+cudagraph needs the 'inductor' compile backend, got {backend!r}")
+    return torch.compile(model, backend=backend)
+
+
+def accelerate(model: nn.Module, mode: str = "auto", autocast_dtype: Optional[torch.dtype] = None, *,
+               compile_backend: Union[str, Callable] = "inductor") -> Callable:
     """Return an inference callable for ``model`` (already on its device, in eval mode).
 
     ``mode="auto"`` picks ``cudagraph`` when the model is on CUDA, else ``eager``. ``autocast_dtype`` (e.g.
     ``torch.float16``) runs the forward under autocast; leave None for a model already cast with ``.half()``.
+    ``compile_backend``: the ``torch.compile`` backend of the compile modes.
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not valid; choose from {', '.join(map(repr, MODES))}")
@@ -98,7 +113,7 @@ def accelerate(model: nn.Module, mode: str = "auto", autocast_dtype: Optional[to
         return run
     if mode == "cudagraph":
         return GraphedForward(model, autocast_dtype)
-    compiled = torch.compile(model, mode="reduce-overhead" if mode == "compile+cudagraph" else "max-autotune-no-cudagraphs")
+    compiled = compile_model(model, compile_backend, cudagraphs=mode == "compile+cudagraph")
 
     @torch.no_grad()
     def run_compiled(x):

@@ -12,25 +12,53 @@ from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
 from rmeeto.cli._types import nonneg_int, positive_int
 from rmeeto.runtime import DTYPES
 
-HELP = "throughput/latency of unmerged vs merged models (inference, training step), one run on one device"
+HELP = "throughput/latency of unmerged vs merged models (inference, training step), eager/compiled/graphed"
 DESCRIPTION = """\
-Measure images/s of each MODEL unmerged and merged in one run on one device: warm-up, then many timed repeats
-(CUDA events on GPU), median and 10-90% spread, peak memory. Inference follows the official protocol (random
-batch of 128 at 224px, fp16 weights and inputs, eval, no_grad) and uses the fast path (CUDA graphs) unless
---mode says otherwise. --train also times a re-training step (merged student forward+backward with the
-unmerged teacher's forward, bf16 autocast, AdamW). --compare repeats everything for every scan backend
-available on the device. Without merge flags, --preset paper is used for the merged row.
-Video models (videomamba_*_f8) get random clips [batch, 3, frames, H, W]; their images/s are clips/s.
+Measure images/s of each MODEL unmerged and merged in one run on one device, in each execution mode: warm-up,
+then many timed repeats (CUDA events on GPU), median and 10-90% spread, peak memory, the first call's time
+(compilation, graph capture) and, on CUDA, the launches of one forward (kernels, copies and fills the GPU ran,
+counted with torch.profiler; '-' on CPU). Inference follows the official protocol (random batch of 128 at
+224px, fp16 weights and inputs, eval, no_grad). --train also times a re-training step (merged student
+forward+backward with the unmerged teacher's forward, bf16 autocast, AdamW) in the same modes; its launches
+are those of one whole step. One table row per mode: unmerged and merged images/s, their ratio, ms p10-p90,
+launches, first-call seconds. A mode that fails (torch.compile erroring in Inductor, say) is reported in its
+row as "failed: <reason>" and the other modes still run.
+
+modes (--modes, comma-separated; default eager,compile,cudagraph on CUDA, eager on CPU):
+  eager              model(x) as it is
+  compile            torch.compile(model), default mode (--compile-backend picks the backend); for --train
+                     the student's and the teacher's forward (and the student's backward) compiled
+  cudagraph          the forward replayed from a CUDA graph; for --train the student's forward+backward and
+                     the teacher's forward, as 'rmeeto retrain' does on one GPU
+  compile+cudagraph  torch.compile(model, mode="reduce-overhead") (inference only)
+--mode M runs the single mode M (auto = cudagraph on GPU, eager on CPU).
+
+--compare repeats everything for every scan backend available on the device. Without merge flags, --preset
+paper is used for the merged row. Video models (videomamba_*_f8) get random clips [batch, 3, frames, H, W];
+their images/s are clips/s.
 
 examples:
-  rmeeto bench vim_small_patch16_224                              # unmerged vs paper-merged, fp16, batch 128
+  rmeeto bench vim_small_patch16_224                              # eager, compile, cudagraph; unmerged vs merged
   rmeeto bench vim_tiny_patch16_224 vim_small_patch16_224 vim_base_patch16_224 --json bench.json
-  rmeeto bench vim_small_patch16_224 -r 11 --train --batch-size 128
+  rmeeto bench vim_small_patch16_224 --train --no-inference --modes eager,compile,cudagraph
+  rmeeto bench vim_small_patch16_224 --modes eager,compile --compile-backend aot_eager   # Inductor left out
   rmeeto bench vim_small_patch16_224 --compare --mode eager
   rmeeto bench vim_test_patch4_16 --device cpu --batch-size 8 --repeats 5 --dtype fp32
   rmeeto bench --data /data/imagenet/train                         # the input pipeline alone (= bench-data)
   rmeeto bench videomamba_small_patch16_224_f8 --batch-size 32          # unmerged vs r=88, clips/s
 """
+
+# rmeeto.bench.INFERENCE_MODES (a test keeps them equal): spelled out here so that building the parser does not
+# import torch
+MODES = ("eager", "compile", "cudagraph", "compile+cudagraph")
+
+
+def _mode_list(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in MODES]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(MODES)}, got {text!r}")
+    return list(dict.fromkeys(values))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,9 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--img-size", type=positive_int, default=None, help="input resolution (default: the model's)")
     g.add_argument("--dtype", choices=tuple(DTYPES), default="fp16",
                    help="inference dtype (default fp16; fp16 needs a CUDA device)")
-    g.add_argument("--mode", choices=("auto", "eager", "cudagraph", "compile", "compile+cudagraph"), default="auto",
-                   help="inference path: auto = CUDA graphs on GPU, eager on CPU; the training step uses CUDA "
-                        "graphs with auto/cudagraph, else runs eagerly")
+    g.add_argument("--modes", type=_mode_list, default=None, metavar="M,M,...",
+                   help=f"execution modes, a comma-separated subset of {','.join(MODES)} (default: "
+                        "eager,compile,cudagraph on CUDA, eager on CPU)")
+    g.add_argument("--mode", choices=("auto", *MODES), default=None,
+                   help="a single mode (auto = cudagraph on GPU, eager on CPU); the same as --modes M")
+    g.add_argument("--compile-backend", default="inductor", metavar="NAME",
+                   help="torch.compile backend of the compile modes (default inductor; e.g. aot_eager)")
     g.add_argument("--backend", default="auto", help="scan backend (auto, chunked, reference, triton, mamba_ssm)")
     g.add_argument("--compare", action="store_true", help="run every scan backend available on the device")
     g.add_argument("--warmup", type=nonneg_int, default=10)
@@ -59,16 +91,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write all results as JSON")
 
 
-def _fmt(r: dict, base: float | None) -> str:
-    speed = f"{r['images_per_s'] / base:.2f}x" if base else "1.00x"
-    merge = "unmerged" if r["merge"] is None else f"r={r['merge']['num_merged']}"
-    peak = "-" if math.isnan(r["peak_mem_mb"]) else f"{r['peak_mem_mb']:.0f}"
-    return (f"{r['model']:<24} {merge:<10} {r['backend']:<10} {r['images_per_s']:>10.1f} {speed:>7} "
-            f"{r['ms_median']:>9.2f} {r['ms_p10']:>8.2f}-{r['ms_p90']:<8.2f} {peak:>8}")
+def _num(value, fmt: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
-HEADER = (f"{'model':<24} {'merge':<10} {'backend':<10} {'images/s':>10} {'speedup':>7} "
-          f"{'ms/batch':>9} {'p10-p90 ms':>17} {'peak MB':>8}")
+def _pair(row: dict, field: str, fmt: str) -> str:
+    return f"{_num(row.get('unmerged_' + field), fmt)}/{_num(row.get('merged_' + field), fmt)}"
+
+
+def _spread(row: dict, side: str) -> str:
+    lo, hi = row.get(f"{side}_ms_p10"), row.get(f"{side}_ms_p90")
+    return "-" if lo is None or hi is None else f"{lo:.2f}-{hi:.2f}"
+
+
+def _fmt(row: dict) -> str:
+    """One table line of a :func:`rmeeto.bench.compare_modes` row; a failed run's error closes the line."""
+    merge = f"r={row['merge']['num_merged']}" if row["merge"] else "-"
+    ratio = _num(row["merged_over_unmerged"], ".2f") + ("x" if row["merged_over_unmerged"] else "")
+    line = (f"{row['model']:<24} {merge:<8} {row['backend']:<9} {row['mode']:<17} "
+            f"{_num(row.get('unmerged_images_per_s'), ',.1f'):>13} {_num(row.get('merged_images_per_s'), ',.1f'):>13} "
+            f"{ratio:>7} {_spread(row, 'unmerged'):>15} {_spread(row, 'merged'):>15} {_pair(row, 'launches', 'd'):>11} "
+            f"{_pair(row, 'first_call_s', '.1f'):>11}")
+    errors = {side: row.get(f"{side}_error") for side in ("unmerged", "merged")}
+    if errors["unmerged"] and errors["unmerged"] == errors["merged"]:
+        return f"{line}  {errors['unmerged']}"
+    return line + "".join(f"  {side} {err}" for side, err in errors.items() if err)
+
+
+HEADER = (f"{'model':<24} {'merge':<8} {'backend':<9} {'mode':<17} {'images/s unm':>13} {'images/s mer':>13} "
+          f"{'mer/unm':>7} {'unm ms p10-p90':>15} {'mer ms p10-p90':>15} {'launches':>11} {'1st call s':>11}")
 
 
 def _run_data(args: argparse.Namespace) -> int:
@@ -93,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.models:
         raise CLIError("give at least one MODEL (see 'rmeeto models'), or --data DIR to time the input pipeline")
 
-    from rmeeto.bench import bench_inference, bench_train_step
-    from rmeeto.cli.eval import check_model, resolve_device, user_errors
+    from rmeeto.bench import bench_modes, compare_modes
+    from rmeeto.cli.eval import check_model, check_output_file, resolve_device, user_errors
     from rmeeto.ops.selective_scan import available_backends
     from rmeeto.runtime import resolve_dtype
 
@@ -108,16 +159,30 @@ def run(args: argparse.Namespace) -> int:
         resolve_dtype(args.dtype, device)
     for name in args.models:
         check_model(name)
+    modes = _modes(args, device)
+    if args.json:
+        check_output_file(args.json, "--json")
     train_dtype = "fp32" if cpu else "bf16"
     backends = available_backends(device) if args.compare else [args.backend]
     if args.compare:
         backends = [b for b in backends if b != "reference" or cpu]  # the reference is per-step slow
     dev_name = "cpu" if cpu else torch.cuda.get_device_name(device)
-    print(f"# device: {dev_name}; batch {args.batch_size}; torch {torch.__version__}")
+    print(f"# device: {dev_name}; batch {args.batch_size}; torch {torch.__version__}; modes {','.join(modes)}")
 
     results = []
+
+    def show(result: dict) -> None:
+        """Print a mode's row as soon as its merged run ends, and keep the JSON file current (a run cut short
+        by a time limit still leaves every finished row)."""
+        results.append(result)
+        if result["merge"] is not None:
+            print(_fmt(compare_modes(results[-2:])[0]), flush=True)
+            if args.json:
+                _write_json(args, dev_name, modes, results)
+
     for section in (["inference"] if not args.no_inference else []) + (["train"] if args.train else []):
-        print(f"\n## {section} ({args.dtype if section == 'inference' else train_dtype})")
+        print(f"\n## {section} ({args.dtype if section == 'inference' else train_dtype}); launches and first call: "
+              f"unmerged/merged")
         print(HEADER)
         for name in args.models:
             merged_cfg = merge_config_from_args(args, name)
@@ -125,31 +190,56 @@ def run(args: argparse.Namespace) -> int:
                 from rmeeto.merge import MergeConfig
 
                 merged_cfg = MergeConfig.paper(name)
+            if section == "inference":
+                settings = dict(img_size=args.img_size, dtype=args.dtype, warmup=args.warmup, repeats=args.repeats)
+            else:
+                settings = dict(img_size=args.img_size, dtype=train_dtype, warmup=min(3, args.warmup),
+                                repeats=args.train_repeats)
             # a ViT has no scan kernel to compare: one pass with "auto"
             for backend in (["auto"] if is_vit_name(name) else backends):
-                base = None
-                for cfg in (None, merged_cfg):
-                    if section == "inference":
-                        r = bench_inference(
-                            name, cfg, batch_size=args.batch_size, img_size=args.img_size, dtype=args.dtype,
-                            mode=args.mode, backend=backend, warmup=args.warmup, repeats=args.repeats, device=device,
-                        )
-                    else:
-                        r = bench_train_step(
-                            name, cfg, batch_size=args.batch_size, img_size=args.img_size,
-                            dtype=train_dtype, backend=backend,
-                            warmup=min(3, args.warmup), repeats=args.train_repeats, device=device,
-                            graphs=args.mode in ("auto", "cudagraph"),
-                        )
-                    r["section"] = section
-                    r["speedup_vs_unmerged"] = r["images_per_s"] / base if base else 1.0
-                    print(_fmt(r, base), flush=True)
-                    base = base or r["images_per_s"]
-                    results.append(r)
-                    if not cpu:
-                        torch.cuda.empty_cache()
+                bench_modes(name, merged_cfg, modes=modes, train=section == "train", on_result=show, device=device,
+                            batch_size=args.batch_size, backend=backend, compile_backend=args.compile_backend,
+                            **settings)
+    failed = sum(1 for r in results if r["error"])
+    if failed:
+        print(f"\n# {failed} of {len(results)} runs failed (see their rows)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": dev_name, "torch": torch.__version__, "results": results}, f, indent=2)
+        _write_json(args, dev_name, modes, results)
         print(f"\nwrote {args.json}")
     return 0
+
+
+def _write_json(args: argparse.Namespace, dev_name: str, modes: list[str], results: list[dict]) -> None:
+    import torch
+
+    from rmeeto.bench import compare_modes
+
+    with open(args.json, "w") as f:
+        json.dump({"device": dev_name, "torch": torch.__version__, "modes": modes,
+                   "compile_backend": args.compile_backend, "results": results, "table": compare_modes(results)},
+                  f, indent=2)
+
+
+def _modes(args: argparse.Namespace, device) -> list[str]:
+    """The modes to run: --modes, --mode (one), or the device's default; checked against the device and
+    --train before anything slow."""
+    from rmeeto.bench import TRAIN_MODES, default_modes, resolve_mode
+    from rmeeto.cli.eval import user_errors
+
+    if args.mode is not None and args.modes is not None:
+        raise CLIError("give --modes (several) or --mode (one), not both")
+    if args.mode is not None:
+        modes = [args.mode]
+    else:
+        modes = list(args.modes or default_modes(device))
+    with user_errors():
+        modes = list(dict.fromkeys(resolve_mode(m, device) for m in modes))
+    if args.train and "compile+cudagraph" in modes:
+        raise CLIError(f"--train runs the modes {', '.join(TRAIN_MODES)}; compile+cudagraph is inference-only")
+    if any("compile" in m for m in modes) and args.compile_backend != "inductor":
+        import torch._dynamo
+
+        if args.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+            raise CLIError(f"--compile-backend {args.compile_backend!r} is not a torch.compile backend; choose "
+                           f"from {', '.join(torch._dynamo.list_backends())}")
+    return modes
