@@ -517,3 +517,17 @@ def test_cuda_stream_protocol_of_the_prefetch_thread(monkeypatch):
     assert calls == [("set_device", "cuda:1"), ("transform", 7, "side:cuda:1"), ("record", "side:cuda:1"),
                      ("wait", "main:cuda:1", "side:cuda:1"), ("record_stream", "x7", "main:cuda:1"),
                      ("record_stream", "y7", "main:cuda:1")]
+
+
+def test_tiny_images_never_get_an_empty_crop():
+    """A 1x1 or 2x2 image used to round some RandomResizedCrop boxes to zero pixels, and resizing an empty crop
+    raises (a crash instead of an augmented image). timm requires a non-empty box too."""
+    for h, w in ((1, 1), (2, 2), (1, 3)):
+        rng = random.Random(0)
+        for _ in range(500):
+            top, left, ch, cw = _rrc_box(rng, h, w, (0.08, 1.0), (3 / 4, 4 / 3))
+            assert 0 < ch and 0 < cw and top + ch <= h and left + cw <= w
+    dot = torch.full((3, 1, 1), 200, dtype=torch.uint8)
+    batch = EncodedBatch([dot] * 8, torch.zeros(8, dtype=torch.int64), list(range(8)), ["/dot.png"] * 8, ())
+    out = GpuTrainTransform(48, re_prob=0.0)(batch)
+    assert out.images.shape == (8, 3, 48, 48) and torch.isfinite(out.images).all()

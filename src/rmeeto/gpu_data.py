@@ -582,7 +582,7 @@ def _rrc_box(rng: random.Random, h: int, w: int, scale, ratio) -> tuple[int, int
         aspect = math.exp(rng.uniform(*log_ratio))
         cw = int(round(math.sqrt(target_area * aspect)))
         ch = int(round(math.sqrt(target_area / aspect)))
-        if cw <= w and ch <= h:
+        if 0 < cw <= w and 0 < ch <= h:  # as timm: a 1-2 px image can round a box to zero pixels
             return rng.randint(0, h - ch), rng.randint(0, w - cw), ch, cw
     in_ratio = w / h
     if in_ratio < min(ratio):
