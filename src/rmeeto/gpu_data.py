@@ -50,8 +50,11 @@ Differences from the PIL path (all small; none changes what is augmented or how 
 - NVIDIA DALI is not implemented as a backend (its wheel is very large and torchvision's nvJPEG decoding plus
   batched tensor ops cover the pipeline); nothing here needs it.
 
+Overlap: :class:`DeviceLoader` runs stages 1-2 up to ``prefetch`` batches ahead in a thread, on its own CUDA stream
+of the rank's device, while the model trains on the current batch (see its docstring for the stream protocol).
+
 Choosing a pipeline: :func:`resolve_pipeline` maps ``"auto" | "cpu" | "gpu"``: auto = cpu for now (the GPU path is
-opt-in until it overlaps the training step; see :func:`resolve_pipeline`). "gpu" on a CPU device runs this same batched code on the CPU (how the tests check it).
+opt-in until measured faster on real runs; see :func:`resolve_pipeline`). "gpu" on a CPU device runs this same batched code on the CPU (how the tests check it).
 """
 
 from __future__ import annotations
@@ -126,10 +129,12 @@ def gpu_decode_available(device: str = "cuda") -> bool:
 def resolve_pipeline(choice: str, device: Union[str, torch.device], data: PathLike = "") -> str:
     """``"auto" | "cpu" | "gpu"`` -> ``"cpu"`` or ``"gpu"``.
 
-    auto = "cpu" for now: measured on an H200 (benchmarks/RESULTS.md, fourth session) the GPU pipeline decodes
-    and augments on the training stream, so a 1-GPU Vim-S re-training epoch ran at 522 img/s with it against
-    ~1,000 with CPU workers, and under DDP it produced a non-finite loss at step 3 (not yet understood). It is
-    opt-in ("gpu") until it overlaps the step and that is fixed. An explicit "gpu" with a built-in set
+    auto = "cpu" for now. Measured on an H200 (benchmarks/RESULTS.md, fourth session), the first version decoded
+    and augmented on the training stream (a 1-GPU Vim-S epoch at 522 img/s against ~1,000 with CPU workers) and
+    under DDP hit a non-finite loss: torchvision's nvJPEG decode wrote into memory still read by queued kernels
+    (see :func:`_decode_jpegs`). Both are addressed (a prefetch thread on a side stream, the stream drained before
+    each decode) but not yet measured on the GPU machine; "gpu" stays opt-in until real-JPEG epochs on 1 and 2
+    GPUs show it at least as fast as the CPU workers with a finite loss. An explicit "gpu" with a built-in set
     (``data`` = "digits" / "synthetic") is an error; "gpu" on a CPU device runs the batched pipeline on the CPU."""
     if choice not in PIPELINES:
         raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {choice!r}")
