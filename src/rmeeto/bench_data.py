@@ -188,16 +188,17 @@ def bench_data(folder, *, workers: Sequence[int] = (1, 2, 4), gpu_workers: Optio
         raise ValueError(f"workers must be a non-empty list of counts >= 0, got {list(workers)}")
     if batch_size < 1 or (batches is not None and batches < 1) or warmup < 0:
         raise ValueError("batch_size and batches must be >= 1, warmup >= 0")
-    gpu_workers = gpu_workers if gpu_workers is not None else max(workers)
-    for w in list(workers) + [gpu_workers]:
-        timed_batches(w, batches)  # refuse a too-small count before spending minutes on the first rows
     force_batched = device == "cpu-gpu-path"
     if device in ("auto", "cpu-gpu-path"):
         device = "cuda" if torch.cuda.is_available() and not force_batched else "cpu"
+    gpu_row = force_batched or (device.startswith("cuda") and gpu_decode_available(device))
+    gpu_workers = gpu_workers if gpu_workers is not None else max(workers)
+    for w in list(workers) + ([gpu_workers] if gpu_row else []):
+        timed_batches(w, batches)  # refuse a too-small count before spending minutes on the first rows
     common = dict(batch_size=batch_size, batches=batches, warmup=warmup, img_size=img_size,
                   auto_augment=auto_augment, re_prob=re_prob)
     rows = [bench_cpu_pipeline(folder, w, device=device, **common) for w in workers]
-    if force_batched or (device.startswith("cuda") and gpu_decode_available(device)):
+    if gpu_row:
         rows.append(bench_gpu_pipeline(folder, gpu_workers, device=device, **common))
     return rows
 
