@@ -557,3 +557,21 @@ def test_bench_times_past_what_the_workers_prefetch(tmp_path, monkeypatch):
     row = bench_cpu_pipeline(tmp_path / "j", 8, batch_size=1, warmup=0)
     assert (row["batches"], row["warmup"], row["images"]) == (80, 32, 80)
     assert row["images_per_s"] < 1.25 * 40
+
+
+def test_a_batch_of_jpeg_bytes_crosses_from_a_worker_as_one_buffer(odd_folder):
+    """Each tensor a loader worker returns costs a shared-memory file and descriptor in the training process;
+    a batch's JPEG bytes are slices of one buffer, and decode the same as the files themselves."""
+    ds = EncodedImageFolder(odd_folder)
+    loader = DataLoader(ds, batch_size=len(ds), num_workers=1, collate_fn=collate_encoded)
+    batch = next(iter(loader))
+    jpegs = [d for d in batch.data if d.dim() == 1]
+    assert len(jpegs) == 2  # good.jpg and grey.jpg go to the device decoder; the rest were decoded by PIL
+    assert len({d.untyped_storage().data_ptr() for d in jpegs}) == 1
+    for d, path in zip(batch.data, batch.paths):
+        if d.dim() == 1:
+            with open(path, "rb") as f:
+                assert d.numpy().tobytes() == f.read()
+    images, _ = decode_images(batch, "cpu")
+    direct, _ = decode_images(collate_encoded([ds[i] for i in range(len(ds))]), "cpu")
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(images, direct))
