@@ -131,8 +131,8 @@ def resolve_pipeline(choice: str, device: Union[str, torch.device], data: PathLi
 
     auto = "cpu" for now. Measured on an H200 (benchmarks/RESULTS.md, fourth session), the first version decoded
     and augmented on the training stream (a 1-GPU Vim-S epoch at 522 img/s against ~1,000 with CPU workers) and
-    under DDP hit a non-finite loss: torchvision's nvJPEG decode wrote into memory still read by queued kernels
-    (see :func:`_decode_jpegs`). Both are addressed (a prefetch thread on a side stream, the stream drained before
+    under DDP hit a non-finite loss, most likely because torchvision's nvJPEG decode writes into memory still
+    read by queued kernels (see :func:`_decode_jpegs`). Both are addressed (a prefetch thread on a side stream, the stream drained before
     each decode) but not yet measured on the GPU machine; "gpu" stays opt-in until real-JPEG epochs on 1 and 2
     GPUs show it at least as fast as the CPU workers with a finite loss. An explicit "gpu" with a built-in set
     (``data`` = "digits" / "synthetic") is an error; "gpu" on a CPU device runs the batched pipeline on the CPU."""
@@ -287,7 +287,8 @@ def _decode_jpegs(data: list, device: torch.device) -> list:
     from the decoder's own stream, without waiting for the current one (pytorch/vision#9606). A block the
     caching allocator hands out may have been freed on the current stream while queued kernels still read it
     (the previous training step's activations, a previous batch's temporaries): the decode would overwrite
-    them under those kernels, silently corrupting gradients (the NaN of the first 2-GPU runs). Draining the
+    them under those kernels, silently corrupting gradients (the likely cause of the first 2-GPU runs' NaN:
+    eager DDP frees activations that queued backward kernels still read; one graphed GPU does not). Draining the
     current stream first leaves only idle blocks to hand out. Run from the prefetch thread's own stream this
     costs the training stream nothing."""
     from torchvision.io import ImageReadMode, decode_jpeg
