@@ -185,3 +185,25 @@ def test_a_batch_left_empty_by_the_mixup_trim_is_skipped_not_a_nan_loss():
     assert _forward(run, parts, one, last_micro=True, poison=False) == (None, 0)
     loss, n = _forward(run, parts, Batch(torch.rand(3, 3, 4, 4), torch.tensor([0, 1, 2])), True, False)
     assert n == 2 and torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_gpu_pipeline_under_two_process_ddp_on_cpu(tmp_path):
+    """The batched pipeline (on CPU tensors) in a 2-process gloo job with mixup and a corrupt file: both ranks
+    finish with a finite loss, and the corrupt file is counted once summed over the ranks (one shard holds it)."""
+    import os
+    import subprocess
+    import sys
+
+    data, out = _jpeg_folder(tmp_path / "data"), tmp_path / "out"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rmeeto",
+           "retrain", "--model", MODEL, "--from-scratch", "--data", str(data), "--pipeline", "gpu", "--device", "cpu",
+           "--epochs", "1", "-b", "4", "--mixup", "0.8", "--cutmix", "1.0", "--reprob", "0.25", "-j", "0",
+           "--no-progress", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    record = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][-1]
+    assert torch.isfinite(torch.tensor(record["train_loss"]))
+    assert record["skipped_images"] == 1  # broken.jpg sits in exactly one rank's shard
