@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,79 @@ def test_cuda_eval_transform_skips_bad_bytes():
     from rmeeto.gpu_data import EncodedBatch
 
     assert GpuEvalTransform(224, device="cuda")(EncodedBatch([bogus], torch.tensor([0]), [0], ["/x"], ())) is None
+
+
+def _baseline_jpeg_batch(folder, count: int = 4):
+    """A batch of the generated photo-like JPEGs only (baseline JPEGs: nvJPEG's hardware path on A100/H100/H200)."""
+    ds = EncodedImageFolder(folder)
+    picks = [i for i, (p, _) in enumerate(ds.samples) if Path(p).name[0].isdigit()][:count]
+    return collate_encoded([ds[i] for i in picks])
+
+
+def test_decode_does_not_write_over_memory_that_queued_kernels_still_read(folder):
+    """The cause of the 2-GPU NaN: torchvision allocates nvJPEG's outputs on the current stream, but the decoder
+    writes them from its own stream without waiting for the current one (pytorch/vision#9606). Blocks freed
+    while kernels that read them are still queued (here: sums behind a 30 ms stall; in training: the eager DDP
+    step's activations) were handed to the decoder and overwritten before those kernels ran. The pipeline drains
+    the stream first: every queued sum must see the ones it was given."""
+    batch = _baseline_jpeg_batch(folder)
+    device = torch.device("cuda", torch.cuda.current_device())
+    first, _ = decode_images(batch, device)
+    sizes = [img.numel() for img in first]  # victims of exactly the decoded images' sizes: the allocator's pick
+    del first
+    wrong = 0
+    for _ in range(20):
+        victims = [torch.ones(n, dtype=torch.uint8, device=device) for n in sizes]
+        torch.cuda._sleep(50_000_000)  # keep the stream busy so the sums below are still queued at the decode
+        sums = [v.sum() for v in victims]
+        del victims  # freed now, read later: the allocator may hand these blocks out at once on this stream
+        images, _ = decode_images(batch, device)
+        wrong += sum(int(s.item()) != n for s, n in zip(sums, sizes))
+        del images
+    assert wrong == 0
+
+
+def test_cuda_prefetching_matches_serial_batches_on_a_busy_stream(folder):
+    """The prefetch thread decodes and augments on its own stream; the consumer's stream must wait for each
+    batch (here it is also kept busy, so a missing wait or record_stream would show as a changed batch)."""
+    from torch.utils.data import DataLoader
+
+    from rmeeto.gpu_data import DeviceLoader
+
+    pipe = build_gpu_pipeline(folder, train=True, img_size=64, re_prob=0.25, device="cuda")
+    keys = [(i % len(pipe.dataset), 50 + i) for i in range(24)]
+
+    def loader(workers):
+        return DataLoader(pipe.dataset, batch_size=6, sampler=keys, num_workers=workers,
+                          collate_fn=pipe.collate_fn)
+
+    serial = [(b.images.clone(), b.labels.clone()) for b in DeviceLoader(loader(0), pipe.transform, prefetch=0)]
+    ahead = []
+    for batch in DeviceLoader(loader(2), pipe.transform, prefetch=2):
+        torch.cuda._sleep(20_000_000)
+        ahead.append((batch.images * 1, batch.labels * 1))  # read on the consumer's stream
+    assert len(ahead) == len(serial) == 4
+    for (x, y), (rx, ry) in zip(ahead, serial):
+        assert x.device == rx.device and torch.equal(x, rx) and torch.equal(y, ry)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_the_pipeline_of_the_second_gpu_stays_on_it(folder):
+    """A rank on GPU 1: an index-less 'cuda' means the current device when the pipeline is built, and the
+    prefetch thread (which starts on GPU 0) must decode, augment and deliver on GPU 1."""
+    from torch.utils.data import DataLoader
+
+    from rmeeto.gpu_data import DeviceLoader
+
+    previous = torch.cuda.current_device()
+    torch.cuda.set_device(1)
+    try:
+        pipe = build_gpu_pipeline(folder, train=True, img_size=64, device="cuda")
+        loader = DataLoader(pipe.dataset, batch_size=6, sampler=[(i, i) for i in range(12)],
+                            collate_fn=pipe.collate_fn)
+        batches = list(DeviceLoader(loader, pipe.transform, prefetch=2))
+    finally:
+        torch.cuda.set_device(previous)
+    assert len(batches) == 2
+    assert all(b.images.device == torch.device("cuda", 1) == b.labels.device for b in batches)
+    assert all(torch.isfinite(b.images).all() for b in batches)

@@ -50,19 +50,25 @@ Differences from the PIL path (all small; none changes what is augmented or how 
 - NVIDIA DALI is not implemented as a backend (its wheel is very large and torchvision's nvJPEG decoding plus
   batched tensor ops cover the pipeline); nothing here needs it.
 
+Overlap: :class:`DeviceLoader` runs stages 1-2 up to ``prefetch`` batches ahead in a thread, on its own CUDA stream
+of the rank's device, while the model trains on the current batch (see its docstring for the stream protocol).
+
 Choosing a pipeline: :func:`resolve_pipeline` maps ``"auto" | "cpu" | "gpu"``: auto = cpu for now (the GPU path is
-opt-in until it overlaps the training step; see :func:`resolve_pipeline`). "gpu" on a CPU device runs this same batched code on the CPU (how the tests check it).
+opt-in until measured faster on real runs; see :func:`resolve_pipeline`). "gpu" on a CPU device runs this same batched code on the CPU (how the tests check it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
 import math
 import os
+import queue
 import random
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
@@ -112,12 +118,10 @@ def gpu_decode_available(device: str = "cuda") -> bool:
     if not str(device).startswith("cuda") or not torch.cuda.is_available():
         return False
     try:
-        from torchvision.io import decode_jpeg
-
         buf = io.BytesIO()
         Image.new("RGB", (16, 16), (10, 200, 30)).save(buf, "JPEG")
-        out = decode_jpeg(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), device=device)
-        return tuple(out.shape) == (3, 16, 16)
+        out = _decode_jpegs([torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)], torch.device(device))
+        return tuple(out[0].shape) == (3, 16, 16)
     except (ImportError, RuntimeError, TypeError):  # torchvision built without CUDA image ops, old torchvision
         return False
 
@@ -125,10 +129,12 @@ def gpu_decode_available(device: str = "cuda") -> bool:
 def resolve_pipeline(choice: str, device: Union[str, torch.device], data: PathLike = "") -> str:
     """``"auto" | "cpu" | "gpu"`` -> ``"cpu"`` or ``"gpu"``.
 
-    auto = "cpu" for now: measured on an H200 (benchmarks/RESULTS.md, fourth session) the GPU pipeline decodes
-    and augments on the training stream, so a 1-GPU Vim-S re-training epoch ran at 522 img/s with it against
-    ~1,000 with CPU workers, and under DDP it produced a non-finite loss at step 3 (not yet understood). It is
-    opt-in ("gpu") until it overlaps the step and that is fixed. An explicit "gpu" with a built-in set
+    auto = "cpu" for now. Measured on an H200 (benchmarks/RESULTS.md, fourth session), the first version decoded
+    and augmented on the training stream (a 1-GPU Vim-S epoch at 522 img/s against ~1,000 with CPU workers) and
+    under DDP hit a non-finite loss, most likely because torchvision's nvJPEG decode writes into memory still
+    read by queued kernels (see :func:`_decode_jpegs`). Both are addressed (a prefetch thread on a side stream, the stream drained before
+    each decode) but not yet measured on the GPU machine; "gpu" stays opt-in until real-JPEG epochs on 1 and 2
+    GPUs show it at least as fast as the CPU workers with a finite loss. An explicit "gpu" with a built-in set
     (``data`` = "digits" / "synthetic") is an error; "gpu" on a CPU device runs the batched pipeline on the CPU."""
     if choice not in PIPELINES:
         raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {choice!r}")
@@ -236,17 +242,63 @@ def collate_encoded(samples: Sequence[Any]) -> Optional[EncodedBatch]:
     skipped = tuple(s for s in samples if isinstance(s, SkippedSample))
     if not good:
         return None
-    return EncodedBatch([s.data for s in good], torch.tensor([s.label for s in good], dtype=torch.int64),
-                        [s.seed for s in good], [s.path for s in good], skipped)
+    labels = torch.tensor([s.label for s in good], dtype=torch.int64)
+    return EncodedBatch(_one_buffer([s.data for s in good]), labels, [s.seed for s in good], [s.path for s in good],
+                        skipped)
+
+
+def _one_buffer(data: list) -> list:
+    """The JPEG byte tensors of a batch as slices of one buffer (images decoded on the CPU left as they are).
+
+    A loader worker hands each tensor to the training process through its own shared-memory segment and file
+    descriptor: 128 per batch cost the receiving thread a file, a descriptor and a mapping each (and hit
+    ``ulimit -n`` with many workers prefetching); slices of one buffer travel as one."""
+    encoded = [i for i, d in enumerate(data) if d.dim() == 1]
+    if len(encoded) < 2:
+        return list(data)
+    flat = torch.cat([data[i] for i in encoded])
+    out, offset = list(data), 0
+    for i in encoded:
+        n = data[i].numel()
+        out[i] = flat[offset:offset + n]
+        offset += n
+    return out
 
 
 # --------------------------------------------------------------------------------------------- decoding (device)
 
 
+def _rank_device(device: Union[str, torch.device]) -> torch.device:
+    """``device`` with its index made explicit: an index-less ``cuda`` becomes this process's current GPU.
+
+    The pipeline runs CUDA work from a prefetch thread, and CUDA's current device is per thread (a new thread
+    starts on GPU 0 on every rank): an index-less ``cuda`` resolved there would put rank 1's batches on GPU 0.
+    So the index is fixed once, in the thread that builds the pipeline (after ``torch.cuda.set_device``)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _decode_jpegs(data: list, device: torch.device) -> list:
+    """``torchvision.io.decode_jpeg`` of a list of JPEG byte tensors -> uint8 [3, H_i, W_i] tensors on ``device``.
+
+    On CUDA, torchvision allocates the outputs on the calling thread's current stream but nvJPEG writes them
+    from the decoder's own stream, without waiting for the current one (pytorch/vision#9606). A block the
+    caching allocator hands out may have been freed on the current stream while queued kernels still read it
+    (the previous training step's activations, a previous batch's temporaries): the decode would overwrite
+    them under those kernels, silently corrupting gradients (the likely cause of the first 2-GPU runs' NaN:
+    eager DDP frees activations that queued backward kernels still read; one graphed GPU does not). Draining the
+    current stream first leaves only idle blocks to hand out. Run from the prefetch thread's own stream this
+    costs the training stream nothing."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+    if device.type != "cuda":
+        return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+    device = _rank_device(device)
+    with torch.cuda.device(device):  # also the device torchvision's decoder records its completion event on
+        torch.cuda.current_stream(device).synchronize()
+        return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
 
 
 def decode_images(batch: EncodedBatch, device: Union[str, torch.device]) -> tuple[list, list]:
@@ -256,7 +308,7 @@ def decode_images(batch: EncodedBatch, device: Union[str, torch.device]) -> tupl
 
     JPEG bytes are decoded in one batched call; if it fails, each is retried alone on the device, then with
     PIL on the CPU (the CPU path's decoder decides whether a file is unreadable)."""
-    device = torch.device(device)
+    device = _rank_device(device)
     images: list = [None] * len(batch.data)
     encoded = [i for i, d in enumerate(batch.data) if d.dim() == 1]
     for i, d in enumerate(batch.data):
@@ -555,7 +607,7 @@ def _rrc_box(rng: random.Random, h: int, w: int, scale, ratio) -> tuple[int, int
         aspect = math.exp(rng.uniform(*log_ratio))
         cw = int(round(math.sqrt(target_area * aspect)))
         ch = int(round(math.sqrt(target_area / aspect)))
-        if cw <= w and ch <= h:
+        if 0 < cw <= w and 0 < ch <= h:  # as timm: a 1-2 px image can round a box to zero pixels
             return rng.randint(0, h - ch), rng.randint(0, w - cw), ch, cw
     in_ratio = w / h
     if in_ratio < min(ratio):
@@ -642,7 +694,7 @@ class GpuEvalTransform:
         _check_common(self.img_size, self.mean, self.std, self.interpolation)
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
-        self.device = torch.device(self.device)
+        self.device = _rank_device(self.device)  # an explicit index: batches are made in a prefetch thread
         self._mean, self._std = _norm_tensors(self.mean, self.std, self.device)
 
     def crop(self, img: Tensor) -> Tensor:
@@ -695,7 +747,7 @@ class GpuTrainTransform:
         if not (0 < self.scale[0] <= self.scale[1] and 0 < self.ratio[0] <= self.ratio[1]):
             raise ValueError(f"scale and ratio must be increasing positive ranges, got {self.scale} / {self.ratio}")
         self.policy = RandAugmentPolicy.parse(self.auto_augment) if self.auto_augment else None
-        self.device = torch.device(self.device)
+        self.device = _rank_device(self.device)  # an explicit index: batches are made in a prefetch thread
         self._mean, self._std = _norm_tensors(self.mean, self.std, self.device)
         # RandAugment's geometric fill: the mean colour as uint8, as timm's img_mean hparam
         self._fill = torch.tensor([min(255, round(255 * m)) for m in self.mean], dtype=torch.float32,
@@ -755,23 +807,119 @@ class GpuTrainTransform:
 # --------------------------------------------------------------------------------------------- loader glue
 
 
+class _Failure(NamedTuple):
+    """An exception raised in the prefetch thread, carried to the consumer to be raised there."""
+
+    exc: BaseException
+
+
+_END = object()  # the prefetch thread's "the loader is exhausted"
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` into the bounded queue unless the consumer has stopped; False when it has."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 class DeviceLoader:
     """Iterate ``loader`` (yielding :class:`EncodedBatch` or None) through ``transform`` (on the device):
-    yields :class:`~rmeeto.data.Batch` or None, has the loader's length, and forwards ``sampler``."""
+    yields :class:`~rmeeto.data.Batch` or None, has the loader's length, and forwards ``sampler``.
 
-    def __init__(self, loader: Iterable, transform: Callable[[Optional[EncodedBatch]], Optional[Batch]]):
-        self.loader, self.transform = loader, transform
+    With ``prefetch`` > 0 (default 2) a background thread runs the loader and the transform up to ``prefetch``
+    batches ahead of the consumer, so batch k+1 is read (with ``workers=0``, in that thread), decoded and
+    augmented while the model trains on batch k. On CUDA that work is queued on the thread's own stream of the
+    transform's device (one per iteration, so one per rank): the consumer's current stream waits for a batch's
+    completion event before using it, and ``record_stream`` keeps the batch's memory from being reused by the
+    side stream until the consumer's stream is done with it. ``prefetch=0``: the transform runs in the
+    consumer's thread and stream, batch by batch (no overlap).
+
+    What is yielded does not depend on ``prefetch``: each batch is a pure function of its files and seeds, so
+    runs stay deterministic under a seed and a mid-epoch resume (the sampler's start is fixed when iteration
+    begins, in the caller's thread) reproduces the uninterrupted run. Batches prefetched past the point where
+    the consumer stops are discarded; an exception in the thread is raised in the consumer."""
+
+    def __init__(self, loader: Iterable, transform: Callable[[Optional[EncodedBatch]], Optional[Batch]],
+                 prefetch: int = 2):
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0 batches, got {prefetch}")
+        self.loader, self.transform, self.prefetch = loader, transform, int(prefetch)
 
     @property
     def sampler(self):
         return getattr(self.loader, "sampler", None)
 
+    @property
+    def device(self) -> torch.device:
+        return _rank_device(getattr(self.transform, "device", "cpu"))
+
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Optional[Batch]]:
-        for batch in self.loader:
-            yield self.transform(batch)
+        if self.prefetch == 0:
+            for batch in self.loader:
+                yield self.transform(batch)
+            return
+        yield from self._prefetched()
+
+    def _prefetched(self) -> Iterator[Optional[Batch]]:
+        device = self.device
+        # created here, in the caller's thread: DataLoader workers start (and the sampler's epoch and start are
+        # read) where the caller expects, and signal handlers can only be installed from the main thread
+        source = iter(self.loader)
+        side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        ready_queue: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                if side is not None:
+                    torch.cuda.set_device(device)  # this thread's current device (GPU 0 by default on any rank)
+                for encoded in source:
+                    with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                        batch = self.transform(encoded)
+                        done = None
+                        if side is not None:
+                            done = torch.cuda.Event()
+                            done.record(side)
+                    if not _put(ready_queue, (batch, done), stop):
+                        return
+                _put(ready_queue, _END, stop)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
+                _put(ready_queue, _Failure(exc), stop)
+
+        thread = threading.Thread(target=produce, name="rmeeto-device-loader", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = ready_queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.exc
+                batch, done = item
+                if done is not None and batch is not None:
+                    stream = torch.cuda.current_stream(device)
+                    stream.wait_event(done)
+                    for tensor in batch:  # images, labels: allocated on the side stream, used on this one
+                        tensor.record_stream(stream)
+                yield batch
+        finally:
+            stop.set()
+            # wait for the thread: with persistent workers the next iter(loader) resets this same iterator, which
+            # two threads must never read at once (it finishes the batch it is reading, then sees ``stop``)
+            while thread.is_alive():
+                try:
+                    ready_queue.get_nowait()
+                except queue.Empty:
+                    pass
+                thread.join(timeout=0.05)
 
 
 class GpuPipeline(NamedTuple):

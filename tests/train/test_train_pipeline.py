@@ -162,3 +162,48 @@ def test_forced_gpu_pipeline_on_cuda_trains(tmp_path):
     result = train(cfg)
     assert result.final["skipped_images"] == 1
     assert torch.isfinite(torch.tensor(result.final["train_loss"]))
+
+
+def test_a_batch_left_empty_by_the_mixup_trim_is_skipped_not_a_nan_loss():
+    """A batch with one readable image (the others unreadable) under mixup: the odd-batch trim leaves zero
+    images, and a mean loss over nothing is NaN, which used to stop the whole run as a non-finite loss (on every
+    rank, since the loss is averaged). Such a batch is skipped like one with no readable image."""
+    from types import SimpleNamespace
+
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+
+    from rmeeto.data import Batch
+    from rmeeto.train.engine import _forward
+    from rmeeto.train.loss import DistillationLoss
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))
+    parts = SimpleNamespace(mixup=Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=5), step_model=model,
+                            teacher=None, criterion=DistillationLoss(SoftTargetCrossEntropy(), alpha=0.0))
+    run = SimpleNamespace(device=torch.device("cpu"), ranks=Ranks(), amp_dtype=torch.float32)
+    one = Batch(torch.rand(1, 3, 4, 4), torch.tensor([2]))
+    assert _forward(run, parts, one, last_micro=True, poison=False) == (None, 0)
+    loss, n = _forward(run, parts, Batch(torch.rand(3, 3, 4, 4), torch.tensor([0, 1, 2])), True, False)
+    assert n == 2 and torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_gpu_pipeline_under_two_process_ddp_on_cpu(tmp_path):
+    """The batched pipeline (on CPU tensors) in a 2-process gloo job with mixup and a corrupt file: both ranks
+    finish with a finite loss, and the corrupt file is counted once summed over the ranks (one shard holds it)."""
+    import os
+    import subprocess
+    import sys
+
+    data, out = _jpeg_folder(tmp_path / "data"), tmp_path / "out"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rmeeto",
+           "retrain", "--model", MODEL, "--from-scratch", "--data", str(data), "--pipeline", "gpu", "--device", "cpu",
+           "--epochs", "1", "-b", "4", "--mixup", "0.8", "--cutmix", "1.0", "--reprob", "0.25", "-j", "0",
+           "--no-progress", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    record = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][-1]
+    assert torch.isfinite(torch.tensor(record["train_loss"]))
+    assert record["skipped_images"] == 1  # broken.jpg sits in exactly one rank's shard

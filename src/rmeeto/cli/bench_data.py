@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rmeeto.bench_data import format_rows, run_from_args
 
-    if args.batch_size < 1 or args.batches < 1:
+    if args.batch_size < 1 or (args.batches is not None and args.batches < 1):
         raise CLIError("--batch-size and --batches must be >= 1")
     try:
         rows = run_from_args(args)

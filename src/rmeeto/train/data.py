@@ -264,7 +264,8 @@ def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> Train
 
     With the GPU pipeline (``config.pipeline`` resolving to ``"gpu"``) the workers only read files: the
     dataset takes the sampler's ``(index, seed)`` keys itself (no :class:`_SeededDataset`: nothing in the
-    workers is random) and the device decodes and augments each batch as the loop asks for it."""
+    workers is random) and the device decodes and augments batches up to 2 ahead of the loop, in a thread on its
+    own stream of this rank's device (:class:`~rmeeto.gpu_data.DeviceLoader`)."""
     if is_video(config.model):  # clips are decoded by PyAV in the workers: the JPEG GPU pipeline does not apply
         if config.pipeline == "gpu":
             raise TrainError("--pipeline gpu decodes JPEG images; video clips use the CPU (PyAV) pipeline")

@@ -70,6 +70,8 @@ def _forward(run: Run, parts: Training, batch, last_micro: bool, poison: bool):
     images, targets = batch[0].to(run.device, non_blocking=True), batch[1].to(run.device, non_blocking=True)
     if parts.mixup is not None and images.shape[0] % 2:  # a corrupt image left the batch odd
         images, targets = images[:-1], targets[:-1]
+    if images.shape[0] == 0:  # one readable image, dropped for mixup: a mean loss over nothing would be NaN
+        return None, 0
     if parts.mixup is not None:
         images, targets = parts.mixup(images, targets)
     sync = contextlib.nullcontext()
