@@ -1,4 +1,5 @@
-"""The digits demo's order section (Vim vs ViT): findings follow the numbers; the section runs end to end."""
+"""The digits demo's order section (Vim vs ViT): findings follow the numbers; the section runs end to end. The
+video demo's settings are validated (its quick run is in tests/cli/test_video_cli.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from rmeeto import create_model
 from rmeeto.checkpoint import save_checkpoint
 from rmeeto.demo import MODEL, VIT_MODEL, DemoSettings, _order_md, order_findings, run_order_section
+from rmeeto.models import get_config
 
 
 def _rows(vim: dict, vit: dict) -> list[dict]:
@@ -68,3 +70,31 @@ def test_demo_settings_order_switch():
     assert not DemoSettings(order=False).order
     with pytest.raises(ValueError, match="vit_epochs"):
         DemoSettings(vit_epochs=0)
+
+
+def test_video_demo_settings_reject_clips_the_square_cannot_cross():
+    from rmeeto.demo_video import VIDEO_MODEL, VideoDemoSettings
+
+    arch = get_config(VIDEO_MODEL).arch
+    assert arch.num_tokens == 65 and arch.tubelet_size == 2 and arch.num_classes == 4  # the 4 directions
+    VideoDemoSettings(clip_size=16, square=6, clip_frames=11)  # 10 px of room, 10 px of travel: fits
+    with pytest.raises(ValueError, match="cannot move 11 px"):
+        VideoDemoSettings(clip_size=16, square=6, clip_frames=12)
+    with pytest.raises(ValueError, match="clip_size must be even"):
+        VideoDemoSettings(clip_size=15)
+    with pytest.raises(ValueError, match="square must be in 1..15"):
+        VideoDemoSettings(square=16)
+    with pytest.raises(ValueError, match="alpha"):
+        VideoDemoSettings(alpha=1.5)
+    with pytest.raises(ValueError, match="num_merged"):
+        VideoDemoSettings(num_merged=0)
+
+
+def test_video_demo_validation_frames_are_one_step_apart():
+    """The defaults' clips give the model's 8 validation frames one frame (1 px of motion) apart, and each
+    tubelet of 2 frames sees motion: the reason the demo uses 9-frame clips."""
+    from rmeeto.demo_video import VIDEO_MODEL, VideoDemoSettings
+    from rmeeto.video import sample_frame_indices
+
+    s, arch = VideoDemoSettings(), get_config(VIDEO_MODEL).arch
+    assert sample_frame_indices(s.clip_frames, arch.num_frames, "val") == list(range(8))

@@ -17,9 +17,10 @@ trained the same way, and both models scored with the ordered and unordered merg
 About 7 minutes on 2 CPU cores.
 
 --task video: the same story for VideoMamba on synthetic clips encoded with PyAV (a square moving right, left,
-down or up: the direction is the label, so frame order matters): a tiny videomamba_test_patch4_16_f4 (4 frames,
-65 space-time tokens) trained from scratch, merged over the flattened space-time tokens, pruned, re-trained with
-distillation; report in --out (default out/demo_video), clips in its data/ folder. A few minutes on 2 CPU cores.
+down or up: the direction is the label, so frame order matters): a tiny videomamba_demo_patch4_16_f8 (8 frames
+in tubelets of 2, 65 space-time tokens) trained from scratch, merged over the flattened space-time tokens, pruned,
+re-trained with distillation; report in --out (default out/demo_video), clips in its data/ folder. A few minutes
+on 2 CPU cores.
 
 --quick (one epoch each, little data) is a smoke test whose numbers mean nothing.
 

@@ -106,6 +106,16 @@ register_model(ModelConfig(
     description="tiny VideoMamba for unit tests (4 frames of 16x16, 65 tokens)", **_DIGITS_NORM,
     paper_merge=dict(num_merged=8),
 ))
+# The video demo's model: tubelets of 2 frames, so one token sees a patch at two instants and the direction of
+# a small moving square is a local feature (with tubelet 1 this width-32, depth-4 model learns the direction
+# only slowly from a few hundred clips: it must relate tokens 16 positions apart).
+register_model(ModelConfig(
+    "videomamba_demo_patch4_16_f8",
+    VimArch(img_size=16, patch_size=4, embed_dim=32, depth=4, num_classes=4, num_frames=8, tubelet_size=2,
+            **_VIDEOMAMBA),
+    description="tiny VideoMamba for the synthetic video demo (8 frames of 16x16 in tubelets of 2, 65 tokens)",
+    **_DIGITS_NORM, paper_merge=dict(num_merged=16),
+))
 
 
 def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[str] = None, **overrides) -> VisionMamba:
