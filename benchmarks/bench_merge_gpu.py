@@ -14,7 +14,8 @@ Per shape, all in fp16 metric / hidden with a float32 residual (as the models ru
 It calls only ``match_plan`` and ``match_merge_fused`` by name, so it runs against older checkouts too
 (before/after: run it in both with PYTHONPATH pointing at each ``src``):
 
-    PYTHONPATH=src python benchmarks/bench_merge_gpu.py [--video-schedule] [--reps 50] [--json out.json]
+    PYTHONPATH=src python benchmarks/bench_merge_gpu.py [--video-schedule] [--partner-tiles] [--reps 50]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -110,11 +111,41 @@ def bench_layer(batch, L, C, cls, r, with_size, reps, ordered=True):
     return res
 
 
+def sweep_partner_tiles(reps):
+    """Graphed match_plan time for every best-partner tiling in ``PARTNER_TILES`` at each shape (first layer);
+    the plan must not change with the tiling. Returns {shape: fastest tiles}; leaves PARTNER_CONFIG as found."""
+    if not hasattr(mt, "PARTNER_TILES"):
+        print("--partner-tiles: this checkout has no PARTNER_TILES table; skipped")
+        return {}
+    found = dict(mt.PARTNER_CONFIG)
+    best = {}
+    for name, (batch, L, C, cls, r) in SHAPES.items():
+        key = "long" if L // 2 > mt._LONG_SOURCES else "short"
+        hidden = torch.randn(batch, L, C, device="cuda", dtype=torch.float16)
+        new_cls = plan_cls_index(cls, L, r, True)
+        ref = None
+        times = {}
+        for tiles in mt.PARTNER_TILES:
+            mt.PARTNER_CONFIG[key] = tiles
+            plan = lambda: mt.match_plan(hidden, cls, r, new_cls, True)  # noqa: E731
+            dest = plan()[0]
+            ref = dest if ref is None else ref
+            times[tiles] = 1e3 * _event_ms(_graphed(plan), reps, 10)
+            print(f"{name} ({key}) partner tiles {tiles}: match_plan graphed {times[tiles]:.1f} us"
+                  f"{'' if torch.equal(dest, ref) else '  PLAN DIFFERS FROM THE FIRST TILING'}")
+        best[name] = min(times, key=times.get)
+        print(f"{name}: fastest tiles {best[name]} -> set PARTNER_CONFIG[{key!r}] in rmeeto/ops/triton/merge.py")
+        mt.PARTNER_CONFIG.update(found)
+    return best
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--video-schedule", action="store_true",
                     help="every merging layer of VideoMamba-S f8 at r=88 (1569, 1481, ..., 689 tokens)")
+    ap.add_argument("--partner-tiles", action="store_true",
+                    help="also time every best-partner tiling (rmeeto.ops.triton.merge.PARTNER_TILES)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, module {mt.__file__}")
@@ -126,13 +157,17 @@ def main(argv=None):
             res["shape"] = name
             rows.append(res)
             kern = ", ".join(f"{key} {us:.1f}" for key, us in res["kernels_us"].items())
-            print(f"{name} L={n} batch={batch} r={res['r']}: graphed match+merge {res['graphed_match_merge_us']:.1f} us "
-                  f"(plan only {res['graphed_match_plan_us']:.1f}), eager {res['eager_match_merge_us']:.1f} us/call, "
+            print(f"{name} L={n} batch={batch} r={res['r']}: "
+                  f"graphed match+merge {res['graphed_match_merge_us']:.1f} us "
+                  f"(plan only {res['graphed_match_plan_us']:.1f}), "
+                  f"eager {res['eager_match_merge_us']:.1f} us/call, "
                   f"plan == PyTorch on {res['plan_equals_pytorch']:.0%}")
             print(f"    kernels (us/call): {kern}")
     if args.video_schedule:
         total = sum(r_["graphed_match_merge_us"] for r_ in rows if r_["shape"].startswith("video"))
         print(f"videomamba_s_f8 whole schedule (11 merging layers), graphed: {total:.1f} us per forward")
+    if args.partner_tiles:
+        sweep_partner_tiles(args.reps)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

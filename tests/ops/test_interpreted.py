@@ -62,7 +62,8 @@ def test_match_plan_equals_pytorch_plan():
             dest = mt.destination_map(plan, L, ordered)
             ref = (dest,) + mt._token_lists(dest, mt._source_tokens(plan), L - n)
             lists = mt._match_lists(m, cls, n, plan.new_cls_index, ordered)  # match_plan's four, then the lists
-            got, (k_head, k_next) = lists[:4], lists[4:]
+            got = (lists[0],) + tuple(x.view_as(y) for x, y in zip(lists[1:4], ref[1:]))
+            k_head, k_next = lists[4].view(B, L - n), lists[5].view(B, L)
             if not all(torch.equal(x.long(), y.long()) for x, y in zip(ref, got)):
                 failures.append(("plan", dtype, B, L, C, cls, r, ordered, ties))
             # the lists: head of every slot, next of every merged source (other tokens' entries are unused)
@@ -70,6 +71,17 @@ def test_match_plan_equals_pytorch_plan():
             merged_tok = ref[2].long()
             if not (torch.equal(k_head, head) and torch.equal(k_next.gather(1, merged_tok), nxt.gather(1, merged_tok))):
                 failures.append(("lists", dtype, B, L, C, cls, r, ordered, ties))
+    # every best-partner tiling offered to the benchmark's sweep makes the same plan
+    for tiles in mt.PARTNER_TILES[1:]:
+        mt.PARTNER_CONFIG["short"] = tiles
+        for ties in (False, True):
+            m = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 197)), 40) if ties else torch.randn(2, 197, 40)
+            m = m.half()
+            plan = bipartite_match(m, 98, 11)
+            dest = mt.destination_map(plan, 197, True)
+            if not torch.equal(mt.match_plan(m, 98, 11, plan.new_cls_index, True)[0], dest):
+                failures.append(("tiles", tiles, ties))
+    mt.PARTNER_CONFIG["short"] = mt.PARTNER_TILES[0]
     # the whole fused merge with sizes, and its backward
     B, L, C, cls, r = 2, 33, 24, 16, 6
     for ordered in (True, False):

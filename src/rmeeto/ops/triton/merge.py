@@ -7,19 +7,22 @@ merge saves. Here it is four:
 
 1. :func:`match_plan` (three small kernels) takes inverse row norms, scores sources against destinations
    with ``tl.dot`` (rounded to the metric's dtype, as the PyTorch matmul returns them), takes each source's
-   best partner, ranks the sources with a stable descending order (one program per batch element), and writes
-   the plan as token lists: the output slot of every input token (the destination map), the kept token of
-   every slot, and the merged sources with their slots. No sort call, no host sync, static shapes.
+   best partner, then makes the plan per tile of sources (the merged set found from a threshold on the
+   score keys, ranks and slots counted over the merged sources only) and writes it as token lists: the
+   output slot of every input token (the destination map), the kept token of every slot, the merged
+   sources with their slots, and the merged sources of every slot as a linked list in plan order
+   (:func:`source_lists`). No sort call, no atomics, no host sync, static shapes, one workspace allocation.
 2. The merge kernel reads every token of both streams once and writes each output token once:
 
        out[p] = sum_{t -> p} x[t] * s[t] / sum_{t -> p} s[t]      (s = sizes, 1 before the first merge)
 
-   each slot adding its kept token, then the sources routed to it in plan order (fixed order: deterministic).
+   each slot adding its kept token, then walking its own list of sources in plan order (fixed order:
+   deterministic, and the same float sums as a scan of all sources in plan order).
 
 The backward is a gather: dx[t] = dout[p(t)] * s[t] / s_out[p(t)] (sizes carry no gradient). Only the
 default merge (reduce "sum", not pruning) takes this path; plans for other distances or partner ranks are
-made in PyTorch and turned into the same token lists (:func:`destination_map`), everything else stays in
-PyTorch.
+made in PyTorch and turned into the same token lists (:func:`destination_map`, :func:`source_lists`),
+everything else stays in PyTorch.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ except Exception:
     tl = None
     _HAS_TRITON = False
 
-__all__ = ["destination_map", "match_plan", "match_merge_fused", "merge_streams_fused", "is_available"]
+__all__ = ["destination_map", "source_lists", "match_plan", "match_merge_fused", "merge_streams_fused", "is_available"]
 
 
 def is_available() -> bool:
@@ -103,7 +106,8 @@ if _HAS_TRITON:
 
     @triton.jit
     def _best_partner_kernel(m_ptr, s_mb, s_ml, inv_ptr, vmax_ptr, vidx_ptr, L, C, cls,
-                             IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+                             IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                             BLOCK_J: tl.constexpr):
         """For a tile of sources (even class-free positions): scores against every destination (odd positions)
         of the rows normalised in float32 and rounded to the metric's dtype, the scores rounded to it too (as
         the PyTorch matmul returns them), and the best one (first on ties)."""
@@ -121,13 +125,13 @@ if _HAS_TRITON:
         inv_a = tl.load(inv_ptr + b * L + ta, mask=ma, other=0.0)[:, None]
         best = tl.full([BLOCK_T], float("-inf"), tl.float32)
         best_j = tl.zeros([BLOCK_T], tl.int32)
-        for j0 in range(0, NB, BLOCK_T):
-            j = j0 + offs
+        for j0 in range(0, NB, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J)
             qb = 2 * j + 1
             tb = qb + (qb >= cls).to(tl.int32)
             mb = j < NB
             inv_b = tl.load(inv_ptr + b * L + tb, mask=mb, other=0.0)[:, None]
-            s = tl.zeros([BLOCK_T, BLOCK_T], tl.float32)
+            s = tl.zeros([BLOCK_T, BLOCK_J], tl.float32)
             for c0 in range(0, C, BLOCK_C):
                 c = c0 + offs_c[None, :]
                 xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
@@ -379,8 +383,9 @@ class _FusedMerge(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, residual, size, dest, base, head, nxt):
+        """base, head [batch, num_out], nxt [batch, L] int32 (flattened or not)."""
         batch, L, C = hidden.shape
-        num_out = base.shape[1]
+        num_out = base.numel() // batch
         if hidden.stride(2) != 1:
             hidden = hidden.contiguous()
         if residual.stride(2) != 1:
@@ -430,10 +435,20 @@ def merge_streams_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor]
 
 _PLAN_TILE = 64  # sources per plan program (see _match_lists)
 
+# Tiles of the best-partner kernel: (sources, destinations, channel step, warps, pipeline stages), none of
+# which spill on sm_90 (registers: 122, 152, 189, 202, 212). The first is the default, measured at Vim-S
+# shapes; at 1569 tokens and batch 16 it makes only 208 programs (74 us, H200), where smaller source tiles
+# give more programs per SM. benchmarks/bench_merge_gpu.py --partner-tiles times each at both shapes;
+# PARTNER_CONFIG holds the choice for short and long sequences (more than _LONG_SOURCES sources).
+PARTNER_TILES = [(64, 64, 32, 8, 2), (32, 64, 32, 4, 2), (128, 64, 32, 8, 2), (64, 128, 32, 8, 2), (32, 64, 64, 4, 2)]
+PARTNER_CONFIG = {"short": PARTNER_TILES[0], "long": PARTNER_TILES[0]}
+_LONG_SOURCES = 256
+
 
 def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
-    """:func:`match_plan` plus the per-slot source lists of :func:`source_lists` -> (dest, base, src, sdst,
-    head, next), all views of one int32 workspace (dest as int64), in three kernels.
+    """:func:`match_plan` plus the per-slot source lists of :func:`source_lists` -> (dest [batch, L] int64,
+    then base, src, sdst, head, next flattened: row-major [batch, n] int32), all views of one workspace, in
+    three kernels.
 
     Work per batch element (NA = L // 2 sources, R merged, tiles of 64 sources), and why the plan kernel
     is parallel over source tiles: at 1569 tokens (video, batch 16) a plan program per batch element did
@@ -452,23 +467,22 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     na = L // 2
     n_out = L - R
     tiles = triton.cdiv(na, _PLAN_TILE)
-    # one allocation: dest (int64, first: 8-byte aligned), inv and vmax (float32), then the int32 lists
+    # one allocation, split by one call into flat per-field views (the kernels index each as a row-major
+    # [batch, n]): dest (int64, first so 8-byte aligned), inv and vmax (float32), then the int32 fields
     sizes = [2 * L, L, na, na, tiles * R, n_out, R, R, n_out, L]
     ws = torch.empty(batch * sum(sizes), device=dev, dtype=torch.int32)
-    views, off = [], 0
-    for n in sizes:
-        views.append(ws[off:off + batch * n].view(batch, n))
-        off += batch * n
-    dest = views[0].view(torch.int64)
-    inv, vmax = views[1].view(torch.float32), views[2].view(torch.float32)
-    vidx, scratch, base, src, sdst, head, nxt = views[3:]
+    dest, inv, vmax, vidx, scratch, base, src, sdst, head, nxt = ws.split([batch * n for n in sizes])
+    dest = dest.view(torch.int64).view(batch, L)
+    inv, vmax = inv.view(torch.float32), vmax.view(torch.float32)
     block_c = max(16, min(64, triton.next_power_of_2(C)))
     launch(_inv_norm_kernel, (batch, triton.cdiv(L, 32)), dev,
            metric, metric.stride(0), metric.stride(1), inv, L, C, BLOCK_T=32, BLOCK_C=block_c, num_warps=4)
-    launch(_best_partner_kernel, (batch, triton.cdiv(na, 64)), dev,
+    tile_a, tile_b, step_c, warps, stages = PARTNER_CONFIG["long" if na > _LONG_SOURCES else "short"]
+    launch(_best_partner_kernel, (batch, triton.cdiv(na, tile_a)), dev,
            metric, metric.stride(0), metric.stride(1), inv, vmax, vidx, L, C, cls_index,
-           IEEE=metric.dtype == torch.float32, BLOCK_T=64, BLOCK_C=max(16, min(32, triton.next_power_of_2(C))),
-           num_warps=8, num_stages=2)  # 122 registers on sm_90 (64-channel steps at 4 warps spill)
+           IEEE=metric.dtype == torch.float32, BLOCK_T=tile_a,
+           BLOCK_C=max(16, min(step_c, triton.next_power_of_2(C))), BLOCK_J=tile_b,
+           num_warps=warps, num_stages=stages)
     block_a = max(16, triton.next_power_of_2(na))
     launch(_plan_kernel, (batch, tiles), dev,
            vmax, vidx, scratch, dest, base, src, sdst, head, nxt, L, cls_index, new_cls_index, R, n_out,
@@ -489,7 +503,10 @@ def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     scores rounded to it, first partner on ties, sources ranked by a stable sort) up to the summation order
     of the scores.
     """
-    return _match_lists(metric, cls_index, num_merged, new_cls_index, ordered)[:4]
+    batch, L, _ = metric.shape
+    dest, base, src, sdst, _, _ = _match_lists(metric, cls_index, num_merged, new_cls_index, ordered)
+    R = num_merged
+    return dest, base.view(batch, L - R), src.view(batch, R), sdst.view(batch, R)
 
 
 def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
