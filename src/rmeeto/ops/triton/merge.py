@@ -45,7 +45,9 @@ except Exception:
     tl = None
     _HAS_TRITON = False
 
-__all__ = ["destination_map", "source_lists", "match_plan", "match_merge_fused", "merge_streams_fused", "is_available"]
+__all__ = [
+    "destination_map", "source_lists", "match_plan", "match_merge_fused", "merge_streams_fused", "is_available",
+]
 
 
 def is_available() -> bool:
