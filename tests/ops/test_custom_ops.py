@@ -122,13 +122,13 @@ def test_custom_ops_pass_opcheck_under_the_interpreter():
             new_cls = plan_cls_index(cls, Lm, R, ordered)
             metric = torch.randn(Bm, Lm, Cm)
             check("match_plan", tm._match_plan_op, (metric, cls, R, new_cls, ordered))
-            dest, base, src, sdst = tm._match_plan(metric, cls, R, new_cls, ordered)
+            dest, base, src, sdst, head, nxt = tm._match_lists(metric, cls, R, new_cls, ordered)
             for size in (None, torch.randint(1, 4, (Bm, Lm, 1)).float()):
                 h = torch.randn(Bm, Lm, Cm, requires_grad=True)
                 res = torch.randn(Bm, Lm, Cm, requires_grad=True)
-                check("merge", tm._merge_op, (h, res, size, dest, base, src, sdst))
-                same("merge", lambda: tm._FusedMerge.apply(h, res, size, dest, base, src, sdst),
-                     lambda: tm._merge_op(h, res, size, dest, base, src, sdst), [h, res])
+                check("merge", tm._merge_op, (h, res, size, dest, base, head, nxt))
+                same("merge", lambda: tm._FusedMerge.apply(h, res, size, dest, base, head, nxt),
+                     lambda: tm._merge_op(h, res, size, dest, base, head, nxt), [h, res])
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """)

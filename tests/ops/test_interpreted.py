@@ -28,9 +28,11 @@ def run_interpreted(code: str) -> None:
 
 def test_match_plan_equals_pytorch_plan():
     """The matching kernels make exactly bipartite_match's plan (fp32 and fp16 metrics, both layouts,
-    tie-heavy metrics included: ties are broken the same way); the fused merge matches merge_streams,
-    gradients included. (Scores are summed in another order than PyTorch's matmul, so tie-heavy data is
-    built to give exact scores.)"""
+    tie-heavy metrics included: ties are broken the same way); the per-slot source lists are those of
+    source_lists on PyTorch's plan; the fused merge matches merge_streams, gradients included. Long
+    sequences (video: 785 and 1569 tokens, r=88, batch 1-2) run the plan kernel over many source tiles and
+    more merged sources than one chunk. (Scores are summed in another order than PyTorch's matmul, so
+    tie-heavy data is built to give exact scores.)"""
     run_interpreted("""
     import sys, torch
     from rmeeto.merge import bipartite_match, merge_streams
@@ -39,24 +41,47 @@ def test_match_plan_equals_pytorch_plan():
     failures = []
     cases = [(2, 17, 24, 8, 4), (2, 17, 24, 0, 8), (2, 16, 20, 15, 3), (2, 197, 40, 98, 11), (2, 76, 33, 37, 37),
              (1, 150, 16, 149, 30), (1, 3, 16, 1, 1), (2, 130, 70, 64, 20)]
-    for dtype in (torch.float32, torch.float16):
-        for B, L, C, cls, r in cases:
-            for ordered in (True, False):
-                for ties in (False, True):
-                    # ties: every row a positive multiple of one of 3 basis vectors, so scores are exactly 0 or 1
-                    # whatever the summation order, and most sources tie for the best partner and best score
-                    if ties:
-                        m = torch.nn.functional.one_hot(torch.randint(0, 3, (B, L)), C) * torch.randint(1, 4, (B, L, 1))
-                    else:
-                        m = torch.randn(B, L, C)
-                    m = m.to(dtype)
-                    plan = bipartite_match(m, cls, r, ordered=ordered)
-                    n = plan.src_idx.shape[1]
-                    dest = mt.destination_map(plan, L, ordered)
-                    ref = (dest,) + mt._token_lists(dest, mt._source_tokens(plan), L - n)
-                    got = mt.match_plan(m, cls, n, plan.new_cls_index, ordered)
-                    if not all(torch.equal(x.long(), y.long()) for x, y in zip(ref, got)):
-                        failures.append(("plan", dtype, B, L, C, cls, r, ordered, ties))
+    long_cases = [(1, 1569, 16, 0, 88, torch.float16), (2, 785, 16, 392, 88, torch.float32)]
+    runs = [(dtype, case, ties) for dtype in (torch.float32, torch.float16) for case in cases
+            for ties in (False, True, "signed")]
+    runs += [(dtype, case, ties) for *case, dtype in long_cases for ties in (False, True)]
+    for dtype, (B, L, C, cls, r), ties in runs:
+        for ordered in (True, False):
+            # ties: every row a positive multiple of one of 3 basis vectors, so scores are exactly 0 or 1
+            # whatever the summation order, and most sources tie for the best partner and best score
+            # ("signed": multiples of either sign, so best scores of -1 and 0 occur in short sequences)
+            if ties:
+                m = torch.nn.functional.one_hot(torch.randint(0, 3, (B, L)), C) * torch.randint(1, 4, (B, L, 1))
+                if ties == "signed":
+                    m = m * (torch.randint(0, 2, (B, L, 1)) * 2 - 1)
+            else:
+                m = torch.randn(B, L, C)
+            m = m.to(dtype)
+            plan = bipartite_match(m, cls, r, ordered=ordered)
+            n = plan.src_idx.shape[1]
+            dest = mt.destination_map(plan, L, ordered)
+            ref = (dest,) + mt._token_lists(dest, mt._source_tokens(plan), L - n)
+            lists = mt._match_lists(m, cls, n, plan.new_cls_index, ordered)  # match_plan's four, then the lists
+            got = (lists[0],) + tuple(x.view_as(y) for x, y in zip(lists[1:4], ref[1:]))
+            k_head, k_next = lists[4].view(B, L - n), lists[5].view(B, L)
+            if not all(torch.equal(x.long(), y.long()) for x, y in zip(ref, got)):
+                failures.append(("plan", dtype, B, L, C, cls, r, ordered, ties))
+            # the lists: head of every slot, next of every merged source (other tokens' entries are unused)
+            head, nxt = mt.source_lists(ref[2], ref[3], L - n, L)
+            merged_tok = ref[2].long()
+            if not (torch.equal(k_head, head) and torch.equal(k_next.gather(1, merged_tok), nxt.gather(1, merged_tok))):
+                failures.append(("lists", dtype, B, L, C, cls, r, ordered, ties))
+    # every best-partner tiling offered to the benchmark's sweep makes the same plan
+    for tiles in mt.PARTNER_TILES[1:]:
+        mt.PARTNER_CONFIG["short"] = tiles
+        for ties in (False, True):
+            m = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 197)), 40) if ties else torch.randn(2, 197, 40)
+            m = m.half()
+            plan = bipartite_match(m, 98, 11)
+            dest = mt.destination_map(plan, 197, True)
+            if not torch.equal(mt.match_plan(m, 98, 11, plan.new_cls_index, True)[0], dest):
+                failures.append(("tiles", tiles, ties))
+    mt.PARTNER_CONFIG["short"] = mt.PARTNER_TILES[0]
     # the whole fused merge with sizes, and its backward
     B, L, C, cls, r = 2, 33, 24, 16, 6
     for ordered in (True, False):
@@ -71,6 +96,22 @@ def test_match_plan_equals_pytorch_plan():
         for a, b in zip((h1, r1, s1) + g1, (h2, r2, s2) + g2):
             if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
                 failures.append(("merge", ordered))
+    # a long sequence whose tie-heavy metric routes up to ~30 sources to one slot (long lists to walk)
+    B, L, C, cls, r = 1, 785, 16, 392, 88
+    for ordered in (True, False):
+        metric = torch.nn.functional.one_hot(torch.randint(0, 3, (B, L)), C) * torch.randint(1, 4, (B, L, 1))
+        metric = metric.float()
+        h = torch.randn(B, L, C, requires_grad=True)
+        res = torch.randn(B, L, C, requires_grad=True)
+        size = torch.randint(1, 4, (B, L, 1)).float()
+        plan = bipartite_match(metric, cls, r, ordered=ordered)
+        (h1, r1), s1 = merge_streams([h, res], size, plan, "sum")
+        (h2, r2), s2 = mt.match_merge_fused(h, res, size, metric, cls, r, plan.new_cls_index, ordered)
+        g1 = torch.autograd.grad((h1 * 1.5).sum() + (r1 ** 2).sum(), [h, res])
+        g2 = torch.autograd.grad((h2 * 1.5).sum() + (r2 ** 2).sum(), [h, res])
+        for a, b in zip((h1, r1, s1) + g1, (h2, r2, s2) + g2):
+            if not torch.allclose(a, b, rtol=1e-5, atol=1e-5):
+                failures.append(("merge long", ordered))
     print("FAILURES", failures)
     sys.exit(1 if failures else 0)
 """)

@@ -103,6 +103,62 @@ def test_token_lists_emulated_kernel(L, cls_index, r, ordered):
             torch.testing.assert_close((residual[b, toks] * w[:, None]).sum(0) / w.sum(), r_ref[b, p])
 
 
+def _tie_metric(batch, L, C, seed):
+    """Rows that are multiples of one of 3 basis vectors: most sources share a few destinations (long lists)."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.nn.functional.one_hot(torch.randint(0, 3, (batch, L), generator=g), C)
+    return (basis * torch.randint(1, 4, (batch, L, 1), generator=g)).float()
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("L,cls_index,r", [(17, 8, 4), (16, 15, 3), (197, 98, 11), (9, 4, 0), (1569, 0, 88)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_source_lists_walk_each_slots_sources_in_plan_order(L, cls_index, r, ordered, ties):
+    """source_lists (what the merge kernel walks): from the head of slot p, following next visits exactly the
+    merged sources whose slot is p, in plan order (the order of a scan of all sources, so sums are bitwise
+    those of that scan); tokens that are not merged sources have no successor. Walking the lists and adding
+    in that order gives merge_streams' result."""
+    batch, C = 2, 6
+    hidden, residual, size, _ = _case(batch, L, C, cls_index, r, ordered, True, seed=L + r)
+    metric = _tie_metric(batch, L, C, seed=r) if ties else hidden
+    plan = bipartite_match(metric, cls_index, r, ordered=ordered)
+    (h_ref, r_ref), s_ref = merge_streams([hidden, residual], size, plan, "sum")
+    dest = merge_triton.destination_map(plan, L, ordered)
+    n_out = L - plan.src_idx.shape[1]
+    base, src, sdst = merge_triton._token_lists(dest, merge_triton._source_tokens(plan), n_out)
+    head, nxt = merge_triton.source_lists(src, sdst, n_out, L)
+    assert head.shape == (batch, n_out) and nxt.shape == (batch, L)
+    assert head.dtype == nxt.dtype == torch.int32
+    longest = 0
+    for b in range(batch):
+        srcs, slots = src[b].tolist(), sdst[b].tolist()
+        expected = {p: [] for p in range(n_out)}
+        for t, p in zip(srcs, slots):
+            expected[p].append(t)
+        not_merged = torch.ones(L, dtype=torch.bool)
+        not_merged[src[b].long()] = False
+        assert torch.all(nxt[b][not_merged] == -1)
+        h_out, r_out, s_out = [], [], []
+        for p in range(n_out):
+            walk, t = [], int(head[b, p])
+            while t >= 0 and len(walk) <= len(srcs):
+                walk.append(t)
+                t = int(nxt[b, t])
+            assert walk == expected[p], (b, p)
+            longest = max(longest, len(walk))
+            # the kernel's sum: the kept token first, then the walk, in float32
+            toks = [int(base[b, p])] + walk
+            w = size[b, toks, 0]
+            h_out.append((hidden[b, toks] * w[:, None]).sum(0) / w.sum())
+            r_out.append((residual[b, toks] * w[:, None]).sum(0) / w.sum())
+            s_out.append(w.sum())
+        torch.testing.assert_close(torch.stack(s_out), s_ref[b, :, 0])
+        torch.testing.assert_close(torch.stack(h_out), h_ref[b], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.stack(r_out), r_ref[b], rtol=1e-5, atol=1e-6)
+    if ties and r >= 11:
+        assert longest > 2  # the tie-heavy metric does make lists longer than one step
+
+
 # ---------------------------------------------------------------------------------- the matching kernel
 # (on CPU through Triton's interpreter: tests/test_interpreted.py)
 @pytest.mark.skipif(not merge_triton.is_available(), reason="needs CUDA and Triton")

@@ -7,19 +7,22 @@ merge saves. Here it is four:
 
 1. :func:`match_plan` (three small kernels) takes inverse row norms, scores sources against destinations
    with ``tl.dot`` (rounded to the metric's dtype, as the PyTorch matmul returns them), takes each source's
-   best partner, ranks the sources with a stable descending order (one program per batch element), and writes
-   the plan as token lists: the output slot of every input token (the destination map), the kept token of
-   every slot, and the merged sources with their slots. No sort call, no host sync, static shapes.
+   best partner, then makes the plan per tile of sources (the merged set found from a threshold on the
+   score keys, ranks and slots counted over the merged sources only) and writes it as token lists: the
+   output slot of every input token (the destination map), the kept token of every slot, the merged
+   sources with their slots, and the merged sources of every slot as a linked list in plan order
+   (:func:`source_lists`). No sort call, no atomics, no host sync, static shapes, one workspace allocation.
 2. The merge kernel reads every token of both streams once and writes each output token once:
 
        out[p] = sum_{t -> p} x[t] * s[t] / sum_{t -> p} s[t]      (s = sizes, 1 before the first merge)
 
-   each slot adding its kept token, then the sources routed to it in plan order (fixed order: deterministic).
+   each slot adding its kept token, then walking its own list of sources in plan order (fixed order:
+   deterministic, and the same float sums as a scan of all sources in plan order).
 
 The backward is a gather: dx[t] = dout[p(t)] * s[t] / s_out[p(t)] (sizes carry no gradient). Only the
 default merge (reduce "sum", not pruning) takes this path; plans for other distances or partner ranks are
-made in PyTorch and turned into the same token lists (:func:`destination_map`), everything else stays in
-PyTorch.
+made in PyTorch and turned into the same token lists (:func:`destination_map`, :func:`source_lists`),
+everything else stays in PyTorch.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ except Exception:
     tl = None
     _HAS_TRITON = False
 
-__all__ = ["destination_map", "match_plan", "match_merge_fused", "merge_streams_fused", "is_available"]
+__all__ = [
+    "destination_map", "source_lists", "match_plan", "match_merge_fused", "merge_streams_fused", "is_available",
+]
 
 
 _available: Optional[bool] = None
@@ -110,7 +115,8 @@ if _HAS_TRITON:
 
     @triton.jit
     def _best_partner_kernel(m_ptr, s_mb, s_ml, inv_ptr, vmax_ptr, vidx_ptr, L, C, cls,
-                             IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+                             IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                             BLOCK_J: tl.constexpr):
         """For a tile of sources (even class-free positions): scores against every destination (odd positions)
         of the rows normalised in float32 and rounded to the metric's dtype, the scores rounded to it too (as
         the PyTorch matmul returns them), and the best one (first on ties)."""
@@ -128,13 +134,13 @@ if _HAS_TRITON:
         inv_a = tl.load(inv_ptr + b * L + ta, mask=ma, other=0.0)[:, None]
         best = tl.full([BLOCK_T], float("-inf"), tl.float32)
         best_j = tl.zeros([BLOCK_T], tl.int32)
-        for j0 in range(0, NB, BLOCK_T):
-            j = j0 + offs
+        for j0 in range(0, NB, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J)
             qb = 2 * j + 1
             tb = qb + (qb >= cls).to(tl.int32)
             mb = j < NB
             inv_b = tl.load(inv_ptr + b * L + tb, mask=mb, other=0.0)[:, None]
-            s = tl.zeros([BLOCK_T, BLOCK_T], tl.float32)
+            s = tl.zeros([BLOCK_T, BLOCK_J], tl.float32)
             for c0 in range(0, C, BLOCK_C):
                 c = c0 + offs_c[None, :]
                 xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
@@ -156,93 +162,153 @@ if _HAS_TRITON:
         tl.store(vidx_ptr + b * NA + i, best_j, mask=ma)
 
     @triton.jit
+    def _order_key(v):
+        """int32 keys that order like the float32 values ``v`` (-0.0 and +0.0 equal, as float comparisons)."""
+        v = tl.where(v == 0.0, 0.0, v)
+        bits = v.to(tl.int32, bitcast=True)
+        return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+    @triton.jit
+    def _first_in_plan(cand, uj, j, best_u, best_j, BIG: tl.constexpr):
+        """Running "first in plan order" (highest score, then lowest index) over the candidates ``cand``
+        [BLOCK_T, BLOCK_K] of one chunk of merged sources (key ``uj``, index ``j``)."""
+        cu = tl.where(cand, uj[None, :], -2147483647 - 1)
+        tile_u = tl.max(cu, axis=1)
+        tile_j = tl.min(tl.where(cand & (uj[None, :] == tile_u[:, None]), j[None, :], BIG), axis=1)
+        better = (tile_u > best_u) | ((tile_u == best_u) & (tile_j < best_j))
+        return tl.where(better, tile_u, best_u), tl.where(better, tile_j, best_j)
+
+    @triton.jit
     def _plan_kernel(
-        vmax_ptr, vidx_ptr, rank_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr,
+        vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr, head_ptr, next_ptr,
         L, cls, new_cls, R, L_out,
-        ORDERED: tl.constexpr, BLOCK_T: tl.constexpr,
+        ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
-        """The plan of one batch element from every source's best score and partner (one program per element):
-        rank the sources (descending, ties by index: a stable sort; the rank is scratch in global memory,
-        read back after a block barrier), then the R best merge: output slot of every token, the kept token
-        of every slot, the merged sources in rank order and their slots."""
+        """The plan for one tile of BLOCK_T sources (and the destinations of the same indices) of one batch
+        element, from every source's best score and partner; grid (batch, cdiv(NA, BLOCK_T)).
+
+        1. The merged set without a rank of every source: the R-th best score key, found by setting its 32
+           bits from the top (32 counts over all NA keys, held in registers), ties at it taken by index (a
+           prefix count). Every tile program of a batch element computes the same set.
+        2. The merged sources in index order, compacted into this program's scratch row (R entries).
+        3. Per tile source / destination, counts over those R (not over all NA): its rank if merged (every
+           source ahead of a merged one is merged), how many merged sources lie before it and before its
+           destination (the ordered layout's slots), and the lists of sources per destination in plan
+           order: the first merged source routed to destination i (the head) and, after source i, the next
+           one routed to its destination. "First in plan order" is the highest score, then the lowest index,
+           which is the stable descending rank without computing it.
+        The unordered layout also ranks its kept sources among all NA (their slots follow that order)."""
         b = tl.program_id(0).to(tl.int64)
+        tile = tl.program_id(1)
         T = L - 1
         NA = (T + 1) // 2
         NB = T // 2
-        offs = tl.arange(0, BLOCK_T)
+        INT_MIN = tl.full([], -2147483647, tl.int32) - 1
+        BIG: tl.constexpr = 2147483647
 
-        # ranks (stable descending order of the best scores)
-        for i0 in range(0, NA, BLOCK_T):
-            i = i0 + offs
-            ma = i < NA
-            vi = tl.load(vmax_ptr + b * NA + i, mask=ma, other=float("-inf"))
-            rank = tl.zeros([BLOCK_T], tl.int32)
-            for j0 in range(0, NA, BLOCK_T):
-                j = j0 + offs
-                vj = tl.load(vmax_ptr + b * NA + j, mask=j < NA, other=float("-inf"))
-                ahead = (vj[None, :] > vi[:, None]) | ((vj[None, :] == vi[:, None]) & (j[None, :] < i[:, None]))
-                ahead = ahead & (j[None, :] < NA)
-                rank += tl.sum(ahead.to(tl.int32), axis=1)
-            tl.store(rank_ptr + b * NA + i, rank, mask=ma)
+        # 1. the threshold key (ans: the bit pattern of the R-th best key, read as unsigned)
+        ja = tl.arange(0, BLOCK_A)
+        ua = _order_key(tl.load(vmax_ptr + b * NA + ja, mask=ja < NA, other=0.0))
+        ua = tl.where(ja < NA, ua, INT_MIN)
+        ans = tl.zeros([], tl.int32)
+        one = tl.full([], 1, tl.int32)
+        for step in range(32):
+            cand = ans | (one << (31 - step))
+            count = tl.sum((ua >= (cand ^ INT_MIN)).to(tl.int32), axis=0)
+            ans = tl.where(count >= R, cand, ans)
+        thr = ans ^ INT_MIN
+        n_above = tl.sum((ua > thr).to(tl.int32), axis=0)
+        tie = ua == thr
+        merged_a = (ua > thr) | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= R - n_above))
+        last_tie = tl.max(tl.where(merged_a & tie, ja, -1), axis=0)  # merged: key > thr or (== thr, index <= it)
+
+        # 2. merged sources in index order (positions 0..R-1), read back after a block barrier
+        row = merged_ptr + (b * tl.num_programs(1) + tile) * R
+        tl.store(row + tl.cumsum(merged_a.to(tl.int32), axis=0) - 1, ja, mask=merged_a)
         tl.debug_barrier()
 
-        # slots. Index i of a tile is source i and destination i (there are never more destinations).
-        n_unm = NA - R
-        for i0 in range(0, NA, BLOCK_T):
-            i = i0 + offs
-            ma = i < NA
-            mb = i < NB
-            rank = tl.load(rank_ptr + b * NA + i, mask=ma, other=0)
-            merged = (rank < R) & ma
-            dj = tl.load(vidx_ptr + b * NA + i, mask=ma, other=0)
-            qa = 2 * i
-            ta = qa + (qa >= cls).to(tl.int32)
-            qb = 2 * i + 1
-            tb = qb + (qb >= cls).to(tl.int32)
+        # 3. this tile. Index i is source i and destination i (there are never more destinations).
+        i = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+        ma = i < NA
+        mb = i < NB
+        ui = _order_key(tl.load(vmax_ptr + b * NA + i, mask=ma, other=0.0))
+        di = tl.load(vidx_ptr + b * NA + i, mask=ma, other=0)
+        merged = ((ui > thr) | ((ui == thr) & (i <= last_tie))) & ma
+        rank = tl.zeros([BLOCK_T], tl.int32)
+        n_lt = tl.zeros([BLOCK_T], tl.int32)
+        n_at = tl.zeros([BLOCK_T], tl.int32)
+        head_u = tl.full([BLOCK_T], -2147483647 - 1, tl.int32)
+        head_j = tl.full([BLOCK_T], BIG, tl.int32)
+        next_u = tl.full([BLOCK_T], -2147483647 - 1, tl.int32)
+        next_j = tl.full([BLOCK_T], BIG, tl.int32)
+        for k0 in range(0, R, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            mk = k < R
+            j = tl.load(row + k, mask=mk, other=0)
+            uj = _order_key(tl.load(vmax_ptr + b * NA + j, mask=mk, other=0.0))
+            dj = tl.load(vidx_ptr + b * NA + j, mask=mk, other=-1)
+            same_u = uj[None, :] == ui[:, None]
+            ahead = mk[None, :] & ((uj[None, :] > ui[:, None]) | (same_u & (j[None, :] < i[:, None])))
+            behind = mk[None, :] & ((uj[None, :] < ui[:, None]) | (same_u & (j[None, :] > i[:, None])))
+            rank += tl.sum(ahead.to(tl.int32), axis=1)
             if ORDERED:
-                # merged sources before source i, up to destination i, up to source i's destination
-                n_lt = tl.zeros([BLOCK_T], tl.int32)
-                n_le = tl.zeros([BLOCK_T], tl.int32)
-                n_at = tl.zeros([BLOCK_T], tl.int32)
-                for j0 in range(0, NA, BLOCK_T):
-                    j = j0 + offs
-                    rj = tl.load(rank_ptr + b * NA + j, mask=j < NA, other=0)
-                    mj = ((rj < R) & (j < NA))[None, :]
-                    n_lt += tl.sum((mj & (j[None, :] < i[:, None])).to(tl.int32), axis=1)
-                    n_le += tl.sum((mj & (j[None, :] <= i[:, None])).to(tl.int32), axis=1)
-                    n_at += tl.sum((mj & (j[None, :] <= dj[:, None])).to(tl.int32), axis=1)
-                ra = 2 * i - n_lt
-                rb = 2 * i + 1 - n_le
-                rd = 2 * dj + 1 - n_at
-                slot_a = ra + (ra >= new_cls).to(tl.int32)
-                slot_b = rb + (rb >= new_cls).to(tl.int32)
-                slot_d = rd + (rd >= new_cls).to(tl.int32)
-            else:
-                k = rank - R
-                slot_a = k + (k >= new_cls).to(tl.int32)
-                slot_b = n_unm + 1 + i
-                slot_d = n_unm + 1 + dj
-            tok_slot = tl.where(merged, slot_d, slot_a)
-            tl.store(dest_ptr + b * L + ta, tok_slot.to(tl.int64), mask=ma)
-            tl.store(dest_ptr + b * L + tb, slot_b.to(tl.int64), mask=mb)
-            tl.store(base_ptr + b * L_out + slot_a, ta, mask=ma & (rank >= R))
-            tl.store(base_ptr + b * L_out + slot_b, tb, mask=mb)
-            tl.store(src_ptr + b * R + rank, ta, mask=merged)
-            tl.store(sdst_ptr + b * R + rank, slot_d, mask=merged)
-        first = offs == 0
-        tl.store(dest_ptr + b * L + cls + offs, tl.full([BLOCK_T], new_cls, tl.int64), mask=first)
-        tl.store(base_ptr + b * L_out + new_cls + offs, tl.full([BLOCK_T], cls, tl.int32), mask=first)
+                n_lt += tl.sum((mk[None, :] & (j[None, :] < i[:, None])).to(tl.int32), axis=1)
+                n_at += tl.sum((mk[None, :] & (j[None, :] <= di[:, None])).to(tl.int32), axis=1)
+            head_u, head_j = _first_in_plan(mk[None, :] & (dj[None, :] == i[:, None]), uj, j, head_u, head_j, BIG)
+            next_u, next_j = _first_in_plan(behind & (dj[None, :] == di[:, None]), uj, j, next_u, next_j, BIG)
+
+        qa = 2 * i
+        ta = qa + (qa >= cls).to(tl.int32)
+        qb = 2 * i + 1
+        tb = qb + (qb >= cls).to(tl.int32)
+        if ORDERED:
+            # merged sources before source i, up to destination i, up to source i's destination
+            ra = 2 * i - n_lt
+            rb = 2 * i + 1 - (n_lt + merged.to(tl.int32))
+            rd = 2 * di + 1 - n_at
+            slot_a = ra + (ra >= new_cls).to(tl.int32)
+            slot_b = rb + (rb >= new_cls).to(tl.int32)
+            slot_d = rd + (rd >= new_cls).to(tl.int32)
+        else:
+            # kept sources by rank among all sources (R merged ones are ahead of each)
+            kept_rank = tl.zeros([BLOCK_T], tl.int32)
+            for j0 in range(0, NA, BLOCK_K):
+                jj = j0 + tl.arange(0, BLOCK_K)
+                uj = _order_key(tl.load(vmax_ptr + b * NA + jj, mask=jj < NA, other=0.0))
+                ahead = (uj[None, :] > ui[:, None]) | ((uj[None, :] == ui[:, None]) & (jj[None, :] < i[:, None]))
+                kept_rank += tl.sum((ahead & (jj < NA)[None, :]).to(tl.int32), axis=1)
+            k = kept_rank - R
+            slot_a = k + (k >= new_cls).to(tl.int32)
+            slot_b = NA - R + 1 + i
+            slot_d = NA - R + 1 + di
+        kept = ma & ~merged
+        head_tok = tl.where(head_j < BIG, 2 * head_j + (2 * head_j >= cls).to(tl.int32), -1)
+        next_tok = tl.where(next_j < BIG, 2 * next_j + (2 * next_j >= cls).to(tl.int32), -1)
+        tl.store(dest_ptr + b * L + ta, tl.where(merged, slot_d, slot_a).to(tl.int64), mask=ma)
+        tl.store(dest_ptr + b * L + tb, slot_b.to(tl.int64), mask=mb)
+        tl.store(base_ptr + b * L_out + slot_a, ta, mask=kept)
+        tl.store(base_ptr + b * L_out + slot_b, tb, mask=mb)
+        tl.store(head_ptr + b * L_out + slot_a, tl.full([BLOCK_T], -1, tl.int32), mask=kept)
+        tl.store(head_ptr + b * L_out + slot_b, head_tok, mask=mb)
+        tl.store(src_ptr + b * R + rank, ta, mask=merged)
+        tl.store(sdst_ptr + b * R + rank, slot_d, mask=merged)
+        tl.store(next_ptr + b * L + ta, next_tok, mask=merged)
+        first = (tl.arange(0, BLOCK_T) == 0) & (tile == 0)
+        tl.store(dest_ptr + b * L + cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], new_cls, tl.int64), mask=first)
+        tl.store(base_ptr + b * L_out + new_cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], cls, tl.int32), mask=first)
+        tl.store(head_ptr + b * L_out + new_cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], -1, tl.int32), mask=first)
 
     @triton.jit
     def _merge_fwd_kernel(
-        h_ptr, r_ptr, s_ptr, base_ptr, src_ptr, sdst_ptr, ho_ptr, ro_ptr, so_ptr,
-        L, L_out, C, R,
+        h_ptr, r_ptr, s_ptr, base_ptr, head_ptr, next_ptr, ho_ptr, ro_ptr, so_ptr,
+        L, L_out, C,
         s_h_b, s_h_l, s_r_b, s_r_l,
         HAS_SIZE: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
-        """Output token p of batch b: its kept input token plus every merged source whose destination is p
-        (sources visited in plan order, so the sum order is fixed). A vectorised scan of the slots (masked tile
-        loads of the hits) measured 73 us per call against this loop's 27 us (Vim-S, H100)."""
+        """Output token p of batch b: its kept input token, then the merged sources routed to it, walked
+        through the plan's list (head per slot, next per source token, in plan order, so the sum order is
+        fixed and the same as a scan of all sources in plan order). The work per slot is its own sources
+        only, not all R (a scan of all R was 102 us per call at r=88, 1569 tokens, batch 16, H200)."""
         b = tl.program_id(0).to(tl.int64)
         p = tl.program_id(1)
         offs_c = tl.arange(0, BLOCK_C)
@@ -254,17 +320,17 @@ if _HAS_TRITON:
             w = 1.0
         acc_h = tl.load(h_ptr + b * s_h_b + t * s_h_l + offs_c, mask=mc, other=0.0).to(tl.float32) * w
         acc_r = tl.load(r_ptr + b * s_r_b + t * s_r_l + offs_c, mask=mc, other=0.0).to(tl.float32) * w
-        wsum = w
-        for k in range(0, R):
-            if tl.load(sdst_ptr + b * R + k) == p:
-                t = tl.load(src_ptr + b * R + k)
-                if HAS_SIZE:
-                    w = tl.load(s_ptr + b * L + t)
-                else:
-                    w = 1.0
-                acc_h += tl.load(h_ptr + b * s_h_b + t * s_h_l + offs_c, mask=mc, other=0.0).to(tl.float32) * w
-                acc_r += tl.load(r_ptr + b * s_r_b + t * s_r_l + offs_c, mask=mc, other=0.0).to(tl.float32) * w
-                wsum += w
+        wsum = tl.zeros([], tl.float32) + w
+        t = tl.load(head_ptr + b * L_out + p)
+        while t >= 0:
+            if HAS_SIZE:
+                w = tl.load(s_ptr + b * L + t)
+            else:
+                w = 1.0
+            acc_h += tl.load(h_ptr + b * s_h_b + t * s_h_l + offs_c, mask=mc, other=0.0).to(tl.float32) * w
+            acc_r += tl.load(r_ptr + b * s_r_b + t * s_r_l + offs_c, mask=mc, other=0.0).to(tl.float32) * w
+            wsum += w
+            t = tl.load(next_ptr + b * L + t)
         o = (b * L_out + p) * C + offs_c
         tl.store(ho_ptr + o, (acc_h / wsum).to(ho_ptr.dtype.element_ty), mask=mc)
         tl.store(ro_ptr + o, (acc_r / wsum).to(ro_ptr.dtype.element_ty), mask=mc)
@@ -288,16 +354,43 @@ def _token_lists(dest: Tensor, src_tok: Tensor, num_out: int) -> tuple[Tensor, T
     return base, src_tok.to(torch.int32).contiguous(), sdst.contiguous()
 
 
+def source_lists(src: Tensor, sdst: Tensor, num_out: int, num_tokens: int) -> tuple[Tensor, Tensor]:
+    """The merged sources of every output slot as linked lists in plan order, from the plan's token lists.
+
+    src [batch, r] (merged source tokens in plan order), sdst [batch, r] (their output slots) ->
+    (head [batch, num_out] int32: the first source token routed to each slot, -1 for none;
+    next [batch, num_tokens] int32: for each merged source token, the next source token routed to the same
+    slot, -1 at the end; entries of tokens that are not merged sources are -1). Walking head -> next
+    visits exactly ``[src[k] for k in range(r) if sdst[k] == p]`` in that order. No sort, no atomics:
+    an r x r comparison (r is the number of merged tokens of one layer)."""
+    batch, r = src.shape
+    dev = src.device
+    head = torch.full((batch, num_out + 1), -1, dtype=torch.int32, device=dev)
+    nxt = torch.full((batch, num_tokens), -1, dtype=torch.int32, device=dev)
+    if r > 0:
+        k = torch.arange(r, device=dev)
+        same = sdst[:, :, None] == sdst[:, None, :]  # [batch, r, r]: source k and k2 share a slot
+        later = same & (k[None, None, :] > k[None, :, None])
+        after = torch.where(later, k, r).amin(-1)  # next plan position with the same slot (r: none)
+        next_tok = torch.where(after < r, src.gather(1, after.clamp(max=r - 1)), -1).to(torch.int32)
+        nxt.scatter_(1, src.long(), next_tok)  # merged source tokens are distinct
+        first = ~(same & (k[None, None, :] < k[None, :, None])).any(-1)
+        # one first source per slot; the others go to a scratch column that is dropped
+        head.scatter_(1, torch.where(first, sdst, num_out).long(), src.to(torch.int32))
+    return head[:, :num_out].contiguous(), nxt
+
+
 def _source_tokens(plan) -> Tensor:
     """Original token indices of the merged sources, in plan order: [batch, r] int64."""
     q = plan.src_idx[..., 0] * 2  # class-free position of source j is 2j
     return q + (q >= plan.cls_index).long()
 
 
-def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: Tensor, src: Tensor,
-               sdst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Merge launcher: hidden, residual [batch, L, C] (unit channel stride), size [batch, L, 1] or None, the plan's
-    token lists -> (hidden [batch, L - r, C], residual [batch, L - r, C], size [batch, L - r, 1] float32)."""
+def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: Tensor, head: Tensor,
+               nxt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge launcher: hidden, residual [batch, L, C], size [batch, L, 1] or None, the plan's per-slot lists (base,
+    head [batch, L - r], nxt [batch, L] int32) -> (hidden [batch, L - r, C], residual [batch, L - r, C],
+    size [batch, L - r, 1] float32)."""
     batch, L, C = hidden.shape
     num_out = base.shape[1]
     if hidden.stride(2) != 1:
@@ -315,12 +408,10 @@ def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: T
     r_out = torch.empty(batch, num_out, C, device=dev, dtype=residual.dtype)
     s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
     block_c = triton.next_power_of_2(C)
-    launch(
-        _merge_fwd_kernel, (batch, num_out), dev,
-        hidden, residual, s, base, src, sdst, h_out, r_out, s_out,
-        L, num_out, C, src.shape[1], hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1),
-        HAS_SIZE=size is not None, BLOCK_C=block_c, num_warps=4 if block_c >= 512 else 2,
-    )
+    launch(_merge_fwd_kernel, (batch, num_out), dev,
+           hidden, residual, s, base, head, nxt, h_out, r_out, s_out,
+           L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1),
+           HAS_SIZE=size is not None, BLOCK_C=block_c, num_warps=4 if block_c >= 512 else 2)
     return h_out, r_out, s_out
 
 
@@ -338,12 +429,12 @@ def _merge_bwd(d_h: Optional[Tensor], d_r: Optional[Tensor], size: Optional[Tens
 
 
 class _FusedMerge(torch.autograd.Function):
-    """Forward: the merge kernel over the token lists of a plan. Backward: a gather over the destination map.
+    """Forward: the merge kernel over the per-slot lists of a plan. Backward: a gather over the destination map.
     The eager twin of the custom op ``rmeeto::merge_fused`` (same launcher and backward)."""
 
     @staticmethod
-    def forward(ctx, hidden, residual, size, dest, base, src, sdst):
-        h_out, r_out, s_out = _merge_fwd(hidden, residual, size, base, src, sdst)
+    def forward(ctx, hidden, residual, size, dest, base, head, nxt):
+        h_out, r_out, s_out = _merge_fwd(hidden, residual, size, base, head, nxt)
         ctx.save_for_backward(size, dest, s_out)
         ctx.dtypes = (hidden.dtype, residual.dtype)
         ctx.mark_non_differentiable(s_out)
@@ -356,13 +447,13 @@ class _FusedMerge(torch.autograd.Function):
 
 
 @torch.library.custom_op("rmeeto::merge_fused", mutates_args=())
-def _merge_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], dest: Tensor, base: Tensor, src: Tensor,
-              sdst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return _merge_fwd(hidden, residual, size, base, src, sdst)
+def _merge_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], dest: Tensor, base: Tensor, head: Tensor,
+              nxt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return _merge_fwd(hidden, residual, size, base, head, nxt)
 
 
 @_merge_op.register_fake
-def _(hidden, residual, size, dest, base, src, sdst):
+def _(hidden, residual, size, dest, base, head, nxt):
     batch, _, C = hidden.shape
     num_out = base.shape[1]
     return (hidden.new_empty(batch, num_out, C), residual.new_empty(batch, num_out, C),
@@ -370,7 +461,7 @@ def _(hidden, residual, size, dest, base, src, sdst):
 
 
 def _merge_setup_context(ctx, inputs, output):
-    hidden, residual, size, dest, base, src, sdst = inputs
+    hidden, residual, size, dest, base, head, nxt = inputs
     ctx.save_for_backward(size, dest, output[2])
     ctx.dtypes = (hidden.dtype, residual.dtype)
     ctx.mark_non_differentiable(output[2])  # sizes carry no gradient (as in _FusedMerge)
@@ -384,14 +475,14 @@ def _merge_backward(ctx, d_h, d_r, _d_s):
 _merge_op.register_autograd(_merge_backward, setup_context=_merge_setup_context)
 
 
-def _merge(hidden, residual, size, dest, base, src, sdst) -> tuple[Tensor, Tensor, Tensor]:
+def _merge(hidden, residual, size, dest, base, head, nxt) -> tuple[Tensor, Tensor, Tensor]:
     """The custom op while torch.compile traces, else the autograd function, else (no gradient needed) the
     launcher."""
     if torch.compiler.is_compiling():
-        return _merge_op(hidden, residual, size, dest, base, src, sdst)
+        return _merge_op(hidden, residual, size, dest, base, head, nxt)
     if torch.is_grad_enabled() and (hidden.requires_grad or residual.requires_grad):
-        return _FusedMerge.apply(hidden, residual, size, dest, base, src, sdst)
-    return _merge_fwd(hidden, residual, size, base, src, sdst)
+        return _FusedMerge.apply(hidden, residual, size, dest, base, head, nxt)
+    return _merge_fwd(hidden, residual, size, base, head, nxt)
 
 
 def merge_streams_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], plan, ordered: bool):
@@ -402,59 +493,97 @@ def merge_streams_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor]
     num_out = L - plan.src_idx.shape[1]
     dest = destination_map(plan, L, ordered)
     base, src, sdst = _token_lists(dest, _source_tokens(plan), num_out)
-    h, r, s = _merge(hidden, residual, size, dest, base, src, sdst)
+    head, nxt = source_lists(src, sdst, num_out, L)
+    h, r, s = _merge(hidden, residual, size, dest, base, head.view(-1, num_out), nxt.view(-1, L))
     return (h, r), s
 
 
-def _match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int,
-                ordered: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Launcher of the three matching kernels (see :func:`match_plan`)."""
+_PLAN_TILE = 64  # sources per plan program (see _match_lists)
+
+# Tiles of the best-partner kernel: (sources, destinations, channel step, warps, pipeline stages), none of
+# which spill on sm_90 (registers: 122, 152, 189, 202, 212). The first is the default, measured at Vim-S
+# shapes; at 1569 tokens and batch 16 it makes only 208 programs (74 us, H200), where smaller source tiles
+# give more programs per SM. benchmarks/bench_merge_gpu.py --partner-tiles times each at both shapes;
+# PARTNER_CONFIG holds the choice for short and long sequences (more than _LONG_SOURCES sources).
+PARTNER_TILES = [(64, 64, 32, 8, 2), (32, 64, 32, 4, 2), (128, 64, 32, 8, 2), (64, 128, 32, 8, 2), (32, 64, 64, 4, 2)]
+PARTNER_CONFIG = {"short": PARTNER_TILES[0], "long": PARTNER_TILES[0]}
+_LONG_SOURCES = 256
+
+
+def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
+    """:func:`match_plan` plus the per-slot source lists of :func:`source_lists` -> (dest [batch, L] int64,
+    then base, src, sdst, head, next flattened: row-major [batch, n] int32), all views of one workspace, in
+    three kernels.
+
+    Work per batch element (NA = L // 2 sources, R merged, tiles of 64 sources), and why the plan kernel
+    is parallel over source tiles: at 1569 tokens (video, batch 16) a plan program per batch element did
+    ~4 NA^2 = 2.5M comparisons on 16 programs (203 us, H200). Here each of the 16 x 13 = 208 programs
+    (Vim-S 197 tokens, batch 128: 128 x 2) takes 32 counts over the NA keys for the merged set (registers),
+    then 64 x R comparisons (64 x 88 at video, 64 x 11 at Vim-S) for ranks, slots and lists; the
+    unordered layout adds 64 x NA to rank its kept sources. A rank kernel per tile followed by a slot kernel
+    would do a little less arithmetic but cost one more launch (~25-50 us of host time in eager mode, which
+    dominates at Vim-S shapes) and one more grid barrier; one kernel keeps the whole match+merge at four
+    launches."""
     batch, L, C = metric.shape
     if metric.stride(2) != 1:
         metric = metric.contiguous()
     R = num_merged
     dev = metric.device
     na = L // 2
-    inv = torch.empty(batch, L, device=dev, dtype=torch.float32)
-    vmax = torch.empty(batch, na, device=dev, dtype=torch.float32)
-    vidx = torch.empty(batch, na, device=dev, dtype=torch.int32)
-    rank = torch.empty(batch, na, device=dev, dtype=torch.int32)
-    dest = torch.empty(batch, L, device=dev, dtype=torch.int64)
-    base = torch.empty(batch, L - R, device=dev, dtype=torch.int32)
-    src = torch.empty(batch, R, device=dev, dtype=torch.int32)
-    sdst = torch.empty(batch, R, device=dev, dtype=torch.int32)
-    c_pow2 = triton.next_power_of_2(C)
-    tile = 64
-    s_b, s_l = metric.stride(0), metric.stride(1)
-    launch(_inv_norm_kernel, (batch, (L + 31) // 32), dev,
-           metric, s_b, s_l, inv, L, C, BLOCK_T=32, BLOCK_C=max(16, min(64, c_pow2)), num_warps=4)
-    launch(_best_partner_kernel, (batch, (na + tile - 1) // tile), dev,
-           metric, s_b, s_l, inv, vmax, vidx, L, C, cls_index,
-           IEEE=metric.dtype == torch.float32, BLOCK_T=tile, BLOCK_C=max(16, min(32, c_pow2)),
-           num_warps=8, num_stages=2)  # 122 registers on sm_90 (64-channel steps at 4 warps spill)
-    launch(_plan_kernel, (batch,), dev,
-           vmax, vidx, rank, dest, base, src, sdst, L, cls_index, new_cls_index, R, L - R,
-           ORDERED=ordered, BLOCK_T=tile, num_warps=4)
-    return dest, base, src, sdst
+    n_out = L - R
+    tiles = triton.cdiv(na, _PLAN_TILE)
+    # one allocation, split by one call into flat per-field views (the kernels index each as a row-major
+    # [batch, n]): dest (int64, first so 8-byte aligned), inv and vmax (float32), then the int32 fields
+    sizes = [2 * L, L, na, na, tiles * R, n_out, R, R, n_out, L]
+    ws = torch.empty(batch * sum(sizes), device=dev, dtype=torch.int32)
+    dest, inv, vmax, vidx, scratch, base, src, sdst, head, nxt = ws.split([batch * n for n in sizes])
+    dest = dest.view(torch.int64).view(batch, L)
+    inv, vmax = inv.view(torch.float32), vmax.view(torch.float32)
+    block_c = max(16, min(64, triton.next_power_of_2(C)))
+    launch(_inv_norm_kernel, (batch, triton.cdiv(L, 32)), dev,
+           metric, metric.stride(0), metric.stride(1), inv, L, C, BLOCK_T=32, BLOCK_C=block_c, num_warps=4)
+    tile_a, tile_b, step_c, warps, stages = PARTNER_CONFIG["long" if na > _LONG_SOURCES else "short"]
+    launch(_best_partner_kernel, (batch, triton.cdiv(na, tile_a)), dev,
+           metric, metric.stride(0), metric.stride(1), inv, vmax, vidx, L, C, cls_index,
+           IEEE=metric.dtype == torch.float32, BLOCK_T=tile_a,
+           BLOCK_C=max(16, min(step_c, triton.next_power_of_2(C))), BLOCK_J=tile_b,
+           num_warps=warps, num_stages=stages)
+    block_a = max(16, triton.next_power_of_2(na))
+    launch(_plan_kernel, (batch, tiles), dev,
+           vmax, vidx, scratch, dest, base, src, sdst, head, nxt, L, cls_index, new_cls_index, R, n_out,
+           ORDERED=ordered, BLOCK_T=_PLAN_TILE, BLOCK_A=block_a, BLOCK_K=32,
+           num_warps=4 if block_a <= 1024 else 8)
+    return (dest, base.view(batch, n_out), src.view(batch, R), sdst.view(batch, R), head.view(batch, n_out),
+            nxt.view(batch, L))
 
 
 @torch.library.custom_op("rmeeto::match_plan", mutates_args=())
 def _match_plan_op(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int,
-                   ordered: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _match_plan(metric, cls_index, num_merged, new_cls_index, ordered)
+                   ordered: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _match_lists(metric, cls_index, num_merged, new_cls_index, ordered)
 
 
 @_match_plan_op.register_fake
 def _(metric, cls_index, num_merged, new_cls_index, ordered):
     batch, L, _ = metric.shape
-    return (metric.new_empty(batch, L, dtype=torch.int64), metric.new_empty(batch, L - num_merged, dtype=torch.int32),
-            metric.new_empty(batch, num_merged, dtype=torch.int32),
-            metric.new_empty(batch, num_merged, dtype=torch.int32))
+    n_out = L - num_merged
+    i32 = dict(dtype=torch.int32)
+    return (metric.new_empty(batch, L, dtype=torch.int64), metric.new_empty(batch, n_out, **i32),
+            metric.new_empty(batch, num_merged, **i32), metric.new_empty(batch, num_merged, **i32),
+            metric.new_empty(batch, n_out, **i32), metric.new_empty(batch, L, **i32))
+
+
+def _plan_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
+    """:func:`_match_lists` (the custom op ``rmeeto::match_plan`` while torch.compile traces)."""
+    args = (int(cls_index), int(num_merged), int(new_cls_index), bool(ordered))
+    if torch.compiler.is_compiling():
+        return _match_plan_op(metric.detach(), *args)  # integer outputs: nothing to differentiate
+    return _match_lists(metric, *args)
 
 
 def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
     """Cosine bipartite matching (best partner) and the merge plan of every batch element, in three kernels
-    (inverse row norms; best partner per tile of sources; ranks and slots per batch element).
+    (inverse row norms; best partner per tile of sources; the plan per tile of sources).
 
     metric [batch, L, c] -> (dest [batch, L] int64, base [batch, L - r] int32, src [batch, r] int32,
     sdst [batch, r] int32): the output slot of every token, the kept token of every slot, the merged sources
@@ -465,16 +594,14 @@ def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     of the scores. No gradient flows through a plan; under torch.compile it is the opaque op
     ``rmeeto::match_plan``.
     """
-    args = (int(cls_index), int(num_merged), int(new_cls_index), bool(ordered))
-    if torch.compiler.is_compiling():
-        return _match_plan_op(metric.detach(), *args)  # integer outputs: nothing to differentiate
-    return _match_plan(metric, *args)
+    return _plan_lists(metric, cls_index, num_merged, new_cls_index, ordered)[:4]
 
 
 def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
                       num_merged: int, new_cls_index: int, ordered: bool):
-    """The whole default merging step in two kernels: :func:`match_plan` on ``metric`` (cosine, best
-    partner), then the size-weighted merge of both streams -> ((hidden, residual), new_size)."""
-    dest, base, src, sdst = match_plan(metric, cls_index, num_merged, new_cls_index, ordered)
-    h, r, s = _merge(hidden, residual, size, dest, base, src, sdst)
+    """The whole default merging step in four kernel launches: :func:`match_plan` on ``metric`` (cosine,
+    best partner) with the per-slot source lists, then the size-weighted merge of both streams, each output
+    slot walking only its own sources -> ((hidden, residual), new_size)."""
+    dest, base, _src, _sdst, head, nxt = _plan_lists(metric, cls_index, num_merged, new_cls_index, ordered)
+    h, r, s = _merge(hidden, residual, size, dest, base, head, nxt)
     return (h, r), s
