@@ -169,9 +169,10 @@ def test_triton_scan_kernels():
 
 def test_conv_silu_bidir_kernels():
     """The bidirectional conv+SiLU kernels (both directions in one launch each way) against the two
-    single-direction kernels: u_f, u_b and dx (= dx_f + dx_b) bit for bit, the weight / bias gradients up to
-    float32 summation order; and against autograd through the PyTorch reference. fp32 and fp16, x a strided
-    view (as in_proj's half), lengths below / across a tile, channels not a multiple of the block, 2-4 taps."""
+    single-direction kernels: u_f, u_b and dx (= dx_f + dx_b) bit for bit (also with float32 weights and
+    16-bit x, rounded in the kernel), the weight / bias gradients up to float32 summation order; and against
+    autograd through the PyTorch reference. fp32 and fp16, x a strided view (as in_proj's half), lengths
+    below / across a tile, channels not a multiple of the block, 3 and 4 taps."""
     run_interpreted("""
         import sys, torch
         from rmeeto.ops import conv
@@ -179,7 +180,7 @@ def test_conv_silu_bidir_kernels():
         torch.manual_seed(0)
         bad = []
         for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-2)):
-            for L, K, D in ((3, 4, 80), (37, 4, 130), (9, 2, 16)):
+            for L, K, D in ((3, 4, 80), (37, 3, 130)):
                 xz = torch.randn(2, L, 2 * D)
                 x = xz[..., :D].to(dtype)  # a strided view, as the mixer's in_proj half
                 wf, wb = torch.randn(D, 1, K).to(dtype), torch.randn(D, 1, K).to(dtype)
@@ -187,8 +188,12 @@ def test_conv_silu_bidir_kernels():
                 gf, gb = torch.randn(2, L, D).to(dtype), torch.randn(2, L, D).to(dtype)
                 u2 = tconv._conv_silu_bidir_triton_fwd(x, wf, bf, wb, bb)
                 single = (tconv._conv_silu_triton_fwd(x, wf, bf, False), tconv._conv_silu_triton_fwd(x, wb, bb, True))
-                if u2.shape != (2, 2, L, D) or not (torch.equal(u2[0], single[0]) and torch.equal(u2[1], single[1])):
+                if any(u.shape != (2, L, D) or not torch.equal(u, v) for u, v in zip(u2, single)):
                     bad.append(("fwd", dtype, L, K, D))
+                # float32 weights with 16-bit x (autocast): rounded to x's dtype in the kernel, as a cast would
+                u32 = tconv._conv_silu_bidir_triton_fwd(x, wf.float(), bf.float(), wb.float(), bb.float())
+                if any(not torch.equal(u, v) for u, v in zip(u32, single)):
+                    bad.append(("fwd, float32 weights", dtype, L, K, D))
                 got = tconv._conv_silu_bidir_triton_bwd(x, wf, bf, wb, bb, gf, gb)
                 sf = tconv._conv_silu_triton_bwd(x, wf, bf, gf, False)
                 sb = tconv._conv_silu_triton_bwd(x, wb, bb, gb, True)
@@ -201,7 +206,7 @@ def test_conv_silu_bidir_kernels():
                 leaves = [t.float().requires_grad_() for t in (x, wf, bf, wb, bb)]
                 ref = conv.conv_silu_bidir_torch(*leaves)
                 rg = torch.autograd.grad(ref, leaves, (gf.float(), gb.float()))
-                for i, (a, r) in enumerate(zip((u2[0], u2[1]) + got, ref + rg)):
+                for i, (a, r) in enumerate(zip(u2 + got, ref + rg)):
                     a, r = a.float(), r.float()
                     if a.shape != r.shape or (a - r).abs().max() > tol * max(1.0, r.abs().max().item()):
                         bad.append(("ref", dtype, L, K, D, i))
@@ -281,6 +286,14 @@ def test_triton_scan_bidir_kernels():
                 a, w = a.float(), w.float()
                 if a.shape != w.shape or (a - w).abs().max() > tol * max(1.0, w.abs().max().item()):
                     bad.append(("reference", dtype, L, i, (a - w).abs().max().item()))
+        # the custom ops' fake (meta) functions and autograd registration, as torch.compile relies on them
+        ins = [x[k].clone().requires_grad_() for k in NAMES for x in (f, r)]  # (u_f, u_b, delta_f, ...)
+        full = ins[:12] + [z.clone().requires_grad_()] + ins[12:]
+        res = torch.library.opcheck(ts._selective_scan_bidir_op, (*full, True, 0.5, True))
+        bad += [("opcheck", k, v) for k, v in res.items() if v != "SUCCESS"]
+        g2 = torch.randn(2, f["u"].shape[0], f["u"].shape[2], f["u"].shape[1]).to(f["u"].dtype).transpose(2, 3)
+        res = torch.library.opcheck(ts._selective_scan_bidir_bwd_op, (g2, *[t.detach() for t in full], True, 0.5, True))
+        bad += [("opcheck bwd", k, v) for k, v in res.items() if v != "SUCCESS"]
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """)

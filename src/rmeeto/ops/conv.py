@@ -68,8 +68,7 @@ def conv_silu_bidir(x: Tensor, weight: Tensor, bias: Tensor, weight_b: Tensor, b
 
     x: [batch, length, dim] (unit channel stride); weight, weight_b: [dim, 1, K]; bias, bias_b: [dim];
     u_f, u_b: [batch, length, dim]. The Triton path computes both in one kernel launch (and their backward,
-    dx summed over the directions, in one more); its u_f and u_b are the two halves of one
-    [2, batch, length, dim] buffer. Results equal the two single-direction calls bit for bit (the weight and
+    dx summed over the directions, in one more). Results equal the two single-direction calls bit for bit (the weight and
     bias gradients up to float32 summation order). ``backend`` as :func:`conv_silu`."""
     if weight_b.shape != weight.shape or bias_b.shape != bias.shape:
         raise ValueError(f"conv_silu_bidir: the two directions' weights differ in shape: "

@@ -228,15 +228,26 @@ def conv_silu_triton(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool, ref
 # bit of u, equals the single-direction kernels'), and the backward sums the two directions' dx in registers.
 if _HAS_TRITON:
     @triton.jit
+    def _in_x_dtype(v, x_ptr):
+        """A weight value as the conv computes with it: rounded to x's dtype, as float32."""
+        return v.to(x_ptr.dtype.element_ty).to(tl.float32)
+
+    @triton.jit
+    def _load_w(w_ptr, offs_d, k: tl.constexpr, mask_d, x_ptr):
+        return _in_x_dtype(tl.load(w_ptr + offs_d * 4 + k, mask=mask_d, other=0.0), x_ptr)[None, :]
+
+    @triton.jit
     def _conv_silu_bidir_fwd(
-        x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, out_ptr,
+        x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, outf_ptr, outb_ptr,
         L, D,
         stride_xb, stride_xl,
-        stride_or, stride_ob, stride_ol,
+        stride_ob, stride_ol,
         K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        """out[0] = silu(causal conv of x with wf, bf), out[1] = silu(anti-causal conv with wb, bb); out is
-        [2, batch, L, D] (strides stride_or, stride_ob, stride_ol, 1), x [batch, L, D] (unit channel stride)."""
+        """outf = silu(causal conv of x with wf, bf), outb = silu(anti-causal conv with wb, bb); outf, outb are
+        [batch, L, D] (strides stride_ob, stride_ol, 1), x [batch, L, D] (unit channel stride). Weights and
+        biases of any float dtype are rounded to x's dtype as they are loaded (autocast's cast, without
+        its four cast kernels per call)."""
         pid_b = tl.program_id(0)
         pid_l = tl.program_id(1)
         pid_d = tl.program_id(2)
@@ -249,13 +260,15 @@ if _HAS_TRITON:
             if r == 1:
                 w_ptr = wb_ptr
                 b_ptr = bb_ptr
+                out_ptr = outb_ptr
             else:
                 w_ptr = wf_ptr
                 b_ptr = bf_ptr
+                out_ptr = outf_ptr
             acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-            acc += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+            acc += _in_x_dtype(tl.load(b_ptr + offs_d, mask=mask_d, other=0.0), x_ptr)[None, :]
             for k in tl.static_range(K):
-                wk = tl.load(w_ptr + offs_d * K + k, mask=mask_d, other=0.0).to(tl.float32)
+                wk = _in_x_dtype(tl.load(w_ptr + offs_d * K + k, mask=mask_d, other=0.0), x_ptr)
                 if r == 1:
                     src = offs_l + (K - 1 - k)
                 else:
@@ -265,7 +278,7 @@ if _HAS_TRITON:
                              mask=m[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
                 acc += xv * wk[None, :]
             out = acc * tl.sigmoid(acc)
-            tl.store(out_ptr + r * stride_or + pid_b * stride_ob + offs_l[:, None] * stride_ol + offs_d[None, :],
+            tl.store(out_ptr + pid_b * stride_ob + offs_l[:, None] * stride_ol + offs_d[None, :],
                      out.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
@@ -293,25 +306,26 @@ if _HAS_TRITON:
         SPAN: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         """Backward of both directions of :func:`_conv_silu_bidir_fwd` (4-tap weights [D, 4], shorter ones
-        zero-padded in front): gf / gb are the gradients of out[0] / out[1] (same strides), dx = dx_f + dx_b
+        zero-padded in front): gf / gb are the gradients of outf / outb (same strides), dx = dx_f + dx_b
         (each rounded to x's dtype first, so dx is bit for bit what adding the two single-direction dx gives),
-        dw / db partial sums per program go to [program, 2, D, 4] / [program, 2, D]. The seven shifted rows of
+        dw / db partial sums per program go to [program, 2, D, 4] / [program, 2, D] (float32; the weights
+        are rounded to x's dtype as in the forward). The seven shifted rows of
         x are loaded once per tile and serve both directions (the anti-causal rows are the same rows mirrored)."""
         pid_b = tl.program_id(0)
         pid_l = tl.program_id(1)
         tile = pid_b * tl.num_programs(1) + pid_l
         offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
-        bias_f = tl.load(bf_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        f0 = tl.load(wf_ptr + offs_d * 4 + 0, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        f1 = tl.load(wf_ptr + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        f2 = tl.load(wf_ptr + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        f3 = tl.load(wf_ptr + offs_d * 4 + 3, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        bias_b = tl.load(bb_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        b0 = tl.load(wb_ptr + offs_d * 4 + 0, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        b1 = tl.load(wb_ptr + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        b2 = tl.load(wb_ptr + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        b3 = tl.load(wb_ptr + offs_d * 4 + 3, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        bias_f = _in_x_dtype(tl.load(bf_ptr + offs_d, mask=mask_d, other=0.0), x_ptr)[None, :]
+        f0 = _load_w(wf_ptr, offs_d, 0, mask_d, x_ptr)
+        f1 = _load_w(wf_ptr, offs_d, 1, mask_d, x_ptr)
+        f2 = _load_w(wf_ptr, offs_d, 2, mask_d, x_ptr)
+        f3 = _load_w(wf_ptr, offs_d, 3, mask_d, x_ptr)
+        bias_b = _in_x_dtype(tl.load(bb_ptr + offs_d, mask=mask_d, other=0.0), x_ptr)[None, :]
+        b0 = _load_w(wb_ptr, offs_d, 0, mask_d, x_ptr)
+        b1 = _load_w(wb_ptr, offs_d, 1, mask_d, x_ptr)
+        b2 = _load_w(wb_ptr, offs_d, 2, mask_d, x_ptr)
+        b3 = _load_w(wb_ptr, offs_d, 3, mask_d, x_ptr)
         xb = x_ptr + pid_b * stride_xb
         gfb = gf_ptr + pid_b * stride_gb
         gbb = gb_ptr + pid_b * stride_gb
@@ -380,27 +394,30 @@ if _HAS_TRITON:
         tl.store(dw + 3, dwb3, mask=mask_d)
 
 
-def _conv_silu_bidir_triton_fwd(x: Tensor, wf: Tensor, bf: Tensor, wb: Tensor, bb: Tensor) -> Tensor:
-    """u2 [2, batch, length, dim] (contiguous): u2[0] causal with (wf, bf), u2[1] anti-causal with (wb, bb)."""
+def _conv_silu_bidir_triton_fwd(x: Tensor, wf: Tensor, bf: Tensor, wb: Tensor, bb: Tensor) -> tuple[Tensor, Tensor]:
+    """(u_f, u_b), contiguous [batch, length, dim] each: causal with (wf, bf), anti-causal with (wb, bb).
+    Two tensors rather than halves of one buffer: outputs that alias each other would keep the op from
+    becoming a custom op (torch.compile) and cost zero-fills and copies in autograd's backward."""
     batch, length, dim = x.shape
     if x.stride(2) != 1:
         x = x.contiguous()
-    out = torch.empty(2, batch, length, dim, device=x.device, dtype=x.dtype)
+    out = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
+    out_b = torch.empty_like(out)
     if out.numel() == 0:
-        return out
+        return out, out_b
     block_l, block_d = 32, 128
     grid = (batch, triton.cdiv(length, block_l), triton.cdiv(dim, block_d))
     launch(
         _conv_silu_bidir_fwd, grid, x.device,
         x, wf.reshape(dim, -1).contiguous(), bf.contiguous(), wb.reshape(dim, -1).contiguous(), bb.contiguous(),
-        out, length, dim, x.stride(0), x.stride(1), out.stride(0), out.stride(1), out.stride(2),
+        out, out_b, length, dim, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
         K=wf.shape[-1], BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
     )
-    return out
+    return out, out_b
 
 
 def _conv_silu_bidir_triton_bwd(x: Tensor, wf: Tensor, bf: Tensor, wb: Tensor, bb: Tensor, gf: Tensor, gb: Tensor):
-    """(dx, dwf, dbf, dwb, dbb) of u2 = _conv_silu_bidir_triton_fwd(...) for grads gf, gb of u2[0], u2[1]."""
+    """(dx, dwf, dbf, dwb, dbb) of (u_f, u_b) = _conv_silu_bidir_triton_fwd(...) for their grads gf, gb."""
     batch, length, dim = x.shape
     K = wf.shape[-1]
     if x.stride(2) != 1:
@@ -417,8 +434,9 @@ def _conv_silu_bidir_triton_bwd(x: Tensor, wf: Tensor, bf: Tensor, wb: Tensor, b
         dx.zero_()
         dw, db = dw.new_zeros(2, dim, 4), db.new_zeros(2, dim)
     else:
-        w4f = F.pad(wf.reshape(dim, K), (4 - K, 0)).contiguous()  # shorter kernels: zero taps in front
-        w4b = F.pad(wb.reshape(dim, K), (4 - K, 0)).contiguous()
+        w4f, w4b = wf.reshape(dim, K).contiguous(), wb.reshape(dim, K).contiguous()  # views for Vim's weights
+        if K < 4:  # shorter kernels: zero taps in front
+            w4f, w4b = F.pad(w4f, (4 - K, 0)), F.pad(w4b, (4 - K, 0))
         launch(
             _conv_silu_bidir_bwd, (batch, n_l, triton.cdiv(dim, block_d)), x.device,
             x, w4f, bf.contiguous(), w4b, bb.contiguous(), gf, gb, dx, dw, db, length, dim,
@@ -432,14 +450,13 @@ def _conv_silu_bidir_triton_bwd(x: Tensor, wf: Tensor, bf: Tensor, wb: Tensor, b
 
 
 class _ConvSiluBidirTriton(torch.autograd.Function):
-    """(u_f, u_b) = the two halves of _conv_silu_bidir_triton_fwd's buffer; a gradient that is None (a
-    direction not used) counts as zeros."""
+    """(u_f, u_b) = _conv_silu_bidir_triton_fwd(...); a gradient that is None (a direction not used) counts
+    as zeros."""
 
     @staticmethod
     def forward(ctx, x, wf, bf, wb, bb):
         ctx.save_for_backward(x, wf, bf, wb, bb)
-        u2 = _conv_silu_bidir_triton_fwd(x, wf, bf, wb, bb)
-        return u2[0], u2[1]
+        return _conv_silu_bidir_triton_fwd(x, wf, bf, wb, bb)
 
     @staticmethod
     def backward(ctx, gf, gb):
@@ -453,10 +470,10 @@ class _ConvSiluBidirTriton(torch.autograd.Function):
 
 def conv_silu_bidir_triton(x: Tensor, weight: Tensor, bias: Tensor, weight_b: Tensor, bias_b: Tensor):
     """(u_f, u_b) = (conv_silu(x, weight, bias), conv_silu(x, weight_b, bias_b, reverse=True)) in one launch
-    each way, for 4-tap (or shorter) kernels; shapes as :func:`rmeeto.ops.conv.conv_silu_bidir`. u_f and u_b
-    are the two halves of one [2, batch, length, dim] buffer."""
+    each way, for 4-tap (or shorter) kernels; shapes as :func:`rmeeto.ops.conv.conv_silu_bidir`."""
     if weight.shape[-1] > 4:
         raise ValueError(f"conv_silu_bidir_triton supports kernels of up to 4 taps, got {weight.shape[-1]}")
-    if weight.dtype != x.dtype:  # autocast: the conv runs in the activation dtype
-        weight, bias, weight_b, bias_b = (t.to(x.dtype) for t in (weight, bias, weight_b, bias_b))
+    # weights of another dtype than x (autocast) are rounded to x's dtype inside the kernels; their gradients
+    # come back in float32 sums cast to the weights' dtype (not rounded to x's dtype first, as the
+    # single-direction path's cast would)
     return _ConvSiluBidirTriton.apply(x, weight, bias, weight_b, bias_b)

@@ -1001,7 +1001,8 @@ def _bwd_bidir(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D
     dC = dC_p.sum(0).to(C_f.dtype).transpose(2, 3)
     dD = dD_p.sum(1).to(D_dtype)
     dbias = dbias_p.sum(1).to(bias_dtype)
-    dz = dz2.sum(0) if z is not None else torch.empty(0, dtype=u_f.dtype, device=dev)
+    # an elementwise add keeps the directions' (channels-last) layout; a sum over dim 0 would not
+    dz = torch.add(dz2[0], dz2[1]) if z is not None else torch.empty(0, dtype=u_f.dtype, device=dev)
     return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
