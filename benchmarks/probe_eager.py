@@ -104,9 +104,9 @@ def model_rows(name, do_compile, batch, top=0):
 
 @torch.no_grad()
 def op_rows():
-    from rmeeto.ops.conv import conv_silu
+    from rmeeto.ops.conv import conv_silu, conv_silu_bidir
     from rmeeto.ops.norm import drop_add_rms_norm
-    from rmeeto.ops.selective_scan import selective_scan
+    from rmeeto.ops.selective_scan import selective_scan, selective_scan_bidir
     from rmeeto.ops.triton import merge as tm
     from rmeeto.ops.triton import scan as ts
 
@@ -133,6 +133,12 @@ def op_rows():
         "match_merge_fused r=11": lambda: tm.match_merge_fused(h, res, None, h, 98, 11, 92, True),
         "F.linear in_proj": lambda: mix.in_proj(h),
         "torch.add": lambda: torch.add(h, h),
+        # both directions at once (issue 14): compare with 2 x conv_silu and 2 x selective_scan above
+        "conv_silu_bidir": lambda: conv_silu_bidir(x, mix.conv1d.weight, mix.conv1d.bias, mix.conv1d_b.weight,
+                                                   mix.conv1d_b.bias),
+        "selective_scan_bidir (dispatch + custom op)": lambda: selective_scan_bidir(
+            *[(t, t) for t in args[:6]], z=args[6], delta_bias=(mix.dt_proj.bias, mix.dt_proj.bias),
+            delta_softplus=True, scale=0.5, a_is_log=True),
         "mixer forward": lambda: mix(h),
         "block forward": lambda: m.layers[0](h, res, rmeeto.models.vim.TokenState(98)),
     }

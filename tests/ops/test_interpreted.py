@@ -287,6 +287,8 @@ def test_triton_scan_bidir_kernels():
                 if a.shape != w.shape or (a - w).abs().max() > tol * max(1.0, w.abs().max().item()):
                     bad.append(("reference", dtype, L, i, (a - w).abs().max().item()))
         # the custom ops' fake (meta) functions and autograd registration, as torch.compile relies on them
+        f, r = inputs(1, 8, 4, 3, torch.float16, True), inputs(1, 8, 4, 3, torch.float16, True)
+        z = torch.randn(1, 3, 8).to(torch.float16).transpose(1, 2)
         ins = [x[k].clone().requires_grad_() for k in NAMES for x in (f, r)]  # (u_f, u_b, delta_f, ...)
         full = ins[:12] + [z.clone().requires_grad_()] + ins[12:]
         res = torch.library.opcheck(ts._selective_scan_bidir_op, (*full, True, 0.5, True))

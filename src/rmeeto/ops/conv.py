@@ -71,8 +71,9 @@ def conv_silu_bidir(x: Tensor, weight: Tensor, bias: Tensor, weight_b: Tensor, b
     dx summed over the directions, in one more). Results equal the two single-direction calls bit for bit (the weight and
     bias gradients up to float32 summation order). ``backend`` as :func:`conv_silu`."""
     if weight_b.shape != weight.shape or bias_b.shape != bias.shape:
-        raise ValueError(f"conv_silu_bidir: the two directions' weights differ in shape: "
-                         f"{tuple(weight.shape)}/{tuple(bias.shape)} vs {tuple(weight_b.shape)}/{tuple(bias_b.shape)}")
+        raise ValueError(
+            f"conv_silu_bidir: the two directions' weights differ in shape: {tuple(weight.shape)}/"
+            f"{tuple(bias.shape)} vs {tuple(weight_b.shape)}/{tuple(bias_b.shape)}")
     if not policy.use_fused("conv", x, backend):
         return conv_silu_bidir_torch(x, weight, bias, weight_b, bias_b)
     if _triton_conv is None or not _triton_conv.is_available() or not x.is_cuda:

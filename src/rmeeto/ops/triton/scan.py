@@ -57,7 +57,10 @@ except Exception:  # ImportError, or a broken install
     tl = None
     _HAS_TRITON = False
 
-__all__ = ["is_available", "selective_scan_triton", "selective_scan_bidir_triton", "FWD_CONFIG", "BWD_CONFIG", "CANDIDATE_FWD", "CANDIDATE_BWD"]
+__all__ = [
+    "is_available", "selective_scan_triton", "selective_scan_bidir_triton", "FWD_CONFIG", "BWD_CONFIG", "CANDIDATE_FWD",
+    "CANDIDATE_BWD",
+]
 
 # Tile configuration: BLOCK_D channels per program (one or more per thread: BLOCK_D / (32 * num_warps)),
 # CHUNK tokens loaded per step of the time loop. benchmarks/bench_scan_gpu.py sweeps CANDIDATE_* and
