@@ -34,7 +34,10 @@ def _signature(kernel, dtype: str) -> dict:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             sig[name] = "*fp32" if name in {"A_ptr", "D_ptr", "bias_ptr", "ckpt_ptr", "dA_ptr", "dB_ptr", "dC_ptr",
-                                            "dD_ptr", "dbias_ptr"} else f"*{dtype}"
+                                            "dD_ptr", "dbias_ptr", "Af_ptr", "Ab_ptr", "Df_ptr", "Db_ptr",
+                                            "biasf_ptr", "biasb_ptr"} else f"*{dtype}"
+        elif name == "scale":
+            sig[name] = "fp32"
         else:
             sig[name] = "i32"
     return sig
@@ -92,8 +95,13 @@ def main():
     p.add_argument("--dump", default=None, help="write ttgir/ptx of both kernels with this path prefix")
     a = p.parse_args()
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, PACK=a.pack, A_IS_LOG=False, NP=16)
-    for which, kernel, cfg, arg in (("fwd", ts._scan_fwd_kernel, ts.FWD_CONFIG, a.fwd),
-                                    ("bwd", ts._scan_bwd_kernel, ts.BWD_CONFIG, a.bwd)):
+    kernels = [("fwd", ts._scan_fwd_kernel, ts.FWD_CONFIG, a.fwd), ("bwd", ts._scan_bwd_kernel, ts.BWD_CONFIG, a.bwd),
+               # both directions in one launch (no REVERSE flag: the direction is a runtime value)
+               ("bidir fwd", ts._scan_bidir_fwd_kernel, ts.FWD_CONFIG, a.fwd),
+               ("bidir bwd", ts._scan_bidir_bwd_kernel, ts.BWD_CONFIG, a.bwd)]
+    for which, kernel, cfg, arg in kernels:
+        if which.startswith("bidir"):
+            flags.pop("REVERSE", None)
         if arg:
             bd, ch, nw = (int(x) for x in arg.split(","))
         else:
@@ -102,7 +110,7 @@ def main():
         report(f"{which} BLOCK_D={bd} CHUNK={ch} warps={nw}", ck)
         if a.dump:
             for ext in ("ttgir", "ptx"):
-                with open(f"{a.dump}.{which}.{ext}", "w") as f:
+                with open(f"{a.dump}.{which.replace(' ', '_')}.{ext}", "w") as f:
                     f.write(ck.asm[ext])
 
 

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -117,3 +118,40 @@ def test_backends_agree_on_whole_model():
         model.set_scan_backend("reference")
         b = model(x)
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def per_direction_forward(m: BiMambaMixer, hidden, export=None):
+    """The mixer as two independent branch() calls, summed and halved (its form before the directions
+    shared their kernel launches)."""
+    x, z = m.in_proj(hidden).chunk(2, dim=-1)
+    y_f, aux_f = m.branch(x, z, reverse=False)
+    y_b, aux_b = m.branch(x, z, reverse=True)
+    y = y_f + y_b
+    if m.divide_out:
+        y = y / 2
+    metric = None if export is None else (aux_f[export] + aux_b[export]) / 2
+    return m.out_proj(y), metric
+
+
+def test_bidirectional_forward_equals_per_direction_branches():
+    """forward() (one conv and one scan for both directions, the halving folded into the scan) gives the
+    per-direction form's output, metric and every gradient bit for bit on the CPU paths."""
+    torch.manual_seed(0)
+    for divide_out in (True, False):
+        for backend in ("auto", "reference"):
+            m = BiMambaMixer(24, d_state=8, divide_out=divide_out, scan_backend=backend)
+            randomize(m, 2)
+            hidden = torch.randn(3, 13, 24, requires_grad=True)
+            for export in (None, "B", "C", "delta"):
+                out, metric = m(hidden, export=export)
+                ref, ref_metric = per_direction_forward(m, hidden, export)
+                assert torch.equal(out, ref), (divide_out, backend, export)
+                assert (metric is None and ref_metric is None) or torch.equal(metric, ref_metric)
+            leaves = [hidden, *m.parameters()]
+            g = torch.randn(3, 13, 24)
+            got = torch.autograd.grad(m(hidden)[0], leaves, g)
+            want = torch.autograd.grad(per_direction_forward(m, hidden)[0], leaves, g)
+            for name, a, b in zip(["hidden"] + [n for n, _ in m.named_parameters()], got, want):
+                assert torch.equal(a, b), (divide_out, backend, name)
+    with pytest.raises(ValueError, match="export"):
+        m(hidden, export="D")

@@ -206,3 +206,137 @@ def test_triton_scan_kernels():
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """)
+
+
+def test_conv_silu_bidir_kernels():
+    """The bidirectional conv+SiLU kernels (both directions in one launch each way) against the two
+    single-direction kernels: u_f, u_b and dx (= dx_f + dx_b) bit for bit (also with float32 weights and
+    16-bit x, rounded in the kernel), the weight / bias gradients up to float32 summation order; and against
+    autograd through the PyTorch reference. fp32 and fp16, x a strided view (as in_proj's half), lengths
+    below / across a tile, channels not a multiple of the block, 3 and 4 taps."""
+    run_interpreted("""
+        import sys, torch
+        from rmeeto.ops import conv
+        from rmeeto.ops.triton import conv as tconv
+        torch.manual_seed(0)
+        bad = []
+        for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-2)):
+            for L, K, D in ((3, 4, 80), (37, 3, 130)):
+                xz = torch.randn(2, L, 2 * D)
+                x = xz[..., :D].to(dtype)  # a strided view, as the mixer's in_proj half
+                wf, wb = torch.randn(D, 1, K).to(dtype), torch.randn(D, 1, K).to(dtype)
+                bf, bb = torch.randn(D).to(dtype), torch.randn(D).to(dtype)
+                gf, gb = torch.randn(2, L, D).to(dtype), torch.randn(2, L, D).to(dtype)
+                u2 = tconv._conv_silu_bidir_triton_fwd(x, wf, bf, wb, bb)
+                single = (tconv._conv_silu_triton_fwd(x, wf, bf, False), tconv._conv_silu_triton_fwd(x, wb, bb, True))
+                if any(u.shape != (2, L, D) or not torch.equal(u, v) for u, v in zip(u2, single)):
+                    bad.append(("fwd", dtype, L, K, D))
+                # float32 weights with 16-bit x (autocast): rounded to x's dtype in the kernel, as a cast would
+                u32 = tconv._conv_silu_bidir_triton_fwd(x, wf.float(), bf.float(), wb.float(), bb.float())
+                if any(not torch.equal(u, v) for u, v in zip(u32, single)):
+                    bad.append(("fwd, float32 weights", dtype, L, K, D))
+                got = tconv._conv_silu_bidir_triton_bwd(x, wf, bf, wb, bb, gf, gb)
+                sf = tconv._conv_silu_triton_bwd(x, wf, bf, gf, False)
+                sb = tconv._conv_silu_triton_bwd(x, wb, bb, gb, True)
+                if not torch.equal(got[0], sf[0] + sb[0]):
+                    bad.append(("dx", dtype, L, K, D))
+                for name, a, b in zip(("dwf", "dbf", "dwb", "dbb"), got[1:], (sf[1], sf[2], sb[1], sb[2])):
+                    if a.shape != b.shape or a.dtype != b.dtype or not torch.allclose(a, b, rtol=1e-5, atol=1e-5):
+                        bad.append((name, dtype, L, K, D))
+                # the reference, in float32 (fp16 inputs: loose)
+                leaves = [t.float().requires_grad_() for t in (x, wf, bf, wb, bb)]
+                ref = conv.conv_silu_bidir_torch(*leaves)
+                rg = torch.autograd.grad(ref, leaves, (gf.float(), gb.float()))
+                for i, (a, r) in enumerate(zip(u2 + got, ref + rg)):
+                    a, r = a.float(), r.float()
+                    if a.shape != r.shape or (a - r).abs().max() > tol * max(1.0, r.abs().max().item()):
+                        bad.append(("ref", dtype, L, K, D, i))
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """)
+
+
+def test_triton_scan_bidir_kernels():
+    """The bidirectional scan kernels (both directions in one launch, the backward direction walking memory
+    from the last token) against two single-direction kernel calls: output (times ``scale``) and all fifteen
+    gradients bit for bit (fp16 with scale 0.5: bit for bit but for fp16 subnormals, where halving before
+    or after rounding differ by at most half a subnormal step); and against the float32 reference. Lengths
+    below the chunk and odd, channels not a multiple of either kernel's block, odd dstate, channels-last views
+    (B / C packed) and contiguous inputs."""
+    run_interpreted("""
+        import sys, torch
+        from rmeeto.ops.triton import scan as ts
+        from rmeeto.ops.selective_scan import selective_scan_bidir_ref
+        torch.manual_seed(0)
+        ts._POISON = True  # an element the kernels forget to write shows up as NaN
+        NAMES = ["u", "delta", "A", "B", "C", "D", "bias"]
+
+        def inputs(b, d, n, L, dtype, channels_last):
+            def act():
+                return (torch.randn(b, L, d).transpose(1, 2) if channels_last else torch.randn(b, d, L)).to(dtype)
+            def bc():  # a slice of x_proj's output, as in the mixer
+                return torch.randn(b, L, 2 * n + 3)[..., 3:3 + n].to(dtype).transpose(1, 2)
+            return dict(u=act(), delta=(act().float() * 0.5 - 1).to(dtype), A=torch.randn(d, n) * 0.5, B=bc(),
+                        C=bc(), D=torch.randn(d), bias=torch.randn(d) * 0.3)
+
+        bad = []
+        cases = [(torch.float32, 1.0, (2, 40, 16, 1), True), (torch.float32, 0.5, (1, 70, 5, 7), False),
+                 (torch.float16, 0.5, (2, 33, 16, 5), True)]
+        for dtype, scale, (b, d, n, L), cl in cases:
+            f, r = inputs(b, d, n, L, dtype, cl), inputs(b, d, n, L, dtype, cl)
+            z = (torch.randn(b, L, d).transpose(1, 2) if cl else torch.randn(b, d, L)).to(dtype)
+            runs = []
+            for kind in ("bidir", "single", "reference"):
+                lf = {k: v.clone().requires_grad_() for k, v in f.items()}
+                lr = {k: v.clone().requires_grad_() for k, v in r.items()}
+                zl = z.clone().requires_grad_()
+                if kind == "reference":
+                    lf, lr = ({k: v.float() for k, v in x.items()} for x in (lf, lr))
+                    for x in (lf, lr):
+                        x["A"] = -torch.exp(x["A"])
+                args = [(lf[k], lr[k]) for k in NAMES[:6]]
+                if kind == "bidir":
+                    y2 = ts.selective_scan_bidir_triton(*args, z=zl, delta_bias=(lf["bias"], lr["bias"]),
+                                                        delta_softplus=True, scale=scale, a_is_log=True)
+                elif kind == "single":
+                    y2 = torch.stack([ts.selective_scan_triton(*[a[i] for a in args], z=zl, delta_bias=x["bias"],
+                                                               delta_softplus=True, reverse=bool(i), a_is_log=True)
+                                      for i, x in enumerate((lf, lr))])
+                    y2 = (y2.float() * scale).to(dtype)  # what halving in float32 before rounding gives
+                else:
+                    y2 = selective_scan_bidir_ref(*args, z=zl.float(), delta_bias=(lf["bias"], lr["bias"]),
+                                                  delta_softplus=True, scale=scale)
+                if kind == "bidir":
+                    g = torch.randn(y2.shape).to(dtype)
+                leaves = [x[k] for x in (f, r) for k in NAMES]
+                grads = torch.autograd.grad(y2, [x[k] for x in (lf, lr) for k in NAMES if k != "A"] + [zl]
+                                            if kind == "reference" else
+                                            [x[k] for x in (lf, lr) for k in NAMES] + [zl], g)
+                runs.append([y2] + list(grads))
+            bidir, single, ref = runs
+            for i, (a, s) in enumerate(zip(bidir, single)):
+                if a.shape != s.shape or a.dtype != s.dtype or not torch.isfinite(a).all():
+                    bad.append(("layout", dtype, L, i))
+                elif not torch.equal(a, s) and not (i == 0 and dtype == torch.float16 and
+                                                    (a.float() - s.float()).abs().max() <= 2.0 ** -25):
+                    bad.append(("single", dtype, L, i, (a.float() - s.float()).abs().max().item()))
+            # vs the float32 reference (A's gradient is w.r.t. A there, A_log here: skipped)
+            tol = 1e-5 if dtype == torch.float32 else 1e-2
+            got = [bidir[0]] + [x for j, x in enumerate(bidir[1:]) if j % 7 != 2]
+            for i, (a, w) in enumerate(zip(got, ref)):
+                a, w = a.float(), w.float()
+                if a.shape != w.shape or (a - w).abs().max() > tol * max(1.0, w.abs().max().item()):
+                    bad.append(("reference", dtype, L, i, (a - w).abs().max().item()))
+        # the custom ops' fake (meta) functions and autograd registration, as torch.compile relies on them
+        f, r = inputs(1, 8, 4, 3, torch.float16, True), inputs(1, 8, 4, 3, torch.float16, True)
+        z = torch.randn(1, 3, 8).to(torch.float16).transpose(1, 2)
+        ins = [x[k].clone().requires_grad_() for k in NAMES for x in (f, r)]  # (u_f, u_b, delta_f, ...)
+        full = ins[:12] + [z.clone().requires_grad_()] + ins[12:]
+        res = torch.library.opcheck(ts._selective_scan_bidir_op, (*full, True, 0.5, True))
+        bad += [("opcheck", k, v) for k, v in res.items() if v != "SUCCESS"]
+        g2 = torch.randn(2, f["u"].shape[0], f["u"].shape[2], f["u"].shape[1]).to(f["u"].dtype).transpose(2, 3)
+        res = torch.library.opcheck(ts._selective_scan_bidir_bwd_op, (g2, *[t.detach() for t in full], True, 0.5, True))
+        bad += [("opcheck bwd", k, v) for k, v in res.items() if v != "SUCCESS"]
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """)

@@ -7,6 +7,8 @@ from rmeeto.ops.selective_scan import (
     available_backends,
     resolve_backend,
     selective_scan,
+    selective_scan_bidir,
+    selective_scan_bidir_ref,
     selective_scan_chunked,
     selective_scan_ref,
     set_default_backend,
@@ -133,3 +135,44 @@ def test_dispatch_a_is_log_means_minus_exp():
             torch.testing.assert_close(got, want)
             assert not torch.allclose(got, selective_scan(u, delta, A_log, B, C, D, z, bias, True, reverse,
                                                           backend=backend))
+
+
+@pytest.mark.parametrize("backend", ["chunked", "reference"])
+def test_bidir_is_two_scans(backend):
+    """selective_scan_bidir on the CPU backends: y2[0] / y2[1] are the forward / reverse scans of each
+    direction's own inputs with the shared z, times scale; its gradients are theirs (scale 0.5, A as A_log)."""
+    f = make_inputs(2, 6, 4, 9, torch.float32, seed=1)
+    b = make_inputs(2, 6, 4, 9, torch.float32, seed=2)
+    z = f[6].clone().requires_grad_()
+    leaves = [[t.clone().requires_grad_() for t in x] for x in (f, b)]
+    A_log = [torch.log(-x[2]).detach().requires_grad_() for x in (f, b)]
+    pairs = [(leaves[0][i], leaves[1][i]) for i in range(6)]
+    pairs[2] = tuple(A_log)
+    y2 = selective_scan_bidir(*pairs, z=z, delta_bias=(leaves[0][7], leaves[1][7]), delta_softplus=True,
+                              scale=0.5, backend=backend, a_is_log=True)
+    want = [selective_scan(*[p[r] for p in pairs], z=z, delta_bias=leaves[r][7], delta_softplus=True,
+                           reverse=bool(r), backend=backend, a_is_log=True) for r in (0, 1)]
+    assert y2.shape == (2, 2, 6, 9)
+    assert torch.equal(y2[0], want[0] * 0.5) and torch.equal(y2[1], want[1] * 0.5)
+    assert not torch.allclose(y2[0], y2[1])  # the directions really differ
+    params = [t for x in leaves for t in x if t is not z] + A_log + [z]
+    g = torch.randn(y2.shape)
+    got = torch.autograd.grad(y2, params, g, allow_unused=True)
+    ref = torch.autograd.grad(want, params, [g[0] * 0.5, g[1] * 0.5], allow_unused=True)
+    for x, y in zip(got, ref):
+        assert (x is None and y is None) or torch.allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def test_bidir_reference_matches_dispatch_and_checks_pairs():
+    """The reference (sequential scans) agrees with the chunked dispatch; malformed pairs are named."""
+    f = make_inputs(1, 5, 3, 4, torch.float32, seed=3)
+    b = make_inputs(1, 5, 3, 4, torch.float32, seed=4)
+    pairs = [(x, y) for x, y in zip(f, b)]
+    args = pairs[:6]
+    ref = selective_scan_bidir_ref(*args, z=f[6], delta_bias=pairs[7], delta_softplus=True)
+    got = selective_scan_bidir(*args, z=f[6], delta_bias=pairs[7], delta_softplus=True, backend="chunked")
+    assert torch.allclose(ref, got, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="u must be a pair"):
+        selective_scan_bidir((f[0],), *args[1:])
+    with pytest.raises(ValueError, match="delta shape"):
+        selective_scan_bidir(args[0], (f[1], b[1][..., :-1]), *args[2:])

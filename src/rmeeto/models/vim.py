@@ -29,9 +29,9 @@ from rmeeto.checkpoint import CheckpointError, FilterResult, plain_filter, strip
 from rmeeto.models._arch import VimArch
 from rmeeto.models._registry import match_model
 from rmeeto.ops import policy
-from rmeeto.ops.conv import conv_silu
+from rmeeto.ops.conv import conv_silu, conv_silu_bidir
 from rmeeto.ops.norm import drop_add_rms_norm, drop_path, rms_norm
-from rmeeto.ops.selective_scan import selective_scan
+from rmeeto.ops.selective_scan import selective_scan, selective_scan_bidir
 
 Tensor = torch.Tensor
 
@@ -146,21 +146,29 @@ class BiMambaMixer(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         self.dt_proj.bias._no_reinit = True
 
+    def scan_inputs(self, u: Tensor, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """The input-dependent scan parameters of one direction: u [batch, length, d_inner] (its conv output)
+        -> pre-bias delta [batch, length, d_inner], B, C [batch, length, d_state] (x_proj and dt_proj)."""
+        x_proj: nn.Linear = self.x_proj_b if reverse else self.x_proj
+        dt_proj: nn.Linear = self.dt_proj_b if reverse else self.dt_proj
+        x_dbl = x_proj(u)  # [batch, length, r + 2n]
+        dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt_low, dt_proj.weight)  # [batch, length, d_inner], bias is added inside the scan
+        return delta, Bm, Cm
+
     def branch(self, x: Tensor, z: Tensor, reverse: bool) -> tuple[Tensor, dict[str, Tensor]]:
-        """One scan direction. x, z: [batch, length, d_inner] (channels-last views of in_proj's output) ->
-        y [batch, length, d_inner] (gated), plus the input-dependent B, C ([batch, length, d_state]) and the
-        pre-bias delta ([batch, length, d_inner]). Everything stays channels-last: no transposed copies."""
+        """One scan direction on its own (the per-direction form of :meth:`forward`). x, z: [batch, length,
+        d_inner] (channels-last views of in_proj's output) -> y [batch, length, d_inner] (gated), plus the
+        input-dependent B, C ([batch, length, d_state]) and the pre-bias delta ([batch, length, d_inner]).
+        Everything stays channels-last: no transposed copies."""
         suffix = "_b" if reverse else ""
         conv: nn.Conv1d = getattr(self, "conv1d" + suffix)
-        x_proj: nn.Linear = getattr(self, "x_proj" + suffix)
         dt_proj: nn.Linear = getattr(self, "dt_proj" + suffix)
         A_log = getattr(self, "A_b_log" if reverse else "A_log")  # A = -exp(A_log), formed by the scan
         D = getattr(self, "D" + suffix)
 
         u = conv_silu(x, conv.weight, conv.bias, reverse=reverse, backend=policy.op_backend(self.scan_backend))
-        x_dbl = x_proj(u)  # [batch, length, r + 2n]
-        dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt_low, dt_proj.weight)  # [batch, length, d_inner], bias is added inside the scan
+        delta, Bm, Cm = self.scan_inputs(u, reverse)
         y = selective_scan(
             u.transpose(1, 2), delta.transpose(1, 2), A_log, Bm.transpose(1, 2), Cm.transpose(1, 2), D,
             z.transpose(1, 2), delta_bias=dt_proj.bias, delta_softplus=True, reverse=reverse,
@@ -173,17 +181,36 @@ class BiMambaMixer(nn.Module):
 
         ``export`` in {None, "B", "C", "delta"} asks for that scan input, averaged over the two directions
         token by token ([batch, length, d_state or d_inner]); used as the next merge's matching metric.
+
+        Both directions share their kernel launches: one conv for both (:func:`conv_silu_bidir`), one scan for
+        both (:func:`selective_scan_bidir`, which also applies the 1/2 of ``divide_out``); only the x_proj /
+        dt_proj GEMMs run per direction. The result is the two :meth:`branch` calls' (y_f + y_b) / 2 bit for
+        bit (halving commutes with rounding outside fp16's subnormal range).
         """
+        if export not in (None, "B", "C", "delta"):
+            raise ValueError(f"export must be None, 'B', 'C' or 'delta', got {export!r}")
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # [batch, length, d_inner] each
-        y_f, aux_f = self.branch(x, z, reverse=False)
-        y_b, aux_b = self.branch(x, z, reverse=True)
-        y = y_f + y_b
-        if self.divide_out:
-            y = y / 2
+        u_f, u_b = conv_silu_bidir(x, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight, self.conv1d_b.bias,
+                                   backend=policy.op_backend(self.scan_backend))
+        delta_f, B_f, C_f = self.scan_inputs(u_f, reverse=False)
+        delta_b, B_b, C_b = self.scan_inputs(u_b, reverse=True)
+
+        def pair(f: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:  # [batch, length, c] -> the scan's [batch, c, length]
+            return f.transpose(1, 2), b.transpose(1, 2)
+
+        y2 = selective_scan_bidir(
+            pair(u_f, u_b), pair(delta_f, delta_b), (self.A_log, self.A_b_log), pair(B_f, B_b), pair(C_f, C_b),
+            (self.D, self.D_b), z.transpose(1, 2), delta_bias=(self.dt_proj.bias, self.dt_proj_b.bias),
+            delta_softplus=True, scale=0.5 if self.divide_out else 1.0, backend=self.scan_backend, a_is_log=True,
+        )  # [2, batch, d_inner, length]
+        # the sum over directions as one reduction: its backward is a broadcast (no kernel), where
+        # y2[0] + y2[1] would cost two zero-fills, two copies and an add
+        y = y2.transpose(2, 3).sum(0)  # [batch, length, d_inner]
         out = self.out_proj(y)
         metric = None
         if export is not None:
-            metric = (aux_f[export] + aux_b[export]) / 2
+            f, b = {"B": (B_f, B_b), "C": (C_f, C_b), "delta": (delta_f, delta_b)}[export]
+            metric = (f + b) / 2
         return out, metric
 
 

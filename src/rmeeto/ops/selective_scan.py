@@ -21,6 +21,9 @@ For every channel d and state n, with h = 0 before the first step, the scan comp
 and with ``reverse=True`` the same recurrence runs from t = length-1 down to 0 (equivalently: flip every
 time-indexed input, scan, flip the output back). State and arithmetic are float32 whatever the input dtype.
 
+:func:`selective_scan_bidir` runs a bidirectional mixer's two scans (own inputs per direction, one shared z)
+at once: one kernel launch on the Triton backend, two scans elsewhere.
+
 Backends are chosen in one place, :func:`resolve_backend`:
 
 * ``"reference"``: a sequential loop over time. Slow and obviously right; the ground truth for tests.
@@ -53,6 +56,8 @@ Tensor = torch.Tensor
 __all__ = [
     "selective_scan",
     "selective_scan_ref",
+    "selective_scan_bidir",
+    "selective_scan_bidir_ref",
     "selective_scan_chunked",
     "available_backends",
     "resolve_backend",
@@ -331,3 +336,59 @@ def selective_scan(
     D = D.float() if D is not None else None
     delta_bias = delta_bias.float() if delta_bias is not None else None
     return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, reverse=reverse)
+
+
+# ------------------------------------------------------------------------------------ both directions
+def _directions(name: str, pair):
+    """A (forward, backward) pair of one input; None stays None for both."""
+    if pair is None:
+        return None, None
+    if len(pair) != 2:
+        raise ValueError(f"selective_scan_bidir: {name} must be a pair (forward, backward), got {len(pair)} items")
+    return pair[0], pair[1]
+
+
+def selective_scan_bidir_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, scale=1.0,
+                             scan: ScanFn = selective_scan_ref):
+    """Reference of :func:`selective_scan_bidir`: two single-direction scans by ``scan`` (a function of the
+    common signature, by default the sequential reference), stacked and multiplied by ``scale``."""
+    D, delta_bias = _directions("D", D), _directions("delta_bias", delta_bias)
+    ys = [scan(u[r], delta[r], A[r], B[r], C[r], D[r], z, delta_bias[r], delta_softplus, reverse=bool(r))
+          for r in (0, 1)]
+    # stacked channels-last when the scans come back that way, so y2[r].transpose(1, 2) stays contiguous
+    y2 = torch.stack([y.transpose(1, 2) for y in ys]).transpose(2, 3)
+    return y2 if scale == 1.0 else y2 * scale
+
+
+def selective_scan_bidir(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, scale=1.0, backend="auto",
+    a_is_log=False,
+):
+    """Both directions of a bidirectional mixer's scan at once:
+
+        y2[0] = scale * selective_scan(u[0], delta[0], A[0], B[0], C[0], D[0], z, delta_bias[0], reverse=False)
+        y2[1] = scale * selective_scan(u[1], delta[1], A[1], B[1], C[1], D[1], z, delta_bias[1], reverse=True)
+
+    u, delta, A, B, C, D, delta_bias: pairs (forward direction's tensor, backward direction's tensor), each
+    shaped as in the module docstring (D / delta_bias may be None for both); z [batch, dim, length] is shared.
+    Returns y2 [2, batch, dim, length] in u's dtype. ``scale`` multiplies in float32 before the rounding to
+    u's dtype on the Triton path (after it elsewhere; the same bits for a power of two, outside fp16's
+    subnormal range), so ``y2.sum(0)`` with scale 0.5 is ``(y_f + y_b) / 2`` of the two single scans.
+
+    The Triton backend runs both directions in one kernel launch (and their backward in one more); every
+    other backend runs :func:`selective_scan` twice (:func:`selective_scan_bidir_ref`). ``backend`` and
+    ``a_is_log`` as in :func:`selective_scan`."""
+    pairs = [_directions(name, t) for name, t in
+             (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("delta_bias", delta_bias))]
+    u, delta, A, B, C, D, delta_bias = pairs
+    for r in (0, 1):
+        check_scan_shapes(u[r], delta[r], A[r], B[r], C[r], D[r], z, delta_bias[r])
+    name = resolve_backend(backend, u[0].device)
+    if name == "triton":
+        return _triton_scan.selective_scan_bidir_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, scale,
+                                                        a_is_log=a_is_log)
+
+    def scan(*args, reverse):
+        return selective_scan(*args, reverse=reverse, backend=name, a_is_log=a_is_log)
+
+    return selective_scan_bidir_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, scale, scan=scan)

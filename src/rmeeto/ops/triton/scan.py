@@ -57,7 +57,10 @@ except Exception:  # ImportError, or a broken install
     tl = None
     _HAS_TRITON = False
 
-__all__ = ["is_available", "selective_scan_triton", "FWD_CONFIG", "BWD_CONFIG", "CANDIDATE_FWD", "CANDIDATE_BWD"]
+__all__ = [
+    "is_available", "selective_scan_triton", "selective_scan_bidir_triton", "FWD_CONFIG", "BWD_CONFIG", "CANDIDATE_FWD",
+    "CANDIDATE_BWD",
+]
 
 # Tile configuration: BLOCK_D channels per program (one or more per thread: BLOCK_D / (32 * num_warps)),
 # CHUNK tokens loaded per step of the time loop. benchmarks/bench_scan_gpu.py sweeps CANDIDATE_* and
@@ -655,3 +658,501 @@ def selective_scan_triton(
     parameter) and the kernels form A = -exp(A_log) themselves (no exp / neg / cast kernels per call)."""
     check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     return _selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse), bool(a_is_log))
+
+
+# ------------------------------------------------------------------------------------ both directions
+# Vim's mixer scans the same tokens forwards (its own u, delta, A, B, C, D, delta_bias) and backwards (another
+# set), gated by one shared z. The bidirectional kernels do both in one launch: the grid's third axis is the
+# direction (0 forwards, 1 backwards), a runtime value. A program picks its direction's tensors and walks them
+# in processing order with the forward code path (REVERSE=False in every helper), the backward direction
+# reading memory from the last token down: its base pointers start at token L-1 and its token strides are
+# negated. The per-token arithmetic is the single-direction kernels' to the bit; only addressing differs.
+# Each direction's inputs must share one layout (the launcher copies them to contiguous tensors otherwise).
+_BIDIR_NOSPEC = _SCAN_NOSPEC + ["s_o_r", "s_g_r"]
+
+if _HAS_TRITON:
+    @triton.jit
+    def _dir_base(ptr, pid_b, s_b, s_l, t0, sgn):
+        """(base, token stride) of one batch element's [dim, L] plane for processing order: forwards
+        (t0 = 0, sgn = 1) or from the last token (t0 = L - 1, sgn = -1)."""
+        return ptr + pid_b * s_b + t0 * s_l, sgn * s_l
+
+    @triton.jit(do_not_specialize=_BIDIR_NOSPEC)
+    def _scan_bidir_fwd_kernel(
+        uf_ptr, ub_ptr, dtf_ptr, dtb_ptr, Af_ptr, Ab_ptr, Bf_ptr, Bb_ptr, Cf_ptr, Cb_ptr, Df_ptr, Db_ptr,
+        z_ptr, biasf_ptr, biasb_ptr, out_ptr, scale,
+        dim, L, dstate,
+        s_u_b, s_u_d, s_u_l,
+        s_dt_b, s_dt_d, s_dt_l,
+        s_A_d, s_A_n,
+        s_B_b, s_B_n, s_B_l,
+        s_C_b, s_C_n, s_C_l,
+        s_z_b, s_z_d, s_z_l,
+        s_o_r, s_o_b, s_o_d, s_o_l,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
+        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
+    ):
+        """out [2, batch, dim, L] (strides s_o_*): out[0] the forward scan of the *f inputs, out[1] the backward
+        scan of the *b inputs, both gated by z and multiplied by ``scale`` in float32 before rounding."""
+        pid_b = tl.program_id(0).to(tl.int64)
+        pid_d = tl.program_id(1)
+        rev = tl.program_id(2)
+        bwd = rev == 1
+        t0 = rev * (L - 1)
+        sgn = 1 - 2 * rev
+        u_ptr = tl.where(bwd, ub_ptr, uf_ptr)
+        delta_ptr = tl.where(bwd, dtb_ptr, dtf_ptr)
+        A_ptr = tl.where(bwd, Ab_ptr, Af_ptr)
+        B_ptr = tl.where(bwd, Bb_ptr, Bf_ptr)
+        C_ptr = tl.where(bwd, Cb_ptr, Cf_ptr)
+        D_ptr = tl.where(bwd, Db_ptr, Df_ptr)
+        bias_ptr = tl.where(bwd, biasb_ptr, biasf_ptr)
+
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        offs_h = tl.arange(0, NP // 2)
+        offs_j = tl.arange(0, CHUNK)
+        mask_d = offs_d < dim
+
+        A2e, A2o, Dv, bias = _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
+                                             HAS_D, HAS_BIAS, A_IS_LOG)
+
+        u_base, su_l = _dir_base(u_ptr, pid_b, s_u_b, s_u_l, t0, sgn)
+        dt_base, sdt_l = _dir_base(delta_ptr, pid_b, s_dt_b, s_dt_l, t0, sgn)
+        z_base, sz_l = _dir_base(z_ptr, pid_b, s_z_b, s_z_l, t0, sgn)
+        o_base, so_l = _dir_base(out_ptr + rev.to(tl.int64) * s_o_r, pid_b, s_o_b, s_o_l, t0, sgn)
+        B_base, sB_l = _dir_base(B_ptr, pid_b, s_B_b, s_B_l, t0, sgn)
+        C_base, sC_l = _dir_base(C_ptr, pid_b, s_C_b, s_C_l, t0, sgn)
+
+        he = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)  # state, even / odd dstate entries
+        ho = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        for c in range(0, tl.cdiv(L, CHUNK)):
+            t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, False)
+            m2 = mask_t[:, None] & mask_d[None, :]
+            u = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
+            xd = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
+            if HAS_Z:
+                zz = _load_tile(z_base, t, offs_d, sz_l, s_z_d, m2)
+            xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
+            dtu = dt * u
+            y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+            for j in tl.static_range(CHUNK):
+                he, ho, yj = _token_out(he, ho, A2e, A2o, dt, dtu, c, j, L, B_base, C_base, sB_l, s_B_n, sC_l,
+                                        s_C_n, offs_h, offs_j, dstate, CHUNK, False, PACK)
+                y = _put(y, offs_j, j, yj)
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_Z:
+                y = y * (zz * tl.sigmoid(zz))
+            y = y * scale
+            _store_tile(o_base, t, offs_d, so_l, s_o_d, y, m2)
+
+    @triton.jit(do_not_specialize=_BIDIR_NOSPEC)
+    def _scan_bidir_bwd_kernel(
+        uf_ptr, ub_ptr, dtf_ptr, dtb_ptr, Af_ptr, Ab_ptr, Bf_ptr, Bb_ptr, Cf_ptr, Cb_ptr, Df_ptr, Db_ptr,
+        z_ptr, biasf_ptr, biasb_ptr, dout_ptr, scale,
+        ckpt_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+        batch, dim, L, dstate, nchunks,
+        s_u_b, s_u_d, s_u_l,
+        s_dt_b, s_dt_d, s_dt_l,
+        s_A_d, s_A_n,
+        s_B_b, s_B_n, s_B_l,
+        s_C_b, s_C_n, s_C_l,
+        s_z_b, s_z_d, s_z_l,
+        s_g_r, s_g_b, s_g_d, s_g_l,
+        s_o_r, s_o_b, s_o_d, s_o_l,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
+        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
+    ):
+        """Gradients of :func:`_scan_bidir_fwd_kernel` for dout [2, batch, dim, L] (strides s_g_*; the
+        gradient of the scaled output, scaled back here). Outputs du, ddelta, dz [2, batch, dim, L] (strides
+        s_o_*; dz per direction, summed by the caller); float32 partial sums dA [2, batch, dim, dstate],
+        dD, dbias [2, batch, dim], dB, dC [n_dblocks, 2, batch, L, dstate]; scratch ckpt
+        [2, batch, nchunks, 2, NP/2, dim]. The body is :func:`_scan_bwd_kernel`'s with REVERSE=False."""
+        pid_b = tl.program_id(0).to(tl.int64)
+        pid_d = tl.program_id(1)
+        rev = tl.program_id(2)
+        bwd = rev == 1
+        t0 = rev * (L - 1)
+        sgn = 1 - 2 * rev
+        u_ptr = tl.where(bwd, ub_ptr, uf_ptr)
+        delta_ptr = tl.where(bwd, dtb_ptr, dtf_ptr)
+        A_ptr = tl.where(bwd, Ab_ptr, Af_ptr)
+        B_ptr = tl.where(bwd, Bb_ptr, Bf_ptr)
+        C_ptr = tl.where(bwd, Cb_ptr, Cf_ptr)
+        D_ptr = tl.where(bwd, Db_ptr, Df_ptr)
+        bias_ptr = tl.where(bwd, biasb_ptr, biasf_ptr)
+        pid_rb = rev.to(tl.int64) * batch + pid_b  # (direction, batch element) row of the scratch / partials
+
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        offs_h = tl.arange(0, NP // 2)
+        offs_j = tl.arange(0, CHUNK)
+        mask_d = offs_d < dim
+        mask_e = (2 * offs_h[:, None] < dstate) & mask_d[None, :]
+        mask_o = (2 * offs_h[:, None] + 1 < dstate) & mask_d[None, :]
+
+        A2e, A2o, Dv, bias = _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
+                                             HAS_D, HAS_BIAS, A_IS_LOG)
+
+        u_base, su_l = _dir_base(u_ptr, pid_b, s_u_b, s_u_l, t0, sgn)
+        dt_base, sdt_l = _dir_base(delta_ptr, pid_b, s_dt_b, s_dt_l, t0, sgn)
+        z_base, sz_l = _dir_base(z_ptr, pid_b, s_z_b, s_z_l, t0, sgn)
+        g_base, sg_l = _dir_base(dout_ptr + rev.to(tl.int64) * s_g_r, pid_b, s_g_b, s_g_l, t0, sgn)
+        B_base, sB_l = _dir_base(B_ptr, pid_b, s_B_b, s_B_l, t0, sgn)
+        C_base, sC_l = _dir_base(C_ptr, pid_b, s_C_b, s_C_l, t0, sgn)
+        io = rev.to(tl.int64) * s_o_r  # du, ddelta, dz share one layout (strides s_o_*)
+        du_base, so_l = _dir_base(du_ptr + io, pid_b, s_o_b, s_o_l, t0, sgn)
+        ddelta_base, so_l = _dir_base(ddelta_ptr + io, pid_b, s_o_b, s_o_l, t0, sgn)
+        dz_base, so_l = _dir_base(dz_ptr + io, pid_b, s_o_b, s_o_l, t0, sgn)
+        ck_base = ckpt_ptr + pid_rb * nchunks * NP * dim + offs_h[:, None] * dim + offs_d[None, :]
+        ck_odd = (NP // 2) * dim
+        # into dB / dC partials [n_dblocks, 2, batch, L, dstate], at memory token t0 + sgn * (processing index)
+        part_base = ((pid_d * 2 * batch + pid_rb) * L + t0) * dstate
+        s_part = sgn * dstate
+
+        # ---- pass 1: the state at the start of every chunk
+        he = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        ho = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        for c in range(0, nchunks - 1):
+            tl.store(ck_base + c * NP * dim, he, mask=mask_e)
+            tl.store(ck_base + c * NP * dim + ck_odd, ho, mask=mask_o)
+            t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, False)
+            m2 = mask_t[:, None] & mask_d[None, :]
+            u = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
+            xd = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
+            xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
+            dtu = dt * u
+            for j in tl.static_range(CHUNK):
+                tj, vj = _chunk_pos(c, j, L, CHUNK, False)
+                Be, Bo = _load_pair(B_base, tj, sB_l, s_B_n, offs_h, dstate, vj, PACK)
+                dt_j = _pick(dt, offs_j, j)[None, :]
+                dtu_j = _pick(dtu, offs_j, j)[None, :]
+                he, ho = _advance(he, ho, A2e, A2o, dt_j, dtu_j, Be, Bo)
+        tl.store(ck_base + (nchunks - 1) * NP * dim, he, mask=mask_e)
+        tl.store(ck_base + (nchunks - 1) * NP * dim + ck_odd, ho, mask=mask_o)
+        tl.debug_barrier()
+
+        # ---- pass 2: chunks in reverse processing order
+        ge = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)  # adjoint dL/dh of the token after the current one
+        go = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        ane = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)  # its decay
+        ano = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        dAe = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        dAo = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        db_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for ci in range(0, nchunks):
+            c = nchunks - 1 - ci
+            t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, False)
+            m2 = mask_t[:, None] & mask_d[None, :]
+            u = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
+            xd = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
+            # the output was scaled; its gradient as the unscaled scan sees it (exact for a power of two)
+            dout = _load_tile(g_base, t, offs_d, sg_l, s_g_d, m2) * scale
+            if HAS_Z:
+                zz = _load_tile(z_base, t, offs_d, sz_l, s_z_d, m2)
+            xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
+            dtu = dt * u
+
+            # recompute the chunk's states (kept in registers) and outputs
+            he = tl.load(ck_base + c * NP * dim, mask=mask_e, other=0.0)
+            ho = tl.load(ck_base + c * NP * dim + ck_odd, mask=mask_o, other=0.0)
+            hse = tl.zeros([CHUNK, NP // 2, BLOCK_D], dtype=tl.float32)
+            hso = tl.zeros([CHUNK, NP // 2, BLOCK_D], dtype=tl.float32)
+            y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+            for j in tl.static_range(CHUNK):
+                he, ho, yj = _token_out(he, ho, A2e, A2o, dt, dtu, c, j, L, B_base, C_base, sB_l, s_B_n, sC_l,
+                                        s_C_n, offs_h, offs_j, dstate, CHUNK, False, PACK)
+                hse = tl.where(offs_j[:, None, None] == j, he[None, :, :], hse)
+                hso = tl.where(offs_j[:, None, None] == j, ho[None, :, :], hso)
+                y = _put(y, offs_j, j, yj)
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_Z:
+                sz = tl.sigmoid(zz)
+                dy = dout * zz * sz
+                dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
+                _store_tile(dz_base, t, offs_d, so_l, s_o_d, dz, m2)
+            else:
+                dy = dout
+
+            # adjoint sweep from the chunk's last token to its first
+            du = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+            ddt = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+            for jj in tl.static_range(CHUNK):
+                j = CHUNK - 1 - jj
+                tj, vj = _chunk_pos(c, j, L, CHUNK, False)
+                Be, Bo = _load_pair(B_base, tj, sB_l, s_B_n, offs_h, dstate, vj, PACK)
+                Ce, Co = _load_pair(C_base, tj, sC_l, s_C_n, offs_h, dstate, vj, PACK)
+                dt_j = _pick(dt, offs_j, j)
+                dtu_j = _pick(dtu, offs_j, j)
+                dy_j = _pick(dy, offs_j, j)
+                ge = ane * ge + Ce[:, None] * dy_j[None, :]
+                go = ano * go + Co[:, None] * dy_j[None, :]
+                hje = _pick3(hse, offs_j, j)
+                hjo = _pick3(hso, offs_j, j)
+                we = ge * (hje - Be[:, None] * dtu_j[None, :])  # g_t * a_t * h_{t-1}
+                wo = go * (hjo - Bo[:, None] * dtu_j[None, :])
+                gB = tl.sum(ge * Be[:, None], axis=0) + tl.sum(go * Bo[:, None], axis=0)
+                wA = tl.sum(we * A2e, axis=0) + tl.sum(wo * A2o, axis=0)
+                du = _put(du, offs_j, j, dt_j * gB)
+                ddt = _put(ddt, offs_j, j, _pick(u, offs_j, j) * gB + wA * 0.6931471805599453)
+                dAe += we * dt_j[None, :]
+                dAo += wo * dt_j[None, :]
+                p = dB_ptr + part_base + tj * s_part + 2 * offs_h
+                tl.store(p, tl.sum(ge * dtu_j[None, :], axis=1), mask=(2 * offs_h < dstate) & vj)
+                tl.store(p + 1, tl.sum(go * dtu_j[None, :], axis=1), mask=(2 * offs_h + 1 < dstate) & vj)
+                p = dC_ptr + part_base + tj * s_part + 2 * offs_h
+                tl.store(p, tl.sum(hje * dy_j[None, :], axis=1), mask=(2 * offs_h < dstate) & vj)
+                tl.store(p + 1, tl.sum(hjo * dy_j[None, :], axis=1), mask=(2 * offs_h + 1 < dstate) & vj)
+                ane = tl.exp2(dt_j[None, :] * A2e)
+                ano = tl.exp2(dt_j[None, :] * A2o)
+            if HAS_D:
+                du += Dv[None, :] * dy
+                dD_acc += tl.sum(dy * u, axis=0)
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(xd)
+            ddt = tl.where(m2, ddt, 0.0)
+            db_acc += tl.sum(ddt, axis=0)
+            _store_tile(du_base, t, offs_d, so_l, s_o_d, du, m2)
+            _store_tile(ddelta_base, t, offs_d, so_l, s_o_d, ddt, m2)
+
+        dA_base = dA_ptr + pid_rb * dim * dstate + offs_d[None, :] * dstate + 2 * offs_h[:, None]
+        tl.store(dA_base, dAe, mask=mask_e)
+        tl.store(dA_base + 1, dAo, mask=mask_o)
+        tl.store(dD_ptr + pid_rb * dim + offs_d, dD_acc, mask=mask_d)
+        tl.store(dbias_ptr + pid_rb * dim + offs_d, db_acc, mask=mask_d)
+
+
+def _same_layout(a: Tensor, b: Tensor) -> bool:
+    """Same shape, dtype and strides (strides of size-1 dimensions never matter)."""
+    return a.shape == b.shape and a.dtype == b.dtype and all(
+        sa == sb or n == 1 for sa, sb, n in zip(a.stride(), b.stride(), a.shape))
+
+
+def _pair(name: str, f: Optional[Tensor], b: Optional[Tensor]):
+    """The two directions' tensors of one input with one layout (contiguous copies if theirs differ)."""
+    if (f is None) != (b is None):
+        raise ValueError(f"selective_scan_bidir: {name} is given for one direction only")
+    if f is None or _same_layout(f, b):
+        return f, b
+    if f.shape != b.shape or f.dtype != b.dtype:
+        raise ValueError(f"selective_scan_bidir: the two directions' {name} differ: "
+                         f"{tuple(f.shape)} {f.dtype} vs {tuple(b.shape)} {b.dtype}")
+    return f.contiguous(), b.contiguous()
+
+
+def _like_layout2(u: Tensor, dtype) -> Tensor:
+    """[2, batch, dim, L] buffer, each direction laid out as :func:`_like_layout` lays out one."""
+    batch, dim, L = u.shape
+    if u.stride(1) == 1 and dim > 1:
+        return _alloc((2, batch, L, dim), dtype, u.device).transpose(2, 3)
+    return _alloc((2, batch, dim, L), dtype, u.device)
+
+
+def _bidir_flags(D_f, z, bias_f, delta_softplus, a_is_log, B_f, C_f, B_b, C_b, NP):
+    return dict(HAS_D=D_f is not None, HAS_Z=z is not None, HAS_BIAS=bias_f is not None,
+                SOFTPLUS=bool(delta_softplus), PACK=_packable(B_f, C_f) and _packable(B_b, C_b),
+                A_IS_LOG=bool(a_is_log), NP=NP)
+
+
+def _fwd_bidir(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
+               delta_softplus, scale, a_is_log) -> Tensor:
+    _require_runnable(u_f)
+    batch, dim, L = u_f.shape
+    dstate = A_f.shape[1]
+    out = _like_layout2(u_f, u_f.dtype)
+    if out.numel() == 0:
+        return out
+    cfg = FWD_CONFIG
+    zz = z if z is not None else u_f
+    launch(
+        _scan_bidir_fwd_kernel, (batch, triton.cdiv(dim, cfg["BLOCK_D"]), 2), u_f.device,
+        u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b,
+        D_f if D_f is not None else A_f, D_b if D_b is not None else A_b, zz,
+        bias_f if bias_f is not None else A_f, bias_b if bias_b is not None else A_b, out, float(scale),
+        dim, L, dstate,
+        *u_f.stride(), *delta_f.stride(), *A_f.stride(), *B_f.stride(), *C_f.stride(), *zz.stride(), *out.stride(),
+        **_bidir_flags(D_f, z, bias_f, delta_softplus, a_is_log, B_f, C_f, B_b, C_b, _np(dstate)),
+        BLOCK_D=cfg["BLOCK_D"], CHUNK=cfg["CHUNK"], num_warps=cfg["num_warps"], num_stages=1,
+    )
+    return out
+
+
+def _bwd_bidir(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
+               delta_softplus, scale, a_is_log):
+    """Gradients as [2, ...] stacks (direction first): du, ddelta [2, batch, dim, L], dA [2, dim, dstate],
+    dB, dC [2, batch, dstate, L], dD, dbias [2, dim] (float32 when D / delta_bias are absent), and dz
+    [batch, dim, L] summed over the directions (an empty tensor when z is absent)."""
+    _require_runnable(u_f)
+    batch, dim, L = u_f.shape
+    dstate = A_f.shape[1]
+    dev = u_f.device
+    cfg = BWD_CONFIG
+    bd, chunk = cfg["BLOCK_D"], cfg["CHUNK"]
+    NP = _np(dstate)
+    n_dblk = triton.cdiv(dim, bd)
+    nchunks = triton.cdiv(L, chunk)
+    du = _like_layout2(u_f, u_f.dtype)
+    ddelta = _like_layout2(u_f, delta_f.dtype)
+    dz2 = _like_layout2(u_f, z.dtype) if z is not None else None
+    D_dtype = D_f.dtype if D_f is not None else torch.float32
+    bias_dtype = bias_f.dtype if bias_f is not None else torch.float32
+    if batch * dim * L == 0:
+        du.zero_(), ddelta.zero_()
+        return (du, ddelta, torch.zeros((2,) + tuple(A_f.shape), dtype=A_f.dtype, device=dev),
+                torch.zeros((2,) + tuple(B_f.shape), dtype=B_f.dtype, device=dev),
+                torch.zeros((2,) + tuple(C_f.shape), dtype=C_f.dtype, device=dev),
+                torch.zeros(2, dim, dtype=D_dtype, device=dev),
+                torch.zeros_like(z) if z is not None else torch.empty(0, dtype=u_f.dtype, device=dev),
+                torch.zeros(2, dim, dtype=bias_dtype, device=dev))
+    ckpt = _alloc((2, batch, nchunks, NP, dim), torch.float32, dev)
+    dA_p = _alloc((2, batch, dim, dstate), torch.float32, dev)
+    dB_p = _alloc((n_dblk, 2, batch, L, dstate), torch.float32, dev)
+    dC_p = _alloc((n_dblk, 2, batch, L, dstate), torch.float32, dev)
+    dD_p = _alloc((2, batch, dim), torch.float32, dev)
+    dbias_p = _alloc((2, batch, dim), torch.float32, dev)
+    zz = z if z is not None else u_f
+    launch(
+        _scan_bidir_bwd_kernel, (batch, n_dblk, 2), dev,
+        u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b,
+        D_f if D_f is not None else A_f, D_b if D_b is not None else A_b, zz,
+        bias_f if bias_f is not None else A_f, bias_b if bias_b is not None else A_b, dout, float(scale),
+        ckpt, du, ddelta, dz2 if z is not None else du, dA_p, dB_p, dC_p, dD_p, dbias_p,
+        batch, dim, L, dstate, nchunks,
+        *u_f.stride(), *delta_f.stride(), *A_f.stride(), *B_f.stride(), *C_f.stride(), *zz.stride(),
+        *dout.stride(), *du.stride(),
+        **_bidir_flags(D_f, z, bias_f, delta_softplus, a_is_log, B_f, C_f, B_b, C_b, NP),
+        BLOCK_D=bd, CHUNK=chunk, num_warps=cfg["num_warps"], num_stages=1,
+    )
+    # one reduction (and one cast) per quantity for both directions
+    dA = dA_p.sum(1)  # [2, dim, dstate]
+    if a_is_log:  # dL/dA_log = dL/dA * A
+        dA = dA * -torch.exp(torch.stack([A_f, A_b]).float())
+    dA = dA.to(A_f.dtype)
+    dB = dB_p.sum(0).to(B_f.dtype).transpose(2, 3)  # [2, batch, dstate, L] view of [2, batch, L, dstate]
+    dC = dC_p.sum(0).to(C_f.dtype).transpose(2, 3)
+    dD = dD_p.sum(1).to(D_dtype)
+    dbias = dbias_p.sum(1).to(bias_dtype)
+    # an elementwise add keeps the directions' (channels-last) layout; a sum over dim 0 would not
+    dz = torch.add(dz2[0], dz2[1]) if z is not None else torch.empty(0, dtype=u_f.dtype, device=dev)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+@torch.library.custom_op("rmeeto::selective_scan_bidir", mutates_args=())
+def _selective_scan_bidir_op(
+    u_f: Tensor, u_b: Tensor, delta_f: Tensor, delta_b: Tensor, A_f: Tensor, A_b: Tensor, B_f: Tensor,
+    B_b: Tensor, C_f: Tensor, C_b: Tensor, D_f: Optional[Tensor], D_b: Optional[Tensor], z: Optional[Tensor],
+    bias_f: Optional[Tensor], bias_b: Optional[Tensor], delta_softplus: bool, scale: float, a_is_log: bool,
+) -> Tensor:
+    return _fwd_bidir(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
+                      delta_softplus, scale, a_is_log)
+
+
+@_selective_scan_bidir_op.register_fake
+def _(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b, delta_softplus,
+      scale, a_is_log):
+    return _like_layout2(u_f, u_f.dtype)
+
+
+@torch.library.custom_op("rmeeto::selective_scan_bidir_bwd", mutates_args=())
+def _selective_scan_bidir_bwd_op(
+    dout: Tensor, u_f: Tensor, u_b: Tensor, delta_f: Tensor, delta_b: Tensor, A_f: Tensor, A_b: Tensor,
+    B_f: Tensor, B_b: Tensor, C_f: Tensor, C_b: Tensor, D_f: Optional[Tensor], D_b: Optional[Tensor],
+    z: Optional[Tensor], bias_f: Optional[Tensor], bias_b: Optional[Tensor], delta_softplus: bool, scale: float,
+    a_is_log: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) as returned by :func:`_bwd_bidir`."""
+    return _bwd_bidir(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f,
+                      bias_b, delta_softplus, scale, a_is_log)
+
+
+@_selective_scan_bidir_bwd_op.register_fake
+def _(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
+      delta_softplus, scale, a_is_log):
+    batch, dim, L = u_f.shape
+    dev = u_f.device
+    dstate = B_f.shape[1]
+    return (
+        _like_layout2(u_f, u_f.dtype),
+        _like_layout2(u_f, delta_f.dtype),
+        torch.empty((2,) + tuple(A_f.shape), dtype=A_f.dtype, device=dev),
+        torch.empty((2, batch, L, dstate), dtype=B_f.dtype, device=dev).transpose(2, 3),
+        torch.empty((2, batch, L, dstate), dtype=C_f.dtype, device=dev).transpose(2, 3),
+        torch.empty((2, dim), dtype=D_f.dtype if D_f is not None else torch.float32, device=dev),
+        _like_layout(u_f, z.dtype) if z is not None else torch.empty(0, dtype=u_f.dtype, device=dev),
+        torch.empty((2, dim), dtype=bias_f.dtype if bias_f is not None else torch.float32, device=dev),
+    )
+
+
+def _setup_context_bidir(ctx, inputs, output):
+    *tensors, delta_softplus, scale, a_is_log = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.flags = (delta_softplus, scale, a_is_log)
+
+
+def _backward_bidir(ctx, dout):
+    saved = ctx.saved_tensors
+    return _bidir_input_grads(saved, _selective_scan_bidir_bwd_op(dout, *saved, *ctx.flags))
+
+
+def _bidir_input_grads(saved, grads):
+    """The op's input gradients (None for absent inputs and the flags) from the [2, ...] gradient stacks."""
+    du, ddelta, dA, dB, dC, dD, dz, dbias = grads
+    D_f, z, bias_f = saved[10], saved[12], saved[13]
+    has_D, has_bias = D_f is not None, bias_f is not None
+    return (
+        du[0], du[1], ddelta[0], ddelta[1], dA[0], dA[1], dB[0], dB[1], dC[0], dC[1],
+        dD[0] if has_D else None, dD[1] if has_D else None,
+        dz if z is not None else None,
+        dbias[0] if has_bias else None, dbias[1] if has_bias else None,
+        None, None, None,
+    )
+
+
+_selective_scan_bidir_op.register_autograd(_backward_bidir, setup_context=_setup_context_bidir)
+
+
+class _SelectiveScanBidir(torch.autograd.Function):
+    """Eager twin of ``rmeeto::selective_scan_bidir``: the same launchers without torch.library's dispatch."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        *tensors, delta_softplus, scale, a_is_log = inputs
+        ctx.save_for_backward(*tensors)
+        ctx.flags = (delta_softplus, scale, a_is_log)
+        return _fwd_bidir(*inputs)
+
+    @staticmethod
+    def backward(ctx, dout):
+        saved = ctx.saved_tensors
+        return _bidir_input_grads(saved, _bwd_bidir(dout, *saved, *ctx.flags))
+
+
+def selective_scan_bidir_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                                scale=1.0, a_is_log=False) -> Tensor:
+    """Both scan directions in one launch (forward and backward); signature and semantics of
+    :func:`rmeeto.ops.selective_scan.selective_scan_bidir`: u, delta, A, B, C, D, delta_bias are pairs
+    (forward direction, backward direction), z is shared; returns [2, batch, dim, L] times ``scale``."""
+    for name, pair in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
+        if len(pair) != 2:
+            raise ValueError(f"selective_scan_bidir: {name} must be a pair (forward, backward), got {len(pair)}")
+    D = (None, None) if D is None else D
+    delta_bias = (None, None) if delta_bias is None else delta_bias
+    for r in (0, 1):
+        check_scan_shapes(u[r], delta[r], A[r], B[r], C[r], D[r], z, delta_bias[r])
+    u_f, u_b = _pair("u", *u)
+    delta_f, delta_b = _pair("delta", *delta)
+    A_f, A_b = _pair("A", *A)
+    B_f, B_b = _pair("B", *B)
+    C_f, C_b = _pair("C", *C)
+    D_f, D_b = _pair("D", *D)
+    bias_f, bias_b = _pair("delta_bias", *delta_bias)
+    args = (u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
+            bool(delta_softplus), float(scale), bool(a_is_log))
+    if torch.compiler.is_compiling():  # an opaque node for the tracer
+        return _selective_scan_bidir_op(*args)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:15]):
+        return _SelectiveScanBidir.apply(*args)
+    return _fwd_bidir(*args)  # no gradient needed: the launcher alone
