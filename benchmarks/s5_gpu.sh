@@ -15,7 +15,7 @@ tests)
     PYTHONPATH=$src timeout 60 python3 benchmarks/bench_merge_gpu.py --video-schedule 2>&1 | quiet | tee "$OUT/merge_$(basename $(dirname $src)).txt"
   done ;;
 speed)  # eager and graphed, old tree vs new tree, interleaved on one card
-  for src in "$OLD" src "$OLD" src; do echo "== $src"
+  for src in "$OLD" src; do echo "== $src"
     PYTHONPATH=$src timeout 100 python3 -m rmeeto bench vim_tiny_patch16_224 vim_small_patch16_224 vim_base_patch16_224 \
       --mode eager --warmup 5 --repeats 20 2>&1 | quiet | grep -v "^$"
   done | tee "$OUT/eager_ab.txt"
@@ -30,5 +30,9 @@ modes)  # torch.compile, training step modes, profile
   timeout 150 python3 -m rmeeto bench vim_small_patch16_224 --train --no-inference --modes eager,cudagraph \
     --train-repeats 10 --json "$OUT/train.json" 2>&1 | quiet | tee "$OUT/train.txt"
   timeout 150 python3 benchmarks/profile_gpu.py --what inference --variants merged 2>&1 | quiet | tee "$OUT/profile.txt" | tail -40 ;;
+failing)  # the failures of the tests phase, with their messages
+  timeout 200 python3 -m pytest -q -p no:cacheprovider --tb=line -o console_output_style=classic \
+    tests/ops/test_gpu_bidir.py tests/ops/test_gpu_launch.py -k "conv_bidir or mixer or 0.5 or compiled" 2>&1 \
+    | grep -v "^\s*$" | tail -30 | tee "$OUT/failing.log" ;;
 *) echo "unknown phase"; exit 2 ;;
 esac
