@@ -31,8 +31,10 @@ modes)  # torch.compile, training step modes, profile
     --train-repeats 10 --json "$OUT/train.json" 2>&1 | quiet | tee "$OUT/train.txt"
   timeout 150 python3 benchmarks/profile_gpu.py --what inference --variants merged 2>&1 | quiet | tee "$OUT/profile.txt" | tail -40 ;;
 failing)  # the failures of the tests phase, with their messages
-  timeout 200 python3 -m pytest -q -p no:cacheprovider --tb=line -o console_output_style=classic \
-    tests/ops/test_gpu_bidir.py tests/ops/test_gpu_launch.py -k "conv_bidir or mixer or 0.5 or compiled" 2>&1 \
-    | grep -v "^\s*$" | tail -30 | tee "$OUT/failing.log" ;;
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -x tests/models/test_gpu_model.py 2>&1 | tail -4 | tee "$OUT/gpu_model.log"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider --tb=line tests/ops/test_gpu_bidir.py 2>&1 \
+    | grep -E "^/|^E |Error|passed|failed" | cut -c1-400 | tail -20 | tee "$OUT/bidir.log"
+  timeout 150 python3 -m pytest -q -p no:cacheprovider --tb=line tests/ops/test_gpu_launch.py -k compiled 2>&1 \
+    | grep -E "^/.*Error|^E |passed|failed" | cut -c1-400 | tail -8 | tee "$OUT/compiled.log" ;;
 *) echo "unknown phase"; exit 2 ;;
 esac

@@ -560,7 +560,9 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
 @torch.library.custom_op("rmeeto::match_plan", mutates_args=())
 def _match_plan_op(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int,
                    ordered: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _match_lists(metric, cls_index, num_merged, new_cls_index, ordered)
+    # a custom op's outputs may not alias each other: the eager lists are views of one workspace, so copies here
+    # (a few KB per merging layer, only under torch.compile)
+    return tuple(t.clone() for t in _match_lists(metric, cls_index, num_merged, new_cls_index, ordered))
 
 
 @_match_plan_op.register_fake
