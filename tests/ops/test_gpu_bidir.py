@@ -98,10 +98,16 @@ def test_scan_bidir_equals_two_single_launches(dtype, scale, length):
     want += list(torch.autograd.grad(ys, [*sf.values(), *sb.values(), zs], [g_half[0], g_half[1]]))
 
     y, yw = got[0], want[0]
-    if not torch.equal(y, yw):  # fp16 subnormals only (see the module docstring)
+    if not torch.equal(y, yw):
+        # measured on an H200: with scale 0.5 in fp16 a few elements differ by one 16-bit ulp (subnormals, and
+        # normal values where the two kernels' float32 arithmetic rounds differently: the compiled kernels
+        # need not contract multiply-adds alike); anything more is a bug
         assert dtype == torch.float16 and scale != 1.0
         diff = y != yw
-        assert (yw[diff].float().abs() < 2.0 ** -14).all() and (y.float() - yw.float()).abs().max() <= 2.0 ** -25
+        ulp = torch.where(yw[diff].float().abs() < 2.0 ** -14, torch.full_like(yw[diff].float(), 2.0 ** -24),
+                          yw[diff].float().abs() * 2.0 ** -10)
+        assert ((y[diff].float() - yw[diff].float()).abs() <= ulp).all()
+        assert diff.float().mean() < 1e-3, f"{diff.float().mean().item():.2%} of the outputs differ"
     for i, name in enumerate([f"{k}_{d}" for d in "fb" for k in NAMES] + ["z"]):
         assert_same(name, got[1 + i], want[1 + i], reduced=name[:-2] in REDUCED)
 
@@ -154,8 +160,8 @@ def test_conv_bidir_equals_two_single_launches(dtype, length):
         if bidir:
             u_f, u_b = triton_conv.conv_silu_bidir_triton(x_view, *ps)
         else:
-            u_f = triton_conv.conv_silu_triton(x_view, ps[0], ps[1], False, None)
-            u_b = triton_conv.conv_silu_triton(x_view, ps[2], ps[3], True, None)
+            u_f = triton_conv.conv_silu_triton(x_view, ps[0], ps[1], False)
+            u_b = triton_conv.conv_silu_triton(x_view, ps[2], ps[3], True)
         return [u_f, u_b] + list(torch.autograd.grad([u_f, u_b], [x] + ps, [gf, gb]))
 
     for name, a, c in zip(["u_f", "u_b", "dx", "dwf", "dbf", "dwb", "dbb"], run(True), run(False)):
@@ -196,4 +202,7 @@ def test_mixer_bidirectional_equals_per_direction(dtype):
         assert (out.float() - ref.float()).abs().max() <= 1e-3 * ref.float().abs().max()
     for name, a, c in zip(["hidden"] + [n for n, _ in m.named_parameters()], got, want):
         err = ((a - c).norm() / c.norm().clamp_min(1e-12)).item()
-        assert err < 1e-3, f"{name}: relative error {err:.3g}"
+        # bf16 carries 8 significant bits (ulp 2^-8 = 0.4%): the conv weight gradient, summed in float32 and cast
+        # once by the bidirectional kernel but rounded per direction by the reference, differed by 0.17% (H200)
+        tol = 4e-3 if dtype == torch.bfloat16 else 1e-3
+        assert err < tol, f"{name}: relative error {err:.3g}"
