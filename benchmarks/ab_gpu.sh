@@ -12,9 +12,9 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
     src=$([ $side = A ] && echo "$A" || echo "$B")
     echo "== round $round, $side ($src): inference"
     PYTHONPATH=$src timeout 240 python3 -m rmeeto bench vim_tiny_patch16_224 vim_small_patch16_224 vim_base_patch16_224 \
-      --batch-size 128 --dtype fp16 --warmup 10 --repeats 50 --json "$OUT/inf_${side}${round}.json" 2>&1 | grep -v Warning
+      --mode cudagraph --batch-size 128 --dtype fp16 --warmup 10 --repeats 50 --json "$OUT/inf_${side}${round}.json" 2>&1 | grep -v Warning
     echo "== round $round, $side: training step"
-    PYTHONPATH=$src timeout 150 python3 -m rmeeto bench vim_small_patch16_224 --train --no-inference --batch-size 128 \
+    PYTHONPATH=$src timeout 150 python3 -m rmeeto bench vim_small_patch16_224 --train --no-inference --mode cudagraph --batch-size 128 \
       --train-repeats 10 --json "$OUT/train_${side}${round}.json" 2>&1 | grep -v "Warning\|return Variable"
   done
 done

@@ -15,9 +15,9 @@ case ${1:-bench} in
       | tee "$OUT/tests.log" | tail -n 4 ;;
   bench)
     [ -n "${TESTS:-}" ] && timeout 200 python3 -m pytest -q $TESTS 2>&1 | tee "$OUT/tests_extra.log" | tail -n 3
-    timeout 200 python3 -m rmeeto bench vim_tiny_patch16_224 vim_small_patch16_224 vim_base_patch16_224 --batch-size 128 \
+    timeout 200 python3 -m rmeeto bench vim_tiny_patch16_224 vim_small_patch16_224 vim_base_patch16_224 --mode cudagraph --batch-size 128 \
       --dtype fp16 --warmup 10 --repeats 50 --json "$OUT/bench_inference.json" 2>&1 | tee "$OUT/bench.log"
-    timeout 150 python3 -m rmeeto bench vim_small_patch16_224 --train --no-inference --batch-size 128 --train-repeats 10 \
+    timeout 150 python3 -m rmeeto bench vim_small_patch16_224 --train --no-inference --mode cudagraph --batch-size 128 --train-repeats 10 \
       --json "$OUT/bench_train.json" 2>&1 | grep -v "Warning\|return Variable" | tee "$OUT/train.log"
     timeout 100 python3 benchmarks/profile_gpu.py --what inference --rows 14 > "$OUT/profile.txt" 2>&1
     grep "^# vim" "$OUT/profile.txt" ;;
