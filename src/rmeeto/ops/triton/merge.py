@@ -561,8 +561,12 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
 def _match_plan_op(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int,
                    ordered: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     # a custom op's outputs may not alias each other: the eager lists are views of one workspace, so copies here
-    # (a few KB per merging layer, only under torch.compile)
-    return tuple(t.clone() for t in _match_lists(metric, cls_index, num_merged, new_cls_index, ordered))
+    # (a few KB per merging layer, only under torch.compile). ``next`` is written only at merged source tokens
+    # (the only entries the merge reads); the rest is set to -1 so the outputs are deterministic, as an op's must be
+    dest, base, src, sdst, head, nxt = _match_lists(metric, cls_index, num_merged, new_cls_index, ordered)
+    at = src.long()
+    nxt = torch.full_like(nxt, -1).scatter_(1, at, nxt.gather(1, at))
+    return dest.clone(), base.clone(), src.clone(), sdst.clone(), head.clone(), nxt
 
 
 @_match_plan_op.register_fake
