@@ -19,7 +19,7 @@ import functools
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -216,6 +216,20 @@ def stored_merge_config(checkpoint) -> Optional[MergeConfig]:
     return None if config.is_noop else config
 
 
+def stored_classes(checkpoint) -> Optional[list[str]]:
+    """The class names (in label order) a ``rmeeto retrain`` run on an image folder stored in its checkpoints'
+    config, or None (no checkpoint, an official file, digits / synthetic / clip data)."""
+    if checkpoint is None or "config" not in _inspect(checkpoint)["top_level_keys"]:
+        return None
+    from rmeeto.checkpoint import read_checkpoint
+
+    config = read_checkpoint(checkpoint).get("config")
+    classes = config.get("classes") if isinstance(config, dict) else None
+    if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) and c for c in classes):
+        return list(classes)
+    return None
+
+
 def resolve_merge_config(merge_config: Union[str, MergeConfig, None], checkpoint=None) -> Optional[MergeConfig]:
     """``"auto"`` -> the config stored in ``checkpoint`` (:func:`stored_merge_config`; None when there is none);
     None or a no-op MergeConfig -> None (unmerged); a MergeConfig (or its dict) -> itself."""
@@ -271,14 +285,16 @@ def load_model_for_eval(
 
 
 def build_eval_dataset(data: str, model_name: str, limit: Optional[int] = None, *, test_views: bool = False,
-                       list_sep: str = "auto"):
+                       list_sep: str = "auto", classes: Optional[Sequence[str]] = None):
     """The evaluation split of ``data`` preprocessed for the registered model ``model_name`` (its input size,
     mean/std, crop). An image model reads ``"digits"`` or an image folder; a video model a clip data folder
     (:func:`rmeeto.video.build_clip_dataset`: ``data/val.csv`` or ``.txt``, ``list_sep`` its separator), one
     centre clip per video, or with ``test_views`` the 12 views of the official test (items [12, C, T, H, W],
     from ``data/test.*`` if present, else the val list). ``limit`` keeps N evenly spread items (an image folder
     is sorted by class, so the first N would cover only the first classes). Returns (dataset, class names; for
-    clips the labels ``"0" .. str(max label)``); ValueError for bad input."""
+    clips the labels ``"0" .. str(max label)``); ValueError for bad input. ``classes``: the class names that number
+    an image folder's labels (a trained run's list, :func:`stored_classes`; a folder not in it is an error);
+    default: the folder's own, sorted."""
     from torch.utils.data import Subset
 
     from rmeeto.data import build_dataset
@@ -297,7 +313,8 @@ def build_eval_dataset(data: str, model_name: str, limit: Optional[int] = None, 
         if test_views:
             raise ValueError(f"multi-view testing is for video models; {model_name} takes images")
         size = cfg.input_size[-1]
-        dataset = build_dataset(data, "val", img_size=size, mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct)
+        dataset = build_dataset(data, "val", img_size=size, mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct,
+                                classes=classes)
         classes = list(dataset.classes)
     if limit is not None and limit < len(dataset):
         step = len(dataset) / limit

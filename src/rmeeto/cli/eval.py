@@ -204,14 +204,18 @@ def resolve_amp(text: str, device):
         raise CLIError(f"--amp {text} needs a CUDA device; use --amp bf16 or none on CPU") from None
 
 
-def build_eval_dataset(data: str, model_name: str, limit: Optional[int] = None, test_views: bool = False):
-    """:func:`rmeeto.evaluate.build_eval_dataset` -> (dataset, class names), errors as CLIError."""
+def build_eval_dataset(data: str, model_name: str, limit: Optional[int] = None, test_views: bool = False,
+                       checkpoint: Optional[str] = None):
+    """:func:`rmeeto.evaluate.build_eval_dataset` -> (dataset, class names), errors as CLIError. With the
+    ``checkpoint`` of a run trained on an image folder, labels are numbered by that run's class list."""
     from rmeeto.evaluate import build_eval_dataset as _build
+    from rmeeto.evaluate import stored_classes
 
     if limit is not None and limit < 1:
         raise CLIError(f"--limit must be >= 1, got {limit}")
     with user_errors():
-        return _build(data, model_name, limit, test_views=test_views)
+        classes = stored_classes(checkpoint) if checkpoint and data not in ("digits", "synthetic") else None
+        return _build(data, model_name, limit, test_views=test_views, classes=classes)
 
 
 def is_video_model(model_cfg) -> bool:
@@ -350,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
     merge_config, merge_source = merge_config_for(args, args.model)
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)
-    dataset, classes = build_eval_dataset(args.data, args.model, args.limit, args.test_views)
+    dataset, classes = build_eval_dataset(args.data, args.model, args.limit, args.test_views, args.checkpoint)
     num_classes = num_classes_for(args.model, model_cfg, args.checkpoint, data_classes_for(model_cfg, classes),
                                   args.data, args.ema)
     check_clip_labels(model_cfg, classes, num_classes, args.data)

@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     amp = resolve_amp(args.amp, device)
     interval = args.interval if args.interval is not None else default_interval(args.model)
     configs = sweep_configs(args.num_merged, args.modes, args.layouts, interval, args.odd, args.metric)
-    dataset, classes = build_eval_dataset(args.data, args.model, args.limit)
+    dataset, classes = build_eval_dataset(args.data, args.model, args.limit, checkpoint=args.checkpoint)
     num_classes = num_classes_for(args.model, model_cfg, args.checkpoint, data_classes_for(model_cfg, classes),
                                   args.data, args.ema)
     check_clip_labels(model_cfg, classes, num_classes, args.data)

@@ -41,6 +41,8 @@ The package, in the order a run uses it: :mod:`~rmeeto.train.config` (settings, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import signal
 import time
 from dataclasses import dataclass
@@ -172,6 +174,11 @@ def _train(config: TrainConfig, resume: Optional[str], ranks: Ranks, catcher: Si
 
     seed_all(config.seed)
     data = build_data(config, ranks, run.device)  # fails fast on bad paths
+    if config.classes is None and data.classes is not None:
+        # the folder's class list goes into every checkpoint's config: a resume numbers labels the same way, and
+        # `rmeeto eval` maps another folder's class names onto this model's outputs
+        run = dataclasses.replace(run, config=dataclasses.replace(config, classes=data.classes))
+        config = run.config
 
     seed_all(config.seed)  # the same on every rank, so from-scratch weights agree
     model, teacher, ema = build_models(run, resuming=ckpt is not None)

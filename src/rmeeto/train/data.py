@@ -11,7 +11,7 @@ import random
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -144,6 +144,7 @@ class TrainData:
     steps_per_epoch: int
     batches_per_epoch: int
     pipeline: str = "cpu"
+    classes: Optional[tuple[str, ...]] = None  # an image folder's class names, in label order (None otherwise)
 
 
 def is_video(model: str) -> bool:
@@ -280,6 +281,8 @@ def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> Train
         train_set, val_set = train_pipe.dataset, val_pipe.dataset
     else:
         train_set, val_set = _datasets(config)
+    folder_classes = getattr(train_set, "classes", None) if isinstance(
+        train_set, (rdata.ImageFolderDataset, gpu_data.EncodedImageFolder)) else None
     train_set, val_set = _subsets(config, train_set, val_set)
     if len(train_set) < config.batch_size * ranks.world * config.accum_steps:
         raise TrainError(f"the training set has {len(train_set)} images, fewer than one optimizer step "
@@ -311,7 +314,8 @@ def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> Train
         val_loader = gpu_data.DeviceLoader(val_loader, val_pipe.transform)
     steps_per_epoch = len(sampler.inner) // config.batch_size // config.accum_steps
     return TrainData(train_set, val_set, sampler, train_loader, val_loader, steps_per_epoch,
-                     batches_per_epoch=steps_per_epoch * config.accum_steps, pipeline=pipeline)
+                     batches_per_epoch=steps_per_epoch * config.accum_steps, pipeline=pipeline,
+                     classes=tuple(folder_classes) if folder_classes else None)
 
 
 def build_mixup(config: TrainConfig, num_classes: int):

@@ -184,7 +184,9 @@ def resumed_config(config: TrainConfig, ckpt: dict, path: Path, log: Callable[[s
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TrainError(f"cannot resume from {path}: its stored config is not valid ({first})") from None
     changed = [f.name for f in dataclasses.fields(TrainConfig)
-               if f.name not in RUNTIME_FIELDS and getattr(saved, f.name) != getattr(config, f.name)]
+               if f.name not in RUNTIME_FIELDS and getattr(saved, f.name) != getattr(config, f.name)
+               # the run stores its folder's class list when none was given: not giving it again is no change
+               and not (f.name == "classes" and config.classes is None)]
     if changed:
         log(f"resume: using the settings stored in {path} (ignoring new values of {', '.join(changed)})")
     return dataclasses.replace(saved, **{k: getattr(config, k) for k in RUNTIME_FIELDS})
