@@ -26,6 +26,8 @@ from _train_common import MODEL, subprocess_env as _env
 
 TRAIN_PKG = sys.modules["rmeeto.train"]  # the package (the name rmeeto.train may also be the function)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _retrain_cmd(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "rmeeto", "retrain", "--model", MODEL, "--out", str(out), "--no-progress",
@@ -38,14 +40,6 @@ def _quick(out, **kw) -> TrainConfig:
                     out=str(out) if out is not None else None)
     settings.update(kw)
     return TrainConfig(**settings)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------ 1. run folder

@@ -22,7 +22,7 @@ from rmeeto.train import DistillationLoss, NonFiniteLossError, TrainConfig, Trai
 
 from _train_common import MODEL, read_log as _log, subprocess_env as _env, write_image_tree
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def _retrain_cmd(out: Path, *extra: str) -> list[str]:
@@ -32,14 +32,6 @@ def _retrain_cmd(out: Path, *extra: str) -> list[str]:
 
 def _metrics(record: dict) -> dict:
     return {k: record[k] for k in ("epoch", "train_loss", "top1", "top5", "val_loss", "lr")}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------ learning
