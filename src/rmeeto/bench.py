@@ -20,6 +20,7 @@ with an ``error`` instead of stopping; :func:`compare_modes` pairs them into one
 from __future__ import annotations
 
 import gc
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence, Union
@@ -264,34 +265,27 @@ def bench_train_step(
     model_name: str,
     merge_config: Optional[MergeConfig] = None,
     *,
-    batch_size: int = 128,
-    img_size: Optional[int] = None,
-    dtype: str = "bf16",
-    backend: str = "auto",
-    teacher: bool = True,
-    alpha: float = 0.5,
-    drop_path_rate: float = 0.1,
-    mode: str = "auto",
     warmup: int = 3,
     repeats: int = 10,
-    device: str = "cuda",
     seed: int = 0,
-    compile_backend: Union[str, Callable] = "inductor",
+    **step_options,
 ) -> dict:
-    """Time one re-training step (:func:`make_train_step`) per batch; the fields of :func:`bench_inference`
-    (launches: of one whole step)."""
+    """Time one re-training step (:func:`make_train_step`, given ``step_options``: its keyword arguments, with its
+    defaults) per batch; the fields of :func:`bench_inference` (launches: of one whole step)."""
     torch.manual_seed(seed)
-    device = resolve_device(device)
-    mode = resolve_mode(mode, device, TRAIN_MODES)
-    step, batches = make_train_step(
-        model_name, merge_config, batch_size=batch_size, img_size=img_size, dtype=dtype, backend=backend,
-        teacher=teacher, alpha=alpha, drop_path_rate=drop_path_rate, mode=mode, device=device,
-        compile_backend=compile_backend,
-    )
+    # bound against make_train_step's own signature: one list of options and defaults, and an unknown option
+    # raises TypeError here as it would there
+    bound = inspect.signature(make_train_step).bind(model_name, merge_config, **step_options)
+    bound.apply_defaults()
+    options = bound.arguments
+    device = resolve_device(options["device"])
+    mode = resolve_mode(options["mode"], device, TRAIN_MODES)
+    step, batches = make_train_step(**{**options, "device": device, "mode": mode})
     return _measure(
         step, batches, warmup, repeats, device, model=model_name,
-        merge=None if merge_config is None else merge_config.to_dict(), batch_size=batch_size, dtype=dtype,
-        teacher=teacher, backend=_scan_backend(backend, device, not is_vit_name(model_name)), mode=mode,
+        merge=None if merge_config is None else merge_config.to_dict(), batch_size=options["batch_size"],
+        dtype=options["dtype"], teacher=options["teacher"],
+        backend=_scan_backend(options["backend"], device, not is_vit_name(model_name)), mode=mode,
     )
 
 

@@ -1,58 +1,12 @@
 """The bidirectional mixer and the whole Vim equal a direct, loop-by-loop recomputation of the official function."""
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 import rmeeto
 from rmeeto.models.vim import BiMambaMixer
 
-
-def naive_branch(x, z, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, dt_rank, d_state):
-    """Official causal branch, one token and one channel at a time. x, z: [L, Di] (already flipped if backward)."""
-    L, Di = x.shape
-    K = conv_w.shape[-1]
-    u = torch.zeros(L, Di, dtype=torch.float64)
-    for t in range(L):
-        acc = conv_b.double().clone()
-        for k in range(K):
-            src = t - (K - 1) + k
-            if src >= 0:
-                acc += conv_w[:, 0, k].double() * x[src].double()
-        u[t] = acc * torch.sigmoid(acc)
-    A = -torch.exp(A_log.double())
-    h = torch.zeros(Di, d_state, dtype=torch.float64)
-    out = torch.zeros(L, Di, dtype=torch.float64)
-    for t in range(L):
-        dbl = x_proj_w.double() @ u[t]
-        dt_low, Bt, Ct = dbl[:dt_rank], dbl[dt_rank:dt_rank + d_state], dbl[dt_rank + d_state:]
-        delta = F.softplus(dt_w.double() @ dt_low + dt_b.double())
-        for d in range(Di):
-            h[d] = torch.exp(delta[d] * A[d]) * h[d] + delta[d] * Bt * u[t, d]
-            y = (h[d] * Ct).sum() + D[d].double() * u[t, d]
-            out[t, d] = y * (z[t, d].double() * torch.sigmoid(z[t, d].double()))
-    return out
-
-
-def naive_mixer(m: BiMambaMixer, hidden):
-    """[L, E] -> [L, E], flips done explicitly as in the official code."""
-    xz = hidden.double() @ m.in_proj.weight.double().T
-    x, z = xz[:, : m.d_inner], xz[:, m.d_inner:]
-    f = naive_branch(x, z, m.conv1d.weight, m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias,
-                     m.A_log, m.D, m.dt_rank, m.d_state)
-    b = naive_branch(x.flip(0), z.flip(0), m.conv1d_b.weight, m.conv1d_b.bias, m.x_proj_b.weight,
-                     m.dt_proj_b.weight, m.dt_proj_b.bias, m.A_b_log, m.D_b, m.dt_rank, m.d_state)
-    y = (f + b.flip(0)) / 2
-    return y @ m.out_proj.weight.double().T
-
-
-def randomize(module, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / math.sqrt(max(1, p.shape[-1]))))
+from _official import naive_mixer, randomize
 
 
 def test_mixer_equals_per_step_recomputation():

@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 import rmeeto
 from rmeeto.models import create_model, get_config, list_models
 
+from _official import official_layout
+
 OFFICIAL = {  # name: (embed_dim, parameters)
     "vim_tiny_patch16_224": (192, 7_148_008),
     "vim_small_patch16_224": (384, 25_796_584),
     "vim_base_patch16_224": (768, 97_598_440),
 }
-
-
-def official_layout(embed_dim: int, depth: int = 24, num_classes: int = 1000, d_state: int = 16,
-                     patch: int = 16, tokens: int = 197) -> list[tuple[str, tuple[int, ...]]]:
-    """(key, shape) in the official state-dict order, as listed in SPEC section 2."""
-    e, di, r = embed_dim, 2 * embed_dim, math.ceil(embed_dim / 16)
-    layout = [
-        ("cls_token", (1, 1, e)), ("pos_embed", (1, tokens, e)),
-        ("patch_embed.proj.weight", (e, 3, patch, patch)), ("patch_embed.proj.bias", (e,)),
-        ("head.weight", (num_classes, e)), ("head.bias", (num_classes,)),
-    ]
-    per_layer = [
-        ("mixer.A_log", (di, d_state)), ("mixer.D", (di,)), ("mixer.A_b_log", (di, d_state)), ("mixer.D_b", (di,)),
-        ("mixer.in_proj.weight", (2 * di, e)),
-        ("mixer.conv1d.weight", (di, 1, 4)), ("mixer.conv1d.bias", (di,)),
-        ("mixer.x_proj.weight", (r + 2 * d_state, di)),
-        ("mixer.dt_proj.weight", (di, r)), ("mixer.dt_proj.bias", (di,)),
-        ("mixer.conv1d_b.weight", (di, 1, 4)), ("mixer.conv1d_b.bias", (di,)),
-        ("mixer.x_proj_b.weight", (r + 2 * d_state, di)),
-        ("mixer.dt_proj_b.weight", (di, r)), ("mixer.dt_proj_b.bias", (di,)),
-        ("mixer.out_proj.weight", (e, di)),
-        ("norm.weight", (e,)),
-    ]
-    for i in range(depth):
-        layout += [(f"layers.{i}.{key}", shape) for key, shape in per_layer]
-    return layout + [("norm_f.weight", (e,))]
 
 
 @pytest.mark.parametrize("name", list(OFFICIAL))
@@ -71,7 +45,7 @@ def test_registry_models_follow_the_same_layout(name):
     tokens = (arch["img_size"] // arch["patch_size"]) ** 2 + 1
     assert model.num_tokens == tokens and cfg.input_size == (3, arch["img_size"], arch["img_size"])
     expected = official_layout(arch["embed_dim"], arch["depth"], arch["num_classes"], patch=arch["patch_size"],
-                               tokens=tokens)
+                               spatial_tokens=tokens)
     assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == expected
 
 

@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import rmeeto
 from rmeeto.checkpoint import CheckpointError, load_checkpoint
@@ -21,7 +20,8 @@ from rmeeto.merge import MergeConfig, apply_merge, trace_tokens
 from rmeeto.models import VideoMamba, VimArch, VisionMamba, create_model, get_config, list_models
 from rmeeto.models.videomamba import checkpoint_filter_fn, resample_temporal_embed, tubelet_linear
 from rmeeto.models.vim import arch_facts, arch_from_state_dict
-from test_mixer import naive_branch, randomize
+
+from _official import naive_mixer, official_layout, randomize
 
 VIDEO = {  # name: (embed_dim, depth, parameters, state-dict tensors), SPEC section 10
     "videomamba_tiny_patch16_224_f8": (192, 24, 7_033_744, 416),
@@ -35,35 +35,6 @@ IMAGE = {
     "videomamba_base_patch16_224": (768, 24, 97_598_440, 415),
 }
 TINY = "videomamba_test_patch4_16_f4"
-
-
-def official_layout(embed_dim: int, depth: int, num_classes: int, num_frames=None, tubelet: int = 1,
-                    d_state: int = 16, patch: int = 16, spatial_tokens: int = 197):
-    """(key, shape) in the official VideoMamba state-dict order, from the official constructor's layer sizes:
-    own parameters (cls_token, pos_embed, temporal_pos_embedding), then patch_embed, head, layers, norm_f."""
-    e, di, r = embed_dim, 2 * embed_dim, math.ceil(embed_dim / 16)
-    layout = [("cls_token", (1, 1, e)), ("pos_embed", (1, spatial_tokens, e))]
-    if num_frames is not None:
-        layout += [("temporal_pos_embedding", (1, num_frames // tubelet, e)),
-                   ("patch_embed.proj.weight", (e, 3, tubelet, patch, patch))]
-    else:
-        layout += [("patch_embed.proj.weight", (e, 3, patch, patch))]
-    layout += [("patch_embed.proj.bias", (e,)), ("head.weight", (num_classes, e)), ("head.bias", (num_classes,))]
-    per_layer = [
-        ("mixer.A_log", (di, d_state)), ("mixer.D", (di,)), ("mixer.A_b_log", (di, d_state)), ("mixer.D_b", (di,)),
-        ("mixer.in_proj.weight", (2 * di, e)),
-        ("mixer.conv1d.weight", (di, 1, 4)), ("mixer.conv1d.bias", (di,)),
-        ("mixer.x_proj.weight", (r + 2 * d_state, di)),
-        ("mixer.dt_proj.weight", (di, r)), ("mixer.dt_proj.bias", (di,)),
-        ("mixer.conv1d_b.weight", (di, 1, 4)), ("mixer.conv1d_b.bias", (di,)),
-        ("mixer.x_proj_b.weight", (r + 2 * d_state, di)),
-        ("mixer.dt_proj_b.weight", (di, r)), ("mixer.dt_proj_b.bias", (di,)),
-        ("mixer.out_proj.weight", (e, di)),
-        ("norm.weight", (e,)),
-    ]
-    for i in range(depth):
-        layout += [(f"layers.{i}.{key}", shape) for key, shape in per_layer]
-    return layout + [("norm_f.weight", (e,))]
 
 
 # ============================================================================================ counts and layout
@@ -160,17 +131,6 @@ def test_videomamba_init_scheme():
 
 
 # ============================================================================================ forward
-def naive_summed_mixer(m, hidden):
-    """[L, E] -> [L, E]: the official bidirectional mixer with the two directions summed (no /2)."""
-    xz = hidden.double() @ m.in_proj.weight.double().T
-    x, z = xz[:, : m.d_inner], xz[:, m.d_inner:]
-    f = naive_branch(x, z, m.conv1d.weight, m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias,
-                     m.A_log, m.D, m.dt_rank, m.d_state)
-    b = naive_branch(x.flip(0), z.flip(0), m.conv1d_b.weight, m.conv1d_b.bias, m.x_proj_b.weight,
-                     m.dt_proj_b.weight, m.dt_proj_b.bias, m.A_b_log, m.D_b, m.dt_rank, m.d_state)
-    return (f + b.flip(0)) @ m.out_proj.weight.double().T
-
-
 def hand_tokens(model, clip):
     """Official token assembly for one clip [C, T, H, W], in float64: per frame the patches (row-major) plus
     the spatial pos_embed rows 1.., plus that frame's temporal embedding; class token + pos_embed row 0 first."""
@@ -195,7 +155,7 @@ def naive_videomamba(model, clip):
     residual, hidden = None, hand_tokens(model, clip)
     for layer in model.layers:
         residual = hidden if residual is None else residual + hidden
-        hidden = naive_summed_mixer(layer.mixer, rms(residual, layer.norm.weight))
+        hidden = naive_mixer(layer.mixer, rms(residual, layer.norm.weight), divide_out=False)
     out = rms(residual + hidden, model.norm_f.weight)
     return out, out[0] @ model.head.weight.double().T + model.head.bias.double()
 

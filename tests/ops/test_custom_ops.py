@@ -7,12 +7,9 @@ the fused path."""
 import pytest
 import torch
 
-from rmeeto import MergeConfig, apply_merge, create_model
 from rmeeto.ops import conv
 
 from test_interpreted import run_interpreted
-
-TEST_MODEL = "vim_test_patch4_16"  # 17 tokens, depth 4
 
 
 def _needs_interpreter():
@@ -135,17 +132,10 @@ def test_custom_ops_pass_opcheck_under_the_interpreter():
 
 
 # ----------------------------------------------------------------------------------------- graph breaks
-def _tiny_vim(merged: bool):
-    model = create_model(TEST_MODEL).eval()
-    if merged:
-        apply_merge(model, MergeConfig(num_merged=2))
-    return model
-
-
 @pytest.mark.parametrize("merged", [False, True])
-def test_no_graph_break_on_the_pytorch_path(merged):
+def test_no_graph_break_on_the_pytorch_path(merged, tiny_vim):
     torch._dynamo.reset()
-    explanation = torch._dynamo.explain(_tiny_vim(merged))(torch.randn(2, 3, 16, 16))
+    explanation = torch._dynamo.explain(tiny_vim(merged).eval())(torch.randn(2, 3, 16, 16))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
 

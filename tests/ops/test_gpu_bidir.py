@@ -17,6 +17,7 @@ import torch
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.usefixtures("poison_scan_buffers"),
 ]
 triton = pytest.importorskip("triton")
 
@@ -28,14 +29,6 @@ from rmeeto.ops.triton import scan as triton_scan  # noqa: E402
 DEV = "cuda"
 NAMES = ["u", "delta", "A_log", "B", "C", "D", "delta_bias"]
 REDUCED = {"A_log", "B", "C", "D", "delta_bias"}
-
-
-@pytest.fixture(autouse=True)
-def _poison():
-    old = triton_scan._POISON
-    triton_scan._POISON = True
-    yield
-    triton_scan._POISON = old
 
 
 def vim_inputs(batch, dim, length, n, dtype, seed):

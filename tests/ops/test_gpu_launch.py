@@ -7,7 +7,6 @@ the eager model's results."""
 import pytest
 import torch
 
-from rmeeto import MergeConfig, apply_merge, create_model
 from rmeeto.merge import plan_cls_index
 from rmeeto.ops import policy
 
@@ -171,18 +170,10 @@ def test_the_cache_key_separates_alignments(restore_fast_launch):
     assert state is not None and len(state.launchers) == 2
 
 
-def _tiny_vim(merged):
-    torch.manual_seed(0)
-    model = create_model("vim_test_patch4_16").to(DEV)
-    if merged:
-        apply_merge(model, MergeConfig(num_merged=2))
-    return model
-
-
 @pytest.mark.parametrize("merged", [False, True])
-def test_compiled_vim_equals_eager(merged):
+def test_compiled_vim_equals_eager(merged, tiny_vim):
     torch._dynamo.reset()
-    model = _tiny_vim(merged).eval()
+    model = tiny_vim(merged, DEV).eval()
     x = torch.randn(4, 3, 16, 16, device=DEV)
     explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
@@ -195,10 +186,10 @@ def test_compiled_vim_equals_eager(merged):
 
 
 @pytest.mark.parametrize("merged", [False, True])
-def test_compiled_vim_training_step_equals_eager(merged):
+def test_compiled_vim_training_step_equals_eager(merged, tiny_vim):
     """Forward and backward through the custom ops' autograd registrations under torch.compile."""
     torch._dynamo.reset()
-    model = _tiny_vim(merged).train()
+    model = tiny_vim(merged, DEV).train()
     x = torch.randn(4, 3, 16, 16, device=DEV)
     compiled = torch.compile(model, fullgraph=True)
     grads = []

@@ -12,6 +12,7 @@ import torch
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.usefixtures("poison_scan_buffers"),
 ]
 triton = pytest.importorskip("triton")
 
@@ -22,14 +23,6 @@ DEV = "cuda"
 MERGE_SCHEDULE = [186, 175, 164, 153, 142, 131, 120, 109, 98, 87, 76]
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
-
-
-@pytest.fixture(autouse=True)
-def _poison():
-    old = triton_scan._POISON
-    triton_scan._POISON = True
-    yield
-    triton_scan._POISON = old
 
 
 def make_inputs(batch, dim, length, dstate, dtype, opts="Dzbs", seed=0):

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 import subprocess
 import sys
@@ -19,18 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-MODEL = "vim_test_patch4_16"
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+from _train_common import MODEL, read_log as _log, subprocess_env as _env
 
 pytestmark = pytest.mark.slow
-
-
-def _env(**extra) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
 
 
 def _retrain_args(out: Path, *extra: str) -> list[str]:
@@ -39,10 +28,6 @@ def _retrain_args(out: Path, *extra: str) -> list[str]:
 
 def _torchrun(*launch: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "rmeeto"]
-
-
-def _log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 def _metrics(record: dict) -> dict:

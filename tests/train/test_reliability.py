@@ -22,17 +22,11 @@ import torch
 
 from rmeeto.train import TrainConfig, TrainError, train
 
-MODEL = "vim_test_patch4_16"
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+from _train_common import MODEL, subprocess_env as _env
+
 TRAIN_PKG = sys.modules["rmeeto.train"]  # the package (the name rmeeto.train may also be the function)
 
-
-def _env(**extra) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _retrain_cmd(out: Path, *extra: str) -> list[str]:
@@ -46,14 +40,6 @@ def _quick(out, **kw) -> TrainConfig:
                     out=str(out) if out is not None else None)
     settings.update(kw)
     return TrainConfig(**settings)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------ 1. run folder

@@ -7,7 +7,6 @@ thread per process so that timing-sensitive steps (kill mid-epoch) and results (
 from __future__ import annotations
 
 import copy
-import json
 import os
 import signal
 import subprocess
@@ -21,18 +20,9 @@ import torch
 from rmeeto import MergeConfig, apply_merge, create_model
 from rmeeto.train import DistillationLoss, NonFiniteLossError, TrainConfig, TrainError, train
 
-MODEL = "vim_test_patch4_16"
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+from _train_common import MODEL, read_log as _log, subprocess_env as _env, write_image_tree
 
-pytestmark = pytest.mark.slow
-
-
-def _env(**extra) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def _retrain_cmd(out: Path, *extra: str) -> list[str]:
@@ -40,20 +30,8 @@ def _retrain_cmd(out: Path, *extra: str) -> list[str]:
             "--no-progress", "--device", "cpu", *extra]
 
 
-def _log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-
-
 def _metrics(record: dict) -> dict:
     return {k: record[k] for k in ("epoch", "train_loss", "top1", "top5", "val_loss", "lr")}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------ learning
@@ -156,16 +134,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ bad input
 def _image_folder(root: Path, per_class: int = 6, corrupt: int = 2) -> Path:
-    from PIL import Image
-
-    gen = torch.Generator().manual_seed(0)
-    for split in ("train", "val"):
-        for label in ("a", "b"):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                pixels = (torch.rand(20, 20, 3, generator=gen) * 255).to(torch.uint8).numpy()
-                Image.fromarray(pixels).save(folder / f"{i}.png")
+    write_image_tree(root, torch.Generator().manual_seed(0), per_class, ".png")
     for i in range(corrupt):
         (root / "train" / "a" / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
     return root

@@ -14,7 +14,7 @@ from rmeeto.train import TrainConfig, TrainError
 from rmeeto.train.data import build_data
 from rmeeto.train.distributed import Ranks
 
-MODEL = "vim_test_patch4_16"
+from _train_common import MODEL, write_image_tree
 
 
 def _jpeg_folder(root: Path, per_class: int = 10) -> Path:
@@ -23,14 +23,8 @@ def _jpeg_folder(root: Path, per_class: int = 10) -> Path:
     from PIL import Image
 
     gen = torch.Generator().manual_seed(0)
-    for split in ("train", "val"):
-        for label in ("a", "b"):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                h, w = 20 + 3 * (i % 4), 24 + 2 * (i % 5)  # varied sizes: the device batch is a list
-                pixels = (torch.rand(h, w, 3, generator=gen) * 255).to(torch.uint8).numpy()
-                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+    # varied sizes: the device batch is a list
+    write_image_tree(root, gen, per_class, ".jpg", size=lambda i: (20 + 3 * (i % 4), 24 + 2 * (i % 5)), quality=90)
     odd = root / "train" / "a"
     grey = (torch.rand(22, 22, generator=gen) * 255).to(torch.uint8).numpy()
     Image.fromarray(grey, mode="L").save(odd / "grey.jpg")

@@ -33,6 +33,20 @@ positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
 
 
+def comma_choices(valid: tuple[str, ...]):
+    """An argparse type accepting a comma-separated, non-empty subset of ``valid`` -> the names, duplicates
+    dropped, in the given order."""
+
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in values if v not in valid]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(valid)}, got {text!r}")
+        return list(dict.fromkeys(values))
+
+    return parse
+
+
 def finite_float(text: str) -> float:
     """Any finite number (inf and nan refused); range checks are the caller's."""
     return _number(text, "")

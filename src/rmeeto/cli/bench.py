@@ -9,7 +9,7 @@ import math
 from rmeeto.backbones import is_vit_name
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
-from rmeeto.cli._types import nonneg_int, positive_int
+from rmeeto.cli._types import comma_choices, nonneg_int, positive_int
 from rmeeto.runtime import DTYPES
 
 HELP = "throughput/latency of unmerged vs merged models (inference, training step), eager/compiled/graphed"
@@ -53,14 +53,6 @@ examples:
 MODES = ("eager", "compile", "cudagraph", "compile+cudagraph")
 
 
-def _mode_list(text: str) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in values if v not in MODES]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(MODES)}, got {text!r}")
-    return list(dict.fromkeys(values))
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="*", metavar="MODEL", help="registered model names")
     parser.add_argument("--data", metavar="DIR", default=None,
@@ -73,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--img-size", type=positive_int, default=None, help="input resolution (default: the model's)")
     g.add_argument("--dtype", choices=tuple(DTYPES), default="fp16",
                    help="inference dtype (default fp16; fp16 needs a CUDA device)")
-    g.add_argument("--modes", type=_mode_list, default=None, metavar="M,M,...",
+    g.add_argument("--modes", type=comma_choices(MODES), default=None, metavar="M,M,...",
                    help=f"execution modes, a comma-separated subset of {','.join(MODES)} (default: "
                         "eager,compile,cudagraph on CUDA, eager on CPU)")
     g.add_argument("--mode", choices=("auto", *MODES), default=None,

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rmeeto.backbones import default_interval, num_tokens_of, schedule_for
-from rmeeto.cli._types import positive_int
+from rmeeto.cli._types import comma_choices, positive_int
 from rmeeto.cli.eval import (
     add_model_data_arguments,
     build_eval_dataset,
@@ -68,25 +68,14 @@ def _int_list(text: str) -> list[int]:
     return list(dict.fromkeys(values))  # unique, in the given order
 
 
-def _choices(valid: tuple[str, ...]):
-    def parse(text: str) -> list[str]:
-        values = [v.strip() for v in text.split(",") if v.strip()]
-        bad = [v for v in values if v not in valid]
-        if bad or not values:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(valid)}, got {text!r}")
-        return list(dict.fromkeys(values))
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_data_arguments(parser)
     g = parser.add_argument_group("sweep")
     g.add_argument("-r", "--num-merged", dest="num_merged", type=_int_list, required=True, metavar="N,N,...",
                    help="tokens merged at each merging layer, one run per value (e.g. 0,1,2,4,8)")
-    g.add_argument("--modes", type=_choices(MODES), default=list(MODES), metavar="merge,prune",
+    g.add_argument("--modes", type=comma_choices(MODES), default=list(MODES), metavar="merge,prune",
                    help="merge, prune or both (default both)")
-    g.add_argument("--layouts", type=_choices(LAYOUTS), default=list(LAYOUTS), metavar="ordered,unordered",
+    g.add_argument("--layouts", type=comma_choices(LAYOUTS), default=list(LAYOUTS), metavar="ordered,unordered",
                    help="token layouts after a merge (default both)")
     g.add_argument("--interval", type=positive_int, default=None, metavar="K",
                    help="merge every K-th layer (default 2 for a Vim, 1 for a ViT/DeiT: every block, as ToMe)")
