@@ -253,6 +253,32 @@ def test_val_labels_use_the_training_class_numbering(tmp_path):
     assert sorted(set(val.targets)) == [1, 2]  # b and c keep their training labels (were 0 and 1)
 
 
+def test_the_run_stores_its_class_list_and_eval_numbers_another_folder_by_it(tmp_path):
+    """The folder's class names go into the checkpoints; `rmeeto eval` (and sweep) of a folder that lacks a
+    class numbers its labels by the stored list, not by its own sorted folders (which would shift b, c to 0, 1
+    and score a model against the wrong labels)."""
+    from rmeeto.checkpoint import read_checkpoint
+    from rmeeto.evaluate import build_eval_dataset, stored_classes
+
+    root = _folders(tmp_path / "d", {"train": ["a", "b", "c"], "val": ["a", "b", "c"]}, per_class=4)
+    out = tmp_path / "out"
+    train(_quick(out, data=str(root), batch_size=2, train_aug=False))
+    for name in ("last.pth", "best.pth"):
+        assert list(read_checkpoint(out / name)["config"]["classes"]) == ["a", "b", "c"]
+    assert stored_classes(out / "best.pth") == ["a", "b", "c"]
+    other = _folders(tmp_path / "e", {"val": ["b", "c"]})
+    dataset, classes = build_eval_dataset(str(other), MODEL, classes=stored_classes(out / "best.pth"))
+    assert classes == ["a", "b", "c"] and sorted(set(dataset.targets)) == [1, 2]
+    # resuming without --classes is no change of settings (no "ignoring new values" message)
+    cfg = TrainConfig.from_dict(read_checkpoint(out / "last.pth")["config"])
+    from rmeeto.train.state import resumed_config
+
+    said = []
+    resumed_config(_quick(out, data=str(root), batch_size=2, train_aug=False), {"config": cfg.to_dict()},
+                   out / "last.pth", said.append)
+    assert not any("classes" in line for line in said)
+
+
 def test_a_val_class_unknown_to_train_is_an_error_naming_it(tmp_path):
     root = _folders(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "zebra"]}, per_class=4)
     with pytest.raises(TrainError, match="zebra"):
