@@ -143,12 +143,11 @@ def compile_key_function(modes: tuple):
 
 # ----------------------------------------------------------------------------------------------- fast path
 class _Kernel:
-    """Per-kernel state: parameter names and modes, defaults, and the compiled launchers by key."""
+    """Per-kernel state: parameter names and modes, and the compiled launchers by key."""
 
     def __init__(self, kernel, modes):
         self.names = tuple(p.name for p in kernel.params)
         self.modes = modes
-        self.defaults = {p.name: p.default for p in kernel.params if p.has_default}
         self.pre_run_hooks = getattr(kernel, "pre_run_hooks", [])
         self.launchers: dict[tuple, tuple] = {}
         self.key_functions: dict[int, Any] = {}
@@ -163,12 +162,10 @@ class _Kernel:
         return fn
 
     def tail(self, n_args: int, meta: dict) -> Optional[tuple]:
-        """Names of the parameters after the ``n_args`` positional ones, all present in ``meta`` or defaulted
-        (None otherwise: Triton will raise, the plain path shows the error)."""
+        """Names of the parameters after the ``n_args`` positional ones when ``meta`` gives every one of them
+        (None otherwise: a parameter left to its default, rare, stays on the plain path)."""
         names = self.names[n_args:]
-        if all(n in meta or n in self.defaults for n in names):
-            return names
-        return None
+        return names if all(n in meta for n in names) else None
 
 
 class _Runtime:
@@ -282,8 +279,8 @@ def _remember(state: _Kernel, key: tuple, compiled, n_args: int, meta: dict) -> 
     """Keep the launcher of the kernel Triton just compiled (or found) for ``key``, if it has the parts the fast
     path calls (a CompiledKernel of Triton 3.x: ``run``, ``function``, ``packed_metadata``)."""
     tail = state.tail(n_args, meta)
-    if tail is None or not all(n in meta for n in tail):
-        return  # a parameter left to its default: rare, stays on the plain path
+    if tail is None:
+        return
     try:
         run, function, packed = compiled.run, compiled.function, compiled.packed_metadata
     except Exception:
