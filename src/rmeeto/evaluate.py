@@ -182,6 +182,25 @@ def _inspect_version(checkpoint: str, mtime_ns: int, size: int) -> dict:
     return inspect_checkpoint(checkpoint)
 
 
+def _stored_entry(checkpoint, key: str):
+    """A small top-level entry (``merge_config``, ``config``) of a ``rmeeto retrain`` checkpoint, or None. The file
+    is read once per file version for all such entries (a command asks for several)."""
+    if checkpoint is None or key not in _inspect(checkpoint)["top_level_keys"]:
+        return None
+    from rmeeto._hubpath import resolve
+
+    st = resolve(checkpoint).stat()
+    return _stored_entries_version(str(checkpoint), st.st_mtime_ns, st.st_size).get(key)
+
+
+@functools.lru_cache(maxsize=4)
+def _stored_entries_version(checkpoint: str, mtime_ns: int, size: int) -> dict:
+    from rmeeto.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint)
+    return {k: ckpt.get(k) for k in ("merge_config", "config")}
+
+
 def checkpoint_num_classes(checkpoint, use_ema: bool = False) -> int:
     """Number of classes of the checkpoint's classifier (reads the file weights-only, builds no model).
     Raises :class:`~rmeeto.checkpoint.CheckpointError` for a file without a classifier, or without
@@ -201,11 +220,9 @@ def stored_merge_config(checkpoint) -> Optional[MergeConfig]:
     """The :class:`MergeConfig` a ``rmeeto retrain`` checkpoint was trained with (its top-level
     ``merge_config`` entry), or None (no checkpoint, an official file, or an unmerged run). Raises
     :class:`~rmeeto.checkpoint.CheckpointError` if the stored entry is not a valid MergeConfig."""
-    if checkpoint is None or "merge_config" not in _inspect(checkpoint)["top_level_keys"]:
-        return None
-    from rmeeto.checkpoint import CheckpointError, read_checkpoint
+    from rmeeto.checkpoint import CheckpointError
 
-    stored = read_checkpoint(checkpoint).get("merge_config")
+    stored = _stored_entry(checkpoint, "merge_config")
     if not isinstance(stored, dict):
         return None
     try:
@@ -219,11 +236,7 @@ def stored_merge_config(checkpoint) -> Optional[MergeConfig]:
 def stored_classes(checkpoint) -> Optional[list[str]]:
     """The class names (in label order) a ``rmeeto retrain`` run on an image folder stored in its checkpoints'
     config, or None (no checkpoint, an official file, digits / synthetic / clip data)."""
-    if checkpoint is None or "config" not in _inspect(checkpoint)["top_level_keys"]:
-        return None
-    from rmeeto.checkpoint import read_checkpoint
-
-    config = read_checkpoint(checkpoint).get("config")
+    config = _stored_entry(checkpoint, "config")
     classes = config.get("classes") if isinstance(config, dict) else None
     if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) and c for c in classes):
         return list(classes)
