@@ -494,7 +494,7 @@ def merge_streams_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor]
     dest = destination_map(plan, L, ordered)
     base, src, sdst = _token_lists(dest, _source_tokens(plan), num_out)
     head, nxt = source_lists(src, sdst, num_out, L)
-    h, r, s = _merge(hidden, residual, size, dest, base, head.view(-1, num_out), nxt.view(-1, L))
+    h, r, s = _merge(hidden, residual, size, dest, base, head, nxt)
     return (h, r), s
 
 
