@@ -82,6 +82,29 @@ def _batch(dataset, keys):
 # --------------------------------------------------------------------------------------------- selection
 
 
+def test_auto_pipeline_decodes_on_the_gpu_only_where_cpu_workers_are_too_few(monkeypatch):
+    import rmeeto.gpu_data as gd
+
+    monkeypatch.setattr(gd, "gpu_decode_available", lambda device="cuda": True)
+    monkeypatch.setattr(gd.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 16 cores per GPU process
+    assert gd.cpu_workers_per_rank() == 16
+    assert gd.cpu_workers_per_rank(6) == 6
+    assert resolve_pipeline("auto", "cuda", "/data", workers=15) == "cpu"
+    assert resolve_pipeline("auto", "cuda", "/data", workers=4) == "cpu"
+    assert resolve_pipeline("auto", "cuda", "/data", workers=3) == "gpu"
+    assert resolve_pipeline("auto", "cuda", "/data", workers=0) == "gpu"
+    assert resolve_pipeline("auto", "cuda", "/data") == "cpu"  # no -j: the cores decide
+    assert resolve_pipeline("auto", "cuda", "digits", workers=0) == "cpu"  # built-in sets are tensors
+    assert resolve_pipeline("auto", "cpu", "/data", workers=0) == "cpu"
+    assert resolve_pipeline("cpu", "cuda", "/data", workers=0) == "cpu"  # explicit choices stand
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")  # 2 cores per process: -j 15 cannot run 15 at once
+    assert gd.cpu_workers_per_rank(15) == 2
+    assert resolve_pipeline("auto", "cuda", "/data", workers=15) == "gpu"
+    monkeypatch.setattr(gd, "gpu_decode_available", lambda device="cuda": False)  # no nvJPEG
+    assert resolve_pipeline("auto", "cuda", "/data", workers=0) == "cpu"
+
+
 def test_resolve_pipeline():
     assert resolve_pipeline("auto", "cpu", "/data") == "cpu"
     assert resolve_pipeline("gpu", "cpu", "/data") == "gpu"  # the batched code on the CPU (tests)

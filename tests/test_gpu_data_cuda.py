@@ -18,6 +18,7 @@ from rmeeto.gpu_data import (
     decode_images,
     gpu_decode_available,
     resolve_pipeline,
+    cpu_workers_per_rank,
 )
 
 pytestmark = [
@@ -44,9 +45,10 @@ def folder(tmp_path_factory):
     return root / "train"
 
 
-def test_nvjpeg_available_and_auto_stays_on_the_cpu_pipeline():
+def test_nvjpeg_available_and_auto_decodes_on_the_gpu_with_few_workers():
     assert gpu_decode_available("cuda")
-    assert resolve_pipeline("auto", "cuda", "/data") == "cpu"  # opt-in until it is faster (see resolve_pipeline)
+    assert resolve_pipeline("auto", "cuda", "/data", workers=1) == "gpu"
+    assert resolve_pipeline("auto", "cuda", "/data", workers=64) == ("cpu" if cpu_workers_per_rank() >= 4 else "gpu")
     assert resolve_pipeline("gpu", "cuda", "/data") == "gpu"
 
 

@@ -53,8 +53,9 @@ Differences from the PIL path (all small; none changes what is augmented or how 
 Overlap: :class:`DeviceLoader` runs stages 1-2 up to ``prefetch`` batches ahead in a thread, on its own CUDA stream
 of the rank's device, while the model trains on the current batch (see its docstring for the stream protocol).
 
-Choosing a pipeline: :func:`resolve_pipeline` maps ``"auto" | "cpu" | "gpu"``: auto = cpu for now (the GPU path is
-opt-in until measured faster on real runs; see :func:`resolve_pipeline`). "gpu" on a CPU device runs this same batched code on the CPU (how the tests check it).
+Choosing a pipeline: :func:`resolve_pipeline` maps ``"auto" | "cpu" | "gpu"``: auto = gpu on CUDA only where fewer
+than 4 CPU loader workers per GPU are available (measured: decoding on the GPU takes GPU time from training, so
+the CPU workers are faster wherever there are enough of them; see :func:`resolve_pipeline`). "gpu" on a CPU device runs this same batched code on the CPU (how the tests check it).
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ from rmeeto.models import IMAGENET_MEAN, IMAGENET_STD
 __all__ = [
     "PIPELINES",
     "resolve_pipeline",
+    "cpu_workers_per_rank",
+    "GPU_PIPELINE_BELOW_WORKERS",
     "gpu_decode_available",
     "EncodedSample",
     "EncodedBatch",
@@ -126,16 +129,35 @@ def gpu_decode_available(device: str = "cuda") -> bool:
         return False
 
 
-def resolve_pipeline(choice: str, device: Union[str, torch.device], data: PathLike = "") -> str:
+# Fewer CPU loader workers per GPU than this and "auto" decodes on the GPU. Measured on one H200 (Vim-S r=11
+# re-training, paper preset, bf16, ImageNet-like JPEGs of ~114 KB; benchmarks/RESULTS.md, sixth session): the
+# GPU pipeline's decode and augmentation take GPU time from training (a 1-GPU epoch at 745 img/s vs 976 with 15
+# CPU workers, 1,027 on synthetic tensors), and CPU workers deliver ~170 / 315 / 780 / 2,030 img/s at 1 / 2 / 4
+# / 8 workers (fourth session): below 4 workers the CPU pipeline is the slower one.
+GPU_PIPELINE_BELOW_WORKERS = 4
+
+
+def cpu_workers_per_rank(workers: Optional[int] = None) -> int:
+    """CPU cores this process may use for loader workers: the cores it is allowed to run on, divided among the
+    processes of this node (``LOCAL_WORLD_SIZE``, set by torchrun), capped by ``workers`` when given."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    per_rank = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+    return per_rank if workers is None else max(0, min(int(workers), per_rank))
+
+
+def resolve_pipeline(choice: str, device: Union[str, torch.device], data: PathLike = "",
+                     workers: Optional[int] = None) -> str:
     """``"auto" | "cpu" | "gpu"`` -> ``"cpu"`` or ``"gpu"``.
 
-    auto = "cpu" for now. Measured on an H200 (benchmarks/RESULTS.md, fourth session), the first version decoded
-    and augmented on the training stream (a 1-GPU Vim-S epoch at 522 img/s against ~1,000 with CPU workers) and
-    under DDP hit a non-finite loss, most likely because torchvision's nvJPEG decode writes into memory still
-    read by queued kernels (see :func:`_decode_jpegs`). Both are addressed (a prefetch thread on a side stream, the stream drained before
-    each decode) but not yet measured on the GPU machine; "gpu" stays opt-in until real-JPEG epochs on 1 and 2
-    GPUs show it at least as fast as the CPU workers with a finite loss. An explicit "gpu" with a built-in set
-    (``data`` = "digits" / "synthetic") is an error; "gpu" on a CPU device runs the batched pipeline on the CPU."""
+    auto: "gpu" for an image folder on a CUDA device where nvJPEG works and fewer than
+    :data:`GPU_PIPELINE_BELOW_WORKERS` CPU loader workers are available per GPU process
+    (:func:`cpu_workers_per_rank`, capped by ``workers``, the ``-j`` setting), else "cpu". Measured, the GPU
+    pipeline costs GPU time that training needs (see the constant), so it only wins where the CPU cannot keep up.
+    An explicit "gpu" with a built-in set (``data`` = "digits" / "synthetic") is an error; "gpu" on a CPU device
+    runs the batched pipeline on the CPU."""
     if choice not in PIPELINES:
         raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {choice!r}")
     builtin = str(data) in ("digits", "synthetic")
@@ -143,7 +165,12 @@ def resolve_pipeline(choice: str, device: Union[str, torch.device], data: PathLi
         raise ValueError(f"the gpu input pipeline decodes image folders; {data!r} is a built-in tensor dataset")
     if choice != "auto":
         return choice
-    return "cpu"
+    device = torch.device(device)
+    if builtin or not data or device.type != "cuda":
+        return "cpu"
+    if cpu_workers_per_rank(workers) >= GPU_PIPELINE_BELOW_WORKERS:
+        return "cpu"
+    return "gpu" if gpu_decode_available(str(device)) else "cpu"
 
 
 # --------------------------------------------------------------------------------------------- reading (workers)

@@ -162,14 +162,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tensorboard", action="store_const", const=True, default=None,
                    help="write TensorBoard scalars to DIR/tensorboard (needs the tensorboard package)")
     g.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
-                   help="run the student and teacher eagerly (default on one CUDA GPU: replay them from CUDA graphs)")
+                   help="run the student and teacher eagerly (default on CUDA: replay them from CUDA graphs)")
     g.add_argument("--ddp-graphs", dest="ddp_graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="under DDP on CUDA, also replay the student's forward+backward from CUDA graphs (the "
-                        "gradient all-reduce runs after the graphed backward); default off: eager DDP")
+                        "gradient all-reduce runs after the graphed backward); default on (--no-ddp-graphs: eager DDP)")
     g.add_argument("--pipeline", choices=PIPELINES, default=None,
-                   help="input pipeline: auto (default) = gpu for an image folder on a CUDA device (nvJPEG decode "
-                        "and batched augmentation on the GPU; workers only read files), cpu elsewhere; cpu = PIL "
-                        "in the loader workers; gpu on a CPU device runs the batched pipeline on the CPU")
+                   help="input pipeline: auto (default) = gpu for an image folder on a CUDA device when fewer than 4 "
+                        "loader workers (-j) per GPU are available (nvJPEG decode and batched augmentation on the "
+                        "GPU; workers only read files), cpu otherwise (measured faster where the cores exist); cpu = "
+                        "PIL in the loader workers; gpu on a CPU device runs the batched pipeline on the CPU")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                    help="no progress bars (epoch lines are still printed)")
 

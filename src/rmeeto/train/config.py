@@ -119,8 +119,9 @@ class TrainConfig:
         fraction of the training images is unreadable (default 0.2), and always when an epoch had none readable;
         ddp_graphs: under DDP on CUDA (with cuda_graphs on), also replay the
         student's forward and backward from CUDA graphs, the gradient all-reduce running after the graphed
-        backward (off by default: the eager DDP step); pipeline: the input pipeline, ``"auto"`` (the CPU one for now:
-        see :func:`rmeeto.gpu_data.resolve_pipeline`), ``"cpu"`` or ``"gpu"`` (nvJPEG + batched augmentation) (on a CPU device the batched pipeline runs on CPU tensors, for tests). ``pipeline`` may
+        backward (on by default; measured on two H200s it keeps the per-GPU rate of one GPU, where eager DDP lost a
+        third; off: the eager DDP step); pipeline: the input pipeline, ``"auto"`` (the GPU one on CUDA only with
+        fewer than 4 loader workers per GPU: see :func:`rmeeto.gpu_data.resolve_pipeline`), ``"cpu"`` or ``"gpu"`` (nvJPEG + batched augmentation) (on a CPU device the batched pipeline runs on CPU tensors, for tests). ``pipeline`` may
         change on resume (it is a runtime field, as ``device`` which ``auto`` follows); the two pipelines draw
         different random streams from the same per-sample seeds, so a resume that switches pipelines continues
         with the same distributions but is not bit-identical to an uninterrupted run.
@@ -174,7 +175,7 @@ class TrainConfig:
     progress: bool = True
     cuda_graphs: bool = True
     max_bad_fraction: float = 0.2
-    ddp_graphs: bool = False
+    ddp_graphs: bool = True
     pipeline: str = "auto"
 
     def __post_init__(self):

@@ -273,7 +273,7 @@ def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> Train
         pipeline = "cpu"
     else:
         try:
-            pipeline = gpu_data.resolve_pipeline(config.pipeline, device, config.data)
+            pipeline = gpu_data.resolve_pipeline(config.pipeline, device, config.data, config.workers)
         except ValueError as exc:
             raise TrainError(f"--pipeline {config.pipeline}: {exc}") from None
     if pipeline == "gpu":
