@@ -503,7 +503,8 @@ def merge_streams_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor]
 _PLAN_TILE = 64  # sources per plan program (see _match_lists)
 
 # Tiles of the best-partner kernel: (sources, destinations, channel step, warps, pipeline stages), none of
-# which spill on sm_90 (registers: 122, 152, 189, 202, 212). The first is the default, measured at Vim-S
+# which spill on sm_90 (registers with the row norms taken inside: 174, 237, 232, 237, 254;
+# benchmarks/compile_merge.py). The first is the default, measured at Vim-S
 # shapes; at 1569 tokens and batch 16 it makes only 208 programs (74 us, H200), where smaller source tiles
 # give more programs per SM. benchmarks/bench_merge_gpu.py --partner-tiles times each at both shapes;
 # PARTNER_CONFIG holds the choice for short and long sequences (more than _LONG_SOURCES sources).
