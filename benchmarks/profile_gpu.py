@@ -30,6 +30,7 @@ Merging layers alone, no profile after: ``--merge-layers --what none``.
 import argparse
 import statistics
 import time
+import warnings
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -204,6 +205,18 @@ def merge_layer_rows(name: str) -> None:
         model(x)
     for h in handles:
         h.remove()
+    # a host sync anywhere in the forward would serialise host and GPU in eager mode: count them
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            model(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message).splitlines()[0][:120] for w in caught if "synchroniz" in str(w.message)]
+    print(f"host syncs in one merged eager forward of {name}: {len(syncs)}"
+          + "".join(f"\n#     {m}" for m in syncs[:4]), flush=True)
     totals = [0.0, 0.0, 0.0, 0.0]
     with torch.no_grad():
         for i, (hidden, residual, state) in seen.items():
