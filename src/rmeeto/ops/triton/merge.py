@@ -69,7 +69,7 @@ def _cdiv(a: int, b: int) -> int:
 
 def _pow2(n: int) -> int:
     """The smallest power of two >= n (n >= 1). triton.cdiv / triton.next_power_of_2 are constexpr functions
-    that cost ~3 us of host time per call (Triton 3.8, CPU here), five of them a merging layer."""
+    that cost ~3 us of host time per call (Triton 3.8, measured here), and a merging layer needs five."""
     return 1 << (n - 1).bit_length()
 
 
@@ -114,7 +114,8 @@ if _HAS_TRITON:
     def _inv_norms(rows, t, mt, s_ml, C, BLOCK: tl.constexpr, NORM_C: tl.constexpr):
         """1 / max(||metric row t||, 1e-12) in float32 for a vector of tokens ``t`` (mask ``mt``), IEEE sqrt and
         division as PyTorch's; the squares summed in chunks of NORM_C channels, as the separate norm kernel
-        this replaced did (same chunks, same result)."""
+        this replaced did (the same sums under the interpreter; on a GPU the order inside a chunk follows the
+        tile's register layout, so the last bit of a norm may differ from that kernel's)."""
         offs_c = tl.arange(0, NORM_C)
         acc = tl.zeros([BLOCK], tl.float32)
         for c0 in range(0, C, NORM_C):
