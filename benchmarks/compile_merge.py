@@ -44,7 +44,7 @@ def main():
     p.add_argument("--dtype", default="fp16")
     a = p.parse_args()
     for tile_a, tile_b, step_c, warps, stages in tm.PARTNER_TILES:
-        consts = dict(IEEE=a.dtype == "fp32", BLOCK_T=tile_a, BLOCK_C=step_c, BLOCK_J=tile_b, NORM_C=64)
+        consts = dict(IEEE=a.dtype == "fp32", BLOCK_T=tile_a, BLOCK_C=step_c, BLOCK_J=tile_b, NORM_C=32)
         report(f"best_partner tiles {(tile_a, tile_b, step_c, warps, stages)}",
                compile_kernel(tm._best_partner_kernel, consts, a.dtype, a.arch, warps, stages))
     for ordered in (True, False):

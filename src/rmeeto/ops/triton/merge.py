@@ -113,9 +113,9 @@ if _HAS_TRITON:
     @triton.jit
     def _inv_norms(rows, t, mt, s_ml, C, BLOCK: tl.constexpr, NORM_C: tl.constexpr):
         """1 / max(||metric row t||, 1e-12) in float32 for a vector of tokens ``t`` (mask ``mt``), IEEE sqrt and
-        division as PyTorch's; the squares summed in chunks of NORM_C channels, as the separate norm kernel
-        this replaced did (the same sums under the interpreter; on a GPU the order inside a chunk follows the
-        tile's register layout, so the last bit of a norm may differ from that kernel's)."""
+        division as PyTorch's; the squares summed in chunks of NORM_C channels (32: the separate norm kernel
+        this replaced took 64, which here costs ~50 registers more per thread), so the last bit of a norm may
+        differ from that kernel's (and differs from PyTorch's, which sums in yet another order)."""
         offs_c = tl.arange(0, NORM_C)
         acc = tl.zeros([BLOCK], tl.float32)
         for c0 in range(0, C, NORM_C):
@@ -514,8 +514,9 @@ def merge_streams_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor]
 _PLAN_TILE = 64  # sources per plan program (see _match_lists)
 
 # Tiles of the best-partner kernel: (sources, destinations, channel step, warps, pipeline stages), none of
-# which spill on sm_90 (registers with the row norms taken inside: 174, 237, 232, 237, 254;
-# benchmarks/compile_merge.py). The first is the default, measured at Vim-S
+# which spill on sm_90 (registers with the row norms taken inside: 125, 152, 198, 203, 212, as before that
+# fold, benchmarks/compile_merge.py; norms summed in 64-channel chunks took 174 at the default tiles, which
+# halves the programs an SM holds at 8 warps). The first is the default, measured at Vim-S
 # shapes; at 1569 tokens and batch 16 it makes only 208 programs (74 us, H200), where smaller source tiles
 # give more programs per SM. benchmarks/bench_merge_gpu.py --partner-tiles times each at both shapes;
 # PARTNER_CONFIG holds the choice for short and long sequences (more than _LONG_SOURCES sources).
@@ -602,7 +603,7 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     launch(_best_partner_kernel, (batch, _cdiv(na, tile_a)), dev,
            metric, metric.stride(0), metric.stride(1), vmax, vidx, L, C, cls_index,
            IEEE=metric.dtype == torch.float32, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
-           NORM_C=max(16, min(64, c2)), num_warps=warps, num_stages=stages)
+           NORM_C=max(16, min(32, c2)), num_warps=warps, num_stages=stages)
     block_a = max(16, _pow2(na))
     launch(_plan_kernel, (batch, _cdiv(na, _PLAN_TILE)), dev,
            vmax, vidx, scratch, dest, base, src, sdst, head, nxt, L, cls_index, new_cls_index, R, L - R,
