@@ -49,6 +49,7 @@ except Exception:
 
 __all__ = [
     "destination_map", "source_lists", "match_plan", "match_merge_fused", "merge_streams_fused", "is_available",
+    "clear_workspaces",
 ]
 
 
