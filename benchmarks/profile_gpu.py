@@ -3,7 +3,7 @@ top kernels -- the "profile before and after" of issue 14.
 
     PYTHONPATH=src python benchmarks/profile_gpu.py [--model vim_small_patch16_224] [--batch 128]
         [--what inference,train] [--variants unmerged,merged] [--modes eager,cudagraph[,compile]]
-        [--rows 18] [--ops]
+        [--rows 18] [--ops] [--merge-layers]
 
 For each (what, variant, mode), unmerged and merged (paper config):
 
@@ -22,11 +22,15 @@ It prints one summary line per case (starting "# MODEL", for grep):
   ``compile`` the graphs / graph breaks ``torch._dynamo.explain`` finds;
 followed by the top kernels by GPU time. ``--ops`` first prints the host microseconds per call of each op a
 Vim-S block runs, at batch 1 (each row is skipped with its reason when an op's entry point is not there).
+``--merge-layers`` first prints, per merging layer of ``--model`` (batch 1), the host microseconds of the merging
+block, of the same block without its merge, and of the fused merge alone (workspace kept, and made per call).
+Merging layers alone, no profile after: ``--merge-layers --what none``.
 """
 
 import argparse
 import statistics
 import time
+import warnings
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -176,6 +180,75 @@ def op_rows() -> None:
                 print(f"host us per call, {label}: skipped ({reason})", flush=True)
 
 
+def merge_layer_rows(name: str) -> None:
+    """Host microseconds per call of each merging layer of ``name`` (paper config, eager fp16, batch 1 so the
+    GPU idles): the merging block's forward on the inputs it gets in the model, the same block run as a plain
+    one (no merge) on them, the difference (the merge's host cost inside the model), and the fused merge
+    alone, with its plan workspace kept (inference, the default) and made per call."""
+    from rmeeto.merge import MergingBlock, plan_cls_index
+    from rmeeto.models.vim import Block
+    from rmeeto.ops.triton import merge as tm
+
+    model = rmeeto.create_model(name).cuda().half().eval()
+    rmeeto.apply_merge(model, rmeeto.MergeConfig.paper(name))
+    x = torch.randn(1, *_input_shape(name), device="cuda", dtype=torch.half)
+    seen = {}
+
+    def keep(i):
+        def hook(module, args):
+            seen[i] = args
+        return hook
+
+    handles = [layer.register_forward_pre_hook(keep(i)) for i, layer in enumerate(model.layers)
+               if isinstance(layer, MergingBlock)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    # a host sync anywhere in the forward would serialise host and GPU in eager mode: count them
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            model(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message).splitlines()[0][:120] for w in caught if "synchroniz" in str(w.message)]
+    print(f"host syncs in one merged eager forward of {name}: {len(syncs)}"
+          + "".join(f"\n#     {m}" for m in syncs[:4]), flush=True)
+    totals = [0.0, 0.0, 0.0, 0.0]
+    with torch.no_grad():
+        for i, (hidden, residual, state) in seen.items():
+            layer, cfg = model.layers[i], model.layers[i].merge
+            L = hidden.shape[1]
+            r = max(0, min(cfg.num_merged, (L - 1) // 2))
+            new_cls = plan_cls_index(state.cls_index, L, r, cfg.ordered)
+            metric = hidden if cfg.metric == "x" else state.metric
+            merged = host_us(lambda: layer(hidden, residual, state))
+            plain = host_us(lambda: Block.forward(layer, hidden, residual, state))
+
+            def fused():
+                return tm.match_merge_fused(hidden, residual, state.size, metric, state.cls_index, r, new_cls,
+                                            cfg.ordered)
+
+            alone = host_us(fused)
+            kept = tm._reused_workspace
+            tm._reused_workspace = lambda *args: None  # a new workspace per call, as before issue 14's rework
+            try:
+                fresh = host_us(fused)
+            finally:
+                tm._reused_workspace = kept
+            for k, v in enumerate((merged, plain, alone, fresh)):
+                totals[k] += v
+            print(f"host us, merging layer {i} ({L} tokens, r={r}): block {merged:.1f}, as a plain block "
+                  f"{plain:.1f}, merge's share {merged - plain:.1f}; match_merge_fused {alone:.1f} "
+                  f"(workspace per call {fresh:.1f})", flush=True)
+    m, p_, a, f = totals
+    print(f"host us, all {len(seen)} merging layers of {name}: blocks {m:.0f}, as plain blocks {p_:.0f}, "
+          f"merges' share {m - p_:.0f}; match_merge_fused {a:.0f} (workspace per call {f:.0f})", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="vim_small_patch16_224")
@@ -185,11 +258,17 @@ def main() -> None:
     ap.add_argument("--modes", default="eager,cudagraph", help="eager, cudagraph, compile (comma-separated)")
     ap.add_argument("--rows", type=int, default=18, help="top kernels per case (0: none)")
     ap.add_argument("--ops", action="store_true", help="first, host time per call of each op of a block")
+    ap.add_argument("--merge-layers", action="store_true",
+                    help="first, host time of each merging layer of --model (batch 1), with the merge's share")
     args = ap.parse_args()
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     if args.ops:
         op_rows()
+    if args.merge_layers:
+        merge_layer_rows(args.model)
     for what in args.what.split(","):
+        if what == "none":
+            continue
         make = {"inference": inference_case, "train": train_case}[what]
         for variant in args.variants.split(","):
             for mode in args.modes.split(","):

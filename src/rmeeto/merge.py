@@ -417,7 +417,7 @@ class MergingBlock(Block):
             L = hidden.shape[1]
             r = max(0, min(cfg.num_merged, (L - 1) // 2))
             if fused and r > 0 and cfg.distance == "cosine" and cfg.choose == 1 and state.source is None:
-                # matching and merge in two kernels (rmeeto.ops.triton.merge)
+                # matching and merge in three kernel launches (rmeeto.ops.triton.merge)
                 new_cls = plan_cls_index(state.cls_index, L, r, cfg.ordered)
                 (hidden, residual), size = merge_triton.match_merge_fused(
                     hidden, residual, state.size, metric, state.cls_index, r, new_cls, cfg.ordered

@@ -1,17 +1,18 @@
-"""Fused token merging for CUDA: the matching and the size-weighted merge of both streams in four kernels.
+"""Fused token merging for CUDA: the matching and the size-weighted merge of both streams in three kernels.
 
 :func:`rmeeto.merge.bipartite_match` plus :func:`rmeeto.merge.merge_streams` in PyTorch are some forty small
 kernels per merging layer (gathers, norms, a matmul, max, argsort, index arithmetic, then a chain of cat /
 gather / scatter_reduce / divide / cast over a packed float32 tensor); on a GPU they cost as much time as the
-merge saves. Here it is four:
+merge saves. Here it is three:
 
-1. :func:`match_plan` (three small kernels) takes inverse row norms, scores sources against destinations
+1. :func:`match_plan` (two small kernels) takes inverse row norms, scores sources against destinations
    with ``tl.dot`` (rounded to the metric's dtype, as the PyTorch matmul returns them), takes each source's
    best partner, then makes the plan per tile of sources (the merged set found from a threshold on the
    score keys, ranks and slots counted over the merged sources only) and writes it as token lists: the
    output slot of every input token (the destination map), the kept token of every slot, the merged
    sources with their slots, and the merged sources of every slot as a linked list in plan order
-   (:func:`source_lists`). No sort call, no atomics, no host sync, static shapes, one workspace allocation.
+   (:func:`source_lists`). No sort call, no atomics, no host sync, static shapes, one workspace allocation
+   (none in inference: :func:`match_merge_fused` keeps one per shape and stream).
 2. The merge kernel reads every token of both streams once and writes each output token once:
 
        out[p] = sum_{t -> p} x[t] * s[t] / sum_{t -> p} s[t]      (s = sizes, 1 before the first merge)
@@ -27,6 +28,7 @@ everything else stays in PyTorch.
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
@@ -47,6 +49,7 @@ except Exception:
 
 __all__ = [
     "destination_map", "source_lists", "match_plan", "match_merge_fused", "merge_streams_fused", "is_available",
+    "clear_workspaces",
 ]
 
 
@@ -59,6 +62,16 @@ def is_available() -> bool:
     if _available is None:
         _available = _HAS_TRITON and torch.cuda.is_available()
     return _available
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1). triton.cdiv / triton.next_power_of_2 are constexpr functions
+    that cost ~3 us of host time per call (Triton 3.8, measured here), and a merging layer needs five."""
+    return 1 << (n - 1).bit_length()
 
 
 def destination_map(plan, num_tokens: int, ordered: bool) -> Tensor:
@@ -99,27 +112,28 @@ def destination_map(plan, num_tokens: int, ordered: bool) -> Tensor:
 
 if _HAS_TRITON:
     @triton.jit
-    def _inv_norm_kernel(m_ptr, s_mb, s_ml, inv_ptr, L, C, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-        """inv[b, t] = 1 / max(||metric[b, t]||, 1e-12) in float32 (IEEE sqrt and division, as PyTorch's)."""
-        b = tl.program_id(0).to(tl.int64)
-        t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-        offs_c = tl.arange(0, BLOCK_C)
-        mt = t[:, None] < L
-        row = m_ptr + b * s_mb + t[:, None] * s_ml
-        acc = tl.zeros([BLOCK_T], tl.float32)
-        for c0 in range(0, C, BLOCK_C):
+    def _inv_norms(rows, t, mt, s_ml, C, BLOCK: tl.constexpr, NORM_C: tl.constexpr):
+        """1 / max(||metric row t||, 1e-12) in float32 for a vector of tokens ``t`` (mask ``mt``), IEEE sqrt and
+        division as PyTorch's; the squares summed in chunks of NORM_C channels (32: the separate norm kernel
+        this replaced took 64, which here costs ~50 registers more per thread), so the last bit of a norm may
+        differ from that kernel's (and differs from PyTorch's, which sums in yet another order)."""
+        offs_c = tl.arange(0, NORM_C)
+        acc = tl.zeros([BLOCK], tl.float32)
+        for c0 in range(0, C, NORM_C):
             c = c0 + offs_c[None, :]
-            x = tl.load(row + c, mask=mt & (c < C), other=0.0).to(tl.float32)
+            x = tl.load(rows + t[:, None] * s_ml + c, mask=mt[:, None] & (c < C), other=0.0).to(tl.float32)
             acc += tl.sum(x * x, axis=1)
-        tl.store(inv_ptr + b * L + t, tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc), 1e-12)), mask=t < L)
+        return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc), 1e-12))
 
     @triton.jit
-    def _best_partner_kernel(m_ptr, s_mb, s_ml, inv_ptr, vmax_ptr, vidx_ptr, L, C, cls,
+    def _best_partner_kernel(m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, L, C, cls,
                              IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-                             BLOCK_J: tl.constexpr):
+                             BLOCK_J: tl.constexpr, NORM_C: tl.constexpr):
         """For a tile of sources (even class-free positions): scores against every destination (odd positions)
         of the rows normalised in float32 and rounded to the metric's dtype, the scores rounded to it too (as
-        the PyTorch matmul returns them), and the best one (first on ties)."""
+        the PyTorch matmul returns them), and the best one (first on ties). The inverse row norms are taken
+        here (each program those of its sources and of every destination: a second read of rows the dot
+        reads anyway, where a norm kernel of its own cost one more launch per merging layer)."""
         b = tl.program_id(0).to(tl.int64)
         T = L - 1
         NA = (T + 1) // 2
@@ -131,7 +145,7 @@ if _HAS_TRITON:
         ta = qa + (qa >= cls).to(tl.int32)
         ma = i < NA
         rows = m_ptr + b * s_mb
-        inv_a = tl.load(inv_ptr + b * L + ta, mask=ma, other=0.0)[:, None]
+        inv_a = _inv_norms(rows, ta, ma, s_ml, C, BLOCK_T, NORM_C)[:, None]
         best = tl.full([BLOCK_T], float("-inf"), tl.float32)
         best_j = tl.zeros([BLOCK_T], tl.int32)
         for j0 in range(0, NB, BLOCK_J):
@@ -139,7 +153,7 @@ if _HAS_TRITON:
             qb = 2 * j + 1
             tb = qb + (qb >= cls).to(tl.int32)
             mb = j < NB
-            inv_b = tl.load(inv_ptr + b * L + tb, mask=mb, other=0.0)[:, None]
+            inv_b = _inv_norms(rows, tb, mb, s_ml, C, BLOCK_J, NORM_C)[:, None]
             s = tl.zeros([BLOCK_T, BLOCK_J], tl.float32)
             for c0 in range(0, C, BLOCK_C):
                 c = c0 + offs_c[None, :]
@@ -407,7 +421,7 @@ def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: T
     h_out = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)
     r_out = torch.empty(batch, num_out, C, device=dev, dtype=residual.dtype)
     s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
-    block_c = triton.next_power_of_2(C)
+    block_c = _pow2(C)
     launch(_merge_fwd_kernel, (batch, num_out), dev,
            hidden, residual, s, base, head, nxt, h_out, r_out, s_out,
            L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1),
@@ -501,7 +515,9 @@ def merge_streams_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor]
 _PLAN_TILE = 64  # sources per plan program (see _match_lists)
 
 # Tiles of the best-partner kernel: (sources, destinations, channel step, warps, pipeline stages), none of
-# which spill on sm_90 (registers: 122, 152, 189, 202, 212). The first is the default, measured at Vim-S
+# which spill on sm_90 (registers with the row norms taken inside: 125, 152, 198, 203, 212, as before that
+# fold, benchmarks/compile_merge.py; norms summed in 64-channel chunks took 174 at the default tiles, which
+# halves the programs an SM holds at 8 warps). The first is the default, measured at Vim-S
 # shapes; at 1569 tokens and batch 16 it makes only 208 programs (74 us, H200), where smaller source tiles
 # give more programs per SM. benchmarks/bench_merge_gpu.py --partner-tiles times each at both shapes;
 # PARTNER_CONFIG holds the choice for short and long sequences (more than _LONG_SOURCES sources).
@@ -510,10 +526,60 @@ PARTNER_CONFIG = {"short": PARTNER_TILES[0], "long": PARTNER_TILES[0]}
 _LONG_SOURCES = 256
 
 
-def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
+def _workspace(batch: int, L: int, R: int, dev: torch.device) -> tuple:
+    """One allocation for everything the plan kernels write, split into the views :func:`_match_lists`
+    returns: (dest [batch, L] int64, vmax [batch * L // 2] float32, vidx [batch * L // 2] int32, scratch
+    [batch * tiles * R] int32, base [batch, L - R], src [batch, R], sdst [batch, R], head [batch, L - R],
+    nxt [batch, L] int32). dest comes first so it is 8-byte aligned."""
+    na, n_out = L // 2, L - R
+    sizes = [2 * L, na, na, _cdiv(na, _PLAN_TILE) * R, n_out, R, R, n_out, L]
+    ws = torch.empty(batch * sum(sizes), device=dev, dtype=torch.int32)
+    dest, vmax, vidx, scratch, base, src, sdst, head, nxt = ws.split([batch * n for n in sizes])
+    return (dest.view(torch.int64).view(batch, L), vmax.view(torch.float32), vidx, scratch,
+            base.view(batch, n_out), src.view(batch, R), sdst.view(batch, R), head.view(batch, n_out),
+            nxt.view(batch, L))
+
+
+# Workspaces kept for the no-gradient merge (match_merge_fused), whose plan lists live only until the merge
+# kernel launched right after has read them: one per (device, stream, thread, shape), so a call reuses the
+# previous call's memory only behind that call's kernels in the same stream (stream order makes it safe)
+# and never one another stream or thread may still be using. Allocating it per call cost an allocation and
+# a dozen view ops (~15 aten calls, the larger part of a merging layer's host time in eager mode).
+_workspaces: dict = {}
+_MAX_WORKSPACES = 64  # a model has one shape per merging layer; more are from other models / batch sizes
+
+
+def _reused_workspace(batch: int, L: int, R: int, dev: torch.device) -> Optional[tuple]:
+    """The kept workspace of this shape on the current stream and thread (made on first use), or None while
+    a CUDA graph is being captured (the graph's own pool must hold what its kernels write)."""
+    if dev.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        stream = torch._C._cuda_getCurrentRawStream(dev.index)
+    else:
+        stream = 0  # CPU tensors reach the kernels only under the interpreter, which runs them in order
+    key = (dev, stream, threading.get_ident(), batch, L, R)
+    ws = _workspaces.get(key)
+    if ws is None:
+        if len(_workspaces) >= _MAX_WORKSPACES:
+            # freed on the stream that allocated each one (current when it was made): the caching allocator
+            # hands the memory out again only behind the kernels already queued there
+            _workspaces.clear()
+        ws = _workspaces[key] = _workspace(batch, L, R, dev)
+    return ws
+
+
+def clear_workspaces() -> None:
+    """Free the workspaces kept by :func:`match_merge_fused` (a few hundred KB per merging layer and batch
+    size)."""
+    _workspaces.clear()
+
+
+def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool,
+                 workspace: Optional[tuple] = None):
     """:func:`match_plan` plus the per-slot source lists of :func:`source_lists` -> (dest [batch, L] int64,
-    then base, src, sdst, head, next flattened: row-major [batch, n] int32), all views of one workspace, in
-    three kernels.
+    then base, src, sdst, head, next: [batch, n] int32), all views of one workspace (``workspace``, from
+    :func:`_workspace`, or a new one), in two kernels (best partner, plan).
 
     Work per batch element (NA = L // 2 sources, R merged, tiles of 64 sources), and why the plan kernel
     is parallel over source tiles: at 1569 tokens (video, batch 16) a plan program per batch element did
@@ -522,7 +588,7 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     then 64 x R comparisons (64 x 88 at video, 64 x 11 at Vim-S) for ranks, slots and lists; the
     unordered layout adds 64 x NA to rank its kept sources. A rank kernel per tile followed by a slot kernel
     would do a little less arithmetic but cost one more launch (~25-50 us of host time in eager mode, which
-    dominates at Vim-S shapes) and one more grid barrier; one kernel keeps the whole match+merge at four
+    dominates at Vim-S shapes) and one more grid barrier; one kernel keeps the whole match+merge at three
     launches."""
     batch, L, C = metric.shape
     if metric.stride(2) != 1:
@@ -530,31 +596,21 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     R = num_merged
     dev = metric.device
     na = L // 2
-    n_out = L - R
-    tiles = triton.cdiv(na, _PLAN_TILE)
-    # one allocation, split by one call into flat per-field views (the kernels index each as a row-major
-    # [batch, n]): dest (int64, first so 8-byte aligned), inv and vmax (float32), then the int32 fields
-    sizes = [2 * L, L, na, na, tiles * R, n_out, R, R, n_out, L]
-    ws = torch.empty(batch * sum(sizes), device=dev, dtype=torch.int32)
-    dest, inv, vmax, vidx, scratch, base, src, sdst, head, nxt = ws.split([batch * n for n in sizes])
-    dest = dest.view(torch.int64).view(batch, L)
-    inv, vmax = inv.view(torch.float32), vmax.view(torch.float32)
-    block_c = max(16, min(64, triton.next_power_of_2(C)))
-    launch(_inv_norm_kernel, (batch, triton.cdiv(L, 32)), dev,
-           metric, metric.stride(0), metric.stride(1), inv, L, C, BLOCK_T=32, BLOCK_C=block_c, num_warps=4)
+    if workspace is None:
+        workspace = _workspace(batch, L, R, dev)
+    dest, vmax, vidx, scratch, base, src, sdst, head, nxt = workspace
     tile_a, tile_b, step_c, warps, stages = PARTNER_CONFIG["long" if na > _LONG_SOURCES else "short"]
-    launch(_best_partner_kernel, (batch, triton.cdiv(na, tile_a)), dev,
-           metric, metric.stride(0), metric.stride(1), inv, vmax, vidx, L, C, cls_index,
-           IEEE=metric.dtype == torch.float32, BLOCK_T=tile_a,
-           BLOCK_C=max(16, min(step_c, triton.next_power_of_2(C))), BLOCK_J=tile_b,
-           num_warps=warps, num_stages=stages)
-    block_a = max(16, triton.next_power_of_2(na))
-    launch(_plan_kernel, (batch, tiles), dev,
-           vmax, vidx, scratch, dest, base, src, sdst, head, nxt, L, cls_index, new_cls_index, R, n_out,
+    c2 = _pow2(C)
+    launch(_best_partner_kernel, (batch, _cdiv(na, tile_a)), dev,
+           metric, metric.stride(0), metric.stride(1), vmax, vidx, L, C, cls_index,
+           IEEE=metric.dtype == torch.float32, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
+           NORM_C=max(16, min(32, c2)), num_warps=warps, num_stages=stages)
+    block_a = max(16, _pow2(na))
+    launch(_plan_kernel, (batch, _cdiv(na, _PLAN_TILE)), dev,
+           vmax, vidx, scratch, dest, base, src, sdst, head, nxt, L, cls_index, new_cls_index, R, L - R,
            ORDERED=ordered, BLOCK_T=_PLAN_TILE, BLOCK_A=block_a, BLOCK_K=32,
            num_warps=4 if block_a <= 1024 else 8)
-    return (dest, base.view(batch, n_out), src.view(batch, R), sdst.view(batch, R), head.view(batch, n_out),
-            nxt.view(batch, L))
+    return dest, base, src, sdst, head, nxt
 
 
 @torch.library.custom_op("rmeeto::match_plan", mutates_args=())
@@ -588,8 +644,8 @@ def _plan_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: 
 
 
 def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
-    """Cosine bipartite matching (best partner) and the merge plan of every batch element, in three kernels
-    (inverse row norms; best partner per tile of sources; the plan per tile of sources).
+    """Cosine bipartite matching (best partner) and the merge plan of every batch element, in two kernels
+    (inverse row norms and best partner per tile of sources; the plan per tile of sources).
 
     metric [batch, L, c] -> (dest [batch, L] int64, base [batch, L - r] int32, src [batch, r] int32,
     sdst [batch, r] int32): the output slot of every token, the kept token of every slot, the merged sources
@@ -605,9 +661,21 @@ def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
 
 def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
                       num_merged: int, new_cls_index: int, ordered: bool):
-    """The whole default merging step in four kernel launches: :func:`match_plan` on ``metric`` (cosine,
+    """The whole default merging step in three kernel launches: :func:`match_plan` on ``metric`` (cosine,
     best partner) with the per-slot source lists, then the size-weighted merge of both streams, each output
-    slot walking only its own sources -> ((hidden, residual), new_size)."""
-    dest, base, _src, _sdst, head, nxt = _plan_lists(metric, cls_index, num_merged, new_cls_index, ordered)
-    h, r, s = _merge(hidden, residual, size, dest, base, head, nxt)
+    slot walking only its own sources -> ((hidden, residual), new_size).
+
+    Without a gradient to compute (inference) the plan goes to a workspace kept per shape and stream
+    (:func:`_reused_workspace`): the host work of a call is then the three launches and the three output
+    allocations, no other tensor op and no host sync."""
+    if torch.compiler.is_compiling() or (
+            torch.is_grad_enabled() and (hidden.requires_grad or residual.requires_grad)):
+        # the custom ops, or the autograd function, which keeps the destination map for its backward
+        dest, base, _src, _sdst, head, nxt = _plan_lists(metric, cls_index, num_merged, new_cls_index, ordered)
+        h, r, s = _merge(hidden, residual, size, dest, base, head, nxt)
+        return (h, r), s
+    batch, L, _ = metric.shape
+    workspace = _reused_workspace(batch, L, num_merged, metric.device)
+    _, base, _src, _sdst, head, nxt = _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace)
+    h, r, s = _merge_fwd(hidden, residual, size, base, head, nxt)
     return (h, r), s
