@@ -31,7 +31,11 @@ Backward (nothing but the inputs is saved by the forward):
      dB and dC (shared by all channels) are sums across the channel lanes (warp shuffles), written per channel
      block into a partial buffer and summed afterwards (deterministic, no atomics); dA, dD and d(delta_bias)
      likewise per batch element.
-benchmarks/compile_scan.py compiles both kernels for sm_90 without a GPU and reports registers, spills and
+Each of the two computations exists once, as a body function for one program (:func:`_scan_fwd_body`,
+:func:`_scan_bwd_body`); the single-direction kernels call it once, the two-direction kernels (both scan
+directions of a Vim mixer in one launch) once per direction, in the two branches of an ``if`` on the
+direction, so each branch is compiled with its direction as a constant, like a single-direction kernel.
+benchmarks/compile_scan.py compiles the kernels for sm_90 without a GPU and reports registers, spills and
 instruction counts, which is how the tile configurations below were narrowed down.
 """
 
