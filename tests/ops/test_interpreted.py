@@ -340,3 +340,94 @@ def test_triton_scan_bidir_kernels():
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """)
+
+
+def test_scan_kernels_equal_pre_unification_kernels():
+    """The scan kernels built on one forward and one backward body (the bidirectional kernels calling the body
+    once per direction, REVERSE a constant in each branch) give the bits of the kernels they replaced
+    (tests/ops/scan_oracle.py, a verbatim copy, swapped into the same launchers): every output of the
+    single-direction launchers (both directions) and of the bidirectional ones (scale 1 and 0.5), the float32
+    partial sums included, with and without z, D, delta_bias and softplus, A and A_log; lengths 1, odd and
+    below / across chunks; channels not a multiple of a block; even (B / C packed) and odd dstate; fp32, bf16
+    and fp16; channels-last views and contiguous tensors; the default tiles and another candidate's.
+    (Buffers are NaN-poisoned, so an element one version leaves unwritten fails the comparison.)"""
+    oracle_dir = os.path.dirname(os.path.abspath(__file__))
+    run_interpreted(f"""
+        import sys, torch
+        sys.path.insert(0, {oracle_dir!r})
+        import scan_oracle
+        from rmeeto.ops.triton import scan as ts
+        ts._POISON = True
+        KERNELS = ("_scan_fwd_kernel", "_scan_bwd_kernel", "_scan_bidir_fwd_kernel", "_scan_bidir_bwd_kernel")
+        NEW = {{k: getattr(ts, k) for k in KERNELS}}
+        OLD = {{k: getattr(scan_oracle, k) for k in KERNELS}}
+
+        def run(kernels, fn, *args):
+            for k, v in kernels.items():
+                setattr(ts, k, v)
+            try:
+                out = fn(*args)
+            finally:
+                for k, v in NEW.items():
+                    setattr(ts, k, v)
+            return out if isinstance(out, tuple) else (out,)
+
+        def inputs(b, d, n, L, dtype, cl, a_is_log, g):
+            def act(s=1.0, o=0.0):
+                x = torch.randn(b, L, d, generator=g).transpose(1, 2) if cl else torch.randn(b, d, L, generator=g)
+                return (x * s + o).to(dtype)
+            def bc():  # a slice of x_proj's output, as in the mixer (contiguous: a plain tensor)
+                if cl:
+                    return torch.randn(b, L, 2 * n + 4, generator=g)[..., 4:4 + n].to(dtype).transpose(1, 2)
+                return torch.randn(b, n, L, generator=g).to(dtype)
+            A = torch.randn(d, n, generator=g) * 0.5 if a_is_log else -torch.rand(d, n, generator=g) * 3 - 0.1
+            return dict(u=act(), delta=act(0.5, -1.0), A=A, B=bc(), C=bc(), D=torch.randn(d, generator=g),
+                        bias=torch.randn(d, generator=g) * 0.3)
+
+        g = torch.Generator().manual_seed(0)
+        bad, count = [], 0
+        # (dtype, (batch, dim, dstate, L), channels-last, has z, has D, has bias, softplus, A_log)
+        cases = [
+            (torch.float32, (2, 40, 16, 9), True, True, True, True, True, True),
+            (torch.float32, (1, 70, 5, 5), False, False, False, False, False, False),
+            (torch.float32, (2, 33, 16, 1), True, True, False, True, False, False),
+            (torch.float32, (1, 40, 6, 2), False, False, True, False, True, True),
+            (torch.bfloat16, (1, 40, 16, 7), True, True, True, True, True, True),
+            (torch.bfloat16, (1, 33, 16, 4), True, False, True, False, True, False),
+            (torch.float16, (2, 24, 16, 5), True, True, True, True, True, True),
+            (torch.float16, (1, 40, 5, 3), False, True, False, True, False, True),
+        ]
+        configs = [(dict(ts.FWD_CONFIG), dict(ts.BWD_CONFIG)), (ts.CANDIDATE_FWD[0], ts.CANDIDATE_BWD[0])]
+        for ci, (fwd_cfg, bwd_cfg) in enumerate(configs):
+            ts.FWD_CONFIG, ts.BWD_CONFIG = dict(fwd_cfg), dict(bwd_cfg)
+            for case in (cases if ci == 0 else cases[::4]):
+                dtype, (b, d, n, L), cl, has_z, has_D, has_bias, softplus, a_is_log = case
+                f = inputs(b, d, n, L, dtype, cl, a_is_log, g)
+                r = inputs(b, d, n, L, dtype, cl, a_is_log, g)
+                z = inputs(b, d, n, L, dtype, cl, a_is_log, g)["u"] if has_z else None
+                for x in (f, r):
+                    x["D"] = x["D"] if has_D else None
+                    x["bias"] = x["bias"] if has_bias else None
+                calls = []
+                for reverse, x in ((False, f), (True, r)):
+                    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], z, x["bias"], softplus, reverse,
+                            a_is_log)
+                    dout = inputs(b, d, n, L, dtype, cl, a_is_log, g)["u"]
+                    calls += [("fwd", reverse, ts._fwd, args), ("bwd", reverse, ts._bwd, (dout,) + args)]
+                for scale in (1.0, 0.5):
+                    args = tuple(x[k] for k in ("u", "delta", "A", "B", "C", "D") for x in (f, r))
+                    args = args + (z, f["bias"], r["bias"], softplus, scale, a_is_log)
+                    g2 = torch.randn(2, b, L, d, generator=g).to(dtype)
+                    g2 = g2.transpose(2, 3) if cl else g2.transpose(2, 3).contiguous()
+                    calls += [("bidir fwd", scale, ts._fwd_bidir, args), ("bidir bwd", scale, ts._bwd_bidir, (g2,) + args)]
+                for name, arg, fn, args in calls:
+                    new, old = run(NEW, fn, *args), run(OLD, fn, *args)
+                    count += 1
+                    for i, (a, o) in enumerate(zip(new, old)):
+                        if (a.shape != o.shape or a.dtype != o.dtype or a.stride() != o.stride()
+                                or not torch.isfinite(o).all() or not torch.equal(a, o)):
+                            bad.append((ci, str(dtype), (b, d, n, L), case[2:], name, arg, i))
+        print("compared", count, "launcher calls")
+        print("FAILURES", bad)
+        sys.exit(1 if bad or count < 56 else 0)
+    """)

@@ -31,7 +31,11 @@ Backward (nothing but the inputs is saved by the forward):
      dB and dC (shared by all channels) are sums across the channel lanes (warp shuffles), written per channel
      block into a partial buffer and summed afterwards (deterministic, no atomics); dA, dD and d(delta_bias)
      likewise per batch element.
-benchmarks/compile_scan.py compiles both kernels for sm_90 without a GPU and reports registers, spills and
+Each of the two computations exists once, as a body function for one program (:func:`_scan_fwd_body`,
+:func:`_scan_bwd_body`); the single-direction kernels call it once, the two-direction kernels (both scan
+directions of a Vim mixer in one launch) once per direction, in the two branches of an ``if`` on the
+direction, so each branch is compiled with its direction as a constant, like a single-direction kernel.
+benchmarks/compile_scan.py compiles the kernels for sm_90 without a GPU and reports registers, spills and
 instruction counts, which is how the tile configurations below were narrowed down.
 """
 
@@ -235,23 +239,28 @@ if _HAS_TRITON:
         he, ho = _advance(he, ho, A2e, A2o, _pick(dt, offs_j, j)[None, :], _pick(dtu, offs_j, j)[None, :], Be, Bo)
         return he, ho, tl.sum(he * Ce[:, None], axis=0) + tl.sum(ho * Co[:, None], axis=0)
 
-    @triton.jit(do_not_specialize=_SCAN_NOSPEC)
-    def _scan_fwd_kernel(
-        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
-        dim, L, dstate,
-        s_u_b, s_u_d, s_u_l,
-        s_dt_b, s_dt_d, s_dt_l,
-        s_A_d, s_A_n,
-        s_B_b, s_B_n, s_B_l,
-        s_C_b, s_C_n, s_C_l,
-        s_z_b, s_z_d, s_z_l,
-        s_o_b, s_o_d, s_o_l,
-        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
+    # The forward and the backward each exist once, as a body function for one program: one batch element
+    # (and, in the bidirectional kernels, one direction) and one block of BLOCK_D channels. Callers hand it that
+    # program's base pointers (already offset to its batch element / direction), the strides within them and
+    # every choice as a compile-time constant, REVERSE included, so the kernels that call a body twice (one call
+    # per direction, in the two branches of a runtime `if`) get two specialised copies of it, each compiled
+    # exactly as a single-direction kernel's.
+    @triton.jit
+    def _scan_fwd_body(
+        u_base, dt_base, z_base, out_base, B_base, C_base, A_ptr, D_ptr, bias_ptr, scale,
+        pid_d, dim, L, dstate,
+        s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_o_d, s_o_l,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr, SCALED: tl.constexpr,
         BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
     ):
-        pid_b = tl.program_id(0).to(tl.int64)
-        pid_d = tl.program_id(1)
+        """The forward scan of one batch element's channels pid_d * BLOCK_D + [0, BLOCK_D).
+
+        u_base, dt_base, z_base, out_base: the element's [dim, L] planes of u, delta, z and out (strides s_*_d,
+        s_*_l; z_base unused without HAS_Z); B_base, C_base: its [dstate, L] planes of B and C; A_ptr [dim,
+        dstate], D_ptr, bias_ptr [dim] (unused without HAS_D / HAS_BIAS). REVERSE: the recurrence runs from
+        token L-1 down to 0. SCALED: the output is multiplied by ``scale`` in float32 before its rounding
+        (``scale`` is unused otherwise)."""
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         offs_h = tl.arange(0, NP // 2)
         offs_j = tl.arange(0, CHUNK)
@@ -259,13 +268,6 @@ if _HAS_TRITON:
 
         A2e, A2o, Dv, bias = _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
                                              HAS_D, HAS_BIAS, A_IS_LOG)
-
-        u_base = u_ptr + pid_b * s_u_b
-        dt_base = delta_ptr + pid_b * s_dt_b
-        z_base = z_ptr + pid_b * s_z_b
-        o_base = out_ptr + pid_b * s_o_b
-        B_base = B_ptr + pid_b * s_B_b
-        C_base = C_ptr + pid_b * s_C_b
 
         he = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)  # state, even / odd dstate entries
         ho = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
@@ -287,30 +289,35 @@ if _HAS_TRITON:
                 y += Dv[None, :] * u
             if HAS_Z:
                 y = y * (zz * tl.sigmoid(zz))
-            _store_tile(o_base, t, offs_d, s_o_l, s_o_d, y, m2)
+            if SCALED:
+                y = y * scale
+            _store_tile(out_base, t, offs_d, s_o_l, s_o_d, y, m2)
 
-    @triton.jit(do_not_specialize=_SCAN_NOSPEC)
-    def _scan_bwd_kernel(
-        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
-        ckpt_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-        batch, dim, L, dstate, nchunks,
-        s_u_b, s_u_d, s_u_l,
-        s_dt_b, s_dt_d, s_dt_l,
-        s_A_d, s_A_n,
-        s_B_b, s_B_n, s_B_l,
-        s_C_b, s_C_n, s_C_l,
-        s_z_b, s_z_d, s_z_l,
-        s_g_b, s_g_d, s_g_l,
-        s_o_b, s_o_d, s_o_l,
-        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
+    @triton.jit
+    def _scan_bwd_body(
+        u_base, dt_base, z_base, g_base, B_base, C_base, A_ptr, D_ptr, bias_ptr, scale,
+        du_base, ddelta_base, dz_base, ckpt_base, dB_base, dC_base, dA_base, dD_base, dbias_base,
+        pid_d, dim, L, dstate, nchunks,
+        s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_g_d, s_g_l,
+        s_o_d, s_o_l,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr, SCALED: tl.constexpr,
         BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
     ):
-        """Gradients. Outputs: du, ddelta, dz [batch, dim, L] in the input dtypes (strides s_o_*); float32
-        partial sums dA [batch, dim, dstate], dD, dbias [batch, dim], dB, dC [n_dblocks, batch, L, dstate];
-        scratch ckpt [batch, nchunks, 2, NP/2, dim] (the state at every chunk start, even / odd halves)."""
-        pid_b = tl.program_id(0).to(tl.int64)
-        pid_d = tl.program_id(1)
+        """The gradients of :func:`_scan_fwd_body` (same inputs, flags and channel block) for one batch
+        element's output gradient.
+
+        Inputs as in :func:`_scan_fwd_body`, plus g_base: the element's [dim, L] plane of dout (strides s_g_*);
+        SCALED: dout is the gradient of the scaled output and is multiplied by ``scale`` on loading.
+        Outputs, all planes of this program's batch element (and direction):
+          du_base, ddelta_base, dz_base: [dim, L] planes of du, ddelta, dz in the input dtypes, one layout
+            (strides s_o_*; dz_base unused without HAS_Z);
+          dB_base, dC_base: this channel block's float32 partial [L, dstate] (contiguous) of dB and dC, summed
+            over the channel blocks by the launcher;
+          dA_base: float32 [dim, dstate] (contiguous); dD_base, dbias_base: float32 [dim] (written even when
+            D / delta_bias are absent);
+        Scratch: ckpt_base, float32 [nchunks, 2, NP/2, dim] (the state at every chunk start, even / odd halves;
+        nchunks = cdiv(L, CHUNK)). Every element of every output the program owns is written."""
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         offs_h = tl.arange(0, NP // 2)
         offs_j = tl.arange(0, CHUNK)
@@ -321,19 +328,8 @@ if _HAS_TRITON:
         A2e, A2o, Dv, bias = _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
                                              HAS_D, HAS_BIAS, A_IS_LOG)
 
-        u_base = u_ptr + pid_b * s_u_b
-        dt_base = delta_ptr + pid_b * s_dt_b
-        z_base = z_ptr + pid_b * s_z_b
-        g_base = dout_ptr + pid_b * s_g_b
-        B_base = B_ptr + pid_b * s_B_b
-        C_base = C_ptr + pid_b * s_C_b
-        io = pid_b * s_o_b  # du, ddelta, dz share one layout (strides s_o_*)
-        du_base = du_ptr + io
-        ddelta_base = ddelta_ptr + io
-        dz_base = dz_ptr + io
-        ck_base = ckpt_ptr + pid_b * nchunks * NP * dim + offs_h[:, None] * dim + offs_d[None, :]
+        ck_base = ckpt_base + offs_h[:, None] * dim + offs_d[None, :]
         ck_odd = (NP // 2) * dim
-        part_base = (pid_d * batch + pid_b) * L * dstate  # into dB / dC partials [n_dblocks, batch, L, dstate]
 
         # ---- pass 1: the state at the start of every chunk
         he = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
@@ -373,6 +369,8 @@ if _HAS_TRITON:
             u = _load_tile(u_base, t, offs_d, s_u_l, s_u_d, m2)
             xd = _load_tile(dt_base, t, offs_d, s_dt_l, s_dt_d, m2)
             dout = _load_tile(g_base, t, offs_d, s_g_l, s_g_d, m2)
+            if SCALED:  # the output was scaled: its gradient as the unscaled scan sees it (exact for a power of 2)
+                dout = dout * scale
             if HAS_Z:
                 zz = _load_tile(z_base, t, offs_d, s_z_l, s_z_d, m2)
             xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
@@ -423,10 +421,10 @@ if _HAS_TRITON:
                 ddt = _put(ddt, offs_j, j, _pick(u, offs_j, j) * gB + wA * 0.6931471805599453)
                 dAe += we * dt_j[None, :]
                 dAo += wo * dt_j[None, :]
-                p = dB_ptr + part_base + tj * dstate + 2 * offs_h
+                p = dB_base + tj * dstate + 2 * offs_h
                 tl.store(p, tl.sum(ge * dtu_j[None, :], axis=1), mask=(2 * offs_h < dstate) & vj)
                 tl.store(p + 1, tl.sum(go * dtu_j[None, :], axis=1), mask=(2 * offs_h + 1 < dstate) & vj)
-                p = dC_ptr + part_base + tj * dstate + 2 * offs_h
+                p = dC_base + tj * dstate + 2 * offs_h
                 tl.store(p, tl.sum(hje * dy_j[None, :], axis=1), mask=(2 * offs_h < dstate) & vj)
                 tl.store(p + 1, tl.sum(hjo * dy_j[None, :], axis=1), mask=(2 * offs_h + 1 < dstate) & vj)
                 ane = tl.exp2(dt_j[None, :] * A2e)
@@ -441,11 +439,72 @@ if _HAS_TRITON:
             _store_tile(du_base, t, offs_d, s_o_l, s_o_d, du, m2)
             _store_tile(ddelta_base, t, offs_d, s_o_l, s_o_d, ddt, m2)
 
-        dA_base = dA_ptr + pid_b * dim * dstate + offs_d[None, :] * dstate + 2 * offs_h[:, None]
-        tl.store(dA_base, dAe, mask=mask_e)
-        tl.store(dA_base + 1, dAo, mask=mask_o)
-        tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
-        tl.store(dbias_ptr + pid_b * dim + offs_d, db_acc, mask=mask_d)
+        dA_p = dA_base + offs_d[None, :] * dstate + 2 * offs_h[:, None]
+        tl.store(dA_p, dAe, mask=mask_e)
+        tl.store(dA_p + 1, dAo, mask=mask_o)
+        tl.store(dD_base + offs_d, dD_acc, mask=mask_d)
+        tl.store(dbias_base + offs_d, db_acc, mask=mask_d)
+
+    @triton.jit(do_not_specialize=_SCAN_NOSPEC)
+    def _scan_fwd_kernel(
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
+        dim, L, dstate,
+        s_u_b, s_u_d, s_u_l,
+        s_dt_b, s_dt_d, s_dt_l,
+        s_A_d, s_A_n,
+        s_B_b, s_B_n, s_B_l,
+        s_C_b, s_C_n, s_C_l,
+        s_z_b, s_z_d, s_z_l,
+        s_o_b, s_o_d, s_o_l,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
+        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
+    ):
+        """out [batch, dim, L] (strides s_o_*): the scan of u [batch, dim, L]. Grid (batch, channel blocks)."""
+        pid_b = tl.program_id(0).to(tl.int64)
+        _scan_fwd_body(
+            u_ptr + pid_b * s_u_b, delta_ptr + pid_b * s_dt_b, z_ptr + pid_b * s_z_b, out_ptr + pid_b * s_o_b,
+            B_ptr + pid_b * s_B_b, C_ptr + pid_b * s_C_b, A_ptr, D_ptr, bias_ptr, 1.0,
+            tl.program_id(1), dim, L, dstate,
+            s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_o_d, s_o_l,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, PACK, A_IS_LOG, False, BLOCK_D, CHUNK, NP,
+        )
+
+    @triton.jit(do_not_specialize=_SCAN_NOSPEC)
+    def _scan_bwd_kernel(
+        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
+        ckpt_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+        batch, dim, L, dstate, nchunks,
+        s_u_b, s_u_d, s_u_l,
+        s_dt_b, s_dt_d, s_dt_l,
+        s_A_d, s_A_n,
+        s_B_b, s_B_n, s_B_l,
+        s_C_b, s_C_n, s_C_l,
+        s_z_b, s_z_d, s_z_l,
+        s_g_b, s_g_d, s_g_l,
+        s_o_b, s_o_d, s_o_l,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
+        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
+    ):
+        """Gradients. Outputs: du, ddelta, dz [batch, dim, L] in the input dtypes (strides s_o_*); float32
+        partial sums dA [batch, dim, dstate], dD, dbias [batch, dim], dB, dC [n_dblocks, batch, L, dstate];
+        scratch ckpt [batch, nchunks, 2, NP/2, dim] (the state at every chunk start, even / odd halves).
+        Grid (batch, channel blocks)."""
+        pid_b = tl.program_id(0).to(tl.int64)
+        pid_d = tl.program_id(1)
+        io = pid_b * s_o_b  # du, ddelta, dz share one layout (strides s_o_*)
+        part = (pid_d * batch + pid_b) * L * dstate  # this block's [L, dstate] in the dB / dC partials
+        _scan_bwd_body(
+            u_ptr + pid_b * s_u_b, delta_ptr + pid_b * s_dt_b, z_ptr + pid_b * s_z_b, dout_ptr + pid_b * s_g_b,
+            B_ptr + pid_b * s_B_b, C_ptr + pid_b * s_C_b, A_ptr, D_ptr, bias_ptr, 1.0,
+            du_ptr + io, ddelta_ptr + io, dz_ptr + io, ckpt_ptr + pid_b * nchunks * NP * dim, dB_ptr + part,
+            dC_ptr + part, dA_ptr + pid_b * dim * dstate, dD_ptr + pid_b * dim, dbias_ptr + pid_b * dim,
+            pid_d, dim, L, dstate, nchunks,
+            s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_g_d, s_g_l,
+            s_o_d, s_o_l,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, PACK, A_IS_LOG, False, BLOCK_D, CHUNK, NP,
+        )
 
 
 # ------------------------------------------------------------------------------------------ launchers
@@ -663,20 +722,14 @@ def selective_scan_triton(
 # ------------------------------------------------------------------------------------ both directions
 # Vim's mixer scans the same tokens forwards (its own u, delta, A, B, C, D, delta_bias) and backwards (another
 # set), gated by one shared z. The bidirectional kernels do both in one launch: the grid's third axis is the
-# direction (0 forwards, 1 backwards), a runtime value. A program picks its direction's tensors and walks them
-# in processing order with the forward code path (REVERSE=False in every helper), the backward direction
-# reading memory from the last token down: its base pointers start at token L-1 and its token strides are
-# negated. The per-token arithmetic is the single-direction kernels' to the bit; only addressing differs.
+# direction (0 forwards, 1 backwards). A program branches on it and calls the single-direction body with its
+# direction's tensors and REVERSE=False or True; each branch is that body compiled for its direction (its
+# addressing and REVERSE are constants there), so the arithmetic is the single-direction kernels' to the bit.
+# Only the direction's offsets into the [2, ...] outputs and scratch, and the output scaling (SCALED), differ.
 # Each direction's inputs must share one layout (the launcher copies them to contiguous tensors otherwise).
 _BIDIR_NOSPEC = _SCAN_NOSPEC + ["s_o_r", "s_g_r"]
 
 if _HAS_TRITON:
-    @triton.jit
-    def _dir_base(ptr, pid_b, s_b, s_l, t0, sgn):
-        """(base, token stride) of one batch element's [dim, L] plane for processing order: forwards
-        (t0 = 0, sgn = 1) or from the last token (t0 = L - 1, sgn = -1)."""
-        return ptr + pid_b * s_b + t0 * s_l, sgn * s_l
-
     @triton.jit(do_not_specialize=_BIDIR_NOSPEC)
     def _scan_bidir_fwd_kernel(
         uf_ptr, ub_ptr, dtf_ptr, dtb_ptr, Af_ptr, Ab_ptr, Bf_ptr, Bb_ptr, Cf_ptr, Cb_ptr, Df_ptr, Db_ptr,
@@ -694,58 +747,27 @@ if _HAS_TRITON:
         BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
     ):
         """out [2, batch, dim, L] (strides s_o_*): out[0] the forward scan of the *f inputs, out[1] the backward
-        scan of the *b inputs, both gated by z and multiplied by ``scale`` in float32 before rounding."""
+        scan of the *b inputs, both gated by z and multiplied by ``scale`` in float32 before rounding.
+        Grid (batch, channel blocks, 2)."""
         pid_b = tl.program_id(0).to(tl.int64)
         pid_d = tl.program_id(1)
-        rev = tl.program_id(2)
-        bwd = rev == 1
-        t0 = rev * (L - 1)
-        sgn = 1 - 2 * rev
-        u_ptr = tl.where(bwd, ub_ptr, uf_ptr)
-        delta_ptr = tl.where(bwd, dtb_ptr, dtf_ptr)
-        A_ptr = tl.where(bwd, Ab_ptr, Af_ptr)
-        B_ptr = tl.where(bwd, Bb_ptr, Bf_ptr)
-        C_ptr = tl.where(bwd, Cb_ptr, Cf_ptr)
-        D_ptr = tl.where(bwd, Db_ptr, Df_ptr)
-        bias_ptr = tl.where(bwd, biasb_ptr, biasf_ptr)
-
-        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        offs_h = tl.arange(0, NP // 2)
-        offs_j = tl.arange(0, CHUNK)
-        mask_d = offs_d < dim
-
-        A2e, A2o, Dv, bias = _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
-                                             HAS_D, HAS_BIAS, A_IS_LOG)
-
-        u_base, su_l = _dir_base(u_ptr, pid_b, s_u_b, s_u_l, t0, sgn)
-        dt_base, sdt_l = _dir_base(delta_ptr, pid_b, s_dt_b, s_dt_l, t0, sgn)
-        z_base, sz_l = _dir_base(z_ptr, pid_b, s_z_b, s_z_l, t0, sgn)
-        o_base, so_l = _dir_base(out_ptr + rev.to(tl.int64) * s_o_r, pid_b, s_o_b, s_o_l, t0, sgn)
-        B_base, sB_l = _dir_base(B_ptr, pid_b, s_B_b, s_B_l, t0, sgn)
-        C_base, sC_l = _dir_base(C_ptr, pid_b, s_C_b, s_C_l, t0, sgn)
-
-        he = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)  # state, even / odd dstate entries
-        ho = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
-        for c in range(0, tl.cdiv(L, CHUNK)):
-            t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, False)
-            m2 = mask_t[:, None] & mask_d[None, :]
-            u = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
-            xd = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
-            if HAS_Z:
-                zz = _load_tile(z_base, t, offs_d, sz_l, s_z_d, m2)
-            xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
-            dtu = dt * u
-            y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
-            for j in tl.static_range(CHUNK):
-                he, ho, yj = _token_out(he, ho, A2e, A2o, dt, dtu, c, j, L, B_base, C_base, sB_l, s_B_n, sC_l,
-                                        s_C_n, offs_h, offs_j, dstate, CHUNK, False, PACK)
-                y = _put(y, offs_j, j, yj)
-            if HAS_D:
-                y += Dv[None, :] * u
-            if HAS_Z:
-                y = y * (zz * tl.sigmoid(zz))
-            y = y * scale
-            _store_tile(o_base, t, offs_d, so_l, s_o_d, y, m2)
+        z_base = z_ptr + pid_b * s_z_b
+        if tl.program_id(2) == 0:
+            _scan_fwd_body(
+                uf_ptr + pid_b * s_u_b, dtf_ptr + pid_b * s_dt_b, z_base, out_ptr + pid_b * s_o_b,
+                Bf_ptr + pid_b * s_B_b, Cf_ptr + pid_b * s_C_b, Af_ptr, Df_ptr, biasf_ptr, scale,
+                pid_d, dim, L, dstate,
+                s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_o_d, s_o_l,
+                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False, PACK, A_IS_LOG, True, BLOCK_D, CHUNK, NP,
+            )
+        else:
+            _scan_fwd_body(
+                ub_ptr + pid_b * s_u_b, dtb_ptr + pid_b * s_dt_b, z_base, out_ptr + s_o_r + pid_b * s_o_b,
+                Bb_ptr + pid_b * s_B_b, Cb_ptr + pid_b * s_C_b, Ab_ptr, Db_ptr, biasb_ptr, scale,
+                pid_d, dim, L, dstate,
+                s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_o_d, s_o_l,
+                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, PACK, A_IS_LOG, True, BLOCK_D, CHUNK, NP,
+            )
 
     @triton.jit(do_not_specialize=_BIDIR_NOSPEC)
     def _scan_bidir_bwd_kernel(
@@ -769,160 +791,38 @@ if _HAS_TRITON:
         gradient of the scaled output, scaled back here). Outputs du, ddelta, dz [2, batch, dim, L] (strides
         s_o_*; dz per direction, summed by the caller); float32 partial sums dA [2, batch, dim, dstate],
         dD, dbias [2, batch, dim], dB, dC [n_dblocks, 2, batch, L, dstate]; scratch ckpt
-        [2, batch, nchunks, 2, NP/2, dim]. The body is :func:`_scan_bwd_kernel`'s with REVERSE=False."""
+        [2, batch, nchunks, 2, NP/2, dim]. Grid (batch, channel blocks, 2)."""
         pid_b = tl.program_id(0).to(tl.int64)
         pid_d = tl.program_id(1)
-        rev = tl.program_id(2)
-        bwd = rev == 1
-        t0 = rev * (L - 1)
-        sgn = 1 - 2 * rev
-        u_ptr = tl.where(bwd, ub_ptr, uf_ptr)
-        delta_ptr = tl.where(bwd, dtb_ptr, dtf_ptr)
-        A_ptr = tl.where(bwd, Ab_ptr, Af_ptr)
-        B_ptr = tl.where(bwd, Bb_ptr, Bf_ptr)
-        C_ptr = tl.where(bwd, Cb_ptr, Cf_ptr)
-        D_ptr = tl.where(bwd, Db_ptr, Df_ptr)
-        bias_ptr = tl.where(bwd, biasb_ptr, biasf_ptr)
-        pid_rb = rev.to(tl.int64) * batch + pid_b  # (direction, batch element) row of the scratch / partials
-
-        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        offs_h = tl.arange(0, NP // 2)
-        offs_j = tl.arange(0, CHUNK)
-        mask_d = offs_d < dim
-        mask_e = (2 * offs_h[:, None] < dstate) & mask_d[None, :]
-        mask_o = (2 * offs_h[:, None] + 1 < dstate) & mask_d[None, :]
-
-        A2e, A2o, Dv, bias = _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
-                                             HAS_D, HAS_BIAS, A_IS_LOG)
-
-        u_base, su_l = _dir_base(u_ptr, pid_b, s_u_b, s_u_l, t0, sgn)
-        dt_base, sdt_l = _dir_base(delta_ptr, pid_b, s_dt_b, s_dt_l, t0, sgn)
-        z_base, sz_l = _dir_base(z_ptr, pid_b, s_z_b, s_z_l, t0, sgn)
-        g_base, sg_l = _dir_base(dout_ptr + rev.to(tl.int64) * s_g_r, pid_b, s_g_b, s_g_l, t0, sgn)
-        B_base, sB_l = _dir_base(B_ptr, pid_b, s_B_b, s_B_l, t0, sgn)
-        C_base, sC_l = _dir_base(C_ptr, pid_b, s_C_b, s_C_l, t0, sgn)
-        io = rev.to(tl.int64) * s_o_r  # du, ddelta, dz share one layout (strides s_o_*)
-        du_base, so_l = _dir_base(du_ptr + io, pid_b, s_o_b, s_o_l, t0, sgn)
-        ddelta_base, so_l = _dir_base(ddelta_ptr + io, pid_b, s_o_b, s_o_l, t0, sgn)
-        dz_base, so_l = _dir_base(dz_ptr + io, pid_b, s_o_b, s_o_l, t0, sgn)
-        ck_base = ckpt_ptr + pid_rb * nchunks * NP * dim + offs_h[:, None] * dim + offs_d[None, :]
-        ck_odd = (NP // 2) * dim
-        # into dB / dC partials [n_dblocks, 2, batch, L, dstate], at memory token t0 + sgn * (processing index)
-        part_base = ((pid_d * 2 * batch + pid_rb) * L + t0) * dstate
-        s_part = sgn * dstate
-
-        # ---- pass 1: the state at the start of every chunk
-        he = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
-        ho = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
-        for c in range(0, nchunks - 1):
-            tl.store(ck_base + c * NP * dim, he, mask=mask_e)
-            tl.store(ck_base + c * NP * dim + ck_odd, ho, mask=mask_o)
-            t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, False)
-            m2 = mask_t[:, None] & mask_d[None, :]
-            u = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
-            xd = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
-            xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
-            dtu = dt * u
-            for j in tl.static_range(CHUNK):
-                tj, vj = _chunk_pos(c, j, L, CHUNK, False)
-                Be, Bo = _load_pair(B_base, tj, sB_l, s_B_n, offs_h, dstate, vj, PACK)
-                dt_j = _pick(dt, offs_j, j)[None, :]
-                dtu_j = _pick(dtu, offs_j, j)[None, :]
-                he, ho = _advance(he, ho, A2e, A2o, dt_j, dtu_j, Be, Bo)
-        tl.store(ck_base + (nchunks - 1) * NP * dim, he, mask=mask_e)
-        tl.store(ck_base + (nchunks - 1) * NP * dim + ck_odd, ho, mask=mask_o)
-        tl.debug_barrier()
-
-        # ---- pass 2: chunks in reverse processing order
-        ge = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)  # adjoint dL/dh of the token after the current one
-        go = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
-        ane = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)  # its decay
-        ano = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
-        dAe = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
-        dAo = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
-        dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        db_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for ci in range(0, nchunks):
-            c = nchunks - 1 - ci
-            t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, False)
-            m2 = mask_t[:, None] & mask_d[None, :]
-            u = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
-            xd = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
-            # the output was scaled; its gradient as the unscaled scan sees it (exact for a power of two)
-            dout = _load_tile(g_base, t, offs_d, sg_l, s_g_d, m2) * scale
-            if HAS_Z:
-                zz = _load_tile(z_base, t, offs_d, sz_l, s_z_d, m2)
-            xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
-            dtu = dt * u
-
-            # recompute the chunk's states (kept in registers) and outputs
-            he = tl.load(ck_base + c * NP * dim, mask=mask_e, other=0.0)
-            ho = tl.load(ck_base + c * NP * dim + ck_odd, mask=mask_o, other=0.0)
-            hse = tl.zeros([CHUNK, NP // 2, BLOCK_D], dtype=tl.float32)
-            hso = tl.zeros([CHUNK, NP // 2, BLOCK_D], dtype=tl.float32)
-            y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
-            for j in tl.static_range(CHUNK):
-                he, ho, yj = _token_out(he, ho, A2e, A2o, dt, dtu, c, j, L, B_base, C_base, sB_l, s_B_n, sC_l,
-                                        s_C_n, offs_h, offs_j, dstate, CHUNK, False, PACK)
-                hse = tl.where(offs_j[:, None, None] == j, he[None, :, :], hse)
-                hso = tl.where(offs_j[:, None, None] == j, ho[None, :, :], hso)
-                y = _put(y, offs_j, j, yj)
-            if HAS_D:
-                y += Dv[None, :] * u
-            if HAS_Z:
-                sz = tl.sigmoid(zz)
-                dy = dout * zz * sz
-                dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                _store_tile(dz_base, t, offs_d, so_l, s_o_d, dz, m2)
-            else:
-                dy = dout
-
-            # adjoint sweep from the chunk's last token to its first
-            du = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
-            ddt = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
-            for jj in tl.static_range(CHUNK):
-                j = CHUNK - 1 - jj
-                tj, vj = _chunk_pos(c, j, L, CHUNK, False)
-                Be, Bo = _load_pair(B_base, tj, sB_l, s_B_n, offs_h, dstate, vj, PACK)
-                Ce, Co = _load_pair(C_base, tj, sC_l, s_C_n, offs_h, dstate, vj, PACK)
-                dt_j = _pick(dt, offs_j, j)
-                dtu_j = _pick(dtu, offs_j, j)
-                dy_j = _pick(dy, offs_j, j)
-                ge = ane * ge + Ce[:, None] * dy_j[None, :]
-                go = ano * go + Co[:, None] * dy_j[None, :]
-                hje = _pick3(hse, offs_j, j)
-                hjo = _pick3(hso, offs_j, j)
-                we = ge * (hje - Be[:, None] * dtu_j[None, :])  # g_t * a_t * h_{t-1}
-                wo = go * (hjo - Bo[:, None] * dtu_j[None, :])
-                gB = tl.sum(ge * Be[:, None], axis=0) + tl.sum(go * Bo[:, None], axis=0)
-                wA = tl.sum(we * A2e, axis=0) + tl.sum(wo * A2o, axis=0)
-                du = _put(du, offs_j, j, dt_j * gB)
-                ddt = _put(ddt, offs_j, j, _pick(u, offs_j, j) * gB + wA * 0.6931471805599453)
-                dAe += we * dt_j[None, :]
-                dAo += wo * dt_j[None, :]
-                p = dB_ptr + part_base + tj * s_part + 2 * offs_h
-                tl.store(p, tl.sum(ge * dtu_j[None, :], axis=1), mask=(2 * offs_h < dstate) & vj)
-                tl.store(p + 1, tl.sum(go * dtu_j[None, :], axis=1), mask=(2 * offs_h + 1 < dstate) & vj)
-                p = dC_ptr + part_base + tj * s_part + 2 * offs_h
-                tl.store(p, tl.sum(hje * dy_j[None, :], axis=1), mask=(2 * offs_h < dstate) & vj)
-                tl.store(p + 1, tl.sum(hjo * dy_j[None, :], axis=1), mask=(2 * offs_h + 1 < dstate) & vj)
-                ane = tl.exp2(dt_j[None, :] * A2e)
-                ano = tl.exp2(dt_j[None, :] * A2o)
-            if HAS_D:
-                du += Dv[None, :] * dy
-                dD_acc += tl.sum(dy * u, axis=0)
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(xd)
-            ddt = tl.where(m2, ddt, 0.0)
-            db_acc += tl.sum(ddt, axis=0)
-            _store_tile(du_base, t, offs_d, so_l, s_o_d, du, m2)
-            _store_tile(ddelta_base, t, offs_d, so_l, s_o_d, ddt, m2)
-
-        dA_base = dA_ptr + pid_rb * dim * dstate + offs_d[None, :] * dstate + 2 * offs_h[:, None]
-        tl.store(dA_base, dAe, mask=mask_e)
-        tl.store(dA_base + 1, dAo, mask=mask_o)
-        tl.store(dD_ptr + pid_rb * dim + offs_d, dD_acc, mask=mask_d)
-        tl.store(dbias_ptr + pid_rb * dim + offs_d, db_acc, mask=mask_d)
+        z_base = z_ptr + pid_b * s_z_b
+        if tl.program_id(2) == 0:
+            # (direction, batch element) row pid_b of the [2, batch, ...] scratch and partials
+            io = pid_b * s_o_b  # du, ddelta, dz share one layout (strides s_o_*)
+            part = (pid_d * 2 * batch + pid_b) * L * dstate
+            _scan_bwd_body(
+                uf_ptr + pid_b * s_u_b, dtf_ptr + pid_b * s_dt_b, z_base, dout_ptr + pid_b * s_g_b,
+                Bf_ptr + pid_b * s_B_b, Cf_ptr + pid_b * s_C_b, Af_ptr, Df_ptr, biasf_ptr, scale,
+                du_ptr + io, ddelta_ptr + io, dz_ptr + io, ckpt_ptr + pid_b * nchunks * NP * dim, dB_ptr + part,
+                dC_ptr + part, dA_ptr + pid_b * dim * dstate, dD_ptr + pid_b * dim, dbias_ptr + pid_b * dim,
+                pid_d, dim, L, dstate, nchunks,
+                s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_g_d, s_g_l,
+                s_o_d, s_o_l,
+                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False, PACK, A_IS_LOG, True, BLOCK_D, CHUNK, NP,
+            )
+        else:
+            pid_rb = batch + pid_b  # row batch + pid_b of the scratch and partials
+            io = s_o_r + pid_b * s_o_b
+            part = (pid_d * 2 * batch + pid_rb) * L * dstate
+            _scan_bwd_body(
+                ub_ptr + pid_b * s_u_b, dtb_ptr + pid_b * s_dt_b, z_base, dout_ptr + s_g_r + pid_b * s_g_b,
+                Bb_ptr + pid_b * s_B_b, Cb_ptr + pid_b * s_C_b, Ab_ptr, Db_ptr, biasb_ptr, scale,
+                du_ptr + io, ddelta_ptr + io, dz_ptr + io, ckpt_ptr + pid_rb * nchunks * NP * dim, dB_ptr + part,
+                dC_ptr + part, dA_ptr + pid_rb * dim * dstate, dD_ptr + pid_rb * dim, dbias_ptr + pid_rb * dim,
+                pid_d, dim, L, dstate, nchunks,
+                s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_g_d, s_g_l,
+                s_o_d, s_o_l,
+                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, PACK, A_IS_LOG, True, BLOCK_D, CHUNK, NP,
+            )
 
 
 def _same_layout(a: Tensor, b: Tensor) -> bool:
