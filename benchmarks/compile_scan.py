@@ -18,6 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from rmeeto.ops.triton import scan as ts
+from rmeeto.ops.triton import scan_bwd as tsb
 
 PTX_OPS = {
     "ex2": r"\bex2\.", "lg2": r"\blg2\.", "shfl": r"\bshfl\.", "bar": r"\bbar\.sync|\bbarrier\.",
@@ -91,6 +92,8 @@ def main():
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--fwd", default=None, help="BLOCK_D,CHUNK,num_warps (default FWD_CONFIG)")
     p.add_argument("--bwd", default=None, help="BLOCK_D,CHUNK,num_warps (default BWD_CONFIG)")
+    p.add_argument("--xbwd", default=None, help="BLOCK_D,CHUNK,num_warps of scan_bwd's kernel (default "
+                   "BWD_XLANE_CONFIG)")
     p.add_argument("--no-pack", dest="pack", action="store_false", help="compile the one-element B/C load path")
     p.add_argument("--dump", default=None, help="write ttgir/ptx of both kernels with this path prefix")
     a = p.parse_args()
@@ -98,10 +101,14 @@ def main():
     kernels = [("fwd", ts._scan_fwd_kernel, ts.FWD_CONFIG, a.fwd), ("bwd", ts._scan_bwd_kernel, ts.BWD_CONFIG, a.bwd),
                # both directions in one launch (no REVERSE flag: the direction is a runtime value)
                ("bidir fwd", ts._scan_bidir_fwd_kernel, ts.FWD_CONFIG, a.fwd),
-               ("bidir bwd", ts._scan_bidir_bwd_kernel, ts.BWD_CONFIG, a.bwd)]
+               ("bidir bwd", ts._scan_bidir_bwd_kernel, ts.BWD_CONFIG, a.bwd),
+               # scan_bwd.py: the dB / dC sums as a reduce-scatter across lanes (and its XLANE=False twin)
+               ("xlane bwd", tsb._scan_bwd_xlane_kernel, tsb.BWD_XLANE_CONFIG, a.xbwd)]
     for which, kernel, cfg, arg in kernels:
         if which.startswith("bidir"):
             flags.pop("REVERSE", None)
+        if which.startswith("xlane"):
+            flags.update(REVERSE=False, XLANE=True)
         if arg:
             bd, ch, nw = (int(x) for x in arg.split(","))
         else:
