@@ -44,7 +44,7 @@ def _signature(kernel, dtype: str) -> dict:
     return sig
 
 
-def compile_kernel(kernel, consts: dict, dtype: str, arch: int, num_warps: int):
+def compile_kernel(kernel, consts: dict, dtype: str, arch: int, num_warps: int, maxnreg=None):
     sig = _signature(kernel, dtype)
     # pointers 16-byte aligned, the unit strides the launcher would see specialised where allowed
     attrs = {}
@@ -58,7 +58,10 @@ def compile_kernel(kernel, consts: dict, dtype: str, arch: int, num_warps: int):
             sig[name] = "constexpr"
             consts[name] = 1
     src = ASTSource(kernel, sig, constexprs=consts, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": 1})
+    options = {"num_warps": num_warps, "num_stages": 1}
+    if maxnreg:
+        options["maxnreg"] = maxnreg
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def _ptxas_usage(ptx: str, arch) -> str:
@@ -94,6 +97,7 @@ def main():
     p.add_argument("--bwd", default=None, help="BLOCK_D,CHUNK,num_warps (default BWD_CONFIG)")
     p.add_argument("--xbwd", default=None, help="BLOCK_D,CHUNK,num_warps of scan_bwd's kernel (default "
                    "BWD_XLANE_CONFIG)")
+    p.add_argument("--maxnreg", type=int, default=None, help="register cap of scan_bwd's kernel (default: its config's)")
     p.add_argument("--no-pack", dest="pack", action="store_false", help="compile the one-element B/C load path")
     p.add_argument("--dump", default=None, help="write ttgir/ptx of both kernels with this path prefix")
     a = p.parse_args()
@@ -113,8 +117,9 @@ def main():
             bd, ch, nw = (int(x) for x in arg.split(","))
         else:
             bd, ch, nw = cfg["BLOCK_D"], cfg["CHUNK"], cfg["num_warps"]
-        ck = compile_kernel(kernel, dict(flags, BLOCK_D=bd, CHUNK=ch), a.dtype, a.arch, nw)
-        report(f"{which} BLOCK_D={bd} CHUNK={ch} warps={nw}", ck)
+        mr = (a.maxnreg or cfg.get("maxnreg")) if which.startswith("xlane") else None
+        ck = compile_kernel(kernel, dict(flags, BLOCK_D=bd, CHUNK=ch), a.dtype, a.arch, nw, mr)
+        report(f"{which} BLOCK_D={bd} CHUNK={ch} warps={nw}" + (f" maxnreg={mr}" if mr else ""), ck)
         if a.dump:
             for ext in ("ttgir", "ptx"):
                 with open(f"{a.dump}.{which.replace(' ', '_')}.{ext}", "w") as f:

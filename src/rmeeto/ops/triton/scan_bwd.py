@@ -46,10 +46,19 @@ Tensor = torch.Tensor
 
 __all__ = ["BWD_XLANE_CONFIG", "CANDIDATE_BWD_XLANE", "bwd"]
 
-# One channel per lane (BLOCK_D = 32 * num_warps) is required by the lane exchange; CHUNK tokens per step.
+# One channel per lane (BLOCK_D = 32 * num_warps) is required by the lane exchange; CHUNK tokens per step;
+# maxnreg (optional) caps the registers per thread so more warps fit on an SM: the kernel needs ~254 at
+# CHUNK=2 (8 warps per SM), compiles without spills down to 216 (9 warps) at CHUNK=2 and 168 (12 warps) at
+# CHUNK=1 (benchmarks/compile_scan.py --xbwd ... --maxnreg ...). benchmarks/bench_scan_bwd_gpu.py sweeps the
+# candidates; tests/ops/test_scan_bwd.py checks every one.
 BWD_XLANE_CONFIG = {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1}
-_KEYS = ("BLOCK_D", "CHUNK", "num_warps")
-CANDIDATE_BWD_XLANE = [dict(zip(_KEYS, c)) for c in [(32, 2, 1), (32, 4, 1), (64, 2, 2), (32, 1, 1)]]
+CANDIDATE_BWD_XLANE = [
+    {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1},
+    {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1, "maxnreg": 216},
+    {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1},
+    {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1, "maxnreg": 168},
+    {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1, "maxnreg": 200},
+]
 
 # The reduce-scatter (True) or the original per-value tl.sum reductions (False); tests and benchmarks flip it.
 XLANE = True
@@ -346,6 +355,7 @@ def bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_scan._packable(B, C), A_IS_LOG=bool(a_is_log),
         XLANE=XLANE, BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=nw, num_stages=1,
+        **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") and dev.type == "cuda" else {}),
     )
     dA = dA_p.sum(0)
     if a_is_log:  # dL/dA_log = dL/dA * A = -(dL/dA * exp(A_log))
