@@ -85,7 +85,8 @@ def test_interpreted_equals_reference():
     """Every gradient of the new backward equals the reference's (float32: 1e-5 relative; bfloat16 inputs,
     which the interpreter truncates instead of rounding: 2e-2), both directions, with and without D, z,
     delta_bias and softplus, odd lengths (a partial last chunk), dim 40 (a partial warp), dstate 16, 5, 2 and
-    32 (a full, a partial and no reduce-scatter level with one row left; two rows left), CHUNK 1 and 2,
+    32 (a full, a partial and no reduce-scatter level with one row left; two rows left), CHUNK 1 (B and C
+    kept or reloaded for the adjoint step) and 2,
     two warps per program; the tl.sum path (XLANE=False) too. Buffers start as NaN (scan._POISON)."""
     run_interpreted("""
         import sys
@@ -101,7 +102,9 @@ def test_interpreted_equals_reference():
         cases.append((1, 40, 4, 2, "zs", True, torch.float32, True, cfg2))
         cases.append((1, 33, 3, 32, "Ds", False, torch.float32, True, cfg2))
         cases.append((2, 40, 5, 16, "Dzbs", True, torch.float32, False, cfg2))
-        cases.append((1, 40, 3, 12, "Dzbs", False, torch.float32, True, {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1}))
+        cfg1 = {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1}
+        cases.append((1, 40, 3, 12, "Dzbs", False, torch.float32, True, cfg1))
+        cases.append((1, 40, 3, 16, "Dzbs", True, torch.float32, True, dict(cfg1, reuse_bc=False)))
         cases.append((1, 70, 3, 16, "bs", True, torch.float32, True, {"BLOCK_D": 64, "CHUNK": 2, "num_warps": 2}))
         for seed, (b, d, L, n, opts, reverse, dtype, xlane, cfg) in enumerate(cases):
             sb.XLANE, sb.BWD_XLANE_CONFIG = xlane, cfg

@@ -46,18 +46,20 @@ Tensor = torch.Tensor
 
 __all__ = ["BWD_XLANE_CONFIG", "CANDIDATE_BWD_XLANE", "bwd"]
 
-# One channel per lane (BLOCK_D = 32 * num_warps) is required by the lane exchange; CHUNK tokens per step;
-# maxnreg (optional) caps the registers per thread so more warps fit on an SM: the kernel needs ~254 at
-# CHUNK=2 (8 warps per SM), compiles without spills down to 216 (9 warps) at CHUNK=2 and 168 (12 warps) at
-# CHUNK=1 (benchmarks/compile_scan.py --xbwd ... --maxnreg ...). benchmarks/bench_scan_bwd_gpu.py sweeps the
-# candidates; tests/ops/test_scan_bwd.py checks every one.
+# One channel per lane (BLOCK_D = 32 * num_warps) is required by the lane exchange; CHUNK tokens per step.
+# maxnreg (optional) caps the registers per thread so more warps fit on an SM (65536 registers per SM): the
+# kernel takes 254 at CHUNK=2 (8 warps per SM) and compiles without spills down to 216 (9 warps); at CHUNK=1
+# it takes 241 and fits 200 (10 warps), or, with reuse_bc=False (B and C reloaded for the adjoint step:
+# ~100 more instructions per token), 217 and 168 (12 warps). benchmarks/compile_scan.py --xbwd / --maxnreg
+# shows the counts, benchmarks/bench_scan_bwd_gpu.py times every candidate, tests/ops/test_scan_bwd.py checks
+# every one.
 BWD_XLANE_CONFIG = {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1}
 CANDIDATE_BWD_XLANE = [
     {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1},
     {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1, "maxnreg": 216},
     {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1},
-    {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1, "maxnreg": 168},
-    {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1, "maxnreg": 200},
+    {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1, "maxnreg": 200},
+    {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1, "maxnreg": 168, "reuse_bc": False},
 ]
 
 # The reduce-scatter (True) or the original per-value tl.sum reductions (False); tests and benchmarks flip it.
@@ -69,7 +71,7 @@ if _scan._HAS_TRITON:
 
     from rmeeto.ops.triton.scan import (
         _SCAN_NOSPEC, _advance, _channel_consts, _chunk_pos, _load_pair, _load_tile, _pick, _pick3, _put,
-        _step_dt, _store_tile, _token_out,
+        _step_dt, _store_tile,
     )
 
     @triton.jit
@@ -131,7 +133,7 @@ if _scan._HAS_TRITON:
         pid_d, dim, L, dstate, nchunks,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr, XLANE: tl.constexpr,
-        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
+        REUSE_BC: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
     ):
         """The backward of one (batch element, direction) row for channels pid_d * BLOCK_D + [0, BLOCK_D).
 
@@ -142,7 +144,9 @@ if _scan._HAS_TRITON:
         float32 at ``dA_row`` / ``dD_row`` / ``dbias_row``; the dB / dC partials [L, dstate] float32 at
         ``dB_row`` / ``dC_row`` (token stride ``s_part``), partial k at + k * s_pblk: with XLANE the partial of
         channels [32k, 32k + 32) (one per warp), else the partial of the whole channel block k = pid_d.
-        Token positions: memory token of processing step s is L-1-s with REVERSE, else s."""
+        Token positions: memory token of processing step s is L-1-s with REVERSE, else s. REUSE_BC (used with
+        CHUNK=1 only): the adjoint step keeps the recompute's B and C in registers instead of reloading them
+        (~100 fewer instructions per token, ~30 more registers)."""
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         offs_h = tl.arange(0, NP // 2)
         offs_j = tl.arange(0, CHUNK)
@@ -210,8 +214,12 @@ if _scan._HAS_TRITON:
             hso = tl.zeros([CHUNK, NP // 2, BLOCK_D], dtype=tl.float32)
             y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
             for j in tl.static_range(CHUNK):
-                he, ho, yj = _token_out(he, ho, A2e, A2o, dt, dtu, c, j, L, B_base, C_base, sB_l, s_B_n, sC_l,
-                                        s_C_n, offs_h, offs_j, dstate, CHUNK, REVERSE, PACK)
+                tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
+                Be, Bo = _load_pair(B_base, tj, sB_l, s_B_n, offs_h, dstate, vj, PACK)
+                Ce, Co = _load_pair(C_base, tj, sC_l, s_C_n, offs_h, dstate, vj, PACK)
+                he, ho = _advance(he, ho, A2e, A2o, _pick(dt, offs_j, j)[None, :], _pick(dtu, offs_j, j)[None, :],
+                                  Be, Bo)
+                yj = tl.sum(he * Ce[:, None], axis=0) + tl.sum(ho * Co[:, None], axis=0)
                 hse = tl.where(offs_j[:, None, None] == j, he[None, :, :], hse)
                 hso = tl.where(offs_j[:, None, None] == j, ho[None, :, :], hso)
                 y = _put(y, offs_j, j, yj)
@@ -230,9 +238,10 @@ if _scan._HAS_TRITON:
             ddt = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
             for jj in tl.static_range(CHUNK):
                 j = CHUNK - 1 - jj
-                tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
-                Be, Bo = _load_pair(B_base, tj, sB_l, s_B_n, offs_h, dstate, vj, PACK)
-                Ce, Co = _load_pair(C_base, tj, sC_l, s_C_n, offs_h, dstate, vj, PACK)
+                if (CHUNK > 1) or (not REUSE_BC):  # else the recompute's B and C (this token's) are still live
+                    tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
+                    Be, Bo = _load_pair(B_base, tj, sB_l, s_B_n, offs_h, dstate, vj, PACK)
+                    Ce, Co = _load_pair(C_base, tj, sC_l, s_C_n, offs_h, dstate, vj, PACK)
                 dt_j = _pick(dt, offs_j, j)
                 dtu_j = _pick(dtu, offs_j, j)
                 dy_j = _pick(dy, offs_j, j)
@@ -291,7 +300,8 @@ if _scan._HAS_TRITON:
         s_o_b, s_o_d, s_o_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
         SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
-        XLANE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
+        XLANE: tl.constexpr, REUSE_BC: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+        NP: tl.constexpr,
     ):
         """``_scan_bwd_kernel``'s arguments and outputs, except the dB / dC partials: [n_parts, batch, L,
         dstate] with n_parts = n_dblocks * BLOCK_D / 32 (XLANE) or n_dblocks."""
@@ -308,7 +318,7 @@ if _scan._HAS_TRITON:
             dB_ptr + pid_b * L * dstate, dC_ptr + pid_b * L * dstate, dstate, batch * L * dstate,
             dA_ptr + pid_b * dim * dstate, dD_ptr + pid_b * dim, dbias_ptr + pid_b * dim,
             pid_d, dim, L, dstate, nchunks,
-            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, PACK, A_IS_LOG, XLANE, BLOCK_D, CHUNK, NP,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, PACK, A_IS_LOG, XLANE, REUSE_BC, BLOCK_D, CHUNK, NP,
         )
 
 
@@ -354,7 +364,8 @@ def bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is
         *du.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_scan._packable(B, C), A_IS_LOG=bool(a_is_log),
-        XLANE=XLANE, BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=nw, num_stages=1,
+        XLANE=XLANE, REUSE_BC=cfg.get("reuse_bc", True), BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=nw,
+        num_stages=1,
         **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") and dev.type == "cuda" else {}),
     )
     dA = dA_p.sum(0)
