@@ -86,7 +86,7 @@ def test_interpreted_equals_reference():
     which the interpreter truncates instead of rounding: 2e-2), both directions, with and without D, z,
     delta_bias and softplus, odd lengths (a partial last chunk), dim 40 (a partial warp), dstate 16, 5, 2 and
     32 (a full, a partial and no reduce-scatter level with one row left; two rows left), CHUNK 1 (B and C
-    kept or reloaded for the adjoint step) and 2,
+    kept or reloaded for the adjoint step) and 2, with and without prefetching, lengths 1 and 2,
     two warps per program; the tl.sum path (XLANE=False) too. Buffers start as NaN (scan._POISON)."""
     run_interpreted("""
         import sys
@@ -106,6 +106,11 @@ def test_interpreted_equals_reference():
         cases.append((1, 40, 3, 12, "Dzbs", False, torch.float32, True, cfg1))
         cases.append((1, 40, 3, 16, "Dzbs", True, torch.float32, True, dict(cfg1, reuse_bc=False)))
         cases.append((1, 70, 3, 16, "bs", True, torch.float32, True, {"BLOCK_D": 64, "CHUNK": 2, "num_warps": 2}))
+        # prefetching the next chunk: several chunks, one partial chunk, a single token
+        for L, reverse in ((5, False), (2, True), (1, False)):
+            cases.append((1, 40, L, 16, "Dzbs", reverse, torch.float32, True, dict(cfg2, prefetch=True)))
+        cases.append((1, 40, 3, 16, "Dzbs", True, torch.float32, True, dict(cfg1, prefetch=True)))
+        cases.append((1, 40, 1, 16, "Dzbs", False, torch.float32, True, cfg2))
         for seed, (b, d, L, n, opts, reverse, dtype, xlane, cfg) in enumerate(cases):
             sb.XLANE, sb.BWD_XLANE_CONFIG = xlane, cfg
             ins, sp, dout = make(b, d, L, n, opts, dtype, "cpu", seed)
@@ -177,26 +182,31 @@ def _gpu_check(ins, sp, reverse, dout, dtype, monkeypatch, cfg):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("cfg", CONFIGS, ids=[str(c) for c in CONFIGS])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("dtype,opts,n", [(torch.float32, "Dzbs", 16), (torch.float32, "", 16),
-                                          (torch.bfloat16, "Dzbs", 16), (torch.float16, "Dzbs", 16),
-                                          (torch.float32, "Dzbs", 5), (torch.float32, "zs", 2),
-                                          (torch.float32, "Ds", 32)])
-def test_gpu_matches_reference_and_old(cfg, reverse, dtype, opts, n, monkeypatch):
-    # dim 40: a partial channel block; length 65: a partial last chunk
+                                          (torch.float32, "zb", 16), (torch.bfloat16, "Dzbs", 16),
+                                          (torch.float16, "Dzbs", 16), (torch.float32, "Dzbs", 5),
+                                          (torch.float32, "zs", 2), (torch.float32, "Ds", 32)])
+def test_gpu_matches_reference_and_old(reverse, dtype, opts, n, monkeypatch):
+    """The default config on the matrix of tests/ops/test_gpu_scan.py (plus dstate 5, 2, 32); dim 40: a
+    partial channel block, length 65: a partial last chunk."""
     ins, sp, dout = make(2, 40, 65, n, opts, dtype, "cuda", seed=zlib.crc32(f"{reverse}{dtype}{opts}{n}".encode()))
-    _gpu_check(ins, sp, reverse, dout, dtype, monkeypatch, cfg)
+    _gpu_check(ins, sp, reverse, dout, dtype, monkeypatch, sb.BWD_XLANE_CONFIG)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[str(c) for c in CONFIGS])
-@pytest.mark.parametrize("length,reverse", [(197, False), (98, True)])
-def test_gpu_vim_layout(cfg, length, reverse, monkeypatch):
-    """Vim's channels-last views and packed B / C, bf16."""
-    ins, sp, dout = vim_inputs(2, 96, length, 16, torch.bfloat16, seed=length)
-    _gpu_check(ins, sp, reverse, dout, torch.bfloat16, monkeypatch, cfg)
+def test_gpu_candidates(cfg, monkeypatch):
+    """Every candidate config: float32 with everything on (forwards, length 65, dstate 16 and 5) and Vim's
+    channels-last bf16 views with packed B / C (reverse, lengths 197 and 98)."""
+    for n, reverse in ((16, False), (5, True)):
+        ins, sp, dout = make(2, 40, 65, n, "Dzbs", torch.float32, "cuda", seed=n)
+        _gpu_check(ins, sp, reverse, dout, torch.float32, monkeypatch, cfg)
+    for length in (197, 98):
+        ins, sp, dout = vim_inputs(2, 96, length, 16, torch.bfloat16, seed=length)
+        assert ts._packable(ins[3], ins[4])
+        _gpu_check(ins, sp, True, dout, torch.bfloat16, monkeypatch, cfg)
 
 
 @pytest.mark.gpu

@@ -47,18 +47,20 @@ Tensor = torch.Tensor
 __all__ = ["BWD_XLANE_CONFIG", "CANDIDATE_BWD_XLANE", "bwd"]
 
 # One channel per lane (BLOCK_D = 32 * num_warps) is required by the lane exchange; CHUNK tokens per step.
-# maxnreg (optional) caps the registers per thread so more warps fit on an SM (65536 registers per SM): the
-# kernel takes 254 at CHUNK=2 (8 warps per SM) and compiles without spills down to 216 (9 warps); at CHUNK=1
-# it takes 241 and fits 200 (10 warps), or, with reuse_bc=False (B and C reloaded for the adjoint step:
-# ~100 more instructions per token), 217 and 168 (12 warps). benchmarks/compile_scan.py --xbwd / --maxnreg
+# Optional keys: maxnreg caps the registers per thread so more warps fit on an SM (65536 registers per SM):
+# the kernel takes 254 at CHUNK=2 (8 warps per SM) and compiles without spills down to 216 (9 warps); at
+# CHUNK=1 it takes 241 and fits 200 (10 warps), or, with reuse_bc=False (B and C reloaded for the adjoint
+# step: ~100 more instructions per token), 217 and 168 (12 warps). prefetch=True loads the next chunk's
+# inputs (and checkpoint) one step ahead (see _scan_bwd_body). benchmarks/compile_scan.py --xbwd / --maxnreg
 # shows the counts, benchmarks/bench_scan_bwd_gpu.py times every candidate, tests/ops/test_scan_bwd.py checks
-# every one.
+# every one. All candidates compile without spills.
 BWD_XLANE_CONFIG = {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1}
 CANDIDATE_BWD_XLANE = [
     {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1},
+    {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1, "prefetch": True},
     {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1, "maxnreg": 216},
-    {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1},
     {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1, "maxnreg": 200},
+    {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1, "maxnreg": 200, "prefetch": True},
     {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1, "maxnreg": 168, "reuse_bc": False},
 ]
 
@@ -133,7 +135,8 @@ if _scan._HAS_TRITON:
         pid_d, dim, L, dstate, nchunks,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr, XLANE: tl.constexpr,
-        REUSE_BC: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
+        REUSE_BC: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+        NP: tl.constexpr,
     ):
         """The backward of one (batch element, direction) row for channels pid_d * BLOCK_D + [0, BLOCK_D).
 
@@ -146,7 +149,9 @@ if _scan._HAS_TRITON:
         channels [32k, 32k + 32) (one per warp), else the partial of the whole channel block k = pid_d.
         Token positions: memory token of processing step s is L-1-s with REVERSE, else s. REUSE_BC (used with
         CHUNK=1 only): the adjoint step keeps the recompute's B and C in registers instead of reloading them
-        (~100 fewer instructions per token, ~30 more registers)."""
+        (~100 fewer instructions per token, ~30 more registers). PREFETCH: every chunk step loads the next
+        chunk's u / delta (/ dout / z and checkpoint in pass 2) before its math, so their memory latency overlaps
+        the math instead of stalling the warp (each chunk's loads are otherwise waited on at once)."""
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         offs_h = tl.arange(0, NP // 2)
         offs_j = tl.arange(0, CHUNK)
@@ -168,13 +173,26 @@ if _scan._HAS_TRITON:
         # ---- pass 1: the state at the start of every chunk
         he = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
         ho = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        if PREFETCH:  # the first chunk's tiles; every step then loads the next chunk's before its math
+            t, mask_t = _chunk_pos(0, offs_j, L, CHUNK, REVERSE)
+            m2 = mask_t[:, None] & mask_d[None, :]
+            u_n = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
+            xd_n = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
         for c in range(0, nchunks - 1):
             tl.store(ck_base + c * NP * dim, he, mask=mask_e)
             tl.store(ck_base + c * NP * dim + ck_odd, ho, mask=mask_o)
             t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, REVERSE)
             m2 = mask_t[:, None] & mask_d[None, :]
-            u = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
-            xd = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
+            if PREFETCH:
+                u = u_n
+                xd = xd_n
+                tn, mask_tn = _chunk_pos(c + 1, offs_j, L, CHUNK, REVERSE)  # c + 1 < nchunks here
+                mn = mask_tn[:, None] & mask_d[None, :]
+                u_n = _load_tile(u_base, tn, offs_d, su_l, s_u_d, mn)
+                xd_n = _load_tile(dt_base, tn, offs_d, sdt_l, s_dt_d, mn)
+            else:
+                u = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
+                xd = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
             xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
             dtu = dt * u
             for j in tl.static_range(CHUNK):
@@ -195,21 +213,50 @@ if _scan._HAS_TRITON:
         dAo = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
         dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         db_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if PREFETCH:  # the last chunk's tiles and checkpoint
+            t, mask_t = _chunk_pos(nchunks - 1, offs_j, L, CHUNK, REVERSE)
+            m2 = mask_t[:, None] & mask_d[None, :]
+            u_n = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
+            xd_n = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
+            g_n = _load_tile(g_base, t, offs_d, sg_l, s_g_d, m2)
+            if HAS_Z:
+                z_n = _load_tile(z_base, t, offs_d, sz_l, s_z_d, m2)
+            he_n = tl.load(ck_base + (nchunks - 1) * NP * dim, mask=mask_e, other=0.0)
+            ho_n = tl.load(ck_base + (nchunks - 1) * NP * dim + ck_odd, mask=mask_o, other=0.0)
         for ci in range(0, nchunks):
             c = nchunks - 1 - ci
             t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, REVERSE)
             m2 = mask_t[:, None] & mask_d[None, :]
-            u = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
-            xd = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
-            dout = _load_tile(g_base, t, offs_d, sg_l, s_g_d, m2) * scale
-            if HAS_Z:
-                zz = _load_tile(z_base, t, offs_d, sz_l, s_z_d, m2)
+            if PREFETCH:
+                u = u_n
+                xd = xd_n
+                dout = g_n * scale
+                if HAS_Z:
+                    zz = z_n
+                he = he_n
+                ho = ho_n
+                cp = tl.maximum(c - 1, 0)  # the next chunk to process (chunk 0 again after the last: unused)
+                tp, mask_tp = _chunk_pos(cp, offs_j, L, CHUNK, REVERSE)
+                mp = mask_tp[:, None] & mask_d[None, :]
+                u_n = _load_tile(u_base, tp, offs_d, su_l, s_u_d, mp)
+                xd_n = _load_tile(dt_base, tp, offs_d, sdt_l, s_dt_d, mp)
+                g_n = _load_tile(g_base, tp, offs_d, sg_l, s_g_d, mp)
+                if HAS_Z:
+                    z_n = _load_tile(z_base, tp, offs_d, sz_l, s_z_d, mp)
+                he_n = tl.load(ck_base + cp * NP * dim, mask=mask_e, other=0.0)
+                ho_n = tl.load(ck_base + cp * NP * dim + ck_odd, mask=mask_o, other=0.0)
+            else:
+                u = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
+                xd = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
+                dout = _load_tile(g_base, t, offs_d, sg_l, s_g_d, m2) * scale
+                if HAS_Z:
+                    zz = _load_tile(z_base, t, offs_d, sz_l, s_z_d, m2)
+                he = tl.load(ck_base + c * NP * dim, mask=mask_e, other=0.0)
+                ho = tl.load(ck_base + c * NP * dim + ck_odd, mask=mask_o, other=0.0)
             xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
             dtu = dt * u
 
             # recompute the chunk's states (kept in registers) and outputs
-            he = tl.load(ck_base + c * NP * dim, mask=mask_e, other=0.0)
-            ho = tl.load(ck_base + c * NP * dim + ck_odd, mask=mask_o, other=0.0)
             hse = tl.zeros([CHUNK, NP // 2, BLOCK_D], dtype=tl.float32)
             hso = tl.zeros([CHUNK, NP // 2, BLOCK_D], dtype=tl.float32)
             y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
@@ -300,8 +347,8 @@ if _scan._HAS_TRITON:
         s_o_b, s_o_d, s_o_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
         SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
-        XLANE: tl.constexpr, REUSE_BC: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
-        NP: tl.constexpr,
+        XLANE: tl.constexpr, REUSE_BC: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_D: tl.constexpr,
+        CHUNK: tl.constexpr, NP: tl.constexpr,
     ):
         """``_scan_bwd_kernel``'s arguments and outputs, except the dB / dC partials: [n_parts, batch, L,
         dstate] with n_parts = n_dblocks * BLOCK_D / 32 (XLANE) or n_dblocks."""
@@ -318,7 +365,8 @@ if _scan._HAS_TRITON:
             dB_ptr + pid_b * L * dstate, dC_ptr + pid_b * L * dstate, dstate, batch * L * dstate,
             dA_ptr + pid_b * dim * dstate, dD_ptr + pid_b * dim, dbias_ptr + pid_b * dim,
             pid_d, dim, L, dstate, nchunks,
-            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, PACK, A_IS_LOG, XLANE, REUSE_BC, BLOCK_D, CHUNK, NP,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, PACK, A_IS_LOG, XLANE, REUSE_BC, PREFETCH, BLOCK_D, CHUNK,
+            NP,
         )
 
 
@@ -364,7 +412,7 @@ def bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is
         *du.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_scan._packable(B, C), A_IS_LOG=bool(a_is_log),
-        XLANE=XLANE, REUSE_BC=cfg.get("reuse_bc", True), BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=nw,
+        XLANE=XLANE, REUSE_BC=cfg.get("reuse_bc", True), PREFETCH=cfg.get("prefetch", False), BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=nw,
         num_stages=1,
         **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") and dev.type == "cuda" else {}),
     )
