@@ -97,8 +97,10 @@ def main():
     p.add_argument("--bwd", default=None, help="BLOCK_D,CHUNK,num_warps (default BWD_CONFIG)")
     p.add_argument("--xbwd", default=None, help="BLOCK_D,CHUNK,num_warps of scan_bwd's kernel (default "
                    "BWD_XLANE_CONFIG)")
-    p.add_argument("--maxnreg", type=int, default=None, help="register cap of scan_bwd's kernel (default: its config's)")
+    p.add_argument("--maxnreg", type=int, default=None, help="register cap of scan_bwd's kernel (default: "
+                   "its config's)")
     p.add_argument("--reload-bc", action="store_true", help="scan_bwd's kernel with reuse_bc=False")
+    p.add_argument("--prefetch", action="store_true", help="scan_bwd's kernel with prefetch=True")
     p.add_argument("--no-pack", dest="pack", action="store_false", help="compile the one-element B/C load path")
     p.add_argument("--dump", default=None, help="write ttgir/ptx of both kernels with this path prefix")
     a = p.parse_args()
@@ -113,7 +115,8 @@ def main():
         if which.startswith("bidir"):
             flags.pop("REVERSE", None)
         if which.startswith("xlane"):
-            flags.update(REVERSE=False, XLANE=True, REUSE_BC=not a.reload_bc)
+            flags.update(REVERSE=False, XLANE=True, REUSE_BC=cfg.get("reuse_bc", True) and not a.reload_bc,
+                         PREFETCH=cfg.get("prefetch", False) or a.prefetch)
         if arg:
             bd, ch, nw = (int(x) for x in arg.split(","))
         else:

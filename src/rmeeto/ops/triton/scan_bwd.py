@@ -412,8 +412,8 @@ def bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is
         *du.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_scan._packable(B, C), A_IS_LOG=bool(a_is_log),
-        XLANE=XLANE, REUSE_BC=cfg.get("reuse_bc", True), PREFETCH=cfg.get("prefetch", False), BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=nw,
-        num_stages=1,
+        XLANE=XLANE, REUSE_BC=cfg.get("reuse_bc", True), PREFETCH=cfg.get("prefetch", False),
+        BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=nw, num_stages=1,
         **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") and dev.type == "cuda" else {}),
     )
     dA = dA_p.sum(0)
