@@ -110,12 +110,15 @@ def main():
                ("bidir fwd", ts._scan_bidir_fwd_kernel, ts.FWD_CONFIG, a.fwd),
                ("bidir bwd", ts._scan_bidir_bwd_kernel, ts.BWD_CONFIG, a.bwd),
                # scan_bwd.py: the dB / dC sums as a reduce-scatter across lanes (and its XLANE=False twin)
-               ("xlane bwd", tsb._scan_bwd_xlane_kernel, tsb.BWD_XLANE_CONFIG, a.xbwd)]
+               ("xlane bwd", tsb._scan_bwd_xlane_kernel, tsb.BWD_XLANE_CONFIG, a.xbwd),
+               ("xlane bidir bwd", tsb._scan_bwd_bidir_xlane_kernel, tsb.BWD_XLANE_CONFIG, a.xbwd)]
     for which, kernel, cfg, arg in kernels:
-        if which.startswith("bidir"):
+        if "bidir" in which:
             flags.pop("REVERSE", None)
+        else:
+            flags["REVERSE"] = False
         if which.startswith("xlane"):
-            flags.update(REVERSE=False, XLANE=True, REUSE_BC=cfg.get("reuse_bc", True) and not a.reload_bc,
+            flags.update(XLANE=True, REUSE_BC=cfg.get("reuse_bc", True) and not a.reload_bc,
                          PREFETCH=cfg.get("prefetch", False) or a.prefetch)
         if arg:
             bd, ch, nw = (int(x) for x in arg.split(","))

@@ -128,6 +128,54 @@ def test_interpreted_equals_reference():
     """)
 
 
+def bidir_inputs(b, d, L, n, dtype, dev, channels_last, with_z, seed):
+    """The fifteen tensors of scan._bwd_bidir (u_f, u_b, delta_f, delta_b, A_f, A_b (as A_log), B_f, B_b, C_f,
+    C_b, D_f, D_b, z, bias_f, bias_b) and a [2, batch, dim, L] output gradient."""
+    g = torch.Generator(device=dev).manual_seed(seed)
+    rn = lambda *s: torch.randn(*s, generator=g, device=dev)  # noqa: E731
+
+    def act():
+        return (rn(b, L, d).transpose(1, 2) if channels_last else rn(b, d, L)).to(dtype)
+
+    def bc():  # a slice of x_proj's output, as in the mixer
+        return rn(b, L, 2 * n + 3)[..., 3:3 + n].to(dtype).transpose(1, 2)
+
+    pairs = [(act(), act()), ((act().float() * 0.5 - 1).to(dtype), (act().float() * 0.5 - 1).to(dtype)),
+             (rn(d, n) * 0.5, rn(d, n) * 0.5), (bc(), bc()), (bc(), bc()), (rn(d), rn(d))]
+    ins = [t for p in pairs for t in p] + [act() if with_z else None, rn(d) * 0.3, rn(d) * 0.3]
+    dout = (rn(2, b, L, d).transpose(2, 3) if channels_last else rn(2, b, d, L)).to(dtype)
+    return ins, dout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA machines test the compiled kernel instead")
+def test_interpreted_bidir_equals_old():
+    """bwd_bidir (both directions in one launch) against scan._bwd_bidir: all eight outputs, same shapes,
+    dtypes and strides, values within 1e-5 (float32; the dB / dC sums are added in another order). A given
+    as A_log, scale 0.5, channels-last and contiguous inputs, odd lengths and dstate, with and without z."""
+    run_interpreted("""
+        import sys
+        bidir_inputs = cases.bidir_inputs
+        ts._POISON = True
+        bad = []
+        cases_ = [((2, 40, 5, 16), True, True, {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1}),
+                  ((1, 33, 4, 5), False, False, {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1, "prefetch": True}),
+                  ((1, 40, 3, 16), True, True, {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1, "reuse_bc": False})]
+        for seed, ((b, d, L, n), cl, with_z, cfg) in enumerate(cases_):
+            sb.BWD_XLANE_CONFIG = cfg
+            ins, dout = bidir_inputs(b, d, L, n, torch.float32, "cpu", cl, with_z, seed)
+            new = sb.bwd_bidir(dout, *ins, True, 0.5, True)
+            old = ts._bwd_bidir(dout, *ins, True, 0.5, True)
+            for i, (x, y) in enumerate(zip(new, old)):
+                if x.shape != y.shape or x.dtype != y.dtype or (x.numel() and x.stride() != y.stride()):
+                    bad.append(("layout", seed, i))
+                elif x.numel() and ((x - y).abs().max() > 1e-5 * max(1.0, y.abs().max().item())
+                                    or not torch.isfinite(x).all()):
+                    bad.append(("value", seed, i, (x - y).abs().max().item()))
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA machines test the compiled kernel instead")
 def test_interpreted_bad_config():
     """A config whose warps do not hold one channel per lane is refused with the reason."""

@@ -44,7 +44,7 @@ from rmeeto.ops.triton._launch import launch
 
 Tensor = torch.Tensor
 
-__all__ = ["BWD_XLANE_CONFIG", "CANDIDATE_BWD_XLANE", "bwd"]
+__all__ = ["BWD_XLANE_CONFIG", "CANDIDATE_BWD_XLANE", "bwd", "bwd_bidir"]
 
 # One channel per lane (BLOCK_D = 32 * num_warps) is required by the lane exchange; CHUNK tokens per step.
 # Optional keys: maxnreg caps the registers per thread so more warps fit on an SM (65536 registers per SM):
@@ -72,7 +72,7 @@ if _scan._HAS_TRITON:
     import triton.language as tl
 
     from rmeeto.ops.triton.scan import (
-        _SCAN_NOSPEC, _advance, _channel_consts, _chunk_pos, _load_pair, _load_tile, _pick, _pick3, _put,
+        _BIDIR_NOSPEC, _SCAN_NOSPEC, _advance, _dir_base, _channel_consts, _chunk_pos, _load_pair, _load_tile, _pick, _pick3, _put,
         _step_dt, _store_tile,
     )
 
@@ -370,6 +370,75 @@ if _scan._HAS_TRITON:
         )
 
 
+    @triton.jit(do_not_specialize=_BIDIR_NOSPEC)
+    def _scan_bwd_bidir_xlane_kernel(
+        uf_ptr, ub_ptr, dtf_ptr, dtb_ptr, Af_ptr, Ab_ptr, Bf_ptr, Bb_ptr, Cf_ptr, Cb_ptr, Df_ptr, Db_ptr,
+        z_ptr, biasf_ptr, biasb_ptr, dout_ptr, scale,
+        ckpt_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+        batch, dim, L, dstate, nchunks,
+        s_u_b, s_u_d, s_u_l,
+        s_dt_b, s_dt_d, s_dt_l,
+        s_A_d, s_A_n,
+        s_B_b, s_B_n, s_B_l,
+        s_C_b, s_C_n, s_C_l,
+        s_z_b, s_z_d, s_z_l,
+        s_g_r, s_g_b, s_g_d, s_g_l,
+        s_o_r, s_o_b, s_o_d, s_o_l,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
+        XLANE: tl.constexpr, REUSE_BC: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_D: tl.constexpr,
+        CHUNK: tl.constexpr, NP: tl.constexpr,
+    ):
+        """``_scan_bidir_bwd_kernel``'s arguments and outputs, except the dB / dC partials: [n_parts, 2, batch,
+        L, dstate] (n_parts as in the single-direction kernel). Grid (batch, channel blocks, 2 directions); the
+        backward direction walks memory from token L-1 (bases there, token strides negated, REVERSE=False)."""
+        pid_b = tl.program_id(0).to(tl.int64)
+        pid_d = tl.program_id(1)
+        rev = tl.program_id(2)
+        bwd = rev == 1
+        t0 = rev * (L - 1)
+        sgn = 1 - 2 * rev
+        pid_rb = rev.to(tl.int64) * batch + pid_b  # (direction, batch element) row of the scratch / partials
+        u_base, su_l = _dir_base(tl.where(bwd, ub_ptr, uf_ptr), pid_b, s_u_b, s_u_l, t0, sgn)
+        dt_base, sdt_l = _dir_base(tl.where(bwd, dtb_ptr, dtf_ptr), pid_b, s_dt_b, s_dt_l, t0, sgn)
+        z_base, sz_l = _dir_base(z_ptr, pid_b, s_z_b, s_z_l, t0, sgn)
+        g_base, sg_l = _dir_base(dout_ptr + rev.to(tl.int64) * s_g_r, pid_b, s_g_b, s_g_l, t0, sgn)
+        B_base, sB_l = _dir_base(tl.where(bwd, Bb_ptr, Bf_ptr), pid_b, s_B_b, s_B_l, t0, sgn)
+        C_base, sC_l = _dir_base(tl.where(bwd, Cb_ptr, Cf_ptr), pid_b, s_C_b, s_C_l, t0, sgn)
+        io = rev.to(tl.int64) * s_o_r  # du, ddelta, dz share one layout (strides s_o_*)
+        du_base, so_l = _dir_base(du_ptr + io, pid_b, s_o_b, s_o_l, t0, sgn)
+        ddelta_base, so_l = _dir_base(ddelta_ptr + io, pid_b, s_o_b, s_o_l, t0, sgn)
+        dz_base, so_l = _dir_base(dz_ptr + io, pid_b, s_o_b, s_o_l, t0, sgn)
+        part_row = (pid_rb * L + t0) * dstate  # memory token t0 of the row; processing order steps by sgn
+        _scan_bwd_body(
+            u_base, su_l, s_u_d, dt_base, sdt_l, s_dt_d, z_base, sz_l, s_z_d, g_base, sg_l, s_g_d, scale,
+            tl.where(bwd, Ab_ptr, Af_ptr), s_A_d, s_A_n, tl.where(bwd, Db_ptr, Df_ptr),
+            tl.where(bwd, biasb_ptr, biasf_ptr),
+            B_base, sB_l, s_B_n, C_base, sC_l, s_C_n,
+            du_base, ddelta_base, dz_base, so_l, s_o_d,
+            ckpt_ptr + pid_rb * nchunks * NP * dim,
+            dB_ptr + part_row, dC_ptr + part_row, sgn * dstate, 2 * batch * L * dstate,
+            dA_ptr + pid_rb * dim * dstate, dD_ptr + pid_rb * dim, dbias_ptr + pid_rb * dim,
+            pid_d, dim, L, dstate, nchunks,
+            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False, PACK, A_IS_LOG, XLANE, REUSE_BC, PREFETCH, BLOCK_D, CHUNK,
+            NP,
+        )
+
+
+def _plan(dim: int, L: int, dstate: int, dev: torch.device):
+    """(channel blocks, dB / dC partials, chunks, the launch's config keywords) for BWD_XLANE_CONFIG."""
+    cfg = BWD_XLANE_CONFIG
+    bd, chunk, nw = cfg["BLOCK_D"], cfg["CHUNK"], cfg["num_warps"]
+    if XLANE and bd != 32 * nw:
+        raise ValueError(f"BWD_XLANE_CONFIG: the lane exchange needs BLOCK_D == 32 * num_warps, got {cfg}")
+    n_dblk = (dim + bd - 1) // bd
+    meta = dict(XLANE=XLANE, REUSE_BC=cfg.get("reuse_bc", True), PREFETCH=cfg.get("prefetch", False),
+                BLOCK_D=bd, CHUNK=chunk, NP=_scan._np(dstate), num_warps=nw, num_stages=1)
+    if cfg.get("maxnreg") and dev.type == "cuda":  # (a compiler option: the interpreter has none)
+        meta["maxnreg"] = cfg["maxnreg"]
+    return n_dblk, n_dblk * (bd // 32) if XLANE else n_dblk, (L + chunk - 1) // chunk, meta
+
+
 def bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=False):
     """Drop-in for :func:`rmeeto.ops.triton.scan._bwd`: (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) for
     dout [batch, dim, L]; du, ddelta, dz laid out like u, dB / dC [batch, dstate, L] views of [batch, L, dstate],
@@ -378,15 +447,9 @@ def bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is
     batch, dim, L = u.shape
     dstate = A.shape[1]
     dev = u.device
-    cfg = BWD_XLANE_CONFIG
-    bd, chunk, nw = cfg["BLOCK_D"], cfg["CHUNK"], cfg["num_warps"]
-    if XLANE and bd != 32 * nw:
-        raise ValueError(f"BWD_XLANE_CONFIG: the lane exchange needs BLOCK_D == 32 * num_warps, got {cfg}")
-    NP = _scan._np(dstate)
+    n_dblk, n_parts, nchunks, meta = _plan(dim, L, dstate, dev)
     alloc, like = _scan._alloc, _scan._like_layout
-    n_dblk = (dim + bd - 1) // bd
-    n_parts = n_dblk * (bd // 32) if XLANE else n_dblk
-    nchunks = (L + chunk - 1) // chunk
+    NP = meta["NP"]
     du = like(u, u.dtype)
     ddelta = like(u, delta.dtype)
     dz = like(u, z.dtype) if z is not None else torch.empty(0, dtype=u.dtype, device=dev)
@@ -412,9 +475,7 @@ def bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is
         *du.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_scan._packable(B, C), A_IS_LOG=bool(a_is_log),
-        XLANE=XLANE, REUSE_BC=cfg.get("reuse_bc", True), PREFETCH=cfg.get("prefetch", False),
-        BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=nw, num_stages=1,
-        **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") and dev.type == "cuda" else {}),
+        **meta,
     )
     dA = dA_p.sum(0)
     if a_is_log:  # dL/dA_log = dL/dA * A = -(dL/dA * exp(A_log))
@@ -424,4 +485,61 @@ def bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is
     dC = dC_p.sum(0).transpose(1, 2).to(C.dtype)
     dD = dD_p.sum(0).to(D.dtype if D is not None else torch.float32)
     dbias = dbias_p.sum(0).to(delta_bias.dtype if delta_bias is not None else torch.float32)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+def bwd_bidir(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
+              delta_softplus, scale, a_is_log):
+    """Drop-in for :func:`rmeeto.ops.triton.scan._bwd_bidir` (both directions in one launch): du, ddelta
+    [2, batch, dim, L], dA [2, dim, dstate], dB, dC [2, batch, dstate, L], dD, dbias [2, dim] (float32 when
+    D / delta_bias are absent), dz [batch, dim, L] summed over the directions (empty when z is absent)."""
+    _scan._require_runnable(u_f)
+    batch, dim, L = u_f.shape
+    dstate = A_f.shape[1]
+    dev = u_f.device
+    like2, alloc = _scan._like_layout2, _scan._alloc
+    du = like2(u_f, u_f.dtype)
+    ddelta = like2(u_f, delta_f.dtype)
+    dz2 = like2(u_f, z.dtype) if z is not None else None
+    D_dtype = D_f.dtype if D_f is not None else torch.float32
+    bias_dtype = bias_f.dtype if bias_f is not None else torch.float32
+    if batch * dim * L == 0:
+        du.zero_(), ddelta.zero_()
+        return (du, ddelta, torch.zeros((2,) + tuple(A_f.shape), dtype=A_f.dtype, device=dev),
+                torch.zeros((2,) + tuple(B_f.shape), dtype=B_f.dtype, device=dev),
+                torch.zeros((2,) + tuple(C_f.shape), dtype=C_f.dtype, device=dev),
+                torch.zeros(2, dim, dtype=D_dtype, device=dev),
+                torch.zeros_like(z) if z is not None else torch.empty(0, dtype=u_f.dtype, device=dev),
+                torch.zeros(2, dim, dtype=bias_dtype, device=dev))
+    n_dblk, n_parts, nchunks, meta = _plan(dim, L, dstate, dev)
+    ckpt = alloc((2, batch, nchunks, meta["NP"], dim), torch.float32, dev)
+    dA_p = alloc((2, batch, dim, dstate), torch.float32, dev)
+    dB_p = alloc((n_parts, 2, batch, L, dstate), torch.float32, dev)
+    dC_p = alloc((n_parts, 2, batch, L, dstate), torch.float32, dev)
+    dD_p = alloc((2, batch, dim), torch.float32, dev)
+    dbias_p = alloc((2, batch, dim), torch.float32, dev)
+    zz = z if z is not None else u_f
+    flags = _scan._bidir_flags(D_f, z, bias_f, delta_softplus, a_is_log, B_f, C_f, B_b, C_b, meta["NP"])
+    flags.pop("NP")
+    launch(
+        _scan_bwd_bidir_xlane_kernel, (batch, n_dblk, 2), dev,
+        u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b,
+        D_f if D_f is not None else A_f, D_b if D_b is not None else A_b, zz,
+        bias_f if bias_f is not None else A_f, bias_b if bias_b is not None else A_b, dout, float(scale),
+        ckpt, du, ddelta, dz2 if z is not None else du, dA_p, dB_p, dC_p, dD_p, dbias_p,
+        batch, dim, L, dstate, nchunks,
+        *u_f.stride(), *delta_f.stride(), *A_f.stride(), *B_f.stride(), *C_f.stride(), *zz.stride(),
+        *dout.stride(), *du.stride(),
+        **flags, **meta,
+    )
+    # the reductions and casts of scan._bwd_bidir
+    dA = dA_p.sum(1)  # [2, dim, dstate]
+    if a_is_log:  # dL/dA_log = dL/dA * A
+        dA = dA * -torch.exp(torch.stack([A_f, A_b]).float())
+    dA = dA.to(A_f.dtype)
+    dB = dB_p.sum(0).to(B_f.dtype).transpose(2, 3)  # [2, batch, dstate, L] view of [2, batch, L, dstate]
+    dC = dC_p.sum(0).to(C_f.dtype).transpose(2, 3)
+    dD = dD_p.sum(1).to(D_dtype)
+    dbias = dbias_p.sum(1).to(bias_dtype)
+    dz = torch.add(dz2[0], dz2[1]) if z is not None else torch.empty(0, dtype=u_f.dtype, device=dev)
     return du, ddelta, dA, dB, dC, dD, dz, dbias
