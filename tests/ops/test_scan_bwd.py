@@ -264,3 +264,25 @@ def test_gpu_deterministic():
     a, b = sb.bwd(dout, *ins, sp, True), sb.bwd(dout, *ins, sp, True)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[str(c) for c in CONFIGS])
+def test_gpu_bidir_matches_old(cfg, monkeypatch):
+    """bwd_bidir against scan._bwd_bidir (itself checked against the reference by tests/ops/test_gpu_bidir.py):
+    same shapes, dtypes and strides, relative errors within the reference tolerances; float32 contiguous with
+    dstate 5 and no z, bf16 channels-last with packed B / C at Vim's length."""
+    monkeypatch.setattr(ts, "_POISON", True)
+    monkeypatch.setattr(sb, "BWD_XLANE_CONFIG", dict(cfg))
+    for (b, d, L, n), dtype, cl, with_z in (((2, 40, 65, 5), torch.float32, False, False),
+                                          ((2, 96, 197, 16), torch.bfloat16, True, True)):
+        ins, dout = bidir_inputs(b, d, L, n, dtype, "cuda", cl, with_z, seed=L)
+        new = sb.bwd_bidir(dout, *ins, True, 0.5, True)
+        old = ts._bwd_bidir(dout, *ins, True, 0.5, True)
+        for name, x, y in zip(["du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias"], new, old):
+            assert x.shape == y.shape and x.dtype == y.dtype, name
+            if y.numel():
+                assert x.stride() == y.stride(), name
+                err = ((x.double() - y.double()).norm() / y.double().norm().clamp_min(1e-30)).item()
+                assert err < TOL[dtype], (name, err)
