@@ -48,17 +48,17 @@ __all__ = ["BWD_XLANE_CONFIG", "CANDIDATE_BWD_XLANE", "bwd", "bwd_bidir"]
 
 # One channel per lane (BLOCK_D = 32 * num_warps) is required by the lane exchange; CHUNK tokens per step.
 # Optional keys: maxnreg caps the registers per thread so more warps fit on an SM (65536 registers per SM):
-# the kernel takes 254 at CHUNK=2 (8 warps per SM) and compiles without spills down to 216 (9 warps); at
-# CHUNK=1 it takes 241 and fits 200 (10 warps), or, with reuse_bc=False (B and C reloaded for the adjoint
-# step: ~100 more instructions per token), 217 and 168 (12 warps). prefetch=True loads the next chunk's
-# inputs (and checkpoint) one step ahead (see _scan_bwd_body). benchmarks/compile_scan.py --xbwd / --maxnreg
-# shows the counts, benchmarks/bench_scan_bwd_gpu.py times every candidate, tests/ops/test_scan_bwd.py checks
-# every one. All candidates compile without spills.
+# the kernel takes 254 at CHUNK=2 (8 warps per SM) and fits 224 (9 warps; the two-direction kernel spills 4
+# bytes there); at CHUNK=1 it takes 241 and fits 200 (10 warps), or, with reuse_bc=False (B and C reloaded
+# for the adjoint step: ~100 more instructions per token), 217 and 168 (12 warps). prefetch=True loads the
+# next chunk's inputs (and checkpoint) one step ahead (see _scan_bwd_body). benchmarks/compile_scan.py
+# --xbwd / --maxnreg shows the counts, benchmarks/bench_scan_bwd_gpu.py times every candidate,
+# tests/ops/test_scan_bwd.py checks every one.
 BWD_XLANE_CONFIG = {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1}
 CANDIDATE_BWD_XLANE = [
     {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1},
     {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1, "prefetch": True},
-    {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1, "maxnreg": 216},
+    {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1, "maxnreg": 224},
     {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1, "maxnreg": 200},
     {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1, "maxnreg": 200, "prefetch": True},
     {"BLOCK_D": 32, "CHUNK": 1, "num_warps": 1, "maxnreg": 168, "reuse_bc": False},
@@ -72,8 +72,8 @@ if _scan._HAS_TRITON:
     import triton.language as tl
 
     from rmeeto.ops.triton.scan import (
-        _BIDIR_NOSPEC, _SCAN_NOSPEC, _advance, _dir_base, _channel_consts, _chunk_pos, _load_pair, _load_tile, _pick, _pick3, _put,
-        _step_dt, _store_tile,
+        _BIDIR_NOSPEC, _SCAN_NOSPEC, _advance, _channel_consts, _chunk_pos, _dir_base, _load_pair, _load_tile,
+        _pick, _pick3, _put, _step_dt, _store_tile,
     )
 
     @triton.jit
