@@ -72,9 +72,60 @@ if _scan._HAS_TRITON:
     import triton.language as tl
 
     from rmeeto.ops.triton.scan import (
-        _BIDIR_NOSPEC, _SCAN_NOSPEC, _advance, _channel_consts, _chunk_pos, _dir_base, _load_pair, _load_tile,
-        _pick, _pick3, _put, _step_dt, _store_tile,
+        _BIDIR_NOSPEC, _SCAN_NOSPEC, _advance, _chunk_pos, _dir_base, _load_pair, _pick,
+        _pick3, _put, _step_dt,
     )
+
+    @triton.jit
+    def _load_rows(base, c, L, offs_d, s_l, s_d, mask_d, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+                   REVERSE: tl.constexpr):
+        """[CHUNK, BLOCK_D] float32 tile of chunk c (zeros past the sequence / channels), loaded one token row
+        ([BLOCK_D], one channel per lane) at a time. A 2-D tile load would leave the tile's layout to
+        Triton's coalescing pass, which on Triton 3.6 (strides unknown, every axis equally contiguous) spreads
+        the CHUNK axis over lanes and then pays shuffles and shared memory to bring it back in-thread."""
+        offs_j = tl.arange(0, CHUNK)
+        tile = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+        for j in tl.static_range(CHUNK):
+            tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
+            row = tl.load(base + tj * s_l + offs_d * s_d, mask=mask_d & vj, other=0.0).to(tl.float32)
+            tile = _put(tile, offs_j, j, row)
+        return tile
+
+    @triton.jit
+    def _store_rows(base, c, L, offs_d, s_l, s_d, x, mask_d, CHUNK: tl.constexpr, REVERSE: tl.constexpr):
+        """Store the [CHUNK, BLOCK_D] tile x of chunk c one token row at a time (see _load_rows)."""
+        offs_j = tl.arange(0, CHUNK)
+        for j in tl.static_range(CHUNK):
+            tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
+            tl.store(base + tj * s_l + offs_d * s_d, _pick(x, offs_j, j).to(base.dtype.element_ty), mask=mask_d & vj)
+
+    @triton.jit
+    def _channel_consts_rows(A_ptr, D_ptr, bias_ptr, offs_d, s_A_n, s_A_d, dstate, mask_d, HAS_D: tl.constexpr,
+                             HAS_BIAS: tl.constexpr, A_IS_LOG: tl.constexpr, BLOCK_D: tl.constexpr,
+                             NP: tl.constexpr):
+        """scan._channel_consts (A log2 e as even / odd halves [NP/2, BLOCK_D], D, delta_bias), with A read one
+        dstate entry ([BLOCK_D] row) at a time, for the layout reason of _load_rows: the 2-D load's strides
+        are unknown on both axes, and Triton 3.6 then lays the tile out with dstate across lanes, a layout
+        every state tile of the kernel inherits."""
+        offs_h = tl.arange(0, NP // 2)
+        ae = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        ao = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        for k in tl.static_range(NP // 2):
+            p = A_ptr + offs_d * s_A_d + (2 * k) * s_A_n
+            ae = _put(ae, offs_h, k, tl.load(p, mask=mask_d & (2 * k < dstate), other=0.0).to(tl.float32))
+            ao = _put(ao, offs_h, k, tl.load(p + s_A_n, mask=mask_d & (2 * k + 1 < dstate), other=0.0).to(tl.float32))
+        if A_IS_LOG:
+            ae = -tl.exp(ae)
+            ao = -tl.exp(ao)
+        if HAS_D:
+            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+        return ae * 1.4426950408889634, ao * 1.4426950408889634, Dv, bias
 
     @triton.jit
     def _exchange(x, src):
@@ -159,8 +210,8 @@ if _scan._HAS_TRITON:
         mask_e = (2 * offs_h[:, None] < dstate) & mask_d[None, :]
         mask_o = (2 * offs_h[:, None] + 1 < dstate) & mask_d[None, :]
 
-        A2e, A2o, Dv, bias = _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
-                                             HAS_D, HAS_BIAS, A_IS_LOG)
+        A2e, A2o, Dv, bias = _channel_consts_rows(A_ptr, D_ptr, bias_ptr, offs_d, s_A_n, s_A_d, dstate, mask_d,
+                                                  HAS_D, HAS_BIAS, A_IS_LOG, BLOCK_D, NP)
         ck_base = ck_row + offs_h[:, None] * dim + offs_d[None, :]
         ck_odd = (NP // 2) * dim
         if XLANE:  # this lane's warp partial
@@ -174,10 +225,8 @@ if _scan._HAS_TRITON:
         he = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
         ho = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
         if PREFETCH:  # the first chunk's tiles; every step then loads the next chunk's before its math
-            t, mask_t = _chunk_pos(0, offs_j, L, CHUNK, REVERSE)
-            m2 = mask_t[:, None] & mask_d[None, :]
-            u_n = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
-            xd_n = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
+            u_n = _load_rows(u_base, 0, L, offs_d, su_l, s_u_d, mask_d, BLOCK_D, CHUNK, REVERSE)
+            xd_n = _load_rows(dt_base, 0, L, offs_d, sdt_l, s_dt_d, mask_d, BLOCK_D, CHUNK, REVERSE)
         for c in range(0, nchunks - 1):
             tl.store(ck_base + c * NP * dim, he, mask=mask_e)
             tl.store(ck_base + c * NP * dim + ck_odd, ho, mask=mask_o)
@@ -188,11 +237,11 @@ if _scan._HAS_TRITON:
                 xd = xd_n
                 tn, mask_tn = _chunk_pos(c + 1, offs_j, L, CHUNK, REVERSE)  # c + 1 < nchunks here
                 mn = mask_tn[:, None] & mask_d[None, :]
-                u_n = _load_tile(u_base, tn, offs_d, su_l, s_u_d, mn)
-                xd_n = _load_tile(dt_base, tn, offs_d, sdt_l, s_dt_d, mn)
+                u_n = _load_rows(u_base, c + 1, L, offs_d, su_l, s_u_d, mask_d, BLOCK_D, CHUNK, REVERSE)
+                xd_n = _load_rows(dt_base, c + 1, L, offs_d, sdt_l, s_dt_d, mask_d, BLOCK_D, CHUNK, REVERSE)
             else:
-                u = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
-                xd = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
+                u = _load_rows(u_base, c, L, offs_d, su_l, s_u_d, mask_d, BLOCK_D, CHUNK, REVERSE)
+                xd = _load_rows(dt_base, c, L, offs_d, sdt_l, s_dt_d, mask_d, BLOCK_D, CHUNK, REVERSE)
             xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
             dtu = dt * u
             for j in tl.static_range(CHUNK):
@@ -214,13 +263,12 @@ if _scan._HAS_TRITON:
         dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         db_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         if PREFETCH:  # the last chunk's tiles and checkpoint
-            t, mask_t = _chunk_pos(nchunks - 1, offs_j, L, CHUNK, REVERSE)
-            m2 = mask_t[:, None] & mask_d[None, :]
-            u_n = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
-            xd_n = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
-            g_n = _load_tile(g_base, t, offs_d, sg_l, s_g_d, m2)
+            cl = nchunks - 1
+            u_n = _load_rows(u_base, cl, L, offs_d, su_l, s_u_d, mask_d, BLOCK_D, CHUNK, REVERSE)
+            xd_n = _load_rows(dt_base, cl, L, offs_d, sdt_l, s_dt_d, mask_d, BLOCK_D, CHUNK, REVERSE)
+            g_n = _load_rows(g_base, cl, L, offs_d, sg_l, s_g_d, mask_d, BLOCK_D, CHUNK, REVERSE)
             if HAS_Z:
-                z_n = _load_tile(z_base, t, offs_d, sz_l, s_z_d, m2)
+                z_n = _load_rows(z_base, cl, L, offs_d, sz_l, s_z_d, mask_d, BLOCK_D, CHUNK, REVERSE)
             he_n = tl.load(ck_base + (nchunks - 1) * NP * dim, mask=mask_e, other=0.0)
             ho_n = tl.load(ck_base + (nchunks - 1) * NP * dim + ck_odd, mask=mask_o, other=0.0)
         for ci in range(0, nchunks):
@@ -238,19 +286,19 @@ if _scan._HAS_TRITON:
                 cp = tl.maximum(c - 1, 0)  # the next chunk to process (chunk 0 again after the last: unused)
                 tp, mask_tp = _chunk_pos(cp, offs_j, L, CHUNK, REVERSE)
                 mp = mask_tp[:, None] & mask_d[None, :]
-                u_n = _load_tile(u_base, tp, offs_d, su_l, s_u_d, mp)
-                xd_n = _load_tile(dt_base, tp, offs_d, sdt_l, s_dt_d, mp)
-                g_n = _load_tile(g_base, tp, offs_d, sg_l, s_g_d, mp)
+                u_n = _load_rows(u_base, cp, L, offs_d, su_l, s_u_d, mask_d, BLOCK_D, CHUNK, REVERSE)
+                xd_n = _load_rows(dt_base, cp, L, offs_d, sdt_l, s_dt_d, mask_d, BLOCK_D, CHUNK, REVERSE)
+                g_n = _load_rows(g_base, cp, L, offs_d, sg_l, s_g_d, mask_d, BLOCK_D, CHUNK, REVERSE)
                 if HAS_Z:
-                    z_n = _load_tile(z_base, tp, offs_d, sz_l, s_z_d, mp)
+                    z_n = _load_rows(z_base, cp, L, offs_d, sz_l, s_z_d, mask_d, BLOCK_D, CHUNK, REVERSE)
                 he_n = tl.load(ck_base + cp * NP * dim, mask=mask_e, other=0.0)
                 ho_n = tl.load(ck_base + cp * NP * dim + ck_odd, mask=mask_o, other=0.0)
             else:
-                u = _load_tile(u_base, t, offs_d, su_l, s_u_d, m2)
-                xd = _load_tile(dt_base, t, offs_d, sdt_l, s_dt_d, m2)
-                dout = _load_tile(g_base, t, offs_d, sg_l, s_g_d, m2) * scale
+                u = _load_rows(u_base, c, L, offs_d, su_l, s_u_d, mask_d, BLOCK_D, CHUNK, REVERSE)
+                xd = _load_rows(dt_base, c, L, offs_d, sdt_l, s_dt_d, mask_d, BLOCK_D, CHUNK, REVERSE)
+                dout = _load_rows(g_base, c, L, offs_d, sg_l, s_g_d, mask_d, BLOCK_D, CHUNK, REVERSE) * scale
                 if HAS_Z:
-                    zz = _load_tile(z_base, t, offs_d, sz_l, s_z_d, m2)
+                    zz = _load_rows(z_base, c, L, offs_d, sz_l, s_z_d, mask_d, BLOCK_D, CHUNK, REVERSE)
                 he = tl.load(ck_base + c * NP * dim, mask=mask_e, other=0.0)
                 ho = tl.load(ck_base + c * NP * dim + ck_odd, mask=mask_o, other=0.0)
             xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
@@ -276,7 +324,7 @@ if _scan._HAS_TRITON:
                 sz = tl.sigmoid(zz)
                 dy = dout * zz * sz
                 dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                _store_tile(dz_base, t, offs_d, so_l, s_o_d, dz, m2)
+                _store_rows(dz_base, c, L, offs_d, so_l, s_o_d, dz, mask_d, CHUNK, REVERSE)
             else:
                 dy = dout
 
@@ -323,12 +371,13 @@ if _scan._HAS_TRITON:
                 ddt = ddt * tl.sigmoid(xd)
             ddt = tl.where(m2, ddt, 0.0)
             db_acc += tl.sum(ddt, axis=0)
-            _store_tile(du_base, t, offs_d, so_l, s_o_d, du, m2)
-            _store_tile(ddelta_base, t, offs_d, so_l, s_o_d, ddt, m2)
+            _store_rows(du_base, c, L, offs_d, so_l, s_o_d, du, mask_d, CHUNK, REVERSE)
+            _store_rows(ddelta_base, c, L, offs_d, so_l, s_o_d, ddt, mask_d, CHUNK, REVERSE)
 
-        dA_base = dA_row + offs_d[None, :] * dstate + 2 * offs_h[:, None]
-        tl.store(dA_base, dAe, mask=mask_e)
-        tl.store(dA_base + 1, dAo, mask=mask_o)
+        for k in tl.static_range(NP // 2):  # one dstate entry at a time (see _channel_consts_rows)
+            p = dA_row + offs_d * dstate + 2 * k
+            tl.store(p, _pick(dAe, offs_h, k), mask=mask_d & (2 * k < dstate))
+            tl.store(p + 1, _pick(dAo, offs_h, k), mask=mask_d & (2 * k + 1 < dstate))
         tl.store(dD_row + offs_d, dD_acc, mask=mask_d)
         tl.store(dbias_row + offs_d, db_acc, mask=mask_d)
 
