@@ -1,8 +1,9 @@
 """Selective-scan backward with the dB / dC channel sums done as a reduce-scatter across the warp's lanes.
 
-A drop-in replacement for :func:`rmeeto.ops.triton.scan._bwd` (same arguments, same outputs); the math, the
-two passes and the memory layout are those of ``_scan_bwd_kernel`` (see :mod:`rmeeto.ops.triton.scan`'s
-docstring), only the per-token sums over channels differ.
+:func:`bwd` and :func:`bwd_bidir` are drop-in replacements for :func:`rmeeto.ops.triton.scan._bwd` and
+``scan._bwd_bidir`` (same arguments, same outputs); the math, the two passes and the buffers are those of
+``_scan_bwd_kernel`` (see :mod:`rmeeto.ops.triton.scan`'s docstring), except the per-token sums over channels,
+the row-wise accesses below, and options (register cap, prefetch) in the tile config.
 
 Why. Per token the backward needs 2 * dstate sums over the channels (dB_t[n] = sum_d g[n, d] dt u[d] and
 dC_t[n] = sum_d dy[d] h[n, d]). Each thread holds one channel, so ``tl.sum(.., axis=1)`` reduces each of the
@@ -30,9 +31,17 @@ warp to hold 32 consecutive channels, one per lane: BLOCK_D == 32 * num_warps (c
 Each warp then writes its own dB / dC partial (n_dblocks * BLOCK_D / 32 partials, summed afterwards), so no
 sum crosses warps. ``XLANE=False`` keeps the original ``tl.sum`` reductions, for comparison.
 
+Layouts on Triton 3.6 (the GPU machine's): a 2-D load or store whose strides are all unknown (the
+[CHUNK, BLOCK_D] u / delta / dout / z tiles, A [NP/2, BLOCK_D], dA) has every axis equally contiguous, and
+3.6's coalescing pass then puts the first axis (chunk, dstate) across lanes; the state tiles inherit that
+layout and every per-channel sum becomes shuffles and shared-memory round trips (``scan._scan_bwd_kernel``
+compiles to 260 shuffles, 1 KB of shared memory and 14 barriers on 3.6, 320 / 0 / 9 on 3.8). Here those
+accesses go one [BLOCK_D] row (one channel per lane) at a time (_load_rows, _store_rows,
+_channel_consts_rows), which both versions compile alike: 62 shuffles, no shared memory, no spills.
+
 The body is :func:`_scan_bwd_body`, a ``@triton.jit`` function over base pointers (already at the program's
-batch element / direction) and strides, so both the single-direction kernel here and a two-direction kernel
-(REVERSE=False, bases at token L-1 and negated token strides, as ``_scan_bidir_bwd_kernel`` does) can call it.
+batch element / direction) and strides, called by the single-direction kernel and by the two-direction one
+(REVERSE=False, bases at token L-1 and negated token strides, as ``scan._scan_bidir_bwd_kernel`` does).
 """
 
 from __future__ import annotations
@@ -48,12 +57,12 @@ __all__ = ["BWD_XLANE_CONFIG", "CANDIDATE_BWD_XLANE", "bwd", "bwd_bidir"]
 
 # One channel per lane (BLOCK_D = 32 * num_warps) is required by the lane exchange; CHUNK tokens per step.
 # Optional keys: maxnreg caps the registers per thread so more warps fit on an SM (65536 registers per SM):
-# the kernel takes 254 at CHUNK=2 (8 warps per SM) and fits 224 (9 warps; the two-direction kernel spills 4
-# bytes there); at CHUNK=1 it takes 241 and fits 200 (10 warps), or, with reuse_bc=False (B and C reloaded
-# for the adjoint step: ~100 more instructions per token), 217 and 168 (12 warps). prefetch=True loads the
-# next chunk's inputs (and checkpoint) one step ahead (see _scan_bwd_body). benchmarks/compile_scan.py
-# --xbwd / --maxnreg shows the counts, benchmarks/bench_scan_bwd_gpu.py times every candidate,
-# tests/ops/test_scan_bwd.py checks every one.
+# the kernel takes 254 at CHUNK=2 (8 warps per SM) and fits 224 (9 warps); at CHUNK=1 it takes ~245 and fits
+# 200 (10 warps), or, with reuse_bc=False (B and C reloaded for the adjoint step: ~100 more instructions per
+# token), ~217 and 168 (12 warps). prefetch=True loads the next chunk's inputs (and checkpoint) one step
+# ahead (see _scan_bwd_body). No spills with Triton 3.6 except 4 bytes in the two-direction kernel at CHUNK=1
+# / maxnreg 200 (3.8: the same at CHUNK=2 / 224). benchmarks/compile_scan.py --xbwd / --maxnreg shows the
+# counts, benchmarks/bench_scan_bwd_gpu.py times every candidate, tests/ops/test_scan_bwd.py checks every one.
 BWD_XLANE_CONFIG = {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1}
 CANDIDATE_BWD_XLANE = [
     {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1},
