@@ -18,6 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from rmeeto.ops.triton import scan as ts
+from rmeeto.ops.triton import scan_bwd as tsb
 
 PTX_OPS = {
     "ex2": r"\bex2\.", "lg2": r"\blg2\.", "shfl": r"\bshfl\.", "bar": r"\bbar\.sync|\bbarrier\.",
@@ -43,7 +44,7 @@ def _signature(kernel, dtype: str) -> dict:
     return sig
 
 
-def compile_kernel(kernel, consts: dict, dtype: str, arch: int, num_warps: int):
+def compile_kernel(kernel, consts: dict, dtype: str, arch: int, num_warps: int, maxnreg=None):
     sig = _signature(kernel, dtype)
     # pointers 16-byte aligned, the unit strides the launcher would see specialised where allowed
     attrs = {}
@@ -57,7 +58,10 @@ def compile_kernel(kernel, consts: dict, dtype: str, arch: int, num_warps: int):
             sig[name] = "constexpr"
             consts[name] = 1
     src = ASTSource(kernel, sig, constexprs=consts, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": 1})
+    options = {"num_warps": num_warps, "num_stages": 1}
+    if maxnreg:
+        options["maxnreg"] = maxnreg
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def _ptxas_usage(ptx: str, arch) -> str:
@@ -91,6 +95,12 @@ def main():
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--fwd", default=None, help="BLOCK_D,CHUNK,num_warps (default FWD_CONFIG)")
     p.add_argument("--bwd", default=None, help="BLOCK_D,CHUNK,num_warps (default BWD_CONFIG)")
+    p.add_argument("--xbwd", default=None, help="BLOCK_D,CHUNK,num_warps of scan_bwd's kernel (default "
+                   "BWD_XLANE_CONFIG)")
+    p.add_argument("--maxnreg", type=int, default=None, help="register cap of scan_bwd's kernel (default: "
+                   "its config's)")
+    p.add_argument("--reload-bc", action="store_true", help="scan_bwd's kernel with reuse_bc=False")
+    p.add_argument("--prefetch", action="store_true", help="scan_bwd's kernel with prefetch=True")
     p.add_argument("--no-pack", dest="pack", action="store_false", help="compile the one-element B/C load path")
     p.add_argument("--dump", default=None, help="write ttgir/ptx of both kernels with this path prefix")
     a = p.parse_args()
@@ -98,16 +108,25 @@ def main():
     kernels = [("fwd", ts._scan_fwd_kernel, ts.FWD_CONFIG, a.fwd), ("bwd", ts._scan_bwd_kernel, ts.BWD_CONFIG, a.bwd),
                # both directions in one launch (no REVERSE flag: the direction is a runtime value)
                ("bidir fwd", ts._scan_bidir_fwd_kernel, ts.FWD_CONFIG, a.fwd),
-               ("bidir bwd", ts._scan_bidir_bwd_kernel, ts.BWD_CONFIG, a.bwd)]
+               ("bidir bwd", ts._scan_bidir_bwd_kernel, ts.BWD_CONFIG, a.bwd),
+               # scan_bwd.py: the dB / dC sums as a reduce-scatter across lanes (and its XLANE=False twin)
+               ("xlane bwd", tsb._scan_bwd_xlane_kernel, tsb.BWD_XLANE_CONFIG, a.xbwd),
+               ("xlane bidir bwd", tsb._scan_bwd_bidir_xlane_kernel, tsb.BWD_XLANE_CONFIG, a.xbwd)]
     for which, kernel, cfg, arg in kernels:
-        if which.startswith("bidir"):
+        if "bidir" in which:
             flags.pop("REVERSE", None)
+        else:
+            flags["REVERSE"] = False
+        if which.startswith("xlane"):
+            flags.update(XLANE=True, REUSE_BC=cfg.get("reuse_bc", True) and not a.reload_bc,
+                         PREFETCH=cfg.get("prefetch", False) or a.prefetch)
         if arg:
             bd, ch, nw = (int(x) for x in arg.split(","))
         else:
             bd, ch, nw = cfg["BLOCK_D"], cfg["CHUNK"], cfg["num_warps"]
-        ck = compile_kernel(kernel, dict(flags, BLOCK_D=bd, CHUNK=ch), a.dtype, a.arch, nw)
-        report(f"{which} BLOCK_D={bd} CHUNK={ch} warps={nw}", ck)
+        mr = (a.maxnreg or cfg.get("maxnreg")) if which.startswith("xlane") else None
+        ck = compile_kernel(kernel, dict(flags, BLOCK_D=bd, CHUNK=ch), a.dtype, a.arch, nw, mr)
+        report(f"{which} BLOCK_D={bd} CHUNK={ch} warps={nw}" + (f" maxnreg={mr}" if mr else ""), ck)
         if a.dump:
             for ext in ("ttgir", "ptx"):
                 with open(f"{a.dump}.{which.replace(' ', '_')}.{ext}", "w") as f:
