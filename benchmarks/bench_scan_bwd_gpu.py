@@ -63,12 +63,12 @@ def bench_bidir(a, L, old_cfgs, new_cfgs) -> list:
         x[2] = torch.log(-x[2])  # A_log
     args = (dout, *(t for pair in zip(f[:6], r[:6]) for t in pair), f[6], f[7], r[7], True, 1.0, True)
     old_default, new_default = dict(ts.BWD_CONFIG), dict(sb.BWD_XLANE_CONFIG)
-    ref = ts._bwd_bidir(*args)
+    ref = ts._bwd_bidir_classic(*args)
     rows = []
     for cfg in old_cfgs:
         ts.BWD_CONFIG = dict(cfg)
         try:
-            t = triton.testing.do_bench(lambda: ts._bwd_bidir(*args), warmup=25, rep=100, return_mode="median")
+            t = triton.testing.do_bench(lambda: ts._bwd_bidir_classic(*args), warmup=25, rep=100, return_mode="median")
         except Exception as e:
             print(f"  bidir old {cfg}: failed ({type(e).__name__}: {str(e)[:100]})")
             continue
@@ -116,12 +116,12 @@ def main():
         args = (dout, *ins, True, False)
         print(f"\nbatch {a.batch}, dim {a.dim}, dstate {a.dstate}, L {L}, bf16 channels-last, D + z + bias + softplus")
         ts.BWD_CONFIG = old_default
-        ref = ts._bwd(*args)
+        ref = ts._bwd_classic(*args)
         rows = []
         for cfg in old_cfgs:
             ts.BWD_CONFIG = dict(cfg)
             try:
-                t = triton.testing.do_bench(lambda: ts._bwd(*args), warmup=25, rep=100, return_mode="median")
+                t = triton.testing.do_bench(lambda: ts._bwd_classic(*args), warmup=25, rep=100, return_mode="median")
             except Exception as e:  # e.g. out of resources
                 print(f"  old {cfg}: failed ({type(e).__name__}: {str(e)[:100]})")
                 continue

@@ -96,13 +96,13 @@ def test_bidir_directions_equal_single_kernels(dtype, scale, length, full):
     gen = torch.Generator(device=DEV).manual_seed(7)
     g = torch.randn(2, batch, length, dim, generator=gen, device=DEV)
     g = torch.where(g.abs() < 1e-3, 1e-3, g).to(dtype).transpose(2, 3)  # halving exact: no 16-bit subnormals
-    _, bufs2 = recorded(triton_scan._bwd_bidir, g, *bidir_args)
+    _, bufs2 = recorded(triton_scan._bwd_bidir_classic, g, *bidir_args)
     # du, ddelta[, dz], then ckpt, dA, dB, dC, dD, dbias partials; dB / dC partials are [n_dblocks, 2, ...]
     names = ["du", "ddelta"] + (["dz"] if full else []) + ["ckpt", "dA_p", "dB_p", "dC_p", "dD_p", "dbias_p"]
     assert len(bufs2) == len(names)
     for d, x in enumerate((f, r)):
         dout = (g[d].float() * scale).to(dtype)  # what the single path's backward receives (exact)
-        _, bufs = recorded(triton_scan._bwd, dout, *single_args(x, bool(d)))
+        _, bufs = recorded(triton_scan._bwd_classic, dout, *single_args(x, bool(d)))
         assert len(bufs) == len(names)
         for name, b2, b in zip(names, bufs2, bufs):
             assert_bits(f"{name}[{d}]", b2[:, d] if name in ("dB_p", "dC_p") else b2[d], b)

@@ -413,13 +413,13 @@ def test_scan_kernels_equal_pre_unification_kernels():
                     args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], z, x["bias"], softplus, reverse,
                             a_is_log)
                     dout = inputs(b, d, n, L, dtype, cl, a_is_log, g)["u"]
-                    calls += [("fwd", reverse, ts._fwd, args), ("bwd", reverse, ts._bwd, (dout,) + args)]
+                    calls += [("fwd", reverse, ts._fwd, args), ("bwd", reverse, ts._bwd_classic, (dout,) + args)]
                 for scale in (1.0, 0.5):
                     args = tuple(x[k] for k in ("u", "delta", "A", "B", "C", "D") for x in (f, r))
                     args = args + (z, f["bias"], r["bias"], softplus, scale, a_is_log)
                     g2 = torch.randn(2, b, L, d, generator=g).to(dtype)
                     g2 = g2.transpose(2, 3) if cl else g2.transpose(2, 3).contiguous()
-                    calls += [("bidir fwd", scale, ts._fwd_bidir, args), ("bidir bwd", scale, ts._bwd_bidir, (g2,) + args)]
+                    calls += [("bidir fwd", scale, ts._fwd_bidir, args), ("bidir bwd", scale, ts._bwd_bidir_classic, (g2,) + args)]
                 for name, arg, fn, args in calls:
                     new, old = run(NEW, fn, *args), run(OLD, fn, *args)
                     count += 1

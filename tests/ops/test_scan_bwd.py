@@ -164,7 +164,7 @@ def test_interpreted_bidir_equals_old():
             sb.BWD_XLANE_CONFIG = cfg
             ins, dout = bidir_inputs(b, d, L, n, torch.float32, "cpu", cl, with_z, seed)
             new = sb.bwd_bidir(dout, *ins, True, 0.5, True)
-            old = ts._bwd_bidir(dout, *ins, True, 0.5, True)
+            old = ts._bwd_bidir_classic(dout, *ins, True, 0.5, True)
             for i, (x, y) in enumerate(zip(new, old)):
                 if x.shape != y.shape or x.dtype != y.dtype or (x.numel() and x.stride() != y.stride()):
                     bad.append(("layout", seed, i))
@@ -216,7 +216,7 @@ def _gpu_check(ins, sp, reverse, dout, dtype, monkeypatch, cfg):
     monkeypatch.setattr(ts, "_POISON", True)
     monkeypatch.setattr(sb, "BWD_XLANE_CONFIG", dict(cfg))
     got = sb.bwd(dout, *ins, sp, reverse)
-    old = ts._bwd(dout, *ins, sp, reverse)
+    old = ts._bwd_classic(dout, *ins, sp, reverse)
     want = ref_grads(ins, sp, reverse, dout)
     tol = TOL[dtype]
     errs = rel_errs(got, want)
@@ -279,7 +279,7 @@ def test_gpu_bidir_matches_old(cfg, monkeypatch):
                                           ((2, 96, 197, 16), torch.bfloat16, True, True)):
         ins, dout = bidir_inputs(b, d, L, n, dtype, "cuda", cl, with_z, seed=L)
         new = sb.bwd_bidir(dout, *ins, True, 0.5, True)
-        old = ts._bwd_bidir(dout, *ins, True, 0.5, True)
+        old = ts._bwd_bidir_classic(dout, *ins, True, 0.5, True)
         for name, x, y in zip(["du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias"], new, old):
             assert x.shape == y.shape and x.dtype == y.dtype, name
             if y.numel():

@@ -13,6 +13,9 @@ Environment switches, read ONCE when this module is imported:
 ``RMEETO_FUSED_MERGE=0``    token matching and merging in PyTorch (``rmeeto.merge``)
 ``RMEETO_FAST_LAUNCH=0``    launch every Triton kernel through ``kernel[grid](...)`` instead of the cached
                             launcher of :mod:`rmeeto.ops.triton._launch` (for A/B timing; same results)
+``RMEETO_XLANE_BWD=0``      the scan backward of :mod:`rmeeto.ops.triton.scan` (dB / dC summed across lanes
+                            value by value) instead of :mod:`rmeeto.ops.triton.scan_bwd` (reduce-scatter
+                            across lanes); for A/B timing, results equal to rounding
 ==========================  ===========================================================================
 
 From Python: :func:`set_fused` / :func:`set_scan_backend` change the same switches, and
@@ -52,6 +55,8 @@ __all__ = [
     "triton_available",
     "fast_launch",
     "set_fast_launch",
+    "xlane_bwd",
+    "set_xlane_bwd",
 ]
 
 OPS = ("scan", "conv", "norm", "merge")
@@ -70,6 +75,7 @@ _fused: dict[str, bool] = {
     "merge": _switch("RMEETO_FUSED_MERGE"),
 }
 _fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
+_xlane_bwd: bool = _switch("RMEETO_XLANE_BWD")
 _scan_backend: str = os.environ.get("RMEETO_SCAN_BACKEND", "auto")
 _reference_forced = False
 
@@ -104,6 +110,17 @@ def set_fused(op: str, enabled: bool) -> None:
     """Turn the fused kernel of ``op`` on or off for the whole process (as its RMEETO_FUSED_* variable)."""
     _check_op(op)
     _fused[op] = bool(enabled)
+
+
+def xlane_bwd() -> bool:
+    """Whether the Triton scan backward runs :mod:`rmeeto.ops.triton.scan_bwd` (RMEETO_XLANE_BWD, default on)."""
+    return _xlane_bwd
+
+
+def set_xlane_bwd(enabled: bool) -> None:
+    """Choose the scan backward kernel for the whole process (as RMEETO_XLANE_BWD)."""
+    global _xlane_bwd
+    _xlane_bwd = bool(enabled)
 
 
 def fast_launch() -> bool:

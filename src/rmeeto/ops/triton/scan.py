@@ -46,6 +46,7 @@ from typing import Optional
 
 import torch
 
+from rmeeto.ops import policy
 from rmeeto.ops.triton._launch import launch
 from rmeeto.ops._checks import check_scan_shapes
 
@@ -567,6 +568,14 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=
 
 
 def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=False):
+    if policy.xlane_bwd():  # the reduce-scatter backward (rmeeto.ops.triton.scan_bwd), same contract
+        from rmeeto.ops.triton import scan_bwd
+
+        return scan_bwd.bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
+    return _bwd_classic(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
+
+
+def _bwd_classic(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=False):
     _require_runnable(u)
     batch, dim, L = u.shape
     dstate = A.shape[1]
@@ -882,6 +891,19 @@ def _fwd_bidir(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_
 
 def _bwd_bidir(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
                delta_softplus, scale, a_is_log):
+    """As :func:`_bwd_bidir_classic`, by the reduce-scatter kernel of :mod:`rmeeto.ops.triton.scan_bwd` unless
+    ``RMEETO_XLANE_BWD=0``."""
+    args = (dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
+            delta_softplus, scale, a_is_log)
+    if policy.xlane_bwd():
+        from rmeeto.ops.triton import scan_bwd
+
+        return scan_bwd.bwd_bidir(*args)
+    return _bwd_bidir_classic(*args)
+
+
+def _bwd_bidir_classic(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
+                       delta_softplus, scale, a_is_log):
     """Gradients as [2, ...] stacks (direction first): du, ddelta [2, batch, dim, L], dA [2, dim, dstate],
     dB, dC [2, batch, dstate, L], dD, dbias [2, dim] (float32 when D / delta_bias are absent), and dz
     [batch, dim, L] summed over the directions (an empty tensor when z is absent)."""
