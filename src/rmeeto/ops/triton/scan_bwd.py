@@ -81,9 +81,15 @@ if _scan._HAS_TRITON:
     import triton.language as tl
 
     from rmeeto.ops.triton.scan import (
-        _BIDIR_NOSPEC, _SCAN_NOSPEC, _advance, _chunk_pos, _dir_base, _load_pair, _pick,
+        _BIDIR_NOSPEC, _SCAN_NOSPEC, _advance, _chunk_pos, _load_pair, _pick,
         _pick3, _put, _step_dt,
     )
+
+    @triton.jit
+    def _dir_base(ptr, pid_b, s_b, s_l, t0, sgn):
+        """(base, token stride) of one batch element's [dim, L] plane for processing order: forwards
+        (t0 = 0, sgn = 1) or from the last token (t0 = L - 1, sgn = -1)."""
+        return ptr + pid_b * s_b + t0 * s_l, sgn * s_l
 
     @triton.jit
     def _load_rows(base, c, L, offs_d, s_l, s_d, mask_d, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
