@@ -76,8 +76,19 @@ def kernels(dtype):
         out.append((f"v5 bwd {c}", conv_v5._conv_silu_bwd, dict(REVERSE=False, **tiles), c["num_warps"],
                     c["num_stages"], dtype))
         out.append((f"v5 bidir bwd {c}", conv_v5._conv_silu_bidir_bwd, tiles, c["num_warps"], c["num_stages"], "fp32"))
-    for label, kernel, consts, nw, ns, wd in tc.compile_targets(dtype):
-        out.append((label, kernel, consts, nw, ns, wd))
+    f = tc.FWD_CONFIG
+    fwd = dict(K=4, BLOCK_L=f["BLOCK_L"], BLOCK_D=f["BLOCK_D"])
+    out.append(("new fwd", tc._conv_silu_fwd, dict(fwd, FWD=True, BWD=False), f["num_warps"], 1, dtype))
+    out.append(("new bidir fwd", tc._conv_silu_fwd, dict(fwd, FWD=True, BWD=True), f["num_warps"], 1, "fp32"))
+    configs = [c for c in tc.CANDIDATE_BWD if c != tc.BWD_CONFIG and c != tc.BIDIR_BWD_CONFIG]
+    for c in [tc.BWD_CONFIG] + configs:
+        tiles = _cfg(c, "SPAN", "BLOCK_D")
+        out.append((f"new bwd {c}", tc._conv_silu_bwd, dict(tiles, FWD=True, BWD=False), c["num_warps"],
+                    c["num_stages"], dtype))
+    for c in [tc.BIDIR_BWD_CONFIG] + configs:
+        tiles = _cfg(c, "SPAN", "BLOCK_D")
+        out.append((f"new bidir bwd {c}", tc._conv_silu_bwd, dict(tiles, FWD=True, BWD=True), c["num_warps"],
+                    c["num_stages"], "fp32"))
     return out
 
 

@@ -99,127 +99,131 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
             dx[r] = sum_k wf_k ga_f[r + 3 - k] + sum_k wb_k ga_b[r - 3 + k],
             dwf_k = sum_t ga_f[t] x[t - 3 + k],  dwb_k = sum_t ga_b[t] x[t + 3 - k],  db = sum_t ga[t].
         The span is walked in memory order, one token row t (BLOCK_D channels) per step: each row of x and of
-        the output gradients is loaded once, each ga once (a sliding window of the last three x rows and ga
-        values stays in registers), and the weight / bias sums are per-channel sums in registers (no
-        reduction across threads). Step t computes ga_f[t] and ga_b[t - 3] and emits dx[t - 3]; rows are
-        loaded four steps ahead. Each dx element is the same expression, in the same order, as in the
-        session-5 kernel that recomputed ga for every shifted row, so dx is the same bit for bit.
+        the output gradients is loaded once, each ga computed once (the last three x rows and ga values stay
+        in registers), and the weight / bias sums are per-channel sums in registers (no reduction across
+        threads, so no shuffles, shared memory or barriers). Step t computes ga_f[t] and ga_b[t - 3] and
+        emits dx[t - 3]; rows are loaded one chunk of four steps ahead. Each dx element is the same
+        expression, in the same order, as in the session-5 kernel that recomputed ga for every shifted row
+        (benchmarks/conv_v5.py), so dx is the same bit for bit; dw / db are summed in another order.
         Returns (dbf, dwf0..3, dbb, dwb0..3) as [BLOCK_D] float32 (zeros for a direction not computed)."""
         zero = tl.zeros([BLOCK_D], tl.float32)
         dbf, dwf0, dwf1, dwf2, dwf3 = zero, zero, zero, zero, zero
         dbb, dwb0, dwb1, dwb2, dwb3 = zero, zero, zero, zero, zero
         fa1, fa2, fa3 = zero, zero, zero  # ga_f[t - 1], ga_f[t - 2], ga_f[t - 3]
         ba1, ba2, ba3 = zero, zero, zero  # ga_b[t - 4], ga_b[t - 5], ga_b[t - 6]
-        x1 = _row(x_base, s0 - 1, offs_d, mask_d, L, stride_xl).to(tl.float32)  # x[t - 1], x[t - 2], x[t - 3]
-        x2 = _row(x_base, s0 - 2, offs_d, mask_d, L, stride_xl).to(tl.float32)
-        x3 = _row(x_base, s0 - 3, offs_d, mask_d, L, stride_xl).to(tl.float32)
+        # rows past the last step's are not loaded (zeros, never used): hi bounds every row load
+        hi = tl.minimum(L, s0 + SPAN + 3)
+        x1 = _row(x_base, s0 - 1, offs_d, mask_d, hi, stride_xl).to(tl.float32)  # x[t - 1], x[t - 2], x[t - 3]
+        x2 = _row(x_base, s0 - 2, offs_d, mask_d, hi, stride_xl).to(tl.float32)
+        x3 = _row(x_base, s0 - 3, offs_d, mask_d, hi, stride_xl).to(tl.float32)
         # rows of the first four steps: x[t], gf[t], gb[t - 3]
-        na, nb, nc, nd = (_row(x_base, s0, offs_d, mask_d, L, stride_xl),
-                          _row(x_base, s0 + 1, offs_d, mask_d, L, stride_xl),
-                          _row(x_base, s0 + 2, offs_d, mask_d, L, stride_xl),
-                          _row(x_base, s0 + 3, offs_d, mask_d, L, stride_xl))
+        na, nb, nc, nd = (_row(x_base, s0, offs_d, mask_d, hi, stride_xl),
+                          _row(x_base, s0 + 1, offs_d, mask_d, hi, stride_xl),
+                          _row(x_base, s0 + 2, offs_d, mask_d, hi, stride_xl),
+                          _row(x_base, s0 + 3, offs_d, mask_d, hi, stride_xl))
         if FWD:
-            fga, fgb, fgc, fgd = (_row(gf_base, s0, offs_d, mask_d, L, stride_gl),
-                                  _row(gf_base, s0 + 1, offs_d, mask_d, L, stride_gl),
-                                  _row(gf_base, s0 + 2, offs_d, mask_d, L, stride_gl),
-                                  _row(gf_base, s0 + 3, offs_d, mask_d, L, stride_gl))
+            fga, fgb, fgc, fgd = (_row(gf_base, s0, offs_d, mask_d, hi, stride_gl),
+                                  _row(gf_base, s0 + 1, offs_d, mask_d, hi, stride_gl),
+                                  _row(gf_base, s0 + 2, offs_d, mask_d, hi, stride_gl),
+                                  _row(gf_base, s0 + 3, offs_d, mask_d, hi, stride_gl))
         if BWD:
-            bga, bgb, bgc, bgd = (_row(gb_base, s0 - 3, offs_d, mask_d, L, stride_gl),
-                                  _row(gb_base, s0 - 2, offs_d, mask_d, L, stride_gl),
-                                  _row(gb_base, s0 - 1, offs_d, mask_d, L, stride_gl),
-                                  _row(gb_base, s0, offs_d, mask_d, L, stride_gl))
-        for c in tl.static_range(0, SPAN + 3, 4):  # steps t = s0 + c .. s0 + c + 3
+            bga, bgb, bgc, bgd = (_row(gb_base, s0 - 3, offs_d, mask_d, hi, stride_gl),
+                                  _row(gb_base, s0 - 2, offs_d, mask_d, hi, stride_gl),
+                                  _row(gb_base, s0 - 1, offs_d, mask_d, hi, stride_gl),
+                                  _row(gb_base, s0, offs_d, mask_d, hi, stride_gl))
+        # steps t = s0 + c .. s0 + c + 3; none past the sequence's end (the last span may be short)
+        for c in range(0, tl.minimum(SPAN, L - s0) + 3, 4):
             xa, xb, xc, xd = na, nb, nc, nd
             if FWD:
                 fa, fb, fc, fd = fga, fgb, fgc, fgd
             if BWD:
                 ba, bb, bc, bd = bga, bgb, bgc, bgd
-            if c + 4 < SPAN + 3:  # issue the next four steps' loads before this chunk's work and stores
-                t4 = s0 + c + 4
-                na, nb, nc, nd = (_row(x_base, t4, offs_d, mask_d, L, stride_xl),
-                                  _row(x_base, t4 + 1, offs_d, mask_d, L, stride_xl),
-                                  _row(x_base, t4 + 2, offs_d, mask_d, L, stride_xl),
-                                  _row(x_base, t4 + 3, offs_d, mask_d, L, stride_xl))
-                if FWD:
-                    fga, fgb, fgc, fgd = (_row(gf_base, t4, offs_d, mask_d, L, stride_gl),
-                                          _row(gf_base, t4 + 1, offs_d, mask_d, L, stride_gl),
-                                          _row(gf_base, t4 + 2, offs_d, mask_d, L, stride_gl),
-                                          _row(gf_base, t4 + 3, offs_d, mask_d, L, stride_gl))
-                if BWD:
-                    bga, bgb, bgc, bgd = (_row(gb_base, t4 - 3, offs_d, mask_d, L, stride_gl),
-                                          _row(gb_base, t4 - 2, offs_d, mask_d, L, stride_gl),
-                                          _row(gb_base, t4 - 1, offs_d, mask_d, L, stride_gl),
-                                          _row(gb_base, t4, offs_d, mask_d, L, stride_gl))
+            # the next four steps' loads go out before this chunk's work and stores
+            t4 = s0 + c + 4
+            na, nb, nc, nd = (_row(x_base, t4, offs_d, mask_d, hi, stride_xl),
+                              _row(x_base, t4 + 1, offs_d, mask_d, hi, stride_xl),
+                              _row(x_base, t4 + 2, offs_d, mask_d, hi, stride_xl),
+                              _row(x_base, t4 + 3, offs_d, mask_d, hi, stride_xl))
+            if FWD:
+                fga, fgb, fgc, fgd = (_row(gf_base, t4, offs_d, mask_d, hi, stride_gl),
+                                      _row(gf_base, t4 + 1, offs_d, mask_d, hi, stride_gl),
+                                      _row(gf_base, t4 + 2, offs_d, mask_d, hi, stride_gl),
+                                      _row(gf_base, t4 + 3, offs_d, mask_d, hi, stride_gl))
+            if BWD:
+                bga, bgb, bgc, bgd = (_row(gb_base, t4 - 3, offs_d, mask_d, hi, stride_gl),
+                                      _row(gb_base, t4 - 2, offs_d, mask_d, hi, stride_gl),
+                                      _row(gb_base, t4 - 1, offs_d, mask_d, hi, stride_gl),
+                                      _row(gb_base, t4, offs_d, mask_d, hi, stride_gl))
             for j in tl.static_range(4):
-                if c + j < SPAN + 3:  # step index i = c + j; t = s0 + i
-                    if j == 0:
-                        x0 = xa.to(tl.float32)
-                        if FWD:
-                            gf = fa.to(tl.float32)
-                        if BWD:
-                            gb = ba.to(tl.float32)
-                    elif j == 1:
-                        x0 = xb.to(tl.float32)
-                        if FWD:
-                            gf = fb.to(tl.float32)
-                        if BWD:
-                            gb = bb.to(tl.float32)
-                    elif j == 2:
-                        x0 = xc.to(tl.float32)
-                        if FWD:
-                            gf = fc.to(tl.float32)
-                        if BWD:
-                            gb = bc.to(tl.float32)
+                # step index i = c + j; t = s0 + i (a step past SPAN + 2 changes nothing)
+                if j == 0:
+                    x0 = xa.to(tl.float32)
+                    if FWD:
+                        gf = fa.to(tl.float32)
+                    if BWD:
+                        gb = ba.to(tl.float32)
+                elif j == 1:
+                    x0 = xb.to(tl.float32)
+                    if FWD:
+                        gf = fb.to(tl.float32)
+                    if BWD:
+                        gb = bb.to(tl.float32)
+                elif j == 2:
+                    x0 = xc.to(tl.float32)
+                    if FWD:
+                        gf = fc.to(tl.float32)
+                    if BWD:
+                        gb = bc.to(tl.float32)
+                else:
+                    x0 = xd.to(tl.float32)
+                    if FWD:
+                        gf = fd.to(tl.float32)
+                    if BWD:
+                        gb = bd.to(tl.float32)
+                if FWD:
+                    fa0 = _silu_grad(bias_f + wf0 * x3 + wf1 * x2 + wf2 * x1 + wf3 * x0, gf)  # ga_f[t]
+                    own = tl.where(c + j < SPAN, fa0, 0.0)  # t in this program's span
+                    dbf += own
+                    dwf0 += own * x3
+                    dwf1 += own * x2
+                    dwf2 += own * x1
+                    dwf3 += own * x0
+                if BWD:
+                    ba0 = _silu_grad(bias_b + wb0 * x0 + wb1 * x1 + wb2 * x2 + wb3 * x3, gb)  # ga_b[t - 3]
+                    own = tl.where((c + j >= 3) & (c + j < SPAN + 3), ba0, 0.0)  # t - 3 in the span
+                    dbb += own
+                    dwb0 += own * x0
+                    dwb1 += own * x1
+                    dwb2 += own * x2
+                    dwb3 += own * x3
+                if True:  # dx[t - 3], a row of this span when 3 <= c + j < SPAN + 3
+                    if FWD:
+                        dx_f = wf3 * fa3
+                        dx_f += wf2 * fa2
+                        dx_f += wf1 * fa1
+                        dx_f += wf0 * fa0
+                    if BWD:
+                        dx_b = wb3 * ba0
+                        dx_b += wb2 * ba1
+                        dx_b += wb1 * ba2
+                        dx_b += wb0 * ba3
+                    if FWD and BWD:
+                        # each direction rounded to dx's dtype before the add, as two single-direction
+                        # kernels followed by autograd's add round (a no-op for float32)
+                        dx = (dx_f.to(dx_base.dtype.element_ty).to(tl.float32)
+                              + dx_b.to(dx_base.dtype.element_ty).to(tl.float32))
+                    elif FWD:
+                        dx = dx_f
                     else:
-                        x0 = xd.to(tl.float32)
-                        if FWD:
-                            gf = fd.to(tl.float32)
-                        if BWD:
-                            gb = bd.to(tl.float32)
-                    if FWD:
-                        fa0 = _silu_grad(bias_f + wf0 * x3 + wf1 * x2 + wf2 * x1 + wf3 * x0, gf)  # ga_f[t]
-                        if c + j < SPAN:  # t in this program's span
-                            dbf += fa0
-                            dwf0 += fa0 * x3
-                            dwf1 += fa0 * x2
-                            dwf2 += fa0 * x1
-                            dwf3 += fa0 * x0
-                    if BWD:
-                        ba0 = _silu_grad(bias_b + wb0 * x0 + wb1 * x1 + wb2 * x2 + wb3 * x3, gb)  # ga_b[t - 3]
-                        if c + j >= 3:  # t - 3 in this program's span
-                            dbb += ba0
-                            dwb0 += ba0 * x0
-                            dwb1 += ba0 * x1
-                            dwb2 += ba0 * x2
-                            dwb3 += ba0 * x3
-                    if c + j >= 3:  # dx[t - 3]
-                        if FWD:
-                            dx_f = wf3 * fa3
-                            dx_f += wf2 * fa2
-                            dx_f += wf1 * fa1
-                            dx_f += wf0 * fa0
-                        if BWD:
-                            dx_b = wb3 * ba0
-                            dx_b += wb2 * ba1
-                            dx_b += wb1 * ba2
-                            dx_b += wb0 * ba3
-                        if FWD and BWD:
-                            # each direction rounded to dx's dtype before the add, as two single-direction
-                            # kernels followed by autograd's add round (a no-op for float32)
-                            dx = (dx_f.to(dx_base.dtype.element_ty).to(tl.float32)
-                                  + dx_b.to(dx_base.dtype.element_ty).to(tl.float32))
-                        elif FWD:
-                            dx = dx_f
-                        else:
-                            dx = dx_b
-                        r = s0 + c + j - 3
-                        tl.store(dx_base + r * stride_dxl + offs_d, dx.to(dx_base.dtype.element_ty),
-                                 mask=(r < L) & mask_d)
-                    x3, x2, x1 = x2, x1, x0
-                    if FWD:
-                        fa3, fa2, fa1 = fa2, fa1, fa0
-                    if BWD:
-                        ba3, ba2, ba1 = ba2, ba1, ba0
+                        dx = dx_b
+                    r = s0 + c + j - 3
+                    tl.store(dx_base + r * stride_dxl + offs_d, dx.to(dx_base.dtype.element_ty),
+                             mask=(r >= s0) & (r < s0 + SPAN) & (r < L) & mask_d)
+                x3, x2, x1 = x2, x1, x0
+                if FWD:
+                    fa3, fa2, fa1 = fa2, fa1, fa0
+                if BWD:
+                    ba3, ba2, ba1 = ba2, ba1, ba0
         return dbf, dwf0, dwf1, dwf2, dwf3, dbb, dwb0, dwb1, dwb2, dwb3
 
     @triton.jit
@@ -282,15 +286,18 @@ FWD_CONFIG = {"BLOCK_L": 32, "BLOCK_D": 128, "num_warps": 4}
 # Tiles of the backward kernel: a program walks SPAN tokens of BLOCK_D channels; BWD_CONFIG for one direction,
 # BIDIR_BWD_CONFIG for both (twice the state per channel). benchmarks/bench_conv_gpu.py times the candidates,
 # benchmarks/compile_conv.py shows their registers and instruction counts.
+# Registers per thread (sm_90, bf16, from compile_conv.py): 4 channels per thread 135 one direction / 255
+# both (no spill, but few warps per SM), 2 channels per thread 72 / 128. Not yet timed on a GPU.
 BWD_CONFIG = {"SPAN": 32, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1}
-BIDIR_BWD_CONFIG = {"SPAN": 32, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1}
-CANDIDATE_BWD = [
+BIDIR_BWD_CONFIG = {"SPAN": 32, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1}
+CANDIDATE_BWD = [  # channels per thread = BLOCK_D / (32 num_warps)
     {"SPAN": 32, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},
+    {"SPAN": 32, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1},
     {"SPAN": 16, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},
     {"SPAN": 64, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},
+    {"SPAN": 64, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1},
     {"SPAN": 32, "BLOCK_D": 256, "num_warps": 2, "num_stages": 1},
-    {"SPAN": 32, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1},
-    {"SPAN": 32, "BLOCK_D": 256, "num_warps": 1, "num_stages": 1},
+    {"SPAN": 32, "BLOCK_D": 128, "num_warps": 2, "num_stages": 1},
 ]
 
 
