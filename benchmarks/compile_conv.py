@@ -52,11 +52,27 @@ def compile_kernel(kernel, consts: dict, dtype: str, wdtype: str, arch: int, num
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
 
-def report(name, ck):
+def loop_body(ptx: str):
+    """The PTX of the (one) loop: from its header label to the branch back to it; None without a loop."""
+    for m in re.finditer(r"^(\$L__BB\d+_\d+):", ptx, re.M):  # the first label branched to from below it
+        end = re.search(r"bra(\.uni)?\s+" + re.escape(m.group(1)) + ";", ptx[m.end():])
+        if end:
+            return ptx[m.start():m.end() + end.end()]
+    return None
+
+
+def report(name, ck, elems=None):
+    """Whole-kernel counts; with ``elems`` (token x channel elements a thread handles per loop iteration) also
+    the loop body's counts per element."""
     ptx = ck.asm["ptx"]
     counts = {k: len(re.findall(v, ptx)) for k, v in PTX_OPS.items()}
     print(f"{name}\n    shared={ck.metadata.shared} B {_ptxas_usage(ptx, ck.metadata.target.arch)} "
           + " ".join(f"{k}={v}" for k, v in counts.items()))
+    body = loop_body(ptx)
+    if body is not None and elems:
+        per = {k: len(re.findall(v, body)) / elems for k, v in PTX_OPS.items() if k not in ("local", "bra")}
+        print(f"    loop body per (token, channel){' (both directions)' if 'bidir' in name else ''}: "
+              + " ".join(f"{k}={v:.2f}" for k, v in per.items()))
     return counts
 
 
@@ -65,30 +81,36 @@ def _cfg(cfg, *names):
 
 
 def kernels(dtype):
-    """(label, kernel, constexprs, num_warps, num_stages, weight dtype) of every kernel, old and new."""
+    """(label, kernel, constexprs, num_warps, num_stages, weight dtype, elements per thread and loop iteration)
+    of every kernel, old and new."""
     out = []
     f = conv_v5.FWD_CONFIG
     out.append(("v5 fwd", conv_v5._conv_silu_fwd, dict(K=4, REVERSE=False, BLOCK_L=f["BLOCK_L"], BLOCK_D=f["BLOCK_D"]),
-                f["num_warps"], 1, dtype))
-    out.append(("v5 bidir fwd", conv_v5._conv_silu_bidir_fwd, dict(K=4, BLOCK_L=32, BLOCK_D=128), 4, 1, "fp32"))
+                f["num_warps"], 1, dtype, None))
+    out.append(("v5 bidir fwd", conv_v5._conv_silu_bidir_fwd, dict(K=4, BLOCK_L=32, BLOCK_D=128), 4, 1, "fp32",
+                None))
     for c in conv_v5.CANDIDATE_BWD[:1]:
         tiles = _cfg(c, "SPAN", "BLOCK_L", "BLOCK_D")
+        elems = c["BLOCK_L"] * c["BLOCK_D"] / (32 * c["num_warps"])  # one [BLOCK_L, BLOCK_D] tile per iteration
         out.append((f"v5 bwd {c}", conv_v5._conv_silu_bwd, dict(REVERSE=False, **tiles), c["num_warps"],
-                    c["num_stages"], dtype))
-        out.append((f"v5 bidir bwd {c}", conv_v5._conv_silu_bidir_bwd, tiles, c["num_warps"], c["num_stages"], "fp32"))
+                    c["num_stages"], dtype, elems))
+        out.append((f"v5 bidir bwd {c}", conv_v5._conv_silu_bidir_bwd, tiles, c["num_warps"], c["num_stages"], "fp32",
+                    elems))
     f = tc.FWD_CONFIG
     fwd = dict(K=4, BLOCK_L=f["BLOCK_L"], BLOCK_D=f["BLOCK_D"])
-    out.append(("new fwd", tc._conv_silu_fwd, dict(fwd, FWD=True, BWD=False), f["num_warps"], 1, dtype))
-    out.append(("new bidir fwd", tc._conv_silu_fwd, dict(fwd, FWD=True, BWD=True), f["num_warps"], 1, "fp32"))
+    out.append(("new fwd", tc._conv_silu_fwd, dict(fwd, FWD=True, BWD=False), f["num_warps"], 1, dtype, None))
+    out.append(("new bidir fwd", tc._conv_silu_fwd, dict(fwd, FWD=True, BWD=True), f["num_warps"], 1, "fp32", None))
     configs = [c for c in tc.CANDIDATE_BWD if c != tc.BWD_CONFIG and c != tc.BIDIR_BWD_CONFIG]
     for c in [tc.BWD_CONFIG] + configs:
         tiles = _cfg(c, "SPAN", "BLOCK_D")
+        elems = 4 * c["BLOCK_D"] / (32 * c["num_warps"])  # four token rows per iteration
         out.append((f"new bwd {c}", tc._conv_silu_bwd, dict(tiles, FWD=True, BWD=False), c["num_warps"],
-                    c["num_stages"], dtype))
+                    c["num_stages"], dtype, elems))
     for c in [tc.BIDIR_BWD_CONFIG] + configs:
         tiles = _cfg(c, "SPAN", "BLOCK_D")
+        elems = 4 * c["BLOCK_D"] / (32 * c["num_warps"])
         out.append((f"new bidir bwd {c}", tc._conv_silu_bwd, dict(tiles, FWD=True, BWD=True), c["num_warps"],
-                    c["num_stages"], "fp32"))
+                    c["num_stages"], "fp32", elems))
     return out
 
 
@@ -96,14 +118,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--dtype", default="bf16")
-    p.add_argument("--only", default=None, help="compile only kernels whose label contains this")
+    p.add_argument("--only", default=None, help="compile only kernels whose label contains this (e.g. 'bwd')")
     p.add_argument("--dump", default=None, help="write ttgir / ptx of each kernel with this path prefix")
     a = p.parse_args(argv)
-    for label, kernel, consts, nw, ns, wd in kernels(a.dtype):
+    for label, kernel, consts, nw, ns, wd, elems in kernels(a.dtype):
         if a.only and a.only not in label:
             continue
         ck = compile_kernel(kernel, consts, a.dtype, wd, a.arch, nw, ns)
-        report(f"{label} warps={nw} stages={ns}", ck)
+        report(f"{label} warps={nw} stages={ns}", ck, elems)
         if a.dump:
             tag = re.sub(r"[^\w]+", "_", label).strip("_")
             for ext in ("ttgir", "ptx"):

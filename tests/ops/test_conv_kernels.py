@@ -70,7 +70,8 @@ def test_conv_kernels_equal_session5_kernels():
                 x, (wf, wb), (bf, bb), (gf, gb) = inputs(L, K, D, dtype)
                 case = (cfg["SPAN"], str(dtype), L, K)
                 for rev, w, b, g in ((False, wf, bf, gf), (True, wb, bb, gb)):
-                    if not torch.equal(tconv._conv_silu_triton_fwd(x, w, b, rev), old._conv_silu_triton_fwd(x, w, b, rev)):
+                    u = tconv._conv_silu_triton_fwd(x, w, b, rev)
+                    if not torch.equal(u, old._conv_silu_triton_fwd(x, w, b, rev)):
                         bad.append(("u", rev, case))
                     new, ref = tconv._conv_silu_triton_bwd(x, w, b, g, rev), old._conv_silu_triton_bwd(x, w, b, g, rev)
                     if not torch.equal(new[0], ref[0]):
@@ -110,11 +111,12 @@ def test_conv_kernels_against_reference():
                 # the reference in float32 from the same (rounded) inputs
                 leaves = [t.float().requires_grad_() for t in (x, ws[0], bs[0], ws[1], bs[1])]
                 for rev in (False, True):
-                    lv = [x.clone().requires_grad_(), ws[rev].clone().requires_grad_(), bs[rev].clone().requires_grad_()]
+                    lv = [t.clone().requires_grad_() for t in (x, ws[rev], bs[rev])]
+                    rl = [leaves[0], leaves[1 + 2 * rev], leaves[2 + 2 * rev]]
                     u = tconv.conv_silu_triton(*lv, rev)
-                    ref = conv.conv_silu_torch(leaves[0], leaves[1 + 2 * rev], leaves[2 + 2 * rev], rev)
+                    ref = conv.conv_silu_torch(*rl, rev)
                     check(("single", rev), [u, *torch.autograd.grad(u, lv, gs[rev])],
-                          [ref, *torch.autograd.grad(ref, [leaves[0], leaves[1 + 2 * rev], leaves[2 + 2 * rev]], gs[rev].float())])
+                          [ref, *torch.autograd.grad(ref, rl, gs[rev].float())])
                 lv = [t.clone().requires_grad_() for t in (x, ws[0], bs[0], ws[1], bs[1])]
                 u = tconv.conv_silu_bidir_triton(*lv)
                 ref = conv.conv_silu_bidir_torch(*leaves)
