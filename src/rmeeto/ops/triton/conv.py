@@ -32,10 +32,13 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
         return v.to(x_ptr.dtype.element_ty).to(tl.float32)
 
     @triton.jit
-    def _conv_fwd_tile(x_base, w_ptr, b_ptr, out_base, offs_l, offs_d, mask_d, L, stride_xl, stride_ol,
-                       K: tl.constexpr, REVERSE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    def _conv_fwd_tile(x_base, w_ptr, b_ptr, out_ptr, pid_b, offs_l, offs_d, mask_d, mask, L, stride_xl, stride_ob,
+                       stride_ol, K: tl.constexpr, REVERSE: tl.constexpr, BLOCK_L: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
         """out[l] = silu(b + sum_k w[k] x[l - K + 1 + k]) (REVERSE: x[l + K - 1 - k]) for the tokens offs_l and
-        channels offs_d of one sequence; x_base / out_base point at its token 0, weights are [D, K]."""
+        channels offs_d of sequence pid_b (``mask``: those inside it); x_base points at its token 0, weights
+        are [D, K]. (The order of the address arithmetic matters: it steers which multiply-adds the compiler
+        fuses, and so the bits of u; this one matches the session-5 kernels.)"""
         acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
         acc += _in_x_dtype(tl.load(b_ptr + offs_d, mask=mask_d, other=0.0), x_base)[None, :]
         for k in tl.static_range(K):
@@ -49,9 +52,8 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
                          other=0.0).to(tl.float32)
             acc += xv * wk[None, :]
         out = acc * tl.sigmoid(acc)
-        mask = (offs_l < L)[:, None] & mask_d[None, :]
-        tl.store(out_base + offs_l[:, None] * stride_ol + offs_d[None, :], out.to(out_base.dtype.element_ty),
-                 mask=mask)
+        tl.store(out_ptr + pid_b * stride_ob + offs_l[:, None] * stride_ol + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _conv_silu_fwd(
@@ -68,13 +70,14 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
         offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
         offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
+        mask = (offs_l < L)[:, None] & mask_d[None, :]
         x_base = x_ptr + pid_b * stride_xb
         if FWD:
-            _conv_fwd_tile(x_base, wf_ptr, bf_ptr, outf_ptr + pid_b * stride_ob, offs_l, offs_d, mask_d, L,
-                           stride_xl, stride_ol, K, False, BLOCK_L, BLOCK_D)
+            _conv_fwd_tile(x_base, wf_ptr, bf_ptr, outf_ptr, pid_b, offs_l, offs_d, mask_d, mask, L, stride_xl,
+                           stride_ob, stride_ol, K, False, BLOCK_L, BLOCK_D)
         if BWD:
-            _conv_fwd_tile(x_base, wb_ptr, bb_ptr, outb_ptr + pid_b * stride_ob, offs_l, offs_d, mask_d, L,
-                           stride_xl, stride_ol, K, True, BLOCK_L, BLOCK_D)
+            _conv_fwd_tile(x_base, wb_ptr, bb_ptr, outb_ptr, pid_b, offs_l, offs_d, mask_d, mask, L, stride_xl,
+                           stride_ob, stride_ol, K, True, BLOCK_L, BLOCK_D)
 
     @triton.jit
     def _row(base, t, offs_d, mask_d, L, stride_l):
