@@ -1,8 +1,9 @@
 """Compile the conv+SiLU Triton kernels for an NVIDIA target without a GPU and print what decides their speed:
 registers, spills, shared memory and counts of the telling PTX instructions (global / shared loads and stores,
-shuffles, barriers, exp2 / reciprocals, fma). The session-5 kernels (benchmarks/conv_v5.py) are compiled beside
-the current ones, so a change is judged before device time is spent. Integer arguments are specialised as a
-Vim-S launch sees them (channels and strides multiples of 16, the length 197 not).
+shuffles, barriers, exp2 / divisions, fma / mul), for the whole kernel and per element of its loop. The session-5
+kernels (benchmarks/conv_v5.py) are compiled beside the current ones, so a change is judged before device time is
+spent. Integer arguments are specialised as a Vim-S launch sees them (channels and strides multiples of 16, the
+length 197 not).
 
     PYTHONPATH=src python benchmarks/compile_conv.py [--arch 90] [--dtype bf16] [--dump PREFIX]
 """
@@ -27,7 +28,8 @@ from rmeeto.ops.triton import conv as tc  # noqa: E402
 PTX_OPS = {
     "ld.global": r"\bld\.global", "st.global": r"\bst\.global", "ld.shared": r"\bld\.shared",
     "st.shared": r"\bst\.shared", "shfl": r"\bshfl\.", "bar": r"\bbar\.sync|\bbarrier\.", "ex2": r"\bex2\.",
-    "rcp": r"\brcp\.", "fma": r"\bfma\.rn\.f32", "local": r"\b(ld|st)\.local", "bra": r"\bbra\b",
+    "div": r"\bdiv\.", "fma": r"\bfma\.rn\.f32", "mul": r"\bmul\.f32", "local": r"\b(ld|st)\.local",
+    "bra": r"\bbra\b",
 }
 FP32_PTRS = {"dw_ptr", "db_ptr", "part_ptr"}  # partial sums
 WEIGHT_PTRS = {"w_ptr", "b_ptr", "wf_ptr", "bf_ptr", "wb_ptr", "bb_ptr"}
@@ -53,12 +55,15 @@ def compile_kernel(kernel, consts: dict, dtype: str, wdtype: str, arch: int, num
 
 
 def loop_body(ptx: str):
-    """The PTX of the (one) loop: from its header label to the branch back to it; None without a loop."""
-    for m in re.finditer(r"^(\$L__BB\d+_\d+):", ptx, re.M):  # the first label branched to from below it
+    """The PTX of the innermost loop that computes (has exp2): from its header label to the branch back to it
+    (the shortest such stretch); None without a loop."""
+    bodies = []
+    for m in re.finditer(r"^(\$L__BB\d+_\d+):", ptx, re.M):  # labels branched to from below them
         end = re.search(r"bra(\.uni)?\s+" + re.escape(m.group(1)) + ";", ptx[m.end():])
         if end:
-            return ptx[m.start():m.end() + end.end()]
-    return None
+            bodies.append(ptx[m.start():m.end() + end.end()])
+    bodies = [b for b in bodies if re.search(PTX_OPS["ex2"], b)]  # the loop doing the maths, not a copy loop
+    return min(bodies, key=len) if bodies else None
 
 
 def report(name, ck, elems=None):
@@ -102,12 +107,12 @@ def kernels(dtype):
     out.append(("new bidir fwd", tc._conv_silu_fwd, dict(fwd, FWD=True, BWD=True), f["num_warps"], 1, "fp32", None))
     configs = [c for c in tc.CANDIDATE_BWD if c != tc.BWD_CONFIG and c != tc.BIDIR_BWD_CONFIG]
     for c in [tc.BWD_CONFIG] + configs:
-        tiles = _cfg(c, "SPAN", "BLOCK_D")
+        tiles = _cfg(c, "SPAN", "SEQS", "BLOCK_D")
         elems = 4 * c["BLOCK_D"] / (32 * c["num_warps"])  # four token rows per iteration
         out.append((f"new bwd {c}", tc._conv_silu_bwd, dict(tiles, FWD=True, BWD=False), c["num_warps"],
                     c["num_stages"], dtype, elems))
     for c in [tc.BIDIR_BWD_CONFIG] + configs:
-        tiles = _cfg(c, "SPAN", "BLOCK_D")
+        tiles = _cfg(c, "SPAN", "SEQS", "BLOCK_D")
         elems = 4 * c["BLOCK_D"] / (32 * c["num_warps"])
         out.append((f"new bidir bwd {c}", tc._conv_silu_bwd, dict(tiles, FWD=True, BWD=True), c["num_warps"],
                     c["num_stages"], "fp32", elems))

@@ -59,9 +59,9 @@ def test_conv_kernels_equal_session5_kernels():
     order, for each backward configuration given: lengths 1, 3, 13, 37 (one token; shorter than the taps;
     spans cut short by the end), 2-4 taps, channels not a multiple of the block, fp32 and bf16."""
     run_interpreted("""
-        configs = [dict(SPAN=32, BLOCK_D=128, num_warps=1, num_stages=1),  # one span, one channel block
-                   dict(SPAN=6, BLOCK_D=16, num_warps=1, num_stages=1),    # spans of 6: chunks cut mid-span
-                   dict(SPAN=8, BLOCK_D=32, num_warps=1, num_stages=1)]
+        configs = [dict(SPAN=32, SEQS=1, BLOCK_D=128, num_warps=1, num_stages=1),  # one span and channel block
+                   dict(SPAN=6, SEQS=1, BLOCK_D=16, num_warps=1, num_stages=1),  # spans of 6: chunks cut mid-span
+                   dict(SPAN=8, SEQS=3, BLOCK_D=32, num_warps=1, num_stages=1)]  # a group past the batch
         cases = [(torch.float32, 37, 4, 40), (torch.float32, 1, 4, 24), (torch.float32, 13, 3, 24),
                  (torch.bfloat16, 37, 4, 40), (torch.bfloat16, 3, 2, 24)]
         for cfg in configs:
@@ -98,7 +98,7 @@ def test_conv_kernels_against_reference():
     with a zero bias, odd lengths, fp32 (tight) and bf16 (one bf16 ulp of the largest value); short spans, so
     every sequence has several programs whose partial sums are reduced."""
     run_interpreted("""
-        tconv.BWD_CONFIG = tconv.BIDIR_BWD_CONFIG = dict(SPAN=8, BLOCK_D=32, num_warps=1, num_stages=1)
+        tconv.BWD_CONFIG = tconv.BIDIR_BWD_CONFIG = dict(SPAN=8, SEQS=1, BLOCK_D=32, num_warps=1, num_stages=1)
         for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
             for L, K, D, bias in ((19, 4, 40, True), (19, 4, 40, False), (5, 3, 24, True)):
                 x, ws, bs, gs = inputs(L, K, D, dtype, bias)

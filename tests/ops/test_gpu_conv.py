@@ -25,7 +25,8 @@ from rmeeto.ops import conv  # noqa: E402
 from rmeeto.ops.triton import conv as tconv  # noqa: E402
 
 DEV = "cuda"
-CONFIGS = tconv.CANDIDATE_BWD + [dict(SPAN=6, BLOCK_D=32, num_warps=1, num_stages=1)]  # + spans cut mid-chunk
+# + spans cut mid-chunk, and sequence groups that run past the batch (3 sequences)
+CONFIGS = tconv.CANDIDATE_BWD + [dict(SPAN=6, SEQS=2, BLOCK_D=32, num_warps=1, num_stages=1)]
 
 
 @pytest.fixture

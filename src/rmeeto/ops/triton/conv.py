@@ -246,31 +246,40 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
     @triton.jit
     def _conv_silu_bwd(
         x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, gf_ptr, gb_ptr, dx_ptr, dw_ptr, db_ptr,
-        L, D,
+        B, L, D,
         stride_xb, stride_xl, stride_gb, stride_gl, stride_dxb, stride_dxl,
-        FWD: tl.constexpr, BWD: tl.constexpr, SPAN: tl.constexpr, BLOCK_D: tl.constexpr,
+        FWD: tl.constexpr, BWD: tl.constexpr, SPAN: tl.constexpr, SEQS: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         """Backward of :func:`_conv_silu_fwd` for 4-tap weights [D, 4] (shorter ones zero-padded in front): gf /
-        gb are the gradients of outf / outb (same strides), dx = dx_f + dx_b (the directions computed), the
-        weight / bias partial sums of program (batch b, span l) go to dw[b * n_spans + l, dir, D, 4] /
-        db[..., dir, D] in float32 (dir 0: the first direction computed), summed by the caller
-        (deterministic, no atomics). A program walks SPAN tokens (:func:`_conv_bwd_span`) of BLOCK_D channels."""
-        pid_b = tl.program_id(0)
+        gb are the gradients of outf / outb (same strides), dx = dx_f + dx_b (the directions computed). A
+        program walks (:func:`_conv_bwd_span`) the same SPAN tokens of BLOCK_D channels in SEQS consecutive
+        sequences of the batch (B of them) and writes its weight / bias partial sums, over those, to
+        dw[program, dir, D, 4] / db[program, dir, D] (program = group * n_spans + span; float32; dir 0: the
+        first direction computed), summed by the caller (deterministic, no atomics). More sequences per
+        program: fewer partial sums to write and reduce, fewer programs to hide memory latency with."""
+        pid_g = tl.program_id(0)
         pid_l = tl.program_id(1)
-        tile = pid_b * tl.num_programs(1) + pid_l
+        tile = pid_g * tl.num_programs(1) + pid_l
         offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
-        x_base = x_ptr + pid_b * stride_xb
         bias_f = _in_x_dtype(tl.load(bf_ptr + offs_d, mask=mask_d, other=0.0), x_ptr)
         bias_b = _in_x_dtype(tl.load(bb_ptr + offs_d, mask=mask_d, other=0.0), x_ptr)
-        dbf, dwf0, dwf1, dwf2, dwf3, dbb, dwb0, dwb1, dwb2, dwb3 = _conv_bwd_span(
-            x_base, gf_ptr + pid_b * stride_gb, gb_ptr + pid_b * stride_gb, dx_ptr + pid_b * stride_dxb,
-            pid_l * SPAN, L, stride_xl, stride_gl, stride_dxl, offs_d, mask_d,
-            _load_w(wf_ptr, offs_d, 0, mask_d, x_ptr), _load_w(wf_ptr, offs_d, 1, mask_d, x_ptr),
-            _load_w(wf_ptr, offs_d, 2, mask_d, x_ptr), _load_w(wf_ptr, offs_d, 3, mask_d, x_ptr), bias_f,
-            _load_w(wb_ptr, offs_d, 0, mask_d, x_ptr), _load_w(wb_ptr, offs_d, 1, mask_d, x_ptr),
-            _load_w(wb_ptr, offs_d, 2, mask_d, x_ptr), _load_w(wb_ptr, offs_d, 3, mask_d, x_ptr), bias_b,
-            FWD, BWD, SPAN, BLOCK_D)
+        wf0, wf1 = _load_w(wf_ptr, offs_d, 0, mask_d, x_ptr), _load_w(wf_ptr, offs_d, 1, mask_d, x_ptr)
+        wf2, wf3 = _load_w(wf_ptr, offs_d, 2, mask_d, x_ptr), _load_w(wf_ptr, offs_d, 3, mask_d, x_ptr)
+        wb0, wb1 = _load_w(wb_ptr, offs_d, 0, mask_d, x_ptr), _load_w(wb_ptr, offs_d, 1, mask_d, x_ptr)
+        wb2, wb3 = _load_w(wb_ptr, offs_d, 2, mask_d, x_ptr), _load_w(wb_ptr, offs_d, 3, mask_d, x_ptr)
+        zero = tl.zeros([BLOCK_D], tl.float32)
+        dbf, dwf0, dwf1, dwf2, dwf3 = zero, zero, zero, zero, zero
+        dbb, dwb0, dwb1, dwb2, dwb3 = zero, zero, zero, zero, zero
+        for i in range(SEQS):
+            b = pid_g * SEQS + i
+            Lb = tl.where(b < B, L, 0)  # a sequence past the batch's end: no rows, nothing stored
+            sf, sf0, sf1, sf2, sf3, sb, sb0, sb1, sb2, sb3 = _conv_bwd_span(
+                x_ptr + b * stride_xb, gf_ptr + b * stride_gb, gb_ptr + b * stride_gb, dx_ptr + b * stride_dxb,
+                pid_l * SPAN, Lb, stride_xl, stride_gl, stride_dxl, offs_d, mask_d,
+                wf0, wf1, wf2, wf3, bias_f, wb0, wb1, wb2, wb3, bias_b, FWD, BWD, SPAN, BLOCK_D)
+            dbf, dwf0, dwf1, dwf2, dwf3 = dbf + sf, dwf0 + sf0, dwf1 + sf1, dwf2 + sf2, dwf3 + sf3
+            dbb, dwb0, dwb1, dwb2, dwb3 = dbb + sb, dwb0 + sb0, dwb1 + sb1, dwb2 + sb2, dwb3 + sb3
         if FWD and BWD:
             _store_sums(dw_ptr, db_ptr, tile * 2, D, offs_d, mask_d, dbf, dwf0, dwf1, dwf2, dwf3)
             _store_sums(dw_ptr, db_ptr, tile * 2 + 1, D, offs_d, mask_d, dbb, dwb0, dwb1, dwb2, dwb3)
@@ -286,21 +295,23 @@ except Exception:  # pragma: no cover - depends on the install
 
 # Tiles of the forward kernel (single and both directions).
 FWD_CONFIG = {"BLOCK_L": 32, "BLOCK_D": 128, "num_warps": 4}
-# Tiles of the backward kernel: a program walks SPAN tokens of BLOCK_D channels; BWD_CONFIG for one direction,
-# BIDIR_BWD_CONFIG for both (twice the state per channel). benchmarks/bench_conv_gpu.py times the candidates,
-# benchmarks/compile_conv.py shows their registers and instruction counts.
-# Registers per thread (sm_90, bf16, from compile_conv.py): 4 channels per thread 135 one direction / 255
-# both (no spill, but few warps per SM), 2 channels per thread 72 / 128. Not yet timed on a GPU.
-BWD_CONFIG = {"SPAN": 32, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1}
-BIDIR_BWD_CONFIG = {"SPAN": 32, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1}
+# Tiles of the backward kernel: a program walks SPAN tokens of BLOCK_D channels in SEQS sequences; BWD_CONFIG for
+# one direction, BIDIR_BWD_CONFIG for both (twice the state per channel). benchmarks/bench_conv_gpu.py times the
+# candidates, benchmarks/compile_conv.py shows their registers and instruction counts: on sm_90 (bf16) 4 channels
+# per thread take 130 registers for one direction and 255 for both (no spill, but few warps per SM), 2 channels
+# per thread 72 / 128. Not yet timed on a GPU.
+BWD_CONFIG = {"SPAN": 32, "SEQS": 1, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1}
+BIDIR_BWD_CONFIG = {"SPAN": 32, "SEQS": 1, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1}
 CANDIDATE_BWD = [  # channels per thread = BLOCK_D / (32 num_warps)
-    {"SPAN": 32, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},
-    {"SPAN": 32, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1},
-    {"SPAN": 16, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},
-    {"SPAN": 64, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},
-    {"SPAN": 64, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1},
-    {"SPAN": 32, "BLOCK_D": 256, "num_warps": 2, "num_stages": 1},
-    {"SPAN": 32, "BLOCK_D": 128, "num_warps": 2, "num_stages": 1},
+    {"SPAN": 32, "SEQS": 1, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},
+    {"SPAN": 32, "SEQS": 1, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1},
+    {"SPAN": 16, "SEQS": 1, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},
+    {"SPAN": 64, "SEQS": 1, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},
+    {"SPAN": 64, "SEQS": 1, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1},
+    {"SPAN": 32, "SEQS": 1, "BLOCK_D": 256, "num_warps": 2, "num_stages": 1},
+    {"SPAN": 32, "SEQS": 1, "BLOCK_D": 128, "num_warps": 2, "num_stages": 1},
+    {"SPAN": 32, "SEQS": 2, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},  # half the partial sums
+    {"SPAN": 64, "SEQS": 4, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1},
 ]
 
 
@@ -356,18 +367,19 @@ def _bwd_launch(x: Tensor, w4f: Tensor, bf: Tensor, w4b: Tensor, bb: Tensor, gf:
     them in that order; 4-tap weights [dim, 4], x / gf / gb with unit channel stride, gf and gb of equal strides."""
     batch, length, dim = x.shape
     ndir = int(fwd) + int(bwd)
-    span, block_d = cfg["SPAN"], cfg["BLOCK_D"]
-    n_l = triton.cdiv(length, span)
+    span, seqs, block_d = cfg["SPAN"], cfg["SEQS"], cfg["BLOCK_D"]
+    n_l, n_g = triton.cdiv(length, span), triton.cdiv(batch, seqs)
     dx = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
-    dw = torch.empty(batch * n_l, ndir, dim, 4, device=x.device, dtype=torch.float32)
-    db = torch.empty(batch * n_l, ndir, dim, device=x.device, dtype=torch.float32)
+    dw = torch.empty(n_g * n_l, ndir, dim, 4, device=x.device, dtype=torch.float32)
+    db = torch.empty(n_g * n_l, ndir, dim, device=x.device, dtype=torch.float32)
     if dw.numel() == 0:
         return dx.zero_(), dw.new_zeros(ndir, dim, 4), db.new_zeros(ndir, dim)
     launch(
-        _conv_silu_bwd, (batch, n_l, triton.cdiv(dim, block_d)), x.device,
-        x, w4f, bf, w4b, bb, gf, gb, dx, dw, db, length, dim,
+        _conv_silu_bwd, (n_g, n_l, triton.cdiv(dim, block_d)), x.device,
+        x, w4f, bf, w4b, bb, gf, gb, dx, dw, db, batch, length, dim,
         x.stride(0), x.stride(1), gf.stride(0), gf.stride(1), dx.stride(0), dx.stride(1),
-        FWD=fwd, BWD=bwd, SPAN=span, BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        FWD=fwd, BWD=bwd, SPAN=span, SEQS=seqs, BLOCK_D=block_d, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return dx, dw.sum(0), db.sum(0)  # one reduction per kind for both directions
 
