@@ -1,8 +1,11 @@
 """Triton kernels of the depthwise causal conv1d + SiLU (:mod:`rmeeto.ops.conv` holds the contract, the
-PyTorch reference and the dispatch): one fused kernel for the forward (one read of x, one write of u) and, for
-kernels of up to 4 taps (Vim's), one for the backward (recomputes the pre-activation from seven shifted rows of
-x loaded once; dx, and per-tile partial sums of the weight and bias gradients that one ``sum`` reduces;
-PyTorch's depthwise conv backward took ~20 ms of a merged Vim-S training step on an H200).
+PyTorch reference and the dispatch). One forward kernel and, for kernels of up to 4 taps (Vim's), one backward
+kernel serve both the single-direction op and the two directions of Vim's mixer in one launch: constexpr flags
+``FWD`` / ``BWD`` pick the causal and / or anti-causal direction, and each direction's arithmetic is written once
+(:func:`_conv_fwd_tile`, :func:`_conv_bwd_span`). The backward walks a span of tokens row by row, so every row of
+x and of the output gradient is loaded once and every SiLU derivative computed once; dx is written directly, the
+weight and bias gradients as per-program partial sums that one ``sum`` reduces (deterministic, no atomics).
+PyTorch's depthwise conv backward took ~20 ms of a merged Vim-S training step on an H200.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from rmeeto.ops.triton._launch import launch
 
 Tensor = torch.Tensor
 
-__all__ = ["conv_silu_triton", "conv_silu_bidir_triton", "is_available", "FWD_CONFIG", "BWD_CONFIG", "CANDIDATE_BWD"]
+__all__ = ["conv_silu_triton", "conv_silu_bidir_triton", "is_available", "FWD_CONFIG", "BWD_CONFIG",
+           "BIDIR_BWD_CONFIG", "CANDIDATE_BWD"]
 
 
 try:  # optional: Triton is only needed for the fused CUDA kernel
@@ -22,24 +26,23 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
     import triton.language as tl
 
     @triton.jit
-    def _conv_silu_fwd(
-        x_ptr, w_ptr, b_ptr, out_ptr,
-        L, D,
-        stride_xb, stride_xl,
-        stride_ob, stride_ol,
-        K: tl.constexpr, REVERSE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):
-        pid_b = tl.program_id(0)
-        pid_l = tl.program_id(1)
-        pid_d = tl.program_id(2)
-        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < D
+    def _in_x_dtype(v, x_ptr):
+        """A weight value as the conv computes with it: rounded to x's dtype, as float32 (a no-op for weights
+        already in x's dtype; autocast's cast, without its cast kernels, for float32 weights with 16-bit x)."""
+        return v.to(x_ptr.dtype.element_ty).to(tl.float32)
+
+    @triton.jit
+    def _conv_fwd_tile(x_base, w_ptr, b_ptr, out_ptr, pid_b, offs_l, offs_d, mask_d, mask, L, stride_xl, stride_ob,
+                       stride_ol, K: tl.constexpr, REVERSE: tl.constexpr, BLOCK_L: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
+        """out[l] = silu(b + sum_k w[k] x[l - K + 1 + k]) (REVERSE: x[l + K - 1 - k]) for the tokens offs_l and
+        channels offs_d of sequence pid_b (``mask``: those inside it); x_base points at its token 0, weights
+        are [D, K]. (The order of the address arithmetic matters: it steers which multiply-adds the compiler
+        fuses, and so the bits of u; this one matches the session-5 kernels.)"""
         acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        acc += tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        x_base = x_ptr + pid_b * stride_xb
+        acc += _in_x_dtype(tl.load(b_ptr + offs_d, mask=mask_d, other=0.0), x_base)[None, :]
         for k in tl.static_range(K):
-            wk = tl.load(w_ptr + offs_d * K + k, mask=mask_d, other=0.0).to(tl.float32)
+            wk = _in_x_dtype(tl.load(w_ptr + offs_d * K + k, mask=mask_d, other=0.0), x_base)
             if REVERSE:
                 src = offs_l + (K - 1 - k)
             else:
@@ -49,20 +52,38 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
                          other=0.0).to(tl.float32)
             acc += xv * wk[None, :]
         out = acc * tl.sigmoid(acc)
-        mask = (offs_l < L)[:, None] & mask_d[None, :]
         tl.store(out_ptr + pid_b * stride_ob + offs_l[:, None] * stride_ol + offs_d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _row_shift(base, s, m: tl.constexpr, offs_d, mask_d, L, stride_l, REVERSE: tl.constexpr):
-        """Rows p = s + m (s - m with REVERSE) of a [length, channels] tensor, zero outside [0, L); float32."""
-        if REVERSE:
-            p = s - m
-        else:
-            p = s + m
-        ok = (p >= 0) & (p < L)
-        return tl.load(base + p[:, None] * stride_l + offs_d[None, :], mask=ok[:, None] & mask_d[None, :],
-                       other=0.0).to(tl.float32)
+    def _conv_silu_fwd(
+        x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, outf_ptr, outb_ptr,
+        L, D,
+        stride_xb, stride_xl,
+        stride_ob, stride_ol,
+        K: tl.constexpr, FWD: tl.constexpr, BWD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        """outf = silu(causal conv of x with wf, bf) when FWD, outb = silu(anti-causal conv with wb, bb) when
+        BWD (both: the two directions of Vim's mixer in one launch, x read once from memory); x [batch, L, D]
+        (unit channel stride), outf / outb [batch, L, D] (strides stride_ob, stride_ol, 1), weights [D, K]."""
+        pid_b = tl.program_id(0)
+        offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+        offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        mask = (offs_l < L)[:, None] & mask_d[None, :]
+        x_base = x_ptr + pid_b * stride_xb
+        if FWD:
+            _conv_fwd_tile(x_base, wf_ptr, bf_ptr, outf_ptr, pid_b, offs_l, offs_d, mask_d, mask, L, stride_xl,
+                           stride_ob, stride_ol, K, False, BLOCK_L, BLOCK_D)
+        if BWD:
+            _conv_fwd_tile(x_base, wb_ptr, bb_ptr, outb_ptr, pid_b, offs_l, offs_d, mask_d, mask, L, stride_xl,
+                           stride_ob, stride_ol, K, True, BLOCK_L, BLOCK_D)
+
+    @triton.jit
+    def _row(base, t, offs_d, mask_d, L, stride_l):
+        """Row t of a [length, channels] tensor (channels offs_d), zero outside [0, L); as stored (no cast)."""
+        ok = (t >= 0) & (t < L)
+        return tl.load(base + t * stride_l + offs_d, mask=ok & mask_d, other=0.0)
 
     @triton.jit
     def _silu_grad(a, g):
@@ -70,84 +91,227 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
         return g * sig * (1.0 + a * (1.0 - sig))
 
     @triton.jit
-    def _conv_silu_bwd(
-        x_ptr, w_ptr, b_ptr, g_ptr, dx_ptr, dw_ptr, db_ptr,
-        L, D,
-        stride_xb, stride_xl, stride_gb, stride_gl, stride_dxb, stride_dxl,
-        REVERSE: tl.constexpr, SPAN: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):
-        """Backward of u = silu(conv(x)) for a 4-tap kernel (shorter ones come zero-padded in front), on a tile
-        of tokens s x channels. With a_e the pre-activation at token s + e (mirrored with REVERSE) and
-        ga_e = g[s + e] * silu'(a_e):  dx[s] = sum_e w[3 - e] ga_e,  dw[k] += sum_s ga_0 x[s - 3 + k],
-        db += sum_s ga_0. A program covers SPAN tokens in tiles of BLOCK_L; the seven shifted rows of x every
-        a_e of a tile needs are loaded once; its dw / db partial sums go to [program, D, 4] / [program, D]
-        (summed by the caller: deterministic, no atomics)."""
-        pid_b = tl.program_id(0)
-        pid_l = tl.program_id(1)
-        tile = pid_b * tl.num_programs(1) + pid_l
-        offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < D
-        bias = tl.load(b_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        w0 = tl.load(w_ptr + offs_d * 4 + 0, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        w1 = tl.load(w_ptr + offs_d * 4 + 1, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        w2 = tl.load(w_ptr + offs_d * 4 + 2, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        w3 = tl.load(w_ptr + offs_d * 4 + 3, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        xb = x_ptr + pid_b * stride_xb
-        gb = g_ptr + pid_b * stride_gb
-        db = tl.zeros([BLOCK_D], tl.float32)
-        dw0 = tl.zeros([BLOCK_D], tl.float32)
-        dw1 = tl.zeros([BLOCK_D], tl.float32)
-        dw2 = tl.zeros([BLOCK_D], tl.float32)
-        dw3 = tl.zeros([BLOCK_D], tl.float32)
-        for l0 in range(pid_l * SPAN, pid_l * SPAN + SPAN, BLOCK_L):
-            s = l0 + tl.arange(0, BLOCK_L)
-            xm3 = _row_shift(xb, s, -3, offs_d, mask_d, L, stride_xl, REVERSE)
-            xm2 = _row_shift(xb, s, -2, offs_d, mask_d, L, stride_xl, REVERSE)
-            xm1 = _row_shift(xb, s, -1, offs_d, mask_d, L, stride_xl, REVERSE)
-            x0 = _row_shift(xb, s, 0, offs_d, mask_d, L, stride_xl, REVERSE)
-            xp1 = _row_shift(xb, s, 1, offs_d, mask_d, L, stride_xl, REVERSE)
-            xp2 = _row_shift(xb, s, 2, offs_d, mask_d, L, stride_xl, REVERSE)
-            xp3 = _row_shift(xb, s, 3, offs_d, mask_d, L, stride_xl, REVERSE)
-            ga = _silu_grad(bias + w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0,
-                            _row_shift(gb, s, 0, offs_d, mask_d, L, stride_gl, REVERSE))
-            db += tl.sum(ga, axis=0)
-            dw0 += tl.sum(ga * xm3, axis=0)
-            dw1 += tl.sum(ga * xm2, axis=0)
-            dw2 += tl.sum(ga * xm1, axis=0)
-            dw3 += tl.sum(ga * x0, axis=0)
-            dx = w3 * ga
-            dx += w2 * _silu_grad(bias + w0 * xm2 + w1 * xm1 + w2 * x0 + w3 * xp1,
-                                  _row_shift(gb, s, 1, offs_d, mask_d, L, stride_gl, REVERSE))
-            dx += w1 * _silu_grad(bias + w0 * xm1 + w1 * x0 + w2 * xp1 + w3 * xp2,
-                                  _row_shift(gb, s, 2, offs_d, mask_d, L, stride_gl, REVERSE))
-            dx += w0 * _silu_grad(bias + w0 * x0 + w1 * xp1 + w2 * xp2 + w3 * xp3,
-                                  _row_shift(gb, s, 3, offs_d, mask_d, L, stride_gl, REVERSE))
-            mask = (s < L)[:, None] & mask_d[None, :]
-            tl.store(dx_ptr + pid_b * stride_dxb + s[:, None] * stride_dxl + offs_d[None, :],
-                     dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        tl.store(db_ptr + tile * D + offs_d, db, mask=mask_d)
-        dw = dw_ptr + (tile * D + offs_d) * 4
+    def _conv_bwd_span(x_base, gf_base, gb_base, dx_base, s0, L, stride_xl, stride_gl, stride_dxl, offs_d, mask_d,
+                       wf0, wf1, wf2, wf3, bias_f, wb0, wb1, wb2, wb3, bias_b,
+                       FWD: tl.constexpr, BWD: tl.constexpr, SPAN: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Backward of u = silu(conv(x)) (4 taps) over the tokens [s0, s0 + SPAN) of one sequence, for the causal
+        direction (FWD: weights wf*, bias_f, output gradient at gf_base) and / or the anti-causal one (BWD).
+
+        With ga_f[t] = gf[t] silu'(a_f[t]), a_f[t] = bias_f + sum_k wf_k x[t - 3 + k], and ga_b[t] likewise
+        with a_b[t] = bias_b + sum_k wb_k x[t + 3 - k]:
+            dx[r] = sum_k wf_k ga_f[r + 3 - k] + sum_k wb_k ga_b[r - 3 + k],
+            dwf_k = sum_t ga_f[t] x[t - 3 + k],  dwb_k = sum_t ga_b[t] x[t + 3 - k],  db = sum_t ga[t].
+        The span is walked in memory order, one token row t (BLOCK_D channels) per step: each row of x and of
+        the output gradients is loaded once, each ga computed once (the last three x rows and ga values stay
+        in registers), and the weight / bias sums are per-channel sums in registers (no reduction across
+        threads, so no shuffles, shared memory or barriers). Step t computes ga_f[t] and ga_b[t - 3] and
+        emits dx[t - 3]; rows are loaded one chunk of four steps ahead. Each dx element is the same
+        expression, in the same order, as in the session-5 kernel that recomputed ga for every shifted row
+        (benchmarks/conv_v5.py), so dx is the same bit for bit; dw / db are summed in another order.
+        Returns (dbf, dwf0..3, dbb, dwb0..3) as [BLOCK_D] float32 (zeros for a direction not computed)."""
+        zero = tl.zeros([BLOCK_D], tl.float32)
+        dbf, dwf0, dwf1, dwf2, dwf3 = zero, zero, zero, zero, zero
+        dbb, dwb0, dwb1, dwb2, dwb3 = zero, zero, zero, zero, zero
+        fa1, fa2, fa3 = zero, zero, zero  # ga_f[t - 1], ga_f[t - 2], ga_f[t - 3]
+        ba1, ba2, ba3 = zero, zero, zero  # ga_b[t - 4], ga_b[t - 5], ga_b[t - 6]
+        # rows past the last step's are not loaded (zeros, never used): hi bounds every row load
+        hi = tl.minimum(L, s0 + SPAN + 3)
+        x1 = _row(x_base, s0 - 1, offs_d, mask_d, hi, stride_xl).to(tl.float32)  # x[t - 1], x[t - 2], x[t - 3]
+        x2 = _row(x_base, s0 - 2, offs_d, mask_d, hi, stride_xl).to(tl.float32)
+        x3 = _row(x_base, s0 - 3, offs_d, mask_d, hi, stride_xl).to(tl.float32)
+        # rows of the first four steps: x[t], gf[t], gb[t - 3]
+        na, nb, nc, nd = (_row(x_base, s0, offs_d, mask_d, hi, stride_xl),
+                          _row(x_base, s0 + 1, offs_d, mask_d, hi, stride_xl),
+                          _row(x_base, s0 + 2, offs_d, mask_d, hi, stride_xl),
+                          _row(x_base, s0 + 3, offs_d, mask_d, hi, stride_xl))
+        if FWD:
+            fga, fgb, fgc, fgd = (_row(gf_base, s0, offs_d, mask_d, hi, stride_gl),
+                                  _row(gf_base, s0 + 1, offs_d, mask_d, hi, stride_gl),
+                                  _row(gf_base, s0 + 2, offs_d, mask_d, hi, stride_gl),
+                                  _row(gf_base, s0 + 3, offs_d, mask_d, hi, stride_gl))
+        if BWD:
+            bga, bgb, bgc, bgd = (_row(gb_base, s0 - 3, offs_d, mask_d, hi, stride_gl),
+                                  _row(gb_base, s0 - 2, offs_d, mask_d, hi, stride_gl),
+                                  _row(gb_base, s0 - 1, offs_d, mask_d, hi, stride_gl),
+                                  _row(gb_base, s0, offs_d, mask_d, hi, stride_gl))
+        # steps t = s0 + c .. s0 + c + 3; none past the sequence's end (the last span may be short)
+        for c in range(0, tl.minimum(SPAN, L - s0) + 3, 4):
+            xa, xb, xc, xd = na, nb, nc, nd
+            if FWD:
+                fa, fb, fc, fd = fga, fgb, fgc, fgd
+            if BWD:
+                ba, bb, bc, bd = bga, bgb, bgc, bgd
+            # the next four steps' loads go out before this chunk's work and stores
+            t4 = s0 + c + 4
+            na, nb, nc, nd = (_row(x_base, t4, offs_d, mask_d, hi, stride_xl),
+                              _row(x_base, t4 + 1, offs_d, mask_d, hi, stride_xl),
+                              _row(x_base, t4 + 2, offs_d, mask_d, hi, stride_xl),
+                              _row(x_base, t4 + 3, offs_d, mask_d, hi, stride_xl))
+            if FWD:
+                fga, fgb, fgc, fgd = (_row(gf_base, t4, offs_d, mask_d, hi, stride_gl),
+                                      _row(gf_base, t4 + 1, offs_d, mask_d, hi, stride_gl),
+                                      _row(gf_base, t4 + 2, offs_d, mask_d, hi, stride_gl),
+                                      _row(gf_base, t4 + 3, offs_d, mask_d, hi, stride_gl))
+            if BWD:
+                bga, bgb, bgc, bgd = (_row(gb_base, t4 - 3, offs_d, mask_d, hi, stride_gl),
+                                      _row(gb_base, t4 - 2, offs_d, mask_d, hi, stride_gl),
+                                      _row(gb_base, t4 - 1, offs_d, mask_d, hi, stride_gl),
+                                      _row(gb_base, t4, offs_d, mask_d, hi, stride_gl))
+            for j in tl.static_range(4):
+                # step index i = c + j; t = s0 + i (a step past SPAN + 2 changes nothing)
+                if j == 0:
+                    x0 = xa.to(tl.float32)
+                    if FWD:
+                        gf = fa.to(tl.float32)
+                    if BWD:
+                        gb = ba.to(tl.float32)
+                elif j == 1:
+                    x0 = xb.to(tl.float32)
+                    if FWD:
+                        gf = fb.to(tl.float32)
+                    if BWD:
+                        gb = bb.to(tl.float32)
+                elif j == 2:
+                    x0 = xc.to(tl.float32)
+                    if FWD:
+                        gf = fc.to(tl.float32)
+                    if BWD:
+                        gb = bc.to(tl.float32)
+                else:
+                    x0 = xd.to(tl.float32)
+                    if FWD:
+                        gf = fd.to(tl.float32)
+                    if BWD:
+                        gb = bd.to(tl.float32)
+                if FWD:
+                    fa0 = _silu_grad(bias_f + wf0 * x3 + wf1 * x2 + wf2 * x1 + wf3 * x0, gf)  # ga_f[t]
+                    own = tl.where(c + j < SPAN, fa0, 0.0)  # t in this program's span
+                    dbf += own
+                    dwf0 += own * x3
+                    dwf1 += own * x2
+                    dwf2 += own * x1
+                    dwf3 += own * x0
+                if BWD:
+                    ba0 = _silu_grad(bias_b + wb0 * x0 + wb1 * x1 + wb2 * x2 + wb3 * x3, gb)  # ga_b[t - 3]
+                    own = tl.where((c + j >= 3) & (c + j < SPAN + 3), ba0, 0.0)  # t - 3 in the span
+                    dbb += own
+                    dwb0 += own * x0
+                    dwb1 += own * x1
+                    dwb2 += own * x2
+                    dwb3 += own * x3
+                if True:  # dx[t - 3], a row of this span when 3 <= c + j < SPAN + 3
+                    if FWD:
+                        dx_f = wf3 * fa3
+                        dx_f += wf2 * fa2
+                        dx_f += wf1 * fa1
+                        dx_f += wf0 * fa0
+                    if BWD:
+                        dx_b = wb3 * ba0
+                        dx_b += wb2 * ba1
+                        dx_b += wb1 * ba2
+                        dx_b += wb0 * ba3
+                    if FWD and BWD:
+                        # each direction rounded to dx's dtype before the add, as two single-direction
+                        # kernels followed by autograd's add round (a no-op for float32)
+                        dx = (dx_f.to(dx_base.dtype.element_ty).to(tl.float32)
+                              + dx_b.to(dx_base.dtype.element_ty).to(tl.float32))
+                    elif FWD:
+                        dx = dx_f
+                    else:
+                        dx = dx_b
+                    r = s0 + c + j - 3
+                    tl.store(dx_base + r * stride_dxl + offs_d, dx.to(dx_base.dtype.element_ty),
+                             mask=(r >= s0) & (r < s0 + SPAN) & (r < L) & mask_d)
+                x3, x2, x1 = x2, x1, x0
+                if FWD:
+                    fa3, fa2, fa1 = fa2, fa1, fa0
+                if BWD:
+                    ba3, ba2, ba1 = ba2, ba1, ba0
+        return dbf, dwf0, dwf1, dwf2, dwf3, dbb, dwb0, dwb1, dwb2, dwb3
+
+    @triton.jit
+    def _load_w(w_ptr, offs_d, k: tl.constexpr, mask_d, x_ptr):
+        return _in_x_dtype(tl.load(w_ptr + offs_d * 4 + k, mask=mask_d, other=0.0), x_ptr)
+
+    @triton.jit
+    def _store_sums(dw_ptr, db_ptr, slot, D, offs_d, mask_d, db, dw0, dw1, dw2, dw3):
+        """One direction's partial sums: db to db_ptr[slot, D], dw to dw_ptr[slot, D, 4]."""
+        tl.store(db_ptr + slot * D + offs_d, db, mask=mask_d)
+        dw = dw_ptr + (slot * D + offs_d) * 4
         tl.store(dw + 0, dw0, mask=mask_d)
         tl.store(dw + 1, dw1, mask=mask_d)
         tl.store(dw + 2, dw2, mask=mask_d)
         tl.store(dw + 3, dw3, mask=mask_d)
+
+    @triton.jit
+    def _conv_silu_bwd(
+        x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, gf_ptr, gb_ptr, dx_ptr, dw_ptr, db_ptr,
+        B, L, D,
+        stride_xb, stride_xl, stride_gb, stride_gl, stride_dxb, stride_dxl,
+        FWD: tl.constexpr, BWD: tl.constexpr, SPAN: tl.constexpr, SEQS: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        """Backward of :func:`_conv_silu_fwd` for 4-tap weights [D, 4] (shorter ones zero-padded in front): gf /
+        gb are the gradients of outf / outb (same strides), dx = dx_f + dx_b (the directions computed). A
+        program walks (:func:`_conv_bwd_span`) the same SPAN tokens of BLOCK_D channels in SEQS consecutive
+        sequences of the batch (B of them) and writes its weight / bias partial sums, over those, to
+        dw[program, dir, D, 4] / db[program, dir, D] (program = group * n_spans + span; float32; dir 0: the
+        first direction computed), summed by the caller (deterministic, no atomics). More sequences per
+        program: fewer partial sums to write and reduce, fewer programs to hide memory latency with."""
+        pid_g = tl.program_id(0)
+        pid_l = tl.program_id(1)
+        tile = pid_g * tl.num_programs(1) + pid_l
+        offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        bias_f = _in_x_dtype(tl.load(bf_ptr + offs_d, mask=mask_d, other=0.0), x_ptr)
+        bias_b = _in_x_dtype(tl.load(bb_ptr + offs_d, mask=mask_d, other=0.0), x_ptr)
+        wf0, wf1 = _load_w(wf_ptr, offs_d, 0, mask_d, x_ptr), _load_w(wf_ptr, offs_d, 1, mask_d, x_ptr)
+        wf2, wf3 = _load_w(wf_ptr, offs_d, 2, mask_d, x_ptr), _load_w(wf_ptr, offs_d, 3, mask_d, x_ptr)
+        wb0, wb1 = _load_w(wb_ptr, offs_d, 0, mask_d, x_ptr), _load_w(wb_ptr, offs_d, 1, mask_d, x_ptr)
+        wb2, wb3 = _load_w(wb_ptr, offs_d, 2, mask_d, x_ptr), _load_w(wb_ptr, offs_d, 3, mask_d, x_ptr)
+        zero = tl.zeros([BLOCK_D], tl.float32)
+        dbf, dwf0, dwf1, dwf2, dwf3 = zero, zero, zero, zero, zero
+        dbb, dwb0, dwb1, dwb2, dwb3 = zero, zero, zero, zero, zero
+        for i in range(SEQS):
+            b = pid_g * SEQS + i
+            Lb = tl.where(b < B, L, 0)  # a sequence past the batch's end: no rows, nothing stored
+            sf, sf0, sf1, sf2, sf3, sb, sb0, sb1, sb2, sb3 = _conv_bwd_span(
+                x_ptr + b * stride_xb, gf_ptr + b * stride_gb, gb_ptr + b * stride_gb, dx_ptr + b * stride_dxb,
+                pid_l * SPAN, Lb, stride_xl, stride_gl, stride_dxl, offs_d, mask_d,
+                wf0, wf1, wf2, wf3, bias_f, wb0, wb1, wb2, wb3, bias_b, FWD, BWD, SPAN, BLOCK_D)
+            dbf, dwf0, dwf1, dwf2, dwf3 = dbf + sf, dwf0 + sf0, dwf1 + sf1, dwf2 + sf2, dwf3 + sf3
+            dbb, dwb0, dwb1, dwb2, dwb3 = dbb + sb, dwb0 + sb0, dwb1 + sb1, dwb2 + sb2, dwb3 + sb3
+        if FWD and BWD:
+            _store_sums(dw_ptr, db_ptr, tile * 2, D, offs_d, mask_d, dbf, dwf0, dwf1, dwf2, dwf3)
+            _store_sums(dw_ptr, db_ptr, tile * 2 + 1, D, offs_d, mask_d, dbb, dwb0, dwb1, dwb2, dwb3)
+        elif FWD:
+            _store_sums(dw_ptr, db_ptr, tile, D, offs_d, mask_d, dbf, dwf0, dwf1, dwf2, dwf3)
+        else:
+            _store_sums(dw_ptr, db_ptr, tile, D, offs_d, mask_d, dbb, dwb0, dwb1, dwb2, dwb3)
 
     _HAS_TRITON = True
 except Exception:  # pragma: no cover - depends on the install
     _HAS_TRITON = False
 
 
-# Tiles of the forward kernel.
+# Tiles of the forward kernel (single and both directions).
 FWD_CONFIG = {"BLOCK_L": 32, "BLOCK_D": 128, "num_warps": 4}
-# Tiles of the backward kernel: a program covers SPAN tokens in steps of BLOCK_L, BLOCK_D channels.
-# benchmarks/bench_conv_gpu.py times the candidates.
-BWD_CONFIG = {"SPAN": 32, "BLOCK_L": 8, "BLOCK_D": 64, "num_warps": 2, "num_stages": 1}
-CANDIDATE_BWD = [  # ms at Vim-S shapes on an H100 (session 3, runs 5 and 6)
-    BWD_CONFIG,  # 0.350
-    {"SPAN": 16, "BLOCK_L": 16, "BLOCK_D": 64, "num_warps": 4, "num_stages": 1},  # 0.369
-    {"SPAN": 32, "BLOCK_L": 32, "BLOCK_D": 64, "num_warps": 8, "num_stages": 1},  # 0.458
-    {"SPAN": 16, "BLOCK_L": 16, "BLOCK_D": 64, "num_warps": 8, "num_stages": 1},  # 0.581
-    {"SPAN": 32, "BLOCK_L": 8, "BLOCK_D": 128, "num_warps": 4, "num_stages": 1},  # 0.665
+# Tiles of the backward kernel: a program walks SPAN tokens of BLOCK_D channels in SEQS sequences; BWD_CONFIG for
+# one direction, BIDIR_BWD_CONFIG for both (twice the state per channel). benchmarks/bench_conv_gpu.py times the
+# candidates, benchmarks/compile_conv.py shows their registers and instruction counts: on sm_90 (bf16) 4 channels
+# per thread take 130 registers for one direction and 255 for both (no spill, but few warps per SM), 2 channels
+# per thread 72 / 128. Not yet timed on a GPU.
+BWD_CONFIG = {"SPAN": 32, "SEQS": 1, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1}
+BIDIR_BWD_CONFIG = {"SPAN": 32, "SEQS": 1, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1}
+CANDIDATE_BWD = [  # channels per thread = BLOCK_D / (32 num_warps)
+    {"SPAN": 32, "SEQS": 1, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},
+    {"SPAN": 32, "SEQS": 1, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1},
+    {"SPAN": 16, "SEQS": 1, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},
+    {"SPAN": 64, "SEQS": 1, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},
+    {"SPAN": 64, "SEQS": 1, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1},
+    {"SPAN": 32, "SEQS": 1, "BLOCK_D": 256, "num_warps": 2, "num_stages": 1},
+    {"SPAN": 32, "SEQS": 1, "BLOCK_D": 128, "num_warps": 2, "num_stages": 1},
+    {"SPAN": 32, "SEQS": 2, "BLOCK_D": 128, "num_warps": 1, "num_stages": 1},  # half the partial sums
+    {"SPAN": 64, "SEQS": 4, "BLOCK_D": 64, "num_warps": 1, "num_stages": 1},
 ]
 
 
@@ -156,26 +320,75 @@ def _dense(t: Tensor) -> Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-def _conv_silu_triton_fwd(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool) -> Tensor:
-    """Forward launcher: x [batch, length, dim] (unit channel stride) -> u [batch, length, dim] contiguous."""
+def _fwd_launch(x: Tensor, wf: Tensor, bf: Tensor, wb: Tensor, bb: Tensor, fwd: bool, bwd: bool):
+    """(u_f or None, u_b or None), contiguous [batch, length, dim]: the causal conv+SiLU with (wf, bf) when
+    ``fwd``, the anti-causal one with (wb, bb) when ``bwd``; x [batch, length, dim], weights [dim, 1, K]."""
     batch, length, dim = x.shape
     if x.stride(2) != 1:
         x = x.contiguous()
-    out = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
+    out_f = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype) if fwd else None
+    out_b = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype) if bwd else None
+    if x.numel() == 0:
+        return out_f, out_b
+    if not fwd:
+        wf, bf = wb, bb
+    if not bwd:
+        wb, bb = wf, bf
+    of = out_f if fwd else out_b
+    ob = out_b if bwd else out_f
     cfg = FWD_CONFIG
     block_l, block_d = cfg["BLOCK_L"], cfg["BLOCK_D"]
-    grid = (batch, (length + block_l - 1) // block_l, (dim + block_d - 1) // block_d)
+    grid = (batch, triton.cdiv(length, block_l), triton.cdiv(dim, block_d))
     launch(
         _conv_silu_fwd, grid, x.device,
-        x, _dense(weight), _dense(bias), out, length, dim, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-        K=weight.shape[-1], REVERSE=bool(reverse), BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg["num_warps"],
+        x, _dense(wf), _dense(bf), _dense(wb), _dense(bb), of, ob, length, dim,
+        x.stride(0), x.stride(1), of.stride(0), of.stride(1),
+        K=wf.shape[-1], FWD=fwd, BWD=bwd, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg["num_warps"],
     )
-    return out
+    return out_f, out_b
+
+
+def _conv_silu_triton_fwd(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool) -> Tensor:
+    """Forward launcher: x [batch, length, dim] (unit channel stride) -> u [batch, length, dim] contiguous."""
+    reverse = bool(reverse)
+    out_f, out_b = _fwd_launch(x, weight, bias, weight, bias, not reverse, reverse)
+    return out_b if reverse else out_f
 
 
 def is_available() -> bool:
     """True when Triton imports (the kernels then run on CUDA tensors, or on CPU under TRITON_INTERPRET=1)."""
     return _HAS_TRITON
+
+
+def _bwd_launch(x: Tensor, w4f: Tensor, bf: Tensor, w4b: Tensor, bb: Tensor, gf: Tensor, gb: Tensor,
+                fwd: bool, bwd: bool, cfg: dict):
+    """(dx [batch, length, dim], dw [ndir, dim, 4], db [ndir, dim]) (float32 sums) of the directions asked
+    for (``fwd``: causal with (w4f, bf) and output gradient gf; ``bwd``: anti-causal with (w4b, bb), gb), ndir of
+    them in that order; 4-tap weights [dim, 4], x / gf / gb with unit channel stride, gf and gb of equal strides."""
+    batch, length, dim = x.shape
+    ndir = int(fwd) + int(bwd)
+    span, seqs, block_d = cfg["SPAN"], cfg["SEQS"], cfg["BLOCK_D"]
+    n_l, n_g = triton.cdiv(length, span), triton.cdiv(batch, seqs)
+    dx = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
+    dw = torch.empty(n_g * n_l, ndir, dim, 4, device=x.device, dtype=torch.float32)
+    db = torch.empty(n_g * n_l, ndir, dim, device=x.device, dtype=torch.float32)
+    if dw.numel() == 0:
+        return dx.zero_(), dw.new_zeros(ndir, dim, 4), db.new_zeros(ndir, dim)
+    launch(
+        _conv_silu_bwd, (n_g, n_l, triton.cdiv(dim, block_d)), x.device,
+        x, w4f, bf, w4b, bb, gf, gb, dx, dw, db, batch, length, dim,
+        x.stride(0), x.stride(1), gf.stride(0), gf.stride(1), dx.stride(0), dx.stride(1),
+        FWD=fwd, BWD=bwd, SPAN=span, SEQS=seqs, BLOCK_D=block_d, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
+    return dx, dw.sum(0), db.sum(0)  # one reduction per kind for both directions
+
+
+def _taps4(weight: Tensor) -> Tensor:
+    """weight [dim, 1, K] (K <= 4) as [dim, 4], shorter kernels with zero taps in front (a view for K == 4)."""
+    dim, K = weight.shape[0], weight.shape[-1]
+    w = _dense(weight).reshape(dim, K)
+    return w if K == 4 else F.pad(w, (4 - K, 0))
 
 
 def _conv_silu_triton_bwd(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor, reverse: bool):
@@ -184,30 +397,15 @@ def _conv_silu_triton_bwd(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor,
     K = weight.shape[-1]
     if K > 4:
         return _conv_silu_bwd_torch(x, weight, bias, grad, reverse)
-    batch, length, dim = x.shape
     if x.stride(2) != 1:
         x = x.contiguous()
     if grad.stride(2) != 1:
         grad = grad.contiguous()
-    # the kernel reads 4 taps per channel: shorter kernels get zero taps in front
-    w4 = _dense(weight) if K == 4 else F.pad(weight.reshape(dim, K), (4 - K, 0)).contiguous()
-    cfg = BWD_CONFIG
-    block_l, block_d, span = cfg["BLOCK_L"], cfg["BLOCK_D"], cfg["SPAN"]
-    n_l = (length + span - 1) // span
-    dx = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
-    dw = torch.empty(batch * n_l, dim, 4, device=x.device, dtype=torch.float32)
-    db = torch.empty(batch * n_l, dim, device=x.device, dtype=torch.float32)
-    launch(
-        _conv_silu_bwd, (batch, n_l, (dim + block_d - 1) // block_d), x.device,
-        x, w4, _dense(bias), grad, dx, dw, db, length, dim,
-        x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), dx.stride(0), dx.stride(1),
-        REVERSE=bool(reverse), SPAN=span, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
-    )
-    dw = dw.sum(0)
-    if K < 4:
-        dw = dw[:, 4 - K:]
-    return dx, dw.reshape(weight.shape).to(weight.dtype), db.sum(0).to(bias.dtype)
+    reverse = bool(reverse)
+    w4, b = _taps4(weight), _dense(bias)
+    dx, dw, db = _bwd_launch(x, w4, b, w4, b, grad, grad, not reverse, reverse, BWD_CONFIG)
+    dw = dw[0, :, 4 - K:]
+    return dx, dw.reshape(weight.shape).to(weight.dtype), db[0].to(bias.dtype)
 
 
 def _conv_silu_bwd_torch(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor, reverse: bool):
@@ -299,228 +497,29 @@ def conv_silu_triton(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool) -> 
 
 
 # ------------------------------------------------------------------------------------ both directions
-# Vim's mixer runs the causal conv (conv1d) and the anti-causal one (conv1d_b) over the same x. One launch
-# each way serves both: a program computes both directions of its tile with the single-direction code
-# unrolled twice (the direction is a compile-time constant in each copy, so the arithmetic, and hence every
-# bit of u, equals the single-direction kernels'), and the backward sums the two directions' dx in registers.
-if _HAS_TRITON:
-    @triton.jit
-    def _in_x_dtype(v, x_ptr):
-        """A weight value as the conv computes with it: rounded to x's dtype, as float32."""
-        return v.to(x_ptr.dtype.element_ty).to(tl.float32)
-
-    @triton.jit
-    def _load_w(w_ptr, offs_d, k: tl.constexpr, mask_d, x_ptr):
-        return _in_x_dtype(tl.load(w_ptr + offs_d * 4 + k, mask=mask_d, other=0.0), x_ptr)[None, :]
-
-    @triton.jit
-    def _conv_silu_bidir_fwd(
-        x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, outf_ptr, outb_ptr,
-        L, D,
-        stride_xb, stride_xl,
-        stride_ob, stride_ol,
-        K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):
-        """outf = silu(causal conv of x with wf, bf), outb = silu(anti-causal conv with wb, bb); outf, outb are
-        [batch, L, D] (strides stride_ob, stride_ol, 1), x [batch, L, D] (unit channel stride). Weights and
-        biases of any float dtype are rounded to x's dtype as they are loaded (autocast's cast, without
-        its four cast kernels per call)."""
-        pid_b = tl.program_id(0)
-        pid_l = tl.program_id(1)
-        pid_d = tl.program_id(2)
-        offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < D
-        mask = (offs_l < L)[:, None] & mask_d[None, :]
-        x_base = x_ptr + pid_b * stride_xb
-        for r in tl.static_range(2):  # r == 1: the anti-causal direction (REVERSE of the single kernel)
-            if r == 1:
-                w_ptr = wb_ptr
-                b_ptr = bb_ptr
-                out_ptr = outb_ptr
-            else:
-                w_ptr = wf_ptr
-                b_ptr = bf_ptr
-                out_ptr = outf_ptr
-            acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-            acc += _in_x_dtype(tl.load(b_ptr + offs_d, mask=mask_d, other=0.0), x_ptr)[None, :]
-            for k in tl.static_range(K):
-                wk = _in_x_dtype(tl.load(w_ptr + offs_d * K + k, mask=mask_d, other=0.0), x_ptr)
-                if r == 1:
-                    src = offs_l + (K - 1 - k)
-                else:
-                    src = offs_l - (K - 1) + k
-                m = (src >= 0) & (src < L)
-                xv = tl.load(x_base + src[:, None] * stride_xl + offs_d[None, :],
-                             mask=m[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-                acc += xv * wk[None, :]
-            out = acc * tl.sigmoid(acc)
-            tl.store(out_ptr + pid_b * stride_ob + offs_l[:, None] * stride_ol + offs_d[None, :],
-                     out.to(out_ptr.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _conv_dir_bwd(xm3, xm2, xm1, x0, xp1, xp2, xp3, g0, g1, g2, g3, w0, w1, w2, w3, bias):
-        """One direction of :func:`_conv_silu_bwd`'s tile arithmetic (same expressions, so the same bits), on
-        the rows x[s + m] (m = -3..3, mirrored for the anti-causal direction) and g[s + e] (e = 0..3).
-        Returns dx and the tile's sums for db, dw0..dw3."""
-        ga = _silu_grad(bias + w0 * xm3 + w1 * xm2 + w2 * xm1 + w3 * x0, g0)
-        db = tl.sum(ga, axis=0)
-        dw0 = tl.sum(ga * xm3, axis=0)
-        dw1 = tl.sum(ga * xm2, axis=0)
-        dw2 = tl.sum(ga * xm1, axis=0)
-        dw3 = tl.sum(ga * x0, axis=0)
-        dx = w3 * ga
-        dx += w2 * _silu_grad(bias + w0 * xm2 + w1 * xm1 + w2 * x0 + w3 * xp1, g1)
-        dx += w1 * _silu_grad(bias + w0 * xm1 + w1 * x0 + w2 * xp1 + w3 * xp2, g2)
-        dx += w0 * _silu_grad(bias + w0 * x0 + w1 * xp1 + w2 * xp2 + w3 * xp3, g3)
-        return dx, db, dw0, dw1, dw2, dw3
-
-    @triton.jit
-    def _conv_silu_bidir_bwd(
-        x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, gf_ptr, gb_ptr, dx_ptr, dw_ptr, db_ptr,
-        L, D,
-        stride_xb, stride_xl, stride_gb, stride_gl, stride_dxb, stride_dxl,
-        SPAN: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):
-        """Backward of both directions of :func:`_conv_silu_bidir_fwd` (4-tap weights [D, 4], shorter ones
-        zero-padded in front): gf / gb are the gradients of outf / outb (same strides), dx = dx_f + dx_b
-        (each rounded to x's dtype first, so dx is bit for bit what adding the two single-direction dx gives),
-        dw / db partial sums per program go to [program, 2, D, 4] / [program, 2, D] (float32; the weights
-        are rounded to x's dtype as in the forward). The seven shifted rows of
-        x are loaded once per tile and serve both directions (the anti-causal rows are the same rows mirrored)."""
-        pid_b = tl.program_id(0)
-        pid_l = tl.program_id(1)
-        tile = pid_b * tl.num_programs(1) + pid_l
-        offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < D
-        bias_f = _in_x_dtype(tl.load(bf_ptr + offs_d, mask=mask_d, other=0.0), x_ptr)[None, :]
-        f0 = _load_w(wf_ptr, offs_d, 0, mask_d, x_ptr)
-        f1 = _load_w(wf_ptr, offs_d, 1, mask_d, x_ptr)
-        f2 = _load_w(wf_ptr, offs_d, 2, mask_d, x_ptr)
-        f3 = _load_w(wf_ptr, offs_d, 3, mask_d, x_ptr)
-        bias_b = _in_x_dtype(tl.load(bb_ptr + offs_d, mask=mask_d, other=0.0), x_ptr)[None, :]
-        b0 = _load_w(wb_ptr, offs_d, 0, mask_d, x_ptr)
-        b1 = _load_w(wb_ptr, offs_d, 1, mask_d, x_ptr)
-        b2 = _load_w(wb_ptr, offs_d, 2, mask_d, x_ptr)
-        b3 = _load_w(wb_ptr, offs_d, 3, mask_d, x_ptr)
-        xb = x_ptr + pid_b * stride_xb
-        gfb = gf_ptr + pid_b * stride_gb
-        gbb = gb_ptr + pid_b * stride_gb
-        dbf = tl.zeros([BLOCK_D], tl.float32)
-        dwf0 = tl.zeros([BLOCK_D], tl.float32)
-        dwf1 = tl.zeros([BLOCK_D], tl.float32)
-        dwf2 = tl.zeros([BLOCK_D], tl.float32)
-        dwf3 = tl.zeros([BLOCK_D], tl.float32)
-        dbb = tl.zeros([BLOCK_D], tl.float32)
-        dwb0 = tl.zeros([BLOCK_D], tl.float32)
-        dwb1 = tl.zeros([BLOCK_D], tl.float32)
-        dwb2 = tl.zeros([BLOCK_D], tl.float32)
-        dwb3 = tl.zeros([BLOCK_D], tl.float32)
-        for l0 in range(pid_l * SPAN, pid_l * SPAN + SPAN, BLOCK_L):
-            s = l0 + tl.arange(0, BLOCK_L)
-            xm3 = _row_shift(xb, s, -3, offs_d, mask_d, L, stride_xl, False)
-            xm2 = _row_shift(xb, s, -2, offs_d, mask_d, L, stride_xl, False)
-            xm1 = _row_shift(xb, s, -1, offs_d, mask_d, L, stride_xl, False)
-            x0 = _row_shift(xb, s, 0, offs_d, mask_d, L, stride_xl, False)
-            xp1 = _row_shift(xb, s, 1, offs_d, mask_d, L, stride_xl, False)
-            xp2 = _row_shift(xb, s, 2, offs_d, mask_d, L, stride_xl, False)
-            xp3 = _row_shift(xb, s, 3, offs_d, mask_d, L, stride_xl, False)
-            dx_f, db, dw0, dw1, dw2, dw3 = _conv_dir_bwd(
-                xm3, xm2, xm1, x0, xp1, xp2, xp3,
-                _row_shift(gfb, s, 0, offs_d, mask_d, L, stride_gl, False),
-                _row_shift(gfb, s, 1, offs_d, mask_d, L, stride_gl, False),
-                _row_shift(gfb, s, 2, offs_d, mask_d, L, stride_gl, False),
-                _row_shift(gfb, s, 3, offs_d, mask_d, L, stride_gl, False),
-                f0, f1, f2, f3, bias_f)
-            dbf += db
-            dwf0 += dw0
-            dwf1 += dw1
-            dwf2 += dw2
-            dwf3 += dw3
-            dx_b, db, dw0, dw1, dw2, dw3 = _conv_dir_bwd(
-                xp3, xp2, xp1, x0, xm1, xm2, xm3,
-                _row_shift(gbb, s, 0, offs_d, mask_d, L, stride_gl, True),
-                _row_shift(gbb, s, 1, offs_d, mask_d, L, stride_gl, True),
-                _row_shift(gbb, s, 2, offs_d, mask_d, L, stride_gl, True),
-                _row_shift(gbb, s, 3, offs_d, mask_d, L, stride_gl, True),
-                b0, b1, b2, b3, bias_b)
-            dbb += db
-            dwb0 += dw0
-            dwb1 += dw1
-            dwb2 += dw2
-            dwb3 += dw3
-            # round each direction to the output dtype before adding, as the two single-direction kernels
-            # followed by autograd's add do (a no-op for float32)
-            dx_f = dx_f.to(dx_ptr.dtype.element_ty).to(tl.float32)
-            dx_b = dx_b.to(dx_ptr.dtype.element_ty).to(tl.float32)
-            mask = (s < L)[:, None] & mask_d[None, :]
-            tl.store(dx_ptr + pid_b * stride_dxb + s[:, None] * stride_dxl + offs_d[None, :],
-                     (dx_f + dx_b).to(dx_ptr.dtype.element_ty), mask=mask)
-        dbp = db_ptr + (tile * 2 * D) + offs_d
-        tl.store(dbp, dbf, mask=mask_d)
-        tl.store(dbp + D, dbb, mask=mask_d)
-        dw = dw_ptr + (tile * 2 * D + offs_d) * 4
-        tl.store(dw + 0, dwf0, mask=mask_d)
-        tl.store(dw + 1, dwf1, mask=mask_d)
-        tl.store(dw + 2, dwf2, mask=mask_d)
-        tl.store(dw + 3, dwf3, mask=mask_d)
-        dw += D * 4
-        tl.store(dw + 0, dwb0, mask=mask_d)
-        tl.store(dw + 1, dwb1, mask=mask_d)
-        tl.store(dw + 2, dwb2, mask=mask_d)
-        tl.store(dw + 3, dwb3, mask=mask_d)
-
-
+# Vim's mixer runs the causal conv (conv1d) and the anti-causal one (conv1d_b) over the same x. The kernels above
+# serve both in one launch each way (FWD and BWD set): the forward reads x once for both, the backward walks x
+# once for both and adds the two directions' dx in registers. Each direction runs the single-direction code with
+# the direction a compile-time constant, so u and (up to the rounding of the add) dx equal the single-direction
+# kernels' bit for bit.
 def _conv_silu_bidir_triton_fwd(x: Tensor, wf: Tensor, bf: Tensor, wb: Tensor, bb: Tensor) -> tuple[Tensor, Tensor]:
     """(u_f, u_b), contiguous [batch, length, dim] each: causal with (wf, bf), anti-causal with (wb, bb).
     Two tensors rather than halves of one buffer: outputs that alias each other would keep the op from
-    becoming a custom op (torch.compile) and cost zero-fills and copies in autograd's backward."""
-    batch, length, dim = x.shape
-    if x.stride(2) != 1:
-        x = x.contiguous()
-    out = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
-    out_b = torch.empty_like(out)
-    if out.numel() == 0:
-        return out, out_b
-    block_l, block_d = 32, 128
-    grid = (batch, triton.cdiv(length, block_l), triton.cdiv(dim, block_d))
-    launch(
-        _conv_silu_bidir_fwd, grid, x.device,
-        x, wf.reshape(dim, -1).contiguous(), bf.contiguous(), wb.reshape(dim, -1).contiguous(), bb.contiguous(),
-        out, out_b, length, dim, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-        K=wf.shape[-1], BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
-    )
-    return out, out_b
+    becoming a custom op (torch.compile) and cost zero-fills and copies in autograd's backward. Weights and
+    biases of any float dtype are rounded to x's dtype as they are loaded (autocast's cast, without its four
+    cast kernels per call)."""
+    return _fwd_launch(x, wf, bf, wb, bb, True, True)
 
 
 def _conv_silu_bidir_triton_bwd(x: Tensor, wf: Tensor, bf: Tensor, wb: Tensor, bb: Tensor, gf: Tensor, gb: Tensor):
     """(dx, dwf, dbf, dwb, dbb) of (u_f, u_b) = _conv_silu_bidir_triton_fwd(...) for their grads gf, gb."""
-    batch, length, dim = x.shape
     K = wf.shape[-1]
     if x.stride(2) != 1:
         x = x.contiguous()
     if gf.stride(2) != 1 or gb.stride() != gf.stride():
         gf, gb = gf.contiguous(), gb.contiguous()
-    cfg = BWD_CONFIG
-    block_l, block_d, span = cfg["BLOCK_L"], cfg["BLOCK_D"], cfg["SPAN"]
-    n_l = triton.cdiv(length, span)
-    dx = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
-    dw = torch.empty(batch * n_l, 2, dim, 4, device=x.device, dtype=torch.float32)
-    db = torch.empty(batch * n_l, 2, dim, device=x.device, dtype=torch.float32)
-    if dw.numel() == 0 or dim == 0:
-        dx.zero_()
-        dw, db = dw.new_zeros(2, dim, 4), db.new_zeros(2, dim)
-    else:
-        w4f, w4b = wf.reshape(dim, K).contiguous(), wb.reshape(dim, K).contiguous()  # views for Vim's weights
-        if K < 4:  # shorter kernels: zero taps in front
-            w4f, w4b = F.pad(w4f, (4 - K, 0)), F.pad(w4b, (4 - K, 0))
-        launch(
-            _conv_silu_bidir_bwd, (batch, n_l, triton.cdiv(dim, block_d)), x.device,
-            x, w4f, bf.contiguous(), w4b, bb.contiguous(), gf, gb, dx, dw, db, length, dim,
-            x.stride(0), x.stride(1), gf.stride(0), gf.stride(1), dx.stride(0), dx.stride(1),
-            SPAN=span, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )
-        dw, db = dw.sum(0), db.sum(0)  # [2, dim, 4], [2, dim]: one reduction for both directions
+    dx, dw, db = _bwd_launch(x, _taps4(wf), _dense(bf), _taps4(wb), _dense(bb), gf, gb, True, True,
+                             BIDIR_BWD_CONFIG)
     dw = dw[:, :, 4 - K:].to(wf.dtype)
     db = db.to(bf.dtype)
     return dx, dw[0].reshape(wf.shape), db[0], dw[1].reshape(wb.shape), db[1]
