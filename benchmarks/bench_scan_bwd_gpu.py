@@ -105,11 +105,16 @@ def main():
     p.add_argument("--lengths", default="197,98", help="comma-separated sequence lengths (98: a merged length)")
     p.add_argument("--sweep-old", action="store_true", help="also time the old kernel's other CANDIDATE_BWD")
     p.add_argument("--no-bidir", dest="bidir", action="store_false", help="skip the two-direction launchers")
+    p.add_argument("--configs", default=None,
+                   help="indices into CANDIDATE_BWD_XLANE to time (default: all, and the XLANE=False twin)")
     a = p.parse_args()
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
     results = {"device": torch.cuda.get_device_name(), "rows": []}
     old_cfgs = [dict(ts.BWD_CONFIG)] + ([c for c in ts.CANDIDATE_BWD if c != ts.BWD_CONFIG] if a.sweep_old else [])
-    new_cfgs = [(True, c) for c in sb.CANDIDATE_BWD_XLANE] + [(False, dict(sb.BWD_XLANE_CONFIG))]
+    if a.configs is None:
+        new_cfgs = [(True, c) for c in sb.CANDIDATE_BWD_XLANE] + [(False, dict(sb.BWD_XLANE_CONFIG))]
+    else:  # a subset, to keep one device call short (each config compiles for ~10 s)
+        new_cfgs = [(True, sb.CANDIDATE_BWD_XLANE[int(i)]) for i in a.configs.split(",")]
     old_default, new_default = dict(ts.BWD_CONFIG), dict(sb.BWD_XLANE_CONFIG)
     for L in (int(x) for x in a.lengths.split(",")):
         dout, ins = vim_inputs(a.batch, a.dim, L, a.dstate, torch.bfloat16)

@@ -56,36 +56,44 @@ extra)
     --json "$OUT/data.json" 2>&1 | quiet | tee "$OUT/data.txt"
   timeout 150 "${M[@]}" bash benchmarks/minutes_gpu.sh steps 2>&1 | quiet | tail -12 ;;
 final)  # the session's last call on a 2-GPU host: benchmarks on GPU 0 while the correctness tests run on GPU 1,
-        # then the 2-GPU tests; at most 8 files come back, so each stream writes one log
+        # then the 2-GPU tests; at most 8 files come back, so each stream writes one log. OLD: session-5 tree.
+  OLD=${OLD:-.old6/src}
   nvidia-smi --query-gpu=name --format=csv,noheader | head -1
   (
     export CUDA_VISIBLE_DEVICES=0
-    timeout 100 python3 benchmarks/bench_scan_bwd_gpu.py --lengths 197,98 2>&1 | quiet
-    timeout 60 python3 benchmarks/bench_conv_gpu.py 2>&1 | quiet
-    timeout 150 python3 -m rmeeto bench vim_tiny_patch16_224 vim_small_patch16_224 vim_base_patch16_224 \
-      --modes eager,cudagraph --warmup 5 --repeats 20 --json "$OUT/tsb.json" 2>&1 | quiet
-    timeout 120 python3 -m rmeeto bench vim_small_patch16_224 --train --no-inference --modes eager,cudagraph \
-      --train-repeats 6 --json "$OUT/train.json" 2>&1 | quiet
-    timeout 60 python3 -m rmeeto bench videomamba_small_patch16_224_f8 --batch-size 32 --modes cudagraph \
-      --warmup 5 --repeats 10 --json "$OUT/video.json" 2>&1 | quiet
-    timeout 90 python3 benchmarks/profile_gpu.py --what inference --variants unmerged,merged --modes eager,cudagraph \
-      --rows 10 2>&1 | quiet
+    B3=(vim_tiny_patch16_224 vim_small_patch16_224 vim_base_patch16_224)
+    echo "== inference, this tree"; timeout 120 python3 -m rmeeto bench "${B3[@]}" --modes eager,cudagraph \
+      --warmup 5 --repeats 20 --json "$OUT/tsb.json" 2>&1 | quiet
+    echo "== training step, this tree"; timeout 100 python3 -m rmeeto bench vim_small_patch16_224 --train \
+      --no-inference --modes eager,cudagraph --train-repeats 6 --json "$OUT/train.json" 2>&1 | quiet
+    echo "== training step, RMEETO_XLANE_BWD=0"; RMEETO_XLANE_BWD=0 timeout 60 python3 -m rmeeto bench \
+      vim_small_patch16_224 --train --no-inference --modes cudagraph --train-repeats 6 2>&1 | quiet
+    echo "== inference, $OLD"; PYTHONPATH=$OLD timeout 120 python3 -m rmeeto bench "${B3[@]}" \
+      --modes eager,cudagraph --warmup 5 --repeats 20 2>&1 | quiet
+    echo "== video"; timeout 50 python3 -m rmeeto bench videomamba_small_patch16_224_f8 --batch-size 32 \
+      --modes cudagraph --warmup 5 --repeats 10 2>&1 | quiet
+    echo "== scan backward"; timeout 70 python3 benchmarks/bench_scan_bwd_gpu.py --lengths 197 --configs 0,1,3 2>&1 | quiet
+    echo "== conv"; timeout 50 python3 benchmarks/bench_conv_gpu.py 2>&1 | quiet
+    echo "== profile"; timeout 70 python3 benchmarks/profile_gpu.py --what inference --variants unmerged,merged \
+      --modes eager,cudagraph --rows 8 2>&1 | quiet
+    echo "== merge layers"; timeout 40 python3 benchmarks/profile_gpu.py --model vim_tiny_patch16_224 --merge-layers \
+      --what none 2>&1 | quiet
   ) > "$OUT/g0.log" 2>&1 &
   G0=$!
   (
     export CUDA_VISIBLE_DEVICES=1
-    timeout ${TEST_S:-240} python3 -m pytest -v -p no:cacheprovider -rf --tb=line ${GPU_TESTS:?} 2>&1 \
-      | grep -v "PASSED\|SKIPPED\|^$\|Warning\|warn(" | cut -c1-400 | tail -60
-    timeout 60 python3 benchmarks/bench_merge_gpu.py --video-schedule --partner-tiles 2>&1 | quiet | tail -25
-    timeout 60 python3 -m rmeeto.bench_data make-jpegs /tmp/jpeg_small --images 20000 --classes 1000 --workers 12 2>&1 | tail -1
-    timeout 100 python3 -m rmeeto bench-data /tmp/jpeg_small --workers 1,4,8,14 --batch-size 128 \
+    timeout ${TEST_S:-230} python3 -m pytest -v -p no:cacheprovider -rf --tb=line ${GPU_TESTS:?} 2>&1 \
+      | grep -v "^$\|Warning\|warn(" | cut -c1-300 | tail -250
+    echo "== partner tiles"; timeout 60 python3 benchmarks/bench_merge_gpu.py --video-schedule --partner-tiles 2>&1 | quiet | tail -25
+    timeout 50 python3 -m rmeeto.bench_data make-jpegs /tmp/jpeg_small --images 16000 --classes 1000 --workers 12 2>&1 | tail -1
+    echo "== data"; timeout 90 python3 -m rmeeto bench-data /tmp/jpeg_small --workers 1,4,8,14 --batch-size 128 \
       --json "$OUT/data.json" 2>&1 | quiet
-    timeout 100 python3 -m rmeeto bench vim_tiny_patch16_224 vim_base_patch16_224 --train --no-inference \
-      --modes cudagraph --train-repeats 6 --json "$OUT/steps_tb.json" 2>&1 | quiet
+    echo "== steps Ti/B"; timeout 90 python3 -m rmeeto bench vim_tiny_patch16_224 vim_base_patch16_224 --train \
+      --no-inference --modes cudagraph --train-repeats 6 --json "$OUT/steps_tb.json" 2>&1 | quiet
   ) > "$OUT/g1.log" 2>&1 &
   G1=$!
   wait $G0 $G1
-  timeout ${PAIR_S:-60} python3 -m pytest -q -p no:cacheprovider -rf --tb=line tests/train/test_gpu_ddp.py -k pipeline \
+  timeout ${PAIR_S:-50} python3 -m pytest -q -p no:cacheprovider -rf --tb=line tests/train/test_gpu_ddp.py -k pipeline \
     > "$OUT/pair.log" 2>&1; tail -5 "$OUT/pair.log"
   exit 0 ;;
 *) echo "unknown phase"; exit 2 ;;
