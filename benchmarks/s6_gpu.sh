@@ -84,7 +84,7 @@ final)  # the session's last call on a 2-GPU host: benchmarks on GPU 0 while the
     export CUDA_VISIBLE_DEVICES=1
     timeout ${TEST_S:-230} python3 -m pytest -v -p no:cacheprovider -rf --tb=line ${GPU_TESTS:?} 2>&1 \
       | grep -v "^$\|Warning\|warn(" | cut -c1-300 | tail -250
-    echo "== partner tiles"; timeout 60 python3 benchmarks/bench_merge_gpu.py --video-schedule --partner-tiles 2>&1 | quiet | tail -25
+    echo "== partner tiles, video"; timeout 90 python3 benchmarks/tune_partner_video.py 2>&1 | quiet | tail -30
     timeout 50 python3 -m rmeeto.bench_data make-jpegs /tmp/jpeg_small --images 16000 --classes 1000 --workers 12 2>&1 | tail -1
     echo "== data"; timeout 90 python3 -m rmeeto bench-data /tmp/jpeg_small --workers 1,4,8,14 --batch-size 128 \
       --json "$OUT/data.json" 2>&1 | quiet
