@@ -286,3 +286,25 @@ def test_gpu_bidir_matches_old(cfg, monkeypatch):
                 assert x.stride() == y.stride(), name
                 err = ((x.double() - y.double()).norm() / y.double().norm().clamp_min(1e-30)).item()
                 assert err < TOL[dtype], (name, err)
+
+
+def test_the_dispatch_point_takes_the_reduce_scatter_backward_unless_switched_off(monkeypatch):
+    """scan._bwd / scan._bwd_bidir call scan_bwd's launchers (registered when the package imports) by default,
+    and the classic kernels with RMEETO_XLANE_BWD=0 (policy.set_xlane_bwd(False))."""
+    from rmeeto.ops import policy
+
+    assert ts._XLANE_BWD == {"bwd": sb.bwd, "bwd_bidir": sb.bwd_bidir}
+    calls = []
+    monkeypatch.setitem(ts._XLANE_BWD, "bwd", lambda *a: calls.append("xlane") or "x")
+    monkeypatch.setitem(ts._XLANE_BWD, "bwd_bidir", lambda *a: calls.append("xlane bidir") or "xb")
+    monkeypatch.setattr(ts, "_bwd_classic", lambda *a: calls.append("classic") or "c")
+    monkeypatch.setattr(ts, "_bwd_bidir_classic", lambda *a: calls.append("classic bidir") or "cb")
+    was = policy.xlane_bwd()
+    try:
+        policy.set_xlane_bwd(True)
+        assert ts._bwd(*[None] * 11) == "x" and ts._bwd_bidir(*[None] * 19) == "xb"
+        policy.set_xlane_bwd(False)
+        assert ts._bwd(*[None] * 11) == "c" and ts._bwd_bidir(*[None] * 19) == "cb"
+    finally:
+        policy.set_xlane_bwd(was)
+    assert calls == ["xlane", "xlane bidir", "classic", "classic bidir"]

@@ -567,11 +567,15 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=
     return out
 
 
-def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=False):
-    if policy.xlane_bwd():  # the reduce-scatter backward (rmeeto.ops.triton.scan_bwd), same contract
-        from rmeeto.ops.triton import scan_bwd
+# The reduce-scatter backward registers itself here when rmeeto.ops.triton.scan_bwd is imported (the package's
+# __init__ imports it, so it always is): {"bwd": ..., "bwd_bidir": ...}. It builds on this module's jit helpers,
+# so this module cannot import it without a cycle.
+_XLANE_BWD: dict = {}
 
-        return scan_bwd.bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
+
+def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=False):
+    if policy.xlane_bwd() and _XLANE_BWD:  # the reduce-scatter backward (rmeeto.ops.triton.scan_bwd), same contract
+        return _XLANE_BWD["bwd"](dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
     return _bwd_classic(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
 
 
@@ -895,10 +899,8 @@ def _bwd_bidir(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D
     ``RMEETO_XLANE_BWD=0``."""
     args = (dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
             delta_softplus, scale, a_is_log)
-    if policy.xlane_bwd():
-        from rmeeto.ops.triton import scan_bwd
-
-        return scan_bwd.bwd_bidir(*args)
+    if policy.xlane_bwd() and _XLANE_BWD:
+        return _XLANE_BWD["bwd_bidir"](*args)
     return _bwd_bidir_classic(*args)
 
 

@@ -607,3 +607,7 @@ def bwd_bidir(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_
     dbias = dbias_p.sum(1).to(bias_dtype)
     dz = torch.add(dz2[0], dz2[1]) if z is not None else torch.empty(0, dtype=u_f.dtype, device=dev)
     return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+# the one dispatch point (scan._bwd / scan._bwd_bidir) calls these unless RMEETO_XLANE_BWD=0
+_scan._XLANE_BWD.update(bwd=bwd, bwd_bidir=bwd_bidir)
