@@ -14,9 +14,9 @@ flipped copies).
 Kernel layout. One program per (batch element, block of BLOCK_D channels); each thread owns its channel(s)
 and the channel's whole state h[dstate] in registers (as even / odd halves), so the contraction with C and
 every other sum over dstate is a chain of in-thread adds: no shuffles and no shared memory in the forward.
-Time advances in chunks of CHUNK tokens: u, delta and z of a chunk are loaded as one [CHUNK, BLOCK_D] tile
-(the chunk axis also inside each thread), then the chunk's tokens are stepped through one by one in an
-unrolled loop (h = exp2(dt A log2e) h + dt u B; y = C . h). B and C, shared by all channels, are read per
+Time advances in chunks of CHUNK tokens: u, delta and z of a chunk are loaded into [CHUNK, BLOCK_D] tiles
+(the chunk axis also inside each thread; the forward loads them one token row at a time, see the layout note
+above the kernels), then the chunk's tokens are stepped through one by one in an unrolled loop (h = exp2(dt A log2e) h + dt u B; y = C . h). B and C, shared by all channels, are read per
 token as 32-bit pairs when their layout allows (PACK). With Vim's channels-last views every tile load and
 store is coalesced across the warp, and the output (and the gradients) come back channels-last.
 
@@ -116,6 +116,15 @@ def _alloc(shape, dtype, device) -> Tensor:
 # a compile-time constant per register, so they cost nothing after LLVM folds them (x + -0.0 == x exactly).
 # Strides of the [batch, dim, L] tensors are not specialised on purpose: a known unit stride would make
 # Triton vectorise the loads along channels and move the chunk axis across lanes.
+# Triton 3.6 (the GPU machine's) lays out a 2-D load or store whose strides are all unknown (the token tiles,
+# A [NP/2, BLOCK_D]) with both axes equally contiguous, and its coalescing pass then spreads the chunk or dstate
+# axis over lanes; the state tiles inherit that layout and the kernel pays shuffles and shared memory to bring
+# it back in-thread (the forward compiled to 2 KB of shared memory and 32 shuffles at BLOCK_D=64, CHUNK=2).
+# The forward body therefore does every such access one token (or dstate) row at a time, as a [1, BLOCK_D]
+# row (_load_row, _channel_consts_rows, per-row stores): a [1, BLOCK_D] row has the default layout of the
+# [NP/2, BLOCK_D] state tiles (a 1-D [BLOCK_D] vector does not when a thread holds two channels: it holds
+# channels 2l, 2l+1 where the tiles' slice holds l, l + 32, and converting costs shuffles). Triton 3.6 and 3.8
+# then compile the forward alike: no shared memory, no spills, the same shuffles (0 with one channel per lane).
 _SCAN_NOSPEC = [
     "dim", "L", "s_u_b", "s_u_d", "s_u_l", "s_dt_b", "s_dt_d", "s_dt_l", "s_z_b", "s_z_d", "s_z_l",
     "s_o_b", "s_o_d", "s_o_l", "s_g_b", "s_g_d", "s_g_l", "s_B_b", "s_B_l", "s_C_b", "s_C_l",
