@@ -14,9 +14,9 @@ flipped copies).
 Kernel layout. One program per (batch element, block of BLOCK_D channels); each thread owns its channel(s)
 and the channel's whole state h[dstate] in registers (as even / odd halves), so the contraction with C and
 every other sum over dstate is a chain of in-thread adds: no shuffles and no shared memory in the forward.
-Time advances in chunks of CHUNK tokens: u, delta and z of a chunk are loaded as one [CHUNK, BLOCK_D] tile
-(the chunk axis also inside each thread), then the chunk's tokens are stepped through one by one in an
-unrolled loop (h = exp2(dt A log2e) h + dt u B; y = C . h). B and C, shared by all channels, are read per
+Time advances in chunks of CHUNK tokens: u, delta and z of a chunk are loaded into [CHUNK, BLOCK_D] tiles
+(the chunk axis also inside each thread; the forward loads them one token row at a time, see the layout note
+above the kernels), then the chunk's tokens are stepped through one by one in an unrolled loop (h = exp2(dt A log2e) h + dt u B; y = C . h). B and C, shared by all channels, are read per
 token as 32-bit pairs when their layout allows (PACK). With Vim's channels-last views every tile load and
 store is coalesced across the warp, and the output (and the gradients) come back channels-last.
 
@@ -73,8 +73,10 @@ __all__ = [
 FWD_CONFIG = {"BLOCK_D": 64, "CHUNK": 2, "num_warps": 1}
 BWD_CONFIG = {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1}
 _KEYS = ("BLOCK_D", "CHUNK", "num_warps")
+# (64, 2, 2): one channel per lane like (32, 2, 1) (the same per-thread code: 72 registers, no shuffles), in
+# two-warp programs.
 CANDIDATE_FWD = [dict(zip(_KEYS, c)) for c in [
-    (32, 4, 1), (32, 2, 1), (32, 8, 1), (64, 4, 2), (64, 2, 1), (64, 4, 1), (128, 4, 4),
+    (32, 4, 1), (32, 2, 1), (32, 8, 1), (64, 4, 2), (64, 2, 1), (64, 4, 1), (128, 4, 4), (64, 2, 2),
 ]]
 CANDIDATE_BWD = [dict(zip(_KEYS, c)) for c in [
     (32, 4, 1), (32, 2, 1), (64, 4, 2), (64, 2, 2), (64, 2, 1),
@@ -116,6 +118,15 @@ def _alloc(shape, dtype, device) -> Tensor:
 # a compile-time constant per register, so they cost nothing after LLVM folds them (x + -0.0 == x exactly).
 # Strides of the [batch, dim, L] tensors are not specialised on purpose: a known unit stride would make
 # Triton vectorise the loads along channels and move the chunk axis across lanes.
+# Triton 3.6 (the GPU machine's) lays out a 2-D load or store whose strides are all unknown (the token tiles,
+# A [NP/2, BLOCK_D]) with both axes equally contiguous, and its coalescing pass then spreads the chunk or dstate
+# axis over lanes; the state tiles inherit that layout and the kernel pays shuffles and shared memory to bring
+# it back in-thread (the forward compiled to 2 KB of shared memory and 32 shuffles at BLOCK_D=64, CHUNK=2).
+# The forward body therefore does every such access one token (or dstate) row at a time, as a [1, BLOCK_D]
+# row (_load_row, _channel_consts_rows, per-row stores): a [1, BLOCK_D] row has the default layout of the
+# [NP/2, BLOCK_D] state tiles (a 1-D [BLOCK_D] vector does not when a thread holds two channels: it holds
+# channels 2l, 2l+1 where the tiles' slice holds l, l + 32, and converting costs shuffles). Triton 3.6 and 3.8
+# then compile the forward alike: no shared memory, no spills, the same shuffles (0 with one channel per lane).
 _SCAN_NOSPEC = [
     "dim", "L", "s_u_b", "s_u_d", "s_u_l", "s_dt_b", "s_dt_d", "s_dt_l", "s_z_b", "s_z_d", "s_z_l",
     "s_o_b", "s_o_d", "s_o_l", "s_g_b", "s_g_d", "s_g_l", "s_B_b", "s_B_l", "s_C_b", "s_C_l",
@@ -223,6 +234,50 @@ if _HAS_TRITON:
         return A2e, A2o, Dv, bias
 
     @triton.jit
+    def _load_row(base, tj, offs_d, s_l, s_d, m):
+        """Token tj's channels offs_d ([1, BLOCK_D]) of a [dim, L] plane as float32, zeros where m is false."""
+        return tl.load(base + tj * s_l + offs_d * s_d, mask=m, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _pick_row(tile, offs_j, j):
+        """Row j of a [CHUNK, BLOCK_D] tile as a [1, BLOCK_D] row (offs_j: [CHUNK, 1])."""
+        return tl.sum(tl.where(offs_j == j, tile, -0.0), axis=0)[None, :]
+
+    @triton.jit
+    def _put_row(tile, offs_j, j, row):
+        """Tile with row j replaced by row ([1, BLOCK_D]; offs_j: [CHUNK, 1])."""
+        return tl.where(offs_j == j, row, tile)
+
+    @triton.jit
+    def _channel_consts_rows(A_ptr, D_ptr, bias_ptr, offs_d, s_A_n, s_A_d, dstate, mask_d, HAS_D: tl.constexpr,
+                             HAS_BIAS: tl.constexpr, A_IS_LOG: tl.constexpr, BLOCK_D: tl.constexpr,
+                             NP: tl.constexpr):
+        """_channel_consts for channels offs_d ([1, BLOCK_D], mask mask_d): A log2 e as even / odd halves
+        [NP/2, BLOCK_D], D and delta_bias as [1, BLOCK_D] rows. A is read one dstate entry (one [1, BLOCK_D]
+        row) at a time: a 2-D load whose strides are all unknown leaves its layout to Triton's coalescing pass,
+        which on Triton 3.6 puts the dstate axis across lanes, a layout every state tile would inherit."""
+        offs_h = tl.arange(0, NP // 2)[:, None]
+        ae = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        ao = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
+        for k in tl.static_range(NP // 2):
+            p = A_ptr + offs_d * s_A_d + (2 * k) * s_A_n
+            ae = tl.where(offs_h == k, tl.load(p, mask=mask_d & (2 * k < dstate), other=0.0).to(tl.float32), ae)
+            ao = tl.where(offs_h == k, tl.load(p + s_A_n, mask=mask_d & (2 * k + 1 < dstate), other=0.0).to(tl.float32),
+                          ao)
+        if A_IS_LOG:
+            ae = -tl.exp(ae)
+            ao = -tl.exp(ao)
+        if HAS_D:
+            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            Dv = tl.zeros([1, BLOCK_D], dtype=tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            bias = tl.zeros([1, BLOCK_D], dtype=tl.float32)
+        return ae * 1.4426950408889634, ao * 1.4426950408889634, Dv, bias
+
+    @triton.jit
     def _advance(he, ho, A2e, A2o, dt_j, dtu_j, Be, Bo):
         """One token of the recurrence h = exp(dt A) h + dt u B on both state halves (dt_j, dtu_j: [1, BLOCK_D])."""
         he = tl.exp2(dt_j * A2e) * he + Be[:, None] * dtu_j
@@ -262,37 +317,54 @@ if _HAS_TRITON:
         dstate], D_ptr, bias_ptr [dim] (unused without HAS_D / HAS_BIAS). REVERSE: the recurrence runs from
         token L-1 down to 0. SCALED: the output is multiplied by ``scale`` in float32 before its rounding
         (``scale`` is unused otherwise)."""
-        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        # every per-channel vector is a [1, BLOCK_D] row: it then has the state tiles' layout (see above)
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
         offs_h = tl.arange(0, NP // 2)
-        offs_j = tl.arange(0, CHUNK)
         mask_d = offs_d < dim
 
-        A2e, A2o, Dv, bias = _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
-                                             HAS_D, HAS_BIAS, A_IS_LOG)
+        A2e, A2o, Dv, bias = _channel_consts_rows(A_ptr, D_ptr, bias_ptr, offs_d, s_A_n, s_A_d, dstate, mask_d,
+                                                  HAS_D, HAS_BIAS, A_IS_LOG, BLOCK_D, NP)
 
+        offs_j = tl.arange(0, CHUNK)[:, None]
         he = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)  # state, even / odd dstate entries
         ho = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
         for c in range(0, tl.cdiv(L, CHUNK)):
-            t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, REVERSE)
-            m2 = mask_t[:, None] & mask_d[None, :]
-            u = _load_tile(u_base, t, offs_d, s_u_l, s_u_d, m2)
-            xd = _load_tile(dt_base, t, offs_d, s_dt_l, s_dt_d, m2)
-            if HAS_Z:
-                zz = _load_tile(z_base, t, offs_d, s_z_l, s_z_d, m2)
-            xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
+            # the chunk's inputs first (all loads ahead of the chunk's stores, which they might alias)
+            m2 = (offs_j < 0) & mask_d
+            u = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+            xd = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+            zz = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
+            for j in tl.static_range(CHUNK):
+                tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
+                m = mask_d & vj
+                m2 = (offs_j == j) & m | m2
+                u = _put_row(u, offs_j, j, _load_row(u_base, tj, offs_d, s_u_l, s_u_d, m))
+                xd = _put_row(xd, offs_j, j, _load_row(dt_base, tj, offs_d, s_dt_l, s_dt_d, m))
+                if HAS_Z:
+                    zz = _put_row(zz, offs_j, j, _load_row(z_base, tj, offs_d, s_z_l, s_z_d, m))
+            if HAS_BIAS:
+                xd = xd + bias
+            if SOFTPLUS:
+                xd = _softplus(xd)
+            dt = tl.where(m2, xd, 0.0)
             dtu = dt * u
             y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
             for j in tl.static_range(CHUNK):
-                he, ho, yj = _token_out(he, ho, A2e, A2o, dt, dtu, c, j, L, B_base, C_base, s_B_l, s_B_n, s_C_l,
-                                        s_C_n, offs_h, offs_j, dstate, CHUNK, REVERSE, PACK)
-                y = _put(y, offs_j, j, yj)
+                tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
+                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
+                Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK)
+                he, ho = _advance(he, ho, A2e, A2o, _pick_row(dt, offs_j, j), _pick_row(dtu, offs_j, j), Be, Bo)
+                y = _put_row(y, offs_j, j, (tl.sum(he * Ce[:, None], axis=0) + tl.sum(ho * Co[:, None], axis=0))[None, :])
             if HAS_D:
-                y += Dv[None, :] * u
+                y += Dv * u
             if HAS_Z:
                 y = y * (zz * tl.sigmoid(zz))
             if SCALED:
                 y = y * scale
-            _store_tile(out_base, t, offs_d, s_o_l, s_o_d, y, m2)
+            for j in tl.static_range(CHUNK):
+                tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
+                tl.store(out_base + tj * s_o_l + offs_d * s_o_d, _pick_row(y, offs_j, j).to(out_base.dtype.element_ty),
+                         mask=mask_d & vj)
 
     @triton.jit
     def _scan_bwd_body(
