@@ -62,8 +62,8 @@ final)  # the session's last call on a 2-GPU host: benchmarks on GPU 0 while the
   (
     export CUDA_VISIBLE_DEVICES=0
     B3=(vim_tiny_patch16_224 vim_small_patch16_224 vim_base_patch16_224)
-    echo "== inference, this tree"; timeout 120 python3 -m rmeeto bench "${B3[@]}" --modes eager,cudagraph \
-      --warmup 5 --repeats 20 --json "$OUT/tsb.json" 2>&1 | quiet
+    echo "== inference, this tree (scan forward tile picked first)"; timeout 160 python3 benchmarks/tuned_bench.py -- \
+      bench "${B3[@]}" --modes eager,cudagraph --warmup 5 --repeats 20 --json "$OUT/tsb.json" 2>&1 | quiet
     echo "== training step, this tree"; timeout 100 python3 -m rmeeto bench vim_small_patch16_224 --train \
       --no-inference --modes eager,cudagraph --train-repeats 6 --json "$OUT/train.json" 2>&1 | quiet
     echo "== training step, RMEETO_XLANE_BWD=0"; RMEETO_XLANE_BWD=0 timeout 60 python3 -m rmeeto bench \
