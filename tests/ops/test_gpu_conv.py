@@ -2,8 +2,9 @@
 session-5 kernels they replaced (benchmarks/conv_v5.py, compiled here too) and against autograd through the
 PyTorch reference. Skipped without CUDA or Triton.
 
-Bit for bit: u (one direction and both) and dx (each dx element is the same float32 expression as in the
-session-5 kernel; both compile to the same multiply-add contractions). Up to summation order: the weight and
+Bit for bit: u (one direction and both). dx is the same float32 expression as in the session-5 kernel, but
+on an H200 (Triton 3.6) it was not bit-identical (the compiler contracted it differently), with the same error
+against the fp32 reference: compared to one or two 16-bit ulps. Up to summation order: the weight and
 bias gradients (the new kernel sums them sequentially per channel, the old one per tile across threads)."""
 
 import os
@@ -56,13 +57,15 @@ def assert_close_sums(name, got, want):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("length", [197, 37, 1])
 def test_conv_kernels_equal_session5(bwd_config, dtype, length):
-    """One direction each way and both directions: u and dx bit for bit, dw / db up to summation order
-    (channels 200: not a multiple of any channel block)."""
+    """One direction each way and both directions: u bit for bit, dx to one or two 16-bit ulps (on an H200 the
+    new backward's dx was not bit-identical to session 5's, with the same error against the fp32 reference:
+    benchmarks/bench_conv_gpu.py, sixth session), dw / db up to summation order (channels 200: not a multiple
+    of any channel block)."""
     x, (wf, wb), (bf, bb), (gf, gb) = make_inputs(3, length, 200, dtype, length)
     for rev, w, b, g in ((False, wf, bf, gf), (True, wb, bb, gb)):
         assert torch.equal(tconv._conv_silu_triton_fwd(x, w, b, rev), conv_v5._conv_silu_triton_fwd(x, w, b, rev))
         new, old = tconv._conv_silu_triton_bwd(x, w, b, g, rev), conv_v5._conv_silu_triton_bwd(x, w, b, g, rev)
-        assert torch.equal(new[0], old[0]), f"dx (reverse={rev})"
+        assert_close_sums(f"dx (reverse={rev})", new[0], old[0])
         for name, a, c in zip(("dw", "db"), new[1:], old[1:]):
             assert_close_sums(f"{name} (reverse={rev})", a, c)
     for a, c in zip(tconv._conv_silu_bidir_triton_fwd(x, wf, bf, wb, bb),
@@ -70,7 +73,7 @@ def test_conv_kernels_equal_session5(bwd_config, dtype, length):
         assert torch.equal(a, c)
     new = tconv._conv_silu_bidir_triton_bwd(x, wf, bf, wb, bb, gf, gb)
     old = conv_v5._conv_silu_bidir_triton_bwd(x, wf, bf, wb, bb, gf, gb)
-    assert torch.equal(new[0], old[0]), "bidir dx"
+    assert_close_sums("bidir dx", new[0], old[0])
     for name, a, c in zip(("dwf", "dbf", "dwb", "dbb"), new[1:], old[1:]):
         assert_close_sums(name, a, c)
 

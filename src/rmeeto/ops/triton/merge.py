@@ -522,7 +522,9 @@ _PLAN_TILE = 64  # sources per plan program (see _match_lists)
 # give more programs per SM. benchmarks/bench_merge_gpu.py --partner-tiles times each at both shapes;
 # PARTNER_CONFIG holds the choice for short and long sequences (more than _LONG_SOURCES sources).
 PARTNER_TILES = [(64, 64, 32, 8, 2), (32, 64, 32, 4, 2), (128, 64, 32, 8, 2), (64, 128, 32, 8, 2), (32, 64, 64, 4, 2)]
-PARTNER_CONFIG = {"short": PARTNER_TILES[0], "long": PARTNER_TILES[0]}
+# measured on an H200 (sixth session, benchmarks/tune_partner_video.py): Vim-S match_plan 31.2 us with tiles 0
+# (32.8-42.3 with the others); VideoMamba-S f8 (1569 tokens) 144.3 us with tiles 2 (147.5 with tiles 0).
+PARTNER_CONFIG = {"short": PARTNER_TILES[0], "long": PARTNER_TILES[2]}
 _LONG_SOURCES = 256
 
 

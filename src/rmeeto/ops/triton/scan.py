@@ -70,7 +70,9 @@ __all__ = [
 # Tile configuration: BLOCK_D channels per program (one or more per thread: BLOCK_D / (32 * num_warps)),
 # CHUNK tokens loaded per step of the time loop. benchmarks/bench_scan_gpu.py sweeps CANDIDATE_* and
 # overrides these; tests/test_gpu_scan.py checks every candidate for correctness.
-FWD_CONFIG = {"BLOCK_D": 64, "CHUNK": 2, "num_warps": 1}
+# FWD_CONFIG measured on an H200 (sixth session, benchmarks/tuned_bench.py: two-direction forward at Vim-S
+# inference shapes, fp16): (64, 2, 2) 502.6 us, (32, 2, 1) 503.7, (64, 2, 1) 558.8, the CHUNK=4/8 tiles 615-623.
+FWD_CONFIG = {"BLOCK_D": 64, "CHUNK": 2, "num_warps": 2}
 BWD_CONFIG = {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1}
 _KEYS = ("BLOCK_D", "CHUNK", "num_warps")
 # (64, 2, 2): one channel per lane like (32, 2, 1) (the same per-thread code: 72 registers, no shuffles), in

@@ -63,7 +63,9 @@ __all__ = ["BWD_XLANE_CONFIG", "CANDIDATE_BWD_XLANE", "bwd", "bwd_bidir"]
 # ahead (see _scan_bwd_body). No spills with Triton 3.6 except 4 bytes in the two-direction kernel at CHUNK=1
 # / maxnreg 200 (3.8: the same at CHUNK=2 / 224). benchmarks/compile_scan.py --xbwd / --maxnreg shows the
 # counts, benchmarks/bench_scan_bwd_gpu.py times every candidate, tests/ops/test_scan_bwd.py checks every one.
-BWD_XLANE_CONFIG = {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1}
+# Measured on an H200 (sixth session, benchmarks/bench_scan_bwd_gpu.py, Vim-S, L 197, bf16): both directions
+# 2.571 ms with prefetch, 3.265 without, 4.275 at CHUNK=1 / maxnreg 200; the classic kernel 3.666.
+BWD_XLANE_CONFIG = {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1, "prefetch": True}
 CANDIDATE_BWD_XLANE = [
     {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1},
     {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1, "prefetch": True},
