@@ -109,3 +109,16 @@ def test_bidirectional_forward_equals_per_direction_branches():
                 assert torch.equal(a, b), (divide_out, backend, name)
     with pytest.raises(ValueError, match="export"):
         m(hidden, export="D")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_sum_of_directions_equals_the_training_one_bit_for_bit(dtype):
+    """Without a gradient the two directions are added elementwise, with one they are summed by a reduction:
+    both round a + b once, so the outputs are the same bits."""
+    torch.manual_seed(0)
+    model = rmeeto.create_model("vim_test_patch4_16").to(dtype).eval()
+    x = torch.randn(2, 3, 16, 16, dtype=dtype)
+    with torch.no_grad():
+        fast = model(x)
+    slow = model(x.requires_grad_())
+    assert slow.requires_grad and torch.equal(fast, slow.detach())
