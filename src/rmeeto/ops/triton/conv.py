@@ -86,6 +86,12 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
         return tl.load(base + t * stride_l + offs_d, mask=ok & mask_d, other=0.0)
 
     @triton.jit
+    def _rows4(base, t, offs_d, mask_d, L, stride_l):
+        """Rows t .. t + 3 (see :func:`_row`)."""
+        return (_row(base, t, offs_d, mask_d, L, stride_l), _row(base, t + 1, offs_d, mask_d, L, stride_l),
+                _row(base, t + 2, offs_d, mask_d, L, stride_l), _row(base, t + 3, offs_d, mask_d, L, stride_l))
+
+    @triton.jit
     def _silu_grad(a, g):
         sig = tl.sigmoid(a)
         return g * sig * (1.0 + a * (1.0 - sig))
@@ -122,20 +128,11 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
         x2 = _row(x_base, s0 - 2, offs_d, mask_d, hi, stride_xl).to(tl.float32)
         x3 = _row(x_base, s0 - 3, offs_d, mask_d, hi, stride_xl).to(tl.float32)
         # rows of the first four steps: x[t], gf[t], gb[t - 3]
-        na, nb, nc, nd = (_row(x_base, s0, offs_d, mask_d, hi, stride_xl),
-                          _row(x_base, s0 + 1, offs_d, mask_d, hi, stride_xl),
-                          _row(x_base, s0 + 2, offs_d, mask_d, hi, stride_xl),
-                          _row(x_base, s0 + 3, offs_d, mask_d, hi, stride_xl))
+        na, nb, nc, nd = _rows4(x_base, s0, offs_d, mask_d, hi, stride_xl)
         if FWD:
-            fga, fgb, fgc, fgd = (_row(gf_base, s0, offs_d, mask_d, hi, stride_gl),
-                                  _row(gf_base, s0 + 1, offs_d, mask_d, hi, stride_gl),
-                                  _row(gf_base, s0 + 2, offs_d, mask_d, hi, stride_gl),
-                                  _row(gf_base, s0 + 3, offs_d, mask_d, hi, stride_gl))
+            fga, fgb, fgc, fgd = _rows4(gf_base, s0, offs_d, mask_d, hi, stride_gl)
         if BWD:
-            bga, bgb, bgc, bgd = (_row(gb_base, s0 - 3, offs_d, mask_d, hi, stride_gl),
-                                  _row(gb_base, s0 - 2, offs_d, mask_d, hi, stride_gl),
-                                  _row(gb_base, s0 - 1, offs_d, mask_d, hi, stride_gl),
-                                  _row(gb_base, s0, offs_d, mask_d, hi, stride_gl))
+            bga, bgb, bgc, bgd = _rows4(gb_base, s0 - 3, offs_d, mask_d, hi, stride_gl)
         # steps t = s0 + c .. s0 + c + 3; none past the sequence's end (the last span may be short)
         for c in range(0, tl.minimum(SPAN, L - s0) + 3, 4):
             xa, xb, xc, xd = na, nb, nc, nd
@@ -145,20 +142,11 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
                 ba, bb, bc, bd = bga, bgb, bgc, bgd
             # the next four steps' loads go out before this chunk's work and stores
             t4 = s0 + c + 4
-            na, nb, nc, nd = (_row(x_base, t4, offs_d, mask_d, hi, stride_xl),
-                              _row(x_base, t4 + 1, offs_d, mask_d, hi, stride_xl),
-                              _row(x_base, t4 + 2, offs_d, mask_d, hi, stride_xl),
-                              _row(x_base, t4 + 3, offs_d, mask_d, hi, stride_xl))
+            na, nb, nc, nd = _rows4(x_base, t4, offs_d, mask_d, hi, stride_xl)
             if FWD:
-                fga, fgb, fgc, fgd = (_row(gf_base, t4, offs_d, mask_d, hi, stride_gl),
-                                      _row(gf_base, t4 + 1, offs_d, mask_d, hi, stride_gl),
-                                      _row(gf_base, t4 + 2, offs_d, mask_d, hi, stride_gl),
-                                      _row(gf_base, t4 + 3, offs_d, mask_d, hi, stride_gl))
+                fga, fgb, fgc, fgd = _rows4(gf_base, t4, offs_d, mask_d, hi, stride_gl)
             if BWD:
-                bga, bgb, bgc, bgd = (_row(gb_base, t4 - 3, offs_d, mask_d, hi, stride_gl),
-                                      _row(gb_base, t4 - 2, offs_d, mask_d, hi, stride_gl),
-                                      _row(gb_base, t4 - 1, offs_d, mask_d, hi, stride_gl),
-                                      _row(gb_base, t4, offs_d, mask_d, hi, stride_gl))
+                bga, bgb, bgc, bgd = _rows4(gb_base, t4 - 3, offs_d, mask_d, hi, stride_gl)
             for j in tl.static_range(4):
                 # step index i = c + j; t = s0 + i (a step past SPAN + 2 changes nothing)
                 if j == 0:
