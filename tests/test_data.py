@@ -81,7 +81,7 @@ def folder(tmp_path):
         for i in range(3):
             write_image(root / "train" / cls / f"{i}.jpg")
         write_image(root / "val" / cls / "v.png")
-    (root / "train" / "cat" / "x.jpg").write_bytes(os.urandom(600))
+    (root / "train" / "cat" / "x.jpg").write_bytes(np.random.default_rng(0).bytes(600))  # seeded garbage
     buf = io.BytesIO()
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(buf, format="JPEG")
     (root / "train" / "dog" / "trunc.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])

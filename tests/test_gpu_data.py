@@ -434,14 +434,20 @@ def test_prefetch_depth_is_bounded_and_an_abandoned_iteration_stops_its_thread(f
                 pulled.append(i)
                 yield i
 
-    before = threading.active_count()
+    def loader_threads():
+        # only this loader's thread: threads left by earlier tests (DataLoader pin/worker watchers) end at their
+        # own pace, so the process-wide count is not a measure of this one
+        return [t for t in threading.enumerate() if t.name == "rmeeto-device-loader" and t.is_alive()]
+
+    assert loader_threads() == []
     it = iter(DeviceLoader(Counting(), lambda b: b, prefetch=2))
     assert next(it) == 0
+    assert len(loader_threads()) == 1
     time.sleep(0.3)  # let the thread run as far ahead as it may
     # one taken + 2 waiting in the queue + 1 the thread holds while the queue is full
     assert len(pulled) <= 4
     it.close()  # what a `break` out of the training loop does
-    assert threading.active_count() == before
+    assert loader_threads() == []
     with pytest.raises(ValueError, match="prefetch must be >= 0"):
         DeviceLoader(Counting(), lambda b: b, prefetch=-1)
 
