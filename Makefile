@@ -1,6 +1,6 @@
 # One command sets everything up and runs the main job; one sets everything up and runs the tests.
 #   make demo   -> venv + install + `rmeeto demo` on the embedded digits (report in out/demo/)
-#   make test   -> venv + install + the test suite (GPU tests skip without CUDA)
+#   make test   -> venv + install + the test suite (GPU tests skip without CUDA; FULL=1 adds the full tier)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -23,8 +23,10 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/rmeeto demo --out out/demo
 
+# the default tier on up to 4 workers (pytest-xdist; about 9 minutes on 2 cores); FULL=1 adds the tests marked
+# `full` (frozen-copy kernel comparisons, the widest interpreter sweeps), as CI runs it
 test: setup
-	$(BIN)/python -m pytest -q
+	$(if $(FULL),RMEETO_FULL_TESTS=1 )$(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 bench-cpu: setup
 	$(BIN)/python benchmarks/bench_cpu_forward.py --batch 1 --repeats 5

@@ -54,6 +54,7 @@ def run_interpreted(code: str) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.full
 def test_conv_kernels_equal_session5_kernels():
     """u (one direction and both) and dx bit for bit against the session-5 kernels, dw / db up to summation
     order, for each backward configuration given: lengths 1, 3, 13, 37 (one token; shorter than the taps;
