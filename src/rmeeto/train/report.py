@@ -77,7 +77,10 @@ class RunLog:
         self.log(f"epoch {record['epoch'] + 1}/{self.config.epochs}: train loss {record['train_loss']:.4f}, "
                  f"val top1 {record['top1']:.2f} top5 {record['top5']:.2f}"
                  + (f" (ema {record['top1_ema']:.2f})" if "top1_ema" in record else "")
-                 + f", {record['images_per_s']:.0f} img/s, {record['seconds']:.1f}s")
+                 + f", {record['images_per_s']:.0f} img/s"
+                 + (f" ({record['steady_images_per_s']:.0f} after a first step of {record['first_step_s']:.1f}s)"
+                    if record.get("steady_images_per_s") is not None else "")
+                 + f", {record['seconds']:.1f}s")
         if self.out is not None:
             with open(self.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
