@@ -384,9 +384,9 @@ def selective_scan_bidir(
     for r in (0, 1):
         check_scan_shapes(u[r], delta[r], A[r], B[r], C[r], D[r], z, delta_bias[r])
     name = resolve_backend(backend, u[0].device)
-    if name == "triton":
-        return _triton_scan.selective_scan_bidir_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, scale,
-                                                        a_is_log=a_is_log)
+    if name == "triton":  # shapes are checked: the kernel's unchecked entry, as selective_scan does
+        return _triton_scan._selective_scan_bidir(u, delta, A, B, C, D, z, delta_bias, delta_softplus, scale,
+                                                  a_is_log)
 
     def scan(*args, reverse):
         return selective_scan(*args, reverse=reverse, backend=name, a_is_log=a_is_log)

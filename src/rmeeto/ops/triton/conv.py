@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rmeeto.ops.triton._launch import launch
+from rmeeto.ops.triton._launch import cdiv, launch
 
 Tensor = torch.Tensor
 
@@ -330,7 +330,7 @@ def _fwd_launch(x: Tensor, wf: Tensor, bf: Tensor, wb: Tensor, bb: Tensor, fwd: 
     ob = out_b if bwd else out_f
     cfg = FWD_CONFIG
     block_l, block_d = cfg["BLOCK_L"], cfg["BLOCK_D"]
-    grid = (batch, triton.cdiv(length, block_l), triton.cdiv(dim, block_d))
+    grid = (batch, cdiv(length, block_l), cdiv(dim, block_d))
     launch(
         _conv_silu_fwd, grid, x.device,
         x, _dense(wf), _dense(bf), _dense(wb), _dense(bb), of, ob, length, dim,
@@ -360,14 +360,14 @@ def _bwd_launch(x: Tensor, w4f: Tensor, bf: Tensor, w4b: Tensor, bb: Tensor, gf:
     batch, length, dim = x.shape
     ndir = int(fwd) + int(bwd)
     span, seqs, block_d = cfg["SPAN"], cfg["SEQS"], cfg["BLOCK_D"]
-    n_l, n_g = triton.cdiv(length, span), triton.cdiv(batch, seqs)
+    n_l, n_g = cdiv(length, span), cdiv(batch, seqs)
     dx = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
     dw = torch.empty(n_g * n_l, ndir, dim, 4, device=x.device, dtype=torch.float32)
     db = torch.empty(n_g * n_l, ndir, dim, device=x.device, dtype=torch.float32)
     if dw.numel() == 0:
         return dx.zero_(), dw.new_zeros(ndir, dim, 4), db.new_zeros(ndir, dim)
     launch(
-        _conv_silu_bwd, (n_g, n_l, triton.cdiv(dim, block_d)), x.device,
+        _conv_silu_bwd, (n_g, n_l, cdiv(dim, block_d)), x.device,
         x, w4f, bf, w4b, bb, gf, gb, dx, dw, db, batch, length, dim,
         x.stride(0), x.stride(1), gf.stride(0), gf.stride(1), dx.stride(0), dx.stride(1),
         FWD=fwd, BWD=bwd, SPAN=span, SEQS=seqs, BLOCK_D=block_d, num_warps=cfg["num_warps"],

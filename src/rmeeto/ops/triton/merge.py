@@ -33,7 +33,7 @@ from typing import Optional
 
 import torch
 
-from rmeeto.ops.triton._launch import launch
+from rmeeto.ops.triton._launch import cdiv, launch, next_pow2
 
 Tensor = torch.Tensor
 
@@ -62,16 +62,6 @@ def is_available() -> bool:
     if _available is None:
         _available = _HAS_TRITON and torch.cuda.is_available()
     return _available
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _pow2(n: int) -> int:
-    """The smallest power of two >= n (n >= 1). triton.cdiv / triton.next_power_of_2 are constexpr functions
-    that cost ~3 us of host time per call (Triton 3.8, measured here), and a merging layer needs five."""
-    return 1 << (n - 1).bit_length()
 
 
 def destination_map(plan, num_tokens: int, ordered: bool) -> Tensor:
@@ -421,7 +411,7 @@ def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: T
     h_out = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)
     r_out = torch.empty(batch, num_out, C, device=dev, dtype=residual.dtype)
     s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
-    block_c = _pow2(C)
+    block_c = next_pow2(C)
     launch(_merge_fwd_kernel, (batch, num_out), dev,
            hidden, residual, s, base, head, nxt, h_out, r_out, s_out,
            L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1),
@@ -534,7 +524,7 @@ def _workspace(batch: int, L: int, R: int, dev: torch.device) -> tuple:
     [batch * tiles * R] int32, base [batch, L - R], src [batch, R], sdst [batch, R], head [batch, L - R],
     nxt [batch, L] int32). dest comes first so it is 8-byte aligned."""
     na, n_out = L // 2, L - R
-    sizes = [2 * L, na, na, _cdiv(na, _PLAN_TILE) * R, n_out, R, R, n_out, L]
+    sizes = [2 * L, na, na, cdiv(na, _PLAN_TILE) * R, n_out, R, R, n_out, L]
     ws = torch.empty(batch * sum(sizes), device=dev, dtype=torch.int32)
     dest, vmax, vidx, scratch, base, src, sdst, head, nxt = ws.split([batch * n for n in sizes])
     return (dest.view(torch.int64).view(batch, L), vmax.view(torch.float32), vidx, scratch,
@@ -602,13 +592,13 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
         workspace = _workspace(batch, L, R, dev)
     dest, vmax, vidx, scratch, base, src, sdst, head, nxt = workspace
     tile_a, tile_b, step_c, warps, stages = PARTNER_CONFIG["long" if na > _LONG_SOURCES else "short"]
-    c2 = _pow2(C)
-    launch(_best_partner_kernel, (batch, _cdiv(na, tile_a)), dev,
+    c2 = next_pow2(C)
+    launch(_best_partner_kernel, (batch, cdiv(na, tile_a)), dev,
            metric, metric.stride(0), metric.stride(1), vmax, vidx, L, C, cls_index,
            IEEE=metric.dtype == torch.float32, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
            NORM_C=max(16, min(32, c2)), num_warps=warps, num_stages=stages)
-    block_a = max(16, _pow2(na))
-    launch(_plan_kernel, (batch, _cdiv(na, _PLAN_TILE)), dev,
+    block_a = max(16, next_pow2(na))
+    launch(_plan_kernel, (batch, cdiv(na, _PLAN_TILE)), dev,
            vmax, vidx, scratch, dest, base, src, sdst, head, nxt, L, cls_index, new_cls_index, R, L - R,
            ORDERED=ordered, BLOCK_T=_PLAN_TILE, BLOCK_A=block_a, BLOCK_K=32,
            num_warps=4 if block_a <= 1024 else 8)

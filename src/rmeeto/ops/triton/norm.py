@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from rmeeto.ops.triton._launch import launch
+from rmeeto.ops.triton._launch import launch, next_pow2
 
 Tensor = torch.Tensor
 
@@ -80,7 +80,7 @@ def is_available() -> bool:
 
 
 def _launch_shape(C: int) -> tuple[int, int, int]:
-    block_c = triton.next_power_of_2(C)
+    block_c = next_pow2(C)
     block_n = max(1, min(16, 2048 // block_c))  # <= 16 values per thread: ~110 registers in the backward
     return block_n, block_c, 4 if block_c <= 512 else 8
 

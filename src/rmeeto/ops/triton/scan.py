@@ -47,7 +47,7 @@ from typing import Optional
 import torch
 
 from rmeeto.ops import policy
-from rmeeto.ops.triton._launch import launch
+from rmeeto.ops.triton._launch import cdiv, launch, next_pow2
 from rmeeto.ops._checks import check_scan_shapes
 
 Tensor = torch.Tensor
@@ -584,7 +584,7 @@ if _HAS_TRITON:
 
 # ------------------------------------------------------------------------------------------ launchers
 def _np(dstate: int) -> int:
-    return max(2, triton.next_power_of_2(dstate))
+    return max(2, next_pow2(dstate))
 
 
 def _require_runnable(u: Tensor) -> None:
@@ -955,7 +955,7 @@ def _fwd_bidir(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_
     cfg = FWD_CONFIG
     zz = z if z is not None else u_f
     launch(
-        _scan_bidir_fwd_kernel, (batch, triton.cdiv(dim, cfg["BLOCK_D"]), 2), u_f.device,
+        _scan_bidir_fwd_kernel, (batch, cdiv(dim, cfg["BLOCK_D"]), 2), u_f.device,
         u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b,
         D_f if D_f is not None else A_f, D_b if D_b is not None else A_b, zz,
         bias_f if bias_f is not None else A_f, bias_b if bias_b is not None else A_b, out, float(scale),
@@ -990,8 +990,8 @@ def _bwd_bidir_classic(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f
     cfg = BWD_CONFIG
     bd, chunk = cfg["BLOCK_D"], cfg["CHUNK"]
     NP = _np(dstate)
-    n_dblk = triton.cdiv(dim, bd)
-    nchunks = triton.cdiv(L, chunk)
+    n_dblk = cdiv(dim, bd)
+    nchunks = cdiv(L, chunk)
     du = _like_layout2(u_f, u_f.dtype)
     ddelta = _like_layout2(u_f, delta_f.dtype)
     dz2 = _like_layout2(u_f, z.dtype) if z is not None else None
@@ -1140,6 +1140,12 @@ def selective_scan_bidir_triton(u, delta, A, B, C, D=None, z=None, delta_bias=No
     delta_bias = (None, None) if delta_bias is None else delta_bias
     for r in (0, 1):
         check_scan_shapes(u[r], delta[r], A[r], B[r], C[r], D[r], z, delta_bias[r])
+    return _selective_scan_bidir(u, delta, A, B, C, D, z, delta_bias, delta_softplus, scale, a_is_log)
+
+
+def _selective_scan_bidir(u, delta, A, B, C, D, z, delta_bias, delta_softplus, scale, a_is_log) -> Tensor:
+    """:func:`selective_scan_bidir_triton` after its checks, for callers that made them (the dispatcher):
+    every input a (forward, backward) pair, D and delta_bias pairs of None when absent."""
     u_f, u_b = _pair("u", *u)
     delta_f, delta_b = _pair("delta", *delta)
     A_f, A_b = _pair("A", *A)
