@@ -914,8 +914,10 @@ if _HAS_TRITON:
 
 def _same_layout(a: Tensor, b: Tensor) -> bool:
     """Same shape, dtype and strides (strides of size-1 dimensions never matter)."""
-    return a.shape == b.shape and a.dtype == b.dtype and all(
-        sa == sb or n == 1 for sa, sb, n in zip(a.stride(), b.stride(), a.shape))
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    sa, sb = a.stride(), b.stride()
+    return sa == sb or all(x == y or n == 1 for x, y, n in zip(sa, sb, a.shape))
 
 
 def _pair(name: str, f: Optional[Tensor], b: Optional[Tensor]):
