@@ -176,3 +176,19 @@ def test_bidir_reference_matches_dispatch_and_checks_pairs():
         selective_scan_bidir((f[0],), *args[1:])
     with pytest.raises(ValueError, match="delta shape"):
         selective_scan_bidir(args[0], (f[1], b[1][..., :-1]), *args[2:])
+
+
+def test_the_two_directions_share_a_layout_only_when_every_stride_that_matters_agrees():
+    # the bidirectional launcher passes one set of strides for both directions' tensors: a False here when
+    # they differ is what keeps one direction from being read with the other's strides
+    ts = pytest.importorskip("rmeeto.ops.triton.scan")
+    x = torch.zeros(2, 3, 5)
+    assert ts._same_layout(x, torch.ones(2, 3, 5))
+    assert not ts._same_layout(x, torch.zeros(2, 5, 3).transpose(1, 2))  # channels-last vs contiguous
+    assert not ts._same_layout(x, x.double()) and not ts._same_layout(x, x[:, :, :4])
+    one = torch.zeros(1, 3, 5)  # a size-1 batch: its stride is never used, so it may differ
+    strided = torch.zeros(4, 3, 5)[::2][:1]
+    assert strided.stride(0) != one.stride(0) and ts._same_layout(one, strided)
+    assert ts._same_layout(torch.zeros(1, 3, 5), torch.zeros(1, 5, 3).transpose(1, 2)[:, :, :]) is False
+    f, b = ts._pair("u", x, torch.zeros(2, 5, 3).transpose(1, 2))  # differing layouts: both made contiguous
+    assert f.is_contiguous() and b.is_contiguous()
