@@ -14,8 +14,10 @@ here is cut there too.
     TRITON_INTERPRET=1 PYTHONPATH=src python benchmarks/host_proxy_cpu.py [--model vim_tiny_patch16_224]
         [--img-size 64] [-r 2] [--repeats 30] [--profile 25]
 
-Prints the median host time of a whole forward, merged and unmerged, and per block (plain vs merging), then
-with ``--profile N`` the N functions with the most own time in five merged forwards (cProfile).
+Prints the host time of a whole forward, merged and unmerged, and per block (plain vs merging), with the Python
+calls each makes, then with ``--profile N`` the N functions with the most own time in five merged forwards
+(cProfile). ``PYTHONPATH=src python benchmarks/host_proxy_cpu.py --launch`` times instead what the no-op
+launches leave out: the Python of one cached launch (``_launch.launch``'s fast path) and of its key.
 """
 
 from __future__ import annotations
@@ -82,6 +84,55 @@ def _calls(fn) -> int:
     return n[0]
 
 
+def launch_cost(repeats: int = 20000) -> None:
+    """Python time of one cached launch (``_launch.launch``'s fast path) with the arguments of the Vim-Ti
+    bidirectional scan forward, the driver call replaced by a no-op (a fake runtime: no GPU needed), and of its
+    specialization key alone. Run without TRITON_INTERPRET (the fast path is off under the interpreter)."""
+    import types
+
+    import torch
+    from triton.runtime.jit import JITFunction
+
+    from rmeeto.ops import policy
+    from rmeeto.ops.triton import _launch, scan as ts
+
+    runtime = types.SimpleNamespace(
+        knobs=types.SimpleNamespace(runtime=types.SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)),
+        jit_function=JITFunction, get_device=lambda: 0, get_stream=lambda index: 1234)
+    _launch._get_runtime = lambda: runtime
+    policy.set_fast_launch(True)
+    seen = {}
+    ts.launch = lambda kernel, grid, device, *args, **meta: seen.update(kernel=kernel, grid=grid, args=args, meta=meta)
+    ts._require_runnable = lambda u: None
+    B, D, L, N = 128, 384, 197, 16
+    act = torch.zeros(B, L, D).transpose(1, 2)
+    bc = torch.zeros(B, L, N).transpose(1, 2)
+    vec, a_log = torch.zeros(D), torch.zeros(D, N)
+    ts._fwd_bidir(act, act, act, act, a_log, a_log, bc, bc, bc, bc, vec, vec, act, vec, vec, True, 0.5, True)
+    kernel, grid, args, meta = seen["kernel"], seen["grid"], seen["args"], seen["meta"]
+    state = _launch._kernel_state(runtime, kernel)
+    key_function = state.key_function(len(args))
+    state.launchers[key_function(0, meta, *args)] = (lambda *a: None, "function", "packed",
+                                                     state.tail(len(args), meta), "compiled")
+    cuda = torch.device("cuda", 0)  # compared and passed along only
+
+    def best_us(fn):
+        for _ in range(1000):
+            fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        return 1e6 * times[0], 1e6 * times[len(times) // 2]
+
+    whole = best_us(lambda: _launch.launch(kernel, grid, cuda, *args, **meta))
+    key = best_us(lambda: key_function(0, meta, *args))
+    print(f"cached launch of the bidirectional scan forward ({len(args)} arguments, {len(meta)} keywords): "
+          f"{whole[0]:.2f} us min / {whole[1]:.2f} us median of Python; its key {key[0]:.2f} / {key[1]:.2f} us")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vim_tiny_patch16_224")
@@ -90,7 +141,11 @@ def main(argv=None) -> int:
     ap.add_argument("-r", type=int, default=2, help="tokens merged at every second layer")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--profile", type=int, default=0, help="print the N functions with the most own time")
+    ap.add_argument("--launch", action="store_true", help="only time one cached launch's Python (no interpreter)")
     a = ap.parse_args(argv)
+    if a.launch:
+        launch_cost()
+        return 0
     if os.environ.get("TRITON_INTERPRET") != "1":
         sys.exit("set TRITON_INTERPRET=1 (the fused conv accepts non-CUDA tensors only under the interpreter)")
     import torch
