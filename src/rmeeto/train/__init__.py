@@ -51,9 +51,9 @@ from typing import Optional
 
 import torch.nn as nn
 
+from rmeeto import gpu_data
 from rmeeto.train.config import (AMP_CHOICES, MIXUP_MODES, PAPER_DEVIATIONS, PAPER_SETTINGS, RUNTIME_FIELDS,
                                  NonFiniteLossError, TrainConfig, TrainError)
-from rmeeto import gpu_data
 from rmeeto.train.data import ResumableSampler, build_data
 from rmeeto.train.distributed import Ranks, init_distributed
 from rmeeto.train.engine import DebugHooks, repair_best, save_best, save_last, train_one_epoch, validate
@@ -177,8 +177,10 @@ def _train(config: TrainConfig, resume: Optional[str], ranks: Ranks, catcher: Si
     seed_all(config.seed)
     data = build_data(config, ranks, run.device)  # fails fast on bad paths
     if config.pipeline == "auto" and data.pipeline == "gpu":
-        log.log(f"input pipeline: gpu (nvJPEG decode and augmentation on the GPU), chosen because {config.workers} "
-                f"loader worker(s) per GPU are fewer than {gpu_data.GPU_PIPELINE_BELOW_WORKERS}; with -j "
+        usable = gpu_data.cpu_workers_per_rank(config.workers)  # what resolve_pipeline compared: -j, capped by cores
+        log.log(f"input pipeline: gpu (nvJPEG decode and augmentation on the GPU), chosen because {usable} CPU "
+                f"loader worker(s) per GPU (-j {config.workers}, at most the cores per GPU process) are fewer than "
+                f"{gpu_data.GPU_PIPELINE_BELOW_WORKERS}; with "
                 f"{gpu_data.GPU_PIPELINE_BELOW_WORKERS} or more CPU workers it is the CPU pipeline, which is faster "
                 f"where the cores exist (decoding on the GPU takes GPU time from training)")
     if config.classes is None and data.classes is not None:
