@@ -27,7 +27,7 @@ PTX_OPS = {
 }
 
 
-def _signature(kernel, dtype: str) -> dict:
+def _signature(kernel, dtype: str, bc32: bool = False) -> dict:
     sig = {}
     for param in kernel.params:
         name = param.name
@@ -36,7 +36,7 @@ def _signature(kernel, dtype: str) -> dict:
         elif name.endswith("_ptr"):
             sig[name] = "*fp32" if name in {"A_ptr", "D_ptr", "bias_ptr", "ckpt_ptr", "dA_ptr", "dB_ptr", "dC_ptr",
                                             "dD_ptr", "dbias_ptr", "Af_ptr", "Ab_ptr", "Df_ptr", "Db_ptr",
-                                            "biasf_ptr", "biasb_ptr"} else f"*{dtype}"
+                                            "biasf_ptr", "biasb_ptr"} or (bc32 and name[0] in "BC") else f"*{dtype}"
         elif name == "scale":
             sig[name] = "fp32"
         else:
@@ -45,7 +45,7 @@ def _signature(kernel, dtype: str) -> dict:
 
 
 def compile_kernel(kernel, consts: dict, dtype: str, arch: int, num_warps: int, maxnreg=None):
-    sig = _signature(kernel, dtype)
+    sig = _signature(kernel, dtype, consts.get("PACK") == 3)
     # pointers 16-byte aligned, the unit strides the launcher would see specialised where allowed
     attrs = {}
     for i, name in enumerate(kernel.arg_names):
@@ -101,7 +101,9 @@ def main():
                    "its config's)")
     p.add_argument("--reload-bc", action="store_true", help="scan_bwd's kernel with reuse_bc=False")
     p.add_argument("--prefetch", action="store_true", help="scan_bwd's kernel with prefetch=True")
-    p.add_argument("--no-pack", dest="pack", action="store_false", help="compile the one-element B/C load path")
+    p.add_argument("--pack", type=int, default=3, choices=[0, 1, 2, 3],
+                   help="how B / C are read (scan._bc_mode): 3 float32 vector rows (the launcher's float32 copy, "
+                   "the default for Vim), 2 16-bit vector rows, 1 16-bit pairs, 0 one element at a time")
     p.add_argument("--dump", default=None, help="write ttgir/ptx of both kernels with this path prefix")
     a = p.parse_args()
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, PACK=a.pack, A_IS_LOG=False, NP=16)

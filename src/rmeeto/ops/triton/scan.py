@@ -84,7 +84,7 @@ CANDIDATE_BWD = [dict(zip(_KEYS, c)) for c in [
     (32, 4, 1), (32, 2, 1), (64, 4, 2), (64, 2, 2), (64, 2, 1),
 ]]
 
-# Read B and C as 32-bit words when their layout allows (see _packable); tests turn it off to cover the
+# Read B and C with as few loads as their layout allows (see _bc_mode); tests turn it off to cover the
 # one-element path on the same inputs.
 _PACK_BC = True
 
@@ -160,22 +160,55 @@ if _HAS_TRITON:
         return tl.sum(tl.where(offs_j[:, None, None] == j, tile, -0.0), axis=0)
 
     @triton.jit
-    def _load_pair(base, tj, s_l, s_n, offs_h, dstate, vj, PACK: tl.constexpr):
+    def _load_pair(base, tj, s_l, s_n, offs_h, dstate, vj, PACK: tl.constexpr, CLAMP: tl.constexpr):
         """Entries 2k and 2k+1 (k < NP/2) of token tj's dstate vector of B or C as two float32 [NP/2] vectors.
-        PACK (16-bit inputs, even offsets and strides, checked by the launcher) reads both halves of a pair
-        with one 32-bit load: B and C are broadcast to every thread, so halving their loads matters."""
-        if PACK:
-            w = tl.load((base + tj * s_l).to(tl.pointer_type(tl.int32)) + offs_h, mask=(2 * offs_h < dstate) & vj, other=0)
-            if base.dtype.element_ty == tl.bfloat16:
-                lo = (w << 16).to(tl.float32, bitcast=True)
-                hi = (w & -65536).to(tl.float32, bitcast=True)
+        B and C are broadcast to every thread, so their loads are made as few as the layout allows (PACK, chosen
+        by the launcher, :func:`_bc_mode`):
+          3: float32 rows of exactly NP values, 16-byte aligned: one vector load of the row, split in pairs;
+          2: 16-bit rows of exactly NP values, 16-byte aligned: the row as 32-bit words in one vector load;
+          1: 16-bit, even offsets and strides: one 32-bit load per pair;
+          0: one load per entry.
+        CLAMP (modes 2 and 3, the forward only): a token past the sequence reads token 0's row instead of being
+        masked to zero, which spares the zero-fill of every masked load. The forward steps such a token with
+        dt = 0 (h unchanged whatever B is, for finite B) and stores nothing for it, so no output can see it; the
+        backward keeps the masks (there a non-finite B or C at token 0 must not reach the other tokens)."""
+        if PACK >= 2:
+            if CLAMP:
+                row = base + tl.where(vj, tj, 0) * s_l
             else:
-                lo = (w & 65535).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-                hi = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+                row = base + tj * s_l
+            if PACK == 3:
+                ptr = tl.multiple_of(row, 16) + tl.arange(0, 2 * offs_h.shape[0])
+                if CLAMP:
+                    x = tl.load(ptr)
+                else:
+                    x = tl.load(ptr, mask=vj, other=0.0)
+                lo, hi = tl.split(tl.reshape(x.to(tl.float32), (offs_h.shape[0], 2)))
+            else:
+                ptr = tl.multiple_of(row.to(tl.pointer_type(tl.int32)), 16) + offs_h
+                if CLAMP:
+                    w = tl.load(ptr)
+                else:
+                    w = tl.load(ptr, mask=vj, other=0)
+                lo, hi = _unpack16(w, base.dtype.element_ty == tl.bfloat16)
+        elif PACK == 1:
+            w = tl.load((base + tj * s_l).to(tl.pointer_type(tl.int32)) + offs_h, mask=(2 * offs_h < dstate) & vj, other=0)
+            lo, hi = _unpack16(w, base.dtype.element_ty == tl.bfloat16)
         else:
             ptr = base + tj * s_l + 2 * offs_h * s_n
             lo = tl.load(ptr, mask=(2 * offs_h < dstate) & vj, other=0.0).to(tl.float32)
             hi = tl.load(ptr + s_n, mask=(2 * offs_h + 1 < dstate) & vj, other=0.0).to(tl.float32)
+        return lo, hi
+
+    @triton.jit
+    def _unpack16(w, BF16: tl.constexpr):
+        """The two 16-bit floats of each 32-bit word of w (low half first) as float32."""
+        if BF16:
+            lo = (w << 16).to(tl.float32, bitcast=True)
+            hi = (w & -65536).to(tl.float32, bitcast=True)
+        else:
+            lo = (w & 65535).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            hi = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         return lo, hi
 
     @triton.jit
@@ -292,8 +325,8 @@ if _HAS_TRITON:
         """Token j of chunk c (forward, and the backward's recompute): advance the state with its B, dt and
         dt u, and return the new state halves with the token's output C . h (before D and the gate)."""
         tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
-        Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
-        Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK)
+        Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK, False)
+        Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK, False)
         he, ho = _advance(he, ho, A2e, A2o, _pick(dt, offs_j, j)[None, :], _pick(dtu, offs_j, j)[None, :], Be, Bo)
         return he, ho, tl.sum(he * Ce[:, None], axis=0) + tl.sum(ho * Co[:, None], axis=0)
 
@@ -353,8 +386,8 @@ if _HAS_TRITON:
             y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
             for j in tl.static_range(CHUNK):
                 tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
-                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
-                Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK)
+                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK, True)
+                Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK, True)
                 he, ho = _advance(he, ho, A2e, A2o, _pick_row(dt, offs_j, j), _pick_row(dtu, offs_j, j), Be, Bo)
                 y = _put_row(y, offs_j, j, (tl.sum(he * Ce[:, None], axis=0) + tl.sum(ho * Co[:, None], axis=0))[None, :])
             if HAS_D:
@@ -420,7 +453,7 @@ if _HAS_TRITON:
             dtu = dt * u
             for j in tl.static_range(CHUNK):
                 tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
-                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
+                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK, False)
                 dt_j = _pick(dt, offs_j, j)[None, :]
                 dtu_j = _pick(dtu, offs_j, j)[None, :]
                 he, ho = _advance(he, ho, A2e, A2o, dt_j, dtu_j, Be, Bo)
@@ -479,8 +512,8 @@ if _HAS_TRITON:
             for jj in tl.static_range(CHUNK):
                 j = CHUNK - 1 - jj
                 tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
-                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK)
-                Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK)
+                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK, False)
+                Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK, False)
                 dt_j = _pick(dt, offs_j, j)
                 dtu_j = _pick(dtu, offs_j, j)
                 dy_j = _pick(dy, offs_j, j)
@@ -594,17 +627,52 @@ def _require_runnable(u: Tensor) -> None:
         raise RuntimeError("selective_scan_triton needs CUDA tensors (or TRITON_INTERPRET=1)")
 
 
-def _packable(B: Tensor, C: Tensor) -> bool:
-    """Whether B and C can be read as pairs of 16-bit values per 32-bit word: 16-bit dtype, unit stride along
-    dstate, even dstate, and every (batch, token) row starting at an even element of a 4-byte aligned base."""
+def _bc_mode(*bcs: Tensor) -> int:
+    """How the kernels read B and C (:func:`_load_pair`'s PACK) when every tensor of ``bcs`` ([batch, dstate,
+    L] each) allows it: 3 for float32 and 2 for 16-bit ones whose dstate entries are contiguous, exactly a power
+    of two (no padding to mask) and whose every (batch, token) row starts 16 bytes aligned (one vector load
+    per row); 1 for 16-bit ones with even dstate, unit dstate stride and 4-byte aligned rows (32-bit pairs);
+    else 0."""
     if not _PACK_BC:
-        return False
-    for X in (B, C):
-        if X.element_size() != 2 or X.shape[1] % 2 or (X.shape[1] > 1 and X.stride(1) != 1):
-            return False
-        if X.data_ptr() % 4 or X.stride(0) % 2 or X.stride(2) % 2:
-            return False
-    return True
+        return 0
+    mode = 3 if bcs[0].dtype == torch.float32 else 2
+    for X in bcs:
+        size, dstate = X.element_size(), X.shape[1]
+        if X.dtype != bcs[0].dtype or size not in (2, 4) or (dstate > 1 and X.stride(1) != 1):
+            return 0
+        if size == 2 and (dstate % 2 or X.data_ptr() % 4 or X.stride(0) % 2 or X.stride(2) % 2):
+            return 0
+        if (dstate != _np(dstate) or X.data_ptr() % 16 or (X.stride(0) * size) % 16
+                or (X.stride(2) * size) % 16):
+            mode = 1
+    return 0 if mode == 1 and bcs[0].dtype == torch.float32 else mode
+
+
+def _bc_eligible(B: Tensor, C: Tensor) -> bool:
+    return (B.dtype in (torch.float16, torch.bfloat16) and C.dtype == B.dtype and B.shape == C.shape
+            and B.stride() == C.stride() and B.shape[1] >= 2 and B.stride(1) == 1
+            and C.data_ptr() == B.data_ptr() + B.shape[1] * B.element_size())
+
+
+def _bc_f32(*bcs: Tensor) -> tuple[Tensor, ...]:
+    """(B, C) pairs -- (B, C) or (B_f, C_f, B_b, C_b) -- in float32 for the kernels when every pair is 16-bit
+    neighbours in one buffer (Vim's: x_proj's output columns [dt_rank, dt_rank + d_state) and [dt_rank +
+    d_state, dt_rank + 2 d_state), token rows of any stride), else all as given (the two directions of a
+    bidirectional launch share one set of strides). One conversion per pair into a [batch, L, 2 dstate] buffer
+    costs a small fraction of the scan; in exchange the kernels read each token's B or C with aligned vector
+    loads and no per-thread conversions (every thread reads every B and C: with 16-bit inputs the conversions
+    were a fifth of the forward's instructions). The values are exact, so the results are the same bits.
+    Off with RMEETO_SCAN_BC32=0."""
+    pairs = [bcs[i:i + 2] for i in range(0, len(bcs), 2)]
+    if not policy.scan_bc32() or not all(_bc_eligible(B, C) for B, C in pairs):
+        return bcs
+    out = []
+    for B, C in pairs:
+        batch, dstate, L = B.shape
+        both = B.as_strided((batch, L, 2 * dstate), (B.stride(0), B.stride(2), 1))
+        bc = both.to(torch.float32, memory_format=torch.contiguous_format)  # [batch, L, 2 dstate]
+        out += [bc[..., :dstate].transpose(1, 2), bc[..., dstate:].transpose(1, 2)]
+    return tuple(out)
 
 
 def _like_layout(u: Tensor, dtype) -> Tensor:
@@ -628,6 +696,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=
     cfg = FWD_CONFIG
     bd = cfg["BLOCK_D"]
     zz = z if z is not None else u
+    B, C = _bc_f32(B, C)
     launch(
         _scan_fwd_kernel, (batch, (dim + bd - 1) // bd), u.device,
         u, delta, A, B, C,
@@ -635,7 +704,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=
         dim, L, dstate,
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *out.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_packable(B, C), A_IS_LOG=bool(a_is_log),
+        SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_bc_mode(B, C), A_IS_LOG=bool(a_is_log),
         BLOCK_D=bd, CHUNK=cfg["CHUNK"], NP=_np(dstate), num_warps=cfg["num_warps"], num_stages=1,
     )
     return out
@@ -687,7 +756,7 @@ def _bwd_classic(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reve
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *dout.stride(),
         *du.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_packable(B, C), A_IS_LOG=bool(a_is_log),
+        SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_bc_mode(B, C), A_IS_LOG=bool(a_is_log),
         BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=cfg["num_warps"], num_stages=1,
     )
     dA = dA_p.sum(0)
@@ -942,7 +1011,7 @@ def _like_layout2(u: Tensor, dtype) -> Tensor:
 
 def _bidir_flags(D_f, z, bias_f, delta_softplus, a_is_log, B_f, C_f, B_b, C_b, NP):
     return dict(HAS_D=D_f is not None, HAS_Z=z is not None, HAS_BIAS=bias_f is not None,
-                SOFTPLUS=bool(delta_softplus), PACK=_packable(B_f, C_f) and _packable(B_b, C_b),
+                SOFTPLUS=bool(delta_softplus), PACK=_bc_mode(B_f, C_f, B_b, C_b),
                 A_IS_LOG=bool(a_is_log), NP=NP)
 
 
@@ -956,6 +1025,7 @@ def _fwd_bidir(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_
         return out
     cfg = FWD_CONFIG
     zz = z if z is not None else u_f
+    B_f, C_f, B_b, C_b = _bc_f32(B_f, C_f, B_b, C_b)
     launch(
         _scan_bidir_fwd_kernel, (batch, cdiv(dim, cfg["BLOCK_D"]), 2), u_f.device,
         u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b,
