@@ -16,8 +16,9 @@ Environment switches, read ONCE when this module is imported:
 ``RMEETO_XLANE_BWD=0``      the scan backward of :mod:`rmeeto.ops.triton.scan` (dB / dC summed across lanes
                             value by value) instead of :mod:`rmeeto.ops.triton.scan_bwd` (reduce-scatter
                             across lanes); for A/B timing, results equal to rounding
-``RMEETO_SCAN_BC32=0``      the Triton scan reads 16-bit B / C as they are instead of a float32 copy made
-                            by its launcher (:func:`rmeeto.ops.triton.scan._bc_f32`); for A/B timing, same bits
+``RMEETO_SCAN_BC32=1``      the Triton scan reads a float32 copy of Vim's 16-bit B / C made by its launcher
+                            (:func:`rmeeto.ops.triton.scan._bc_f32`) instead of the 16-bit values (default off:
+                            fewer kernel instructions, but slower end to end on an H200); same bits
 ==========================  ===========================================================================
 
 From Python: :func:`set_fused` / :func:`set_scan_backend` change the same switches, and
@@ -80,7 +81,7 @@ _fused: dict[str, bool] = {
 }
 _fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
 _xlane_bwd: bool = _switch("RMEETO_XLANE_BWD")
-_scan_bc32: bool = _switch("RMEETO_SCAN_BC32")
+_scan_bc32: bool = os.environ.get("RMEETO_SCAN_BC32", "0") == "1"  # off: measured slower (RESULTS.md)
 _scan_backend: str = os.environ.get("RMEETO_SCAN_BACKEND", "auto")
 _reference_forced = False
 
@@ -129,8 +130,8 @@ def set_xlane_bwd(enabled: bool) -> None:
 
 
 def scan_bc32() -> bool:
-    """Whether the Triton scan's launchers hand the kernels float32 copies of 16-bit B / C (RMEETO_SCAN_BC32,
-    default on)."""
+    """Whether the Triton scan's launchers hand the kernels float32 copies of 16-bit B / C (RMEETO_SCAN_BC32=1;
+    default off)."""
     return _scan_bc32
 
 

@@ -662,7 +662,8 @@ def _bc_f32(*bcs: Tensor) -> tuple[Tensor, ...]:
     costs a small fraction of the scan; in exchange the kernels read each token's B or C with aligned vector
     loads and no per-thread conversions (every thread reads every B and C: with 16-bit inputs the conversions
     were a fifth of the forward's instructions). The values are exact, so the results are the same bits.
-    Off with RMEETO_SCAN_BC32=0."""
+    Opt-in (RMEETO_SCAN_BC32=1): on an H200 the copies cost more than the kernels save (Vim-S graphed
+    inference 6,925 vs 7,343 img/s without them, training step 1,383 vs 1,453; benchmarks/RESULTS.md)."""
     pairs = [bcs[i:i + 2] for i in range(0, len(bcs), 2)]
     if not policy.scan_bc32() or not all(_bc_eligible(B, C) for B, C in pairs):
         return bcs
