@@ -348,40 +348,37 @@ def test_triton_scan_bidir_kernels():
 
 
 def test_scan_bc_read_modes_give_the_same_bits():
-    """Every way the scan kernels read B and C (_bc_mode: float32 vector rows, 16-bit vector rows, 16-bit pairs,
-    one element at a time; the launcher's float32 copy of Vim's 16-bit B / C on and off) gives the same bits:
-    outputs and every gradient, single and bidirectional kernels, both directions, lengths with a partial last
-    chunk (the forward's clamped tail reads). Vim's layout: B and C neighbouring columns of one x_proj output,
-    with dt_rank 24 (16-byte aligned rows in fp16) and 12 (not)."""
+    """Every way the scan kernels read B and C (_bc_mode: 16-bit vector rows, 16-bit pairs, float32 vector rows,
+    one element at a time) gives the same bits: outputs and every gradient, single and bidirectional kernels, both
+    directions, lengths with a partial last chunk (the forward's clamped tail reads). Vim's layout: B and C
+    neighbouring columns of one x_proj output, with dt_rank 24 (16-byte aligned rows in fp16: vector rows) and 12
+    (not: pairs) in fp16, and dt_rank 24 in fp32 (vector rows)."""
     run_interpreted("""
         import sys, torch
-        from rmeeto.ops import policy
         from rmeeto.ops.triton import scan as ts
         torch.manual_seed(0)
         ts._POISON = True
         bad = []
         b, d, n = 2, 40, 16
-        for r in (24, 12):
+        for dtype, r, fast_mode in ((torch.float16, 24, 2), (torch.float16, 12, 1), (torch.float32, 24, 3)):
             for L in (1, 5, 12):
-                x_dbl = torch.randn(b, L, r + 2 * n).half()
+                x_dbl = torch.randn(b, L, r + 2 * n).to(dtype)
                 Bm, Cm = (t.transpose(1, 2) for t in x_dbl[..., r:].split(n, dim=-1))
-                x2 = torch.randn(b, L, r + 2 * n).half()
+                x2 = torch.randn(b, L, r + 2 * n).to(dtype)
                 Bb, Cb = (t.transpose(1, 2) for t in x2[..., r:].split(n, dim=-1))
-                u, z = (torch.randn(b, L, d).half().transpose(1, 2) for _ in range(2))
-                u2 = torch.randn(b, L, d).half().transpose(1, 2)
-                delta = (torch.randn(b, L, d) * 0.5 - 1).half().transpose(1, 2)
+                u, z = (torch.randn(b, L, d).to(dtype).transpose(1, 2) for _ in range(2))
+                u2 = torch.randn(b, L, d).to(dtype).transpose(1, 2)
+                delta = (torch.randn(b, L, d) * 0.5 - 1).to(dtype).transpose(1, 2)
                 A = torch.randn(d, n) * 0.5
                 D, bias = torch.randn(d), torch.randn(d) * 0.3
-                g = torch.randn(b, L, d).half().transpose(1, 2)
-                g2 = torch.randn(2, b, L, d).half().transpose(2, 3)
+                g = torch.randn(b, L, d).to(dtype).transpose(1, 2)
+                g2 = torch.randn(2, b, L, d).to(dtype).transpose(2, 3)
                 results = {}
-                for bc32, pack in ((True, True), (False, True), (False, False)):
-                    policy.set_scan_bc32(bc32)
+                for pack in (True, False):
                     ts._PACK_BC = pack
-                    mode = ts._bc_mode(*ts._bc_f32(Bm, Cm))
-                    want_mode = 3 if bc32 else (0 if not pack else (2 if r == 24 else 1))
-                    if mode != want_mode:
-                        bad.append(("mode", r, bc32, pack, mode))
+                    mode = ts._bc_mode(Bm, Cm)
+                    if mode != (fast_mode if pack else 0):
+                        bad.append(("mode", str(dtype), r, pack, mode))
                     outs = []
                     for reverse in (False, True):
                         leaves = [t.clone().requires_grad_() for t in (u, delta, A, Bm, Cm, D, z, bias)]
@@ -394,18 +391,10 @@ def test_scan_bc_read_modes_give_the_same_bits():
                     y2 = ts.selective_scan_bidir_triton(*args, z=leaves[12], delta_bias=(bias, bias),
                                                         delta_softplus=True, scale=0.5, a_is_log=True)
                     outs += [y2, *torch.autograd.grad(y2, leaves, g2)]
-                    if bc32:  # the copy is made only for Vim's neighbouring 16-bit B / C
-                        Bc, Cc = ts._bc_f32(Bm, Cm)
-                        if Bc.dtype != torch.float32 or not (torch.equal(Bc, Bm.float()) and torch.equal(Cc, Cm.float())):
-                            bad.append(("copy", r, L))
-                        if ts._bc_f32(Cm, Bm)[0] is not Cm or ts._bc_f32(Bm, Cm, Bm.float(), Cm.float())[0] is not Bm:
-                            bad.append(("copy when not neighbours", r, L))
-                    results[(bc32, pack)] = outs
-                base = results[(True, True)]
-                for key, outs in results.items():
-                    for i, (x, y) in enumerate(zip(base, outs)):
-                        if x.dtype != y.dtype or not torch.equal(x, y):
-                            bad.append(("bits", r, L, key, i))
+                    results[pack] = outs
+                for i, (x, y) in enumerate(zip(results[True], results[False])):
+                    if x.dtype != y.dtype or not torch.equal(x, y):
+                        bad.append(("bits", str(dtype), r, L, i))
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """)
@@ -432,14 +421,22 @@ def test_scan_kernels_equal_pre_unification_kernels():
         NEW = {{k: getattr(ts, k) for k in KERNELS}}
         OLD = {{k: getattr(scan_oracle, k) for k in KERNELS}}
 
+        bc_mode = ts._bc_mode
+        # The oracle knows two B / C reads (PACK false: element loads, true: 32-bit pairs of 16-bit entries);
+        # the vector reads that came later (modes 2, 16-bit rows, and 3, float32 rows) map to those.
+        OLD_MODE = {{0: 0, 1: 1, 2: 1, 3: 0}}
+
         def run(kernels, fn, *args):
             for k, v in kernels.items():
                 setattr(ts, k, v)
+            if kernels is OLD:
+                ts._bc_mode = lambda *bcs: OLD_MODE[bc_mode(*bcs)]
             try:
                 out = fn(*args)
             finally:
                 for k, v in NEW.items():
                     setattr(ts, k, v)
+                ts._bc_mode = bc_mode
             return out if isinstance(out, tuple) else (out,)
 
         def inputs(b, d, n, L, dtype, cl, a_is_log, g):
