@@ -102,7 +102,10 @@ def test_scan_bidir_equals_two_single_launches(dtype, scale, length):
         ulp = torch.where(yw[diff].float().abs() < 2.0 ** -14, torch.full_like(yw[diff].float(), 2.0 ** -24),
                           yw[diff].float().abs() * 2.0 ** -10)
         assert ((y[diff].float() - yw[diff].float()).abs() <= ulp).all()
-        assert diff.float().mean() < 1e-3, f"{diff.float().mean().item():.2%} of the outputs differ"
+        # and they are rare: at most 0.1% of the outputs, or 2 of a tiny output (at length 1 there are 240, and
+        # an H200 gave one element off by one ulp)
+        n_diff = int(diff.sum())
+        assert n_diff <= max(2, diff.numel() // 1000), f"{n_diff} of {diff.numel()} outputs differ"
     for i, name in enumerate([f"{k}_{d}" for d in "fb" for k in NAMES] + ["z"]):
         assert_same(name, got[1 + i], want[1 + i], reduced=name[:-2] in REDUCED)
 

@@ -47,10 +47,19 @@ def make_inputs(batch, length, dim, dtype, seed):
 
 
 def assert_close_sums(name, got, want):
+    """16-bit: every element within one ulp (relative 8e-3, floored at 1e-3) -- both kernels round the same
+    float32 value, which may differ in its last float32 bits. float32: normwise, the largest difference against
+    the largest value (an element that cancels to near zero keeps the absolute rounding of its terms, so an
+    elementwise relative bound would fail on rounding alone)."""
     assert got.shape == want.shape and got.dtype == want.dtype, name
-    tol = 1e-5 if got.dtype == torch.float32 else 8e-3  # summation order; one 16-bit ulp after the cast
-    err = ((got.float() - want.float()).abs() / want.float().abs().clamp_min(1e-3)).max().item()
-    assert err < tol, f"{name}: relative error {err:.3g}"
+    diff = (got.float() - want.float()).abs()
+    if got.dtype == torch.float32:
+        err = (diff.max() / want.float().abs().max().clamp_min(1e-30)).item()
+        tol = 1e-5
+    else:
+        err = (diff / want.float().abs().clamp_min(1e-3)).max().item()
+        tol = 8e-3
+    assert err < tol, f"{name}: {'normwise' if got.dtype == torch.float32 else 'relative'} error {err:.3g}"
 
 
 @pytest.mark.parametrize("bwd_config", CONFIGS, indirect=True, ids=str)

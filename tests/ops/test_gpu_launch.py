@@ -10,7 +10,7 @@ import torch
 from rmeeto.merge import plan_cls_index
 from rmeeto.ops import policy
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 triton = pytest.importorskip("triton")
 
 from rmeeto.ops.triton import _launch  # noqa: E402
