@@ -28,6 +28,7 @@ PTX_OPS = {
 
 
 def _signature(kernel, dtype: str, bc32: bool = False) -> dict:
+    """Pointer types: float32 for A, D, bias and the float32 buffers, and for B / C when bc32 (PACK 3)."""
     sig = {}
     for param in kernel.params:
         name = param.name
@@ -101,9 +102,9 @@ def main():
                    "its config's)")
     p.add_argument("--reload-bc", action="store_true", help="scan_bwd's kernel with reuse_bc=False")
     p.add_argument("--prefetch", action="store_true", help="scan_bwd's kernel with prefetch=True")
-    p.add_argument("--pack", type=int, default=3, choices=[0, 1, 2, 3],
-                   help="how B / C are read (scan._bc_mode): 3 float32 vector rows (the launcher's float32 copy, "
-                   "the default for Vim), 2 16-bit vector rows, 1 16-bit pairs, 0 one element at a time")
+    p.add_argument("--pack", type=int, default=2, choices=[0, 1, 2, 3],
+                   help="how B / C are read (scan._bc_mode): 2 16-bit vector rows (the default: Vim-S / B in 16 "
+                   "bits), 3 float32 vector rows (B / C compiled as float32), 1 16-bit pairs, 0 one element at a time")
     p.add_argument("--dump", default=None, help="write ttgir/ptx of both kernels with this path prefix")
     a = p.parse_args()
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, PACK=a.pack, A_IS_LOG=False, NP=16)

@@ -16,7 +16,6 @@ pytestmark = [
 ]
 triton = pytest.importorskip("triton")
 
-from rmeeto.ops import policy  # noqa: E402
 from rmeeto.ops.triton import scan as triton_scan  # noqa: E402
 from rmeeto.ops.selective_scan import resolve_backend, selective_scan, selective_scan_ref  # noqa: E402
 
@@ -146,16 +145,15 @@ def test_dstate_not_power_of_two(dstate):
     check(inputs, sp, dstate % 2 == 1, TOL[torch.float32])
 
 
-@pytest.mark.parametrize("bc32", [True, False])
 @pytest.mark.parametrize("pack", [True, False])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_vim_layout_strided_views(reverse, dtype, pack, bc32, monkeypatch):
+def test_vim_layout_strided_views(reverse, dtype, pack, monkeypatch):
     """The layout Vim's mixer hands the scan: u, delta and z channel-last views, B and C from a split of one
     [batch, length, r + 2n] projection, transposed (non-contiguous); nothing is copied. B and C are read as
-    32-bit pairs (pack) or one element at a time; outputs and gradients come back channels-last."""
+    one aligned vector load per token row (pack: dt_rank 24 makes the rows 16-byte aligned in every dtype) or one
+    element at a time; outputs and gradients come back channels-last."""
     monkeypatch.setattr(triton_scan, "_PACK_BC", pack)
-    monkeypatch.setattr(policy, "_scan_bc32", bc32)
     batch, dim, length, n, r = 2, 48, 197, 16, 24
     g = torch.Generator(device=DEV).manual_seed(3)
     x_dbl = torch.randn(batch, length, r + 2 * n, generator=g, device=DEV).to(dtype)
@@ -169,7 +167,7 @@ def test_vim_layout_strided_views(reverse, dtype, pack, bc32, monkeypatch):
     bias = torch.randn(dim, generator=g, device=DEV) * 0.5 - 0.5
     B, C = Bm.transpose(1, 2), Cm.transpose(1, 2)
     assert not B.is_contiguous() and not delta.is_contiguous() and not z.is_contiguous()
-    assert triton_scan._bc_mode(*triton_scan._bc_f32(B, C)) == (3 if bc32 and pack else 2 if pack else 0)
+    assert triton_scan._bc_mode(B, C) == ((3 if dtype == torch.float32 else 2) if pack else 0)
     check([u, delta, A, B, C, D, z, bias], True, reverse, TOL[dtype])
     with torch.no_grad():
         out = triton_scan.selective_scan_triton(u, delta, A, B, C, D, z, bias, delta_softplus=True)

@@ -16,9 +16,6 @@ Environment switches, read ONCE when this module is imported:
 ``RMEETO_XLANE_BWD=0``      the scan backward of :mod:`rmeeto.ops.triton.scan` (dB / dC summed across lanes
                             value by value) instead of :mod:`rmeeto.ops.triton.scan_bwd` (reduce-scatter
                             across lanes); for A/B timing, results equal to rounding
-``RMEETO_SCAN_BC32=1``      the Triton scan reads a float32 copy of Vim's 16-bit B / C made by its launcher
-                            (:func:`rmeeto.ops.triton.scan._bc_f32`) instead of the 16-bit values (default off:
-                            fewer kernel instructions, but slower end to end on an H200); same bits
 ==========================  ===========================================================================
 
 From Python: :func:`set_fused` / :func:`set_scan_backend` change the same switches, and
@@ -60,8 +57,6 @@ __all__ = [
     "set_fast_launch",
     "xlane_bwd",
     "set_xlane_bwd",
-    "scan_bc32",
-    "set_scan_bc32",
 ]
 
 OPS = ("scan", "conv", "norm", "merge")
@@ -81,7 +76,6 @@ _fused: dict[str, bool] = {
 }
 _fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
 _xlane_bwd: bool = _switch("RMEETO_XLANE_BWD")
-_scan_bc32: bool = os.environ.get("RMEETO_SCAN_BC32", "0") == "1"  # off: measured slower (RESULTS.md)
 _scan_backend: str = os.environ.get("RMEETO_SCAN_BACKEND", "auto")
 _reference_forced = False
 
@@ -127,18 +121,6 @@ def set_xlane_bwd(enabled: bool) -> None:
     """Choose the scan backward kernel for the whole process (as RMEETO_XLANE_BWD)."""
     global _xlane_bwd
     _xlane_bwd = bool(enabled)
-
-
-def scan_bc32() -> bool:
-    """Whether the Triton scan's launchers hand the kernels float32 copies of 16-bit B / C (RMEETO_SCAN_BC32=1;
-    default off)."""
-    return _scan_bc32
-
-
-def set_scan_bc32(enabled: bool) -> None:
-    """Choose, for the whole process, whether the Triton scan reads float32 copies of 16-bit B / C."""
-    global _scan_bc32
-    _scan_bc32 = bool(enabled)
 
 
 def fast_launch() -> bool:

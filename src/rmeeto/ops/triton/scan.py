@@ -648,34 +648,6 @@ def _bc_mode(*bcs: Tensor) -> int:
     return 0 if mode == 1 and bcs[0].dtype == torch.float32 else mode
 
 
-def _bc_eligible(B: Tensor, C: Tensor) -> bool:
-    return (B.dtype in (torch.float16, torch.bfloat16) and C.dtype == B.dtype and B.shape == C.shape
-            and B.stride() == C.stride() and B.shape[1] >= 2 and B.stride(1) == 1
-            and C.data_ptr() == B.data_ptr() + B.shape[1] * B.element_size())
-
-
-def _bc_f32(*bcs: Tensor) -> tuple[Tensor, ...]:
-    """(B, C) pairs -- (B, C) or (B_f, C_f, B_b, C_b) -- in float32 for the kernels when every pair is 16-bit
-    neighbours in one buffer (Vim's: x_proj's output columns [dt_rank, dt_rank + d_state) and [dt_rank +
-    d_state, dt_rank + 2 d_state), token rows of any stride), else all as given (the two directions of a
-    bidirectional launch share one set of strides). One conversion per pair into a [batch, L, 2 dstate] buffer
-    costs a small fraction of the scan; in exchange the kernels read each token's B or C with aligned vector
-    loads and no per-thread conversions (every thread reads every B and C: with 16-bit inputs the conversions
-    were a fifth of the forward's instructions). The values are exact, so the results are the same bits.
-    Opt-in (RMEETO_SCAN_BC32=1): on an H200 the copies cost more than the kernels save (Vim-S graphed
-    inference 6,925 vs 7,343 img/s without them, training step 1,383 vs 1,453; benchmarks/RESULTS.md)."""
-    pairs = [bcs[i:i + 2] for i in range(0, len(bcs), 2)]
-    if not policy.scan_bc32() or not all(_bc_eligible(B, C) for B, C in pairs):
-        return bcs
-    out = []
-    for B, C in pairs:
-        batch, dstate, L = B.shape
-        both = B.as_strided((batch, L, 2 * dstate), (B.stride(0), B.stride(2), 1))
-        bc = both.to(torch.float32, memory_format=torch.contiguous_format)  # [batch, L, 2 dstate]
-        out += [bc[..., :dstate].transpose(1, 2), bc[..., dstate:].transpose(1, 2)]
-    return tuple(out)
-
-
 def _like_layout(u: Tensor, dtype) -> Tensor:
     """A [batch, dim, L] buffer laid out like u: channels-last (a transposed [batch, L, dim] tensor) when u's
     channel stride is 1, contiguous otherwise. Vim hands the scan channels-last views, so its outputs and
@@ -697,7 +669,6 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=
     cfg = FWD_CONFIG
     bd = cfg["BLOCK_D"]
     zz = z if z is not None else u
-    B, C = _bc_f32(B, C)
     launch(
         _scan_fwd_kernel, (batch, (dim + bd - 1) // bd), u.device,
         u, delta, A, B, C,
@@ -1026,7 +997,6 @@ def _fwd_bidir(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_
         return out
     cfg = FWD_CONFIG
     zz = z if z is not None else u_f
-    B_f, C_f, B_b, C_b = _bc_f32(B_f, C_f, B_b, C_b)
     launch(
         _scan_bidir_fwd_kernel, (batch, cdiv(dim, cfg["BLOCK_D"]), 2), u_f.device,
         u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b,

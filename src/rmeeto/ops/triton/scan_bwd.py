@@ -531,17 +531,16 @@ def bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is
     dD_p = alloc((batch, dim), torch.float32, dev)
     dbias_p = alloc((batch, dim), torch.float32, dev)
     zz = z if z is not None else u
-    Bk, Ck = _scan._bc_f32(B, C)  # what the kernel reads; the gradients keep B's and C's dtypes
     launch(
         _scan_bwd_xlane_kernel, (batch, n_dblk), dev,
-        u, delta, A, Bk, Ck,
+        u, delta, A, B, C,
         D if D is not None else A, zz, delta_bias if delta_bias is not None else A, dout,
         ckpt, du, ddelta, dz if z is not None else du, dA_p, dB_p, dC_p, dD_p, dbias_p,
         batch, dim, L, dstate, nchunks,
-        *u.stride(), *delta.stride(), *A.stride(), *Bk.stride(), *Ck.stride(), *zz.stride(), *dout.stride(),
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *dout.stride(),
         *du.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_scan._bc_mode(Bk, Ck), A_IS_LOG=bool(a_is_log),
+        SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_scan._bc_mode(B, C), A_IS_LOG=bool(a_is_log),
         **meta,
     )
     dA = dA_p.sum(0)
@@ -586,18 +585,16 @@ def bwd_bidir(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_
     dD_p = alloc((2, batch, dim), torch.float32, dev)
     dbias_p = alloc((2, batch, dim), torch.float32, dev)
     zz = z if z is not None else u_f
-    # what the kernel reads; the gradients keep B's and C's dtypes
-    Bk_f, Ck_f, Bk_b, Ck_b = _scan._bc_f32(B_f, C_f, B_b, C_b)
-    flags = _scan._bidir_flags(D_f, z, bias_f, delta_softplus, a_is_log, Bk_f, Ck_f, Bk_b, Ck_b, meta["NP"])
+    flags = _scan._bidir_flags(D_f, z, bias_f, delta_softplus, a_is_log, B_f, C_f, B_b, C_b, meta["NP"])
     flags.pop("NP")
     launch(
         _scan_bwd_bidir_xlane_kernel, (batch, n_dblk, 2), dev,
-        u_f, u_b, delta_f, delta_b, A_f, A_b, Bk_f, Bk_b, Ck_f, Ck_b,
+        u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b,
         D_f if D_f is not None else A_f, D_b if D_b is not None else A_b, zz,
         bias_f if bias_f is not None else A_f, bias_b if bias_b is not None else A_b, dout, float(scale),
         ckpt, du, ddelta, dz2 if z is not None else du, dA_p, dB_p, dC_p, dD_p, dbias_p,
         batch, dim, L, dstate, nchunks,
-        *u_f.stride(), *delta_f.stride(), *A_f.stride(), *Bk_f.stride(), *Ck_f.stride(), *zz.stride(),
+        *u_f.stride(), *delta_f.stride(), *A_f.stride(), *B_f.stride(), *C_f.stride(), *zz.stride(),
         *dout.stride(), *du.stride(),
         **flags, **meta,
     )
