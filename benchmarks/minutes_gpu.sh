@@ -93,7 +93,9 @@ for name in sorted(os.listdir(out)):
         print(f"measured {n} GPU(s): {rec['images_per_s']:.0f} img/s ({rec['images_per_s'] / n:.0f} per GPU), "
               f"epoch train {train_s:.0f} s + eval {val_s:.0f} s, whole run {wall:.0f} s"
               + (f"; after the first step ({rec['first_step_s']:.1f} s) {steady:.0f} img/s ({steady / n:.0f} per GPU)"
-                 if steady else ""))
+                 if steady else "")
+              + (f"; {rec['first_batch_s']:.1f} s of the first step waiting for data"
+                 if rec.get("first_batch_s") is not None else ""))
 if not runs:
     sys.exit("no measured runs under " + out)
 if 1 in runs and len(runs) > 1:

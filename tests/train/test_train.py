@@ -93,7 +93,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     # resumed in its middle (its first step after the resume is not the epoch's start-up)
     resumed, fresh = _log(killed)
     assert resumed["first_step_s"] is None and resumed["steady_images_per_s"] is None
+    assert resumed["first_batch_s"] is None
     assert all(r["first_step_s"] > 0 and r["steady_images_per_s"] > 0 for r in [fresh, *_log(ref)])
+    assert all(0 < r["first_batch_s"] < r["first_step_s"] for r in [fresh, *_log(ref)])
     a = torch.load(ref / "last.pth", weights_only=True)["model"]
     b = torch.load(killed / "last.pth", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

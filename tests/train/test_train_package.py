@@ -55,6 +55,7 @@ def test_train_returns_the_documented_result_and_files(tmp_path):
     assert (result.best_epoch, result.best_top1) == (best["epoch"], best["top1"])
     for h in result.history:  # the epoch's rate split at its first step: start-up first, then the steady rate
         assert 0 < h["first_step_s"] < h["seconds"] and h["steady_images_per_s"] > 0
+        assert 0 < h["first_batch_s"] < h["first_step_s"]  # waiting for data: part of the first step
     assert result["history"] is result.history and result["final"] is result.final  # the old dict-style reads
     with pytest.raises(KeyError):
         result["no_such_field"]

@@ -94,7 +94,8 @@ class TrainResult:
     reached another rank). history: one dict per validated epoch (``epoch``, ``train_loss``, ``top1``,
     ``top5``, ``val_loss``, ``lr``, ``images_per_s``, ``seconds``, ``skipped_images``, ``first_step_s`` and
     ``steady_images_per_s`` (the epoch's rate split at its first optimizer step; None for an epoch resumed in
-    the middle), and ``top1_ema`` / ``top5_ema`` with EMA), as in ``log.jsonl``. best_top1 / best_epoch: the score that picked ``best.pth``
+    the middle), ``first_batch_s`` (the part of that first step spent waiting for the loader's first batch),
+    and ``top1_ema`` / ``top5_ema`` with EMA), as in ``log.jsonl``. best_top1 / best_epoch: the score that picked ``best.pth``
     (EMA top-1 with EMA) and its epoch, None before any epoch was validated. seconds: wall time of the call.
     out: the output folder (None = nothing written). config: the settings the run used (a resumed run's stored
     ones). model: the trained student (merging, on the run's device); ema: its EMA copy or None.
@@ -210,7 +211,7 @@ def _train(config: TrainConfig, resume: Optional[str], ranks: Ranks, catcher: Si
             _log_stop(log, catcher, state, run.out)
             status = "interrupted"
             break
-        record, score = validate(run, parts, data, state, ended.skips, ended.first_step)
+        record, score = validate(run, parts, data, state, ended.skips, ended.first_step, ended.first_batch_s)
         is_best = state.finish_epoch(record, score)
         log.epoch_end(record)
         # last.pth first: a kill between the two saves leaves a last.pth (at this epoch's end, holding exactly

@@ -58,11 +58,14 @@ class EpochEnd:
     """How :func:`train_one_epoch` ended: ``stopped`` by a signal (on any rank) or at the epoch's end;
     ``skips``: the unreadable training images of this epoch so far; ``first_step``: (seconds, images) at the end
     of the epoch's first optimizer step, when this call trained the epoch from its start (the start-up that
-    step carries: loader workers starting, the first batches, CUDA-graph captures), else None."""
+    step carries: loader workers starting, the first batches, CUDA-graph captures), else None;
+    ``first_batch_s``: in that case, the seconds until the loader handed over the first batch (the part of that
+    start-up spent waiting for data), else None."""
 
     stopped: bool
     skips: rdata.SkipLog
     first_step: Optional[tuple[float, int]] = None
+    first_batch_s: Optional[float] = None
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -121,13 +124,15 @@ def train_one_epoch(run: Run, parts: Training, data: TrainData, state: RunState,
     data.sampler.set_epoch(state.epoch, state.step_in_epoch * config.batch_size)
     parts.step_model.train()
     t_epoch, seconds_before = time.perf_counter(), state.partial["seconds"]
-    from_start, first_step = state.step_in_epoch == 0, None
+    from_start, first_step, first_batch_s = state.step_in_epoch == 0, None, None
     skips = rdata.SkipLog()
     skips.paths.update(state.partial.get("skipped", {}))  # files already skipped earlier in a resumed epoch
     log.epoch_start(state.epoch)
     for batch in data.train_loader:
         if state.step_in_epoch >= data.batches_per_epoch:
             break
+        if from_start and first_batch_s is None:
+            first_batch_s = time.perf_counter() - t_epoch
         micro = state.step_in_epoch % config.accum_steps
         last_micro = micro == config.accum_steps - 1
         if micro == 0:
@@ -157,25 +162,27 @@ def train_one_epoch(run: Run, parts: Training, data: TrainData, state: RunState,
         log.step(state.global_step, agreed.loss, parts.optimizer.param_groups[0]["lr"],
                  state.partial["images"] / max(elapsed, 1e-9))
         if agreed.stop:
-            return EpochEnd(stopped=True, skips=skips, first_step=first_step)
+            return EpochEnd(stopped=True, skips=skips, first_step=first_step, first_batch_s=first_batch_s)
         if config.save_every_steps and state.global_step % config.save_every_steps == 0 \
                 and state.step_in_epoch < data.batches_per_epoch:
             save_last(run, parts, state)
         if state.global_step == hooks.kill_at_step:
             os.kill(os.getpid(), signal.SIGKILL)
-    return EpochEnd(stopped=False, skips=skips, first_step=first_step)
+    return EpochEnd(stopped=False, skips=skips, first_step=first_step, first_batch_s=first_batch_s)
 
 
 # ------------------------------------------------------------------------------------------------ validation
 def validate(run: Run, parts: Training, data: TrainData, state: RunState, skips: rdata.SkipLog,
-             first_step: Optional[tuple[float, int]] = None) -> tuple[dict, float]:
+             first_step: Optional[tuple[float, int]] = None, first_batch_s: Optional[float] = None
+             ) -> tuple[dict, float]:
     """Score the student (and its EMA) on the validation split -> (the epoch's record for the history and
     ``log.jsonl``, the score that picks ``best.pth``: EMA top-1 when there is an EMA, as in the release).
 
     ``images_per_s`` is the whole epoch's rate; with ``first_step`` (:class:`EpochEnd`) the record also splits
     it into ``first_step_s``, the seconds to the end of the first optimizer step (start-up included), and
     ``steady_images_per_s``, the rate over the rest of the epoch (both None when unknown: an epoch resumed in
-    the middle, or one step long)."""
+    the middle, or one step long), and ``first_batch_s``, the part of that first step spent waiting for the
+    loader's first batch (None likewise)."""
     config, partial = run.config, state.partial
     train_seconds = partial["seconds"]
     val = evaluate(parts.model, CountSkips(data.val_loader, skips), device=run.device, amp_dtype=run.amp_dtype,
@@ -188,11 +195,12 @@ def validate(run: Run, parts: Training, data: TrainData, state: RunState, skips:
         "images_per_s": partial["images"] / max(train_seconds, 1e-9),
         "seconds": train_seconds + val["seconds"],
         "skipped_images": sum_over_ranks(skips.count, run.ranks, run.device),
-        "first_step_s": None, "steady_images_per_s": None,
+        "first_step_s": None, "steady_images_per_s": None, "first_batch_s": None,
     }
     if first_step is not None and partial["images"] > first_step[1] and train_seconds > first_step[0]:
         record["first_step_s"] = first_step[0]
         record["steady_images_per_s"] = (partial["images"] - first_step[1]) / (train_seconds - first_step[0])
+        record["first_batch_s"] = first_batch_s
     _check_readable(run, data, state, record, skips)
     score = val["top1"]
     if parts.ema is not None:

@@ -78,7 +78,9 @@ class RunLog:
                  f"val top1 {record['top1']:.2f} top5 {record['top5']:.2f}"
                  + (f" (ema {record['top1_ema']:.2f})" if "top1_ema" in record else "")
                  + f", {record['images_per_s']:.0f} img/s"
-                 + (f" ({record['steady_images_per_s']:.0f} after a first step of {record['first_step_s']:.1f}s)"
+                 + (f" ({record['steady_images_per_s']:.0f} after a first step of {record['first_step_s']:.1f}s"
+                    + (f", {record['first_batch_s']:.1f}s of it waiting for data"
+                       if record.get("first_batch_s") is not None else "") + ")"
                     if record.get("steady_images_per_s") is not None else "")
                  + f", {record['seconds']:.1f}s")
         if self.out is not None:
