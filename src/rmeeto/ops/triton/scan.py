@@ -635,17 +635,18 @@ def _bc_mode(*bcs: Tensor) -> int:
     else 0."""
     if not _PACK_BC:
         return 0
-    mode = 3 if bcs[0].dtype == torch.float32 else 2
+    fp32, rows = bcs[0].dtype == torch.float32, True
     for X in bcs:
         size, dstate = X.element_size(), X.shape[1]
         if X.dtype != bcs[0].dtype or size not in (2, 4) or (dstate > 1 and X.stride(1) != 1):
             return 0
         if size == 2 and (dstate % 2 or X.data_ptr() % 4 or X.stride(0) % 2 or X.stride(2) % 2):
             return 0
-        if (dstate != _np(dstate) or X.data_ptr() % 16 or (X.stride(0) * size) % 16
-                or (X.stride(2) * size) % 16):
-            mode = 1
-    return 0 if mode == 1 and bcs[0].dtype == torch.float32 else mode
+        rows = rows and dstate == _np(dstate) and not (X.data_ptr() % 16 or (X.stride(0) * size) % 16
+                                                        or (X.stride(2) * size) % 16)
+    if rows:
+        return 3 if fp32 else 2
+    return 0 if fp32 else 1
 
 
 def _like_layout(u: Tensor, dtype) -> Tensor:
