@@ -211,7 +211,7 @@ def _train(config: TrainConfig, resume: Optional[str], ranks: Ranks, catcher: Si
             _log_stop(log, catcher, state, run.out)
             status = "interrupted"
             break
-        record, score = validate(run, parts, data, state, ended.skips, ended.first_step, ended.first_batch_s)
+        record, score = validate(run, parts, data, state, ended)
         is_best = state.finish_epoch(record, score)
         log.epoch_end(record)
         # last.pth first: a kill between the two saves leaves a last.pth (at this epoch's end, holding exactly

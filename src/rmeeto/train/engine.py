@@ -172,18 +172,16 @@ def train_one_epoch(run: Run, parts: Training, data: TrainData, state: RunState,
 
 
 # ------------------------------------------------------------------------------------------------ validation
-def validate(run: Run, parts: Training, data: TrainData, state: RunState, skips: rdata.SkipLog,
-             first_step: Optional[tuple[float, int]] = None, first_batch_s: Optional[float] = None
-             ) -> tuple[dict, float]:
+def validate(run: Run, parts: Training, data: TrainData, state: RunState, ended: EpochEnd) -> tuple[dict, float]:
     """Score the student (and its EMA) on the validation split -> (the epoch's record for the history and
     ``log.jsonl``, the score that picks ``best.pth``: EMA top-1 when there is an EMA, as in the release).
 
-    ``images_per_s`` is the whole epoch's rate; with ``first_step`` (:class:`EpochEnd`) the record also splits
-    it into ``first_step_s``, the seconds to the end of the first optimizer step (start-up included), and
-    ``steady_images_per_s``, the rate over the rest of the epoch (both None when unknown: an epoch resumed in
-    the middle, or one step long), and ``first_batch_s``, the part of that first step spent waiting for the
-    loader's first batch (None likewise)."""
-    config, partial = run.config, state.partial
+    ``ended``: how the epoch's training ended (its unreadable images and start-up split). ``images_per_s`` is
+    the whole epoch's rate; with ``ended.first_step`` the record also splits it into ``first_step_s``, the
+    seconds to the end of the first optimizer step (start-up included), and ``steady_images_per_s``, the rate
+    over the rest of the epoch (both None when unknown: an epoch resumed in the middle, or one step long), and
+    ``first_batch_s``, the part of that first step spent waiting for the loader's first batch (None likewise)."""
+    config, partial, skips, first_step = run.config, state.partial, ended.skips, ended.first_step
     train_seconds = partial["seconds"]
     val = evaluate(parts.model, CountSkips(data.val_loader, skips), device=run.device, amp_dtype=run.amp_dtype,
                    progress=config.progress, desc="val")
@@ -200,7 +198,7 @@ def validate(run: Run, parts: Training, data: TrainData, state: RunState, skips:
     if first_step is not None and partial["images"] > first_step[1] and train_seconds > first_step[0]:
         record["first_step_s"] = first_step[0]
         record["steady_images_per_s"] = (partial["images"] - first_step[1]) / (train_seconds - first_step[0])
-        record["first_batch_s"] = first_batch_s
+        record["first_batch_s"] = ended.first_batch_s
     _check_readable(run, data, state, record, skips)
     score = val["top1"]
     if parts.ema is not None:
