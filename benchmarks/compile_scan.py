@@ -27,8 +27,7 @@ PTX_OPS = {
 }
 
 
-def _signature(kernel, dtype: str, bc32: bool = False) -> dict:
-    """Pointer types: float32 for A, D, bias and the float32 buffers, and for B / C when bc32 (PACK 3)."""
+def _signature(kernel, dtype: str) -> dict:
     sig = {}
     for param in kernel.params:
         name = param.name
@@ -37,7 +36,7 @@ def _signature(kernel, dtype: str, bc32: bool = False) -> dict:
         elif name.endswith("_ptr"):
             sig[name] = "*fp32" if name in {"A_ptr", "D_ptr", "bias_ptr", "ckpt_ptr", "dA_ptr", "dB_ptr", "dC_ptr",
                                             "dD_ptr", "dbias_ptr", "Af_ptr", "Ab_ptr", "Df_ptr", "Db_ptr",
-                                            "biasf_ptr", "biasb_ptr"} or (bc32 and name[0] in "BC") else f"*{dtype}"
+                                            "biasf_ptr", "biasb_ptr"} else f"*{dtype}"
         elif name == "scale":
             sig[name] = "fp32"
         else:
@@ -46,7 +45,7 @@ def _signature(kernel, dtype: str, bc32: bool = False) -> dict:
 
 
 def compile_kernel(kernel, consts: dict, dtype: str, arch: int, num_warps: int, maxnreg=None):
-    sig = _signature(kernel, dtype, consts.get("PACK") == 3)
+    sig = _signature(kernel, dtype)
     # pointers 16-byte aligned, the unit strides the launcher would see specialised where allowed
     attrs = {}
     for i, name in enumerate(kernel.arg_names):
@@ -102,11 +101,16 @@ def main():
                    "its config's)")
     p.add_argument("--reload-bc", action="store_true", help="scan_bwd's kernel with reuse_bc=False")
     p.add_argument("--prefetch", action="store_true", help="scan_bwd's kernel with prefetch=True")
-    p.add_argument("--pack", type=int, default=2, choices=[0, 1, 2, 3],
-                   help="how B / C are read (scan._bc_mode): 2 16-bit vector rows (the default: Vim-S / B in 16 "
-                   "bits), 3 float32 vector rows (B / C compiled as float32), 1 16-bit pairs, 0 one element at a time")
+    p.add_argument("--pack", type=int, default=None, choices=[0, 1, 2, 3],
+                   help="how B / C are read (scan._bc_mode): 2 16-bit vector rows (Vim-S / B in 16 bits), 1 16-bit "
+                   "pairs, 3 float32 vector rows (--dtype fp32), 0 one element at a time; default: the vector rows "
+                   "of --dtype")
     p.add_argument("--dump", default=None, help="write ttgir/ptx of both kernels with this path prefix")
     a = p.parse_args()
+    if a.pack is None:
+        a.pack = 3 if a.dtype == "fp32" else 2
+    if (a.pack == 3) != (a.dtype == "fp32") and a.pack != 0:
+        p.error(f"--pack {a.pack} reads {'float32' if a.pack == 3 else '16-bit'} B / C: it does not go with --dtype {a.dtype}")
     flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, PACK=a.pack, A_IS_LOG=False, NP=16)
     kernels = [("fwd", ts._scan_fwd_kernel, ts.FWD_CONFIG, a.fwd), ("bwd", ts._scan_bwd_kernel, ts.BWD_CONFIG, a.bwd),
                # both directions in one launch (no REVERSE flag: the direction is a runtime value)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Eighth session's GPU runs on a 2-GPU host, one phase per device call (each under the 10-minute limit).
-#   bash benchmarks/s8_gpu.sh kernels   # GPU 0: inference (eager, graphed) of this tree, with RMEETO_SCAN_BC32=0
-#                                       # and of the session-6 tree ($OLD) in the same call, then training steps;
+#   bash benchmarks/s8_gpu.sh kernels   # GPU 0: inference (eager, graphed) of this tree and of the session-6 tree
+#                                       # ($OLD) in the same call, then training steps (session 8 also timed
+#                                       # RMEETO_SCAN_BC32, a switch since removed);
 #                                       # GPU 1: the single-GPU test files; then the JPEG folder for 'minutes'
 #   bash benchmarks/s8_gpu.sh minutes   # issue 13: real-JPEG epoch on 1 and on 2 GPUs, then the 2-GPU tests
 # Eager numbers are host-bound: GPU 1's tests start only after GPU 0's eager runs are done, and the JPEG folder
@@ -23,13 +24,9 @@ kernels)
       --warmup 5 --repeats 20 --json "$OUT/inference.json" 2>&1 | quiet
     echo "== inference, $OLD"; PYTHONPATH=$OLD timeout 100 python3 -m rmeeto bench "${B3[@]:0:2}" \
       --modes eager,cudagraph --warmup 5 --repeats 20 2>&1 | quiet
-    echo "== inference, this tree, RMEETO_SCAN_BC32=0"; RMEETO_SCAN_BC32=0 timeout 100 python3 -m rmeeto bench \
-      "${B3[@]:0:2}" --modes eager,cudagraph --warmup 5 --repeats 20 2>&1 | quiet
     touch /tmp/s8_eager_done
     echo "== training steps, this tree"; timeout 150 python3 -m rmeeto bench "${B3[@]}" --train --no-inference \
       --modes eager,cudagraph --train-repeats 6 --json "$OUT/steps.json" 2>&1 | quiet
-    echo "== training step, RMEETO_SCAN_BC32=0"; RMEETO_SCAN_BC32=0 timeout 60 python3 -m rmeeto bench \
-      vim_small_patch16_224 --train --no-inference --modes cudagraph --train-repeats 6 2>&1 | quiet
     [ "${PROFILE:-1}" = 1 ] && echo "== profile, merged Vim-S" && timeout 60 python3 benchmarks/profile_gpu.py --what inference,train \
       --variants merged --modes cudagraph --rows 10 2>&1 | quiet
   ) > "$OUT/g0.log" 2>&1 &
