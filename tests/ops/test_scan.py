@@ -12,6 +12,7 @@ from rmeeto.ops.selective_scan import (
     selective_scan_chunked,
     selective_scan_ref,
     set_default_backend,
+    sum_directions,
 )
 
 
@@ -192,3 +193,28 @@ def test_the_two_directions_share_a_layout_only_when_every_stride_that_matters_a
     assert ts._same_layout(torch.zeros(1, 3, 5), torch.zeros(1, 5, 3).transpose(1, 2)[:, :, :]) is False
     f, b = ts._pair("u", x, torch.zeros(2, 5, 3).transpose(1, 2))  # differing layouts: both made contiguous
     assert f.is_contiguous() and b.is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_sum_directions_is_the_reduction_bit_for_bit_with_its_gradient(dtype, channels_last):
+    """sum_directions (one add, a broadcast backward) gives the bits of y2.transpose(2, 3).sum(0) and the
+    same gradient, for y2 stored channels-last (as the kernels return it) or not."""
+    g = torch.Generator().manual_seed(5)
+    shape = (2, 3, 7, 11)  # [2, batch, dim, L]
+    base = torch.randn(2, 3, 11, 7, generator=g).to(dtype).transpose(2, 3) if channels_last else \
+        torch.randn(*shape, generator=g).to(dtype)
+    w = torch.randn(3, 11, 7, generator=g).to(dtype)
+    got_in = base.clone().requires_grad_(True)
+    ref_in = base.clone().requires_grad_(True)
+    got, ref = sum_directions(got_in), ref_in.transpose(2, 3).sum(0)
+    assert got.shape == ref.shape == (3, 11, 7) and got.dtype == dtype
+    assert torch.equal(got, ref)
+    (got * w).sum().backward()
+    (ref * w).sum().backward()
+    assert torch.equal(got_in.grad, ref_in.grad)
+    assert torch.equal(got_in.grad[0], w.transpose(1, 2)) and torch.equal(got_in.grad[1], w.transpose(1, 2))
+    with torch.no_grad():
+        assert torch.equal(sum_directions(base), ref.detach())
+    with pytest.raises(ValueError, match=r"\[2, batch, dim, L\]"):
+        sum_directions(base[:1])

@@ -31,7 +31,7 @@ from rmeeto.models._registry import match_model
 from rmeeto.ops import policy
 from rmeeto.ops.conv import conv_silu, conv_silu_bidir
 from rmeeto.ops.norm import drop_add_rms_norm, drop_path, rms_norm
-from rmeeto.ops.selective_scan import selective_scan, selective_scan_bidir
+from rmeeto.ops.selective_scan import selective_scan, selective_scan_bidir, sum_directions
 
 Tensor = torch.Tensor
 
@@ -204,14 +204,7 @@ class BiMambaMixer(nn.Module):
             (self.D, self.D_b), z.transpose(1, 2), delta_bias=(self.dt_proj.bias, self.dt_proj_b.bias),
             delta_softplus=True, scale=0.5 if self.divide_out else 1.0, backend=self.scan_backend, a_is_log=True,
         )  # [2, batch, d_inner, length]
-        # the sum over directions: with a gradient as one reduction, whose backward is a broadcast (no kernel),
-        # where y2[0] + y2[1] would cost two zero-fills, two copies and an add; without one as an elementwise add
-        # of the two channels-last planes (the reduction over the strided direction axis was 8% of a Vim-S
-        # inference forward's GPU time on an H200). Both round a + b once: the same bits.
-        if y2.requires_grad:
-            y = y2.transpose(2, 3).sum(0)  # [batch, length, d_inner]
-        else:
-            y = torch.add(y2[0].transpose(1, 2), y2[1].transpose(1, 2))
+        y = sum_directions(y2)  # [batch, length, d_inner]
         out = self.out_proj(y)
         metric = None
         if export is not None:
