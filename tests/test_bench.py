@@ -196,3 +196,24 @@ def test_compile_modes_of_accelerate():
     assert graphs and torch.allclose(out, ref, atol=1e-5)
     with pytest.raises(ValueError, match="needs the 'inductor' compile backend"):
         compile_model(model, "eager", cudagraphs=True)
+
+
+def test_bench_data_passes_the_pipeline_options_through(tmp_path, capsys):
+    """`rmeeto bench --data DIR --workers ...` times the input pipeline as `rmeeto bench-data` does, with the
+    worker counts, batches and image size given; those options without --data, or malformed, are refused."""
+    from rmeeto.bench_data import make_jpegs
+
+    make_jpegs(tmp_path / "j", images=6, classes=2, workers=1)
+    out = tmp_path / "rows.json"
+    rc = main(["bench", "--data", str(tmp_path / "j"), "--device", "cpu", "--workers", "0", "--batch-size", "3",
+               "--batches", "2", "--img-size", "32", "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    assert [(r["pipeline"], r["workers"], r["images"]) for r in rows] == [("cpu", 0, 6)]
+    assert rows[0]["images_per_s"] > 0 and rows[0]["skipped"] == 0
+    capsys.readouterr()
+    assert main(["bench", "vim_test_patch4_16", "--workers", "2", "--device", "cpu"]) == 2
+    assert "--workers time the input pipeline: give --data DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--data", str(tmp_path / "j"), "--workers", "1,x"])
+    assert "expected comma-separated integers >= 0, got '1,x'" in capsys.readouterr().err

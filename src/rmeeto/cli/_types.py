@@ -33,6 +33,15 @@ positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
 
 
+def comma_nonneg_ints(text: str) -> list[int]:
+    """A comma-separated, non-empty list of integers >= 0 (e.g. worker counts '0,2,4')."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    return [parse_int_at_least(v, 0, text, "expected comma-separated integers >= 0",
+                               "expected comma-separated integers >= 0") for v in values]
+
+
 def comma_choices(valid: tuple[str, ...]):
     """An argparse type accepting a comma-separated, non-empty subset of ``valid`` -> the names, duplicates
     dropped, in the given order."""

@@ -9,7 +9,7 @@ import math
 from rmeeto.backbones import is_vit_name
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
-from rmeeto.cli._types import comma_choices, nonneg_int, positive_int
+from rmeeto.cli._types import comma_choices, comma_nonneg_ints, nonneg_int, positive_int
 from rmeeto.runtime import DTYPES
 
 HELP = "throughput/latency of unmerged vs merged models (inference, training step), eager/compiled/graphed"
@@ -44,7 +44,7 @@ examples:
   rmeeto bench vim_small_patch16_224 --modes eager,compile --compile-backend aot_eager   # Inductor left out
   rmeeto bench vim_small_patch16_224 --compare --mode eager
   rmeeto bench vim_test_patch4_16 --device cpu --batch-size 8 --repeats 5 --dtype fp32
-  rmeeto bench --data /data/imagenet/train                         # the input pipeline alone (= bench-data)
+  rmeeto bench --data /data/imagenet/train --workers 4,8,16        # the input pipeline alone (= bench-data)
   rmeeto bench videomamba_small_patch16_224_f8 --batch-size 32          # unmerged vs r=88, clips/s
 """
 
@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of models, time the input pipeline alone over the image folder DIR (CPU "
                              "workers at 1..N and the GPU path, with --batch-size and --device): the same as "
                              "'rmeeto bench-data DIR', whose help lists the other options")
+    d = parser.add_argument_group("input pipeline (with --data; 'rmeeto bench-data --help' has the rest)")
+    d.add_argument("--workers", type=comma_nonneg_ints, metavar="N,N,...", default=None,
+                   help="CPU worker counts to time, comma-separated (default 1,2,4,... up to the core count)")
+    d.add_argument("--gpu-workers", type=nonneg_int, default=None, metavar="N",
+                   help="file readers for the GPU path (default: max)")
+    d.add_argument("--batches", type=positive_int, default=None, metavar="N",
+                   help="timed batches per row (default 10 x workers, at least 20)")
     add_merge_arguments(parser)
     g = parser.add_argument_group("measurement")
     g.add_argument("--batch-size", type=positive_int, default=128)
@@ -115,20 +122,28 @@ HEADER = (f"{'model':<24} {'merge':<8} {'backend':<9} {'mode':<17} {'images/s un
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    """``rmeeto bench --data DIR``: 'rmeeto bench-data DIR' with this command's batch size and device."""
+    """``rmeeto bench --data DIR``: 'rmeeto bench-data DIR' with this command's batch size, device, image size
+    (when given) and input-pipeline options."""
     from rmeeto.cli import bench_data
 
     parser = argparse.ArgumentParser(prog="rmeeto bench --data")
     bench_data.add_arguments(parser)
     argv = [args.data, "--batch-size", str(args.batch_size), "--device", args.device]
-    if args.json:
-        argv += ["--json", args.json]
+    workers = None if args.workers is None else ",".join(map(str, args.workers))
+    for flag, value in (("--workers", workers), ("--gpu-workers", args.gpu_workers),
+                        ("--batches", args.batches), ("--img-size", args.img_size), ("--json", args.json)):
+        if value is not None:
+            argv += [flag, str(value)]
     return bench_data.run(parser.parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    data_only = [f for f, v in (("--workers", args.workers), ("--gpu-workers", args.gpu_workers),
+                                ("--batches", args.batches)) if v is not None]
+    if data_only and args.data is None:
+        raise CLIError(f"{', '.join(data_only)} time the input pipeline: give --data DIR with them")
     if args.data is not None:
         if args.models:
             raise CLIError("give MODEL names (model throughput) or --data DIR (input pipeline), not both")
