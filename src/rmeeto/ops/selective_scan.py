@@ -395,12 +395,16 @@ def selective_scan_bidir(
     return selective_scan_bidir_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, scale, scan=scan)
 
 
+def _add_directions(y2: Tensor) -> Tensor:
+    return torch.add(y2[0].transpose(1, 2), y2[1].transpose(1, 2))
+
+
 class _SumDirections(torch.autograd.Function):
     """y2 [2, batch, dim, L] -> y2[0] + y2[1] as [batch, L, dim]; the backward broadcasts (no kernel)."""
 
     @staticmethod
     def forward(ctx, y2: Tensor) -> Tensor:
-        return torch.add(y2[0].transpose(1, 2), y2[1].transpose(1, 2))
+        return _add_directions(y2)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -421,4 +425,4 @@ def sum_directions(y2: Tensor) -> Tensor:
         raise ValueError(f"sum_directions: y2 must be [2, batch, dim, L], got {tuple(y2.shape)}")
     if y2.requires_grad and torch.is_grad_enabled():
         return _SumDirections.apply(y2)
-    return torch.add(y2[0].transpose(1, 2), y2[1].transpose(1, 2))
+    return _add_directions(y2)
