@@ -416,11 +416,12 @@ def sum_directions(y2: Tensor) -> Tensor:
     as [batch, L, dim] (the mixer's token-major layout; contiguous when y2 is stored channels-last, as the
     Triton backend returns it), rounded once, the bits of ``y2.transpose(2, 3).sum(0)``.
 
-    One elementwise add of the two planes, with or without a gradient: the same sum as a reduction over the
-    strided direction axis took twice the time (a Vim-S forward on an H200: 8% of its GPU time), and
-    ``y2[0] + y2[1]`` under autograd would cost two zero-fills and two copies in the backward. Here the
-    backward is the broadcast of the incoming gradient to both directions, a stride-0 view the scan's
-    backward reads as it is."""
+    One elementwise add of the two planes, with or without a gradient. The same sum as a reduction over the
+    strided direction axis took twice the time (a Vim-S forward on an H200: 8% of its GPU time), and under
+    CUDA autocast a ``sum`` runs in float32 (a strided copy to float32 and casts back, forward and backward:
+    the merged Vim-S training step went from 1,454 to 1,538 img/s without them). ``y2[0] + y2[1]`` under
+    autograd would cost two zero-fills and two copies in the backward; here the backward is the broadcast of
+    the incoming gradient to both directions, a stride-0 view the scan's backward reads as it is."""
     if y2.dim() != 4 or y2.shape[0] != 2:
         raise ValueError(f"sum_directions: y2 must be [2, batch, dim, L], got {tuple(y2.shape)}")
     if y2.requires_grad and torch.is_grad_enabled():
