@@ -30,6 +30,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from rmeeto.cli._types import comma_nonneg_ints
+
 __all__ = [
     "make_jpegs", "timed_batches", "bench_cpu_pipeline", "bench_gpu_pipeline", "bench_data", "format_rows", "main",
 ]
@@ -212,16 +214,9 @@ def format_rows(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options (shared by ``python -m rmeeto.bench_data run`` and the CLI module)."""
-    p.add_argument("--workers", type=_int_list, default=None,
+    p.add_argument("--workers", type=comma_nonneg_ints, default=None,
                    help="CPU worker counts to time, comma-separated (default 1,2,4,... up to the core count)")
     p.add_argument("--gpu-workers", type=int, default=None, help="file readers for the GPU path (default: max)")
     p.add_argument("--batch-size", type=int, default=128)

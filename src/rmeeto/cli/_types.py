@@ -34,12 +34,13 @@ nonneg_int = int_at_least(0)
 
 
 def comma_nonneg_ints(text: str) -> list[int]:
-    """A comma-separated, non-empty list of integers >= 0 (e.g. worker counts '0,2,4')."""
+    """A comma-separated, non-empty list of integers >= 0 (worker counts '0,2,4', tokens merged '0,4,8') ->
+    the integers, duplicates dropped, in the given order."""
+    expected = "expected comma-separated integers >= 0"
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
-    return [parse_int_at_least(v, 0, text, "expected comma-separated integers >= 0",
-                               "expected comma-separated integers >= 0") for v in values]
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}")
+    return list(dict.fromkeys(parse_int_at_least(v, 0, text, expected, expected) for v in values))
 
 
 def comma_choices(valid: tuple[str, ...]):

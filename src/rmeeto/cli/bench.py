@@ -121,6 +121,10 @@ HEADER = (f"{'model':<24} {'merge':<8} {'backend':<9} {'mode':<17} {'images/s un
           f"{'mer/unm':>7} {'unm ms p10-p90':>15} {'mer ms p10-p90':>15} {'launches':>11} {'1st call s':>11}")
 
 
+# options that only the input-pipeline benchmark (--data) reads
+DATA_ONLY = ("workers", "gpu_workers", "batches")
+
+
 def _run_data(args: argparse.Namespace) -> int:
     """``rmeeto bench --data DIR``: 'rmeeto bench-data DIR' with this command's batch size, device, image size
     (when given) and input-pipeline options."""
@@ -128,20 +132,18 @@ def _run_data(args: argparse.Namespace) -> int:
 
     parser = argparse.ArgumentParser(prog="rmeeto bench --data")
     bench_data.add_arguments(parser)
-    argv = [args.data, "--batch-size", str(args.batch_size), "--device", args.device]
-    workers = None if args.workers is None else ",".join(map(str, args.workers))
-    for flag, value in (("--workers", workers), ("--gpu-workers", args.gpu_workers),
-                        ("--batches", args.batches), ("--img-size", args.img_size), ("--json", args.json)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return bench_data.run(parser.parse_args(argv))
+    data_args = parser.parse_args([args.data])  # bench-data's defaults, then what this command was given
+    data_args.batch_size, data_args.device = args.batch_size, args.device
+    for name in (*DATA_ONLY, "img_size", "json"):
+        if getattr(args, name) is not None:
+            setattr(data_args, name, getattr(args, name))
+    return bench_data.run(data_args)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    data_only = [f for f, v in (("--workers", args.workers), ("--gpu-workers", args.gpu_workers),
-                                ("--batches", args.batches)) if v is not None]
+    data_only = ["--" + name.replace("_", "-") for name in DATA_ONLY if getattr(args, name) is not None]
     if data_only and args.data is None:
         raise CLIError(f"{', '.join(data_only)} time the input pipeline: give --data DIR with them")
     if args.data is not None:

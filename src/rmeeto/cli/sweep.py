@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rmeeto.backbones import default_interval, num_tokens_of, schedule_for
-from rmeeto.cli._types import comma_choices, positive_int
+from rmeeto.cli._types import comma_choices, comma_nonneg_ints, positive_int
 from rmeeto.cli.eval import (
     add_model_data_arguments,
     build_eval_dataset,
@@ -58,20 +58,10 @@ MODES = ("merge", "prune")
 LAYOUTS = ("ordered", "unordered")
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
-    return list(dict.fromkeys(values))  # unique, in the given order
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_data_arguments(parser)
     g = parser.add_argument_group("sweep")
-    g.add_argument("-r", "--num-merged", dest="num_merged", type=_int_list, required=True, metavar="N,N,...",
+    g.add_argument("-r", "--num-merged", dest="num_merged", type=comma_nonneg_ints, required=True, metavar="N,N,...",
                    help="tokens merged at each merging layer, one run per value (e.g. 0,1,2,4,8)")
     g.add_argument("--modes", type=comma_choices(MODES), default=list(MODES), metavar="merge,prune",
                    help="merge, prune or both (default both)")
