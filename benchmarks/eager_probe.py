@@ -19,22 +19,14 @@ import torch
 import rmeeto
 from rmeeto.fast import accelerate
 from rmeeto.merge import MergeConfig
+from rmeeto.timing import Protocol, measure
 
 
 def rounds(fn, x, n_rounds, calls):
-    out = []
-    for _ in range(n_rounds):
-        for _ in range(5):
-            fn(x)
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn(x)
-        end.record()
-        torch.cuda.synchronize()
-        out.append(start.elapsed_time(end) / calls)
-    return out
+    """ms per call of each round: 5 untimed calls, then ``calls`` calls between one pair of CUDA events."""
+    protocol = Protocol(warmup=5, repeats=calls, per_repeat=False)
+    return [measure(fn, [x], batch_size=x.shape[0], device=x.device, protocol=protocol).median_ms
+            for _ in range(n_rounds)]
 
 
 def main():
