@@ -419,6 +419,30 @@ def test_prefetching_yields_exactly_the_serial_batches(folder, workers):
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
 
 
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_iter_starts_the_loaders_iteration_and_the_transform_waits_for_the_first_batch(prefetch):
+    """iter(DeviceLoader) creates the wrapped loader's iterator at once (a DataLoader's workers start reading
+    while the trainer captures its CUDA graphs); the transform runs only once a batch is asked for."""
+    events = []
+
+    class Source:
+        def __len__(self):
+            return 2
+
+        def __iter__(self):
+            events.append("iter")
+            return iter([1, 2])
+
+    def transform(batch):
+        events.append(f"transform {batch}")
+        return batch
+
+    it = iter(DeviceLoader(Source(), transform, prefetch=prefetch))
+    assert events == ["iter"]
+    assert list(it) == [1, 2]
+    assert events == ["iter", "transform 1", "transform 2"]
+
+
 def test_prefetch_depth_is_bounded_and_an_abandoned_iteration_stops_its_thread(folder):
     import threading
     import time

@@ -889,17 +889,16 @@ class DeviceLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Optional[Batch]]:
-        if self.prefetch == 0:
-            for batch in self.loader:
-                yield self.transform(batch)
-            return
-        yield from self._prefetched()
-
-    def _prefetched(self) -> Iterator[Optional[Batch]]:
-        device = self.device
-        # created here, in the caller's thread: DataLoader workers start (and the sampler's epoch and start are
-        # read) where the caller expects, and signal handlers can only be installed from the main thread
+        # the loader's iterator is created now, in the caller's thread: its workers start reading files (and the
+        # sampler's epoch and start are read) when the caller asks for an iterator, not at its first batch, and
+        # signal handlers can only be installed from the main thread. The transform starts at the first batch.
         source = iter(self.loader)
+        if self.prefetch == 0:
+            return (self.transform(batch) for batch in source)
+        return self._prefetched(source)
+
+    def _prefetched(self, source: Iterator) -> Iterator[Optional[Batch]]:
+        device = self.device
         side = torch.cuda.Stream(device) if device.type == "cuda" else None
         ready_queue: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
