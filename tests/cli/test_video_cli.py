@@ -57,6 +57,20 @@ def test_retrain_writes_a_merged_video_checkpoint(trained):
     assert (trained / "best.pth").is_file()
 
 
+@pytest.mark.parametrize("repeated_aug", [1, 2])
+def test_train_batch_shape_is_the_shape_of_the_clip_batches(clips, repeated_aug):
+    """The CUDA graphs are captured for train_batch_shape before any batch exists: with repeated sampling a
+    batch of 2 videos holds 2 x repeated_aug clips."""
+    from rmeeto.train import TrainConfig
+    from rmeeto.train.data import build_data, train_batch_shape
+    from rmeeto.train.distributed import Ranks
+
+    config = TrainConfig(model=MODEL, data=str(clips), batch_size=2, workers=0, repeated_aug=repeated_aug,
+                         mixup=0.0, cutmix=0.0, alpha=0.0)
+    batch = next(iter(build_data(config, Ranks(), torch.device("cpu")).train_loader))
+    assert train_batch_shape(config) == tuple(batch[0].shape) == (2 * repeated_aug, 3, 4, 16, 16)
+
+
 def test_eval_centre_clip_and_twelve_views(clips, trained, tmp_path, capsys):
     ckpt = str(trained / "best.pth")
     assert main(["eval", MODEL, "--checkpoint", ckpt, "--data", str(clips), "--json", str(tmp_path / "a.json"),

@@ -44,6 +44,27 @@ def test_finish_epoch_keeps_the_best_and_moves_to_the_next_epoch():
     assert (state.best_epoch, state.best_top1, len(state.history)) == (3, 60.0, 4)
 
 
+@pytest.mark.parametrize("mixup", [0.0, 0.8])
+def test_train_batch_shape_is_the_shape_of_the_loaders_batches(mixup):
+    """The CUDA graphs are captured for train_batch_shape before any batch exists: it must be what comes."""
+    from rmeeto.train.data import build_data, train_batch_shape
+
+    config = TrainConfig(model=MODEL, batch_size=6, workers=0, mixup=mixup, cutmix=0.0, alpha=0.0)
+    images, _ = next(iter(build_data(config, Ranks(), torch.device("cpu")).train_loader))[:2]
+    assert train_batch_shape(config) == tuple(images.shape) == (6, 3, 16, 16)
+
+
+def test_rng_kept_puts_the_random_stream_back():
+    from rmeeto.train.graphs import rng_kept
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    with rng_kept(torch.device("cpu")):
+        torch.rand(100)  # what a capture's warm-up draws
+    assert torch.equal(torch.rand(3), expected)
+
+
 @pytest.mark.slow
 def test_train_returns_the_documented_result_and_files(tmp_path):
     cfg = TrainConfig(model=MODEL, epochs=2, batch_size=64, lr=8e-3, alpha=0.0, drop_path=0.0, workers=0,

@@ -56,8 +56,9 @@ from rmeeto.train.config import (AMP_CHOICES, MIXUP_MODES, PAPER_DEVIATIONS, PAP
                                  NonFiniteLossError, TrainConfig, TrainError)
 from rmeeto.train.data import ResumableSampler, build_data
 from rmeeto.train.distributed import Ranks, init_distributed
-from rmeeto.train.engine import DebugHooks, repair_best, save_best, save_last, train_one_epoch, validate
-from rmeeto.train.graphs import StudentGraph, TeacherForward
+from rmeeto.train.engine import (DebugHooks, repair_best, save_best, save_last, start_epoch, train_one_epoch,
+                                 validate)
+from rmeeto.train.graphs import StudentGraph, TeacherForward, train_graph_enabled
 from rmeeto.train.loss import DistillationLoss, build_criterion, distillation_forward
 from rmeeto.train.rundir import RunFolder
 from rmeeto.train.report import RunLog, check_tensorboard, format_table
@@ -200,12 +201,19 @@ def _train(config: TrainConfig, resume: Optional[str], ranks: Ranks, catcher: Si
         state = restore(ckpt, resume_path, model=model, optimizer=parts.optimizer, scheduler=parts.scheduler,
                         scaler=parts.scaler, ema=ema, ranks=ranks, device=run.device, log=log.log)
         repair_best(run, parts, state, log.log)
-    parts.step_model = step_model(run, model)
+    # the first epoch's loader workers start reading now, while the CUDA graphs are captured
+    batches = start_epoch(run, data, state) if state.epoch < config.epochs else None
+    t_capture = time.perf_counter()
+    parts.step_model = step_model(run, model, parts.teacher)
+    if train_graph_enabled(config.cuda_graphs, run.device, ranks.distributed, config.ddp_graphs) or \
+            (parts.teacher is not None and parts.teacher.graphed is not None):
+        log.log(f"CUDA graphs captured in {time.perf_counter() - t_capture:.1f}s, while the loader's workers started")
 
     log.start(config, state.history, config.epochs * data.steps_per_epoch, state.global_step)
     hooks, status = DebugHooks.from_env(), "finished"
     while state.epoch < config.epochs:
-        ended = train_one_epoch(run, parts, data, state, catcher=catcher, log=log, hooks=hooks)
+        ended = train_one_epoch(run, parts, data, state, catcher=catcher, log=log, hooks=hooks, batches=batches)
+        batches = None  # the next epoch begins in train_one_epoch; this one's iterator (its workers) is let go
         if ended.stopped:
             save_last(run, parts, state)
             _log_stop(log, catcher, state, run.out)

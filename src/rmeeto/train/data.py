@@ -25,7 +25,7 @@ from rmeeto.train.config import TrainConfig, TrainError
 from rmeeto.train.distributed import Ranks
 
 __all__ = ["ignore_stop_signals", "NoReadableImage", "collate_counting_skips", "ResumableSampler", "TrainData", "build_data",
-           "build_mixup", "ClipMixup", "CountSkips", "is_video", "clips_per_video"]
+           "build_mixup", "ClipMixup", "CountSkips", "is_video", "clips_per_video", "train_batch_shape"]
 
 
 def ignore_stop_signals(worker_id: int = 0, then=None) -> None:
@@ -158,6 +158,12 @@ def clips_per_video(config: TrainConfig) -> int:
     a batch of ``batch_size`` videos holds ``batch_size * repeated_aug`` clips), else 1 (images repeat across
     ranks through timm's RepeatAugSampler and a batch holds ``batch_size`` images)."""
     return config.repeated_aug if is_video(config.model) else 1
+
+
+def train_batch_shape(config: TrainConfig) -> tuple[int, ...]:
+    """The shape of a full training micro-batch: ``batch_size`` (times :func:`clips_per_video`) inputs of the
+    model's ``input_size``; what the CUDA graphs are captured for before the first batch arrives."""
+    return (config.batch_size * clips_per_video(config), *get_config(config.model).input_size)
 
 
 def _clip_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:

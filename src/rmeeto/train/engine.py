@@ -19,7 +19,8 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
+
 import torch
 
 from rmeeto import data as rdata
@@ -34,7 +35,7 @@ from rmeeto.train.setup import Run, Training
 from rmeeto.train.state import (RunState, SignalCatcher, best_checkpoint, last_checkpoint, merge_shuffler_of, new_partial,
                                  rng_state)
 
-__all__ = ["DebugHooks", "EpochEnd", "train_one_epoch", "validate", "save_last", "save_best", "repair_best"]
+__all__ = ["DebugHooks", "EpochEnd", "EpochBatches", "start_epoch", "train_one_epoch", "validate", "save_last", "save_best", "repair_best"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,28 @@ class EpochEnd:
     first_batch_s: Optional[float] = None
 
 
+@dataclass
+class EpochBatches:
+    """An epoch's training batches, begun: the sampler is at the epoch's start (or resume point) and the
+    loader's iterator exists, so its workers are already reading. ``started``: ``time.perf_counter()`` just
+    before, where the epoch's time starts; ``open_s``: the seconds creating the iterator took."""
+
+    iterator: Iterator
+    started: float
+    open_s: float
+
+
 # ------------------------------------------------------------------------------------------------ training
+def start_epoch(run: Run, data: TrainData, state: RunState) -> EpochBatches:
+    """Begin epoch ``state.epoch`` at micro-batch ``state.step_in_epoch``: the loader's workers start on its
+    first batches now. :func:`rmeeto.train.train` begins the first epoch before capturing the CUDA graphs,
+    so that the capture and the first batches overlap."""
+    data.sampler.set_epoch(state.epoch, state.step_in_epoch * run.config.batch_size)
+    started = time.perf_counter()
+    iterator = iter(data.train_loader)
+    return EpochBatches(iterator, started, time.perf_counter() - started)
+
+
 def _forward(run: Run, parts: Training, batch, last_micro: bool, poison: bool):
     """One micro-batch's forward -> (loss, images in it), or (None, 0) when the batch had no readable image.
     ``batch``: ([batch, 3, H, W] images, [batch] labels), as the loader's collate leaves them."""
@@ -114,25 +136,28 @@ def _non_finite_loss(run: Run, state: RunState, loss: float) -> NonFiniteLossErr
 
 
 def train_one_epoch(run: Run, parts: Training, data: TrainData, state: RunState, *, catcher: SignalCatcher,
-                    log: RunLog, hooks: DebugHooks) -> EpochEnd:
+                    log: RunLog, hooks: DebugHooks, batches: Optional[EpochBatches] = None) -> EpochEnd:
     """Train epoch ``state.epoch`` from micro-batch ``state.step_in_epoch`` to its end, or until a stop signal
-    (on any rank) after an optimizer step. Advances ``state`` as it goes and writes ``last.pth`` every
+    (on any rank) after an optimizer step; ``batches``: the epoch already begun by :func:`start_epoch` (its
+    time counts from then), else it begins here. Advances ``state`` as it goes and writes ``last.pth`` every
     ``save_every_steps`` optimizer steps. Raises NonFiniteLossError when the loss stops being finite."""
     config = run.config
     if state.step_in_epoch == 0:
         state.partial = new_partial()
-    data.sampler.set_epoch(state.epoch, state.step_in_epoch * config.batch_size)
+    if batches is None:
+        batches = start_epoch(run, data, state)
     parts.step_model.train()
-    t_epoch, seconds_before = time.perf_counter(), state.partial["seconds"]
+    t_epoch, seconds_before = batches.started, state.partial["seconds"]
     from_start, first_step, first_batch_s = state.step_in_epoch == 0, None, None
     skips = rdata.SkipLog()
     skips.paths.update(state.partial.get("skipped", {}))  # files already skipped earlier in a resumed epoch
     log.epoch_start(state.epoch)
-    for batch in data.train_loader:
+    t_wait = time.perf_counter()
+    for batch in batches.iterator:
         if state.step_in_epoch >= data.batches_per_epoch:
             break
-        if from_start and first_batch_s is None:
-            first_batch_s = time.perf_counter() - t_epoch
+        if from_start and first_batch_s is None:  # waiting for data only: not a capture done meanwhile
+            first_batch_s = batches.open_s + time.perf_counter() - t_wait
         micro = state.step_in_epoch % config.accum_steps
         last_micro = micro == config.accum_steps - 1
         if micro == 0:

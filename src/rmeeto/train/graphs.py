@@ -17,7 +17,16 @@ import torch.nn as nn
 
 from rmeeto.fast import GraphedForward
 
-__all__ = ["TeacherForward", "StudentGraph", "train_graph_enabled"]
+__all__ = ["TeacherForward", "StudentGraph", "train_graph_enabled", "rng_kept"]
+
+
+def rng_kept(device: torch.device):
+    """A context that puts the CPU's and ``device``'s RNG states back as they were when it exits. Around a
+    graph capture: the warm-up's random draws (drop path) leave the run's random stream untouched, so the
+    graph's replays draw exactly what eager steps would have drawn, wherever the capture happens (before the
+    first batch, or again after a resume)."""
+    cuda = [device] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda, device_type="cuda")
 
 
 class TeacherForward:
@@ -34,6 +43,13 @@ class TeacherForward:
         if graph and next(model.parameters()).is_cuda and os.environ.get("RMEETO_TEACHER_GRAPH", "1") != "0":
             self.graphed = GraphedForward(model, autocast_dtype=None if amp_dtype == torch.float32 else amp_dtype)
 
+    def capture(self, shape: Optional[tuple]) -> None:
+        """Capture the graph for float32 batches of ``shape`` now (from zeros) instead of at the first such
+        batch; nothing when the teacher runs eagerly or ``shape`` is None."""
+        if self.graphed is not None and shape is not None:
+            with torch.no_grad():
+                self.graphed(torch.zeros(shape, device=next(self.model.parameters()).device))
+
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.graphed is not None:
@@ -44,10 +60,11 @@ class TeacherForward:
 
 class StudentGraph:
     """The student's forward and backward replayed from CUDA graphs (``torch.cuda.make_graphed_callables``),
-    captured at the first training-mode call for that batch shape; other shapes (a short last batch) and
-    eval mode run eagerly. Same kernels as the eager step, including drop path's random draws (graph-safe
-    RNG); what goes is the host work of ~3,000 launches per step, which leaves an H200 idle for a quarter of
-    a Vim-S step.
+    captured by :meth:`capture` (from zeros, before the data arrives) or else at the first training-mode call;
+    other batch shapes (a batch left odd by an unreadable image) and eval mode run eagerly. Same kernels as
+    the eager step, including drop path's random draws (graph-safe RNG; a capture leaves the RNG states as it
+    found them, :func:`rng_kept`, so replays draw what eager steps would); what goes is the host work of
+    ~3,000 launches per step, which leaves an H200 idle for a quarter of a Vim-S step.
 
     Under DDP (:meth:`for_ddp`) the capture happens *before* the student is wrapped, as PyTorch's CUDA-graph
     notes prescribe for partial-network capture with DistributedDataParallel: the graphed backward is one
@@ -64,13 +81,9 @@ class StudentGraph:
     def for_ddp(cls, model: nn.Module, amp_dtype: torch.dtype, sample_shape: tuple) -> "StudentGraph":
         """Capture now, for batches of ``sample_shape`` ([batch, 3, H, W]), and make ``model``'s own forward
         dispatch (graph replay in training mode at that shape, eager otherwise), so that a DDP wrapper built
-        afterwards around ``model`` replays the graphs through ``module(images)``. Draws from the CUDA RNG
-        (drop path in the capture's warm-up) exactly as the single-process capture does; every rank captures."""
+        afterwards around ``model`` replays the graphs through ``module(images)``. Every rank captures."""
         graph = cls(model, amp_dtype)
-        was_training = model.training
-        model.train()
-        graph._capture(torch.zeros(sample_shape, device=next(model.parameters()).device))
-        model.train(was_training)
+        graph.capture(sample_shape)
         graphed_forward = model.forward  # make_graphed_callables' replacement
 
         def forward(images: torch.Tensor) -> torch.Tensor:
@@ -81,12 +94,21 @@ class StudentGraph:
         model.forward = forward
         return graph
 
+    def capture(self, shape: tuple) -> None:
+        """Capture now, for training batches of ``shape`` (from zeros: the recorded kernels do not depend on the
+        values), e.g. while the loader's workers produce the first batch."""
+        was_training = self.model.training
+        self.model.train()
+        self._capture(torch.zeros(shape, device=next(self.model.parameters()).device))
+        self.model.train(was_training)
+
     def _capture(self, images: torch.Tensor) -> None:
         kw = {}
         if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters:
             kw["capture_error_mode"] = "thread_local"  # a DataLoader's pin-memory thread may call CUDA meanwhile
         enabled = self.amp_dtype != torch.float32
-        with torch.autocast("cuda", dtype=self.amp_dtype, enabled=enabled, cache_enabled=False):
+        with rng_kept(images.device), \
+                torch.autocast("cuda", dtype=self.amp_dtype, enabled=enabled, cache_enabled=False):
             torch.cuda.make_graphed_callables(self.model, (images.detach().clone(),), num_warmup_iters=3,
                                               allow_unused_input=True, **kw)
         self.shape = images.shape

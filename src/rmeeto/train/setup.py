@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 
 from rmeeto.merge import apply_merge
-from rmeeto.models import create_model, get_config
+from rmeeto.models import create_model
 from rmeeto.runtime import resolve_device, resolve_dtype
 from rmeeto.train.config import TrainConfig, TrainError
-from rmeeto.train.data import build_mixup, clips_per_video
+from rmeeto.train.data import build_mixup, clips_per_video, train_batch_shape
 from rmeeto.train.distributed import Ranks
 from rmeeto.train.graphs import StudentGraph, TeacherForward, train_graph_enabled
 from rmeeto.train.loss import DistillationLoss, build_criterion
@@ -172,16 +172,22 @@ def build_training(run: Run, model: nn.Module, teacher: Optional[TeacherForward]
                     scheduler=scheduler, scaler=scaler, mixup=build_mixup(config, model.num_classes))
 
 
-def step_model(run: Run, model: nn.Module) -> nn.Module:
+def step_model(run: Run, model: nn.Module, teacher: Optional[TeacherForward] = None) -> nn.Module:
     """What the step calls: CUDA-graph replay on one GPU, DDP across processes (around the graphed student
-    with ``ddp_graphs``), else the student itself."""
+    with ``ddp_graphs``), else the student itself. The student's graphs, and ``teacher``'s when it is graphed,
+    are captured here for full training batches, so call it once the loader's workers are at work on the
+    first batches: capture and data loading then overlap instead of following one another."""
     config = run.config
+    shape = train_batch_shape(config)
+    if teacher is not None:
+        teacher.capture(shape)
     graphs = train_graph_enabled(config.cuda_graphs, run.device, run.ranks.distributed, config.ddp_graphs)
     if graphs and not run.ranks.distributed:
-        return StudentGraph(model, run.amp_dtype)
+        graph = StudentGraph(model, run.amp_dtype)
+        graph.capture(shape)
+        return graph
     if graphs:  # graph first, then wrap (PyTorch's rule for partial-network capture under DDP)
-        img_size = get_config(config.model).arch.img_size
-        StudentGraph.for_ddp(model, run.amp_dtype, (config.batch_size, 3, img_size, img_size))
+        StudentGraph.for_ddp(model, run.amp_dtype, shape)
     if run.ranks.distributed:
         # merging chooses indices without gradients, but every parameter is still used: no unused-param search
         return nn.parallel.DistributedDataParallel(
