@@ -6,6 +6,8 @@
 #   bash benchmarks/minutes_gpu.sh make      # ImageNet-like JPEG folder: $IMAGES train + $VAL_IMAGES val, 1000 classes
 #   bash benchmarks/minutes_gpu.sh data      # rmeeto bench-data: CPU workers vs the GPU pipeline on that folder
 #   bash benchmarks/minutes_gpu.sh steps     # rmeeto bench --train: synthetic step rates of Vim-Ti/S/B (paper merge)
+#   bash benchmarks/minutes_gpu.sh synth     # the same settings on --data synthetic, 2 epochs: the rate real JPEGs are
+#                                            # held to (epoch 2, after compilation), for 'project' to compare
 #   bash benchmarks/minutes_gpu.sh gpu1      # rmeeto retrain, paper preset, Vim-S r=11, 1 epoch on 1 GPU
 #   bash benchmarks/minutes_gpu.sh gpuN      # the same with torchrun on $NGPUS GPUs (default: all)
 #   bash benchmarks/minutes_gpu.sh project   # 3 epochs of ImageNet-1K on 8 GPUs for Ti/S/B vs the paper
@@ -56,6 +58,15 @@ retrain() {  # retrain NGPU: one epoch, wall time of the whole command in OUT/gp
   echo "== $n GPU(s): exit $rc, wall $(cat "$dir/wall_s") s" | tee -a "$OUT/summary.txt"
 }
 
+synth() {  # the synthetic-data rate of the same settings: epoch 1 compiles, epoch 2 is the rate
+  checkpoint
+  local dir="$OUT/synth"; rm -rf "$dir"; mkdir -p "$dir"
+  python3 -m rmeeto retrain --model "$MODEL" --checkpoint "$CKPT" --data synthetic --preset paper --epochs 2 \
+    -b "$BATCH" --amp bf16 -j 6 --no-progress --out "$dir" $EXTRA > "$dir/run.log" 2>&1
+  echo "== synthetic: exit $?" | tee -a "$OUT/summary.txt"
+  find "$dir" -name "*.pth" -delete
+}
+
 project() {
   python3 - "$OUT" "$IMAGES" "$VAL_IMAGES" "$BATCH" <<'EOF'
 """Project 3 epochs of ImageNet-1K on 8 GPUs from the measured runs.
@@ -98,6 +109,18 @@ for name in sorted(os.listdir(out)):
                  if rec.get("first_batch_s") is not None else ""))
 if not runs:
     sys.exit("no measured runs under " + out)
+synth_log = os.path.join(out, "synth", "log.jsonl")
+if 1 in runs and os.path.isfile(synth_log):
+    recs = [json.loads(l) for l in open(synth_log)]
+    if len(recs) >= 2:
+        syn, real = recs[-1], [json.loads(l) for l in open(os.path.join(out, "gpu1", "log.jsonl"))][-1]
+        line = (f"real JPEGs vs synthetic data (its epoch {syn['epoch'] + 1}), 1 GPU: whole epoch "
+                f"{real['images_per_s']:.0f} / {syn['images_per_s']:.0f} img/s = "
+                f"{real['images_per_s'] / syn['images_per_s']:.1%}")
+        if real.get("steady_images_per_s") and syn.get("steady_images_per_s"):
+            line += (f"; after the first step {real['steady_images_per_s']:.0f} / {syn['steady_images_per_s']:.0f} = "
+                     f"{real['steady_images_per_s'] / syn['steady_images_per_s']:.1%}")
+        print(line)
 if 1 in runs and len(runs) > 1:
     n = max(runs)
     print(f"scaling 1 -> {n} GPUs: {runs[n]['rate'] / runs[1]['rate']:.2f}x "
@@ -149,10 +172,11 @@ case "$PHASE" in
   make) make_data ;;
   data) bench_data ;;
   steps) bench_steps ;;
+  synth) synth ;;
   gpu1) retrain 1 ;;
   gpuN) retrain "$NGPUS" ;;
   project) project | tee "$OUT/projection.txt" ;;
   all) nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tee "$OUT/gpu.txt"
-       make_data; bench_data; bench_steps; retrain 1; [ "$NGPUS" -gt 1 ] && retrain "$NGPUS"; project | tee "$OUT/projection.txt" ;;
-  *) echo "unknown phase $PHASE (make, data, steps, gpu1, gpuN, project, all)"; exit 2 ;;
+       make_data; bench_data; bench_steps; synth; retrain 1; [ "$NGPUS" -gt 1 ] && retrain "$NGPUS"; project | tee "$OUT/projection.txt" ;;
+  *) echo "unknown phase $PHASE (make, data, steps, synth, gpu1, gpuN, project, all)"; exit 2 ;;
 esac
