@@ -347,12 +347,14 @@ def test_triton_scan_bidir_kernels():
     """)
 
 
-def test_scan_bc_read_modes_give_the_same_bits():
+def test_scan_bc_read_modes_give_the_same_bits(full):
     """Every way the scan kernels read B and C (_bc_mode: 16-bit vector rows, 16-bit pairs, float32 vector rows,
     one element at a time) gives the same bits: outputs and every gradient, single and bidirectional kernels, both
-    directions, lengths with a partial last chunk (the forward's clamped tail reads). Vim's layout: B and C
-    neighbouring columns of one x_proj output, with dt_rank 24 (16-byte aligned rows in fp16: vector rows) and 12
-    (not: pairs) in fp16, and dt_rank 24 in fp32 (vector rows)."""
+    directions, a length with a partial last chunk (the forward's clamped tail reads; the full tier adds one token
+    alone and six whole chunks). Vim's layout: B and C neighbouring columns of one x_proj output, with dt_rank 24
+    (16-byte aligned rows in fp16: vector rows) and 12 (not: pairs) in fp16, and dt_rank 24 in fp32 (vector
+    rows)."""
+    lengths = (1, 5, 12) if full else (5,)  # CHUNK is 2: 5 ends in a partial chunk
     run_interpreted("""
         import sys, torch
         from rmeeto.ops.triton import scan as ts
@@ -361,7 +363,7 @@ def test_scan_bc_read_modes_give_the_same_bits():
         bad = []
         b, d, n = 2, 40, 16
         for dtype, r, fast_mode in ((torch.float16, 24, 2), (torch.float16, 12, 1), (torch.float32, 24, 3)):
-            for L in (1, 5, 12):
+            for L in LENGTHS:
                 x_dbl = torch.randn(b, L, r + 2 * n).to(dtype)
                 Bm, Cm = (t.transpose(1, 2) for t in x_dbl[..., r:].split(n, dim=-1))
                 x2 = torch.randn(b, L, r + 2 * n).to(dtype)
@@ -397,7 +399,7 @@ def test_scan_bc_read_modes_give_the_same_bits():
                         bad.append(("bits", str(dtype), r, L, i))
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
-    """)
+    """.replace("LENGTHS", repr(lengths)))
 
 
 @pytest.mark.full
