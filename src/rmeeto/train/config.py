@@ -113,9 +113,9 @@ class TrainConfig:
         ema, ema_decay; amp ("auto" = bf16 on CUDA, fp32 on CPU); device ("auto"); seed; workers;
         eval_batch_size (default 2 * batch_size); out (None = write nothing); save_every_steps (0 = only at
         epoch ends); tensorboard; progress; cuda_graphs (single-process CUDA runs replay the student's forward
-        and backward and the teacher's forward from CUDA graphs: same arithmetic, no per-op host work; the
-        capture's warm-up draws drop-path randomness, so a resumed run is not bit-identical to an uninterrupted
-        one unless cuda_graphs is off); max_bad_fraction: the run stops with an error when more than this
+        and backward and the teacher's forward from CUDA graphs: same arithmetic and random draws, no per-op
+        host work; captured while the loader starts, leaving the RNG states as they were, so a resumed run is
+        bit-identical to an uninterrupted one with graphs too); max_bad_fraction: the run stops with an error when more than this
         fraction of the training images is unreadable (default 0.2), and always when an epoch had none readable;
         ddp_graphs: under DDP on CUDA (with cuda_graphs on), also replay the
         student's forward and backward from CUDA graphs, the gradient all-reduce running after the graphed
