@@ -98,7 +98,9 @@ def test_graphed_retraining_equals_eager_and_a_killed_run_resumes_to_the_same_we
     start = save_checkpoint(create_model(MODEL), tmp_path / "start.pth")
     flags = ("--checkpoint", str(start), "--alpha", "0.5", "--num-merged", "2")
     graphed, eager, killed = tmp_path / "graphed", tmp_path / "eager", tmp_path / "killed"
-    assert "CUDA graphs captured in" in _retrain(graphed, *flags).stderr
+    graphed_run = _retrain(graphed, *flags)
+    assert "CUDA graphs captured in" in graphed_run.stderr
+    assert "AccumulateGrad" not in graphed_run.stderr and "no current CUDA context" not in graphed_run.stderr
     eager_run = _retrain(eager, *flags, env_extra={"RMEETO_TRAIN_GRAPH": "0", "RMEETO_TEACHER_GRAPH": "0"})
     assert "CUDA graphs captured" not in eager_run.stderr
     first = _retrain(killed, *flags, env_extra={"RMEETO_DEBUG_KILL_AT_STEP": "7"}, check=False)

@@ -54,6 +54,21 @@ def test_train_batch_shape_is_the_shape_of_the_loaders_batches(mixup):
     assert train_batch_shape(config) == tuple(images.shape) == (6, 3, 16, 16)
 
 
+def test_only_the_expected_torch_warnings_are_quieted():
+    import warnings
+
+    from rmeeto.train.report import EXPECTED_TORCH_WARNINGS, expected_torch_warnings_quiet
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with expected_torch_warnings_quiet():
+            for message in EXPECTED_TORCH_WARNINGS:
+                warnings.warn(message + " (details)", UserWarning)
+            warnings.warn("a checkpoint's head was re-initialised", UserWarning)
+        warnings.warn(EXPECTED_TORCH_WARNINGS[0], UserWarning)  # outside: the caller's filters again
+    assert [str(w.message) for w in seen] == ["a checkpoint's head was re-initialised", EXPECTED_TORCH_WARNINGS[0]]
+
+
 def test_rng_kept_puts_the_random_stream_back():
     from rmeeto.train.graphs import rng_kept
 

@@ -61,8 +61,9 @@ from rmeeto.train.engine import (DebugHooks, repair_best, save_best, save_last, 
 from rmeeto.train.graphs import StudentGraph, TeacherForward, train_graph_enabled
 from rmeeto.train.loss import DistillationLoss, build_criterion, distillation_forward
 from rmeeto.train.rundir import RunFolder
-from rmeeto.train.report import RunLog, check_tensorboard, format_table
-from rmeeto.train.setup import build_models, build_training, check_out_spares_inputs, prepare_run, step_model
+from rmeeto.train.report import RunLog, check_tensorboard, expected_torch_warnings_quiet, format_table
+from rmeeto.train.setup import (Run, Training, build_models, build_training, check_out_spares_inputs, prepare_run,
+                                 step_model)
 from rmeeto.train.state import RunState, SignalCatcher, find_resume_checkpoint, restore, seed_all
 
 __all__ = [
@@ -201,10 +202,27 @@ def _train(config: TrainConfig, resume: Optional[str], ranks: Ranks, catcher: Si
         state = restore(ckpt, resume_path, model=model, optimizer=parts.optimizer, scheduler=parts.scheduler,
                         scaler=parts.scaler, ema=ema, ranks=ranks, device=run.device, log=log.log)
         repair_best(run, parts, state, log.log)
+    with expected_torch_warnings_quiet():  # PyTorch's notes on CUDA-graph training that are expected here
+        status = _train_epochs(run, parts, data, state, catcher, log)
+    log.close()
+    if ranks.master and state.history and status == "finished":
+        log.log("\n" + format_table(state.history))
+    return TrainResult(
+        status=status, signal=int(catcher.signum) if catcher.signum is not None else None, history=state.history,
+        best_top1=state.best_top1 if state.best_epoch >= 0 else None,
+        best_epoch=state.best_epoch if state.best_epoch >= 0 else None,
+        seconds=time.perf_counter() - t_start, out=str(run.out) if run.out is not None else None, config=config,
+        model=model, ema=ema.module if ema is not None else None,
+    )
+
+
+def _train_epochs(run: Run, parts: Training, data, state: RunState, catcher: SignalCatcher, log: RunLog) -> str:
+    """The CUDA-graph capture and the epochs of :func:`train`, from ``state`` on -> "finished" or "interrupted"."""
+    config, ranks = run.config, run.ranks
     # the first epoch's loader workers start reading now, while the CUDA graphs are captured
     batches = start_epoch(run, data, state) if state.epoch < config.epochs else None
     t_capture = time.perf_counter()
-    parts.step_model = step_model(run, model, parts.teacher)
+    parts.step_model = step_model(run, parts.model, parts.teacher)
     if train_graph_enabled(config.cuda_graphs, run.device, ranks.distributed, config.ddp_graphs) or \
             (parts.teacher is not None and parts.teacher.graphed is not None):
         log.log(f"CUDA graphs captured in {time.perf_counter() - t_capture:.1f}s, while the loader's workers started")
@@ -227,16 +245,7 @@ def _train(config: TrainConfig, resume: Optional[str], ranks: Ranks, catcher: Si
         save_last(run, parts, state)
         if is_best:
             save_best(run, parts, state.best_epoch, state.best_top1)
-    log.close()
-    if ranks.master and state.history and status == "finished":
-        log.log("\n" + format_table(state.history))
-    return TrainResult(
-        status=status, signal=int(catcher.signum) if catcher.signum is not None else None, history=state.history,
-        best_top1=state.best_top1 if state.best_epoch >= 0 else None,
-        best_epoch=state.best_epoch if state.best_epoch >= 0 else None,
-        seconds=time.perf_counter() - t_start, out=str(run.out) if run.out is not None else None, config=config,
-        model=model, ema=ema.module if ema is not None else None,
-    )
+    return status
 
 
 def _log_stop(log: RunLog, catcher: SignalCatcher, state: RunState, out: Optional[Path]) -> None:

@@ -6,8 +6,11 @@ starts, so a resumed run never repeats or loses a line.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +19,27 @@ from tqdm.auto import tqdm
 from rmeeto.train.config import TrainConfig, TrainError
 from rmeeto.train.distributed import Ranks
 
-__all__ = ["RunLog", "check_tensorboard", "format_table"]
+__all__ = ["RunLog", "check_tensorboard", "format_table", "expected_torch_warnings_quiet"]
+
+# Warnings PyTorch gives on every CUDA training run here that say nothing about the user's run:
+EXPECTED_TORCH_WARNINGS = (
+    # torch.cuda.make_graphed_callables warms up on a stream of its own, where the parameters' AccumulateGrad
+    # nodes are made and then kept by the captured graph: every replayed backward hands them gradients from the
+    # training stream, which costs one event wait (inside the measured step rates)
+    "The AccumulateGrad node's stream does not match the stream of the node that produced the incoming gradient",
+    # the autograd engine's device thread has no CUDA context until its first cuBLAS call sets the primary one
+    "Attempting to run cuBLAS, but there was no current CUDA context",
+)
+
+
+@contextlib.contextmanager
+def expected_torch_warnings_quiet():
+    """Within it, the :data:`EXPECTED_TORCH_WARNINGS` are not shown; every other warning is, and the caller's
+    warning filters are back as they were afterwards."""
+    with warnings.catch_warnings():
+        for message in EXPECTED_TORCH_WARNINGS:
+            warnings.filterwarnings("ignore", message=re.escape(message), category=UserWarning)
+        yield
 
 
 def check_tensorboard(config: TrainConfig, ranks: Ranks) -> None:
