@@ -115,8 +115,9 @@ class TrainConfig:
         epoch ends); tensorboard; progress; cuda_graphs (single-process CUDA runs replay the student's forward
         and backward and the teacher's forward from CUDA graphs: same arithmetic and random draws, no per-op
         host work; captured while the loader starts, leaving the RNG states as they were, so a resumed run is
-        bit-identical to an uninterrupted one with graphs too); max_bad_fraction: the run stops with an error when more than this
-        fraction of the training images is unreadable (default 0.2), and always when an epoch had none readable;
+        bit-identical to an uninterrupted one with graphs too); max_bad_fraction: the run stops with an error
+        when more than this fraction of the training images is unreadable (default 0.2), and always when an
+        epoch had none readable;
         ddp_graphs: under DDP on CUDA (with cuda_graphs on), also replay the
         student's forward and backward from CUDA graphs, the gradient all-reduce running after the graphed
         backward (on by default; measured on two H200s it keeps the per-GPU rate of one GPU, where eager DDP lost a

@@ -35,7 +35,8 @@ from rmeeto.train.setup import Run, Training
 from rmeeto.train.state import (RunState, SignalCatcher, best_checkpoint, last_checkpoint, merge_shuffler_of, new_partial,
                                  rng_state)
 
-__all__ = ["DebugHooks", "EpochEnd", "EpochBatches", "start_epoch", "train_one_epoch", "validate", "save_last", "save_best", "repair_best"]
+__all__ = ["DebugHooks", "EpochEnd", "EpochBatches", "start_epoch", "train_one_epoch", "validate", "save_last",
+           "save_best", "repair_best"]
 
 
 @dataclass(frozen=True)
