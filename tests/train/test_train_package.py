@@ -69,6 +69,26 @@ def test_only_the_expected_torch_warnings_are_quieted():
     assert [str(w.message) for w in seen] == ["a checkpoint's head was re-initialised", EXPECTED_TORCH_WARNINGS[0]]
 
 
+def test_step_model_captures_the_teacher_for_full_batches_and_says_so():
+    """On CPU the student is not graphed; a graphed teacher is captured for train_batch_shape, and only then is
+    the capture logged."""
+    from types import SimpleNamespace
+
+    from rmeeto import create_model
+    from rmeeto.train.setup import step_model
+
+    config = TrainConfig(model=MODEL, batch_size=6, alpha=0.0)
+    run = SimpleNamespace(config=config, device=torch.device("cpu"), ranks=Ranks(), amp_dtype=torch.float32)
+    student = create_model(MODEL)
+    shapes, lines = [], []
+    teacher = SimpleNamespace(graphed=object(), capture=shapes.append)
+    assert step_model(run, student, teacher, log=lines.append) is student
+    assert shapes == [(6, 3, 16, 16)] and len(lines) == 1 and lines[0].startswith("CUDA graphs captured in")
+    teacher.graphed = None
+    step_model(run, student, teacher, log=lines.append)
+    assert len(lines) == 1 and len(shapes) == 1  # an eager teacher: no capture, no line
+
+
 def test_rng_kept_puts_the_random_stream_back():
     from rmeeto.train.graphs import rng_kept
 

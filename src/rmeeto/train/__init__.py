@@ -58,7 +58,7 @@ from rmeeto.train.data import ResumableSampler, build_data
 from rmeeto.train.distributed import Ranks, init_distributed
 from rmeeto.train.engine import (DebugHooks, repair_best, save_best, save_last, start_epoch, train_one_epoch,
                                  validate)
-from rmeeto.train.graphs import StudentGraph, TeacherForward, train_graph_enabled
+from rmeeto.train.graphs import StudentGraph, TeacherForward
 from rmeeto.train.loss import DistillationLoss, build_criterion, distillation_forward
 from rmeeto.train.rundir import RunFolder
 from rmeeto.train.report import RunLog, check_tensorboard, expected_torch_warnings_quiet, format_table
@@ -218,14 +218,10 @@ def _train(config: TrainConfig, resume: Optional[str], ranks: Ranks, catcher: Si
 
 def _train_epochs(run: Run, parts: Training, data, state: RunState, catcher: SignalCatcher, log: RunLog) -> str:
     """The CUDA-graph capture and the epochs of :func:`train`, from ``state`` on -> "finished" or "interrupted"."""
-    config, ranks = run.config, run.ranks
+    config = run.config
     # the first epoch's loader workers start reading now, while the CUDA graphs are captured
     batches = start_epoch(run, data, state) if state.epoch < config.epochs else None
-    t_capture = time.perf_counter()
-    parts.step_model = step_model(run, parts.model, parts.teacher)
-    if train_graph_enabled(config.cuda_graphs, run.device, ranks.distributed, config.ddp_graphs) or \
-            (parts.teacher is not None and parts.teacher.graphed is not None):
-        log.log(f"CUDA graphs captured in {time.perf_counter() - t_capture:.1f}s, while the loader's workers started")
+    parts.step_model = step_model(run, parts.model, parts.teacher, log=log.log)
 
     log.start(config, state.history, config.epochs * data.steps_per_epoch, state.global_step)
     hooks, status = DebugHooks.from_env(), "finished"

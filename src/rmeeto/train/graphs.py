@@ -43,10 +43,10 @@ class TeacherForward:
         if graph and next(model.parameters()).is_cuda and os.environ.get("RMEETO_TEACHER_GRAPH", "1") != "0":
             self.graphed = GraphedForward(model, autocast_dtype=None if amp_dtype == torch.float32 else amp_dtype)
 
-    def capture(self, shape: Optional[tuple]) -> None:
+    def capture(self, shape: tuple) -> None:
         """Capture the graph for float32 batches of ``shape`` now (from zeros) instead of at the first such
-        batch; nothing when the teacher runs eagerly or ``shape`` is None."""
-        if self.graphed is not None and shape is not None:
+        batch; nothing when the teacher runs eagerly."""
+        if self.graphed is not None:
             with torch.no_grad():
                 self.graphed(torch.zeros(shape, device=next(self.model.parameters()).device))
 

@@ -4,6 +4,7 @@ once by :func:`rmeeto.train.train`, in the order that function reads."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -172,25 +173,31 @@ def build_training(run: Run, model: nn.Module, teacher: Optional[TeacherForward]
                     scheduler=scheduler, scaler=scaler, mixup=build_mixup(config, model.num_classes))
 
 
-def step_model(run: Run, model: nn.Module, teacher: Optional[TeacherForward] = None) -> nn.Module:
+def step_model(run: Run, model: nn.Module, teacher: Optional[TeacherForward] = None,
+               log: Optional[Callable[[str], None]] = None) -> nn.Module:
     """What the step calls: CUDA-graph replay on one GPU, DDP across processes (around the graphed student
     with ``ddp_graphs``), else the student itself. The student's graphs, and ``teacher``'s when it is graphed,
     are captured here for full training batches, so call it once the loader's workers are at work on the
-    first batches: capture and data loading then overlap instead of following one another."""
+    first batches: capture and data loading then overlap instead of following one another. ``log`` is told
+    how long the capture took."""
     config = run.config
+    t_capture = time.perf_counter()
     shape = train_batch_shape(config)
-    if teacher is not None:
+    teacher_graphed = teacher is not None and teacher.graphed is not None
+    if teacher_graphed:
         teacher.capture(shape)
     graphs = train_graph_enabled(config.cuda_graphs, run.device, run.ranks.distributed, config.ddp_graphs)
+    stepped = model
     if graphs and not run.ranks.distributed:
-        graph = StudentGraph(model, run.amp_dtype)
-        graph.capture(shape)
-        return graph
-    if graphs:  # graph first, then wrap (PyTorch's rule for partial-network capture under DDP)
+        stepped = StudentGraph(model, run.amp_dtype)
+        stepped.capture(shape)
+    elif graphs:  # graph first, then wrap (PyTorch's rule for partial-network capture under DDP)
         StudentGraph.for_ddp(model, run.amp_dtype, shape)
+    if log is not None and (graphs or teacher_graphed):
+        log(f"CUDA graphs captured in {time.perf_counter() - t_capture:.1f}s, while the loader's workers started")
     if run.ranks.distributed:
         # merging chooses indices without gradients, but every parameter is still used: no unused-param search
         return nn.parallel.DistributedDataParallel(
             model, device_ids=[run.device.index] if run.device.type == "cuda" else None, find_unused_parameters=False
         )
-    return model
+    return stepped
