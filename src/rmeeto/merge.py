@@ -405,6 +405,19 @@ class MergingBlock(Block):
 
     merge: _LayerMerge
 
+    def _folds_norm(self, hidden: Tensor, residual: Tensor) -> bool:
+        """Whether the fused merge also does this block's residual add + RMSNorm (one kernel): inference (no
+        gradient, no drop path), a float32 residual, the norm kernel and the switch ``merge_norm`` on
+        (rmeeto.ops.policy), and not under torch.compile (which sees the two custom ops)."""
+        if torch.compiler.is_compiling() or self.drop_path.drop_prob > 0 or not self.residual_in_fp32:
+            return False
+        if torch.is_grad_enabled() and (hidden.requires_grad or residual.requires_grad
+                                        or self.norm.weight.requires_grad):
+            return False
+        backend = policy.op_backend(self.mixer.scan_backend)
+        return (residual.dtype == torch.float32 and policy.use_fused("norm", hidden, backend)
+                and policy.use_fused("merge_norm", hidden, backend))
+
     def forward(self, hidden: Tensor, residual: Optional[Tensor], state: TokenState):
         cfg = self.merge
         if cfg.shuffle is not None and residual is not None and cfg.shuffle.active(self.training):
@@ -419,6 +432,13 @@ class MergingBlock(Block):
             if fused and r > 0 and cfg.distance == "cosine" and cfg.choose == 1 and state.source is None:
                 # matching and merge in three kernel launches (rmeeto.ops.triton.merge)
                 new_cls = plan_cls_index(state.cls_index, L, r, cfg.ordered)
+                if self._folds_norm(hidden, residual):
+                    # inference: merge, residual add and RMSNorm in one kernel after the plan's two
+                    residual, normed, size = merge_triton.match_merge_add_norm(
+                        hidden, residual, state.size, metric, state.cls_index, r, new_cls, cfg.ordered,
+                        self.norm.weight, self.norm.eps,
+                    )
+                    return self.mix(normed, residual, TokenState(new_cls, size, None, None))
                 (hidden, residual), size = merge_triton.match_merge_fused(
                     hidden, residual, state.size, metric, state.cls_index, r, new_cls, cfg.ordered
                 )

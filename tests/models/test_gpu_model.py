@@ -67,6 +67,38 @@ def test_cuda_graph_replay_equals_eager(merged):
         assert rel(out.float(), eager.float()) < 1e-3
 
 
+@pytest.mark.parametrize("name", ["vim_tiny_patch16_224", "vim_small_patch16_224"])
+def test_merge_norm_fold_changes_no_bit(name, monkeypatch):
+    """Inference folds each merging layer's residual add + RMSNorm into the merge kernel
+    (match_merge_add_norm): logits equal the unfolded model's bit for bit, eager and graphed, fp16; the fold
+    runs once per merging layer, and not where a gradient is needed."""
+    from rmeeto.ops import policy
+    from rmeeto.ops.triton import merge as merge_triton
+
+    calls = []
+    fold_fn = merge_triton.match_merge_add_norm
+    monkeypatch.setattr(merge_triton, "match_merge_add_norm", lambda *a: calls.append(1) or fold_fn(*a))
+    model = _model(name, True).half()
+    layers = len(rmeeto.MergeConfig.paper(name).merging_layers(len(model.layers)))
+    x = torch.randn(16, 3, 224, 224, device="cuda", dtype=torch.half)
+    eager, graphed = {}, {}
+    for fold in (False, True):
+        policy.set_fused("merge_norm", fold)
+        try:
+            calls.clear()
+            with torch.no_grad():
+                eager[fold] = model(x)
+            assert len(calls) == (layers if fold else 0)
+            graphed[fold] = accelerate(model, "cudagraph")(x).clone()
+        finally:
+            policy.set_fused("merge_norm", True)
+    assert torch.equal(eager[False], eager[True])
+    assert torch.equal(graphed[False], graphed[True])
+    calls.clear()
+    model(x).float().sum().backward()  # a gradient is needed: the two kernels and their backward
+    assert not calls and model.head.weight.grad is not None
+
+
 def test_merged_training_step_gradients_match_reference():
     model = _model("vim_tiny_patch16_224", True, depth=6)
     model.train()

@@ -85,6 +85,31 @@ def test_fused_kernel_matches_merge_streams(L, cls_index, r, C, ordered, dtype, 
             torch.testing.assert_close(a.float(), b.float(), **tol)
 
 
+@pytest.mark.skipif(not merge_triton.is_available(), reason="needs CUDA and Triton")
+@pytest.mark.gpu
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("L,cls_index,r,C", [(197, 98, 11, 384), (186, 92, 11, 768), (197, 98, 5, 192), (17, 8, 8, 40)])
+def test_merge_add_norm_gives_the_bits_of_merge_then_norm(L, cls_index, r, C, ordered, dtype):
+    """The inference kernel (merge, residual add, RMSNorm in one) against the merge kernel followed by the norm
+    kernel, compiled: the same bits, sizes or none."""
+    from rmeeto.ops.triton import norm as norm_triton
+
+    for with_size in (False, True):
+        hidden, residual, size, plan = _case(16, L, C, cls_index, r, ordered, with_size, seed=C, device="cuda",
+                                             dtype=dtype)
+        weight = (torch.rand(C, device="cuda") + 0.5).to(dtype)
+        with torch.no_grad():
+            (hm, rm), s1 = merge_triton.match_merge_fused(
+                hidden, residual, size, hidden, cls_index, r, plan.new_cls_index, ordered)
+            ro1, y1, _ = norm_triton._norm_fwd(hm, rm, weight, None, 1e-5)
+            ro2, y2, s2 = merge_triton.match_merge_add_norm(
+                hidden, residual, size, hidden, cls_index, r, plan.new_cls_index, ordered, weight, 1e-5)
+        assert torch.equal(s1, s2)
+        assert torch.equal(ro1, ro2), (ro1 - ro2).abs().max()
+        assert torch.equal(y1, y2), (y1.float() - y2.float()).abs().max()
+
+
 @pytest.mark.parametrize("ordered", [True, False])
 @pytest.mark.parametrize("L,cls_index,r", [(17, 8, 4), (16, 15, 3), (197, 98, 11), (9, 4, 0)])
 def test_token_lists_emulated_kernel(L, cls_index, r, ordered):

@@ -11,6 +11,9 @@ Environment switches, read ONCE when this module is imported:
 ``RMEETO_FUSED_CONV=0``     depthwise conv + SiLU in PyTorch (``rmeeto.ops.conv``)
 ``RMEETO_FUSED_NORM=0``     residual add + drop path + RMSNorm in PyTorch (``rmeeto.ops.norm``)
 ``RMEETO_FUSED_MERGE=0``    token matching and merging in PyTorch (``rmeeto.merge``)
+``RMEETO_FUSED_MERGE_NORM=0`` in inference, the fused merge and the residual add + RMSNorm after it as two
+                            kernels instead of one (``rmeeto.ops.triton.merge.match_merge_add_norm``; it
+                            needs the merge and norm kernels on as well; for A/B timing, same results)
 ``RMEETO_FAST_LAUNCH=0``    launch every Triton kernel through ``kernel[grid](...)`` instead of the cached
                             launcher of :mod:`rmeeto.ops.triton._launch` (for A/B timing; same results)
 ``RMEETO_XLANE_BWD=0``      the scan backward of :mod:`rmeeto.ops.triton.scan` (dB / dC summed across lanes
@@ -59,7 +62,7 @@ __all__ = [
     "set_xlane_bwd",
 ]
 
-OPS = ("scan", "conv", "norm", "merge")
+OPS = ("scan", "conv", "norm", "merge", "merge_norm")
 # scan backends written in PyTorch alone; forcing one of them on a model forces the PyTorch conv / norm / merge
 PURE_SCAN_BACKENDS = ("reference", "chunked")
 
@@ -73,6 +76,7 @@ _fused: dict[str, bool] = {
     "conv": _switch("RMEETO_FUSED_CONV"),
     "norm": _switch("RMEETO_FUSED_NORM"),
     "merge": _switch("RMEETO_FUSED_MERGE"),
+    "merge_norm": _switch("RMEETO_FUSED_MERGE_NORM"),
 }
 _fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
 _xlane_bwd: bool = _switch("RMEETO_XLANE_BWD")
@@ -91,7 +95,8 @@ def triton_available() -> bool:
 
 
 def use_fused(op: str, x: Union[torch.Tensor, torch.device], backend: str = "auto") -> bool:
-    """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge") for tensor (or device) ``x``?
+    """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm") for tensor (or
+    device) ``x``?
 
     ``backend``: "auto" asks the switches (True only for CUDA, with Triton, the switch on and no
     :func:`force_reference` active); "torch" answers False; "triton" answers True (the caller asked for it)."""

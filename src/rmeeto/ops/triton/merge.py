@@ -20,6 +20,10 @@ merge saves. Here it is three:
    each slot adding its kept token, then walking its own list of sources in plan order (fixed order:
    deterministic, and the same float sums as a scan of all sources in plan order).
 
+In inference a Vim block adds the merged streams and normalises the sum right after the merge;
+:func:`match_merge_add_norm` does that in the merge kernel's place (one kernel for merge, add and RMSNorm,
+the merged streams never written), so a merging layer costs three launches in all, the norm's included.
+
 The backward is a gather: dx[t] = dout[p(t)] * s[t] / s_out[p(t)] (sizes carry no gradient). Only the
 default merge (reduce "sum", not pruning) takes this path; plans for other distances or partner ranks are
 made in PyTorch and turned into the same token lists (:func:`destination_map`, :func:`source_lists`),
@@ -33,6 +37,7 @@ from typing import Optional
 
 import torch
 
+from rmeeto.ops.triton import norm as norm_triton
 from rmeeto.ops.triton._launch import cdiv, launch, next_pow2
 
 Tensor = torch.Tensor
@@ -48,8 +53,8 @@ except Exception:
     _HAS_TRITON = False
 
 __all__ = [
-    "destination_map", "source_lists", "match_plan", "match_merge_fused", "merge_streams_fused", "is_available",
-    "clear_workspaces",
+    "destination_map", "source_lists", "match_plan", "match_merge_fused", "match_merge_add_norm",
+    "merge_streams_fused", "is_available", "clear_workspaces",
 ]
 
 
@@ -341,6 +346,74 @@ if _HAS_TRITON:
         tl.store(so_ptr + b * L_out + p, wsum)
 
 
+    @triton.jit
+    def _add_unfused(a, b, ASM: tl.constexpr):
+        """a + b (float32) that the compiler may not contract with the multiply producing ``a`` or ``b``.
+        Triton's ``/`` is PTX div.full.f32, a reciprocal then a multiply, and ptxas fuses that multiply with a
+        following add into one FMA (seen in the SASS: MUFU.RCP, FFMA), rounding once where a kernel that
+        stores the quotient first rounds twice. An add with an explicit rounding mode (add.rn) is not
+        contracted. ``ASM`` off: a plain add (Triton's interpreter runs no PTX and contracts nothing)."""
+        if ASM:
+            return tl.inline_asm_elementwise("add.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+        else:
+            return a + b
+
+    @triton.jit
+    def _merge_norm_kernel(
+        h_ptr, r_ptr, s_ptr, base_ptr, head_ptr, next_ptr, w_ptr, ro_ptr, y_ptr, so_ptr,
+        N, L, L_out, C, s_h_b, s_h_l, s_r_b, s_r_l, eps,
+        HAS_SIZE: tl.constexpr, ASM_ADD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        """The merge of :func:`_merge_fwd_kernel` followed by the residual add + RMSNorm of
+        :mod:`rmeeto.ops.triton.norm` (no drop path) for BLOCK_N output tokens (rows of [batch * L_out]), without
+        writing the merged streams: each row sums its kept token and its list in the merge kernel's order and
+        rounding (hidden rounded to its dtype, residual float32), then adds and normalises with the norm
+        kernel's arithmetic (its ``rms_rows``) on the norm kernel's [BLOCK_N, BLOCK_C] tile, so the outputs are
+        those of the two kernels in a row. Rows walk their lists together, each stopping at its own end."""
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mr = rows < N
+        b = (rows // L_out).to(tl.int64)
+        cols = tl.arange(0, BLOCK_C)
+        mc = cols[None, :] < C
+        t = tl.load(base_ptr + rows, mask=mr, other=0)
+        if HAS_SIZE:
+            w = tl.load(s_ptr + b * L + t, mask=mr, other=1.0)
+        else:
+            w = tl.full([BLOCK_N], 1.0, tl.float32)
+        m = mr[:, None] & mc
+        t64 = t.to(tl.int64)[:, None]
+        acc_h = tl.load(h_ptr + b[:, None] * s_h_b + t64 * s_h_l + cols[None, :], mask=m, other=0.0)
+        acc_r = tl.load(r_ptr + b[:, None] * s_r_b + t64 * s_r_l + cols[None, :], mask=m, other=0.0)
+        acc_h = acc_h.to(tl.float32) * w[:, None]
+        acc_r = acc_r.to(tl.float32) * w[:, None]
+        wsum = w
+        t = tl.load(head_ptr + rows, mask=mr, other=-1)
+        while tl.max(t, axis=0) >= 0:
+            live = t >= 0
+            if HAS_SIZE:
+                w = tl.load(s_ptr + b * L + t, mask=live, other=0.0)
+            else:
+                w = tl.full([BLOCK_N], 1.0, tl.float32)
+            m = live[:, None] & mc
+            t64 = t.to(tl.int64)[:, None]
+            xh = tl.load(h_ptr + b[:, None] * s_h_b + t64 * s_h_l + cols[None, :], mask=m, other=0.0)
+            xr = tl.load(r_ptr + b[:, None] * s_r_b + t64 * s_r_l + cols[None, :], mask=m, other=0.0)
+            acc_h = tl.where(live[:, None], acc_h + xh.to(tl.float32) * w[:, None], acc_h)
+            acc_r = tl.where(live[:, None], acc_r + xr.to(tl.float32) * w[:, None], acc_r)
+            wsum = tl.where(live, wsum + w, wsum)
+            t = tl.load(next_ptr + b * L + t, mask=live, other=-1)
+        hm = (acc_h / wsum[:, None]).to(h_ptr.dtype.element_ty)
+        rm = (acc_r / wsum[:, None]).to(r_ptr.dtype.element_ty)
+        r = _add_unfused(rm.to(tl.float32), hm.to(tl.float32), ASM_ADD)
+        _, y = norm_triton.rms_rows(r, w_ptr, cols, C, eps)
+        off = rows[:, None].to(tl.int64) * C + cols[None, :]
+        m = mr[:, None] & mc
+        tl.store(ro_ptr + off, r, mask=m)
+        tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=m)
+        tl.store(so_ptr + rows, wsum, mask=mr)
+
+
 def _token_lists(dest: Tensor, src_tok: Tensor, num_out: int) -> tuple[Tensor, Tensor, Tensor]:
     """base [batch, num_out]: the kept input token of every output slot; src [batch, r]: original indices
     of the merged sources; sdst [batch, r]: their output slots. int32, no sort, no host sync."""
@@ -417,6 +490,39 @@ def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: T
            L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1),
            HAS_SIZE=size is not None, BLOCK_C=block_c, num_warps=4 if block_c >= 512 else 2)
     return h_out, r_out, s_out
+
+
+def _merge_norm_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: Tensor, head: Tensor,
+                    nxt: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge + residual add + RMSNorm launcher (inference): hidden [batch, L, C], residual [batch, L, C] float32,
+    size and lists as :func:`_merge_fwd`, the norm's weight [C] -> (residual_out [batch, L - r, C] float32,
+    normed [batch, L - r, C] in hidden's dtype, size [batch, L - r, 1] float32): what :func:`_merge_fwd`
+    followed by :func:`rmeeto.ops.triton.norm` 's forward (no drop path) returns, with one launch and
+    without the merged streams' round trip through memory."""
+    batch, L, C = hidden.shape
+    num_out = base.shape[1]
+    if hidden.stride(2) != 1:
+        hidden = hidden.contiguous()
+    if residual.stride(2) != 1:
+        residual = residual.contiguous()
+    if size is None:
+        s = hidden  # dummy, never read (HAS_SIZE is off)
+    elif size.dtype == torch.float32 and size.is_contiguous():
+        s = size
+    else:
+        s = size.reshape(batch, L).float().contiguous()
+    dev = hidden.device
+    r_out = torch.empty(batch, num_out, C, device=dev, dtype=torch.float32)
+    y = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)
+    s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
+    n = batch * num_out
+    block_n, block_c, warps = norm_triton.launch_shape(C)
+    launch(_merge_norm_kernel, (cdiv(n, block_n),), dev,
+           hidden, residual, s, base, head, nxt, weight, r_out, y, s_out,
+           n, L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1), float(eps),
+           HAS_SIZE=size is not None, ASM_ADD=dev.type == "cuda", BLOCK_N=block_n, BLOCK_C=block_c,
+           num_warps=warps)
+    return r_out, y, s_out
 
 
 def _merge_bwd(d_h: Optional[Tensor], d_r: Optional[Tensor], size: Optional[Tensor], dest: Tensor, s_out: Tensor,
@@ -671,3 +777,19 @@ def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], 
     _, base, _src, _sdst, head, nxt = _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace)
     h, r, s = _merge_fwd(hidden, residual, size, base, head, nxt)
     return (h, r), s
+
+
+def match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
+                         num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor, eps: float):
+    """Inference only: :func:`match_merge_fused` and the residual add + RMSNorm that follows it in a Vim block
+    (:func:`rmeeto.ops.norm.add_rms_norm`, no drop path) in three launches instead of four, the merged
+    streams never written -> (residual_out float32, normed in hidden's dtype, new_size), the values of the two
+    steps run one after the other. ``residual`` must be float32; no gradient can flow (raises otherwise)."""
+    if torch.is_grad_enabled() and (hidden.requires_grad or residual.requires_grad or weight.requires_grad):
+        raise RuntimeError("match_merge_add_norm is inference only: call it under torch.no_grad()")
+    if residual.dtype != torch.float32:
+        raise ValueError(f"match_merge_add_norm needs a float32 residual, got {residual.dtype}")
+    batch, L, _ = metric.shape
+    workspace = _reused_workspace(batch, L, num_merged, metric.device)
+    _, base, _src, _sdst, head, nxt = _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace)
+    return _merge_norm_fwd(hidden, residual, size, base, head, nxt, weight, eps)

@@ -20,6 +20,15 @@ try:
     import triton.language as tl
 
     @triton.jit
+    def rms_rows(r, w_ptr, cols, C, eps):
+        """RMSNorm of float32 rows r [BLOCK_N, BLOCK_C] (masked columns zero) -> (rstd [BLOCK_N], normed rows in
+        float32). The one copy of this arithmetic, shared with the fused merge + norm of
+        :mod:`rmeeto.ops.triton.merge`, so the two kernels give the same bits."""
+        rstd = 1.0 / tl.sqrt_rn(tl.sum(r * r, axis=1) / C + eps)
+        w = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+        return rstd, r * rstd[:, None] * w[None, :]
+
+    @triton.jit
     def _add_norm_fwd(h_ptr, r_ptr, s_ptr, w_ptr, ro_ptr, y_ptr, rstd_ptr, N, C, L, eps,
                       HAS_RES: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -35,10 +44,9 @@ try:
             r = tl.load(r_ptr + off, mask=m, other=0.0).to(tl.float32) + h.to(tl.float32)
         else:
             r = h.to(tl.float32)
-        rstd = 1.0 / tl.sqrt_rn(tl.sum(r * r, axis=1) / C + eps)
-        w = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+        rstd, y = rms_rows(r, w_ptr, cols, C, eps)
         tl.store(ro_ptr + off, r, mask=m)
-        tl.store(y_ptr + off, (r * rstd[:, None] * w[None, :]).to(y_ptr.dtype.element_ty), mask=m)
+        tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=m)
         tl.store(rstd_ptr + rows, rstd, mask=mr)
 
     @triton.jit
@@ -79,7 +87,9 @@ def is_available() -> bool:
     return _HAS_TRITON
 
 
-def _launch_shape(C: int) -> tuple[int, int, int]:
+def launch_shape(C: int) -> tuple[int, int, int]:
+    """(rows per program, channel block, warps) of the norm kernels for C channels; the fused merge + norm of
+    :mod:`rmeeto.ops.triton.merge` takes the same tile, so its row sums are the norm kernel's."""
     block_c = next_pow2(C)
     block_n = max(1, min(16, 2048 // block_c))  # <= 16 values per thread: ~110 registers in the backward
     return block_n, block_c, 4 if block_c <= 512 else 8
@@ -103,7 +113,7 @@ def _norm_fwd(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, scale:
     ro = torch.empty(shape, device=h.device, dtype=torch.float32)
     y = torch.empty(shape, device=h.device, dtype=hidden.dtype)
     rstd = torch.empty(N, device=h.device, dtype=torch.float32)
-    block_n, block_c, warps = _launch_shape(C)
+    block_n, block_c, warps = launch_shape(C)
     s = _scale(scale) if scale is not None else rstd
     launch(_add_norm_fwd, ((N + block_n - 1) // block_n,), h.device,
            h, r, s, weight, ro, y, rstd, N, C, L, eps,
@@ -127,7 +137,7 @@ def _norm_bwd(d_ro: Optional[Tensor], d_y: Optional[Tensor], ro: Tensor, rstd: T
     N = ro2.shape[0]
     dev = ro.device
     dy = _flat(d_y, C) if d_y is not None else torch.zeros(N, C, device=dev, dtype=hidden_dtype)
-    block_n, block_c, warps = _launch_shape(C)
+    block_n, block_c, warps = launch_shape(C)
     n_prog = (N + block_n - 1) // block_n
     dh = torch.empty(shape, device=dev, dtype=hidden_dtype)
     dr = torch.empty(shape, device=dev, dtype=torch.float32) if has_res else torch.empty(0, device=dev)
