@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from rmeeto.cli._types import comma_nonneg_ints
+from rmeeto.argtypes import comma_nonneg_ints
 
 __all__ = [
     "make_jpegs", "timed_batches", "bench_cpu_pipeline", "bench_gpu_pipeline", "bench_data", "format_rows", "main",

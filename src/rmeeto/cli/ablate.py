@@ -6,7 +6,7 @@ import argparse
 import math
 
 from rmeeto.cli import CLIError
-from rmeeto.cli._types import nonneg_int, positive_int
+from rmeeto.argtypes import nonneg_int, positive_int
 from rmeeto.cli.eval import AMP_CHOICES, check_model, check_paths, num_classes_for, resolve_device, user_errors
 
 HELP = "order ablations (merge/prune, ordered/unordered, shuffle rates) with CSV + figure, resumable per cell"

@@ -9,7 +9,7 @@ import math
 from rmeeto.backbones import is_vit_name
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
-from rmeeto.cli._types import comma_choices, comma_nonneg_ints, nonneg_int, positive_int
+from rmeeto.argtypes import comma_choices, comma_nonneg_ints, nonneg_int, positive_int
 from rmeeto.runtime import DTYPES
 
 HELP = "throughput/latency of unmerged vs merged models (inference, training step), eager/compiled/graphed"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rmeeto.cli._types import positive_int
+from rmeeto.argtypes import positive_int
 
 HELP = "end-to-end demo (digits images or synthetic video): train, merge, prune, re-train, report"
 DESCRIPTION = """\

@@ -20,7 +20,7 @@ from typing import Optional
 from rmeeto.backbones import num_tokens_of
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
-from rmeeto.cli._types import device_name, nonneg_int, positive_int
+from rmeeto.argtypes import device_name, nonneg_int, positive_int
 from rmeeto.runtime import DTYPES
 
 HELP = "top-1/top-5 of a model (merged or not) on digits, an image folder or video clips, with GFLOPs and speed"

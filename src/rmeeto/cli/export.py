@@ -7,7 +7,7 @@ import sys
 
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments
-from rmeeto.cli._types import positive_int
+from rmeeto.argtypes import positive_int
 
 HELP = "export a merged or plain model for deployment (torch.export .pt2 or ONNX)"
 DESCRIPTION = """\

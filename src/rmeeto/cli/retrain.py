@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from rmeeto.cli import CLIError
-from rmeeto.cli._types import (auto_augment_policy, class_list_file, device_name, finite_float, nonneg_float,
+from rmeeto.argtypes import (auto_augment_policy, class_list_file, device_name, finite_float, nonneg_float,
                               nonneg_int, open_unit_float, positive_float, positive_int, positive_unit_float,
                               unit_float)
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rmeeto.backbones import default_interval, num_tokens_of, schedule_for
-from rmeeto.cli._types import comma_choices, comma_nonneg_ints, positive_int
+from rmeeto.argtypes import comma_choices, comma_nonneg_ints, positive_int
 from rmeeto.cli.eval import (
     add_model_data_arguments,
     build_eval_dataset,

@@ -1,4 +1,5 @@
-"""argparse value types shared by the commands: each rejects bad input with a message naming the bound."""
+"""argparse value types shared by the commands (rmeeto.cli) and the modules run with ``python -m``
+(rmeeto.bench_data): each rejects bad input with a message naming the bound."""
 
 from __future__ import annotations
 
