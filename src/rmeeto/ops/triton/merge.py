@@ -463,6 +463,22 @@ def _source_tokens(plan) -> Tensor:
     return q + (q >= plan.cls_index).long()
 
 
+def _kernel_inputs(hidden: Tensor, residual: Tensor, size: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """The merge kernels' inputs: both streams with unit channel stride, sizes as float32 [batch, L] in memory
+    (a dummy, never read, when there are none: the kernels' HAS_SIZE is off)."""
+    if hidden.stride(2) != 1:
+        hidden = hidden.contiguous()
+    if residual.stride(2) != 1:
+        residual = residual.contiguous()
+    if size is None:
+        s = hidden
+    elif size.dtype == torch.float32 and size.is_contiguous():
+        s = size  # [batch, L, 1] is [batch, L] in memory
+    else:
+        s = size.reshape(hidden.shape[0], hidden.shape[1]).float().contiguous()
+    return hidden, residual, s
+
+
 def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: Tensor, head: Tensor,
                nxt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Merge launcher: hidden, residual [batch, L, C], size [batch, L, 1] or None, the plan's per-slot lists (base,
@@ -470,16 +486,7 @@ def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: T
     size [batch, L - r, 1] float32)."""
     batch, L, C = hidden.shape
     num_out = base.shape[1]
-    if hidden.stride(2) != 1:
-        hidden = hidden.contiguous()
-    if residual.stride(2) != 1:
-        residual = residual.contiguous()
-    if size is None:
-        s = hidden  # dummy, never read (HAS_SIZE is off)
-    elif size.dtype == torch.float32 and size.is_contiguous():
-        s = size  # [batch, L, 1] is [batch, L] in memory
-    else:
-        s = size.reshape(batch, L).float().contiguous()
+    hidden, residual, s = _kernel_inputs(hidden, residual, size)
     dev = hidden.device
     h_out = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)
     r_out = torch.empty(batch, num_out, C, device=dev, dtype=residual.dtype)
@@ -501,16 +508,7 @@ def _merge_norm_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], ba
     without the merged streams' round trip through memory."""
     batch, L, C = hidden.shape
     num_out = base.shape[1]
-    if hidden.stride(2) != 1:
-        hidden = hidden.contiguous()
-    if residual.stride(2) != 1:
-        residual = residual.contiguous()
-    if size is None:
-        s = hidden  # dummy, never read (HAS_SIZE is off)
-    elif size.dtype == torch.float32 and size.is_contiguous():
-        s = size
-    else:
-        s = size.reshape(batch, L).float().contiguous()
+    hidden, residual, s = _kernel_inputs(hidden, residual, size)
     dev = hidden.device
     r_out = torch.empty(batch, num_out, C, device=dev, dtype=torch.float32)
     y = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)
