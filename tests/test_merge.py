@@ -337,3 +337,36 @@ def test_scan_metrics_drive_the_plan(metric, width):
     assert torch.equal(got["source"], expected)
     assert not torch.equal(got["source"], base["source"])  # a different metric gives a different plan
     assert model(x).shape == (2, 10)
+
+
+def test_merge_norm_fold_is_chosen_for_inference_only(monkeypatch):
+    """A merging block hands its residual add + RMSNorm to the fused merge (one kernel) only when nothing needs
+    a gradient, drop path is off (eval), the residual is float32 and the policy has both the norm kernel and
+    the fold on; the kernels themselves are checked bit for bit on GPU and under the interpreter."""
+    from rmeeto.merge import MergingBlock
+    from rmeeto.ops import policy
+
+    model = create_model("vim_digits_patch4_32", drop_path_rate=0.1)
+    apply_merge(model, MergeConfig(num_merged=2))
+    block = [b for b in model.layers if isinstance(b, MergingBlock)][-1]
+    assert block.drop_path.p > 0
+    switches = {"norm": True, "merge_norm": True}
+    monkeypatch.setattr(policy, "use_fused", lambda op, x, backend="auto": switches[op] and backend != "torch")
+    C = model.embed_dim
+    h, r = torch.randn(2, 9, C), torch.randn(2, 9, C)
+    model.eval()
+    assert not block._folds_norm(h, r)  # the norm weight needs a gradient
+    with torch.no_grad():
+        assert block._folds_norm(h, r)
+        assert not block._folds_norm(h, r.half())
+        for op in switches:
+            switches[op] = False
+            assert not block._folds_norm(h, r)
+            switches[op] = True
+        model.set_scan_backend("chunked")  # that model's PyTorch path: no kernel at all
+        assert not block._folds_norm(h, r)
+        model.set_scan_backend("auto")
+        model.train()  # drop path in effect
+        assert not block._folds_norm(h, r)
+    model.eval().requires_grad_(False)
+    assert block._folds_norm(h, r)  # frozen weights, plain tensors: nothing to differentiate
