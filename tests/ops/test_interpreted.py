@@ -122,40 +122,44 @@ def test_match_plan_equals_pytorch_plan(full):
 """)
 
 
-def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm():
+def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm(full):
     """The inference kernel that merges, adds the merged streams and normalises (match_merge_add_norm) returns
     exactly what the merge kernel followed by the norm kernel returns: fp32 and fp16 hidden states, with and
     without sizes, both layouts, a row tile with several rows (C=24, 40) and with one channel block (C=192),
     and a tie-heavy metric routing many sources to one slot, so rows of one tile walk lists of other lengths.
-    It refuses a residual that is not float32 and inputs that need a gradient."""
-    run_interpreted("""
+    It refuses a residual that is not float32 and inputs that need a gradient. (Default tier: each case in
+    one dtype, alternating; the full tier: both.)"""
+    run_interpreted(f"""
         import sys, torch
         from rmeeto.merge import plan_cls_index
         from rmeeto.ops.triton import merge as mt, norm as nt
         torch.manual_seed(0)
         bad = []
-        for dtype in (torch.float32, torch.float16):
-            for (B, L, C, cls, r, ties) in ((2, 33, 24, 16, 6, False), (3, 20, 192, 0, 9, False),
-                                            (1, 17, 40, 8, 1, False), (2, 65, 24, 32, 30, True)):
-                for ordered in (True, False):
-                    for with_size in (False, True):
-                        h = torch.randn(B, L, C).to(dtype)
-                        res = torch.randn(B, L, C)
-                        size = torch.randint(1, 4, (B, L, 1)).float() if with_size else None
-                        w = (torch.rand(C) + 0.5).to(dtype)
-                        metric = h
-                        if ties:
-                            metric = (torch.nn.functional.one_hot(torch.randint(0, 2, (B, L)), C)
-                                      * torch.randint(1, 4, (B, L, 1))).to(dtype)
-                        new_cls = plan_cls_index(cls, L, r, ordered)
-                        (hm, rm), s1 = mt.match_merge_fused(h, res, size, metric, cls, r, new_cls, ordered)
-                        ro1, y1, _ = nt._norm_fwd(hm, rm, w, None, 1e-5)
-                        ro2, y2, s2 = mt.match_merge_add_norm(h, res, size, metric, cls, r, new_cls, ordered, w, 1e-5)
-                        if ties and int(s1.max()) < 6:
-                            bad.append(("ties did not make long lists", int(s1.max())))
-                        same = [torch.equal(a, b) for a, b in ((ro1, ro2), (y1, y2), (s1, s2))]
-                        if not all(same) or y2.dtype != dtype or ro2.dtype != torch.float32:
-                            bad.append((dtype, B, L, C, cls, r, ties, ordered, with_size, same))
+        cases = ((2, 33, 24, 16, 6, False), (3, 20, 192, 0, 9, False), (1, 17, 40, 8, 1, False),
+                 (2, 65, 24, 32, 30, True))
+        dtypes = (torch.float32, torch.float16)
+        runs = [(d, c) for d in dtypes for c in cases] if {full!r} else [(dtypes[i % 2], c)
+                                                                          for i, c in enumerate(cases)]
+        for dtype, (B, L, C, cls, r, ties) in runs:
+            for ordered in (True, False):
+                for with_size in (False, True):
+                    h = torch.randn(B, L, C).to(dtype)
+                    res = torch.randn(B, L, C)
+                    size = torch.randint(1, 4, (B, L, 1)).float() if with_size else None
+                    w = (torch.rand(C) + 0.5).to(dtype)
+                    metric = h
+                    if ties:
+                        metric = (torch.nn.functional.one_hot(torch.randint(0, 2, (B, L)), C)
+                                  * torch.randint(1, 4, (B, L, 1))).to(dtype)
+                    new_cls = plan_cls_index(cls, L, r, ordered)
+                    (hm, rm), s1 = mt.match_merge_fused(h, res, size, metric, cls, r, new_cls, ordered)
+                    ro1, y1, _ = nt._norm_fwd(hm, rm, w, None, 1e-5)
+                    ro2, y2, s2 = mt.match_merge_add_norm(h, res, size, metric, cls, r, new_cls, ordered, w, 1e-5)
+                    if ties and int(s1.max()) < 6:
+                        bad.append(("ties did not make long lists", int(s1.max())))
+                    same = [torch.equal(a, b) for a, b in ((ro1, ro2), (y1, y2), (s1, s2))]
+                    if not all(same) or y2.dtype != dtype or ro2.dtype != torch.float32:
+                        bad.append((dtype, B, L, C, cls, r, ties, ordered, with_size, same))
         h, res, w = torch.randn(1, 9, 16), torch.randn(1, 9, 16), torch.ones(16)
         for args, error in (((h, res.half()), ValueError), ((h.clone().requires_grad_(), res), RuntimeError)):
             try:
