@@ -354,19 +354,23 @@ def test_merge_norm_fold_is_chosen_for_inference_only(monkeypatch):
     monkeypatch.setattr(policy, "use_fused", lambda op, x, backend="auto": switches[op] and backend != "torch")
     C = model.embed_dim
     h, r = torch.randn(2, 9, C), torch.randn(2, 9, C)
+
+    def folds(residual):  # as the block's forward asks: with the backend of its scan
+        return block._folds_norm(h, residual, policy.op_backend(block.mixer.scan_backend))
+
     model.eval()
-    assert not block._folds_norm(h, r)  # the norm weight needs a gradient
+    assert not folds(r)  # the norm weight needs a gradient
     with torch.no_grad():
-        assert block._folds_norm(h, r)
-        assert not block._folds_norm(h, r.half())
+        assert folds(r)
+        assert not folds(r.half())
         for op in switches:
             switches[op] = False
-            assert not block._folds_norm(h, r)
+            assert not folds(r)
             switches[op] = True
         model.set_scan_backend("chunked")  # that model's PyTorch path: no kernel at all
-        assert not block._folds_norm(h, r)
+        assert not folds(r)
         model.set_scan_backend("auto")
         model.train()  # drop path in effect
-        assert not block._folds_norm(h, r)
+        assert not folds(r)
     model.eval().requires_grad_(False)
-    assert block._folds_norm(h, r)  # frozen weights, plain tensors: nothing to differentiate
+    assert folds(r)  # frozen weights, plain tensors: nothing to differentiate

@@ -405,16 +405,16 @@ class MergingBlock(Block):
 
     merge: _LayerMerge
 
-    def _folds_norm(self, hidden: Tensor, residual: Tensor) -> bool:
+    def _folds_norm(self, hidden: Tensor, residual: Tensor, backend: str) -> bool:
         """Whether the fused merge also does this block's residual add + RMSNorm (one kernel): inference (no
-        gradient, no drop path), a float32 residual, the norm kernel and the switch ``merge_norm`` on
-        (rmeeto.ops.policy), and not under torch.compile (which sees the two custom ops)."""
+        gradient, no drop path), a float32 residual, the norm kernel and the switch ``merge_norm`` on for
+        ``backend`` (rmeeto.ops.policy.op_backend of this block's scan), not under torch.compile (which sees the
+        two custom ops)."""
         if torch.compiler.is_compiling() or self.drop_path.drop_prob > 0 or not self.residual_in_fp32:
             return False
         if torch.is_grad_enabled() and (hidden.requires_grad or residual.requires_grad
                                         or self.norm.weight.requires_grad):
             return False
-        backend = policy.op_backend(self.mixer.scan_backend)
         return (residual.dtype == torch.float32 and policy.use_fused("norm", hidden, backend)
                 and policy.use_fused("merge_norm", hidden, backend))
 
@@ -426,13 +426,14 @@ class MergingBlock(Block):
             state = TokenState(state.cls_index, *rest)
         if cfg.num_merged > 0 and residual is not None:
             metric = hidden if cfg.metric == "x" else state.metric
-            fused = _use_fused(hidden, cfg, policy.op_backend(self.mixer.scan_backend))
+            backend = policy.op_backend(self.mixer.scan_backend)
+            fused = _use_fused(hidden, cfg, backend)
             L = hidden.shape[1]
             r = max(0, min(cfg.num_merged, (L - 1) // 2))
             if fused and r > 0 and cfg.distance == "cosine" and cfg.choose == 1 and state.source is None:
                 # matching and merge in three kernel launches (rmeeto.ops.triton.merge)
                 new_cls = plan_cls_index(state.cls_index, L, r, cfg.ordered)
-                if self._folds_norm(hidden, residual):
+                if self._folds_norm(hidden, residual, backend):
                     # inference: merge, residual add and RMSNorm in one kernel after the plan's two
                     residual, normed, size = merge_triton.match_merge_add_norm(
                         hidden, residual, state.size, metric, state.cls_index, r, new_cls, cfg.ordered,

@@ -755,6 +755,15 @@ def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     return _plan_lists(metric, cls_index, num_merged, new_cls_index, ordered)[:4]
 
 
+def _inference_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
+    """The per-slot lists (base, head, next) a merge kernel reads, made in the workspace kept for this shape
+    and stream (no gradient: they live only until the merge kernel queued next has read them)."""
+    batch, L, _ = metric.shape
+    workspace = _reused_workspace(batch, L, num_merged, metric.device)
+    _, base, _src, _sdst, head, nxt = _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace)
+    return base, head, nxt
+
+
 def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
                       num_merged: int, new_cls_index: int, ordered: bool):
     """The whole default merging step in three kernel launches: :func:`match_plan` on ``metric`` (cosine,
@@ -770,9 +779,7 @@ def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], 
         dest, base, _src, _sdst, head, nxt = _plan_lists(metric, cls_index, num_merged, new_cls_index, ordered)
         h, r, s = _merge(hidden, residual, size, dest, base, head, nxt)
         return (h, r), s
-    batch, L, _ = metric.shape
-    workspace = _reused_workspace(batch, L, num_merged, metric.device)
-    _, base, _src, _sdst, head, nxt = _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace)
+    base, head, nxt = _inference_lists(metric, cls_index, num_merged, new_cls_index, ordered)
     h, r, s = _merge_fwd(hidden, residual, size, base, head, nxt)
     return (h, r), s
 
@@ -787,7 +794,5 @@ def match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor
         raise RuntimeError("match_merge_add_norm is inference only: call it under torch.no_grad()")
     if residual.dtype != torch.float32:
         raise ValueError(f"match_merge_add_norm needs a float32 residual, got {residual.dtype}")
-    batch, L, _ = metric.shape
-    workspace = _reused_workspace(batch, L, num_merged, metric.device)
-    _, base, _src, _sdst, head, nxt = _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace)
+    base, head, nxt = _inference_lists(metric, cls_index, num_merged, new_cls_index, ordered)
     return _merge_norm_fwd(hidden, residual, size, base, head, nxt, weight, eps)
