@@ -45,6 +45,8 @@ def main():
     for which, single, bidir, cfg in (("fwd", ts._scan_fwd_kernel, ts._scan_bidir_fwd_kernel, ts.FWD_CONFIG),
                                       ("bwd", ts._scan_bwd_kernel, ts._scan_bidir_bwd_kernel, ts.BWD_CONFIG)):
         tiles = dict(BLOCK_D=cfg["BLOCK_D"], CHUNK=cfg["CHUNK"])
+        if which == "fwd":
+            tiles["PREFETCH"] = cfg.get("prefetch", False)
         total = collections.Counter()
         for reverse in (False, True):
             ck = cs.compile_kernel(single, dict(flags, REVERSE=reverse, **tiles), a.dtype, 90, cfg["num_warps"])

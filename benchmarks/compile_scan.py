@@ -105,6 +105,8 @@ def main():
                    help="how B / C are read (scan._bc_mode): 2 16-bit vector rows (Vim-S / B in 16 bits), 1 16-bit "
                    "pairs, 3 float32 vector rows (--dtype fp32), 0 one element at a time; default: the vector rows "
                    "of --dtype")
+    p.add_argument("--fwd-prefetch", type=int, default=None, choices=[0, 1],
+                   help="the forward kernels with PREFETCH off / on (default: FWD_CONFIG's)")
     p.add_argument("--dump", default=None, help="write ttgir/ptx of both kernels with this path prefix")
     a = p.parse_args()
     if a.pack is None:
@@ -127,6 +129,10 @@ def main():
         if which.startswith("xlane"):
             flags.update(XLANE=True, REUSE_BC=cfg.get("reuse_bc", True) and not a.reload_bc,
                          PREFETCH=cfg.get("prefetch", False) or a.prefetch)
+        if which.endswith("fwd"):
+            flags["PREFETCH"] = cfg.get("prefetch", False) if a.fwd_prefetch is None else bool(a.fwd_prefetch)
+        elif not which.startswith("xlane"):
+            flags.pop("PREFETCH", None)
         if arg:
             bd, ch, nw = (int(x) for x in arg.split(","))
         else:

@@ -47,9 +47,10 @@ def _compile(kernel, consts: dict, num_warps: int):
 # (BLOCK_D, CHUNK, num_warps): one channel per lane, as the single-warp and multi-warp candidates use
 @pytest.mark.parametrize("cfg", [(32, 2, 1), (64, 4, 2)])
 @pytest.mark.parametrize("bidir", [False, True], ids=["fwd", "bidir_fwd"])
-def test_forward_keeps_chunk_and_state_in_thread(cfg, bidir):
+@pytest.mark.parametrize("prefetch", [False, True], ids=["", "prefetch"])
+def test_forward_keeps_chunk_and_state_in_thread(cfg, bidir, prefetch):
     bd, chunk, nw = cfg
-    consts = dict(FLAGS, BLOCK_D=bd, CHUNK=chunk)
+    consts = dict(FLAGS, BLOCK_D=bd, CHUNK=chunk, PREFETCH=prefetch)
     if bidir:
         kernel = ts._scan_bidir_fwd_kernel
     else:

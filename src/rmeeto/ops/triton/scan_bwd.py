@@ -83,8 +83,8 @@ if _scan._HAS_TRITON:
     import triton.language as tl
 
     from rmeeto.ops.triton.scan import (
-        _BIDIR_NOSPEC, _SCAN_NOSPEC, _advance, _chunk_pos, _load_pair, _pick,
-        _pick3, _put, _step_dt,
+        _BIDIR_NOSPEC, _SCAN_NOSPEC, _advance, _chunk_pos, _dot_state, _load_pair, _pick,
+        _pick3, _put, _sigmoid, _step_dt,
     )
 
     @triton.jit
@@ -331,14 +331,14 @@ if _scan._HAS_TRITON:
                 Ce, Co = _load_pair(C_base, tj, sC_l, s_C_n, offs_h, dstate, vj, PACK, False)
                 he, ho = _advance(he, ho, A2e, A2o, _pick(dt, offs_j, j)[None, :], _pick(dtu, offs_j, j)[None, :],
                                   Be, Bo)
-                yj = tl.sum(he * Ce[:, None], axis=0) + tl.sum(ho * Co[:, None], axis=0)
+                yj = _dot_state(he, ho, Ce, Co, NP)
                 hse = tl.where(offs_j[:, None, None] == j, he[None, :, :], hse)
                 hso = tl.where(offs_j[:, None, None] == j, ho[None, :, :], hso)
                 y = _put(y, offs_j, j, yj)
             if HAS_D:
                 y += Dv[None, :] * u
             if HAS_Z:
-                sz = tl.sigmoid(zz)
+                sz = _sigmoid(zz)
                 dy = dout * zz * sz
                 dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
                 _store_rows(dz_base, c, L, offs_d, so_l, s_o_d, dz, mask_d, CHUNK, REVERSE)
@@ -385,7 +385,7 @@ if _scan._HAS_TRITON:
                 du += Dv[None, :] * dy
                 dD_acc += tl.sum(dy * u, axis=0)
             if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(xd)
+                ddt = ddt * _sigmoid(xd)
             ddt = tl.where(m2, ddt, 0.0)
             db_acc += tl.sum(ddt, axis=0)
             _store_rows(du_base, c, L, offs_d, so_l, s_o_d, du, mask_d, CHUNK, REVERSE)
