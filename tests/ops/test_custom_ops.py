@@ -169,12 +169,12 @@ def test_no_graph_break_on_the_fused_path_under_the_interpreter():
                 ops_seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
                 return gm
             torch._dynamo.reset()
-            explanation = torch._dynamo.explain(model)(x)
-            if explanation.graph_break_count != 0:
-                bad.append((merged, "breaks", explanation.break_reasons))
-            torch._dynamo.reset()
             with torch.no_grad():
-                got = torch.compile(model, backend=backend, fullgraph=True)(x)
+                try:  # fullgraph: any graph break raises, naming its reason
+                    got = torch.compile(model, backend=backend, fullgraph=True)(x)
+                except Exception as e:
+                    bad.append((merged, "graph break", str(e)[:2000]))
+                    continue
                 want = model(x)
             need = {"rmeeto.selective_scan", "rmeeto.conv_silu", "rmeeto.add_rms_norm"}
             if merged:

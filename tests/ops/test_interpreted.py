@@ -461,7 +461,7 @@ def test_scan_forward_prefetch_gives_the_same_bits(full):
     the test counts the calls that prefetched. Cases: fp32 / fp16 (bf16: see the module docstring), with and without
     z, D, delta_bias, softplus and A_log; lengths 1, below, at and across chunks; channels not a multiple of the
     block; even (B / C packed) and odd dstate; channels-last views and contiguous tensors. Buffers are
-    NaN-poisoned, so an element one version leaves unwritten fails. The default tier runs three of the cases."""
+    NaN-poisoned, so an element one version leaves unwritten fails. The default tier runs two of the cases."""
     run_interpreted(f"""
         import sys, torch
         from rmeeto.ops.triton import scan as ts
@@ -492,7 +492,7 @@ def test_scan_forward_prefetch_gives_the_same_bits(full):
             (torch.float16, (1, 40, 5, 3), False, True, False, True, False, True),
             (torch.float16, (1, 33, 16, 4), True, False, True, False, True, False),
         ]
-        for case in (cases if FULL else cases[:3]):
+        for case in (cases if FULL else cases[:2]):
             dtype, (b, d, n, L), cl, has_z, has_D, has_bias, softplus, a_is_log = case
             f = inputs(b, d, n, L, dtype, cl, a_is_log, g)
             r = inputs(b, d, n, L, dtype, cl, a_is_log, g)
@@ -521,7 +521,7 @@ def test_scan_forward_prefetch_gives_the_same_bits(full):
                     bad.append((str(dtype), (b, d, n, L), case[2:], name, arg))
         print("compared", count, "launcher calls,", prefetched, "of them prefetching")
         print("FAILURES", bad)
-        sys.exit(1 if bad or count < (28 if FULL else 12) or prefetched < (8 if FULL else 4) else 0)
+        sys.exit(1 if bad or count < (28 if FULL else 8) or prefetched < (8 if FULL else 4) else 0)
     """)
 
 
@@ -557,7 +557,8 @@ def test_scan_softplus_and_sigmoid_helpers():
         if not (tail[0] == 40.0 and tail[1] == 100.0 and tail[2] == 1e30):
             bad.append(("softplus of large x", tail[:3].tolist()))
         for v, xv in zip(tail[3:].double(), (-60.0, -80.0)):
-            if not abs(v - torch.exp(torch.tensor(xv, dtype=torch.float64))) <= 1e-5 * torch.exp(torch.tensor(xv, dtype=torch.float64)):
+            want = torch.exp(torch.tensor(xv, dtype=torch.float64))
+            if not abs(v - want) <= 1e-5 * want:
                 bad.append(("softplus of very negative x", xv, v.item()))
         if not (torch.isnan(sp[-1]) and torch.isnan(sg[-1])):
             bad.append(("NaN", sp[-1].item(), sg[-1].item()))

@@ -68,8 +68,9 @@ __all__ = [
 ]
 
 # Tile configuration: BLOCK_D channels per program (one or more per thread: BLOCK_D / (32 * num_warps)),
-# CHUNK tokens loaded per step of the time loop; the forward's ``prefetch`` (default off) issues the next chunk's
-# loads of u / delta / z before each step's math. benchmarks/tuned_bench.py sweeps CANDIDATE_FWD and overrides
+# CHUNK tokens loaded per step of the time loop; the forward's ``prefetch`` (off when absent) issues the next chunk's
+# loads of u / delta / z before each step's math, where the launchers allow it (:func:`_prefetches`: 16-bit
+# vector B / C rows only). benchmarks/tuned_bench.py sweeps CANDIDATE_FWD and overrides
 # FWD_CONFIG; tests/ops/test_gpu_scan.py checks every candidate for correctness.
 # FWD_CONFIG, measured on an H200 (thirteenth session, benchmarks/tuned_bench.py: two-direction forward, batch 128,
 # 197 tokens, fp16, after the softplus / C . h instruction cuts), us at 384 / 768 / 1536 channels (Vim-Ti/S/B):
