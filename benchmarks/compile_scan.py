@@ -8,6 +8,7 @@ shared/local memory traffic). Lets tile configurations be judged before spending
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import re
 import subprocess
@@ -19,6 +20,8 @@ from triton.compiler import ASTSource
 
 from rmeeto.ops.triton import scan as ts
 from rmeeto.ops.triton import scan_bwd as tsb
+
+SASS = False  # --sass: also disassemble each kernel and count its longest loop's instructions
 
 PTX_OPS = {
     "ex2": r"\bex2\.", "lg2": r"\blg2\.", "shfl": r"\bshfl\.", "bar": r"\bbar\.sync|\bbarrier\.",
@@ -80,12 +83,50 @@ def _ptxas_usage(ptx: str, arch) -> str:
     return f"regs={regs.group(1) if regs else '?'} spill_bytes={spill.group(1) if spill else '?'}"
 
 
+def sass_loops(cubin: bytes, arch) -> list:
+    """The loops of a compiled kernel's SASS (nvdisasm from the Triton wheel): for every backward branch, the
+    instructions from its target label to the branch, as (count, Counter of opcodes without modifiers), longest
+    first. A kernel that steps through tokens in one loop spends its time in the first."""
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        res = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    return loops_of(res.stdout)
+
+
+def loops_of(sass: str) -> list:
+    """sass_loops on nvdisasm's text (separate for tests)."""
+    ops, labels, loops = [], {}, []
+    for line in sass.splitlines():
+        lab = re.match(r"^(\.L_x_\d+):", line)
+        if lab:
+            labels[lab.group(1)] = len(ops)
+            continue
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s*(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)[\w.]*(.*)", line)
+        if not m:
+            continue
+        ops.append(m.group(1))
+        tgt = re.search(r"`\((\.L_x_\d+)\)", m.group(2)) if m.group(1) == "BRA" else None
+        if tgt and tgt.group(1) in labels and labels[tgt.group(1)] < len(ops):
+            body = ops[labels[tgt.group(1)]:]
+            loops.append((len(body), collections.Counter(body)))
+    return sorted(loops, key=lambda x: -x[0])
+
+
 def report(name, ck):
     ptx = ck.asm["ptx"]
     counts = {k: len(re.findall(v, ptx)) for k, v in PTX_OPS.items()}
     md = ck.metadata
     print(f"{name}: shared={md.shared} B {_ptxas_usage(ptx, md.target.arch)} "
           + " ".join(f"{k}={v}" for k, v in counts.items()))
+    if SASS and "cubin" in ck.asm:
+        loops = sass_loops(ck.asm["cubin"], md.target.arch)
+        if loops:
+            n, hist = loops[0]
+            print(f"    longest loop: {n} SASS instructions: " + " ".join(f"{k}={v}" for k, v in hist.most_common(12)))
     return ck
 
 
@@ -107,8 +148,12 @@ def main():
                    "of --dtype")
     p.add_argument("--fwd-prefetch", type=int, default=None, choices=[0, 1],
                    help="the forward kernels with PREFETCH off / on (default: FWD_CONFIG's)")
+    p.add_argument("--sass", action="store_true", help="also count the SASS instructions of each kernel's longest "
+                   "loop (its time step), by opcode; nvdisasm ships with Triton")
     p.add_argument("--dump", default=None, help="write ttgir/ptx of both kernels with this path prefix")
     a = p.parse_args()
+    global SASS
+    SASS = a.sass
     if a.pack is None:
         a.pack = 3 if a.dtype == "fp32" else 2
     if (a.pack == 3) != (a.dtype == "fp32") and a.pack != 0:
@@ -129,7 +174,7 @@ def main():
         if which.startswith("xlane"):
             flags.update(XLANE=True, REUSE_BC=cfg.get("reuse_bc", True) and not a.reload_bc,
                          PREFETCH=cfg.get("prefetch", False) or a.prefetch)
-        if which.endswith("fwd"):
+        if which.endswith("fwd") and "PREFETCH" in kernel.arg_names:  # (older trees' forwards have none)
             flags["PREFETCH"] = cfg.get("prefetch", False) if a.fwd_prefetch is None else bool(a.fwd_prefetch)
         elif not which.startswith("xlane"):
             flags.pop("PREFETCH", None)
