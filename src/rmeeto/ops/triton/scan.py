@@ -169,17 +169,16 @@ if _HAS_TRITON:
     def _dot_state(he, ho, Ce, Co, NP: tl.constexpr):
         """C . h over the dstate axis of the state halves he, ho [NP/2, BLOCK_D] (Ce, Co: [NP/2]) -> [BLOCK_D]:
         two chains of in-thread multiply-adds (even entries, odd entries) joined at the end, 17 instructions a
-        channel where tl.sum's pairwise tree of products costs ~24. Picking row k is free: the selects have
-        constant conditions per register and x + -0.0 == x."""
+        channel where tl.sum's pairwise tree of products costs ~24. Picking row k (_pick) is free: the selects
+        have constant conditions per register and x + -0.0 == x."""
         pe = he * Ce[:, None]
         po = ho * Co[:, None]
-        rows = tl.arange(0, NP // 2)[:, None]
-        nz = _neg_zero(pe)
-        ye = tl.sum(tl.where(rows == 0, pe, nz), axis=0)
-        yo = tl.sum(tl.where(rows == 0, po, nz), axis=0)
+        rows = tl.arange(0, NP // 2)
+        ye = _pick(pe, rows, 0)
+        yo = _pick(po, rows, 0)
         for k in tl.static_range(1, NP // 2):
-            ye += tl.sum(tl.where(rows == k, pe, nz), axis=0)
-            yo += tl.sum(tl.where(rows == k, po, nz), axis=0)
+            ye += _pick(pe, rows, k)
+            yo += _pick(po, rows, k)
         return ye + yo
 
     @triton.jit
