@@ -14,8 +14,8 @@ Per shape, all in fp16 metric / hidden with a float32 residual (as the models ru
 It calls only ``match_plan`` and ``match_merge_fused`` by name, so it runs against older checkouts too
 (before/after: run it in both with PYTHONPATH pointing at each ``src``):
 
-    PYTHONPATH=src python benchmarks/bench_merge_gpu.py [--video-schedule] [--partner-tiles] [--reps 50]
-        [--json out.json]
+    PYTHONPATH=src python benchmarks/bench_merge_gpu.py [--video-schedule] [--partner-tiles] [--match-tiles]
+        [--only-sweeps] [--reps 50] [--json out.json]
 """
 
 from __future__ import annotations
@@ -139,6 +139,46 @@ def sweep_partner_tiles(reps):
     return best
 
 
+MATCH_SHAPES = {  # Vim-Ti / S / B merging layers at batch 128: the first (197 tokens) and the last (87 or 147)
+    "vim_ti_first": (128, 197, 192, 98, 5), "vim_ti_last": (128, 147, 192, 73, 5),
+    "vim_s_first": (128, 197, 384, 98, 11), "vim_s_last": (128, 87, 384, 43, 11),
+    "vim_b_first": (128, 197, 768, 98, 11), "vim_b_last": (128, 87, 768, 43, 11),
+}
+
+
+def sweep_match_tiles(reps):
+    """Graphed match_plan and match_merge_fused, the two-kernel path (best partner, plan) against the one-launch
+    match kernel in each tiling of ``MATCH_TILES``, at Vim-Ti / S / B merging-layer shapes; every path must
+    write the two-kernel path's destination map. Leaves MATCH_CONFIG as found."""
+    if not hasattr(mt, "MATCH_TILES"):
+        print("--match-tiles: this checkout has no one-launch match kernel; skipped")
+        return {}
+    found = dict(mt.MATCH_CONFIG)
+    best = {}
+    for name, (batch, L, C, cls, r) in MATCH_SHAPES.items():
+        hidden = torch.randn(batch, L, C, device="cuda", dtype=torch.float16)
+        residual = torch.randn(batch, L, C, device="cuda", dtype=torch.float32)
+        new_cls = plan_cls_index(cls, L, r, True)
+        plan = lambda: mt.match_plan(hidden, cls, r, new_cls, True)  # noqa: E731
+        merge = lambda: mt.match_merge_fused(hidden, residual, None, hidden, cls, r, new_cls, True)  # noqa: E731
+        times = {}
+        ref = None
+        for tiles in [None] + list(mt.MATCH_TILES):
+            mt.MATCH_CONFIG.update(found, fused=tiles is not None)
+            if tiles is not None:
+                mt.MATCH_CONFIG.update(small=tiles, large=tiles)
+            dest = plan()[0]
+            ref = dest if ref is None else ref
+            times[tiles] = (1e3 * _event_ms(_graphed(plan), reps, 10), 1e3 * _event_ms(_graphed(merge), reps, 10))
+            label = "two kernels" if tiles is None else f"one launch {tiles}"
+            print(f"{name} L={L} C={C}: {label}: match_plan graphed {times[tiles][0]:.1f} us, match+merge "
+                  f"{times[tiles][1]:.1f} us{'' if torch.equal(dest, ref) else '  PLAN DIFFERS FROM TWO KERNELS'}")
+        best[name] = min(times, key=lambda k: times[k][0])
+        print(f"{name}: fastest {best[name] or 'two kernels'}")
+        mt.MATCH_CONFIG.update(found)
+    return best
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=50)
@@ -146,11 +186,14 @@ def main(argv=None):
                     help="every merging layer of VideoMamba-S f8 at r=88 (1569, 1481, ..., 689 tokens)")
     ap.add_argument("--partner-tiles", action="store_true",
                     help="also time every best-partner tiling (rmeeto.ops.triton.merge.PARTNER_TILES)")
+    ap.add_argument("--match-tiles", action="store_true",
+                    help="also time the one-launch match kernel in every tiling (MATCH_TILES) against two kernels")
+    ap.add_argument("--only-sweeps", action="store_true", help="skip the default shapes, run only the sweeps asked")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, module {mt.__file__}")
     rows = []
-    for name, (batch, L, C, cls, r) in SHAPES.items():
+    for name, (batch, L, C, cls, r) in ({} if args.only_sweeps else SHAPES).items():
         lengths = [L - r * k for k in range(11)] if name.startswith("video") and args.video_schedule else [L]
         for k, n in enumerate(lengths):
             res = bench_layer(batch, n, C, cls, r, with_size=k > 0, reps=args.reps)
@@ -168,6 +211,8 @@ def main(argv=None):
         print(f"videomamba_s_f8 whole schedule (11 merging layers), graphed: {total:.1f} us per forward")
     if args.partner_tiles:
         sweep_partner_tiles(args.reps)
+    if args.match_tiles:
+        sweep_match_tiles(args.reps)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -1,6 +1,6 @@
 """Compile the fused-merge Triton kernels for an NVIDIA target without a GPU and print registers, spills, shared
 memory and PTX instruction counts (as benchmarks/compile_scan.py does for the scan), for every best-partner
-tiling in ``PARTNER_TILES`` and the plan and merge kernels at Vim-S shapes.
+tiling in ``PARTNER_TILES``, every tiling of the one-launch match kernel in ``MATCH_TILES`` and the plan and merge kernels at Vim-S shapes.
 
     PYTHONPATH=src python benchmarks/compile_merge.py [--arch 90] [--dtype fp16]
 """
@@ -47,6 +47,11 @@ def main():
         consts = dict(IEEE=a.dtype == "fp32", BLOCK_T=tile_a, BLOCK_C=step_c, BLOCK_J=tile_b, NORM_C=32)
         report(f"best_partner tiles {(tile_a, tile_b, step_c, warps, stages)}",
                compile_kernel(tm._best_partner_kernel, consts, a.dtype, a.arch, warps, stages))
+    for tile_a, tile_b, step_c, warps, unroll, plan_t in getattr(tm, "MATCH_TILES", []):
+        consts = dict(IEEE=a.dtype == "fp32", ORDERED=True, BLOCK_T=tile_a, BLOCK_C=step_c, BLOCK_J=tile_b,
+                      NORM_C=32, PLAN_T=plan_t, BLOCK_A=128, BLOCK_K=32, UNROLL=unroll)
+        report(f"match (partner + plan) tiles {(tile_a, tile_b, step_c, warps, unroll, plan_t)}",
+               compile_kernel(tm._match_kernel, consts, a.dtype, a.arch, warps, 1))
     for ordered in (True, False):
         consts = dict(ORDERED=ordered, BLOCK_T=tm._PLAN_TILE, BLOCK_A=128, BLOCK_K=32)
         report(f"plan ordered={ordered} (98 sources)", compile_kernel(tm._plan_kernel, consts, a.dtype, a.arch, 4, 3))

@@ -431,7 +431,7 @@ class MergingBlock(Block):
             L = hidden.shape[1]
             r = max(0, min(cfg.num_merged, (L - 1) // 2))
             if fused and r > 0 and cfg.distance == "cosine" and cfg.choose == 1 and state.source is None:
-                # matching and merge in three kernel launches (rmeeto.ops.triton.merge)
+                # matching and merge in two kernel launches (rmeeto.ops.triton.merge)
                 new_cls = plan_cls_index(state.cls_index, L, r, cfg.ordered)
                 if self._folds_norm(hidden, residual, backend):
                     # inference: merge, residual add and RMSNorm in one kernel after the plan's two

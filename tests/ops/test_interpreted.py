@@ -31,7 +31,8 @@ def test_match_plan_equals_pytorch_plan(full):
     tie-heavy metrics included: ties are broken the same way); the per-slot source lists are those of
     source_lists on PyTorch's plan; the fused merge matches merge_streams, gradients included. Long
     sequences (video: 785 and 1569 tokens, r=88, batch 1-2) run the plan kernel over many source tiles and
-    more merged sources than one chunk. (Scores are summed in another order than PyTorch's matmul, so
+    more merged sources than one chunk. Sequences of at most 256 sources take the one-launch match kernel;
+    in the full tier they also run through the two kernels, and every tiling of both paths is checked. (Scores are summed in another order than PyTorch's matmul, so
     tie-heavy data is built to give exact scores.)"""
     run_interpreted(f"""
     import sys, torch
@@ -50,7 +51,10 @@ def test_match_plan_equals_pytorch_plan(full):
         runs = [((torch.float32, torch.float16)[(i + j) % 2], case, ties) for i, case in enumerate(cases)
                 for j, ties in enumerate((False, True, "signed"))]
         runs += [(long_cases[1][-1], tuple(long_cases[1][:-1]), True)]
-    for dtype, (B, L, C, cls, r), ties in runs:
+    if {full!r}:  # the short cases again through the two kernels (best partner, plan)
+        runs += [(dtype, case, ties, False) for dtype, case, ties in runs if case[1] // 2 <= mt._LONG_SOURCES]
+    for dtype, (B, L, C, cls, r), ties, *two in runs:
+        mt.MATCH_CONFIG["fused"] = not two
         for ordered in (True, False):
             # ties: every row a positive multiple of one of 3 basis vectors, so scores are exactly 0 or 1
             # whatever the summation order, and most sources tie for the best partner and best score
@@ -76,17 +80,26 @@ def test_match_plan_equals_pytorch_plan(full):
             merged_tok = ref[2].long()
             if not (torch.equal(k_head, head) and torch.equal(k_next.gather(1, merged_tok), nxt.gather(1, merged_tok))):
                 failures.append(("lists", dtype, B, L, C, cls, r, ordered, ties))
-    # every best-partner tiling offered to the benchmark's sweep makes the same plan
-    for tiles in mt.PARTNER_TILES[1:]:
-        mt.PARTNER_CONFIG["short"] = tiles
+    mt.MATCH_CONFIG["fused"] = True
+    # every tiling offered to the benchmark's sweeps makes the same plan: the two-kernel path's best-partner
+    # tilings (short sequences take the one-launch kernel by default: switched off here), then the one-launch
+    # kernel's tilings (64-source tiles: several tiles in both of its steps)
+    sweeps = [("short", tiles, False) for tiles in mt.PARTNER_TILES] + [("match", tiles, True) for tiles in mt.MATCH_TILES]
+    for table, tiles, fused in sweeps:
+        mt.MATCH_CONFIG["fused"] = fused
+        if fused:
+            mt.MATCH_CONFIG.update(small=tiles, large=tiles)
+        else:
+            mt.PARTNER_CONFIG["short"] = tiles
         for ties in (False, True):
             m = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 197)), 40) if ties else torch.randn(2, 197, 40)
             m = m.half()
             plan = bipartite_match(m, 98, 11)
             dest = mt.destination_map(plan, 197, True)
             if not torch.equal(mt.match_plan(m, 98, 11, plan.new_cls_index, True)[0], dest):
-                failures.append(("tiles", tiles, ties))
+                failures.append(("tiles", table, tiles, ties))
     mt.PARTNER_CONFIG["short"] = mt.PARTNER_TILES[0]
+    mt.MATCH_CONFIG.update(fused=True, small=mt.MATCH_TILES[1], large=mt.MATCH_TILES[0])  # the defaults
     # the whole fused merge with sizes, and its backward
     B, L, C, cls, r = 2, 33, 24, 16, 6
     for ordered in (True, False):

@@ -241,3 +241,34 @@ def test_match_plan_half_is_a_valid_plan(dtype, ordered, ties):
         ref = merge_triton.destination_map(plan, L, ordered)
         same = (ref == dest).all(-1).float().mean().item()
         assert same >= 0.75, f"only {same:.0%} of the batch has PyTorch's plan"
+
+
+@pytest.mark.skipif(not merge_triton.is_available(), reason="needs CUDA and Triton")
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("C", [192, 384, 768])
+def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
+    """The one-program-per-batch-element match kernel (best partner and plan in one launch, every tiling in
+    MATCH_TILES) writes the same plan and lists as the best-partner kernel followed by the plan kernel, at the
+    shapes of Vim-Ti / S / B's merging layers (first and last: 197 and 87 tokens) and a 513-token sequence
+    (256 sources, the longest the one-launch kernel takes: several source tiles in both of its steps)."""
+    from rmeeto.merge import plan_cls_index
+
+    found = dict(merge_triton.MATCH_CONFIG)
+    try:
+        for B, L, cls, r in [(16, 197, 98, 11), (16, 87, 43, 11), (3, 513, 256, 40)]:
+            torch.manual_seed(L + C)
+            m = torch.randn(B, L, C, device="cuda").to(dtype)
+            new_cls = plan_cls_index(cls, L, r, ordered)
+            merge_triton.MATCH_CONFIG["fused"] = False
+            ref = merge_triton._match_lists(m, cls, r, new_cls, ordered)
+            merged_tok = ref[2].long()
+            for tiles in merge_triton.MATCH_TILES:
+                merge_triton.MATCH_CONFIG.update(fused=True, small=tiles, large=tiles)
+                got = merge_triton._match_lists(m, cls, r, new_cls, ordered)
+                for name, x, y in zip(("dest", "base", "src", "sdst", "head"), got, ref):
+                    assert torch.equal(x, y), (name, tiles, B, L)
+                assert torch.equal(got[5].gather(1, merged_tok), ref[5].gather(1, merged_tok)), ("next", tiles, B, L)
+    finally:
+        merge_triton.MATCH_CONFIG.update(found)

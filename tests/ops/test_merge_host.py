@@ -93,12 +93,13 @@ tm.match_merge_fused = recorded_mmf
 """
 
 
-def test_merged_forward_has_no_host_sync_and_three_launches_per_merging_layer():
+def test_merged_forward_has_no_host_sync_and_two_launches_per_merging_layer():
     """A merged Vim (three merging layers, sizes carried from the second on) on the fused merge path, eager and
     without gradients: no op of its whole forward waits for the device, and every merging layer, once its
-    shape has been seen, costs exactly three launches (best partner, plan, merge) and three aten ops (the
+    shape has been seen, costs exactly two launches (the one-launch match, merge) and three aten ops (the
     three output allocations). Before issue 14's rework it was four launches and 17 aten ops (an allocation,
-    a split into ten views and their dtype / shape views, then the outputs). The output equals the PyTorch
+    a split into ten views and their dtype / shape views, then the outputs); before the one-launch match,
+    three launches (best partner, plan, merge). The output equals the PyTorch
     merge's, and the warm call's equals the first call's (the reused workspace changes nothing)."""
     _needs_interpreter()
     run_interpreted(_HARNESS + textwrap.dedent("""
@@ -120,7 +121,7 @@ def test_merged_forward_has_no_host_sync_and_three_launches_per_merging_layer():
     if len(regions) != 3:
         bad.append(("merging layers", len(regions)))
     for ops, launches in regions:
-        if launches != ["_best_partner_kernel", "_plan_kernel", "_merge_fwd_kernel"]:
+        if launches != ["_match_kernel", "_merge_fwd_kernel"]:
             bad.append(("launches", launches))
         if ops != ["aten.empty.memory_format"] * 3:
             bad.append(("aten ops", ops))

@@ -1,14 +1,16 @@
-"""Fused token merging for CUDA: the matching and the size-weighted merge of both streams in three kernels.
+"""Fused token merging for CUDA: the matching and the size-weighted merge of both streams in two kernels.
 
 :func:`rmeeto.merge.bipartite_match` plus :func:`rmeeto.merge.merge_streams` in PyTorch are some forty small
 kernels per merging layer (gathers, norms, a matmul, max, argsort, index arithmetic, then a chain of cat /
 gather / scatter_reduce / divide / cast over a packed float32 tensor); on a GPU they cost as much time as the
-merge saves. Here it is three:
+merge saves. Here it is two (three for long sequences):
 
-1. :func:`match_plan` (two small kernels) takes inverse row norms, scores sources against destinations
+1. :func:`match_plan` (one kernel, a program per batch element, up to 256 sources: Vim's 197 tokens; two
+   kernels parallel over tiles of sources for longer sequences) takes inverse row norms, scores sources against destinations
    with ``tl.dot`` (rounded to the metric's dtype, as the PyTorch matmul returns them), takes each source's
    best partner, then makes the plan per tile of sources (the merged set found from a threshold on the
-   score keys, ranks and slots counted over the merged sources only) and writes it as token lists: the
+   score keys, or up to 128 sources from every source's rank; ranks and slots counted over the merged
+   sources only) and writes it as token lists: the
    output slot of every input token (the destination map), the kept token of every slot, the merged
    sources with their slots, and the merged sources of every slot as a linked list in plan order
    (:func:`source_lists`). No sort call, no atomics, no host sync, static shapes, one workspace allocation
@@ -22,7 +24,7 @@ merge saves. Here it is three:
 
 In inference a Vim block adds the merged streams and normalises the sum right after the merge;
 :func:`match_merge_add_norm` does that in the merge kernel's place (one kernel for merge, add and RMSNorm,
-the merged streams never written), so a merging layer costs three launches in all, the norm's included.
+the merged streams never written), so a merging layer costs two launches in all, the norm's included.
 
 The backward is a gather: dx[t] = dout[p(t)] * s[t] / s_out[p(t)] (sizes carry no gradient). Only the
 default merge (reduce "sum", not pruning) takes this path; plans for other distances or partner ranks are
@@ -107,40 +109,41 @@ def destination_map(plan, num_tokens: int, ordered: bool) -> Tensor:
 
 if _HAS_TRITON:
     @triton.jit
-    def _inv_norms(rows, t, mt, s_ml, C, BLOCK: tl.constexpr, NORM_C: tl.constexpr):
+    def _inv_norms(rows, t, mt, s_ml, C, BLOCK: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1):
         """1 / max(||metric row t||, 1e-12) in float32 for a vector of tokens ``t`` (mask ``mt``), IEEE sqrt and
         division as PyTorch's; the squares summed in chunks of NORM_C channels (32: the separate norm kernel
         this replaced took 64, which here costs ~50 registers more per thread), so the last bit of a norm may
-        differ from that kernel's (and differs from PyTorch's, which sums in yet another order)."""
+        differ from that kernel's (and differs from PyTorch's, which sums in yet another order). ``UNROLL``
+        chunks per loop trip: their loads can be in flight together (the sums keep their order and bits)."""
         offs_c = tl.arange(0, NORM_C)
         acc = tl.zeros([BLOCK], tl.float32)
-        for c0 in range(0, C, NORM_C):
+        for c0 in tl.range(0, C, NORM_C, loop_unroll_factor=UNROLL):
             c = c0 + offs_c[None, :]
             x = tl.load(rows + t[:, None] * s_ml + c, mask=mt[:, None] & (c < C), other=0.0).to(tl.float32)
             acc += tl.sum(x * x, axis=1)
         return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc), 1e-12))
 
     @triton.jit
-    def _best_partner_kernel(m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, L, C, cls,
-                             IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-                             BLOCK_J: tl.constexpr, NORM_C: tl.constexpr):
-        """For a tile of sources (even class-free positions): scores against every destination (odd positions)
-        of the rows normalised in float32 and rounded to the metric's dtype, the scores rounded to it too (as
-        the PyTorch matmul returns them), and the best one (first on ties). The inverse row norms are taken
-        here (each program those of its sources and of every destination: a second read of rows the dot
-        reads anyway, where a norm kernel of its own cost one more launch per merging layer)."""
-        b = tl.program_id(0).to(tl.int64)
+    def _partner_tile(rows, vmax_row, vidx_row, tile, L, C, cls, s_ml,
+                      IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                      BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1):
+        """For tile ``tile`` of BLOCK_T sources (even class-free positions) of one batch element (its metric
+        rows at ``rows``): scores against every destination (odd positions) of the rows normalised in float32
+        and rounded to the metric's dtype, the scores rounded to it too (as the PyTorch matmul returns them),
+        and the best one (first on ties), stored at ``vmax_row`` / ``vidx_row``. The inverse row norms are
+        taken here (those of the tile's sources and of every destination: a second read of rows the dot reads
+        anyway, where a norm kernel of its own cost one more launch per merging layer). ``UNROLL``: channel
+        chunks per loop trip of the norms (same order of every sum, fewer exposed load latencies)."""
         T = L - 1
         NA = (T + 1) // 2
         NB = T // 2
         offs = tl.arange(0, BLOCK_T)
         offs_c = tl.arange(0, BLOCK_C)
-        i = tl.program_id(1) * BLOCK_T + offs
+        i = tile * BLOCK_T + offs
         qa = 2 * i
         ta = qa + (qa >= cls).to(tl.int32)
         ma = i < NA
-        rows = m_ptr + b * s_mb
-        inv_a = _inv_norms(rows, ta, ma, s_ml, C, BLOCK_T, NORM_C)[:, None]
+        inv_a = _inv_norms(rows, ta, ma, s_ml, C, BLOCK_T, NORM_C, UNROLL)[:, None]
         best = tl.full([BLOCK_T], float("-inf"), tl.float32)
         best_j = tl.zeros([BLOCK_T], tl.int32)
         for j0 in range(0, NB, BLOCK_J):
@@ -148,27 +151,37 @@ if _HAS_TRITON:
             qb = 2 * j + 1
             tb = qb + (qb >= cls).to(tl.int32)
             mb = j < NB
-            inv_b = _inv_norms(rows, tb, mb, s_ml, C, BLOCK_J, NORM_C)[:, None]
+            inv_b = _inv_norms(rows, tb, mb, s_ml, C, BLOCK_J, NORM_C, UNROLL)[:, None]
             s = tl.zeros([BLOCK_T, BLOCK_J], tl.float32)
             for c0 in range(0, C, BLOCK_C):
                 c = c0 + offs_c[None, :]
                 xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
                 xb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0)
-                xa = (xa.to(tl.float32) * inv_a).to(m_ptr.dtype.element_ty)
-                xb = (xb.to(tl.float32) * inv_b).to(m_ptr.dtype.element_ty)
+                xa = (xa.to(tl.float32) * inv_a).to(rows.dtype.element_ty)
+                xb = (xb.to(tl.float32) * inv_b).to(rows.dtype.element_ty)
                 if IEEE:
                     s = tl.dot(xa, tl.trans(xb), s, input_precision="ieee")
                 else:
                     s = tl.dot(xa, tl.trans(xb), s)
-            s = s.to(m_ptr.dtype.element_ty).to(tl.float32)
+            s = s.to(rows.dtype.element_ty).to(tl.float32)
             s = tl.where(mb[None, :], s, float("-inf"))
             tile_best = tl.max(s, axis=1)
             tile_j = tl.min(tl.where(s == tile_best[:, None], j[None, :], 2147483647), axis=1)
             better = tile_best > best
             best = tl.where(better, tile_best, best)
             best_j = tl.where(better, tile_j, best_j)
-        tl.store(vmax_ptr + b * NA + i, best, mask=ma)
-        tl.store(vidx_ptr + b * NA + i, best_j, mask=ma)
+        tl.store(vmax_row + i, best, mask=ma)
+        tl.store(vidx_row + i, best_j, mask=ma)
+
+    @triton.jit
+    def _best_partner_kernel(m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, L, C, cls,
+                             IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                             BLOCK_J: tl.constexpr, NORM_C: tl.constexpr):
+        """:func:`_partner_tile` for tile ``program_id(1)`` of batch element ``program_id(0)``."""
+        b = tl.program_id(0).to(tl.int64)
+        NA = L // 2
+        _partner_tile(m_ptr + b * s_mb, vmax_ptr + b * NA, vidx_ptr + b * NA, tl.program_id(1), L, C, cls, s_ml,
+                      IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C)
 
     @triton.jit
     def _order_key(v):
@@ -188,60 +201,70 @@ if _HAS_TRITON:
         return tl.where(better, tile_u, best_u), tl.where(better, tile_j, best_j)
 
     @triton.jit
-    def _plan_kernel(
-        vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr, head_ptr, next_ptr,
-        L, cls, new_cls, R, L_out,
-        ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr,
-    ):
-        """The plan for one tile of BLOCK_T sources (and the destinations of the same indices) of one batch
-        element, from every source's best score and partner; grid (batch, cdiv(NA, BLOCK_T)).
+    def _ranks(vrow, ui, i, NA, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Rank among all NA sources (score keys descending, then index) of the sources ``i`` (keys ``ui``),
+        counted over chunks of BLOCK_K sources (four per loop trip: their loads in flight together)."""
+        rank = tl.zeros([BLOCK_T], tl.int32)
+        for j0 in tl.range(0, NA, BLOCK_K, loop_unroll_factor=4):
+            jj = j0 + tl.arange(0, BLOCK_K)
+            uj = _order_key(tl.load(vrow + jj, mask=jj < NA, other=0.0))
+            ahead = (uj[None, :] > ui[:, None]) | ((uj[None, :] == ui[:, None]) & (jj[None, :] < i[:, None]))
+            rank += tl.sum((ahead & (jj < NA)[None, :]).to(tl.int32), axis=1)
+        return rank
 
-        1. The merged set without a rank of every source: the R-th best score key, found by setting its 32
-           bits from the top (32 counts over all NA keys, held in registers), ties at it taken by index (a
-           prefix count). Every tile program of a batch element computes the same set.
-        2. The merged sources in index order, compacted into this program's scratch row (R entries).
-        3. Per tile source / destination, counts over those R (not over all NA): its rank if merged (every
-           source ahead of a merged one is merged), how many merged sources lie before it and before its
-           destination (the ordered layout's slots), and the lists of sources per destination in plan
-           order: the first merged source routed to destination i (the head) and, after source i, the next
-           one routed to its destination. "First in plan order" is the highest score, then the lowest index,
-           which is the stable descending rank without computing it.
-        The unordered layout also ranks its kept sources among all NA (their slots follow that order)."""
-        b = tl.program_id(0).to(tl.int64)
-        tile = tl.program_id(1)
+    @triton.jit
+    def _plan_threshold(vrow, row, NA, R, BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Steps 1 and 2 of the plan of one batch element (its best scores at ``vrow``), see
+        :func:`_plan_kernel` (up to 128 sources step 1 ranks every source by one comparison matrix instead)
+        -> (thr, last_tie): a source is merged iff its key is above ``thr`` or equal to it
+        at an index <= ``last_tie``. The merged sources go to the scratch row ``row`` in index order, visible
+        to the whole program on return (block barrier)."""
+        INT_MIN = tl.full([], -2147483647, tl.int32) - 1
+        ja = tl.arange(0, BLOCK_A)
+        ua = _order_key(tl.load(vrow + ja, mask=ja < NA, other=0.0))
+        ua = tl.where(ja < NA, ua, INT_MIN)
+        if BLOCK_A <= 128:
+            # 1. up to 128 sources: every source's rank (keys descending, then index), counted over chunks of
+            # BLOCK_K sources, where the bit search below is 32 dependent reductions (a block barrier each: most
+            # of the plan's time when a program per batch element does it alone)
+            merged_a = (_ranks(vrow, ua, ja, NA, BLOCK_A, BLOCK_K) < R) & (ja < NA)
+            thr = tl.min(tl.where(merged_a, ua, 2147483647), axis=0)
+        else:
+            # 1. the threshold key (ans: the bit pattern of the R-th best key, read as unsigned)
+            ans = tl.zeros([], tl.int32)
+            one = tl.full([], 1, tl.int32)
+            for step in range(32):
+                cand = ans | (one << (31 - step))
+                count = tl.sum((ua >= (cand ^ INT_MIN)).to(tl.int32), axis=0)
+                ans = tl.where(count >= R, cand, ans)
+            thr = ans ^ INT_MIN
+            n_above = tl.sum((ua > thr).to(tl.int32), axis=0)
+            tie = ua == thr
+            merged_a = (ua > thr) | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= R - n_above))
+        last_tie = tl.max(tl.where(merged_a & (ua == thr), ja, -1), axis=0)  # merged: key > thr or (== thr, index <= it)
+
+        # 2. merged sources in index order (positions 0..R-1), read back after a block barrier
+        tl.store(row + tl.cumsum(merged_a.to(tl.int32), axis=0) - 1, ja, mask=merged_a)
+        tl.debug_barrier()
+        return thr, last_tie
+
+    @triton.jit
+    def _plan_tile(vrow, irow, row, thr, last_tie, tile, dest_row, base_row, src_row, sdst_row, head_row, next_row,
+                   L, cls, new_cls, R,
+                   ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Step 3 of the plan of one batch element (see :func:`_plan_kernel`) for source tile ``tile``: best
+        scores and partners at ``vrow`` / ``irow``, merged sources in the scratch row ``row``, outputs at the
+        ``*_row`` pointers (this batch element's rows)."""
         T = L - 1
         NA = (T + 1) // 2
         NB = T // 2
-        INT_MIN = tl.full([], -2147483647, tl.int32) - 1
         BIG: tl.constexpr = 2147483647
-
-        # 1. the threshold key (ans: the bit pattern of the R-th best key, read as unsigned)
-        ja = tl.arange(0, BLOCK_A)
-        ua = _order_key(tl.load(vmax_ptr + b * NA + ja, mask=ja < NA, other=0.0))
-        ua = tl.where(ja < NA, ua, INT_MIN)
-        ans = tl.zeros([], tl.int32)
-        one = tl.full([], 1, tl.int32)
-        for step in range(32):
-            cand = ans | (one << (31 - step))
-            count = tl.sum((ua >= (cand ^ INT_MIN)).to(tl.int32), axis=0)
-            ans = tl.where(count >= R, cand, ans)
-        thr = ans ^ INT_MIN
-        n_above = tl.sum((ua > thr).to(tl.int32), axis=0)
-        tie = ua == thr
-        merged_a = (ua > thr) | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= R - n_above))
-        last_tie = tl.max(tl.where(merged_a & tie, ja, -1), axis=0)  # merged: key > thr or (== thr, index <= it)
-
-        # 2. merged sources in index order (positions 0..R-1), read back after a block barrier
-        row = merged_ptr + (b * tl.num_programs(1) + tile) * R
-        tl.store(row + tl.cumsum(merged_a.to(tl.int32), axis=0) - 1, ja, mask=merged_a)
-        tl.debug_barrier()
-
-        # 3. this tile. Index i is source i and destination i (there are never more destinations).
+        # Index i is source i and destination i (there are never more destinations).
         i = tile * BLOCK_T + tl.arange(0, BLOCK_T)
         ma = i < NA
         mb = i < NB
-        ui = _order_key(tl.load(vmax_ptr + b * NA + i, mask=ma, other=0.0))
-        di = tl.load(vidx_ptr + b * NA + i, mask=ma, other=0)
+        ui = _order_key(tl.load(vrow + i, mask=ma, other=0.0))
+        di = tl.load(irow + i, mask=ma, other=0)
         merged = ((ui > thr) | ((ui == thr) & (i <= last_tie))) & ma
         rank = tl.zeros([BLOCK_T], tl.int32)
         n_lt = tl.zeros([BLOCK_T], tl.int32)
@@ -254,8 +277,8 @@ if _HAS_TRITON:
             k = k0 + tl.arange(0, BLOCK_K)
             mk = k < R
             j = tl.load(row + k, mask=mk, other=0)
-            uj = _order_key(tl.load(vmax_ptr + b * NA + j, mask=mk, other=0.0))
-            dj = tl.load(vidx_ptr + b * NA + j, mask=mk, other=-1)
+            uj = _order_key(tl.load(vrow + j, mask=mk, other=0.0))
+            dj = tl.load(irow + j, mask=mk, other=-1)
             same_u = uj[None, :] == ui[:, None]
             ahead = mk[None, :] & ((uj[None, :] > ui[:, None]) | (same_u & (j[None, :] < i[:, None])))
             behind = mk[None, :] & ((uj[None, :] < ui[:, None]) | (same_u & (j[None, :] > i[:, None])))
@@ -280,32 +303,84 @@ if _HAS_TRITON:
             slot_d = rd + (rd >= new_cls).to(tl.int32)
         else:
             # kept sources by rank among all sources (R merged ones are ahead of each)
-            kept_rank = tl.zeros([BLOCK_T], tl.int32)
-            for j0 in range(0, NA, BLOCK_K):
-                jj = j0 + tl.arange(0, BLOCK_K)
-                uj = _order_key(tl.load(vmax_ptr + b * NA + jj, mask=jj < NA, other=0.0))
-                ahead = (uj[None, :] > ui[:, None]) | ((uj[None, :] == ui[:, None]) & (jj[None, :] < i[:, None]))
-                kept_rank += tl.sum((ahead & (jj < NA)[None, :]).to(tl.int32), axis=1)
-            k = kept_rank - R
+            k = _ranks(vrow, ui, i, NA, BLOCK_T, BLOCK_K) - R
             slot_a = k + (k >= new_cls).to(tl.int32)
             slot_b = NA - R + 1 + i
             slot_d = NA - R + 1 + di
         kept = ma & ~merged
         head_tok = tl.where(head_j < BIG, 2 * head_j + (2 * head_j >= cls).to(tl.int32), -1)
         next_tok = tl.where(next_j < BIG, 2 * next_j + (2 * next_j >= cls).to(tl.int32), -1)
-        tl.store(dest_ptr + b * L + ta, tl.where(merged, slot_d, slot_a).to(tl.int64), mask=ma)
-        tl.store(dest_ptr + b * L + tb, slot_b.to(tl.int64), mask=mb)
-        tl.store(base_ptr + b * L_out + slot_a, ta, mask=kept)
-        tl.store(base_ptr + b * L_out + slot_b, tb, mask=mb)
-        tl.store(head_ptr + b * L_out + slot_a, tl.full([BLOCK_T], -1, tl.int32), mask=kept)
-        tl.store(head_ptr + b * L_out + slot_b, head_tok, mask=mb)
-        tl.store(src_ptr + b * R + rank, ta, mask=merged)
-        tl.store(sdst_ptr + b * R + rank, slot_d, mask=merged)
-        tl.store(next_ptr + b * L + ta, next_tok, mask=merged)
+        tl.store(dest_row + ta, tl.where(merged, slot_d, slot_a).to(tl.int64), mask=ma)
+        tl.store(dest_row + tb, slot_b.to(tl.int64), mask=mb)
+        tl.store(base_row + slot_a, ta, mask=kept)
+        tl.store(base_row + slot_b, tb, mask=mb)
+        tl.store(head_row + slot_a, tl.full([BLOCK_T], -1, tl.int32), mask=kept)
+        tl.store(head_row + slot_b, head_tok, mask=mb)
+        tl.store(src_row + rank, ta, mask=merged)
+        tl.store(sdst_row + rank, slot_d, mask=merged)
+        tl.store(next_row + ta, next_tok, mask=merged)
         first = (tl.arange(0, BLOCK_T) == 0) & (tile == 0)
-        tl.store(dest_ptr + b * L + cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], new_cls, tl.int64), mask=first)
-        tl.store(base_ptr + b * L_out + new_cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], cls, tl.int32), mask=first)
-        tl.store(head_ptr + b * L_out + new_cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], -1, tl.int32), mask=first)
+        tl.store(dest_row + cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], new_cls, tl.int64), mask=first)
+        tl.store(base_row + new_cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], cls, tl.int32), mask=first)
+        tl.store(head_row + new_cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], -1, tl.int32), mask=first)
+
+    @triton.jit
+    def _plan_kernel(
+        vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr, head_ptr, next_ptr,
+        L, cls, new_cls, R, L_out,
+        ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """The plan for one tile of BLOCK_T sources (and the destinations of the same indices) of one batch
+        element, from every source's best score and partner; grid (batch, cdiv(NA, BLOCK_T)).
+
+        1. The merged set without a rank of every source: the R-th best score key, found by setting its 32
+           bits from the top (32 counts over all NA keys, held in registers), ties at it taken by index (a
+           prefix count). Every tile program of a batch element computes the same set.
+        2. The merged sources in index order, compacted into this program's scratch row (R entries).
+        3. Per tile source / destination, counts over those R (not over all NA): its rank if merged (every
+           source ahead of a merged one is merged), how many merged sources lie before it and before its
+           destination (the ordered layout's slots), and the lists of sources per destination in plan
+           order: the first merged source routed to destination i (the head) and, after source i, the next
+           one routed to its destination. "First in plan order" is the highest score, then the lowest index,
+           which is the stable descending rank without computing it.
+        The unordered layout also ranks its kept sources among all NA (their slots follow that order)."""
+        b = tl.program_id(0).to(tl.int64)
+        tile = tl.program_id(1)
+        NA = L // 2
+        vrow = vmax_ptr + b * NA
+        irow = vidx_ptr + b * NA
+        row = merged_ptr + (b * tl.num_programs(1) + tile) * R
+        thr, last_tie = _plan_threshold(vrow, row, NA, R, BLOCK_A, BLOCK_K)
+        _plan_tile(vrow, irow, row, thr, last_tie, tile, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R,
+                   sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, L, cls, new_cls, R,
+                   ORDERED, BLOCK_T, BLOCK_K)
+
+    @triton.jit
+    def _match_kernel(
+        m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr, head_ptr,
+        next_ptr, L, C, cls, new_cls, R, L_out,
+        IEEE: tl.constexpr, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
+        BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
+    ):
+        """Best partner and plan of one batch element in one program (grid (batch,)): every source tile of
+        :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
+        The same arithmetic as :func:`_best_partner_kernel` then :func:`_plan_kernel` with the same tiles, in
+        one launch instead of two; for short sequences, where a batch element's work is a few microseconds."""
+        b = tl.program_id(0).to(tl.int64)
+        NA = L // 2
+        rows = m_ptr + b * s_mb
+        vrow = vmax_ptr + b * NA
+        irow = vidx_ptr + b * NA
+        for tile in range(0, tl.cdiv(NA, BLOCK_T)):
+            _partner_tile(rows, vrow, irow, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL)
+        tl.debug_barrier()
+        row = merged_ptr + b * R
+        thr, last_tie = _plan_threshold(vrow, row, NA, R, BLOCK_A, BLOCK_K)
+        for tile in range(0, tl.cdiv(NA, PLAN_T)):
+            _plan_tile(vrow, irow, row, thr, last_tie, tile, dest_ptr + b * L, base_ptr + b * L_out,
+                       src_ptr + b * R, sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, L, cls, new_cls,
+                       R, ORDERED, PLAN_T, BLOCK_K)
 
     @triton.jit
     def _merge_fwd_kernel(
@@ -621,6 +696,19 @@ PARTNER_TILES = [(64, 64, 32, 8, 2), (32, 64, 32, 4, 2), (128, 64, 32, 8, 2), (6
 PARTNER_CONFIG = {"short": PARTNER_TILES[0], "long": PARTNER_TILES[2]}
 _LONG_SOURCES = 256
 
+# Tiles of the one-program-per-batch-element match kernel (_match_kernel: best partner and plan in one launch),
+# taken for short sequences (at most _LONG_SOURCES sources): (sources, destinations, channel step, warps,
+# channel chunks per loop trip of its best-partner part, sources per tile of its plan part).
+# benchmarks/bench_merge_gpu.py --match-tiles times each against the two-kernel path. MATCH_CONFIG["fused"]
+# False: always the two kernels (best partner, plan), as before the fused kernel.
+MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 8, 2, 128), (128, 64, 32, 8, 4, 128),
+               (64, 64, 32, 4, 4, 64), (128, 128, 32, 8, 1, 128)]
+# tiles for up to 64 sources ("small") and for more ("large"), measured on an H200 (fourteenth session,
+# bench_merge_gpu.py --match-tiles, graphed match_plan): at 98 sources (197 tokens) the first, 15.2 / 19.7 /
+# 32.1 us at Vim-Ti / S / B widths against 20.9 / 30.4 / 49.1 us for the two kernels; at 43 sources (87 tokens)
+# the second, 11.5 / 16.6 us (S / B) against 16.0 / 24.2 us
+MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0]}
+
 
 def _workspace(batch: int, L: int, R: int, dev: torch.device) -> tuple:
     """One allocation for everything the plan kernels write, split into the views :func:`_match_lists`
@@ -675,17 +763,19 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
                  workspace: Optional[tuple] = None):
     """:func:`match_plan` plus the per-slot source lists of :func:`source_lists` -> (dest [batch, L] int64,
     then base, src, sdst, head, next: [batch, n] int32), all views of one workspace (``workspace``, from
-    :func:`_workspace`, or a new one), in two kernels (best partner, plan).
+    :func:`_workspace`, or a new one): for short sequences (at most ``_LONG_SOURCES`` sources) in one kernel,
+    a program per batch element doing both steps (:func:`_match_kernel`, ``MATCH_CONFIG``), otherwise in two
+    kernels (best partner, plan), each parallel over tiles of sources as well.
 
-    Work per batch element (NA = L // 2 sources, R merged, tiles of 64 sources), and why the plan kernel
+    Work per batch element of the two kernels (NA = L // 2 sources, R merged, tiles of 64 sources), and why the plan kernel
     is parallel over source tiles: at 1569 tokens (video, batch 16) a plan program per batch element did
     ~4 NA^2 = 2.5M comparisons on 16 programs (203 us, H200). Here each of the 16 x 13 = 208 programs
     (Vim-S 197 tokens, batch 128: 128 x 2) takes 32 counts over the NA keys for the merged set (registers),
     then 64 x R comparisons (64 x 88 at video, 64 x 11 at Vim-S) for ranks, slots and lists; the
     unordered layout adds 64 x NA to rank its kept sources. A rank kernel per tile followed by a slot kernel
     would do a little less arithmetic but cost one more launch (~25-50 us of host time in eager mode, which
-    dominates at Vim-S shapes) and one more grid barrier; one kernel keeps the whole match+merge at three
-    launches."""
+    dominates at Vim-S shapes) and one more grid barrier. At Vim's shapes the one-launch kernel does the same
+    work per batch element in one program (one launch less, and no program waits on another's partners)."""
     batch, L, C = metric.shape
     if metric.stride(2) != 1:
         metric = metric.contiguous()
@@ -695,13 +785,22 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     if workspace is None:
         workspace = _workspace(batch, L, R, dev)
     dest, vmax, vidx, scratch, base, src, sdst, head, nxt = workspace
-    tile_a, tile_b, step_c, warps, stages = PARTNER_CONFIG["long" if na > _LONG_SOURCES else "short"]
     c2 = next_pow2(C)
+    block_a = max(16, next_pow2(na))
+    if MATCH_CONFIG["fused"] and na <= _LONG_SOURCES:
+        tile_a, tile_b, step_c, warps, unroll, plan_t = MATCH_CONFIG["small" if na <= 64 else "large"]
+        launch(_match_kernel, (batch,), dev,
+               metric, metric.stride(0), metric.stride(1), vmax, vidx, scratch, dest, base, src, sdst, head, nxt,
+               L, C, cls_index, new_cls_index, R, L - R,
+               IEEE=metric.dtype == torch.float32, ORDERED=ordered, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)),
+               BLOCK_J=tile_b, NORM_C=max(16, min(32, c2)), PLAN_T=min(plan_t, block_a), BLOCK_A=block_a,
+               BLOCK_K=32, UNROLL=unroll, num_warps=warps, num_stages=1)
+        return dest, base, src, sdst, head, nxt
+    tile_a, tile_b, step_c, warps, stages = PARTNER_CONFIG["long" if na > _LONG_SOURCES else "short"]
     launch(_best_partner_kernel, (batch, cdiv(na, tile_a)), dev,
            metric, metric.stride(0), metric.stride(1), vmax, vidx, L, C, cls_index,
            IEEE=metric.dtype == torch.float32, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
            NORM_C=max(16, min(32, c2)), num_warps=warps, num_stages=stages)
-    block_a = max(16, next_pow2(na))
     launch(_plan_kernel, (batch, cdiv(na, _PLAN_TILE)), dev,
            vmax, vidx, scratch, dest, base, src, sdst, head, nxt, L, cls_index, new_cls_index, R, L - R,
            ORDERED=ordered, BLOCK_T=_PLAN_TILE, BLOCK_A=block_a, BLOCK_K=32,
@@ -740,8 +839,9 @@ def _plan_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: 
 
 
 def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
-    """Cosine bipartite matching (best partner) and the merge plan of every batch element, in two kernels
-    (inverse row norms and best partner per tile of sources; the plan per tile of sources).
+    """Cosine bipartite matching (best partner) and the merge plan of every batch element: one kernel up to
+    256 sources (a program per batch element), else two (inverse row norms and best partner per tile of
+    sources; the plan per tile of sources).
 
     metric [batch, L, c] -> (dest [batch, L] int64, base [batch, L - r] int32, src [batch, r] int32,
     sdst [batch, r] int32): the output slot of every token, the kept token of every slot, the merged sources
@@ -766,12 +866,12 @@ def _inference_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_in
 
 def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
                       num_merged: int, new_cls_index: int, ordered: bool):
-    """The whole default merging step in three kernel launches: :func:`match_plan` on ``metric`` (cosine,
+    """The whole default merging step in two kernel launches (three past 256 sources): :func:`match_plan` on ``metric`` (cosine,
     best partner) with the per-slot source lists, then the size-weighted merge of both streams, each output
     slot walking only its own sources -> ((hidden, residual), new_size).
 
     Without a gradient to compute (inference) the plan goes to a workspace kept per shape and stream
-    (:func:`_reused_workspace`): the host work of a call is then the three launches and the three output
+    (:func:`_reused_workspace`): the host work of a call is then the launches and the three output
     allocations, no other tensor op and no host sync."""
     if torch.compiler.is_compiling() or (
             torch.is_grad_enabled() and (hidden.requires_grad or residual.requires_grad)):
@@ -787,7 +887,7 @@ def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], 
 def match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
                          num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor, eps: float):
     """Inference only: :func:`match_merge_fused` and the residual add + RMSNorm that follows it in a Vim block
-    (:func:`rmeeto.ops.norm.add_rms_norm`, no drop path) in three launches instead of four, the merged
+    (:func:`rmeeto.ops.norm.add_rms_norm`, no drop path) in two launches (three past 256 sources), the merged
     streams never written -> (residual_out float32, normed in hidden's dtype, new_size), the values of the two
     steps run one after the other. ``residual`` must be float32; no gradient can flow (raises otherwise)."""
     if torch.is_grad_enabled() and (hidden.requires_grad or residual.requires_grad or weight.requires_grad):
