@@ -102,10 +102,16 @@ def test_scan_bidir_equals_two_single_launches(dtype, scale, length):
         ulp = torch.where(yw[diff].float().abs() < 2.0 ** -14, torch.full_like(yw[diff].float(), 2.0 ** -24),
                           yw[diff].float().abs() * 2.0 ** -10)
         assert ((y[diff].float() - yw[diff].float()).abs() <= ulp).all()
-        # and they are rare: at most 0.1% of the outputs, or 2 of a tiny output (at length 1 there are 240, and
-        # an H200 gave one element off by one ulp)
-        n_diff = int(diff.sum())
-        assert n_diff <= max(2, diff.numel() // 1000), f"{n_diff} of {diff.numel()} outputs differ"
+        # Where the halved output is subnormal the two paths differ by rounding alone: the bidir kernel rounds
+        # y * 0.5 once, the single path rounds y to 16 bits and then halves, which is exact only for normal
+        # results. Elsewhere halving commutes with rounding, so a difference means the float32 y differed
+        # (contraction): those must be rare, at most 0.1% of the outputs or 2 of a tiny output (at length 1
+        # there are 240; an H200 gave one)
+        normal = diff & (yw.float().abs() >= 2.0 ** -14)
+        n_diff = int(normal.sum())
+        assert n_diff <= max(2, diff.numel() // 1000), (
+            f"{n_diff} of {diff.numel()} normal outputs differ ({int(diff.sum())} in all): "
+            f"{yw[normal].float().tolist()[:8]} vs {y[normal].float().tolist()[:8]}")
     for i, name in enumerate([f"{k}_{d}" for d in "fb" for k in NAMES] + ["z"]):
         assert_same(name, got[1 + i], want[1 + i], reduced=name[:-2] in REDUCED)
 
