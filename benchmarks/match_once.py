@@ -1,0 +1,38 @@
+"""Run the merge's matching (match_plan) a few times at one Vim merging-layer shape (fp16, batch 128, no
+sizes), for a profiler to catch one warm launch:
+
+    ncu --kernel-name regex:_match_kernel --launch-skip 3 --launch-count 1 ... \\
+        python3 benchmarks/match_once.py [--tokens 197] [--channels 384] [--cls 98] [-r 11]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from rmeeto.merge import plan_cls_index
+from rmeeto.ops.triton import merge as mt
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--tokens", type=int, default=197)
+    ap.add_argument("--channels", type=int, default=384)
+    ap.add_argument("--cls", type=int, default=98)
+    ap.add_argument("-r", type=int, default=11)
+    ap.add_argument("--calls", type=int, default=5)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    metric = torch.randn(a.batch, a.tokens, a.channels, device="cuda", dtype=torch.float16)
+    new_cls = plan_cls_index(a.cls, a.tokens, a.r, True)
+    for _ in range(a.calls):
+        dest = mt.match_plan(metric, a.cls, a.r, new_cls, True)[0]
+    torch.cuda.synchronize()
+    print(f"match_plan x{a.calls}: batch {a.batch}, {a.tokens} tokens, {a.channels} channels, r={a.r}; "
+          f"dest checksum {int(dest.sum())}")
+
+
+if __name__ == "__main__":
+    main()
