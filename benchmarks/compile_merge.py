@@ -1,6 +1,7 @@
 """Compile the fused-merge Triton kernels for an NVIDIA target without a GPU and print registers, spills, shared
 memory and PTX instruction counts (as benchmarks/compile_scan.py does for the scan), for every best-partner
-tiling in ``PARTNER_TILES``, every tiling of the one-launch match kernel in ``MATCH_TILES`` and the plan and merge kernels at Vim-S shapes.
+tiling in ``PARTNER_TILES``, every tiling of the one-launch match kernel in ``MATCH_TILES`` and the plan and
+merge kernels at Vim-S shapes.
 
     PYTHONPATH=src python benchmarks/compile_merge.py [--arch 90] [--dtype fp16]
 """

@@ -32,8 +32,9 @@ def test_match_plan_equals_pytorch_plan(full):
     source_lists on PyTorch's plan; the fused merge matches merge_streams, gradients included. Long
     sequences (video: 785 and 1569 tokens, r=88, batch 1-2) run the plan kernel over many source tiles and
     more merged sources than one chunk. Sequences of at most 256 sources take the one-launch match kernel;
-    in the full tier they also run through the two kernels, and every tiling of both paths is checked. (Scores are summed in another order than PyTorch's matmul, so
-    tie-heavy data is built to give exact scores.)"""
+    in the full tier they also run through the two kernels, and every tiling of both paths is checked.
+    (Scores are summed in another order than PyTorch's matmul, so tie-heavy data is built to give exact
+    scores.)"""
     run_interpreted(f"""
     import sys, torch
     from rmeeto.merge import bipartite_match, merge_streams
@@ -84,7 +85,8 @@ def test_match_plan_equals_pytorch_plan(full):
     # every tiling offered to the benchmark's sweeps makes the same plan: the two-kernel path's best-partner
     # tilings (short sequences take the one-launch kernel by default: switched off here), then the one-launch
     # kernel's tilings (64-source tiles: several tiles in both of its steps)
-    sweeps = [("short", tiles, False) for tiles in mt.PARTNER_TILES] + [("match", tiles, True) for tiles in mt.MATCH_TILES]
+    sweeps = ([("short", tiles, False) for tiles in mt.PARTNER_TILES]
+              + [("match", tiles, True) for tiles in mt.MATCH_TILES])
     for table, tiles, fused in sweeps:
         mt.MATCH_CONFIG["fused"] = fused
         if fused:

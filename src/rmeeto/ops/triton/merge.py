@@ -6,15 +6,15 @@ gather / scatter_reduce / divide / cast over a packed float32 tensor); on a GPU 
 merge saves. Here it is two (three for long sequences):
 
 1. :func:`match_plan` (one kernel, a program per batch element, up to 256 sources: Vim's 197 tokens; two
-   kernels parallel over tiles of sources for longer sequences) takes inverse row norms, scores sources against destinations
-   with ``tl.dot`` (rounded to the metric's dtype, as the PyTorch matmul returns them), takes each source's
-   best partner, then makes the plan per tile of sources (the merged set found from a threshold on the
-   score keys, or up to 128 sources from every source's rank; ranks and slots counted over the merged
-   sources only) and writes it as token lists: the
-   output slot of every input token (the destination map), the kept token of every slot, the merged
-   sources with their slots, and the merged sources of every slot as a linked list in plan order
-   (:func:`source_lists`). No sort call, no atomics, no host sync, static shapes, one workspace allocation
-   (none in inference: :func:`match_merge_fused` keeps one per shape and stream).
+   kernels parallel over tiles of sources for longer sequences) takes inverse row norms, scores sources
+   against destinations with ``tl.dot`` (rounded to the metric's dtype, as the PyTorch matmul returns them),
+   takes each source's best partner, then makes the plan per tile of sources (the merged set found from a
+   threshold on the score keys, or up to 128 sources from every source's rank; ranks and slots counted over
+   the merged sources only) and writes it as token lists: the output slot of every input token (the
+   destination map), the kept token of every slot, the merged sources with their slots, and the merged
+   sources of every slot as a linked list in plan order (:func:`source_lists`). No sort call, no atomics, no
+   host sync, static shapes, one workspace allocation (none in inference: :func:`match_merge_fused` keeps
+   one per shape and stream).
 2. The merge kernel reads every token of both streams once and writes each output token once:
 
        out[p] = sum_{t -> p} x[t] * s[t] / sum_{t -> p} s[t]      (s = sizes, 1 before the first merge)
@@ -241,7 +241,8 @@ if _HAS_TRITON:
             n_above = tl.sum((ua > thr).to(tl.int32), axis=0)
             tie = ua == thr
             merged_a = (ua > thr) | (tie & (tl.cumsum(tie.to(tl.int32), axis=0) <= R - n_above))
-        last_tie = tl.max(tl.where(merged_a & (ua == thr), ja, -1), axis=0)  # merged: key > thr or (== thr, index <= it)
+        # merged: key > thr, or key == thr at an index <= last_tie
+        last_tie = tl.max(tl.where(merged_a & (ua == thr), ja, -1), axis=0)
 
         # 2. merged sources in index order (positions 0..R-1), read back after a block barrier
         tl.store(row + tl.cumsum(merged_a.to(tl.int32), axis=0) - 1, ja, mask=merged_a)
@@ -767,8 +768,8 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     a program per batch element doing both steps (:func:`_match_kernel`, ``MATCH_CONFIG``), otherwise in two
     kernels (best partner, plan), each parallel over tiles of sources as well.
 
-    Work per batch element of the two kernels (NA = L // 2 sources, R merged, tiles of 64 sources), and why the plan kernel
-    is parallel over source tiles: at 1569 tokens (video, batch 16) a plan program per batch element did
+    Work per batch element of the two kernels (NA = L // 2 sources, R merged, tiles of 64 sources), and why
+    the plan kernel is parallel over source tiles: at 1569 tokens (video, batch 16) a plan program per batch element did
     ~4 NA^2 = 2.5M comparisons on 16 programs (203 us, H200). Here each of the 16 x 13 = 208 programs
     (Vim-S 197 tokens, batch 128: 128 x 2) takes 32 counts over the NA keys for the merged set (registers),
     then 64 x R comparisons (64 x 88 at video, 64 x 11 at Vim-S) for ranks, slots and lists; the
@@ -866,9 +867,9 @@ def _inference_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_in
 
 def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
                       num_merged: int, new_cls_index: int, ordered: bool):
-    """The whole default merging step in two kernel launches (three past 256 sources): :func:`match_plan` on ``metric`` (cosine,
-    best partner) with the per-slot source lists, then the size-weighted merge of both streams, each output
-    slot walking only its own sources -> ((hidden, residual), new_size).
+    """The whole default merging step in two kernel launches (three past 256 sources): :func:`match_plan` on
+    ``metric`` (cosine, best partner) with the per-slot source lists, then the size-weighted merge of both
+    streams, each output slot walking only its own sources -> ((hidden, residual), new_size).
 
     Without a gradient to compute (inference) the plan goes to a workspace kept per shape and stream
     (:func:`_reused_workspace`): the host work of a call is then the launches and the three output
