@@ -215,8 +215,7 @@ if _HAS_TRITON:
     @triton.jit
     def _plan_threshold(vrow, row, NA, R, BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr):
         """Steps 1 and 2 of the plan of one batch element (its best scores at ``vrow``), see
-        :func:`_plan_kernel` (up to 128 sources step 1 ranks every source by one comparison matrix instead)
-        -> (thr, last_tie): a source is merged iff its key is above ``thr`` or equal to it
+        :func:`_plan_kernel` -> (thr, last_tie): a source is merged iff its key is above ``thr`` or equal to it
         at an index <= ``last_tie``. The merged sources go to the scratch row ``row`` in index order, visible
         to the whole program on return (block barrier)."""
         INT_MIN = tl.full([], -2147483647, tl.int32) - 1
@@ -334,9 +333,10 @@ if _HAS_TRITON:
         """The plan for one tile of BLOCK_T sources (and the destinations of the same indices) of one batch
         element, from every source's best score and partner; grid (batch, cdiv(NA, BLOCK_T)).
 
-        1. The merged set without a rank of every source: the R-th best score key, found by setting its 32
-           bits from the top (32 counts over all NA keys, held in registers), ties at it taken by index (a
-           prefix count). Every tile program of a batch element computes the same set.
+        1. The merged set: up to 128 sources, those ranked below R (:func:`_ranks`: keys descending, then
+           index); beyond, without a rank of every source, those above the R-th best score key, found by
+           setting its 32 bits from the top (32 counts over all NA keys, held in registers), ties at it taken
+           by index (a prefix count). Every tile program of a batch element computes the same set.
         2. The merged sources in index order, compacted into this program's scratch row (R entries).
         3. Per tile source / destination, counts over those R (not over all NA): its rank if merged (every
            source ahead of a merged one is merged), how many merged sources lie before it and before its
@@ -699,7 +699,7 @@ _LONG_SOURCES = 256
 
 # Tiles of the one-program-per-batch-element match kernel (_match_kernel: best partner and plan in one launch),
 # taken for short sequences (at most _LONG_SOURCES sources): (sources, destinations, channel step, warps,
-# channel chunks per loop trip of its best-partner part, sources per tile of its plan part).
+# row-norm chunks per loop trip of its best-partner part, sources per tile of its plan part).
 # benchmarks/bench_merge_gpu.py --match-tiles times each against the two-kernel path. MATCH_CONFIG["fused"]
 # False: always the two kernels (best partner, plan), as before the fused kernel.
 MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 8, 2, 128), (128, 64, 32, 8, 4, 128),
@@ -788,20 +788,21 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     dest, vmax, vidx, scratch, base, src, sdst, head, nxt = workspace
     c2 = next_pow2(C)
     block_a = max(16, next_pow2(na))
+    partner = dict(IEEE=metric.dtype == torch.float32, NORM_C=max(16, min(32, c2)))  # both paths' partner step
     if MATCH_CONFIG["fused"] and na <= _LONG_SOURCES:
         tile_a, tile_b, step_c, warps, unroll, plan_t = MATCH_CONFIG["small" if na <= 64 else "large"]
         launch(_match_kernel, (batch,), dev,
                metric, metric.stride(0), metric.stride(1), vmax, vidx, scratch, dest, base, src, sdst, head, nxt,
                L, C, cls_index, new_cls_index, R, L - R,
-               IEEE=metric.dtype == torch.float32, ORDERED=ordered, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)),
-               BLOCK_J=tile_b, NORM_C=max(16, min(32, c2)), PLAN_T=min(plan_t, block_a), BLOCK_A=block_a,
-               BLOCK_K=32, UNROLL=unroll, num_warps=warps, num_stages=1)
+               ORDERED=ordered, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
+               PLAN_T=min(plan_t, block_a), BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, **partner,
+               num_warps=warps, num_stages=1)
         return dest, base, src, sdst, head, nxt
     tile_a, tile_b, step_c, warps, stages = PARTNER_CONFIG["long" if na > _LONG_SOURCES else "short"]
     launch(_best_partner_kernel, (batch, cdiv(na, tile_a)), dev,
            metric, metric.stride(0), metric.stride(1), vmax, vidx, L, C, cls_index,
-           IEEE=metric.dtype == torch.float32, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
-           NORM_C=max(16, min(32, c2)), num_warps=warps, num_stages=stages)
+           BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b, **partner,
+           num_warps=warps, num_stages=stages)
     launch(_plan_kernel, (batch, cdiv(na, _PLAN_TILE)), dev,
            vmax, vidx, scratch, dest, base, src, sdst, head, nxt, L, cls_index, new_cls_index, R, L - R,
            ORDERED=ordered, BLOCK_T=_PLAN_TILE, BLOCK_A=block_a, BLOCK_K=32,
