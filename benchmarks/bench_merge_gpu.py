@@ -163,16 +163,23 @@ def sweep_match_tiles(reps):
         merge = lambda: mt.match_merge_fused(hidden, residual, None, hidden, cls, r, new_cls, True)  # noqa: E731
         times = {}
         ref = None
-        for tiles in [None] + list(mt.MATCH_TILES):
+        variants = [(None, False, 1)] + [(tiles, one_j, dot_unroll) for tiles in mt.MATCH_TILES
+                                         for one_j in (False, True) for dot_unroll in (1, 2)
+                                         if "one_j" in found or (not one_j and dot_unroll == 1)]
+        for key in variants:
+            tiles, one_j, dot_unroll = key
             mt.MATCH_CONFIG.update(found, fused=tiles is not None)
             if tiles is not None:
                 mt.MATCH_CONFIG.update(small=tiles, large=tiles)
+            if "one_j" in found:
+                mt.MATCH_CONFIG.update(one_j=one_j, dot_unroll=dot_unroll)
             dest = plan()[0]
             ref = dest if ref is None else ref
-            times[tiles] = (1e3 * _event_ms(_graphed(plan), reps, 10), 1e3 * _event_ms(_graphed(merge), reps, 10))
-            label = "two kernels" if tiles is None else f"one launch {tiles}"
-            print(f"{name} L={L} C={C}: {label}: match_plan graphed {times[tiles][0]:.1f} us, match+merge "
-                  f"{times[tiles][1]:.1f} us{'' if torch.equal(dest, ref) else '  PLAN DIFFERS FROM TWO KERNELS'}")
+            times[key] = (1e3 * _event_ms(_graphed(plan), reps, 10), 1e3 * _event_ms(_graphed(merge), reps, 10))
+            label = "two kernels" if tiles is None else f"one launch {tiles} one_j={one_j} dot_unroll={dot_unroll}"
+            print(f"{name} L={L} C={C}: {label}: match_plan graphed {times[key][0]:.1f} us, match+merge "
+                  f"{times[key][1]:.1f} us{'' if torch.equal(dest, ref) else '  PLAN DIFFERS FROM TWO KERNELS'}",
+                  flush=True)
         best[name] = min(times, key=lambda k: times[k][0])
         print(f"{name}: fastest {best[name] or 'two kernels'}")
         mt.MATCH_CONFIG.update(found)

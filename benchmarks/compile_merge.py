@@ -50,7 +50,7 @@ def main():
                compile_kernel(tm._best_partner_kernel, consts, a.dtype, a.arch, warps, stages))
     for tile_a, tile_b, step_c, warps, unroll, plan_t in getattr(tm, "MATCH_TILES", []):
         consts = dict(IEEE=a.dtype == "fp32", ORDERED=True, BLOCK_T=tile_a, BLOCK_C=step_c, BLOCK_J=tile_b,
-                      NORM_C=32, PLAN_T=plan_t, BLOCK_A=128, BLOCK_K=32, UNROLL=unroll)
+                      NORM_C=32, PLAN_T=plan_t, BLOCK_A=128, BLOCK_K=32, UNROLL=unroll, ONE_J=tile_b >= 98)
         report(f"match (partner + plan) tiles {(tile_a, tile_b, step_c, warps, unroll, plan_t)}",
                compile_kernel(tm._match_kernel, consts, a.dtype, a.arch, warps, 1))
     for ordered in (True, False):

@@ -187,6 +187,57 @@ def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm(full):
     """)
 
 
+def test_embed_kernels_give_the_bits_of_the_pytorch_ops():
+    """The token embedding's kernels (rmeeto.ops.triton.embed) against their PyTorch references: the patch
+    cut-out for contiguous, channels-last and sliced images, several patch sizes and channel counts (tile rows
+    and columns that are not powers of two); the class-token insert + position add at the first, a middle and
+    the last row, with float32 class token and position embedding over 16-bit tokens (autocast: both rounded
+    to the tokens' dtype before the add) and with every dtype equal; bad shapes refused."""
+    run_interpreted("""
+        import sys, torch
+        from rmeeto.ops import embed
+        torch.manual_seed(0)
+        bad = []
+        for b, c, h, w, p, layout in ((2, 3, 32, 32, 16, "contiguous"), (1, 3, 24, 40, 8, "channels_last"),
+                                      (2, 1, 12, 12, 4, "sliced"), (1, 5, 6, 18, 3, "contiguous")):
+            for dtype in (torch.float32, torch.float16):
+                x = torch.randn(b, c, h, w + (4 if layout == "sliced" else 0)).to(dtype)
+                if layout == "sliced":
+                    x = x[..., 2:w + 2]
+                elif layout == "channels_last":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                got = embed.patch_rows(x, p, backend="triton")
+                ref = embed.patch_rows_torch(x, p)
+                if not torch.equal(got, ref) or got.shape != (b, (h // p) * (w // p), c * p * p):
+                    bad.append(("patch_rows", b, c, h, w, p, layout, dtype))
+        for n, e, index in ((9, 24, 4), (9, 24, 0), (9, 24, 9), (16, 40, 8), (3, 200, 1)):
+            for dtype, pdtype in ((torch.float32, torch.float32), (torch.float16, torch.float16),
+                                  (torch.float16, torch.float32)):
+                t = torch.randn(3, n, e).to(dtype)
+                cls = torch.randn(1, 1, e).to(pdtype)
+                pos = torch.randn(1, n + 1, e).to(pdtype)
+                got = embed.insert_cls_add_pos(t, cls, pos, index, backend="triton")
+                ref = embed.insert_cls_add_pos_torch(t, cls, pos, index)
+                if not torch.equal(got, ref) or got.dtype != dtype:
+                    bad.append(("insert_cls_add_pos", n, e, index, dtype, pdtype))
+        t = torch.randn(2, 9, 24)
+        for args in ((t, torch.randn(24), torch.randn(9, 24), 4), (t, torch.randn(24), torch.randn(10, 24), 10),
+                     (t, torch.randn(23), torch.randn(10, 24), 4)):
+            try:
+                embed.insert_cls_add_pos(*args, backend="triton")
+                bad.append(("accepted", [tuple(a.shape) for a in args[:3]], args[3]))
+            except ValueError:
+                pass
+        try:
+            embed.patch_rows(torch.randn(1, 3, 30, 32), 16, backend="triton")
+            bad.append(("accepted 30 px rows", 16))
+        except ValueError:
+            pass
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """)
+
+
 def test_conv_silu_backward_kernel():
     """The conv+SiLU backward kernel against autograd through the PyTorch reference: dx, dw, db, both
     directions, lengths shorter than the kernel and longer than one tile, 4-tap kernels and shorter ones."""

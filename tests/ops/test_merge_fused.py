@@ -261,14 +261,16 @@ def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
             torch.manual_seed(L + C)
             m = torch.randn(B, L, C, device="cuda").to(dtype)
             new_cls = plan_cls_index(cls, L, r, ordered)
-            merge_triton.MATCH_CONFIG["fused"] = False
+            merge_triton.MATCH_CONFIG.update(fused=False, one_j=False)
             ref = merge_triton._match_lists(m, cls, r, new_cls, ordered)
             merged_tok = ref[2].long()
             for tiles in merge_triton.MATCH_TILES:
-                merge_triton.MATCH_CONFIG.update(fused=True, small=tiles, large=tiles)
-                got = merge_triton._match_lists(m, cls, r, new_cls, ordered)
-                for name, x, y in zip(("dest", "base", "src", "sdst", "head"), got, ref):
-                    assert torch.equal(x, y), (name, tiles, B, L)
-                assert torch.equal(got[5].gather(1, merged_tok), ref[5].gather(1, merged_tok)), ("next", tiles, B, L)
+                for one_j in (True, False):  # both row-norm loops of the partner step (one loop, or one per set)
+                    merge_triton.MATCH_CONFIG.update(fused=True, small=tiles, large=tiles, one_j=one_j)
+                    got = merge_triton._match_lists(m, cls, r, new_cls, ordered)
+                    for name, x, y in zip(("dest", "base", "src", "sdst", "head"), got, ref):
+                        assert torch.equal(x, y), (name, tiles, one_j, B, L)
+                    assert torch.equal(got[5].gather(1, merged_tok), ref[5].gather(1, merged_tok)), \
+                        ("next", tiles, one_j, B, L)
     finally:
         merge_triton.MATCH_CONFIG.update(found)

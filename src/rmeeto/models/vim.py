@@ -30,6 +30,7 @@ from rmeeto.models._arch import VimArch
 from rmeeto.models._registry import match_model
 from rmeeto.ops import policy
 from rmeeto.ops.conv import conv_silu, conv_silu_bidir
+from rmeeto.ops.embed import insert_cls_add_pos, patch_rows
 from rmeeto.ops.norm import drop_add_rms_norm, drop_path, rms_norm
 from rmeeto.ops.selective_scan import selective_scan, selective_scan_bidir, sum_directions
 
@@ -260,7 +261,8 @@ class PatchEmbed(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, backend: str = "auto") -> Tensor:
+        """``backend``: of the patch cut-out (:func:`rmeeto.ops.embed.patch_rows`), "auto" or "torch"."""
         if x.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(
                 f"input is {tuple(x.shape[-2:])} pixels but the model was built for {self.img_size}x{self.img_size}"
@@ -268,9 +270,7 @@ class PatchEmbed(nn.Module):
         if x.is_cuda:
             # same arithmetic as the strided conv, as one GEMM over cut-out patches: cuDNN's choice for this
             # conv on Hopper in fp16 (implicit sgemm) took ~0.8 ms per 128 images, the GEMM a few dozen us
-            b, c, h, w = x.shape
-            p = self.patch_size
-            patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * p * p)
+            patches = patch_rows(x, self.patch_size, backend)
             return F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
         return self.proj(x).flatten(2).transpose(1, 2)
 
@@ -417,12 +417,13 @@ class VisionMamba(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def embed(self, x: Tensor) -> Tensor:
-        """[batch, C, H, W] -> [batch, num_patches + 1, E] with the class token in the middle."""
-        tokens = self.patch_embed(x)
-        p = self.cls_position
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
-        tokens = torch.cat([tokens[:, :p], cls, tokens[:, p:]], dim=1)
-        return self.pos_drop(tokens + self.pos_embed.to(tokens.dtype))
+        """[batch, C, H, W] -> [batch, num_patches + 1, E] with the class token at ``cls_position`` (the middle,
+        as the official models, or first) and the position embedding added (two kernels on the fused path:
+        :mod:`rmeeto.ops.embed`)."""
+        backend = policy.op_backend(self.layers[0].mixer.scan_backend)
+        tokens = self.patch_embed(x, backend)
+        tokens = insert_cls_add_pos(tokens, self.cls_token, self.pos_embed, self.cls_position, backend)
+        return self.pos_drop(tokens) if self.training and self.pos_drop.p > 0 else tokens
 
     def forward_tokens(self, x: Tensor, track_source: bool = False) -> tuple[Tensor, TokenState]:
         hidden = self.embed(x)

@@ -11,6 +11,9 @@ Environment switches, read ONCE when this module is imported:
 ``RMEETO_FUSED_CONV=0``     depthwise conv + SiLU in PyTorch (``rmeeto.ops.conv``)
 ``RMEETO_FUSED_NORM=0``     residual add + drop path + RMSNorm in PyTorch (``rmeeto.ops.norm``)
 ``RMEETO_FUSED_MERGE=0``    token matching and merging in PyTorch (``rmeeto.merge``)
+``RMEETO_FUSED_EMBED=0``   the token embedding's patch cut-out, class-token insert and position add in
+                            PyTorch (``rmeeto.ops.embed``; the fused kernels only copy and round once: same
+                            results)
 ``RMEETO_FUSED_MERGE_NORM=0`` in inference, the fused merge and the residual add + RMSNorm after it as two
                             kernels instead of one (``rmeeto.ops.triton.merge.match_merge_add_norm``; it
                             needs the merge and norm kernels on as well; for A/B timing, same results)
@@ -62,7 +65,7 @@ __all__ = [
     "set_xlane_bwd",
 ]
 
-OPS = ("scan", "conv", "norm", "merge", "merge_norm")
+OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed")
 # scan backends written in PyTorch alone; forcing one of them on a model forces the PyTorch conv / norm / merge
 PURE_SCAN_BACKENDS = ("reference", "chunked")
 
@@ -77,6 +80,7 @@ _fused: dict[str, bool] = {
     "norm": _switch("RMEETO_FUSED_NORM"),
     "merge": _switch("RMEETO_FUSED_MERGE"),
     "merge_norm": _switch("RMEETO_FUSED_MERGE_NORM"),
+    "embed": _switch("RMEETO_FUSED_EMBED"),
 }
 _fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
 _xlane_bwd: bool = _switch("RMEETO_XLANE_BWD")
@@ -95,7 +99,7 @@ def triton_available() -> bool:
 
 
 def use_fused(op: str, x: Union[torch.Tensor, torch.device], backend: str = "auto") -> bool:
-    """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm") for tensor (or
+    """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm", "embed") for tensor (or
     device) ``x``?
 
     ``backend``: "auto" asks the switches (True only for CUDA, with Triton, the switch on and no

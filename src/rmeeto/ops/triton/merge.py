@@ -124,16 +124,39 @@ if _HAS_TRITON:
         return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc), 1e-12))
 
     @triton.jit
+    def _inv_norms_pair(rows, ta, ma, tb, mb, s_ml, C, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+                        NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1):
+        """:func:`_inv_norms` of two sets of tokens (``ta`` / ``ma``, ``tb`` / ``mb``) in one loop over the
+        channels: the loads of both sets' chunks are in flight together, where two loops expose each set's
+        load latencies in turn. Every row's sum has the same chunks in the same order, so the same bits."""
+        offs_c = tl.arange(0, NORM_C)
+        acc_a = tl.zeros([BLOCK_A], tl.float32)
+        acc_b = tl.zeros([BLOCK_B], tl.float32)
+        for c0 in tl.range(0, C, NORM_C, loop_unroll_factor=UNROLL):
+            c = c0 + offs_c[None, :]
+            xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0).to(tl.float32)
+            xb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0).to(tl.float32)
+            acc_a += tl.sum(xa * xa, axis=1)
+            acc_b += tl.sum(xb * xb, axis=1)
+        inv_a = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc_a), 1e-12))
+        inv_b = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc_b), 1e-12))
+        return inv_a, inv_b
+
+    @triton.jit
     def _partner_tile(rows, vmax_row, vidx_row, tile, L, C, cls, s_ml,
                       IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-                      BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1):
+                      BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
+                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1):
         """For tile ``tile`` of BLOCK_T sources (even class-free positions) of one batch element (its metric
         rows at ``rows``): scores against every destination (odd positions) of the rows normalised in float32
         and rounded to the metric's dtype, the scores rounded to it too (as the PyTorch matmul returns them),
         and the best one (first on ties), stored at ``vmax_row`` / ``vidx_row``. The inverse row norms are
         taken here (those of the tile's sources and of every destination: a second read of rows the dot reads
         anyway, where a norm kernel of its own cost one more launch per merging layer). ``UNROLL``: channel
-        chunks per loop trip of the norms (same order of every sum, fewer exposed load latencies)."""
+        chunks per loop trip of the norms (same order of every sum, fewer exposed load latencies). ``ONE_J``
+        (the launcher's promise that every destination fits one tile of BLOCK_J): the sources' and the
+        destinations' norms in one loop (:func:`_inv_norms_pair`), same bits. ``DOT_UNROLL``: channel steps of
+        the dot per loop trip (each still accumulates in turn: same bits)."""
         T = L - 1
         NA = (T + 1) // 2
         NB = T // 2
@@ -143,7 +166,16 @@ if _HAS_TRITON:
         qa = 2 * i
         ta = qa + (qa >= cls).to(tl.int32)
         ma = i < NA
-        inv_a = _inv_norms(rows, ta, ma, s_ml, C, BLOCK_T, NORM_C, UNROLL)[:, None]
+        if ONE_J:
+            j = tl.arange(0, BLOCK_J)
+            qb = 2 * j + 1
+            inv_a, inv_b = _inv_norms_pair(rows, ta, ma, qb + (qb >= cls).to(tl.int32), j < NB, s_ml, C,
+                                           BLOCK_T, BLOCK_J, NORM_C, UNROLL)
+            inv_a = inv_a[:, None]
+            inv_b = inv_b[:, None]
+        else:
+            inv_a = _inv_norms(rows, ta, ma, s_ml, C, BLOCK_T, NORM_C, UNROLL)[:, None]
+            inv_b = tl.zeros([BLOCK_J, 1], tl.float32)
         best = tl.full([BLOCK_T], float("-inf"), tl.float32)
         best_j = tl.zeros([BLOCK_T], tl.int32)
         for j0 in range(0, NB, BLOCK_J):
@@ -151,9 +183,10 @@ if _HAS_TRITON:
             qb = 2 * j + 1
             tb = qb + (qb >= cls).to(tl.int32)
             mb = j < NB
-            inv_b = _inv_norms(rows, tb, mb, s_ml, C, BLOCK_J, NORM_C, UNROLL)[:, None]
+            if not ONE_J:
+                inv_b = _inv_norms(rows, tb, mb, s_ml, C, BLOCK_J, NORM_C, UNROLL)[:, None]
             s = tl.zeros([BLOCK_T, BLOCK_J], tl.float32)
-            for c0 in range(0, C, BLOCK_C):
+            for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=DOT_UNROLL):
                 c = c0 + offs_c[None, :]
                 xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
                 xb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0)
@@ -176,12 +209,12 @@ if _HAS_TRITON:
     @triton.jit
     def _best_partner_kernel(m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, L, C, cls,
                              IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-                             BLOCK_J: tl.constexpr, NORM_C: tl.constexpr):
+                             BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, ONE_J: tl.constexpr = False):
         """:func:`_partner_tile` for tile ``program_id(1)`` of batch element ``program_id(0)``."""
         b = tl.program_id(0).to(tl.int64)
         NA = L // 2
         _partner_tile(m_ptr + b * s_mb, vmax_ptr + b * NA, vidx_ptr + b * NA, tl.program_id(1), L, C, cls, s_ml,
-                      IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C)
+                      IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, 1, ONE_J)
 
     @triton.jit
     def _order_key(v):
@@ -362,7 +395,8 @@ if _HAS_TRITON:
         next_ptr, L, C, cls, new_cls, R, L_out,
         IEEE: tl.constexpr, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
         BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
-        BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
+        BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
+        DOT_UNROLL: tl.constexpr = 1,
     ):
         """Best partner and plan of one batch element in one program (grid (batch,)): every source tile of
         :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
@@ -374,7 +408,8 @@ if _HAS_TRITON:
         vrow = vmax_ptr + b * NA
         irow = vidx_ptr + b * NA
         for tile in range(0, tl.cdiv(NA, BLOCK_T)):
-            _partner_tile(rows, vrow, irow, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL)
+            _partner_tile(rows, vrow, irow, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
+                          ONE_J, DOT_UNROLL)
         tl.debug_barrier()
         row = merged_ptr + b * R
         thr, last_tie = _plan_threshold(vrow, row, NA, R, BLOCK_A, BLOCK_K)
@@ -575,6 +610,11 @@ def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: T
     return h_out, r_out, s_out
 
 
+# (rows per program, warps) of the merge + norm kernel; None: the norm kernel's (norm_triton.launch_shape), whose
+# row sums the kernel must reproduce
+MERGE_NORM_TILE = None
+
+
 def _merge_norm_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: Tensor, head: Tensor,
                     nxt: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Merge + residual add + RMSNorm launcher (inference): hidden [batch, L, C], residual [batch, L, C] float32,
@@ -591,6 +631,8 @@ def _merge_norm_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], ba
     s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
     n = batch * num_out
     block_n, block_c, warps = norm_triton.launch_shape(C)
+    if MERGE_NORM_TILE is not None:  # a benchmark's sweep (bench_merge_norm_gpu.py)
+        block_n, warps = MERGE_NORM_TILE
     launch(_merge_norm_kernel, (cdiv(n, block_n),), dev,
            hidden, residual, s, base, head, nxt, weight, r_out, y, s_out,
            n, L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1), float(eps),
@@ -703,12 +745,14 @@ _LONG_SOURCES = 256
 # benchmarks/bench_merge_gpu.py --match-tiles times each against the two-kernel path. MATCH_CONFIG["fused"]
 # False: always the two kernels (best partner, plan), as before the fused kernel.
 MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 8, 2, 128), (128, 64, 32, 8, 4, 128),
-               (64, 64, 32, 4, 4, 64), (128, 128, 32, 8, 1, 128)]
+               (64, 64, 32, 4, 4, 64), (128, 128, 32, 8, 1, 128), (128, 128, 16, 8, 2, 64)]
 # tiles for up to 64 sources ("small") and for more ("large"), measured on an H200 (fourteenth session,
 # bench_merge_gpu.py --match-tiles, graphed match_plan): at 98 sources (197 tokens) the first, 15.2 / 19.7 /
 # 32.1 us at Vim-Ti / S / B widths against 20.9 / 30.4 / 49.1 us for the two kernels; at 43 sources (87 tokens)
 # the second, 11.5 / 16.6 us (S / B) against 16.0 / 24.2 us
-MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0]}
+# "one_j": when every destination fits one tile, the sources' and destinations' row norms in one loop
+# (_inv_norms_pair; same bits either way); "dot_unroll": channel steps of the partner's dot per loop trip
+MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "one_j": True, "dot_unroll": 1}
 
 
 def _workspace(batch: int, L: int, R: int, dev: torch.device) -> tuple:
@@ -795,13 +839,17 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
                metric, metric.stride(0), metric.stride(1), vmax, vidx, scratch, dest, base, src, sdst, head, nxt,
                L, C, cls_index, new_cls_index, R, L - R,
                ORDERED=ordered, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
-               PLAN_T=min(plan_t, block_a), BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, **partner,
+               PLAN_T=min(plan_t, block_a), BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll,
+               ONE_J=MATCH_CONFIG.get("one_j", True) and (L - 1) // 2 <= tile_b,
+               DOT_UNROLL=MATCH_CONFIG.get("dot_unroll", 1), **partner,
                num_warps=warps, num_stages=1)
         return dest, base, src, sdst, head, nxt
     tile_a, tile_b, step_c, warps, stages = PARTNER_CONFIG["long" if na > _LONG_SOURCES else "short"]
     launch(_best_partner_kernel, (batch, cdiv(na, tile_a)), dev,
            metric, metric.stride(0), metric.stride(1), vmax, vidx, L, C, cls_index,
-           BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b, **partner,
+           BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
+           ONE_J=MATCH_CONFIG.get("one_j", True) and (L - 1) // 2 <= tile_b,
+           **partner,
            num_warps=warps, num_stages=stages)
     launch(_plan_kernel, (batch, cdiv(na, _PLAN_TILE)), dev,
            vmax, vidx, scratch, dest, base, src, sdst, head, nxt, L, cls_index, new_cls_index, R, L - R,
