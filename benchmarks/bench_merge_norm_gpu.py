@@ -17,7 +17,7 @@ from bench_merge_gpu import _event_ms, _graphed
 from rmeeto.merge import plan_cls_index
 from rmeeto.ops.triton import merge as mt, norm as nt
 
-TILES = [None, (8, 4), (8, 8), (2, 2), (2, 4), (4, 2), (4, 8), (16, 8)]
+TILES = [None, (8, 4), (8, 8), (2, 2), (2, 4), (4, 2), (4, 4), (2, 8), (4, 8), (16, 8)]
 
 
 def main():
@@ -49,7 +49,9 @@ def main():
                 same = torch.equal(ro, ro_ref) and torch.equal(y, y_ref) and torch.equal(s, sm)
                 t = 1e3 * _event_ms(_graphed(lambda: mt._merge_norm_fwd(h, res, size, base, head, nxt, w, 1e-5)),
                                     a.reps, 10)
-                print(f"   merge+norm tile {tile or 'default ' + str(nt.launch_shape(C))}: {t:.1f} us "
+                block_n, block_c, warps = nt.launch_shape(C)
+                label = tile or f"chosen {mt._MERGE_NORM_TILES.get(block_c, (block_n, warps))}"
+                print(f"   merge+norm tile {label}: {t:.1f} us "
                       f"({gb / t * 1e3:.2f} TB/s) {'same bits' if same else 'BITS DIFFER'}", flush=True)
             mt.MERGE_NORM_TILE = None
 

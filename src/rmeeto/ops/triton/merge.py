@@ -480,8 +480,9 @@ if _HAS_TRITON:
         :mod:`rmeeto.ops.triton.norm` (no drop path) for BLOCK_N output tokens (rows of [batch * L_out]), without
         writing the merged streams: each row sums its kept token and its list in the merge kernel's order and
         rounding (hidden rounded to its dtype, residual float32), then adds and normalises with the norm
-        kernel's arithmetic (its ``rms_rows``) on the norm kernel's [BLOCK_N, BLOCK_C] tile, so the outputs are
-        those of the two kernels in a row. Rows walk their lists together, each stopping at its own end."""
+        kernel's arithmetic (its ``rms_rows``) on a [BLOCK_N, BLOCK_C] tile whose row sums are the norm kernel's
+        (its own tile, or one measured to sum alike: ``_MERGE_NORM_TILES``), so the outputs are those of the two
+        kernels in a row. Rows walk their lists together, each stopping at its own end."""
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         mr = rows < N
         b = (rows // L_out).to(tl.int64)
@@ -610,8 +611,12 @@ def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: T
     return h_out, r_out, s_out
 
 
-# (rows per program, warps) of the merge + norm kernel; None: the norm kernel's (norm_triton.launch_shape), whose
-# row sums the kernel must reproduce
+# (rows per program, warps) of the merge + norm kernel by channel block, where another tile than the norm kernel's
+# (norm_triton.launch_shape) measured faster and gave the same bits as the merge kernel then the norm kernel
+# (fifteenth session, H200, benchmarks/bench_merge_norm_gpu.py, batch 128, 197 -> 186 tokens: C=384 37.0 ->
+# 35.5 us, C=768 73.4 -> 67.0 us; (2, 2) and (4, 2) were as fast but changed the row sums' bits at C=768);
+# other widths keep the norm kernel's tile. MERGE_NORM_TILE: a benchmark's override for every width.
+_MERGE_NORM_TILES = {512: (2, 4), 1024: (2, 4)}
 MERGE_NORM_TILE = None
 
 
@@ -631,8 +636,7 @@ def _merge_norm_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], ba
     s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
     n = batch * num_out
     block_n, block_c, warps = norm_triton.launch_shape(C)
-    if MERGE_NORM_TILE is not None:  # a benchmark's sweep (bench_merge_norm_gpu.py)
-        block_n, warps = MERGE_NORM_TILE
+    block_n, warps = MERGE_NORM_TILE or _MERGE_NORM_TILES.get(block_c, (block_n, warps))
     launch(_merge_norm_kernel, (cdiv(n, block_n),), dev,
            hidden, residual, s, base, head, nxt, weight, r_out, y, s_out,
            n, L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1), float(eps),

@@ -89,7 +89,8 @@ def is_available() -> bool:
 
 def launch_shape(C: int) -> tuple[int, int, int]:
     """(rows per program, channel block, warps) of the norm kernels for C channels; the fused merge + norm of
-    :mod:`rmeeto.ops.triton.merge` takes the same tile, so its row sums are the norm kernel's."""
+    :mod:`rmeeto.ops.triton.merge` takes the same channel block, and the same rows and warps unless another
+    tile was measured to give the same row sums faster (its ``_MERGE_NORM_TILES``)."""
     block_c = next_pow2(C)
     block_n = max(1, min(16, 2048 // block_c))  # <= 16 values per thread: ~110 registers in the backward
     return block_n, block_c, 4 if block_c <= 512 else 8
