@@ -170,7 +170,7 @@ def sweep_match_tiles(reps):
             tiles, one_j, dot_unroll = key
             mt.MATCH_CONFIG.update(found, fused=tiles is not None)
             if tiles is not None:
-                mt.MATCH_CONFIG.update(small=tiles, large=tiles)
+                mt.MATCH_CONFIG.update(small=tiles, large=tiles, wide=tiles)
             if "one_j" in found:
                 mt.MATCH_CONFIG.update(one_j=one_j, dot_unroll=dot_unroll)
             dest = plan()[0]

@@ -90,7 +90,7 @@ def test_match_plan_equals_pytorch_plan(full):
     for table, tiles, fused in sweeps:
         mt.MATCH_CONFIG["fused"] = fused
         if fused:
-            mt.MATCH_CONFIG.update(small=tiles, large=tiles)
+            mt.MATCH_CONFIG.update(small=tiles, large=tiles, wide=tiles)
         else:
             mt.PARTNER_CONFIG["short"] = tiles
         for ties in (False, True):
@@ -101,7 +101,12 @@ def test_match_plan_equals_pytorch_plan(full):
             if not torch.equal(mt.match_plan(m, 98, 11, plan.new_cls_index, True)[0], dest):
                 failures.append(("tiles", table, tiles, ties))
     mt.PARTNER_CONFIG["short"] = mt.PARTNER_TILES[0]
-    mt.MATCH_CONFIG.update(fused=True, small=mt.MATCH_TILES[1], large=mt.MATCH_TILES[0])  # the defaults
+    mt.MATCH_CONFIG.update(fused=True, small=mt.MATCH_TILES[1], large=mt.MATCH_TILES[0], wide=mt.MATCH_TILES[2])
+    # the default tiles of 768 channels and more (the dot unrolled), as Vim-B's first merging layer
+    m = torch.randn(2, 197, 768).half()
+    plan = bipartite_match(m, 98, 11)
+    if not torch.equal(mt.match_plan(m, 98, 11, plan.new_cls_index, True)[0], mt.destination_map(plan, 197, True)):
+        failures.append(("wide", 768))
     # the whole fused merge with sizes, and its backward
     B, L, C, cls, r = 2, 33, 24, 16, 6
     for ordered in (True, False):

@@ -264,13 +264,16 @@ def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
             merge_triton.MATCH_CONFIG.update(fused=False, one_j=False)
             ref = merge_triton._match_lists(m, cls, r, new_cls, ordered)
             merged_tok = ref[2].long()
+            # every tiling; the partner's row norms in one loop or one per set; its dot one or two channel
+            # steps per loop trip
             for tiles in merge_triton.MATCH_TILES:
-                for one_j in (True, False):  # both row-norm loops of the partner step (one loop, or one per set)
-                    merge_triton.MATCH_CONFIG.update(fused=True, small=tiles, large=tiles, one_j=one_j)
+                for one_j, dot_unroll in ((True, 1), (False, 1), (True, 2)):
+                    merge_triton.MATCH_CONFIG.update(fused=True, small=tiles, large=tiles, wide=tiles, one_j=one_j,
+                                                     dot_unroll=dot_unroll)
                     got = merge_triton._match_lists(m, cls, r, new_cls, ordered)
                     for name, x, y in zip(("dest", "base", "src", "sdst", "head"), got, ref):
-                        assert torch.equal(x, y), (name, tiles, one_j, B, L)
+                        assert torch.equal(x, y), (name, tiles, one_j, dot_unroll, B, L)
                     assert torch.equal(got[5].gather(1, merged_tok), ref[5].gather(1, merged_tok)), \
-                        ("next", tiles, one_j, B, L)
+                        ("next", tiles, one_j, dot_unroll, B, L)
     finally:
         merge_triton.MATCH_CONFIG.update(found)

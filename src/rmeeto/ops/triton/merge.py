@@ -614,8 +614,9 @@ def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: T
 # (rows per program, warps) of the merge + norm kernel by channel block, where another tile than the norm kernel's
 # (norm_triton.launch_shape) measured faster and gave the same bits as the merge kernel then the norm kernel
 # (fifteenth session, H200, benchmarks/bench_merge_norm_gpu.py, batch 128, 197 -> 186 tokens: C=384 37.0 ->
-# 35.5 us, C=768 73.4 -> 67.0 us; (2, 2) and (4, 2) were as fast but changed the row sums' bits at C=768);
-# other widths keep the norm kernel's tile. MERGE_NORM_TILE: a benchmark's override for every width.
+# 35.5 us, C=768 73.4 -> 67.0 us; (2, 2) and (4, 2) were as fast but changed the row sums' bits at C=768),
+# for 16-bit hidden states only (with float32 ones (2, 4) changed them at C=768: GPU test, call 3); other
+# widths and dtypes keep the norm kernel's tile. MERGE_NORM_TILE: a benchmark's override for every width.
 _MERGE_NORM_TILES = {512: (2, 4), 1024: (2, 4)}
 MERGE_NORM_TILE = None
 
@@ -636,7 +637,10 @@ def _merge_norm_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], ba
     s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
     n = batch * num_out
     block_n, block_c, warps = norm_triton.launch_shape(C)
-    block_n, warps = MERGE_NORM_TILE or _MERGE_NORM_TILES.get(block_c, (block_n, warps))
+    if MERGE_NORM_TILE is not None:
+        block_n, warps = MERGE_NORM_TILE
+    elif hidden.element_size() == 2:
+        block_n, warps = _MERGE_NORM_TILES.get(block_c, (block_n, warps))
     launch(_merge_norm_kernel, (cdiv(n, block_n),), dev,
            hidden, residual, s, base, head, nxt, weight, r_out, y, s_out,
            n, L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1), float(eps),
@@ -750,13 +754,20 @@ _LONG_SOURCES = 256
 # False: always the two kernels (best partner, plan), as before the fused kernel.
 MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 8, 2, 128), (128, 64, 32, 8, 4, 128),
                (64, 64, 32, 4, 4, 64), (128, 128, 32, 8, 1, 128), (128, 128, 16, 8, 2, 64)]
-# tiles for up to 64 sources ("small") and for more ("large"), measured on an H200 (fourteenth session,
-# bench_merge_gpu.py --match-tiles, graphed match_plan): at 98 sources (197 tokens) the first, 15.2 / 19.7 /
-# 32.1 us at Vim-Ti / S / B widths against 20.9 / 30.4 / 49.1 us for the two kernels; at 43 sources (87 tokens)
-# the second, 11.5 / 16.6 us (S / B) against 16.0 / 24.2 us
+# tiles for up to 64 sources ("small"), for more ("large") and for more at 768 channels or wider ("wide"),
+# measured on an H200 (bench_merge_gpu.py --match-tiles, graphed match_plan). Fourteenth session: at 98
+# sources (197 tokens) the first, 15.2 / 19.7 / 32.1 us at Vim-Ti / S / B widths against 20.9 / 30.4 / 49.1 us
+# for the two kernels; at 43 sources (87 tokens) the second, 11.5 / 16.6 us (S / B) against 16.0 / 24.2 us.
+# Fifteenth session (call 1), with the norms in one loop ("one_j"): Ti / S 14.8 / 18.9 us at 197 tokens (large),
+# B 29.1 us with the third tiles and the dot's channel steps two per loop trip ("wide", dot unroll 2; 31.4
+# with the large tiles, unroll 1), S / B 11.3 / 16.3 us at 87 tokens (small). Unrolling the dot was slower at
+# 384 channels and in the small tiles.
 # "one_j": when every destination fits one tile, the sources' and destinations' row norms in one loop
-# (_inv_norms_pair; same bits either way); "dot_unroll": channel steps of the partner's dot per loop trip
-MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "one_j": True, "dot_unroll": 1}
+# (_inv_norms_pair; same bits either way); "dot_unroll": None, or channel steps of the partner's dot per loop
+# trip for every size (a sweep's override; the order of the sums is the same either way)
+MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
+                "one_j": True, "dot_unroll": None}
+_WIDE_C = 768
 
 
 def _workspace(batch: int, L: int, R: int, dev: torch.device) -> tuple:
@@ -838,14 +849,16 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     block_a = max(16, next_pow2(na))
     partner = dict(IEEE=metric.dtype == torch.float32, NORM_C=max(16, min(32, c2)))  # both paths' partner step
     if MATCH_CONFIG["fused"] and na <= _LONG_SOURCES:
-        tile_a, tile_b, step_c, warps, unroll, plan_t = MATCH_CONFIG["small" if na <= 64 else "large"]
+        size = "small" if na <= 64 else "wide" if C >= _WIDE_C else "large"
+        tile_a, tile_b, step_c, warps, unroll, plan_t = MATCH_CONFIG[size]
+        dot_unroll = MATCH_CONFIG.get("dot_unroll") or (2 if size == "wide" else 1)
         launch(_match_kernel, (batch,), dev,
                metric, metric.stride(0), metric.stride(1), vmax, vidx, scratch, dest, base, src, sdst, head, nxt,
                L, C, cls_index, new_cls_index, R, L - R,
                ORDERED=ordered, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
                PLAN_T=min(plan_t, block_a), BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll,
                ONE_J=MATCH_CONFIG.get("one_j", True) and (L - 1) // 2 <= tile_b,
-               DOT_UNROLL=MATCH_CONFIG.get("dot_unroll", 1), **partner,
+               DOT_UNROLL=dot_unroll, **partner,
                num_warps=warps, num_stages=1)
         return dest, base, src, sdst, head, nxt
     tile_a, tile_b, step_c, warps, stages = PARTNER_CONFIG["long" if na > _LONG_SOURCES else "short"]
