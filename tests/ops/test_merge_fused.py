@@ -252,7 +252,8 @@ def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
     """The one-program-per-batch-element match kernel (best partner and plan in one launch, every tiling in
     MATCH_TILES) writes the same plan and lists as the best-partner kernel followed by the plan kernel, at the
     shapes of Vim-Ti / S / B's merging layers (first and last: 197 and 87 tokens) and a 513-token sequence
-    (256 sources, the longest the one-launch kernel takes: several source tiles in both of its steps)."""
+    (256 sources, the longest the one-launch kernel takes: several source tiles in both of its steps), with the
+    partner's row norms in one loop or two and (default tilings) its dot unrolled."""
     from rmeeto.merge import plan_cls_index
 
     found = dict(merge_triton.MATCH_CONFIG)
@@ -264,10 +265,11 @@ def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
             merge_triton.MATCH_CONFIG.update(fused=False, one_j=False)
             ref = merge_triton._match_lists(m, cls, r, new_cls, ordered)
             merged_tok = ref[2].long()
-            # every tiling; the partner's row norms in one loop or one per set; its dot one or two channel
-            # steps per loop trip
+            # every tiling with the partner's row norms in one loop and in one loop per set; the default large
+            # and wide tilings also with its dot two channel steps per loop trip
+            defaults = (found["large"], found["wide"])
             for tiles in merge_triton.MATCH_TILES:
-                for one_j, dot_unroll in ((True, 1), (False, 1), (True, 2)):
+                for one_j, dot_unroll in ((True, 1), (False, 1)) + (((True, 2),) if tiles in defaults else ()):
                     merge_triton.MATCH_CONFIG.update(fused=True, small=tiles, large=tiles, wide=tiles, one_j=one_j,
                                                      dot_unroll=dot_unroll)
                     got = merge_triton._match_lists(m, cls, r, new_cls, ordered)
