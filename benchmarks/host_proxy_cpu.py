@@ -35,14 +35,14 @@ def _force_fused_noop_launch():
     """Fused paths on for any tensor, launches no-ops (counted). Needs TRITON_INTERPRET=1 set before import: the
     conv op accepts non-CUDA tensors only under the interpreter."""
     from rmeeto.ops import policy
-    from rmeeto.ops.triton import conv as tc, merge as tm, norm as tn, scan as ts, scan_bwd as sb
+    from rmeeto.ops.triton import conv as tc, embed as te, merge as tm, norm as tn, scan as ts, scan_bwd as sb
 
     calls = [0]
 
     def noop_launch(kernel, grid, device, *args, **meta):
         calls[0] += 1
 
-    for module in (tc, tm, tn, ts, sb):
+    for module in (tc, te, tm, tn, ts, sb):
         module.launch = noop_launch
         if hasattr(module, "is_available"):
             module.is_available = lambda: True

@@ -4,6 +4,7 @@ through a chain), counting imports inside functions too (a late import that dodg
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,33 @@ def test_every_module_imports_on_its_own():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"modules that do not import on their own:\n{proc.stdout}{proc.stderr[-2000:]}"
+
+
+def test_import_rmeeto_leaves_timm_unimported_and_timm_still_sees_the_models():
+    """``import rmeeto`` does not import timm (~3 s of start-up for every CLI call and subprocess); once timm is
+    imported, ``timm.create_model`` builds the Vim models and ``apply_merge`` takes a timm ViT, whichever of
+    the two packages comes first. A spec lookup of timm alone (as libraries test for a package) leaves the
+    hook for the real import."""
+    after = (
+        "import importlib.util, sys, rmeeto\n"
+        "assert 'timm' not in sys.modules, 'import rmeeto imported timm'\n"
+        "assert importlib.util.find_spec('timm') is not None and 'timm' not in sys.modules\n"
+        "vit = rmeeto.create_model('vit_test_patch4_16')\n"  # imports timm: the hook runs here
+        "rmeeto.apply_merge(vit, rmeeto.MergeConfig(num_merged=2, interval=1))\n"
+        "assert type(vit).__name__ == 'MergingVisionTransformer', type(vit)\n"
+        "import timm\n"
+        "assert type(timm.create_model('vim_test_patch4_16')).__name__ == 'VisionMamba'\n"
+        "assert not [f for f in sys.meta_path if type(f).__name__ == '_AfterImport']\n"
+    )
+    before = ("import timm, rmeeto\n"
+              "assert type(timm.create_model('vim_test_patch4_16')).__name__ == 'VisionMamba'\n"
+              "vit = rmeeto.apply_merge(timm.create_model('vit_tiny_patch16_224', img_size=32, patch_size=16),\n"
+              "                         rmeeto.MergeConfig(num_merged=1, interval=1))\n"
+              "assert type(vit).__name__ == 'MergingVisionTransformer', type(vit)\n")
+    for code in (after, before):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(SRC)})
+        assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_cycle_finder_finds_a_cycle():

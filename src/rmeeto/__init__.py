@@ -10,8 +10,19 @@ from rmeeto.models import ModelConfig, VimArch, get_config, inspect_checkpoint, 
 from rmeeto.models.vim import TokenState, VisionMamba  # noqa: E402
 from rmeeto.merge import MergeConfig, apply_merge, remove_merge, trace_tokens  # noqa: E402
 from rmeeto.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from rmeeto import merge_vit as _merge_vit  # noqa: E402,F401  (registers the timm ViT patch with apply_merge)
-from rmeeto.hub import create_model  # noqa: E402  (builder + published weights; registers the models with timm)
+from rmeeto.hub import create_model, register_with_timm  # noqa: E402  (builder + published weights)
+from rmeeto._lazy import after_import  # noqa: E402
+
+
+def _on_timm_import() -> None:
+    """Once timm is imported (a timm ViT can exist only then): the Vim models go into timm's registry
+    (``timm.create_model("vim_small_patch16_224")``), and :mod:`rmeeto.merge_vit` registers the ViT patch of
+    :func:`apply_merge`. Deferred so that ``import rmeeto`` does not import timm (~3 s)."""
+    register_with_timm()
+    from rmeeto import merge_vit  # noqa: F401
+
+
+after_import("timm", _on_timm_import)
 
 __all__ = [
     "__version__",

@@ -29,7 +29,6 @@ from rmeeto.merge import LayerSchedule, MergeConfig
 from rmeeto.models import get_config
 from rmeeto.models.vim import TokenState
 from rmeeto.models.vit import VIT_MODELS, ViTArch, is_vit
-from rmeeto import merge_vit
 
 Tensor = torch.Tensor
 
@@ -37,6 +36,13 @@ __all__ = [
     "is_vit", "is_vit_name", "default_interval", "depth_of", "blocks_of", "num_tokens_of", "cls_position_of",
     "schedule_for", "forward_tokens", "head_logits", "block_state", "set_scan_backend", "vit_arch",
 ]
+
+
+def _merge_vit():
+    """:mod:`rmeeto.merge_vit`, imported on first use: it imports timm, which only ViTs need."""
+    from rmeeto import merge_vit
+
+    return merge_vit
 
 
 def is_vit_name(name: str) -> bool:
@@ -64,7 +70,7 @@ def num_tokens_of(model: nn.Module) -> int:
 
 
 def cls_position_of(model: nn.Module) -> int:
-    return merge_vit.CLS_INDEX if is_vit(model) else model.cls_position
+    return _merge_vit().CLS_INDEX if is_vit(model) else model.cls_position
 
 
 def schedule_for(model_or_name: Union[str, nn.Module], config: MergeConfig) -> list[LayerSchedule]:
@@ -73,11 +79,11 @@ def schedule_for(model_or_name: Union[str, nn.Module], config: MergeConfig) -> l
     if isinstance(model_or_name, str):
         arch = get_config(model_or_name).arch
         if isinstance(arch, ViTArch):
-            return merge_vit.vit_schedule(config, arch.num_tokens, arch.depth)
+            return _merge_vit().vit_schedule(config, arch.num_tokens, arch.depth)
         return config.schedule(arch.num_tokens, arch.depth, arch.cls_index)
     model = model_or_name
     if is_vit(model):
-        return merge_vit.vit_schedule(config, num_tokens_of(model), depth_of(model))
+        return _merge_vit().vit_schedule(config, num_tokens_of(model), depth_of(model))
     return config.schedule(model.num_tokens, depth_of(model), model.cls_position)
 
 
@@ -85,7 +91,7 @@ def forward_tokens(model: nn.Module, images: Tensor, track_source: bool = False)
     """``images`` [batch, C, H, W] -> (final-norm tokens [batch, N, E], TokenState with ``cls_index``, ``size``
     [batch, N, 1] or None, ``source`` [batch, N, N0] when ``track_source``)."""
     if is_vit(model):
-        return merge_vit.forward_tokens(model, images, track_source)
+        return _merge_vit().forward_tokens(model, images, track_source)
     return model.forward_tokens(images, track_source=track_source)
 
 

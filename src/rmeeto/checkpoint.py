@@ -114,12 +114,13 @@ FilterFn = Callable[[Mapping[str, Any], nn.Module], FilterResult]
 
 # filters for model classes rmeeto does not own (timm's VisionTransformer: rmeeto.models.vit registers one), found
 # along the class's MRO, so a merging subclass uses its base's filter
-_CLASS_FILTERS: dict[type, FilterFn] = {}
+_CLASS_FILTERS: dict[Union[type, str], FilterFn] = {}
 
 
-def register_checkpoint_filter(cls: type, fn: FilterFn) -> None:
+def register_checkpoint_filter(cls: Union[type, str], fn: FilterFn) -> None:
     """Make :func:`load_checkpoint` use ``fn`` for ``cls`` and its subclasses (unless they define their own
-    ``checkpoint_filter``)."""
+    ``checkpoint_filter``). ``cls`` may be given by its qualified name (``"module.Class"``), so that a class of
+    a package not imported yet (timm's ViT) needs no import to be registered."""
     _CLASS_FILTERS[cls] = fn
 
 
@@ -127,7 +128,11 @@ def _default_filter(model: nn.Module) -> FilterFn:
     own = getattr(type(model), "checkpoint_filter", None)
     if own is not None:
         return own
-    return next((_CLASS_FILTERS[c] for c in type(model).__mro__ if c in _CLASS_FILTERS), plain_filter)
+    for c in type(model).__mro__:
+        fn = _CLASS_FILTERS.get(c) or _CLASS_FILTERS.get(f"{c.__module__}.{c.__qualname__}")
+        if fn is not None:
+            return fn
+    return plain_filter
 
 
 # ----------------------------------------------------------------------------------------------- reading

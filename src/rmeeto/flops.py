@@ -29,13 +29,19 @@ from typing import Any, Optional, Union
 
 from rmeeto.backbones import vit_arch
 from rmeeto.merge import MergeConfig
-from rmeeto.merge_vit import vit_flops
 from rmeeto.models import VimArch, arch_of
 from rmeeto.models.vim import VisionMamba
 
 __all__ = ["paper_flops", "true_flops", "flops_table"]
 
 ArchLike = Union[str, VisionMamba, VimArch, dict]
+
+
+def _vit_flops(arch, config):
+    """:func:`rmeeto.merge_vit.vit_flops`, imported on first use (rmeeto.merge_vit imports timm)."""
+    from rmeeto.merge_vit import vit_flops
+
+    return vit_flops(arch, config)
 
 
 def _requested(config: MergeConfig, layers: list[int]) -> dict[int, int]:
@@ -79,7 +85,7 @@ def paper_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = N
     C*classes. Video models (1569 tokens) follow the same formula.
     """
     if vit_arch(arch_or_model) is not None:
-        return vit_flops(vit_arch(arch_or_model), merge_config)["gflops"]
+        return _vit_flops(vit_arch(arch_or_model), merge_config)["gflops"]
     a = arch_of(arch_or_model)
     c = a.embed_dim
     n: float = a.num_tokens
@@ -138,7 +144,7 @@ def true_flops(arch_or_model: ArchLike, merge_config: Optional[MergeConfig] = No
     "per_layer": [GFLOPs of each layer, its merge included]}``. Branch and scan terms cover both directions.
     """
     if vit_arch(arch_or_model) is not None:
-        v = vit_flops(vit_arch(arch_or_model), merge_config)
+        v = _vit_flops(vit_arch(arch_or_model), merge_config)
         return {"total": v["gflops"], "breakdown": {}, "tokens_per_layer": v["tokens_per_layer"], "per_layer": []}
     a = arch_of(arch_or_model)
     c = a.embed_dim

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch.nn as nn
@@ -50,6 +48,7 @@ __all__ = [
     "parse_hub_path",
     "resolve",
     "create_model",
+    "register_with_timm",
 ]
 
 _OVERRIDE_ENV = "RMEETO_WEIGHTS_"
@@ -193,9 +192,10 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: Union[str
     return model
 
 
-def _register_with_timm() -> None:
+def register_with_timm() -> None:
     """Expose every registered Vim-family model to ``timm.create_model`` (``pretrained=True`` and ``model.tag``
-    included). Silently skipped if timm is missing or incompatible."""
+    included). Silently skipped if timm is missing or incompatible. ``import rmeeto`` calls it when timm is
+    imported (at once if it already is): see :mod:`rmeeto._lazy`."""
     try:
         from timm.models import _registry
         from timm.models import register_model as timm_register
@@ -219,6 +219,3 @@ def _register_with_timm() -> None:
     for name in models.list_models(backbone="vim"):  # timm registers its own DeiTs
         if name not in _registry._model_entrypoints:
             timm_register(make(name))
-
-
-_register_with_timm()

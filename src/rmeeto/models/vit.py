@@ -14,21 +14,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+import sys
 
 import torch.nn as nn
-from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import VisionTransformer
 
 from rmeeto.checkpoint import FilterResult, plain_filter, register_checkpoint_filter
 from rmeeto.models._meta import NamedModelConfig
 
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
 __all__ = ["ViTArch", "ViTConfig", "VIT_MODELS", "is_vit", "create_vit", "register_vit", "checkpoint_filter_fn"]
+
+
+# timm is imported only when a ViT is built or met (3 s of start-up on a 2-core machine otherwise, for every
+# ``import rmeeto``): a model that is a timm ViT exists only once timm's module is loaded
+_TIMM_VIT = "timm.models.vision_transformer"
 
 
 def is_vit(model: nn.Module) -> bool:
     """Whether ``model`` is a timm ``VisionTransformer`` (DDP / compiled wrappers are not looked through)."""
-    return isinstance(model, VisionTransformer)
+    module = sys.modules.get(_TIMM_VIT)
+    return module is not None and isinstance(model, module.VisionTransformer)
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,8 @@ def checkpoint_filter_fn(state_dict, model: VisionTransformer):
         prefix = model.num_prefix_tokens
         old_side = math.isqrt(pos.shape[1] - prefix)
         if old_side * old_side == pos.shape[1] - prefix:
+            from timm.layers import resample_abs_pos_embed
+
             new_grid = list(model.patch_embed.grid_size)
             weights["pos_embed"] = resample_abs_pos_embed(pos, new_grid, [old_side, old_side], num_prefix_tokens=prefix)
             resized = (pos.shape[1], model.pos_embed.shape[1])
@@ -149,7 +160,8 @@ def checkpoint_filter_fn(state_dict, model: VisionTransformer):
     return FilterResult(weights, notes, skipped, resized, head_reset)
 
 
-def create_vit(name: str, pretrained: bool = False, checkpoint_path: Optional[str] = None, **overrides) -> VisionTransformer:
+def create_vit(name: str, pretrained: bool = False, checkpoint_path: Optional[str] = None,
+               **overrides) -> VisionTransformer:
     """Build a registered ViT as timm's ``VisionTransformer`` (timm's parameter names). ``overrides`` are timm
     constructor arguments (``num_classes``, ``drop_path_rate``, ``img_size``, ...). ``checkpoint_path`` loads
     weights strictly and weights-only (:func:`rmeeto.load_checkpoint`). ``pretrained=True`` without it takes
@@ -174,6 +186,8 @@ def create_vit(name: str, pretrained: bool = False, checkpoint_path: Optional[st
             raise ValueError(f"cannot get timm's pretrained weights of {cfg.timm_name}: {type(exc).__name__}: "
                              f"{first}; give checkpoint_path{hint}") from None
     else:
+        from timm.models.vision_transformer import VisionTransformer
+
         model = VisionTransformer(**{**cfg.arch.timm_kwargs(), **overrides})
     # the rmeeto surface shared with VisionMamba (timm's own dict is replaced: rmeeto reads input_size etc. here)
     model.pretrained_cfg = cfg
@@ -186,4 +200,4 @@ def create_vit(name: str, pretrained: bool = False, checkpoint_path: Optional[st
     return model
 
 
-register_checkpoint_filter(VisionTransformer, checkpoint_filter_fn)
+register_checkpoint_filter(f"{_TIMM_VIT}.VisionTransformer", checkpoint_filter_fn)
