@@ -10,7 +10,6 @@ call paid it before, for the ViT backbones only.
 from __future__ import annotations
 
 import importlib.abc
-import importlib.machinery
 import sys
 from typing import Callable
 
@@ -18,7 +17,7 @@ __all__ = ["after_import"]
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: asks the path finder for ``name``'s spec and gives that spec's loader (a new object
+    """Finds nothing itself: asks the finders after it for ``name``'s spec and gives that spec's loader (a new object
     per spec) an ``exec_module`` that runs the module, then the callbacks. A spec that is only looked up
     (``importlib.util.find_spec``, as libraries do to test for a package) and never executed leaves the hook in
     place for the real import. A failing callback never fails the import."""
@@ -32,8 +31,13 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         if fullname != self.name or self.busy:
             return None
         self.busy = True
-        try:
-            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        try:  # the spec the import system would find without this hook (path, editable-install finders ...)
+            spec = None
+            for finder in [f for f in sys.meta_path if f is not self]:
+                find = getattr(finder, "find_spec", None)
+                spec = find(fullname, path, target) if find is not None else None
+                if spec is not None:
+                    break
         finally:
             self.busy = False
         loader = getattr(spec, "loader", None)
