@@ -1,3 +1,3 @@
 """Ops with a PyTorch reference and a fused Triton path: ``selective_scan``, ``conv`` (conv1d + SiLU), ``norm``
-(residual add + RMSNorm); their kernels live in :mod:`rmeeto.ops.triton` (the fused merge's too) and
-:mod:`rmeeto.ops.policy` decides which path runs."""
+(residual add + RMSNorm), ``embed`` (patch cut-out, class-token insert + position add); their kernels live in
+:mod:`rmeeto.ops.triton` (the fused merge's too) and :mod:`rmeeto.ops.policy` decides which path runs."""
