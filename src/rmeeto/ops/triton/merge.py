@@ -848,6 +848,9 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     c2 = next_pow2(C)
     block_a = max(16, next_pow2(na))
     partner = dict(IEEE=metric.dtype == torch.float32, NORM_C=max(16, min(32, c2)))  # both paths' partner step
+
+    def one_j(tile_b: int) -> bool:  # every destination in one tile: both sets' row norms in one loop
+        return MATCH_CONFIG["one_j"] and (L - 1) // 2 <= tile_b
     if MATCH_CONFIG["fused"] and na <= _LONG_SOURCES:
         size = "small" if na <= 64 else "wide" if C >= _WIDE_C else "large"
         tile_a, tile_b, step_c, warps, unroll, plan_t = MATCH_CONFIG[size]
@@ -857,7 +860,7 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
                L, C, cls_index, new_cls_index, R, L - R,
                ORDERED=ordered, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
                PLAN_T=min(plan_t, block_a), BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll,
-               ONE_J=MATCH_CONFIG.get("one_j", True) and (L - 1) // 2 <= tile_b,
+               ONE_J=one_j(tile_b),
                DOT_UNROLL=dot_unroll, **partner,
                num_warps=warps, num_stages=1)
         return dest, base, src, sdst, head, nxt
@@ -865,7 +868,7 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     launch(_best_partner_kernel, (batch, cdiv(na, tile_a)), dev,
            metric, metric.stride(0), metric.stride(1), vmax, vidx, L, C, cls_index,
            BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
-           ONE_J=MATCH_CONFIG.get("one_j", True) and (L - 1) // 2 <= tile_b,
+           ONE_J=one_j(tile_b),
            **partner,
            num_warps=warps, num_stages=stages)
     launch(_plan_kernel, (batch, cdiv(na, _PLAN_TILE)), dev,
