@@ -146,10 +146,11 @@ MATCH_SHAPES = {  # Vim-Ti / S / B merging layers at batch 128: the first (197 t
 }
 
 
-def sweep_match_tiles(reps):
+def sweep_match_tiles(reps, tiles_list=None, as_configured=False):
     """Graphed match_plan and match_merge_fused, the two-kernel path (best partner, plan) against the one-launch
     match kernel in each tiling of ``MATCH_TILES``, at Vim-Ti / S / B merging-layer shapes; every path must
-    write the two-kernel path's destination map. Leaves MATCH_CONFIG as found."""
+    write the two-kernel path's destination map. ``tiles_list``: these tilings instead of MATCH_TILES;
+    ``as_configured``: each tiling with MATCH_CONFIG's one_j / dot_unroll only. Leaves MATCH_CONFIG as found."""
     if not hasattr(mt, "MATCH_TILES"):
         print("--match-tiles: this checkout has no one-launch match kernel; skipped")
         return {}
@@ -163,9 +164,12 @@ def sweep_match_tiles(reps):
         merge = lambda: mt.match_merge_fused(hidden, residual, None, hidden, cls, r, new_cls, True)  # noqa: E731
         times = {}
         ref = None
-        variants = [(None, False, 1)] + [(tiles, one_j, dot_unroll) for tiles in mt.MATCH_TILES
+        variants = [(None, False, 1)] + [(tiles, one_j, dot_unroll) for tiles in (tiles_list or mt.MATCH_TILES)
                                          for one_j in (False, True) for dot_unroll in (1, 2)
                                          if "one_j" in found or (not one_j and dot_unroll == 1)]
+        if as_configured:
+            variants = [(None, False, 1)] + [(tiles, found.get("one_j"), found.get("dot_unroll"))
+                                             for tiles in (tiles_list or mt.MATCH_TILES)]
         for key in variants:
             tiles, one_j, dot_unroll = key
             mt.MATCH_CONFIG.update(found, fused=tiles is not None)
@@ -195,6 +199,9 @@ def main(argv=None):
                     help="also time every best-partner tiling (rmeeto.ops.triton.merge.PARTNER_TILES)")
     ap.add_argument("--match-tiles", action="store_true",
                     help="also time the one-launch match kernel in every tiling (MATCH_TILES) against two kernels")
+    ap.add_argument("--tiles", default=None,
+                    help="--match-tiles over these tilings instead, e.g. '128,128,32,16,2,64;64,64,32,8,4,64', "
+                         "each with MATCH_CONFIG's one_j / dot_unroll only")
     ap.add_argument("--only-sweeps", action="store_true", help="skip the default shapes, run only the sweeps asked")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
@@ -219,7 +226,8 @@ def main(argv=None):
     if args.partner_tiles:
         sweep_partner_tiles(args.reps)
     if args.match_tiles:
-        sweep_match_tiles(args.reps)
+        tiles = [tuple(int(v) for v in t.split(",")) for t in args.tiles.split(";")] if args.tiles else None
+        sweep_match_tiles(args.reps, tiles, as_configured=tiles is not None)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

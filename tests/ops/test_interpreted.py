@@ -243,6 +243,97 @@ def test_embed_kernels_give_the_bits_of_the_pytorch_ops():
     """)
 
 
+def test_bidir_proj_kernel_and_its_use_in_the_mixer():
+    """rmeeto.ops.triton.proj (both directions' x_proj and dt_proj in one kernel) against the four GEMMs: x_dbl
+    and delta within one fp16 rounding of float32 GEMMs of the same rounded inputs (delta from the kernel's own
+    rounded dt part), over row counts and channel counts that are not multiples of the tiles, dt ranks that are
+    not powers of two, float32 and fp16 weights, and weights with a row stride of their own; the six outputs
+    are views of the directions' halves. Then in a BiMambaMixer with the op switched on for CPU tensors: the
+    output and the exported B metric equal the four-GEMM path's to rounding without a gradient, bit for bit
+    (the GEMM path) with one, and a forward hook on x_proj makes the mixer call the module (no fusion)."""
+    run_interpreted("""
+        import sys, torch
+        from rmeeto.ops import policy, proj
+        from rmeeto.ops.triton import proj as tp
+        torch.manual_seed(0)
+        bad = []
+        cfgs = [{"BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1},
+                {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}]
+
+        def within_rounding(got, a, b):  # a @ b.T summed in float32 in any order, rounded once to fp16
+            exact = a.double() @ b.double().T
+            bound = a.shape[-1] * 2.0 ** -24 * (a.double().abs() @ b.double().abs().T)
+            spacing = (got.double().abs() * 2.0 ** -10).clamp_min(2.0 ** -24)
+            return bool(((got.double() - exact).abs() <= 0.5 * spacing + bound).all())
+
+        for i, (b, L, D, R, N, wdtype, strided) in enumerate(((2, 9, 64, 4, 8, torch.float32, False),
+                                                              (3, 17, 96, 12, 16, torch.float16, False),
+                                                              (1, 5, 40, 3, 8, torch.float32, True),
+                                                              (2, 33, 48, 24, 8, torch.float16, True))):
+            uf, ub = torch.randn(b, L, D).half(), torch.randn(b, L, D).half()
+            w = [torch.randn(R + 2 * N, D) / D ** 0.5, torch.randn(R + 2 * N, D) / D ** 0.5,
+                 torch.randn(D, R) / R ** 0.5, torch.randn(D, R) / R ** 0.5]
+            if strided:  # rows of a wider matrix
+                w = [torch.cat([t, torch.zeros(t.shape[0], 5)], 1)[:, :t.shape[1]] for t in w]
+            w = [t.to(wdtype) for t in w]
+            for cfg in (cfgs[i % 2], None):
+                xd, de = tp.bidir_scan_inputs(uf, ub, *w, N, cfg)
+                for d, u, wx, wdt in ((0, uf, w[0], w[2]), (1, ub, w[1], w[3])):
+                    ok = all(within_rounding(xd[d, i], u[i], wx.half()) for i in range(b))
+                    if not ok or not all(within_rounding(de[d, i], xd[d, i, :, :R], wdt.half()) for i in range(b)):
+                        bad.append(("kernel", b, L, D, R, N, wdtype, strided, d, cfg))
+            # the dispatch: the kernel's outputs (default tiles) as views of the two buffers
+            (d_f, d_b), (B_f, B_b), (C_f, C_b) = proj.bidir_scan_inputs(uf, ub, *w, N, backend="triton")
+            got = (d_f, d_b, B_f, B_b, C_f, C_b)
+            ref = (de[0], de[1], xd[0, ..., R:R + N], xd[1, ..., R:R + N], xd[0, ..., R + N:], xd[1, ..., R + N:])
+            if not all(torch.equal(x, y) and x.stride() == y.stride() for x, y in zip(got, ref)) \
+                    or d_b.data_ptr() != d_f.data_ptr() + 2 * d_f.numel():
+                bad.append(("dispatch", b, L, D, R, N, wdtype, strided))
+        try:
+            proj.bidir_scan_inputs(uf, ub[:, :-1], *w, N, backend="triton")
+            bad.append("accepted unequal directions")
+        except ValueError:
+            pass
+
+        from rmeeto.models.vim import BiMambaMixer
+        use_fused = policy.use_fused
+        policy.use_fused = lambda op, x, backend="auto": (
+            policy._fused["proj"] if op == "proj" and backend == "auto" else use_fused(op, x, backend))
+        mixer = BiMambaMixer(32, d_state=8, scan_backend="chunked").half()
+        mixer.scan_backend = "auto"  # the PyTorch conv / scan on CPU, the proj op switched on above
+        h = torch.randn(2, 11, 32).half()
+        calls = []
+        def spy(*a, **k):
+            calls.append(1)
+            return real(*a, **k)
+        import rmeeto.models.vim as vim
+        real = vim.bidir_scan_inputs
+        vim.bidir_scan_inputs = spy
+        with torch.no_grad():
+            out, metric = mixer(h, export="B")
+            policy.set_fused("proj", False)
+            ref, ref_metric = mixer(h, export="B")
+            policy.set_fused("proj", True)
+        if len(calls) != 1 or not torch.allclose(out, ref, atol=2e-3, rtol=2e-3) \
+                or not torch.allclose(metric, ref_metric, atol=2e-3, rtol=2e-3):
+            bad.append(("mixer no grad", len(calls), (out - ref).abs().max().item()))
+        calls.clear()
+        with torch.enable_grad():
+            out_g, _ = mixer(h)
+        if calls or not torch.equal(out_g.detach(), ref):
+            bad.append(("mixer with grad", len(calls)))
+        hooked = []
+        handle = mixer.x_proj.register_forward_hook(lambda m, i, o: hooked.append(1))
+        with torch.no_grad():
+            out_h, _ = mixer(h)
+        handle.remove()
+        if calls or not hooked or not torch.equal(out_h, ref):
+            bad.append(("mixer with a hook", len(calls), len(hooked)))
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """)
+
+
 def test_conv_silu_backward_kernel():
     """The conv+SiLU backward kernel against autograd through the PyTorch reference: dx, dw, db, both
     directions, lengths shorter than the kernel and longer than one tile, 4-tap kernels and shorter ones."""

@@ -32,6 +32,8 @@ from rmeeto.ops import policy
 from rmeeto.ops.conv import conv_silu, conv_silu_bidir
 from rmeeto.ops.embed import insert_cls_add_pos, patch_rows
 from rmeeto.ops.norm import drop_add_rms_norm, drop_path, rms_norm
+from rmeeto.ops.proj import bidir_scan_inputs
+from rmeeto.ops.proj import fused_applies as proj_fused_applies
 from rmeeto.ops.selective_scan import selective_scan, selective_scan_bidir, sum_directions
 
 Tensor = torch.Tensor
@@ -158,6 +160,18 @@ class BiMambaMixer(nn.Module):
         delta = F.linear(dt_low, dt_proj.weight)  # [batch, length, d_inner], bias is added inside the scan
         return delta, Bm, Cm
 
+    def _fused_proj_weights(self, u: Tensor, backend: str) -> Optional[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """The x_proj / x_proj_b / dt_proj / dt_proj_b weights when :func:`bidir_scan_inputs` would fuse the four
+        GEMMs for ``u`` (no gradient to flow, 16-bit CUDA tensors; :func:`rmeeto.ops.proj.fused_applies`) and
+        both x_proj are plain bias-free ``nn.Linear`` without hooks (the fused kernel reads their weights instead
+        of calling them, as :meth:`scan_inputs` already does for dt_proj); else None."""
+        xf, xb = self.x_proj, self.x_proj_b
+        for m in (xf, xb):
+            if type(m) is not nn.Linear or m.bias is not None or m._forward_hooks or m._forward_pre_hooks:
+                return None
+        weights = (xf.weight, xb.weight, self.dt_proj.weight, self.dt_proj_b.weight)
+        return weights if proj_fused_applies(u, backend, *weights) else None
+
     def branch(self, x: Tensor, z: Tensor, reverse: bool) -> tuple[Tensor, dict[str, Tensor]]:
         """One scan direction on its own (the per-direction form of :meth:`forward`). x, z: [batch, length,
         d_inner] (channels-last views of in_proj's output) -> y [batch, length, d_inner] (gated), plus the
@@ -185,17 +199,24 @@ class BiMambaMixer(nn.Module):
         token by token ([batch, length, d_state or d_inner]); used as the next merge's matching metric.
 
         Both directions share their kernel launches: one conv for both (:func:`conv_silu_bidir`), one scan for
-        both (:func:`selective_scan_bidir`, which also applies the 1/2 of ``divide_out``); only the x_proj /
-        dt_proj GEMMs run per direction. The result is the two :meth:`branch` calls' (y_f + y_b) / 2 bit for
-        bit (halving commutes with rounding outside fp16's subnormal range).
+        both (:func:`selective_scan_bidir`, which also applies the 1/2 of ``divide_out``); the x_proj / dt_proj
+        GEMMs run per direction, except in inference, where one kernel does the four
+        (:func:`rmeeto.ops.proj.bidir_scan_inputs`). With the GEMMs per direction the result is the two
+        :meth:`branch` calls' (y_f + y_b) / 2 bit for bit (halving commutes with rounding outside fp16's
+        subnormal range); the fused kernel's sums run in another order, so equal to rounding.
         """
         if export not in (None, "B", "C", "delta"):
             raise ValueError(f"export must be None, 'B', 'C' or 'delta', got {export!r}")
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # [batch, length, d_inner] each
+        backend = policy.op_backend(self.scan_backend)
         u_f, u_b = conv_silu_bidir(x, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight, self.conv1d_b.bias,
-                                   backend=policy.op_backend(self.scan_backend))
-        delta_f, B_f, C_f = self.scan_inputs(u_f, reverse=False)
-        delta_b, B_b, C_b = self.scan_inputs(u_b, reverse=True)
+                                   backend=backend)
+        weights = self._fused_proj_weights(u_f, backend)
+        if weights is not None:  # both directions' x_proj and dt_proj in one kernel (inference)
+            (delta_f, delta_b), (B_f, B_b), (C_f, C_b) = bidir_scan_inputs(u_f, u_b, *weights, self.d_state, backend)
+        else:
+            delta_f, B_f, C_f = self.scan_inputs(u_f, reverse=False)
+            delta_b, B_b, C_b = self.scan_inputs(u_b, reverse=True)
 
         def pair(f: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:  # [batch, length, c] -> the scan's [batch, c, length]
             return f.transpose(1, 2), b.transpose(1, 2)

@@ -1,0 +1,86 @@
+"""Eager (``model(x)``) speed of unmerged and merged Vim, interleaved, optionally with a kernel switch on and off.
+
+    PYTHONPATH=src python3 benchmarks/eager_ab.py [--models vim_tiny_patch16_224,...] [--switch proj]
+        [--rounds 8] [--calls 20] [--batch 128]
+
+On the device hosts an eager forward is host-bound for Vim-Ti and S, and the host's speed drifts by up to 2x
+within one process (sessions 10-15). Timing the unmerged model in one block of calls and the merged one in
+the next lets that drift decide the ratio. Here every round times each (variant, switch) once, in turn, for
+``--calls`` back-to-back calls between one pair of CUDA events; a ratio is taken within each round (merged
+against unmerged of the same switch, neighbours in time), and the summary gives the median ratio over rounds
+and each configuration's median and best ms per batch. ``--switch op`` (an op of rmeeto.ops.policy) adds the
+runs with that op's fused kernel off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+import torch
+
+import rmeeto
+from rmeeto.merge import MergeConfig
+from rmeeto.ops import policy
+
+
+def _ms(fn, x, calls: int) -> float:
+    for _ in range(3):
+        fn(x)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        fn(x)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / calls
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="vim_tiny_patch16_224,vim_small_patch16_224,vim_base_patch16_224")
+    ap.add_argument("--switch", default=None, help="an op of rmeeto.ops.policy.OPS to time on and off")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=128)
+    a = ap.parse_args()
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, {os.cpu_count()} CPUs; eager fp16, "
+          f"batch {a.batch}, {a.calls} calls per timing, {a.rounds} rounds", flush=True)
+    switches = (True, False) if a.switch else (True,)
+    for name in a.models.split(","):
+        x = torch.randn(a.batch, 3, 224, 224, device="cuda").half()
+        models = {}
+        for variant in ("unmerged", "merged"):
+            torch.manual_seed(0)
+            m = rmeeto.create_model(name).cuda().eval().half()
+            if variant == "merged":
+                rmeeto.apply_merge(m, MergeConfig.paper(name))
+            models[variant] = m
+        times = {(v, s): [] for v in models for s in switches}
+        ratios = {s: [] for s in switches}
+        with torch.no_grad():
+            for _ in range(a.rounds):
+                for s in switches:
+                    if a.switch:
+                        policy.set_fused(a.switch, s)
+                    t = {v: _ms(m, x, a.calls) for v, m in models.items()}
+                    for v in models:
+                        times[(v, s)].append(t[v])
+                    ratios[s].append(t["unmerged"] / t["merged"])
+        if a.switch:
+            policy.set_fused(a.switch, True)
+        for s in switches:
+            label = f"{a.switch} {'on' if s else 'off'}" if a.switch else "default"
+            u, m = times[("unmerged", s)], times[("merged", s)]
+            print(f"{name:<24} {label:<9} unmerged ms median {statistics.median(u):6.2f} best {min(u):6.2f} | "
+                  f"merged median {statistics.median(m):6.2f} best {min(m):6.2f} | merged/unmerged speed per round "
+                  f"median {statistics.median(ratios[s]):.3f} (min {min(ratios[s]):.3f}, max {max(ratios[s]):.3f}) | "
+                  f"img/s {a.batch * 1e3 / statistics.median(u):,.0f} / {a.batch * 1e3 / statistics.median(m):,.0f}",
+                  flush=True)
+        del models
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

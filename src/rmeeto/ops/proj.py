@@ -1,0 +1,84 @@
+"""The bidirectional mixer's input-dependent scan parameters: x_proj then dt_proj, for both directions.
+
+    x_dbl_d = u_d @ wx_d.T                           # [batch, length, R + 2N]
+    dt_d, B_d, C_d = x_dbl_d.split([R, N, N], -1)
+    delta_d = dt_d @ wdt_d.T                         # [batch, length, D] (dt_proj's bias goes to the scan)
+
+for d = forward (``_f``) and backward (``_b``). :func:`bidir_scan_inputs_torch` is the reference (four GEMMs);
+:func:`bidir_scan_inputs` runs the fused kernel of :mod:`rmeeto.ops.triton.proj` (one launch for all four) for
+16-bit CUDA tensors when no gradient has to flow (inference, a frozen teacher), its switch
+(``RMEETO_FUSED_PROJ``) on and ``torch.compile`` not tracing (Inductor then sees the GEMMs), and the reference
+otherwise. The two paths round the same values once each but sum in different orders: equal to rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rmeeto.ops import policy
+
+try:  # optional: the fused kernel needs Triton
+    from rmeeto.ops.triton import proj as _triton_proj
+except Exception:  # pragma: no cover - depends on the install
+    _triton_proj = None
+
+Tensor = torch.Tensor
+
+__all__ = ["bidir_scan_inputs", "bidir_scan_inputs_torch", "fused_applies"]
+
+ScanInputs = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _split(x_dbl: Tensor, dt_rank: int, d_state: int) -> tuple[Tensor, Tensor, Tensor]:
+    # split_with_sizes: what Tensor.split calls for a list, without its Python wrapper (~3-5 us per call)
+    return x_dbl.split_with_sizes([dt_rank, d_state, d_state], -1)
+
+
+def bidir_scan_inputs_torch(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: Tensor, wdt_b: Tensor,
+                            d_state: int) -> ScanInputs:
+    """Reference of :func:`bidir_scan_inputs`: two GEMMs per direction."""
+    dt_rank = wdt_f.shape[1]
+    dt_f, B_f, C_f = _split(F.linear(u_f, wx_f), dt_rank, d_state)
+    dt_b, B_b, C_b = _split(F.linear(u_b, wx_b), dt_rank, d_state)
+    return (F.linear(dt_f, wdt_f), F.linear(dt_b, wdt_b)), (B_f, B_b), (C_f, C_b)
+
+
+def fused_applies(u: Tensor, backend: str, *tensors: Tensor) -> bool:
+    """Would :func:`bidir_scan_inputs` run the fused kernel for input ``u`` (and these weights) here?"""
+    if (_triton_proj is None or u.dtype not in (torch.float16, torch.bfloat16)
+            or not policy.use_fused("proj", u, backend) or torch.compiler.is_compiling()):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: Tensor, wdt_b: Tensor,
+                      d_state: int, backend: str = "auto") -> ScanInputs:
+    """u_f, u_b [batch, length, D] (the two directions' conv outputs); wx_f, wx_b [R + 2 * d_state, D] (x_proj
+    weights); wdt_f, wdt_b [D, R] (dt_proj weights, without bias) -> ((delta_f, delta_b), (B_f, B_b),
+    (C_f, C_b)): delta [batch, length, D], B and C [batch, length, d_state], in u's dtype (weights of another
+    dtype rounded to it, as under autocast). ``backend``: "auto", "torch" or "triton", as
+    :func:`rmeeto.ops.policy.use_fused`. On the fused path the six are views of two buffers
+    ([2, batch, length, R + 2 * d_state] and [2, batch, length, D])."""
+    dt_rank = wdt_f.shape[1]
+    D = u_f.shape[-1]
+    if (u_b.shape != u_f.shape or u_f.dim() != 3 or wx_f.shape != (dt_rank + 2 * d_state, D)
+            or wx_b.shape != wx_f.shape or wdt_f.shape != (D, dt_rank) or wdt_b.shape != wdt_f.shape):
+        raise ValueError(
+            f"bidir_scan_inputs: u {tuple(u_f.shape)}/{tuple(u_b.shape)}, x_proj {tuple(wx_f.shape)}/"
+            f"{tuple(wx_b.shape)}, dt_proj {tuple(wdt_f.shape)}/{tuple(wdt_b.shape)} and d_state {d_state} do "
+            "not fit")
+    n2 = 2 * d_state
+    if not (fused_applies(u_f, backend, u_f, u_b, wx_f, wx_b, wdt_f, wdt_b) and n2 >= 16 and n2 & (n2 - 1) == 0):
+        if u_f.dtype != wx_f.dtype:  # the fused kernel's rounding of the weights, on this path too
+            wx_f, wx_b, wdt_f, wdt_b = (w.to(u_f.dtype) for w in (wx_f, wx_b, wdt_f, wdt_b))
+        return bidir_scan_inputs_torch(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, d_state)
+    if not (u_f.is_contiguous() and u_b.is_contiguous()):
+        u_f, u_b = u_f.contiguous(), u_b.contiguous()
+    if wx_f.stride(1) != 1 or wx_b.stride() != wx_f.stride():
+        wx_f, wx_b = wx_f.contiguous(), wx_b.contiguous()
+    if wdt_f.stride(1) != 1 or wdt_b.stride() != wdt_f.stride():
+        wdt_f, wdt_b = wdt_f.contiguous(), wdt_b.contiguous()
+    x_dbl, delta = _triton_proj.bidir_scan_inputs(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, d_state)
+    _, B, C = _split(x_dbl, dt_rank, d_state)
+    return (delta[0], delta[1]), (B[0], B[1]), (C[0], C[1])

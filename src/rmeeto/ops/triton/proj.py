@@ -1,0 +1,131 @@
+"""Triton kernel of the bidirectional mixer's input-dependent scan parameters (inference): both directions'
+x_proj and dt_proj in one launch.
+
+Per direction d (forward, backward) a Vim block computes, from its conv output u_d [batch, length, D]:
+
+    x_dbl_d = u_d @ Wx_d.T                        # [batch, length, R + 2N], rounded to u's dtype
+    dt_d, B_d, C_d = x_dbl_d.split([R, N, N], -1)
+    delta_d = dt_d @ Wdt_d.T                      # [batch, length, D], the bias is added inside the scan
+
+four cuBLAS GEMMs a block, two of them with 24-56 output columns (Vim-S), whose launches are a sixth of an
+eager forward's host time. :func:`bidir_scan_inputs` does the four in one kernel: a program takes BLOCK_M rows
+of one direction, accumulates their x_dbl in float32 over the D input channels (its dt part and its B / C part
+as two accumulators of R_PAD and 2N columns, so no register tensor is sliced), rounds it, stores it, and
+multiplies the rounded dt part straight into delta, BLOCK_N channels at a time: u is read once, x_dbl's dt
+part never goes back to memory to be read again.
+
+Same roundings as the PyTorch ops (float32 accumulation, one rounding of x_dbl and one of delta), summed in
+another order than cuBLAS's, so equal to rounding, not bit for bit (tests/ops/test_interpreted.py,
+tests/ops/test_gpu_proj.py). 16-bit activations only; weights of any float dtype are rounded to the
+activations' dtype as they are loaded (what autocast's casts do). No gradient: :mod:`rmeeto.ops.proj` takes
+it only when none has to flow.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rmeeto.ops.triton._launch import cdiv, launch, next_pow2
+
+try:
+    import triton
+    import triton.language as tl
+
+    _HAS_TRITON = True
+except Exception:  # pragma: no cover - depends on the install
+    _HAS_TRITON = False
+
+Tensor = torch.Tensor
+
+__all__ = ["is_available", "bidir_scan_inputs", "proj_config", "PROJ_CONFIG", "PROJ_CONFIG_LARGE"]
+
+# BLOCK_M rows per program, BLOCK_K input channels per step of the x_proj loop, BLOCK_N output channels per
+# step of the dt_proj loop. benchmarks/bench_proj_gpu.py --sweep on an H200 (session 16, graphed, both
+# directions): at 128 x 197 rows the large tiles took Vim-Ti 30.4 -> 28.3 us and Vim-S 59.6 -> 53.3 us, while
+# at 128 x 98 rows and at Vim-B's 1536 channels the default tiles were the fastest.
+PROJ_CONFIG = {"BLOCK_M": 64, "BLOCK_K": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}
+PROJ_CONFIG_LARGE = {"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+PROJ_LARGE_ROWS = 128 * 150  # rows from which, up to PROJ_LARGE_CHANNELS channels, the large tiles are taken
+PROJ_LARGE_CHANNELS = 768
+
+
+def proj_config(rows: int, channels: int) -> dict:
+    """The tiles :func:`bidir_scan_inputs` takes for ``rows`` rows of ``channels`` input channels."""
+    if rows >= PROJ_LARGE_ROWS and channels <= PROJ_LARGE_CHANNELS:
+        return PROJ_CONFIG_LARGE
+    return PROJ_CONFIG
+
+
+def is_available() -> bool:
+    return _HAS_TRITON
+
+
+if _HAS_TRITON:
+    @triton.jit
+    def _bidir_proj_kernel(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl_ptr, delta_ptr, M, D, s_wx, s_wdt,
+                           R: tl.constexpr, N2: tl.constexpr, R_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Rows ``program_id(0) * BLOCK_M ...`` of direction ``program_id(1)`` (0: u_f / wx_f / wdt_f, 1: the
+        ``_b`` ones). u: [M, D] contiguous; wx: [R + N2, D] (row stride s_wx, unit column stride); wdt: [D, R]
+        (row stride s_wdt); outputs xdbl [2, M, R + N2] and delta [2, M, D], contiguous, u's dtype."""
+        pid = tl.program_id(0)
+        d = tl.program_id(1)
+        if d == 0:
+            u = u_f
+            wx = wx_f
+            wdt = wdt_f
+        else:
+            u = u_b
+            wx = wx_b
+            wdt = wdt_b
+        dt = xdbl_ptr.dtype.element_ty
+        rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        mrow = rows < M
+        kk = tl.arange(0, BLOCK_K)
+        jr = tl.arange(0, R_PAD)
+        jb = tl.arange(0, N2)
+        mr = jr < R
+        acc_r = tl.zeros([BLOCK_M, R_PAD], tl.float32)
+        acc_bc = tl.zeros([BLOCK_M, N2], tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            k = k0 + kk
+            mk = k < D
+            a = tl.load(u + rows[:, None] * D + k[None, :], mask=mrow[:, None] & mk[None, :], other=0.0)
+            w_r = tl.load(wx + jr[:, None] * s_wx + k[None, :], mask=mr[:, None] & mk[None, :], other=0.0).to(dt)
+            w_bc = tl.load(wx + (R + jb)[:, None] * s_wx + k[None, :], mask=mk[None, :], other=0.0).to(dt)
+            acc_r = tl.dot(a, tl.trans(w_r), acc_r)
+            acc_bc = tl.dot(a, tl.trans(w_bc), acc_bc)
+        x_r = acc_r.to(dt)  # columns R..R_PAD-1 are 0 (their weight rows were masked)
+        W: tl.constexpr = R + N2
+        out_x = xdbl_ptr + (d * M + rows)[:, None] * W
+        tl.store(out_x + jr[None, :], x_r, mask=mrow[:, None] & mr[None, :])
+        tl.store(out_x + R + jb[None, :], acc_bc.to(dt), mask=mrow[:, None])
+        nn = tl.arange(0, BLOCK_N)
+        out_d = delta_ptr + (d * M + rows)[:, None] * D
+        for n0 in range(0, D, BLOCK_N):
+            n = n0 + nn
+            mn = n < D
+            w2 = tl.load(wdt + n[:, None] * s_wdt + jr[None, :], mask=mn[:, None] & mr[None, :], other=0.0).to(dt)
+            tl.store(out_d + n[None, :], tl.dot(x_r, tl.trans(w2)).to(dt), mask=mrow[:, None] & mn[None, :])
+
+
+def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: Tensor, wdt_b: Tensor,
+                      d_state: int, config: dict | None = None) -> tuple[Tensor, Tensor]:
+    """u_f, u_b [batch, length, D] (16-bit, contiguous, same shape); wx_* [R + 2 * d_state, D]; wdt_* [D, R]
+    (unit column stride) -> (x_dbl [2, batch, length, R + 2 * d_state], delta [2, batch, length, D]) in u's
+    dtype: ``u_d @ wx_d.T`` and ``x_dbl[d, ..., :R] @ wdt_d.T`` for d = forward, backward."""
+    batch, length, D = u_f.shape
+    cfg = proj_config(batch * length, D) if config is None else config
+    R = wdt_f.shape[1]
+    n2 = 2 * d_state
+    M = batch * length
+    xdbl = torch.empty(2, batch, length, R + n2, device=u_f.device, dtype=u_f.dtype)
+    delta = torch.empty(2, batch, length, D, device=u_f.device, dtype=u_f.dtype)
+    if M == 0:
+        return xdbl, delta
+    block_m = cfg["BLOCK_M"]
+    launch(_bidir_proj_kernel, (cdiv(M, block_m), 2), u_f.device,
+           u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl, delta, M, D, wx_f.stride(0), wdt_f.stride(0),
+           R=R, N2=n2, R_PAD=max(16, next_pow2(R)), BLOCK_M=block_m, BLOCK_K=cfg["BLOCK_K"],
+           BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return xdbl, delta

@@ -1,0 +1,127 @@
+"""Both scan directions' x_proj and dt_proj in one kernel on CUDA (rmeeto.ops.triton.proj): within one rounding
+of float32 GEMMs at the Vim shapes, and in whole models (unmerged and merged Vim) as close to the float32
+model as the four cuBLAS GEMMs are, eager equal to graphed, training untouched. Its logic is also tested on
+CPU under Triton's interpreter (tests/ops/test_interpreted.py)."""
+
+import pytest
+import torch
+
+import rmeeto
+from rmeeto.fast import accelerate
+from rmeeto.ops import policy, proj
+from rmeeto.ops.triton import proj as tp
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def _within_rounding(got: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
+    """got (16-bit) is ``a @ b.T`` computed in float32 in any summation order and rounded once: within half a
+    spacing of got's dtype plus the float32 summation bound k * 2^-24 * (|a| @ |b|.T) of the exact (float64)
+    product. A wrong row, column, weight or mask is off by far more."""
+    exact = a.double() @ b.double().T
+    k = a.shape[-1]
+    bound = k * 2.0 ** -24 * (a.double().abs() @ b.double().abs().T)
+    spacing = (got.double().abs() * torch.finfo(got.dtype).eps).clamp_min(
+        torch.finfo(got.dtype).tiny * torch.finfo(got.dtype).eps)
+    return bool(((got.double() - exact).abs() <= 0.5 * spacing + bound).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dims", [(384, 12), (768, 24), (1536, 48)], ids=["ti", "s", "b"])
+def test_kernel_within_one_rounding_of_float32_gemms(dtype, dims):
+    D, R = dims
+    N = 16
+    torch.manual_seed(0)
+    for M in (128 * 197, 128 * 98, 3 * 197):
+        uf, ub = (torch.randn(M, D, device="cuda").to(dtype).view(1, M, D) for _ in range(2))
+        w = [torch.randn(R + 2 * N, D, device="cuda") / D ** 0.5, torch.randn(R + 2 * N, D, device="cuda") / D ** 0.5,
+             torch.randn(D, R, device="cuda") / R ** 0.5, torch.randn(D, R, device="cuda") / R ** 0.5]
+        xd, de = tp.bidir_scan_inputs(uf, ub, *w, N)
+        for d, u, wx, wdt in ((0, uf, w[0], w[2]), (1, ub, w[1], w[3])):
+            # of the same rounded inputs; delta from the kernel's own rounded dt part
+            assert _within_rounding(xd[d, 0], u[0], wx.to(dtype)), ("x_proj", M, d)
+            assert _within_rounding(de[d, 0], xd[d, 0, :, :R], wdt.to(dtype)), ("dt_proj", M, d)
+
+
+def _logits(model, x, on: bool, graphed: bool = False):
+    policy.set_fused("proj", on)
+    try:
+        with torch.no_grad():
+            return (accelerate(model, "cudagraph") if graphed else model)(x).float()
+    finally:
+        policy.set_fused("proj", True)
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_model_logits_as_close_to_float32_as_the_gemms(merged):
+    """Vim-S fp16 logits with the kernel are as close to the float32 model's as with the four GEMMs (within
+    10% more error), eager equal to graphed bit for bit; the kernel is actually used (a spy)."""
+    name = "vim_small_patch16_224"
+    torch.manual_seed(0)
+    model = rmeeto.create_model(name).cuda().eval()
+    if merged:
+        rmeeto.apply_merge(model, rmeeto.MergeConfig.paper(name))
+    x = torch.randn(16, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        ref = model(x).float()
+    half = model.half()
+    calls = []
+    real = tp.bidir_scan_inputs
+
+    def spy(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    tp.bidir_scan_inputs = spy
+    try:
+        on = _logits(half, x.half(), True)
+        assert len(calls) == 24
+        off = _logits(half, x.half(), False)
+        assert len(calls) == 24
+        graphed = _logits(half, x.half(), True, graphed=True)
+    finally:
+        tp.bidir_scan_inputs = real
+    err_on, err_off = (on - ref).norm() / ref.norm(), (off - ref).norm() / ref.norm()
+    assert err_on <= 1.1 * err_off + 1e-4, (err_on.item(), err_off.item())
+    assert torch.equal(on, graphed)
+    assert (on.argmax(-1) == off.argmax(-1)).float().mean() >= 0.9
+
+
+def test_training_step_does_not_take_the_kernel():
+    """With gradients flowing, the mixer keeps the four GEMMs: a bf16 training step's loss and gradients are
+    equal bit for bit with the switch on and off (a frozen teacher in no_grad would take it)."""
+    torch.manual_seed(0)
+    model = rmeeto.create_model("vim_tiny_patch16_224").cuda().train()
+    x = torch.randn(8, 3, 224, 224, device="cuda")
+    grads = []
+    for on in (True, False):
+        policy.set_fused("proj", on)
+        try:
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(1)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(x).float().logsumexp(-1).mean()
+            loss.backward()
+            grads.append([loss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
+        finally:
+            policy.set_fused("proj", True)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_dispatch_falls_back_where_the_kernel_does_not_apply():
+    """float32 activations and tensors that need a gradient take the GEMMs (bit for bit the reference)."""
+    torch.manual_seed(0)
+    D, R, N = 96, 6, 16
+    u = torch.randn(2, 33, D, device="cuda")
+    w = [torch.randn(R + 2 * N, D, device="cuda"), torch.randn(R + 2 * N, D, device="cuda"),
+         torch.randn(D, R, device="cuda"), torch.randn(D, R, device="cuda")]
+    got = proj.bidir_scan_inputs(u, u, *w, N)
+    ref = proj.bidir_scan_inputs_torch(u, u, *w, N)
+    assert all(torch.equal(a, b) for pair_a, pair_b in zip(got, ref) for a, b in zip(pair_a, pair_b))
+    wg = [t.clone().requires_grad_() for t in w]
+    assert not proj.fused_applies(u.half(), "auto", u.half(), *wg)
+    with torch.no_grad():
+        assert proj.fused_applies(u.half(), "auto", u.half(), *wg)
