@@ -35,18 +35,20 @@ def _force_fused_noop_launch():
     """Fused paths on for any tensor, launches no-ops (counted). Needs TRITON_INTERPRET=1 set before import: the
     conv op accepts non-CUDA tensors only under the interpreter."""
     from rmeeto.ops import policy
-    from rmeeto.ops.triton import conv as tc, embed as te, merge as tm, norm as tn, scan as ts, scan_bwd as sb
+    from rmeeto.ops.triton import conv as tc, embed as te, merge as tm, norm as tn, proj as tp, scan as ts
+    from rmeeto.ops.triton import scan_bwd as sb
 
     calls = [0]
 
     def noop_launch(kernel, grid, device, *args, **meta):
         calls[0] += 1
 
-    for module in (tc, te, tm, tn, ts, sb):
+    for module in (tc, te, tm, tn, tp, ts, sb):
         module.launch = noop_launch
         if hasattr(module, "is_available"):
             module.is_available = lambda: True
-    policy.use_fused = lambda op, x, backend="auto": backend != "torch"
+    fused = dict(policy._fused)  # the RMEETO_FUSED_* switches as read at import
+    policy.use_fused = lambda op, x, backend="auto": backend != "torch" and fused.get(op, True)
     # GEMMs: an output allocation, no arithmetic (on a GPU host a cuBLAS call is host work of that order)
     import torch.nn.functional as F
 
@@ -141,6 +143,8 @@ def main(argv=None) -> int:
     ap.add_argument("-r", type=int, default=2, help="tokens merged at every second layer")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--profile", type=int, default=0, help="print the N functions with the most own time")
+    ap.add_argument("--half", action="store_true", help="fp16 model and image (as the GPU benchmarks; the "
+                    "x_proj + dt_proj kernel takes only 16-bit tensors)")
     ap.add_argument("--launch", action="store_true", help="only time one cached launch's Python (no interpreter)")
     a = ap.parse_args(argv)
     if a.launch:
@@ -160,8 +164,9 @@ def main(argv=None) -> int:
         model = create_model(a.model, img_size=a.img_size).eval()
         if merged:
             apply_merge(model, MergeConfig(num_merged=a.r, interval=2))
-        models[merged] = model
+        models[merged] = model.half() if a.half else model
     x = torch.randn(a.batch, 3, a.img_size, a.img_size)
+    x = x.half() if a.half else x
 
     print(f"{a.model} at {a.img_size}px ({models[False].num_tokens} tokens), batch {a.batch}, r={a.r} every 2nd "
           f"layer, CPU tensors, Triton launches as no-ops (host work only), torch {torch.__version__}")

@@ -559,15 +559,16 @@ def test_triton_scan_bidir_kernels():
     """)
 
 
-def test_scan_bc_read_modes_give_the_same_bits(full):
+@pytest.mark.full  # 90 s of the default tier on 2 cores: CI runs it; the kernel tests cover the default mode
+def test_scan_bc_read_modes_give_the_same_bits():
     """Every way the scan kernels read B and C (_bc_mode: 16-bit vector rows, 16-bit pairs, float32 vector rows,
     one element at a time) gives the same bits: outputs and every gradient, single and bidirectional kernels, both
-    directions, a length with a partial last chunk (the forward's clamped tail reads; the full tier adds one token
-    alone and six whole chunks). Vim's layout: B and C neighbouring columns of one x_proj output, with dt_rank 24
+    directions, a length with a partial last chunk (the forward's clamped tail reads), one token alone and six
+    whole chunks. Vim's layout: B and C neighbouring columns of one x_proj output, with dt_rank 24
     (16-byte aligned rows in fp16: vector rows) and 12 (not: pairs) in fp16, and dt_rank 24 in fp32 (vector
-    rows; the float32 copy of mode 3 is off by default, RMEETO_SCAN_BC32, so only the full tier runs it)."""
-    lengths = (1, 5, 12) if full else (5,)  # CHUNK is 2: 5 ends in a partial chunk
-    combos = ((torch.float16, 24, 2), (torch.float16, 12, 1)) + (((torch.float32, 24, 3),) if full else ())
+    rows; the float32 copy of mode 3 is off by default, RMEETO_SCAN_BC32)."""
+    lengths = (1, 5, 12)  # CHUNK is 2: 5 ends in a partial chunk
+    combos = ((torch.float16, 24, 2), (torch.float16, 12, 1), (torch.float32, 24, 3))
     run_interpreted("""
         import sys, torch
         from rmeeto.ops.triton import scan as ts

@@ -147,6 +147,7 @@ def bidir_inputs(b, d, L, n, dtype, dev, channels_last, with_z, seed):
     return ins, dout
 
 
+@pytest.mark.full  # a comparison with the classic kernel; test_interpreted_equals_reference covers the default
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA machines test the compiled kernel instead")
 def test_interpreted_bidir_equals_old():
     """bwd_bidir (both directions in one launch) against scan._bwd_bidir: all eight outputs, same shapes,
