@@ -3,10 +3,7 @@
 bandwidth (u read, x_dbl and delta written), with each tiling's largest error against the exact product over its
 bound for a float32 sum rounded once (<= 1: within it). "default" is the tiling the launcher picks.
 
-    PYTHONPATH=src python3 benchmarks/bench_proj_gpu.py [--reps 30] [--sweep] [--out-proj]
-
-``--out-proj`` times instead the directions' sum + out_proj: the add and cuBLAS against
-``rmeeto.ops.triton.proj.sum_out_proj`` (with ``--sweep``, in several tilings).
+    PYTHONPATH=src python3 benchmarks/bench_proj_gpu.py [--reps 30] [--sweep]
 
 Shapes: Vim-Ti / S / B at batch 128, 197 tokens (unmerged) and 98 (late merged layers), fp16.
 """
@@ -19,7 +16,7 @@ import itertools
 import torch
 
 from bench_merge_gpu import _event_ms, _graphed
-from rmeeto.ops.proj import bidir_scan_inputs_torch, sum_out_proj_torch
+from rmeeto.ops.proj import bidir_scan_inputs_torch
 from rmeeto.ops.triton import proj as tp
 
 
@@ -36,10 +33,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--sweep", action="store_true", help="every tiling below, not just the default")
-    ap.add_argument("--out-proj", action="store_true", help="the directions' sum + out_proj kernel instead")
     a = ap.parse_args()
-    if a.out_proj:
-        return out_proj(a)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; default {tp.PROJ_CONFIG}")
     configs = [None, tp.PROJ_CONFIG, tp.PROJ_CONFIG_LARGE]
     if a.sweep:
@@ -72,42 +66,6 @@ def main():
                 if cfg is None or not a.sweep or t <= 1.05 * best[0]:
                     print(f"   kernel {cfg or 'default'}: {t:.1f} us ({gb / t * 1e3:.2f} TB/s), "
                           f"{t_ref / t:.2f}x, error / bound {err:.2f}", flush=True)
-            print(f"   best: {best[1] or 'default'} {best[0]:.1f} us")
-
-
-def out_proj(a):
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; default {tp.SUM_OUT_CONFIG}")
-    configs = [None]
-    if a.sweep:
-        for bm, bn, warps, stages in itertools.product((64, 128), (64, 128, 256), (4, 8), (3, 4)):
-            configs.append({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": warps,
-                            "num_stages": stages})
-    for K, N in ((384, 192), (768, 384), (1536, 768)):
-        for L in (197, 164, 131, 98) if not a.sweep else (197, 98):
-            torch.manual_seed(K + L)
-            planes = torch.randn(2, 128, L, K, device="cuda", dtype=torch.float16)  # as the Triton scan stores y2
-            y2 = planes.transpose(2, 3)
-            w = (torch.randn(N, K, device="cuda") / K ** 0.5).half()
-            t_ref = 1e3 * _event_ms(_graphed(lambda: sum_out_proj_torch(y2, w)), a.reps, 10)
-            M = 128 * L
-            gb = M * (2 * K + N) * 2 / 1e9
-            tflops = 2 * M * K * N / 1e12
-            print(f"K={K} N={N} M=128x{L}: add + cuBLAS {t_ref:.1f} us", flush=True)
-            best = None
-            y = (planes[0] + planes[1]).flatten(0, 1)
-            for cfg in configs:
-                try:
-                    got = tp.sum_out_proj(planes, w, cfg)
-                    err = _err(got.flatten(0, 1), y, w)
-                    t = 1e3 * _event_ms(_graphed(lambda: tp.sum_out_proj(planes, w, cfg)), a.reps, 10)
-                except Exception as exc:  # a tiling that does not compile (shared memory) is skipped
-                    print(f"   {cfg}: failed ({type(exc).__name__})")
-                    continue
-                if best is None or t < best[0]:
-                    best = (t, cfg)
-                if cfg is None or t <= 1.05 * best[0]:
-                    print(f"   kernel {cfg or 'default'}: {t:.1f} us ({gb / t * 1e3:.2f} TB/s, "
-                          f"{tflops / t * 1e6:.0f} TFLOP/s), {t_ref / t:.2f}x, error / bound {err:.2f}", flush=True)
             print(f"   best: {best[1] or 'default'} {best[0]:.1f} us")
 
 

@@ -32,7 +32,7 @@ from rmeeto.ops import policy
 from rmeeto.ops.conv import conv_silu, conv_silu_bidir
 from rmeeto.ops.embed import insert_cls_add_pos, patch_rows
 from rmeeto.ops.norm import drop_add_rms_norm, drop_path, rms_norm
-from rmeeto.ops.proj import bidir_scan_inputs, sum_out_proj
+from rmeeto.ops.proj import bidir_scan_inputs
 from rmeeto.ops.proj import fused_applies as proj_fused_applies
 from rmeeto.ops.selective_scan import selective_scan, selective_scan_bidir, sum_directions
 
@@ -201,8 +201,7 @@ class BiMambaMixer(nn.Module):
         Both directions share their kernel launches: one conv for both (:func:`conv_silu_bidir`), one scan for
         both (:func:`selective_scan_bidir`, which also applies the 1/2 of ``divide_out``); the x_proj / dt_proj
         GEMMs run per direction, except in inference, where one kernel does the four
-        (:func:`rmeeto.ops.proj.bidir_scan_inputs`), and another adds the directions inside out_proj
-        (:func:`rmeeto.ops.proj.sum_out_proj`). With the GEMMs per direction the result is the two
+        (:func:`rmeeto.ops.proj.bidir_scan_inputs`). With the GEMMs per direction the result is the two
         :meth:`branch` calls' (y_f + y_b) / 2 bit for bit (halving commutes with rounding outside fp16's
         subnormal range); the fused kernel's sums run in another order, so equal to rounding.
         """
@@ -227,13 +226,8 @@ class BiMambaMixer(nn.Module):
             (self.D, self.D_b), z.transpose(1, 2), delta_bias=(self.dt_proj.bias, self.dt_proj_b.bias),
             delta_softplus=True, scale=0.5 if self.divide_out else 1.0, backend=self.scan_backend, a_is_log=True,
         )  # [2, batch, d_inner, length]
-        out_proj = self.out_proj
-        if (type(out_proj) is nn.Linear and out_proj.bias is None and not out_proj._forward_hooks
-                and not out_proj._forward_pre_hooks
-                and proj_fused_applies(y2, backend, y2, out_proj.weight, op="out_proj")):
-            out = sum_out_proj(y2, out_proj.weight, backend)  # inference: the add inside out_proj's kernel
-        else:
-            out = out_proj(sum_directions(y2))  # [batch, length, d_inner] -> [batch, length, d_model]
+        y = sum_directions(y2)  # [batch, length, d_inner]
+        out = self.out_proj(y)
         metric = None
         if export is not None:
             f, b = {"B": (B_f, B_b), "C": (C_f, C_b), "delta": (delta_f, delta_b)}[export]

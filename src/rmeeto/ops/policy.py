@@ -16,8 +16,6 @@ Environment switches, read ONCE when this module is imported:
                             results)
 ``RMEETO_FUSED_PROJ=0``    in inference, both scan directions' x_proj and dt_proj as four cuBLAS GEMMs instead of
                             one kernel (``rmeeto.ops.proj``; results equal to rounding)
-``RMEETO_FUSED_OUT_PROJ=0`` in inference, the scan directions' sum and out_proj as an add and a cuBLAS GEMM instead
-                            of one kernel (``rmeeto.ops.proj.sum_out_proj``; results equal to rounding)
 ``RMEETO_FUSED_MERGE_NORM=0`` in inference, the fused merge and the residual add + RMSNorm after it as two
                             kernels instead of one (``rmeeto.ops.triton.merge.match_merge_add_norm``; it
                             needs the merge and norm kernels on as well; for A/B timing, same results)
@@ -69,7 +67,7 @@ __all__ = [
     "set_xlane_bwd",
 ]
 
-OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj", "out_proj")
+OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj")
 # scan backends written in PyTorch alone; forcing one of them on a model forces the PyTorch conv / norm / merge
 PURE_SCAN_BACKENDS = ("reference", "chunked")
 
@@ -86,7 +84,6 @@ _fused: dict[str, bool] = {
     "merge_norm": _switch("RMEETO_FUSED_MERGE_NORM"),
     "embed": _switch("RMEETO_FUSED_EMBED"),
     "proj": _switch("RMEETO_FUSED_PROJ"),
-    "out_proj": _switch("RMEETO_FUSED_OUT_PROJ"),
 }
 _fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
 _xlane_bwd: bool = _switch("RMEETO_XLANE_BWD")
@@ -105,8 +102,9 @@ def triton_available() -> bool:
 
 
 def use_fused(op: str, x: Union[torch.Tensor, torch.device], backend: str = "auto") -> bool:
-    """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj",
-    "out_proj") for tensor (or device) ``x``?
+    """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj")
+    for tensor (or
+    device) ``x``?
 
     ``backend``: "auto" asks the switches (True only for CUDA, with Triton, the switch on and no
     :func:`force_reference` active); "torch" answers False; "triton" answers True (the caller asked for it)."""

@@ -1,5 +1,4 @@
-"""The bidirectional mixer's projections around its scan: x_proj then dt_proj for both directions, and the
-two directions' sum then out_proj.
+"""The bidirectional mixer's input-dependent scan parameters: x_proj then dt_proj, for both directions.
 
     x_dbl_d = u_d @ wx_d.T                           # [batch, length, R + 2N]
     dt_d, B_d, C_d = x_dbl_d.split([R, N, N], -1)
@@ -10,14 +9,6 @@ for d = forward (``_f``) and backward (``_b``). :func:`bidir_scan_inputs_torch` 
 16-bit CUDA tensors when no gradient has to flow (inference, a frozen teacher), its switch
 (``RMEETO_FUSED_PROJ``) on and ``torch.compile`` not tracing (Inductor then sees the GEMMs), and the reference
 otherwise. The two paths round the same values once each but sum in different orders: equal to rounding.
-
-    y = y2[0] + y2[1]                                # the scan's two directions, rounded once
-    out = y @ w_out.T                                # [batch, length, d_model]
-
-:func:`sum_out_proj_torch` is its reference (:func:`rmeeto.ops.selective_scan.sum_directions`, then a cuBLAS
-GEMM); :func:`sum_out_proj` runs :func:`rmeeto.ops.triton.proj.sum_out_proj` (the add in the GEMM's operand
-load: y is never written) under the same conditions, switch ``RMEETO_FUSED_OUT_PROJ``. The sum's bits are the
-add's; the product is equal to rounding.
 """
 
 from __future__ import annotations
@@ -34,7 +25,7 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["bidir_scan_inputs", "bidir_scan_inputs_torch", "fused_applies", "sum_out_proj", "sum_out_proj_torch"]
+__all__ = ["bidir_scan_inputs", "bidir_scan_inputs_torch", "fused_applies"]
 
 ScanInputs = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -53,11 +44,10 @@ def bidir_scan_inputs_torch(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor
     return (F.linear(dt_f, wdt_f), F.linear(dt_b, wdt_b)), (B_f, B_b), (C_f, C_b)
 
 
-def fused_applies(u: Tensor, backend: str, *tensors: Tensor, op: str = "proj") -> bool:
-    """Would :func:`bidir_scan_inputs` (``op`` "proj") or :func:`sum_out_proj` ("out_proj") run its fused
-    kernel for input ``u`` (and these weights) here?"""
+def fused_applies(u: Tensor, backend: str, *tensors: Tensor) -> bool:
+    """Would :func:`bidir_scan_inputs` run the fused kernel for input ``u`` (and these weights) here?"""
     if (_triton_proj is None or u.dtype not in (torch.float16, torch.bfloat16)
-            or not policy.use_fused(op, u, backend) or torch.compiler.is_compiling()):
+            or not policy.use_fused("proj", u, backend) or torch.compiler.is_compiling()):
         return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
@@ -92,26 +82,3 @@ def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_
     x_dbl, delta = _triton_proj.bidir_scan_inputs(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, d_state)
     _, B, C = _split(x_dbl, dt_rank, d_state)
     return (delta[0], delta[1]), (B[0], B[1]), (C[0], C[1])
-
-
-def sum_out_proj_torch(y2: Tensor, w: Tensor) -> Tensor:
-    """Reference of :func:`sum_out_proj`."""
-    from rmeeto.ops.selective_scan import sum_directions
-
-    return F.linear(sum_directions(y2), w)
-
-
-def sum_out_proj(y2: Tensor, w: Tensor, backend: str = "auto") -> Tensor:
-    """y2 [2, batch, K, length] (the two directions of :func:`rmeeto.ops.selective_scan.selective_scan_bidir`),
-    w [N, K] (out_proj's weight, no bias) -> [batch, length, N] in y2's dtype: ``(y2[0] + y2[1])`` (transposed to
-    [batch, length, K], rounded once) ``@ w.T``, w rounded to y2's dtype. The fused kernel needs y2 stored
-    channels-last (as the Triton scan returns it); other layouts take the reference."""
-    if y2.dim() != 4 or y2.shape[0] != 2 or w.dim() != 2 or w.shape[1] != y2.shape[2]:
-        raise ValueError(f"sum_out_proj: y2 {tuple(y2.shape)} and w {tuple(w.shape)} do not fit")
-    planes = y2.transpose(2, 3)  # [2, batch, length, K]
-    if (not fused_applies(y2, backend, y2, w, op="out_proj") or planes[0].stride() != planes[1].stride()
-            or not planes[0].is_contiguous()):
-        return sum_out_proj_torch(y2, w if w.dtype == y2.dtype else w.to(y2.dtype))
-    if w.stride(1) != 1:
-        w = w.contiguous()
-    return _triton_proj.sum_out_proj(planes, w)

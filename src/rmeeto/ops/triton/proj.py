@@ -37,8 +37,7 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "bidir_scan_inputs", "proj_config", "sum_out_proj", "PROJ_CONFIG", "PROJ_CONFIG_LARGE",
-           "SUM_OUT_CONFIG"]
+__all__ = ["is_available", "bidir_scan_inputs", "proj_config", "PROJ_CONFIG", "PROJ_CONFIG_LARGE"]
 
 # BLOCK_M rows per program, BLOCK_K input channels per step of the x_proj loop, BLOCK_N output channels per
 # step of the dt_proj loop. benchmarks/bench_proj_gpu.py --sweep on an H200 (session 16, graphed, both
@@ -108,64 +107,6 @@ if _HAS_TRITON:
             mn = n < D
             w2 = tl.load(wdt + n[:, None] * s_wdt + jr[None, :], mask=mn[:, None] & mr[None, :], other=0.0).to(dt)
             tl.store(out_d + n[None, :], tl.dot(x_r, tl.trans(w2)).to(dt), mask=mrow[:, None] & mn[None, :])
-
-
-if _HAS_TRITON:
-    @triton.jit
-    def _sum_out_proj_kernel(y_ptr, w_ptr, out_ptr, M, K, N, s_yr, s_wn,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                             GROUP_M: tl.constexpr):
-        """out[rows, cols] = (y[0] + y[1]) @ w.T for one [BLOCK_M, BLOCK_N] tile: y's two planes [M, K] (row stride
-        K, plane stride s_yr) added in float32 and rounded to their dtype (the bits of the PyTorch add), then
-        multiplied by w [N, K] (row stride s_wn, rounded to y's dtype) with float32 accumulation. Programs run
-        GROUP_M row tiles down each column of tiles, so the row tiles' planes are re-read from L2."""
-        pid = tl.program_id(0)
-        n_m = tl.cdiv(M, BLOCK_M)
-        n_n = tl.cdiv(N, BLOCK_N)
-        group = pid // (GROUP_M * n_n)
-        first_m = group * GROUP_M
-        size_m = tl.minimum(n_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % (GROUP_M * n_n)) % size_m
-        pid_n = (pid % (GROUP_M * n_n)) // size_m
-        dt = out_ptr.dtype.element_ty
-        rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mrow = rows < M
-        mcol = cols < N
-        kk = tl.arange(0, BLOCK_K)
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + kk
-            mk = k < K
-            m2 = mrow[:, None] & mk[None, :]
-            a_f = tl.load(y_ptr + rows[:, None] * K + k[None, :], mask=m2, other=0.0)
-            a_b = tl.load(y_ptr + s_yr + rows[:, None] * K + k[None, :], mask=m2, other=0.0)
-            a = (a_f.to(tl.float32) + a_b.to(tl.float32)).to(dt)
-            w = tl.load(w_ptr + cols[:, None] * s_wn + k[None, :], mask=mcol[:, None] & mk[None, :], other=0.0).to(dt)
-            acc = tl.dot(a, tl.trans(w), acc)
-        tl.store(out_ptr + rows[:, None] * N + cols[None, :], acc.to(dt), mask=mrow[:, None] & mcol[None, :])
-
-
-# the sum + out_proj kernel's tiles (benchmarks/bench_proj_gpu.py --out-proj sweeps them)
-SUM_OUT_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
-
-
-def sum_out_proj(y2: Tensor, w: Tensor, config: dict | None = None) -> Tensor:
-    """y2 [2, batch, length, K] (16-bit, each plane contiguous, planes ``y2.stride(0)`` apart), w [N, K] (unit
-    column stride) -> [batch, length, N] in y2's dtype: ``(y2[0] + y2[1]) @ w.T`` with the sum rounded first."""
-    cfg = SUM_OUT_CONFIG if config is None else config
-    _, batch, length, K = y2.shape
-    N = w.shape[0]
-    M = batch * length
-    out = torch.empty(batch, length, N, device=y2.device, dtype=y2.dtype)
-    if M == 0:
-        return out
-    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    launch(_sum_out_proj_kernel, (cdiv(M, bm) * cdiv(N, bn),), y2.device,
-           y2, w, out, M, K, N, y2.stride(0), w.stride(0),
-           BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return out
 
 
 def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: Tensor, wdt_b: Tensor,
