@@ -103,8 +103,7 @@ def triton_available() -> bool:
 
 def use_fused(op: str, x: Union[torch.Tensor, torch.device], backend: str = "auto") -> bool:
     """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj")
-    for tensor (or
-    device) ``x``?
+    for tensor (or device) ``x``?
 
     ``backend``: "auto" asks the switches (True only for CUDA, with Triton, the switch on and no
     :func:`force_reference` active); "torch" answers False; "triton" answers True (the caller asked for it)."""
