@@ -62,6 +62,7 @@ def test_exported_program_dynamic_batch_round_trip(merged, plain, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.full  # 46 s of the default tier (a second torch.export); the error-path CLI tests stay; CI runs it
 def test_cli_export_fixed_batch(merged, tmp_path, capsys):
     ckpt = rmeeto.save_checkpoint(merged, tmp_path / "w.pth")
     out = tmp_path / "fixed.pt2"

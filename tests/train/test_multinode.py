@@ -40,6 +40,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.full  # 46 s of the default tier; test_train.py checks 2 gloo processes == 1 there; CI runs this
 def test_two_node_launch_on_localhost_matches_one_process(tmp_path):
     common = ["--from-scratch", "--alpha", "0", "--epochs", "1", "--lr", "8e-3", "--drop-path", "0"]
     one, two = tmp_path / "one", tmp_path / "two"
