@@ -7,9 +7,9 @@ Per direction d (forward, backward) a Vim block computes, from its conv output u
     dt_d, B_d, C_d = x_dbl_d.split([R, N, N], -1)
     delta_d = dt_d @ Wdt_d.T                      # [batch, length, D], the bias is added inside the scan
 
-four cuBLAS GEMMs a block, two of them with 24-56 output columns (Vim-S), whose launches are a sixth of an
-eager forward's host time. :func:`bidir_scan_inputs` does the four in one kernel: a program takes BLOCK_M rows
-of one direction, accumulates their x_dbl in float32 over the D input channels (its dt part and its B / C part
+four cuBLAS GEMMs a block, two of them with 24-56 output columns (Vim-S): 4 of a block's 13 launches, run at
+1.0-2.9 TB/s on an H200 (Vim-Ti to B). :func:`bidir_scan_inputs` does the four in one kernel: a program takes
+BLOCK_M rows of one direction, accumulates their x_dbl in float32 over the D input channels (its dt part and its B / C part
 as two accumulators of R_PAD and 2N columns, so no register tensor is sliced), rounds it, stores it, and
 multiplies the rounded dt part straight into delta, BLOCK_N channels at a time: u is read once, x_dbl's dt
 part never goes back to memory to be read again.
@@ -40,9 +40,10 @@ Tensor = torch.Tensor
 __all__ = ["is_available", "bidir_scan_inputs", "proj_config", "PROJ_CONFIG", "PROJ_CONFIG_LARGE"]
 
 # BLOCK_M rows per program, BLOCK_K input channels per step of the x_proj loop, BLOCK_N output channels per
-# step of the dt_proj loop. benchmarks/bench_proj_gpu.py --sweep on an H200 (session 16, graphed, both
-# directions): at 128 x 197 rows the large tiles took Vim-Ti 30.4 -> 28.3 us and Vim-S 59.6 -> 53.3 us, while
-# at 128 x 98 rows and at Vim-B's 1536 channels the default tiles were the fastest.
+# step of the dt_proj loop. benchmarks/bench_proj_gpu.py on an H200 (session 16, graphed, both directions): at
+# 128 x 197 and 128 x 164 rows the large tiles took Vim-S 59.4 -> 52.6 us and 53.5 -> 48.5 us (Vim-Ti: 30.8 ->
+# 28.3 at 197), while at 128 x 131 and fewer rows, and at Vim-B's 1536 channels, the default tiles were as fast or
+# faster (Vim-S at 131: 37.5 against 39.2).
 PROJ_CONFIG = {"BLOCK_M": 64, "BLOCK_K": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}
 PROJ_CONFIG_LARGE = {"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
 PROJ_LARGE_ROWS = 128 * 150  # rows from which, up to PROJ_LARGE_CHANNELS channels, the large tiles are taken
