@@ -23,7 +23,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/rmeeto demo --out out/demo
 
-# the default tier on up to 4 workers (pytest-xdist; about 11 minutes on 2 cores); FULL=1 adds the tests marked
+# the default tier on up to 4 workers (pytest-xdist; about 10 minutes on 2 cores); FULL=1 adds the tests marked
 # `full` (frozen-copy kernel comparisons, the widest interpreter sweeps), as CI runs it
 test: setup
 	$(if $(FULL),RMEETO_FULL_TESTS=1 )$(BIN)/python -m pytest -q -n auto --maxprocesses 4
