@@ -122,6 +122,6 @@ def test_dispatch_falls_back_where_the_kernel_does_not_apply():
     ref = proj.bidir_scan_inputs_torch(u, u, *w, N)
     assert all(torch.equal(a, b) for pair_a, pair_b in zip(got, ref) for a, b in zip(pair_a, pair_b))
     wg = [t.clone().requires_grad_() for t in w]
-    assert not proj.fused_applies(u.half(), "auto", u.half(), *wg)
+    assert not proj.fused_applies(u.half(), u.half(), *wg)
     with torch.no_grad():
-        assert proj.fused_applies(u.half(), "auto", u.half(), *wg)
+        assert proj.fused_applies(u.half(), u.half(), *wg)

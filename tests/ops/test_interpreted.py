@@ -307,8 +307,8 @@ def test_bidir_proj_kernel_and_its_use_in_the_mixer():
             calls.append(1)
             return real(*a, **k)
         import rmeeto.models.vim as vim
-        real = vim.bidir_scan_inputs
-        vim.bidir_scan_inputs = spy
+        real = vim.fused_scan_inputs
+        vim.fused_scan_inputs = spy
         with torch.no_grad():
             out, metric = mixer(h, export="B")
             policy.set_fused("proj", False)

@@ -32,8 +32,8 @@ from rmeeto.ops import policy
 from rmeeto.ops.conv import conv_silu, conv_silu_bidir
 from rmeeto.ops.embed import insert_cls_add_pos, patch_rows
 from rmeeto.ops.norm import drop_add_rms_norm, drop_path, rms_norm
-from rmeeto.ops.proj import bidir_scan_inputs
 from rmeeto.ops.proj import fused_applies as proj_fused_applies
+from rmeeto.ops.proj import fused_scan_inputs
 from rmeeto.ops.selective_scan import selective_scan, selective_scan_bidir, sum_directions
 
 Tensor = torch.Tensor
@@ -160,17 +160,18 @@ class BiMambaMixer(nn.Module):
         delta = F.linear(dt_low, dt_proj.weight)  # [batch, length, d_inner], bias is added inside the scan
         return delta, Bm, Cm
 
-    def _fused_proj_weights(self, u: Tensor, backend: str) -> Optional[tuple[Tensor, Tensor, Tensor, Tensor]]:
-        """The x_proj / x_proj_b / dt_proj / dt_proj_b weights when :func:`bidir_scan_inputs` would fuse the four
-        GEMMs for ``u`` (no gradient to flow, 16-bit CUDA tensors; :func:`rmeeto.ops.proj.fused_applies`) and
-        both x_proj are plain bias-free ``nn.Linear`` without hooks (the fused kernel reads their weights instead
+    def _fused_proj_weights(self, u_f: Tensor, u_b: Tensor, backend: str
+                            ) -> Optional[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """The x_proj / x_proj_b / dt_proj / dt_proj_b weights when the fused kernel takes the four GEMMs for
+        these conv outputs (:func:`rmeeto.ops.proj.fused_applies`: no gradient to flow, 16-bit CUDA tensors)
+        and both x_proj are plain bias-free ``nn.Linear`` without hooks (the kernel reads their weights instead
         of calling them, as :meth:`scan_inputs` already does for dt_proj); else None."""
         xf, xb = self.x_proj, self.x_proj_b
         for m in (xf, xb):
             if type(m) is not nn.Linear or m.bias is not None or m._forward_hooks or m._forward_pre_hooks:
                 return None
         weights = (xf.weight, xb.weight, self.dt_proj.weight, self.dt_proj_b.weight)
-        return weights if proj_fused_applies(u, backend, *weights) else None
+        return weights if proj_fused_applies(u_f, u_b, *weights, backend) else None
 
     def branch(self, x: Tensor, z: Tensor, reverse: bool) -> tuple[Tensor, dict[str, Tensor]]:
         """One scan direction on its own (the per-direction form of :meth:`forward`). x, z: [batch, length,
@@ -211,9 +212,9 @@ class BiMambaMixer(nn.Module):
         backend = policy.op_backend(self.scan_backend)
         u_f, u_b = conv_silu_bidir(x, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight, self.conv1d_b.bias,
                                    backend=backend)
-        weights = self._fused_proj_weights(u_f, backend)
+        weights = self._fused_proj_weights(u_f, u_b, backend)
         if weights is not None:  # both directions' x_proj and dt_proj in one kernel (inference)
-            (delta_f, delta_b), (B_f, B_b), (C_f, C_b) = bidir_scan_inputs(u_f, u_b, *weights, self.d_state, backend)
+            (delta_f, delta_b), (B_f, B_b), (C_f, C_b) = fused_scan_inputs(u_f, u_b, *weights, self.d_state)
         else:
             delta_f, B_f, C_f = self.scan_inputs(u_f, reverse=False)
             delta_b, B_b, C_b = self.scan_inputs(u_b, reverse=True)

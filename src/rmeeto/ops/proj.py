@@ -25,7 +25,7 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["bidir_scan_inputs", "bidir_scan_inputs_torch", "fused_applies"]
+__all__ = ["bidir_scan_inputs", "bidir_scan_inputs_torch", "fused_applies", "fused_scan_inputs"]
 
 ScanInputs = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -44,12 +44,19 @@ def bidir_scan_inputs_torch(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor
     return (F.linear(dt_f, wdt_f), F.linear(dt_b, wdt_b)), (B_f, B_b), (C_f, C_b)
 
 
-def fused_applies(u: Tensor, backend: str, *tensors: Tensor) -> bool:
-    """Would :func:`bidir_scan_inputs` run the fused kernel for input ``u`` (and these weights) here?"""
-    if (_triton_proj is None or u.dtype not in (torch.float16, torch.bfloat16)
-            or not policy.use_fused("proj", u, backend) or torch.compiler.is_compiling()):
+def fused_applies(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: Tensor, wdt_b: Tensor,
+                  backend: str = "auto") -> bool:
+    """Would :func:`bidir_scan_inputs` run the fused kernel on these inputs here? 16-bit activations, the
+    switch on for ``backend`` (:func:`rmeeto.ops.policy.use_fused`), ``torch.compile`` not tracing, B and C
+    together a power-of-two width of at least 16 columns (x_proj's rows minus dt_proj's rank), and no gradient
+    to flow to any of them."""
+    if (_triton_proj is None or u_f.dtype not in (torch.float16, torch.bfloat16)
+            or not policy.use_fused("proj", u_f, backend) or torch.compiler.is_compiling()):
         return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    n2 = wx_f.shape[0] - wdt_f.shape[1]
+    if n2 < 16 or n2 & (n2 - 1):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in (u_f, u_b, wx_f, wx_b, wdt_f, wdt_b)))
 
 
 def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: Tensor, wdt_b: Tensor,
@@ -68,11 +75,17 @@ def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_
             f"bidir_scan_inputs: u {tuple(u_f.shape)}/{tuple(u_b.shape)}, x_proj {tuple(wx_f.shape)}/"
             f"{tuple(wx_b.shape)}, dt_proj {tuple(wdt_f.shape)}/{tuple(wdt_b.shape)} and d_state {d_state} do "
             "not fit")
-    n2 = 2 * d_state
-    if not (fused_applies(u_f, backend, u_f, u_b, wx_f, wx_b, wdt_f, wdt_b) and n2 >= 16 and n2 & (n2 - 1) == 0):
+    if not fused_applies(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, backend):
         if u_f.dtype != wx_f.dtype:  # the fused kernel's rounding of the weights, on this path too
             wx_f, wx_b, wdt_f, wdt_b = (w.to(u_f.dtype) for w in (wx_f, wx_b, wdt_f, wdt_b))
         return bidir_scan_inputs_torch(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, d_state)
+    return fused_scan_inputs(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, d_state)
+
+
+def fused_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: Tensor, wdt_b: Tensor,
+                      d_state: int) -> ScanInputs:
+    """The fused path of :func:`bidir_scan_inputs`, for a caller that has checked the shapes and
+    :func:`fused_applies` itself (the mixer, once per forward)."""
     if not (u_f.is_contiguous() and u_b.is_contiguous()):
         u_f, u_b = u_f.contiguous(), u_b.contiguous()
     if wx_f.stride(1) != 1 or wx_b.stride() != wx_f.stride():
@@ -80,5 +93,5 @@ def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_
     if wdt_f.stride(1) != 1 or wdt_b.stride() != wdt_f.stride():
         wdt_f, wdt_b = wdt_f.contiguous(), wdt_b.contiguous()
     x_dbl, delta = _triton_proj.bidir_scan_inputs(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, d_state)
-    _, B, C = _split(x_dbl, dt_rank, d_state)
+    _, B, C = _split(x_dbl, wdt_f.shape[1], d_state)
     return (delta[0], delta[1]), (B[0], B[1]), (C[0], C[1])
