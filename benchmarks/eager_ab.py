@@ -23,18 +23,13 @@ import torch
 import rmeeto
 from rmeeto.merge import MergeConfig
 from rmeeto.ops import policy
+from rmeeto.timing import Protocol, measure
 
 
 def _ms(fn, x, calls: int) -> float:
-    for _ in range(3):
-        fn(x)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(calls):
-        fn(x)
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / calls
+    """ms per call: 3 untimed calls, then ``calls`` back-to-back calls between one pair of CUDA events."""
+    protocol = Protocol(warmup=3, repeats=calls, per_repeat=False)
+    return measure(fn, [x], batch_size=x.shape[0], device=x.device, protocol=protocol).median_ms
 
 
 def main():
