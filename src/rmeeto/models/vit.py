@@ -13,10 +13,9 @@ two tiny ViTs for tests and the digits demo) consulted by :func:`rmeeto.create_m
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional
-
-import sys
 
 import torch.nn as nn
 
