@@ -334,6 +334,123 @@ def test_bidir_proj_kernel_and_its_use_in_the_mixer():
     """)
 
 
+def test_mixer_plan_gives_the_general_paths_bits(full):
+    """The mixer's prepared inference path (rmeeto.ops.triton.mixer.MixerPlan, its launches through
+    rmeeto.ops.triton._launch.Launcher) against the general path with the same kernels on (conv, projection and
+    scan, interpreted): the same bits and layout, on a second call of the same plan, for another input shape (a
+    plan of its own) and after a weight moved to a new tensor (a new plan). It stands aside (general path, same
+    result) with the switch off, with a gradient enabled, with a forward hook on in_proj, for float32 inputs,
+    and when the B metric is exported. Then whole models, unmerged and merged: the same logits with every
+    mixer call on a plan, each plain block's residual add + RMSNorm included (full tier: 75 s here; the GPU
+    tests run whole Vim-Ti and S)."""
+    run_interpreted(f"FULL = {bool(full)}\n" + textwrap.dedent("""
+        import sys, torch
+        from rmeeto.ops import policy
+        from rmeeto.ops.triton import mixer as tm
+        import rmeeto.models.vim as vim
+        # every kernel on for CPU tensors (the interpreter runs them), each switch still obeyed
+        policy.use_fused = lambda op, x, backend="auto": policy._fused[op] if backend == "auto" else backend == "triton"
+        import rmeeto.ops.selective_scan as ss
+        from rmeeto.ops.triton import scan as tscan
+        ss._loaded["triton"] = tscan.selective_scan_triton  # the scan backend "available" without CUDA
+        torch.manual_seed(0)
+        bad = []
+        mixer = vim.BiMambaMixer(32, d_state=8).half()
+        with torch.no_grad():
+            for p in mixer.parameters():  # away from the init's constants, so a swapped operand would show
+                p.add_(torch.randn_like(p) * 0.05)
+        plans = []
+        real = tm.MixerPlan.__call__
+        def spy(self, *a):
+            plans.append(self)
+            return real(self, *a)
+        tm.MixerPlan.__call__ = spy
+
+        def general(h, **kw):
+            policy.set_fused("plan", False)
+            try:
+                return mixer(h, **kw)
+            finally:
+                policy.set_fused("plan", True)
+
+        def same(a, b):
+            return torch.equal(a, b) and a.stride() == b.stride() and a.dtype == b.dtype
+
+        h1, h2 = torch.randn(2, 11, 32).half(), torch.randn(3, 7, 32).half()
+        with torch.no_grad():
+            # the general path's results first: switching the plan off and on changes the switches' generation,
+            # which the plans are keyed on
+            ref, ref2 = general(h1)[0], general(h2)[0]
+            ref_m, ref_metric = general(h1, export="B")
+            out = mixer(h1)[0]
+            if len(plans) != 1 or not same(out, ref):
+                bad.append(("first call", len(plans)))
+            again = mixer(h1)[0]
+            if len(plans) != 2 or plans[1] is not plans[0] or not same(again, ref):
+                bad.append(("second call", len(plans)))
+            if not same(mixer(h2)[0], ref2) or len(plans) != 3 or plans[2] is plans[0]:
+                bad.append(("another shape", len(plans)))
+            n = len(plans)
+            mixer.out_proj.weight.data = mixer.out_proj.weight.data.clone()
+            if not same(mixer(h1)[0], ref) or len(plans) != n + 1 or plans[-1] is plans[0]:
+                bad.append(("moved weight", len(plans) - n))
+            n = len(plans)
+            metric_out, metric = mixer(h1, export="B")
+            if len(plans) != n or not same(metric_out, ref) or not same(metric, ref_metric):
+                bad.append(("export", len(plans) - n))
+            hooked = []
+            handle = mixer.in_proj.register_forward_hook(lambda m, i, o: hooked.append(1))
+            if not same(mixer(h1)[0], ref) or len(plans) != n or len(hooked) != 1:
+                bad.append(("hook", len(plans) - n, len(hooked)))
+            handle.remove()
+            policy.set_fused("plan", False)
+            if not same(mixer(h1)[0], ref) or len(plans) != n:
+                bad.append(("switch off", len(plans) - n))
+            policy.set_fused("plan", True)
+        with torch.enable_grad():
+            if not same(mixer(h1)[0].detach(), ref) or len(plans) != n:
+                bad.append(("gradient", len(plans) - n))
+        mixer.float()
+        with torch.no_grad():
+            ref32 = general(h1.float())[0]
+            if not same(mixer(h1.float())[0], ref32) or len(plans) != n:
+                bad.append(("float32", len(plans) - n))
+
+        # whole models, unmerged and merged: blocks take the plan with their norm, merging blocks after the merge
+        import rmeeto
+        if not FULL:
+            print("FAILURES", bad)
+            sys.exit(1 if bad else 0)
+        adds = []
+        real_add = tm.MixerPlan.add_norm
+        def spy_add(self, *a):
+            adds.append(self)
+            return real_add(self, *a)
+        tm.MixerPlan.add_norm = spy_add
+        for merged in (False, True):
+            model = rmeeto.create_model("vim_test_patch4_16").half().eval()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p) * 0.05)
+            if merged:
+                rmeeto.apply_merge(model, rmeeto.MergeConfig(num_merged=3, interval=2))
+            x = torch.randn(2, 3, 16, 16).half()
+            with torch.no_grad():
+                policy.set_fused("plan", False)
+                ref = model(x)
+                policy.set_fused("plan", True)
+                plans.clear(), adds.clear()
+                got = model(x)
+            depth = len(model.layers)
+            n_merging = sum(type(b).__name__ == "MergingBlock" for b in model.layers)
+            # (the merge kernels need CUDA: here a merging block merges in PyTorch, then takes the plan's norm too)
+            if not same(got, ref) or len(plans) != depth or len(adds) != depth or (merged and not n_merging):
+                bad.append(("model", merged, len(plans), len(adds), depth, n_merging))
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """))
+
+
 def test_conv_silu_backward_kernel():
     """The conv+SiLU backward kernel against autograd through the PyTorch reference: dx, dw, db, both
     directions, lengths shorter than the kernel and longer than one tile, 4-tap kernels and shorter ones."""

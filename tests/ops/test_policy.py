@@ -106,3 +106,34 @@ def test_forced_reference_is_the_cpu_default_bitwise(merged):
     default, forced = _train_step(merged, False), _train_step(merged, True)
     assert len(default) == len(forced)
     assert all(torch.equal(a, b) for a, b in zip(default, forced))
+
+
+def test_every_switch_change_moves_the_generation():
+    """Caches of decisions taken from the switches (the mixers' prepared paths) key on policy.generation(): every
+    setter and force_reference's entry and exit must change it, or a cached plan would outlive its switch."""
+    seen = [policy.generation()]
+
+    def moved():
+        seen.append(policy.generation())
+        return seen[-1] != seen[-2]
+
+    was_plan, was_launch, was_xlane = policy._fused["plan"], policy.fast_launch(), policy.xlane_bwd()
+    try:
+        policy.set_fused("plan", False)
+        assert moved()
+        policy.set_fast_launch(not was_launch)
+        assert moved()
+        policy.set_xlane_bwd(not was_xlane)
+        assert moved()
+        with policy.force_reference():
+            assert moved()
+        assert moved()
+    finally:
+        policy.set_fused("plan", was_plan)
+        policy.set_fast_launch(was_launch)
+        policy.set_xlane_bwd(was_xlane)
+    backend = policy.scan_backend()
+    policy.set_scan_backend("chunked")
+    assert moved()
+    policy.set_scan_backend(backend)
+    assert moved()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
@@ -34,9 +35,33 @@ from rmeeto.ops.embed import insert_cls_add_pos, patch_rows
 from rmeeto.ops.norm import drop_add_rms_norm, drop_path, rms_norm
 from rmeeto.ops.proj import fused_applies as proj_fused_applies
 from rmeeto.ops.proj import fused_scan_inputs
-from rmeeto.ops.selective_scan import selective_scan, selective_scan_bidir, sum_directions
+from rmeeto.ops.selective_scan import resolve_backend, selective_scan, selective_scan_bidir, sum_directions
+from rmeeto.ops.triton.mixer import MixerPlan, MixerTensors, plan_problem
 
 Tensor = torch.Tensor
+
+# Global module hooks (torch.nn.modules.module.register_module_forward_hook & co.): a mixer's prepared
+# inference path skips the calls of in_proj / out_proj, so it stands aside while any is installed
+_GLOBAL_HOOKS = tuple(getattr(nn.modules.module, name, {}) for name in (
+    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
+# the prepared inference paths of each mixer, by input signature (outside the module: deepcopy, pickling and
+# state dicts never see them)
+_PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_MAX_PLANS = 16  # per mixer: one per input shape (merged layers, batch sizes), more when weights moved
+
+
+def _address(t: Optional[Tensor]):
+    return None if t is None else (t.data_ptr(), t.dtype)
+
+
+def _norm_fits(hidden: Tensor, residual: Optional[Tensor], norm: "RMSNorm", scan_backend: str) -> bool:
+    """Would :func:`rmeeto.ops.norm.drop_add_rms_norm` (inference, float32 residual) run the norm kernel on these
+    without a copy (what a plan's :meth:`rmeeto.ops.triton.mixer.MixerPlan.add_norm` does)?"""
+    w = norm.weight
+    return (policy.use_fused("norm", hidden, policy.op_backend(scan_backend)) and hidden.is_contiguous()
+            and w.shape == hidden.shape[-1:] and w.is_contiguous() and w.device == hidden.device
+            and (residual is None or (residual.dtype == torch.float32 and residual.is_contiguous()
+                                      and residual.shape == hidden.shape and residual.device == hidden.device)))
 
 __all__ = [
     "RMSNorm", "BiMambaMixer", "Block", "VisionMamba", "TokenState", "checkpoint_filter_fn", "filter_state_dict",
@@ -193,6 +218,69 @@ class BiMambaMixer(nn.Module):
         )
         return y.transpose(1, 2), {"B": Bm, "C": Cm, "delta": delta}
 
+    def _plan_tensors(self) -> MixerTensors:
+        m, p = self._modules, self._parameters
+        conv, conv_b, dt, dt_b = m["conv1d"], m["conv1d_b"], m["dt_proj"], m["dt_proj_b"]
+        in_proj, out_proj = m["in_proj"], m["out_proj"]
+        return MixerTensors(in_proj.weight, in_proj.bias, conv.weight, conv.bias, conv_b.weight, conv_b.bias,
+                            m["x_proj"].weight, m["x_proj_b"].weight, dt.weight, dt_b.weight, dt.bias, dt_b.bias,
+                            p["A_log"], p["A_b_log"], p["D"], p["D_b"], out_proj.weight, out_proj.bias)
+
+    def plan(self, hidden: Tensor, norm: Optional[RMSNorm] = None, residual: Optional[Tensor] = None
+             ) -> Optional[tuple[MixerPlan, MixerTensors]]:
+        """The prepared inference path for ``hidden`` (:class:`rmeeto.ops.triton.mixer.MixerPlan`) and the
+        weights to call it with, or None where :meth:`forward` takes its general path: a gradient may be
+        needed, torch.compile is tracing, autocast is on, a forward hook sits on a Linear layer the general
+        path calls (or globally), a layer is not a plain ``nn.Linear``, or, decided once per input signature
+        (shape, strides, dtype, device, the weights' addresses and dtypes, the kernel switches): the switch
+        ``plan`` is off, a kernel of the fused path would not run (the scan, conv or projection kernel), or
+        :func:`rmeeto.ops.triton.mixer.plan_problem` finds a layout the general path would copy first.
+
+        With ``norm`` (and ``residual``, float32 or None) the plan also serves the block's residual add + RMSNorm
+        before the mixer (:meth:`MixerPlan.add_norm`; ``hidden`` is then the block's input): only where the
+        norm kernel would run on them without copies (contiguous, the norm switch on)."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or any(_GLOBAL_HOOKS):
+            return None
+        m = self._modules
+        for name in ("in_proj", "out_proj", "x_proj", "x_proj_b"):
+            lin = m[name]
+            if type(lin) is not nn.Linear or lin._forward_hooks or lin._forward_pre_hooks:
+                return None
+        if torch.is_autocast_enabled(hidden.device.type):
+            return None
+        tensors = self._plan_tensors()
+        key = (hidden.shape, hidden.stride(), hidden.dtype, hidden.device, policy.generation(), self.scan_backend,
+               self.divide_out, tuple(map(_address, tensors)))
+        if norm is not None:
+            key += (None if residual is None else (residual.shape, residual.stride(), residual.dtype),
+                    _address(norm.weight), norm.eps)
+        plans = _PLANS.get(self)
+        if plans is None:
+            plans = _PLANS[self] = {}
+        if key in plans:
+            plan = plans[key]
+        else:
+            plan = self._make_plan(hidden, tensors)
+            if plan is not None and norm is not None and not _norm_fits(hidden, residual, norm, self.scan_backend):
+                plan = None
+            if len(plans) >= _MAX_PLANS:
+                plans.clear()
+            plans[key] = plan
+        return None if plan is None else (plan, tensors)
+
+    def _make_plan(self, hidden: Tensor, tensors: MixerTensors) -> Optional[MixerPlan]:
+        """A plan where one can serve (see :meth:`plan`), else None."""
+        backend = policy.op_backend(self.scan_backend)
+        if not (policy.use_fused("plan", hidden, backend) and policy.use_fused("conv", hidden, backend)):
+            return None
+        if plan_problem(hidden, tensors, self.d_state) is not None:
+            return None
+        if resolve_backend(self.scan_backend, hidden.device) != "triton":
+            return None
+        if self._fused_proj_weights(hidden, hidden, backend) is None:  # u has hidden's dtype and device
+            return None
+        return MixerPlan(self.d_inner, self.dt_rank, self.d_state, 0.5 if self.divide_out else 1.0)
+
     def forward(self, hidden: Tensor, export: Optional[str] = None) -> tuple[Tensor, Optional[Tensor]]:
         """hidden: [batch, length, d_model] -> (out [batch, length, d_model], metric or None).
 
@@ -206,7 +294,11 @@ class BiMambaMixer(nn.Module):
         :meth:`branch` calls' (y_f + y_b) / 2 bit for bit (halving commutes with rounding outside fp16's
         subnormal range); the fused kernel's sums run in another order, so equal to rounding.
         """
-        if export not in (None, "B", "C", "delta"):
+        if export is None:
+            prepared = self.plan(hidden)
+            if prepared is not None:  # inference: the same launches with less host work (rmeeto.ops.triton.mixer)
+                return prepared[0](hidden, prepared[1]), None
+        elif export not in ("B", "C", "delta"):
             raise ValueError(f"export must be None, 'B', 'C' or 'delta', got {export!r}")
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # [batch, length, d_inner] each
         backend = policy.op_backend(self.scan_backend)
@@ -256,6 +348,12 @@ class Block(nn.Module):
         self.residual_in_fp32 = residual_in_fp32
 
     def add_norm_mix(self, hidden: Tensor, residual: Optional[Tensor], state: TokenState):
+        if self.export_metric is None and self.residual_in_fp32 and self.drop_path.drop_prob == 0:
+            prepared = self.mixer.plan(hidden, self.norm, residual)
+            if prepared is not None:  # inference: the norm and the mixer's launches prepared (rmeeto.ops.triton.mixer)
+                plan, tensors = prepared
+                residual, normed = plan.add_norm(hidden, residual, self.norm.weight, self.norm.eps)
+                return plan(normed, tensors), residual, state._replace(metric=None)
         residual, normed = drop_add_rms_norm(
             hidden, residual, self.norm.weight, self.norm.eps, self.drop_path.drop_prob, self.residual_in_fp32,
             backend=policy.op_backend(self.mixer.scan_backend),

@@ -19,6 +19,9 @@ Environment switches, read ONCE when this module is imported:
 ``RMEETO_FUSED_MERGE_NORM=0`` in inference, the fused merge and the residual add + RMSNorm after it as two
                             kernels instead of one (``rmeeto.ops.triton.merge.match_merge_add_norm``; it
                             needs the merge and norm kernels on as well; for A/B timing, same results)
+``RMEETO_FUSED_PLAN=0``    in inference, every mixer call through the general op dispatch instead of its prepared
+                            launch sequence (``rmeeto.ops.triton.mixer.MixerPlan``: the same kernels and
+                            bits, less host time per call; for A/B timing)
 ``RMEETO_FAST_LAUNCH=0``    launch every Triton kernel through ``kernel[grid](...)`` instead of the cached
                             launcher of :mod:`rmeeto.ops.triton._launch` (for A/B timing; same results)
 ``RMEETO_XLANE_BWD=0``      the scan backward of :mod:`rmeeto.ops.triton.scan` (dB / dC summed across lanes
@@ -61,13 +64,14 @@ __all__ = [
     "force_reference",
     "op_backend",
     "triton_available",
+    "generation",
     "fast_launch",
     "set_fast_launch",
     "xlane_bwd",
     "set_xlane_bwd",
 ]
 
-OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj")
+OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj", "plan")
 # scan backends written in PyTorch alone; forcing one of them on a model forces the PyTorch conv / norm / merge
 PURE_SCAN_BACKENDS = ("reference", "chunked")
 
@@ -84,11 +88,25 @@ _fused: dict[str, bool] = {
     "merge_norm": _switch("RMEETO_FUSED_MERGE_NORM"),
     "embed": _switch("RMEETO_FUSED_EMBED"),
     "proj": _switch("RMEETO_FUSED_PROJ"),
+    "plan": _switch("RMEETO_FUSED_PLAN"),
 }
 _fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
 _xlane_bwd: bool = _switch("RMEETO_XLANE_BWD")
 _scan_backend: str = os.environ.get("RMEETO_SCAN_BACKEND", "auto")
 _reference_forced = False
+_generation = 0  # bumped by every setter below: caches of decisions made from the switches key on it
+
+
+def generation() -> int:
+    """A number that changes whenever a switch of this module changes (set_fused, set_scan_backend,
+    set_fast_launch, set_xlane_bwd, entering or leaving force_reference): what a cache of decisions taken from
+    the switches (:class:`rmeeto.ops.triton.mixer.MixerPlan`'s) keys on."""
+    return _generation
+
+
+def _bump() -> None:
+    global _generation
+    _generation += 1
 
 
 def _check_op(op: str) -> None:
@@ -102,8 +120,8 @@ def triton_available() -> bool:
 
 
 def use_fused(op: str, x: Union[torch.Tensor, torch.device], backend: str = "auto") -> bool:
-    """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj")
-    for tensor (or device) ``x``?
+    """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj";
+    "plan": the mixers' prepared launch sequences) for tensor (or device) ``x``?
 
     ``backend``: "auto" asks the switches (True only for CUDA, with Triton, the switch on and no
     :func:`force_reference` active); "torch" answers False; "triton" answers True (the caller asked for it)."""
@@ -122,6 +140,7 @@ def set_fused(op: str, enabled: bool) -> None:
     """Turn the fused kernel of ``op`` on or off for the whole process (as its RMEETO_FUSED_* variable)."""
     _check_op(op)
     _fused[op] = bool(enabled)
+    _bump()
 
 
 def xlane_bwd() -> bool:
@@ -133,6 +152,7 @@ def set_xlane_bwd(enabled: bool) -> None:
     """Choose the scan backward kernel for the whole process (as RMEETO_XLANE_BWD)."""
     global _xlane_bwd
     _xlane_bwd = bool(enabled)
+    _bump()
 
 
 def fast_launch() -> bool:
@@ -144,6 +164,7 @@ def set_fast_launch(enabled: bool) -> None:
     """Turn the cached Triton launcher on or off for the whole process (as RMEETO_FAST_LAUNCH)."""
     global _fast_launch
     _fast_launch = bool(enabled)
+    _bump()
 
 
 def scan_backend(requested: str = "auto") -> str:
@@ -163,6 +184,7 @@ def set_scan_backend(name: str) -> None:
     if not isinstance(name, str):
         raise TypeError(f"scan backend must be a string, got {type(name).__name__}")
     _scan_backend = name
+    _bump()
 
 
 def op_backend(scan_backend_name: str) -> str:
@@ -177,7 +199,9 @@ def force_reference() -> Iterator[None]:
     global _reference_forced
     previous = _reference_forced
     _reference_forced = True
+    _bump()
     try:
         yield
     finally:
         _reference_forced = previous
+        _bump()

@@ -37,7 +37,7 @@ import torch
 
 from rmeeto.ops import policy
 
-__all__ = ["on_device", "launch", "cdiv", "next_pow2", "arg_key", "specialization_key", "compile_key_function",
+__all__ = ["on_device", "launch", "Launcher", "cdiv", "next_pow2", "arg_key", "specialization_key", "compile_key_function",
            "param_modes", "CONSTEXPR", "SPECIALIZE", "NO_ALIGN", "NO_SPECIALIZE"]
 
 # How Triton treats one kernel parameter (see param_modes)
@@ -308,3 +308,71 @@ def clear_cache() -> None:
     _keep_alive.clear()
     _runtime_checked = False
     _runtime = None
+
+
+# ------------------------------------------------------------------------------------------- fixed launches
+class Launcher:
+    """One kernel launch with everything but its tensors fixed: ``Launcher(kernel, grid, device, tail, meta)(*tensors)``
+    launches ``kernel[grid](*tensors, *tail, **meta)`` over tensors on ``device``.
+
+    For callers that launch the same kernel with the same shapes again and again (a prepared inference forward,
+    :mod:`rmeeto.ops.triton.mixer_plan`). The first call goes through :func:`launch` (compiling if needed);
+    later calls skip :func:`launch`'s specialization key: they call the launcher it cached for the first call's
+    key directly. The caller promises that every call's tensors specialise as the first call's did: the same
+    dtypes and the same 16-byte alignment of every address (fresh allocations of the caching allocator, views at
+    fixed offsets of them, and tensors whose address the caller's own cache key holds). Whenever :func:`launch`
+    would not take its fast path (CPU tensors, RMEETO_FAST_LAUNCH=0, a launch hook installed), every call goes
+    through :func:`launch` itself."""
+
+    __slots__ = ("kernel", "grid", "device", "tail", "meta", "entry", "index", "_g", "_pre_run_hooks")
+
+    def __init__(self, kernel, grid: tuple, device: torch.device, tail: tuple, meta: dict):
+        self.kernel, self.grid, self.device, self.tail, self.meta = kernel, grid, device, tuple(tail), meta
+        self.entry = None
+        self._pre_run_hooks = getattr(kernel, "pre_run_hooks", None) or []  # Triton's list: hooks added later show
+        self.index = device.index
+        n = len(grid)
+        self._g = (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1)
+
+    def __call__(self, *tensors) -> None:
+        args = tensors + self.tail
+        entry = self.entry
+        if entry is not None and _runtime is not None and policy.fast_launch() and not self._pre_run_hooks:
+            knobs = _runtime.knobs.runtime
+            enter, exit_ = knobs.launch_enter_hook, knobs.launch_exit_hook
+            if not (_hook_set(enter) or _hook_set(exit_)
+                    or getattr(knobs, "add_stages_inspection_hook", None) is not None):
+                run, function, packed, tail, _ = entry
+                full = args + tuple(map(self.meta.__getitem__, tail)) if tail else args
+                g0, g1, g2 = self._g
+                if self.index == _runtime.get_device():
+                    run(g0, g1, g2, _runtime.get_stream(self.index), function, packed, None, enter, exit_, *full)
+                else:
+                    with torch.cuda.device(self.index):
+                        run(g0, g1, g2, _runtime.get_stream(self.index), function, packed, None, enter, exit_,
+                            *full)
+                return
+        launch(self.kernel, self.grid, self.device, *args, **self.meta)
+        if entry is None:
+            self.entry = _cached_entry(self.kernel, self.device, args, self.meta)
+
+    def __repr__(self) -> str:
+        return f"Launcher({getattr(self.kernel, '__name__', self.kernel)}, grid={self.grid})"
+
+
+def _cached_entry(kernel, device: torch.device, args: tuple, meta: dict) -> Optional[tuple]:
+    """The fast path's cached launcher for this call (after :func:`launch` made it), or None where there is none
+    (CPU tensors, fast path off or unavailable, a kind of argument the key does not describe)."""
+    if device.type != "cuda" or not policy.fast_launch() or device.index is None:
+        return None
+    rt = _get_runtime()
+    state = _kernels.get(id(kernel)) if rt is not None else None
+    if not state:
+        return None
+    key_function = state.key_function(len(args))
+    if key_function is None:
+        return None
+    try:
+        return state.launchers.get(key_function(device.index, meta, *args))
+    except _Unsupported:
+        return None

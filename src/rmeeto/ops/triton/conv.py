@@ -328,16 +328,22 @@ def _fwd_launch(x: Tensor, wf: Tensor, bf: Tensor, wb: Tensor, bb: Tensor, fwd: 
         wb, bb = wf, bf
     of = out_f if fwd else out_b
     ob = out_b if bwd else out_f
+    grid, tail, meta = fwd_spec(x, of, wf.shape[-1], fwd, bwd)
+    launch(_conv_silu_fwd, grid, x.device, x, _dense(wf), _dense(bf), _dense(wb), _dense(bb), of, ob, *tail, **meta)
+    return out_f, out_b
+
+
+def fwd_spec(x: Tensor, out: Tensor, taps: int, fwd: bool = True, bwd: bool = True) -> tuple[tuple, tuple, dict]:
+    """(grid, scalar arguments, constexprs and launch options) of the forward kernel over x [batch, length, dim]
+    (unit channel stride) into outputs laid out as ``out`` (both directions' alike), ``taps`` = K: the kernel's
+    tensors (x, wf, bf, wb, bb, out_f, out_b; weights and biases dense) come first."""
+    batch, length, dim = x.shape
     cfg = FWD_CONFIG
     block_l, block_d = cfg["BLOCK_L"], cfg["BLOCK_D"]
     grid = (batch, cdiv(length, block_l), cdiv(dim, block_d))
-    launch(
-        _conv_silu_fwd, grid, x.device,
-        x, _dense(wf), _dense(bf), _dense(wb), _dense(bb), of, ob, length, dim,
-        x.stride(0), x.stride(1), of.stride(0), of.stride(1),
-        K=wf.shape[-1], FWD=fwd, BWD=bwd, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg["num_warps"],
-    )
-    return out_f, out_b
+    tail = (length, dim, x.stride(0), x.stride(1), out.stride(0), out.stride(1))
+    meta = dict(K=taps, FWD=fwd, BWD=bwd, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg["num_warps"])
+    return grid, tail, meta
 
 
 def _conv_silu_triton_fwd(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool) -> Tensor:

@@ -114,13 +114,19 @@ def _norm_fwd(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, scale:
     ro = torch.empty(shape, device=h.device, dtype=torch.float32)
     y = torch.empty(shape, device=h.device, dtype=hidden.dtype)
     rstd = torch.empty(N, device=h.device, dtype=torch.float32)
-    block_n, block_c, warps = launch_shape(C)
     s = _scale(scale) if scale is not None else rstd
-    launch(_add_norm_fwd, ((N + block_n - 1) // block_n,), h.device,
-           h, r, s, weight, ro, y, rstd, N, C, L, eps,
-           HAS_RES=residual is not None, HAS_SCALE=scale is not None, BLOCK_N=block_n, BLOCK_C=block_c,
-           num_warps=warps)
+    grid, tail, meta = fwd_spec(N, C, L, eps, residual is not None, scale is not None)
+    launch(_add_norm_fwd, grid, h.device, h, r, s, weight, ro, y, rstd, *tail, **meta)
     return ro, y, rstd
+
+
+def fwd_spec(N: int, C: int, L: int, eps: float, has_res: bool, has_scale: bool = False) -> tuple[tuple, tuple, dict]:
+    """(grid, scalar arguments, constexprs and launch options) of the forward kernel over N rows of C channels
+    (L tokens per batch element). Its tensors come first: hidden and residual ([N, C] contiguous; hidden again
+    without a residual), the per-row scale (rstd without one), weight, residual_out, normed, rstd."""
+    block_n, block_c, warps = launch_shape(C)
+    meta = dict(HAS_RES=has_res, HAS_SCALE=has_scale, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps)
+    return ((N + block_n - 1) // block_n,), (N, C, L, eps), meta
 
 
 def _scale(scale: Tensor) -> Tensor:

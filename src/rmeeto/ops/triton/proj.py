@@ -37,24 +37,36 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "bidir_scan_inputs", "proj_config", "PROJ_CONFIG", "PROJ_CONFIG_LARGE"]
+__all__ = ["is_available", "bidir_scan_inputs", "spec", "proj_config", "PROJ_CONFIG", "PROJ_CONFIG_LARGE"]
 
 # BLOCK_M rows per program, BLOCK_K input channels per step of the x_proj loop, BLOCK_N output channels per
-# step of the dt_proj loop. benchmarks/bench_proj_gpu.py on an H200 (session 16, graphed, both directions): at
-# 128 x 197 and 128 x 164 rows the large tiles took Vim-S 59.4 -> 52.6 us and 53.5 -> 48.5 us (Vim-Ti: 30.8 ->
-# 28.3 at 197), while at 128 x 131 and fewer rows, and at Vim-B's 1536 channels, the default tiles were as fast or
-# faster (Vim-S at 131: 37.5 against 39.2).
+# step of the dt_proj loop. benchmarks/bench_proj_gpu.py on an H200 (132 SMs), graphed, both directions. Session
+# 16: at 128 x 197 and 128 x 164 rows the large tiles took Vim-S 59.4 -> 52.6 us and 53.5 -> 48.5 us (Vim-Ti: 30.8
+# -> 28.3 at 197). Session 17 (`--sweep --lengths 197,186,...,76`, every token count of the merged Vim-S / B
+# schedule at batch 128, results/s17/call1_proj_*.txt): at 768 channels the large tiles win from 128 x 142 rows
+# (46.5 against 51.3 us), the default below (131: 37.6 against 39.5); at 1536 channels (Vim-B) the best tiles
+# change with the number of programs against the SMs (whole waves), so they are a table by rows: 128 x 131..109
+# rows run in 60-68 us with the large tiles against 74-84 with the default ones, 128 x 164..142 in 83-89 against
+# 87-97 with 64 x 64 x 64 tiles in two stages; over the merged Vim-B forward 1,942 -> 1,795 us.
 PROJ_CONFIG = {"BLOCK_M": 64, "BLOCK_K": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}
 PROJ_CONFIG_LARGE = {"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
-PROJ_LARGE_ROWS = 128 * 150  # rows from which, up to PROJ_LARGE_CHANNELS channels, the large tiles are taken
+PROJ_LARGE_ROWS = 128 * 137  # rows from which, up to PROJ_LARGE_CHANNELS channels, the large tiles are taken
 PROJ_LARGE_CHANNELS = 768
+# above PROJ_LARGE_CHANNELS: (fewest rows, tiles), first match
+PROJ_WIDE_TABLE = (
+    (128 * 192, PROJ_CONFIG),
+    (128 * 170, {"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}),
+    (128 * 137, {"BLOCK_M": 64, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}),
+    (128 * 104, PROJ_CONFIG_LARGE),
+    (0, PROJ_CONFIG),
+)
 
 
 def proj_config(rows: int, channels: int) -> dict:
     """The tiles :func:`bidir_scan_inputs` takes for ``rows`` rows of ``channels`` input channels."""
-    if rows >= PROJ_LARGE_ROWS and channels <= PROJ_LARGE_CHANNELS:
-        return PROJ_CONFIG_LARGE
-    return PROJ_CONFIG
+    if channels <= PROJ_LARGE_CHANNELS:
+        return PROJ_CONFIG_LARGE if rows >= PROJ_LARGE_ROWS else PROJ_CONFIG
+    return next(cfg for least, cfg in PROJ_WIDE_TABLE if rows >= least)
 
 
 def is_available() -> bool:
@@ -116,7 +128,6 @@ def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_
     (unit column stride) -> (x_dbl [2, batch, length, R + 2 * d_state], delta [2, batch, length, D]) in u's
     dtype: ``u_d @ wx_d.T`` and ``x_dbl[d, ..., :R] @ wdt_d.T`` for d = forward, backward."""
     batch, length, D = u_f.shape
-    cfg = proj_config(batch * length, D) if config is None else config
     R = wdt_f.shape[1]
     n2 = 2 * d_state
     M = batch * length
@@ -124,9 +135,18 @@ def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_
     delta = torch.empty(2, batch, length, D, device=u_f.device, dtype=u_f.dtype)
     if M == 0:
         return xdbl, delta
-    block_m = cfg["BLOCK_M"]
-    launch(_bidir_proj_kernel, (cdiv(M, block_m), 2), u_f.device,
-           u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl, delta, M, D, wx_f.stride(0), wdt_f.stride(0),
-           R=R, N2=n2, R_PAD=max(16, next_pow2(R)), BLOCK_M=block_m, BLOCK_K=cfg["BLOCK_K"],
-           BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    grid, tail, meta = spec(M, D, R, n2, wx_f.stride(0), wdt_f.stride(0), config)
+    launch(_bidir_proj_kernel, grid, u_f.device, u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl, delta, *tail, **meta)
     return xdbl, delta
+
+
+def spec(M: int, D: int, R: int, n2: int, s_wx: int, s_wdt: int, config: dict | None = None
+         ) -> tuple[tuple, tuple, dict]:
+    """(grid, scalar arguments, constexprs and launch options) of the kernel over M rows of D channels, dt_rank
+    R, n2 = 2 * d_state, x_proj / dt_proj row strides s_wx / s_wdt; ``config`` the tiles (default
+    :func:`proj_config`). The kernel's tensors (u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl, delta) come first."""
+    cfg = proj_config(M, D) if config is None else config
+    block_m = cfg["BLOCK_M"]
+    meta = dict(R=R, N2=n2, R_PAD=max(16, next_pow2(R)), BLOCK_M=block_m, BLOCK_K=cfg["BLOCK_K"],
+                BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return (cdiv(M, block_m), 2), (M, D, s_wx, s_wdt), meta

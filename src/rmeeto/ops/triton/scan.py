@@ -1064,25 +1064,37 @@ def _bidir_flags(D_f, z, bias_f, delta_softplus, a_is_log, B_f, C_f, B_b, C_b, N
 def _fwd_bidir(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
                delta_softplus, scale, a_is_log) -> Tensor:
     _require_runnable(u_f)
-    batch, dim, L = u_f.shape
-    dstate = A_f.shape[1]
     out = _like_layout2(u_f, u_f.dtype)
     if out.numel() == 0:
         return out
+    zz = z if z is not None else u_f
+    grid, tail, meta = fwd_bidir_spec(u_f, delta_f, A_f, B_f, C_f, B_b, C_b, D_f, z, bias_f, out, delta_softplus,
+                                      scale, a_is_log)
+    launch(
+        _scan_bidir_fwd_kernel, grid, u_f.device,
+        u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b,
+        D_f if D_f is not None else A_f, D_b if D_b is not None else A_b, zz,
+        bias_f if bias_f is not None else A_f, bias_b if bias_b is not None else A_b, out, *tail, **meta,
+    )
+    return out
+
+
+def fwd_bidir_spec(u_f, delta_f, A_f, B_f, C_f, B_b, C_b, D_f, z, bias_f, out, delta_softplus, scale, a_is_log
+                   ) -> tuple[tuple, tuple, dict]:
+    """(grid, scalar arguments, constexprs and launch options) of the bidirectional forward kernel for these
+    inputs (the backward direction's u / delta / A laid out as the forward's, as :func:`_pair` makes them) into
+    ``out`` [2, batch, dim, L]. The kernel's 16 tensors come first: u, delta, A, B, C of both directions, D (or
+    A), z (or u_f), delta_bias (or A) of both, out."""
+    batch, dim, L = u_f.shape
+    dstate = A_f.shape[1]
     cfg = FWD_CONFIG
     zz = z if z is not None else u_f
     flags = _bidir_flags(D_f, z, bias_f, delta_softplus, a_is_log, B_f, C_f, B_b, C_b, _np(dstate))
-    launch(
-        _scan_bidir_fwd_kernel, (batch, cdiv(dim, cfg["BLOCK_D"]), 2), u_f.device,
-        u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b,
-        D_f if D_f is not None else A_f, D_b if D_b is not None else A_b, zz,
-        bias_f if bias_f is not None else A_f, bias_b if bias_b is not None else A_b, out, float(scale),
-        dim, L, dstate,
-        *u_f.stride(), *delta_f.stride(), *A_f.stride(), *B_f.stride(), *C_f.stride(), *zz.stride(), *out.stride(),
-        **flags, BLOCK_D=cfg["BLOCK_D"], CHUNK=cfg["CHUNK"], PREFETCH=_prefetches(cfg, flags["PACK"]),
-        num_warps=cfg["num_warps"], num_stages=1,
-    )
-    return out
+    tail = (float(scale), dim, L, dstate, *u_f.stride(), *delta_f.stride(), *A_f.stride(), *B_f.stride(),
+            *C_f.stride(), *zz.stride(), *out.stride())
+    meta = dict(**flags, BLOCK_D=cfg["BLOCK_D"], CHUNK=cfg["CHUNK"], PREFETCH=_prefetches(cfg, flags["PACK"]),
+                num_warps=cfg["num_warps"], num_stages=1)
+    return (batch, cdiv(dim, cfg["BLOCK_D"]), 2), tail, meta
 
 
 def _bwd_bidir(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,

@@ -1,0 +1,72 @@
+"""Graphed Vim, unmerged and merged, with the projection kernel's session-16 tile rule against the current one
+(rmeeto.ops.triton.proj.proj_config), interleaved in one process: the whole-model effect of a tile table.
+
+    PYTHONPATH=src python3 benchmarks/proj_tiles_ab.py [--models vim_small_patch16_224,vim_base_patch16_224]
+        [--rounds 5] [--calls 30] [--batch 128]
+
+Each (tile rule, variant) is captured into its own CUDA graph (the tiles are chosen at capture), then every round
+times each graph once for ``--calls`` replays between one pair of CUDA events; medians over rounds, and the
+merged / unmerged speed ratio within each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+import rmeeto
+from rmeeto.fast import accelerate
+from rmeeto.merge import MergeConfig
+from rmeeto.ops.triton import proj as tp
+from rmeeto.timing import Protocol, measure
+
+
+def _session16(rows: int, channels: int) -> dict:
+    """Session 16's rule: the large tiles from 128 x 150 rows up to 768 channels, else the default ones."""
+    return tp.PROJ_CONFIG_LARGE if rows >= 128 * 150 and channels <= 768 else tp.PROJ_CONFIG
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="vim_small_patch16_224,vim_base_patch16_224")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=128)
+    a = ap.parse_args()
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; graphed fp16, batch {a.batch}, "
+          f"{a.calls} replays per timing, {a.rounds} rounds", flush=True)
+    current = tp.proj_config
+    protocol = Protocol(warmup=3, repeats=a.calls, per_repeat=False)
+    for name in a.models.split(","):
+        x = torch.randn(a.batch, 3, 224, 224, device="cuda").half()
+        fns = {}
+        for variant in ("unmerged", "merged"):
+            torch.manual_seed(0)
+            m = rmeeto.create_model(name).cuda().eval().half()
+            if variant == "merged":
+                rmeeto.apply_merge(m, MergeConfig.paper(name))
+            for rule, fn in (("session16", _session16), ("current", current)):
+                tp.proj_config = fn
+                g = accelerate(m, "cudagraph")
+                g(x)  # captured with this rule's tiles
+                fns[(rule, variant)] = g
+        tp.proj_config = current
+        times = {k: [] for k in fns}
+        for _ in range(a.rounds):
+            for k, g in fns.items():
+                times[k].append(measure(g, [x], batch_size=a.batch, device=x.device, protocol=protocol).median_ms)
+        for rule in ("session16", "current"):
+            u, m = times[(rule, "unmerged")], times[(rule, "merged")]
+            ratios = [ui / mi for ui, mi in zip(u, m)]
+            print(f"{name:<24} {rule:<9} unmerged {statistics.median(u):6.3f} ms ({a.batch * 1e3 / statistics.median(u):,.0f}"
+                  f" img/s) | merged {statistics.median(m):6.3f} ms ({a.batch * 1e3 / statistics.median(m):,.0f} img/s) | "
+                  f"ratio median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})",
+                  flush=True)
+        del fns
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""The bidirectional Mamba mixer's inference forward as a prepared sequence of launches: eager mode's host cost.
+
+In inference a Vim mixer runs in_proj (cuBLAS), one conv launch for both directions, one launch for both
+directions' x_proj and dt_proj, one scan launch for both, the directions' sum and out_proj (cuBLAS). Called
+eagerly, the general path around the three Triton launches (the dispatchers' checks, pairing the directions'
+layouts, the scan's B / C read mode, transposed views, the launch cache's key) re-derives on every call what
+only the shapes decide: under cProfile on the device host, 70% of a Vim-Ti mixer call's host time
+(``benchmarks/host_profile_gpu.py``, results/s17/call1_host_profile.txt), and an eager Vim-Ti forward is
+host-bound.
+
+A :class:`MixerPlan` is made for one (input shape, strides and dtype; weights' addresses and dtypes; kernel
+switches) by :meth:`rmeeto.models.vim.BiMambaMixer.plan`. It derives every launch's grid, scalar arguments
+and constexprs once, from the same spec functions the general launchers call (:func:`rmeeto.ops.triton.conv.fwd_spec`,
+:func:`rmeeto.ops.triton.proj.spec`, :func:`rmeeto.ops.triton.scan.fwd_bidir_spec`); a call then allocates the
+same outputs and launches through :class:`rmeeto.ops.triton._launch.Launcher`. Same kernels, arguments and
+output layouts as the general path: the same bits (tests/ops/test_interpreted.py, tests/ops/test_gpu_plan.py).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from rmeeto.ops.triton import conv as _conv
+from rmeeto.ops.triton import norm as _norm
+from rmeeto.ops.triton import proj as _proj
+from rmeeto.ops.triton import scan as _scan
+from rmeeto.ops.triton._launch import Launcher
+
+Tensor = torch.Tensor
+
+__all__ = ["MixerTensors", "MixerPlan", "plan_problem"]
+
+
+class MixerTensors(NamedTuple):
+    """A mixer's weights in the order a plan takes them (biases of the Linear layers may be None)."""
+
+    w_in: Tensor
+    b_in: Optional[Tensor]
+    conv_w: Tensor
+    conv_b: Tensor
+    conv_w_b: Tensor
+    conv_b_b: Tensor
+    x_proj: Tensor
+    x_proj_b: Tensor
+    dt_proj: Tensor
+    dt_proj_b: Tensor
+    dt_bias: Tensor
+    dt_bias_b: Tensor
+    A_log: Tensor
+    A_b_log: Tensor
+    D: Tensor
+    D_b: Tensor
+    w_out: Tensor
+    b_out: Optional[Tensor]
+
+
+def _same_layout(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.stride() == b.stride() and a.device == b.device
+
+
+def plan_problem(hidden: Tensor, t: MixerTensors, d_state: int) -> Optional[str]:
+    """Why a plan cannot serve ``hidden`` with these weights (None: it can). What the general path would do
+    differently then: make contiguous copies, or take another kernel or PyTorch op."""
+    if hidden.dim() != 3 or hidden.numel() == 0:
+        return "not a non-empty [batch, length, channels] input"
+    if hidden.dtype not in (torch.float16, torch.bfloat16):
+        return "not 16-bit"
+    dt = hidden.dtype
+    if any(w is not None and w.device != hidden.device for w in t):
+        return "weights on another device"
+    if any(w.dtype != dt for w in (t.w_in, t.w_out)) or any(
+            b is not None and b.dtype != dt for b in (t.b_in, t.b_out)):
+        return "in_proj / out_proj not in the input's dtype"
+    if t.conv_w.shape[-1] > 4 or not (_same_layout(t.conv_w, t.conv_w_b) and _same_layout(t.conv_b, t.conv_b_b)):
+        return "conv taps > 4 or the directions' conv weights differ in layout"
+    if not all(w.is_contiguous() for w in (t.conv_w, t.conv_b)):
+        return "conv weights not contiguous"
+    if not (_same_layout(t.x_proj, t.x_proj_b) and _same_layout(t.dt_proj, t.dt_proj_b)
+            and t.x_proj.stride(1) == 1 and t.dt_proj.stride(1) == 1):
+        return "x_proj / dt_proj layouts"
+    n2 = t.x_proj.shape[0] - t.dt_proj.shape[1]
+    if n2 != 2 * d_state or n2 < 16 or n2 & (n2 - 1):
+        return "B and C not a power-of-two width of at least 16"
+    for f, b in ((t.A_log, t.A_b_log), (t.D, t.D_b), (t.dt_bias, t.dt_bias_b)):
+        if not _same_layout(f, b):
+            return "the directions' A / D / dt bias differ in layout"
+    return None
+
+
+class MixerPlan:
+    """The inference forward of one mixer for inputs of one shape, layout and dtype:
+    ``plan(hidden, tensors)`` = ``BiMambaMixer.forward(hidden)[0]`` bit for bit, ``tensors`` a
+    :class:`MixerTensors` of the weights (those :func:`plan_problem` accepted, or others at the same addresses
+    with the same dtypes). Holds no tensor: only the launches' fixed parts, made on the first call."""
+
+    def __init__(self, d_inner: int, dt_rank: int, d_state: int, scale: float):
+        self.d_inner, self.dt_rank, self.d_state, self.scale = d_inner, dt_rank, d_state, float(scale)
+        self.splits = [dt_rank, d_state, d_state]
+        self.conv = self.proj = self.scan = self.norm = None
+
+    def add_norm(self, hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float
+                 ) -> tuple[Tensor, Tensor]:
+        """The block's residual add + RMSNorm before this mixer, as :func:`rmeeto.ops.norm.drop_add_rms_norm`
+        runs it in inference (no drop path, float32 residual): hidden [batch, length, C] contiguous, residual
+        float32 contiguous of hidden's shape or None -> (residual_out float32, normed in hidden's dtype). Only
+        for a plan made with the norm (:meth:`rmeeto.models.vim.BiMambaMixer.plan` with ``norm``)."""
+        shape = hidden.shape
+        C = shape[-1]
+        N = hidden.numel() // C
+        dev = hidden.device
+        ro = torch.empty(shape, device=dev, dtype=torch.float32)
+        y = torch.empty(shape, device=dev, dtype=hidden.dtype)
+        rstd = torch.empty(N, device=dev, dtype=torch.float32)
+        if self.norm is None:
+            grid, tail, meta = _norm.fwd_spec(N, C, shape[1], float(eps), residual is not None)
+            self.norm = Launcher(_norm._add_norm_fwd, grid, dev, tail, meta)
+        self.norm(hidden, residual if residual is not None else hidden, rstd, weight, ro, y, rstd)
+        return ro, y
+
+    def __call__(self, hidden: Tensor, t: MixerTensors) -> Tensor:
+        xz = F.linear(hidden, t.w_in, t.b_in)
+        x, z = xz.chunk(2, dim=-1)
+        batch, length, di = x.shape
+        dev, dt = hidden.device, xz.dtype
+        u_f = torch.empty(batch, length, di, device=dev, dtype=dt)
+        u_b = torch.empty(batch, length, di, device=dev, dtype=dt)
+        if self.conv is None:
+            grid, tail, meta = _conv.fwd_spec(x, u_f, t.conv_w.shape[-1])
+            self.conv = Launcher(_conv._conv_silu_fwd, grid, dev, tail, meta)
+        self.conv(x, t.conv_w, t.conv_b, t.conv_w_b, t.conv_b_b, u_f, u_b)
+
+        R, N = self.dt_rank, self.d_state
+        xdbl = torch.empty(2, batch, length, R + 2 * N, device=dev, dtype=dt)
+        delta = torch.empty(2, batch, length, di, device=dev, dtype=dt)
+        if self.proj is None:
+            grid, tail, meta = _proj.spec(batch * length, di, R, 2 * N, t.x_proj.stride(0), t.dt_proj.stride(0))
+            self.proj = Launcher(_proj._bidir_proj_kernel, grid, dev, tail, meta)
+        self.proj(u_f, u_b, t.x_proj, t.x_proj_b, t.dt_proj, t.dt_proj_b, xdbl, delta)
+
+        _, B2, C2 = xdbl.split_with_sizes(self.splits, -1)
+        B_f, B_b = B2.unbind(0)
+        C_f, C_b = C2.unbind(0)
+        d_f, d_b = delta.unbind(0)
+        out = torch.empty(2, batch, length, di, device=dev, dtype=dt)  # the scan writes channels-last
+        if self.scan is None:
+            def cm(v):  # the scan's [batch, channels, length] view
+                return v.transpose(-1, -2)
+            grid, tail, meta = _scan.fwd_bidir_spec(cm(u_f), cm(d_f), t.A_log, cm(B_f), cm(C_f), cm(B_b), cm(C_b),
+                                                    t.D, cm(z), t.dt_bias, cm(out), True, self.scale, True)
+            self.scan = Launcher(_scan._scan_bidir_fwd_kernel, grid, dev, tail, meta)
+        self.scan(u_f, u_b, d_f, d_b, t.A_log, t.A_b_log, B_f, B_b, C_f, C_b, t.D, t.D_b, z, t.dt_bias,
+                  t.dt_bias_b, out)
+        y_f, y_b = out.unbind(0)
+        return F.linear(torch.add(y_f, y_b), t.w_out, t.b_out)

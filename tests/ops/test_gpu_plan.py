@@ -1,0 +1,81 @@
+"""The mixer's prepared inference path on CUDA (rmeeto.ops.triton.mixer.MixerPlan): whole Vim models, unmerged and
+merged, give the general path's bits with it, eager and graphed, at two batch sizes, with every mixer call of an
+eager forward taking it and its launches on the cached launcher's direct path. Its logic is also tested on CPU
+under Triton's interpreter (tests/ops/test_interpreted.py)."""
+
+import pytest
+import torch
+
+import rmeeto
+from rmeeto.fast import accelerate
+from rmeeto.ops import policy
+from rmeeto.ops.triton import mixer as tm
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def _model(name: str, merged: bool):
+    torch.manual_seed(0)
+    model = rmeeto.create_model(name).cuda().half().eval()
+    with torch.no_grad():  # away from the init's constants (D = 1, equal A rows), so a swapped operand would show
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    if merged:
+        rmeeto.apply_merge(model, rmeeto.MergeConfig.paper(name))
+    return model
+
+
+def _forward(model, x, plan: bool, graphed: bool = False):
+    policy.set_fused("plan", plan)
+    try:
+        with torch.no_grad():
+            return (accelerate(model, "cudagraph") if graphed else model)(x)
+    finally:
+        policy.set_fused("plan", True)
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["unmerged", "merged"])
+@pytest.mark.parametrize("name", ["vim_tiny_patch16_224", "vim_small_patch16_224"])
+def test_plan_gives_the_general_paths_bits(name, merged, monkeypatch):
+    model = _model(name, merged)
+    calls = []
+    real = tm.MixerPlan.__call__
+
+    def spy(self, *args):
+        calls.append(self)
+        return real(self, *args)
+
+    monkeypatch.setattr(tm.MixerPlan, "__call__", spy)
+    depth = len(model.layers)
+    for batch in (8, 3):
+        x = torch.randn(batch, 3, 224, 224, device="cuda").half()
+        ref = _forward(model, x, plan=False)
+        calls.clear()
+        for _ in range(3):  # the first call makes the launchers, the later ones take their direct path
+            got = _forward(model, x, plan=True)
+            assert torch.equal(got, ref), (batch, (got.float() - ref.float()).abs().max().item())
+        assert len(calls) == 3 * depth, "a mixer call took the general path"
+        plans = set(calls)
+        assert len(plans) == depth  # one plan per layer for this input signature, reused by later calls
+        for plan in plans:
+            for launcher in (plan.conv, plan.proj, plan.scan):
+                assert launcher is not None and launcher.entry is not None, launcher
+    assert torch.equal(_forward(model, x, plan=True, graphed=True), ref)
+
+
+def test_blocks_take_the_plan_with_their_norm(monkeypatch):
+    """Merged Vim-Ti: every plain block's residual add + RMSNorm goes through its plan, the merging blocks' through
+    the fused merge (which folds it) and then their mixer's plan."""
+    model = _model("vim_tiny_patch16_224", True)
+    adds, calls = [], []
+    real_add, real_call = tm.MixerPlan.add_norm, tm.MixerPlan.__call__
+    monkeypatch.setattr(tm.MixerPlan, "add_norm", lambda self, *a: adds.append(self) or real_add(self, *a))
+    monkeypatch.setattr(tm.MixerPlan, "__call__", lambda self, *a: calls.append(self) or real_call(self, *a))
+    x = torch.randn(4, 3, 224, 224, device="cuda").half()
+    _forward(model, x, plan=True)
+    merging = sum(type(b).__name__ == "MergingBlock" for b in model.layers)
+    assert merging == 11
+    assert len(calls) == len(model.layers) and len(adds) == len(model.layers) - merging
