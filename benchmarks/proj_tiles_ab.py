@@ -19,6 +19,7 @@ import torch
 import rmeeto
 from rmeeto.fast import accelerate
 from rmeeto.merge import MergeConfig
+from rmeeto.ops import policy
 from rmeeto.ops.triton import proj as tp
 from rmeeto.timing import Protocol, measure
 
@@ -49,6 +50,7 @@ def main():
                 rmeeto.apply_merge(m, MergeConfig.paper(name))
             for rule, fn in (("session16", _session16), ("current", current)):
                 tp.proj_config = fn
+                policy.set_fused("plan", True)  # new switches' generation: the mixers make new plans, with these tiles
                 g = accelerate(m, "cudagraph")
                 g(x)  # captured with this rule's tiles
                 fns[(rule, variant)] = g

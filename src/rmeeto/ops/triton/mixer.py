@@ -14,6 +14,11 @@ and constexprs once, from the same spec functions the general launchers call (:f
 :func:`rmeeto.ops.triton.proj.spec`, :func:`rmeeto.ops.triton.scan.fwd_bidir_spec`); a call then allocates the
 same outputs and launches through :class:`rmeeto.ops.triton._launch.Launcher`. Same kernels, arguments and
 output layouts as the general path: the same bits (tests/ops/test_interpreted.py, tests/ops/test_gpu_plan.py).
+
+Tile tables (``scan.FWD_CONFIG``, ``proj.proj_config``, ``conv.FWD_CONFIG``, ...) are read when a plan makes its
+launchers, on its first call. A benchmark that changes one afterwards must let the mixers make new plans: any
+switch setter of :mod:`rmeeto.ops.policy` (e.g. ``policy.set_fused("plan", True)``) starts a new generation of
+them.
 """
 
 from __future__ import annotations
