@@ -1,6 +1,7 @@
 """`rmeeto bench` and the inference fast path on CPU (the CUDA paths are exercised in tests/test_gpu_model.py)."""
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -80,8 +81,9 @@ def test_bench_cli_modes_table_and_json(tmp_path, capsys):
     assert [row["mode"] for row in data["table"]] == ["eager", "compile"]
     for row in data["table"]:
         assert row["merge"]["num_merged"] == 2 and row["section"] == "inference"
-        assert row["merged_over_unmerged"] == pytest.approx(
-            row["merged_images_per_s"] / row["unmerged_images_per_s"])
+        # the CLI's default 5 alternating rounds: the median of the ratios within rounds
+        assert len(row["round_ratios"]) == 5
+        assert row["merged_over_unmerged"] == statistics.median(row["round_ratios"])
         for side in ("unmerged", "merged"):
             assert row[f"{side}_error"] is None and row[f"{side}_images_per_s"] > 0
             assert row[f"{side}_ms_p10"] <= row[f"{side}_ms_median"] <= row[f"{side}_ms_p90"]
@@ -126,6 +128,37 @@ def test_failing_compile_is_reported_per_row_and_the_other_modes_run(tmp_path, c
     assert "Inductor could not lower" in compile_line and "2 of 2 runs failed" in printed
     (row,) = json.loads(out.read_text())["table"]
     assert row["unmerged_error"].startswith("failed: ") and row["merged_images_per_s"] is None
+
+
+def test_rounds_alternate_the_two_models_and_take_the_ratio_within_rounds(monkeypatch):
+    """bench_modes(rounds=3): both models built, then timed unmerged, merged, unmerged, ... with ceil(repeats /
+    rounds) repeats each; each side's result pools its rounds' repeats; the merged row's speedup (and the table's
+    ratio) is the median of the ratios within rounds, not the ratio of the pooled medians."""
+    import rmeeto.bench as bench
+
+    order, real = [], bench.measure
+
+    def spy(fn, inputs, **kw):
+        timing = real(fn, inputs, **kw)
+        order.append((fn, kw["protocol"].repeats))
+        return timing
+
+    monkeypatch.setattr(bench, "measure", spy)
+    results = bench.bench_modes("vim_test_patch4_16", rmeeto.MergeConfig(num_merged=2), modes=["eager"], rounds=3,
+                                device="cpu", batch_size=2, dtype="fp32", warmup=2, repeats=7)
+    unmerged, merged = results
+    fns = [fn for fn, _ in order]
+    assert len(order) == 6 and fns[0] is not fns[1] and fns[0::2] == [fns[0]] * 3 and fns[1::2] == [fns[1]] * 3
+    assert {repeats for _, repeats in order} == {3}  # ceil(7 / 3)
+    for r in results:
+        assert r["error"] is None and r["rounds"] == 3 and r["repeats"] == 9 and len(r["round_ratios"]) == 3
+    assert merged["speedup_vs_unmerged"] == statistics.median(merged["round_ratios"]) and unmerged[
+        "speedup_vs_unmerged"] == 1.0
+    (row,) = bench.compare_modes(results)
+    assert row["merged_over_unmerged"] == merged["speedup_vs_unmerged"]
+    with pytest.raises(ValueError, match="rounds"):
+        bench.bench_modes("vim_test_patch4_16", rmeeto.MergeConfig(num_merged=2), modes=["eager"], rounds=0,
+                          device="cpu")
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence, Union
@@ -33,7 +34,7 @@ from rmeeto.backbones import is_vit, is_vit_name, set_scan_backend
 from rmeeto.fast import MODES, accelerate, compile_model
 from rmeeto.merge import MergeConfig
 from rmeeto.runtime import DTYPES, resolve_device, resolve_dtype
-from rmeeto.timing import BENCH, measure
+from rmeeto.timing import BENCH, Timing, measure
 from rmeeto.train import DistillationLoss, StudentGraph, TeacherForward, distillation_forward
 
 __all__ = ["bench_inference", "bench_train_step", "bench_modes", "compare_modes", "make_train_step",
@@ -112,18 +113,19 @@ def count_launches(fn: Callable, arg, device: Optional[torch.device] = None) -> 
 
 
 # ============================================================================================ one measurement
-def _measure(fn, inputs, warmup: int, repeats: int, device: torch.device, **fields) -> dict:
-    """Time ``fn`` over ``inputs``: its first call on its own (compilation, graph capture), then the
-    :data:`~rmeeto.timing.BENCH` protocol (one CUDA event pair per repeat), then one profiled call for the
-    launches (CUDA only). Returns the common result fields (plus ``fields``)."""
+def _first_call(fn, x, device: torch.device) -> float:
+    """Seconds of ``fn``'s first call on its own (compilation, graph capture)."""
     t0 = time.perf_counter()
-    fn(inputs[0])
+    fn(x)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    first_call_s = time.perf_counter() - t0
-    timing = measure(fn, inputs, batch_size=fields["batch_size"], device=device,
-                     protocol=BENCH.with_counts(warmup, repeats))
-    launches = count_launches(fn, inputs[0], device) if device.type == "cuda" else None
+    return time.perf_counter() - t0
+
+
+def _result(timing: Timing, first_call_s: float, fn, x, device: torch.device, **fields) -> dict:
+    """The common result fields of one timed case (plus ``fields``), with one profiled call for the launches
+    (CUDA only)."""
+    launches = count_launches(fn, x, device) if device.type == "cuda" else None
     return {
         **fields,
         "device": timing.device,
@@ -137,6 +139,16 @@ def _measure(fn, inputs, warmup: int, repeats: int, device: torch.device, **fiel
         "launches": None if launches is None else launches.gpu,
         "host_launches": None if launches is None else launches.host,
     }
+
+
+def _measure(fn, inputs, warmup: int, repeats: int, device: torch.device, **fields) -> dict:
+    """Time ``fn`` over ``inputs``: its first call on its own (compilation, graph capture), then the
+    :data:`~rmeeto.timing.BENCH` protocol (one CUDA event pair per repeat), then one profiled call for the
+    launches (CUDA only). Returns the common result fields (plus ``fields``)."""
+    first_call_s = _first_call(fn, inputs[0], device)
+    timing = measure(fn, inputs, batch_size=fields["batch_size"], device=device,
+                     protocol=BENCH.with_counts(warmup, repeats))
+    return _result(timing, first_call_s, fn, inputs[0], device, **fields)
 
 
 def _scan_backend(backend: str, device: torch.device, scan: bool) -> str:
@@ -164,6 +176,25 @@ def _input_size(model, img_size: Optional[int] = None) -> tuple[int, ...]:
     return shape if img_size is None else (*shape[:-2], img_size, img_size)
 
 
+def _inference_case(model_name: str, merge_config: Optional[MergeConfig], *, batch_size: int, img_size: Optional[int],
+                    dtype: str, mode: str, backend: str, device: torch.device, num_input_buffers: int, seed: int,
+                    compile_backend: Union[str, Callable]) -> tuple[Callable, list, dict]:
+    """(callable, inputs, result fields) of one inference case: the model built, cast and wrapped for ``mode``."""
+    tdtype = resolve_dtype(dtype, device)
+    torch.manual_seed(seed)
+    model = _build(model_name, merge_config, device, img_size).eval()
+    set_scan_backend(model, backend)
+    if tdtype != torch.float32:
+        model = model.to(tdtype)  # official protocol: model.half() and half inputs
+    shape = _input_size(model, img_size)
+    inputs = [torch.randn(batch_size, *shape, device=device).to(tdtype) for _ in range(num_input_buffers)]
+    fn = accelerate(model, mode, compile_backend=compile_backend)
+    fields = dict(model=model_name, merge=None if merge_config is None else merge_config.to_dict(),
+                  batch_size=batch_size, img_size=shape[-1], dtype=dtype, mode=mode,
+                  backend=_scan_backend(backend, device, not is_vit(model)))
+    return fn, inputs, fields
+
+
 def bench_inference(
     model_name: str,
     merge_config: Optional[MergeConfig] = None,
@@ -185,22 +216,94 @@ def bench_inference(
     one call (None on CPU), and the settings."""
     device = resolve_device(device)
     mode = resolve_mode(mode, device)
-    tdtype = resolve_dtype(dtype, device)
-    torch.manual_seed(seed)
-    model = _build(model_name, merge_config, device, img_size).eval()
-    set_scan_backend(model, backend)
-    if tdtype != torch.float32:
-        model = model.to(tdtype)  # official protocol: model.half() and half inputs
-    shape = _input_size(model, img_size)
-    inputs = [torch.randn(batch_size, *shape, device=device).to(tdtype) for _ in range(num_input_buffers)]
     if "compile" in mode:
         torch._dynamo.reset()  # a fresh cache: earlier models' graphs neither count against its limit nor linger
-    fn = accelerate(model, mode, compile_backend=compile_backend)
-    return _measure(
-        fn, inputs, warmup, repeats, device, model=model_name,
-        merge=None if merge_config is None else merge_config.to_dict(), batch_size=batch_size, img_size=shape[-1],
-        dtype=dtype, mode=mode, backend=_scan_backend(backend, device, not is_vit(model)),
-    )
+    fn, inputs, fields = _inference_case(
+        model_name, merge_config, batch_size=batch_size, img_size=img_size, dtype=dtype, mode=mode, backend=backend,
+        device=device, num_input_buffers=num_input_buffers, seed=seed, compile_backend=compile_backend)
+    return _measure(fn, inputs, warmup, repeats, device, **fields)
+
+
+def bench_inference_rounds(
+    model_name: str,
+    merge_config: MergeConfig,
+    *,
+    rounds: int = 5,
+    warmup: int = 10,
+    repeats: int = 50,
+    mode: str = "auto",
+    device: str = "cuda",
+    **kwargs,
+) -> list[dict]:
+    """:func:`bench_inference` of the unmerged model and of the merged one (``merge_config``) timed in ``rounds``
+    alternating rounds, both models built first: each round times the unmerged model, then the merged one,
+    ``ceil(repeats / rounds)`` repeats each after ``ceil(warmup / rounds)`` warm-up calls. A host whose speed
+    drifts during the run (eager mode is host-bound where kernels are short; the device hosts' speed was seen to
+    change 2x within one process) then slows both alike, instead of deciding the ratio.
+
+    Returns [unmerged result, merged result] as :func:`bench_inference` returns them, over all rounds' repeats,
+    plus ``rounds`` and, in both, ``round_ratios``: merged over unmerged images/s within each round. A side whose
+    building or first call raises gives a result with ``error`` ("failed: ...") and None measured fields; the
+    other side is then timed alone. ``kwargs`` as :func:`bench_inference`."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    device = resolve_device(device)
+    mode = resolve_mode(mode, device)
+    if "compile" in mode:
+        torch._dynamo.reset()
+    per_round, warm = -(-repeats // rounds), -(-warmup // rounds)
+    sides: list[Optional[tuple]] = []
+    results: list[dict] = []
+    for cfg in (None, merge_config):
+        try:
+            fn, inputs, fields = _inference_case(model_name, cfg, mode=mode, device=device, **_case_kwargs(kwargs))
+            sides.append((fn, inputs, fields, _first_call(fn, inputs[0], device), []))
+            results.append({})
+        except Exception as exc:  # the row says why; the other side is still timed
+            sides.append(None)
+            results.append(_failed_row(model_name, cfg, mode, kwargs, device, exc))
+    for _ in range(rounds):
+        for side in sides:
+            if side is not None:
+                fn, inputs, fields, _, timings = side
+                timings.append(measure(fn, inputs, batch_size=fields["batch_size"], device=device,
+                                       protocol=BENCH.with_counts(warm, per_round)))
+    ratios = None
+    if all(side is not None for side in sides):
+        u, m = sides[0][4], sides[1][4]
+        ratios = [mt.images_per_s / ut.images_per_s for ut, mt in zip(u, m)]
+    for i, side in enumerate(sides):
+        if side is None:
+            continue
+        fn, inputs, fields, first_s, timings = side
+        peaks = [t.peak_mem_mb for t in timings if t.peak_mem_mb is not None]
+        whole = Timing(tuple(ms for t in timings for ms in t.times_ms), timings[0].batch_size,
+                       sum(t.repeats for t in timings), sum(t.warmup for t in timings), timings[0].device,
+                       max(peaks) if peaks else None)
+        results[i] = _result(whole, first_s, fn, inputs[0], device, **fields)
+    for r in results:
+        r["rounds"] = rounds
+        r["round_ratios"] = ratios
+    return results
+
+
+def _case_kwargs(kwargs: dict) -> dict:
+    """:func:`bench_inference`'s keyword defaults, overridden by ``kwargs``, for :func:`_inference_case`."""
+    defaults = dict(batch_size=128, img_size=None, dtype="fp16", backend="auto", num_input_buffers=3, seed=0,
+                    compile_backend="inductor")
+    unknown = set(kwargs) - set(defaults)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    return {**defaults, **kwargs}
+
+
+def _failed_row(model_name: str, cfg: Optional[MergeConfig], mode: str, kwargs: dict, device: torch.device,
+                exc: BaseException) -> dict:
+    """The result of a run that raised: its settings, None measured fields and ``error``."""
+    return {"model": model_name, "merge": None if cfg is None else cfg.to_dict(), "mode": mode,
+            "batch_size": kwargs.get("batch_size"), "dtype": kwargs.get("dtype"),
+            "backend": _scan_backend(kwargs.get("backend", "auto"), device, not is_vit_name(model_name)),
+            **dict.fromkeys(_MEASURED), "error": describe_failure(exc)}
 
 
 def make_train_step(
@@ -304,6 +407,7 @@ def bench_modes(
     *,
     modes: Sequence[str],
     train: bool = False,
+    rounds: int = 1,
     on_result: Optional[Callable[[dict], None]] = None,
     **kwargs,
 ) -> list[dict]:
@@ -311,7 +415,9 @@ def bench_modes(
     :func:`bench_inference` (with ``train``: :func:`bench_train_step`, modes from :data:`TRAIN_MODES`) returns
     it, given ``kwargs``, plus ``section`` ("inference" or "train") and ``speedup_vs_unmerged`` (images/s over
     the unmerged run of the same mode; None where either failed). ``on_result(result)`` is called as each run
-    ends (to show progress).
+    ends (to show progress). ``rounds`` > 1 (inference): both models of a mode are built first and timed in
+    alternating rounds (:func:`bench_inference_rounds`); ``speedup_vs_unmerged`` is then the median of the
+    ratios within rounds.
 
     A run that raises (torch.compile failing in Inductor, a graph capture refused) gives a result whose
     ``error`` is "failed: <one line>" and whose measured fields are None; the other runs go on. Modes are
@@ -322,29 +428,44 @@ def bench_modes(
         raise ValueError("modes is empty: give at least one mode")
     bench = bench_train_step if train else bench_inference
     section = "train" if train else "inference"
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     results = []
+
+    def tidy():
+        if "compile" in mode:
+            torch._dynamo.reset()
+        if device.type == "cuda":
+            gc.collect()  # a failed run's frames (its model, its graphs) sit in reference cycles
+            torch.cuda.empty_cache()
+
     for mode in modes:
-        base = None
-        for cfg in (None, merge_config):
+        if rounds > 1 and not train:
             try:
-                r = bench(model_name, cfg, mode=mode, device=device, **kwargs)
-                r["error"] = None
-            except Exception as exc:  # reported in the row: one mode failing must not cost the others
-                r = {"model": model_name, "merge": None if cfg is None else cfg.to_dict(), "mode": mode,
-                     "batch_size": kwargs.get("batch_size"), "dtype": kwargs.get("dtype"),
-                     "backend": _scan_backend(kwargs.get("backend", "auto"), device, not is_vit_name(model_name)),
-                     **dict.fromkeys(_MEASURED), "error": describe_failure(exc)}
+                pair = bench_inference_rounds(model_name, merge_config, rounds=rounds, mode=mode, device=device,
+                                              **kwargs)
+            except Exception as exc:  # a failure while timing: both rows say it
+                pair = [_failed_row(model_name, cfg, mode, kwargs, device, exc) for cfg in (None, merge_config)]
             finally:
-                if "compile" in mode:
-                    torch._dynamo.reset()
-                if device.type == "cuda":
-                    gc.collect()  # a failed run's frames (its model, its graphs) sit in reference cycles
-                    torch.cuda.empty_cache()
+                tidy()
+        else:
+            pair = []
+            for cfg in (None, merge_config):
+                try:
+                    pair.append(bench(model_name, cfg, mode=mode, device=device, **kwargs))
+                except Exception as exc:  # reported in the row: one mode failing must not cost the others
+                    pair.append(_failed_row(model_name, cfg, mode, kwargs, device, exc))
+                finally:
+                    tidy()
+        base = pair[0]["images_per_s"]
+        for cfg, r in zip((None, merge_config), pair):
+            r.setdefault("error", None)
             r["section"] = section
             ips = r["images_per_s"]
             if cfg is None:
-                base = ips
                 r["speedup_vs_unmerged"] = None if ips is None else 1.0
+            elif r.get("round_ratios"):  # the median of the ratios within rounds (neighbours in time)
+                r["speedup_vs_unmerged"] = statistics.median(r["round_ratios"])
             else:
                 r["speedup_vs_unmerged"] = None if ips is None or base is None else ips / base
             results.append(r)
@@ -361,7 +482,8 @@ def compare_modes(results: Sequence[dict]) -> list[dict]:
     """Pair :func:`bench_modes` results into one row per (section, model, backend, mode): ``unmerged_<field>``
     and ``merged_<field>`` for images_per_s, ms_median/p10/p90, launches, host_launches, first_call_s,
     peak_mem_mb and error, the merged config (``merge``) and ``merged_over_unmerged`` (images/s ratio, None
-    where either run failed)."""
+    where either run failed; with alternating rounds the median of the ratios within rounds, and the rounds'
+    ratios as ``round_ratios``)."""
     rows: dict[tuple, dict] = {}
     for r in results:
         key = (r["section"], r["model"], r["backend"], r["mode"])
@@ -371,7 +493,12 @@ def compare_modes(results: Sequence[dict]) -> list[dict]:
             row["merge"] = r["merge"]
         for field in _COMPARED:
             row[f"{side}_{field}"] = r.get(field)
+        if r["merge"] is not None and r.get("round_ratios"):
+            row["round_ratios"] = r["round_ratios"]
     for row in rows.values():
         unmerged, merged = row.get("unmerged_images_per_s"), row.get("merged_images_per_s")
         row["merged_over_unmerged"] = merged / unmerged if unmerged and merged else None
+        if row.get("round_ratios") and row["merged_over_unmerged"] is not None:
+            # timed in alternating rounds: the median of the ratios within rounds (neighbours in time)
+            row["merged_over_unmerged"] = statistics.median(row["round_ratios"])
     return list(rows.values())

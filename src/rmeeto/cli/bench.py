@@ -83,6 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compare", action="store_true", help="run every scan backend available on the device")
     g.add_argument("--warmup", type=nonneg_int, default=10)
     g.add_argument("--repeats", type=positive_int, default=50)
+    g.add_argument("--rounds", type=positive_int, default=5,
+                   help="inference: build the unmerged and merged model of a mode, then time them in this many "
+                        "alternating rounds of repeats/rounds calls each; the ratio is the median of the rounds' "
+                        "ratios (a drifting host slows both alike). 1: all of the unmerged model's repeats, "
+                        "then the merged model's (default 5)")
     g.add_argument("--train", action="store_true", help="also time a re-training step (bf16, teacher)")
     g.add_argument("--train-repeats", type=positive_int, default=10)
     g.add_argument("--no-inference", action="store_true", help="only the training step")
@@ -207,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
             # a ViT has no scan kernel to compare: one pass with "auto"
             for backend in (["auto"] if is_vit_name(name) else backends):
                 bench_modes(name, merged_cfg, modes=modes, train=section == "train", on_result=show, device=device,
+                            rounds=args.rounds if section == "inference" else 1,
                             batch_size=args.batch_size, backend=backend, compile_backend=args.compile_backend,
                             **settings)
     failed = sum(1 for r in results if r["error"])
