@@ -17,8 +17,8 @@ Token merging (``rmeeto.merge``) swaps in a block subclass; it never renames a p
 from __future__ import annotations
 
 import math
+import operator
 import warnings
-import weakref
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
@@ -44,14 +44,26 @@ Tensor = torch.Tensor
 # inference path skips the calls of in_proj / out_proj, so it stands aside while any is installed
 _GLOBAL_HOOKS = tuple(getattr(nn.modules.module, name, {}) for name in (
     "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
-# the prepared inference paths of each mixer, by input signature (outside the module: deepcopy, pickling and
-# state dicts never see them)
-_PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 _MAX_PLANS = 16  # per mixer: one per input shape (merged layers, batch sizes), more when weights moved
 
 
-def _address(t: Optional[Tensor]):
-    return None if t is None else (t.data_ptr(), t.dtype)
+class _PlanCache(dict):
+    """A mixer's prepared inference paths by input signature. Copies and pickles of the mixer start empty (the
+    plans hold compiled kernels, and are remade on first use)."""
+
+    def __deepcopy__(self, memo):
+        return _PlanCache()
+
+    def __copy__(self):
+        return _PlanCache()
+
+    def __reduce__(self):
+        return (_PlanCache, ())
+
+
+# a plan's key holds its weights' addresses and dtypes (a weight moved or cast: a new plan), read in C
+_DATA_PTR = torch.Tensor.data_ptr
+_DTYPE = operator.attrgetter("dtype")
 
 
 def _norm_fits(hidden: Tensor, residual: Optional[Tensor], norm: "RMSNorm", scan_backend: str) -> bool:
@@ -146,6 +158,7 @@ class BiMambaMixer(nn.Module):
         self.dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
         self.divide_out = divide_out
         self.scan_backend = scan_backend
+        self._plans = _PlanCache()  # see plan()
         di, r, n = self.d_inner, self.dt_rank, d_state
 
         self.in_proj = nn.Linear(d_model, 2 * di, bias=False, **kw)
@@ -219,12 +232,15 @@ class BiMambaMixer(nn.Module):
         return y.transpose(1, 2), {"B": Bm, "C": Cm, "delta": delta}
 
     def _plan_tensors(self) -> MixerTensors:
+        # the submodules' parameter dicts read directly: Module.__getattr__ per weight cost ~0.5 us each
         m, p = self._modules, self._parameters
-        conv, conv_b, dt, dt_b = m["conv1d"], m["conv1d_b"], m["dt_proj"], m["dt_proj_b"]
-        in_proj, out_proj = m["in_proj"], m["out_proj"]
-        return MixerTensors(in_proj.weight, in_proj.bias, conv.weight, conv.bias, conv_b.weight, conv_b.bias,
-                            m["x_proj"].weight, m["x_proj_b"].weight, dt.weight, dt_b.weight, dt.bias, dt_b.bias,
-                            p["A_log"], p["A_b_log"], p["D"], p["D_b"], out_proj.weight, out_proj.bias)
+        ip, op = m["in_proj"]._parameters, m["out_proj"]._parameters
+        cv, cb = m["conv1d"]._parameters, m["conv1d_b"]._parameters
+        dt, db = m["dt_proj"]._parameters, m["dt_proj_b"]._parameters
+        return MixerTensors(ip["weight"], ip["bias"], cv["weight"], cv["bias"], cb["weight"], cb["bias"],
+                            m["x_proj"]._parameters["weight"], m["x_proj_b"]._parameters["weight"], dt["weight"],
+                            db["weight"], dt["bias"], db["bias"], p["A_log"], p["A_b_log"], p["D"], p["D_b"],
+                            op["weight"], op["bias"])
 
     def plan(self, hidden: Tensor, norm: Optional[RMSNorm] = None, residual: Optional[Tensor] = None
              ) -> Optional[tuple[MixerPlan, MixerTensors]]:
@@ -249,14 +265,16 @@ class BiMambaMixer(nn.Module):
         if torch.is_autocast_enabled(hidden.device.type):
             return None
         tensors = self._plan_tensors()
+        present = [t for t in tensors if t is not None]  # (Vim's in_proj / out_proj have no bias)
         key = (hidden.shape, hidden.stride(), hidden.dtype, hidden.device, policy.generation(), self.scan_backend,
-               self.divide_out, tuple(map(_address, tensors)))
+               self.divide_out, len(present), tuple(map(_DATA_PTR, present)), tuple(map(_DTYPE, present)))
         if norm is not None:
+            w = norm._parameters["weight"]
             key += (None if residual is None else (residual.shape, residual.stride(), residual.dtype),
-                    _address(norm.weight), norm.eps)
-        plans = _PLANS.get(self)
-        if plans is None:
-            plans = _PLANS[self] = {}
+                    w.data_ptr(), w.dtype, norm.eps)
+        plans = self.__dict__.get("_plans")
+        if plans is None:  # (a mixer unpickled from an older release has none)
+            plans = self.__dict__["_plans"] = _PlanCache()
         if key in plans:
             plan = plans[key]
         else:
