@@ -29,7 +29,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import torch
 
 from rmeeto.models import get_config
-from rmeeto.models.vim import Block, TokenState, VisionMamba
+from rmeeto.models.vim import _MAX_PLANS, Block, TokenState, VisionMamba, _PlanCache
 from rmeeto.models.vit import ViTConfig
 from rmeeto.ops import policy
 from rmeeto.ops.triton import merge as merge_triton
@@ -418,8 +418,51 @@ class MergingBlock(Block):
         return (residual.dtype == torch.float32 and policy.use_fused("norm", hidden, backend)
                 and policy.use_fused("merge_norm", hidden, backend))
 
+    def _prepared_merge(self, hidden: Tensor, residual: Tensor, state: TokenState
+                        ) -> Optional[merge_triton.MergeNormPlan]:
+        """The prepared merging step (:class:`rmeeto.ops.triton.merge.MergeNormPlan`) for these inputs, or None
+        where :meth:`forward` takes its general path: a gradient may be needed, torch.compile is tracing, sources
+        are tracked, the metric is not the hidden states, the shuffle is active, or, decided once per signature
+        (shapes, strides and dtypes of hidden, residual and sizes, class index, merge settings, mode, norm
+        weight, kernel switches), the general path would not run :func:`match_merge_add_norm` on them without a
+        copy, or its switch ``plan`` is off."""
+        cfg = self.merge
+        if (torch.is_grad_enabled() or torch.compiler.is_compiling() or state.source is not None
+                or cfg.metric != "x" or (cfg.shuffle is not None and cfg.shuffle.active(self.training))):
+            return None
+        size = state.size
+        w = self.norm._parameters["weight"]
+        key = (hidden.shape, hidden.stride(), hidden.dtype, hidden.device, residual.shape, residual.stride(),
+               residual.dtype, None if size is None else (size.shape, size.stride(), size.dtype), state.cls_index,
+               cfg, self.training, policy.generation(), self.mixer.scan_backend, w.data_ptr(), w.dtype, self.norm.eps)
+        plans = self.__dict__.get("_merge_plans")
+        if plans is None:
+            plans = self.__dict__["_merge_plans"] = _PlanCache()
+        if key in plans:
+            return plans[key]
+        plan = None
+        backend = policy.op_backend(self.mixer.scan_backend)
+        L = hidden.shape[1]
+        r = max(0, min(cfg.num_merged, (L - 1) // 2))
+        if (r > 0 and cfg.distance == "cosine" and cfg.choose == 1 and _use_fused(hidden, cfg, backend)
+                and policy.use_fused("plan", hidden, backend) and self._folds_norm(hidden, residual, backend)
+                and hidden.stride(2) == 1 and residual.stride(2) == 1
+                and (size is None or (size.dtype == torch.float32 and size.is_contiguous()))):
+            new_cls = plan_cls_index(state.cls_index, L, r, cfg.ordered)
+            if merge_triton.match_spec(hidden, state.cls_index, r, new_cls, cfg.ordered) is not None:
+                plan = merge_triton.MergeNormPlan(r, state.cls_index, new_cls, cfg.ordered, self.norm.eps)
+        if len(plans) >= _MAX_PLANS:
+            plans.clear()
+        plans[key] = plan
+        return plan
+
     def forward(self, hidden: Tensor, residual: Optional[Tensor], state: TokenState):
         cfg = self.merge
+        if cfg.num_merged > 0 and residual is not None:
+            plan = self._prepared_merge(hidden, residual, state)
+            if plan is not None:  # inference: the match and the merge + add + norm prepared (two launches)
+                residual, normed, size = plan(hidden, residual, state.size, self.norm.weight)
+                return self.mix(normed, residual, TokenState(plan.new_cls_index, size, None, None))
         if cfg.shuffle is not None and residual is not None and cfg.shuffle.active(self.training):
             # shuffled tensors are plain inputs to the merge below: the fused path stays correct on them
             hidden, residual, *rest = cfg.shuffle.permute([hidden, residual, *state[1:]], state.cls_index)

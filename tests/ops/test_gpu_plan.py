@@ -1,6 +1,7 @@
-"""The mixer's prepared inference path on CUDA (rmeeto.ops.triton.mixer.MixerPlan): whole Vim models, unmerged and
-merged, give the general path's bits with it, eager and graphed, at two batch sizes, with every mixer call of an
-eager forward taking it and its launches on the cached launcher's direct path. Its logic is also tested on CPU
+"""The prepared inference paths on CUDA (rmeeto.ops.triton.mixer.MixerPlan for the mixers and their blocks' norms,
+rmeeto.ops.triton.merge.MergeNormPlan for the merging steps): whole Vim models, unmerged and merged, give the
+general path's bits with them, eager and graphed, at two batch sizes, with every mixer call of an eager forward
+taking its plan and the plans' launches on the cached launcher's direct path. Its logic is also tested on CPU
 under Triton's interpreter (tests/ops/test_interpreted.py)."""
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import rmeeto
 from rmeeto.fast import accelerate
 from rmeeto.ops import policy
+from rmeeto.ops.triton import merge as tmerge
 from rmeeto.ops.triton import mixer as tm
 
 pytestmark = [
@@ -64,19 +66,28 @@ def test_plan_gives_the_general_paths_bits(name, merged, monkeypatch):
         for plan in plans:
             for launcher in (plan.conv, plan.proj, plan.scan):
                 assert launcher is not None and launcher.entry is not None, launcher
+    if merged:  # the merging steps' prepared launches too
+        merge_plans = [p for b in model.layers for p in b.__dict__.get("_merge_plans", {}).values() if p is not None]
+        assert len(merge_plans) >= 11
+        assert all(p.match.entry is not None and p.merge.entry is not None for p in merge_plans)
     assert torch.equal(_forward(model, x, plan=True, graphed=True), ref)
 
 
 def test_blocks_take_the_plan_with_their_norm(monkeypatch):
-    """Merged Vim-Ti: every plain block's residual add + RMSNorm goes through its plan, the merging blocks' through
-    the fused merge (which folds it) and then their mixer's plan."""
+    """Merged Vim-Ti: every plain block's residual add + RMSNorm goes through its plan, every merging block's
+    matching and merge + add + norm through its prepared merge (rmeeto.ops.triton.merge.MergeNormPlan), then its
+    mixer's plan; the logits are the general path's bits."""
     model = _model("vim_tiny_patch16_224", True)
-    adds, calls = [], []
-    real_add, real_call = tm.MixerPlan.add_norm, tm.MixerPlan.__call__
+    adds, calls, merges = [], [], []
+    real_add, real_call, real_merge = tm.MixerPlan.add_norm, tm.MixerPlan.__call__, tmerge.MergeNormPlan.__call__
     monkeypatch.setattr(tm.MixerPlan, "add_norm", lambda self, *a: adds.append(self) or real_add(self, *a))
     monkeypatch.setattr(tm.MixerPlan, "__call__", lambda self, *a: calls.append(self) or real_call(self, *a))
+    monkeypatch.setattr(tmerge.MergeNormPlan, "__call__", lambda self, *a: merges.append(self) or real_merge(self, *a))
     x = torch.randn(4, 3, 224, 224, device="cuda").half()
-    _forward(model, x, plan=True)
+    ref = _forward(model, x, plan=False)
+    assert not (adds or calls or merges)
+    got = _forward(model, x, plan=True)
+    assert torch.equal(got, ref)
     merging = sum(type(b).__name__ == "MergingBlock" for b in model.layers)
-    assert merging == 11
+    assert merging == 11 and len(merges) == merging
     assert len(calls) == len(model.layers) and len(adds) == len(model.layers) - merging

@@ -416,17 +416,24 @@ def test_mixer_plan_gives_the_general_paths_bits(full):
             if not same(mixer(h1.float())[0], ref32) or len(plans) != n:
                 bad.append(("float32", len(plans) - n))
 
-        # whole models, unmerged and merged: blocks take the plan with their norm, merging blocks after the merge
+        # whole models, unmerged and merged: blocks take the plan with their norm, merging blocks the prepared
+        # merge (match + merge-add-norm kernels, interpreted) and then their mixer's plan
         import rmeeto
         if not FULL:
             print("FAILURES", bad)
             sys.exit(1 if bad else 0)
-        adds = []
-        real_add = tm.MixerPlan.add_norm
+        from rmeeto.ops.triton import merge as tmerge
+        tmerge.is_available = lambda: True  # the fused merge on CPU tensors (interpreted)
+        adds, merges = [], []
+        real_add, real_merge = tm.MixerPlan.add_norm, tmerge.MergeNormPlan.__call__
         def spy_add(self, *a):
             adds.append(self)
             return real_add(self, *a)
+        def spy_merge(self, *a):
+            merges.append(self)
+            return real_merge(self, *a)
         tm.MixerPlan.add_norm = spy_add
+        tmerge.MergeNormPlan.__call__ = spy_merge
         for merged in (False, True):
             model = rmeeto.create_model("vim_test_patch4_16").half().eval()
             with torch.no_grad():
@@ -439,13 +446,14 @@ def test_mixer_plan_gives_the_general_paths_bits(full):
                 policy.set_fused("plan", False)
                 ref = model(x)
                 policy.set_fused("plan", True)
-                plans.clear(), adds.clear()
+                plans.clear(), adds.clear(), merges.clear()
                 got = model(x)
+                again = model(x)
             depth = len(model.layers)
             n_merging = sum(type(b).__name__ == "MergingBlock" for b in model.layers)
-            # (the merge kernels need CUDA: here a merging block merges in PyTorch, then takes the plan's norm too)
-            if not same(got, ref) or len(plans) != depth or len(adds) != depth or (merged and not n_merging):
-                bad.append(("model", merged, len(plans), len(adds), depth, n_merging))
+            if not same(got, ref) or not same(again, ref) or len(plans) != 2 * depth \
+                    or len(adds) != 2 * (depth - n_merging) or len(merges) != 2 * n_merging or (merged and not n_merging):
+                bad.append(("model", merged, len(plans), len(adds), len(merges), depth, n_merging))
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """))

@@ -40,7 +40,7 @@ from typing import Optional
 import torch
 
 from rmeeto.ops.triton import norm as norm_triton
-from rmeeto.ops.triton._launch import cdiv, launch, next_pow2
+from rmeeto.ops.triton._launch import Launcher, cdiv, launch, next_pow2
 
 Tensor = torch.Tensor
 
@@ -635,18 +635,27 @@ def _merge_norm_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], ba
     r_out = torch.empty(batch, num_out, C, device=dev, dtype=torch.float32)
     y = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)
     s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
+    grid, tail, meta = merge_norm_spec(hidden, residual, size is not None, num_out, eps)
+    launch(_merge_norm_kernel, grid, dev, hidden, residual, s, base, head, nxt, weight, r_out, y, s_out, *tail, **meta)
+    return r_out, y, s_out
+
+
+def merge_norm_spec(hidden: Tensor, residual: Tensor, has_size: bool, num_out: int, eps: float
+                    ) -> tuple[tuple, tuple, dict]:
+    """(grid, scalar arguments after the tensors, constexprs and launch options) of the merge + norm kernel over
+    the kernel inputs ``hidden`` / ``residual`` (:func:`_kernel_inputs`) into ``num_out`` tokens. Its tensors:
+    hidden, residual, sizes, base, head, nxt, weight, residual_out, normed, size_out."""
+    batch, L, C = hidden.shape
     n = batch * num_out
     block_n, block_c, warps = norm_triton.launch_shape(C)
     if MERGE_NORM_TILE is not None:
         block_n, warps = MERGE_NORM_TILE
     elif hidden.element_size() == 2:
         block_n, warps = _MERGE_NORM_TILES.get(block_c, (block_n, warps))
-    launch(_merge_norm_kernel, (cdiv(n, block_n),), dev,
-           hidden, residual, s, base, head, nxt, weight, r_out, y, s_out,
-           n, L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1), float(eps),
-           HAS_SIZE=size is not None, ASM_ADD=dev.type == "cuda", BLOCK_N=block_n, BLOCK_C=block_c,
-           num_warps=warps)
-    return r_out, y, s_out
+    tail = (n, L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1), float(eps))
+    meta = dict(HAS_SIZE=has_size, ASM_ADD=hidden.device.type == "cuda", BLOCK_N=block_n, BLOCK_C=block_c,
+                num_warps=warps)
+    return (cdiv(n, block_n),), tail, meta
 
 
 def _merge_bwd(d_h: Optional[Tensor], d_r: Optional[Tensor], size: Optional[Tensor], dest: Tensor, s_out: Tensor,
@@ -851,18 +860,11 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
 
     def one_j(tile_b: int) -> bool:  # every destination in one tile: both sets' row norms in one loop
         return MATCH_CONFIG["one_j"] and (L - 1) // 2 <= tile_b
-    if MATCH_CONFIG["fused"] and na <= _LONG_SOURCES:
-        size = "small" if na <= 64 else "wide" if C >= _WIDE_C else "large"
-        tile_a, tile_b, step_c, warps, unroll, plan_t = MATCH_CONFIG[size]
-        dot_unroll = MATCH_CONFIG.get("dot_unroll") or (2 if size == "wide" else 1)
-        launch(_match_kernel, (batch,), dev,
-               metric, metric.stride(0), metric.stride(1), vmax, vidx, scratch, dest, base, src, sdst, head, nxt,
-               L, C, cls_index, new_cls_index, R, L - R,
-               ORDERED=ordered, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
-               PLAN_T=min(plan_t, block_a), BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll,
-               ONE_J=one_j(tile_b),
-               DOT_UNROLL=dot_unroll, **partner,
-               num_warps=warps, num_stages=1)
+    spec = match_spec(metric, cls_index, num_merged, new_cls_index, ordered)
+    if spec is not None:
+        grid, tail, meta = spec
+        launch(_match_kernel, grid, dev, metric, metric.stride(0), metric.stride(1), vmax, vidx, scratch, dest, base,
+               src, sdst, head, nxt, *tail, **meta)
         return dest, base, src, sdst, head, nxt
     tile_a, tile_b, step_c, warps, stages = PARTNER_CONFIG["long" if na > _LONG_SOURCES else "short"]
     launch(_best_partner_kernel, (batch, cdiv(na, tile_a)), dev,
@@ -876,6 +878,29 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
            ORDERED=ordered, BLOCK_T=_PLAN_TILE, BLOCK_A=block_a, BLOCK_K=32,
            num_warps=4 if block_a <= 1024 else 8)
     return dest, base, src, sdst, head, nxt
+
+
+def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool
+               ) -> Optional[tuple[tuple, tuple, dict]]:
+    """(grid, scalar arguments after the tensors, constexprs and launch options) of the one-launch matching
+    kernel for ``metric`` [batch, L, C] (unit channel stride), or None where :func:`_match_lists` takes the two
+    kernels (more than ``_LONG_SOURCES`` sources, or ``MATCH_CONFIG["fused"]`` off). The kernel's leading
+    arguments: metric, its batch and token strides, then the workspace's vmax, vidx, scratch, dest, base, src,
+    sdst, head, nxt."""
+    batch, L, C = metric.shape
+    na = L // 2
+    if not (MATCH_CONFIG["fused"] and na <= _LONG_SOURCES):
+        return None
+    c2 = next_pow2(C)
+    block_a = max(16, next_pow2(na))
+    size = "small" if na <= 64 else "wide" if C >= _WIDE_C else "large"
+    tile_a, tile_b, step_c, warps, unroll, plan_t = MATCH_CONFIG[size]
+    dot_unroll = MATCH_CONFIG.get("dot_unroll") or (2 if size == "wide" else 1)
+    meta = dict(ORDERED=ordered, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
+                PLAN_T=min(plan_t, block_a), BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll,
+                ONE_J=MATCH_CONFIG["one_j"] and (L - 1) // 2 <= tile_b, DOT_UNROLL=dot_unroll,
+                IEEE=metric.dtype == torch.float32, NORM_C=max(16, min(32, c2)), num_warps=warps, num_stages=1)
+    return (batch,), (L, C, cls_index, new_cls_index, num_merged, L - num_merged), meta
 
 
 @torch.library.custom_op("rmeeto::match_plan", mutates_args=())
@@ -966,3 +991,47 @@ def match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor
         raise ValueError(f"match_merge_add_norm needs a float32 residual, got {residual.dtype}")
     base, head, nxt = _inference_lists(metric, cls_index, num_merged, new_cls_index, ordered)
     return _merge_norm_fwd(hidden, residual, size, base, head, nxt, weight, eps)
+
+
+class MergeNormPlan:
+    """:func:`match_merge_add_norm` for one signature (shapes, strides and dtypes of hidden, residual and sizes,
+    class-token index, merge settings, norm weight), its two launches prepared once (grids, scalar arguments,
+    constexprs: :func:`match_spec`, :func:`merge_norm_spec`, launched through
+    :class:`rmeeto.ops.triton._launch.Launcher`): an eager merging layer's host work is then the workspace
+    lookup, three allocations and two launches. The metric is ``hidden`` (unit channel stride), the sizes float32
+    and contiguous or None, the residual float32, the one-launch matching (:func:`match_spec` not None): the
+    caller (:class:`rmeeto.merge.MergingBlock`) checks these once per signature. Same kernels and arguments as
+    :func:`match_merge_add_norm`: the same bits. Holds no tensor."""
+
+    def __init__(self, num_merged: int, cls_index: int, new_cls_index: int, ordered: bool, eps: float):
+        self.num_merged, self.cls_index, self.new_cls_index = num_merged, cls_index, new_cls_index
+        self.ordered, self.eps = bool(ordered), float(eps)
+        self.match = self.merge = None
+        self.strides = None
+
+    def __call__(self, hidden: Tensor, residual: Tensor, size: Optional[Tensor], weight: Tensor
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (residual_out [batch, L - r, C] float32, normed in hidden's dtype, size [batch, L - r, 1] float32)."""
+        batch, L, C = hidden.shape
+        R = self.num_merged
+        dev = hidden.device
+        ws = _reused_workspace(batch, L, R, dev)
+        if ws is None:  # capturing a CUDA graph: the graph's own pool
+            ws = _workspace(batch, L, R, dev)
+        dest, vmax, vidx, scratch, base, src, sdst, head, nxt = ws
+        if self.match is None:
+            grid, tail, meta = match_spec(hidden, self.cls_index, R, self.new_cls_index, self.ordered)
+            self.match = Launcher(_match_kernel, grid, dev, tail, meta)
+            self.strides = (hidden.stride(0), hidden.stride(1))
+        s0, s1 = self.strides
+        self.match(hidden, s0, s1, vmax, vidx, scratch, dest, base, src, sdst, head, nxt)
+        num_out = L - R
+        r_out = torch.empty(batch, num_out, C, device=dev, dtype=torch.float32)
+        y = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)
+        s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
+        if self.merge is None:
+            grid, tail, meta = merge_norm_spec(hidden, residual, size is not None, num_out, self.eps)
+            self.merge = Launcher(_merge_norm_kernel, grid, dev, tail, meta)
+        self.merge(hidden, residual, size if size is not None else hidden, base, head, nxt, weight, r_out, y, s_out)
+        return r_out, y, s_out
+
