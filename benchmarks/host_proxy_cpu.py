@@ -43,7 +43,9 @@ def _force_fused_noop_launch():
     def noop_launch(kernel, grid, device, *args, **meta):
         calls[0] += 1
 
-    for module in (tc, te, tm, tn, tp, ts, sb):
+    from rmeeto.ops.triton import _launch
+
+    for module in (tc, te, tm, tn, tp, ts, sb, _launch):  # _launch: the prepared blocks' Launcher calls it
         module.launch = noop_launch
         if hasattr(module, "is_available"):
             module.is_available = lambda: True
