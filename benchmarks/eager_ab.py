@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 
 import torch
 
@@ -24,6 +23,8 @@ import rmeeto
 from rmeeto.merge import MergeConfig
 from rmeeto.ops import policy
 from rmeeto.timing import Protocol, measure
+
+from _rounds import summary
 
 
 def _ms(fn, x, calls: int) -> float:
@@ -53,7 +54,6 @@ def main():
                 rmeeto.apply_merge(m, MergeConfig.paper(name))
             models[variant] = m
         times = {(v, s): [] for v in models for s in switches}
-        ratios = {s: [] for s in switches}
         with torch.no_grad():
             for _ in range(a.rounds):
                 for s in switches:
@@ -62,17 +62,11 @@ def main():
                     t = {v: _ms(m, x, a.calls) for v, m in models.items()}
                     for v in models:
                         times[(v, s)].append(t[v])
-                    ratios[s].append(t["unmerged"] / t["merged"])
         if a.switch:
             policy.set_fused(a.switch, True)
         for s in switches:
             label = f"{a.switch} {'on' if s else 'off'}" if a.switch else "default"
-            u, m = times[("unmerged", s)], times[("merged", s)]
-            print(f"{name:<24} {label:<9} unmerged ms median {statistics.median(u):6.2f} best {min(u):6.2f} | "
-                  f"merged median {statistics.median(m):6.2f} best {min(m):6.2f} | merged/unmerged speed per round "
-                  f"median {statistics.median(ratios[s]):.3f} (min {min(ratios[s]):.3f}, max {max(ratios[s]):.3f}) | "
-                  f"img/s {a.batch * 1e3 / statistics.median(u):,.0f} / {a.batch * 1e3 / statistics.median(m):,.0f}",
-                  flush=True)
+            print(summary(name, label, times[("unmerged", s)], times[("merged", s)], a.batch), flush=True)
         del models
         torch.cuda.empty_cache()
 

@@ -9,7 +9,6 @@ kernel tails) hide behind the other half's work.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
@@ -17,6 +16,8 @@ import rmeeto
 from rmeeto.fast import GraphedForward
 from rmeeto.merge import MergeConfig
 from rmeeto.timing import Protocol, measure
+
+from _rounds import summary
 
 
 class StreamSplit:
@@ -72,12 +73,7 @@ def main():
             for key, g in fns.items():
                 times[key].append(measure(g, [x], batch_size=a.batch, device=x.device, protocol=protocol).median_ms)
         for k in splits:
-            u, m = times[(k, "unmerged")], times[(k, "merged")]
-            ratios = [ui / mi for ui, mi in zip(u, m)]
-            print(f"{name:<24} split {k} unmerged {statistics.median(u):6.3f} ms "
-                  f"({a.batch * 1e3 / statistics.median(u):,.0f} img/s) | merged {statistics.median(m):6.3f} ms "
-                  f"({a.batch * 1e3 / statistics.median(m):,.0f} img/s) | ratio median {statistics.median(ratios):.3f} "
-                  f"(min {min(ratios):.3f}, max {max(ratios):.3f})", flush=True)
+            print(summary(name, f"split {k}", times[(k, "unmerged")], times[(k, "merged")], a.batch), flush=True)
         del fns
         torch.cuda.empty_cache()
 

@@ -12,7 +12,6 @@ merged / unmerged speed ratio within each round.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
@@ -22,6 +21,8 @@ from rmeeto.merge import MergeConfig
 from rmeeto.ops import policy
 from rmeeto.ops.triton import proj as tp
 from rmeeto.timing import Protocol, measure
+
+from _rounds import summary
 
 
 def _session16(rows: int, channels: int) -> dict:
@@ -60,12 +61,7 @@ def main():
             for k, g in fns.items():
                 times[k].append(measure(g, [x], batch_size=a.batch, device=x.device, protocol=protocol).median_ms)
         for rule in ("session16", "current"):
-            u, m = times[(rule, "unmerged")], times[(rule, "merged")]
-            ratios = [ui / mi for ui, mi in zip(u, m)]
-            print(f"{name:<24} {rule:<9} unmerged {statistics.median(u):6.3f} ms ({a.batch * 1e3 / statistics.median(u):,.0f}"
-                  f" img/s) | merged {statistics.median(m):6.3f} ms ({a.batch * 1e3 / statistics.median(m):,.0f} img/s) | "
-                  f"ratio median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})",
-                  flush=True)
+            print(summary(name, rule, times[(rule, "unmerged")], times[(rule, "merged")], a.batch), flush=True)
         del fns
         torch.cuda.empty_cache()
 

@@ -15,7 +15,9 @@ from rmeeto.runtime import DTYPES
 HELP = "throughput/latency of unmerged vs merged models (inference, training step), eager/compiled/graphed"
 DESCRIPTION = """\
 Measure images/s of each MODEL unmerged and merged in one run on one device, in each execution mode: warm-up,
-then many timed repeats (CUDA events on GPU), median and 10-90% spread, peak memory, the first call's time
+then many timed repeats (CUDA events on GPU; for inference both models of a mode are built first and timed in
+--rounds alternating rounds, the ratio being the median of the rounds' ratios, so a host whose speed drifts
+slows both alike), median and 10-90% spread, peak memory, the first call's time
 (compilation, graph capture) and, on CUDA, the launches of one forward (kernels, copies and fills the GPU ran,
 counted with torch.profiler; '-' on CPU). Inference follows the official protocol (random batch of 128 at
 224px, fp16 weights and inputs, eval, no_grad). --train also times a re-training step (merged student
