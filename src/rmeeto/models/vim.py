@@ -40,6 +40,11 @@ from rmeeto.ops.triton.mixer import MixerPlan, MixerTensors, plan_problem
 
 Tensor = torch.Tensor
 
+__all__ = [
+    "RMSNorm", "BiMambaMixer", "Block", "VisionMamba", "TokenState", "checkpoint_filter_fn", "filter_state_dict",
+    "resample_pos_embed", "arch_facts", "arch_from_state_dict",
+]
+
 # Global module hooks (torch.nn.modules.module.register_module_forward_hook & co.): a mixer's prepared
 # inference path skips the calls of in_proj / out_proj, so it stands aside while any is installed
 _GLOBAL_HOOKS = tuple(getattr(nn.modules.module, name, {}) for name in (
@@ -74,11 +79,6 @@ def _norm_fits(hidden: Tensor, residual: Optional[Tensor], norm: "RMSNorm", scan
             and w.shape == hidden.shape[-1:] and w.is_contiguous() and w.device == hidden.device
             and (residual is None or (residual.dtype == torch.float32 and residual.is_contiguous()
                                       and residual.shape == hidden.shape and residual.device == hidden.device)))
-
-__all__ = [
-    "RMSNorm", "BiMambaMixer", "Block", "VisionMamba", "TokenState", "checkpoint_filter_fn", "filter_state_dict",
-    "resample_pos_embed", "arch_facts", "arch_from_state_dict",
-]
 
 
 class TokenState(NamedTuple):
