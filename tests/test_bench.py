@@ -162,6 +162,7 @@ def test_rounds_alternate_the_two_models_and_take_the_ratio_within_rounds(monkey
 
 
 @pytest.mark.slow
+@pytest.mark.full  # 24 s of the default tier on 2 cores; CI runs it; the GPU tests compile the training step too
 def test_train_step_runs_eager_and_compiled_on_cpu():
     from rmeeto.bench import bench_modes
 
