@@ -159,6 +159,8 @@ def test_rounds_alternate_the_two_models_and_take_the_ratio_within_rounds(monkey
     with pytest.raises(ValueError, match="rounds"):
         bench.bench_modes("vim_test_patch4_16", rmeeto.MergeConfig(num_merged=2), modes=["eager"], rounds=0,
                           device="cpu")
+    with pytest.raises(TypeError, match="bogus"):  # the caller's mistake, not a failed run
+        bench.bench_inference_rounds("vim_test_patch4_16", rmeeto.MergeConfig(num_merged=2), device="cpu", bogus=1)
 
 
 @pytest.mark.slow

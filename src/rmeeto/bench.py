@@ -252,11 +252,12 @@ def bench_inference_rounds(
     if "compile" in mode:
         torch._dynamo.reset()
     per_round, warm = -(-repeats // rounds), -(-warmup // rounds)
+    case_kwargs = _case_kwargs(kwargs)  # a wrong keyword is the caller's error, not a failed run
     sides: list[Optional[tuple]] = []
     results: list[dict] = []
     for cfg in (None, merge_config):
         try:
-            fn, inputs, fields = _inference_case(model_name, cfg, mode=mode, device=device, **_case_kwargs(kwargs))
+            fn, inputs, fields = _inference_case(model_name, cfg, mode=mode, device=device, **case_kwargs)
             sides.append((fn, inputs, fields, _first_call(fn, inputs[0], device), []))
             results.append({})
         except Exception as exc:  # the row says why; the other side is still timed
@@ -287,14 +288,17 @@ def bench_inference_rounds(
     return results
 
 
+_CASE_ARGS = ("batch_size", "img_size", "dtype", "backend", "num_input_buffers", "seed", "compile_backend")
+
+
 def _case_kwargs(kwargs: dict) -> dict:
-    """:func:`bench_inference`'s keyword defaults, overridden by ``kwargs``, for :func:`_inference_case`."""
-    defaults = dict(batch_size=128, img_size=None, dtype="fp16", backend="auto", num_input_buffers=3, seed=0,
-                    compile_backend="inductor")
-    unknown = set(kwargs) - set(defaults)
+    """:func:`bench_inference`'s keyword defaults (read from its signature: one place), overridden by ``kwargs``,
+    for :func:`_inference_case`. Raises TypeError for a keyword it does not take."""
+    unknown = set(kwargs) - set(_CASE_ARGS)
     if unknown:
         raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
-    return {**defaults, **kwargs}
+    params = inspect.signature(bench_inference).parameters
+    return {**{name: params[name].default for name in _CASE_ARGS}, **kwargs}
 
 
 def _failed_row(model_name: str, cfg: Optional[MergeConfig], mode: str, kwargs: dict, device: torch.device,
