@@ -452,7 +452,8 @@ def test_mixer_plan_gives_the_general_paths_bits(full):
             depth = len(model.layers)
             n_merging = sum(type(b).__name__ == "MergingBlock" for b in model.layers)
             if not same(got, ref) or not same(again, ref) or len(plans) != 2 * depth \
-                    or len(adds) != 2 * (depth - n_merging) or len(merges) != 2 * n_merging or (merged and not n_merging):
+                    or len(adds) != 2 * (depth - n_merging) or len(merges) != 2 * n_merging \
+                    or (merged and not n_merging):
                 bad.append(("model", merged, len(plans), len(adds), len(merges), depth, n_merging))
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)

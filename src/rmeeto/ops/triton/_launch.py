@@ -25,6 +25,9 @@ stage-inspection hook is installed (those hooks must see every launch). ``TRITON
 re-checked on cached calls (as Triton does on every call): that the module globals a kernel reads have not
 changed since it was compiled (ours read none that change) and ``knobs.runtime.debug`` set after the first launch.
 The fast path launches on the current stream of the device, so it is captured by CUDA graphs like any launch.
+
+:class:`Launcher` goes one step further for callers that launch one kernel with one set of shapes again and again:
+after its first call it skips the key too (the caller's own cache key vouches for the specialization).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ import torch
 
 from rmeeto.ops import policy
 
-__all__ = ["on_device", "launch", "Launcher", "cdiv", "next_pow2", "arg_key", "specialization_key", "compile_key_function",
+__all__ = ["on_device", "launch", "Launcher", "cdiv", "next_pow2", "arg_key", "specialization_key",
+           "compile_key_function",
            "param_modes", "CONSTEXPR", "SPECIALIZE", "NO_ALIGN", "NO_SPECIALIZE"]
 
 # How Triton treats one kernel parameter (see param_modes)
@@ -312,11 +316,11 @@ def clear_cache() -> None:
 
 # ------------------------------------------------------------------------------------------- fixed launches
 class Launcher:
-    """One kernel launch with everything but its tensors fixed: ``Launcher(kernel, grid, device, tail, meta)(*tensors)``
-    launches ``kernel[grid](*tensors, *tail, **meta)`` over tensors on ``device``.
+    """One kernel launch with everything but its tensors fixed: ``Launcher(kernel, grid, device, tail, meta)``
+    called with ``*tensors`` launches ``kernel[grid](*tensors, *tail, **meta)`` over tensors on ``device``.
 
-    For callers that launch the same kernel with the same shapes again and again (a prepared inference forward,
-    :mod:`rmeeto.ops.triton.mixer_plan`). The first call goes through :func:`launch` (compiling if needed);
+    For callers that launch the same kernel with the same shapes again and again (the prepared inference blocks,
+    :mod:`rmeeto.ops.triton.mixer`, :class:`rmeeto.ops.triton.merge.MergeNormPlan`). The first call goes through :func:`launch` (compiling if needed);
     later calls skip :func:`launch`'s specialization key: they call the launcher it cached for the first call's
     key directly. The caller promises that every call's tensors specialise as the first call's did: the same
     dtypes and the same 16-byte alignment of every address (fresh allocations of the caching allocator, views at
