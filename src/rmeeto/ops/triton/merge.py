@@ -854,25 +854,17 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     if workspace is None:
         workspace = _workspace(batch, L, R, dev)
     dest, vmax, vidx, scratch, base, src, sdst, head, nxt = workspace
-    c2 = next_pow2(C)
-    block_a = max(16, next_pow2(na))
-    partner = dict(IEEE=metric.dtype == torch.float32, NORM_C=max(16, min(32, c2)))  # both paths' partner step
-
-    def one_j(tile_b: int) -> bool:  # every destination in one tile: both sets' row norms in one loop
-        return MATCH_CONFIG["one_j"] and (L - 1) // 2 <= tile_b
     spec = match_spec(metric, cls_index, num_merged, new_cls_index, ordered)
     if spec is not None:
         grid, tail, meta = spec
         launch(_match_kernel, grid, dev, metric, metric.stride(0), metric.stride(1), vmax, vidx, scratch, dest, base,
                src, sdst, head, nxt, *tail, **meta)
         return dest, base, src, sdst, head, nxt
+    block_a = max(16, next_pow2(na))
     tile_a, tile_b, step_c, warps, stages = PARTNER_CONFIG["long" if na > _LONG_SOURCES else "short"]
     launch(_best_partner_kernel, (batch, cdiv(na, tile_a)), dev,
            metric, metric.stride(0), metric.stride(1), vmax, vidx, L, C, cls_index,
-           BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
-           ONE_J=one_j(tile_b),
-           **partner,
-           num_warps=warps, num_stages=stages)
+           **_partner_meta(metric, tile_a, tile_b, step_c), num_warps=warps, num_stages=stages)
     launch(_plan_kernel, (batch, cdiv(na, _PLAN_TILE)), dev,
            vmax, vidx, scratch, dest, base, src, sdst, head, nxt, L, cls_index, new_cls_index, R, L - R,
            ORDERED=ordered, BLOCK_T=_PLAN_TILE, BLOCK_A=block_a, BLOCK_K=32,
@@ -891,16 +883,25 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     na = L // 2
     if not (MATCH_CONFIG["fused"] and na <= _LONG_SOURCES):
         return None
-    c2 = next_pow2(C)
     block_a = max(16, next_pow2(na))
     size = "small" if na <= 64 else "wide" if C >= _WIDE_C else "large"
     tile_a, tile_b, step_c, warps, unroll, plan_t = MATCH_CONFIG[size]
     dot_unroll = MATCH_CONFIG.get("dot_unroll") or (2 if size == "wide" else 1)
-    meta = dict(ORDERED=ordered, BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
-                PLAN_T=min(plan_t, block_a), BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll,
-                ONE_J=MATCH_CONFIG["one_j"] and (L - 1) // 2 <= tile_b, DOT_UNROLL=dot_unroll,
-                IEEE=metric.dtype == torch.float32, NORM_C=max(16, min(32, c2)), num_warps=warps, num_stages=1)
+    meta = dict(ORDERED=ordered, **_partner_meta(metric, tile_a, tile_b, step_c), PLAN_T=min(plan_t, block_a),
+                BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, DOT_UNROLL=dot_unroll, num_warps=warps, num_stages=1)
     return (batch,), (L, C, cls_index, new_cls_index, num_merged, L - num_merged), meta
+
+
+def _partner_meta(metric: Tensor, tile_a: int, tile_b: int, step_c: int) -> dict:
+    """The partner step's constexprs, the same in both matching paths: tiles of ``tile_a`` sources by ``tile_b``
+    destinations and channel steps of ``step_c`` (capped at the channels' power of two), IEEE dots for float32
+    metrics, norms in chunks of up to 32 channels, and ONE_J when every destination fits one tile (both sets'
+    row norms in one loop)."""
+    batch, L, C = metric.shape
+    c2 = next_pow2(C)
+    return dict(BLOCK_T=tile_a, BLOCK_C=max(16, min(step_c, c2)), BLOCK_J=tile_b,
+                ONE_J=MATCH_CONFIG["one_j"] and (L - 1) // 2 <= tile_b, IEEE=metric.dtype == torch.float32,
+                NORM_C=max(16, min(32, c2)))
 
 
 @torch.library.custom_op("rmeeto::match_plan", mutates_args=())
