@@ -214,6 +214,42 @@ def test_fast_path_serves_a_repeated_specialization_and_only_that(monkeypatch):
     assert call(buf)[0] == "plain" and call(buf)[0] == "plain"
 
 
+def test_launcher_calls_what_the_fast_path_calls(monkeypatch):
+    """_launch.Launcher (the prepared blocks' launches): its first call goes through launch() (Triton's own path
+    for a new specialization), later calls hand the cached launcher exactly what launch()'s fast path hands it
+    for the same arguments; a launch hook, a pre-run hook or the switch off send every call through launch()."""
+    kernel = _FakeJIT()
+    rt = _FakeRuntime(_FakeJIT)
+    monkeypatch.setattr(_launch, "_get_runtime", lambda: rt)
+    monkeypatch.setattr(policy, "_fast_launch", True)
+    monkeypatch.setattr(_launch, "on_device", lambda device: contextlib.nullcontext())  # no CUDA here
+    _launch.clear_cache()
+    dev = torch.device("cuda", 0)  # only compared and passed along: no GPU needed
+    buf = torch.zeros(64)
+    launcher = _launch.Launcher(kernel, (3, 2), dev, (32, 7), dict(BLOCK=64, FLAG=True, num_warps=4))
+
+    def kinds(call):
+        kernel.log.clear()
+        call()
+        return [entry[0] for entry in kernel.log], kernel.log
+
+    assert kinds(lambda: launcher(buf))[0] == ["plain"] and launcher.entry is not None
+    kind, log = kinds(lambda: launcher(buf))
+    assert kind == ["fast"]
+    _, ref = kinds(lambda: _launch.launch(kernel, (3, 2), dev, buf, 32, 7, BLOCK=64, FLAG=True, num_warps=4))
+    assert ref[0][0] == "fast" and log[0] == ref[0]
+    rt.knobs.runtime.launch_enter_hook = lambda *a: None
+    assert kinds(lambda: launcher(buf))[0] == ["plain"]
+    rt.knobs.runtime.launch_enter_hook = None
+    kernel.pre_run_hooks.append(lambda *a, **k: None)
+    assert kinds(lambda: launcher(buf))[0] == ["plain"]
+    kernel.pre_run_hooks.clear()
+    monkeypatch.setattr(policy, "_fast_launch", False)
+    assert kinds(lambda: launcher(buf))[0] == ["plain"]
+    monkeypatch.setattr(policy, "_fast_launch", True)
+    assert kinds(lambda: launcher(buf))[0] == ["fast"]
+
+
 def test_grid_helpers_equal_tritons():
     # the launchers' own cdiv / next_pow2 replace Triton's constexpr functions (4-6 us of host time per call)
     triton = pytest.importorskip("triton")

@@ -258,10 +258,8 @@ def launch(kernel, grid, device: torch.device, *args, **meta):
     if rt is None:
         return _plain(kernel, grid, device, args, meta)
     state = _kernel_state(rt, kernel)
-    runtime_knobs = rt.knobs.runtime
-    enter, exit_ = runtime_knobs.launch_enter_hook, runtime_knobs.launch_exit_hook
-    if (state is None or state.pre_run_hooks or _hook_set(enter) or _hook_set(exit_)
-            or getattr(runtime_knobs, "add_stages_inspection_hook", None) is not None):
+    hooks = _launch_hooks(rt)
+    if state is None or state.pre_run_hooks or hooks is None:
         return _plain(kernel, grid, device, args, meta)
     current = rt.get_device()
     index = current if device.index is None else device.index
@@ -277,18 +275,33 @@ def launch(kernel, grid, device: torch.device, *args, **meta):
         compiled = _plain(kernel, grid, device, args, meta)
         _remember(state, key, compiled, len(args), meta)
         return compiled
-    run, function, packed, tail, compiled = entry
+    n = len(grid)
+    _run(rt, entry, (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1), index, current, hooks, args, meta)
+    return entry[4]
+
+
+def _launch_hooks(rt: _Runtime) -> Optional[tuple]:
+    """(enter, exit) launch hooks to hand the launcher, or None while a hook that must see every launch through
+    Triton's own path is installed (a launch hook, or a stage-inspection hook)."""
+    knobs = rt.knobs.runtime
+    enter, exit_ = knobs.launch_enter_hook, knobs.launch_exit_hook
+    if _hook_set(enter) or _hook_set(exit_) or getattr(knobs, "add_stages_inspection_hook", None) is not None:
+        return None
+    return enter, exit_
+
+
+def _run(rt: _Runtime, entry: tuple, grid3: tuple, index: int, current: int, hooks: tuple, args: tuple,
+         meta: dict) -> None:
+    """Call a cached launcher (``entry``, as :func:`_remember` keeps it) on device ``index`` (``current`` the
+    current one) over a 3-d grid."""
+    run, function, packed, tail, _ = entry
     # the launcher takes every parameter, constexprs included (it skips them), in signature order
     full = args + tuple(map(meta.__getitem__, tail)) if tail else args
-    n = len(grid)
     if index == current:
-        run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, rt.get_stream(index), function, packed,
-            None, enter, exit_, *full)
+        run(*grid3, rt.get_stream(index), function, packed, None, *hooks, *full)
     else:
         with torch.cuda.device(index):
-            run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, rt.get_stream(index), function, packed,
-                None, enter, exit_, *full)
-    return compiled
+            run(*grid3, rt.get_stream(index), function, packed, None, *hooks, *full)
 
 
 def _remember(state: _Kernel, key: tuple, compiled, n_args: int, meta: dict) -> None:
@@ -333,7 +346,8 @@ class Launcher:
     def __init__(self, kernel, grid: tuple, device: torch.device, tail: tuple, meta: dict):
         self.kernel, self.grid, self.device, self.tail, self.meta = kernel, grid, device, tuple(tail), meta
         self.entry = None
-        self._pre_run_hooks = getattr(kernel, "pre_run_hooks", None) or []  # Triton's list: hooks added later show
+        # Triton's own list (not a copy): hooks added to the kernel later show here
+        self._pre_run_hooks = getattr(kernel, "pre_run_hooks", ())
         self.index = device.index
         n = len(grid)
         self._g = (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1)
@@ -341,20 +355,11 @@ class Launcher:
     def __call__(self, *tensors) -> None:
         args = tensors + self.tail
         entry = self.entry
-        if entry is not None and _runtime is not None and policy.fast_launch() and not self._pre_run_hooks:
-            knobs = _runtime.knobs.runtime
-            enter, exit_ = knobs.launch_enter_hook, knobs.launch_exit_hook
-            if not (_hook_set(enter) or _hook_set(exit_)
-                    or getattr(knobs, "add_stages_inspection_hook", None) is not None):
-                run, function, packed, tail, _ = entry
-                full = args + tuple(map(self.meta.__getitem__, tail)) if tail else args
-                g0, g1, g2 = self._g
-                if self.index == _runtime.get_device():
-                    run(g0, g1, g2, _runtime.get_stream(self.index), function, packed, None, enter, exit_, *full)
-                else:
-                    with torch.cuda.device(self.index):
-                        run(g0, g1, g2, _runtime.get_stream(self.index), function, packed, None, enter, exit_,
-                            *full)
+        rt = _get_runtime() if entry is not None else None
+        if rt is not None and policy.fast_launch() and not self._pre_run_hooks:
+            hooks = _launch_hooks(rt)
+            if hooks is not None:
+                _run(rt, entry, self._g, self.index, rt.get_device(), hooks, args, self.meta)
                 return
         launch(self.kernel, self.grid, self.device, *args, **self.meta)
         if entry is None:
