@@ -1,8 +1,26 @@
-"""What the alternating-rounds benchmarks (eager_ab.py, proj_tiles_ab.py, graph_streams_ab.py) print per pair."""
+"""What the alternating-rounds benchmarks (eager_ab.py, proj_tiles_ab.py, graph_streams_ab.py) share: the
+unmerged / merged model pair they time and the line they print per pair."""
 
 from __future__ import annotations
 
 import statistics
+
+import torch
+
+import rmeeto
+from rmeeto.merge import MergeConfig
+
+
+def models(name: str) -> dict:
+    """{"unmerged": model, "merged": model (paper preset)}: ``name`` on CUDA in fp16 eval mode, seed 0 each."""
+    out = {}
+    for variant in ("unmerged", "merged"):
+        torch.manual_seed(0)
+        m = rmeeto.create_model(name).cuda().eval().half()
+        if variant == "merged":
+            rmeeto.apply_merge(m, MergeConfig.paper(name))
+        out[variant] = m
+    return out
 
 
 def summary(name: str, label: str, unmerged_ms: list, merged_ms: list, batch: int) -> str:

@@ -19,12 +19,10 @@ import os
 
 import torch
 
-import rmeeto
-from rmeeto.merge import MergeConfig
 from rmeeto.ops import policy
 from rmeeto.timing import Protocol, measure
 
-from _rounds import summary
+from _rounds import models as pair, summary
 
 
 def _ms(fn, x, calls: int) -> float:
@@ -46,13 +44,7 @@ def main():
     switches = (True, False) if a.switch else (True,)
     for name in a.models.split(","):
         x = torch.randn(a.batch, 3, 224, 224, device="cuda").half()
-        models = {}
-        for variant in ("unmerged", "merged"):
-            torch.manual_seed(0)
-            m = rmeeto.create_model(name).cuda().eval().half()
-            if variant == "merged":
-                rmeeto.apply_merge(m, MergeConfig.paper(name))
-            models[variant] = m
+        models = pair(name)
         times = {(v, s): [] for v in models for s in switches}
         with torch.no_grad():
             for _ in range(a.rounds):

@@ -12,12 +12,10 @@ import argparse
 
 import torch
 
-import rmeeto
 from rmeeto.fast import GraphedForward
-from rmeeto.merge import MergeConfig
 from rmeeto.timing import Protocol, measure
 
-from _rounds import summary
+from _rounds import models, summary
 
 
 class StreamSplit:
@@ -56,11 +54,7 @@ def main():
     for name in a.models.split(","):
         x = torch.randn(a.batch, 3, 224, 224, device="cuda").half()
         fns, refs = {}, {}
-        for variant in ("unmerged", "merged"):
-            torch.manual_seed(0)
-            m = rmeeto.create_model(name).cuda().eval().half()
-            if variant == "merged":
-                rmeeto.apply_merge(m, MergeConfig.paper(name))
+        for variant, m in models(name).items():
             for k in splits:
                 g = GraphedForward(StreamSplit(m, k))
                 out = g(x).clone()

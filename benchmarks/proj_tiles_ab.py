@@ -15,14 +15,12 @@ import argparse
 
 import torch
 
-import rmeeto
 from rmeeto.fast import accelerate
-from rmeeto.merge import MergeConfig
 from rmeeto.ops import policy
 from rmeeto.ops.triton import proj as tp
 from rmeeto.timing import Protocol, measure
 
-from _rounds import summary
+from _rounds import models, summary
 
 
 def _session16(rows: int, channels: int) -> dict:
@@ -44,11 +42,7 @@ def main():
     for name in a.models.split(","):
         x = torch.randn(a.batch, 3, 224, 224, device="cuda").half()
         fns = {}
-        for variant in ("unmerged", "merged"):
-            torch.manual_seed(0)
-            m = rmeeto.create_model(name).cuda().eval().half()
-            if variant == "merged":
-                rmeeto.apply_merge(m, MergeConfig.paper(name))
+        for variant, m in models(name).items():
             for rule, fn in (("session16", _session16), ("current", current)):
                 tp.proj_config = fn
                 policy.set_fused("plan", True)  # new switches' generation: the mixers make new plans, with these tiles
