@@ -146,9 +146,10 @@ def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm(full):
     """The inference kernel that merges, adds the merged streams and normalises (match_merge_add_norm) returns
     exactly what the merge kernel followed by the norm kernel returns: fp32 and fp16 hidden states, with and
     without sizes, both layouts, a row tile with several rows (C=24, 40) and with one channel block (C=192),
-    and a tie-heavy metric routing many sources to one slot, so rows of one tile walk lists of other lengths.
-    It refuses a residual that is not float32 and inputs that need a gradient. (Default tier: each case in
-    one dtype, alternating; the full tier: both.)"""
+    and a tie-heavy metric routing many sources to one slot, so rows of one tile walk lists of other lengths;
+    the same with a fresh workspace (as while a CUDA graph is captured) as with the kept one. It refuses a
+    residual that is not float32 and inputs that need a gradient. (Default tier: each case in one dtype,
+    alternating; the full tier: both.)"""
     run_interpreted(f"""
         import sys, torch
         from rmeeto.merge import plan_cls_index
@@ -180,6 +181,14 @@ def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm(full):
                     same = [torch.equal(a, b) for a, b in ((ro1, ro2), (y1, y2), (s1, s2))]
                     if not all(same) or y2.dtype != dtype or ro2.dtype != torch.float32:
                         bad.append((dtype, B, L, C, cls, r, ties, ordered, with_size, same))
+        # while a CUDA graph is captured no workspace is kept (the graph's pool holds a fresh one): same results
+        kept = mt._reused_workspace
+        mt._reused_workspace = lambda *args: None
+        (hm3, rm3), s3 = mt.match_merge_fused(h, res, size, metric, cls, r, new_cls, ordered)
+        ro3, y3, s4 = mt.match_merge_add_norm(h, res, size, metric, cls, r, new_cls, ordered, w, 1e-5)
+        mt._reused_workspace = kept
+        if not all(torch.equal(a, b) for a, b in ((hm, hm3), (rm, rm3), (s1, s3), (ro2, ro3), (y2, y3), (s2, s4))):
+            bad.append("a fresh workspace gave other results")
         h, res, w = torch.randn(1, 9, 16), torch.randn(1, 9, 16), torch.ones(16)
         for args, error in (((h, res.half()), ValueError), ((h.clone().requires_grad_(), res), RuntimeError)):
             try:

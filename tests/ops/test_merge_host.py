@@ -196,11 +196,12 @@ def test_workspace_key_separates_threads_and_shapes():
     t.start()
     t.join()
     assert other[0] is not a
-    dest, vmax, vidx, scratch, base, src, sdst, head, nxt = a
+    dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = a
     assert dest.shape == (2, 17) and dest.dtype == torch.int64
     assert vmax.dtype == torch.float32 and vmax.numel() == 2 * 8 and vidx.numel() == 2 * 8
-    assert [t.shape for t in (base, src, sdst, head, nxt)] == [(2, 14), (2, 3), (2, 3), (2, 14), (2, 17)]
-    assert all(t.dtype == torch.int32 for t in (vidx, scratch, base, src, sdst, head, nxt))
+    assert [t.shape for t in (base, src, sdst, head, nxt, kslot)] == [(2, 14), (2, 3), (2, 3), (2, 14), (2, 17),
+                                                                      (2, 17)]
+    assert all(t.dtype == torch.int32 for t in (vidx, scratch, base, src, sdst, head, nxt, kslot))
     assert len(tm._workspaces) == 4
     tm.clear_workspaces()
     assert not tm._workspaces

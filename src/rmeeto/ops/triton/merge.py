@@ -283,11 +283,14 @@ if _HAS_TRITON:
 
     @triton.jit
     def _plan_tile(vrow, irow, row, thr, last_tie, tile, dest_row, base_row, src_row, sdst_row, head_row, next_row,
-                   L, cls, new_cls, R,
+                   kslot_row, L, cls, new_cls, R,
                    ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
         """Step 3 of the plan of one batch element (see :func:`_plan_kernel`) for source tile ``tile``: best
         scores and partners at ``vrow`` / ``irow``, merged sources in the scratch row ``row``, outputs at the
-        ``*_row`` pointers (this batch element's rows)."""
+        ``*_row`` pointers (this batch element's rows). Per input token it also writes, for the merge + norm
+        kernel that walks input rows, ``kslot``: the output slot of a kept token, -1 for a merged source; and
+        ``next`` beyond the merged sources: at a destination the first source merged into it (its slot's head),
+        -1 at every other kept token."""
         T = L - 1
         NA = (T + 1) // 2
         NB = T // 2
@@ -351,15 +354,20 @@ if _HAS_TRITON:
         tl.store(head_row + slot_b, head_tok, mask=mb)
         tl.store(src_row + rank, ta, mask=merged)
         tl.store(sdst_row + rank, slot_d, mask=merged)
-        tl.store(next_row + ta, next_tok, mask=merged)
+        tl.store(next_row + ta, tl.where(merged, next_tok, -1), mask=ma)
+        tl.store(next_row + tb, head_tok, mask=mb)
+        tl.store(kslot_row + ta, tl.where(merged, -1, slot_a), mask=ma)
+        tl.store(kslot_row + tb, slot_b, mask=mb)
         first = (tl.arange(0, BLOCK_T) == 0) & (tile == 0)
         tl.store(dest_row + cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], new_cls, tl.int64), mask=first)
         tl.store(base_row + new_cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], cls, tl.int32), mask=first)
         tl.store(head_row + new_cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], -1, tl.int32), mask=first)
+        tl.store(next_row + cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], -1, tl.int32), mask=first)
+        tl.store(kslot_row + cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], new_cls, tl.int32), mask=first)
 
     @triton.jit
     def _plan_kernel(
-        vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr, head_ptr, next_ptr,
+        vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr, head_ptr, next_ptr, kslot_ptr,
         L, cls, new_cls, R, L_out,
         ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
@@ -386,13 +394,13 @@ if _HAS_TRITON:
         row = merged_ptr + (b * tl.num_programs(1) + tile) * R
         thr, last_tie = _plan_threshold(vrow, row, NA, R, BLOCK_A, BLOCK_K)
         _plan_tile(vrow, irow, row, thr, last_tie, tile, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R,
-                   sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, L, cls, new_cls, R,
+                   sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls, new_cls, R,
                    ORDERED, BLOCK_T, BLOCK_K)
 
     @triton.jit
     def _match_kernel(
         m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr, head_ptr,
-        next_ptr, L, C, cls, new_cls, R, L_out,
+        next_ptr, kslot_ptr, L, C, cls, new_cls, R, L_out,
         IEEE: tl.constexpr, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
         BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
         BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
@@ -415,8 +423,8 @@ if _HAS_TRITON:
         thr, last_tie = _plan_threshold(vrow, row, NA, R, BLOCK_A, BLOCK_K)
         for tile in range(0, tl.cdiv(NA, PLAN_T)):
             _plan_tile(vrow, irow, row, thr, last_tie, tile, dest_ptr + b * L, base_ptr + b * L_out,
-                       src_ptr + b * R, sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, L, cls, new_cls,
-                       R, ORDERED, PLAN_T, BLOCK_K)
+                       src_ptr + b * R, sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L,
+                       L, cls, new_cls, R, ORDERED, PLAN_T, BLOCK_K)
 
     @triton.jit
     def _merge_fwd_kernel(
@@ -472,35 +480,43 @@ if _HAS_TRITON:
 
     @triton.jit
     def _merge_norm_kernel(
-        h_ptr, r_ptr, s_ptr, base_ptr, head_ptr, next_ptr, w_ptr, ro_ptr, y_ptr, so_ptr,
+        h_ptr, r_ptr, s_ptr, kslot_ptr, next_ptr, w_ptr, ro_ptr, y_ptr, so_ptr,
         N, L, L_out, C, s_h_b, s_h_l, s_r_b, s_r_l, eps,
         HAS_SIZE: tl.constexpr, ASM_ADD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
         """The merge of :func:`_merge_fwd_kernel` followed by the residual add + RMSNorm of
-        :mod:`rmeeto.ops.triton.norm` (no drop path) for BLOCK_N output tokens (rows of [batch * L_out]), without
-        writing the merged streams: each row sums its kept token and its list in the merge kernel's order and
-        rounding (hidden rounded to its dtype, residual float32), then adds and normalises with the norm
-        kernel's arithmetic (its ``rms_rows``) on a [BLOCK_N, BLOCK_C] tile whose row sums are the norm kernel's
-        (its own tile, or one measured to sum alike: ``_MERGE_NORM_TILES``), so the outputs are those of the two
-        kernels in a row. Rows walk their lists together, each stopping at its own end."""
+        :mod:`rmeeto.ops.triton.norm` (no drop path) for BLOCK_N input tokens (rows of [batch * L]), without
+        writing the merged streams. A kept token's row (``kslot`` >= 0) is loaded at once, at its own address as
+        the norm kernel's rows are (no load waits on an index: a kernel walking output slots waited for the slot's
+        kept token first, 3.1 TB/s against the norm kernel's 4.1), then the sources merged into it are added
+        by walking its list (``next`` from the kept token, in plan order) in the merge kernel's order and
+        rounding (hidden rounded to its dtype, residual float32); it is added and normalised with the norm
+        kernel's arithmetic (its ``rms_rows``) on a [BLOCK_N, BLOCK_C] tile whose row sums are the norm
+        kernel's (its own tile, or one measured to sum alike: ``_MERGE_NORM_TILES``) and written at its slot.
+        So the outputs are those of the two kernels in a row. A merged source's row is read and dropped (the
+        row of the token it went to adds it): r / L more reads for no wait. Rows walk their lists together,
+        each stopping at its own end."""
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         mr = rows < N
-        b = (rows // L_out).to(tl.int64)
-        cols = tl.arange(0, BLOCK_C)
-        mc = cols[None, :] < C
-        t = tl.load(base_ptr + rows, mask=mr, other=0)
+        b = (rows // L).to(tl.int64)
+        tok = rows - b * L
+        slot = tl.load(kslot_ptr + rows, mask=mr, other=-1)
+        t = tl.load(next_ptr + rows, mask=mr, other=-1)
         if HAS_SIZE:
-            w = tl.load(s_ptr + b * L + t, mask=mr, other=1.0)
+            w = tl.load(s_ptr + rows, mask=mr, other=1.0)
         else:
             w = tl.full([BLOCK_N], 1.0, tl.float32)
+        cols = tl.arange(0, BLOCK_C)
+        mc = cols[None, :] < C
         m = mr[:, None] & mc
-        t64 = t.to(tl.int64)[:, None]
+        t64 = tok[:, None]
         acc_h = tl.load(h_ptr + b[:, None] * s_h_b + t64 * s_h_l + cols[None, :], mask=m, other=0.0)
         acc_r = tl.load(r_ptr + b[:, None] * s_r_b + t64 * s_r_l + cols[None, :], mask=m, other=0.0)
         acc_h = acc_h.to(tl.float32) * w[:, None]
         acc_r = acc_r.to(tl.float32) * w[:, None]
         wsum = w
-        t = tl.load(head_ptr + rows, mask=mr, other=-1)
+        kept = slot >= 0
+        t = tl.where(kept, t, -1)
         while tl.max(t, axis=0) >= 0:
             live = t >= 0
             if HAS_SIZE:
@@ -519,11 +535,12 @@ if _HAS_TRITON:
         rm = (acc_r / wsum[:, None]).to(r_ptr.dtype.element_ty)
         r = _add_unfused(rm.to(tl.float32), hm.to(tl.float32), ASM_ADD)
         _, y = norm_triton.rms_rows(r, w_ptr, cols, C, eps)
-        off = rows[:, None].to(tl.int64) * C + cols[None, :]
-        m = mr[:, None] & mc
+        out = b * L_out + slot
+        off = out[:, None] * C + cols[None, :]
+        m = (mr & kept)[:, None] & mc
         tl.store(ro_ptr + off, r, mask=m)
         tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=m)
-        tl.store(so_ptr + rows, wsum, mask=mr)
+        tl.store(so_ptr + out, wsum, mask=mr & kept)
 
 
 def _token_lists(dest: Tensor, src_tok: Tensor, num_out: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -612,41 +629,45 @@ def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: T
 
 
 # (rows per program, warps) of the merge + norm kernel by channel block, where another tile than the norm kernel's
-# (norm_triton.launch_shape) measured faster and gave the same bits as the merge kernel then the norm kernel
-# (fifteenth session, H200, benchmarks/bench_merge_norm_gpu.py, batch 128, 197 -> 186 tokens: C=384 37.0 ->
-# 35.5 us, C=768 73.4 -> 67.0 us; (2, 2) and (4, 2) were as fast but changed the row sums' bits at C=768),
-# for 16-bit hidden states only (with float32 ones (2, 4) changed them at C=768: GPU test, call 3); other
-# widths and dtypes keep the norm kernel's tile. MERGE_NORM_TILE: a benchmark's override for every width.
-_MERGE_NORM_TILES = {512: (2, 4), 1024: (2, 4)}
+# (norm_triton.launch_shape) measured faster and gave the same bits as the merge kernel then the norm kernel, for
+# 16-bit hidden states only (with float32 ones (2, 4) changed them at C=768: GPU test, fifteenth session); other
+# widths and dtypes keep the norm kernel's tile. Eighteenth session, the kernel over input rows (H200,
+# benchmarks/bench_merge_norm_gpu.py, batch 128, graphed us per call at 197 -> 186 / 109 -> 98 tokens): C=384
+# (2, 2) 31.9 / 20.5 (the norm kernel's (4, 4): 38.0 / 23.8; the kernel over output slots took 35.3 / 21.8 in its
+# best tile); C=768 (2, 4) 60.4 / 35.2 (output slots: 66.8 / 38.7); (2, 2) and (4, 2) changed the row sums' bits
+# at C=768; C=192 (4, 2) 20.5 / 10.6 (the norm kernel's (8, 4): 21.1 / 11.4). MERGE_NORM_TILE: a benchmark's
+# override for every width.
+_MERGE_NORM_TILES = {256: (4, 2), 512: (2, 2), 1024: (2, 4)}
 MERGE_NORM_TILE = None
 
 
-def _merge_norm_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: Tensor, head: Tensor,
-                    nxt: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+def _merge_norm_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], kslot: Tensor, nxt: Tensor,
+                    num_out: int, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Merge + residual add + RMSNorm launcher (inference): hidden [batch, L, C], residual [batch, L, C] float32,
-    size and lists as :func:`_merge_fwd`, the norm's weight [C] -> (residual_out [batch, L - r, C] float32,
-    normed [batch, L - r, C] in hidden's dtype, size [batch, L - r, 1] float32): what :func:`_merge_fwd`
-    followed by :func:`rmeeto.ops.triton.norm` 's forward (no drop path) returns, with one launch and
-    without the merged streams' round trip through memory."""
+    size as :func:`_merge_fwd`, the plan's per-token lists (kslot, nxt [batch, L] int32: :func:`_plan_tile`)
+    into ``num_out`` tokens, the norm's weight [C] -> (residual_out [batch, L - r, C] float32, normed
+    [batch, L - r, C] in hidden's dtype, size [batch, L - r, 1] float32): what :func:`_merge_fwd` followed by
+    :func:`rmeeto.ops.triton.norm` 's forward (no drop path) returns, with one launch and without the merged
+    streams' round trip through memory."""
     batch, L, C = hidden.shape
-    num_out = base.shape[1]
     hidden, residual, s = _kernel_inputs(hidden, residual, size)
     dev = hidden.device
     r_out = torch.empty(batch, num_out, C, device=dev, dtype=torch.float32)
     y = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)
     s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
     grid, tail, meta = merge_norm_spec(hidden, residual, size is not None, num_out, eps)
-    launch(_merge_norm_kernel, grid, dev, hidden, residual, s, base, head, nxt, weight, r_out, y, s_out, *tail, **meta)
+    launch(_merge_norm_kernel, grid, dev, hidden, residual, s, kslot, nxt, weight, r_out, y, s_out, *tail, **meta)
     return r_out, y, s_out
 
 
 def merge_norm_spec(hidden: Tensor, residual: Tensor, has_size: bool, num_out: int, eps: float
                     ) -> tuple[tuple, tuple, dict]:
     """(grid, scalar arguments after the tensors, constexprs and launch options) of the merge + norm kernel over
-    the kernel inputs ``hidden`` / ``residual`` (:func:`_kernel_inputs`) into ``num_out`` tokens. Its tensors:
-    hidden, residual, sizes, base, head, nxt, weight, residual_out, normed, size_out."""
+    the kernel inputs ``hidden`` / ``residual`` (:func:`_kernel_inputs`) into ``num_out`` tokens (a program per
+    BLOCK_N input tokens). Its tensors: hidden, residual, sizes, kslot, nxt, weight, residual_out, normed,
+    size_out."""
     batch, L, C = hidden.shape
-    n = batch * num_out
+    n = batch * L
     block_n, block_c, warps = norm_triton.launch_shape(C)
     if MERGE_NORM_TILE is not None:
         block_n, warps = MERGE_NORM_TILE
@@ -773,7 +794,10 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # 384 channels and in the small tiles.
 # "one_j": when every destination fits one tile, the sources' and destinations' row norms in one loop
 # (_inv_norms_pair; same bits either way); "dot_unroll": None, or channel steps of the partner's dot per loop
-# trip for every size (a sweep's override; the order of the sums is the same either way)
+# trip for every size (a sweep's override; the order of the sums is the same either way). Eighteenth session
+# (H200, a temporary override not kept): software pipelining of the dot's or the norms' channel loop (2 or 3
+# stages, or num_stages 2 for the launch), norms in chunks of 64, dot steps of 64 or 4 warps were all slower
+# at Vim-Ti / S shapes (197, 142, 98 tokens) than these tiles, by 0.9-3.5 us per call
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
                 "one_j": True, "dot_unroll": None}
 _WIDE_C = 768
@@ -781,16 +805,17 @@ _WIDE_C = 768
 
 def _workspace(batch: int, L: int, R: int, dev: torch.device) -> tuple:
     """One allocation for everything the plan kernels write, split into the views :func:`_match_lists`
-    returns: (dest [batch, L] int64, vmax [batch * L // 2] float32, vidx [batch * L // 2] int32, scratch
-    [batch * tiles * R] int32, base [batch, L - R], src [batch, R], sdst [batch, R], head [batch, L - R],
-    nxt [batch, L] int32). dest comes first so it is 8-byte aligned."""
+    returns and the merge + norm kernel reads: (dest [batch, L] int64, vmax [batch * L // 2] float32, vidx
+    [batch * L // 2] int32, scratch [batch * tiles * R] int32, base [batch, L - R], src [batch, R], sdst
+    [batch, R], head [batch, L - R], nxt [batch, L], kslot [batch, L] int32). dest comes first so it is 8-byte
+    aligned."""
     na, n_out = L // 2, L - R
-    sizes = [2 * L, na, na, cdiv(na, _PLAN_TILE) * R, n_out, R, R, n_out, L]
+    sizes = [2 * L, na, na, cdiv(na, _PLAN_TILE) * R, n_out, R, R, n_out, L, L]
     ws = torch.empty(batch * sum(sizes), device=dev, dtype=torch.int32)
-    dest, vmax, vidx, scratch, base, src, sdst, head, nxt = ws.split([batch * n for n in sizes])
+    dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = ws.split([batch * n for n in sizes])
     return (dest.view(torch.int64).view(batch, L), vmax.view(torch.float32), vidx, scratch,
             base.view(batch, n_out), src.view(batch, R), sdst.view(batch, R), head.view(batch, n_out),
-            nxt.view(batch, L))
+            nxt.view(batch, L), kslot.view(batch, L))
 
 
 # Workspaces kept for the no-gradient merge (match_merge_fused), whose plan lists live only until the merge
@@ -853,12 +878,12 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     na = L // 2
     if workspace is None:
         workspace = _workspace(batch, L, R, dev)
-    dest, vmax, vidx, scratch, base, src, sdst, head, nxt = workspace
+    dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = workspace
     spec = match_spec(metric, cls_index, num_merged, new_cls_index, ordered)
     if spec is not None:
         grid, tail, meta = spec
         launch(_match_kernel, grid, dev, metric, metric.stride(0), metric.stride(1), vmax, vidx, scratch, dest, base,
-               src, sdst, head, nxt, *tail, **meta)
+               src, sdst, head, nxt, kslot, *tail, **meta)
         return dest, base, src, sdst, head, nxt
     block_a = max(16, next_pow2(na))
     tile_a, tile_b, step_c, warps, stages = PARTNER_CONFIG["long" if na > _LONG_SOURCES else "short"]
@@ -866,7 +891,7 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
            metric, metric.stride(0), metric.stride(1), vmax, vidx, L, C, cls_index,
            **_partner_meta(metric, tile_a, tile_b, step_c), num_warps=warps, num_stages=stages)
     launch(_plan_kernel, (batch, cdiv(na, _PLAN_TILE)), dev,
-           vmax, vidx, scratch, dest, base, src, sdst, head, nxt, L, cls_index, new_cls_index, R, L - R,
+           vmax, vidx, scratch, dest, base, src, sdst, head, nxt, kslot, L, cls_index, new_cls_index, R, L - R,
            ORDERED=ordered, BLOCK_T=_PLAN_TILE, BLOCK_A=block_a, BLOCK_K=32,
            num_warps=4 if block_a <= 1024 else 8)
     return dest, base, src, sdst, head, nxt
@@ -878,7 +903,7 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     kernel for ``metric`` [batch, L, C] (unit channel stride), or None where :func:`_match_lists` takes the two
     kernels (more than ``_LONG_SOURCES`` sources, or ``MATCH_CONFIG["fused"]`` off). The kernel's leading
     arguments: metric, its batch and token strides, then the workspace's vmax, vidx, scratch, dest, base, src,
-    sdst, head, nxt."""
+    sdst, head, nxt, kslot."""
     batch, L, C = metric.shape
     na = L // 2
     if not (MATCH_CONFIG["fused"] and na <= _LONG_SOURCES):
@@ -908,8 +933,9 @@ def _partner_meta(metric: Tensor, tile_a: int, tile_b: int, step_c: int) -> dict
 def _match_plan_op(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int,
                    ordered: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     # a custom op's outputs may not alias each other: the eager lists are views of one workspace, so copies here
-    # (a few KB per merging layer, only under torch.compile). ``next`` is written only at merged source tokens
-    # (the only entries the merge reads); the rest is set to -1 so the outputs are deterministic, as an op's must be
+    # (a few KB per merging layer, only under torch.compile). The op's ``next`` keeps the merged source tokens'
+    # entries (the only ones the merge reads) and is -1 elsewhere (the kernels also write, at destinations, the
+    # heads that the inference merge + norm kernel starts from)
     dest, base, src, sdst, head, nxt = _match_lists(metric, cls_index, num_merged, new_cls_index, ordered)
     at = src.long()
     nxt = torch.full_like(nxt, -1).scatter_(1, at, nxt.gather(1, at))
@@ -952,12 +978,14 @@ def match_plan(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
 
 
 def _inference_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
-    """The per-slot lists (base, head, next) a merge kernel reads, made in the workspace kept for this shape
+    """The lists the merge kernels read (base, head, next, kslot), made in the workspace kept for this shape
     and stream (no gradient: they live only until the merge kernel queued next has read them)."""
     batch, L, _ = metric.shape
     workspace = _reused_workspace(batch, L, num_merged, metric.device)
-    _, base, _src, _sdst, head, nxt = _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace)
-    return base, head, nxt
+    if workspace is None:  # capturing a CUDA graph: the graph's own pool
+        workspace = _workspace(batch, L, num_merged, metric.device)
+    _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace)
+    return workspace[4], workspace[7], workspace[8], workspace[9]
 
 
 def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
@@ -975,7 +1003,7 @@ def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], 
         dest, base, _src, _sdst, head, nxt = _plan_lists(metric, cls_index, num_merged, new_cls_index, ordered)
         h, r, s = _merge(hidden, residual, size, dest, base, head, nxt)
         return (h, r), s
-    base, head, nxt = _inference_lists(metric, cls_index, num_merged, new_cls_index, ordered)
+    base, head, nxt, _kslot = _inference_lists(metric, cls_index, num_merged, new_cls_index, ordered)
     h, r, s = _merge_fwd(hidden, residual, size, base, head, nxt)
     return (h, r), s
 
@@ -990,8 +1018,8 @@ def match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor
         raise RuntimeError("match_merge_add_norm is inference only: call it under torch.no_grad()")
     if residual.dtype != torch.float32:
         raise ValueError(f"match_merge_add_norm needs a float32 residual, got {residual.dtype}")
-    base, head, nxt = _inference_lists(metric, cls_index, num_merged, new_cls_index, ordered)
-    return _merge_norm_fwd(hidden, residual, size, base, head, nxt, weight, eps)
+    _base, _head, nxt, kslot = _inference_lists(metric, cls_index, num_merged, new_cls_index, ordered)
+    return _merge_norm_fwd(hidden, residual, size, kslot, nxt, hidden.shape[1] - num_merged, weight, eps)
 
 
 class MergeNormPlan:
@@ -1019,13 +1047,13 @@ class MergeNormPlan:
         ws = _reused_workspace(batch, L, R, dev)
         if ws is None:  # capturing a CUDA graph: the graph's own pool
             ws = _workspace(batch, L, R, dev)
-        dest, vmax, vidx, scratch, base, src, sdst, head, nxt = ws
+        dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = ws
         if self.match is None:
             grid, tail, meta = match_spec(hidden, self.cls_index, R, self.new_cls_index, self.ordered)
             self.match = Launcher(_match_kernel, grid, dev, tail, meta)
             self.strides = (hidden.stride(0), hidden.stride(1))
         s0, s1 = self.strides
-        self.match(hidden, s0, s1, vmax, vidx, scratch, dest, base, src, sdst, head, nxt)
+        self.match(hidden, s0, s1, vmax, vidx, scratch, dest, base, src, sdst, head, nxt, kslot)
         num_out = L - R
         r_out = torch.empty(batch, num_out, C, device=dev, dtype=torch.float32)
         y = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)
@@ -1033,6 +1061,6 @@ class MergeNormPlan:
         if self.merge is None:
             grid, tail, meta = merge_norm_spec(hidden, residual, size is not None, num_out, self.eps)
             self.merge = Launcher(_merge_norm_kernel, grid, dev, tail, meta)
-        self.merge(hidden, residual, size if size is not None else hidden, base, head, nxt, weight, r_out, y, s_out)
+        self.merge(hidden, residual, size if size is not None else hidden, kslot, nxt, weight, r_out, y, s_out)
         return r_out, y, s_out
 
