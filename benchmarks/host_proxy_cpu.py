@@ -189,7 +189,7 @@ def main(argv=None) -> int:
         for _ in range(5):
             models[True](x)
         prof.disable()
-        print(f"\nmost own time, 5 merged forwards (cProfile; its overhead inflates every call alike):")
+        print("\nmost own time, 5 merged forwards (cProfile; its overhead inflates every call alike):")
         pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(a.profile)
     return 0
 

@@ -10,18 +10,18 @@ several programs (the last to finish making the plan) is faster: graphed time pe
 Every call is one of 20 back-to-back launches captured in one CUDA graph (the in-graph gap is counted, as in a
 model's graph). Each split variant must write the one-launch kernel's destination map.
 
-    PYTHONPATH=src python3 benchmarks/match_split_gpu.py [--reps 20]
+    PYTHONPATH=src:benchmarks python3 benchmarks/match_split_gpu.py [--reps 20]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import triton
 import triton.language as tl
 
+from bench_merge_gpu import _event_ms, _graphed
 from rmeeto.merge import plan_cls_index
 from rmeeto.ops.triton import merge as mt
 from rmeeto.ops.triton._launch import cdiv, launch, next_pow2
@@ -62,26 +62,9 @@ def _split_kernel(m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, b
 
 
 def _graphed_us(fn, reps: int, inner: int = 20) -> float:
-    """Median over ``reps`` replays of a graph of ``inner`` calls of ``fn``, per call (us)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(inner):
-            fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(1e3 * start.elapsed_time(end) / inner)
-    return statistics.median(times)
+    """Median over ``reps`` replays of one CUDA graph of ``inner`` calls of ``fn``, per call (us)."""
+    replay = _graphed(lambda: [fn() for _ in range(inner)])
+    return 1e3 * _event_ms(replay, reps, 1) / inner
 
 
 def run_shape(name, batch, L, C, cls, r, reps):

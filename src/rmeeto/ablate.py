@@ -29,7 +29,7 @@ import os
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 from rmeeto.backbones import is_vit_name, schedule_for
 from rmeeto.merge import MergeConfig

@@ -380,7 +380,7 @@ def _order_md(order: dict) -> list[str]:
         f"{by[(MODEL, 'merge ordered')]['tokens']} / {by[(VIT_MODEL, 'merge ordered')]['tokens']} tokens). "
         "Shuffle rows shuffle that fraction of the tokens at every merging layer, in evaluation too. "
         "Change = top-1 minus the unmerged model's.", "",
-        f"| setting | Vim top-1 (%) | Vim change | ViT top-1 (%) | ViT change |", "|---|---:|---:|---:|---:|",
+        "| setting | Vim top-1 (%) | Vim change | ViT top-1 (%) | ViT change |", "|---|---:|---:|---:|---:|",
     ]
     for s in settings:
         a, b = by[(MODEL, s)], by[(VIT_MODEL, s)]

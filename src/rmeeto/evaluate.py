@@ -18,7 +18,6 @@ import copy
 import functools
 import sys
 import time
-from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 import torch

@@ -13,11 +13,10 @@ import math
 import pytest
 import torch
 
-import rmeeto
 from rmeeto.checkpoint import CheckpointError, load_checkpoint
 from rmeeto.flops import paper_flops, true_flops
 from rmeeto.merge import MergeConfig, apply_merge, trace_tokens
-from rmeeto.models import VideoMamba, VimArch, VisionMamba, create_model, get_config, list_models
+from rmeeto.models import VideoMamba, VimArch, VisionMamba, create_model, get_config
 from rmeeto.models.videomamba import checkpoint_filter_fn, resample_temporal_embed, tubelet_linear
 from rmeeto.models.vim import arch_facts, arch_from_state_dict
 

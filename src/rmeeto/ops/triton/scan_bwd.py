@@ -252,8 +252,6 @@ if _scan._HAS_TRITON:
             if PREFETCH:
                 u = u_n
                 xd = xd_n
-                tn, mask_tn = _chunk_pos(c + 1, offs_j, L, CHUNK, REVERSE)  # c + 1 < nchunks here
-                mn = mask_tn[:, None] & mask_d[None, :]
                 u_n = _load_rows(u_base, c + 1, L, offs_d, su_l, s_u_d, mask_d, BLOCK_D, CHUNK, REVERSE)
                 xd_n = _load_rows(dt_base, c + 1, L, offs_d, sdt_l, s_dt_d, mask_d, BLOCK_D, CHUNK, REVERSE)
             else:
@@ -301,8 +299,6 @@ if _scan._HAS_TRITON:
                 he = he_n
                 ho = ho_n
                 cp = tl.maximum(c - 1, 0)  # the next chunk to process (chunk 0 again after the last: unused)
-                tp, mask_tp = _chunk_pos(cp, offs_j, L, CHUNK, REVERSE)
-                mp = mask_tp[:, None] & mask_d[None, :]
                 u_n = _load_rows(u_base, cp, L, offs_d, su_l, s_u_d, mask_d, BLOCK_D, CHUNK, REVERSE)
                 xd_n = _load_rows(dt_base, cp, L, offs_d, sdt_l, s_dt_d, mask_d, BLOCK_D, CHUNK, REVERSE)
                 g_n = _load_rows(g_base, cp, L, offs_d, sg_l, s_g_d, mask_d, BLOCK_D, CHUNK, REVERSE)
