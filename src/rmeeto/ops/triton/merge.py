@@ -797,7 +797,7 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # trip for every size (a sweep's override; the order of the sums is the same either way). Eighteenth session
 # (H200, a temporary override not kept): software pipelining of the dot's or the norms' channel loop (2 or 3
 # stages, or num_stages 2 for the launch), norms in chunks of 64, dot steps of 64 or 4 warps were all slower
-# at Vim-Ti / S shapes (197, 142, 98 tokens) than these tiles, by 0.9-3.5 us per call
+# at Vim-Ti / S shapes (197, 142, 98 tokens) than these tiles, by 0.9-5.3 us per call
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
                 "one_j": True, "dot_unroll": None}
 _WIDE_C = 768
