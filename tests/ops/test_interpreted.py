@@ -147,9 +147,9 @@ def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm(full):
     exactly what the merge kernel followed by the norm kernel returns: fp32 and fp16 hidden states, with and
     without sizes, both layouts, a row tile with several rows (C=24, 40) and with one channel block (C=192),
     and a tie-heavy metric routing many sources to one slot, so rows of one tile walk lists of other lengths;
-    the same with a fresh workspace (as while a CUDA graph is captured) as with the kept one. It refuses a
-    residual that is not float32 and inputs that need a gradient. (Default tier: each case in one dtype,
-    alternating; the full tier: both.)"""
+    the same with a fresh workspace (as while a CUDA graph is captured) as with the kept one, and through the
+    two-kernel plan (taken past 256 sources) over two plan tiles. It refuses a residual that is not float32
+    and inputs that need a gradient. (Default tier: each case in one dtype, alternating; the full tier: both.)"""
     run_interpreted(f"""
         import sys, torch
         from rmeeto.merge import plan_cls_index
@@ -189,6 +189,18 @@ def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm(full):
         mt._reused_workspace = kept
         if not all(torch.equal(a, b) for a, b in ((hm, hm3), (rm, rm3), (s1, s3), (ro2, ro3), (y2, y3), (s2, s4))):
             bad.append("a fresh workspace gave other results")
+        # the two-kernel plan (taken past 256 sources; here forced) writes the same lists, over two plan tiles
+        h, res, w = torch.randn(2, 150, 16).half(), torch.randn(2, 150, 16), (torch.rand(16) + 0.5).half()
+        size = torch.randint(1, 4, (2, 150, 1)).float()
+        nc = plan_cls_index(75, 150, 20, True)
+        for fused in (True, False):
+            mt.MATCH_CONFIG["fused"] = fused
+            (hm, rm), s1 = mt.match_merge_fused(h, res, size, h, 75, 20, nc, True)
+            ro1, y1, _ = nt._norm_fwd(hm, rm, w, None, 1e-5)
+            got = mt.match_merge_add_norm(h, res, size, h, 75, 20, nc, True, w, 1e-5)
+            if not all(torch.equal(a, b) for a, b in zip((ro1, y1, s1), got)):
+                bad.append(("150 tokens", "fused" if fused else "two kernels"))
+        mt.MATCH_CONFIG["fused"] = True
         h, res, w = torch.randn(1, 9, 16), torch.randn(1, 9, 16), torch.ones(16)
         for args, error in (((h, res.half()), ValueError), ((h.clone().requires_grad_(), res), RuntimeError)):
             try:
