@@ -818,6 +818,15 @@ def _workspace(batch: int, L: int, R: int, dev: torch.device) -> tuple:
             nxt.view(batch, L), kslot.view(batch, L))
 
 
+def _op_workspace(batch: int, L: int, R: int, dev: torch.device) -> tuple:
+    """:func:`_workspace` with the six lists :func:`_match_lists` returns (dest, base, src, sdst, head, nxt) in
+    tensors of their own: the outputs of the custom op ``rmeeto::match_plan``, which may not alias each other,
+    written where they live (no copies)."""
+    dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = _workspace(batch, L, R, dev)
+    return (torch.empty_like(dest), vmax, vidx, scratch, torch.empty_like(base), torch.empty_like(src),
+            torch.empty_like(sdst), torch.empty_like(head), torch.empty_like(nxt), kslot)
+
+
 # Workspaces kept for the no-gradient merge (match_merge_fused), whose plan lists live only until the merge
 # kernel launched right after has read them: one per (device, stream, thread, shape), so a call reuses the
 # previous call's memory only behind that call's kernels in the same stream (stream order makes it safe)
@@ -932,14 +941,13 @@ def _partner_meta(metric: Tensor, tile_a: int, tile_b: int, step_c: int) -> dict
 @torch.library.custom_op("rmeeto::match_plan", mutates_args=())
 def _match_plan_op(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int,
                    ordered: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    # a custom op's outputs may not alias each other: the eager lists are views of one workspace, so copies here
-    # (a few KB per merging layer, only under torch.compile). The op's ``next`` keeps the merged source tokens'
-    # entries (the only ones the merge reads) and is -1 elsewhere (the kernels also write, at destinations, the
-    # heads that the inference merge + norm kernel starts from)
-    dest, base, src, sdst, head, nxt = _match_lists(metric, cls_index, num_merged, new_cls_index, ordered)
-    at = src.long()
-    nxt = torch.full_like(nxt, -1).scatter_(1, at, nxt.gather(1, at))
-    return dest.clone(), base.clone(), src.clone(), sdst.clone(), head.clone(), nxt
+    # a custom op's outputs may not alias each other (the eager lists are views of one workspace): here the kernels
+    # write the six outputs into tensors of their own. Every entry of each is written (``next`` at merged sources
+    # the next source of their list, at destinations the list's head, -1 elsewhere), so the outputs are
+    # deterministic, as an op's must be
+    batch, L, _ = metric.shape
+    return _match_lists(metric, cls_index, num_merged, new_cls_index, ordered,
+                        _op_workspace(batch, L, num_merged, metric.device))
 
 
 @_match_plan_op.register_fake
