@@ -29,7 +29,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import torch
 
 from rmeeto.models import get_config
-from rmeeto.models.vim import _MAX_PLANS, Block, TokenState, VisionMamba, _PlanCache
+from rmeeto.models.vim import Block, TokenState, VisionMamba, _PlanCache
 from rmeeto.models.vit import ViTConfig
 from rmeeto.ops import policy
 from rmeeto.ops.triton import merge as merge_triton
@@ -451,10 +451,7 @@ class MergingBlock(Block):
             new_cls = plan_cls_index(state.cls_index, L, r, cfg.ordered)
             if merge_triton.match_spec(hidden, state.cls_index, r, new_cls, cfg.ordered) is not None:
                 plan = merge_triton.MergeNormPlan(r, state.cls_index, new_cls, cfg.ordered, self.norm.eps)
-        if len(plans) >= _MAX_PLANS:
-            plans.clear()
-        plans[key] = plan
-        return plan
+        return plans.put(key, plan)
 
     def forward(self, hidden: Tensor, residual: Optional[Tensor], state: TokenState):
         cfg = self.merge

@@ -53,8 +53,15 @@ _MAX_PLANS = 16  # per mixer: one per input shape (merged layers, batch sizes), 
 
 
 class _PlanCache(dict):
-    """A mixer's prepared inference paths by input signature. Copies and pickles of the mixer start empty (the
-    plans hold compiled kernels, and are remade on first use)."""
+    """A mixer's (or a merging block's) prepared inference paths by input signature, at most ``_MAX_PLANS``.
+    Copies and pickles of the module start empty (the plans hold compiled kernels, and are remade on first use)."""
+
+    def put(self, key, plan):
+        """Keep ``plan`` (None too: "the general path") for ``key``, dropping every kept one when full."""
+        if len(self) >= _MAX_PLANS:
+            self.clear()
+        self[key] = plan
+        return plan
 
     def __deepcopy__(self, memo):
         return _PlanCache()
@@ -281,9 +288,7 @@ class BiMambaMixer(nn.Module):
             plan = self._make_plan(hidden, tensors)
             if plan is not None and norm is not None and not _norm_fits(hidden, residual, norm, self.scan_backend):
                 plan = None
-            if len(plans) >= _MAX_PLANS:
-                plans.clear()
-            plans[key] = plan
+            plans.put(key, plan)
         return None if plan is None else (plan, tensors)
 
     def _make_plan(self, hidden: Tensor, tensors: MixerTensors) -> Optional[MixerPlan]:

@@ -856,6 +856,12 @@ def _reused_workspace(batch: int, L: int, R: int, dev: torch.device) -> Optional
     return ws
 
 
+def _inference_workspace(batch: int, L: int, R: int, dev: torch.device) -> tuple:
+    """The workspace of a no-gradient merge: the one kept for this shape and stream (:func:`_reused_workspace`), or
+    while a CUDA graph is captured a new one (the graph's own pool)."""
+    return _reused_workspace(batch, L, R, dev) or _workspace(batch, L, R, dev)
+
+
 def clear_workspaces() -> None:
     """Free the workspaces kept by :func:`match_merge_fused` (a few hundred KB per merging layer and batch
     size)."""
@@ -989,9 +995,7 @@ def _inference_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_in
     """The lists the merge kernels read (base, head, next, kslot), made in the workspace kept for this shape
     and stream (no gradient: they live only until the merge kernel queued next has read them)."""
     batch, L, _ = metric.shape
-    workspace = _reused_workspace(batch, L, num_merged, metric.device)
-    if workspace is None:  # capturing a CUDA graph: the graph's own pool
-        workspace = _workspace(batch, L, num_merged, metric.device)
+    workspace = _inference_workspace(batch, L, num_merged, metric.device)
     _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace)
     return workspace[4], workspace[7], workspace[8], workspace[9]
 
@@ -1052,10 +1056,7 @@ class MergeNormPlan:
         batch, L, C = hidden.shape
         R = self.num_merged
         dev = hidden.device
-        ws = _reused_workspace(batch, L, R, dev)
-        if ws is None:  # capturing a CUDA graph: the graph's own pool
-            ws = _workspace(batch, L, R, dev)
-        dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = ws
+        dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = _inference_workspace(batch, L, R, dev)
         if self.match is None:
             grid, tail, meta = match_spec(hidden, self.cls_index, R, self.new_cls_index, self.ordered)
             self.match = Launcher(_match_kernel, grid, dev, tail, meta)
