@@ -171,15 +171,21 @@ class _FakeRuntime:
         self.get_stream = lambda index: 1234 + index
 
 
-def test_fast_path_serves_a_repeated_specialization_and_only_that(monkeypatch):
+@pytest.fixture
+def fake(monkeypatch):
+    """(kernel, runtime, device, buffer): a fake JIT kernel and Triton runtime behind the fast path, switched on,
+    with an empty launch cache; the device is only compared and passed along (no GPU needed)."""
     kernel = _FakeJIT()
     rt = _FakeRuntime(_FakeJIT)
     monkeypatch.setattr(_launch, "_get_runtime", lambda: rt)
     monkeypatch.setattr(policy, "_fast_launch", True)
     monkeypatch.setattr(_launch, "on_device", lambda device: contextlib.nullcontext())  # no CUDA here
     _launch.clear_cache()
-    dev = torch.device("cuda", 0)  # only compared and passed along: no GPU needed
-    buf = torch.zeros(64)
+    return kernel, rt, torch.device("cuda", 0), torch.zeros(64)
+
+
+def test_fast_path_serves_a_repeated_specialization_and_only_that(fake, monkeypatch):
+    kernel, rt, dev, buf = fake
 
     def call(x, n=32, stride=7, grid=(3, 2), **meta):
         kernel.log.clear()
@@ -214,18 +220,11 @@ def test_fast_path_serves_a_repeated_specialization_and_only_that(monkeypatch):
     assert call(buf)[0] == "plain" and call(buf)[0] == "plain"
 
 
-def test_launcher_calls_what_the_fast_path_calls(monkeypatch):
+def test_launcher_calls_what_the_fast_path_calls(fake, monkeypatch):
     """_launch.Launcher (the prepared blocks' launches): its first call goes through launch() (Triton's own path
     for a new specialization), later calls hand the cached launcher exactly what launch()'s fast path hands it
     for the same arguments; a launch hook, a pre-run hook or the switch off send every call through launch()."""
-    kernel = _FakeJIT()
-    rt = _FakeRuntime(_FakeJIT)
-    monkeypatch.setattr(_launch, "_get_runtime", lambda: rt)
-    monkeypatch.setattr(policy, "_fast_launch", True)
-    monkeypatch.setattr(_launch, "on_device", lambda device: contextlib.nullcontext())  # no CUDA here
-    _launch.clear_cache()
-    dev = torch.device("cuda", 0)  # only compared and passed along: no GPU needed
-    buf = torch.zeros(64)
+    kernel, rt, dev, buf = fake
     launcher = _launch.Launcher(kernel, (3, 2), dev, (32, 7), dict(BLOCK=64, FLAG=True, num_warps=4))
 
     def kinds(call):
