@@ -408,9 +408,9 @@ class MergingBlock(Block):
     def _folds_norm(self, hidden: Tensor, residual: Tensor, backend: str) -> bool:
         """Whether the fused merge also does this block's residual add + RMSNorm (one kernel): inference (no
         gradient, no drop path), a float32 residual, the norm kernel and the switch ``merge_norm`` on for
-        ``backend`` (rmeeto.ops.policy.op_backend of this block's scan), not under torch.compile (which sees the
-        two custom ops)."""
-        if torch.compiler.is_compiling() or self.drop_path.drop_prob > 0 or not self.residual_in_fp32:
+        ``backend`` (rmeeto.ops.policy.op_backend of this block's scan). Traced by torch.compile, the step is
+        then one opaque op (``rmeeto::match_merge_add_norm``)."""
+        if self.drop_path.drop_prob > 0 or not self.residual_in_fp32:
             return False
         if torch.is_grad_enabled() and (hidden.requires_grad or residual.requires_grad
                                         or self.norm.weight.requires_grad):

@@ -126,6 +126,20 @@ def test_custom_ops_pass_opcheck_under_the_interpreter():
                 check("merge", tm._merge_op, (h, res, size, dest, base, head, nxt))
                 same("merge", lambda: tm._FusedMerge.apply(h, res, size, dest, base, head, nxt),
                      lambda: tm._merge_op(h, res, size, dest, base, head, nxt), [h, res])
+                # the inference ops torch.compile traces (no autograd: inputs without gradients)
+                w = torch.rand(Cm) + 0.5
+                check("match_merge_add_norm", tm._match_merge_add_norm_op,
+                      (h.detach().half(), res.detach(), size, h.detach().half(), cls, R, new_cls, ordered, w.half(), 1e-5))
+
+        from rmeeto.models.vim import BiMambaMixer
+        from rmeeto.ops.triton import mixer as tmix
+        mixer = BiMambaMixer(32, d_state=8).half()
+        with torch.no_grad():
+            for p in mixer.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        check("mixer_inference", tmix._mixer_op,
+              (torch.randn(2, 5, 32).half(), *[t.detach() if t is not None else None for t in mixer._plan_tensors()],
+               8, 0.5))
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """)
@@ -143,16 +157,17 @@ def test_no_graph_break_on_the_pytorch_path(merged, tiny_vim):
 def test_no_graph_break_on_the_fused_path_under_the_interpreter():
     """Every fused op forced on for CPU tensors (kernels run by the interpreter): dynamo must see each Triton
     kernel as one opaque custom op (never trace into the autograd functions or the launchers), merged and
-    unmerged, and the traced model must give the eager model's output. The model is the test Vim cut to 3
-    layers and 8x8 pixels (5 tokens, 3 after the merge at layer 2): the interpreted scan's time grows with the
-    tokens and layers, what dynamo traces does not."""
+    unmerged, and the traced model must give the eager model's output bit for bit. In 16-bit inference each
+    mixer is one op (``rmeeto::mixer_inference``) and each merging step another (``rmeeto::match_merge_add_norm``),
+    the launches of eager mode's plans; a float32 mixer, or a gradient to compute, traces the general path's ops.
+    The model is the test Vim cut to 3 layers and 8x8 pixels (5 tokens, 3 after the merge at layer 2): the
+    interpreted scan's time grows with the tokens and layers, what dynamo traces does not."""
     _needs_interpreter()
     run_interpreted("""
         import sys, torch, torch._dynamo
         from rmeeto import MergeConfig, apply_merge, create_model
         from rmeeto.ops import policy, selective_scan
         from rmeeto.ops.triton import scan as ts, merge as tm
-        from rmeeto import merge as rmerge
         # force the fused kernels onto CPU tensors (they only run there under the interpreter)
         policy.use_fused = lambda op, x, backend="auto": backend != "torch"
         ts.is_available = lambda: True
@@ -160,32 +175,39 @@ def test_no_graph_break_on_the_fused_path_under_the_interpreter():
         selective_scan.set_default_backend("triton")
         selective_scan._loaded.clear()
         bad = []
-        for merged in (False, True):
+        general = {"rmeeto.selective_scan_bidir", "rmeeto.conv_silu", "rmeeto.add_rms_norm"}
+        whole = {"rmeeto.mixer_inference", "rmeeto.add_rms_norm"}
+        # (dtype, gradient enabled, merged); a merged model's other blocks are an unmerged one's
+        cases = [(torch.float32, False, True), (torch.float16, False, True), (torch.float16, True, True)]
+        for dtype, grad, merged in cases:
             torch.manual_seed(0)
-            model = create_model("vim_test_patch4_16", img_size=8, depth=3).eval()
+            model = create_model("vim_test_patch4_16", img_size=8, depth=3).to(dtype).eval()
+            with torch.no_grad():
+                for p in model.parameters():  # away from the init's constants, so a swapped operand would show
+                    p.add_(torch.randn_like(p) * 0.05)
             if merged:
                 apply_merge(model, MergeConfig(num_merged=2))
-            x = torch.randn(2, 3, 8, 8)
+            x = torch.randn(2, 3, 8, 8).to(dtype)
             ops_seen = []
             def backend(gm, example_inputs):
                 ops_seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
                 return gm
             torch._dynamo.reset()
-            with torch.no_grad():
+            with torch.set_grad_enabled(grad):
                 try:  # fullgraph: any graph break raises, naming its reason
                     got = torch.compile(model, backend=backend, fullgraph=True)(x)
                 except Exception as e:
-                    bad.append((merged, "graph break", str(e)[:2000]))
+                    bad.append((dtype, grad, merged, "graph break", str(e)[:2000]))
                     continue
                 want = model(x)
-            need = {"rmeeto.selective_scan", "rmeeto.conv_silu", "rmeeto.add_rms_norm"}
-            if merged:
-                need |= {"rmeeto.match_plan", "rmeeto.merge_fused"}
-            missing = [op for op in need if not any(op in s for s in ops_seen)]
-            if missing:
-                bad.append((merged, "ops missing from the graph", missing))
+            need = set(whole if dtype == torch.float16 and not grad else general)
+            if merged:  # inference merges in one op in any dtype, as eager mode does
+                need |= {"rmeeto.match_plan", "rmeeto.merge_fused"} if grad else {"rmeeto.match_merge_add_norm"}
+            seen = {s.rsplit(".", 1)[0] for s in ops_seen if s.startswith("rmeeto.")}
+            if seen != need:
+                bad.append((dtype, grad, merged, "ops in the graph", sorted(seen), sorted(need)))
             if not torch.equal(got, want):
-                bad.append((merged, "compiled != eager", (got - want).abs().max().item()))
+                bad.append((dtype, grad, merged, "compiled != eager", (got - want).abs().max().item()))
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """)

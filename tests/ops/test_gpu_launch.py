@@ -186,6 +186,32 @@ def test_compiled_vim_equals_eager(merged, tiny_vim):
 
 
 @pytest.mark.parametrize("merged", [False, True])
+def test_compiled_half_inference_launches_what_eager_does(merged, tiny_vim):
+    """torch.compile (Inductor) of a 16-bit model in inference: each mixer one op running its plan, each merging
+    step one op (rmeeto::mixer_inference, rmeeto::match_merge_add_norm), so the compiled forward launches at
+    most a few kernels more than eager mode (Inductor's, around the embedding and the head) and gives eager's
+    logits up to the rounding of those few."""
+    from rmeeto.bench import count_launches
+
+    torch._dynamo.reset()
+    model = tiny_vim(merged, DEV).half().eval()
+    with torch.no_grad():
+        for p in model.parameters():  # away from the init's constants, so a swapped operand would show
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(4, 3, 16, 16, device=DEV).half()
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        want = model(x)
+        got = compiled(x)
+        again = compiled(x)
+        eager_n = count_launches(model, x).gpu
+        compiled_n = count_launches(compiled, x).gpu
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
+    assert torch.equal(again, got)
+    assert compiled_n <= eager_n + 6, (compiled_n, eager_n)
+
+
+@pytest.mark.parametrize("merged", [False, True])
 def test_compiled_vim_training_step_equals_eager(merged, tiny_vim):
     """Forward and backward through the custom ops' autograd registrations under torch.compile."""
     torch._dynamo.reset()

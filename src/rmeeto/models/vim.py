@@ -35,8 +35,9 @@ from rmeeto.ops.embed import insert_cls_add_pos, patch_rows
 from rmeeto.ops.norm import drop_add_rms_norm, drop_path, rms_norm
 from rmeeto.ops.proj import fused_applies as proj_fused_applies
 from rmeeto.ops.proj import fused_scan_inputs
+from rmeeto.ops.proj import kernel_fits as proj_kernel_fits
 from rmeeto.ops.selective_scan import resolve_backend, selective_scan, selective_scan_bidir, sum_directions
-from rmeeto.ops.triton.mixer import MixerPlan, MixerTensors, plan_problem
+from rmeeto.ops.triton.mixer import MixerPlan, MixerTensors, mixer_inference, plan_problem
 
 Tensor = torch.Tensor
 
@@ -262,14 +263,7 @@ class BiMambaMixer(nn.Module):
         With ``norm`` (and ``residual``, float32 or None) the plan also serves the block's residual add + RMSNorm
         before the mixer (:meth:`MixerPlan.add_norm`; ``hidden`` is then the block's input): only where the
         norm kernel would run on them without copies (contiguous, the norm switch on)."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or any(_GLOBAL_HOOKS):
-            return None
-        m = self._modules
-        for name in ("in_proj", "out_proj", "x_proj", "x_proj_b"):
-            lin = m[name]
-            if type(lin) is not nn.Linear or lin._forward_hooks or lin._forward_pre_hooks:
-                return None
-        if torch.is_autocast_enabled(hidden.device.type):
+        if torch.compiler.is_compiling() or not self._inference_only(hidden):
             return None
         tensors = self._plan_tensors()
         present = [t for t in tensors if t is not None]  # (Vim's in_proj / out_proj have no bias)
@@ -291,8 +285,21 @@ class BiMambaMixer(nn.Module):
             plans.put(key, plan)
         return None if plan is None else (plan, tensors)
 
+    def _inference_only(self, hidden: Tensor) -> bool:
+        """No gradient, autocast or hook asks for the general path: the conditions of :meth:`plan` that are not
+        the inputs' signature (also those of the traced inference op, :meth:`forward`)."""
+        if torch.is_grad_enabled() or any(_GLOBAL_HOOKS):
+            return False
+        m = self._modules
+        for name in ("in_proj", "out_proj", "x_proj", "x_proj_b"):
+            lin = m[name]
+            if type(lin) is not nn.Linear or lin._forward_hooks or lin._forward_pre_hooks:
+                return False
+        return not torch.is_autocast_enabled(hidden.device.type)
+
     def _make_plan(self, hidden: Tensor, tensors: MixerTensors) -> Optional[MixerPlan]:
-        """A plan where one can serve (see :meth:`plan`), else None."""
+        """A plan where one can serve (see :meth:`plan`), else None. Reads only the signature of ``hidden`` and
+        the weights (so it also decides, while torch.compile traces, whether the traced op can serve)."""
         backend = policy.op_backend(self.scan_backend)
         if not (policy.use_fused("plan", hidden, backend) and policy.use_fused("conv", hidden, backend)):
             return None
@@ -300,9 +307,12 @@ class BiMambaMixer(nn.Module):
             return None
         if resolve_backend(self.scan_backend, hidden.device) != "triton":
             return None
-        if self._fused_proj_weights(hidden, hidden, backend) is None:  # u has hidden's dtype and device
+        if not proj_kernel_fits(hidden, tensors.x_proj, tensors.dt_proj, backend):  # u has hidden's dtype, device
             return None
-        return MixerPlan(self.d_inner, self.dt_rank, self.d_state, 0.5 if self.divide_out else 1.0)
+        return MixerPlan(self.d_inner, self.dt_rank, self.d_state, self._scale())
+
+    def _scale(self) -> float:
+        return 0.5 if self.divide_out else 1.0
 
     def forward(self, hidden: Tensor, export: Optional[str] = None) -> tuple[Tensor, Optional[Tensor]]:
         """hidden: [batch, length, d_model] -> (out [batch, length, d_model], metric or None).
@@ -318,9 +328,16 @@ class BiMambaMixer(nn.Module):
         subnormal range); the fused kernel's sums run in another order, so equal to rounding.
         """
         if export is None:
-            prepared = self.plan(hidden)
-            if prepared is not None:  # inference: the same launches with less host work (rmeeto.ops.triton.mixer)
-                return prepared[0](hidden, prepared[1]), None
+            if torch.compiler.is_compiling():
+                # inference traced: one opaque op running the plan's launches, which Inductor cannot better
+                if self._inference_only(hidden):
+                    tensors = self._plan_tensors()
+                    if self._make_plan(hidden, tensors) is not None:
+                        return mixer_inference(hidden, tensors, self.d_state, self._scale()), None
+            else:
+                prepared = self.plan(hidden)
+                if prepared is not None:  # inference: the same launches, less host work (rmeeto.ops.triton.mixer)
+                    return prepared[0](hidden, prepared[1]), None
         elif export not in ("B", "C", "delta"):
             raise ValueError(f"export must be None, 'B', 'C' or 'delta', got {export!r}")
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # [batch, length, d_inner] each

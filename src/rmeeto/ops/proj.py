@@ -25,7 +25,7 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["bidir_scan_inputs", "bidir_scan_inputs_torch", "fused_applies", "fused_scan_inputs"]
+__all__ = ["bidir_scan_inputs", "bidir_scan_inputs_torch", "fused_applies", "fused_scan_inputs", "kernel_fits"]
 
 ScanInputs = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -50,13 +50,20 @@ def fused_applies(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: T
     switch on for ``backend`` (:func:`rmeeto.ops.policy.use_fused`), ``torch.compile`` not tracing, B and C
     together a power-of-two width of at least 16 columns (x_proj's rows minus dt_proj's rank), and no gradient
     to flow to any of them."""
-    if (_triton_proj is None or u_f.dtype not in (torch.float16, torch.bfloat16)
-            or not policy.use_fused("proj", u_f, backend) or torch.compiler.is_compiling()):
-        return False
-    n2 = wx_f.shape[0] - wdt_f.shape[1]
-    if n2 < 16 or n2 & (n2 - 1):
+    if torch.compiler.is_compiling() or not kernel_fits(u_f, wx_f, wdt_f, backend):
         return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in (u_f, u_b, wx_f, wx_b, wdt_f, wdt_b)))
+
+
+def kernel_fits(u: Tensor, wx: Tensor, wdt: Tensor, backend: str = "auto") -> bool:
+    """The part of :func:`fused_applies` that the inputs' dtypes and shapes decide (16-bit activations, the
+    switch on, B and C together a power-of-two width of at least 16), for a caller that rules out gradients
+    itself: the mixer tracing its inference op under torch.compile."""
+    if (_triton_proj is None or u.dtype not in (torch.float16, torch.bfloat16)
+            or not policy.use_fused("proj", u, backend)):
+        return False
+    n2 = wx.shape[0] - wdt.shape[1]
+    return n2 >= 16 and not n2 & (n2 - 1)
 
 
 def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: Tensor, wdt_b: Tensor,

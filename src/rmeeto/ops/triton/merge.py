@@ -1030,8 +1030,35 @@ def match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor
         raise RuntimeError("match_merge_add_norm is inference only: call it under torch.no_grad()")
     if residual.dtype != torch.float32:
         raise ValueError(f"match_merge_add_norm needs a float32 residual, got {residual.dtype}")
+    args = (int(cls_index), int(num_merged), int(new_cls_index), bool(ordered), weight, float(eps))
+    if torch.compiler.is_compiling():
+        return _match_merge_add_norm_op(hidden, residual, size, metric, *args)
+    return _match_merge_add_norm(hidden, residual, size, metric, *args)
+
+
+def _match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
+                          num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor, eps: float):
     _base, _head, nxt, kslot = _inference_lists(metric, cls_index, num_merged, new_cls_index, ordered)
     return _merge_norm_fwd(hidden, residual, size, kslot, nxt, hidden.shape[1] - num_merged, weight, eps)
+
+
+# torch.compile traces an inference merging step as this one op: the same two launches as eager mode (where
+# tracing the general path gives the matching op, the merge op and the norm op, with Inductor's kernels between)
+@torch.library.custom_op("rmeeto::match_merge_add_norm", mutates_args=())
+def _match_merge_add_norm_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor,
+                             cls_index: int, num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor,
+                             eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    return _match_merge_add_norm(hidden, residual, size, metric, cls_index, num_merged, new_cls_index, ordered,
+                                 weight, eps)
+
+
+@_match_merge_add_norm_op.register_fake
+def _(hidden, residual, size, metric, cls_index, num_merged, new_cls_index, ordered, weight, eps):
+    batch, L, C = hidden.shape
+    n_out = L - num_merged
+    f32 = dict(dtype=torch.float32)
+    return (hidden.new_empty(batch, n_out, C, **f32), hidden.new_empty(batch, n_out, C),
+            hidden.new_empty(batch, n_out, 1, **f32))
 
 
 class MergeNormPlan:

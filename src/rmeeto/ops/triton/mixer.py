@@ -29,6 +29,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+from rmeeto.ops import policy as _policy
 from rmeeto.ops.triton import conv as _conv
 from rmeeto.ops.triton import norm as _norm
 from rmeeto.ops.triton import proj as _proj
@@ -37,7 +38,7 @@ from rmeeto.ops.triton._launch import Launcher
 
 Tensor = torch.Tensor
 
-__all__ = ["MixerTensors", "MixerPlan", "plan_problem"]
+__all__ = ["MixerTensors", "MixerPlan", "plan_problem", "mixer_inference"]
 
 
 class MixerTensors(NamedTuple):
@@ -162,3 +163,49 @@ class MixerPlan:
                   t.dt_bias_b, out)
         y_f, y_b = out.unbind(0)
         return F.linear(torch.add(y_f, y_b), t.w_out, t.b_out)
+
+
+# ------------------------------------------------------------------------------------ under torch.compile
+# Traced by torch.compile, an inference mixer is this one opaque op: Inductor then launches the same kernels as
+# eager mode, through a plan (the traced general path sees the GEMMs, two conv ops and the scan op, and Inductor
+# adds its own kernels around them: results/s17/call5_bench_compile.json, merged Vim-S compiled at 0.73x of
+# unmerged). Plans here are kept per input and weight signature for the whole process, as a mixer keeps its own.
+_OP_PLANS: dict = {}
+_MAX_OP_PLANS = 256  # a 24-layer model at a few batch sizes and merge schedules
+
+
+def _op_plan(hidden: Tensor, t: MixerTensors, d_state: int, scale: float) -> MixerPlan:
+    key = (hidden.shape, hidden.stride(), hidden.dtype, hidden.device, _policy.generation(), d_state, scale,
+           tuple(None if w is None else (w.data_ptr(), w.dtype, w.stride()) for w in t))
+    plan = _OP_PLANS.get(key)
+    if plan is None:
+        problem = plan_problem(hidden, t, d_state)
+        if problem is not None:  # the tracer checked it (BiMambaMixer.forward): only a direct caller gets here
+            raise ValueError(f"rmeeto::mixer_inference cannot run these inputs: {problem}")
+        if len(_OP_PLANS) >= _MAX_OP_PLANS:
+            _OP_PLANS.clear()
+        plan = _OP_PLANS[key] = MixerPlan(t.dt_proj.shape[0], t.dt_proj.shape[1], d_state, scale)
+    return plan
+
+
+@torch.library.custom_op("rmeeto::mixer_inference", mutates_args=())
+def _mixer_op(hidden: Tensor, w_in: Tensor, b_in: Optional[Tensor], conv_w: Tensor, conv_b: Tensor,
+              conv_w_b: Tensor, conv_b_b: Tensor, x_proj: Tensor, x_proj_b: Tensor, dt_proj: Tensor,
+              dt_proj_b: Tensor, dt_bias: Tensor, dt_bias_b: Tensor, A_log: Tensor, A_b_log: Tensor, D: Tensor,
+              D_b: Tensor, w_out: Tensor, b_out: Optional[Tensor], d_state: int, scale: float) -> Tensor:
+    t = MixerTensors(w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, dt_bias,
+                     dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out)
+    return _op_plan(hidden, t, d_state, scale)(hidden, t)
+
+
+@_mixer_op.register_fake
+def _(hidden, w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, dt_bias,
+      dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out, d_state, scale):
+    return hidden.new_empty(*hidden.shape[:-1], w_out.shape[0])
+
+
+def mixer_inference(hidden: Tensor, tensors: MixerTensors, d_state: int, scale: float) -> Tensor:
+    """A mixer's inference forward as the custom op ``rmeeto::mixer_inference`` (what torch.compile traces
+    in place of the general path): ``MixerPlan(...)(hidden, tensors)``, the same launches and bits as eager
+    mode's plan. For inputs :func:`plan_problem` accepts, with no gradient to flow (the op has no backward)."""
+    return _mixer_op(hidden, *tensors, int(d_state), float(scale))
