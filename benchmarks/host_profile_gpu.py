@@ -2,10 +2,11 @@
 so wall time is the host's), for unmerged and merged (paper config) models.
 
     PYTHONPATH=src python3 benchmarks/host_profile_gpu.py [--models vim_tiny_patch16_224] [--calls 40] [--rows 30]
+        [--compile] [--variants unmerged,merged]
 
 Per model and variant: host ms per forward without the profiler (median of 5 timings of ``--calls`` forwards),
 then the top functions by own time under cProfile (which slows every Python call by a similar amount, so read
-its shares, not its absolute times).
+its shares, not its absolute times). ``--compile``: of ``torch.compile(model)`` (Inductor's default mode) instead.
 """
 
 from __future__ import annotations
@@ -40,14 +41,19 @@ def main():
     ap.add_argument("--models", default="vim_tiny_patch16_224")
     ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--rows", type=int, default=30)
+    ap.add_argument("--compile", action="store_true", help="profile torch.compile(model) instead")
+    ap.add_argument("--variants", default="unmerged,merged")
     a = ap.parse_args()
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; eager fp16, batch 1, no_grad")
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; {'compiled' if a.compile else 'eager'} fp16, batch 1, no_grad")
     x = torch.randn(1, 3, 224, 224, device="cuda").half()
     for name in a.models.split(","):
-        for variant in ("unmerged", "merged"):
+        for variant in a.variants.split(","):
             m = rmeeto.create_model(name).cuda().eval().half()
             if variant == "merged":
                 rmeeto.apply_merge(m, MergeConfig.paper(name))
+            if a.compile:
+                torch._dynamo.reset()
+                m = torch.compile(m)
             with torch.no_grad():
                 for _ in range(5):
                     m(x)

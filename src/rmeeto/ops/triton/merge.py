@@ -1033,23 +1033,31 @@ def match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor
     args = (int(cls_index), int(num_merged), int(new_cls_index), bool(ordered), weight, float(eps))
     if torch.compiler.is_compiling():
         return _match_merge_add_norm_op(hidden, residual, size, metric, *args)
-    return _match_merge_add_norm(hidden, residual, size, metric, *args)
+    batch, L, _ = metric.shape
+    return _match_merge_add_norm(hidden, residual, size, metric, *args,
+                                 _inference_workspace(batch, L, num_merged, metric.device))
 
 
 def _match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
-                          num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor, eps: float):
-    _base, _head, nxt, kslot = _inference_lists(metric, cls_index, num_merged, new_cls_index, ordered)
+                          num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor, eps: float,
+                          workspace: tuple):
+    _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace)
+    nxt, kslot = workspace[8], workspace[9]
     return _merge_norm_fwd(hidden, residual, size, kslot, nxt, hidden.shape[1] - num_merged, weight, eps)
 
 
 # torch.compile traces an inference merging step as this one op: the same two launches as eager mode (where
-# tracing the general path gives the matching op, the merge op and the norm op, with Inductor's kernels between)
+# tracing the general path gives the matching op, the merge op and the norm op, with Inductor's kernels between).
+# Its plan lists go to a workspace of the call's own, never a kept one: under Inductor's CUDA graphs
+# ("reduce-overhead") even the warm-up runs allocate from the graph's pool, which must hold no tensor that
+# outlives a run but its outputs.
 @torch.library.custom_op("rmeeto::match_merge_add_norm", mutates_args=())
 def _match_merge_add_norm_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor,
                              cls_index: int, num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor,
                              eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    batch, L, _ = metric.shape
     return _match_merge_add_norm(hidden, residual, size, metric, cls_index, num_merged, new_cls_index, ordered,
-                                 weight, eps)
+                                 weight, eps, _workspace(batch, L, num_merged, metric.device))
 
 
 @_match_merge_add_norm_op.register_fake
