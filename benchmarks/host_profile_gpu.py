@@ -44,7 +44,8 @@ def main():
     ap.add_argument("--compile", action="store_true", help="profile torch.compile(model) instead")
     ap.add_argument("--variants", default="unmerged,merged")
     a = ap.parse_args()
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; {'compiled' if a.compile else 'eager'} fp16, batch 1, no_grad")
+    how = "compiled" if a.compile else "eager"
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; {how} fp16, batch 1, no_grad")
     x = torch.randn(1, 3, 224, 224, device="cuda").half()
     for name in a.models.split(","):
         for variant in a.variants.split(","):

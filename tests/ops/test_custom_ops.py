@@ -128,18 +128,20 @@ def test_custom_ops_pass_opcheck_under_the_interpreter():
                      lambda: tm._merge_op(h, res, size, dest, base, head, nxt), [h, res])
                 # the inference ops torch.compile traces (no autograd: inputs without gradients)
                 w = torch.rand(Cm) + 0.5
-                check("match_merge_add_norm", tm._match_merge_add_norm_op,
+                check("match_merge_add_norm", torch.ops.rmeeto.match_merge_add_norm.default,
                       (h.detach().half(), res.detach(), size, h.detach().half(), cls, R, new_cls, ordered, w.half(), 1e-5))
 
         from rmeeto.models.vim import BiMambaMixer
-        from rmeeto.ops.triton import mixer as tmix
         mixer = BiMambaMixer(32, d_state=8).half()
         with torch.no_grad():
             for p in mixer.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
-        check("mixer_inference", tmix._mixer_op,
-              (torch.randn(2, 5, 32).half(), *[t.detach() if t is not None else None for t in mixer._plan_tensors()],
-               8, 0.5))
+        weights = [t.detach() if t is not None else None for t in mixer._plan_tensors()]
+        h = torch.randn(2, 5, 32).half()
+        check("mixer_inference", torch.ops.rmeeto.mixer_inference.default, (h, *weights, 8, 0.5))
+        for res in (None, torch.randn(2, 5, 32)):
+            check("block_inference", torch.ops.rmeeto.block_inference.default,
+                  (h, res, (torch.rand(32) + 0.5).half(), 1e-5, *weights, 8, 0.5))
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """)
@@ -158,8 +160,8 @@ def test_no_graph_break_on_the_fused_path_under_the_interpreter():
     """Every fused op forced on for CPU tensors (kernels run by the interpreter): dynamo must see each Triton
     kernel as one opaque custom op (never trace into the autograd functions or the launchers), merged and
     unmerged, and the traced model must give the eager model's output bit for bit. In 16-bit inference each
-    mixer is one op (``rmeeto::mixer_inference``) and each merging step another (``rmeeto::match_merge_add_norm``),
-    the launches of eager mode's plans; a float32 mixer, or a gradient to compute, traces the general path's ops.
+    block is one op (``rmeeto::block_inference``), a merging block two (``rmeeto::match_merge_add_norm``, then
+    ``rmeeto::mixer_inference``), the launches of eager mode's plans; a float32 mixer, or a gradient to compute, traces the general path's ops.
     The model is the test Vim cut to 3 layers and 8x8 pixels (5 tokens, 3 after the merge at layer 2): the
     interpreted scan's time grows with the tokens and layers, what dynamo traces does not."""
     _needs_interpreter()
@@ -176,7 +178,7 @@ def test_no_graph_break_on_the_fused_path_under_the_interpreter():
         selective_scan._loaded.clear()
         bad = []
         general = {"rmeeto.selective_scan_bidir", "rmeeto.conv_silu", "rmeeto.add_rms_norm"}
-        whole = {"rmeeto.mixer_inference", "rmeeto.add_rms_norm"}
+        whole = {"rmeeto.block_inference", "rmeeto.add_rms_norm"}  # (the add_rms_norm: the final norm)
         # (dtype, gradient enabled, merged); a merged model's other blocks are an unmerged one's
         cases = [(torch.float32, False, True), (torch.float16, False, True), (torch.float16, True, True)]
         for dtype, grad, merged in cases:
@@ -203,6 +205,8 @@ def test_no_graph_break_on_the_fused_path_under_the_interpreter():
             need = set(whole if dtype == torch.float16 and not grad else general)
             if merged:  # inference merges in one op in any dtype, as eager mode does
                 need |= {"rmeeto.match_plan", "rmeeto.merge_fused"} if grad else {"rmeeto.match_merge_add_norm"}
+                if dtype == torch.float16 and not grad:  # a merging block's mixer after the merge's op
+                    need.add("rmeeto.mixer_inference")
             seen = {s.rsplit(".", 1)[0] for s in ops_seen if s.startswith("rmeeto.")}
             if seen != need:
                 bad.append((dtype, grad, merged, "ops in the graph", sorted(seen), sorted(need)))

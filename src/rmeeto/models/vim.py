@@ -37,7 +37,7 @@ from rmeeto.ops.proj import fused_applies as proj_fused_applies
 from rmeeto.ops.proj import fused_scan_inputs
 from rmeeto.ops.proj import kernel_fits as proj_kernel_fits
 from rmeeto.ops.selective_scan import resolve_backend, selective_scan, selective_scan_bidir, sum_directions
-from rmeeto.ops.triton.mixer import MixerPlan, MixerTensors, mixer_inference, plan_problem
+from rmeeto.ops.triton.mixer import MixerPlan, MixerTensors, block_inference, mixer_inference, plan_problem
 
 Tensor = torch.Tensor
 
@@ -314,6 +314,15 @@ class BiMambaMixer(nn.Module):
     def _scale(self) -> float:
         return 0.5 if self.divide_out else 1.0
 
+    def traces_inference(self, hidden: Tensor, norm: Optional[RMSNorm] = None, residual: Optional[Tensor] = None
+                         ) -> bool:
+        """While torch.compile traces: whether this mixer's forward on ``hidden`` (with ``norm``, the block's
+        residual add + RMSNorm before it too) traces as one inference op, ``rmeeto::mixer_inference`` (or
+        ``rmeeto::block_inference``): where eager mode would take a plan (:meth:`plan`), decided from the
+        signatures alone."""
+        return (self._inference_only(hidden) and self._make_plan(hidden, self._plan_tensors()) is not None
+                and (norm is None or _norm_fits(hidden, residual, norm, self.scan_backend)))
+
     def forward(self, hidden: Tensor, export: Optional[str] = None) -> tuple[Tensor, Optional[Tensor]]:
         """hidden: [batch, length, d_model] -> (out [batch, length, d_model], metric or None).
 
@@ -330,10 +339,8 @@ class BiMambaMixer(nn.Module):
         if export is None:
             if torch.compiler.is_compiling():
                 # inference traced: one opaque op running the plan's launches, which Inductor cannot better
-                if self._inference_only(hidden):
-                    tensors = self._plan_tensors()
-                    if self._make_plan(hidden, tensors) is not None:
-                        return mixer_inference(hidden, tensors, self.d_state, self._scale()), None
+                if self.traces_inference(hidden):
+                    return mixer_inference(hidden, self._plan_tensors(), self.d_state, self._scale()), None
             else:
                 prepared = self.plan(hidden)
                 if prepared is not None:  # inference: the same launches, less host work (rmeeto.ops.triton.mixer)
@@ -389,11 +396,18 @@ class Block(nn.Module):
 
     def add_norm_mix(self, hidden: Tensor, residual: Optional[Tensor], state: TokenState):
         if self.export_metric is None and self.residual_in_fp32 and self.drop_path.drop_prob == 0:
-            prepared = self.mixer.plan(hidden, self.norm, residual)
-            if prepared is not None:  # inference: the norm and the mixer's launches prepared (rmeeto.ops.triton.mixer)
-                plan, tensors = prepared
-                residual, normed = plan.add_norm(hidden, residual, self.norm.weight, self.norm.eps)
-                return plan(normed, tensors), residual, state._replace(metric=None)
+            mixer = self.mixer
+            if torch.compiler.is_compiling():
+                if mixer.traces_inference(hidden, self.norm, residual):  # traced: the block as one op
+                    hidden, residual = block_inference(hidden, residual, self.norm.weight, self.norm.eps,
+                                                       mixer._plan_tensors(), mixer.d_state, mixer._scale())
+                    return hidden, residual, state._replace(metric=None)
+            else:
+                prepared = mixer.plan(hidden, self.norm, residual)
+                if prepared is not None:  # inference: the norm and the mixer's launches prepared (ops.triton.mixer)
+                    plan, tensors = prepared
+                    residual, normed = plan.add_norm(hidden, residual, self.norm.weight, self.norm.eps)
+                    return plan(normed, tensors), residual, state._replace(metric=None)
         residual, normed = drop_add_rms_norm(
             hidden, residual, self.norm.weight, self.norm.eps, self.drop_path.drop_prob, self.residual_in_fp32,
             backend=policy.op_backend(self.mixer.scan_backend),

@@ -35,10 +35,11 @@ from rmeeto.ops.triton import norm as _norm
 from rmeeto.ops.triton import proj as _proj
 from rmeeto.ops.triton import scan as _scan
 from rmeeto.ops.triton._launch import Launcher
+from rmeeto.ops.triton._opdef import inference_op
 
 Tensor = torch.Tensor
 
-__all__ = ["MixerTensors", "MixerPlan", "plan_problem", "mixer_inference"]
+__all__ = ["MixerTensors", "MixerPlan", "plan_problem", "mixer_inference", "block_inference"]
 
 
 class MixerTensors(NamedTuple):
@@ -166,21 +167,23 @@ class MixerPlan:
 
 
 # ------------------------------------------------------------------------------------ under torch.compile
-# Traced by torch.compile, an inference mixer is this one opaque op: Inductor then launches the same kernels as
-# eager mode, through a plan (the traced general path sees the GEMMs, two conv ops and the scan op, and Inductor
-# adds its own kernels around them: results/s17/call5_bench_compile.json, merged Vim-S compiled at 0.73x of
-# unmerged). Plans here are kept per input and weight signature for the whole process, as a mixer keeps its own.
+# Traced by torch.compile, an inference block is one opaque op (rmeeto::block_inference: the residual add + norm
+# and the mixer), and a merging block's mixer another (rmeeto::mixer_inference): Inductor then launches the same
+# kernels as eager mode, through a plan. Tracing the general path showed Inductor the GEMMs, two conv ops and the
+# scan op, and it added its own kernels around them (results/s17/call5_bench_compile.json: merged Vim-S compiled
+# at 0.73x of unmerged). Plans here are kept per input and weight signature for the whole process, as a mixer
+# keeps its own.
 _OP_PLANS: dict = {}
 _MAX_OP_PLANS = 256  # a 24-layer model at a few batch sizes and merge schedules
 
 
-def _op_plan(hidden: Tensor, t: MixerTensors, d_state: int, scale: float) -> MixerPlan:
+def _op_plan(hidden: Tensor, t: MixerTensors, d_state: int, scale: float, norm_key=None) -> MixerPlan:
     key = (hidden.shape, hidden.stride(), hidden.dtype, hidden.device, _policy.generation(), d_state, scale,
-           tuple(None if w is None else (w.data_ptr(), w.dtype, w.stride()) for w in t))
+           norm_key, tuple(None if w is None else (w.data_ptr(), w.dtype, w.stride()) for w in t))
     plan = _OP_PLANS.get(key)
     if plan is None:
         problem = plan_problem(hidden, t, d_state)
-        if problem is not None:  # the tracer checked it (BiMambaMixer.forward): only a direct caller gets here
+        if problem is not None:  # the tracer checked it (rmeeto.models.vim): only a direct caller gets here
             raise ValueError(f"rmeeto::mixer_inference cannot run these inputs: {problem}")
         if len(_OP_PLANS) >= _MAX_OP_PLANS:
             _OP_PLANS.clear()
@@ -188,7 +191,12 @@ def _op_plan(hidden: Tensor, t: MixerTensors, d_state: int, scale: float) -> Mix
     return plan
 
 
-@torch.library.custom_op("rmeeto::mixer_inference", mutates_args=())
+def _mixer_fake(hidden, w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b,
+                dt_bias, dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out, d_state, scale):
+    return hidden.new_empty(*hidden.shape[:-1], w_out.shape[0])
+
+
+@inference_op("mixer_inference", _mixer_fake)
 def _mixer_op(hidden: Tensor, w_in: Tensor, b_in: Optional[Tensor], conv_w: Tensor, conv_b: Tensor,
               conv_w_b: Tensor, conv_b_b: Tensor, x_proj: Tensor, x_proj_b: Tensor, dt_proj: Tensor,
               dt_proj_b: Tensor, dt_bias: Tensor, dt_bias_b: Tensor, A_log: Tensor, A_b_log: Tensor, D: Tensor,
@@ -198,14 +206,35 @@ def _mixer_op(hidden: Tensor, w_in: Tensor, b_in: Optional[Tensor], conv_w: Tens
     return _op_plan(hidden, t, d_state, scale)(hidden, t)
 
 
-@_mixer_op.register_fake
-def _(hidden, w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, dt_bias,
-      dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out, d_state, scale):
-    return hidden.new_empty(*hidden.shape[:-1], w_out.shape[0])
+def _block_fake(hidden, residual, norm_w, eps, w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b,
+                dt_proj, dt_proj_b, dt_bias, dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out, d_state, scale):
+    return (hidden.new_empty(*hidden.shape[:-1], w_out.shape[0]),
+            hidden.new_empty(hidden.shape, dtype=torch.float32))
+
+
+@inference_op("block_inference", _block_fake)
+def _block_op(hidden: Tensor, residual: Optional[Tensor], norm_w: Tensor, eps: float, w_in: Tensor,
+              b_in: Optional[Tensor], conv_w: Tensor, conv_b: Tensor, conv_w_b: Tensor, conv_b_b: Tensor,
+              x_proj: Tensor, x_proj_b: Tensor, dt_proj: Tensor, dt_proj_b: Tensor, dt_bias: Tensor,
+              dt_bias_b: Tensor, A_log: Tensor, A_b_log: Tensor, D: Tensor, D_b: Tensor, w_out: Tensor,
+              b_out: Optional[Tensor], d_state: int, scale: float) -> tuple[Tensor, Tensor]:
+    t = MixerTensors(w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, dt_bias,
+                     dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out)
+    plan = _op_plan(hidden, t, d_state, scale, (residual is None, eps))
+    ro, y = plan.add_norm(hidden, residual, norm_w, eps)
+    return plan(y, t), ro
 
 
 def mixer_inference(hidden: Tensor, tensors: MixerTensors, d_state: int, scale: float) -> Tensor:
-    """A mixer's inference forward as the custom op ``rmeeto::mixer_inference`` (what torch.compile traces
-    in place of the general path): ``MixerPlan(...)(hidden, tensors)``, the same launches and bits as eager
-    mode's plan. For inputs :func:`plan_problem` accepts, with no gradient to flow (the op has no backward)."""
+    """A mixer's inference forward as the op ``rmeeto::mixer_inference`` (what torch.compile traces in place of
+    the general path): ``MixerPlan(...)(hidden, tensors)``, the same launches and bits as eager mode's plan. For
+    inputs :func:`plan_problem` accepts, with no gradient to flow (the op has no backward)."""
     return _mixer_op(hidden, *tensors, int(d_state), float(scale))
+
+
+def block_inference(hidden: Tensor, residual: Optional[Tensor], norm_w: Tensor, eps: float, tensors: MixerTensors,
+                    d_state: int, scale: float) -> tuple[Tensor, Tensor]:
+    """A block's residual add + RMSNorm and mixer in inference as the op ``rmeeto::block_inference`` ->
+    (mixer output, residual_out float32): :meth:`MixerPlan.add_norm` then the plan, as eager mode runs them.
+    For what :func:`mixer_inference` takes, hidden contiguous, residual float32 contiguous or None."""
+    return _block_op(hidden, residual, norm_w, float(eps), *tensors, int(d_state), float(scale))
