@@ -41,7 +41,6 @@ import torch
 
 from rmeeto.ops.triton import norm as norm_triton
 from rmeeto.ops.triton._launch import Launcher, cdiv, launch, next_pow2
-from rmeeto.ops.triton._opdef import inference_op
 
 Tensor = torch.Tensor
 
@@ -1052,22 +1051,22 @@ def _match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tenso
 # Its plan lists go to a workspace of the call's own, never a kept one: under Inductor's CUDA graphs
 # ("reduce-overhead") even the warm-up runs allocate from the graph's pool, which must hold no tensor that
 # outlives a run but its outputs.
-def _match_merge_add_norm_fake(hidden, residual, size, metric, cls_index, num_merged, new_cls_index, ordered,
-                               weight, eps):
-    batch, L, C = hidden.shape
-    n_out = L - num_merged
-    f32 = dict(dtype=torch.float32)
-    return (hidden.new_empty(batch, n_out, C, **f32), hidden.new_empty(batch, n_out, C),
-            hidden.new_empty(batch, n_out, 1, **f32))
-
-
-@inference_op("match_merge_add_norm", _match_merge_add_norm_fake)
+@torch.library.custom_op("rmeeto::match_merge_add_norm", mutates_args=())
 def _match_merge_add_norm_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor,
                              cls_index: int, num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor,
                              eps: float) -> tuple[Tensor, Tensor, Tensor]:
     batch, L, _ = metric.shape
     return _match_merge_add_norm(hidden, residual, size, metric, cls_index, num_merged, new_cls_index, ordered,
                                  weight, eps, _workspace(batch, L, num_merged, metric.device))
+
+
+@_match_merge_add_norm_op.register_fake
+def _(hidden, residual, size, metric, cls_index, num_merged, new_cls_index, ordered, weight, eps):
+    batch, L, C = hidden.shape
+    n_out = L - num_merged
+    f32 = dict(dtype=torch.float32)
+    return (hidden.new_empty(batch, n_out, C, **f32), hidden.new_empty(batch, n_out, C),
+            hidden.new_empty(batch, n_out, 1, **f32))
 
 
 class MergeNormPlan:

@@ -35,7 +35,6 @@ from rmeeto.ops.triton import norm as _norm
 from rmeeto.ops.triton import proj as _proj
 from rmeeto.ops.triton import scan as _scan
 from rmeeto.ops.triton._launch import Launcher
-from rmeeto.ops.triton._opdef import inference_op
 
 Tensor = torch.Tensor
 
@@ -167,9 +166,12 @@ class MixerPlan:
 
 
 # ------------------------------------------------------------------------------------ under torch.compile
-# Traced by torch.compile, an inference block is one opaque op (rmeeto::block_inference: the residual add + norm
-# and the mixer), and a merging block's mixer another (rmeeto::mixer_inference): Inductor then launches the same
-# kernels as eager mode, through a plan. Tracing the general path showed Inductor the GEMMs, two conv ops and the
+# Traced by torch.compile, an inference block is one opaque custom op (rmeeto::block_inference: the residual add +
+# norm and the mixer), and a merging block's mixer another (rmeeto::mixer_inference): Inductor then launches the
+# same kernels as eager mode, through a plan; one op per block, not two, as each custom op call costs host time
+# (its dispatch layers: ~25-65 us on this project's CPU proxy). (Plain torch.library.Library definitions dispatch
+# faster, but on the GPU host's PyTorch 2.11 their compiled Vim-S did not finish its first call within 85 s:
+# results/s19/call4_*.) Tracing the general path showed Inductor the GEMMs, two conv ops and the
 # scan op, and it added its own kernels around them (results/s17/call5_bench_compile.json: merged Vim-S compiled
 # at 0.73x of unmerged). Plans here are kept per input and weight signature for the whole process, as a mixer
 # keeps its own.
@@ -191,12 +193,7 @@ def _op_plan(hidden: Tensor, t: MixerTensors, d_state: int, scale: float, norm_k
     return plan
 
 
-def _mixer_fake(hidden, w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b,
-                dt_bias, dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out, d_state, scale):
-    return hidden.new_empty(*hidden.shape[:-1], w_out.shape[0])
-
-
-@inference_op("mixer_inference", _mixer_fake)
+@torch.library.custom_op("rmeeto::mixer_inference", mutates_args=())
 def _mixer_op(hidden: Tensor, w_in: Tensor, b_in: Optional[Tensor], conv_w: Tensor, conv_b: Tensor,
               conv_w_b: Tensor, conv_b_b: Tensor, x_proj: Tensor, x_proj_b: Tensor, dt_proj: Tensor,
               dt_proj_b: Tensor, dt_bias: Tensor, dt_bias_b: Tensor, A_log: Tensor, A_b_log: Tensor, D: Tensor,
@@ -206,13 +203,13 @@ def _mixer_op(hidden: Tensor, w_in: Tensor, b_in: Optional[Tensor], conv_w: Tens
     return _op_plan(hidden, t, d_state, scale)(hidden, t)
 
 
-def _block_fake(hidden, residual, norm_w, eps, w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b,
-                dt_proj, dt_proj_b, dt_bias, dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out, d_state, scale):
-    return (hidden.new_empty(*hidden.shape[:-1], w_out.shape[0]),
-            hidden.new_empty(hidden.shape, dtype=torch.float32))
+@_mixer_op.register_fake
+def _(hidden, w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, dt_bias,
+      dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out, d_state, scale):
+    return hidden.new_empty(*hidden.shape[:-1], w_out.shape[0])
 
 
-@inference_op("block_inference", _block_fake)
+@torch.library.custom_op("rmeeto::block_inference", mutates_args=())
 def _block_op(hidden: Tensor, residual: Optional[Tensor], norm_w: Tensor, eps: float, w_in: Tensor,
               b_in: Optional[Tensor], conv_w: Tensor, conv_b: Tensor, conv_w_b: Tensor, conv_b_b: Tensor,
               x_proj: Tensor, x_proj_b: Tensor, dt_proj: Tensor, dt_proj_b: Tensor, dt_bias: Tensor,
@@ -223,6 +220,13 @@ def _block_op(hidden: Tensor, residual: Optional[Tensor], norm_w: Tensor, eps: f
     plan = _op_plan(hidden, t, d_state, scale, (residual is None, eps))
     ro, y = plan.add_norm(hidden, residual, norm_w, eps)
     return plan(y, t), ro
+
+
+@_block_op.register_fake
+def _(hidden, residual, norm_w, eps, w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj,
+      dt_proj_b, dt_bias, dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out, d_state, scale):
+    return (hidden.new_empty(*hidden.shape[:-1], w_out.shape[0]),
+            hidden.new_empty(hidden.shape, dtype=torch.float32))
 
 
 def mixer_inference(hidden: Tensor, tensors: MixerTensors, d_state: int, scale: float) -> Tensor:

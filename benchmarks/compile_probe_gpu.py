@@ -1,0 +1,64 @@
+"""torch.compile of a 16-bit Vim on the GPU, call by call: seconds of each of the first calls at batch 128
+(compilation, recompiles), then host ms per forward at batch 1 and ms per forward at batch 128.
+
+    PYTHONPATH=src python3 benchmarks/compile_probe_gpu.py [--model vim_small_patch16_224] [--variants merged]
+
+Run it with TORCH_LOGS=recompiles to see why a call recompiled. Used to compare source trees (PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import rmeeto
+from rmeeto.merge import MergeConfig
+
+
+def per_call_ms(fn, x, calls: int) -> float:
+    times = []
+    for _ in range(3):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn(x)
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) / calls * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="vim_small_patch16_224")
+    ap.add_argument("--variants", default="merged")
+    a = ap.parse_args()
+    for variant in a.variants.split(","):
+        m = rmeeto.create_model(a.model).cuda().eval().half()
+        if variant == "merged":
+            rmeeto.apply_merge(m, MergeConfig.paper(a.model))
+        torch._dynamo.reset()
+        c = torch.compile(m)
+        x = torch.randn(128, 3, 224, 224, device="cuda").half()
+        x1 = x[:1].clone()
+        with torch.no_grad():
+            firsts = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                c(x)
+                torch.cuda.synchronize()
+                firsts.append(time.perf_counter() - t0)
+            print(f"{variant}: first calls (s) " + " ".join(f"{t:.2f}" for t in firsts), flush=True)
+            c(x1)
+            host = per_call_ms(c, x1, 10)
+            eager_host = per_call_ms(m, x1, 10)
+            full = per_call_ms(c, x, 10)
+            eager_full = per_call_ms(m, x, 10)
+        print(f"{variant}: batch 1 host ms compiled {host:.2f} / eager {eager_host:.2f}; batch 128 ms compiled "
+              f"{full:.2f} / eager {eager_full:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
