@@ -6,8 +6,9 @@ Modes:
   graph and replayed, which removes the per-kernel launch cost that dominates a 24-layer Vim at moderate batch
   sizes. Possible because the merged forward never synchronises with the host and its shapes are static
   for a given config (``MergeConfig.schedule``).
-* ``"compile"``: ``torch.compile(model)`` in its default mode (Inductor fuses the elementwise work around the
-  scan; the Triton kernels are custom ops it keeps whole). Compilation takes a while on first call.
+* ``"compile"``: ``torch.compile(model)`` in its default mode. The Triton kernels are custom ops it keeps whole;
+  in 16-bit inference a whole block is one (its prepared launches, as eager mode runs them), so Inductor compiles
+  only the embedding and the head. Compilation takes a while on first call.
 * ``"compile+cudagraph"``: both (``torch.compile(model, mode="reduce-overhead")``).
 
 ``compile_backend`` picks the ``torch.compile`` backend of the compile modes (default ``"inductor"``; e.g.
