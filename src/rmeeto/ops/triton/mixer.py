@@ -217,7 +217,8 @@ def _block_op(hidden: Tensor, residual: Optional[Tensor], norm_w: Tensor, eps: f
               b_out: Optional[Tensor], d_state: int, scale: float) -> tuple[Tensor, Tensor]:
     t = MixerTensors(w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, dt_bias,
                      dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out)
-    plan = _op_plan(hidden, t, d_state, scale, (residual is None, eps))
+    # the norm's launcher, made on the plan's first call, holds that call's specialization: key on what sets it
+    plan = _op_plan(hidden, t, d_state, scale, (residual is None, eps, norm_w.data_ptr(), norm_w.dtype))
     ro, y = plan.add_norm(hidden, residual, norm_w, eps)
     return plan(y, t), ro
 
