@@ -190,18 +190,24 @@ def test_no_graph_break_on_the_fused_path_under_the_interpreter():
             if merged:
                 apply_merge(model, MergeConfig(num_merged=2))
             x = torch.randn(2, 3, 8, 8).to(dtype)
-            ops_seen = []
+            ops_seen, graphs = [], []
             def backend(gm, example_inputs):
+                graphs.append(gm)
                 ops_seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
                 return gm
             torch._dynamo.reset()
+            selective_scan._loaded.clear()  # as in a fresh process: filled on the first trace, not before
             with torch.set_grad_enabled(grad):
                 try:  # fullgraph: any graph break raises, naming its reason
-                    got = torch.compile(model, backend=backend, fullgraph=True)(x)
+                    compiled = torch.compile(model, backend=backend, fullgraph=True)
+                    got = compiled(x)
+                    again = compiled(x)  # no second compilation (a guard on a global the trace filled)
                 except Exception as e:
                     bad.append((dtype, grad, merged, "graph break", str(e)[:2000]))
                     continue
                 want = model(x)
+            if len(graphs) != 1 or not torch.equal(again, got):
+                bad.append((dtype, grad, merged, "compiled again on the second call", len(graphs)))
             need = set(whole if dtype == torch.float16 and not grad else general)
             if merged:  # inference merges in one op in any dtype, as eager mode does
                 need |= {"rmeeto.match_plan", "rmeeto.merge_fused"} if grad else {"rmeeto.match_merge_add_norm"}

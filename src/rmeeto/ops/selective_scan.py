@@ -276,7 +276,12 @@ _loaded: dict[str, Optional[ScanFn]] = {}
 
 def _get(name: str) -> Optional[ScanFn]:
     if name not in _loaded:
-        _loaded[name] = BACKENDS[name]()
+        fn = BACKENDS[name]()
+        if torch.compiler.is_compiling():
+            # nothing written while torch.compile traces: dynamo guards on what the trace read of ``_loaded``
+            # (here: ``name`` absent), and the next call, finding it present, would compile the model again
+            return fn
+        _loaded[name] = fn
     return _loaded[name]
 
 

@@ -67,7 +67,10 @@ def is_available() -> bool:
     """True when Triton imports and a CUDA device is present (asked once: the merge asks on every forward)."""
     global _available
     if _available is None:
-        _available = _HAS_TRITON and torch.cuda.is_available()
+        available = _HAS_TRITON and torch.cuda.is_available()
+        if torch.compiler.is_compiling():  # no global written while tracing: its guard would fail on the next call
+            return available
+        _available = available
     return _available
 
 
