@@ -33,6 +33,7 @@ from rmeeto.models.vim import Block, TokenState, VisionMamba, _PlanCache
 from rmeeto.models.vit import ViTConfig
 from rmeeto.ops import policy
 from rmeeto.ops.triton import merge as merge_triton
+from rmeeto.ops.triton.mixer import merging_block_inference
 from rmeeto.shuffle import TokenShuffler
 
 Tensor = torch.Tensor
@@ -474,6 +475,14 @@ class MergingBlock(Block):
                 # matching and merge in two kernel launches (rmeeto.ops.triton.merge)
                 new_cls = plan_cls_index(state.cls_index, L, r, cfg.ordered)
                 if self._folds_norm(hidden, residual, backend):
+                    if (torch.compiler.is_compiling() and metric is hidden and self.export_metric is None
+                            and self.mixer.traces_inference(hidden)):
+                        # traced: the whole merging block one op (the mixer's input, the normed merged tokens,
+                        # has hidden's dtype, device and layout: the mixer's decision on hidden is the same)
+                        hidden, residual, size = merging_block_inference(
+                            hidden, residual, state.size, state.cls_index, r, new_cls, cfg.ordered, self.norm.weight,
+                            self.norm.eps, *self.mixer.plan_args())
+                        return hidden, residual, TokenState(new_cls, size, None, None)
                     # inference: merge, residual add and RMSNorm in one kernel after the plan's two
                     residual, normed, size = merge_triton.match_merge_add_norm(
                         hidden, residual, state.size, metric, state.cls_index, r, new_cls, cfg.ordered,

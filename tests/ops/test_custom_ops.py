@@ -129,7 +129,8 @@ def test_custom_ops_pass_opcheck_under_the_interpreter():
                 # the inference ops torch.compile traces (no autograd: inputs without gradients)
                 w = torch.rand(Cm) + 0.5
                 check("match_merge_add_norm", torch.ops.rmeeto.match_merge_add_norm.default,
-                      (h.detach().half(), res.detach(), size, h.detach().half(), cls, R, new_cls, ordered, w.half(), 1e-5))
+                      (h.detach().half(), res.detach(), size, h.detach().half(), cls, R, new_cls, ordered, w.half(),
+                       1e-5))
 
         from rmeeto.models.vim import BiMambaMixer
         mixer = BiMambaMixer(32, d_state=8).half()
@@ -142,6 +143,11 @@ def test_custom_ops_pass_opcheck_under_the_interpreter():
         for res in (None, torch.randn(2, 5, 32)):
             check("block_inference", torch.ops.rmeeto.block_inference.default,
                   (h, res, (torch.rand(32) + 0.5).half(), 1e-5, *weights, 8, 0.5))
+        h9 = torch.randn(2, 9, 32).half()
+        for size in (None, torch.randint(1, 4, (2, 9, 1)).float()):
+            norm_w = (torch.rand(32) + 0.5).half()  # class token 4 of 9, 3 merged: at 2 after (plan_cls_index)
+            check("merging_block_inference", torch.ops.rmeeto.merging_block_inference.default,
+                  (h9, torch.randn(2, 9, 32), size, 4, 3, 2, True, norm_w, 1e-5, *weights, 8, 0.5))
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """)
@@ -160,8 +166,8 @@ def test_no_graph_break_on_the_fused_path_under_the_interpreter():
     """Every fused op forced on for CPU tensors (kernels run by the interpreter): dynamo must see each Triton
     kernel as one opaque custom op (never trace into the autograd functions or the launchers), merged and
     unmerged, and the traced model must give the eager model's output bit for bit. In 16-bit inference each
-    block is one op (``rmeeto::block_inference``), a merging block two (``rmeeto::match_merge_add_norm``, then
-    ``rmeeto::mixer_inference``), the launches of eager mode's plans; a float32 mixer, or a gradient to compute, traces the general path's ops.
+    block is one op (``rmeeto::block_inference``, a merging block ``rmeeto::merging_block_inference``), the
+    launches of eager mode's plans; a float32 mixer, or a gradient to compute, traces the general path's ops.
     The model is the test Vim cut to 3 layers and 8x8 pixels (5 tokens, 3 after the merge at layer 2): the
     interpreted scan's time grows with the tokens and layers, what dynamo traces does not."""
     _needs_interpreter()
@@ -210,9 +216,11 @@ def test_no_graph_break_on_the_fused_path_under_the_interpreter():
                 bad.append((dtype, grad, merged, "compiled again on the second call", len(graphs)))
             need = set(whole if dtype == torch.float16 and not grad else general)
             if merged:  # inference merges in one op in any dtype, as eager mode does
-                need |= {"rmeeto.match_plan", "rmeeto.merge_fused"} if grad else {"rmeeto.match_merge_add_norm"}
-                if dtype == torch.float16 and not grad:  # a merging block's mixer after the merge's op
-                    need.add("rmeeto.mixer_inference")
+                if grad:
+                    need |= {"rmeeto.match_plan", "rmeeto.merge_fused"}
+                else:  # the merge (+ add + norm) one op in any dtype, with the mixer where the mixer's op serves
+                    need.add("rmeeto.merging_block_inference" if dtype == torch.float16
+                             else "rmeeto.match_merge_add_norm")
             seen = {s.rsplit(".", 1)[0] for s in ops_seen if s.startswith("rmeeto.")}
             if seen != need:
                 bad.append((dtype, grad, merged, "ops in the graph", sorted(seen), sorted(need)))

@@ -314,6 +314,10 @@ class BiMambaMixer(nn.Module):
     def _scale(self) -> float:
         return 0.5 if self.divide_out else 1.0
 
+    def plan_args(self) -> tuple[MixerTensors, int, float]:
+        """(weights, d_state, output scale): what the traced inference ops (:meth:`traces_inference`) take."""
+        return self._plan_tensors(), self.d_state, self._scale()
+
     def traces_inference(self, hidden: Tensor, norm: Optional[RMSNorm] = None, residual: Optional[Tensor] = None
                          ) -> bool:
         """While torch.compile traces: whether this mixer's forward on ``hidden`` (with ``norm``, the block's
@@ -340,7 +344,7 @@ class BiMambaMixer(nn.Module):
             if torch.compiler.is_compiling():
                 # inference traced: one opaque op running the plan's launches, which Inductor cannot better
                 if self.traces_inference(hidden):
-                    return mixer_inference(hidden, self._plan_tensors(), self.d_state, self._scale()), None
+                    return mixer_inference(hidden, *self.plan_args()), None
             else:
                 prepared = self.plan(hidden)
                 if prepared is not None:  # inference: the same launches, less host work (rmeeto.ops.triton.mixer)
@@ -400,7 +404,7 @@ class Block(nn.Module):
             if torch.compiler.is_compiling():
                 if mixer.traces_inference(hidden, self.norm, residual):  # traced: the block as one op
                     hidden, residual = block_inference(hidden, residual, self.norm.weight, self.norm.eps,
-                                                       mixer._plan_tensors(), mixer.d_state, mixer._scale())
+                                                       *mixer.plan_args())
                     return hidden, residual, state._replace(metric=None)
             else:
                 prepared = mixer.plan(hidden, self.norm, residual)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from rmeeto.ops import policy as _policy
 from rmeeto.ops.triton import conv as _conv
+from rmeeto.ops.triton import merge as _merge
 from rmeeto.ops.triton import norm as _norm
 from rmeeto.ops.triton import proj as _proj
 from rmeeto.ops.triton import scan as _scan
@@ -38,7 +39,8 @@ from rmeeto.ops.triton._launch import Launcher
 
 Tensor = torch.Tensor
 
-__all__ = ["MixerTensors", "MixerPlan", "plan_problem", "mixer_inference", "block_inference"]
+__all__ = ["MixerTensors", "MixerPlan", "plan_problem", "mixer_inference", "block_inference",
+           "merging_block_inference"]
 
 
 class MixerTensors(NamedTuple):
@@ -167,14 +169,14 @@ class MixerPlan:
 
 # ------------------------------------------------------------------------------------ under torch.compile
 # Traced by torch.compile, an inference block is one opaque custom op (rmeeto::block_inference: the residual add +
-# norm and the mixer), and a merging block's mixer another (rmeeto::mixer_inference): Inductor then launches the
-# same kernels as eager mode, through a plan; one op per block, not two, as each custom op call costs host time
-# (its dispatch layers: ~25-65 us on this project's CPU proxy). (Plain torch.library.Library definitions dispatch
-# faster, but on the GPU host's PyTorch 2.11 their compiled Vim-S did not finish its first call within 85 s:
-# results/s19/call4_*.) Tracing the general path showed Inductor the GEMMs, two conv ops and the
-# scan op, and it added its own kernels around them (results/s17/call5_bench_compile.json: merged Vim-S compiled
-# at 0.73x of unmerged). Plans here are kept per input and weight signature for the whole process, as a mixer
-# keeps its own.
+# norm and the mixer; a merging block: rmeeto::merging_block_inference, the merge before them): Inductor then
+# launches the same kernels as eager mode, through a plan. One op per block, as each custom op call costs host
+# time (its dispatch layers: ~25-65 us on this project's CPU proxy; ~92 us per call beyond eager's work on the
+# H200 host, results/s19/call4_probe_c1_src.txt). Tracing the general path showed Inductor the GEMMs, two conv
+# ops and the scan op, and it added its own kernels around them (results/s17/call5_bench_compile.json: merged
+# Vim-S compiled at 0.73x of unmerged). (Plain torch.library.Library definitions dispatch faster, but on the GPU
+# host's PyTorch 2.11 their compiled Vim-S did not finish its first call within 85 s: RESULTS.md, session 19.)
+# Plans here are kept per input and weight signature for the whole process, as a mixer keeps its own.
 _OP_PLANS: dict = {}
 _MAX_OP_PLANS = 256  # a 24-layer model at a few batch sizes and merge schedules
 
@@ -230,6 +232,34 @@ def _(hidden, residual, norm_w, eps, w_in, b_in, conv_w, conv_b, conv_w_b, conv_
             hidden.new_empty(hidden.shape, dtype=torch.float32))
 
 
+@torch.library.custom_op("rmeeto::merging_block_inference", mutates_args=())
+def _merging_block_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], cls_index: int, num_merged: int,
+                      new_cls_index: int, ordered: bool, norm_w: Tensor, eps: float, w_in: Tensor,
+                      b_in: Optional[Tensor], conv_w: Tensor, conv_b: Tensor, conv_w_b: Tensor, conv_b_b: Tensor,
+                      x_proj: Tensor, x_proj_b: Tensor, dt_proj: Tensor, dt_proj_b: Tensor, dt_bias: Tensor,
+                      dt_bias_b: Tensor, A_log: Tensor, A_b_log: Tensor, D: Tensor, D_b: Tensor, w_out: Tensor,
+                      b_out: Optional[Tensor], d_state: int, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    batch, L, _ = hidden.shape
+    # a workspace of the call's own (see rmeeto::match_merge_add_norm: Inductor's CUDA graphs)
+    workspace = _merge._workspace(batch, L, num_merged, hidden.device)
+    ro, y, s = _merge._match_merge_add_norm(hidden, residual, size, hidden, cls_index, num_merged, new_cls_index,
+                                            ordered, norm_w, eps, workspace)
+    t = MixerTensors(w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, dt_bias,
+                     dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out)
+    return _op_plan(y, t, d_state, scale)(y, t), ro, s
+
+
+@_merging_block_op.register_fake
+def _(hidden, residual, size, cls_index, num_merged, new_cls_index, ordered, norm_w, eps, w_in, b_in, conv_w, conv_b,
+      conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, dt_bias, dt_bias_b, A_log, A_b_log, D, D_b, w_out,
+      b_out, d_state, scale):
+    batch, L, C = hidden.shape
+    n_out = L - num_merged
+    f32 = dict(dtype=torch.float32)
+    return (hidden.new_empty(batch, n_out, w_out.shape[0]), hidden.new_empty(batch, n_out, C, **f32),
+            hidden.new_empty(batch, n_out, 1, **f32))
+
+
 def mixer_inference(hidden: Tensor, tensors: MixerTensors, d_state: int, scale: float) -> Tensor:
     """A mixer's inference forward as the op ``rmeeto::mixer_inference`` (what torch.compile traces in place of
     the general path): ``MixerPlan(...)(hidden, tensors)``, the same launches and bits as eager mode's plan. For
@@ -243,3 +273,15 @@ def block_inference(hidden: Tensor, residual: Optional[Tensor], norm_w: Tensor, 
     (mixer output, residual_out float32): :meth:`MixerPlan.add_norm` then the plan, as eager mode runs them.
     For what :func:`mixer_inference` takes, hidden contiguous, residual float32 contiguous or None."""
     return _block_op(hidden, residual, norm_w, float(eps), *tensors, int(d_state), float(scale))
+
+
+def merging_block_inference(hidden: Tensor, residual: Tensor, size: Optional[Tensor], cls_index: int,
+                            num_merged: int, new_cls_index: int, ordered: bool, norm_w: Tensor, eps: float,
+                            tensors: MixerTensors, d_state: int, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """A merging block in inference as the op ``rmeeto::merging_block_inference`` -> (mixer output, residual_out
+    float32, new sizes float32 [batch, L - r, 1]): the merge of both streams with ``hidden`` as the metric
+    (cosine, best partner), the residual add and RMSNorm
+    (:func:`rmeeto.ops.triton.merge.match_merge_add_norm`), then the mixer's plan, the launches eager mode runs.
+    ``residual`` float32; for mixer inputs :func:`plan_problem` accepts; no gradient to flow."""
+    return _merging_block_op(hidden, residual, size, int(cls_index), int(num_merged), int(new_cls_index),
+                             bool(ordered), norm_w, float(eps), *tensors, int(d_state), float(scale))
