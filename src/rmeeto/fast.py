@@ -7,7 +7,7 @@ Modes:
   sizes. Possible because the merged forward never synchronises with the host and its shapes are static
   for a given config (``MergeConfig.schedule``).
 * ``"compile"``: ``torch.compile(model)`` in its default mode. The Triton kernels are custom ops it keeps whole;
-  in 16-bit inference a whole block is one (its prepared launches, as eager mode runs them), so Inductor compiles
+  in 16-bit inference a whole block, merging or not, is one (its prepared launches, as eager mode runs them), so Inductor compiles
   only the embedding and the head. Compilation takes a while on first call.
 * ``"compile+cudagraph"``: both (``torch.compile(model, mode="reduce-overhead")``).
 
