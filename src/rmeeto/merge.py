@@ -29,11 +29,11 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import torch
 
 from rmeeto.models import get_config
-from rmeeto.models.vim import Block, TokenState, VisionMamba, _PlanCache
+from rmeeto.models.vim import Block, TokenState, VisionMamba
 from rmeeto.models.vit import ViTConfig
 from rmeeto.ops import policy
 from rmeeto.ops.triton import merge as merge_triton
-from rmeeto.ops.triton.mixer import merging_block_inference
+from rmeeto.ops.triton.mixer import PlanCache, merging_block_inference
 from rmeeto.shuffle import TokenShuffler
 
 Tensor = torch.Tensor
@@ -410,7 +410,8 @@ class MergingBlock(Block):
         """Whether the fused merge also does this block's residual add + RMSNorm (one kernel): inference (no
         gradient, no drop path), a float32 residual, the norm kernel and the switch ``merge_norm`` on for
         ``backend`` (rmeeto.ops.policy.op_backend of this block's scan). Traced by torch.compile, the step is
-        then one opaque op (``rmeeto::match_merge_add_norm``)."""
+        then one opaque op: with the mixer after it (``rmeeto::merging_block_inference``) where the mixer's
+        inference op serves, else alone (``rmeeto::match_merge_add_norm``)."""
         if self.drop_path.drop_prob > 0 or not self.residual_in_fp32:
             return False
         if torch.is_grad_enabled() and (hidden.requires_grad or residual.requires_grad
@@ -438,7 +439,7 @@ class MergingBlock(Block):
                cfg, self.training, policy.generation(), self.mixer.scan_backend, w.data_ptr(), w.dtype, self.norm.eps)
         plans = self.__dict__.get("_merge_plans")
         if plans is None:
-            plans = self.__dict__["_merge_plans"] = _PlanCache()
+            plans = self.__dict__["_merge_plans"] = PlanCache()
         if key in plans:
             return plans[key]
         plan = None

@@ -17,7 +17,6 @@ Token merging (``rmeeto.merge``) swaps in a block subclass; it never renames a p
 from __future__ import annotations
 
 import math
-import operator
 import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
@@ -37,7 +36,8 @@ from rmeeto.ops.proj import fused_applies as proj_fused_applies
 from rmeeto.ops.proj import fused_scan_inputs
 from rmeeto.ops.proj import kernel_fits as proj_kernel_fits
 from rmeeto.ops.selective_scan import resolve_backend, selective_scan, selective_scan_bidir, sum_directions
-from rmeeto.ops.triton.mixer import MixerPlan, MixerTensors, block_inference, mixer_inference, plan_problem
+from rmeeto.ops.triton.mixer import (MixerPlan, MixerTensors, PlanCache, block_inference, mixer_inference,
+                                     plan_problem, weights_key)
 
 Tensor = torch.Tensor
 
@@ -50,33 +50,8 @@ __all__ = [
 # inference path skips the calls of in_proj / out_proj, so it stands aside while any is installed
 _GLOBAL_HOOKS = tuple(getattr(nn.modules.module, name, {}) for name in (
     "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
-_MAX_PLANS = 16  # per mixer: one per input shape (merged layers, batch sizes), more when weights moved
-
-
-class _PlanCache(dict):
-    """A mixer's (or a merging block's) prepared inference paths by input signature, at most ``_MAX_PLANS``.
-    Copies and pickles of the module start empty (the plans hold compiled kernels, and are remade on first use)."""
-
-    def put(self, key, plan):
-        """Keep ``plan`` (None too: "the general path") for ``key``, dropping every kept one when full."""
-        if len(self) >= _MAX_PLANS:
-            self.clear()
-        self[key] = plan
-        return plan
-
-    def __deepcopy__(self, memo):
-        return _PlanCache()
-
-    def __copy__(self):
-        return _PlanCache()
-
-    def __reduce__(self):
-        return (_PlanCache, ())
-
-
-# a plan's key holds its weights' addresses and dtypes (a weight moved or cast: a new plan), read in C
-_DATA_PTR = torch.Tensor.data_ptr
-_DTYPE = operator.attrgetter("dtype")
+# (kept under this name: models pickled by earlier releases hold rmeeto.models.vim._PlanCache)
+_PlanCache = PlanCache
 
 
 def _norm_fits(hidden: Tensor, residual: Optional[Tensor], norm: "RMSNorm", scan_backend: str) -> bool:
@@ -166,7 +141,7 @@ class BiMambaMixer(nn.Module):
         self.dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
         self.divide_out = divide_out
         self.scan_backend = scan_backend
-        self._plans = _PlanCache()  # see plan()
+        self._plans = PlanCache()  # see plan()
         di, r, n = self.d_inner, self.dt_rank, d_state
 
         self.in_proj = nn.Linear(d_model, 2 * di, bias=False, **kw)
@@ -266,16 +241,15 @@ class BiMambaMixer(nn.Module):
         if torch.compiler.is_compiling() or not self._inference_only(hidden):
             return None
         tensors = self._plan_tensors()
-        present = [t for t in tensors if t is not None]  # (Vim's in_proj / out_proj have no bias)
         key = (hidden.shape, hidden.stride(), hidden.dtype, hidden.device, policy.generation(), self.scan_backend,
-               self.divide_out, len(present), tuple(map(_DATA_PTR, present)), tuple(map(_DTYPE, present)))
+               self.divide_out, weights_key(tensors))  # (Vim's in_proj / out_proj have no bias)
         if norm is not None:
             w = norm._parameters["weight"]
             key += (None if residual is None else (residual.shape, residual.stride(), residual.dtype),
                     w.data_ptr(), w.dtype, norm.eps)
         plans = self.__dict__.get("_plans")
         if plans is None:  # (a mixer unpickled from an older release has none)
-            plans = self.__dict__["_plans"] = _PlanCache()
+            plans = self.__dict__["_plans"] = PlanCache()
         if key in plans:
             plan = plans[key]
         else:

@@ -1043,24 +1043,27 @@ def match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor
 
 def _match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
                           num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor, eps: float,
-                          workspace: tuple):
+                          workspace: Optional[tuple] = None):
+    """:func:`match_merge_add_norm`'s launches, the plan lists in ``workspace``, or without one in a workspace of
+    the call's own: what the traced ops take (``rmeeto::match_merge_add_norm``,
+    ``rmeeto::merging_block_inference``), since under Inductor's CUDA graphs ("reduce-overhead") even the warm-up
+    runs allocate from the graph's pool, which must hold no tensor that outlives a run but its outputs."""
+    if workspace is None:
+        workspace = _workspace(metric.shape[0], metric.shape[1], num_merged, metric.device)
     _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace)
     nxt, kslot = workspace[8], workspace[9]
     return _merge_norm_fwd(hidden, residual, size, kslot, nxt, hidden.shape[1] - num_merged, weight, eps)
 
 
 # torch.compile traces an inference merging step as this one op: the same two launches as eager mode (where
-# tracing the general path gives the matching op, the merge op and the norm op, with Inductor's kernels between).
-# Its plan lists go to a workspace of the call's own, never a kept one: under Inductor's CUDA graphs
-# ("reduce-overhead") even the warm-up runs allocate from the graph's pool, which must hold no tensor that
-# outlives a run but its outputs.
+# tracing the general path gives the matching op, the merge op and the norm op, with Inductor's kernels between),
+# its plan lists in a workspace of the call's own, never a kept one (see _match_merge_add_norm)
 @torch.library.custom_op("rmeeto::match_merge_add_norm", mutates_args=())
 def _match_merge_add_norm_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor,
                              cls_index: int, num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor,
                              eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    batch, L, _ = metric.shape
     return _match_merge_add_norm(hidden, residual, size, metric, cls_index, num_merged, new_cls_index, ordered,
-                                 weight, eps, _workspace(batch, L, num_merged, metric.device))
+                                 weight, eps)
 
 
 @_match_merge_add_norm_op.register_fake

@@ -24,6 +24,7 @@ them.
 
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple, Optional
 
 import torch
@@ -39,8 +40,8 @@ from rmeeto.ops.triton._launch import Launcher
 
 Tensor = torch.Tensor
 
-__all__ = ["MixerTensors", "MixerPlan", "plan_problem", "mixer_inference", "block_inference",
-           "merging_block_inference"]
+__all__ = ["MixerTensors", "MixerPlan", "PlanCache", "plan_problem", "weights_key", "mixer_inference",
+           "block_inference", "merging_block_inference"]
 
 
 class MixerTensors(NamedTuple):
@@ -64,6 +65,47 @@ class MixerTensors(NamedTuple):
     D_b: Tensor
     w_out: Tensor
     b_out: Optional[Tensor]
+
+
+class PlanCache(dict):
+    """Prepared inference paths by input signature, at most ``limit`` (then every kept one is dropped): a mixer's
+    or a merging block's (16: one per input shape, merged layers and batch sizes, more when weights moved), or the
+    process's for the traced inference ops. Copies and pickles start empty (the plans hold compiled kernels, and
+    are remade on first use)."""
+
+    def __init__(self, limit: int = 16):
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key, plan):
+        """Keep ``plan`` (None too: "the general path") for ``key``, dropping every kept one when full."""
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = plan
+        return plan
+
+    def __deepcopy__(self, memo):
+        return PlanCache(self.limit)
+
+    def __copy__(self):
+        return PlanCache(self.limit)
+
+    def __reduce__(self):
+        return (PlanCache, (self.limit,))
+
+
+# a plan's key holds its weights' addresses and dtypes (a weight moved or cast: a new plan), read in C
+_DATA_PTR = torch.Tensor.data_ptr
+_DTYPE = operator.attrgetter("dtype")
+_STRIDE = torch.Tensor.stride
+
+
+def weights_key(tensors, strides: bool = False) -> tuple:
+    """What a plan's cache key holds of its weights (a :class:`MixerTensors`, None for a missing bias): how many
+    are present, their addresses and dtypes, and with ``strides`` their strides."""
+    present = [t for t in tensors if t is not None]
+    key = (len(present), tuple(map(_DATA_PTR, present)), tuple(map(_DTYPE, present)))
+    return key + (tuple(map(_STRIDE, present)),) if strides else key
 
 
 def _same_layout(a: Tensor, b: Tensor) -> bool:
@@ -177,21 +219,18 @@ class MixerPlan:
 # Vim-S compiled at 0.73x of unmerged). (Plain torch.library.Library definitions dispatch faster, but on the GPU
 # host's PyTorch 2.11 their compiled Vim-S did not finish its first call within 85 s: RESULTS.md, session 19.)
 # Plans here are kept per input and weight signature for the whole process, as a mixer keeps its own.
-_OP_PLANS: dict = {}
-_MAX_OP_PLANS = 256  # a 24-layer model at a few batch sizes and merge schedules
+_OP_PLANS = PlanCache(256)  # a 24-layer model at a few batch sizes and merge schedules
 
 
 def _op_plan(hidden: Tensor, t: MixerTensors, d_state: int, scale: float, norm_key=None) -> MixerPlan:
     key = (hidden.shape, hidden.stride(), hidden.dtype, hidden.device, _policy.generation(), d_state, scale,
-           norm_key, tuple(None if w is None else (w.data_ptr(), w.dtype, w.stride()) for w in t))
+           norm_key, weights_key(t, strides=True))
     plan = _OP_PLANS.get(key)
     if plan is None:
         problem = plan_problem(hidden, t, d_state)
         if problem is not None:  # the tracer checked it (rmeeto.models.vim): only a direct caller gets here
             raise ValueError(f"rmeeto::mixer_inference cannot run these inputs: {problem}")
-        if len(_OP_PLANS) >= _MAX_OP_PLANS:
-            _OP_PLANS.clear()
-        plan = _OP_PLANS[key] = MixerPlan(t.dt_proj.shape[0], t.dt_proj.shape[1], d_state, scale)
+        plan = _OP_PLANS.put(key, MixerPlan(t.dt_proj.shape[0], t.dt_proj.shape[1], d_state, scale))
     return plan
 
 
@@ -239,11 +278,9 @@ def _merging_block_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], 
                       x_proj: Tensor, x_proj_b: Tensor, dt_proj: Tensor, dt_proj_b: Tensor, dt_bias: Tensor,
                       dt_bias_b: Tensor, A_log: Tensor, A_b_log: Tensor, D: Tensor, D_b: Tensor, w_out: Tensor,
                       b_out: Optional[Tensor], d_state: int, scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    batch, L, _ = hidden.shape
-    # a workspace of the call's own (see rmeeto::match_merge_add_norm: Inductor's CUDA graphs)
-    workspace = _merge._workspace(batch, L, num_merged, hidden.device)
+    # (no workspace given: one of the call's own, as Inductor's CUDA graphs need)
     ro, y, s = _merge._match_merge_add_norm(hidden, residual, size, hidden, cls_index, num_merged, new_cls_index,
-                                            ordered, norm_w, eps, workspace)
+                                            ordered, norm_w, eps)
     t = MixerTensors(w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, dt_bias,
                      dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out)
     return _op_plan(y, t, d_state, scale)(y, t), ro, s
