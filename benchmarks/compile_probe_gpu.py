@@ -9,7 +9,6 @@ Run it with TORCH_LOGS=recompiles to see why a call recompiled. Used to compare 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -17,17 +16,7 @@ import torch
 import rmeeto
 from rmeeto.merge import MergeConfig
 
-
-def per_call_ms(fn, x, calls: int) -> float:
-    times = []
-    for _ in range(3):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn(x)
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) / calls * 1e3)
-    return statistics.median(times)
+from host_profile_gpu import host_ms  # (benchmarks/ is on the path when run as a script)
 
 
 def main():
@@ -52,10 +41,10 @@ def main():
                 firsts.append(time.perf_counter() - t0)
             print(f"{variant}: first calls (s) " + " ".join(f"{t:.2f}" for t in firsts), flush=True)
             c(x1)
-            host = per_call_ms(c, x1, 10)
-            eager_host = per_call_ms(m, x1, 10)
-            full = per_call_ms(c, x, 10)
-            eager_full = per_call_ms(m, x, 10)
+            host = host_ms(c, x1, 10, rounds=3)
+            eager_host = host_ms(m, x1, 10, rounds=3)
+            full = host_ms(c, x, 10, rounds=3)
+            eager_full = host_ms(m, x, 10, rounds=3)
         print(f"{variant}: batch 1 host ms compiled {host:.2f} / eager {eager_host:.2f}; batch 128 ms compiled "
               f"{full:.2f} / eager {eager_full:.2f}", flush=True)
 

@@ -24,9 +24,10 @@ import rmeeto
 from rmeeto.merge import MergeConfig
 
 
-def host_ms(model, x, calls: int) -> float:
+def host_ms(model, x, calls: int, rounds: int = 5) -> float:
+    """Median over ``rounds`` of the ms per call of ``calls`` calls ``model(x)``, the GPU synchronised around."""
     times = []
-    for _ in range(5):
+    for _ in range(rounds):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(calls):
