@@ -213,11 +213,12 @@ class MixerPlan:
 # Traced by torch.compile, an inference block is one opaque custom op (rmeeto::block_inference: the residual add +
 # norm and the mixer; a merging block: rmeeto::merging_block_inference, the merge before them): Inductor then
 # launches the same kernels as eager mode, through a plan. One op per block, as each custom op call costs host
-# time (its dispatch layers: ~25-65 us on this project's CPU proxy; ~92 us per call beyond eager's work on the
-# H200 host, results/s19/call4_probe_c1_src.txt). Tracing the general path showed Inductor the GEMMs, two conv
-# ops and the scan op, and it added its own kernels around them (results/s17/call5_bench_compile.json: merged
-# Vim-S compiled at 0.73x of unmerged). (Plain torch.library.Library definitions dispatch faster, but on the GPU
-# host's PyTorch 2.11 their compiled Vim-S did not finish its first call within 85 s: RESULTS.md, session 19.)
+# time (its dispatch layers: 20-65 us on this project's CPU proxy, benchmarks/compile_host_proxy_cpu.py; ~92 us
+# per call beyond eager's work on the H200 host, results/s19/call3_probe_c1_src.txt). Tracing the general path
+# showed Inductor the GEMMs, two conv ops and the scan op, and it added its own kernels around them
+# (results/s17/call5_bench_compile.json: merged Vim-S compiled at 0.73x of unmerged). (Plain torch.library.Library
+# definitions dispatch faster, but on the GPU host's PyTorch 2.11 their compiled Vim-S did not finish its first
+# call within 85 s: RESULTS.md, session 19.)
 # Plans here are kept per input and weight signature for the whole process, as a mixer keeps its own.
 _OP_PLANS = PlanCache(256)  # a 24-layer model at a few batch sizes and merge schedules
 
