@@ -230,3 +230,45 @@ def test_no_graph_break_on_the_fused_path_under_the_interpreter():
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """)
+
+
+# ------------------------------------------------------------------------- Inductor fallbacks, registered
+def test_every_custom_op_is_registered_with_inductor_before_it_lowers():
+    """Every ``rmeeto::`` op is in Inductor's lowering table once Inductor is imported (rmeeto.ops.triton._inductor:
+    PyTorch 2.11's implicit-fallback path built a string doubling per block, and a 24-block Vim did not compile),
+    with the layout constraint the implicit path would choose from the op's tags; and an op defined after Inductor's
+    import is registered at once. Found by the dispatcher's op names, so a new op without ``@lower_as_fallback``
+    fails here. In a fresh process: the hook is what runs when rmeeto comes first."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    code = (
+        "import sys, torch\n"
+        "import rmeeto.ops.triton.mixer\n"  # defines every op (mixer imports conv, merge, norm, proj, scan)
+        "assert 'torch._inductor.lowering' not in sys.modules\n"
+        "from torch._inductor import lowering\n"  # the hook registers here
+        "from torch._library.utils import get_layout_constraint_tag\n"
+        "from rmeeto.ops.triton._inductor import lower_as_fallback, registered\n"
+        "names = sorted(n.split('::')[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith('rmeeto::'))\n"
+        "missing = [n for n in names if not registered(getattr(torch.ops.rmeeto, n).default)]\n"
+        "assert len(names) >= 14 and not missing, (names, missing)\n"
+        "op = torch.ops.rmeeto.block_inference.default\n"
+        "want = lowering.tag_to_layout_constraint(get_layout_constraint_tag(op, with_default=True))\n"
+        "assert lowering.maybe_layout_constraints(op) is want, (lowering.maybe_layout_constraints(op), want)\n"
+        "@lower_as_fallback\n"
+        "@torch.library.custom_op('rmeeto_test::late', mutates_args=())\n"
+        "def late(x: torch.Tensor) -> torch.Tensor:\n"
+        "    return x + 1\n"
+        "@torch.library.custom_op('rmeeto_test::plain', mutates_args=())\n"
+        "def plain(x: torch.Tensor) -> torch.Tensor:\n"
+        "    return x + 1\n"
+        "assert registered(late) and not registered(plain)\n"
+        "print('ok', len(names))\n"
+    )
+    src = Path(__file__).resolve().parents[2] / "src"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(src)})
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-2000:]

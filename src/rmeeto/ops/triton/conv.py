@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rmeeto.ops.triton._inductor import lower_as_fallback
 from rmeeto.ops.triton._launch import cdiv, launch
 
 Tensor = torch.Tensor
@@ -432,6 +433,7 @@ def _conv_silu_bwd_torch(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor, 
 
 
 # --------------------------------------------------------------------------------------- custom ops
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::conv_silu", mutates_args=())
 def _conv_silu_op(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool) -> Tensor:
     return _conv_silu_triton_fwd(x, weight, bias, reverse)
@@ -442,6 +444,7 @@ def _(x, weight, bias, reverse):
     return torch.empty(x.shape, device=x.device, dtype=x.dtype)
 
 
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::conv_silu_bwd", mutates_args=())
 def _conv_silu_bwd_op(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor,
                       reverse: bool) -> tuple[Tensor, Tensor, Tensor]:

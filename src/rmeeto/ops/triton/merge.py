@@ -40,6 +40,7 @@ from typing import Optional
 import torch
 
 from rmeeto.ops.triton import norm as norm_triton
+from rmeeto.ops.triton._inductor import lower_as_fallback
 from rmeeto.ops.triton._launch import Launcher, cdiv, launch, next_pow2
 
 Tensor = torch.Tensor
@@ -713,6 +714,7 @@ class _FusedMerge(torch.autograd.Function):
         return _merge_bwd(d_h, d_r, size, dest, s_out, *ctx.dtypes) + (None, None, None, None, None)
 
 
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::merge_fused", mutates_args=())
 def _merge_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], dest: Tensor, base: Tensor, head: Tensor,
               nxt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -947,6 +949,7 @@ def _partner_meta(metric: Tensor, tile_a: int, tile_b: int, step_c: int) -> dict
                 NORM_C=max(16, min(32, c2)))
 
 
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::match_plan", mutates_args=())
 def _match_plan_op(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int,
                    ordered: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -1058,6 +1061,7 @@ def _match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tenso
 # torch.compile traces an inference merging step as this one op: the same two launches as eager mode (where
 # tracing the general path gives the matching op, the merge op and the norm op, with Inductor's kernels between),
 # its plan lists in a workspace of the call's own, never a kept one (see _match_merge_add_norm)
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::match_merge_add_norm", mutates_args=())
 def _match_merge_add_norm_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor,
                              cls_index: int, num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor,

@@ -36,6 +36,7 @@ from rmeeto.ops.triton import merge as _merge
 from rmeeto.ops.triton import norm as _norm
 from rmeeto.ops.triton import proj as _proj
 from rmeeto.ops.triton import scan as _scan
+from rmeeto.ops.triton._inductor import lower_as_fallback
 from rmeeto.ops.triton._launch import Launcher
 
 Tensor = torch.Tensor
@@ -235,6 +236,7 @@ def _op_plan(hidden: Tensor, t: MixerTensors, d_state: int, scale: float, norm_k
     return plan
 
 
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::mixer_inference", mutates_args=())
 def _mixer_op(hidden: Tensor, w_in: Tensor, b_in: Optional[Tensor], conv_w: Tensor, conv_b: Tensor,
               conv_w_b: Tensor, conv_b_b: Tensor, x_proj: Tensor, x_proj_b: Tensor, dt_proj: Tensor,
@@ -251,6 +253,7 @@ def _(hidden, w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, 
     return hidden.new_empty(*hidden.shape[:-1], w_out.shape[0])
 
 
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::block_inference", mutates_args=())
 def _block_op(hidden: Tensor, residual: Optional[Tensor], norm_w: Tensor, eps: float, w_in: Tensor,
               b_in: Optional[Tensor], conv_w: Tensor, conv_b: Tensor, conv_w_b: Tensor, conv_b_b: Tensor,
@@ -272,6 +275,7 @@ def _(hidden, residual, norm_w, eps, w_in, b_in, conv_w, conv_b, conv_w_b, conv_
             hidden.new_empty(hidden.shape, dtype=torch.float32))
 
 
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::merging_block_inference", mutates_args=())
 def _merging_block_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], cls_index: int, num_merged: int,
                       new_cls_index: int, ordered: bool, norm_w: Tensor, eps: float, w_in: Tensor,

@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from rmeeto.ops.triton._inductor import lower_as_fallback
 from rmeeto.ops.triton._launch import launch, next_pow2
 
 Tensor = torch.Tensor
@@ -159,6 +160,7 @@ def _norm_bwd(d_ro: Optional[Tensor], d_y: Optional[Tensor], ro: Tensor, rstd: T
 
 
 # --------------------------------------------------------------------------------------- custom ops
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::add_rms_norm", mutates_args=())
 def _add_rms_norm_op(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, scale: Optional[Tensor],
                      eps: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -174,6 +176,7 @@ def _(hidden, residual, weight, scale, eps):
             hidden.new_empty(n, dtype=torch.float32))
 
 
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::add_rms_norm_bwd", mutates_args=())
 def _add_rms_norm_bwd_op(d_ro: Optional[Tensor], d_y: Optional[Tensor], ro: Tensor, rstd: Tensor, weight: Tensor,
                          scale: Optional[Tensor], has_res: bool,

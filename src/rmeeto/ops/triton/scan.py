@@ -47,6 +47,7 @@ from typing import Optional
 import torch
 
 from rmeeto.ops import policy
+from rmeeto.ops.triton._inductor import lower_as_fallback
 from rmeeto.ops.triton._launch import cdiv, launch, next_pow2
 from rmeeto.ops._checks import check_scan_shapes
 
@@ -817,6 +818,7 @@ def _bwd_classic(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reve
 
 
 # --------------------------------------------------------------------------------------- custom ops
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::selective_scan", mutates_args=())
 def _selective_scan_op(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
@@ -830,6 +832,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log):
     return _like_layout(u, u.dtype)
 
 
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::selective_scan_bwd", mutates_args=())
 def _selective_scan_bwd_op(
     dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
@@ -1168,6 +1171,7 @@ def _bwd_bidir_classic(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f
     return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::selective_scan_bidir", mutates_args=())
 def _selective_scan_bidir_op(
     u_f: Tensor, u_b: Tensor, delta_f: Tensor, delta_b: Tensor, A_f: Tensor, A_b: Tensor, B_f: Tensor,
@@ -1184,6 +1188,7 @@ def _(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bia
     return _like_layout2(u_f, u_f.dtype)
 
 
+@lower_as_fallback
 @torch.library.custom_op("rmeeto::selective_scan_bidir_bwd", mutates_args=())
 def _selective_scan_bidir_bwd_op(
     dout: Tensor, u_f: Tensor, u_b: Tensor, delta_f: Tensor, delta_b: Tensor, A_f: Tensor, A_b: Tensor,
