@@ -1095,16 +1095,13 @@ class MergeNormPlan:
         self.match = self.merge = None
         self.strides = None
 
-    def __call__(self, hidden: Tensor, residual: Tensor, size: Optional[Tensor], weight: Tensor,
-                 fresh_workspace: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """-> (residual_out [batch, L - r, C] float32, normed in hidden's dtype, size [batch, L - r, 1] float32).
-        ``fresh_workspace``: the plan lists in a workspace of the call's own, not the kept one (the traced op
-        ``rmeeto::merging_block_inference``: see :func:`_match_merge_add_norm`)."""
+    def __call__(self, hidden: Tensor, residual: Tensor, size: Optional[Tensor], weight: Tensor
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (residual_out [batch, L - r, C] float32, normed in hidden's dtype, size [batch, L - r, 1] float32)."""
         batch, L, C = hidden.shape
         R = self.num_merged
         dev = hidden.device
-        ws = _workspace(batch, L, R, dev) if fresh_workspace else _inference_workspace(batch, L, R, dev)
-        dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = ws
+        dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = _inference_workspace(batch, L, R, dev)
         if self.match is None:
             grid, tail, meta = match_spec(hidden, self.cls_index, R, self.new_cls_index, self.ordered)
             self.match = Launcher(_match_kernel, grid, dev, tail, meta)

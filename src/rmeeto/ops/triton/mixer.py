@@ -236,24 +236,6 @@ def _op_plan(hidden: Tensor, t: MixerTensors, d_state: int, scale: float, norm_k
     return plan
 
 
-def _op_merge_plan(hidden: Tensor, residual: Tensor, size: Optional[Tensor], cls_index: int, num_merged: int,
-                   new_cls_index: int, ordered: bool, norm_w: Tensor, eps: float) -> Optional[_merge.MergeNormPlan]:
-    """The merging step's prepared launches (:class:`rmeeto.ops.triton.merge.MergeNormPlan`) for a traced merging
-    block, kept per signature as :meth:`rmeeto.merge.MergingBlock._prepared_merge` keeps eager mode's, or None
-    where the plan's layout conditions fail (then the op launches through :func:`match_merge_add_norm`'s path)."""
-    key = ("merge", hidden.shape, hidden.stride(), hidden.dtype, hidden.device, residual.shape, residual.stride(),
-           residual.dtype, None if size is None else (size.shape, size.stride(), size.dtype), cls_index, num_merged,
-           new_cls_index, ordered, norm_w.data_ptr(), norm_w.dtype, eps, _policy.generation())
-    if key in _OP_PLANS:
-        return _OP_PLANS[key]
-    plan = None
-    if (hidden.stride(2) == 1 and residual.stride(2) == 1 and residual.dtype == torch.float32
-            and (size is None or (size.dtype == torch.float32 and size.is_contiguous()))
-            and _merge.match_spec(hidden, cls_index, num_merged, new_cls_index, ordered) is not None):
-        plan = _merge.MergeNormPlan(num_merged, cls_index, new_cls_index, ordered, eps)
-    return _OP_PLANS.put(key, plan)
-
-
 @lower_as_fallback
 @torch.library.custom_op("rmeeto::mixer_inference", mutates_args=())
 def _mixer_op(hidden: Tensor, w_in: Tensor, b_in: Optional[Tensor], conv_w: Tensor, conv_b: Tensor,
@@ -301,12 +283,9 @@ def _merging_block_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], 
                       x_proj: Tensor, x_proj_b: Tensor, dt_proj: Tensor, dt_proj_b: Tensor, dt_bias: Tensor,
                       dt_bias_b: Tensor, A_log: Tensor, A_b_log: Tensor, D: Tensor, D_b: Tensor, w_out: Tensor,
                       b_out: Optional[Tensor], d_state: int, scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    plan = _op_merge_plan(hidden, residual, size, cls_index, num_merged, new_cls_index, ordered, norm_w, eps)
-    if plan is not None:  # its two launches prepared, as eager mode's; the lists in a workspace of the call's own
-        ro, y, s = plan(hidden, residual, size, norm_w, fresh_workspace=True)
-    else:  # (no workspace given: one of the call's own, as Inductor's CUDA graphs need)
-        ro, y, s = _merge._match_merge_add_norm(hidden, residual, size, hidden, cls_index, num_merged,
-                                                new_cls_index, ordered, norm_w, eps)
+    # (no workspace given: one of the call's own, as Inductor's CUDA graphs need)
+    ro, y, s = _merge._match_merge_add_norm(hidden, residual, size, hidden, cls_index, num_merged, new_cls_index,
+                                            ordered, norm_w, eps)
     t = MixerTensors(w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, dt_bias,
                      dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out)
     return _op_plan(y, t, d_state, scale)(y, t), ro, s
