@@ -275,13 +275,13 @@ _loaded: dict[str, Optional[ScanFn]] = {}
 
 
 def _get(name: str) -> Optional[ScanFn]:
+    if torch.compiler.is_compiling():
+        # the cache neither read nor written while torch.compile traces: dynamo guards on what a trace reads of
+        # ``_loaded``, and once it changed (filled by this trace or by any eager call after it) the next call
+        # would compile the model again
+        return BACKENDS[name]()
     if name not in _loaded:
-        fn = BACKENDS[name]()
-        if torch.compiler.is_compiling():
-            # nothing written while torch.compile traces: dynamo guards on what the trace read of ``_loaded``
-            # (here: ``name`` absent), and the next call, finding it present, would compile the model again
-            return fn
-        _loaded[name] = fn
+        _loaded[name] = BACKENDS[name]()
     return _loaded[name]
 
 

@@ -67,11 +67,10 @@ _available: Optional[bool] = None
 def is_available() -> bool:
     """True when Triton imports and a CUDA device is present (asked once: the merge asks on every forward)."""
     global _available
+    if torch.compiler.is_compiling():  # the global neither read nor written while tracing (see selective_scan._get)
+        return _HAS_TRITON and torch.cuda.is_available()
     if _available is None:
-        available = _HAS_TRITON and torch.cuda.is_available()
-        if torch.compiler.is_compiling():  # no global written while tracing: its guard would fail on the next call
-            return available
-        _available = available
+        _available = _HAS_TRITON and torch.cuda.is_available()
     return _available
 
 
