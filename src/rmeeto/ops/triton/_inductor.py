@@ -1,12 +1,12 @@
 """rmeeto's custom ops registered with Inductor as fallbacks before it lowers a graph: ``@lower_as_fallback``.
 
 Inductor has no lowering for a custom op; on first meeting one it registers an *implicit fallback* (the compiled
-code calls the op). Before registering, PyTorch up to 2.13 formats a log line holding ``str()`` of every argument,
-whether or not INFO logging is on, and ``str()`` of an IR node prints its inputs' nodes, recursively. A block op
-takes two outputs of the block before it (hidden states and residual), so that string doubles per block: compiling
-a 24-block Vim did not finish in 150 s on PyTorch 2.11 (session 20, RESULTS.md), where 2.14 (which formats it
-lazily) takes seconds. Registered here first, the op goes the same way (:func:`make_fallback`, with the layout
-constraint the implicit path would give it, from the op's tags) and the line is never built.
+code calls the op). Before registering, PyTorch 2.11 formats a log line holding ``str()`` of every argument,
+whether or not INFO logging is on (2.14 formats it only when logged), and ``str()`` of an IR node prints its
+inputs' nodes, recursively. A block op takes two outputs of the block before it (hidden states and residual), so
+that string doubles per block: compiling a 24-block Vim did not finish in 150 s on PyTorch 2.11 (session 20,
+RESULTS.md), where 2.14 takes seconds. Registered here first, the op goes the same way (:func:`make_fallback`,
+with the layout constraint the implicit path would give it, from the op's tags) and the line is never built.
 
 Registration waits for ``torch._inductor.lowering`` to be imported (importing Inductor costs seconds, and eager
 users never need it); a failure (an Inductor API that moved) leaves the op to the implicit path, as before.
