@@ -64,8 +64,9 @@ def _run(callbacks: list[Callable[[], None]]) -> None:
 
 
 def after_import(name: str, callback: Callable[[], None]) -> None:
-    """Call ``callback()`` once the module ``name`` (a package's submodule too) is imported: now if it already is, else right after
-    its first import has run (a one-shot hook in ``sys.meta_path``). Exceptions from the callback are dropped."""
+    """Call ``callback()`` once the module ``name`` (a package's submodule too) is imported: now if it already is,
+    else right after its first import has run (a one-shot hook in ``sys.meta_path``). Exceptions from the callback
+    are dropped."""
     if name in sys.modules:
         _run([callback])
         return
