@@ -170,8 +170,9 @@ def test_no_graph_break_on_the_fused_path_under_the_interpreter():
     block is one op (``rmeeto::block_inference``, a merging block ``rmeeto::merging_block_inference``), the
     launches of eager mode's plans; a float32 mixer, or a gradient to compute, traces the general path's ops.
     The compiled model is called again after its first call and after an eager call (which fills the lazily
-    filled caches: a trace that read them would be compiled again). The model is the test Vim cut to 3 layers and 8x8 pixels (5 tokens, 3 after the merge at layer 2): the
-    interpreted scan's time grows with the tokens and layers, what dynamo traces does not."""
+    filled caches: a trace that read them would be compiled again). The model is the test Vim cut to 3 layers
+    and 8x8 pixels (5 tokens, 3 after the merge at layer 2): the interpreted scan's time grows with the tokens
+    and layers, what dynamo traces does not."""
     _needs_interpreter()
     run_interpreted("""
         import sys, torch, torch._dynamo
