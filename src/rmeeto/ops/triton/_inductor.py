@@ -1,7 +1,7 @@
 """rmeeto's custom ops registered with Inductor as fallbacks before it lowers a graph: ``@lower_as_fallback``.
 
 Inductor has no lowering for a custom op; on first meeting one it registers an *implicit fallback* (the compiled
-code calls the op). Before registering, PyTorch 2.11 formats a log line holding ``str()`` of every argument,
+code calls the op). Before registering, PyTorch 2.10 and 2.11 format a log line holding ``str()`` of every argument,
 whether or not INFO logging is on (2.14 formats it only when logged), and ``str()`` of an IR node prints its
 inputs' nodes, recursively. A block op takes two outputs of the block before it (hidden states and residual), so
 that string doubles per block: compiling a 24-block Vim did not finish in 150 s on PyTorch 2.11 (session 20,
