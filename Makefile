@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-# torch/torchvision pinned to the builds this workplace serves from disk; any torch >= 2.1 works.
+# torch/torchvision pinned to the builds this workplace serves from disk; any torch >= 2.10 works (pyproject.toml).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup demo test bench-cpu clean

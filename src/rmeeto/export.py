@@ -10,8 +10,9 @@ run outside ``no_grad``), the conv and norm to their PyTorch forms, which the ``
 merge schedule is static (computed from shapes), so a merged model exports as one graph with its token counts
 baked in. Export happens on the CPU in float32; the artefact runs wherever its runtime does:
 
-- ``exported-program`` (``.pt2``, :func:`torch.export.save`): ``torch.export.load(path).module()`` in any
-  PyTorch >= 2.1 process, CPU or (after ``.to("cuda")``) GPU; or ahead-of-time compiled with AOTInductor.
+- ``exported-program`` (``.pt2``, :func:`torch.export.save`): ``torch.export.load(path).module()`` in a
+  process with the PyTorch that wrote it or a newer one (the file format is versioned), CPU or (after
+  ``.to("cuda")``) GPU; or ahead-of-time compiled with AOTInductor.
 - ``onnx`` (PyTorch's ``torch.onnx.export``, dynamo exporter; needs ``pip install rmeeto[export]``):
   onnxruntime on CPU (``CPUExecutionProvider``) or GPU (``CUDAExecutionProvider``), TensorRT, OpenVINO...
 

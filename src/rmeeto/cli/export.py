@@ -15,7 +15,7 @@ Build MODEL, load --checkpoint (a file or hf-hub:OWNER/REPO/FILE[@REV]), apply t
 config a 'rmeeto retrain' checkpoint stores) and write it as one self-contained file, traced on the CPU in
 float32 through the pure-PyTorch path (reference scan). The file maps images [batch, 3, H, W] to logits.
 
-  exported-program  FILE.pt2: torch.export.load(FILE).module()(images), CPU or GPU, any PyTorch >= 2.1
+  exported-program  FILE.pt2: torch.export.load(FILE).module()(images), CPU or GPU, the writing PyTorch or newer
   onnx              FILE.onnx: onnxruntime (CPU or CUDA provider), TensorRT, ... (pip install 'rmeeto[export]')
 
 After writing, the file is run on random inputs and compared with the eager model (skip with --no-verify).
