@@ -119,3 +119,25 @@ def test_ablate_retraining_cell_distils_through_the_training_loop(tmp_path, chec
     mtime = ckpt.stat().st_mtime
     assert main(args) == 0 and ckpt.stat().st_mtime == mtime  # nothing re-trained
     assert main([*args[:-3], "--only", "no such", "--out", str(tmp_path)]) != 0
+
+
+def test_plot_leaves_room_for_the_labels_of_bars_at_zero(tmp_path, monkeypatch):
+    """Bars of +0.0 are labelled above the zero line: the y range must reach past 0 (matplotlib's autoscale
+    stops at a bar's edge, and the labels then ran into the panel's title), and below the lowest bar's label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from rmeeto.ablate import plot_ablation
+
+    limits = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (limits.extend(ax.get_ylim() for ax in fig.axes),
+                                                                  save(fig, *a, **k)))
+    rows = [dict(model="vit_digits_patch4_32", setting=s, training="free", top1=t, top1_drop=d)
+            for s, t, d in (("unmerged", 78.9, 0.0), ("merge ordered", 78.9, 0.0), ("prune ordered", 72.8, -6.1))]
+    plot_ablation(rows, tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 0 and limits
+    for lo, hi in limits:
+        assert hi > 0.3 and lo < -6.4, (lo, hi)

@@ -318,6 +318,11 @@ def plot_ablation(rows: list[dict], path: os.PathLike) -> None:
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("top-1 change vs unmerged (points)")
+    # room beyond the tallest bar and beyond 0 on both sides, so no bar's label runs into a title or the axis
+    values = [0.0] + [r["top1_drop"] for r in rows if not math.isnan(r["top1_drop"])]
+    lo, hi = min(values), max(values)
+    pad = 0.1 * ((hi - lo) or 1.0)
+    axes[0][0].set_ylim(lo - pad, hi + pad)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
