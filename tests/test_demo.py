@@ -98,3 +98,21 @@ def test_video_demo_validation_frames_are_one_step_apart():
 
     s, arch = VideoDemoSettings(), get_config(VIDEO_MODEL).arch
     assert sample_frame_indices(s.clip_frames, arch.num_frames, "val") == list(range(8))
+
+
+def test_demo_refuses_an_out_folder_holding_files_it_did_not_write(tmp_path, capsys):
+    """The demo replaces its teacher/ and retrain/ runs on every start: a folder with anything else in it (a
+    training run's checkpoints, say) is refused in one line before any work, and left as it was."""
+    from rmeeto.cli import main
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "best.pth").write_bytes(b"mine")
+    assert main(["demo", "--quick", "--no-order", "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "holds files no demo wrote (best.pth)" in err and "--overwrite" in err
+    assert (out / "best.pth").read_bytes() == b"mine" and sorted(p.name for p in out.iterdir()) == ["best.pth"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["demo", "--quick", "--out", str(afile)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -125,6 +125,9 @@ def read_rows(path: os.PathLike) -> list[dict]:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
+    from rmeeto.train.rundir import replace_target
+
+    path = replace_target(path)
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")

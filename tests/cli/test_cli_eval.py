@@ -306,3 +306,43 @@ def test_visualize_errors(tmp_path, capsys):
     assert "no.png does not exist" in capsys.readouterr().err
     assert main(["visualize", MODEL, "--digits", "1", "--layer", "4", "--device", "cpu"]) == 2
     assert "--layer must be in" in capsys.readouterr().err
+
+
+def test_atomic_writes_keep_links_and_refuse_special_files(tmp_path, capsys):
+    """A file written through a temporary file and a rename: over a symlink it updates the link's target (the link
+    stays), and over what is not a regular file (a FIFO here; as root, /dev/null) it refuses in one line instead of
+    replacing it with a plain file."""
+    import os
+
+    from rmeeto.checkpoint import save_checkpoint
+    from rmeeto.cli import CLIError
+    from rmeeto.cli.eval import write_file_atomic
+
+    target = tmp_path / "target.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_file_atomic(link, "new", "--json")
+    assert link.is_symlink() and target.read_text() == "new"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(CLIError, match="not a regular file") as info:
+        write_file_atomic(fifo, "x", "--json")
+    assert "\n" not in str(info.value)
+    with pytest.raises(OSError, match="not a regular file"):
+        save_checkpoint({"w": torch.zeros(1)}, fifo)
+    assert fifo.is_fifo()
+
+
+def test_an_os_error_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """Any OSError a command meets (here a folder in the way of a file it reads) ends as one line, exit code 1."""
+    from rmeeto.cli import main
+    import rmeeto.cli.models as cm
+
+    def boom(args):
+        raise IsADirectoryError(21, "Is a directory", str(tmp_path))
+
+    monkeypatch.setattr(cm, "run", boom)
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"rmeeto models: error: Is a directory: {tmp_path}"

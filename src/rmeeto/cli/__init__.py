@@ -60,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rmeeto {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a path that cannot be read or written (missing folder, read-only, a file in the way)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"rmeeto {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 def entry() -> None:  # console-script entry point

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rmeeto.argtypes import positive_int
+from rmeeto.cli import CLIError
 
 HELP = "end-to-end demo (digits images or synthetic video): train, merge, prune, re-train, report"
 DESCRIPTION = """\
@@ -51,6 +53,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-order", dest="order", action="store_false",
                         help="skip the order section (ViT vs Vim: unordered merge, pruning, token shuffling)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an --out that holds files a demo did not make (a re-run of a demo's "
+                             "own folder replaces it without this)")
+
+
+# what a demo writes into its folder: a re-run may replace these; anything else there is someone else's
+_DEMO_ENTRIES = frozenset({"teacher", "retrain", "order", "data", "report.md", "report.json", "demo.png",
+                           "demo_video.png"})
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is a file, or a folder holding what no demo wrote (a training run's checkpoints, say):
+    the demo replaces its teacher/ and retrain/ runs on every start."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a folder; choose another path")
+    if overwrite or not out.is_dir():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in _DEMO_ENTRIES)
+    if foreign:
+        raise CLIError(f"--out {out} holds files no demo wrote ({', '.join(foreign[:3])}"
+                       f"{', ...' if len(foreign) > 3 else ''}); choose another folder or pass --overwrite")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     given = {k: getattr(args, k) for k in ("num_merged", "teacher_epochs", "retrain_epochs", "seed", "vit_epochs")
              if getattr(args, k) is not None}
     out = args.out or DEFAULT_OUT[args.task]
+    _check_out(Path(out), args.overwrite)
     if args.task == "video":
         from rmeeto.demo_video import VideoDemoSettings, run_video_demo
 

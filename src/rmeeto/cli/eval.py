@@ -115,10 +115,11 @@ def check_output_file(path: str, flag: str) -> Path:
 def write_file_atomic(out: Path, text: str, flag: str) -> None:
     """Write ``text`` to ``out`` through a temporary file and a rename: a failure (disk full, read-only)
     leaves an existing file untouched and no partial or 0-byte file behind; CLIError in one line."""
-    from rmeeto.train.rundir import describe_os_error
+    from rmeeto.train.rundir import describe_os_error, replace_target
 
     tmp = None
     try:
+        out = replace_target(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         try:
