@@ -125,7 +125,7 @@ def read_rows(path: os.PathLike) -> list[dict]:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    from rmeeto.train.rundir import replace_target
+    from rmeeto._files import replace_target
 
     path = replace_target(path)
     tmp = path.with_suffix(".csv.tmp")

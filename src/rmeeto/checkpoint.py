@@ -534,7 +534,7 @@ def save_checkpoint(obj_or_state: Any, path: PathLike, **extra: Any) -> Path:
     if path.suffix != _SAFETENSORS_SUFFIX:
         _check_weights_only(ckpt, "checkpoint")
     data = _safetensors_bytes(ckpt) if path.suffix == _SAFETENSORS_SUFFIX else None
-    from rmeeto.train.rundir import replace_target  # (rmeeto.train imports this module)
+    from rmeeto._files import replace_target
 
     path = replace_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -115,7 +115,8 @@ def check_output_file(path: str, flag: str) -> Path:
 def write_file_atomic(out: Path, text: str, flag: str) -> None:
     """Write ``text`` to ``out`` through a temporary file and a rename: a failure (disk full, read-only)
     leaves an existing file untouched and no partial or 0-byte file behind; CLIError in one line."""
-    from rmeeto.train.rundir import describe_os_error, replace_target
+    from rmeeto._files import replace_target
+    from rmeeto.train.rundir import describe_os_error
 
     tmp = None
     try:

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from rmeeto._files import replace_target
 from rmeeto.train.config import TrainError
 
 __all__ = ["RUN_FILES", "RunFolder", "describe_os_error", "replace_target"]
@@ -27,19 +28,6 @@ def describe_os_error(exc: OSError, path) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"disk full: {path}"
     return f"not writable: {path} ({exc.strerror or type(exc).__name__})"
-
-
-def replace_target(path) -> Path:
-    """The file that writing ``path`` through a temporary file and ``os.replace`` should replace: ``path`` itself,
-    or the file a symlink points at (the link stays a link). Raises OSError (one line through
-    :func:`describe_os_error`) when that is not a regular file: a rename over a device node, a FIFO or a socket
-    would replace it with a plain file (as root, ``--json /dev/null`` would have replaced /dev/null)."""
-    path = Path(path)
-    real = Path(os.path.realpath(path)) if path.is_symlink() else path
-    if real.exists() and not real.is_file():
-        kind = "a folder" if real.is_dir() else "not a regular file"
-        raise OSError(errno.EEXIST, f"{kind}; give a path to a file", str(path))
-    return real
 
 
 class RunFolder:
