@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
+from rmeeto._files import replace_target
 from rmeeto.backbones import is_vit_name, schedule_for
 from rmeeto.merge import MergeConfig
 
@@ -125,8 +126,6 @@ def read_rows(path: os.PathLike) -> list[dict]:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    from rmeeto._files import replace_target
-
     path = replace_target(path)
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:

@@ -37,6 +37,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 import torch.nn as nn
 
+from rmeeto._files import replace_target
 from rmeeto._hubpath import resolve as resolve_hub_path
 from rmeeto.errors import CheckpointError
 
@@ -534,8 +535,6 @@ def save_checkpoint(obj_or_state: Any, path: PathLike, **extra: Any) -> Path:
     if path.suffix != _SAFETENSORS_SUFFIX:
         _check_weights_only(ckpt, "checkpoint")
     data = _safetensors_bytes(ckpt) if path.suffix == _SAFETENSORS_SUFFIX else None
-    from rmeeto._files import replace_target
-
     path = replace_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

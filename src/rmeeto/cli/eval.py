@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from rmeeto._files import replace_target
 from rmeeto.backbones import num_tokens_of
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
@@ -115,7 +116,6 @@ def check_output_file(path: str, flag: str) -> Path:
 def write_file_atomic(out: Path, text: str, flag: str) -> None:
     """Write ``text`` to ``out`` through a temporary file and a rename: a failure (disk full, read-only)
     leaves an existing file untouched and no partial or 0-byte file behind; CLIError in one line."""
-    from rmeeto._files import replace_target
     from rmeeto.train.rundir import describe_os_error
 
     tmp = None

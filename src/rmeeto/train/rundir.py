@@ -14,10 +14,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from rmeeto._files import replace_target
 from rmeeto.train.config import TrainError
 
-__all__ = ["RUN_FILES", "RunFolder", "describe_os_error", "replace_target"]
+__all__ = ["RUN_FILES", "RunFolder", "describe_os_error"]
 
 RUN_FILES = ("last.pth", "best.pth", "log.jsonl")  # what marks a folder as holding a run
 LOCK_NAME = ".lock"
