@@ -116,17 +116,19 @@ def test_failing_compile_is_reported_per_row_and_the_other_modes_run(tmp_path, c
     assert failed["merged_over_unmerged"] is None and failed["unmerged_error"] == failed["merged_error"]
     assert eager["merged_over_unmerged"] > 0
 
-    # through the CLI: a registered backend that fails; the row says so, the command still succeeds
+    # through the CLI: a registered backend that fails; the row says so, the command still succeeds (eager ran)
     torch._dynamo.register_backend(_failing_backend, name="rmeeto_test_failing")
     out = tmp_path / "bench.json"
     assert main(["bench", "vim_test_patch4_16", "--device", "cpu", "--batch-size", "2", "--warmup", "0",
-                 "--repeats", "1", "--dtype", "fp32", "-r", "2", "--modes", "compile",
+                 "--repeats", "1", "--dtype", "fp32", "-r", "2", "--modes", "compile,eager",
                  "--compile-backend", "rmeeto_test_failing", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    (compile_line,) = [line for line in printed.splitlines() if line.startswith("vim_test")]
+    compile_line, eager_line = [line for line in printed.splitlines() if line.startswith("vim_test")]
+    assert " eager " in eager_line and "failed" not in eager_line
     assert " compile " in compile_line and compile_line.count("failed: BackendCompilerFailed") == 1
-    assert "Inductor could not lower" in compile_line and "2 of 2 runs failed" in printed
-    (row,) = json.loads(out.read_text())["table"]
+    assert "Inductor could not lower" in compile_line and "2 of 4 runs failed" in printed
+    row, eager_row = json.loads(out.read_text())["table"]
+    assert eager_row["mode"] == "eager" and eager_row["merged_images_per_s"] > 0
     assert row["unmerged_error"].startswith("failed: ") and row["merged_images_per_s"] is None
 
 
@@ -253,3 +255,40 @@ def test_bench_data_passes_the_pipeline_options_through(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--data", str(tmp_path / "j"), "--workers", "1,x"])
     assert "expected comma-separated integers >= 0, got '1,x'" in capsys.readouterr().err
+
+
+def test_bench_refuses_unknown_models_and_backends_before_anything_slow(capsys):
+    # the model is named even where the default fp16 would also be refused (no CUDA)
+    assert main(["bench", "nosuch"]) == 2
+    assert "unknown model 'nosuch'" in capsys.readouterr().err
+    base = ["bench", "vim_test_patch4_16", "--device", "cpu", "--dtype", "fp32"]
+    assert main(base + ["--backend", "nosuch"]) == 2
+    assert "--backend nosuch: not a scan backend (choose from auto, reference, chunked" in capsys.readouterr().err
+    assert main(base + ["--backend", "triton"]) == 2
+    assert "--backend triton cannot run on cpu here (available: auto, reference, chunked)" in capsys.readouterr().err
+
+
+def test_bench_exits_1_when_every_run_failed(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    rc = main(["bench", "vim_test_patch4_16", "--device", "cpu", "--dtype", "fp32", "--batch-size", "2",
+               "--warmup", "0", "--repeats", "1", "--rounds", "1", "--img-size", "7", "--json", str(out)])
+    assert rc == 1
+    assert "2 of 2 runs failed" in capsys.readouterr().out
+    assert all("not a multiple of patch_size" in r["error"] for r in json.loads(out.read_text())["results"])
+
+
+def test_bench_data_refuses_bad_policy_device_and_unreadable_folders(tmp_path, capsys):
+    from rmeeto.bench_data import make_jpegs
+
+    make_jpegs(tmp_path / "j", images=4, classes=2, workers=1)
+    base = ["bench-data", str(tmp_path / "j"), "--workers", "0", "--batches", "1", "--batch-size", "2"]
+    with pytest.raises(SystemExit):
+        main(base + ["--aa", "foo"])
+    assert "argument --aa: not a timm auto-augment policy: 'foo'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(base + ["--device", "cuda"]) == 2
+        assert "no CUDA device is available" in capsys.readouterr().err
+    for f in (tmp_path / "j").rglob("*.jpg"):
+        f.write_bytes(b"not a jpeg")
+    assert main(base + ["--device", "cpu"]) == 2  # a rate of 0 images/s is no measurement
+    assert "no image could be read in 1 timed batches of the cpu pipeline" in capsys.readouterr().err

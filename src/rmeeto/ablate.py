@@ -24,6 +24,7 @@ side (Vim vs ViT when both are given).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import warnings
@@ -31,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
-from rmeeto._files import replace_target
+from rmeeto._files import write_atomic
 from rmeeto.backbones import is_vit_name, schedule_for
 from rmeeto.merge import MergeConfig
 
@@ -126,13 +127,11 @@ def read_rows(path: os.PathLike) -> list[dict]:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    path = replace_target(path)
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)  # a kill mid-write never leaves a truncated table behind
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, table.getvalue())  # a kill mid-write never leaves a truncated table behind
 
 
 # ============================================================================================ running

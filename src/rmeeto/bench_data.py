@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from rmeeto.argtypes import comma_nonneg_ints
+from rmeeto.argtypes import auto_augment_policy, comma_nonneg_ints, nonneg_int, positive_int
 
 __all__ = [
     "make_jpegs", "timed_batches", "bench_cpu_pipeline", "bench_gpu_pipeline", "bench_data", "format_rows", "main",
@@ -133,8 +133,11 @@ def _sync(device: torch.device):
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
-def _row(pipeline: str, workers: int, seconds: float, n: int, skipped: int, count: int, warmup: int,
+def _row(folder, pipeline: str, workers: int, seconds: float, n: int, skipped: int, count: int, warmup: int,
          device: torch.device, **extra) -> dict:
+    if n == 0:  # a rate of 0 images/s would read as a measurement
+        raise ValueError(f"{folder}: no image could be read in {count} timed batches of the {pipeline} pipeline "
+                         "(every file drawn was skipped as unreadable)")
     return {"pipeline": pipeline, "workers": workers, "images": n, "seconds": seconds,
             "images_per_s": n / seconds, "skipped": skipped, "device": str(device), "batches": count,
             "warmup": warmup, **extra}
@@ -155,7 +158,7 @@ def bench_cpu_pipeline(folder, workers: int, *, batch_size: int = 128, batches: 
     moved = (None if b is None else type(b)(b[0].to(device, non_blocking=True), b[1].to(device), b.skipped)
              for b in loader)
     seconds, n, skipped = _time_loader(moved, count, warmup, _sync(device))
-    return _row("cpu", workers, seconds, n, skipped, count, warmup, device)
+    return _row(folder, "cpu", workers, seconds, n, skipped, count, warmup, device)
 
 
 def bench_gpu_pipeline(folder, workers: int, *, batch_size: int = 128, batches: Optional[int] = None,
@@ -174,7 +177,7 @@ def bench_gpu_pipeline(folder, workers: int, *, batch_size: int = 128, batches: 
     loader = _loader(pipe.dataset, batch_size, workers, pipe.collate_fn, False)
     seconds, n, skipped = _time_loader(DeviceLoader(loader, pipe.transform, prefetch=prefetch), count, warmup,
                                        _sync(device))
-    return _row("gpu", workers, seconds, n, skipped, count, warmup, device, prefetch=prefetch)
+    return _row(folder, "gpu", workers, seconds, n, skipped, count, warmup, device, prefetch=prefetch)
 
 
 def bench_data(folder, *, workers: Sequence[int] = (1, 2, 4), gpu_workers: Optional[int] = None,
@@ -190,9 +193,10 @@ def bench_data(folder, *, workers: Sequence[int] = (1, 2, 4), gpu_workers: Optio
         raise ValueError(f"workers must be a non-empty list of counts >= 0, got {list(workers)}")
     if batch_size < 1 or (batches is not None and batches < 1) or warmup < 0:
         raise ValueError("batch_size and batches must be >= 1, warmup >= 0")
+    from rmeeto.runtime import resolve_device
+
     force_batched = device == "cpu-gpu-path"
-    if device in ("auto", "cpu-gpu-path"):
-        device = "cuda" if torch.cuda.is_available() and not force_batched else "cpu"
+    device = str(resolve_device("cpu" if force_batched else device))  # ValueError: malformed, or CUDA not there
     gpu_row = force_batched or (device.startswith("cuda") and gpu_decode_available(device))
     gpu_workers = gpu_workers if gpu_workers is not None else max(workers)
     for w in list(workers) + ([gpu_workers] if gpu_row else []):
@@ -218,14 +222,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options (shared by ``python -m rmeeto.bench_data run`` and the CLI module)."""
     p.add_argument("--workers", type=comma_nonneg_ints, default=None,
                    help="CPU worker counts to time, comma-separated (default 1,2,4,... up to the core count)")
-    p.add_argument("--gpu-workers", type=int, default=None, help="file readers for the GPU path (default: max)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--batches", type=int, default=None,
+    p.add_argument("--gpu-workers", type=nonneg_int, default=None,
+                   help="file readers for the GPU path (default: max)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--batches", type=positive_int, default=None,
                    help="timed batches per row (default 10 x workers, at least 20; fewer than 4 x workers is refused)")
-    p.add_argument("--warmup", type=int, default=3,
+    p.add_argument("--warmup", type=nonneg_int, default=3,
                    help="untimed batches per row (raised to what the workers prefetch: 4 x workers)")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="RandAugment policy ('none' for ColorJitter)")
+    p.add_argument("--img-size", type=positive_int, default=224)
+    p.add_argument("--aa", type=auto_augment_policy, default="rand-m9-mstd0.5-inc1",
+                   help="timm auto-augment policy ('none' for ColorJitter)")
     p.add_argument("--reprob", type=float, default=0.25)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
 
@@ -242,7 +248,7 @@ def run_from_args(args: argparse.Namespace) -> list[dict]:
         raise ValueError(f"data folder {folder} does not exist or is not a folder")
     return bench_data(folder, workers=args.workers or default_workers(), gpu_workers=args.gpu_workers,
                       device=args.device, batch_size=args.batch_size, batches=args.batches, warmup=args.warmup,
-                      img_size=args.img_size, auto_augment=None if args.aa == "none" else args.aa,
+                      img_size=args.img_size, auto_augment=args.aa,
                       re_prob=args.reprob)
 
 

@@ -20,12 +20,10 @@ classifier for another class count) is that model's *checkpoint filter*: :func:`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import pickletools
-import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -37,7 +35,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 import torch.nn as nn
 
-from rmeeto._files import replace_target
+from rmeeto._files import write_atomic
 from rmeeto._hubpath import resolve as resolve_hub_path
 from rmeeto.errors import CheckpointError
 
@@ -508,17 +506,6 @@ def _safetensors_bytes(ckpt: dict[str, Any]) -> bytes:
     return save(tensors, metadata={"format": "pt", _SAFETENSORS_META_KEY: json.dumps(meta)})
 
 
-def _umask() -> int:
-    try:  # read without changing it (os.umask would, briefly, for every thread)
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
-
-
 def save_checkpoint(obj_or_state: Any, path: PathLike, **extra: Any) -> Path:
     """Write ``{"model": state_dict, **extra}`` atomically; returns the path.
 
@@ -529,36 +516,15 @@ def save_checkpoint(obj_or_state: Any, path: PathLike, **extra: Any) -> Path:
     A ``.safetensors`` suffix stores ``model`` (and ``model_ema``) tensors plus JSON metadata.
 
     The file is written to a temporary file in the same folder, fsynced, then renamed over ``path``, so an
-    interrupted save leaves any previous checkpoint intact."""
+    interrupted save leaves any previous checkpoint intact (:func:`rmeeto._files.write_atomic`)."""
     path = Path(path)
     ckpt = _as_checkpoint(obj_or_state, extra)
     if path.suffix != _SAFETENSORS_SUFFIX:
         _check_weights_only(ckpt, "checkpoint")
     data = _safetensors_bytes(ckpt) if path.suffix == _SAFETENSORS_SUFFIX else None
-    path = replace_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if data is not None:
-                f.write(data)
-            else:
-                torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
+    if data is not None:
+        return write_atomic(path, data)
+    return write_atomic(path, lambda f: torch.save(ckpt, f))
 
 
 # ----------------------------------------------------------------------------------------------- inspection

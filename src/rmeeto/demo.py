@@ -35,6 +35,7 @@ from typing import Any, Optional
 
 import torch
 
+from rmeeto._files import write_atomic
 from rmeeto.merge import MergeConfig
 from rmeeto.models import get_config
 
@@ -167,8 +168,8 @@ def _report(model_name: str, settings, val_images: int, stages: dict, teacher_ru
 def _write_report(out: Path, report: dict, report_md) -> None:
     """``demo.png``, ``report.json`` and ``report.md`` (``report_md(report) -> str``) into ``out``."""
     _plot(out / "demo.png", report["stages"], report["retrain_history"], report["teacher_history"])
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(report_md(report))
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
+    write_atomic(out / "report.md", report_md(report))
 
 
 def _layout_md(report: dict, title: str, intro: str, item: str, digits: int, toy_scale: str, files: str,

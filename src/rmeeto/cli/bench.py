@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 
 from rmeeto.backbones import is_vit_name
 from rmeeto.cli import CLIError
@@ -24,7 +25,7 @@ counted with torch.profiler; '-' on CPU). Inference follows the official protoco
 forward+backward with the unmerged teacher's forward, bf16 autocast, AdamW) in the same modes; its launches
 are those of one whole step. One table row per mode: unmerged and merged images/s, their ratio, ms p10-p90,
 launches, first-call seconds. A mode that fails (torch.compile erroring in Inductor, say) is reported in its
-row as "failed: <reason>" and the other modes still run.
+row as "failed: <reason>" and the other modes still run; the exit status is 1 when every run failed.
 
 modes (--modes, comma-separated; default eager,compile,cudagraph on CUDA, eager on CPU):
   eager              model(x) as it is
@@ -162,9 +163,11 @@ def run(args: argparse.Namespace) -> int:
 
     from rmeeto.bench import bench_modes, compare_modes
     from rmeeto.cli.eval import check_model, check_output_file, resolve_device, user_errors
-    from rmeeto.ops.selective_scan import available_backends
+    from rmeeto.ops.selective_scan import BACKENDS, available_backends
     from rmeeto.runtime import resolve_dtype
 
+    for name in args.models:
+        check_model(name)
     device = resolve_device(args.device)
     cpu = device.type == "cpu"
     if args.batch_size < 1 or args.repeats < 1:
@@ -173,8 +176,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--warmup must be >= 0 and --train-repeats >= 1")
     with user_errors("--dtype: "):
         resolve_dtype(args.dtype, device)
-    for name in args.models:
-        check_model(name)
+    if not args.compare and args.backend != "auto" and args.backend not in available_backends(device):
+        known = ", ".join(["auto", *BACKENDS])
+        raise CLIError(f"--backend {args.backend}: not a scan backend (choose from {known})"
+                       if args.backend not in BACKENDS else
+                       f"--backend {args.backend} cannot run on {device} here (available: "
+                       f"{', '.join(['auto', *available_backends(device)])})")
     modes = _modes(args, device)
     if args.json:
         check_output_file(args.json, "--json")
@@ -223,18 +230,18 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _write_json(args, dev_name, modes, results)
         print(f"\nwrote {args.json}")
-    return 0
+    return 1 if results and failed == len(results) else 0  # nothing measured is a failure
 
 
 def _write_json(args: argparse.Namespace, dev_name: str, modes: list[str], results: list[dict]) -> None:
     import torch
 
     from rmeeto.bench import compare_modes
+    from rmeeto.cli.eval import write_file_atomic
 
-    with open(args.json, "w") as f:
-        json.dump({"device": dev_name, "torch": torch.__version__, "modes": modes,
-                   "compile_backend": args.compile_backend, "results": results, "table": compare_modes(results)},
-                  f, indent=2)
+    doc = {"device": dev_name, "torch": torch.__version__, "modes": modes, "compile_backend": args.compile_backend,
+           "results": results, "table": compare_modes(results)}
+    write_file_atomic(Path(args.json), json.dumps(doc, indent=2) + "\n", "--json")
 
 
 def _modes(args: argparse.Namespace, device) -> list[str]:

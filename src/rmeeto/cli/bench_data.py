@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from rmeeto.cli import CLIError
 
@@ -30,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rmeeto.bench_data import format_rows, run_from_args
+    from rmeeto.cli.eval import check_output_file, write_file_atomic
 
+    if args.json:
+        check_output_file(args.json, "--json")
     if args.batch_size < 1 or (args.batches is not None and args.batches < 1):
         raise CLIError("--batch-size and --batches must be >= 1")
     try:
@@ -39,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc).splitlines()[0]) from None
     print(format_rows(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        write_file_atomic(Path(args.json), json.dumps(rows, indent=2) + "\n", "--json")
         print(f"wrote {args.json}")
     return 0

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from rmeeto._files import replace_target
+from rmeeto._files import write_atomic
 from rmeeto.backbones import num_tokens_of
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
@@ -114,33 +114,15 @@ def check_output_file(path: str, flag: str) -> Path:
 
 
 def write_file_atomic(out: Path, text: str, flag: str) -> None:
-    """Write ``text`` to ``out`` through a temporary file and a rename: a failure (disk full, read-only)
-    leaves an existing file untouched and no partial or 0-byte file behind; CLIError in one line."""
+    """Write ``text`` to ``out`` whole or not at all (:func:`rmeeto._files.write_atomic`): a failure (disk full,
+    read-only) leaves an existing file untouched and no partial or 0-byte file behind; CLIError in one line."""
     from rmeeto.train.rundir import describe_os_error
 
-    tmp = None
     try:
-        out = replace_target(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; a normal file's permissions after the rename
-            data = memoryview(text.encode())
-            while data:
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, out)
-        tmp = None
+        write_atomic(out, text)
     except OSError as exc:
-        kept = "; the existing file is unchanged" if out.exists() else ""
+        kept = "; the existing file is unchanged" if Path(out).exists() else ""
         raise CLIError(f"{flag} {describe_os_error(exc, out)}{kept}") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def check_model(name: str):
