@@ -113,11 +113,17 @@ def test_ablate_retraining_cell_distils_through_the_training_loop(tmp_path, chec
     rows = read_rows(tmp_path / "ablate.csv")
     assert [(r["setting"], r["training"]) for r in rows] == [
         ("unmerged", "free"), ("merge unordered", "free"), ("merge unordered", "retrained 1 ep")]
-    ckpt = tmp_path / "retrain" / f"{MODELS[1]}_merge_unordered" / "last.pth"
+    (ckpt,) = (tmp_path / "retrain").glob(f"{MODELS[1]}_merge_unordered_*/last.pth")
     stored = stored_merge_config(str(ckpt))
     assert stored is not None and not stored.ordered and stored.interval == 1
     mtime = ckpt.stat().st_mtime
     assert main(args) == 0 and ckpt.stat().st_mtime == mtime  # nothing re-trained
+    # another lr is another experiment: the cell is trained again, in its own folder, and recorded beside
+    other_lr = [*args[:-3], "--retrain-lr", "1e-5", "--out", str(tmp_path), "--no-progress"]
+    assert main(other_lr) == 0 and ckpt.stat().st_mtime == mtime
+    assert len(list((tmp_path / "retrain").glob(f"{MODELS[1]}_merge_unordered_*/last.pth"))) == 2
+    rows = read_rows(tmp_path / "ablate.csv")
+    assert sorted(r["retrain_lr"] for r in rows if r["training"] != "free") == ["1e-05", "2e-05"]
     assert main([*args[:-3], "--only", "no such", "--out", str(tmp_path)]) != 0
 
 
@@ -141,3 +147,38 @@ def test_plot_leaves_room_for_the_labels_of_bars_at_zero(tmp_path, monkeypatch):
     assert (tmp_path / "a.png").stat().st_size > 0 and limits
     for lo, hi in limits:
         assert hi > 0.3 and lo < -6.4, (lo, hi)
+
+
+def test_ablate_reuses_a_row_only_for_the_same_experiment(tmp_path, checkpoints, monkeypatch, capsys):
+    """Rows are reused only when every setting that moves the numbers agrees: another --num-merged re-runs the
+    merged cells (the unmerged one stays), random weights are never reused, a damaged table is named."""
+    calls = []
+    real = revaluate.evaluate
+
+    def counting(model, loader, **kw):
+        calls.append(kw.get("desc").split(" ", 1)[1])
+        return real(model, loader, **kw)
+
+    monkeypatch.setattr(revaluate, "evaluate", counting)
+    base = ["ablate", MODELS[1], "--limit", "10", "--batch-size", "16", "--workers", "0", "--device", "cpu",
+            "--only", "merge ordered", "--shuffle-rates", "0", "--out", str(tmp_path), "--no-progress"]
+    trained = [*base, "--checkpoint", checkpoints[1]]
+    assert main(trained) == 0 and calls == ["unmerged", "merge ordered"]
+    calls.clear()
+    assert main(trained) == 0 and calls == []
+    assert main([*trained, "--num-merged", "1"]) == 0 and calls == ["merge ordered"]
+    rows = read_rows(tmp_path / "ablate.csv")
+    assert sorted(r["num_merged"] for r in rows if r["setting"] == "merge ordered") == [1, 2]
+    calls.clear()
+    assert main(base) == 0 and main(base) == 0  # random weights: another model each run
+    assert calls == ["unmerged", "merge ordered"] * 2
+
+    table = (tmp_path / "ablate.csv").read_text().splitlines()
+    cells = table[2].split(",")
+    cells[table[0].split(",").index("top1")] = "x"
+    table[2] = ",".join(cells)
+    (tmp_path / "ablate.csv").write_text("\n".join(table) + "\n")
+    capsys.readouterr()
+    assert main(trained) == 2
+    err = capsys.readouterr().err
+    assert "ablate.csv line 3:" in err and "not a number" in err and len(err.strip().splitlines()) == 1

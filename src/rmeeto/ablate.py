@@ -24,7 +24,9 @@ side (Vim vs ViT when both are given).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
 import os
 import warnings
@@ -41,9 +43,12 @@ __all__ = ["AblationSettings", "Cell", "ablation_cells", "run_ablation", "plot_a
 SHUFFLE_RATES = (0.0, 0.1, 0.3, 0.5, 0.7)  # Table 5 of the paper (0 = the plain ordered merge)
 
 FIELDS = ("model", "backbone", "setting", "group", "mode", "layout", "shuffle_rate", "num_merged", "training",
-          "tokens", "gflops", "top1", "top5", "loss", "n", "top1_drop", "checkpoint", "data", "limit")
-# a recorded row answers a cell when these agree (anything else may change the numbers)
-KEY_FIELDS = ("model", "setting", "training", "checkpoint", "data", "limit")
+          "tokens", "gflops", "top1", "top5", "loss", "n", "top1_drop", "checkpoint", "data", "limit",
+          "shuffle_seed", "retrain_lr", "retrain_batch_size")
+# a recorded row answers a cell when these agree (anything else may change the numbers); the settings that do not
+# apply to a cell (the shuffle seed of an unshuffled cell, the lr of a training-free one) are left empty
+KEY_FIELDS = ("model", "setting", "training", "checkpoint", "data", "limit", "num_merged", "shuffle_seed",
+              "retrain_lr", "retrain_batch_size")
 
 
 @dataclass(frozen=True)
@@ -117,11 +122,15 @@ def read_rows(path: os.PathLike) -> list[dict]:
         return []
     rows = []
     with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            for k in ("shuffle_rate", "gflops", "top1", "top5", "loss", "top1_drop"):
-                row[k] = float(row[k]) if row.get(k) not in (None, "") else math.nan
-            for k in ("num_merged", "tokens", "n"):
-                row[k] = int(row[k]) if row.get(k) not in (None, "") else 0
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            for kind, names, missing in ((float, ("shuffle_rate", "gflops", "top1", "top5", "loss", "top1_drop"),
+                                          math.nan), (int, ("num_merged", "tokens", "n"), 0)):
+                for k in names:
+                    try:
+                        row[k] = kind(row[k]) if row.get(k) not in (None, "") else missing
+                    except ValueError:  # an edited or foreign file: say where, never resume from a guess
+                        raise ValueError(f"{path} line {line}: {k} is {row[k]!r}, not a number; fix the line or "
+                                         "delete the file to run every cell again") from None
             rows.append(row)
     return rows
 
@@ -136,7 +145,7 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 # ============================================================================================ running
 def _retrain(model_name: str, checkpoint: str, data: str, config: MergeConfig, out: Path, settings: AblationSettings,
-             progress: bool):
+             progress: bool, num_classes: Optional[int] = None):
     """Re-train the merged model with distillation from the unmerged one; returns the trained model."""
     try:
         from rmeeto.train import TrainConfig, train
@@ -145,7 +154,7 @@ def _retrain(model_name: str, checkpoint: str, data: str, config: MergeConfig, o
     cfg = TrainConfig(model=model_name, data=data, checkpoint=checkpoint, merge=config,
                       epochs=settings.retrain_epochs, batch_size=settings.retrain_batch_size, lr=settings.retrain_lr,
                       drop_path=0.0, device=settings.device, progress=progress, workers=settings.workers,
-                      out=str(out))
+                      out=str(out), num_classes=num_classes)
     result = train(cfg)
     if result["status"] != "finished":
         raise KeyboardInterrupt  # stopped by a signal: train() saved out/last.pth, a re-run resumes it
@@ -202,11 +211,18 @@ def run_ablation(models: Sequence[str], data: str = "digits", checkpoints: Optio
             plan += [(i, cell, training) for cell in cells if not (training != "free" and cell.config is None)]
 
     def ident(i: int, cell: Cell, training: str) -> dict:
+        cfg, retrained = cell.config, training != "free"
         return {"model": models[i], "setting": cell.setting, "training": training,
                 "checkpoint": checkpoints[i] or "", "data": data,
-                "limit": "" if settings.limit is None else settings.limit}
+                "limit": "" if settings.limit is None else settings.limit,
+                "num_merged": (cfg.num_merged if isinstance(cfg.num_merged, int) else sum(cfg.num_merged)) if cfg
+                else 0,
+                "shuffle_seed": cfg.shuffle_seed if cell.group == "shuffle" else "",
+                "retrain_lr": settings.retrain_lr if retrained else "",
+                "retrain_batch_size": settings.retrain_batch_size if retrained else ""}
 
-    todo = [p for p in plan if _key(ident(*p)) not in done]
+    # a model with random weights (no checkpoint) is another model on every run: none of its rows is reused
+    todo = [p for p in plan if checkpoints[p[0]] is None or _key(ident(*p)) not in done]
     bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="ablate", unit="cell",
                disable=None if progress else True)
     loaded: dict[int, tuple] = {}  # model index -> (model, loader), built once
@@ -229,8 +245,8 @@ def run_ablation(models: Sequence[str], data: str = "digits", checkpoints: Optio
                     apply_merge(model, cell.config)  # a fresh shuffle generator per cell: reproducible
             scored = model
         else:
-            slug = f"{name}_{cell.setting.replace(' ', '_')}"
-            scored = _retrain(name, checkpoints[i], data, cell.config, out / "retrain" / slug, settings, progress)
+            run_dir = out / "retrain" / _run_name(ident(i, cell, training))
+            scored = _retrain(name, checkpoints[i], data, cell.config, run_dir, settings, progress, num_classes[i])
             scored = scored.to(device).eval()
         stats = evaluate(scored, loader, device=device, amp_dtype=amp, progress=progress,
                          desc=f"{name} {cell.setting}")
@@ -243,7 +259,6 @@ def run_ablation(models: Sequence[str], data: str = "digits", checkpoints: Optio
             "mode": cfg.mode if cfg else "",
             "layout": ("ordered" if cfg.ordered else "unordered") if cfg else "",
             "shuffle_rate": cfg.shuffle_rate if cfg else 0.0,
-            "num_merged": (cfg.num_merged if isinstance(cfg.num_merged, int) else sum(cfg.num_merged)) if cfg else 0,
             "tokens": sched[-1].tokens_out if sched else _input_tokens(name),
             "gflops": true_flops(name, cfg)["total"],
             "top1": stats["top1"], "top5": stats["top5"], "loss": stats["loss"], "n": stats["n"],
@@ -265,6 +280,14 @@ def run_ablation(models: Sequence[str], data: str = "digits", checkpoints: Optio
     mine = [by_key[_key(ident(*p))] for p in plan]  # plan order, whatever order the cells finished in
     plot_ablation(mine, out / "ablate.png")
     return mine
+
+
+def _run_name(ident: dict) -> str:
+    """The re-training folder of a cell: model and setting, then a digest of everything else that makes the run
+    (checkpoint, data, tokens merged, seed, lr, batch, epochs), so that another experiment in the same OUT trains
+    afresh rather than meeting (and resuming) a run of other settings."""
+    identity = json.dumps({k: str(ident[k]) for k in KEY_FIELDS if k not in ("limit",)}, sort_keys=True)
+    return f"{ident['model']}_{ident['setting'].replace(' ', '_')}_{hashlib.sha1(identity.encode()).hexdigest()[:8]}"
 
 
 def _input_tokens(name: str) -> int:

@@ -33,6 +33,16 @@ def parse_int_at_least(digits: str, minimum: int, text: str, not_int: str, too_s
 positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
 
+def seed_int(text: str) -> int:
+    """A random seed: an integer from 0 to :data:`rmeeto.runtime.SEED_MAX`."""
+    from rmeeto.runtime import SEED_MAX  # here, not at the top: building a parser imports no torch
+
+    expected = f"expected a seed, an integer from 0 to {SEED_MAX}"
+    value = parse_int_at_least(text, 0, text, expected, expected)
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}")
+    return value
+
 
 def comma_nonneg_ints(text: str) -> list[int]:
     """A comma-separated, non-empty list of integers >= 0 (worker counts '0,2,4', tokens merged '0,4,8') ->
@@ -148,9 +158,12 @@ def class_list_file(text: str) -> tuple[str, ...]:
     from pathlib import Path
 
     try:
-        lines = Path(text).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = Path(text).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
         raise argparse.ArgumentTypeError(f"cannot read class list {text}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"class list {text} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                                         f"at offset {exc.start})") from None
     names = tuple(n.strip() for n in lines if n.strip() and not n.strip().startswith("#"))
     if not names:
         raise argparse.ArgumentTypeError(f"class list {text} names no class (one name per line)")

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from rmeeto.argtypes import auto_augment_policy, comma_nonneg_ints, nonneg_int, positive_int
+from rmeeto.argtypes import auto_augment_policy, comma_nonneg_ints, nonneg_int, positive_int, seed_int
 
 __all__ = [
     "make_jpegs", "timed_batches", "bench_cpu_pipeline", "bench_gpu_pipeline", "bench_data", "format_rows", "main",
@@ -260,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mk.add_argument("out")
     mk.add_argument("--images", type=int, default=12800)
     mk.add_argument("--classes", type=int, default=100)
-    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--seed", type=seed_int, default=0)
     mk.add_argument("--quality", type=int, default=93)
     mk.add_argument("--noise", type=float, default=22.0, help="texture noise std (sets the file size)")
     mk.add_argument("--workers", type=int, default=None, help="processes (default: all cores, at most 32)")

@@ -38,6 +38,7 @@ import torch
 from rmeeto._files import write_atomic
 from rmeeto.merge import MergeConfig
 from rmeeto.models import get_config
+from rmeeto.runtime import check_seed
 
 __all__ = ["DemoSettings", "run_demo", "findings", "order_findings", "run_order_section", "PAPER_ORDER_REFERENCE"]
 
@@ -96,6 +97,7 @@ class DemoSettings(_MergePruneSettings):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_merged < 1:
             raise ValueError(f"num_merged must be >= 1, got {self.num_merged}")
+        check_seed("seed", self.seed)
 
     @classmethod
     def quick(cls, **overrides) -> "DemoSettings":

@@ -34,6 +34,7 @@ from rmeeto.models.vit import ViTConfig
 from rmeeto.ops import policy
 from rmeeto.ops.triton import merge as merge_triton
 from rmeeto.ops.triton.mixer import PlanCache, merging_block_inference
+from rmeeto.runtime import check_seed
 from rmeeto.shuffle import TokenShuffler
 
 Tensor = torch.Tensor
@@ -127,8 +128,7 @@ class MergeConfig:
         ):
             raise ValueError(f"shuffle_rate must be a number in [0, 1], got {self.shuffle_rate!r}")
         object.__setattr__(self, "shuffle_rate", float(self.shuffle_rate))
-        if isinstance(self.shuffle_seed, bool) or not isinstance(self.shuffle_seed, int):
-            raise ValueError(f"shuffle_seed must be an int, got {self.shuffle_seed!r}")
+        check_seed("shuffle_seed", self.shuffle_seed)
 
     # ------------------------------------------------------------------ presets
     @classmethod

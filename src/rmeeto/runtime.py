@@ -5,7 +5,8 @@
     with autocast(device, dtype): ...             # a no-op context for float32
 
 Names: ``fp32`` / ``bf16`` / ``fp16``, plus ``auto`` and the aliases in :data:`DTYPE_ALIASES` (``none`` is the
-evaluation commands' spelling of "no autocast", i.e. fp32).
+evaluation commands' spelling of "no autocast", i.e. fp32). Random seeds are integers in [0, :data:`SEED_MAX`]
+(:func:`check_seed`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,23 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["DTYPES", "DTYPE_ALIASES", "resolve_device", "resolve_dtype", "dtype_name", "autocast"]
+__all__ = ["DTYPES", "DTYPE_ALIASES", "SEED_MAX", "resolve_device", "resolve_dtype", "dtype_name", "autocast",
+           "check_seed"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_ALIASES = {"none": "fp32", "float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16",
                  "half": "fp16"}
+
+# numpy's legacy seeding bound: every generator the package seeds (random, numpy, torch CPU/CUDA) accepts it, with
+# room for the per-epoch and per-sample offsets added to it
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(name: str, value) -> int:
+    """``value`` when it is an integer in [0, SEED_MAX]; else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise ValueError(f"{name} must be an integer from 0 to {SEED_MAX}, got {value!r}")
+    return value
 
 
 def resolve_device(device: Union[str, torch.device, None] = "auto", local_rank: Optional[int] = None) -> torch.device:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import pytest
+
 from rmeeto.cli import build_parser
 from rmeeto.cli._merge_args import MERGE_FLAG_DESTS, add_merge_arguments, merge_config_from_args
 from rmeeto.merge import MergeConfig
@@ -48,3 +50,58 @@ def test_retrain_flags_cover_train_config_fields():
     assert fields == set(TRAIN_FLAGS) | {"model", "merge"}
     assert set(TRAIN_FLAGS) <= dests, f"TRAIN_FLAGS without a flag: {set(TRAIN_FLAGS) - dests}"
     assert "model" in dests and set(MERGE_FLAG_DESTS) <= dests
+
+
+def _help_examples():
+    """Every 'rmeeto ...' example command of every command's --help text, continuation lines joined."""
+    import importlib
+    import shlex
+
+    from rmeeto.cli import COMMANDS
+
+    for name in COMMANDS:
+        text = importlib.import_module(f"rmeeto.cli.{name.replace('-', '_')}").DESCRIPTION
+        lines = text.split("examples:", 1)[1].splitlines() if "examples:" in text else []
+        command = ""
+        for line in lines:
+            # a lone backslash at a source line's end is Python's line continuation: it glues two example lines
+            assert "   " not in line.split("#", 1)[0].strip(), f"'rmeeto {name} --help': glued lines: {line.strip()}"
+            command += line.split("#", 1)[0].strip() + " "
+            if line.rstrip().endswith("\\"):
+                command = command.replace("\\ ", "")
+                continue
+            words = shlex.split(command)
+            command = ""
+            if "rmeeto" in words and words[0] != "python" and not any("..." in w for w in words):  # "...same flags..."
+                yield name, words[words.index("rmeeto") + 1:]
+
+
+def test_every_help_example_parses():
+    """The examples are what users copy: each must parse (a lost line continuation once glued two lines)."""
+    from rmeeto.cli import build_parser
+
+    parser = build_parser()
+    seen = set()
+    for name, words in _help_examples():
+        try:
+            parser.parse_args(words)
+        except SystemExit:
+            pytest.fail(f"rmeeto {name} --help example does not parse: rmeeto {' '.join(words)}")
+        seen.add(words[0])
+    assert seen >= {"bench", "eval", "sweep", "retrain", "visualize", "export", "ablate"}
+
+
+def test_class_list_file_errors_are_one_line(tmp_path):
+    from rmeeto.argtypes import class_list_file
+
+    good = tmp_path / "good.txt"
+    good.write_text("# comment\ncat\n\ndög\n", encoding="utf-8")
+    assert class_list_file(str(good)) == ("cat", "dög")
+    cases = {"latin1.txt": ("cat\nd\xf6g\n".encode("latin-1"), r"is not UTF-8 text \(byte 0xf6 at offset 5\)"),
+             "empty.txt": (b"# nothing\n\n", "names no class"), "twice.txt": (b"a\nb\na\n", "repeats a")}
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            class_list_file(str(tmp_path / name))
+    with pytest.raises(argparse.ArgumentTypeError, match="cannot read class list .*: No such file"):
+        class_list_file(str(tmp_path / "missing.txt"))

@@ -255,6 +255,17 @@ def test_config_round_trip_and_validation():
         TrainConfig(model=MODEL, amp="fp8", alpha=0)
     with pytest.raises(ValueError, match="unknown model"):
         TrainConfig(model="vim_huge", alpha=0)
+    # what a damaged or hand-edited run config (a resume reads it back) could hold
+    for bad, message in [(dict(lr=float("nan")), "lr must be a finite number >= 0, got nan"),
+                         (dict(warmup_lr=float("inf")), "warmup_lr must be a finite number >= 0"),
+                         (dict(clip_grad=float("nan")), "clip_grad must be a finite number > 0"),
+                         (dict(seed=2**64), "seed must be an integer from 0 to 4294967295"),
+                         (dict(seed=-1), "seed must be an integer from 0 to 4294967295"),
+                         (dict(data_seed=1.5), "data_seed must be an integer")]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(model=MODEL, alpha=0, **bad)
+    with pytest.raises(ValueError, match="shuffle_seed must be an integer from 0 to 4294967295"):
+        MergeConfig(num_merged=1, shuffle_seed=2**40)
 
 
 def test_demo_findings_follow_the_numbers():

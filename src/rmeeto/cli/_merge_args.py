@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 from typing import Optional
 
-from rmeeto.argtypes import nonneg_int, parse_int_at_least, positive_int, unit_float
+from rmeeto.argtypes import nonneg_int, parse_int_at_least, positive_int, seed_int, unit_float
 from rmeeto.backbones import default_interval, is_vit_name, schedule_for
 from rmeeto.merge import DISTANCES, METRICS, REDUCES, MergeConfig, warn_if_merging_nowhere
 from rmeeto.models import get_config
@@ -114,7 +114,7 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
                    default=None, help="draw one permutation per image instead of one per batch (the release's)")
     g.add_argument("--shuffle-in-eval", dest="shuffle_in_eval", action="store_const", const=True, default=None,
                    help="shuffle in evaluation too (the release does; needed for training-free shuffle numbers)")
-    g.add_argument("--shuffle-seed", dest="shuffle_seed", type=nonneg_int, default=None, metavar="S",
+    g.add_argument("--shuffle-seed", dest="shuffle_seed", type=seed_int, default=None, metavar="S",
                    help=f"seed of the shuffling generator (default {_DEFAULTS['shuffle_seed']})")
     return g
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 from rmeeto.cli import CLIError
-from rmeeto.argtypes import nonneg_int, positive_int
+from rmeeto.argtypes import nonneg_int, positive_int, seed_int
 from rmeeto.cli.eval import AMP_CHOICES, check_model, check_paths, num_classes_for, resolve_device, user_errors
 
 HELP = "order ablations (merge/prune, ordered/unordered, shuffle rates) with CSV + figure, resumable per cell"
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens merged per merging layer (default: each model's paper preset)")
     parser.add_argument("--shuffle-rates", type=_rates, default=(0.0, 0.1, 0.3, 0.5, 0.7), metavar="F,F,...",
                         help="shuffle fractions (default 0,0.1,0.3,0.5,0.7)")
-    parser.add_argument("--shuffle-seed", type=nonneg_int, default=0, metavar="S", help="shuffle seed (default 0)")
+    parser.add_argument("--shuffle-seed", type=seed_int, default=0, metavar="S", help="shuffle seed (default 0)")
     parser.add_argument("--only", type=lambda t: tuple(s.strip() for s in t.split(",") if s.strip()), default=None,
                         metavar="NAME,NAME,...",
                         help="run just these settings, e.g. 'merge ordered,shuffle 0.5' (unmerged always runs)")
@@ -101,9 +102,17 @@ def run(args: argparse.Namespace) -> int:
         )
     num_classes = [num_classes_for(name, cfg, ckpt, n, args.data)
                    for name, cfg, ckpt, n in zip(args.models, cfgs, checkpoints, classes)]
-    with user_errors():
-        rows = run_ablation(args.models, args.data, checkpoints, args.out, settings, progress=not args.no_progress,
-                            num_classes=num_classes)
+    from rmeeto.train import NonFiniteLossError, TrainError
+
+    try:
+        with user_errors():
+            rows = run_ablation(args.models, args.data, checkpoints, args.out, settings,
+                                progress=not args.no_progress, num_classes=num_classes)
+    except TrainError as exc:
+        raise CLIError(str(exc)) from None
+    except NonFiniteLossError as exc:  # a re-training cell diverged (--retrain-lr too high): the finished rows stay
+        print(f"rmeeto ablate: error: {exc}", file=sys.stderr)
+        return 1
     print(f"{'model':<24} {'setting':<18} {'training':<16} {'tokens':>6} {'GFLOPs':>9} {'top-1':>7} {'change':>7}")
     for r in rows:
         drop = "" if math.isnan(r["top1_drop"]) else f"{r['top1_drop']:+7.2f}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rmeeto.argtypes import positive_int
+from rmeeto.argtypes import positive_int, seed_int
 from rmeeto.cli import CLIError
 
 HELP = "end-to-end demo (digits images or synthetic video): train, merge, prune, re-train, report"
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "16 for video: 65 -> 49)")
     parser.add_argument("--teacher-epochs", type=positive_int, default=None)
     parser.add_argument("--retrain-epochs", type=positive_int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=seed_int, default=None)
     parser.add_argument("--vit-epochs", type=positive_int, default=None,
                         help="epochs of the order section's ViT (default 15; --quick: 1)")
     parser.add_argument("--no-order", dest="order", action="store_false",

@@ -8,7 +8,7 @@ import sys
 from rmeeto.cli import CLIError
 from rmeeto.argtypes import (auto_augment_policy, class_list_file, device_name, finite_float, nonneg_float,
                               nonneg_int, open_unit_float, positive_float, positive_int, positive_unit_float,
-                              unit_float)
+                              seed_int, unit_float)
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
 from rmeeto.data import SUBSET_MODES
 
@@ -43,7 +43,7 @@ examples:
   torchrun --nproc_per_node 8 -m rmeeto retrain ...same flags...
   rmeeto retrain --out runs/vim_s_r11 --resume auto ...same flags...
   rmeeto retrain --model vim_digits_patch4_32 --from-scratch --alpha 0 --epochs 10 --out runs/digits_teacher
-  torchrun --nproc_per_node 4 -m rmeeto retrain --model videomamba_small_patch16_224_f8 \
+  torchrun --nproc_per_node 4 -m rmeeto retrain --model videomamba_small_patch16_224_f8 \\
       --checkpoint videomamba_s16_k400_f8_res224.pth --data /data/k400 --preset paper --out runs/vm_s_r88
 """
 
@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "checkpoint's head is then not loaded)")
     g.add_argument("--data-fraction", type=positive_unit_float, default=None, metavar="F",
                    help="re-train on a deterministic fraction F of the training split (default 1 = all of it)")
-    g.add_argument("--data-seed", type=nonneg_int, default=None, metavar="S", help="seed of that subset (default 0)")
+    g.add_argument("--data-seed", type=seed_int, default=None, metavar="S", help="seed of that subset (default 0)")
     g.add_argument("--data-subset", choices=SUBSET_MODES, default=None,
                    help="balanced (default: the same fraction of every class, at least one image each) or "
                         "uniform (a plain random sample, as the release)")
@@ -147,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", choices=AMP_CHOICES, default=None,
                    help="precision: auto = bf16 on CUDA, fp32 on CPU; fp16 uses a GradScaler (CUDA only)")
     g.add_argument("--device", type=device_name, default=None, help="auto (default), cpu, cuda")
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--seed", type=seed_int, default=None)
     g.add_argument("-j", "--workers", type=nonneg_int, default=None, help="data loader workers per process")
     g.add_argument("--eval-batch-size", type=positive_int, default=None)
     g.add_argument("--out", default=None, metavar="DIR",

@@ -48,7 +48,7 @@ examples:
   rmeeto sweep vim_digits_patch4_32 --checkpoint out/demo/teacher/best.pth --num-merged 0,1,2,4,6,8
   rmeeto sweep vim_small_patch16_224 --checkpoint vim_s_midclstok_80p5acc.pth --data /data/imagenet \\
       --num-merged 0,3,5,7,9,11 --modes merge --limit 10000 --amp bf16 --out out/sweep_s
-  rmeeto sweep videomamba_tiny_patch16_224_f8 --checkpoint videomamba_t16_k400_f8_res224.pth --data /data/k400 \
+  rmeeto sweep videomamba_tiny_patch16_224_f8 --checkpoint videomamba_t16_k400_f8_res224.pth --data /data/k400 \\
       --num-merged 0,40,88 --modes merge --layouts ordered --batch-size 8 --amp bf16
 """
 

@@ -32,7 +32,7 @@ examples:
   rmeeto visualize vim_digits_patch4_32 --digits 4 -r 6 --layer 6 --out out/vis_r6
   rmeeto visualize vim_small_patch16_224 --checkpoint vim_s_midclstok_80p5acc.pth --preset paper \\
       --images cat.jpg dog.jpg --out out/vis
-  rmeeto visualize videomamba_tiny_patch16_224_f8 --checkpoint videomamba_t16_k400_f8_res224.pth \
+  rmeeto visualize videomamba_tiny_patch16_224_f8 --checkpoint videomamba_t16_k400_f8_res224.pth \\
       --preset paper --clips 2 --data /data/k400 --out out/vis_video
 """
 

@@ -6,6 +6,7 @@ Every checkpoint the loop writes stores ``TrainConfig.to_dict()``, so ``--resume
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -13,7 +14,7 @@ from rmeeto.data import SUBSET_MODES
 from rmeeto.gpu_data import PIPELINES
 from rmeeto.merge import MergeConfig
 from rmeeto.models import get_config
-from rmeeto.runtime import DTYPES
+from rmeeto.runtime import DTYPES, check_seed
 
 __all__ = ["TrainConfig", "TrainError", "NonFiniteLossError", "PAPER_SETTINGS", "VIDEO_PAPER_SETTINGS",
            "PAPER_DEVIATIONS", "AMP_CHOICES",
@@ -206,20 +207,20 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         for name in ("lr", "min_lr", "warmup_lr", "weight_decay", "warmup_epochs", "alpha", "mixup", "cutmix",
                      "workers", "save_every_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):  # NaN fails both
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
         for name in ("drop_path", "smoothing", "reprob", "mixup_prob", "mixup_switch_prob", "max_bad_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
-        if self.clip_grad is not None and self.clip_grad <= 0:
-            raise ValueError(f"clip_grad must be > 0 (or None to disable), got {self.clip_grad!r}")
+        if self.clip_grad is not None and not (self.clip_grad > 0 and math.isfinite(self.clip_grad)):
+            raise ValueError(f"clip_grad must be a finite number > 0 (or None to disable), got {self.clip_grad!r}")
         if not 0.0 < self.data_fraction <= 1.0:
             raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction!r}")
         _choice("data_subset", self.data_subset, SUBSET_MODES)
-        if self.data_seed < 0:
-            raise ValueError(f"data_seed must be >= 0, got {self.data_seed!r}")
+        check_seed("data_seed", self.data_seed)
+        check_seed("seed", self.seed)
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"layer_decay must be in (0, 1] (or None to disable), got {self.layer_decay!r}")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
