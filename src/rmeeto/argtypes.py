@@ -33,6 +33,30 @@ def parse_int_at_least(digits: str, minimum: int, text: str, not_int: str, too_s
 positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
 
+WORKERS_PER_CORE = 4  # beyond this, more loader processes only cost memory and start-up time
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and job schedulers set)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_count(text: str) -> int:
+    """Data-loading processes: an integer from 0 to WORKERS_PER_CORE x the usable cores (a typo such as 1000
+    would start a thousand processes, each with a copy of the dataset)."""
+    value = nonneg_int(text)
+    cap = WORKERS_PER_CORE * usable_cores()
+    if value > cap:
+        raise argparse.ArgumentTypeError(f"{value} data-loading processes for {usable_cores()} usable CPU cores; "
+                                         f"give at most {cap}")
+    return value
+
+
 def seed_int(text: str) -> int:
     """A random seed: an integer from 0 to :data:`rmeeto.runtime.SEED_MAX`."""
     from rmeeto.runtime import SEED_MAX  # here, not at the top: building a parser imports no torch

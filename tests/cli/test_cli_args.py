@@ -105,3 +105,18 @@ def test_class_list_file_errors_are_one_line(tmp_path):
             class_list_file(str(tmp_path / name))
     with pytest.raises(argparse.ArgumentTypeError, match="cannot read class list .*: No such file"):
         class_list_file(str(tmp_path / "missing.txt"))
+
+
+def test_worker_counts_are_bounded_by_the_usable_cores(monkeypatch, capsys):
+    import rmeeto.argtypes as argtypes
+    from rmeeto.cli import main
+
+    monkeypatch.setattr(argtypes, "usable_cores", lambda: 3)
+    assert argtypes.worker_count("12") == 12 and argtypes.worker_count("0") == 0
+    for text in ("13", "1000"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"{text} data-loading processes for 3 usable CPU cores; "
+                                                             "give at most 12"):
+            argtypes.worker_count(text)
+    with pytest.raises(SystemExit):  # refused while parsing: no process is started
+        main(["eval", "vim_test_patch4_16", "--workers", "1000"])
+    assert "argument --workers: 1000 data-loading processes" in capsys.readouterr().err

@@ -62,7 +62,24 @@ def test_info_json(capsys, checkpoint):
     assert main(["info", str(checkpoint), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["model"] == "vim_test_patch4_16" and info["has_ema"] and info["epoch"] == 12
-    assert info["arch"]["depth"] == 4 and info["arch"]["patch_size"] == 4
+    assert info["arch"]["depth"] == 4 and info["arch"]["patch_size"] == 4 and info["backbone"] == "vim"
+
+
+def test_info_names_a_vit_checkpoint_as_a_vit(capsys, tmp_path):
+    """A ViT's weights share patch_embed's shape with a Vim's: they once matched vim_test_patch4_16."""
+    import rmeeto
+    from rmeeto.checkpoint import save_checkpoint
+
+    path = save_checkpoint({"module." + k: v for k, v in
+                            rmeeto.create_model("vit_test_patch4_16", num_classes=3).state_dict().items()},
+                           tmp_path / "vit.pth")
+    assert main(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backbone"] == "vit" and info["model"] == "vit_test_patch4_16"
+    assert info["model_overrides"] == {"num_classes": 3} and info["arch"]["depth"] == 4
+    assert info["arch"]["num_tokens"] == 17 and info["arch"]["d_state"] is None
+    assert main(["info", str(path)]) == 0
+    assert "architecture  ViT, embed_dim 32, depth 4" in capsys.readouterr().out
 
 
 class MarkerWriter:

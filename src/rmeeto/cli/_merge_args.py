@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 from typing import Optional
 
-from rmeeto.argtypes import nonneg_int, parse_int_at_least, positive_int, seed_int, unit_float
+from rmeeto.argtypes import parse_int_at_least, positive_int, seed_int, unit_float
 from rmeeto.backbones import default_interval, is_vit_name, schedule_for
 from rmeeto.merge import DISTANCES, METRICS, REDUCES, MergeConfig, warn_if_merging_nowhere
 from rmeeto.models import get_config

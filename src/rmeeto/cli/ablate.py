@@ -7,7 +7,7 @@ import math
 import sys
 
 from rmeeto.cli import CLIError
-from rmeeto.argtypes import nonneg_int, positive_int, seed_int
+from rmeeto.argtypes import nonneg_int, positive_int, seed_int, worker_count
 from rmeeto.cli.eval import AMP_CHOICES, check_model, check_paths, num_classes_for, resolve_device, user_errors
 
 HELP = "order ablations (merge/prune, ordered/unordered, shuffle rates) with CSV + figure, resumable per cell"
@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retrain-batch-size", type=positive_int, default=128, metavar="N")
     parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                         help="evaluation batch size (default 64)")
-    parser.add_argument("--workers", type=nonneg_int, default=2, metavar="N", help="data-loading processes")
+    parser.add_argument("--workers", type=worker_count, default=2, metavar="N", help="data-loading processes")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, default), cpu, cuda or cuda:N")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="none", help="autocast dtype (default none)")
     parser.add_argument("--out", default="out/ablate", metavar="DIR", help="output folder (default out/ablate)")

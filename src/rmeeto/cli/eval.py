@@ -21,7 +21,7 @@ from rmeeto._files import write_atomic
 from rmeeto.backbones import num_tokens_of
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
-from rmeeto.argtypes import device_name, nonneg_int, positive_int
+from rmeeto.argtypes import device_name, positive_int, worker_count
 from rmeeto.runtime import DTYPES
 
 HELP = "top-1/top-5 of a model (merged or not) on digits, an image folder or video clips, with GFLOPs and speed"
@@ -74,7 +74,7 @@ def add_model_data_arguments(parser: argparse.ArgumentParser, data: bool = True)
                             help="score only N images (videos), spread evenly over the set")
         parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                             help="evaluation batch size (default 64)")
-        parser.add_argument("--workers", type=nonneg_int, default=2, metavar="N",
+        parser.add_argument("--workers", type=worker_count, default=2, metavar="N",
                             help="data-loading processes (default 2)")
     parser.add_argument("--device", type=device_name, default="auto",
                         help="auto (cuda if available, default), cpu, cuda or cuda:N")

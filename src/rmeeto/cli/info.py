@@ -48,6 +48,8 @@ def format_info(info: dict[str, Any]) -> str:
                              f"{info['num_params']:,} parameters, {dtype}{prefix}"))
     if arch["embed_dim"] is not None:
         parts = [f"embed_dim {arch['embed_dim']}", f"depth {arch['depth']}", f"patch {arch['patch_size']}"]
+        if info.get("backbone") == "vit":
+            parts.insert(0, "ViT")
         if arch["img_size"] is not None:
             parts.append(f"input {arch['img_size']}x{arch['img_size']} ({arch['num_tokens']} tokens)")
         parts.append(f"{arch['num_classes']} classes")

@@ -8,7 +8,7 @@ import sys
 from rmeeto.cli import CLIError
 from rmeeto.argtypes import (auto_augment_policy, class_list_file, device_name, finite_float, nonneg_float,
                               nonneg_int, open_unit_float, positive_float, positive_int, positive_unit_float,
-                              seed_int, unit_float)
+                              seed_int, unit_float, worker_count)
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
 from rmeeto.data import SUBSET_MODES
 
@@ -148,7 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="precision: auto = bf16 on CUDA, fp32 on CPU; fp16 uses a GradScaler (CUDA only)")
     g.add_argument("--device", type=device_name, default=None, help="auto (default), cpu, cuda")
     g.add_argument("--seed", type=seed_int, default=None)
-    g.add_argument("-j", "--workers", type=nonneg_int, default=None, help="data loader workers per process")
+    g.add_argument("-j", "--workers", type=worker_count, default=None, help="data loader workers per process")
     g.add_argument("--eval-batch-size", type=positive_int, default=None)
     g.add_argument("--out", default=None, metavar="DIR",
                    help="output folder for last.pth, best.pth, log.jsonl (default: write nothing)")

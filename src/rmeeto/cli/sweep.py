@@ -27,6 +27,7 @@ from rmeeto.cli.eval import (
     num_classes_for,
     resolve_amp,
     resolve_device,
+    user_errors,
     write_file_atomic,
 )
 from rmeeto.merge import METRICS
@@ -160,6 +161,10 @@ def run(args: argparse.Namespace) -> int:
     amp = resolve_amp(args.amp, device)
     interval = args.interval if args.interval is not None else default_interval(args.model)
     configs = sweep_configs(args.num_merged, args.modes, args.layouts, interval, args.odd, args.metric)
+    with user_errors(), warnings.catch_warnings():  # settings the model cannot take, before loading anything
+        warnings.simplefilter("ignore")  # the clamping of large counts is reported per row
+        for *_, config in configs:
+            schedule_for(args.model, config)
     dataset, classes = build_eval_dataset(args.data, args.model, args.limit, checkpoint=args.checkpoint)
     num_classes = num_classes_for(args.model, model_cfg, args.checkpoint, data_classes_for(model_cfg, classes),
                                   args.data, args.ema)

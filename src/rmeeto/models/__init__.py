@@ -164,19 +164,25 @@ def arch_of(model: Union[str, VisionMamba, VimArch, Mapping[str, Any]]) -> VimAr
 def inspect_checkpoint(path: PathLike) -> dict[str, Any]:
     """Describe a checkpoint without building a model: :func:`rmeeto.checkpoint.describe_checkpoint` plus
     arch (embed_dim, depth, patch_size, in_chans, img_size, num_classes, num_tokens, d_state read off the
-    shapes, None where absent), model (the registered name of that structure, or None) and model_overrides
-    (create_model arguments for another img_size / num_classes)."""
+    shapes, None where absent; a ViT's read by :func:`rmeeto.models.vit.vit_arch_facts`), backbone ("vim" for
+    Vim / VideoMamba weights, "vit" for a timm ViT's), model (the registered name of that structure, or None)
+    and model_overrides (create_model arguments for another img_size / num_classes)."""
     path = Path(path)
     raw = read_checkpoint(path)
     info = describe_checkpoint(path, raw)
     weights, _ = unwrap_state_dict(raw)  # describe_checkpoint has already refused a file without weights
-    facts = arch_facts({strip_prefixes(k): v for k, v in weights.items()})
-    model, overrides = match_model(facts)
+    weights = {strip_prefixes(k): v for k, v in weights.items()}
+    if _vit.is_vit_state_dict(weights):
+        backbone, facts = "vit", _vit.vit_arch_facts(weights)
+        model, overrides = _vit.match_vit(facts)
+    else:
+        backbone, facts = "vim", arch_facts(weights)
+        model, overrides = match_model(facts)
     report = {k: facts[k] for k in ("embed_dim", "depth", "patch_size", "in_chans", "img_size", "num_classes",
                                     "num_tokens", "d_state")}
     out = {}
     for key, value in info.items():  # same key order as before the split: arch and model after the dtypes
         out[key] = value
         if key == "dtypes":
-            out.update(arch=report, model=model, model_overrides=overrides)
+            out.update(backbone=backbone, arch=report, model=model, model_overrides=overrides)
     return out

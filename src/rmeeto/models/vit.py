@@ -131,6 +131,49 @@ register_vit(ViTConfig(
 ))
 
 
+def is_vit_state_dict(state_dict) -> bool:
+    """True for a timm ViT's weights (``blocks.N.attn.qkv``), whatever prefix (``module.``) they carry."""
+    return any(k.endswith("blocks.0.attn.qkv.weight") for k in state_dict)
+
+
+def vit_arch_facts(state_dict) -> dict[str, Optional[int]]:
+    """Architecture numbers read off a timm ViT state dict (keys stripped of prefixes), as
+    :func:`rmeeto.models.vim.arch_facts` reads a Vim's: embed_dim, depth, patch_size, in_chans, img_size (a square
+    grid after one class token), num_classes (0 without a head), num_tokens; None where a tensor is absent.
+    num_heads leaves no trace in the shapes."""
+    facts: dict[str, Optional[int]] = dict.fromkeys(("embed_dim", "depth", "patch_size", "in_chans", "img_size",
+                                                     "num_classes", "num_tokens", "d_state"))
+    proj = state_dict.get("patch_embed.proj.weight")
+    if proj is not None and proj.dim() == 4:
+        facts["embed_dim"], facts["in_chans"], facts["patch_size"] = proj.shape[0], proj.shape[1], proj.shape[-1]
+    blocks = {int(k.split(".")[1]) for k in state_dict if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    facts["depth"] = max(blocks) + 1 if blocks else None
+    head = state_dict.get("head.weight")
+    facts["num_classes"] = head.shape[0] if head is not None else 0
+    pos = state_dict.get("pos_embed")
+    if pos is not None and pos.dim() == 3:
+        facts["num_tokens"] = pos.shape[1]
+        side = math.isqrt(pos.shape[1] - 1)
+        if side * side == pos.shape[1] - 1 and facts["patch_size"]:
+            facts["img_size"] = side * facts["patch_size"]
+    return facts
+
+
+def match_vit(facts) -> tuple[Optional[str], dict[str, int]]:
+    """(registered ViT with the structure of ``facts``, create_model overrides for img_size / num_classes), or
+    (None, {}); the entry needing fewest overrides wins, the earlier on a tie."""
+    best = None
+    for name, cfg in VIT_MODELS.items():
+        if any(facts.get(k) is not None and getattr(cfg.arch, k) != facts[k]
+               for k in ("embed_dim", "depth", "patch_size", "in_chans")):
+            continue
+        overrides = {k: facts[k] for k in ("img_size", "num_classes")
+                     if facts.get(k) is not None and getattr(cfg.arch, k) != facts[k]}
+        if best is None or len(overrides) < len(best[1]):
+            best = (name, overrides)
+    return best if best is not None else (None, {})
+
+
 def checkpoint_filter_fn(state_dict, model: VisionTransformer):
     """Checkpoint filter for a timm ViT (:func:`rmeeto.load_checkpoint` uses it for every ``VisionTransformer``):
     :func:`~rmeeto.checkpoint.plain_filter`, then a ``pos_embed`` [1, 1 + h*w, E] made for another grid is
