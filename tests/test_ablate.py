@@ -182,3 +182,21 @@ def test_ablate_reuses_a_row_only_for_the_same_experiment(tmp_path, checkpoints,
     assert main(trained) == 2
     err = capsys.readouterr().err
     assert "ablate.csv line 3:" in err and "not a number" in err and len(err.strip().splitlines()) == 1
+
+
+def test_ablate_records_no_row_for_unreadable_data_or_nan_weights(tmp_path, capsys):
+    """A 0 % or NaN row would read as a measurement: both are one-line errors and the table stays empty."""
+    for split in ("a", "b"):
+        (tmp_path / "bad" / split).mkdir(parents=True)
+        (tmp_path / "bad" / split / "0.jpg").write_bytes(b"not a jpeg")
+    nan = tmp_path / "nan.pth"
+    save_checkpoint({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                     for k, v in create_model(MODELS[1]).state_dict().items()}, nan)
+    base = [MODELS[1], "--batch-size", "16", "--workers", "0", "--device", "cpu", "--only", "merge ordered",
+            "--shuffle-rates", "0", "--no-progress"]
+    assert main(["ablate", *base, "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "o1")]) == 2
+    assert "no image of" in capsys.readouterr().err
+    assert main(["ablate", *base, "--checkpoint", str(nan), "--limit", "8", "--out", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err
+    assert "unmerged (free): the outputs are not finite (NaN or inf) for 8 of 8 images: checkpoint" in err
+    assert read_rows(tmp_path / "o3" / "ablate.csv") == []

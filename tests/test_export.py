@@ -104,6 +104,36 @@ def test_bad_export_input_is_one_line(merged, tmp_path, kwargs, message):
         export_model(torch.nn.Linear(2, 2), tmp_path / "x.pt2")
 
 
+def test_nan_weights_are_refused_and_a_failed_export_keeps_the_old_file(merged, tmp_path, monkeypatch):
+    import copy
+
+    import rmeeto.export as rexport
+    from rmeeto.export import verify_export
+
+    old = tmp_path / "m.pt2"
+    old.write_bytes(b"an earlier artefact")
+    broken = copy.deepcopy(merged)
+    with torch.no_grad():
+        broken.head.weight.fill_(float("nan"))
+    with pytest.raises(ExportError, match="outputs are not finite .* nothing written"):
+        export_model(broken, old)
+    assert old.read_bytes() == b"an earlier artefact"
+
+    def half_written(model, x, dynamic_batch, out):
+        out.write_bytes(b"half")
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setitem(rexport._EXPORTERS, "exported-program", half_written)
+    with pytest.raises(ExportError, match="exported-program export failed: RuntimeError: exporter crashed"):
+        export_model(merged, old)
+    assert old.read_bytes() == b"an earlier artefact" and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]
+
+    # an artefact that answers NaN does not "verify" (NaN compares false against any tolerance)
+    monkeypatch.setattr(rexport, "run_exported", lambda path, images: torch.full((len(images), 10), float("nan")))
+    with pytest.raises(ExportError, match="batch 1 gave logits that are not finite"):
+        verify_export(merged, old)
+
+
 def test_cli_export_errors(tmp_path, capsys):
     assert main(["export", NAME, "--checkpoint", str(tmp_path / "none.pth"), "--out", str(tmp_path / "m.pt2")]) == 2
     err = capsys.readouterr().err.strip()

@@ -250,6 +250,13 @@ def run_ablation(models: Sequence[str], data: str = "digits", checkpoints: Optio
             scored = scored.to(device).eval()
         stats = evaluate(scored, loader, device=device, amp_dtype=amp, progress=progress,
                          desc=f"{name} {cell.setting}")
+        if stats["n"] == 0:  # a 0 % row would read as a measurement
+            raise ValueError(f"no image of {data} could be read; no row recorded")
+        if stats["nonfinite"]:
+            source = f"checkpoint {checkpoints[i]}" if checkpoints[i] else "the random weights"
+            raise ValueError(f"{name} {cell.setting} ({training}): the outputs are not finite (NaN or inf) for "
+                             f"{stats['nonfinite']} of {stats['n']} images: {source} holds diverged or corrupt "
+                             "weights; no row recorded")
         sched = schedule_for(name, cell.config) if cell.config is not None else []
         cfg = cell.config
         row = {

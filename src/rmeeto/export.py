@@ -30,6 +30,8 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn as nn
 
+from rmeeto._files import replace_target
+
 __all__ = ["FORMATS", "ExportError", "export_model", "run_exported", "verify_export"]
 
 FORMATS = ("exported-program", "onnx")
@@ -125,16 +127,26 @@ def export_model(
     log = log or (lambda message: None)
     prepared = _prepare(model)
     x = _example(prepared, batch_size)
+    with torch.no_grad():
+        if not torch.isfinite(prepared(x)).all():  # an artefact of NaN weights would "verify" against itself
+            raise ExportError("the model's outputs are not finite (NaN or inf) on a random input: its weights are "
+                              "diverged or corrupt; nothing written")
     shape = ("any" if dynamic_batch else str(batch_size)) + "x" + "x".join(map(str, x.shape[1:]))
     log(f"exporting {format} ({shape} input, pure-PyTorch path) ...")
+    out = replace_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # written beside, then renamed over ``out``: a failed export leaves an earlier artefact of that name intact
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
     try:
-        _EXPORTERS[format](prepared, x, dynamic_batch, out)
+        _EXPORTERS[format](prepared, x, dynamic_batch, tmp)
+        os.replace(tmp, out)
     except ExportError:
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"{format} export failed: {type(exc).__name__}: {first[:200]}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
     log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return out
 
@@ -165,7 +177,10 @@ def verify_export(model: nn.Module, path: Union[str, os.PathLike], batch_sizes=(
         got = run_exported(path, images)
         if got.shape != expected.shape:
             raise ExportError(f"{path}: batch {n} gave logits {tuple(got.shape)}, expected {tuple(expected.shape)}")
-        worst = max(worst, (got - expected).abs().max().item())
+        diff = (got.float() - expected).abs()
+        if not torch.isfinite(diff).all():  # max() would pass a NaN over: nan > x is False
+            raise ExportError(f"{path}: batch {n} gave logits that are not finite (NaN or inf)")
+        worst = max(worst, diff.max().item())
     if worst > atol:
         raise ExportError(f"{path}: exported logits differ from the eager model by {worst:.3g} (> {atol:g})")
     return worst

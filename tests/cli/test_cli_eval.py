@@ -255,6 +255,17 @@ def test_sweep_command_writes_csv_and_plot(tmp_path, biased_checkpoint):
 
 
 @pytest.mark.slow
+def test_sweep_refuses_unreadable_data_and_settings_the_model_cannot_take(tmp_path, capsys):
+    for cls in ("a", "b"):
+        (tmp_path / "bad" / cls).mkdir(parents=True)
+        (tmp_path / "bad" / cls / "0.jpg").write_bytes(b"not a jpeg")
+    args = ["--num-merged", "0,1", "--no-throughput", "--out", str(tmp_path / "o"), "--no-progress", *RUN]
+    assert main(["sweep", MODEL, "--data", str(tmp_path / "bad"), *args]) == 2
+    assert "no image or clip of" in capsys.readouterr().err and not (tmp_path / "o" / "sweep.csv").exists()
+    assert main(["sweep", "vit_test_patch4_16", "--metric", "B", *args]) == 2  # refused before loading data
+    assert "metric='B' is a Vim (Mamba mixer) metric" in capsys.readouterr().err
+
+
 def test_sweep_csv_write_failure_keeps_previous_table(tmp_path, biased_checkpoint, monkeypatch, capsys):
     """sweep.csv goes through a temporary file and a rename: a disk-full rename leaves the previous table as it was
     and no temporary file behind, and the command fails with one line naming the file."""
@@ -306,6 +317,29 @@ def test_visualize_errors(tmp_path, capsys):
     assert "no.png does not exist" in capsys.readouterr().err
     assert main(["visualize", MODEL, "--digits", "1", "--layer", "4", "--device", "cpu"]) == 2
     assert "--layer must be in" in capsys.readouterr().err
+    nan = tmp_path / "nan.pth"
+    save_checkpoint({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                     for k, v in create_model(MODEL).state_dict().items()}, nan)
+    assert main(["visualize", MODEL, "--checkpoint", str(nan), "--digits", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "nan")]) == 2
+    assert "outputs are not finite (NaN or inf): checkpoint" in capsys.readouterr().err
+    assert not list((tmp_path / "nan").glob("*.png"))
+
+
+def test_visualize_gives_inputs_of_the_same_name_their_own_pictures(tmp_path):
+    from rmeeto.cli.visualize import output_stems
+
+    assert output_stems(["x/cat.jpg", "dog.png"]) == ["cat", "dog"]
+    assert output_stems(["val/a/0.jpg", "val/b/0.jpg", "train/a/0.jpg", "val/a/1.jpg"]) == [
+        "val_a_0", "b_0", "train_a_0", "1"]
+    assert output_stems(["a/0.jpg", "a/0.jpg", "./a/0.jpg"]) == ["0_1", "0_2", "0_3"]  # one file, three times
+    for i, folder in enumerate("ab"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (20, 20), (40 * i, 30, 30)).save(tmp_path / folder / "0.png")
+    out = tmp_path / "out"
+    assert main(["visualize", MODEL, "--images", str(tmp_path / "a" / "0.png"), str(tmp_path / "b" / "0.png"),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["a_0_layer3.png", "b_0_layer3.png"]
 
 
 def test_atomic_writes_keep_links_and_refuse_special_files(tmp_path, capsys):

@@ -292,8 +292,11 @@ def tokens_per_layer(model, image) -> list[int]:
     return [rec["tokens"] for rec in records[1:]]
 
 
-def check_finite(stats: dict, checkpoint: Optional[str]) -> None:
-    """CLIError when some logits were NaN/inf: an accuracy computed from them would be a meaningless number."""
+def check_finite(stats: dict, checkpoint: Optional[str], data: Optional[str] = None) -> None:
+    """CLIError when nothing was scored (every file unreadable) or some logits were NaN/inf: an accuracy computed
+    from them would be a meaningless number."""
+    if stats["n"] == 0:
+        raise CLIError(f"no image or clip of {data or 'the data'} could be read; no accuracy reported")
     if stats.get("nonfinite"):
         source = f"checkpoint {checkpoint}" if checkpoint else "the random weights"
         raise CLIError(f"the model's outputs are not finite (NaN or inf) for {stats['nonfinite']} of {stats['n']} "

@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         key = ("noop",) if not any(s.num_merged for s in schedule) else (mode, layout, r)
         if key not in cache:
             stats = evaluate(model, loader, device=device, amp_dtype=amp, progress=show, desc=f"{mode} {layout} r={r}")
-            check_finite(stats, args.checkpoint)
+            check_finite(stats, args.checkpoint, args.data)
             speed = {"images_per_s": math.nan, "ms_per_image": math.nan, "peak_mem_mb": None}
             if not args.no_throughput:
                 speed = measure_throughput(model, batch_size=tp_batch, input_size=model_cfg.input_size, device=device,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections import Counter
 from pathlib import Path
 
 from rmeeto.backbones import depth_of
@@ -101,16 +103,36 @@ def _load_images(args, model_cfg):
 
     transform = eval_transform(size, model_cfg.mean, model_cfg.std, model_cfg.crop_pct)
     items = []
-    for path in args.images:
+    for path, stem in zip(args.images, output_stems(args.images)):
         p = Path(path)
         if not p.is_file():
             raise CLIError(f"image {path} does not exist")
         try:
             with Image.open(p) as img:
-                items.append((p.stem, transform(img.convert("RGB")), None))
+                items.append((stem, transform(img.convert("RGB")), None))
         except (OSError, UnidentifiedImageError) as exc:
             raise CLIError(f"cannot read image {path}: {exc}") from None
     return items, None
+
+
+def output_stems(paths) -> list[str]:
+    """One distinct file-name stem per input path: the file's stem, with as many of its folders as tell it from
+    other inputs of the same stem (a/0.jpg, b/0.jpg -> a_0, b_0), and a counter for the same file given twice,
+    so that no picture overwrites another."""
+    full = [Path(os.path.abspath(p)).with_suffix("").parts for p in paths]
+    stems = []
+    for i, parts in enumerate(full):
+        rivals = [o for j, o in enumerate(full) if j != i and o[-1] == parts[-1] and o != parts]
+        depth = 1
+        while any(o[-depth:] == parts[-depth:] for o in rivals):
+            depth += 1
+        stems.append("_".join(parts[-depth:]).replace(os.sep, ""))
+    counts, seen = Counter(stems), Counter()
+    for i, stem in enumerate(stems):
+        if counts[stem] > 1:
+            seen[stem] += 1
+            stems[i] = f"{stem}_{seen[stem]}"
+    return stems
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
 
     images = torch.stack([x for _, x, _ in items]).to(device)
     groups, info = token_groups(model, images, args.layer)
+    if not torch.isfinite(info["logits"]).all():
+        source = f"checkpoint {args.checkpoint}" if args.checkpoint else "the random weights"
+        raise CLIError(f"the model's outputs are not finite (NaN or inf): {source} holds diverged or corrupt "
+                       "weights; nothing drawn")
     probs = info["logits"].float().softmax(-1)
     # [3, 1, 1] for images [C, H, W], [3, 1, 1, 1] for clips [C, T, H, W]
     mean = torch.tensor(model_cfg.mean).view(3, *[1] * (images.dim() - 2))
