@@ -328,6 +328,21 @@ def test_more_unreadable_images_than_the_limit_is_an_error(tmp_path):
     assert result.final["skipped_images"] == 2  # every skipped file counted, also in all-unreadable batches
 
 
+def test_unreadable_validation_files_do_not_count_against_the_training_limit(tmp_path):
+    """--max-bad-fraction bounds the training files; the validation split's are counted apart, and a split with
+    no readable image at all stops the run rather than scoring 0 %."""
+    root = _folders(tmp_path / "d", {"train": ["a", "b"], "val": ["a", "b"]}, per_class=4)
+    for label in ("a", "b"):
+        for i in range(3):
+            (root / "val" / label / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    result = train(_quick(None, data=str(root), batch_size=2, train_aug=False, max_bad_fraction=0.1))
+    assert result.final["skipped_images"] == 0 and result.final["skipped_val_images"] == 6
+    for f in (root / "val").rglob("[0-9].png"):
+        f.unlink()
+    with pytest.raises(TrainError, match=r"epoch 0: no readable validation image in .*6 file\(s\) skipped"):
+        train(_quick(None, data=str(root), batch_size=2, train_aug=False))
+
+
 # ------------------------------------------------------------------------------------------------ 9. torch floor
 def test_pth_files_are_refused_on_a_torch_too_old_to_load_them_safely(tmp_path, monkeypatch):
     import rmeeto.checkpoint as ckpt_mod
@@ -560,23 +575,23 @@ def test_eval_json_below_a_file_or_unwritable_fails_before_any_work(tmp_path, ca
 
 
 def test_eval_json_is_written_atomically(tmp_path, capsys, monkeypatch):
-    import rmeeto.cli.eval as cli_eval
+    import rmeeto._files as files
 
     target = tmp_path / "r.json"
     target.write_text('{"previous": true}\n')
-    real_write = os.write
+    real_fsync = files.os.fsync
 
-    def full_disk(fd, data):  # a full disk surfaces when the bytes are written
-        if b'"top1"' in bytes(data):
+    def full_disk(fd):  # with delayed allocation a full disk surfaces when the written bytes are flushed
+        if os.fstat(fd).st_size and b'"top1"' in os.pread(fd, 1 << 16, 0):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
+        return real_fsync(fd)
 
-    monkeypatch.setattr(cli_eval.os, "write", full_disk)
+    monkeypatch.setattr(files.os, "fsync", full_disk)
     rc, _, err = _cli(capsys, *_EVAL, "--json", str(target))
     assert rc == 2 and "disk full" in err and len(err.strip().splitlines()) == 1
     assert target.read_text() == '{"previous": true}\n'  # not truncated
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left
-    monkeypatch.setattr(cli_eval.os, "write", real_write)
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
     rc, _, _ = _cli(capsys, *_EVAL, "--json", str(target))
     assert rc == 0 and json.loads(target.read_text())["n"] == 8
 

@@ -179,6 +179,16 @@ def test_exploding_lr_stops_without_writing_bad_weights(tmp_path, capsys):
     assert code == 1
     assert "rmeeto retrain: error: non-finite" in err and "Traceback" not in err
     assert not (out / "last.pth").exists()  # the first update already broke the weights: nothing was saved
+    assert not out.exists()  # the run made the folder and recorded nothing in it: no folder is left behind
+    # in a folder the user made, the failed run's empty log does not block the next run
+    out.mkdir()
+    argv = ["retrain", "--model", MODEL, "--from-scratch", "--epochs", "1", "-j", "0", "--no-progress",
+            "--out", str(out)]
+    assert main([*argv[:4], "--lr", "1e30", *argv[4:]]) == 1
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "log.jsonl"] and not (out / "log.jsonl").stat().st_size
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (out / "last.pth").is_file()
 
 
 def test_cli_rejects_bad_flags(capsys):

@@ -94,7 +94,8 @@ class TrainResult:
     status: ``"finished"`` (every epoch ran) or ``"interrupted"`` (a SIGINT/SIGTERM stopped it after saving
     ``last.pth``); signal: the number of that signal on this rank (None when finished, or when the signal
     reached another rank). history: one dict per validated epoch (``epoch``, ``train_loss``, ``top1``,
-    ``top5``, ``val_loss``, ``lr``, ``images_per_s``, ``seconds``, ``skipped_images``, ``first_step_s`` and
+    ``top5``, ``val_loss``, ``lr``, ``images_per_s``, ``seconds``, ``skipped_images`` (unreadable training
+    files, bounded by ``max_bad_fraction``), ``skipped_val_images``, ``first_step_s`` and
     ``steady_images_per_s`` (the epoch's rate split at its first optimizer step; None for an epoch resumed in
     the middle), ``first_batch_s`` (the part of that first step spent waiting for the loader's first batch),
     and ``top1_ema`` / ``top5_ema`` with EMA), as in ``log.jsonl``. best_top1 / best_epoch: the score that picked ``best.pth``

@@ -302,7 +302,7 @@ def build_data(config: TrainConfig, ranks: Ranks, device: torch.device) -> Train
     elif is_video(config.model):
         collate = train_collate = rvideo.collate_clips  # flattens the repeated clips of a video
     else:
-        collate, train_collate = rdata.collate_skip_none, collate_counting_skips
+        collate = train_collate = collate_counting_skips  # validation reads through CountSkips
     common = dict(num_workers=config.workers, collate_fn=collate,
                   # the GPU pipeline's batches are lists of variable-size byte tensors: nothing worth pinning
                   pin_memory=device.type == "cuda" and not gpu, persistent_workers=config.workers > 0,
@@ -356,7 +356,7 @@ class ClipMixup:
 
 class CountSkips:
     """Iterate ``loader`` while recording the unreadable images its batches dropped in ``log`` (a
-    :class:`rmeeto.data.SkipLog`)."""
+    :class:`rmeeto.data.SkipLog`); a :class:`NoReadableImage` batch is counted, then yielded as None."""
 
     def __init__(self, loader, log: rdata.SkipLog):
         self.loader, self.log = loader, log
@@ -367,4 +367,4 @@ class CountSkips:
     def __iter__(self):
         for batch in self.loader:
             self.log.update(batch)
-            yield batch
+            yield None if isinstance(batch, NoReadableImage) else batch  # what evaluate() skips

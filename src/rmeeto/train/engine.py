@@ -209,7 +209,8 @@ def validate(run: Run, parts: Training, data: TrainData, state: RunState, ended:
     ``first_batch_s``, the part of that first step spent waiting for the loader's first batch (None likewise)."""
     config, partial, skips, first_step = run.config, state.partial, ended.skips, ended.first_step
     train_seconds = partial["seconds"]
-    val = evaluate(parts.model, CountSkips(data.val_loader, skips), device=run.device, amp_dtype=run.amp_dtype,
+    val_skips = rdata.SkipLog()  # apart from training's: --max-bad-fraction bounds the training files
+    val = evaluate(parts.model, CountSkips(data.val_loader, val_skips), device=run.device, amp_dtype=run.amp_dtype,
                    progress=config.progress, desc="val")
     record = {
         "epoch": state.epoch,
@@ -219,6 +220,7 @@ def validate(run: Run, parts: Training, data: TrainData, state: RunState, ended:
         "images_per_s": partial["images"] / max(train_seconds, 1e-9),
         "seconds": train_seconds + val["seconds"],
         "skipped_images": sum_over_ranks(skips.count, run.ranks, run.device),
+        "skipped_val_images": sum_over_ranks(val_skips.count, run.ranks, run.device),
         "first_step_s": None, "steady_images_per_s": None, "first_batch_s": None,
     }
     if first_step is not None and partial["images"] > first_step[1] and train_seconds > first_step[0]:
@@ -226,10 +228,14 @@ def validate(run: Run, parts: Training, data: TrainData, state: RunState, ended:
         record["steady_images_per_s"] = (partial["images"] - first_step[1]) / (train_seconds - first_step[0])
         record["first_batch_s"] = ended.first_batch_s
     _check_readable(run, data, state, record, skips)
+    if val["n"] == 0:  # a top-1 of 0 % would pick (or fail to pick) best.pth on nothing
+        example = f" (e.g. {next(iter(val_skips.paths))})" if val_skips.paths else ""
+        raise TrainError(f"epoch {state.epoch}: no readable validation image in {config.data}; "
+                         f"{record['skipped_val_images']} file(s) skipped as unreadable{example}")
     score = val["top1"]
     if parts.ema is not None:
-        val_ema = evaluate(parts.ema.module, data.val_loader, device=run.device, amp_dtype=run.amp_dtype,
-                           progress=config.progress, desc="val (ema)")
+        val_ema = evaluate(parts.ema.module, CountSkips(data.val_loader, rdata.SkipLog()), device=run.device,
+                           amp_dtype=run.amp_dtype, progress=config.progress, desc="val (ema)")
         record.update(top1_ema=val_ema["top1"], top5_ema=val_ema["top5"])
         score = val_ema["top1"]
     return record, score

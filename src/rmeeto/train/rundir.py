@@ -1,6 +1,7 @@
 """The run folder: refuse to write over a run by accident, one writer at a time, fail early when it is unusable.
 
-A folder that already holds a run (``last.pth``, ``best.pth`` or ``log.jsonl``) is refused unless the run is
+A folder that already holds a run (``last.pth``, ``best.pth`` or a non-empty ``log.jsonl``; a run that failed
+before its first epoch ended leaves an empty log, or no folder at all when it made it) is refused unless the run is
 resumed (``--resume auto``) or the caller asks to start afresh (``--overwrite``). Rank 0 holds ``out/.lock``
 (``fcntl.flock``, with its pid inside) for the whole run, so a second run on the same folder is refused; the
 kernel drops the lock when the process dies, so a killed run never leaves a stale one. Temporary files of
@@ -20,6 +21,7 @@ __all__ = ["RUN_FILES", "RunFolder", "describe_os_error"]
 
 RUN_FILES = ("last.pth", "best.pth", "log.jsonl")  # what marks a folder as holding a run
 LOCK_NAME = ".lock"
+LOG_NAME = "log.jsonl"
 
 
 def describe_os_error(exc: OSError, path) -> str:
@@ -42,7 +44,7 @@ class RunFolder:
         for parent in out.parents:
             if parent.exists() and not parent.is_dir():
                 raise TrainError(f"--out {out} is below the file {parent}; choose another path")
-        held = [name for name in RUN_FILES if (out / name).exists()]
+        held = [name for name in RUN_FILES if _holds_run(out / name)]
         if held and not resuming and not overwrite:
             raise TrainError(f"--out {out} already holds a run ({', '.join(held)}); continue it with --resume auto, "
                              "or start afresh with --overwrite (replaces its files)")
@@ -85,6 +87,18 @@ class RunFolder:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
-        if self._created and self.out.is_dir() and {p.name for p in self.out.iterdir()} <= {LOCK_NAME}:
-            (self.out / LOCK_NAME).unlink(missing_ok=True)
+        if not (self._created and self.out.is_dir()):
+            return
+        if all(p.name == LOCK_NAME or (p.name == LOG_NAME and not _holds_run(p)) for p in self.out.iterdir()):
+            for name in (LOCK_NAME, LOG_NAME):
+                (self.out / name).unlink(missing_ok=True)
             self.out.rmdir()
+
+
+def _holds_run(path: Path) -> bool:
+    """Whether ``path`` (one of RUN_FILES) records a run: an empty log.jsonl (a run that failed before its first
+    epoch ended) records nothing and does not block the folder."""
+    try:
+        return path.stat().st_size > 0 or path.name != LOG_NAME
+    except FileNotFoundError:
+        return False
