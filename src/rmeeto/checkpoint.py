@@ -123,6 +123,22 @@ def register_checkpoint_filter(cls: Union[type, str], fn: FilterFn) -> None:
     _CLASS_FILTERS[cls] = fn
 
 
+_FIT_HINTS: list[Callable[[Mapping[str, Any]], str]] = []
+
+
+def register_fit_hint(fn: Callable[[Mapping[str, Any]], str]) -> None:
+    """Make :func:`load_checkpoint`'s does-not-fit errors end with ``fn(state_dict)`` (e.g. " (the checkpoint looks
+    like <model>)"), unless the model's filter gave a ``hint`` of its own. :mod:`rmeeto.models` registers the one
+    that knows every registered model; this module imports no model code."""
+    _FIT_HINTS[:] = [fn]
+
+
+def _fit_hint(report: "FilterResult", weights: Mapping[str, Any]) -> str:
+    if report.hint or not _FIT_HINTS:
+        return report.hint
+    return _FIT_HINTS[0](weights)
+
+
 def _default_filter(model: nn.Module) -> FilterFn:
     own = getattr(type(model), "checkpoint_filter", None)
     if own is not None:
@@ -402,13 +418,13 @@ def load_checkpoint(
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) != 1)} ({_key_list(unexpected)})")
         raise CheckpointError(
-            f"checkpoint {path} does not match {type(target).__name__}: {'; '.join(parts)}{report.hint}"
+            f"checkpoint {path} does not match {type(target).__name__}: {'; '.join(parts)}{_fit_hint(report, weights)}"
         )
     for key, value in state_dict.items():
         if key in own and tuple(value.shape) != tuple(own[key].shape):
             raise CheckpointError(
                 f"checkpoint {path}: {key} has shape {tuple(value.shape)}, the model expects "
-                f"{tuple(own[key].shape)}{report.hint}"
+                f"{tuple(own[key].shape)}{_fit_hint(report, weights)}"
             )
     target.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
     if report.head_reset:  # re-initialised the timm way, so the result does not depend on the model's history

@@ -103,3 +103,17 @@ def test_info_refuses_malicious_checkpoint(capsys, tmp_path):
 def test_info_missing_file(capsys, tmp_path):
     assert main(["info", os.fspath(tmp_path / "nope.pth")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_the_other_backbone_is_named_in_the_load_error(tmp_path):
+    import pytest
+
+    import rmeeto
+    from rmeeto.checkpoint import CheckpointError, save_checkpoint
+
+    vit = save_checkpoint(rmeeto.create_model("vit_test_patch4_16", num_classes=3), tmp_path / "vit.pth")
+    vim = save_checkpoint(rmeeto.create_model("vim_test_patch4_16"), tmp_path / "vim.pth")
+    with pytest.raises(CheckpointError, match=r"looks like vit_test_patch4_16, num_classes=3\)"):
+        rmeeto.create_model("vim_test_patch4_16", checkpoint_path=str(vit))
+    with pytest.raises(CheckpointError, match=r"looks like vim_test_patch4_16\)"):
+        rmeeto.create_model("vit_test_patch4_16", checkpoint_path=str(vim))

@@ -13,19 +13,23 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from rmeeto.checkpoint import (
-    PathLike, describe_checkpoint, load_checkpoint, read_checkpoint, strip_prefixes, unwrap_state_dict,
+    PathLike, describe_checkpoint, load_checkpoint, read_checkpoint, register_fit_hint, unwrap_state_dict,
 )
 from rmeeto.models._arch import CLS_POSITIONS, VimArch
 from rmeeto.models._registry import (
     IMAGENET_MEAN, IMAGENET_STD, ModelConfig, get_config, list_models, match_model, register_model,
 )
 from rmeeto.models.videomamba import VideoMamba
-from rmeeto.models.vim import VisionMamba, arch_facts
+from rmeeto.models.vim import VisionMamba
+from rmeeto.models._match import fit_hint, match_weights
 from rmeeto.models import vit as _vit
+
+register_fit_hint(fit_hint)  # load errors name the registered model a checkpoint that does not fit looks like
 
 __all__ = [
     "ModelConfig", "VimArch", "CLS_POSITIONS", "create_model", "list_models", "get_config", "register_model",
-    "VisionMamba", "VideoMamba", "arch_of", "inspect_checkpoint", "match_model", "IMAGENET_MEAN", "IMAGENET_STD",
+    "VisionMamba", "VideoMamba", "arch_of", "inspect_checkpoint", "match_model", "match_weights", "IMAGENET_MEAN",
+    "IMAGENET_STD",
 ]
 
 # --------------------------------------------------------------------------------- official models
@@ -171,13 +175,7 @@ def inspect_checkpoint(path: PathLike) -> dict[str, Any]:
     raw = read_checkpoint(path)
     info = describe_checkpoint(path, raw)
     weights, _ = unwrap_state_dict(raw)  # describe_checkpoint has already refused a file without weights
-    weights = {strip_prefixes(k): v for k, v in weights.items()}
-    if _vit.is_vit_state_dict(weights):
-        backbone, facts = "vit", _vit.vit_arch_facts(weights)
-        model, overrides = _vit.match_vit(facts)
-    else:
-        backbone, facts = "vim", arch_facts(weights)
-        model, overrides = match_model(facts)
+    backbone, facts, model, overrides = match_weights(weights)
     report = {k: facts[k] for k in ("embed_dim", "depth", "patch_size", "in_chans", "img_size", "num_classes",
                                     "num_tokens", "d_state")}
     out = {}

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from rmeeto.checkpoint import CheckpointError, FilterResult, plain_filter, strip_prefixes, unwrap_module
 from rmeeto.models._arch import VimArch
-from rmeeto.models._registry import match_model
 from rmeeto.ops import policy
 from rmeeto.ops.conv import conv_silu, conv_silu_bidir
 from rmeeto.ops.embed import insert_cls_add_pos, patch_rows
@@ -690,7 +689,6 @@ def filter_state_dict(state_dict: Mapping[str, Any], model: nn.Module) -> Filter
                 why = (f"checkpoint head.weight has shape {ckpt_shape} (input width {ckpt_shape[-1]}), the "
                        f"model's is {tuple(head.weight.shape)} (width {head.in_features})")
             notes.append(f"classifier not loaded: {why}; head re-initialised")
-    result.hint = _fit_hint(state_dict)
     return result
 
 
@@ -774,15 +772,3 @@ def arch_from_state_dict(state_dict: Mapping[str, Any], cls_position: Optional[s
     extra = {k: facts[k] for k in ("num_frames", "tubelet_size")} if video else {}
     return VimArch(**{k: facts[k] for k in fields}, **extra, cls_position=cls_position, divide_out=divide_out,
                    init=init)
-
-
-def _fit_hint(state_dict: Mapping[str, Any]) -> str:
-    """' (the checkpoint looks like <registered model>)' for error messages, or ''."""
-    try:
-        name, overrides = match_model(arch_facts(state_dict))
-    except Exception:
-        return ""
-    if name is None:
-        return ""
-    extra = "".join(f", {k}={v}" for k, v in overrides.items())
-    return f" (the checkpoint looks like {name}{extra})"

@@ -25,7 +25,8 @@ from rmeeto.models._meta import NamedModelConfig
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
 
-__all__ = ["ViTArch", "ViTConfig", "VIT_MODELS", "is_vit", "create_vit", "register_vit", "checkpoint_filter_fn"]
+__all__ = ["ViTArch", "ViTConfig", "VIT_MODELS", "is_vit", "create_vit", "register_vit", "checkpoint_filter_fn",
+           "is_vit_state_dict", "vit_arch_facts", "match_vit"]
 
 
 # timm is imported only when a ViT is built or met (3 s of start-up on a 2-core machine otherwise, for every
