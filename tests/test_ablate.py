@@ -172,6 +172,17 @@ def test_ablate_reuses_a_row_only_for_the_same_experiment(tmp_path, checkpoints,
     calls.clear()
     assert main(base) == 0 and main(base) == 0  # random weights: another model each run
     assert calls == ["unmerged", "merge ordered"] * 2
+    # new weights saved over the same file name are another experiment too
+    weights = tmp_path / "w.pth"
+    torch.manual_seed(5)
+    save_checkpoint(create_model(MODELS[1]), weights)
+    again = [*base, "--checkpoint", str(weights)]
+    calls.clear()
+    assert main(again) == 0 and main(again) == 0 and calls == ["unmerged", "merge ordered"]
+    torch.manual_seed(6)
+    save_checkpoint(create_model(MODELS[1]), weights)
+    calls.clear()
+    assert main(again) == 0 and calls == ["unmerged", "merge ordered"]
 
     table = (tmp_path / "ablate.csv").read_text().splitlines()
     cells = table[2].split(",")

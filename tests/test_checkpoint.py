@@ -305,3 +305,16 @@ def test_inspect_recognises_vim_tiny_with_other_head(tmp_path):
     info = inspect_checkpoint(tmp_path / "ti.pth")
     assert info["model"] == "vim_tiny_patch16_224" and info["model_overrides"] == {"num_classes": 100}
     assert info["num_tensors"] == 415 and not info["has_ema"] and info["epoch"] is None
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.complex64])
+def test_weights_that_are_not_floating_point_are_refused(tmp_path, dtype):
+    """copy_ casts them silently: int weights truncated to zeros scored 50 % on two classes as if a model."""
+    model = create_model("vim_test_patch4_16")
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    for path in (tmp_path / "w.pth", tmp_path / "w.safetensors"):
+        if path.suffix == ".safetensors" and dtype == torch.complex64:
+            continue  # safetensors stores no complex tensors
+        save_checkpoint(state, path)
+        with pytest.raises(CheckpointError, match=f"is {str(dtype).replace('torch.', '')}, not a floating-point"):
+            load_checkpoint(create_model("vim_test_patch4_16"), path)

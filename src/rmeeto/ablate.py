@@ -44,11 +44,11 @@ SHUFFLE_RATES = (0.0, 0.1, 0.3, 0.5, 0.7)  # Table 5 of the paper (0 = the plain
 
 FIELDS = ("model", "backbone", "setting", "group", "mode", "layout", "shuffle_rate", "num_merged", "training",
           "tokens", "gflops", "top1", "top5", "loss", "n", "top1_drop", "checkpoint", "data", "limit",
-          "shuffle_seed", "retrain_lr", "retrain_batch_size")
+          "shuffle_seed", "retrain_lr", "retrain_batch_size", "checkpoint_digest")
 # a recorded row answers a cell when these agree (anything else may change the numbers); the settings that do not
 # apply to a cell (the shuffle seed of an unshuffled cell, the lr of a training-free one) are left empty
 KEY_FIELDS = ("model", "setting", "training", "checkpoint", "data", "limit", "num_merged", "shuffle_seed",
-              "retrain_lr", "retrain_batch_size")
+              "retrain_lr", "retrain_batch_size", "checkpoint_digest")
 
 
 @dataclass(frozen=True)
@@ -210,10 +210,13 @@ def run_ablation(models: Sequence[str], data: str = "digits", checkpoints: Optio
         for training in trainings:
             plan += [(i, cell, training) for cell in cells if not (training != "free" and cell.config is None)]
 
+    # the file's contents, not only its path: new weights saved over the same name are another experiment
+    digests = [_file_digest(c) if c is not None else "" for c in checkpoints]
+
     def ident(i: int, cell: Cell, training: str) -> dict:
         cfg, retrained = cell.config, training != "free"
         return {"model": models[i], "setting": cell.setting, "training": training,
-                "checkpoint": checkpoints[i] or "", "data": data,
+                "checkpoint": checkpoints[i] or "", "checkpoint_digest": digests[i], "data": data,
                 "limit": "" if settings.limit is None else settings.limit,
                 "num_merged": (cfg.num_merged if isinstance(cfg.num_merged, int) else sum(cfg.num_merged)) if cfg
                 else 0,
@@ -289,6 +292,17 @@ def run_ablation(models: Sequence[str], data: str = "digits", checkpoints: Optio
     return mine
 
 
+def _file_digest(path: str) -> str:
+    """The first 16 hex digits of the SHA-256 of a checkpoint file (an ``hf-hub:`` path: of its cached file)."""
+    from rmeeto._hubpath import resolve
+
+    digest = hashlib.sha256()
+    with open(resolve(path), "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def _run_name(ident: dict) -> str:
     """The re-training folder of a cell: model and setting, then a digest of everything else that makes the run
     (checkpoint, data, tokens merged, seed, lr, batch, epochs), so that another experiment in the same OUT trains
@@ -304,12 +318,12 @@ def _input_tokens(name: str) -> int:
 
 
 def _fill_drops(rows: list[dict]) -> None:
-    """top1_drop = top-1 of the row - top-1 of the unmerged row of the same model, checkpoint, data and limit
-    (negative = worse), the number the paper's figure plots."""
-    base = {(r["model"], r["checkpoint"], r["data"], str(r["limit"])): r["top1"]
+    """top1_drop = top-1 of the row - top-1 of the unmerged row of the same model, checkpoint (path and contents),
+    data and limit (negative = worse), the number the paper's figure plots."""
+    base = {(r["model"], r["checkpoint"], r.get("checkpoint_digest", ""), r["data"], str(r["limit"])): r["top1"]
             for r in rows if r["setting"] == "unmerged" and r["training"] == "free"}
     for r in rows:
-        b = base.get((r["model"], r["checkpoint"], r["data"], str(r["limit"])))
+        b = base.get((r["model"], r["checkpoint"], r.get("checkpoint_digest", ""), r["data"], str(r["limit"])))
         r["top1_drop"] = float(r["top1"]) - b if b is not None else math.nan
 
 

@@ -130,6 +130,15 @@ def positive_float(text: str) -> float:
     return value
 
 
+def unit_float_below_one(text: str) -> float:
+    """[0, 1): a probability or fraction that may not be 1 (label smoothing of 1 leaves no signal; drop path 1
+    drops every block)."""
+    value = _number(text, "in [0, 1)")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
 def open_unit_float(text: str) -> float:
     value = _number(text, "in (0, 1)")
     if not 0 < value < 1:

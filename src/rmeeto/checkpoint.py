@@ -426,6 +426,10 @@ def load_checkpoint(
                 f"checkpoint {path}: {key} has shape {tuple(value.shape)}, the model expects "
                 f"{tuple(own[key].shape)}{_fit_hint(report, weights)}"
             )
+        if key in own and own[key].is_floating_point() and not value.is_floating_point():
+            # copy_ would cast silently: int weights truncate to zeros, complex ones lose their imaginary part
+            raise CheckpointError(f"checkpoint {path}: {key} is {str(value.dtype).replace('torch.', '')}, not a "
+                                  "floating-point tensor: these are not a model's weights")
     target.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
     if report.head_reset:  # re-initialised the timm way, so the result does not depend on the model's history
         head = target.get_classifier()

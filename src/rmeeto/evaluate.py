@@ -296,6 +296,9 @@ def load_model_for_eval(
     return model.to(resolve_device(device)).eval()
 
 
+MAX_CLIP_CLASSES = 100_000  # a bound on a clip list's labels (Kinetics-700 has 700): beyond it, a wrong column
+
+
 def build_eval_dataset(data: str, model_name: str, limit: Optional[int] = None, *, test_views: bool = False,
                        list_sep: str = "auto", classes: Optional[Sequence[str]] = None):
     """The evaluation split of ``data`` preprocessed for the registered model ``model_name`` (its input size,
@@ -320,7 +323,11 @@ def build_eval_dataset(data: str, model_name: str, limit: Optional[int] = None, 
 
         dataset = build_clip_dataset(data, "test" if test_views else "val", cfg.arch, sep=list_sep, mean=cfg.mean,
                                      std=cfg.std)
-        classes = [str(i) for i in range(max(dataset.targets) + 1)]
+        top = max(dataset.targets)
+        if top >= MAX_CLIP_CLASSES:  # checked before the names are made: 10^20 of them would never finish
+            raise ValueError(f"{data}: its clip list has the label {top}, more than any classifier here takes "
+                             f"({MAX_CLIP_CLASSES:,} classes at most); is the label column the right one?")
+        classes = [str(i) for i in range(top + 1)]
     else:
         if test_views:
             raise ValueError(f"multi-view testing is for video models; {model_name} takes images")

@@ -38,7 +38,8 @@ def resolve_device(device: Union[str, torch.device, None] = "auto", local_rank: 
     """``"auto"``/None -> CUDA when available, else CPU; anything else goes to :class:`torch.device`.
 
     ``local_rank`` (a torchrun process's GPU) completes an index-less ``cuda``; without it an index-less ``cuda``
-    is the current device. Raises ValueError for a malformed name or a CUDA device that is not there.
+    is the current device. Raises ValueError for a malformed name, a type other than cpu and cuda, or a CUDA device
+    that is not there.
     """
     if device is None or str(device) == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -46,6 +47,8 @@ def resolve_device(device: Union[str, torch.device, None] = "auto", local_rank: 
         device = torch.device(device)
     except RuntimeError as exc:
         raise ValueError(f"device {str(device)!r}: {exc}") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xla, meta...: the kernels, autocast and timing assume these two
+        raise ValueError(f"device {str(device)!r} is not supported: use cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {str(device)!r} requested but no CUDA device is available")

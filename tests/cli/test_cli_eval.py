@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -380,3 +381,59 @@ def test_an_os_error_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
     assert main(["models"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"rmeeto models: error: Is a directory: {tmp_path}"
+
+
+def test_outputs_never_replace_inputs(tmp_path, biased_checkpoint, capsys):
+    """An export over the checkpoint it reads, a picture over an input image, --json over the checkpoint: each is
+    refused before anything is written, and the input is unchanged."""
+    import shutil
+
+    ckpt = tmp_path / "weights.pt2"  # a checkpoint under the export's own suffix
+    shutil.copy(biased_checkpoint, ckpt)
+    before = ckpt.read_bytes()
+    assert main(["export", MODEL, "--checkpoint", str(ckpt), "--out", str(ckpt)]) == 2
+    assert "is the input" in capsys.readouterr().err and ckpt.read_bytes() == before
+    link = tmp_path / "link.json"
+    link.symlink_to(biased_checkpoint)
+    data = Path(biased_checkpoint).read_bytes()
+    assert main(["eval", MODEL, "--checkpoint", biased_checkpoint, "--json", str(link), "--limit", "4", *RUN]) == 2
+    assert "is the input" in capsys.readouterr().err and Path(biased_checkpoint).read_bytes() == data
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(pictures / "x.jpg")
+    Image.new("RGB", (20, 20), (30, 200, 30)).save(pictures / "x_layer3.png")
+    kept = (pictures / "x_layer3.png").read_bytes()
+    assert main(["visualize", MODEL, "--images", str(pictures / "x.jpg"), str(pictures / "x_layer3.png"),
+                 "--out", str(pictures), "--device", "cpu"]) == 2
+    assert "x_layer3.png is the input" in capsys.readouterr().err
+    assert (pictures / "x_layer3.png").read_bytes() == kept and not (pictures / "x_layer3_layer3.png").exists()
+    assert main(["visualize", MODEL, "--images", str(pictures / "x.jpg"), "--out", str(pictures / "x.jpg"),
+                 "--device", "cpu"]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+
+
+def test_unsupported_devices_and_impossible_training_values_are_one_line(capsys):
+    for argv in (["eval", MODEL, "--device", "mps"], ["bench", MODEL, "--device", "meta", "--dtype", "fp32"],
+                 ["bench-data", ".", "--device", "xla"]):
+        try:
+            rc = main(argv)
+        except SystemExit as exc:  # refused while parsing
+            rc = exc.code
+        assert rc == 2
+        assert "is not supported: use cpu, cuda or cuda:N" in capsys.readouterr().err
+    for flag in ("--smoothing", "--drop-path"):
+        with pytest.raises(SystemExit):
+            main(["retrain", "--model", MODEL, "--from-scratch", flag, "1"])
+        assert f"argument {flag}: expected a number in [0, 1), got '1'" in capsys.readouterr().err
+
+
+def test_a_clip_list_label_beyond_any_classifier_is_refused_at_once(tmp_path):
+    from rmeeto.evaluate import build_eval_dataset
+    from rmeeto.video import write_synthetic_clip_folder
+
+    folder = write_synthetic_clip_folder(tmp_path / "clips", num_train=1, num_val=1, num_frames=4, size=16)
+    line = (folder / "val.csv").read_text().split()[0]
+    (folder / "val.csv").write_text(f"{line} 99999999999999999999999\n")
+    with pytest.raises(ValueError, match="has the label 99999999999999999999999, more than any classifier"):
+        build_eval_dataset(str(folder), "videomamba_test_patch4_16_f4")

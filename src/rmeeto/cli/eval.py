@@ -113,6 +113,21 @@ def check_output_file(path: str, flag: str) -> Path:
     return out
 
 
+def check_not_an_input(out, inputs, flag: str) -> None:
+    """CLIError when writing ``out`` would replace one of ``inputs`` (paths, None skipped): the same path, a link
+    to it, or a hard link. Run before anything is written; a user's checkpoint or image is never an output."""
+    out = Path(out)
+    for given in inputs:
+        if given is None or not out.exists():
+            continue
+        try:
+            same = os.path.samefile(out, given)
+        except OSError:  # the input is gone or unreadable: nothing of it to lose
+            continue
+        if same:
+            raise CLIError(f"{flag} {out} is the input {given}; writing it would replace it: choose another path")
+
+
 def write_file_atomic(out: Path, text: str, flag: str) -> None:
     """Write ``text`` to ``out`` whole or not at all (:func:`rmeeto._files.write_atomic`): a failure (disk full,
     read-only) leaves an existing file untouched and no partial or 0-byte file behind; CLIError in one line."""
@@ -338,6 +353,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--test-views is the 12-view video test; {args.model} takes images")
     check_paths(args.checkpoint, args.data)
     json_out = check_output_file(args.json, "--json") if args.json else None
+    if json_out is not None and args.checkpoint is not None:
+        check_not_an_input(json_out, [_local_checkpoint(args.checkpoint)], "--json")
     merge_config, merge_source = merge_config_for(args, args.model)
     device = resolve_device(args.device)
     amp = resolve_amp(args.amp, device)

@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rmeeto.cli.eval import check_model, check_paths, load_model, merge_config_for, num_classes_for
+    from rmeeto.cli.eval import (_local_checkpoint, check_model, check_not_an_input, check_paths, load_model,
+                                 merge_config_for, num_classes_for)
     from rmeeto.export import ExportError, export_model, verify_export
 
     def log(message: str) -> None:
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = check_model(args.model)
     check_paths(args.checkpoint)
+    check_not_an_input(args.out, [_local_checkpoint(args.checkpoint)], "--out")
     config, source = merge_config_for(args, args.model)
     num_classes = num_classes_for(args.model, cfg, args.checkpoint, None, use_ema=args.ema)
     model = load_model(args.model, args.checkpoint, config, num_classes, "cpu", use_ema=args.ema)

@@ -8,7 +8,7 @@ import sys
 from rmeeto.cli import CLIError
 from rmeeto.argtypes import (auto_augment_policy, class_list_file, device_name, finite_float, nonneg_float,
                               nonneg_int, open_unit_float, positive_float, positive_int, positive_unit_float,
-                              seed_int, unit_float, worker_count)
+                              seed_int, unit_float, unit_float_below_one, worker_count)
 from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
 from rmeeto.data import SUBSET_MODES
 
@@ -117,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="scale the lr of cls_token, pos_embed and patch_embed by D ** (depth + 1), as the "
                         "official video recipe in effect does (default off; 0.75 under the video --preset "
                         "paper; 1 = no scaling)")
-    g.add_argument("--drop-path", type=unit_float, default=None, help="student stochastic depth (default 0.1)")
+    g.add_argument("--drop-path", type=unit_float_below_one, default=None, help="student stochastic depth (default 0.1)")
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                    help="keep an EMA of the weights, evaluated and used for best.pth")
     g.add_argument("--ema-decay", type=open_unit_float, default=None)
@@ -125,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("loss and augmentation")
     g.add_argument("--alpha", type=finite_float, default=None,
                    help="weight of KL(teacher || student) (default 0.5; 0 = no teacher)")
-    g.add_argument("--smoothing", type=unit_float, default=None, help="label smoothing (default 0.1)")
+    g.add_argument("--smoothing", type=unit_float_below_one, default=None, help="label smoothing (default 0.1)")
     g.add_argument("--train-aug", action=argparse.BooleanOptionalAction, default=None,
                    help="random resized crop + flip for training images (default on)")
     g.add_argument("--auto-augment", "--aa", dest="auto_augment", type=auto_augment_policy, default=None,

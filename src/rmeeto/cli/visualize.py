@@ -10,7 +10,8 @@ from pathlib import Path
 from rmeeto.backbones import depth_of
 from rmeeto.cli import CLIError
 from rmeeto.cli._merge_args import add_merge_arguments
-from rmeeto.cli.eval import check_model, check_paths, load_model, merge_config_for, num_classes_for, resolve_device
+from rmeeto.cli.eval import (check_model, check_not_an_input, check_paths, load_model, merge_config_for,
+                             num_classes_for, resolve_device)
 
 HELP = "show which patches end up in the same token at a layer (one PNG per image or video clip)"
 DESCRIPTION = """\
@@ -175,11 +176,16 @@ def run(args: argparse.Namespace) -> int:
     mean = torch.tensor(model_cfg.mean).view(3, *[1] * (images.dim() - 2))
     std = torch.tensor(model_cfg.std).view(3, *[1] * (images.dim() - 2))
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; give a folder for the pictures")
     out.mkdir(parents=True, exist_ok=True)
     name_of = (lambda i: classes[i]) if classes and len(classes) == num_classes else str
 
     weights = args.checkpoint if args.checkpoint else "random weights"
-    for b, (stem, x, label) in enumerate(items):
+    paths = [out / f"{stem}_layer{info['layer']}.png" for stem, _, _ in items]
+    for path in paths:  # before drawing anything: an input picture is never replaced by an output
+        check_not_an_input(path, [*(args.images or ()), args.checkpoint], "--out: the picture")
+    for b, ((stem, x, label), path) in enumerate(zip(items, paths)):
         pixels = (x.cpu() * std + mean).clamp(0, 1)
         pixels = pixels.permute(*range(1, pixels.dim()), 0).numpy()  # [H, W, 3] or [T, H, W, 3]
         p, pred = probs[b].max(-1)
@@ -189,7 +195,6 @@ def run(args: argparse.Namespace) -> int:
         title += f"\n{args.model} ({Path(weights).name}), layer {info['layer']}: {info['tokens']} tokens"
         draw = draw_clip_token_groups if pixels.ndim == 4 else draw_token_groups
         fig = draw(pixels, groups[b].cpu().numpy(), title=title)
-        path = out / f"{stem}_layer{info['layer']}.png"
         fig.savefig(path)
         plt.close(fig)
         print(f"wrote {path}  ({title.splitlines()[0]})")

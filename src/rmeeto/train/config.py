@@ -209,9 +209,12 @@ class TrainConfig:
                      "workers", "save_every_steps"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):  # NaN fails both
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
-        for name in ("drop_path", "smoothing", "reprob", "mixup_prob", "mixup_switch_prob", "max_bad_fraction"):
+        for name in ("reprob", "mixup_prob", "mixup_switch_prob", "max_bad_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        for name in ("drop_path", "smoothing"):  # 1 would leave no signal: every block dropped, uniform targets
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
         if self.clip_grad is not None and not (self.clip_grad > 0 and math.isfinite(self.clip_grad)):
