@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,3 +254,20 @@ def test_subset_dataset_touches_only_the_training_split():
     assert y == train[sub.indices[0]][1] and torch.equal(x, train[sub.indices[0]][0])
     assert subset_dataset(train, 1.0) is train
     assert not set(sub.indices) - set(range(len(train)))
+
+
+def test_hidden_folders_and_files_are_neither_classes_nor_images(tmp_path):
+    """Jupyter's .ipynb_checkpoints beside the class folders, macOS's ._x.jpg resource forks beside the images."""
+    from rmeeto.data import ImageFolderDataset
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / cls / "0.jpg")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / ".ipynb_checkpoints" / "0.jpg")
+    (tmp_path / "a" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "a" / ".cache").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / ".cache" / "1.jpg")
+    ds = ImageFolderDataset(tmp_path)
+    assert ds.classes == ["a", "b"]
+    assert [Path(p).relative_to(tmp_path).as_posix() for p, _ in ds.samples] == ["a/0.jpg", "b/0.jpg"]

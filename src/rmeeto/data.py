@@ -257,12 +257,16 @@ def read_rgb(source: Any) -> Image.Image:
 
 
 def _find_images(folder: Path, extensions: tuple[str, ...]) -> list[str]:
-    """Image files under ``folder`` (recursively), in torchvision's order. Links to folders inside it are not
-    followed: a link back to an ancestor would loop, and one to another class folder would label that class's
-    images twice (the class folder itself may be a link)."""
+    """Image files under ``folder`` (recursively, hidden files and folders left out), in torchvision's order.
+    Links to folders inside it are not followed: a link back to an ancestor would loop, and one to another class
+    folder would label that class's images twice (the class folder itself may be a link)."""
     found = []
     for root, _, names in sorted(os.walk(folder, followlinks=False)):
-        found.extend(os.path.join(root, n) for n in sorted(names) if n.lower().endswith(extensions))
+        if any(part.startswith(".") for part in Path(root).relative_to(folder).parts):
+            continue  # inside a hidden folder (.ipynb_checkpoints)
+        # hidden files are no images: macOS's "._x.jpg" resource forks, editors' backups
+        found.extend(os.path.join(root, n) for n in sorted(names)
+                     if n.lower().endswith(extensions) and not n.startswith("."))
     return found
 
 
@@ -285,7 +289,8 @@ class ImageFolderDataset(Dataset):
         self.root = root
         self.transform = transform
         self.extensions = tuple(e.lower() for e in extensions)
-        present = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        # hidden folders (.ipynb_checkpoints, .git, .Trash) are no classes
+        present = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
         if not present:
             raise DataError(f"dataset folder {root} holds no class folders (expected {root}/<class>/<image>)")
         # one numbering for every split: a val folder scored with its own numbering would compare labels of

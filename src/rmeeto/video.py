@@ -108,7 +108,7 @@ def read_clip_list(list_file: PathLike, root: Optional[PathLike] = None, sep: st
     if not list_file.is_file():
         raise DataError(f"clip list {list_file} does not exist or is not a file")
     samples = []
-    with open(list_file, encoding="utf-8") as f:
+    with open(list_file, encoding="utf-8-sig") as f:  # -sig: a leading BOM (Windows editors) is dropped
         for lineno, line in enumerate(f, 1):
             text = line.strip()
             if not text or text.startswith("#"):
@@ -622,7 +622,7 @@ def find_clip_list(folder: PathLike, split: str) -> Path:
 def detect_list_sep(list_file: PathLike) -> str:
     """The separator of a list file, read off its first entry: ``" "`` if ``path label`` splits there on a
     space (the official Kinetics ``.csv`` files), else ``","`` or a tab. Raises DataError when none fits."""
-    with open(list_file, encoding="utf-8") as f:
+    with open(list_file, encoding="utf-8-sig") as f:  # -sig: a leading BOM (Windows editors) is dropped
         for line in f:
             text = line.strip()
             if not text or text.startswith("#"):
@@ -631,8 +631,8 @@ def detect_list_sep(list_file: PathLike) -> str:
                 fields = text.rsplit(sep, 1)
                 if len(fields) == 2 and fields[0].strip() and fields[1].strip().isdigit():
                     return sep
-            raise DataError(f"{list_file}: cannot tell the separator of {text!r} (expected 'path label', "
-                            "'path,label' or tab-separated); pass the separator explicitly")
+            raise DataError(f"{list_file}: cannot read {text!r} as a video path and an integer class label "
+                            "separated by a space, a comma or a tab ('path label', 'path,label')")
     raise DataError(f"clip list {list_file} lists no videos")
 
 

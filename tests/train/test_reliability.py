@@ -299,7 +299,8 @@ def test_a_teacher_whose_head_does_not_fit_is_refused(tmp_path):
     from rmeeto.checkpoint import save_checkpoint
 
     ckpt = save_checkpoint(create_model(MODEL, num_classes=5), tmp_path / "five.pth")
-    with pytest.raises(TrainError, match=r"teacher .*five\.pth.*does not fit"):
+    with pytest.raises(TrainError, match=r"teacher .*five\.pth: its 5-class classifier does not fit the 10-class "
+                                         r"model being trained; if the data has 5 classes, give --num-classes 5"):
         train(_quick(None, checkpoint=str(ckpt), alpha=0.5))
     fits = save_checkpoint(create_model(MODEL), tmp_path / "ten.pth")  # a separate teacher that fits is fine
     result = train(_quick(None, checkpoint=str(ckpt), teacher=str(fits), alpha=0.5))

@@ -71,7 +71,7 @@ def _final_tokens(text: str):
     if text.strip().lower() in (_NO_FINAL, "0"):
         return _NO_FINAL
     return parse_int_at_least(text, 2, text, "expected an integer >= 2 or 'none'",
-                              "expected an integer >= 2 (class token + one patch) or 'none'")
+                              "expected an integer >= 2 (class token + one patch), or 'none' / 0 for off")
 
 
 def add_merge_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -106,7 +106,7 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
                    help=f"how merged tokens combine (default {_DEFAULTS['reduce']}; sum = size-weighted mean)")
     g.add_argument("--final-tokens", dest="final_tokens", type=_final_tokens, default=None, metavar="N",
                    help="the last merging layer leaves exactly N tokens (the official 'compare' rule; the paper "
-                        "preset uses 76 at 224px); 'none' switches it off")
+                        "preset uses 76 at 224px); 'none' (or 0, the release's spelling) switches it off")
     g.add_argument("--shuffle-rate", dest="shuffle_rate", type=unit_float, default=None, metavar="F",
                    help="at each merging layer, randomly permute this fraction of the non-class tokens before "
                         "matching (the paper's order ablation; default 0 = off)")

@@ -100,9 +100,12 @@ def build_models(run: Run, resuming: bool) -> tuple[nn.Module, Optional[TeacherF
         source = config.teacher or config.checkpoint
         loaded = load_weights(teacher, source, config.use_ema_weights and not config.teacher, "teacher")
         if loaded.head_reset:  # a re-initialised head would distil random targets into the student
-            raise TrainError(f"teacher {source}: its classifier does not fit {config.model}'s "
-                             f"{teacher.num_classes} classes; give a --teacher trained on this data, or --alpha 0 "
-                             "to train without distillation")
+            from rmeeto.evaluate import checkpoint_num_classes
+
+            has = checkpoint_num_classes(source, config.use_ema_weights and not config.teacher)
+            raise TrainError(f"teacher {source}: its {has}-class classifier does not fit the {teacher.num_classes}-"
+                             f"class model being trained; if the data has {has} classes, give --num-classes {has}; "
+                             "else a --teacher trained on this data, or --alpha 0 to train without distillation")
         teacher = TeacherForward(teacher.eval().requires_grad_(False).to(run.device), run.amp_dtype,
                                  graph=config.cuda_graphs)
     model.to(run.device)
