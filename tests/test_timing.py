@@ -99,5 +99,10 @@ def test_stored_merge_config_of_unmerged_and_plain_checkpoints(tmp_path):
                           tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="unusable merge_config"):
         load_model_for_eval(MODEL, str(bad))
+    for entry in ("hello", [2, 2]):  # damaged, not "unmerged": evaluating it unmerged would pass for its score
+        odd = save_checkpoint({"model": create_model(MODEL).state_dict(), "merge_config": entry},
+                              tmp_path / f"{type(entry).__name__}.pth")
+        with pytest.raises(CheckpointError, match=f"unusable merge_config \\(a {type(entry).__name__}, not a dict"):
+            load_model_for_eval(MODEL, str(odd))
     with pytest.raises(ValueError, match="'auto', None or a MergeConfig"):
         load_model_for_eval(MODEL, plain, merge_config="paper")

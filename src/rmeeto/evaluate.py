@@ -222,9 +222,11 @@ def stored_merge_config(checkpoint) -> Optional[MergeConfig]:
     from rmeeto.checkpoint import CheckpointError
 
     stored = _stored_entry(checkpoint, "merge_config")
-    if not isinstance(stored, dict):
+    if stored is None:
         return None
     try:
+        if not isinstance(stored, dict):  # a string or a list: a damaged entry, not "unmerged"
+            raise TypeError(f"a {type(stored).__name__}, not a dict")
         config = MergeConfig.from_dict(stored)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {checkpoint} has an unusable merge_config ({exc}); "

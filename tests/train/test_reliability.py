@@ -294,6 +294,20 @@ def test_more_data_classes_than_the_head_is_an_error_before_any_work(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ 5. teacher head
+def test_weights_holding_nan_or_inf_are_named_before_training(tmp_path):
+    from rmeeto import create_model
+    from rmeeto.checkpoint import save_checkpoint
+
+    good = save_checkpoint(create_model(MODEL), tmp_path / "good.pth")
+    state = create_model(MODEL).state_dict()
+    state["head.weight"][0, 0] = float("inf")
+    bad = save_checkpoint(state, tmp_path / "bad.pth")
+    with pytest.raises(TrainError, match=r"teacher .*bad\.pth: its weights hold NaN or inf"):
+        train(_quick(None, checkpoint=str(good), teacher=str(bad), alpha=0.5))
+    with pytest.raises(TrainError, match=r"--checkpoint .*bad\.pth: its weights hold NaN or inf"):
+        train(_quick(None, checkpoint=str(bad), alpha=0.0))
+
+
 def test_a_teacher_whose_head_does_not_fit_is_refused(tmp_path):
     from rmeeto import create_model
     from rmeeto.checkpoint import save_checkpoint

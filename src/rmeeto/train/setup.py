@@ -84,6 +84,14 @@ def prepare_run(config: TrainConfig, resume: Optional[str], ranks: Ranks,
     return Run(config, ranks, device, amp_dtype, out), ckpt, resume_path
 
 
+def _check_finite(model: nn.Module, what: str) -> None:
+    """TrainError naming ``what`` when loaded weights hold NaN or inf: the first step's loss would be NaN, and the
+    error would then name no cause."""
+    norms = torch._foreach_norm([p.detach() for p in model.parameters() if p.is_floating_point()])
+    if norms and not bool(torch.isfinite(torch.stack(norms)).all()):
+        raise TrainError(f"{what}: its weights hold NaN or inf (diverged or corrupt); nothing trained")
+
+
 def build_models(run: Run, resuming: bool) -> tuple[nn.Module, Optional[TeacherForward], Any]:
     """(student, teacher, ema). The student starts from ``config.checkpoint`` (unless ``resuming``: the resume
     checkpoint's weights come later) and merges as ``config.merge`` says; the teacher is the unmerged model,
@@ -93,6 +101,7 @@ def build_models(run: Run, resuming: bool) -> tuple[nn.Module, Optional[TeacherF
     model = create_model(config.model, drop_path_rate=config.drop_path, **width)
     if config.checkpoint is not None and not resuming:
         load_weights(model, config.checkpoint, config.use_ema_weights, "--checkpoint")
+        _check_finite(model, f"--checkpoint {config.checkpoint}")
     apply_merge(model, config.merge)
     teacher = None
     if config.alpha > 0:
@@ -106,6 +115,7 @@ def build_models(run: Run, resuming: bool) -> tuple[nn.Module, Optional[TeacherF
             raise TrainError(f"teacher {source}: its {has}-class classifier does not fit the {teacher.num_classes}-"
                              f"class model being trained; if the data has {has} classes, give --num-classes {has}; "
                              "else a --teacher trained on this data, or --alpha 0 to train without distillation")
+        _check_finite(teacher, f"teacher {source}")
         teacher = TeacherForward(teacher.eval().requires_grad_(False).to(run.device), run.amp_dtype,
                                  graph=config.cuda_graphs)
     model.to(run.device)
