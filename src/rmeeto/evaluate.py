@@ -31,7 +31,7 @@ from rmeeto.timing import OFFICIAL, measure
 
 __all__ = [
     "evaluate", "measure_throughput", "load_model_for_eval", "stored_merge_config", "resolve_merge_config",
-    "checkpoint_num_classes", "build_eval_dataset", "resolve_device",
+    "checkpoint_num_classes", "check_structure", "build_eval_dataset", "resolve_device",
 ]
 
 
@@ -198,6 +198,29 @@ def _stored_entries_version(checkpoint: str, mtime_ns: int, size: int) -> dict:
 
     ckpt = read_checkpoint(checkpoint)
     return {k: ckpt.get(k) for k in ("merge_config", "config")}
+
+
+def check_structure(checkpoint, model_name: str) -> None:
+    """CheckpointError when the checkpoint's weights have another structure (backbone, width, depth, patch,
+    channels) than the registered ``model_name``: a mismatch would otherwise surface as whatever is compared
+    first (a class count, one tensor's shape). Read off the shapes, no model built."""
+    from rmeeto.checkpoint import CheckpointError
+    from rmeeto.models import get_config
+
+    info = _inspect(checkpoint)
+    arch = get_config(model_name).arch
+    backbone = "vit" if hasattr(arch, "num_heads") else "vim"
+    looks = f" (it looks like {info['model']})" if info.get("model") else " (no registered model has its shapes)"
+    if info.get("backbone", backbone) != backbone:
+        names = {"vim": "Vim", "vit": "ViT"}
+        raise CheckpointError(f"checkpoint {checkpoint} holds {names[info['backbone']]} weights, {model_name} is a "
+                              f"{names[backbone]}{looks}")
+    differ = [f"{k} {info['arch'][k]} (the model's: {getattr(arch, k)})"
+              for k in ("embed_dim", "depth", "patch_size", "in_chans")
+              if info["arch"].get(k) is not None and info["arch"][k] != getattr(arch, k)]
+    if differ:
+        raise CheckpointError(f"checkpoint {checkpoint} does not have {model_name}'s structure: "
+                              f"{', '.join(differ)}{looks}")
 
 
 def checkpoint_num_classes(checkpoint, use_ema: bool = False) -> int:

@@ -437,3 +437,18 @@ def test_a_clip_list_label_beyond_any_classifier_is_refused_at_once(tmp_path):
     (folder / "val.csv").write_text(f"{line} 99999999999999999999999\n")
     with pytest.raises(ValueError, match="has the label 99999999999999999999999, more than any classifier"):
         build_eval_dataset(str(folder), "videomamba_test_patch4_16_f4")
+
+
+def test_a_checkpoint_of_another_structure_is_named_as_such(tmp_path, capsys):
+    """Not as a class-count mismatch, which is what used to be compared first."""
+    from rmeeto import create_model
+
+    other = save_checkpoint(create_model("vim_digits_patch4_32", num_classes=2), tmp_path / "digits.pth")
+    vit = save_checkpoint(create_model("vit_test_patch4_16"), tmp_path / "vit.pth")
+    assert main(["eval", MODEL, "--checkpoint", str(other), "--limit", "4", *RUN]) == 2
+    err = capsys.readouterr().err
+    assert "does not have vim_test_patch4_16's structure: embed_dim 64 (the model's: 32)" in err
+    assert "(it looks like vim_digits_patch4_32)" in err and "class" not in err
+    assert main(["sweep", MODEL, "--checkpoint", str(vit), "-r", "0", "--no-throughput", "--limit", "4",
+                 "--out", str(tmp_path / "s"), *RUN]) == 2
+    assert "holds ViT weights, vim_test_patch4_16 is a Vim (it looks like vit_test_patch4_16)" in capsys.readouterr().err

@@ -254,10 +254,11 @@ def num_classes_for(model_name: str, model_cfg, checkpoint: Optional[str], data_
                     data_name: str = "", use_ema: bool = False) -> int:
     """Head size to build: the checkpoint's (which must match the data's class count), else the data's, else
     the registry's."""
-    from rmeeto.evaluate import checkpoint_num_classes
+    from rmeeto.evaluate import check_structure, checkpoint_num_classes
 
     if checkpoint is not None:
         with user_errors():
+            check_structure(checkpoint, model_name)
             n = checkpoint_num_classes(checkpoint, use_ema)
         if data_classes is not None and n != data_classes:
             raise CLIError(
