@@ -374,3 +374,14 @@ def test_merge_norm_fold_is_chosen_for_inference_only(monkeypatch):
         assert not folds(r)
     model.eval().requires_grad_(False)
     assert folds(r)  # frozen weights, plain tensors: nothing to differentiate
+
+
+def test_final_tokens_at_or_above_what_reaches_the_last_merging_layer_warns():
+    import warnings
+
+    model = rmeeto.create_model("vim_test_patch4_16")  # 17 tokens; r=1 every 2nd layer merges at layer 2 only
+    with pytest.warns(UserWarning, match="final_tokens=17: only 17 tokens reach the last merging layer"):
+        apply_merge(model, MergeConfig(num_merged=1, final_tokens=17))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apply_merge(model, MergeConfig(num_merged=1, final_tokens=16))  # merges one: no warning

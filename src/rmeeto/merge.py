@@ -546,6 +546,13 @@ def apply_merge(model: VisionMamba, config: MergeConfig) -> VisionMamba:
             stacklevel=2,
         )
     warn_if_merging_nowhere(config, depth)
+    final = [s for s in sched if s.merging][-1:] if config.final_tokens is not None else []
+    if final and final[0].tokens_in <= config.final_tokens:
+        warnings.warn(
+            f"final_tokens={config.final_tokens}: only {final[0].tokens_in} tokens reach the last merging layer "
+            f"(layer {final[0].layer}), so it merges nothing; give fewer final tokens than that",
+            stacklevel=2,
+        )
     shuffler = config.make_shuffler()
     for s in sched:
         if s.merging:
