@@ -31,7 +31,7 @@ from rmeeto.train.data import CountSkips, NoReadableImage, TrainData
 from rmeeto.train.distributed import agree_on_step, gather_from_ranks, sum_over_ranks
 from rmeeto.train.loss import distillation_forward
 from rmeeto.train.report import RunLog
-from rmeeto.train.setup import Run, Training
+from rmeeto.train.setup import Run, Training, weights_finite
 from rmeeto.train.state import (RunState, SignalCatcher, best_checkpoint, last_checkpoint, merge_shuffler_of, new_partial,
                                  rng_state)
 
@@ -258,8 +258,7 @@ def _check_readable(run: Run, data: TrainData, state: RunState, record: dict, sk
 # ------------------------------------------------------------------------------------------------ saving
 def _check_weights(run: Run, parts: Training, state: RunState) -> None:
     # a finite loss can still come with an inf/NaN gradient; never let such weights replace a good file
-    norms = torch._foreach_norm([p.detach() for p in parts.model.parameters()])
-    if not bool(torch.isfinite(torch.stack(norms)).all()):
+    if not weights_finite(parts.model):
         last = run.out / "last.pth"
         raise NonFiniteLossError(
             f"non-finite weights after epoch {state.epoch} step {state.step_in_epoch}; stopped without saving"

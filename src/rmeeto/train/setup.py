@@ -84,11 +84,16 @@ def prepare_run(config: TrainConfig, resume: Optional[str], ranks: Ranks,
     return Run(config, ranks, device, amp_dtype, out), ckpt, resume_path
 
 
+def weights_finite(model: nn.Module) -> bool:
+    """Whether every floating-point parameter of ``model`` is finite (one fused norm per parameter, one sync)."""
+    norms = torch._foreach_norm([p.detach() for p in model.parameters() if p.is_floating_point()])
+    return not norms or bool(torch.isfinite(torch.stack(norms)).all())
+
+
 def _check_finite(model: nn.Module, what: str) -> None:
     """TrainError naming ``what`` when loaded weights hold NaN or inf: the first step's loss would be NaN, and the
     error would then name no cause."""
-    norms = torch._foreach_norm([p.detach() for p in model.parameters() if p.is_floating_point()])
-    if norms and not bool(torch.isfinite(torch.stack(norms)).all()):
+    if not weights_finite(model):
         raise TrainError(f"{what}: its weights hold NaN or inf (diverged or corrupt); nothing trained")
 
 
