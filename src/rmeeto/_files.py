@@ -7,9 +7,9 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Union
+from typing import BinaryIO, Callable, Iterator, Union
 
-__all__ = ["replace_target", "write_atomic"]
+__all__ = ["replace_target", "atomic_path", "write_atomic"]
 
 
 def replace_target(path) -> Path:
@@ -38,26 +38,24 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path, content: Union[bytes, str, Callable[[BinaryIO], None]]) -> Path:
-    """Write ``path`` whole or not at all; returns the file written (a symlink's target, see
-    :func:`replace_target`).
-
-    ``content``: bytes, text (UTF-8), or a function that writes into the binary file it is given. It goes to a
-    temporary file in the same folder (created with its parents), is fsynced, gets a new file's usual permissions
-    and is renamed over ``path``; the folder is fsynced so that the rename is durable. Any failure (disk full,
-    read-only folder, an exception from ``content``, a signal) leaves the previous file untouched and no
-    temporary file behind, and propagates."""
+@contextlib.contextmanager
+def atomic_path(path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (a regular file, see :func:`replace_target`) for a writer that
+    takes a file name; when the block ends, the file is fsynced, given a new file's usual permissions and renamed
+    over ``path``, and the folder is fsynced so that the rename is durable. Any failure in the block (disk full,
+    an exception, a signal) leaves the previous file untouched and no temporary file behind, and propagates.
+    ``suffix`` ends the temporary name (a writer may want the real one, ``.tmp.onnx``)."""
     path = replace_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(content):
-                content(f)
-            else:
-                f.write(content.encode() if isinstance(content, str) else content)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
@@ -70,4 +68,16 @@ def write_atomic(path, content: Union[bytes, str, Callable[[BinaryIO], None]]) -
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def write_atomic(path, content: Union[bytes, str, Callable[[BinaryIO], None]]) -> Path:
+    """Write ``path`` whole or not at all (:func:`atomic_path`); returns the file written (a symlink's target,
+    see :func:`replace_target`). ``content``: bytes, text (UTF-8), or a function that writes into the binary file
+    it is given."""
+    path = replace_target(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        if callable(content):
+            content(f)
+        else:
+            f.write(content.encode() if isinstance(content, str) else content)
     return path

@@ -30,7 +30,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn as nn
 
-from rmeeto._files import replace_target
+from rmeeto._files import atomic_path, replace_target
 
 __all__ = ["FORMATS", "ExportError", "export_model", "run_exported", "verify_export"]
 
@@ -134,19 +134,14 @@ def export_model(
     shape = ("any" if dynamic_batch else str(batch_size)) + "x" + "x".join(map(str, x.shape[1:]))
     log(f"exporting {format} ({shape} input, pure-PyTorch path) ...")
     out = replace_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # written beside, then renamed over ``out``: a failed export leaves an earlier artefact of that name intact
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
-    try:
-        _EXPORTERS[format](prepared, x, dynamic_batch, tmp)
-        os.replace(tmp, out)
+    try:  # written beside, then renamed over ``out``: a failed export leaves an earlier artefact of that name intact
+        with atomic_path(out, suffix=f".tmp{out.suffix}") as tmp:
+            _EXPORTERS[format](prepared, x, dynamic_batch, tmp)
     except ExportError:
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"{format} export failed: {type(exc).__name__}: {first[:200]}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return out
 
