@@ -49,11 +49,10 @@ def usable_cores() -> int:
 def worker_count(text: str) -> int:
     """Data-loading processes: an integer from 0 to WORKERS_PER_CORE x the usable cores (a typo such as 1000
     would start a thousand processes, each with a copy of the dataset)."""
-    value = nonneg_int(text)
-    cap = WORKERS_PER_CORE * usable_cores()
-    if value > cap:
-        raise argparse.ArgumentTypeError(f"{value} data-loading processes for {usable_cores()} usable CPU cores; "
-                                         f"give at most {cap}")
+    value, cores = nonneg_int(text), usable_cores()
+    if value > WORKERS_PER_CORE * cores:
+        raise argparse.ArgumentTypeError(f"{value} data-loading processes for {cores} usable CPU cores; "
+                                         f"give at most {WORKERS_PER_CORE * cores}")
     return value
 
 

@@ -204,12 +204,13 @@ def check_structure(checkpoint, model_name: str) -> None:
     """CheckpointError when the checkpoint's weights have another structure (backbone, width, depth, patch,
     channels) than the registered ``model_name``: a mismatch would otherwise surface as whatever is compared
     first (a class count, one tensor's shape). Read off the shapes, no model built."""
+    from rmeeto.backbones import is_vit_name
     from rmeeto.checkpoint import CheckpointError
     from rmeeto.models import get_config
 
     info = _inspect(checkpoint)
     arch = get_config(model_name).arch
-    backbone = "vit" if hasattr(arch, "num_heads") else "vim"
+    backbone = "vit" if is_vit_name(model_name) else "vim"
     looks = f" (it looks like {info['model']})" if info.get("model") else " (no registered model has its shapes)"
     if info.get("backbone", backbone) != backbone:
         names = {"vim": "Vim", "vit": "ViT"}
