@@ -35,8 +35,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output_file(args.json, "--json")
-    if args.batch_size < 1 or (args.batches is not None and args.batches < 1):
-        raise CLIError("--batch-size and --batches must be >= 1")
     try:
         rows = run_from_args(args)
     except ValueError as exc:
