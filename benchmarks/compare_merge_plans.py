@@ -26,7 +26,8 @@ SHAPES = [(128, 197, 192, 98, 5), (128, 197, 384, 98, 11), (64, 197, 768, 98, 11
 
 
 class _Unregistered:
-    """Stands in for ``torch.library.custom_op`` while the other module loads (its op names are taken)."""
+    """Stands in for an op (``torch.library.custom_op``, in an older merge.py) while the other module loads (its
+    op names are taken)."""
 
     def __init__(self, fn):
         self.fn = fn
@@ -42,14 +43,23 @@ class _Unregistered:
 
 
 def load(path: str):
+    """The merge.py at ``path`` as a module whose ops are left unregistered (plain functions)."""
+    from rmeeto.ops.triton import _inductor
+
     spec = importlib.util.spec_from_file_location("other_merge", path)
     module = importlib.util.module_from_spec(spec)
-    real = torch.library.custom_op
-    torch.library.custom_op = lambda name, **kwargs: _Unregistered
+    stand_ins = [(torch.library, "custom_op", lambda name, **kwargs: _Unregistered),
+                 (_inductor, "library_op", lambda name: _Unregistered),
+                 (torch.library, "register_fake", lambda op, *args, **kwargs: (lambda fn: fn)),
+                 (torch.library, "register_autograd", lambda *args, **kwargs: None)]
+    real = [(owner, name, getattr(owner, name)) for owner, name, _ in stand_ins]
+    for owner, name, stand_in in stand_ins:
+        setattr(owner, name, stand_in)
     try:
         spec.loader.exec_module(module)
     finally:
-        torch.library.custom_op = real
+        for owner, name, value in real:
+            setattr(owner, name, value)
     return module
 
 

@@ -7,9 +7,9 @@ Prints, for Vim-S unmerged and merged (r=2 every 2 layers; 17 tokens at 64 px), 
 (min and median of 8 alternating rounds of 10 calls) and the host time the prepared launchers take per forward
 (``Launcher.__call__``), which shows whether Python inside the ops runs at eager speed under the compiled graph.
 GEMMs are a copy of one input column (the output then depends on every op, so Inductor keeps them all).
-``--dispatch``: the cost of one call of ``rmeeto::mixer_inference`` (a ``torch.library.custom_op``) against a
-plain ``torch.library.Library`` definition of the same kernel and against the kernel called directly (24 calls,
-as a forward's mixers).
+``--dispatch``: the cost of one call of ``rmeeto::mixer_inference`` (a plain ``torch.library.Library``
+definition, as every rmeeto op) against a ``torch.library.custom_op`` of the same kernel and against the kernel
+called directly (24 calls, as a forward's mixers).
 """
 
 from __future__ import annotations
@@ -75,15 +75,16 @@ def dispatch() -> None:
     from rmeeto.models.vim import BiMambaMixer
     from rmeeto.ops.triton import mixer as tmix
 
-    lib = torch.library.Library("rmeeto_proxy", "FRAGMENT")
-    kernel = tmix._mixer_op._init_fn  # the custom op's own function
-    lib.define("mixer" + torch.library.infer_schema(kernel, mutates_args=()))
-    lib.impl("mixer", kernel, "CPU")
+    from rmeeto.ops.triton._inductor import KERNELS
+
+    kernel = KERNELS["mixer_inference"]  # the op's own function
+    torch.library.custom_op("rmeeto_proxy::mixer", kernel, mutates_args=())
     mixer = BiMambaMixer(384, d_state=16).half()
     h = torch.randn(1, 17, 384).half()
     t = tuple(mixer._plan_tensors())
-    ops = {"direct": kernel, "library": torch.ops.rmeeto_proxy.mixer.default,
-           "custom_op": torch.ops.rmeeto.mixer_inference.default}
+    assert tmix._mixer_op is torch.ops.rmeeto.mixer_inference.default
+    ops = {"direct": kernel, "library": torch.ops.rmeeto.mixer_inference.default,
+           "custom_op": torch.ops.rmeeto_proxy.mixer.default}
 
     def loop(op):
         def run(x):

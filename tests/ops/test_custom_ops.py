@@ -154,6 +154,30 @@ def test_custom_ops_pass_opcheck_under_the_interpreter():
     """)
 
 
+# ------------------------------------------------------------------------------------- how ops dispatch
+def test_ops_are_plain_library_definitions():
+    """Every rmeeto op is a plain torch.library definition (``library_op``): one kernel for every device, a fake
+    for tracing, a Python autograd kernel only where a backward exists; never a ``torch.library.custom_op``, whose
+    Python wrapper was half of a compiled merged Vim-Ti forward's host time on the H200 (benchmarks/results/s23)."""
+    pytest.importorskip("triton")
+    import torch._library.custom_ops as custom_ops
+    from torch._library.simple_registry import singleton
+
+    import rmeeto.ops.triton.mixer  # noqa: F401  (defines the ops: it imports every op module)
+
+    packets = torch.ops.rmeeto
+    names = sorted(n for n in dir(packets) if isinstance(getattr(packets, n), torch._ops.OpOverloadPacket))
+    with_backward = {"selective_scan", "selective_scan_bidir", "conv_silu", "add_rms_norm", "merge_fused"}
+    assert with_backward < set(names) and len(names) == 14, names
+    for name in names:
+        qualname = f"rmeeto::{name}"
+        assert qualname not in custom_ops.OPDEFS, f"{qualname} is a torch.library.custom_op"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CompositeExplicitAutograd"), qualname
+        assert singleton.find(qualname).fake_impl.kernel is not None, f"{qualname} has no fake"
+        has_autograd = torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "Autograd")
+        assert has_autograd == (name in with_backward), (qualname, has_autograd)
+
+
 # ----------------------------------------------------------------------------------------- graph breaks
 @pytest.mark.parametrize("merged", [False, True])
 def test_no_graph_break_on_the_pytorch_path(merged, tiny_vim):

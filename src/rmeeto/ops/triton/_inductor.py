@@ -10,16 +10,22 @@ with the layout constraint the implicit path would give it, from the op's tags) 
 
 Registration waits for ``torch._inductor.lowering`` to be imported (importing Inductor costs seconds, and eager
 users never need it); a failure (an Inductor API that moved) leaves the op to the implicit path, as before.
+
+``@library_op`` defines rmeeto's ops through a plain ``torch.library.Library``: a compiled graph's call then goes
+from the dispatcher to the op's Python kernel directly, where a ``torch.library.custom_op`` adds a checking wrapper
+in Python, and for an op without a backward an autograd layer and a redispatch too (the wrapper alone was 47% of a
+compiled merged Vim-Ti forward's host time under cProfile on the H200 host, PyTorch 2.11:
+benchmarks/results/s23/call3_hp_compile.txt).
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from rmeeto._lazy import after_import
 
-__all__ = ["lower_as_fallback", "registered"]
+__all__ = ["library_op", "lower_as_fallback", "registered"]
 
 _LOWERING = "torch._inductor.lowering"
 _PENDING: list = []
@@ -29,7 +35,7 @@ Op = TypeVar("Op")
 
 
 def _overload(op: Any):
-    """The OpOverload of a ``torch.library.custom_op`` object (or an OpOverload itself)."""
+    """The OpOverload of an op: of a ``torch.library.custom_op`` object, or an OpOverload itself."""
     return getattr(op, "_opoverload", op)
 
 
@@ -55,8 +61,8 @@ def _register_pending() -> None:
 
 
 def lower_as_fallback(op: Op) -> Op:
-    """Decorator over ``torch.library.custom_op(...)``: register the op as an Inductor fallback once Inductor's
-    lowering table exists (now if it already does). Returns ``op`` unchanged."""
+    """Decorator over an op (an OpOverload or a ``torch.library.custom_op`` object): register it as an Inductor
+    fallback once Inductor's lowering table exists (now if it already does). Returns ``op`` unchanged."""
     global _HOOKED
     _PENDING.append(op)
     if _LOWERING in sys.modules:
@@ -71,3 +77,27 @@ def registered(op: Any) -> bool:
     """Whether Inductor's lowering table holds ``op`` (False while Inductor is not imported)."""
     lowering = sys.modules.get(_LOWERING)
     return lowering is not None and _overload(op) in lowering.lowerings
+
+
+
+_LIBRARY = None  # the torch.library.Library fragment that holds rmeeto's ops (made on first use)
+KERNELS: dict = {}  # op name -> its Python kernel (for tools that time the dispatch against a direct call)
+
+
+def library_op(name: str) -> Callable[[Callable], Any]:
+    """Decorator: define ``fn`` as the op ``rmeeto::<name>`` through a plain ``torch.library.Library`` (schema
+    from its annotations, no input mutated, one kernel for every device) and register it as an Inductor fallback;
+    returns the op's OpOverload. Its fake (``torch.library.register_fake(op)``) and, where a gradient flows, its
+    autograd formula (``torch.library.register_autograd(op, ...)``) are registered apart."""
+    import torch
+
+    def define(fn: Callable):
+        global _LIBRARY
+        if _LIBRARY is None:
+            _LIBRARY = torch.library.Library("rmeeto", "FRAGMENT")
+        _LIBRARY.define(name + torch.library.infer_schema(fn, mutates_args=()))
+        _LIBRARY.impl(name, fn, "CompositeExplicitAutograd")
+        KERNELS[name] = fn
+        return lower_as_fallback(getattr(torch.ops.rmeeto, name).default)
+
+    return define

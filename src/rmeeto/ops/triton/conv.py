@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rmeeto.ops.triton._inductor import lower_as_fallback
+from rmeeto.ops.triton._inductor import library_op
 from rmeeto.ops.triton._launch import cdiv, launch
 
 Tensor = torch.Tensor
@@ -433,25 +433,23 @@ def _conv_silu_bwd_torch(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor, 
 
 
 # --------------------------------------------------------------------------------------- custom ops
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::conv_silu", mutates_args=())
+@library_op("conv_silu")
 def _conv_silu_op(x: Tensor, weight: Tensor, bias: Tensor, reverse: bool) -> Tensor:
     return _conv_silu_triton_fwd(x, weight, bias, reverse)
 
 
-@_conv_silu_op.register_fake
+@torch.library.register_fake(_conv_silu_op)
 def _(x, weight, bias, reverse):
     return torch.empty(x.shape, device=x.device, dtype=x.dtype)
 
 
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::conv_silu_bwd", mutates_args=())
+@library_op("conv_silu_bwd")
 def _conv_silu_bwd_op(x: Tensor, weight: Tensor, bias: Tensor, grad: Tensor,
                       reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
     return _conv_silu_triton_bwd(x, weight, bias, grad, reverse)
 
 
-@_conv_silu_bwd_op.register_fake
+@torch.library.register_fake(_conv_silu_bwd_op)
 def _(x, weight, bias, grad, reverse):
     return (torch.empty(x.shape, device=x.device, dtype=x.dtype), torch.empty_like(weight),
             torch.empty_like(bias))
@@ -467,7 +465,7 @@ def _backward(ctx, grad):
     return _conv_silu_bwd_op(*ctx.saved_tensors, grad, ctx.reverse) + (None,)
 
 
-_conv_silu_op.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd(_conv_silu_op, _backward, setup_context=_setup_context)
 
 
 class _ConvSilu(torch.autograd.Function):

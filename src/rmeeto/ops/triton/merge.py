@@ -40,7 +40,7 @@ from typing import Optional
 import torch
 
 from rmeeto.ops.triton import norm as norm_triton
-from rmeeto.ops.triton._inductor import lower_as_fallback
+from rmeeto.ops.triton._inductor import library_op
 from rmeeto.ops.triton._launch import Launcher, cdiv, launch, next_pow2
 
 Tensor = torch.Tensor
@@ -713,14 +713,13 @@ class _FusedMerge(torch.autograd.Function):
         return _merge_bwd(d_h, d_r, size, dest, s_out, *ctx.dtypes) + (None, None, None, None, None)
 
 
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::merge_fused", mutates_args=())
+@library_op("merge_fused")
 def _merge_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], dest: Tensor, base: Tensor, head: Tensor,
               nxt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return _merge_fwd(hidden, residual, size, base, head, nxt)
 
 
-@_merge_op.register_fake
+@torch.library.register_fake(_merge_op)
 def _(hidden, residual, size, dest, base, head, nxt):
     batch, _, C = hidden.shape
     num_out = base.shape[1]
@@ -740,7 +739,7 @@ def _merge_backward(ctx, d_h, d_r, _d_s):
     return _merge_bwd(d_h, d_r, size, dest, s_out, *ctx.dtypes) + (None, None, None, None, None)
 
 
-_merge_op.register_autograd(_merge_backward, setup_context=_merge_setup_context)
+torch.library.register_autograd(_merge_op, _merge_backward, setup_context=_merge_setup_context)
 
 
 def _merge(hidden, residual, size, dest, base, head, nxt) -> tuple[Tensor, Tensor, Tensor]:
@@ -948,8 +947,7 @@ def _partner_meta(metric: Tensor, tile_a: int, tile_b: int, step_c: int) -> dict
                 NORM_C=max(16, min(32, c2)))
 
 
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::match_plan", mutates_args=())
+@library_op("match_plan")
 def _match_plan_op(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int,
                    ordered: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     # a custom op's outputs may not alias each other (the eager lists are views of one workspace): here the kernels
@@ -961,7 +959,7 @@ def _match_plan_op(metric: Tensor, cls_index: int, num_merged: int, new_cls_inde
                         _op_workspace(batch, L, num_merged, metric.device))
 
 
-@_match_plan_op.register_fake
+@torch.library.register_fake(_match_plan_op)
 def _(metric, cls_index, num_merged, new_cls_index, ordered):
     batch, L, _ = metric.shape
     n_out = L - num_merged
@@ -1060,8 +1058,7 @@ def _match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tenso
 # torch.compile traces an inference merging step as this one op: the same two launches as eager mode (where
 # tracing the general path gives the matching op, the merge op and the norm op, with Inductor's kernels between),
 # its plan lists in a workspace of the call's own, never a kept one (see _match_merge_add_norm)
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::match_merge_add_norm", mutates_args=())
+@library_op("match_merge_add_norm")
 def _match_merge_add_norm_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor,
                              cls_index: int, num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor,
                              eps: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -1069,7 +1066,7 @@ def _match_merge_add_norm_op(hidden: Tensor, residual: Tensor, size: Optional[Te
                                  weight, eps)
 
 
-@_match_merge_add_norm_op.register_fake
+@torch.library.register_fake(_match_merge_add_norm_op)
 def _(hidden, residual, size, metric, cls_index, num_merged, new_cls_index, ordered, weight, eps):
     batch, L, C = hidden.shape
     n_out = L - num_merged

@@ -36,7 +36,7 @@ from rmeeto.ops.triton import merge as _merge
 from rmeeto.ops.triton import norm as _norm
 from rmeeto.ops.triton import proj as _proj
 from rmeeto.ops.triton import scan as _scan
-from rmeeto.ops.triton._inductor import lower_as_fallback
+from rmeeto.ops.triton._inductor import library_op
 from rmeeto.ops.triton._launch import Launcher
 
 Tensor = torch.Tensor
@@ -217,9 +217,10 @@ class MixerPlan:
 # time (its dispatch layers: 20-65 us on this project's CPU proxy, benchmarks/compile_host_proxy_cpu.py; ~92 us
 # per call beyond eager's work on the H200 host, results/s19/call3_probe_c1_src.txt). Tracing the general path
 # showed Inductor the GEMMs, two conv ops and the scan op, and it added its own kernels around them
-# (results/s17/call5_bench_compile.json: merged Vim-S compiled at 0.73x of unmerged). (Plain torch.library.Library
-# definitions dispatch faster, but on the GPU host's PyTorch 2.11 their compiled Vim-S did not finish its first
-# call within 85 s: RESULTS.md, session 19.)
+# (results/s17/call5_bench_compile.json: merged Vim-S compiled at 0.73x of unmerged). The ops are plain
+# torch.library.Library definitions (rmeeto.ops.triton._inductor.library_op), whose dispatch skips custom_op's
+# Python layers. (Session 19's Library ops did not finish compiling within 85 s on PyTorch 2.11: the cause was
+# Inductor's fallback log line, which _inductor now avoids for every op.)
 # Plans here are kept per input and weight signature for the whole process, as a mixer keeps its own.
 _OP_PLANS = PlanCache(256)  # a 24-layer model at a few batch sizes and merge schedules
 
@@ -236,8 +237,7 @@ def _op_plan(hidden: Tensor, t: MixerTensors, d_state: int, scale: float, norm_k
     return plan
 
 
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::mixer_inference", mutates_args=())
+@library_op("mixer_inference")
 def _mixer_op(hidden: Tensor, w_in: Tensor, b_in: Optional[Tensor], conv_w: Tensor, conv_b: Tensor,
               conv_w_b: Tensor, conv_b_b: Tensor, x_proj: Tensor, x_proj_b: Tensor, dt_proj: Tensor,
               dt_proj_b: Tensor, dt_bias: Tensor, dt_bias_b: Tensor, A_log: Tensor, A_b_log: Tensor, D: Tensor,
@@ -247,14 +247,13 @@ def _mixer_op(hidden: Tensor, w_in: Tensor, b_in: Optional[Tensor], conv_w: Tens
     return _op_plan(hidden, t, d_state, scale)(hidden, t)
 
 
-@_mixer_op.register_fake
+@torch.library.register_fake(_mixer_op)
 def _(hidden, w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, dt_bias,
       dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out, d_state, scale):
     return hidden.new_empty(*hidden.shape[:-1], w_out.shape[0])
 
 
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::block_inference", mutates_args=())
+@library_op("block_inference")
 def _block_op(hidden: Tensor, residual: Optional[Tensor], norm_w: Tensor, eps: float, w_in: Tensor,
               b_in: Optional[Tensor], conv_w: Tensor, conv_b: Tensor, conv_w_b: Tensor, conv_b_b: Tensor,
               x_proj: Tensor, x_proj_b: Tensor, dt_proj: Tensor, dt_proj_b: Tensor, dt_bias: Tensor,
@@ -268,15 +267,14 @@ def _block_op(hidden: Tensor, residual: Optional[Tensor], norm_w: Tensor, eps: f
     return plan(y, t), ro
 
 
-@_block_op.register_fake
+@torch.library.register_fake(_block_op)
 def _(hidden, residual, norm_w, eps, w_in, b_in, conv_w, conv_b, conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj,
       dt_proj_b, dt_bias, dt_bias_b, A_log, A_b_log, D, D_b, w_out, b_out, d_state, scale):
     return (hidden.new_empty(*hidden.shape[:-1], w_out.shape[0]),
             hidden.new_empty(hidden.shape, dtype=torch.float32))
 
 
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::merging_block_inference", mutates_args=())
+@library_op("merging_block_inference")
 def _merging_block_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], cls_index: int, num_merged: int,
                       new_cls_index: int, ordered: bool, norm_w: Tensor, eps: float, w_in: Tensor,
                       b_in: Optional[Tensor], conv_w: Tensor, conv_b: Tensor, conv_w_b: Tensor, conv_b_b: Tensor,
@@ -291,7 +289,7 @@ def _merging_block_op(hidden: Tensor, residual: Tensor, size: Optional[Tensor], 
     return _op_plan(y, t, d_state, scale)(y, t), ro, s
 
 
-@_merging_block_op.register_fake
+@torch.library.register_fake(_merging_block_op)
 def _(hidden, residual, size, cls_index, num_merged, new_cls_index, ordered, norm_w, eps, w_in, b_in, conv_w, conv_b,
       conv_w_b, conv_b_b, x_proj, x_proj_b, dt_proj, dt_proj_b, dt_bias, dt_bias_b, A_log, A_b_log, D, D_b, w_out,
       b_out, d_state, scale):

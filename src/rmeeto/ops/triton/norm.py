@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from rmeeto.ops.triton._inductor import lower_as_fallback
+from rmeeto.ops.triton._inductor import library_op
 from rmeeto.ops.triton._launch import launch, next_pow2
 
 Tensor = torch.Tensor
@@ -160,15 +160,14 @@ def _norm_bwd(d_ro: Optional[Tensor], d_y: Optional[Tensor], ro: Tensor, rstd: T
 
 
 # --------------------------------------------------------------------------------------- custom ops
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::add_rms_norm", mutates_args=())
+@library_op("add_rms_norm")
 def _add_rms_norm_op(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, scale: Optional[Tensor],
                      eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """(residual_out, normed, rstd): rstd is returned only so the backward can save it."""
     return _norm_fwd(hidden, residual, weight, scale, eps)
 
 
-@_add_rms_norm_op.register_fake
+@torch.library.register_fake(_add_rms_norm_op)
 def _(hidden, residual, weight, scale, eps):
     n = hidden.numel() // hidden.shape[-1] if hidden.shape[-1] else 0
     return (torch.empty(hidden.shape, device=hidden.device, dtype=torch.float32),
@@ -176,15 +175,14 @@ def _(hidden, residual, weight, scale, eps):
             hidden.new_empty(n, dtype=torch.float32))
 
 
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::add_rms_norm_bwd", mutates_args=())
+@library_op("add_rms_norm_bwd")
 def _add_rms_norm_bwd_op(d_ro: Optional[Tensor], d_y: Optional[Tensor], ro: Tensor, rstd: Tensor, weight: Tensor,
                          scale: Optional[Tensor], has_res: bool,
                          hidden_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     return _norm_bwd(d_ro, d_y, ro, rstd, weight, scale, has_res, hidden_dtype)
 
 
-@_add_rms_norm_bwd_op.register_fake
+@torch.library.register_fake(_add_rms_norm_bwd_op)
 def _(d_ro, d_y, ro, rstd, weight, scale, has_res, hidden_dtype):
     return (torch.empty(ro.shape, device=ro.device, dtype=hidden_dtype),
             torch.empty(ro.shape if has_res else (0,), device=ro.device, dtype=torch.float32),
@@ -213,7 +211,7 @@ def _backward(ctx, d_ro, d_y, _d_rstd):
     return _input_grads(ctx, _add_rms_norm_bwd_op(d_ro, d_y, *ctx.saved_tensors, *ctx.meta))
 
 
-_add_rms_norm_op.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd(_add_rms_norm_op, _backward, setup_context=_setup_context)
 
 
 class _AddRMSNorm(torch.autograd.Function):

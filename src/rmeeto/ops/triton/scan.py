@@ -47,7 +47,7 @@ from typing import Optional
 import torch
 
 from rmeeto.ops import policy
-from rmeeto.ops.triton._inductor import lower_as_fallback
+from rmeeto.ops.triton._inductor import library_op
 from rmeeto.ops.triton._launch import cdiv, launch, next_pow2
 from rmeeto.ops._checks import check_scan_shapes
 
@@ -818,8 +818,7 @@ def _bwd_classic(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reve
 
 
 # --------------------------------------------------------------------------------------- custom ops
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::selective_scan", mutates_args=())
+@library_op("selective_scan")
 def _selective_scan_op(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     delta_bias: Optional[Tensor], delta_softplus: bool, reverse: bool, a_is_log: bool,
@@ -827,13 +826,12 @@ def _selective_scan_op(
     return _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
 
 
-@_selective_scan_op.register_fake
+@torch.library.register_fake(_selective_scan_op)
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log):
     return _like_layout(u, u.dtype)
 
 
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::selective_scan_bwd", mutates_args=())
+@library_op("selective_scan_bwd")
 def _selective_scan_bwd_op(
     dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
     z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool, reverse: bool, a_is_log: bool,
@@ -843,7 +841,7 @@ def _selective_scan_bwd_op(
     return _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
 
 
-@_selective_scan_bwd_op.register_fake
+@torch.library.register_fake(_selective_scan_bwd_op)
 def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log):
     batch, dim, L = u.shape
     dev = u.device
@@ -883,7 +881,7 @@ def _backward(ctx, dout):
     return _input_grads(ctx, _selective_scan_bwd_op(dout, *ctx.saved_tensors, *ctx.flags))
 
 
-_selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd(_selective_scan_op, _backward, setup_context=_setup_context)
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -1171,8 +1169,7 @@ def _bwd_bidir_classic(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f
     return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::selective_scan_bidir", mutates_args=())
+@library_op("selective_scan_bidir")
 def _selective_scan_bidir_op(
     u_f: Tensor, u_b: Tensor, delta_f: Tensor, delta_b: Tensor, A_f: Tensor, A_b: Tensor, B_f: Tensor,
     B_b: Tensor, C_f: Tensor, C_b: Tensor, D_f: Optional[Tensor], D_b: Optional[Tensor], z: Optional[Tensor],
@@ -1182,14 +1179,13 @@ def _selective_scan_bidir_op(
                       delta_softplus, scale, a_is_log)
 
 
-@_selective_scan_bidir_op.register_fake
+@torch.library.register_fake(_selective_scan_bidir_op)
 def _(u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b, delta_softplus,
       scale, a_is_log):
     return _like_layout2(u_f, u_f.dtype)
 
 
-@lower_as_fallback
-@torch.library.custom_op("rmeeto::selective_scan_bidir_bwd", mutates_args=())
+@library_op("selective_scan_bidir_bwd")
 def _selective_scan_bidir_bwd_op(
     dout: Tensor, u_f: Tensor, u_b: Tensor, delta_f: Tensor, delta_b: Tensor, A_f: Tensor, A_b: Tensor,
     B_f: Tensor, B_b: Tensor, C_f: Tensor, C_b: Tensor, D_f: Optional[Tensor], D_b: Optional[Tensor],
@@ -1201,7 +1197,7 @@ def _selective_scan_bidir_bwd_op(
                       bias_b, delta_softplus, scale, a_is_log)
 
 
-@_selective_scan_bidir_bwd_op.register_fake
+@torch.library.register_fake(_selective_scan_bidir_bwd_op)
 def _(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
       delta_softplus, scale, a_is_log):
     batch, dim, L = u_f.shape
@@ -1244,7 +1240,7 @@ def _bidir_input_grads(saved, grads):
     )
 
 
-_selective_scan_bidir_op.register_autograd(_backward_bidir, setup_context=_setup_context_bidir)
+torch.library.register_autograd(_selective_scan_bidir_op, _backward_bidir, setup_context=_setup_context_bidir)
 
 
 class _SelectiveScanBidir(torch.autograd.Function):
