@@ -43,6 +43,36 @@ def _quick(out, **kw) -> TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------ 1. run folder
+def test_resume_needs_only_the_folder_and_names_the_flags_it_ignores(tmp_path, capsys):
+    """`rmeeto retrain --out DIR --resume auto` alone rebuilds the run's settings from its last.pth (no --model,
+    no --checkpoint); runtime flags given apply, other flags given with new values are named as ignored, and a
+    folder with nothing to resume needs the flags of a fresh run."""
+    from rmeeto.cli import CLIError, build_parser
+    from rmeeto.cli.retrain import config_from_args
+
+    out = tmp_path / "run"
+    train(_quick(out, lr=2e-3, seed=7, workers=1))
+    capsys.readouterr()
+
+    def config(*argv):
+        return config_from_args(build_parser().parse_args(["retrain", *argv]))
+
+    got = config("--out", str(out), "--resume", "auto")
+    assert (got.model, got.lr, got.seed, got.alpha, got.epochs) == (MODEL, 2e-3, 7, 0.0, 1)
+    assert got.workers == TrainConfig.__dataclass_fields__["workers"].default != 1  # runtime: this call's
+    assert capsys.readouterr().err == ""
+    got = config("--out", str(out), "--resume", "auto", "--model", "vim_tiny_patch16_224", "--lr", "0.5",
+                 "--checkpoint", str(out / "last.pth"), "--seed", "7", "-j", "0")
+    assert (got.model, got.lr, got.checkpoint, got.workers) == (MODEL, 2e-3, None, 0)
+    err = capsys.readouterr().err
+    assert "ignoring new values of model, checkpoint, lr)" in err, err  # --seed 7 is no change
+    with pytest.raises(CLIError, match=r"--model is required \(--out .*empty holds no last.pth"):
+        config("--out", str(tmp_path / "empty"), "--resume", "auto")
+    with pytest.raises(CLIError, match="not an rmeeto training checkpoint"):
+        torch.save({"model": {}}, tmp_path / "weights.pth")
+        config("--resume", str(tmp_path / "weights.pth"))
+
+
 def test_a_used_run_folder_is_refused_without_resume_or_overwrite(tmp_path):
     out = tmp_path / "run"
     train(_quick(out))

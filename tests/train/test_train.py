@@ -84,8 +84,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     state = torch.load(killed / "last.pth", weights_only=True)
     assert state["epoch"] == 0 and 0 < state["step_in_epoch"]
 
-    done = subprocess.run(_retrain_cmd(killed, *flags, "--resume", "auto"), env=_env(), capture_output=True,
-                          text=True, timeout=300)
+    # the folder alone resumes: the model and every setting come from last.pth (runtime flags only here)
+    bare = [sys.executable, "-m", "rmeeto", "retrain", "--out", str(killed), "-j", "0", "--no-progress", "--device",
+            "cpu", "--resume", "auto"]
+    done = subprocess.run(bare, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "resumed from" in done.stderr
     assert [_metrics(r) for r in _log(killed)] == [_metrics(r) for r in _log(ref)]

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rmeeto.cli import CLIError
 from rmeeto.argtypes import (auto_augment_policy, class_list_file, device_name, finite_float, nonneg_float,
                               nonneg_int, open_unit_float, positive_float, positive_int, positive_unit_float,
                               seed_int, unit_float, unit_float_below_one, worker_count)
-from rmeeto.cli._merge_args import add_merge_arguments, merge_config_from_args
+from rmeeto.cli._merge_args import MERGE_FLAG_DESTS, add_merge_arguments, merge_config_from_args
 from rmeeto.data import SUBSET_MODES
+
+if TYPE_CHECKING:
+    from rmeeto.train import TrainConfig
 
 HELP = "re-train a merging model with distillation from the unmerged one (R-MeeTo), or train from scratch"
 DESCRIPTION = """\
@@ -18,7 +23,7 @@ Initialise a merging student from --checkpoint, distil it from the same checkpoi
 and write last.pth (every epoch, and every --save-every-steps steps), best.pth (by val top-1) and log.jsonl
 (one JSON line per epoch) into --out. The same command runs in one process or under torchrun (DDP; NCCL on
 GPU, gloo on CPU); only rank 0 writes. Ctrl-C / SIGTERM save last.pth and exit; --resume auto continues from
-it with the stored settings, reproducing the uninterrupted run.
+it with the stored settings (no other flag needed), reproducing the uninterrupted run.
 
 --preset paper sets the merge config AND the official training recipe (lr 2e-5 per 512 images, min lr 1e-6,
 batch 128, wd 0.05 on all params, no warmup, drop path 0.1, mixup 0.8 / cutmix 1.0, smoothing 0.1,
@@ -41,7 +46,7 @@ examples:
   rmeeto retrain --model vim_small_patch16_224 --checkpoint vim_s_midclstok_80p5acc.pth \\
       --data /data/imagenet --preset paper --epochs 3 --out runs/vim_s_r11
   torchrun --nproc_per_node 8 -m rmeeto retrain ...same flags...
-  rmeeto retrain --out runs/vim_s_r11 --resume auto ...same flags...
+  rmeeto retrain --out runs/vim_s_r11 --resume auto          # continue it, with the settings it stored
   rmeeto retrain --model vim_digits_patch4_32 --from-scratch --alpha 0 --epochs 10 --out runs/digits_teacher
   torchrun --nproc_per_node 4 -m rmeeto retrain --model videomamba_small_patch16_224_f8 \\
       --checkpoint videomamba_s16_k400_f8_res224.pth --data /data/k400 --preset paper --out runs/vm_s_r88
@@ -153,7 +158,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--out", default=None, metavar="DIR",
                    help="output folder for last.pth, best.pth, log.jsonl (default: write nothing)")
     g.add_argument("--resume", default=None, metavar="auto|PATH",
-                   help="continue a run: 'auto' = DIR/last.pth of --out if it exists, or a checkpoint path")
+                   help="continue a run with the settings it stored (--model and the rest may be left out; only "
+                        "--out, --device, -j, progress, graphs and pipeline flags apply): 'auto' = DIR/last.pth of "
+                        "--out if it exists (else start afresh from the flags), or a checkpoint path")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out folder that holds a run (its last.pth, best.pth and log.jsonl are "
                         "replaced); without it such a folder is refused unless resuming")
@@ -185,10 +192,15 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser |
             parser.error(msg)
         raise CLIError(msg)
 
-    if not args.model:
-        fail("--model is required")
     if args.resume == "auto" and not args.out:
         fail("--resume auto looks for last.pth in --out: give --out")
+    if args.resume is not None:
+        stored = _stored_run(args, fail)
+        if stored is not None:
+            return _resumed_config(args, *stored)
+    if not args.model:
+        fail("--model is required" + (f" (--out {args.out} holds no last.pth to resume)"
+                                      if args.resume == "auto" else ""))
     if args.checkpoint and args.from_scratch:
         fail("--checkpoint and --from-scratch are exclusive")
     if not args.checkpoint and not args.from_scratch and args.resume is None:
@@ -224,6 +236,48 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser |
         return TrainConfig(model=args.model, **given)
     except ValueError as exc:
         fail(str(exc))
+
+
+def _stored_run(args: argparse.Namespace, fail):
+    """For a resume: (the settings the resume checkpoint stores, its path), or None where ``--resume auto`` finds
+    no last.pth in --out (the run then starts afresh from the flags)."""
+    from rmeeto.train import TrainError
+    from rmeeto.train.state import find_resume_checkpoint, read_resume, stored_config
+
+    try:
+        path = find_resume_checkpoint(args.resume, args.out)
+        return None if path is None else (stored_config(read_resume(path), path), path)
+    except TrainError as exc:
+        fail(str(exc))
+
+
+def _resumed_config(args: argparse.Namespace, stored: TrainConfig, path: Path) -> TrainConfig:
+    """A resumed run's settings: those ``stored`` in its checkpoint, with this call's runtime fields
+    (:data:`~rmeeto.train.config.RUNTIME_FIELDS`: its flags, else the defaults), as ``train`` resumes any run.
+    Other flags cannot change a run halfway: those given with another value are named as ignored."""
+    import dataclasses
+
+    from rmeeto.train import TrainConfig
+    from rmeeto.train.config import RUNTIME_FIELDS
+
+    given = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name, None) is not None}
+    ignored = [name for name, value in given.items() if name not in RUNTIME_FIELDS
+               and (tuple(value) if isinstance(value, list) else value) != getattr(stored, name)]
+    if args.model and args.model != stored.model:
+        ignored.insert(0, "model")
+    if (args.preset or "none") != "none" or any(getattr(args, dest, None) is not None for dest in MERGE_FLAG_DESTS):
+        try:
+            merge = merge_config_from_args(args, stored.model)
+        except CLIError:
+            merge = stored.merge  # (a merge flag that does not fit the stored model is ignored as well)
+            ignored.append("merge")
+        if merge != stored.merge and "merge" not in ignored:
+            ignored.append("merge")
+    if ignored:
+        print(f"resume: using the settings stored in {path} (ignoring new values of {', '.join(ignored)})",
+              file=sys.stderr)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in RUNTIME_FIELDS}
+    return dataclasses.replace(stored, **{**defaults, **{k: v for k, v in given.items() if k in RUNTIME_FIELDS}})
 
 
 def run(args: argparse.Namespace) -> int:

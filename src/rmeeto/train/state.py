@@ -28,8 +28,8 @@ from rmeeto.train.config import RUNTIME_FIELDS, TrainConfig, TrainError
 from rmeeto.train.distributed import Ranks
 
 __all__ = ["RunState", "new_partial", "seed_all", "rng_state", "set_rng_state", "find_resume_checkpoint",
-           "read_resume", "resumed_config", "load_weights", "restore", "last_checkpoint", "best_checkpoint",
-           "SignalCatcher"]
+           "read_resume", "stored_config", "resumed_config", "load_weights", "restore", "last_checkpoint",
+           "best_checkpoint", "SignalCatcher"]
 
 
 def new_partial() -> dict:
@@ -176,13 +176,18 @@ def read_resume(path: Path) -> dict:
     return ckpt
 
 
-def resumed_config(config: TrainConfig, ckpt: dict, path: Path, log: Callable[[str], None]) -> TrainConfig:
-    """The stored settings of a resumed run, with this call's runtime fields (:data:`RUNTIME_FIELDS`)."""
+def stored_config(ckpt: dict, path: Path) -> TrainConfig:
+    """The settings a training checkpoint (:func:`read_resume`) stores; TrainError when they are not valid."""
     try:
-        saved = TrainConfig.from_dict(ckpt["config"])
+        return TrainConfig.from_dict(ckpt["config"])
     except (TypeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TrainError(f"cannot resume from {path}: its stored config is not valid ({first})") from None
+
+
+def resumed_config(config: TrainConfig, ckpt: dict, path: Path, log: Callable[[str], None]) -> TrainConfig:
+    """The stored settings of a resumed run, with this call's runtime fields (:data:`RUNTIME_FIELDS`)."""
+    saved = stored_config(ckpt, path)
     changed = [f.name for f in dataclasses.fields(TrainConfig)
                if f.name not in RUNTIME_FIELDS and getattr(saved, f.name) != getattr(config, f.name)
                # the run stores its folder's class list when none was given: not giving it again is no change
