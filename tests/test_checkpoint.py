@@ -7,6 +7,7 @@ import argparse
 import os
 import pickle
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -305,6 +306,31 @@ def test_inspect_recognises_vim_tiny_with_other_head(tmp_path):
     info = inspect_checkpoint(tmp_path / "ti.pth")
     assert info["model"] == "vim_tiny_patch16_224" and info["model_overrides"] == {"num_classes": 100}
     assert info["num_tensors"] == 415 and not info["has_ema"] and info["epoch"] is None
+
+
+def test_inspect_names_a_tensor_its_structure_did_not_reveal(tmp_path):
+    """The shapes `info` reads (width, depth, patch, head, d_state) can name a model that the file still does not
+    load into: one mis-shaped or missing tensor elsewhere. inspect_checkpoint checks every tensor against the
+    model built on the meta device, and `rmeeto info` says the file does not load instead of how to load it."""
+    from rmeeto.cli.info import format_info
+
+    good = create_model("vim_test_patch4_16").state_dict()
+    torch.save({"model": good}, tmp_path / "good.pth")
+    info = inspect_checkpoint(tmp_path / "good.pth")
+    assert info["model"] == "vim_test_patch4_16" and info["misfit"] is None
+    assert "load with" in format_info(info) and "does not load" not in format_info(info)
+    key = "layers.2.mixer.out_proj.weight"
+    reshaped = {**good, key: torch.zeros(good[key].shape[0], good[key].shape[1] + 2)}
+    missing = {k: v for k, v in good.items() if k != "layers.1.mixer.D"}
+    for name, weights, want in [("reshaped", reshaped, f"{key} has shape"),
+                                ("missing", missing, "1 missing key (layers.1.mixer.D)")]:
+        torch.save({"model": weights}, tmp_path / f"{name}.pth")
+        info = inspect_checkpoint(tmp_path / f"{name}.pth")
+        assert info["model"] == "vim_test_patch4_16" and want in info["misfit"], info["misfit"]
+        text = format_info(info)
+        assert "does not load" in text and want in text and "load with" not in text
+        with pytest.raises(CheckpointError, match=re.escape(want)):  # what a load then says
+            load_checkpoint(create_model("vim_test_patch4_16"), tmp_path / f"{name}.pth")
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.complex64])

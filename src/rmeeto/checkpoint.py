@@ -45,6 +45,7 @@ __all__ = [
     "LoadResult",
     "checkpoint_epoch",
     "describe_checkpoint",
+    "fit_weights",
     "is_state_dict",
     "load_checkpoint",
     "plain_filter",
@@ -377,6 +378,41 @@ def checkpoint_epoch(checkpoint: Mapping[str, Any]) -> Optional[int]:
     return int(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
 
 
+def fit_weights(model: nn.Module, weights: Mapping[str, Any], where: str, *, strict: bool = True,
+                filter_fn: Optional[FilterFn] = None, hint: bool = True) -> tuple[FilterResult, list, list]:
+    """Check that ``weights`` load into ``model`` as :func:`load_checkpoint` loads them, without loading: ->
+    (the filter's result, missing keys, unexpected keys). ``model`` may live on the meta device. Raises
+    :class:`CheckpointError` (its message starting with ``where`` where one is given; ``hint``: ending with the
+    registered model the weights look like) for missing or unexpected keys (with ``strict``), a shape that
+    differs, or a weight that is not floating point."""
+    report = (filter_fn or _default_filter(model))(weights, model)
+    own = model.state_dict()
+    missing = [k for k in own if k not in report.state_dict and k not in report.skipped]
+    unexpected = [k for k in report.state_dict if k not in own]
+
+    def hint_text() -> str:
+        return _fit_hint(report, weights) if hint else ""
+
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key{'s' * (len(missing) != 1)} ({_key_list(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) != 1)} ({_key_list(unexpected)})")
+        raise CheckpointError(f"{where + ' ' if where else ''}does not match {type(model).__name__}: "
+                              f"{'; '.join(parts)}{hint_text()}")
+    lead = f"{where}: " if where else ""
+    for key, value in report.state_dict.items():
+        if key in own and tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(f"{lead}{key} has shape {tuple(value.shape)}, the model expects "
+                                  f"{tuple(own[key].shape)}{hint_text()}")
+        if key in own and own[key].is_floating_point() and not value.is_floating_point():
+            # copy_ would cast silently: int weights truncate to zeros, complex ones lose their imaginary part
+            raise CheckpointError(f"{lead}{key} is {str(value.dtype).replace('torch.', '')}, not a "
+                                  "floating-point tensor: these are not a model's weights")
+    return report, missing, unexpected
+
+
 def load_checkpoint(
     model: nn.Module, path: PathLike, *, use_ema: bool = False, strict: bool = True, verbose: bool = True,
     filter_fn: Optional[FilterFn] = None,
@@ -403,33 +439,10 @@ def load_checkpoint(
         except CheckpointError as exc:
             raise CheckpointError(f"checkpoint {path}: {exc}") from None
     target = unwrap_module(model)
-    if filter_fn is None:
-        filter_fn = _default_filter(target)
-    report = filter_fn(weights, target)
+    report, missing, unexpected = fit_weights(target, weights, f"checkpoint {path}", strict=strict,
+                                              filter_fn=filter_fn)
     state_dict = report.state_dict
     own = target.state_dict()
-
-    missing = [k for k in own if k not in state_dict and k not in report.skipped]
-    unexpected = [k for k in state_dict if k not in own]
-    if strict and (missing or unexpected):
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key{'s' * (len(missing) != 1)} ({_key_list(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) != 1)} ({_key_list(unexpected)})")
-        raise CheckpointError(
-            f"checkpoint {path} does not match {type(target).__name__}: {'; '.join(parts)}{_fit_hint(report, weights)}"
-        )
-    for key, value in state_dict.items():
-        if key in own and tuple(value.shape) != tuple(own[key].shape):
-            raise CheckpointError(
-                f"checkpoint {path}: {key} has shape {tuple(value.shape)}, the model expects "
-                f"{tuple(own[key].shape)}{_fit_hint(report, weights)}"
-            )
-        if key in own and own[key].is_floating_point() and not value.is_floating_point():
-            # copy_ would cast silently: int weights truncate to zeros, complex ones lose their imaginary part
-            raise CheckpointError(f"checkpoint {path}: {key} is {str(value.dtype).replace('torch.', '')}, not a "
-                                  "floating-point tensor: these are not a model's weights")
     target.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
     if report.head_reset:  # re-initialised the timm way, so the result does not depend on the model's history
         head = target.get_classifier()

@@ -62,7 +62,10 @@ def format_info(info: dict[str, Any]) -> str:
         overrides = "".join(f", {k}={v}" for k, v in info["model_overrides"].items())
         with_ = f" with {overrides[2:]}" if overrides else ""
         lines.append(("model", f"{info['model']}{with_}"))
-        lines.append(("load with", f"create_model({info['model']!r}{overrides}, checkpoint_path=...)"))
+        if info.get("misfit"):
+            lines.append(("does not load", f"{info['misfit']} (a damaged or edited file?)"))
+        else:
+            lines.append(("load with", f"create_model({info['model']!r}{overrides}, checkpoint_path=...)"))
     lines.append(("EMA weights", "yes ('model_ema'; load with use_ema=True)" if info["has_ema"] else "no"))
     lines.append(("epoch", "-" if info["epoch"] is None else str(info["epoch"])))
     if info["trained_as"]:

@@ -12,8 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
+
 from rmeeto.checkpoint import (
-    PathLike, describe_checkpoint, load_checkpoint, read_checkpoint, register_fit_hint, unwrap_state_dict,
+    CheckpointError, PathLike, describe_checkpoint, fit_weights, load_checkpoint, read_checkpoint, register_fit_hint,
+    unwrap_state_dict,
 )
 from rmeeto.models._arch import CLS_POSITIONS, VimArch
 from rmeeto.models._registry import (
@@ -169,8 +172,10 @@ def inspect_checkpoint(path: PathLike) -> dict[str, Any]:
     """Describe a checkpoint without building a model: :func:`rmeeto.checkpoint.describe_checkpoint` plus
     arch (embed_dim, depth, patch_size, in_chans, img_size, num_classes, num_tokens, d_state read off the
     shapes, None where absent; a ViT's read by :func:`rmeeto.models.vit.vit_arch_facts`), backbone ("vim" for
-    Vim / VideoMamba weights, "vit" for a timm ViT's), model (the registered name of that structure, or None)
-    and model_overrides (create_model arguments for another img_size / num_classes)."""
+    Vim / VideoMamba weights, "vit" for a timm ViT's), model (the registered name of that structure, or None),
+    model_overrides (create_model arguments for another img_size / num_classes) and misfit (None, or why the
+    weights would not load into that model after all: a tensor whose shape or dtype the structure's shapes did
+    not reveal, a missing or extra key; checked against the model built on the meta device)."""
     path = Path(path)
     raw = read_checkpoint(path)
     info = describe_checkpoint(path, raw)
@@ -178,9 +183,17 @@ def inspect_checkpoint(path: PathLike) -> dict[str, Any]:
     backbone, facts, model, overrides = match_weights(weights)
     report = {k: facts[k] for k in ("embed_dim", "depth", "patch_size", "in_chans", "img_size", "num_classes",
                                     "num_tokens", "d_state")}
+    misfit = None
+    if model is not None:  # the shapes read name a model: check every tensor against it, as a load would
+        with torch.device("meta"):
+            built = create_model(model, **overrides)
+        try:
+            fit_weights(built, weights, "", hint=False)
+        except CheckpointError as exc:
+            misfit = str(exc)
     out = {}
     for key, value in info.items():  # same key order as before the split: arch and model after the dtypes
         out[key] = value
         if key == "dtypes":
-            out.update(backbone=backbone, arch=report, model=model, model_overrides=overrides)
+            out.update(backbone=backbone, arch=report, model=model, model_overrides=overrides, misfit=misfit)
     return out

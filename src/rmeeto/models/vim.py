@@ -500,7 +500,7 @@ class VisionMamba(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes, **kw) if num_classes > 0 else nn.Identity()
 
         # layers 0 and 1 get no drop path: layer i >= 1 uses dpr[i - 1] (official quirk)
-        dpr = [0.0] + torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [0.0] + torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # (also under a meta device)
         mixer_kw = dict(d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, divide_out=if_divide_out,
                         scan_backend=scan_backend, **kw)
         self.layers = nn.ModuleList(
