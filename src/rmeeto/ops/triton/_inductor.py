@@ -80,7 +80,19 @@ def registered(op: Any) -> bool:
 
 
 
-_LIBRARY = None  # the torch.library.Library fragment that holds rmeeto's ops (made on first use)
+def _fragment(name: str):
+    """A torch.library fragment for the op ``rmeeto::<name>`` alone. One an earlier import of the defining module
+    made is destroyed first (as ``torch.library.custom_op`` does), so a re-imported module (``importlib.reload``,
+    a test that forgets rmeeto's modules) defines its ops again instead of failing on a duplicate."""
+    import torch
+
+    try:
+        from torch._library.custom_ops import get_library_allowing_overwrite
+    except ImportError:  # a PyTorch without it: a plain fragment (a second import of the module then fails)
+        return torch.library.Library("rmeeto", "FRAGMENT")
+    return get_library_allowing_overwrite("rmeeto", name)
+
+
 KERNELS: dict = {}  # op name -> its Python kernel (for tools that time the dispatch against a direct call)
 
 
@@ -92,11 +104,9 @@ def library_op(name: str) -> Callable[[Callable], Any]:
     import torch
 
     def define(fn: Callable):
-        global _LIBRARY
-        if _LIBRARY is None:
-            _LIBRARY = torch.library.Library("rmeeto", "FRAGMENT")
-        _LIBRARY.define(name + torch.library.infer_schema(fn, mutates_args=()))
-        _LIBRARY.impl(name, fn, "CompositeExplicitAutograd")
+        lib = _fragment(name)
+        lib.define(name + torch.library.infer_schema(fn, mutates_args=()))
+        lib.impl(name, fn, "CompositeExplicitAutograd")
         KERNELS[name] = fn
         return lower_as_fallback(getattr(torch.ops.rmeeto, name).default)
 
