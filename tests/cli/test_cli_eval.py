@@ -249,6 +249,11 @@ def test_sweep_command_writes_csv_and_plot(tmp_path, biased_checkpoint):
         assert int(r["n"]) == 12 and float(r["images_per_s"]) > 0
     true = [float(r["true_gflops"]) for r in rows]
     assert true[1] < true[0] and true[3] < true[2] and true[0] == true[2]
+    # r=0 runs the unmerged model: the paper formula's count is the unmerged one (no matching cost added)
+    from rmeeto.flops import paper_flops
+
+    paper = [float(r["paper_gflops"]) for r in rows]
+    assert paper[0] == paper[2] == pytest.approx(paper_flops(MODEL), rel=1e-6) and paper[1] < paper[0]
     with Image.open(tmp_path / "sweep.png") as img:
         img.verify()
     with Image.open(tmp_path / "sweep.png") as img:
