@@ -209,5 +209,5 @@ def test_ablate_records_no_row_for_unreadable_data_or_nan_weights(tmp_path, caps
     assert "no image of" in capsys.readouterr().err
     assert main(["ablate", *base, "--checkpoint", str(nan), "--limit", "8", "--out", str(tmp_path / "o3")]) == 2
     err = capsys.readouterr().err
-    assert "unmerged (free): the outputs are not finite (NaN or inf) for 8 of 8 images: checkpoint" in err
+    assert "unmerged (free): the model's outputs are not finite (NaN or inf) for 8 of 8 images: checkpoint" in err
     assert read_rows(tmp_path / "o3" / "ablate.csv") == []

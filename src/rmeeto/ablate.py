@@ -173,7 +173,7 @@ def run_ablation(models: Sequence[str], data: str = "digits", checkpoints: Optio
     from tqdm.auto import tqdm
 
     from rmeeto.data import collate_skip_none
-    from rmeeto.evaluate import build_eval_dataset, evaluate, load_model_for_eval
+    from rmeeto.evaluate import build_eval_dataset, evaluate, load_model_for_eval, nonfinite_outputs
     from rmeeto.flops import true_flops
     from rmeeto.merge import apply_merge, remove_merge
     from rmeeto.runtime import resolve_device, resolve_dtype
@@ -256,10 +256,8 @@ def run_ablation(models: Sequence[str], data: str = "digits", checkpoints: Optio
         if stats["n"] == 0:  # a 0 % row would read as a measurement
             raise ValueError(f"no image of {data} could be read; no row recorded")
         if stats["nonfinite"]:
-            source = f"checkpoint {checkpoints[i]}" if checkpoints[i] else "the random weights"
-            raise ValueError(f"{name} {cell.setting} ({training}): the outputs are not finite (NaN or inf) for "
-                             f"{stats['nonfinite']} of {stats['n']} images: {source} holds diverged or corrupt "
-                             "weights; no row recorded")
+            raise ValueError(f"{name} {cell.setting} ({training}): "
+                             f"{nonfinite_outputs(checkpoints[i], stats['nonfinite'], stats['n'])}; no row recorded")
         sched = schedule_for(name, cell.config) if cell.config is not None else []
         cfg = cell.config
         row = {

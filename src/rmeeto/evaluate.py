@@ -31,7 +31,7 @@ from rmeeto.timing import OFFICIAL, measure
 
 __all__ = [
     "evaluate", "measure_throughput", "load_model_for_eval", "stored_merge_config", "resolve_merge_config",
-    "checkpoint_num_classes", "check_structure", "build_eval_dataset", "resolve_device",
+    "checkpoint_num_classes", "check_structure", "build_eval_dataset", "resolve_device", "nonfinite_outputs",
 ]
 
 
@@ -115,6 +115,14 @@ def evaluate(
 
 
 @torch.no_grad()
+def nonfinite_outputs(checkpoint, nonfinite: Optional[int] = None, n: Optional[int] = None) -> str:
+    """The one wording for a model whose outputs were NaN or inf, naming the weights (``checkpoint``, else random
+    ones) and, when counted, how many of ``n`` inputs: callers add what they then did not report."""
+    count = f" for {nonfinite} of {n} images" if nonfinite is not None else ""
+    source = f"checkpoint {checkpoint}" if checkpoint else "the random weights"
+    return f"the model's outputs are not finite (NaN or inf){count}: {source} holds diverged or corrupt weights"
+
+
 def measure_throughput(
     model: nn.Module,
     *,

@@ -314,9 +314,9 @@ def check_finite(stats: dict, checkpoint: Optional[str], data: Optional[str] = N
     if stats["n"] == 0:
         raise CLIError(f"no image or clip of {data or 'the data'} could be read; no accuracy reported")
     if stats.get("nonfinite"):
-        source = f"checkpoint {checkpoint}" if checkpoint else "the random weights"
-        raise CLIError(f"the model's outputs are not finite (NaN or inf) for {stats['nonfinite']} of {stats['n']} "
-                       f"images: {source} holds diverged or corrupt weights; no accuracy reported")
+        from rmeeto.evaluate import nonfinite_outputs
+
+        raise CLIError(f"{nonfinite_outputs(checkpoint, stats['nonfinite'], stats['n'])}; no accuracy reported")
 
 
 def describe_merge(config) -> str:

@@ -168,9 +168,9 @@ def run(args: argparse.Namespace) -> int:
     images = torch.stack([x for _, x, _ in items]).to(device)
     groups, info = token_groups(model, images, args.layer)
     if not torch.isfinite(info["logits"]).all():
-        source = f"checkpoint {args.checkpoint}" if args.checkpoint else "the random weights"
-        raise CLIError(f"the model's outputs are not finite (NaN or inf): {source} holds diverged or corrupt "
-                       "weights; nothing drawn")
+        from rmeeto.evaluate import nonfinite_outputs
+
+        raise CLIError(f"{nonfinite_outputs(args.checkpoint)}; nothing drawn")
     probs = info["logits"].float().softmax(-1)
     # [3, 1, 1] for images [C, H, W], [3, 1, 1, 1] for clips [C, T, H, W]
     mean = torch.tensor(model_cfg.mean).view(3, *[1] * (images.dim() - 2))
