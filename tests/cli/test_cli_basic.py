@@ -117,3 +117,22 @@ def test_a_checkpoint_of_the_other_backbone_is_named_in_the_load_error(tmp_path)
         rmeeto.create_model("vim_test_patch4_16", checkpoint_path=str(vit))
     with pytest.raises(CheckpointError, match=r"looks like vim_test_patch4_16\)"):
         rmeeto.create_model("vit_test_patch4_16", checkpoint_path=str(vim))
+
+
+@pytest.mark.parametrize("error, code", [("TrainError", 2), ("NonFiniteLossError", 1)])
+def test_training_errors_are_one_line_with_their_exit_code(error, code, capsys, monkeypatch):
+    """retrain and ablate report the training loop's errors alike: a setup problem (TrainError) as bad input,
+    exit 2; a loss that diverged (NonFiniteLossError) as a failed run, exit 1; one line, no traceback."""
+    import rmeeto.ablate
+    import rmeeto.train
+
+    def fail(*args, **kwargs):
+        raise getattr(rmeeto.train, error)("the message")
+
+    monkeypatch.setattr(rmeeto.train, "train", fail)
+    monkeypatch.setattr(rmeeto.ablate, "run_ablation", fail)
+    for argv in (["retrain", "--model", "vim_test_patch4_16", "--from-scratch", "--alpha", "0"],
+                 ["ablate", "vim_test_patch4_16", "--out", "unused", "--no-progress"]):
+        assert main(argv) == code, argv
+        err = capsys.readouterr().err
+        assert err == f"rmeeto {argv[0]}: error: the message\n", err

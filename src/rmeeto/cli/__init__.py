@@ -8,6 +8,7 @@ and ``run(args) -> int``. Everything a command does is available from Python too
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from typing import Sequence
@@ -21,6 +22,25 @@ COMMANDS: tuple[str, ...] = (
 
 class CLIError(Exception):
     """A user-facing error: printed as one line ``rmeeto: error: ...`` and exit code 2."""
+
+
+class RunFailed(Exception):
+    """A run that failed on its own, not on the user's input (a loss that diverged): one line, exit code 1."""
+
+
+@contextlib.contextmanager
+def training_errors():
+    """The training loop's errors as the commands report them: a setup problem (``TrainError``: a bad path, an
+    unusable checkpoint) is a :class:`CLIError`, a loss that became NaN/inf (``NonFiniteLossError``, what was
+    finished stays written) a :class:`RunFailed`."""
+    from rmeeto.train import NonFiniteLossError, TrainError
+
+    try:
+        yield
+    except TrainError as exc:
+        raise CLIError(str(exc)) from None
+    except NonFiniteLossError as exc:
+        raise RunFailed(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as exc:
         print(f"rmeeto {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        print(f"rmeeto {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"rmeeto {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 
-from rmeeto.cli import CLIError
+from rmeeto.cli import CLIError, training_errors
 from rmeeto.argtypes import nonneg_int, positive_int, seed_int, worker_count
 from rmeeto.cli.eval import AMP_CHOICES, check_model, check_paths, num_classes_for, resolve_device, user_errors
 
@@ -103,17 +102,10 @@ def run(args: argparse.Namespace) -> int:
         )
     num_classes = [num_classes_for(name, cfg, ckpt, n, args.data)
                    for name, cfg, ckpt, n in zip(args.models, cfgs, checkpoints, classes)]
-    from rmeeto.train import NonFiniteLossError, TrainError
-
-    try:
-        with user_errors():
-            rows = run_ablation(args.models, args.data, checkpoints, args.out, settings,
-                                progress=not args.no_progress, num_classes=num_classes)
-    except TrainError as exc:
-        raise CLIError(str(exc)) from None
-    except NonFiniteLossError as exc:  # a re-training cell diverged (--retrain-lr too high): the finished rows stay
-        print(f"rmeeto ablate: error: {exc}", file=sys.stderr)
-        return 1
+    # (a re-training cell that diverges, --retrain-lr too high, fails the command; the finished rows stay)
+    with training_errors(), user_errors():
+        rows = run_ablation(args.models, args.data, checkpoints, args.out, settings,
+                            progress=not args.no_progress, num_classes=num_classes)
     print(f"{'model':<24} {'setting':<18} {'training':<16} {'tokens':>6} {'GFLOPs':>9} {'top-1':>7} {'change':>7}")
     for r in rows:
         drop = "" if math.isnan(r["top1_drop"]) else f"{r['top1_drop']:+7.2f}"

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rmeeto.cli import CLIError
+from rmeeto.cli import CLIError, training_errors
 from rmeeto.argtypes import (auto_augment_policy, class_list_file, device_name, finite_float, nonneg_float,
                               nonneg_int, open_unit_float, positive_float, positive_int, positive_unit_float,
                               seed_int, unit_float, unit_float_below_one, worker_count)
@@ -281,20 +281,15 @@ def _resumed_config(args: argparse.Namespace, stored: TrainConfig, path: Path) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from rmeeto.train import PAPER_DEVIATIONS, NonFiniteLossError, TrainError, train
+    from rmeeto.train import PAPER_DEVIATIONS, train
 
     if args.paper_differences:
         for what, why in PAPER_DEVIATIONS.items():
             print(f"{what}: {why}")
         return 0
     config = config_from_args(args, getattr(args, "_parser", None))
-    try:
+    with training_errors():
         result = train(config, resume=args.resume, overwrite=getattr(args, "overwrite", False))
-    except TrainError as exc:
-        raise CLIError(str(exc)) from None
-    except NonFiniteLossError as exc:
-        print(f"rmeeto retrain: error: {exc}", file=sys.stderr)
-        return 1
     if result.status == "interrupted":
         return 128 + (result.signal or 2)  # the shell's convention for "killed by this signal"
     return 0
