@@ -170,10 +170,6 @@ def run(args: argparse.Namespace) -> int:
         check_model(name)
     device = resolve_device(args.device)
     cpu = device.type == "cpu"
-    if args.batch_size < 1 or args.repeats < 1:
-        raise CLIError("--batch-size and --repeats must be >= 1")
-    if args.warmup < 0 or args.train_repeats < 1:
-        raise CLIError("--warmup must be >= 0 and --train-repeats >= 1")
     with user_errors("--dtype: "):
         resolve_dtype(args.dtype, device)
     if not args.compare and args.backend != "auto" and args.backend not in available_backends(device):
