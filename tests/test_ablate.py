@@ -211,3 +211,40 @@ def test_ablate_records_no_row_for_unreadable_data_or_nan_weights(tmp_path, caps
     err = capsys.readouterr().err
     assert "unmerged (free): the model's outputs are not finite (NaN or inf) for 8 of 8 images: checkpoint" in err
     assert read_rows(tmp_path / "o3" / "ablate.csv") == []
+
+
+def test_ablate_reruns_cells_when_the_data_folder_changes(tmp_path, checkpoints, monkeypatch):
+    """The same --data path holding other files (an image replaced, one added) is another experiment: its cells
+    are scored again, not answered from the rows of the old files."""
+    from PIL import Image
+
+    calls = []
+    real = revaluate.evaluate
+
+    def counting(model, loader, **kw):
+        calls.append(kw.get("desc").split(" ", 1)[1])
+        return real(model, loader, **kw)
+
+    monkeypatch.setattr(revaluate, "evaluate", counting)
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for c in range(10):  # the checkpoint's head has 10 classes
+            (data / split / f"c{c}").mkdir(parents=True)
+            Image.new("RGB", (32, 32), (25 * c, 60, 90)).save(data / split / f"c{c}" / "0.jpg")
+    argv = ["ablate", MODELS[1], "--checkpoint", checkpoints[1], "--data", str(data), "--batch-size", "8",
+            "--workers", "0", "--device", "cpu", "--only", "merge ordered", "--shuffle-rates", "0", "--out",
+            str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 0 and calls == ["unmerged", "merge ordered"]
+    calls.clear()
+    assert main(argv) == 0 and calls == []  # the same files: every row reused
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(data / "val" / "c0" / "0.jpg", quality=50)
+    assert main(argv) == 0 and calls == ["unmerged", "merge ordered"]
+    calls.clear()
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(data / "val" / "c1" / "9.jpg")
+    assert main(argv) == 0 and calls == ["unmerged", "merge ordered"]
+    rows = read_rows(tmp_path / "out" / "ablate.csv")
+    assert len({r["data_digest"] for r in rows}) == 3 and all(len(r["data_digest"]) == 16 for r in rows)
+    # each merged row's drop is against the unmerged row of its own files
+    for r in rows:
+        base = next(b for b in rows if b["setting"] == "unmerged" and b["data_digest"] == r["data_digest"])
+        assert r["top1_drop"] == pytest.approx(r["top1"] - base["top1"])

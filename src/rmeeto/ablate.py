@@ -16,7 +16,8 @@ Each cell is scored training-free and, with ``retrain_epochs > 0``, again after 
 with distillation from the unmerged model (:func:`rmeeto.train.train`, the loop every re-training uses).
 
 Results go to ``OUT/ablate.csv`` after every cell; a cell already recorded there for the same model, setting,
-training, checkpoint, data and limit is not recomputed, so an interrupted run picks up where it stopped.
+training, checkpoint (path and contents), data (path, and the evaluation split's files: names, labels, sizes and
+modification times) and limit is not recomputed, so an interrupted run picks up where it stopped.
 ``OUT/ablate.png`` shows the top-1 drop of every setting against the unmerged model, one panel per model side by
 side (Vim vs ViT when both are given).
 """
@@ -44,11 +45,11 @@ SHUFFLE_RATES = (0.0, 0.1, 0.3, 0.5, 0.7)  # Table 5 of the paper (0 = the plain
 
 FIELDS = ("model", "backbone", "setting", "group", "mode", "layout", "shuffle_rate", "num_merged", "training",
           "tokens", "gflops", "top1", "top5", "loss", "n", "top1_drop", "checkpoint", "data", "limit",
-          "shuffle_seed", "retrain_lr", "retrain_batch_size", "checkpoint_digest")
+          "shuffle_seed", "retrain_lr", "retrain_batch_size", "checkpoint_digest", "data_digest")
 # a recorded row answers a cell when these agree (anything else may change the numbers); the settings that do not
 # apply to a cell (the shuffle seed of an unshuffled cell, the lr of a training-free one) are left empty
 KEY_FIELDS = ("model", "setting", "training", "checkpoint", "data", "limit", "num_merged", "shuffle_seed",
-              "retrain_lr", "retrain_batch_size", "checkpoint_digest")
+              "retrain_lr", "retrain_batch_size", "checkpoint_digest", "data_digest")
 
 
 @dataclass(frozen=True)
@@ -212,11 +213,14 @@ def run_ablation(models: Sequence[str], data: str = "digits", checkpoints: Optio
 
     # the file's contents, not only its path: new weights saved over the same name are another experiment
     digests = [_file_digest(c) if c is not None else "" for c in checkpoints]
+    # and the data's files: images added, removed or replaced in the folder make another experiment too
+    data_digest = _data_digest(build_eval_dataset(data, models[0])[0]) if plan else ""
 
     def ident(i: int, cell: Cell, training: str) -> dict:
         cfg, retrained = cell.config, training != "free"
         return {"model": models[i], "setting": cell.setting, "training": training,
                 "checkpoint": checkpoints[i] or "", "checkpoint_digest": digests[i], "data": data,
+                "data_digest": data_digest,
                 "limit": "" if settings.limit is None else settings.limit,
                 "num_merged": (cfg.num_merged if isinstance(cfg.num_merged, int) else sum(cfg.num_merged)) if cfg
                 else 0,
@@ -301,6 +305,23 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _data_digest(dataset) -> str:
+    """The first 16 hex digits of a SHA-256 over an evaluation split's items (path, label, size, modification
+    time); "" for data held in memory (the digits, which never change)."""
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return ""
+    digest = hashlib.sha256()
+    for path, label in samples:
+        try:
+            st = os.stat(path)
+            facts = (st.st_size, st.st_mtime_ns)
+        except OSError:  # gone since listing: reading it will say so; the listing still tells data sets apart
+            facts = (-1, -1)
+        digest.update(f"{path}\0{label}\0{facts[0]}\0{facts[1]}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
+
+
 def _run_name(ident: dict) -> str:
     """The re-training folder of a cell: model and setting, then a digest of everything else that makes the run
     (checkpoint, data, tokens merged, seed, lr, batch, epochs), so that another experiment in the same OUT trains
@@ -317,11 +338,14 @@ def _input_tokens(name: str) -> int:
 
 def _fill_drops(rows: list[dict]) -> None:
     """top1_drop = top-1 of the row - top-1 of the unmerged row of the same model, checkpoint (path and contents),
-    data and limit (negative = worse), the number the paper's figure plots."""
-    base = {(r["model"], r["checkpoint"], r.get("checkpoint_digest", ""), r["data"], str(r["limit"])): r["top1"]
-            for r in rows if r["setting"] == "unmerged" and r["training"] == "free"}
+    data (path and files) and limit (negative = worse), the number the paper's figure plots."""
+    def same(r: dict) -> tuple:
+        return (r["model"], r["checkpoint"], r.get("checkpoint_digest", ""), r["data"], r.get("data_digest", ""),
+                str(r["limit"]))
+
+    base = {same(r): r["top1"] for r in rows if r["setting"] == "unmerged" and r["training"] == "free"}
     for r in rows:
-        b = base.get((r["model"], r["checkpoint"], r.get("checkpoint_digest", ""), r["data"], str(r["limit"])))
+        b = base.get(same(r))
         r["top1_drop"] = float(r["top1"]) - b if b is not None else math.nan
 
 

@@ -20,8 +20,8 @@ the model's paper merge count unless --num-merged says otherwise. Every setting 
 
 Writes OUT/ablate.csv (one row per cell, written as each finishes, with top1_drop = change against the unmerged
 model) and OUT/ablate.png (the drops per setting, one panel per model). A cell already in the CSV for the same
-model, setting, training, checkpoint, data, limit, tokens merged, shuffle seed and re-training lr and batch is
-not recomputed: re-running after an interruption finishes only what is missing (random weights are another model
+model, setting, training, checkpoint (path and contents), data (path and the evaluation split's files: names,
+sizes, modification times), limit, tokens merged, shuffle seed and re-training lr and batch is not recomputed: re-running after an interruption finishes only what is missing (random weights are another model
 on every run: never reused). Re-trained cells train in OUT/retrain/MODEL_SETTING_<digest of those settings>/.
 
 --checkpoint takes one path per model, in order ('none' for random weights).
