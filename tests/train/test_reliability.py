@@ -70,7 +70,11 @@ def test_resume_needs_only_the_folder_and_names_the_flags_it_ignores(tmp_path, c
         config("--out", str(tmp_path / "empty"), "--resume", "auto")
     with pytest.raises(CLIError, match="not an rmeeto training checkpoint"):
         torch.save({"model": {}}, tmp_path / "weights.pth")
-        config("--resume", str(tmp_path / "weights.pth"))
+        config("--resume", str(tmp_path / "weights.pth"), "--out", str(tmp_path / "o"))
+    # a checkpoint path resumes too, but only into a folder: a resumed run that wrote nothing would be lost
+    with pytest.raises(CLIError, match=r"give --out \(its own folder, .*run, to continue it in place\)"):
+        config("--resume", str(out / "last.pth"))
+    assert config("--resume", str(out / "last.pth"), "--out", str(out)).lr == 2e-3
 
 
 def test_a_used_run_folder_is_refused_without_resume_or_overwrite(tmp_path):

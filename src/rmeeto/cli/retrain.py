@@ -160,7 +160,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue a run with the settings it stored (--model and the rest may be left out; only "
                         "--out, --device, -j, progress, graphs and pipeline flags apply): 'auto' = DIR/last.pth of "
-                        "--out if it exists (else start afresh from the flags), or a checkpoint path")
+                        "--out if it exists (else start afresh from the flags), or a checkpoint path (with --out: where the "
+                        "run goes on)")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out folder that holds a run (its last.pth, best.pth and log.jsonl are "
                         "replaced); without it such a folder is refused unless resuming")
@@ -194,6 +195,9 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser |
 
     if args.resume == "auto" and not args.out:
         fail("--resume auto looks for last.pth in --out: give --out")
+    if args.resume is not None and not args.out:  # a resumed run that saved nothing would lose its training
+        fail(f"--resume {args.resume} continues a run: give --out (its own folder, "
+             f"{Path(args.resume).parent}, to continue it in place)")
     if args.resume is not None:
         stored = _stored_run(args, fail)
         if stored is not None:
