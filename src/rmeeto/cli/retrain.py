@@ -159,9 +159,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="output folder for last.pth, best.pth, log.jsonl (default: write nothing)")
     g.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue a run with the settings it stored (--model and the rest may be left out; only "
-                        "--out, --device, -j, progress, graphs and pipeline flags apply): 'auto' = DIR/last.pth of "
-                        "--out if it exists (else start afresh from the flags), or a checkpoint path (with --out: where the "
-                        "run goes on)")
+                        "runtime flags apply: --out, --device, -j, --save-every-steps, --tensorboard, progress, "
+                        "graphs, pipeline): 'auto' = DIR/last.pth of --out if it exists (else start afresh from "
+                        "the flags), or a checkpoint path (with --out: where the run goes on)")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out folder that holds a run (its last.pth, best.pth and log.jsonl are "
                         "replaced); without it such a folder is refused unless resuming")
