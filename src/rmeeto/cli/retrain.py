@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -277,7 +278,7 @@ def _resumed_config(args: argparse.Namespace, stored: TrainConfig, path: Path) -
             ignored.append("merge")
         if merge != stored.merge and "merge" not in ignored:
             ignored.append("merge")
-    if ignored:
+    if ignored and os.environ.get("RANK", "0") == "0":  # (under torchrun every rank reads it: one line)
         print(f"resume: using the settings stored in {path} (ignoring new values of {', '.join(ignored)})",
               file=sys.stderr)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in RUNTIME_FIELDS}
