@@ -149,17 +149,23 @@ def test_plot_leaves_room_for_the_labels_of_bars_at_zero(tmp_path, monkeypatch):
         assert hi > 0.3 and lo < -6.4, (lo, hi)
 
 
-def test_ablate_reuses_a_row_only_for_the_same_experiment(tmp_path, checkpoints, monkeypatch, capsys):
-    """Rows are reused only when every setting that moves the numbers agrees: another --num-merged re-runs the
-    merged cells (the unmerged one stays), random weights are never reused, a damaged table is named."""
-    calls = []
+@pytest.fixture
+def calls(monkeypatch) -> list:
+    """The settings evaluated, in order: the cells ablate scored (not answered from its table)."""
+    seen = []
     real = revaluate.evaluate
 
     def counting(model, loader, **kw):
-        calls.append(kw.get("desc").split(" ", 1)[1])
+        seen.append(kw.get("desc").split(" ", 1)[1])
         return real(model, loader, **kw)
 
     monkeypatch.setattr(revaluate, "evaluate", counting)
+    return seen
+
+
+def test_ablate_reuses_a_row_only_for_the_same_experiment(tmp_path, checkpoints, calls, capsys):
+    """Rows are reused only when every setting that moves the numbers agrees: another --num-merged re-runs the
+    merged cells (the unmerged one stays), random weights are never reused, a damaged table is named."""
     base = ["ablate", MODELS[1], "--limit", "10", "--batch-size", "16", "--workers", "0", "--device", "cpu",
             "--only", "merge ordered", "--shuffle-rates", "0", "--out", str(tmp_path), "--no-progress"]
     trained = [*base, "--checkpoint", checkpoints[1]]
@@ -213,19 +219,11 @@ def test_ablate_records_no_row_for_unreadable_data_or_nan_weights(tmp_path, caps
     assert read_rows(tmp_path / "o3" / "ablate.csv") == []
 
 
-def test_ablate_reruns_cells_when_the_data_folder_changes(tmp_path, checkpoints, monkeypatch):
+def test_ablate_reruns_cells_when_the_data_folder_changes(tmp_path, checkpoints, calls):
     """The same --data path holding other files (an image replaced, one added) is another experiment: its cells
     are scored again, not answered from the rows of the old files."""
     from PIL import Image
 
-    calls = []
-    real = revaluate.evaluate
-
-    def counting(model, loader, **kw):
-        calls.append(kw.get("desc").split(" ", 1)[1])
-        return real(model, loader, **kw)
-
-    monkeypatch.setattr(revaluate, "evaluate", counting)
     data = tmp_path / "data"
     for split in ("train", "val"):
         for c in range(10):  # the checkpoint's head has 10 classes
