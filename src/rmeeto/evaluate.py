@@ -114,7 +114,6 @@ def evaluate(
     }
 
 
-@torch.no_grad()
 def nonfinite_outputs(checkpoint, nonfinite: Optional[int] = None, n: Optional[int] = None) -> str:
     """The one wording for a model whose outputs were NaN or inf, naming the weights (``checkpoint``, else random
     ones) and, when counted, how many of ``n`` inputs: callers add what they then did not report."""
@@ -123,6 +122,7 @@ def nonfinite_outputs(checkpoint, nonfinite: Optional[int] = None, n: Optional[i
     return f"the model's outputs are not finite (NaN or inf){count}: {source} holds diverged or corrupt weights"
 
 
+@torch.no_grad()
 def measure_throughput(
     model: nn.Module,
     *,

@@ -126,6 +126,11 @@ def test_measure_throughput_cpu_leaves_model_alone():
     assert model.training
     with pytest.raises(ValueError, match="CUDA"):
         measure_throughput(model, batch_size=2, img_size=16, device="cpu", dtype=torch.float16)
+    # the forwards build no autograd graph (the official protocol times them under no_grad)
+    grad_modes = []
+    model.register_forward_pre_hook(lambda module, args: grad_modes.append(torch.is_grad_enabled()))
+    measure_throughput(model, batch_size=2, img_size=16, device="cpu", warmup=0, repeats=1)
+    assert grad_modes and not any(grad_modes)
 
 
 @pytest.mark.parametrize("ordered", [True, False])
