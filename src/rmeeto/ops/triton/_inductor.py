@@ -79,7 +79,6 @@ def registered(op: Any) -> bool:
     return lowering is not None and _overload(op) in lowering.lowerings
 
 
-
 def _fragment(name: str):
     """A torch.library fragment for the op ``rmeeto::<name>`` alone. One an earlier import of the defining module
     made is destroyed first (as ``torch.library.custom_op`` does), so a re-imported module (``importlib.reload``,
