@@ -151,12 +151,15 @@ def test_plot_leaves_room_for_the_labels_of_bars_at_zero(tmp_path, monkeypatch):
 
 @pytest.fixture
 def calls(monkeypatch) -> list:
-    """The settings evaluated, in order: the cells ablate scored (not answered from its table)."""
+    """The settings evaluated, in order: the cells ablate scored (not answered from its table; a re-training's
+    own validation passes, which rmeeto.train may route here too, are not cells)."""
     seen = []
     real = revaluate.evaluate
 
     def counting(model, loader, **kw):
-        seen.append(kw.get("desc").split(" ", 1)[1])
+        model_name, _, setting = kw.get("desc", "").partition(" ")
+        if model_name in MODELS:
+            seen.append(setting)
         return real(model, loader, **kw)
 
     monkeypatch.setattr(revaluate, "evaluate", counting)
@@ -246,3 +249,29 @@ def test_ablate_reruns_cells_when_the_data_folder_changes(tmp_path, checkpoints,
     for r in rows:
         base = next(b for b in rows if b["setting"] == "unmerged" and b["data_digest"] == r["data_digest"])
         assert r["top1_drop"] == pytest.approx(r["top1"] - base["top1"])
+
+
+def test_ablate_retrains_when_the_training_split_changes(tmp_path, checkpoints, calls):
+    """A re-trained row is keyed by the training split's files too (what it was trained on): a replaced training
+    image re-trains that cell, in a folder of its own, while the training-free rows (which never read the
+    training split) are reused."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for c in range(10):
+            (data / split / f"c{c}").mkdir(parents=True)
+            Image.new("RGB", (16, 16), (25 * c, 60, 90)).save(data / split / f"c{c}" / "0.jpg")
+    argv = ["ablate", MODELS[1], "--checkpoint", checkpoints[1], "--data", str(data), "--batch-size", "8",
+            "--workers", "0", "--device", "cpu", "--only", "merge ordered", "--shuffle-rates", "0",
+            "--retrain-epochs", "1", "--retrain-batch-size", "8", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 0 and calls == ["unmerged", "merge ordered", "merge ordered"]
+    calls.clear()
+    assert main(argv) == 0 and calls == []
+    Image.new("RGB", (16, 16), (255, 255, 255)).save(data / "train" / "c3" / "0.jpg", quality=50)
+    assert main(argv) == 0 and calls == ["merge ordered"]  # only the re-trained cell
+    rows = read_rows(tmp_path / "out" / "ablate.csv")
+    retrained = [r for r in rows if r["training"] != "free"]
+    assert len(retrained) == 2 and len({r["train_digest"] for r in retrained}) == 2
+    assert all(r["train_digest"] == "" for r in rows if r["training"] == "free")
+    assert len(list((tmp_path / "out" / "retrain").glob("*/last.pth"))) == 2

@@ -45,11 +45,11 @@ SHUFFLE_RATES = (0.0, 0.1, 0.3, 0.5, 0.7)  # Table 5 of the paper (0 = the plain
 
 FIELDS = ("model", "backbone", "setting", "group", "mode", "layout", "shuffle_rate", "num_merged", "training",
           "tokens", "gflops", "top1", "top5", "loss", "n", "top1_drop", "checkpoint", "data", "limit",
-          "shuffle_seed", "retrain_lr", "retrain_batch_size", "checkpoint_digest", "data_digest")
+          "shuffle_seed", "retrain_lr", "retrain_batch_size", "checkpoint_digest", "data_digest", "train_digest")
 # a recorded row answers a cell when these agree (anything else may change the numbers); the settings that do not
 # apply to a cell (the shuffle seed of an unshuffled cell, the lr of a training-free one) are left empty
 KEY_FIELDS = ("model", "setting", "training", "checkpoint", "data", "limit", "num_merged", "shuffle_seed",
-              "retrain_lr", "retrain_batch_size", "checkpoint_digest", "data_digest")
+              "retrain_lr", "retrain_batch_size", "checkpoint_digest", "data_digest", "train_digest")
 
 
 @dataclass(frozen=True)
@@ -213,14 +213,17 @@ def run_ablation(models: Sequence[str], data: str = "digits", checkpoints: Optio
 
     # the file's contents, not only its path: new weights saved over the same name are another experiment
     digests = [_file_digest(c) if c is not None else "" for c in checkpoints]
-    # and the data's files: images added, removed or replaced in the folder make another experiment too
+    # and the data's files: images added, removed or replaced in the folder make another experiment too (the
+    # evaluation split for every row, the training split for re-trained rows: it is what they were trained on)
     data_digest = _data_digest(build_eval_dataset(data, models[0])[0]) if plan else ""
+    retraining = [i for i, _, training in plan if training != "free"]
+    train_digest = _data_digest(_train_split(data, models[retraining[0]])) if retraining else ""
 
     def ident(i: int, cell: Cell, training: str) -> dict:
         cfg, retrained = cell.config, training != "free"
         return {"model": models[i], "setting": cell.setting, "training": training,
                 "checkpoint": checkpoints[i] or "", "checkpoint_digest": digests[i], "data": data,
-                "data_digest": data_digest,
+                "data_digest": data_digest, "train_digest": train_digest if retrained else "",
                 "limit": "" if settings.limit is None else settings.limit,
                 "num_merged": (cfg.num_merged if isinstance(cfg.num_merged, int) else sum(cfg.num_merged)) if cfg
                 else 0,
@@ -306,7 +309,7 @@ def _file_digest(path: str) -> str:
 
 
 def _data_digest(dataset) -> str:
-    """The first 16 hex digits of a SHA-256 over an evaluation split's items (path, label, size, modification
+    """The first 16 hex digits of a SHA-256 over a split's items (path, label, size, modification
     time); "" for data held in memory (the digits, which never change)."""
     samples = getattr(dataset, "samples", None)
     if samples is None:
@@ -320,6 +323,20 @@ def _data_digest(dataset) -> str:
             facts = (-1, -1)
         digest.update(f"{path}\0{label}\0{facts[0]}\0{facts[1]}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
+
+
+def _train_split(data: str, model_name: str):
+    """The training split of ``data`` as a re-training cell reads it (its listing only, for the digest)."""
+    from rmeeto.models import get_config
+
+    arch = get_config(model_name).arch
+    if getattr(arch, "num_frames", None) is not None:
+        from rmeeto.video import build_clip_dataset
+
+        return build_clip_dataset(data, "train", arch)
+    from rmeeto.data import build_dataset
+
+    return build_dataset(data, "train", img_size=arch.img_size)
 
 
 def _run_name(ident: dict) -> str:
