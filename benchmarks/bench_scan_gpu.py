@@ -5,7 +5,8 @@ mamba_ssm kernel too when it is importable (contiguous layout, its own).
 
 Shapes: u, delta, z [batch, dim, length] bf16; A [dim, 16]; B, C [batch, 16, length] bf16; D, delta_bias fp32;
 softplus on. Times are medians of triton.testing.do_bench (CUDA events), in milliseconds. The Triton tile
-configs are swept first (forward and backward kernels separately) and the best is used in the table.
+configs are swept first (the forward's CANDIDATE_FWD and the backward's scan_bwd.CANDIDATE_BWD_XLANE separately)
+and the best is used in the table.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import triton
 import triton.testing
 
 from rmeeto.ops.triton import scan as triton_scan
+from rmeeto.ops.triton import scan_bwd as triton_scan_bwd
 from rmeeto.ops.selective_scan import selective_scan_chunked, selective_scan_ref
 
 
@@ -62,12 +64,12 @@ def fwdbwd_fn(scan, leaves, gout):
     return f
 
 
-def sweep(label, attr, candidates, fn, note=""):
-    """Time fn under every tile config in candidates (set as triton_scan.<attr>), keep the fastest there and
-    return (ms, config)."""
+def sweep(label, module, attr, candidates, fn, note=""):
+    """Time fn under every tile config in candidates (set as module.<attr>), keep the fastest there and return
+    (ms, config)."""
     best = None
     for cfg in candidates:
-        setattr(triton_scan, attr, dict(cfg))
+        setattr(module, attr, dict(cfg))
         try:
             t = bench(fn)
         except Exception as e:  # e.g. out of resources
@@ -76,7 +78,7 @@ def sweep(label, attr, candidates, fn, note=""):
         print(f"  {label} config {cfg}: {t:.3f} ms{note}")
         if best is None or t < best[0]:
             best = (t, cfg)
-    setattr(triton_scan, attr, dict(best[1]))
+    setattr(module, attr, dict(best[1]))
     return best
 
 
@@ -115,11 +117,12 @@ def main():
     gout_vim = torch.randn(b, L, d, device="cuda").to(dtype).transpose(1, 2)
     if not args.no_sweep:
         results["fwd_best_config"] = sweep(
-            "fwd", "FWD_CONFIG", triton_scan.CANDIDATE_FWD, fwd_fn(triton_scan.selective_scan_triton, inputs_vim))
+            "fwd", triton_scan, "FWD_CONFIG", triton_scan.CANDIDATE_FWD,
+            fwd_fn(triton_scan.selective_scan_triton, inputs_vim))
         results["bwd_best_config"] = sweep(
-            "bwd", "BWD_CONFIG", triton_scan.CANDIDATE_BWD,
+            "bwd", triton_scan_bwd, "BWD_XLANE_CONFIG", triton_scan_bwd.CANDIDATE_BWD_XLANE,
             lambda: torch.ops.rmeeto.selective_scan_bwd(gout_vim, *inputs_vim, True, False, False), " (backward op alone)")
-    print(f"  using FWD_CONFIG={triton_scan.FWD_CONFIG} BWD_CONFIG={triton_scan.BWD_CONFIG}")
+    print(f"  using FWD_CONFIG={triton_scan.FWD_CONFIG} BWD_XLANE_CONFIG={triton_scan_bwd.BWD_XLANE_CONFIG}")
 
     # ---- table
     rows = []

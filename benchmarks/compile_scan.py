@@ -2,7 +2,10 @@
 registers, spills, shared memory and counts of the telling PTX instructions (exp2, shuffles, barriers,
 shared/local memory traffic). Lets tile configurations be judged before spending device time.
 
-    python benchmarks/compile_scan.py [--arch 90] [--dtype fp16] [--fwd BLOCK_D,CHUNK,WARPS] [--bwd ...]
+    python benchmarks/compile_scan.py [--arch 90] [--dtype fp16] [--fwd BLOCK_D,CHUNK,WARPS] [--xbwd ...]
+
+The backward is scan_bwd.py's (the dB / dC sums as a reduce-scatter across lanes), and the same body with the
+per-value tl.sum reductions (XLANE=False) beside it for comparison.
 """
 
 from __future__ import annotations
@@ -135,7 +138,6 @@ def main():
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--fwd", default=None, help="BLOCK_D,CHUNK,num_warps (default FWD_CONFIG)")
-    p.add_argument("--bwd", default=None, help="BLOCK_D,CHUNK,num_warps (default BWD_CONFIG)")
     p.add_argument("--xbwd", default=None, help="BLOCK_D,CHUNK,num_warps of scan_bwd's kernel (default "
                    "BWD_XLANE_CONFIG)")
     p.add_argument("--maxnreg", type=int, default=None, help="register cap of scan_bwd's kernel (default: "
@@ -158,32 +160,28 @@ def main():
         a.pack = 3 if a.dtype == "fp32" else 2
     if (a.pack == 3) != (a.dtype == "fp32") and a.pack != 0:
         p.error(f"--pack {a.pack} reads {'float32' if a.pack == 3 else '16-bit'} B / C: it does not go with --dtype {a.dtype}")
-    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, REVERSE=False, PACK=a.pack, A_IS_LOG=False, NP=16)
-    kernels = [("fwd", ts._scan_fwd_kernel, ts.FWD_CONFIG, a.fwd), ("bwd", ts._scan_bwd_kernel, ts.BWD_CONFIG, a.bwd),
-               # both directions in one launch (no REVERSE flag: the direction is a runtime value)
-               ("bidir fwd", ts._scan_bidir_fwd_kernel, ts.FWD_CONFIG, a.fwd),
-               ("bidir bwd", ts._scan_bidir_bwd_kernel, ts.BWD_CONFIG, a.bwd),
-               # scan_bwd.py: the dB / dC sums as a reduce-scatter across lanes (and its XLANE=False twin)
-               ("xlane bwd", tsb._scan_bwd_xlane_kernel, tsb.BWD_XLANE_CONFIG, a.xbwd),
-               ("xlane bidir bwd", tsb._scan_bwd_bidir_xlane_kernel, tsb.BWD_XLANE_CONFIG, a.xbwd)]
-    for which, kernel, cfg, arg in kernels:
-        if "bidir" in which:
-            flags.pop("REVERSE", None)
-        else:
-            flags["REVERSE"] = False
-        if which.startswith("xlane"):
-            flags.update(XLANE=True, REUSE_BC=cfg.get("reuse_bc", True) and not a.reload_bc,
-                         PREFETCH=cfg.get("prefetch", False) or a.prefetch)
-        if which.endswith("fwd") and "PREFETCH" in kernel.arg_names:  # (older trees' forwards have none)
-            flags["PREFETCH"] = cfg.get("prefetch", False) if a.fwd_prefetch is None else bool(a.fwd_prefetch)
-        elif not which.startswith("xlane"):
-            flags.pop("PREFETCH", None)
+    flags = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, PACK=a.pack, A_IS_LOG=False, NP=16)
+    fwd_flags = {}
+    if "PREFETCH" in ts._scan_fwd_kernel.arg_names:  # (older trees' forwards have none)
+        fwd_flags["PREFETCH"] = ts.FWD_CONFIG.get("prefetch", False) if a.fwd_prefetch is None else bool(a.fwd_prefetch)
+    xcfg = tsb.BWD_XLANE_CONFIG
+    bwd_flags = dict(REUSE_BC=xcfg.get("reuse_bc", True) and not a.reload_bc,
+                     PREFETCH=xcfg.get("prefetch", False) or a.prefetch)
+    one_dir = dict(REVERSE=False)  # the two-direction kernels have no REVERSE flag: the direction is a runtime value
+    kernels = [("fwd", ts._scan_fwd_kernel, ts.FWD_CONFIG, a.fwd, dict(fwd_flags, **one_dir)),
+               ("bidir fwd", ts._scan_bidir_fwd_kernel, ts.FWD_CONFIG, a.fwd, fwd_flags),
+               # scan_bwd.py: the dB / dC sums as a reduce-scatter across lanes, and with per-value tl.sum
+               ("xlane bwd", tsb._scan_bwd_xlane_kernel, xcfg, a.xbwd, dict(bwd_flags, XLANE=True, **one_dir)),
+               ("xlane bidir bwd", tsb._scan_bwd_bidir_xlane_kernel, xcfg, a.xbwd, dict(bwd_flags, XLANE=True)),
+               ("tl.sum bwd", tsb._scan_bwd_xlane_kernel, xcfg, a.xbwd, dict(bwd_flags, XLANE=False, **one_dir)),
+               ("tl.sum bidir bwd", tsb._scan_bwd_bidir_xlane_kernel, xcfg, a.xbwd, dict(bwd_flags, XLANE=False))]
+    for which, kernel, cfg, arg, extra in kernels:
         if arg:
             bd, ch, nw = (int(x) for x in arg.split(","))
         else:
             bd, ch, nw = cfg["BLOCK_D"], cfg["CHUNK"], cfg["num_warps"]
-        mr = (a.maxnreg or cfg.get("maxnreg")) if which.startswith("xlane") else None
-        ck = compile_kernel(kernel, dict(flags, BLOCK_D=bd, CHUNK=ch), a.dtype, a.arch, nw, mr)
+        mr = (a.maxnreg or cfg.get("maxnreg")) if which.endswith("bwd") else None
+        ck = compile_kernel(kernel, dict(flags, **extra, BLOCK_D=bd, CHUNK=ch), a.dtype, a.arch, nw, mr)
         report(f"{which} BLOCK_D={bd} CHUNK={ch} warps={nw}" + (f" maxnreg={mr}" if mr else ""), ck)
         if a.dump:
             for ext in ("ttgir", "ptx"):

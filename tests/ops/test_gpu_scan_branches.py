@@ -1,8 +1,11 @@
 """GPU test that each direction of the bidirectional scan kernels computes exactly what the single-direction
-kernel computes: both are one body (``_scan_fwd_body`` / ``_scan_bwd_body``) compiled with the same constants, so
-every float32 value a program produces must be the same bits. Compared below the public API, on the raw buffers
-the launchers allocate (the float32 partial sums and the chunk checkpoints before torch reduces them), so
-reduction order in torch does not blur the claim; tests/ops/test_gpu_bidir.py covers the public ops.
+kernel computes: both are one body (scan's ``_scan_fwd_body`` / scan_bwd's ``_scan_bwd_body``) doing the same
+arithmetic in the same order (the forward's two-direction kernel compiles the body once per direction with the
+single-direction kernel's constants; the backward's walks the backward direction with REVERSE=False from token
+L-1 on negated token strides, which visits the same memory in the same order as REVERSE=True), so every float32
+value a program produces must be the same bits. Compared below the public API, on the raw buffers the launchers
+allocate (the float32 partial sums and the chunk checkpoints before torch reduces them), so reduction order in
+torch does not blur the claim; tests/ops/test_gpu_bidir.py covers the public ops.
 
 Skipped without CUDA or Triton. The one exception, stated where it is asserted: fp16 outputs with scale 0.5,
 one fp16 ulp apart at most (measured on the GPU).
@@ -19,6 +22,7 @@ pytestmark = [
 triton = pytest.importorskip("triton")
 
 from rmeeto.ops.triton import scan as triton_scan  # noqa: E402
+from rmeeto.ops.triton import scan_bwd  # noqa: E402
 
 DEV = "cuda"
 
@@ -41,7 +45,8 @@ def direction_inputs(batch, dim, length, n, dtype, full, seed):
 
 
 def recorded(fn, *args):
-    """fn(*args) and the buffers the launcher allocated through ``_alloc``, in allocation order."""
+    """fn(*args) and the buffers the launcher allocated through scan's ``_alloc`` (scan_bwd's launchers too), in
+    allocation order."""
     bufs = []
     alloc = triton_scan._alloc
 
@@ -98,13 +103,13 @@ def test_bidir_directions_equal_single_kernels(dtype, scale, length, full):
     gen = torch.Generator(device=DEV).manual_seed(7)
     g = torch.randn(2, batch, length, dim, generator=gen, device=DEV)
     g = torch.where(g.abs() < 1e-3, 1e-3, g).to(dtype).transpose(2, 3)  # halving exact: no 16-bit subnormals
-    _, bufs2 = recorded(triton_scan._bwd_bidir_classic, g, *bidir_args)
-    # du, ddelta[, dz], then ckpt, dA, dB, dC, dD, dbias partials; dB / dC partials are [n_dblocks, 2, ...]
+    _, bufs2 = recorded(scan_bwd.bwd_bidir, g, *bidir_args)
+    # du, ddelta[, dz], then ckpt, dA, dB, dC, dD, dbias partials; dB / dC partials are [n_parts, 2, ...]
     names = ["du", "ddelta"] + (["dz"] if full else []) + ["ckpt", "dA_p", "dB_p", "dC_p", "dD_p", "dbias_p"]
     assert len(bufs2) == len(names)
     for d, x in enumerate((f, r)):
         dout = (g[d].float() * scale).to(dtype)  # what the single path's backward receives (exact)
-        _, bufs = recorded(triton_scan._bwd_classic, dout, *single_args(x, bool(d)))
+        _, bufs = recorded(scan_bwd.bwd, dout, *single_args(x, bool(d)))
         assert len(bufs) == len(names)
         for name, b2, b in zip(names, bufs2, bufs):
             assert_bits(f"{name}[{d}]", b2[:, d] if name in ("dB_p", "dC_p") else b2[d], b)

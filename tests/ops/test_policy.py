@@ -117,13 +117,11 @@ def test_every_switch_change_moves_the_generation():
         seen.append(policy.generation())
         return seen[-1] != seen[-2]
 
-    was_plan, was_launch, was_xlane = policy._fused["plan"], policy.fast_launch(), policy.xlane_bwd()
+    was_plan, was_launch = policy._fused["plan"], policy.fast_launch()
     try:
         policy.set_fused("plan", False)
         assert moved()
         policy.set_fast_launch(not was_launch)
-        assert moved()
-        policy.set_xlane_bwd(not was_xlane)
         assert moved()
         with policy.force_reference():
             assert moved()
@@ -131,7 +129,6 @@ def test_every_switch_change_moves_the_generation():
     finally:
         policy.set_fused("plan", was_plan)
         policy.set_fast_launch(was_launch)
-        policy.set_xlane_bwd(was_xlane)
     backend = policy.scan_backend()
     policy.set_scan_backend("chunked")
     assert moved()

@@ -4,8 +4,8 @@ Interpreter tests (CPU, TRITON_INTERPRET=1 in a subprocess; skipped where CUDA i
 exchange is a ``tl.gather``, which the interpreter runs, so the whole reduce-scatter (which lane ends with
 which dB / dC entry, the dstate < 16 and dstate 32 cases, partial channel blocks) is checked here too, not
 only the rest of the kernel. What only the GPU tests check: that the compiled gather is a warp shuffle with
-the lane <-> channel mapping the kernel assumes, the maxnreg configs, bf16 rounding, and agreement with
-``scan._bwd`` at full precision.
+the lane <-> channel mapping the kernel assumes, the maxnreg configs, bf16 rounding, and agreement with the
+same body's per-value ``tl.sum`` reductions (``XLANE=False``: another way to sum dB / dC) for every config.
 """
 
 import os
@@ -129,7 +129,7 @@ def test_interpreted_equals_reference():
 
 
 def bidir_inputs(b, d, L, n, dtype, dev, channels_last, with_z, seed):
-    """The fifteen tensors of scan._bwd_bidir (u_f, u_b, delta_f, delta_b, A_f, A_b (as A_log), B_f, B_b, C_f,
+    """The fifteen tensors of sb.bwd_bidir (u_f, u_b, delta_f, delta_b, A_f, A_b (as A_log), B_f, B_b, C_f,
     C_b, D_f, D_b, z, bias_f, bias_b) and a [2, batch, dim, L] output gradient."""
     g = torch.Generator(device=dev).manual_seed(seed)
     rn = lambda *s: torch.randn(*s, generator=g, device=dev)  # noqa: E731
@@ -147,15 +147,35 @@ def bidir_inputs(b, d, L, n, dtype, dev, channels_last, with_z, seed):
     return ins, dout
 
 
-@pytest.mark.full  # a comparison with the classic kernel; test_interpreted_equals_reference covers the default
+def bidir_ref_grads(ins, dout, softplus, scale):
+    """bwd_bidir's eight outputs (A given as A_log) from the float64 reference of both directions
+    (selective_scan_bidir_ref): [2, ...] stacks, dz summed over the directions, None for absent inputs."""
+    from rmeeto.ops.selective_scan import selective_scan_bidir_ref
+
+    leaves = [None if t is None else t.detach().double().requires_grad_() for t in ins]
+    u, delta, A_log, B, C, D = (leaves[2 * i:2 * i + 2] for i in range(6))
+    z, bias = leaves[12], leaves[13:15]
+    A = [-torch.exp(a) for a in A_log]
+    y2 = selective_scan_bidir_ref(u, delta, A, B, C, None if D[0] is None else D, z,
+                                  None if bias[0] is None else bias, softplus, scale)
+    present = [t for t in leaves if t is not None]
+    grads = iter(torch.autograd.grad(y2, present, dout.double()))
+    g = [None if t is None else next(grads) for t in leaves]
+    pair = lambda i: None if g[i] is None else torch.stack([g[i], g[i + 1]])  # noqa: E731
+    return pair(0), pair(2), pair(4), pair(6), pair(8), pair(10), g[12], pair(13)
+
+
+@pytest.mark.full  # tests/ops/test_interpreted.py covers the default config's two-direction backward
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA machines test the compiled kernel instead")
-def test_interpreted_bidir_equals_old():
-    """bwd_bidir (both directions in one launch) against scan._bwd_bidir: all eight outputs, same shapes,
-    dtypes and strides, values within 1e-5 (float32; the dB / dC sums are added in another order). A given
-    as A_log, scale 0.5, channels-last and contiguous inputs, odd lengths and dstate, with and without z."""
+def test_interpreted_bidir_equals_reference_and_tl_sum():
+    """bwd_bidir (both directions in one launch) against the float64 reference of the two directions (1e-5
+    relative) and against the same kernel with the per-value tl.sum reductions (XLANE=False): all eight outputs,
+    same shapes, dtypes and strides, values within 1e-5 (float32; the dB / dC sums are added in another order).
+    A given as A_log, scale 0.5, channels-last and contiguous inputs, odd lengths and dstate, with and without
+    z."""
     run_interpreted("""
         import sys
-        bidir_inputs = cases.bidir_inputs
+        bidir_inputs, bidir_ref_grads = cases.bidir_inputs, cases.bidir_ref_grads
         ts._POISON = True
         bad = []
         cases_ = [((2, 40, 5, 16), True, True, {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1}),
@@ -164,9 +184,14 @@ def test_interpreted_bidir_equals_old():
         for seed, ((b, d, L, n), cl, with_z, cfg) in enumerate(cases_):
             sb.BWD_XLANE_CONFIG = cfg
             ins, dout = bidir_inputs(b, d, L, n, torch.float32, "cpu", cl, with_z, seed)
+            sb.XLANE = True
             new = sb.bwd_bidir(dout, *ins, True, 0.5, True)
-            old = ts._bwd_bidir_classic(dout, *ins, True, 0.5, True)
-            for i, (x, y) in enumerate(zip(new, old)):
+            sb.XLANE = False
+            tl_sum = sb.bwd_bidir(dout, *ins, True, 0.5, True)
+            errs = rel_errs(new, bidir_ref_grads(ins, dout, True, 0.5))
+            if not all(e < 1e-5 for e in errs.values()):
+                bad.append(("reference", seed, errs))
+            for i, (x, y) in enumerate(zip(new, tl_sum)):
                 if x.shape != y.shape or x.dtype != y.dtype or (x.numel() and x.stride() != y.stride()):
                     bad.append(("layout", seed, i))
                 elif x.numel() and ((x - y).abs().max() > 1e-5 * max(1.0, y.abs().max().item())
@@ -213,20 +238,30 @@ def vim_inputs(batch, dim, length, n, dtype, seed):
 CONFIGS = sb.CANDIDATE_BWD_XLANE
 
 
+def _with_tl_sum(fn, *args):
+    """fn(*args) with the per-value tl.sum reductions (XLANE=False) instead of the reduce-scatter."""
+    was = sb.XLANE
+    sb.XLANE = False
+    try:
+        return fn(*args)
+    finally:
+        sb.XLANE = was
+
+
 def _gpu_check(ins, sp, reverse, dout, dtype, monkeypatch, cfg):
     monkeypatch.setattr(ts, "_POISON", True)
     monkeypatch.setattr(sb, "BWD_XLANE_CONFIG", dict(cfg))
     got = sb.bwd(dout, *ins, sp, reverse)
-    old = ts._bwd_classic(dout, *ins, sp, reverse)
+    tl_sum = _with_tl_sum(sb.bwd, dout, *ins, sp, reverse)
     want = ref_grads(ins, sp, reverse, dout)
     tol = TOL[dtype]
     errs = rel_errs(got, want)
     assert all(e < tol for e in errs.values()), f"vs reference over {tol}: {errs}"
-    # against the existing backward: same layouts and dtypes, values at the reference tolerance
-    for name, x, y in zip(["du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias"], got, old):
+    # against the tl.sum reductions: same layouts and dtypes, values at the reference tolerance
+    for name, x, y in zip(["du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias"], got, tl_sum):
         assert x.shape == y.shape and x.dtype == y.dtype and x.stride() == y.stride(), name
-    errs_old = rel_errs(got, [None if w is None else o for w, o in zip(want, old)])
-    assert all(e < tol for e in errs_old.values()), f"vs scan._bwd over {tol}: {errs_old}"
+    errs_sum = rel_errs(got, [None if w is None else o for w, o in zip(want, tl_sum)])
+    assert all(e < tol for e in errs_sum.values()), f"vs XLANE=False over {tol}: {errs_sum}"
 
 
 @pytest.mark.gpu
@@ -236,7 +271,7 @@ def _gpu_check(ins, sp, reverse, dout, dtype, monkeypatch, cfg):
                                           (torch.float32, "zb", 16), (torch.bfloat16, "Dzbs", 16),
                                           (torch.float16, "Dzbs", 16), (torch.float32, "Dzbs", 5),
                                           (torch.float32, "zs", 2), (torch.float32, "Ds", 32)])
-def test_gpu_matches_reference_and_old(reverse, dtype, opts, n, monkeypatch):
+def test_gpu_matches_reference_and_tl_sum(reverse, dtype, opts, n, monkeypatch):
     """The default config on the matrix of tests/ops/test_gpu_scan.py (plus dstate 5, 2, 32); dim 40: a
     partial channel block, length 65: a partial last chunk."""
     ins, sp, dout = make(2, 40, 65, n, opts, dtype, "cuda", seed=zlib.crc32(f"{reverse}{dtype}{opts}{n}".encode()))
@@ -270,18 +305,20 @@ def test_gpu_deterministic():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[str(c) for c in CONFIGS])
-def test_gpu_bidir_matches_old(cfg, monkeypatch):
-    """bwd_bidir against scan._bwd_bidir (itself checked against the reference by tests/ops/test_gpu_bidir.py):
-    same shapes, dtypes and strides, relative errors within the reference tolerances; float32 contiguous with
-    dstate 5 and no z, bf16 channels-last with packed B / C at Vim's length."""
+def test_gpu_bidir_matches_reference_and_tl_sum(cfg, monkeypatch):
+    """bwd_bidir against the float64 reference of both directions and against the same kernel with the tl.sum
+    reductions (XLANE=False): same shapes, dtypes and strides, relative errors within the reference tolerances;
+    float32 contiguous with dstate 5 and no z, bf16 channels-last with packed B / C at Vim's length."""
     monkeypatch.setattr(ts, "_POISON", True)
     monkeypatch.setattr(sb, "BWD_XLANE_CONFIG", dict(cfg))
     for (b, d, L, n), dtype, cl, with_z in (((2, 40, 65, 5), torch.float32, False, False),
                                           ((2, 96, 197, 16), torch.bfloat16, True, True)):
         ins, dout = bidir_inputs(b, d, L, n, dtype, "cuda", cl, with_z, seed=L)
         new = sb.bwd_bidir(dout, *ins, True, 0.5, True)
-        old = ts._bwd_bidir_classic(dout, *ins, True, 0.5, True)
-        for name, x, y in zip(["du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias"], new, old):
+        tl_sum = _with_tl_sum(sb.bwd_bidir, dout, *ins, True, 0.5, True)
+        errs = rel_errs(new, bidir_ref_grads(ins, dout, True, 0.5))
+        assert all(e < TOL[dtype] for e in errs.values()), f"vs reference over {TOL[dtype]}: {errs}"
+        for name, x, y in zip(["du", "ddelta", "dA", "dB", "dC", "dD", "dz", "dbias"], new, tl_sum):
             assert x.shape == y.shape and x.dtype == y.dtype, name
             if y.numel():
                 assert x.stride() == y.stride(), name
@@ -289,23 +326,27 @@ def test_gpu_bidir_matches_old(cfg, monkeypatch):
                 assert err < TOL[dtype], (name, err)
 
 
-def test_the_dispatch_point_takes_the_reduce_scatter_backward_unless_switched_off(monkeypatch):
-    """scan._bwd / scan._bwd_bidir call scan_bwd's launchers (registered when the package imports) by default,
-    and the classic kernels with RMEETO_XLANE_BWD=0 (policy.set_xlane_bwd(False))."""
-    from rmeeto.ops import policy
-
-    assert ts._XLANE_BWD == {"bwd": sb.bwd, "bwd_bidir": sb.bwd_bidir}
+def test_the_dispatch_point_calls_the_reduce_scatter_backward(monkeypatch):
+    """scan._bwd / scan._bwd_bidir (what the custom ops and autograd functions call) hand every argument to
+    scan_bwd.bwd / scan_bwd.bwd_bidir, registered when the package imports, and return their result."""
+    assert ts._BWD == {"bwd": sb.bwd, "bwd_bidir": sb.bwd_bidir}
     calls = []
-    monkeypatch.setitem(ts._XLANE_BWD, "bwd", lambda *a: calls.append("xlane") or "x")
-    monkeypatch.setitem(ts._XLANE_BWD, "bwd_bidir", lambda *a: calls.append("xlane bidir") or "xb")
-    monkeypatch.setattr(ts, "_bwd_classic", lambda *a: calls.append("classic") or "c")
-    monkeypatch.setattr(ts, "_bwd_bidir_classic", lambda *a: calls.append("classic bidir") or "cb")
-    was = policy.xlane_bwd()
-    try:
-        policy.set_xlane_bwd(True)
-        assert ts._bwd(*[None] * 11) == "x" and ts._bwd_bidir(*[None] * 19) == "xb"
-        policy.set_xlane_bwd(False)
-        assert ts._bwd(*[None] * 11) == "c" and ts._bwd_bidir(*[None] * 19) == "cb"
-    finally:
-        policy.set_xlane_bwd(was)
-    assert calls == ["xlane", "xlane bidir", "classic", "classic bidir"]
+    monkeypatch.setitem(ts._BWD, "bwd", lambda *a: calls.append(("bwd", a)) or "x")
+    monkeypatch.setitem(ts._BWD, "bwd_bidir", lambda *a: calls.append(("bwd_bidir", a)) or "xb")
+    assert ts._bwd(*range(11)) == "x" and ts._bwd(*range(12)) == "x"  # a_is_log defaults to False
+    assert ts._bwd_bidir(*range(19)) == "xb"
+    assert calls == [("bwd", tuple(range(11)) + (False,)), ("bwd", tuple(range(12))), ("bwd_bidir", tuple(range(19)))]
+
+
+def test_importing_scan_alone_registers_the_backward():
+    """A process that imports only rmeeto.ops.triton.scan gets the backward too (the package's __init__ imports
+    scan_bwd, which registers itself): scan.py cannot import scan_bwd without an import cycle."""
+    code = ("import sys\n"
+            "import rmeeto.ops.triton.scan as ts\n"
+            "sb = sys.modules['rmeeto.ops.triton.scan_bwd']\n"
+            "assert ts._BWD == {'bwd': sb.bwd, 'bwd_bidir': sb.bwd_bidir}, ts._BWD\n")
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src] + ([os.environ["PYTHONPATH"]] if os.environ.get(
+        "PYTHONPATH") else [])))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -24,9 +24,6 @@ Environment switches, read ONCE when this module is imported:
                             bits, less host time per call; for A/B timing)
 ``RMEETO_FAST_LAUNCH=0``    launch every Triton kernel through ``kernel[grid](...)`` instead of the cached
                             launcher of :mod:`rmeeto.ops.triton._launch` (for A/B timing; same results)
-``RMEETO_XLANE_BWD=0``      the scan backward of :mod:`rmeeto.ops.triton.scan` (dB / dC summed across lanes
-                            value by value) instead of :mod:`rmeeto.ops.triton.scan_bwd` (reduce-scatter
-                            across lanes); for A/B timing, results equal to rounding
 ==========================  ===========================================================================
 
 From Python: :func:`set_fused` / :func:`set_scan_backend` change the same switches, and
@@ -67,8 +64,6 @@ __all__ = [
     "generation",
     "fast_launch",
     "set_fast_launch",
-    "xlane_bwd",
-    "set_xlane_bwd",
 ]
 
 OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj", "plan")
@@ -91,7 +86,6 @@ _fused: dict[str, bool] = {
     "plan": _switch("RMEETO_FUSED_PLAN"),
 }
 _fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
-_xlane_bwd: bool = _switch("RMEETO_XLANE_BWD")
 _scan_backend: str = os.environ.get("RMEETO_SCAN_BACKEND", "auto")
 _reference_forced = False
 _generation = 0  # bumped by every setter below: caches of decisions made from the switches key on it
@@ -99,8 +93,8 @@ _generation = 0  # bumped by every setter below: caches of decisions made from t
 
 def generation() -> int:
     """A number that changes whenever a switch of this module changes (set_fused, set_scan_backend,
-    set_fast_launch, set_xlane_bwd, entering or leaving force_reference): what a cache of decisions taken from
-    the switches (:class:`rmeeto.ops.triton.mixer.MixerPlan`'s) keys on."""
+    set_fast_launch, entering or leaving force_reference): what a cache of decisions taken from the switches
+    (:class:`rmeeto.ops.triton.mixer.MixerPlan`'s) keys on."""
     return _generation
 
 
@@ -140,18 +134,6 @@ def set_fused(op: str, enabled: bool) -> None:
     """Turn the fused kernel of ``op`` on or off for the whole process (as its RMEETO_FUSED_* variable)."""
     _check_op(op)
     _fused[op] = bool(enabled)
-    _bump()
-
-
-def xlane_bwd() -> bool:
-    """Whether the Triton scan backward runs :mod:`rmeeto.ops.triton.scan_bwd` (RMEETO_XLANE_BWD, default on)."""
-    return _xlane_bwd
-
-
-def set_xlane_bwd(enabled: bool) -> None:
-    """Choose the scan backward kernel for the whole process (as RMEETO_XLANE_BWD)."""
-    global _xlane_bwd
-    _xlane_bwd = bool(enabled)
     _bump()
 
 

@@ -1,4 +1,4 @@
-"""Fused selective scan in Triton: forward and backward kernels behind one PyTorch custom op.
+"""Fused selective scan in Triton: the forward kernels, and the PyTorch custom ops over forward and backward.
 
 Semantics and shapes are those of :mod:`rmeeto.ops.selective_scan` (see its docstring):
 
@@ -20,7 +20,7 @@ above the kernels), then the chunk's tokens are stepped through one by one in an
 token as 32-bit pairs when their layout allows (PACK). With Vim's channels-last views every tile load and
 store is coalesced across the warp, and the output (and the gradients) come back channels-last.
 
-Backward (nothing but the inputs is saved by the forward):
+Backward (nothing but the inputs is saved by the forward; its kernels are in :mod:`rmeeto.ops.triton.scan_bwd`):
   1. recompute the forward, storing h at every chunk start (a [batch, nchunks, dstate, dim] float32 scratch);
   2. walk the chunks backwards: recompute the chunk's states from its checkpoint (kept in registers), then
      step back through the chunk with the adjoint g_t = dL/dh_t = C_t dy_t + a_{t+1} g_{t+1}, and from
@@ -28,13 +28,17 @@ Backward (nothing but the inputs is saved by the forward):
         w_t    = g_t * (h_t - dt_t u_t B_t)          (= g_t * a_t * h_{t-1}, no division, no shifted states)
         ddt_t  = u_t * sum_n g_t B_t + sum_n w_t A   dA += sum_t dt_t w_t
         du_t   = dt_t * sum_n g_t B_t + D dy_t       dB_t = sum_d g_t dt_t u_t   dC_t = sum_d dy_t h_t
-     dB and dC (shared by all channels) are sums across the channel lanes (warp shuffles), written per channel
-     block into a partial buffer and summed afterwards (deterministic, no atomics); dA, dD and d(delta_bias)
-     likewise per batch element.
-Each of the two computations exists once, as a body function for one program (:func:`_scan_fwd_body`,
-:func:`_scan_bwd_body`); the single-direction kernels call it once, the two-direction kernels (both scan
-directions of a Vim mixer in one launch) once per direction, in the two branches of an ``if`` on the
-direction, so each branch is compiled with its direction as a constant, like a single-direction kernel.
+     dB and dC (shared by all channels) are sums across the channel lanes (a reduce-scatter of warp shuffles),
+     written per warp into a partial buffer and summed afterwards (deterministic, no atomics); dA, dD and
+     d(delta_bias) likewise per batch element.
+Each of the two computations exists once, as a body function for one program: the forward's is
+:func:`_scan_fwd_body` here, the backward's ``_scan_bwd_body`` in :mod:`rmeeto.ops.triton.scan_bwd`, which builds
+on this module's jit helpers and registers its launchers for :func:`_bwd` / :func:`_bwd_bidir`, the one entry of
+the custom ops and autograd functions into the backward. The single-direction forward kernel calls its body once,
+the two-direction one (both scan directions of a Vim mixer in one launch) once per direction, in the two branches
+of an ``if`` on the direction, so each branch is compiled with its direction as a constant, like a
+single-direction kernel (the two-direction backward calls its body once, on the direction's base pointers and
+token strides chosen at run time: see scan_bwd's docstring).
 benchmarks/compile_scan.py compiles the kernels for sm_90 without a GPU and reports registers, spills and
 instruction counts, which is how the tile configurations below were narrowed down.
 """
@@ -46,7 +50,6 @@ from typing import Optional
 
 import torch
 
-from rmeeto.ops import policy
 from rmeeto.ops.triton._inductor import library_op
 from rmeeto.ops.triton._launch import cdiv, launch, next_pow2
 from rmeeto.ops._checks import check_scan_shapes
@@ -64,15 +67,14 @@ except Exception:  # ImportError, or a broken install
     _HAS_TRITON = False
 
 __all__ = [
-    "is_available", "selective_scan_triton", "selective_scan_bidir_triton", "FWD_CONFIG", "BWD_CONFIG", "CANDIDATE_FWD",
-    "CANDIDATE_BWD",
+    "is_available", "selective_scan_triton", "selective_scan_bidir_triton", "FWD_CONFIG", "CANDIDATE_FWD",
 ]
 
-# Tile configuration: BLOCK_D channels per program (one or more per thread: BLOCK_D / (32 * num_warps)),
-# CHUNK tokens loaded per step of the time loop; the forward's ``prefetch`` (off when absent) issues the next chunk's
-# loads of u / delta / z before each step's math, where the launchers allow it (:func:`_prefetches`: 16-bit
-# vector B / C rows only). benchmarks/tuned_bench.py sweeps CANDIDATE_FWD and overrides
-# FWD_CONFIG; tests/ops/test_gpu_scan.py checks every candidate for correctness.
+# Tile configuration of the forward (the backward's is scan_bwd.BWD_XLANE_CONFIG): BLOCK_D channels per program
+# (one or more per thread: BLOCK_D / (32 * num_warps)), CHUNK tokens loaded per step of the time loop; ``prefetch``
+# (off when absent) issues the next chunk's loads of u / delta / z before each step's math, where the launchers
+# allow it (:func:`_prefetches`: 16-bit vector B / C rows only). benchmarks/tuned_bench.py sweeps CANDIDATE_FWD and
+# overrides FWD_CONFIG; tests/ops/test_gpu_scan.py checks every candidate for correctness.
 # FWD_CONFIG, measured on an H200 (thirteenth session, benchmarks/tuned_bench.py: two-direction forward, batch 128,
 # 197 tokens, fp16, after the softplus / C . h instruction cuts), us at 384 / 768 / 1536 channels (Vim-Ti/S/B):
 #   (64, 2, 2) + prefetch 193.8 / 356.2 / 665.5;  without prefetch 212.9 / 400.0 / 715.5;
@@ -81,16 +83,12 @@ __all__ = [
 # The prefetching (64, 2, 2) is within 4% of the fastest tile at every width and keeps the program shape every
 # model was measured with before.
 FWD_CONFIG = {"BLOCK_D": 64, "CHUNK": 2, "num_warps": 2, "prefetch": True}
-BWD_CONFIG = {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1}
 _KEYS = ("BLOCK_D", "CHUNK", "num_warps")
 # (64, 2, 2): one channel per lane like (32, 2, 1) (the same per-thread code, no shuffles), in two-warp programs;
 # with prefetch 72 registers instead of 64.
 CANDIDATE_FWD = [dict(zip(_KEYS, c)) for c in [
     (32, 4, 1), (32, 2, 1), (32, 8, 1), (64, 4, 2), (64, 2, 1), (64, 4, 1), (128, 4, 4), (64, 2, 2),
 ]] + [dict(zip(_KEYS, c), prefetch=True) for c in [(64, 2, 2), (32, 2, 1), (128, 2, 4), (64, 4, 2), (64, 1, 2)]]
-CANDIDATE_BWD = [dict(zip(_KEYS, c)) for c in [
-    (32, 4, 1), (32, 2, 1), (64, 4, 2), (64, 2, 2), (64, 2, 1),
-]]
 
 # Read B and C with as few loads as their layout allows (see _bc_mode); tests turn it off to cover the
 # one-element path on the same inputs.
@@ -267,14 +265,6 @@ if _HAS_TRITON:
         return t, s < L
 
     @triton.jit
-    def _load_tile(base, t, offs_d, s_l, s_d, m2):
-        return tl.load(base + t[:, None] * s_l + offs_d[None, :] * s_d, mask=m2, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _store_tile(base, t, offs_d, s_l, s_d, x, m2):
-        tl.store(base + t[:, None] * s_l + offs_d[None, :] * s_d, x.to(base.dtype.element_ty), mask=m2)
-
-    @triton.jit
     def _step_dt(xd, m2, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
         """Raw delta tile -> (pre-activation delta + bias, step size dt); dt = 0 on missing tokens."""
         if HAS_BIAS:
@@ -284,33 +274,6 @@ if _HAS_TRITON:
         else:
             dt = xd
         return xd, tl.where(m2, dt, 0.0)
-
-    @triton.jit
-    def _load_a2(A_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d, A_IS_LOG: tl.constexpr):
-        """exp(dt A) = exp2(dt A log2 e): A scaled by log2 e, as even / odd dstate halves [NP/2, BLOCK_D].
-        With A_IS_LOG the tensor holds A_log (the parameter) and A = -exp(A_log) is formed here."""
-        ptr = A_ptr + (2 * offs_h[:, None]) * s_A_n + offs_d[None, :] * s_A_d
-        ae = tl.load(ptr, mask=(2 * offs_h[:, None] < dstate) & mask_d[None, :], other=0.0).to(tl.float32)
-        ao = tl.load(ptr + s_A_n, mask=(2 * offs_h[:, None] + 1 < dstate) & mask_d[None, :], other=0.0).to(tl.float32)
-        if A_IS_LOG:
-            ae = -tl.exp(ae)
-            ao = -tl.exp(ao)
-        return ae * 1.4426950408889634, ao * 1.4426950408889634
-
-    @triton.jit
-    def _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
-                        HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, A_IS_LOG: tl.constexpr):
-        """A log2 e (even / odd halves), D and delta_bias of the program's channels (zeros when absent)."""
-        A2e, A2o = _load_a2(A_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d, A_IS_LOG)
-        if HAS_D:
-            Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        else:
-            Dv = tl.zeros_like(offs_d.to(tl.float32))
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        else:
-            bias = tl.zeros_like(offs_d.to(tl.float32))
-        return A2e, A2o, Dv, bias
 
     @triton.jit
     def _load_row(base, tj, offs_d, s_l, s_d, m):
@@ -331,10 +294,12 @@ if _HAS_TRITON:
     def _channel_consts_rows(A_ptr, D_ptr, bias_ptr, offs_d, s_A_n, s_A_d, dstate, mask_d, HAS_D: tl.constexpr,
                              HAS_BIAS: tl.constexpr, A_IS_LOG: tl.constexpr, BLOCK_D: tl.constexpr,
                              NP: tl.constexpr):
-        """_channel_consts for channels offs_d ([1, BLOCK_D], mask mask_d): A log2 e as even / odd halves
-        [NP/2, BLOCK_D], D and delta_bias as [1, BLOCK_D] rows. A is read one dstate entry (one [1, BLOCK_D]
-        row) at a time: a 2-D load whose strides are all unknown leaves its layout to Triton's coalescing pass,
-        which on Triton 3.6 puts the dstate axis across lanes, a layout every state tile would inherit."""
+        """The constants of channels offs_d ([1, BLOCK_D], mask mask_d): A log2 e (exp(dt A) = exp2(dt A
+        log2 e); with A_IS_LOG the tensor holds A_log and A = -exp(A_log) is formed here) as even / odd halves
+        [NP/2, BLOCK_D], D and delta_bias as [1, BLOCK_D] rows (zeros when absent). A is read one dstate entry
+        (one [1, BLOCK_D] row) at a time: a 2-D load whose strides are all unknown leaves its layout to Triton's
+        coalescing pass, which on Triton 3.6 puts the dstate axis across lanes, a layout every state tile would
+        inherit."""
         offs_h = tl.arange(0, NP // 2)[:, None]
         ae = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
         ao = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
@@ -364,17 +329,6 @@ if _HAS_TRITON:
         return he, ho
 
     @triton.jit
-    def _token_out(he, ho, A2e, A2o, dt, dtu, c, j, L, B_base, C_base, s_B_l, s_B_n, s_C_l, s_C_n, offs_h, offs_j,
-                   dstate, CHUNK: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr, NP: tl.constexpr):
-        """Token j of chunk c (forward, and the backward's recompute): advance the state with its B, dt and
-        dt u, and return the new state halves with the token's output C . h (before D and the gate)."""
-        tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
-        Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK, False)
-        Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK, False)
-        he, ho = _advance(he, ho, A2e, A2o, _pick(dt, offs_j, j)[None, :], _pick(dtu, offs_j, j)[None, :], Be, Bo)
-        return he, ho, _dot_state(he, ho, Ce, Co, NP)
-
-    @triton.jit
     def _fwd_tiles(u_base, dt_base, z_base, c, L, offs_d, offs_j, mask_d, s_u_d, s_u_l, s_dt_d, s_dt_l, s_z_d, s_z_l,
                    HAS_Z: tl.constexpr, CHUNK: tl.constexpr, REVERSE: tl.constexpr, BLOCK_D: tl.constexpr):
         """Chunk c's u, delta and z ([CHUNK, BLOCK_D] float32 tiles, zeros past the sequence; z zeros without
@@ -393,12 +347,12 @@ if _HAS_TRITON:
                 zz = _put_row(zz, offs_j, j, _load_row(z_base, tj, offs_d, s_z_l, s_z_d, m))
         return u, xd, zz, m2
 
-    # The forward and the backward each exist once, as a body function for one program: one batch element
-    # (and, in the bidirectional kernels, one direction) and one block of BLOCK_D channels. Callers hand it that
-    # program's base pointers (already offset to its batch element / direction), the strides within them and
-    # every choice as a compile-time constant, REVERSE included, so the kernels that call a body twice (one call
-    # per direction, in the two branches of a runtime `if`) get two specialised copies of it, each compiled
-    # exactly as a single-direction kernel's.
+    # The forward exists once, as a body function for one program: one batch element (and, in the bidirectional
+    # kernel, one direction) and one block of BLOCK_D channels. Callers hand it that program's base pointers
+    # (already offset to its batch element / direction), the strides within them and every choice as a
+    # compile-time constant, REVERSE included, so the kernel that calls the body twice (one call per direction,
+    # in the two branches of a runtime `if`) gets two specialised copies of it, each compiled exactly as the
+    # single-direction kernel's. (The backward's body is in rmeeto.ops.triton.scan_bwd.)
     @triton.jit
     def _scan_fwd_body(
         u_base, dt_base, z_base, out_base, B_base, C_base, A_ptr, D_ptr, bias_ptr, scale,
@@ -463,158 +417,6 @@ if _HAS_TRITON:
                 tl.store(out_base + tj * s_o_l + offs_d * s_o_d, _pick_row(y, offs_j, j).to(out_base.dtype.element_ty),
                          mask=mask_d & vj)
 
-    @triton.jit
-    def _scan_bwd_body(
-        u_base, dt_base, z_base, g_base, B_base, C_base, A_ptr, D_ptr, bias_ptr, scale,
-        du_base, ddelta_base, dz_base, ckpt_base, dB_base, dC_base, dA_base, dD_base, dbias_base,
-        pid_d, dim, L, dstate, nchunks,
-        s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_g_d, s_g_l,
-        s_o_d, s_o_l,
-        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr, SCALED: tl.constexpr,
-        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
-    ):
-        """The gradients of :func:`_scan_fwd_body` (same inputs, flags and channel block) for one batch
-        element's output gradient.
-
-        Inputs as in :func:`_scan_fwd_body`, plus g_base: the element's [dim, L] plane of dout (strides s_g_*);
-        SCALED: dout is the gradient of the scaled output and is multiplied by ``scale`` on loading.
-        Outputs, all planes of this program's batch element (and direction):
-          du_base, ddelta_base, dz_base: [dim, L] planes of du, ddelta, dz in the input dtypes, one layout
-            (strides s_o_*; dz_base unused without HAS_Z);
-          dB_base, dC_base: this channel block's float32 partial [L, dstate] (contiguous) of dB and dC, summed
-            over the channel blocks by the launcher;
-          dA_base: float32 [dim, dstate] (contiguous); dD_base, dbias_base: float32 [dim] (written even when
-            D / delta_bias are absent);
-        Scratch: ckpt_base, float32 [nchunks, 2, NP/2, dim] (the state at every chunk start, even / odd halves;
-        nchunks = cdiv(L, CHUNK)). Every element of every output the program owns is written."""
-        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        offs_h = tl.arange(0, NP // 2)
-        offs_j = tl.arange(0, CHUNK)
-        mask_d = offs_d < dim
-        mask_e = (2 * offs_h[:, None] < dstate) & mask_d[None, :]
-        mask_o = (2 * offs_h[:, None] + 1 < dstate) & mask_d[None, :]
-
-        A2e, A2o, Dv, bias = _channel_consts(A_ptr, D_ptr, bias_ptr, offs_h, offs_d, s_A_n, s_A_d, dstate, mask_d,
-                                             HAS_D, HAS_BIAS, A_IS_LOG)
-
-        ck_base = ckpt_base + offs_h[:, None] * dim + offs_d[None, :]
-        ck_odd = (NP // 2) * dim
-
-        # ---- pass 1: the state at the start of every chunk
-        he = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
-        ho = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
-        for c in range(0, nchunks - 1):
-            tl.store(ck_base + c * NP * dim, he, mask=mask_e)
-            tl.store(ck_base + c * NP * dim + ck_odd, ho, mask=mask_o)
-            t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, REVERSE)
-            m2 = mask_t[:, None] & mask_d[None, :]
-            u = _load_tile(u_base, t, offs_d, s_u_l, s_u_d, m2)
-            xd = _load_tile(dt_base, t, offs_d, s_dt_l, s_dt_d, m2)
-            xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
-            dtu = dt * u
-            for j in tl.static_range(CHUNK):
-                tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
-                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK, False)
-                dt_j = _pick(dt, offs_j, j)[None, :]
-                dtu_j = _pick(dtu, offs_j, j)[None, :]
-                he, ho = _advance(he, ho, A2e, A2o, dt_j, dtu_j, Be, Bo)
-        tl.store(ck_base + (nchunks - 1) * NP * dim, he, mask=mask_e)
-        tl.store(ck_base + (nchunks - 1) * NP * dim + ck_odd, ho, mask=mask_o)
-        tl.debug_barrier()
-
-        # ---- pass 2: chunks in reverse processing order
-        ge = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)  # adjoint dL/dh of the token after the current one
-        go = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
-        ane = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)  # its decay
-        ano = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
-        dAe = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
-        dAo = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
-        dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        db_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for ci in range(0, nchunks):
-            c = nchunks - 1 - ci
-            t, mask_t = _chunk_pos(c, offs_j, L, CHUNK, REVERSE)
-            m2 = mask_t[:, None] & mask_d[None, :]
-            u = _load_tile(u_base, t, offs_d, s_u_l, s_u_d, m2)
-            xd = _load_tile(dt_base, t, offs_d, s_dt_l, s_dt_d, m2)
-            dout = _load_tile(g_base, t, offs_d, s_g_l, s_g_d, m2)
-            if SCALED:  # the output was scaled: its gradient as the unscaled scan sees it (exact for a power of 2)
-                dout = dout * scale
-            if HAS_Z:
-                zz = _load_tile(z_base, t, offs_d, s_z_l, s_z_d, m2)
-            xd, dt = _step_dt(xd, m2, bias, HAS_BIAS, SOFTPLUS)
-            dtu = dt * u
-
-            # recompute the chunk's states (kept in registers) and outputs
-            he = tl.load(ck_base + c * NP * dim, mask=mask_e, other=0.0)
-            ho = tl.load(ck_base + c * NP * dim + ck_odd, mask=mask_o, other=0.0)
-            hse = tl.zeros([CHUNK, NP // 2, BLOCK_D], dtype=tl.float32)
-            hso = tl.zeros([CHUNK, NP // 2, BLOCK_D], dtype=tl.float32)
-            y = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
-            for j in tl.static_range(CHUNK):
-                he, ho, yj = _token_out(he, ho, A2e, A2o, dt, dtu, c, j, L, B_base, C_base, s_B_l, s_B_n, s_C_l,
-                                        s_C_n, offs_h, offs_j, dstate, CHUNK, REVERSE, PACK, NP)
-                hse = tl.where(offs_j[:, None, None] == j, he[None, :, :], hse)
-                hso = tl.where(offs_j[:, None, None] == j, ho[None, :, :], hso)
-                y = _put(y, offs_j, j, yj)
-            if HAS_D:
-                y += Dv[None, :] * u
-            if HAS_Z:
-                sz = _sigmoid(zz)
-                dy = dout * zz * sz
-                dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                _store_tile(dz_base, t, offs_d, s_o_l, s_o_d, dz, m2)
-            else:
-                dy = dout
-
-            # adjoint sweep from the chunk's last token to its first
-            du = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
-            ddt = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
-            for jj in tl.static_range(CHUNK):
-                j = CHUNK - 1 - jj
-                tj, vj = _chunk_pos(c, j, L, CHUNK, REVERSE)
-                Be, Bo = _load_pair(B_base, tj, s_B_l, s_B_n, offs_h, dstate, vj, PACK, False)
-                Ce, Co = _load_pair(C_base, tj, s_C_l, s_C_n, offs_h, dstate, vj, PACK, False)
-                dt_j = _pick(dt, offs_j, j)
-                dtu_j = _pick(dtu, offs_j, j)
-                dy_j = _pick(dy, offs_j, j)
-                ge = ane * ge + Ce[:, None] * dy_j[None, :]
-                go = ano * go + Co[:, None] * dy_j[None, :]
-                hje = _pick3(hse, offs_j, j)
-                hjo = _pick3(hso, offs_j, j)
-                we = ge * (hje - Be[:, None] * dtu_j[None, :])  # g_t * a_t * h_{t-1}
-                wo = go * (hjo - Bo[:, None] * dtu_j[None, :])
-                gB = tl.sum(ge * Be[:, None], axis=0) + tl.sum(go * Bo[:, None], axis=0)
-                wA = tl.sum(we * A2e, axis=0) + tl.sum(wo * A2o, axis=0)
-                du = _put(du, offs_j, j, dt_j * gB)
-                ddt = _put(ddt, offs_j, j, _pick(u, offs_j, j) * gB + wA * 0.6931471805599453)
-                dAe += we * dt_j[None, :]
-                dAo += wo * dt_j[None, :]
-                p = dB_base + tj * dstate + 2 * offs_h
-                tl.store(p, tl.sum(ge * dtu_j[None, :], axis=1), mask=(2 * offs_h < dstate) & vj)
-                tl.store(p + 1, tl.sum(go * dtu_j[None, :], axis=1), mask=(2 * offs_h + 1 < dstate) & vj)
-                p = dC_base + tj * dstate + 2 * offs_h
-                tl.store(p, tl.sum(hje * dy_j[None, :], axis=1), mask=(2 * offs_h < dstate) & vj)
-                tl.store(p + 1, tl.sum(hjo * dy_j[None, :], axis=1), mask=(2 * offs_h + 1 < dstate) & vj)
-                ane = tl.exp2(dt_j[None, :] * A2e)
-                ano = tl.exp2(dt_j[None, :] * A2o)
-            if HAS_D:
-                du += Dv[None, :] * dy
-                dD_acc += tl.sum(dy * u, axis=0)
-            if SOFTPLUS:
-                ddt = ddt * _sigmoid(xd)
-            ddt = tl.where(m2, ddt, 0.0)
-            db_acc += tl.sum(ddt, axis=0)
-            _store_tile(du_base, t, offs_d, s_o_l, s_o_d, du, m2)
-            _store_tile(ddelta_base, t, offs_d, s_o_l, s_o_d, ddt, m2)
-
-        dA_p = dA_base + offs_d[None, :] * dstate + 2 * offs_h[:, None]
-        tl.store(dA_p, dAe, mask=mask_e)
-        tl.store(dA_p + 1, dAo, mask=mask_o)
-        tl.store(dD_base + offs_d, dD_acc, mask=mask_d)
-        tl.store(dbias_base + offs_d, db_acc, mask=mask_d)
-
     @triton.jit(do_not_specialize=_SCAN_NOSPEC)
     def _scan_fwd_kernel(
         u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
@@ -638,42 +440,6 @@ if _HAS_TRITON:
             tl.program_id(1), dim, L, dstate,
             s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_o_d, s_o_l,
             HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, PACK, A_IS_LOG, False, BLOCK_D, CHUNK, NP, PREFETCH,
-        )
-
-    @triton.jit(do_not_specialize=_SCAN_NOSPEC)
-    def _scan_bwd_kernel(
-        u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
-        ckpt_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-        batch, dim, L, dstate, nchunks,
-        s_u_b, s_u_d, s_u_l,
-        s_dt_b, s_dt_d, s_dt_l,
-        s_A_d, s_A_n,
-        s_B_b, s_B_n, s_B_l,
-        s_C_b, s_C_n, s_C_l,
-        s_z_b, s_z_d, s_z_l,
-        s_g_b, s_g_d, s_g_l,
-        s_o_b, s_o_d, s_o_l,
-        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
-        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
-    ):
-        """Gradients. Outputs: du, ddelta, dz [batch, dim, L] in the input dtypes (strides s_o_*); float32
-        partial sums dA [batch, dim, dstate], dD, dbias [batch, dim], dB, dC [n_dblocks, batch, L, dstate];
-        scratch ckpt [batch, nchunks, 2, NP/2, dim] (the state at every chunk start, even / odd halves).
-        Grid (batch, channel blocks)."""
-        pid_b = tl.program_id(0).to(tl.int64)
-        pid_d = tl.program_id(1)
-        io = pid_b * s_o_b  # du, ddelta, dz share one layout (strides s_o_*)
-        part = (pid_d * batch + pid_b) * L * dstate  # this block's [L, dstate] in the dB / dC partials
-        _scan_bwd_body(
-            u_ptr + pid_b * s_u_b, delta_ptr + pid_b * s_dt_b, z_ptr + pid_b * s_z_b, dout_ptr + pid_b * s_g_b,
-            B_ptr + pid_b * s_B_b, C_ptr + pid_b * s_C_b, A_ptr, D_ptr, bias_ptr, 1.0,
-            du_ptr + io, ddelta_ptr + io, dz_ptr + io, ckpt_ptr + pid_b * nchunks * NP * dim, dB_ptr + part,
-            dC_ptr + part, dA_ptr + pid_b * dim * dstate, dD_ptr + pid_b * dim, dbias_ptr + pid_b * dim,
-            pid_d, dim, L, dstate, nchunks,
-            s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_g_d, s_g_l,
-            s_o_d, s_o_l,
-            HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, REVERSE, PACK, A_IS_LOG, False, BLOCK_D, CHUNK, NP,
         )
 
 
@@ -757,64 +523,27 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=
     return out
 
 
-# The reduce-scatter backward registers itself here when rmeeto.ops.triton.scan_bwd is imported (the package's
-# __init__ imports it, so it always is): {"bwd": ..., "bwd_bidir": ...}. It builds on this module's jit helpers,
-# so this module cannot import it without a cycle.
-_XLANE_BWD: dict = {}
+# The backward is :mod:`rmeeto.ops.triton.scan_bwd` (its reduce-scatter kernels). It builds on this module's jit
+# helpers and imports it, so this module cannot import it back (a late import inside a function would still make
+# the two modules an import cycle): it registers its launchers here when it is imported, {"bwd": scan_bwd.bwd,
+# "bwd_bidir": scan_bwd.bwd_bidir}. The package's __init__ imports it, and Python imports the package before any
+# module in it, so importing this module registers them.
+_BWD: dict = {}
+
+
+def _registered(name: str):
+    launcher = _BWD.get(name)
+    if launcher is None:  # only when this file was loaded outside its package
+        raise RuntimeError("the selective-scan backward is not registered: import rmeeto.ops.triton.scan_bwd")
+    return launcher
 
 
 def _bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=False):
-    if policy.xlane_bwd() and _XLANE_BWD:  # the reduce-scatter backward (rmeeto.ops.triton.scan_bwd), same contract
-        return _XLANE_BWD["bwd"](dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
-    return _bwd_classic(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
-
-
-def _bwd_classic(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=False):
-    _require_runnable(u)
-    batch, dim, L = u.shape
-    dstate = A.shape[1]
-    dev = u.device
-    cfg = BWD_CONFIG
-    bd, chunk = cfg["BLOCK_D"], cfg["CHUNK"]
-    NP = _np(dstate)
-    n_dblk = (dim + bd - 1) // bd
-    nchunks = (L + chunk - 1) // chunk
-    du = _like_layout(u, u.dtype)
-    ddelta = _like_layout(u, delta.dtype)
-    dz = _like_layout(u, z.dtype) if z is not None else torch.empty(0, dtype=u.dtype, device=dev)
-    if batch * dim * L == 0:
-        du.zero_(), ddelta.zero_(), dz.zero_()
-        return (du, ddelta, torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C),
-                torch.zeros(dim, dtype=D.dtype if D is not None else torch.float32, device=dev), dz,
-                torch.zeros(dim, dtype=delta_bias.dtype if delta_bias is not None else torch.float32, device=dev))
-    ckpt = _alloc((batch, nchunks, NP, dim), torch.float32, dev)  # [.., 2, NP/2, dim]: even / odd halves
-    dA_p = _alloc((batch, dim, dstate), torch.float32, dev)
-    dB_p = _alloc((n_dblk, batch, L, dstate), torch.float32, dev)
-    dC_p = _alloc((n_dblk, batch, L, dstate), torch.float32, dev)
-    dD_p = _alloc((batch, dim), torch.float32, dev)
-    dbias_p = _alloc((batch, dim), torch.float32, dev)
-    zz = z if z is not None else u
-    launch(
-        _scan_bwd_kernel, (batch, n_dblk), dev,
-        u, delta, A, B, C,
-        D if D is not None else A, zz, delta_bias if delta_bias is not None else A, dout,
-        ckpt, du, ddelta, dz if z is not None else du, dA_p, dB_p, dC_p, dD_p, dbias_p,
-        batch, dim, L, dstate, nchunks,
-        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *zz.stride(), *dout.stride(),
-        *du.stride(),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), PACK=_bc_mode(B, C), A_IS_LOG=bool(a_is_log),
-        BLOCK_D=bd, CHUNK=chunk, NP=NP, num_warps=cfg["num_warps"], num_stages=1,
-    )
-    dA = dA_p.sum(0)
-    if a_is_log:  # dL/dA_log = dL/dA * dA/dA_log = dL/dA * A = -(dL/dA * exp(A_log)) (negation is exact)
-        dA = dA.mul_(torch.exp(A.float())).neg_()
-    dA = dA.to(A.dtype)
-    dB = dB_p.sum(0).transpose(1, 2).to(B.dtype)  # [batch, dstate, L] view of [batch, L, dstate]
-    dC = dC_p.sum(0).transpose(1, 2).to(C.dtype)
-    dD = dD_p.sum(0).to(D.dtype if D is not None else torch.float32)
-    dbias = dbias_p.sum(0).to(delta_bias.dtype if delta_bias is not None else torch.float32)
-    return du, ddelta, dA, dB, dC, dD, dz, dbias
+    """The gradients for dout [batch, dim, L], by :func:`rmeeto.ops.triton.scan_bwd.bwd`: (du, ddelta, dA, dB, dC,
+    dD, dz, ddelta_bias); du, ddelta, dz laid out like u, dB / dC [batch, dstate, L] views of [batch, L, dstate],
+    dD / ddelta_bias [dim] (float32 when D / delta_bias are absent), dz empty when z is absent. The one entry
+    the custom op and the autograd function call."""
+    return _registered("bwd")(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log)
 
 
 # --------------------------------------------------------------------------------------- custom ops
@@ -925,11 +654,13 @@ def selective_scan_triton(
 # ------------------------------------------------------------------------------------ both directions
 # Vim's mixer scans the same tokens forwards (its own u, delta, A, B, C, D, delta_bias) and backwards (another
 # set), gated by one shared z. The bidirectional kernels do both in one launch: the grid's third axis is the
-# direction (0 forwards, 1 backwards). A program branches on it and calls the single-direction body with its
-# direction's tensors and REVERSE=False or True; each branch is that body compiled for its direction (its
-# addressing and REVERSE are constants there), so the arithmetic is the single-direction kernels' to the bit.
-# Only the direction's offsets into the [2, ...] outputs and scratch, and the output scaling (SCALED), differ.
-# Each direction's inputs must share one layout (the launcher copies them to contiguous tensors otherwise).
+# direction (0 forwards, 1 backwards). The forward's program branches on it and calls the single-direction body
+# with its direction's tensors and REVERSE=False or True; each branch is that body compiled for its direction (its
+# addressing and REVERSE are constants there), so the arithmetic is the single-direction kernel's to the bit.
+# Only the direction's offsets into the [2, ...] outputs, and the output scaling (SCALED), differ. The backward's
+# (rmeeto.ops.triton.scan_bwd) takes the same inputs and [2, ...] layouts (_BIDIR_NOSPEC, _like_layout2,
+# _bidir_flags). Each direction's inputs must share one layout (the launcher copies them to contiguous tensors
+# otherwise).
 _BIDIR_NOSPEC = _SCAN_NOSPEC + ["s_o_r", "s_g_r"]
 
 if _HAS_TRITON:
@@ -970,61 +701,6 @@ if _HAS_TRITON:
                 pid_d, dim, L, dstate,
                 s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_o_d, s_o_l,
                 HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, PACK, A_IS_LOG, True, BLOCK_D, CHUNK, NP, PREFETCH,
-            )
-
-    @triton.jit(do_not_specialize=_BIDIR_NOSPEC)
-    def _scan_bidir_bwd_kernel(
-        uf_ptr, ub_ptr, dtf_ptr, dtb_ptr, Af_ptr, Ab_ptr, Bf_ptr, Bb_ptr, Cf_ptr, Cb_ptr, Df_ptr, Db_ptr,
-        z_ptr, biasf_ptr, biasb_ptr, dout_ptr, scale,
-        ckpt_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-        batch, dim, L, dstate, nchunks,
-        s_u_b, s_u_d, s_u_l,
-        s_dt_b, s_dt_d, s_dt_l,
-        s_A_d, s_A_n,
-        s_B_b, s_B_n, s_B_l,
-        s_C_b, s_C_n, s_C_l,
-        s_z_b, s_z_d, s_z_l,
-        s_g_r, s_g_b, s_g_d, s_g_l,
-        s_o_r, s_o_b, s_o_d, s_o_l,
-        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-        SOFTPLUS: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
-        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr,
-    ):
-        """Gradients of :func:`_scan_bidir_fwd_kernel` for dout [2, batch, dim, L] (strides s_g_*; the
-        gradient of the scaled output, scaled back here). Outputs du, ddelta, dz [2, batch, dim, L] (strides
-        s_o_*; dz per direction, summed by the caller); float32 partial sums dA [2, batch, dim, dstate],
-        dD, dbias [2, batch, dim], dB, dC [n_dblocks, 2, batch, L, dstate]; scratch ckpt
-        [2, batch, nchunks, 2, NP/2, dim]. Grid (batch, channel blocks, 2)."""
-        pid_b = tl.program_id(0).to(tl.int64)
-        pid_d = tl.program_id(1)
-        z_base = z_ptr + pid_b * s_z_b
-        if tl.program_id(2) == 0:
-            # (direction, batch element) row pid_b of the [2, batch, ...] scratch and partials
-            io = pid_b * s_o_b  # du, ddelta, dz share one layout (strides s_o_*)
-            part = (pid_d * 2 * batch + pid_b) * L * dstate
-            _scan_bwd_body(
-                uf_ptr + pid_b * s_u_b, dtf_ptr + pid_b * s_dt_b, z_base, dout_ptr + pid_b * s_g_b,
-                Bf_ptr + pid_b * s_B_b, Cf_ptr + pid_b * s_C_b, Af_ptr, Df_ptr, biasf_ptr, scale,
-                du_ptr + io, ddelta_ptr + io, dz_ptr + io, ckpt_ptr + pid_b * nchunks * NP * dim, dB_ptr + part,
-                dC_ptr + part, dA_ptr + pid_b * dim * dstate, dD_ptr + pid_b * dim, dbias_ptr + pid_b * dim,
-                pid_d, dim, L, dstate, nchunks,
-                s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_g_d, s_g_l,
-                s_o_d, s_o_l,
-                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, False, PACK, A_IS_LOG, True, BLOCK_D, CHUNK, NP,
-            )
-        else:
-            pid_rb = batch + pid_b  # row batch + pid_b of the scratch and partials
-            io = s_o_r + pid_b * s_o_b
-            part = (pid_d * 2 * batch + pid_rb) * L * dstate
-            _scan_bwd_body(
-                ub_ptr + pid_b * s_u_b, dtb_ptr + pid_b * s_dt_b, z_base, dout_ptr + s_g_r + pid_b * s_g_b,
-                Bb_ptr + pid_b * s_B_b, Cb_ptr + pid_b * s_C_b, Ab_ptr, Db_ptr, biasb_ptr, scale,
-                du_ptr + io, ddelta_ptr + io, dz_ptr + io, ckpt_ptr + pid_rb * nchunks * NP * dim, dB_ptr + part,
-                dC_ptr + part, dA_ptr + pid_rb * dim * dstate, dD_ptr + pid_rb * dim, dbias_ptr + pid_rb * dim,
-                pid_d, dim, L, dstate, nchunks,
-                s_u_d, s_u_l, s_dt_d, s_dt_l, s_A_d, s_A_n, s_B_n, s_B_l, s_C_n, s_C_l, s_z_d, s_z_l, s_g_d, s_g_l,
-                s_o_d, s_o_l,
-                HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, True, PACK, A_IS_LOG, True, BLOCK_D, CHUNK, NP,
             )
 
 
@@ -1100,73 +776,13 @@ def fwd_bidir_spec(u_f, delta_f, A_f, B_f, C_f, B_b, C_b, D_f, z, bias_f, out, d
 
 def _bwd_bidir(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
                delta_softplus, scale, a_is_log):
-    """As :func:`_bwd_bidir_classic`, by the reduce-scatter kernel of :mod:`rmeeto.ops.triton.scan_bwd` unless
-    ``RMEETO_XLANE_BWD=0``."""
-    args = (dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
-            delta_softplus, scale, a_is_log)
-    if policy.xlane_bwd() and _XLANE_BWD:
-        return _XLANE_BWD["bwd_bidir"](*args)
-    return _bwd_bidir_classic(*args)
-
-
-def _bwd_bidir_classic(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
-                       delta_softplus, scale, a_is_log):
-    """Gradients as [2, ...] stacks (direction first): du, ddelta [2, batch, dim, L], dA [2, dim, dstate],
-    dB, dC [2, batch, dstate, L], dD, dbias [2, dim] (float32 when D / delta_bias are absent), and dz
-    [batch, dim, L] summed over the directions (an empty tensor when z is absent)."""
-    _require_runnable(u_f)
-    batch, dim, L = u_f.shape
-    dstate = A_f.shape[1]
-    dev = u_f.device
-    cfg = BWD_CONFIG
-    bd, chunk = cfg["BLOCK_D"], cfg["CHUNK"]
-    NP = _np(dstate)
-    n_dblk = cdiv(dim, bd)
-    nchunks = cdiv(L, chunk)
-    du = _like_layout2(u_f, u_f.dtype)
-    ddelta = _like_layout2(u_f, delta_f.dtype)
-    dz2 = _like_layout2(u_f, z.dtype) if z is not None else None
-    D_dtype = D_f.dtype if D_f is not None else torch.float32
-    bias_dtype = bias_f.dtype if bias_f is not None else torch.float32
-    if batch * dim * L == 0:
-        du.zero_(), ddelta.zero_()
-        return (du, ddelta, torch.zeros((2,) + tuple(A_f.shape), dtype=A_f.dtype, device=dev),
-                torch.zeros((2,) + tuple(B_f.shape), dtype=B_f.dtype, device=dev),
-                torch.zeros((2,) + tuple(C_f.shape), dtype=C_f.dtype, device=dev),
-                torch.zeros(2, dim, dtype=D_dtype, device=dev),
-                torch.zeros_like(z) if z is not None else torch.empty(0, dtype=u_f.dtype, device=dev),
-                torch.zeros(2, dim, dtype=bias_dtype, device=dev))
-    ckpt = _alloc((2, batch, nchunks, NP, dim), torch.float32, dev)
-    dA_p = _alloc((2, batch, dim, dstate), torch.float32, dev)
-    dB_p = _alloc((n_dblk, 2, batch, L, dstate), torch.float32, dev)
-    dC_p = _alloc((n_dblk, 2, batch, L, dstate), torch.float32, dev)
-    dD_p = _alloc((2, batch, dim), torch.float32, dev)
-    dbias_p = _alloc((2, batch, dim), torch.float32, dev)
-    zz = z if z is not None else u_f
-    launch(
-        _scan_bidir_bwd_kernel, (batch, n_dblk, 2), dev,
-        u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b,
-        D_f if D_f is not None else A_f, D_b if D_b is not None else A_b, zz,
-        bias_f if bias_f is not None else A_f, bias_b if bias_b is not None else A_b, dout, float(scale),
-        ckpt, du, ddelta, dz2 if z is not None else du, dA_p, dB_p, dC_p, dD_p, dbias_p,
-        batch, dim, L, dstate, nchunks,
-        *u_f.stride(), *delta_f.stride(), *A_f.stride(), *B_f.stride(), *C_f.stride(), *zz.stride(),
-        *dout.stride(), *du.stride(),
-        **_bidir_flags(D_f, z, bias_f, delta_softplus, a_is_log, B_f, C_f, B_b, C_b, NP),
-        BLOCK_D=bd, CHUNK=chunk, num_warps=cfg["num_warps"], num_stages=1,
-    )
-    # one reduction (and one cast) per quantity for both directions
-    dA = dA_p.sum(1)  # [2, dim, dstate]
-    if a_is_log:  # dL/dA_log = dL/dA * A
-        dA = dA * -torch.exp(torch.stack([A_f, A_b]).float())
-    dA = dA.to(A_f.dtype)
-    dB = dB_p.sum(0).to(B_f.dtype).transpose(2, 3)  # [2, batch, dstate, L] view of [2, batch, L, dstate]
-    dC = dC_p.sum(0).to(C_f.dtype).transpose(2, 3)
-    dD = dD_p.sum(1).to(D_dtype)
-    dbias = dbias_p.sum(1).to(bias_dtype)
-    # an elementwise add keeps the directions' (channels-last) layout; a sum over dim 0 would not
-    dz = torch.add(dz2[0], dz2[1]) if z is not None else torch.empty(0, dtype=u_f.dtype, device=dev)
-    return du, ddelta, dA, dB, dC, dD, dz, dbias
+    """The gradients of both directions for dout [2, batch, dim, L] (the gradient of the scaled output), by
+    :func:`rmeeto.ops.triton.scan_bwd.bwd_bidir` (one launch), as [2, ...] stacks (direction first): du, ddelta
+    [2, batch, dim, L], dA [2, dim, dstate], dB, dC [2, batch, dstate, L], dD, dbias [2, dim] (float32 when D /
+    delta_bias are absent), and dz [batch, dim, L] summed over the directions (an empty tensor when z is absent).
+    The one entry the custom op and the autograd function call."""
+    return _registered("bwd_bidir")(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z,
+                                    bias_f, bias_b, delta_softplus, scale, a_is_log)
 
 
 @library_op("selective_scan_bidir")

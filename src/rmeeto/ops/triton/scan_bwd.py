@@ -1,9 +1,11 @@
 """Selective-scan backward with the dB / dC channel sums done as a reduce-scatter across the warp's lanes.
 
-:func:`bwd` and :func:`bwd_bidir` are drop-in replacements for :func:`rmeeto.ops.triton.scan._bwd` and
-``scan._bwd_bidir`` (same arguments, same outputs); the math, the two passes and the buffers are those of
-``_scan_bwd_kernel`` (see :mod:`rmeeto.ops.triton.scan`'s docstring), except the per-token sums over channels,
-the row-wise accesses below, and options (register cap, prefetch) in the tile config.
+:func:`bwd` and :func:`bwd_bidir` are the Triton scan's backward: :func:`rmeeto.ops.triton.scan._bwd` and
+``scan._bwd_bidir``, the one entry of the custom ops and autograd functions, call them (this module registers
+them there when imported; it builds on scan.py's jit helpers, so scan.py cannot import it). The math and the two
+passes are described in :mod:`rmeeto.ops.triton.scan`'s docstring; what is particular to this module is the
+per-token sums over channels, the row-wise accesses below, and options (register cap, prefetch) in the tile
+config.
 
 Why. Per token the backward needs 2 * dstate sums over the channels (dB_t[n] = sum_d g[n, d] dt u[d] and
 dC_t[n] = sum_d dy[d] h[n, d]). Each thread holds one channel, so ``tl.sum(.., axis=1)`` reduces each of the
@@ -29,19 +31,22 @@ Triton lowers a gather within a warp to one ``shfl.sync.idx`` per register (no s
 interpreter runs it too, so the CPU tests check the whole reduce-scatter (not only the GPU). This needs every
 warp to hold 32 consecutive channels, one per lane: BLOCK_D == 32 * num_warps (checked by the launcher).
 Each warp then writes its own dB / dC partial (n_dblocks * BLOCK_D / 32 partials, summed afterwards), so no
-sum crosses warps. ``XLANE=False`` keeps the original ``tl.sum`` reductions, for comparison.
+sum crosses warps. ``XLANE=False`` sums each value with its own ``tl.sum`` instead (the reductions the
+reduce-scatter replaced), for comparison: the same body, one partial per channel block.
 
 Layouts on Triton 3.6 (the GPU machine's): a 2-D load or store whose strides are all unknown (the
 [CHUNK, BLOCK_D] u / delta / dout / z tiles, A [NP/2, BLOCK_D], dA) has every axis equally contiguous, and
 3.6's coalescing pass then puts the first axis (chunk, dstate) across lanes; the state tiles inherit that
-layout and every per-channel sum becomes shuffles and shared-memory round trips (``scan._scan_bwd_kernel``
-compiles to 260 shuffles, 1 KB of shared memory and 14 barriers on 3.6, 320 / 0 / 9 on 3.8). Here those
-accesses go one [BLOCK_D] row (one channel per lane) at a time (_load_rows, _store_rows,
-_channel_consts_rows), which both versions compile alike: 62 shuffles, no shared memory, no spills.
+layout and every per-channel sum becomes shuffles and shared-memory round trips (the backward this module
+replaced, with 2-D tile accesses and tl.sum reductions, compiled to 260 shuffles, 1 KB of shared memory and 14
+barriers on 3.6, 320 / 0 / 9 on 3.8). Here those accesses go one [BLOCK_D] row (one channel per lane) at a time
+(_load_rows, _store_rows, _channel_consts_rows), which both versions compile alike: 62 shuffles, no shared memory,
+no spills.
 
 The body is :func:`_scan_bwd_body`, a ``@triton.jit`` function over base pointers (already at the program's
 batch element / direction) and strides, called by the single-direction kernel and by the two-direction one
-(REVERSE=False, bases at token L-1 and negated token strides, as ``scan._scan_bidir_bwd_kernel`` does).
+(both directions of a Vim mixer in one launch), which walks the backward direction with REVERSE=False from bases
+at token L-1 and negated token strides.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ __all__ = ["BWD_XLANE_CONFIG", "CANDIDATE_BWD_XLANE", "bwd", "bwd_bidir"]
 # / maxnreg 200 (3.8: the same at CHUNK=2 / 224). benchmarks/compile_scan.py --xbwd / --maxnreg shows the
 # counts, benchmarks/bench_scan_bwd_gpu.py times every candidate, tests/ops/test_scan_bwd.py checks every one.
 # Measured on an H200 (sixth session, benchmarks/bench_scan_bwd_gpu.py, Vim-S, L 197, bf16): both directions
-# 2.571 ms with prefetch, 3.265 without, 4.275 at CHUNK=1 / maxnreg 200; the classic kernel 3.666.
+# 2.571 ms with prefetch, 3.265 without, 4.275 at CHUNK=1 / maxnreg 200; the tl.sum kernel this replaced: 3.666.
 BWD_XLANE_CONFIG = {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1, "prefetch": True}
 CANDIDATE_BWD_XLANE = [
     {"BLOCK_D": 32, "CHUNK": 2, "num_warps": 1},
@@ -120,10 +125,11 @@ if _scan._HAS_TRITON:
     def _channel_consts_rows(A_ptr, D_ptr, bias_ptr, offs_d, s_A_n, s_A_d, dstate, mask_d, HAS_D: tl.constexpr,
                              HAS_BIAS: tl.constexpr, A_IS_LOG: tl.constexpr, BLOCK_D: tl.constexpr,
                              NP: tl.constexpr):
-        """scan._channel_consts (A log2 e as even / odd halves [NP/2, BLOCK_D], D, delta_bias), with A read one
-        dstate entry ([BLOCK_D] row) at a time, for the layout reason of _load_rows: the 2-D load's strides
-        are unknown on both axes, and Triton 3.6 then lays the tile out with dstate across lanes, a layout
-        every state tile of the kernel inherits."""
+        """A log2 e as even / odd halves [NP/2, BLOCK_D] (A = -exp(A_log) formed first with A_IS_LOG), D and
+        delta_bias ([BLOCK_D], zeros when absent) of channels offs_d, with A read one dstate entry ([BLOCK_D] row)
+        at a time, for the layout reason of _load_rows: a 2-D load's strides are unknown on both axes, and
+        Triton 3.6 then lays the tile out with dstate across lanes, a layout every state tile of the kernel
+        inherits. (scan._channel_consts_rows is the forward's, on [1, BLOCK_D] rows.)"""
         offs_h = tl.arange(0, NP // 2)
         ae = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
         ao = tl.zeros([NP // 2, BLOCK_D], dtype=tl.float32)
@@ -412,8 +418,11 @@ if _scan._HAS_TRITON:
         XLANE: tl.constexpr, REUSE_BC: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_D: tl.constexpr,
         CHUNK: tl.constexpr, NP: tl.constexpr,
     ):
-        """``_scan_bwd_kernel``'s arguments and outputs, except the dB / dC partials: [n_parts, batch, L,
-        dstate] with n_parts = n_dblocks * BLOCK_D / 32 (XLANE) or n_dblocks."""
+        """Gradients of scan's ``_scan_fwd_kernel`` for dout [batch, dim, L] (strides s_g_*). Outputs: du,
+        ddelta, dz [batch, dim, L] in the input dtypes (strides s_o_*); float32 partial sums dA [batch, dim,
+        dstate], dD, dbias [batch, dim], dB, dC [n_parts, batch, L, dstate] with n_parts = n_dblocks * BLOCK_D / 32
+        (XLANE) or n_dblocks; scratch ckpt [batch, nchunks, 2, NP/2, dim] (the state at every chunk start, even /
+        odd halves). Grid (batch, channel blocks)."""
         pid_b = tl.program_id(0).to(tl.int64)
         pid_d = tl.program_id(1)
         io = pid_b * s_o_b  # du, ddelta, dz share one layout (strides s_o_*)
@@ -451,9 +460,12 @@ if _scan._HAS_TRITON:
         XLANE: tl.constexpr, REUSE_BC: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_D: tl.constexpr,
         CHUNK: tl.constexpr, NP: tl.constexpr,
     ):
-        """``_scan_bidir_bwd_kernel``'s arguments and outputs, except the dB / dC partials: [n_parts, 2, batch,
-        L, dstate] (n_parts as in the single-direction kernel). Grid (batch, channel blocks, 2 directions); the
-        backward direction walks memory from token L-1 (bases there, token strides negated, REVERSE=False)."""
+        """Gradients of scan's ``_scan_bidir_fwd_kernel`` for dout [2, batch, dim, L] (strides s_g_*; the
+        gradient of the scaled output, scaled back here). Outputs du, ddelta, dz [2, batch, dim, L] (strides
+        s_o_*; dz per direction, summed by the caller); float32 partial sums dA [2, batch, dim, dstate], dD, dbias
+        [2, batch, dim], dB, dC [n_parts, 2, batch, L, dstate] (n_parts as in the single-direction kernel);
+        scratch ckpt [2, batch, nchunks, 2, NP/2, dim]. Grid (batch, channel blocks, 2 directions); the backward
+        direction walks memory from token L-1 (bases there, token strides negated, REVERSE=False)."""
         pid_b = tl.program_id(0).to(tl.int64)
         pid_d = tl.program_id(1)
         rev = tl.program_id(2)
@@ -502,9 +514,10 @@ def _plan(dim: int, L: int, dstate: int, dev: torch.device):
 
 
 def bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is_log=False):
-    """Drop-in for :func:`rmeeto.ops.triton.scan._bwd`: (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) for
-    dout [batch, dim, L]; du, ddelta, dz laid out like u, dB / dC [batch, dstate, L] views of [batch, L, dstate],
-    dD / ddelta_bias [dim] (float32 when D / delta_bias are absent), dz empty when z is absent."""
+    """The single-direction backward (:func:`rmeeto.ops.triton.scan._bwd` calls it): (du, ddelta, dA, dB, dC, dD,
+    dz, ddelta_bias) for dout [batch, dim, L]; du, ddelta, dz laid out like u, dB / dC [batch, dstate, L] views of
+    [batch, L, dstate], dD / ddelta_bias [dim] (float32 when D / delta_bias are absent), dz empty when z is
+    absent."""
     _scan._require_runnable(u)
     batch, dim, L = u.shape
     dstate = A.shape[1]
@@ -552,7 +565,7 @@ def bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, a_is
 
 def bwd_bidir(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_f, D_b, z, bias_f, bias_b,
               delta_softplus, scale, a_is_log):
-    """Drop-in for :func:`rmeeto.ops.triton.scan._bwd_bidir` (both directions in one launch): du, ddelta
+    """The two-direction backward, in one launch (:func:`rmeeto.ops.triton.scan._bwd_bidir` calls it): du, ddelta
     [2, batch, dim, L], dA [2, dim, dstate], dB, dC [2, batch, dstate, L], dD, dbias [2, dim] (float32 when
     D / delta_bias are absent), dz [batch, dim, L] summed over the directions (empty when z is absent)."""
     _scan._require_runnable(u_f)
@@ -594,7 +607,7 @@ def bwd_bidir(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_
         *dout.stride(), *du.stride(),
         **flags, **meta,
     )
-    # the reductions and casts of scan._bwd_bidir
+    # one reduction (and one cast) per quantity for both directions
     dA = dA_p.sum(1)  # [2, dim, dstate]
     if a_is_log:  # dL/dA_log = dL/dA * A
         dA = dA * -torch.exp(torch.stack([A_f, A_b]).float())
@@ -607,5 +620,5 @@ def bwd_bidir(dout, u_f, u_b, delta_f, delta_b, A_f, A_b, B_f, B_b, C_f, C_b, D_
     return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
-# the one dispatch point (scan._bwd / scan._bwd_bidir) calls these unless RMEETO_XLANE_BWD=0
-_scan._XLANE_BWD.update(bwd=bwd, bwd_bidir=bwd_bidir)
+# the one dispatch point (scan._bwd / scan._bwd_bidir) calls these (see scan._BWD)
+_scan._BWD.update(bwd=bwd, bwd_bidir=bwd_bidir)
