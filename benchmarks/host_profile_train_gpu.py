@@ -17,25 +17,13 @@ import argparse
 import cProfile
 import io
 import pstats
-import statistics
 import time
 
 import torch
 
+from host_profile_gpu import host_ms as wall_ms  # ms per call of step(batch), synchronised around
 from rmeeto.bench import make_train_step
 from rmeeto.merge import MergeConfig
-
-
-def wall_ms(step, batch, steps: int, rounds: int = 3) -> float:
-    times = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step(batch)
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) / steps * 1e3)
-    return statistics.median(times)
 
 
 def main():
@@ -54,7 +42,7 @@ def main():
         step, batches = make_train_step(a.model, cfg, batch_size=a.batch, mode=a.mode)
         for _ in range(3):
             step(batches[0])
-        ms = wall_ms(step, batches[0], a.steps)
+        ms = wall_ms(step, batches[0], a.steps, rounds=3)
         print(f"# {variant}: wall {ms:.2f} ms per step ({a.batch / ms * 1e3:.1f} img/s)", flush=True)
         prof = cProfile.Profile()
         torch.cuda.synchronize()
