@@ -216,8 +216,8 @@ def run_ablation(models: Sequence[str], data: str = "digits", checkpoints: Optio
     # and the data's files: images added, removed or replaced in the folder make another experiment too (the
     # evaluation split for every row, the training split for re-trained rows: it is what they were trained on)
     data_digest = _data_digest(build_eval_dataset(data, models[0])[0]) if plan else ""
-    retraining = [i for i, _, training in plan if training != "free"]
-    train_digest = _data_digest(_train_split(data, models[retraining[0]])) if retraining else ""
+    retrained = next((models[i] for i, _, training in plan if training != "free"), None)
+    train_digest = _data_digest(_train_split(data, retrained)) if retrained else ""
 
     def ident(i: int, cell: Cell, training: str) -> dict:
         cfg, retrained = cell.config, training != "free"
