@@ -1,0 +1,209 @@
+"""A Vim block's two big GEMMs (in_proj, and out_proj after the directions' sum) at every token count of the
+paper's merge schedule, by backend: cuBLAS as PyTorch calls it, cuBLASLt (``preferred_blas_library``), and Triton
+kernels (plain tiles, persistent tiles over tensor descriptors, and out_proj with the directions' sum read in its
+prologue, which no library GEMM can do). Graphed time per call, summed over the schedule: what each backend would
+save in the merged and the unmerged forward, and so what it would do to the merged / unmerged ratio.
+
+    PYTHONPATH=src python3 benchmarks/gemm_ab_gpu.py [--models S] [--reps 15] [--configs all]
+
+Under PYTORCH_TUNABLEOP_ENABLED=1 PYTORCH_TUNABLEOP_TUNING=1, "cublas" is PyTorch's TunableOp choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+import torch.nn.functional as F
+
+from bench_merge_gpu import _event_ms, _graphed
+
+import triton
+import triton.language as tl
+
+MODELS = {"Ti": (192, 384, 5), "S": (384, 768, 11), "B": (768, 1536, 11)}  # d_model, d_inner, r
+
+
+@triton.jit
+def _gemm_kernel(a_ptr, a2_ptr, w_ptr, c_ptr, M, N, K, s_am, s_wn, s_cm,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, TWO_A: tl.constexpr):
+    """c[M, N] = a[M, K] @ w[N, K]^T (a = a + a2 rounded to a's dtype when TWO_A), float32 sums."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    gsz = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % gsz
+    pid_n = (pid % group) // gsz
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    mm = rm[:, None] < M
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, K, BK):
+        offs = rm[:, None] * s_am + (k + rk)[None, :]
+        a = tl.load(a_ptr + offs, mask=mm, other=0.0)
+        if TWO_A:
+            a = (a.to(tl.float32) + tl.load(a2_ptr + offs, mask=mm, other=0.0).to(tl.float32)).to(a_ptr.dtype.element_ty)
+        w = tl.load(w_ptr + rn[None, :] * s_wn + (k + rk)[:, None], mask=rn[None, :] < N, other=0.0)
+        acc = tl.dot(a, w, acc)
+    tl.store(c_ptr + rm[:, None] * s_cm + rn[None, :], acc.to(c_ptr.dtype.element_ty), mask=mm & (rn[None, :] < N))
+
+
+@triton.jit
+def _gemm_tma_kernel(a_desc, a2_desc, w_desc, c_desc, M, N, K, BM: tl.constexpr, BN: tl.constexpr,
+                     BK: tl.constexpr, GROUP_M: tl.constexpr, TWO_A: tl.constexpr, NUM_PROGS: tl.constexpr):
+    """The same product, persistent: NUM_PROGS programs walk the output tiles (grouped order) over TMA loads."""
+    start = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    tiles = num_m * num_n
+    group = GROUP_M * num_n
+    for tile in tl.range(start, tiles, NUM_PROGS, flatten=True):
+        first_m = (tile // group) * GROUP_M
+        gsz = min(num_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % group) % gsz
+        pid_n = (tile % group) // gsz
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k in range(0, K, BK):
+            a = a_desc.load([pid_m * BM, k])
+            if TWO_A:
+                a = (a.to(tl.float32) + a2_desc.load([pid_m * BM, k]).to(tl.float32)).to(a.dtype)
+            w = w_desc.load([pid_n * BN, k])
+            acc = tl.dot(a, w.T, acc)
+        c_desc.store([pid_m * BM, pid_n * BN], acc.to(c_desc.dtype))
+
+
+def gemm(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8)):
+    BM, BN, BK, warps, stages, group = cfg
+    M, K = a.shape
+    N = w.shape[0]
+    c = torch.empty(M, N, device=a.device, dtype=a.dtype)
+    grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
+    _gemm_kernel[grid](a, a if a2 is None else a2, w, c, M, N, K, a.stride(0), w.stride(0), c.stride(0),
+                       BM=BM, BN=BN, BK=BK, GROUP_M=group, TWO_A=a2 is not None, num_warps=warps, num_stages=stages)
+    return c
+
+
+_SMS = None
+
+
+def gemm_tma(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8)):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    global _SMS
+    if _SMS is None:
+        _SMS = torch.cuda.get_device_properties(a.device).multi_processor_count
+    BM, BN, BK, warps, stages, group = cfg
+    M, K = a.shape
+    N = w.shape[0]
+    c = torch.empty(M, N, device=a.device, dtype=a.dtype)
+    ad = TensorDescriptor.from_tensor(a, [BM, BK])
+    a2d = ad if a2 is None else TensorDescriptor.from_tensor(a2, [BM, BK])
+    wd = TensorDescriptor.from_tensor(w, [BN, BK])
+    cd = TensorDescriptor.from_tensor(c, [BM, BN])
+    progs = min(_SMS, triton.cdiv(M, BM) * triton.cdiv(N, BN))
+    _gemm_tma_kernel[(progs,)](ad, a2d, wd, cd, M, N, K, BM=BM, BN=BN, BK=BK, GROUP_M=group, TWO_A=a2 is not None,
+                               NUM_PROGS=progs, num_warps=warps, num_stages=stages)
+    return c
+
+
+def schedule(r: int, L0: int = 197, depth: int = 24, final: int = 76):
+    """Token count of every layer under the paper schedule (merge r at even layers from 2, down to final)."""
+    out, L = [], L0
+    for layer in range(depth):
+        if layer >= 2 and layer % 2 == 0:
+            L = max(final, L - r) if L - r >= final else L
+        out.append(L)
+    return out
+
+
+CONFIGS = [  # BM, BN, BK, warps, stages, group
+    (128, 128, 64, 8, 3, 8), (128, 128, 64, 4, 4, 8), (128, 256, 64, 8, 3, 8), (256, 128, 64, 8, 3, 8),
+    (128, 192, 64, 8, 3, 8), (64, 256, 64, 4, 4, 8), (128, 64, 64, 4, 4, 8), (64, 128, 64, 4, 4, 8),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="S")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--inner", type=int, default=10)
+    ap.add_argument("--backends", default="cublas,cublaslt,triton,tma")
+    a = ap.parse_args()
+    tunable = os.environ.get("PYTORCH_TUNABLEOP_ENABLED") == "1"
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+          f"TunableOp {'on' if tunable else 'off'}", flush=True)
+    backends = a.backends.split(",")
+    for name in a.models.split(","):
+        dm, di, r = MODELS[name]
+        sched = schedule(r)
+        lengths = sorted(set(sched), reverse=True)
+        print(f"== Vim-{name}: d_model {dm}, d_inner {di}, tokens per layer {sched}", flush=True)
+        torch.manual_seed(0)
+        w_in = (torch.randn(2 * di, dm, device="cuda") / dm ** 0.5).half()
+        w_out = (torch.randn(dm, di, device="cuda") / di ** 0.5).half()
+        per = {}  # (backend, op, L) -> us
+        for L in lengths:
+            M = 128 * L
+            x = torch.randn(M, dm, device="cuda", dtype=torch.float16)
+            yf, yb = (torch.randn(M, di, device="cuda", dtype=torch.float16) for _ in range(2))
+            ref_in = (x.float() @ w_in.float().T)
+            ref_out = ((yf + yb).float() @ w_out.float().T)
+            row = []
+            for be in backends:
+                cands = {}
+                if be in ("cublas", "cublaslt"):
+                    torch.backends.cuda.preferred_blas_library(be)
+                    cands[("in", None)] = lambda: F.linear(x, w_in)
+                    cands[("out", None)] = lambda: F.linear(torch.add(yf, yb), w_out)
+                else:
+                    fn = gemm if be == "triton" else gemm_tma
+                    for cfg in CONFIGS:
+                        cands[("in", cfg)] = (lambda c=cfg: fn(x, w_in, None, c))
+                        cands[("out", cfg)] = (lambda c=cfg: fn(yf, w_out, yb, c))
+                best = {}
+                for (op, cfg), f in cands.items():
+                    try:
+                        got = f()
+                        ref = ref_in if op == "in" else ref_out
+                        err = ((got.float() - ref).abs().max() / ref.abs().max()).item()
+                        if err > 5e-3:
+                            print(f"   {be} {op} {cfg}: wrong (rel err {err:.2e})", flush=True)
+                            continue
+                        us = 1e3 * _event_ms(_graphed(f), a.reps, a.inner)
+                    except Exception as e:  # a tile that does not compile or fit
+                        print(f"   {be} {op} {cfg}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                        continue
+                    if op not in best or us < best[op][0]:
+                        best[op] = (us, cfg)
+                for op, (us, cfg) in best.items():
+                    per[(be, op, L)] = us
+                    row.append(f"{be} {op} {us:.1f}" + (f" {cfg}" if cfg else ""))
+            torch.backends.cuda.preferred_blas_library("cublas")
+            print(f"  L={L} M={M}: " + "; ".join(row), flush=True)
+        print(f"  summed over the schedule (us per forward), in + out:", flush=True)
+        base = None
+        for be in backends:
+            if not all((be, op, L) in per for op in ("in", "out") for L in lengths):
+                continue
+            un = 24 * (per[(be, "in", 197)] + per[(be, "out", 197)])
+            me = sum(per[(be, "in", L)] + per[(be, "out", L)] for L in sched)
+            if base is None:
+                base = (un, me)
+            print(f"    {be}: unmerged {un:.0f}, merged {me:.0f}, merged excess over token share "
+                  f"{me - un * sum(sched) / (24 * 197):+.0f}; saves {base[0] - un:+.0f} / {base[1] - me:+.0f}",
+                  flush=True)
+        # the best backend per shape (what a table by row count would give)
+        un = 24 * min(per[(be, "in", 197)] + per[(be, "out", 197)] for be in backends if (be, "in", 197) in per)
+        me = 0.0
+        for L in sched:
+            me += min(per[(be, "in", L)] for be in backends if (be, "in", L) in per)
+            me += min(per[(be, "out", L)] for be in backends if (be, "out", L) in per)
+        print(f"    best per shape: unmerged {un:.0f}, merged {me:.0f}; saves {base[0] - un:+.0f} / {base[1] - me:+.0f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
