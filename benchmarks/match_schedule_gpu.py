@@ -1,0 +1,59 @@
+"""The merging layers of a model's paper schedule one by one: graphed time of the matching alone
+(``match_plan``), of the whole merging step (``match_merge_add_norm``: matching, merge, residual add, RMSNorm) and
+of the plain residual add + RMSNorm at the same input length, batch 128, fp16 metric / hidden, float32 residual.
+The step's cost beyond the plain norm is what a merging layer adds to the forward.
+
+    PYTHONPATH=src python3 benchmarks/match_schedule_gpu.py [--models vim_tiny_patch16_224,vim_small_patch16_224]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from bench_merge_gpu import _event_ms, _graphed
+from rmeeto.merge import MergeConfig
+from rmeeto.ops.norm import add_rms_norm
+from rmeeto.ops.triton import merge as mt
+
+WIDTH = {"tiny": 192, "small": 384, "base": 768}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="vim_tiny_patch16_224,vim_small_patch16_224")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=128)
+    a = ap.parse_args()
+    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    for name in a.models.split(","):
+        C = next(v for k, v in WIDTH.items() if k in name)
+        cfg = MergeConfig.paper(name)
+        tot = [0.0, 0.0, 0.0]
+        print(f"== {name} (C={C}): layer, L -> L - r, match_plan us, merging step us, plain add + norm us, excess")
+        for s in cfg.schedule(197, 24):
+            if not s.merging or s.num_merged == 0:
+                continue
+            torch.manual_seed(s.layer)
+            B, L, r = a.batch, s.tokens_in, s.num_merged
+            hidden = torch.randn(B, L, C, device="cuda", dtype=torch.float16)
+            residual = torch.randn(B, L, C, device="cuda")
+            size = torch.rand(B, L, 1, device="cuda") + 1 if s.layer > 2 else None
+            w = torch.rand(C, device="cuda", dtype=torch.float16) + 0.5
+            with torch.no_grad():
+                t_match = 1e3 * _event_ms(_graphed(lambda: mt.match_plan(hidden, s.cls_in, r, s.cls_out, True)),
+                                          a.reps, 10)
+                t_step = 1e3 * _event_ms(_graphed(lambda: mt.match_merge_add_norm(
+                    hidden, residual, size, hidden, s.cls_in, r, s.cls_out, True, w, 1e-5)), a.reps, 10)
+                t_norm = 1e3 * _event_ms(_graphed(lambda: add_rms_norm(hidden, residual, w, 1e-5)), a.reps, 10)
+            for i, v in enumerate((t_match, t_step, t_norm)):
+                tot[i] += v
+            print(f"  {s.layer:2d}  {L} -> {L - r}  {t_match:6.1f}  {t_step:6.1f}  {t_norm:6.1f}  {t_step - t_norm:+6.1f}",
+                  flush=True)
+        print(f"  total: match_plan {tot[0]:.1f}, merging steps {tot[1]:.1f}, plain norms {tot[2]:.1f}, "
+              f"excess {tot[1] - tot[2]:+.1f} us per forward", flush=True)
+
+
+if __name__ == "__main__":
+    main()
