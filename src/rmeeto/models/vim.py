@@ -31,6 +31,7 @@ from rmeeto.ops import policy
 from rmeeto.ops.conv import conv_silu, conv_silu_bidir
 from rmeeto.ops.embed import insert_cls_add_pos, patch_rows
 from rmeeto.ops.norm import drop_add_rms_norm, drop_path, rms_norm
+from rmeeto.ops.outproj import sum_out_proj
 from rmeeto.ops.proj import fused_applies as proj_fused_applies
 from rmeeto.ops.proj import fused_scan_inputs
 from rmeeto.ops.proj import kernel_fits as proj_kernel_fits
@@ -311,7 +312,9 @@ class BiMambaMixer(nn.Module):
         GEMMs run per direction, except in inference, where one kernel does the four
         (:func:`rmeeto.ops.proj.bidir_scan_inputs`). With the GEMMs per direction the result is the two
         :meth:`branch` calls' (y_f + y_b) / 2 bit for bit (halving commutes with rounding outside fp16's
-        subnormal range); the fused kernel's sums run in another order, so equal to rounding.
+        subnormal range); the fused kernel's sums run in another order, so equal to rounding. In inference the
+        directions' sum and out_proj are one kernel where it applies (:func:`rmeeto.ops.outproj.sum_out_proj`;
+        also equal to rounding), unless out_proj is not a plain ``nn.Linear`` or a hook sits on it.
         """
         if export is None:
             if torch.compiler.is_compiling():
@@ -343,8 +346,13 @@ class BiMambaMixer(nn.Module):
             (self.D, self.D_b), z.transpose(1, 2), delta_bias=(self.dt_proj.bias, self.dt_proj_b.bias),
             delta_softplus=True, scale=0.5 if self.divide_out else 1.0, backend=self.scan_backend, a_is_log=True,
         )  # [2, batch, d_inner, length]
-        y = sum_directions(y2)  # [batch, length, d_inner]
-        out = self.out_proj(y)
+        out_proj = self._modules["out_proj"]
+        if type(out_proj) is nn.Linear and not (out_proj._forward_hooks or out_proj._forward_pre_hooks
+                                                 or any(_GLOBAL_HOOKS)):
+            # the directions' sum and out_proj in one kernel where it applies (inference), as a plan runs them
+            out = sum_out_proj(y2, out_proj.weight, out_proj.bias, backend=policy.op_backend(self.scan_backend))
+        else:
+            out = out_proj(sum_directions(y2))  # [batch, length, d_inner] -> d_model
         metric = None
         if export is not None:
             f, b = {"B": (B_f, B_b), "C": (C_f, C_b), "delta": (delta_f, delta_b)}[export]

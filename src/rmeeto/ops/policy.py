@@ -16,6 +16,8 @@ Environment switches, read ONCE when this module is imported:
                             results)
 ``RMEETO_FUSED_PROJ=0``    in inference, both scan directions' x_proj and dt_proj as four cuBLAS GEMMs instead of
                             one kernel (``rmeeto.ops.proj``; results equal to rounding)
+``RMEETO_FUSED_OUTPROJ=0`` in inference, the two scan directions' sum and out_proj as an elementwise add and a
+                            cuBLAS GEMM instead of one kernel (``rmeeto.ops.outproj``; results equal to rounding)
 ``RMEETO_FUSED_MERGE_NORM=0`` in inference, the fused merge and the residual add + RMSNorm after it as two
                             kernels instead of one (``rmeeto.ops.triton.merge.match_merge_add_norm``; it
                             needs the merge and norm kernels on as well; for A/B timing, same results)
@@ -66,7 +68,7 @@ __all__ = [
     "set_fast_launch",
 ]
 
-OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj", "plan")
+OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj", "outproj", "plan")
 # scan backends written in PyTorch alone; forcing one of them on a model forces the PyTorch conv / norm / merge
 PURE_SCAN_BACKENDS = ("reference", "chunked")
 
@@ -83,6 +85,7 @@ _fused: dict[str, bool] = {
     "merge_norm": _switch("RMEETO_FUSED_MERGE_NORM"),
     "embed": _switch("RMEETO_FUSED_EMBED"),
     "proj": _switch("RMEETO_FUSED_PROJ"),
+    "outproj": _switch("RMEETO_FUSED_OUTPROJ"),
     "plan": _switch("RMEETO_FUSED_PLAN"),
 }
 _fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
@@ -114,7 +117,8 @@ def triton_available() -> bool:
 
 
 def use_fused(op: str, x: Union[torch.Tensor, torch.device], backend: str = "auto") -> bool:
-    """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj";
+    """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj",
+    "outproj";
     "plan": the mixers' prepared launch sequences) for tensor (or device) ``x``?
 
     ``backend``: "auto" asks the switches (True only for CUDA, with Triton, the switch on and no

@@ -1,7 +1,8 @@
 """The bidirectional Mamba mixer's inference forward as a prepared sequence of launches: eager mode's host cost.
 
 In inference a Vim mixer runs in_proj (cuBLAS), one conv launch for both directions, one launch for both
-directions' x_proj and dt_proj, one scan launch for both, the directions' sum and out_proj (cuBLAS). Called
+directions' x_proj and dt_proj, one scan launch for both, and the directions' sum with out_proj (one launch where
+:mod:`rmeeto.ops.outproj` takes it: Vim-Ti / S widths; else an add and cuBLAS). Called
 eagerly, the general path around the three Triton launches (the dispatchers' checks, pairing the directions'
 layouts, the scan's B / C read mode, transposed views, the launch cache's key) re-derives on every call what
 only the shapes decide (``benchmarks/host_profile_gpu.py``, results/s17/call1_host_profile.txt: of a Vim-Ti mixer
@@ -34,10 +35,12 @@ from rmeeto.ops import policy as _policy
 from rmeeto.ops.triton import conv as _conv
 from rmeeto.ops.triton import merge as _merge
 from rmeeto.ops.triton import norm as _norm
+from rmeeto.ops.triton import outproj as _outproj
 from rmeeto.ops.triton import proj as _proj
 from rmeeto.ops.triton import scan as _scan
 from rmeeto.ops.triton._inductor import library_op
 from rmeeto.ops.triton._launch import Launcher
+from rmeeto.ops.outproj import kernel_fits as _outproj_fits
 
 Tensor = torch.Tensor
 
@@ -152,7 +155,7 @@ class MixerPlan:
     def __init__(self, d_inner: int, dt_rank: int, d_state: int, scale: float):
         self.d_inner, self.dt_rank, self.d_state, self.scale = d_inner, dt_rank, d_state, float(scale)
         self.splits = [dt_rank, d_state, d_state]
-        self.conv = self.proj = self.scan = self.norm = None
+        self.conv = self.proj = self.scan = self.norm = self.out = None
 
     def add_norm(self, hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float
                  ) -> tuple[Tensor, Tensor]:
@@ -206,6 +209,17 @@ class MixerPlan:
             self.scan = Launcher(_scan._scan_bidir_fwd_kernel, grid, dev, tail, meta)
         self.scan(u_f, u_b, d_f, d_b, t.A_log, t.A_b_log, B_f, B_b, C_f, C_b, t.D, t.D_b, z, t.dt_bias,
                   t.dt_bias_b, out)
+        if self.out is None:  # the directions' sum and out_proj in one kernel where it fits (rmeeto.ops.outproj)
+            if _outproj_fits(out, t.w_out, t.b_out):
+                grid, tail, meta = _outproj.spec(batch * length, t.w_out.shape[0], di, out.stride(0),
+                                                 t.w_out.stride(0))
+                self.out = Launcher(_outproj._sum_out_proj_kernel, grid, dev, tail, meta)
+            else:
+                self.out = False
+        if self.out:
+            res = torch.empty(batch, length, t.w_out.shape[0], device=dev, dtype=dt)
+            self.out(out, t.w_out, res)
+            return res
         y_f, y_b = out.unbind(0)
         return F.linear(torch.add(y_f, y_b), t.w_out, t.b_out)
 

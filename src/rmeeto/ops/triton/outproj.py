@@ -1,0 +1,125 @@
+"""Triton kernel of the bidirectional mixer's last step in inference: the two scan directions' outputs added,
+then out_proj, in one launch.
+
+A Vim block ends with
+
+    y = y_f + y_b                    # [batch, length, D], rounded to the activations' dtype
+    out = y @ W_out.T                # [batch, length, C], out_proj (Vim's has no bias)
+
+an elementwise kernel (reads both directions' planes, writes y) and a cuBLAS GEMM (reads y back): at Vim-S
+widths the add alone moves 1.5x the bytes the GEMM reads. :func:`sum_out_proj` does both in one kernel: a
+program takes BLOCK_M rows and BLOCK_N output channels, and per step of BLOCK_K input channels loads the rows of
+both planes, adds them in float32 and rounds the sum to the activations' dtype (the bits ``torch.add`` gives),
+then accumulates ``sum @ W.T`` in float32; y never goes to memory. Output tiles in groups of GROUP_M row tiles
+(the weight tiles a group reads stay in L2). Same roundings as the two PyTorch ops, the GEMM's sums in another
+order than cuBLAS's: equal to rounding, not bit for bit (tests/ops/test_interpreted.py, tests/ops/test_gpu_outproj.py).
+
+Where it pays (``benchmarks/gemm_ab_gpu.py``, H200, batch 128, graphed, the add + cuBLAS against this kernel in
+its tiles, every token count of the merged schedule): Vim-S (768 -> 384 channels) 45-56 us -> 38-48 us at
+109-197 tokens, 25.8 -> 20.2 at 76; Vim-B (1536 -> 768) lost at most token counts (cuBLAS's GEMM is compute-bound
+there and ahead of these tiles), so :func:`fits` takes only inputs of up to ``MAX_K`` channels.
+16-bit activations and weights of their dtype only; no gradient (:mod:`rmeeto.ops.outproj` takes it only when none
+has to flow).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rmeeto.ops.triton._launch import cdiv, launch
+
+try:
+    import triton
+    import triton.language as tl
+
+    _HAS_TRITON = True
+except Exception:  # pragma: no cover - depends on the install
+    _HAS_TRITON = False
+
+Tensor = torch.Tensor
+
+__all__ = ["is_available", "sum_out_proj", "spec", "fits", "outproj_config", "OUTPROJ_CONFIG", "MAX_K"]
+
+# BLOCK_M rows x BLOCK_N output channels per program, BLOCK_K input channels per step, GROUP_M row tiles per group.
+# benchmarks/gemm_ab_gpu.py (session 25, H200): at 768 input channels (Vim-S) these tiles were the best of the
+# sweep at every token count of the merged schedule.
+OUTPROJ_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+MAX_K = 768  # above (Vim-B's 1536), the add + cuBLAS was faster
+
+
+def outproj_config(rows: int, n: int, k: int) -> dict:
+    """The tiles :func:`sum_out_proj` takes for ``rows`` rows, ``n`` output and ``k`` input channels."""
+    return OUTPROJ_CONFIG
+
+
+def is_available() -> bool:
+    return _HAS_TRITON
+
+
+def fits(k: int, n: int) -> bool:
+    """Whether the kernel serves out_proj with ``k`` input and ``n`` output channels (where it was measured
+    ahead of the add + cuBLAS): up to MAX_K input channels."""
+    return 0 < k <= MAX_K and n > 0
+
+
+if _HAS_TRITON:
+    @triton.jit
+    def _sum_out_proj_kernel(y_ptr, w_ptr, out_ptr, M, N, K, s_dir, s_w,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                             GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
+        """out[M, N] = round(y[0] + y[1]) @ w[N, K].T for output tile ``program_id(0)`` (grouped order). y: two
+        [M, K] planes with unit channel stride and row stride K, the second ``s_dir`` elements after the first;
+        w: row stride ``s_w``, unit column stride; out [M, N] contiguous, y's dtype. EVEN_K: K % BLOCK_K == 0."""
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(M, BLOCK_M)
+        num_n = tl.cdiv(N, BLOCK_N)
+        in_group = GROUP_M * num_n
+        first_m = (pid // in_group) * GROUP_M
+        group_m = min(num_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % in_group) % group_m
+        pid_n = (pid % in_group) // group_m
+        dt = out_ptr.dtype.element_ty
+        rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mr = rows < M
+        mc = cols < N
+        kk = tl.arange(0, BLOCK_K)
+        a_ptr = y_ptr + rows[:, None] * K + kk[None, :]
+        b_ptr = w_ptr + cols[None, :] * s_w + kk[:, None]
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            if EVEN_K:
+                ma = mr[:, None]
+                mb = mc[None, :]
+            else:
+                ma = mr[:, None] & (k0 + kk < K)[None, :]
+                mb = mc[None, :] & (k0 + kk < K)[:, None]
+            a = tl.load(a_ptr + k0, mask=ma, other=0.0).to(tl.float32)
+            a = (a + tl.load(a_ptr + s_dir + k0, mask=ma, other=0.0).to(tl.float32)).to(dt)
+            acc = tl.dot(a, tl.load(b_ptr + k0, mask=mb, other=0.0), acc)
+        tl.store(out_ptr + rows[:, None] * N + cols[None, :], acc.to(dt), mask=mr[:, None] & mc[None, :])
+
+
+def spec(M: int, N: int, K: int, s_dir: int, s_w: int, config: dict | None = None) -> tuple[tuple, tuple, dict]:
+    """(grid, scalar arguments, constexprs and launch options) of the kernel over M rows, N output and K input
+    channels, the planes ``s_dir`` elements apart, the weight's row stride ``s_w``; ``config`` the tiles (default
+    :func:`outproj_config`). The kernel's tensors (y, w, out) come first."""
+    cfg = outproj_config(M, N, K) if config is None else config
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], EVEN_K=K % bk == 0,
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return (cdiv(M, bm) * cdiv(N, bn),), (M, N, K, s_dir, s_w), meta
+
+
+def sum_out_proj(y: Tensor, w: Tensor, config: dict | None = None) -> Tensor:
+    """y [2, batch, length, K] (16-bit; each direction's plane contiguous, planes any distance apart), w [N, K] of
+    y's dtype with unit column stride -> ``round(y[0] + y[1]) @ w.T`` [batch, length, N] in y's dtype."""
+    _, batch, length, K = y.shape
+    N = w.shape[0]
+    M = batch * length
+    out = torch.empty(batch, length, N, device=y.device, dtype=y.dtype)
+    if M == 0:
+        return out
+    grid, tail, meta = spec(M, N, K, y.stride(0), w.stride(0), config)
+    launch(_sum_out_proj_kernel, grid, y.device, y, w, out, *tail, **meta)
+    return out

@@ -1,0 +1,127 @@
+"""The two scan directions' sum and out_proj in one kernel on CUDA (rmeeto.ops.triton.outproj): within one rounding
+of a float32 GEMM of the rounded sum at the Vim shapes it serves, and in whole models (unmerged and merged Vim-S)
+as close to the float32 model as the add + cuBLAS are, eager equal to graphed, the training step untouched.
+Its logic is also tested on CPU under Triton's interpreter (tests/ops/test_interpreted.py)."""
+
+import pytest
+import torch
+
+import rmeeto
+from rmeeto.fast import accelerate
+from rmeeto.ops import outproj, policy
+from rmeeto.ops.triton import outproj as to
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def _within_rounding(got: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
+    """got (16-bit) is ``a @ b.T`` summed in float32 in any order and rounded once (see tests/ops/test_gpu_proj.py)."""
+    exact = a.double() @ b.double().T
+    bound = a.shape[-1] * 2.0 ** -24 * (a.double().abs() @ b.double().abs().T)
+    fi = torch.finfo(got.dtype)
+    spacing = (got.double().abs() * fi.eps).clamp_min(fi.tiny * fi.eps)
+    return bool(((got.double() - exact).abs() <= 0.5 * spacing + bound).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dims", [(384, 192), (768, 384)], ids=["ti", "s"])
+def test_kernel_within_one_rounding_of_a_float32_gemm(dtype, dims):
+    K, N = dims
+    torch.manual_seed(0)
+    w = (torch.randn(N, K, device="cuda") / K ** 0.5).to(dtype)
+    for L in (197, 98, 76, 5):
+        y = torch.randn(2, 128 if L > 5 else 3, L, K, device="cuda").to(dtype)
+        got = to.sum_out_proj(y, w)
+        s = (y[0] + y[1]).reshape(-1, K)
+        assert _within_rounding(got.reshape(-1, N), s, w), (L, dtype)
+        # the dispatch on the scan's [2, batch, dim, L] layout: the kernel, and the reference where it does not apply
+        assert torch.equal(outproj.sum_out_proj(y.transpose(2, 3), w), got)
+    assert not to.fits(1536, 768)  # Vim-B: the add + cuBLAS measured ahead
+
+
+def _logits(model, x, on: bool, graphed: bool = False):
+    policy.set_fused("outproj", on)
+    try:
+        with torch.no_grad():
+            return (accelerate(model, "cudagraph") if graphed else model)(x).float()
+    finally:
+        policy.set_fused("outproj", True)
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_model_logits_as_close_to_float32_as_the_add_and_gemm(merged):
+    """Vim-S fp16 logits with the kernel are as close to the float32 model's as with the add + cuBLAS (within 10%
+    more error), eager (general path and prepared blocks) equal to graphed bit for bit, and the kernel is used by
+    every block (a spy on the general path)."""
+    name = "vim_small_patch16_224"
+    torch.manual_seed(0)
+    model = rmeeto.create_model(name).cuda().eval()
+    if merged:
+        rmeeto.apply_merge(model, rmeeto.MergeConfig.paper(name))
+    x = torch.randn(16, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        ref = model(x).float()
+    half = model.half()
+    calls = []
+    real = to.sum_out_proj
+
+    def spy(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    to.sum_out_proj = spy
+    policy.set_fused("plan", False)  # the general path (the prepared mixers launch the same kernel themselves)
+    try:
+        on = _logits(half, x.half(), True)
+        assert len(calls) == 24
+        off = _logits(half, x.half(), False)
+        assert len(calls) == 24
+    finally:
+        to.sum_out_proj = real
+        policy.set_fused("plan", True)
+    planned = _logits(half, x.half(), True)
+    graphed = _logits(half, x.half(), True, graphed=True)
+    err_on, err_off = (on - ref).norm() / ref.norm(), (off - ref).norm() / ref.norm()
+    assert err_on <= 1.1 * err_off + 1e-4, (err_on.item(), err_off.item())
+    assert torch.equal(on, planned) and torch.equal(on, graphed)
+    assert (on.argmax(-1) == off.argmax(-1)).float().mean() >= 0.9
+
+
+def test_training_step_does_not_take_the_kernel():
+    """With gradients flowing (and under autocast) the mixer keeps the add + cuBLAS: a bf16 training step's loss
+    and gradients are equal bit for bit with the switch on and off."""
+    torch.manual_seed(0)
+    model = rmeeto.create_model("vim_tiny_patch16_224").cuda().train()
+    x = torch.randn(8, 3, 224, 224, device="cuda")
+    grads = []
+    for on in (True, False):
+        policy.set_fused("outproj", on)
+        try:
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(1)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(x).float().logsumexp(-1).mean()
+            loss.backward()
+            grads.append([loss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
+        finally:
+            policy.set_fused("outproj", True)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_dispatch_falls_back_where_the_kernel_does_not_apply():
+    """float32 activations, a bias and a weight that needs a gradient take the add + GEMM (bit for bit the
+    reference)."""
+    torch.manual_seed(0)
+    y2 = torch.randn(2, 2, 33, 96, device="cuda").transpose(2, 3)
+    w = torch.randn(40, 96, device="cuda")
+    assert torch.equal(outproj.sum_out_proj(y2, w), outproj.sum_out_proj_torch(y2, w))
+    h2, wh = y2.half(), w.half()
+    b = torch.randn(40, device="cuda").half()
+    assert torch.equal(outproj.sum_out_proj(h2, wh, b), outproj.sum_out_proj_torch(h2, wh, b))
+    wg = wh.clone().requires_grad_()
+    assert not outproj.fused_applies(h2, wg)
+    with torch.no_grad():
+        assert outproj.fused_applies(h2, wg)
