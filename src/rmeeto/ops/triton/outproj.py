@@ -14,10 +14,11 @@ then accumulates ``sum @ W.T`` in float32; y never goes to memory. Output tiles 
 (the weight tiles a group reads stay in L2). Same roundings as the two PyTorch ops, the GEMM's sums in another
 order than cuBLAS's: equal to rounding, not bit for bit (tests/ops/test_interpreted.py, tests/ops/test_gpu_outproj.py).
 
-Where it pays (``benchmarks/gemm_ab_gpu.py``, H200, batch 128, graphed, the add + cuBLAS against this kernel in
-its tiles, every token count of the merged schedule): Vim-S (768 -> 384 channels) 45-56 us -> 38-48 us at
-109-197 tokens, 25.8 -> 20.2 at 76; Vim-B (1536 -> 768) lost at most token counts (cuBLAS's GEMM is compute-bound
-there and ahead of these tiles), so :func:`fits` takes only inputs of up to ``MAX_K`` channels.
+Where it pays (``benchmarks/bench_outproj_gpu.py``, H200, batch 128, graphed, the add + cuBLAS against this kernel
+at every token count of the merged schedules): Vim-S (768 -> 384 channels) 54.7 -> 48.7 us at 197 tokens, 25.5 ->
+20.0 at 76; Vim-Ti (384 -> 192) 25.5 -> 23.5 at 197; Vim-B (1536 -> 768) lost at every token count (137.0 against
+164-183 us at 197: cuBLAS's GEMM is compute-bound there and ahead of these tiles), so :func:`fits` takes only
+inputs of up to ``MAX_K`` channels.
 16-bit activations and weights of their dtype only; no gradient (:mod:`rmeeto.ops.outproj` takes it only when none
 has to flow).
 """
@@ -41,9 +42,11 @@ Tensor = torch.Tensor
 __all__ = ["is_available", "sum_out_proj", "spec", "fits", "outproj_config", "OUTPROJ_CONFIG", "MAX_K"]
 
 # BLOCK_M rows x BLOCK_N output channels per program, BLOCK_K input channels per step, GROUP_M row tiles per group.
-# benchmarks/gemm_ab_gpu.py (session 25, H200): at 768 input channels (Vim-S) these tiles were the best of the
-# sweep at every token count of the merged schedule.
-OUTPROJ_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+# benchmarks/bench_outproj_gpu.py (session 25, H200, batch 128, graphed, summed over each schedule's 24 layers): the
+# best of nine tilings for both widths. Vim-Ti (384 -> 192): merged 548 -> 465 us per forward, unmerged 612 -> 568;
+# Vim-S (768 -> 384): merged 975 -> 829, unmerged 1,312 -> 1,169. The same tiles in 8 warps lost to the add +
+# cuBLAS at Vim-S (1,401 us unmerged).
+OUTPROJ_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
 MAX_K = 768  # above (Vim-B's 1536), the add + cuBLAS was faster
 
 
