@@ -183,7 +183,7 @@ def main():
                     row.append(f"{be} {op} {us:.1f}" + (f" {cfg}" if cfg else ""))
             torch.backends.cuda.preferred_blas_library("cublas")
             print(f"  L={L} M={M}: " + "; ".join(row), flush=True)
-        print(f"  summed over the schedule (us per forward), in + out:", flush=True)
+        print("  summed over the schedule (us per forward), in + out:", flush=True)
         base = None
         for be in backends:
             if not all((be, op, L) in per for op in ("in", "out") for L in lengths):
