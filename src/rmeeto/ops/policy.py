@@ -24,6 +24,9 @@ Environment switches, read ONCE when this module is imported:
 ``RMEETO_FUSED_PLAN=0``    in inference, every mixer call through the general op dispatch instead of its prepared
                             launch sequence (``rmeeto.ops.triton.mixer.MixerPlan``: the same kernels and
                             bits, less host time per call; for A/B timing)
+``RMEETO_PDL=1``            launch the inference kernels of a block with programmatic dependent launch (Hopper and
+                            newer: a kernel's programs start while the previous kernel drains and wait for it
+                            on the GPU); experimental, for A/B timing
 ``RMEETO_FAST_LAUNCH=0``    launch every Triton kernel through ``kernel[grid](...)`` instead of the cached
                             launcher of :mod:`rmeeto.ops.triton._launch` (for A/B timing; same results)
 ==========================  ===========================================================================
@@ -65,6 +68,8 @@ __all__ = [
     "triton_available",
     "generation",
     "fast_launch",
+    "pdl",
+    "set_pdl",
     "set_fast_launch",
 ]
 
@@ -89,6 +94,7 @@ _fused: dict[str, bool] = {
     "plan": _switch("RMEETO_FUSED_PLAN"),
 }
 _fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
+_pdl: bool = os.environ.get("RMEETO_PDL", "0") == "1"
 _scan_backend: str = os.environ.get("RMEETO_SCAN_BACKEND", "auto")
 _reference_forced = False
 _generation = 0  # bumped by every setter below: caches of decisions made from the switches key on it
@@ -138,6 +144,19 @@ def set_fused(op: str, enabled: bool) -> None:
     """Turn the fused kernel of ``op`` on or off for the whole process (as its RMEETO_FUSED_* variable)."""
     _check_op(op)
     _fused[op] = bool(enabled)
+    _bump()
+
+
+def pdl() -> bool:
+    """Whether the inference kernels are launched with programmatic dependent launch (``RMEETO_PDL=1``; the
+    launchers also need a Hopper or newer GPU and a Triton that offers it: :func:`rmeeto.ops.triton._launch.pdl_meta`)."""
+    return _pdl
+
+
+def set_pdl(enabled: bool) -> None:
+    """Turn programmatic dependent launch of the inference kernels on or off (as ``RMEETO_PDL``)."""
+    global _pdl
+    _pdl = bool(enabled)
     _bump()
 
 

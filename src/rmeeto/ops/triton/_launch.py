@@ -40,7 +40,7 @@ import torch
 
 from rmeeto.ops import policy
 
-__all__ = ["on_device", "launch", "Launcher", "cdiv", "next_pow2", "arg_key", "specialization_key",
+__all__ = ["on_device", "launch", "Launcher", "cdiv", "next_pow2", "arg_key", "specialization_key", "pdl_meta",
            "compile_key_function",
            "param_modes", "CONSTEXPR", "SPECIALIZE", "NO_ALIGN", "NO_SPECIALIZE"]
 
@@ -68,6 +68,32 @@ def cdiv(a: int, b: int) -> int:
 def next_pow2(n: int) -> int:
     """The smallest power of two >= n, for n >= 1 (``triton.next_power_of_2`` without its host cost)."""
     return 1 << (n - 1).bit_length()
+
+
+_PDL_OK: Optional[bool] = None
+
+
+def pdl_meta() -> dict:
+    """The constexpr and launch option that launch a kernel with programmatic dependent launch (``PDL=True``, which
+    the kernel reads to wait for the previous kernel's results first, and ``launch_pdl=True``), or {} where it is
+    off: the switch :func:`rmeeto.ops.policy.pdl`, a GPU of compute capability 9.0 or more, a Triton that offers
+    ``launch_pdl``, not the interpreter."""
+    global _PDL_OK
+    if not policy.pdl():
+        return {}
+    if _PDL_OK is None:
+        ok = os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and torch.cuda.is_available()
+        try:
+            from triton.backends.nvidia.compiler import CUDAOptions
+
+            from rmeeto.ops.triton import _pdl
+
+            ok = ok and _pdl.gdc_wait is not None and "launch_pdl" in CUDAOptions.__dataclass_fields__
+            ok = ok and torch.cuda.get_device_capability() >= (9, 0)
+        except Exception:
+            ok = False
+        _PDL_OK = ok
+    return {"PDL": True, "launch_pdl": True} if _PDL_OK else {}
 
 
 def on_device(device: torch.device):

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from rmeeto.ops.triton._inductor import library_op
-from rmeeto.ops.triton._launch import cdiv, launch
+from rmeeto.ops.triton._launch import cdiv, launch, pdl_meta
+from rmeeto.ops.triton._pdl import gdc_launch_dependents, gdc_wait
 
 Tensor = torch.Tensor
 
@@ -63,10 +64,14 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
         stride_xb, stride_xl,
         stride_ob, stride_ol,
         K: tl.constexpr, FWD: tl.constexpr, BWD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+        PDL: tl.constexpr = False,
     ):
         """outf = silu(causal conv of x with wf, bf) when FWD, outb = silu(anti-causal conv with wb, bb) when
         BWD (both: the two directions of Vim's mixer in one launch, x read once from memory); x [batch, L, D]
         (unit channel stride), outf / outb [batch, L, D] (strides stride_ob, stride_ol, 1), weights [D, K]."""
+        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
+            gdc_wait()
+            gdc_launch_dependents()
         pid_b = tl.program_id(0)
         offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
         offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -343,7 +348,8 @@ def fwd_spec(x: Tensor, out: Tensor, taps: int, fwd: bool = True, bwd: bool = Tr
     block_l, block_d = cfg["BLOCK_L"], cfg["BLOCK_D"]
     grid = (batch, cdiv(length, block_l), cdiv(dim, block_d))
     tail = (length, dim, x.stride(0), x.stride(1), out.stride(0), out.stride(1))
-    meta = dict(K=taps, FWD=fwd, BWD=bwd, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg["num_warps"])
+    meta = dict(K=taps, FWD=fwd, BWD=bwd, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg["num_warps"],
+                **pdl_meta())
     return grid, tail, meta
 
 

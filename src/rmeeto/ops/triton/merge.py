@@ -41,7 +41,8 @@ import torch
 
 from rmeeto.ops.triton import norm as norm_triton
 from rmeeto.ops.triton._inductor import library_op
-from rmeeto.ops.triton._launch import Launcher, cdiv, launch, next_pow2
+from rmeeto.ops.triton._launch import Launcher, cdiv, launch, next_pow2, pdl_meta
+from rmeeto.ops.triton._pdl import gdc_launch_dependents, gdc_wait
 
 Tensor = torch.Tensor
 
@@ -407,12 +408,15 @@ if _HAS_TRITON:
         IEEE: tl.constexpr, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
         BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
         BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
-        DOT_UNROLL: tl.constexpr = 1,
+        DOT_UNROLL: tl.constexpr = 1, PDL: tl.constexpr = False,
     ):
         """Best partner and plan of one batch element in one program (grid (batch,)): every source tile of
         :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
         The same arithmetic as :func:`_best_partner_kernel` then :func:`_plan_kernel` with the same tiles, in
         one launch instead of two; for short sequences, where a batch element's work is a few microseconds."""
+        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
+            gdc_wait()
+            gdc_launch_dependents()
         b = tl.program_id(0).to(tl.int64)
         NA = L // 2
         rows = m_ptr + b * s_mb
@@ -486,6 +490,7 @@ if _HAS_TRITON:
         h_ptr, r_ptr, s_ptr, kslot_ptr, next_ptr, w_ptr, ro_ptr, y_ptr, so_ptr,
         N, L, L_out, C, s_h_b, s_h_l, s_r_b, s_r_l, eps,
         HAS_SIZE: tl.constexpr, ASM_ADD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+        PDL: tl.constexpr = False,
     ):
         """The merge of :func:`_merge_fwd_kernel` followed by the residual add + RMSNorm of
         :mod:`rmeeto.ops.triton.norm` (no drop path) for BLOCK_N input tokens (rows of [batch * L]), without
@@ -499,6 +504,9 @@ if _HAS_TRITON:
         So the outputs are those of the two kernels in a row. A merged source's row is read and dropped (the
         row of the token it went to adds it): r / L more reads for no wait. Rows walk their lists together,
         each stopping at its own end."""
+        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
+            gdc_wait()
+            gdc_launch_dependents()
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         mr = rows < N
         b = (rows // L).to(tl.int64)
@@ -678,7 +686,7 @@ def merge_norm_spec(hidden: Tensor, residual: Tensor, has_size: bool, num_out: i
         block_n, warps = _MERGE_NORM_TILES.get(block_c, (block_n, warps))
     tail = (n, L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1), float(eps))
     meta = dict(HAS_SIZE=has_size, ASM_ADD=hidden.device.type == "cuda", BLOCK_N=block_n, BLOCK_C=block_c,
-                num_warps=warps)
+                num_warps=warps, **pdl_meta())
     return (cdiv(n, block_n),), tail, meta
 
 
@@ -931,7 +939,8 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     tile_a, tile_b, step_c, warps, unroll, plan_t = MATCH_CONFIG[size]
     dot_unroll = MATCH_CONFIG.get("dot_unroll") or (2 if size == "wide" else 1)
     meta = dict(ORDERED=ordered, **_partner_meta(metric, tile_a, tile_b, step_c), PLAN_T=min(plan_t, block_a),
-                BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, DOT_UNROLL=dot_unroll, num_warps=warps, num_stages=1)
+                BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, DOT_UNROLL=dot_unroll, num_warps=warps, num_stages=1,
+                **pdl_meta())
     return (batch,), (L, C, cls_index, new_cls_index, num_merged, L - num_merged), meta
 
 

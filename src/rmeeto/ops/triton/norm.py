@@ -9,7 +9,8 @@ from typing import Optional
 import torch
 
 from rmeeto.ops.triton._inductor import library_op
-from rmeeto.ops.triton._launch import launch, next_pow2
+from rmeeto.ops.triton._launch import launch, next_pow2, pdl_meta
+from rmeeto.ops.triton._pdl import gdc_launch_dependents, gdc_wait
 
 Tensor = torch.Tensor
 
@@ -31,7 +32,11 @@ try:
 
     @triton.jit
     def _add_norm_fwd(h_ptr, r_ptr, s_ptr, w_ptr, ro_ptr, y_ptr, rstd_ptr, N, C, L, eps,
-                      HAS_RES: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+                      HAS_RES: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                      PDL: tl.constexpr = False):
+        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
+            gdc_wait()
+            gdc_launch_dependents()
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = tl.arange(0, BLOCK_C)
         mr = rows < N
@@ -126,7 +131,8 @@ def fwd_spec(N: int, C: int, L: int, eps: float, has_res: bool, has_scale: bool 
     (L tokens per batch element). Its tensors come first: hidden and residual ([N, C] contiguous; hidden again
     without a residual), the per-row scale (rstd without one), weight, residual_out, normed, rstd."""
     block_n, block_c, warps = launch_shape(C)
-    meta = dict(HAS_RES=has_res, HAS_SCALE=has_scale, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps)
+    meta = dict(HAS_RES=has_res, HAS_SCALE=has_scale, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=warps,
+                **pdl_meta())
     return ((N + block_n - 1) // block_n,), (N, C, L, eps), meta
 
 

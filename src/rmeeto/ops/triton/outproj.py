@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import torch
 
-from rmeeto.ops.triton._launch import cdiv, launch
+from rmeeto.ops.triton._launch import cdiv, launch, pdl_meta
+from rmeeto.ops.triton._pdl import gdc_launch_dependents, gdc_wait
 
 try:
     import triton
@@ -69,10 +70,13 @@ if _HAS_TRITON:
     @triton.jit
     def _sum_out_proj_kernel(y_ptr, w_ptr, out_ptr, M, N, K, s_dir, s_w,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                             GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
+                             GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr = False):
         """out[M, N] = round(y[0] + y[1]) @ w[N, K].T for output tile ``program_id(0)`` (grouped order). y: two
         [M, K] planes with unit channel stride and row stride K, the second ``s_dir`` elements after the first;
         w: row stride ``s_w``, unit column stride; out [M, N] contiguous, y's dtype. EVEN_K: K % BLOCK_K == 0."""
+        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
+            gdc_wait()
+            gdc_launch_dependents()
         pid = tl.program_id(0)
         num_m = tl.cdiv(M, BLOCK_M)
         num_n = tl.cdiv(N, BLOCK_N)
@@ -110,7 +114,7 @@ def spec(M: int, N: int, K: int, s_dir: int, s_w: int, config: dict | None = Non
     cfg = outproj_config(M, N, K) if config is None else config
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], EVEN_K=K % bk == 0,
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_meta())
     return (cdiv(M, bm) * cdiv(N, bn),), (M, N, K, s_dir, s_w), meta
 
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from rmeeto.ops.triton._launch import cdiv, launch, next_pow2
+from rmeeto.ops.triton._launch import cdiv, launch, next_pow2, pdl_meta
+from rmeeto.ops.triton._pdl import gdc_launch_dependents, gdc_wait
 
 try:
     import triton
@@ -77,10 +78,13 @@ if _HAS_TRITON:
     @triton.jit
     def _bidir_proj_kernel(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl_ptr, delta_ptr, M, D, s_wx, s_wdt,
                            R: tl.constexpr, N2: tl.constexpr, R_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-                           BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+                           BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr = False):
         """Rows ``program_id(0) * BLOCK_M ...`` of direction ``program_id(1)`` (0: u_f / wx_f / wdt_f, 1: the
         ``_b`` ones). u: [M, D] contiguous; wx: [R + N2, D] (row stride s_wx, unit column stride); wdt: [D, R]
         (row stride s_wdt); outputs xdbl [2, M, R + N2] and delta [2, M, D], contiguous, u's dtype."""
+        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
+            gdc_wait()
+            gdc_launch_dependents()
         pid = tl.program_id(0)
         d = tl.program_id(1)
         if d == 0:
@@ -148,5 +152,5 @@ def spec(M: int, D: int, R: int, n2: int, s_wx: int, s_wdt: int, config: dict | 
     cfg = proj_config(M, D) if config is None else config
     block_m = cfg["BLOCK_M"]
     meta = dict(R=R, N2=n2, R_PAD=max(16, next_pow2(R)), BLOCK_M=block_m, BLOCK_K=cfg["BLOCK_K"],
-                BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_meta())
     return (cdiv(M, block_m), 2), (M, D, s_wx, s_wdt), meta

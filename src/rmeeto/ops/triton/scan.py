@@ -51,7 +51,8 @@ from typing import Optional
 import torch
 
 from rmeeto.ops.triton._inductor import library_op
-from rmeeto.ops.triton._launch import cdiv, launch, next_pow2
+from rmeeto.ops.triton._launch import cdiv, launch, next_pow2, pdl_meta
+from rmeeto.ops.triton._pdl import gdc_launch_dependents, gdc_wait
 from rmeeto.ops._checks import check_scan_shapes
 
 Tensor = torch.Tensor
@@ -679,10 +680,14 @@ if _HAS_TRITON:
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
         SOFTPLUS: tl.constexpr, PACK: tl.constexpr, A_IS_LOG: tl.constexpr,
         BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, NP: tl.constexpr, PREFETCH: tl.constexpr,
+        PDL: tl.constexpr = False,
     ):
         """out [2, batch, dim, L] (strides s_o_*): out[0] the forward scan of the *f inputs, out[1] the backward
         scan of the *b inputs, both gated by z and multiplied by ``scale`` in float32 before rounding.
         Grid (batch, channel blocks, 2)."""
+        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
+            gdc_wait()
+            gdc_launch_dependents()
         pid_b = tl.program_id(0).to(tl.int64)
         pid_d = tl.program_id(1)
         z_base = z_ptr + pid_b * s_z_b
@@ -770,7 +775,7 @@ def fwd_bidir_spec(u_f, delta_f, A_f, B_f, C_f, B_b, C_b, D_f, z, bias_f, out, d
     tail = (float(scale), dim, L, dstate, *u_f.stride(), *delta_f.stride(), *A_f.stride(), *B_f.stride(),
             *C_f.stride(), *zz.stride(), *out.stride())
     meta = dict(**flags, BLOCK_D=cfg["BLOCK_D"], CHUNK=cfg["CHUNK"], PREFETCH=_prefetches(cfg, flags["PACK"]),
-                num_warps=cfg["num_warps"], num_stages=1)
+                num_warps=cfg["num_warps"], num_stages=1, **pdl_meta())
     return (batch, cdiv(dim, cfg["BLOCK_D"]), 2), tail, meta
 
 
