@@ -14,11 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from bench_merge_gpu import _event_ms, _graphed
+from rmeeto.merge import MergeConfig
 from rmeeto.ops.triton import outproj as to
 
-SCHEDULES = {384: [197, 197] + [t for t in range(192, 146, -5) for _ in (0, 1)] + [76, 76],  # Vim-Ti, r=5
-             768: [197, 197] + [t for t in range(186, 75, -11) for _ in (0, 1)],  # Vim-S, r=11
-             1536: [197, 197] + [t for t in range(186, 75, -11) for _ in (0, 1)]}  # Vim-B (first 24 layers)
+# tokens each of the 24 layers processes under the paper preset, by d_inner (Vim-Ti, S, B)
+MODELS = {384: "vim_tiny_patch16_224", 768: "vim_small_patch16_224", 1536: "vim_base_patch16_224"}
+
+
+def schedule(K: int) -> list[int]:
+    return [s.tokens_out for s in MergeConfig.paper(MODELS[K]).schedule(197, 24)]
 
 
 def main():
@@ -38,7 +42,7 @@ def main():
                         "num_stages": stages})
     for pair in a.dims.split(","):
         K, N = (int(v) for v in pair.split("x"))
-        sched = SCHEDULES[K]
+        sched = schedule(K)
         torch.manual_seed(K)
         w = (torch.randn(N, K, device="cuda") / K ** 0.5).half()
         per = {}  # (config index, L) -> us

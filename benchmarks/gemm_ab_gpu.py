@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from bench_merge_gpu import _event_ms, _graphed
+from rmeeto.merge import MergeConfig
 
 import triton
 import triton.language as tl
 
-MODELS = {"Ti": (192, 384, 5), "S": (384, 768, 11), "B": (768, 1536, 11)}  # d_model, d_inner, r
+MODELS = {"Ti": (192, 384, 5), "S": (384, 768, 11), "B": (768, 1536, 11)}  # d_model, d_inner, r (paper preset)
 
 
 @triton.jit
@@ -109,14 +110,11 @@ def gemm_tma(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8)):
     return c
 
 
-def schedule(r: int, L0: int = 197, depth: int = 24, final: int = 76):
-    """Token count of every layer under the paper schedule (merge r at even layers from 2, down to final)."""
-    out, L = [], L0
-    for layer in range(depth):
-        if layer >= 2 and layer % 2 == 0:
-            L = max(final, L - r) if L - r >= final else L
-        out.append(L)
-    return out
+def schedule(name: str) -> list[int]:
+    """Tokens each of the 24 layers processes under the paper preset of Vim-``name`` (after its merge, the
+    final-token rule included: Vim-Ti's layer 22 merges 71 tokens)."""
+    model = {"Ti": "vim_tiny_patch16_224", "S": "vim_small_patch16_224", "B": "vim_base_patch16_224"}[name]
+    return [s.tokens_out for s in MergeConfig.paper(model).schedule(197, 24)]
 
 
 CONFIGS = [  # BM, BN, BK, warps, stages, group
@@ -138,7 +136,7 @@ def main():
     backends = a.backends.split(",")
     for name in a.models.split(","):
         dm, di, r = MODELS[name]
-        sched = schedule(r)
+        sched = schedule(name)
         lengths = sorted(set(sched), reverse=True)
         print(f"== Vim-{name}: d_model {dm}, d_inner {di}, tokens per layer {sched}", flush=True)
         torch.manual_seed(0)

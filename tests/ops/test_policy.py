@@ -117,11 +117,13 @@ def test_every_switch_change_moves_the_generation():
         seen.append(policy.generation())
         return seen[-1] != seen[-2]
 
-    was_plan, was_launch = policy._fused["plan"], policy.fast_launch()
+    was_plan, was_launch, was_pdl = policy._fused["plan"], policy.fast_launch(), policy.pdl()
     try:
         policy.set_fused("plan", False)
         assert moved()
         policy.set_fast_launch(not was_launch)
+        assert moved()
+        policy.set_pdl(not was_pdl)
         assert moved()
         with policy.force_reference():
             assert moved()
@@ -129,8 +131,34 @@ def test_every_switch_change_moves_the_generation():
     finally:
         policy.set_fused("plan", was_plan)
         policy.set_fast_launch(was_launch)
+        policy.set_pdl(was_pdl)
     backend = policy.scan_backend()
     policy.set_scan_backend("chunked")
     assert moved()
     policy.set_scan_backend(backend)
     assert moved()
+
+
+def test_pdl_is_off_by_default_and_never_on_without_a_hopper_gpu():
+    """Programmatic dependent launch: off unless RMEETO_PDL=1 (read at import); switched on, the launchers'
+    constexpr and launch option appear only where CUDA with compute capability 9.0 or more runs the kernels (never
+    under Triton's interpreter, never on a CPU-only machine)."""
+    from rmeeto.ops.triton import _launch
+
+    out = _in_subprocess("from rmeeto.ops import policy\nprint(policy.pdl())\n")
+    assert out == "False"
+    out = _in_subprocess("from rmeeto.ops import policy\nprint(policy.pdl())\n", RMEETO_PDL="1")
+    assert out == "True"
+    assert _launch.pdl_meta() == {} or policy.pdl()
+    was = policy.pdl()
+    policy.set_pdl(True)
+    try:
+        hopper = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)
+        interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+        expected = {"PDL": True, "launch_pdl": True} if hopper and not interpreted else {}
+        assert _launch.pdl_meta() in (expected, {})  # {} too where the installed Triton lacks launch_pdl
+        if not hopper:
+            assert _launch.pdl_meta() == {}
+    finally:
+        policy.set_pdl(was)
+    assert policy.pdl() == was
