@@ -32,3 +32,58 @@ def poison_scan_buffers():
     triton_scan._POISON = True
     yield
     triton_scan._POISON = old
+
+
+@pytest.fixture
+def switch_ab():
+    """A factory for the GPU tests of one fused inference kernel with a switch (``rmeeto.ops.policy.set_fused``):
+    ``switch_ab(op, module, name, merged)`` builds Vim-S (the paper merge when ``merged``) with the weights of seed
+    0, and returns a dict of float logits of 16 random images: ``ref`` (the float32 model), then of the fp16 model
+    ``on`` / ``off`` (the general path, the prepared blocks off, with the switch on / off), ``planned`` (prepared
+    blocks, switch on) and ``graphed`` (CUDA graph, switch on); and ``calls_on`` / ``calls_off``: how often
+    ``module.name`` (the kernel's launcher, spied on) ran in the ``on`` and the ``off`` forward."""
+    from rmeeto.fast import accelerate
+    from rmeeto.ops import policy
+
+    def run(op: str, module, name: str, merged: bool) -> dict:
+        model_name = "vim_small_patch16_224"
+        torch.manual_seed(0)
+        model = create_model(model_name).cuda().eval()
+        if merged:
+            apply_merge(model, MergeConfig.paper(model_name))
+        x = torch.randn(16, 3, 224, 224, device="cuda")
+        out = {}
+        with torch.no_grad():
+            out["ref"] = model(x).float()
+        half, xh = model.half(), x.half()
+
+        def logits(on: bool, plan: bool, graphed: bool = False):
+            policy.set_fused(op, on)
+            policy.set_fused("plan", plan)
+            try:
+                with torch.no_grad():
+                    return (accelerate(half, "cudagraph") if graphed else half)(xh).float()
+            finally:
+                policy.set_fused(op, True)
+                policy.set_fused("plan", True)
+
+        calls = []
+        real = getattr(module, name)
+
+        def spy(*args, **kw):
+            calls.append(1)
+            return real(*args, **kw)
+
+        setattr(module, name, spy)
+        try:
+            out["on"] = logits(True, False)
+            out["calls_on"] = len(calls)
+            out["off"] = logits(False, False)
+            out["calls_off"] = len(calls) - out["calls_on"]
+        finally:
+            setattr(module, name, real)
+        out["planned"] = logits(True, True)
+        out["graphed"] = logits(True, True, graphed=True)
+        return out
+
+    return run

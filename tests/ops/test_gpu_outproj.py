@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import rmeeto
-from rmeeto.fast import accelerate
 from rmeeto.ops import outproj, policy
 from rmeeto.ops.triton import outproj as to
 
@@ -42,52 +41,17 @@ def test_kernel_within_one_rounding_of_a_float32_gemm(dtype, dims):
     assert not to.fits(1536, 768)  # Vim-B: the add + cuBLAS measured ahead
 
 
-def _logits(model, x, on: bool, graphed: bool = False):
-    policy.set_fused("outproj", on)
-    try:
-        with torch.no_grad():
-            return (accelerate(model, "cudagraph") if graphed else model)(x).float()
-    finally:
-        policy.set_fused("outproj", True)
-
-
 @pytest.mark.parametrize("merged", [False, True])
-def test_model_logits_as_close_to_float32_as_the_add_and_gemm(merged):
+def test_model_logits_as_close_to_float32_as_the_add_and_gemm(merged, switch_ab):
     """Vim-S fp16 logits with the kernel are as close to the float32 model's as with the add + cuBLAS (within 10%
-    more error), eager (general path and prepared blocks) equal to graphed bit for bit, and the kernel is used by
-    every block (a spy on the general path)."""
-    name = "vim_small_patch16_224"
-    torch.manual_seed(0)
-    model = rmeeto.create_model(name).cuda().eval()
-    if merged:
-        rmeeto.apply_merge(model, rmeeto.MergeConfig.paper(name))
-    x = torch.randn(16, 3, 224, 224, device="cuda")
-    with torch.no_grad():
-        ref = model(x).float()
-    half = model.half()
-    calls = []
-    real = to.sum_out_proj
-
-    def spy(*args, **kw):
-        calls.append(1)
-        return real(*args, **kw)
-
-    to.sum_out_proj = spy
-    policy.set_fused("plan", False)  # the general path (the prepared mixers launch the same kernel themselves)
-    try:
-        on = _logits(half, x.half(), True)
-        assert len(calls) == 24
-        off = _logits(half, x.half(), False)
-        assert len(calls) == 24
-    finally:
-        to.sum_out_proj = real
-        policy.set_fused("plan", True)
-    planned = _logits(half, x.half(), True)
-    graphed = _logits(half, x.half(), True, graphed=True)
-    err_on, err_off = (on - ref).norm() / ref.norm(), (off - ref).norm() / ref.norm()
+    more error), eager (general path and prepared blocks) equal to graphed bit for bit, and the general path
+    launches the kernel once per block (a spy)."""
+    r = switch_ab("outproj", to, "sum_out_proj", merged)
+    assert (r["calls_on"], r["calls_off"]) == (24, 0)
+    err_on, err_off = (r["on"] - r["ref"]).norm() / r["ref"].norm(), (r["off"] - r["ref"]).norm() / r["ref"].norm()
     assert err_on <= 1.1 * err_off + 1e-4, (err_on.item(), err_off.item())
-    assert torch.equal(on, planned) and torch.equal(on, graphed)
-    assert (on.argmax(-1) == off.argmax(-1)).float().mean() >= 0.9
+    assert torch.equal(r["on"], r["planned"]) and torch.equal(r["on"], r["graphed"])
+    assert (r["on"].argmax(-1) == r["off"].argmax(-1)).float().mean() >= 0.9
 
 
 def test_training_step_does_not_take_the_kernel():

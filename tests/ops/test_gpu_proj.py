@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import rmeeto
-from rmeeto.fast import accelerate
 from rmeeto.ops import policy, proj
 from rmeeto.ops.triton import proj as tp
 
@@ -46,51 +45,18 @@ def test_kernel_within_one_rounding_of_float32_gemms(dtype, dims):
             assert _within_rounding(de[d, 0], xd[d, 0, :, :R], wdt.to(dtype)), ("dt_proj", M, d)
 
 
-def _logits(model, x, on: bool, graphed: bool = False):
-    policy.set_fused("proj", on)
-    try:
-        with torch.no_grad():
-            return (accelerate(model, "cudagraph") if graphed else model)(x).float()
-    finally:
-        policy.set_fused("proj", True)
-
-
 @pytest.mark.parametrize("merged", [False, True])
-def test_model_logits_as_close_to_float32_as_the_gemms(merged):
+def test_model_logits_as_close_to_float32_as_the_gemms(merged, switch_ab):
     """Vim-S fp16 logits with the kernel are as close to the float32 model's as with the four GEMMs (within
-    10% more error), eager equal to graphed bit for bit; the kernel is actually used (a spy; the general path:
-    tests/ops/test_gpu_plan.py shows the prepared mixers give its bits)."""
-    name = "vim_small_patch16_224"
-    torch.manual_seed(0)
-    model = rmeeto.create_model(name).cuda().eval()
-    if merged:
-        rmeeto.apply_merge(model, rmeeto.MergeConfig.paper(name))
-    x = torch.randn(16, 3, 224, 224, device="cuda")
-    with torch.no_grad():
-        ref = model(x).float()
-    half = model.half()
-    calls = []
-    real = tp.bidir_scan_inputs
-
-    def spy(*args, **kw):
-        calls.append(1)
-        return real(*args, **kw)
-
-    tp.bidir_scan_inputs = spy
-    policy.set_fused("plan", False)  # the general path (the prepared mixers launch the same kernel themselves)
-    try:
-        on = _logits(half, x.half(), True)
-        assert len(calls) == 24
-        off = _logits(half, x.half(), False)
-        assert len(calls) == 24
-        graphed = _logits(half, x.half(), True, graphed=True)
-    finally:
-        tp.bidir_scan_inputs = real
-        policy.set_fused("plan", True)
-    err_on, err_off = (on - ref).norm() / ref.norm(), (off - ref).norm() / ref.norm()
+    10% more error), eager (general path and prepared blocks) equal to graphed bit for bit; the general path
+    launches the kernel once per block (a spy; tests/ops/test_gpu_plan.py shows the prepared mixers give its
+    bits)."""
+    r = switch_ab("proj", tp, "bidir_scan_inputs", merged)
+    assert (r["calls_on"], r["calls_off"]) == (24, 0)
+    err_on, err_off = (r["on"] - r["ref"]).norm() / r["ref"].norm(), (r["off"] - r["ref"]).norm() / r["ref"].norm()
     assert err_on <= 1.1 * err_off + 1e-4, (err_on.item(), err_off.item())
-    assert torch.equal(on, graphed)
-    assert (on.argmax(-1) == off.argmax(-1)).float().mean() >= 0.9
+    assert torch.equal(r["on"], r["planned"]) and torch.equal(r["on"], r["graphed"])
+    assert (r["on"].argmax(-1) == r["off"].argmax(-1)).float().mean() >= 0.9
 
 
 def test_training_step_does_not_take_the_kernel():
