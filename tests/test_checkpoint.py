@@ -157,8 +157,12 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, source):
     message = str(info.value)
     assert "1 missing key (norm_f.weight)" in message and "1 unexpected key (extra.weight)" in message
 
-    result = load_checkpoint(make_model(1), tmp_path / "ckpt.pth", strict=False)
+    model = make_model(1)
+    result = load_checkpoint(model, tmp_path / "ckpt.pth", strict=False)
     assert result.missing_keys == ["norm_f.weight"] and result.unexpected_keys == ["extra.weight"]
+    # every key the model has and the file holds is loaded, the unexpected one left aside
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in sd.items() if k != "extra.weight")
 
 
 def test_many_missing_keys_are_counted_and_truncated(tmp_path, source):

@@ -442,8 +442,8 @@ def load_checkpoint(
     report, missing, unexpected = fit_weights(target, weights, f"checkpoint {path}", strict=strict,
                                               filter_fn=filter_fn)
     state_dict = report.state_dict
-    own = target.state_dict()
-    target.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+    skip = set(unexpected)  # the keys the model lacks (fit_weights compared them with its state_dict once)
+    target.load_state_dict({k: v for k, v in state_dict.items() if k not in skip}, strict=False)
     if report.head_reset:  # re-initialised the timm way, so the result does not depend on the model's history
         head = target.get_classifier()
         with torch.no_grad():
