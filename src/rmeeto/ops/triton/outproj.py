@@ -7,7 +7,7 @@ A Vim block ends with
     out = y @ W_out.T                # [batch, length, C], out_proj (Vim's has no bias)
 
 an elementwise kernel (reads both directions' planes, writes y) and a cuBLAS GEMM (reads y back): at Vim-S
-widths the add alone moves 1.5x the bytes the GEMM reads. :func:`sum_out_proj` does both in one kernel: a
+widths the add alone moves twice the bytes the GEMM moves. :func:`sum_out_proj` does both in one kernel: a
 program takes BLOCK_M rows and BLOCK_N output channels, and per step of BLOCK_K input channels loads the rows of
 both planes, adds them in float32 and rounds the sum to the activations' dtype (the bits ``torch.add`` gives),
 then accumulates ``sum @ W.T`` in float32; y never goes to memory. Output tiles in groups of GROUP_M row tiles
@@ -16,9 +16,9 @@ order than cuBLAS's: equal to rounding, not bit for bit (tests/ops/test_interpre
 
 Where it pays (``benchmarks/bench_outproj_gpu.py``, H200, batch 128, graphed, the add + cuBLAS against this kernel
 at every token count of the merged schedules): Vim-S (768 -> 384 channels) 54.7 -> 48.7 us at 197 tokens, 25.5 ->
-20.0 at 76; Vim-Ti (384 -> 192) 25.5 -> 23.5 at 197; Vim-B (1536 -> 768) lost at every token count (137.0 against
-164-183 us at 197: cuBLAS's GEMM is compute-bound there and ahead of these tiles), so :func:`fits` takes only
-inputs of up to ``MAX_K`` channels.
+20.0 at 76; Vim-Ti (384 -> 192) 612 -> 568 us over an unmerged forward's 24 layers, 548 -> 465 over a merged one's;
+Vim-B (1536 -> 768) lost at every token count (137.0 against 164-183 us at 197: cuBLAS's GEMM is compute-bound
+there and ahead of these tiles), so :func:`fits` takes only inputs of up to ``MAX_K`` channels.
 16-bit activations and weights of their dtype only; no gradient (:mod:`rmeeto.ops.outproj` takes it only when none
 has to flow).
 """
