@@ -46,23 +46,27 @@ def planes(y2: Tensor) -> Optional[Tensor]:
 
 def kernel_fits(y: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str = "auto") -> bool:
     """What the dtypes, shapes and switches decide of :func:`fused_applies` (``y`` the activations, any layout):
-    16-bit activations, the weight of their dtype with unit column stride on their device, no bias, a width
-    :func:`rmeeto.ops.triton.outproj.fits` takes, the switch on for ``backend``. For a caller that rules out
-    gradients, autocast and compiling itself (a mixer's prepared inference path)."""
-    return (_triton_outproj is not None and y.dtype in (torch.float16, torch.bfloat16) and bias is None
-            and weight.dtype == y.dtype and weight.dim() == 2 and weight.stride(1) == 1
-            and weight.device == y.device and _triton_outproj.fits(weight.shape[1], weight.shape[0])
-            and policy.use_fused("outproj", y, backend))
+    the weight on their device and one :func:`rmeeto.ops.triton.outproj.weights_fit` takes (16-bit, of their
+    dtype, a width the kernel was measured ahead at, no bias), the switch on for ``backend``. For a caller that
+    rules out gradients, autocast and compiling itself."""
+    return (_triton_outproj is not None and weight.device == y.device
+            and _triton_outproj.weights_fit(y.dtype, weight, bias) and policy.use_fused("outproj", y, backend))
 
 
 def fused_applies(y2: Tensor, weight: Tensor, bias: Optional[Tensor] = None, backend: str = "auto") -> bool:
     """Would :func:`sum_out_proj` run the kernel on these inputs here? :func:`kernel_fits`, each direction's plane
     contiguous (:func:`planes`), and no gradient, autocast or torch.compile tracing."""
-    if torch.compiler.is_compiling() or not kernel_fits(y2, weight, bias, backend) or planes(y2) is None:
-        return False
-    if torch.is_autocast_enabled(y2.device.type):
-        return False
-    return not (torch.is_grad_enabled() and (y2.requires_grad or weight.requires_grad))
+    return _fused_planes(y2, weight, bias, backend) is not None
+
+
+def _fused_planes(y2: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Optional[Tensor]:
+    """The kernel's view of ``y2`` (:func:`planes`) where :func:`fused_applies`, else None."""
+    if torch.compiler.is_compiling() or not kernel_fits(y2, weight, bias, backend):
+        return None
+    if torch.is_autocast_enabled(y2.device.type) or (
+            torch.is_grad_enabled() and (y2.requires_grad or weight.requires_grad)):
+        return None
+    return planes(y2)
 
 
 def sum_out_proj(y2: Tensor, weight: Tensor, bias: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
@@ -72,6 +76,7 @@ def sum_out_proj(y2: Tensor, weight: Tensor, bias: Optional[Tensor] = None, back
     if y2.dim() != 4 or y2.shape[0] != 2 or weight.dim() != 2 or weight.shape[1] != y2.shape[2]:
         raise ValueError(f"sum_out_proj: y2 {tuple(y2.shape)} and weight {tuple(weight.shape)} do not fit "
                          "([2, batch, dim, L] and [C, dim])")
-    if not fused_applies(y2, weight, bias, backend):
+    y = _fused_planes(y2, weight, bias, backend)
+    if y is None:
         return sum_out_proj_torch(y2, weight, bias)
-    return _triton_outproj.sum_out_proj(planes(y2), weight)
+    return _triton_outproj.sum_out_proj(y, weight)

@@ -40,7 +40,6 @@ from rmeeto.ops.triton import proj as _proj
 from rmeeto.ops.triton import scan as _scan
 from rmeeto.ops.triton._inductor import library_op
 from rmeeto.ops.triton._launch import Launcher
-from rmeeto.ops.outproj import kernel_fits as _outproj_fits
 
 Tensor = torch.Tensor
 
@@ -210,7 +209,7 @@ class MixerPlan:
         self.scan(u_f, u_b, d_f, d_b, t.A_log, t.A_b_log, B_f, B_b, C_f, C_b, t.D, t.D_b, z, t.dt_bias,
                   t.dt_bias_b, out)
         if self.out is None:  # the directions' sum and out_proj in one kernel where it fits (rmeeto.ops.outproj)
-            if _outproj_fits(out, t.w_out, t.b_out):
+            if _policy.use_fused("outproj", out) and _outproj.weights_fit(dt, t.w_out, t.b_out):
                 grid, tail, meta = _outproj.spec(batch * length, t.w_out.shape[0], di, out.stride(0),
                                                  t.w_out.stride(0))
                 self.out = Launcher(_outproj._sum_out_proj_kernel, grid, dev, tail, meta)

@@ -40,7 +40,7 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "sum_out_proj", "spec", "fits", "outproj_config", "OUTPROJ_CONFIG", "MAX_K"]
+__all__ = ["is_available", "sum_out_proj", "spec", "fits", "weights_fit", "OUTPROJ_CONFIG", "MAX_K"]
 
 # BLOCK_M rows x BLOCK_N output channels per program, BLOCK_K input channels per step, GROUP_M row tiles per group.
 # benchmarks/bench_outproj_gpu.py (session 25, H200, batch 128, graphed, summed over each schedule's 24 layers): the
@@ -51,11 +51,6 @@ OUTPROJ_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "
 MAX_K = 768  # above (Vim-B's 1536), the add + cuBLAS was faster
 
 
-def outproj_config(rows: int, n: int, k: int) -> dict:
-    """The tiles :func:`sum_out_proj` takes for ``rows`` rows, ``n`` output and ``k`` input channels."""
-    return OUTPROJ_CONFIG
-
-
 def is_available() -> bool:
     return _HAS_TRITON
 
@@ -64,6 +59,14 @@ def fits(k: int, n: int) -> bool:
     """Whether the kernel serves out_proj with ``k`` input and ``n`` output channels (where it was measured
     ahead of the add + cuBLAS): up to MAX_K input channels."""
     return 0 < k <= MAX_K and n > 0
+
+
+def weights_fit(dtype: torch.dtype, weight: Tensor, bias) -> bool:
+    """Whether the kernel serves activations of ``dtype`` with this out_proj: 16-bit activations, the weight of
+    their dtype, 2-D with unit column stride and a width :func:`fits` takes, no bias. (The caller checks the
+    switch, the device and that no gradient is wanted: :mod:`rmeeto.ops.outproj`, the mixer plans.)"""
+    return (dtype in (torch.float16, torch.bfloat16) and bias is None and weight.dtype == dtype
+            and weight.dim() == 2 and weight.stride(1) == 1 and fits(weight.shape[1], weight.shape[0]))
 
 
 if _HAS_TRITON:
@@ -110,8 +113,8 @@ if _HAS_TRITON:
 def spec(M: int, N: int, K: int, s_dir: int, s_w: int, config: dict | None = None) -> tuple[tuple, tuple, dict]:
     """(grid, scalar arguments, constexprs and launch options) of the kernel over M rows, N output and K input
     channels, the planes ``s_dir`` elements apart, the weight's row stride ``s_w``; ``config`` the tiles (default
-    :func:`outproj_config`). The kernel's tensors (y, w, out) come first."""
-    cfg = outproj_config(M, N, K) if config is None else config
+    ``OUTPROJ_CONFIG``). The kernel's tensors (y, w, out) come first."""
+    cfg = OUTPROJ_CONFIG if config is None else config
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], EVEN_K=K % bk == 0,
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_meta())
