@@ -350,7 +350,7 @@ class BiMambaMixer(nn.Module):
         if type(out_proj) is nn.Linear and not (out_proj._forward_hooks or out_proj._forward_pre_hooks
                                                  or any(_GLOBAL_HOOKS)):
             # the directions' sum and out_proj in one kernel where it applies (inference), as a plan runs them
-            out = sum_out_proj(y2, out_proj.weight, out_proj.bias, backend=policy.op_backend(self.scan_backend))
+            out = sum_out_proj(y2, out_proj.weight, out_proj.bias, backend=backend)
         else:
             out = out_proj(sum_directions(y2))  # [batch, length, d_inner] -> d_model
         metric = None
