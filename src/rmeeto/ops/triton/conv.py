@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from rmeeto.ops.triton._inductor import library_op
 from rmeeto.ops.triton._launch import cdiv, launch, pdl_meta
-from rmeeto.ops.triton._pdl import gdc_launch_dependents, gdc_wait
+from rmeeto.ops.triton._pdl import follow_previous
 
 Tensor = torch.Tensor
 
@@ -69,9 +69,7 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
         """outf = silu(causal conv of x with wf, bf) when FWD, outb = silu(anti-causal conv with wb, bb) when
         BWD (both: the two directions of Vim's mixer in one launch, x read once from memory); x [batch, L, D]
         (unit channel stride), outf / outb [batch, L, D] (strides stride_ob, stride_ol, 1), weights [D, K]."""
-        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
-            gdc_wait()
-            gdc_launch_dependents()
+        follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         pid_b = tl.program_id(0)
         offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
         offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)

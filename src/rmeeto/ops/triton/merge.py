@@ -42,7 +42,7 @@ import torch
 from rmeeto.ops.triton import norm as norm_triton
 from rmeeto.ops.triton._inductor import library_op
 from rmeeto.ops.triton._launch import Launcher, cdiv, launch, next_pow2, pdl_meta
-from rmeeto.ops.triton._pdl import gdc_launch_dependents, gdc_wait
+from rmeeto.ops.triton._pdl import follow_previous
 
 Tensor = torch.Tensor
 
@@ -414,9 +414,7 @@ if _HAS_TRITON:
         :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
         The same arithmetic as :func:`_best_partner_kernel` then :func:`_plan_kernel` with the same tiles, in
         one launch instead of two; for short sequences, where a batch element's work is a few microseconds."""
-        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
-            gdc_wait()
-            gdc_launch_dependents()
+        follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         b = tl.program_id(0).to(tl.int64)
         NA = L // 2
         rows = m_ptr + b * s_mb
@@ -504,9 +502,7 @@ if _HAS_TRITON:
         So the outputs are those of the two kernels in a row. A merged source's row is read and dropped (the
         row of the token it went to adds it): r / L more reads for no wait. Rows walk their lists together,
         each stopping at its own end."""
-        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
-            gdc_wait()
-            gdc_launch_dependents()
+        follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         mr = rows < N
         b = (rows // L).to(tl.int64)

@@ -10,7 +10,7 @@ import torch
 
 from rmeeto.ops.triton._inductor import library_op
 from rmeeto.ops.triton._launch import launch, next_pow2, pdl_meta
-from rmeeto.ops.triton._pdl import gdc_launch_dependents, gdc_wait
+from rmeeto.ops.triton._pdl import follow_previous
 
 Tensor = torch.Tensor
 
@@ -34,9 +34,7 @@ try:
     def _add_norm_fwd(h_ptr, r_ptr, s_ptr, w_ptr, ro_ptr, y_ptr, rstd_ptr, N, C, L, eps,
                       HAS_RES: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                       PDL: tl.constexpr = False):
-        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
-            gdc_wait()
-            gdc_launch_dependents()
+        follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = tl.arange(0, BLOCK_C)
         mr = rows < N

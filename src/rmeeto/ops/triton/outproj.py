@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from rmeeto.ops.triton._launch import cdiv, launch, pdl_meta
-from rmeeto.ops.triton._pdl import gdc_launch_dependents, gdc_wait
+from rmeeto.ops.triton._pdl import follow_previous
 
 try:
     import triton
@@ -77,9 +77,7 @@ if _HAS_TRITON:
         """out[M, N] = round(y[0] + y[1]) @ w[N, K].T for output tile ``program_id(0)`` (grouped order). y: two
         [M, K] planes with unit channel stride and row stride K, the second ``s_dir`` elements after the first;
         w: row stride ``s_w``, unit column stride; out [M, N] contiguous, y's dtype. EVEN_K: K % BLOCK_K == 0."""
-        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
-            gdc_wait()
-            gdc_launch_dependents()
+        follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         pid = tl.program_id(0)
         num_m = tl.cdiv(M, BLOCK_M)
         num_n = tl.cdiv(N, BLOCK_N)

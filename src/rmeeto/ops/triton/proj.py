@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from rmeeto.ops.triton._launch import cdiv, launch, next_pow2, pdl_meta
-from rmeeto.ops.triton._pdl import gdc_launch_dependents, gdc_wait
+from rmeeto.ops.triton._pdl import follow_previous
 
 try:
     import triton
@@ -82,9 +82,7 @@ if _HAS_TRITON:
         """Rows ``program_id(0) * BLOCK_M ...`` of direction ``program_id(1)`` (0: u_f / wx_f / wdt_f, 1: the
         ``_b`` ones). u: [M, D] contiguous; wx: [R + N2, D] (row stride s_wx, unit column stride); wdt: [D, R]
         (row stride s_wdt); outputs xdbl [2, M, R + N2] and delta [2, M, D], contiguous, u's dtype."""
-        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
-            gdc_wait()
-            gdc_launch_dependents()
+        follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         pid = tl.program_id(0)
         d = tl.program_id(1)
         if d == 0:

@@ -52,7 +52,7 @@ import torch
 
 from rmeeto.ops.triton._inductor import library_op
 from rmeeto.ops.triton._launch import cdiv, launch, next_pow2, pdl_meta
-from rmeeto.ops.triton._pdl import gdc_launch_dependents, gdc_wait
+from rmeeto.ops.triton._pdl import follow_previous
 from rmeeto.ops._checks import check_scan_shapes
 
 Tensor = torch.Tensor
@@ -685,9 +685,7 @@ if _HAS_TRITON:
         """out [2, batch, dim, L] (strides s_o_*): out[0] the forward scan of the *f inputs, out[1] the backward
         scan of the *b inputs, both gated by z and multiplied by ``scale`` in float32 before rounding.
         Grid (batch, channel blocks, 2)."""
-        if PDL:  # the previous kernel's results first, then the next kernel may launch (rmeeto.ops.triton._pdl)
-            gdc_wait()
-            gdc_launch_dependents()
+        follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         pid_b = tl.program_id(0).to(tl.int64)
         pid_d = tl.program_id(1)
         z_base = z_ptr + pid_b * s_z_b
