@@ -1,4 +1,4 @@
-"""Programmatic dependent launch of the inference kernels (``RMEETO_PDL=1``, rmeeto.ops.triton._pdl): it changes
+"""Programmatic dependent launch of a block's forward kernels (``RMEETO_PDL=1``, rmeeto.ops.triton._pdl): it changes
 when a kernel's programs start, never what they compute, so whole models (Vim-Ti unmerged, Vim-S merged, fp16)
 give the same logits bit for bit with it on and off, eager (general path and prepared blocks) and graphed. On a
 GPU older than Hopper it stays off."""

@@ -24,9 +24,10 @@ Environment switches, read ONCE when this module is imported:
 ``RMEETO_FUSED_PLAN=0``    in inference, every mixer call through the general op dispatch instead of its prepared
                             launch sequence (``rmeeto.ops.triton.mixer.MixerPlan``: the same kernels and
                             bits, less host time per call; for A/B timing)
-``RMEETO_PDL=1``            launch the inference kernels of a block with programmatic dependent launch (Hopper and
-                            newer: a kernel's programs start while the previous kernel drains and wait for it
-                            on the GPU); experimental, for A/B timing
+``RMEETO_PDL=1``            launch a block's forward kernels (norm, conv, scan, matching; in inference also the
+                            projections, sum + out_proj and merge + norm) with programmatic dependent launch
+                            (Hopper and newer: a kernel's programs start while the previous kernel drains and
+                            wait for it on the GPU); experimental, for A/B timing
 ``RMEETO_FAST_LAUNCH=0``    launch every Triton kernel through ``kernel[grid](...)`` instead of the cached
                             launcher of :mod:`rmeeto.ops.triton._launch` (for A/B timing; same results)
 ==========================  ===========================================================================
@@ -148,13 +149,13 @@ def set_fused(op: str, enabled: bool) -> None:
 
 
 def pdl() -> bool:
-    """Whether the inference kernels are launched with programmatic dependent launch (``RMEETO_PDL=1``; the
+    """Whether a block's forward kernels are launched with programmatic dependent launch (``RMEETO_PDL=1``; the
     launchers also need a Hopper or newer GPU and a Triton that offers it: :func:`rmeeto.ops.triton._launch.pdl_meta`)."""
     return _pdl
 
 
 def set_pdl(enabled: bool) -> None:
-    """Turn programmatic dependent launch of the inference kernels on or off (as ``RMEETO_PDL``)."""
+    """Turn programmatic dependent launch of a block's forward kernels on or off (as ``RMEETO_PDL``)."""
     global _pdl
     _pdl = bool(enabled)
     _bump()
