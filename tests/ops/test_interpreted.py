@@ -32,7 +32,9 @@ def test_match_plan_equals_pytorch_plan(full):
     source_lists on PyTorch's plan; the fused merge matches merge_streams, gradients included. Long
     sequences (video: 785 and 1569 tokens, r=88, batch 1-2) run the plan kernel over many source tiles and
     more merged sources than one chunk. Sequences of at most 256 sources take the one-launch match kernel;
-    in the full tier they also run through the two kernels, and every tiling of both paths is checked.
+    in the full tier they also run through the two kernels, and every tiling of both paths is checked. Where
+    every source fits the one-launch kernel's tile, its plan is made in registers (``one_tile``) or by the tiled
+    plan steps: the default tier alternates the two over the cases, the full tier runs both.
     (Scores are summed in another order than PyTorch's matmul, so tie-heavy data is built to give exact
     scores.)"""
     run_interpreted(f"""
@@ -52,10 +54,14 @@ def test_match_plan_equals_pytorch_plan(full):
         runs = [((torch.float32, torch.float16)[(i + j) % 2], case, ties) for i, case in enumerate(cases)
                 for j, ties in enumerate((False, True, "signed"))]
         runs += [(long_cases[1][-1], tuple(long_cases[1][:-1]), True)]
-    if {full!r}:  # the short cases again through the two kernels (best partner, plan)
-        runs += [(dtype, case, ties, False) for dtype, case, ties in runs if case[1] // 2 <= mt._LONG_SOURCES]
-    for dtype, (B, L, C, cls, r), ties, *two in runs:
-        mt.MATCH_CONFIG["fused"] = not two
+    if {full!r}:  # the short cases again through the two kernels (best partner, plan), and through the one-launch
+        # kernel with its tiled plan (all of them fit its tile: by default the plan in registers)
+        short = [(dtype, case, ties) for dtype, case, ties in runs if case[1] // 2 <= mt._LONG_SOURCES]
+        runs += [(dtype, case, ties, False) for dtype, case, ties in short]
+        runs += [(dtype, case, ties, "tiled") for dtype, case, ties in short]
+    for n_run, (dtype, (B, L, C, cls, r), ties, *two) in enumerate(runs):
+        mt.MATCH_CONFIG["fused"] = two != [False]
+        mt.MATCH_CONFIG["one_tile"] = two != ["tiled"] and ({full!r} or n_run % 2 == 0)
         for ordered in (True, False):
             # ties: every row a positive multiple of one of 3 basis vectors, so scores are exactly 0 or 1
             # whatever the summation order, and most sources tie for the best partner and best score
@@ -81,7 +87,7 @@ def test_match_plan_equals_pytorch_plan(full):
             merged_tok = ref[2].long()
             if not (torch.equal(k_head, head) and torch.equal(k_next.gather(1, merged_tok), nxt.gather(1, merged_tok))):
                 failures.append(("lists", dtype, B, L, C, cls, r, ordered, ties))
-    mt.MATCH_CONFIG["fused"] = True
+    mt.MATCH_CONFIG.update(fused=True, one_tile=True)
     # every tiling offered to the benchmark's sweeps makes the same plan: the two-kernel path's best-partner
     # tilings (short sequences take the one-launch kernel by default: switched off here), then the one-launch
     # kernel's tilings (64-source tiles: several tiles in both of its steps)

@@ -147,20 +147,21 @@ if _HAS_TRITON:
         return inv_a, inv_b
 
     @triton.jit
-    def _partner_tile(rows, vmax_row, vidx_row, tile, L, C, cls, s_ml,
+    def _partner_best(rows, tile, L, C, cls, s_ml,
                       IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
                       ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1):
         """For tile ``tile`` of BLOCK_T sources (even class-free positions) of one batch element (its metric
         rows at ``rows``): scores against every destination (odd positions) of the rows normalised in float32
         and rounded to the metric's dtype, the scores rounded to it too (as the PyTorch matmul returns them),
-        and the best one (first on ties), stored at ``vmax_row`` / ``vidx_row``. The inverse row norms are
-        taken here (those of the tile's sources and of every destination: a second read of rows the dot reads
-        anyway, where a norm kernel of its own cost one more launch per merging layer). ``UNROLL``: channel
-        chunks per loop trip of the norms (same order of every sum, fewer exposed load latencies). ``ONE_J``
-        (the launcher's promise that every destination fits one tile of BLOCK_J): the sources' and the
-        destinations' norms in one loop (:func:`_inv_norms_pair`), same bits. ``DOT_UNROLL``: channel steps of
-        the dot per loop trip (each still accumulates in turn: same bits)."""
+        and the best one (first on ties) -> (best score [BLOCK_T] float32, its destination [BLOCK_T] int32;
+        entries past the sources are meaningless). The inverse row norms are taken here (those of the tile's
+        sources and of every destination: a second read of rows the dot reads anyway, where a norm kernel of its
+        own cost one more launch per merging layer). ``UNROLL``: channel chunks per loop trip of the norms (same
+        order of every sum, fewer exposed load latencies). ``ONE_J`` (the launcher's promise that every
+        destination fits one tile of BLOCK_J): the sources' and the destinations' norms in one loop
+        (:func:`_inv_norms_pair`), same bits. ``DOT_UNROLL``: channel steps of the dot per loop trip (each still
+        accumulates in turn: same bits)."""
         T = L - 1
         NA = (T + 1) // 2
         NB = T // 2
@@ -207,6 +208,18 @@ if _HAS_TRITON:
             better = tile_best > best
             best = tl.where(better, tile_best, best)
             best_j = tl.where(better, tile_j, best_j)
+        return best, best_j
+
+    @triton.jit
+    def _partner_tile(rows, vmax_row, vidx_row, tile, L, C, cls, s_ml,
+                      IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                      BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
+                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1):
+        """:func:`_partner_best` of tile ``tile``, stored at ``vmax_row`` / ``vidx_row``."""
+        best, best_j = _partner_best(rows, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
+                                     ONE_J, DOT_UNROLL)
+        i = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+        ma = i < L // 2
         tl.store(vmax_row + i, best, mask=ma)
         tl.store(vidx_row + i, best_j, mask=ma)
 
@@ -295,14 +308,11 @@ if _HAS_TRITON:
         kernel that walks input rows, ``kslot``: the output slot of a kept token, -1 for a merged source; and
         ``next`` beyond the merged sources: at a destination the first source merged into it (its slot's head),
         -1 at every other kept token."""
-        T = L - 1
-        NA = (T + 1) // 2
-        NB = T // 2
+        NA = L // 2
         BIG: tl.constexpr = 2147483647
         # Index i is source i and destination i (there are never more destinations).
         i = tile * BLOCK_T + tl.arange(0, BLOCK_T)
         ma = i < NA
-        mb = i < NB
         ui = _order_key(tl.load(vrow + i, mask=ma, other=0.0))
         di = tl.load(irow + i, mask=ma, other=0)
         merged = ((ui > thr) | ((ui == thr) & (i <= last_tie))) & ma
@@ -329,6 +339,29 @@ if _HAS_TRITON:
             head_u, head_j = _first_in_plan(mk[None, :] & (dj[None, :] == i[:, None]), uj, j, head_u, head_j, BIG)
             next_u, next_j = _first_in_plan(behind & (dj[None, :] == di[:, None]), uj, j, next_u, next_j, BIG)
 
+        if ORDERED:
+            full_rank = rank  # unused
+        else:
+            full_rank = _ranks(vrow, ui, i, NA, BLOCK_T, BLOCK_K)
+        _plan_write(i, tile, merged, rank, full_rank, di, n_lt, n_at, head_j, next_j, dest_row, base_row, src_row,
+                    sdst_row, head_row, next_row, kslot_row, L, cls, new_cls, R, ORDERED, BLOCK_T)
+
+    @triton.jit
+    def _plan_write(i, tile, merged, rank, full_rank, di, n_lt, n_at, head_j, next_j, dest_row, base_row, src_row,
+                    sdst_row, head_row, next_row, kslot_row, L, cls, new_cls, R,
+                    ORDERED: tl.constexpr, BLOCK_T: tl.constexpr):
+        """The plan's lists for the sources and destinations of indices ``i`` (tile ``tile`` of BLOCK_T) from
+        what the plan found for them: ``merged``, ``rank`` (a merged source's place in plan order),
+        ``full_rank`` (the unordered layout: every source's rank among all of them), the partner ``di``, merged
+        sources before source i (``n_lt``) and up to destination ``di`` (``n_at``: the ordered layout), and the
+        first merged source routed to destination i (``head_j``) and after source i to its destination
+        (``next_j``), BIG where none. See :func:`_plan_tile` for what each list holds."""
+        T = L - 1
+        NA = (T + 1) // 2
+        NB = T // 2
+        BIG: tl.constexpr = 2147483647
+        ma = i < NA
+        mb = i < NB
         qa = 2 * i
         ta = qa + (qa >= cls).to(tl.int32)
         qb = 2 * i + 1
@@ -343,7 +376,7 @@ if _HAS_TRITON:
             slot_d = rd + (rd >= new_cls).to(tl.int32)
         else:
             # kept sources by rank among all sources (R merged ones are ahead of each)
-            k = _ranks(vrow, ui, i, NA, BLOCK_T, BLOCK_K) - R
+            k = full_rank - R
             slot_a = k + (k >= new_cls).to(tl.int32)
             slot_b = NA - R + 1 + i
             slot_d = NA - R + 1 + di
@@ -368,6 +401,45 @@ if _HAS_TRITON:
         tl.store(head_row + new_cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], -1, tl.int32), mask=first)
         tl.store(next_row + cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], -1, tl.int32), mask=first)
         tl.store(kslot_row + cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], new_cls, tl.int32), mask=first)
+
+    @triton.jit
+    def _plan_registers(best, best_j, dest_row, base_row, src_row, sdst_row, head_row, next_row, kslot_row,
+                        L, cls, new_cls, R, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr):
+        """The whole plan of one batch element whose sources all fit one tile of BLOCK_T (``best`` /
+        ``best_j``: every source's best score and partner, from :func:`_partner_best`, still in registers):
+        the lists of :func:`_plan_threshold` then :func:`_plan_tile`, the same values, with no round trip
+        through memory and no block barrier. Each count is over all pairs of sources at once ([BLOCK_T,
+        BLOCK_T]): every source's rank (keys descending, then index) gives the merged set (rank < R), a merged
+        source's place in plan order and the unordered layout's slots; the merged sources before a source or
+        a destination give the ordered layout's slots; the first merged source (lowest rank) routed to each
+        destination, and after each merged source to its destination, give the source lists. Where the
+        tiled plan chains a dozen dependent loads and reductions through the scratch rows (~5 us of the
+        one-launch kernel's ~14-18 at Vim's 197 tokens, H200), this is a few reductions on registers."""
+        NA = L // 2
+        BIG: tl.constexpr = 2147483647
+        i = tl.arange(0, BLOCK_T)
+        ma = i < NA
+        u = _order_key(tl.where(ma, best, 0.0))
+        di = tl.where(ma, best_j, 0)
+        # rank of every source among all NA (plan order): keys descending, then index
+        ahead = (u[None, :] > u[:, None]) | ((u[None, :] == u[:, None]) & (i[None, :] < i[:, None]))
+        rank = tl.sum((ahead & ma[None, :]).to(tl.int32), axis=1)
+        merged = (rank < R) & ma
+        mj = merged[None, :]
+        if ORDERED:
+            n_lt = tl.sum((mj & (i[None, :] < i[:, None])).to(tl.int32), axis=1)
+            n_at = tl.sum((mj & (i[None, :] <= di[:, None])).to(tl.int32), axis=1)
+        else:
+            n_lt = rank  # unused
+            n_at = rank
+        # first in plan order = lowest rank; ranks are distinct, so the key rank * BLOCK_T + index names the source
+        key = (rank * BLOCK_T + i)[None, :]
+        head = tl.min(tl.where(mj & (di[None, :] == i[:, None]), key, BIG), axis=1)
+        nxt = tl.min(tl.where(mj & (rank[None, :] > rank[:, None]) & (di[None, :] == di[:, None]), key, BIG), axis=1)
+        head_j = tl.where(head < BIG, head % BLOCK_T, BIG)
+        next_j = tl.where(nxt < BIG, nxt % BLOCK_T, BIG)
+        _plan_write(i, 0, merged, rank, rank, di, n_lt, n_at, head_j, next_j, dest_row, base_row, src_row,
+                    sdst_row, head_row, next_row, kslot_row, L, cls, new_cls, R, ORDERED, BLOCK_T)
 
     @triton.jit
     def _plan_kernel(
@@ -408,28 +480,37 @@ if _HAS_TRITON:
         IEEE: tl.constexpr, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
         BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
         BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
-        DOT_UNROLL: tl.constexpr = 1, PDL: tl.constexpr = False,
+        DOT_UNROLL: tl.constexpr = 1, PDL: tl.constexpr = False, ONE_TILE: tl.constexpr = False,
     ):
         """Best partner and plan of one batch element in one program (grid (batch,)): every source tile of
         :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
         The same arithmetic as :func:`_best_partner_kernel` then :func:`_plan_kernel` with the same tiles, in
-        one launch instead of two; for short sequences, where a batch element's work is a few microseconds."""
+        one launch instead of two; for short sequences, where a batch element's work is a few microseconds.
+        ``ONE_TILE`` (the launcher's promise that every source fits one tile of BLOCK_T): the plan from the
+        partners in registers (:func:`_plan_registers`), the same lists; vmax, vidx and the scratch row unused."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         b = tl.program_id(0).to(tl.int64)
         NA = L // 2
         rows = m_ptr + b * s_mb
-        vrow = vmax_ptr + b * NA
-        irow = vidx_ptr + b * NA
-        for tile in range(0, tl.cdiv(NA, BLOCK_T)):
-            _partner_tile(rows, vrow, irow, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
-                          ONE_J, DOT_UNROLL)
-        tl.debug_barrier()
-        row = merged_ptr + b * R
-        thr, last_tie = _plan_threshold(vrow, row, NA, R, BLOCK_A, BLOCK_K)
-        for tile in range(0, tl.cdiv(NA, PLAN_T)):
-            _plan_tile(vrow, irow, row, thr, last_tie, tile, dest_ptr + b * L, base_ptr + b * L_out,
-                       src_ptr + b * R, sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L,
-                       L, cls, new_cls, R, ORDERED, PLAN_T, BLOCK_K)
+        if ONE_TILE:
+            best, best_j = _partner_best(rows, 0, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
+                                         ONE_J, DOT_UNROLL)
+            _plan_registers(best, best_j, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R, sdst_ptr + b * R,
+                            head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls, new_cls, R, ORDERED,
+                            BLOCK_T)
+        else:
+            vrow = vmax_ptr + b * NA
+            irow = vidx_ptr + b * NA
+            for tile in range(0, tl.cdiv(NA, BLOCK_T)):
+                _partner_tile(rows, vrow, irow, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C,
+                              UNROLL, ONE_J, DOT_UNROLL)
+            tl.debug_barrier()
+            row = merged_ptr + b * R
+            thr, last_tie = _plan_threshold(vrow, row, NA, R, BLOCK_A, BLOCK_K)
+            for tile in range(0, tl.cdiv(NA, PLAN_T)):
+                _plan_tile(vrow, irow, row, thr, last_tie, tile, dest_ptr + b * L, base_ptr + b * L_out,
+                           src_ptr + b * R, sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L,
+                           kslot_ptr + b * L, L, cls, new_cls, R, ORDERED, PLAN_T, BLOCK_K)
 
     @triton.jit
     def _merge_fwd_kernel(
@@ -805,8 +886,11 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # (H200, a temporary override not kept): software pipelining of the dot's or the norms' channel loop (2 or 3
 # stages, or num_stages 2 for the launch), norms in chunks of 64, dot steps of 64 or 4 warps were all slower
 # at Vim-Ti / S shapes (197, 142, 98 tokens) than these tiles, by 0.9-5.3 us per call
+# "one_tile": where every source fits the partner step's one tile of sources (Vim's 197 tokens and fewer), the plan
+# from the partners in registers (_plan_registers: the same lists, no scratch rows, no barrier); False: the tiled
+# plan of the two-kernel path, as before
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
-                "one_j": True, "dot_unroll": None}
+                "one_j": True, "dot_unroll": None, "one_tile": True}
 _WIDE_C = 768
 
 
@@ -936,7 +1020,7 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     dot_unroll = MATCH_CONFIG.get("dot_unroll") or (2 if size == "wide" else 1)
     meta = dict(ORDERED=ordered, **_partner_meta(metric, tile_a, tile_b, step_c), PLAN_T=min(plan_t, block_a),
                 BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, DOT_UNROLL=dot_unroll, num_warps=warps, num_stages=1,
-                **pdl_meta())
+                ONE_TILE=MATCH_CONFIG["one_tile"] and na <= tile_a, **pdl_meta())
     return (batch,), (L, C, cls_index, new_cls_index, num_merged, L - num_merged), meta
 
 
