@@ -12,9 +12,11 @@ merge saves. Here it is two (three for long sequences):
    threshold on the score keys, or up to 128 sources from every source's rank; ranks and slots counted over
    the merged sources only) and writes it as token lists: the output slot of every input token (the
    destination map), the kept token of every slot, the merged sources with their slots, and the merged
-   sources of every slot as a linked list in plan order (:func:`source_lists`). No sort call, no atomics, no
-   host sync, static shapes, one workspace allocation (none in inference: :func:`match_merge_fused` keeps
-   one per shape and stream).
+   sources of every slot as a linked list in plan order (:func:`source_lists`). Where every source fits the
+   kernel's one tile (Vim's 197 tokens and fewer), the plan is made from the partners still in registers, by
+   counts over all pairs of sources (:func:`_plan_registers`), without the tiles' round trips through memory.
+   No sort call, no atomics, no host sync, static shapes, one workspace allocation (none in inference:
+   :func:`match_merge_fused` keeps one per shape and stream).
 2. The merge kernel reads every token of both streams once and writes each output token once:
 
        out[p] = sum_{t -> p} x[t] * s[t] / sum_{t -> p} s[t]      (s = sizes, 1 before the first merge)
