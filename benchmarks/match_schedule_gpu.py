@@ -1,16 +1,18 @@
 """The merging layers of a model's paper schedule one by one: graphed time of the matching alone
 (``match_plan``), of the whole merging step (``match_merge_add_norm``: matching, merge, residual add, RMSNorm) and
 of the plain residual add + RMSNorm at the same input length, batch 128, fp16 metric / hidden, float32 residual.
-The step's cost beyond the plain norm is what a merging layer adds to the forward. ``--ab KEY``: the matching and
-the step with ``MATCH_CONFIG[KEY]`` off then on, per layer, in one process (the plans must be equal).
+The step's cost beyond the plain norm is what a merging layer adds to the forward. ``--ab KEY=A,B``: the matching
+and the step with ``MATCH_CONFIG[KEY]`` set to A then B (Python literals), per layer, in one process (the plans must
+be equal).
 
     PYTHONPATH=src python3 benchmarks/match_schedule_gpu.py [--models vim_tiny_patch16_224,vim_small_patch16_224]
-        [--ab one_tile]
+        [--ab one_tile_min_r=None,0]
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 
 import torch
 
@@ -27,7 +29,7 @@ def main():
     ap.add_argument("--models", default="vim_tiny_patch16_224,vim_small_patch16_224")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--ab", default=None, help="a MATCH_CONFIG switch timed off and on, e.g. one_tile")
+    ap.add_argument("--ab", default=None, help="a MATCH_CONFIG entry timed at two values, e.g. one_tile_min_r=None,0")
     a = ap.parse_args()
     if a.ab:
         return ab(a)
@@ -61,13 +63,15 @@ def main():
 
 
 def ab(a):
-    """Per merging layer: match_plan and the merging step with MATCH_CONFIG[a.ab] False, then True."""
+    """Per merging layer: match_plan and the merging step with MATCH_CONFIG[key] at each of the two values."""
+    key, values = a.ab.split("=")
+    values = [ast.literal_eval(v) for v in values.split(",")]
     found = dict(mt.MATCH_CONFIG)
     for name in a.models.split(","):
         C = next(v for k, v in WIDTH.items() if k in name)
         cfg = MergeConfig.paper(name)
-        tot = {False: [0.0, 0.0], True: [0.0, 0.0]}
-        print(f"== {name} (C={C}): layer, L -> L - r, {a.ab} off: match_plan, step us; on: match_plan, step us")
+        tot = [[0.0, 0.0], [0.0, 0.0]]
+        print(f"== {name} (C={C}): layer, L -> L - r, {key}={values[0]}: match_plan, step us; {values[1]}: the same")
         for s in cfg.schedule(197, 24):
             if not s.merging or s.num_merged == 0:
                 continue
@@ -78,22 +82,22 @@ def ab(a):
             size = torch.rand(B, L, 1, device="cuda") + 1 if s.layer > 2 else None
             w = torch.rand(C, device="cuda", dtype=torch.float16) + 0.5
             row, dests = [], []
-            for on in (False, True):
-                mt.MATCH_CONFIG.update(found, **{a.ab: on})
+            for k, value in enumerate(values):
+                mt.MATCH_CONFIG.update(found, **{key: value})
                 with torch.no_grad():
                     dests.append(mt.match_plan(hidden, s.cls_in, r, s.cls_out, True)[0].clone())
                     t_match = 1e3 * _event_ms(_graphed(lambda: mt.match_plan(hidden, s.cls_in, r, s.cls_out, True)),
                                               a.reps, 10)
                     t_step = 1e3 * _event_ms(_graphed(lambda: mt.match_merge_add_norm(
                         hidden, residual, size, hidden, s.cls_in, r, s.cls_out, True, w, 1e-5)), a.reps, 10)
-                tot[on][0] += t_match
-                tot[on][1] += t_step
+                tot[k][0] += t_match
+                tot[k][1] += t_step
                 row += [t_match, t_step]
             same = "" if torch.equal(*dests) else "  PLANS DIFFER"
-            print(f"  {s.layer:2d}  {L} -> {L - r}  off {row[0]:6.1f} {row[1]:6.1f}  on {row[2]:6.1f} "
-                  f"{row[3]:6.1f}{same}", flush=True)
-        print(f"  total per forward: off match_plan {tot[False][0]:.1f}, steps {tot[False][1]:.1f}; on match_plan "
-              f"{tot[True][0]:.1f}, steps {tot[True][1]:.1f} us", flush=True)
+            print(f"  {s.layer:2d}  {L} -> {L - r}  {row[0]:6.1f} {row[1]:6.1f}  {row[2]:6.1f} {row[3]:6.1f}{same}",
+                  flush=True)
+        print(f"  total per forward: {values[0]}: match_plan {tot[0][0]:.1f}, steps {tot[0][1]:.1f}; {values[1]}: "
+              f"match_plan {tot[1][0]:.1f}, steps {tot[1][1]:.1f} us", flush=True)
     mt.MATCH_CONFIG.update(found)
 
 

@@ -34,7 +34,8 @@ def test_match_plan_equals_pytorch_plan(full):
     more merged sources than one chunk. Sequences of at most 256 sources take the one-launch match kernel;
     in the full tier they also run through the two kernels, and every tiling of both paths is checked. Where
     every source fits the one-launch kernel's tile, its plan is made in registers (``one_tile``) or by the tiled
-    plan steps: the default tier alternates the two over the cases, the full tier runs both.
+    plan steps (by default only where many merge: here forced either way): the default tier alternates the two
+    over the cases, the full tier runs both.
     (Scores are summed in another order than PyTorch's matmul, so tie-heavy data is built to give exact
     scores.)"""
     run_interpreted(f"""
@@ -43,6 +44,7 @@ def test_match_plan_equals_pytorch_plan(full):
     from rmeeto.ops.triton import merge as mt
     torch.manual_seed(0)
     failures = []
+    min_r = mt.MATCH_CONFIG["one_tile_min_r"]
     cases = [(2, 17, 24, 8, 4), (2, 17, 24, 0, 8), (2, 16, 20, 15, 3), (2, 197, 40, 98, 11), (2, 76, 33, 37, 37),
              (1, 150, 16, 149, 30), (1, 3, 16, 1, 1), (2, 130, 70, 64, 20)]
     long_cases = [(1, 1569, 16, 0, 88, torch.float16), (2, 785, 16, 392, 88, torch.float32)]
@@ -61,7 +63,8 @@ def test_match_plan_equals_pytorch_plan(full):
         runs += [(dtype, case, ties, "tiled") for dtype, case, ties in short]
     for n_run, (dtype, (B, L, C, cls, r), ties, *two) in enumerate(runs):
         mt.MATCH_CONFIG["fused"] = two != [False]
-        mt.MATCH_CONFIG["one_tile"] = two != ["tiled"] and ({full!r} or n_run % 2 == 0)
+        in_registers = two != ["tiled"] and ({full!r} or n_run % 2 == 0)
+        mt.MATCH_CONFIG["one_tile_min_r"] = 0 if in_registers else None
         for ordered in (True, False):
             # ties: every row a positive multiple of one of 3 basis vectors, so scores are exactly 0 or 1
             # whatever the summation order, and most sources tie for the best partner and best score
@@ -87,7 +90,7 @@ def test_match_plan_equals_pytorch_plan(full):
             merged_tok = ref[2].long()
             if not (torch.equal(k_head, head) and torch.equal(k_next.gather(1, merged_tok), nxt.gather(1, merged_tok))):
                 failures.append(("lists", dtype, B, L, C, cls, r, ordered, ties))
-    mt.MATCH_CONFIG.update(fused=True, one_tile=True)
+    mt.MATCH_CONFIG.update(fused=True, one_tile_min_r=min_r)
     # every tiling offered to the benchmark's sweeps makes the same plan: the two-kernel path's best-partner
     # tilings (short sequences take the one-launch kernel by default: switched off here), then the one-launch
     # kernel's tilings (64-source tiles: several tiles in both of its steps)

@@ -140,11 +140,12 @@ class _FakeCompiled:
 
 
 class _FakeJIT:
-    """Stands in for a JITFunction: kernel(x_ptr, n, stride, BLOCK: constexpr, FLAG: constexpr)."""
+    """Stands in for a JITFunction: kernel(x_ptr, n, stride, BLOCK: constexpr, FLAG: constexpr,
+    PDL: constexpr = False)."""
 
     def __init__(self):
         self.params = [_Param("x_ptr"), _Param("n"), _Param("stride", nospec=True), _Param("BLOCK", True),
-                       _Param("FLAG", True)]
+                       _Param("FLAG", True), _Param("PDL", True, default=False)]
         self.pre_run_hooks = []
         self.log = []
         self.compiled = _FakeCompiled(self.log)
@@ -197,8 +198,11 @@ def test_fast_path_serves_a_repeated_specialization_and_only_that(fake, monkeypa
     kind, (_, fast_args) = call(buf, stride=9)  # only a do_not_specialize argument changed: cached
     assert kind == "fast"
     # grid padded to 3-D, the device's current stream, the compiled function, no launch metadata, the hooks,
-    # then every parameter in signature order, constexprs included
-    assert fast_args == (3, 2, 1, 1234, "function-handle", "packed", None, None, None, buf, 32, 9, 64, True)
+    # then every parameter in signature order, constexprs included, a constexpr left out at its default (PDL)
+    assert fast_args == (3, 2, 1, 1234, "function-handle", "packed", None, None, None, buf, 32, 9, 64, True, False)
+    assert call(buf, PDL=True)[0] == "plain"  # the defaulted constexpr given: another specialization
+    kind, (_, fast_args) = call(buf, PDL=True)
+    assert kind == "fast" and fast_args[-1] is True
     assert call(buf[1:])[0] == "plain"  # another alignment
     assert call(buf[1:])[0] == "fast"
     assert call(buf, n=48)[0] == "fast"  # 48 % 16 == 0 like 32
@@ -207,6 +211,10 @@ def test_fast_path_serves_a_repeated_specialization_and_only_that(fake, monkeypa
     assert call(buf.double())[0] == "plain"  # dtype
     assert call(buf, num_stages=2)[0] == "plain"  # a launch option
     assert call(buf, grid=lambda meta: (1,))[0] == "plain"  # callable grids are left to Triton
+    kernel.log.clear()  # a parameter with no default left out (Triton would refuse it): never cached
+    for _ in range(2):
+        _launch.launch(kernel, (3, 2), dev, buf, 32, 7, BLOCK=64, num_warps=4)
+    assert [entry[0] for entry in kernel.log] == ["plain", "plain"]
     rt.knobs.runtime.launch_enter_hook = lambda *a: None  # a hook must see every launch
     assert call(buf)[0] == "plain"
     rt.knobs.runtime.launch_enter_hook = None

@@ -189,6 +189,7 @@ class _Kernel:
 
     def __init__(self, kernel, modes):
         self.names = tuple(p.name for p in kernel.params)
+        self.defaults = {p.name: p.default for p in kernel.params if getattr(p, "has_default", False)}
         self.modes = modes
         self.pre_run_hooks = getattr(kernel, "pre_run_hooks", [])
         self.launchers: dict[tuple, tuple] = {}
@@ -204,10 +205,20 @@ class _Kernel:
         return fn
 
     def tail(self, n_args: int, meta: dict) -> Optional[tuple]:
-        """Names of the parameters after the ``n_args`` positional ones when ``meta`` gives every one of them
-        (None otherwise: a parameter left to its default, rare, stays on the plain path)."""
-        names = self.names[n_args:]
-        return names if all(n in meta for n in names) else None
+        """Values of the parameters after the ``n_args`` positional ones: from ``meta``, or the parameter's default
+        where ``meta`` leaves it out (a constexpr such as ``PDL=False``); None where one has neither (Triton would
+        refuse the call). The key holds every item of ``meta``, so a cached launcher's tail never changes.
+        (Until session 26 a parameter left to its default sent every launch of its kernel down the plain path:
+        every kernel with a ``PDL`` constexpr, whenever RMEETO_PDL was off.)"""
+        values = []
+        for name in self.names[n_args:]:
+            if name in meta:
+                values.append(meta[name])
+            elif name in self.defaults:
+                values.append(self.defaults[name])
+            else:
+                return None
+        return tuple(values)
 
 
 class _Runtime:
@@ -302,7 +313,7 @@ def launch(kernel, grid, device: torch.device, *args, **meta):
         _remember(state, key, compiled, len(args), meta)
         return compiled
     n = len(grid)
-    _run(rt, entry, (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1), index, current, hooks, args, meta)
+    _run(rt, entry, (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1), index, current, hooks, args)
     return entry[4]
 
 
@@ -316,13 +327,12 @@ def _launch_hooks(rt: _Runtime) -> Optional[tuple]:
     return enter, exit_
 
 
-def _run(rt: _Runtime, entry: tuple, grid3: tuple, index: int, current: int, hooks: tuple, args: tuple,
-         meta: dict) -> None:
-    """Call a cached launcher (``entry``, as :func:`_remember` keeps it) on device ``index`` (``current`` the
-    current one) over a 3-d grid."""
+def _run(rt: _Runtime, entry: tuple, grid3: tuple, index: int, current: int, hooks: tuple, args: tuple) -> None:
+    """Call a cached launcher (``entry``, as :func:`_remember` keeps it: the values of the parameters after the
+    positional ``args`` fixed by its key) on device ``index`` (``current`` the current one) over a 3-d grid."""
     run, function, packed, tail, _ = entry
     # the launcher takes every parameter, constexprs included (it skips them), in signature order
-    full = args + tuple(map(meta.__getitem__, tail)) if tail else args
+    full = args + tail if tail else args
     if index == current:
         run(*grid3, rt.get_stream(index), function, packed, None, *hooks, *full)
     else:
@@ -385,7 +395,7 @@ class Launcher:
         if rt is not None and policy.fast_launch() and not self._pre_run_hooks:
             hooks = _launch_hooks(rt)
             if hooks is not None:
-                _run(rt, entry, self._g, self.index, rt.get_device(), hooks, args, self.meta)
+                _run(rt, entry, self._g, self.index, rt.get_device(), hooks, args)
                 return
         launch(self.kernel, self.grid, self.device, *args, **self.meta)
         if entry is None:

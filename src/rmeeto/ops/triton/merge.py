@@ -13,8 +13,9 @@ merge saves. Here it is two (three for long sequences):
    the merged sources only) and writes it as token lists: the output slot of every input token (the
    destination map), the kept token of every slot, the merged sources with their slots, and the merged
    sources of every slot as a linked list in plan order (:func:`source_lists`). Where every source fits the
-   kernel's one tile (Vim's 197 tokens and fewer), the plan is made from the partners still in registers, by
-   counts over all pairs of sources (:func:`_plan_registers`), without the tiles' round trips through memory.
+   kernel's one tile (Vim's 197 tokens and fewer) and many merge, the plan is made from the partners still in
+   registers, by counts over all pairs of sources (:func:`_plan_registers`), without the tiles' round trips
+   through memory.
    No sort call, no atomics, no host sync, static shapes, one workspace allocation (none in inference:
    :func:`match_merge_fused` keeps one per shape and stream).
 2. The merge kernel reads every token of both streams once and writes each output token once:
@@ -414,9 +415,9 @@ if _HAS_TRITON:
         BLOCK_T]): every source's rank (keys descending, then index) gives the merged set (rank < R), a merged
         source's place in plan order and the unordered layout's slots; the merged sources before a source or
         a destination give the ordered layout's slots; the first merged source (lowest rank) routed to each
-        destination, and after each merged source to its destination, give the source lists. Where the
-        tiled plan chains a dozen dependent loads and reductions through the scratch rows (~5 us of the
-        one-launch kernel's ~14-18 at Vim's 197 tokens, H200), this is a few reductions on registers."""
+        destination, and after each merged source to its destination, give the source lists. No dependent
+        loads and no barrier, but [BLOCK_T, BLOCK_T] reductions whatever the number merged: faster than the
+        tiled plan's loop over the merged sources only where many merge (``MATCH_CONFIG``)."""
         NA = L // 2
         BIG: tl.constexpr = 2147483647
         i = tl.arange(0, BLOCK_T)
@@ -488,8 +489,9 @@ if _HAS_TRITON:
         :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
         The same arithmetic as :func:`_best_partner_kernel` then :func:`_plan_kernel` with the same tiles, in
         one launch instead of two; for short sequences, where a batch element's work is a few microseconds.
-        ``ONE_TILE`` (the launcher's promise that every source fits one tile of BLOCK_T): the plan from the
-        partners in registers (:func:`_plan_registers`), the same lists; vmax, vidx and the scratch row unused."""
+        ``ONE_TILE`` (the launcher's promise that every source fits one tile of BLOCK_T; its choice, see
+        ``MATCH_CONFIG``): the plan from the partners in registers (:func:`_plan_registers`), the same lists;
+        vmax, vidx and the scratch row unused."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         b = tl.program_id(0).to(tl.int64)
         NA = L // 2
@@ -888,11 +890,15 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # (H200, a temporary override not kept): software pipelining of the dot's or the norms' channel loop (2 or 3
 # stages, or num_stages 2 for the launch), norms in chunks of 64, dot steps of 64 or 4 warps were all slower
 # at Vim-Ti / S shapes (197, 142, 98 tokens) than these tiles, by 0.9-5.3 us per call
-# "one_tile": where every source fits the partner step's one tile of sources (Vim's 197 tokens and fewer), the plan
-# from the partners in registers (_plan_registers: the same lists, no scratch rows, no barrier); False: the tiled
-# plan of the two-kernel path, as before
+# "one_tile_min_r": where every source fits the partner step's one tile of sources (Vim's 197 tokens and fewer) and
+# at least this many are merged, the plan from the partners in registers (_plan_registers: the same lists, no
+# scratch rows, no barrier); else (and with None always) the tiled plan. Twenty-sixth session (H200, graphed
+# match_plan, benchmarks/match_schedule_gpu.py --ab): the registers' all-pairs counts cost more than the tiled plan's
+# loop over few merged sources (Vim-Ti, r=5: 16.1-16.4 against 14.5-14.9 us; Vim-S, r=11: 19.7-20.6 against
+# 18.3-19.2) and less over many (Vim-Ti's layer 22, r=71, 147 tokens: 16.1 against 20.1), where the tiled plan
+# walks the merged sources in chunks of 32
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
-                "one_j": True, "dot_unroll": None, "one_tile": True}
+                "one_j": True, "dot_unroll": None, "one_tile_min_r": 33}
 _WIDE_C = 768
 
 
@@ -1022,8 +1028,14 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     dot_unroll = MATCH_CONFIG.get("dot_unroll") or (2 if size == "wide" else 1)
     meta = dict(ORDERED=ordered, **_partner_meta(metric, tile_a, tile_b, step_c), PLAN_T=min(plan_t, block_a),
                 BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, DOT_UNROLL=dot_unroll, num_warps=warps, num_stages=1,
-                ONE_TILE=MATCH_CONFIG["one_tile"] and na <= tile_a, **pdl_meta())
+                ONE_TILE=_one_tile(na, tile_a, num_merged), **pdl_meta())
     return (batch,), (L, C, cls_index, new_cls_index, num_merged, L - num_merged), meta
+
+
+def _one_tile(na: int, tile_a: int, num_merged: int) -> bool:
+    """Whether the one-launch kernel makes its plan in registers (``MATCH_CONFIG["one_tile_min_r"]``)."""
+    min_r = MATCH_CONFIG["one_tile_min_r"]
+    return min_r is not None and na <= tile_a and num_merged >= min_r
 
 
 def _partner_meta(metric: Tensor, tile_a: int, tile_b: int, step_c: int) -> dict:
