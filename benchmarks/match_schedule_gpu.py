@@ -24,6 +24,21 @@ from rmeeto.ops.triton import merge as mt
 WIDTH = {"tiny": 192, "small": 384, "base": 768}
 
 
+def _merging_layers(cfg, batch: int, C: int):
+    """Per merging layer of ``cfg``'s schedule at 197 tokens: (step, L, r, hidden fp16, residual float32, sizes or
+    None at the first merge, norm weight fp16), random, seeded by the layer."""
+    for s in cfg.schedule(197, 24):
+        if not s.merging or s.num_merged == 0:
+            continue
+        torch.manual_seed(s.layer)
+        L = s.tokens_in
+        hidden = torch.randn(batch, L, C, device="cuda", dtype=torch.float16)
+        residual = torch.randn(batch, L, C, device="cuda")
+        size = torch.rand(batch, L, 1, device="cuda") + 1 if s.layer > 2 else None
+        w = torch.rand(C, device="cuda", dtype=torch.float16) + 0.5
+        yield s, L, s.num_merged, hidden, residual, size, w
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="vim_tiny_patch16_224,vim_small_patch16_224")
@@ -39,15 +54,7 @@ def main():
         cfg = MergeConfig.paper(name)
         tot = [0.0, 0.0, 0.0]
         print(f"== {name} (C={C}): layer, L -> L - r, match_plan us, merging step us, plain add + norm us, excess")
-        for s in cfg.schedule(197, 24):
-            if not s.merging or s.num_merged == 0:
-                continue
-            torch.manual_seed(s.layer)
-            B, L, r = a.batch, s.tokens_in, s.num_merged
-            hidden = torch.randn(B, L, C, device="cuda", dtype=torch.float16)
-            residual = torch.randn(B, L, C, device="cuda")
-            size = torch.rand(B, L, 1, device="cuda") + 1 if s.layer > 2 else None
-            w = torch.rand(C, device="cuda", dtype=torch.float16) + 0.5
+        for s, L, r, hidden, residual, size, w in _merging_layers(cfg, a.batch, C):
             with torch.no_grad():
                 t_match = 1e3 * _event_ms(_graphed(lambda: mt.match_plan(hidden, s.cls_in, r, s.cls_out, True)),
                                           a.reps, 10)
@@ -72,15 +79,7 @@ def ab(a):
         cfg = MergeConfig.paper(name)
         tot = [[0.0, 0.0], [0.0, 0.0]]
         print(f"== {name} (C={C}): layer, L -> L - r, {key}={values[0]}: match_plan, step us; {values[1]}: the same")
-        for s in cfg.schedule(197, 24):
-            if not s.merging or s.num_merged == 0:
-                continue
-            torch.manual_seed(s.layer)
-            B, L, r = a.batch, s.tokens_in, s.num_merged
-            hidden = torch.randn(B, L, C, device="cuda", dtype=torch.float16)
-            residual = torch.randn(B, L, C, device="cuda")
-            size = torch.rand(B, L, 1, device="cuda") + 1 if s.layer > 2 else None
-            w = torch.rand(C, device="cuda", dtype=torch.float16) + 0.5
+        for s, L, r, hidden, residual, size, w in _merging_layers(cfg, a.batch, C):
             row, dests = [], []
             for k, value in enumerate(values):
                 mt.MATCH_CONFIG.update(found, **{key: value})
