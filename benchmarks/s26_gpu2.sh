@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Twenty-sixth session, call 2: the matching's plan in registers (MATCH_CONFIG["one_tile"]) timed off / on per merging
+# Twenty-sixth session, call 2: the matching's plan in registers timed off / on per merging
 # layer and in whole graphed Vim-Ti / S (alternating processes), the GPU tests of everything that merges; and why
 # the prepared path's bits differed from the general path's under RMEETO_PDL=1 in call 1 (pdl_diag_gpu.py).
+# (Call 2 ran it with the switch as it was then, MATCH_CONFIG["one_tile"] True / False; here its successor,
+# MATCH_CONFIG["one_tile_min_r"] None / 0: never / wherever every source fits one tile.)
 #   bash benchmarks/s26_gpu2.sh        (OUT=out/s26b by default; about 570 s)
 set -uo pipefail
 OUT=${OUT:-out/s26b} BUDGET_S=${BUDGET_S:-575} source benchmarks/_session.sh
 export PYTHONPATH=$PWD/src
 echo "== 1. matching per merging layer, one_tile off / on"
-(cd benchmarks && timeout 120 python3 match_schedule_gpu.py --ab one_tile --reps 9) 2>&1 | quiet | tee "$OUT/match_ab.txt"
+(cd benchmarks && timeout 120 python3 match_schedule_gpu.py --ab one_tile_min_r=None,0 --reps 9) 2>&1 | quiet | tee "$OUT/match_ab.txt"
 for v in 0 1 0 1; do
   L=$(left); echo "== 2. Vim-Ti, S graphed, one_tile=$v ($L s left)"
   timeout 50 python3 -c "
 import sys
 from rmeeto.ops.triton import merge as mt
-mt.MATCH_CONFIG['one_tile'] = bool($v)
+mt.MATCH_CONFIG['one_tile_min_r'] = 0 if $v else None
 sys.argv = ['rmeeto', 'bench', 'vim_tiny_patch16_224', 'vim_small_patch16_224', '--preset', 'paper', '--modes', 'cudagraph',
             '--rounds', '3']
 from rmeeto.cli import entry
