@@ -1,9 +1,10 @@
 """Whether the prepared paths give the general path's bits under programmatic dependent launch, eager and graphed
 (session 26, call 1: tests/ops/test_gpu_plan.py::test_plan_gives_the_general_paths_bits failed in a run with
 RMEETO_PDL=1; this tool, call 2, found every logit equal with PDL off, on, and on with CUDA_LAUNCH_BLOCKING=1: the
-failures were the launch cache's, not PDL's, see RESULTS). Run once per setting (RMEETO_PDL=0|1, optionally CUDA_LAUNCH_BLOCKING=1): saves
-the logits of Vim-Ti / S, unmerged and merged, batch 8 and 3, general path and prepared path, three eager calls
-each, then a graphed call, to OUT/name.pt; ``--compare A.pt B.pt ...`` prints which of them equal which.
+failures were the launch cache's, not PDL's, see RESULTS). Run once per setting (RMEETO_PDL=0|1, optionally
+CUDA_LAUNCH_BLOCKING=1): saves the logits of Vim-Ti / S, unmerged and merged, batch 8 and 3, general path and
+prepared path, three eager calls each, then a graphed call, to OUT/name.pt; ``--compare A.pt B.pt ...`` prints
+which of them equal which.
 
     RMEETO_PDL=1 PYTHONPATH=src python3 benchmarks/pdl_diag_gpu.py --save out/pdl1.pt
     PYTHONPATH=src python3 benchmarks/pdl_diag_gpu.py --compare out/pdl0.pt out/pdl1.pt
