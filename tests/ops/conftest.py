@@ -87,3 +87,31 @@ def switch_ab():
         return out
 
     return run
+
+
+@pytest.fixture
+def training_step_ab():
+    """A factory for the GPU tests that a fused inference kernel stays out of training: ``training_step_ab(op)``
+    runs one bf16-autocast training step of Vim-Ti (weights of seed 0, 8 random images) with the switch ``op``
+    (``rmeeto.ops.policy.set_fused``) on, then off, and returns the two lists [loss, every parameter's gradient]."""
+    from rmeeto.ops import policy
+
+    def run(op: str, device="cuda") -> tuple[list, list]:
+        torch.manual_seed(0)
+        model = create_model("vim_tiny_patch16_224").to(device).train()
+        x = torch.randn(8, 3, 224, 224, device=device)
+        grads = []
+        for on in (True, False):
+            policy.set_fused(op, on)
+            try:
+                model.zero_grad(set_to_none=True)
+                torch.manual_seed(1)
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+                    loss = model(x).float().logsumexp(-1).mean()
+                loss.backward()
+                grads.append([loss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
+            finally:
+                policy.set_fused(op, True)
+        return grads[0], grads[1]
+
+    return run
