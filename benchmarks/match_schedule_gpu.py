@@ -3,7 +3,8 @@
 of the plain residual add + RMSNorm at the same input length, batch 128, fp16 metric / hidden, float32 residual.
 The step's cost beyond the plain norm is what a merging layer adds to the forward. ``--ab KEY=A,B``: the matching
 and the step with ``MATCH_CONFIG[KEY]`` set to A then B (Python literals), per layer, in one process (the plans must
-be equal).
+be equal); more values, or values with commas (tuples), go separated by ";", e.g.
+``--ab "large=(128, 128, 32, 8, 2, 64);(128, 128, 32, 8, 3, 64)"``.
 
     PYTHONPATH=src python3 benchmarks/match_schedule_gpu.py [--models vim_tiny_patch16_224,vim_small_patch16_224]
         [--ab one_tile_min_r=None,0]
@@ -70,15 +71,17 @@ def main():
 
 
 def ab(a):
-    """Per merging layer: match_plan and the merging step with MATCH_CONFIG[key] at each of the two values."""
-    key, values = a.ab.split("=")
-    values = [ast.literal_eval(v) for v in values.split(",")]
+    """Per merging layer: match_plan and the merging step with MATCH_CONFIG[key] at each value (the first value's
+    plans are the reference: a value giving other plans is flagged)."""
+    key, values = a.ab.split("=", 1)
+    values = [ast.literal_eval(v) for v in values.split(";" if ";" in values else ",")]
     found = dict(mt.MATCH_CONFIG)
     for name in a.models.split(","):
         C = next(v for k, v in WIDTH.items() if k in name)
         cfg = MergeConfig.paper(name)
-        tot = [[0.0, 0.0], [0.0, 0.0]]
-        print(f"== {name} (C={C}): layer, L -> L - r, {key}={values[0]}: match_plan, step us; {values[1]}: the same")
+        tot = [[0.0, 0.0] for _ in values]
+        print(f"== {name} (C={C}): layer, L -> L - r, then match_plan and step us for {key} = "
+              + " | ".join(map(str, values)), flush=True)
         for s, L, r, hidden, residual, size, w in _merging_layers(cfg, a.batch, C):
             row, dests = [], []
             for k, value in enumerate(values):
@@ -91,12 +94,12 @@ def ab(a):
                         hidden, residual, size, hidden, s.cls_in, r, s.cls_out, True, w, 1e-5)), a.reps, 10)
                 tot[k][0] += t_match
                 tot[k][1] += t_step
-                row += [t_match, t_step]
-            same = "" if torch.equal(*dests) else "  PLANS DIFFER"
-            print(f"  {s.layer:2d}  {L} -> {L - r}  {row[0]:6.1f} {row[1]:6.1f}  {row[2]:6.1f} {row[3]:6.1f}{same}",
-                  flush=True)
-        print(f"  total per forward: {values[0]}: match_plan {tot[0][0]:.1f}, steps {tot[0][1]:.1f}; {values[1]}: "
-              f"match_plan {tot[1][0]:.1f}, steps {tot[1][1]:.1f} us", flush=True)
+                row.append(f"{t_match:6.1f} {t_step:6.1f}")
+            differ = [str(k) for k in range(1, len(values)) if not torch.equal(dests[0], dests[k])]
+            same = f"  PLANS DIFFER (values {', '.join(differ)})" if differ else ""
+            print(f"  {s.layer:2d}  {L} -> {L - r}  " + " | ".join(row) + same, flush=True)
+        print("  total per forward (match_plan, steps us): "
+              + " | ".join(f"{v}: {t[0]:.1f}, {t[1]:.1f}" for v, t in zip(values, tot)), flush=True)
     mt.MATCH_CONFIG.update(found)
 
 
