@@ -26,6 +26,59 @@ def run_interpreted(code: str) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+# Prepended to the proj and out_proj kernels' scripts. within_rounding: a GEMM's fp16 result against a @ b.T summed
+# in float32 in any order and rounded once. mixer_takes_the_op: a BiMambaMixer on CPU tensors with the op switched
+# on (its switch read as for a CUDA tensor) takes the op once without a gradient (equal to the op-off path to
+# rounding, metric too when one is exported), not at all with a gradient (that path's bits), and not with a forward
+# hook on the op's module; returns the failures, the spy and the switch restored.
+MIXER_OP_CHECK = textwrap.dedent("""
+    def within_rounding(got, a, b):
+        exact = a.double() @ b.double().T
+        bound = a.shape[-1] * 2.0 ** -24 * (a.double().abs() @ b.double().abs().T)
+        spacing = (got.double().abs() * 2.0 ** -10).clamp_min(2.0 ** -24)
+        return bool(((got.double() - exact).abs() <= 0.5 * spacing + bound).all())
+
+    def mixer_takes_the_op(op, module, owner, name, export=None):
+        import torch
+        from rmeeto.models.vim import BiMambaMixer
+        from rmeeto.ops import policy
+        use_fused, real, calls, bad = policy.use_fused, getattr(owner, name), [], []
+        policy.use_fused = lambda o, x, backend="auto": (
+            policy._fused[op] if o == op and backend == "auto" else use_fused(o, x, backend))
+        def spy(*a, **k):
+            calls.append(1)
+            return real(*a, **k)
+        setattr(owner, name, spy)
+        mixer = BiMambaMixer(32, d_state=8, scan_backend="chunked").half()
+        mixer.scan_backend = "auto"  # the PyTorch conv / scan on CPU, the op switched on above
+        h = torch.randn(2, 11, 32).half()
+        kw = {"export": export} if export else {}
+        close = lambda a, b: torch.allclose(a, b, atol=2e-3, rtol=2e-3)
+        with torch.no_grad():
+            out, metric = mixer(h, **kw)
+            policy.set_fused(op, False)
+            ref, ref_metric = mixer(h, **kw)
+            policy.set_fused(op, True)
+        if len(calls) != 1 or not close(out, ref) or (export and not close(metric, ref_metric)):
+            bad.append((op, "mixer no grad", len(calls), (out - ref).abs().max().item()))
+        calls.clear()
+        with torch.enable_grad():
+            out_g, _ = mixer(h)
+        if calls or not torch.equal(out_g.detach(), ref):
+            bad.append((op, "mixer with grad", len(calls)))
+        hooked = []
+        handle = getattr(mixer, module).register_forward_hook(lambda m, i, o: hooked.append(1))
+        with torch.no_grad():
+            out_h, _ = mixer(h)
+        handle.remove()
+        if calls or not hooked or not torch.equal(out_h, ref):
+            bad.append((op, "mixer with a hook", len(calls), len(hooked)))
+        setattr(owner, name, real)
+        policy.use_fused = use_fused
+        return bad
+""")
+
+
 def test_match_plan_equals_pytorch_plan(full):
     """The matching kernels make exactly bipartite_match's plan (fp32 and fp16 metrics, both layouts,
     tie-heavy metrics included: ties are broken the same way); the per-slot source lists are those of
@@ -281,7 +334,7 @@ def test_bidir_proj_kernel_and_its_use_in_the_mixer():
     are views of the directions' halves. Then in a BiMambaMixer with the op switched on for CPU tensors: the
     output and the exported B metric equal the four-GEMM path's to rounding without a gradient, bit for bit
     (the GEMM path) with one, and a forward hook on x_proj makes the mixer call the module (no fusion)."""
-    run_interpreted("""
+    run_interpreted(MIXER_OP_CHECK + textwrap.dedent("""
         import sys, torch
         from rmeeto.ops import policy, proj
         from rmeeto.ops.triton import proj as tp
@@ -289,12 +342,6 @@ def test_bidir_proj_kernel_and_its_use_in_the_mixer():
         bad = []
         cfgs = [{"BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1},
                 {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}]
-
-        def within_rounding(got, a, b):  # a @ b.T summed in float32 in any order, rounded once to fp16
-            exact = a.double() @ b.double().T
-            bound = a.shape[-1] * 2.0 ** -24 * (a.double().abs() @ b.double().abs().T)
-            spacing = (got.double().abs() * 2.0 ** -10).clamp_min(2.0 ** -24)
-            return bool(((got.double() - exact).abs() <= 0.5 * spacing + bound).all())
 
         for i, (b, L, D, R, N, wdtype, strided) in enumerate(((2, 9, 64, 4, 8, torch.float32, False),
                                                               (3, 17, 96, 12, 16, torch.float16, False),
@@ -325,43 +372,11 @@ def test_bidir_proj_kernel_and_its_use_in_the_mixer():
         except ValueError:
             pass
 
-        from rmeeto.models.vim import BiMambaMixer
-        use_fused = policy.use_fused
-        policy.use_fused = lambda op, x, backend="auto": (
-            policy._fused["proj"] if op == "proj" and backend == "auto" else use_fused(op, x, backend))
-        mixer = BiMambaMixer(32, d_state=8, scan_backend="chunked").half()
-        mixer.scan_backend = "auto"  # the PyTorch conv / scan on CPU, the proj op switched on above
-        h = torch.randn(2, 11, 32).half()
-        calls = []
-        def spy(*a, **k):
-            calls.append(1)
-            return real(*a, **k)
         import rmeeto.models.vim as vim
-        real = vim.fused_scan_inputs
-        vim.fused_scan_inputs = spy
-        with torch.no_grad():
-            out, metric = mixer(h, export="B")
-            policy.set_fused("proj", False)
-            ref, ref_metric = mixer(h, export="B")
-            policy.set_fused("proj", True)
-        if len(calls) != 1 or not torch.allclose(out, ref, atol=2e-3, rtol=2e-3) \
-                or not torch.allclose(metric, ref_metric, atol=2e-3, rtol=2e-3):
-            bad.append(("mixer no grad", len(calls), (out - ref).abs().max().item()))
-        calls.clear()
-        with torch.enable_grad():
-            out_g, _ = mixer(h)
-        if calls or not torch.equal(out_g.detach(), ref):
-            bad.append(("mixer with grad", len(calls)))
-        hooked = []
-        handle = mixer.x_proj.register_forward_hook(lambda m, i, o: hooked.append(1))
-        with torch.no_grad():
-            out_h, _ = mixer(h)
-        handle.remove()
-        if calls or not hooked or not torch.equal(out_h, ref):
-            bad.append(("mixer with a hook", len(calls), len(hooked)))
+        bad += mixer_takes_the_op("proj", "x_proj", vim, "fused_scan_inputs", export="B")
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
-    """)
+    """))
 
 
 def test_sum_out_proj_kernel_and_its_use_in_the_mixer():
@@ -373,7 +388,7 @@ def test_sum_out_proj_kernel_and_its_use_in_the_mixer():
     the switch off. In a BiMambaMixer with the op on for CPU tensors: equal to the add + out_proj path to
     rounding without a gradient, bit for bit (that path) with one, and a forward hook on out_proj makes the mixer
     call the module (no fusion)."""
-    run_interpreted("""
+    run_interpreted(MIXER_OP_CHECK + textwrap.dedent("""
         import sys, torch
         from rmeeto.ops import outproj, policy
         from rmeeto.ops.triton import outproj as to
@@ -381,12 +396,6 @@ def test_sum_out_proj_kernel_and_its_use_in_the_mixer():
         bad = []
         cfgs = [{"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 1},
                 {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 1}]
-
-        def within_rounding(got, a, b):  # a @ b.T summed in float32 in any order, rounded once to fp16
-            exact = a.double() @ b.double().T
-            bound = a.shape[-1] * 2.0 ** -24 * (a.double().abs() @ b.double().abs().T)
-            spacing = (got.double().abs() * 2.0 ** -10).clamp_min(2.0 ** -24)
-            return bool(((got.double() - exact).abs() <= 0.5 * spacing + bound).all())
 
         for i, (b, L, K, N, strided, gap) in enumerate(((2, 9, 64, 32, False, 0), (3, 17, 48, 40, True, 0),
                                                         (1, 5, 40, 24, False, 7), (2, 33, 96, 16, True, 16))):
@@ -426,41 +435,10 @@ def test_sum_out_proj_kernel_and_its_use_in_the_mixer():
             except ValueError:
                 pass
 
-        from rmeeto.models.vim import BiMambaMixer
-        use_fused = policy.use_fused
-        policy.use_fused = lambda op, x, backend="auto": (
-            policy._fused["outproj"] if op == "outproj" and backend == "auto" else use_fused(op, x, backend))
-        mixer = BiMambaMixer(32, d_state=8, scan_backend="chunked").half()
-        mixer.scan_backend = "auto"  # the PyTorch conv / scan on CPU, the out_proj op switched on above
-        h = torch.randn(2, 11, 32).half()
-        calls = []
-        real = to.sum_out_proj
-        def spy(*a, **k):
-            calls.append(1)
-            return real(*a, **k)
-        to.sum_out_proj = spy
-        with torch.no_grad():
-            out, _ = mixer(h)
-            policy.set_fused("outproj", False)
-            ref, _ = mixer(h)
-            policy.set_fused("outproj", True)
-        if len(calls) != 1 or not torch.allclose(out, ref, atol=2e-3, rtol=2e-3):
-            bad.append(("mixer no grad", len(calls), (out - ref).abs().max().item()))
-        calls.clear()
-        with torch.enable_grad():
-            out_g, _ = mixer(h)
-        if calls or not torch.equal(out_g.detach(), ref):
-            bad.append(("mixer with grad", len(calls)))
-        hooked = []
-        handle = mixer.out_proj.register_forward_hook(lambda m, i, o: hooked.append(1))
-        with torch.no_grad():
-            out_h, _ = mixer(h)
-        handle.remove()
-        if calls or not hooked or not torch.equal(out_h, ref):
-            bad.append(("mixer with a hook", len(calls), len(hooked)))
+        bad += mixer_takes_the_op("outproj", "out_proj", to, "sum_out_proj")
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
-    """)
+    """))
 
 
 def test_mixer_plan_gives_the_general_paths_bits(full):
