@@ -38,10 +38,13 @@ def poison_scan_buffers():
 def switch_ab():
     """A factory for the GPU tests of one fused inference kernel with a switch (``rmeeto.ops.policy.set_fused``):
     ``switch_ab(op, module, name, merged)`` builds Vim-S (the paper merge when ``merged``) with the weights of seed
-    0, and returns a dict of float logits of 16 random images: ``ref`` (the float32 model), then of the fp16 model
-    ``on`` / ``off`` (the general path, the prepared blocks off, with the switch on / off), ``planned`` (prepared
-    blocks, switch on) and ``graphed`` (CUDA graph, switch on); and ``calls_on`` / ``calls_off``: how often
-    ``module.name`` (the kernel's launcher, spied on) ran in the ``on`` and the ``off`` forward."""
+    0 and takes float logits of 16 random images: ``ref`` (the float32 model), then of the fp16 model ``on`` /
+    ``off`` (the general path, the prepared blocks off, with the switch on / off), ``planned`` (prepared blocks,
+    switch on) and ``graphed`` (CUDA graph, switch on); and ``calls_on`` / ``calls_off``: how often ``module.name``
+    (the kernel's launcher, spied on) ran in the ``on`` and the ``off`` forward. It asserts what every such kernel
+    must show: one launch per block with the switch on and none off; the fp16 logits as close to the float32
+    model's with the kernel as without it (within 10% more error) and the same top-1 for 90% of the images; the
+    general path, the prepared blocks and the graph equal bit for bit. Returns the dict."""
     from rmeeto.fast import accelerate
     from rmeeto.ops import policy
 
@@ -84,6 +87,12 @@ def switch_ab():
             setattr(module, name, real)
         out["planned"] = logits(True, True)
         out["graphed"] = logits(True, True, graphed=True)
+        assert (out["calls_on"], out["calls_off"]) == (24, 0)
+        ref = out["ref"]
+        err_on, err_off = (out["on"] - ref).norm() / ref.norm(), (out["off"] - ref).norm() / ref.norm()
+        assert err_on <= 1.1 * err_off + 1e-4, (err_on.item(), err_off.item())
+        assert torch.equal(out["on"], out["planned"]) and torch.equal(out["on"], out["graphed"])
+        assert (out["on"].argmax(-1) == out["off"].argmax(-1)).float().mean() >= 0.9
         return out
 
     return run

@@ -50,12 +50,7 @@ def test_model_logits_as_close_to_float32_as_the_gemms(merged, switch_ab):
     10% more error), eager (general path and prepared blocks) equal to graphed bit for bit; the general path
     launches the kernel once per block (a spy; tests/ops/test_gpu_plan.py shows the prepared mixers give its
     bits)."""
-    r = switch_ab("proj", tp, "bidir_scan_inputs", merged)
-    assert (r["calls_on"], r["calls_off"]) == (24, 0)
-    err_on, err_off = (r["on"] - r["ref"]).norm() / r["ref"].norm(), (r["off"] - r["ref"]).norm() / r["ref"].norm()
-    assert err_on <= 1.1 * err_off + 1e-4, (err_on.item(), err_off.item())
-    assert torch.equal(r["on"], r["planned"]) and torch.equal(r["on"], r["graphed"])
-    assert (r["on"].argmax(-1) == r["off"].argmax(-1)).float().mean() >= 0.9
+    switch_ab("proj", tp, "bidir_scan_inputs", merged)  # the fixture asserts
 
 
 def test_training_step_does_not_take_the_kernel(training_step_ab):
