@@ -7,7 +7,7 @@ be equal); more values, or values with commas (tuples), go separated by ";", e.g
 ``--ab "large=(128, 128, 32, 8, 2, 64);(128, 128, 32, 8, 3, 64)"``.
 
     PYTHONPATH=src python3 benchmarks/match_schedule_gpu.py [--models vim_tiny_patch16_224,vim_small_patch16_224]
-        [--ab one_tile_min_r=None,0]
+        [--ab one_tile_min_r=None,0] [--set "large=(128, 128, 32, 16, 2, 64)"]
 """
 
 from __future__ import annotations
@@ -46,7 +46,14 @@ def main():
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--ab", default=None, help="a MATCH_CONFIG entry timed at two values, e.g. one_tile_min_r=None,0")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a MATCH_CONFIG entry set for the whole run (a Python literal), before --ab; repeatable")
     a = ap.parse_args()
+    for item in a.set:
+        key, value = item.split("=", 1)
+        if key not in mt.MATCH_CONFIG:
+            ap.error(f"--set: MATCH_CONFIG has no entry {key!r}")
+        mt.MATCH_CONFIG[key] = ast.literal_eval(value)
     if a.ab:
         return ab(a)
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
