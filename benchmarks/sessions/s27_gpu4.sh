@@ -3,6 +3,7 @@
 # (MATCH_CONFIG["scaled"]: the raw rows' dot scaled by the inverse norms afterwards, off by default) per merging layer,
 # then whole graphed Vim-Ti / S with it off and on.
 #   bash benchmarks/sessions/s27_gpu4.sh        (OUT=out/s27d by default; about 150 s)
+# Ran on 36ede7c; the experiment was reverted after it (no gain), so on later trees MATCH_CONFIG has no "scaled".
 set -uo pipefail
 OUT=${OUT:-out/s27d} BUDGET_S=${BUDGET_S:-170} source benchmarks/_session.sh
 export PYTHONPATH=$PWD/src

@@ -153,7 +153,7 @@ if _HAS_TRITON:
     def _partner_best(rows, tile, L, C, cls, s_ml,
                       IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
-                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1, SCALED: tl.constexpr = False):
+                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1):
         """For tile ``tile`` of BLOCK_T sources (even class-free positions) of one batch element (its metric
         rows at ``rows``): scores against every destination (odd positions) of the rows normalised in float32
         and rounded to the metric's dtype, the scores rounded to it too (as the PyTorch matmul returns them),
@@ -164,10 +164,7 @@ if _HAS_TRITON:
         order of every sum, fewer exposed load latencies). ``ONE_J`` (the launcher's promise that every
         destination fits one tile of BLOCK_J): the sources' and the destinations' norms in one loop
         (:func:`_inv_norms_pair`), same bits. ``DOT_UNROLL``: channel steps of the dot per loop trip (each still
-        accumulates in turn: same bits). ``SCALED`` (with ONE_J; an experiment, off: ``MATCH_CONFIG["scaled"]``):
-        one pass over the channels, the dot of the raw rows with the norms summed beside it, the scores scaled by
-        both inverse norms afterwards: the same cosine scores to rounding, not the same bits as normalising first,
-        so a near tie can go the other way."""
+        accumulates in turn: same bits)."""
         T = L - 1
         NA = (T + 1) // 2
         NB = T // 2
@@ -177,9 +174,7 @@ if _HAS_TRITON:
         qa = 2 * i
         ta = qa + (qa >= cls).to(tl.int32)
         ma = i < NA
-        if SCALED and ONE_J:
-            pass  # the norms are summed in the dot's loop below
-        elif ONE_J:
+        if ONE_J:
             j = tl.arange(0, BLOCK_J)
             qb = 2 * j + 1
             inv_a, inv_b = _inv_norms_pair(rows, ta, ma, qb + (qb >= cls).to(tl.int32), j < NB, s_ml, C,
@@ -191,68 +186,41 @@ if _HAS_TRITON:
             inv_b = tl.zeros([BLOCK_J, 1], tl.float32)
         best = tl.full([BLOCK_T], float("-inf"), tl.float32)
         best_j = tl.zeros([BLOCK_T], tl.int32)
-        if SCALED and ONE_J:
-            j = tl.arange(0, BLOCK_J)
+        for j0 in range(0, NB, BLOCK_J):
+            j = j0 + tl.arange(0, BLOCK_J)
             qb = 2 * j + 1
             tb = qb + (qb >= cls).to(tl.int32)
             mb = j < NB
-            acc_a = tl.zeros([BLOCK_T], tl.float32)
-            acc_b = tl.zeros([BLOCK_J], tl.float32)
+            if not ONE_J:
+                inv_b = _inv_norms(rows, tb, mb, s_ml, C, BLOCK_J, NORM_C, UNROLL)[:, None]
             s = tl.zeros([BLOCK_T, BLOCK_J], tl.float32)
             for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=DOT_UNROLL):
                 c = c0 + offs_c[None, :]
                 xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
                 xb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0)
-                fa = xa.to(tl.float32)
-                fb = xb.to(tl.float32)
-                acc_a += tl.sum(fa * fa, axis=1)
-                acc_b += tl.sum(fb * fb, axis=1)
+                xa = (xa.to(tl.float32) * inv_a).to(rows.dtype.element_ty)
+                xb = (xb.to(tl.float32) * inv_b).to(rows.dtype.element_ty)
                 if IEEE:
                     s = tl.dot(xa, tl.trans(xb), s, input_precision="ieee")
                 else:
                     s = tl.dot(xa, tl.trans(xb), s)
-            inv_a = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc_a), 1e-12))
-            inv_b = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc_b), 1e-12))
-            s = (s * inv_a[:, None] * inv_b[None, :]).to(rows.dtype.element_ty).to(tl.float32)
+            s = s.to(rows.dtype.element_ty).to(tl.float32)
             s = tl.where(mb[None, :], s, float("-inf"))
-            best = tl.max(s, axis=1)
-            best_j = tl.min(tl.where(s == best[:, None], j[None, :], 2147483647), axis=1)
-        else:
-            for j0 in range(0, NB, BLOCK_J):
-                j = j0 + tl.arange(0, BLOCK_J)
-                qb = 2 * j + 1
-                tb = qb + (qb >= cls).to(tl.int32)
-                mb = j < NB
-                if not ONE_J:
-                    inv_b = _inv_norms(rows, tb, mb, s_ml, C, BLOCK_J, NORM_C, UNROLL)[:, None]
-                s = tl.zeros([BLOCK_T, BLOCK_J], tl.float32)
-                for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=DOT_UNROLL):
-                    c = c0 + offs_c[None, :]
-                    xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
-                    xb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0)
-                    xa = (xa.to(tl.float32) * inv_a).to(rows.dtype.element_ty)
-                    xb = (xb.to(tl.float32) * inv_b).to(rows.dtype.element_ty)
-                    if IEEE:
-                        s = tl.dot(xa, tl.trans(xb), s, input_precision="ieee")
-                    else:
-                        s = tl.dot(xa, tl.trans(xb), s)
-                s = s.to(rows.dtype.element_ty).to(tl.float32)
-                s = tl.where(mb[None, :], s, float("-inf"))
-                tile_best = tl.max(s, axis=1)
-                tile_j = tl.min(tl.where(s == tile_best[:, None], j[None, :], 2147483647), axis=1)
-                better = tile_best > best
-                best = tl.where(better, tile_best, best)
-                best_j = tl.where(better, tile_j, best_j)
+            tile_best = tl.max(s, axis=1)
+            tile_j = tl.min(tl.where(s == tile_best[:, None], j[None, :], 2147483647), axis=1)
+            better = tile_best > best
+            best = tl.where(better, tile_best, best)
+            best_j = tl.where(better, tile_j, best_j)
         return best, best_j
 
     @triton.jit
     def _partner_tile(rows, vmax_row, vidx_row, tile, L, C, cls, s_ml,
                       IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
-                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1, SCALED: tl.constexpr = False):
+                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1):
         """:func:`_partner_best` of tile ``tile``, stored at ``vmax_row`` / ``vidx_row``."""
         best, best_j = _partner_best(rows, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
-                                     ONE_J, DOT_UNROLL, SCALED)
+                                     ONE_J, DOT_UNROLL)
         i = tile * BLOCK_T + tl.arange(0, BLOCK_T)
         ma = i < L // 2
         tl.store(vmax_row + i, best, mask=ma)
@@ -516,7 +484,6 @@ if _HAS_TRITON:
         BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
         BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
         DOT_UNROLL: tl.constexpr = 1, PDL: tl.constexpr = False, ONE_TILE: tl.constexpr = False,
-        SCALED: tl.constexpr = False,
     ):
         """Best partner and plan of one batch element in one program (grid (batch,)): every source tile of
         :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
@@ -531,7 +498,7 @@ if _HAS_TRITON:
         rows = m_ptr + b * s_mb
         if ONE_TILE:
             best, best_j = _partner_best(rows, 0, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
-                                         ONE_J, DOT_UNROLL, SCALED)
+                                         ONE_J, DOT_UNROLL)
             _plan_registers(best, best_j, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R, sdst_ptr + b * R,
                             head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls, new_cls, R, ORDERED,
                             BLOCK_T)
@@ -540,7 +507,7 @@ if _HAS_TRITON:
             irow = vidx_ptr + b * NA
             for tile in range(0, tl.cdiv(NA, BLOCK_T)):
                 _partner_tile(rows, vrow, irow, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C,
-                              UNROLL, ONE_J, DOT_UNROLL, SCALED)
+                              UNROLL, ONE_J, DOT_UNROLL)
             tl.debug_barrier()
             row = merged_ptr + b * R
             thr, last_tie = _plan_threshold(vrow, row, NA, R, BLOCK_A, BLOCK_K)
@@ -930,11 +897,8 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # loop over few merged sources (Vim-Ti, r=5: 16.1-16.4 against 14.5-14.9 us; Vim-S, r=11: 19.7-20.6 against
 # 18.3-19.2) and less over many (Vim-Ti's layer 22, r=71, 147 tokens: 16.1 against 20.1), where the tiled plan
 # walks the merged sources in chunks of 32
-# "scaled" (an experiment, off): the one-launch kernel's partner step in one pass over the channels, the raw rows'
-# dot scaled by both inverse norms afterwards (_partner_best's SCALED): the same cosine scores to rounding, not the
-# bits of normalising before the dot as the official code does, so plans can differ at near ties
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
-                "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "scaled": False}
+                "one_j": True, "dot_unroll": None, "one_tile_min_r": 33}
 _WIDE_C = 768
 
 
@@ -1064,7 +1028,7 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     dot_unroll = MATCH_CONFIG.get("dot_unroll") or (2 if size == "wide" else 1)
     meta = dict(ORDERED=ordered, **_partner_meta(metric, tile_a, tile_b, step_c), PLAN_T=min(plan_t, block_a),
                 BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, DOT_UNROLL=dot_unroll, num_warps=warps, num_stages=1,
-                ONE_TILE=_one_tile(na, tile_a, num_merged), SCALED=MATCH_CONFIG["scaled"], **pdl_meta())
+                ONE_TILE=_one_tile(na, tile_a, num_merged), **pdl_meta())
     return (batch,), (L, C, cls_index, new_cls_index, num_merged, L - num_merged), meta
 
 
