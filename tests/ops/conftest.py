@@ -102,7 +102,8 @@ def switch_ab():
 def training_step_ab():
     """A factory for the GPU tests that a fused inference kernel stays out of training: ``training_step_ab(op)``
     runs one bf16-autocast training step of Vim-Ti (weights of seed 0, 8 random images) with the switch ``op``
-    (``rmeeto.ops.policy.set_fused``) on, then off, and returns the two lists [loss, every parameter's gradient]."""
+    (``rmeeto.ops.policy.set_fused``) on, then off, asserts that the loss and every parameter's gradient are equal
+    bit for bit, and returns the two lists [loss, every parameter's gradient]."""
     from rmeeto.ops import policy
 
     def run(op: str, device="cuda") -> tuple[list, list]:
@@ -121,6 +122,8 @@ def training_step_ab():
                 grads.append([loss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
             finally:
                 policy.set_fused(op, True)
-        return grads[0], grads[1]
+        on, off = grads
+        assert len(on) == len(off) and all(torch.equal(a, b) for a, b in zip(on, off))
+        return on, off
 
     return run

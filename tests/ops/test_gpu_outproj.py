@@ -51,8 +51,7 @@ def test_model_logits_as_close_to_float32_as_the_add_and_gemm(merged, switch_ab)
 def test_training_step_does_not_take_the_kernel(training_step_ab):
     """With gradients flowing (and under autocast) the mixer keeps the add + cuBLAS: a bf16 training step's loss
     and gradients are equal bit for bit with the switch on and off."""
-    on, off = training_step_ab("outproj")
-    assert len(on) == len(off) and all(torch.equal(a, b) for a, b in zip(on, off))
+    training_step_ab("outproj")  # the fixture asserts
 
 
 def test_dispatch_falls_back_where_the_kernel_does_not_apply():
