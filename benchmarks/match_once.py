@@ -2,7 +2,7 @@
 sizes), for a profiler to catch one warm launch:
 
     ncu --kernel-name regex:_match_kernel --launch-skip 3 --launch-count 1 ... \\
-        python3 benchmarks/match_once.py [--tokens 197] [--channels 384] [--cls 98] [-r 11]
+        python3 benchmarks/match_once.py [--tokens 197] [--channels 384] [--cls 98] [-r 11] [--set prefetch=True]
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 
 import torch
 
+from _match_set import set_match_config
 from rmeeto.merge import plan_cls_index
 from rmeeto.ops.triton import merge as mt
 
@@ -23,7 +24,10 @@ def main():
     ap.add_argument("--cls", type=int, default=98)
     ap.add_argument("-r", type=int, default=11)
     ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a MATCH_CONFIG entry (a Python literal); repeatable")
     a = ap.parse_args()
+    set_match_config(a.set, ap.error)
     torch.manual_seed(0)
     metric = torch.randn(a.batch, a.tokens, a.channels, device="cuda", dtype=torch.float16)
     new_cls = plan_cls_index(a.cls, a.tokens, a.r, True)

@@ -17,6 +17,7 @@ import ast
 
 import torch
 
+from _match_set import set_match_config
 from bench_merge_gpu import _event_ms, _graphed
 from rmeeto.merge import MergeConfig
 from rmeeto.ops.norm import add_rms_norm
@@ -49,11 +50,7 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a MATCH_CONFIG entry set for the whole run (a Python literal), before --ab; repeatable")
     a = ap.parse_args()
-    for item in a.set:
-        key, value = item.split("=", 1)
-        if key not in mt.MATCH_CONFIG:
-            ap.error(f"--set: MATCH_CONFIG has no entry {key!r}")
-        mt.MATCH_CONFIG[key] = ast.literal_eval(value)
+    set_match_config(a.set, ap.error)
     if a.ab:
         return ab(a)
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)

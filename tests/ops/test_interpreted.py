@@ -86,9 +86,11 @@ def test_match_plan_equals_pytorch_plan(full):
     sequences (video: 785 and 1569 tokens, r=88, batch 1-2) run the plan kernel over many source tiles and
     more merged sources than one chunk. Sequences of at most 256 sources take the one-launch match kernel;
     in the full tier they also run through the two kernels, and every tiling of both paths is checked. Where
-    every source fits the one-launch kernel's tile, its plan is made in registers (``one_tile``) or by the tiled
-    plan steps (by default only where many merge: here forced either way): the default tier alternates the two
-    over the cases, the full tier runs both.
+    every source fits the one-launch kernel's tile, its plan is made in registers over all pairs of sources
+    (``one_tile_min_r``), in registers over the merged sources (``compact_max_r``) or by the tiled plan steps (by
+    default as the number merged decides: here forced each way): the default tier takes the three in turn over
+    the cases, the full tier runs all three. Every other run loads the partner's dot rows a step ahead
+    (``prefetch``).
     (Scores are summed in another order than PyTorch's matmul, so tie-heavy data is built to give exact
     scores.)"""
     run_interpreted(f"""
@@ -114,10 +116,16 @@ def test_match_plan_equals_pytorch_plan(full):
         short = [(dtype, case, ties) for dtype, case, ties in runs if case[1] // 2 <= mt._LONG_SOURCES]
         runs += [(dtype, case, ties, False) for dtype, case, ties in short]
         runs += [(dtype, case, ties, "tiled") for dtype, case, ties in short]
+        runs += [(dtype, case, ties, "compact") for dtype, case, ties in short]
+    found = dict(mt.MATCH_CONFIG)
     for n_run, (dtype, (B, L, C, cls, r), ties, *two) in enumerate(runs):
-        mt.MATCH_CONFIG["fused"] = two != [False]
-        in_registers = two != ["tiled"] and ({full!r} or n_run % 2 == 0)
-        mt.MATCH_CONFIG["one_tile_min_r"] = 0 if in_registers else None
+        tag = two[0] if two else None
+        mt.MATCH_CONFIG["fused"] = tag is not False
+        # the one-launch kernel's plan: all-pairs in registers, compact (over the merged sources), or tiled
+        kind = tag if isinstance(tag, str) else "registers" if {full!r} else ("registers", "compact", "tiled")[n_run % 3]
+        mt.MATCH_CONFIG["one_tile_min_r"] = 0 if kind == "registers" else None
+        mt.MATCH_CONFIG["compact_max_r"] = 256 if kind == "compact" else None
+        mt.MATCH_CONFIG["prefetch"] = n_run % 2 == 1  # the partner's dot with its rows loaded a step ahead
         for ordered in (True, False):
             # ties: every row a positive multiple of one of 3 basis vectors, so scores are exactly 0 or 1
             # whatever the summation order, and most sources tie for the best partner and best score
@@ -143,7 +151,7 @@ def test_match_plan_equals_pytorch_plan(full):
             merged_tok = ref[2].long()
             if not (torch.equal(k_head, head) and torch.equal(k_next.gather(1, merged_tok), nxt.gather(1, merged_tok))):
                 failures.append(("lists", dtype, B, L, C, cls, r, ordered, ties))
-    mt.MATCH_CONFIG.update(fused=True, one_tile_min_r=min_r)
+    mt.MATCH_CONFIG.update(found)
     # every tiling offered to the benchmark's sweeps makes the same plan: the two-kernel path's best-partner
     # tilings (short sequences take the one-launch kernel by default: switched off here), then the one-launch
     # kernel's tilings (64-source tiles: several tiles in both of its steps)

@@ -253,7 +253,8 @@ def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
     MATCH_TILES) writes the same plan and lists as the best-partner kernel followed by the plan kernel, at the
     shapes of Vim-Ti / S / B's merging layers (first and last: 197 and 87 tokens) and a 513-token sequence
     (256 sources, the longest the one-launch kernel takes: several source tiles in both of its steps), with the
-    partner's row norms in one loop or two and (default tilings) its dot unrolled."""
+    partner's row norms in one loop or two and (default tilings) its dot unrolled or loaded a step ahead, the plan
+    tiled, in registers over all pairs of sources, or compact."""
     from rmeeto.merge import plan_cls_index
 
     found = dict(merge_triton.MATCH_CONFIG)
@@ -268,14 +269,18 @@ def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
             # every tiling with the partner's row norms in one loop and in one loop per set; the default large
             # and wide tilings also with its dot two channel steps per loop trip
             defaults = (found["large"], found["wide"])
+            plain = dict(one_j=True, dot_unroll=1, prefetch=False, one_tile_min_r=None, compact_max_r=None)
             for tiles in merge_triton.MATCH_TILES:
-                for one_j, dot_unroll in ((True, 1), (False, 1)) + (((True, 2),) if tiles in defaults else ()):
-                    merge_triton.MATCH_CONFIG.update(fused=True, small=tiles, large=tiles, wide=tiles, one_j=one_j,
-                                                     dot_unroll=dot_unroll)
+                variants = [plain, dict(plain, one_j=False)]
+                if tiles in defaults:  # the dot unrolled or a step ahead; the plan in registers, all-pairs or compact
+                    variants += [dict(plain, dot_unroll=2), dict(plain, prefetch=True), dict(plain, one_tile_min_r=0),
+                                 dict(plain, compact_max_r=64, prefetch=True)]
+                for v in variants:
+                    merge_triton.MATCH_CONFIG.update(fused=True, small=tiles, large=tiles, wide=tiles, **v)
                     got = merge_triton._match_lists(m, cls, r, new_cls, ordered)
                     for name, x, y in zip(("dest", "base", "src", "sdst", "head"), got, ref):
-                        assert torch.equal(x, y), (name, tiles, one_j, dot_unroll, B, L)
+                        assert torch.equal(x, y), (name, tiles, v, B, L)
                     assert torch.equal(got[5].gather(1, merged_tok), ref[5].gather(1, merged_tok)), \
-                        ("next", tiles, one_j, dot_unroll, B, L)
+                        ("next", tiles, v, B, L)
     finally:
         merge_triton.MATCH_CONFIG.update(found)

@@ -116,35 +116,55 @@ def destination_map(plan, num_tokens: int, ordered: bool) -> Tensor:
 
 if _HAS_TRITON:
     @triton.jit
-    def _inv_norms(rows, t, mt, s_ml, C, BLOCK: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1):
+    def _inv_norms(rows, t, mt, s_ml, C, BLOCK: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
+                   ACC2D: tl.constexpr = False):
         """1 / max(||metric row t||, 1e-12) in float32 for a vector of tokens ``t`` (mask ``mt``), IEEE sqrt and
         division as PyTorch's; the squares summed in chunks of NORM_C channels (32: the separate norm kernel
         this replaced took 64, which here costs ~50 registers more per thread), so the last bit of a norm may
         differ from that kernel's (and differs from PyTorch's, which sums in yet another order). ``UNROLL``
         chunks per loop trip: their loads can be in flight together (the sums keep their order and bits)."""
         offs_c = tl.arange(0, NORM_C)
-        acc = tl.zeros([BLOCK], tl.float32)
+        if ACC2D:
+            acc2 = tl.zeros([BLOCK, NORM_C], tl.float32)
+        else:
+            acc = tl.zeros([BLOCK], tl.float32)
         for c0 in tl.range(0, C, NORM_C, loop_unroll_factor=UNROLL):
             c = c0 + offs_c[None, :]
             x = tl.load(rows + t[:, None] * s_ml + c, mask=mt[:, None] & (c < C), other=0.0).to(tl.float32)
-            acc += tl.sum(x * x, axis=1)
+            if ACC2D:
+                acc2 += x * x
+            else:
+                acc += tl.sum(x * x, axis=1)
+        if ACC2D:
+            acc = tl.sum(acc2, axis=1)
         return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc), 1e-12))
 
     @triton.jit
     def _inv_norms_pair(rows, ta, ma, tb, mb, s_ml, C, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
-                        NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1):
+                        NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1, ACC2D: tl.constexpr = False):
         """:func:`_inv_norms` of two sets of tokens (``ta`` / ``ma``, ``tb`` / ``mb``) in one loop over the
         channels: the loads of both sets' chunks are in flight together, where two loops expose each set's
         load latencies in turn. Every row's sum has the same chunks in the same order, so the same bits."""
         offs_c = tl.arange(0, NORM_C)
-        acc_a = tl.zeros([BLOCK_A], tl.float32)
-        acc_b = tl.zeros([BLOCK_B], tl.float32)
+        if ACC2D:
+            acc2_a = tl.zeros([BLOCK_A, NORM_C], tl.float32)
+            acc2_b = tl.zeros([BLOCK_B, NORM_C], tl.float32)
+        else:
+            acc_a = tl.zeros([BLOCK_A], tl.float32)
+            acc_b = tl.zeros([BLOCK_B], tl.float32)
         for c0 in tl.range(0, C, NORM_C, loop_unroll_factor=UNROLL):
             c = c0 + offs_c[None, :]
             xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0).to(tl.float32)
             xb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0).to(tl.float32)
-            acc_a += tl.sum(xa * xa, axis=1)
-            acc_b += tl.sum(xb * xb, axis=1)
+            if ACC2D:
+                acc2_a += xa * xa
+                acc2_b += xb * xb
+            else:
+                acc_a += tl.sum(xa * xa, axis=1)
+                acc_b += tl.sum(xb * xb, axis=1)
+        if ACC2D:
+            acc_a = tl.sum(acc2_a, axis=1)
+            acc_b = tl.sum(acc2_b, axis=1)
         inv_a = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc_a), 1e-12))
         inv_b = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc_b), 1e-12))
         return inv_a, inv_b
@@ -153,7 +173,8 @@ if _HAS_TRITON:
     def _partner_best(rows, tile, L, C, cls, s_ml,
                       IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
-                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1):
+                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
+                      ACC2D: tl.constexpr = False):
         """For tile ``tile`` of BLOCK_T sources (even class-free positions) of one batch element (its metric
         rows at ``rows``): scores against every destination (odd positions) of the rows normalised in float32
         and rounded to the metric's dtype, the scores rounded to it too (as the PyTorch matmul returns them),
@@ -164,7 +185,8 @@ if _HAS_TRITON:
         order of every sum, fewer exposed load latencies). ``ONE_J`` (the launcher's promise that every
         destination fits one tile of BLOCK_J): the sources' and the destinations' norms in one loop
         (:func:`_inv_norms_pair`), same bits. ``DOT_UNROLL``: channel steps of the dot per loop trip (each still
-        accumulates in turn: same bits)."""
+        accumulates in turn: same bits). ``PREFETCH``: each channel step's rows are loaded one trip ahead (held in
+        registers), so their loads are in flight while the previous step's dot runs (same arithmetic: same bits)."""
         T = L - 1
         NA = (T + 1) // 2
         NB = T // 2
@@ -178,11 +200,11 @@ if _HAS_TRITON:
             j = tl.arange(0, BLOCK_J)
             qb = 2 * j + 1
             inv_a, inv_b = _inv_norms_pair(rows, ta, ma, qb + (qb >= cls).to(tl.int32), j < NB, s_ml, C,
-                                           BLOCK_T, BLOCK_J, NORM_C, UNROLL)
+                                           BLOCK_T, BLOCK_J, NORM_C, UNROLL, ACC2D)
             inv_a = inv_a[:, None]
             inv_b = inv_b[:, None]
         else:
-            inv_a = _inv_norms(rows, ta, ma, s_ml, C, BLOCK_T, NORM_C, UNROLL)[:, None]
+            inv_a = _inv_norms(rows, ta, ma, s_ml, C, BLOCK_T, NORM_C, UNROLL, ACC2D)[:, None]
             inv_b = tl.zeros([BLOCK_J, 1], tl.float32)
         best = tl.full([BLOCK_T], float("-inf"), tl.float32)
         best_j = tl.zeros([BLOCK_T], tl.int32)
@@ -192,12 +214,23 @@ if _HAS_TRITON:
             tb = qb + (qb >= cls).to(tl.int32)
             mb = j < NB
             if not ONE_J:
-                inv_b = _inv_norms(rows, tb, mb, s_ml, C, BLOCK_J, NORM_C, UNROLL)[:, None]
+                inv_b = _inv_norms(rows, tb, mb, s_ml, C, BLOCK_J, NORM_C, UNROLL, ACC2D)[:, None]
             s = tl.zeros([BLOCK_T, BLOCK_J], tl.float32)
+            if PREFETCH:
+                c = offs_c[None, :]
+                na = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
+                nb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0)
             for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=DOT_UNROLL):
-                c = c0 + offs_c[None, :]
-                xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
-                xb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0)
+                if PREFETCH:
+                    xa = na
+                    xb = nb
+                    c = c0 + BLOCK_C + offs_c[None, :]  # the next step's (none past the last: masked off)
+                    na = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
+                    nb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0)
+                else:
+                    c = c0 + offs_c[None, :]
+                    xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
+                    xb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0)
                 xa = (xa.to(tl.float32) * inv_a).to(rows.dtype.element_ty)
                 xb = (xb.to(tl.float32) * inv_b).to(rows.dtype.element_ty)
                 if IEEE:
@@ -217,10 +250,11 @@ if _HAS_TRITON:
     def _partner_tile(rows, vmax_row, vidx_row, tile, L, C, cls, s_ml,
                       IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
-                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1):
+                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
+                      ACC2D: tl.constexpr = False):
         """:func:`_partner_best` of tile ``tile``, stored at ``vmax_row`` / ``vidx_row``."""
         best, best_j = _partner_best(rows, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
-                                     ONE_J, DOT_UNROLL)
+                                     ONE_J, DOT_UNROLL, PREFETCH, ACC2D)
         i = tile * BLOCK_T + tl.arange(0, BLOCK_T)
         ma = i < L // 2
         tl.store(vmax_row + i, best, mask=ma)
@@ -445,6 +479,45 @@ if _HAS_TRITON:
                     sdst_row, head_row, next_row, kslot_row, L, cls, new_cls, R, ORDERED, BLOCK_T)
 
     @triton.jit
+    def _plan_compact(best, best_j, dest_row, base_row, src_row, sdst_row, head_row, next_row, kslot_row,
+                      L, cls, new_cls, R, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, RB: tl.constexpr):
+        """:func:`_plan_registers` where few merge (R <= RB): the same lists, with one all-pairs count (every
+        source's rank) and the rest over the merged sources only. After the ranks, the merged sources are
+        gathered in plan order into RB slots (slot k: the source of rank k and its partner, one [RB, BLOCK_T]
+        sum), and each count that :func:`_plan_registers` takes over all BLOCK_T sources (merged ones before a
+        source or a destination, the first merged source routed to a destination or after a source) is taken
+        over those RB slots ([BLOCK_T, RB]). Integer counts over the same sets: the same values."""
+        NA = L // 2
+        BIG: tl.constexpr = 2147483647
+        i = tl.arange(0, BLOCK_T)
+        ma = i < NA
+        u = _order_key(tl.where(ma, best, 0.0))
+        di = tl.where(ma, best_j, 0)
+        ahead = (u[None, :] > u[:, None]) | ((u[None, :] == u[:, None]) & (i[None, :] < i[:, None]))
+        rank = tl.sum((ahead & ma[None, :]).to(tl.int32), axis=1)
+        merged = (rank < R) & ma
+        # slot k < R: the merged source of rank k (its index * BLOCK_T + its partner; ranks are distinct)
+        k = tl.arange(0, RB)
+        hit = (rank[None, :] == k[:, None]) & merged[None, :]
+        packed = tl.sum(tl.where(hit, i[None, :] * BLOCK_T + di[None, :], 0), axis=1)
+        mk = (k < R)[None, :]
+        sj = (packed // BLOCK_T)[None, :]
+        dj = (packed % BLOCK_T)[None, :]
+        if ORDERED:
+            n_lt = tl.sum((mk & (sj < i[:, None])).to(tl.int32), axis=1)
+            n_at = tl.sum((mk & (sj <= di[:, None])).to(tl.int32), axis=1)
+        else:
+            n_lt = rank  # unused
+            n_at = rank
+        key = k[None, :] * BLOCK_T + sj
+        head = tl.min(tl.where(mk & (dj == i[:, None]), key, BIG), axis=1)
+        nxt = tl.min(tl.where(mk & (k[None, :] > rank[:, None]) & (dj == di[:, None]), key, BIG), axis=1)
+        head_j = tl.where(head < BIG, head % BLOCK_T, BIG)
+        next_j = tl.where(nxt < BIG, nxt % BLOCK_T, BIG)
+        _plan_write(i, 0, merged, rank, rank, di, n_lt, n_at, head_j, next_j, dest_row, base_row, src_row,
+                    sdst_row, head_row, next_row, kslot_row, L, cls, new_cls, R, ORDERED, BLOCK_T)
+
+    @triton.jit
     def _plan_kernel(
         vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr, head_ptr, next_ptr, kslot_ptr,
         L, cls, new_cls, R, L_out,
@@ -484,6 +557,7 @@ if _HAS_TRITON:
         BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
         BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
         DOT_UNROLL: tl.constexpr = 1, PDL: tl.constexpr = False, ONE_TILE: tl.constexpr = False,
+        PREFETCH: tl.constexpr = False, RB: tl.constexpr = 0, ACC2D: tl.constexpr = False,
     ):
         """Best partner and plan of one batch element in one program (grid (batch,)): every source tile of
         :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
@@ -498,16 +572,21 @@ if _HAS_TRITON:
         rows = m_ptr + b * s_mb
         if ONE_TILE:
             best, best_j = _partner_best(rows, 0, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
-                                         ONE_J, DOT_UNROLL)
-            _plan_registers(best, best_j, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R, sdst_ptr + b * R,
-                            head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls, new_cls, R, ORDERED,
-                            BLOCK_T)
+                                         ONE_J, DOT_UNROLL, PREFETCH, ACC2D)
+            if RB > 0:
+                _plan_compact(best, best_j, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R,
+                              sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls,
+                              new_cls, R, ORDERED, BLOCK_T, RB)
+            else:
+                _plan_registers(best, best_j, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R,
+                                sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls,
+                                new_cls, R, ORDERED, BLOCK_T)
         else:
             vrow = vmax_ptr + b * NA
             irow = vidx_ptr + b * NA
             for tile in range(0, tl.cdiv(NA, BLOCK_T)):
                 _partner_tile(rows, vrow, irow, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C,
-                              UNROLL, ONE_J, DOT_UNROLL)
+                              UNROLL, ONE_J, DOT_UNROLL, PREFETCH, ACC2D)
             tl.debug_barrier()
             row = merged_ptr + b * R
             thr, last_tie = _plan_threshold(vrow, row, NA, R, BLOCK_A, BLOCK_K)
@@ -898,7 +977,8 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # 18.3-19.2) and less over many (Vim-Ti's layer 22, r=71, 147 tokens: 16.1 against 20.1), where the tiled plan
 # walks the merged sources in chunks of 32
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
-                "one_j": True, "dot_unroll": None, "one_tile_min_r": 33}
+                "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "prefetch": False,
+                "compact_max_r": None, "norm_2d": False}
 _WIDE_C = 768
 
 
@@ -1028,14 +1108,21 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     dot_unroll = MATCH_CONFIG.get("dot_unroll") or (2 if size == "wide" else 1)
     meta = dict(ORDERED=ordered, **_partner_meta(metric, tile_a, tile_b, step_c), PLAN_T=min(plan_t, block_a),
                 BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, DOT_UNROLL=dot_unroll, num_warps=warps, num_stages=1,
-                ONE_TILE=_one_tile(na, tile_a, num_merged), **pdl_meta())
+                PREFETCH=bool(MATCH_CONFIG["prefetch"]), ACC2D=bool(MATCH_CONFIG["norm_2d"]), **pdl_meta())
+    meta["ONE_TILE"], meta["RB"] = _one_tile(na, tile_a, num_merged)
     return (batch,), (L, C, cls_index, new_cls_index, num_merged, L - num_merged), meta
 
 
-def _one_tile(na: int, tile_a: int, num_merged: int) -> bool:
-    """Whether the one-launch kernel makes its plan in registers (``MATCH_CONFIG["one_tile_min_r"]``)."""
-    min_r = MATCH_CONFIG["one_tile_min_r"]
-    return min_r is not None and na <= tile_a and num_merged >= min_r
+def _one_tile(na: int, tile_a: int, num_merged: int) -> tuple[bool, int]:
+    """(whether the one-launch kernel makes its plan in registers, RB): where every source fits its one tile,
+    the compact plan over RB slots for up to ``MATCH_CONFIG["compact_max_r"]`` merged sources (RB = 0: the
+    all-pairs plan, for at least ``MATCH_CONFIG["one_tile_min_r"]``); else the tiled plan."""
+    if na > tile_a:
+        return False, 0
+    max_r, min_r = MATCH_CONFIG["compact_max_r"], MATCH_CONFIG["one_tile_min_r"]
+    if max_r is not None and num_merged <= max_r:
+        return True, max(16, next_pow2(num_merged))
+    return min_r is not None and num_merged >= min_r, 0
 
 
 def _partner_meta(metric: Tensor, tile_a: int, tile_b: int, step_c: int) -> dict:
