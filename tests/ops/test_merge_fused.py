@@ -253,8 +253,8 @@ def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
     MATCH_TILES) writes the same plan and lists as the best-partner kernel followed by the plan kernel, at the
     shapes of Vim-Ti / S / B's merging layers (first and last: 197 and 87 tokens) and a 513-token sequence
     (256 sources, the longest the one-launch kernel takes: several source tiles in both of its steps), with the
-    partner's row norms in one loop or two and (default tilings) its dot unrolled or loaded a step ahead, the plan
-    tiled, in registers over all pairs of sources, or compact."""
+    partner's row norms in one loop or two and (default tilings) its dot unrolled or its best partners found by one
+    packed reduction, the plan tiled, in registers over all pairs of sources, or compact."""
     from rmeeto.merge import plan_cls_index
 
     found = dict(merge_triton.MATCH_CONFIG)
@@ -269,12 +269,12 @@ def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
             # every tiling with the partner's row norms in one loop and in one loop per set; the default large
             # and wide tilings also with its dot two channel steps per loop trip
             defaults = (found["large"], found["wide"])
-            plain = dict(one_j=True, dot_unroll=1, prefetch=False, one_tile_min_r=None, compact_max_r=None)
+            plain = dict(one_j=True, dot_unroll=1, pack=False, one_tile_min_r=None, compact_max_r=None)
             for tiles in merge_triton.MATCH_TILES:
                 variants = [plain, dict(plain, one_j=False)]
-                if tiles in defaults:  # the dot unrolled or a step ahead; the plan in registers, all-pairs or compact
-                    variants += [dict(plain, dot_unroll=2), dict(plain, prefetch=True), dict(plain, one_tile_min_r=0),
-                                 dict(plain, compact_max_r=64, prefetch=True)]
+                if tiles in defaults:  # the dot unrolled; one packed reduction; the plan all-pairs or compact
+                    variants += [dict(plain, dot_unroll=2), dict(plain, pack=True), dict(plain, one_tile_min_r=0),
+                                 dict(plain, compact_max_r=64, pack=True)]
                 for v in variants:
                     merge_triton.MATCH_CONFIG.update(fused=True, small=tiles, large=tiles, wide=tiles, **v)
                     got = merge_triton._match_lists(m, cls, r, new_cls, ordered)

@@ -116,55 +116,35 @@ def destination_map(plan, num_tokens: int, ordered: bool) -> Tensor:
 
 if _HAS_TRITON:
     @triton.jit
-    def _inv_norms(rows, t, mt, s_ml, C, BLOCK: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
-                   ACC2D: tl.constexpr = False):
+    def _inv_norms(rows, t, mt, s_ml, C, BLOCK: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1):
         """1 / max(||metric row t||, 1e-12) in float32 for a vector of tokens ``t`` (mask ``mt``), IEEE sqrt and
         division as PyTorch's; the squares summed in chunks of NORM_C channels (32: the separate norm kernel
         this replaced took 64, which here costs ~50 registers more per thread), so the last bit of a norm may
         differ from that kernel's (and differs from PyTorch's, which sums in yet another order). ``UNROLL``
         chunks per loop trip: their loads can be in flight together (the sums keep their order and bits)."""
         offs_c = tl.arange(0, NORM_C)
-        if ACC2D:
-            acc2 = tl.zeros([BLOCK, NORM_C], tl.float32)
-        else:
-            acc = tl.zeros([BLOCK], tl.float32)
+        acc = tl.zeros([BLOCK], tl.float32)
         for c0 in tl.range(0, C, NORM_C, loop_unroll_factor=UNROLL):
             c = c0 + offs_c[None, :]
             x = tl.load(rows + t[:, None] * s_ml + c, mask=mt[:, None] & (c < C), other=0.0).to(tl.float32)
-            if ACC2D:
-                acc2 += x * x
-            else:
-                acc += tl.sum(x * x, axis=1)
-        if ACC2D:
-            acc = tl.sum(acc2, axis=1)
+            acc += tl.sum(x * x, axis=1)
         return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc), 1e-12))
 
     @triton.jit
     def _inv_norms_pair(rows, ta, ma, tb, mb, s_ml, C, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
-                        NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1, ACC2D: tl.constexpr = False):
+                        NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1):
         """:func:`_inv_norms` of two sets of tokens (``ta`` / ``ma``, ``tb`` / ``mb``) in one loop over the
         channels: the loads of both sets' chunks are in flight together, where two loops expose each set's
         load latencies in turn. Every row's sum has the same chunks in the same order, so the same bits."""
         offs_c = tl.arange(0, NORM_C)
-        if ACC2D:
-            acc2_a = tl.zeros([BLOCK_A, NORM_C], tl.float32)
-            acc2_b = tl.zeros([BLOCK_B, NORM_C], tl.float32)
-        else:
-            acc_a = tl.zeros([BLOCK_A], tl.float32)
-            acc_b = tl.zeros([BLOCK_B], tl.float32)
+        acc_a = tl.zeros([BLOCK_A], tl.float32)
+        acc_b = tl.zeros([BLOCK_B], tl.float32)
         for c0 in tl.range(0, C, NORM_C, loop_unroll_factor=UNROLL):
             c = c0 + offs_c[None, :]
             xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0).to(tl.float32)
             xb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0).to(tl.float32)
-            if ACC2D:
-                acc2_a += xa * xa
-                acc2_b += xb * xb
-            else:
-                acc_a += tl.sum(xa * xa, axis=1)
-                acc_b += tl.sum(xb * xb, axis=1)
-        if ACC2D:
-            acc_a = tl.sum(acc2_a, axis=1)
-            acc_b = tl.sum(acc2_b, axis=1)
+            acc_a += tl.sum(xa * xa, axis=1)
+            acc_b += tl.sum(xb * xb, axis=1)
         inv_a = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc_a), 1e-12))
         inv_b = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc_b), 1e-12))
         return inv_a, inv_b
@@ -173,8 +153,7 @@ if _HAS_TRITON:
     def _partner_best(rows, tile, L, C, cls, s_ml,
                       IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
-                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
-                      ACC2D: tl.constexpr = False):
+                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1, PACK: tl.constexpr = False):
         """For tile ``tile`` of BLOCK_T sources (even class-free positions) of one batch element (its metric
         rows at ``rows``): scores against every destination (odd positions) of the rows normalised in float32
         and rounded to the metric's dtype, the scores rounded to it too (as the PyTorch matmul returns them),
@@ -185,8 +164,8 @@ if _HAS_TRITON:
         order of every sum, fewer exposed load latencies). ``ONE_J`` (the launcher's promise that every
         destination fits one tile of BLOCK_J): the sources' and the destinations' norms in one loop
         (:func:`_inv_norms_pair`), same bits. ``DOT_UNROLL``: channel steps of the dot per loop trip (each still
-        accumulates in turn: same bits). ``PREFETCH``: each channel step's rows are loaded one trip ahead (held in
-        registers), so their loads are in flight while the previous step's dot runs (same arithmetic: same bits)."""
+        accumulates in turn: same bits). ``PACK`` (16-bit metrics only): each score's bits and its destination
+        packed into one int32 key, so one max reduction finds both (the same best score and first partner)."""
         T = L - 1
         NA = (T + 1) // 2
         NB = T // 2
@@ -200,11 +179,11 @@ if _HAS_TRITON:
             j = tl.arange(0, BLOCK_J)
             qb = 2 * j + 1
             inv_a, inv_b = _inv_norms_pair(rows, ta, ma, qb + (qb >= cls).to(tl.int32), j < NB, s_ml, C,
-                                           BLOCK_T, BLOCK_J, NORM_C, UNROLL, ACC2D)
+                                           BLOCK_T, BLOCK_J, NORM_C, UNROLL)
             inv_a = inv_a[:, None]
             inv_b = inv_b[:, None]
         else:
-            inv_a = _inv_norms(rows, ta, ma, s_ml, C, BLOCK_T, NORM_C, UNROLL, ACC2D)[:, None]
+            inv_a = _inv_norms(rows, ta, ma, s_ml, C, BLOCK_T, NORM_C, UNROLL)[:, None]
             inv_b = tl.zeros([BLOCK_J, 1], tl.float32)
         best = tl.full([BLOCK_T], float("-inf"), tl.float32)
         best_j = tl.zeros([BLOCK_T], tl.int32)
@@ -214,33 +193,34 @@ if _HAS_TRITON:
             tb = qb + (qb >= cls).to(tl.int32)
             mb = j < NB
             if not ONE_J:
-                inv_b = _inv_norms(rows, tb, mb, s_ml, C, BLOCK_J, NORM_C, UNROLL, ACC2D)[:, None]
+                inv_b = _inv_norms(rows, tb, mb, s_ml, C, BLOCK_J, NORM_C, UNROLL)[:, None]
             s = tl.zeros([BLOCK_T, BLOCK_J], tl.float32)
-            if PREFETCH:
-                c = offs_c[None, :]
-                na = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
-                nb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0)
             for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=DOT_UNROLL):
-                if PREFETCH:
-                    xa = na
-                    xb = nb
-                    c = c0 + BLOCK_C + offs_c[None, :]  # the next step's (none past the last: masked off)
-                    na = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
-                    nb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0)
-                else:
-                    c = c0 + offs_c[None, :]
-                    xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
-                    xb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0)
+                c = c0 + offs_c[None, :]
+                xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
+                xb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0)
                 xa = (xa.to(tl.float32) * inv_a).to(rows.dtype.element_ty)
                 xb = (xb.to(tl.float32) * inv_b).to(rows.dtype.element_ty)
                 if IEEE:
                     s = tl.dot(xa, tl.trans(xb), s, input_precision="ieee")
                 else:
                     s = tl.dot(xa, tl.trans(xb), s)
-            s = s.to(rows.dtype.element_ty).to(tl.float32)
-            s = tl.where(mb[None, :], s, float("-inf"))
-            tile_best = tl.max(s, axis=1)
-            tile_j = tl.min(tl.where(s == tile_best[:, None], j[None, :], 2147483647), axis=1)
+            if PACK:
+                # the rounded score's 16 bits as an ordered key (-0.0 as +0.0), above the destination's complement:
+                # one max gives the best score and, among equal ones, the first destination
+                s16 = s.to(rows.dtype.element_ty)
+                bits = tl.where(s16 == 0.0, 0.0, s16).to(tl.int16, bitcast=True).to(tl.int32)
+                key = tl.where(bits < 0, bits ^ 0x7FFF, bits) * 65536 + (65535 - j[None, :])
+                top = tl.max(tl.where(mb[None, :], key, -2147483647 - 1), axis=1)
+                tile_j = 65535 - (top & 0xFFFF)
+                k16 = top >> 16
+                tile_best = tl.where(k16 < 0, k16 ^ 0x7FFF, k16).to(tl.int16).to(rows.dtype.element_ty, bitcast=True)
+                tile_best = tile_best.to(tl.float32)
+            else:
+                s = s.to(rows.dtype.element_ty).to(tl.float32)
+                s = tl.where(mb[None, :], s, float("-inf"))
+                tile_best = tl.max(s, axis=1)
+                tile_j = tl.min(tl.where(s == tile_best[:, None], j[None, :], 2147483647), axis=1)
             better = tile_best > best
             best = tl.where(better, tile_best, best)
             best_j = tl.where(better, tile_j, best_j)
@@ -250,11 +230,10 @@ if _HAS_TRITON:
     def _partner_tile(rows, vmax_row, vidx_row, tile, L, C, cls, s_ml,
                       IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
-                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
-                      ACC2D: tl.constexpr = False):
+                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1, PACK: tl.constexpr = False):
         """:func:`_partner_best` of tile ``tile``, stored at ``vmax_row`` / ``vidx_row``."""
         best, best_j = _partner_best(rows, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
-                                     ONE_J, DOT_UNROLL, PREFETCH, ACC2D)
+                                     ONE_J, DOT_UNROLL, PACK)
         i = tile * BLOCK_T + tl.arange(0, BLOCK_T)
         ma = i < L // 2
         tl.store(vmax_row + i, best, mask=ma)
@@ -557,7 +536,7 @@ if _HAS_TRITON:
         BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
         BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
         DOT_UNROLL: tl.constexpr = 1, PDL: tl.constexpr = False, ONE_TILE: tl.constexpr = False,
-        PREFETCH: tl.constexpr = False, RB: tl.constexpr = 0, ACC2D: tl.constexpr = False,
+        RB: tl.constexpr = 0, PACK: tl.constexpr = False,
     ):
         """Best partner and plan of one batch element in one program (grid (batch,)): every source tile of
         :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
@@ -572,7 +551,7 @@ if _HAS_TRITON:
         rows = m_ptr + b * s_mb
         if ONE_TILE:
             best, best_j = _partner_best(rows, 0, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
-                                         ONE_J, DOT_UNROLL, PREFETCH, ACC2D)
+                                         ONE_J, DOT_UNROLL, PACK)
             if RB > 0:
                 _plan_compact(best, best_j, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R,
                               sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls,
@@ -586,7 +565,7 @@ if _HAS_TRITON:
             irow = vidx_ptr + b * NA
             for tile in range(0, tl.cdiv(NA, BLOCK_T)):
                 _partner_tile(rows, vrow, irow, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C,
-                              UNROLL, ONE_J, DOT_UNROLL, PREFETCH, ACC2D)
+                              UNROLL, ONE_J, DOT_UNROLL, PACK)
             tl.debug_barrier()
             row = merged_ptr + b * R
             thr, last_tie = _plan_threshold(vrow, row, NA, R, BLOCK_A, BLOCK_K)
@@ -976,9 +955,19 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # loop over few merged sources (Vim-Ti, r=5: 16.1-16.4 against 14.5-14.9 us; Vim-S, r=11: 19.7-20.6 against
 # 18.3-19.2) and less over many (Vim-Ti's layer 22, r=71, 147 tokens: 16.1 against 20.1), where the tiled plan
 # walks the merged sources in chunks of 32
+# "compact_max_r": where every source fits that one tile and at most this many are merged, the plan in registers with
+# one all-pairs count (the ranks) and every other count over the merged sources only (_plan_compact: the same lists);
+# None: never. Twenty-eighth session (H200, match_schedule_gpu.py --ab "compact_max_r=None;32", call 1): Vim-Ti
+# 15.0-15.7 -> 11.8-12.2 us per layer (169.7 -> 136.5 per forward), Vim-S 18.8-19.7 -> 15.8-16.4 at 128-source
+# tiles, 11.6-12.0 -> 10.7-11.0 at 64 (181.9 -> 155.2 per forward); whole graphed Vim-Ti 1.158 -> 1.162, Vim-S
+# 1.378-1.380 -> 1.381-1.383 (alternating processes, with the two settings below, which changed nothing).
+# Tried there and dropped (no gain, code removed): the dot's rows loaded a step ahead in registers (+0.2 us per
+# layer), the row norms over a 2-D accumulator reduced once (the same time).
+# "pack": 16-bit metrics' best partners by one max over int32 keys (the score's bits, then the destination's
+# complement) where two reductions (max, then the first index at it) took the scores' epilogue; the same partners
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
-                "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "prefetch": False,
-                "compact_max_r": None, "norm_2d": False}
+                "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "compact_max_r": 32,
+                "pack": True}
 _WIDE_C = 768
 
 
@@ -1108,7 +1097,7 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     dot_unroll = MATCH_CONFIG.get("dot_unroll") or (2 if size == "wide" else 1)
     meta = dict(ORDERED=ordered, **_partner_meta(metric, tile_a, tile_b, step_c), PLAN_T=min(plan_t, block_a),
                 BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, DOT_UNROLL=dot_unroll, num_warps=warps, num_stages=1,
-                PREFETCH=bool(MATCH_CONFIG["prefetch"]), ACC2D=bool(MATCH_CONFIG["norm_2d"]), **pdl_meta())
+                PACK=bool(MATCH_CONFIG["pack"]) and metric.element_size() == 2, **pdl_meta())
     meta["ONE_TILE"], meta["RB"] = _one_tile(na, tile_a, num_merged)
     return (batch,), (L, C, cls_index, new_cls_index, num_merged, L - num_merged), meta
 
