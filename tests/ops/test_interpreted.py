@@ -89,8 +89,7 @@ def test_match_plan_equals_pytorch_plan(full):
     every source fits the one-launch kernel's tile, its plan is made in registers over all pairs of sources
     (``one_tile_min_r``), in registers over the merged sources (``compact_max_r``) or by the tiled plan steps (by
     default as the number merged decides: here forced each way): the default tier takes the three in turn over
-    the cases, the full tier runs all three. Every other run finds a 16-bit metric's best partners with one
-    packed reduction (``pack``).
+    the cases, the full tier runs all three.
     (Scores are summed in another order than PyTorch's matmul, so tie-heavy data is built to give exact
     scores.)"""
     run_interpreted(f"""
@@ -125,7 +124,6 @@ def test_match_plan_equals_pytorch_plan(full):
         kind = tag if isinstance(tag, str) else "registers" if {full!r} else ("registers", "compact", "tiled")[n_run % 3]
         mt.MATCH_CONFIG["one_tile_min_r"] = 0 if kind == "registers" else None
         mt.MATCH_CONFIG["compact_max_r"] = 256 if kind == "compact" else None
-        mt.MATCH_CONFIG["pack"] = n_run % 2 == 1  # the partner's best score and destination in one reduction
         for ordered in (True, False):
             # ties: every row a positive multiple of one of 3 basis vectors, so scores are exactly 0 or 1
             # whatever the summation order, and most sources tie for the best partner and best score

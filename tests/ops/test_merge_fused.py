@@ -110,6 +110,29 @@ def test_merge_add_norm_gives_the_bits_of_merge_then_norm(L, cls_index, r, C, or
         assert torch.equal(y1, y2), (y1.float() - y2.float()).abs().max()
 
 
+@pytest.mark.skipif(not merge_triton._HAS_TRITON, reason="needs Triton")
+def test_one_launch_plan_kind_by_shape():
+    """Which plan the one-launch kernel makes by default: compact (over RB merged slots) where every source fits
+    its one tile and at most ``compact_max_r`` merge (Vim's merging layers: r=5 / 11), all-pairs where more do
+    (Vim-Ti's layer 22: 147 -> 76 tokens), the tiled plan past one tile (513 tokens)."""
+    def kind(L, C, r):
+        meta = merge_triton.match_spec(torch.empty(2, L, C, dtype=torch.float16), L // 2, r, L // 2, True)[2]
+        return meta["ONE_TILE"], meta["RB"]
+
+    assert kind(197, 384, 11) == (True, 16)
+    assert kind(197, 192, 5) == (True, 16)
+    assert kind(87, 384, 11) == (True, 16)  # 43 sources: the small tiles, still one tile
+    assert kind(197, 384, 32) == (True, 32)
+    assert kind(147, 192, 71) == (True, 0)
+    assert kind(513, 384, 11) == (False, 0)
+    found = dict(merge_triton.MATCH_CONFIG)
+    try:
+        merge_triton.MATCH_CONFIG["compact_max_r"] = None
+        assert kind(197, 384, 11) == (False, 0)  # below one_tile_min_r: the tiled plan
+    finally:
+        merge_triton.MATCH_CONFIG.update(found)
+
+
 @pytest.mark.parametrize("ordered", [True, False])
 @pytest.mark.parametrize("L,cls_index,r", [(17, 8, 4), (16, 15, 3), (197, 98, 11), (9, 4, 0)])
 def test_token_lists_emulated_kernel(L, cls_index, r, ordered):
@@ -253,8 +276,8 @@ def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
     MATCH_TILES) writes the same plan and lists as the best-partner kernel followed by the plan kernel, at the
     shapes of Vim-Ti / S / B's merging layers (first and last: 197 and 87 tokens) and a 513-token sequence
     (256 sources, the longest the one-launch kernel takes: several source tiles in both of its steps), with the
-    partner's row norms in one loop or two and (default tilings) its dot unrolled or its best partners found by one
-    packed reduction, the plan tiled, in registers over all pairs of sources, or compact."""
+    partner's row norms in one loop or two and (default tilings) its dot unrolled, the plan tiled, in registers over
+    all pairs of sources, or compact."""
     from rmeeto.merge import plan_cls_index
 
     found = dict(merge_triton.MATCH_CONFIG)
@@ -269,12 +292,11 @@ def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
             # every tiling with the partner's row norms in one loop and in one loop per set; the default large
             # and wide tilings also with its dot two channel steps per loop trip
             defaults = (found["large"], found["wide"])
-            plain = dict(one_j=True, dot_unroll=1, pack=False, one_tile_min_r=None, compact_max_r=None)
+            plain = dict(one_j=True, dot_unroll=1, one_tile_min_r=None, compact_max_r=None)
             for tiles in merge_triton.MATCH_TILES:
                 variants = [plain, dict(plain, one_j=False)]
-                if tiles in defaults:  # the dot unrolled; one packed reduction; the plan all-pairs or compact
-                    variants += [dict(plain, dot_unroll=2), dict(plain, pack=True), dict(plain, one_tile_min_r=0),
-                                 dict(plain, compact_max_r=64, pack=True)]
+                if tiles in defaults:  # the dot unrolled; the plan in registers, all-pairs or compact
+                    variants += [dict(plain, dot_unroll=2), dict(plain, one_tile_min_r=0), dict(plain, compact_max_r=64)]
                 for v in variants:
                     merge_triton.MATCH_CONFIG.update(fused=True, small=tiles, large=tiles, wide=tiles, **v)
                     got = merge_triton._match_lists(m, cls, r, new_cls, ordered)

@@ -13,9 +13,9 @@ merge saves. Here it is two (three for long sequences):
    the merged sources only) and writes it as token lists: the output slot of every input token (the
    destination map), the kept token of every slot, the merged sources with their slots, and the merged
    sources of every slot as a linked list in plan order (:func:`source_lists`). Where every source fits the
-   kernel's one tile (Vim's 197 tokens and fewer) and many merge, the plan is made from the partners still in
-   registers, by counts over all pairs of sources (:func:`_plan_registers`), without the tiles' round trips
-   through memory.
+   kernel's one tile (Vim's 197 tokens and fewer), the plan is made from the partners still in registers,
+   without the tiles' round trips through memory: by counts over the merged sources where few merge
+   (:func:`_plan_compact`), over all pairs of sources where many do (:func:`_plan_registers`).
    No sort call, no atomics, no host sync, static shapes, one workspace allocation (none in inference:
    :func:`match_merge_fused` keeps one per shape and stream).
 2. The merge kernel reads every token of both streams once and writes each output token once:
@@ -153,7 +153,7 @@ if _HAS_TRITON:
     def _partner_best(rows, tile, L, C, cls, s_ml,
                       IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
-                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1, PACK: tl.constexpr = False):
+                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1):
         """For tile ``tile`` of BLOCK_T sources (even class-free positions) of one batch element (its metric
         rows at ``rows``): scores against every destination (odd positions) of the rows normalised in float32
         and rounded to the metric's dtype, the scores rounded to it too (as the PyTorch matmul returns them),
@@ -164,8 +164,7 @@ if _HAS_TRITON:
         order of every sum, fewer exposed load latencies). ``ONE_J`` (the launcher's promise that every
         destination fits one tile of BLOCK_J): the sources' and the destinations' norms in one loop
         (:func:`_inv_norms_pair`), same bits. ``DOT_UNROLL``: channel steps of the dot per loop trip (each still
-        accumulates in turn: same bits). ``PACK`` (16-bit metrics only): each score's bits and its destination
-        packed into one int32 key, so one max reduction finds both (the same best score and first partner)."""
+        accumulates in turn: same bits)."""
         T = L - 1
         NA = (T + 1) // 2
         NB = T // 2
@@ -205,22 +204,10 @@ if _HAS_TRITON:
                     s = tl.dot(xa, tl.trans(xb), s, input_precision="ieee")
                 else:
                     s = tl.dot(xa, tl.trans(xb), s)
-            if PACK:
-                # the rounded score's 16 bits as an ordered key (-0.0 as +0.0), above the destination's complement:
-                # one max gives the best score and, among equal ones, the first destination
-                s16 = s.to(rows.dtype.element_ty)
-                bits = tl.where(s16 == 0.0, 0.0, s16).to(tl.int16, bitcast=True).to(tl.int32)
-                key = tl.where(bits < 0, bits ^ 0x7FFF, bits) * 65536 + (65535 - j[None, :])
-                top = tl.max(tl.where(mb[None, :], key, -2147483647 - 1), axis=1)
-                tile_j = 65535 - (top & 0xFFFF)
-                k16 = top >> 16
-                tile_best = tl.where(k16 < 0, k16 ^ 0x7FFF, k16).to(tl.int16).to(rows.dtype.element_ty, bitcast=True)
-                tile_best = tile_best.to(tl.float32)
-            else:
-                s = s.to(rows.dtype.element_ty).to(tl.float32)
-                s = tl.where(mb[None, :], s, float("-inf"))
-                tile_best = tl.max(s, axis=1)
-                tile_j = tl.min(tl.where(s == tile_best[:, None], j[None, :], 2147483647), axis=1)
+            s = s.to(rows.dtype.element_ty).to(tl.float32)
+            s = tl.where(mb[None, :], s, float("-inf"))
+            tile_best = tl.max(s, axis=1)
+            tile_j = tl.min(tl.where(s == tile_best[:, None], j[None, :], 2147483647), axis=1)
             better = tile_best > best
             best = tl.where(better, tile_best, best)
             best_j = tl.where(better, tile_j, best_j)
@@ -230,10 +217,10 @@ if _HAS_TRITON:
     def _partner_tile(rows, vmax_row, vidx_row, tile, L, C, cls, s_ml,
                       IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
-                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1, PACK: tl.constexpr = False):
+                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1):
         """:func:`_partner_best` of tile ``tile``, stored at ``vmax_row`` / ``vidx_row``."""
         best, best_j = _partner_best(rows, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
-                                     ONE_J, DOT_UNROLL, PACK)
+                                     ONE_J, DOT_UNROLL)
         i = tile * BLOCK_T + tl.arange(0, BLOCK_T)
         ma = i < L // 2
         tl.store(vmax_row + i, best, mask=ma)
@@ -536,22 +523,23 @@ if _HAS_TRITON:
         BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
         BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
         DOT_UNROLL: tl.constexpr = 1, PDL: tl.constexpr = False, ONE_TILE: tl.constexpr = False,
-        RB: tl.constexpr = 0, PACK: tl.constexpr = False,
+        RB: tl.constexpr = 0,
     ):
         """Best partner and plan of one batch element in one program (grid (batch,)): every source tile of
         :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
         The same arithmetic as :func:`_best_partner_kernel` then :func:`_plan_kernel` with the same tiles, in
         one launch instead of two; for short sequences, where a batch element's work is a few microseconds.
         ``ONE_TILE`` (the launcher's promise that every source fits one tile of BLOCK_T; its choice, see
-        ``MATCH_CONFIG``): the plan from the partners in registers (:func:`_plan_registers`), the same lists;
-        vmax, vidx and the scratch row unused."""
+        ``MATCH_CONFIG``): the plan from the partners in registers, the same lists: over the merged sources in
+        ``RB`` slots (:func:`_plan_compact`), or with ``RB`` 0 over all pairs (:func:`_plan_registers`); vmax, vidx
+        and the scratch row unused."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         b = tl.program_id(0).to(tl.int64)
         NA = L // 2
         rows = m_ptr + b * s_mb
         if ONE_TILE:
             best, best_j = _partner_best(rows, 0, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
-                                         ONE_J, DOT_UNROLL, PACK)
+                                         ONE_J, DOT_UNROLL)
             if RB > 0:
                 _plan_compact(best, best_j, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R,
                               sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls,
@@ -565,7 +553,7 @@ if _HAS_TRITON:
             irow = vidx_ptr + b * NA
             for tile in range(0, tl.cdiv(NA, BLOCK_T)):
                 _partner_tile(rows, vrow, irow, tile, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C,
-                              UNROLL, ONE_J, DOT_UNROLL, PACK)
+                              UNROLL, ONE_J, DOT_UNROLL)
             tl.debug_barrier()
             row = merged_ptr + b * R
             thr, last_tie = _plan_threshold(vrow, row, NA, R, BLOCK_A, BLOCK_K)
@@ -960,14 +948,15 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # None: never. Twenty-eighth session (H200, match_schedule_gpu.py --ab "compact_max_r=None;32", call 1): Vim-Ti
 # 15.0-15.7 -> 11.8-12.2 us per layer (169.7 -> 136.5 per forward), Vim-S 18.8-19.7 -> 15.8-16.4 at 128-source
 # tiles, 11.6-12.0 -> 10.7-11.0 at 64 (181.9 -> 155.2 per forward); whole graphed Vim-Ti 1.158 -> 1.162, Vim-S
-# 1.378-1.380 -> 1.381-1.383 (alternating processes, with the two settings below, which changed nothing).
+# 1.378-1.380 -> 1.381-1.383 (alternating processes, with the two settings below, which changed nothing); call 2, on
+# another card, against the matching before this session: Vim-Ti 1.156-1.157 -> 1.160-1.161, Vim-S 1.392-1.393 ->
+# 1.395-1.396.
 # Tried there and dropped (no gain, code removed): the dot's rows loaded a step ahead in registers (+0.2 us per
-# layer), the row norms over a 2-D accumulator reduced once (the same time).
-# "pack": 16-bit metrics' best partners by one max over int32 keys (the score's bits, then the destination's
-# complement) where two reductions (max, then the first index at it) took the scores' epilogue; the same partners
+# layer), the row norms over a 2-D accumulator reduced once (the same time); call 2: a 16-bit metric's best partners by
+# one max over int32 keys (the score's bits above the destination's complement) in place of a max and a first index
+# at it (the same partners; Vim-Ti 132.7 -> 133.5, Vim-S 151.4 -> 152.7 us per forward).
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
-                "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "compact_max_r": 32,
-                "pack": True}
+                "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "compact_max_r": 32}
 _WIDE_C = 768
 
 
@@ -1097,7 +1086,7 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     dot_unroll = MATCH_CONFIG.get("dot_unroll") or (2 if size == "wide" else 1)
     meta = dict(ORDERED=ordered, **_partner_meta(metric, tile_a, tile_b, step_c), PLAN_T=min(plan_t, block_a),
                 BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, DOT_UNROLL=dot_unroll, num_warps=warps, num_stages=1,
-                PACK=bool(MATCH_CONFIG["pack"]) and metric.element_size() == 2, **pdl_meta())
+                **pdl_meta())
     meta["ONE_TILE"], meta["RB"] = _one_tile(na, tile_a, num_merged)
     return (batch,), (L, C, cls_index, new_cls_index, num_merged, L - num_merged), meta
 
