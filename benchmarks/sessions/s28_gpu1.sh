@@ -5,6 +5,7 @@
 # with all three off / on in alternating processes; the GPU tests of the projections (their fixture changed in
 # session 27) and of the matching (new variants).
 #   bash benchmarks/sessions/s28_gpu1.sh        (OUT=out/s28a by default; about 520 s)
+# Ran on 6db36ff; "prefetch" and "norm_2d" were removed after it (no gain), so later trees lack them.
 set -uo pipefail
 OUT=${OUT:-out/s28a} BUDGET_S=${BUDGET_S:-560} source benchmarks/_session.sh
 export PYTHONPATH=$PWD/src

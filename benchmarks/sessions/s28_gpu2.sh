@@ -4,6 +4,7 @@
 # matching as before this session (compact_max_r=None, pack=False) and as now, in alternating processes; then every
 # GPU test on the new defaults.
 #   bash benchmarks/sessions/s28_gpu2.sh        (OUT=out/s28b by default; about 560 s)
+# Ran on 046bb26; "pack" was removed after it (no gain), so later trees lack it.
 set -uo pipefail
 OUT=${OUT:-out/s28b} BUDGET_S=${BUDGET_S:-570} source benchmarks/_session.sh
 export PYTHONPATH=$PWD/src

@@ -3,6 +3,7 @@
 # per image (MATCH_CONFIG["fuse_norm"], rows per trip; off by default): its bits against the two launches (GPU test),
 # per merging layer, then whole graphed Vim-Ti / S off / on.
 #   bash benchmarks/sessions/s28_gpu4.sh        (OUT=out/s28d by default; about 230 s)
+# Ran on 0203c9c; the one-program kernel was removed after it (much slower), so later trees have no "fuse_norm".
 set -uo pipefail
 OUT=${OUT:-out/s28d} BUDGET_S=${BUDGET_S:-230} source benchmarks/_session.sh
 export PYTHONPATH=$PWD/src

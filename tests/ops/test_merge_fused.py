@@ -90,14 +90,11 @@ def test_fused_kernel_matches_merge_streams(L, cls_index, r, C, ordered, dtype, 
 @pytest.mark.parametrize("ordered", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("L,cls_index,r,C", [(197, 98, 11, 384), (186, 92, 11, 768), (197, 98, 5, 192), (17, 8, 8, 40)])
-@pytest.mark.parametrize("fuse_norm", [None, 16])
-def test_merge_add_norm_gives_the_bits_of_merge_then_norm(L, cls_index, r, C, ordered, dtype, fuse_norm, monkeypatch):
+def test_merge_add_norm_gives_the_bits_of_merge_then_norm(L, cls_index, r, C, ordered, dtype):
     """The inference kernel (merge, residual add, RMSNorm in one) against the merge kernel followed by the norm
-    kernel, compiled: the same bits, sizes or none; also with the matching and the merge + norm in one program
-    (``fuse_norm``)."""
+    kernel, compiled: the same bits, sizes or none."""
     from rmeeto.ops.triton import norm as norm_triton
 
-    monkeypatch.setitem(merge_triton.MATCH_CONFIG, "fuse_norm", fuse_norm)
     for with_size in (False, True):
         hidden, residual, size, plan = _case(16, L, C, cls_index, r, ordered, with_size, seed=C, device="cuda",
                                              dtype=dtype)

@@ -406,6 +406,19 @@ if _HAS_TRITON:
         tl.store(kslot_row + cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], new_cls, tl.int32), mask=first)
 
     @triton.jit
+    def _rank_sources(best, best_j, L, R, BLOCK_T: tl.constexpr):
+        """The in-register plans' first step, from every source's best score and partner (``best`` / ``best_j``
+        [BLOCK_T], one tile) -> (index i, partner di (0 past the sources), rank of every source among all NA in
+        plan order (keys descending, then index: one count over all pairs), merged = rank < R)."""
+        i = tl.arange(0, BLOCK_T)
+        ma = i < L // 2
+        u = _order_key(tl.where(ma, best, 0.0))
+        di = tl.where(ma, best_j, 0)
+        ahead = (u[None, :] > u[:, None]) | ((u[None, :] == u[:, None]) & (i[None, :] < i[:, None]))
+        rank = tl.sum((ahead & ma[None, :]).to(tl.int32), axis=1)
+        return i, di, rank, (rank < R) & ma
+
+    @triton.jit
     def _plan_registers(best, best_j, dest_row, base_row, src_row, sdst_row, head_row, next_row, kslot_row,
                         L, cls, new_cls, R, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr):
         """The whole plan of one batch element whose sources all fit one tile of BLOCK_T (``best`` /
@@ -418,16 +431,8 @@ if _HAS_TRITON:
         destination, and after each merged source to its destination, give the source lists. No dependent
         loads and no barrier, but [BLOCK_T, BLOCK_T] reductions whatever the number merged: faster than the
         tiled plan's loop over the merged sources only where many merge (``MATCH_CONFIG``)."""
-        NA = L // 2
         BIG: tl.constexpr = 2147483647
-        i = tl.arange(0, BLOCK_T)
-        ma = i < NA
-        u = _order_key(tl.where(ma, best, 0.0))
-        di = tl.where(ma, best_j, 0)
-        # rank of every source among all NA (plan order): keys descending, then index
-        ahead = (u[None, :] > u[:, None]) | ((u[None, :] == u[:, None]) & (i[None, :] < i[:, None]))
-        rank = tl.sum((ahead & ma[None, :]).to(tl.int32), axis=1)
-        merged = (rank < R) & ma
+        i, di, rank, merged = _rank_sources(best, best_j, L, R, BLOCK_T)
         mj = merged[None, :]
         if ORDERED:
             n_lt = tl.sum((mj & (i[None, :] < i[:, None])).to(tl.int32), axis=1)
@@ -453,15 +458,8 @@ if _HAS_TRITON:
         sum), and each count that :func:`_plan_registers` takes over all BLOCK_T sources (merged ones before a
         source or a destination, the first merged source routed to a destination or after a source) is taken
         over those RB slots ([BLOCK_T, RB]). Integer counts over the same sets: the same values."""
-        NA = L // 2
         BIG: tl.constexpr = 2147483647
-        i = tl.arange(0, BLOCK_T)
-        ma = i < NA
-        u = _order_key(tl.where(ma, best, 0.0))
-        di = tl.where(ma, best_j, 0)
-        ahead = (u[None, :] > u[:, None]) | ((u[None, :] == u[:, None]) & (i[None, :] < i[:, None]))
-        rank = tl.sum((ahead & ma[None, :]).to(tl.int32), axis=1)
-        merged = (rank < R) & ma
+        i, di, rank, merged = _rank_sources(best, best_j, L, R, BLOCK_T)
         # slot k < R: the merged source of rank k (its index * BLOCK_T + its partner; ranks are distinct)
         k = tl.arange(0, RB)
         hit = (rank[None, :] == k[:, None]) & merged[None, :]
@@ -516,15 +514,25 @@ if _HAS_TRITON:
                    ORDERED, BLOCK_T, BLOCK_K)
 
     @triton.jit
-    def _match_image(
-        b, m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr, head_ptr,
+    def _match_kernel(
+        m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr, head_ptr,
         next_ptr, kslot_ptr, L, C, cls, new_cls, R, L_out,
         IEEE: tl.constexpr, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
         BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
-        BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr, DOT_UNROLL: tl.constexpr,
-        ONE_TILE: tl.constexpr, RB: tl.constexpr,
+        BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
+        DOT_UNROLL: tl.constexpr = 1, PDL: tl.constexpr = False, ONE_TILE: tl.constexpr = False,
+        RB: tl.constexpr = 0,
     ):
-        """:func:`_match_kernel`'s work for batch element ``b``."""
+        """Best partner and plan of one batch element in one program (grid (batch,)): every source tile of
+        :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
+        The same arithmetic as :func:`_best_partner_kernel` then :func:`_plan_kernel` with the same tiles, in
+        one launch instead of two; for short sequences, where a batch element's work is a few microseconds.
+        ``ONE_TILE`` (the launcher's promise that every source fits one tile of BLOCK_T; its choice, see
+        ``MATCH_CONFIG``): the plan from the partners in registers, the same lists: over the merged sources in
+        ``RB`` slots (:func:`_plan_compact`), or with ``RB`` 0 over all pairs (:func:`_plan_registers`); vmax, vidx
+        and the scratch row unused."""
+        follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
+        b = tl.program_id(0).to(tl.int64)
         NA = L // 2
         rows = m_ptr + b * s_mb
         if ONE_TILE:
@@ -551,30 +559,6 @@ if _HAS_TRITON:
                 _plan_tile(vrow, irow, row, thr, last_tie, tile, dest_ptr + b * L, base_ptr + b * L_out,
                            src_ptr + b * R, sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L,
                            kslot_ptr + b * L, L, cls, new_cls, R, ORDERED, PLAN_T, BLOCK_K)
-
-    @triton.jit
-    def _match_kernel(
-        m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr, head_ptr,
-        next_ptr, kslot_ptr, L, C, cls, new_cls, R, L_out,
-        IEEE: tl.constexpr, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-        BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
-        BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
-        DOT_UNROLL: tl.constexpr = 1, PDL: tl.constexpr = False, ONE_TILE: tl.constexpr = False,
-        RB: tl.constexpr = 0,
-    ):
-        """Best partner and plan of one batch element in one program (grid (batch,)): every source tile of
-        :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
-        The same arithmetic as :func:`_best_partner_kernel` then :func:`_plan_kernel` with the same tiles, in
-        one launch instead of two; for short sequences, where a batch element's work is a few microseconds.
-        ``ONE_TILE`` (the launcher's promise that every source fits one tile of BLOCK_T; its choice, see
-        ``MATCH_CONFIG``): the plan from the partners in registers, the same lists: over the merged sources in
-        ``RB`` slots (:func:`_plan_compact`), or with ``RB`` 0 over all pairs (:func:`_plan_registers`); vmax, vidx
-        and the scratch row unused."""
-        follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
-        _match_image(tl.program_id(0).to(tl.int64), m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, merged_ptr, dest_ptr,
-                     base_ptr, src_ptr, sdst_ptr, head_ptr, next_ptr, kslot_ptr, L, C, cls, new_cls, R, L_out, IEEE,
-                     ORDERED, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, PLAN_T, BLOCK_A, BLOCK_K, UNROLL, ONE_J, DOT_UNROLL,
-                     ONE_TILE, RB)
 
     @triton.jit
     def _merge_fwd_kernel(
@@ -649,14 +633,7 @@ if _HAS_TRITON:
         each stopping at its own end."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        _merge_norm_rows(rows, rows < N, h_ptr, r_ptr, s_ptr, kslot_ptr, next_ptr, w_ptr, ro_ptr, y_ptr, so_ptr, L,
-                         L_out, C, s_h_b, s_h_l, s_r_b, s_r_l, eps, HAS_SIZE, ASM_ADD, BLOCK_N, BLOCK_C)
-
-    @triton.jit
-    def _merge_norm_rows(rows, mr, h_ptr, r_ptr, s_ptr, kslot_ptr, next_ptr, w_ptr, ro_ptr, y_ptr, so_ptr, L, L_out, C,
-                         s_h_b, s_h_l, s_r_b, s_r_l, eps, HAS_SIZE: tl.constexpr, ASM_ADD: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-        """:func:`_merge_norm_kernel`'s work for the input rows ``rows`` (of [batch * L], mask ``mr``)."""
+        mr = rows < N
         b = (rows // L).to(tl.int64)
         tok = rows - b * L
         slot = tl.load(kslot_ptr + rows, mask=mr, other=-1)
@@ -700,33 +677,6 @@ if _HAS_TRITON:
         tl.store(ro_ptr + off, r, mask=m)
         tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=m)
         tl.store(so_ptr + out, wsum, mask=mr & kept)
-
-    @triton.jit
-    def _match_merge_norm_kernel(
-        m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr, head_ptr,
-        next_ptr, kslot_ptr, h_ptr, r_ptr, s_ptr, w_ptr, ro_ptr, y_ptr, so_ptr, L, C, cls, new_cls, R, L_out,
-        s_h_b, s_h_l, s_r_b, s_r_l, eps,
-        IEEE: tl.constexpr, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-        BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
-        BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr, DOT_UNROLL: tl.constexpr,
-        ONE_TILE: tl.constexpr, RB: tl.constexpr, HAS_SIZE: tl.constexpr, ASM_ADD: tl.constexpr,
-        ROWS_N: tl.constexpr, ROWS_C: tl.constexpr, PDL: tl.constexpr = False,
-    ):
-        """:func:`_match_kernel` then, in the same program, :func:`_merge_norm_kernel`'s work for this batch
-        element's L input rows, ROWS_N at a time (grid (batch,)): one launch per merging layer, the plan's lists
-        read back by the program that wrote them (after a block barrier) instead of by another kernel. The same
-        lists, sums and order; the norm's row sums are the norm kernel's where the [ROWS_N, ROWS_C] tile at this
-        kernel's warps sums alike (GPU test)."""
-        follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
-        b = tl.program_id(0).to(tl.int64)
-        _match_image(b, m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr,
-                     head_ptr, next_ptr, kslot_ptr, L, C, cls, new_cls, R, L_out, IEEE, ORDERED, BLOCK_T, BLOCK_C,
-                     BLOCK_J, NORM_C, PLAN_T, BLOCK_A, BLOCK_K, UNROLL, ONE_J, DOT_UNROLL, ONE_TILE, RB)
-        tl.debug_barrier()  # the lists this program's threads wrote, visible to all of them
-        for n0 in range(0, L, ROWS_N):
-            tok = n0 + tl.arange(0, ROWS_N)
-            _merge_norm_rows(b * L + tok, tok < L, h_ptr, r_ptr, s_ptr, kslot_ptr, next_ptr, w_ptr, ro_ptr, y_ptr,
-                             so_ptr, L, L_out, C, s_h_b, s_h_l, s_r_b, s_r_l, eps, HAS_SIZE, ASM_ADD, ROWS_N, ROWS_C)
 
 
 def _token_lists(dest: Tensor, src_tok: Tensor, num_out: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -1002,10 +952,12 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # Tried there and dropped (no gain, code removed): the dot's rows loaded a step ahead in registers (+0.2 us per
 # layer), the row norms over a 2-D accumulator reduced once (the same time); call 2: a 16-bit metric's best partners by
 # one max over int32 keys (the score's bits above the destination's complement) in place of a max and a first index
-# at it (the same partners; Vim-Ti 132.7 -> 133.5, Vim-S 151.4 -> 152.7 us per forward).
+# at it (the same partners; Vim-Ti 132.7 -> 133.5, Vim-S 151.4 -> 152.7 us per forward); call 4: the merge + add +
+# norm of a batch element's rows by the matching's own program after its plan (one launch per merging layer, 16 rows
+# a trip; the same bits as the two launches), much slower: whole merging steps Vim-Ti 329.6 -> 492.5, Vim-S 438.5 ->
+# 716.2 us per forward (one program of 8 warps per image streams its rows at about half the merge + norm kernel's rate).
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
-                "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "compact_max_r": 32,
-                "fuse_norm": None}
+                "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "compact_max_r": 32}
 _WIDE_C = 768
 
 
@@ -1267,45 +1219,9 @@ def _match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tenso
     runs allocate from the graph's pool, which must hold no tensor that outlives a run but its outputs."""
     if workspace is None:
         workspace = _workspace(metric.shape[0], metric.shape[1], num_merged, metric.device)
-    if metric.stride(2) != 1:
-        metric = metric.contiguous()
-    h, r, s = _kernel_inputs(hidden, residual, size)
-    spec = fused_norm_spec(metric, h, r, size is not None, cls_index, num_merged, new_cls_index, ordered, eps)
-    if spec is not None:
-        batch, L, C = hidden.shape
-        num_out = L - num_merged
-        dev = hidden.device
-        r_out = torch.empty(batch, num_out, C, device=dev, dtype=torch.float32)
-        y = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)
-        s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
-        grid, tail, meta = spec
-        launch(_match_merge_norm_kernel, grid, dev, metric, metric.stride(0), metric.stride(1), *workspace[1:4],
-               *workspace[0:1], *workspace[4:], h, r, s, weight, r_out, y, s_out, *tail, **meta)
-        return r_out, y, s_out
     _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace)
     nxt, kslot = workspace[8], workspace[9]
     return _merge_norm_fwd(hidden, residual, size, kslot, nxt, hidden.shape[1] - num_merged, weight, eps)
-
-
-def fused_norm_spec(metric: Tensor, hidden: Tensor, residual: Tensor, has_size: bool, cls_index: int,
-                    num_merged: int, new_cls_index: int, ordered: bool, eps: float
-                    ) -> Optional[tuple[tuple, tuple, dict]]:
-    """(grid, scalar arguments after the tensors, constexprs and launch options) of the matching with the merge +
-    add + norm in the same program (:func:`_match_merge_norm_kernel`), or None where the two launches are taken:
-    ``MATCH_CONFIG["fuse_norm"]`` (rows per trip of the merge + norm) None, or a plan not made in registers (more
-    sources than one tile). ``metric`` (unit channel stride), ``hidden`` and ``residual`` as the kernels take them
-    (:func:`_kernel_inputs`). The kernel's tensors: metric, its batch and token strides, the workspace's vmax,
-    vidx, scratch, dest, base, src, sdst, head, nxt, kslot, then hidden, residual, sizes, weight, residual_out,
-    normed, size_out."""
-    rows_n = MATCH_CONFIG["fuse_norm"]
-    spec = match_spec(metric, cls_index, num_merged, new_cls_index, ordered) if rows_n else None
-    if spec is None or not spec[2]["ONE_TILE"]:
-        return None
-    grid, tail, meta = spec
-    meta = dict(meta, HAS_SIZE=has_size, ASM_ADD=hidden.device.type == "cuda", ROWS_N=rows_n,
-                ROWS_C=next_pow2(hidden.shape[2]))
-    tail = tail + (hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1), float(eps))
-    return grid, tail, meta
 
 
 # torch.compile traces an inference merging step as this one op: the same two launches as eager mode (where
@@ -1341,7 +1257,7 @@ class MergeNormPlan:
     def __init__(self, num_merged: int, cls_index: int, new_cls_index: int, ordered: bool, eps: float):
         self.num_merged, self.cls_index, self.new_cls_index = num_merged, cls_index, new_cls_index
         self.ordered, self.eps = bool(ordered), float(eps)
-        self.match = self.merge = self.fused = None
+        self.match = self.merge = None
         self.strides = None
 
     def __call__(self, hidden: Tensor, residual: Tensor, size: Optional[Tensor], weight: Tensor
@@ -1351,26 +1267,13 @@ class MergeNormPlan:
         R = self.num_merged
         dev = hidden.device
         dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = _inference_workspace(batch, L, R, dev)
-        num_out = L - R
-        if self.fused is None:
-            spec = fused_norm_spec(hidden, hidden, residual, size is not None, self.cls_index, R, self.new_cls_index,
-                                   self.ordered, self.eps)
-            self.fused = False if spec is None else Launcher(_match_merge_norm_kernel, spec[0], dev, spec[1], spec[2])
-            self.strides = (hidden.stride(0), hidden.stride(1))
-        if self.fused:
-            r_out = torch.empty(batch, num_out, C, device=dev, dtype=torch.float32)
-            y = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)
-            s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
-            s0, s1 = self.strides
-            self.fused(hidden, s0, s1, vmax, vidx, scratch, dest, base, src, sdst, head, nxt, kslot, hidden, residual,
-                       size if size is not None else hidden, weight, r_out, y, s_out)
-            return r_out, y, s_out
         if self.match is None:
             grid, tail, meta = match_spec(hidden, self.cls_index, R, self.new_cls_index, self.ordered)
             self.match = Launcher(_match_kernel, grid, dev, tail, meta)
             self.strides = (hidden.stride(0), hidden.stride(1))
         s0, s1 = self.strides
         self.match(hidden, s0, s1, vmax, vidx, scratch, dest, base, src, sdst, head, nxt, kslot)
+        num_out = L - R
         r_out = torch.empty(batch, num_out, C, device=dev, dtype=torch.float32)
         y = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)
         s_out = torch.empty(batch, num_out, 1, device=dev, dtype=torch.float32)
