@@ -7,7 +7,7 @@ pointers), so loads vectorise as they do on the device. The device's Triton may 
 machine's and compile differently.
 
     PYTHONPATH=src python benchmarks/match_sass_cpu.py [--tokens 197] [--channels 384] [-r 11] [--arch 90]
-        [--set compact_max_r=None] [--sass out.sass]
+        [--set compact_max_r=None] [--norm-only --set norm_lists_only=True] [--sass out.sass]
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ _POINTERS = {"vmax_ptr": "*fp32", "dest_ptr": "*i64"}
 _INT_POINTERS = ("vidx_ptr", "merged_ptr", "base_ptr", "src_ptr", "sdst_ptr", "head_ptr", "next_ptr", "kslot_ptr")
 
 
-def compile_match(batch: int, L: int, C: int, r: int, arch: int, dtype=torch.float16):
-    """The compiled ``_match_kernel`` for a [batch, L, C] metric, r merged, class token in the middle."""
+def compile_match(batch: int, L: int, C: int, r: int, arch: int, dtype=torch.float16, norm_only: bool = False):
+    """The compiled ``_match_kernel`` for a [batch, L, C] metric, r merged, class token in the middle (as the
+    inference merge + norm launches it with ``norm_only``)."""
     metric = torch.empty(batch, L, C, dtype=dtype)
     cls = L // 2
-    grid, tail, meta = mt.match_spec(metric, cls, r, plan_cls_index(cls, L, r, True), True)
+    grid, tail, meta = mt.match_spec(metric, cls, r, plan_cls_index(cls, L, r, True), True, norm_only)
     if grid is None:
         raise SystemExit("this shape takes the two-kernel matching, not the one-launch kernel")
     meta = dict(meta)
@@ -101,12 +102,14 @@ def main():
     ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: Hopper)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a MATCH_CONFIG entry (a Python literal); repeatable")
+    ap.add_argument("--norm-only", action="store_true",
+                    help="as the inference merge + norm launches it (with MATCH_CONFIG['norm_lists_only'])")
     ap.add_argument("--sass", default=None, help="also write the whole SASS listing here")
     a = ap.parse_args()
     set_match_config(a.set, ap.error)
-    kernel, constexprs = compile_match(a.batch, a.tokens, a.channels, a.r, a.arch)
+    kernel, constexprs = compile_match(a.batch, a.tokens, a.channels, a.r, a.arch, norm_only=a.norm_only)
     text, sass = summarise(kernel.asm["cubin"])
-    chosen = {k: constexprs[k] for k in ("BLOCK_T", "BLOCK_J", "BLOCK_C", "UNROLL", "ONE_TILE", "RB")}
+    chosen = {k: constexprs[k] for k in ("BLOCK_T", "BLOCK_J", "BLOCK_C", "UNROLL", "ONE_TILE", "RB", "NORM_ONLY")}
     print(f"_match_kernel, sm_{a.arch}, Triton {triton.__version__}: {a.tokens} tokens, {a.channels} channels, "
           f"r={a.r}; {chosen}")
     print(text)

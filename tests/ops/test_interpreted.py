@@ -216,7 +216,8 @@ def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm(full):
     without sizes, both layouts, a row tile with several rows (C=24, 40) and with one channel block (C=192),
     and a tie-heavy metric routing many sources to one slot, so rows of one tile walk lists of other lengths;
     the same with a fresh workspace (as while a CUDA graph is captured) as with the kept one, and through the
-    two-kernel plan (taken past 256 sources) over two plan tiles. It refuses a residual that is not float32
+    two-kernel plan (taken past 256 sources) over two plan tiles. Half the cases have the matching write only the
+    lists the merge + norm reads (``norm_lists_only``). It refuses a residual that is not float32
     and inputs that need a gradient. (Default tier: each case in one dtype, alternating; the full tier: both.)"""
     run_interpreted(f"""
         import sys, torch
@@ -229,9 +230,11 @@ def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm(full):
         dtypes = (torch.float32, torch.float16)
         runs = [(d, c) for d in dtypes for c in cases] if {full!r} else [(dtypes[i % 2], c)
                                                                           for i, c in enumerate(cases)]
-        for dtype, (B, L, C, cls, r, ties) in runs:
+        for n_run, (dtype, (B, L, C, cls, r, ties)) in enumerate(runs):
             for ordered in (True, False):
                 for with_size in (False, True):
+                    # the matching writing only the lists the merge + norm reads (kslot, next), every other case
+                    mt.MATCH_CONFIG["norm_lists_only"] = (n_run + ordered + with_size) % 2 == 1
                     h = torch.randn(B, L, C).to(dtype)
                     res = torch.randn(B, L, C)
                     size = torch.randint(1, 4, (B, L, 1)).float() if with_size else None
@@ -244,11 +247,19 @@ def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm(full):
                     (hm, rm), s1 = mt.match_merge_fused(h, res, size, metric, cls, r, new_cls, ordered)
                     ro1, y1, _ = nt._norm_fwd(hm, rm, w, None, 1e-5)
                     ro2, y2, s2 = mt.match_merge_add_norm(h, res, size, metric, cls, r, new_cls, ordered, w, 1e-5)
+                    # again in a workspace filled with junk first: every entry the merge + norm reads is written
+                    ws = mt._workspace(B, L, r, h.device)
+                    for t in ws:
+                        t.fill_(-5)
+                    junk = mt._match_merge_add_norm(h, res, size, metric, cls, r, new_cls, ordered, w, 1e-5, ws)
+                    if not all(torch.equal(a, b) for a, b in zip(junk, (ro2, y2, s2))):
+                        bad.append(("junk workspace", dtype, B, L, C, cls, r, ties, ordered, with_size))
                     if ties and int(s1.max()) < 6:
                         bad.append(("ties did not make long lists", int(s1.max())))
                     same = [torch.equal(a, b) for a, b in ((ro1, ro2), (y1, y2), (s1, s2))]
                     if not all(same) or y2.dtype != dtype or ro2.dtype != torch.float32:
                         bad.append((dtype, B, L, C, cls, r, ties, ordered, with_size, same))
+        mt.MATCH_CONFIG["norm_lists_only"] = False
         # while a CUDA graph is captured no workspace is kept (the graph's pool holds a fresh one): same results
         kept = mt._reused_workspace
         mt._reused_workspace = lambda *args: None

@@ -90,11 +90,15 @@ def test_fused_kernel_matches_merge_streams(L, cls_index, r, C, ordered, dtype, 
 @pytest.mark.parametrize("ordered", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("L,cls_index,r,C", [(197, 98, 11, 384), (186, 92, 11, 768), (197, 98, 5, 192), (17, 8, 8, 40)])
-def test_merge_add_norm_gives_the_bits_of_merge_then_norm(L, cls_index, r, C, ordered, dtype):
+@pytest.mark.parametrize("norm_lists_only", [False, True])
+def test_merge_add_norm_gives_the_bits_of_merge_then_norm(L, cls_index, r, C, ordered, dtype, norm_lists_only,
+                                                          monkeypatch):
     """The inference kernel (merge, residual add, RMSNorm in one) against the merge kernel followed by the norm
-    kernel, compiled: the same bits, sizes or none."""
+    kernel, compiled: the same bits, sizes or none; also with the matching writing only the lists the merge + norm
+    kernel reads (``norm_lists_only``)."""
     from rmeeto.ops.triton import norm as norm_triton
 
+    monkeypatch.setitem(merge_triton.MATCH_CONFIG, "norm_lists_only", norm_lists_only)
     for with_size in (False, True):
         hidden, residual, size, plan = _case(16, L, C, cls_index, r, ordered, with_size, seed=C, device="cuda",
                                              dtype=dtype)
@@ -125,6 +129,8 @@ def test_one_launch_plan_kind_by_shape():
     assert kind(197, 384, 32) == (True, 32)
     assert kind(147, 192, 71) == (True, 0)
     assert kind(513, 384, 11) == (False, 0)
+    metric = torch.empty(2, 197, 384, dtype=torch.float16)
+    assert merge_triton.match_spec(metric, 98, 11, 92, True, norm_only=True)[2]["NORM_ONLY"] is False  # off: default
     found = dict(merge_triton.MATCH_CONFIG)
     try:
         merge_triton.MATCH_CONFIG["compact_max_r"] = None

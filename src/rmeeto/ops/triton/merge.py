@@ -304,7 +304,7 @@ if _HAS_TRITON:
     @triton.jit
     def _plan_tile(vrow, irow, row, thr, last_tie, tile, dest_row, base_row, src_row, sdst_row, head_row, next_row,
                    kslot_row, L, cls, new_cls, R,
-                   ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
+                   ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, NORM_ONLY: tl.constexpr = False):
         """Step 3 of the plan of one batch element (see :func:`_plan_kernel`) for source tile ``tile``: best
         scores and partners at ``vrow`` / ``irow``, merged sources in the scratch row ``row``, outputs at the
         ``*_row`` pointers (this batch element's rows). Per input token it also writes, for the merge + norm
@@ -347,12 +347,12 @@ if _HAS_TRITON:
         else:
             full_rank = _ranks(vrow, ui, i, NA, BLOCK_T, BLOCK_K)
         _plan_write(i, tile, merged, rank, full_rank, di, n_lt, n_at, head_j, next_j, dest_row, base_row, src_row,
-                    sdst_row, head_row, next_row, kslot_row, L, cls, new_cls, R, ORDERED, BLOCK_T)
+                    sdst_row, head_row, next_row, kslot_row, L, cls, new_cls, R, ORDERED, BLOCK_T, NORM_ONLY)
 
     @triton.jit
     def _plan_write(i, tile, merged, rank, full_rank, di, n_lt, n_at, head_j, next_j, dest_row, base_row, src_row,
                     sdst_row, head_row, next_row, kslot_row, L, cls, new_cls, R,
-                    ORDERED: tl.constexpr, BLOCK_T: tl.constexpr):
+                    ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, NORM_ONLY: tl.constexpr = False):
         """The plan's lists for the sources and destinations of indices ``i`` (tile ``tile`` of BLOCK_T) from
         what the plan found for them: ``merged``, ``rank`` (a merged source's place in plan order),
         ``full_rank`` (the unordered layout: every source's rank among all of them), the partner ``di``, merged
@@ -386,22 +386,24 @@ if _HAS_TRITON:
         kept = ma & ~merged
         head_tok = tl.where(head_j < BIG, 2 * head_j + (2 * head_j >= cls).to(tl.int32), -1)
         next_tok = tl.where(next_j < BIG, 2 * next_j + (2 * next_j >= cls).to(tl.int32), -1)
-        tl.store(dest_row + ta, tl.where(merged, slot_d, slot_a).to(tl.int64), mask=ma)
-        tl.store(dest_row + tb, slot_b.to(tl.int64), mask=mb)
-        tl.store(base_row + slot_a, ta, mask=kept)
-        tl.store(base_row + slot_b, tb, mask=mb)
-        tl.store(head_row + slot_a, tl.full([BLOCK_T], -1, tl.int32), mask=kept)
-        tl.store(head_row + slot_b, head_tok, mask=mb)
-        tl.store(src_row + rank, ta, mask=merged)
-        tl.store(sdst_row + rank, slot_d, mask=merged)
+        if not NORM_ONLY:
+            tl.store(dest_row + ta, tl.where(merged, slot_d, slot_a).to(tl.int64), mask=ma)
+            tl.store(dest_row + tb, slot_b.to(tl.int64), mask=mb)
+            tl.store(base_row + slot_a, ta, mask=kept)
+            tl.store(base_row + slot_b, tb, mask=mb)
+            tl.store(head_row + slot_a, tl.full([BLOCK_T], -1, tl.int32), mask=kept)
+            tl.store(head_row + slot_b, head_tok, mask=mb)
+            tl.store(src_row + rank, ta, mask=merged)
+            tl.store(sdst_row + rank, slot_d, mask=merged)
         tl.store(next_row + ta, tl.where(merged, next_tok, -1), mask=ma)
         tl.store(next_row + tb, head_tok, mask=mb)
         tl.store(kslot_row + ta, tl.where(merged, -1, slot_a), mask=ma)
         tl.store(kslot_row + tb, slot_b, mask=mb)
         first = (tl.arange(0, BLOCK_T) == 0) & (tile == 0)
-        tl.store(dest_row + cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], new_cls, tl.int64), mask=first)
-        tl.store(base_row + new_cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], cls, tl.int32), mask=first)
-        tl.store(head_row + new_cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], -1, tl.int32), mask=first)
+        if not NORM_ONLY:
+            tl.store(dest_row + cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], new_cls, tl.int64), mask=first)
+            tl.store(base_row + new_cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], cls, tl.int32), mask=first)
+            tl.store(head_row + new_cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], -1, tl.int32), mask=first)
         tl.store(next_row + cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], -1, tl.int32), mask=first)
         tl.store(kslot_row + cls + tl.arange(0, BLOCK_T), tl.full([BLOCK_T], new_cls, tl.int32), mask=first)
 
@@ -420,7 +422,8 @@ if _HAS_TRITON:
 
     @triton.jit
     def _plan_registers(best, best_j, dest_row, base_row, src_row, sdst_row, head_row, next_row, kslot_row,
-                        L, cls, new_cls, R, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr):
+                        L, cls, new_cls, R, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr,
+                        NORM_ONLY: tl.constexpr = False):
         """The whole plan of one batch element whose sources all fit one tile of BLOCK_T (``best`` /
         ``best_j``: every source's best score and partner, from :func:`_partner_best`, still in registers):
         the lists of :func:`_plan_threshold` then :func:`_plan_tile`, the same values, with no round trip
@@ -447,11 +450,12 @@ if _HAS_TRITON:
         head_j = tl.where(head < BIG, head % BLOCK_T, BIG)
         next_j = tl.where(nxt < BIG, nxt % BLOCK_T, BIG)
         _plan_write(i, 0, merged, rank, rank, di, n_lt, n_at, head_j, next_j, dest_row, base_row, src_row,
-                    sdst_row, head_row, next_row, kslot_row, L, cls, new_cls, R, ORDERED, BLOCK_T)
+                    sdst_row, head_row, next_row, kslot_row, L, cls, new_cls, R, ORDERED, BLOCK_T, NORM_ONLY)
 
     @triton.jit
     def _plan_compact(best, best_j, dest_row, base_row, src_row, sdst_row, head_row, next_row, kslot_row,
-                      L, cls, new_cls, R, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, RB: tl.constexpr):
+                      L, cls, new_cls, R, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, RB: tl.constexpr,
+                      NORM_ONLY: tl.constexpr = False):
         """:func:`_plan_registers` where few merge (R <= RB): the same lists, with one all-pairs count (every
         source's rank) and the rest over the merged sources only. After the ranks, the merged sources are
         gathered in plan order into RB slots (slot k: the source of rank k and its partner, one [RB, BLOCK_T]
@@ -479,7 +483,7 @@ if _HAS_TRITON:
         head_j = tl.where(head < BIG, head % BLOCK_T, BIG)
         next_j = tl.where(nxt < BIG, nxt % BLOCK_T, BIG)
         _plan_write(i, 0, merged, rank, rank, di, n_lt, n_at, head_j, next_j, dest_row, base_row, src_row,
-                    sdst_row, head_row, next_row, kslot_row, L, cls, new_cls, R, ORDERED, BLOCK_T)
+                    sdst_row, head_row, next_row, kslot_row, L, cls, new_cls, R, ORDERED, BLOCK_T, NORM_ONLY)
 
     @triton.jit
     def _plan_kernel(
@@ -521,7 +525,7 @@ if _HAS_TRITON:
         BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
         BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
         DOT_UNROLL: tl.constexpr = 1, PDL: tl.constexpr = False, ONE_TILE: tl.constexpr = False,
-        RB: tl.constexpr = 0,
+        RB: tl.constexpr = 0, NORM_ONLY: tl.constexpr = False,
     ):
         """Best partner and plan of one batch element in one program (grid (batch,)): every source tile of
         :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
@@ -530,7 +534,8 @@ if _HAS_TRITON:
         ``ONE_TILE`` (the launcher's promise that every source fits one tile of BLOCK_T; its choice, see
         ``MATCH_CONFIG``): the plan from the partners in registers, the same lists: over the merged sources in
         ``RB`` slots (:func:`_plan_compact`), or with ``RB`` 0 over all pairs (:func:`_plan_registers`); vmax, vidx
-        and the scratch row unused."""
+        and the scratch row unused. ``NORM_ONLY``: only the lists the merge + norm kernel reads (``kslot``,
+        ``next``) are written (inference), the others left as they were."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         b = tl.program_id(0).to(tl.int64)
         NA = L // 2
@@ -541,11 +546,11 @@ if _HAS_TRITON:
             if RB > 0:
                 _plan_compact(best, best_j, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R,
                               sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls,
-                              new_cls, R, ORDERED, BLOCK_T, RB)
+                              new_cls, R, ORDERED, BLOCK_T, RB, NORM_ONLY)
             else:
                 _plan_registers(best, best_j, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R,
                                 sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls,
-                                new_cls, R, ORDERED, BLOCK_T)
+                                new_cls, R, ORDERED, BLOCK_T, NORM_ONLY)
         else:
             vrow = vmax_ptr + b * NA
             irow = vidx_ptr + b * NA
@@ -558,7 +563,7 @@ if _HAS_TRITON:
             for tile in range(0, tl.cdiv(NA, PLAN_T)):
                 _plan_tile(vrow, irow, row, thr, last_tie, tile, dest_ptr + b * L, base_ptr + b * L_out,
                            src_ptr + b * R, sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L,
-                           kslot_ptr + b * L, L, cls, new_cls, R, ORDERED, PLAN_T, BLOCK_K)
+                           kslot_ptr + b * L, L, cls, new_cls, R, ORDERED, PLAN_T, BLOCK_K, NORM_ONLY)
 
     @triton.jit
     def _merge_fwd_kernel(
@@ -956,8 +961,13 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # norm of a batch element's rows by the matching's own program after its plan (one launch per merging layer, 16 rows
 # a trip; the same bits as the two launches), much slower: whole merging steps Vim-Ti 329.6 -> 492.5, Vim-S 438.5 ->
 # 716.2 us per forward (one program of 8 warps per image streams its rows at about half the merge + norm kernel's rate).
+# "norm_lists_only": where the merge + norm kernel follows (inference), the matching writes only the two lists it
+# reads (kslot, next), not dest, base, head, src, sdst: fewer stores and layout changes in the plan's last step
+# (benchmarks/match_sass_cpu.py, compact plan on the CPU's Triton: see RESULTS, twenty-eighth session). Not yet timed
+# on a GPU: off until it is.
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
-                "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "compact_max_r": 32}
+                "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "compact_max_r": 32,
+                "norm_lists_only": False}
 _WIDE_C = 768
 
 
@@ -1027,7 +1037,7 @@ def clear_workspaces() -> None:
 
 
 def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool,
-                 workspace: Optional[tuple] = None):
+                 workspace: Optional[tuple] = None, norm_only: bool = False):
     """:func:`match_plan` plus the per-slot source lists of :func:`source_lists` -> (dest [batch, L] int64,
     then base, src, sdst, head, next: [batch, n] int32), all views of one workspace (``workspace``, from
     :func:`_workspace`, or a new one): for short sequences (at most ``_LONG_SOURCES`` sources) in one kernel,
@@ -1052,7 +1062,7 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     if workspace is None:
         workspace = _workspace(batch, L, R, dev)
     dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = workspace
-    spec = match_spec(metric, cls_index, num_merged, new_cls_index, ordered)
+    spec = match_spec(metric, cls_index, num_merged, new_cls_index, ordered, norm_only)
     if spec is not None:
         grid, tail, meta = spec
         launch(_match_kernel, grid, dev, metric, metric.stride(0), metric.stride(1), vmax, vidx, scratch, dest, base,
@@ -1070,13 +1080,14 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     return dest, base, src, sdst, head, nxt
 
 
-def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool
-               ) -> Optional[tuple[tuple, tuple, dict]]:
+def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool,
+               norm_only: bool = False) -> Optional[tuple[tuple, tuple, dict]]:
     """(grid, scalar arguments after the tensors, constexprs and launch options) of the one-launch matching
     kernel for ``metric`` [batch, L, C] (unit channel stride), or None where :func:`_match_lists` takes the two
     kernels (more than ``_LONG_SOURCES`` sources, or ``MATCH_CONFIG["fused"]`` off). The kernel's leading
     arguments: metric, its batch and token strides, then the workspace's vmax, vidx, scratch, dest, base, src,
-    sdst, head, nxt, kslot."""
+    sdst, head, nxt, kslot. ``norm_only`` (inference callers of the merge + norm kernel): only kslot and nxt are
+    written, where ``MATCH_CONFIG["norm_lists_only"]`` allows it."""
     batch, L, C = metric.shape
     na = L // 2
     if not (MATCH_CONFIG["fused"] and na <= _LONG_SOURCES):
@@ -1087,7 +1098,7 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     dot_unroll = MATCH_CONFIG.get("dot_unroll") or (2 if size == "wide" else 1)
     meta = dict(ORDERED=ordered, **_partner_meta(metric, tile_a, tile_b, step_c), PLAN_T=min(plan_t, block_a),
                 BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, DOT_UNROLL=dot_unroll, num_warps=warps, num_stages=1,
-                **pdl_meta())
+                NORM_ONLY=bool(norm_only and MATCH_CONFIG["norm_lists_only"]), **pdl_meta())
     meta["ONE_TILE"], meta["RB"] = _one_tile(na, tile_a, num_merged)
     return (batch,), (L, C, cls_index, new_cls_index, num_merged, L - num_merged), meta
 
@@ -1219,7 +1230,7 @@ def _match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tenso
     runs allocate from the graph's pool, which must hold no tensor that outlives a run but its outputs."""
     if workspace is None:
         workspace = _workspace(metric.shape[0], metric.shape[1], num_merged, metric.device)
-    _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace)
+    _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace, norm_only=True)
     nxt, kslot = workspace[8], workspace[9]
     return _merge_norm_fwd(hidden, residual, size, kslot, nxt, hidden.shape[1] - num_merged, weight, eps)
 
@@ -1268,7 +1279,7 @@ class MergeNormPlan:
         dev = hidden.device
         dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = _inference_workspace(batch, L, R, dev)
         if self.match is None:
-            grid, tail, meta = match_spec(hidden, self.cls_index, R, self.new_cls_index, self.ordered)
+            grid, tail, meta = match_spec(hidden, self.cls_index, R, self.new_cls_index, self.ordered, norm_only=True)
             self.match = Launcher(_match_kernel, grid, dev, tail, meta)
             self.strides = (hidden.stride(0), hidden.stride(1))
         s0, s1 = self.strides
