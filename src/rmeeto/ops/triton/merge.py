@@ -464,13 +464,16 @@ if _HAS_TRITON:
         over those RB slots ([BLOCK_T, RB]). Integer counts over the same sets: the same values."""
         BIG: tl.constexpr = 2147483647
         i, di, rank, merged = _rank_sources(best, best_j, L, R, BLOCK_T)
-        # slot k < R: the merged source of rank k (its index * BLOCK_T + its partner; ranks are distinct)
+        # slot k < R: the merged source of rank k (its index * BLOCK_T + its partner; ranks are distinct). Each
+        # vector is broadcast across the other axis once, packed (every broadcast is a layout change through
+        # shared memory and a block barrier)
         k = tl.arange(0, RB)
-        hit = (rank[None, :] == k[:, None]) & merged[None, :]
-        packed = tl.sum(tl.where(hit, i[None, :] * BLOCK_T + di[None, :], 0), axis=1)
+        rd = tl.where(merged, rank * BLOCK_T + di, -1)[None, :]
+        hit = (rd >= 0) & (rd // BLOCK_T == k[:, None])
+        packed = tl.sum(tl.where(hit, i[None, :] * BLOCK_T + rd % BLOCK_T, 0), axis=1)[None, :]
         mk = (k < R)[None, :]
-        sj = (packed // BLOCK_T)[None, :]
-        dj = (packed % BLOCK_T)[None, :]
+        sj = packed // BLOCK_T
+        dj = packed % BLOCK_T
         if ORDERED:
             n_lt = tl.sum((mk & (sj < i[:, None])).to(tl.int32), axis=1)
             n_at = tl.sum((mk & (sj <= di[:, None])).to(tl.int32), axis=1)
