@@ -9,7 +9,8 @@ from rmeeto.ops.triton import merge as mt
 
 
 def set_match_config(items, error) -> None:
-    """Apply ``items`` (``"KEY=VALUE"`` strings) to MATCH_CONFIG; ``error(message)`` on a malformed item or unknown key."""
+    """Apply ``items`` (``"KEY=VALUE"`` strings) to MATCH_CONFIG; ``error(message)`` on a malformed item or an
+    unknown key."""
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:

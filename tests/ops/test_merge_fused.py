@@ -302,7 +302,8 @@ def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
             for tiles in merge_triton.MATCH_TILES:
                 variants = [plain, dict(plain, one_j=False)]
                 if tiles in defaults:  # the dot unrolled; the plan in registers, all-pairs or compact
-                    variants += [dict(plain, dot_unroll=2), dict(plain, one_tile_min_r=0), dict(plain, compact_max_r=64)]
+                    variants += [dict(plain, dot_unroll=2), dict(plain, one_tile_min_r=0),
+                                 dict(plain, compact_max_r=64)]
                 for v in variants:
                     merge_triton.MATCH_CONFIG.update(fused=True, small=tiles, large=tiles, wide=tiles, **v)
                     got = merge_triton._match_lists(m, cls, r, new_cls, ordered)

@@ -304,7 +304,8 @@ if _HAS_TRITON:
     @triton.jit
     def _plan_tile(vrow, irow, row, thr, last_tie, tile, dest_row, base_row, src_row, sdst_row, head_row, next_row,
                    kslot_row, L, cls, new_cls, R,
-                   ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, NORM_ONLY: tl.constexpr = False):
+                   ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
+                   NORM_ONLY: tl.constexpr = False):
         """Step 3 of the plan of one batch element (see :func:`_plan_kernel`) for source tile ``tile``: best
         scores and partners at ``vrow`` / ``irow``, merged sources in the scratch row ``row``, outputs at the
         ``*_row`` pointers (this batch element's rows). Per input token it also writes, for the merge + norm
