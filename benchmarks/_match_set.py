@@ -8,6 +8,11 @@ import ast
 from rmeeto.ops.triton import merge as mt
 
 
+def add_set_argument(ap, help: str = "a MATCH_CONFIG entry (a Python literal); repeatable") -> None:
+    """The repeatable ``--set KEY=VALUE`` option on argparse parser ``ap`` (read by :func:`set_match_config`)."""
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def set_match_config(items, error) -> None:
     """Apply ``items`` (``"KEY=VALUE"`` strings) to MATCH_CONFIG; ``error(message)`` on a malformed item or an
     unknown key."""

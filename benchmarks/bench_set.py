@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _match_set import set_match_config
+from _match_set import add_set_argument, set_match_config
 from rmeeto.cli import main as cli_main
 from rmeeto.ops.triton import merge as mt
 
@@ -21,8 +21,7 @@ def main(argv=None) -> int:
         argv.append("--")
     split = argv.index("--")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a MATCH_CONFIG entry (a Python literal); repeatable")
+    add_set_argument(ap)
     a = ap.parse_args(argv[:split])
     set_match_config(a.set, ap.error)
     print("MATCH_CONFIG:", {k: mt.MATCH_CONFIG[k] for k in (item.split("=", 1)[0] for item in a.set)}, flush=True)

@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from _match_set import set_match_config
+from _match_set import add_set_argument, set_match_config
 from rmeeto.merge import plan_cls_index
 from rmeeto.ops.triton import merge as mt
 
@@ -24,8 +24,7 @@ def main():
     ap.add_argument("--cls", type=int, default=98)
     ap.add_argument("-r", type=int, default=11)
     ap.add_argument("--calls", type=int, default=5)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a MATCH_CONFIG entry (a Python literal); repeatable")
+    add_set_argument(ap)
     a = ap.parse_args()
     set_match_config(a.set, ap.error)
     torch.manual_seed(0)

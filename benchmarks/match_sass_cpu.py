@@ -17,19 +17,19 @@ import collections
 import os
 import re
 import subprocess
+import tempfile
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from _match_set import set_match_config
+from _match_set import add_set_argument, set_match_config
 from rmeeto.merge import plan_cls_index
 from rmeeto.ops.triton import merge as mt
 
-# the kernel's pointer parameters and their element types (int32 unless named)
+# element types of the kernel's pointer parameters (``*_ptr``) other than the metric's: int32 unless named here
 _POINTERS = {"vmax_ptr": "*fp32", "dest_ptr": "*i64"}
-_INT_POINTERS = ("vidx_ptr", "merged_ptr", "base_ptr", "src_ptr", "sdst_ptr", "head_ptr", "next_ptr", "kslot_ptr")
 
 
 def compile_match(batch: int, L: int, C: int, r: int, arch: int, dtype=torch.float16, norm_only: bool = False):
@@ -52,7 +52,7 @@ def compile_match(batch: int, L: int, C: int, r: int, arch: int, dtype=torch.flo
         if param.is_constexpr:
             signature[name] = "constexpr"
             constexprs[name] = meta.get(name, param.default)
-        elif name == "m_ptr" or name in _POINTERS or name in _INT_POINTERS:
+        elif name.endswith("_ptr"):
             signature[name] = elem if name == "m_ptr" else _POINTERS.get(name, "*i32")
             attrs[(idx,)] = [["tt.divisibility", 16]]
         else:
@@ -66,12 +66,11 @@ def compile_match(batch: int, L: int, C: int, r: int, arch: int, dtype=torch.flo
 def summarise(cubin: bytes) -> str:
     """Resource use and an instruction census of ``cubin`` (cuobjdump from Triton's NVIDIA backend)."""
     bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    path = "/tmp/_match_sass_cpu.cubin"
-    with open(path, "wb") as f:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
-    usage = subprocess.run([os.path.join(bindir, "cuobjdump"), "--dump-resource-usage", path],
-                           capture_output=True, text=True).stdout
-    sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", path], capture_output=True, text=True).stdout
+        f.flush()
+        usage, sass = (subprocess.run([os.path.join(bindir, "cuobjdump"), flag, f.name], capture_output=True,
+                                      text=True).stdout for flag in ("--dump-resource-usage", "-sass"))
     lines = []
     for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)(.*?);", sass):
         lines.append((int(m.group(1), 16), m.group(3), m.group(4)))
@@ -86,7 +85,7 @@ def summarise(cubin: bytes) -> str:
         target = re.search(r"0x([0-9a-f]+)", rest)
         if op == "BRA" and target and int(target.group(1), 16) < pc:
             start = int(target.group(1), 16)
-            body = [(o) for p, o, _ in lines if start <= p <= pc]
+            body = [o for p, o, _ in lines if start <= p <= pc]
             c = collections.Counter(o.split(".")[0] for o in body)
             out.append(f"loop {start:#06x}-{pc:#06x}: {len(body)} instructions, {c['LDG']} global loads, "
                        f"{c['BAR']} barriers, {c['HGMMA'] + c['HMMA']} tensor-core ops, {c['SHFL']} shuffles")
@@ -100,8 +99,7 @@ def main():
     ap.add_argument("--channels", type=int, default=384)
     ap.add_argument("-r", type=int, default=11)
     ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: Hopper)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a MATCH_CONFIG entry (a Python literal); repeatable")
+    add_set_argument(ap)
     ap.add_argument("--norm-only", action="store_true",
                     help="as the inference merge + norm launches it (with MATCH_CONFIG['norm_lists_only'])")
     ap.add_argument("--sass", default=None, help="also write the whole SASS listing here")

@@ -17,7 +17,7 @@ import ast
 
 import torch
 
-from _match_set import set_match_config
+from _match_set import add_set_argument, set_match_config
 from bench_merge_gpu import _event_ms, _graphed
 from rmeeto.merge import MergeConfig
 from rmeeto.ops.norm import add_rms_norm
@@ -47,8 +47,7 @@ def main():
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--ab", default=None, help="a MATCH_CONFIG entry timed at two values, e.g. one_tile_min_r=None,0")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a MATCH_CONFIG entry set for the whole run (a Python literal), before --ab; repeatable")
+    add_set_argument(ap, "a MATCH_CONFIG entry set for the whole run (a Python literal), before --ab; repeatable")
     a = ap.parse_args()
     set_match_config(a.set, ap.error)
     if a.ab:
