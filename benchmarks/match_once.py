@@ -2,7 +2,10 @@
 sizes), for a profiler to catch one warm launch:
 
     ncu --kernel-name regex:_match_kernel --launch-skip 3 --launch-count 1 ... \\
-        python3 benchmarks/match_once.py [--tokens 197] [--channels 384] [--cls 98] [-r 11] [--set prefetch=True]
+        python3 benchmarks/match_once.py [--tokens 197] [--channels 384] [--cls 98] [-r 11] [--norm-only] [--set KEY=VALUE]
+
+``--norm-only``: the lists an inference merge + norm reads, as ``match_merge_add_norm`` asks for them (only
+``kslot`` and ``next`` written where ``MATCH_CONFIG["norm_lists_only"]`` allows it).
 """
 
 from __future__ import annotations
@@ -24,17 +27,20 @@ def main():
     ap.add_argument("--cls", type=int, default=98)
     ap.add_argument("-r", type=int, default=11)
     ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--norm-only", action="store_true", help="the lists of an inference merge + norm")
     add_set_argument(ap)
     a = ap.parse_args()
     set_match_config(a.set, ap.error)
     torch.manual_seed(0)
     metric = torch.randn(a.batch, a.tokens, a.channels, device="cuda", dtype=torch.float16)
     new_cls = plan_cls_index(a.cls, a.tokens, a.r, True)
+    ws = mt._workspace(a.batch, a.tokens, a.r, metric.device)
     for _ in range(a.calls):
-        dest = mt.match_plan(metric, a.cls, a.r, new_cls, True)[0]
+        mt._match_lists(metric, a.cls, a.r, new_cls, True, ws, norm_only=a.norm_only)
     torch.cuda.synchronize()
-    print(f"match_plan x{a.calls}: batch {a.batch}, {a.tokens} tokens, {a.channels} channels, r={a.r}; "
-          f"dest checksum {int(dest.sum())}")
+    kslot = ws[9]
+    print(f"matching x{a.calls}{' (norm lists only)' if a.norm_only else ''}: batch {a.batch}, {a.tokens} tokens, "
+          f"{a.channels} channels, r={a.r}; kslot checksum {int(kslot.long().sum())}")
 
 
 if __name__ == "__main__":
