@@ -130,7 +130,7 @@ def test_one_launch_plan_kind_by_shape():
     assert kind(147, 192, 71) == (True, 0)
     assert kind(513, 384, 11) == (False, 0)
     metric = torch.empty(2, 197, 384, dtype=torch.float16)
-    assert merge_triton.match_spec(metric, 98, 11, 92, True, norm_only=True)[2]["NORM_ONLY"] is False  # off: default
+    assert merge_triton.match_spec(metric, 98, 11, 92, True, norm_only=True)[2]["NORM_ONLY"] is True  # on: default
     found = dict(merge_triton.MATCH_CONFIG)
     try:
         merge_triton.MATCH_CONFIG["compact_max_r"] = None

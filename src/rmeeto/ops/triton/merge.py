@@ -967,11 +967,13 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # 716.2 us per forward (one program of 8 warps per image streams its rows at about half the merge + norm kernel's rate).
 # "norm_lists_only": where the merge + norm kernel follows (inference), the matching writes only the two lists it
 # reads (kslot, next), not dest, base, head, src, sdst: fewer stores and layout changes in the plan's last step
-# (benchmarks/match_sass_cpu.py, compact plan on the CPU's Triton: see RESULTS, twenty-eighth session). Not yet timed
-# on a GPU: off until it is.
+# (benchmarks/match_sass_cpu.py, compact plan: 32 -> 20 block barriers). Twenty-ninth session (H200, call 1,
+# match_schedule_gpu.py --ab "norm_lists_only=False;True"): whole merging steps per forward Vim-Ti 328.9 -> 322.2 us,
+# Vim-S 437.3 -> 432.0; whole graphed models, alternating processes, Vim-Ti 1.160-1.161 -> 1.162-1.163, Vim-S
+# 1.395-1.396 -> 1.395-1.397.
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
                 "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "compact_max_r": 32,
-                "norm_lists_only": False}
+                "norm_lists_only": True}
 _WIDE_C = 768
 
 
