@@ -2,7 +2,8 @@
 sizes, and in other row tiles: graphed time per call, bandwidth, and whether each tile still gives the bits of
 the merge kernel followed by the norm kernel (the fused kernel's contract).
 
-    PYTHONPATH=src python3 benchmarks/bench_merge_norm_gpu.py [--reps 30]
+    PYTHONPATH=src python3 benchmarks/bench_merge_norm_gpu.py [--reps 30] [--channels 192,384]
+        [--tiles "None;(4, 2);(8, 4)"]
 
 Shapes: Vim-Ti / S / B merging layers at batch 128 (197 -> 186 and 109 -> 98 tokens), sizes as after a merge. Runs
 against older checkouts too (the kernel over output slots, before the eighteenth session): PYTHONPATH at their
@@ -12,6 +13,7 @@ against older checkouts too (the kernel over output slots, before the eighteenth
 from __future__ import annotations
 
 import argparse
+import ast
 
 import torch
 
@@ -25,9 +27,12 @@ TILES = [None, (2, 4), (4, 4), (8, 4), (2, 8), (4, 8), (8, 8), (2, 2), (4, 2)]
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--channels", default="192,384,768")
+    ap.add_argument("--tiles", default=None, help='";"-separated (rows, warps) tiles; None: the chosen one')
     a = ap.parse_args()
+    tiles = TILES if a.tiles is None else [ast.literal_eval(t) for t in a.tiles.split(";")]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    for C in (192, 384, 768):
+    for C in map(int, a.channels.split(",")):
         for L in (197, 109):
             torch.manual_seed(L + C)
             batch, r = 128, 11
@@ -51,7 +56,7 @@ def main():
             gb_plain = batch * L * C * 12 / 1e9
             print(f"C={C} L={L}->{L - r}: plain add+norm at L: {t_plain:.1f} us ({gb_plain / t_plain * 1e3:.2f} TB/s)")
             gb = batch * (L + (L - r)) * C * 6 / 1e9
-            for tile in TILES:
+            for tile in tiles:
                 mt.MERGE_NORM_TILE = tile
                 ro, y, s = mt._merge_norm_fwd(h, res, size, *args)
                 same = torch.equal(ro, ro_ref) and torch.equal(y, y_ref) and torch.equal(s, sm)

@@ -609,6 +609,23 @@ if _HAS_TRITON:
 
 
     @triton.jit
+    def _quotient_rows(acc, wsum, ASM: tl.constexpr):
+        """acc [BLOCK_N, BLOCK_C] / wsum [BLOCK_N] (float32), with the bits of Triton's ``/`` where 2^-126 <= wsum
+        <= 2^126 (sizes are counts of tokens: whole numbers from 1). That ``/`` is PTX div.full.f32, which ptxas
+        compiles to range checks on the divisor (scaling both operands where it is beyond 2^126 or below 2^-126),
+        a reciprocal (MUFU.RCP) and one multiply; in that range it is the multiply by ``rcp.approx`` of the
+        divisor. Here the reciprocal is taken once per row and each element costs one multiply, where the
+        division's predicated scalings cost three issue slots an element (the merge + norm kernel is bound by
+        its instruction issue at Vim-Ti / S widths: Nsight Compute, twenty-ninth session). ``ASM`` off (Triton's
+        interpreter, which runs no PTX): the division itself."""
+        if ASM:
+            inv = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [wsum], dtype=tl.float32,
+                                            is_pure=True, pack=1)
+            return acc * inv[:, None]
+        else:
+            return acc / wsum[:, None]
+
+    @triton.jit
     def _add_unfused(a, b, ASM: tl.constexpr):
         """a + b (float32) that the compiler may not contract with the multiply producing ``a`` or ``b``.
         Triton's ``/`` is PTX div.full.f32, a reciprocal then a multiply, and ptxas fuses that multiply with a
@@ -624,14 +641,15 @@ if _HAS_TRITON:
     @triton.jit
     def _merge_norm_kernel(
         h_ptr, r_ptr, s_ptr, kslot_ptr, next_ptr, w_ptr, ro_ptr, y_ptr, so_ptr,
-        N, L, L_out, C, s_h_b, s_h_l, s_r_b, s_r_l, eps,
-        HAS_SIZE: tl.constexpr, ASM_ADD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+        L, L_out, C, s_h_b, s_h_l, s_r_b, s_r_l, eps,
+        HAS_SIZE: tl.constexpr, ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
         PDL: tl.constexpr = False,
     ):
         """The merge of :func:`_merge_fwd_kernel` followed by the residual add + RMSNorm of
-        :mod:`rmeeto.ops.triton.norm` (no drop path) for BLOCK_N input tokens (rows of [batch * L]), without
-        writing the merged streams. A kept token's row (``kslot`` >= 0) is loaded at once, at its own address as
-        the norm kernel's rows are (no load waits on an index: a kernel walking output slots waited for the slot's
+        :mod:`rmeeto.ops.triton.norm` (no drop path) for BLOCK_N input tokens of one batch element (grid (batch,
+        cdiv(L, BLOCK_N)): a program's rows share their batch index, so no row index is divided by L; the tile
+        and its row sums are the same as over flat rows), without writing the merged streams. A kept token's row
+        (``kslot`` >= 0) is loaded at once, at its own address as the norm kernel's rows are (no load waits on an index: a kernel walking output slots waited for the slot's
         kept token first, 3.1 TB/s against the norm kernel's 4.1), then the sources merged into it are added
         by walking its list (``next`` from the kept token, in plan order) in the merge kernel's order and
         rounding (hidden rounded to its dtype, residual float32); it is added and normalised with the norm
@@ -641,22 +659,24 @@ if _HAS_TRITON:
         row of the token it went to adds it): r / L more reads for no wait. Rows walk their lists together,
         each stopping at its own end."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mr = rows < N
-        b = (rows // L).to(tl.int64)
-        tok = rows - b * L
-        slot = tl.load(kslot_ptr + rows, mask=mr, other=-1)
-        t = tl.load(next_ptr + rows, mask=mr, other=-1)
+        b = tl.program_id(0).to(tl.int64)
+        tok = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mr = tok < L
+        hb = h_ptr + b * s_h_b
+        rb = r_ptr + b * s_r_b
+        lists = b * L
+        slot = tl.load(kslot_ptr + lists + tok, mask=mr, other=-1)
+        t = tl.load(next_ptr + lists + tok, mask=mr, other=-1)
         if HAS_SIZE:
-            w = tl.load(s_ptr + rows, mask=mr, other=1.0)
+            w = tl.load(s_ptr + lists + tok, mask=mr, other=1.0)
         else:
             w = tl.full([BLOCK_N], 1.0, tl.float32)
         cols = tl.arange(0, BLOCK_C)
         mc = cols[None, :] < C
         m = mr[:, None] & mc
-        t64 = tok[:, None]
-        acc_h = tl.load(h_ptr + b[:, None] * s_h_b + t64 * s_h_l + cols[None, :], mask=m, other=0.0)
-        acc_r = tl.load(r_ptr + b[:, None] * s_r_b + t64 * s_r_l + cols[None, :], mask=m, other=0.0)
+        t64 = tok.to(tl.int64)[:, None]
+        acc_h = tl.load(hb + t64 * s_h_l + cols[None, :], mask=m, other=0.0)
+        acc_r = tl.load(rb + t64 * s_r_l + cols[None, :], mask=m, other=0.0)
         acc_h = acc_h.to(tl.float32) * w[:, None]
         acc_r = acc_r.to(tl.float32) * w[:, None]
         wsum = w
@@ -665,20 +685,20 @@ if _HAS_TRITON:
         while tl.max(t, axis=0) >= 0:
             live = t >= 0
             if HAS_SIZE:
-                w = tl.load(s_ptr + b * L + t, mask=live, other=0.0)
+                w = tl.load(s_ptr + lists + t, mask=live, other=0.0)
             else:
                 w = tl.full([BLOCK_N], 1.0, tl.float32)
             m = live[:, None] & mc
             t64 = t.to(tl.int64)[:, None]
-            xh = tl.load(h_ptr + b[:, None] * s_h_b + t64 * s_h_l + cols[None, :], mask=m, other=0.0)
-            xr = tl.load(r_ptr + b[:, None] * s_r_b + t64 * s_r_l + cols[None, :], mask=m, other=0.0)
+            xh = tl.load(hb + t64 * s_h_l + cols[None, :], mask=m, other=0.0)
+            xr = tl.load(rb + t64 * s_r_l + cols[None, :], mask=m, other=0.0)
             acc_h = tl.where(live[:, None], acc_h + xh.to(tl.float32) * w[:, None], acc_h)
             acc_r = tl.where(live[:, None], acc_r + xr.to(tl.float32) * w[:, None], acc_r)
             wsum = tl.where(live, wsum + w, wsum)
-            t = tl.load(next_ptr + b * L + t, mask=live, other=-1)
-        hm = (acc_h / wsum[:, None]).to(h_ptr.dtype.element_ty)
-        rm = (acc_r / wsum[:, None]).to(r_ptr.dtype.element_ty)
-        r = _add_unfused(rm.to(tl.float32), hm.to(tl.float32), ASM_ADD)
+            t = tl.load(next_ptr + lists + t, mask=live, other=-1)
+        hm = _quotient_rows(acc_h, wsum, ASM).to(h_ptr.dtype.element_ty)
+        rm = _quotient_rows(acc_r, wsum, ASM).to(r_ptr.dtype.element_ty)
+        r = _add_unfused(rm.to(tl.float32), hm.to(tl.float32), ASM)
         _, y = norm_triton.rms_rows(r, w_ptr, cols, C, eps)
         out = b * L_out + slot
         off = out[:, None] * C + cols[None, :]
@@ -809,19 +829,18 @@ def merge_norm_spec(hidden: Tensor, residual: Tensor, has_size: bool, num_out: i
                     ) -> tuple[tuple, tuple, dict]:
     """(grid, scalar arguments after the tensors, constexprs and launch options) of the merge + norm kernel over
     the kernel inputs ``hidden`` / ``residual`` (:func:`_kernel_inputs`) into ``num_out`` tokens (a program per
-    BLOCK_N input tokens). Its tensors: hidden, residual, sizes, kslot, nxt, weight, residual_out, normed,
-    size_out."""
+    BLOCK_N input tokens of one batch element). Its tensors: hidden, residual, sizes, kslot, nxt, weight,
+    residual_out, normed, size_out."""
     batch, L, C = hidden.shape
-    n = batch * L
     block_n, block_c, warps = norm_triton.launch_shape(C)
     if MERGE_NORM_TILE is not None:
         block_n, warps = MERGE_NORM_TILE
     elif hidden.element_size() == 2:
         block_n, warps = _MERGE_NORM_TILES.get(block_c, (block_n, warps))
-    tail = (n, L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1), float(eps))
-    meta = dict(HAS_SIZE=has_size, ASM_ADD=hidden.device.type == "cuda", BLOCK_N=block_n, BLOCK_C=block_c,
+    tail = (L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1), float(eps))
+    meta = dict(HAS_SIZE=has_size, ASM=hidden.device.type == "cuda", BLOCK_N=block_n, BLOCK_C=block_c,
                 num_warps=warps, **pdl_meta())
-    return (cdiv(n, block_n),), tail, meta
+    return (batch, cdiv(L, block_n)), tail, meta
 
 
 def _merge_bwd(d_h: Optional[Tensor], d_r: Optional[Tensor], size: Optional[Tensor], dest: Tensor, s_out: Tensor,
