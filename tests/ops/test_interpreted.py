@@ -218,8 +218,8 @@ def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm(full):
     and a tie-heavy metric routing many sources to one slot, so rows of one tile walk lists of other lengths;
     the same with a fresh workspace (as while a CUDA graph is captured) as with the kept one, and through the
     two-kernel plan (taken past 256 sources) over two plan tiles. Half the cases have the matching write only the
-    lists the merge + norm reads (``norm_lists_only``). It refuses a residual that is not float32
-    and inputs that need a gradient. (Default tier: each case in one dtype, alternating; the full tier: both.)"""
+    lists the merge + norm reads (``norm_lists_only``); each case runs again on the flat grid that batches past
+    the grid's second dimension take. It refuses a residual that is not float32 and inputs that need a gradient. (Default tier: each case in one dtype, alternating; the full tier: both.)"""
     run_interpreted(f"""
         import sys, torch
         from rmeeto.merge import plan_cls_index
@@ -248,11 +248,14 @@ def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm(full):
                     (hm, rm), s1 = mt.match_merge_fused(h, res, size, metric, cls, r, new_cls, ordered)
                     ro1, y1, _ = nt._norm_fwd(hm, rm, w, None, 1e-5)
                     ro2, y2, s2 = mt.match_merge_add_norm(h, res, size, metric, cls, r, new_cls, ordered, w, 1e-5)
-                    # again in a workspace filled with junk first: every entry the merge + norm reads is written
+                    # again in a workspace filled with junk first: every entry the merge + norm reads is written;
+                    # and on the flat grid of batches past the grid's second dimension (a limit of 1 here)
                     ws = mt._workspace(B, L, r, h.device)
                     for t in ws:
                         t.fill_(-5)
+                    mt.MERGE_NORM_GRID_Y = 1
                     junk = mt._match_merge_add_norm(h, res, size, metric, cls, r, new_cls, ordered, w, 1e-5, ws)
+                    mt.MERGE_NORM_GRID_Y = 65535
                     if not all(torch.equal(a, b) for a, b in zip(junk, (ro2, y2, s2))):
                         bad.append(("junk workspace", dtype, B, L, C, cls, r, ties, ordered, with_size))
                     if ties and int(s1.max()) < 6:

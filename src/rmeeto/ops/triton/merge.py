@@ -643,12 +643,15 @@ if _HAS_TRITON:
         h_ptr, r_ptr, s_ptr, kslot_ptr, next_ptr, w_ptr, ro_ptr, y_ptr, so_ptr,
         L, L_out, C, s_h_b, s_h_l, s_r_b, s_r_l, eps,
         HAS_SIZE: tl.constexpr, ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-        PDL: tl.constexpr = False,
+        PDL: tl.constexpr = False, FLAT: tl.constexpr = False,
     ):
         """The merge of :func:`_merge_fwd_kernel` followed by the residual add + RMSNorm of
-        :mod:`rmeeto.ops.triton.norm` (no drop path) for BLOCK_N input tokens of one batch element (grid (batch,
-        cdiv(L, BLOCK_N)): a program's rows share their batch index, so no row index is divided by L; the tile
-        and its row sums are the same as over flat rows), without writing the merged streams. A kept token's row
+        :mod:`rmeeto.ops.triton.norm` (no drop path) for BLOCK_N input tokens of one batch element (grid
+        (cdiv(L, BLOCK_N), batch): a program's rows share their batch index, where a row index per row was divided
+        by L, and programs launched one after another take rows one after another; ``FLAT``, past the grid's
+        65,535 in its second dimension: grid (batch * cdiv(L, BLOCK_N),), the batch index divided out of the
+        program index; the tile and its row sums are the same as over flat rows either way), without writing
+        the merged streams. A kept token's row
         (``kslot`` >= 0) is loaded at once, at its own address as the norm kernel's rows are (no load waits on an index: a kernel walking output slots waited for the slot's
         kept token first, 3.1 TB/s against the norm kernel's 4.1), then the sources merged into it are added
         by walking its list (``next`` from the kept token, in plan order) in the merge kernel's order and
@@ -659,8 +662,15 @@ if _HAS_TRITON:
         row of the token it went to adds it): r / L more reads for no wait. Rows walk their lists together,
         each stopping at its own end."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
-        b = tl.program_id(0).to(tl.int64)
-        tok = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        if FLAT:
+            tiles = tl.cdiv(L, BLOCK_N)
+            b = tl.program_id(0) // tiles
+            t0 = (tl.program_id(0) - b * tiles) * BLOCK_N
+        else:
+            b = tl.program_id(1)
+            t0 = tl.program_id(0) * BLOCK_N
+        tok = t0 + tl.arange(0, BLOCK_N)
+        b = b.to(tl.int64)
         mr = tok < L
         hb = h_ptr + b * s_h_b
         rb = r_ptr + b * s_r_b
@@ -804,6 +814,7 @@ def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: T
 # override for every width.
 _MERGE_NORM_TILES = {256: (4, 2), 512: (2, 2), 1024: (2, 4)}
 MERGE_NORM_TILE = None
+MERGE_NORM_GRID_Y = 65535  # CUDA's limit on a grid's second dimension: batches past it take the flat grid
 
 
 def _merge_norm_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], kslot: Tensor, nxt: Tensor,
@@ -840,7 +851,10 @@ def merge_norm_spec(hidden: Tensor, residual: Tensor, has_size: bool, num_out: i
     tail = (L, num_out, C, hidden.stride(0), hidden.stride(1), residual.stride(0), residual.stride(1), float(eps))
     meta = dict(HAS_SIZE=has_size, ASM=hidden.device.type == "cuda", BLOCK_N=block_n, BLOCK_C=block_c,
                 num_warps=warps, **pdl_meta())
-    return (batch, cdiv(L, block_n)), tail, meta
+    if batch > MERGE_NORM_GRID_Y:
+        meta["FLAT"] = True
+        return (batch * cdiv(L, block_n),), tail, meta
+    return (cdiv(L, block_n), batch), tail, meta
 
 
 def _merge_bwd(d_h: Optional[Tensor], d_r: Optional[Tensor], size: Optional[Tensor], dest: Tensor, s_out: Tensor,
