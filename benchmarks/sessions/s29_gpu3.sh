@@ -21,6 +21,7 @@ for v in final base final; do
 done
 export PYTHONPATH=$FINAL
 L=$(left); echo "== GPU tests: merge + norm, plans, launches ($L s left)"
-OUT=$OUT/tests WORKERS=16 LIMIT_S=$(( L - 5 )) bash benchmarks/gpu_tests.sh tests/ops/test_merge_fused.py \
+OUT=$OUT/tests WORKERS=16 LIMIT_S=$(( L - 5 )) bash benchmarks/gpu_tests.sh \
+  tests/ops/test_merge_fused.py::test_merge_add_norm_gives_the_bits_of_merge_then_norm \
   tests/ops/test_gpu_plan.py tests/ops/test_gpu_launch.py -k "merge or plan or norm"
 echo "done, $(left) s left"
