@@ -810,8 +810,11 @@ def _merge_fwd(hidden: Tensor, residual: Tensor, size: Optional[Tensor], base: T
 # benchmarks/bench_merge_norm_gpu.py, batch 128, graphed us per call at 197 -> 186 / 109 -> 98 tokens): C=384
 # (2, 2) 31.9 / 20.5 (the norm kernel's (4, 4): 38.0 / 23.8; the kernel over output slots took 35.3 / 21.8 in its
 # best tile); C=768 (2, 4) 60.4 / 35.2 (output slots: 66.8 / 38.7); (2, 2) and (4, 2) changed the row sums' bits
-# at C=768; C=192 (4, 2) 20.5 / 10.6 (the norm kernel's (8, 4): 21.1 / 11.4). MERGE_NORM_TILE: a benchmark's
-# override for every width.
+# at C=768; C=192 (4, 2) 20.5 / 10.6 (the norm kernel's (8, 4): 21.1 / 11.4). Twenty-ninth session (call 2, the
+# kernel with one reciprocal per row; tiles (8, 4), (2, 2), (4, 4), (2, 4) timed again): the same choices (C=192
+# (2, 2) 18.2 / 9.3 against (4, 2) 18.5 / 8.9; (2, 4) changed the bits at C=192). Call 3, the final grid: C=192
+# 18.1 / 8.9, C=384 31.1 / 18.9, C=768 57.9 / 33.9 (the plain add + norm at the input length: 16.4 / 7.8,
+# 31.9 / 18.6, 59.1 / 34.4). MERGE_NORM_TILE: a benchmark's override for every width.
 _MERGE_NORM_TILES = {256: (4, 2), 512: (2, 2), 1024: (2, 4)}
 MERGE_NORM_TILE = None
 MERGE_NORM_GRID_Y = 65535  # CUDA's limit on a grid's second dimension: batches past it take the flat grid
