@@ -2,7 +2,8 @@
 sizes), for a profiler to catch one warm launch:
 
     ncu --kernel-name regex:_match_kernel --launch-skip 3 --launch-count 1 ... \\
-        python3 benchmarks/match_once.py [--tokens 197] [--channels 384] [--cls 98] [-r 11] [--norm-only] [--set KEY=VALUE]
+        python3 benchmarks/match_once.py [--tokens 197] [--channels 384] [--cls 98] [-r 11] [--norm-only]
+        [--set KEY=VALUE]
 
 ``--norm-only``: the lists an inference merge + norm reads, as ``match_merge_add_norm`` asks for them (only
 ``kslot`` and ``next`` written where ``MATCH_CONFIG["norm_lists_only"]`` allows it).

@@ -219,7 +219,8 @@ def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm(full):
     the same with a fresh workspace (as while a CUDA graph is captured) as with the kept one, and through the
     two-kernel plan (taken past 256 sources) over two plan tiles. Half the cases have the matching write only the
     lists the merge + norm reads (``norm_lists_only``); each case runs again on the flat grid that batches past
-    the grid's second dimension take. It refuses a residual that is not float32 and inputs that need a gradient. (Default tier: each case in one dtype, alternating; the full tier: both.)"""
+    the grid's second dimension take. It refuses a residual that is not float32 and inputs that need a gradient.
+    (Default tier: each case in one dtype, alternating; the full tier: both.)"""
     run_interpreted(f"""
         import sys, torch
         from rmeeto.merge import plan_cls_index

@@ -615,9 +615,10 @@ if _HAS_TRITON:
         compiles to range checks on the divisor (scaling both operands where it is beyond 2^126 or below 2^-126),
         a reciprocal (MUFU.RCP) and one multiply; in that range it is the multiply by ``rcp.approx`` of the
         divisor. Here the reciprocal is taken once per row and each element costs one multiply, where the
-        division's predicated scalings cost three issue slots an element (the merge + norm kernel is bound by
-        its instruction issue at Vim-Ti / S widths: Nsight Compute, twenty-ninth session). ``ASM`` off (Triton's
-        interpreter, which runs no PTX): the division itself."""
+        division's predicated scalings cost three issue slots an element (Nsight Compute, twenty-ninth session:
+        the merge + norm kernel issued an instruction every 6.7-7.9 cycles per warp at Vim-Ti / S widths, the
+        plain norm kernel every 21-23, waiting on memory). ``ASM`` off (Triton's interpreter, which runs no PTX):
+        the division itself."""
         if ASM:
             inv = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [wsum], dtype=tl.float32,
                                             is_pure=True, pack=1)
@@ -651,8 +652,8 @@ if _HAS_TRITON:
         by L, and programs launched one after another take rows one after another; ``FLAT``, past the grid's
         65,535 in its second dimension: grid (batch * cdiv(L, BLOCK_N),), the batch index divided out of the
         program index; the tile and its row sums are the same as over flat rows either way), without writing
-        the merged streams. A kept token's row
-        (``kslot`` >= 0) is loaded at once, at its own address as the norm kernel's rows are (no load waits on an index: a kernel walking output slots waited for the slot's
+        the merged streams. A kept token's row (``kslot`` >= 0) is loaded at once, at its own address as the
+        norm kernel's rows are (no load waits on an index: a kernel walking output slots waited for the slot's
         kept token first, 3.1 TB/s against the norm kernel's 4.1), then the sources merged into it are added
         by walking its list (``next`` from the kept token, in plan order) in the merge kernel's order and
         rounding (hidden rounded to its dtype, residual float32); it is added and normalised with the norm
