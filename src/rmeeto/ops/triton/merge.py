@@ -613,10 +613,11 @@ if _HAS_TRITON:
         """acc [BLOCK_N, BLOCK_C] / wsum [BLOCK_N] (float32), with the bits of Triton's ``/`` where 2^-126 <= wsum
         <= 2^126 (sizes are counts of tokens: whole numbers from 1). That ``/`` is PTX div.full.f32, which ptxas
         compiles to range checks on the divisor (scaling both operands where it is beyond 2^126 or below 2^-126),
-        a reciprocal (MUFU.RCP) and one multiply (seen in sm_90 builds of Triton 3.6 and 3.8; the GPU test of the
-        merge + norm against the merge then the norm holds it to the bits); in that range it is the multiply by
-        ``rcp.approx`` of the divisor. Here the reciprocal is taken once per row and each element costs one multiply, where the
-        division's predicated scalings cost three issue slots an element (Nsight Compute, twenty-ninth session:
+        a reciprocal (MUFU.RCP) and one multiply (read in an sm_90 build of Triton 3.8; on Triton 3.6 the GPU
+        test of the merge + norm against the merge then the norm holds it to the bits); in that range it is the
+        multiply by ``rcp.approx`` of the divisor. Here the reciprocal is taken once per row and each element
+        costs one multiply, where the division's predicated scalings cost three issue slots an element (Nsight
+        Compute, twenty-ninth session:
         the merge + norm kernel issued an instruction every 6.7-7.9 cycles per warp at Vim-Ti / S widths, the
         plain norm kernel every 21-23, waiting on memory). ``ASM`` off (Triton's interpreter, which runs no PTX):
         the division itself."""
