@@ -617,10 +617,9 @@ if _HAS_TRITON:
         test of the merge + norm against the merge then the norm holds it to the bits); in that range it is the
         multiply by ``rcp.approx`` of the divisor. Here the reciprocal is taken once per row and each element
         costs one multiply, where the division's predicated scalings cost three issue slots an element (Nsight
-        Compute, twenty-ninth session:
-        the merge + norm kernel issued an instruction every 6.7-7.9 cycles per warp at Vim-Ti / S widths, the
-        plain norm kernel every 21-23, waiting on memory). ``ASM`` off (Triton's interpreter, which runs no PTX):
-        the division itself."""
+        Compute, twenty-ninth session: the merge + norm kernel issued an instruction every 6.7-7.9 cycles per warp
+        at Vim-Ti / S widths, the plain norm kernel every 21-23, waiting on memory). ``ASM`` off (Triton's
+        interpreter, which runs no PTX): the division itself."""
         if ASM:
             inv = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [wsum], dtype=tl.float32,
                                             is_pure=True, pack=1)
