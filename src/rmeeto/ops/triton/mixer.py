@@ -217,7 +217,7 @@ class MixerPlan:
                 self.out = False
         if self.out:
             res = torch.empty(batch, length, t.w_out.shape[0], device=dev, dtype=dt)
-            self.out(out, t.w_out, res)
+            self.out(out, t.w_out, res, None)
             return res
         y_f, y_b = out.unbind(0)
         return F.linear(torch.add(y_f, y_b), t.w_out, t.b_out)
