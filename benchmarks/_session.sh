@@ -3,7 +3,7 @@
 # Gives: $OUT (made), left (seconds left of $BUDGET_S since sourcing), quiet (drops warnings from a log on stdin),
 # and prints the card's name and max SM clock.
 OUT=${OUT:-out/session}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-src}
+export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-$PWD/src}  # absolute: scripts cd into benchmarks/
 T0=$(date +%s)
 left() { echo $(( ${BUDGET_S:-580} - ($(date +%s) - T0) )); }
 quiet() { grep -v "Warning\|warn(\|return Variable\|_warn_once\|^$" ; }
