@@ -3,11 +3,10 @@ in several tilings, graphed time per call at every token count of the merged sch
 each tiling's sum over the unmerged and the merged forward. "default" is the tiling the launcher picks.
 
     PYTHONPATH=src python3 benchmarks/bench_outproj_gpu.py [--dims 384x192,768x384,1536x768] [--reps 15]
-        [--configs "64,64,64,4,3;128,128,64,4,3"] [--table] [--sq]
+        [--configs "64,64,64,4,3;128,128,64,4,3"] [--table]
 
 --configs: the tilings to time (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages each); --table: every tiling's time at
-every token count, and the sum per forward when each token count takes its own best tiling; --sq: the default
-tiling writing the rows' sums of squares too (what a layer before a merge would run), against without.
+every token count, and the sum per forward when each token count takes its own best tiling.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ def main():
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--sweep", action="store_true", help="more tilings than the default's neighbours")
     ap.add_argument("--configs", default="", help="tilings 'BM,BN,BK,warps,stages;...' instead of the list")
-    ap.add_argument("--sq", action="store_true", help="the default tiles with the rows' sums of squares too")
     ap.add_argument("--table", action="store_true", help="every tiling at every token count, best per count")
     a = ap.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; default {to.OUTPROJ_CONFIG}", flush=True)
@@ -69,14 +67,7 @@ def main():
                     per[(i, L)] = 1e3 * _event_ms(_graphed(lambda: to.sum_out_proj(y, w, cfg)), a.reps, 10)
                 except Exception as e:  # a tiling that does not fit
                     print(f"  {cfg}: {type(e).__name__}", flush=True)
-            if a.sq:
-                got, part = to.sum_out_proj(y, w, None, sq=True)
-                want = torch.stack([got[..., p:p + 128].float().square().sum(-1) for p in range(0, N, 128)], -1)
-                ok = torch.allclose(part, want, rtol=1e-5, atol=1e-5)
-                per[("sq", L)] = 1e3 * _event_ms(_graphed(lambda: to.sum_out_proj(y, w, None, sq=True)), a.reps, 10)
-                print(f"K={K} N={N} L={L}: default {per.get((0, L), 0):.1f} us, with sums of squares "
-                      f"{per[('sq', L)]:.1f}{'' if ok else ' WRONG SUMS'}", flush=True)
-            best = min((k for k in per if k[1] == L and k[0] not in ("cublas", "sq")), key=per.get)
+            best = min((k for k in per if k[1] == L and k[0] != "cublas"), key=per.get)
             print(f"K={K} N={N} L={L}: add + cuBLAS {per[('cublas', L)]:.1f} us, default {per.get((0, L), 0):.1f}, "
                   f"best {per[best]:.1f} {configs[best[0]]}", flush=True)
         rows = []
@@ -92,7 +83,7 @@ def main():
             for i in ["cublas"] + list(range(len(configs))):
                 print(f"  table K={K} {i if i == 'cublas' else tag(i):>22}: " + " ".join(
                     f"{L}:{per[(i, L)]:.1f}" if (i, L) in per else f"{L}:-" for L in sorted(set(sched))), flush=True)
-            best = {L: min((k for k in per if k[1] == L and k[0] not in ("cublas", "sq")), key=per.get)
+            best = {L: min((k for k in per if k[1] == L and k[0] != "cublas"), key=per.get)
                     for L in set(sched)}
             print(f"  K={K}: each token count's best tiling: merged {sum(per[best[L]] for L in sched):.0f} us per "
                   f"forward; " + ", ".join(f"{L}: {tag(best[L][0])}" for L in sorted(best)), flush=True)

@@ -46,13 +46,10 @@ def main():
     ap.add_argument("--models", default="vim_tiny_patch16_224,vim_small_patch16_224")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--given-norms", action="store_true", help="the matching with the row norms given, against not")
     ap.add_argument("--ab", default=None, help="a MATCH_CONFIG entry timed at two values, e.g. one_tile_min_r=None,0")
     add_set_argument(ap, "a MATCH_CONFIG entry set for the whole run (a Python literal), before --ab; repeatable")
     a = ap.parse_args()
     set_match_config(a.set, ap.error)
-    if a.given_norms:
-        return given_norms(a)
     if a.ab:
         return ab(a)
     print(torch.cuda.get_device_name(), torch.__version__, flush=True)
@@ -74,36 +71,6 @@ def main():
                   flush=True)
         print(f"  total: match_plan {tot[0]:.1f}, merging steps {tot[1]:.1f}, plain norms {tot[2]:.1f}, "
               f"excess {tot[1] - tot[2]:+.1f} us per forward", flush=True)
-
-
-def given_norms(a):
-    """Per merging layer: the inference matching and the merging step, norms taken by the kernel | given."""
-    print(torch.cuda.get_device_name(), torch.__version__, flush=True)
-    for name in a.models.split(","):
-        C = next(v for k, v in WIDTH.items() if k in name)
-        cfg = MergeConfig.paper(name)
-        tot = [0.0] * 4
-        print(f"== {name} (C={C}): layer, L -> L - r, match us taken | given, step us taken | given", flush=True)
-        for s, L, r, hidden, residual, size, w in _merging_layers(cfg, a.batch, C):
-            sq = torch.stack([hidden[..., p:p + 128].float().square().sum(-1) for p in range(0, C, 128)], -1)
-            row, kslots = [], []
-            for given in (None, sq):
-                with torch.no_grad():
-                    ws = mt._workspace(a.batch, L, r, hidden.device)
-                    mt._match_lists(hidden, s.cls_in, r, s.cls_out, True, ws, norm_only=True, sq=given)
-                    kslots.append(ws[9].clone())
-                    t_match = 1e3 * _event_ms(_graphed(lambda: mt._match_lists(
-                        hidden, s.cls_in, r, s.cls_out, True, ws, norm_only=True, sq=given)), a.reps, 10)
-                    t_step = 1e3 * _event_ms(_graphed(lambda: mt.match_merge_add_norm(
-                        hidden, residual, size, hidden, s.cls_in, r, s.cls_out, True, w, 1e-5, sq=given)), a.reps, 10)
-                row += [t_match, t_step]
-            for i, v in enumerate(row):
-                tot[i] += v
-            same = "" if torch.equal(*kslots) else f"  PLANS DIFFER in {(kslots[0] != kslots[1]).any(1).sum()} images"
-            print(f"  {s.layer:2d}  {L} -> {L - r}  {row[0]:6.1f} | {row[2]:6.1f}   {row[1]:6.1f} | {row[3]:6.1f}{same}",
-                  flush=True)
-        print(f"  total per forward: match {tot[0]:.1f} | {tot[2]:.1f}, steps {tot[1]:.1f} | {tot[3]:.1f} us",
-              flush=True)
 
 
 def ab(a):

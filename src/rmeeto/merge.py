@@ -460,11 +460,7 @@ class MergingBlock(Block):
         if cfg.num_merged > 0 and residual is not None:
             plan = self._prepared_merge(hidden, residual, state)
             if plan is not None:  # inference: the match and the merge + add + norm prepared (two launches)
-                # the previous block's out_proj kernel may have left hidden's rows' sums of squares (export_norms)
-                sq = state.row_sq
-                if sq is not None:
-                    sq = sq[0] if sq[1] is hidden and sq[2] == hidden._version else None
-                residual, normed, size = plan(hidden, residual, state.size, self.norm.weight, sq)
+                residual, normed, size = plan(hidden, residual, state.size, self.norm.weight)
                 return self.mix(normed, residual, TokenState(plan.new_cls_index, size, None, None))
         if cfg.shuffle is not None and residual is not None and cfg.shuffle.active(self.training):
             # shuffled tensors are plain inputs to the merge below: the fused path stays correct on them
@@ -568,8 +564,6 @@ def apply_merge(model: VisionMamba, config: MergeConfig) -> VisionMamba:
             )
             if config.metric != "x":
                 model.layers[s.layer - 1].export_metric = config.metric
-            elif s.layer > 0:  # the matching's row norms from the previous block's out_proj kernel (inference)
-                model.layers[s.layer - 1].export_norms = True
     model.merge_config = config
     model.merge_shuffler = shuffler  # its generator state is what a resume would need to save
     return model
@@ -586,8 +580,6 @@ def remove_merge(model: VisionMamba) -> VisionMamba:
             del layer.merge
         if "export_metric" in layer.__dict__:
             del layer.export_metric
-        if "export_norms" in layer.__dict__:
-            del layer.export_norms
     model.merge_config = None
     model.merge_shuffler = None
     return model

@@ -69,11 +69,7 @@ def test_plan_gives_the_general_paths_bits(name, merged, monkeypatch):
     if merged:  # the merging steps' prepared launches too
         merge_plans = [p for b in model.layers for p in b.__dict__.get("_merge_plans", {}).values() if p is not None]
         assert len(merge_plans) >= 11
-        assert all(m.entry is not None for p in merge_plans for m, _ in p.matches.values())
-        assert all(p.merge.entry is not None for p in merge_plans)
-        # every merging layer follows a plain block, whose out_proj kernel left the matching its rows' sums of squares
-        assert all(list(p.matches) == [2 if "tiny" in name else 3] and p.matches[list(p.matches)[0]][1]
-                   for p in merge_plans)
+        assert all(p.match.entry is not None and p.merge.entry is not None for p in merge_plans)
     assert torch.equal(_forward(model, x, plan=True, graphed=True), ref)
 
 

@@ -211,53 +211,6 @@ def test_match_plan_equals_pytorch_plan(full):
 """)
 
 
-def test_match_takes_the_rows_sums_of_squares_when_given():
-    """The one-launch matching given the metric rows' sums of squares (partial sums per token, as the sum + out_proj
-    kernel writes them) in place of taking the norms itself: on rows of very different norms (cosine differs from
-    the dot product there), the same plan lists as without them and as PyTorch's plan, for 1-3 partial sums;
-    wrong sums (every row's 1) give other plans, so the kernel reads them. Where it plans in registers only: long
-    sequences, or ``MATCH_CONFIG["given_norms"]`` off, launch it without them."""
-    run_interpreted("""
-        import sys, torch
-        from rmeeto.merge import bipartite_match, plan_cls_index
-        from rmeeto.ops.triton import merge as mt
-        torch.manual_seed(0)
-        bad = []
-        for B, L, C, r, parts in ((3, 37, 48, 5, 2), (2, 25, 32, 11, 1), (2, 41, 80, 3, 3)):
-            h = (torch.randn(B, L, C) * torch.rand(B, L, 1).mul(3).exp() * 0.1).half()
-            cls = L // 2
-            new = plan_cls_index(cls, L, r, True)
-            step = -(-C // parts)
-            sq = torch.stack([h[..., c:c + step].double().square().sum(-1) for c in range(0, C, step)], -1).float()
-            lists = []
-            for given in (None, sq, torch.ones_like(sq)):
-                ws = mt._workspace(B, L, r, h.device)
-                mt._match_lists(h, cls, r, new, True, ws, norm_only=True, sq=given)
-                lists.append((ws[8].clone(), ws[9].clone()))  # next, kslot
-            meta = mt.match_spec(h, cls, r, new, True, True, parts)[2]
-            if meta["SQ_PARTS"] != parts:
-                bad.append(("not given", L, meta["SQ_PARTS"]))
-            if not (torch.equal(lists[0][0], lists[1][0]) and torch.equal(lists[0][1], lists[1][1])):
-                bad.append(("plans differ", L, parts))
-            if torch.equal(lists[0][1], lists[2][1]):
-                bad.append(("wrong sums not read", L))
-            # the kernel's plan is PyTorch's: the kept slots of the destination map agree
-            ref = mt.destination_map(bipartite_match(h, cls, r, ordered=True), L, True)
-            got = mt.match_plan(h, cls, r, new, True)[0]
-            if not torch.equal(ref, got):
-                bad.append(("pytorch plan", L))
-        h = torch.randn(1, 301, 32).half()  # 150 sources: more than the one tile of the register plans
-        if mt.match_spec(h, 150, 5, plan_cls_index(150, 301, 5, True), True, True, 2)[2]["SQ_PARTS"] != 0:
-            bad.append("long sequence")
-        h = torch.randn(1, 37, 32).half()
-        mt.MATCH_CONFIG["given_norms"] = False
-        if mt.match_spec(h, 18, 5, plan_cls_index(18, 37, 5, True), True, True, 2)[2]["SQ_PARTS"] != 0:
-            bad.append("switch off")
-        print("FAILURES", bad)
-        sys.exit(1 if bad else 0)
-    """)
-
-
 def test_merge_add_norm_kernel_gives_the_bits_of_merge_then_norm(full):
     """The inference kernel that merges, adds the merged streams and normalises (match_merge_add_norm) returns
     exactly what the merge kernel followed by the norm kernel returns: fp32 and fp16 hidden states, with and
@@ -480,14 +433,6 @@ def test_sum_out_proj_kernel_and_its_use_in_the_mixer():
                 got = to.sum_out_proj(y, w, cfg)
                 if got.shape != (b, L, N) or not within_rounding(got.reshape(b * L, N), s, w):
                     bad.append(("kernel", b, L, K, N, strided, gap, cfg))
-                # with the rows' sums of squares: the same outputs, and per tile of output channels the sum of the
-                # rounded outputs' squares (float32, any order)
-                got_sq, part = to.sum_out_proj(y, w, cfg, sq=True)
-                bn = (cfg or to.OUTPROJ_CONFIG)["BLOCK_N"]
-                want = torch.stack([got[..., c:c + bn].double().square().sum(-1) for c in range(0, N, bn)], -1)
-                if not torch.equal(got_sq, got) or part.shape != (b, L, to.sq_parts(N, cfg)) \
-                        or part.dtype != torch.float32 or not torch.allclose(part.double(), want, rtol=1e-5, atol=0):
-                    bad.append(("sums of squares", b, L, K, N, cfg))
             # the dispatch on the scan's layout: [2, batch, dim, L] views of channels-last planes
             y2 = y.transpose(2, 3)
             if not torch.equal(outproj.sum_out_proj(y2, w, backend="triton"), to.sum_out_proj(y, w)):
@@ -526,9 +471,10 @@ def test_mixer_plan_gives_the_general_paths_bits(full):
     plan, for another input shape (a plan of its own) and after a weight moved to a new tensor (a new plan). It
     stands aside (general path, same result) with the switch off, with a forward hook on in_proj, for float32
     inputs, and when the B metric is exported; with a gradient enabled (the general path with the add and the
-    library GEMM: those bits, and the plan's to rounding). Then whole models, unmerged and merged: the same logits with every
-    mixer call on a plan, each plain block's residual add + RMSNorm included, each merging block's matching given
-    the rows' sums of squares by the block before (full tier: 80 s here; the GPU tests run whole Vim-Ti and S)."""
+    library GEMM: those bits, and the plan's to rounding). A block takes the plan with its norm, and with a forward
+    hook on its mixer calls the mixer as a module (the hook runs; the same bits). Then whole models, unmerged and merged: the same logits with every
+    mixer call on a plan, each plain block's residual add + RMSNorm included (full tier: 75 s here; the GPU
+    tests run whole Vim-Ti and S)."""
     run_interpreted(f"FULL = {bool(full)}\n" + textwrap.dedent("""
         import sys, torch
         from rmeeto.ops import policy
@@ -607,6 +553,20 @@ def test_mixer_plan_gives_the_general_paths_bits(full):
             if not same(mixer(h1.float())[0], ref32) or len(plans) != n:
                 bad.append(("float32", len(plans) - n))
 
+        # a block takes its mixer's plan with the norm, except with a hook on the mixer, which must see the call
+        mixer.half()
+        block = vim.Block(32, mixer).half()
+        state = vim.TokenState(0)
+        with torch.no_grad():
+            n = len(plans)
+            ref_block = block(h1, None, state)[0]
+            hooked = []
+            handle = mixer.register_forward_hook(lambda m, i, o: hooked.append(1))
+            hooked_out = block(h1, None, state)[0]
+            handle.remove()
+        if len(plans) != n + 2 or len(hooked) != 1 or not same(hooked_out, ref_block):
+            bad.append(("hook on the mixer", len(plans) - n, len(hooked)))
+
         # whole models, unmerged and merged: blocks take the plan with their norm, merging blocks the prepared
         # merge (match + merge-add-norm kernels, interpreted) and then their mixer's plan
         import rmeeto
@@ -646,9 +606,6 @@ def test_mixer_plan_gives_the_general_paths_bits(full):
                     or len(adds) != 2 * (depth - n_merging) or len(merges) != 2 * n_merging \
                     or (merged and not n_merging):
                 bad.append(("model", merged, len(plans), len(adds), len(merges), depth, n_merging))
-            # each merging block follows a plain one, whose out_proj kernel left its rows' sums of squares
-            if merged and not all(uses for p in merges for _, uses in p.matches.values()):
-                bad.append("merging without the given sums")
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """))

@@ -72,18 +72,12 @@ class TokenState(NamedTuple):
     size: [batch, tokens, 1] number of original patches each token stands for (None until the first merge).
     metric: [batch, tokens, c] the matching metric the *previous* block exported for the next merge, if any.
     source: [batch, tokens, original_tokens] 0/1 map to original tokens, only when tracking is on.
-    row_sq: (sums, hidden, hidden's version): ``sums`` [batch, tokens, parts] float32, the rows' sums of squares
-        of the ``hidden`` the block returned with this state, in partial sums, written by its sum + out_proj kernel
-        in inference when the next merge matches on the hidden states (:attr:`Block.export_norms`), so the
-        matching need not take the row norms itself; used only for that very tensor, unchanged since
-        (``_version``: a hook that replaced or modified it in place makes the matching take the norms); else None.
     """
 
     cls_index: int
     size: Optional[Tensor] = None
     metric: Optional[Tensor] = None
     source: Optional[Tensor] = None
-    row_sq: Optional[tuple] = None
 
 
 class RMSNorm(nn.Module):
@@ -311,16 +305,6 @@ class BiMambaMixer(nn.Module):
         """A forward hook on this mixer (or a global one): it must be called as a module, ``self(...)``."""
         return bool(self._forward_hooks or self._forward_pre_hooks or any(_GLOBAL_HOOKS))
 
-    def forward_norms(self, hidden: Tensor) -> tuple[Tensor, Optional[Tensor]]:
-        """``self(hidden)[0]`` and, where the prepared inference path's sum + out_proj kernel runs, the output rows'
-        sums of squares ([batch, length, parts] float32 partial sums, :func:`rmeeto.ops.triton.outproj.sum_out_proj`
-        with ``sq``), else None: for the block before a merge that matches on the hidden states."""
-        if not torch.compiler.is_compiling() and not self._hooked():
-            prepared = self.plan(hidden)
-            if prepared is not None:
-                return prepared[0](hidden, prepared[1], True)
-        return self(hidden)[0], None
-
     def forward(self, hidden: Tensor, export: Optional[str] = None) -> tuple[Tensor, Optional[Tensor]]:
         """hidden: [batch, length, d_model] -> (out [batch, length, d_model], metric or None).
 
@@ -386,13 +370,10 @@ class Block(nn.Module):
     Input/output: (hidden, residual, state) where ``hidden`` is the previous mixer's raw output
     [batch, tokens, E], ``residual`` the float32 token representation (None before the first block), and
     ``state`` a :class:`TokenState`. ``export_metric`` (set by the merge patch, never changed in forward)
-    makes the block hand the next merging block a B/C/delta metric; ``export_norms`` (set by the merge patch
-    where the next merge matches on the hidden states) the sums of squares of its output rows, where its
-    inference plan's sum + out_proj kernel can write them (``state.row_sq``; None otherwise).
+    makes the block hand the next merging block a B/C/delta metric.
     """
 
     export_metric: Optional[str] = None
-    export_norms: bool = False
 
     def __init__(self, dim: int, mixer: BiMambaMixer, drop_path: float = 0.0, norm_eps: float = 1e-5,
                  residual_in_fp32: bool = True, device=None, dtype=None):
@@ -409,33 +390,25 @@ class Block(nn.Module):
                 if mixer.traces_inference(hidden, self.norm, residual):  # traced: the block as one op
                     hidden, residual = block_inference(hidden, residual, self.norm.weight, self.norm.eps,
                                                        *mixer.plan_args())
-                    return hidden, residual, state._replace(metric=None, row_sq=None)
+                    return hidden, residual, state._replace(metric=None)
             else:
                 # (a hook on the mixer must see its call: then the mixer is called as a module, below)
                 prepared = None if mixer._hooked() else mixer.plan(hidden, self.norm, residual)
                 if prepared is not None:  # inference: the norm and the mixer's launches prepared (ops.triton.mixer)
                     plan, tensors = prepared
                     residual, normed = plan.add_norm(hidden, residual, self.norm.weight, self.norm.eps)
-                    if self.export_norms:
-                        hidden, sq = plan(normed, tensors, True)
-                        row_sq = None if sq is None else (sq, hidden, hidden._version)
-                        return hidden, residual, state._replace(metric=None, row_sq=row_sq)
-                    return plan(normed, tensors), residual, state._replace(metric=None, row_sq=None)
+                    return plan(normed, tensors), residual, state._replace(metric=None)
         residual, normed = drop_add_rms_norm(
             hidden, residual, self.norm.weight, self.norm.eps, self.drop_path.drop_prob, self.residual_in_fp32,
             backend=policy.op_backend(self.mixer.scan_backend),
         )
         hidden, metric = self.mixer(normed, export=self.export_metric)  # self.mix inlined: one call less per block
-        return hidden, residual, state._replace(metric=metric, row_sq=None)
+        return hidden, residual, state._replace(metric=metric)
 
     def mix(self, normed: Tensor, residual: Tensor, state: TokenState):
         """The mixer on the normalised tokens (the block's second half, after the residual add + norm)."""
-        if self.export_norms:
-            hidden, sq = self.mixer.forward_norms(normed)
-            row_sq = None if sq is None else (sq, hidden, hidden._version)
-            return hidden, residual, state._replace(metric=None, row_sq=row_sq)
         hidden, metric = self.mixer(normed, export=self.export_metric)
-        return hidden, residual, state._replace(metric=metric, row_sq=None)
+        return hidden, residual, state._replace(metric=metric)
 
     def forward(self, hidden: Tensor, residual: Optional[Tensor], state: TokenState):
         return self.add_norm_mix(hidden, residual, state)

@@ -150,20 +150,10 @@ if _HAS_TRITON:
         return inv_a, inv_b
 
     @triton.jit
-    def _inv_norms_sq(sq_rows, t, mt, PARTS: tl.constexpr):
-        """1 / max(||metric row t||, 1e-12) in float32 from the row's sums of squares the kernel that wrote the
-        metric left (``sq_rows``: PARTS float32 partial sums per token, contiguous), added in order."""
-        acc = tl.load(sq_rows + t * PARTS, mask=mt, other=0.0)
-        for p in tl.static_range(1, PARTS):
-            acc += tl.load(sq_rows + t * PARTS + p, mask=mt, other=0.0)
-        return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc), 1e-12))
-
-    @triton.jit
     def _partner_best(rows, tile, L, C, cls, s_ml,
                       IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
-                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1, sq_rows=None,
-                      SQ_PARTS: tl.constexpr = 0):
+                      ONE_J: tl.constexpr = False, DOT_UNROLL: tl.constexpr = 1):
         """For tile ``tile`` of BLOCK_T sources (even class-free positions) of one batch element (its metric
         rows at ``rows``): scores against every destination (odd positions) of the rows normalised in float32
         and rounded to the metric's dtype, the scores rounded to it too (as the PyTorch matmul returns them),
@@ -174,9 +164,7 @@ if _HAS_TRITON:
         order of every sum, fewer exposed load latencies). ``ONE_J`` (the launcher's promise that every
         destination fits one tile of BLOCK_J): the sources' and the destinations' norms in one loop
         (:func:`_inv_norms_pair`), same bits. ``DOT_UNROLL``: channel steps of the dot per loop trip (each still
-        accumulates in turn: same bits). ``SQ_PARTS`` > 0: the rows' sums of squares come from ``sq_rows``
-        (:func:`_inv_norms_sq`, written by the kernel that made the metric) and the metric is read once, by the
-        dot."""
+        accumulates in turn: same bits)."""
         T = L - 1
         NA = (T + 1) // 2
         NB = T // 2
@@ -186,10 +174,7 @@ if _HAS_TRITON:
         qa = 2 * i
         ta = qa + (qa >= cls).to(tl.int32)
         ma = i < NA
-        if SQ_PARTS > 0:
-            inv_a = _inv_norms_sq(sq_rows, ta, ma, SQ_PARTS)[:, None]
-            inv_b = tl.zeros([BLOCK_J, 1], tl.float32)
-        elif ONE_J:
+        if ONE_J:
             j = tl.arange(0, BLOCK_J)
             qb = 2 * j + 1
             inv_a, inv_b = _inv_norms_pair(rows, ta, ma, qb + (qb >= cls).to(tl.int32), j < NB, s_ml, C,
@@ -206,9 +191,7 @@ if _HAS_TRITON:
             qb = 2 * j + 1
             tb = qb + (qb >= cls).to(tl.int32)
             mb = j < NB
-            if SQ_PARTS > 0:
-                inv_b = _inv_norms_sq(sq_rows, tb, mb, SQ_PARTS)[:, None]
-            elif not ONE_J:
+            if not ONE_J:
                 inv_b = _inv_norms(rows, tb, mb, s_ml, C, BLOCK_J, NORM_C, UNROLL)[:, None]
             s = tl.zeros([BLOCK_T, BLOCK_J], tl.float32)
             for c0 in tl.range(0, C, BLOCK_C, loop_unroll_factor=DOT_UNROLL):
@@ -541,12 +524,12 @@ if _HAS_TRITON:
     @triton.jit
     def _match_kernel(
         m_ptr, s_mb, s_ml, vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr, head_ptr,
-        next_ptr, kslot_ptr, sq_ptr, L, C, cls, new_cls, R, L_out,
+        next_ptr, kslot_ptr, L, C, cls, new_cls, R, L_out,
         IEEE: tl.constexpr, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
         BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
         BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
         DOT_UNROLL: tl.constexpr = 1, PDL: tl.constexpr = False, ONE_TILE: tl.constexpr = False,
-        RB: tl.constexpr = 0, NORM_ONLY: tl.constexpr = False, SQ_PARTS: tl.constexpr = 0,
+        RB: tl.constexpr = 0, NORM_ONLY: tl.constexpr = False,
     ):
         """Best partner and plan of one batch element in one program (grid (batch,)): every source tile of
         :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
@@ -556,20 +539,14 @@ if _HAS_TRITON:
         ``MATCH_CONFIG``): the plan from the partners in registers, the same lists: over the merged sources in
         ``RB`` slots (:func:`_plan_compact`), or with ``RB`` 0 over all pairs (:func:`_plan_registers`); vmax, vidx
         and the scratch row unused. ``NORM_ONLY``: only the lists the merge + norm kernel reads (``kslot``,
-        ``next``) are written (inference), the others left as they were. ``SQ_PARTS`` > 0: the metric rows'
-        sums of squares in ``sq_ptr`` ([batch, L, SQ_PARTS] float32 partial sums, from the kernel that wrote the
-        metric: :func:`rmeeto.ops.triton.outproj.sum_out_proj`), the norms not taken here (``ONE_TILE`` only)."""
+        ``next``) are written (inference), the others left as they were."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         b = tl.program_id(0).to(tl.int64)
         NA = L // 2
         rows = m_ptr + b * s_mb
         if ONE_TILE:
-            if SQ_PARTS > 0:
-                sq_rows = sq_ptr + b * L * SQ_PARTS
-            else:
-                sq_rows = sq_ptr
             best, best_j = _partner_best(rows, 0, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
-                                         ONE_J, DOT_UNROLL, sq_rows, SQ_PARTS)
+                                         ONE_J, DOT_UNROLL)
             if RB > 0:
                 _plan_compact(best, best_j, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R,
                               sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls,
@@ -1034,7 +1011,7 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # 1.395-1.396 -> 1.395-1.397.
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
                 "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "compact_max_r": 32,
-                "norm_lists_only": True, "given_norms": True}
+                "norm_lists_only": True}
 _WIDE_C = 768
 
 
@@ -1104,7 +1081,7 @@ def clear_workspaces() -> None:
 
 
 def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool,
-                 workspace: Optional[tuple] = None, norm_only: bool = False, sq: Optional[Tensor] = None):
+                 workspace: Optional[tuple] = None, norm_only: bool = False):
     """:func:`match_plan` plus the per-slot source lists of :func:`source_lists` -> (dest [batch, L] int64,
     then base, src, sdst, head, next: [batch, n] int32), all views of one workspace (``workspace``, from
     :func:`_workspace`, or a new one): for short sequences (at most ``_LONG_SOURCES`` sources) in one kernel,
@@ -1119,10 +1096,7 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     unordered layout adds 64 x NA to rank its kept sources. A rank kernel per tile followed by a slot kernel
     would do a little less arithmetic but cost one more launch (~25-50 us of host time in eager mode, which
     dominates at Vim-S shapes) and one more grid barrier. At Vim's shapes the one-launch kernel does the same
-    work per batch element in one program (one launch less, and no program waits on another's partners).
-
-    ``sq``: the metric rows' sums of squares in partial sums ([batch, L, P] float32, contiguous, from the kernel
-    that wrote the metric), used where the one-launch kernel plans in registers; elsewhere ignored."""
+    work per batch element in one program (one launch less, and no program waits on another's partners)."""
     batch, L, C = metric.shape
     if metric.stride(2) != 1:
         metric = metric.contiguous()
@@ -1132,12 +1106,11 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
     if workspace is None:
         workspace = _workspace(batch, L, R, dev)
     dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = workspace
-    spec = match_spec(metric, cls_index, num_merged, new_cls_index, ordered, norm_only,
-                      0 if sq is None else sq.shape[-1])
+    spec = match_spec(metric, cls_index, num_merged, new_cls_index, ordered, norm_only)
     if spec is not None:
         grid, tail, meta = spec
         launch(_match_kernel, grid, dev, metric, metric.stride(0), metric.stride(1), vmax, vidx, scratch, dest, base,
-               src, sdst, head, nxt, kslot, sq if meta["SQ_PARTS"] else None, *tail, **meta)
+               src, sdst, head, nxt, kslot, *tail, **meta)
         return dest, base, src, sdst, head, nxt
     block_a = max(16, next_pow2(na))
     tile_a, tile_b, step_c, warps, stages = PARTNER_CONFIG["long" if na > _LONG_SOURCES else "short"]
@@ -1152,16 +1125,13 @@ def _match_lists(metric: Tensor, cls_index: int, num_merged: int, new_cls_index:
 
 
 def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: int, ordered: bool,
-               norm_only: bool = False, sq_parts: int = 0) -> Optional[tuple[tuple, tuple, dict]]:
+               norm_only: bool = False) -> Optional[tuple[tuple, tuple, dict]]:
     """(grid, scalar arguments after the tensors, constexprs and launch options) of the one-launch matching
     kernel for ``metric`` [batch, L, C] (unit channel stride), or None where :func:`_match_lists` takes the two
     kernels (more than ``_LONG_SOURCES`` sources, or ``MATCH_CONFIG["fused"]`` off). The kernel's leading
     arguments: metric, its batch and token strides, then the workspace's vmax, vidx, scratch, dest, base, src,
-    sdst, head, nxt, kslot, then the rows' sums of squares (None unless ``SQ_PARTS``). ``norm_only`` (inference
-    callers of the merge + norm kernel): only kslot and nxt are written, where ``MATCH_CONFIG["norm_lists_only"]``
-    allows it. ``sq_parts``: the caller has the rows' sums of squares in that many partial sums per token; the
-    kernel reads them (``SQ_PARTS``) where it plans in registers (``ONE_TILE``) and ``MATCH_CONFIG["given_norms"]``
-    allows it, else takes the norms itself (``SQ_PARTS`` 0)."""
+    sdst, head, nxt, kslot. ``norm_only`` (inference callers of the merge + norm kernel): only kslot and nxt are
+    written, where ``MATCH_CONFIG["norm_lists_only"]`` allows it."""
     batch, L, C = metric.shape
     na = L // 2
     if not (MATCH_CONFIG["fused"] and na <= _LONG_SOURCES):
@@ -1174,7 +1144,6 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
                 BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, DOT_UNROLL=dot_unroll, num_warps=warps, num_stages=1,
                 NORM_ONLY=bool(norm_only and MATCH_CONFIG["norm_lists_only"]), **pdl_meta())
     meta["ONE_TILE"], meta["RB"] = _one_tile(na, tile_a, num_merged)
-    meta["SQ_PARTS"] = sq_parts if meta["ONE_TILE"] and MATCH_CONFIG["given_norms"] else 0
     return (batch,), (L, C, cls_index, new_cls_index, num_merged, L - num_merged), meta
 
 
@@ -1279,13 +1248,11 @@ def match_merge_fused(hidden: Tensor, residual: Tensor, size: Optional[Tensor], 
 
 
 def match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
-                         num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor, eps: float,
-                         sq: Optional[Tensor] = None):
+                         num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor, eps: float):
     """Inference only: :func:`match_merge_fused` and the residual add + RMSNorm that follows it in a Vim block
     (:func:`rmeeto.ops.norm.add_rms_norm`, no drop path) in two launches (three past 256 sources), the merged
     streams never written -> (residual_out float32, normed in hidden's dtype, new_size), the values of the two
-    steps run one after the other. ``residual`` must be float32; no gradient can flow (raises otherwise).
-    ``sq``: the metric rows' sums of squares in partial sums (see :func:`_match_lists`; not under torch.compile)."""
+    steps run one after the other. ``residual`` must be float32; no gradient can flow (raises otherwise)."""
     if torch.is_grad_enabled() and (hidden.requires_grad or residual.requires_grad or weight.requires_grad):
         raise RuntimeError("match_merge_add_norm is inference only: call it under torch.no_grad()")
     if residual.dtype != torch.float32:
@@ -1295,19 +1262,19 @@ def match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor
         return _match_merge_add_norm_op(hidden, residual, size, metric, *args)
     batch, L, _ = metric.shape
     return _match_merge_add_norm(hidden, residual, size, metric, *args,
-                                 _inference_workspace(batch, L, num_merged, metric.device), sq)
+                                 _inference_workspace(batch, L, num_merged, metric.device))
 
 
 def _match_merge_add_norm(hidden: Tensor, residual: Tensor, size: Optional[Tensor], metric: Tensor, cls_index: int,
                           num_merged: int, new_cls_index: int, ordered: bool, weight: Tensor, eps: float,
-                          workspace: Optional[tuple] = None, sq: Optional[Tensor] = None):
+                          workspace: Optional[tuple] = None):
     """:func:`match_merge_add_norm`'s launches, the plan lists in ``workspace``, or without one in a workspace of
     the call's own: what the traced ops take (``rmeeto::match_merge_add_norm``,
     ``rmeeto::merging_block_inference``), since under Inductor's CUDA graphs ("reduce-overhead") even the warm-up
     runs allocate from the graph's pool, which must hold no tensor that outlives a run but its outputs."""
     if workspace is None:
         workspace = _workspace(metric.shape[0], metric.shape[1], num_merged, metric.device)
-    _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace, norm_only=True, sq=sq)
+    _match_lists(metric, cls_index, num_merged, new_cls_index, ordered, workspace, norm_only=True)
     nxt, kslot = workspace[8], workspace[9]
     return _merge_norm_fwd(hidden, residual, size, kslot, nxt, hidden.shape[1] - num_merged, weight, eps)
 
@@ -1345,26 +1312,22 @@ class MergeNormPlan:
     def __init__(self, num_merged: int, cls_index: int, new_cls_index: int, ordered: bool, eps: float):
         self.num_merged, self.cls_index, self.new_cls_index = num_merged, cls_index, new_cls_index
         self.ordered, self.eps = bool(ordered), float(eps)
-        self.matches = {}  # partial sums per row of the given sums of squares (0: none) -> (Launcher, uses them)
-        self.merge = None
+        self.match = self.merge = None
         self.strides = None
 
-    def __call__(self, hidden: Tensor, residual: Tensor, size: Optional[Tensor], weight: Tensor,
-                 sq: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
-        """-> (residual_out [batch, L - r, C] float32, normed in hidden's dtype, size [batch, L - r, 1] float32).
-        ``sq``: hidden's rows' sums of squares, [batch, L, P] float32 partial sums (contiguous), or None."""
+    def __call__(self, hidden: Tensor, residual: Tensor, size: Optional[Tensor], weight: Tensor
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (residual_out [batch, L - r, C] float32, normed in hidden's dtype, size [batch, L - r, 1] float32)."""
         batch, L, C = hidden.shape
         R = self.num_merged
         dev = hidden.device
         dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = _inference_workspace(batch, L, R, dev)
-        parts = 0 if sq is None else sq.shape[-1]
-        match = self.matches.get(parts)
-        if match is None:
-            grid, tail, meta = match_spec(hidden, self.cls_index, R, self.new_cls_index, self.ordered, True, parts)
-            match = self.matches[parts] = (Launcher(_match_kernel, grid, dev, tail, meta), meta["SQ_PARTS"] > 0)
+        if self.match is None:
+            grid, tail, meta = match_spec(hidden, self.cls_index, R, self.new_cls_index, self.ordered, norm_only=True)
+            self.match = Launcher(_match_kernel, grid, dev, tail, meta)
             self.strides = (hidden.stride(0), hidden.stride(1))
         s0, s1 = self.strides
-        match[0](hidden, s0, s1, vmax, vidx, scratch, dest, base, src, sdst, head, nxt, kslot, sq if match[1] else None)
+        self.match(hidden, s0, s1, vmax, vidx, scratch, dest, base, src, sdst, head, nxt, kslot)
         num_out = L - R
         r_out = torch.empty(batch, num_out, C, device=dev, dtype=torch.float32)
         y = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)

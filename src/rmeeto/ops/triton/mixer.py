@@ -154,7 +154,7 @@ class MixerPlan:
     def __init__(self, d_inner: int, dt_rank: int, d_state: int, scale: float):
         self.d_inner, self.dt_rank, self.d_state, self.scale = d_inner, dt_rank, d_state, float(scale)
         self.splits = [dt_rank, d_state, d_state]
-        self.conv = self.proj = self.scan = self.norm = self.out = self.out_sq = None
+        self.conv = self.proj = self.scan = self.norm = self.out = None
 
     def add_norm(self, hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float
                  ) -> tuple[Tensor, Tensor]:
@@ -175,9 +175,7 @@ class MixerPlan:
         self.norm(hidden, residual if residual is not None else hidden, rstd, weight, ro, y, rstd)
         return ro, y
 
-    def __call__(self, hidden: Tensor, t: MixerTensors, sq: bool = False):
-        """The mixer's output [batch, length, d_model]; with ``sq`` -> (that, its rows' sums of squares: float32
-        partial sums [batch, length, parts] from the sum + out_proj kernel, or None where out_proj is cuBLAS's)."""
+    def __call__(self, hidden: Tensor, t: MixerTensors) -> Tensor:
         xz = F.linear(hidden, t.w_in, t.b_in)
         x, z = xz.chunk(2, dim=-1)
         batch, length, di = x.shape
@@ -218,20 +216,11 @@ class MixerPlan:
             else:
                 self.out = False
         if self.out:
-            N = t.w_out.shape[0]
-            res = torch.empty(batch, length, N, device=dev, dtype=dt)
-            if not sq:
-                self.out(out, t.w_out, res, None)
-                return res
-            if self.out_sq is None:
-                grid, tail, meta = _outproj.spec(batch * length, N, di, out.stride(0), t.w_out.stride(0), sq=True)
-                self.out_sq = Launcher(_outproj._sum_out_proj_kernel, grid, dev, tail, meta)
-            part = torch.empty(batch, length, _outproj.sq_parts(N), device=dev, dtype=torch.float32)
-            self.out_sq(out, t.w_out, res, part)
-            return res, part
+            res = torch.empty(batch, length, t.w_out.shape[0], device=dev, dtype=dt)
+            self.out(out, t.w_out, res)
+            return res
         y_f, y_b = out.unbind(0)
-        res = F.linear(torch.add(y_f, y_b), t.w_out, t.b_out)
-        return (res, None) if sq else res
+        return F.linear(torch.add(y_f, y_b), t.w_out, t.b_out)
 
 
 # ------------------------------------------------------------------------------------ under torch.compile

@@ -40,7 +40,7 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "sum_out_proj", "spec", "sq_parts", "fits", "weights_fit", "OUTPROJ_CONFIG", "MAX_K"]
+__all__ = ["is_available", "sum_out_proj", "spec", "fits", "weights_fit", "OUTPROJ_CONFIG", "MAX_K"]
 
 # BLOCK_M rows x BLOCK_N output channels per program, BLOCK_K input channels per step, GROUP_M row tiles per group.
 # benchmarks/bench_outproj_gpu.py (session 25, H200, batch 128, graphed, summed over each schedule's 24 layers): the
@@ -71,15 +71,12 @@ def weights_fit(dtype: torch.dtype, weight: Tensor, bias) -> bool:
 
 if _HAS_TRITON:
     @triton.jit
-    def _sum_out_proj_kernel(y_ptr, w_ptr, out_ptr, sq_ptr, M, N, K, s_dir, s_w,
+    def _sum_out_proj_kernel(y_ptr, w_ptr, out_ptr, M, N, K, s_dir, s_w,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                             GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr = False,
-                             SQ: tl.constexpr = False):
+                             GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr = False):
         """out[M, N] = round(y[0] + y[1]) @ w[N, K].T for output tile ``program_id(0)`` (grouped order). y: two
         [M, K] planes with unit channel stride and row stride K, the second ``s_dir`` elements after the first;
-        w: row stride ``s_w``, unit column stride; out [M, N] contiguous, y's dtype. EVEN_K: K % BLOCK_K == 0.
-        SQ: also each output row's sum of squares (of the rounded outputs, in float32) over this program's
-        BLOCK_N columns, at sq[row, pid_n] (sq [M, cdiv(N, BLOCK_N)] float32): the next merge's row norms."""
+        w: row stride ``s_w``, unit column stride; out [M, N] contiguous, y's dtype. EVEN_K: K % BLOCK_K == 0."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         pid = tl.program_id(0)
         num_m = tl.cdiv(M, BLOCK_M)
@@ -108,42 +105,29 @@ if _HAS_TRITON:
             a = tl.load(a_ptr + k0, mask=ma, other=0.0).to(tl.float32)
             a = (a + tl.load(a_ptr + s_dir + k0, mask=ma, other=0.0).to(tl.float32)).to(dt)
             acc = tl.dot(a, tl.load(b_ptr + k0, mask=mb, other=0.0), acc)
-        out = acc.to(dt)
-        tl.store(out_ptr + rows[:, None] * N + cols[None, :], out, mask=mr[:, None] & mc[None, :])
-        if SQ:  # columns past N hold 0 (their weight rows loaded as 0)
-            o = out.to(tl.float32)
-            tl.store(sq_ptr + rows * num_n + pid_n, tl.sum(o * o, axis=1), mask=mr)
+        tl.store(out_ptr + rows[:, None] * N + cols[None, :], acc.to(dt), mask=mr[:, None] & mc[None, :])
 
 
-def spec(M: int, N: int, K: int, s_dir: int, s_w: int, config: dict | None = None,
-         sq: bool = False) -> tuple[tuple, tuple, dict]:
+def spec(M: int, N: int, K: int, s_dir: int, s_w: int, config: dict | None = None) -> tuple[tuple, tuple, dict]:
     """(grid, scalar arguments, constexprs and launch options) of the kernel over M rows, N output and K input
     channels, the planes ``s_dir`` elements apart, the weight's row stride ``s_w``; ``config`` the tiles (default
-    ``OUTPROJ_CONFIG``); ``sq``: the rows' sums of squares too (:func:`sq_parts` per row). The kernel's tensors
-    (y, w, out, sq or None) come first."""
+    ``OUTPROJ_CONFIG``). The kernel's tensors (y, w, out) come first."""
     cfg = OUTPROJ_CONFIG if config is None else config
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], EVEN_K=K % bk == 0,
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], SQ=bool(sq), **pdl_meta())
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_meta())
     return (cdiv(M, bm) * cdiv(N, bn),), (M, N, K, s_dir, s_w), meta
 
 
-def sq_parts(N: int, config: dict | None = None) -> int:
-    """Partial sums of squares per row the kernel writes with ``sq`` (one per tile of output channels)."""
-    return cdiv(N, (OUTPROJ_CONFIG if config is None else config)["BLOCK_N"])
-
-
-def sum_out_proj(y: Tensor, w: Tensor, config: dict | None = None, sq: bool = False):
+def sum_out_proj(y: Tensor, w: Tensor, config: dict | None = None) -> Tensor:
     """y [2, batch, length, K] (16-bit; each direction's plane contiguous, planes any distance apart), w [N, K] of
-    y's dtype with unit column stride -> ``round(y[0] + y[1]) @ w.T`` [batch, length, N] in y's dtype; with ``sq``
-    -> (that, each output row's sum of squares in :func:`sq_parts` float32 partial sums [batch, length, P], over
-    consecutive tiles of output channels: the row's squared norm is their sum, in order)."""
+    y's dtype with unit column stride -> ``round(y[0] + y[1]) @ w.T`` [batch, length, N] in y's dtype."""
     _, batch, length, K = y.shape
     N = w.shape[0]
     M = batch * length
     out = torch.empty(batch, length, N, device=y.device, dtype=y.dtype)
-    part = torch.empty(batch, length, sq_parts(N, config), device=y.device, dtype=torch.float32) if sq else None
-    if M > 0:
-        grid, tail, meta = spec(M, N, K, y.stride(0), w.stride(0), config, sq)
-        launch(_sum_out_proj_kernel, grid, y.device, y, w, out, part, *tail, **meta)
-    return (out, part) if sq else out
+    if M == 0:
+        return out
+    grid, tail, meta = spec(M, N, K, y.stride(0), w.stride(0), config)
+    launch(_sum_out_proj_kernel, grid, y.device, y, w, out, *tail, **meta)
+    return out
