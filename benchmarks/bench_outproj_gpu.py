@@ -37,7 +37,8 @@ def main():
     ap.add_argument("--configs", default="", help="tilings 'BM,BN,BK,warps,stages;...' instead of the list")
     ap.add_argument("--table", action="store_true", help="every tiling at every token count, best per count")
     a = ap.parse_args()
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; default {to.OUTPROJ_CONFIG}", flush=True)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; default {to.OUTPROJ_CONFIG}, up to "
+          f"{to.OUTPROJ_SMALL_ROWS} rows of {to.OUTPROJ_SMALL_K} channels {to.OUTPROJ_SMALL_CONFIG}", flush=True)
     configs = [None]
     shapes = ((128, 128, 64, 8, 3), (128, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 256, 64, 8, 3),
               (64, 64, 64, 4, 3), (128, 128, 32, 8, 4), (128, 128, 64, 4, 3), (256, 128, 64, 8, 3))
@@ -77,9 +78,11 @@ def main():
         rows.sort()
         if a.table:
             def tag(i):
-                c = configs[i] or to.OUTPROJ_CONFIG
+                c = configs[i]
+                if c is None:
+                    return "default (by rows)"
                 return "x".join(str(c[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")) + \
-                    f"/{c['num_warps']}w/{c['num_stages']}s" + (" (default)" if i == 0 else "")
+                    f"/{c['num_warps']}w/{c['num_stages']}s"
             for i in ["cublas"] + list(range(len(configs))):
                 print(f"  table K={K} {i if i == 'cublas' else tag(i):>22}: " + " ".join(
                     f"{L}:{per[(i, L)]:.1f}" if (i, L) in per else f"{L}:-" for L in sorted(set(sched))), flush=True)

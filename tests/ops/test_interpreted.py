@@ -458,6 +458,12 @@ def test_sum_out_proj_kernel_and_its_use_in_the_mixer():
             except ValueError:
                 pass
 
+        # the tiles by rows: smaller ones for few rows of up to OUTPROJ_SMALL_K input channels
+        for M, K, want in ((128 * 76, 384, to.OUTPROJ_SMALL_CONFIG), (to.OUTPROJ_SMALL_ROWS + 1, 384, to.OUTPROJ_CONFIG),
+                           (128 * 76, 768, to.OUTPROJ_CONFIG), (7, 32, to.OUTPROJ_SMALL_CONFIG)):
+            meta = to.spec(M, 192, K, 0, K)[2]
+            if any(meta[k] != want[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")):
+                bad.append(("tiles by rows", M, K))
         bad += mixer_takes_the_op("outproj", "out_proj", to, "sum_out_proj")
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)

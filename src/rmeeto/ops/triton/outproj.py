@@ -40,7 +40,8 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "sum_out_proj", "spec", "fits", "weights_fit", "OUTPROJ_CONFIG", "MAX_K"]
+__all__ = ["is_available", "sum_out_proj", "spec", "config_for", "fits", "weights_fit", "OUTPROJ_CONFIG",
+           "OUTPROJ_SMALL_CONFIG", "MAX_K"]
 
 # BLOCK_M rows x BLOCK_N output channels per program, BLOCK_K input channels per step, GROUP_M row tiles per group.
 # benchmarks/bench_outproj_gpu.py (session 25, H200, batch 128, graphed, summed over each schedule's 24 layers): the
@@ -48,7 +49,19 @@ __all__ = ["is_available", "sum_out_proj", "spec", "fits", "weights_fit", "OUTPR
 # Vim-S (768 -> 384): merged 975 -> 829, unmerged 1,312 -> 1,169. The same tiles in 8 warps lost to the add +
 # cuBLAS at Vim-S (1,401 us unmerged).
 OUTPROJ_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
+# Fewer rows at up to OUTPROJ_SMALL_K input channels: smaller tiles (more programs on the SMs). Session 30 (H200,
+# bench_outproj_gpu.py --table, graphed, per call, 128 x L rows): Vim-Ti (384 -> 192) at 76 tokens 12.1 -> 10.4 us,
+# at 147 18.6 -> 17.9; at 152 18.7 / 18.6 and from 157 on the default tiles ahead (18.9 against 19.1). At Vim-S
+# widths (768 -> 384) these tiles lost at every token count (76: 28.0 against 19.7).
+OUTPROJ_SMALL_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
+OUTPROJ_SMALL_ROWS = 128 * 150  # up to this many rows
+OUTPROJ_SMALL_K = 384
 MAX_K = 768  # above (Vim-B's 1536), the add + cuBLAS was faster
+
+
+def config_for(M: int, K: int) -> dict:
+    """The tiles the kernel takes for M rows of K input channels."""
+    return OUTPROJ_SMALL_CONFIG if M <= OUTPROJ_SMALL_ROWS and K <= OUTPROJ_SMALL_K else OUTPROJ_CONFIG
 
 
 def is_available() -> bool:
@@ -111,8 +124,8 @@ if _HAS_TRITON:
 def spec(M: int, N: int, K: int, s_dir: int, s_w: int, config: dict | None = None) -> tuple[tuple, tuple, dict]:
     """(grid, scalar arguments, constexprs and launch options) of the kernel over M rows, N output and K input
     channels, the planes ``s_dir`` elements apart, the weight's row stride ``s_w``; ``config`` the tiles (default
-    ``OUTPROJ_CONFIG``). The kernel's tensors (y, w, out) come first."""
-    cfg = OUTPROJ_CONFIG if config is None else config
+    :func:`config_for`). The kernel's tensors (y, w, out) come first."""
+    cfg = config_for(M, K) if config is None else config
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg["GROUP_M"], EVEN_K=K % bk == 0,
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_meta())
