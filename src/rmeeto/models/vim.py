@@ -302,8 +302,9 @@ class BiMambaMixer(nn.Module):
                 and (norm is None or _norm_fits(hidden, residual, norm, self.scan_backend)))
 
     def _hooked(self) -> bool:
-        """A forward hook on this mixer (or a global one): it must be called as a module, ``self(...)``."""
-        return bool(self._forward_hooks or self._forward_pre_hooks or any(_GLOBAL_HOOKS))
+        """A forward hook on this mixer: it must be called as a module, ``self(...)``. (Global hooks are
+        :meth:`_inference_only`'s: with one installed, :meth:`plan` gives None.)"""
+        return bool(self._forward_hooks or self._forward_pre_hooks)
 
     def forward(self, hidden: Tensor, export: Optional[str] = None) -> tuple[Tensor, Optional[Tensor]]:
         """hidden: [batch, length, d_model] -> (out [batch, length, d_model], metric or None).
