@@ -214,6 +214,55 @@ if _HAS_TRITON:
         return best, best_j
 
     @triton.jit
+    def _partner_best_rows(rows, L, C, cls, s_ml, IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                           BLOCK_J: tl.constexpr, BLOCK_C2: tl.constexpr):
+        """:func:`_partner_best` of the one tile of sources where every source fits BLOCK_T, every destination
+        BLOCK_J and every channel BLOCK_C + BLOCK_C2 (the launcher's promise; 16-bit metrics; BLOCK_C2 0 or a
+        power of two for the channels past BLOCK_C: 192 = 128 + 64 holds no padding): each row of both sets is
+        loaded once, whole, its norm summed from those registers and its normalised copy given to the dot.
+        :func:`_partner_best` reads every row twice (norms, then the dot's channel steps), each pass a chain of
+        dependent trips to memory. The same scores up to the norms' order of summation (here the two parts'
+        sums added, there chunks of NORM_C added in turn), so the last bit of a norm, and through it a near-tie,
+        may come out otherwise than in :func:`_partner_best`."""
+        T = L - 1
+        NA = (T + 1) // 2
+        NB = T // 2
+        i = tl.arange(0, BLOCK_T)
+        qa = 2 * i
+        ta = qa + (qa >= cls).to(tl.int32)
+        ma = i < NA
+        j = tl.arange(0, BLOCK_J)
+        qb = 2 * j + 1
+        tb = qb + (qb >= cls).to(tl.int32)
+        mb = j < NB
+        c = tl.arange(0, BLOCK_C)[None, :]
+        xa = tl.load(rows + ta[:, None] * s_ml + c, mask=ma[:, None] & (c < C), other=0.0)
+        xb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0)
+        sq_a = tl.sum(xa.to(tl.float32) * xa.to(tl.float32), axis=1)
+        sq_b = tl.sum(xb.to(tl.float32) * xb.to(tl.float32), axis=1)
+        if BLOCK_C2 > 0:
+            c2 = BLOCK_C + tl.arange(0, BLOCK_C2)[None, :]
+            xa2 = tl.load(rows + ta[:, None] * s_ml + c2, mask=ma[:, None] & (c2 < C), other=0.0)
+            xb2 = tl.load(rows + tb[:, None] * s_ml + c2, mask=mb[:, None] & (c2 < C), other=0.0)
+            sq_a += tl.sum(xa2.to(tl.float32) * xa2.to(tl.float32), axis=1)
+            sq_b += tl.sum(xb2.to(tl.float32) * xb2.to(tl.float32), axis=1)
+        inv_a = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(sq_a), 1e-12))[:, None]
+        inv_b = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(sq_b), 1e-12))[:, None]
+        xa = (xa.to(tl.float32) * inv_a).to(rows.dtype.element_ty)
+        xb = (xb.to(tl.float32) * inv_b).to(rows.dtype.element_ty)
+        s = tl.dot(xa, tl.trans(xb), input_precision="ieee" if IEEE else None)
+        if BLOCK_C2 > 0:
+            xa2 = (xa2.to(tl.float32) * inv_a).to(rows.dtype.element_ty)
+            xb2 = (xb2.to(tl.float32) * inv_b).to(rows.dtype.element_ty)
+            s = tl.dot(xa2, tl.trans(xb2), s, input_precision="ieee" if IEEE else None)
+        s = s.to(rows.dtype.element_ty).to(tl.float32)
+        s = tl.where(mb[None, :], s, float("-inf"))
+        tile_best = tl.max(s, axis=1)
+        tile_j = tl.min(tl.where(s == tile_best[:, None], j[None, :], 2147483647), axis=1)
+        better = tile_best > float("-inf")  # as _partner_best's first (here only) destination tile
+        return tl.where(better, tile_best, float("-inf")), tl.where(better, tile_j, 0)
+
+    @triton.jit
     def _partner_tile(rows, vmax_row, vidx_row, tile, L, C, cls, s_ml,
                       IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
@@ -529,7 +578,8 @@ if _HAS_TRITON:
         BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
         BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
         DOT_UNROLL: tl.constexpr = 1, PDL: tl.constexpr = False, ONE_TILE: tl.constexpr = False,
-        RB: tl.constexpr = 0, NORM_ONLY: tl.constexpr = False,
+        RB: tl.constexpr = 0, NORM_ONLY: tl.constexpr = False, ROWS: tl.constexpr = False,
+        BLOCK_C2: tl.constexpr = 0,
     ):
         """Best partner and plan of one batch element in one program (grid (batch,)): every source tile of
         :func:`_partner_tile`, a block barrier, then the plan's threshold once and every tile of its step 3.
@@ -545,8 +595,11 @@ if _HAS_TRITON:
         NA = L // 2
         rows = m_ptr + b * s_mb
         if ONE_TILE:
-            best, best_j = _partner_best(rows, 0, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C, UNROLL,
-                                         ONE_J, DOT_UNROLL)
+            if ROWS:
+                best, best_j = _partner_best_rows(rows, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, BLOCK_C2)
+            else:
+                best, best_j = _partner_best(rows, 0, L, C, cls, s_ml, IEEE, BLOCK_T, BLOCK_C, BLOCK_J, NORM_C,
+                                             UNROLL, ONE_J, DOT_UNROLL)
             if RB > 0:
                 _plan_compact(best, best_j, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R,
                               sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls,
@@ -1011,7 +1064,7 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # 1.395-1.396 -> 1.395-1.397.
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
                 "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "compact_max_r": 32,
-                "norm_lists_only": True}
+                "norm_lists_only": True, "rows_max_c": None}
 _WIDE_C = 768
 
 
@@ -1144,6 +1197,11 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
                 BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, DOT_UNROLL=dot_unroll, num_warps=warps, num_stages=1,
                 NORM_ONLY=bool(norm_only and MATCH_CONFIG["norm_lists_only"]), **pdl_meta())
     meta["ONE_TILE"], meta["RB"] = _one_tile(na, tile_a, num_merged)
+    rows_max = MATCH_CONFIG["rows_max_c"]
+    if (meta["ONE_TILE"] and meta["ONE_J"] and rows_max is not None and C <= rows_max
+            and metric.element_size() == 2):
+        main = max(16, next_pow2(C) // 2 if next_pow2(C) > C else next_pow2(C))
+        meta.update(ROWS=True, BLOCK_C=main, BLOCK_C2=0 if C <= main else max(16, next_pow2(C - main)))
     return (batch,), (L, C, cls_index, new_cls_index, num_merged, L - num_merged), meta
 
 
