@@ -37,7 +37,7 @@ def main():
     ap.add_argument("--lengths", default=None, help="token counts (default 197,164,131,98; 197,98 with --sweep)")
     a = ap.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; default {tp.PROJ_CONFIG}")
-    configs = [None, tp.PROJ_CONFIG, tp.PROJ_CONFIG_LARGE]
+    configs = [None, tp.PROJ_CONFIG, tp.PROJ_CONFIG_LARGE, tp.PROJ_CONFIG_NARROW]
     if a.sweep:
         for bm, bk, bn, warps, stages in itertools.product((32, 64, 128), (32, 64), (64, 128), (4, 8), (2, 3)):
             configs.append({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages})

@@ -89,7 +89,8 @@ def test_match_plan_equals_pytorch_plan(full):
     every source fits the one-launch kernel's tile, its plan is made in registers over all pairs of sources
     (``one_tile_min_r``), in registers over the merged sources (``compact_max_r``) or by the tiled plan steps (by
     default as the number merged decides: here forced each way): the default tier takes the three in turn over
-    the cases, the full tier runs all three.
+    the cases, the full tier runs all three. 16-bit metrics of up to ``rows_max_c`` channels take the partner
+    step over whole rows loaded once; every one-launch tiling is also run with it off (channel steps).
     (Scores are summed in another order than PyTorch's matmul, so tie-heavy data is built to give exact
     scores.)"""
     run_interpreted(f"""
@@ -156,9 +157,11 @@ def test_match_plan_equals_pytorch_plan(full):
     # kernel's tilings (64-source tiles: several tiles in both of its steps)
     sweeps = ([("short", tiles, False) for tiles in mt.PARTNER_TILES]
               + [("match", tiles, True) for tiles in mt.MATCH_TILES])
+    sweeps += [("match, channel steps", tiles, None) for tiles in mt.MATCH_TILES]
     for table, tiles, fused in sweeps:
-        mt.MATCH_CONFIG["fused"] = fused
-        if fused:
+        mt.MATCH_CONFIG["fused"] = fused is not False
+        mt.MATCH_CONFIG["rows_max_c"] = found["rows_max_c"] if fused else None  # None: fp16 rows in channel steps
+        if fused is not False:
             mt.MATCH_CONFIG.update(small=tiles, large=tiles, wide=tiles)
         else:
             mt.PARTNER_CONFIG["short"] = tiles
@@ -170,7 +173,7 @@ def test_match_plan_equals_pytorch_plan(full):
             if not torch.equal(mt.match_plan(m, 98, 11, plan.new_cls_index, True)[0], dest):
                 failures.append(("tiles", table, tiles, ties))
     mt.PARTNER_CONFIG["short"] = mt.PARTNER_TILES[0]
-    mt.MATCH_CONFIG.update(fused=True, small=mt.MATCH_TILES[1], large=mt.MATCH_TILES[0], wide=mt.MATCH_TILES[2])
+    mt.MATCH_CONFIG.update(found)
     # the default tiles of 768 channels and more (the dot unrolled), as Vim-B's first merging layer
     m = torch.randn(2, 197, 768).half()
     plan = bipartite_match(m, 98, 11)
@@ -395,6 +398,12 @@ def test_bidir_proj_kernel_and_its_use_in_the_mixer():
         except ValueError:
             pass
 
+        # the tiles by rows and channels: Vim-Ti's width over its batch-128 row counts, Vim-S's large from 128 x 137
+        for M, D, want in ((128 * 197, 384, tp.PROJ_CONFIG_NARROW), (128 * 76, 384, tp.PROJ_CONFIG_NARROW),
+                           (128 * 76 - 1, 384, tp.PROJ_CONFIG), (128 * 256, 384, tp.PROJ_CONFIG_LARGE),
+                           (128 * 197, 768, tp.PROJ_CONFIG_LARGE), (128 * 98, 768, tp.PROJ_CONFIG)):
+            if tp.proj_config(M, D) is not want:
+                bad.append(("tiles", M, D))
         import rmeeto.models.vim as vim
         bad += mixer_takes_the_op("proj", "x_proj", vim, "fused_scan_inputs", export="B")
         print("FAILURES", bad)

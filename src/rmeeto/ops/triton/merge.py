@@ -1062,9 +1062,18 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # match_schedule_gpu.py --ab "norm_lists_only=False;True"): whole merging steps per forward Vim-Ti 328.9 -> 322.2 us,
 # Vim-S 437.3 -> 432.0; whole graphed models, alternating processes, Vim-Ti 1.160-1.161 -> 1.162-1.163, Vim-S
 # 1.395-1.396 -> 1.395-1.397.
+# "rows_max_c": where the plan is made in registers (one tile of sources and of destinations) and a 16-bit metric has
+# at most this many channels, the partner step loads each row of both sets once, whole (two parts of 128 and 64 at
+# Vim-Ti's 192 channels: no padding), sums its norm from those registers and gives the normalised rows to one dot
+# (_partner_best_rows) in place of a norms pass and a dot pass in channel steps; None: never. The norms are summed
+# in another order, so a near-tie may be broken otherwise than with channel steps. 192: at 256 channels the kernel
+# spills on sm_90 (benchmarks/match_sass_cpu.py: 255 registers, 432 bytes of stack; none at 192). Thirty-first
+# session (H200, call 1, match_schedule_gpu.py --ab "rows_max_c=None;256", Vim-Ti): the matching 11.5-12.0 ->
+# 10.6-11.1 us per layer (133.0 -> 123.2 per forward), whole merging steps 296.9 -> 288.2; whole graphed Vim-Ti,
+# alternating processes, 1.1683 / 1.1683 -> 1.1691 / 1.1687.
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
                 "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "compact_max_r": 32,
-                "norm_lists_only": True, "rows_max_c": None}
+                "norm_lists_only": True, "rows_max_c": 192}
 _WIDE_C = 768
 
 

@@ -38,7 +38,8 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "bidir_scan_inputs", "spec", "proj_config", "PROJ_CONFIG", "PROJ_CONFIG_LARGE"]
+__all__ = ["is_available", "bidir_scan_inputs", "spec", "proj_config", "PROJ_CONFIG", "PROJ_CONFIG_LARGE",
+           "PROJ_CONFIG_NARROW"]
 
 # BLOCK_M rows per program, BLOCK_K input channels per step of the x_proj loop, BLOCK_N output channels per
 # step of the dt_proj loop. benchmarks/bench_proj_gpu.py on an H200 (132 SMs), graphed, both directions. Session
@@ -51,6 +52,12 @@ __all__ = ["is_available", "bidir_scan_inputs", "spec", "proj_config", "PROJ_CON
 # 87-97 with 64 x 64 x 64 tiles in two stages; over the merged Vim-B forward 1,942 -> 1,795 us.
 PROJ_CONFIG = {"BLOCK_M": 64, "BLOCK_K": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}
 PROJ_CONFIG_LARGE = {"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+# Vim-Ti's width (384 channels) over the rows of its batch-128 schedules. Session 31 (call 1, `--dims 384 --sweep
+# --lengths 197,157,152,147,76`, results/s31/call1/proj_tiles_ti.txt): these tiles 27.1 / 23.0 / 23.0 / 22.3 / 11.9
+# us against 28.1 / 25.1 / 24.8 / 24.4 / 11.9 for the tiles the rule below took (large from 128 x 137 rows)
+PROJ_CONFIG_NARROW = {"BLOCK_M": 64, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+PROJ_NARROW_CHANNELS = 384
+PROJ_NARROW_ROWS = (128 * 76, 128 * 197)  # the rows measured; outside them the rule below
 PROJ_LARGE_ROWS = 128 * 137  # rows from which, up to PROJ_LARGE_CHANNELS channels, the large tiles are taken
 PROJ_LARGE_CHANNELS = 768
 # above PROJ_LARGE_CHANNELS: (fewest rows, tiles), first match
@@ -65,6 +72,8 @@ PROJ_WIDE_TABLE = (
 
 def proj_config(rows: int, channels: int) -> dict:
     """The tiles :func:`bidir_scan_inputs` takes for ``rows`` rows of ``channels`` input channels."""
+    if channels <= PROJ_NARROW_CHANNELS and PROJ_NARROW_ROWS[0] <= rows <= PROJ_NARROW_ROWS[1]:
+        return PROJ_CONFIG_NARROW
     if channels <= PROJ_LARGE_CHANNELS:
         return PROJ_CONFIG_LARGE if rows >= PROJ_LARGE_ROWS else PROJ_CONFIG
     return next(cfg for least, cfg in PROJ_WIDE_TABLE if rows >= least)
