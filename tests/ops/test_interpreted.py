@@ -89,8 +89,8 @@ def test_match_plan_equals_pytorch_plan(full):
     every source fits the one-launch kernel's tile, its plan is made in registers over all pairs of sources
     (``one_tile_min_r``), in registers over the merged sources (``compact_max_r``) or by the tiled plan steps (by
     default as the number merged decides: here forced each way): the default tier takes the three in turn over
-    the cases, the full tier runs all three. 16-bit metrics of up to ``rows_max_c`` channels take the partner
-    step over whole rows loaded once; every one-launch tiling is also run with it off (channel steps).
+    the cases, the full tier runs all three. 16-bit metrics whose source tile fits ``rows_max_elems`` take the
+    partner step over whole rows loaded once; every one-launch tiling is also run with it off (channel steps).
     (Scores are summed in another order than PyTorch's matmul, so tie-heavy data is built to give exact
     scores.)"""
     run_interpreted(f"""
@@ -160,7 +160,7 @@ def test_match_plan_equals_pytorch_plan(full):
     sweeps += [("match, channel steps", tiles, None) for tiles in mt.MATCH_TILES]
     for table, tiles, fused in sweeps:
         mt.MATCH_CONFIG["fused"] = fused is not False
-        mt.MATCH_CONFIG["rows_max_c"] = found["rows_max_c"] if fused else None  # None: fp16 rows in channel steps
+        mt.MATCH_CONFIG["rows_max_elems"] = found["rows_max_elems"] if fused else None  # None: channel steps
         if fused is not False:
             mt.MATCH_CONFIG.update(small=tiles, large=tiles, wide=tiles)
         else:

@@ -220,18 +220,20 @@ def test_source_lists_walk_each_slots_sources_in_plan_order(L, cls_index, r, ord
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("ordered", [True, False])
 @pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize("C", [192, 384])
-def test_match_plan_half_is_a_valid_plan(dtype, ordered, ties, C):
+@pytest.mark.parametrize("L, C", [(197, 192), (197, 384), (109, 384)])
+def test_match_plan_half_is_a_valid_plan(dtype, ordered, ties, L, C):
     """In fp16/bf16 the scores are rounded to the metric's dtype, so the kernel and cuBLAS (other summation
     order) may break near-ties differently. Check the kernel's plan against the definition instead, with
     scores recomputed in float64 from the same rounded rows: every merged source's partner is a best
     destination and every merged source scores at least as high as every kept one (both within one rounding
-    step); the lists are a consistent permutation; and where no near-tie exists the plan is PyTorch's. At 192
-    channels (Vim-Ti) the partner step loads whole rows once (``rows_max_c``), at 384 it steps over channels."""
+    step); the lists are a consistent permutation; and where no near-tie exists the plan is PyTorch's. The partner
+    step loads whole rows once (``rows_max_elems``) at 192 channels (Vim-Ti) and at 384 in 64-source tiles (Vim-S's
+    last merging layers, 109 tokens), and steps over channels at 384 in 128-source tiles (197 tokens)."""
     from rmeeto.merge import plan_cls_index
 
     torch.manual_seed(3)
-    B, L, cls, r = 8, 197, 98, 11
+    B, r = 8, 11
+    cls = (L - 1) // 2
     m = (torch.randint(0, 3, (B, L, C), device="cuda") if ties else torch.randn(B, L, C, device="cuda")).to(dtype)
     new_cls = plan_cls_index(cls, L, r, ordered)
     dest, base, src, sdst = merge_triton.match_plan(m, cls, r, new_cls, ordered)
@@ -285,8 +287,8 @@ def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
     shapes of Vim-Ti / S / B's merging layers (first and last: 197 and 87 tokens) and a 513-token sequence
     (256 sources, the longest the one-launch kernel takes: several source tiles in both of its steps), with the
     partner's row norms in one loop or two and (default tilings) its dot unrolled, the plan tiled, in registers over
-    all pairs of sources, or compact. With 16-bit metrics of up to ``rows_max_c`` channels the one-launch kernel
-    loads whole rows once (its norms summed in another order than the channel steps'): those plans are
+    all pairs of sources, or compact. With 16-bit metrics whose source tile fits ``rows_max_elems`` the one-launch
+    kernel loads whole rows once (its norms summed in another order than the channel steps'): those plans are
     compared too, on these random metrics (no near-ties: as the interpreter test compares with PyTorch's)."""
     from rmeeto.merge import plan_cls_index
 
@@ -302,13 +304,16 @@ def test_one_launch_match_equals_two_kernels(dtype, ordered, C):
             # every tiling with the partner's row norms in one loop and in one loop per set; the default large
             # and wide tilings also with its dot two channel steps per loop trip
             defaults = (found["large"], found["wide"])
-            plain = dict(one_j=True, dot_unroll=1, one_tile_min_r=None, compact_max_r=None, rows_max_c=None)
+            plain = dict(one_j=True, dot_unroll=1, one_tile_min_r=None, compact_max_r=None, rows_max_elems=None)
+            rows = found["rows_max_elems"]
             for tiles in merge_triton.MATCH_TILES:
                 variants = [plain, dict(plain, one_j=False)]
-                if tiles in defaults:  # the dot unrolled; the plan in registers, all-pairs or compact; whole rows
+                if tiles in defaults:  # the dot unrolled; the plan in registers, all-pairs or compact
                     variants += [dict(plain, dot_unroll=2), dict(plain, one_tile_min_r=0),
-                                 dict(plain, compact_max_r=64), dict(plain, compact_max_r=64, rows_max_c=256),
-                                 dict(plain, one_tile_min_r=0, rows_max_c=256)]
+                                 dict(plain, compact_max_r=64)]
+                if tiles in defaults or tiles == found["small"]:  # whole rows, where the tile fits
+                    variants += [dict(plain, compact_max_r=64, rows_max_elems=rows),
+                                 dict(plain, one_tile_min_r=0, rows_max_elems=rows)]
                 for v in variants:
                     merge_triton.MATCH_CONFIG.update(fused=True, small=tiles, large=tiles, wide=tiles, **v)
                     got = merge_triton._match_lists(m, cls, r, new_cls, ordered)

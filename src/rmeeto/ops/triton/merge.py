@@ -16,8 +16,8 @@ merge saves. Here it is two (three for long sequences):
    kernel's one tile (Vim's 197 tokens and fewer), the plan is made from the partners still in registers,
    without the tiles' round trips through memory: by counts over the merged sources where few merge
    (:func:`_plan_compact`), over all pairs of sources where many do (:func:`_plan_registers`); there, for 16-bit
-   metrics of up to 192 channels (Vim-Ti), each row is loaded once, whole, for its norm and the dot
-   (:func:`_partner_best_rows`).
+   metrics whose source tile fits the registers (Vim-Ti; Vim-S below 131 tokens), each row is loaded once,
+   whole, for its norm and the dot (:func:`_partner_best_rows`).
    No sort call, no atomics, no host sync, static shapes, one workspace allocation (none in inference:
    :func:`match_merge_fused` keeps one per shape and stream).
 2. The merge kernel reads every token of both streams once and writes each output token once:
@@ -1064,18 +1064,20 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # match_schedule_gpu.py --ab "norm_lists_only=False;True"): whole merging steps per forward Vim-Ti 328.9 -> 322.2 us,
 # Vim-S 437.3 -> 432.0; whole graphed models, alternating processes, Vim-Ti 1.160-1.161 -> 1.162-1.163, Vim-S
 # 1.395-1.396 -> 1.395-1.397.
-# "rows_max_c": where the plan is made in registers (one tile of sources and of destinations) and a 16-bit metric has
-# at most this many channels, the partner step loads each row of both sets once, whole (two parts of 128 and 64 at
-# Vim-Ti's 192 channels: no padding), sums its norm from those registers and gives the normalised rows to one dot
+# "rows_max_elems": where the plan is made in registers (one tile of sources and of destinations) and a 16-bit
+# metric's source tile holds at most this many elements (tile rows x channels), the partner step loads each row of
+# both sets once, whole (in two parts where the channels are not a power of two: 128 + 64 at Vim-Ti's 192, 256 +
+# 128 at Vim-S's 384; no padding), sums its norm from those registers and gives the normalised rows to the dot
 # (_partner_best_rows) in place of a norms pass and a dot pass in channel steps; None: never. The norms are summed
-# in another order, so a near-tie may be broken otherwise than with channel steps. 192: at 256 channels the kernel
-# spills on sm_90 (benchmarks/match_sass_cpu.py: 255 registers, 432 bytes of stack; none at 192). Thirty-first
-# session (H200, call 1, match_schedule_gpu.py --ab "rows_max_c=None;256", Vim-Ti): the matching 11.5-12.0 ->
-# 10.6-11.1 us per layer (133.0 -> 123.2 per forward), whole merging steps 296.9 -> 288.2; whole graphed Vim-Ti,
-# alternating processes, 1.1683 / 1.1683 -> 1.1691 / 1.1687.
+# in another order, so a near-tie may be broken otherwise than with channel steps. 128 x 192: Vim-Ti's 128-source
+# tiles and Vim-S's 64-source ones (its last four merging layers); a larger tile spills on sm_90
+# (benchmarks/match_sass_cpu.py: 128 x 256 and 128 x 384 use 255 registers and 432 / 768 bytes of stack; 128 x
+# 192 and 64 x 384 none). Thirty-first session (H200, call 1, match_schedule_gpu.py --ab "rows_max_c=None;256", the
+# key's first form, Vim-Ti): the matching 11.5-12.0 -> 10.6-11.1 us per layer (133.0 -> 123.2 per forward), whole
+# merging steps 296.9 -> 288.2; whole graphed Vim-Ti, alternating processes, 1.1683 / 1.1683 -> 1.1691 / 1.1687.
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
                 "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "compact_max_r": 32,
-                "norm_lists_only": True, "rows_max_c": 192}
+                "norm_lists_only": True, "rows_max_elems": 128 * 192}
 _WIDE_C = 768
 
 
@@ -1208,8 +1210,8 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
                 BLOCK_A=block_a, BLOCK_K=32, UNROLL=unroll, DOT_UNROLL=dot_unroll, num_warps=warps, num_stages=1,
                 NORM_ONLY=bool(norm_only and MATCH_CONFIG["norm_lists_only"]), **pdl_meta())
     meta["ONE_TILE"], meta["RB"] = _one_tile(na, tile_a, num_merged)
-    rows_max = MATCH_CONFIG["rows_max_c"]
-    if (meta["ONE_TILE"] and meta["ONE_J"] and rows_max is not None and C <= rows_max
+    rows_max = MATCH_CONFIG["rows_max_elems"]
+    if (meta["ONE_TILE"] and meta["ONE_J"] and rows_max is not None and tile_a * C <= rows_max
             and metric.element_size() == 2):
         main = max(16, next_pow2(C) // 2 if next_pow2(C) > C else next_pow2(C))
         meta.update(ROWS=True, BLOCK_C=main, BLOCK_C2=0 if C <= main else max(16, next_pow2(C - main)))
