@@ -7,7 +7,7 @@ set -uo pipefail
 OUT=${OUT:-out/s31f} BUDGET_S=${BUDGET_S:-370} source benchmarks/_session.sh
 echo "== GPU tests: matching, plans, whole models ($(left) s left)"
 OUT=$OUT/tests WORKERS=16 LIMIT_S=200 bash benchmarks/gpu_tests.sh tests/ops/test_merge_fused.py \
-  tests/ops/test_gpu_plan.py tests/ops/test_gpu_model.py 2>&1 | tail -12
+  tests/ops/test_gpu_plan.py tests/models/test_gpu_model.py 2>&1 | tail -12
 echo "== Vim-S matching per merging layer, rows_max_elems None | 24576 ($(left) s left)"
 (cd benchmarks && timeout 60 python3 match_schedule_gpu.py --models vim_small_patch16_224 \
   --ab "rows_max_elems=None;24576") 2>&1 | quiet | tee "$OUT/match_rows_s.txt" | cut -c1-200

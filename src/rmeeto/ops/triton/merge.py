@@ -1075,6 +1075,8 @@ MATCH_TILES = [(128, 128, 32, 8, 2, 64), (64, 64, 32, 8, 4, 64), (128, 128, 32, 
 # 192 and 64 x 384 none). Thirty-first session (H200, call 1, match_schedule_gpu.py --ab "rows_max_c=None;256", the
 # key's first form, Vim-Ti): the matching 11.5-12.0 -> 10.6-11.1 us per layer (133.0 -> 123.2 per forward), whole
 # merging steps 296.9 -> 288.2; whole graphed Vim-Ti, alternating processes, 1.1683 / 1.1683 -> 1.1691 / 1.1687.
+# Call 7 (Vim-S, --ab "rows_max_elems=None;24576"): its four 64-source layers 10.5-10.9 -> 9.8-10.1 us (151.2 ->
+# 149.1 per forward); whole graphed Vim-S the same within the rounds' spread (1.3873 / 1.3863 -> 1.3863 / 1.3871).
 MATCH_CONFIG = {"fused": True, "small": MATCH_TILES[1], "large": MATCH_TILES[0], "wide": MATCH_TILES[2],
                 "one_j": True, "dot_unroll": None, "one_tile_min_r": 33, "compact_max_r": 32,
                 "norm_lists_only": True, "rows_max_elems": 128 * 192}
