@@ -152,6 +152,16 @@ if _HAS_TRITON:
         return inv_a, inv_b
 
     @triton.jit
+    def _tile_best(s, j, mb, dtype: tl.constexpr):
+        """Scores ``s`` [sources, destinations] (float32 sums) rounded to the metric's ``dtype``, as the PyTorch
+        matmul returns them, destinations past the last (``mb`` false) ruled out -> (best score per source, its
+        destination ``j``, the first on ties)."""
+        s = s.to(dtype).to(tl.float32)
+        s = tl.where(mb[None, :], s, float("-inf"))
+        best = tl.max(s, axis=1)
+        return best, tl.min(tl.where(s == best[:, None], j[None, :], 2147483647), axis=1)
+
+    @triton.jit
     def _partner_best(rows, tile, L, C, cls, s_ml,
                       IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                       BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1,
@@ -206,10 +216,7 @@ if _HAS_TRITON:
                     s = tl.dot(xa, tl.trans(xb), s, input_precision="ieee")
                 else:
                     s = tl.dot(xa, tl.trans(xb), s)
-            s = s.to(rows.dtype.element_ty).to(tl.float32)
-            s = tl.where(mb[None, :], s, float("-inf"))
-            tile_best = tl.max(s, axis=1)
-            tile_j = tl.min(tl.where(s == tile_best[:, None], j[None, :], 2147483647), axis=1)
+            tile_best, tile_j = _tile_best(s, j, mb, rows.dtype.element_ty)
             better = tile_best > best
             best = tl.where(better, tile_best, best)
             best_j = tl.where(better, tile_j, best_j)
@@ -257,10 +264,7 @@ if _HAS_TRITON:
             xa2 = (xa2.to(tl.float32) * inv_a).to(rows.dtype.element_ty)
             xb2 = (xb2.to(tl.float32) * inv_b).to(rows.dtype.element_ty)
             s = tl.dot(xa2, tl.trans(xb2), s, input_precision="ieee" if IEEE else None)
-        s = s.to(rows.dtype.element_ty).to(tl.float32)
-        s = tl.where(mb[None, :], s, float("-inf"))
-        tile_best = tl.max(s, axis=1)
-        tile_j = tl.min(tl.where(s == tile_best[:, None], j[None, :], 2147483647), axis=1)
+        tile_best, tile_j = _tile_best(s, j, mb, rows.dtype.element_ty)
         better = tile_best > float("-inf")  # as _partner_best's first (here only) destination tile
         return tl.where(better, tile_best, float("-inf")), tl.where(better, tile_j, 0)
 
