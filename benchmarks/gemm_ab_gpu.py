@@ -4,9 +4,11 @@ kernels (plain tiles, persistent tiles over tensor descriptors, and out_proj wit
 prologue, which no library GEMM can do). Graphed time per call, summed over the schedule: what each backend would
 save in the merged and the unmerged forward, and so what it would do to the merged / unmerged ratio.
 
-    PYTHONPATH=src python3 benchmarks/gemm_ab_gpu.py [--models S] [--reps 15] [--configs all]
+    PYTHONPATH=src python3 benchmarks/gemm_ab_gpu.py [--models S] [--reps 15] [--backends cublas,tma,tmadev] [--eager]
 
-Under PYTORCH_TUNABLEOP_ENABLED=1 PYTORCH_TUNABLEOP_TUNING=1, "cublas" is PyTorch's TunableOp choice.
+Under PYTORCH_TUNABLEOP_ENABLED=1 PYTORCH_TUNABLEOP_TUNING=1, "cublas" is PyTorch's TunableOp choice. Backend
+"tmadev": the persistent TMA tiles with descriptors made on the device (no host work per call beyond the launch);
+``--eager`` adds each backend's best tiles called without a graph (host work included).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from rmeeto.merge import MergeConfig
 
 import triton
 import triton.language as tl
+
+_SMS = None
 
 MODELS = {"Ti": (192, 384, 5), "S": (384, 768, 11), "B": (768, 1536, 11)}  # d_model, d_inner, r (paper preset)
 
@@ -77,6 +81,55 @@ def _gemm_tma_kernel(a_desc, a2_desc, w_desc, c_desc, M, N, K, BM: tl.constexpr,
         c_desc.store([pid_m * BM, pid_n * BN], acc.to(c_desc.dtype))
 
 
+@triton.jit
+def _gemm_tma_dev_kernel(a_ptr, a2_ptr, w_ptr, c_ptr, M, N, K, BM: tl.constexpr, BN: tl.constexpr,
+                         BK: tl.constexpr, GROUP_M: tl.constexpr, TWO_A: tl.constexpr, NUM_PROGS: tl.constexpr):
+    """:func:`_gemm_tma_kernel` with its descriptors made on the device (``tl.make_tensor_descriptor``, scratch from
+    ``triton.set_allocator``): no host-side descriptor per call, so an eager call costs one plain launch."""
+    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BM, BK])
+    a2_desc = tl.make_tensor_descriptor(a2_ptr, shape=[M, K], strides=[K, 1], block_shape=[BM, BK])
+    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BN, BK])
+    c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[N, 1], block_shape=[BM, BN])
+    start = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    tiles = num_m * num_n
+    group = GROUP_M * num_n
+    for tile in tl.range(start, tiles, NUM_PROGS, flatten=True):
+        first_m = (tile // group) * GROUP_M
+        gsz = min(num_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % group) % gsz
+        pid_n = (tile % group) // gsz
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k in range(0, K, BK):
+            a = a_desc.load([pid_m * BM, k])
+            if TWO_A:
+                a = (a.to(tl.float32) + a2_desc.load([pid_m * BM, k]).to(tl.float32)).to(a.dtype)
+            w = w_desc.load([pid_n * BN, k])
+            acc = tl.dot(a, w.T, acc)
+        c_desc.store([pid_m * BM, pid_n * BN], acc.to(c_desc.dtype))
+
+
+def _scratch(size: int, alignment: int, stream):
+    """Device memory for the device-made descriptors (Triton's allocator hook)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def gemm_tma_dev(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8)):
+    global _SMS
+    if _SMS is None:
+        _SMS = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 4
+    triton.set_allocator(_scratch)
+    BM, BN, BK, warps, stages, group = cfg
+    M, K = a.shape
+    N = w.shape[0]
+    c = torch.empty(M, N, device=a.device, dtype=a.dtype)
+    progs = min(_SMS, triton.cdiv(M, BM) * triton.cdiv(N, BN))
+    _gemm_tma_dev_kernel[(progs,)](a, a if a2 is None else a2, w, c, M, N, K, BM=BM, BN=BN, BK=BK, GROUP_M=group,
+                                   TWO_A=a2 is not None, NUM_PROGS=progs, num_warps=warps, num_stages=stages)
+    return c
+
+
 def gemm(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8)):
     BM, BN, BK, warps, stages, group = cfg
     M, K = a.shape
@@ -86,9 +139,6 @@ def gemm(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8)):
     _gemm_kernel[grid](a, a if a2 is None else a2, w, c, M, N, K, a.stride(0), w.stride(0), c.stride(0),
                        BM=BM, BN=BN, BK=BK, GROUP_M=group, TWO_A=a2 is not None, num_warps=warps, num_stages=stages)
     return c
-
-
-_SMS = None
 
 
 def gemm_tma(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8)):
@@ -128,7 +178,10 @@ def main():
     ap.add_argument("--models", default="S")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--inner", type=int, default=10)
-    ap.add_argument("--backends", default="cublas,cublaslt,triton,tma")
+    ap.add_argument("--backends", default="cublas,cublaslt,triton,tma",
+                    help="of cublas, cublaslt, triton, tma (host-made descriptors), tmadev (device-made)")
+    ap.add_argument("--eager", action="store_true",
+                    help="also each backend's best tiles called eagerly (host work included), us per call")
     a = ap.parse_args()
     tunable = os.environ.get("PYTORCH_TUNABLEOP_ENABLED") == "1"
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
@@ -157,7 +210,7 @@ def main():
                     cands[("in", None)] = lambda: F.linear(x, w_in)
                     cands[("out", None)] = lambda: F.linear(torch.add(yf, yb), w_out)
                 else:
-                    fn = gemm if be == "triton" else gemm_tma
+                    fn = {"triton": gemm, "tma": gemm_tma, "tmadev": gemm_tma_dev}[be]
                     for cfg in CONFIGS:
                         cands[("in", cfg)] = (lambda c=cfg: fn(x, w_in, None, c))
                         cands[("out", cfg)] = (lambda c=cfg: fn(yf, w_out, yb, c))
@@ -179,6 +232,9 @@ def main():
                 for op, (us, cfg) in best.items():
                     per[(be, op, L)] = us
                     row.append(f"{be} {op} {us:.1f}" + (f" {cfg}" if cfg else ""))
+                    if a.eager:  # the same call without a graph: its host work too (a launch, descriptors)
+                        eager_us = 1e3 * _event_ms(cands[(op, cfg)], a.reps, a.inner)
+                        row.append(f"{be} {op} eager {eager_us:.1f}")
             torch.backends.cuda.preferred_blas_library("cublas")
             print(f"  L={L} M={M}: " + "; ".join(row), flush=True)
         print("  summed over the schedule (us per forward), in + out:", flush=True)
