@@ -154,14 +154,15 @@ def test_match_plan_equals_pytorch_plan(full):
     mt.MATCH_CONFIG.update(found)
     # every tiling offered to the benchmark's sweeps makes the same plan: the two-kernel path's best-partner
     # tilings (short sequences take the one-launch kernel by default: switched off here), then the one-launch
-    # kernel's tilings (64-source tiles: several tiles in both of its steps)
-    sweeps = ([("short", tiles, False) for tiles in mt.PARTNER_TILES]
-              + [("match", tiles, True) for tiles in mt.MATCH_TILES])
-    sweeps += [("match, channel steps", tiles, None) for tiles in mt.MATCH_TILES]
-    for table, tiles, fused in sweeps:
-        mt.MATCH_CONFIG["fused"] = fused is not False
-        mt.MATCH_CONFIG["rows_max_elems"] = found["rows_max_elems"] if fused else None  # None: channel steps
-        if fused is not False:
+    # kernel's tilings (64-source tiles: several tiles in both of its steps), with whole rows (where they fit) and
+    # with channel steps
+    rows = found["rows_max_elems"]
+    sweeps = ([("short", tiles, False, None) for tiles in mt.PARTNER_TILES]
+              + [("match", tiles, True, rows) for tiles in mt.MATCH_TILES]
+              + [("match, channel steps", tiles, True, None) for tiles in mt.MATCH_TILES])
+    for table, tiles, fused, rows_max in sweeps:
+        mt.MATCH_CONFIG.update(fused=fused, rows_max_elems=rows_max)
+        if fused:
             mt.MATCH_CONFIG.update(small=tiles, large=tiles, wide=tiles)
         else:
             mt.PARTNER_CONFIG["short"] = tiles

@@ -118,6 +118,12 @@ def destination_map(plan, num_tokens: int, ordered: bool) -> Tensor:
 
 if _HAS_TRITON:
     @triton.jit
+    def _inv_norm(sq):
+        """1 / max(sqrt(sq), 1e-12) for float32 sums of squares ``sq``, IEEE sqrt and division as PyTorch's
+        ``x / x.norm().clamp_min(1e-12)``."""
+        return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(sq), 1e-12))
+
+    @triton.jit
     def _inv_norms(rows, t, mt, s_ml, C, BLOCK: tl.constexpr, NORM_C: tl.constexpr, UNROLL: tl.constexpr = 1):
         """1 / max(||metric row t||, 1e-12) in float32 for a vector of tokens ``t`` (mask ``mt``), IEEE sqrt and
         division as PyTorch's; the squares summed in chunks of NORM_C channels (32: the separate norm kernel
@@ -130,7 +136,7 @@ if _HAS_TRITON:
             c = c0 + offs_c[None, :]
             x = tl.load(rows + t[:, None] * s_ml + c, mask=mt[:, None] & (c < C), other=0.0).to(tl.float32)
             acc += tl.sum(x * x, axis=1)
-        return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc), 1e-12))
+        return _inv_norm(acc)
 
     @triton.jit
     def _inv_norms_pair(rows, ta, ma, tb, mb, s_ml, C, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
@@ -147,9 +153,7 @@ if _HAS_TRITON:
             xb = tl.load(rows + tb[:, None] * s_ml + c, mask=mb[:, None] & (c < C), other=0.0).to(tl.float32)
             acc_a += tl.sum(xa * xa, axis=1)
             acc_b += tl.sum(xb * xb, axis=1)
-        inv_a = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc_a), 1e-12))
-        inv_b = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(acc_b), 1e-12))
-        return inv_a, inv_b
+        return _inv_norm(acc_a), _inv_norm(acc_b)
 
     @triton.jit
     def _tile_best(s, j, mb, dtype: tl.constexpr):
@@ -255,8 +259,8 @@ if _HAS_TRITON:
             xb2 = tl.load(rows + tb[:, None] * s_ml + c2, mask=mb[:, None] & (c2 < C), other=0.0)
             sq_a += tl.sum(xa2.to(tl.float32) * xa2.to(tl.float32), axis=1)
             sq_b += tl.sum(xb2.to(tl.float32) * xb2.to(tl.float32), axis=1)
-        inv_a = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(sq_a), 1e-12))[:, None]
-        inv_b = tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(sq_b), 1e-12))[:, None]
+        inv_a = _inv_norm(sq_a)[:, None]
+        inv_b = _inv_norm(sq_b)[:, None]
         xa = (xa.to(tl.float32) * inv_a).to(rows.dtype.element_ty)
         xb = (xb.to(tl.float32) * inv_b).to(rows.dtype.element_ty)
         s = tl.dot(xa, tl.trans(xb), input_precision="ieee" if IEEE else None)
@@ -1219,7 +1223,7 @@ def match_spec(metric: Tensor, cls_index: int, num_merged: int, new_cls_index: i
     rows_max = MATCH_CONFIG["rows_max_elems"]
     if (meta["ONE_TILE"] and meta["ONE_J"] and rows_max is not None and tile_a * C <= rows_max
             and metric.element_size() == 2):
-        main = max(16, next_pow2(C) // 2 if next_pow2(C) > C else next_pow2(C))
+        main = max(16, 1 << (C.bit_length() - 1))  # the largest power of two in C, then one for the rest
         meta.update(ROWS=True, BLOCK_C=main, BLOCK_C2=0 if C <= main else max(16, next_pow2(C - main)))
     return (batch,), (L, C, cls_index, new_cls_index, num_merged, L - num_merged), meta
 
