@@ -58,8 +58,8 @@ def _gemm_kernel(a_ptr, a2_ptr, w_ptr, c_ptr, M, N, K, s_am, s_wn, s_cm,
 
 
 @triton.jit
-def _gemm_tma_kernel(a_desc, a2_desc, w_desc, c_desc, M, N, K, BM: tl.constexpr, BN: tl.constexpr,
-                     BK: tl.constexpr, GROUP_M: tl.constexpr, TWO_A: tl.constexpr, NUM_PROGS: tl.constexpr):
+def _tma_tiles(a_desc, a2_desc, w_desc, c_desc, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+               GROUP_M: tl.constexpr, TWO_A: tl.constexpr, NUM_PROGS: tl.constexpr):
     """The same product, persistent: NUM_PROGS programs walk the output tiles (grouped order) over TMA loads."""
     start = tl.program_id(0)
     num_m = tl.cdiv(M, BM)
@@ -82,52 +82,27 @@ def _gemm_tma_kernel(a_desc, a2_desc, w_desc, c_desc, M, N, K, BM: tl.constexpr,
 
 
 @triton.jit
+def _gemm_tma_kernel(a_desc, a2_desc, w_desc, c_desc, M, N, K, BM: tl.constexpr, BN: tl.constexpr,
+                     BK: tl.constexpr, GROUP_M: tl.constexpr, TWO_A: tl.constexpr, NUM_PROGS: tl.constexpr):
+    """:func:`_tma_tiles` over descriptors made on the host (one per tensor and call)."""
+    _tma_tiles(a_desc, a2_desc, w_desc, c_desc, M, N, K, BM, BN, BK, GROUP_M, TWO_A, NUM_PROGS)
+
+
+@triton.jit
 def _gemm_tma_dev_kernel(a_ptr, a2_ptr, w_ptr, c_ptr, M, N, K, BM: tl.constexpr, BN: tl.constexpr,
                          BK: tl.constexpr, GROUP_M: tl.constexpr, TWO_A: tl.constexpr, NUM_PROGS: tl.constexpr):
-    """:func:`_gemm_tma_kernel` with its descriptors made on the device (``tl.make_tensor_descriptor``, scratch from
+    """:func:`_tma_tiles` over descriptors made on the device (``tl.make_tensor_descriptor``, scratch from
     ``triton.set_allocator``): no host-side descriptor per call, so an eager call costs one plain launch."""
-    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BM, BK])
-    a2_desc = tl.make_tensor_descriptor(a2_ptr, shape=[M, K], strides=[K, 1], block_shape=[BM, BK])
-    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BN, BK])
-    c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[N, 1], block_shape=[BM, BN])
-    start = tl.program_id(0)
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(N, BN)
-    tiles = num_m * num_n
-    group = GROUP_M * num_n
-    for tile in tl.range(start, tiles, NUM_PROGS, flatten=True):
-        first_m = (tile // group) * GROUP_M
-        gsz = min(num_m - first_m, GROUP_M)
-        pid_m = first_m + (tile % group) % gsz
-        pid_n = (tile % group) // gsz
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k in range(0, K, BK):
-            a = a_desc.load([pid_m * BM, k])
-            if TWO_A:
-                a = (a.to(tl.float32) + a2_desc.load([pid_m * BM, k]).to(tl.float32)).to(a.dtype)
-            w = w_desc.load([pid_n * BN, k])
-            acc = tl.dot(a, w.T, acc)
-        c_desc.store([pid_m * BM, pid_n * BN], acc.to(c_desc.dtype))
+    _tma_tiles(tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1], block_shape=[BM, BK]),
+               tl.make_tensor_descriptor(a2_ptr, shape=[M, K], strides=[K, 1], block_shape=[BM, BK]),
+               tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BN, BK]),
+               tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[N, 1], block_shape=[BM, BN]),
+               M, N, K, BM, BN, BK, GROUP_M, TWO_A, NUM_PROGS)
 
 
 def _scratch(size: int, alignment: int, stream):
     """Device memory for the device-made descriptors (Triton's allocator hook)."""
     return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
-
-
-def gemm_tma_dev(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8)):
-    global _SMS
-    if _SMS is None:
-        _SMS = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 4
-    triton.set_allocator(_scratch)
-    BM, BN, BK, warps, stages, group = cfg
-    M, K = a.shape
-    N = w.shape[0]
-    c = torch.empty(M, N, device=a.device, dtype=a.dtype)
-    progs = min(_SMS, triton.cdiv(M, BM) * triton.cdiv(N, BN))
-    _gemm_tma_dev_kernel[(progs,)](a, a if a2 is None else a2, w, c, M, N, K, BM=BM, BN=BN, BK=BK, GROUP_M=group,
-                                   TWO_A=a2 is not None, NUM_PROGS=progs, num_warps=warps, num_stages=stages)
-    return c
 
 
 def gemm(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8)):
@@ -141,22 +116,28 @@ def gemm(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8)):
     return c
 
 
-def gemm_tma(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8)):
-    from triton.tools.tensor_descriptor import TensorDescriptor
+def gemm_tma(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8), on_device=False):
+    """The persistent TMA tiles; ``on_device``: their descriptors made by the kernel, else on the host."""
     global _SMS
     if _SMS is None:
-        _SMS = torch.cuda.get_device_properties(a.device).multi_processor_count
+        _SMS = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 4
     BM, BN, BK, warps, stages, group = cfg
     M, K = a.shape
     N = w.shape[0]
     c = torch.empty(M, N, device=a.device, dtype=a.dtype)
-    ad = TensorDescriptor.from_tensor(a, [BM, BK])
-    a2d = ad if a2 is None else TensorDescriptor.from_tensor(a2, [BM, BK])
-    wd = TensorDescriptor.from_tensor(w, [BN, BK])
-    cd = TensorDescriptor.from_tensor(c, [BM, BN])
     progs = min(_SMS, triton.cdiv(M, BM) * triton.cdiv(N, BN))
-    _gemm_tma_kernel[(progs,)](ad, a2d, wd, cd, M, N, K, BM=BM, BN=BN, BK=BK, GROUP_M=group, TWO_A=a2 is not None,
-                               NUM_PROGS=progs, num_warps=warps, num_stages=stages)
+    meta = dict(BM=BM, BN=BN, BK=BK, GROUP_M=group, TWO_A=a2 is not None, NUM_PROGS=progs, num_warps=warps,
+                num_stages=stages)
+    a2 = a if a2 is None else a2
+    if on_device:
+        triton.set_allocator(_scratch)
+        _gemm_tma_dev_kernel[(progs,)](a, a2, w, c, M, N, K, **meta)
+    else:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        ad = TensorDescriptor.from_tensor(a, [BM, BK])
+        _gemm_tma_kernel[(progs,)](ad, ad if a2 is a else TensorDescriptor.from_tensor(a2, [BM, BK]),
+                                   TensorDescriptor.from_tensor(w, [BN, BK]), TensorDescriptor.from_tensor(c, [BM, BN]),
+                                   M, N, K, **meta)
     return c
 
 
@@ -210,7 +191,8 @@ def main():
                     cands[("in", None)] = lambda: F.linear(x, w_in)
                     cands[("out", None)] = lambda: F.linear(torch.add(yf, yb), w_out)
                 else:
-                    fn = {"triton": gemm, "tma": gemm_tma, "tmadev": gemm_tma_dev}[be]
+                    fn = {"triton": gemm, "tma": gemm_tma,
+                          "tmadev": lambda *args: gemm_tma(*args, on_device=True)}[be]
                     for cfg in CONFIGS:
                         cands[("in", cfg)] = (lambda c=cfg: fn(x, w_in, None, c))
                         cands[("out", cfg)] = (lambda c=cfg: fn(yf, w_out, yb, c))
