@@ -5,6 +5,7 @@ prologue, which no library GEMM can do). Graphed time per call, summed over the 
 save in the merged and the unmerged forward, and so what it would do to the merged / unmerged ratio.
 
     PYTHONPATH=src python3 benchmarks/gemm_ab_gpu.py [--models S] [--reps 15] [--backends cublas,tma,tmadev] [--eager]
+        [--ops in]
 
 Under PYTORCH_TUNABLEOP_ENABLED=1 PYTORCH_TUNABLEOP_TUNING=1, "cublas" is PyTorch's TunableOp choice. Backend
 "tmadev": the persistent TMA tiles with descriptors made on the device (no host work per call beyond the launch);
@@ -151,6 +152,7 @@ def schedule(name: str) -> list[int]:
 CONFIGS = [  # BM, BN, BK, warps, stages, group
     (128, 128, 64, 8, 3, 8), (128, 128, 64, 4, 4, 8), (128, 256, 64, 8, 3, 8), (256, 128, 64, 8, 3, 8),
     (128, 192, 64, 8, 3, 8), (64, 256, 64, 4, 4, 8), (128, 64, 64, 4, 4, 8), (64, 128, 64, 4, 4, 8),
+    (128, 256, 64, 8, 4, 8), (128, 128, 128, 4, 3, 8), (128, 128, 128, 8, 3, 8), (64, 256, 128, 4, 3, 8),
 ]
 
 
@@ -161,6 +163,7 @@ def main():
     ap.add_argument("--inner", type=int, default=10)
     ap.add_argument("--backends", default="cublas,cublaslt,triton,tma",
                     help="of cublas, cublaslt, triton, tma (host-made descriptors), tmadev (device-made)")
+    ap.add_argument("--ops", default="in,out", help="of in (in_proj), out (sum + out_proj)")
     ap.add_argument("--eager", action="store_true",
                     help="also each backend's best tiles called eagerly (host work included), us per call")
     a = ap.parse_args()
@@ -198,6 +201,8 @@ def main():
                         cands[("out", cfg)] = (lambda c=cfg: fn(yf, w_out, yb, c))
                 best = {}
                 for (op, cfg), f in cands.items():
+                    if op not in a.ops.split(","):
+                        continue
                     try:
                         got = f()
                         ref = ref_in if op == "in" else ref_out
@@ -219,24 +224,26 @@ def main():
                         row.append(f"{be} {op} eager {eager_us:.1f}")
             torch.backends.cuda.preferred_blas_library("cublas")
             print(f"  L={L} M={M}: " + "; ".join(row), flush=True)
-        print("  summed over the schedule (us per forward), in + out:", flush=True)
+        ops = a.ops.split(",")
+        print(f"  summed over the schedule (us per forward), {' + '.join(ops)}:", flush=True)
         base = None
         for be in backends:
-            if not all((be, op, L) in per for op in ("in", "out") for L in lengths):
+            if not all((be, op, L) in per for op in ops for L in lengths):
                 continue
-            un = 24 * (per[(be, "in", 197)] + per[(be, "out", 197)])
-            me = sum(per[(be, "in", L)] + per[(be, "out", L)] for L in sched)
+            un = 24 * sum(per[(be, op, 197)] for op in ops)
+            me = sum(per[(be, op, L)] for op in ops for L in sched)
             if base is None:
                 base = (un, me)
             print(f"    {be}: unmerged {un:.0f}, merged {me:.0f}, merged excess over token share "
                   f"{me - un * sum(sched) / (24 * 197):+.0f}; saves {base[0] - un:+.0f} / {base[1] - me:+.0f}",
                   flush=True)
-        # the best backend per shape (what a table by row count would give)
-        un = 24 * min(per[(be, "in", 197)] + per[(be, "out", 197)] for be in backends if (be, "in", 197) in per)
-        me = 0.0
-        for L in sched:
-            me += min(per[(be, "in", L)] for be in backends if (be, "in", L) in per)
-            me += min(per[(be, "out", L)] for be in backends if (be, "out", L) in per)
+        if base is None:
+            continue
+
+        def best(op, L):  # the best backend per shape (what a table by row count would give)
+            return min(per[(be, op, L)] for be in backends if (be, op, L) in per)
+        un = 24 * sum(best(op, 197) for op in ops)
+        me = sum(best(op, L) for op in ops for L in sched)
         print(f"    best per shape: unmerged {un:.0f}, merged {me:.0f}; saves {base[0] - un:+.0f} / {base[1] - me:+.0f}",
               flush=True)
 
