@@ -68,6 +68,13 @@ def test_equal_keys_imply_equal_triton_specialisation():
     samples = [buf, buf[1:], buf[8:], buf[4:], buf.float(), buf.bfloat16()[3:], torch.zeros(5, dtype=torch.int64),
                torch.zeros(3, dtype=torch.bool), 0, 1, 2, 16, 17, 32, -16, -1, 2**31 - 1, 2**31, 2**31 + 16,
                -2**31, -2**31 - 1, 2**40, 2**63, 2**63 + 16, True, False, 0.5, 1.0, None]
+    try:  # host-made TMA descriptors: dtype and block shape compiled in, address, shape, strides and padding not
+        from triton.tools.tensor_descriptor import TensorDescriptor as TD
+        samples += [TD(buf, [16, 16], [16, 1], [16, 16]), TD(buf[8:], [8, 16], [16, 1], [16, 16]),
+                    TD(buf, [32, 8], [8, 1], [16, 8]), TD(buf, [16, 16], [16, 1], [16, 16], padding="nan"),
+                    TD(buf.float(), [16, 16], [16, 1], [16, 16]), TD(buf.bfloat16(), [16, 16], [16, 1], [8, 16])]
+    except ImportError:
+        pass
     flags = {SPECIALIZE: (True, True), NO_ALIGN: (True, False), NO_SPECIALIZE: (False, False)}
     for mode in MODES:
         spec, align = flags[mode]

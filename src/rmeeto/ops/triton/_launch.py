@@ -12,9 +12,10 @@ assumptions (an aligned pointer, a stride of 1) would silently run. :func:`arg_k
 specialisation of one argument (``native_specialize_impl``): tensors by dtype and, unless the parameter is in
 ``do_not_specialize`` / ``do_not_specialize_on_alignment``, whether the address is a multiple of 16; integers by
 width (i32 / i64 / u64) and, unless not specialised, whether they equal 1 and (unless not specialised on
-alignment) are multiples of 16; floats, bools and None by kind; constexpr parameters by type and value. The key
-adds the device and every launch option (``num_warps``, ``num_stages``, ...). tests/ops/test_launch.py checks that
-equal keys imply equal Triton specialisations on the Triton installed here.
+alignment) are multiples of 16; floats, bools and None by kind; host-made TMA descriptors
+(``triton.tools.tensor_descriptor.TensorDescriptor``) by dtype and block shape; constexpr parameters by type and
+value. The key adds the device and every launch option (``num_warps``, ``num_stages``, ...).
+tests/ops/test_launch.py checks that equal keys imply equal Triton specialisations on the Triton installed here.
 
 Fallbacks to the plain ``kernel[grid](...)`` (always correct, just slower): CPU tensors (the interpreter,
 TRITON_INTERPRET=1), ``RMEETO_FAST_LAUNCH=0`` (:func:`rmeeto.ops.policy.fast_launch`), a missing Triton or torch
@@ -124,7 +125,26 @@ def arg_key(value: Any, mode: int):
         return (width, mode == SPECIALIZE and value % 16 == 0)
     if kind is float:
         return "fp32"
+    if kind is _tensor_descriptor_class():
+        # Triton compiles in a host-made TMA descriptor's dtype and block shape; its address, shape, strides and
+        # padding are filled into the descriptor at every launch
+        return ("desc", value.base.dtype, tuple(value.block_shape))
     raise _Unsupported(kind.__name__)
+
+
+_TD_CLASS: Any = False
+
+
+def _tensor_descriptor_class():
+    """Triton's host-side ``TensorDescriptor`` class (None where this Triton has none), looked up once."""
+    global _TD_CLASS
+    if _TD_CLASS is False:
+        try:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+        except Exception:
+            TensorDescriptor = None
+        _TD_CLASS = TensorDescriptor
+    return _TD_CLASS
 
 
 def specialization_key(device_index: int, args: tuple, modes: tuple, meta: dict) -> tuple:
