@@ -37,8 +37,8 @@ def poison_scan_buffers():
 @pytest.fixture
 def switch_ab():
     """A factory for the GPU tests of one fused inference kernel with a switch (``rmeeto.ops.policy.set_fused``):
-    ``switch_ab(op, module, name, merged)`` builds Vim-S (the paper merge when ``merged``) with the weights of seed
-    0 and takes float logits of 16 random images: ``ref`` (the float32 model), then of the fp16 model ``on`` /
+    ``switch_ab(op, module, name, merged, model_name="vim_small_patch16_224")`` builds that model (the paper merge
+    when ``merged``) with the weights of seed 0 and takes float logits of 16 random images: ``ref`` (the float32 model), then of the fp16 model ``on`` /
     ``off`` (the general path, the prepared blocks off, with the switch on / off), ``planned`` (prepared blocks,
     switch on) and ``graphed`` (CUDA graph, switch on); and ``calls_on`` / ``calls_off``: how often ``module.name``
     (the kernel's launcher, spied on) ran in the ``on`` and the ``off`` forward. It asserts what every such kernel
@@ -48,8 +48,7 @@ def switch_ab():
     from rmeeto.fast import accelerate
     from rmeeto.ops import policy
 
-    def run(op: str, module, name: str, merged: bool) -> dict:
-        model_name = "vim_small_patch16_224"
+    def run(op: str, module, name: str, merged: bool, model_name: str = "vim_small_patch16_224") -> dict:
         torch.manual_seed(0)
         model = create_model(model_name).cuda().eval()
         if merged:

@@ -480,6 +480,64 @@ def test_sum_out_proj_kernel_and_its_use_in_the_mixer():
     """))
 
 
+def test_in_proj_kernel_and_its_use_in_the_mixer():
+    """rmeeto.ops.triton.inproj (in_proj as persistent tiles over host-made TMA descriptors) against the GEMM: within
+    one fp16 rounding of a float32 GEMM, over row, input and output channel counts that are not multiples of the
+    tiles (rows past M and channels past K read as zeros), more tiles than programs, and activations of any leading
+    shape. The dispatch refuses a width the kernel does not serve and shapes that do not fit, and falls back to
+    F.linear (its bits) for a bias, float32, a non-contiguous or misaligned input, a gradient, the torch backend.
+    In a BiMambaMixer with the op on for CPU tensors: equal to the F.linear path to rounding without a gradient,
+    bit for bit (that path) with one, and a forward hook on in_proj makes the mixer call the module."""
+    run_interpreted(MIXER_OP_CHECK + textwrap.dedent("""
+        import sys, torch
+        import torch.nn.functional as F
+        from rmeeto.ops import inproj, policy
+        from rmeeto.ops.triton import inproj as ti
+        torch.manual_seed(0)
+        bad = []
+        cfgs = [{"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 1},
+                {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 1}]
+        for i, (shape, K, N) in enumerate((((2, 9), 32, 48), ((3, 17), 40, 24), ((5,), 64, 16), ((2, 3, 11), 24, 72),
+                                           ((1, 70), 48, 40))):
+            x = torch.randn(*shape, K).half()
+            w = (torch.randn(N, K) / K ** 0.5).half()
+            for cfg in (cfgs[i % 2], cfgs[1 - i % 2], None):
+                got = ti.in_proj(x, w, cfg)
+                if got.shape != (*shape, N) or not within_rounding(got.reshape(-1, N), x.reshape(-1, K), w):
+                    bad.append(("kernel", shape, K, N, cfg))
+            if not torch.equal(inproj.in_proj(x, w, backend="triton"), ti.in_proj(x, w)):
+                bad.append(("dispatch", shape))
+            xs = torch.randn(x.numel() + 8).half()
+            for case, args in (("bias", (x, w, torch.zeros(N).half())), ("float32", (x.float(), w.float())),
+                               ("layout", (torch.randn(*shape, 2 * K).half()[..., :K], w)),
+                               ("misaligned", (xs[1:1 + x.numel()].view_as(x), w))):
+                if inproj.fused_applies(*args, backend="triton"):
+                    bad.append(("applies", case))
+                if not torch.equal(inproj.in_proj(*args, backend="triton"), F.linear(*args)):
+                    bad.append(("fallback", case))
+            wg = w.clone().requires_grad_()
+            with torch.enable_grad():
+                if inproj.fused_applies(x, wg, backend="triton"):
+                    bad.append("applies with a gradient")
+            if inproj.fused_applies(x, w, backend="torch"):
+                bad.append("applies with the torch backend")
+        wide = torch.randn(8, ti.MAX_K + 8).half()
+        if ti.fits(ti.MAX_K + 8, 16) or inproj.fused_applies(torch.randn(3, ti.MAX_K + 8).half(), wide,
+                                                             backend="triton"):
+            bad.append("a width past MAX_K")
+        if not (ti.fits(192, 768) and not ti.fits(384, 1536) and not ti.fits(20, 16)):
+            bad.append("fits")
+        try:
+            inproj.in_proj(torch.randn(2, 8).half(), torch.randn(4, 6).half(), backend="triton")
+            bad.append("accepted a mismatch")
+        except ValueError:
+            pass
+        bad += mixer_takes_the_op("inproj", "in_proj", ti, "in_proj")
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """))
+
+
 def test_mixer_plan_gives_the_general_paths_bits(full):
     """The mixer's prepared inference path (rmeeto.ops.triton.mixer.MixerPlan, its launches through
     rmeeto.ops.triton._launch.Launcher) against the general path with the same kernels on (conv, projection,

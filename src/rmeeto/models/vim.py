@@ -31,6 +31,7 @@ from rmeeto.ops import policy
 from rmeeto.ops.conv import conv_silu, conv_silu_bidir
 from rmeeto.ops.embed import insert_cls_add_pos, patch_rows
 from rmeeto.ops.norm import drop_add_rms_norm, drop_path, rms_norm
+from rmeeto.ops.inproj import in_proj as inproj_op
 from rmeeto.ops.outproj import sum_out_proj
 from rmeeto.ops.proj import fused_applies as proj_fused_applies
 from rmeeto.ops.proj import fused_scan_inputs
@@ -319,7 +320,9 @@ class BiMambaMixer(nn.Module):
         :meth:`branch` calls' (y_f + y_b) / 2 bit for bit (halving commutes with rounding outside fp16's
         subnormal range); the fused kernel's sums run in another order, so equal to rounding. In inference the
         directions' sum and out_proj are one kernel where it applies (:func:`rmeeto.ops.outproj.sum_out_proj`;
-        also equal to rounding), unless out_proj is not a plain ``nn.Linear`` or a hook sits on it.
+        also equal to rounding), unless out_proj is not a plain ``nn.Linear`` or a hook sits on it; on Hopper,
+        in_proj at Vim-Ti's widths runs as TMA tiles (:func:`rmeeto.ops.inproj.in_proj`; equal to rounding), on
+        the same terms for in_proj.
         """
         if export is None:
             if torch.compiler.is_compiling():
@@ -332,8 +335,15 @@ class BiMambaMixer(nn.Module):
                     return prepared[0](hidden, prepared[1]), None
         elif export not in ("B", "C", "delta"):
             raise ValueError(f"export must be None, 'B', 'C' or 'delta', got {export!r}")
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # [batch, length, d_inner] each
         backend = policy.op_backend(self.scan_backend)
+        in_proj = self._modules["in_proj"]
+        if type(in_proj) is nn.Linear and not (in_proj._forward_hooks or in_proj._forward_pre_hooks
+                                               or any(_GLOBAL_HOOKS)):
+            # TMA tiles on Hopper where they apply (inference, Vim-Ti's widths), as a plan runs them; else cuBLAS
+            xz = inproj_op(hidden, in_proj.weight, in_proj.bias, backend=backend)
+        else:
+            xz = in_proj(hidden)
+        x, z = xz.chunk(2, dim=-1)  # [batch, length, d_inner] each
         u_f, u_b = conv_silu_bidir(x, self.conv1d.weight, self.conv1d.bias, self.conv1d_b.weight, self.conv1d_b.bias,
                                    backend=backend)
         weights = self._fused_proj_weights(u_f, u_b, backend)

@@ -18,6 +18,8 @@ Environment switches, read ONCE when this module is imported:
                             one kernel (``rmeeto.ops.proj``; results equal to rounding)
 ``RMEETO_FUSED_OUTPROJ=0`` in inference, the two scan directions' sum and out_proj as an elementwise add and a
                             cuBLAS GEMM instead of one kernel (``rmeeto.ops.outproj``; results equal to rounding)
+``RMEETO_FUSED_INPROJ=0``  in inference on Hopper, in_proj through cuBLAS instead of persistent TMA tiles, at the
+                            widths those were measured ahead (``rmeeto.ops.inproj``; results equal to rounding)
 ``RMEETO_FUSED_MERGE_NORM=0`` in inference, the fused merge and the residual add + RMSNorm after it as two
                             kernels instead of one (``rmeeto.ops.triton.merge.match_merge_add_norm``; it
                             needs the merge and norm kernels on as well; for A/B timing, same results)
@@ -74,7 +76,7 @@ __all__ = [
     "set_fast_launch",
 ]
 
-OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj", "outproj", "plan")
+OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj", "outproj", "inproj", "plan")
 # scan backends written in PyTorch alone; forcing one of them on a model forces the PyTorch conv / norm / merge
 PURE_SCAN_BACKENDS = ("reference", "chunked")
 
@@ -92,6 +94,7 @@ _fused: dict[str, bool] = {
     "embed": _switch("RMEETO_FUSED_EMBED"),
     "proj": _switch("RMEETO_FUSED_PROJ"),
     "outproj": _switch("RMEETO_FUSED_OUTPROJ"),
+    "inproj": _switch("RMEETO_FUSED_INPROJ"),
     "plan": _switch("RMEETO_FUSED_PLAN"),
 }
 _fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
@@ -125,8 +128,7 @@ def triton_available() -> bool:
 
 def use_fused(op: str, x: Union[torch.Tensor, torch.device], backend: str = "auto") -> bool:
     """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj",
-    "outproj";
-    "plan": the mixers' prepared launch sequences) for tensor (or device) ``x``?
+    "outproj", "inproj"; "plan": the mixers' prepared launch sequences) for tensor (or device) ``x``?
 
     ``backend``: "auto" asks the switches (True only for CUDA, with Triton, the switch on and no
     :func:`force_reference` active); "torch" answers False; "triton" answers True (the caller asked for it)."""

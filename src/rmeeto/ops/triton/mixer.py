@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from rmeeto.ops import policy as _policy
+from rmeeto.ops import inproj as _inproj_op
 from rmeeto.ops.triton import conv as _conv
+from rmeeto.ops.triton import inproj as _inproj
 from rmeeto.ops.triton import merge as _merge
 from rmeeto.ops.triton import norm as _norm
 from rmeeto.ops.triton import outproj as _outproj
@@ -154,7 +156,7 @@ class MixerPlan:
     def __init__(self, d_inner: int, dt_rank: int, d_state: int, scale: float):
         self.d_inner, self.dt_rank, self.d_state, self.scale = d_inner, dt_rank, d_state, float(scale)
         self.splits = [dt_rank, d_state, d_state]
-        self.conv = self.proj = self.scan = self.norm = self.out = None
+        self.conv = self.proj = self.scan = self.norm = self.out = self.inp = None
 
     def add_norm(self, hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float
                  ) -> tuple[Tensor, Tensor]:
@@ -176,7 +178,18 @@ class MixerPlan:
         return ro, y
 
     def __call__(self, hidden: Tensor, t: MixerTensors) -> Tensor:
-        xz = F.linear(hidden, t.w_in, t.b_in)
+        if self.inp is None:  # in_proj as TMA tiles where they apply (rmeeto.ops.inproj), else cuBLAS
+            self.inp = False
+            if hidden.is_contiguous() and _inproj_op.kernel_fits(hidden, t.w_in, t.b_in):
+                n, k = t.w_in.shape
+                grid, tail, meta = _inproj.spec(hidden.numel() // k, n, k, hidden.device)
+                self.inp = (Launcher(_inproj._in_proj_kernel, grid, hidden.device, tail, meta), meta)
+        if self.inp and hidden.data_ptr() % 16 == 0:
+            launcher, meta = self.inp
+            xz = torch.empty(*hidden.shape[:-1], t.w_in.shape[0], device=hidden.device, dtype=hidden.dtype)
+            launcher(*_inproj.descriptors(hidden, t.w_in, xz, launcher.tail[0], meta))
+        else:
+            xz = F.linear(hidden, t.w_in, t.b_in)
         x, z = xz.chunk(2, dim=-1)
         batch, length, di = x.shape
         dev, dt = hidden.device, xz.dtype
