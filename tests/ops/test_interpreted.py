@@ -484,7 +484,8 @@ def test_in_proj_kernel_and_its_use_in_the_mixer():
     """rmeeto.ops.triton.inproj (in_proj as persistent tiles over host-made TMA descriptors) against the GEMM: within
     one fp16 rounding of a float32 GEMM, over row, input and output channel counts that are not multiples of the
     tiles (rows past M and channels past K read as zeros), more tiles than programs, and activations of any leading
-    shape. The dispatch refuses a width the kernel does not serve and shapes that do not fit, and falls back to
+    shape. The dispatch refuses a width the kernel does not serve (above WIDE_K: more rows than WIDE_MAX_ROWS) and
+    shapes that do not fit, and falls back to
     F.linear (its bits) for a bias, float32, a non-contiguous or misaligned input, a gradient, the torch backend.
     In a BiMambaMixer with the op on for CPU tensors: equal to the F.linear path to rounding without a gradient,
     bit for bit (that path) with one, and a forward hook on in_proj makes the mixer call the module."""
@@ -522,10 +523,25 @@ def test_in_proj_kernel_and_its_use_in_the_mixer():
             if inproj.fused_applies(x, w, backend="torch"):
                 bad.append("applies with the torch backend")
         wide = torch.randn(8, ti.MAX_K + 8).half()
-        if ti.fits(ti.MAX_K + 8, 16) or inproj.fused_applies(torch.randn(3, ti.MAX_K + 8).half(), wide,
-                                                             backend="triton"):
+        if ti.fits(ti.MAX_K + 8, 16, 3) or inproj.fused_applies(torch.randn(3, ti.MAX_K + 8).half(), wide,
+                                                                backend="triton"):
             bad.append("a width past MAX_K")
-        if not (ti.fits(192, 768) and not ti.fits(384, 1536) and not ti.fits(20, 16)):
+        # above WIDE_K channels, rows up to WIDE_MAX_ROWS only (the general path asks per call)
+        K = ti.WIDE_K + 8
+        w = (torch.randn(16, K) / K ** 0.5).half()
+        few, many = torch.randn(1, 4, K).half(), torch.randn(1, 9, K).half()
+        saved, ti.WIDE_MAX_ROWS = ti.WIDE_MAX_ROWS, 6
+        try:
+            if not inproj.fused_applies(few, w, backend="triton") or inproj.fused_applies(many, w, backend="triton"):
+                bad.append("rows above WIDE_K")
+            if not within_rounding(inproj.in_proj(few, w, backend="triton").reshape(-1, 16), few.reshape(-1, K), w):
+                bad.append("kernel above WIDE_K")
+            if not torch.equal(inproj.in_proj(many, w, backend="triton"), F.linear(many, w)):
+                bad.append("fallback above WIDE_MAX_ROWS")
+        finally:
+            ti.WIDE_MAX_ROWS = saved
+        if not (ti.fits(192, 768, 128 * 197) and ti.fits(384, 1536, 128 * 76) and not ti.fits(384, 1536, 128 * 197)
+                and not ti.fits(768, 3072, 128) and not ti.fits(20, 16, 1)):
             bad.append("fits")
         try:
             inproj.in_proj(torch.randn(2, 8).half(), torch.randn(4, 6).half(), backend="triton")

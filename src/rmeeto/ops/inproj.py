@@ -4,7 +4,7 @@
 :mod:`rmeeto.ops.triton.inproj` (persistent tiles over TMA descriptors) where :func:`fused_applies` says so: a CUDA
 device with TMA (compute capability 9.0 or more), 16-bit contiguous activations, 16-byte aligned, with a weight of
 their dtype, contiguous and aligned, no bias, a width the kernel was measured ahead at
-(:func:`rmeeto.ops.triton.inproj.fits`: Vim-Ti's), the switch ``inproj`` on (``RMEETO_FUSED_INPROJ``), no gradient
+(:func:`rmeeto.ops.triton.inproj.fits`: Vim-Ti's, and Vim-S's at short sequences), the switch ``inproj`` on (``RMEETO_FUSED_INPROJ``), no gradient
 to flow, no autocast, and ``torch.compile`` not tracing (Inductor then sees the GEMM). The two paths sum in
 different orders and round once: equal to rounding.
 """
@@ -37,12 +37,13 @@ def in_proj_torch(hidden: Tensor, weight: Tensor, bias: Optional[Tensor] = None)
 
 def kernel_fits(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str = "auto") -> bool:
     """What the device, dtypes, shapes and switches decide of :func:`fused_applies` (not the activations' layout
-    or address): the weight on their device and one :func:`rmeeto.ops.triton.inproj.weights_fit` takes, a device
-    with TMA, the switch on for ``backend``. For a caller that rules out gradients, autocast and compiling
-    itself, and checks the activations' layout and alignment per call."""
+    or address): the weight on their device and one :func:`rmeeto.ops.triton.inproj.weights_fit` takes for their
+    rows, a device with TMA, the switch on for ``backend``. For a caller that rules out gradients, autocast and
+    compiling itself, and checks the activations' layout and alignment per call."""
+    rows = hidden.numel() // max(1, hidden.shape[-1]) if hidden.dim() else 0
     return (_triton_inproj is not None and weight.device == hidden.device
-            and _triton_inproj.weights_fit(hidden.dtype, weight, bias) and _triton_inproj.device_fits(hidden.device)
-            and policy.use_fused("inproj", hidden, backend))
+            and _triton_inproj.weights_fit(hidden.dtype, weight, bias, rows)
+            and _triton_inproj.device_fits(hidden.device) and policy.use_fused("inproj", hidden, backend))
 
 
 def fused_applies(hidden: Tensor, weight: Tensor, bias: Optional[Tensor] = None, backend: str = "auto") -> bool:

@@ -17,7 +17,9 @@ Where it pays (``benchmarks/gemm_ab_gpu.py --ops in``, session 32, H200, batch 1
 token count of the paper schedules; raw ``results/s32/call1``): Vim-Ti 20.3 against cuBLAS's 20.9 us at 197 tokens,
 17.7 / 18.9 at 172, 15.4 / 16.5 at 147, 10.2 / 10.3 at 76: summed over a forward, 486 against 502 us unmerged and
 417 against 442 merged. At Vim-S's widths (384 -> 1536) cuBLAS was ahead at 8 of 12 token counts (56.1 against
-53.2 us at 197), so :func:`fits` takes up to ``MAX_K`` input channels. The same tiles with descriptors made on the
+53.2 us at 197). Whole graphed models (call 3) told more than those times: Vim-S 0.2% slower unmerged and 0.35%
+faster merged with the tiles at every layer, Vim-B 0.4-0.5% slower either way, so :func:`fits` takes up to
+``MAX_K`` input channels, and above ``WIDE_K`` only short sequences. The same tiles with descriptors made on the
 device (``tl.make_tensor_descriptor``, no host work) were 2-2.6 us per call slower than cuBLAS; with host-made
 ones, each launch fills three descriptors on the host (:mod:`rmeeto.ops.triton._launch` keeps the rest of the
 launch cached). Needs compute capability 9.0 or more (TMA); 16-bit activations and weights of their dtype, rows and
@@ -51,7 +53,11 @@ __all__ = ["is_available", "in_proj", "spec", "descriptors", "fits", "weights_fi
 # Session 32, call 1 (gemm_ab_gpu.py --models Ti --ops in --backends cublas,tma,tmadev): the best of twelve tilings
 # at 11 of Vim-Ti's 12 token counts (64 x 256 x 64 in 4 warps at one, by 0.1 us).
 INPROJ_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4}
-MAX_K = 256  # Vim-Ti's 192; at Vim-S's 384 cuBLAS was ahead
+MAX_K = 512  # Vim-Ti's 192 and Vim-S's 384; at Vim-B's 768 the whole model was 0.4-0.5% slower (call 3)
+# Above WIDE_K input channels (Vim-S) only for up to WIDE_MAX_ROWS rows: whole graphed Vim-S (call 3) with the tiles
+# at every layer was 0.2% slower unmerged (197 tokens) and 0.35% faster merged.
+WIDE_K = 256
+WIDE_MAX_ROWS = 128 * 131
 
 _SMS: dict = {}  # device index -> SM count
 _CAPABLE: dict = {}  # device index -> compute capability >= 9.0
@@ -61,20 +67,22 @@ def is_available() -> bool:
     return _HAS_TRITON
 
 
-def fits(k: int, n: int) -> bool:
-    """Whether the kernel serves in_proj with ``k`` input and ``n`` output channels: up to MAX_K input channels
-    (where it was measured ahead of cuBLAS), both multiples of 8 (16-byte rows for the descriptors)."""
-    return 0 < k <= MAX_K and k % 8 == 0 and n > 0 and n % 8 == 0
+def fits(k: int, n: int, rows: int) -> bool:
+    """Whether the kernel serves in_proj with ``k`` input and ``n`` output channels over ``rows`` rows (batch x
+    tokens): where it was measured ahead of cuBLAS, up to MAX_K input channels, and above WIDE_K only up to
+    WIDE_MAX_ROWS rows; both channel counts multiples of 8 (16-byte rows for the descriptors)."""
+    return (0 < k <= MAX_K and k % 8 == 0 and n > 0 and n % 8 == 0
+            and (k <= WIDE_K or rows <= WIDE_MAX_ROWS))
 
 
-def weights_fit(dtype: torch.dtype, weight: Tensor, bias) -> bool:
-    """Whether the kernel serves activations of ``dtype`` with this in_proj weight: 16-bit activations, the weight
-    of their dtype, contiguous, 16-byte aligned, a width :func:`fits` takes, no bias. (The caller checks the
-    switch, the device (:func:`device_fits`) and that no gradient is wanted: :mod:`rmeeto.ops.inproj`, the mixer
-    plans.)"""
+def weights_fit(dtype: torch.dtype, weight: Tensor, bias, rows: int) -> bool:
+    """Whether the kernel serves ``rows`` rows of activations of ``dtype`` with this in_proj weight: 16-bit
+    activations, the weight of their dtype, contiguous, 16-byte aligned, a width and row count :func:`fits`
+    takes, no bias. (The caller checks the switch, the device (:func:`device_fits`) and that no gradient is
+    wanted: :mod:`rmeeto.ops.inproj`, the mixer plans.)"""
     return (_HAS_TRITON and dtype in (torch.float16, torch.bfloat16) and bias is None and weight.dtype == dtype
             and weight.dim() == 2 and weight.is_contiguous() and weight.data_ptr() % 16 == 0
-            and fits(weight.shape[1], weight.shape[0]))
+            and fits(weight.shape[1], weight.shape[0], rows))
 
 
 def device_fits(device: torch.device) -> bool:
