@@ -34,6 +34,23 @@ def poison_scan_buffers():
     triton_scan._POISON = old
 
 
+def _within_rounding(got: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
+    exact = a.double() @ b.double().T
+    bound = a.shape[-1] * 2.0 ** -24 * (a.double().abs() @ b.double().abs().T)
+    fi = torch.finfo(got.dtype)
+    spacing = (got.double().abs() * fi.eps).clamp_min(fi.tiny * fi.eps)
+    return bool(((got.double() - exact).abs() <= 0.5 * spacing + bound).all())
+
+
+@pytest.fixture
+def within_rounding():
+    """``within_rounding(got, a, b)``: whether ``got`` (16-bit) is ``a @ b.T`` computed in float32 in any summation
+    order and rounded once: within half a spacing of got's dtype plus the float32 summation bound
+    k * 2^-24 * (|a| @ |b|.T) of the exact (float64) product. A wrong row, column, weight or mask is off by far
+    more. (The GEMM kernels' GPU tests: projections, sum + out_proj, in_proj.)"""
+    return _within_rounding
+
+
 @pytest.fixture
 def switch_ab():
     """A factory for the GPU tests of one fused inference kernel with a switch (``rmeeto.ops.policy.set_fused``):

@@ -17,24 +17,15 @@ pytestmark = [
 ]
 
 
-def _within_rounding(got: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
-    """got (16-bit) is ``a @ b.T`` summed in float32 in any order and rounded once (see tests/ops/test_gpu_proj.py)."""
-    exact = a.double() @ b.double().T
-    bound = a.shape[-1] * 2.0 ** -24 * (a.double().abs() @ b.double().abs().T)
-    fi = torch.finfo(got.dtype)
-    spacing = (got.double().abs() * fi.eps).clamp_min(fi.tiny * fi.eps)
-    return bool(((got.double() - exact).abs() <= 0.5 * spacing + bound).all())
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_kernel_within_one_rounding_of_a_float32_gemm(dtype):
+def test_kernel_within_one_rounding_of_a_float32_gemm(dtype, within_rounding):
     K, N = 192, 768  # Vim-Ti
     torch.manual_seed(0)
     w = (torch.randn(N, K, device="cuda") / K ** 0.5).to(dtype)
     for L in (197, 147, 76, 5):
         x = torch.randn(128 if L > 5 else 3, L, K, device="cuda").to(dtype)
         got = ti.in_proj(x, w)
-        assert _within_rounding(got.reshape(-1, N), x.reshape(-1, K), w), (L, dtype)
+        assert within_rounding(got.reshape(-1, N), x.reshape(-1, K), w), (L, dtype)
         assert torch.equal(inproj.in_proj(x, w), got)  # the dispatch takes the kernel
     assert not ti.fits(384, 1536, 128 * 197) and not ti.fits(768, 3072, 128 * 76)  # where cuBLAS was ahead
 

@@ -15,18 +15,9 @@ pytestmark = [
 ]
 
 
-def _within_rounding(got: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
-    """got (16-bit) is ``a @ b.T`` summed in float32 in any order and rounded once (see tests/ops/test_gpu_proj.py)."""
-    exact = a.double() @ b.double().T
-    bound = a.shape[-1] * 2.0 ** -24 * (a.double().abs() @ b.double().abs().T)
-    fi = torch.finfo(got.dtype)
-    spacing = (got.double().abs() * fi.eps).clamp_min(fi.tiny * fi.eps)
-    return bool(((got.double() - exact).abs() <= 0.5 * spacing + bound).all())
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("dims", [(384, 192), (768, 384)], ids=["ti", "s"])
-def test_kernel_within_one_rounding_of_a_float32_gemm(dtype, dims):
+def test_kernel_within_one_rounding_of_a_float32_gemm(dtype, dims, within_rounding):
     K, N = dims
     torch.manual_seed(0)
     w = (torch.randn(N, K, device="cuda") / K ** 0.5).to(dtype)
@@ -34,7 +25,7 @@ def test_kernel_within_one_rounding_of_a_float32_gemm(dtype, dims):
         y = torch.randn(2, 128 if L > 5 else 3, L, K, device="cuda").to(dtype)
         got = to.sum_out_proj(y, w)
         s = (y[0] + y[1]).reshape(-1, K)
-        assert _within_rounding(got.reshape(-1, N), s, w), (L, dtype)
+        assert within_rounding(got.reshape(-1, N), s, w), (L, dtype)
         # the dispatch on the scan's [2, batch, dim, L] layout: the kernel, and the reference where it does not apply
         assert torch.equal(outproj.sum_out_proj(y.transpose(2, 3), w), got)
     assert not to.fits(1536, 768)  # Vim-B: the add + cuBLAS measured ahead

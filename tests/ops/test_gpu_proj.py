@@ -15,21 +15,9 @@ pytestmark = [
 ]
 
 
-def _within_rounding(got: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
-    """got (16-bit) is ``a @ b.T`` computed in float32 in any summation order and rounded once: within half a
-    spacing of got's dtype plus the float32 summation bound k * 2^-24 * (|a| @ |b|.T) of the exact (float64)
-    product. A wrong row, column, weight or mask is off by far more."""
-    exact = a.double() @ b.double().T
-    k = a.shape[-1]
-    bound = k * 2.0 ** -24 * (a.double().abs() @ b.double().abs().T)
-    spacing = (got.double().abs() * torch.finfo(got.dtype).eps).clamp_min(
-        torch.finfo(got.dtype).tiny * torch.finfo(got.dtype).eps)
-    return bool(((got.double() - exact).abs() <= 0.5 * spacing + bound).all())
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("dims", [(384, 12), (768, 24), (1536, 48)], ids=["ti", "s", "b"])
-def test_kernel_within_one_rounding_of_float32_gemms(dtype, dims):
+def test_kernel_within_one_rounding_of_float32_gemms(dtype, dims, within_rounding):
     D, R = dims
     N = 16
     torch.manual_seed(0)
@@ -40,8 +28,8 @@ def test_kernel_within_one_rounding_of_float32_gemms(dtype, dims):
         xd, de = tp.bidir_scan_inputs(uf, ub, *w, N)
         for d, u, wx, wdt in ((0, uf, w[0], w[2]), (1, ub, w[1], w[3])):
             # of the same rounded inputs; delta from the kernel's own rounded dt part
-            assert _within_rounding(xd[d, 0], u[0], wx.to(dtype)), ("x_proj", M, d)
-            assert _within_rounding(de[d, 0], xd[d, 0, :, :R], wdt.to(dtype)), ("dt_proj", M, d)
+            assert within_rounding(xd[d, 0], u[0], wx.to(dtype)), ("x_proj", M, d)
+            assert within_rounding(de[d, 0], xd[d, 0, :, :R], wdt.to(dtype)), ("dt_proj", M, d)
 
 
 @pytest.mark.parametrize("merged", [False, True])
