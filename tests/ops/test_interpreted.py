@@ -480,6 +480,58 @@ def test_sum_out_proj_kernel_and_its_use_in_the_mixer():
     """))
 
 
+def test_sum_out_proj_tma_tiles_for_wide_inputs():
+    """Past the plain tiles' MAX_K (lowered here to 32 channels), rmeeto.ops.triton.outproj takes the persistent TMA
+    tiles of rmeeto.ops.triton.tma_gemm with the directions' sum in their prologue: within one fp16 rounding of a
+    float32 GEMM of the fp16-rounded sum over ragged rows and channels, planes apart by any 16-byte multiple;
+    the dispatch takes them up to TMA_MAX_ROWS rows and 16-byte aligned planes, and falls back to the add + GEMM
+    (its bits) past those rows, for misaligned planes and past TMA_MAX_K. The mixer takes the op once per call."""
+    run_interpreted(MIXER_OP_CHECK + textwrap.dedent("""
+        import sys, torch
+        from rmeeto.ops import outproj, policy
+        from rmeeto.ops.triton import outproj as to, tma_gemm
+        torch.manual_seed(0)
+        bad = []
+        to.MAX_K = 32
+        cfg = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 1}
+        for b, L, K, N, gap in ((2, 9, 48, 32, 0), (3, 17, 40, 24, 8), (1, 5, 64, 16, 24)):
+            buf = torch.randn(2 * b * L * K + gap).half()
+            y = torch.stack([buf[:b * L * K].view(b, L, K), buf[b * L * K + gap:].view(b, L, K)]) if not gap else \
+                torch.as_strided(buf, (2, b, L, K), (b * L * K + gap, L * K, K, 1))
+            w = (torch.randn(N, K) / K ** 0.5).half()
+            s = (y[0] + y[1]).reshape(b * L, K)
+            for c in (cfg, None):
+                got = to.sum_out_proj(y, w, c)
+                if got.shape != (b, L, N) or not within_rounding(got.reshape(b * L, N), s, w):
+                    bad.append(("tma kernel", b, L, K, N, gap, c))
+            y2 = y.transpose(2, 3)
+            if not to.tma_fits(K, N, b * L) or to.kernel_for(w.dtype, w, None, b * L, y.device) != "tma":
+                bad.append(("kernel_for", K))
+            if not outproj.fused_applies(y2, w, backend="triton") or not torch.equal(
+                    outproj.sum_out_proj(y2, w, backend="triton"), to.sum_out_proj(y, w)):
+                bad.append(("dispatch", b, L, K))
+            saved, to.TMA_MAX_ROWS = to.TMA_MAX_ROWS, b * L - 1
+            try:
+                if outproj.fused_applies(y2, w, backend="triton") or not torch.equal(
+                        outproj.sum_out_proj(y2, w, backend="triton"), outproj.sum_out_proj_torch(y2, w)):
+                    bad.append(("rows past TMA_MAX_ROWS", b, L))
+            finally:
+                to.TMA_MAX_ROWS = saved
+        buf = torch.randn(2 * 2 * 9 * 48 + 3).half()  # planes 3 elements (6 bytes) apart from alignment
+        y2 = torch.as_strided(buf, (2, 2, 9, 48), (2 * 9 * 48 + 3, 9 * 48, 48, 1)).transpose(2, 3)
+        w = torch.randn(16, 48).half()
+        if outproj.fused_applies(y2, w, backend="triton") or not torch.equal(
+                outproj.sum_out_proj(y2, w, backend="triton"), outproj.sum_out_proj_torch(y2, w)):
+            bad.append("misaligned planes")
+        if to.tma_fits(to.TMA_MAX_K + 8, 16, 4) or to.tma_fits(20, 16, 4) or to.tma_fits(48, 12, 4):
+            bad.append("tma_fits")
+        to.MAX_K = 16  # the mixer's 64 inner channels past it: the TMA tiles in the mixer
+        bad += mixer_takes_the_op("outproj", "out_proj", to, "sum_out_proj")
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """))
+
+
 def test_in_proj_kernel_and_its_use_in_the_mixer():
     """rmeeto.ops.triton.inproj (in_proj as persistent tiles over host-made TMA descriptors) against the GEMM: within
     one fp16 rounding of a float32 GEMM, over row, input and output channel counts that are not multiples of the

@@ -6,7 +6,8 @@
 :func:`sum_out_proj_torch` is the reference (the elementwise add, then ``F.linear``); :func:`sum_out_proj` runs
 the kernel of :mod:`rmeeto.ops.triton.outproj` (one launch, y never written) where :func:`fused_applies` says so:
 16-bit CUDA activations with weights of their dtype and no bias, a width the kernel was measured ahead at
-(:func:`rmeeto.ops.triton.outproj.fits`), the directions' planes each contiguous, the switch ``outproj`` on
+(:func:`rmeeto.ops.triton.outproj.fits`; wider ones on Hopper over few enough rows: its TMA tiles,
+:func:`rmeeto.ops.triton.outproj.tma_fits`), the directions' planes each contiguous, the switch ``outproj`` on
 (``RMEETO_FUSED_OUTPROJ``), no gradient to flow and ``torch.compile`` not tracing (Inductor then sees the add and
 the GEMM). The two paths round the same values once each but sum the GEMM in different orders: equal to rounding.
 """
@@ -23,6 +24,7 @@ from rmeeto.ops.selective_scan import sum_directions
 
 try:  # optional: the fused kernel needs Triton
     from rmeeto.ops.triton import outproj as _triton_outproj
+    from rmeeto.ops.triton import tma_gemm as _tma_gemm
 except Exception:  # pragma: no cover - depends on the install
     _triton_outproj = None
 
@@ -45,12 +47,14 @@ def planes(y2: Tensor) -> Optional[Tensor]:
 
 
 def kernel_fits(y: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str = "auto") -> bool:
-    """What the dtypes, shapes and switches decide of :func:`fused_applies` (``y`` the activations, any layout):
-    the weight on their device and one :func:`rmeeto.ops.triton.outproj.weights_fit` takes (16-bit, of their
-    dtype, a width the kernel was measured ahead at, no bias), the switch on for ``backend``. For a caller that
-    rules out gradients, autocast and compiling itself."""
+    """What the dtypes, shapes and switches decide of :func:`fused_applies` (``y`` the activations [2, batch, dim,
+    L], any layout): the weight on their device and one :func:`rmeeto.ops.triton.outproj.weights_fit` takes for
+    their rows (16-bit, of their dtype, a width and row count a kernel was measured ahead at, no bias), the
+    switch on for ``backend``. For a caller that rules out gradients, autocast and compiling itself."""
+    rows = y.shape[1] * y.shape[3] if y.dim() == 4 else 0
     return (_triton_outproj is not None and weight.device == y.device
-            and _triton_outproj.weights_fit(y.dtype, weight, bias) and policy.use_fused("outproj", y, backend))
+            and _triton_outproj.weights_fit(y.dtype, weight, bias, rows, y.device)
+            and policy.use_fused("outproj", y, backend))
 
 
 def fused_applies(y2: Tensor, weight: Tensor, bias: Optional[Tensor] = None, backend: str = "auto") -> bool:
@@ -66,7 +70,10 @@ def _fused_planes(y2: Tensor, weight: Tensor, bias: Optional[Tensor], backend: s
     if torch.is_autocast_enabled(y2.device.type) or (
             torch.is_grad_enabled() and (y2.requires_grad or weight.requires_grad)):
         return None
-    return planes(y2)
+    y = planes(y2)
+    if y is not None and not _triton_outproj.fits(y.shape[-1], weight.shape[0]) and not _tma_gemm.aligned(y[0], y[1]):
+        return None  # the TMA tiles' descriptors need both planes 16-byte aligned
+    return y
 
 
 def sum_out_proj(y2: Tensor, weight: Tensor, bias: Optional[Tensor] = None, backend: str = "auto") -> Tensor:

@@ -40,6 +40,7 @@ from rmeeto.ops.triton import norm as _norm
 from rmeeto.ops.triton import outproj as _outproj
 from rmeeto.ops.triton import proj as _proj
 from rmeeto.ops.triton import scan as _scan
+from rmeeto.ops.triton import tma_gemm as _tma_gemm
 from rmeeto.ops.triton._inductor import library_op
 from rmeeto.ops.triton._launch import Launcher
 
@@ -183,11 +184,11 @@ class MixerPlan:
             if hidden.is_contiguous() and _inproj_op.kernel_fits(hidden, t.w_in, t.b_in):
                 n, k = t.w_in.shape
                 grid, tail, meta = _inproj.spec(hidden.numel() // k, n, k, hidden.device)
-                self.inp = (Launcher(_inproj._in_proj_kernel, grid, hidden.device, tail, meta), meta)
+                self.inp = (Launcher(_tma_gemm._tma_gemm_kernel, grid, hidden.device, tail, meta), meta)
         if self.inp and hidden.data_ptr() % 16 == 0:
             launcher, meta = self.inp
             xz = torch.empty(*hidden.shape[:-1], t.w_in.shape[0], device=hidden.device, dtype=hidden.dtype)
-            launcher(*_inproj.descriptors(hidden, t.w_in, xz, launcher.tail[0], meta))
+            launcher(*_tma_gemm.descriptors(hidden, None, t.w_in, xz, launcher.tail[0], meta))
         else:
             xz = F.linear(hidden, t.w_in, t.b_in)
         x, z = xz.chunk(2, dim=-1)
@@ -222,15 +223,23 @@ class MixerPlan:
         self.scan(u_f, u_b, d_f, d_b, t.A_log, t.A_b_log, B_f, B_b, C_f, C_b, t.D, t.D_b, z, t.dt_bias,
                   t.dt_bias_b, out)
         if self.out is None:  # the directions' sum and out_proj in one kernel where it fits (rmeeto.ops.outproj)
-            if _policy.use_fused("outproj", out) and _outproj.weights_fit(dt, t.w_out, t.b_out):
-                grid, tail, meta = _outproj.spec(batch * length, t.w_out.shape[0], di, out.stride(0),
-                                                 t.w_out.stride(0))
-                self.out = Launcher(_outproj._sum_out_proj_kernel, grid, dev, tail, meta)
+            M, N = batch * length, t.w_out.shape[0]
+            kind = _policy.use_fused("outproj", out) and _outproj.kernel_for(dt, t.w_out, t.b_out, M, dev)
+            if kind == "tiles":
+                grid, tail, meta = _outproj.spec(M, N, di, out.stride(0), t.w_out.stride(0))
+                self.out = (Launcher(_outproj._sum_out_proj_kernel, grid, dev, tail, meta), None)
+            elif kind == "tma":  # (out: a fresh allocation, both planes 16-byte aligned: di is a multiple of 8)
+                grid, tail, meta = _outproj.tma_spec(M, N, di, dev)
+                self.out = (Launcher(_tma_gemm._tma_gemm_kernel, grid, dev, tail, meta), meta)
             else:
                 self.out = False
         if self.out:
+            launcher, meta = self.out
             res = torch.empty(batch, length, t.w_out.shape[0], device=dev, dtype=dt)
-            self.out(out, t.w_out, res)
+            if meta is None:
+                launcher(out, t.w_out, res)
+            else:
+                launcher(*_tma_gemm.descriptors(out[0], out[1], t.w_out, res, launcher.tail[0], meta))
             return res
         y_f, y_b = out.unbind(0)
         return F.linear(torch.add(y_f, y_b), t.w_out, t.b_out)

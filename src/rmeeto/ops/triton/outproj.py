@@ -18,15 +18,20 @@ Where it pays (``benchmarks/bench_outproj_gpu.py``, H200, batch 128, graphed, th
 at every token count of the merged schedules): Vim-S (768 -> 384 channels) 54.7 -> 48.7 us at 197 tokens, 25.5 ->
 20.0 at 76; Vim-Ti (384 -> 192) 612 -> 568 us over an unmerged forward's 24 layers, 548 -> 465 over a merged one's;
 Vim-B (1536 -> 768) lost at every token count (137.0 against 164-183 us at 197: cuBLAS's GEMM is compute-bound
-there and ahead of these tiles), so :func:`fits` takes only inputs of up to ``MAX_K`` channels.
+there and ahead of these tiles), so :func:`fits` takes only inputs of up to ``MAX_K`` channels. Wider inputs on
+Hopper take the persistent TMA tiles of :mod:`rmeeto.ops.triton.tma_gemm` instead, the sum in their prologue
+(:func:`tma_fits`: Vim-B's merged layers of up to 175 tokens at batch 128, where those were measured ahead).
 16-bit activations and weights of their dtype only; no gradient (:mod:`rmeeto.ops.outproj` takes it only when none
 has to flow).
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
+from rmeeto.ops.triton import tma_gemm
 from rmeeto.ops.triton._launch import cdiv, launch, pdl_meta
 from rmeeto.ops.triton._pdl import follow_previous
 
@@ -40,7 +45,8 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "sum_out_proj", "spec", "config_for", "fits", "weights_fit", "OUTPROJ_CONFIG",
+__all__ = ["is_available", "sum_out_proj", "spec", "tma_spec", "config_for", "fits", "tma_fits", "kernel_for",
+           "weights_fit", "OUTPROJ_CONFIG", "TMA_CONFIG", "TMA_MAX_K", "TMA_MAX_ROWS",
            "OUTPROJ_SMALL_CONFIG", "MAX_K"]
 
 # BLOCK_M rows x BLOCK_N output channels per program, BLOCK_K input channels per step, GROUP_M row tiles per group.
@@ -56,7 +62,15 @@ OUTPROJ_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "
 OUTPROJ_SMALL_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
 OUTPROJ_SMALL_ROWS = 128 * 150  # up to this many rows
 OUTPROJ_SMALL_K = 384
-MAX_K = 768  # above (Vim-B's 1536), the add + cuBLAS was faster
+MAX_K = 768  # above (Vim-B's 1536), the add + cuBLAS was faster than these tiles
+# Wider inputs (Vim-B's 1536 channels) on Hopper: the persistent TMA tiles of rmeeto.ops.triton.tma_gemm with the sum
+# in their prologue, for up to TMA_MAX_ROWS rows. Session 25 (benchmarks/gemm_ab_gpu.py, H200, graphed, per call,
+# the add + cuBLAS against those tiles, 128 x 256 x 64 in 8 warps): Vim-B ahead of the add + cuBLAS at 175 tokens and
+# fewer but three counts (175: 107.0 against 135.2 us; 131: 86.9 / 95.7; 76: 54.1 / 60.5; behind at 142, 109, 98),
+# behind at 197 (146.8 / 137.6), level at 186.
+TMA_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+TMA_MAX_K = 2048
+TMA_MAX_ROWS = 128 * 175
 
 
 def config_for(M: int, K: int) -> dict:
@@ -74,12 +88,34 @@ def fits(k: int, n: int) -> bool:
     return 0 < k <= MAX_K and n > 0
 
 
-def weights_fit(dtype: torch.dtype, weight: Tensor, bias) -> bool:
-    """Whether the kernel serves activations of ``dtype`` with this out_proj: 16-bit activations, the weight of
-    their dtype, 2-D with unit column stride and a width :func:`fits` takes, no bias. (The caller checks the
-    switch, the device and that no gradient is wanted: :mod:`rmeeto.ops.outproj`, the mixer plans.)"""
-    return (dtype in (torch.float16, torch.bfloat16) and bias is None and weight.dtype == dtype
-            and weight.dim() == 2 and weight.stride(1) == 1 and fits(weight.shape[1], weight.shape[0]))
+def tma_fits(k: int, n: int, rows: int) -> bool:
+    """Whether the TMA tiles serve out_proj with ``k`` input and ``n`` output channels over ``rows`` rows: above
+    MAX_K (where the plain tiles stop) up to TMA_MAX_K input channels, up to TMA_MAX_ROWS rows (where they were
+    measured ahead of the add + cuBLAS), both channel counts multiples of 8 (16-byte rows for the descriptors)."""
+    return MAX_K < k <= TMA_MAX_K and k % 8 == 0 and n > 0 and n % 8 == 0 and rows <= TMA_MAX_ROWS
+
+
+def kernel_for(dtype: torch.dtype, weight: Tensor, bias, rows: int, device: torch.device) -> Optional[str]:
+    """Which kernel serves ``rows`` rows of activations of ``dtype`` on ``device`` with this out_proj: "tiles"
+    (:func:`fits`: 16-bit activations, the weight of their dtype, 2-D with unit column stride, no bias), "tma"
+    (:func:`tma_fits`, a device with TMA, the weight also contiguous and 16-byte aligned), or None (the add +
+    cuBLAS). (The caller checks the switch and that no gradient is wanted: :mod:`rmeeto.ops.outproj`, the mixer
+    plans.)"""
+    if not (dtype in (torch.float16, torch.bfloat16) and bias is None and weight.dtype == dtype
+            and weight.dim() == 2 and weight.stride(1) == 1):
+        return None
+    n, k = weight.shape
+    if fits(k, n):
+        return "tiles"
+    if (tma_gemm.is_available() and tma_fits(k, n, rows) and tma_gemm.device_fits(device)
+            and weight.is_contiguous() and tma_gemm.aligned(weight)):
+        return "tma"
+    return None
+
+
+def weights_fit(dtype: torch.dtype, weight: Tensor, bias, rows: int, device: torch.device) -> bool:
+    """Whether a kernel of this module serves these activations with this out_proj (:func:`kernel_for`)."""
+    return kernel_for(dtype, weight, bias, rows, device) is not None
 
 
 if _HAS_TRITON:
@@ -132,14 +168,27 @@ def spec(M: int, N: int, K: int, s_dir: int, s_w: int, config: dict | None = Non
     return (cdiv(M, bm) * cdiv(N, bn),), (M, N, K, s_dir, s_w), meta
 
 
+def tma_spec(M: int, N: int, K: int, device: torch.device, config: dict | None = None) -> tuple[tuple, tuple, dict]:
+    """(grid, scalar arguments, constexprs and launch options) of the TMA tiles (the sum in their prologue) over M
+    rows, N output and K input channels; ``config`` the tiles (default TMA_CONFIG). The descriptors of the two
+    planes, the weight and the output (:func:`rmeeto.ops.triton.tma_gemm.descriptors`) come first."""
+    return tma_gemm.spec(M, N, K, device, TMA_CONFIG if config is None else config, two_a=True)
+
+
 def sum_out_proj(y: Tensor, w: Tensor, config: dict | None = None) -> Tensor:
     """y [2, batch, length, K] (16-bit; each direction's plane contiguous, planes any distance apart), w [N, K] of
-    y's dtype with unit column stride -> ``round(y[0] + y[1]) @ w.T`` [batch, length, N] in y's dtype."""
+    y's dtype with unit column stride -> ``round(y[0] + y[1]) @ w.T`` [batch, length, N] in y's dtype. Widths past
+    MAX_K (:func:`tma_fits`) take the TMA tiles: then both planes and w (contiguous) 16-byte aligned."""
     _, batch, length, K = y.shape
     N = w.shape[0]
     M = batch * length
     out = torch.empty(batch, length, N, device=y.device, dtype=y.dtype)
     if M == 0:
+        return out
+    if not fits(K, N):
+        grid, tail, meta = tma_spec(M, N, K, y.device, config)
+        launch(tma_gemm._tma_gemm_kernel, grid, y.device, *tma_gemm.descriptors(y[0], y[1], w, out, M, meta), *tail,
+               **meta)
         return out
     grid, tail, meta = spec(M, N, K, y.stride(0), w.stride(0), config)
     launch(_sum_out_proj_kernel, grid, y.device, y, w, out, *tail, **meta)
