@@ -321,8 +321,8 @@ class BiMambaMixer(nn.Module):
         subnormal range); the fused kernel's sums run in another order, so equal to rounding. In inference the
         directions' sum and out_proj are one kernel where it applies (:func:`rmeeto.ops.outproj.sum_out_proj`;
         also equal to rounding), unless out_proj is not a plain ``nn.Linear`` or a hook sits on it; on Hopper,
-        in_proj at Vim-Ti's widths runs as TMA tiles (:func:`rmeeto.ops.inproj.in_proj`; equal to rounding), on
-        the same terms for in_proj.
+        in_proj at Vim-Ti's width (Vim-S's on short sequences) runs as TMA tiles
+        (:func:`rmeeto.ops.inproj.in_proj`; equal to rounding), on the same terms for in_proj.
         """
         if export is None:
             if torch.compiler.is_compiling():
@@ -339,7 +339,7 @@ class BiMambaMixer(nn.Module):
         in_proj = self._modules["in_proj"]
         if type(in_proj) is nn.Linear and not (in_proj._forward_hooks or in_proj._forward_pre_hooks
                                                or any(_GLOBAL_HOOKS)):
-            # TMA tiles on Hopper where they apply (inference, Vim-Ti's widths), as a plan runs them; else cuBLAS
+            # TMA tiles on Hopper where they apply (inference, Vim-Ti's width), as a plan runs them; else cuBLAS
             xz = inproj_op(hidden, in_proj.weight, in_proj.bias, backend=backend)
         else:
             xz = in_proj(hidden)

@@ -20,6 +20,7 @@ from rmeeto.ops import policy
 
 try:  # optional: the kernel needs Triton (with host-side TMA descriptors)
     from rmeeto.ops.triton import inproj as _triton_inproj
+    from rmeeto.ops.triton import tma_gemm as _tma_gemm
     if not _triton_inproj.is_available():
         _triton_inproj = None
 except Exception:  # pragma: no cover - depends on the install
@@ -54,7 +55,7 @@ def fused_applies(hidden: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     if torch.is_autocast_enabled(hidden.device.type) or (
             torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
         return False
-    return hidden.is_contiguous() and hidden.data_ptr() % 16 == 0
+    return hidden.is_contiguous() and _tma_gemm.aligned(hidden)
 
 
 def in_proj(hidden: Tensor, weight: Tensor, bias: Optional[Tensor] = None, backend: str = "auto") -> Tensor:

@@ -185,7 +185,7 @@ class MixerPlan:
                 n, k = t.w_in.shape
                 grid, tail, meta = _inproj.spec(hidden.numel() // k, n, k, hidden.device)
                 self.inp = (Launcher(_tma_gemm._tma_gemm_kernel, grid, hidden.device, tail, meta), meta)
-        if self.inp and hidden.data_ptr() % 16 == 0:
+        if self.inp and _tma_gemm.aligned(hidden):
             launcher, meta = self.inp
             xz = torch.empty(*hidden.shape[:-1], t.w_in.shape[0], device=hidden.device, dtype=hidden.dtype)
             launcher(*_tma_gemm.descriptors(hidden, None, t.w_in, xz, launcher.tail[0], meta))
