@@ -1,14 +1,18 @@
-"""``--set KEY=VALUE`` for the benchmarks that time the matching's settings: each item sets ``MATCH_CONFIG[KEY]`` of
-:mod:`rmeeto.ops.triton.merge` to a Python literal (an unknown key is an error naming it)."""
+"""``--set KEY=VALUE`` for the benchmarks that time kernel settings: each item sets ``MATCH_CONFIG[KEY]`` of
+:mod:`rmeeto.ops.triton.merge` to a Python literal, or, for a KEY ``module.NAME``, the constant NAME of
+``rmeeto.ops.triton.module`` (an upper-case module global, such as ``inproj.WIDE_MAX_ROWS`` or
+``outproj.TMA_MAX_ROWS``). An unknown key is an error naming it."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 
 from rmeeto.ops.triton import merge as mt
 
 
-def add_set_argument(ap, help: str = "a MATCH_CONFIG entry (a Python literal); repeatable") -> None:
+def add_set_argument(ap, help: str = "a MATCH_CONFIG entry, or module.NAME: a constant of rmeeto.ops.triton.module "
+                                     "(a Python literal); repeatable") -> None:
     """The repeatable ``--set KEY=VALUE`` option on argparse parser ``ap`` (read by :func:`set_match_config`)."""
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
 
@@ -20,9 +24,20 @@ def set_match_config(items, error) -> None:
         key, sep, value = item.partition("=")
         if not sep:
             error(f"--set: expected KEY=VALUE, got {item!r}")
-        if key not in mt.MATCH_CONFIG:
-            error(f"--set: MATCH_CONFIG has no entry {key!r}")
         try:
-            mt.MATCH_CONFIG[key] = ast.literal_eval(value)
+            literal = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             error(f"--set: {value!r} is not a Python literal")
+        module_name, dot, name = key.rpartition(".")
+        if dot:  # a kernel module's constant
+            try:
+                module = importlib.import_module(f"rmeeto.ops.triton.{module_name}")
+            except ImportError:
+                error(f"--set: no module rmeeto.ops.triton.{module_name}")
+            if not (name.isupper() and hasattr(module, name)):
+                error(f"--set: rmeeto.ops.triton.{module_name} has no constant {name!r}")
+            setattr(module, name, literal)
+        elif key in mt.MATCH_CONFIG:
+            mt.MATCH_CONFIG[key] = literal
+        else:
+            error(f"--set: MATCH_CONFIG has no entry {key!r}")

@@ -1,8 +1,10 @@
-"""Any ``rmeeto`` command (``bench`` above all) with ``MATCH_CONFIG`` entries set first: whole-model A/Bs of the
-matching's settings, one process per setting, where a session script used to override an entry in a ``python -c``.
+"""Any ``rmeeto`` command (``bench`` above all) with kernel settings set first (``MATCH_CONFIG`` entries, or a
+kernel module's constants as ``module.NAME``: see ``_match_set``): whole-model A/Bs of those settings, one process
+per setting, where a session script used to override one in a ``python -c``.
 
     PYTHONPATH=src python3 benchmarks/bench_set.py --set prefetch=True [--set compact_max_r=32] -- \\
         bench vim_small_patch16_224 --preset paper --modes cudagraph --rounds 2
+    PYTHONPATH=src python3 benchmarks/bench_set.py --set inproj.WIDE_MAX_ROWS=0 -- bench vim_small_patch16_224 ...
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import sys
 
 from _match_set import add_set_argument, set_match_config
 from rmeeto.cli import main as cli_main
-from rmeeto.ops.triton import merge as mt
 
 
 def main(argv=None) -> int:
@@ -24,7 +25,7 @@ def main(argv=None) -> int:
     add_set_argument(ap)
     a = ap.parse_args(argv[:split])
     set_match_config(a.set, ap.error)
-    print("MATCH_CONFIG:", {k: mt.MATCH_CONFIG[k] for k in (item.split("=", 1)[0] for item in a.set)}, flush=True)
+    print("settings:", ", ".join(item for item in a.set), flush=True)
     return cli_main(argv[split + 1:])
 
 
