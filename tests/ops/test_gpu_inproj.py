@@ -55,7 +55,7 @@ def test_plans_launch_it_through_the_cached_launcher():
         first = plan(h, tensors)
         assert plan.inp, "the plan did not take the in_proj kernel"
         again = plan(h.clone(), tensors)
-        assert plan.inp[0].entry is not None or not policy.fast_launch()
+        assert plan.inp.launcher.entry is not None or not policy.fast_launch()
         policy.set_fused("plan", False)
         try:
             general = mixer(h)[0]

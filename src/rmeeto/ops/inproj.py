@@ -44,7 +44,7 @@ def kernel_fits(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], backend:
     rows = hidden.numel() // max(1, hidden.shape[-1]) if hidden.dim() else 0
     return (_triton_inproj is not None and weight.device == hidden.device
             and _triton_inproj.weights_fit(hidden.dtype, weight, bias, rows)
-            and _triton_inproj.device_fits(hidden.device) and policy.use_fused("inproj", hidden, backend))
+            and _tma_gemm.device_fits(hidden.device) and policy.use_fused("inproj", hidden, backend))
 
 
 def fused_applies(hidden: Tensor, weight: Tensor, bias: Optional[Tensor] = None, backend: str = "auto") -> bool:

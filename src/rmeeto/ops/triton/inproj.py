@@ -30,12 +30,10 @@ from typing import Optional
 import torch
 
 from rmeeto.ops.triton import tma_gemm
-from rmeeto.ops.triton._launch import launch
-from rmeeto.ops.triton.tma_gemm import device_fits
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "in_proj", "spec", "fits", "weights_fit", "device_fits", "INPROJ_CONFIG", "MAX_K",
+__all__ = ["is_available", "in_proj", "fits", "weights_fit", "INPROJ_CONFIG", "MAX_K",
            "WIDE_K", "WIDE_MAX_ROWS"]
 
 # BLOCK_M rows x BLOCK_N output channels per tile, BLOCK_K input channels per step, GROUP_M row tiles per group.
@@ -64,29 +62,22 @@ def fits(k: int, n: int, rows: int) -> bool:
 def weights_fit(dtype: torch.dtype, weight: Tensor, bias, rows: int) -> bool:
     """Whether the kernel serves ``rows`` rows of activations of ``dtype`` with this in_proj weight: 16-bit
     activations, the weight of their dtype, contiguous, 16-byte aligned, a width and row count :func:`fits`
-    takes, no bias. (The caller checks the switch, the device (:func:`device_fits`) and that no gradient is
+    takes, no bias. (The caller checks the switch, the device (:func:`rmeeto.ops.triton.tma_gemm.device_fits`) and
+    that no gradient is
     wanted: :mod:`rmeeto.ops.inproj`, the mixer plans.)"""
     return (is_available() and dtype in (torch.float16, torch.bfloat16) and bias is None and weight.dtype == dtype
             and weight.dim() == 2 and weight.is_contiguous() and weight.data_ptr() % 16 == 0
             and fits(weight.shape[1], weight.shape[0], rows))
 
 
-def spec(M: int, N: int, K: int, device: torch.device, config: Optional[dict] = None) -> tuple[tuple, tuple, dict]:
-    """(grid, scalar arguments, constexprs and launch options) of the kernel of :mod:`rmeeto.ops.triton.tma_gemm` for
-    in_proj over M rows, N output and K input channels; ``config`` the tiles (default INPROJ_CONFIG)."""
-    return tma_gemm.spec(M, N, K, device, INPROJ_CONFIG if config is None else config)
-
-
 def in_proj(x: Tensor, w: Tensor, config: Optional[dict] = None) -> Tensor:
     """x [..., K] (16-bit, contiguous, 16-byte aligned), w [N, K] of x's dtype (contiguous, aligned; a width
-    :func:`fits` takes) -> ``x @ w.T`` [..., N] in x's dtype."""
+    :func:`fits` takes) -> ``x @ w.T`` [..., N] in x's dtype; ``config`` the tiles (default INPROJ_CONFIG)."""
     K = x.shape[-1]
     N = w.shape[0]
     M = x.numel() // K if K else 0
     out = torch.empty(*x.shape[:-1], N, device=x.device, dtype=x.dtype)
     if M == 0:
         return out
-    grid, tail, meta = spec(M, N, K, x.device, config)
-    launch(tma_gemm._tma_gemm_kernel, grid, x.device, *tma_gemm.descriptors(x, None, w, out, M, meta), *tail,
-           **meta)
+    tma_gemm.Gemm(M, N, K, x.device, INPROJ_CONFIG if config is None else config)(x, None, w, out)
     return out

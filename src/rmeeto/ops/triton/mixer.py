@@ -183,12 +183,10 @@ class MixerPlan:
             self.inp = False
             if hidden.is_contiguous() and _inproj_op.kernel_fits(hidden, t.w_in, t.b_in):
                 n, k = t.w_in.shape
-                grid, tail, meta = _inproj.spec(hidden.numel() // k, n, k, hidden.device)
-                self.inp = (Launcher(_tma_gemm._tma_gemm_kernel, grid, hidden.device, tail, meta), meta)
+                self.inp = _tma_gemm.Gemm(hidden.numel() // k, n, k, hidden.device, _inproj.INPROJ_CONFIG)
         if self.inp and _tma_gemm.aligned(hidden):
-            launcher, meta = self.inp
             xz = torch.empty(*hidden.shape[:-1], t.w_in.shape[0], device=hidden.device, dtype=hidden.dtype)
-            launcher(*_tma_gemm.descriptors(hidden, None, t.w_in, xz, launcher.tail[0], meta))
+            self.inp(hidden, None, t.w_in, xz)
         else:
             xz = F.linear(hidden, t.w_in, t.b_in)
         x, z = xz.chunk(2, dim=-1)
@@ -227,19 +225,17 @@ class MixerPlan:
             kind = _policy.use_fused("outproj", out) and _outproj.kernel_for(dt, t.w_out, t.b_out, M, dev)
             if kind == "tiles":
                 grid, tail, meta = _outproj.spec(M, N, di, out.stride(0), t.w_out.stride(0))
-                self.out = (Launcher(_outproj._sum_out_proj_kernel, grid, dev, tail, meta), None)
+                self.out = Launcher(_outproj._sum_out_proj_kernel, grid, dev, tail, meta)
             elif kind == "tma":  # (out: a fresh allocation, both planes 16-byte aligned: di is a multiple of 8)
-                grid, tail, meta = _outproj.tma_spec(M, N, di, dev)
-                self.out = (Launcher(_tma_gemm._tma_gemm_kernel, grid, dev, tail, meta), meta)
+                self.out = _tma_gemm.Gemm(M, N, di, dev, _outproj.TMA_CONFIG, two_a=True)
             else:
                 self.out = False
         if self.out:
-            launcher, meta = self.out
             res = torch.empty(batch, length, t.w_out.shape[0], device=dev, dtype=dt)
-            if meta is None:
-                launcher(out, t.w_out, res)
+            if type(self.out) is _tma_gemm.Gemm:
+                self.out(out[0], out[1], t.w_out, res)
             else:
-                launcher(*_tma_gemm.descriptors(out[0], out[1], t.w_out, res, launcher.tail[0], meta))
+                self.out(out, t.w_out, res)
             return res
         y_f, y_b = out.unbind(0)
         return F.linear(torch.add(y_f, y_b), t.w_out, t.b_out)

@@ -45,7 +45,7 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "sum_out_proj", "spec", "tma_spec", "config_for", "fits", "tma_fits", "kernel_for",
+__all__ = ["is_available", "sum_out_proj", "spec", "config_for", "fits", "tma_fits", "kernel_for",
            "weights_fit", "OUTPROJ_CONFIG", "TMA_CONFIG", "TMA_MAX_K", "TMA_MAX_ROWS",
            "OUTPROJ_SMALL_CONFIG", "MAX_K"]
 
@@ -168,13 +168,6 @@ def spec(M: int, N: int, K: int, s_dir: int, s_w: int, config: dict | None = Non
     return (cdiv(M, bm) * cdiv(N, bn),), (M, N, K, s_dir, s_w), meta
 
 
-def tma_spec(M: int, N: int, K: int, device: torch.device, config: dict | None = None) -> tuple[tuple, tuple, dict]:
-    """(grid, scalar arguments, constexprs and launch options) of the TMA tiles (the sum in their prologue) over M
-    rows, N output and K input channels; ``config`` the tiles (default TMA_CONFIG). The descriptors of the two
-    planes, the weight and the output (:func:`rmeeto.ops.triton.tma_gemm.descriptors`) come first."""
-    return tma_gemm.spec(M, N, K, device, TMA_CONFIG if config is None else config, two_a=True)
-
-
 def sum_out_proj(y: Tensor, w: Tensor, config: dict | None = None) -> Tensor:
     """y [2, batch, length, K] (16-bit; each direction's plane contiguous, planes any distance apart), w [N, K] of
     y's dtype with unit column stride -> ``round(y[0] + y[1]) @ w.T`` [batch, length, N] in y's dtype. Widths past
@@ -186,9 +179,7 @@ def sum_out_proj(y: Tensor, w: Tensor, config: dict | None = None) -> Tensor:
     if M == 0:
         return out
     if not fits(K, N):
-        grid, tail, meta = tma_spec(M, N, K, y.device, config)
-        launch(tma_gemm._tma_gemm_kernel, grid, y.device, *tma_gemm.descriptors(y[0], y[1], w, out, M, meta), *tail,
-               **meta)
+        tma_gemm.Gemm(M, N, K, y.device, TMA_CONFIG if config is None else config, two_a=True)(y[0], y[1], w, out)
         return out
     grid, tail, meta = spec(M, N, K, y.stride(0), w.stride(0), config)
     launch(_sum_out_proj_kernel, grid, y.device, y, w, out, *tail, **meta)

@@ -8,8 +8,8 @@ gives). One program per SM (at most one per output tile) walks the output tiles 
 share their weight tiles in L2), loading the operands with the tensor memory accelerator and writing each tile
 with a TMA store while the next tile's loads are in flight; rows past M and channels past K read as zeros, rows
 past M are not written. Descriptors are made on the host (``triton.tools.tensor_descriptor.TensorDescriptor``,
-:func:`descriptors`); :mod:`rmeeto.ops.triton._launch` keeps the rest of the launch cached, so a call costs the
-descriptors' fill and one launch. (Descriptors made in the kernel, ``tl.make_tensor_descriptor``, cost 2-2.6 us per
+:func:`descriptors`); :class:`Gemm` keeps the rest of the launch cached (:class:`rmeeto.ops.triton._launch.Launcher`),
+so a call costs the descriptors' fill and one launch. (Descriptors made in the kernel, ``tl.make_tensor_descriptor``, cost 2-2.6 us per
 call on the GPU: session 32, ``benchmarks/gemm_ab_gpu.py``.) Needs compute capability 9.0 or more; 16-bit
 operands, each contiguous with 16-byte aligned rows and base.
 """
@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from rmeeto.ops.triton._launch import cdiv, pdl_meta
+from rmeeto.ops.triton._launch import Launcher, cdiv, pdl_meta
 from rmeeto.ops.triton._pdl import follow_previous
 
 try:
@@ -34,7 +34,7 @@ except Exception:  # pragma: no cover - depends on the install (a Triton without
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "device_fits", "aligned", "spec", "descriptors"]
+__all__ = ["is_available", "device_fits", "aligned", "spec", "descriptors", "Gemm"]
 
 _SMS: dict = {}  # device index -> SM count
 _CAPABLE: dict = {}  # device index -> compute capability >= 9.0
@@ -121,3 +121,20 @@ def descriptors(a: Tensor, a2: Optional[Tensor], w: Tensor, c: Tensor, M: int, m
     return (TensorDescriptor(a, [M, K], [K, 1], [bm, bk]),
             None if a2 is None else TensorDescriptor(a2, [M, K], [K, 1], [bm, bk]),
             TensorDescriptor(w, [N, K], [K, 1], [bn, bk]), TensorDescriptor(c, [M, N], [N, 1], [bm, bn]))
+
+
+class Gemm:
+    """The kernel's launch for one shape, its fixed parts made once: ``Gemm(M, N, K, device, config, two_a)`` called
+    with ``(a, a2, w, c)`` (as :func:`descriptors` takes them; ``a2`` None unless ``two_a``) fills the four
+    descriptors and launches through a :class:`rmeeto.ops.triton._launch.Launcher` (after the first call, the cached
+    launcher: every call's operands must have the first call's dtypes)."""
+
+    __slots__ = ("launcher", "M", "meta")
+
+    def __init__(self, M: int, N: int, K: int, device: torch.device, config: dict, two_a: bool = False):
+        grid, tail, meta = spec(M, N, K, device, config, two_a)
+        self.launcher = Launcher(_tma_gemm_kernel, grid, device, tail, meta)
+        self.M, self.meta = M, meta
+
+    def __call__(self, a: Tensor, a2: Optional[Tensor], w: Tensor, c: Tensor) -> None:
+        self.launcher(*descriptors(a, a2, w, c, self.M, self.meta))
