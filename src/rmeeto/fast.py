@@ -27,13 +27,22 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn as nn
 
+from rmeeto.ops import embed as embed_ops
+
 __all__ = ["accelerate", "compile_model", "MODES", "GraphedForward"]
 
 MODES = ("auto", "eager", "cudagraph", "compile", "compile+cudagraph")
 
 
 class GraphedForward:
-    """Capture ``fn(x)`` into one CUDA graph per (shape, dtype) of ``x``; replay on later calls."""
+    """Capture ``fn(x)`` into one CUDA graph per (shape, dtype) of ``x``; replay on later calls.
+
+    A replay reads its input from the captured one, so each call first copies ``x`` there (one read and one write
+    of the images: 19 us per 128 at 224 pixels on an H200), except where the capture's embedding read the input
+    through an address held on the device (:func:`rmeeto.ops.embed.graph_input`): then a call only points that
+    address at ``x`` (same strides, 16-byte aligned; otherwise it copies). That is taken only after a check at
+    capture that nothing else in the graph reads the captured input: the graph replayed on a copy of it gives the
+    same bits with the captured input's values made NaN (else every call copies, as without it)."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], autocast_dtype: Optional[torch.dtype] = None,
                  warmup: int = 2):
@@ -64,14 +73,37 @@ class GraphedForward:
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             # thread_local: a DataLoader's pin-memory thread may call CUDA while this thread captures
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                with self._ctx():
-                    static_out = self.fn(static_in)
-            entry = self._graphs[key] = (graph, static_in, static_out)
-        graph, static_in, static_out = entry
-        static_in.copy_(x)
+            with embed_ops.graph_input(static_in) as source:
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    with self._ctx():
+                        static_out = self.fn(static_in)
+            if not (source.used and self._reads_only_through(graph, static_in, static_out, source)):
+                source = None
+            entry = self._graphs[key] = (graph, static_in, static_out, source)
+        graph, static_in, static_out, source = entry
+        if source is not None and x.stride() == static_in.stride() and x.data_ptr() % 16 == 0:
+            source.point_at(x)
+        else:
+            static_in.copy_(x)
+            if source is not None:
+                source.point_at(static_in)
         graph.replay()
         return static_out
+
+    @staticmethod
+    def _reads_only_through(graph, static_in: torch.Tensor, static_out: torch.Tensor, source) -> bool:
+        """Whether the graph reads its input only through ``source``'s address: replayed on the captured input
+        and on a copy of it with the captured one made NaN, the same bits (left pointing at ``static_in``)."""
+        graph.replay()
+        expected = static_out.clone()
+        saved = static_in.clone()
+        static_in.fill_(float("nan"))
+        source.point_at(saved)
+        graph.replay()
+        same = torch.equal(static_out, expected)
+        static_in.copy_(saved)
+        source.point_at(static_in)
+        return same
 
 
 def compile_model(model: nn.Module, backend: Union[str, Callable] = "inductor", cudagraphs: bool = False):

@@ -353,6 +353,107 @@ def test_embed_kernels_give_the_bits_of_the_pytorch_ops():
     """)
 
 
+def test_patch_gemm_embedding_kernel():
+    """The fused patch embedding (rmeeto.ops.embed.embed_tokens, kernel rmeeto.ops.triton.embed): the patches read
+    straight from contiguous, channels-last and sliced images, patch sizes whose K is and is not a multiple of the
+    K step, rows that fill the row tiles and not, widths that are not powers of two, the class token first, in the
+    middle and last, with and without a bias, float32 images rounded to the GEMM's fp16 as read: every token within
+    one rounding of the GEMM (float32 sums in any order, the bias added, rounded) and one more of the position
+    add, the class-token rows those of the PyTorch insert bit for bit. The dispatch: the kernel taken once per
+    call, not with a gradient to flow (then the unfused path's bits); inside graph_input(x) the kernel reads the
+    image through the device-held address (``used``), so pointing it at another image gives that image's
+    tokens bit for bit, and a call on another tensor does not use it; bad shapes refused."""
+    run_interpreted("""
+        import sys, torch
+        import torch.nn.functional as F
+        from rmeeto.ops import embed
+        from rmeeto.ops.triton import embed as te
+        torch.manual_seed(0)
+        bad = []
+        H = torch.float16
+
+        def check(got, x, w, bias, cls, pos, index, p, tag):
+            a = embed.patch_rows_torch(x, p).to(H).double()
+            wd = w.reshape(w.shape[0], -1).to(H).double()
+            lin = a @ wd.T + (bias.to(H).double() if bias is not None else 0.0)
+            bound = a.shape[-1] * 2.0 ** -24 * (a.abs() @ wd.abs().T)
+            spacing = lambda v: (v.abs() * 2.0 ** -10).clamp_min(2.0 ** -24)
+            n = lin.shape[1]
+            rows = [r for r in range(n + 1) if r != index]
+            g = got.double()[:, rows]
+            pos16 = pos.reshape(n + 1, -1).to(H).double()[rows]
+            exact = lin + pos16
+            ok = (g - exact).abs() <= 0.5 * spacing(lin) + 0.5 * spacing(g) + bound + 1e-12
+            ref = embed.insert_cls_add_pos_torch(lin.to(H), cls, pos, index)
+            if not bool(ok.all()) or got.dtype != H or got.shape != ref.shape:
+                bad.append(("tokens", tag, (g - exact).abs().max().item()))
+            if not torch.equal(got[:, index], ref[:, index]):
+                bad.append(("class token", tag))
+
+        cases = ((2, 3, 32, 32, 16, 48, 2, "contiguous", True, H), (3, 3, 24, 40, 8, 24, 0, "channels_last", False, torch.float32),
+                 (1, 5, 6, 18, 3, 40, 12, "sliced", True, H), (8, 3, 32, 64, 8, 32, 16, "contiguous", True, H))
+        for b, c, h, w, p, e, index, layout, has_bias, xdt in cases:
+            x = torch.randn(b, c, h, w + (4 if layout == "sliced" else 0)).to(xdt)
+            if layout == "sliced":
+                x = x[..., 2:w + 2]
+            elif layout == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            n = (h // p) * (w // p)
+            wt = (torch.randn(e, c, p, p) / (c * p * p) ** 0.5).to(H)
+            bias = torch.randn(e).to(H) if has_bias else None
+            cls = torch.randn(1, 1, e)
+            pos = torch.randn(1, n + 1, e)
+            got = te.embed_tokens(x, wt.reshape(e, -1), bias, cls.reshape(e), pos.reshape(n + 1, e), index, p, H)
+            check(got, x, wt, bias, cls, pos, index, p, (b, c, h, w, p, e, index, layout))
+
+        # the dispatch (backend "triton": the kernel on CPU tensors)
+        x = torch.randn(2, 3, 32, 32).half()
+        wt = (torch.randn(48, 3, 16, 16) / 768 ** 0.5).half()
+        bias, cls, pos = torch.randn(48).half(), torch.randn(1, 1, 48).half(), torch.randn(1, 5, 48).half()
+        calls, real = [], te.embed_tokens
+        def spy(*a, **k):
+            calls.append(a[-1] is not None)  # address given
+            return real(*a, **k)
+        te.embed_tokens = spy
+        with torch.no_grad():
+            got = embed.embed_tokens(x, wt, bias, cls, pos, 2, 16, backend="triton")
+        check(got, x, wt, bias, cls, pos, 2, 16, "dispatch")
+        unfused = embed.insert_cls_add_pos(F.linear(embed.patch_rows(x, 16, "triton"), wt.reshape(48, -1), bias),
+                                           cls, pos, 2, "triton")
+        wt.requires_grad_(True)
+        with torch.enable_grad():
+            graded = embed.embed_tokens(x, wt, bias, cls, pos, 2, 16, backend="triton")
+        wt.requires_grad_(False)
+        if calls != [False] or not torch.equal(graded.detach(), unfused):
+            bad.append(("dispatch", calls, torch.equal(graded.detach(), unfused)))
+        other = torch.randn(2, 3, 32, 32).half()
+        with torch.no_grad():
+            expected_other = embed.embed_tokens(other, wt, bias, cls, pos, 2, 16, backend="triton")
+            with embed.graph_input(x) as source:
+                again = embed.embed_tokens(x, wt, bias, cls, pos, 2, 16, backend="triton")
+                used = source.used
+                source.point_at(other)
+                pointed = embed.embed_tokens(x, wt, bias, cls, pos, 2, 16, backend="triton")
+            with embed.graph_input(x.clone()) as elsewhere:
+                embed.embed_tokens(x, wt, bias, cls, pos, 2, 16, backend="triton")
+        if not (used and torch.equal(again, got) and torch.equal(pointed, expected_other) and not elsewhere.used):
+            bad.append(("graph input", used, torch.equal(again, got), torch.equal(pointed, expected_other),
+                        elsewhere.used))
+        if calls[-4:] != [False, True, True, False]:
+            bad.append(("address passed", calls))
+        te.embed_tokens = real
+        for args in ((x, wt[:, :2], bias, cls, pos, 2), (x, wt, bias, cls, torch.randn(6, 48).half(), 2),
+                     (x, wt, bias, cls, pos, 5), (x[..., :30], wt, bias, cls, pos, 2)):
+            try:
+                embed.embed_tokens(*args, 16, backend="triton")
+                bad.append(("accepted", [tuple(a.shape) for a in args[:5]], args[5]))
+            except ValueError:
+                pass
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """)
+
+
 def test_bidir_proj_kernel_and_its_use_in_the_mixer():
     """rmeeto.ops.triton.proj (both directions' x_proj and dt_proj in one kernel) against the four GEMMs: x_dbl
     and delta within one fp16 rounding of float32 GEMMs of the same rounded inputs (delta from the kernel's own

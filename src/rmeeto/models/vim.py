@@ -29,7 +29,7 @@ from rmeeto.checkpoint import CheckpointError, FilterResult, plain_filter, strip
 from rmeeto.models._arch import VimArch
 from rmeeto.ops import policy
 from rmeeto.ops.conv import conv_silu, conv_silu_bidir
-from rmeeto.ops.embed import insert_cls_add_pos, patch_rows
+from rmeeto.ops.embed import embed_tokens, insert_cls_add_pos, patch_rows
 from rmeeto.ops.norm import drop_add_rms_norm, drop_path, rms_norm
 from rmeeto.ops.inproj import in_proj as inproj_op
 from rmeeto.ops.outproj import sum_out_proj
@@ -436,12 +436,16 @@ class PatchEmbed(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor, backend: str = "auto") -> Tensor:
-        """``backend``: of the patch cut-out (:func:`rmeeto.ops.embed.patch_rows`), "auto" or "torch"."""
+    def check(self, x: Tensor) -> None:
+        """Refuse an image of another size than the model's, in one line."""
         if x.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(
                 f"input is {tuple(x.shape[-2:])} pixels but the model was built for {self.img_size}x{self.img_size}"
             )
+
+    def forward(self, x: Tensor, backend: str = "auto") -> Tensor:
+        """``backend``: of the patch cut-out (:func:`rmeeto.ops.embed.patch_rows`), "auto" or "torch"."""
+        self.check(x)
         if x.is_cuda:
             # same arithmetic as the strided conv, as one GEMM over cut-out patches: cuDNN's choice for this
             # conv on Hopper in fp16 (implicit sgemm) took ~0.8 ms per 128 images, the GEMM a few dozen us
@@ -593,11 +597,17 @@ class VisionMamba(nn.Module):
     # ------------------------------------------------------------------ forward
     def embed(self, x: Tensor) -> Tensor:
         """[batch, C, H, W] -> [batch, num_patches + 1, E] with the class token at ``cls_position`` (the middle,
-        as the official models, or first) and the position embedding added (two kernels on the fused path:
-        :mod:`rmeeto.ops.embed`)."""
+        as the official models, or first) and the position embedding added (on CUDA :func:`rmeeto.ops.embed.embed_tokens`:
+        in inference one kernel, else the cut-out, the GEMM and the insert)."""
         backend = policy.op_backend(self.layers[0].mixer.scan_backend)
-        tokens = self.patch_embed(x, backend)
-        tokens = insert_cls_add_pos(tokens, self.cls_token, self.pos_embed, self.cls_position, backend)
+        if x.is_cuda:
+            self.patch_embed.check(x)
+            proj = self.patch_embed.proj
+            tokens = embed_tokens(x, proj.weight, proj.bias, self.cls_token, self.pos_embed, self.cls_position,
+                                  self.patch_embed.patch_size, backend)
+        else:
+            tokens = self.patch_embed(x, backend)
+            tokens = insert_cls_add_pos(tokens, self.cls_token, self.pos_embed, self.cls_position, backend)
         return self.pos_drop(tokens) if self.training and self.pos_drop.p > 0 else tokens
 
     def forward_tokens(self, x: Tensor, track_source: bool = False) -> tuple[Tensor, TokenState]:

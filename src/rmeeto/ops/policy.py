@@ -14,6 +14,9 @@ Environment switches, read ONCE when this module is imported:
 ``RMEETO_FUSED_EMBED=0``   the token embedding's patch cut-out, class-token insert and position add in
                             PyTorch (``rmeeto.ops.embed``; the fused kernels only copy and round once: same
                             results)
+``RMEETO_FUSED_EMBED_GEMM=0`` in inference, the patch embedding as the embed kernels' cut-out, a cuBLAS GEMM and
+                            the class-token insert instead of one kernel reading the image (``rmeeto.ops.embed.embed_tokens``;
+                            results equal to rounding)
 ``RMEETO_FUSED_PROJ=0``    in inference, both scan directions' x_proj and dt_proj as four cuBLAS GEMMs instead of
                             one kernel (``rmeeto.ops.proj``; results equal to rounding)
 ``RMEETO_FUSED_OUTPROJ=0`` in inference, the two scan directions' sum and out_proj as an elementwise add and a
@@ -76,7 +79,7 @@ __all__ = [
     "set_fast_launch",
 ]
 
-OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj", "outproj", "inproj", "plan")
+OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "embed_gemm", "proj", "outproj", "inproj", "plan")
 # scan backends written in PyTorch alone; forcing one of them on a model forces the PyTorch conv / norm / merge
 PURE_SCAN_BACKENDS = ("reference", "chunked")
 
@@ -92,6 +95,7 @@ _fused: dict[str, bool] = {
     "merge": _switch("RMEETO_FUSED_MERGE"),
     "merge_norm": _switch("RMEETO_FUSED_MERGE_NORM"),
     "embed": _switch("RMEETO_FUSED_EMBED"),
+    "embed_gemm": _switch("RMEETO_FUSED_EMBED_GEMM"),
     "proj": _switch("RMEETO_FUSED_PROJ"),
     "outproj": _switch("RMEETO_FUSED_OUTPROJ"),
     "inproj": _switch("RMEETO_FUSED_INPROJ"),
@@ -127,8 +131,8 @@ def triton_available() -> bool:
 
 
 def use_fused(op: str, x: Union[torch.Tensor, torch.device], backend: str = "auto") -> bool:
-    """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm", "embed", "proj",
-    "outproj", "inproj"; "plan": the mixers' prepared launch sequences) for tensor (or device) ``x``?
+    """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm", "embed", "embed_gemm",
+    "proj", "outproj", "inproj"; "plan": the mixers' prepared launch sequences) for tensor (or device) ``x``?
 
     ``backend``: "auto" asks the switches (True only for CUDA, with Triton, the switch on and no
     :func:`force_reference` active); "torch" answers False; "triton" answers True (the caller asked for it)."""

@@ -35,7 +35,7 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "patchify", "insert_cls_add_pos"]
+__all__ = ["is_available", "patchify", "insert_cls_add_pos", "embed_tokens", "embed_block_n"]
 
 
 def is_available() -> bool:
@@ -61,6 +61,58 @@ if _HAS_TRITON:
         K = C * P * P
         dst = out_ptr + (b * GH * GW + i * GW) * K + (col // P)[None, :] * K + r[:, None] * P + (col % P)[None, :]
         tl.store(dst, v, mask=m)
+
+    @triton.jit
+    def _embed_tokens_kernel(x_ptr, addr_ptr, w_ptr, b_ptr, cls_ptr, pos_ptr, out_ptr,
+                             M, NP, E, K, GW, INDEX, CLS_AT, s_b, s_c, s_h, s_w,
+                             P: tl.constexpr, INDIRECT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                             EVEN_M: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_K: tl.constexpr):
+        """Output channels ``program_id(0)`` (BLOCK_N) of patches ``program_id(1)`` (BLOCK_M, counted over the whole
+        batch): the patch embedding GEMM with its A operand read straight from the image (patch m: image m // NP,
+        grid cell m % NP; column k: channel k // P^2, row (k // P) % P, column k % P of the patch), float32 sums,
+        rounded to the output's dtype with the bias added (as ``F.linear`` in that dtype), then the position embedding added
+        in float32 and rounded again (as the class-token insert's ``+``), stored at token row n + (n >= INDEX).
+        The program holding patch CLS_AT of an image also writes that image's class-token row INDEX.
+        ``INDIRECT``: the image's address is read from ``addr_ptr`` (int64, on the device) instead of ``x_ptr``
+        (which then only gives the dtype): a CUDA graph captured once reads whatever image the address names."""
+        CDT: tl.constexpr = out_ptr.dtype.element_ty
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        if INDIRECT:  # the caller keeps the address 16-byte aligned, as Triton assumes of a pointer argument
+            x_ptr = tl.multiple_of(tl.load(addr_ptr), 16).to(tl.pointer_type(x_ptr.dtype.element_ty))
+        m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        mm = m < M
+        b = (m // NP).to(tl.int64)
+        n = m % NP
+        off_m = b * s_b + (n // GW).to(tl.int64) * (P * s_h) + (n % GW).to(tl.int64) * (P * s_w)
+        e = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        me = e < E
+        kk = tl.arange(0, BLOCK_K)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + kk
+            off_k = (k // (P * P)) * s_c + ((k // P) % P) * s_h + (k % P) * s_w
+            src = x_ptr + off_m[:, None] + off_k[None, :]
+            if EVEN_M and EVEN_K:
+                a = tl.load(src)
+            else:
+                a = tl.load(src, mask=mm[:, None] & (k < K)[None, :], other=0.0)
+            w = tl.load(w_ptr + e[None, :] * K + k[:, None], mask=me[None, :] & (k < K)[:, None], other=0.0)
+            acc = tl.dot(a.to(CDT), w.to(CDT), acc)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + e, mask=me, other=0.0).to(CDT).to(tl.float32)[None, :]
+        tok = n + (n >= INDEX).to(tl.int32)
+        pos = tl.load(pos_ptr + tok[:, None] * E + e[None, :], mask=mm[:, None] & me[None, :], other=0.0)
+        y = (acc.to(CDT).to(tl.float32) + pos.to(CDT).to(tl.float32)).to(CDT)
+        row = b * (NP + 1) + tok
+        tl.store(out_ptr + row[:, None] * E + e[None, :], y, mask=mm[:, None] & me[None, :])
+        # the class-token row: its value broadcast over the tile, stored only by the row of patch CLS_AT
+        cls = tl.load(cls_ptr + e, mask=me, other=0.0).to(CDT).to(tl.float32)
+        cpos = tl.load(pos_ptr + INDEX * E + e, mask=me, other=0.0).to(CDT).to(tl.float32)
+        cval = tl.broadcast_to((cls + cpos).to(CDT)[None, :], [BLOCK_M, BLOCK_N])
+        crow = b * (NP + 1) + INDEX
+        tl.store(out_ptr + crow[:, None] * E + e[None, :], cval, mask=(mm & (n == CLS_AT))[:, None] & me[None, :])
 
     @triton.jit
     def _insert_cls_add_pos_kernel(t_ptr, cls_ptr, pos_ptr, out_ptr, N, E, INDEX, s_tb, s_tn,
@@ -108,4 +160,44 @@ def insert_cls_add_pos(tokens: Tensor, cls: Tensor, pos: Tensor, index: int) -> 
     launch(_insert_cls_add_pos_kernel, (b, -(-(n + 1) // block_t)), tokens.device,
            tokens, cls, pos, out, n, e, index, tokens.stride(0), tokens.stride(1),
            BLOCK_T=block_t, BLOCK_E=block_e, num_warps=4)
+    return out
+
+
+# Tiles of the fused patch embedding: BLOCK_M patches x BLOCK_N output channels, BLOCK_K image values per step;
+# BLOCK_N the largest power of two up to EMBED_MAX_N dividing the width (Vim-Ti 192 -> 64: no padded channels).
+EMBED_BLOCK_M = 128
+EMBED_BLOCK_K = 64
+EMBED_MAX_N = 128
+EMBED_WARPS = 4
+EMBED_STAGES = 4
+
+def embed_block_n(e: int) -> int:
+    """Output channels per tile for width ``e``: the largest power of two up to EMBED_MAX_N that divides it (at
+    least 16), else the next power of two of ``e`` capped at EMBED_MAX_N."""
+    bn = EMBED_MAX_N
+    while bn > 16 and e % bn:
+        bn //= 2
+    return bn if e % bn == 0 else min(EMBED_MAX_N, next_pow2(e))
+
+
+def embed_tokens(x: Tensor, weight: Tensor, bias: Tensor | None, cls: Tensor, pos: Tensor, index: int, patch: int,
+                 dtype: torch.dtype, address: Tensor | None = None) -> Tensor:
+    """x [batch, C, H, W] (unit column stride), weight [E, C * patch^2] (contiguous), bias [E] or None, cls [E],
+    pos [N + 1, E] (contiguous) -> tokens [batch, N + 1, E] in ``dtype`` (float16 or bfloat16): the patch
+    embedding GEMM, the class token at row ``index`` and the position embedding added, in one kernel. Operands
+    are rounded to ``dtype`` as they are read (what autocast does to a float32 image and weights). ``address``:
+    an int64 CUDA tensor holding the address of an image laid out as ``x`` (the kernel reads that instead)."""
+    b, c, h, w = x.shape
+    gh, gw = h // patch, w // patch
+    n = gh * gw
+    e, k = weight.shape[0], c * patch * patch
+    out = torch.empty(b, n + 1, e, device=x.device, dtype=dtype)
+    m = b * n
+    bn = embed_block_n(e)
+    launch(_embed_tokens_kernel, (-(-e // bn), -(-m // EMBED_BLOCK_M)), x.device,
+           x, address if address is not None else x, weight, bias if bias is not None else weight, cls, pos, out,
+           m, n, e, k, gw, index, min(index, n - 1), *x.stride(),
+           P=patch, INDIRECT=address is not None, HAS_BIAS=bias is not None,
+           EVEN_M=m % EMBED_BLOCK_M == 0, EVEN_K=k % EMBED_BLOCK_K == 0, BLOCK_M=EMBED_BLOCK_M, BLOCK_N=bn, BLOCK_K=EMBED_BLOCK_K,
+           num_warps=EMBED_WARPS, num_stages=EMBED_STAGES)
     return out
