@@ -39,8 +39,8 @@ class GraphedForward:
 
     A replay reads its input from the captured one, so each call first copies ``x`` there (one read and one write
     of the images: 19 us per 128 at 224 pixels on an H200), except where the capture's embedding read the input
-    through an address held on the device (:func:`rmeeto.ops.embed.graph_input`): then a call only points that
-    address at ``x`` (same strides, 16-byte aligned; otherwise it copies). That is taken only after a check at
+    at an offset held on the device (:func:`rmeeto.ops.embed.graph_input`): then a call only points that
+    offset at ``x`` (same strides, 16-byte aligned; otherwise it copies). That is taken only after a check at
     capture that nothing else in the graph reads the captured input: the graph replayed on a copy of it gives the
     same bits with the captured input's values made NaN (else every call copies, as without it)."""
 
@@ -77,22 +77,21 @@ class GraphedForward:
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     with self._ctx():
                         static_out = self.fn(static_in)
-            if not (source.used and self._reads_only_through(graph, static_in, static_out, source)):
-                source = None
-            entry = self._graphs[key] = (graph, static_in, static_out, source)
-        graph, static_in, static_out, source = entry
-        if source is not None and x.stride() == static_in.stride() and x.data_ptr() % 16 == 0:
+            # the source stays with the graph even where it is not pointed elsewhere: the graph reads its offset
+            direct = source.used and self._reads_only_through(graph, static_in, static_out, source)
+            entry = self._graphs[key] = (graph, static_in, static_out, source, direct)
+        graph, static_in, static_out, source, direct = entry
+        if direct and x.stride() == static_in.stride() and x.data_ptr() % 16 == 0:
             source.point_at(x)
         else:
             static_in.copy_(x)
-            if source is not None:
-                source.point_at(static_in)
+            source.point_at(static_in)
         graph.replay()
         return static_out
 
     @staticmethod
     def _reads_only_through(graph, static_in: torch.Tensor, static_out: torch.Tensor, source) -> bool:
-        """Whether the graph reads its input only through ``source``'s address: replayed on the captured input
+        """Whether the graph reads its input only through ``source``'s offset: replayed on the captured input
         and on a copy of it with the captured one made NaN, the same bits (left pointing at ``static_in``)."""
         graph.replay()
         expected = static_out.clone()

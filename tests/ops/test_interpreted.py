@@ -361,7 +361,7 @@ def test_patch_gemm_embedding_kernel():
     one rounding of the GEMM (float32 sums in any order, the bias added, rounded) and one more of the position
     add, the class-token rows those of the PyTorch insert bit for bit. The dispatch: the kernel taken once per
     call, not with a gradient to flow (then the unfused path's bits); inside graph_input(x) the kernel reads the
-    image through the device-held address (``used``), so pointing it at another image gives that image's
+    image at the device-held offset from x (``used``), so pointing it at another image gives that image's
     tokens bit for bit, and a call on another tensor does not use it; bad shapes refused."""
     run_interpreted("""
         import sys, torch
@@ -412,7 +412,7 @@ def test_patch_gemm_embedding_kernel():
         bias, cls, pos = torch.randn(48).half(), torch.randn(1, 1, 48).half(), torch.randn(1, 5, 48).half()
         calls, real = [], te.embed_tokens
         def spy(*a, **k):
-            calls.append(a[-1] is not None)  # address given
+            calls.append(a[-1] is not None)  # offset given
             return real(*a, **k)
         te.embed_tokens = spy
         with torch.no_grad():
@@ -440,7 +440,7 @@ def test_patch_gemm_embedding_kernel():
             bad.append(("graph input", used, torch.equal(again, got), torch.equal(pointed, expected_other),
                         elsewhere.used))
         if calls[-4:] != [False, True, True, False]:
-            bad.append(("address passed", calls))
+            bad.append(("offset passed", calls))
         te.embed_tokens = real
         for args in ((x, wt[:, :2], bias, cls, pos, 2), (x, wt, bias, cls, torch.randn(6, 48).half(), 2),
                      (x, wt, bias, cls, pos, 5), (x[..., :30], wt, bias, cls, pos, 2)):

@@ -15,7 +15,7 @@ of a training step), never while ``torch.compile`` traces (Inductor fuses the Py
 GEMM that reads its patches straight from the image and writes the tokens with the class token and the position
 embedding in place (the patch rows never written; sums in another order than cuBLAS's, so equal to rounding),
 else the three ops above. While a CUDA graph is captured over an input registered with :func:`graph_input`, that
-kernel reads the image's address from device memory, so the graph can be replayed on another image without
+kernel reads the image at an offset held in device memory, so the graph can be replayed on another image without
 copying it into the captured one (:class:`rmeeto.fast.GraphedForward`).
 """
 
@@ -87,22 +87,24 @@ def insert_cls_add_pos(tokens: Tensor, cls: Tensor, pos: Tensor, index: int, bac
 
 
 class GraphInput:
-    """The input of a forward being captured into a CUDA graph, whose address the fused embedding reads from
-    ``address`` (int64 [1] on its device) instead of taking it as a kernel argument. ``used``: a kernel did so
-    during the capture. :meth:`point_at` makes the graph's replays read another tensor of the same shape, dtype
-    and strides, 16-byte aligned (the caller checks); it stays the caller's to keep alive until they ran."""
+    """The input of a forward being captured into a CUDA graph, which the fused embedding reads at ``offset``
+    elements from it (int64 [1] on its device; 0 at first) rather than at the address the kernel was given.
+    ``used``: a kernel did so during the capture. :meth:`point_at` makes the graph's replays read another tensor
+    of the same shape, dtype and strides, 16-byte aligned as the captured one (the caller checks); it stays the
+    caller's to keep alive until they ran. The graph reads ``offset`` on every replay: keep this object as long as
+    the graph."""
 
     def __init__(self, x: Tensor):
         self.tensor = x
-        self.address = torch.full((1,), x.data_ptr(), dtype=torch.int64, device=x.device)
+        self.offset = torch.zeros(1, dtype=torch.int64, device=x.device)
         self.used = False
         self._pointed = x.data_ptr()
 
     def point_at(self, x: Tensor) -> None:
-        """Replays from now on read ``x`` (a fill of ``address`` on the current stream, skipped if unchanged)."""
+        """Replays from now on read ``x`` (a fill of ``offset`` on the current stream, skipped if unchanged)."""
         ptr = x.data_ptr()
         if ptr != self._pointed:
-            self.address.fill_(ptr)
+            self.offset.fill_((ptr - self.tensor.data_ptr()) // self.tensor.element_size())
             self._pointed = ptr
 
 
@@ -112,7 +114,7 @@ _capture = threading.local()
 @contextlib.contextmanager
 def graph_input(x: Tensor) -> Iterator[GraphInput]:
     """Within the block (a CUDA graph capture on this thread), :func:`embed_tokens` called on ``x`` itself reads
-    its address from the yielded :class:`GraphInput`."""
+    the image at the yielded :class:`GraphInput`'s offset from it."""
     entry = GraphInput(x)
     previous = getattr(_capture, "entry", None)
     _capture.entry = entry
@@ -166,9 +168,9 @@ def embed_tokens(x: Tensor, weight: Tensor, bias: Optional[Tensor], cls: Tensor,
         tokens = F.linear(patch_rows(x, patch, backend), w2, bias)
         return insert_cls_add_pos(tokens, cls, pos, index, backend)
     entry = getattr(_capture, "entry", None)
-    address = None
-    if entry is not None and x is entry.tensor:
-        address = entry.address
+    offset = None
+    if entry is not None and x is entry.tensor and x.data_ptr() % 16 == 0:
+        offset = entry.offset
         entry.used = True
     return _triton_embed.embed_tokens(x, w2.contiguous(), bias, cls.reshape(e).contiguous(),
-                                      pos.reshape(n + 1, e).contiguous(), index, patch, dtype, address)
+                                      pos.reshape(n + 1, e).contiguous(), index, patch, dtype, offset)

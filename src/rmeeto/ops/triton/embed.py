@@ -63,9 +63,9 @@ if _HAS_TRITON:
         tl.store(dst, v, mask=m)
 
     @triton.jit
-    def _embed_tokens_kernel(x_ptr, addr_ptr, w_ptr, b_ptr, cls_ptr, pos_ptr, out_ptr,
+    def _embed_tokens_kernel(x_ptr, off_ptr, w_ptr, b_ptr, cls_ptr, pos_ptr, out_ptr,
                              M, NP, E, K, GW, INDEX, CLS_AT, s_b, s_c, s_h, s_w,
-                             P: tl.constexpr, INDIRECT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                             P: tl.constexpr, INDIRECT: tl.constexpr, ALIGN: tl.constexpr, HAS_BIAS: tl.constexpr,
                              EVEN_M: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                              BLOCK_K: tl.constexpr):
         """Output channels ``program_id(0)`` (BLOCK_N) of patches ``program_id(1)`` (BLOCK_M, counted over the whole
@@ -74,13 +74,15 @@ if _HAS_TRITON:
         rounded to the output's dtype with the bias added (as ``F.linear`` in that dtype), then the position embedding added
         in float32 and rounded again (as the class-token insert's ``+``), stored at token row n + (n >= INDEX).
         The program holding patch CLS_AT of an image also writes that image's class-token row INDEX.
-        ``INDIRECT``: the image's address is read from ``addr_ptr`` (int64, on the device) instead of ``x_ptr``
-        (which then only gives the dtype): a CUDA graph captured once reads whatever image the address names."""
+        ``INDIRECT``: the image read lies ``off_ptr[0]`` elements (int64, on the device; a multiple of ALIGN, 16
+        bytes) from ``x_ptr``: a CUDA graph captured once reads whatever image that offset names. (An offset from
+        the pointer argument, not an address cast to a pointer: the cast would lose the 16-byte alignment Triton
+        knows of the argument, and with it the vector loads.)"""
         CDT: tl.constexpr = out_ptr.dtype.element_ty
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
-        if INDIRECT:  # the caller keeps the address 16-byte aligned, as Triton assumes of a pointer argument
-            x_ptr = tl.multiple_of(tl.load(addr_ptr), 16).to(tl.pointer_type(x_ptr.dtype.element_ty))
+        if INDIRECT:  # a whole number of 16-byte steps (the caller's promise): loads stay vectorised
+            x_ptr += tl.multiple_of(tl.load(off_ptr), ALIGN)
         m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         mm = m < M
         b = (m // NP).to(tl.int64)
@@ -165,7 +167,9 @@ def insert_cls_add_pos(tokens: Tensor, cls: Tensor, pos: Tensor, index: int) -> 
 
 # Tiles of the fused patch embedding: BLOCK_M patches x BLOCK_N output channels, BLOCK_K image values per step;
 # BLOCK_N the largest power of two up to EMBED_MAX_N dividing the width (Vim-Ti 192 -> 64: no padded channels).
-EMBED_BLOCK_M = 128
+# Session 33, call 1 (benchmarks/bench_embed_gpu.py --sweep, H200, batch 128): 64 x 128 x 64 in 4 warps was within
+# 1 us of the best of ten tilings at each of Vim-Ti's, S's and B's widths (39.8 / 54.1 / 100.1 us).
+EMBED_BLOCK_M = 64
 EMBED_BLOCK_K = 64
 EMBED_MAX_N = 128
 EMBED_WARPS = 4
@@ -181,12 +185,13 @@ def embed_block_n(e: int) -> int:
 
 
 def embed_tokens(x: Tensor, weight: Tensor, bias: Tensor | None, cls: Tensor, pos: Tensor, index: int, patch: int,
-                 dtype: torch.dtype, address: Tensor | None = None) -> Tensor:
+                 dtype: torch.dtype, offset: Tensor | None = None) -> Tensor:
     """x [batch, C, H, W] (unit column stride), weight [E, C * patch^2] (contiguous), bias [E] or None, cls [E],
     pos [N + 1, E] (contiguous) -> tokens [batch, N + 1, E] in ``dtype`` (float16 or bfloat16): the patch
     embedding GEMM, the class token at row ``index`` and the position embedding added, in one kernel. Operands
-    are rounded to ``dtype`` as they are read (what autocast does to a float32 image and weights). ``address``:
-    an int64 CUDA tensor holding the address of an image laid out as ``x`` (the kernel reads that instead)."""
+    are rounded to ``dtype`` as they are read (what autocast does to a float32 image and weights). ``offset``: an
+    int64 tensor [1] on the device: the kernel reads the image laid out as ``x`` that many elements (a multiple of
+    16 bytes) from ``x`` instead (``x`` 16-byte aligned)."""
     b, c, h, w = x.shape
     gh, gw = h // patch, w // patch
     n = gh * gw
@@ -195,9 +200,9 @@ def embed_tokens(x: Tensor, weight: Tensor, bias: Tensor | None, cls: Tensor, po
     m = b * n
     bn = embed_block_n(e)
     launch(_embed_tokens_kernel, (-(-e // bn), -(-m // EMBED_BLOCK_M)), x.device,
-           x, address if address is not None else x, weight, bias if bias is not None else weight, cls, pos, out,
+           x, offset if offset is not None else x, weight, bias if bias is not None else weight, cls, pos, out,
            m, n, e, k, gw, index, min(index, n - 1), *x.stride(),
-           P=patch, INDIRECT=address is not None, HAS_BIAS=bias is not None,
+           P=patch, INDIRECT=offset is not None, ALIGN=16 // x.element_size(), HAS_BIAS=bias is not None,
            EVEN_M=m % EMBED_BLOCK_M == 0, EVEN_K=k % EMBED_BLOCK_K == 0, BLOCK_M=EMBED_BLOCK_M, BLOCK_N=bn, BLOCK_K=EMBED_BLOCK_K,
            num_warps=EMBED_WARPS, num_stages=EMBED_STAGES)
     return out
