@@ -16,7 +16,8 @@ Modes:
 
 The returned object is callable like the model (``fast(images) -> logits``) and is inference-only
 (``torch.no_grad``). Outputs of ``cudagraph`` replays live in a static buffer that the next call overwrites:
-``.clone()`` them if you keep them.
+``.clone()`` them if you keep them. A replay reads the input where it lies (no copy; see :class:`GraphedForward`),
+in stream order as any CUDA op does: write to it on another stream only after synchronising.
 """
 
 from __future__ import annotations
