@@ -27,6 +27,7 @@ from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
+import torch.utils._pytree
 
 from rmeeto.ops import embed as embed_ops
 
@@ -91,16 +92,20 @@ class GraphedForward:
         return static_out
 
     @staticmethod
-    def _reads_only_through(graph, static_in: torch.Tensor, static_out: torch.Tensor, source) -> bool:
+    def _reads_only_through(graph, static_in: torch.Tensor, static_out, source) -> bool:
         """Whether the graph reads its input only through ``source``'s offset: replayed on the captured input
-        and on a copy of it with the captured one made NaN, the same bits (left pointing at ``static_in``)."""
+        and on a copy of it with the captured one made NaN, the same bits in every output tensor (any nesting of
+        tuples, lists and dicts). Leaves ``static_in`` as it was and ``source`` pointing at it."""
+        if not static_in.is_floating_point():
+            return False
+        outputs = [t for t in torch.utils._pytree.tree_leaves(static_out) if isinstance(t, torch.Tensor)]
         graph.replay()
-        expected = static_out.clone()
+        expected = [t.clone() for t in outputs]
         saved = static_in.clone()
         static_in.fill_(float("nan"))
         source.point_at(saved)
         graph.replay()
-        same = torch.equal(static_out, expected)
+        same = all(torch.equal(t, e) for t, e in zip(outputs, expected))
         static_in.copy_(saved)
         source.point_at(static_in)
         return same
