@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from rmeeto.ops.triton._launch import launch, next_pow2
+from rmeeto.ops.triton._launch import cdiv, launch, next_pow2
 
 try:
     import triton
@@ -166,7 +166,7 @@ def insert_cls_add_pos(tokens: Tensor, cls: Tensor, pos: Tensor, index: int) -> 
     out = torch.empty(b, n + 1, e, device=tokens.device, dtype=tokens.dtype)
     block_e = next_pow2(e)
     block_t = max(1, min(16, 4096 // block_e))
-    launch(_insert_cls_add_pos_kernel, (b, -(-(n + 1) // block_t)), tokens.device,
+    launch(_insert_cls_add_pos_kernel, (b, cdiv(n + 1, block_t)), tokens.device,
            tokens, cls, pos, out, n, e, index, tokens.stride(0), tokens.stride(1),
            BLOCK_T=block_t, BLOCK_E=block_e, num_warps=4)
     return out
@@ -182,6 +182,7 @@ EMBED_MAX_N = 128
 EMBED_WARPS = 4
 EMBED_STAGES = 4
 
+
 def embed_block_n(e: int) -> int:
     """Output channels per tile for width ``e``: the largest power of two up to EMBED_MAX_N that divides it (at
     least 16), else the next power of two of ``e`` capped at EMBED_MAX_N."""
@@ -193,7 +194,7 @@ def embed_block_n(e: int) -> int:
 
 def embed_tokens(x: Tensor, weight: Tensor, bias: Tensor | None, cls: Tensor, pos: Tensor, index: int, patch: int,
                  dtype: torch.dtype, offset: Tensor | None = None) -> Tensor:
-    """x [batch, C, H, W] (unit column stride), weight [E, C * patch^2] (contiguous), bias [E] or None, cls [E],
+    """x [batch, C, H, W] (any strides), weight [E, C * patch^2] (contiguous), bias [E] or None, cls [E],
     pos [N + 1, E] (contiguous) -> tokens [batch, N + 1, E] in ``dtype`` (float16 or bfloat16): the patch
     embedding GEMM, the class token at row ``index`` and the position embedding added, in one kernel. Operands
     are rounded to ``dtype`` as they are read (what autocast does to a float32 image and weights). ``offset``: an
@@ -206,7 +207,7 @@ def embed_tokens(x: Tensor, weight: Tensor, bias: Tensor | None, cls: Tensor, po
     out = torch.empty(b, n + 1, e, device=x.device, dtype=dtype)
     m = b * n
     bn = embed_block_n(e)
-    launch(_embed_tokens_kernel, (-(-e // bn), -(-m // EMBED_BLOCK_M)), x.device,
+    launch(_embed_tokens_kernel, (cdiv(e, bn), cdiv(m, EMBED_BLOCK_M)), x.device,
            x, offset if offset is not None else x, weight, bias if bias is not None else weight, cls, pos, out,
            m, n, e, k, gw, index, min(index, n - 1), *x.stride(),
            P=patch, INDIRECT=offset is not None, ALIGN=16 // x.element_size(), HAS_BIAS=bias is not None,
