@@ -85,11 +85,11 @@ def is_available() -> bool:
 
 if _HAS_TRITON:
     @triton.jit
-    def _bidir_proj_kernel(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl_ptr, delta_ptr, M, D, s_wx, s_wdt,
+    def _bidir_proj_kernel(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl_ptr, delta_ptr, M, D, s_wx, s_wdt, RPP,
                            R: tl.constexpr, N2: tl.constexpr, R_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                            BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr = False):
-        """Rows ``program_id(0) * BLOCK_M ...`` of direction ``program_id(1)`` (0: u_f / wx_f / wdt_f, 1: the
-        ``_b`` ones). u: [M, D] contiguous; wx: [R + N2, D] (row stride s_wx, unit column stride); wdt: [D, R]
+        """Rows ``program_id(0) * RPP ...`` (RPP <= BLOCK_M of them, the rest of the tile masked) of direction
+        ``program_id(1)`` (0: u_f / wx_f / wdt_f, 1: the ``_b`` ones). u: [M, D] contiguous; wx: [R + N2, D] (row stride s_wx, unit column stride); wdt: [D, R]
         (row stride s_wdt); outputs xdbl [2, M, R + N2] and delta [2, M, D], contiguous, u's dtype."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         pid = tl.program_id(0)
@@ -103,8 +103,9 @@ if _HAS_TRITON:
             wx = wx_b
             wdt = wdt_b
         dt = xdbl_ptr.dtype.element_ty
-        rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-        mrow = rows < M
+        loc = tl.arange(0, BLOCK_M)
+        rows = pid.to(tl.int64) * RPP + loc
+        mrow = (loc < RPP) & (rows < M)
         kk = tl.arange(0, BLOCK_K)
         jr = tl.arange(0, R_PAD)
         jb = tl.arange(0, N2)
@@ -158,6 +159,9 @@ def spec(M: int, D: int, R: int, n2: int, s_wx: int, s_wdt: int, config: dict | 
     :func:`proj_config`). The kernel's tensors (u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl, delta) come first."""
     cfg = proj_config(M, D) if config is None else config
     block_m = cfg["BLOCK_M"]
+    rpp = cfg.get("ROWS") or block_m  # rows per program: a tile's first rows, the rest masked
+    if not 0 < rpp <= block_m:
+        raise ValueError(f"proj tiles: ROWS={rpp} rows per program must be 1..BLOCK_M={block_m}")
     meta = dict(R=R, N2=n2, R_PAD=max(16, next_pow2(R)), BLOCK_M=block_m, BLOCK_K=cfg["BLOCK_K"],
                 BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_meta())
-    return (cdiv(M, block_m), 2), (M, D, s_wx, s_wdt), meta
+    return (cdiv(M, rpp), 2), (M, D, s_wx, s_wdt, rpp), meta
