@@ -468,8 +468,9 @@ def test_bidir_proj_kernel_and_its_use_in_the_mixer():
         from rmeeto.ops.triton import proj as tp
         torch.manual_seed(0)
         bad = []
+        # the second tiles take fewer rows per program than they hold (ROWS: the rest of the tile masked)
         cfgs = [{"BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1},
-                {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}]
+                {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1, "ROWS": 24}]
 
         for i, (b, L, D, R, N, wdtype, strided) in enumerate(((2, 9, 64, 4, 8, torch.float32, False),
                                                               (3, 17, 96, 12, 16, torch.float16, False),
@@ -506,6 +507,29 @@ def test_bidir_proj_kernel_and_its_use_in_the_mixer():
                            (128 * 197, 768, tp.PROJ_CONFIG_LARGE), (128 * 98, 768, tp.PROJ_CONFIG)):
             if tp.proj_config(M, D) is not want:
                 bad.append(("tiles", M, D))
+        # on Hopper (SM count given), the large tiles' rows spread over whole waves: Vim-S at 142 tokens takes 96
+        # rows a program (2 x 190 programs in one wave of 3 x 132), 197 and 186 tokens fill the wave as they are,
+        # a batch of 256 takes two waves; other widths and row counts as without the SM count
+        wave = tp.PROJ_WAVE_PER_SM * 132
+        for M, D, rows in ((128 * 142, 768, 96), (128 * 175, 768, 120), (256 * 142, 768, 96), (128 * 197, 768, None),
+                           (128 * 186, 768, None), (128 * 131, 768, "same"), (128 * 197, 384, "same"),
+                           (128 * 197, 1536, "same")):
+            cfg = tp.proj_config(M, D, 132)
+            if rows == "same":
+                ok = cfg is tp.proj_config(M, D)
+            elif rows is None:
+                ok = cfg is tp.PROJ_CONFIG_LARGE
+            else:
+                waves = -(-M // (wave // 2 * 128))  # the fewest waves of 128-row programs
+                ok = (cfg["ROWS"] == rows and cfg["BLOCK_M"] == tp.PROJ_CONFIG_WAVE["BLOCK_M"]
+                      and 2 * -(-M // cfg["ROWS"]) <= waves * wave)
+            if not ok:
+                bad.append(("wave tiles", M, D, cfg))
+        try:
+            tp.spec(64, 32, 4, 16, 32, 4, dict(cfgs[0], ROWS=17))
+            bad.append("accepted more rows per program than the tile holds")
+        except ValueError:
+            pass
         import rmeeto.models.vim as vim
         bad += mixer_takes_the_op("proj", "x_proj", vim, "fused_scan_inputs", export="B")
         print("FAILURES", bad)

@@ -74,6 +74,20 @@ def next_pow2(n: int) -> int:
 _PDL_OK: Optional[bool] = None
 
 
+_SMS: dict = {}  # CUDA device index -> (SM count, compute capability major)
+
+
+def device_sms(device: torch.device) -> tuple[int, int]:
+    """(SM count, compute capability major) of CUDA ``device`` (the current device where it has no index), asked
+    of the driver once per device."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    known = _SMS.get(index)
+    if known is None:
+        props = torch.cuda.get_device_properties(index)
+        known = _SMS[index] = (props.multi_processor_count, props.major)
+    return known
+
+
 def pdl_meta() -> dict:
     """The constexpr and launch option that launch a kernel with programmatic dependent launch (``PDL=True``, which
     the kernel reads to wait for the previous kernel's results first, and ``launch_pdl=True``), or {} where it is

@@ -203,7 +203,8 @@ class MixerPlan:
         xdbl = torch.empty(2, batch, length, R + 2 * N, device=dev, dtype=dt)
         delta = torch.empty(2, batch, length, di, device=dev, dtype=dt)
         if self.proj is None:
-            grid, tail, meta = _proj.spec(batch * length, di, R, 2 * N, t.x_proj.stride(0), t.dt_proj.stride(0))
+            grid, tail, meta = _proj.spec(batch * length, di, R, 2 * N, t.x_proj.stride(0), t.dt_proj.stride(0),
+                                          sms=_proj.hopper_sms(dev))
             self.proj = Launcher(_proj._bidir_proj_kernel, grid, dev, tail, meta)
         self.proj(u_f, u_b, t.x_proj, t.x_proj_b, t.dt_proj, t.dt_proj_b, xdbl, delta)
 

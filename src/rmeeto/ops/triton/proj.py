@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from rmeeto.ops.triton._launch import cdiv, launch, next_pow2, pdl_meta
+from rmeeto.ops.triton._launch import cdiv, device_sms, launch, next_pow2, pdl_meta
 from rmeeto.ops.triton._pdl import follow_previous
 
 try:
@@ -38,8 +38,8 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "bidir_scan_inputs", "spec", "proj_config", "PROJ_CONFIG", "PROJ_CONFIG_LARGE",
-           "PROJ_CONFIG_NARROW"]
+__all__ = ["is_available", "bidir_scan_inputs", "spec", "proj_config", "hopper_sms", "PROJ_CONFIG",
+           "PROJ_CONFIG_LARGE", "PROJ_CONFIG_NARROW", "PROJ_CONFIG_WAVE"]
 
 # BLOCK_M rows per program, BLOCK_K input channels per step of the x_proj loop, BLOCK_N output channels per
 # step of the dt_proj loop. benchmarks/bench_proj_gpu.py on an H200 (132 SMs), graphed, both directions. Session
@@ -70,13 +70,46 @@ PROJ_WIDE_TABLE = (
 )
 
 
-def proj_config(rows: int, channels: int) -> dict:
-    """The tiles :func:`bidir_scan_inputs` takes for ``rows`` rows of ``channels`` input channels."""
+# Whole waves of the large tiles on Hopper (compute capability 9.x), where they are taken (from PROJ_LARGE_ROWS rows,
+# above PROJ_NARROW_CHANNELS up to PROJ_LARGE_CHANNELS channels): an SM holds PROJ_WAVE_PER_SM programs of them at
+# once (their pipeline stages' shared memory), so 2 x cdiv(rows, 128) programs leave the last wave part-full at most
+# row counts, and the time per call falls in steps (Vim-S, batch 128, 142 tokens: 284 programs where a wave holds
+# 396; 46.3 us against 52.5 at 197 tokens). Spread instead over whole waves, a program takes
+# cdiv(rows, programs) rows rounded up to 8 (ROWS; the tile's other rows masked), in the same tiles with 4 warps
+# where that leaves rows masked. Thirty-fourth session (H200, 132 SMs, benchmarks/proj_balance_gpu.py, call 2,
+# graphed us per call at Vim-S width): 175 / 164 / 153 / 142 tokens 49.9 / 48.5 / 47.4 / 46.3 -> 48.8 / 46.5 / 44.4
+# / 42.2; 4 programs per SM took 58-68 (a second wave); 197 and 186 tokens fill the wave already (52.5 / 51.4,
+# unchanged). Not measured on other GPUs, which keep the large tiles as they are. None: the rule off.
+PROJ_WAVE_PER_SM = 3
+PROJ_CONFIG_WAVE = {"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+
+
+def proj_config(rows: int, channels: int, hopper_sms: int | None = None) -> dict:
+    """The tiles :func:`bidir_scan_inputs` takes for ``rows`` rows of ``channels`` input channels;
+    ``hopper_sms``: the SM count of a Hopper GPU (compute capability 9.x) to run on, for the whole-wave rule
+    above (None: not Hopper, or not known)."""
     if channels <= PROJ_NARROW_CHANNELS and PROJ_NARROW_ROWS[0] <= rows <= PROJ_NARROW_ROWS[1]:
         return PROJ_CONFIG_NARROW
     if channels <= PROJ_LARGE_CHANNELS:
-        return PROJ_CONFIG_LARGE if rows >= PROJ_LARGE_ROWS else PROJ_CONFIG
+        if rows < PROJ_LARGE_ROWS:
+            return PROJ_CONFIG
+        if hopper_sms is None or not PROJ_WAVE_PER_SM or channels <= PROJ_NARROW_CHANNELS:
+            return PROJ_CONFIG_LARGE
+        per_wave = PROJ_WAVE_PER_SM * hopper_sms // 2  # programs of one direction in a wave
+        block_m = PROJ_CONFIG_WAVE["BLOCK_M"]
+        waves = cdiv(rows, per_wave * block_m)
+        rpp = cdiv(cdiv(rows, waves * per_wave), 8) * 8
+        return PROJ_CONFIG_LARGE if rpp >= block_m else dict(PROJ_CONFIG_WAVE, ROWS=rpp)
     return next(cfg for least, cfg in PROJ_WIDE_TABLE if rows >= least)
+
+
+def hopper_sms(device: torch.device) -> int | None:
+    """The SM count of ``device`` where it is a Hopper GPU (the whole-wave rule of :func:`proj_config`), else
+    None."""
+    if device.type != "cuda":
+        return None
+    sms, major = device_sms(device)
+    return sms if major == 9 else None
 
 
 def is_available() -> bool:
@@ -147,17 +180,18 @@ def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_
     delta = torch.empty(2, batch, length, D, device=u_f.device, dtype=u_f.dtype)
     if M == 0:
         return xdbl, delta
-    grid, tail, meta = spec(M, D, R, n2, wx_f.stride(0), wdt_f.stride(0), config)
+    grid, tail, meta = spec(M, D, R, n2, wx_f.stride(0), wdt_f.stride(0), config, hopper_sms(u_f.device))
     launch(_bidir_proj_kernel, grid, u_f.device, u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl, delta, *tail, **meta)
     return xdbl, delta
 
 
-def spec(M: int, D: int, R: int, n2: int, s_wx: int, s_wdt: int, config: dict | None = None
-         ) -> tuple[tuple, tuple, dict]:
+def spec(M: int, D: int, R: int, n2: int, s_wx: int, s_wdt: int, config: dict | None = None,
+         sms: int | None = None) -> tuple[tuple, tuple, dict]:
     """(grid, scalar arguments, constexprs and launch options) of the kernel over M rows of D channels, dt_rank
     R, n2 = 2 * d_state, x_proj / dt_proj row strides s_wx / s_wdt; ``config`` the tiles (default
-    :func:`proj_config`). The kernel's tensors (u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl, delta) come first."""
-    cfg = proj_config(M, D) if config is None else config
+    :func:`proj_config`, with ``sms`` from :func:`hopper_sms`). The kernel's tensors (u_f, u_b, wx_f, wx_b, wdt_f,
+    wdt_b, xdbl, delta) come first."""
+    cfg = proj_config(M, D, sms) if config is None else config
     block_m = cfg["BLOCK_M"]
     rpp = cfg.get("ROWS") or block_m  # rows per program: a tile's first rows, the rest masked
     if not 0 < rpp <= block_m:

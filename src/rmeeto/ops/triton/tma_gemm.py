@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from rmeeto.ops.triton._launch import Launcher, cdiv, pdl_meta
+from rmeeto.ops.triton._launch import Launcher, cdiv, device_sms, pdl_meta
 from rmeeto.ops.triton._pdl import follow_previous
 
 try:
@@ -36,7 +36,6 @@ Tensor = torch.Tensor
 
 __all__ = ["is_available", "device_fits", "aligned", "spec", "descriptors", "Gemm"]
 
-_SMS: dict = {}  # device index -> SM count
 _CAPABLE: dict = {}  # device index -> compute capability >= 9.0
 
 
@@ -66,11 +65,7 @@ def _programs(device: torch.device, tiles: int) -> int:
     """One program per SM, at most one per tile (4 under the interpreter)."""
     if device.type != "cuda":
         return min(4, tiles)
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    sms = _SMS.get(index)
-    if sms is None:
-        sms = _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return min(sms, tiles)
+    return min(device_sms(device)[0], tiles)
 
 
 if _HAS_TRITON:
