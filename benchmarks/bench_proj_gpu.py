@@ -35,9 +35,13 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="every tiling below, not just the default")
     ap.add_argument("--dims", default="384,768,1536", help="d_inner values (Vim-Ti / S / B: 384 / 768 / 1536)")
     ap.add_argument("--lengths", default=None, help="token counts (default 197,164,131,98; 197,98 with --sweep)")
+    ap.add_argument("--configs", default=None, help="only these tilings: BLOCK_M,BLOCK_K,BLOCK_N,warps,stages;...")
     a = ap.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; default {tp.PROJ_CONFIG}")
     configs = [None, tp.PROJ_CONFIG, tp.PROJ_CONFIG_LARGE, tp.PROJ_CONFIG_NARROW]
+    if a.configs:
+        keys = ("BLOCK_M", "BLOCK_K", "BLOCK_N", "num_warps", "num_stages")
+        configs = [dict(zip(keys, (int(v) for v in c.split(",")))) for c in a.configs.split(";")]
     if a.sweep:
         for bm, bk, bn, warps, stages in itertools.product((32, 64, 128), (32, 64), (64, 128), (4, 8), (2, 3)):
             configs.append({"BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages})

@@ -509,19 +509,22 @@ def test_bidir_proj_kernel_and_its_use_in_the_mixer():
                 bad.append(("tiles", M, D))
         # on Hopper (SM count given), the large tiles' rows spread over whole waves: Vim-S at 142 tokens takes 96
         # rows a program (2 x 190 programs in one wave of 3 x 132), 197 and 186 tokens fill the wave as they are,
-        # a batch of 256 takes two waves; other widths and row counts as without the SM count
-        wave = tp.PROJ_WAVE_PER_SM * 132
+        # a batch of 256 takes two waves; Vim-B from 128 x 104 rows to before 128 x 192 in waves of 2 x 132 (142
+        # tokens: two waves of 72 rows a program); other widths and row counts as without the SM count
         for M, D, rows in ((128 * 142, 768, 96), (128 * 175, 768, 120), (256 * 142, 768, 96), (128 * 197, 768, None),
                            (128 * 186, 768, None), (128 * 131, 768, "same"), (128 * 197, 384, "same"),
-                           (128 * 197, 1536, "same")):
+                           (128 * 197, 1536, "same"), (128 * 98, 1536, "same"), (128 * 142, 1536, 72),
+                           (128 * 186, 1536, 96), (128 * 120, 1536, 120), (128 * 131, 1536, None)):
             cfg = tp.proj_config(M, D, 132)
+            per_sm = tp.PROJ_WAVE_PER_SM if D <= tp.PROJ_LARGE_CHANNELS else tp.PROJ_WAVE_WIDE_PER_SM
+            wave = per_sm * 132
             if rows == "same":
                 ok = cfg is tp.proj_config(M, D)
             elif rows is None:
                 ok = cfg is tp.PROJ_CONFIG_LARGE
             else:
                 waves = -(-M // (wave // 2 * 128))  # the fewest waves of 128-row programs
-                ok = (cfg["ROWS"] == rows and cfg["BLOCK_M"] == tp.PROJ_CONFIG_WAVE["BLOCK_M"]
+                ok = (cfg.get("ROWS") == rows and cfg["BLOCK_M"] == tp.PROJ_CONFIG_WAVE["BLOCK_M"]
                       and 2 * -(-M // cfg["ROWS"]) <= waves * wave)
             if not ok:
                 bad.append(("wave tiles", M, D, cfg))

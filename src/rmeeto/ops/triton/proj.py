@@ -84,9 +84,29 @@ PROJ_WAVE_PER_SM = 3
 PROJ_CONFIG_WAVE = {"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 
 
+# Vim-B's width (above PROJ_LARGE_CHANNELS) likewise: from 128 x 104 rows up to before 128 x 192 (197 tokens keep the
+# table's tiles) the large tiles in whole waves of PROJ_WAVE_WIDE_PER_SM programs per SM (their stages' shared
+# memory holds two at this width), 8 warps. Thirty-fourth session (H200, call 3, proj_balance_gpu.py --dims 1536):
+# 186 / 175 / 164 / 153 / 142 tokens 151.7 / 150.0 / 126.8 / 122.0 / 120.0 us with the table's tiles against
+# 105.4 / 102.4 / 98.6 / 97.3 / 94.0 (two waves), 120 / 109 tokens 64.1 / 60.6 against 63.6 / 59.3 (one); at 197
+# tokens 108.6 against the table's 102.1, at 98 and fewer 55.5-50.6 against 52.8-49.2 (kept). None: off.
+PROJ_WAVE_WIDE_PER_SM = 2
+PROJ_WAVE_WIDE_ROWS = (128 * 104, 128 * 192)
+
+
+def _whole_waves(rows: int, per_wave: int, full: dict, part: dict) -> dict:
+    """Tiles of PROJ_CONFIG_WAVE's rows whose programs (``per_wave`` of one direction in a wave) cover ``rows`` in
+    the fewest whole waves: ``full`` where every program takes a whole tile, else ``part`` with ROWS, the rows per
+    program rounded up to 8."""
+    block_m = PROJ_CONFIG_WAVE["BLOCK_M"]
+    waves = cdiv(rows, per_wave * block_m)
+    rpp = cdiv(cdiv(rows, waves * per_wave), 8) * 8
+    return full if rpp >= block_m else dict(part, ROWS=rpp)
+
+
 def proj_config(rows: int, channels: int, hopper_sms: int | None = None) -> dict:
     """The tiles :func:`bidir_scan_inputs` takes for ``rows`` rows of ``channels`` input channels;
-    ``hopper_sms``: the SM count of a Hopper GPU (compute capability 9.x) to run on, for the whole-wave rule
+    ``hopper_sms``: the SM count of a Hopper GPU (compute capability 9.x) to run on, for the whole-wave rules
     above (None: not Hopper, or not known)."""
     if channels <= PROJ_NARROW_CHANNELS and PROJ_NARROW_ROWS[0] <= rows <= PROJ_NARROW_ROWS[1]:
         return PROJ_CONFIG_NARROW
@@ -95,11 +115,10 @@ def proj_config(rows: int, channels: int, hopper_sms: int | None = None) -> dict
             return PROJ_CONFIG
         if hopper_sms is None or not PROJ_WAVE_PER_SM or channels <= PROJ_NARROW_CHANNELS:
             return PROJ_CONFIG_LARGE
-        per_wave = PROJ_WAVE_PER_SM * hopper_sms // 2  # programs of one direction in a wave
-        block_m = PROJ_CONFIG_WAVE["BLOCK_M"]
-        waves = cdiv(rows, per_wave * block_m)
-        rpp = cdiv(cdiv(rows, waves * per_wave), 8) * 8
-        return PROJ_CONFIG_LARGE if rpp >= block_m else dict(PROJ_CONFIG_WAVE, ROWS=rpp)
+        return _whole_waves(rows, PROJ_WAVE_PER_SM * hopper_sms // 2, PROJ_CONFIG_LARGE, PROJ_CONFIG_WAVE)
+    if (hopper_sms is not None and PROJ_WAVE_WIDE_PER_SM
+            and PROJ_WAVE_WIDE_ROWS[0] <= rows < PROJ_WAVE_WIDE_ROWS[1]):
+        return _whole_waves(rows, PROJ_WAVE_WIDE_PER_SM * hopper_sms // 2, PROJ_CONFIG_LARGE, PROJ_CONFIG_LARGE)
     return next(cfg for least, cfg in PROJ_WIDE_TABLE if rows >= least)
 
 
