@@ -28,6 +28,7 @@ SCHEDULES = {384: [197, 192, 187, 182, 177, 172, 167, 162, 157, 152, 147, 76],
 SHAPES = [
     {"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
     {"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "maxnreg": 168},
     {"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3},
     {"BLOCK_M": 64, "BLOCK_K": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3},
     {"BLOCK_M": 64, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
@@ -35,7 +36,8 @@ SHAPES = [
 
 
 def name(cfg: dict) -> str:
-    return f"{cfg['BLOCK_M']}x{cfg['BLOCK_K']}x{cfg['BLOCK_N']}/{cfg['num_warps']}w{cfg['num_stages']}s"
+    reg = f"/{cfg['maxnreg']}r" if cfg.get("maxnreg") else ""
+    return f"{cfg['BLOCK_M']}x{cfg['BLOCK_K']}x{cfg['BLOCK_N']}/{cfg['num_warps']}w{cfg['num_stages']}s{reg}"
 
 
 def main():
@@ -44,9 +46,12 @@ def main():
     ap.add_argument("--lengths", default=None, help="token counts (default: the merged schedule of each width)")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--per-sm", default="2,3,4,5,6,8", help="programs per SM to spread the rows over")
+    ap.add_argument("--shapes", default=None, help="only these of SHAPES (indices, e.g. 0,1,2)")
     a = ap.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     per_sm = [int(v) for v in a.per_sm.split(",")]
+    shapes = [SHAPES[int(i)] for i in a.shapes.split(",")] if a.shapes else SHAPES
+    hopper = tp.hopper_sms(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()} ({sms} SMs), torch {torch.__version__}", flush=True)
     for D in (int(v) for v in a.dims.split(",")):
         R, N = D // 32, 16
@@ -70,10 +75,13 @@ def main():
             t_def, _ = timed(None)
             if base is None:
                 base = t_def / L
-            default = tp.proj_config(M, D)
-            row = [f"D={D} L={L}: default {name(default)} {t_def:.1f} us (share {base * L:.1f})"]
+            default, table = tp.proj_config(M, D, hopper), tp.proj_config(M, D)
+            rows = f" ({default['ROWS']} rows)" if "ROWS" in default else ""
+            row = [f"D={D} L={L}: default {name(default)}{rows} {t_def:.1f} us (share {base * L:.1f})"]
+            if table != default:  # the whole-wave rules off
+                row.append(f"table {name(table)} {timed(table)[0]:.1f}")
             best = (t_def, "default")
-            for cfg in SHAPES:
+            for cfg in shapes:
                 for k in per_sm:
                     programs = k * sms // 2  # per direction
                     rpp = -(-M // programs)

@@ -35,6 +35,26 @@ def test_kernel_within_one_rounding_of_float32_gemms(dtype, dims, within_roundin
             assert within_rounding(de[d, 0], xd[d, 0, :, :R], wdt.to(dtype)), ("dt_proj", M, d)
 
 
+@pytest.mark.parametrize("dims", [(768, 24), (1536, 48)], ids=["s", "b"])
+def test_tiles_with_fewer_rows_per_program_and_a_register_cap(dims, within_rounding):
+    """Tiles that take fewer rows per program than they hold (ROWS, a constexpr: the rest masked) and a register
+    cap (maxnreg) are within one rounding too, over row counts that leave the last program part-full."""
+    D, R = dims
+    N = 16
+    torch.manual_seed(1)
+    cfgs = [dict(tp.PROJ_CONFIG_WAVE, ROWS=96), dict(tp.PROJ_CONFIG_LARGE, ROWS=72),
+            dict(tp.PROJ_CONFIG_WAVE, ROWS=104, maxnreg=168)]
+    for M in (128 * 142, 128 * 175 - 3):
+        uf, ub = (torch.randn(M, D, device="cuda").half().view(1, M, D) for _ in range(2))
+        w = [torch.randn(R + 2 * N, D, device="cuda") / D ** 0.5, torch.randn(R + 2 * N, D, device="cuda") / D ** 0.5,
+             torch.randn(D, R, device="cuda") / R ** 0.5, torch.randn(D, R, device="cuda") / R ** 0.5]
+        for cfg in cfgs:
+            xd, de = tp.bidir_scan_inputs(uf, ub, *w, N, cfg)
+            for d, u, wx, wdt in ((0, uf, w[0], w[2]), (1, ub, w[1], w[3])):
+                assert within_rounding(xd[d, 0], u[0], wx.half()), ("x_proj", M, cfg, d)
+                assert within_rounding(de[d, 0], xd[d, 0, :, :R], wdt.half()), ("dt_proj", M, cfg, d)
+
+
 @pytest.mark.parametrize("merged", [False, True])
 def test_model_logits_as_close_to_float32_as_the_gemms(merged, switch_ab):
     """Vim-S fp16 logits with the kernel are as close to the float32 model's as with the four GEMMs (within

@@ -90,7 +90,10 @@ PROJ_CONFIG_WAVE = {"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 4
 # 186 / 175 / 164 / 153 / 142 tokens 151.7 / 150.0 / 126.8 / 122.0 / 120.0 us with the table's tiles against
 # 105.4 / 102.4 / 98.6 / 97.3 / 94.0 (two waves), 120 / 109 tokens 64.1 / 60.6 against 63.6 / 59.3 (one); at 197
 # tokens 108.6 against the table's 102.1, at 98 and fewer 55.5-50.6 against 52.8-49.2 (kept). None: off.
-PROJ_WAVE_WIDE_PER_SM = 2
+# Off: those table timings were the kernel's with a runtime ROWS (220 registers in place of 168 at this width under
+# Triton 3.6, fewer programs per SM); with ROWS a constexpr the table's tiles are back to 97.8 / 88.2 / 83.3 us at 186
+# / 164 / 142 tokens (thirty-fifth session call 1, the tree before the thirty-fourth), ahead of the waves.
+PROJ_WAVE_WIDE_PER_SM = None
 PROJ_WAVE_WIDE_ROWS = (128 * 104, 128 * 192)
 
 
@@ -137,8 +140,8 @@ def is_available() -> bool:
 
 if _HAS_TRITON:
     @triton.jit
-    def _bidir_proj_kernel(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl_ptr, delta_ptr, M, D, s_wx, s_wdt, RPP,
-                           R: tl.constexpr, N2: tl.constexpr, R_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+    def _bidir_proj_kernel(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl_ptr, delta_ptr, M, D, s_wx, s_wdt,
+                           RPP: tl.constexpr, R: tl.constexpr, N2: tl.constexpr, R_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                            BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr = False):
         """Rows ``program_id(0) * RPP ...`` (RPP <= BLOCK_M of them, the rest of the tile masked) of direction
         ``program_id(1)`` (0: u_f / wx_f / wdt_f, 1: the ``_b`` ones). u: [M, D] contiguous; wx: [R + N2, D] (row stride s_wx, unit column stride); wdt: [D, R]
@@ -156,8 +159,16 @@ if _HAS_TRITON:
             wdt = wdt_b
         dt = xdbl_ptr.dtype.element_ty
         loc = tl.arange(0, BLOCK_M)
-        rows = pid.to(tl.int64) * RPP + loc
-        mrow = (loc < RPP) & (rows < M)
+        # RPP a constexpr, rows in int32 before the widening: a runtime RPP, or rows formed in int64, cost the
+        # tiles 26-52 more registers under Triton 3.6 (sm_90: 128 x 64 x 64 in 4 warps 168 -> 220, so 2 programs
+        # per SM instead of 3) and Vim-B's table tilings a third more time (thirty-fifth session, call 1)
+        if RPP == BLOCK_M:
+            rows = (pid * BLOCK_M + loc).to(tl.int64)
+            mrow = rows < M
+        else:
+            rows32 = pid * RPP + loc
+            mrow = (loc < RPP) & (rows32 < M)
+            rows = rows32.to(tl.int64)
         kk = tl.arange(0, BLOCK_K)
         jr = tl.arange(0, R_PAD)
         jb = tl.arange(0, N2)
@@ -216,5 +227,8 @@ def spec(M: int, D: int, R: int, n2: int, s_wx: int, s_wdt: int, config: dict | 
     if not 0 < rpp <= block_m:
         raise ValueError(f"proj tiles: ROWS={rpp} rows per program must be 1..BLOCK_M={block_m}")
     meta = dict(R=R, N2=n2, R_PAD=max(16, next_pow2(R)), BLOCK_M=block_m, BLOCK_K=cfg["BLOCK_K"],
-                BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl_meta())
-    return (cdiv(M, rpp), 2), (M, D, s_wx, s_wdt, rpp), meta
+                BLOCK_N=cfg["BLOCK_N"], RPP=rpp, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                **pdl_meta())
+    if cfg.get("maxnreg"):
+        meta["maxnreg"] = cfg["maxnreg"]
+    return (cdiv(M, rpp), 2), (M, D, s_wx, s_wdt), meta
