@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Thirty-fifth session, call 1 (session 34's call 4 was cut off with its machine): the GPU tests of the projection and
+# Thirty-fifth session, call 1 (session 34's call 4, cut off with its machine, again; its script is folded into this one): the GPU tests of the projection and
 # the plans on the final tree (Vim-B-width whole-wave rule included); the table's x_proj + dt_proj tilings at Vim-B's
 # width on the tree before session 34 (.ab/old/src: `git archive 51ecade src | tar -x -C .ab/old`) and on this one
 # (session 34 call 3 measured them at 120-152 us against session 17's 83-99); then whole graphed Vim-B with the
