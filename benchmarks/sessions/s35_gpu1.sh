@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Thirty-fifth session, call 1 (session 34's call 4, cut off with its machine, again; its script is folded into this one): the GPU tests of the projection and
-# the plans on the final tree (Vim-B-width whole-wave rule included); the table's x_proj + dt_proj tilings at Vim-B's
-# width on the tree before session 34 (.ab/old/src: `git archive 51ecade src | tar -x -C .ab/old`) and on this one
-# (session 34 call 3 measured them at 120-152 us against session 17's 83-99); then whole graphed Vim-B with the
-# rule on (proj.PROJ_WAVE_WIDE_PER_SM=2) and off (None), alternating. Packed into one archive at the end.
+# Thirty-fifth session, call 1 (session 34's call 4, cut off with its machine, again; its script is folded into this
+# one): the GPU tests of the projection and the plans on the final tree (Vim-B-width whole-wave rule included); the
+# table's x_proj + dt_proj tilings at Vim-B's width on the tree before session 34 (.ab/old/src: `git archive 51ecade
+# src | tar -x -C .ab/old`) and on this one (session 34 call 3 measured them at 120-152 us against session 17's
+# 83-99); then whole graphed Vim-B with the rule on (proj.PROJ_WAVE_WIDE_PER_SM=2) and off (None), alternating. Packed
+# into one archive at the end.
 #   bash benchmarks/sessions/s35_gpu1.sh        (OUT=out/s35a by default; about 540 s)
 set -uo pipefail
 OUT=${OUT:-out/s35a} BUDGET_S=${BUDGET_S:-540} source benchmarks/_session.sh
