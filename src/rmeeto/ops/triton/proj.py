@@ -9,10 +9,10 @@ Per direction d (forward, backward) a Vim block computes, from its conv output u
 
 four cuBLAS GEMMs a block, two of them with 24-56 output columns (Vim-S): 4 of a block's 13 launches, run at
 1.0-2.9 TB/s on an H200 (Vim-Ti to B). :func:`bidir_scan_inputs` does the four in one kernel: a program takes
-BLOCK_M rows of one direction, accumulates their x_dbl in float32 over the D input channels (its dt part and its B / C part
-as two accumulators of R_PAD and 2N columns, so no register tensor is sliced), rounds it, stores it, and
-multiplies the rounded dt part straight into delta, BLOCK_N channels at a time: u is read once, x_dbl's dt
-part never goes back to memory to be read again.
+BLOCK_M rows (or its tiles' ROWS, the rest masked) of one direction, accumulates their x_dbl in float32 over the D
+input channels (its dt part and its B / C part as two accumulators of R_PAD and 2N columns, so no register tensor is
+sliced), rounds it, stores it, and multiplies the rounded dt part straight into delta, BLOCK_N channels at a time: u
+is read once, x_dbl's dt part never goes back to memory to be read again.
 
 Same roundings as the PyTorch ops (float32 accumulation, one rounding of x_dbl and one of delta), summed in
 another order than cuBLAS's, so equal to rounding, not bit for bit (tests/ops/test_interpreted.py,
@@ -141,11 +141,13 @@ def is_available() -> bool:
 if _HAS_TRITON:
     @triton.jit
     def _bidir_proj_kernel(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl_ptr, delta_ptr, M, D, s_wx, s_wdt,
-                           RPP: tl.constexpr, R: tl.constexpr, N2: tl.constexpr, R_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-                           BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr = False):
+                           RPP: tl.constexpr, R: tl.constexpr, N2: tl.constexpr, R_PAD: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                           PDL: tl.constexpr = False):
         """Rows ``program_id(0) * RPP ...`` (RPP <= BLOCK_M of them, the rest of the tile masked) of direction
-        ``program_id(1)`` (0: u_f / wx_f / wdt_f, 1: the ``_b`` ones). u: [M, D] contiguous; wx: [R + N2, D] (row stride s_wx, unit column stride); wdt: [D, R]
-        (row stride s_wdt); outputs xdbl [2, M, R + N2] and delta [2, M, D], contiguous, u's dtype."""
+        ``program_id(1)`` (0: u_f / wx_f / wdt_f, 1: the ``_b`` ones). u: [M, D] contiguous; wx: [R + N2, D] (row
+        stride s_wx, unit column stride); wdt: [D, R] (row stride s_wdt); outputs xdbl [2, M, R + N2] and delta
+        [2, M, D], contiguous, u's dtype."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         pid = tl.program_id(0)
         d = tl.program_id(1)
