@@ -509,17 +509,14 @@ def test_bidir_proj_kernel_and_its_use_in_the_mixer():
                 bad.append(("tiles", M, D))
         # on Hopper (SM count given), the large tiles' rows spread over whole waves: Vim-S at 142 tokens takes 96
         # rows a program (2 x 190 programs in one wave of 3 x 132), 197 and 186 tokens fill the wave as they are,
-        # a batch of 256 takes two waves; Vim-B from 128 x 104 rows to before 128 x 192 in waves of 2 x 132 (142
-        # tokens: two waves of 72 rows a program; that rule is off by default, so switched on here and, off, Vim-B
-        # keeps the table's tiles); other widths and row counts as without the SM count
-        wide_default, tp.PROJ_WAVE_WIDE_PER_SM = tp.PROJ_WAVE_WIDE_PER_SM, 2
+        # a batch of 256 takes two waves; other widths (Vim-B's table included) and row counts as without the SM
+        # count
         for M, D, rows in ((128 * 142, 768, 96), (128 * 175, 768, 120), (256 * 142, 768, 96), (128 * 197, 768, None),
                            (128 * 186, 768, None), (128 * 131, 768, "same"), (128 * 197, 384, "same"),
-                           (128 * 197, 1536, "same"), (128 * 98, 1536, "same"), (128 * 142, 1536, 72),
-                           (128 * 186, 1536, 96), (128 * 120, 1536, 120), (128 * 131, 1536, None)):
+                           (128 * 197, 1536, "same"), (128 * 98, 1536, "same"), (128 * 142, 1536, "same"),
+                           (128 * 186, 1536, "same"), (128 * 120, 1536, "same"), (128 * 131, 1536, "same")):
             cfg = tp.proj_config(M, D, 132)
-            per_sm = tp.PROJ_WAVE_PER_SM if D <= tp.PROJ_LARGE_CHANNELS else tp.PROJ_WAVE_WIDE_PER_SM
-            wave = per_sm * 132
+            wave = tp.PROJ_WAVE_PER_SM * 132
             if rows == "same":
                 ok = cfg is tp.proj_config(M, D)
             elif rows is None:
@@ -530,10 +527,6 @@ def test_bidir_proj_kernel_and_its_use_in_the_mixer():
                       and 2 * -(-M // cfg["ROWS"]) <= waves * wave)
             if not ok:
                 bad.append(("wave tiles", M, D, cfg))
-        tp.PROJ_WAVE_WIDE_PER_SM = None
-        if tp.proj_config(128 * 142, 1536, 132) is not tp.proj_config(128 * 142, 1536):
-            bad.append("the wide rule off still spreads Vim-B's rows")
-        tp.PROJ_WAVE_WIDE_PER_SM = wide_default
         try:
             tp.spec(64, 32, 4, 16, 32, 4, dict(cfgs[0], ROWS=17))
             bad.append("accepted more rows per program than the tile holds")

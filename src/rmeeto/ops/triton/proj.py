@@ -84,32 +84,26 @@ PROJ_WAVE_PER_SM = 3
 PROJ_CONFIG_WAVE = {"BLOCK_M": 128, "BLOCK_K": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 
 
-# Vim-B's width (above PROJ_LARGE_CHANNELS) likewise: from 128 x 104 rows up to before 128 x 192 (197 tokens keep the
-# table's tiles) the large tiles in whole waves of PROJ_WAVE_WIDE_PER_SM programs per SM (their stages' shared
-# memory holds two at this width), 8 warps. Thirty-fourth session (H200, call 3, proj_balance_gpu.py --dims 1536):
-# 186 / 175 / 164 / 153 / 142 tokens 151.7 / 150.0 / 126.8 / 122.0 / 120.0 us with the table's tiles against
-# 105.4 / 102.4 / 98.6 / 97.3 / 94.0 (two waves), 120 / 109 tokens 64.1 / 60.6 against 63.6 / 59.3 (one); at 197
-# tokens 108.6 against the table's 102.1, at 98 and fewer 55.5-50.6 against 52.8-49.2 (kept). None: off.
-# Off: those table timings were the kernel's with a runtime ROWS (220 registers in place of 168 at this width under
-# Triton 3.6, fewer programs per SM); with ROWS a constexpr the table's tiles are back to 97.8 / 88.2 / 83.3 us at 186
-# / 164 / 142 tokens (thirty-fifth session call 1, the tree before the thirty-fourth), ahead of the waves.
-PROJ_WAVE_WIDE_PER_SM = None
-PROJ_WAVE_WIDE_ROWS = (128 * 104, 128 * 192)
+# Vim-B's width (above PROJ_LARGE_CHANNELS) keeps PROJ_WIDE_TABLE: spread over whole waves of the large tiles (two
+# programs per SM) or of PROJ_CONFIG_WAVE, its rows came within 1.3 us of the table's tiles at 109-186 tokens (the
+# merged schedule's sum 1,268.6 against 1,271.2 us; thirty-fifth session call 2, H200, proj_balance_gpu.py --dims
+# 1536). Session 34's rule for that width had been measured against a kernel whose runtime ROWS cost these tiles
+# registers (168 -> 220 under Triton 3.6) and a third more time.
 
 
-def _whole_waves(rows: int, per_wave: int, full: dict, part: dict) -> dict:
-    """Tiles of PROJ_CONFIG_WAVE's rows whose programs (``per_wave`` of one direction in a wave) cover ``rows`` in
-    the fewest whole waves: ``full`` where every program takes a whole tile, else ``part`` with ROWS, the rows per
-    program rounded up to 8."""
+def _whole_waves(rows: int, per_wave: int) -> dict:
+    """Tiles whose programs (``per_wave`` of one direction in a wave) cover ``rows`` in the fewest whole waves:
+    PROJ_CONFIG_LARGE where every program takes a whole tile, else PROJ_CONFIG_WAVE with ROWS, the rows per program
+    rounded up to 8."""
     block_m = PROJ_CONFIG_WAVE["BLOCK_M"]
     waves = cdiv(rows, per_wave * block_m)
     rpp = cdiv(cdiv(rows, waves * per_wave), 8) * 8
-    return full if rpp >= block_m else dict(part, ROWS=rpp)
+    return PROJ_CONFIG_LARGE if rpp >= block_m else dict(PROJ_CONFIG_WAVE, ROWS=rpp)
 
 
 def proj_config(rows: int, channels: int, hopper_sms: int | None = None) -> dict:
     """The tiles :func:`bidir_scan_inputs` takes for ``rows`` rows of ``channels`` input channels;
-    ``hopper_sms``: the SM count of a Hopper GPU (compute capability 9.x) to run on, for the whole-wave rules
+    ``hopper_sms``: the SM count of a Hopper GPU (compute capability 9.x) to run on, for the whole-wave rule
     above (None: not Hopper, or not known)."""
     if channels <= PROJ_NARROW_CHANNELS and PROJ_NARROW_ROWS[0] <= rows <= PROJ_NARROW_ROWS[1]:
         return PROJ_CONFIG_NARROW
@@ -118,10 +112,7 @@ def proj_config(rows: int, channels: int, hopper_sms: int | None = None) -> dict
             return PROJ_CONFIG
         if hopper_sms is None or not PROJ_WAVE_PER_SM or channels <= PROJ_NARROW_CHANNELS:
             return PROJ_CONFIG_LARGE
-        return _whole_waves(rows, PROJ_WAVE_PER_SM * hopper_sms // 2, PROJ_CONFIG_LARGE, PROJ_CONFIG_WAVE)
-    if (hopper_sms is not None and PROJ_WAVE_WIDE_PER_SM
-            and PROJ_WAVE_WIDE_ROWS[0] <= rows < PROJ_WAVE_WIDE_ROWS[1]):
-        return _whole_waves(rows, PROJ_WAVE_WIDE_PER_SM * hopper_sms // 2, PROJ_CONFIG_LARGE, PROJ_CONFIG_LARGE)
+        return _whole_waves(rows, PROJ_WAVE_PER_SM * hopper_sms // 2)
     return next(cfg for least, cfg in PROJ_WIDE_TABLE if rows >= least)
 
 
