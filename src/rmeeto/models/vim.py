@@ -597,8 +597,8 @@ class VisionMamba(nn.Module):
     # ------------------------------------------------------------------ forward
     def embed(self, x: Tensor) -> Tensor:
         """[batch, C, H, W] -> [batch, num_patches + 1, E] with the class token at ``cls_position`` (the middle,
-        as the official models, or first) and the position embedding added (on CUDA :func:`rmeeto.ops.embed.embed_tokens`:
-        in inference one kernel, else the cut-out, the GEMM and the insert)."""
+        as the official models, or first) and the position embedding added (on CUDA
+        :func:`rmeeto.ops.embed.embed_tokens`: in inference one kernel, else the cut-out, the GEMM and the insert)."""
         backend = policy.op_backend(self.layers[0].mixer.scan_backend)
         if x.is_cuda:
             self.patch_embed.check(x)

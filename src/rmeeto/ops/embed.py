@@ -160,7 +160,8 @@ def embed_tokens(x: Tensor, weight: Tensor, bias: Optional[Tensor], cls: Tensor,
     e = weight.shape[0]
     n = (x.shape[-2] // patch) * (x.shape[-1] // patch)
     w2 = weight.reshape(e, -1)
-    if w2.shape[1] != x.shape[1] * patch * patch or cls.numel() != e or pos.numel() != (n + 1) * e or not 0 <= index <= n:
+    if (w2.shape[1] != x.shape[1] * patch * patch or cls.numel() != e or pos.numel() != (n + 1) * e
+            or not 0 <= index <= n):
         raise ValueError(f"embed_tokens: image {tuple(x.shape)}, weight {tuple(weight.shape)}, cls "
                          f"{tuple(cls.shape)}, pos {tuple(pos.shape)} and index {index} do not fit patch {patch}")
     dtype = embed_tokens_dtype(x, weight, bias, cls, pos, backend)

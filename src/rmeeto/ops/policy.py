@@ -15,8 +15,8 @@ Environment switches, read ONCE when this module is imported:
                             PyTorch (``rmeeto.ops.embed``; the fused kernels only copy and round once: same
                             results)
 ``RMEETO_FUSED_EMBED_GEMM=0`` in inference, the patch embedding as the embed kernels' cut-out, a cuBLAS GEMM and
-                            the class-token insert instead of one kernel reading the image (``rmeeto.ops.embed.embed_tokens``;
-                            results equal to rounding)
+                            the class-token insert instead of one kernel reading the image
+                            (``rmeeto.ops.embed.embed_tokens``; results equal to rounding)
 ``RMEETO_FUSED_PROJ=0``    in inference, both scan directions' x_proj and dt_proj as four cuBLAS GEMMs instead of
                             one kernel (``rmeeto.ops.proj``; results equal to rounding)
 ``RMEETO_FUSED_OUTPROJ=0`` in inference, the two scan directions' sum and out_proj as an elementwise add and a

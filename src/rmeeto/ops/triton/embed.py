@@ -78,9 +78,10 @@ if _HAS_TRITON:
         """Output channels ``program_id(0)`` (BLOCK_N) of patches ``program_id(1)`` (BLOCK_M, counted over the whole
         batch): the patch embedding GEMM with its A operand read straight from the image (patch m: image m // NP,
         grid cell m % NP; column k: channel k // P^2, row (k // P) % P, column k % P of the patch), float32 sums,
-        rounded to the output's dtype with the bias added (as ``F.linear`` in that dtype), then the position embedding added
-        in float32 and rounded again (as the class-token insert's ``+``), stored at token row n + (n >= INDEX).
-        The program holding patch CLS_AT of an image also writes that image's class-token row INDEX.
+        rounded to the output's dtype with the bias added (as ``F.linear`` in that dtype), then the position
+        embedding added in float32 and rounded again (as the class-token insert's ``+``), stored at token row
+        n + (n >= INDEX). The program holding patch CLS_AT of an image also writes that image's class-token row
+        INDEX.
         ``INDIRECT``: the image read lies ``off_ptr[0]`` elements (int64, on the device; a multiple of ALIGN, 16
         bytes) from ``x_ptr``: a CUDA graph captured once reads whatever image that offset names. (An offset from
         the pointer argument, not an address cast to a pointer: the cast would lose the 16-byte alignment Triton
@@ -211,6 +212,7 @@ def embed_tokens(x: Tensor, weight: Tensor, bias: Tensor | None, cls: Tensor, po
            x, offset if offset is not None else x, weight, bias if bias is not None else weight, cls, pos, out,
            m, n, e, k, gw, index, min(index, n - 1), *x.stride(),
            P=patch, INDIRECT=offset is not None, ALIGN=16 // x.element_size(), HAS_BIAS=bias is not None,
-           EVEN_M=m % EMBED_BLOCK_M == 0, EVEN_K=k % EMBED_BLOCK_K == 0, BLOCK_M=EMBED_BLOCK_M, BLOCK_N=bn, BLOCK_K=EMBED_BLOCK_K,
+           EVEN_M=m % EMBED_BLOCK_M == 0, EVEN_K=k % EMBED_BLOCK_K == 0, BLOCK_M=EMBED_BLOCK_M, BLOCK_N=bn,
+           BLOCK_K=EMBED_BLOCK_K,
            num_warps=EMBED_WARPS, num_stages=EMBED_STAGES)
     return out
