@@ -6,15 +6,15 @@
 # test on this tree. Packed into one archive at the end.
 #   bash benchmarks/sessions/s36_gpu3.sh        (OUT=out/s36c by default; about 580 s)
 set -uo pipefail
-OUT=${OUT:-out/s36c} BUDGET_S=${BUDGET_S:-585} source benchmarks/_session.sh
+OUT=${OUT:-out/s36c} BUDGET_S=${BUDGET_S:-590} source benchmarks/_session.sh
 echo "== 1. host speed ($(left) s left)"
 lscpu | grep -i "model name\|^CPU(s)\|MHz\|Thread" | tee "$OUT/lscpu.txt"
 python3 benchmarks/host_speed.py 2>&1 | tee "$OUT/host_speed.txt"
 echo "== 2. host us per op and per merging layer ($(left) s left)"
-timeout 100 python3 benchmarks/profile_gpu.py --model vim_small_patch16_224 --ops --merge-layers --what none 2>&1 \
+timeout 75 python3 benchmarks/profile_gpu.py --model vim_small_patch16_224 --ops --merge-layers --what none 2>&1 \
   | quiet | tee "$OUT/ops.txt" | cut -c1-200
 echo "== 3. cProfile, Vim-S at batch 128 ($(left) s left)"
-timeout 100 python3 benchmarks/host_issue_gpu.py --models vim_small_patch16_224 --batches 128 --tries 30 --rows 40 2>&1 \
+timeout 60 python3 benchmarks/host_issue_gpu.py --models vim_small_patch16_224 --batches 128 --tries 20 --rows 40 2>&1 \
   | quiet > "$OUT/host_issue_s.txt"; grep "batch 128" "$OUT/host_issue_s.txt"
 python3 benchmarks/host_speed.py 2>&1 | tail -1
 L=$(left); echo "== 4. every GPU test ($L s left)"
