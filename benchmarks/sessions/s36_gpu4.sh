@@ -6,8 +6,9 @@
 #   bash benchmarks/sessions/s36_gpu4.sh        (OUT=out/s36d by default; about 200 s)
 set -uo pipefail
 OUT=${OUT:-out/s36d} BUDGET_S=${BUDGET_S:-300} source benchmarks/_session.sh
-nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,power.limit,temperature.gpu,clocks_event_reasons.active \
-  --format=csv -lms 100 > "$OUT/smi.csv" 2>&1 &
+Q=timestamp,clocks.sm,clocks.mem,power.draw,power.limit,temperature.gpu,clocks_event_reasons.active
+nvidia-smi --query-gpu=$Q --format=csv >/dev/null 2>&1 || Q=${Q/clocks_event_reasons/clocks_throttle_reasons}
+nvidia-smi --query-gpu=$Q --format=csv -lms 100 > "$OUT/smi.csv" 2>&1 &
 SMI=$!
 for m in vim_base_patch16_224 vim_tiny_patch16_224; do
   L=$(left); [ "$L" -lt 60 ] && break
