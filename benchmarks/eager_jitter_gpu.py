@@ -26,6 +26,7 @@ import warnings
 import torch
 
 import rmeeto
+from host_issue_gpu import issue_and_gpu_times  # (benchmarks/ is the script's folder)
 from rmeeto.merge import MergeConfig
 
 
@@ -75,17 +76,7 @@ def main():
                 syncs = sorted({str(w.message).splitlines()[0][:120] for w in caught
                                 if "synchroniz" in str(w.message).lower()})
                 torch.cuda.synchronize()
-                issue, gpu = [], []
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                for _ in range(a.tries):
-                    torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    start.record()
-                    m(x)
-                    end.record()
-                    issue.append((time.perf_counter() - t0) * 1e3)
-                    end.synchronize()
-                    gpu.append(start.elapsed_time(end))
+                issue, gpu = issue_and_gpu_times(m, x, a.tries)
                 torch.cuda.synchronize()
                 b2b = []
                 s2, e2 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

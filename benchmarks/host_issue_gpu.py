@@ -22,7 +22,9 @@ import rmeeto
 from rmeeto.merge import MergeConfig
 
 
-def issue_and_gpu_ms(model, x, tries: int):
+def issue_and_gpu_times(model, x, tries: int) -> tuple[list, list]:
+    """Per try: the host ms to issue ``model(x)`` with the GPU idle before it, and that forward's GPU ms (CUDA
+    events)."""
     issue, gpu = [], []
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     for _ in range(tries):
@@ -34,6 +36,11 @@ def issue_and_gpu_ms(model, x, tries: int):
         issue.append((time.perf_counter() - t0) * 1e3)
         end.synchronize()
         gpu.append(start.elapsed_time(end))
+    return issue, gpu
+
+
+def issue_and_gpu_ms(model, x, tries: int):
+    issue, gpu = issue_and_gpu_times(model, x, tries)
     return statistics.median(issue), statistics.median(gpu)
 
 
