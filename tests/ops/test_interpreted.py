@@ -659,6 +659,81 @@ def test_sum_out_proj_tma_tiles_for_wide_inputs():
     """))
 
 
+def test_tma_gemm_keeps_its_descriptors_per_thread_and_no_tensor():
+    """rmeeto.ops.triton.tma_gemm.Gemm makes its descriptors on a thread's first call and points them at each later
+    call's tensors: a Gemm called again and again with fresh operands (and the directions' sum with two inputs) gives
+    each call the bits a Gemm made for that call gives, within one fp16 rounding of a float32 GEMM; it keeps no
+    operand alive once a call has returned; and two threads calling one Gemm with their own operands, the first
+    held inside its launch while the second calls, each get their own product."""
+    run_interpreted(MIXER_OP_CHECK + textwrap.dedent("""
+        import gc, sys, threading, weakref, torch
+        from rmeeto.ops.triton import _launch, tma_gemm
+        torch.manual_seed(0)
+        bad = []
+        cfg = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 1}
+        dev = torch.device("cpu")
+        M, N, K = 37, 24, 40
+        w = (torch.randn(N, K) / K ** 0.5).half()
+        for two in (False, True):
+            g = tma_gemm.Gemm(M, N, K, dev, cfg, two_a=two)
+            for call in range(3):
+                a = torch.randn(M, K).half()
+                a2 = torch.randn(M, K).half() if two else None
+                c = torch.empty(M, N).half()
+                g(a, a2, w, c)
+                fresh = torch.empty(M, N).half()
+                tma_gemm.Gemm(M, N, K, dev, cfg, two_a=two)(a, a2, w, fresh)
+                s = a + a2 if two else a
+                if not torch.equal(c, fresh) or not within_rounding(c, s, w):
+                    bad.append(("call", two, call))
+                refs = [weakref.ref(t) for t in (a, c) + ((a2,) if two else ())]
+                del a, a2, c, s
+                gc.collect()
+                if any(r() is not None for r in refs):
+                    bad.append(("kept an operand", two, call))
+
+        # two threads, one launch at a time: thread 0's call is held inside its launch while thread 1 calls and
+        # launches; then thread 0's launch goes on (with its own operands, if the descriptors are its own)
+        g = tma_gemm.Gemm(M, N, K, dev, cfg)
+        g(torch.randn(M, K).half(), None, w, torch.empty(M, N).half())  # the launcher made on this thread
+        held, done = threading.Event(), threading.Event()
+        launcher = g.launcher
+        class Held:
+            def __call__(self, *args):
+                if threading.current_thread().name == "first":
+                    held.set()
+                    done.wait(60)
+                return launcher(*args)
+        g.launcher = Held()
+        inputs = [torch.randn(M, K).half() for _ in range(2)]
+        outs = [torch.empty(M, N).half() for _ in range(2)]
+        errors = []
+        def run(i):
+            try:
+                if i == 1:
+                    held.wait(60)
+                g(inputs[i], None, w, outs[i])
+            except Exception as exc:
+                errors.append(repr(exc)[:200])
+            finally:
+                if i == 1:
+                    done.set()
+        threads = [threading.Thread(target=run, args=(i,), name=("first", "second")[i]) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i in range(2):
+            want = torch.empty(M, N).half()
+            tma_gemm.Gemm(M, N, K, dev, cfg)(inputs[i], None, w, want)
+            if not torch.equal(outs[i], want):
+                bad.append(("thread", i))
+        bad += errors
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """))
+
+
 def test_in_proj_kernel_and_its_use_in_the_mixer():
     """rmeeto.ops.triton.inproj (in_proj as persistent tiles over host-made TMA descriptors) against the GEMM: within
     one fp16 rounding of a float32 GEMM, over row, input and output channel counts that are not multiples of the
