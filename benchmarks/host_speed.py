@@ -58,5 +58,6 @@ if __name__ == "__main__":
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     print(f"# {cpu}; python {platform.python_version()}, torch {torch.__version__}")
-    print(f"python add: {best(adds, 2_000_000) * 1e3:.1f} ns, python method call: {best(calls, 1_000_000) * 1e3:.1f} ns,"
-          f" torch.empty: {best(empties, 20_000):.2f} us, view + narrow: {best(views, 20_000):.2f} us")
+    print(f"python add: {best(adds, 2_000_000) * 1e3:.1f} ns, python method call: "
+          f"{best(calls, 1_000_000) * 1e3:.1f} ns, torch.empty: {best(empties, 20_000):.2f} us, "
+          f"view + narrow: {best(views, 20_000):.2f} us")
