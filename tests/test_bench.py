@@ -292,3 +292,21 @@ def test_bench_data_refuses_bad_policy_device_and_unreadable_folders(tmp_path, c
         f.write_bytes(b"not a jpeg")
     assert main(base + ["--device", "cpu"]) == 2  # a rate of 0 images/s is no measurement
     assert "no image could be read in 1 timed batches of the cpu pipeline" in capsys.readouterr().err
+
+
+def test_rounds_that_disagree_get_a_note_naming_what_moves_them_in_their_mode():
+    """rmeeto bench prints a note under a row whose alternating rounds' ratios differ by more than 10% (session 36's
+    eager Vim-S: 1.392, 0.958, 0.941 on a host that slowed down), naming the host for eager / compiled rows and the
+    GPU for graphed ones on CUDA, the machine on CPU; none for rounds within 10%, one round, or a failed side."""
+    from rmeeto.cli.bench import ROUNDS_DISAGREE, rounds_note
+
+    row = dict(model="vim_small_patch16_224", mode="eager", round_ratios=[1.392, 0.958, 0.941])
+    note = rounds_note(row)
+    assert note is not None and "0.94-1.39x over 3 rounds" in note and "host" in note and "cudagraph" in note
+    graphed = rounds_note(dict(row, mode="cudagraph", round_ratios=[1.3786, 1.4757, 1.52]))
+    assert graphed is not None and "GPU" in graphed and "host" not in graphed
+    assert rounds_note(dict(row, mode="compile")) is not None
+    on_cpu = rounds_note(row, cuda=False)
+    assert on_cpu is not None and "machine" in on_cpu and "GPU" not in on_cpu
+    for ratios in ([1.40, 1.40 * ROUNDS_DISAGREE * 0.999], [1.39], [], None, [1.2, None]):
+        assert rounds_note(dict(row, round_ratios=ratios)) is None, ratios

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import Optional
 
 from rmeeto.backbones import is_vit_name
 from rmeeto.cli import CLIError
@@ -24,8 +25,10 @@ counted with torch.profiler; '-' on CPU). Inference follows the official protoco
 224px, fp16 weights and inputs, eval, no_grad). --train also times a re-training step (merged student
 forward+backward with the unmerged teacher's forward, bf16 autocast, AdamW) in the same modes; its launches
 are those of one whole step. One table row per mode: unmerged and merged images/s, their ratio, ms p10-p90,
-launches, first-call seconds. A mode that fails (torch.compile erroring in Inductor, say) is reported in its
-row as "failed: <reason>" and the other modes still run; the exit status is 1 when every run failed.
+launches, first-call seconds. A row whose rounds' ratios differ by more than 10% gets a note under it naming
+what moves such rounds in its mode (the host in eager and compiled modes, the GPU's speed in graphed ones). A
+mode that fails (torch.compile erroring in Inductor, say) is reported in its row as "failed: <reason>" and the
+other modes still run; the exit status is 1 when every run failed.
 
 modes (--modes, comma-separated; default eager,compile,cudagraph on CUDA, eager on CPU):
   eager              model(x) as it is
@@ -125,6 +128,30 @@ def _fmt(row: dict) -> str:
     return line + "".join(f"  {side} {err}" for side, err in errors.items() if err)
 
 
+# rounds whose merged / unmerged ratios differ by more than this factor get a note under their row
+ROUNDS_DISAGREE = 1.10
+
+
+def rounds_note(row: dict, cuda: bool = True) -> Optional[str]:
+    """A line to print under a :func:`rmeeto.bench.compare_modes` row whose alternating rounds disagree (the
+    largest within-round ratio over ROUNDS_DISAGREE times the smallest), saying what moves such rounds in its mode;
+    None where they agree or there is one round. On CUDA, eager and compiled forwards launch every kernel from
+    Python, so a host that slows for a while stalls the GPU in some rounds; a graph's rounds move only with the GPU.
+    ``cuda`` False (a CPU run): the machine's own speed."""
+    ratios = [r for r in row.get("round_ratios") or () if r]
+    if len(ratios) < 2 or max(ratios) <= ROUNDS_DISAGREE * min(ratios):
+        return None
+    spread = f"{min(ratios):.2f}-{max(ratios):.2f}x over {len(ratios)} rounds"
+    if not cuda:
+        why = "the machine's speed moved between rounds (other work on it)"
+    elif "cudagraph" in row["mode"]:
+        why = "the GPU's speed moved between rounds (e.g. its clock under a power cap)"
+    else:
+        why = ("the host fell behind the GPU in some rounds (this mode launches every kernel from Python); "
+               "--modes cudagraph replays them without host work")
+    return f"#   {row['model']} {row['mode']}: the rounds disagree ({spread}): {why}"
+
+
 HEADER = (f"{'model':<24} {'merge':<8} {'backend':<9} {'mode':<17} {'images/s unm':>13} {'images/s mer':>13} "
           f"{'mer/unm':>7} {'unm ms p10-p90':>15} {'mer ms p10-p90':>15} {'launches':>11} {'1st call s':>11}")
 
@@ -195,7 +222,11 @@ def run(args: argparse.Namespace) -> int:
         by a time limit still leaves every finished row)."""
         results.append(result)
         if result["merge"] is not None:
-            print(_fmt(compare_modes(results[-2:])[0]), flush=True)
+            row = compare_modes(results[-2:])[0]
+            print(_fmt(row), flush=True)
+            note = rounds_note(row, cuda=not cpu)
+            if note:
+                print(note, flush=True)
             if args.json:
                 _write_json(args, dev_name, modes, results)
 
