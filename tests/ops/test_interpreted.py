@@ -667,7 +667,7 @@ def test_tma_gemm_keeps_its_descriptors_per_thread_and_no_tensor():
     held inside its launch while the second calls, each get their own product."""
     run_interpreted(MIXER_OP_CHECK + textwrap.dedent("""
         import gc, sys, threading, weakref, torch
-        from rmeeto.ops.triton import _launch, tma_gemm
+        from rmeeto.ops.triton import tma_gemm
         torch.manual_seed(0)
         bad = []
         cfg = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 1}
