@@ -1,7 +1,8 @@
 """The prepared inference paths on CUDA (rmeeto.ops.triton.mixer.MixerPlan for the mixers and their blocks' norms,
 rmeeto.ops.triton.merge.MergeNormPlan for the merging steps): whole Vim models, unmerged and merged, give the
 general path's bits with them, eager and graphed, at two batch sizes, with every mixer call of an eager forward
-taking its plan and the plans' launches on the cached launcher's direct path. Its logic is also tested on CPU
+taking its plan and the plans' launches on the cached launcher's fast path (on Triton 3.6 calling its C
+function directly, with addresses; the same bits with that off). Its logic is also tested on CPU
 under Triton's interpreter (tests/ops/test_interpreted.py)."""
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import rmeeto
 from rmeeto.fast import accelerate
 from rmeeto.ops import policy
+from rmeeto.ops.triton import _launch
 from rmeeto.ops.triton import merge as tmerge
 from rmeeto.ops.triton import mixer as tm
 
@@ -66,6 +68,14 @@ def test_plan_gives_the_general_paths_bits(name, merged, monkeypatch):
         for plan in plans:
             for launcher in (plan.conv, plan.proj, plan.scan):
                 assert launcher is not None and launcher.entry is not None, launcher
+                # on a Triton whose launcher the direct path was checked against, the C function called directly
+                assert (launcher._direct is not None) == _launch._direct_supported(), launcher
+        policy.set_direct_launch(False)  # the launcher's Python layer, tensors passed as tensors: the same bits
+        try:
+            with torch.no_grad():
+                assert torch.equal(model(x), ref)
+        finally:
+            policy.set_direct_launch(True)
     if merged:  # the merging steps' prepared launches too
         merge_plans = [p for b in model.layers for p in b.__dict__.get("_merge_plans", {}).values() if p is not None]
         assert len(merge_plans) >= 11

@@ -264,6 +264,113 @@ def test_launcher_calls_what_the_fast_path_calls(fake, monkeypatch):
     assert kinds(lambda: launcher(buf))[0] == ["fast"]
 
 
+class CudaLauncher:
+    """Stands in for Triton 3.6's NVIDIA launcher (the class name is what direct_parts checks): its Python layer
+    logs "fast", its C function ``launch`` logs "direct"."""
+
+    def __init__(self, log, scratch=0):
+        self.log = log
+        self.global_scratch_size, self.profile_scratch_size = scratch, 0
+        self.launch_cooperative_grid, self.launch_pdl = False, True
+
+    def __call__(self, *args):
+        self.log.append(("fast", args))
+
+    def launch(self, *args):
+        self.log.append(("direct", args))
+
+
+class _HookChain:
+    def __init__(self):
+        self.calls = []
+
+
+def test_launcher_calls_tritons_c_function_with_addresses(fake, monkeypatch):
+    """Where the installed Triton's launcher is one the direct path was checked against, a Launcher's cached calls
+    skip its Python layer: the C function gets the grid, the stream, the function, the launcher's flags, no scratch,
+    the packed metadata, no launch metadata and no hooks, then each tensor as its address (None and scalars as they
+    are) and the constexprs. A hook installed, the switch off or a kernel needing a scratch buffer: not direct."""
+    kernel, rt, dev, buf = fake
+    rt.runtime_knobs = rt.knobs.runtime
+    rt.knobs.runtime.launch_enter_hook, rt.knobs.runtime.launch_exit_hook = _HookChain(), _HookChain()
+    monkeypatch.setattr(_launch, "_runtime", rt)
+    monkeypatch.setattr(_launch, "_direct_ok", True)
+    kernel.compiled.run = CudaLauncher(kernel.log)
+    other = torch.zeros(8)
+    launcher = _launch.Launcher(kernel, (3, 2), dev, (7,), dict(BLOCK=64, FLAG=True, num_warps=4))
+
+    def kinds(*tensors):
+        kernel.log.clear()
+        launcher(*tensors)
+        return [entry[0] for entry in kernel.log], kernel.log
+
+    assert kinds(buf, 32)[0] == ["plain"] and launcher._direct is not None
+    kind, log = kinds(other, 48)  # another tensor at another address: its address is passed
+    assert kind == ["direct"]
+    assert log[0][1] == (3, 2, 1, 1234, "function-handle", False, True, None, None, "packed", None, None, None,
+                         other.data_ptr(), 48, 7, 64, True, False)
+    assert all(type(a) is not torch.Tensor for a in log[0][1])
+    policy.set_direct_launch(False)
+    try:
+        assert kinds(buf, 32)[0] == ["fast"]
+    finally:
+        policy.set_direct_launch(True)
+    rt.knobs.runtime.launch_enter_hook.calls.append(lambda *a: None)
+    assert kinds(buf, 32)[0] == ["plain"]  # a hook must see every launch: Triton's own path
+    rt.knobs.runtime.launch_enter_hook.calls.clear()
+    assert kinds(buf, 32)[0] == ["direct"]
+    rt.get_device = lambda: 1  # another device current: the path that switches devices
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())  # no CUDA here
+    assert kinds(buf, 32)[0] == ["fast"]
+    rt.get_device = lambda: 0
+
+    none_first = _launch.Launcher(kernel, (5,), dev, (), dict(BLOCK=64, FLAG=False, num_warps=4))
+    kernel.log.clear()
+    for _ in range(2):
+        none_first(None, 16, 3)
+    assert [e[0] for e in kernel.log] == ["plain", "direct"] and kernel.log[1][1][13:16] == (None, 16, 3)
+
+    _launch.clear_cache()
+    monkeypatch.setattr(_launch, "_get_runtime", lambda: rt)
+    monkeypatch.setattr(_launch, "_runtime", rt)
+    kernel.compiled.run = CudaLauncher(kernel.log, scratch=256)  # needs a scratch buffer: the Python layer
+    scratch = _launch.Launcher(kernel, (3, 2), dev, (7,), dict(BLOCK=64, FLAG=True, num_warps=4))
+    kernel.log.clear()
+    scratch(buf, 32)
+    scratch(buf, 32)
+    assert [e[0] for e in kernel.log] == ["plain", "fast"] and scratch._direct is None
+    monkeypatch.setattr(_launch, "_direct_ok", False)  # another Triton
+    assert _launch.direct_parts(CudaLauncher(kernel.log)) is None
+
+
+def test_pointer_converter_replaces_only_flagged_arguments():
+    a, b = torch.zeros(3), torch.ones(5)[1:]
+    convert = _launch.pointer_converter((True, False, True, False))
+    assert convert(a, 7, b, None) == (a.data_ptr(), 7, b.data_ptr(), None)
+    assert _launch.pointer_converter((True, False, True, False)) is convert
+    assert _launch.pointer_converter(())() == ()
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("triton"), reason="needs Triton")
+def test_direct_triton_versions_have_the_checked_launcher():
+    """On a Triton of DIRECT_TRITON, the launcher's Python layer does what the direct path replaces: scratch
+    buffers only when the kernel asks for them, then the C function with the arguments in the checked order."""
+    import inspect
+
+    import triton
+
+    if not triton.__version__.startswith(_launch.DIRECT_TRITON):
+        assert not _launch._direct_supported()
+        pytest.skip(f"Triton {triton.__version__}: the direct path is off")
+    from triton.backends.nvidia.driver import CudaLauncher as Real
+
+    assert _launch._direct_supported()
+    src = " ".join(inspect.getsource(Real.__call__).split())
+    assert ("self.launch(gridX, gridY, gridZ, stream, function, self.launch_cooperative_grid, self.launch_pdl, "
+            "global_scratch, profile_scratch, *args)") in src
+    assert "if size > 0:" in src and src.count("return None") == 1
+
+
 def test_grid_helpers_equal_tritons():
     # the launchers' own cdiv / next_pow2 replace Triton's constexpr functions (4-6 us of host time per call)
     triton = pytest.importorskip("triton")

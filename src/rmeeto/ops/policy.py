@@ -35,6 +35,9 @@ Environment switches, read ONCE when this module is imported:
                             wait for it on the GPU); experimental, for A/B timing
 ``RMEETO_FAST_LAUNCH=0``    launch every Triton kernel through ``kernel[grid](...)`` instead of the cached
                             launcher of :mod:`rmeeto.ops.triton._launch` (for A/B timing; same results)
+``RMEETO_DIRECT_LAUNCH=0`` the prepared launches (:class:`rmeeto.ops.triton._launch.Launcher`) through Triton's
+                            Python launcher instead of its C function with raw addresses (for A/B timing; same
+                            results)
 ==========================  ===========================================================================
 
 From Python: :func:`set_fused` / :func:`set_scan_backend` change the same switches, and
@@ -77,6 +80,8 @@ __all__ = [
     "pdl",
     "set_pdl",
     "set_fast_launch",
+    "direct_launch",
+    "set_direct_launch",
 ]
 
 OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "embed_gemm", "proj", "outproj", "inproj", "plan")
@@ -102,6 +107,7 @@ _fused: dict[str, bool] = {
     "plan": _switch("RMEETO_FUSED_PLAN"),
 }
 _fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
+_direct_launch: bool = _switch("RMEETO_DIRECT_LAUNCH")
 _pdl: bool = os.environ.get("RMEETO_PDL", "0") == "1"
 _scan_backend: str = os.environ.get("RMEETO_SCAN_BACKEND", "auto")
 _reference_forced = False
@@ -177,6 +183,19 @@ def set_fast_launch(enabled: bool) -> None:
     global _fast_launch
     _fast_launch = bool(enabled)
     _bump()
+
+
+def direct_launch() -> bool:
+    """Let a prepared launch (:class:`rmeeto.ops.triton._launch.Launcher`) call the C function of Triton's launcher
+    itself, with raw addresses, where Triton's version is one whose launcher that path was checked against?"""
+    return _direct_launch
+
+
+def set_direct_launch(enabled: bool) -> None:
+    """Turn the direct launches of the prepared blocks on or off for the whole process (as RMEETO_DIRECT_LAUNCH).
+    Read at every launch: no cached decision changes, so the generation stays."""
+    global _direct_launch
+    _direct_launch = bool(enabled)
 
 
 def scan_backend(requested: str = "auto") -> str:

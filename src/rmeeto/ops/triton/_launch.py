@@ -28,7 +28,14 @@ changed since it was compiled (ours read none that change) and ``knobs.runtime.d
 The fast path launches on the current stream of the device, so it is captured by CUDA graphs like any launch.
 
 :class:`Launcher` goes one step further for callers that launch one kernel with one set of shapes again and again:
-after its first call it skips the key too (the caller's own cache key vouches for the specialization).
+after its first call it skips the key too (the caller's own cache key vouches for the specialization). Where the
+installed Triton's NVIDIA launcher is one this path was checked against (:data:`DIRECT_TRITON`), it also skips that
+launcher's Python layer and calls its C function itself (:func:`direct_parts`), with every tensor passed as its
+address: Triton's C code then takes the number as it is, where for a tensor it would call ``data_ptr()`` and ask
+the driver (``cuPointerGetAttribute``) whether the address is device memory, once per tensor per launch. It passes
+no launch hooks (a launch with one installed goes through Triton's own path) and no scratch buffers (a kernel
+that needs one keeps the launcher's Python layer). Off with ``RMEETO_DIRECT_LAUNCH=0``
+(:func:`rmeeto.ops.policy.direct_launch`).
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import torch
 from rmeeto.ops import policy
 
 __all__ = ["on_device", "launch", "Launcher", "cdiv", "next_pow2", "arg_key", "specialization_key", "pdl_meta",
-           "compile_key_function",
+           "compile_key_function", "direct_parts", "pointer_converter", "DIRECT_TRITON",
            "param_modes", "CONSTEXPR", "SPECIALIZE", "NO_ALIGN", "NO_SPECIALIZE"]
 
 # How Triton treats one kernel parameter (see param_modes)
@@ -264,6 +271,7 @@ class _Runtime:
         from triton.runtime.jit import JITFunction
 
         self.knobs = knobs
+        self.runtime_knobs = knobs.runtime
         self.jit_function = JITFunction
         self.get_device = torch._C._cuda_getDevice
         self.get_stream = torch._C._cuda_getCurrentRawStream
@@ -364,7 +372,7 @@ def _launch_hooks(rt: _Runtime) -> Optional[tuple]:
 def _run(rt: _Runtime, entry: tuple, grid3: tuple, index: int, current: int, hooks: tuple, args: tuple) -> None:
     """Call a cached launcher (``entry``, as :func:`_remember` keeps it: the values of the parameters after the
     positional ``args`` fixed by its key) on device ``index`` (``current`` the current one) over a 3-d grid."""
-    run, function, packed, tail, _ = entry
+    run, function, packed, tail = entry[:4]
     # the launcher takes every parameter, constexprs included (it skips them), in signature order
     full = args + tail if tail else args
     if index == current:
@@ -385,7 +393,7 @@ def _remember(state: _Kernel, key: tuple, compiled, n_args: int, meta: dict) -> 
     except Exception:
         return
     if callable(run) and function is not None:
-        state.launchers[key] = (run, function, packed, tail, compiled)
+        state.launchers[key] = (run, function, packed, tail, compiled, direct_parts(run))
 
 
 def clear_cache() -> None:
@@ -395,6 +403,81 @@ def clear_cache() -> None:
     _keep_alive.clear()
     _runtime_checked = False
     _runtime = None
+
+
+# ------------------------------------------------------------------------------------------ direct launches
+# Triton versions whose NVIDIA launcher the direct path was checked against, by reading its source: a
+# ``CudaLauncher`` whose ``__call__(gridX, gridY, gridZ, stream, function, *args)`` only allocates the scratch
+# buffers and calls ``self.launch(gridX, gridY, gridZ, stream, function, launch_cooperative_grid, launch_pdl,
+# global_scratch, profile_scratch, kernel_metadata, launch_metadata, enter_hook, exit_hook, *kernel_args)``, the C
+# function (or its wrapper expanding host TMA descriptors), which takes a Python int as a pointer unchanged and
+# calls each hook that is not None. Other versions (3.8's launcher differs) keep the launcher's Python layer.
+DIRECT_TRITON = ("3.6.",)
+_direct_ok: Optional[bool] = None
+
+
+def _direct_supported() -> bool:
+    """The installed Triton is one of :data:`DIRECT_TRITON` and its CudaLauncher has the checked signature
+    (decided once)."""
+    global _direct_ok
+    if _direct_ok is None:
+        ok = False
+        try:
+            import inspect
+
+            import triton
+            from triton.backends.nvidia.driver import CudaLauncher
+
+            params = list(inspect.signature(CudaLauncher.__call__).parameters)
+            ok = (triton.__version__.startswith(DIRECT_TRITON)
+                  and params == ["self", "gridX", "gridY", "gridZ", "stream", "function", "args"])
+        except Exception:
+            ok = False
+        _direct_ok = ok
+    return _direct_ok
+
+
+def direct_parts(run) -> Optional[tuple]:
+    """(C launch function, cooperative-grid flag, PDL flag) of a compiled kernel's launcher ``run`` where a
+    prepared launch may call that function itself (see the module docstring), else None: another Triton, another
+    kind of launcher, or a kernel that needs a global or profiling scratch buffer."""
+    if not _direct_supported() or type(run).__name__ != "CudaLauncher":
+        return None
+    if getattr(run, "global_scratch_size", 1) != 0 or getattr(run, "profile_scratch_size", 1) != 0:
+        return None
+    c_launch = getattr(run, "launch", None)
+    coop, pdl = getattr(run, "launch_cooperative_grid", None), getattr(run, "launch_pdl", None)
+    if not callable(c_launch) or coop is None or pdl is None:
+        return None
+    return c_launch, coop, pdl
+
+
+_converters: dict = {}
+
+
+def pointer_converter(is_tensor: tuple):
+    """A function of ``len(is_tensor)`` positional arguments returning them as a tuple, each one whose flag is set
+    replaced by its address (``torch.Tensor.data_ptr``), generated as one expression (no Python call per
+    argument); one per pattern of flags."""
+    fn = _converters.get(is_tensor)
+    if fn is None:
+        names = [f"a{i}" for i in range(len(is_tensor))]
+        items = "".join((f"_ptr({n}), " if t else f"{n}, ") for n, t in zip(names, is_tensor))
+        src = f"def convert({', '.join(names)}):\n    return ({items})\n"
+        namespace = {"_ptr": torch.Tensor.data_ptr}
+        exec(src, namespace)  # noqa: S102 - source built above from integers only
+        fn = _converters[is_tensor] = namespace["convert"]
+    return fn
+
+
+def _no_hooks(rt: _Runtime) -> bool:
+    """No launch hook and no stage-inspection hook installed, as :func:`_launch_hooks` decides it but for a
+    hook that is a plain callable (older Tritons), which sends the call to the path that passes hooks on."""
+    k = rt.runtime_knobs
+    enter, exit_ = k.launch_enter_hook, k.launch_exit_hook
+    return ((enter is None or not getattr(enter, "calls", True))
+            and (exit_ is None or not getattr(exit_, "calls", True))
+            and getattr(k, "add_stages_inspection_hook", None) is None)
 
 
 # ------------------------------------------------------------------------------------------- fixed launches
@@ -407,11 +490,13 @@ class Launcher:
     later calls skip :func:`launch`'s specialization key: they call the launcher it cached for the first call's
     key directly. The caller promises that every call's tensors specialise as the first call's did: the same
     dtypes and the same 16-byte alignment of every address (fresh allocations of the caching allocator, views at
-    fixed offsets of them, and tensors whose address the caller's own cache key holds). Whenever :func:`launch`
-    would not take its fast path (CPU tensors, RMEETO_FAST_LAUNCH=0, a launch hook installed), every call goes
-    through :func:`launch` itself."""
+    fixed offsets of them, and tensors whose address the caller's own cache key holds), with every tensor on
+    ``device`` and None at the same positions. Whenever :func:`launch` would not take its fast path (CPU tensors,
+    RMEETO_FAST_LAUNCH=0, a launch hook installed), every call goes through :func:`launch` itself. Where the direct
+    path applies (module docstring), a cached call hands Triton's C function the tensors' addresses: nothing then
+    checks that they are device memory, which is why a tensor on another device breaks the promise above."""
 
-    __slots__ = ("kernel", "grid", "device", "tail", "meta", "entry", "index", "_g", "_pre_run_hooks")
+    __slots__ = ("kernel", "grid", "device", "tail", "meta", "entry", "index", "_g", "_pre_run_hooks", "_direct")
 
     def __init__(self, kernel, grid: tuple, device: torch.device, tail: tuple, meta: dict):
         self.kernel, self.grid, self.device, self.tail, self.meta = kernel, grid, device, tuple(tail), meta
@@ -421,8 +506,18 @@ class Launcher:
         self.index = device.index
         n = len(grid)
         self._g = (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1)
+        self._direct = None  # (C launch, grid x, y, z, function, coop, pdl, packed metadata, converter, tail)
 
     def __call__(self, *tensors) -> None:
+        direct = self._direct
+        if direct is not None:
+            rt = _runtime
+            if (policy._direct_launch and policy._fast_launch and rt is not None and not self._pre_run_hooks
+                    and _no_hooks(rt) and rt.get_device() == self.index):
+                c_launch, gx, gy, gz, function, coop, pdl, packed, convert, tail = direct
+                c_launch(gx, gy, gz, rt.get_stream(self.index), function, coop, pdl, None, None, packed, None, None,
+                         None, *convert(*tensors), *tail)
+                return
         args = tensors + self.tail
         entry = self.entry
         rt = _get_runtime() if entry is not None else None
@@ -433,7 +528,11 @@ class Launcher:
                 return
         launch(self.kernel, self.grid, self.device, *args, **self.meta)
         if entry is None:
-            self.entry = _cached_entry(self.kernel, self.device, args, self.meta)
+            self.entry = entry = _cached_entry(self.kernel, self.device, args, self.meta)
+            if entry is not None and entry[5] is not None:
+                c_launch, coop, pdl = entry[5]
+                convert = pointer_converter(tuple(isinstance(t, torch.Tensor) for t in tensors))
+                self._direct = (c_launch, *self._g, entry[1], coop, pdl, entry[2], convert, self.tail + entry[3])
 
     def __repr__(self) -> str:
         return f"Launcher({getattr(self.kernel, '__name__', self.kernel)}, grid={self.grid})"
