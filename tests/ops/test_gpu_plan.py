@@ -42,17 +42,22 @@ def _forward(model, x, plan: bool, graphed: bool = False):
 
 
 @pytest.mark.parametrize("merged", [False, True], ids=["unmerged", "merged"])
-@pytest.mark.parametrize("name", ["vim_tiny_patch16_224", "vim_small_patch16_224"])
+@pytest.mark.parametrize("name", ["vim_tiny_patch16_224", "vim_small_patch16_224", "vim_base_patch16_224"])
 def test_plan_gives_the_general_paths_bits(name, merged, monkeypatch):
     model = _model(name, merged)
-    calls = []
-    real = tm.MixerPlan.__call__
+    calls, direct = [], []
+    real, real_direct = tm.MixerPlan.__call__, tm.MixerPlan._call_direct
 
     def spy(self, *args):
         calls.append(self)
         return real(self, *args)
 
+    def spy_direct(self, *args):
+        direct.append(self)
+        return real_direct(self, *args)
+
     monkeypatch.setattr(tm.MixerPlan, "__call__", spy)
+    monkeypatch.setattr(tm.MixerPlan, "_call_direct", spy_direct)
     depth = len(model.layers)
     for batch in (8, 3):
         x = torch.randn(batch, 3, 224, 224, device="cuda").half()
@@ -63,6 +68,9 @@ def test_plan_gives_the_general_paths_bits(name, merged, monkeypatch):
                 got = model(x)
                 assert torch.equal(got, ref), (batch, (got.float() - ref.float()).abs().max().item())
         assert len(calls) == 3 * depth, "a mixer call took the general path"
+        if _launch._direct_supported():  # the first call makes the launchers; the later ones pass addresses
+            assert len(direct) == 2 * depth, len(direct)
+        direct.clear()
         plans = set(calls)
         assert len(plans) == depth  # one plan per layer for this input signature, reused by later calls
         for plan in plans:

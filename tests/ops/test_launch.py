@@ -310,13 +310,21 @@ def test_launcher_calls_tritons_c_function_with_addresses(fake, monkeypatch):
     assert log[0][1] == (3, 2, 1, 1234, "function-handle", False, True, None, None, "packed", None, None, None,
                          other.data_ptr(), 48, 7, 64, True, False)
     assert all(type(a) is not torch.Tensor for a in log[0][1])
+    # a prepared block's launches: one check for all, then the C function with the addresses as given
+    fresh = _launch.Launcher(kernel, (3, 2), dev, (7,), dict(BLOCK=64, FLAG=True, num_warps=4))
+    assert _launch.direct_ready(launcher) and not _launch.direct_ready(launcher, fresh)
+    kernel.log.clear()
+    launcher.raw(4096, 48)
+    assert kernel.log == [("direct", (3, 2, 1, 1234, "function-handle", False, True, None, None, "packed", None, None,
+                                      None, 4096, 48, 7, 64, True, False))]
     policy.set_direct_launch(False)
     try:
-        assert kinds(buf, 32)[0] == ["fast"]
+        assert kinds(buf, 32)[0] == ["fast"] and not _launch.direct_ready(launcher)
     finally:
         policy.set_direct_launch(True)
     rt.knobs.runtime.launch_enter_hook.calls.append(lambda *a: None)
     assert kinds(buf, 32)[0] == ["plain"]  # a hook must see every launch: Triton's own path
+    assert not _launch.direct_ready(launcher)
     rt.knobs.runtime.launch_enter_hook.calls.clear()
     assert kinds(buf, 32)[0] == ["direct"]
     rt.get_device = lambda: 1  # another device current: the path that switches devices

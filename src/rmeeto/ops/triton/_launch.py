@@ -49,7 +49,7 @@ import torch
 from rmeeto.ops import policy
 
 __all__ = ["on_device", "launch", "Launcher", "cdiv", "next_pow2", "arg_key", "specialization_key", "pdl_meta",
-           "compile_key_function", "direct_parts", "pointer_converter", "DIRECT_TRITON",
+           "compile_key_function", "direct_parts", "direct_ready", "pointer_converter", "DIRECT_TRITON",
            "param_modes", "CONSTEXPR", "SPECIALIZE", "NO_ALIGN", "NO_SPECIALIZE"]
 
 # How Triton treats one kernel parameter (see param_modes)
@@ -534,8 +534,31 @@ class Launcher:
                 convert = pointer_converter(tuple(isinstance(t, torch.Tensor) for t in tensors))
                 self._direct = (c_launch, *self._g, entry[1], coop, pdl, entry[2], convert, self.tail + entry[3])
 
+    def raw(self, *args) -> None:
+        """Launch with ``args`` as Triton's C function takes them (each tensor as its address; scalars and None as
+        they are), in the positions of the first call's ``*tensors``. Only between a :func:`direct_ready` that
+        named this launcher and the end of the caller's launches (the caller checked once, for all its launches,
+        what ``__call__`` checks per launch)."""
+        c_launch, gx, gy, gz, function, coop, pdl, packed, _, tail = self._direct
+        c_launch(gx, gy, gz, _runtime.get_stream(self.index), function, coop, pdl, None, None, packed, None, None,
+                 None, *args, *tail)
+
     def __repr__(self) -> str:
         return f"Launcher({getattr(self.kernel, '__name__', self.kernel)}, grid={self.grid})"
+
+
+def direct_ready(*launchers: Launcher) -> bool:
+    """Whether :meth:`Launcher.raw` may launch every one of ``launchers`` now: each has its direct launch (made by
+    its first call), has no pre-run hook, and is on the current device; the switches are on and no launch hook is
+    installed. One check for a sequence of launches (a prepared block's)."""
+    rt = _runtime
+    if rt is None or not (policy._direct_launch and policy._fast_launch) or not _no_hooks(rt):
+        return False
+    current = rt.get_device()
+    for launcher in launchers:
+        if launcher._direct is None or launcher._pre_run_hooks or launcher.index != current:
+            return False
+    return True
 
 
 def _cached_entry(kernel, device: torch.device, args: tuple, meta: dict) -> Optional[tuple]:

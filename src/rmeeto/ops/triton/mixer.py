@@ -42,12 +42,12 @@ from rmeeto.ops.triton import proj as _proj
 from rmeeto.ops.triton import scan as _scan
 from rmeeto.ops.triton import tma_gemm as _tma_gemm
 from rmeeto.ops.triton._inductor import library_op
-from rmeeto.ops.triton._launch import Launcher
+from rmeeto.ops.triton._launch import Launcher, direct_ready
 
 Tensor = torch.Tensor
 
 __all__ = ["MixerTensors", "MixerPlan", "PlanCache", "plan_problem", "weights_key", "mixer_inference",
-           "block_inference", "merging_block_inference"]
+           "block_inference", "merging_block_inference", "direct_layout", "direct_arguments"]
 
 
 class MixerTensors(NamedTuple):
@@ -158,6 +158,7 @@ class MixerPlan:
         self.d_inner, self.dt_rank, self.d_state, self.scale = d_inner, dt_rank, d_state, float(scale)
         self.splits = [dt_rank, d_state, d_state]
         self.conv = self.proj = self.scan = self.norm = self.out = self.inp = None
+        self._layout = self._weights = None  # the direct path's workspace layout and weights' addresses
 
     def add_norm(self, hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float
                  ) -> tuple[Tensor, Tensor]:
@@ -189,6 +190,8 @@ class MixerPlan:
             self.inp(hidden, None, t.w_in, xz)
         else:
             xz = F.linear(hidden, t.w_in, t.b_in)
+        if self.out and direct_ready(self.conv, self.proj, self.scan, *self._out_launchers()):
+            return self._call_direct(xz, t)
         x, z = xz.chunk(2, dim=-1)
         batch, length, di = x.shape
         dev, dt = hidden.device, xz.dtype
@@ -240,6 +243,77 @@ class MixerPlan:
             return res
         y_f, y_b = out.unbind(0)
         return F.linear(torch.add(y_f, y_b), t.w_out, t.b_out)
+
+    def _out_launchers(self) -> tuple:
+        """The launchers of the directions' sum + out_proj (a TMA GEMM's: none, it takes tensors)."""
+        return () if type(self.out) is _tma_gemm.Gemm else (self.out,)
+
+    def _call_direct(self, xz: Tensor, t: MixerTensors) -> Tensor:
+        """The rest of :meth:`__call__` after in_proj (``xz``) where every launch after it may go to Triton's C
+        function directly (:func:`rmeeto.ops.triton._launch.direct_ready`): the same kernels with the same
+        arguments, each tensor passed as its address. The activations between the kernels (conv outputs, x_proj
+        / dt_proj outputs, the scan's output) are regions of one allocation, each starting on a 512-byte boundary
+        as a fresh allocation of the caching allocator does (so every address has the 16-byte alignment the
+        launchers were specialised on), and the views the general path takes of them (x and z of ``xz``, the
+        directions' planes, B and C in the projection's output) are their addresses at the same offsets: one
+        allocation and no view per call instead of five and five. The weights' addresses are read on the first
+        such call: a plan serves weights at one set of addresses (its cache key holds them)."""
+        batch, length, _ = xz.shape
+        di, R, N = self.d_inner, self.dt_rank, self.d_state
+        n = batch * length
+        dev, dt = xz.device, xz.dtype
+        es = xz.element_size()
+        layout = self._layout
+        if layout is None or layout[0] != (n, es):
+            layout = self._layout = ((n, es), *direct_layout(n, es, di, R, N))
+        _, offsets, total = layout
+        if self._weights is None:
+            self._weights = tuple(w.data_ptr() for w in (
+                t.conv_w, t.conv_b, t.conv_w_b, t.conv_b_b, t.x_proj, t.x_proj_b, t.dt_proj, t.dt_proj_b, t.A_log,
+                t.A_b_log, t.D, t.D_b, t.dt_bias, t.dt_bias_b, t.w_out))
+        ws = torch.empty(total, device=dev, dtype=torch.uint8)
+        conv, proj, scan, out = direct_arguments(xz.data_ptr(), ws.data_ptr(), offsets, n, es, di, R, N,
+                                                 self._weights)
+        self.conv.raw(*conv)
+        self.proj.raw(*proj)
+        self.scan.raw(*scan)
+        res = torch.empty(batch, length, t.w_out.shape[0], device=dev, dtype=dt)
+        if type(self.out) is _tma_gemm.Gemm:
+            y2 = ws[offsets[4]:offsets[4] + 2 * n * di * es].view(dt).view(2, batch, length, di)
+            self.out(y2[0], y2[1], t.w_out, res)
+        else:
+            self.out.raw(out, self._weights[-1], res.data_ptr())
+        return res
+
+
+def direct_layout(n: int, es: int, di: int, R: int, N: int) -> tuple[tuple, int]:
+    """(byte offsets, total bytes) of the regions of :meth:`MixerPlan._call_direct`'s one allocation for ``n`` =
+    batch x length tokens of ``es``-byte elements: the conv outputs u_f and u_b ([n, di] each), the x_proj /
+    dt_proj output ([2, n, R + 2N]), delta ([2, n, di]) and the scan's output ([2, n, di]), each region
+    starting on a 512-byte boundary (where the caching allocator starts every block)."""
+    sizes = [-(-elements * es // 512) * 512 for elements in (n * di, n * di, 2 * n * (R + 2 * N), 2 * n * di,
+                                                             2 * n * di)]
+    offsets = [0]
+    for size in sizes[:-1]:
+        offsets.append(offsets[-1] + size)
+    return tuple(offsets), sum(sizes)
+
+
+def direct_arguments(xz: int, base: int, offsets: tuple, n: int, es: int, di: int, R: int, N: int,
+                     weights: tuple) -> tuple[tuple, tuple, tuple, int]:
+    """The addresses :meth:`MixerPlan.__call__` hands the conv, projection and scan launchers (their positional
+    tensors, in order) and the scan output's address, with in_proj's output at ``xz``, the regions of
+    :func:`direct_layout` from ``base`` and the weights' addresses in :meth:`MixerPlan._call_direct`'s order: x
+    and z the two halves of each xz row, B and C at their offsets in each direction's plane of the projection's
+    output, the second direction's plane of delta and of that output after the first."""
+    o_uf, o_ub, o_xd, o_dl, o_out = offsets
+    cw, cb, cwb, cbb, xp, xpb, dp, dpb, a, ab, d, db, bias, bias_b, _ = weights
+    u_f, u_b, xdbl, delta, out = base + o_uf, base + o_ub, base + o_xd, base + o_dl, base + o_out
+    plane = n * (R + 2 * N) * es
+    B_f, C_f = xdbl + R * es, xdbl + (R + N) * es
+    return ((xz, cw, cb, cwb, cbb, u_f, u_b), (u_f, u_b, xp, xpb, dp, dpb, xdbl, delta),
+            (u_f, u_b, delta, delta + n * di * es, a, ab, B_f, B_f + plane, C_f, C_f + plane, d, db, xz + di * es,
+             bias, bias_b, out), out)
 
 
 # ------------------------------------------------------------------------------------ under torch.compile
