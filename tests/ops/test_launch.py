@@ -329,7 +329,7 @@ def test_launcher_calls_tritons_c_function_with_addresses(fake, monkeypatch):
     assert kinds(buf, 32)[0] == ["direct"]
     rt.get_device = lambda: 1  # another device current: the path that switches devices
     monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())  # no CUDA here
-    assert kinds(buf, 32)[0] == ["fast"]
+    assert kinds(buf, 32)[0] == ["fast"] and not _launch.direct_ready(launcher)
     rt.get_device = lambda: 0
 
     none_first = _launch.Launcher(kernel, (5,), dev, (), dict(BLOCK=64, FLAG=False, num_warps=4))
