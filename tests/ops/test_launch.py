@@ -291,7 +291,6 @@ def test_launcher_calls_tritons_c_function_with_addresses(fake, monkeypatch):
     the packed metadata, no launch metadata and no hooks, then each tensor as its address (None and scalars as they
     are) and the constexprs. A hook installed, the switch off or a kernel needing a scratch buffer: not direct."""
     kernel, rt, dev, buf = fake
-    rt.runtime_knobs = rt.knobs.runtime
     rt.knobs.runtime.launch_enter_hook, rt.knobs.runtime.launch_exit_hook = _HookChain(), _HookChain()
     monkeypatch.setattr(_launch, "_runtime", rt)
     monkeypatch.setattr(_launch, "_direct_ok", True)

@@ -271,7 +271,6 @@ class _Runtime:
         from triton.runtime.jit import JITFunction
 
         self.knobs = knobs
-        self.runtime_knobs = knobs.runtime
         self.jit_function = JITFunction
         self.get_device = torch._C._cuda_getDevice
         self.get_stream = torch._C._cuda_getCurrentRawStream
@@ -470,16 +469,6 @@ def pointer_converter(is_tensor: tuple):
     return fn
 
 
-def _no_hooks(rt: _Runtime) -> bool:
-    """No launch hook and no stage-inspection hook installed, as :func:`_launch_hooks` decides it but for a
-    hook that is a plain callable (older Tritons), which sends the call to the path that passes hooks on."""
-    k = rt.runtime_knobs
-    enter, exit_ = k.launch_enter_hook, k.launch_exit_hook
-    return ((enter is None or not getattr(enter, "calls", True))
-            and (exit_ is None or not getattr(exit_, "calls", True))
-            and getattr(k, "add_stages_inspection_hook", None) is None)
-
-
 # ------------------------------------------------------------------------------------------- fixed launches
 class Launcher:
     """One kernel launch with everything but its tensors fixed: ``Launcher(kernel, grid, device, tail, meta)``
@@ -510,14 +499,9 @@ class Launcher:
 
     def __call__(self, *tensors) -> None:
         direct = self._direct
-        if direct is not None:  # (the switches' globals read directly: two Python calls less per launch)
-            rt = _runtime
-            if (policy._direct_launch and policy._fast_launch and rt is not None and not self._pre_run_hooks
-                    and _no_hooks(rt) and rt.get_device() == self.index):
-                c_launch, gx, gy, gz, function, coop, pdl, packed, convert, tail = direct
-                c_launch(gx, gy, gz, rt.get_stream(self.index), function, coop, pdl, None, None, packed, None, None,
-                         None, *convert(*tensors), *tail)
-                return
+        if direct is not None and direct_ready(self):
+            self.raw(*direct[8](*tensors))  # (direct[8]: the tensors' addresses)
+            return
         args = tensors + self.tail
         entry = self.entry
         rt = _get_runtime() if entry is not None else None
@@ -551,8 +535,8 @@ def direct_ready(*launchers: Launcher) -> bool:
     """Whether :meth:`Launcher.raw` may launch every one of ``launchers`` now: each has its direct launch (made by
     its first call), has no pre-run hook, and is on the current device; the switches are on and no launch hook is
     installed. One check for a sequence of launches (a prepared block's)."""
-    rt = _runtime
-    if rt is None or not (policy._direct_launch and policy._fast_launch) or not _no_hooks(rt):
+    rt = _runtime  # (the switches' globals read directly: two Python calls less per check)
+    if rt is None or not (policy._direct_launch and policy._fast_launch) or _launch_hooks(rt) is None:
         return False
     current = rt.get_device()
     for launcher in launchers:

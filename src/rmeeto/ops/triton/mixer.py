@@ -263,10 +263,9 @@ class MixerPlan:
         n = batch * length
         dev, dt = xz.device, xz.dtype
         es = xz.element_size()
-        layout = self._layout
-        if layout is None or layout[0] != (n, es):
-            layout = self._layout = ((n, es), *direct_layout(n, es, di, R, N))
-        _, offsets, total = layout
+        if self._layout is None:  # (a plan serves one input shape and dtype)
+            self._layout = direct_layout(n, es, di, R, N)
+        offsets, total = self._layout
         if self._weights is None:
             self._weights = tuple(w.data_ptr() for w in (
                 t.conv_w, t.conv_b, t.conv_w_b, t.conv_b_b, t.x_proj, t.x_proj_b, t.dt_proj, t.dt_proj_b, t.A_log,
