@@ -9,7 +9,8 @@ save in the merged and the unmerged forward, and so what it would do to the merg
 
 Under PYTORCH_TUNABLEOP_ENABLED=1 PYTORCH_TUNABLEOP_TUNING=1, "cublas" is PyTorch's TunableOp choice. Backend
 "tmadev": the persistent TMA tiles with descriptors made on the device (no host work per call beyond the launch);
-``--eager`` adds each backend's best tiles called without a graph (host work included).
+``--all`` prints every tiling's time; ``--eager`` adds each backend's best tiles called without a graph (host work included). Backend "tmas": the
+persistent TMA tiles with two or three programs per SM (``CONFIGS_SHARED``).
 """
 
 from __future__ import annotations
@@ -106,8 +107,8 @@ def _scratch(size: int, alignment: int, stream):
     return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def gemm(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8)):
-    BM, BN, BK, warps, stages, group = cfg
+def gemm(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8, 1)):
+    BM, BN, BK, warps, stages, group = cfg[:6]
     M, K = a.shape
     N = w.shape[0]
     c = torch.empty(M, N, device=a.device, dtype=a.dtype)
@@ -117,16 +118,17 @@ def gemm(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8)):
     return c
 
 
-def gemm_tma(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8), on_device=False):
-    """The persistent TMA tiles; ``on_device``: their descriptors made by the kernel, else on the host."""
+def gemm_tma(a, w, a2=None, cfg=(128, 128, 64, 8, 3, 8, 1), on_device=False):
+    """The persistent TMA tiles; ``on_device``: their descriptors made by the kernel, else on the host. ``cfg``'s
+    last entry: programs per SM (2 or 3: one program's epilogue can run beside another's loads and dots)."""
     global _SMS
     if _SMS is None:
         _SMS = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 4
-    BM, BN, BK, warps, stages, group = cfg
+    BM, BN, BK, warps, stages, group, per_sm = cfg
     M, K = a.shape
     N = w.shape[0]
     c = torch.empty(M, N, device=a.device, dtype=a.dtype)
-    progs = min(_SMS, triton.cdiv(M, BM) * triton.cdiv(N, BN))
+    progs = min(per_sm * _SMS, triton.cdiv(M, BM) * triton.cdiv(N, BN))
     meta = dict(BM=BM, BN=BN, BK=BK, GROUP_M=group, TWO_A=a2 is not None, NUM_PROGS=progs, num_warps=warps,
                 num_stages=stages)
     a2 = a if a2 is None else a2
@@ -149,10 +151,17 @@ def schedule(name: str) -> list[int]:
     return [s.tokens_out for s in MergeConfig.paper(model).schedule(197, 24)]
 
 
-CONFIGS = [  # BM, BN, BK, warps, stages, group
-    (128, 128, 64, 8, 3, 8), (128, 128, 64, 4, 4, 8), (128, 256, 64, 8, 3, 8), (256, 128, 64, 8, 3, 8),
-    (128, 192, 64, 8, 3, 8), (64, 256, 64, 4, 4, 8), (128, 64, 64, 4, 4, 8), (64, 128, 64, 4, 4, 8),
-    (128, 256, 64, 8, 4, 8), (128, 128, 128, 4, 3, 8), (128, 128, 128, 8, 3, 8), (64, 256, 128, 4, 3, 8),
+CONFIGS = [  # BM, BN, BK, warps, stages, group, programs per SM (persistent backends; the plain tiles take 1s only)
+    (128, 128, 64, 8, 3, 8, 1), (128, 128, 64, 4, 4, 8, 1), (128, 256, 64, 8, 3, 8, 1), (256, 128, 64, 8, 3, 8, 1),
+    (64, 256, 64, 4, 4, 8, 1), (128, 64, 64, 4, 4, 8, 1), (64, 128, 64, 4, 4, 8, 1),
+    (128, 128, 128, 4, 3, 8, 1), (128, 128, 128, 8, 3, 8, 1),
+]
+# Several programs per SM (thirty-eighth session): shared memory for each (stages x (A + W tiles) + the C tile)
+# within half or a third of the SM's 227 KB
+CONFIGS_SHARED = [
+    (128, 128, 64, 4, 2, 8, 2), (128, 128, 32, 4, 3, 8, 2), (128, 128, 32, 4, 4, 8, 2), (128, 64, 64, 4, 3, 8, 2),
+    (128, 64, 64, 4, 2, 8, 3), (64, 128, 64, 4, 3, 8, 2), (64, 128, 64, 4, 2, 8, 3), (128, 128, 64, 8, 2, 8, 2),
+    (64, 256, 64, 4, 2, 8, 2), (128, 64, 32, 4, 4, 8, 3), (64, 128, 32, 4, 4, 8, 3),
 ]
 
 
@@ -162,8 +171,10 @@ def main():
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--inner", type=int, default=10)
     ap.add_argument("--backends", default="cublas,cublaslt,triton,tma",
-                    help="of cublas, cublaslt, triton, tma (host-made descriptors), tmadev (device-made)")
+                    help="of cublas, cublaslt, triton, tma (host-made descriptors), tmas (the same, 2-3 programs "
+                         "per SM: CONFIGS_SHARED), tmadev (device-made)")
     ap.add_argument("--ops", default="in,out", help="of in (in_proj), out (sum + out_proj)")
+    ap.add_argument("--all", action="store_true", help="print every tiling's time, not only each backend's best")
     ap.add_argument("--eager", action="store_true",
                     help="also each backend's best tiles called eagerly (host work included), us per call")
     a = ap.parse_args()
@@ -194,9 +205,9 @@ def main():
                     cands[("in", None)] = lambda: F.linear(x, w_in)
                     cands[("out", None)] = lambda: F.linear(torch.add(yf, yb), w_out)
                 else:
-                    fn = {"triton": gemm, "tma": gemm_tma,
+                    fn = {"triton": gemm, "tma": gemm_tma, "tmas": gemm_tma,
                           "tmadev": lambda *args: gemm_tma(*args, on_device=True)}[be]
-                    for cfg in CONFIGS:
+                    for cfg in CONFIGS_SHARED if be == "tmas" else CONFIGS:
                         cands[("in", cfg)] = (lambda c=cfg: fn(x, w_in, None, c))
                         cands[("out", cfg)] = (lambda c=cfg: fn(yf, w_out, yb, c))
                 best = {}
@@ -211,6 +222,8 @@ def main():
                             print(f"   {be} {op} {cfg}: wrong (rel err {err:.2e})", flush=True)
                             continue
                         us = 1e3 * _event_ms(_graphed(f), a.reps, a.inner)
+                        if a.all and cfg is not None:
+                            print(f"   {be} {op} L={L} {cfg}: {us:.1f}", flush=True)
                     except Exception as e:  # a tile that does not compile or fit
                         print(f"   {be} {op} {cfg}: {type(e).__name__}: {str(e)[:120]}", flush=True)
                         continue

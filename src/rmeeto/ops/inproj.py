@@ -4,9 +4,9 @@
 :mod:`rmeeto.ops.triton.inproj` (persistent tiles over TMA descriptors) where :func:`fused_applies` says so: a CUDA
 device with TMA (compute capability 9.0 or more), 16-bit contiguous activations, 16-byte aligned, with a weight of
 their dtype, contiguous and aligned, no bias, a width the kernel was measured ahead at
-(:func:`rmeeto.ops.triton.inproj.fits`: Vim-Ti's, and Vim-S's at short sequences), the switch ``inproj`` on (``RMEETO_FUSED_INPROJ``), no gradient
-to flow, no autocast, and ``torch.compile`` not tracing (Inductor then sees the GEMM). The two paths sum in
-different orders and round once: equal to rounding.
+(:func:`rmeeto.ops.triton.inproj.fits`: Vim-Ti's, and Vim-S's up to 186 tokens at batch 128), the switch
+``inproj`` on (``RMEETO_FUSED_INPROJ``), no gradient to flow, no autocast, and ``torch.compile`` not tracing
+(Inductor then sees the GEMM). The two paths sum in different orders and round once: equal to rounding.
 """
 
 from __future__ import annotations

@@ -16,11 +16,12 @@ token count of the paper schedules; raw ``results/s32/call1``): Vim-Ti 20.3 agai
 417 against 442 merged. At Vim-S's widths (384 -> 1536) cuBLAS was ahead at 8 of 12 token counts (56.1 against
 53.2 us at 197). Whole graphed models (call 3) told more than those times: Vim-S 0.2% slower unmerged and 0.35%
 faster merged with the tiles at every layer, Vim-B 0.4-0.5% slower either way, so :func:`fits` takes up to
-``MAX_K`` input channels, and above ``WIDE_K`` only short sequences. The same tiles with descriptors made on the
-device (``tl.make_tensor_descriptor``, no host work) were 2-2.6 us per call slower than cuBLAS; with host-made
-ones, each launch fills three descriptors on the host (:mod:`rmeeto.ops.triton._launch` keeps the rest of the
-launch cached). Needs compute capability 9.0 or more (TMA); 16-bit activations and weights of their dtype, rows and
-weights 16-byte aligned; no bias, no gradient (:mod:`rmeeto.ops.inproj` takes it only where none has to flow).
+``MAX_K`` input channels, and above ``WIDE_K`` only up to ``WIDE_MAX_ROWS`` rows (fewer than 197 tokens at batch
+128). The same tiles with descriptors made on the device (``tl.make_tensor_descriptor``, no host work) were
+2-2.6 us per call slower than cuBLAS; with host-made ones, each launch fills three descriptors on the host
+(:mod:`rmeeto.ops.triton._launch` keeps the rest of the launch cached). Needs compute capability 9.0 or more (TMA);
+16-bit activations and weights of their dtype, rows and weights 16-byte aligned; no bias, no gradient
+(:mod:`rmeeto.ops.inproj` takes it only where none has to flow).
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ __all__ = ["is_available", "in_proj", "fits", "weights_fit", "INPROJ_CONFIG", "M
 INPROJ_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 4}
 MAX_K = 512  # Vim-Ti's 192 and Vim-S's 384; at Vim-B's 768 the whole model was 0.4-0.5% slower (call 3)
 # Above WIDE_K input channels (Vim-S) only for up to WIDE_MAX_ROWS rows: whole graphed Vim-S (call 3) with the tiles
-# at every layer was 0.2% slower unmerged (197 tokens) and 0.35% faster merged.
+# at every layer was 0.2% slower unmerged (197 tokens) and 0.35% faster merged. Thirty-eighth session (call 1,
+# `bench_set.py --set inproj.WIDE_MAX_ROWS=...`, alternating processes): up to 128 x 186 rows (every merged layer of
+# the batch-128 schedule) against up to 128 x 131, merged Vim-S graphed 12,588.9 / 12,586.1 against 12,569.4 /
+# 12,565.5 img/s (+0.16%; the cuBLAS memsets and the idle time around them go), unmerged unchanged (cuBLAS at 197).
 WIDE_K = 256
-WIDE_MAX_ROWS = 128 * 131
+WIDE_MAX_ROWS = 128 * 186
 
 
 def is_available() -> bool:
