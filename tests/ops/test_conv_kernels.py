@@ -126,3 +126,46 @@ def test_conv_kernels_against_reference():
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """)
+
+
+def test_forward_over_flat_rows_equals_tiles_per_sequence():
+    """The forward tiled over the batch's flat rows (``FWD_FLAT``: a tile may hold the end of one sequence and the
+    start of the next) gives the bits of the tiles per sequence, both directions, at lengths shorter than the taps,
+    shorter than a tile and spanning several; the launcher takes the flat rows only where x's and the outputs'
+    sequences lie one row stride apart (x in_proj's half or contiguous, not a slice of longer sequences)."""
+    run_interpreted("""
+        saved = dict(tconv.FWD_CONFIG)
+        for block_l, block_d in ((16, 32), (8, 64)):
+            tconv.FWD_CONFIG.update(BLOCK_L=block_l, BLOCK_D=block_d)
+            for dtype, batch, L, K, D in ((torch.float32, 3, 13, 4, 40), (torch.float16, 2, 37, 4, 24),
+                                          (torch.float32, 4, 2, 4, 24), (torch.float16, 1, 5, 3, 24)):
+                x = torch.randn(batch, L, 2 * D)[..., :D].to(dtype)
+                ws = [torch.randn(D, 1, K).to(dtype) for _ in range(2)]
+                bs = [torch.randn(D).to(dtype) for _ in range(2)]
+                case = (block_l, str(dtype), batch, L, K)
+                tconv.FWD_FLAT = True
+                flat = tconv._fwd_launch(x, ws[0], bs[0], ws[1], bs[1], True, True)
+                grid, _, meta = tconv.fwd_spec(x, flat[0], K)
+                if len(grid) != 2 or not meta.get("FLAT") or grid[0] != -(-batch * L // block_l):
+                    bad.append(("flat grid", case, grid))
+                tconv.FWD_FLAT = False
+                per_seq = tconv._fwd_launch(x, ws[0], bs[0], ws[1], bs[1], True, True)
+                if not all(torch.equal(a, b) for a, b in zip(flat, per_seq)):
+                    bad.append(("bits", case))
+                if not all(torch.equal(a, b) for a, b in zip(flat, old._conv_silu_bidir_triton_fwd(x, ws[0], bs[0],
+                                                                                                     ws[1], bs[1]))):
+                    bad.append(("session 5", case))
+                # a slice of longer sequences: the launcher keeps the tiles per sequence (and their bits)
+                tconv.FWD_FLAT = True
+                xs = torch.randn(batch, L + 3, D).to(dtype)[:, :L]
+                xs.copy_(x)
+                if batch > 1 and "FLAT" in tconv.fwd_spec(xs, flat[0], K)[2]:
+                    bad.append(("flat over a slice", case))
+                if not all(torch.equal(a, b) for a, b in zip(tconv._fwd_launch(xs, ws[0], bs[0], ws[1], bs[1],
+                                                                                True, True), flat)):
+                    bad.append(("slice bits", case))
+        tconv.FWD_CONFIG.clear()
+        tconv.FWD_CONFIG.update(saved)
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """)

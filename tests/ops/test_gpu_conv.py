@@ -107,3 +107,20 @@ def test_conv_kernels_against_reference(bwd_config, monkeypatch):
     pairs = zip([*got, *torch.autograd.grad(got, leaves, gs)], [*ref, *torch.autograd.grad(ref, leaves, gs)])
     for i, (a, r) in enumerate(pairs):
         assert (a - r).abs().max() <= 1e-4 * max(1.0, r.abs().max().item()), ("bidir", i)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("length", [197, 76, 3])
+def test_forward_over_flat_rows_equals_tiles_per_sequence(dtype, length):
+    """The compiled forward over the batch's flat rows (x in_proj's half: what the mixer passes) and over tiles
+    per sequence (x a slice of longer sequences, or ``FWD_FLAT`` off) give the same bits, both directions, and
+    the session-5 kernel's (tests/ops/test_conv_kernels.py checks the same under the interpreter)."""
+    x, (wf, wb), (bf, bb), _ = make_inputs(5, length, 768, dtype, 7 + length)
+    flat = tconv._fwd_launch(x, wf, bf, wb, bb, True, True)
+    assert tconv.fwd_spec(x, flat[0], 4)[2].get("FLAT")
+    xs = torch.empty(5, length + 5, 768, device=DEV, dtype=dtype)[:, :length]
+    xs.copy_(x)
+    assert not tconv.fwd_spec(xs, flat[0], 4)[2].get("FLAT")
+    for a, b, c in zip(flat, tconv._fwd_launch(xs, wf, bf, wb, bb, True, True),
+                       conv_v5._conv_silu_bidir_triton_fwd(x, wf, bf, wb, bb)):
+        assert torch.equal(a, b) and torch.equal(a, c)

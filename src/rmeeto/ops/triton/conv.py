@@ -34,54 +34,71 @@ try:  # optional: Triton is only needed for the fused CUDA kernel
         return v.to(x_ptr.dtype.element_ty).to(tl.float32)
 
     @triton.jit
-    def _conv_fwd_tile(x_base, w_ptr, b_ptr, out_ptr, pid_b, offs_l, offs_d, mask_d, mask, L, stride_xl, stride_ob,
-                       stride_ol, K: tl.constexpr, REVERSE: tl.constexpr, BLOCK_L: tl.constexpr,
-                       BLOCK_D: tl.constexpr):
-        """out[l] = silu(b + sum_k w[k] x[l - K + 1 + k]) (REVERSE: x[l + K - 1 - k]) for the tokens offs_l and
-        channels offs_d of sequence pid_b (``mask``: those inside it); x_base points at its token 0, weights
-        are [D, K]. (The order of the address arithmetic matters: it steers which multiply-adds the compiler
-        fuses, and so the bits of u; this one matches the session-5 kernels.)"""
+    def _conv_fwd_tile(x_base, w_ptr, b_ptr, out_base, rows, t, offs_d, mask_d, mrow, L, stride_xl, stride_ol,
+                       K: tl.constexpr, REVERSE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+        """out[l] = silu(b + sum_k w[k] x[l - K + 1 + k]) (REVERSE: x[l + K - 1 - k]) for the rows ``rows`` (each
+        at position ``t`` of its sequence; ``mrow``: those that exist) and channels offs_d: row r of x at
+        ``x_base + r * stride_xl``, of out at ``out_base + r * stride_ol``, so a tile's rows may belong to several
+        sequences as long as those lie one row stride apart (each row's taps stop at its own sequence's ends).
+        Weights are [D, K]. (The order of the address arithmetic matters: it steers which multiply-adds the
+        compiler fuses, and so the bits of u; this one matches the session-5 kernels, tests/ops/test_gpu_conv.py.)"""
         acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
         acc += _in_x_dtype(tl.load(b_ptr + offs_d, mask=mask_d, other=0.0), x_base)[None, :]
         for k in tl.static_range(K):
             wk = _in_x_dtype(tl.load(w_ptr + offs_d * K + k, mask=mask_d, other=0.0), x_base)
             if REVERSE:
-                src = offs_l + (K - 1 - k)
+                shift = K - 1 - k
+                m = (t + shift < L) & mrow
             else:
-                src = offs_l - (K - 1) + k
-            m = (src >= 0) & (src < L)
-            xv = tl.load(x_base + src[:, None] * stride_xl + offs_d[None, :], mask=m[:, None] & mask_d[None, :],
-                         other=0.0).to(tl.float32)
+                shift = -(K - 1) + k
+                m = (t + shift >= 0) & mrow
+            xv = tl.load(x_base + (rows + shift)[:, None] * stride_xl + offs_d[None, :],
+                         mask=m[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
             acc += xv * wk[None, :]
         out = acc * tl.sigmoid(acc)
-        tl.store(out_ptr + pid_b * stride_ob + offs_l[:, None] * stride_ol + offs_d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_base + rows[:, None] * stride_ol + offs_d[None, :], out.to(out_base.dtype.element_ty),
+                 mask=mrow[:, None] & mask_d[None, :])
 
     @triton.jit
     def _conv_silu_fwd(
         x_ptr, wf_ptr, bf_ptr, wb_ptr, bb_ptr, outf_ptr, outb_ptr,
         L, D,
         stride_xb, stride_xl,
-        stride_ob, stride_ol,
+        stride_ob, stride_ol, M,
         K: tl.constexpr, FWD: tl.constexpr, BWD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-        PDL: tl.constexpr = False,
+        PDL: tl.constexpr = False, FLAT: tl.constexpr = False,
     ):
         """outf = silu(causal conv of x with wf, bf) when FWD, outb = silu(anti-causal conv with wb, bb) when
         BWD (both: the two directions of Vim's mixer in one launch, x read once from memory); x [batch, L, D]
-        (unit channel stride), outf / outb [batch, L, D] (strides stride_ob, stride_ol, 1), weights [D, K]."""
+        (unit channel stride), outf / outb [batch, L, D] (strides stride_ob, stride_ol, 1), weights [D, K].
+        Grid (batch, token tiles, channel tiles); ``FLAT`` (the launcher's promise that x's and the outputs'
+        sequences lie one row stride apart): grid (tiles of the M = batch x L rows, channel tiles), so no tile is
+        part-empty at the end of a sequence (at Vim's 197 tokens, 32-row tiles hold 224)."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
-        pid_b = tl.program_id(0)
-        offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-        offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+        if FLAT:
+            rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+            offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+            mrow = rows < M
+            t = rows % L
+            x_base = x_ptr
+            of_base = outf_ptr
+            ob_base = outb_ptr
+        else:
+            pid_b = tl.program_id(0)
+            rows = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+            offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+            mrow = rows < L
+            t = rows
+            x_base = x_ptr + pid_b * stride_xb
+            of_base = outf_ptr + pid_b * stride_ob
+            ob_base = outb_ptr + pid_b * stride_ob
         mask_d = offs_d < D
-        mask = (offs_l < L)[:, None] & mask_d[None, :]
-        x_base = x_ptr + pid_b * stride_xb
         if FWD:
-            _conv_fwd_tile(x_base, wf_ptr, bf_ptr, outf_ptr, pid_b, offs_l, offs_d, mask_d, mask, L, stride_xl,
-                           stride_ob, stride_ol, K, False, BLOCK_L, BLOCK_D)
+            _conv_fwd_tile(x_base, wf_ptr, bf_ptr, of_base, rows, t, offs_d, mask_d, mrow, L, stride_xl, stride_ol,
+                           K, False, BLOCK_L, BLOCK_D)
         if BWD:
-            _conv_fwd_tile(x_base, wb_ptr, bb_ptr, outb_ptr, pid_b, offs_l, offs_d, mask_d, mask, L, stride_xl,
-                           stride_ob, stride_ol, K, True, BLOCK_L, BLOCK_D)
+            _conv_fwd_tile(x_base, wb_ptr, bb_ptr, ob_base, rows, t, offs_d, mask_d, mrow, L, stride_xl, stride_ol,
+                           K, True, BLOCK_L, BLOCK_D)
 
     @triton.jit
     def _row(base, t, offs_d, mask_d, L, stride_l):
@@ -289,6 +306,12 @@ except Exception:  # pragma: no cover - depends on the install
 
 # Tiles of the forward kernel (single and both directions).
 FWD_CONFIG = {"BLOCK_L": 32, "BLOCK_D": 128, "num_warps": 4}
+# Tiles over the flat rows (batch x tokens) where the layout allows, not per sequence. Thirty-eighth session (H200,
+# benchmarks/conv_tiles_gpu.py, both directions, fp16, batch 128, graphed us per call, the same bits): at Vim-S's
+# width 53.9 against 60.7 at 197 tokens (where 32-row tiles per sequence hold 224 rows) and 956 against 1,065 over
+# the merged schedule's 24 calls; at Vim-Ti's width 29.6 against 33.3 and 611 against 654. Other tile sizes, per
+# sequence or flat, were slower over both schedules (16-row tiles per sequence came closest: 1,016 / 634).
+FWD_FLAT = True
 # Tiles of the backward kernel: a program walks SPAN tokens of BLOCK_D channels in SEQS sequences; BWD_CONFIG for
 # one direction, BIDIR_BWD_CONFIG for both (twice the state per channel). benchmarks/bench_conv_gpu.py times the
 # candidates, benchmarks/compile_conv.py shows their registers and instruction counts: on sm_90 (bf16) 4 channels
@@ -340,14 +363,25 @@ def _fwd_launch(x: Tensor, wf: Tensor, bf: Tensor, wb: Tensor, bb: Tensor, fwd: 
 def fwd_spec(x: Tensor, out: Tensor, taps: int, fwd: bool = True, bwd: bool = True) -> tuple[tuple, tuple, dict]:
     """(grid, scalar arguments, constexprs and launch options) of the forward kernel over x [batch, length, dim]
     (unit channel stride) into outputs laid out as ``out`` (both directions' alike), ``taps`` = K: the kernel's
-    tensors (x, wf, bf, wb, bb, out_f, out_b; weights and biases dense) come first."""
+    tensors (x, wf, bf, wb, bb, out_f, out_b; weights and biases dense) come first. Tiles of flat rows
+    (``FWD_FLAT``) where x's and out's sequences each lie one row stride apart (x a contiguous tensor, or the
+    channel half of in_proj's output) and the row offsets fit int32, else tiles per sequence."""
     batch, length, dim = x.shape
     cfg = FWD_CONFIG
     block_l, block_d = cfg["BLOCK_L"], cfg["BLOCK_D"]
-    grid = (batch, cdiv(length, block_l), cdiv(dim, block_d))
-    tail = (length, dim, x.stride(0), x.stride(1), out.stride(0), out.stride(1))
+    rows = batch * length
+    flat = (FWD_FLAT and (batch == 1 or (x.stride(0) == length * x.stride(1)
+                                         and out.stride(0) == length * out.stride(1)))
+            and (rows + taps) * max(x.stride(1), out.stride(1), 1) < 2 ** 31)  # row offsets in int32
+    if flat:
+        grid = (cdiv(rows, block_l), cdiv(dim, block_d))
+    else:
+        grid = (batch, cdiv(length, block_l), cdiv(dim, block_d))
+    tail = (length, dim, x.stride(0), x.stride(1), out.stride(0), out.stride(1), rows)
     meta = dict(K=taps, FWD=fwd, BWD=bwd, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=cfg["num_warps"],
                 **pdl_meta())
+    if flat:
+        meta["FLAT"] = True
     return grid, tail, meta
 
 
