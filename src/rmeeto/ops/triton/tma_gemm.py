@@ -35,7 +35,7 @@ except Exception:  # pragma: no cover - depends on the install (a Triton without
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "device_fits", "aligned", "spec", "descriptors", "Gemm"]
+__all__ = ["is_available", "device_fits", "aligned", "spec", "descriptors", "tail_split", "Gemm", "TAIL_SPLITS"]
 
 _CAPABLE: dict = {}  # device index -> compute capability >= 9.0
 
@@ -71,52 +71,121 @@ def _programs(device: torch.device, tiles: int) -> int:
 
 if _HAS_TRITON:
     @triton.jit
-    def _tma_gemm_kernel(a_desc, a2_desc, w_desc, c_desc, M, N, K,
+    def _tile_at(tile, num_m, num_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+        """(first row, first column) of output tile ``tile`` in grouped order (GROUP_M row tiles share their
+        weight tiles)."""
+        in_group = GROUP_M * num_n
+        first_m = (tile // in_group) * GROUP_M
+        group_m = min(num_m - first_m, GROUP_M)
+        return (first_m + (tile % in_group) % group_m) * BLOCK_M, ((tile % in_group) // group_m) * BLOCK_N
+
+    @triton.jit
+    def _tile_product(a_desc, a2_desc, w_desc, row, col, K, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, TWO_A: tl.constexpr):
+        """float32 sums of round(a (+ a2)) @ w.T over the [ROWS, BLOCK_N] tile at (row, col), steps of BLOCK_K."""
+        acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            a = a_desc.load([row, k])
+            if TWO_A:  # the directions' sum, rounded as torch.add rounds it
+                a = (a.to(tl.float32) + a2_desc.load([row, k]).to(tl.float32)).to(a.dtype)
+            acc = tl.dot(a, w_desc.load([col, k]).T, acc)
+        return acc
+
+    @triton.jit
+    def _tma_gemm_kernel(a_desc, a2_desc, w_desc, c_desc, as_desc, as2_desc, cs_desc, M, N, K,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                         NUM_PROGS: tl.constexpr, TWO_A: tl.constexpr, PDL: tl.constexpr = False):
+                         NUM_PROGS: tl.constexpr, TWO_A: tl.constexpr, SPLIT: tl.constexpr = 1,
+                         PDL: tl.constexpr = False):
         """c[M, N] = round(a[M, K] (+ a2[M, K] when TWO_A)) @ w[N, K].T over descriptors of blocks [BLOCK_M,
         BLOCK_K] (a, a2), [BLOCK_N, BLOCK_K] (w) and [BLOCK_M, BLOCK_N] (c): program ``program_id(0)`` of
         NUM_PROGS takes every NUM_PROGS-th output tile in grouped order, float32 sums over steps of BLOCK_K,
-        stored in c's dtype."""
+        stored in c's dtype. SPLIT > 1: only the tiles that fill whole rounds of NUM_PROGS are taken whole; each
+        tile left over is cut into SPLIT tiles of BLOCK_M / SPLIT rows (descriptors as_desc, as2_desc, cs_desc of
+        those rows), which the programs take in turn: a part-full last round of whole tiles becomes a shorter one
+        of more, smaller tiles."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         num_m = tl.cdiv(M, BLOCK_M)
         num_n = tl.cdiv(N, BLOCK_N)
-        in_group = GROUP_M * num_n
-        for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_PROGS, flatten=True):
-            first_m = (tile // in_group) * GROUP_M
-            group_m = min(num_m - first_m, GROUP_M)
-            row = (first_m + (tile % in_group) % group_m) * BLOCK_M
-            col = ((tile % in_group) // group_m) * BLOCK_N
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for k in range(0, K, BLOCK_K):
-                a = a_desc.load([row, k])
-                if TWO_A:  # the directions' sum, rounded as torch.add rounds it
-                    a = (a.to(tl.float32) + a2_desc.load([row, k]).to(tl.float32)).to(a.dtype)
-                acc = tl.dot(a, w_desc.load([col, k]).T, acc)
+        tiles = num_m * num_n
+        whole = tiles
+        if SPLIT > 1:
+            whole = (tiles // NUM_PROGS) * NUM_PROGS
+        for tile in tl.range(tl.program_id(0), whole, NUM_PROGS, flatten=True):
+            row, col = _tile_at(tile, num_m, num_n, BLOCK_M, BLOCK_N, GROUP_M)
+            acc = _tile_product(a_desc, a2_desc, w_desc, row, col, K, BLOCK_M, BLOCK_N, BLOCK_K, TWO_A)
             c_desc.store([row, col], acc.to(c_desc.dtype))
+        if SPLIT > 1:
+            SUB: tl.constexpr = BLOCK_M // SPLIT
+            for part in tl.range(tl.program_id(0), (tiles - whole) * SPLIT, NUM_PROGS):
+                row, col = _tile_at(whole + part // SPLIT, num_m, num_n, BLOCK_M, BLOCK_N, GROUP_M)
+                row += (part % SPLIT) * SUB
+                acc = _tile_product(as_desc, as2_desc, w_desc, row, col, K, SUB, BLOCK_N, BLOCK_K, TWO_A)
+                cs_desc.store([row, col], acc.to(cs_desc.dtype))
+
+
+# The last round of a persistent launch is part-full where the tiles are not a multiple of the programs: e.g.
+# Vim-Ti's in_proj at 177 tokens, batch 128, 1,062 tiles of 128 x 128 on 132 SMs, 8 whole rounds and one of 6 tiles
+# that costs a ninth round's time. Cut into SPLIT row parts, the left-over tiles take a shorter round. TAIL_SPLITS:
+# the splits tried and each part's time as a share of a whole tile's (measured below); the split whose estimated
+# last round, cdiv(left over x SPLIT, programs) x share, is shortest is taken (None, or an empty dict: never).
+TAIL_SPLITS = {2: 0.55, 4: 0.32}
+MIN_SPLIT_ROWS = 16  # no part of fewer rows
+
+
+def tail_split(tiles: int, programs: int, block_m: int) -> int:
+    """The row split of the tiles left over after the whole rounds of ``programs`` programs (1: none), by
+    TAIL_SPLITS."""
+    left = tiles % programs if programs else 0
+    best, cost = 1, 1.0
+    if not left or not TAIL_SPLITS:
+        return best
+    for split, share in sorted(TAIL_SPLITS.items()):
+        if block_m % split or block_m // split < MIN_SPLIT_ROWS:
+            continue
+        est = cdiv(left * split, programs) * share
+        if est < cost - 1e-9:
+            best, cost = split, est
+    return best
 
 
 def spec(M: int, N: int, K: int, device: torch.device, config: dict, two_a: bool = False
          ) -> tuple[tuple, tuple, dict]:
     """(grid, scalar arguments, constexprs and launch options) of the kernel over M rows, N output and K input
     channels on ``device`` with the tiles of ``config`` (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps,
-    num_stages); ``two_a``: the sum of two inputs. The descriptors (:func:`descriptors`) come first."""
+    num_stages; optionally TAIL_SPLIT, the left-over tiles' row split, else :func:`tail_split`'s); ``two_a``: the
+    sum of two inputs. The descriptors (:func:`descriptors`) come first."""
     bm, bn = config["BLOCK_M"], config["BLOCK_N"]
-    progs = _programs(device, cdiv(M, bm) * cdiv(N, bn))
+    tiles = cdiv(M, bm) * cdiv(N, bn)
+    progs = _programs(device, tiles)
+    split = config.get("TAIL_SPLIT")
+    split = tail_split(tiles, progs, bm) if split is None else split
+    if split < 1 or bm % split:
+        raise ValueError(f"tma_gemm: TAIL_SPLIT={split} must divide BLOCK_M={bm}")
     meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=config["BLOCK_K"], GROUP_M=config["GROUP_M"], NUM_PROGS=progs,
-                TWO_A=bool(two_a), num_warps=config["num_warps"], num_stages=config["num_stages"], **pdl_meta())
+                TWO_A=bool(two_a), SPLIT=split, num_warps=config["num_warps"], num_stages=config["num_stages"],
+                **pdl_meta())
     return (progs,), (M, N, K), meta
 
 
 def descriptors(a: Tensor, a2: Optional[Tensor], w: Tensor, c: Tensor, M: int, meta: dict) -> tuple:
-    """The kernel's four descriptor arguments over M rows for ``a`` (M x K), ``a2`` (M x K, or None: that
+    """The kernel's seven descriptor arguments over M rows for ``a`` (M x K), ``a2`` (M x K, or None: that
     argument None), ``w`` [N, K] and ``c`` (M x N), each contiguous and 16-byte aligned (``a``, ``a2`` and ``c``
-    of any shape with those sizes), with the blocks of ``meta`` (:func:`spec`'s)."""
+    of any shape with those sizes), with the blocks of ``meta`` (:func:`spec`'s), then those of a, a2 and c over
+    the split tiles' rows (None without a split)."""
     bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
     N, K = w.shape
-    return (TensorDescriptor(a, [M, K], [K, 1], [bm, bk]),
-            None if a2 is None else TensorDescriptor(a2, [M, K], [K, 1], [bm, bk]),
-            TensorDescriptor(w, [N, K], [K, 1], [bn, bk]), TensorDescriptor(c, [M, N], [N, 1], [bm, bn]))
+    descs = [TensorDescriptor(a, [M, K], [K, 1], [bm, bk]),
+             None if a2 is None else TensorDescriptor(a2, [M, K], [K, 1], [bm, bk]),
+             TensorDescriptor(w, [N, K], [K, 1], [bn, bk]), TensorDescriptor(c, [M, N], [N, 1], [bm, bn])]
+    split = meta.get("SPLIT", 1)
+    if split > 1:
+        sub = bm // split
+        descs += [TensorDescriptor(a, [M, K], [K, 1], [sub, bk]),
+                  None if a2 is None else TensorDescriptor(a2, [M, K], [K, 1], [sub, bk]),
+                  TensorDescriptor(c, [M, N], [N, 1], [sub, bn])]
+    else:
+        descs += [None, None, None]
+    return tuple(descs)
 
 
 class Gemm:
@@ -147,10 +216,14 @@ class Gemm:
             descs = descriptors(a, a2, w, c, self.M, self.meta)
             local.descs = descs
         else:
-            da, da2, dw, dc = descs
+            da, da2, dw, dc, dsa, dsa2, dsc = descs
             da.base, dw.base, dc.base = a, w, c
             if da2 is not None:
                 da2.base = a2
+            if dsa is not None:
+                dsa.base, dsc.base = a, c
+                if dsa2 is not None:
+                    dsa2.base = a2
         try:
             self.launcher(*descs)
         finally:
