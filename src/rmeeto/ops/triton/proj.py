@@ -134,19 +134,13 @@ if _HAS_TRITON:
     def _bidir_proj_kernel(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl_ptr, delta_ptr, M, D, s_wx, s_wdt,
                            RPP: tl.constexpr, R: tl.constexpr, N2: tl.constexpr, R_PAD: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                           PDL: tl.constexpr = False, NSPLIT: tl.constexpr = 1):
-        """Rows ``(program_id(0) // NSPLIT) * RPP ...`` (RPP <= BLOCK_M of them, the rest of the tile masked) of
-        direction ``program_id(1)`` (0: u_f / wx_f / wdt_f, 1: the ``_b`` ones). u: [M, D] contiguous; wx: [R + N2,
-        D] (row stride s_wx, unit column stride); wdt: [D, R] (row stride s_wdt); outputs xdbl [2, M, R + N2] and
-        delta [2, M, D], contiguous, u's dtype. NSPLIT > 1: the delta columns in NSPLIT parts of whole BLOCK_N
-        steps, part ``program_id(0) % NSPLIT`` by this program (each part's program takes the rows' dt part
-        whole, the same sums; part 0 stores x_dbl): more, shorter programs where few rows leave SMs idle."""
+                           PDL: tl.constexpr = False):
+        """Rows ``program_id(0) * RPP ...`` (RPP <= BLOCK_M of them, the rest of the tile masked) of direction
+        ``program_id(1)`` (0: u_f / wx_f / wdt_f, 1: the ``_b`` ones). u: [M, D] contiguous; wx: [R + N2, D] (row
+        stride s_wx, unit column stride); wdt: [D, R] (row stride s_wdt); outputs xdbl [2, M, R + N2] and delta
+        [2, M, D], contiguous, u's dtype."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         pid = tl.program_id(0)
-        part = 0
-        if NSPLIT > 1:
-            part = pid % NSPLIT
-            pid = pid // NSPLIT
         d = tl.program_id(1)
         if d == 0:
             u = u_f
@@ -185,20 +179,11 @@ if _HAS_TRITON:
         x_r = acc_r.to(dt)  # columns R..R_PAD-1 are 0 (their weight rows were masked)
         W: tl.constexpr = R + N2
         out_x = xdbl_ptr + (d * M + rows)[:, None] * W
-        mx = mrow
-        if NSPLIT > 1:
-            mx = mrow & (part == 0)
-        tl.store(out_x + jr[None, :], x_r, mask=mx[:, None] & mr[None, :])
-        tl.store(out_x + R + jb[None, :], acc_bc.to(dt), mask=mx[:, None])
+        tl.store(out_x + jr[None, :], x_r, mask=mrow[:, None] & mr[None, :])
+        tl.store(out_x + R + jb[None, :], acc_bc.to(dt), mask=mrow[:, None])
         nn = tl.arange(0, BLOCK_N)
         out_d = delta_ptr + (d * M + rows)[:, None] * D
-        n_lo = 0
-        n_hi = D
-        if NSPLIT > 1:
-            steps = tl.cdiv(tl.cdiv(D, BLOCK_N), NSPLIT)  # BLOCK_N steps per part
-            n_lo = part * steps * BLOCK_N
-            n_hi = min(D, n_lo + steps * BLOCK_N)
-        for n0 in range(n_lo, n_hi, BLOCK_N):
+        for n0 in range(0, D, BLOCK_N):
             n = n0 + nn
             mn = n < D
             w2 = tl.load(wdt + n[:, None] * s_wdt + jr[None, :], mask=mn[:, None] & mr[None, :], other=0.0).to(dt)
@@ -234,15 +219,9 @@ def spec(M: int, D: int, R: int, n2: int, s_wx: int, s_wdt: int, config: dict | 
     rpp = cfg.get("ROWS") or block_m  # rows per program: a tile's first rows, the rest masked
     if not 0 < rpp <= block_m:
         raise ValueError(f"proj tiles: ROWS={rpp} rows per program must be 1..BLOCK_M={block_m}")
-    nsplit = cfg.get("NSPLIT", 1)
-    if not 1 <= nsplit <= cdiv(D, cfg["BLOCK_N"]):
-        raise ValueError(f"proj tiles: NSPLIT={nsplit} parts must be 1..{cdiv(D, cfg['BLOCK_N'])} (the BLOCK_N steps "
-                         f"over {D} channels)")
     meta = dict(R=R, N2=n2, R_PAD=max(16, next_pow2(R)), BLOCK_M=block_m, BLOCK_K=cfg["BLOCK_K"],
                 BLOCK_N=cfg["BLOCK_N"], RPP=rpp, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
                 **pdl_meta())
-    if nsplit > 1:
-        meta["NSPLIT"] = nsplit
     if cfg.get("maxnreg"):
         meta["maxnreg"] = cfg["maxnreg"]
-    return (cdiv(M, rpp) * nsplit, 2), (M, D, s_wx, s_wdt), meta
+    return (cdiv(M, rpp), 2), (M, D, s_wx, s_wdt), meta
