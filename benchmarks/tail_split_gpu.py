@@ -2,7 +2,7 @@
 time per call of in_proj at Vim-Ti's and Vim-S's widths, and of Vim-B's sum + out_proj, at every token count of
 the paper schedules (batch 128, fp16), with the left-over tiles whole (split 1), in 2 or 4 row parts, and as the
 launcher chooses (auto). Every split's output must equal split 1's bit for bit. Per width: the sums over the merged
-and the unmerged forward, and each part's time as a share of a whole tile's (what ``TAIL_SPLITS`` holds).
+and the unmerged forward (what ``TAIL_SPLIT_MIN_K`` and the rule of ``tail_split`` rest on).
 
     PYTHONPATH=src python3 benchmarks/tail_split_gpu.py [--models Ti,S,B] [--reps 15] [--splits 1,2,4]
 """
@@ -34,7 +34,8 @@ def main():
     a = ap.parse_args()
     dev = torch.device("cuda")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {sms} SMs; TAIL_SPLITS {tg.TAIL_SPLITS}",
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {sms} SMs; TAIL_SPLIT_MIN_K "
+          f"{tg.TAIL_SPLIT_MIN_K}",
           flush=True)
     splits = [int(v) for v in a.splits.split(",")]
     for key in a.models.split(","):

@@ -734,6 +734,52 @@ def test_tma_gemm_keeps_its_descriptors_per_thread_and_no_tensor():
     """))
 
 
+def test_tma_gemm_cuts_left_over_tiles_into_row_parts_with_the_same_bits():
+    """rmeeto.ops.triton.tma_gemm: the tiles left after the whole rounds of programs (4 under the interpreter), cut
+    into 2 or 4 row parts (TAIL_SPLIT), give the bits of the whole tiles, with one input or the directions' sum,
+    over ragged rows and channels; rows past M are not written. tail_split takes halves only where they fit one round
+    and the channels reach TAIL_SPLIT_MIN_K; spec takes its choice, or the config's, and refuses a split that does not
+    divide BLOCK_M."""
+    run_interpreted(MIXER_OP_CHECK + textwrap.dedent("""
+        import sys, torch
+        from rmeeto.ops.triton import tma_gemm as tg
+        torch.manual_seed(0)
+        bad = []
+        dev = torch.device("cpu")
+        base = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 1}
+        # (M, N, K): 3 x 2 tiles on 4 programs (2 left), 5 x 3 (3 left), 2 x 2 (none left)
+        for M, N, K, two in ((70, 24, 40, False), (150, 48, 32, True), (64, 32, 16, False)):
+            a = torch.randn(M, K).half()
+            a2 = torch.randn(M, K).half() if two else None
+            w = (torch.randn(N, K) / K ** 0.5).half()
+            want = torch.empty(M + 3, N).half()
+            tg.Gemm(M, N, K, dev, dict(base, TAIL_SPLIT=1), two_a=two)(a, a2, w, want[:M])
+            if not within_rounding(want[:M], a + a2 if two else a, w):
+                bad.append(("whole tiles", M, N, K))
+            for split in (2, 4):
+                out = torch.full((M + 3, N), 7.0).half()
+                g = tg.Gemm(M, N, K, dev, dict(base, TAIL_SPLIT=split), two_a=two)
+                if g.meta["SPLIT"] != split:
+                    bad.append(("config's split", split))
+                g(a, a2, w, out[:M])
+                if not torch.equal(out[:M], want[:M]) or not bool((out[M:] == 7.0).all()):
+                    bad.append(("split", M, N, K, split))
+        rule = [tg.tail_split(t, 132, 128, k) for t, k in ((459, 1536), (492, 1536), (591, 2048), (456, 1535),
+                                                           (528, 1536), (459, 1536))]
+        if rule != [2, 1, 2, 1, 1, 2] or tg.tail_split(459, 132, 16, 1536) != 1:
+            bad.append(("rule", rule))
+        if [tg.spec(70, 24, k, dev, base)[2]["SPLIT"] for k in (1536, 40)] != [2, 1]:  # 6 tiles, 4 programs
+            bad.append("spec")
+        try:
+            tg.spec(70, 24, 40, dev, dict(base, TAIL_SPLIT=3))
+            bad.append("split 3 of 32 rows taken")
+        except ValueError:
+            pass
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """))
+
+
 def test_in_proj_kernel_and_its_use_in_the_mixer():
     """rmeeto.ops.triton.inproj (in_proj as persistent tiles over host-made TMA descriptors) against the GEMM: within
     one fp16 rounding of a float32 GEMM, over row, input and output channel counts that are not multiples of the

@@ -1,17 +1,19 @@
 """Persistent GEMM tiles over TMA descriptors (Hopper): ``c = round(a [+ a2]) @ w.T`` in float32 sums.
 
-The kernel behind two of a mixer's GEMMs in inference where cuBLAS's kernels leave the GPU idle between their waves
-of tiles: in_proj at Vim-Ti's width (and Vim-S's on short sequences; :mod:`rmeeto.ops.triton.inproj`), and the two
-scan directions' sum + out_proj at Vim-B's width (:mod:`rmeeto.ops.triton.outproj`, the sum in the prologue: a
-[M, K] plane of each direction added in float32 and rounded to the activations' dtype, the bits ``torch.add``
-gives). One program per SM (at most one per output tile) walks the output tiles in grouped order (GROUP_M row tiles
-share their weight tiles in L2), loading the operands with the tensor memory accelerator and writing each tile
-with a TMA store while the next tile's loads are in flight; rows past M and channels past K read as zeros, rows
-past M are not written. Descriptors are made on the host (``triton.tools.tensor_descriptor.TensorDescriptor``,
-:func:`descriptors`); :class:`Gemm` keeps the rest of the launch cached (:class:`rmeeto.ops.triton._launch.Launcher`),
-so a call costs the descriptors' fill and one launch. (Descriptors made in the kernel, ``tl.make_tensor_descriptor``, cost 2-2.6 us per
-call on the GPU: session 32, ``benchmarks/gemm_ab_gpu.py``.) Needs compute capability 9.0 or more; 16-bit
-operands, each contiguous with 16-byte aligned rows and base.
+The kernel behind two of a mixer's GEMMs in inference where cuBLAS's kernels leave the GPU idle between their waves of
+tiles: in_proj at Vim-Ti's width (and Vim-S's on short sequences; :mod:`rmeeto.ops.triton.inproj`), and the two scan
+directions' sum + out_proj at Vim-B's width (:mod:`rmeeto.ops.triton.outproj`, the sum in the prologue: a [M, K] plane
+of each direction added in float32 and rounded to the activations' dtype, the bits ``torch.add`` gives). One program per
+SM (at most one per output tile) walks the output tiles in grouped order (GROUP_M row tiles share their weight tiles in
+L2), loading the operands with the tensor memory accelerator and writing each tile with a TMA store while the next
+tile's loads are in flight; rows past M and channels past K read as zeros, rows past M are not written. Where the last
+round of tiles would be at most half full and a tile's channel steps set its time (:func:`tail_split`), the left-over
+tiles are cut into row halves spread over the programs. Descriptors are made on the host
+(``triton.tools.tensor_descriptor.TensorDescriptor``, :func:`descriptors`); :class:`Gemm` keeps the rest of the launch
+cached (:class:`rmeeto.ops.triton._launch.Launcher`), so a call costs the descriptors' fill and one launch. (Descriptors
+made in the kernel, ``tl.make_tensor_descriptor``, cost 2-2.6 us per call on the GPU: session 32,
+``benchmarks/gemm_ab_gpu.py``.) Needs compute capability 9.0 or more; 16-bit operands, each contiguous with 16-byte
+aligned rows and base.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ except Exception:  # pragma: no cover - depends on the install (a Triton without
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "device_fits", "aligned", "spec", "descriptors", "tail_split", "Gemm", "TAIL_SPLITS"]
+__all__ = ["is_available", "device_fits", "aligned", "spec", "descriptors", "tail_split", "Gemm",
+           "TAIL_SPLIT_MIN_K"]
 
 _CAPABLE: dict = {}  # device index -> compute capability >= 9.0
 
@@ -123,29 +126,27 @@ if _HAS_TRITON:
                 cs_desc.store([row, col], acc.to(cs_desc.dtype))
 
 
-# The last round of a persistent launch is part-full where the tiles are not a multiple of the programs: e.g.
-# Vim-Ti's in_proj at 177 tokens, batch 128, 1,062 tiles of 128 x 128 on 132 SMs, 8 whole rounds and one of 6 tiles
-# that costs a ninth round's time. Cut into SPLIT row parts, the left-over tiles take a shorter round. TAIL_SPLITS:
-# the splits tried and each part's time as a share of a whole tile's (measured below); the split whose estimated
-# last round, cdiv(left over x SPLIT, programs) x share, is shortest is taken (None, or an empty dict: never).
-TAIL_SPLITS = {2: 0.55, 4: 0.32}
-MIN_SPLIT_ROWS = 16  # no part of fewer rows
+# The last round of a persistent launch is part-full where the tiles are not a multiple of the programs: e.g. Vim-B's
+# sum + out_proj (1536 -> 768 channels, 128 x 256 tiles) at 153 tokens, batch 128: 459 tiles on 132 SMs, 3 whole
+# rounds and one of 63 tiles that costs a fourth round's time. Where at most half the programs are left with a tile
+# and a tile takes at least TAIL_SPLIT_MIN_K input channels (its time set by its channel steps, not by latency), the
+# left-over tiles are cut in two row halves, one round of half tiles. Thirty-ninth session (H200, 132 SMs,
+# benchmarks/tail_split_gpu.py, graphed us per call, the same bits): Vim-B's sum + out_proj at 153 / 142 / 109 / 98
+# tokens 105.7 / 106.7 / 78.5 / 78.6 -> 97.8 / 99.1 / 71.4 / 70.8 (at 197 tokens, where the add + cuBLAS serves,
+# 127.5 -> 120.5); slower where the halves take two rounds (164 tokens: 104.9 -> 115.9) and at Vim-Ti's and Vim-S's
+# in_proj (192 and 384 channels: 3 and 6 channel steps) at every token count (Vim-Ti 187 tokens, 66 tiles left:
+# 19.7 -> 20.1; 76 tokens: 10.2 -> 11.0): there a half tile takes about a whole tile's time.
+TAIL_SPLIT_MIN_K = 1536
 
 
-def tail_split(tiles: int, programs: int, block_m: int) -> int:
-    """The row split of the tiles left over after the whole rounds of ``programs`` programs (1: none), by
-    TAIL_SPLITS."""
+def tail_split(tiles: int, programs: int, block_m: int, k: int) -> int:
+    """The row split of the tiles left over after the whole rounds of ``programs`` programs over ``k`` input
+    channels: 2 where at most half the programs are left with a tile and ``k`` >= TAIL_SPLIT_MIN_K (and the halves
+    keep 16 rows or more), else 1 (none)."""
     left = tiles % programs if programs else 0
-    best, cost = 1, 1.0
-    if not left or not TAIL_SPLITS:
-        return best
-    for split, share in sorted(TAIL_SPLITS.items()):
-        if block_m % split or block_m // split < MIN_SPLIT_ROWS:
-            continue
-        est = cdiv(left * split, programs) * share
-        if est < cost - 1e-9:
-            best, cost = split, est
-    return best
+    if 0 < 2 * left <= programs and k >= TAIL_SPLIT_MIN_K and block_m % 2 == 0 and block_m // 2 >= 16:
+        return 2
+    return 1
 
 
 def spec(M: int, N: int, K: int, device: torch.device, config: dict, two_a: bool = False
@@ -158,7 +159,7 @@ def spec(M: int, N: int, K: int, device: torch.device, config: dict, two_a: bool
     tiles = cdiv(M, bm) * cdiv(N, bn)
     progs = _programs(device, tiles)
     split = config.get("TAIL_SPLIT")
-    split = tail_split(tiles, progs, bm) if split is None else split
+    split = tail_split(tiles, progs, bm, K) if split is None else split
     if split < 1 or bm % split:
         raise ValueError(f"tma_gemm: TAIL_SPLIT={split} must divide BLOCK_M={bm}")
     meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=config["BLOCK_K"], GROUP_M=config["GROUP_M"], NUM_PROGS=progs,
