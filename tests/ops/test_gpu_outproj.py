@@ -39,6 +39,28 @@ def test_kernel_within_one_rounding_of_a_float32_gemm(dtype, dims, within_roundi
     assert not to.fits(1536, 768) and to.tma_fits(1536, 768, 128 * 175) and not to.tma_fits(1536, 768, 128 * 197)
 
 
+def test_tma_tiles_left_over_in_row_halves_give_the_same_bits():
+    """Vim-B's sum + out_proj where the TMA tiles' last round is at most half full (153 and 98 tokens at batch 128 on a
+    132-SM H200): the rule's split (halves there, by tma_gemm.tail_split) gives the bits of whole tiles."""
+    from rmeeto.ops.triton import tma_gemm
+
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the TMA tiles need compute capability 9.0 or more")
+    torch.manual_seed(0)
+    K, N = 1536, 768
+    w = (torch.randn(N, K, device="cuda") / K ** 0.5).half()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for L in (153, 98):
+        y = torch.randn(2, 128, L, K, device="cuda").half()
+        M = 128 * L
+        tiles = tma_gemm.cdiv(M, to.TMA_CONFIG["BLOCK_M"]) * tma_gemm.cdiv(N, to.TMA_CONFIG["BLOCK_N"])
+        split = tma_gemm.tail_split(tiles, min(sms, tiles), to.TMA_CONFIG["BLOCK_M"], K)
+        assert sms != 132 or split == 2, (L, tiles)
+        whole = to.sum_out_proj(y, w, dict(to.TMA_CONFIG, TAIL_SPLIT=1))
+        assert torch.equal(to.sum_out_proj(y, w), whole), L
+        assert torch.equal(to.sum_out_proj(y, w, dict(to.TMA_CONFIG, TAIL_SPLIT=2)), whole), L
+
+
 @pytest.mark.parametrize("merged", [False, True])
 def test_model_logits_as_close_to_float32_as_the_add_and_gemm(merged, switch_ab):
     """Vim-S fp16 logits with the kernel are as close to the float32 model's as with the add + cuBLAS (within 10%
