@@ -97,8 +97,8 @@ def main():
             model = rmeeto.create_model(name).cuda().half().eval()
             depth = len(model.layers)
             cfg = rmeeto.MergeConfig.paper(name)
-            sched = cfg.schedule(model.num_tokens if hasattr(model, "num_tokens") else 197, depth)
-            tokens[merged] = [s.tokens_out if merged else s.tokens_in for s in sched]
+            sched = cfg.schedule(197, depth)  # 224 px, patch 16, a class token
+            tokens[merged] = [s.tokens_out for s in sched] if merged else [sched[0].tokens_in] * depth
             if merged:
                 rmeeto.apply_merge(model, cfg)
             fn = accelerate(model, "cudagraph")
