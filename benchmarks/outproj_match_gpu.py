@@ -68,7 +68,7 @@ def _outproj_match_kernel(
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--lengths", default="197,172,147")
+    ap.add_argument("--lengths", default="197,192,187,182,177,172,167,162,157,152")
     ap.add_argument("--tiles", default="64,64,8,3;128,64,8,3;64,32,8,3;64,64,8,2")
     a = ap.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__, flush=True)

@@ -1437,6 +1437,7 @@ def _(hidden, residual, size, metric, cls_index, num_merged, new_cls_index, orde
 # matching; 128 x 64 in 3 stages 30.9 / 29.8, 64 x 64 36.8 / 29.8. The matching's warps serve both steps.
 OUTPROJ_MATCH_TILES = (128, 32, 4)
 OUTPROJ_MATCH_MAX_C = 256  # output channels in one register tile (Vim-Ti's 192)
+OUTPROJ_MATCH_MIN_L = 0  # tokens per image from which the one launch is taken
 
 
 def outproj_match_spec(batch: int, L: int, K: int, C: int, dtype: torch.dtype, cls_index: int, num_merged: int,
@@ -1448,8 +1449,8 @@ def outproj_match_spec(batch: int, L: int, K: int, C: int, dtype: torch.dtype, c
     multiple of the channel step. The leading arguments: y (two planes), w, out, the planes' distance, K, then
     the workspace's vmax, vidx, scratch, dest, base, src, sdst, head, nxt, kslot."""
     out_m, out_k, stages = OUTPROJ_MATCH_TILES
-    if not (0 < C <= OUTPROJ_MATCH_MAX_C and K % out_k == 0 and num_merged > 0 and dtype in (torch.float16,
-                                                                                            torch.bfloat16)):
+    if not (0 < C <= OUTPROJ_MATCH_MAX_C and K % out_k == 0 and num_merged > 0 and L >= OUTPROJ_MATCH_MIN_L
+            and dtype in (torch.float16, torch.bfloat16)):
         return None
     spec = match_spec(torch.empty(batch, L, C, dtype=dtype, device="meta"), cls_index, num_merged, new_cls_index,
                       ordered, norm_only=True)

@@ -201,7 +201,9 @@ class MixerPlan:
             self.inp(hidden, None, t.w_in, xz)
         else:
             xz = F.linear(hidden, t.w_in, t.b_in)
-        if self.out and direct_ready(self.conv, self.proj, self.scan, *self._out_launchers()):
+        # (with ``match`` the out_proj launcher is not called: its launch is the match's)
+        if self.out and direct_ready(self.conv, self.proj, self.scan,
+                                     *(() if match is not None else self._out_launchers())):
             return self._call_direct(xz, t, match)
         x, z = xz.chunk(2, dim=-1)
         batch, length, di = x.shape
