@@ -387,37 +387,6 @@ class _LayerMerge:
     prune: bool
     shuffle: Optional[TokenShuffler] = None  # one object per model, shared by its layers
 
-    def tail_match(self, plan, normed: Tensor, tensors, cls_index: int, training: bool, backend: str = "auto"):
-        """For the block before this merge, in inference: the launch that runs its mixer's sum + out_proj and this
-        merge's matching together (:class:`rmeeto.ops.triton.merge.OutprojMatch`), for the prepared mixer
-        ``plan`` (:class:`rmeeto.ops.triton.mixer.MixerPlan`) on ``normed`` with weights ``tensors``, the class
-        token at ``cls_index``; or None where it does not serve: another metric, distance, partner rank, reduce
-        or pruning, an active shuffle, nothing to merge, a switch off (``outproj_match`` or a kernel the
-        merging block's prepared path needs), or no one-launch kernel for the shape. Decided once per plan and
-        merge (kept on ``plan``)."""
-        if (self.metric != "x" or self.distance != "cosine" or self.choose != 1 or self.reduce != "sum"
-                or self.prune or (self.shuffle is not None and self.shuffle.active(training))):
-            return None
-        batch, L, _ = normed.shape
-        r = max(0, min(self.num_merged, (L - 1) // 2))
-        key = (cls_index, r, self.ordered, policy.generation())
-        made = plan.matches.get(key, False)
-        if made is not False:
-            return made
-        made = None
-        w = tensors.w_out
-        if (r > 0 and tensors.b_out is None and w.dtype == normed.dtype and w.dim() == 2 and w.is_contiguous()
-                and all(policy.use_fused(op, normed, backend)
-                        for op in ("outproj_match", "outproj", "merge", "merge_norm", "norm", "plan"))):
-            C, K = w.shape
-            new_cls = plan_cls_index(cls_index, L, r, self.ordered)
-            if merge_triton.outproj_match_spec(batch, L, K, C, normed.dtype, cls_index, r, new_cls,
-                                               self.ordered) is not None:
-                made = merge_triton.OutprojMatch(batch, L, K, C, normed.dtype, normed.device, cls_index, r, new_cls,
-                                                 self.ordered)
-        plan.matches[key] = made
-        return made
-
 
 def _use_fused(hidden: Tensor, cfg: "_LayerMerge", backend: str = "auto") -> bool:
     """The fused CUDA merge (rmeeto.ops.triton.merge) serves the default merge (reduce "sum", no pruning)
@@ -491,17 +460,11 @@ class MergingBlock(Block):
         if cfg.num_merged > 0 and residual is not None:
             plan = self._prepared_merge(hidden, residual, state)
             if plan is not None:  # inference: the match and the merge + add + norm prepared (two launches)
-                lists = state.lists  # or the match made already, with the block before's out_proj (one launch)
-                if lists is not None and lists[0] != (hidden.data_ptr(), tuple(hidden.shape), state.cls_index,
-                                                      plan.num_merged, plan.new_cls_index, plan.ordered):
-                    lists = None
-                residual, normed, size = plan(hidden, residual, state.size, self.norm.weight,
-                                              None if lists is None else lists[1:])
+                residual, normed, size = plan(hidden, residual, state.size, self.norm.weight)
                 return self.mix(normed, residual, TokenState(plan.new_cls_index, size, None, None))
         if cfg.shuffle is not None and residual is not None and cfg.shuffle.active(self.training):
             # shuffled tensors are plain inputs to the merge below: the fused path stays correct on them
-            hidden, residual, *rest = cfg.shuffle.permute([hidden, residual, state.size, state.metric, state.source],
-                                                          state.cls_index)
+            hidden, residual, *rest = cfg.shuffle.permute([hidden, residual, *state[1:]], state.cls_index)
             state = TokenState(state.cls_index, *rest)
         if cfg.num_merged > 0 and residual is not None:
             metric = hidden if cfg.metric == "x" else state.metric
@@ -601,8 +564,6 @@ def apply_merge(model: VisionMamba, config: MergeConfig) -> VisionMamba:
             )
             if config.metric != "x":
                 model.layers[s.layer - 1].export_metric = config.metric
-            else:
-                model.layers[s.layer - 1].next_merge = layer.merge
     model.merge_config = config
     model.merge_shuffler = shuffler  # its generator state is what a resume would need to save
     return model
@@ -617,9 +578,8 @@ def remove_merge(model: VisionMamba) -> VisionMamba:
         if isinstance(layer, MergingBlock):
             layer.__class__ = Block
             del layer.merge
-        for name in ("export_metric", "next_merge"):
-            if name in layer.__dict__:
-                delattr(layer, name)
+        if "export_metric" in layer.__dict__:
+            del layer.export_metric
     model.merge_config = None
     model.merge_shuffler = None
     return model

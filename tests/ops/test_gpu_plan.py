@@ -46,22 +46,17 @@ def _forward(model, x, plan: bool, graphed: bool = False):
 def test_plan_gives_the_general_paths_bits(name, merged, monkeypatch):
     model = _model(name, merged)
     calls, direct = [], []
-    real, real_direct, real_matched = tm.MixerPlan.__call__, tm.MixerPlan._call_direct, tm.MixerPlan.call_matched
+    real, real_direct = tm.MixerPlan.__call__, tm.MixerPlan._call_direct
 
     def spy(self, *args):
         calls.append(self)
         return real(self, *args)
-
-    def spy_matched(self, *args):  # a mixer call running the next merge's matching with its out_proj
-        calls.append(self)
-        return real_matched(self, *args)
 
     def spy_direct(self, *args):
         direct.append(self)
         return real_direct(self, *args)
 
     monkeypatch.setattr(tm.MixerPlan, "__call__", spy)
-    monkeypatch.setattr(tm.MixerPlan, "call_matched", spy_matched)
     monkeypatch.setattr(tm.MixerPlan, "_call_direct", spy_direct)
     depth = len(model.layers)
     for batch in (8, 3):
@@ -92,8 +87,7 @@ def test_plan_gives_the_general_paths_bits(name, merged, monkeypatch):
     if merged:  # the merging steps' prepared launches too
         merge_plans = [p for b in model.layers for p in b.__dict__.get("_merge_plans", {}).values() if p is not None]
         assert len(merge_plans) >= 11
-        # (a merging block handed its lists by the block before launches no matching of its own)
-        assert all((p.match is None or p.match.entry is not None) and p.merge.entry is not None for p in merge_plans)
+        assert all(p.match.entry is not None and p.merge.entry is not None for p in merge_plans)
     assert torch.equal(_forward(model, x, plan=True, graphed=True), ref)
 
 
@@ -106,8 +100,6 @@ def test_blocks_take_the_plan_with_their_norm(monkeypatch):
     real_add, real_call, real_merge = tm.MixerPlan.add_norm, tm.MixerPlan.__call__, tmerge.MergeNormPlan.__call__
     monkeypatch.setattr(tm.MixerPlan, "add_norm", lambda self, *a: adds.append(self) or real_add(self, *a))
     monkeypatch.setattr(tm.MixerPlan, "__call__", lambda self, *a: calls.append(self) or real_call(self, *a))
-    real_matched = tm.MixerPlan.call_matched
-    monkeypatch.setattr(tm.MixerPlan, "call_matched", lambda self, *a: calls.append(self) or real_matched(self, *a))
     monkeypatch.setattr(tmerge.MergeNormPlan, "__call__", lambda self, *a: merges.append(self) or real_merge(self, *a))
     x = torch.randn(4, 3, 224, 224, device="cuda").half()
     ref = _forward(model, x, plan=False)
@@ -117,36 +109,3 @@ def test_blocks_take_the_plan_with_their_norm(monkeypatch):
     merging = sum(type(b).__name__ == "MergingBlock" for b in model.layers)
     assert merging == 11 and len(merges) == merging
     assert len(calls) == len(model.layers) and len(adds) == len(model.layers) - merging
-
-
-@pytest.mark.parametrize("batch", [16, 3])
-def test_outproj_and_matching_in_one_launch(batch, monkeypatch):
-    """Merged Vim-Ti: the plain block before each merging block runs its sum + out_proj and that merge's matching
-    in one launch (rmeeto.ops.triton.merge.OutprojMatch) and hands the lists on; every merging block takes them
-    and launches no matching of its own. The logits are those of the two launches (switch ``outproj_match`` off)
-    and of the general path, bit for bit, eager and graphed, with one launch fewer per merging layer."""
-    model = _model("vim_tiny_patch16_224", True)
-    made, given = [], []
-    real_om, real_merge = tmerge.OutprojMatch.__call__, tmerge.MergeNormPlan.__call__
-    monkeypatch.setattr(tmerge.OutprojMatch, "__call__", lambda self, *a: made.append(self) or real_om(self, *a))
-
-    def spy_merge(self, *a):
-        given.append(a[4] if len(a) > 4 else None)
-        return real_merge(self, *a)
-
-    monkeypatch.setattr(tmerge.MergeNormPlan, "__call__", spy_merge)
-    x = torch.randn(batch, 3, 224, 224, device="cuda").half()
-    ref = _forward(model, x, plan=False)
-    policy.set_fused("outproj_match", False)
-    try:
-        two = _forward(model, x, plan=True)
-        assert not made
-    finally:
-        policy.set_fused("outproj_match", True)
-    given.clear()
-    with torch.no_grad():
-        for _ in range(2):  # the first call makes the launchers, the second takes their direct path
-            got = model(x)
-            assert torch.equal(got, ref) and torch.equal(got, two), (got.float() - ref.float()).abs().max().item()
-    assert len(made) == 2 * 11 and len(given) == 2 * 11 and all(g is not None for g in given), (len(made), given)
-    assert torch.equal(_forward(model, x, plan=True, graphed=True), ref)

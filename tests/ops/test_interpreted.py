@@ -780,54 +780,6 @@ def test_tma_gemm_cuts_left_over_tiles_into_row_parts_with_the_same_bits():
     """))
 
 
-def test_outproj_and_matching_in_one_launch():
-    """rmeeto.ops.triton.merge.OutprojMatch: the directions' sum + out_proj of every image's rows, then the
-    one-launch matching on them, in one program per image: its output within one fp16 rounding of a float32 GEMM
-    of the rounded sum (the tiled kernel's arithmetic; the GPU test checks the bits), rows past each image and
-    channels past C untouched, and the lists the matching makes on that output, every entry written: the compact
-    plan (few merged) and the all-pairs plan (many), ordered and not. The spec refuses what the kernel does not
-    serve (more than OUTPROJ_MATCH_MAX_C channels, K not a multiple of its channel step, a float32 metric,
-    nothing merged, sources past one tile)."""
-    run_interpreted(MIXER_OP_CHECK + textwrap.dedent("""
-        import sys, torch
-        from rmeeto.merge import plan_cls_index
-        from rmeeto.ops.triton import merge as mt
-        torch.manual_seed(0)
-        bad = []
-        dev = torch.device("cpu")
-        for batch, L, K, C, r, ordered in ((2, 17, 64, 32, 3, True), (3, 21, 96, 48, 5, False),
-                                           (2, 71, 64, 32, 34, True)):
-            cls = L // 2
-            new_cls = plan_cls_index(cls, L, r, ordered)
-            y = torch.randn(2, batch, L, K).half()
-            w = (torch.randn(C, K) / K ** 0.5).half()
-            om = mt.OutprojMatch(batch, L, K, C, torch.float16, dev, cls, r, new_cls, ordered)
-            rb = om.launcher.meta["RB"]
-            if (rb > 0) != (r <= mt.MATCH_CONFIG["compact_max_r"]):
-                bad.append(("plan kind", L, r, rb))
-            out = torch.full((batch, L, C), 7.0).half()
-            kslot, nxt = om(y, w, out)
-            if not within_rounding(out.reshape(-1, C), (y[0] + y[1]).reshape(-1, K), w):
-                bad.append(("out_proj", L))
-            ws = mt._workspace(batch, L, r, dev)
-            ws[8].fill_(-9), ws[9].fill_(-9)
-            mt._match_lists(out, cls, r, new_cls, ordered, ws, norm_only=True)
-            if not (torch.equal(kslot, ws[9]) and torch.equal(nxt, ws[8])):
-                bad.append(("lists", L, r, ordered))
-            if om.key(out) != (out.data_ptr(), (batch, L, C), cls, r, new_cls, ordered):
-                bad.append("key")
-        spec = lambda **k: mt.outproj_match_spec(**dict(dict(batch=2, L=17, K=64, C=32, dtype=torch.float16,
-                                                             cls_index=8, num_merged=3, new_cls_index=6,
-                                                             ordered=True), **k))
-        if spec() is None or spec(C=mt.OUTPROJ_MATCH_MAX_C + 8) is not None or spec(K=40) is not None \
-                or spec(dtype=torch.float32) is not None or spec(num_merged=0) is not None \
-                or spec(L=601, cls_index=300, new_cls_index=299) is not None:
-            bad.append("spec")
-        print("FAILURES", bad)
-        sys.exit(1 if bad else 0)
-    """))
-
-
 def test_in_proj_kernel_and_its_use_in_the_mixer():
     """rmeeto.ops.triton.inproj (in_proj as persistent tiles over host-made TMA descriptors) against the GEMM: within
     one fp16 rounding of a float32 GEMM, over row, input and output channel counts that are not multiples of the
@@ -929,17 +881,12 @@ def test_mixer_plan_gives_the_general_paths_bits(full):
         with torch.no_grad():
             for p in mixer.parameters():  # away from the init's constants, so a swapped operand would show
                 p.add_(torch.randn_like(p) * 0.05)
-        plans, matched = [], []
-        real, real_matched = tm.MixerPlan.__call__, tm.MixerPlan.call_matched
+        plans = []
+        real = tm.MixerPlan.__call__
         def spy(self, *a):
             plans.append(self)
             return real(self, *a)
-        def spy_matched(self, *a):
-            plans.append(self)
-            matched.append(self)
-            return real_matched(self, *a)
         tm.MixerPlan.__call__ = spy
-        tm.MixerPlan.call_matched = spy_matched
 
         def general(h, **kw):
             policy.set_fused("plan", False)
@@ -1024,14 +971,11 @@ def test_mixer_plan_gives_the_general_paths_bits(full):
             adds.append(self)
             return real_add(self, *a)
         def spy_merge(self, *a):
-            merges.append((self, a[4] if len(a) > 4 else None))  # the lists a merging block was handed
+            merges.append(self)
             return real_merge(self, *a)
         tm.MixerPlan.add_norm = spy_add
         tmerge.MergeNormPlan.__call__ = spy_merge
-        for merged, fuse in ((False, True), (True, True), (True, False)):
-            # fuse: the plain block before each merging block runs its out_proj and the merge's matching in one
-            # launch (rmeeto.ops.triton.merge.OutprojMatch) and the merging block takes the lists it made
-            policy.set_fused("outproj_match", fuse)
+        for merged in (False, True):
             model = rmeeto.create_model("vim_test_patch4_16").half().eval()
             with torch.no_grad():
                 for p in model.parameters():
@@ -1043,19 +987,15 @@ def test_mixer_plan_gives_the_general_paths_bits(full):
                 policy.set_fused("plan", False)
                 ref = model(x)
                 policy.set_fused("plan", True)
-                plans.clear(), adds.clear(), merges.clear(), matched.clear()
+                plans.clear(), adds.clear(), merges.clear()
                 got = model(x)
                 again = model(x)
             depth = len(model.layers)
             n_merging = sum(type(b).__name__ == "MergingBlock" for b in model.layers)
-            n_given = sum(1 for a in merges if a[1] is not None)
             if not same(got, ref) or not same(again, ref) or len(plans) != 2 * depth \
                     or len(adds) != 2 * (depth - n_merging) or len(merges) != 2 * n_merging \
-                    or (merged and not n_merging) or len(matched) != (2 * n_merging if merged and fuse else 0) \
-                    or n_given != len(matched):
-                bad.append(("model", merged, fuse, len(plans), len(adds), len(merges), len(matched), n_given, depth,
-                            n_merging))
-        policy.set_fused("outproj_match", True)
+                    or (merged and not n_merging):
+                bad.append(("model", merged, len(plans), len(adds), len(merges), depth, n_merging))
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """))

@@ -73,15 +73,12 @@ class TokenState(NamedTuple):
     size: [batch, tokens, 1] number of original patches each token stands for (None until the first merge).
     metric: [batch, tokens, c] the matching metric the *previous* block exported for the next merge, if any.
     source: [batch, tokens, original_tokens] 0/1 map to original tokens, only when tracking is on.
-    lists: the next merge's plan lists, made by the block before with its mixer's last launch (inference:
-        :meth:`Block.add_norm_mix`), as (key, kslot, nxt); every block passes on only its own (or None).
     """
 
     cls_index: int
     size: Optional[Tensor] = None
     metric: Optional[Tensor] = None
     source: Optional[Tensor] = None
-    lists: Optional[tuple] = None
 
 
 class RMSNorm(nn.Module):
@@ -384,14 +381,10 @@ class Block(nn.Module):
     Input/output: (hidden, residual, state) where ``hidden`` is the previous mixer's raw output
     [batch, tokens, E], ``residual`` the float32 token representation (None before the first block), and
     ``state`` a :class:`TokenState`. ``export_metric`` (set by the merge patch, never changed in forward)
-    makes the block hand the next merging block a B/C/delta metric. ``next_merge`` (set by the merge patch on
-    the block before a merging block whose metric is the hidden states): in inference the block's prepared mixer
-    may run that merge's matching in its last launch (:meth:`rmeeto.merge._LayerMerge.tail_match`) and hand the
-    lists on in ``state.lists``.
+    makes the block hand the next merging block a B/C/delta metric.
     """
 
     export_metric: Optional[str] = None
-    next_merge = None
 
     def __init__(self, dim: int, mixer: BiMambaMixer, drop_path: float = 0.0, norm_eps: float = 1e-5,
                  residual_in_fp32: bool = True, device=None, dtype=None):
@@ -408,33 +401,25 @@ class Block(nn.Module):
                 if mixer.traces_inference(hidden, self.norm, residual):  # traced: the block as one op
                     hidden, residual = block_inference(hidden, residual, self.norm.weight, self.norm.eps,
                                                        *mixer.plan_args())
-                    return hidden, residual, state._replace(metric=None, lists=None)
+                    return hidden, residual, state._replace(metric=None)
             else:
                 # (a hook on the mixer must see its call: then the mixer is called as a module, below)
                 prepared = None if mixer._hooked() else mixer.plan(hidden, self.norm, residual)
                 if prepared is not None:  # inference: the norm and the mixer's launches prepared (ops.triton.mixer)
                     plan, tensors = prepared
                     residual, normed = plan.add_norm(hidden, residual, self.norm.weight, self.norm.eps)
-                    nxt = self.next_merge
-                    match = None if nxt is None or state.source is not None else nxt.tail_match(
-                        plan, normed, tensors, state.cls_index, self.training, policy.op_backend(mixer.scan_backend))
-                    if match is None:
-                        return plan(normed, tensors), residual, state._replace(metric=None, lists=None)
-                    hidden, lists = plan.call_matched(normed, tensors, match)
-                    if lists is not None:
-                        lists = (match.key(hidden), *lists)
-                    return hidden, residual, state._replace(metric=None, lists=lists)
+                    return plan(normed, tensors), residual, state._replace(metric=None)
         residual, normed = drop_add_rms_norm(
             hidden, residual, self.norm.weight, self.norm.eps, self.drop_path.drop_prob, self.residual_in_fp32,
             backend=policy.op_backend(self.mixer.scan_backend),
         )
         hidden, metric = self.mixer(normed, export=self.export_metric)  # self.mix inlined: one call less per block
-        return hidden, residual, state._replace(metric=metric, lists=None)
+        return hidden, residual, state._replace(metric=metric)
 
     def mix(self, normed: Tensor, residual: Tensor, state: TokenState):
         """The mixer on the normalised tokens (the block's second half, after the residual add + norm)."""
         hidden, metric = self.mixer(normed, export=self.export_metric)
-        return hidden, residual, state._replace(metric=metric, lists=None)
+        return hidden, residual, state._replace(metric=metric)
 
     def forward(self, hidden: Tensor, residual: Optional[Tensor], state: TokenState):
         return self.add_norm_mix(hidden, residual, state)

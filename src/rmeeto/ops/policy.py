@@ -26,9 +26,6 @@ Environment switches, read ONCE when this module is imported:
 ``RMEETO_FUSED_MERGE_NORM=0`` in inference, the fused merge and the residual add + RMSNorm after it as two
                             kernels instead of one (``rmeeto.ops.triton.merge.match_merge_add_norm``; it
                             needs the merge and norm kernels on as well; for A/B timing, same results)
-``RMEETO_FUSED_OUTPROJ_MATCH=0`` in inference, the sum + out_proj of the block before a merge and the merge's
-                            matching as two launches instead of one (``rmeeto.ops.triton.merge.OutprojMatch``;
-                            the same bits; for A/B timing)
 ``RMEETO_FUSED_PLAN=0``    in inference, every mixer call through the general op dispatch instead of its prepared
                             launch sequence (``rmeeto.ops.triton.mixer.MixerPlan``: the same kernels and
                             bits, less host time per call; for A/B timing)
@@ -87,8 +84,7 @@ __all__ = [
     "set_direct_launch",
 ]
 
-OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "embed_gemm", "proj", "outproj", "inproj", "plan",
-       "outproj_match")
+OPS = ("scan", "conv", "norm", "merge", "merge_norm", "embed", "embed_gemm", "proj", "outproj", "inproj", "plan")
 # scan backends written in PyTorch alone; forcing one of them on a model forces the PyTorch conv / norm / merge
 PURE_SCAN_BACKENDS = ("reference", "chunked")
 
@@ -109,7 +105,6 @@ _fused: dict[str, bool] = {
     "outproj": _switch("RMEETO_FUSED_OUTPROJ"),
     "inproj": _switch("RMEETO_FUSED_INPROJ"),
     "plan": _switch("RMEETO_FUSED_PLAN"),
-    "outproj_match": _switch("RMEETO_FUSED_OUTPROJ_MATCH"),
 }
 _fast_launch: bool = _switch("RMEETO_FAST_LAUNCH")
 _direct_launch: bool = _switch("RMEETO_DIRECT_LAUNCH")
@@ -143,8 +138,7 @@ def triton_available() -> bool:
 
 def use_fused(op: str, x: Union[torch.Tensor, torch.device], backend: str = "auto") -> bool:
     """Use the fused Triton kernel of ``op`` ("scan", "conv", "norm", "merge", "merge_norm", "embed", "embed_gemm",
-    "proj", "outproj", "inproj"; "plan": the mixers' prepared launch sequences; "outproj_match": the out_proj and
-    the next merge's matching in one launch) for tensor (or device) ``x``?
+    "proj", "outproj", "inproj"; "plan": the mixers' prepared launch sequences) for tensor (or device) ``x``?
 
     ``backend``: "auto" asks the switches (True only for CUDA, with Triton, the switch on and no
     :func:`force_reference` active); "torch" answers False; "triton" answers True (the caller asked for it)."""

@@ -63,7 +63,7 @@ except Exception:
 
 __all__ = [
     "destination_map", "source_lists", "match_plan", "match_merge_fused", "match_merge_add_norm",
-    "merge_streams_fused", "is_available", "clear_workspaces", "outproj_match_spec", "OutprojMatch",
+    "merge_streams_fused", "is_available", "clear_workspaces",
 ]
 
 
@@ -631,56 +631,6 @@ if _HAS_TRITON:
                 _plan_tile(vrow, irow, row, thr, last_tie, tile, dest_ptr + b * L, base_ptr + b * L_out,
                            src_ptr + b * R, sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L,
                            kslot_ptr + b * L, L, cls, new_cls, R, ORDERED, PLAN_T, BLOCK_K, NORM_ONLY)
-
-    @triton.jit
-    def _outproj_match_kernel(
-        y_ptr, w_ptr, o_ptr, s_dir, K, vmax_ptr, vidx_ptr, merged_ptr, dest_ptr, base_ptr, src_ptr, sdst_ptr,
-        head_ptr, next_ptr, kslot_ptr, L, C, cls, new_cls, R, L_out,
-        OUT_M: tl.constexpr, OUT_K: tl.constexpr, OUT_N: tl.constexpr,
-        IEEE: tl.constexpr, ORDERED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
-        BLOCK_J: tl.constexpr, NORM_C: tl.constexpr, PLAN_T: tl.constexpr, BLOCK_A: tl.constexpr,
-        BLOCK_K: tl.constexpr, UNROLL: tl.constexpr, ONE_J: tl.constexpr = False,
-        DOT_UNROLL: tl.constexpr = 1, PDL: tl.constexpr = False, ONE_TILE: tl.constexpr = False,
-        RB: tl.constexpr = 0, NORM_ONLY: tl.constexpr = False, ROWS: tl.constexpr = False,
-        BLOCK_C2: tl.constexpr = 0,
-    ):
-        """A mixer's last step and the next block's matching, for batch element ``program_id(0)``: out_proj
-        of its L rows (:func:`rmeeto.ops.triton.outproj.sum_out_proj`'s arithmetic: both scan directions'
-        planes, ``s_dir`` elements apart, added in float32 and rounded, then ``@ w.T`` in float32 sums over
-        steps of OUT_K channels; rows in tiles of OUT_M, output channels in one tile of OUT_N >= C), stored to
-        ``o`` [batch, L, C]; a block barrier; then :func:`_match_kernel`'s one-tile body (``ONE_TILE``,
-        ``ROWS``) on those rows. The matching of an image starts as soon as its own rows are written, with no
-        wait for the whole batch's out_proj and no launch of its own. y: [.., L, K] planes contiguous; w [C,
-        K] contiguous; K a multiple of OUT_K."""
-        follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
-        b = tl.program_id(0).to(tl.int64)
-        dt = o_ptr.dtype.element_ty
-        cols = tl.arange(0, OUT_N)
-        mc = cols < C
-        kk = tl.arange(0, OUT_K)
-        w_tile = w_ptr + cols[None, :] * K + kk[:, None]
-        for r0 in range(0, L, OUT_M):
-            loc = r0 + tl.arange(0, OUT_M)
-            mr = loc < L
-            rows = b * L + loc.to(tl.int64)
-            a_ptr = y_ptr + rows[:, None] * K + kk[None, :]
-            acc = tl.zeros([OUT_M, OUT_N], tl.float32)
-            for k0 in range(0, K, OUT_K):
-                a = tl.load(a_ptr + k0, mask=mr[:, None], other=0.0).to(tl.float32)
-                a = (a + tl.load(a_ptr + s_dir + k0, mask=mr[:, None], other=0.0).to(tl.float32)).to(dt)
-                acc = tl.dot(a, tl.load(w_tile + k0, mask=mc[None, :], other=0.0), acc)
-            tl.store(o_ptr + rows[:, None] * C + cols[None, :], acc.to(dt), mask=mr[:, None] & mc[None, :])
-        tl.debug_barrier()  # the program's stores seen by its own loads below
-        best, best_j = _partner_best_rows(o_ptr + b * L * C, L, C, cls, C, IEEE, BLOCK_T, BLOCK_C, BLOCK_J,
-                                          BLOCK_C2)
-        if RB > 0:
-            _plan_compact(best, best_j, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R, sdst_ptr + b * R,
-                          head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls, new_cls, R, ORDERED,
-                          BLOCK_T, RB, NORM_ONLY)
-        else:
-            _plan_registers(best, best_j, dest_ptr + b * L, base_ptr + b * L_out, src_ptr + b * R,
-                            sdst_ptr + b * R, head_ptr + b * L_out, next_ptr + b * L, kslot_ptr + b * L, L, cls,
-                            new_cls, R, ORDERED, BLOCK_T, NORM_ONLY)
 
     @triton.jit
     def _merge_fwd_kernel(
@@ -1430,71 +1380,6 @@ def _(hidden, residual, size, metric, cls_index, num_merged, new_cls_index, orde
             hidden.new_empty(batch, n_out, 1, **f32))
 
 
-# The sum + out_proj before a merge and the merge's matching as one kernel (_outproj_match_kernel): OUT_M rows,
-# OUT_K channels per step, pipeline stages. Thirty-ninth session (H200, batch 128, Vim-Ti's 384 -> 192 channels, r=5,
-# benchmarks/outproj_match_gpu.py, graphed us per call, out_proj's output and the lists equal to the two launches'):
-# 128 x 32 in 4 stages 29.8 / 28.9 us at 197 / 172 tokens against 33.3 / 29.9 for the tiled sum + out_proj then the
-# matching; 128 x 64 in 3 stages 30.9 / 29.8, 64 x 64 36.8 / 29.8. The matching's warps serve both steps.
-OUTPROJ_MATCH_TILES = (128, 32, 4)
-OUTPROJ_MATCH_MAX_C = 256  # output channels in one register tile (Vim-Ti's 192)
-OUTPROJ_MATCH_MIN_L = 0  # tokens per image from which the one launch is taken
-
-
-def outproj_match_spec(batch: int, L: int, K: int, C: int, dtype: torch.dtype, cls_index: int, num_merged: int,
-                       new_cls_index: int, ordered: bool) -> Optional[tuple[tuple, tuple, dict]]:
-    """(grid, scalar arguments after the leading ones, constexprs and launch options) of the kernel doing out_proj
-    (K -> C channels, two direction planes) for [batch, L] tokens and then the matching of ``num_merged`` tokens
-    on its output, or None where it does not serve: the matching not in one tile with whole rows (16-bit metric,
-    :func:`match_spec`'s ``ONE_TILE`` and ``ROWS``), more than OUTPROJ_MATCH_MAX_C output channels, or K not a
-    multiple of the channel step. The leading arguments: y (two planes), w, out, the planes' distance, K, then
-    the workspace's vmax, vidx, scratch, dest, base, src, sdst, head, nxt, kslot."""
-    out_m, out_k, stages = OUTPROJ_MATCH_TILES
-    if not (0 < C <= OUTPROJ_MATCH_MAX_C and K % out_k == 0 and num_merged > 0 and L >= OUTPROJ_MATCH_MIN_L
-            and dtype in (torch.float16, torch.bfloat16)):
-        return None
-    spec = match_spec(torch.empty(batch, L, C, dtype=dtype, device="meta"), cls_index, num_merged, new_cls_index,
-                      ordered, norm_only=True)
-    if spec is None:
-        return None
-    grid, tail, meta = spec
-    if not (meta.get("ONE_TILE") and meta.get("ROWS")):
-        return None
-    meta = dict(meta, OUT_M=out_m, OUT_K=out_k, OUT_N=max(16, next_pow2(C)), num_stages=stages)
-    return grid, tail, meta
-
-
-class OutprojMatch:
-    """The sum + out_proj of a mixer and the next block's matching in one launch, for one shape and merge
-    (:func:`outproj_match_spec`, launched through :class:`rmeeto.ops.triton._launch.Launcher`):
-    ``om(y, w, out)`` writes ``round(y[0] + y[1]) @ w.T`` into ``out`` [batch, L, C] (the bits of
-    :func:`rmeeto.ops.triton.outproj.sum_out_proj`'s kernel) and returns the lists the merge + norm kernel reads
-    (kslot, nxt: those :func:`match_merge_add_norm`'s matching makes on ``out``), in a workspace of the call's
-    own. Holds no tensor."""
-
-    def __init__(self, batch: int, L: int, K: int, C: int, dtype: torch.dtype, device: torch.device,
-                 cls_index: int, num_merged: int, new_cls_index: int, ordered: bool):
-        spec = outproj_match_spec(batch, L, K, C, dtype, cls_index, num_merged, new_cls_index, ordered)
-        if spec is None:
-            raise ValueError(f"outproj + match: no one-launch kernel for {batch} x {L} tokens, {K} -> {C} channels, "
-                             f"{num_merged} merged")
-        grid, tail, meta = spec
-        self.launcher = Launcher(_outproj_match_kernel, grid, device, tail, meta)
-        self.shape, self.K, self.num_merged = (batch, L, C), K, num_merged
-        self.merge = (cls_index, num_merged, new_cls_index, bool(ordered))
-
-    def key(self, out: Tensor) -> tuple:
-        """What identifies the lists of a call on ``out``: its address and shape, and the merge they plan (class
-        index, merged tokens, new class index, ordered). A consumer takes the lists only for the same."""
-        return (out.data_ptr(), tuple(out.shape), *self.merge)
-
-    def __call__(self, y: Tensor, w: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
-        batch, L, C = self.shape
-        ws = _workspace(batch, L, self.num_merged, out.device)
-        dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = ws
-        self.launcher(y, w, out, y.stride(0), self.K, vmax, vidx, scratch, dest, base, src, sdst, head, nxt, kslot)
-        return kslot, nxt
-
-
 class MergeNormPlan:
     """:func:`match_merge_add_norm` for one signature (shapes, strides and dtypes of hidden, residual and sizes,
     class-token index, merge settings, norm weight), its two launches prepared once (grids, scalar arguments,
@@ -1511,25 +1396,19 @@ class MergeNormPlan:
         self.match = self.merge = None
         self.strides = None
 
-    def __call__(self, hidden: Tensor, residual: Tensor, size: Optional[Tensor], weight: Tensor,
-                 lists: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor, Tensor]:
-        """-> (residual_out [batch, L - r, C] float32, normed in hidden's dtype, size [batch, L - r, 1] float32).
-        ``lists``: (kslot, nxt) already made on ``hidden`` with this plan's merge (by :class:`OutprojMatch`,
-        with the mixer's out_proj before): then only the merge + norm is launched."""
+    def __call__(self, hidden: Tensor, residual: Tensor, size: Optional[Tensor], weight: Tensor
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (residual_out [batch, L - r, C] float32, normed in hidden's dtype, size [batch, L - r, 1] float32)."""
         batch, L, C = hidden.shape
         R = self.num_merged
         dev = hidden.device
-        if lists is not None:
-            kslot, nxt = lists
-        else:
-            dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = _inference_workspace(batch, L, R, dev)
-            if self.match is None:
-                grid, tail, meta = match_spec(hidden, self.cls_index, R, self.new_cls_index, self.ordered,
-                                              norm_only=True)
-                self.match = Launcher(_match_kernel, grid, dev, tail, meta)
-                self.strides = (hidden.stride(0), hidden.stride(1))
-            s0, s1 = self.strides
-            self.match(hidden, s0, s1, vmax, vidx, scratch, dest, base, src, sdst, head, nxt, kslot)
+        dest, vmax, vidx, scratch, base, src, sdst, head, nxt, kslot = _inference_workspace(batch, L, R, dev)
+        if self.match is None:
+            grid, tail, meta = match_spec(hidden, self.cls_index, R, self.new_cls_index, self.ordered, norm_only=True)
+            self.match = Launcher(_match_kernel, grid, dev, tail, meta)
+            self.strides = (hidden.stride(0), hidden.stride(1))
+        s0, s1 = self.strides
+        self.match(hidden, s0, s1, vmax, vidx, scratch, dest, base, src, sdst, head, nxt, kslot)
         num_out = L - R
         r_out = torch.empty(batch, num_out, C, device=dev, dtype=torch.float32)
         y = torch.empty(batch, num_out, C, device=dev, dtype=hidden.dtype)

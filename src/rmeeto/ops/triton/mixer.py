@@ -159,7 +159,6 @@ class MixerPlan:
         self.splits = [dt_rank, d_state, d_state]
         self.conv = self.proj = self.scan = self.norm = self.out = self.inp = None
         self._layout = self._weights = None  # the direct path's workspace layout and weights' addresses
-        self.matches = {}  # the next merge's OutprojMatch (or None) per merge, made by rmeeto.merge._LayerMerge
 
     def add_norm(self, hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float
                  ) -> tuple[Tensor, Tensor]:
@@ -181,16 +180,6 @@ class MixerPlan:
         return ro, y
 
     def __call__(self, hidden: Tensor, t: MixerTensors) -> Tensor:
-        return self._run(hidden, t, None)[0]
-
-    def call_matched(self, hidden: Tensor, t: MixerTensors, match) -> tuple[Tensor, Optional[tuple]]:
-        """:meth:`__call__` with the next block's matching ``match`` (a
-        :class:`rmeeto.ops.triton.merge.OutprojMatch` for this plan's shape) launched in place of the sum +
-        out_proj kernel, where that kernel serves this plan (its plain tiles): -> (the mixer output, the same bits,
-        and the matching's lists, or None where the out_proj is another kernel and the matching was not run)."""
-        return self._run(hidden, t, match)
-
-    def _run(self, hidden: Tensor, t: MixerTensors, match) -> tuple[Tensor, Optional[tuple]]:
         if self.inp is None:  # in_proj as TMA tiles where they apply (rmeeto.ops.inproj), else cuBLAS
             self.inp = False
             if hidden.is_contiguous() and _inproj_op.kernel_fits(hidden, t.w_in, t.b_in):
@@ -201,10 +190,8 @@ class MixerPlan:
             self.inp(hidden, None, t.w_in, xz)
         else:
             xz = F.linear(hidden, t.w_in, t.b_in)
-        # (with ``match`` the out_proj launcher is not called: its launch is the match's)
-        if self.out and direct_ready(self.conv, self.proj, self.scan,
-                                     *(() if match is not None else self._out_launchers())):
-            return self._call_direct(xz, t, match)
+        if self.out and direct_ready(self.conv, self.proj, self.scan, *self._out_launchers()):
+            return self._call_direct(xz, t)
         x, z = xz.chunk(2, dim=-1)
         batch, length, di = x.shape
         dev, dt = hidden.device, xz.dtype
@@ -251,19 +238,17 @@ class MixerPlan:
             res = torch.empty(batch, length, t.w_out.shape[0], device=dev, dtype=dt)
             if type(self.out) is _tma_gemm.Gemm:
                 self.out(out[0], out[1], t.w_out, res)
-            elif match is not None:
-                return res, match(out, t.w_out, res)
             else:
                 self.out(out, t.w_out, res)
-            return res, None
+            return res
         y_f, y_b = out.unbind(0)
-        return F.linear(torch.add(y_f, y_b), t.w_out, t.b_out), None
+        return F.linear(torch.add(y_f, y_b), t.w_out, t.b_out)
 
     def _out_launchers(self) -> tuple:
         """The launchers of the directions' sum + out_proj (a TMA GEMM's: none, it takes tensors)."""
         return () if type(self.out) is _tma_gemm.Gemm else (self.out,)
 
-    def _call_direct(self, xz: Tensor, t: MixerTensors, match=None) -> tuple[Tensor, Optional[tuple]]:
+    def _call_direct(self, xz: Tensor, t: MixerTensors) -> Tensor:
         """The rest of :meth:`__call__` after in_proj (``xz``) where every launch after it may go to Triton's C
         function directly (:func:`rmeeto.ops.triton._launch.direct_ready`): the same kernels with the same
         arguments, each tensor passed as its address. The activations between the kernels (conv outputs, x_proj
@@ -292,15 +277,12 @@ class MixerPlan:
         self.proj.raw(*proj)
         self.scan.raw(*scan)
         res = torch.empty(batch, length, t.w_out.shape[0], device=dev, dtype=dt)
-        if type(self.out) is _tma_gemm.Gemm or match is not None:
+        if type(self.out) is _tma_gemm.Gemm:
             y2 = ws[offsets[4]:offsets[4] + 2 * n * di * es].view(dt).view(2, batch, length, di)
-            if type(self.out) is _tma_gemm.Gemm:
-                self.out(y2[0], y2[1], t.w_out, res)
-            else:
-                return res, match(y2, t.w_out, res)
+            self.out(y2[0], y2[1], t.w_out, res)
         else:
             self.out.raw(out, self._weights[-1], res.data_ptr())
-        return res, None
+        return res
 
 
 def direct_layout(n: int, es: int, di: int, R: int, N: int) -> tuple[tuple, int]:
