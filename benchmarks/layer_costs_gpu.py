@@ -60,15 +60,12 @@ def per_layer(forward, depth: int) -> dict:
                 k = "fixed"
         i = count[k]
         count[k] += 1
-        if k == "in_proj":
+        if k == "in_proj":  # cuBLAS's memset before its GEMM is the GEMM's; any other memset is fixed work
             us += pending_memset
         else:
-            out[("fixed", 0)] += pending_memset if k != "fixed" else 0.0
+            out[("fixed", 0)] += pending_memset
         pending_memset = 0.0
-        if k == "fixed":
-            out[("fixed", 0)] += us
-        else:
-            out[(k, i)] += us
+        out[("fixed", 0) if k == "fixed" else (k, i)] += us
     out[("fixed", 0)] += pending_memset
     return out
 

@@ -42,7 +42,7 @@ def main():
         model, op, K, N, cfg, two = SHAPES[key]
         sched = [s.tokens_out for s in MergeConfig.paper(model).schedule(197, 24)]
         if op == "out_proj":  # the TMA tiles serve only up to TMA_MAX_ROWS rows
-            sched = [L for L in sched if args_rows(a.batch, L) <= to.TMA_MAX_ROWS] or sched
+            sched = [L for L in sched if a.batch * L <= to.TMA_MAX_ROWS] or sched
         torch.manual_seed(K)
         w = (torch.randn(N, K, device=dev) / K ** 0.5).half()
         per = {}
@@ -73,10 +73,6 @@ def main():
             print(f"  {key} split {s}: merged {me:8.1f} us, unmerged {24 * per[(s, 197)]:8.1f} us per forward")
         best = sum(min(per[(s, L)] for s in splits) for L in sched)
         print(f"  {key} best split per count: merged {best:8.1f} us")
-
-
-def args_rows(batch: int, L: int) -> int:
-    return batch * L
 
 
 if __name__ == "__main__":

@@ -52,10 +52,8 @@ def test_tma_tiles_left_over_in_row_halves_give_the_same_bits():
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for L in (153, 98):
         y = torch.randn(2, 128, L, K, device="cuda").half()
-        M = 128 * L
-        tiles = tma_gemm.cdiv(M, to.TMA_CONFIG["BLOCK_M"]) * tma_gemm.cdiv(N, to.TMA_CONFIG["BLOCK_N"])
-        split = tma_gemm.tail_split(tiles, min(sms, tiles), to.TMA_CONFIG["BLOCK_M"], K)
-        assert sms != 132 or split == 2, (L, tiles)
+        split = tma_gemm.spec(128 * L, N, K, y.device, to.TMA_CONFIG, two_a=True)[2]["SPLIT"]
+        assert sms != 132 or split == 2, (L, split)
         whole = to.sum_out_proj(y, w, dict(to.TMA_CONFIG, TAIL_SPLIT=1))
         assert torch.equal(to.sum_out_proj(y, w), whole), L
         assert torch.equal(to.sum_out_proj(y, w, dict(to.TMA_CONFIG, TAIL_SPLIT=2)), whole), L

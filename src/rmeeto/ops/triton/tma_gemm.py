@@ -175,18 +175,16 @@ def descriptors(a: Tensor, a2: Optional[Tensor], w: Tensor, c: Tensor, M: int, m
     the split tiles' rows (None without a split)."""
     bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
     N, K = w.shape
-    descs = [TensorDescriptor(a, [M, K], [K, 1], [bm, bk]),
-             None if a2 is None else TensorDescriptor(a2, [M, K], [K, 1], [bm, bk]),
-             TensorDescriptor(w, [N, K], [K, 1], [bn, bk]), TensorDescriptor(c, [M, N], [N, 1], [bm, bn])]
+
+    def rows(block: int) -> tuple:  # a, a2 and c over blocks of ``block`` rows
+        return (TensorDescriptor(a, [M, K], [K, 1], [block, bk]),
+                None if a2 is None else TensorDescriptor(a2, [M, K], [K, 1], [block, bk]),
+                TensorDescriptor(c, [M, N], [N, 1], [block, bn]))
+
+    da, da2, dc = rows(bm)
     split = meta.get("SPLIT", 1)
-    if split > 1:
-        sub = bm // split
-        descs += [TensorDescriptor(a, [M, K], [K, 1], [sub, bk]),
-                  None if a2 is None else TensorDescriptor(a2, [M, K], [K, 1], [sub, bk]),
-                  TensorDescriptor(c, [M, N], [N, 1], [sub, bn])]
-    else:
-        descs += [None, None, None]
-    return tuple(descs)
+    return (da, da2, TensorDescriptor(w, [N, K], [K, 1], [bn, bk]), dc,
+            *(rows(bm // split) if split > 1 else (None, None, None)))
 
 
 class Gemm:
@@ -217,14 +215,9 @@ class Gemm:
             descs = descriptors(a, a2, w, c, self.M, self.meta)
             local.descs = descs
         else:
-            da, da2, dw, dc, dsa, dsa2, dsc = descs
-            da.base, dw.base, dc.base = a, w, c
-            if da2 is not None:
-                da2.base = a2
-            if dsa is not None:
-                dsa.base, dsc.base = a, c
-                if dsa2 is not None:
-                    dsa2.base = a2
+            for d, t in zip(descs, (a, a2, w, c, a, a2, c)):  # descriptors' order (:func:`descriptors`)
+                if d is not None:
+                    d.base = t
         try:
             self.launcher(*descs)
         finally:
