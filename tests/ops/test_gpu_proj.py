@@ -15,6 +15,15 @@ pytestmark = [
 ]
 
 
+def _logical(xd, R, N):
+    """The kernel's x_dbl as the GEMM's [..., R + 2N] (dt, B, C), after checking its row layout: B and C 16-byte
+    aligned after zero padding (tp.xdbl_row)."""
+    bo, width = tp.xdbl_row(R, 2 * N)
+    assert xd.shape[-1] == width and (bo * xd.element_size()) % 16 == 0 and (width * xd.element_size()) % 16 == 0
+    assert bool((xd[..., R:bo] == 0).all())
+    return torch.cat(tp.xdbl_parts(xd, R, N), -1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("dims", [(384, 12), (768, 24), (1536, 48)], ids=["ti", "s", "b"])
 def test_kernel_within_one_rounding_of_float32_gemms(dtype, dims, within_rounding):
@@ -29,9 +38,10 @@ def test_kernel_within_one_rounding_of_float32_gemms(dtype, dims, within_roundin
         w = [torch.randn(R + 2 * N, D, device="cuda") / D ** 0.5, torch.randn(R + 2 * N, D, device="cuda") / D ** 0.5,
              torch.randn(D, R, device="cuda") / R ** 0.5, torch.randn(D, R, device="cuda") / R ** 0.5]
         xd, de = tp.bidir_scan_inputs(uf, ub, *w, N)
+        xl = _logical(xd, R, N)
         for d, u, wx, wdt in ((0, uf, w[0], w[2]), (1, ub, w[1], w[3])):
             # of the same rounded inputs; delta from the kernel's own rounded dt part
-            assert within_rounding(xd[d, 0], u[0], wx.to(dtype)), ("x_proj", M, d)
+            assert within_rounding(xl[d, 0], u[0], wx.to(dtype)), ("x_proj", M, d)
             assert within_rounding(de[d, 0], xd[d, 0, :, :R], wdt.to(dtype)), ("dt_proj", M, d)
 
 
@@ -50,8 +60,9 @@ def test_tiles_with_fewer_rows_per_program_and_a_register_cap(dims, within_round
              torch.randn(D, R, device="cuda") / R ** 0.5, torch.randn(D, R, device="cuda") / R ** 0.5]
         for cfg in cfgs:
             xd, de = tp.bidir_scan_inputs(uf, ub, *w, N, cfg)
+            xl = _logical(xd, R, N)
             for d, u, wx, wdt in ((0, uf, w[0], w[2]), (1, ub, w[1], w[3])):
-                assert within_rounding(xd[d, 0], u[0], wx.half()), ("x_proj", M, cfg, d)
+                assert within_rounding(xl[d, 0], u[0], wx.half()), ("x_proj", M, cfg, d)
                 assert within_rounding(de[d, 0], xd[d, 0, :, :R], wdt.half()), ("dt_proj", M, cfg, d)
 
 

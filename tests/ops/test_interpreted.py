@@ -484,14 +484,20 @@ def test_bidir_proj_kernel_and_its_use_in_the_mixer():
             w = [t.to(wdtype) for t in w]
             for cfg in (cfgs[i % 2], None):
                 xd, de = tp.bidir_scan_inputs(uf, ub, *w, N, cfg)
+                # B and C start 16-byte aligned after zeros (tp.xdbl_row); xl: the GEMM's [..., R + 2N]
+                bo, width = tp.xdbl_row(R, 2 * N)
+                if xd.shape[-1] != width or bo % 8 or width % 8 or not bool((xd[..., R:bo] == 0).all()):
+                    bad.append(("x_dbl layout", R, N, tuple(xd.shape)))
+                xl = torch.cat(tp.xdbl_parts(xd, R, N), -1)
                 for d, u, wx, wdt in ((0, uf, w[0], w[2]), (1, ub, w[1], w[3])):
-                    ok = all(within_rounding(xd[d, i], u[i], wx.half()) for i in range(b))
+                    ok = all(within_rounding(xl[d, i], u[i], wx.half()) for i in range(b))
                     if not ok or not all(within_rounding(de[d, i], xd[d, i, :, :R], wdt.half()) for i in range(b)):
                         bad.append(("kernel", b, L, D, R, N, wdtype, strided, d, cfg))
             # the dispatch: the kernel's outputs (default tiles) as views of the two buffers
             (d_f, d_b), (B_f, B_b), (C_f, C_b) = proj.bidir_scan_inputs(uf, ub, *w, N, backend="triton")
             got = (d_f, d_b, B_f, B_b, C_f, C_b)
-            ref = (de[0], de[1], xd[0, ..., R:R + N], xd[1, ..., R:R + N], xd[0, ..., R + N:], xd[1, ..., R + N:])
+            _, Bx, Cx = tp.xdbl_parts(xd, R, N)
+            ref = (de[0], de[1], Bx[0], Bx[1], Cx[0], Cx[1])
             if not all(torch.equal(x, y) and x.stride() == y.stride() for x, y in zip(got, ref)) \
                     or d_b.data_ptr() != d_f.data_ptr() + 2 * d_f.numel():
                 bad.append(("dispatch", b, L, D, R, N, wdtype, strided))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rmeeto.ops.triton import mixer as tm
+from rmeeto.ops.triton import proj as tp
 
 
 class _Recorder:
@@ -48,8 +49,8 @@ def test_direct_path_passes_the_general_paths_addresses(monkeypatch, batch, leng
     hidden = torch.randn(batch, length, d_model).to(dtype)
     offsets, total = tm.direct_layout(n, es, di, R, N)
     buffer = torch.empty(total, dtype=torch.uint8)
-    shapes = [(batch, length, di), (batch, length, di), (2, batch, length, R + 2 * N), (2, batch, length, di),
-              (2, batch, length, di)]
+    shapes = [(batch, length, di), (batch, length, di), (2, batch, length, tp.xdbl_row(R, 2 * N)[1]),
+              (2, batch, length, di), (2, batch, length, di)]
     regions = []
     for off, shape in zip(offsets, shapes):
         numel = 1
@@ -101,7 +102,7 @@ def test_direct_path_passes_the_general_paths_addresses(monkeypatch, batch, leng
 @pytest.mark.parametrize("n,es,di,R,N", [(128 * 197, 2, 768, 24, 16), (7, 4, 40, 3, 8), (1, 2, 8, 1, 8)])
 def test_direct_layout_regions_are_aligned_large_enough_and_apart(n, es, di, R, N):
     offsets, total = tm.direct_layout(n, es, di, R, N)
-    needs = [n * di * es, n * di * es, 2 * n * (R + 2 * N) * es, 2 * n * di * es, 2 * n * di * es]
+    needs = [n * di * es, n * di * es, 2 * n * tp.xdbl_row(R, 2 * N)[1] * es, 2 * n * di * es, 2 * n * di * es]
     ends = list(offsets[1:]) + [total]
     for off, end, need in zip(offsets, ends, needs):
         assert off % 512 == 0 and end - off >= need and end - off < need + 512

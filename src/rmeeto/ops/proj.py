@@ -100,5 +100,5 @@ def fused_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_
     if wdt_f.stride(1) != 1 or wdt_b.stride() != wdt_f.stride():
         wdt_f, wdt_b = wdt_f.contiguous(), wdt_b.contiguous()
     x_dbl, delta = _triton_proj.bidir_scan_inputs(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, d_state)
-    _, B, C = _split(x_dbl, wdt_f.shape[1], d_state)
+    _, B, C = _triton_proj.xdbl_parts(x_dbl, wdt_f.shape[1], d_state)
     return (delta[0], delta[1]), (B[0], B[1]), (C[0], C[1])

@@ -156,7 +156,6 @@ class MixerPlan:
 
     def __init__(self, d_inner: int, dt_rank: int, d_state: int, scale: float):
         self.d_inner, self.dt_rank, self.d_state, self.scale = d_inner, dt_rank, d_state, float(scale)
-        self.splits = [dt_rank, d_state, d_state]
         self.conv = self.proj = self.scan = self.norm = self.out = self.inp = None
         self._layout = self._weights = None  # the direct path's workspace layout and weights' addresses
 
@@ -203,7 +202,7 @@ class MixerPlan:
         self.conv(x, t.conv_w, t.conv_b, t.conv_w_b, t.conv_b_b, u_f, u_b)
 
         R, N = self.dt_rank, self.d_state
-        xdbl = torch.empty(2, batch, length, R + 2 * N, device=dev, dtype=dt)
+        xdbl = torch.empty(2, batch, length, _proj.xdbl_row(R, 2 * N)[1], device=dev, dtype=dt)
         delta = torch.empty(2, batch, length, di, device=dev, dtype=dt)
         if self.proj is None:
             grid, tail, meta = _proj.spec(batch * length, di, R, 2 * N, t.x_proj.stride(0), t.dt_proj.stride(0),
@@ -211,7 +210,7 @@ class MixerPlan:
             self.proj = Launcher(_proj._bidir_proj_kernel, grid, dev, tail, meta)
         self.proj(u_f, u_b, t.x_proj, t.x_proj_b, t.dt_proj, t.dt_proj_b, xdbl, delta)
 
-        _, B2, C2 = xdbl.split_with_sizes(self.splits, -1)
+        _, B2, C2 = _proj.xdbl_parts(xdbl, R, N)
         B_f, B_b = B2.unbind(0)
         C_f, C_b = C2.unbind(0)
         d_f, d_b = delta.unbind(0)
@@ -288,10 +287,11 @@ class MixerPlan:
 def direct_layout(n: int, es: int, di: int, R: int, N: int) -> tuple[tuple, int]:
     """(byte offsets, total bytes) of the regions of :meth:`MixerPlan._call_direct`'s one allocation for ``n`` =
     batch x length tokens of ``es``-byte elements: the conv outputs u_f and u_b ([n, di] each), the x_proj /
-    dt_proj output ([2, n, R + 2N]), delta ([2, n, di]) and the scan's output ([2, n, di]), each region
-    starting on a 512-byte boundary (where the caching allocator starts every block)."""
-    sizes = [-(-elements * es // 512) * 512 for elements in (n * di, n * di, 2 * n * (R + 2 * N), 2 * n * di,
-                                                             2 * n * di)]
+    dt_proj output ([2, n, W], W :func:`rmeeto.ops.triton.proj.xdbl_row`'s row width), delta ([2, n, di]) and the
+    scan's output ([2, n, di]), each region starting on a 512-byte boundary (where the caching allocator starts every
+    block)."""
+    width = _proj.xdbl_row(R, 2 * N)[1]
+    sizes = [-(-elements * es // 512) * 512 for elements in (n * di, n * di, 2 * n * width, 2 * n * di, 2 * n * di)]
     offsets = [0]
     for size in sizes[:-1]:
         offsets.append(offsets[-1] + size)
@@ -308,8 +308,9 @@ def direct_arguments(xz: int, base: int, offsets: tuple, n: int, es: int, di: in
     o_uf, o_ub, o_xd, o_dl, o_out = offsets
     cw, cb, cwb, cbb, xp, xpb, dp, dpb, a, ab, d, db, bias, bias_b, _ = weights
     u_f, u_b, xdbl, delta, out = base + o_uf, base + o_ub, base + o_xd, base + o_dl, base + o_out
-    plane = n * (R + 2 * N) * es
-    B_f, C_f = xdbl + R * es, xdbl + (R + N) * es
+    bo, width = _proj.xdbl_row(R, 2 * N)
+    plane = n * width * es
+    B_f, C_f = xdbl + bo * es, xdbl + (bo + N) * es
     return ((xz, cw, cb, cwb, cbb, u_f, u_b), (u_f, u_b, xp, xpb, dp, dpb, xdbl, delta),
             (u_f, u_b, delta, delta + n * di * es, a, ab, B_f, B_f + plane, C_f, C_f + plane, d, db, xz + di * es,
              bias, bias_b, out), out)

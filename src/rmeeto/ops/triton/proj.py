@@ -38,8 +38,8 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["is_available", "bidir_scan_inputs", "spec", "proj_config", "hopper_sms", "PROJ_CONFIG",
-           "PROJ_CONFIG_LARGE", "PROJ_CONFIG_NARROW", "PROJ_CONFIG_WAVE"]
+__all__ = ["is_available", "bidir_scan_inputs", "spec", "proj_config", "hopper_sms", "xdbl_row", "xdbl_parts",
+           "ALIGN_BC", "PROJ_CONFIG", "PROJ_CONFIG_LARGE", "PROJ_CONFIG_NARROW", "PROJ_CONFIG_WAVE"]
 
 # BLOCK_M rows per program, BLOCK_K input channels per step of the x_proj loop, BLOCK_N output channels per
 # step of the dt_proj loop. benchmarks/bench_proj_gpu.py on an H200 (132 SMs), graphed, both directions. Session
@@ -134,10 +134,11 @@ if _HAS_TRITON:
     def _bidir_proj_kernel(u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl_ptr, delta_ptr, M, D, s_wx, s_wdt,
                            RPP: tl.constexpr, R: tl.constexpr, N2: tl.constexpr, R_PAD: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                           PDL: tl.constexpr = False):
+                           BO: tl.constexpr, PDL: tl.constexpr = False):
         """Rows ``program_id(0) * RPP ...`` (RPP <= BLOCK_M of them, the rest of the tile masked) of direction
         ``program_id(1)`` (0: u_f / wx_f / wdt_f, 1: the ``_b`` ones). u: [M, D] contiguous; wx: [R + N2, D] (row
-        stride s_wx, unit column stride); wdt: [D, R] (row stride s_wdt); outputs xdbl [2, M, R + N2] and delta
+        stride s_wx, unit column stride); wdt: [D, R] (row stride s_wdt); outputs xdbl [2, M, BO + N2] (dt in
+        columns [0, R), zeros in [R, BO), B and C in [BO, BO + N2): :func:`xdbl_row`; R <= BO <= R_PAD) and delta
         [2, M, D], contiguous, u's dtype."""
         follow_previous(PDL)  # under PDL: wait for the previous kernel, then release the next
         pid = tl.program_id(0)
@@ -176,11 +177,11 @@ if _HAS_TRITON:
             w_bc = tl.load(wx + (R + jb)[:, None] * s_wx + k[None, :], mask=mk[None, :], other=0.0).to(dt)
             acc_r = tl.dot(a, tl.trans(w_r), acc_r)
             acc_bc = tl.dot(a, tl.trans(w_bc), acc_bc)
-        x_r = acc_r.to(dt)  # columns R..R_PAD-1 are 0 (their weight rows were masked)
-        W: tl.constexpr = R + N2
+        x_r = acc_r.to(dt)  # columns R..R_PAD-1 are 0 (their weight rows were masked): stored as the padding
+        W: tl.constexpr = BO + N2
         out_x = xdbl_ptr + (d * M + rows)[:, None] * W
-        tl.store(out_x + jr[None, :], x_r, mask=mrow[:, None] & mr[None, :])
-        tl.store(out_x + R + jb[None, :], acc_bc.to(dt), mask=mrow[:, None])
+        tl.store(out_x + jr[None, :], x_r, mask=mrow[:, None] & (jr < BO)[None, :])
+        tl.store(out_x + BO + jb[None, :], acc_bc.to(dt), mask=mrow[:, None])
         nn = tl.arange(0, BLOCK_N)
         out_d = delta_ptr + (d * M + rows)[:, None] * D
         for n0 in range(0, D, BLOCK_N):
@@ -190,16 +191,40 @@ if _HAS_TRITON:
             tl.store(out_d + n[None, :], tl.dot(x_r, tl.trans(w2)).to(dt), mask=mrow[:, None] & mn[None, :])
 
 
+# The scan reads a token's B / C row with one vector load, and prefetches the next chunk's inputs, only where every
+# row starts on a 16-byte boundary (rmeeto.ops.triton.scan._bc_mode's mode 2). x_dbl rows of R + 2N 16-bit columns
+# put B at column R: 16-byte aligned at Vim-S's and Vim-B's dt_rank (24, 48), 8-byte at Vim-Ti's 12, where the scan
+# fell back to 32-bit pairs without prefetch. So B and C start at R rounded up to 8 columns (:func:`xdbl_row`), the
+# columns between written as zeros. Fortieth session (H200, benchmarks/scan_align_gpu.py): RESULTS.
+ALIGN_BC = True
+
+
+def xdbl_row(R: int, n2: int) -> tuple[int, int]:
+    """(first column of B, row width) of the x_dbl rows the kernel writes for dt_rank ``R`` and ``n2`` = 2 x
+    d_state B / C columns (16-bit): dt in columns [0, R), B and C in [bo, bo + n2), zeros between; bo is R
+    rounded up to a multiple of 8 (16 bytes; R itself with ALIGN_BC off)."""
+    bo = -(-R // 8) * 8 if ALIGN_BC else R
+    return bo, bo + n2
+
+
+def xdbl_parts(xdbl: Tensor, R: int, d_state: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(dt, B, C) views of the kernel's x_dbl output (:func:`xdbl_row`'s columns)."""
+    bo, _ = xdbl_row(R, 2 * d_state)
+    return xdbl[..., :R], xdbl[..., bo:bo + d_state], xdbl[..., bo + d_state:bo + 2 * d_state]
+
+
 def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: Tensor, wdt_b: Tensor,
                       d_state: int, config: dict | None = None) -> tuple[Tensor, Tensor]:
     """u_f, u_b [batch, length, D] (16-bit, contiguous, same shape); wx_* [R + 2 * d_state, D]; wdt_* [D, R]
-    (unit column stride) -> (x_dbl [2, batch, length, R + 2 * d_state], delta [2, batch, length, D]) in u's
-    dtype: ``u_d @ wx_d.T`` and ``x_dbl[d, ..., :R] @ wdt_d.T`` for d = forward, backward."""
+    (unit column stride) -> (x_dbl [2, batch, length, W], delta [2, batch, length, D]) in u's dtype: ``u_d @
+    wx_d.T`` and ``dt_d @ wdt_d.T`` for d = forward, backward, where x_dbl's rows hold dt, B and C at
+    :func:`xdbl_row`'s columns (:func:`xdbl_parts` takes them apart; W = R + 2 * d_state where R is a multiple of
+    8)."""
     batch, length, D = u_f.shape
     R = wdt_f.shape[1]
     n2 = 2 * d_state
     M = batch * length
-    xdbl = torch.empty(2, batch, length, R + n2, device=u_f.device, dtype=u_f.dtype)
+    xdbl = torch.empty(2, batch, length, xdbl_row(R, n2)[1], device=u_f.device, dtype=u_f.dtype)
     delta = torch.empty(2, batch, length, D, device=u_f.device, dtype=u_f.dtype)
     if M == 0:
         return xdbl, delta
@@ -220,8 +245,8 @@ def spec(M: int, D: int, R: int, n2: int, s_wx: int, s_wdt: int, config: dict | 
     if not 0 < rpp <= block_m:
         raise ValueError(f"proj tiles: ROWS={rpp} rows per program must be 1..BLOCK_M={block_m}")
     meta = dict(R=R, N2=n2, R_PAD=max(16, next_pow2(R)), BLOCK_M=block_m, BLOCK_K=cfg["BLOCK_K"],
-                BLOCK_N=cfg["BLOCK_N"], RPP=rpp, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-                **pdl_meta())
+                BLOCK_N=cfg["BLOCK_N"], RPP=rpp, BO=xdbl_row(R, n2)[0], num_warps=cfg["num_warps"],
+                num_stages=cfg["num_stages"], **pdl_meta())
     if cfg.get("maxnreg"):
         meta["maxnreg"] = cfg["maxnreg"]
     return (cdiv(M, rpp), 2), (M, D, s_wx, s_wdt), meta
