@@ -195,7 +195,10 @@ if _HAS_TRITON:
 # row starts on a 16-byte boundary (rmeeto.ops.triton.scan._bc_mode's mode 2). x_dbl rows of R + 2N 16-bit columns
 # put B at column R: 16-byte aligned at Vim-S's and Vim-B's dt_rank (24, 48), 8-byte at Vim-Ti's 12, where the scan
 # fell back to 32-bit pairs without prefetch. So B and C start at R rounded up to 8 columns (:func:`xdbl_row`), the
-# columns between written as zeros. Fortieth session (H200, benchmarks/scan_align_gpu.py): RESULTS.
+# columns between written as zeros. Fortieth session (H200, benchmarks/scan_align_gpu.py, graphed, both directions,
+# batch 128, the same bits): Vim-Ti's scan 248.4 -> 188.5 us at 197 tokens, 187.8 -> 141.9 at 147, 99.5 -> 78.0 at
+# 76; whole graphed Vim-Ti (bench_set.py --set proj.ALIGN_BC=...) 15,008.6 / 17,477.8 -> 18,367.9 / 21,151.0 img/s
+# unmerged / merged. Vim-S's and Vim-B's rows are unchanged (their dt_rank is a multiple of 8).
 ALIGN_BC = True
 
 

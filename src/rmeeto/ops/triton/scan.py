@@ -482,9 +482,10 @@ def _prefetches(cfg: dict, pack: int) -> bool:
     """Whether the forward prefetches (see _scan_fwd_body) with tile ``cfg`` and B / C read mode ``pack``: only
     with 16-bit vector rows (mode 2: Vim-S / B in fp16 / bf16), where it was measured faster (H200, graphed:
     Vim-S / B +15% with the instruction cuts, against +5 / +10% without prefetch). With 16-bit pairs (mode 1:
-    Vim-Ti, whose dt_rank of 12 leaves B / C rows 8-byte aligned) the same tile made graphed Vim-Ti 4% slower
-    than the previous release where leaving it off made it 4% faster; the float32 and one-element reads were
-    not measured, so they keep the code they had."""
+    B / C rows 8-byte aligned, as Vim-Ti's dt_rank of 12 leaves them in its training path; in inference the
+    projection kernel aligns them, :func:`rmeeto.ops.triton.proj.xdbl_row`) the same tile made graphed Vim-Ti 4%
+    slower than the previous release where leaving it off made it 4% faster; the float32 and one-element reads
+    were not measured, so they keep the code they had."""
     return bool(cfg.get("prefetch", False)) and pack == 2
 
 
