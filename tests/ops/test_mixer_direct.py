@@ -106,3 +106,21 @@ def test_direct_layout_regions_are_aligned_large_enough_and_apart(n, es, di, R, 
     ends = list(offsets[1:]) + [total]
     for off, end, need in zip(offsets, ends, needs):
         assert off % 512 == 0 and end - off >= need and end - off < need + 512
+
+
+def test_a_plan_keeps_the_x_dbl_row_it_was_made_with(monkeypatch):
+    """The projection kernel's launcher is specialised on B's column in x_dbl's rows: a plan fixes that row when
+    made, so turning proj.ALIGN_BC afterwards changes neither its allocation nor its views (a mismatch would have
+    the kernel write rows wider than the buffer). New plans take the new setting."""
+    monkeypatch.setattr(tp, "ALIGN_BC", True)
+    plan = tm.MixerPlan(384, 12, 16, 0.5)
+    assert plan.row == (16, 48)
+    monkeypatch.setattr(tp, "ALIGN_BC", False)
+    assert plan.row == (16, 48) and tm.MixerPlan(384, 12, 16, 0.5).row == (12, 44)
+    offsets, total = tm.direct_layout(10, 2, 8, 12, 16, plan.row)
+    assert offsets[3] - offsets[2] >= 2 * 10 * 48 * 2
+    weights = tuple(range(15))
+    _, _, scan, _ = tm.direct_arguments(0, 0, offsets, 10, 2, 8, 12, 16, weights, plan.row)
+    assert scan[6] == offsets[2] + 16 * 2 and scan[8] == offsets[2] + 32 * 2  # B_f, C_f at columns 16 and 32
+    with pytest.raises(ValueError, match="B's column"):
+        tp.spec(100, 384, 12, 32, 44, 12, tp.PROJ_CONFIG, None, bo=40)

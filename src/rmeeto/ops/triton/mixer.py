@@ -156,6 +156,8 @@ class MixerPlan:
 
     def __init__(self, d_inner: int, dt_rank: int, d_state: int, scale: float):
         self.d_inner, self.dt_rank, self.d_state, self.scale = d_inner, dt_rank, d_state, float(scale)
+        # x_dbl's row (B's column, width), fixed for the plan: its launchers are specialised on it
+        self.row = _proj.xdbl_row(dt_rank, 2 * d_state)
         self.conv = self.proj = self.scan = self.norm = self.out = self.inp = None
         self._layout = self._weights = None  # the direct path's workspace layout and weights' addresses
 
@@ -202,15 +204,16 @@ class MixerPlan:
         self.conv(x, t.conv_w, t.conv_b, t.conv_w_b, t.conv_b_b, u_f, u_b)
 
         R, N = self.dt_rank, self.d_state
-        xdbl = torch.empty(2, batch, length, _proj.xdbl_row(R, 2 * N)[1], device=dev, dtype=dt)
+        bo, width = self.row
+        xdbl = torch.empty(2, batch, length, width, device=dev, dtype=dt)
         delta = torch.empty(2, batch, length, di, device=dev, dtype=dt)
         if self.proj is None:
             grid, tail, meta = _proj.spec(batch * length, di, R, 2 * N, t.x_proj.stride(0), t.dt_proj.stride(0),
-                                          sms=_proj.hopper_sms(dev))
+                                          sms=_proj.hopper_sms(dev), bo=bo)
             self.proj = Launcher(_proj._bidir_proj_kernel, grid, dev, tail, meta)
         self.proj(u_f, u_b, t.x_proj, t.x_proj_b, t.dt_proj, t.dt_proj_b, xdbl, delta)
 
-        _, B2, C2 = _proj.xdbl_parts(xdbl, R, N)
+        _, B2, C2 = _proj.xdbl_parts(xdbl, R, N, bo)
         B_f, B_b = B2.unbind(0)
         C_f, C_b = C2.unbind(0)
         d_f, d_b = delta.unbind(0)
@@ -263,7 +266,7 @@ class MixerPlan:
         dev, dt = xz.device, xz.dtype
         es = xz.element_size()
         if self._layout is None:  # (a plan serves one input shape and dtype)
-            self._layout = direct_layout(n, es, di, R, N)
+            self._layout = direct_layout(n, es, di, R, N, self.row)
         offsets, total = self._layout
         if self._weights is None:
             self._weights = tuple(w.data_ptr() for w in (
@@ -271,7 +274,7 @@ class MixerPlan:
                 t.A_b_log, t.D, t.D_b, t.dt_bias, t.dt_bias_b, t.w_out))
         ws = torch.empty(total, device=dev, dtype=torch.uint8)
         conv, proj, scan, out = direct_arguments(xz.data_ptr(), ws.data_ptr(), offsets, n, es, di, R, N,
-                                                 self._weights)
+                                                 self._weights, self.row)
         self.conv.raw(*conv)
         self.proj.raw(*proj)
         self.scan.raw(*scan)
@@ -284,13 +287,13 @@ class MixerPlan:
         return res
 
 
-def direct_layout(n: int, es: int, di: int, R: int, N: int) -> tuple[tuple, int]:
+def direct_layout(n: int, es: int, di: int, R: int, N: int, row: Optional[tuple] = None) -> tuple[tuple, int]:
     """(byte offsets, total bytes) of the regions of :meth:`MixerPlan._call_direct`'s one allocation for ``n`` =
     batch x length tokens of ``es``-byte elements: the conv outputs u_f and u_b ([n, di] each), the x_proj /
-    dt_proj output ([2, n, W], W :func:`rmeeto.ops.triton.proj.xdbl_row`'s row width), delta ([2, n, di]) and the
-    scan's output ([2, n, di]), each region starting on a 512-byte boundary (where the caching allocator starts every
-    block)."""
-    width = _proj.xdbl_row(R, 2 * N)[1]
+    dt_proj output ([2, n, W], ``row`` = (B's column, W), default :func:`rmeeto.ops.triton.proj.xdbl_row`'s), delta
+    ([2, n, di]) and the scan's output ([2, n, di]), each region starting on a 512-byte boundary (where the caching
+    allocator starts every block)."""
+    width = (row or _proj.xdbl_row(R, 2 * N))[1]
     sizes = [-(-elements * es // 512) * 512 for elements in (n * di, n * di, 2 * n * width, 2 * n * di, 2 * n * di)]
     offsets = [0]
     for size in sizes[:-1]:
@@ -299,16 +302,17 @@ def direct_layout(n: int, es: int, di: int, R: int, N: int) -> tuple[tuple, int]
 
 
 def direct_arguments(xz: int, base: int, offsets: tuple, n: int, es: int, di: int, R: int, N: int,
-                     weights: tuple) -> tuple[tuple, tuple, tuple, int]:
+                     weights: tuple, row: Optional[tuple] = None) -> tuple[tuple, tuple, tuple, int]:
     """The addresses :meth:`MixerPlan.__call__` hands the conv, projection and scan launchers (their positional
     tensors, in order) and the scan output's address, with in_proj's output at ``xz``, the regions of
     :func:`direct_layout` from ``base`` and the weights' addresses in :meth:`MixerPlan._call_direct`'s order: x
     and z the two halves of each xz row, B and C at their offsets in each direction's plane of the projection's
-    output, the second direction's plane of delta and of that output after the first."""
+    output (``row``: as :func:`direct_layout` takes it), the second direction's plane of delta and of that output
+    after the first."""
     o_uf, o_ub, o_xd, o_dl, o_out = offsets
     cw, cb, cwb, cbb, xp, xpb, dp, dpb, a, ab, d, db, bias, bias_b, _ = weights
     u_f, u_b, xdbl, delta, out = base + o_uf, base + o_ub, base + o_xd, base + o_dl, base + o_out
-    bo, width = _proj.xdbl_row(R, 2 * N)
+    bo, width = row or _proj.xdbl_row(R, 2 * N)
     plane = n * width * es
     B_f, C_f = xdbl + bo * es, xdbl + (bo + N) * es
     return ((xz, cw, cb, cwb, cbb, u_f, u_b), (u_f, u_b, xp, xpb, dp, dpb, xdbl, delta),

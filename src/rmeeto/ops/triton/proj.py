@@ -210,9 +210,10 @@ def xdbl_row(R: int, n2: int) -> tuple[int, int]:
     return bo, bo + n2
 
 
-def xdbl_parts(xdbl: Tensor, R: int, d_state: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(dt, B, C) views of the kernel's x_dbl output (:func:`xdbl_row`'s columns)."""
-    bo, _ = xdbl_row(R, 2 * d_state)
+def xdbl_parts(xdbl: Tensor, R: int, d_state: int, bo: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(dt, B, C) views of the kernel's x_dbl output, B at column ``bo`` (default :func:`xdbl_row`'s)."""
+    if bo is None:
+        bo = xdbl_row(R, 2 * d_state)[0]
     return xdbl[..., :R], xdbl[..., bo:bo + d_state], xdbl[..., bo + d_state:bo + 2 * d_state]
 
 
@@ -227,28 +228,34 @@ def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_
     R = wdt_f.shape[1]
     n2 = 2 * d_state
     M = batch * length
-    xdbl = torch.empty(2, batch, length, xdbl_row(R, n2)[1], device=u_f.device, dtype=u_f.dtype)
+    bo, width = xdbl_row(R, n2)
+    xdbl = torch.empty(2, batch, length, width, device=u_f.device, dtype=u_f.dtype)
     delta = torch.empty(2, batch, length, D, device=u_f.device, dtype=u_f.dtype)
     if M == 0:
         return xdbl, delta
-    grid, tail, meta = spec(M, D, R, n2, wx_f.stride(0), wdt_f.stride(0), config, hopper_sms(u_f.device))
+    grid, tail, meta = spec(M, D, R, n2, wx_f.stride(0), wdt_f.stride(0), config, hopper_sms(u_f.device), bo)
     launch(_bidir_proj_kernel, grid, u_f.device, u_f, u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl, delta, *tail, **meta)
     return xdbl, delta
 
 
 def spec(M: int, D: int, R: int, n2: int, s_wx: int, s_wdt: int, config: dict | None = None,
-         sms: int | None = None) -> tuple[tuple, tuple, dict]:
+         sms: int | None = None, bo: int | None = None) -> tuple[tuple, tuple, dict]:
     """(grid, scalar arguments, constexprs and launch options) of the kernel over M rows of D channels, dt_rank
     R, n2 = 2 * d_state, x_proj / dt_proj row strides s_wx / s_wdt; ``config`` the tiles (default
-    :func:`proj_config`, with ``sms`` from :func:`hopper_sms`). The kernel's tensors (u_f, u_b, wx_f, wx_b, wdt_f,
-    wdt_b, xdbl, delta) come first."""
+    :func:`proj_config`, with ``sms`` from :func:`hopper_sms`); ``bo`` B's column in x_dbl's rows (default
+    :func:`xdbl_row`'s; a caller that allocates x_dbl passes the one it allocated for). The kernel's tensors (u_f,
+    u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl, delta) come first."""
+    if bo is None:
+        bo = xdbl_row(R, n2)[0]
+    if not R <= bo <= max(16, next_pow2(R)):
+        raise ValueError(f"proj: B's column {bo} must lie between dt_rank {R} and its padded width")
     cfg = proj_config(M, D, sms) if config is None else config
     block_m = cfg["BLOCK_M"]
     rpp = cfg.get("ROWS") or block_m  # rows per program: a tile's first rows, the rest masked
     if not 0 < rpp <= block_m:
         raise ValueError(f"proj tiles: ROWS={rpp} rows per program must be 1..BLOCK_M={block_m}")
     meta = dict(R=R, N2=n2, R_PAD=max(16, next_pow2(R)), BLOCK_M=block_m, BLOCK_K=cfg["BLOCK_K"],
-                BLOCK_N=cfg["BLOCK_N"], RPP=rpp, BO=xdbl_row(R, n2)[0], num_warps=cfg["num_warps"],
+                BLOCK_N=cfg["BLOCK_N"], RPP=rpp, BO=bo, num_warps=cfg["num_warps"],
                 num_stages=cfg["num_stages"], **pdl_meta())
     if cfg.get("maxnreg"):
         meta["maxnreg"] = cfg["maxnreg"]
