@@ -63,8 +63,9 @@ def compile_match(batch: int, L: int, C: int, r: int, arch: int, dtype=torch.flo
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options), constexprs
 
 
-def summarise(cubin: bytes) -> str:
-    """Resource use and an instruction census of ``cubin`` (cuobjdump from Triton's NVIDIA backend)."""
+def summarise(cubin: bytes, by_opcode: bool = False) -> str:
+    """Resource use and an instruction census of ``cubin`` (cuobjdump from Triton's NVIDIA backend); with
+    ``by_opcode`` each loop's count of every opcode too."""
     bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
@@ -89,6 +90,8 @@ def summarise(cubin: bytes) -> str:
             c = collections.Counter(o.split(".")[0] for o in body)
             out.append(f"loop {start:#06x}-{pc:#06x}: {len(body)} instructions, {c['LDG']} global loads, "
                        f"{c['BAR']} barriers, {c['HGMMA'] + c['HMMA']} tensor-core ops, {c['SHFL']} shuffles")
+            if by_opcode:
+                out.append("  by opcode: " + ", ".join(f"{op} {n}" for op, n in c.most_common()))
     return "\n".join(out), sass
 
 

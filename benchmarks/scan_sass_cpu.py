@@ -1,6 +1,7 @@
 """The two-direction scan forward kernel compiled for a GPU target on a machine without one (as
-``match_sass_cpu.py`` does for the matching), and each loop's instruction census by opcode: where a token step's
-instructions go. Not a timing; the device's Triton may compile otherwise than this machine's.
+``match_sass_cpu.py`` does for the matching), and each loop's instruction census by opcode
+(``match_sass_cpu.summarise``): where a token step's instructions go. Not a timing; the device's Triton may compile
+otherwise than this machine's.
 
     PYTHONPATH=src python benchmarks/scan_sass_cpu.py [--channels 384] [--tokens 197] [--arch 90] [--sass out.sass]
         [--tile 64,2,2]
@@ -9,17 +10,13 @@ instructions go. Not a timing; the device's Triton may compile otherwise than th
 from __future__ import annotations
 
 import argparse
-import collections
-import os
-import re
-import subprocess
-import tempfile
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from match_sass_cpu import summarise
 from rmeeto.ops.triton import scan as ts
 from tuned_bench import bidir_inputs
 
@@ -60,27 +57,6 @@ def compile_scan(batch: int, dim: int, L: int, arch: int):
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options), constexprs
 
 
-def census(cubin: bytes) -> tuple[str, str]:
-    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        usage, sass = (subprocess.run([os.path.join(bindir, "cuobjdump"), flag, f.name], capture_output=True,
-                                      text=True).stdout for flag in ("--dump-resource-usage", "-sass"))
-    lines = [(int(m.group(1), 16), m.group(3)) for m in
-             re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)(.*?);", sass)]
-    out = [re.sub(r"\s+", " ", next((u for u in usage.splitlines() if "REG:" in u), "")).strip(),
-           f"instructions {len(lines)}"]
-    for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?BRA(.*?)0x([0-9a-f]+)", sass):
-        pc, start = int(m.group(1), 16), int(m.group(4), 16)
-        if start < pc:
-            body = [op for p, op in lines if start <= p <= pc]
-            c = collections.Counter(op.split(".")[0] for op in body)
-            out.append(f"loop {start:#06x}-{pc:#06x}: {len(body)} instructions: "
-                       + ", ".join(f"{op} {n}" for op, n in c.most_common()))
-    return "\n".join(out), sass
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=128)
@@ -94,7 +70,7 @@ def main():
         bd, ch, nw = map(int, a.tile.split(","))
         ts.FWD_CONFIG = dict(BLOCK_D=bd, CHUNK=ch, num_warps=nw, prefetch=True)
     kernel, constexprs = compile_scan(a.batch, a.channels, a.tokens, a.arch)
-    text, sass = census(kernel.asm["cubin"])
+    text, sass = summarise(kernel.asm["cubin"], by_opcode=True)
     print(f"_scan_bidir_fwd_kernel, sm_{a.arch}, Triton {triton.__version__}, {ts.FWD_CONFIG}")
     print(text)
     if a.sass:
