@@ -136,3 +136,30 @@ def test_training_errors_are_one_line_with_their_exit_code(error, code, capsys, 
         assert main(argv) == code, argv
         err = capsys.readouterr().err
         assert err == f"rmeeto {argv[0]}: error: the message\n", err
+
+
+def test_entry_in_a_torchrun_job_exits_without_finalization(monkeypatch, capsys):
+    """Under torchrun (WORLD_SIZE > 1) the console entry flushes the streams and ends the process with os._exit and
+    the command's code, so a rank cannot abort in the interpreter's teardown after its work; alone (no WORLD_SIZE,
+    or 1, or a malformed value), it exits through sys.exit as before."""
+    import rmeeto.cli as cli
+
+    calls = []
+
+    def fake_exit(code):
+        calls.append(("os._exit", code))
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli, "main", lambda: print("done") or 3)
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    for world, expect in (("2", "os._exit"), ("1", None), ("x", None), (None, None)):
+        calls.clear()
+        if world is None:
+            monkeypatch.delenv("WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("WORLD_SIZE", world)
+        with pytest.raises(SystemExit) as ended:
+            cli.entry()
+        assert ended.value.code == 3
+        assert calls == ([(expect, 3)] if expect else []), world
+    assert capsys.readouterr().out.count("done") == 4

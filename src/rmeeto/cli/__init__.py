@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -89,5 +90,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _in_torchrun_job() -> bool:
+    """Whether this process is one of several that ``torchrun`` started (it sets WORLD_SIZE)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def _exit_skipping_finalization(code: int) -> None:
+    """End the process with ``code`` after flushing what Python buffers (the standard streams, logging's
+    handlers), without the interpreter's finalization. In a ``torchrun`` job a rank that had finished its work and
+    ended its process group could still abort in finalization ("terminate called without an active exception",
+    SIGABRT: thread teardown in PyTorch's distributed backend, seen on CPU / gloo in sessions 36 and 40), so
+    torchrun reported a finished run as failed. Every file the commands write is closed before they return."""
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def entry() -> None:  # console-script entry point
-    sys.exit(main())
+    code = main()
+    if _in_torchrun_job():
+        _exit_skipping_finalization(code)
+    sys.exit(code)
