@@ -11,8 +11,9 @@ four cuBLAS GEMMs a block, two of them with 24-56 output columns (Vim-S): 4 of a
 1.0-2.9 TB/s on an H200 (Vim-Ti to B). :func:`bidir_scan_inputs` does the four in one kernel: a program takes
 BLOCK_M rows (or its tiles' ROWS, the rest masked) of one direction, accumulates their x_dbl in float32 over the D
 input channels (its dt part and its B / C part as two accumulators of R_PAD and 2N columns, so no register tensor is
-sliced), rounds it, stores it, and multiplies the rounded dt part straight into delta, BLOCK_N channels at a time: u
-is read once, x_dbl's dt part never goes back to memory to be read again.
+sliced), rounds it, stores it (B and C from a 16-byte boundary of the row, where the scan reads them with vector
+loads: :func:`xdbl_row`), and multiplies the rounded dt part straight into delta, BLOCK_N channels at a time: u is
+read once, x_dbl's dt part never goes back to memory to be read again.
 
 Same roundings as the PyTorch ops (float32 accumulation, one rounding of x_dbl and one of delta), summed in
 another order than cuBLAS's, so equal to rounding, not bit for bit (tests/ops/test_interpreted.py,
