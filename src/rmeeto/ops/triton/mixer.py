@@ -213,7 +213,7 @@ class MixerPlan:
             self.proj = Launcher(_proj._bidir_proj_kernel, grid, dev, tail, meta)
         self.proj(u_f, u_b, t.x_proj, t.x_proj_b, t.dt_proj, t.dt_proj_b, xdbl, delta)
 
-        _, B2, C2 = _proj.xdbl_parts(xdbl, R, N, bo)
+        _, B2, C2 = _proj.xdbl_parts(xdbl, R, N)
         B_f, B_b = B2.unbind(0)
         C_f, C_b = C2.unbind(0)
         d_f, d_b = delta.unbind(0)

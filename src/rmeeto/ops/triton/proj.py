@@ -211,11 +211,11 @@ def xdbl_row(R: int, n2: int) -> tuple[int, int]:
     return bo, bo + n2
 
 
-def xdbl_parts(xdbl: Tensor, R: int, d_state: int, bo: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """(dt, B, C) views of the kernel's x_dbl output, B at column ``bo`` (default :func:`xdbl_row`'s)."""
-    if bo is None:
-        bo = xdbl_row(R, 2 * d_state)[0]
-    return xdbl[..., :R], xdbl[..., bo:bo + d_state], xdbl[..., bo + d_state:bo + 2 * d_state]
+def xdbl_parts(xdbl: Tensor, R: int, d_state: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(dt, B, C) views of the kernel's x_dbl output (:func:`xdbl_row`'s columns: B and C its last 2 x d_state, so
+    the views follow the width the tensor was made with, whatever ALIGN_BC says now)."""
+    bo = xdbl.shape[-1] - 2 * d_state
+    return xdbl[..., :R], xdbl[..., bo:bo + d_state], xdbl[..., bo + d_state:]
 
 
 def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: Tensor, wdt_b: Tensor,
