@@ -223,8 +223,7 @@ def bidir_scan_inputs(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_
     """u_f, u_b [batch, length, D] (16-bit, contiguous, same shape); wx_* [R + 2 * d_state, D]; wdt_* [D, R]
     (unit column stride) -> (x_dbl [2, batch, length, W], delta [2, batch, length, D]) in u's dtype: ``u_d @
     wx_d.T`` and ``dt_d @ wdt_d.T`` for d = forward, backward, where x_dbl's rows hold dt, B and C at
-    :func:`xdbl_row`'s columns (:func:`xdbl_parts` takes them apart; W = R + 2 * d_state where R is a multiple of
-    8)."""
+    :func:`xdbl_row`'s columns (W its width; :func:`xdbl_parts` takes them apart)."""
     batch, length, D = u_f.shape
     R = wdt_f.shape[1]
     n2 = 2 * d_state
@@ -246,16 +245,17 @@ def spec(M: int, D: int, R: int, n2: int, s_wx: int, s_wdt: int, config: dict | 
     :func:`proj_config`, with ``sms`` from :func:`hopper_sms`); ``bo`` B's column in x_dbl's rows (default
     :func:`xdbl_row`'s; a caller that allocates x_dbl passes the one it allocated for). The kernel's tensors (u_f,
     u_b, wx_f, wx_b, wdt_f, wdt_b, xdbl, delta) come first."""
+    r_pad = max(16, next_pow2(R))  # the dt accumulator's columns; those past R are zeros, stored as the padding
     if bo is None:
         bo = xdbl_row(R, n2)[0]
-    if not R <= bo <= max(16, next_pow2(R)):
-        raise ValueError(f"proj: B's column {bo} must lie between dt_rank {R} and its padded width")
+    if not R <= bo <= r_pad:
+        raise ValueError(f"proj: B's column {bo} must lie between dt_rank {R} and its padded width {r_pad}")
     cfg = proj_config(M, D, sms) if config is None else config
     block_m = cfg["BLOCK_M"]
     rpp = cfg.get("ROWS") or block_m  # rows per program: a tile's first rows, the rest masked
     if not 0 < rpp <= block_m:
         raise ValueError(f"proj tiles: ROWS={rpp} rows per program must be 1..BLOCK_M={block_m}")
-    meta = dict(R=R, N2=n2, R_PAD=max(16, next_pow2(R)), BLOCK_M=block_m, BLOCK_K=cfg["BLOCK_K"],
+    meta = dict(R=R, N2=n2, R_PAD=r_pad, BLOCK_M=block_m, BLOCK_K=cfg["BLOCK_K"],
                 BLOCK_N=cfg["BLOCK_N"], RPP=rpp, BO=bo, num_warps=cfg["num_warps"],
                 num_stages=cfg["num_stages"], **pdl_meta())
     if cfg.get("maxnreg"):
