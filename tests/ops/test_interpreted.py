@@ -1289,6 +1289,64 @@ def test_scan_bc_read_modes_give_the_same_bits():
     """.replace("LENGTHS", repr(lengths)).replace("COMBOS", repr(combos)))
 
 
+def test_training_path_hands_the_scan_aligned_bc_rows():
+    """With a gradient to flow (re-training), a mixer whose dt_rank leaves B and C 8-byte aligned in x_proj's
+    rows (Vim-Ti: 12; here 2) hands the Triton scan rows laid out as the fused kernel writes them (B and C 16-byte
+    aligned: read mode 2, vector rows) by a GEMM with zero rows inserted into x_proj's weight, and read mode 1
+    (32-bit pairs) with proj.ALIGN_BC off. Output, metric and every parameter's and the input's gradient agree
+    to rounding; x_proj's weight and its gradient keep the checkpoint's shape. A mixer of another scan backend
+    is left as it was, and so is a mixer with a hook on one direction's x_proj (called as a module): both
+    directions keep x_proj's own rows."""
+    run_interpreted("""
+        import sys, torch
+        from rmeeto.models.vim import BiMambaMixer
+        from rmeeto.ops.triton import proj as tp, scan as ts
+        torch.manual_seed(0)
+        bad, modes = [], []
+        mode_of = ts._bc_mode
+        def spy(*bcs):
+            modes.append(mode_of(*bcs))
+            return modes[-1]
+        ts._bc_mode = spy
+        ts.is_available = lambda: True  # the backend registry's CUDA check: the interpreter runs the kernels
+        mixer = BiMambaMixer(32, d_state=16, scan_backend="triton").half()  # dt_rank 2: B at column 2 of 34
+        h = torch.randn(2, 7, 32).half()
+        g = torch.randn(2, 7, 32).half()
+        runs = {}
+        for align in (True, False):
+            tp.ALIGN_BC = align
+            modes.clear()
+            mixer.zero_grad()
+            hl = h.clone().requires_grad_()
+            out, metric = mixer(hl, export="B")
+            torch.autograd.backward([out, metric], [g, torch.ones_like(metric)])
+            if not modes or set(modes) != {2 if align else 1}:
+                bad.append(("modes", align, sorted(set(modes))))
+            if mixer.x_proj.weight.grad.shape != (34, 64):
+                bad.append(("grad shape", align, tuple(mixer.x_proj.weight.grad.shape)))
+            runs[align] = [out, metric, hl.grad] + [p.grad.clone() for p in mixer.parameters()]
+        for i, (a, b) in enumerate(zip(runs[True], runs[False])):
+            if a.shape != b.shape or not torch.allclose(a.float(), b.float(), atol=2e-3, rtol=2e-3):
+                bad.append(("values", i, (a.float() - b.float()).abs().max().item()))
+        tp.ALIGN_BC = True
+        handle = mixer.x_proj.register_forward_hook(lambda m, i, o: None)
+        modes.clear()
+        mixer(h.clone().requires_grad_())
+        handle.remove()
+        if set(modes) != {1}:  # both directions as before (one aligned would make the scan copy both: mode 0)
+            bad.append(("hooked x_proj", sorted(set(modes))))
+        calls = []
+        real = tp.xdbl_parts
+        tp.xdbl_parts = lambda *a: calls.append(1) or real(*a)
+        with torch.enable_grad():
+            BiMambaMixer(32, d_state=16, scan_backend="chunked").half()(h.clone().requires_grad_())
+        if calls:
+            bad.append(("chunked backend took the aligned rows", len(calls)))
+        print("FAILURES", bad)
+        sys.exit(1 if bad else 0)
+    """)
+
+
 def test_scan_forward_prefetch_gives_the_same_bits(full):
     """The forward's prefetch (each chunk step loads the next chunk's u / delta / z before its math) moves loads,
     not arithmetic: the single-direction launcher (both directions) and the two-direction one (scale 1 and 0.5)

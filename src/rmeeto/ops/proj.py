@@ -25,7 +25,8 @@ except Exception:  # pragma: no cover - depends on the install
 
 Tensor = torch.Tensor
 
-__all__ = ["bidir_scan_inputs", "bidir_scan_inputs_torch", "fused_applies", "fused_scan_inputs", "kernel_fits"]
+__all__ = ["bidir_scan_inputs", "bidir_scan_inputs_torch", "fused_applies", "fused_scan_inputs", "kernel_fits",
+           "scan_inputs"]
 
 ScanInputs = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -33,6 +34,43 @@ ScanInputs = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, T
 def _split(x_dbl: Tensor, dt_rank: int, d_state: int) -> tuple[Tensor, Tensor, Tensor]:
     # split_with_sizes: what Tensor.split calls for a list, without its Python wrapper (~3-5 us per call)
     return x_dbl.split_with_sizes([dt_rank, d_state, d_state], -1)
+
+
+class _InsertRows(torch.autograd.Function):
+    """wx [R + n2, D] -> [bo + n2, D]: its rows [0, R), then bo - R zero rows, then its rows [R, R + n2). The
+    gradient drops the zero rows again, so wx (the parameter, as checkpoints hold it) keeps its shape."""
+
+    @staticmethod
+    def forward(ctx, wx: Tensor, R: int, bo: int) -> Tensor:
+        ctx.R, ctx.bo = R, bo
+        return torch.cat((wx[:R], wx.new_zeros(bo - R, wx.shape[1]), wx[R:]))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return torch.cat((grad[:ctx.R], grad[ctx.bo:])), None, None
+
+
+def scan_inputs(u: Tensor, wx: Tensor, wdt: Tensor, d_state: int, align: bool = False
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """One direction's scan inputs on the differentiable path (training, or wherever the fused kernel does not
+    apply): u [batch, length, D], wx [R + 2 * d_state, D], wdt [D, R] -> (delta [batch, length, D], B, C
+    [batch, length, d_state]), views of x_dbl = u @ wx.T as the module docstring splits it.
+
+    ``align`` (the Triton scan will read B and C): x_dbl's rows take the fused kernel's layout
+    (:func:`rmeeto.ops.triton.proj.xdbl_row`: B and C 16 bytes aligned, zero columns after dt; switched by its
+    ``ALIGN_BC_TRAIN``) by GEMMs with zero rows inserted into wx, so the scan reads them as whole vectors
+    rather than 32-bit pairs. That changes
+    only Vim-Ti-sized models (dt_rank 12; a dt_rank that is a multiple of 8 has the layout already). The zero
+    rows add nothing: the values and wx's gradient are the unpadded GEMMs', equal to rounding (the GEMM may
+    sum in another order for the wider output)."""
+    R = wdt.shape[1]
+    if align and _triton_proj is not None and _triton_proj.ALIGN_BC_TRAIN:
+        bo, _ = _triton_proj.xdbl_row(R, 2 * d_state)
+        if bo != R:
+            dt, B, C = _triton_proj.xdbl_parts(F.linear(u, _InsertRows.apply(wx, R, bo)), R, d_state)
+            return F.linear(dt, wdt), B, C
+    dt, B, C = _split(F.linear(u, wx), R, d_state)
+    return F.linear(dt, wdt), B, C
 
 
 def bidir_scan_inputs_torch(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: Tensor, wdt_b: Tensor,
