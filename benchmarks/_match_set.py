@@ -1,7 +1,8 @@
 """``--set KEY=VALUE`` for the benchmarks that time kernel settings: each item sets ``MATCH_CONFIG[KEY]`` of
 :mod:`rmeeto.ops.triton.merge` to a Python literal, or, for a KEY ``module.NAME``, the constant NAME of
 ``rmeeto.ops.triton.module`` (an upper-case module global, such as ``inproj.WIDE_MAX_ROWS`` or
-``outproj.TMA_MAX_ROWS``). An unknown key is an error naming it."""
+``outproj.TMA_MAX_ROWS``), or of a module named in full (``rmeeto.ops.proj.ALIGN_BC_TRAIN``). An unknown key is an
+error naming it."""
 
 from __future__ import annotations
 
@@ -29,13 +30,14 @@ def set_match_config(items, error) -> None:
         except (ValueError, SyntaxError):
             error(f"--set: {value!r} is not a Python literal")
         module_name, dot, name = key.rpartition(".")
-        if dot:  # a kernel module's constant
+        if dot:  # a kernel module's constant (or, named in full, any rmeeto module's)
+            full = module_name if module_name.startswith("rmeeto.") else f"rmeeto.ops.triton.{module_name}"
             try:
-                module = importlib.import_module(f"rmeeto.ops.triton.{module_name}")
+                module = importlib.import_module(full)
             except ImportError:
-                error(f"--set: no module rmeeto.ops.triton.{module_name}")
+                error(f"--set: no module {full}")
             if not (name.isupper() and hasattr(module, name)):
-                error(f"--set: rmeeto.ops.triton.{module_name} has no constant {name!r}")
+                error(f"--set: {full} has no constant {name!r}")
             setattr(module, name, literal)
         elif key in mt.MATCH_CONFIG:
             mt.MATCH_CONFIG[key] = literal

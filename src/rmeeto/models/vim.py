@@ -36,7 +36,7 @@ from rmeeto.ops.outproj import sum_out_proj
 from rmeeto.ops.proj import fused_applies as proj_fused_applies
 from rmeeto.ops.proj import fused_scan_inputs
 from rmeeto.ops.proj import kernel_fits as proj_kernel_fits
-from rmeeto.ops.proj import scan_inputs as proj_scan_inputs
+from rmeeto.ops.proj import split_x_dbl
 from rmeeto.ops.selective_scan import resolve_backend, selective_scan, selective_scan_bidir, sum_directions
 from rmeeto.ops.triton.mixer import (MixerPlan, MixerTensors, PlanCache, block_inference, mixer_inference,
                                      plan_problem, weights_key)
@@ -175,26 +175,13 @@ class BiMambaMixer(nn.Module):
     def scan_inputs(self, u: Tensor, reverse: bool, align: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """The input-dependent scan parameters of one direction: u [batch, length, d_inner] (its conv output)
         -> pre-bias delta [batch, length, d_inner], B, C [batch, length, d_state] (x_proj and dt_proj).
-        ``align`` (:meth:`_aligns_bc`): B and C in 16-byte aligned rows (:func:`rmeeto.ops.proj.scan_inputs`;
-        what changes is Vim-Ti's training path)."""
+        ``align`` (the Triton scan reads B and C): B and C in 16-byte aligned rows
+        (:func:`rmeeto.ops.proj.split_x_dbl`; what changes is Vim-Ti's training path)."""
         x_proj: nn.Linear = self.x_proj_b if reverse else self.x_proj
         dt_proj: nn.Linear = self.dt_proj_b if reverse else self.dt_proj
-        if align:
-            return proj_scan_inputs(u, x_proj.weight, dt_proj.weight, self.d_state, align=True)
-        x_dbl = x_proj(u)  # [batch, length, r + 2n]
-        # split_with_sizes: what Tensor.split calls for a list, without its Python wrapper (~3-5 us per call)
-        dt_low, Bm, Cm = x_dbl.split_with_sizes([self.dt_rank, self.d_state, self.d_state], -1)
+        dt_low, Bm, Cm = split_x_dbl(x_proj(u), self.dt_rank, self.d_state, align)  # x_proj: [.., r + 2n]
         delta = F.linear(dt_low, dt_proj.weight)  # [batch, length, d_inner], bias is added inside the scan
         return delta, Bm, Cm
-
-    def _aligns_bc(self, device: torch.device) -> bool:
-        """Whether :meth:`scan_inputs` lays B and C out for the Triton scan's vector reads: the scan backend is
-        Triton here and both directions' x_proj are plain bias-free ``nn.Linear`` without hooks (called as GEMMs
-        on their weights; both, so the two directions' rows keep one layout and the scan copies neither)."""
-        for m in (self.x_proj, self.x_proj_b):
-            if type(m) is not nn.Linear or m.bias is not None or m._forward_hooks or m._forward_pre_hooks:
-                return False
-        return not any(_GLOBAL_HOOKS) and resolve_backend(self.scan_backend, device) == "triton"
 
     def _fused_proj_weights(self, u_f: Tensor, u_b: Tensor, backend: str
                             ) -> Optional[tuple[Tensor, Tensor, Tensor, Tensor]]:
@@ -221,7 +208,7 @@ class BiMambaMixer(nn.Module):
         D = getattr(self, "D" + suffix)
 
         u = conv_silu(x, conv.weight, conv.bias, reverse=reverse, backend=policy.op_backend(self.scan_backend))
-        delta, Bm, Cm = self.scan_inputs(u, reverse, self._aligns_bc(u.device))
+        delta, Bm, Cm = self.scan_inputs(u, reverse, resolve_backend(self.scan_backend, u.device) == "triton")
         y = selective_scan(
             u.transpose(1, 2), delta.transpose(1, 2), A_log, Bm.transpose(1, 2), Cm.transpose(1, 2), D,
             z.transpose(1, 2), delta_bias=dt_proj.bias, delta_softplus=True, reverse=reverse,
@@ -364,7 +351,7 @@ class BiMambaMixer(nn.Module):
         if weights is not None:  # both directions' x_proj and dt_proj in one kernel (inference)
             (delta_f, delta_b), (B_f, B_b), (C_f, C_b) = fused_scan_inputs(u_f, u_b, *weights, self.d_state)
         else:
-            align = self._aligns_bc(u_f.device)
+            align = resolve_backend(self.scan_backend, u_f.device) == "triton"  # the Triton scan reads B / C
             delta_f, B_f, C_f = self.scan_inputs(u_f, False, align)
             delta_b, B_b, C_b = self.scan_inputs(u_b, True, align)
 

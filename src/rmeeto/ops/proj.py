@@ -26,7 +26,7 @@ except Exception:  # pragma: no cover - depends on the install
 Tensor = torch.Tensor
 
 __all__ = ["bidir_scan_inputs", "bidir_scan_inputs_torch", "fused_applies", "fused_scan_inputs", "kernel_fits",
-           "scan_inputs"]
+           "split_x_dbl", "ALIGN_BC_TRAIN"]
 
 ScanInputs = tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -36,41 +36,27 @@ def _split(x_dbl: Tensor, dt_rank: int, d_state: int) -> tuple[Tensor, Tensor, T
     return x_dbl.split_with_sizes([dt_rank, d_state, d_state], -1)
 
 
-class _InsertRows(torch.autograd.Function):
-    """wx [R + n2, D] -> [bo + n2, D]: its rows [0, R), then bo - R zero rows, then its rows [R, R + n2). The
-    gradient drops the zero rows again, so wx (the parameter, as checkpoints hold it) keeps its shape."""
-
-    @staticmethod
-    def forward(ctx, wx: Tensor, R: int, bo: int) -> Tensor:
-        ctx.R, ctx.bo = R, bo
-        return torch.cat((wx[:R], wx.new_zeros(bo - R, wx.shape[1]), wx[R:]))
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return torch.cat((grad[:ctx.R], grad[ctx.bo:])), None, None
+# The differentiable path's B / C rows for the Triton scan (:func:`split_x_dbl`'s ``align``): copied out of x_proj's
+# output into rows of their own where that output leaves them unaligned (Vim-Ti's dt_rank of 12 in 16 bits).
+# Forty-first session (H200, `benchmarks/sessions/s41_gpu2.sh`): see benchmarks/RESULTS.md. Off: the views as before.
+ALIGN_BC_TRAIN = True
 
 
-def scan_inputs(u: Tensor, wx: Tensor, wdt: Tensor, d_state: int, align: bool = False
-                ) -> tuple[Tensor, Tensor, Tensor]:
-    """One direction's scan inputs on the differentiable path (training, or wherever the fused kernel does not
-    apply): u [batch, length, D], wx [R + 2 * d_state, D], wdt [D, R] -> (delta [batch, length, D], B, C
-    [batch, length, d_state]), views of x_dbl = u @ wx.T as the module docstring splits it.
+def split_x_dbl(x_dbl: Tensor, dt_rank: int, d_state: int, align: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """x_dbl [..., dt_rank + 2 * d_state] (x_proj's output) -> its (dt, B, C) columns, as views.
 
-    ``align`` (the Triton scan will read B and C): x_dbl's rows take the fused kernel's layout
-    (:func:`rmeeto.ops.triton.proj.xdbl_row`: B and C 16 bytes aligned, zero columns after dt; switched by its
-    ``ALIGN_BC_TRAIN``) by GEMMs with zero rows inserted into wx, so the scan reads them as whole vectors
-    rather than 32-bit pairs. That changes
-    only Vim-Ti-sized models (dt_rank 12; a dt_rank that is a multiple of 8 has the layout already). The zero
-    rows add nothing: the values and wx's gradient are the unpadded GEMMs', equal to rounding (the GEMM may
-    sum in another order for the wider output)."""
-    R = wdt.shape[1]
-    if align and _triton_proj is not None and _triton_proj.ALIGN_BC_TRAIN:
-        bo, _ = _triton_proj.xdbl_row(R, 2 * d_state)
-        if bo != R:
-            dt, B, C = _triton_proj.xdbl_parts(F.linear(u, _InsertRows.apply(wx, R, bo)), R, d_state)
-            return F.linear(dt, wdt), B, C
-    dt, B, C = _split(F.linear(u, wx), R, d_state)
-    return F.linear(dt, wdt), B, C
+    ``align`` (the Triton scan will read B and C; switch ``ALIGN_BC_TRAIN``): where x_dbl's rows leave B and C
+    less than 16-byte aligned (16-bit rows at Vim-Ti's dt_rank of 12), B and C are views of one contiguous copy
+    of their columns instead ([..., 2 * d_state]), so the scan reads each row as a vector rather than as 32-bit
+    pairs (:func:`rmeeto.ops.triton.scan._bc_mode`). The same values; the copy costs one kernel forward and one
+    backward (the two gradients' concatenation). For the differentiable path (training): the fused kernel of
+    inference writes such rows itself (:func:`rmeeto.ops.triton.proj.xdbl_row`)."""
+    dt, bc = x_dbl.split_with_sizes([dt_rank, 2 * d_state], -1)
+    size = bc.element_size()
+    if align and ALIGN_BC_TRAIN and ((bc.storage_offset() * size) % 16 or (bc.stride(-2) * size) % 16):
+        bc = bc.contiguous()
+    B, C = bc.split_with_sizes([d_state, d_state], -1)
+    return dt, B, C
 
 
 def bidir_scan_inputs_torch(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: Tensor, wdt_b: Tensor,

@@ -40,7 +40,7 @@ except Exception:  # pragma: no cover - depends on the install
 Tensor = torch.Tensor
 
 __all__ = ["is_available", "bidir_scan_inputs", "spec", "proj_config", "hopper_sms", "xdbl_row", "xdbl_parts",
-           "ALIGN_BC", "ALIGN_BC_TRAIN", "PROJ_CONFIG", "PROJ_CONFIG_LARGE", "PROJ_CONFIG_NARROW", "PROJ_CONFIG_WAVE"]
+           "ALIGN_BC", "PROJ_CONFIG", "PROJ_CONFIG_LARGE", "PROJ_CONFIG_NARROW", "PROJ_CONFIG_WAVE"]
 
 # BLOCK_M rows per program, BLOCK_K input channels per step of the x_proj loop, BLOCK_N output channels per
 # step of the dt_proj loop. benchmarks/bench_proj_gpu.py on an H200 (132 SMs), graphed, both directions. Session
@@ -201,10 +201,6 @@ if _HAS_TRITON:
 # 76; whole graphed Vim-Ti (bench_set.py --set proj.ALIGN_BC=...) 15,008.6 / 17,477.8 -> 18,367.9 / 21,151.0 img/s
 # unmerged / merged. Vim-S's and Vim-B's rows are unchanged (their dt_rank is a multiple of 8).
 ALIGN_BC = True
-# The same layout on the differentiable path (training: rmeeto.ops.proj.scan_inputs, x_proj's GEMM with zero rows
-# inserted into its weight), where ALIGN_BC is on too; its own switch so that a training step's A/B leaves the
-# teacher's inference rows as they are.
-ALIGN_BC_TRAIN = True
 
 
 def xdbl_row(R: int, n2: int) -> tuple[int, int]:
