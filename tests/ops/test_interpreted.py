@@ -1294,7 +1294,8 @@ def test_training_path_hands_the_scan_aligned_bc_rows():
     16-bit rows (Vim-Ti: 12; here 2) hands the Triton scan B and C in rows of their own (read mode 2, vector
     rows; split_x_dbl's copy), and read mode 1 (32-bit pairs) with ALIGN_BC_TRAIN off. Output, metric and every
     parameter's and the input's gradient keep their bits. A forward hook on x_proj still sees its call; another
-    scan backend and a dt_rank that aligns the rows already get views of x_proj's output, as before."""
+    scan backend and a dt_rank that aligns the rows already get views of x_proj's output, as before; torch.compile
+    traces the mixer without a graph break (the decision reads strides, not the address)."""
     run_interpreted("""
         import sys, torch
         from rmeeto.models.vim import BiMambaMixer
@@ -1346,6 +1347,10 @@ def test_training_path_hands_the_scan_aligned_bc_rows():
         BiMambaMixer(32, d_state=16, dt_rank=8, scan_backend="triton").half()(h.clone().requires_grad_())
         if len(copies) != 4 or any(copies):
             bad.append(("copies where the rows needed none", copies))
+        op.split_x_dbl = vim.split_x_dbl = split
+        explanation = torch._dynamo.explain(mixer)(h.clone().requires_grad_())  # torch.compile traces the copy
+        if explanation.graph_break_count:
+            bad.append(("graph breaks", [str(r.reason)[:200] for r in explanation.break_reasons]))
         print("FAILURES", bad)
         sys.exit(1 if bad else 0)
     """)

@@ -52,8 +52,9 @@ def split_x_dbl(x_dbl: Tensor, dt_rank: int, d_state: int, align: bool = False) 
     backward (the two gradients' concatenation). For the differentiable path (training): the fused kernel of
     inference writes such rows itself (:func:`rmeeto.ops.triton.proj.xdbl_row`)."""
     dt, bc = x_dbl.split_with_sizes([dt_rank, 2 * d_state], -1)
-    size = bc.element_size()
-    if align and ALIGN_BC_TRAIN and ((bc.storage_offset() * size) % 16 or (bc.stride(-2) * size) % 16):
+    size = x_dbl.element_size()
+    # B's column and the row stride (not the address: torch.compile traces strides, not storage offsets)
+    if align and ALIGN_BC_TRAIN and ((dt_rank * size) % 16 or (x_dbl.stride(-2) * size) % 16):
         bc = bc.contiguous()
     B, C = bc.split_with_sizes([d_state, d_state], -1)
     return dt, B, C
