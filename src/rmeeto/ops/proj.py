@@ -38,7 +38,9 @@ def _split(x_dbl: Tensor, dt_rank: int, d_state: int) -> tuple[Tensor, Tensor, T
 
 # The differentiable path's B / C rows for the Triton scan (:func:`split_x_dbl`'s ``align``): copied out of x_proj's
 # output into rows of their own where that output leaves them unaligned (Vim-Ti's dt_rank of 12 in 16 bits).
-# Forty-first session (H200, `benchmarks/sessions/s41_gpu2.sh`): see benchmarks/RESULTS.md. Off: the views as before.
+# Forty-first session (H200, benchmarks/sessions/s41_gpu3.sh, alternating processes): Vim-Ti's graphed re-training
+# step 2,227.5 / 2,496.4 -> 2,369.7 / 2,641.8 img/s with an unmerged / merged student (+6.4% / +5.8%), 48 launches
+# more per step. Off: the views of x_proj's output, as before.
 ALIGN_BC_TRAIN = True
 
 
