@@ -50,16 +50,16 @@ def split_x_dbl(x_dbl: Tensor, dt_rank: int, d_state: int, align: bool = False) 
     ``align`` (the Triton scan will read B and C; switch ``ALIGN_BC_TRAIN``): where x_dbl's rows leave B and C
     less than 16-byte aligned (16-bit rows at Vim-Ti's dt_rank of 12), B and C are views of one contiguous copy
     of their columns instead ([..., 2 * d_state]), so the scan reads each row as a vector rather than as 32-bit
-    pairs (:func:`rmeeto.ops.triton.scan._bc_mode`). The same values; the copy costs one kernel forward and one
-    backward (the two gradients' concatenation). For the differentiable path (training): the fused kernel of
-    inference writes such rows itself (:func:`rmeeto.ops.triton.proj.xdbl_row`)."""
-    dt, bc = x_dbl.split_with_sizes([dt_rank, 2 * d_state], -1)
+    pairs (:func:`rmeeto.ops.triton.scan._bc_mode`). The same values; the copy is one small kernel (a Vim-Ti
+    training step launched 48 more kernels in all). For the differentiable path (training): the fused kernel
+    of inference writes such rows itself (:func:`rmeeto.ops.triton.proj.xdbl_row`)."""
     size = x_dbl.element_size()
     # B's column and the row stride (not the address: torch.compile traces strides, not storage offsets)
     if align and ALIGN_BC_TRAIN and ((dt_rank * size) % 16 or (x_dbl.stride(-2) * size) % 16):
-        bc = bc.contiguous()
-    B, C = bc.split_with_sizes([d_state, d_state], -1)
-    return dt, B, C
+        dt, bc = x_dbl.split_with_sizes([dt_rank, 2 * d_state], -1)
+        B, C = bc.contiguous().split_with_sizes([d_state, d_state], -1)
+        return dt, B, C
+    return _split(x_dbl, dt_rank, d_state)
 
 
 def bidir_scan_inputs_torch(u_f: Tensor, u_b: Tensor, wx_f: Tensor, wx_b: Tensor, wdt_f: Tensor, wdt_b: Tensor,
