@@ -8,8 +8,19 @@ from __future__ import annotations
 
 import ast
 import importlib
+import sys
 
 from rmeeto.ops.triton import merge as mt
+
+
+def split_command(argv=None) -> tuple[list, list]:
+    """(the tool's own arguments, the rmeeto command after ``--``: empty without one) of ``argv``
+    (``sys.argv[1:]`` when None), for the tools that run a command with their settings applied."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        return argv, []
+    split = argv.index("--")
+    return argv[:split], argv[split + 1:]
 
 
 def add_set_argument(ap, help: str = "a MATCH_CONFIG entry, or module.NAME: a constant of rmeeto.ops.triton.module "

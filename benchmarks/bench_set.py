@@ -12,21 +12,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _match_set import add_set_argument, set_match_config
+from _match_set import add_set_argument, set_match_config, split_command
 from rmeeto.cli import main as cli_main
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        argv.append("--")
-    split = argv.index("--")
+    own, command = split_command(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_set_argument(ap)
-    a = ap.parse_args(argv[:split])
+    a = ap.parse_args(own)
     set_match_config(a.set, ap.error)
     print("settings:", ", ".join(item for item in a.set), flush=True)
-    return cli_main(argv[split + 1:])
+    return cli_main(command)
 
 
 if __name__ == "__main__":

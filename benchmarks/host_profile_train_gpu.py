@@ -26,22 +26,36 @@ from rmeeto.bench import make_train_step
 from rmeeto.merge import MergeConfig
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="vim_small_patch16_224")
-    ap.add_argument("--mode", default="eager", choices=("eager", "compile"))
+def train_arguments(ap: argparse.ArgumentParser, model: str, steps: int) -> None:
+    """The options of a tool over the training step's variants (read by :func:`variant_steps`)."""
+    ap.add_argument("--model", default=model)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--rows", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--variants", default="merged,unmerged")
-    a = ap.parse_args()
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; {a.model} training step, {a.mode}, "
-          f"batch {a.batch}, bf16", flush=True)
+
+
+def variant_steps(a, mode: str, what: str):
+    """Print the header, then yield (variant, step, batches) for each of ``a.variants`` (merged: the paper preset),
+    the step warmed up by three calls; its memory is freed after the caller's turn."""
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; {a.model} {what}, {mode}, batch {a.batch}, "
+          f"bf16", flush=True)
     for variant in a.variants.split(","):
         cfg = MergeConfig.paper(a.model) if variant == "merged" else None
-        step, batches = make_train_step(a.model, cfg, batch_size=a.batch, mode=a.mode)
+        step, batches = make_train_step(a.model, cfg, batch_size=a.batch, mode=mode)
         for _ in range(3):
             step(batches[0])
+        yield variant, step, batches
+        del step, batches
+        torch.cuda.empty_cache()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    train_arguments(ap, "vim_small_patch16_224", 6)
+    ap.add_argument("--mode", default="eager", choices=("eager", "compile"))
+    ap.add_argument("--rows", type=int, default=30)
+    a = ap.parse_args()
+    for variant, step, batches in variant_steps(a, a.mode, "training step"):
         ms = wall_ms(step, batches[0], a.steps, rounds=3)
         print(f"# {variant}: wall {ms:.2f} ms per step ({a.batch / ms * 1e3:.1f} img/s)", flush=True)
         prof = cProfile.Profile()
@@ -60,9 +74,6 @@ def main():
         st.sort_stats("tottime").print_stats(a.rows)
         st.sort_stats("cumulative").print_stats(a.rows)
         print("\n".join(line for line in s.getvalue().splitlines() if line.strip())[:16000], flush=True)
-        del step, batches
-        torch.cuda.empty_cache()
-
 
 if __name__ == "__main__":
     main()

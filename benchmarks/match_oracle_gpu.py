@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-from _match_set import add_set_argument, set_match_config
+from _match_set import add_set_argument, set_match_config, split_command
 from rmeeto.cli import main as cli_main
 from rmeeto.ops.triton import merge as mt
 
@@ -95,21 +95,18 @@ def check(model_name: str) -> None:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        argv.append("--")
-    split = argv.index("--")
+    own, command = split_command(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--oracle", choices=ORACLES, required=True)
     ap.add_argument("--check", metavar="MODEL", help="first check the nomatch replay on merged MODEL (CUDA)")
     add_set_argument(ap)
-    a = ap.parse_args(argv[:split])
+    a = ap.parse_args(own)
     set_match_config(a.set, ap.error)
     if a.check:
         check(a.check)
     counts = install(a.oracle)
     print(f"oracle: {a.oracle}; settings:", ", ".join(a.set), flush=True)
-    rc = cli_main(argv[split + 1:])
+    rc = cli_main(command)
     print(f"oracle {a.oracle}: merging steps that ran the matching {counts['matched']}, that skipped it "
           f"{counts['skipped']}", flush=True)
     return rc

@@ -21,6 +21,7 @@ import triton.language as tl
 import triton.testing
 
 from rmeeto.ops.triton import scan as ts
+from _match_set import split_command
 from tuned_bench import bidir_inputs
 
 
@@ -59,9 +60,7 @@ VARIANTS = {"mufu": None, "poly_odd": _advance_poly_odd, "poly_all": _advance_po
 
 
 def main():
-    argv = sys.argv[1:]
-    rest = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
+    own, rest = split_command()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", choices=sorted(VARIANTS), required=True)
     ap.add_argument("--dims", default="384,768")

@@ -21,8 +21,7 @@ import warnings
 
 import torch
 
-from rmeeto.bench import make_train_step
-from rmeeto.merge import MergeConfig
+from host_profile_train_gpu import train_arguments, variant_steps
 
 
 def _site(message) -> tuple:
@@ -33,18 +32,9 @@ def _site(message) -> tuple:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="vim_tiny_patch16_224")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--variants", default="merged,unmerged")
+    train_arguments(ap, "vim_tiny_patch16_224", 4)
     a = ap.parse_args()
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; {a.model} eager training step, "
-          f"batch {a.batch}, bf16", flush=True)
-    for variant in a.variants.split(","):
-        cfg = MergeConfig.paper(a.model) if variant == "merged" else None
-        step, batches = make_train_step(a.model, cfg, batch_size=a.batch, mode="eager")
-        for _ in range(3):
-            step(batches[0])
+    for variant, step, batches in variant_steps(a, "eager", "training step"):
         walls, hosts = [], []
         for _ in range(5):
             torch.cuda.synchronize()
@@ -71,8 +61,6 @@ def main():
               flush=True)
         for (message, where), n in sites.most_common(20):
             print(f"  {n / a.steps:5.1f} per step  {message}\n      " + "\n      ".join(where), flush=True)
-        del step, batches
-        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

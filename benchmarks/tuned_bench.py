@@ -13,6 +13,7 @@ import sys
 import torch
 import triton.testing
 
+from _match_set import split_command
 from rmeeto.cli import main as cli_main
 from rmeeto.ops.triton import scan as ts
 
@@ -33,9 +34,7 @@ def bidir_inputs(batch: int, dim: int, L: int, n: int = 16, dtype=torch.float16,
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    rest = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
+    own, rest = split_command(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--dim", type=int, default=768)
