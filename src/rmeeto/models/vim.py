@@ -196,6 +196,10 @@ class BiMambaMixer(nn.Module):
         weights = (xf.weight, xb.weight, self.dt_proj.weight, self.dt_proj_b.weight)
         return weights if proj_fused_applies(u_f, u_b, *weights, backend) else None
 
+    def _triton_scan(self, device: torch.device) -> bool:
+        """Whether this mixer's scans run the Triton kernels on ``device`` (its backend resolved there)."""
+        return resolve_backend(self.scan_backend, device) == "triton"
+
     def branch(self, x: Tensor, z: Tensor, reverse: bool) -> tuple[Tensor, dict[str, Tensor]]:
         """One scan direction on its own (the per-direction form of :meth:`forward`). x, z: [batch, length,
         d_inner] (channels-last views of in_proj's output) -> y [batch, length, d_inner] (gated), plus the
@@ -208,7 +212,7 @@ class BiMambaMixer(nn.Module):
         D = getattr(self, "D" + suffix)
 
         u = conv_silu(x, conv.weight, conv.bias, reverse=reverse, backend=policy.op_backend(self.scan_backend))
-        delta, Bm, Cm = self.scan_inputs(u, reverse, resolve_backend(self.scan_backend, u.device) == "triton")
+        delta, Bm, Cm = self.scan_inputs(u, reverse, self._triton_scan(u.device))
         y = selective_scan(
             u.transpose(1, 2), delta.transpose(1, 2), A_log, Bm.transpose(1, 2), Cm.transpose(1, 2), D,
             z.transpose(1, 2), delta_bias=dt_proj.bias, delta_softplus=True, reverse=reverse,
@@ -281,7 +285,7 @@ class BiMambaMixer(nn.Module):
             return None
         if plan_problem(hidden, tensors, self.d_state) is not None:
             return None
-        if resolve_backend(self.scan_backend, hidden.device) != "triton":
+        if not self._triton_scan(hidden.device):
             return None
         if not proj_kernel_fits(hidden, tensors.x_proj, tensors.dt_proj, backend):  # u has hidden's dtype, device
             return None
@@ -351,7 +355,7 @@ class BiMambaMixer(nn.Module):
         if weights is not None:  # both directions' x_proj and dt_proj in one kernel (inference)
             (delta_f, delta_b), (B_f, B_b), (C_f, C_b) = fused_scan_inputs(u_f, u_b, *weights, self.d_state)
         else:
-            align = resolve_backend(self.scan_backend, u_f.device) == "triton"  # the Triton scan reads B / C
+            align = self._triton_scan(u_f.device)  # the Triton scan reads B / C
             delta_f, B_f, C_f = self.scan_inputs(u_f, False, align)
             delta_b, B_b, C_b = self.scan_inputs(u_b, True, align)
 
